@@ -1,0 +1,54 @@
+"""Backbone weights files: an open_clip state dict in ``.safetensors`` with the model name in its metadata.
+
+open_clip loads the file like any pretrained weights file (``create_model(name, pretrained=path)``); the metadata
+lets ``rapdeploy init --backbone FILE`` know which architecture it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rap_deploy.atomic import atomic_path
+from rap_deploy.errors import UsageError
+
+
+def save_backbone(state_dict: dict[str, torch.Tensor], clip: str, path: str | Path,
+                  info: dict[str, Any] | None = None) -> Path:
+    """Write ``state_dict`` of open_clip model ``clip`` to ``path`` (.safetensors) atomically; returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise UsageError(f"backbone file {path} must end in .safetensors")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"clip": clip, "rapdeploy_backbone": json.dumps(info or {})})
+    return path
+
+
+def read_backbone_clip_name(path: str | Path) -> str | None:
+    """Return the open_clip model name stored in a backbone file, or ``None`` for files without it.
+
+    Raises :class:`UsageError` when the file is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"backbone file {path} does not exist; create it with `rapdeploy pretrain-backbone`")
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return (fh.metadata() or {}).get("clip")
+
+
+def read_backbone_info(path: str | Path) -> dict[str, Any]:
+    """The ``info`` dict stored by :func:`save_backbone` (empty if none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return json.loads((fh.metadata() or {}).get("rapdeploy_backbone", "{}"))

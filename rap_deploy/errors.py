@@ -1,0 +1,27 @@
+"""Exceptions the CLI turns into a one-line message and an exit code (DESIGN.md §11)."""
+
+from __future__ import annotations
+
+
+class RapDeployError(Exception):
+    """Base class: a user-facing failure. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 2
+
+
+class UsageError(RapDeployError):
+    """Bad input from the user: a wrong path, value or combination of options (exit 2)."""
+
+    exit_code = 2
+
+
+class BackendUnavailableError(RapDeployError):
+    """A requested backend, provider or device is not available here (exit 2)."""
+
+    exit_code = 2
+
+
+class CheckFailedError(RapDeployError):
+    """A check ran and failed: parity, missing data, refused artifact (exit 1)."""
+
+    exit_code = 1

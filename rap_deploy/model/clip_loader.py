@@ -1,0 +1,151 @@
+"""Loading an open_clip backbone by name, with pretrained weights from a tag, a local file, or none.
+
+The project's own small configs (``rap-tiny`` for the offline default, ``rap-micro`` for tests) ship in
+``rap_deploy/model_configs`` and are registered with open_clip, so every backbone goes through the same open_clip path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rap_deploy.atomic import sha256_file
+from rap_deploy.errors import UsageError
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
+
+
+def _register_packaged_configs() -> None:
+    import open_clip
+
+    known = set(open_clip.list_models())
+    if not all(p.stem in known for p in PACKAGED_CONFIGS.glob("*.json")):
+        open_clip.add_model_config(PACKAGED_CONFIGS)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Where a backbone's weights come from: ``kind`` is ``none``, ``tag`` (open_clip pretrained tag) or ``file``."""
+
+    clip: str
+    kind: str
+    value: str | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def parse(cls, clip: str, pretrained: str | None) -> BackboneSpec:
+        """Interpret ``--pretrained``: ``none``/empty, an existing file path, or an open_clip tag for ``clip``.
+
+        Raises :class:`UsageError` when the value is neither a file nor a tag open_clip knows for ``clip``.
+        """
+        import open_clip
+
+        _register_packaged_configs()
+        if clip not in open_clip.list_models():
+            raise UsageError(f"open_clip has no model '{clip}'; try one of: ViT-B-32, ViT-B-16, rap-tiny, rap-micro "
+                             "(`python -c 'import open_clip; print(open_clip.list_models())'` lists all)")
+        if not pretrained or pretrained.lower() == "none":
+            return cls(clip, "none")
+        path = Path(pretrained).expanduser()
+        if path.is_file():
+            return cls(clip, "file", str(path.resolve()), sha256_file(path))
+        if looks_like_path(pretrained):
+            raise UsageError(f"backbone weights file {pretrained} does not exist; pass an existing file, an open_clip "
+                             "tag such as 'openai', or 'none'")
+        tags = open_clip.list_pretrained_tags_by_model(clip)
+        if pretrained not in tags:
+            raise UsageError(f"'{pretrained}' is neither a file nor an open_clip pretrained tag for {clip} "
+                             f"(tags: {', '.join(tags) or 'none'})")
+        return cls(clip, "tag", pretrained)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"clip": self.clip, "kind": self.kind, "value": self.value, "sha256": self.sha256}
+
+
+def looks_like_path(value: str) -> bool:
+    """True when ``value`` is clearly meant as a file path rather than a tag."""
+    return "/" in value or "\\" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def quick_gelu_for(spec: BackboneSpec) -> bool:
+    """Whether the pretrained tag was trained with QuickGELU (OpenAI weights were); False for files and none."""
+    if spec.kind != "tag":
+        return False
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(spec.clip, spec.value) or {}
+    return bool(cfg.get("quick_gelu", False))
+
+
+def clip_model_config(clip: str) -> dict[str, Any]:
+    """Return open_clip's architecture config (a JSON-able dict) for ``clip``."""
+    import open_clip
+
+    _register_packaged_configs()
+    cfg = open_clip.get_model_config(clip)
+    if cfg is None:
+        raise UsageError(f"open_clip has no model config '{clip}'")
+    return json.loads(json.dumps(cfg))
+
+
+def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: dict[str, torch.Tensor] | None = None
+              ) -> nn.Module:
+    """Create the open_clip model of ``spec`` on CPU, load its weights, freeze it and put it in eval mode.
+
+    ``state_dict`` (the embedded weights of a checkpoint) overrides ``spec``'s weights source. A tag must already be
+    in the local open_clip cache (no network here). Raises :class:`UsageError` with the reason when loading fails.
+    """
+    import open_clip
+
+    _register_packaged_configs()
+    if quick_gelu is None:
+        quick_gelu = quick_gelu_for(spec)
+    pretrained = None
+    if state_dict is None and spec.kind in ("tag", "file"):
+        pretrained = spec.value
+        if spec.kind == "file" and spec.sha256 and Path(spec.value).is_file():
+            actual = sha256_file(spec.value)
+            if actual != spec.sha256:
+                raise UsageError(f"backbone file {spec.value} changed (sha256 {actual[:12]}…, expected "
+                                 f"{spec.sha256[:12]}…); restore it or re-run `rapdeploy init`")
+    try:
+        with _quiet_root_logger():
+            model = open_clip.create_model(spec.clip, pretrained=pretrained, force_quick_gelu=quick_gelu,
+                                           load_weights=pretrained is not None)
+    except (RuntimeError, OSError, ValueError) as exc:
+        hint = " (tags need the weights in the local open_clip / Hugging Face cache; offline machines can pass a " \
+               "local weights file instead)" if spec.kind == "tag" else ""
+        raise UsageError(f"cannot load backbone {spec.clip} with pretrained={spec.value}: {exc}{hint}") from exc
+    if state_dict is not None:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise UsageError(f"embedded backbone weights do not fit {spec.clip}: missing {list(missing)[:5]}, "
+                             f"unexpected {list(unexpected)[:5]}")
+    freeze(model)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """Silence open_clip's root-logger 'No pretrained weights loaded' notice (info/init report the backbone)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Set ``requires_grad=False`` on every parameter and put the module in eval mode; returns it."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()

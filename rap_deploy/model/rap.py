@@ -1,0 +1,160 @@
+"""The assembled RAP model: frozen open_clip CLIP + LoRM in every visual block + the ASA head.
+
+It exposes the three parts of the retrieval contract (DESIGN.md §4): :meth:`RAPModel.encode_video`,
+:meth:`RAPModel.encode_text` and :meth:`RAPModel.asa_similarity`, and :meth:`RAPModel.similarity` for training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rap_deploy.config import RAPConfig
+from rap_deploy.errors import UsageError
+from rap_deploy.model.asa import AsynchronousSelfAttention
+from rap_deploy.model.clip_loader import freeze
+from rap_deploy.model.lorm import LowRankModulation
+
+
+class RAPModel(nn.Module):
+    """RAP on a frozen open_clip ViT CLIP. Only the adapters (``lorm_*``, ``asa``) have trainable parameters."""
+
+    def __init__(self, clip: nn.Module, config: RAPConfig) -> None:
+        super().__init__()
+        visual = getattr(clip, "visual", None)
+        if visual is None or not hasattr(visual, "conv1") or not hasattr(clip, "token_embedding"):
+            raise UsageError(f"backbone {config.clip} is not an open_clip ViT CLIP (needs visual.conv1 and a built-in "
+                             "text tower); use a ViT model such as ViT-B-32")
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
+            raise UsageError(f"backbone {config.clip} uses attentional or post-pool LayerNorm pooling; not supported")
+        blocks = visual.transformer.resblocks
+        if not all(hasattr(b, "ls_1") and hasattr(b, "attention") for b in blocks):
+            raise UsageError(f"backbone {config.clip} uses custom residual blocks; not supported")
+        self.config = config
+        self.clip = freeze(clip)
+        width = visual.transformer.width
+        self.grid = tuple(visual.grid_size)
+        self.embed_dim = int(visual.output_dim)
+        self.num_patches = self.grid[0] * self.grid[1]
+        if config.context_length > clip.positional_embedding.shape[0]:
+            raise UsageError(f"context_length {config.context_length} exceeds {config.clip}'s "
+                             f"{clip.positional_embedding.shape[0]} text positions")
+        if config.use_lorm:
+            self.lorm_attn = nn.ModuleList(LowRankModulation(config.frames, width, config.lorm_rank) for _ in blocks)
+            self.lorm_mlp = nn.ModuleList(LowRankModulation(config.frames, width, config.lorm_rank) for _ in blocks)
+        else:
+            self.lorm_attn = self.lorm_mlp = None
+        self.asa = (AsynchronousSelfAttention(self.embed_dim, self.grid, config.asa_topk, config.asa_heads,
+                                              config.asa_dim, config.asa_selection) if config.has_asa else None)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def train(self, mode: bool = True) -> RAPModel:
+        """Train mode for the adapters only: the frozen backbone always stays in eval mode."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable adapter weights (everything outside ``clip.``)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The frozen backbone weights, keyed as open_clip names them."""
+        return self.clip.state_dict()
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``trainable_params`` (adapters) and ``total_params`` (backbone + adapters)."""
+        trainable = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("clip."))
+        total = sum(p.numel() for p in self.parameters())
+        return {"trainable_params": trainable, "total_params": total}
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The frozen CLIP temperature, ``exp(logit_scale)``."""
+        return self.clip.logit_scale.detach().exp()
+
+    # ------------------------------------------------------------------ graphs
+    def encode_frames_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """Run the (LoRM-modulated) ViT on ``[B*T,3,H,W]`` frames; returns joint-space tokens ``[B*T, 1+P, d]``."""
+        visual = self.clip.visual
+        x = visual.conv1(frames)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        x = visual.ln_pre(x)
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        for i, blk in enumerate(visual.transformer.resblocks):
+            # ResidualAttentionBlock.forward, with LoRM on each branch before it joins the residual stream.
+            attn = blk.ls_1(blk.attention(q_x=self._to_blk(blk.ln_1(x), batch_first)))
+            x = x + self._modulate(self.lorm_attn, i, attn, batch_first)
+            x = x + self._modulate(self.lorm_mlp, i, blk.ls_2(blk.mlp(blk.ln_2(x))), batch_first)
+        x = visual.ln_post(x)
+        return x @ visual.proj if visual.proj is not None else x
+
+    @staticmethod
+    def _to_blk(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+        return x if batch_first else x.transpose(0, 1)
+
+    @staticmethod
+    def _modulate(sites: nn.ModuleList | None, i: int, y: torch.Tensor, batch_first: bool) -> torch.Tensor:
+        if not batch_first:
+            y = y.transpose(0, 1)
+        return sites[i](y) if sites is not None else y
+
+    def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode ``frames [B,T,3,H,W]`` (``frame_mask [B,T]``, 1 = real frame, default all ones).
+
+        Returns ``video_emb [B,d]`` (L2-normalised masked mean of frame embeddings, i.e. meanP), ``frame_emb
+        [B,T,d]`` (L2-normalised, zero for padded frames) and ``patch_tokens [B,T,P,d]`` (L2-normalised, zero for
+        padded frames).
+        """
+        b, t = frames.shape[:2]
+        if t != self.config.frames:
+            raise UsageError(f"model expects {self.config.frames} frames per video, got {t}")
+        tokens = self.encode_frames_tokens(frames.reshape(b * t, *frames.shape[2:]))
+        tokens = F.normalize(tokens.reshape(b, t, 1 + self.num_patches, -1), dim=-1)
+        mask = torch.ones(b, t, dtype=tokens.dtype, device=tokens.device) if frame_mask is None \
+            else frame_mask.to(tokens.dtype)
+        frame_emb = tokens[:, :, 0] * mask.unsqueeze(-1)
+        patch_tokens = tokens[:, :, 1:] * mask.view(b, t, 1, 1)
+        video_emb = F.normalize(frame_emb.sum(1), dim=-1)
+        return video_emb, frame_emb, patch_tokens
+
+    def encode_text(self, tokens: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """Encode token ids ``[B,L]`` with EOT positions ``[B]``; returns L2-normalised ``text_emb [B,d]``."""
+        clip = self.clip
+        length = tokens.shape[1]
+        x = clip.token_embedding(tokens.long()) + clip.positional_embedding[:length]
+        mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+        x = clip.ln_final(clip.transformer(x, attn_mask=mask))
+        idx = eot.long().view(-1, 1, 1).expand(-1, 1, x.shape[-1])
+        x = x.gather(1, idx).squeeze(1)
+        proj = clip.text_projection
+        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return F.normalize(x, dim=-1)
+
+    def asa_similarity(self, text_emb: torch.Tensor, frame_emb: torch.Tensor, patch_tokens: torch.Tensor,
+                       query_chunk: int = 64, video_chunk: int = 64) -> torch.Tensor:
+        """Cosine similarity ``[Q, V]`` of each text with its text-conditioned embedding of each video.
+
+        Without an ASA head (``rap_light`` or ``--no-asa``) this is meanP: ``text_emb @ mean(frame_emb)``.
+        Computed in ``query_chunk × video_chunk`` blocks so memory stays bounded.
+        """
+        if self.asa is None:
+            n_valid = (frame_emb.pow(2).sum(-1) > 0.5).sum(-1, keepdim=True).clamp_min(1)
+            return text_emb @ F.normalize(frame_emb.sum(1) / n_valid, dim=-1).T
+        rows = []
+        for q0 in range(0, text_emb.shape[0], query_chunk):
+            cols = [self.asa(text_emb[q0:q0 + query_chunk], frame_emb[v0:v0 + video_chunk],
+                             patch_tokens[v0:v0 + video_chunk])
+                    for v0 in range(0, frame_emb.shape[0], video_chunk)]
+            rows.append(torch.cat(cols, dim=1))
+        return torch.cat(rows, dim=0)
+
+    def similarity(self, frames: torch.Tensor, frame_mask: torch.Tensor | None, tokens: torch.Tensor,
+                   eot: torch.Tensor) -> torch.Tensor:
+        """Training similarity ``[B_text, B_video]`` (cosine, before the logit scale) for a batch."""
+        _, frame_emb, patch_tokens = self.encode_video(frames, frame_mask)
+        return self.asa_similarity(self.encode_text(tokens, eot), frame_emb, patch_tokens)

@@ -1,0 +1,82 @@
+"""Model summaries for ``init`` / ``info`` (the functions the commands call)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.config import RAPConfig
+from rap_deploy.errors import UsageError
+from rap_deploy.model.clip_loader import BackboneSpec
+from rap_deploy.model.rap import RAPModel
+
+
+def summarize(model: RAPModel, backbone: BackboneSpec) -> dict[str, Any]:
+    """JSON-able summary: ``variant``, ``clip``, ``frames``, ``trainable_params``, ``total_params`` and details."""
+    counts = model.parameter_counts()
+    cfg = model.config
+
+    def count(prefix: str) -> int:
+        return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix))
+
+    return {
+        "variant": cfg.variant,
+        "clip": cfg.clip,
+        "frames": cfg.frames,
+        "context_length": cfg.context_length,
+        "backbone": backbone.kind if backbone.kind == "none" else f"{backbone.kind}:{backbone.value}",
+        **counts,
+        "trainable_percent": round(100.0 * counts["trainable_params"] / counts["total_params"], 4),
+        "lorm_params": count("lorm_"),
+        "asa_params": count("asa."),
+        "embed_dim": model.embed_dim,
+        "patches": model.num_patches,
+        "image_size": cfg.preprocess.image_size,
+        "config": cfg.to_dict(),
+    }
+
+
+def init_checkpoint(out: Path, clip: str | None, pretrained: str, backbone_file: Path | None, config: RAPConfig,
+                    embed_backbone: bool, seed: int) -> dict[str, Any]:
+    """Write an untrained checkpoint to ``out``; returns its summary. Raises :class:`UsageError` on bad options."""
+    from rap_deploy.checkpoint import new_checkpoint, save_checkpoint
+
+    if backbone_file is not None:
+        from rap_deploy.backbone_file import read_backbone_clip_name
+
+        stored = read_backbone_clip_name(backbone_file)
+        if clip and stored and clip != stored:
+            raise UsageError(f"--clip {clip} does not match the backbone file {backbone_file} (made for {stored})")
+        clip = clip or stored
+        pretrained = str(backbone_file)
+    clip = clip or "ViT-B-32"
+    spec = BackboneSpec.parse(clip, pretrained)
+    config = config.replace(clip=clip, preprocess=_preprocess_for(clip))
+    ckpt, model = new_checkpoint(config, spec, embed_backbone=embed_backbone, seed=seed)
+    save_checkpoint(ckpt, out)
+    return {**summarize(model, spec), "checkpoint": str(out)}
+
+
+def describe(checkpoint: Path | None, config: RAPConfig, pretrained: str) -> dict[str, Any]:
+    """Summary of a checkpoint, or of ``config`` on a ``pretrained`` backbone when no checkpoint is given."""
+    if checkpoint is not None:
+        from rap_deploy.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)
+        return {**summarize(ckpt.build_model(), ckpt.backbone), "checkpoint": str(checkpoint),
+                "extra": {k: v for k, v in ckpt.extra.items() if isinstance(v, (int, float, str, bool))}}
+    from rap_deploy.model.clip_loader import load_clip
+
+    spec = BackboneSpec.parse(config.clip, pretrained)
+    config = config.replace(preprocess=_preprocess_for(config.clip))
+    return summarize(RAPModel(load_clip(spec), config), spec)
+
+
+def _preprocess_for(clip: str):
+    """The preprocessing of ``clip``: its image size with CLIP's mean/std and bicubic resize."""
+    from rap_deploy.config import PreprocessConfig
+    from rap_deploy.model.clip_loader import clip_model_config
+
+    size = clip_model_config(clip)["vision_cfg"]["image_size"]
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return PreprocessConfig(image_size=int(size))

@@ -1,0 +1,52 @@
+"""Default output locations (DESIGN.md §11): ``./rapdeploy-out`` or ``$RAPDEPLOY_HOME``, with a latest-artifact lookup.
+
+Layout: ``onnx/`` for exports, ``engines/<backend>-<precision>/`` for engines, ``verify/`` and ``bench/`` for reports,
+``runs/`` for training runs, ``cache/`` for decoded frames and the offline backbone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rap_deploy.errors import UsageError
+
+DEFAULT_WORKSPACE = "rapdeploy-out"
+
+
+def workspace_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Return the workspace folder: ``explicit``, else ``$RAPDEPLOY_HOME``, else ``./rapdeploy-out``.
+
+    Raises :class:`UsageError` if it would be inside the package's own ``engines/`` source folder.
+    """
+    root = Path(explicit or os.environ.get("RAPDEPLOY_HOME") or DEFAULT_WORKSPACE).expanduser().resolve()
+    pkg_engines = (Path(__file__).resolve().parent.parent / "engines").resolve()
+    if root == pkg_engines or pkg_engines in root.parents:
+        raise UsageError(f"workspace {root} is inside the package's engines/ folder; pass --workspace elsewhere")
+    return root
+
+
+def subdir(name: str, explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Return ``<workspace>/<name>`` (not created)."""
+    return workspace_root(explicit) / name
+
+
+def latest_child(folder: Path, marker: str) -> Path | None:
+    """Return the most recently modified sub-folder of ``folder`` (or ``folder`` itself) that contains ``marker``."""
+    if not folder.is_dir():
+        return None
+    candidates = [p for p in [folder, *folder.iterdir()] if p.is_dir() and (p / marker).is_file()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p / marker).stat().st_mtime)
+
+
+def data_root(explicit: str | os.PathLike[str] | None) -> Path:
+    """Return the dataset folder from ``--data-root`` or ``$RAPDEPLOY_DATA``; raise :class:`UsageError` if neither."""
+    value = explicit or os.environ.get("RAPDEPLOY_DATA")
+    if not value:
+        raise UsageError("no dataset folder: pass --data-root DIR or set RAPDEPLOY_DATA")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"dataset folder {path} does not exist; pass --data-root pointing at the dataset")
+    return path

@@ -1,0 +1,252 @@
+"""The RAP model: identity at init, frozen backbone, gradient flow, the sampler, top-k, checkpoints, init/info."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import micro_config, randomize_adapters
+from typer.testing import CliRunner
+
+from rap_deploy.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
+from rap_deploy.cli.app import app
+from rap_deploy.errors import UsageError
+from rap_deploy.model.asa import trilinear_warp
+from rap_deploy.model.clip_loader import BackboneSpec
+from rap_deploy.tokenizer import tokenize
+
+
+def _frames(b=3, t=4, s=32, seed=0):
+    return torch.randn(b, t, 3, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def _text(model, texts=("a red circle moves left", "a blue square", "green triangle appears")):
+    ids, eot = tokenize(texts, model.config.tokenizer)
+    return model.encode_text(torch.from_numpy(ids), torch.from_numpy(eot))
+
+
+def test_identity_at_init_equals_frozen_clip_meanp(micro_model):
+    frames = _frames()
+    with torch.no_grad():
+        video_emb, frame_emb, patches = micro_model.encode_video(frames)
+        per_frame = micro_model.clip.encode_image(frames.flatten(0, 1), normalize=True).view(3, 4, -1)
+        meanp = F.normalize(per_frame.mean(1), dim=-1)
+        assert (video_emb - meanp).abs().max() <= 1e-5
+        text = _text(micro_model)
+        sim = micro_model.asa_similarity(text, frame_emb, patches)
+        assert (sim - text @ meanp.T).abs().max() <= 1e-5
+
+
+def test_text_encoder_matches_open_clip(micro_model):
+    texts = ["a red circle", "two blue squares move up"]
+    ids, eot = tokenize(texts, micro_model.config.tokenizer)
+    with torch.no_grad():
+        ours = micro_model.encode_text(torch.from_numpy(ids), torch.from_numpy(eot))
+        ref = micro_model.clip.encode_text(torch.from_numpy(ids).long(), normalize=True)
+    assert (ours - ref).abs().max() <= 1e-6
+
+
+def test_padded_frames_are_masked(micro_model):
+    frames = _frames(b=1)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    with torch.no_grad():
+        v_masked, f, p = micro_model.encode_video(frames, mask)
+        assert f[0, 2:].abs().max() == 0 and p[0, 2:].abs().max() == 0
+        per_frame = micro_model.clip.encode_image(frames[0, :2], normalize=True)
+        assert (v_masked[0] - F.normalize(per_frame.mean(0), dim=-1)).abs().max() <= 1e-5
+
+
+def test_backbone_frozen_and_adapters_receive_gradients(micro_model):
+    model = micro_model.train()
+    assert not model.clip.training
+    randomize_adapters(model, seed=3, std=0.1)
+    before = {k: v.clone() for k, v in model.clip.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(not p.requires_grad for p in model.clip.parameters())
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    ids, eot = tokenize(["a red circle", "a blue square", "a green star"], model.config.tokenizer)
+    sim = model.similarity(_frames(), None, torch.from_numpy(ids), torch.from_numpy(eot))
+    labels = torch.arange(3)
+    loss = (F.cross_entropy(sim * 10, labels) + F.cross_entropy(sim.T * 10, labels)) / 2
+    loss.backward()
+    named = dict(model.named_parameters())
+    for name in ["lorm_attn.0.u_scale", "lorm_attn.0.v_scale", "lorm_mlp.1.u_shift", "lorm_mlp.1.v_shift",
+                 "asa.patch_offset", "asa.time_offset", "asa.q_proj.weight", "asa.k_proj.weight",
+                 "asa.v_proj.weight", "asa.out_proj.weight"]:
+        grad = named[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in model.clip.parameters())
+    opt.step()
+    for k, v in model.clip.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def _reference_trilinear(volume, gamma, delta):
+    """Direct per-position trilinear interpolation with clamped coordinates (the definition, no tricks)."""
+    v, h, t, hp, wp, c = volume.shape
+    out = torch.zeros_like(volume)
+
+    def lerp_idx(pos, n):
+        pos = min(max(pos, 0.0), n - 1.0)
+        i0 = int(math.floor(pos))
+        i1 = min(i0 + 1, n - 1)
+        return i0, i1, pos - i0
+
+    for hh in range(h):
+        for tt in range(t):
+            t0, t1, wt = lerp_idx(tt + float(delta[hh]), t)
+            for r in range(hp):
+                r0, r1, wr = lerp_idx(r + float(gamma[hh, 0]), hp)
+                for col in range(wp):
+                    c0, c1, wc = lerp_idx(col + float(gamma[hh, 1]), wp)
+                    acc = 0
+                    for ti, wti in ((t0, 1 - wt), (t1, wt)):
+                        for ri, wri in ((r0, 1 - wr), (r1, wr)):
+                            for ci, wci in ((c0, 1 - wc), (c1, wc)):
+                                acc = acc + wti * wri * wci * volume[:, hh, ti, ri, ci]
+                    out[:, hh, tt, r, col] = acc
+    return out
+
+
+@pytest.mark.parametrize("gamma,delta", [
+    ([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], [0.0, 0.0, 0.0]),
+    ([[0.3, -0.7], [1.5, 2.25], [-3.6, 0.5]], [0.4, -1.3, 2.8]),
+    ([[7.0, -9.5], [-0.01, 0.99], [4.5, -4.5]], [-6.2, 9.9, 0.0]),  # far out of range
+])
+def test_trilinear_warp_matches_reference(gamma, delta):
+    vol = torch.randn(2, 3, 4, 3, 5, 2, generator=torch.Generator().manual_seed(0))
+    g, d = torch.tensor(gamma), torch.tensor(delta)
+    got = trilinear_warp(vol, g, d)
+    assert (got - _reference_trilinear(vol, g, d)).abs().max() < 1e-5
+
+
+def test_trilinear_warp_matches_grid_sample_border():
+    vol = torch.randn(1, 2, 5, 4, 6, 3, generator=torch.Generator().manual_seed(1))
+    gamma, delta = torch.tensor([[0.25, -1.75], [2.5, 0.6]]), torch.tensor([1.2, -0.4])
+    got = trilinear_warp(vol, gamma, delta)
+    for h in range(2):
+        x = vol[:, h].permute(0, 4, 1, 2, 3)  # N,C,D,H,W
+        t, hp, wp = x.shape[2:]
+        zz, yy, xx = torch.meshgrid(torch.arange(t) + delta[h], torch.arange(hp) + gamma[h, 0],
+                                    torch.arange(wp) + gamma[h, 1], indexing="ij")
+        grid = torch.stack([xx / (wp - 1) * 2 - 1, yy / (hp - 1) * 2 - 1, zz / (t - 1) * 2 - 1], -1)[None]
+        ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        assert (got[:, h] - ref.permute(0, 2, 3, 4, 1)).abs().max() < 1e-5
+
+
+def test_topk_selects_highest_text_similarity(micro_model):
+    asa = micro_model.asa
+    gen = torch.Generator().manual_seed(0)
+    patches = F.normalize(torch.randn(2, 4, 16, 32, generator=gen), dim=-1)
+    query = F.normalize(torch.randn(3, 32, generator=gen), dim=-1)
+    idx = asa.select(query, patches)
+    assert idx.shape == (3, 2, 4, asa.topk)
+    for q in range(3):
+        for v in range(2):
+            for t in range(4):
+                scores = [float(query[q] @ patches[v, t, p]) for p in range(16)]
+                best = sorted(range(16), key=lambda p: -scores[p])[: asa.topk]
+                assert set(idx[q, v, t].tolist()) == set(best)
+
+
+def test_saliency_selection_is_query_independent():
+    from rap_deploy.model.clip_loader import load_clip
+    from rap_deploy.model.rap import RAPModel
+
+    model = RAPModel(load_clip(BackboneSpec.parse("rap-micro", "none")), micro_config(asa_selection="saliency"))
+    randomize_adapters(model, seed=2)
+    with torch.no_grad():
+        _, f, p = model.encode_video(_frames(b=2))
+        text = _text(model)
+        sim = model.asa_similarity(text, f, p)
+        cond = model.asa.conditioned_embedding(text, f, p)
+    assert cond.shape[0] == 1 and sim.shape == (3, 2)
+
+
+def test_asa_chunking_is_exact(micro_model):
+    randomize_adapters(micro_model, seed=4)
+    with torch.no_grad():
+        _, f, p = micro_model.encode_video(_frames(b=5))
+        text = _text(micro_model)
+        full = micro_model.asa_similarity(text, f, p, query_chunk=64, video_chunk=64)
+        chunked = micro_model.asa_similarity(text, f, p, query_chunk=2, video_chunk=2)
+    assert (full - chunked).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_checkpoint_round_trip(tmp_path, suffix):
+    ckpt, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    randomize_adapters(model, seed=5)
+    from rap_deploy.checkpoint import checkpoint_from_model
+
+    path = save_checkpoint(checkpoint_from_model(model, ckpt, extra={"epoch": 3}), tmp_path / f"c{suffix}")
+    loaded = load_checkpoint(path)
+    assert loaded.config == model.config and loaded.extra["epoch"] == 3
+    rebuilt = loaded.build_model()
+    frames = _frames(b=2)
+    with torch.no_grad():
+        a, b = model.encode_video(frames), rebuilt.encode_video(frames)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    if suffix == ".pt":
+        torch.load(path, weights_only=True)  # plain tensors and data only
+
+
+class Sneaky:
+    """An arbitrary Python object: loading it needs weights_only=False."""
+
+
+def test_pickled_object_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "rapdeploy.checkpoint", "obj": Sneaky()}, path)
+    with pytest.raises(UsageError, match="pickled Python objects"):
+        load_checkpoint(path)
+    result = CliRunner().invoke(app, ["info", str(path)])
+    assert result.exit_code == 2 and "pickled" in result.output
+
+
+def test_init_and_info_cli(tmp_path):
+    out = tmp_path / "m.pt"
+    runner = CliRunner()
+    result = runner.invoke(app, ["init", "--clip", "rap-micro", "--frames", "4", "--asa-dim", "16", "--heads", "2",
+                                 "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["info", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["variant"] == "rap" and info["clip"] == "rap-micro" and info["frames"] == 4
+    assert 0 < info["trainable_params"] < info["total_params"]
+    light = tmp_path / "light.pt"
+    made = runner.invoke(app, ["init", "--clip", "rap-micro", "--variant", "rap_light", "--out", str(light)])
+    assert made.exit_code == 0, made.output
+    light_info = json.loads(runner.invoke(app, ["info", str(light), "--json"]).output)
+    assert light_info["asa_params"] == 0 and light_info["lorm_params"] > 0
+    bad = runner.invoke(app, ["init", "--clip", "rap-micro", "--pretrained", "/nope/w.pt", "--out", str(out)])
+    assert bad.exit_code == 2 and "/nope/w.pt" in bad.output
+
+
+def test_init_from_local_weights_file(tmp_path, micro_model):
+    """The real-user path: --pretrained FILE loads those weights through open_clip."""
+    weights = tmp_path / "clip.pt"
+    torch.save(micro_model.clip.state_dict(), weights)
+    out = tmp_path / "m.pt"
+    result = CliRunner().invoke(app, ["init", "--clip", "rap-micro", "--pretrained", str(weights), "--frames", "4",
+                                      "--asa-dim", "16", "--heads", "2", "--reference-backbone", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.backbone.kind == "file" and ckpt.backbone_state is None and len(ckpt.backbone.sha256) == 64
+    rebuilt = ckpt.build_model()
+    for k, v in micro_model.clip.state_dict().items():
+        assert torch.equal(rebuilt.clip.state_dict()[k], v), k
+
+
+def test_info_vit_b32_parameter_budget():
+    result = CliRunner().invoke(app, ["info", "--clip", "ViT-B-32", "--pretrained", "none", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert 0.3e6 <= info["trainable_params"] <= 2.0e6
+    assert abs(info["total_params"] - 151e6) < 2e6
+    assert info["trainable_params"] / info["total_params"] < 0.015
