@@ -1,0 +1,229 @@
+"""Retrieval over a video index: encoding a split, full ASA similarity, two-stage search, evaluation.
+
+Works with anything that has the :class:`~rap_deploy.engines.base.Engine` methods (numpy in, numpy out): an engine,
+or :class:`ModelEncoder` around a PyTorch :class:`~rap_deploy.model.rap.RAPModel`. Training, verify and bench all
+evaluate through :func:`evaluate`, so the numbers they print are computed the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from rap_deploy.config import FrameSamplingConfig, RAPConfig
+from rap_deploy.tokenizer import tokenize
+
+
+class Encoder(Protocol):
+    """The Engine methods retrieval needs (see ``rap_deploy.engines.base.Engine``)."""
+
+    config: RAPConfig
+
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray: ...
+
+    def asa_similarity(self, text_emb: np.ndarray, frame_emb: np.ndarray, patch_tokens: np.ndarray) -> np.ndarray: ...
+
+
+class ModelEncoder:
+    """Numpy-in / numpy-out wrapper of a :class:`RAPModel` with the Engine method names (the PyTorch reference)."""
+
+    def __init__(self, model: Any, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 query_chunk: int = 32, video_chunk: int = 32) -> None:
+        self.model = model.to(device=device).eval()
+        if dtype != torch.float32:
+            self.model = self.model.to(dtype)
+        self.config: RAPConfig = model.config
+        self.device, self.dtype = device, dtype
+        self.query_chunk, self.video_chunk = query_chunk, video_chunk
+
+    @property
+    def has_asa(self) -> bool:
+        return self.model.asa is not None
+
+    def _t(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(x))
+        return t.to(self.device, self.dtype) if t.is_floating_point() else t.to(self.device)
+
+    @staticmethod
+    def _np(x: torch.Tensor) -> np.ndarray:
+        return x.detach().to("cpu", torch.float32).numpy()
+
+    @torch.no_grad()
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """See ``Engine.encode_video``."""
+        mask = None if frame_mask is None else self._t(frame_mask)
+        return tuple(self._np(x) for x in self.model.encode_video(self._t(frames), mask))  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
+        """See ``Engine.encode_text``."""
+        return self._np(self.model.encode_text(self._t(input_ids), self._t(eot)))
+
+    @torch.no_grad()
+    def asa_similarity(self, text_emb: np.ndarray, frame_emb: np.ndarray, patch_tokens: np.ndarray) -> np.ndarray:
+        """See ``Engine.asa_similarity``."""
+        return self._np(self.model.asa_similarity(self._t(text_emb), self._t(frame_emb), self._t(patch_tokens),
+                                                  self.query_chunk, self.video_chunk))
+
+
+@dataclass
+class VideoIndex:
+    """The offline video index: the video encoder's outputs for a library (``patch_tokens`` stored in fp16)."""
+
+    video_ids: list[str]
+    video_emb: np.ndarray  # [V, d] float32
+    frame_emb: np.ndarray  # [V, T, d] float32
+    patch_tokens: np.ndarray  # [V, T, P, d] float16
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+
+def sampling_for(config: RAPConfig, split_sampling: FrameSamplingConfig) -> FrameSamplingConfig:
+    """The model's frame count with the dataset's sampling rate."""
+    return FrameSamplingConfig(max_frames=config.frames, fps=split_sampling.fps)
+
+
+def load_video_batch(split: Any, indices: list[int], cache: Any, config: RAPConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Decode (through ``cache``) and preprocess videos ``indices`` of ``split``.
+
+    Returns ``frames float32 [B,T,3,S,S]`` and ``frame_mask float32 [B,T]``; raises ``VideoDecodeError``.
+    """
+    from rap_deploy.preprocess import normalize
+
+    sampling = sampling_for(config, split.sampling)
+    frames, masks = [], []
+    for i in indices:
+        entry = split.videos[i]
+        video = cache.get(entry.path, sampling, config.preprocess, entry.start, entry.end)
+        frames.append(normalize(video.frames, config.preprocess).numpy())
+        masks.append(video.mask.astype(np.float32))
+    return np.stack(frames), np.stack(masks)
+
+
+def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = True) -> tuple[Any, list[dict[str, str]]]:
+    """Decode every video once; return the split without undecodable videos (and their captions) and the skipped list.
+
+    Skipped videos are reported by id and reason, never replaced by zeros.
+    """
+    from rap_deploy.data.progress import progress_bar
+    from rap_deploy.data.video import VideoDecodeError
+
+    sampling = sampling_for(config, split.sampling)
+    good, skipped = [], []
+    with progress_bar(split.num_videos, "decoding videos", progress) as advance:
+        for i, entry in enumerate(split.videos):
+            try:
+                cache.get(entry.path, sampling, config.preprocess, entry.start, entry.end)
+                good.append(i)
+            except VideoDecodeError as exc:
+                skipped.append({"video_id": entry.video_id, "reason": exc.reason})
+            advance(1)
+    return (split if not skipped else split.subset(good)), skipped
+
+
+def encode_videos(encoder: Encoder, split: Any, cache: Any, batch_size: int = 8, progress: bool = True) -> VideoIndex:
+    """Run the video encoder over every video of ``split`` (all must decode: see :func:`usable_videos`)."""
+    from rap_deploy.data.progress import progress_bar
+
+    video, frame, patch = [], [], []
+    with progress_bar(split.num_videos, "encoding videos", progress) as advance:
+        for start in range(0, split.num_videos, batch_size):
+            idx = list(range(start, min(start + batch_size, split.num_videos)))
+            frames, mask = load_video_batch(split, idx, cache, encoder.config)
+            v, f, p = encoder.encode_video(frames, mask)
+            video.append(v)
+            frame.append(f)
+            patch.append(p.astype(np.float16))
+            advance(len(idx))
+    return VideoIndex([v.video_id for v in split.videos], np.concatenate(video), np.concatenate(frame),
+                      np.concatenate(patch))
+
+
+def encode_texts(encoder: Encoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Tokenise with the encoder's tokenizer settings and run the text encoder; returns ``[N, d]`` float32."""
+    ids, eot = tokenize(texts, encoder.config.tokenizer)
+    out = [encoder.encode_text(ids[i:i + batch_size], eot[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def full_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoIndex, query_block: int = 64,
+                    progress: bool = True) -> np.ndarray:
+    """ASA similarity of every text with every video ``[Q, V]``, computed in query blocks (bounded memory)."""
+    from rap_deploy.data.progress import progress_bar
+
+    if not getattr(encoder, "has_asa", encoder.config.has_asa):
+        return meanp_similarity(text_emb, index)
+    rows = []
+    with progress_bar(len(text_emb), "ASA similarity", progress) as advance:
+        for q0 in range(0, len(text_emb), query_block):
+            block = text_emb[q0:q0 + query_block]
+            rows.append(encoder.asa_similarity(block, index.frame_emb, index.patch_tokens.astype(np.float32)))
+            advance(len(block))
+    return np.concatenate(rows).astype(np.float32)
+
+
+def meanp_similarity(text_emb: np.ndarray, index: VideoIndex) -> np.ndarray:
+    """Stage-1 similarity: text · meanP video embedding ``[Q, V]``."""
+    return (text_emb.astype(np.float32) @ index.video_emb.astype(np.float32).T).astype(np.float32)
+
+
+# Re-ranked candidates are lifted above every stage-1 score: cosines lie in [-1, 1].
+_RERANK_OFFSET = 3.0
+
+
+def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoIndex, top_m: int = 100,
+                         progress: bool = True) -> np.ndarray:
+    """Two-stage search scores ``[Q, V]``: stage 1 ranks by meanP inner product, stage 2 re-ranks the top ``top_m``
+    with the ASA head. Candidates carry ``3 + ASA score`` (so they rank above all others, in ASA order); the rest keep
+    their stage-1 score."""
+    from rap_deploy.data.progress import progress_bar
+
+    stage1 = meanp_similarity(text_emb, index)
+    if not getattr(encoder, "has_asa", encoder.config.has_asa):
+        return stage1
+    m = min(top_m, stage1.shape[1])
+    cands = np.argpartition(-stage1, m - 1, axis=1)[:, :m]
+    out = stage1.copy()
+    with progress_bar(len(text_emb), "two-stage re-rank", progress) as advance:
+        for q in range(len(text_emb)):
+            c = np.sort(cands[q])
+            scores = encoder.asa_similarity(text_emb[q:q + 1], index.frame_emb[c],
+                                            index.patch_tokens[c].astype(np.float32))
+            out[q, c] = _RERANK_OFFSET + scores[0]
+            advance(1)
+    return out
+
+
+def evaluate(encoder: Encoder, split: Any, cache: Any, top_m: int = 100, batch_size: int = 8, progress: bool = True,
+             return_scores: bool = False) -> dict[str, Any]:
+    """Encode ``split`` and compute retrieval metrics of the full ASA similarity (``asa``), the two-stage search
+    (``two_stage``) and stage 1 alone (``meanp``), each ``{"t2v": ..., "v2t": ...}``.
+
+    Undecodable videos are dropped with their captions and listed under ``skipped``. With ``return_scores`` the
+    similarity matrices, embeddings and index are returned under ``scores``.
+    """
+    from rap_deploy.metrics import retrieval_metrics
+
+    t0 = time.perf_counter()
+    split, skipped = usable_videos(split, cache, encoder.config, progress)
+    index = encode_videos(encoder, split, cache, batch_size, progress)
+    text_emb = encode_texts(encoder, split.captions)
+    sims = {"asa": full_similarity(encoder, text_emb, index, progress=progress),
+            "two_stage": two_stage_similarity(encoder, text_emb, index, top_m, progress),
+            "meanp": meanp_similarity(text_emb, index)}
+    result: dict[str, Any] = {name: retrieval_metrics(s, split.caption_video) for name, s in sims.items()}
+    result.update(videos=split.num_videos, captions=split.num_captions, skipped=skipped + index.skipped,
+                  seconds=round(time.perf_counter() - t0, 3), top_m=top_m)
+    if return_scores:
+        result["scores"] = {"sims": sims, "text_emb": text_emb, "index": index, "split": split}
+    return result
