@@ -51,3 +51,55 @@ def micro_model():
 
     _, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
     return model
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """Folder of a small synthetic MSR-VTT-layout dataset: 24 train + 12 test videos (6 time-reversed test pairs),
+    64x64 px, 4 fps, 12 s, seed 0 (see :func:`rap_deploy.data.synth.generate_synthetic_dataset`)."""
+    from rap_deploy.data.synth import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_synthetic_dataset(root, videos=36, test_videos=12, seed=0, size=64, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def micro_ort_engines(tmp_path_factory, micro_checkpoint):
+    """Engines of the micro checkpoint for verify/bench tests: ``{"export", "fp32", "damaged"}`` folders.
+
+    ``damaged`` is the fp32 ONNX Runtime engine with one visual-transformer weight of its video encoder scaled ×3 and
+    the manifest's sha256 recomputed, so it loads like a valid engine but ranks videos differently.
+    """
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from rap_deploy.atomic import sha256_file
+    from rap_deploy.engines.build import build_engine
+    from rap_deploy.export import export_checkpoint
+
+    base = tmp_path_factory.mktemp("micro_engines")
+    export_dir = base / "export"
+    export_checkpoint(micro_checkpoint, export_dir, progress=False)
+    fp32 = base / "onnxruntime-fp32"
+    build_engine(export_dir, backend="onnxruntime", out=fp32, progress=False)
+    damaged = base / "damaged-fp32"
+    build_engine(export_dir, backend="onnxruntime", out=damaged, progress=False)
+    manifest_path = damaged / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["graphs"]["video_encoder"]
+    graph_path = damaged / entry["file"]
+    model = onnx.load(str(graph_path))
+    weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    named = [i for i in weights if "resblocks" in i.name and i.name.endswith("weight")] or weights
+    target = max(named, key=lambda i: int(np.prod(i.dims)))
+    target.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(target) * 3.0, target.name))
+    onnx.save(model, str(graph_path))
+    entry["sha256"] = sha256_file(graph_path)
+    entry["bytes"] = graph_path.stat().st_size
+    manifest["damaged_initializer"] = target.name
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return {"export": export_dir, "fp32": fp32, "damaged": damaged}

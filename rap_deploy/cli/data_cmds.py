@@ -1,0 +1,88 @@
+"""``rapdeploy synth`` and ``rapdeploy data-check``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from rap_deploy.cli.app import command
+from rap_deploy.errors import CheckFailedError
+
+DATASET_NAMES = "msrvtt, msvd, didemo, activitynet"
+
+
+@command("synth")
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write the dataset into (MSR-VTT layout)."),
+    videos: int = typer.Option(300, "--videos", help="Total number of videos (training + test)."),
+    test_videos: int = typer.Option(60, "--test-videos", help="How many of them form the test split."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same dataset."),
+    size: int = typer.Option(96, "--size", help="Frame width and height in pixels (even)."),
+    fps: int = typer.Option(4, "--fps", help="Frames per second of the written videos."),
+    seconds: int = typer.Option(12, "--seconds", help="Length of every video in seconds."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Write the synthetic moving-shapes text-video dataset (the offline default) in the MSR-VTT layout."""
+    from rap_deploy.data.synth import generate_synthetic_dataset
+
+    summary = generate_synthetic_dataset(out, videos=videos, test_videos=test_videos, seed=seed, size=size, fps=fps,
+                                         seconds=seconds, progress=not quiet)
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(f"wrote {summary['videos']} videos ({summary['train_videos']} train, {summary['test_videos']} test, "
+                   f"{summary['test_reverse_pairs']} time-reversed test pairs) and {summary['sentences']} captions "
+                   f"to {out} in {summary['elapsed_s']} s")
+
+
+@command("data-check")
+def data_check(
+    dataset: str = typer.Option(..., "--dataset", help=f"Dataset format: {DATASET_NAMES}."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder (default: $RAPDEPLOY_DATA)."),
+    split: str = typer.Option("test", "--split", help="Split to check: train, val or test."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (dataset, split, videos, captions, "
+                                  "missing, undecodable, per_video, ok)."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Store the decoded frames in the workspace frame "
+                               "cache, so training and verify do not decode them again."),
+    image_size: int = typer.Option(224, "--image-size", help="Frame size after CLIP preprocessing (the model's input "
+                                   "size; it is part of the cache key)."),
+    frames: int | None = typer.Option(None, "--frames", help="Frames per video (default: 12 for msrvtt/msvd, 64 for "
+                                      "didemo/activitynet)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder for the cache (default: "
+                                          "$RAPDEPLOY_HOME or ./rapdeploy-out)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Read a dataset folder as training and verify would; exit 1 naming every missing or undecodable video."""
+    from rap_deploy.config import PreprocessConfig
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.data.check import check_dataset
+    from rap_deploy.workspace import data_root as resolve_data_root
+
+    root = resolve_data_root(data_root)
+    frame_cache = FrameCache.default(workspace) if cache else FrameCache(None)
+    report = check_dataset(dataset, root, split, cache=frame_cache, progress=not quiet,
+                           preprocess=PreprocessConfig(image_size=image_size), max_frames=frames)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    if not report["ok"]:
+        problems = [f"{p} (missing)" for p in report["missing_paths"]]
+        problems += [f"{u['path']} ({u['reason']})" for u in report["undecodable"]]
+        shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise CheckFailedError(f"{len(problems)} of {report['videos']} videos unusable: {shown}")
+
+
+def _print_report(report: dict) -> None:
+    counts = [v["frames"] for v in report["per_video"].values()]
+    frames = "" if not counts else (f", {counts[0]} frames each" if min(counts) == max(counts)
+                                    else f", {min(counts)}-{max(counts)} frames")
+    typer.echo(f"{report['dataset']} {report['split']}: {report['videos']} videos, {report['captions']} captions"
+               f"{frames}, {len(report['missing'])} missing, {len(report['undecodable'])} undecodable")
+    for vid, path in zip(report["missing"], report["missing_paths"], strict=True):
+        typer.echo(f"  missing      {vid}: {path}")
+    for u in report["undecodable"]:
+        typer.echo(f"  undecodable  {u['video_id']}: {u['path']} ({u['reason']})")

@@ -1,0 +1,158 @@
+"""Decoded-frame cache on disk, so training epochs, verify and bench decode each video once.
+
+An entry is the uint8 output of :func:`decode_video` (frames, mask, duration) in an ``.npz``, keyed by the sha256 of
+the video file's content plus the sampling, preprocessing and segment settings. Entries are written atomically; an
+entry that cannot be read back (truncated, corrupt, wrong shape) is deleted and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rap_deploy.atomic import atomic_path, sha256_file
+from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
+from rap_deploy.data.video import DecodedVideo, VideoDecodeError, decode_video
+
+CACHE_FORMAT = 1
+
+# (resolved path, size, mtime_ns) -> sha256 of the content: each file is hashed once per process.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """Return the sha256 of ``path``'s content, memoised on (path, size, mtime) for this process.
+
+    Raises ``FileNotFoundError`` / ``OSError`` when the file cannot be read.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    memo_key = (str(p), st.st_size, st.st_mtime_ns)
+    digest = _DIGESTS.get(memo_key)
+    if digest is None:
+        digest = sha256_file(p)
+        _DIGESTS[memo_key] = digest
+    return digest
+
+
+def default_cache_dir(workspace: str | os.PathLike[str] | None = None) -> Path:
+    """Return the default frame cache folder, ``<workspace>/cache/frames``."""
+    from rap_deploy.workspace import subdir
+
+    return subdir("cache", workspace) / "frames"
+
+
+class FrameCache:
+    """Decode-once cache of sampled frames under ``root``; ``FrameCache(None)`` decodes every time (no caching).
+
+    ``hits``, ``misses`` and ``rebuilt`` count lookups served from disk, decoded, and corrupt entries replaced.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None) -> None:
+        self.root = Path(root) if root is not None else None
+        self.hits = 0
+        self.misses = 0
+        self.rebuilt = 0
+
+    @classmethod
+    def default(cls, workspace: str | os.PathLike[str] | None = None) -> FrameCache:
+        """The cache in the workspace: ``<workspace>/cache/frames`` (see :func:`default_cache_dir`)."""
+        return cls(default_cache_dir(workspace))
+
+    def __repr__(self) -> str:
+        return f"FrameCache({str(self.root) if self.root else None!r})"
+
+    def key(
+        self,
+        path: str | Path,
+        sampling: FrameSamplingConfig,
+        preprocess: PreprocessConfig,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> str:
+        """Return the entry key (hex sha256) of a video file and its decoding settings."""
+        recipe = {
+            "format": CACHE_FORMAT,
+            "content_sha256": file_digest(path),
+            "sampling": sampling.to_dict(),
+            "preprocess": preprocess.to_dict(),
+            "start": None if start is None else float(start),
+            "end": None if end is None else float(end),
+        }
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+    def entry_path(self, key: str) -> Path:
+        """Return where the entry ``key`` lives (``<root>/<key[:2]>/<key>.npz``)."""
+        if self.root is None:
+            raise ValueError("FrameCache(None) has no entries")
+        return self.root / key[:2] / f"{key}.npz"
+
+    def get(
+        self,
+        path: str | Path,
+        sampling: FrameSamplingConfig,
+        preprocess: PreprocessConfig,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> DecodedVideo:
+        """Return the decoded video, from the cache when present, else decoded with :func:`decode_video` and stored.
+
+        Raises :class:`VideoDecodeError` like :func:`decode_video` (failures are not cached).
+        """
+        path = Path(path)
+        if self.root is None:
+            self.misses += 1
+            return decode_video(path, sampling, preprocess, start, end)
+        if not path.is_file():
+            raise VideoDecodeError(path, "missing")
+        entry = self.entry_path(self.key(path, sampling, preprocess, start, end))
+        if entry.is_file():
+            video = _load_entry(entry, sampling, preprocess)
+            if video is not None:
+                self.hits += 1
+                return video
+            entry.unlink(missing_ok=True)
+            self.rebuilt += 1
+        self.misses += 1
+        video = decode_video(path, sampling, preprocess, start, end)
+        _save_entry(entry, video)
+        return video
+
+
+def _save_entry(entry: Path, video: DecodedVideo) -> None:
+    # np.savez adds ".npz" to names that lack it, so write through an open file object.
+    with atomic_path(entry) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            frames=video.frames,
+            mask=video.mask,
+            seconds=np.float64(video.seconds),
+            num_frames=np.int64(video.num_frames),
+        )
+
+
+def _load_entry(entry: Path, sampling: FrameSamplingConfig, preprocess: PreprocessConfig) -> DecodedVideo | None:
+    """Read an entry back; return None when it is unreadable or does not have the expected shapes."""
+    size = preprocess.image_size
+    try:
+        with np.load(entry, allow_pickle=False) as data:
+            frames = data["frames"]
+            mask = data["mask"]
+            seconds = float(data["seconds"])
+            num_frames = int(data["num_frames"])
+    except Exception:  # zipfile, zlib, numpy and OS errors all mean the same thing here: rebuild the entry
+        return None
+    if (
+        frames.dtype != np.uint8
+        or frames.shape != (sampling.max_frames, size, size, 3)
+        or mask.dtype != np.bool_
+        or mask.shape != (sampling.max_frames,)
+        or int(mask.sum()) != num_frames
+        or not np.isfinite(seconds)
+    ):
+        return None
+    return DecodedVideo(frames=frames, mask=mask, seconds=seconds, num_frames=num_frames)

@@ -1,0 +1,478 @@
+"""Dataset readers in the CLIP4Clip file formats (DESIGN.md §5) and the training dataset.
+
+``load_split`` turns a dataset folder into a :class:`RetrievalSplit`: the videos, every caption (a query) and the
+video each caption belongs to. MSR-VTT test (1k-A) has one caption per video; MSVD test has many (every caption is a
+query); DiDeMo and ActivityNet have one paragraph per video (all its sentences joined). Video files that do not exist
+are still listed, so ``data-check`` and training can report them by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from rap_deploy.config import FrameSamplingConfig, PreprocessConfig, TokenizerConfig
+from rap_deploy.data.cache import FrameCache
+from rap_deploy.errors import UsageError
+
+DATASETS = ("msrvtt", "msvd", "didemo", "activitynet")
+VIDEO_DIR = "videos"
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv")
+
+# Split names each reader accepts, and the file set they map to (CLIP4Clip: MSR-VTT validates on its test split,
+# ActivityNet tests on val_1).
+_SPLITS = {
+    "msrvtt": {"train": "train", "test": "test", "val": "test"},
+    "msvd": {"train": "train", "val": "val", "test": "test"},
+    "didemo": {"train": "train", "val": "val", "test": "test"},
+    "activitynet": {"train": "train", "val": "val", "test": "val"},
+}
+# CLIP4Clip uses the first 31 seconds of a DiDeMo video: the annotations cover only the first 30.
+DIDEMO_END_SECONDS = 31.0
+
+
+@dataclass
+class VideoEntry:
+    """One video of a split: its id, its file (which may not exist) and an optional segment in seconds."""
+
+    video_id: str
+    path: Path
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass
+class RetrievalSplit:
+    """A split of a retrieval dataset: ``videos``, ``captions`` and ``caption_video[i]`` = video index of caption i."""
+
+    dataset: str
+    split: str
+    videos: list[VideoEntry]
+    captions: list[str]
+    caption_video: np.ndarray
+    sampling: FrameSamplingConfig
+    context_length: int
+    data_root: Path | None = field(default=None)
+
+    @property
+    def num_videos(self) -> int:
+        """Number of videos (candidates), including those whose file is missing."""
+        return len(self.videos)
+
+    @property
+    def num_captions(self) -> int:
+        """Number of captions (text queries)."""
+        return len(self.captions)
+
+    @property
+    def tokenizer(self) -> TokenizerConfig:
+        """The tokenizer settings of this dataset (open_clip BPE at ``context_length``)."""
+        return TokenizerConfig(context_length=self.context_length)
+
+    @property
+    def multi_caption(self) -> bool:
+        """True when some video has more than one caption (MSVD-style evaluation)."""
+        return bool(np.any(np.bincount(self.caption_video, minlength=self.num_videos) > 1))
+
+    def video_captions(self) -> list[list[int]]:
+        """Return, for every video, the indices of its captions (empty list for a video without captions)."""
+        groups: list[list[int]] = [[] for _ in self.videos]
+        for c, v in enumerate(self.caption_video.tolist()):
+            groups[v].append(c)
+        return groups
+
+    def captions_of(self, video_index: int) -> list[str]:
+        """Return the captions of video ``video_index``."""
+        return [self.captions[c] for c in np.flatnonzero(self.caption_video == video_index)]
+
+    def subset(self, video_indices: list[int] | np.ndarray) -> RetrievalSplit:
+        """Return a split with only the given videos (in that order) and their captions."""
+        keep = [int(v) for v in video_indices]
+        new_index = {v: i for i, v in enumerate(keep)}
+        caps, owner = [], []
+        for c, v in enumerate(self.caption_video.tolist()):
+            if v in new_index:
+                caps.append(self.captions[c])
+                owner.append(new_index[v])
+        return replace(
+            self,
+            videos=[self.videos[v] for v in keep],
+            captions=caps,
+            caption_video=np.asarray(owner, dtype=np.int64),
+        )
+
+
+def dataset_defaults(name: str) -> tuple[FrameSamplingConfig, int]:
+    """Return ``(frame sampling, text context length)`` of a dataset: 12 frames / 32 tokens for MSR-VTT and MSVD,
+    64 frames / 64 tokens for the paragraph datasets DiDeMo and ActivityNet. Raises :class:`UsageError` if unknown."""
+    _check_dataset(name)
+    if name in ("didemo", "activitynet"):
+        return FrameSamplingConfig(max_frames=64, fps=1.0), 64
+    return FrameSamplingConfig(max_frames=12, fps=1.0), 32
+
+
+def load_split(
+    dataset: str,
+    data_root: str | os.PathLike[str],
+    split: str = "test",
+    max_frames: int | None = None,
+) -> RetrievalSplit:
+    """Read ``split`` of ``dataset`` from ``data_root`` (CLIP4Clip layout, videos under ``data_root/videos``).
+
+    ``max_frames`` overrides the dataset's default frame count. Raises :class:`UsageError` for an unknown dataset or
+    split, a missing folder or annotation file, or an annotation file without a required key (naming file and key).
+    """
+    _check_dataset(dataset)
+    splits = _SPLITS[dataset]
+    if split not in splits:
+        raise UsageError(f"{dataset} has no split '{split}'; use one of {', '.join(splits)}")
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"dataset folder {root} does not exist; pass --data-root pointing at the {dataset} folder")
+    sampling, context_length = dataset_defaults(dataset)
+    if max_frames is not None:
+        if max_frames < 1:
+            raise UsageError(f"max_frames must be >= 1, got {max_frames}")
+        sampling = replace(sampling, max_frames=int(max_frames))
+    reader = _READERS[dataset]
+    videos, captions, owner = reader(root, splits[split])
+    return RetrievalSplit(
+        dataset=dataset,
+        split=split,
+        videos=videos,
+        captions=captions,
+        caption_video=np.asarray(owner, dtype=np.int64),
+        sampling=sampling,
+        context_length=context_length,
+        data_root=root,
+    )
+
+
+def _check_dataset(name: str) -> None:
+    if name not in DATASETS:
+        raise UsageError(f"dataset '{name}' is unknown; use one of {', '.join(DATASETS)}")
+
+
+# ---------------------------------------------------------------------------------------------------------- readers
+
+Readout = tuple[list[VideoEntry], list[str], list[int]]
+
+
+def _read_msrvtt(root: Path, split: str) -> Readout:
+    videos_dir = root / VIDEO_DIR
+    videos: list[VideoEntry] = []
+    captions: list[str] = []
+    owner: list[int] = []
+    if split == "test":
+        # 1k-A: one row per test video with its one caption.
+        path = root / "MSRVTT_JSFUSION_test.csv"
+        index: dict[str, int] = {}
+        for row in _read_csv(path, ("video_id", "sentence")):
+            vid = row["video_id"].strip()
+            if vid not in index:
+                index[vid] = len(videos)
+                videos.append(VideoEntry(vid, _msrvtt_video(videos_dir, vid)))
+            captions.append(row["sentence"].strip())
+            owner.append(index[vid])
+        return videos, captions, owner
+    ids = [row["video_id"].strip() for row in _read_csv(root / "MSRVTT_train.9k.csv", ("video_id",))]
+    data_path = root / "MSRVTT_data.json"
+    data = _read_json(data_path)
+    sentences = _require(data, "sentences", data_path)
+    by_video: dict[str, list[str]] = {}
+    for i, item in enumerate(sentences):
+        vid = _require(item, "video_id", data_path, f"sentences[{i}]")
+        by_video.setdefault(str(vid), []).append(str(_require(item, "caption", data_path, f"sentences[{i}]")).strip())
+    for vid in dict.fromkeys(ids):  # unique, in file order
+        if vid not in by_video:
+            raise UsageError(f"{data_path} has no sentences for training video '{vid}' listed in MSRVTT_train.9k.csv")
+        for cap in by_video[vid]:
+            captions.append(cap)
+            owner.append(len(videos))
+        videos.append(VideoEntry(vid, _msrvtt_video(videos_dir, vid)))
+    return videos, captions, owner
+
+
+def _msrvtt_video(videos_dir: Path, vid: str) -> Path:
+    mp4 = videos_dir / f"{vid}.mp4"
+    if not mp4.exists() and (videos_dir / f"{vid}.webm").exists():
+        return videos_dir / f"{vid}.webm"  # CLIP4Clip's fallback
+    return mp4
+
+
+def _read_msvd(root: Path, split: str) -> Readout:
+    ids = _read_list(root / f"{split}_list.txt")
+    cap_path = root / "raw-captions.pkl"
+    raw = _read_pickle(cap_path)
+    if not isinstance(raw, dict):
+        raise UsageError(f"{cap_path} should hold a dict video id -> list of token lists, found {type(raw).__name__}")
+    finder = _StemFinder(root / VIDEO_DIR)
+    videos: list[VideoEntry] = []
+    captions: list[str] = []
+    owner: list[int] = []
+    for vid in ids:
+        if vid not in raw:
+            raise UsageError(f"{cap_path} has no key '{vid}' (listed in {split}_list.txt)")
+        for tokens in raw[vid]:
+            captions.append(tokens.strip() if isinstance(tokens, str) else " ".join(str(t) for t in tokens))
+            owner.append(len(videos))
+        videos.append(VideoEntry(vid, finder.find(vid, default_ext=".avi")))
+    return videos, captions, owner
+
+
+def _read_didemo(root: Path, split: str) -> Readout:
+    ids = _read_list(root / f"{split}_list.txt")
+    data_path = root / f"{split}_data.json"
+    data = _read_json(data_path)
+    if not isinstance(data, list):
+        raise UsageError(f"{data_path} should be a list of LocalizingMoments annotations")
+    wanted = set(ids)
+    paragraphs: dict[str, list[str]] = {}
+    for i, item in enumerate(data):
+        vid = str(_require(item, "video", data_path, f"[{i}]"))
+        description = str(_require(item, "description", data_path, f"[{i}]")).strip()
+        if vid in wanted:
+            paragraphs.setdefault(vid, []).append(description)
+    finder = _StemFinder(root / VIDEO_DIR)
+    videos: list[VideoEntry] = []
+    captions: list[str] = []
+    owner: list[int] = []
+    for vid in ids:
+        if vid not in paragraphs:
+            raise UsageError(f"{data_path} has no description for video '{vid}' (listed in {split}_list.txt)")
+        captions.append(" ".join(paragraphs[vid]))
+        owner.append(len(videos))
+        videos.append(VideoEntry(vid, finder.find(vid, default_ext=".mp4"), start=None, end=DIDEMO_END_SECONDS))
+    return videos, captions, owner
+
+
+def _read_activitynet(root: Path, split: str) -> Readout:
+    ids_path = root / f"{split}_ids.json"
+    ids = _read_json(ids_path)
+    if not isinstance(ids, list):
+        raise UsageError(f"{ids_path} should be a JSON list of video ids like 'v_QOlSCBRmfWY'")
+    data_path = root / ("train.json" if split == "train" else "val_1.json")
+    data = _read_json(data_path)
+    if not isinstance(data, dict):
+        raise UsageError(f"{data_path} should map 'v_<id>' to {{duration, timestamps, sentences}}")
+    finder = _StemFinder(root / VIDEO_DIR)
+    videos: list[VideoEntry] = []
+    captions: list[str] = []
+    owner: list[int] = []
+    for pseudo in dict.fromkeys(str(i) for i in ids):
+        item = _require(data, pseudo, data_path)
+        sentences = _require(item, "sentences", data_path, pseudo)
+        duration = float(_require(item, "duration", data_path, pseudo))
+        captions.append(" ".join(str(s).strip() for s in sentences))
+        owner.append(len(videos))
+        # CLIP4Clip strips the "v_" prefix to find the file; many copies keep it, so look for both.
+        bare = pseudo[2:] if pseudo.startswith("v_") else pseudo
+        path = finder.find(bare, default_ext=".mp4", alternatives=(pseudo,))
+        videos.append(VideoEntry(pseudo, path, start=None, end=float(np.ceil(duration))))
+    return videos, captions, owner
+
+
+_READERS: dict[str, Callable[[Path, str], Readout]] = {
+    "msrvtt": _read_msrvtt,
+    "msvd": _read_msvd,
+    "didemo": _read_didemo,
+    "activitynet": _read_activitynet,
+}
+
+
+class _StemFinder:
+    """Finds a video file by its stem anywhere under a folder, whatever its extension (.mp4 preferred)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._by_stem: dict[str, list[Path]] = {}
+        if folder.is_dir():
+            for dirpath, _dirs, files in os.walk(folder):
+                for name in files:
+                    p = Path(dirpath) / name
+                    if p.suffix.lower() in VIDEO_EXTENSIONS:
+                        self._by_stem.setdefault(p.stem, []).append(p)
+
+    def find(self, vid: str, default_ext: str, alternatives: tuple[str, ...] = ()) -> Path:
+        """Return the file for ``vid`` (also tried without a video extension, and each alternative stem); when none
+        exists, the path it would have (``folder/<vid><default_ext>``)."""
+        stems = [vid, *alternatives]
+        if Path(vid).suffix.lower() in VIDEO_EXTENSIONS:
+            exact = self.folder / vid
+            if exact.is_file():
+                return exact
+            stems.append(Path(vid).stem)
+        for stem in stems:
+            found = self._by_stem.get(stem)
+            if found:
+                return sorted(found, key=lambda p: (p.suffix.lower() != ".mp4", str(p)))[0]
+        return self.folder / (vid if Path(vid).suffix.lower() in VIDEO_EXTENSIONS else f"{vid}{default_ext}")
+
+
+# ---------------------------------------------------------------------------------------------------- file helpers
+
+
+def _need_file(path: Path) -> None:
+    if not path.is_file():
+        raise UsageError(f"annotation file {path} is missing; is --data-root the right dataset folder?")
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    _need_file(path)
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise UsageError(f"{path} has no column '{missing[0]}' (columns: {', '.join(header) or 'none'})")
+        reader.fieldnames = header
+        return [row for row in reader if any((v or "").strip() for v in row.values())]
+
+
+def _read_json(path: Path) -> Any:
+    _need_file(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _read_list(path: Path) -> list[str]:
+    _need_file(path)
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return list(dict.fromkeys(line for line in lines if line))
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickler that only builds plain containers and strings: a caption file must not run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a caption file")
+
+
+def _read_pickle(path: Path) -> Any:
+    _need_file(path)
+    try:
+        with open(path, "rb") as fh:
+            return _PlainUnpickler(fh).load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise UsageError(f"{path} is not a plain pickle of captions: {exc}") from None
+
+
+def _require(obj: Any, key: str, path: Path, where: str = "") -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        at = f" in {where}" if where else ""
+        raise UsageError(f"{path} has no key '{key}'{at}")
+    return obj[key]
+
+
+# ------------------------------------------------------------------------------------------------ training dataset
+
+
+class VideoCaptionDataset(torch.utils.data.Dataset):
+    """Training pairs: one item per caption of a :class:`RetrievalSplit`, with its video's frames.
+
+    Call :meth:`prepare` first (it runs automatically on first use): it decodes every video once into the
+    :class:`FrameCache`, records the videos that fail in ``bad_videos`` (``{video_id, reason}``) and drops their
+    captions. An item is a dict: ``frames`` float32 ``[T,3,S,S]`` (CLIP-normalised), ``frame_mask`` float32 ``[T]``,
+    ``ids`` int32 ``[L]``, ``eot`` int32 scalar, ``video_index`` and ``caption_index`` ints.
+    """
+
+    def __init__(
+        self,
+        split: RetrievalSplit,
+        cache: FrameCache,
+        preprocess: PreprocessConfig,
+        tokenizer: TokenizerConfig | None = None,
+    ) -> None:
+        from rap_deploy.tokenizer import tokenize
+
+        self.split = split
+        self.cache = cache
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer or split.tokenizer
+        self.ids, self.eot = tokenize(split.captions, self.tokenizer)
+        self.bad_videos: list[dict[str, str]] = []
+        self.items: np.ndarray | None = None
+
+    def prepare(self, progress: bool = False) -> VideoCaptionDataset:
+        """Decode every video once (into the cache); keep the captions of the videos that decode. Returns self."""
+        from rap_deploy.data.progress import progress_bar
+        from rap_deploy.data.video import VideoDecodeError
+
+        good = np.zeros(self.split.num_videos, dtype=bool)
+        bad: list[dict[str, str]] = []
+        with progress_bar(self.split.num_videos, "decoding videos", enabled=progress) as advance:
+            for i, entry in enumerate(self.split.videos):
+                try:
+                    self.cache.get(entry.path, self.split.sampling, self.preprocess, entry.start, entry.end)
+                    good[i] = True
+                except VideoDecodeError as exc:
+                    bad.append({"video_id": entry.video_id, "reason": exc.reason, "path": str(entry.path)})
+                advance()
+        self.bad_videos = bad
+        self.items = np.flatnonzero(good[self.split.caption_video])
+        return self
+
+    def __len__(self) -> int:
+        if self.items is None:
+            self.prepare()
+        assert self.items is not None
+        return int(len(self.items))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from rap_deploy.preprocess import normalize
+
+        if self.items is None:
+            self.prepare()
+        assert self.items is not None
+        c = int(self.items[index])
+        v = int(self.split.caption_video[c])
+        entry = self.split.videos[v]
+        video = self.cache.get(entry.path, self.split.sampling, self.preprocess, entry.start, entry.end)
+        return {
+            "frames": normalize(video.frames, self.preprocess),
+            "frame_mask": torch.from_numpy(video.mask.astype(np.float32)),
+            "ids": torch.from_numpy(self.ids[c].copy()),
+            "eot": torch.tensor(int(self.eot[c]), dtype=torch.int32),
+            "video_index": v,
+            "caption_index": c,
+        }
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    """Evaluation videos: one item per video of a split (``frames``, ``frame_mask``, ``video_index``).
+
+    A video that cannot be decoded raises :class:`~rap_deploy.data.video.VideoDecodeError` (evaluation must not
+    drop candidates silently; run ``data-check`` first).
+    """
+
+    def __init__(self, split: RetrievalSplit, cache: FrameCache, preprocess: PreprocessConfig) -> None:
+        self.split = split
+        self.cache = cache
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return self.split.num_videos
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from rap_deploy.preprocess import normalize
+
+        entry = self.split.videos[index]
+        video = self.cache.get(entry.path, self.split.sampling, self.preprocess, entry.start, entry.end)
+        return {
+            "frames": normalize(video.frames, self.preprocess),
+            "frame_mask": torch.from_numpy(video.mask.astype(np.float32)),
+            "video_index": int(index),
+        }

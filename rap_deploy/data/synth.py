@@ -1,0 +1,598 @@
+"""The offline default dataset (DESIGN.md §10): coloured shapes that move, in the exact MSR-VTT layout.
+
+A scene has one or two objects (6 colours x 4 shapes x 2 sizes on a plain background) and one or two events, one
+after the other: move left/right/up/down, grow/shrink, appear/disappear. Captions state colour, size, shape, motion and
+order ("a small red circle moves to the left, then a big blue square appears"), with several paraphrases per video.
+
+Frame order matters by construction. Events fill the interval [0.5 s, seconds - 1.5 s], which is symmetric under
+``t -> (seconds - 1) - t``, so the time reverse of every scene is again a valid scene (events reversed and in reverse
+order), and it shows the very same frames at the 1-fps sampling times, in reverse order. Test videos come in such
+pairs: a model that pools frames without knowing their order cannot tell the two apart. Every test caption is unique
+within the test split, so an oracle reaches R@1 = 100.
+
+The still-image mode (:func:`generate_stills`) draws the same world with captions about colour, size, shape and
+position only (never motion), for pre-training the small backbone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.atomic import save_with, write_json_atomic, write_text_atomic
+from rap_deploy.errors import UsageError
+
+FORMAT = "rapdeploy-synth-1"
+BACKGROUND = (40, 40, 40)
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 45, 45),
+    "green": (50, 190, 70),
+    "blue": (50, 100, 240),
+    "yellow": (245, 215, 40),
+    "purple": (165, 70, 215),
+    "white": (240, 240, 240),
+}
+SHAPES = ("circle", "square", "triangle", "diamond")
+SIZE_RADIUS = {"small": 0.10, "big": 0.16}  # radius as a fraction of the frame side
+SIZE_WORDS = {"small": ("small", "little"), "big": ("big", "large")}
+ACTIONS = ("left", "right", "up", "down", "grow", "shrink", "appear", "disappear")
+REVERSE = {
+    "left": "right", "right": "left", "up": "down", "down": "up",
+    "grow": "shrink", "shrink": "grow", "appear": "disappear", "disappear": "appear",
+}
+MOVES = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+ACTION_PHRASES: dict[str, tuple[str, ...]] = {
+    "left": ("moves to the left", "slides to the left", "goes left"),
+    "right": ("moves to the right", "slides to the right", "goes right"),
+    "up": ("moves up", "rises", "goes up"),
+    "down": ("moves down", "sinks", "goes down"),
+    "grow": ("grows", "gets bigger", "expands"),
+    "shrink": ("shrinks", "gets smaller", "contracts"),
+    "appear": ("appears", "fades in", "comes into view"),
+    "disappear": ("disappears", "fades out", "vanishes"),
+}
+CONNECTORS = ("{a}, then {b}", "{a} and then {b}", "first {a}, then {b}", "{a}, after that {b}")
+POSITIONS = {  # (column, row) of a 3x3 grid -> phrase, for the still images
+    (0, 0): "at the top left", (1, 0): "at the top", (2, 0): "at the top right",
+    (0, 1): "on the left", (1, 1): "in the center", (2, 1): "on the right",
+    (0, 2): "at the bottom left", (1, 2): "at the bottom", (2, 2): "at the bottom right",
+}
+MOVE_RANGE = (0.34, 0.44)  # distance of a move, fraction of the frame side
+SCALE_RANGE = (0.9, 1.1)  # per-object jitter of the radius
+EDGE = 0.02
+EVENT_START = 0.5  # seconds; events end at (seconds - 1) - EVENT_START
+
+
+# --------------------------------------------------------------------------------------------------- scene model
+
+
+@dataclass(frozen=True)
+class SynthObject:
+    """An object at the start of the video: colour, shape, size class, centre (fractions of the frame), radius
+    jitter ``scale``."""
+
+    colour: str
+    shape: str
+    size: str
+    x: float
+    y: float
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class SynthEvent:
+    """Object ``obj`` does ``action``; ``amount`` is the distance of a move (fraction of the frame side)."""
+
+    obj: int
+    action: str
+    amount: float = 0.0
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """A video's content: objects and their events, which happen one after the other."""
+
+    objects: tuple[SynthObject, ...]
+    events: tuple[SynthEvent, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (stored as ``synth`` in every video entry of ``MSRVTT_data.json``)."""
+        return {"objects": [asdict(o) for o in self.objects], "events": [asdict(e) for e in self.events]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SceneSpec:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            objects=tuple(SynthObject(**o) for o in d["objects"]),
+            events=tuple(SynthEvent(**e) for e in d["events"]),
+        )
+
+
+@dataclass(frozen=True)
+class _Keyframes:
+    """Per-object state at the event boundaries: x, y, radius, alpha, size class; arrays ``[objects, events + 1]``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    r: np.ndarray
+    alpha: np.ndarray
+    size: list[list[str]]
+
+
+def _keyframes(spec: SceneSpec) -> _Keyframes:
+    n_obj, n_ev = len(spec.objects), len(spec.events)
+    x = np.zeros((n_obj, n_ev + 1))
+    y = np.zeros_like(x)
+    r = np.zeros_like(x)
+    alpha = np.zeros_like(x)
+    size = [[o.size] * (n_ev + 1) for o in spec.objects]
+    for i, o in enumerate(spec.objects):
+        first = next((e.action for e in spec.events if e.obj == i), None)
+        x[i, 0], y[i, 0] = o.x, o.y
+        r[i, 0] = SIZE_RADIUS[o.size] * o.scale
+        alpha[i, 0] = 0.0 if first == "appear" else 1.0
+    for k, e in enumerate(spec.events):
+        x[:, k + 1], y[:, k + 1], r[:, k + 1], alpha[:, k + 1] = x[:, k], y[:, k], r[:, k], alpha[:, k]
+        for i in range(n_obj):
+            size[i][k + 1] = size[i][k]
+        i, o = e.obj, spec.objects[e.obj]
+        if e.action in MOVES:
+            dx, dy = MOVES[e.action]
+            x[i, k + 1] += dx * e.amount
+            y[i, k + 1] += dy * e.amount
+        elif e.action in ("grow", "shrink"):
+            size[i][k + 1] = "big" if e.action == "grow" else "small"
+            r[i, k + 1] = SIZE_RADIUS[size[i][k + 1]] * o.scale
+        else:
+            alpha[i, k + 1] = 1.0 if e.action == "appear" else 0.0
+    return _Keyframes(x, y, r, alpha, size)
+
+
+def _boundaries(n_events: int, seconds: float) -> np.ndarray:
+    """Event boundary times: ``n_events`` equal intervals over [EVENT_START, seconds - 1 - EVENT_START]."""
+    return np.linspace(EVENT_START, seconds - 1.0 - EVENT_START, n_events + 1)
+
+
+def scene_state(spec: SceneSpec, times: np.ndarray, seconds: float) -> dict[str, np.ndarray]:
+    """Return ``x, y, r, alpha`` arrays ``[objects, len(times)]`` of every object at ``times`` (linear motion)."""
+    kf = _keyframes(spec)
+    b = _boundaries(len(spec.events), seconds)
+    t = np.asarray(times, dtype=np.float64)
+    return {k: np.stack([np.interp(t, b, row) for row in getattr(kf, k)]) for k in ("x", "y", "r", "alpha")}
+
+
+def reverse_scene(spec: SceneSpec) -> SceneSpec:
+    """Return the time reverse of ``spec``: objects start where they ended, events reversed in reverse order."""
+    kf = _keyframes(spec)
+    objects = tuple(
+        SynthObject(o.colour, o.shape, kf.size[i][-1], float(kf.x[i, -1]), float(kf.y[i, -1]), o.scale)
+        for i, o in enumerate(spec.objects)
+    )
+    events = tuple(SynthEvent(e.obj, REVERSE[e.action], e.amount) for e in reversed(spec.events))
+    return SceneSpec(objects, events)
+
+
+def scene_key(spec: SceneSpec) -> tuple[tuple[str, str, str, str], ...]:
+    """The meaning of a scene's caption: per event, in order, (colour, shape, size at the event's start, action)."""
+    kf = _keyframes(spec)
+    return tuple(
+        (spec.objects[e.obj].colour, spec.objects[e.obj].shape, kf.size[e.obj][k], e.action)
+        for k, e in enumerate(spec.events)
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ captions
+
+
+def describe(spec: SceneSpec, rng: np.random.Generator | None = None) -> str:
+    """Return a caption of ``spec``: the canonical one without ``rng``, else a random paraphrase."""
+    kf = _keyframes(spec)
+
+    def pick(options: tuple[str, ...]) -> str:
+        return options[0] if rng is None else options[int(rng.integers(len(options)))]
+
+    seen: set[int] = set()
+    clauses = []
+    for k, e in enumerate(spec.events):
+        o = spec.objects[e.obj]
+        det = "the" if e.obj in seen else "a"
+        seen.add(e.obj)
+        size_word = pick(SIZE_WORDS[kf.size[e.obj][k]])
+        clauses.append(f"{det} {size_word} {o.colour} {o.shape} {pick(ACTION_PHRASES[e.action])}")
+    if len(clauses) == 1:
+        return clauses[0]
+    return pick(CONNECTORS).format(a=clauses[0], b=clauses[1])
+
+
+def paraphrases(spec: SceneSpec, rng: np.random.Generator, count: int) -> list[str]:
+    """Return up to ``count`` distinct captions of ``spec``, the canonical caption first."""
+    out = [describe(spec)]
+    for _ in range(count * 10):
+        if len(out) >= count:
+            break
+        cap = describe(spec, rng)
+        if cap not in out:
+            out.append(cap)
+    return out
+
+
+_SIZE_OF_WORD = {w: s for s, words in SIZE_WORDS.items() for w in words}
+_ACTION_OF_PHRASE = {p: a for a, phrases in ACTION_PHRASES.items() for p in phrases}
+_CLAUSE = re.compile(
+    r"^(?:a|the) (?P<size>{}) (?P<colour>{}) (?P<shape>{}) (?P<action>{})$".format(
+        "|".join(_SIZE_OF_WORD), "|".join(COLOURS), "|".join(SHAPES),
+        "|".join(sorted(map(re.escape, _ACTION_OF_PHRASE), key=len, reverse=True)),
+    )
+)
+_SPLIT = re.compile(r", then | and then |, after that ")
+
+
+def parse_caption(text: str) -> tuple[tuple[str, str, str, str], ...]:
+    """Parse a synthetic video caption back into its :func:`scene_key`; raises ``ValueError`` if it is not one."""
+    s = " ".join(text.lower().strip().rstrip(".").split())
+    if s.startswith("first "):
+        s = s[len("first "):]
+    parts = _SPLIT.split(s)
+    if len(parts) not in (1, 2):
+        raise ValueError(f"not a synthetic caption: {text!r}")
+    key = []
+    for part in parts:
+        m = _CLAUSE.match(part)
+        if m is None:
+            raise ValueError(f"not a synthetic caption: {text!r} (cannot read {part!r})")
+        key.append((m["colour"], m["shape"], _SIZE_OF_WORD[m["size"]], _ACTION_OF_PHRASE[m["action"]]))
+    return tuple(key)
+
+
+# ----------------------------------------------------------------------------------------------------- rendering
+
+
+def _sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Signed distance (fractions of the frame) to a shape of radius ``r`` centred at the origin (y points down)."""
+    if shape == "circle":
+        return np.sqrt(dx * dx + dy * dy) - r
+    if shape == "square":
+        return np.maximum(np.abs(dx), np.abs(dy)) - 0.85 * r
+    if shape == "diamond":
+        return (np.abs(dx) + np.abs(dy) - 1.2 * r) / np.sqrt(2.0)
+    if shape == "triangle":  # pointing up, circumradius 1.2 r (its centroid is the centre)
+        R = 1.2 * r
+        s3 = np.sqrt(3.0) / 2.0
+        return np.maximum(np.maximum(dy, s3 * dx - 0.5 * dy), -s3 * dx - 0.5 * dy) - 0.5 * R
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render_scene(spec: SceneSpec, times: np.ndarray, size: int, seconds: float) -> np.ndarray:
+    """Render ``spec`` at ``times`` (seconds) as uint8 frames ``[len(times), size, size, 3]`` (anti-aliased)."""
+    state = scene_state(spec, times, seconds)
+    n = len(np.atleast_1d(times))
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size
+    img = np.empty((n, size, size, 3), dtype=np.float32)
+    img[:] = np.asarray(BACKGROUND, dtype=np.float32)
+    for i, o in enumerate(spec.objects):
+        a = state["alpha"][i].astype(np.float32)
+        if not np.any(a > 0):
+            continue
+        # Only the pixels the object can touch during the clip (its trajectory's bounding box) are computed.
+        reach = 1.3 * float(state["r"][i].max()) + 2.0 / size
+        c0, c1 = _span(state["x"][i], reach, size)
+        r0, r1 = _span(state["y"][i], reach, size)
+        dx = grid[None, None, c0:c1] - state["x"][i].astype(np.float32)[:, None, None]
+        dy = grid[None, r0:r1, None] - state["y"][i].astype(np.float32)[:, None, None]
+        r = state["r"][i].astype(np.float32)[:, None, None]
+        cover = np.clip(0.5 - _sdf(o.shape, dx, dy, r) * size, 0.0, 1.0) * a[:, None, None]
+        box = img[:, r0:r1, c0:c1]
+        box += (np.asarray(COLOURS[o.colour], dtype=np.float32) - box) * cover[..., None]
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _span(centres: np.ndarray, reach: float, size: int) -> tuple[int, int]:
+    """Pixel range [lo, hi) covering ``centres ± reach`` (fractions of the frame), clipped to the frame."""
+    lo = int(np.floor((float(centres.min()) - reach) * size))
+    hi = int(np.ceil((float(centres.max()) + reach) * size))
+    return max(lo, 0), min(hi, size)
+
+
+# ------------------------------------------------------------------------------------------------ random scenes
+
+
+def _valid_actions(actions: list[tuple[int, str]]) -> bool:
+    """Check that a sequence of (object, action) is physically and linguistically sensible."""
+    by_obj: dict[int, list[str]] = {}
+    for obj, act in actions:
+        by_obj.setdefault(obj, []).append(act)
+    for acts in by_obj.values():
+        if "appear" in acts[1:] or "disappear" in acts[:-1]:
+            return False  # appear only while invisible (first), nothing after disappearing
+        for a, b in zip(acts, acts[1:], strict=False):
+            if b == a or b == REVERSE[a]:
+                return False  # no repeats, no undoing the previous event
+        sizes = [a for a in acts if a in ("grow", "shrink")]
+        if len(sizes) > 1:
+            return False
+    return True
+
+
+def _random_scene(rng: np.random.Generator, seconds: float) -> SceneSpec:
+    """Draw a random valid scene: 1 event (25%), 1 object with 2 events (25%), 2 objects with 1 event each (50%)."""
+    while True:
+        kind = int(rng.choice(3, p=[0.25, 0.25, 0.5]))
+        n_obj = 2 if kind == 2 else 1
+        owners = [0] if kind == 0 else ([0, 0] if kind == 1 else [0, 1])
+        actions = [(o, ACTIONS[int(rng.integers(len(ACTIONS)))]) for o in owners]
+        if not _valid_actions(actions):
+            continue
+        looks = set()
+        while len(looks) < n_obj:
+            looks.add((list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))]))
+        looks_list = sorted(looks, key=lambda cs: (list(COLOURS).index(cs[0]), SHAPES.index(cs[1])))
+        rng.shuffle(looks_list)
+        objects = []
+        for i in range(n_obj):
+            resize = next((a for o, a in actions if o == i and a in ("grow", "shrink")), None)
+            if resize is None:
+                size = ("small", "big")[int(rng.integers(2))]
+            else:
+                size = "small" if resize == "grow" else "big"
+            objects.append(SynthObject(looks_list[i][0], looks_list[i][1], size, 0.5, 0.5,
+                                       float(np.round(rng.uniform(*SCALE_RANGE), 3))))
+        events = tuple(
+            SynthEvent(o, a, float(np.round(rng.uniform(*MOVE_RANGE), 3)) if a in MOVES else 0.0) for o, a in actions
+        )
+        spec = _place(SceneSpec(tuple(objects), events), rng, seconds)
+        if spec is not None and scene_key(reverse_scene(spec)) != scene_key(spec):
+            return spec
+
+
+def _place(spec: SceneSpec, rng: np.random.Generator, seconds: float, tries: int = 60) -> SceneSpec | None:
+    """Choose start positions so every object stays inside the frame and visible objects never overlap."""
+    kf = _keyframes(spec)
+    times = np.linspace(0.0, seconds - 1.0, 45)
+    for _ in range(tries):
+        objects = []
+        for i, o in enumerate(spec.objects):
+            margin = float(kf.r[i].max()) + EDGE
+            ox, oy = kf.x[i] - kf.x[i, 0], kf.y[i] - kf.y[i, 0]
+            lo_x, hi_x = margin - ox.min(), 1.0 - margin - ox.max()
+            lo_y, hi_y = margin - oy.min(), 1.0 - margin - oy.max()
+            if lo_x > hi_x or lo_y > hi_y:
+                return None
+            x, y = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
+            objects.append(SynthObject(o.colour, o.shape, o.size, float(np.round(x, 4)), float(np.round(y, 4)),
+                                       o.scale))
+        placed = SceneSpec(tuple(objects), spec.events)
+        if len(objects) == 1:
+            return placed
+        st = scene_state(placed, times, seconds)
+        both = (st["alpha"][0] > 0) & (st["alpha"][1] > 0)
+        dist = np.hypot(st["x"][0] - st["x"][1], st["y"][0] - st["y"][1])
+        if np.all(dist[both] > 1.2 * (st["r"][0] + st["r"][1])[both] + EDGE):
+            return placed
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- the dataset
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
+    """Write uint8 frames ``[T,H,W,3]`` as an MPEG-4 Part 2 ``.mp4`` (yuv420p, high quality) atomically."""
+    import av
+
+    def writer(tmp: Path) -> None:
+        with av.open(str(tmp), "w", format="mp4") as container:
+            stream = container.add_stream("mpeg4", rate=fps)
+            stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
+            stream.pix_fmt = "yuv420p"
+            stream.thread_count = 1  # deterministic output
+            stream.options = {"qmin": "1", "qmax": "2"}  # near-lossless quantiser (~37 dB PSNR at 4:2:0)
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+
+    save_with(path, writer)
+
+
+def _unique_scene(rng: np.random.Generator, seconds: float, taken: set) -> SceneSpec:
+    for _ in range(10_000):
+        spec = _random_scene(rng, seconds)
+        key, rkey = scene_key(spec), scene_key(reverse_scene(spec))
+        if key not in taken and rkey not in taken:
+            return spec
+    raise UsageError("could not find enough distinct scenes; ask for fewer test videos")
+
+
+def generate_synthetic_dataset(
+    out: str | os.PathLike[str],
+    videos: int = 300,
+    test_videos: int = 60,
+    seed: int = 0,
+    size: int = 96,
+    fps: int = 4,
+    seconds: int = 12,
+    progress: bool = True,
+    captions_per_video: int = 5,
+) -> dict[str, Any]:
+    """Write the synthetic dataset in the MSR-VTT layout under ``out`` and return a summary dict.
+
+    ``videos`` is the total count (as MSR-VTT's 10k), ``test_videos`` of them form the test split (``video<i>`` ids
+    after the training ones). Writes ``videos/video<i>.mp4`` (``size`` px square, ``fps`` frames per second,
+    ``seconds`` long), ``MSRVTT_data.json`` (``videos`` with a ``synth`` scene description, ``sentences`` with
+    ``captions_per_video`` paraphrases each), ``MSRVTT_train.9k.csv`` and ``MSRVTT_JSFUSION_test.csv`` (the canonical
+    caption of each test video, unique in the split). Test videos come in time-reversed pairs; half of the training
+    videos too. Deterministic for a seed. Raises :class:`UsageError` for impossible settings.
+    """
+    from rap_deploy.data.progress import progress_bar
+
+    if videos < 2 or not 1 <= test_videos < videos:
+        raise UsageError(f"need 1 <= test videos < videos, got --videos {videos} --test-videos {test_videos}")
+    if size < 16 or size % 2:
+        raise UsageError(f"--size must be an even number of pixels >= 16, got {size}")
+    if fps < 1 or seconds < 3:
+        raise UsageError(f"need fps >= 1 and seconds >= 3, got fps {fps}, seconds {seconds}")
+    started = time.perf_counter()
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_train = videos - test_videos
+
+    # Test: time-reversed pairs with keys unique in the whole split (and absent from training).
+    taken: set = set()
+    test_specs: list[SceneSpec] = []
+    while len(test_specs) < test_videos:
+        spec = _unique_scene(rng, seconds, taken)
+        group = [spec, reverse_scene(spec)] if test_videos - len(test_specs) >= 2 else [spec]
+        for s in group:
+            taken.add(scene_key(s))
+            test_specs.append(s)
+    order = rng.permutation(len(test_specs))
+    test_specs = [test_specs[i] for i in order]
+    pairs = sum(1 for s in test_specs if scene_key(reverse_scene(s)) in taken)
+
+    train_specs: list[SceneSpec] = []
+    while len(train_specs) < n_train:
+        spec = _random_scene(rng, seconds)
+        if scene_key(spec) in taken or scene_key(reverse_scene(spec)) in taken:
+            continue
+        train_specs.append(spec)
+        if len(train_specs) < n_train and rng.random() < 0.5:
+            train_specs.append(reverse_scene(spec))
+
+    specs = train_specs + test_specs
+    ids = [f"video{i}" for i in range(videos)]
+    times = np.arange(fps * seconds) / fps
+    with progress_bar(videos, "rendering videos", enabled=progress) as advance:
+        for vid, spec in zip(ids, specs, strict=True):
+            write_video(out / "videos" / f"{vid}.mp4", render_scene(spec, times, size, seconds), fps)
+            advance()
+
+    cap_rng = np.random.default_rng([seed, 1])
+    sentences, video_items, test_rows = [], [], []
+    for i, (vid, spec) in enumerate(zip(ids, specs, strict=True)):
+        split = "train" if i < n_train else "test"
+        video_items.append({
+            "category": 0, "url": f"synthetic://rapdeploy/{seed}/{vid}", "video_id": vid,
+            "start time": 0.0, "end time": float(seconds), "split": split, "id": i, "synth": spec.to_dict(),
+        })
+        caps = paraphrases(spec, cap_rng, captions_per_video)
+        for cap in caps:
+            sentences.append({"caption": cap, "video_id": vid, "sen_id": len(sentences)})
+        if split == "test":
+            row = {"key": f"ret{len(test_rows)}", "vid_key": f"msr{i}", "video_id": vid, "sentence": caps[0]}
+            test_rows.append(row)
+    info = {
+        "description": "rapdeploy synthetic text-video retrieval dataset (moving shapes), MSR-VTT layout",
+        "format": FORMAT, "seed": seed, "size": size, "fps": fps, "seconds": seconds,
+        "colours": list(COLOURS), "shapes": list(SHAPES), "actions": list(ACTIONS),
+    }
+    write_text_atomic(out / "MSRVTT_train.9k.csv", _csv([{"video_id": v} for v in ids[:n_train]], ["video_id"]))
+    write_text_atomic(out / "MSRVTT_JSFUSION_test.csv", _csv(test_rows, ["key", "vid_key", "video_id", "sentence"]))
+    # The JSON goes last: a folder with it is complete.
+    write_json_atomic(out / "MSRVTT_data.json", {"info": info, "videos": video_items, "sentences": sentences})
+    return {
+        "out": str(out),
+        "videos": videos,
+        "train_videos": n_train,
+        "test_videos": test_videos,
+        "test_reverse_pairs": pairs // 2,
+        "sentences": len(sentences),
+        "size": size,
+        "fps": fps,
+        "seconds_per_video": seconds,
+        "seed": seed,
+        "elapsed_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def load_scenes(data_root: str | os.PathLike[str]) -> tuple[dict[str, SceneSpec], dict[str, Any]]:
+    """Read the scene of every video and the ``info`` block from a synthetic ``MSRVTT_data.json``.
+
+    Raises :class:`UsageError` when the folder was not written by :func:`generate_synthetic_dataset`.
+    """
+    path = Path(data_root) / "MSRVTT_data.json"
+    if not path.is_file():
+        raise UsageError(f"{path} is missing; run rapdeploy synth --out {data_root}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    info = data.get("info", {})
+    if info.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a rapdeploy synthetic dataset (info.format != {FORMAT})")
+    return {v["video_id"]: SceneSpec.from_dict(v["synth"]) for v in data["videos"]}, info
+
+
+# ------------------------------------------------------------------------------------------------------- stills
+
+
+def generate_stills(n: int, seed: int, size: int = 96) -> tuple[np.ndarray, list[str]]:
+    """Return ``(images uint8 [n, size, size, 3], captions)``: still frames of the synthetic world.
+
+    One or two objects with the videos' colours, shapes, sizes and background, each inside a cell of a 3x3 grid;
+    captions name colour, size, shape and position ("a big red circle at the top left and a small blue square in the
+    center"), never motion. Deterministic for a seed.
+    """
+    if n < 0 or size < 16:
+        raise UsageError(f"need n >= 0 and size >= 16, got n {n}, size {size}")
+    rng = np.random.default_rng([seed, 7])
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    captions: list[str] = []
+    cells = list(POSITIONS)
+    for k in range(n):
+        while True:
+            n_obj = 1 + int(rng.integers(2))
+            looks = set()
+            while len(looks) < n_obj:
+                looks.add((list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))]))
+            chosen = [cells[int(i)] for i in rng.choice(len(cells), size=n_obj, replace=False)]
+            objects = []
+            for (colour, shape), (col, row) in zip(sorted(looks), chosen, strict=True):
+                sz = ("small", "big")[int(rng.integers(2))]
+                scale = float(rng.uniform(*SCALE_RANGE))
+                margin = SIZE_RADIUS[sz] * scale + EDGE
+                x = _in_cell(rng, col, margin)
+                y = _in_cell(rng, row, margin)
+                objects.append(SynthObject(colour, shape, sz, x, y, scale))
+            if n_obj == 1 or _apart(objects):
+                break
+        rng.shuffle(objects)
+        spec = SceneSpec(tuple(objects), ())
+        images[k] = render_scene(spec, np.zeros(1), size, 2.0)[0]
+        phrases = [
+            f"a {SIZE_WORDS[o.size][int(rng.integers(2))]} {o.colour} {o.shape} {POSITIONS[_cell(o.x, o.y)]}"
+            for o in objects
+        ]
+        text = " and ".join(phrases)
+        captions.append(text if rng.random() < 0.7 else f"there is {text}")
+    return images, captions
+
+
+def _in_cell(rng: np.random.Generator, cell: int, margin: float) -> float:
+    lo = max(cell / 3.0 + 0.03, margin)
+    hi = min((cell + 1) / 3.0 - 0.03, 1.0 - margin)
+    return float(rng.uniform(lo, hi)) if lo < hi else float(min(max((cell + 0.5) / 3.0, margin), 1.0 - margin))
+
+
+def _cell(x: float, y: float) -> tuple[int, int]:
+    return min(int(x * 3.0), 2), min(int(y * 3.0), 2)
+
+
+def _apart(objects: list[SynthObject]) -> bool:
+    a, b = objects
+    ra, rb = SIZE_RADIUS[a.size] * a.scale, SIZE_RADIUS[b.size] * b.scale
+    return float(np.hypot(a.x - b.x, a.y - b.y)) > 1.2 * (ra + rb) + EDGE

@@ -1,0 +1,158 @@
+"""Video decoding with decord: 1 frame per second, then ``max_frames`` picked uniformly, padded with a frame mask.
+
+This is CLIP4Clip's frame sampling (``feature_framerate=1``, ``slice_framepos=2``) with exact frame times instead of
+an integer frame rate. A video that is missing or cannot be decoded raises :class:`VideoDecodeError` with a short
+reason; it is never replaced by zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
+from rap_deploy.preprocess import resize_crop
+
+# decord opens every file with this many decoding threads; more would oversubscribe DataLoader workers.
+DECODE_THREADS = 1
+MIN_SECONDS = 1.0
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot be used: ``path`` and a short ``reason`` ("missing", "empty file", "cannot decode: ...")."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class DecodedVideo:
+    """Sampled, resized and center-cropped frames of one video.
+
+    ``frames`` uint8 ``[max_frames, S, S, 3]`` (zeros after the real frames), ``mask`` bool ``[max_frames]`` (True =
+    real frame), ``seconds`` the video's duration, ``num_frames`` the number of frames sampled (= ``mask.sum()``).
+    """
+
+    frames: np.ndarray
+    mask: np.ndarray
+    seconds: float
+    num_frames: int
+
+
+def sample_frame_indices(
+    num_frames: int,
+    native_fps: float,
+    sampling: FrameSamplingConfig,
+    start: float | None = None,
+    end: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Return ``(indices, number_valid)``: the frames to decode from a video of ``num_frames`` at ``native_fps``.
+
+    Frames are taken at times ``start + k / sampling.fps`` (``start`` defaults to 0) up to ``end`` inclusive (default:
+    the end of the video), each time mapped to the frame shown at that time; when more than ``sampling.max_frames``
+    remain, ``max_frames`` of them are picked uniformly with ``np.linspace``. ``indices`` is sorted int64 of length
+    ``number_valid`` (``<= max_frames``); the caller pads to ``max_frames``. A reversed segment is swapped (as in
+    CLIP4Clip). Raises ``ValueError`` for an empty video, a non-positive rate or a segment starting after the video.
+    """
+    if num_frames <= 0:
+        raise ValueError(f"video has no frames (num_frames={num_frames})")
+    if not native_fps > 0 or not math.isfinite(native_fps):
+        raise ValueError(f"video frame rate must be positive, got {native_fps}")
+    if not sampling.fps > 0 or sampling.max_frames < 1:
+        raise ValueError(f"bad frame sampling {sampling}")
+    duration = num_frames / native_fps
+    t0 = max(0.0, float(start)) if start is not None else 0.0
+    t1 = duration if end is None else max(0.0, float(end))
+    if t1 < t0:
+        t0, t1 = t1, t0
+    if t0 >= duration:
+        raise ValueError(f"segment starts at {t0:.2f} s but the video lasts {duration:.2f} s")
+    t1 = min(t1, duration)
+    # A small tolerance so that t = k / fps lands on k exactly despite float rounding.
+    count = int(math.floor((t1 - t0) * sampling.fps + 1e-9)) + 1
+    times = t0 + np.arange(count, dtype=np.float64) / sampling.fps
+    idx = np.floor(times * native_fps + 1e-6).astype(np.int64)
+    idx = np.unique(idx[idx < num_frames])
+    if len(idx) > sampling.max_frames:
+        idx = idx[np.linspace(0, len(idx) - 1, num=sampling.max_frames, dtype=int)]
+    return idx, int(len(idx))
+
+
+def _probe(path: Path) -> str | None:
+    """Return why FFmpeg (through PyAV) cannot open ``path`` as a video, or None if it can."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return "no video stream"
+    except Exception as exc:  # PyAV raises many FFmpeg error types; the message is what matters
+        return " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+    return None
+
+
+def decode_video(
+    path: str | Path,
+    sampling: FrameSamplingConfig,
+    preprocess: PreprocessConfig,
+    start: float | None = None,
+    end: float | None = None,
+) -> DecodedVideo:
+    """Decode the sampled frames of ``path`` and apply :func:`rap_deploy.preprocess.resize_crop`.
+
+    Returns a :class:`DecodedVideo` padded to ``sampling.max_frames``. Raises :class:`VideoDecodeError` when the file
+    is missing or empty, cannot be opened or decoded, is shorter than one second, or ``start`` lies past its end.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(path, "missing")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "empty file")
+    problem = _probe(path)  # PyAV first: it gives FFmpeg's reason without decord's log noise
+    if problem is not None:
+        raise VideoDecodeError(path, f"cannot decode: {problem}")
+
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=DECODE_THREADS)
+        num_frames = len(reader)
+        native_fps = float(reader.get_avg_fps())
+    except Exception as exc:
+        raise VideoDecodeError(path, f"cannot decode: {_first_line(exc)}") from None
+    if num_frames <= 0 or not native_fps > 0:
+        raise VideoDecodeError(path, "cannot decode: no video frames")
+    seconds = num_frames / native_fps
+    if seconds < MIN_SECONDS:
+        raise VideoDecodeError(path, f"shorter than 1 second ({seconds:.2f} s)")
+    try:
+        indices, valid = sample_frame_indices(num_frames, native_fps, sampling, start, end)
+    except ValueError as exc:
+        raise VideoDecodeError(path, f"bad segment: {exc}") from None
+    try:
+        raw = reader.get_batch(indices.tolist()).asnumpy()
+    except Exception as exc:
+        raise VideoDecodeError(path, f"cannot decode: {_first_line(exc)}") from None
+    finally:
+        del reader
+    if raw.ndim != 4 or raw.shape[0] != valid or raw.shape[-1] != 3:
+        raise VideoDecodeError(path, f"cannot decode: got frames of shape {tuple(raw.shape)}")
+    frames = resize_crop(np.ascontiguousarray(raw, dtype=np.uint8), preprocess)
+    size = preprocess.image_size
+    out = np.zeros((sampling.max_frames, size, size, 3), dtype=np.uint8)
+    out[:valid] = frames
+    mask = np.zeros(sampling.max_frames, dtype=bool)
+    mask[:valid] = True
+    return DecodedVideo(frames=out, mask=mask, seconds=float(seconds), num_frames=valid)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    # decord prefixes its messages with "[time] /path/to/source.cc:123: "; keep the part a user can act on.
+    line = text[-1] if text else type(exc).__name__
+    return line.split(": ", 1)[-1] if line.startswith("[") else line

@@ -1,0 +1,97 @@
+"""The decoded-frame cache: round trip, keys, corrupt-entry rebuild, no-cache mode."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
+from rap_deploy.data.cache import FrameCache, default_cache_dir
+from rap_deploy.data.synth import write_video
+from rap_deploy.data.video import VideoDecodeError
+
+SAMPLING = FrameSamplingConfig(max_frames=6)
+PRE = PreprocessConfig(image_size=16)
+
+
+@pytest.fixture
+def video_file(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(20, 32, 32, 3), dtype=np.uint8)
+    path = tmp_path / "clip.mp4"
+    write_video(path, frames, 4)
+    return path
+
+
+def _entries(root):
+    return sorted(root.rglob("*.npz"))
+
+
+def test_round_trip_decodes_once(tmp_path, video_file):
+    cache = FrameCache(tmp_path / "cache")
+    first = cache.get(video_file, SAMPLING, PRE)
+    second = cache.get(video_file, SAMPLING, PRE)
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert len(_entries(tmp_path / "cache")) == 1
+    np.testing.assert_array_equal(first.frames, second.frames)
+    np.testing.assert_array_equal(first.mask, second.mask)
+    assert second.frames.dtype == np.uint8 and second.frames.shape == (6, 16, 16, 3)
+    assert second.seconds == pytest.approx(5.0) and second.num_frames == 5
+    # a new FrameCache on the same folder (another process) reads it back too
+    other = FrameCache(tmp_path / "cache")
+    np.testing.assert_array_equal(other.get(video_file, SAMPLING, PRE).frames, first.frames)
+    assert other.hits == 1 and other.misses == 0
+
+
+def test_key_covers_content_and_settings(tmp_path, video_file):
+    cache = FrameCache(tmp_path / "cache")
+    base = cache.key(video_file, SAMPLING, PRE)
+    assert cache.key(video_file, FrameSamplingConfig(max_frames=7), PRE) != base
+    assert cache.key(video_file, SAMPLING, PreprocessConfig(image_size=24)) != base
+    assert cache.key(video_file, SAMPLING, PRE, start=1.0) != base
+    copy = tmp_path / "renamed.mp4"
+    copy.write_bytes(video_file.read_bytes())
+    assert cache.key(copy, SAMPLING, PRE) == base  # keyed by content, not by name
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    os.utime(copy, ns=(1, 1))
+    assert cache.key(copy, SAMPLING, PRE) != base
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncate", "wrong_shape"])
+def test_corrupt_entry_is_rebuilt(tmp_path, video_file, damage):
+    cache = FrameCache(tmp_path / "cache")
+    good = cache.get(video_file, SAMPLING, PRE)
+    (entry,) = _entries(tmp_path / "cache")
+    if damage == "garbage":
+        entry.write_bytes(b"not an npz")
+    elif damage == "truncate":
+        entry.write_bytes(entry.read_bytes()[:100])
+    else:
+        with open(entry, "wb") as fh:
+            np.savez(fh, frames=np.zeros((2, 2, 2, 3), np.uint8), mask=np.ones(2, bool), seconds=1.0, num_frames=2)
+    again = cache.get(video_file, SAMPLING, PRE)
+    assert cache.rebuilt == 1
+    np.testing.assert_array_equal(again.frames, good.frames)
+    fresh = FrameCache(tmp_path / "cache")
+    fresh.get(video_file, SAMPLING, PRE)
+    assert fresh.hits == 1 and fresh.rebuilt == 0
+
+
+def test_no_cache_and_failures_not_stored(tmp_path, video_file, monkeypatch):
+    plain = FrameCache(None)
+    assert plain.get(video_file, SAMPLING, PRE).num_frames == 5
+    assert plain.misses == 1
+    cache = FrameCache(tmp_path / "cache")
+    with pytest.raises(VideoDecodeError, match="missing"):
+        cache.get(tmp_path / "absent.mp4", SAMPLING, PRE)
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 64)
+    with pytest.raises(VideoDecodeError, match="cannot decode"):
+        cache.get(tmp_path / "bad.mp4", SAMPLING, PRE)
+    assert _entries(tmp_path / "cache") == []
+    monkeypatch.setenv("RAPDEPLOY_HOME", str(tmp_path / "ws"))
+    assert default_cache_dir() == (tmp_path / "ws" / "cache" / "frames").resolve()
+    assert FrameCache.default().root == default_cache_dir()

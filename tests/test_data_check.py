@@ -1,0 +1,96 @@
+"""``rapdeploy synth`` + ``rapdeploy data-check`` through the real CLI, and ``check_dataset``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rap_deploy.cli.app import app
+from rap_deploy.data.cache import FrameCache
+from rap_deploy.data.check import check_dataset
+
+REPORT_KEYS = {"dataset", "split", "videos", "captions", "missing", "undecodable", "per_video", "ok"}
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAPDEPLOY_HOME", str(tmp_path / "workspace"))
+    monkeypatch.delenv("RAPDEPLOY_DATA", raising=False)
+    return CliRunner()
+
+
+@pytest.fixture
+def small_synth(tmp_path, runner):
+    out = tmp_path / "synth"
+    result = runner.invoke(app, ["synth", "--out", str(out), "--videos", "20", "--test-videos", "10", "--size", "64",
+                                 "--seed", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_synth_then_data_check_json(small_synth, runner, tmp_path):
+    args = ["data-check", "--dataset", "msrvtt", "--data-root", str(small_synth), "--split", "test", "--json",
+            "--image-size", "32", "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert REPORT_KEYS <= set(report)
+    assert (report["dataset"], report["split"], report["videos"], report["captions"]) == ("msrvtt", "test", 10, 10)
+    assert report["missing"] == [] and report["undecodable"] == [] and report["ok"] is True
+    assert len(report["per_video"]) == 10
+    assert all(v == {"frames": 12, "seconds": 12.0} for v in report["per_video"].values())
+    # the decoded frames went into the workspace cache; a second run reads them back
+    entries = list((tmp_path / "workspace" / "cache" / "frames").rglob("*.npz"))
+    assert len(entries) == 10
+    again = runner.invoke(app, args + ["--no-cache"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["per_video"] == report["per_video"]
+
+
+def test_train_split_and_env_data_root(small_synth, runner, monkeypatch):
+    monkeypatch.setenv("RAPDEPLOY_DATA", str(small_synth))
+    result = runner.invoke(app, ["data-check", "--dataset", "msrvtt", "--split", "train", "--no-cache",
+                                 "--image-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "msrvtt train: 10 videos, 50 captions, 12 frames each, 0 missing, 0 undecodable" in result.stdout
+
+
+def test_missing_and_truncated_videos_exit_1_and_are_named(small_synth, runner):
+    videos = sorted(small_synth.glob("videos/video1[0-9].mp4"))  # test videos are video10..video19
+    missing, truncated = videos[2], videos[5]
+    missing.unlink()
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    base = ["data-check", "--dataset", "msrvtt", "--data-root", str(small_synth), "--no-cache", "--image-size", "32"]
+
+    result = runner.invoke(app, base)
+    assert result.exit_code == 1
+    assert str(missing) in result.stderr and str(truncated) in result.stderr
+    assert "2 of 10 videos unusable" in result.stderr
+    assert f"missing      {missing.stem}" in result.stdout and f"undecodable  {truncated.stem}" in result.stdout
+
+    result = runner.invoke(app, base + ["--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["missing"] == [missing.stem] and report["ok"] is False
+    assert [u["video_id"] for u in report["undecodable"]] == [truncated.stem]
+    assert report["undecodable"][0]["reason"].startswith("cannot decode")
+    assert len(report["per_video"]) == 8
+
+
+def test_usage_errors_exit_2(tmp_path, runner):
+    result = runner.invoke(app, ["data-check", "--dataset", "msrvtt"])
+    assert result.exit_code == 2 and "RAPDEPLOY_DATA" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "MSRVTT_JSFUSION_test.csv" in result.stderr
+    result = runner.invoke(app, ["data-check", "--dataset", "hmdb", "--data-root", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "unknown" in result.stderr
+
+
+def test_check_dataset_function(synth_root, tmp_path):
+    report = check_dataset("msrvtt", synth_root, "test", cache=FrameCache(tmp_path / "c"), progress=False)
+    assert report["ok"] and report["videos"] == 12 and report["captions"] == 12
+    assert report["sampling"] == {"max_frames": 12, "fps": 1.0}
+    assert set(report["per_video"]) == {f"video{i}" for i in range(24, 36)}

@@ -1,0 +1,212 @@
+"""Dataset readers on fixture folders in each CLIP4Clip format, and the training dataset."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
+from rap_deploy.data.cache import FrameCache
+from rap_deploy.data.datasets import DATASETS, VideoCaptionDataset, VideoDataset, dataset_defaults, load_split
+from rap_deploy.data.synth import write_video
+from rap_deploy.errors import UsageError
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def _msrvtt(root):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "MSRVTT_JSFUSION_test.csv").write_text(
+        "key,vid_key,video_id,sentence\n"
+        "ret0,msr7010,video7010,a man is talking\n"
+        "ret1,msr7011,video7011,a dog runs\n"
+        "ret2,msr7012,video7012,people dance on a stage\n"
+    )
+    (root / "MSRVTT_train.9k.csv").write_text("video_id\nvideo0\nvideo1\n")
+    sentences = [
+        {"caption": "a cat sleeps", "video_id": "video0", "sen_id": 0},
+        {"caption": "a cat is sleeping", "video_id": "video0", "sen_id": 1},
+        {"caption": "a car drives", "video_id": "video1", "sen_id": 2},
+        {"caption": "not in train", "video_id": "video9", "sen_id": 3},
+    ]
+    videos = [{"video_id": f"video{i}", "split": "train"} for i in (0, 1, 9)]
+    (root / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sentences}))
+    _touch(root / "videos" / "video0.mp4")
+    _touch(root / "videos" / "video7011.webm")
+    return root
+
+
+def test_msrvtt_test_and_train(tmp_path):
+    root = _msrvtt(tmp_path / "msrvtt")
+    test = load_split("msrvtt", root)
+    assert [v.video_id for v in test.videos] == ["video7010", "video7011", "video7012"]
+    assert test.captions == ["a man is talking", "a dog runs", "people dance on a stage"]
+    assert test.caption_video.tolist() == [0, 1, 2] and not test.multi_caption
+    assert test.videos[0].path == root / "videos" / "video7010.mp4"  # listed even though it does not exist
+    assert test.videos[1].path.name == "video7011.webm"  # CLIP4Clip's .webm fallback
+    assert test.sampling == FrameSamplingConfig(max_frames=12) and test.context_length == 32
+    assert load_split("msrvtt", root, "val").captions == test.captions  # CLIP4Clip validates on test
+
+    train = load_split("msrvtt", root, "train", max_frames=8)
+    assert [v.video_id for v in train.videos] == ["video0", "video1"]
+    assert train.captions == ["a cat sleeps", "a cat is sleeping", "a car drives"]
+    assert train.caption_video.tolist() == [0, 0, 1]
+    assert train.video_captions() == [[0, 1], [2]]
+    assert train.captions_of(0) == ["a cat sleeps", "a cat is sleeping"]
+    assert train.multi_caption and train.sampling.max_frames == 8
+    sub = train.subset([1])
+    assert sub.captions == ["a car drives"] and sub.caption_video.tolist() == [0]
+
+
+def test_msrvtt_bad_annotations_name_file_and_key(tmp_path):
+    root = _msrvtt(tmp_path / "m")
+    data = json.loads((root / "MSRVTT_data.json").read_text())
+    del data["sentences"][1]["caption"]
+    (root / "MSRVTT_data.json").write_text(json.dumps(data))
+    with pytest.raises(UsageError, match=r"MSRVTT_data\.json has no key 'caption' in sentences\[1\]"):
+        load_split("msrvtt", root, "train")
+    (root / "MSRVTT_JSFUSION_test.csv").write_text("key,video_id\nret0,video1\n")
+    with pytest.raises(UsageError, match=r"MSRVTT_JSFUSION_test\.csv has no column 'sentence'"):
+        load_split("msrvtt", root, "test")
+    (root / "MSRVTT_train.9k.csv").unlink()
+    with pytest.raises(UsageError, match=r"MSRVTT_train\.9k\.csv is missing"):
+        load_split("msrvtt", root, "train")
+    with pytest.raises(UsageError, match="no split 'dev'"):
+        load_split("msrvtt", root, "dev")
+    with pytest.raises(UsageError, match="unknown"):
+        load_split("kinetics", root)
+    with pytest.raises(UsageError, match="does not exist"):
+        load_split("msrvtt", tmp_path / "nowhere")
+
+
+def test_msvd_every_caption_is_a_query(tmp_path):
+    root = tmp_path / "msvd"
+    root.mkdir()
+    (root / "train_list.txt").write_text("vidA\n")
+    (root / "val_list.txt").write_text("vidB\n")
+    (root / "test_list.txt").write_text("vidB\nvidC\n")
+    captions = {
+        "vidA": [["a", "man", "cooks"]],
+        "vidB": [["a", "dog", "barks"], ["the", "dog", "is", "barking"]],
+        "vidC": [["a", "girl", "sings"], ["someone", "sings"], ["a", "song"]],
+    }
+    (root / "raw-captions.pkl").write_bytes(pickle.dumps(captions))
+    _touch(root / "videos" / "vidB.avi")
+    _touch(root / "videos" / "sub" / "vidC.mp4")
+    split = load_split("msvd", root, "test")
+    assert [v.video_id for v in split.videos] == ["vidB", "vidC"]
+    assert split.captions == ["a dog barks", "the dog is barking", "a girl sings", "someone sings", "a song"]
+    assert split.caption_video.tolist() == [0, 0, 1, 1, 1]
+    assert split.multi_caption
+    assert split.videos[0].path == root / "videos" / "vidB.avi"
+    assert split.videos[1].path == root / "videos" / "sub" / "vidC.mp4"
+    assert load_split("msvd", root, "train").videos[0].path == root / "videos" / "vidA.avi"  # missing, listed
+
+    (root / "test_list.txt").write_text("vidB\nvidZ\n")
+    with pytest.raises(UsageError, match=r"raw-captions\.pkl has no key 'vidZ'"):
+        load_split("msvd", root, "test")
+
+
+def test_msvd_refuses_pickled_code(tmp_path):
+    root = tmp_path / "msvd"
+    root.mkdir()
+    (root / "test_list.txt").write_text("x\n")
+    (root / "raw-captions.pkl").write_bytes(pickle.dumps({"x": [np.int64(3)]}))
+    with pytest.raises(UsageError, match="plain pickle"):
+        load_split("msvd", root, "test")
+
+
+def test_didemo_paragraphs_and_extensions(tmp_path):
+    root = tmp_path / "didemo"
+    root.mkdir()
+    (root / "test_list.txt").write_text("111@N00_1.mov\n222@N00_2\n")
+    annotations = [
+        {"video": "111@N00_1.mov", "description": "a man enters", "times": [[0, 0]]},
+        {"video": "999@N00_9.mp4", "description": "not in the list", "times": [[1, 1]]},
+        {"video": "111@N00_1.mov", "description": "he sits down", "times": [[2, 3]]},
+        {"video": "222@N00_2", "description": "a bird flies", "times": [[0, 1]]},
+    ]
+    (root / "test_data.json").write_text(json.dumps(annotations))
+    _touch(root / "videos" / "111@N00_1.mp4")  # re-encoded copy: same stem, other extension
+    _touch(root / "videos" / "222@N00_2.m4v")
+    split = load_split("didemo", root, "test")
+    assert split.captions == ["a man enters he sits down", "a bird flies"]
+    assert split.caption_video.tolist() == [0, 1]
+    assert split.videos[0].path.name == "111@N00_1.mp4" and split.videos[1].path.name == "222@N00_2.m4v"
+    assert split.videos[0].end == 31.0 and split.videos[0].start is None
+    assert split.sampling.max_frames == 64 and split.context_length == 64
+
+    annotations[2].pop("description")
+    (root / "test_data.json").write_text(json.dumps(annotations))
+    with pytest.raises(UsageError, match=r"test_data\.json has no key 'description' in \[2\]"):
+        load_split("didemo", root, "test")
+
+
+def test_activitynet_val_paragraphs(tmp_path):
+    root = tmp_path / "anet"
+    root.mkdir()
+    (root / "val_ids.json").write_text(json.dumps(["v_abc", "v_def"]))
+    (root / "train_ids.json").write_text(json.dumps(["v_tr1"]))
+    val = {
+        "v_abc": {"duration": 40.3, "timestamps": [[0, 10], [10, 40]], "sentences": ["A man runs.", " He jumps."]},
+        "v_def": {"duration": 12.0, "timestamps": [[0, 12]], "sentences": ["A cat."]},
+    }
+    (root / "val_1.json").write_text(json.dumps(val))
+    (root / "train.json").write_text(json.dumps({"v_tr1": {"duration": 5, "timestamps": [], "sentences": ["x"]}}))
+    _touch(root / "videos" / "abc.mp4")  # CLIP4Clip names files without "v_"
+    _touch(root / "videos" / "v_def.mkv")
+    split = load_split("activitynet", root, "test")  # test = val_1
+    assert split.split == "test"
+    assert [v.video_id for v in split.videos] == ["v_abc", "v_def"]
+    assert split.captions == ["A man runs. He jumps.", "A cat."]
+    assert split.videos[0].path.name == "abc.mp4" and split.videos[1].path.name == "v_def.mkv"
+    assert split.videos[0].end == 41.0
+    assert load_split("activitynet", root, "train").captions == ["x"]
+
+    del val["v_def"]["sentences"]
+    (root / "val_1.json").write_text(json.dumps(val))
+    with pytest.raises(UsageError, match=r"val_1\.json has no key 'sentences' in v_def"):
+        load_split("activitynet", root, "val")
+
+
+def test_dataset_defaults():
+    assert DATASETS == ("msrvtt", "msvd", "didemo", "activitynet")
+    assert dataset_defaults("msrvtt") == (FrameSamplingConfig(max_frames=12, fps=1.0), 32)
+    assert dataset_defaults("msvd")[1] == 32
+    assert dataset_defaults("didemo") == (FrameSamplingConfig(max_frames=64, fps=1.0), 64)
+    assert dataset_defaults("activitynet")[0].max_frames == 64
+    with pytest.raises(UsageError):
+        dataset_defaults("lsmdc")
+
+
+def test_video_caption_dataset_skips_and_counts_bad_videos(tmp_path):
+    root = _msrvtt(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    write_video(root / "videos" / "video0.mp4", rng.integers(0, 255, (12, 24, 32, 3), dtype=np.uint8), 4)
+    (root / "videos" / "video1.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))  # corrupt
+    split = load_split("msrvtt", root, "train", max_frames=4)
+    pre = PreprocessConfig(image_size=16)
+    ds = VideoCaptionDataset(split, FrameCache(tmp_path / "cache"), pre).prepare()
+    assert [b["video_id"] for b in ds.bad_videos] == ["video1"]
+    assert ds.bad_videos[0]["reason"].startswith("cannot decode")
+    assert len(ds) == 2  # the two captions of video0; video1's caption dropped
+    item = ds[1]
+    assert item["frames"].shape == (4, 3, 16, 16) and item["frames"].dtype == torch.float32
+    assert item["frame_mask"].tolist() == [1.0, 1.0, 1.0, 0.0]  # 3 s video
+    assert item["ids"].shape == (32,) and item["ids"].dtype == torch.int32
+    assert item["eot"].dtype == torch.int32 and item["eot"].ndim == 0
+    assert int(item["ids"][item["eot"]]) == int(item["ids"].max())  # EOT has the largest id in open_clip's vocab
+    assert (item["video_index"], item["caption_index"]) == (0, 1)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
+    assert batch["frames"].shape == (2, 4, 3, 16, 16) and batch["eot"].shape == (2,)
+
+    videos = VideoDataset(split.subset([0]), FrameCache(tmp_path / "cache"), pre)
+    assert len(videos) == 1 and videos[0]["frames"].shape == (4, 3, 16, 16)

@@ -1,0 +1,124 @@
+"""Frame sampling and decoding: indices at 1 fps for several frame rates and durations, masks, decode errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
+from rap_deploy.data.synth import write_video
+from rap_deploy.data.video import VideoDecodeError, decode_video, sample_frame_indices
+
+S12 = FrameSamplingConfig(max_frames=12, fps=1.0)
+
+
+@pytest.mark.parametrize(
+    ("num_frames", "fps", "expected"),
+    [
+        (360, 30.0, list(range(0, 360, 30))),  # 12 s at 30 fps: exactly 12 seconds -> 12 frames
+        (48, 4.0, list(range(0, 48, 4))),  # the synthetic videos
+        (120, 24.0, [0, 24, 48, 72, 96]),  # 5 s: 5 frames, padded later
+        (40, 10.0, [0, 10, 20, 30]),
+        (10, 10.0, [0]),  # exactly 1 s
+    ],
+)
+def test_indices_one_per_second(num_frames, fps, expected):
+    idx, valid = sample_frame_indices(num_frames, fps, S12)
+    assert idx.tolist() == expected
+    assert valid == len(expected)
+
+
+def test_indices_more_seconds_than_frames_uses_linspace():
+    # 20 s at 25 fps: 20 one-per-second frames, 12 of them picked uniformly.
+    idx, valid = sample_frame_indices(500, 25.0, S12)
+    picks = [0, 1, 3, 5, 6, 8, 10, 12, 13, 15, 17, 19]  # np.linspace(0, 19, 12).astype(int)
+    assert idx.tolist() == [25 * p for p in picks]
+    assert valid == 12
+
+
+def test_indices_fractional_frame_rate():
+    # 300 frames at 29.97 fps last 10.01 s, so t = 0..10 s are all inside the video.
+    idx, valid = sample_frame_indices(300, 29.97, S12)
+    assert idx.tolist() == [int(np.floor(k * 29.97 + 1e-6)) for k in range(11)]
+    assert valid == 11
+
+
+def test_indices_other_sampling_rates_and_segments():
+    idx, _ = sample_frame_indices(40, 10.0, FrameSamplingConfig(max_frames=100, fps=2.0))
+    assert idx.tolist() == list(range(0, 40, 5))
+    # start/end in seconds, end inclusive (CLIP4Clip)
+    idx, valid = sample_frame_indices(600, 30.0, S12, start=5, end=8)
+    assert idx.tolist() == [150, 180, 210, 240] and valid == 4
+    # a reversed segment is swapped; an end past the video is clamped
+    assert sample_frame_indices(600, 30.0, S12, start=8, end=5)[0].tolist() == [150, 180, 210, 240]
+    assert sample_frame_indices(60, 30.0, S12, start=1, end=100)[0].tolist() == [30]
+    # sampling faster than the video: no duplicate frames
+    idx, valid = sample_frame_indices(6, 2.0, FrameSamplingConfig(max_frames=64, fps=4.0))
+    assert idx.tolist() == list(range(6)) and valid == 6
+
+
+def test_indices_bad_input():
+    with pytest.raises(ValueError, match="starts at"):
+        sample_frame_indices(100, 10.0, S12, start=20)
+    with pytest.raises(ValueError):
+        sample_frame_indices(0, 10.0, S12)
+    with pytest.raises(ValueError):
+        sample_frame_indices(10, 0.0, S12)
+
+
+def _ramp_video(path, seconds: float, fps: int, h: int = 48, w: int = 64):
+    """A video whose frame k has grey level 5 * k, so decoded frames tell which index they came from."""
+    n = int(round(seconds * fps))
+    frames = np.empty((n, h, w, 3), dtype=np.uint8)
+    frames[:] = (np.arange(n) * 5 % 250).astype(np.uint8)[:, None, None, None]
+    write_video(path, frames, fps)
+    return frames
+
+
+def test_decode_pads_short_video_with_mask(tmp_path):
+    _ramp_video(tmp_path / "v.mp4", seconds=3, fps=10)
+    video = decode_video(tmp_path / "v.mp4", S12, PreprocessConfig(image_size=32))
+    assert video.frames.shape == (12, 32, 32, 3) and video.frames.dtype == np.uint8
+    assert video.mask.tolist() == [True] * 3 + [False] * 9
+    assert video.num_frames == 3 and video.seconds == pytest.approx(3.0)
+    assert not video.frames[3:].any()  # padding is zeros, real frames are not
+    levels = video.frames[:3].reshape(3, -1).mean(1)
+    assert levels == pytest.approx([0, 50, 100], abs=4)  # frames 0, 10, 20
+
+
+def test_decode_long_video_uniform(tmp_path):
+    _ramp_video(tmp_path / "v.mp4", seconds=20, fps=2)
+    video = decode_video(tmp_path / "v.mp4", FrameSamplingConfig(max_frames=4), PreprocessConfig(image_size=16))
+    assert video.mask.all() and video.num_frames == 4
+    # 20 one-per-second frames (indices 0, 2, ..., 38), linspace picks seconds 0, 6, 12, 19
+    levels = video.frames.reshape(4, -1).mean(1)
+    assert levels == pytest.approx([0, 60, 120, 190], abs=4)
+
+
+def test_decode_errors_name_the_reason(tmp_path):
+    cfg = PreprocessConfig(image_size=16)
+    with pytest.raises(VideoDecodeError) as e:
+        decode_video(tmp_path / "nope.mp4", S12, cfg)
+    assert e.value.reason == "missing" and e.value.path.name == "nope.mp4"
+
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoDecodeError, match="empty file"):
+        decode_video(tmp_path / "empty.mp4", S12, cfg)
+
+    _ramp_video(tmp_path / "good.mp4", seconds=3, fps=10)
+    data = (tmp_path / "good.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoDecodeError) as e:
+        decode_video(tmp_path / "cut.mp4", S12, cfg)
+    assert e.value.reason.startswith("cannot decode")
+
+    (tmp_path / "text.mp4").write_bytes(b"this is not a video" * 50)
+    with pytest.raises(VideoDecodeError, match="cannot decode"):
+        decode_video(tmp_path / "text.mp4", S12, cfg)
+
+    _ramp_video(tmp_path / "short.mp4", seconds=0.5, fps=10)
+    with pytest.raises(VideoDecodeError, match="shorter than 1 second"):
+        decode_video(tmp_path / "short.mp4", S12, cfg)
+
+    with pytest.raises(VideoDecodeError, match="bad segment"):
+        decode_video(tmp_path / "good.mp4", S12, cfg, start=10)

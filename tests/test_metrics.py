@@ -1,0 +1,121 @@
+"""Retrieval metrics against hand-computed examples: ranks, ties, square case, multi-caption, NaN."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rap_deploy.metrics import ground_truth_ranks, retrieval_metrics, video_to_text_scores
+
+
+def test_hand_computed_square():
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.0],  # text 0 -> video 0: rank 1
+            [0.8, 0.5, 0.6, 0.7],  # text 1 -> video 1: 3 higher -> rank 4
+            [0.1, 0.2, 0.3, 0.0],  # text 2 -> video 2: rank 1
+            [0.5, 0.6, 0.9, 0.4],  # text 3 -> video 3: 3 higher -> rank 4
+        ]
+    )
+    m = retrieval_metrics(sim, [0, 1, 2, 3])
+    t2v = m["t2v"]
+    assert (t2v["R1"], t2v["R5"], t2v["R10"]) == (50.0, 100.0, 100.0)
+    assert (t2v["MdR"], t2v["MnR"], t2v["RSum"], t2v["ties"]) == (2.5, 2.5, 250.0, 0)
+    # v2t: column j ranked among row j of sim.T
+    # video 0: [0.9, 0.8, 0.1, 0.5] -> rank 1; video 1: [0.1, 0.5, 0.2, 0.6] -> rank 2
+    # video 2: [0.2, 0.6, 0.3, 0.9] -> rank 3; video 3: [0.0, 0.7, 0.0, 0.4] -> rank 2
+    v2t = m["v2t"]
+    assert (v2t["R1"], v2t["R5"], v2t["MdR"], v2t["MnR"]) == (25.0, 100.0, 2.0, 2.0)
+    # square case: v2t is t2v of the transpose
+    assert retrieval_metrics(sim.T, [0, 1, 2, 3])["t2v"] == v2t
+
+
+def test_ties_count_and_rank_strictly_higher():
+    sim = np.array([[0.5, 0.5, 0.1], [0.2, 0.7, 0.7], [0.3, 0.9, 0.3]])
+    ranks, tied = ground_truth_ranks(sim, np.array([0, 1, 2]))
+    assert ranks.tolist() == [1, 1, 2]  # a tie does not push the ground truth down
+    assert tied.tolist() == [True, True, True]
+    m = retrieval_metrics(sim, [0, 1, 2])
+    assert m["t2v"]["R1"] == pytest.approx(200 / 3) and m["t2v"]["ties"] == 3
+    # v2t on sim.T: video 0 [0.5, 0.2, 0.3] r1; video 1 [0.5, 0.7, 0.9] r2; video 2 [0.1, 0.7, 0.3] r2
+    assert m["v2t"]["ties"] == 0 and m["v2t"]["MnR"] == pytest.approx(5 / 3)
+
+
+def test_multi_caption_v2t_uses_best_caption():
+    # 5 captions for 3 videos: video 0 has captions 0,1; video 1 has 2; video 2 has 3,4.
+    sim = np.array(
+        [
+            [0.9, 0.2, 0.1],
+            [0.1, 0.8, 0.3],  # caption 1 of video 0: 0.8 and 0.3 are higher, rank 3
+            [0.3, 0.4, 0.5],  # video 1's only caption prefers video 2: rank 2
+            [0.2, 0.1, 0.7],
+            [0.6, 0.0, 0.4],  # video 2's caption 4: rank 2
+        ]
+    )
+    t2v = [0, 0, 1, 2, 2]
+    m = retrieval_metrics(sim, t2v)
+    assert m["t2v"]["queries"] == 5
+    assert m["t2v"]["R1"] == 40.0 and m["t2v"]["MnR"] == pytest.approx(9 / 5)  # ranks 1, 3, 2, 1, 2
+    scores, videos = video_to_text_scores(sim, t2v)
+    # best[v_query, u_candidate] = max over u's captions of sim[c, v_query]
+    expected = np.array(
+        [
+            [0.9, 0.3, 0.6],
+            [0.8, 0.4, 0.1],
+            [0.3, 0.5, 0.7],
+        ]
+    )
+    np.testing.assert_allclose(scores, expected)
+    assert videos.tolist() == [0, 1, 2]
+    # v2t ranks: video 0 -> 1, video 1 -> 2 (0.8 > 0.4), video 2 -> 1
+    assert m["v2t"]["queries"] == 3 and m["v2t"]["R1"] == pytest.approx(200 / 3) and m["v2t"]["MnR"] == 4 / 3
+
+
+def test_videos_without_captions_are_t2v_distractors_only():
+    sim = np.array([[0.2, 0.9, 0.1], [0.8, 0.3, 0.1]])
+    m = retrieval_metrics(sim, [1, 0])  # video 2 has no caption
+    assert m["t2v"]["R1"] == 100.0
+    assert m["v2t"]["queries"] == 2 and m["v2t"]["R1"] == 100.0
+
+
+def test_oracle_is_perfect():
+    n = 50
+    m = retrieval_metrics(np.eye(n), np.arange(n))
+    for d in ("t2v", "v2t"):
+        assert m[d]["R1"] == 100.0 and m[d]["MdR"] == 1.0 and m[d]["MnR"] == 1.0 and m[d]["ties"] == 0
+
+
+def test_nan_and_bad_input_raise():
+    sim = np.eye(3)
+    sim[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(sim, [0, 1, 2])
+    sim[1, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN/inf"):
+        retrieval_metrics(sim, [0, 1, 2])
+    with pytest.raises(ValueError, match="one entry per text"):
+        retrieval_metrics(np.eye(3), [0, 1])
+    with pytest.raises(ValueError, match="outside"):
+        retrieval_metrics(np.eye(3), [0, 1, 3])
+    with pytest.raises(ValueError, match="2-D"):
+        retrieval_metrics(np.ones(3), [0, 1, 2])
+
+
+def test_torch_input_matches_numpy_and_is_fast():
+    rng = np.random.default_rng(0)
+    sim = rng.standard_normal((1000, 1000)).astype(np.float32)
+    sim[np.arange(1000), np.arange(1000)] += 2.0
+    expected = retrieval_metrics(sim, np.arange(1000))
+    start = time.perf_counter()
+    got = retrieval_metrics(torch.from_numpy(sim), torch.arange(1000))
+    assert time.perf_counter() - start < 1.0
+    assert got == expected
+    assert retrieval_metrics(torch.from_numpy(sim).half(), torch.arange(1000))["t2v"]["queries"] == 1000
+    # multi-caption at scale: 5 captions per video, vectorised
+    sim5 = rng.standard_normal((5000, 1000)).astype(np.float32)
+    start = time.perf_counter()
+    m = retrieval_metrics(sim5, np.repeat(np.arange(1000), 5))
+    assert time.perf_counter() - start < 2.0 and m["v2t"]["queries"] == 1000

@@ -1,0 +1,155 @@
+"""The synthetic dataset: layout, captions, time-reversed pairs, determinism, stills, and the reference baselines."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import decord
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rap_deploy.cli.app import app
+from rap_deploy.config import PreprocessConfig
+from rap_deploy.data import synth
+from rap_deploy.data.cache import FrameCache
+from rap_deploy.data.datasets import load_split
+from rap_deploy.data.synth_baselines import oracle_similarity, order_blind_baseline
+from rap_deploy.errors import UsageError
+
+MOTION_WORDS = {"moves", "slides", "goes", "rises", "sinks", "grows", "shrinks", "appears", "disappears", "fades",
+                "vanishes", "expands", "contracts", "then", "bigger", "smaller", "view"}
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_layout_and_captions(synth_root):
+    data = json.loads((synth_root / "MSRVTT_data.json").read_text())
+    assert len(data["videos"]) == 36 and data["info"]["size"] == 64
+    with open(synth_root / "MSRVTT_train.9k.csv") as fh:
+        train_ids = [r["video_id"] for r in csv.DictReader(fh)]
+    with open(synth_root / "MSRVTT_JSFUSION_test.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["key", "vid_key", "video_id", "sentence"]
+    assert len(train_ids) == 24 and len(rows) == 12
+    assert set(train_ids).isdisjoint(r["video_id"] for r in rows)
+    assert all((synth_root / "videos" / f"video{i}.mp4").is_file() for i in range(36))
+    per_video = {}
+    for s in data["sentences"]:
+        per_video.setdefault(s["video_id"], []).append(s["caption"])
+    assert all(len(set(caps)) == len(caps) >= 3 for caps in per_video.values())  # several distinct paraphrases
+
+    scenes, _ = synth.load_scenes(synth_root)
+    test_captions = [r["sentence"] for r in rows]
+    assert len(set(test_captions)) == 12  # unique in the split
+    keys = [synth.scene_key(scenes[r["video_id"]]) for r in rows]
+    assert len(set(keys)) == 12
+    for r in rows:
+        scene = scenes[r["video_id"]]
+        # every paraphrase means the same scene
+        assert {synth.parse_caption(c) for c in per_video[r["video_id"]]} == {synth.scene_key(scene)}
+        # and the time-reversed scene is also in the test split
+        assert synth.scene_key(synth.reverse_scene(scene)) in keys
+    train_keys = {synth.scene_key(scenes[v]) for v in train_ids}
+    assert train_keys.isdisjoint(keys)
+
+
+def test_videos_decode_with_decord(synth_root):
+    reader = decord.VideoReader(str(synth_root / "videos" / "video30.mp4"))
+    assert len(reader) == 48 and reader.get_avg_fps() == pytest.approx(4.0)
+    frame = reader[0].asnumpy()
+    assert frame.shape == (64, 64, 3)
+    assert np.abs(frame.astype(int) - synth.BACKGROUND).max(axis=-1).min() < 8  # plain background somewhere
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    a = synth.generate_synthetic_dataset(tmp_path / "a", videos=6, test_videos=2, seed=3, size=32, progress=False)
+    synth.generate_synthetic_dataset(tmp_path / "b", videos=6, test_videos=2, seed=3, size=32, progress=False)
+    synth.generate_synthetic_dataset(tmp_path / "c", videos=6, test_videos=2, seed=4, size=32, progress=False)
+    assert a["test_reverse_pairs"] == 1
+    for name in ("MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv", "MSRVTT_train.9k.csv", "videos/video5.mp4"):
+        assert _sha(tmp_path / "a" / name) == _sha(tmp_path / "b" / name)
+    assert _sha(tmp_path / "a" / "MSRVTT_data.json") != _sha(tmp_path / "c" / "MSRVTT_data.json")
+    with pytest.raises(UsageError):
+        synth.generate_synthetic_dataset(tmp_path / "d", videos=4, test_videos=4, progress=False)
+
+
+def test_reverse_scene_shows_the_same_frames_backwards():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scene = synth._random_scene(rng, 12)
+        rev = synth.reverse_scene(scene)
+        assert synth.scene_key(rev) != synth.scene_key(scene)
+        assert synth.scene_key(synth.reverse_scene(rev)) == synth.scene_key(scene)
+        t = np.arange(12.0)
+        fwd = synth.render_scene(scene, t, 48, 12)
+        bwd = synth.render_scene(rev, t, 48, 12)
+        assert np.array_equal(fwd, bwd[::-1])
+        assert not np.array_equal(fwd, bwd)
+
+
+def test_parse_caption():
+    assert synth.parse_caption("A small red circle moves to the left, then a big blue square appears.") == (
+        ("red", "circle", "small", "left"),
+        ("blue", "square", "big", "appear"),
+    )
+    assert synth.parse_caption("first a little green diamond rises, then the large green diamond vanishes") == (
+        ("green", "diamond", "small", "up"),
+        ("green", "diamond", "big", "disappear"),
+    )
+    with pytest.raises(ValueError):
+        synth.parse_caption("a man is talking")
+
+
+def test_stills_same_world_no_motion():
+    images, captions = synth.generate_stills(40, seed=1, size=48)
+    again, captions2 = synth.generate_stills(40, seed=1, size=48)
+    assert images.shape == (40, 48, 48, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, again) and captions == captions2
+    words = {w for c in captions for w in c.split()}
+    assert not words & MOTION_WORDS
+    assert words & set(synth.COLOURS) and words & set(synth.SHAPES)
+    # a one-object still: its colour sits in the grid cell the caption names
+    cells = {phrase: cell for cell, phrase in synth.POSITIONS.items()}
+    for img, cap in zip(images, captions, strict=True):
+        if " and " in cap:
+            continue
+        colour = next(c for c in synth.COLOURS if f" {c} " in cap)
+        col, row = next(cell for phrase, cell in cells.items() if cap.endswith(phrase))
+        hit = np.abs(img.astype(int) - synth.COLOURS[colour]).sum(-1) < 30
+        ys, xs = np.nonzero(hit)
+        assert int(xs.mean() * 3 / 48) == col and int(ys.mean() * 3 / 48) == row
+
+
+def test_oracle_perfect_and_order_blind_fails(synth_root, tmp_path):
+    split = load_split("msrvtt", synth_root, "test")
+    sim = oracle_similarity(split)
+    assert sim.sum() == split.num_captions  # each caption matches exactly one video
+    result = order_blind_baseline(split, FrameCache(tmp_path / "cache"), PreprocessConfig(image_size=32))
+    assert result["reverse_pairs"] == 6
+    for d in ("t2v", "v2t"):
+        assert result["oracle"][d]["R1"] == 100.0 and result["oracle"][d]["ties"] == 0
+        assert result["order_aware_pixels"][d]["R1"] == 100.0
+        assert result["order_blind_pixels"][d]["R5"] == 100.0
+        assert result["order_blind_pixels_ties_broken"][d]["R1"] <= 75.0
+    # The time-reversed partner shows the same frames: averaged over time, each caption of a pair scores both videos
+    # alike up to codec noise, so exactly one of the two captions finds its video first ...
+    blind = result["order_blind_pixels"]
+    assert blind["t2v"]["R1"] == pytest.approx(50.0) and blind["t2v"]["ties"] == 0
+    # ... and every video query ties its own caption with its partner's (identical averaged text features).
+    assert blind["v2t"]["ties"] == 12
+
+
+def test_synth_cli_json(tmp_path):
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "d"), "--videos", "8", "--test-videos", "4",
+                                      "--size", "32", "--seconds", "4", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["test_videos"] == 4 and summary["train_videos"] == 4 and summary["test_reverse_pairs"] == 2
+    assert len(list((tmp_path / "d" / "videos").glob("*.mp4"))) == 8
+    bad = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "e"), "--videos", "3", "--test-videos", "5"])
+    assert bad.exit_code == 2 and "test videos" in bad.stderr
