@@ -1,0 +1,91 @@
+"""Input checks and block loops shared by the backends (numpy only).
+
+The ``asa_head`` graph works on ONE (query × video) block: its intermediates grow as Q·V·T·k·d_a, so every backend
+walks the full ``[Q, V]`` similarity in bounded blocks and stitches the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from rap_deploy.config import RAPConfig
+from rap_deploy.errors import UsageError
+
+DEFAULT_QUERY_BLOCK = 32
+DEFAULT_VIDEO_BLOCK = 64
+
+
+def check_video_inputs(frames: np.ndarray, frame_mask: np.ndarray | None, config: RAPConfig
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``frames`` float32 ``[B,T,3,S,S]`` and ``frame_mask`` float32 ``[B,T]`` (all ones when ``None``).
+
+    Raises :class:`UsageError` for a wrong rank, frame count or image size.
+    """
+    frames = np.ascontiguousarray(frames, dtype=np.float32)
+    s = config.preprocess.image_size
+    if frames.ndim != 5 or frames.shape[1] != config.frames or frames.shape[2:] != (3, s, s):
+        raise UsageError(f"frames must be [B,{config.frames},3,{s},{s}] (the model's frames and image size), got "
+                         f"{list(frames.shape)}; preprocess with rap_deploy.preprocess")
+    if frame_mask is None:
+        mask = np.ones(frames.shape[:2], dtype=np.float32)
+    else:
+        mask = np.ascontiguousarray(frame_mask, dtype=np.float32)
+        if mask.shape != frames.shape[:2]:
+            raise UsageError(f"frame_mask must be {list(frames.shape[:2])}, got {list(mask.shape)}")
+    return frames, mask
+
+
+def check_text_inputs(input_ids: np.ndarray, eot: np.ndarray, config: RAPConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``input_ids`` int32 ``[B,L]`` and ``eot`` int32 ``[B]``; raises :class:`UsageError` on a bad shape."""
+    ids = np.ascontiguousarray(input_ids, dtype=np.int32)
+    pos = np.ascontiguousarray(eot, dtype=np.int32).reshape(-1)
+    if ids.ndim != 2 or ids.shape[1] != config.context_length or pos.shape[0] != ids.shape[0]:
+        raise UsageError(f"input_ids must be [B,{config.context_length}] with eot [B], got {list(ids.shape)} and "
+                         f"{list(pos.shape)}; tokenize with rap_deploy.tokenizer")
+    return ids, pos
+
+
+def batched(run: Callable[..., tuple[np.ndarray, ...]], arrays: tuple[np.ndarray, ...], max_batch: int | None
+            ) -> tuple[np.ndarray, ...]:
+    """Call ``run(*chunk)`` on chunks of at most ``max_batch`` rows and concatenate each output."""
+    n = arrays[0].shape[0]
+    if max_batch is None or n <= max_batch:
+        return run(*arrays)
+    parts = [run(*(a[i:i + max_batch] for a in arrays)) for i in range(0, n, max_batch)]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(len(parts[0])))
+
+
+def meanp_similarity_from_frames(text_emb: np.ndarray, frame_emb: np.ndarray) -> np.ndarray:
+    """Similarity without an ASA head (``rap_light``): text · L2-normalised mean of the valid frames ``[Q,V]``.
+
+    Padded frames have zero rows; this matches ``RAPModel.asa_similarity`` without ASA.
+    """
+    f = np.asarray(frame_emb, dtype=np.float32)
+    n_valid = np.maximum((np.square(f).sum(-1) > 0.5).sum(-1, keepdims=True), 1).astype(np.float32)
+    mean = f.sum(1) / n_valid
+    mean /= np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+    return np.asarray(text_emb, dtype=np.float32) @ mean.T
+
+
+def blocked_similarity(run: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], text_emb: np.ndarray,
+                       frame_emb: np.ndarray, patch_tokens: np.ndarray, query_block: int = DEFAULT_QUERY_BLOCK,
+                       video_block: int = DEFAULT_VIDEO_BLOCK) -> np.ndarray:
+    """Fill the ``[Q, V]`` similarity by calling ``run(text[q0:q1], frames[v0:v1], patches[v0:v1])`` per block.
+
+    ``run`` is the ``asa_head`` graph on one block (at most ``query_block`` texts × ``video_block`` videos).
+    Returns float32 ``[Q, V]``.
+    """
+    if query_block < 1 or video_block < 1:
+        raise UsageError(f"ASA block sizes must be >= 1, got {query_block} x {video_block}")
+    text = np.ascontiguousarray(text_emb, dtype=np.float32)
+    frames = np.ascontiguousarray(frame_emb, dtype=np.float32)
+    patches = np.ascontiguousarray(patch_tokens, dtype=np.float32)
+    out = np.empty((text.shape[0], frames.shape[0]), dtype=np.float32)
+    for q0 in range(0, text.shape[0], query_block):
+        q1 = min(q0 + query_block, text.shape[0])
+        for v0 in range(0, frames.shape[0], video_block):
+            v1 = min(v0 + video_block, frames.shape[0])
+            out[q0:q1, v0:v1] = run(text[q0:q1], frames[v0:v1], patches[v0:v1])
+    return out

@@ -1,0 +1,94 @@
+"""``load_engine(path)``: the right backend for an engine folder, an export folder or a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.engines.base import Engine
+from rap_deploy.errors import UsageError
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def runtime_for(backend: str, device_id: int = 0) -> dict[str, Any]:
+    """Describe this machine for ``backend`` (ONNX Runtime version and providers, or TensorRT version and GPU)."""
+    if backend == "tensorrt":
+        from rap_deploy.engines.tensorrt_backend import runtime_info
+
+        return runtime_info(device_id)
+    from rap_deploy.engines.ort_backend import runtime_info as ort_runtime
+
+    return ort_runtime()
+
+
+def load_engine(path: str | os.PathLike[str], device: str | None = None, precision: str | None = None,
+                threads: int | None = None, inter_threads: int | None = None, device_id: int = 0,
+                query_block: int | None = None, video_block: int | None = None) -> Engine:
+    """Open ``path`` as an :class:`~rap_deploy.engines.base.Engine`.
+
+    - an engine folder (``manifest.json`` of format ``rapdeploy.engine``): its manifest is validated (every file's
+      sha256, the TensorRT / ONNX Runtime version and the GPU it was built for) and the matching backend returned;
+    - an export folder (format ``rapdeploy.export``): ONNX Runtime over the exported fp32 graphs (``device`` cpu or
+      cuda), unoptimised on disk;
+    - a checkpoint (``.pt`` / ``.safetensors``): the PyTorch reference (``device``, ``precision`` fp32/fp16).
+
+    ``threads``/``inter_threads`` override ONNX Runtime's thread counts; ``query_block``/``video_block`` the ASA
+    block sizes (ONNX Runtime / PyTorch; a TensorRT engine uses its profile). Raises :class:`UsageError` for a path
+    that is none of these, and the manifest module's errors for a refused engine.
+    """
+    p = Path(path)
+    if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES:
+        from rap_deploy.engines.torch_backend import TorchEngine
+
+        kw = {k: v for k, v in (("query_block", query_block), ("video_block", video_block)) if v is not None}
+        return TorchEngine(p, device=device or "cpu", precision=precision or "fp32", **kw)
+    if not p.exists():
+        raise UsageError(f"{p} does not exist; pass an engine folder (rapdeploy build-engine), an export folder "
+                         "(rapdeploy export) or a checkpoint")
+    if not p.is_dir() or not (p / "manifest.json").is_file():
+        raise UsageError(f"{p} is not an engine folder, an export folder or a checkpoint "
+                         f"({', '.join(CHECKPOINT_SUFFIXES)}); no manifest.json there")
+    try:
+        fmt = json.loads((p / "manifest.json").read_text(encoding="utf-8")).get("format")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        fmt = None
+    blocks = {k: v for k, v in (("query_block", query_block), ("video_block", video_block)) if v is not None}
+    if fmt == "rapdeploy.export":
+        return _export_engine(p, device or "cpu", threads, inter_threads, device_id, blocks)
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.engines.manifest import read_manifest, validate_engine_dir
+
+    backend = read_manifest(p)["backend"]
+    manifest = validate_engine_dir(p, runtime=runtime_for(backend, device_id))
+    config = RAPConfig.from_dict(manifest["config"])
+    files = {name: p / entry["file"] for name, entry in manifest["graphs"].items()}
+    if backend == "tensorrt":
+        from rap_deploy.engines.tensorrt_backend import TrtEngine
+
+        return TrtEngine(files, config, manifest.get("profiles") or {}, precision=manifest["precision"], path=p,
+                         device_id=device_id)
+    from rap_deploy.engines.ort_backend import OrtEngine
+
+    session = manifest.get("session") or {}
+    asa = manifest.get("asa_blocks") or {}
+    return OrtEngine(files, config, provider=manifest["provider"], precision=manifest["precision"],
+                     threads=threads if threads is not None else session.get("threads"),
+                     inter_threads=inter_threads if inter_threads is not None else session.get("inter_threads"),
+                     query_block=blocks.get("query_block", asa.get("queries", 32)),
+                     video_block=blocks.get("video_block", asa.get("videos", 64)), path=p, device_id=device_id)
+
+
+def _export_engine(export_dir: Path, device: str, threads: int | None, inter_threads: int | None, device_id: int,
+                   blocks: dict[str, int]) -> Engine:
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.engines.ort_backend import OrtEngine, provider_for
+    from rap_deploy.export import read_export_manifest
+
+    manifest = read_export_manifest(export_dir)
+    files = {name: export_dir / entry["file"] for name, entry in manifest["graphs"].items()}
+    return OrtEngine(files, RAPConfig.from_dict(manifest["config"]), provider=provider_for(device), precision="fp32",
+                     threads=threads, inter_threads=inter_threads, path=export_dir, device_id=device_id,
+                     extra={"source": "export"}, **blocks)

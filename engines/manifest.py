@@ -1,0 +1,212 @@
+"""The engine folder's ``manifest.json`` (format ``rapdeploy.engine``) and the rules that refuse an engine.
+
+A manifest records what was built and from what: backend, precision, provider, device, library versions (ONNX
+Runtime / TensorRT), GPU name and compute capability (TensorRT), optimisation profiles, every engine file with its
+sha256 and the sha256 of the ONNX graph it came from, the export manifest and the source checkpoint.
+
+Refusals, each with the reason and the fix:
+
+- not an engine folder / unknown format → :class:`~rap_deploy.errors.UsageError` (exit 2);
+- a listed file missing or with another sha256 (tampered, truncated) → :class:`~rap_deploy.errors.CheckFailedError`
+  (exit 1);
+- built for another TensorRT version, another GPU, another ONNX Runtime release → :class:`EngineMismatchError`
+  (a ``UsageError``, exit 2: "cannot load this engine here, rebuild it");
+- the engine's provider / library is not installed here → :class:`~rap_deploy.errors.BackendUnavailableError` (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.atomic import sha256_file, write_json_atomic
+from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
+
+FORMAT = "rapdeploy.engine"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class EngineMismatchError(UsageError):
+    """The engine was built for another runtime (TensorRT / ONNX Runtime version, GPU): rebuild it here (exit 2)."""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries an engine depends on that are importable here (no TensorRT import)."""
+    from importlib import metadata
+
+    out = {}
+    for dist in ("rapdeploy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    if "onnxruntime-gpu" in out:  # the GPU wheel installs the same module
+        out["onnxruntime"] = out.pop("onnxruntime-gpu")
+    return out
+
+
+def host_info() -> dict[str, str]:
+    """The CPU this engine was built on (ONNX Runtime's saved optimised graphs are tuned for it)."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd"})
+    return {"machine": platform.machine(), "cpu": model or platform.processor(), "system": platform.system(),
+            "isa": isa}
+
+
+def graph_entry(engine_dir: Path, file: str, source_onnx: Path | None, source_sha256: str | None) -> dict[str, Any]:
+    """The manifest entry of one engine file: ``{file, sha256, bytes, source_onnx, source_onnx_sha256}``."""
+    path = engine_dir / file
+    return {"file": file, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+            "source_onnx": source_onnx.name if source_onnx is not None else None,
+            "source_onnx_sha256": source_sha256}
+
+
+def new_manifest(backend: str, precision: str, device: str, provider: str | None, graphs: dict[str, Any],
+                 export_manifest: Mapping[str, Any], export_dir: Path, **extra: Any) -> dict[str, Any]:
+    """Assemble a manifest dict (see the module docstring); ``extra`` adds backend-specific keys."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    ckpt = dict(export_manifest.get("checkpoint") or {})
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backend": backend,
+        "precision": precision,
+        "device": device,
+        "provider": provider,
+        "versions": library_versions(),
+        "host": host_info(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "graphs": graphs,
+        "config": export_manifest.get("config"),
+        "checkpoint": {"path": ckpt.get("path"), "sha256": ckpt.get("sha256")},
+        "export_dir": str(Path(export_dir).resolve()),
+        "export": dict(export_manifest),
+        **extra,
+    }
+
+
+def write_manifest(engine_dir: Path, manifest: Mapping[str, Any]) -> Path:
+    """Write ``manifest.json`` atomically into ``engine_dir`` (always the last file of a build)."""
+    return write_json_atomic(Path(engine_dir) / MANIFEST, dict(manifest))
+
+
+def read_manifest(engine_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and sanity-check an engine folder's manifest; raises :class:`UsageError` if it is not an engine folder."""
+    d = Path(engine_dir)
+    if not d.is_dir():
+        raise UsageError(f"engine folder {d} does not exist; build one with `rapdeploy build-engine`")
+    path = d / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"{d} has no {MANIFEST}: not an engine folder (or an interrupted build); rebuild it with "
+                         "`rapdeploy build-engine`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckFailedError(f"{path} is not valid JSON ({exc}); the engine folder is damaged, rebuild it") from None
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt != FORMAT:
+        raise UsageError(f"{path} is not an engine manifest (format {fmt!r}, expected '{FORMAT}')")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise UsageError(f"{path} has engine format {manifest['format_version']}; upgrade rapdeploy")
+    for key in ("backend", "precision", "graphs"):
+        if key not in manifest:
+            raise CheckFailedError(f"{path} lacks '{key}'; the engine folder is damaged, rebuild it")
+    return manifest
+
+
+def verify_files(engine_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
+    """Check every listed engine file exists and has its recorded sha256.
+
+    Raises :class:`CheckFailedError` naming the file: missing (deleted or an interrupted copy) or changed (tampered,
+    truncated, replaced).
+    """
+    d = Path(engine_dir)
+    files = [(name, e) for name, entry in manifest["graphs"].items() for e in (entry, *entry.get("extra_files", []))]
+    for name, entry in files:
+        path = d / entry["file"]
+        if not path.is_file():
+            raise CheckFailedError(f"engine file {path} ({name}) listed in {d / MANIFEST} is missing; rebuild the "
+                                   "engine with `rapdeploy build-engine`")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise CheckFailedError(f"engine file {path} ({name}) has sha256 {digest[:16]}…, the manifest records "
+                                   f"{entry['sha256'][:16]}…: it was modified after the build; rebuild the engine")
+
+
+def _major_minor(version: str | None) -> tuple[str, ...]:
+    return tuple(str(version or "").split(".")[:2])
+
+
+def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any]) -> None:
+    """Refuse an engine that cannot run with this machine's libraries and GPU.
+
+    ``runtime`` describes this machine (``onnxruntime`` version and ``providers`` for ONNX Runtime engines;
+    ``tensorrt`` version and ``gpu`` for TensorRT engines; a missing key means the library is not installed).
+    Raises :class:`BackendUnavailableError` when the library or provider is missing, :class:`EngineMismatchError`
+    when the engine was built for another version or GPU.
+    """
+    backend = manifest["backend"]
+    built = manifest.get("versions") or {}
+    if backend == "onnxruntime":
+        have = runtime.get("onnxruntime")
+        if not have:
+            raise BackendUnavailableError("this engine needs ONNX Runtime, which is not installed; pip install "
+                                          "onnxruntime (or onnxruntime-gpu for CUDA engines)")
+        if _major_minor(have) != _major_minor(built.get("onnxruntime")):
+            raise EngineMismatchError(f"engine was built with ONNX Runtime {built.get('onnxruntime')}, this machine "
+                                      f"has {have}; its saved optimised graphs need the same release: rebuild it "
+                                      "with `rapdeploy build-engine --backend onnxruntime`")
+        provider = manifest.get("provider")
+        if provider and provider not in (runtime.get("providers") or []):
+            raise BackendUnavailableError(f"engine runs on {provider}, which this ONNX Runtime does not provide "
+                                          f"(available: {', '.join(runtime.get('providers') or []) or 'none'}); "
+                                          + ("install onnxruntime-gpu and a CUDA GPU, or build a CPU engine with "
+                                             "`rapdeploy build-engine --backend onnxruntime --device cpu`"
+                                             if "CUDA" in provider else "use an engine built for this machine"))
+    elif backend == "tensorrt":
+        from rap_deploy.engines.trt_plan import engine_mismatches
+
+        if not runtime.get("tensorrt"):
+            raise BackendUnavailableError(f"engine was built with TensorRT {built.get('tensorrt')}, which is not "
+                                          "installed here (import tensorrt failed); install it, or use an ONNX "
+                                          "Runtime engine: `rapdeploy build-engine --backend onnxruntime`")
+        problems = engine_mismatches(manifest, runtime)
+        if problems:
+            raise EngineMismatchError("cannot load this TensorRT engine here: " + "; ".join(problems)
+                                      + "; rebuild it on this machine with `rapdeploy build-engine --fp16`")
+    else:
+        raise UsageError(f"engine backend '{backend}' is unknown; this rapdeploy knows {', '.join(BACKENDS)}")
+
+
+def validate_engine_dir(engine_dir: str | os.PathLike[str], runtime: Mapping[str, Any] | None = None,
+                        check_hashes: bool = True) -> dict[str, Any]:
+    """Read the manifest, check every file's hash, and (with ``runtime``) check it can run here; returns it.
+
+    Raises as listed in the module docstring.
+    """
+    manifest = read_manifest(engine_dir)
+    if check_hashes:
+        verify_files(engine_dir, manifest)
+    if runtime is not None:
+        check_runtime(manifest, runtime)
+    return manifest

@@ -1,0 +1,211 @@
+"""ONNX Runtime backend: sessions over the three graphs on CPU (fp32, int8) or CUDA (fp32, fp16).
+
+A requested execution provider must be both installed (``onnxruntime.get_available_providers()``) and active in the
+created session (``session.get_providers()``: ONNX Runtime silently drops a provider whose libraries fail to load,
+e.g. CUDA without cuDNN). Otherwise :class:`~rap_deploy.errors.BackendUnavailableError` is raised: there is never a
+silent CPU fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.config import RAPConfig
+from rap_deploy.engines.base import Engine, EngineInfo
+from rap_deploy.engines.blocks import (
+    DEFAULT_QUERY_BLOCK,
+    DEFAULT_VIDEO_BLOCK,
+    batched,
+    blocked_similarity,
+    check_text_inputs,
+    check_video_inputs,
+    meanp_similarity_from_frames,
+)
+from rap_deploy.errors import BackendUnavailableError, UsageError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+LEVELS = ("disable", "basic", "extended", "all")
+_NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
+              "tensor(int64)": np.int64, "tensor(double)": np.float64}
+
+
+def provider_for(device: str) -> str:
+    """The execution provider name for ``device`` (``cpu`` / ``cuda``); raises :class:`UsageError` otherwise."""
+    try:
+        return PROVIDERS[device]
+    except KeyError:
+        raise UsageError(f"device '{device}' is unknown for ONNX Runtime; use cpu or cuda") from None
+
+
+def runtime_info() -> dict[str, Any]:
+    """This machine's ONNX Runtime: ``{"onnxruntime": version, "providers": [...]}`` (empty if not installed)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    return {"onnxruntime": ort.__version__, "providers": list(ort.get_available_providers())}
+
+
+def require_provider(provider: str) -> None:
+    """Raise :class:`BackendUnavailableError` if ``provider`` is not in ``onnxruntime.get_available_providers()``."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider not in available:
+        hint = ("install onnxruntime-gpu (pip uninstall onnxruntime && pip install -e '.[gpu]') on a machine with an "
+                "NVIDIA GPU, or build a CPU engine instead: --backend onnxruntime --device cpu (fp32, or --int8)"
+                if provider == "CUDAExecutionProvider" else "use --device cpu")
+        raise BackendUnavailableError(f"ONNX Runtime {ort.__version__} has no {provider} (available: "
+                                      f"{', '.join(available)}); {hint}")
+
+
+def session_options(threads: int | None = None, inter_threads: int | None = None, level: str = "all",
+                    optimized_model_path: str | os.PathLike[str] | None = None,
+                    config_entries: Mapping[str, str] | None = None) -> Any:
+    """``onnxruntime.SessionOptions`` with graph optimisation ``level`` (default all), thread counts (``None`` /
+    0 = ONNX Runtime's default), when given the path the optimised graph is saved to, and extra session config
+    entries."""
+    import onnxruntime as ort
+
+    if level not in LEVELS:
+        raise UsageError(f"optimisation level '{level}' is unknown; use one of {', '.join(LEVELS)}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    if inter_threads:
+        so.inter_op_num_threads = int(inter_threads)
+        if int(inter_threads) > 1:  # inter-op threads only run independent branches in parallel mode
+            so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    if optimized_model_path is not None:
+        so.optimized_model_filepath = str(optimized_model_path)
+    for key, value in (config_entries or {}).items():
+        so.add_session_config_entry(key, value)
+    so.log_severity_level = 3
+    return so
+
+
+def create_session(path: str | os.PathLike[str], provider: str = "CPUExecutionProvider", threads: int | None = None,
+                   inter_threads: int | None = None, level: str = "all",
+                   optimized_model_path: str | os.PathLike[str] | None = None, device_id: int = 0,
+                   config_entries: Mapping[str, str] | None = None) -> Any:
+    """Create an ``InferenceSession`` for ``path`` on ``provider`` and check the provider is active in it.
+
+    Raises :class:`BackendUnavailableError` when the provider is not installed or not active in the session (never a
+    silent CPU fallback), :class:`UsageError` when the file does not exist.
+    """
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise UsageError(f"ONNX graph {path} does not exist")
+    require_provider(provider)
+    providers: list[Any] = [provider]
+    if provider == "CUDAExecutionProvider":
+        # CPU stays listed for the few shape ops ONNX Runtime places there itself; the check below makes sure CUDA
+        # actually runs the graph.
+        providers = [(provider, {"device_id": int(device_id)}), "CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(path), session_options(threads, inter_threads, level, optimized_model_path,
+                                                            config_entries),
+                                providers=providers)
+    active = sess.get_providers()
+    if provider not in active:
+        raise BackendUnavailableError(f"{provider} was requested for {Path(path).name} but the session runs on "
+                                      f"{', '.join(active)} (its libraries failed to load: check CUDA/cuDNN versions "
+                                      "match onnxruntime-gpu); refusing to fall back to the CPU silently")
+    return sess
+
+
+class OrtEngine(Engine):
+    """The three graphs in ONNX Runtime sessions (one per graph).
+
+    ``graphs`` maps graph name to an ONNX file (``asa_head`` absent for ``rap_light``). ``asa_similarity`` feeds the
+    ``asa_head`` graph bounded blocks of ``query_block`` texts × ``video_block`` videos (defaults 32 × 64) and
+    stitches the ``[Q, V]`` result, because the graph's intermediates grow as Q·V·T·k·d_a. Inputs are cast to each
+    graph's input types (fp16 graphs included) and outputs returned as float32.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, graphs: Mapping[str, str | os.PathLike[str]], config: RAPConfig,
+                 provider: str = "CPUExecutionProvider", precision: str = "fp32", threads: int | None = None,
+                 inter_threads: int | None = None, level: str = "all", query_block: int = DEFAULT_QUERY_BLOCK,
+                 video_block: int = DEFAULT_VIDEO_BLOCK, max_batch: Mapping[str, int | None] | None = None,
+                 path: str | os.PathLike[str] | None = None, device_id: int = 0,
+                 extra: Mapping[str, Any] | None = None) -> None:
+        import onnxruntime as ort
+
+        missing = [g for g in ("video_encoder", "text_encoder") if g not in graphs]
+        if missing or (config.has_asa and "asa_head" not in graphs):
+            raise UsageError(f"ONNX Runtime engine lacks graphs {missing or ['asa_head']} for a {config.variant} model")
+        self.config = config
+        self.provider, self.precision, self.path = provider, precision, path
+        self.threads, self.inter_threads = threads, inter_threads
+        self.query_block, self.video_block = int(query_block), int(video_block)
+        self.sessions = {name: create_session(p, provider, threads, inter_threads, level, device_id=device_id)
+                         for name, p in graphs.items()}
+        self.files = {name: str(p) for name, p in graphs.items()}
+        self.max_batch = {g: None for g in self.sessions}
+        self.max_batch.update(dict(max_batch or {}))
+        self._ort_version = ort.__version__
+        self._extra = dict(extra or {})
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        sess = self.sessions[graph]
+        typed = {}
+        for inp in sess.get_inputs():
+            if inp.name not in feeds:
+                raise UsageError(f"{graph} graph needs input '{inp.name}'")
+            typed[inp.name] = np.ascontiguousarray(feeds[inp.name], dtype=_NP_OF_ORT.get(inp.type, np.float32))
+        return [np.asarray(o, dtype=np.float32) for o in sess.run(None, typed)]
+
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """See :meth:`Engine.encode_video`."""
+        frames, mask = check_video_inputs(frames, frame_mask, self.config)
+
+        def run(f: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, ...]:
+            return tuple(self._run("video_encoder", {"frames": f, "frame_mask": m}))
+
+        v, fe, p = batched(run, (frames, mask), self.max_batch.get("video_encoder"))
+        return v, fe, p
+
+    def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
+        """See :meth:`Engine.encode_text`."""
+        ids, pos = check_text_inputs(input_ids, eot, self.config)
+
+        def run(i: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
+            return tuple(self._run("text_encoder", {"input_ids": i, "eot": e}))
+
+        return batched(run, (ids, pos), self.max_batch.get("text_encoder"))[0]
+
+    def asa_similarity(self, text_emb: np.ndarray, frame_emb: np.ndarray, patch_tokens: np.ndarray) -> np.ndarray:
+        """Similarity ``[Q, V]``, computed in blocks of ``query_block × video_block`` (see the class docstring)."""
+        if "asa_head" not in self.sessions:
+            return meanp_similarity_from_frames(text_emb, frame_emb)
+
+        def run(t: np.ndarray, f: np.ndarray, p: np.ndarray) -> np.ndarray:
+            return self._run("asa_head", {"text_emb": t, "frame_emb": f, "patch_tokens": p})[0]
+
+        return blocked_similarity(run, text_emb, frame_emb, patch_tokens, self.query_block, self.video_block)
+
+    def describe(self) -> EngineInfo:
+        """Backend, provider, precision, ONNX Runtime version, thread settings and block sizes."""
+        device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        return EngineInfo(backend=self.backend, precision=self.precision, device=device, provider=self.provider,
+                          versions={"onnxruntime": self._ort_version},
+                          path=str(self.path) if self.path is not None else None,
+                          extra={"threads": self.threads, "inter_threads": self.inter_threads,
+                                 "query_block": self.query_block, "video_block": self.video_block,
+                                 "graphs": self.files, **self._extra})
+
+    def close(self) -> None:
+        """Drop the sessions."""
+        self.sessions.clear()

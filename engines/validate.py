@@ -1,0 +1,98 @@
+"""Compare an engine with a reference engine on real preprocessed inputs (embeddings and ASA similarity).
+
+Used right after a build (an engine that does not match its reference is never left behind) and by tests.
+Tolerances per precision: fp32 as the export's parity check (max abs error 1e-4, cosine >= 0.99999); fp16
+cosine >= 0.999; int8 cosine >= 0.99 on the video and text embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.engines.base import Engine
+from rap_deploy.engines.samples import SampleInputs, sample_inputs
+from rap_deploy.errors import CheckFailedError
+
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs": 1e-4, "min_cosine": 0.99999},
+    "fp16": {"max_abs": float("inf"), "min_cosine": 0.999},
+    "int8": {"max_abs": float("inf"), "min_cosine": 0.99},
+}
+# The outputs the tolerance is checked on; the others are reported.
+GATED = ("video_emb", "text_emb", "similarity")
+GATED_INT8 = ("video_emb", "text_emb")
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
+
+
+def compare_arrays(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """``max_abs`` error and row-wise ``min_cosine``/``mean_cosine`` over rows with a non-zero reference.
+
+    Zero reference rows (padded frames) count in ``max_abs`` only. Raises ``ValueError`` on a shape mismatch.
+    """
+    if np.shape(ref) != np.shape(out):
+        raise ValueError(f"shape mismatch: reference {np.shape(ref)}, engine {np.shape(out)}")
+    r, o = _rows(ref), _rows(out)
+    nr, no = np.linalg.norm(r, axis=1), np.linalg.norm(o, axis=1)
+    live = nr > 1e-6
+    cos = (r[live] * o[live]).sum(1) / np.maximum(nr[live] * no[live], 1e-12) if live.any() else np.ones(1)
+    return {"max_abs": float(np.abs(r - o).max()) if r.size else 0.0, "min_cosine": float(cos.min()),
+            "mean_cosine": float(cos.mean())}
+
+
+def compare_engines(engine: Engine, reference: Engine, inputs: SampleInputs | None = None) -> dict[str, Any]:
+    """Run both engines on ``inputs`` (default :func:`sample_inputs`) and compare every output.
+
+    Returns ``{output name: {max_abs, min_cosine, mean_cosine}}`` for ``video_emb``, ``frame_emb``,
+    ``patch_tokens``, ``text_emb`` and ``similarity`` (the engine's ASA similarity of the engine's own embeddings
+    against the reference's), plus ``similarity_argmax_match`` (same best video per text).
+    """
+    x = inputs or sample_inputs(engine.config)
+    ref_v = reference.encode_video(x.frames, x.frame_mask)
+    out_v = engine.encode_video(x.frames, x.frame_mask)
+    ref_t = reference.encode_text(x.input_ids, x.eot)
+    out_t = engine.encode_text(x.input_ids, x.eot)
+    ref_s = reference.asa_similarity(ref_t, ref_v[1], ref_v[2])
+    out_s = engine.asa_similarity(out_t, out_v[1], out_v[2])
+    report: dict[str, Any] = {name: compare_arrays(r, o) for name, r, o in
+                              zip(("video_emb", "frame_emb", "patch_tokens"), ref_v, out_v, strict=True)}
+    report["text_emb"] = compare_arrays(ref_t, out_t)
+    sim = compare_arrays(ref_s, out_s)
+    sim["min_cosine"] = sim["mean_cosine"] = float("nan")  # rows of a similarity matrix are not embeddings
+    report["similarity"] = sim
+    report["similarity_argmax_match"] = bool((ref_s.argmax(1) == out_s.argmax(1)).all())
+    return report
+
+
+def check_report(report: Mapping[str, Any], precision: str, what: str = "engine",
+                 tolerances: Mapping[str, float] | None = None) -> list[str]:
+    """Return the tolerance failures of a :func:`compare_engines` report (empty when it passes)."""
+    tol = dict(tolerances or TOLERANCES[precision])
+    gated = GATED_INT8 if precision == "int8" else GATED
+    failures = []
+    for name in gated:
+        m = report[name]
+        if m["max_abs"] > tol["max_abs"]:
+            failures.append(f"{what} {name}: max abs error {m['max_abs']:.3g} > {tol['max_abs']:g}")
+        if name != "similarity" and m["min_cosine"] < tol["min_cosine"]:
+            failures.append(f"{what} {name}: cosine {m['min_cosine']:.6f} < {tol['min_cosine']}")
+    return failures
+
+
+def require_match(engine: Engine, reference: Engine, precision: str, what: str = "engine",
+                  tolerances: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """:func:`compare_engines` then raise :class:`CheckFailedError` listing every tolerance failure; returns the
+    report with ``passed`` and ``tolerance`` added."""
+    report = compare_engines(engine, reference)
+    failures = check_report(report, precision, what, tolerances)
+    report["tolerance"] = dict(tolerances or TOLERANCES[precision])
+    report["passed"] = not failures
+    if failures:
+        raise CheckFailedError(f"{what} does not match its reference: " + "; ".join(failures))
+    return report

@@ -1,0 +1,83 @@
+"""Block loops and input checks shared by the backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import micro_config, randomize_adapters
+
+from rap_deploy.engines.blocks import (
+    batched,
+    blocked_similarity,
+    check_text_inputs,
+    check_video_inputs,
+    meanp_similarity_from_frames,
+)
+from rap_deploy.errors import UsageError
+
+
+def _embeddings(model, videos=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    s = model.config.preprocess.image_size
+    frames = torch.randn(videos, model.config.frames, 3, s, s, generator=gen)
+    mask = torch.ones(videos, model.config.frames)
+    mask[-1, 2:] = 0  # a padded video
+    with torch.no_grad():
+        return model.encode_video(frames, mask)
+
+
+def test_blocked_similarity_equals_one_block(micro_model):
+    randomize_adapters(micro_model, seed=3)
+    _, frame_emb, patch_tokens = _embeddings(micro_model)
+    text = torch.nn.functional.normalize(torch.randn(7, frame_emb.shape[-1], generator=torch.Generator()
+                                                     .manual_seed(1)), dim=-1)
+    with torch.no_grad():
+        full = micro_model.asa(text, frame_emb, patch_tokens).numpy()
+    calls = []
+
+    def run(t, f, p):
+        calls.append((len(t), len(f)))
+        with torch.no_grad():
+            return micro_model.asa(torch.from_numpy(t), torch.from_numpy(f), torch.from_numpy(p)).numpy()
+
+    out = blocked_similarity(run, text.numpy(), frame_emb.numpy(), patch_tokens.numpy(), query_block=3, video_block=2)
+    assert np.allclose(out, full, atol=1e-5)
+    assert max(q for q, _ in calls) == 3 and max(v for _, v in calls) == 2 and len(calls) == 9
+
+
+def test_meanp_similarity_matches_the_model_without_asa():
+    from rap_deploy.checkpoint import new_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+    _, light = new_checkpoint(micro_config(variant="rap_light"), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    _, frame_emb, patch_tokens = _embeddings(light.eval())
+    text = torch.nn.functional.normalize(torch.randn(4, frame_emb.shape[-1]), dim=-1)
+    with torch.no_grad():
+        ref = light.asa_similarity(text, frame_emb, patch_tokens).numpy()
+    assert np.allclose(meanp_similarity_from_frames(text.numpy(), frame_emb.numpy()), ref, atol=1e-6)
+
+
+def test_batched_splits_and_concatenates():
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    sizes = []
+
+    def run(a):
+        sizes.append(len(a))
+        return (a * 2, a.sum(1))
+
+    out = batched(run, (x,), max_batch=2)
+    assert sizes == [2, 2, 1] and np.array_equal(out[0], x * 2) and np.array_equal(out[1], x.sum(1))
+
+
+def test_input_checks_name_the_expected_shapes():
+    cfg = micro_config()
+    frames, mask = check_video_inputs(np.zeros((2, 4, 3, 32, 32), np.float64), None, cfg)
+    assert frames.dtype == np.float32 and mask.shape == (2, 4) and mask.min() == 1
+    with pytest.raises(UsageError, match=r"\[B,4,3,32,32\]"):
+        check_video_inputs(np.zeros((2, 5, 3, 32, 32)), None, cfg)
+    with pytest.raises(UsageError, match="frame_mask"):
+        check_video_inputs(np.zeros((2, 4, 3, 32, 32)), np.ones((2, 3)), cfg)
+    ids, eot = check_text_inputs(np.zeros((3, 32), np.int64), np.array([1, 2, 3]), cfg)
+    assert ids.dtype == np.int32 and eot.dtype == np.int32
+    with pytest.raises(UsageError, match=r"\[B,32\]"):
+        check_text_inputs(np.zeros((3, 16)), np.zeros(3), cfg)

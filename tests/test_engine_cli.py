@@ -1,0 +1,50 @@
+"""``rapdeploy build-engine`` through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from rap_deploy.cli.app import app
+
+runner = CliRunner()
+
+
+def test_fp16_without_tensorrt_exits_2_with_one_clear_line(micro_ort_engines, tmp_path):
+    result = runner.invoke(app, ["build-engine", str(micro_ort_engines["export"]), "--fp16", "--out",
+                                 str(tmp_path / "trt")])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert "TensorRT is not installed" in lines[0] and "--backend onnxruntime" in lines[0]
+    assert not (tmp_path / "trt").exists()
+
+
+def test_int8_build_from_the_workspace_latest_export(micro_ort_engines, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(micro_ort_engines["export"], ws / "onnx" / "micro")
+    result = runner.invoke(app, ["build-engine", "--int8", "--workspace", str(ws), "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    engine_dir = ws / "engines" / "onnxruntime-int8"
+    assert manifest["dir"] == str(engine_dir.resolve()) and manifest["precision"] == "int8"
+    assert manifest["validation"]["passed"] and manifest["validation"]["text_emb"]["min_cosine"] >= 0.99
+    assert sorted(p.name for p in engine_dir.iterdir()) == ["asa_head.onnx", "manifest.json", "text_encoder.onnx",
+                                                           "video_encoder.onnx"]
+    again = runner.invoke(app, ["build-engine", "--int8", "--workspace", str(ws)])
+    assert again.exit_code == 2 and "--force" in again.stderr
+
+
+def test_bad_usage_exits_2(micro_ort_engines, tmp_path):
+    empty = runner.invoke(app, ["build-engine", "--workspace", str(tmp_path / "empty")])
+    assert empty.exit_code == 2 and "no export found" in empty.stderr
+    both = runner.invoke(app, ["build-engine", str(micro_ort_engines["export"]), "--fp16", "--int8"])
+    assert both.exit_code == 2 and "exclude each other" in both.stderr
+    cuda = runner.invoke(app, ["build-engine", str(micro_ort_engines["export"]), "--device", "cuda",
+                               "--out", str(tmp_path / "cuda")])
+    assert cuda.exit_code == 2 and "CUDAExecutionProvider" in cuda.stderr
+    profile = runner.invoke(app, ["build-engine", str(micro_ort_engines["export"]), "--min-batch", "8",
+                                  "--max-batch", "2", "--out", str(tmp_path / "p")])
+    assert profile.exit_code == 2 and "min <= opt <= max" in profile.stderr

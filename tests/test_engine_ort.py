@@ -1,0 +1,225 @@
+"""ONNX Runtime engines of the micro model: parity with PyTorch, int8, manifests and every refusal rule."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from rap_deploy.engines.build import build_engine
+from rap_deploy.engines.loader import load_engine
+from rap_deploy.engines.manifest import (
+    EngineMismatchError,
+    check_runtime,
+    new_manifest,
+    read_manifest,
+    validate_engine_dir,
+    write_manifest,
+)
+from rap_deploy.engines.ort_backend import OrtEngine, create_session, runtime_info
+from rap_deploy.engines.torch_backend import TorchEngine
+from rap_deploy.engines.validate import compare_arrays
+from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
+
+
+def synth_inputs(synth_root, config, videos=4):
+    """Real preprocessed inputs: decoded synthetic test videos (the data pipeline) and their captions."""
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.data.video import decode_video
+    from rap_deploy.preprocess import normalize
+    from rap_deploy.tokenizer import tokenize
+
+    split = load_split("msrvtt", synth_root, "test", max_frames=config.frames)
+    decoded = [decode_video(v.path, split.sampling, config.preprocess) for v in split.videos[:videos]]
+    frames = np.stack([normalize(d.frames, config.preprocess).numpy() for d in decoded])
+    mask = np.stack([d.mask.astype(np.float32) for d in decoded])
+    ids, eot = tokenize(split.captions[:videos], config.tokenizer)
+    return frames, mask, ids, eot
+
+
+@pytest.fixture(scope="module")
+def reference(micro_checkpoint):
+    return TorchEngine(micro_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def int8_engine_dir(micro_ort_engines, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "onnxruntime-int8"
+    build_engine(micro_ort_engines["export"], int8=True, out=out, progress=False)
+    return out
+
+
+def test_fp32_engine_matches_pytorch_within_export_tolerances(micro_ort_engines, reference, synth_root):
+    engine = load_engine(micro_ort_engines["fp32"], threads=1)
+    assert isinstance(engine, OrtEngine) and engine.provider == "CPUExecutionProvider"
+    frames, mask, ids, eot = synth_inputs(synth_root, engine.config)
+    ref_v, out_v = reference.encode_video(frames, mask), engine.encode_video(frames, mask)
+    for name, r, o in zip(("video_emb", "frame_emb", "patch_tokens"), ref_v, out_v, strict=True):
+        m = compare_arrays(r, o)
+        assert m["max_abs"] <= 1e-4 and m["min_cosine"] >= 0.99999, (name, m)
+    ref_t, out_t = reference.encode_text(ids, eot), engine.encode_text(ids, eot)
+    m = compare_arrays(ref_t, out_t)
+    assert m["max_abs"] <= 1e-4 and m["min_cosine"] >= 0.99999
+    # ASA similarity in blocks smaller than the input: 5 texts x 4 videos with 2 x 3 blocks
+    engine.query_block, engine.video_block = 2, 3
+    texts = np.concatenate([ref_t, ref_t[:1]])
+    sim = engine.asa_similarity(texts, ref_v[1], ref_v[2])
+    ref_sim = reference.asa_similarity(texts, ref_v[1], ref_v[2])
+    assert sim.shape == (5, 4) and np.abs(sim - ref_sim).max() <= 1e-4
+    info = engine.describe().to_dict()
+    assert info["backend"] == "onnxruntime" and info["precision"] == "fp32" and info["versions"]["onnxruntime"]
+
+
+def test_fp32_manifest_records_what_was_built(micro_ort_engines):
+    m = validate_engine_dir(micro_ort_engines["fp32"], runtime=runtime_info())
+    export = json.loads((micro_ort_engines["export"] / "manifest.json").read_text())
+    assert (m["format"], m["backend"], m["precision"], m["device"]) == ("rapdeploy.engine", "onnxruntime", "fp32",
+                                                                         "cpu")
+    assert m["provider"] == "CPUExecutionProvider" and m["versions"]["onnxruntime"]
+    assert set(m["graphs"]) == {"video_encoder", "text_encoder", "asa_head"}
+    for name, entry in m["graphs"].items():
+        assert entry["source_onnx_sha256"] == export["graphs"][name]["sha256"]
+        assert len(entry["sha256"]) == 64
+    assert m["checkpoint"]["sha256"] == export["checkpoint"]["sha256"]
+    assert m["export"]["format"] == "rapdeploy.export"
+    assert m["session"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert m["validation"]["passed"] and m["validation"]["reference"].startswith("pytorch checkpoint")
+
+
+def test_int8_engine_cosine_on_real_inputs(int8_engine_dir, reference, synth_root):
+    m = read_manifest(int8_engine_dir)
+    q = m["quantization"]
+    assert q["video_encoder"]["quantized"] > 0 and q["text_encoder"]["quantized"] > 0
+    assert set(q["video_encoder"]["excluded"].values()) == {"final-projection"}
+    assert set(q["asa_head"]["excluded"].values()) == {"asa-head"}
+    engine = load_engine(int8_engine_dir)
+    assert engine.describe().precision == "int8"
+    frames, mask, ids, eot = synth_inputs(synth_root, engine.config)
+    video = compare_arrays(reference.encode_video(frames, mask)[0], engine.encode_video(frames, mask)[0])
+    text = compare_arrays(reference.encode_text(ids, eot), engine.encode_text(ids, eot))
+    assert video["min_cosine"] >= 0.99 and text["min_cosine"] >= 0.99, (video, text)
+    assert video["min_cosine"] < 1.0 - 1e-7  # it really is quantised
+
+
+def _copy(src, tmp_path, name="engine"):
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_refuses_tampered_and_missing_engine_files(micro_ort_engines, tmp_path):
+    eng = _copy(micro_ort_engines["fp32"], tmp_path)
+    path = eng / "text_encoder.onnx"
+    original = path.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckFailedError, match="text_encoder.onnx.*modified after the build"):
+        load_engine(eng)
+    path.write_bytes(original)
+    assert validate_engine_dir(eng)["backend"] == "onnxruntime"
+    (eng / "asa_head.onnx").unlink()
+    with pytest.raises(CheckFailedError, match="asa_head.onnx.*missing"):
+        validate_engine_dir(eng)
+    (eng / "manifest.json").unlink()  # an interrupted build: no manifest, not an engine
+    with pytest.raises(UsageError, match="not an engine folder"):
+        load_engine(eng)
+
+
+def test_refuses_other_onnxruntime_release_and_missing_provider(micro_ort_engines, tmp_path):
+    eng = _copy(micro_ort_engines["fp32"], tmp_path)
+    manifest = read_manifest(eng)
+    write_manifest(eng, {**manifest, "versions": {**manifest["versions"], "onnxruntime": "1.10.0"}})
+    with pytest.raises(EngineMismatchError, match="ONNX Runtime 1.10.0") as err:
+        load_engine(eng)
+    assert err.value.exit_code == 2
+    write_manifest(eng, {**manifest, "provider": "CUDAExecutionProvider", "device": "cuda"})
+    with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
+        load_engine(eng)
+    with pytest.raises(BackendUnavailableError, match="ONNX Runtime"):
+        check_runtime(manifest, {})
+
+
+def test_requested_cuda_provider_is_never_a_silent_cpu_fallback(micro_ort_engines):
+    graph = micro_ort_engines["export"] / "text_encoder.onnx"
+    with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider") as err:
+        create_session(graph, "CUDAExecutionProvider")
+    assert err.value.exit_code == 2
+    with pytest.raises(BackendUnavailableError):
+        load_engine(micro_ort_engines["export"], device="cuda")
+    with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
+        build_engine(micro_ort_engines["export"], backend="onnxruntime", device="cuda", out="unused", progress=False)
+
+
+def _trt_engine_folder(tmp_path, export_dir):
+    """A TensorRT-format engine folder with its manifest rules under test (the engine bytes are opaque here: manifest
+    checks never parse them)."""
+    from rap_deploy.engines.manifest import graph_entry
+    from rap_deploy.export import read_export_manifest
+
+    eng = tmp_path / "tensorrt-fp16"
+    eng.mkdir()
+    export = read_export_manifest(export_dir)
+    graphs = {}
+    for name in export["graphs"]:
+        (eng / f"{name}.engine").write_bytes(name.encode() * 64)
+        graphs[name] = graph_entry(eng, f"{name}.engine", export_dir / export["graphs"][name]["file"],
+                                   export["graphs"][name]["sha256"])
+    manifest = new_manifest("tensorrt", "fp16", "cuda", "TensorRT", graphs, export, export_dir,
+                            gpu={"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
+                            profiles={"video_encoder": {"batch": {"min": 1, "opt": 8, "max": 32}}})
+    manifest["versions"]["tensorrt"] = "10.9.0.34"
+    write_manifest(eng, manifest)
+    return eng, manifest
+
+
+def test_tensorrt_manifest_refusals(micro_ort_engines, tmp_path):
+    eng, manifest = _trt_engine_folder(tmp_path, micro_ort_engines["export"])
+    here = {"tensorrt": "10.9.0.34", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}}
+    assert validate_engine_dir(eng, runtime=here)["backend"] == "tensorrt"
+    with pytest.raises(EngineMismatchError, match="TensorRT 10.9.0.34.*TensorRT 10.13.3.9"):
+        validate_engine_dir(eng, runtime={**here, "tensorrt": "10.13.3.9"})
+    with pytest.raises(EngineMismatchError, match="compute capability 9.0.*8.6"):
+        validate_engine_dir(eng, runtime={**here, "gpu": {"name": "NVIDIA A10", "compute_capability": "8.6"}})
+    with pytest.raises(BackendUnavailableError, match="not installed"):
+        validate_engine_dir(eng, runtime={"tensorrt": None, "gpu": None})
+    with pytest.raises(BackendUnavailableError, match="TensorRT"):
+        load_engine(eng)  # this machine: no TensorRT
+    (eng / "video_encoder.engine").write_bytes(b"tampered")
+    with pytest.raises(CheckFailedError, match="video_encoder.engine"):
+        validate_engine_dir(eng, runtime=here)
+
+
+def test_interrupted_build_leaves_no_engine(micro_ort_engines, tmp_path, monkeypatch):
+    import rap_deploy.engines.build as build_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_mod, "validate_engine", interrupted)
+    out = tmp_path / "engines" / "onnxruntime-fp32"
+    with pytest.raises(KeyboardInterrupt):
+        build_engine(micro_ort_engines["export"], out=out, progress=False)
+    assert not out.exists() and list((tmp_path / "engines").iterdir()) == []
+
+
+def test_existing_engine_is_replaced_only_with_force(micro_ort_engines, tmp_path):
+    out = _copy(micro_ort_engines["fp32"], tmp_path, "onnxruntime-fp32")
+    before = read_manifest(out)["created"]
+    with pytest.raises(UsageError, match="--force"):
+        build_engine(micro_ort_engines["export"], out=out, progress=False)
+    manifest = build_engine(micro_ort_engines["export"], out=out, force=True, validate=False, progress=False)
+    assert manifest["dir"] == str(out.resolve()) and "validation" not in read_manifest(out)
+    assert read_manifest(out)["created"] >= before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnxruntime-fp32"]
+
+
+def test_torch_engine_refuses_unavailable_precisions(micro_checkpoint):
+    with pytest.raises(UsageError, match="fp16 runs only on CUDA"):
+        TorchEngine(micro_checkpoint, precision="fp16")
+    with pytest.raises(BackendUnavailableError, match="no CUDA GPU"):
+        TorchEngine(micro_checkpoint, device="cuda")
+    engine = load_engine(micro_checkpoint)
+    assert isinstance(engine, TorchEngine) and engine.describe().backend == "torch"
