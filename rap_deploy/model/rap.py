@@ -130,7 +130,7 @@ class RAPModel(nn.Module):
         mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
         x = clip.ln_final(clip.transformer(x, attn_mask=mask))
         idx = eot.long().view(-1, 1, 1).expand(-1, 1, x.shape[-1])
-        x = x.gather(1, idx).squeeze(1)
+        x = x.gather(1, idx)[:, 0]  # not squeeze(1): the TorchScript exporter turns that into an ONNX If
         proj = clip.text_projection
         x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return F.normalize(x, dim=-1)

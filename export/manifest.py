@@ -1,0 +1,137 @@
+"""Export metadata: the ``metadata_props`` every ONNX file carries, and the folder's ``manifest.json``.
+
+``manifest.json`` (format ``rapdeploy.export``, version 1) is written last and only when every check passed, so its
+presence marks a complete, checked export; :func:`read_export_manifest` is how later stages open an export folder.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.atomic import sha256_file, write_json_atomic
+from rap_deploy.errors import UsageError
+
+MANIFEST = "manifest.json"
+PARITY = "parity.json"
+FORMAT = "rapdeploy.export"
+FORMAT_VERSION = 1
+META_PREFIX = "rapdeploy."
+# metadata_props keys whose values are JSON (the rest are plain strings).
+JSON_KEYS = ("config", "preprocess", "tokenizer", "sampling", "exporter", "dims", "io")
+
+
+def graph_metadata(*, graph: str, precision: str, config: dict[str, Any], opset: int, exporter: dict[str, Any],
+                   checkpoint_sha256: str, dims: dict[str, Any], io: dict[str, Any]) -> dict[str, str]:
+    """The ``metadata_props`` of one graph: model config, preprocessing, tokenizer, sampling, opset, exporter, ...
+
+    Keys are ``rapdeploy.<name>``; structured values are JSON strings (see :func:`read_metadata`).
+    """
+    import torch
+
+    from rap_deploy import __version__
+    from rap_deploy.config import RAPConfig
+
+    cfg = RAPConfig.from_dict(config)
+    values: dict[str, Any] = {
+        "graph": graph,
+        "precision": precision,
+        "config": cfg.to_dict(),
+        "preprocess": cfg.preprocess.to_dict(),
+        "tokenizer": cfg.tokenizer.to_dict(),
+        "sampling": cfg.sampling.to_dict(),
+        "opset": str(opset),
+        "exporter": exporter,
+        "torch_version": torch.__version__,
+        "checkpoint_sha256": checkpoint_sha256,
+        "rapdeploy_version": __version__,
+        "dims": dims,
+        "io": io,
+    }
+    return {META_PREFIX + k: (json.dumps(v, sort_keys=True) if k in JSON_KEYS else str(v)) for k, v in values.items()}
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Read the ``rapdeploy.*`` metadata props of an ONNX file (JSON values decoded, prefix stripped).
+
+    Raises :class:`UsageError` when the file does not exist or carries no rapdeploy metadata.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"ONNX file {path} does not exist")
+    model = onnx.load(str(path), load_external_data=False)
+    out: dict[str, Any] = {}
+    for prop in model.metadata_props:
+        if prop.key.startswith(META_PREFIX):
+            key = prop.key[len(META_PREFIX):]
+            out[key] = json.loads(prop.value) if key in JSON_KEYS else prop.value
+    if not out:
+        raise UsageError(f"{path} has no rapdeploy metadata; it was not written by `rapdeploy export`")
+    if "opset" in out:
+        out["opset"] = int(out["opset"])
+    return out
+
+
+def file_record(path: Path, io: dict[str, Any], precision: str, extra: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """The manifest entry of one graph file: name, sha256, size, precision, inputs, outputs (+ external data)."""
+    rec: dict[str, Any] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                           "precision": precision, "inputs": io["inputs"], "outputs": io["outputs"]}
+    data = path.with_name(path.name + ".data")
+    if data.is_file():
+        rec["external_data"] = {"file": data.name, "sha256": sha256_file(data), "bytes": data.stat().st_size}
+    rec.update(extra or {})
+    return rec
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 with seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` atomically into ``out_dir``; returns its path."""
+    return write_json_atomic(out_dir / MANIFEST, manifest)
+
+
+def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> dict[str, Any]:
+    """Read and validate ``<export_dir>/manifest.json``; returns the manifest dict.
+
+    Validates the format tag and version and, with ``verify_hashes``, that every listed graph file (fp32 and fp16,
+    with external data) exists and has the recorded sha256. Adds ``"dir"`` (the folder, absolute). Raises
+    :class:`UsageError` naming the folder or file and the fix (re-run ``rapdeploy export --force``).
+    """
+    export_dir = Path(export_dir)
+    path = export_dir / MANIFEST
+    if not path.is_file():
+        hint = " (the export did not complete or its checks failed; see parity.json)" \
+            if (export_dir / PARITY).is_file() else ""
+        raise UsageError(f"{export_dir} has no {MANIFEST}{hint}; run `rapdeploy export CKPT --out {export_dir}`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}; re-run `rapdeploy export --force`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a rapdeploy export manifest (no '{FORMAT}' format tag)")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise UsageError(f"{path} has export format {manifest['format_version']}; upgrade rapdeploy")
+    if verify_hashes:
+        for section in ("graphs", "fp16_graphs"):
+            for name, rec in (manifest.get(section) or {}).items():
+                files = [(rec["file"], rec["sha256"])]
+                if "external_data" in rec:
+                    files.append((rec["external_data"]["file"], rec["external_data"]["sha256"]))
+                for fname, digest in files:
+                    fpath = export_dir / fname
+                    if not fpath.is_file():
+                        raise UsageError(f"{fpath} ({section} '{name}') is missing; re-run `rapdeploy export --force "
+                                         f"--out {export_dir}`")
+                    if sha256_file(fpath) != digest:
+                        raise UsageError(f"{fpath} changed since export (sha256 differs from {path.name}); re-run "
+                                         f"`rapdeploy export --force --out {export_dir}`")
+    manifest["dir"] = str(export_dir.resolve())
+    return manifest

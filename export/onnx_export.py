@@ -1,0 +1,410 @@
+"""Export mechanics: trace each graph wrapper to ONNX, tidy it, stamp metadata, save atomically, check, compare.
+
+:func:`export_checkpoint` is the library function behind ``rapdeploy export``. What is exported (opset, exporter,
+I/O contract, tolerances, fp16 rules) is decided in :mod:`rap_deploy.export.export_config`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rap_deploy.atomic import atomic_path, save_with, sha256_file, write_json_atomic
+from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.export.export_config import ExportConfig, GraphSpec, ModelDims, graph_specs
+from rap_deploy.graphs import GRAPH_NAMES
+
+PARITY_FILE = "parity.json"
+
+
+# ---------------------------------------------------------------------------------------------------- tracing
+@contextlib.contextmanager
+def export_mode() -> Iterator[None]:
+    """Switch off ``nn.MultiheadAttention``'s inference fast path (no ONNX symbolic) and exporter warnings."""
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript deprecation notice, TracerWarnings on shape arithmetic
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+
+
+@torch.no_grad()
+def example_inputs(model, dims: ModelDims, batch: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Example arguments per graph, batch ``batch`` (>= 2) so the batch axes stay symbolic when traced.
+
+    The ASA head gets real encoder outputs for ``batch`` queries and ``batch + 1`` videos (distinct sizes, so the
+    tracer cannot tie the two axes together).
+    """
+    gen = torch.Generator().manual_seed(0)
+    t, s, length = dims.frames, dims.image_size, dims.context_length
+    frames = torch.randn(batch + 1, t, 3, s, s, generator=gen)
+    mask = torch.ones(batch + 1, t)
+    ids = torch.randint(1, 40000, (batch, length), generator=gen, dtype=torch.int32)
+    eot = torch.randint(1, length, (batch,), generator=gen, dtype=torch.int32)
+    args = {"video_encoder": (frames[:batch], mask[:batch]), "text_encoder": (ids, eot)}
+    if model.asa is not None:
+        _, frame_emb, patch_tokens = model.encode_video(frames, mask)
+        args["asa_head"] = (model.encode_text(ids, eot), frame_emb, patch_tokens)
+    return args
+
+
+def trace_graph(module: torch.nn.Module, spec: GraphSpec, args: tuple[torch.Tensor, ...], cfg: ExportConfig):
+    """Export ``module`` with ``torch.onnx.export`` (``dynamo=cfg.dynamo``) and return the tidied ``ModelProto``.
+
+    Tidying: onnxscript's optimizer (constant folding, dead code) for the TorchScript exporter, then the I/O shapes
+    rewritten to the contract (``spec``) and the intermediate shapes re-inferred from them.
+    """
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="rapdeploy-export-") as tmp, export_mode():
+        path = Path(tmp) / f"{spec.name}.onnx"
+        names = {"input_names": [t.name for t in spec.inputs], "output_names": [t.name for t in spec.outputs]}
+        if cfg.dynamo:
+            dyn = {t.name: spec.dynamic_axes[t.name] for t in spec.inputs}
+            torch.onnx.export(module, args, str(path), opset_version=cfg.opset, dynamo=True, dynamic_axes=dyn,
+                              verbose=False, **names)
+        else:
+            torch.onnx.export(module, args, str(path), opset_version=cfg.opset, dynamo=False,
+                              dynamic_axes=spec.dynamic_axes, do_constant_folding=True, **names)
+        model = onnx.load(str(path))
+    if cfg.optimize and not cfg.dynamo:  # the dynamo exporter runs the same optimizer itself
+        import onnxscript.optimizer
+
+        model = onnxscript.optimizer.optimize(model, num_iterations=1)  # a second pass changed nothing here
+    set_io_shapes(model, spec)
+    del model.graph.value_info[:]
+    if model.ByteSize() < cfg.external_data_threshold:
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, data_prop=True)
+    return model
+
+
+def set_io_shapes(model, spec: GraphSpec) -> None:
+    """Overwrite the declared shapes of the graph inputs/outputs with the contract's (symbolic names, static ints).
+
+    Traced graphs declare static dims as auto-named symbols (``Divvideo_emb_dim_1``); the contract fixes them.
+    Names and dtypes are left alone (the checks compare them with the contract).
+    """
+    by_name = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+    for vi in (*model.graph.input, *model.graph.output):
+        t = by_name.get(vi.name)
+        if t is None:
+            continue
+        shape = vi.type.tensor_type.shape
+        del shape.dim[:]
+        for d in t.shape:
+            dim = shape.dim.add()
+            if isinstance(d, str):
+                dim.dim_param = d
+            else:
+                dim.dim_value = d
+
+
+def save_onnx(model, path: Path, external_data_threshold: int) -> Path:
+    """Write ``model`` to ``path`` atomically; graphs over the threshold keep their weights in ``<path>.data``."""
+    import onnx
+
+    if model.ByteSize() < external_data_threshold:
+        return save_with(path, lambda tmp: onnx.save(model, str(tmp)))
+    data_name = path.name + ".data"
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        onnx.save(model, str(scratch / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=data_name, size_threshold=1024)
+        with atomic_path(path.with_name(data_name)) as tmp_data:
+            os.replace(scratch / data_name, tmp_data)
+        with atomic_path(path) as tmp_graph:
+            os.replace(scratch / path.name, tmp_graph)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- folder
+def prepare_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse an existing non-empty folder unless ``force``; with ``force`` drop its manifest and parity report first.
+
+    Raises :class:`UsageError` naming the folder and the fix.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; pass a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise UsageError(f"output folder {out_dir} already exists and is not empty; pass --force to overwrite "
+                             "it or choose another --out")
+        for name in ("manifest.json", PARITY_FILE):  # a half-redone export must never look complete
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_stale(out_dir: Path, written: set[str]) -> list[str]:
+    stale = []
+    for g in GRAPH_NAMES:
+        for name in (f"{g}.onnx", f"{g}.onnx.data", f"{g}.fp16.onnx", f"{g}.fp16.onnx.data"):
+            if name not in written and (out_dir / name).is_file():
+                (out_dir / name).unlink()
+                stale.append(name)
+    return stale
+
+
+class _Steps:
+    """A rich progress bar over named steps (stderr), or nothing when disabled or not a TTY."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task("export", total=total)
+
+    def __enter__(self) -> _Steps:
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar:
+            self.bar.stop()
+
+    def step(self, text: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, description=text)
+
+    def done(self) -> None:
+        if self.bar:
+            self.bar.advance(self.task)
+
+
+# ---------------------------------------------------------------------------------------------------- main entry
+def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bool = False, force: bool = False,
+                      data_root: Path | None = None, progress: bool = True, *, dataset: str = "msrvtt",
+                      config: ExportConfig | None = None) -> dict[str, Any]:
+    """Export a RAP checkpoint to ONNX graphs in ``out_dir``, check them, and return the manifest dict.
+
+    Writes ``video_encoder.onnx``, ``text_encoder.onnx``, ``asa_head.onnx`` (not for models without an ASA head),
+    with ``fp16`` also ``<graph>.fp16.onnx``, then ``parity.json`` and, when every check passed, ``manifest.json``
+    (see :mod:`rap_deploy.export.manifest`). Parity runs on real inputs: the ``dataset`` test split under
+    ``data_root``, else rendered synthetic videos. ``config`` overrides ``opset``/``fp16`` and every other setting.
+
+    Raises :class:`UsageError` (missing, pickled or foreign checkpoint; unsupported opset; existing ``out_dir``
+    without ``force``) and :class:`CheckFailedError` when a structural check or fp32 parity fails (after writing
+    ``parity.json``).
+    """
+    import onnx
+
+    from rap_deploy.checkpoint import load_checkpoint
+    from rap_deploy.export import checks
+    from rap_deploy.export import manifest as mf
+    from rap_deploy.export.fp16 import convert_to_fp16
+    from rap_deploy.export.inputs import parity_inputs
+    from rap_deploy.export.parity import run_parity, torch_reference
+    from rap_deploy.export.wrappers import graph_modules
+
+    cfg = config or ExportConfig(opset=opset, fp16=fp16)
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    started = time.perf_counter()
+    ckpt = load_checkpoint(checkpoint)  # UsageError for missing / pickled / foreign files
+    ckpt_sha = sha256_file(checkpoint)
+    prepare_out_dir(out_dir, force)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model = ckpt.build_model()
+    seconds["build_model"] = round(time.perf_counter() - t0, 3)
+    dims = ModelDims.of(model)
+    specs = graph_specs(dims, model.asa is not None)
+    modules = graph_modules(model)
+    exporter = cfg.exporter_record()
+    config_dict = model.config.to_dict()
+    files: dict[str, Path] = {}
+    fp16_files: dict[str, Path] = {}
+    fp16_reports: dict[str, Any] = {}
+    check_reports: dict[str, Any] = {}
+    written: set[str] = set()
+
+    def metadata(name: str, precision: str) -> dict[str, str]:
+        return mf.graph_metadata(graph=name, precision=precision, config=config_dict, opset=cfg.opset,
+                                 exporter=exporter, checkpoint_sha256=ckpt_sha, dims=dims.to_dict(),
+                                 io={"inputs": [t.to_dict() for t in specs[name].inputs],
+                                     "outputs": [t.to_dict() for t in specs[name].outputs]})
+
+    n_steps = 2 * len(specs) + 2 + (2 * len(specs) + 1 if cfg.fp16 else 0)
+    with _Steps(progress, n_steps) as steps:
+        args = example_inputs(model, dims, cfg.example_batch)
+        fp32_models = {}
+        for name, spec in specs.items():
+            steps.step(f"exporting {name} ({cfg.exporter}, opset {cfg.opset})")
+            t0 = time.perf_counter()
+            proto = trace_graph(modules[name], spec, args[name], cfg)
+            onnx.helper.set_model_props(proto, metadata(name, "fp32"))
+            files[name] = save_onnx(proto, out_dir / f"{name}.onnx", cfg.external_data_threshold)
+            written |= {files[name].name, files[name].name + ".data"}
+            if cfg.fp16:
+                fp32_models[name] = proto
+            seconds[f"export_{name}"] = round(time.perf_counter() - t0, 3)
+            steps.done()
+            steps.step(f"checking {name}")
+            t0 = time.perf_counter()
+            check_reports[files[name].name] = checks.check_graph(files[name], spec, cfg.opset, "fp32")
+            seconds[f"check_{name}"] = round(time.perf_counter() - t0, 3)
+            steps.done()
+
+        if cfg.fp16:
+            for name, spec in specs.items():
+                steps.step(f"converting {name} to fp16")
+                t0 = time.perf_counter()
+                half, report = convert_to_fp16(fp32_models[name], cfg.fp16_blocked_ops)
+                onnx.helper.set_model_props(half, metadata(name, "fp16"))
+                fp16_files[name] = save_onnx(half, out_dir / f"{name}.fp16.onnx", cfg.external_data_threshold)
+                written |= {fp16_files[name].name, fp16_files[name].name + ".data"}
+                fp16_reports[name] = report
+                seconds[f"fp16_{name}"] = round(time.perf_counter() - t0, 3)
+                steps.done()
+                steps.step(f"checking {name} fp16")
+                check_reports[fp16_files[name].name] = checks.check_graph(fp16_files[name], spec, cfg.opset, "fp16")
+                steps.done()
+        del fp32_models
+
+        steps.step("decoding parity inputs")
+        t0 = time.perf_counter()
+        inputs = parity_inputs(model.config, data_root, dataset, cfg.parity.pool_videos)
+        seconds["parity_inputs"] = round(time.perf_counter() - t0, 3)
+        steps.done()
+        steps.step("parity: ONNX Runtime vs PyTorch")
+        t0 = time.perf_counter()
+        ref = torch_reference(model, inputs, cfg.parity)
+        fp32 = run_parity(model, files, specs, inputs, cfg.parity, "fp32", ref)
+        seconds["parity"] = round(time.perf_counter() - t0, 3)
+        steps.done()
+        fp16_parity = None
+        if cfg.fp16:
+            steps.step("parity: fp16 graphs vs PyTorch fp32")
+            t0 = time.perf_counter()
+            fp16_parity = run_parity(model, fp16_files, specs, inputs, cfg.parity, "fp16", ref)
+            seconds["parity_fp16"] = round(time.perf_counter() - t0, 3)
+            steps.done()
+
+    stale = _remove_stale(out_dir, written) if force else []
+    problems = _problems(check_reports, fp32)
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    pcfg = cfg.parity
+    parity = {
+        "passed": not problems,
+        "graphs": fp32["graphs"],
+        "pipeline": fp32.get("pipeline"),
+        "tolerances": {"max_abs": pcfg.max_abs, "min_cosine": pcfg.min_cosine, "topk": pcfg.topk,
+                       "tie_eps": pcfg.tie_eps},
+        "problems": problems,
+        "checks": check_reports,
+        "inputs": inputs.describe(),
+        "runtime": {"onnxruntime": _version("onnxruntime"), "provider": "CPUExecutionProvider"},
+        "opset": cfg.opset,
+        "exporter": exporter,
+        "checkpoint_sha256": ckpt_sha,
+        "created": mf.now_iso(),
+    }
+    if fp16_parity is not None:
+        parity["fp16"] = {"note": "fp16 graphs on ONNX Runtime CPU (ORT_ENABLE_EXTENDED) vs PyTorch fp32; no "
+                                  "threshold here (the engines own fp16 tolerances)",
+                          "graphs": fp16_parity["graphs"], "pipeline": fp16_parity.get("pipeline"),
+                          "conversion": fp16_reports}
+    write_json_atomic(out_dir / PARITY_FILE, parity)
+    if problems:
+        raise CheckFailedError(f"export checks failed: {'; '.join(problems[:4])}"
+                               f"{' …' if len(problems) > 4 else ''}; see {out_dir / PARITY_FILE}")
+
+    def records(paths: dict[str, Path], precision: str) -> dict[str, Any]:
+        return {name: mf.file_record(path, checks.io_record(onnx.load(str(path), load_external_data=False)),
+                                     precision, {"conversion": fp16_reports[name]} if precision == "fp16" else None)
+                for name, path in paths.items()}
+
+    manifest = {
+        "format": mf.FORMAT,
+        "format_version": mf.FORMAT_VERSION,
+        "created": parity["created"],
+        "rapdeploy": _version("rapdeploy"),
+        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": ckpt_sha},
+        "config": config_dict,
+        "variant": model.config.variant,
+        "has_asa": model.asa is not None,
+        "dims": dims.to_dict(),
+        "opset": cfg.opset,
+        "exporter": exporter,
+        "preprocess": model.config.preprocess.to_dict(),
+        "tokenizer": model.config.tokenizer.to_dict(),
+        "sampling": model.config.sampling.to_dict(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": _version("onnxruntime"),
+        "graphs": records(files, "fp32"),
+        "fp16_graphs": records(fp16_files, "fp16"),
+        "parity": {"file": PARITY_FILE, "passed": True,
+                   "worst": {k: _worst(fp32["graphs"], k) for k in ("max_abs", "min_cosine")}},
+        "seconds": seconds,
+        "removed_stale": stale,
+    }
+    if "asa_head" in manifest["graphs"]:
+        manifest["graphs"]["asa_head"]["block_memory"] = asa_block_memory(model)
+    mf.write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _problems(check_reports: dict[str, Any], fp32: dict[str, Any]) -> list[str]:
+    """Every reason the export fails: structural check problems, then fp32 parity failures."""
+    problems = [p for r in check_reports.values() for p in r["problems"]]
+    for name, g in fp32["graphs"].items():
+        if not g.get("passed", False):
+            problems.append(f"{name}: parity failed" + (f" ({g['error']})" if "error" in g else
+                            f" (max_abs {g['max_abs']:.3g}, min_cosine {g['min_cosine']:.8f}, "
+                            f"topk_match {g['topk_match']})"))
+    if "pipeline" in fp32 and not fp32["pipeline"].get("passed", False):
+        problems.append("end-to-end ranking parity failed")
+    return problems
+
+
+def asa_block_memory(model) -> dict[str, Any]:
+    """Estimated fp32 working memory of one ``asa_head`` call: per (query, video) pair and per video.
+
+    The graph has no chunk loop (see :class:`~rap_deploy.export.wrappers.AsaHeadGraph`); runtimes feed bounded
+    ``(Q, V)`` blocks and size them with this estimate: per pair the selection scores ``T·P``, the gathered
+    queries/keys/values and attention output ``4·T·k·d_a``, and the attention logits and weights ``2·H·(T·k)²``;
+    per video the projected and warped key/value volumes ``6·T·P·d_a``.
+    """
+    asa, t = model.asa, model.config.frames
+    tk = t * asa.topk
+    per_pair = 4 * (t * model.num_patches + 4 * tk * asa.attn_dim + 2 * asa.heads * tk * tk)
+    per_video = 4 * 6 * t * model.num_patches * asa.attn_dim
+    return {"bytes_per_query_video_pair": per_pair, "bytes_per_video": per_video,
+            "note": "no chunk loop in the graph: feed bounded (queries, videos) blocks"}
+
+
+def _worst(graphs: dict[str, Any], key: str) -> float:
+    values = [g[key] for g in graphs.values() if g.get(key) is not None]
+    return max(values) if key == "max_abs" else min(values)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        if dist == "rapdeploy":
+            from rap_deploy import __version__
+
+            return __version__
+        return "unknown"

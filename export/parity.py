@@ -1,0 +1,288 @@
+"""Numeric parity of the exported graphs: ONNX Runtime (CPU) against the PyTorch model on real inputs.
+
+For every graph and batch size, the same inputs go through PyTorch and ONNX Runtime, and three figures are kept:
+``max_abs`` (largest absolute difference over all outputs), ``min_cosine`` (smallest cosine between matching
+embedding rows; for the similarity matrix, between the flattened matrices) and ``topk_match`` (identical top-k
+indices: videos ranked per text, and for the video encoder also the ASA patch selection per frame). Top-k lists may
+differ only where the reference scores of the swapped candidates are within ``tie_eps`` (exact ties have no order);
+``topk_exact`` says whether they were identical without that allowance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rap_deploy.export.export_config import GraphSpec, ParityConfig
+from rap_deploy.export.inputs import ParityInputs
+from rap_deploy.export.wrappers import AsaHeadGraph
+
+
+def ort_session(path: str | Path, precision: str = "fp32"):
+    """A CPU ONNX Runtime session for ``path``.
+
+    fp16 graphs run at ``ORT_ENABLE_EXTENDED``: onnxruntime 1.32's CPU provider crashes (segfault) creating a
+    session for the fp16 video encoder at ``ORT_ENABLE_ALL``. fp32 graphs use the default (all optimisations).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if precision == "fp16":
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+def max_abs(ref: np.ndarray, test: np.ndarray) -> float:
+    """Largest absolute difference (inf when shapes differ)."""
+    if ref.shape != test.shape:
+        return float("inf")
+    return float(np.abs(ref.astype(np.float64) - test.astype(np.float64)).max()) if ref.size else 0.0
+
+
+def min_cosine(ref: np.ndarray, test: np.ndarray, rows: bool = True, eps: float = 1e-12) -> float:
+    """Smallest cosine between matching rows (last axis) of ``ref`` and ``test``; rows zero in both are skipped.
+
+    With ``rows=False`` the whole arrays are compared as one vector. A row zero in one array only scores 0.
+    """
+    if ref.shape != test.shape:
+        return float("-inf")
+    a = ref.astype(np.float64).reshape(-1, ref.shape[-1] if rows else ref.size)
+    b = test.astype(np.float64).reshape(a.shape)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (na < eps) & (nb < eps)
+    cos = (a * b).sum(1) / np.maximum(na * nb, eps)
+    cos[both_zero] = 1.0
+    return float(cos.min()) if cos.size else 1.0
+
+
+def topk_agreement(ref: np.ndarray, test: np.ndarray, k: int, tie_eps: float) -> dict[str, Any]:
+    """Compare the top-``k`` indices along the last axis of two score arrays.
+
+    Returns ``{"match", "exact", "ties", "rows"}``: ``exact`` when every top-k list is identical; ``match`` when
+    every position differs at most by a tie (reference scores of the two candidates within ``tie_eps``); ``ties``
+    counts positions accepted as ties.
+    """
+    k = min(k, ref.shape[-1])
+    r = ref.reshape(-1, ref.shape[-1]).astype(np.float64)
+    t = test.reshape(-1, test.shape[-1]).astype(np.float64)
+    ri = np.argsort(-r, axis=1, kind="stable")[:, :k]
+    ti = np.argsort(-t, axis=1, kind="stable")[:, :k]
+    exact = bool((ri == ti).all())
+    rows = np.arange(r.shape[0])[:, None]
+    gap = np.abs(r[rows, ti] - r[rows, ri])
+    differ = ri != ti
+    ties = int((differ & (gap <= tie_eps)).sum())
+    match = bool((gap[differ] <= tie_eps).all())
+    return {"match": match, "exact": exact, "ties": ties, "rows": int(r.shape[0]), "k": k}
+
+
+class _GraphFigures:
+    """Accumulates the figures of one graph over several runs."""
+
+    def __init__(self, batch_label: str) -> None:
+        self.batch_label = batch_label
+        self.runs: list[dict[str, Any]] = []
+        self.outputs: dict[str, dict[str, float]] = {}
+        self.topk: list[dict[str, Any]] = []
+        self.extra: dict[str, Any] = {}
+
+    def add_run(self, batch: Any, names: tuple[str, ...], ref: list[np.ndarray], test: list[np.ndarray],
+                expected_shapes: list[tuple[int, ...]], row_cosine: bool = True) -> None:
+        run = {"batch": batch, "max_abs": 0.0, "min_cosine": 1.0, "shapes_ok": True}
+        for name, r, t, shape in zip(names, ref, test, expected_shapes, strict=True):
+            ma, mc = max_abs(r, t), min_cosine(r, t, rows=row_cosine)
+            run["max_abs"] = max(run["max_abs"], ma)
+            run["min_cosine"] = min(run["min_cosine"], mc)
+            run["shapes_ok"] &= tuple(t.shape) == tuple(shape) and t.dtype == np.float32
+            out = self.outputs.setdefault(name, {"max_abs": 0.0, "min_cosine": 1.0})
+            out["max_abs"] = max(out["max_abs"], ma)
+            out["min_cosine"] = min(out["min_cosine"], mc)
+        self.runs.append(run)
+
+    def result(self, pcfg: ParityConfig | None) -> dict[str, Any]:
+        res: dict[str, Any] = {
+            "max_abs": max((r["max_abs"] for r in self.runs), default=float("inf")),
+            "min_cosine": min((r["min_cosine"] for r in self.runs), default=float("-inf")),
+            "topk_match": bool(self.topk) and all(t["match"] for t in self.topk),
+            "batch_sizes": [r["batch"] for r in self.runs],
+            "topk_exact": bool(self.topk) and all(t["exact"] for t in self.topk),
+            "topk_ties": sum(t["ties"] for t in self.topk),
+            "shapes_ok": all(r["shapes_ok"] for r in self.runs),
+            "outputs": self.outputs,
+            "runs": self.runs,
+            "topk": self.topk,
+            **self.extra,
+        }
+        if pcfg is not None:
+            res["passed"] = bool(res["max_abs"] <= pcfg.max_abs and res["min_cosine"] >= pcfg.min_cosine
+                                 and res["topk_match"] and res["shapes_ok"])
+        return res
+
+
+def _slices(n: int, sizes: tuple[int, ...]) -> list[np.ndarray]:
+    out, off = [], 0
+    for b in sizes:
+        out.append((off + np.arange(b)) % n)
+        off += b
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- reference
+@torch.no_grad()
+def torch_reference(model, inputs: ParityInputs, pcfg: ParityConfig) -> dict[str, Any]:
+    """PyTorch outputs for every batch slice of the pool, and for the whole pool (numpy float32).
+
+    The batch slices wrap around the pool; pool entries no slice covered are encoded separately.
+    """
+    frames = torch.from_numpy(inputs.frames)
+    mask = torch.from_numpy(inputs.frame_mask)
+    ids = torch.from_numpy(inputs.input_ids)
+    eot = torch.from_numpy(inputs.eot)
+    n = len(inputs)
+    ref: dict[str, Any] = {"video": [], "text": []}
+    pool_video: list[np.ndarray] | None = None
+    pool_text: np.ndarray | None = None
+    covered = np.zeros(n, dtype=bool)
+    for idx in _slices(n, pcfg.batch_sizes):
+        ix = torch.from_numpy(idx)
+        video = [o.numpy() for o in model.encode_video(frames[ix], mask[ix])]
+        text = model.encode_text(ids[ix], eot[ix]).numpy()
+        ref["video"].append(video)
+        ref["text"].append([text])
+        if pool_video is None:  # the pool outputs are assembled from the slices (the encoders are per-sample)
+            pool_video = [np.zeros((n, *v.shape[1:]), np.float32) for v in video]
+            pool_text = np.zeros((n, text.shape[1]), np.float32)
+        for p, v in zip(pool_video, video, strict=True):
+            p[idx] = v
+        pool_text[idx] = text
+        covered[idx] = True
+    rest = torch.from_numpy(np.flatnonzero(~covered))
+    if len(rest):
+        for p, v in zip(pool_video, model.encode_video(frames[rest], mask[rest]), strict=True):
+            p[rest.numpy()] = v.numpy()
+        pool_text[rest.numpy()] = model.encode_text(ids[rest], eot[rest]).numpy()
+    ref["pool_video"], ref["pool_text"] = pool_video, pool_text
+    ref["pool_similarity"] = model.asa_similarity(torch.from_numpy(pool_text), torch.from_numpy(pool_video[1]),
+                                                  torch.from_numpy(pool_video[2])).numpy()
+    return ref
+
+
+def _asa_blocks(n: int, pcfg: ParityConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    blocks = [(q, v) for q, v in pcfg.asa_blocks if q <= n and v <= n] + [(n, n)]
+    return [(np.arange(q), (np.arange(v) + q) % n) for q, v in blocks]
+
+
+# ---------------------------------------------------------------------------------------------------- parity
+@torch.no_grad()
+def run_parity(model, files: dict[str, Path], specs: dict[str, GraphSpec], inputs: ParityInputs,
+               pcfg: ParityConfig, precision: str = "fp32", ref: dict[str, Any] | None = None) -> dict[str, Any]:
+    """ONNX Runtime CPU vs PyTorch for the graphs in ``files``; returns ``{"graphs": {...}, "pipeline": {...}}``.
+
+    Each graph entry has ``max_abs``, ``min_cosine``, ``topk_match``, ``batch_sizes`` and details; with
+    ``precision="fp32"`` also ``passed`` (the DESIGN.md §7 tolerances of ``pcfg``). ``pipeline`` ranks the whole
+    pool end to end (ONNX text → ONNX video → ONNX ASA head, or meanP without one) against the PyTorch model.
+    A graph that ONNX Runtime cannot load or run gets ``{"error": ...}`` and fails.
+    """
+    ref = ref or torch_reference(model, inputs, pcfg)
+    judge = pcfg if precision == "fp32" else None
+    n = len(inputs)
+    slices = _slices(n, pcfg.batch_sizes)
+    graphs: dict[str, Any] = {}
+    ort_pool: dict[str, np.ndarray] = {}
+    sel_k = min(model.config.asa_topk, model.num_patches)
+
+    def guarded(name: str, fn) -> None:
+        try:
+            graphs[name] = fn()
+        except Exception as exc:  # onnxruntime raises several types (Fail, InvalidArgument, RuntimeError ...)
+            graphs[name] = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}",
+                            "max_abs": None, "min_cosine": None, "topk_match": False, "batch_sizes": [],
+                            **({"passed": False} if judge else {})}
+
+    def video() -> dict[str, Any]:
+        sess, spec = ort_session(files["video_encoder"], precision), specs["video_encoder"]
+        fig = _GraphFigures("batch")
+        pool = [np.zeros_like(r) for r in ref["pool_video"]]
+        for idx, r in zip(slices, ref["video"], strict=True):
+            outs = sess.run(None, {"frames": inputs.frames[idx], "frame_mask": inputs.frame_mask[idx]})
+            fig.add_run(len(idx), tuple(o.name for o in spec.outputs), r, outs,
+                        [spec.concrete_shape(o, {"batch": len(idx)}) for o in spec.outputs])
+            for p, o in zip(pool, outs, strict=True):
+                p[idx] = o
+        text = ref["pool_text"]
+        fig.topk.append({"what": "videos ranked per text (meanP)",
+                         **topk_agreement(text @ ref["pool_video"][0].T, text @ pool[0].T, pcfg.topk, pcfg.tie_eps)})
+        patch_ref = np.einsum("qd,vtpd->qvtp", text, ref["pool_video"][2])
+        patch_ort = np.einsum("qd,vtpd->qvtp", text, pool[2])
+        patch = topk_agreement(patch_ref, patch_ort, sel_k, pcfg.tie_eps)
+        fig.topk.append({"what": "ASA patch selection per text and frame", **patch})
+        fig.extra["patch_topk_match"] = patch["match"]
+        ort_pool["video"] = pool
+        return fig.result(judge)
+
+    def text() -> dict[str, Any]:
+        sess, spec = ort_session(files["text_encoder"], precision), specs["text_encoder"]
+        fig = _GraphFigures("batch")
+        pool = np.zeros_like(ref["pool_text"])
+        for idx, r in zip(slices, ref["text"], strict=True):
+            outs = sess.run(None, {"input_ids": inputs.input_ids[idx], "eot": inputs.eot[idx]})
+            fig.add_run(len(idx), ("text_emb",), r, outs, [spec.concrete_shape(spec.outputs[0], {"batch": len(idx)})])
+            pool[idx] = outs[0]
+        vids = ref["pool_video"][0]
+        fig.topk.append({"what": "videos ranked per text (meanP)",
+                         **topk_agreement(ref["pool_text"] @ vids.T, pool @ vids.T, pcfg.topk, pcfg.tie_eps)})
+        ort_pool["text"] = pool
+        return fig.result(judge)
+
+    def asa() -> dict[str, Any]:
+        sess, spec = ort_session(files["asa_head"], precision), specs["asa_head"]
+        head = AsaHeadGraph(model).eval()
+        fig = _GraphFigures("queries x videos")
+        text, (_, frame_emb, patch_tokens) = ref["pool_text"], ref["pool_video"]
+        for qi, vi in _asa_blocks(n, pcfg):
+            feeds = {"text_emb": text[qi], "frame_emb": frame_emb[vi], "patch_tokens": patch_tokens[vi]}
+            r = head(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+            out = sess.run(None, feeds)[0]
+            fig.add_run([len(qi), len(vi)], ("similarity",), [r], [out],
+                        [spec.concrete_shape(spec.outputs[0], {"queries": len(qi), "videos": len(vi)})],
+                        row_cosine=False)
+            fig.topk.append({"what": f"videos ranked per text, block {len(qi)}x{len(vi)}",
+                             **topk_agreement(r, out, pcfg.topk, pcfg.tie_eps)})
+        return fig.result(judge)
+
+    for name, fn in (("video_encoder", video), ("text_encoder", text), ("asa_head", asa)):
+        if name in files:
+            guarded(name, fn)
+
+    result: dict[str, Any] = {"graphs": graphs}
+    if "video" in ort_pool and "text" in ort_pool:
+        result["pipeline"] = _pipeline(files, ort_pool, ref, pcfg, precision, judge)
+    return result
+
+
+def _pipeline(files, ort_pool, ref, pcfg, precision, judge) -> dict[str, Any]:
+    text, (video_emb, frame_emb, patch_tokens) = ort_pool["text"], ort_pool["video"]
+    try:
+        if "asa_head" in files:
+            sim = ort_session(files["asa_head"], precision).run(
+                None, {"text_emb": text, "frame_emb": frame_emb, "patch_tokens": patch_tokens})[0]
+            what = "text_encoder -> video_encoder -> asa_head"
+        else:
+            sim = text @ video_emb.T
+            what = "text_encoder -> video_encoder, meanP similarity"
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}", "topk_match": False,
+                **({"passed": False} if judge else {})}
+    r = ref["pool_similarity"]
+    top = topk_agreement(r, sim, pcfg.topk, pcfg.tie_eps)
+    res = {"what": what, "shape": list(sim.shape), "max_abs": max_abs(r, sim), "min_cosine": min_cosine(r, sim, False),
+           "topk_match": top["match"], "topk_exact": top["exact"], "topk_ties": top["ties"], "topk_k": top["k"]}
+    if judge is not None:
+        res["passed"] = bool(res["max_abs"] <= judge.max_abs and res["min_cosine"] >= judge.min_cosine
+                             and res["topk_match"])
+    return res

@@ -1,0 +1,397 @@
+"""``rapdeploy export`` on the tiny rap-micro model: graphs, checks, parity, metadata, fp16 and the CLI contract."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rap_deploy.cli.app import app
+
+# Fractional and negative ASA offsets (γ per head (y, x) in patches, δ per head in frames): every sampling branch.
+PATCH_OFFSET = [[0.3, -1.6], [-0.7, 2.25]]
+TIME_OFFSET = [-1.3, 0.6]
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _build(ckpt_path: Path):
+    from rap_deploy.checkpoint import load_checkpoint
+
+    return load_checkpoint(ckpt_path).build_model()
+
+
+@pytest.fixture(scope="module")
+def offset_checkpoint(micro_checkpoint, tmp_path_factory) -> Path:
+    """The randomised micro checkpoint with explicit fractional and negative ASA offsets."""
+    from rap_deploy.checkpoint import checkpoint_from_model, load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(micro_checkpoint)
+    model = ckpt.build_model()
+    with torch.no_grad():
+        model.asa.patch_offset.copy_(torch.tensor(PATCH_OFFSET))
+        model.asa.time_offset.copy_(torch.tensor(TIME_OFFSET))
+    path = tmp_path_factory.mktemp("offsets") / "micro_offsets.pt"
+    save_checkpoint(checkpoint_from_model(model, ckpt), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(offset_checkpoint, tmp_path_factory) -> tuple[Path, dict]:
+    """Export through the real CLI (fp32 + fp16); returns (folder, manifest printed by --json)."""
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    result = _cli("export", offset_checkpoint, "--out", out, "--fp16", "--json")
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.output)
+
+
+@pytest.fixture(scope="module")
+def light_checkpoint(tmp_path_factory) -> Path:
+    from conftest import micro_config, randomize_adapters
+
+    from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    ckpt, model = new_checkpoint(micro_config(variant="rap_light"), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    randomize_adapters(model, seed=2)
+    path = tmp_path_factory.mktemp("light") / "light.pt"
+    save_checkpoint(checkpoint_from_model(model, ckpt), path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- full export
+def test_export_writes_checked_graphs_and_parity(exported, offset_checkpoint):
+    out, manifest = exported
+    names = ("video_encoder", "text_encoder", "asa_head")
+    for name in names:
+        assert (out / f"{name}.onnx").is_file() and (out / f"{name}.fp16.onnx").is_file()
+    assert manifest["format"] == "rapdeploy.export" and manifest["format_version"] == 1
+    assert set(manifest["graphs"]) == set(names) == set(manifest["fp16_graphs"])
+    assert manifest["exporter"]["name"] == "torchscript" and manifest["exporter"]["dynamo"] is False
+    assert manifest["opset"] == 17
+    assert manifest["graphs"]["asa_head"]["block_memory"]["bytes_per_query_video_pair"] > 0
+
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] is True
+    for name in names:
+        g = parity["graphs"][name]
+        assert g["max_abs"] <= 1e-4 and g["min_cosine"] >= 0.99999 and g["topk_match"] is True, (name, g)
+        assert g["passed"] is True
+    assert parity["graphs"]["video_encoder"]["batch_sizes"] == [1, 2, 3]
+    assert parity["graphs"]["video_encoder"]["patch_topk_match"] is True
+    # asa_head: Q and V both vary (and differ), plus the whole pool.
+    assert [[1, 1], [2, 3], [3, 2]] == parity["graphs"]["asa_head"]["batch_sizes"][:3]
+    assert parity["pipeline"]["passed"] is True and parity["pipeline"]["topk_match"] is True
+    # Real inputs: decoded synthetic videos, some of them padded (short videos), and their captions.
+    assert parity["inputs"]["source"].startswith("synthetic")
+    assert min(parity["inputs"]["valid_frames"]) < 4 == max(parity["inputs"]["valid_frames"])
+    assert all(isinstance(c, str) and c for c in parity["inputs"]["captions"])
+
+
+def test_adapters_are_not_identity_and_offsets_fractional_negative(offset_checkpoint, exported):
+    from rap_deploy.checkpoint import load_checkpoint
+
+    state = load_checkpoint(offset_checkpoint).adapter_state
+    assert torch.count_nonzero(state["lorm_attn.0.v_scale"]) > 0 and torch.count_nonzero(state["asa.out_proj.weight"])
+    offsets = torch.cat([state["asa.patch_offset"].flatten(), state["asa.time_offset"]])
+    assert (offsets < 0).any() and (offsets != offsets.round()).all()
+    assert json.loads((exported[0] / "parity.json").read_text())["graphs"]["asa_head"]["passed"] is True
+
+
+def test_graph_structure(exported):
+    out, manifest = exported
+    for name in ("video_encoder", "text_encoder", "asa_head"):
+        model = onnx.load(str(out / f"{name}.onnx"))
+        assert {o.domain: o.version for o in model.opset_import}[""] == 17
+        ops = {n.op_type for n in model.graph.node}
+        assert not ops & {"GridSample", "NonZero", "If", "Loop", "ArgMax"}, (name, ops)
+        if name == "asa_head":
+            assert "TopK" in ops
+    text = {i.name: i for i in onnx.load(str(out / "text_encoder.onnx")).graph.input}
+    assert text["eot"].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    assert text["input_ids"].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    video = manifest["graphs"]["video_encoder"]
+    assert video["inputs"][0] == {"name": "frames", "shape": ["batch", 4, 3, 32, 32], "dtype": "float32"}
+    assert video["inputs"][1] == {"name": "frame_mask", "shape": ["batch", 4], "dtype": "float32"}
+    assert [o["shape"] for o in video["outputs"]] == [["batch", 32], ["batch", 4, 32], ["batch", 4, 16, 32]]
+    asa = manifest["graphs"]["asa_head"]
+    assert asa["outputs"] == [{"name": "similarity", "shape": ["queries", "videos"], "dtype": "float32"}]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnxruntime_runs_each_graph(exported, offset_checkpoint, batch):
+    """ONNX Runtime runs every graph at batch 1 and 3 (ASA: Q = batch, V = 4 - batch) and matches PyTorch."""
+    import onnxruntime as ort
+
+    out, _ = exported
+    model = _build(offset_checkpoint)
+    gen = torch.Generator().manual_seed(batch)
+    frames = torch.randn(batch, 4, 3, 32, 32, generator=gen)
+    mask = torch.ones(batch, 4)
+    mask[0, -1] = 0
+    ids = torch.randint(1, 40000, (batch, 32), generator=gen, dtype=torch.int32)
+    eot = torch.full((batch,), 7, dtype=torch.int32)
+
+    def run(name, feeds):
+        sess = ort.InferenceSession(str(out / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        return sess.run(None, {k: v.numpy() for k, v in feeds.items()})
+
+    with torch.no_grad():
+        ref_v = model.encode_video(frames, mask)
+        ref_t = model.encode_text(ids, eot)
+        v = 4 - batch
+        frames_v = torch.randn(v, 4, 3, 32, 32, generator=gen)
+        _, fe, pt = model.encode_video(frames_v)
+        ref_s = model.asa(ref_t, fe, pt)
+    for r, o in zip(ref_v, run("video_encoder", {"frames": frames, "frame_mask": mask}), strict=True):
+        np.testing.assert_allclose(o, r.numpy(), atol=1e-5)
+    np.testing.assert_allclose(run("text_encoder", {"input_ids": ids, "eot": eot})[0], ref_t.numpy(), atol=1e-5)
+    sim = run("asa_head", {"text_emb": ref_t, "frame_emb": fe, "patch_tokens": pt})[0]
+    assert sim.shape == (batch, v)
+    np.testing.assert_allclose(sim, ref_s.numpy(), atol=1e-5)
+
+
+def test_metadata_round_trip(exported, offset_checkpoint):
+    from rap_deploy.atomic import sha256_file
+    from rap_deploy.checkpoint import load_checkpoint
+    from rap_deploy.export import read_metadata
+
+    out, _ = exported
+    config = load_checkpoint(offset_checkpoint).config
+    for path in sorted(out.glob("*.onnx")):
+        meta = read_metadata(path)
+        assert meta["config"] == config.to_dict()
+        assert meta["preprocess"] == config.preprocess.to_dict()
+        assert meta["tokenizer"] == config.tokenizer.to_dict()
+        assert meta["sampling"] == config.sampling.to_dict()
+        assert meta["checkpoint_sha256"] == sha256_file(offset_checkpoint)
+        assert meta["opset"] == 17 and meta["exporter"]["name"] == "torchscript"
+        assert meta["graph"] == path.name.split(".")[0]
+        assert meta["precision"] == ("fp16" if ".fp16." in path.name else "fp32")
+        assert meta["torch_version"] == torch.__version__ and meta["rapdeploy_version"]
+
+
+def test_fp16_graphs_keep_sensitive_ops_fp32(exported):
+    out, manifest = exported
+    fp32_ops = {"LayerNormalization", "Softmax", "ReduceSum", "ReduceL2", "ReduceMean", "TopK"}
+    for name in ("video_encoder", "text_encoder", "asa_head"):
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(out / f"{name}.fp16.onnx")))
+        g = model.graph
+        types = {i.name: i.data_type for i in g.initializer}
+        types.update({v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.value_info, *g.output)})
+        assert all(v.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT32)
+                   for v in (*g.input, *g.output))  # keep_io_types
+        half = [n for n in g.node if n.op_type in ("MatMul", "Gemm", "Conv")
+                and types.get(n.output[0]) == onnx.TensorProto.FLOAT16]
+        assert half, f"{name}: no fp16 matmul"
+        for n in g.node:
+            if n.op_type in fp32_ops:
+                assert types[n.input[0]] == onnx.TensorProto.FLOAT, (name, n.op_type, n.name)
+    parity = json.loads((out / "parity.json").read_text())
+    for name, fig in parity["fp16"]["graphs"].items():
+        assert "error" not in fig and 0 < fig["max_abs"] < 0.05, (name, fig)
+    assert manifest["fp16_graphs"]["asa_head"]["file"] == "asa_head.fp16.onnx"
+
+
+def test_read_export_manifest_validates_hashes(exported, tmp_path):
+    from rap_deploy.errors import UsageError
+    from rap_deploy.export import read_export_manifest
+
+    out, manifest = exported
+    assert read_export_manifest(out)["graphs"]["text_encoder"]["sha256"] == manifest["graphs"]["text_encoder"]["sha256"]
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with open(copy / "text_encoder.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(UsageError, match="text_encoder.onnx"):
+        read_export_manifest(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(UsageError, match="no manifest.json"):
+        read_export_manifest(copy)
+
+
+def test_existing_folder_refused_without_force(exported, offset_checkpoint):
+    out, _ = exported
+    result = _cli("export", offset_checkpoint, "--out", out)
+    assert result.exit_code == 2 and "--force" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------- variants
+def test_rap_light_exports_two_graphs(light_checkpoint, tmp_path):
+    from rap_deploy.export import export_checkpoint
+
+    out = tmp_path / "light"
+    manifest = export_checkpoint(light_checkpoint, out, progress=False)
+    assert set(manifest["graphs"]) == {"video_encoder", "text_encoder"} and not manifest["has_asa"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "parity.json", "text_encoder.onnx",
+                                                      "video_encoder.onnx"]
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and set(parity["graphs"]) == {"video_encoder", "text_encoder"}
+    assert "meanP" in parity["pipeline"]["what"]
+
+
+def test_forced_parity_failure_exits_1(light_checkpoint, tmp_path, monkeypatch):
+    """A weight of the text graph is tampered with after export: parity fails, exit 1, parity.json says so."""
+    from onnx import numpy_helper
+
+    from rap_deploy.export import onnx_export
+
+    real_save = onnx_export.save_onnx
+
+    def tampering_save(model, path, threshold):
+        if path.name == "text_encoder.onnx":
+            init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+            noise = np.random.default_rng(0).normal(0.0, 0.05, size=tuple(init.dims)).astype(np.float32)
+            arr = numpy_helper.to_array(init) + noise
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+        return real_save(model, path, threshold)
+
+    monkeypatch.setattr(onnx_export, "save_onnx", tampering_save)
+    result = _cli("export", light_checkpoint, "--workspace", tmp_path / "ws", "--quiet")  # default --out
+    out = tmp_path / "ws" / "onnx"
+    assert result.exit_code == 1, result.output
+    assert "parity" in result.output
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] is False
+    assert parity["graphs"]["text_encoder"]["passed"] is False
+    assert parity["graphs"]["video_encoder"]["passed"] is True
+    assert not (out / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- refusals
+class _Payload:
+    """Any non-allowlisted class makes torch.load(weights_only=True) refuse the file."""
+
+
+def test_pickled_checkpoint_refused(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"format": "rapdeploy.checkpoint", "obj": _Payload()}, path)
+    result = _cli("export", path, "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "refusing" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_checkpoint_and_bad_opset(tmp_path, micro_checkpoint):
+    result = _cli("export", tmp_path / "nope.pt", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = _cli("export", micro_checkpoint, "--out", tmp_path / "o", "--opset", "16")
+    assert result.exit_code == 2 and "opset 16" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------- units
+def test_topk_agreement_allows_only_ties():
+    from rap_deploy.export.parity import min_cosine, topk_agreement
+
+    ref = np.array([[0.9, 0.5, 0.5, 0.1]])
+    swapped_tie = np.array([[0.9, 0.49, 0.51, 0.1]])
+    r = topk_agreement(ref, np.array([[0.9, 0.5, 0.5 + 1e-9, 0.1]]), 3, 1e-6)
+    assert r["match"] and not r["exact"] and r["ties"] == 2
+    assert not topk_agreement(ref, swapped_tie[:, ::-1].copy(), 2, 1e-6)["match"]
+    assert topk_agreement(ref, ref, 4, 0.0) == {"match": True, "exact": True, "ties": 0, "rows": 1, "k": 4}
+    zero_rows = np.zeros((2, 3))
+    assert min_cosine(zero_rows, zero_rows) == 1.0
+    assert min_cosine(np.array([[1.0, 0.0]]), np.array([[0.0, 0.0]])) == 0.0
+
+
+def _tiny_model(nodes, inputs, outputs, inits=()):
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_checks_flag_forbidden_ops_and_missing_topk(tmp_path):
+    from onnx import TensorProto, helper
+
+    from rap_deploy.export.checks import check_graph
+    from rap_deploy.export.export_config import GraphSpec, TensorSpec
+
+    f = helper.make_tensor_value_info
+    model = _tiny_model(
+        [helper.make_node("GridSample", ["x", "grid"], ["y"]),
+         helper.make_node("ArgMax", ["ids"], ["pos"], axis=1, keepdims=0)],
+        [f("x", TensorProto.FLOAT, [1, 1, 4, 4]), f("grid", TensorProto.FLOAT, [1, 2, 2, 2]),
+         f("ids", TensorProto.INT64, [1, 8])],
+        [f("y", TensorProto.FLOAT, [1, 1, 2, 2]), f("pos", TensorProto.INT64, [1])])
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    spec = GraphSpec("asa_head", (TensorSpec("x", (1, 1, 4, 4), "float32"),), (TensorSpec("y", (1, 1, 2, 2),
+                                                                                         "float32"),))
+    report = check_graph(path, spec, 17)
+    text = " ".join(report["problems"])
+    assert not report["passed"]
+    assert "GridSample" in text and "ArgMax over int64" in text and "TopK" in text and "input names" in text
+
+
+def test_save_onnx_external_data_is_atomic_and_loadable(tmp_path):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rap_deploy.export.onnx_export import save_onnx
+
+    w = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096
+    model = _tiny_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                        [numpy_helper.from_array(w, "w")])
+    path = save_onnx(model, tmp_path / "g.onnx", external_data_threshold=1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx", "g.onnx.data"]
+    x = np.ones((1, 64), np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ w, rtol=1e-6)
+
+
+def test_saliency_selection_asa_head_matches(tmp_path):
+    """The frame-saliency ASA variant (one conditioned embedding per video) traces and matches too."""
+    import onnxruntime as ort
+    from conftest import micro_config, randomize_adapters
+
+    from rap_deploy.checkpoint import new_checkpoint
+    from rap_deploy.export.export_config import ExportConfig, ModelDims, graph_specs
+    from rap_deploy.export.onnx_export import example_inputs, trace_graph
+    from rap_deploy.export.wrappers import AsaHeadGraph
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    _, model = new_checkpoint(micro_config(asa_selection="saliency"), BackboneSpec.parse("rap-micro", "none"))
+    randomize_adapters(model, seed=3)
+    dims = ModelDims.of(model)
+    spec = graph_specs(dims, True)["asa_head"]
+    head = AsaHeadGraph(model).eval()
+    proto = trace_graph(head, spec, example_inputs(model, dims, 2)["asa_head"], ExportConfig(optimize=False))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    args = example_inputs(model, dims, 3)["asa_head"]  # 3 queries, 4 videos
+    with torch.no_grad():
+        ref = model.asa_similarity(*args).numpy()
+    feeds = dict(zip(("text_emb", "frame_emb", "patch_tokens"), (a.numpy() for a in args), strict=True))
+    out = sess.run(None, feeds)[0]
+    assert out.shape == (3, 4)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_parity_inputs_from_a_dataset_folder(tmp_path):
+    """--data-root: the first test videos are decoded with the model's sampling/preprocessing, captions tokenized."""
+    from conftest import micro_config
+
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.data.synth import generate_synthetic_dataset
+    from rap_deploy.export.inputs import parity_inputs
+
+    generate_synthetic_dataset(tmp_path, videos=6, test_videos=4, seed=5, size=64, seconds=3, progress=False)
+    config = micro_config()
+    inputs = parity_inputs(config, data_root=tmp_path, count=6)
+    split = load_split("msrvtt", tmp_path, "test")
+    assert inputs.video_ids == [v.video_id for v in split.videos]  # only 4 test videos exist
+    assert inputs.captions == [split.captions_of(i)[0] for i in range(4)]
+    assert inputs.frames.shape == (4, 4, 3, 32, 32) and inputs.frames.dtype == np.float32
+    assert inputs.frame_mask.tolist() == [[1, 1, 1, 0]] * 4  # 3-second videos at 1 fps: one padded frame
+    assert np.abs(inputs.frames[:, 3]).max() > 0  # padded frames are normalised zeros, not left out
+    assert inputs.input_ids.dtype == np.int32 and inputs.eot.dtype == np.int32
+    assert (inputs.input_ids[np.arange(4), inputs.eot] == inputs.input_ids.max(1)).all()  # EOT has the top id
