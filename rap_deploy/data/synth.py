@@ -403,6 +403,18 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
     save_with(path, writer)
 
 
+def _check_readable(path: Path, size: int) -> None:
+    """decord cannot read back MPEG-4 files of a few frame sizes (16, 24, 48, 72 px); fail early, not in training."""
+    from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
+    from rap_deploy.data.video import VideoDecodeError, decode_video
+
+    try:
+        decode_video(path, FrameSamplingConfig(max_frames=2), PreprocessConfig(image_size=size))
+    except VideoDecodeError as exc:
+        raise UsageError(f"decord cannot read the {size}px videos written to {path.parent} ({exc.reason}); "
+                         "use --size 32, 64 or 96") from None
+
+
 def _unique_scene(rng: np.random.Generator, seconds: float, taken: set) -> SceneSpec:
     for _ in range(10_000):
         spec = _random_scene(rng, seconds)
@@ -472,8 +484,10 @@ def generate_synthetic_dataset(
     ids = [f"video{i}" for i in range(videos)]
     times = np.arange(fps * seconds) / fps
     with progress_bar(videos, "rendering videos", enabled=progress) as advance:
-        for vid, spec in zip(ids, specs, strict=True):
+        for i, (vid, spec) in enumerate(zip(ids, specs, strict=True)):
             write_video(out / "videos" / f"{vid}.mp4", render_scene(spec, times, size, seconds), fps)
+            if i == 0:
+                _check_readable(out / "videos" / f"{vid}.mp4", size)
             advance()
 
     cap_rng = np.random.default_rng([seed, 1])
