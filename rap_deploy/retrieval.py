@@ -157,19 +157,29 @@ def encode_texts(encoder: Encoder, texts: list[str], batch_size: int = 64) -> np
 
 
 def full_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoIndex, query_block: int = 64,
-                    progress: bool = True) -> np.ndarray:
-    """ASA similarity of every text with every video ``[Q, V]``, computed in query blocks (bounded memory)."""
+                    progress: bool = True, video_block: int = 256) -> np.ndarray:
+    """ASA similarity of every text with every video ``[Q, V]``, computed in ``video_block × query_block`` blocks.
+
+    Memory stays bounded whatever Q and V: only one block of the fp16 patch-token index is converted to float32 at a
+    time (for ViT-B/32, 12 frames: 256 videos ≈ 0.3 GB), and the encoder sees at most ``query_block`` texts.
+    """
     from rap_deploy.data.progress import progress_bar
 
     if not getattr(encoder, "has_asa", encoder.config.has_asa):
         return meanp_similarity(text_emb, index)
-    rows = []
-    with progress_bar(len(text_emb), "ASA similarity", progress) as advance:
-        for q0 in range(0, len(text_emb), query_block):
-            block = text_emb[q0:q0 + query_block]
-            rows.append(encoder.asa_similarity(block, index.frame_emb, index.patch_tokens.astype(np.float32)))
-            advance(len(block))
-    return np.concatenate(rows).astype(np.float32)
+    n_q, n_v = len(text_emb), len(index)
+    out = np.empty((n_q, n_v), dtype=np.float32)
+    n_blocks = max(1, -(-n_v // video_block))
+    with progress_bar(n_q * n_blocks, "ASA similarity", progress) as advance:
+        for v0 in range(0, n_v, video_block):
+            v1 = min(v0 + video_block, n_v)
+            frames = index.frame_emb[v0:v1]
+            patches = index.patch_tokens[v0:v1].astype(np.float32)
+            for q0 in range(0, n_q, query_block):
+                block = text_emb[q0:q0 + query_block]
+                out[q0:q0 + len(block), v0:v1] = encoder.asa_similarity(block, frames, patches)
+                advance(len(block))
+    return out
 
 
 def meanp_similarity(text_emb: np.ndarray, index: VideoIndex) -> np.ndarray:

@@ -72,6 +72,7 @@ def micro_ort_engines(tmp_path_factory, micro_checkpoint):
     the manifest's sha256 recomputed, so it loads like a valid engine but ranks videos differently.
     """
     import json
+    import shutil
 
     import numpy as np
     import onnx
@@ -87,7 +88,7 @@ def micro_ort_engines(tmp_path_factory, micro_checkpoint):
     fp32 = base / "onnxruntime-fp32"
     build_engine(export_dir, backend="onnxruntime", out=fp32, progress=False)
     damaged = base / "damaged-fp32"
-    build_engine(export_dir, backend="onnxruntime", out=damaged, progress=False)
+    shutil.copytree(fp32, damaged)
     manifest_path = damaged / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     entry = manifest["graphs"]["video_encoder"]

@@ -5,7 +5,15 @@ Each ``*_cmds`` module registers its commands on :data:`rap_deploy.cli.app.app`;
 
 from __future__ import annotations
 
-from rap_deploy.cli import model_cmds  # noqa: F401  (registers init, info)
+from rap_deploy.cli import (
+    data_cmds,  # noqa: F401  (registers synth, data-check)
+    demo_cmds,  # noqa: F401  (registers demo)
+    engine_cmds,  # noqa: F401  (registers build-engine)
+    eval_cmds,  # noqa: F401  (registers verify, bench)
+    export_cmds,  # noqa: F401  (registers export)
+    model_cmds,  # noqa: F401  (registers init, info)
+    train_cmds,  # noqa: F401  (registers train, pretrain-backbone)
+)
 from rap_deploy.cli.app import app
 
 

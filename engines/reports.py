@@ -1,0 +1,412 @@
+"""Reports of ``verify`` and ``bench``: the run environment, rich tables, Markdown and PNG plots (matplotlib Agg).
+
+Everything here formats results that :mod:`rap_deploy.engines.verify` and :mod:`rap_deploy.engines.bench` computed;
+nothing is measured here except the description of the machine and the library versions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.atomic import save_with
+
+# Library versions worth recording beside a measurement (distribution names).
+_DISTRIBUTIONS = ("rapdeploy", "torch", "open_clip_torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+                  "numpy")
+METRIC_ROWS = ("R1", "R5", "R10", "MdR", "MnR", "RSum", "ties")
+MODE_TITLES = {"asa": "full ASA", "two_stage": "two-stage", "meanp": "meanP stage 1"}
+
+
+# ---------------------------------------------------------------------------------------------------- environment
+def library_versions() -> dict[str, str]:
+    """Return ``{distribution: version}`` for the installed libraries that decide numerics and speed, and Python."""
+    out = {"python": platform.python_version()}
+    for name in _DISTRIBUTIONS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info() -> dict[str, Any]:
+    """Describe the machine: CPU model, logical cores (and those this process may use), memory, GPU if CUDA works,
+    and the thread settings of PyTorch and the OpenMP/MKL environment."""
+    import torch
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        "gpu": None,
+    }
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * page_size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                       "memory_gib": round(props.total_memory / 2**30, 1), "count": torch.cuda.device_count()}
+    return info
+
+
+def describe_device(info: dict[str, Any]) -> str:
+    """One line for a report header: ``CPU (n cores)`` or the GPU name."""
+    cpu = f"{info.get('cpu')} ({info.get('usable_cores')} cores, torch threads {info.get('torch_threads')})"
+    gpu = info.get("gpu")
+    return f"{gpu['name']} + {cpu}" if gpu else cpu
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 10 ** -digits or abs(value) >= 1e6):
+            return f"{value:.2e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ms(value: float | None) -> str:
+    """Milliseconds with 3-4 significant digits."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _signed(value: float | int | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return "0" if value == 0 else f"{value:+.{digits}f}"
+
+
+def _md_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _check_index(result: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Checks keyed by (mode, direction, metric)."""
+    return {(c["mode"], c["direction"], c["metric"]): c for c in result.get("checks", [])}
+
+
+VERIFY_HEADER = ("mode", "metric", "t2v PyTorch", "t2v engine", "t2v Δ", "v2t PyTorch", "v2t engine", "v2t Δ",
+                 "limit", "status")
+
+
+def _mode_section(result: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    if mode == "asa":
+        return {k: result[k] for k in ("reference", "engine", "delta")}
+    return result.get(mode)
+
+
+def verify_rows(result: dict[str, Any]) -> list[list[str]]:
+    """Rows ``[mode, metric, t2v ref, t2v engine, t2v Δ, v2t ref, v2t engine, v2t Δ, limit, status]`` of the
+    verify table; a Δ that breaks its limit is marked with ``!``."""
+    checks = _check_index(result)
+    rows = []
+    for mode in ("asa", "two_stage", "meanp"):
+        section = _mode_section(result, mode)
+        if not section:
+            continue
+        changes = result.get("rank_changes_detail", {}).get(mode, {})
+        for metric in (*METRIC_ROWS, "rank_changes"):
+            cells: list[str] = []
+            found = [checks.get((mode, d, metric)) for d in ("t2v", "v2t")]
+            for direction, check in zip(("t2v", "v2t"), found, strict=True):
+                if metric == "rank_changes":
+                    detail = changes.get(direction, {"beyond_ties": 0, "within_ties": 0})
+                    delta = str(detail["beyond_ties"])
+                    if detail["within_ties"]:
+                        delta += f" (+{detail['within_ties']} tied)"
+                    cells += ["", "", delta]
+                else:
+                    cells += [_fmt(section["reference"][direction][metric]),
+                              _fmt(section["engine"][direction][metric]),
+                              _signed(section["delta"][direction][metric])]
+                if check is not None and not check["passed"]:
+                    cells[-1] += " !"
+            present = [c for c in found if c is not None]
+            limit = f"<= {_fmt(present[0]['limit'])}" if present else ""
+            status = ("ok" if all(c["passed"] for c in present) else "FAIL") if present else ""
+            rows.append([MODE_TITLES[mode], metric.replace("_", " "), *cells, limit, status])
+    return rows
+
+
+def _error_rows(result: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, err in result.get("embedding_error", {}).items():
+        if isinstance(err, dict) and "max_abs" in err:
+            rows.append([name, _fmt(err["max_abs"], 6), _fmt(err.get("min_cosine"), 6)])
+    for name, err in result.get("embedding_error", {}).get("first_batch_fp32", {}).items():
+        rows.append([f"{name} (fp32, first batch)", _fmt(err["max_abs"], 6), _fmt(err.get("min_cosine"), 6)])
+    for name, err in result.get("similarity_error", {}).items():
+        rows.append([f"similarity {MODE_TITLES.get(name, name)}", _fmt(err["max_abs"], 6), "-"])
+    for name, err in result.get("graph_error", {}).items():
+        rows.append([f"graph {name} (identical inputs)", _fmt(err["max_abs"], 6), _fmt(err.get("min_cosine"), 6)])
+    return rows
+
+
+def _wide_console() -> Any:
+    """A rich console on stdout; 130 columns when stdout is not a terminal (logs, pipes) so tables are not wrapped."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=130)
+
+
+# ---------------------------------------------------------------------------------------------------- verify
+def verify_markdown(result: dict[str, Any]) -> str:
+    """The ``verify.md`` summary: verdict, rule, metric table with deltas and limits, rank changes, numeric errors."""
+    info = result.get("engine_info", {})
+    verdict = "PASSED" if result["passed"] else "FAILED"
+    lines = [
+        f"# rapdeploy verify: {verdict}",
+        "",
+        f"- engine: `{result.get('engine_path')}` ({info.get('backend')}, {info.get('precision')}, "
+        f"{info.get('device')})",
+        f"- reference: PyTorch eager, checkpoint `{result.get('reference_info', {}).get('checkpoint')}`",
+        f"- data: {result.get('dataset')} / {result.get('split')}: {result['counts']['videos']} videos, "
+        f"{result['counts']['captions']} captions, {result['counts']['skipped']} skipped",
+        f"- rule: {result.get('rule')}",
+        f"- device: {describe_device(result.get('device', {}))}",
+        "",
+    ]
+    if result.get("failures"):
+        lines += ["## Failures", ""] + [f"- {f}" for f in result["failures"]] + [""]
+    lines += ["## Retrieval metrics (engine − reference)", "",
+              _md_table(VERIFY_HEADER, verify_rows(result)),
+              ""]
+    examples = []
+    for mode, per_dir in result.get("rank_changes_detail", {}).items():
+        for direction, detail in per_dir.items():
+            for ex in detail.get("examples", [])[:5]:
+                examples.append([MODE_TITLES[mode], direction, ex["query"], ex.get("id", ""), ex["reference_rank"],
+                                 ex["engine_rank"], "yes" if ex["within_ties"] else "no"])
+    if examples:
+        lines += ["## Queries whose rank changed (largest changes first)", "",
+                  _md_table(("mode", "dir", "query", "id", "reference rank", "engine rank", "within ties"), examples),
+                  ""]
+    lines += ["## Numeric error (engine vs reference)", "",
+              _md_table(("output", "max abs", "min cosine"), _error_rows(result)), ""]
+    if result.get("skipped"):
+        lines += ["## Skipped videos", ""] + [f"- {s['video_id']}: {s['reason']}" for s in result["skipped"]] + [""]
+    lines += ["## Settings", "", "```", *(f"{k}: {v}" for k, v in result.get("settings", {}).items()), "```", ""]
+    return "\n".join(lines)
+
+
+def print_verify(result: dict[str, Any], console: Any = None) -> None:
+    """Print the verify table and the verdict with rich."""
+    from rich import box
+    from rich.table import Table
+
+    console = console or _wide_console()
+    info = result.get("engine_info", {})
+    table = Table(box=box.SIMPLE_HEAD, title=f"verify {info.get('backend')} {info.get('precision')} vs PyTorch — "
+                        f"{result.get('dataset')} {result.get('split')} ({result['counts']['videos']} videos, "
+                        f"{result['counts']['captions']} captions)")
+    for col in VERIFY_HEADER:
+        table.add_column(col, justify="left" if col in ("mode", "metric", "status") else "right")
+    previous = None
+    for row in verify_rows(result):
+        if previous is not None and row[0] != previous:
+            table.add_section()
+        mode, previous = ("" if row[0] == previous else row[0]), row[0]
+        table.add_row(mode, *row[1:], style="bold red" if row[-1] == "FAIL" else None)
+    console.print(table)
+    errors = Table(box=box.SIMPLE_HEAD, title="numeric error (engine vs PyTorch)")
+    for col in ("output", "max abs", "min cosine"):
+        errors.add_column(col, justify="left" if col == "output" else "right")
+    for row in _error_rows(result):
+        errors.add_row(*row)
+    console.print(errors)
+    for failure in result.get("failures", []):
+        console.print(f"[red]FAIL[/red] {failure}")
+    verdict = "[green]PASSED[/green]" if result["passed"] else "[bold red]FAILED[/bold red]"
+    console.print(f"verify {verdict} ({result.get('rule')}); reports in {result.get('out')}")
+
+
+def plot_verify(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``verify.png``: R@K curves of reference and engine (full ASA and two-stage) for t2v and v2t, and
+    the ΔR@K per K underneath. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = result["recall_curves"]
+    ks = curves["ks"]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
+    colours = {"asa": "tab:blue", "two_stage": "tab:orange", "meanp": "tab:green"}
+    for col, direction in enumerate(("t2v", "v2t")):
+        ax, dax = axes[0, col], axes[1, col]
+        for mode in ("asa", "two_stage", "meanp"):
+            if mode not in curves:
+                continue
+            ref = curves[mode]["reference"][direction]
+            eng = curves[mode]["engine"][direction]
+            # PyTorch as a wide translucent band, the engine as a thin line on top: parity = the line sits inside.
+            ax.plot(ks, ref, "-", color=colours[mode], linewidth=5, alpha=0.3, label=f"PyTorch {MODE_TITLES[mode]}")
+            ax.plot(ks, eng, "-", color=colours[mode], linewidth=1.2, marker="o", markersize=2.5,
+                    label=f"engine {MODE_TITLES[mode]}")
+            dax.plot(ks, [e - r for e, r in zip(eng, ref, strict=True)], "-", color=colours[mode], marker="o",
+                     markersize=2.5, label=MODE_TITLES[mode])
+        tol = result.get("tolerance")
+        if tol is not None and result.get("engine_info", {}).get("precision") != "fp32":
+            for sign in (-1, 1):
+                dax.axhline(sign * tol, color="red", linewidth=0.8, linestyle=":")
+        dax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_title(f"{'text→video' if direction == 't2v' else 'video→text'} R@K")
+        ax.set_ylabel("recall (%)")
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3)
+        dax.set_xlabel("K")
+        dax.set_ylabel("Δ engine − PyTorch")
+        dax.grid(alpha=0.3)
+        if col == 0:
+            ax.legend(fontsize=7, loc="lower right")
+            dax.legend(fontsize=7, loc="best")
+    info = result.get("engine_info", {})
+    fig.suptitle(f"recall parity: {info.get('backend')} {info.get('precision')} vs PyTorch — "
+                 f"{result.get('dataset')} ({'PASSED' if result['passed'] else 'FAILED'})")
+    fig.tight_layout()
+    try:
+        return save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------- bench
+def bench_rows(result: dict[str, Any]) -> list[list[str]]:
+    """Rows ``[backend, precision, graph, batch, throughput, unit, min, p50, p90, p99, ×torch, ×torch (min),
+    GFLOP/s]``."""
+    rows = []
+    for r in result["results"]:
+        ratio, best = r.get("ratio_vs_torch"), r.get("ratio_vs_torch_best")
+        rows.append([r["backend"], r["precision"], r["graph"], str(r["batch_size"]),
+                     _fmt(r["throughput"], 2), r["unit"], _ms(r.get("min_ms")), _ms(r["p50_ms"]),
+                     _ms(r["p90_ms"]), _ms(r["p99_ms"]), "-" if ratio is None else f"{ratio:.2f}x",
+                     "-" if best is None else f"{best:.2f}x", _fmt(r.get("gflops_per_s"), 1)])
+    return rows
+
+
+BENCH_HEADER = ("backend", "precision", "graph", "batch", "throughput", "unit", "min ms", "p50 ms", "p90 ms",
+                "p99 ms", "vs torch", "vs torch (min)", "GFLOP/s")
+
+
+def _adapter_line(cost: dict[str, Any]) -> str:
+    line = (f"RAP vs meanP video encoder (PyTorch eager, batch 1, {cost.get('frames')} frames): p50 "
+            f"{_fmt(cost['rap_p50_ms'])} vs {_fmt(cost['meanp_p50_ms'])} ms, ratio {cost['ratio']:.3f}")
+    if "ratio_min" in cost:
+        line += f" (best call: {_fmt(cost['rap_min_ms'])} vs {_fmt(cost['meanp_min_ms'])} ms, {cost['ratio_min']:.3f})"
+    return line
+
+
+def bench_markdown(result: dict[str, Any]) -> str:
+    """A Markdown version of the bench table (for READMEs and CI logs)."""
+    lines = ["# rapdeploy bench", "", f"- device: {describe_device(result['device'])}",
+             f"- inputs: {result.get('inputs')}", f"- model: {result.get('model', {}).get('clip')}, "
+             f"{result.get('model', {}).get('frames')} frames", ""]
+    flops = result.get("gflops", {})
+    if flops:
+        lines += ["GFLOPs: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in flops.items()), ""]
+    lines += [_md_table(BENCH_HEADER, bench_rows(result)), ""]
+    meanp = result.get("adapter_cost")
+    if meanp:
+        lines += [_adapter_line(meanp), ""]
+    return "\n".join(lines)
+
+
+def print_bench(result: dict[str, Any], console: Any = None) -> None:
+    """Print the bench table with rich (backend and precision, throughput and unit merged to keep it narrow)."""
+    from rich import box
+    from rich.table import Table
+
+    console = console or _wide_console()
+    table = Table(box=box.SIMPLE_HEAD, title=f"bench — {describe_device(result['device'])}")
+    header = ("backend", "graph", "batch", "throughput", "min ms", "p50 ms", "p90 ms", "p99 ms", "vs torch",
+              "(min)", "GFLOP/s")
+    for col in header:
+        table.add_column(col, justify="left" if col in ("backend", "graph") else "right", no_wrap=True)
+    for row in bench_rows(result):
+        table.add_row(f"{row[0]} {row[1]}", row[2], row[3], f"{row[4]} {row[5]}", *row[6:])
+    console.print(table)
+    flops = result.get("gflops", {})
+    if flops:
+        console.print("GFLOPs: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in flops.items()))
+    meanp = result.get("adapter_cost")
+    if meanp:
+        console.print(_adapter_line(meanp))
+    for note in result.get("notes", []):
+        console.print(f"note: {note}")
+    console.print(f"reports in {result.get('out')}")
+
+
+def plot_bench(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``bench.png``: throughput vs batch size per backend, one panel per graph (log-scaled batch axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    graphs = list(dict.fromkeys(r["graph"] for r in result["results"]))
+    n = max(1, len(graphs))
+    ncols = min(n, 2)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, graph in zip(axes.flat, graphs, strict=False):
+        rows = [r for r in result["results"] if r["graph"] == graph]
+        sizes = sorted({r["batch_size"] for r in rows})
+        for label in dict.fromkeys(f"{r['backend']} {r['precision']}" for r in rows):
+            series = sorted((r["batch_size"], r["throughput"]) for r in rows
+                            if f"{r['backend']} {r['precision']}" == label)
+            ax.plot([s[0] for s in series], [s[1] for s in series], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(rows[0]["unit"] if rows else "")
+        ax.set_title(graph)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"throughput — {describe_device(result['device'])}", fontsize=9)
+    fig.tight_layout()
+    try:
+        return save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)

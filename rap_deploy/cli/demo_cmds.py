@@ -1,0 +1,93 @@
+"""``rapdeploy demo``: the whole pipeline on the offline default, ending with one table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from rap_deploy.cli.app import command
+
+
+@command("demo")
+def demo(
+    out: Path | None = typer.Option(None, "--out", help="Folder for everything the demo writes (default: the "
+                                       "workspace, ./rapdeploy-out or $RAPDEPLOY_HOME, so later bare commands find "
+                                       "its artifacts)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
+    tiny: bool = typer.Option(False, "--tiny", help="A reduced demo (a few videos, micro backbone, one epoch) that "
+                              "checks the plumbing in about a minute."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    json_out: bool = typer.Option(False, "--json", help="Print summary.json instead of the table."),
+) -> None:
+    """Run synth → backbone → init → train → export → build-engine → verify → bench on the offline default.
+
+    Steps whose output is already complete are skipped, so a second run resumes. Writes DIR/summary.json.
+    Exit 1 when an engine fails its parity check (the summary is still written).
+    """
+    from rap_deploy.cli.pipeline import DemoSizes, run_demo
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.workspace import workspace_root
+
+    target = out or workspace_root(workspace)
+    sizes = DemoSizes.tiny() if tiny else DemoSizes()
+    log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
+    try:
+        summary = run_demo(target, sizes, progress=not quiet, threads=threads, log=log)
+    except CheckFailedError:
+        summary = json.loads((Path(target) / "summary.json").read_text())
+        _print(summary, json_out, target)
+        raise
+    _print(summary, json_out, target)
+
+
+def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 110))
+    ret = Table(title="Retrieval on the synthetic test split (full ASA similarity)")
+    for col in ("model", "t2v R@1", "R@5", "R@10", "MnR", "v2t R@1", "R@5", "R@10", "MnR"):
+        ret.add_column(col, justify="right" if col != "model" else "left")
+    for name, key in (("zero-shot (frozen CLIP, meanP)", "zero_shot"), ("RAP", "rap"),
+                      ("RAP two-stage", "rap_two_stage")):
+        m = summary.get(key)
+        if m:
+            ret.add_row(name, *(f"{m[d][k]:.1f}" for d in ("t2v", "v2t") for k in ("R1", "R5", "R10", "MnR")))
+    console.print(ret)
+
+    par = Table(title="Engines: recall parity vs PyTorch")
+    for col in ("engine", "verdict", "ΔR@1 t2v", "ΔR@5 t2v", "ΔR@1 v2t", "rank changes"):
+        par.add_column(col)
+    for e in summary["engines"]:
+        d = e["delta"]
+        rc = e.get("rank_changes")
+        rc_text = json.dumps(rc) if isinstance(rc, dict) else str(rc)
+        par.add_row(e["name"], "[green]pass[/green]" if e["passed"] else "[red]FAIL[/red]",
+                    f"{d['t2v']['R1']:+.2f}", f"{d['t2v']['R5']:+.2f}", f"{d['v2t']['R1']:+.2f}", rc_text)
+    console.print(par)
+
+    device = summary.get("device") or {}
+    where = f"{device.get('cpu', 'CPU')}, {device.get('cores', '?')} cores" if isinstance(device, dict) else device
+    thr = Table(title=f"Throughput at the largest benchmarked batch ({where})")
+    for col in ("backend", "precision", "graph", "batch", "throughput", "p50 ms", "vs PyTorch"):
+        thr.add_column(col)
+    largest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in summary["bench"]:
+        key = (r["backend"], r["precision"], r["graph"])
+        if key not in largest or r["batch_size"] > largest[key]["batch_size"]:
+            largest[key] = r
+    for r in largest.values():
+        ratio = r.get("ratio_vs_torch")
+        thr.add_row(r["backend"], r["precision"], r["graph"], str(r["batch_size"]),
+                    f"{r['throughput']:.1f} {r['unit']}", f"{r['p50_ms']:.1f}",
+                    f"{ratio:.2f}x" if isinstance(ratio, (int, float)) else "-")
+    console.print(thr)
+    console.print(f"demo finished in {summary['seconds']:.0f}s (all steps: {summary['pipeline_seconds']:.0f}s); "
+                  f"summary: {Path(target) / 'summary.json'}")

@@ -1,0 +1,126 @@
+"""``rapdeploy verify`` (recall parity, engine vs PyTorch) and ``rapdeploy bench`` (throughput and latency)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from rap_deploy.cli.app import command
+from rap_deploy.errors import UsageError
+
+
+def _progress_enabled(quiet: bool, json_out: bool) -> bool:
+    return not quiet and not json_out and sys.stderr.isatty()
+
+
+def _parse_ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UsageError(f"{option} takes a comma list of integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"{option} takes positive integers, got '{text}'")
+    return values
+
+
+def _echo_json(result: dict) -> None:
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@command("verify")
+def verify_cmd(
+    dataset: str = typer.Option(..., "--dataset", help="Dataset format: msrvtt, msvd, didemo or activitynet."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder (default: $RAPDEPLOY_DATA)."),
+    engine: Path | None = typer.Option(None, "--engine", help="Engine folder from `rapdeploy build-engine` (or a .pt "
+                                        "for the PyTorch engine); default: the workspace's latest engine."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Reference checkpoint (default: the one named "
+                                            "in the engine's manifest, checked by sha256)."),
+    tolerance: float | None = typer.Option(None, "--tolerance", help="Largest allowed |ΔR@K| in points for fp16/int8 "
+                                            "engines (default 0.5); fp32 engines must change no rank beyond ties."),
+    rerank_top: int = typer.Option(100, "--rerank-top", help="Two-stage search: candidates M re-ranked by ASA."),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default: <workspace>/verify/<engine name>)."),
+    split: str = typer.Option("test", "--split", help="Split to evaluate (test; ActivityNet test = val_1)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Videos per video-encoder call."),
+    tie_eps: float = typer.Option(1e-5, "--tie-eps", help="Score gap under which a rank change of an fp32 engine "
+                                  "counts as a tie."),
+    max_videos: int | None = typer.Option(None, "--max-videos", help="Only the first N test videos (quick check)."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
+                                           "<workspace>/cache/frames)."),
+    reference_device: str = typer.Option("cpu", "--reference-device", help="Where the PyTorch reference runs: cpu, "
+                                         "or cuda (strict fp32, TF32 off) for large test sets on a GPU machine."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
+                                           "$RAPDEPLOY_HOME)."),
+    json_out: bool = typer.Option(False, "--json", help="Print verify.json to stdout instead of the table."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars and no table; only the verdict line."),
+) -> None:
+    """Recall parity of an engine against PyTorch: full ASA, two-stage and meanP metrics, deltas, rank changes.
+
+    Writes verify.json, verify.md and verify.png; exits 1 when parity fails.
+    """
+    from rap_deploy.engines.reports import print_verify
+    from rap_deploy.engines.verify import verify
+
+    def echo(result: dict) -> None:
+        if json_out:
+            _echo_json(result)
+        elif quiet:
+            typer.echo(f"verify {'passed' if result['passed'] else 'FAILED'}: {result['out']}")
+        else:
+            print_verify(result)
+
+    verify(dataset, data_root, engine, checkpoint=checkpoint, tolerance=tolerance, top_m=rerank_top, out=out,
+           split=split, cache=cache_dir, progress=_progress_enabled(quiet, json_out), batch_size=batch_size,
+           tie_eps=tie_eps, workspace=workspace, max_videos=max_videos, threads=threads,
+           reference_device=reference_device, echo=echo)
+
+
+@command("bench")
+def bench_cmd(
+    engine: list[Path] | None = typer.Option(None, "--engine", help="Engine folder to benchmark (repeatable); default: "
+                                              "the workspace's latest engine, or none with --checkpoint."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="PyTorch reference checkpoint (default: the "
+                                            "one named in the first engine's manifest)."),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma list of batch sizes."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed calls per (backend, graph, batch)."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed calls before timing."),
+    index_size: int = typer.Option(1000, "--index-size", help="Videos in the search index (random unit vectors)."),
+    rerank_top: int = typer.Option(100, "--rerank-top", help="Search: candidates M re-ranked by ASA."),
+    graphs: str = typer.Option("video,text,asa,search", "--graphs", help="Comma list of video, text, asa, search."),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default: <workspace>/bench)."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime "
+                                        "(default: the libraries' defaults)."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Use real test frames and captions from this "
+                                           "dataset folder (default: random frames)."),
+    dataset: str = typer.Option("msrvtt", "--dataset", help="Dataset format of --data-root."),
+    compare_meanp: bool = typer.Option(True, "--compare-meanp/--no-compare-meanp", help="Also time the video encoder "
+                                       "of the same CLIP with meanP and no adapters (batch 1) and report the ratio."),
+    torch_device: str | None = typer.Option(None, "--torch-device", help="Where PyTorch eager runs: cpu or cuda "
+                                            "(default: cuda when a benchmarked engine runs on CUDA)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
+                                           "$RAPDEPLOY_HOME)."),
+    json_out: bool = typer.Option(False, "--json", help="Print bench.json to stdout instead of the table."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no table; only where the reports are."),
+) -> None:
+    """Throughput and latency (p50/p90/p99) per backend, graph and batch size, vs PyTorch eager.
+
+    Writes bench.json, bench.md and bench.png.
+    """
+    from rap_deploy.engines.bench import bench
+    from rap_deploy.engines.reports import print_bench
+
+    def echo(result: dict) -> None:
+        if json_out:
+            _echo_json(result)
+        elif quiet:
+            typer.echo(f"bench: {result['out']}")
+        else:
+            print_bench(result)
+
+    bench(engine or [], checkpoint=checkpoint, batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
+          repeats=repeats, warmup=warmup, index_size=index_size, graphs=graphs, out=out, threads=threads,
+          progress=_progress_enabled(quiet, json_out), data_root=data_root, dataset=dataset, top_m=rerank_top,
+          compare_meanp=compare_meanp, workspace=workspace, torch_device=torch_device, echo=echo)

@@ -1,0 +1,239 @@
+"""The offline-default pipeline behind ``rapdeploy demo`` (DESIGN.md §10).
+
+synth → backbone (pre-trained once, cached) → init → zero-shot evaluation → train (rap) → export → build-engine
+(ONNX Runtime fp32 and int8; TensorRT FP16 when TensorRT and a GPU are present) → verify each engine → bench.
+
+Every step calls the same library function as the matching command and is skipped when its output is already
+complete, so re-running the demo resumes where it stopped. It lives in the CLI layer because it uses every stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.atomic import write_json_atomic
+from rap_deploy.errors import BackendUnavailableError, CheckFailedError
+
+
+@dataclass(frozen=True)
+class DemoSizes:
+    """How big the offline world is. ``default`` fits 15 minutes on a 2-core CPU; ``tiny`` is for tests."""
+
+    videos: int = 360
+    test_videos: int = 60
+    size: int = 64
+    seed: int = 0
+    backbone_clip: str = "rap-tiny"
+    backbone_train: int = 6000
+    backbone_epochs: int = 4
+    frames: int = 12
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-3
+    asa_topk: int = 8
+    asa_heads: int = 4
+    asa_dim: int = 64
+    bench_batch_sizes: tuple[int, ...] = (1, 8)
+    bench_repeats: int = 5
+    bench_index_size: int = 500
+    top_m: int = 20
+
+    @classmethod
+    def tiny(cls) -> DemoSizes:
+        """A reduced demo for tests: a handful of videos, the micro backbone, one epoch."""
+        return cls(videos=16, test_videos=8, size=32, backbone_clip="rap-micro", backbone_train=64,
+                   backbone_epochs=1, frames=4, epochs=1, batch_size=8, asa_topk=4, asa_heads=2, asa_dim=16,
+                   bench_batch_sizes=(1, 2), bench_repeats=1, bench_index_size=16, top_m=4)
+
+
+def _done(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class _Steps:
+    """Runs and reports the pipeline's steps; a step whose ``marker`` exists is skipped."""
+
+    def __init__(self, log: Callable[[str], None], earlier: dict[str, float] | None = None) -> None:
+        self.log = log
+        self.timings: dict[str, float] = dict(earlier or {})  # a resumed demo keeps the timings of skipped steps
+
+    def run(self, name: str, marker: Path, fn: Callable[[], Any]) -> bool:
+        if _done(marker):
+            self.log(f"[skip] {name}: {marker} is complete")
+            return False
+        self.log(f"[run ] {name}")
+        t0 = time.perf_counter()
+        fn()
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+        self.log(f"[done] {name} in {self.timings[name]:.1f}s")
+        return True
+
+
+def _tensorrt_available() -> str | None:
+    """None when TensorRT and a CUDA GPU are usable here, else the reason."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    return None
+
+
+def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, threads: int | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole offline pipeline into ``out``; returns the summary written to ``out/summary.json``.
+
+    Raises :class:`CheckFailedError` only after the summary is written, when an engine failed its parity check.
+    """
+    sizes = sizes or DemoSizes()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    earlier = _read_json(out / "summary.json").get("step_seconds") if _done(out / "summary.json") else None
+    steps = _Steps(log, earlier)
+    data = out / "data"
+    cache_root = out / "cache"
+    backbone = cache_root / "backbones" / (f"{sizes.backbone_clip}-s{sizes.seed}-px{sizes.size}-n{sizes.backbone_train}"
+                                           f"-e{sizes.backbone_epochs}.safetensors")
+    init_ckpt = out / "checkpoints" / "init.pt"
+    run_dir = out / "runs" / "rap"
+    onnx_dir = out / "onnx"
+    frame_cache = cache_root / "frames"
+
+    from rap_deploy.data.synth import generate_synthetic_dataset
+
+    steps.run("synth", data / "MSRVTT_data.json", lambda: generate_synthetic_dataset(
+        data, videos=sizes.videos, test_videos=sizes.test_videos, seed=sizes.seed, size=sizes.size,
+        progress=progress))
+
+    from rap_deploy.train.backbone import pretrain_backbone
+
+    steps.run("pretrain-backbone", backbone, lambda: pretrain_backbone(
+        backbone, size=sizes.size, n_train=sizes.backbone_train, epochs=sizes.backbone_epochs, seed=sizes.seed,
+        clip=sizes.backbone_clip, progress=progress, threads=threads))
+
+    from rap_deploy.cli.model_cmds import build_config
+    from rap_deploy.model_summary import init_checkpoint
+
+    config = build_config(sizes.backbone_clip, "rap", sizes.frames, 32, True, True, 4, sizes.asa_topk,
+                          sizes.asa_heads, sizes.asa_dim, "text")
+    steps.run("init", init_ckpt, lambda: init_checkpoint(init_ckpt, clip=None, pretrained="none",
+                                                         backbone_file=backbone, config=config,
+                                                         embed_backbone=True, seed=sizes.seed))
+
+    zero_shot_file = out / "zero_shot.json"
+    steps.run("zero-shot evaluation", zero_shot_file,
+              lambda: write_json_atomic(zero_shot_file, _evaluate(init_ckpt, data, frame_cache, sizes, progress)))
+
+    from rap_deploy.train.loop import TrainOptions, train_rap
+
+    def train() -> None:
+        options = TrainOptions(dataset="msrvtt", data_root=str(data), out=str(run_dir), checkpoint=str(init_ckpt),
+                               epochs=sizes.epochs, batch_size=sizes.batch_size, lr=sizes.lr, seed=sizes.seed,
+                               top_m=sizes.top_m, cache_dir=str(frame_cache))
+        resume = run_dir if (run_dir / "last.pt").is_file() else None
+        train_rap(None if resume else options, progress=progress, resume=resume)
+
+    steps.run("train (rap)", run_dir / "summary.json", train)
+    best = run_dir / "best.pt"
+
+    rap_file = out / "rap_eval.json"
+    steps.run("RAP evaluation", rap_file,
+              lambda: write_json_atomic(rap_file, _evaluate(best, data, frame_cache, sizes, progress)))
+
+    from rap_deploy.export import export_checkpoint
+
+    steps.run("export", onnx_dir / "manifest.json", lambda: export_checkpoint(
+        best, onnx_dir, fp16=_tensorrt_available() is None, force=True, data_root=data, progress=progress))
+
+    from rap_deploy.engines.build import build_engine
+
+    engines: list[tuple[str, dict[str, Any]]] = [
+        ("onnxruntime-fp32", {"backend": "onnxruntime"}),
+        ("onnxruntime-int8", {"backend": "onnxruntime", "int8": True}),
+    ]
+    trt_reason = _tensorrt_available()
+    if trt_reason is None:
+        engines.append(("tensorrt-fp16", {"backend": "tensorrt", "fp16": True, "device": "cuda"}))
+    else:
+        log(f"[skip] build-engine tensorrt-fp16: {trt_reason} (ONNX Runtime engines only)")
+    built: list[str] = []
+    for name, kw in engines:
+        target = out / "engines" / name
+        try:
+            steps.run(f"build-engine {name}", target / "manifest.json", lambda t=target, k=kw: build_engine(
+                onnx_dir, out=t, force=True, threads=threads, progress=progress, **k))
+            built.append(name)
+        except BackendUnavailableError as exc:
+            log(f"[skip] build-engine {name}: {exc}")
+
+    from rap_deploy.engines.verify import verify
+
+    verdicts = []
+    for name in built:
+        report = out / "verify" / name / "verify.json"
+        steps.run(f"verify {name}", report, lambda n=name, r=report: verify(
+            "msrvtt", data, out / "engines" / n, top_m=sizes.top_m, out=r.parent, cache=frame_cache,
+            progress=progress, threads=threads, raise_on_fail=False))
+        result = _read_json(report)
+        verdicts.append({"name": name, "backend": name.split("-")[0], "precision": name.split("-")[-1],
+                         "passed": bool(result["passed"]), "delta": result["delta"],
+                         "two_stage_delta": result.get("two_stage", {}).get("delta"),
+                         "rank_changes": result.get("rank_changes")})
+
+    from rap_deploy.engines.bench import bench
+
+    bench_file = out / "bench" / "bench.json"
+    steps.run("bench", bench_file, lambda: bench(
+        [out / "engines" / n for n in built], checkpoint=best, batch_sizes=sizes.bench_batch_sizes,
+        repeats=sizes.bench_repeats, warmup=1, index_size=sizes.bench_index_size, out=bench_file.parent,
+        threads=threads, progress=progress, data_root=data, top_m=sizes.top_m, cache=frame_cache))
+    bench_result = _read_json(bench_file)
+
+    zero_shot, rap = _read_json(zero_shot_file), _read_json(rap_file)
+    summary = {
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "pipeline_seconds": round(sum(steps.timings.values()), 1),
+        "step_seconds": steps.timings,
+        "sizes": asdict(sizes),
+        "zero_shot": zero_shot["asa"],
+        "rap": rap["asa"],
+        "rap_two_stage": rap["two_stage"],
+        "rap_meanp": rap["meanp"],
+        "backbone": str(backbone),
+        "checkpoint": str(best),
+        "engines": verdicts,
+        "bench": bench_result["results"],
+        "device": bench_result.get("device"),
+        "tensorrt": trt_reason or "built",
+    }
+    write_json_atomic(out / "summary.json", summary)
+    failed = [v["name"] for v in verdicts if not v["passed"]]
+    if failed:
+        raise CheckFailedError(f"parity failed for {', '.join(failed)}; see {out / 'verify'}")
+    return summary
+
+
+def _evaluate(checkpoint: Path, data: Path, frame_cache: Path, sizes: DemoSizes, progress: bool) -> dict[str, Any]:
+    """Test-split metrics of a checkpoint with the PyTorch model (full ASA, two-stage, meanP)."""
+    from rap_deploy.checkpoint import load_checkpoint
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.retrieval import ModelEncoder, evaluate
+
+    model = load_checkpoint(checkpoint).build_model()
+    split = load_split("msrvtt", data, "test", max_frames=model.config.frames)
+    result = evaluate(ModelEncoder(model), split, FrameCache(frame_cache), top_m=sizes.top_m, progress=progress)
+    return {k: result[k] for k in ("asa", "two_stage", "meanp", "videos", "captions", "skipped", "seconds")}

@@ -1,0 +1,219 @@
+"""``rapdeploy train`` and ``rapdeploy pretrain-backbone``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from rap_deploy.cli.app import command
+from rap_deploy.errors import UsageError
+
+DATASET_NAMES = "msrvtt, msvd, didemo, activitynet"
+
+
+@command("train")
+def train(
+    dataset: str | None = typer.Option(None, "--dataset", help=f"Dataset format: {DATASET_NAMES} (required unless "
+                                       "--resume)."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder (default: $RAPDEPLOY_DATA)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="RAP checkpoint to fine-tune (from `rapdeploy "
+                                           "init` or an earlier run); its model settings are used."),
+    clip: str | None = typer.Option(None, "--clip", help="Start from identity adapters on this open_clip model "
+                                    "(default ViT-B-32 when neither --checkpoint nor --backbone is given)."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="Backbone weights for --clip: an open_clip tag "
+                                          "(in the local cache), a weights file, or 'none' (default: 'openai' where "
+                                          "open_clip has it for --clip, else none)."),
+    backbone: Path | None = typer.Option(None, "--backbone", help="Backbone file from `rapdeploy pretrain-backbone` "
+                                         "(sets --clip and --pretrained)."),
+    variant: str | None = typer.Option(None, "--variant", help="rap (LoRM + ASA, default) or rap_light (LoRM only)."),
+    lorm: bool | None = typer.Option(None, "--lorm/--no-lorm", help="LoRM in every visual block (default on)."),
+    asa: bool | None = typer.Option(None, "--asa/--no-asa", help="The ASA head (default on; ignored for rap_light)."),
+    rank: int | None = typer.Option(None, "--rank", help="LoRM rank r (default 4)."),
+    topk: int | None = typer.Option(None, "--topk", help="ASA patches kept per frame k (default 8)."),
+    heads: int | None = typer.Option(None, "--heads", help="ASA heads (default 4)."),
+    asa_dim: int | None = typer.Option(None, "--asa-dim", help="ASA attention width d_a (default 128)."),
+    selection: str | None = typer.Option(None, "--selection", help="ASA patch selection: text (default) or "
+                                         "saliency."),
+    frames: int | None = typer.Option(None, "--frames", help="Frames per video (default: 12 for msrvtt/msvd, 64 for "
+                                      "didemo/activitynet)."),
+    context_length: int | None = typer.Option(None, "--context-length", help="Text tokens (default: 32 for "
+                                              "msrvtt/msvd, 64 for didemo/activitynet)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder for best.pt, last.pt, metrics.jsonl, "
+                                    "summary.json (default: <workspace>/runs/<dataset>-<time>)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (default 5; 0 only evaluates the "
+                                      "starting model)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size, split over processes "
+                                          "(default 128)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of AdamW (default 1e-3)."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay on adapter matrices "
+                                              "(default 0.05)."),
+    warmup: float | None = typer.Option(None, "--warmup", help="Warm-up: a fraction of all steps if < 1, else a step "
+                                        "count (default 0.1)."),
+    grad_clip: float | None = typer.Option(None, "--grad-clip", help="Gradient norm clip (default 1.0; 0 = off)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for batches and initialisation (default 0)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder from its last.pt "
+                                       "(options are read from it)."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Evaluate every N epochs (and after the last; "
+                                          "default 1)."),
+    eval_initial: bool | None = typer.Option(None, "--eval-initial/--no-eval-initial", help="Also evaluate the "
+                                             "starting model (logged as epoch 0)."),
+    max_train_videos: int | None = typer.Option(None, "--max-train-videos", help="Use only the first N training "
+                                                "videos."),
+    max_test_videos: int | None = typer.Option(None, "--max-test-videos", help="Evaluate on only the first N test "
+                                               "videos."),
+    epoch_unit: str | None = typer.Option(None, "--epoch-unit", help="video: one random caption per video per epoch "
+                                          "(default); caption: every caption once per epoch."),
+    test_split: str | None = typer.Option(None, "--test-split", help="Split evaluated after each epoch (default "
+                                          "test)."),
+    top_m: int | None = typer.Option(None, "--top-m", help="Candidates re-ranked by ASA in the two-stage evaluation "
+                                     "(default 100)."),
+    workers: int | None = typer.Option(None, "--workers", help="DataLoader worker processes (default 0)."),
+    amp: str | None = typer.Option(None, "--amp", help="Mixed precision on CUDA: auto (bf16 where supported, else "
+                                   "fp16), bf16, fp16, off. CPU always trains in fp32."),
+    device: str | None = typer.Option(None, "--device", help="auto (CUDA if available), cpu or cuda."),
+    embed_backbone: bool | None = typer.Option(None, "--embed-backbone/--reference-backbone", help="Store the "
+                                               "backbone weights in best.pt/last.pt, or reference the tag/file (with "
+                                               "--clip; default: embed only a random backbone)."),
+    max_epochs_this_run: int | None = typer.Option(None, "--max-epochs-this-run", help="Stop after this many epochs "
+                                                   "in this invocation (the schedule still spans --epochs); continue "
+                                                   "with --resume."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
+                                          "<workspace>/cache/frames)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default: $RAPDEPLOY_HOME or "
+                                          "./rapdeploy-out)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or per-epoch lines."),
+) -> None:
+    """Fine-tune RAP adapters on a frozen CLIP with per-epoch evaluation; writes best.pt, last.pt, metrics.jsonl.
+
+    Data-parallel: `torchrun --nproc_per_node N -m rap_deploy.cli train ...` (gloo on CPU, NCCL on CUDA).
+    """
+    from rap_deploy.train.loop import TrainOptions, train_rap
+
+    given: dict[str, Any] = {
+        "dataset": dataset, "checkpoint": _str(checkpoint), "clip": clip, "pretrained": pretrained,
+        "variant": variant, "use_lorm": lorm, "use_asa": asa, "lorm_rank": rank, "asa_topk": topk,
+        "asa_heads": heads, "asa_dim": asa_dim, "asa_selection": selection, "frames": frames,
+        "context_length": context_length, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "weight_decay": weight_decay, "warmup": warmup, "grad_clip": grad_clip, "seed": seed,
+        "eval_every": eval_every, "eval_initial": eval_initial, "max_train_videos": max_train_videos,
+        "max_test_videos": max_test_videos, "epoch_unit": epoch_unit, "test_split": test_split,
+        "top_m": top_m, "num_workers": workers, "amp": amp, "device": device, "embed_backbone": embed_backbone,
+        "max_epochs_this_run": max_epochs_this_run, "cache_dir": _str(cache_dir), "workspace": _str(workspace),
+        "data_root": _str(data_root),
+    }
+    if backbone is not None:
+        from rap_deploy.backbone_file import read_backbone_clip_name
+
+        stored = read_backbone_clip_name(backbone)
+        if clip and stored and clip != stored:
+            raise UsageError(f"--clip {clip} does not match the backbone file {backbone} (made for {stored})")
+        given.update(clip=clip or stored, pretrained=str(backbone))
+    if checkpoint is not None and (given["clip"] or pretrained):
+        raise UsageError("pass either --checkpoint or --clip/--backbone, not both")
+    given = {k: v for k, v in given.items() if v is not None}
+
+    options = None
+    if resume is None or given.get("dataset"):
+        if not given.get("dataset"):
+            raise UsageError("--dataset is required (or --resume RUN_DIR to continue a run)")
+        from rap_deploy.workspace import data_root as resolve_data_root
+        from rap_deploy.workspace import subdir
+
+        given["data_root"] = str(resolve_data_root(given.get("data_root")))
+        run_dir = out or resume or subdir("runs", workspace) / f"{given['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        options = TrainOptions(out=str(run_dir), **given)
+    elif out is not None and Path(out).resolve() != Path(resume).resolve():
+        raise UsageError(f"--out {out} differs from --resume {resume}; a resumed run continues in its own folder")
+    summary = train_rap(options, progress=not quiet, resume=resume, overrides=given)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 reports
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_train_summary(summary)
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _print_train_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"RAP training: {summary['run_dir']}", show_header=True)
+    table.add_column("epoch")
+    for col in ("loss", "t2v R@1", "R@5", "R@10", "MnR", "v2t R@1", "R@5", "R@10", "MnR"):
+        table.add_column(col, justify="right")
+    for name in ("best", "last"):
+        rec = summary.get(name)
+        if not rec or "t2v" not in rec:
+            continue
+        t, v = rec["t2v"], rec["v2t"]
+        loss = "-" if rec.get("loss") is None else f"{rec['loss']:.4f}"
+        table.add_row(f"{name} ({rec['epoch']})", loss, *(f"{t[k]:.1f}" for k in ("R1", "R5", "R10", "MnR")),
+                      *(f"{v[k]:.1f}" for k in ("R1", "R5", "R10", "MnR")))
+    console.print(table)
+    skipped = summary.get("skipped_videos") or []
+    console.print(f"{summary['variant']} on {summary['clip']}: {summary['trainable_params']:,} trainable of "
+                  f"{summary['total_params']:,} parameters; {summary['steps']} steps of {summary['batch_size']} "
+                  f"in {summary['train_seconds']:.1f} s of training ({summary['wall_seconds']:.1f} s wall), "
+                  f"world size {summary['world_size']} on {summary['device']}; "
+                  f"{len(skipped)} undecodable training video(s) skipped"
+                  + (": " + ", ".join(s["video_id"] for s in skipped[:10]) if skipped else ""))
+    if not summary.get("complete"):
+        console.print(f"[yellow]stopped after epoch {summary['epochs_done']} of {summary['epochs']}; continue with "
+                      f"`rapdeploy train --resume {summary['run_dir']}`[/]")
+    else:
+        console.print(f"best.pt = epoch {summary['best_epoch']}; last.pt, metrics.jsonl and summary.json in "
+                      f"{summary['run_dir']}")
+
+
+@command("pretrain-backbone")
+def pretrain_backbone(
+    out: Path | None = typer.Option(None, "--out", help="Backbone file to write (.safetensors; default: "
+                                    "<workspace>/cache/backbone/rap-tiny.safetensors)."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Folder where the generated still images are "
+                                          "cached (DIR/stills/*.npz) and reused; without it they are generated in "
+                                          "memory."),
+    epochs: int = typer.Option(4, "--epochs", help="Passes over the training stills."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the stills, the initialisation and the batches."),
+    size: int = typer.Option(64, "--size", help="Still image size in pixels (resized to the model input if "
+                             "different)."),
+    train_stills: int = typer.Option(4000, "--train-stills", help="Number of training stills."),
+    test_stills: int = typer.Option(400, "--test-stills", help="Number of held-out stills for the reported R@1."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Contrastive batch size."),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, warm-up then cosine)."),
+    hard_batches: float = typer.Option(0.5, "--hard-batches", help="Fraction of batches whose stills share one "
+                                       "colour (forces shape/size/position to be learned)."),
+    clip: str = typer.Option("rap-tiny", "--clip", help="open_clip model config to train from scratch."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default: $RAPDEPLOY_HOME or "
+                                          "./rapdeploy-out)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the stored info (held-out metrics, seconds) as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Pre-train the offline default backbone (a small open_clip CLIP) on synthetic stills: colour, shape, position."""
+    from rap_deploy.train.backbone import pretrain_backbone as run
+    from rap_deploy.workspace import subdir
+
+    out = out or subdir("cache", workspace) / "backbone" / f"{clip}.safetensors"
+    info = run(out, size=size, n_train=train_stills, n_test=test_stills, epochs=epochs, seed=seed, clip=clip,
+               batch_size=batch_size, lr=lr, hard_batches=hard_batches, data_root=data_root, progress=not quiet)
+    if json_out:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    h = info["heldout"]
+    a = h["attributes"]
+    typer.echo(f"wrote {out} ({clip}, {info['steps']} steps, {info['seconds']:.0f} s)")
+    typer.echo(f"held-out stills ({info['n_test']}): image→caption R@1 {h['i2t']['R1']:.1f} R@5 {h['i2t']['R5']:.1f}, "
+               f"caption→image R@1 {h['t2i']['R1']:.1f} R@5 {h['t2i']['R5']:.1f} (by meaning); top-1 attribute "
+               f"accuracy: colour {a['colour']:.1f}, shape {a['shape']:.1f}, size {a['size']:.1f}, "
+               f"position {a['position']:.1f}")
+    typer.echo(f"use it: rapdeploy init --backbone {out} --out ckpt.pt")

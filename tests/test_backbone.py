@@ -1,0 +1,74 @@
+"""Pre-training of the offline default backbone: held-out metrics by meaning, and a file `init --backbone` accepts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rap_deploy.backbone_file import read_backbone_clip_name, read_backbone_info
+from rap_deploy.checkpoint import load_checkpoint
+from rap_deploy.cli.app import app
+from rap_deploy.train.backbone import batch_plan, heldout_metrics, still_meaning
+
+
+def test_still_meaning_ignores_paraphrase():
+    a = still_meaning("a little red circle at the top left and a big blue square in the center")
+    b = still_meaning("there is a large blue square in the center and a small red circle at the top left")
+    assert a == b == frozenset({("small", "red", "circle", "0,0"), ("big", "blue", "square", "1,1")})
+    assert still_meaning("a small red circle on the left") != still_meaning("a small red circle on the right")
+    with pytest.raises(ValueError):
+        still_meaning("a red circle moves to the left")
+
+
+def test_heldout_metrics_count_same_meaning_as_correct():
+    captions = ["a small red circle on the left", "a little red circle on the left",  # same meaning
+                "a big blue square at the top", "a small green diamond at the bottom"]
+    emb = np.eye(4, dtype=np.float32)
+    # Image 1 matches caption 0 best (a paraphrase of its own caption): still correct.
+    image_emb = emb[[0, 0, 2, 3]]
+    m = heldout_metrics(image_emb, emb, captions)
+    assert m["i2t"]["R1"] == 100.0 and m["t2i"]["R1"] == 100.0
+    assert m["attributes"] == {"size": 100.0, "colour": 100.0, "shape": 100.0, "position": 100.0}
+    # Swap two images of different meaning: both are wrong now.
+    m = heldout_metrics(emb[[0, 0, 3, 2]], emb, captions)
+    assert m["i2t"]["R1"] == 50.0 and m["attributes"]["colour"] == 50.0 and m["attributes"]["shape"] == 50.0
+
+
+def test_hard_batches_share_a_colour():
+    colours = [["red"], ["blue"], ["red", "green"], ["green"]] * 10
+    plan = batch_plan(colours, batch=8, steps=20, hard_fraction=1.0, gen=torch.Generator().manual_seed(0))
+    for idx in plan:
+        shared = set.intersection(*(set(colours[i]) for i in idx.tolist()))
+        assert len(idx) == 8 and shared
+
+
+def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "micro-backbone.safetensors"
+    result = runner.invoke(app, ["pretrain-backbone", "--data-root", str(tmp_path / "stills"), "--out", str(out),
+                                 "--clip", "rap-micro", "--size", "32", "--train-stills", "64", "--test-stills", "16",
+                                 "--epochs", "1", "--batch-size", "16", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["steps"] == 4 and info["clip"] == "rap-micro"
+    assert {"i2t", "t2i", "attributes"} <= info["heldout"].keys() and info["seconds"] > 0
+    assert read_backbone_clip_name(out) == "rap-micro"
+    assert read_backbone_info(out)["heldout"] == info["heldout"]
+    assert len(list((tmp_path / "stills" / "stills").glob("*.npz"))) == 2  # train and held-out stills cached
+
+    ckpt_path = tmp_path / "ckpt.pt"
+    init = runner.invoke(app, ["init", "--backbone", str(out), "--frames", "4", "--topk", "4", "--heads", "2",
+                               "--asa-dim", "16", "--rank", "2", "--out", str(ckpt_path), "--json"])
+    assert init.exit_code == 0, init.output
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt.config.clip == "rap-micro" and ckpt.config.preprocess.image_size == 32
+    model = ckpt.build_model()
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out))
+    assert torch.equal(model.clip.visual.conv1.weight, weights["visual.conv1.weight"])
+    assert not any(p.requires_grad for p in model.clip.parameters())

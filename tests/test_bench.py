@@ -1,0 +1,98 @@
+"""``rapdeploy bench`` on the micro model: valid bench.json with the contract keys and a PNG, FLOP counting and
+latency statistics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rap_deploy.cli import app
+from rap_deploy.engines.bench import count_flops, latency_stats, random_index, time_interleaved
+
+runner = CliRunner()
+RESULT_KEYS = {"backend", "precision", "graph", "batch_size", "throughput", "unit", "p50_ms", "p90_ms", "p99_ms"}
+
+
+def test_bench_engine_and_torch_through_cli(micro_ort_engines, tmp_path):
+    out = tmp_path / "bench"
+    res = runner.invoke(app, ["bench", "--engine", str(micro_ort_engines["fp32"]), "--batch-sizes", "1,2",
+                              "--repeats", "1", "--warmup", "0", "--index-size", "16", "--rerank-top", "4",
+                              "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.output)
+    report = json.loads((out / "bench.json").read_text())
+    assert printed["results"] == report["results"]
+    assert {"device", "results", "gflops", "threads", "versions", "model", "inputs", "adapter_cost"} <= set(report)
+    assert report["device"]["cpu"] and report["device"]["cores"] >= 1
+    rows = report["results"]
+    assert len(rows) == 2 * 4 * 2  # backends x graphs x batch sizes
+    for row in rows:
+        assert RESULT_KEYS <= set(row)
+        assert row["throughput"] > 0 and row["p50_ms"] <= row["p99_ms"]
+        assert row["ratio_vs_torch"] > 0 and row["gflops_per_s"] > 0
+    assert {r["backend"] for r in rows} == {"torch", "onnxruntime"}
+    assert {(r["graph"], r["unit"]) for r in rows} == {("video", "videos/s"), ("text", "texts/s"), ("asa", "pairs/s"),
+                                                        ("search", "queries/s")}
+    assert all(r["ratio_vs_torch"] == 1.0 for r in rows if r["backend"] == "torch")
+    video = next(r for r in rows if r["graph"] == "video" and r["backend"] == "onnxruntime" and r["batch_size"] == 2)
+    assert video["frames_per_s"] == pytest.approx(video["throughput"] * 4)
+    assert report["gflops"]["video_encoder_per_video"] > report["gflops"]["video_encoder_per_frame"] > 0
+    assert report["adapter_cost"]["ratio"] > 0 and report["adapter_cost"]["batch_size"] == 1
+    assert "random frames" in report["inputs"]
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "bench.md").read_text().startswith("# rapdeploy bench")
+
+
+def test_bench_checkpoint_only_real_frames(micro_checkpoint, synth_root, tmp_path):
+    out = tmp_path / "b"
+    res = runner.invoke(app, ["bench", "--checkpoint", str(micro_checkpoint), "--graphs", "video,text",
+                              "--batch-sizes", "2", "--repeats", "1", "--warmup", "0", "--no-compare-meanp",
+                              "--data-root", str(synth_root), "--out", str(out), "--workspace", str(tmp_path / "ws")])
+    assert res.exit_code == 0, res.output
+    assert "videos/s" in res.output
+    report = json.loads((out / "bench.json").read_text())
+    assert [(r["backend"], r["graph"]) for r in report["results"]] == [("torch", "video"), ("torch", "text")]
+    assert report["inputs"].startswith("real frames") and report["adapter_cost"] is None
+
+
+def test_bench_usage_errors(tmp_path, micro_checkpoint):
+    res = runner.invoke(app, ["bench", "--workspace", str(tmp_path / "ws")])
+    assert res.exit_code == 2 and "no engine in" in res.output
+    res = runner.invoke(app, ["bench", "--checkpoint", str(micro_checkpoint), "--graphs", "video,gpu"])
+    assert res.exit_code == 2 and "unknown graph" in res.output
+    res = runner.invoke(app, ["bench", "--checkpoint", str(micro_checkpoint), "--batch-sizes", "0,4"])
+    assert res.exit_code == 2 and "positive" in res.output
+
+
+def test_count_flops_matches_matmul_arithmetic():
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    assert count_flops(lambda: layer(x)) == 2 * 3 * 8 * 4
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    seq = torch.randn(1, 5, 8)
+    # in-projection 3 x (5x8x8), scores and weighted sum 2 x (5x5x8), out-projection 5x8x8; multiply-add = 2 FLOPs
+    expected = 2 * (3 * 5 * 8 * 8 + 2 * 5 * 5 * 8 + 5 * 8 * 8)
+    assert count_flops(lambda: mha(seq, seq, seq, need_weights=False)) == expected
+
+
+def test_latency_stats_and_timing():
+    stats = latency_stats([0.010, 0.020, 0.030, 0.040], items=8)
+    assert stats["throughput"] == pytest.approx(8 / 0.025)
+    assert stats["p50_ms"] == pytest.approx(25.0) and stats["min_ms"] == pytest.approx(10.0)
+    assert stats["p90_ms"] <= stats["p99_ms"] <= 40.0
+    calls = []
+    lat = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], repeats=3, warmup=2)
+    assert [len(x) for x in lat] == [3, 3]
+    assert calls[:4] == ["a", "a", "b", "b"]  # warm-up of each
+    assert calls[4:] == ["a", "b", "b", "a", "a", "b"]  # one call of each per round, order rotated
+
+
+def test_random_index_is_normalised():
+    index = random_index(5, frames=3, patches=4, dim=8, seed=0, chunk=2)
+    assert index.patch_tokens.dtype == np.float16 and index.patch_tokens.shape == (5, 3, 4, 8)
+    np.testing.assert_allclose(np.linalg.norm(index.patch_tokens.astype(np.float32), axis=-1), 1.0, atol=2e-3)
+    np.testing.assert_allclose(np.linalg.norm(index.video_emb, axis=-1), 1.0, atol=1e-5)

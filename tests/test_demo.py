@@ -1,0 +1,35 @@
+"""``rapdeploy demo --tiny`` end to end through the CLI, and its resume behaviour."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from rap_deploy.cli.app import app
+
+
+def test_demo_tiny_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "demo"
+    runner = CliRunner()
+    result = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("seconds", "zero_shot", "rap", "engines", "bench"):
+        assert key in summary
+    for part in ("zero_shot", "rap"):
+        assert set(summary[part]) == {"t2v", "v2t"}
+        assert {"R1", "R5", "R10", "MdR", "MnR", "RSum", "ties"} <= set(summary[part]["t2v"])
+    names = {e["name"] for e in summary["engines"]}
+    assert names == {"onnxruntime-fp32", "onnxruntime-int8"}
+    assert all(e["passed"] for e in summary["engines"])
+    assert {"torch", "onnxruntime"} <= {r["backend"] for r in summary["bench"]}
+    for artifact in ("data/MSRVTT_data.json", "runs/rap/best.pt", "onnx/manifest.json", "onnx/parity.json",
+                     "engines/onnxruntime-fp32/manifest.json", "verify/onnxruntime-int8/verify.json",
+                     "bench/bench.json", "bench/bench.png"):
+        assert (out / artifact).is_file(), artifact
+    assert "Engines: recall parity" in result.output
+
+    again = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert "[skip] train (rap)" in again.output and "[run ] train" not in again.output

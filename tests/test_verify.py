@@ -1,0 +1,120 @@
+"""Unit tests of verify's parity rule: tie-aware rank changes, the fp32 / fp16-int8 pass rules, numeric errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rap_deploy.engines.verify import (
+    DEFAULT_TOLERANCE,
+    direction_scores,
+    judge,
+    rank_changes,
+    rank_intervals,
+    recall_curve,
+    vector_error,
+)
+
+
+def _deltas(value: float = 0.0, where: tuple[str, str, str] | None = None) -> dict:
+    d = {m: {dr: {k: 0.0 for k in ("R1", "R5", "R10", "MdR", "MnR", "RSum", "ties")} for dr in ("t2v", "v2t")}
+         for m in ("asa", "two_stage")}
+    if where is not None:
+        mode, direction, metric = where
+        d[mode][direction][metric] = value
+    return d
+
+
+def _changes(beyond: int = 0, where: tuple[str, str] | None = None) -> dict:
+    c = {m: {dr: {"changed": 0, "beyond_ties": 0, "within_ties": 0, "examples": []} for dr in ("t2v", "v2t")}
+         for m in ("asa", "two_stage")}
+    if where is not None:
+        c[where[0]][where[1]]["beyond_ties"] = beyond
+    return c
+
+
+def test_rank_intervals_follow_the_metric_convention():
+    scores = np.array([[0.5, 0.9, 0.5, 0.1],   # gt col 0 tied with col 2, one above -> rank 2, could be 2..3
+                       [0.2, 0.3, 0.4, 0.9]])  # gt col 3 on top -> rank 1
+    rank, lo, hi = rank_intervals(scores, np.array([0, 3]), eps=0.0)
+    assert rank.tolist() == [2, 1]
+    assert lo.tolist() == [2, 1] and hi.tolist() == [3, 1]
+    rank, lo, hi = rank_intervals(scores, np.array([0, 3]), eps=0.45)  # eps wide enough to reach 0.9 and 0.1
+    assert lo.tolist() == [1, 1] and hi.tolist() == [4, 1]
+
+
+def test_rank_change_within_ties_is_not_counted():
+    targets = np.array([0, 1])
+    ref = np.array([[0.700000, 0.7000004, 0.1], [0.2, 0.9, 0.3]])
+    eng = np.array([[0.7000004, 0.700000, 0.1], [0.2, 0.9, 0.3]])  # query 0 swaps with a candidate 4e-7 away
+    out = rank_changes(ref, eng, targets, eps=1e-5, labels=["q0", "q1"])
+    assert out["changed"] == 1 and out["within_ties"] == 1 and out["beyond_ties"] == 0
+    assert out["examples"][0] == {"query": 0, "reference_rank": 2, "engine_rank": 1, "within_ties": True, "id": "q0"}
+    # a swap across a real gap is a rank change
+    ref_gap = np.array([[0.7, 0.8, 0.1], [0.2, 0.9, 0.3]])
+    eng_far = np.array([[0.9, 0.7, 0.1], [0.2, 0.9, 0.3]])
+    far = rank_changes(ref_gap, eng_far, targets, eps=1e-5)
+    assert far["beyond_ties"] == 1 and far["within_ties"] == 0
+    assert far["examples"][0]["engine_rank"] == 1 and not far["examples"][0]["within_ties"]
+    # a tie in the reference explains the engine taking either side of it, however far its score moved
+    assert rank_changes(ref, eng_far, targets, eps=1e-5)["beyond_ties"] == 0
+    # identical scores: nothing changed
+    assert rank_changes(ref, ref, targets)["changed"] == 0
+
+
+def test_fp32_rule_is_zero_rank_changes_beyond_ties():
+    passed, checks, rule = judge("fp32", _deltas(), _changes())
+    assert passed and "fp32" in rule
+    assert {c["metric"] for c in checks} == {"rank_changes"} and len(checks) == 4
+    passed, checks, _ = judge("fp32", _deltas(), _changes(1, ("two_stage", "v2t")))
+    assert not passed
+    failed = [c for c in checks if not c["passed"]]
+    assert failed == [{"mode": "two_stage", "direction": "v2t", "metric": "rank_changes", "value": 1, "limit": 0,
+                       "passed": False}]
+
+
+def test_fp16_int8_rule_is_tolerance_on_every_recall():
+    for precision in ("fp16", "int8"):
+        passed, checks, rule = judge(precision, _deltas(-DEFAULT_TOLERANCE, ("asa", "t2v", "R1")), _changes(5))
+        assert passed, "a delta equal to the tolerance passes; rank changes are not gated for fp16/int8"
+        assert len(checks) == 12 and "0.5" in rule
+        passed, checks, _ = judge(precision, _deltas(0.6, ("two_stage", "v2t", "R10")), _changes())
+        assert not passed
+        assert [(c["mode"], c["direction"], c["metric"]) for c in checks if not c["passed"]] == [
+            ("two_stage", "v2t", "R10")]
+    # MdR / MnR / RSum are reported, not gated
+    assert judge("int8", _deltas(5.0, ("asa", "t2v", "MnR")), _changes())[0]
+    # an explicit tolerance
+    assert judge("int8", _deltas(0.9, ("asa", "t2v", "R5")), _changes(), tolerance=1.0)[0]
+    assert not judge("int8", _deltas(0.9, ("asa", "t2v", "R5")), _changes(), tolerance=0.5)[0]
+
+
+def test_fp32_with_explicit_tolerance_checks_both():
+    passed, checks, rule = judge("fp32", _deltas(2.0, ("asa", "t2v", "R1")), _changes(), tolerance=1.0)
+    assert not passed and "rank" in rule and "1" in rule
+    assert len(checks) == 16
+
+
+def test_direction_scores_multi_caption_uses_best_caption():
+    # 3 captions, 2 videos; captions 0,1 belong to video 0
+    sim = np.array([[0.1, 0.8], [0.9, 0.2], [0.3, 0.7]])
+    owner = np.array([0, 0, 1])
+    d = direction_scores(sim, owner)
+    assert d["t2v"][0] is sim or np.array_equal(d["t2v"][0], sim)
+    v2t, targets = d["v2t"]
+    # v2t[i, j]: query video i vs candidate video j scored by j's best caption
+    np.testing.assert_allclose(v2t, np.array([[0.9, 0.3], [0.8, 0.7]]))
+    assert targets.tolist() == [0, 1]
+    assert recall_curve(v2t, targets, [1, 2]) == [50.0, 100.0]
+
+
+def test_vector_error_ignores_padded_rows_and_chunks():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 3, 8)).astype(np.float32)
+    a[1, 2] = 0  # a padded frame
+    b = a.copy()
+    b[4, 0, 0] += 0.01
+    err = vector_error(a, b, chunk=2)
+    assert err["max_abs"] == pytest.approx(0.01, rel=1e-4)
+    assert 0.99 < err["min_cosine"] < 1.0
+    assert vector_error(a.astype(np.float16), a.astype(np.float16))["max_abs"] == 0.0

@@ -1,0 +1,117 @@
+"""``rapdeploy verify`` end to end on the micro model and the tiny synthetic set: an ONNX Runtime fp32 engine passes
+with zero rank changes, a damaged engine fails with exit 1 and a report that says where, multi-caption data works."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rap_deploy.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def frame_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("frames")
+
+
+def _verify(engine, data_root, out, cache, *extra):
+    return runner.invoke(app, ["verify", "--dataset", extra[0] if extra else "msrvtt", "--data-root", str(data_root),
+                               "--engine", str(engine), "--out", str(out), "--cache-dir", str(cache),
+                               "--rerank-top", "5", *extra[1:]])
+
+
+def test_verify_fp32_engine_passes(micro_ort_engines, synth_root, frame_cache, tmp_path):
+    out = tmp_path / "v32"
+    res = _verify(micro_ort_engines["fp32"], synth_root, out, frame_cache)
+    assert res.exit_code == 0, res.output
+    assert "PASSED" in res.output and "rank changes" in res.output
+    report = json.loads((out / "verify.json").read_text())
+    assert report["passed"] is True
+    assert report["rank_changes"] == {"t2v": 0, "v2t": 0}
+    assert report["two_stage"]["rank_changes"] == {"t2v": 0, "v2t": 0}
+    for key in ("tolerance", "reference", "engine", "delta", "two_stage", "meanp", "embedding_error", "versions",
+                "device", "engine_info", "counts", "settings"):
+        assert key in report, key
+    for section in (report, report["two_stage"]):
+        for who in ("reference", "engine", "delta"):
+            assert set(section[who]) == {"t2v", "v2t"}
+            assert {"R1", "R5", "R10", "MdR", "MnR", "RSum", "ties"} <= set(section[who]["t2v"])
+    assert report["delta"]["t2v"]["R1"] == 0 and report["two_stage"]["delta"]["v2t"]["R5"] == 0
+    assert report["engine_info"]["backend"] == "onnxruntime" and report["precision"] == "fp32"
+    assert report["counts"]["videos"] == 12 and report["counts"]["skipped"] == 0
+    assert report["embedding_error"]["first_batch_fp32"]["patch_tokens"]["max_abs"] < 1e-4
+    assert report["embedding_error"]["video_emb"]["min_cosine"] > 0.99999
+    assert report["reference_info"]["matches_engine_source"] is True
+    assert (out / "verify.md").read_text().startswith("# rapdeploy verify: PASSED")
+    assert (out / "verify.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_verify_damaged_engine_fails_and_shows_where(micro_ort_engines, synth_root, frame_cache, tmp_path):
+    out = tmp_path / "bad"
+    res = _verify(micro_ort_engines["damaged"], synth_root, out, frame_cache, "msrvtt", "--json")
+    assert res.exit_code == 1, res.output
+    assert "recall parity failed" in res.output
+    report = json.loads((out / "verify.json").read_text())
+    assert report["passed"] is False
+    failed = [c for c in report["checks"] if not c["passed"]]
+    assert failed and all(c["metric"] == "rank_changes" and c["value"] > 0 for c in failed)
+    assert report["rank_changes"]["t2v"] + report["rank_changes"]["v2t"] > 0
+    assert report["failures"] and report["embedding_error"]["video_emb"]["max_abs"] > 1e-3
+    # the damage is in the video encoder: the per-graph errors on identical inputs say so
+    assert report["worst_graph"] == "video_encoder"
+    assert report["graph_error"]["text_encoder"]["max_abs"] < 1e-5
+    assert report["graph_error"]["asa_head"]["max_abs"] < 1e-5
+    assert "video_encoder" in res.output
+    md = (out / "verify.md").read_text()
+    assert "FAILED" in md and "## Failures" in md and "FAIL" in md.split("## Retrieval metrics")[1]
+    assert "Queries whose rank changed" in md
+    assert (out / "verify.png").is_file()
+
+
+def _msvd_from_synth(synth_root: Path, dest: Path) -> Path:
+    """An MSVD-format folder (every caption a query) over the synthetic test videos and all their captions."""
+    import csv
+
+    data = json.loads((synth_root / "MSRVTT_data.json").read_text())
+    with open(synth_root / "MSRVTT_JSFUSION_test.csv", newline="") as fh:
+        test_ids = [row["video_id"] for row in csv.DictReader(fh)][:6]
+    captions: dict[str, list[list[str]]] = {v: [] for v in test_ids}
+    for s in data["sentences"]:
+        if s["video_id"] in captions:
+            captions[s["video_id"]].append(s["caption"].split())
+    (dest / "videos").mkdir(parents=True)
+    for v in test_ids:
+        (dest / "videos" / f"{v}.mp4").symlink_to(synth_root / "videos" / f"{v}.mp4")
+    (dest / "test_list.txt").write_text("\n".join(test_ids) + "\n")
+    with open(dest / "raw-captions.pkl", "wb") as fh:
+        pickle.dump(captions, fh)
+    return dest
+
+
+def test_verify_multi_caption_split(micro_checkpoint, synth_root, frame_cache, tmp_path):
+    msvd = _msvd_from_synth(synth_root, tmp_path / "msvd")
+    out = tmp_path / "msvd-out"
+    res = _verify(micro_checkpoint, msvd, out, frame_cache, "msvd", "--quiet", "--tolerance", "0")
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("verify passed")
+    report = json.loads((out / "verify.json").read_text())
+    assert report["counts"]["multi_caption"] is True
+    assert report["counts"]["videos"] == 6 and report["counts"]["captions"] > 6
+    assert report["reference"]["t2v"]["queries"] == report["counts"]["captions"]
+    assert report["reference"]["v2t"]["queries"] == 6
+    assert report["engine_info"]["backend"] == "torch"
+
+
+def test_verify_usage_errors(tmp_path, synth_root):
+    res = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root),
+                              "--workspace", str(tmp_path / "ws")])
+    assert res.exit_code == 2 and "no engine in" in res.output
+    res = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root),
+                              "--engine", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "does not exist" in res.output

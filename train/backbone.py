@@ -1,0 +1,353 @@
+"""Pre-training of the offline default backbone (DESIGN.md §10): a small open_clip CLIP trained from scratch.
+
+The ``rap-tiny`` open_clip config (a 64 px ViT with 8 px patches and a 4-layer text transformer, open_clip's own BPE
+tokenizer) is trained contrastively on still images of the synthetic world
+(:func:`rap_deploy.data.synth.generate_stills`: colour, size, shape and position captions, never motion). The result
+is written with :func:`rap_deploy.backbone_file.save_backbone` and loaded like any other open_clip weights file
+(``rapdeploy init --backbone FILE``), then frozen: whatever temporal understanding appears later comes from RAP.
+
+Held-out evaluation. Still captions repeat (the same colour/shape/size/position can be drawn twice, and "little" /
+"small" or a leading "there is" are paraphrases), so caption-level R@1 with one "right" answer would punish the model
+for ties the data itself creates. Retrieval is therefore scored by meaning: a caption is parsed into its set of
+(size, colour, shape, position) objects, and every candidate with the same meaning counts as correct (rank = 1 + the
+number of wrong candidates scoring strictly higher than the best correct one). Image→text ranks the distinct held-out
+caption strings; text→image ranks the held-out images. Attribute accuracy (colour, shape, size, position) reads the
+top-1 caption retrieved for each single-object image among the single-object captions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rap_deploy.errors import UsageError
+
+DEFAULT_CLIP = "rap-tiny"
+STILLS_DIR = "stills"
+TEST_SEED_OFFSET = 1_000_003  # held-out stills come from a different seed than the training stills
+
+
+# --------------------------------------------------------------------------------------------------------- stills
+
+
+def load_or_make_stills(n: int, seed: int, size: int, data_root: str | Path | None) -> tuple[np.ndarray, list[str]]:
+    """``generate_stills(n, seed, size)``, cached as ``DATA_ROOT/stills/stills-n<n>-s<size>-seed<seed>.npz``.
+
+    Without ``data_root`` the stills are generated in memory. A cached file that cannot be read is regenerated.
+    """
+    from rap_deploy.data.synth import generate_stills
+
+    if data_root is None:
+        return generate_stills(n, seed, size)
+    path = Path(data_root) / STILLS_DIR / f"stills-n{n}-s{size}-seed{seed}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                images, captions = data["images"], [str(c) for c in data["captions"]]
+            if images.shape == (n, size, size, 3) and len(captions) == n:
+                return images, captions
+        except Exception:  # unreadable cache entry: regenerate it below
+            pass
+    images, captions = generate_stills(n, seed, size)
+    from rap_deploy.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, images=images, captions=np.asarray(captions, dtype=str))
+    return images, captions
+
+
+def still_meaning(caption: str) -> frozenset[tuple[str, str, str, str]]:
+    """The meaning of a still caption: the set of ``(size, colour, shape, position)`` of its objects.
+
+    Synonyms ("little"/"small", "large"/"big") and a leading "there is" do not change the meaning. Raises
+    ``ValueError`` for a caption that is not a still caption.
+    """
+    from rap_deploy.data.synth import COLOURS, POSITIONS, SHAPES, SIZE_WORDS
+
+    size_of = {w: s for s, words in SIZE_WORDS.items() for w in words}
+    positions = {p: f"{c},{r}" for (c, r), p in POSITIONS.items()}
+    text = " ".join(caption.lower().strip().rstrip(".").split())
+    text = text.removeprefix("there is ")
+    objects = []
+    for part in text.split(" and "):
+        words = part.split(" ")
+        if len(words) < 5 or words[0] != "a" or words[1] not in size_of or words[2] not in COLOURS \
+                or words[3] not in SHAPES or " ".join(words[4:]) not in positions:
+            raise ValueError(f"not a still caption: {caption!r}")
+        objects.append((size_of[words[1]], words[2], words[3], positions[" ".join(words[4:])]))
+    return frozenset(objects)
+
+
+# ------------------------------------------------------------------------------------------------------- metrics
+
+
+def _ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """1 + number of wrong candidates scoring strictly above the best correct candidate, per row."""
+    best = np.where(correct, scores, -np.inf).max(axis=1, keepdims=True)
+    return 1 + ((scores > best) & ~correct).sum(axis=1)
+
+
+def _recalls(ranks: np.ndarray) -> dict[str, float]:
+    return {"R1": float(100 * np.mean(ranks <= 1)), "R5": float(100 * np.mean(ranks <= 5)),
+            "R10": float(100 * np.mean(ranks <= 10)), "MnR": float(np.mean(ranks)), "queries": int(len(ranks))}
+
+
+def heldout_metrics(image_emb: np.ndarray, text_emb: np.ndarray, captions: list[str]) -> dict[str, Any]:
+    """Meaning-level retrieval between held-out images and captions (see the module docstring).
+
+    ``image_emb [N,d]`` and ``text_emb [N,d]`` (L2-normalised) belong to ``captions`` (image i has caption i).
+    Returns ``{"i2t": {R1,R5,R10,MnR}, "t2i": {...}, "attributes": {colour,shape,size,position (percent)}}``.
+    """
+    meanings = [still_meaning(c) for c in captions]
+    distinct = list(dict.fromkeys(captions))
+    first = {c: captions.index(c) for c in distinct}
+    d_emb = text_emb[[first[c] for c in distinct]]
+    d_mean = [meanings[first[c]] for c in distinct]
+    same = np.array([[m == dm for dm in d_mean] for m in meanings])  # [images, distinct captions]
+    i2t = _ranks(image_emb @ d_emb.T, same)
+    t2i_correct = np.array([[a == b for b in meanings] for a in meanings])  # [captions, images]
+    t2i = _ranks(text_emb @ image_emb.T, t2i_correct)
+
+    single_imgs = [i for i, m in enumerate(meanings) if len(m) == 1]
+    single_caps = [j for j, m in enumerate(d_mean) if len(m) == 1]
+    attrs = {"size": 0, "colour": 0, "shape": 0, "position": 0}
+    if single_imgs and single_caps:
+        top = (image_emb[single_imgs] @ d_emb[single_caps].T).argmax(axis=1)
+        for i, j in zip(single_imgs, top, strict=True):
+            (truth,), (pred,) = meanings[i], d_mean[single_caps[j]]
+            for k, name in enumerate(attrs):
+                attrs[name] += int(truth[k] == pred[k])
+        attrs = {k: 100.0 * v / len(single_imgs) for k, v in attrs.items()}
+    return {"i2t": _recalls(i2t), "t2i": _recalls(t2i), "attributes": attrs,
+            "single_object_images": len(single_imgs), "distinct_captions": len(distinct)}
+
+
+# ------------------------------------------------------------------------------------------------------ training
+
+
+def batch_plan(colours: list[list[str]], batch: int, steps: int, hard_fraction: float,
+               gen: torch.Generator, pool: list[int] | None = None) -> list[torch.Tensor]:
+    """Index batches for one epoch: ``steps`` batches of ``batch`` stills, drawn from ``pool`` (default: all).
+
+    ``colours[i]`` lists the colours in still ``i``. A ``hard_fraction`` of the batches are "hard": every still in
+    them contains one colour drawn at random; the rest walk through a random permutation of the pool (cycling).
+    Deterministic for the generator's state.
+    """
+    pool = list(range(len(colours))) if pool is None else list(pool)
+    n = len(pool)
+    perm = torch.as_tensor(pool)[torch.randperm(n, generator=gen)]
+    perm = perm.repeat((steps * batch) // n + 1)
+    by_colour: dict[str, list[int]] = {}
+    for i in pool:
+        for c in colours[i]:
+            by_colour.setdefault(c, []).append(i)
+    names = sorted(by_colour)
+    plan = []
+    for i in range(steps):
+        hard = float(torch.rand(1, generator=gen)) < hard_fraction
+        pool = by_colour[names[int(torch.randint(len(names), (1,), generator=gen))]] if hard else None
+        if pool is not None and len(pool) >= batch:
+            pick = torch.randperm(len(pool), generator=gen)[:batch]
+            plan.append(torch.as_tensor(pool)[pick])
+        else:
+            plan.append(perm[i * batch:(i + 1) * batch])
+    return plan
+
+
+def _clip_loss(logits: torch.Tensor) -> torch.Tensor:
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def _image_and_patches(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image embeddings ``[B,d]`` and patch tokens in the joint space ``[B,P,d]`` (``ln_post`` then
+    the visual projection: exactly the ``patch_tokens`` RAP's ASA selects from)."""
+    visual = model.visual
+    visual.output_tokens = True
+    try:
+        pooled, tokens = visual(images)
+    finally:
+        visual.output_tokens = False
+    if visual.proj is not None:
+        tokens = tokens @ visual.proj
+    return F.normalize(pooled, dim=-1), F.normalize(tokens, dim=-1)
+
+
+def patch_similarity(patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``[B_img, B_txt]``: for each (image, text) the best cosine between the text and one of the image's patches."""
+    return torch.einsum("ipd,jd->ijp", patches, text).amax(dim=-1)
+
+
+def _create_model(clip: str, seed: int) -> torch.nn.Module:
+    import open_clip
+
+    from rap_deploy.model.clip_loader import _quiet_root_logger, _register_packaged_configs
+
+    _register_packaged_configs()
+    if clip not in open_clip.list_models():
+        raise UsageError(f"open_clip has no model '{clip}'; the offline default is {DEFAULT_CLIP}")
+    torch.manual_seed(seed)
+    with _quiet_root_logger():
+        return open_clip.create_model(clip, pretrained=None, load_weights=False)
+
+
+def _image_size(model: torch.nn.Module) -> int:
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+@torch.no_grad()
+def _encode(model, images: torch.Tensor, ids: torch.Tensor, cfg, batch: int = 256
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out image embeddings, patch tokens (joint space) and text embeddings, L2-normalised."""
+    from rap_deploy.preprocess import normalize
+
+    model.eval()
+    img, patch, txt = [], [], []
+    for i in range(0, len(images), batch):
+        a, b = _image_and_patches(model, normalize(images[i:i + batch], cfg))
+        img.append(a)
+        patch.append(b)
+        txt.append(model.encode_text(ids[i:i + batch], normalize=True))
+    return torch.cat(img).numpy(), torch.cat(patch).numpy(), torch.cat(txt).numpy()
+
+
+def patch_object_precision(patch_emb: np.ndarray, text_emb: np.ndarray, images: np.ndarray, grid: tuple[int, int],
+                           k: int = 8) -> dict[str, float]:
+    """How often the ``k`` patches most similar to an image's own caption lie on an object (what ASA's text-conditioned
+    top-k selection needs). A patch is "on an object" when over 5% of its pixels differ from the background colour.
+    Returns ``{"precision": percent of selected patches on objects, "base_rate": percent of all patches on objects,
+    "k": k}``.
+    """
+    from rap_deploy.data.synth import BACKGROUND
+
+    n, size = images.shape[0], images.shape[1]
+    gh, gw = grid
+    fg = np.abs(images.astype(np.int32) - np.asarray(BACKGROUND)).sum(-1) > 30
+    fg = fg.reshape(n, gh, size // gh, gw, size // gw).mean(axis=(2, 4)).reshape(n, gh * gw) > 0.05
+    scores = np.einsum("npd,nd->np", patch_emb, text_emb)
+    top = np.argsort(-scores, axis=1)[:, :k]
+    return {"precision": float(100 * np.take_along_axis(fg, top, 1).mean()), "base_rate": float(100 * fg.mean()),
+            "k": k}
+
+
+def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 6000, n_test: int = 500, epochs: int = 4,
+                      seed: int = 0, clip: str = DEFAULT_CLIP, batch_size: int = 128, lr: float = 2e-3,
+                      weight_decay: float = 0.1, warmup: float = 0.1, hard_batches: float = 0.0,
+                      single_first: float = 0.0, patch_weight: float = 1.0,
+                      data_root: str | Path | None = None, progress: bool = True,
+                      threads: int | None = None) -> dict[str, Any]:
+    """Train ``clip`` from scratch on ``n_train`` synthetic stills and write it to ``out`` (``.safetensors``).
+
+    Stills are ``size`` px (resized to the model's input with the project's preprocessing when they differ). AdamW
+    with linear warm-up and cosine decay, learnable temperature (capped at 100). A fraction ``hard_batches`` of the
+    batches holds only stills that share one colour (see :func:`batch_plan`), so colour alone cannot tell the
+    captions apart and the model must learn shape, size and position early. The first ``single_first`` fraction of
+    the epochs uses only the single-object stills (a curriculum: attributes first, binding two objects later).
+
+    ``patch_weight`` adds a second contrastive term on the patch tokens (:func:`patch_similarity`: an image scores a
+    caption by its best-matching patch, as in FILIP). CLS-only training leaves the patch tokens of a from-scratch ViT
+    unaligned with text, while RAP's ASA selects patches by their cosine with the text; real CLIP's patch tokens are
+    (partly) text-aligned, and this term gives the small stand-in that property.
+
+    After training, the held-out metrics (:func:`heldout_metrics`, on ``n_test`` stills from another seed) are
+    computed and stored with the weights. Returns the info dict stored in the file (metrics, seconds, seed,
+    settings) plus ``out``.
+    Raises :class:`UsageError` for bad settings.
+    """
+    from rap_deploy.backbone_file import save_backbone
+    from rap_deploy.config import PreprocessConfig, TokenizerConfig
+    from rap_deploy.preprocess import normalize, resize_crop
+    from rap_deploy.tokenizer import tokenize
+    from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"backbone file {out} must end in .safetensors")
+    if n_train < 2 or n_test < 2 or epochs < 1 or batch_size < 2:
+        raise UsageError(f"need n_train >= 2, n_test >= 2, epochs >= 1, batch size >= 2; got {n_train}, {n_test}, "
+                         f"{epochs}, {batch_size}")
+    if threads:
+        torch.set_num_threads(threads)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    model = _create_model(clip, seed)
+    cfg = PreprocessConfig(image_size=_image_size(model))
+    context = int(model.positional_embedding.shape[0])
+    tok = TokenizerConfig(context_length=context)
+
+    def prepare(n: int, s: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        images, captions = load_or_make_stills(n, s, size, data_root)
+        images = resize_crop(images, cfg) if images.shape[1] != cfg.image_size else images
+        ids, _ = tokenize(captions, tok)
+        return torch.from_numpy(images), torch.from_numpy(ids).long(), captions
+
+    train_img, train_ids, train_caps = prepare(n_train, seed)
+    test_img, test_ids, test_caps = prepare(n_test, seed + TEST_SEED_OFFSET)
+    t_data = time.perf_counter() - t0
+
+    batch = min(batch_size, n_train)
+    steps_per_epoch = n_train // batch
+    meanings = [still_meaning(c) for c in train_caps]
+    colours = [sorted({obj[1] for obj in m}) for m in meanings]
+    single = [i for i, m in enumerate(meanings) if len(m) == 1]
+    curriculum_epochs = int(round(single_first * epochs)) if single else 0
+    total = epochs * steps_per_epoch
+    warm = warmup_steps_for(warmup, total)
+    decay = [p for p in model.parameters() if p.ndim >= 2 and p is not model.logit_scale]
+    no_decay = [p for p in model.parameters() if p.ndim < 2 or p is model.logit_scale]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    gen = torch.Generator().manual_seed(seed)
+    max_scale = math.log(100.0)
+    losses: list[float] = []
+    step = 0
+    from rap_deploy.data.progress import progress_bar
+
+    model.train()
+    with progress_bar(total, "pre-training backbone", progress) as advance:
+        for epoch in range(epochs):
+            pool = single if epoch < curriculum_epochs else None
+            for idx in batch_plan(colours, batch, steps_per_epoch, hard_batches, gen, pool):
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(step, total, lr, warm)
+                img, patches = _image_and_patches(model, normalize(train_img[idx], cfg))
+                txt = model.encode_text(train_ids[idx], normalize=True)
+                scale = model.logit_scale.exp()
+                loss = _clip_loss(scale * img @ txt.T)
+                if patch_weight > 0:
+                    loss = loss + patch_weight * _clip_loss(scale * patch_similarity(patches, txt))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, max_scale)
+                losses.append(float(loss.detach()))
+                step += 1
+                advance(1)
+    t_train = time.perf_counter() - t0 - t_data
+    image_emb, patch_emb, text_emb = _encode(model, test_img, test_ids, cfg)
+    metrics = heldout_metrics(image_emb, text_emb, test_caps)
+    metrics["patch_selection"] = patch_object_precision(patch_emb, text_emb, test_img.numpy(),
+                                                        tuple(model.visual.grid_size))
+    seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - cpu0
+    info = {
+        "clip": clip, "seed": seed, "size": size, "image_size": cfg.image_size, "n_train": n_train, "n_test": n_test,
+        "epochs": epochs, "steps": step, "batch_size": batch, "lr": lr, "weight_decay": weight_decay,
+        "hard_batches": hard_batches, "single_object_epochs": curriculum_epochs, "patch_weight": patch_weight,
+        "warmup_steps": warm, "final_loss": float(np.mean(losses[-max(1, steps_per_epoch // 4):])),
+        "first_loss": losses[0], "logit_scale": float(model.logit_scale.detach().exp()), "heldout": metrics,
+        "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "train_seconds": round(t_train, 2),
+        "data_seconds": round(t_data, 2),
+        "threads": torch.get_num_threads(), "captions": "colour, size, shape, position (no motion)",
+    }
+    model.eval()
+    save_backbone(model.state_dict(), clip, out, info)
+    return {**info, "out": str(out)}

@@ -1,0 +1,596 @@
+"""RAP fine-tuning: the training loop, per-epoch evaluation, ``best.pt`` / ``last.pt`` / ``metrics.jsonl``, resume.
+
+Only the adapter parameters are optimized (AdamW, warm-up then cosine, gradient clipping); the backbone stays frozen
+and in eval mode. Everything that decides the outcome is a function of the options and the seed, so a run that is
+killed and resumed from ``last.pt`` (model, optimizer, schedule step, RNG, epoch) ends where the uninterrupted run
+ends. Files are written by rank 0 only, atomically, in the order ``best.pt`` → ``last.pt`` → ``metrics.jsonl``; on
+resume ``metrics.jsonl`` is rewritten from the history stored in ``last.pt``, so a kill between two writes loses
+nothing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rap_deploy.errors import UsageError
+from rap_deploy.train import distributed as D
+from rap_deploy.train.batches import EPOCH_UNITS, epoch_batches, items_per_epoch
+from rap_deploy.train.losses import batch_loss
+from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
+
+LAST = "last.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+# Options that define the model when it is built from --clip (ignored with --checkpoint unless they conflict).
+MODEL_OPTIONS = ("variant", "use_lorm", "use_asa", "lorm_rank", "asa_topk", "asa_heads", "asa_dim", "asa_selection",
+                 "frames", "context_length")
+# Options a resumed run may change without changing the outcome.
+RESUMABLE_OVERRIDES = ("data_root", "cache_dir", "num_workers", "max_epochs_this_run", "device", "workspace")
+
+
+@dataclass
+class TrainOptions:
+    """Everything that defines a training run (stored in ``last.pt`` so ``--resume`` can continue it).
+
+    Model: ``checkpoint`` (a RAP checkpoint to fine-tune) or ``clip`` + ``pretrained`` (+ the adapter options) to
+    start from identity adapters; ``None`` adapter options take the ``RAPConfig`` defaults, ``None`` ``frames`` /
+    ``context_length`` the dataset's protocol (12/32 for MSR-VTT and MSVD, 64/64 for DiDeMo and ActivityNet).
+    ``warmup`` < 1 is a fraction of all steps, >= 1 a step count. ``epoch_unit`` ``video`` draws one caption per
+    video per epoch, ``caption`` visits every caption. ``epochs=0`` only evaluates the starting model.
+    ``max_epochs_this_run`` stops this invocation early (the schedule still spans ``epochs``; continue with resume).
+    """
+
+    dataset: str
+    data_root: str
+    out: str
+    checkpoint: str | None = None
+    clip: str | None = None
+    pretrained: str | None = None
+    variant: str | None = None
+    use_lorm: bool | None = None
+    use_asa: bool | None = None
+    lorm_rank: int | None = None
+    asa_topk: int | None = None
+    asa_heads: int | None = None
+    asa_dim: int | None = None
+    asa_selection: str | None = None
+    frames: int | None = None
+    context_length: int | None = None
+    embed_backbone: bool | None = None
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.1
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 1
+    eval_initial: bool = False
+    max_train_videos: int | None = None
+    max_test_videos: int | None = None
+    epoch_unit: str = "video"
+    test_split: str = "test"
+    top_m: int = 100
+    num_workers: int = 0
+    amp: str = "auto"
+    device: str = "auto"
+    cache_dir: str | None = None
+    workspace: str | None = None
+    max_epochs_this_run: int | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` naming the bad value."""
+        positive = ("batch_size", "eval_every", "top_m")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 0:
+            raise UsageError(f"--epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.warmup < 0 or self.grad_clip < 0:
+            raise UsageError(f"bad optimizer settings: lr {self.lr} (> 0), weight decay {self.weight_decay} (>= 0), "
+                             f"warmup {self.warmup} (>= 0), grad clip {self.grad_clip} (>= 0, 0 = off)")
+        if self.epoch_unit not in EPOCH_UNITS:
+            raise UsageError(f"epoch unit '{self.epoch_unit}' is unknown; use one of {', '.join(EPOCH_UNITS)}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise UsageError(f"--amp '{self.amp}' is unknown; use auto, bf16, fp16 or off")
+        if self.max_train_videos is not None and self.max_train_videos < 1:
+            raise UsageError(f"--max-train-videos must be >= 1, got {self.max_train_videos}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# --------------------------------------------------------------------------------------------------- model setup
+
+
+def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
+    """The checkpoint to fine-tune and its model: ``options.checkpoint``, or identity adapters on ``options.clip``."""
+    from rap_deploy.checkpoint import load_checkpoint, new_checkpoint
+    from rap_deploy.config import PreprocessConfig, RAPConfig
+    from rap_deploy.model.clip_loader import BackboneSpec, clip_model_config
+
+    if options.checkpoint:
+        ckpt = load_checkpoint(options.checkpoint)
+        for name in MODEL_OPTIONS:
+            wanted = getattr(options, name)
+            have = getattr(ckpt.config, name)
+            if wanted is not None and wanted != have:
+                raise UsageError(f"--{name.replace('_', '-')} {wanted} conflicts with checkpoint {options.checkpoint} "
+                                 f"({name} = {have}); drop the option or start from --clip")
+        return ckpt, ckpt.build_model()
+    clip = options.clip or "ViT-B-32"
+    pretrained = options.pretrained
+    if pretrained is None:
+        import open_clip
+
+        from rap_deploy.model.clip_loader import _register_packaged_configs
+
+        _register_packaged_configs()
+        pretrained = "openai" if "openai" in open_clip.list_pretrained_tags_by_model(clip) else "none"
+    spec = BackboneSpec.parse(clip, pretrained)
+    size = clip_model_config(clip)["vision_cfg"]["image_size"]
+    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    defaults = RAPConfig()
+    kw = {name: getattr(options, name) for name in MODEL_OPTIONS if getattr(options, name) is not None}
+    kw.update(frames=frames, context_length=context_length)
+    config = defaults.replace(clip=clip, preprocess=PreprocessConfig(image_size=size), **kw)
+    embed = options.embed_backbone if options.embed_backbone is not None else spec.kind == "none"
+    return new_checkpoint(config, spec, embed_backbone=embed, seed=options.seed)
+
+
+# The ASA key bias adds q·b to every logit of a query: softmax ignores it, so its gradient is zero up to rounding,
+# and Adam would turn that rounding noise into learning-rate-sized random steps. It is left out of the optimizer.
+GRADIENT_FREE = ("asa.k_proj.bias",)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The adapter parameters the optimizer updates (everything outside ``clip.`` except :data:`GRADIENT_FREE`)."""
+    return [(n, p) for n, p in model.named_parameters()
+            if p.requires_grad and not n.startswith("clip.") and n not in GRADIENT_FREE]
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on adapter matrices; none on biases, LayerNorm-like vectors and the γ/δ offsets."""
+    decay, no_decay = [], []
+    for name, p in trainable_parameters(model):
+        if p.ndim < 2 or name.endswith(("patch_offset", "time_offset")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _amp_dtype(amp: str, device: str) -> torch.dtype | None:
+    """The autocast dtype: only on CUDA; ``auto`` picks bf16 where supported, else fp16."""
+    if not device.startswith("cuda") or amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+def _load_data(options: TrainOptions, config, cache, ctx: D.DistContext, progress: bool):
+    """The prepared training dataset (bad videos skipped and counted) and the evaluation split."""
+    from rap_deploy.data.datasets import VideoCaptionDataset, load_split
+
+    train_split = load_split(options.dataset, options.data_root, "train", max_frames=config.frames)
+    if options.max_train_videos is not None:
+        train_split = train_split.subset(list(range(min(options.max_train_videos, train_split.num_videos))))
+    test_split = load_split(options.dataset, options.data_root, options.test_split, max_frames=config.frames)
+    if options.max_test_videos is not None:
+        test_split = test_split.subset(list(range(min(options.max_test_videos, test_split.num_videos))))
+    dataset = VideoCaptionDataset(train_split, cache, config.preprocess, config.tokenizer)
+    # Rank 0 decodes into the cache first; the other ranks then read it (same result, no duplicated decoding).
+    if ctx.is_main:
+        dataset.prepare(progress=progress)
+    D.barrier(ctx)
+    if not ctx.is_main:
+        dataset.prepare(progress=False)
+    if len(dataset) == 0:
+        raise UsageError(f"no usable training video in {options.data_root} ({len(dataset.bad_videos)} undecodable); "
+                         "run `rapdeploy data-check --split train`")
+    return dataset, test_split
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    from rap_deploy.atomic import write_text_atomic
+
+    write_text_atomic(run_dir / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+
+
+def _plain(obj: Any) -> Any:
+    """JSON round trip: metric dicts become plain Python data (safe for ``weights_only`` checkpoints)."""
+    return json.loads(json.dumps(obj, default=float))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContext, progress: bool) -> dict[str, Any]:
+    from rap_deploy.retrieval import ModelEncoder, evaluate
+
+    was_training = model.training
+    result = evaluate(ModelEncoder(model, device=ctx.device), test_split, cache, top_m=options.top_m,
+                      progress=progress)
+    model.train(was_training)
+    return result
+
+
+def _record(epoch: int, step: int, loss: float | None, lr: float, seconds: float, train_items: int,
+            result: dict[str, Any] | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"epoch": epoch, "step": step, "loss": loss, "lr": lr, "seconds": round(seconds, 3),
+                           "train_items": train_items}
+    if result is not None:
+        rec.update(t2v=result["asa"]["t2v"], v2t=result["asa"]["v2t"], two_stage=result["two_stage"],
+                   meanp=result["meanp"], eval_seconds=result["seconds"], test_videos=result["videos"],
+                   test_captions=result["captions"], test_skipped=len(result["skipped"]))
+    return _plain(rec)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+def train_rap(options: TrainOptions | None, progress: bool = True, resume: str | Path | None = None,
+              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train RAP as ``options`` say, or continue the run in the folder ``resume``; returns the run summary.
+
+    Writes ``best.pt`` (best text→video R@1 of the full ASA similarity), ``last.pt`` (with the training state) and
+    ``metrics.jsonl`` (one line per epoch: epoch, step, loss, lr, seconds, t2v, v2t, two_stage, meanp) into
+    ``options.out`` (rank 0 only), and ``summary.json`` at the end.
+
+    Resuming reads the options stored in ``resume/last.pt``; ``overrides`` (explicitly given values) may change only
+    where the data and cache live, the workers, the device and ``max_epochs_this_run``; any other value that differs
+    from the stored run is an error. When ``resume`` has no ``last.pt`` yet (killed during the first epoch) and
+    ``options`` is given, the run starts from scratch in that folder.
+    Raises :class:`UsageError` for bad options, missing data, or a run folder that cannot be resumed.
+    """
+    from rap_deploy.checkpoint import checkpoint_from_model, save_checkpoint
+    from rap_deploy.data.cache import FrameCache
+
+    t_start = time.perf_counter()
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        if (Path(resume) / LAST).is_file() or options is None:
+            options, template, model, state = _load_resume(Path(resume), overrides or {})
+        else:
+            options = dataclasses.replace(options, out=str(resume))
+    if options is None:
+        raise UsageError("nothing to train: pass the training options or a run folder to resume")
+    options.validate()
+    ctx = D.setup(options.device)
+    try:
+        run_dir = Path(options.out)
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(options.seed)
+        if state is None:
+            from rap_deploy.data.datasets import dataset_defaults
+
+            sampling, ctx_len = dataset_defaults(options.dataset)
+            frames = options.frames or sampling.max_frames
+            template, model = _source_checkpoint(options, frames, options.context_length or ctx_len)
+        config = model.config
+        model = model.to(ctx.device).train()
+        for name, p in model.named_parameters():
+            if name in GRADIENT_FREE:
+                p.requires_grad_(False)
+        params = [p for _, p in trainable_parameters(model)]
+        if not params:
+            raise UsageError("the model has no trainable adapter (LoRM and ASA both disabled)")
+        D.broadcast_parameters(params, ctx)
+        optimizer = torch.optim.AdamW(_param_groups(model, options.weight_decay), lr=options.lr)
+        amp_dtype = _amp_dtype(options.amp, ctx.device)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+        cache = FrameCache(options.cache_dir) if options.cache_dir else FrameCache.default(options.workspace)
+        show = progress and ctx.is_main
+        dataset, test_split = _load_data(options, config, cache, ctx, show)
+        item_video = np.asarray(dataset.split.caption_video)[dataset.items]
+        per_epoch = items_per_epoch(item_video, options.epoch_unit)
+        batch = options.batch_size
+        if per_epoch < batch:
+            batch = max(ctx.world_size, per_epoch - per_epoch % ctx.world_size)
+            _say(show, f"[yellow]batch size {options.batch_size} exceeds the {per_epoch} training items per epoch; "
+                       f"using {batch}[/]")
+        if batch % ctx.world_size:
+            raise UsageError(f"--batch-size {batch} (the global batch) must be a multiple of the "
+                             f"{ctx.world_size} processes")
+        steps_per_epoch = per_epoch // batch
+        total_steps = options.epochs * steps_per_epoch
+        history: list[dict[str, Any]] = []
+        best = {"epoch": None, "t2v_R1": -math.inf}
+        epoch0, step = 0, 0
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler.is_enabled() and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+            epoch0, step = int(state["epoch"]), int(state["step"])
+            total_steps = int(state["total_steps"])
+            steps_per_epoch = int(state["steps_per_epoch"])
+            batch = int(state["batch_size"])
+            history = list(state["history"])
+            best = dict(state["best"])
+            if ctx.is_main:
+                _write_metrics(run_dir, history)
+                _restore_best(run_dir, template, model, best, epoch0)
+        warmup_steps = warmup_steps_for(options.warmup, total_steps)
+
+        def save(epoch: int, record: dict[str, Any], is_best: bool) -> None:
+            extra = {"epoch": epoch, "step": step, "metrics": record, "train_options": options.to_dict(),
+                     "source": template.extra.get("source", options.checkpoint or options.clip)}
+            if is_best:
+                save_checkpoint(checkpoint_from_model(model, template, extra), run_dir / BEST)
+            train_state = {"epoch": epoch, "step": step, "total_steps": total_steps, "batch_size": batch,
+                           "steps_per_epoch": steps_per_epoch, "optimizer": optimizer.state_dict(),
+                           "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": _rng_state(),
+                           "history": history, "best": best}
+            save_checkpoint(checkpoint_from_model(model, template, {**extra, "train_state": train_state}),
+                            run_dir / LAST)
+            _write_metrics(run_dir, history)
+
+        def evaluate_now(epoch: int) -> dict[str, Any]:
+            result = None
+            if ctx.is_main:
+                result = _evaluate(model, test_split, cache, options, ctx, show)
+            D.barrier(ctx)
+            return result
+
+        counts = model.parameter_counts()
+        _say(show, f"training {config.variant} on {options.dataset} ({len(dataset)} captions of "
+                   f"{dataset.split.num_videos - len(dataset.bad_videos)} videos, {len(dataset.bad_videos)} skipped), "
+                   f"{counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters, "
+                   f"{options.epochs} epochs × {steps_per_epoch} steps of {batch}, world size {ctx.world_size}, "
+                   f"{ctx.device}" + (f", resuming after epoch {epoch0}" if state is not None else ""))
+        if state is None and (options.epochs == 0 or options.eval_initial):
+            result = evaluate_now(0)
+            if ctx.is_main:
+                rec = _record(0, 0, None, 0.0, 0.0, 0, result)
+                history.append(rec)
+                is_best = rec["t2v"]["R1"] > best["t2v_R1"]
+                if is_best:
+                    best = {"epoch": 0, "t2v_R1": rec["t2v"]["R1"]}
+                save(0, rec, is_best)
+                _say(show, _epoch_line(rec, options.epochs))
+
+        train_seconds = sum(r.get("seconds", 0.0) for r in history)
+        stop_at = options.epochs if options.max_epochs_this_run is None else \
+            min(options.epochs, epoch0 + options.max_epochs_this_run)
+        bar = _Bars(show, options.epochs, epoch0, steps_per_epoch)
+        with bar:
+            for epoch in range(epoch0 + 1, stop_at + 1):
+                t0 = time.perf_counter()
+                batches = epoch_batches(item_video, batch, options.seed, epoch, options.epoch_unit)
+                local = [D.shard(b, ctx) for b in batches]
+                video_ids = [torch.as_tensor(item_video[b], dtype=torch.int64) for b in batches]
+                loader = torch.utils.data.DataLoader(dataset, batch_sampler=local, num_workers=options.num_workers)
+                bar.start_epoch(epoch)
+                loss_sum, lr = 0.0, options.lr
+                for i, items in enumerate(loader):
+                    lr = cosine_lr(step, total_steps, options.lr, warmup_steps, options.min_lr_ratio)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    loss = _step(model, items, video_ids[i], params, optimizer, scaler, amp_dtype, options, ctx)
+                    loss_sum += loss
+                    step += 1
+                    bar.advance(loss, batch)
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
+                evaluate_this = epoch % options.eval_every == 0 or epoch == options.epochs
+                result = evaluate_now(epoch) if evaluate_this else None
+                if ctx.is_main:
+                    rec = _record(epoch, step, loss_sum / max(1, len(batches)), lr, seconds, len(batches) * batch,
+                                  result)
+                    history.append(rec)
+                    is_best = result is not None and rec["t2v"]["R1"] > best["t2v_R1"]
+                    if is_best:
+                        best = {"epoch": epoch, "t2v_R1": rec["t2v"]["R1"]}
+                    save(epoch, rec, is_best)
+                    bar.log(_epoch_line(rec, options.epochs))
+                D.barrier(ctx)
+                bar.end_epoch()
+
+        summary = {
+            "run_dir": str(run_dir), "dataset": options.dataset, "variant": config.variant, "clip": config.clip,
+            "epochs": options.epochs, "epochs_done": history[-1]["epoch"] if history else epoch0,
+            "complete": (history[-1]["epoch"] if history else epoch0) >= options.epochs,
+            "steps": step, "batch_size": batch, "world_size": ctx.world_size, "device": ctx.device,
+            "train_seconds": round(train_seconds, 3), "wall_seconds": round(time.perf_counter() - t_start, 3),
+            **counts, "train_captions": len(dataset), "skipped_videos": dataset.bad_videos,
+            "best_epoch": best["epoch"], "best": next((r for r in history if r["epoch"] == best["epoch"]), None),
+            "last": history[-1] if history else None, "resumed_after_epoch": epoch0 if state is not None else None,
+        }
+        if ctx.is_main:
+            from rap_deploy.atomic import write_json_atomic
+
+            write_json_atomic(run_dir / SUMMARY, summary)
+        return summary
+    finally:
+        D.cleanup(ctx)
+
+
+def _step(model, items: dict[str, Any], video_ids: torch.Tensor, params: list[torch.nn.Parameter], optimizer,
+          scaler, amp_dtype: torch.dtype | None, options: TrainOptions, ctx: D.DistContext) -> float:
+    """One optimizer step on a (local share of a) global batch; returns the global loss."""
+    dev = ctx.device
+    frames = items["frames"].to(dev, non_blocking=True)
+    mask = items["frame_mask"].to(dev)
+    ids, eot = items["ids"].to(dev), items["eot"].to(dev)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None) if amp_dtype is not None \
+            else _nullcontext():
+        loss = batch_loss(model, frames, mask, ids, eot, video_ids, ctx)
+    scaler.scale(loss).backward()
+    D.all_reduce_gradients(params, ctx)
+    if options.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(D.all_reduce_sum(loss.detach(), ctx))
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def _load_resume(run_dir: Path, overrides: dict[str, Any]):
+    """Options, template checkpoint, model and training state of the run in ``run_dir`` (from its ``last.pt``).
+
+    ``overrides`` may set the :data:`RESUMABLE_OVERRIDES`; any other key whose value differs from the stored run is a
+    :class:`UsageError` (a resumed run keeps its data, model and schedule).
+    """
+    from rap_deploy.checkpoint import load_checkpoint
+
+    last = run_dir / LAST
+    if not last.is_file():
+        raise UsageError(f"cannot resume {run_dir}: it has no {LAST} (the run stopped before its first epoch ended; "
+                         "start it again without --resume)")
+    ckpt = load_checkpoint(last)
+    state = ckpt.extra.get("train_state")
+    stored = ckpt.extra.get("train_options")
+    if not isinstance(state, dict) or not isinstance(stored, dict):
+        raise UsageError(f"{last} holds no training state; it was not written by `rapdeploy train`")
+    options = TrainOptions.from_dict(stored)
+    options.out = str(run_dir)
+    for name, value in overrides.items():
+        if value is None or name == "out":
+            continue
+        stored_value = getattr(ckpt.config, name) if name in MODEL_OPTIONS else getattr(options, name, None)
+        if name in RESUMABLE_OVERRIDES:
+            setattr(options, name, value)
+        elif not hasattr(options, name):
+            raise UsageError(f"unknown training option '{name}'")
+        elif stored_value != value:
+            raise UsageError(f"--{name.replace('_', '-')} {value} differs from the resumed run's "
+                             f"{stored_value} (stored in {last}); a resumed run keeps its data, model and "
+                             "schedule: drop the option, or start a new run from its last.pt with --checkpoint")
+    extra = {k: v for k, v in ckpt.extra.items() if k != "train_state"}
+    template = dataclasses.replace(ckpt, extra=extra)
+    return options, template, ckpt.build_model(), state
+
+
+def _restore_best(run_dir: Path, template, model, best: dict[str, Any], epoch: int) -> None:
+    """Rewrite ``best.pt`` from ``last.pt``'s weights when ``last.pt`` is the best epoch and ``best.pt`` is missing.
+
+    (``best.pt`` is written before ``last.pt``, so a kill cannot leave it behind; this repairs a deleted file.)
+    """
+    from rap_deploy.checkpoint import save_checkpoint
+
+    if best.get("epoch") == epoch and not (run_dir / BEST).is_file():
+        save_checkpoint(dataclasses.replace(template, adapter_state={
+            k: v.detach().cpu().clone() for k, v in model.adapter_state_dict().items()}), run_dir / BEST)
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _epoch_line(rec: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {rec['epoch']}/{epochs}"]
+    if rec.get("loss") is not None:
+        parts.append(f"loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  {rec['seconds']:.1f}s")
+    if "t2v" in rec:
+        t, v = rec["t2v"], rec["v2t"]
+        parts.append(f"t2v R@1 {t['R1']:.1f} R@5 {t['R5']:.1f} R@10 {t['R10']:.1f} MnR {t['MnR']:.1f} | "
+                     f"v2t R@1 {v['R1']:.1f} R@5 {v['R5']:.1f} MnR {v['MnR']:.1f}")
+    return "  ".join(parts)
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        from rich.console import Console
+
+        Console(stderr=True).print(message)
+
+
+class _Bars:
+    """Rich progress bars (epochs and steps, with loss and throughput), only on a terminal and when enabled."""
+
+    def __init__(self, enabled: bool, epochs: int, done: int, steps: int) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled
+        self.live = enabled and self.console.is_terminal
+        self.epochs, self.done, self.steps = epochs, done, steps
+        self.progress = None
+
+    def __enter__(self) -> _Bars:
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
+            self.progress.__enter__()
+            self.epoch_task = self.progress.add_task("epochs", total=self.epochs, completed=self.done, info="")
+            self.step_task = self.progress.add_task("steps", total=self.steps, info="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.t0 = time.perf_counter()
+        self.n = 0
+        if self.progress is not None:
+            self.progress.reset(self.step_task, total=self.steps, description=f"epoch {epoch}", info="")
+
+    def advance(self, loss: float, pairs: int) -> None:
+        self.n += pairs
+        if self.progress is not None:
+            rate = self.n / max(1e-9, time.perf_counter() - self.t0)
+            self.progress.update(self.step_task, advance=1, info=f"loss {loss:.4f}  {rate:.1f} pairs/s")
+
+    def end_epoch(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.epoch_task)
+
+    def log(self, line: str) -> None:
+        if self.enabled:
+            self.console.print(line)

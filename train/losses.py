@@ -1,0 +1,81 @@
+"""The training loss: symmetric InfoNCE over the (global) batch, with RAP's text-conditioned similarity.
+
+For ``rap`` every (text, video) pair of the batch is scored with the text-conditioned ASA similarity
+(``RAPModel.asa_similarity`` works in bounded chunks); for ``rap_light`` and ``--no-asa`` it is meanP.
+``loss = (CE(s·sim) + CE(s·simᵀ)) / 2`` with the frozen CLIP logit scale ``s``.
+
+Several captions of one video in a batch: the other copies of the video (and the other captions of it) are not
+negatives. Their logits are masked out of the softmax, so a duplicate never pushes a caption away from its own video.
+(The default sampler already draws one caption per video per epoch, so duplicates only occur with
+``epoch_unit="caption"``.)
+
+Distributed (``world_size > 1``): each rank encodes its local share, the video and text embeddings are gathered with
+gradient, and rank ``r`` computes the rows of its local texts and the columns of its local videos, each divided by the
+global batch size. The per-rank losses sum to the single-process loss over the global batch, so summing the gradients
+over ranks (``all_reduce_gradients``) reproduces the single-process gradient exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rap_deploy.train.distributed import DistContext, gather_with_grad
+
+
+def duplicate_mask(video_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, B]`` bool: True where two different batch positions hold the same video (excluded as negatives)."""
+    same = video_ids.view(-1, 1) == video_ids.view(1, -1)
+    return same & ~torch.eye(len(video_ids), dtype=torch.bool, device=video_ids.device)
+
+
+def symmetric_info_nce(sim: torch.Tensor, logit_scale: torch.Tensor | float,
+                       video_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE of a square ``[B_text, B_video]`` similarity whose diagonal holds the positive pairs.
+
+    ``video_ids`` (``[B]``, optional) marks batch positions that share a video; those off-diagonal pairs are masked.
+    Returns the scalar ``(CE_t2v + CE_v2t) / 2`` (mean over the batch).
+    """
+    logits = sim.float() * logit_scale
+    if video_ids is not None:
+        logits = logits.masked_fill(duplicate_mask(video_ids), float("-inf"))
+    target = torch.arange(sim.shape[0], device=sim.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def batch_loss(model: torch.nn.Module, frames: torch.Tensor, frame_mask: torch.Tensor, ids: torch.Tensor,
+               eot: torch.Tensor, video_ids: torch.Tensor, ctx: DistContext | None = None) -> torch.Tensor:
+    """This rank's share of the contrastive loss of a global batch (the full loss for a single process).
+
+    ``frames [b,T,3,S,S]``, ``frame_mask [b,T]``, ``ids [b,L]``, ``eot [b]`` are the local share (``b`` = global
+    batch / world size, equal on every rank, in rank order); ``video_ids [B_global]`` the video index of every
+    position of the global batch. The sum of the returned values over ranks is the symmetric InfoNCE over the global
+    batch (``all_reduce_sum`` it for logging).
+    """
+    ctx = ctx or DistContext()
+    _, frame_emb, patch_tokens = model.encode_video(frames, frame_mask)
+    text_emb = model.encode_text(ids, eot)
+    scale = model.logit_scale
+    if not ctx.distributed:
+        sim = model.asa_similarity(text_emb, frame_emb, patch_tokens)
+        return symmetric_info_nce(sim, scale, video_ids)
+
+    b = frames.shape[0]
+    shapes = (text_emb.shape[1:], frame_emb.shape[1:], patch_tokens.shape[1:])
+    sizes = [s.numel() for s in shapes]
+    dtype = frame_emb.dtype
+    packed = torch.cat([text_emb.to(dtype).reshape(b, -1), frame_emb.reshape(b, -1), patch_tokens.reshape(b, -1)], 1)
+    gathered = gather_with_grad(packed, ctx)  # one collective for all three tensors
+    t_all, f_all, p_all = torch.split(gathered, sizes, dim=1)
+    n = gathered.shape[0]
+    t_all, f_all, p_all = (x.reshape(n, *s) for x, s in zip((t_all, f_all, p_all), shapes, strict=True))
+    t_all = t_all.to(text_emb.dtype)
+
+    lo = ctx.rank * b
+    target = torch.arange(lo, lo + b, device=frames.device)
+    dup = duplicate_mask(video_ids.to(frames.device))[lo:lo + b]  # [b, B]; symmetric, so rows serve both ways
+    rows = model.asa_similarity(text_emb, f_all, p_all).float() * scale  # local texts vs all videos [b, B]
+    cols = model.asa_similarity(t_all, frame_emb, patch_tokens).float().T * scale  # local videos vs all texts
+    t2v = F.cross_entropy(rows.masked_fill(dup, float("-inf")), target, reduction="sum")
+    v2t = F.cross_entropy(cols.masked_fill(dup, float("-inf")), target, reduction="sum")
+    return (t2v + v2t) / (2 * n)
