@@ -315,8 +315,7 @@ def bench(
         if not p.exists():
             raise UsageError(f"engine {p} does not exist; pass --engine with an engine folder from "
                              "`rapdeploy build-engine`")
-    ref = resolve_reference(engine_paths[0], checkpoint) if engine_paths else None
-    ckpt_path = Path(checkpoint) if checkpoint is not None else ref.checkpoint  # type: ignore[union-attr]
+    ckpt_path = resolve_reference(engine_paths[0], checkpoint).checkpoint if engine_paths else Path(checkpoint)
     if not ckpt_path.is_file():
         raise UsageError(f"checkpoint {ckpt_path} does not exist")
 

@@ -207,6 +207,8 @@ def verify_markdown(result: dict[str, Any]) -> str:
     ]
     if result.get("failures"):
         lines += ["## Failures", ""] + [f"- {f}" for f in result["failures"]] + [""]
+    if result.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
     lines += ["## Retrieval metrics (engine − reference)", "",
               _md_table(VERIFY_HEADER, verify_rows(result)),
               ""]
@@ -255,6 +257,8 @@ def print_verify(result: dict[str, Any], console: Any = None) -> None:
     console.print(errors)
     for failure in result.get("failures", []):
         console.print(f"[red]FAIL[/red] {failure}")
+    for note in result.get("notes", []):
+        console.print(f"note: {note}")
     verdict = "[green]PASSED[/green]" if result["passed"] else "[bold red]FAILED[/bold red]"
     console.print(f"verify {verdict} ({result.get('rule')}); reports in {result.get('out')}")
 

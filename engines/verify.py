@@ -485,12 +485,20 @@ def verify(
         e = per_graph[worst]
         failures.append(f"largest error on identical inputs: {worst} (max abs {e['max_abs']:.3g}"
                         + (f", min cosine {e['min_cosine']:.6f})" if e.get("min_cosine") is not None else ")"))
+    notes = []
+    queries = min(sections["asa"]["reference"][d]["queries"] for d in ("t2v", "v2t"))
+    tol_used = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
+    if (tolerance is not None or not is_strict(precision)) and 100.0 / queries > tol_used:
+        notes.append(f"one query moves R@K by {100.0 / queries:.2f} points, more than the tolerance {tol_used:g}: with "
+                     f"{queries} queries a single rank flip across a K boundary fails the check; a tolerance check "
+                     f"needs >= {int(np.ceil(100.0 / max(tol_used, 1e-9)))} queries")
     result: dict[str, Any] = {
         "passed": bool(passed),
         "tolerance": DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
         "rule": rule,
         "precision": precision,
         "failures": failures,
+        "notes": notes,
         "checks": checks,
         "reference": sections["asa"]["reference"],
         "engine": sections["asa"]["engine"],

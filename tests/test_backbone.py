@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from rap_deploy.backbone_file import read_backbone_clip_name, read_backbone_info
 from rap_deploy.checkpoint import load_checkpoint
 from rap_deploy.cli.app import app
-from rap_deploy.train.backbone import batch_plan, heldout_metrics, still_meaning
+from rap_deploy.train.backbone import heldout_metrics, localisation_loss, object_patches, still_meaning
 
 
 def test_still_meaning_ignores_paraphrase():
@@ -38,12 +38,17 @@ def test_heldout_metrics_count_same_meaning_as_correct():
     assert m["i2t"]["R1"] == 50.0 and m["attributes"]["colour"] == 50.0 and m["attributes"]["shape"] == 50.0
 
 
-def test_hard_batches_share_a_colour():
-    colours = [["red"], ["blue"], ["red", "green"], ["green"]] * 10
-    plan = batch_plan(colours, batch=8, steps=20, hard_fraction=1.0, gen=torch.Generator().manual_seed(0))
-    for idx in plan:
-        shared = set.intersection(*(set(colours[i]) for i in idx.tolist()))
-        assert len(idx) == 8 and shared
+def test_localisation_loss_rewards_text_on_object_patches():
+    text = torch.nn.functional.normalize(torch.randn(2, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    patches = torch.nn.functional.normalize(torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    on_object = torch.tensor([[True, False, False, False], [False, False, True, False]])
+    aligned = patches.clone()
+    aligned[0, 0], aligned[1, 2] = text[0], text[1]  # the object patches now match their caption
+    scale = torch.tensor(10.0)
+    assert localisation_loss(aligned, text, on_object, scale) < localisation_loss(patches, text, on_object, scale)
+    images = np.full((1, 16, 16, 3), 40, dtype=np.uint8)
+    images[0, 0:4, 8:12] = (230, 45, 45)  # a red object in the top row, third patch of a 4x4 grid
+    assert object_patches(images, (4, 4))[0].tolist() == [False, False, True] + [False] * 13
 
 
 def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
@@ -55,7 +60,7 @@ def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["steps"] == 4 and info["clip"] == "rap-micro"
-    assert {"i2t", "t2i", "attributes"} <= info["heldout"].keys() and info["seconds"] > 0
+    assert {"i2t", "t2i", "attributes", "patch_selection"} <= info["heldout"].keys() and info["seconds"] > 0
     assert read_backbone_clip_name(out) == "rap-micro"
     assert read_backbone_info(out)["heldout"] == info["heldout"]
     assert len(list((tmp_path / "stills" / "stills").glob("*.npz"))) == 2  # train and held-out stills cached

@@ -48,6 +48,7 @@ def test_verify_fp32_engine_passes(micro_ort_engines, synth_root, frame_cache, t
     assert report["embedding_error"]["first_batch_fp32"]["patch_tokens"]["max_abs"] < 1e-4
     assert report["embedding_error"]["video_emb"]["min_cosine"] > 0.99999
     assert report["reference_info"]["matches_engine_source"] is True
+    assert report["notes"] == []
     assert (out / "verify.md").read_text().startswith("# rapdeploy verify: PASSED")
     assert (out / "verify.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -106,6 +107,7 @@ def test_verify_multi_caption_split(micro_checkpoint, synth_root, frame_cache, t
     assert report["reference"]["t2v"]["queries"] == report["counts"]["captions"]
     assert report["reference"]["v2t"]["queries"] == 6
     assert report["engine_info"]["backend"] == "torch"
+    assert "a tolerance check needs" in report["notes"][0]  # 6 v2t queries: one query = 16.7 points
 
 
 def test_verify_usage_errors(tmp_path, synth_root):

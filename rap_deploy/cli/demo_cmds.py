@@ -63,13 +63,15 @@ def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
     console.print(ret)
 
     par = Table(title="Engines: recall parity vs PyTorch")
-    for col in ("engine", "verdict", "ΔR@1 t2v", "ΔR@5 t2v", "ΔR@1 v2t", "rank changes"):
+    for col in ("engine", "verdict", "tolerance", "ΔR@1 t2v", "ΔR@5 t2v", "ΔR@1 v2t", "rank changes"):
         par.add_column(col)
     for e in summary["engines"]:
         d = e["delta"]
         rc = e.get("rank_changes")
         rc_text = json.dumps(rc) if isinstance(rc, dict) else str(rc)
+        tol = e.get("tolerance")
         par.add_row(e["name"], "[green]pass[/green]" if e["passed"] else "[red]FAIL[/red]",
+                    "0 rank changes" if e["precision"] == "fp32" else f"{tol:g} pts" if tol is not None else "-",
                     f"{d['t2v']['R1']:+.2f}", f"{d['t2v']['R5']:+.2f}", f"{d['v2t']['R1']:+.2f}", rc_text)
     console.print(par)
 

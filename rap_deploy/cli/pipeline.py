@@ -181,15 +181,20 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
 
     from rap_deploy.engines.verify import verify
 
+    # On a test split of N captions one query moves R@K by 100/N points (1.67 for 60), so the design's 0.5-point
+    # tolerance for fp16/int8 engines would allow no change at all; the demo allows one query's worth.
+    quant_tolerance = round(max(0.5, 100.0 / sizes.test_videos) + 1e-6, 4)
     verdicts = []
     for name in built:
         report = out / "verify" / name / "verify.json"
-        steps.run(f"verify {name}", report, lambda n=name, r=report: verify(
-            "msrvtt", data, out / "engines" / n, top_m=sizes.top_m, out=r.parent, cache=frame_cache,
+        tolerance = None if name.endswith("fp32") else quant_tolerance
+        steps.run(f"verify {name}", report, lambda n=name, r=report, t=tolerance: verify(
+            "msrvtt", data, out / "engines" / n, tolerance=t, top_m=sizes.top_m, out=r.parent, cache=frame_cache,
             progress=progress, threads=threads, raise_on_fail=False))
         result = _read_json(report)
         verdicts.append({"name": name, "backend": name.split("-")[0], "precision": name.split("-")[-1],
-                         "passed": bool(result["passed"]), "delta": result["delta"],
+                         "passed": bool(result["passed"]), "tolerance": result.get("tolerance"),
+                         "delta": result["delta"],
                          "two_stage_delta": result.get("two_stage", {}).get("delta"),
                          "rank_changes": result.get("rank_changes")})
 

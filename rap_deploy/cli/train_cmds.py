@@ -189,10 +189,11 @@ def pretrain_backbone(
                              "different)."),
     train_stills: int = typer.Option(4000, "--train-stills", help="Number of training stills."),
     test_stills: int = typer.Option(400, "--test-stills", help="Number of held-out stills for the reported R@1."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Contrastive batch size."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Contrastive batch size."),
     lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, warm-up then cosine)."),
-    hard_batches: float = typer.Option(0.5, "--hard-batches", help="Fraction of batches whose stills share one "
-                                       "colour (forces shape/size/position to be learned)."),
+    patch_weight: float = typer.Option(1.0, "--patch-weight", help="Weight of the patch localisation loss that "
+                                       "aligns the object patches with the caption (what RAP's ASA selects by); 0 "
+                                       "trains the CLS embedding only."),
     clip: str = typer.Option("rap-tiny", "--clip", help="open_clip model config to train from scratch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default: $RAPDEPLOY_HOME or "
                                           "./rapdeploy-out)."),
@@ -205,7 +206,7 @@ def pretrain_backbone(
 
     out = out or subdir("cache", workspace) / "backbone" / f"{clip}.safetensors"
     info = run(out, size=size, n_train=train_stills, n_test=test_stills, epochs=epochs, seed=seed, clip=clip,
-               batch_size=batch_size, lr=lr, hard_batches=hard_batches, data_root=data_root, progress=not quiet)
+               batch_size=batch_size, lr=lr, patch_weight=patch_weight, data_root=data_root, progress=not quiet)
     if json_out:
         typer.echo(json.dumps(info, indent=2))
         return
