@@ -154,8 +154,7 @@ def test_kill_and_resume_equals_straight_run(synth_root, frame_cache, tmp_path, 
     assert _max_diff(_adapters(killed / "last.pt"), _adapters(tmp_path / "straight" / "last.pt")) <= 1e-6
     assert _max_diff(_adapters(killed / "best.pt"), _adapters(tmp_path / "straight" / "best.pt")) <= 1e-6
     # Training moved the adapters (so the comparison above is not trivially true).
-    init = load_checkpoint(killed / "last.pt").build_model()
-    assert float(init.lorm_attn[0].v_scale.abs().max()) > 1e-4
+    assert float(_adapters(killed / "last.pt")["lorm_attn.0.v_scale"].abs().max()) > 1e-4
 
 
 def test_corrupt_training_video_is_skipped_and_counted(synth_root, frame_cache, tmp_path):
@@ -174,12 +173,12 @@ def test_corrupt_training_video_is_skipped_and_counted(synth_root, frame_cache, 
 def test_torchrun_two_processes_match_one_process(synth_root, frame_cache, tmp_path):
     from rap_deploy.train.loop import train_rap
 
-    opts = dict(epochs=1, max_test_videos=4, lr=2e-2, warmup=0)
+    opts = dict(epochs=1, max_test_videos=4, lr=1e-2, warmup=0)
     train_rap(_micro_options(synth_root, tmp_path / "one", frame_cache, **opts), progress=False)
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "-m",
            "rap_deploy.cli", "train", "--dataset", "msrvtt", "--data-root", str(synth_root), *MICRO_CLI,
-           "--epochs", "1", "--batch-size", "8", "--lr", "2e-2", "--warmup", "0", "--seed", "3",
+           "--epochs", "1", "--batch-size", "8", "--lr", "1e-2", "--warmup", "0", "--seed", "3",
            "--max-test-videos", "4", "--top-m", "4", "--cache-dir", str(frame_cache), "--out", str(tmp_path / "two"),
            "--quiet", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -189,9 +188,8 @@ def test_torchrun_two_processes_match_one_process(synth_root, frame_cache, tmp_p
     assert summary["world_size"] == 2 and summary["steps"] == 3
     one, two = _adapters(tmp_path / "one" / "last.pt"), _adapters(tmp_path / "two" / "last.pt")
     assert _max_diff(one, two) <= 1e-5
-    init = load_checkpoint(tmp_path / "one" / "last.pt").build_model()
-    moved = max(float(init.lorm_mlp[i].v_shift.abs().max()) for i in range(len(init.lorm_mlp)))
-    assert moved > 1e-3  # the weights moved far more than the tolerance
+    moved = max(float(v.abs().max()) for k, v in one.items() if k.endswith("v_shift"))
+    assert moved > 1e-3  # LoRM's V starts at zero: the weights moved far more than the tolerance
     assert _metrics_without_timing(tmp_path / "one")[0]["loss"] == pytest.approx(
         _metrics_without_timing(tmp_path / "two")[0]["loss"], abs=1e-5)
 
