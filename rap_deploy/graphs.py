@@ -24,6 +24,24 @@ GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+# What a video index keeps per video, and the dtype it keeps it in (one source of truth for the library, verify and
+# bench): ``video_emb`` feeds stage 1, the rest (:data:`RERANK_TENSORS`) feed the stage-2 re-rank.
+INDEX_DTYPES: dict[str, str] = {"video_emb": "float32", "frame_emb": "float32", "patch_tokens": "float16"}
+
+
+def video_outputs(has_asa: bool) -> tuple[str, ...]:
+    """The ``video_encoder`` outputs of a model, in order (what ``Engine.encode_video`` returns)."""
+    return VIDEO_OUTPUTS
+
+
+def rerank_tensors(has_asa: bool) -> tuple[str, ...]:
+    """The per-video tensors stage 2 reads, in the order ``Engine.asa_similarity`` takes them after ``text_emb``.
+
+    Empty without an ASA head: then stage 2 is nothing and search ranks by ``video_emb`` alone.
+    """
+    return ASA_INPUTS[1:] if has_asa else ()
+
+
 def graphs_for(has_asa: bool) -> tuple[str, ...]:
     """The graph names a model exports: all three with an ASA head, else ``video_encoder`` and ``text_encoder``."""
     return GRAPH_NAMES if has_asa else GRAPH_NAMES[:2]
