@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from rap_deploy.engines.machine_load import LoadMonitor
 from rap_deploy.errors import UsageError
 
 GRAPHS = ("video", "text", "asa", "search")
@@ -413,6 +414,7 @@ def bench(
         info["label"] = label
         engine_infos.append(info)
     members = list(zip(backends, engine_infos, strict=True))
+    monitor = LoadMonitor()
     with progress_bar(len(graph_list) * len(sizes) * len(members) * (repeats + warmup), "benchmarking",
                       progress) as tick:
         for graph in graph_list:
@@ -428,8 +430,9 @@ def bench(
                         tick(repeats + warmup)
                         continue
                     group.append((label, info, fn))
-                for stats, (label, info, _) in zip(time_interleaved([g[2] for g in group], repeats, warmup, tick),
-                                                   group, strict=True):
+                with monitor.block(f"{graph} batch {b}"):
+                    timings = time_interleaved([g[2] for g in group], repeats, warmup, tick)
+                for stats, (label, info, _) in zip(timings, group, strict=True):
                     results.append(_row(label, info, graph, b, latency_stats(stats, b), repeats, config.frames,
                                         flops_per_item.get((graph, b)),
                                         {"index_size": index_size, "rerank_top": m_top} if graph == "search"
@@ -443,11 +446,19 @@ def bench(
 
     adapter_cost = None
     if compare_meanp and "video" in graph_list and config.use_lorm:
-        adapter_cost = _adapter_cost(model, frames, mask, repeats, warmup)
+        with monitor.block("adapter cost (RAP vs meanP)"):
+            adapter_cost = _adapter_cost(model, frames, mask, repeats, warmup)
+    load = monitor.summary()
+    for row in results:
+        row["ratio_reliable"] = load["clean"]
+    if not load["clean"]:
+        notes.insert(0, "the machine was not quiet, so every ratio is unreliable: " + "; ".join(load["reasons"]))
 
     ort_threads = [i.get("threads") for i in engine_infos if i.get("backend") == "onnxruntime"]
     result: dict[str, Any] = {
         "device": reports.device_info(),
+        "clean": load["clean"],
+        "load": load,
         "results": results,
         "gflops": gflops,
         "adapter_cost": adapter_cost,

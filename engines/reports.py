@@ -320,10 +320,11 @@ def bench_rows(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in result["results"]:
         ratio, best = r.get("ratio_vs_torch"), r.get("ratio_vs_torch_best")
+        mark = "" if r.get("ratio_reliable", True) else " (unreliable)"
         rows.append([r["backend"], r["precision"], r["graph"], str(r["batch_size"]),
                      _fmt(r["throughput"], 2), r["unit"], _ms(r.get("min_ms")), _ms(r["p50_ms"]),
-                     _ms(r["p90_ms"]), _ms(r["p99_ms"]), "-" if ratio is None else f"{ratio:.2f}x",
-                     "-" if best is None else f"{best:.2f}x", _fmt(r.get("gflops_per_s"), 1)])
+                     _ms(r["p90_ms"]), _ms(r["p99_ms"]), "-" if ratio is None else f"{ratio:.2f}x{mark}",
+                     "-" if best is None else f"{best:.2f}x{mark}", _fmt(r.get("gflops_per_s"), 1)])
     return rows
 
 
@@ -339,9 +340,22 @@ def _adapter_line(cost: dict[str, Any]) -> str:
     return line
 
 
+def load_line(result: dict[str, Any]) -> str:
+    """One line on the machine's load during the run: clean, or a warning with the reasons."""
+    load = result.get("load")
+    if not load:
+        return "load: not measured"
+    run = load["run"]
+    measured = (f"other processes {run['other_cores']:.2f} cores, steal {run['steal_cores']:.2f} cores, "
+                f"load average {load.get('loadavg_1min_start')} on {load['usable_cores']} cores")
+    if load["clean"]:
+        return f"load: clean ({measured})"
+    return f"WARNING: the machine was not quiet; every ratio is unreliable ({'; '.join(load['reasons'])})"
+
+
 def bench_markdown(result: dict[str, Any]) -> str:
     """A Markdown version of the bench table (for READMEs and CI logs)."""
-    lines = ["# rapdeploy bench", "", f"- device: {describe_device(result['device'])}",
+    lines = ["# rapdeploy bench", "", f"- device: {describe_device(result['device'])}", f"- {load_line(result)}",
              f"- inputs: {result.get('inputs')}", f"- model: {result.get('model', {}).get('clip')}, "
              f"{result.get('model', {}).get('frames')} frames", ""]
     flops = result.get("gflops", {})
@@ -376,6 +390,7 @@ def print_bench(result: dict[str, Any], console: Any = None) -> None:
         console.print(_adapter_line(meanp))
     for note in result.get("notes", []):
         console.print(f"note: {note}")
+    console.print(load_line(result), style=None if result.get("clean", True) else "bold red", markup=False)
     console.print(f"reports in {result.get('out')}")
 
 

@@ -4,6 +4,10 @@ latency statistics."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,10 +27,13 @@ def test_bench_engine_and_torch_through_cli(micro_ort_engines, tmp_path):
                               "--repeats", "1", "--warmup", "0", "--index-size", "16", "--rerank-top", "4",
                               "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    printed = json.loads(res.output)
+    printed = json.loads(res.stdout)  # a load warning, if any, goes to stderr
     report = json.loads((out / "bench.json").read_text())
     assert printed["results"] == report["results"]
-    assert {"device", "results", "gflops", "threads", "versions", "model", "inputs", "adapter_cost"} <= set(report)
+    assert {"device", "results", "gflops", "threads", "versions", "model", "inputs", "adapter_cost", "clean",
+            "load"} <= set(report)
+    assert isinstance(report["clean"], bool) and report["load"]["clean"] == report["clean"]
+    assert report["load"]["usable_cores"] >= 1 and report["load"]["blocks"]
     assert report["device"]["cpu"] and report["device"]["cores"] >= 1
     rows = report["results"]
     assert len(rows) == 2 * 4 * 2  # backends x graphs x batch sizes
@@ -96,3 +103,40 @@ def test_random_index_is_normalised():
     assert index.patch_tokens.dtype == np.float16 and index.patch_tokens.shape == (5, 3, 4, 8)
     np.testing.assert_allclose(np.linalg.norm(index.patch_tokens.astype(np.float32), axis=-1), 1.0, atol=2e-3)
     np.testing.assert_allclose(np.linalg.norm(index.video_emb, axis=-1), 1.0, atol=1e-5)
+
+
+def test_bench_beside_a_cpu_bound_process_is_not_clean(micro_checkpoint, tmp_path):
+    """Two bounded busy loops (one per core here) run beside the bench: the report must say it was not clean."""
+    loop = "import time\nend = time.time() + 60\nwhile time.time() < end: pass"  # bounded: 60 s at most
+    busy = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(max(2, len(os.sched_getaffinity(0))))]
+    try:
+        time.sleep(0.5)
+        out = tmp_path / "bench"
+        res = runner.invoke(app, ["bench", "--checkpoint", str(micro_checkpoint), "--graphs", "video,text",
+                                  "--batch-sizes", "2", "--repeats", "5", "--warmup", "1", "--no-compare-meanp",
+                                  "--out", str(out), "--json", "--workspace", str(tmp_path / "ws")])
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "bench.json").read_text())
+    assert report["clean"] is False and report["load"]["reasons"]
+    assert report["load"]["run"]["other_cores"] > 0.5
+    assert all(row["ratio_reliable"] is False for row in report["results"])
+    assert "not quiet" in res.stderr and "unreliable" in (out / "bench.md").read_text()
+    assert "(unreliable)" in (out / "bench.md").read_text()
+
+
+def test_load_judge_rules():
+    from rap_deploy.engines.machine_load import LoadThresholds, judge
+
+    quiet = {"seconds": 5.0, "other_cores": 0.05, "steal_cores": 0.0}
+    limits = LoadThresholds()
+    assert judge(quiet, [{"label": "video batch 1", **quiet}], [30.0, 29.0], limits) == []
+    busy_block = {"label": "text batch 8", "seconds": 2.0, "other_cores": 0.9, "steal_cores": 0.0}
+    short_block = {"label": "text batch 1", "seconds": 0.1, "other_cores": 3.0, "steal_cores": 0.0}
+    reasons = judge(quiet, [busy_block, short_block], [30.0], limits)
+    assert len(reasons) == 1 and "text batch 8" in reasons[0]  # blocks too short to measure are not judged alone
+    assert any("stole" in r for r in judge({**quiet, "steal_cores": 0.5}, [], [30.0], limits))
+    assert any("GEMM" in r for r in judge(quiet, [], [30.0, 20.0], limits))

@@ -87,9 +87,14 @@ def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
             largest[key] = r
     for r in largest.values():
         ratio = r.get("ratio_vs_torch")
+        mark = "" if r.get("ratio_reliable", True) else " (unreliable)"
         thr.add_row(r["backend"], r["precision"], r["graph"], str(r["batch_size"]),
                     f"{r['throughput']:.1f} {r['unit']}", f"{r['p50_ms']:.1f}",
-                    f"{ratio:.2f}x" if isinstance(ratio, (int, float)) else "-")
+                    f"{ratio:.2f}x{mark}" if isinstance(ratio, (int, float)) else "-")
     console.print(thr)
+    load = summary.get("bench_load") or {}
+    if load and not load.get("clean", True):
+        console.print("WARNING: the machine was not quiet during bench; ratios are unreliable: "
+                      + "; ".join(load.get("reasons", [])), style="bold red", markup=False)
     console.print(f"demo finished in {summary['seconds']:.0f}s (all steps: {summary['pipeline_seconds']:.0f}s); "
                   f"summary: {Path(target) / 'summary.json'}")

@@ -110,7 +110,7 @@ def bench_cmd(
     Writes bench.json, bench.md and bench.png.
     """
     from rap_deploy.engines.bench import bench
-    from rap_deploy.engines.reports import print_bench
+    from rap_deploy.engines.reports import load_line, print_bench
 
     def echo(result: dict) -> None:
         if json_out:
@@ -119,6 +119,8 @@ def bench_cmd(
             typer.echo(f"bench: {result['out']}")
         else:
             print_bench(result)
+        if (json_out or quiet) and not result["clean"]:
+            typer.echo(load_line(result), err=True)
 
     bench(engine or [], checkpoint=checkpoint, batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
           repeats=repeats, warmup=warmup, index_size=index_size, graphs=graphs, out=out, threads=threads,

@@ -221,6 +221,7 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
         "checkpoint": str(best),
         "engines": verdicts,
         "bench": bench_result["results"],
+        "bench_load": bench_result.get("load"),
         "device": bench_result.get("device"),
         "tensorrt": trt_reason or "built",
     }

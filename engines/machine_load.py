@@ -1,0 +1,173 @@
+"""Was the machine quiet while ``rapdeploy bench`` ran? Load measurement and the ``clean`` verdict of bench.json.
+
+Why not interleaving alone: on a shared 2-core EPYC another job slowed PyTorch's OpenMP pool 4.7× and ONNX Runtime's
+pool 1.5×, so interleaved calls did not make load hit every backend alike and the printed ratios were twice too high.
+A benchmark must therefore know when its numbers are unfit to print.
+
+What is measured around every timed block (one ``(graph, batch)`` group of interleaved calls) and over the whole run:
+
+- **CPU used by other processes** on the CPUs this process may run on: the busy time of those CPUs (``/proc/stat``
+  through psutil: user, nice, system, irq, softirq) minus this process's own CPU time, per second of wall time, in
+  cores. This is the direct measure of contention: it counts every other process, whatever its kind, while the
+  block runs, and it does not lag.
+- **Steal time** of those CPUs (a virtual machine's hypervisor giving the core to another guest), in cores.
+- **A calibration GEMM** (fp32 matmul on the bench's own PyTorch threads) before and after every block, in GFLOP/s:
+  if the machine's available compute drifts during the run (another job, thermal or frequency throttling), the
+  spread of these figures shows it even when nothing else is visible.
+- **The load average** (1 minute) at the start and the end, against the usable cores. It is recorded, but it does not
+  decide ``clean`` on its own: it counts the bench's own threads, and it decays over about a minute, so right after a
+  previous job it reports load on a machine that is quiet again.
+
+The run is ``clean`` when, over the whole run and over every block long enough to measure (``min_block_s``), other
+processes used at most ``max_other_cores`` cores on average, steal stayed at most ``max_steal_cores``, and the slowest
+calibration GEMM ran at least ``min_gemm_ratio`` of the fastest one's speed. Otherwise bench marks every ratio as
+unreliable and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+
+
+@dataclass(frozen=True)
+class LoadThresholds:
+    """Limits of a clean run (see the module docstring)."""
+
+    max_other_cores: float = 0.25
+    max_steal_cores: float = 0.10
+    min_gemm_ratio: float = 0.85
+    min_block_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU counters at one instant: busy and steal seconds of our CPUs, this process's CPU seconds."""
+
+    wall: float
+    busy: float
+    steal: float
+    own: float
+
+
+def usable_cpus() -> list[int]:
+    """The CPU numbers this process may run on (its affinity), or every CPU where affinity is unknown."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(psutil.cpu_count() or 1))
+
+
+def cpu_sample(cpus: list[int]) -> CpuSample:
+    """Read the busy / steal time of ``cpus`` and this process's CPU time now."""
+    per_cpu = psutil.cpu_times(percpu=True)
+    busy = steal = 0.0
+    for i in cpus:
+        if i >= len(per_cpu):
+            continue
+        t = per_cpu[i]
+        busy += t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        steal += getattr(t, "steal", 0.0)
+    own = psutil.Process().cpu_times()
+    return CpuSample(time.perf_counter(), busy, steal, own.user + own.system)
+
+
+def contention(before: CpuSample, after: CpuSample) -> dict[str, float]:
+    """Average cores used by other processes and stolen by the hypervisor between two samples."""
+    wall = max(after.wall - before.wall, 1e-9)
+    other = (after.busy - before.busy) - (after.own - before.own)
+    return {"seconds": round(wall, 4), "other_cores": round(max(other, 0.0) / wall, 4),
+            "steal_cores": round(max(after.steal - before.steal, 0.0) / wall, 4)}
+
+
+def calibration_gemm(size: int = 256, min_seconds: float = 0.03) -> float:
+    """GFLOP/s of the fastest of repeated ``size × size`` fp32 matmuls run for about ``min_seconds`` (PyTorch, on the
+    current intra-op threads)."""
+    import torch
+
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+    b = torch.randn(size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.mm(a, b)  # warm the kernel and the pool
+        best = float("inf")
+        start = time.perf_counter()
+        while time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best / 1e9
+
+
+@dataclass
+class LoadMonitor:
+    """Collects the load of each timed block and judges the run (use :meth:`block` around each block)."""
+
+    thresholds: LoadThresholds = field(default_factory=LoadThresholds)
+    gemm_seconds: float = 0.03
+    cpus: list[int] = field(default_factory=usable_cpus)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    gemm_gflops: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._loadavg_start = _loadavg()
+        self._start = cpu_sample(self.cpus)
+
+    @contextmanager
+    def block(self, label: str) -> Iterator[None]:
+        """Measure the block's contention, with a calibration GEMM just before and just after it."""
+        before_gemm = calibration_gemm(min_seconds=self.gemm_seconds)
+        before = cpu_sample(self.cpus)
+        yield
+        after = cpu_sample(self.cpus)
+        after_gemm = calibration_gemm(min_seconds=self.gemm_seconds)
+        self.gemm_gflops += [before_gemm, after_gemm]
+        self.blocks.append({"label": label, **contention(before, after),
+                            "gemm_gflops_before": round(before_gemm, 2), "gemm_gflops_after": round(after_gemm, 2)})
+
+    def summary(self) -> dict[str, Any]:
+        """The ``load`` section of bench.json: measurements, thresholds, ``clean`` and the reasons when not."""
+        whole = contention(self._start, cpu_sample(self.cpus))
+        reasons = judge(whole, self.blocks, self.gemm_gflops, self.thresholds)
+        cores = len(self.cpus)
+        start, end = self._loadavg_start, _loadavg()
+        return {"clean": not reasons, "reasons": reasons, "usable_cores": cores, "cpus": self.cpus,
+                "loadavg_1min_start": start, "loadavg_1min_end": end,
+                "loadavg_per_core_start": None if start is None else round(start / cores, 3),
+                "run": whole, "blocks": self.blocks,
+                "gemm_gflops": {"min": round(min(self.gemm_gflops), 2) if self.gemm_gflops else None,
+                                "max": round(max(self.gemm_gflops), 2) if self.gemm_gflops else None},
+                "thresholds": asdict(self.thresholds),
+                "method": "other processes' CPU on our CPUs (psutil per-CPU busy time minus this process's CPU time), "
+                          "steal time, and a calibration GEMM before and after each timed block; load average "
+                          "recorded, not judged (it counts the bench itself and lags by a minute)"}
+
+
+def judge(whole: dict[str, float], blocks: list[dict[str, Any]], gemm_gflops: list[float],
+          limits: LoadThresholds) -> list[str]:
+    """Reasons the run was not clean (empty list: clean). See the module docstring for the rules."""
+    reasons = []
+    measured = [("the whole run", whole)] + [(b["label"], b) for b in blocks if b["seconds"] >= limits.min_block_s]
+    for label, m in measured:
+        if m["other_cores"] > limits.max_other_cores:
+            reasons.append(f"other processes used {m['other_cores']:.2f} cores during {label} "
+                           f"(limit {limits.max_other_cores})")
+        if m["steal_cores"] > limits.max_steal_cores:
+            reasons.append(f"the hypervisor stole {m['steal_cores']:.2f} cores during {label} "
+                           f"(limit {limits.max_steal_cores})")
+    if gemm_gflops and min(gemm_gflops) < limits.min_gemm_ratio * max(gemm_gflops):
+        reasons.append(f"calibration GEMM varied from {min(gemm_gflops):.1f} to {max(gemm_gflops):.1f} GFLOP/s "
+                       f"(slowest below {limits.min_gemm_ratio:.0%} of fastest)")
+    return reasons
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 3)
+    except (AttributeError, OSError):
+        return None
