@@ -76,7 +76,9 @@ def test_profile_shapes_refuse_static_batch_and_extra_symbolic_dims():
     with pytest.raises(UsageError, match="symbolic dimensions"):
         profile_shapes("video_encoder", [{"name": "frames", "shape": ["batch", "T", 3, 32, 32]}], ranges)
     with pytest.raises(UsageError, match="no profile axis"):
-        profile_shapes("video_encoder", [{"name": "pixels", "shape": ["batch", 3]}], ranges)
+        profile_shapes("video_encoder", [{"name": "pixels", "shape": [None, 3]}], ranges)
+    with pytest.raises(UsageError, match="no profile axis"):
+        profile_shapes("video_encoder", [{"name": "pixels", "shape": ["queries", 3]}], ranges)
 
 
 def test_node_matcher_maps_layers_back_to_onnx_nodes():
