@@ -19,7 +19,8 @@ sensitive parts wherever the exporter put them (the ASA warp sits in ``asa_head`
 4. index arithmetic: every floating-point node whose result flows into the indices of a Gather / Scatter (sampling
    positions, their clamps and floors), up to a TopK / ArgMax or a graph input;
 5. the sampling blend: from a Gather of computed float data at many positions (index rank >= 1, so not the CLS token
-   or a q/k/v split) through data movement and elementwise arithmetic, i.e. the trilinear interpolation of the warp.
+   or a q/k/v split) through data movement and elementwise arithmetic, i.e. the trilinear interpolation of the warp,
+   and the elementwise arithmetic that computes the blend's weights (``pos - floor(pos)``).
 
 Nodes that compute nothing in floating point are never listed. Every node is expected to have a unique name (the
 exporter's ``/scope/Op_N`` names or dynamo's ``node_*``).
@@ -52,6 +53,9 @@ _NORM_CARRIERS = SHAPE_OPS | {"Clip", "Max", "Sqrt", "Add"}
 _GATHERS = {"Gather", "GatherElements", "GatherND"}
 _INDEXED = _GATHERS | {"ScatterElements", "ScatterND", "Scatter"}
 _BLEND_ARITHMETIC = {"Mul", "Add", "Sub", "Neg", "Sum"}
+# What interpolation weights are computed with (positions, their floors and clamps): never a MatMul.
+_WEIGHT_OPS = SHAPE_OPS | {"Add", "Sub", "Mul", "Div", "Neg", "Floor", "Ceil", "Round", "Clip", "Min", "Max", "Abs",
+                           "ReduceSum", "Where", "Unsqueeze"}
 # Index walks stop here: selection has its own rule, and graph inputs / constants compute nothing.
 _INDEX_SOURCES = {"TopK", "ArgMax", "ArgMin", "NonZero"}
 _FLOAT_TYPES = {1, 10, 11, 16}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -265,6 +269,24 @@ def _mark_sampling_blend(g: GraphIndex, mark: Any) -> None:
                     frontier.append(c)
         if blended:
             mark(gather, SAMPLING)
+            _mark_blend_weights(g, [c for c in g.nodes if c.name in seen and c.op_type == "Mul"], seen, mark)
+
+
+def _mark_blend_weights(g: GraphIndex, muls: list[Any], blend: set[str], mark: Any) -> None:
+    """The interpolation weights of a blend (``frac = pos - floor(pos)``): walk up a blend Mul's other operand through
+    elementwise arithmetic only (never into a MatMul or beyond), marking what computes them."""
+    stack = [i for m in muls for i in m.input if i and g.producer.get(i) is not None
+             and g.producer[i].name not in blend]
+    seen: set[str] = set()
+    while stack:
+        tensor = stack.pop()
+        node = g.producer.get(tensor)
+        if tensor in seen or node is None or g.is_const(tensor) or node.op_type not in _WEIGHT_OPS:
+            continue
+        seen.add(tensor)
+        if g.computes_float(node):
+            mark(node, INDEX)
+        stack.extend(i for i in node.input if i)
 
 
 def plan_for_file(path: Any, graph: str = "") -> PrecisionPlan:
