@@ -33,8 +33,9 @@ wheels are far larger): the TensorRT steps run only where ``tensorrt`` is alread
 
     set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
     --target /tmp/site .whl/*.whl && python3 -m pip install -q --no-index --no-deps --no-build-isolation
-    --no-cache-dir --upgrade --target /tmp/site . && export PYTHONPATH=/tmp/site || exit 3; PYTHONUNBUFFERED=1 python3 -m
-    rap_deploy.engines.gpu_check --out $OUT --work /tmp/gpu-check 2>&1 | tee $OUT/gpu_check.log
+    --no-cache-dir --upgrade --target /tmp/site . && export PYTHONPATH=/tmp/site || exit 3;
+    PYTHONUNBUFFERED=1 python3 -m rap_deploy.engines.gpu_check --out $OUT --work /tmp/gpu-check 2>&1
+    | tee $OUT/gpu_check.log
 
 (one line). The sizes below fit 10 minutes on one H200 by estimate, not by measurement (no GPU machine was lent to
 the session that wrote this); ``--test-videos``, ``--epochs`` and ``--skip-vit`` shorten it.
