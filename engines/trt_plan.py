@@ -303,13 +303,13 @@ def pinned_output_check(summary: Mapping[str, Any], plan: PrecisionPlan) -> dict
     checked, with_pinned, violations = 0, 0, []
     visible: set[str] = set()
     hidden: set[str] = set()
+    computing = set(plan.fp32_tensors.values())  # pinned nodes that compute (data movement has no precision)
     for layer in summary.get("layers", []):
         nodes = list(layer.get("onnx", []))
-        pinned_nodes = [n for n in nodes if n in plan.fp32]
+        pinned_nodes = [n for n in nodes if n in computing]
         if pinned_nodes:
             with_pinned += 1
-        computing = set(plan.fp32_tensors.values())
-        whole = bool(nodes) and len(pinned_nodes) == len(nodes) and any(n in computing for n in pinned_nodes)
+        whole = bool(pinned_nodes) and all(n in plan.fp32 for n in nodes)
         for out in layer.get("outputs", []):
             node = plan.fp32_tensors.get(out.get("name", ""))
             if node is None and not whole:
@@ -322,7 +322,7 @@ def pinned_output_check(summary: Mapping[str, Any], plan: PrecisionPlan) -> dict
                 violations.append({"layer": layer.get("name", ""), "type": layer.get("type", ""),
                                    "tensor": out.get("name", ""), "dtype": out.get("dtype"),
                                    "nodes": [node] if node else pinned_nodes})
-        hidden.update(n for n in pinned_nodes if not whole)
+        hidden.update(pinned_nodes)
     return {"checked": checked, "layers_with_pinned_nodes": with_pinned, "violations": violations,
             "hidden_pinned_nodes": len(hidden - visible)}
 
