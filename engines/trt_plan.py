@@ -3,16 +3,17 @@
 - **Profiles**: one optimisation profile per graph over its batch axis (``video_encoder`` / ``text_encoder``: the batch
   B; ``asa_head``: the query axis Q *and* the video axis V, which are the block sizes the engine feeds). Every other
   axis (T, P, L, d) is static in the export, so min = opt = max there.
-- **Precision plan**: which ONNX nodes of the *real exported graph* stay FP32 in an FP16 engine, and why: LayerNorm,
-  Softmax, reductions (and the L2-normalisation tails that divide by them), pow/sqrt/exp-type numerics, the ASA
-  selection path (the score product feeding TopK, TopK itself) and the ASA sampling arithmetic (constant-index gathers
-  blended with constant weights: the trilinear warp). TensorRT 10 applies it as layer precision constraints;
-  TensorRT 11 (strongly typed) needs an fp16 ONNX graph in which exactly these nodes compute in fp32, and
+- **Precision plan**: which ONNX nodes of the *real exported graph* stay FP32 in an FP16 engine, and why. The plan
+  itself is :mod:`rap_deploy.export.precision_plan` (one plan for the export's fp16 graph and for TensorRT 10's layer
+  constraints); its names are re-exported here. TensorRT 10 applies it as layer precision constraints; TensorRT 11
+  (strongly typed) needs an fp16 ONNX graph in which exactly these nodes compute in fp32, and
   :func:`fp16_graph_violations` checks that.
-- **Layer matching**: a TensorRT layer is mapped back to the ONNX node it came from (the ONNX parser names layers after
-  nodes and records ``[ONNX Layer: name]`` in the layer metadata).
-- **Inspection**: parsing ``IEngineInspector`` JSON (TensorRT 10 ``Format/Datatype``, TensorRT 11 ``DataType``) into
-  per-layer precisions, and the rule that an ``--fp16`` engine without FP16 layers is an error.
+- **Layer matching**: a TensorRT layer is mapped back to the ONNX node(s) it came from (the ONNX parser names layers
+  after nodes and records ``[ONNX Layer: name]`` in the layer metadata; fused layers list several, separated by
+  ``\x1f``).
+- **Inspection**: parsing ``IEngineInspector`` JSON (``Format/Datatype`` as TensorRT 10/11 print it, Myelin's
+  ``kgen``/``gemm`` layers included) into per-layer precisions; an ``--fp16`` engine without FP16 layers is an error,
+  and so is a pinned output that did not come out FP32 (:func:`pinned_output_check`).
 - **Compatibility**: the rules that refuse an engine built for another TensorRT version or another GPU.
 """
 

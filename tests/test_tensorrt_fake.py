@@ -122,6 +122,8 @@ def test_engine_outputs_are_collected_by_name_in_contract_order(major, fake_buil
         text = engine.encode_text(x.input_ids, x.eot)
         engine.query_block, engine.video_block = 1, 2
         sim = engine.asa_similarity(text, *outs[1:])
+        with pytest.raises(UsageError, match="asa_similarity takes text_emb and"):
+            engine.asa_similarity(text, outs[1])
         engine.close()
     ref = TorchEngine(micro_checkpoint)
     r_outs = ref.encode_video(x.frames, x.frame_mask)
