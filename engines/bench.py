@@ -272,6 +272,7 @@ def bench(
     seed: int = 0,
     torch_device: str | None = None,
     echo: Callable[[dict[str, Any]], None] | None = None,
+    torch_precision: str = "fp32",
 ) -> dict[str, Any]:
     """Benchmark ``engines`` and PyTorch eager; write ``bench.json``, ``bench.md`` and ``bench.png`` into ``out``
     (default ``<workspace>/bench``) and return the result (the content of ``bench.json`` plus ``out``).
@@ -281,7 +282,8 @@ def bench(
     real preprocessed test frames and captions of ``dataset`` when ``data_root`` is given, else random pixels
     through CLIP normalisation and template captions. ``threads`` sets PyTorch's and ONNX Runtime's intra-op threads.
     ``compare_meanp`` adds the RAP-vs-meanP video-encoder latency at batch 1 (``adapter_cost``). ``torch_device``
-    (default: cuda when a benchmarked engine runs on CUDA, else cpu) is where PyTorch eager runs.
+    (default: cuda when a benchmarked engine runs on CUDA, else cpu) is where PyTorch eager runs, in
+    ``torch_precision`` (``fp16`` needs CUDA).
 
     Raises :class:`UsageError` for bad options or when there is nothing to benchmark.
     """
@@ -328,7 +330,7 @@ def bench(
     if torch_device is None:  # PyTorch eager on the engines' device: a GPU engine is compared with GPU PyTorch
         on_gpu = any(_info(e).get("device", "cpu").startswith("cuda") for _, e in loaded)
         torch_device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
-    torch_engine = TorchEngine(ckpt_path, device=torch_device)
+    torch_engine = TorchEngine(ckpt_path, device=torch_device, precision=torch_precision)
     model = torch_engine.model
     config = torch_engine.config
     backends: list[tuple[str, Any]] = [("torch eager", torch_engine), *loaded]

@@ -145,7 +145,7 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
     try:
         with progress_bar(len(export_manifest["graphs"]), f"building {backend} {precision}", progress) as advance:
             if backend == "tensorrt":
-                from rap_deploy.engines.tensorrt_backend import build_trt_graphs
+                from rap_deploy.engines.trt_build import build_trt_graphs
 
                 graphs, extra = build_trt_graphs(src, export_manifest, tmp, precision, ranges,
                                                  subdir("cache", workspace) / "tensorrt", trt_workspace_gb,

@@ -3,16 +3,17 @@
 - **Profiles**: one optimisation profile per graph over its batch axis (``video_encoder`` / ``text_encoder``: the batch
   B; ``asa_head``: the query axis Q *and* the video axis V, which are the block sizes the engine feeds). Every other
   axis (T, P, L, d) is static in the export, so min = opt = max there.
-- **Precision plan**: which ONNX nodes of the *real exported graph* stay FP32 in an FP16 engine, and why: LayerNorm,
-  Softmax, reductions (and the L2-normalisation tails that divide by them), pow/sqrt/exp-type numerics, the ASA
-  selection path (the score product feeding TopK, TopK itself) and the ASA sampling arithmetic (constant-index gathers
-  blended with constant weights: the trilinear warp). TensorRT 10 applies it as layer precision constraints;
-  TensorRT 11 (strongly typed) needs an fp16 ONNX graph in which exactly these nodes compute in fp32, and
+- **Precision plan**: which ONNX nodes of the *real exported graph* stay FP32 in an FP16 engine, and why. The plan
+  itself is :mod:`rap_deploy.export.precision_plan` (one plan for the export's fp16 graph and for TensorRT 10's layer
+  constraints); its names are re-exported here. TensorRT 10 applies it as layer precision constraints; TensorRT 11
+  (strongly typed) needs an fp16 ONNX graph in which exactly these nodes compute in fp32, and
   :func:`fp16_graph_violations` checks that.
-- **Layer matching**: a TensorRT layer is mapped back to the ONNX node it came from (the ONNX parser names layers after
-  nodes and records ``[ONNX Layer: name]`` in the layer metadata).
-- **Inspection**: parsing ``IEngineInspector`` JSON (TensorRT 10 ``Format/Datatype``, TensorRT 11 ``DataType``) into
-  per-layer precisions, and the rule that an ``--fp16`` engine without FP16 layers is an error.
+- **Layer matching**: a TensorRT layer is mapped back to the ONNX node(s) it came from (the ONNX parser names layers
+  after nodes and records ``[ONNX Layer: name]`` in the layer metadata; fused layers list several, separated by
+  ``\x1f``).
+- **Inspection**: parsing ``IEngineInspector`` JSON (``Format/Datatype`` as TensorRT 10/11 print it, Myelin's
+  ``kgen``/``gemm`` layers included) into per-layer precisions; an ``--fp16`` engine without FP16 layers is an error,
+  and so is a pinned output that did not come out FP32 (:func:`pinned_output_check`).
 - **Compatibility**: the rules that refuse an engine built for another TensorRT version or another GPU.
 """
 
@@ -20,14 +21,32 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.export.precision_plan import (  # noqa: F401 - re-exported: the engine code's view of the plan
+    BLOCKED,
+    DATA_MOVEMENT,
+    INDEX,
+    LAYERNORM,
+    NORMALIZE,
+    NUMERICS,
+    REDUCTION,
+    SAMPLING,
+    SELECTION,
+    SOFTMAX,
+    GraphIndex,
+    PrecisionPlan,
+    infer_types,
+    plan_for_file,
+    precision_plan,
+)
 
 # --------------------------------------------------------------------------------------------------------- profiles
 
-#: Which named axis the first dimension of each graph input is. All other dimensions are static.
+#: Which named axis the first dimension of each graph input is, when the export left that dimension unnamed (the
+#: export's specs name it: ``batch`` / ``queries`` / ``videos``). All other dimensions are static.
 INPUT_AXIS = {
     "frames": "batch", "frame_mask": "batch",
     "input_ids": "batch", "eot": "batch",
@@ -109,13 +128,15 @@ def profile_shapes(graph: str, inputs: Sequence[Mapping[str, Any]], ranges: Mapp
     """Return ``input name -> {"min", "opt", "max"}`` shapes for one graph's optimisation profile.
 
     ``inputs`` are the export manifest's input specs (``{name, shape, dtype}``, symbolic dimensions as strings or
-    ``None``). Dimension 0 is the graph's dynamic axis (:data:`INPUT_AXIS`); it must be symbolic, every other
-    dimension must be static. Raises :class:`UsageError` otherwise.
+    ``None``). Dimension 0 is the graph's dynamic axis, named by the spec itself (``batch`` / ``queries`` /
+    ``videos``, so a new input such as ``asa_tokens`` needs no entry here) or, for an unnamed symbolic dimension, by
+    :data:`INPUT_AXIS`; it must be symbolic, every other dimension must be static. Raises :class:`UsageError`
+    otherwise.
     """
     out: dict[str, dict[str, list[int]]] = {}
     for spec in inputs:
         name, shape = spec["name"], list(spec["shape"])
-        axis = INPUT_AXIS.get(name)
+        axis = shape[0] if shape and isinstance(shape[0], str) and shape[0] in ranges else INPUT_AXIS.get(name)
         if axis is None or axis not in ranges:
             raise UsageError(f"{graph}: input '{name}' has no profile axis; this rapdeploy knows {sorted(INPUT_AXIS)}")
         if not shape or isinstance(shape[0], int):
@@ -131,193 +152,26 @@ def profile_shapes(graph: str, inputs: Sequence[Mapping[str, Any]], ranges: Mapp
     return out
 
 
-# --------------------------------------------------------------------------------------------------- precision plan
-
-# Reasons a node stays FP32 (the keys of PrecisionPlan.reasons()).
-LAYERNORM, SOFTMAX, REDUCTION, NORMALIZE, NUMERICS, SELECTION, SAMPLING = (
-    "layernorm", "softmax", "reduction", "divide-by-reduction", "numerics", "asa-selection", "asa-sampling")
-
-_REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceL2", "ReduceL1", "ReduceMax", "ReduceMin", "ReduceProd",
-               "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"}
-_NUMERIC_OPS = {"Pow", "Sqrt", "Reciprocal", "Exp", "Log"}
-# Ops that only move or reshape data; precision passes through them.
-_SHAPE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Expand", "Cast"}
-# Ops that carry a computed norm / divisor unchanged in value (or clamp it) on its way to a Div.
-_NORM_CARRIERS = _SHAPE_OPS | {"Clip", "Max", "Sqrt", "Add"}
-# Ops that only select or rearrange values: an fp16 input gives exactly the fp16-rounded fp32 result.
-_DATA_MOVEMENT = _SHAPE_OPS | {"Gather", "GatherElements", "GatherND", "Slice", "Concat", "Split", "Tile", "Pad"}
-_FLOAT_TYPES = {1, 10, 11, 16}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
-_LN_SCOPE = re.compile(r"(^|[^a-z0-9])(ln_[a-z0-9]+|ln[0-9]?|layer_?norm|layernorm)([^a-z0-9]|$)", re.IGNORECASE)
-
-
-@dataclass
-class PrecisionPlan:
-    """The FP32 nodes of one ONNX graph: ``fp32[node name] = reason``; ``compute_nodes`` counts every float compute
-    node, so ``compute_nodes - len(fp32)`` nodes are free to run in FP16."""
-
-    graph: str
-    fp32: dict[str, str] = field(default_factory=dict)
-    compute_nodes: int = 0
-    node_names: tuple[str, ...] = ()
-
-    def reasons(self) -> dict[str, int]:
-        """Count of FP32 nodes per reason."""
-        counts: dict[str, int] = {}
-        for r in self.fp32.values():
-            counts[r] = counts.get(r, 0) + 1
-        return dict(sorted(counts.items()))
-
-    def to_dict(self, with_nodes: bool = True) -> dict[str, Any]:
-        d: dict[str, Any] = {"graph": self.graph, "fp32_nodes": len(self.fp32), "compute_nodes": self.compute_nodes,
-                             "reasons": self.reasons()}
-        if with_nodes:
-            d["fp32"] = dict(sorted(self.fp32.items()))
-        return d
-
-
-def _scope_text(node: Any) -> str:
-    """Node name plus the exporter's scope metadata (dynamo: ``namespace`` / ``pkg.torch.onnx.name_scopes``)."""
-    meta = {p.key: p.value for p in getattr(node, "metadata_props", [])}
-    return " ".join([node.name, meta.get("namespace", ""), meta.get("pkg.torch.onnx.name_scopes", "")])
-
-
-class _Graph:
-    """Producer/consumer maps and constant-ness of the tensors of an ONNX graph."""
-
-    def __init__(self, model: Any) -> None:
-        g = model.graph
-        self.nodes = list(g.node)
-        self.producer = {o: n for n in self.nodes for o in n.output if o}
-        self.consumers: dict[str, list[Any]] = {}
-        for n in self.nodes:
-            for i in n.input:
-                if i:
-                    self.consumers.setdefault(i, []).append(n)
-        # "Static" tensors: initializers, Constants, shapes (they depend on input dimensions, never on input
-        # values) and everything computed from those alone, e.g. gather positions built from a symbolic batch size.
-        self.const = {t.name for t in g.initializer}
-        for n in self.nodes:  # topological order
-            if n.op_type in ("Constant", "Shape", "Size") or (
-                    n.input and all((not i) or i in self.const for i in n.input)
-                    and n.op_type not in ("RandomNormal", "RandomUniform", "If", "Loop", "Scan")):
-                self.const.update(o for o in n.output if o)
-        self.dtypes: dict[str, int] = {}
-        for vi in [*g.input, *g.output, *g.value_info]:
-            tt = vi.type.tensor_type
-            if tt.elem_type:
-                self.dtypes[vi.name] = tt.elem_type
-        for t in g.initializer:
-            self.dtypes[t.name] = t.data_type
-
-    def is_const(self, tensor: str) -> bool:
-        return tensor in self.const
-
-    def is_float(self, tensor: str) -> bool:
-        return self.dtypes.get(tensor, 1) in _FLOAT_TYPES
-
-    def through_shape_ops(self, tensor: str, carriers: set[str] = _SHAPE_OPS) -> tuple[Any | None, list[Any]]:
-        """Walk up from ``tensor`` through ``carriers``; return (first other producer, carriers passed)."""
-        passed = []
-        node = self.producer.get(tensor)
-        while node is not None and node.op_type in carriers and node.input:
-            passed.append(node)
-            node = self.producer.get(node.input[0])
-        return node, passed
-
-
-def precision_plan(model: Any, graph: str = "") -> PrecisionPlan:
-    """Compute which nodes of ``model`` (an ``onnx.ModelProto``, ideally shape-inferred) stay FP32, and why.
-
-    Rules, in order: LayerNormalization nodes and nodes in a LayerNorm scope (decomposed LayerNorm of old opsets);
-    Softmax; every reduction; the L2-normalisation tail (a Div whose divisor comes from a reduction); pow / sqrt /
-    reciprocal / exp / log; the ASA selection path (TopK and the product computing its scores); the ASA sampling
-    arithmetic (gathers at constant positions blended with constant weights, and the blend). Returns a
-    :class:`PrecisionPlan`; nodes that never compute in floating point are not listed.
-    """
-    g = _Graph(model)
-    fp32: dict[str, str] = {}
-
-    def mark(node: Any, reason: str) -> None:
-        if node is not None and node.name and node.op_type != "Constant":
-            fp32.setdefault(node.name, reason)
-
-    for n in g.nodes:
-        op = n.op_type
-        if op == "LayerNormalization" or (op not in _SHAPE_OPS and op != "Constant" and _LN_SCOPE.search(
-                _scope_text(n)) and any(g.is_float(o) for o in n.output)):
-            mark(n, LAYERNORM)
-        elif op in ("Softmax", "LogSoftmax"):
-            mark(n, SOFTMAX)
-        elif op in _REDUCE_OPS or op == "LpNormalization":
-            mark(n, REDUCTION)
-        elif op in _NUMERIC_OPS:
-            mark(n, NUMERICS)
-        elif op == "TopK":
-            mark(n, SELECTION)
-            src, passed = g.through_shape_ops(n.input[0])
-            if src is not None:
-                mark(src, SELECTION)
-    for n in g.nodes:  # L2-normalisation: x / max(norm(x), eps) with norm from a reduction
-        if n.op_type == "Div" and len(n.input) == 2 and not g.is_const(n.input[1]):
-            src, passed = g.through_shape_ops(n.input[1], _NORM_CARRIERS)
-            if src is not None and (src.op_type in _REDUCE_OPS or src.op_type in _NUMERIC_OPS):
-                mark(n, NORMALIZE)
-                for p in passed:
-                    if p.op_type not in _SHAPE_OPS:
-                        mark(p, NORMALIZE)
-    for n in g.nodes:  # sampling: Add(Mul(gather_c(x), w0), Mul(gather_c(x'), w1)) with constant indices and weights
-        if n.op_type not in ("Add", "Sum") or len(n.input) != 2:
-            continue
-        parts = [_weighted_const_gather(g, t) for t in n.input]
-        if all(parts):
-            mark(n, SAMPLING)
-            for part in parts:
-                for p in part:  # type: ignore[union-attr]
-                    if p.op_type not in _SHAPE_OPS:
-                        mark(p, SAMPLING)
-    compute = [n for n in g.nodes if n.op_type not in _SHAPE_OPS and n.op_type not in ("Constant", "Shape", "Gather")
-               and any(g.is_float(o) for o in n.output)]
-    return PrecisionPlan(graph=graph, fp32=fp32, compute_nodes=len(compute), node_names=tuple(n.name for n in g.nodes))
-
-
-def _weighted_const_gather(g: _Graph, tensor: str) -> list[Any] | None:
-    """If ``tensor`` = Mul(shape-ops(Gather(x, constant indices)), constant weight), return those nodes."""
-    mul = g.producer.get(tensor)
-    if mul is None or mul.op_type != "Mul" or len(mul.input) != 2:
-        return None
-    for data_in, w_in in (mul.input, mul.input[::-1]):
-        if not g.is_const(w_in) or g.is_const(data_in):
-            continue
-        src, passed = g.through_shape_ops(data_in)
-        if (src is not None and src.op_type in ("Gather", "GatherElements") and len(src.input) == 2
-                and g.is_const(src.input[1]) and not g.is_const(src.input[0])):
-            return [mul, *passed, src]
-    return None
-
-
-def plan_for_file(path: Any, graph: str = "") -> PrecisionPlan:
-    """:func:`precision_plan` of an ONNX file (loaded without external weights, shape-inferred)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - types only sharpen the plan; the rules work without them
-        pass
-    return precision_plan(model, graph)
-
-
 # -------------------------------------------------------------------------------------------------- layer matching
 
-_ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+_ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]|]+?)\s*(?:\|[^\]]*)?\]")
 
-#: TensorRT layer types (``trt.LayerType`` names) that always stay FP32 in an FP16 engine.
+#: TensorRT layer types (``trt.LayerType`` names) that the ONNX parser makes from the plan's always-FP32 op types
+#: (LayerNormalization, Softmax, Reduce*, TopK), so its helper layers of these types are pinned too.
 FP32_LAYER_TYPES = frozenset({"NORMALIZATION", "SOFTMAX", "REDUCE", "TOPK", "RAGGED_SOFTMAX"})
+#: Layer types that never get a precision constraint: they move data or hold constants (``trt.LayerType`` names).
+UNPINNED_LAYER_TYPES = frozenset({"CONSTANT", "SHAPE", "SHUFFLE", "SLICE", "CONCATENATION", "GATHER", "IDENTITY",
+                                  "CAST", "SQUEEZE", "UNSQUEEZE", "ASSERTION", "FILL"})
 
 
 def layer_type_needs_fp32(type_name: str) -> bool:
     """Whether a TensorRT layer of this type (``trt.LayerType`` name, e.g. ``"SOFTMAX"``) is kept FP32."""
     return type_name.split(".")[-1].upper() in FP32_LAYER_TYPES
+
+
+def onnx_layers(metadata: str) -> list[str]:
+    """The ONNX node names in a layer's metadata (``[ONNX Layer: a]\\x1f[ONNX Layer: b | Local Function: f]``)."""
+    return [m.strip() for m in _ONNX_LAYER.findall(metadata or "")]
 
 
 class NodeMatcher:
@@ -327,6 +181,15 @@ class NodeMatcher:
         self.names = {n for n in node_names if n}
         self._by_len = sorted(self.names, key=len, reverse=True)
 
+    def owners(self, layer_name: str, metadata: str = "") -> list[str]:
+        """Every known ONNX node a layer came from: the metadata's ``[ONNX Layer: name]`` entries when there are any
+        (a fused layer lists several), else :meth:`owner` of the name."""
+        found = [n for n in onnx_layers(metadata) if n in self.names]
+        if found:
+            return list(dict.fromkeys(found))
+        one = self.owner(layer_name)
+        return [one] if one is not None else []
+
     def owner(self, layer_name: str, metadata: str = "") -> str | None:
         """The ONNX node a layer came from, or ``None``.
 
@@ -334,8 +197,7 @@ class NodeMatcher:
         non-alphanumeric character in the layer name (the parser suffixes helper layers, e.g. ``name_1``,
         ``name_output``, ``name/cast``).
         """
-        for cand in _ONNX_LAYER.findall(metadata or ""):
-            cand = cand.strip()
+        for cand in onnx_layers(metadata):
             if cand in self.names:
                 return cand
         if layer_name in self.names:
@@ -362,12 +224,16 @@ def layer_keeps_fp32(type_name: str, layer_name: str, metadata: str, plan: Preci
 _DTYPE_PATTERNS = (("fp16", ("FP16", "HALF")), ("bf16", ("BF16", "BFLOAT16")), ("fp8", ("FP8",)),
                    ("int8", ("INT8",)), ("int64", ("INT64",)), ("int32", ("INT32",)), ("bool", ("BOOL",)),
                    ("fp32", ("FP32", "FLOAT")))
-_NON_COMPUTE_LAYERS = {"Reformat", "NoOp", "Shuffle", "Constant", "Slice", "Gather", "Concatenation", "Identity",
-                       "Cast", "Shape"}
+#: Inspector ``LayerType`` values of layers that compute nothing (lower case; TensorRT 10 classic layers such as
+#: ``Reformat``/``NoOp``/``Shuffle`` and Myelin's ``reshape``/``shape_call``/``signal``/``wait``, as in NVIDIA's
+#: trt-perf-analysis tool). Myelin's ``kgen`` / ``gemm`` / ``Myelin`` layers compute.
+NON_COMPUTE_LAYER_TYPES = frozenset({"reformat", "noop", "shuffle", "constant", "slice", "gather", "concatenation",
+                                     "identity", "cast", "shape", "reshape", "shape_call", "signal", "wait",
+                                     "signal_and_wait", "signal_wait", "copy"})
 
 
 def tensor_dtype(desc: Mapping[str, Any]) -> str:
-    """Data type of one tensor entry of an inspector layer (TensorRT 10 ``Format/Datatype`` or 11 ``DataType``)."""
+    """Data type of one tensor entry of an inspector layer (``Format/Datatype``, or ``DataType`` / ``Datatype``)."""
     text = " ".join(str(desc.get(k, "")) for k in ("DataType", "Datatype", "Format/Datatype", "Format/DataType"))
     if not text.strip():
         text = str(desc.get("Format", ""))
@@ -378,29 +244,37 @@ def tensor_dtype(desc: Mapping[str, Any]) -> str:
     return "unknown"
 
 
-def layer_precisions(engine_info: Mapping[str, Any]) -> dict[str, Any]:
+def is_compute_layer(layer_type: str) -> bool:
+    """Whether an inspector ``LayerType`` computes (``Reformat``, ``NoOp``, ``shape_call``, ... do not)."""
+    return re.sub(r"[\s-]+", "_", str(layer_type).strip().lower()) not in NON_COMPUTE_LAYER_TYPES
+
+
+def layer_precisions(engine_info: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
     """Summarise ``IEngineInspector.get_engine_information(JSON)`` (parsed): per-layer output types and counts.
 
-    Returns ``{"layers": [{name, type, outputs}], "fp16_layers", "fp32_layers", "fp16_compute_layers",
-    "detailed"}``. A layer counts as FP16 when one of its outputs is FP16; ``fp16_compute_layers`` leaves out pure
-    data-movement layers (reformat, shuffle, ...). ``detailed`` is False when the engine was not built with
-    ``ProfilingVerbosity.DETAILED`` (layers are then bare names).
+    Returns ``{"layers": [{name, type, outputs: [{name, dtype}], onnx: [node names from the metadata]}],
+    "fp16_layers", "fp32_layers", "fp16_compute_layers", "detailed"}``. A layer counts as FP16 when one of its outputs
+    is FP16; ``fp16_compute_layers`` leaves out pure data-movement layers (:func:`is_compute_layer`). ``detailed`` is
+    False when the engine was not built with ``ProfilingVerbosity.DETAILED`` (layers are then bare names).
     """
-    layers_in = engine_info.get("Layers", [])
+    layers_in = engine_info.get("Layers", []) if isinstance(engine_info, Mapping) else list(engine_info)
     layers, fp16, fp32, fp16_compute, detailed = [], 0, 0, 0, True
     for item in layers_in:
         if not isinstance(item, Mapping):
             detailed = False
-            layers.append({"name": str(item), "type": "unknown", "outputs": []})
+            layers.append({"name": str(item), "type": "unknown", "outputs": [], "onnx": []})
             continue
-        outs = [tensor_dtype(o) for o in item.get("Outputs", []) if isinstance(o, Mapping)]
+        outs = [{"name": str(o.get("Name", "")), "dtype": tensor_dtype(o)} for o in item.get("Outputs", [])
+                if isinstance(o, Mapping)]
+        dtypes = [o["dtype"] for o in outs]
         ltype = str(item.get("LayerType", "unknown"))
-        layers.append({"name": str(item.get("Name", "")), "type": ltype, "outputs": outs})
-        if "fp16" in outs:
+        layers.append({"name": str(item.get("Name", "")), "type": ltype, "outputs": outs,
+                       "onnx": onnx_layers(str(item.get("Metadata", "")))})
+        if "fp16" in dtypes:
             fp16 += 1
-            if ltype not in _NON_COMPUTE_LAYERS:
+            if is_compute_layer(ltype):
                 fp16_compute += 1
-        elif "fp32" in outs:
+        elif "fp32" in dtypes:
             fp32 += 1
     return {"layers": layers, "fp16_layers": fp16, "fp32_layers": fp32, "fp16_compute_layers": fp16_compute,
             "detailed": detailed}
@@ -417,6 +291,55 @@ def check_fp16_engine(graph: str, summary: Mapping[str, Any]) -> None:
                                "that the graph's precision constraints are not too wide")
 
 
+def pinned_output_check(summary: Mapping[str, Any], plan: PrecisionPlan) -> dict[str, Any]:
+    """Read an FP16 engine's layers back against the precision plan: every pinned output must be FP32.
+
+    An inspector layer's output is *pinned* when its tensor name is a floating-point output of a plan node
+    (``plan.fp32_tensors``: the ONNX parser keeps ONNX tensor names), or when every ONNX node the layer's metadata
+    names (``[ONNX Layer: ...]``) is in the plan — a layer made only of pinned nodes, however it was fused or named.
+    Returns ``{"checked": outputs checked, "layers_with_pinned_nodes": n, "violations": [{layer, type, tensor,
+    dtype, nodes}]}``; pinned nodes fused inside a bigger Myelin layer have no visible output and are counted in
+    ``hidden_pinned_nodes``.
+    """
+    checked, with_pinned, violations = 0, 0, []
+    visible: set[str] = set()
+    hidden: set[str] = set()
+    computing = set(plan.fp32_tensors.values())  # pinned nodes that compute (data movement has no precision)
+    for layer in summary.get("layers", []):
+        nodes = list(layer.get("onnx", []))
+        pinned_nodes = [n for n in nodes if n in computing]
+        if pinned_nodes:
+            with_pinned += 1
+        whole = bool(pinned_nodes) and all(n in plan.fp32 for n in nodes)
+        for out in layer.get("outputs", []):
+            node = plan.fp32_tensors.get(out.get("name", ""))
+            if node is None and not whole:
+                continue
+            if out.get("dtype") not in ("fp32", "fp16", "bf16"):
+                continue  # integer / bool outputs (TopK indices) have no float precision
+            checked += 1
+            visible.update([node] if node else pinned_nodes)
+            if out.get("dtype") != "fp32":
+                violations.append({"layer": layer.get("name", ""), "type": layer.get("type", ""),
+                                   "tensor": out.get("name", ""), "dtype": out.get("dtype"),
+                                   "nodes": [node] if node else pinned_nodes})
+        hidden.update(pinned_nodes)
+    return {"checked": checked, "layers_with_pinned_nodes": with_pinned, "violations": violations,
+            "hidden_pinned_nodes": len(hidden - visible)}
+
+
+def require_pinned_fp32(graph: str, check: Mapping[str, Any]) -> None:
+    """Raise :class:`CheckFailedError` naming the layers whose pinned outputs did not come out FP32."""
+    bad = check.get("violations") or []
+    if bad:
+        shown = "; ".join(f"{v['layer']} ({v['type']}) -> {v['tensor']} is {v['dtype']} [{', '.join(v['nodes'])}]"
+                          for v in bad[:4])
+        raise CheckFailedError(f"{graph}: {len(bad)} output(s) the precision plan keeps FP32 came out in lower "
+                               f"precision: {shown}{' …' if len(bad) > 4 else ''}. TensorRT dropped the constraints "
+                               "(Myelin fusions are known to, NVIDIA/TensorRT issues 3889 and 4505); rebuild with "
+                               "another TensorRT version or report the layers")
+
+
 # ------------------------------------------------------------------------------------------- strongly typed (TRT 11)
 
 
@@ -430,21 +353,17 @@ def fp16_graph_violations(model: Any, reference_plan: PrecisionPlan | None = Non
     """
     import onnx
 
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001
-        pass
-    g = _Graph(model)
-    plan = precision_plan(model)
-    wanted = set(plan.fp32)
+    model = infer_types(model)
+    g = GraphIndex(model)
+    wanted = set(precision_plan(model).fp32)
     if reference_plan is not None:
         wanted |= set(reference_plan.fp32) & {n.name for n in g.nodes}
     f16 = onnx.TensorProto.FLOAT16
     fp16_nodes, violations = 0, []
     for n in g.nodes:
-        if n.op_type in _DATA_MOVEMENT or n.op_type == "Constant":
+        if n.op_type in DATA_MOVEMENT or n.op_type == "Constant":
             continue  # moving fp16 values computes nothing: no precision to lose
-        types = [g.dtypes.get(t) for t in [*n.input, *n.output] if t and g.dtypes.get(t) in _FLOAT_TYPES]
+        types = [g.dtypes.get(t) for t in [*n.input, *n.output] if t and g.dtypes.get(t) in (1, 10, 11, 16)]
         if f16 in types:
             fp16_nodes += 1
             if n.name in wanted:

@@ -301,11 +301,13 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
     return Reference(path, digest, recorded.get("sha256"), "manifest")
 
 
-def _load_engine(path: Path, threads: int | None = None) -> Any:
-    """The engine at ``path`` (engine folder, export folder or checkpoint) through the loader."""
+def _load_engine(path: Path, threads: int | None = None, device: str | None = None,
+                 precision: str | None = None) -> Any:
+    """The engine at ``path`` (engine folder, export folder or checkpoint) through the loader; ``device`` /
+    ``precision`` choose where a checkpoint (the PyTorch engine) runs."""
     from rap_deploy.engines.loader import load_engine
 
-    return load_engine(path, threads=threads)
+    return load_engine(path, threads=threads, device=device, precision=precision)
 
 
 def _reference_device(device: str) -> str:
@@ -386,6 +388,8 @@ def verify(
     reference_device: str = "cpu",
     echo: Any = None,
     raise_on_fail: bool = True,
+    engine_device: str | None = None,
+    engine_precision: str | None = None,
 ) -> dict[str, Any]:
     """Verify recall parity of an engine against the PyTorch reference and write ``verify.json``, ``verify.md`` and
     ``verify.png`` into ``out`` (default ``<workspace>/verify/<engine folder name>``).
@@ -395,6 +399,8 @@ def verify(
     first N test videos (a quick check; the report says so). ``reference_device`` ``cuda`` runs the PyTorch
     reference on the GPU in strict fp32 (TF32 off), for GPU engines on large test sets. ``echo(result)`` is called
     after the reports are written and before a failure is raised (the CLI prints the table there).
+    ``engine_device`` / ``engine_precision`` run a checkpoint given as the engine on that device in that precision
+    (e.g. ``cuda`` / ``fp16``: PyTorch fp16 against the fp32 reference).
 
     Returns the result dict (the content of ``verify.json`` plus ``out``). Raises :class:`CheckFailedError` when
     parity fails (after writing the reports; unless ``raise_on_fail`` is false), :class:`UsageError` for bad inputs.
@@ -429,7 +435,7 @@ def verify(
 
     if threads:
         torch.set_num_threads(int(threads))
-    engine = _load_engine(engine_path, threads)
+    engine = _load_engine(engine_path, threads, engine_device, engine_precision)
     ref_ckpt = load_checkpoint(ref_info.checkpoint)
     if _model_fields(ref_ckpt.config) != _model_fields(engine.config):
         raise UsageError(f"reference checkpoint {ref_info.checkpoint} has another model config than engine "

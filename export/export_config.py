@@ -52,14 +52,16 @@ FORBIDDEN_OPS = ("GridSample", "NonZero", "Unique", "Compress", "If", "Loop", "S
 INT_ARG_OPS = ("ArgMax", "ArgMin")
 REQUIRED_OPS = {"asa_head": ("TopK",)}
 
-# fp16 graphs: ops kept in fp32 (TensorRT 11 strongly typed input; DESIGN.md §8). Reductions, normalisation,
-# LayerNorm, Softmax, TopK and its scores, and the interpolation arithmetic of the ASA warp (elementwise ops fed by
-# gathers of float data; see rap_deploy.export.fp16) stay fp32.
+# The op types every fp16 route keeps in fp32, unconditionally (rule 1 of the one precision plan,
+# rap_deploy.export.precision_plan, which both the fp16 graph of TensorRT 11 and TensorRT 10's layer constraints
+# follow; DESIGN.md §8): LayerNorm, Softmax, every reduction (L2 norms included), pow/sqrt/reciprocal/exp/log, TopK,
+# and the rounding/clamping/range ops of index arithmetic. Divisions, the selection scores, index arithmetic and the
+# sampling blend of the ASA warp are found by the plan's data-flow rules, wherever they sit.
 FP16_BLOCKED_OPS = (
     "LayerNormalization", "Softmax", "LogSoftmax",
     "ReduceMean", "ReduceSum", "ReduceL2", "ReduceL1", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare",
-    "ReduceLogSum", "ReduceLogSumExp",
-    "Pow", "Sqrt", "Reciprocal", "Div", "Clip", "Floor", "Ceil", "Round", "TopK", "Range", "CumSum",
+    "ReduceLogSum", "ReduceLogSumExp", "LpNormalization",
+    "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Clip", "Floor", "Ceil", "Round", "TopK", "Range", "CumSum",
 )
 
 

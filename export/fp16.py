@@ -1,13 +1,11 @@
 """fp16 ONNX graphs for GPU runtimes, with the numerically sensitive parts kept in fp32.
 
 TensorRT 11 builds every network strongly typed, so an fp16 engine comes from an fp16 ONNX graph in which the ops
-that must stay fp32 already are (DESIGN.md §8). The conversion here (written with ``onnx.helper``, no extra
-dependency) keeps graph inputs and outputs fp32 and runs in fp32:
-
-- ops of ``blocked_ops`` (LayerNorm, Softmax, reductions, normalisation, Div/Pow/Sqrt, TopK, Floor, ...);
-- the producer of every ``TopK``'s input (the selection scores);
-- the sampling arithmetic: the elementwise ``Mul/Add/Sub`` fed, through data-movement ops only, by a ``Gather`` of
-  computed (non-initializer) float data with a non-scalar index — in RAP the trilinear interpolation of the ASA warp.
+that must stay fp32 already are (DESIGN.md §8). Which nodes those are is decided by the one precision plan
+(:mod:`rap_deploy.export.precision_plan`: LayerNorm, Softmax, reductions and L2 norms, divisions by computed values,
+TopK and its scores, index arithmetic and the sampling blend of the ASA warp), the same plan TensorRT 10 applies as
+layer constraints. The conversion here (written with ``onnx.helper``, no extra dependency) keeps graph inputs and
+outputs in their own types.
 
 Everything else that computes in float (MatMul, Gemm, Conv, Erf, ...) runs in fp16; Cast nodes are inserted where
 a value crosses between the two, and fp32 initializers feeding fp16 nodes get an fp16 copy.
@@ -15,13 +13,16 @@ a value crosses between the two, and fp32 initializers feeding fp16 nodes get an
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from rap_deploy.export.export_config import FP16_BLOCKED_OPS
+from rap_deploy.export.precision_plan import infer_types, precision_plan
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 _FLOATS = (FLOAT, FLOAT16)
@@ -30,10 +31,6 @@ _EXPLICIT_TYPE_OPS = {"Cast", "ConstantOfShape", "EyeLike", "RandomNormal", "Ran
                       "RandomUniformLike", "Multinomial", "Constant"}
 # Ops that accept any input type (no Cast needed in front of them).
 _ANY_INPUT_OPS = {"Shape", "Size", "Cast", "CastLike"}
-_DATA_MOVEMENT = {"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Identity", "Flatten", "Expand", "Slice",
-                  "Gather", "GatherElements", "GatherND", "Concat", "Tile", "Split"}
-_SAMPLING_ARITHMETIC = {"Mul", "Add", "Sub", "Neg"}
-_GATHERS = {"Gather", "GatherElements", "GatherND"}
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -77,46 +74,16 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
     graph.node.extend(keep)
 
 
-def fp32_node_names(model: onnx.ModelProto, blocked_ops: Iterable[str]) -> set[str]:
-    """Names of the nodes that stay fp32 (see the module docstring); every node must have a unique name."""
-    graph = model.graph
-    blocked_ops = set(blocked_ops)
-    initializers = {i.name for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    types, ranks = _value_info(model)
-    keep = {n.name for n in graph.node if n.op_type in blocked_ops}
-    for n in graph.node:  # TopK scores: walk up through data movement to the op that computes them
-        if n.op_type == "TopK":
-            src = producer.get(n.input[0])
-            while src is not None and src.op_type in _DATA_MOVEMENT:
-                keep.add(src.name)
-                src = producer.get(src.input[0])
-            if src is not None:
-                keep.add(src.name)
-    # Sampling arithmetic: from gathers of computed float data at many positions (index rank >= 1; a scalar index,
-    # as in attention's q/k/v split or the CLS token, only slices), through data movement and elementwise arithmetic.
-    frontier = [n for n in graph.node if n.op_type in _GATHERS and n.input[0] not in initializers
-                and types.get(n.input[0]) == FLOAT and ranks.get(n.input[1], 1) >= 1]
-    seen: set[str] = set()
-    while frontier:
-        n = frontier.pop()
-        if n.name in seen:
-            continue
-        seen.add(n.name)
-        for out in n.output:
-            for c in consumers.get(out, []):
-                if c.op_type in _DATA_MOVEMENT or c.op_type in _SAMPLING_ARITHMETIC:
-                    keep.add(c.name)
-                    frontier.append(c)
-    return keep
+def fp32_node_names(model: onnx.ModelProto, blocked_ops: Iterable[str] = FP16_BLOCKED_OPS) -> set[str]:
+    """Names of the nodes that stay fp32: the precision plan's (:mod:`rap_deploy.export.precision_plan`) with
+    ``blocked_ops`` as its always-fp32 op types; every node must have a unique name."""
+    return set(precision_plan(infer_types(model), op_types=blocked_ops).fp32)
 
 
-def convert_to_fp16(model: onnx.ModelProto, blocked_ops: Iterable[str]) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Return ``(fp16 model, report)``: float compute in fp16 except the fp32 set; I/O stays fp32 (keep_io_types).
+def convert_to_fp16(model: onnx.ModelProto, blocked_ops: Iterable[str] = FP16_BLOCKED_OPS
+                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Return ``(fp16 model, report)``: float compute in fp16 except the precision plan's nodes; graph inputs and
+    outputs keep their types (keep_io_types: fp32 stays fp32, an fp16 input such as an index tensor stays fp16).
 
     ``report`` counts nodes per precision, the fp32 op types and the Casts inserted. Raises ``ValueError`` for graphs
     with subgraphs (If/Loop/Scan), which the export never produces.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import pytest
 import torch
@@ -104,3 +106,49 @@ def micro_ort_engines(tmp_path_factory, micro_checkpoint):
     manifest["damaged_initializer"] = target.name
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return {"export": export_dir, "fp32": fp32, "damaged": damaged}
+
+
+@pytest.fixture(scope="session")
+def micro_fp16_export(tmp_path_factory, micro_checkpoint):
+    """Export folder of the micro checkpoint WITH the fp16 graphs (``rapdeploy export --fp16``): what a TensorRT fp16
+    build needs on TensorRT 11, whose networks are always strongly typed."""
+    from rap_deploy.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("micro_fp16") / "export"
+    export_checkpoint(micro_checkpoint, out, fp16=True, progress=False)
+    return out
+
+
+class _HostStream:
+    """Stands in for a CUDA stream when the fake TensorRT runs on host memory."""
+
+    cuda_stream = 0
+
+    def synchronize(self) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def fake_tensorrt_env(major: int, scopes: list | None = None):
+    """Run rapdeploy's TensorRT code against the API-surface fake of TensorRT ``major`` (tests/fake_tensorrt): the
+    fake module as ``tensorrt``, a fake GPU, and host memory in place of CUDA buffers. ``scopes`` collects the
+    device ids the code made current."""
+    from fake_tensorrt import make_module
+
+    from rap_deploy.engines import tensorrt_backend as tb
+
+    def scope(device_id):
+        if scopes is not None:
+            scopes.append(device_id)
+        return contextlib.nullcontext()
+
+    with pytest.MonkeyPatch.context() as mp:
+        module = make_module(major)
+        mp.setitem(sys.modules, "tensorrt", module)
+        mp.setattr(tb, "gpu_info", lambda device_id=0: {"name": "Fake GPU", "compute_capability": "9.0",
+                                                        "device_id": device_id})
+        mp.setattr(tb.CUDA, "scope", scope)
+        mp.setattr(tb.CUDA, "device", lambda device_id: torch.device("cpu"))
+        mp.setattr(tb.CUDA, "stream", lambda device: _HostStream())
+        mp.setattr(tb.CUDA, "on_stream", lambda stream: contextlib.nullcontext())
+        yield module

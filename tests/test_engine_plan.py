@@ -76,7 +76,9 @@ def test_profile_shapes_refuse_static_batch_and_extra_symbolic_dims():
     with pytest.raises(UsageError, match="symbolic dimensions"):
         profile_shapes("video_encoder", [{"name": "frames", "shape": ["batch", "T", 3, 32, 32]}], ranges)
     with pytest.raises(UsageError, match="no profile axis"):
-        profile_shapes("video_encoder", [{"name": "pixels", "shape": ["batch", 3]}], ranges)
+        profile_shapes("video_encoder", [{"name": "pixels", "shape": [None, 3]}], ranges)
+    with pytest.raises(UsageError, match="no profile axis"):
+        profile_shapes("video_encoder", [{"name": "pixels", "shape": ["queries", 3]}], ranges)
 
 
 def test_node_matcher_maps_layers_back_to_onnx_nodes():
@@ -162,3 +164,36 @@ def test_build_targets_from_flags():
                         (("openvino", False, False, None), "unknown"), ((None, False, False, "tpu"), "unknown")]:
         with pytest.raises(UsageError, match=match):
             resolve_target(*args)
+
+
+def test_pinned_outputs_are_read_back_through_metadata_and_tensor_names():
+    """Defect 3: inspector layers are matched to pinned ONNX nodes by ``[ONNX Layer: ...]`` metadata and tensor
+    names; a pinned output that is not FP32 fails, whatever the (Myelin) layer is called."""
+    from rap_deploy.engines.trt_plan import is_compute_layer, pinned_output_check, require_pinned_fp32
+
+    plan = PrecisionPlan("video_encoder", fp32={"/ln/LayerNormalization": "layernorm", "/n/Div": "divide-by-computed"},
+                         node_names=("/ln/LayerNormalization", "/n/Div", "/mlp/MatMul"),
+                         fp32_tensors={"/ln/LayerNormalization_output_0": "/ln/LayerNormalization",
+                                       "/n/Div_output_0": "/n/Div"})
+
+    def layer(name, ltype, meta, outs):
+        return {"Name": name, "LayerType": ltype, "Metadata": meta,
+                "Outputs": [{"Name": n, "Format/Datatype": d} for n, d in outs]}
+
+    good = layer_precisions({"Layers": [
+        layer("__myl_MeanSubMul_myl0_1", "kgen", "[ONNX Layer: /ln/LayerNormalization]",
+              [("/ln/LayerNormalization_output_0", "Float")]),
+        # a fusion of a pinned and a free node: only the pinned node's own output is checked
+        layer("__myl_DivMul_myl0_2", "kgen", "[ONNX Layer: /n/Div]\x1f[ONNX Layer: /mlp/MatMul]",
+              [("/mlp/MatMul_output_0", "Half")]),
+        layer("Reformatting CopyNode", "Reformat", "", [("x", "Row major linear FP16 format")])]})
+    check = pinned_output_check(good, plan)
+    assert check["violations"] == [] and check["checked"] == 1 and check["hidden_pinned_nodes"] == 1
+    require_pinned_fp32("video_encoder", check)
+    bad = layer_precisions({"Layers": [layer("fused_anything", "gemm", "[ONNX Layer: /n/Div | Local Function: f]",
+                                             [("renamed_by_trt", "Half")])]})
+    check = pinned_output_check(bad, plan)
+    assert [v["nodes"] for v in check["violations"]] == [["/n/Div"]]
+    with pytest.raises(CheckFailedError, match="lower precision: fused_anything \\(gemm\\)"):
+        require_pinned_fp32("video_encoder", check)
+    assert not is_compute_layer("shape_call") and not is_compute_layer("Reformat") and is_compute_layer("kgen")

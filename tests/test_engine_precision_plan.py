@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
@@ -83,3 +84,75 @@ def test_export_fp16_graph_keeps_the_plan_fp32(plans, micro_ort_engines, tmp_pat
         assert bad["violations"], g
     fp32_graph = onnx.load(str(micro_ort_engines["export"] / "text_encoder.onnx"))
     assert fp16_graph_violations(fp32_graph)["fp16_nodes"] == 0
+
+
+def _runtime_fp32_compute(model):
+    """Nodes of ``model`` that compute in fp32 at run time (not casts, not data movement, not constant-folded)."""
+    from rap_deploy.export.precision_plan import DATA_MOVEMENT, GraphIndex, infer_types
+
+    g = GraphIndex(infer_types(model))
+    return {n.name for n in g.nodes if n.op_type != "Cast" and n.op_type not in DATA_MOVEMENT
+            and any(g.dtypes.get(o) == onnx.TensorProto.FLOAT for o in n.output)
+            and not all(g.is_const(o) for o in n.output)}
+
+
+def test_one_precision_map_for_the_fp16_graph_and_tensorrt_10(plans, micro_ort_engines):
+    """Defect 7: the fp16 graph (TensorRT 11) computes in fp32 exactly the plan's nodes TensorRT 10 pins."""
+    from rap_deploy.export.fp16 import convert_to_fp16
+    from rap_deploy.export.precision_plan import GraphIndex, infer_types
+
+    for g, plan in plans.items():
+        model = onnx.load(str(micro_ort_engines["export"] / f"{g}.onnx"))
+        index = GraphIndex(infer_types(model))
+        pinned = {n.name for n in index.nodes if n.name in set(plan.fp32_tensors.values())
+                  and not all(index.is_const(o) for o in n.output)}
+        half, _ = convert_to_fp16(model)
+        assert pinned and _runtime_fp32_compute(half) == pinned, g
+
+
+def _warp_graph(name: str) -> onnx.ModelProto:
+    """A tiny graph with the ASA warp's shape of computation, as it sits in the video encoder after index-time
+    precompute: positions clamped to each video's valid frames (from frame_mask), floor, gather, linear blend."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    nodes = [
+        h.make_node("MatMul", ["x", "w"], ["k"], name="/asa/k_proj/MatMul"),
+        h.make_node("ReduceSum", ["frame_mask", "axis1"], ["n_valid"], name="/asa/ReduceSum", keepdims=1),
+        h.make_node("Sub", ["n_valid", "one"], ["last"], name="/asa/Sub"),
+        h.make_node("Add", ["t", "delta"], ["pos_raw"], name="/asa/Add_pos"),
+        h.make_node("Min", ["pos_raw", "last"], ["pos"], name="/asa/Min"),
+        h.make_node("Floor", ["pos"], ["pos0"], name="/asa/Floor"),
+        h.make_node("Sub", ["pos", "pos0"], ["frac"], name="/asa/Sub_frac"),
+        h.make_node("Cast", ["pos0"], ["idx"], name="/asa/Cast", to=T.INT64),
+        h.make_node("Gather", ["k", "idx"], ["k0"], name="/asa/Gather", axis=1),
+        h.make_node("Mul", ["k0", "frac"], ["blend"], name="/asa/Mul_blend"),
+        h.make_node("Add", ["blend", "k"], ["warped"], name="/asa/Add_blend"),
+        h.make_node("Div", ["warped", "scale"], ["scaled"], name="/asa/Div_const"),
+        h.make_node("ReduceL2", ["scaled", "axis2"], ["norm"], name="/norm/ReduceL2", keepdims=1),
+        h.make_node("Div", ["scaled", "norm"], ["out"], name="/norm/Div"),
+    ]
+    inits = [onnx.numpy_helper.from_array(v, n) for n, v in {
+        "w": np.full((4, 4), 0.1, np.float32), "axis1": np.array([1], np.int64), "axis2": np.array([2], np.int64),
+        "one": np.array(1.0, np.float32), "t": np.arange(3, dtype=np.float32).reshape(1, 3),
+        "delta": np.array(0.5, np.float32), "scale": np.array(2.0, np.float32)}.items()]
+    graph = h.make_graph(nodes, name, [h.make_tensor_value_info("x", T.FLOAT, ["batch", 3, 4]),
+                                       h.make_tensor_value_info("frame_mask", T.FLOAT, ["batch", 3])],
+                         [h.make_tensor_value_info("out", T.FLOAT, None)], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("graph", ["video_encoder", "asa_head"])
+def test_plan_finds_the_warp_wherever_it_sits(graph):
+    """Index arithmetic from frame_mask, the sampling blend, L2 norms and computed divisors are found by op type and
+    data flow, not by the graph's name; a weight MatMul and a division by a constant stay fp16."""
+    from rap_deploy.export.precision_plan import INDEX, NORMALIZE, REDUCTION, precision_plan
+
+    plan = precision_plan(_warp_graph(graph), graph)
+    for node in ("/asa/ReduceSum", "/asa/Sub", "/asa/Min", "/asa/Floor", "/asa/Sub_frac"):
+        assert node in plan.fp32, node
+    assert plan.fp32["/asa/Min"] == INDEX and plan.fp32["/asa/Sub"] == INDEX
+    assert plan.fp32["/asa/Mul_blend"] == SAMPLING and plan.fp32["/asa/Add_blend"] == SAMPLING
+    assert plan.fp32["/asa/Gather"] == SAMPLING
+    assert plan.fp32["/norm/ReduceL2"] == REDUCTION and plan.fp32["/norm/Div"] == NORMALIZE
+    assert "/asa/k_proj/MatMul" not in plan.fp32 and "/asa/Div_const" not in plan.fp32

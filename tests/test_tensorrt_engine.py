@@ -14,12 +14,14 @@ pytestmark = pytest.mark.tensorrt
 
 
 @pytest.fixture(scope="module")
-def fp16_engine(micro_ort_engines, tmp_path_factory):
+def fp16_engine(micro_fp16_export, tmp_path_factory):
+    """An fp16 engine from an export WITH fp16 graphs: TensorRT 11 builds strongly typed from them (an export without
+    them is refused there; test_tensorrt_fake.py shows it), TensorRT 10 builds from the fp32 graphs and the plan."""
     from rap_deploy.engines.build import build_engine
 
     out = tmp_path_factory.mktemp("trt") / "tensorrt-fp16"
     ws = tmp_path_factory.mktemp("trt_ws")
-    manifest = build_engine(micro_ort_engines["export"], fp16=True, out=out, workspace=ws, progress=False)
+    manifest = build_engine(micro_fp16_export, fp16=True, out=out, workspace=ws, progress=False)
     return out, manifest
 
 
@@ -33,6 +35,7 @@ def test_fp16_engine_has_fp16_layers_and_matches_pytorch(fp16_engine, micro_chec
     assert manifest["gpu"]["compute_capability"]
     for name, report in manifest["build"].items():
         assert report["layers"]["fp16_compute_layers"] > 0, name
+        assert report["pinned_check"]["violations"] == [] and report["tf32"] is False, name
     engine = load_engine(out)
     report = compare_engines(engine, TorchEngine(micro_checkpoint))
     assert report["video_emb"]["min_cosine"] >= 0.999 and report["text_emb"]["min_cosine"] >= 0.999
@@ -48,10 +51,10 @@ def test_dynamic_batch_beyond_the_profile_is_split(fp16_engine):
     engine = load_engine(out)
     x = sample_inputs(engine.config, videos=3)
     engine.max_batch["video_encoder"] = 2
-    v, f, p = engine.encode_video(x.frames, x.frame_mask)
-    assert v.shape[0] == 3 and np.isfinite(p).all()
+    v, *rerank = engine.encode_video(x.frames, x.frame_mask)
+    assert v.shape[0] == 3 and all(np.isfinite(r).all() for r in rerank)
     engine.query_block, engine.video_block = 1, 2
-    sim = engine.asa_similarity(engine.encode_text(x.input_ids, x.eot), f, p)
+    sim = engine.asa_similarity(engine.encode_text(x.input_ids, x.eot), *rerank)
     assert sim.shape == (len(x.captions), 3)
 
 

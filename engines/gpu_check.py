@@ -1,0 +1,396 @@
+"""One-shot GPU check: ``python -m rap_deploy.engines.gpu_check --out DIR [--dry-run]``.
+
+What it does, in one run, on one CUDA GPU (``--dry-run``: the same steps on the CPU at tiny sizes, for CI):
+
+1. environment: torch / CUDA / GPU, ONNX Runtime providers, whether ``tensorrt`` imports;
+2. data: the synthetic MSR-VTT-layout dataset (``rap_deploy.data.synth``);
+3. models: the tiny demo's checkpoint (backbone pre-training, init and RAP training on that data, as ``rapdeploy
+   demo`` does, or ``--checkpoint`` to use a carried one) and ViT-B/32 with ``--pretrained none`` and random
+   non-zero adapters (no weights can be downloaded there);
+4. per model: ``verify`` of the PyTorch engine on CUDA in fp32 and in fp16 against the strict fp32 reference (TF32
+   off), i.e. the fp16 recall parity; ``bench`` of video / text / asa / search at batch 1, 8, 64, PyTorch eager fp32
+   and fp16 (plus the TensorRT engine when there is one);
+5. TensorRT, when ``tensorrt`` imports: export with fp16 graphs, ``build-engine --fp16``, ``verify``, ``bench``;
+6. one JSON (``gpu_check.json``) and one Markdown (``gpu_check.md``) report in ``--out``; the intermediate files
+   (data, checkpoints, engines, per-step reports) stay in ``--work``.
+
+Exit code 0 when every step ran and every parity check passed, 1 otherwise (the reports are written either way),
+2 for bad usage. Code paths used here run on torch 2.11 as well as the project's pin.
+
+Preparing a GPU machine without network (the workplace's H200: Python 3.12, torch 2.11 + CUDA 13, ONNX Runtime CPU,
+onnx, onnxscript, numpy, typer, rich, safetensors, matplotlib, timm, huggingface_hub; no TensorRT, open_clip, decord,
+PyAV or ftfy). In the repository root of the checkout that is sent to the machine (``.whl/`` is git-ignored)::
+
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \\
+        --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64 -d .whl \\
+        open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 decord==0.6.0 av==18.1.0
+
+That is 5 wheels, about 52 MB (av 35.8 MB, decord 13.6 MB, open_clip_torch 1.5 MB, wcwidth 0.8 MB, ftfy 0.04 MB);
+with the working tree (under 1 MB) it stays under the 64 MiB a device call carries. TensorRT is not carried (its
+wheels are far larger): the TensorRT steps run only where ``tensorrt`` is already installed. The device call
+(``run`` with ``carry: [".whl"]`` and ``timeout_s: 600``) is::
+
+    set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
+    --target /tmp/site .whl/*.whl && python3 -m pip install -q --no-index --no-deps --no-build-isolation
+    --no-cache-dir --upgrade --target /tmp/site . && export PYTHONPATH=/tmp/site || exit 3;
+    PYTHONUNBUFFERED=1 python3 -m rap_deploy.engines.gpu_check --out $OUT --work /tmp/gpu-check 2>&1
+    | tee $OUT/gpu_check.log
+
+(one line). The sizes below fit 10 minutes on one H200 by estimate, not by measurement (no GPU machine was lent to
+the session that wrote this); ``--test-videos``, ``--epochs`` and ``--skip-vit`` shorten it.
+
+This module orchestrates every stage (data, training, export, engines), as ``rapdeploy demo`` does; it imports
+them lazily, inside the steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.errors import RapDeployError
+
+REPORT_JSON, REPORT_MD = "gpu_check.json", "gpu_check.md"
+GRAPHS = ("video", "text", "asa", "search")
+
+
+@dataclass(frozen=True)
+class CheckSizes:
+    """How much the check does. ``gpu()`` is the H200 run; ``dry_run()`` the same steps on a CPU, for CI."""
+
+    device: str = "cuda"
+    videos: int = 440
+    test_videos: int = 200
+    size: int = 64
+    frames: int = 12
+    backbone_clip: str = "rap-tiny"
+    backbone_train: int = 2000
+    backbone_epochs: int = 2
+    epochs: int = 4
+    train_batch: int = 32
+    asa: tuple[int, int, int] = (8, 4, 64)  # top-k, heads, d_a of the demo model
+    large_clip: str = "ViT-B-32"
+    large_image_size: int = 224
+    large_asa: tuple[int, int, int] = (8, 4, 128)
+    batch_sizes: tuple[int, ...] = (1, 8, 64)
+    bench_repeats: int = 10
+    index_size: int = 1000
+    top_m: int = 100
+    fp16: str = "fp16"  # the reduced precision checked (the dry run has no CPU fp16 and checks fp32 instead)
+
+    @classmethod
+    def gpu(cls) -> CheckSizes:
+        return cls()
+
+    @classmethod
+    def dry_run(cls) -> CheckSizes:
+        return cls(device="cpu", videos=12, test_videos=6, size=32, frames=4, backbone_clip="rap-micro",
+                   backbone_train=64, backbone_epochs=1, epochs=1, train_batch=8, asa=(4, 2, 16),
+                   large_clip="rap-micro", large_image_size=32, large_asa=(4, 2, 16), batch_sizes=(1, 2),
+                   bench_repeats=1, index_size=16, top_m=4, fp16="fp32")
+
+
+class Steps:
+    """Runs named steps, times them, and records failures instead of stopping the whole check."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.records: list[dict[str, Any]] = []
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        self.log(f"[run ] {name}")
+        t0 = time.perf_counter()
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - a one-shot check reports every failure and goes on
+            seconds = round(time.perf_counter() - t0, 2)
+            self.records.append({"step": name, "ok": False, "seconds": seconds,
+                                 "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]})
+            self.log(f"[FAIL] {name} after {seconds:.1f}s: {self.records[-1]['error']}")
+            if not isinstance(exc, RapDeployError):
+                self.log(traceback.format_exc(limit=6))
+            return None
+        seconds = round(time.perf_counter() - t0, 2)
+        self.records.append({"step": name, "ok": True, "seconds": seconds})
+        self.log(f"[done] {name} in {seconds:.1f}s")
+        return value
+
+    def skip(self, name: str, reason: str) -> None:
+        self.records.append({"step": name, "ok": True, "skipped": reason, "seconds": 0.0})
+        self.log(f"[skip] {name}: {reason}")
+
+
+# ----------------------------------------------------------------------------------------------------------- steps
+def environment(device: str) -> dict[str, Any]:
+    """torch / CUDA / GPU, ONNX Runtime providers and TensorRT availability of this machine."""
+    import torch
+
+    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                           "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "device": device}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    try:
+        import onnxruntime as ort
+
+        env["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
+    except ImportError as exc:
+        env["onnxruntime"] = f"not importable: {exc}"
+    env["tensorrt"] = tensorrt_status()
+    return env
+
+
+def tensorrt_status() -> str | None:
+    """TensorRT's version when it imports and a CUDA GPU is visible, else ``None``."""
+    from rap_deploy.engines.tensorrt_backend import runtime_info
+
+    info = runtime_info()
+    return info["tensorrt"] if info["tensorrt"] and info["gpu"] else None
+
+
+def make_data(root: Path, s: CheckSizes) -> Path:
+    """The synthetic dataset under ``root`` (kept when complete)."""
+    from rap_deploy.data.synth import generate_synthetic_dataset
+
+    if not (root / "MSRVTT_data.json").is_file():
+        generate_synthetic_dataset(root, videos=s.videos, test_videos=s.test_videos, seed=0, size=s.size,
+                                   progress=False)
+    return root
+
+
+def demo_checkpoint(work: Path, data: Path, s: CheckSizes) -> Path:
+    """Train the tiny demo model the way ``rapdeploy demo`` does (backbone, init, RAP); returns ``best.pt``."""
+    from rap_deploy.cli.model_cmds import build_config
+    from rap_deploy.model_summary import init_checkpoint
+    from rap_deploy.train.backbone import pretrain_backbone
+    from rap_deploy.train.loop import TrainOptions, train_rap
+
+    backbone = work / "backbone.safetensors"
+    if not backbone.is_file():
+        pretrain_backbone(backbone, size=s.size, n_train=s.backbone_train, epochs=s.backbone_epochs, seed=0,
+                          clip=s.backbone_clip, progress=False)
+    init = work / "init.pt"
+    config = build_config(s.backbone_clip, "rap", s.frames, 32, True, True, 4, *s.asa, "text")
+    init_checkpoint(init, clip=None, pretrained="none", backbone_file=backbone, config=config, embed_backbone=True,
+                    seed=0)
+    run = work / "train"
+    train_rap(TrainOptions(dataset="msrvtt", data_root=str(data), out=str(run), checkpoint=str(init),
+                           epochs=s.epochs, batch_size=s.train_batch, lr=1e-3, seed=0, top_m=s.top_m,
+                           cache_dir=str(work / "frames"), device=s.device), progress=False)
+    return run / "best.pt"
+
+
+def random_adapter_checkpoint(path: Path, clip: str, s: CheckSizes, std: float = 0.05, seed: int = 1) -> Path:
+    """``clip`` with random backbone weights (``--pretrained none``) and random non-zero adapters (identity adapters
+    would hide precision problems in LoRM and ASA)."""
+    import torch
+
+    from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
+    from rap_deploy.cli.model_cmds import build_config
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    config = build_config(clip, "rap", s.frames, 32, True, True, 4, *s.large_asa, "text")
+    config = replace(config, preprocess=replace(config.preprocess, image_size=s.large_image_size))
+    ckpt, model = new_checkpoint(config, BackboneSpec.parse(clip, "none"), seed=0)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("clip."):
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    save_checkpoint(checkpoint_from_model(model, ckpt), path)
+    return path
+
+
+def parity(checkpoint: Path, data: Path, work: Path, s: CheckSizes, precision: str, engine: Path | None = None
+           ) -> dict[str, Any]:
+    """``verify`` of ``engine`` (default: the checkpoint as the PyTorch engine on ``s.device`` in ``precision``)
+    against the fp32 reference on the same device; the summary of ``verify.json``."""
+    from rap_deploy.engines.verify import verify
+
+    tolerance = None if precision == "fp32" else round(max(0.5, 100.0 / s.test_videos) + 1e-6, 4)
+    name = engine.name if engine is not None else f"torch-{s.device}-{precision}"
+    result = verify("msrvtt", data, engine or checkpoint, checkpoint=checkpoint, tolerance=tolerance, top_m=s.top_m,
+                    out=work / "verify" / name, cache=work / "frames", progress=False, reference_device=s.device,
+                    raise_on_fail=False, engine_device=None if engine else s.device,
+                    engine_precision=None if engine else precision)
+    return {"engine": name, "precision": result["precision"], "passed": result["passed"],
+            "tolerance": result["tolerance"], "queries": result["counts"]["captions"], "delta": result["delta"],
+            "two_stage_delta": result["two_stage"]["delta"], "rank_changes": result["rank_changes"],
+            "failures": result["failures"], "worst_graph": result["worst_graph"]}
+
+
+def speed(checkpoint: Path, work: Path, s: CheckSizes, precision: str, engines: Sequence[Path] = ()) -> list[dict]:
+    """``bench`` of PyTorch eager (``precision`` on ``s.device``) and ``engines``; the result rows."""
+    from rap_deploy.engines.bench import bench
+
+    result = bench(list(engines), checkpoint=checkpoint, batch_sizes=s.batch_sizes, repeats=s.bench_repeats,
+                   warmup=2 if s.device == "cuda" else 1, index_size=s.index_size, graphs=GRAPHS,
+                   out=work / "bench" / f"{precision}-{len(engines)}", progress=False, top_m=s.top_m,
+                   torch_device=s.device, torch_precision=precision, compare_meanp=False)
+    keep = ("engine", "backend", "precision", "graph", "batch_size", "throughput", "unit", "p50_ms", "p99_ms")
+    return [{k: row.get(k) for k in keep} for row in result["results"]]
+
+
+def tensorrt_engine(checkpoint: Path, data: Path, work: Path) -> Path:
+    """Export with fp16 graphs and build the TensorRT fp16 engine (validated by build-engine itself)."""
+    from rap_deploy.engines.build import build_engine
+    from rap_deploy.export import export_checkpoint
+
+    export = work / "onnx"
+    export_checkpoint(checkpoint, export, fp16=True, force=True, data_root=data, progress=False)
+    out = work / "tensorrt-fp16"
+    build_engine(export, backend="tensorrt", fp16=True, out=out, force=True, workspace=work / "ws", progress=False)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------- run
+def check_model(label: str, checkpoint: Path, data: Path, work: Path, s: CheckSizes, trt: str | None,
+                steps: Steps) -> dict[str, Any]:
+    """Parity, speed and (with TensorRT) the engine of one model; a dict for the report."""
+    out: dict[str, Any] = {"checkpoint": str(checkpoint), "parity": [], "bench": []}
+    for precision in dict.fromkeys(("fp32", s.fp16)):
+        res = steps.run(f"{label}: verify torch {s.device} {precision}",
+                        lambda p=precision: parity(checkpoint, data, work, s, p))
+        if res is not None:
+            out["parity"].append(res)
+    engine = None
+    if trt:
+        engine = steps.run(f"{label}: TensorRT {trt} fp16 engine", lambda: tensorrt_engine(checkpoint, data, work))
+        if engine is not None:
+            res = steps.run(f"{label}: verify TensorRT fp16", lambda: parity(checkpoint, data, work, s, "fp16",
+                                                                              engine))
+            if res is not None:
+                out["parity"].append(res)
+    else:
+        steps.skip(f"{label}: TensorRT", "tensorrt does not import here (or no CUDA GPU)")
+    for precision in dict.fromkeys(("fp32", s.fp16)):
+        with_engine = [engine] if engine is not None and precision == s.fp16 else []
+        rows = steps.run(f"{label}: bench {precision}", lambda p=precision, e=with_engine: speed(checkpoint, work, s,
+                                                                                                 p, e))
+        out["bench"].extend(rows or [])
+    return out
+
+
+def run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None = None, skip_vit: bool = False,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every step into ``work`` and write ``gpu_check.json`` / ``gpu_check.md`` into ``out``; returns the report.
+
+    Raises :class:`~rap_deploy.errors.UsageError` when ``sizes.device`` is cuda and no GPU is visible.
+    """
+    import torch
+
+    from rap_deploy.atomic import write_json_atomic, write_text_atomic
+    from rap_deploy.errors import UsageError
+
+    if sizes.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"no CUDA GPU visible to torch {torch.__version__}; run with --dry-run on a CPU")
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    steps = Steps(log)
+    env = steps.run("environment", lambda: environment(sizes.device)) or {}
+    trt = env.get("tensorrt")
+    data = steps.run("synthetic data", lambda: make_data(work / "data", sizes))
+    models: dict[str, Any] = {}
+    if data is not None:
+        demo = checkpoint or steps.run("demo checkpoint (train)", lambda: demo_checkpoint(work / "demo", data, sizes))
+        if demo is not None:
+            models["demo"] = check_model("demo", Path(demo), data, work / "demo", sizes, trt, steps)
+        if skip_vit:
+            steps.skip(sizes.large_clip, "--skip-vit")
+        else:
+            large = steps.run(f"{sizes.large_clip} checkpoint (random, non-zero adapters)",
+                              lambda: random_adapter_checkpoint(work / "large" / "large.pt", sizes.large_clip, sizes))
+            if large is not None:
+                models[sizes.large_clip] = check_model(sizes.large_clip, large, data, work / "large", sizes, trt,
+                                                       steps)
+    report = {"passed": all(r["ok"] for r in steps.records) and all(
+                  p["passed"] for m in models.values() for p in m["parity"]),
+              "dry_run": sizes.device == "cpu", "seconds": round(time.perf_counter() - t0, 1),
+              "environment": env, "sizes": asdict(sizes), "steps": steps.records, "models": models}
+    write_json_atomic(out / REPORT_JSON, report)
+    write_text_atomic(out / REPORT_MD, markdown(report))
+    return report
+
+
+# -------------------------------------------------------------------------------------------------------- report
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _num(v: Any, digits: int = 2) -> str:
+    return "—" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The Markdown report: environment, steps, recall parity and speed tables."""
+    env = report["environment"]
+    parts = [f"# GPU check{' (dry run on the CPU)' if report['dry_run'] else ''}: "
+             f"{'passed' if report['passed'] else 'FAILED'}",
+             f"{env.get('gpu', 'no GPU')} (cc {env.get('compute_capability', '—')}), torch {env.get('torch')} "
+             f"(CUDA {env.get('cuda')}), TensorRT {env.get('tensorrt') or 'not available'}; "
+             f"{report['seconds']} s in all.",
+             "## Steps", _table(["step", "ok", "seconds", "note"], [
+                 [r["step"], "yes" if r["ok"] else "NO", r["seconds"], r.get("skipped") or r.get("error", "")]
+                 for r in report["steps"]])]
+    parity_rows, bench_rows = [], []
+    for label, m in report["models"].items():
+        for p in m["parity"]:
+            d = p["delta"]
+            parity_rows.append([label, p["engine"], p["precision"], p["queries"], _num(p["tolerance"]),
+                                *(_num(d[k]["R1"]) for k in ("t2v", "v2t")),
+                                *(_num(d[k]["R5"]) for k in ("t2v", "v2t")),
+                                "yes" if p["passed"] else "NO"])
+        for r in m["bench"]:
+            bench_rows.append([label, r["engine"], r["precision"], r["graph"], r["batch_size"],
+                               f"{_num(r['throughput'], 1)} {r['unit']}", _num(r["p50_ms"], 3), _num(r["p99_ms"], 3)])
+    parts += ["## Recall parity (engine − fp32 reference, points)", _table(
+        ["model", "engine", "precision", "queries", "tolerance", "ΔR@1 t2v", "ΔR@1 v2t", "ΔR@5 t2v", "ΔR@5 v2t",
+         "passed"], parity_rows),
+              "## Speed", _table(["model", "engine", "precision", "graph", "batch", "throughput", "p50 ms", "p99 ms"],
+                                 bench_rows)]
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit code (0 passed, 1 a step or parity check failed, 2 bad usage)."""
+    ap = argparse.ArgumentParser(prog="python -m rap_deploy.engines.gpu_check", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
+    ap.add_argument("--work", type=Path, default=None, help="working folder (default: OUT/work)")
+    ap.add_argument("--dry-run", action="store_true", help="the same steps on the CPU at tiny sizes (CI)")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="use this demo checkpoint instead of training one")
+    ap.add_argument("--test-videos", type=int, default=None, help="test videos (queries) of the synthetic data")
+    ap.add_argument("--epochs", type=int, default=None, help="RAP training epochs of the demo checkpoint")
+    ap.add_argument("--skip-vit", action="store_true", help="leave out the ViT-B/32 model")
+    args = ap.parse_args(argv)
+    sizes = CheckSizes.dry_run() if args.dry_run else CheckSizes.gpu()
+    if args.test_videos is not None:
+        sizes = replace(sizes, test_videos=args.test_videos, videos=max(sizes.videos - sizes.test_videos, 8)
+                        + args.test_videos)
+    if args.epochs is not None:
+        sizes = replace(sizes, epochs=args.epochs)
+    try:
+        report = run_check(args.out, args.work or args.out / "work", sizes, args.checkpoint, args.skip_vit,
+                           log=lambda m: print(m, flush=True))
+    except RapDeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"passed": report["passed"], "seconds": report["seconds"],
+                      "report": str(args.out / REPORT_MD)}))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

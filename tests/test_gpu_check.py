@@ -1,0 +1,54 @@
+"""The one-shot GPU check (rap_deploy.engines.gpu_check): its --dry-run runs every step on the CPU, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_step_and_writes_both_reports(tmp_path):
+    from rap_deploy.engines.gpu_check import REPORT_JSON, REPORT_MD, main
+
+    out = tmp_path / "out"
+    assert main(["--out", str(out), "--work", str(tmp_path / "work"), "--dry-run"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [REPORT_JSON, REPORT_MD]  # the device brings back few files
+    report = json.loads((out / REPORT_JSON).read_text())
+    assert report["passed"] and report["dry_run"]
+    steps = {r["step"]: r for r in report["steps"]}
+    assert all(r["ok"] for r in steps.values()), steps
+    assert {"environment", "synthetic data", "demo checkpoint (train)"} <= set(steps)
+    assert set(report["models"]) == {"demo", "rap-micro"}  # the dry run's stand-in for ViT-B/32
+    for label, model in report["models"].items():
+        assert [p["passed"] for p in model["parity"]] == [True], label
+        assert model["parity"][0]["queries"] == 6
+        graphs = {(r["graph"], r["batch_size"]) for r in model["bench"]}
+        assert graphs == {(g, b) for g in ("video", "text", "asa", "search") for b in (1, 2)}, label
+        assert all(r["throughput"] > 0 for r in model["bench"])
+    if report["environment"]["tensorrt"] is None:
+        assert steps["demo: TensorRT"]["skipped"]
+    md = (out / REPORT_MD).read_text()
+    assert "## Recall parity" in md and "## Speed" in md and "| demo | torch eager | fp32 | search | 2 |" in md
+
+
+def test_gpu_run_without_a_gpu_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from rap_deploy.engines.gpu_check import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_the_gpu_sizes_and_the_device_command_fit_the_limits():
+    import rap_deploy.engines.gpu_check as gc
+
+    s = gc.CheckSizes.gpu()
+    assert s.device == "cuda" and s.batch_sizes == (1, 8, 64) and s.large_clip == "ViT-B-32" and s.fp16 == "fp16"
+    assert s.test_videos >= 200  # one query moves R@K by at most 0.5 points: the fp16 tolerance can be tested
+    doc = gc.__doc__
+    command = doc[doc.index("    set -o pipefail"):doc.index("(one line)")]
+    line = " ".join(command.split())
+    assert len(line) <= 2000 and ".whl/*.whl" in line and "--out $OUT" in line

@@ -1,0 +1,245 @@
+"""TensorRT build and run code against the API-surface fake of TensorRT 10 and 11 (tests/fake_tensorrt).
+
+Call validity only: the fake exposes the members of the real bindings of each major version and models what the
+calls require; it never stands in for TensorRT's numbers (those tests need a GPU: test_tensorrt_engine.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import fake_tensorrt_env
+
+from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
+
+MAJORS = (10, 11)
+
+
+@pytest.fixture(scope="module")
+def fake_builds(micro_fp16_export, tmp_path_factory):
+    """fp16 and fp32 engine folders built through the fake, per major: ``{major: {"fp16": (dir, manifest, build
+    record), "fp32": ...}}``; the fp16 builds are validated against PyTorch by build_engine itself (the fp32 ones are
+    not, to keep the module fast: the fp32 engines run the export's own graphs)."""
+    from rap_deploy.engines.build import build_engine
+
+    out = {}
+    for major in MAJORS:
+        out[major] = {}
+        for precision in ("fp16", "fp32"):
+            with fake_tensorrt_env(major) as trt:
+                dest = tmp_path_factory.mktemp(f"trt{major}") / f"tensorrt-{precision}"
+                manifest = build_engine(micro_fp16_export, backend="tensorrt", fp16=precision == "fp16", out=dest,
+                                        workspace=dest.parent / "ws", progress=False, validate=precision == "fp16")
+                out[major][precision] = (dest, manifest, dict(trt._knobs["last_build"]))
+    return out
+
+
+def test_fake_exposes_only_the_real_members_of_each_major():
+    from fake_tensorrt import make_module
+    from fake_tensorrt.surface import SURFACE
+
+    t10, t11 = make_module(10), make_module(11)
+    assert t10.BuilderFlag.FP16 and t10.BuilderFlag.OBEY_PRECISION_CONSTRAINTS and t10.BuilderFlag.TF32
+    for gone in ("FP16", "OBEY_PRECISION_CONSTRAINTS", "INT8", "BF16"):  # TensorRT 11: strongly typed only
+        assert not hasattr(t11.BuilderFlag, gone)
+    assert t11.BuilderFlag.TF32 and not hasattr(t11.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+    assert "precision" in SURFACE[10]["ILayer"] and "precision" not in SURFACE[11]["ILayer"]
+    assert "set_output_type" not in SURFACE[11]["ILayer"] and "platform_has_fast_fp16" not in SURFACE[11]["Builder"]
+    logger = t11.Logger(t11.Logger.WARNING)
+    builder = t11.Builder(logger)
+    with pytest.raises(AttributeError, match="tensorrt 11.x"):
+        builder.platform_has_fast_fp16  # noqa: B018 - the access is the test
+    # every public member the fake classes implement exists in the real class of both majors
+    from fake_tensorrt import engine, network
+
+    for module in (engine, network):
+        for cls in vars(module).values():
+            if isinstance(cls, type) and getattr(cls, "_cls", ""):
+                public = {n for n in vars(cls) if not n.startswith("_")}
+                for major in MAJORS:
+                    allowed = SURFACE[major][cls._cls]
+                    extra = public - allowed
+                    assert not extra or major == 11 and extra <= {"precision", "set_output_type", "get_output_type",
+                                                                   "output_type_is_set", "precision_is_set"}, \
+                        (cls._cls, major, extra)
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_fp16_build_runs_end_to_end_with_valid_calls(major, fake_builds):
+    dest, manifest, record = fake_builds[major]["fp16"]
+    assert manifest["backend"] == "tensorrt" and manifest["precision"] == "fp16"
+    assert manifest["build_mode"] == ("weakly-typed" if major == 10 else "strongly-typed")
+    assert manifest["validation"]["passed"]
+    assert "TF32" not in record["flags"]  # cleared in every build (defect 2)
+    if major == 10:
+        assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(record["flags"]) and not record["strongly_typed"]
+        assert record["pinned"]
+    else:
+        assert record["strongly_typed"] and record["pinned"] == []
+    for graph, report in manifest["build"].items():
+        assert report["layers"]["fp16_compute_layers"] > 0, graph
+        check = report["pinned_check"]
+        assert check["violations"] == [] and check["checked"] > 0, (graph, check)
+        if major == 11:
+            assert report["fp16_graph"]["file"] == f"{graph}.fp16.onnx"
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_fp32_builds_clear_tf32_and_stay_fp32(major, fake_builds):
+    _, manifest, record = fake_builds[major]["fp32"]
+    assert "TF32" not in record["flags"] and "FP16" not in record["flags"]
+    assert all(r["layers"]["fp16_layers"] == 0 for r in manifest["build"].values())
+
+
+def test_tensorrt_11_needs_the_fp16_export_which_the_old_fixture_lacked(micro_ort_engines, tmp_path):
+    """Defect 1: the old fixture built fp16 from an export made without --fp16; TensorRT 11 refuses that."""
+    from rap_deploy.engines.build import build_engine
+
+    with fake_tensorrt_env(11), pytest.raises(UsageError, match="re-export with `rapdeploy export CKPT --fp16`"):
+        build_engine(micro_ort_engines["export"], backend="tensorrt", fp16=True, out=tmp_path / "e",
+                     workspace=tmp_path / "ws", progress=False)
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_engine_outputs_are_collected_by_name_in_contract_order(major, fake_builds, micro_checkpoint):
+    """Defect 5: the fake lists the engine's I/O reversed; results must still be in the contract's order."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.samples import sample_inputs
+    from rap_deploy.engines.torch_backend import TorchEngine
+    from rap_deploy.graphs import video_outputs
+
+    dest, _, _ = fake_builds[major]["fp16"]
+    with fake_tensorrt_env(major):
+        engine = load_engine(dest)
+        names = [engine.engines["video_encoder"].get_tensor_name(i) for i in range(5)]
+        assert names[0] == video_outputs(True)[-1]  # reversed against the graph
+        x = sample_inputs(engine.config, videos=3)
+        engine.max_batch["video_encoder"] = 2  # split batches too
+        outs = engine.encode_video(x.frames, x.frame_mask)
+        text = engine.encode_text(x.input_ids, x.eot)
+        engine.query_block, engine.video_block = 1, 2
+        sim = engine.asa_similarity(text, *outs[1:])
+        with pytest.raises(UsageError, match="asa_similarity takes text_emb and"):
+            engine.asa_similarity(text, outs[1])
+        engine.close()
+    ref = TorchEngine(micro_checkpoint)
+    r_outs = ref.encode_video(x.frames, x.frame_mask)
+    assert [o.shape for o in outs] == [o.shape for o in r_outs]
+    for a, b in zip(outs, r_outs, strict=True):
+        assert a.dtype == np.float32 and np.abs(a - b).max() < 2e-2
+    assert sim.shape == (len(x.captions), 3)
+    np.testing.assert_allclose(sim, ref.asa_similarity(ref.encode_text(x.input_ids, x.eot), *r_outs[1:]), atol=3e-2)
+
+
+def test_build_load_and_run_use_the_requested_device(micro_fp16_export, tmp_path):
+    """Defect 6: device_id becomes the current device for build, deserialisation, contexts and execution."""
+    from rap_deploy.engines.build import build_engine
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.samples import sample_inputs
+
+    scopes: list[int] = []
+    with fake_tensorrt_env(10, scopes):
+        build_engine(micro_fp16_export, backend="tensorrt", fp16=True, out=tmp_path / "e", workspace=tmp_path / "ws",
+                     progress=False, device_id=1, validate=False)
+        n_build = len(scopes)
+        engine = load_engine(tmp_path / "e", device_id=1)
+        x = sample_inputs(engine.config, videos=1)
+        engine.encode_text(x.input_ids, x.eot)
+    assert n_build >= 3 and len(scopes) > n_build and set(scopes) == {1}
+
+
+def test_unnamed_square_of_reduce_l2_is_pinned(micro_fp16_export):
+    """Defect 4: the x*x the parser adds for ReduceL2 has no node name; it feeds a pinned reduce, so it is pinned."""
+    from rap_deploy.engines.trt_build import HELPER, apply_precision_plan
+    from rap_deploy.engines.trt_plan import plan_for_file
+
+    with fake_tensorrt_env(10) as trt:
+        network = trt.Builder(trt.Logger(trt.Logger.WARNING)).create_network(0)
+        assert trt.OnnxParser(network, None).parse_from_file(str(micro_fp16_export / "video_encoder.onnx"))
+        pinned = apply_precision_plan(trt, network, plan_for_file(micro_fp16_export / "video_encoder.onnx"))
+        squares = [network.get_layer(i) for i in range(network.num_layers)
+                   if network.get_layer(i).name.startswith("(Unnamed Layer") and network.get_layer(i).metadata == ""
+                   and network.get_layer(i).type.name == "ELEMENTWISE"]
+        assert len(squares) == 2  # the two ReduceL2 of the video encoder
+        for layer in squares:
+            assert pinned[layer.name] == HELPER and layer.precision == trt.float32
+        # a weight MatMul is not pinned, and constants never are
+        assert not any(network.get_layer(i).type.name in ("MATRIX_MULTIPLY", "CONSTANT")
+                       for i in range(network.num_layers) if network.get_layer(i).name in pinned)
+
+
+def test_a_dropped_precision_constraint_fails_the_build(micro_fp16_export, tmp_path):
+    """Defect 3: a pinned output that comes out fp16 (a Myelin fusion dropping the constraint) is an error."""
+    from rap_deploy.engines.build import build_engine
+
+    with fake_tensorrt_env(10) as trt:
+        trt._knobs["drop_constraints"] = {"Div"}
+        with pytest.raises(CheckFailedError, match="came out in lower precision.*Div"):
+            build_engine(micro_fp16_export, backend="tensorrt", fp16=True, out=tmp_path / "e",
+                         workspace=tmp_path / "ws", progress=False)
+    assert not (tmp_path / "e").exists()
+
+
+def test_failure_returns_of_the_api_are_errors(micro_fp16_export, fake_builds, tmp_path):
+    """Also: add_optimization_profile / set_tensor_address results are checked; a missing flag is an error."""
+    from rap_deploy.engines.build import build_engine
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.samples import sample_inputs
+    from rap_deploy.engines.trt_build import set_flag
+
+    with fake_tensorrt_env(11) as trt:
+        trt._knobs["profile_index"] = -1
+        with pytest.raises(CheckFailedError, match="refused the optimisation profile"):
+            build_engine(micro_fp16_export, backend="tensorrt", fp16=True, out=tmp_path / "e",
+                         workspace=tmp_path / "ws", progress=False)
+        config = trt.Builder(trt.Logger(trt.Logger.WARNING)).create_builder_config()
+        with pytest.raises(BackendUnavailableError, match="no BuilderFlag.FP16"):
+            set_flag(trt, config, "FP16")
+    with fake_tensorrt_env(10) as trt:
+        engine = load_engine(fake_builds[10]["fp16"][0])
+        trt._knobs["refuse_address"] = {"eot"}
+        x = sample_inputs(engine.config, videos=1)
+        with pytest.raises(CheckFailedError, match="refused the address of text_encoder input eot"):
+            engine.encode_text(x.input_ids, x.eot)
+
+
+def test_bf16_io_is_bound_as_bf16_and_fp8_is_refused():
+    """Defect 8: BF16 engine tensors get a bf16 buffer (2 bytes per value) and come back as float32."""
+    import torch
+    from fake_tensorrt import make_module
+
+    from rap_deploy.engines.tensorrt_backend import _to_numpy, torch_dtype
+
+    trt = make_module(10)
+    assert torch_dtype(trt, trt.bfloat16, "x") == torch.bfloat16 and torch_dtype(trt, trt.float16, "x") == torch.half
+    values = torch.tensor([1.5, -2.25, 3.0], dtype=torch.bfloat16)
+    assert values.element_size() == 2 and _to_numpy(values).dtype == np.float32
+    np.testing.assert_array_equal(_to_numpy(values), [1.5, -2.25, 3.0])
+    with pytest.raises(UsageError, match="FP8"):
+        torch_dtype(trt, trt.fp8, "asa_head input x")
+
+
+def test_engine_with_other_tensor_names_is_refused(fake_builds, tmp_path):
+    """An engine whose I/O names are not the contract's (another export version) is refused at load."""
+    import shutil
+
+    from rap_deploy.atomic import sha256_file
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.manifest import read_manifest, write_manifest
+
+    src = fake_builds[10]["fp32"][0]
+    copy = tmp_path / "engine"
+    shutil.copytree(src, copy)
+    path = copy / "text_encoder.engine"
+    data = json.loads(path.read_text())
+    data["io"] = [dict(t, name="ids") if t["name"] == "input_ids" else t for t in data["io"]]
+    path.write_text(json.dumps(data))
+    manifest = read_manifest(copy)
+    manifest["graphs"]["text_encoder"]["sha256"] = sha256_file(path)
+    manifest["graphs"]["text_encoder"]["bytes"] = path.stat().st_size
+    write_manifest(copy, manifest)
+    with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match="expects \\['input_ids', 'eot'\\]"):
+        load_engine(copy)
