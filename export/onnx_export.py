@@ -231,6 +231,8 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
             try:
                 manifest = _export_into(Path(checkpoint), stage.path, cfg, force, data_root, progress, dataset)
             except CheckFailedError as exc:
+                if not (stage.path / PARITY_FILE).is_file():
+                    raise  # failed before any report (a damaged checkpoint): nothing worth keeping
                 kept = stage.keep_failed() if replacing else None
                 if kept is None:
                     stage.commit()  # nothing to lose: the failed export's report lands where the user looks
