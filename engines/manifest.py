@@ -155,7 +155,11 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
     graphs = manifest["graphs"]
     if not isinstance(graphs, dict) or not graphs:
         raise damaged("'graphs' is not a non-empty object")
+    from rap_deploy.graphs import GRAPH_NAMES
+
     for name, entry in graphs.items():
+        if name not in GRAPH_NAMES:
+            raise damaged(f"it lists graph {name!r}; engines hold only {', '.join(GRAPH_NAMES)}")
         extra = entry.get("extra_files", []) if isinstance(entry, dict) else None
         if not isinstance(extra, list):
             raise damaged(f"graph '{name}' has no entry object or its 'extra_files' is not a list")

@@ -453,6 +453,10 @@ def verify(
                          f"{engine_path}; pass --checkpoint with the checkpoint the engine was built from")
     reference = ModelEncoder(ref_ckpt.build_model(), device=_reference_device(reference_device))
     config = reference.config
+    from rap_deploy.bounds import check_memory
+
+    check_memory(batch_size * config.frames * 3 * config.preprocess.image_size ** 2 * 4,
+                 f"--batch-size {batch_size} of {config.frames}-frame videos", "use a smaller --batch-size")
 
     data = load_split(dataset, root, split, max_frames=config.frames)
     if max_videos is not None:

@@ -168,8 +168,13 @@ def _check_sections(path: Path, manifest: dict[str, Any]) -> None:
         raise CheckFailedError(f"{path} lists no graphs; the export is damaged, re-run `rapdeploy export --force`")
     if manifest.get("fp16_graphs") is not None and not isinstance(manifest["fp16_graphs"], dict):
         raise CheckFailedError(f"{path}: 'fp16_graphs' is not an object; the manifest was edited, re-export")
+    from rap_deploy.graphs import GRAPH_NAMES
+
     for section in ("graphs", "fp16_graphs"):
         for name, rec in (manifest.get(section) or {}).items():
+            if name not in GRAPH_NAMES:  # names become file names when engines are built
+                raise CheckFailedError(f"{path}: {section} lists graph {name!r}; rapdeploy exports only "
+                                       f"{', '.join(GRAPH_NAMES)}: the manifest was edited, re-export")
             recs = [rec] + ([rec["external_data"]] if isinstance(rec, dict) and "external_data" in rec else [])
             for r in recs:
                 if not isinstance(r, dict) or not isinstance(r.get("file"), str) or not isinstance(r.get("sha256"),

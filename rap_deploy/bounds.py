@@ -111,3 +111,18 @@ def check_memory(nbytes: int, what: str, fix: str, fraction: float = 0.8) -> Non
     if nbytes > fraction * available:
         raise UsageError(f"{what} needs {nbytes / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of memory "
                          f"available; {fix}")
+
+
+def clip_weight_bytes(cfg: dict[str, Any]) -> int:
+    """Rough fp32 size of an open_clip CLIP from its architecture config (both towers' transformers, the patch and
+    token embeddings); used to refuse a model that cannot fit before creating it. Unknown fields count as zero."""
+    def tower(c: dict[str, Any]) -> int:
+        width, layers = int(c.get("width") or 0), c.get("layers") or 0
+        layers = sum(layers) if isinstance(layers, (list, tuple)) else int(layers)
+        return 12 * width * width * layers
+
+    vision, text = cfg.get("vision_cfg") or {}, cfg.get("text_cfg") or {}
+    patch, width = int(vision.get("patch_size") or 0), int(vision.get("width") or 0)
+    params = tower(vision) + tower(text) + 3 * patch * patch * width
+    params += int(text.get("vocab_size") or 0) * int(text.get("width") or 0)
+    return 4 * params

@@ -44,6 +44,10 @@ class Checkpoint:
         (wrong shapes, missing or unexpected tensors: a damaged or edited file), naming the file.
         """
         where = f"checkpoint {self.source}" if self.source else "checkpoint"
+        from rap_deploy.bounds import check_memory, clip_weight_bytes
+
+        check_memory(clip_weight_bytes(clip_model_config(self.backbone.clip)),
+                     f"{where}: backbone {self.backbone.clip}", "use a machine with more memory or a smaller --clip")
         try:
             clip = load_clip(self.backbone, quick_gelu=self.config.quick_gelu, state_dict=self.backbone_state)
         except RuntimeError as exc:  # load_state_dict: size mismatch of an embedded backbone tensor

@@ -189,6 +189,13 @@ def test_export_entries_pointing_outside_are_refused(export, tmp_path, guard):
     edit_json(export / "manifest.json", lambda m: m["graphs"]["video_encoder"].update(
         file="video_encoder.onnx", external_data={"file": str(guard.fifo), "sha256": "0" * 64}))
     refused(cli("build-engine", export, "--out", out), 1, "secret.fifo")
+
+    def rename_graph(m):  # graph names become engine file names: a name that is a path must not be written
+        m["graphs"]["video_encoder"].pop("external_data")
+        m["graphs"]["../../outside/evil"] = m["graphs"].pop("text_encoder")
+
+    edit_json(export / "manifest.json", rename_graph)
+    refused(cli("build-engine", export, "--out", out), 1, "../../outside/evil")
     assert not out.exists()
 
 
@@ -352,6 +359,16 @@ def test_checkpoint_asking_for_a_billion_frames_is_refused_before_allocating(pay
     path.parent.mkdir()
     torch.save(payload, path)
     refused(cli("info", path), 1, "huge.pt", "frames", "512")
+
+
+def test_backbone_too_large_for_memory_is_refused_before_creating_it(micro_checkpoint, monkeypatch):
+    import psutil
+
+    class Tiny:
+        available = 1 << 20  # 1 MiB: even rap-micro's 6 MiB of weights do not fit
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny)
+    refused(cli("info", micro_checkpoint), 2, "backbone rap-micro", "GiB", "more memory")
 
 
 @pytest.mark.parametrize("args, needle", [
