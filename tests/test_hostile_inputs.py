@@ -453,6 +453,7 @@ class _Touch:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("kind, code, needles", [
     ("empty", 1, ["empty (0 bytes)"]),
     ("random", 2, ["not a checkpoint"]),
@@ -517,6 +518,7 @@ def test_damaged_or_foreign_checkpoints_get_one_line(kind, code, needles, payloa
     assert not marker.exists() and not (target / "onnx").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_as_pretrained_weights_runs_nothing(tmp_path):
     marker = tmp_path / "code-ran"
     evil = tmp_path / "target" / "open_clip_model.pt"
@@ -616,28 +618,46 @@ def test_damaged_annotation_files_are_exit_1(damage, split, needle, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- concurrency
-def test_second_writer_is_told_who_holds_the_folder(micro_checkpoint, export, tmp_path):
-    code = ("import sys; from rap_deploy.locks import folder_lock\n"
+class LockHolder:
+    """Another process holding the lock of ``target`` until :meth:`release` (stdin closed) or :meth:`kill`."""
+
+    CODE = ("import sys; from rap_deploy.locks import folder_lock\n"
             "with folder_lock(sys.argv[1], 'export'):\n    print('locked', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(export)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+
+    def __init__(self, target: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE, str(target)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        self.locked = self.proc.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+def test_second_writer_is_told_who_holds_the_folder(micro_checkpoint, export, tmp_path):
+    from rap_deploy.locks import folder_lock
+
+    holder = LockHolder(export)
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        assert holder.locked
         before = snapshot(export)
         refused(cli("export", micro_checkpoint, "--out", export, "--force"), 2, str(export),
                 f"process {holder.pid}", "`rapdeploy export`")
         refused(cli("build-engine", export, "--out", export, "--force"), 2, f"process {holder.pid}")
         assert snapshot(export) == before
     finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
-    holder = subprocess.Popen([sys.executable, "-c", code, str(export)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    holder.kill()  # SIGKILL: the kernel releases the lock, no stale lock file can block the next writer
-    holder.wait(timeout=30)
-    from rap_deploy.locks import folder_lock
-
+        holder.release()
+    holder = LockHolder(export)
+    holder.kill()  # SIGKILL: the kernel releases the lock, so no stale lock can block the next writer
+    assert holder.locked
     with folder_lock(export, "test"):
         pass
 
@@ -679,3 +699,29 @@ def test_sigterm_leaves_no_temporary_file(tmp_path):
     assert proc.returncode == 143, err
     assert err.strip().startswith("error: terminated") and err.strip().count("\n") == 0, err
     assert [p for p in out.rglob("*") if p.is_file()] == []  # no 0-byte temporary file, no half file
+
+
+# ---------------------------------------------------------------------------------------------------- the rules
+def test_entry_and_name_rules(tmp_path):
+    """The resolver's rules in one place (what the library and serving code get when they call it)."""
+    from rap_deploy.safe_paths import UnsafePathError, check_plain_name, resolve_entry
+    from rap_deploy.workspace import is_temporary_name
+
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "000.npy").write_bytes(b"x")
+    assert resolve_entry(tmp_path, "shards/000.npy") == tmp_path / "shards" / "000.npy"
+    assert resolve_entry(tmp_path, "not-yet.onnx") == tmp_path / "not-yet.onnx"  # missing: the caller says so
+    for bad in ("", "..", "../x", "a/../b", "/etc/shadow", "a//b", "./a", "a\\b", "x\0y", "~root", 5, None, ["a"]):
+        with pytest.raises(UnsafePathError):
+            resolve_entry(tmp_path, bad, "test entry", tmp_path / "manifest.json")
+    (tmp_path / "link").symlink_to(tmp_path / "shards")  # a symlink component, even one pointing inside
+    with pytest.raises(UnsafePathError, match="symlink"):
+        resolve_entry(tmp_path, "link/000.npy")
+    with pytest.raises(UnsafePathError, match="not a regular file"):
+        resolve_entry(tmp_path, "shards")
+    assert check_plain_name("video7", "video id") == "video7" and check_plain_name(42, "video id") == "42"
+    for bad in ("", ".", "..", "a/b", "..\\x", "x\0", True, 1.5):
+        with pytest.raises(UnsafePathError):
+            check_plain_name(bad, "video id")
+    assert [n for n in (".x", "e.partial-3", "e.old-9", "e.failed", "e.tmp", "e.lock", "onnxruntime-fp32", "my.tmpl")
+            if is_temporary_name(n)] == [".x", "e.partial-3", "e.old-9", "e.failed", "e.tmp", "e.lock"]
