@@ -29,6 +29,7 @@ import numpy as np
 
 from rap_deploy.engines.machine_load import LoadMonitor
 from rap_deploy.errors import UsageError
+from rap_deploy.locks import check_writable_folder, folder_lock
 
 GRAPHS = ("video", "text", "asa", "search")
 UNITS = {"video": "videos/s", "text": "texts/s", "asa": "pairs/s", "search": "queries/s"}
@@ -308,6 +309,8 @@ def bench(
         raise UsageError(f"need --index-size >= 1 and --rerank-top >= 1, got {index_size} and {top_m}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
+    out_dir = check_writable_folder(Path(out) if out is not None else subdir("bench", workspace), "bench",
+                                    "report folder")
     if threads:
         torch.set_num_threads(int(threads))
 
@@ -342,6 +345,7 @@ def bench(
 
     # ---- inputs
     max_b = max(sizes)
+    _check_input_memory(config, model, max_b, index_size, graph_list)
     if data_root is not None:
         from rap_deploy.data.cache import FrameCache
 
@@ -483,11 +487,11 @@ def bench(
         "notes": notes,
         "seconds": round(time.perf_counter() - t_start, 3),
     }
-    out_dir = Path(out) if out is not None else subdir("bench", workspace)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "bench.json", result)
-    write_text_atomic(out_dir / "bench.md", reports.bench_markdown(result))
-    reports.plot_bench(result, out_dir / "bench.png")
+    with folder_lock(out_dir, "bench", "report folder"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / "bench.json", result)
+        write_text_atomic(out_dir / "bench.md", reports.bench_markdown(result))
+        reports.plot_bench(result, out_dir / "bench.png")
     result["out"] = str(out_dir)
     for _, eng in backends:
         if hasattr(eng, "close"):
@@ -495,3 +499,16 @@ def bench(
     if echo is not None:
         echo(result)
     return result
+
+
+def _check_input_memory(config: Any, model: Any, max_batch: int, index_size: int, graphs: list[str]) -> None:
+    """Refuse batch sizes / index sizes whose input buffers alone would not fit in memory (UsageError, exit 2)."""
+    from rap_deploy.bounds import check_memory
+
+    t, s = config.frames, config.preprocess.image_size
+    nbytes = max_batch * t * 3 * s * s * 4 if "video" in graphs else 0
+    if "search" in graphs or "asa" in graphs:  # the random index: fp16 patch tokens, fp32 frame and video embeddings
+        videos = max(index_size, max_batch)
+        nbytes += videos * model.embed_dim * (t * model.num_patches * 2 + t * 4 + 4)
+    check_memory(nbytes, f"bench at batch {max_batch} with a {index_size}-video index",
+                 "use smaller --batch-sizes or --index-size")

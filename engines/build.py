@@ -5,25 +5,28 @@ Targets (``resolve_target``): ``--fp16`` alone means TensorRT on CUDA; no flag m
 an ONNX Runtime CUDA engine; ``--backend tensorrt`` without ``--fp16`` a TensorRT fp32 engine. Availability is
 checked first, so a machine without TensorRT or a GPU gets one line that says what is missing and what to run instead.
 
-The build writes into a hidden sibling folder (``.<name>.partial-<pid>``), writes ``manifest.json`` last, loads the
-result through :func:`~rap_deploy.engines.loader.load_engine`, compares it with the reference (the PyTorch checkpoint
-the export came from when it is present and unchanged, else the export's fp32 graphs on ONNX Runtime CPU) and only
-then renames the folder into place. An interrupted or failed build leaves no folder that looks like an engine.
+The build holds the lock of the engine folder (:mod:`rap_deploy.locks`: a second build into it is told who is
+writing), writes into a hidden sibling folder (``.<name>.partial-<pid>``, :mod:`rap_deploy.folder_swap`), writes
+``manifest.json`` last, loads the result through :func:`~rap_deploy.engines.loader.load_engine`, compares it with the
+reference (the PyTorch checkpoint the export came from when it is present and unchanged, else the export's fp32
+graphs on ONNX Runtime CPU) and only then swaps the folder into place in one step. An interrupted or failed build
+leaves the previous engine untouched and no folder that workspace discovery would take for an engine.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from rap_deploy.atomic import sha256_file
+from rap_deploy.crashpoints import crash_point
 from rap_deploy.engines.base import Engine
 from rap_deploy.engines.manifest import BACKENDS, MANIFEST, new_manifest, write_manifest
 from rap_deploy.engines.trt_plan import ProfileOptions, profile_ranges
 from rap_deploy.errors import UsageError
+from rap_deploy.folder_swap import StagedFolder, staged_folder
+from rap_deploy.locks import folder_lock
 
 DEVICES = ("cpu", "cuda")
 
@@ -96,9 +99,12 @@ def reference_engine(export_manifest: dict[str, Any], export_dir: Path) -> tuple
     The export's source checkpoint (PyTorch, CPU fp32) when the file is there with the recorded sha256; otherwise the
     export's fp32 graphs on ONNX Runtime CPU (they passed the export's parity check against that checkpoint).
     """
-    ckpt = (export_manifest.get("checkpoint") or {})
-    path = ckpt.get("path")
-    if path and Path(path).is_file() and (not ckpt.get("sha256") or sha256_file(path) == ckpt["sha256"]):
+    from rap_deploy.checkpoint import recorded_checkpoint
+
+    ckpt = export_manifest.get("checkpoint")
+    ckpt = ckpt if isinstance(ckpt, dict) else {}
+    path = recorded_checkpoint(ckpt.get("path"), ckpt.get("sha256") or None)
+    if path is not None:
         from rap_deploy.engines.torch_backend import TorchEngine
 
         return TorchEngine(path), f"pytorch checkpoint {path} (cpu fp32)"
@@ -121,7 +127,6 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
     :class:`~rap_deploy.errors.BackendUnavailableError` when TensorRT / the GPU / the provider is missing,
     :class:`~rap_deploy.errors.CheckFailedError` when the build or its validation fails (nothing is left behind).
     """
-    from rap_deploy.data.progress import progress_bar
     from rap_deploy.export import read_export_manifest
     from rap_deploy.workspace import subdir
 
@@ -131,18 +136,46 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
     export_manifest = read_export_manifest(src)
     export_manifest.pop("dir", None)
     dest = Path(out) if out is not None else subdir("engines", workspace) / engine_name(backend, precision, device)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
-        raise UsageError(f"{dest} already exists; pass --force to replace it or --out to build elsewhere")
-    if dest.exists() and not (dest / MANIFEST).is_file() and any(dest.iterdir()):
-        raise UsageError(f"{dest} exists and is not an engine folder; refusing to replace it, pass another --out")
     ranges = profile_ranges(profiles, export_manifest["graphs"])
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    with folder_lock(dest, "build-engine", "engine folder"):
+        check_replaceable(dest, force)
+        with staged_folder(dest) as stage:
+            manifest = _build_into(stage, src, export_manifest, backend, precision, device, ranges, threads,
+                                   inter_threads, workspace, validate, progress, device_id, trt_workspace_gb,
+                                   per_channel, reduce_range)
+    manifest["dir"] = str(dest.resolve())
+    return manifest
+
+
+def check_replaceable(dest: Path, force: bool) -> None:
+    """Refuse to build over ``dest`` unless it is absent, empty, or (with ``force``) an engine folder.
+
+    An engine folder here is one with a ``manifest.json`` and no sub-folders: the swap replaces the whole folder, so
+    anything else (a home folder passed as ``--out``) is refused. Raises :class:`UsageError` (exit 2).
+    """
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"--out {dest} is a file; pass a folder for the engine")
+    if not dest.exists() or not any(dest.iterdir()):
+        return
+    if not force:
+        raise UsageError(f"{dest} already exists; pass --force to replace it or --out to build elsewhere")
+    if not (dest / MANIFEST).is_file() or any(p.is_dir() for p in dest.iterdir()):
+        raise UsageError(f"{dest} exists and is not an engine folder; refusing to replace it, pass another --out")
+
+
+def _build_into(stage: StagedFolder, src: Path, export_manifest: dict[str, Any], backend: str, precision: str,
+                device: str, ranges: dict[str, Any], threads: int | None, inter_threads: int | None,
+                workspace: str | os.PathLike[str] | None, validate: bool, progress: bool, device_id: int,
+                trt_workspace_gb: float, per_channel: bool, reduce_range: bool) -> dict[str, Any]:
+    """Build the engine into the staging folder, write its manifest, validate it, then swap it into place."""
+    from rap_deploy.data.progress import progress_bar
+    from rap_deploy.engines.loader import runtime_errors
+    from rap_deploy.workspace import subdir
+
+    tmp, dest = stage.path, stage.dest
+    crash_point("build.staging-created")
     t0 = time.perf_counter()
-    try:
+    with runtime_errors(src):  # a runtime that cannot read an export graph: one line, exit 1
         with progress_bar(len(export_manifest["graphs"]), f"building {backend} {precision}", progress) as advance:
             if backend == "tensorrt":
                 from rap_deploy.engines.trt_build import build_trt_graphs
@@ -171,14 +204,11 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
             manifest["versions"]["tensorrt"] = trt_version
         manifest["build_seconds"] = round(time.perf_counter() - t0, 2)
         write_manifest(tmp, manifest)
+        crash_point("build.manifest-written")
         if validate:
             manifest["validation"] = validate_engine(tmp, export_manifest, src, precision, device_id, dest.name)
             write_manifest(tmp, manifest)
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    manifest["dir"] = str(dest.resolve())
+        stage.commit()
     return manifest
 
 
@@ -200,16 +230,3 @@ def validate_engine(engine_dir: Path, export_manifest: dict[str, Any], export_di
         engine.close()
         reference.close()
     return {"reference": described, **report}
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    """Rename the finished ``tmp`` folder to ``dest``, replacing an existing engine folder there."""
-    if not dest.exists():
-        os.replace(tmp, dest)
-        return
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    if old.exists():
-        shutil.rmtree(old)
-    os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rap_deploy.engines.base import Engine
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
@@ -48,23 +50,62 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
     if not p.exists():
         raise UsageError(f"{p} does not exist; pass an engine folder (rapdeploy build-engine), an export folder "
                          "(rapdeploy export) or a checkpoint")
-    if not p.is_dir() or not (p / "manifest.json").is_file():
+    if not p.is_dir() or not ((p / "manifest.json").is_file() or (p / "manifest.json").is_symlink()):
         raise UsageError(f"{p} is not an engine folder, an export folder or a checkpoint "
                          f"({', '.join(CHECKPOINT_SUFFIXES)}); no manifest.json there")
+    from rap_deploy.safe_paths import resolve_entry
+
     try:
-        fmt = json.loads((p / "manifest.json").read_text(encoding="utf-8")).get("format")
-    except (OSError, json.JSONDecodeError, AttributeError):
+        fmt = json.loads(resolve_entry(p, "manifest.json", "manifest", p).read_text(encoding="utf-8")).get("format")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         fmt = None
     blocks = {k: v for k, v in (("query_block", query_block), ("video_block", video_block)) if v is not None}
     if fmt == "rapdeploy.export":
         return _export_engine(p, device or "cpu", threads, inter_threads, device_id, blocks)
-    from rap_deploy.config import RAPConfig
     from rap_deploy.engines.manifest import read_manifest, validate_engine_dir
 
     backend = read_manifest(p)["backend"]
     manifest = validate_engine_dir(p, runtime=runtime_for(backend, device_id))
-    config = RAPConfig.from_dict(manifest["config"])
-    files = {name: p / entry["file"] for name, entry in manifest["graphs"].items()}
+    config = manifest_config(manifest, p / "manifest.json")
+    files = {name: resolve_entry(p, entry["file"], f"engine graph '{name}'", p / "manifest.json")
+             for name, entry in manifest["graphs"].items()}
+    with runtime_errors(p):
+        return _open_backend(p, backend, manifest, config, files, threads, inter_threads, blocks, device_id)
+
+
+def manifest_config(manifest: dict[str, Any], source: Path) -> Any:
+    """The :class:`~rap_deploy.config.RAPConfig` of a manifest; :class:`CheckFailedError` (exit 1) if it is invalid."""
+    from rap_deploy.config import RAPConfig
+
+    cfg = manifest.get("config")
+    try:
+        if not isinstance(cfg, dict):
+            raise UsageError(f"'config' is {type(cfg).__name__}, not an object")
+        return RAPConfig.from_dict(cfg)
+    except (UsageError, TypeError, ValueError) as exc:
+        raise CheckFailedError(f"{source} has an invalid model config ({exc}); the folder is damaged or was edited, "
+                               "rebuild it") from None
+
+
+@contextlib.contextmanager
+def runtime_errors(folder: Path) -> Iterator[None]:
+    """Turn an inference runtime's refusal to load a graph (ONNX Runtime ``InvalidProtobuf``, ``Fail``, ...) into
+    one :class:`CheckFailedError` naming ``folder`` (exit 1): the graphs passed their hash check, so they are
+    damaged or were replaced together with the manifest."""
+    try:
+        yield
+    except RapDeployError:
+        raise
+    except Exception as exc:
+        if not type(exc).__module__.startswith(("onnxruntime", "tensorrt")):
+            raise
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CheckFailedError(f"the runtime cannot load the graphs of {folder} ({type(exc).__name__}: "
+                               f"{first[:200]}); the folder is damaged or was replaced, rebuild it") from None
+
+
+def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, files: dict[str, Path],
+                  threads: int | None, inter_threads: int | None, blocks: dict[str, int], device_id: int) -> Engine:
     if backend == "tensorrt":
         from rap_deploy.engines.tensorrt_backend import TrtEngine
 
@@ -83,12 +124,15 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
 
 def _export_engine(export_dir: Path, device: str, threads: int | None, inter_threads: int | None, device_id: int,
                    blocks: dict[str, int]) -> Engine:
-    from rap_deploy.config import RAPConfig
     from rap_deploy.engines.ort_backend import OrtEngine, provider_for
     from rap_deploy.export import read_export_manifest
+    from rap_deploy.safe_paths import resolve_entry
 
     manifest = read_export_manifest(export_dir)
-    files = {name: export_dir / entry["file"] for name, entry in manifest["graphs"].items()}
-    return OrtEngine(files, RAPConfig.from_dict(manifest["config"]), provider=provider_for(device), precision="fp32",
-                     threads=threads, inter_threads=inter_threads, path=export_dir, device_id=device_id,
-                     extra={"source": "export"}, **blocks)
+    files = {name: resolve_entry(export_dir, entry["file"], f"graphs '{name}'", export_dir / "manifest.json")
+             for name, entry in manifest["graphs"].items()}
+    config = manifest_config(manifest, export_dir / "manifest.json")
+    with runtime_errors(export_dir):
+        return OrtEngine(files, config, provider=provider_for(device), precision="fp32", threads=threads,
+                         inter_threads=inter_threads, path=export_dir, device_id=device_id,
+                         extra={"source": "export"}, **blocks)

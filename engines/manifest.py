@@ -7,7 +7,9 @@ sha256 and the sha256 of the ONNX graph it came from, the export manifest and th
 Refusals, each with the reason and the fix:
 
 - not an engine folder / unknown format → :class:`~rap_deploy.errors.UsageError` (exit 2);
-- a listed file missing or with another sha256 (tampered, truncated) → :class:`~rap_deploy.errors.CheckFailedError`
+- a listed file missing or with another sha256 (tampered, truncated), a file entry that escapes the folder or is a
+  symlink (:mod:`rap_deploy.safe_paths`), a precision claim the graphs contradict
+  (:mod:`rap_deploy.engines.integrity`), a manifest with mistyped keys → :class:`~rap_deploy.errors.CheckFailedError`
   (exit 1);
 - built for another TensorRT version, another GPU, another ONNX Runtime release → :class:`EngineMismatchError`
   (a ``UsageError``, exit 2: "cannot load this engine here, rebuild it");
@@ -116,22 +118,72 @@ def read_manifest(engine_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not d.is_dir():
         raise UsageError(f"engine folder {d} does not exist; build one with `rapdeploy build-engine`")
     path = d / MANIFEST
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise UsageError(f"{d} has no {MANIFEST}: not an engine folder (or an interrupted build); rebuild it with "
                          "`rapdeploy build-engine`")
+    from rap_deploy.safe_paths import resolve_entry
+
+    resolve_entry(d, MANIFEST, "engine manifest", d)  # a symlinked or special manifest is refused (exit 1)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckFailedError(f"{path} is not valid JSON ({exc}); the engine folder is damaged, rebuild it") from None
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
     if fmt != FORMAT:
         raise UsageError(f"{path} is not an engine manifest (format {fmt!r}, expected '{FORMAT}')")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    version = manifest.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckFailedError(f"{path}: format_version {version!r} is not an integer; the engine folder is damaged")
+    if version > FORMAT_VERSION:
         raise UsageError(f"{path} has engine format {manifest['format_version']}; upgrade rapdeploy")
     for key in ("backend", "precision", "graphs"):
         if key not in manifest:
             raise CheckFailedError(f"{path} lacks '{key}'; the engine folder is damaged, rebuild it")
+    _check_structure(path, manifest)
     return manifest
+
+
+def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Types of the keys every reader indexes: CheckFailedError (exit 1) naming the key when the manifest was edited."""
+    def damaged(what: str) -> CheckFailedError:
+        return CheckFailedError(f"{path}: {what}; the engine folder is damaged or was edited, rebuild it")
+
+    if manifest["precision"] not in PRECISIONS:
+        raise damaged(f"precision {manifest['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    if not isinstance(manifest["backend"], str):
+        raise damaged(f"backend {manifest['backend']!r} is not a name")
+    graphs = manifest["graphs"]
+    if not isinstance(graphs, dict) or not graphs:
+        raise damaged("'graphs' is not a non-empty object")
+    from rap_deploy.graphs import GRAPH_NAMES
+
+    for name, entry in graphs.items():
+        if name not in GRAPH_NAMES:
+            raise damaged(f"it lists graph {name!r}; engines hold only {', '.join(GRAPH_NAMES)}")
+        extra = entry.get("extra_files", []) if isinstance(entry, dict) else None
+        if not isinstance(extra, list):
+            raise damaged(f"graph '{name}' has no entry object or its 'extra_files' is not a list")
+        for e in (entry, *extra):
+            if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not isinstance(e.get("sha256"), str):
+                raise damaged(f"graph '{name}' has a file entry without a 'file' and 'sha256' string")
+    for key in ("config", "checkpoint", "profiles", "session", "asa_blocks"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise damaged(f"'{key}' is not an object")
+    if manifest["backend"] == "onnxruntime" and not isinstance(manifest.get("provider"), str):
+        raise damaged(f"provider {manifest.get('provider')!r} is not an ONNX Runtime provider name")
+    from rap_deploy import bounds
+
+    numbers = [(f"session {k}", (manifest.get("session") or {}).get(k), bounds.MAX_THREADS)
+               for k in ("threads", "inter_threads")]
+    numbers += [(f"asa_blocks {k}", (manifest.get("asa_blocks") or {}).get(k), bounds.MAX_BATCH_SIZE)
+                for k in ("queries", "videos")]
+    for what, value, high in numbers:
+        if value is None:
+            continue
+        try:
+            bounds.check_int(value, what, 1, high)
+        except UsageError as exc:
+            raise damaged(str(exc)) from None
 
 
 def verify_files(engine_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
@@ -140,10 +192,14 @@ def verify_files(engine_dir: str | os.PathLike[str], manifest: Mapping[str, Any]
     Raises :class:`CheckFailedError` naming the file: missing (deleted or an interrupted copy) or changed (tampered,
     truncated, replaced).
     """
+    from rap_deploy.safe_paths import resolve_entry
+
     d = Path(engine_dir)
     files = [(name, e) for name, entry in manifest["graphs"].items() for e in (entry, *entry.get("extra_files", []))]
+    for name, entry in files:  # every name is checked before any file is opened
+        resolve_entry(d, entry["file"], f"engine graph '{name}'", d / MANIFEST)
     for name, entry in files:
-        path = d / entry["file"]
+        path = resolve_entry(d, entry["file"], f"engine graph '{name}'", d / MANIFEST)
         if not path.is_file():
             raise CheckFailedError(f"engine file {path} ({name}) listed in {d / MANIFEST} is missing; rebuild the "
                                    "engine with `rapdeploy build-engine`")
@@ -202,11 +258,15 @@ def validate_engine_dir(engine_dir: str | os.PathLike[str], runtime: Mapping[str
                         check_hashes: bool = True) -> dict[str, Any]:
     """Read the manifest, check every file's hash, and (with ``runtime``) check it can run here; returns it.
 
-    Raises as listed in the module docstring.
+    With ``check_hashes`` the precision claim is also checked against the graphs
+    (:func:`rap_deploy.engines.integrity.check_precision_claim`). Raises as listed in the module docstring.
     """
     manifest = read_manifest(engine_dir)
     if check_hashes:
         verify_files(engine_dir, manifest)
+        from rap_deploy.engines.integrity import check_precision_claim
+
+        check_precision_claim(Path(engine_dir), manifest, Path(engine_dir) / MANIFEST)
     if runtime is not None:
         check_runtime(manifest, runtime)
     return manifest

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.locks import check_writable_folder, folder_lock
 
 DEFAULT_TOLERANCE = 0.5
 DEFAULT_TIE_EPS = 1e-5
@@ -257,14 +258,20 @@ def engine_manifest(engine_path: Path) -> dict[str, Any] | None:
     """The engine folder's ``manifest.json`` (``None`` for a checkpoint file used as the PyTorch engine)."""
     if engine_path.is_file():
         return None
+    from rap_deploy.safe_paths import resolve_entry
+
     path = engine_path / "manifest.json"
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise UsageError(f"{engine_path} has no manifest.json: not an engine folder; build one with "
                          "`rapdeploy build-engine`")
+    resolve_entry(engine_path, "manifest.json", "engine manifest", engine_path)  # no symlink, FIFO or device
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckFailedError(f"{path} is not valid JSON ({exc}); rebuild the engine") from None
+    if not isinstance(manifest, dict):
+        raise CheckFailedError(f"{path} is not a JSON object; the engine folder is damaged, rebuild it")
+    return manifest
 
 
 def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | None) -> Reference:
@@ -277,6 +284,7 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
 
     manifest = engine_manifest(engine_path)
     recorded = (manifest or {}).get("checkpoint") or {}
+    recorded = recorded if isinstance(recorded, dict) else {}
     if manifest is None and checkpoint is None:
         checkpoint = engine_path  # a .pt engine is its own reference
     if checkpoint is not None:
@@ -285,19 +293,22 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
             raise UsageError(f"reference checkpoint {path} does not exist; pass --checkpoint with the .pt the engine "
                              "was exported from")
         return Reference(path, sha256_file(path), recorded.get("sha256"), "--checkpoint")
-    if not recorded.get("path"):
+    from rap_deploy.checkpoint import CHECKPOINT_SUFFIXES
+
+    value = recorded.get("path")
+    if not isinstance(value, str) or not value:
         raise UsageError(f"{engine_path / 'manifest.json'} names no source checkpoint; pass --checkpoint CKPT")
-    path = Path(recorded["path"]).expanduser()
-    if not path.is_absolute() and not path.is_file():
-        path = engine_path / path
-    if not path.is_file():
-        raise UsageError(f"the engine's source checkpoint {recorded['path']} (from {engine_path / 'manifest.json'}) "
-                         "no longer exists; pass --checkpoint with the .pt it was exported from")
+    path = Path(value)
+    # The manifest is untrusted: only an existing regular file with a checkpoint suffix is opened, and nothing about
+    # any other file (not even a hash) is reported.
+    if path.suffix not in CHECKPOINT_SUFFIXES or not path.is_file():
+        raise UsageError(f"the engine's source checkpoint {value!r} (from {engine_path / 'manifest.json'}) is not an "
+                         "existing checkpoint file here; pass --checkpoint with the .pt it was exported from")
     digest = sha256_file(path)
     if recorded.get("sha256") and digest != recorded["sha256"]:
-        raise UsageError(f"checkpoint {path} has sha256 {digest[:16]}…, but the engine was built from "
-                         f"{recorded['sha256'][:16]}…: the file changed since export; pass --checkpoint with the "
-                         "original, or re-export and rebuild the engine")
+        raise UsageError(f"checkpoint {path} is not the file the engine was built from (its sha256 differs from the "
+                         f"one in {engine_path / 'manifest.json'}): it changed since export; pass --checkpoint with "
+                         "the original, or re-export and rebuild the engine")
     return Reference(path, digest, recorded.get("sha256"), "manifest")
 
 
@@ -425,9 +436,15 @@ def verify(
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     engine_path = resolve_engine(engine_dir, workspace)
     ref_info = resolve_reference(engine_path, checkpoint)
+    if ref_info.source == "--checkpoint" and ref_info.manifest_sha256 and ref_info.sha256 != ref_info.manifest_sha256:
+        raise UsageError(f"--checkpoint {ref_info.checkpoint} is not the checkpoint engine {engine_path} was built "
+                         "from (its sha256 differs from the one the engine's manifest records), so any difference "
+                         "would be the checkpoint's, not the engine's; pass the engine's source checkpoint or omit "
+                         "--checkpoint")
     root = resolve_data_root(data_root)
     out_dir = Path(out) if out is not None else subdir("verify", workspace) / (
         engine_path.stem if engine_path.is_file() else engine_path.resolve().name)
+    check_writable_folder(out_dir, "verify", "report folder")  # fail before the long evaluation, not after
     if cache is None:
         cache = FrameCache.default(workspace)
     elif not isinstance(cache, FrameCache):
@@ -442,6 +459,10 @@ def verify(
                          f"{engine_path}; pass --checkpoint with the checkpoint the engine was built from")
     reference = ModelEncoder(ref_ckpt.build_model(), device=_reference_device(reference_device))
     config = reference.config
+    from rap_deploy.bounds import check_memory
+
+    check_memory(batch_size * config.frames * 3 * config.preprocess.image_size ** 2 * 4,
+                 f"--batch-size {batch_size} of {config.frames}-frame videos", "use a smaller --batch-size")
 
     data = load_split(dataset, root, split, max_frames=config.frames)
     if max_videos is not None:
@@ -540,10 +561,11 @@ def verify(
         "seconds": {"reference": round(t_ref, 3), "engine": round(t_eng, 3),
                     "total": round(time.perf_counter() - t_start, 3)},
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "verify.json", result)
-    write_text_atomic(out_dir / "verify.md", reports.verify_markdown(result))
-    reports.plot_verify(result, out_dir / "verify.png")
+    with folder_lock(out_dir, "verify", "report folder"):  # the three reports of one run, never of two
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / "verify.json", result)
+        write_text_atomic(out_dir / "verify.md", reports.verify_markdown(result))
+        reports.plot_verify(result, out_dir / "verify.png")
     result["out"] = str(out_dir)
     if echo is not None:
         echo(result)

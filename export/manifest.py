@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.atomic import sha256_file, write_json_atomic
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 
 MANIFEST = "manifest.json"
 PARITY = "parity.json"
@@ -101,37 +101,83 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
 def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> dict[str, Any]:
     """Read and validate ``<export_dir>/manifest.json``; returns the manifest dict.
 
-    Validates the format tag and version and, with ``verify_hashes``, that every listed graph file (fp32 and fp16,
-    with external data) exists and has the recorded sha256. Adds ``"dir"`` (the folder, absolute). Raises
-    :class:`UsageError` naming the folder or file and the fix (re-run ``rapdeploy export --force``).
+    Validates the format tag and version and the shape of the graph sections; every file entry must stay inside the
+    folder (:func:`rap_deploy.safe_paths.resolve_entry`: relative, no ``..``, no symlink, a regular file). With
+    ``verify_hashes``, every listed graph file (fp32 and fp16, with external data) must exist with the recorded
+    sha256, and the opset / precision claims must match the graphs themselves
+    (:func:`rap_deploy.export.integrity.check_export_claims`). Adds ``"dir"`` (the folder, absolute).
+
+    Raises :class:`UsageError` (exit 2) when the folder is not an export (no or foreign manifest) and
+    :class:`CheckFailedError` (exit 1) when it is damaged or tampered with (bad JSON, an escaping entry, a missing
+    or changed graph, a false claim), naming the folder or file and the fix (re-run ``rapdeploy export --force``).
     """
+    from rap_deploy.safe_paths import resolve_entry
+
     export_dir = Path(export_dir)
     path = export_dir / MANIFEST
-    if not path.is_file():
+    if export_dir.exists() and not export_dir.is_dir():
+        raise UsageError(f"{export_dir} is a file, not an export folder; pass the folder `rapdeploy export` wrote")
+    if not path.is_file() and not path.is_symlink():
         hint = " (the export did not complete or its checks failed; see parity.json)" \
             if (export_dir / PARITY).is_file() else ""
         raise UsageError(f"{export_dir} has no {MANIFEST}{hint}; run `rapdeploy export CKPT --out {export_dir}`")
+    resolve_entry(export_dir, MANIFEST, "export manifest", export_dir)  # no symlinked or special manifest (exit 1)
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}; re-run `rapdeploy export --force`") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckFailedError(f"cannot read {path}: {exc}; the export is damaged, re-run `rapdeploy export --force`"
+                               ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UsageError(f"{path} is not a rapdeploy export manifest (no '{FORMAT}' format tag)")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    version = manifest.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckFailedError(f"{path}: format_version {version!r} is not an integer; the manifest was edited")
+    if version > FORMAT_VERSION:
         raise UsageError(f"{path} has export format {manifest['format_version']}; upgrade rapdeploy")
+    _check_sections(path, manifest)
+    for section, name, rec in _records(manifest):
+        entries = [(rec["file"], rec["sha256"])]
+        if "external_data" in rec:
+            entries.append((rec["external_data"]["file"], rec["external_data"]["sha256"]))
+        for fname, digest in entries:
+            fpath = resolve_entry(export_dir, fname, f"{section} '{name}'", path)
+            if not verify_hashes:
+                continue
+            if not fpath.is_file():
+                raise CheckFailedError(f"{fpath} ({section} '{name}') is missing; re-run `rapdeploy export --force "
+                                       f"--out {export_dir}`")
+            if sha256_file(fpath) != digest:
+                raise CheckFailedError(f"{fpath} changed since export (sha256 differs from {path.name}); re-run "
+                                       f"`rapdeploy export --force --out {export_dir}`")
     if verify_hashes:
-        for section in ("graphs", "fp16_graphs"):
-            for name, rec in (manifest.get(section) or {}).items():
-                files = [(rec["file"], rec["sha256"])]
-                if "external_data" in rec:
-                    files.append((rec["external_data"]["file"], rec["external_data"]["sha256"]))
-                for fname, digest in files:
-                    fpath = export_dir / fname
-                    if not fpath.is_file():
-                        raise UsageError(f"{fpath} ({section} '{name}') is missing; re-run `rapdeploy export --force "
-                                         f"--out {export_dir}`")
-                    if sha256_file(fpath) != digest:
-                        raise UsageError(f"{fpath} changed since export (sha256 differs from {path.name}); re-run "
-                                         f"`rapdeploy export --force --out {export_dir}`")
+        from rap_deploy.export.integrity import check_export_claims
+
+        check_export_claims(export_dir, manifest, path)
     manifest["dir"] = str(export_dir.resolve())
     return manifest
+
+
+def _records(manifest: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(section, name, rec) for section in ("graphs", "fp16_graphs")
+            for name, rec in (manifest.get(section) or {}).items()]
+
+
+def _check_sections(path: Path, manifest: dict[str, Any]) -> None:
+    """The graph sections must map names to ``{file, sha256[, external_data]}``; CheckFailedError otherwise."""
+    if not isinstance(manifest.get("graphs"), dict) or not manifest["graphs"]:
+        raise CheckFailedError(f"{path} lists no graphs; the export is damaged, re-run `rapdeploy export --force`")
+    if manifest.get("fp16_graphs") is not None and not isinstance(manifest["fp16_graphs"], dict):
+        raise CheckFailedError(f"{path}: 'fp16_graphs' is not an object; the manifest was edited, re-export")
+    from rap_deploy.graphs import GRAPH_NAMES
+
+    for section in ("graphs", "fp16_graphs"):
+        for name, rec in (manifest.get(section) or {}).items():
+            if name not in GRAPH_NAMES:  # names become file names when engines are built
+                raise CheckFailedError(f"{path}: {section} lists graph {name!r}; rapdeploy exports only "
+                                       f"{', '.join(GRAPH_NAMES)}: the manifest was edited, re-export")
+            recs = [rec] + ([rec["external_data"]] if isinstance(rec, dict) and "external_data" in rec else [])
+            for r in recs:
+                if not isinstance(r, dict) or not isinstance(r.get("file"), str) or not isinstance(r.get("sha256"),
+                                                                                                    str):
+                    raise CheckFailedError(f"{path}: {section} '{name}' needs a 'file' and a 'sha256' string; the "
+                                           "manifest was edited, re-run `rapdeploy export --force`")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from rap_deploy.atomic import atomic_path, save_with, sha256_file, write_json_atomic
+from rap_deploy.crashpoints import crash_point
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.export.export_config import ExportConfig, GraphSpec, ModelDims, graph_specs
 from rap_deploy.graphs import GRAPH_NAMES
@@ -133,20 +135,28 @@ def save_onnx(model, path: Path, external_data_threshold: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- folder
-def prepare_out_dir(out_dir: Path, force: bool) -> None:
-    """Refuse an existing non-empty folder unless ``force``; with ``force`` drop its manifest and parity report first.
+EXPORT_FILE = re.compile(r"(manifest\.json|parity\.json|[\w.-]+\.onnx(\.data)?)$")
 
-    Raises :class:`UsageError` naming the folder and the fix.
+
+def prepare_out_dir(out_dir: Path, force: bool) -> bool:
+    """Check that ``out_dir`` may receive an export; returns True when it holds one that ``--force`` replaces.
+
+    Nothing is deleted here: the new export is written beside the old one and swapped in only after it passed
+    (:func:`export_checkpoint`). Raises :class:`UsageError` for a file, a non-empty folder without ``force``, and,
+    with ``force``, a folder that holds anything but export files (the swap replaces the whole folder).
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file; pass a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not force:
-            raise UsageError(f"output folder {out_dir} already exists and is not empty; pass --force to overwrite "
-                             "it or choose another --out")
-        for name in ("manifest.json", PARITY_FILE):  # a half-redone export must never look complete
-            (out_dir / name).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return False
+    if not force:
+        raise UsageError(f"output folder {out_dir} already exists and is not empty; pass --force to overwrite "
+                         "it or choose another --out")
+    foreign = sorted(p.name for p in out_dir.iterdir() if not p.is_file() or not EXPORT_FILE.match(p.name))
+    if foreign:
+        raise UsageError(f"--out {out_dir} is not an export folder (it also holds {', '.join(foreign[:3])}"
+                         f"{' …' if len(foreign) > 3 else ''}); refusing to replace it, pass another --out")
+    return True
 
 
 def _remove_stale(out_dir: Path, written: set[str]) -> list[str]:
@@ -201,10 +211,42 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
     (see :mod:`rap_deploy.export.manifest`). Parity runs on real inputs: the ``dataset`` test split under
     ``data_root``, else rendered synthetic videos. ``config`` overrides ``opset``/``fp16`` and every other setting.
 
+    The export holds the lock of ``out_dir`` (a second writer is told who holds it) and is written into a hidden
+    staging folder beside it, swapped into place only after every check passed, so ``--force`` never loses the
+    previous export: a failed or killed export leaves it as it was. A failed export's report goes to ``out_dir``
+    when that held no export, else to ``.<name>.failed/`` beside it (the error message names it).
+
     Raises :class:`UsageError` (missing, pickled or foreign checkpoint; unsupported opset; existing ``out_dir``
-    without ``force``) and :class:`CheckFailedError` when a structural check or fp32 parity fails (after writing
-    ``parity.json``).
+    without ``force``; a folder being written by another process) and :class:`CheckFailedError` when a structural
+    check or fp32 parity fails (after writing ``parity.json``).
     """
+    from rap_deploy.folder_swap import staged_folder
+    from rap_deploy.locks import folder_lock
+
+    cfg = config or ExportConfig(opset=opset, fp16=fp16)
+    out_dir = Path(out_dir)
+    with folder_lock(out_dir, "export", "export folder"):
+        replacing = prepare_out_dir(out_dir, force)
+        with staged_folder(out_dir) as stage:
+            try:
+                manifest = _export_into(Path(checkpoint), stage.path, cfg, force, data_root, progress, dataset)
+            except CheckFailedError as exc:
+                if not (stage.path / PARITY_FILE).is_file():
+                    raise  # failed before any report (a damaged checkpoint): nothing worth keeping
+                kept = stage.keep_failed() if replacing else None
+                if kept is None:
+                    stage.commit()  # nothing to lose: the failed export's report lands where the user looks
+                where = kept or out_dir
+                note = f"; the previous export in {out_dir} is unchanged" if kept else ""
+                raise CheckFailedError(str(exc).replace(str(stage.path), str(where)) + note) from None
+            crash_point("export.before-swap")
+            stage.commit()
+    return manifest
+
+
+def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, force: bool, data_root: Path | None,
+                 progress: bool, dataset: str) -> dict[str, Any]:
+    """The export itself, into the (staging) folder ``out_dir``; see :func:`export_checkpoint`."""
     import onnx
 
     from rap_deploy.checkpoint import load_checkpoint
@@ -215,12 +257,9 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
     from rap_deploy.export.parity import run_parity, torch_reference
     from rap_deploy.export.wrappers import graph_modules
 
-    cfg = config or ExportConfig(opset=opset, fp16=fp16)
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     started = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)  # UsageError for missing / pickled / foreign files
     ckpt_sha = sha256_file(checkpoint)
-    prepare_out_dir(out_dir, force)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     model = ckpt.build_model()
@@ -263,6 +302,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
             seconds[f"check_{name}"] = round(time.perf_counter() - t0, 3)
             steps.done()
 
+        crash_point("export.graphs-written")
         if cfg.fp16:
             for name, spec in specs.items():
                 steps.step(f"converting {name} to fp16")

@@ -1,6 +1,8 @@
-"""Atomic file writes: a temporary file in the destination folder, fsync, then ``os.replace``.
+"""Atomic file writes: a temporary file in the destination folder, fsync, ``os.replace``, then fsync of the folder.
 
-A killed command therefore never leaves a half-written checkpoint, graph, engine or report behind.
+A killed command therefore never leaves a half-written checkpoint, graph, engine or report behind, and a renamed file
+survives a power loss. A ``SIGTERM`` unwinds through the ``finally`` below (the CLI turns it into an exception), so the
+temporary file is removed; only ``SIGKILL`` can leave one (hidden, ``.<name>.*.tmp``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from rap_deploy.crashpoints import crash_point
 
 
 @contextlib.contextmanager
@@ -27,22 +31,52 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=(suffix if suffix is not None else dest.suffix) + ".tmp",
                                dir=dest.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the result should be readable like any output file
     tmp_path = Path(tmp)
     try:
+        crash_point("atomic.tmp-created")
         yield tmp_path
+        # mkstemp creates 0600 and some writers (safetensors) re-create the file: set the mode of an output file last
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, dest)
+        fsync_dir(dest.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Flush ``folder``'s entries (a rename into it) to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+_UMASK: int | None = None
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it (``/proc/self/status``); else read once by setting it back."""
+    global _UMASK
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    if _UMASK is None:  # no /proc (macOS): os.umask can only be read by setting it, so do that once
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -70,12 +104,41 @@ def save_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> P
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Return the hex sha256 of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    """Return the hex sha256 of a regular file's content.
+
+    Raises ``FileNotFoundError`` for a missing file and ``IsADirectoryError`` / ``OSError`` (``EINVAL``) for anything
+    that is not a regular file: a FIFO or device named by an untrusted manifest is refused without blocking on it.
+    """
+    with open_regular(path) as fh:
+        h = hashlib.sha256()
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def open_regular(path: str | os.PathLike[str]):
+    """Open ``path`` for reading in binary mode, refusing anything but a regular file before reading a byte.
+
+    The file is opened non-blocking (a FIFO does not wait for a writer), checked with ``fstat``, then switched back to
+    blocking reads. Raises ``IsADirectoryError`` for a folder and ``OSError`` (``EINVAL``) for a FIFO, socket or
+    device.
+    """
+    import errno
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", str(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _json_default(obj: Any) -> Any:

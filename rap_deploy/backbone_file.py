@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from rap_deploy.atomic import atomic_path
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 
 
 def save_backbone(state_dict: dict[str, torch.Tensor], clip: str, path: str | Path,
@@ -36,19 +36,43 @@ def read_backbone_clip_name(path: str | Path) -> str | None:
     Raises :class:`UsageError` when the file is missing.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"backbone file {path} does not exist; create it with `rapdeploy pretrain-backbone`")
+    if not path.is_file():
+        raise UsageError(f"backbone file {path} is not a regular file (a folder, FIFO or device); pass the "
+                         ".safetensors file from `rapdeploy pretrain-backbone`")
     if path.suffix != ".safetensors":
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        return (fh.metadata() or {}).get("clip")
+    clip = _metadata(path).get("clip")
+    if clip is not None and not isinstance(clip, str):
+        raise CheckFailedError(f"backbone file {path}: its 'clip' metadata is not a model name; the file is damaged")
+    return clip
 
 
 def read_backbone_info(path: str | Path) -> dict[str, Any]:
-    """The ``info`` dict stored by :func:`save_backbone` (empty if none)."""
-    from safetensors import safe_open
+    """The ``info`` dict stored by :func:`save_backbone` (empty if none).
 
-    with safe_open(str(path), framework="pt") as fh:
-        return json.loads((fh.metadata() or {}).get("rapdeploy_backbone", "{}"))
+    Raises :class:`CheckFailedError` (exit 1) for a damaged file or metadata.
+    """
+    path = Path(path)
+    try:
+        info = json.loads(_metadata(path).get("rapdeploy_backbone", "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckFailedError(f"backbone file {path}: its rapdeploy_backbone metadata is not valid JSON ({exc}); the "
+                               "file is damaged") from None
+    if not isinstance(info, dict):
+        raise CheckFailedError(f"backbone file {path}: its rapdeploy_backbone metadata is not an object; the file is "
+                               "damaged")
+    return info
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file; :class:`CheckFailedError` naming the file when it is unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckFailedError(f"backbone file {path} is not a readable safetensors file ({str(exc)[:160]}): "
+                               "truncated or damaged; re-create it with `rapdeploy pretrain-backbone`") from None

@@ -17,7 +17,7 @@ import torch
 
 from rap_deploy.atomic import atomic_path, sha256_file
 from rap_deploy.config import RAPConfig
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.model.clip_loader import BackboneSpec, clip_model_config, load_clip, quick_gelu_for
 from rap_deploy.model.rap import RAPModel
 
@@ -35,17 +35,61 @@ class Checkpoint:
     adapter_state: dict[str, torch.Tensor]
     backbone_state: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # the file it was read from (for messages)
 
     def build_model(self) -> RAPModel:
-        """Instantiate the RAP model (frozen backbone + these adapter weights), in eval mode, on CPU."""
-        clip = load_clip(self.backbone, quick_gelu=self.config.quick_gelu, state_dict=self.backbone_state)
-        model = RAPModel(clip, self.config)
-        missing, unexpected = model.load_state_dict(self.adapter_state, strict=False)
+        """Instantiate the RAP model (frozen backbone + these adapter weights), in eval mode, on CPU.
+
+        Raises :class:`CheckFailedError` (exit 1) when the stored weights do not fit the model the config describes
+        (wrong shapes, missing or unexpected tensors: a damaged or edited file), naming the file.
+        """
+        where = f"checkpoint {self.source}" if self.source else "checkpoint"
+        from rap_deploy.bounds import check_memory, clip_weight_bytes
+
+        check_memory(clip_weight_bytes(clip_model_config(self.backbone.clip)),
+                     f"{where}: backbone {self.backbone.clip}", "use a machine with more memory or a smaller --clip")
+        try:
+            clip = load_clip(self.backbone, quick_gelu=self.config.quick_gelu, state_dict=self.backbone_state)
+        except RuntimeError as exc:  # load_state_dict: size mismatch of an embedded backbone tensor
+            raise CheckFailedError(f"{where}: the embedded backbone weights do not fit {self.backbone.clip} "
+                                   f"({_first_line(exc)}); the file is damaged or was edited") from None
+        except UsageError as exc:
+            if self.backbone_state is None:
+                raise  # a tag or file that cannot be loaded here: the message says what to do
+            raise CheckFailedError(f"{where}: {exc}; the file is damaged or was edited") from None
+        _check_fits_backbone(where, self.config, clip)
+        try:
+            model = RAPModel(clip, self.config)
+        except UsageError as exc:
+            raise CheckFailedError(f"{where}: {exc}; the file is damaged or was edited") from None
+        try:
+            missing, unexpected = model.load_state_dict(self.adapter_state, strict=False)
+        except RuntimeError as exc:
+            raise CheckFailedError(f"{where}: adapter weights do not fit the config ({_first_line(exc)}); the file is "
+                                   "damaged or was edited") from None
         missing = [k for k in missing if not k.startswith("clip.")]
         if missing or unexpected:
-            raise UsageError(f"checkpoint adapters do not fit the config: missing {missing[:5]}, "
-                             f"unexpected {list(unexpected)[:5]}")
+            raise CheckFailedError(f"{where}: adapters do not fit the config: missing {missing[:5]}, "
+                                   f"unexpected {list(unexpected)[:5]}; the file is damaged or was edited")
         return model.eval()
+
+
+def _check_fits_backbone(where: str, config: RAPConfig, clip: Any) -> None:
+    """Refuse a config whose image size or top-k cannot run on ``clip`` (CheckFailedError: the file says otherwise)."""
+    size = getattr(getattr(clip, "visual", None), "image_size", None)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    if isinstance(size, int) and size != config.preprocess.image_size:
+        raise CheckFailedError(f"{where}: its preprocessing image size {config.preprocess.image_size} does not match "
+                               f"{config.clip}'s input size {size}; the file is damaged or was edited")
+    grid = getattr(getattr(clip, "visual", None), "grid_size", None)
+    if config.has_asa and grid is not None and config.asa_topk > int(grid[0]) * int(grid[1]):
+        raise CheckFailedError(f"{where}: asa_topk {config.asa_topk} exceeds the {int(grid[0]) * int(grid[1])} "
+                               f"patches per frame of {config.clip}; the file is damaged or was edited")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:2])[:240]
 
 
 def new_checkpoint(config: RAPConfig, spec: BackboneSpec, embed_backbone: bool = True,
@@ -87,6 +131,8 @@ def _payload(ckpt: Checkpoint) -> dict[str, Any]:
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write ``ckpt`` atomically as ``.pt`` (torch) or ``.safetensors``; returns the path."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; pass a file path such as {path / 'ckpt.pt'}")
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
@@ -105,47 +151,140 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+    """Read a checkpoint written by :func:`save_checkpoint`; every file is treated as untrusted.
 
-    Raises :class:`UsageError` for a missing file, a pickle that needs arbitrary objects (refused: only tensors and
-    plain data load), or a file that is not a rapdeploy checkpoint.
+    Raises :class:`UsageError` (exit 2) for a missing path, a folder or special file, a file that is not a
+    checkpoint at all (random bytes, another format, no rapdeploy format tag) or a pickle that needs arbitrary objects
+    (refused: only tensors and plain data load); :class:`CheckFailedError` (exit 1) for a damaged one: empty,
+    truncated, a broken safetensors header or metadata, missing or mistyped keys, an invalid or out-of-bounds model
+    config. Messages name the file and say which of these it is.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist; create one with `rapdeploy init` or `rapdeploy train`")
+    _check_regular(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        payload = _read_safetensors(path)
+    else:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError,
+                AttributeError, UnicodeDecodeError, MemoryError, OSError) as exc:
+            from rap_deploy.file_kinds import explain_load_error
 
+            raise explain_load_error(path, exc) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a rapdeploy checkpoint (no '{FORMAT}' format tag)")
+    return _checkpoint_from_payload(path, payload)
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse a missing path, a folder or a FIFO/device before opening it (UsageError, exit 2)."""
+    if not path.exists():
+        raise UsageError(f"checkpoint {path} does not exist; create one with `rapdeploy init` or `rapdeploy train`")
+    if path.is_dir():
+        raise UsageError(f"checkpoint {path} is a folder; pass the .pt or .safetensors file inside it")
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} is not a regular file (a FIFO, socket or device); pass a checkpoint file")
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """The payload of a ``.safetensors`` checkpoint (its JSON metadata plus the tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    from rap_deploy.file_kinds import sniff
+
+    if sniff(path) == "empty":
+        raise CheckFailedError(f"checkpoint {path} is empty (0 bytes): an interrupted write or copy; re-create it")
+    try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
             if "rapdeploy" not in meta:
                 raise UsageError(f"{path} is a safetensors file without rapdeploy metadata; not a RAP checkpoint")
-            payload = json.loads(meta["rapdeploy"])
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        payload["adapter_state"] = {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")}
-        backbone = {k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}
-        payload["backbone_state"] = backbone or None
-    else:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise UsageError(f"refusing {path}: it holds pickled Python objects that need weights_only=False "
-                             f"({str(exc).splitlines()[0][:160]}); re-save it with tensors and plain data only"
-                             ) from None
-        except (RuntimeError, EOFError) as exc:
-            raise UsageError(f"cannot read checkpoint {path}: {exc}; the file may be truncated") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a rapdeploy checkpoint (no '{FORMAT}' format tag)")
-    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
-        raise UsageError(f"{path} has checkpoint format {payload['format_version']}; upgrade rapdeploy")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckFailedError(f"checkpoint {path} is not a readable safetensors file ({str(exc)[:160]}): truncated "
+                               "or damaged; copy it again or re-create it") from None
+    try:
+        payload = json.loads(meta["rapdeploy"])
+    except json.JSONDecodeError as exc:
+        raise CheckFailedError(f"checkpoint {path}: its rapdeploy metadata is not valid JSON ({exc}); the file is "
+                               "damaged or was edited") from None
+    if not isinstance(payload, dict):
+        raise CheckFailedError(f"checkpoint {path}: its rapdeploy metadata is a {type(payload).__name__}, not an "
+                               "object; the file is damaged or was edited")
+    payload["adapter_state"] = {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    backbone = {k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    payload["backbone_state"] = backbone or None
+    return payload
+
+
+def _damaged(path: Path, what: str) -> CheckFailedError:
+    return CheckFailedError(f"checkpoint {path} is damaged: {what}; re-create it with `rapdeploy init` or "
+                            "`rapdeploy train`")
+
+
+def _tensor_dict(path: Path, value: Any, key: str, optional: bool) -> dict[str, torch.Tensor] | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, dict):
+        raise _damaged(path, f"'{key}' is {'missing' if value is None else 'a ' + type(value).__name__}, not a "
+                             "dict of tensors")
+    for name, tensor in value.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise _damaged(path, f"'{key}' entry {name!r} is a {type(tensor).__name__}, not a tensor")
+    return value
+
+
+def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
+    """Validate the payload's keys and types and build the :class:`Checkpoint` (CheckFailedError when damaged)."""
+    version = payload.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _damaged(path, f"format_version is {version!r}, not an integer")
+    if version > FORMAT_VERSION:
+        raise UsageError(f"{path} has checkpoint format {version}; upgrade rapdeploy")
+    for key in ("config", "backbone"):
+        if not isinstance(payload.get(key), dict):
+            raise _damaged(path, f"'{key}' is {'missing' if key not in payload else 'not an object'}")
+    for key in ("clip_model_cfg", "extra"):
+        if payload.get(key) is not None and not isinstance(payload[key], dict):
+            raise _damaged(path, f"'{key}' is not an object")
+    adapters = _tensor_dict(path, payload.get("adapter_state"), "adapter_state", optional=False)
+    backbone_state = _tensor_dict(path, payload.get("backbone_state"), "backbone_state", optional=True)
     b = payload["backbone"]
-    return Checkpoint(config=RAPConfig.from_dict(payload["config"]),
-                      backbone=BackboneSpec(b["clip"], b["kind"], b.get("value"), b.get("sha256")),
-                      clip_model_cfg=payload.get("clip_model_cfg") or {},
-                      adapter_state=payload["adapter_state"], backbone_state=payload.get("backbone_state"),
-                      extra=payload.get("extra") or {})
+    if not isinstance(b.get("clip"), str) or b.get("kind") not in ("none", "tag", "file"):
+        raise _damaged(path, f"'backbone' needs a 'clip' name and a 'kind' of none, tag or file, got {b!r:.120}")
+    for key in ("value", "sha256"):
+        if b.get(key) is not None and not isinstance(b[key], str):
+            raise _damaged(path, f"'backbone' {key} is not a string")
+    try:
+        config = RAPConfig.from_dict(payload["config"])
+    except (UsageError, TypeError, ValueError) as exc:
+        raise CheckFailedError(f"checkpoint {path} has an invalid model config: {exc}; the file is damaged or was "
+                               "edited") from None
+    return Checkpoint(config=config, backbone=BackboneSpec(b["clip"], b["kind"], b.get("value"), b.get("sha256")),
+                      clip_model_cfg=payload.get("clip_model_cfg") or {}, adapter_state=adapters,
+                      backbone_state=backbone_state, extra=payload.get("extra") or {}, source=str(path))
 
 
 def checkpoint_sha256(path: str | Path) -> str:
     """sha256 of a checkpoint file (recorded in every exported artifact)."""
     return sha256_file(path)
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def recorded_checkpoint(value: Any, sha256: Any) -> Path | None:
+    """The source checkpoint an artifact's manifest records, if it is usable here; else ``None``.
+
+    The manifest is untrusted, so the path must name a regular file with a checkpoint suffix (never a FIFO, a device
+    or ``/etc/shadow``) and, when ``sha256`` is recorded, have that hash. Nothing about a refused file is reported
+    (not even its hash), so a manifest cannot be used to probe other files.
+    """
+    if not isinstance(value, str) or not value or "\0" in value:
+        return None
+    path = Path(value)
+    if path.suffix not in CHECKPOINT_SUFFIXES or not path.is_file():
+        return None
+    if sha256 is not None and (not isinstance(sha256, str) or sha256_file(path) != sha256):
+        return None
+    return path

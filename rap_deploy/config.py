@@ -7,6 +7,7 @@ together with the preprocessing and tokenizer settings, so an artifact carries t
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +36,16 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        """Build from :meth:`to_dict` output; raises :class:`UsageError` for unknown keys or non-list mean/std."""
         d = dict(d)
-        d["mean"] = tuple(d["mean"])
-        d["std"] = tuple(d["std"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(d) - known:
+            raise UsageError(f"unknown preprocess keys {sorted(set(d) - known)}; this rapdeploy knows {sorted(known)}")
+        for name in ("mean", "std"):
+            if name in d:
+                if not isinstance(d[name], (list, tuple)):
+                    raise UsageError(f"preprocess {name} must be a list of three numbers, got {d[name]!r}")
+                d[name] = tuple(d[name])
         return cls(**d)
 
 
@@ -69,6 +77,28 @@ class TokenizerConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
         return cls(**d)
+
+
+def _validate_preprocess(pre: Any) -> None:
+    """Raise :class:`UsageError` unless ``pre`` is a :class:`PreprocessConfig` with a bounded size and sane mean/std."""
+    import math
+
+    from rap_deploy import bounds
+
+    if not isinstance(pre, PreprocessConfig):
+        raise UsageError(f"preprocess must be a preprocessing config, got {type(pre).__name__}")
+    if isinstance(pre.image_size, bool) or not isinstance(pre.image_size, numbers.Integral):
+        raise UsageError(f"preprocess image_size must be an integer, got {pre.image_size!r}")
+    bounds.check_int(int(pre.image_size), "preprocess image_size", bounds.MIN_IMAGE_SIZE, bounds.MAX_IMAGE_SIZE)
+    for name in ("mean", "std"):
+        values = getattr(pre, name)
+        if (len(values) != 3 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+                or not all(math.isfinite(v) for v in values)):
+            raise UsageError(f"preprocess {name} must be three finite numbers, got {list(values)!r}")
+    if min(pre.std) <= 0:
+        raise UsageError(f"preprocess std must be > 0, got {list(pre.std)}")
+    if not isinstance(pre.interpolation, str) or not isinstance(pre.antialias, bool):
+        raise UsageError("preprocess interpolation must be a string and antialias true or false")
 
 
 @dataclass(frozen=True)
@@ -111,17 +141,35 @@ class RAPConfig:
         return FrameSamplingConfig(max_frames=self.frames)
 
     def validate(self) -> None:
-        """Raise :class:`UsageError` naming the bad value and the allowed ones."""
+        """Raise :class:`UsageError` naming the bad value and the allowed ones.
+
+        Types are checked as well as ranges (a config can come from an untrusted file), and every size has an upper
+        bound (:mod:`rap_deploy.bounds`) so no value can make model construction allocate without limit.
+        """
+        from rap_deploy import bounds
+
+        for name in ("clip", "pretrained", "variant", "asa_selection"):
+            if not isinstance(getattr(self, name), str):
+                raise UsageError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("use_lorm", "use_asa", "quick_gelu"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.variant not in VARIANTS:
             raise UsageError(f"variant '{self.variant}' is unknown; use one of {', '.join(VARIANTS)}")
         if self.asa_selection not in SELECTION_MODES:
             raise UsageError(f"ASA selection '{self.asa_selection}' is unknown; "
                              f"use one of {', '.join(SELECTION_MODES)}")
-        for name in ("frames", "context_length", "lorm_rank", "asa_topk", "asa_heads", "asa_dim"):
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        limits = {"frames": bounds.MAX_FRAMES, "context_length": bounds.MAX_CONTEXT_LENGTH,
+                  "lorm_rank": bounds.MAX_LORM_RANK, "asa_topk": bounds.MAX_ASA_TOPK,
+                  "asa_heads": bounds.MAX_ASA_HEADS, "asa_dim": bounds.MAX_ASA_DIM}
+        for name, high in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise UsageError(f"{name} must be an integer, got {value!r}")
+            bounds.check_int(int(value), name, 1, high)
         if self.asa_dim % self.asa_heads:
             raise UsageError(f"asa_dim ({self.asa_dim}) must be divisible by asa_heads ({self.asa_heads})")
+        _validate_preprocess(self.preprocess)
 
     def replace(self, **changes: Any) -> RAPConfig:
         """Return a copy with ``changes`` applied (validated)."""
@@ -142,4 +190,4 @@ class RAPConfig:
             raise UsageError(f"unknown RAP config keys {unknown}; this rapdeploy knows {sorted(known)}")
         if isinstance(d.get("preprocess"), dict):
             d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
-        return cls(**d)
+        return cls(**d)  # __post_init__ validates types and bounds

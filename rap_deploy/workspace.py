@@ -7,6 +7,7 @@ Layout: ``onnx/`` for exports, ``engines/<backend>-<precision>/`` for engines, `
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from rap_deploy.errors import UsageError
@@ -31,11 +32,29 @@ def subdir(name: str, explicit: str | os.PathLike[str] | None = None) -> Path:
     return workspace_root(explicit) / name
 
 
+TEMPORARY_NAME = re.compile(r".*(\.(partial|old)-\d+|\.failed|\.tmp|\.lock)$")
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for names that are never artifacts: hidden (``.x``) or ending like a writer's staging, old, failed, tmp
+    or lock name (``x.partial-123``, ``x.old-123``, ``x.failed``, ``x.tmp``, ``x.lock``)."""
+    return name.startswith(".") or bool(TEMPORARY_NAME.match(name))
+
+
 def latest_child(folder: Path, marker: str) -> Path | None:
-    """Return the most recently modified sub-folder of ``folder`` (or ``folder`` itself) that contains ``marker``."""
-    if not folder.is_dir():
-        return None
-    candidates = [p for p in [folder, *folder.iterdir()] if p.is_dir() and (p / marker).is_file()]
+    """Return the most recently modified sub-folder of ``folder`` (or ``folder`` itself) that contains ``marker``.
+
+    Hidden and temporary folders (:func:`is_temporary_name`: a killed build's ``.NAME.partial-PID``, a swap's
+    ``.NAME.old-PID``, a failed export's ``.NAME.failed``) are never candidates, and neither is a marker that is not
+    a regular file. Use this for every "latest artifact" lookup (exports, engines, libraries).
+    """
+    if not folder.is_dir() or is_temporary_name(folder.name):
+        candidates = []
+    else:
+        candidates = [folder]
+    if folder.is_dir():
+        candidates += [p for p in folder.iterdir() if not is_temporary_name(p.name)]
+    candidates = [p for p in candidates if p.is_dir() and (p / marker).is_file() and not (p / marker).is_symlink()]
     if not candidates:
         return None
     return max(candidates, key=lambda p: (p / marker).stat().st_mtime)

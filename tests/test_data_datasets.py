@@ -13,7 +13,7 @@ from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
 from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.datasets import DATASETS, VideoCaptionDataset, VideoDataset, dataset_defaults, load_split
 from rap_deploy.data.synth import write_video
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 
 
 def _touch(path):
@@ -71,10 +71,10 @@ def test_msrvtt_bad_annotations_name_file_and_key(tmp_path):
     data = json.loads((root / "MSRVTT_data.json").read_text())
     del data["sentences"][1]["caption"]
     (root / "MSRVTT_data.json").write_text(json.dumps(data))
-    with pytest.raises(UsageError, match=r"MSRVTT_data\.json has no key 'caption' in sentences\[1\]"):
+    with pytest.raises(CheckFailedError, match=r"MSRVTT_data\.json has no key 'caption' in sentences\[1\]"):
         load_split("msrvtt", root, "train")
     (root / "MSRVTT_JSFUSION_test.csv").write_text("key,video_id\nret0,video1\n")
-    with pytest.raises(UsageError, match=r"MSRVTT_JSFUSION_test\.csv has no column 'sentence'"):
+    with pytest.raises(CheckFailedError, match=r"MSRVTT_JSFUSION_test\.csv has no column 'sentence'"):
         load_split("msrvtt", root, "test")
     (root / "MSRVTT_train.9k.csv").unlink()
     with pytest.raises(UsageError, match=r"MSRVTT_train\.9k\.csv is missing"):
@@ -111,7 +111,7 @@ def test_msvd_every_caption_is_a_query(tmp_path):
     assert load_split("msvd", root, "train").videos[0].path == root / "videos" / "vidA.avi"  # missing, listed
 
     (root / "test_list.txt").write_text("vidB\nvidZ\n")
-    with pytest.raises(UsageError, match=r"raw-captions\.pkl has no key 'vidZ'"):
+    with pytest.raises(CheckFailedError, match=r"raw-captions\.pkl has no key 'vidZ'"):
         load_split("msvd", root, "test")
 
 
@@ -120,7 +120,7 @@ def test_msvd_refuses_pickled_code(tmp_path):
     root.mkdir()
     (root / "test_list.txt").write_text("x\n")
     (root / "raw-captions.pkl").write_bytes(pickle.dumps({"x": [np.int64(3)]}))
-    with pytest.raises(UsageError, match="plain pickle"):
+    with pytest.raises(CheckFailedError, match="plain pickle"):
         load_split("msvd", root, "test")
 
 
@@ -146,7 +146,7 @@ def test_didemo_paragraphs_and_extensions(tmp_path):
 
     annotations[2].pop("description")
     (root / "test_data.json").write_text(json.dumps(annotations))
-    with pytest.raises(UsageError, match=r"test_data\.json has no key 'description' in \[2\]"):
+    with pytest.raises(CheckFailedError, match=r"test_data\.json has no key 'description' in \[2\]"):
         load_split("didemo", root, "test")
 
 
@@ -173,7 +173,7 @@ def test_activitynet_val_paragraphs(tmp_path):
 
     del val["v_def"]["sentences"]
     (root / "val_1.json").write_text(json.dumps(val))
-    with pytest.raises(UsageError, match=r"val_1\.json has no key 'sentences' in v_def"):
+    with pytest.raises(CheckFailedError, match=r"val_1\.json has no key 'sentences' in v_def"):
         load_split("activitynet", root, "val")
 
 

@@ -202,7 +202,7 @@ def test_fp16_graphs_keep_sensitive_ops_fp32(exported):
 
 
 def test_read_export_manifest_validates_hashes(exported, tmp_path):
-    from rap_deploy.errors import UsageError
+    from rap_deploy.errors import CheckFailedError, UsageError
     from rap_deploy.export import read_export_manifest
 
     out, manifest = exported
@@ -211,7 +211,7 @@ def test_read_export_manifest_validates_hashes(exported, tmp_path):
     shutil.copytree(out, copy)
     with open(copy / "text_encoder.onnx", "ab") as fh:
         fh.write(b"\0")
-    with pytest.raises(UsageError, match="text_encoder.onnx"):
+    with pytest.raises(CheckFailedError, match="text_encoder.onnx"):  # a tampered graph: exit 1
         read_export_manifest(copy)
     (copy / "manifest.json").unlink()
     with pytest.raises(UsageError, match="no manifest.json"):

@@ -234,5 +234,8 @@ def test_train_cli_usage_errors(tmp_path):
     runner = CliRunner()
     missing = runner.invoke(app, ["train", "--clip", "rap-micro", "--data-root", str(tmp_path)])
     assert missing.exit_code == 2 and "--dataset is required" in missing.output
-    nothing = runner.invoke(app, ["train", "--resume", str(tmp_path / "nope")])
-    assert nothing.exit_code == 2 and "no last.pt" in nothing.output
+    nothing = runner.invoke(app, ["train", "--resume", str(tmp_path / "nope")])  # a missing folder, said so
+    assert nothing.exit_code == 2 and "does not exist" in nothing.output
+    (tmp_path / "empty").mkdir()  # a folder without last.pt: the run stopped before its first epoch
+    empty = runner.invoke(app, ["train", "--resume", str(tmp_path / "empty")])
+    assert empty.exit_code == 2 and "no last.pt" in empty.output

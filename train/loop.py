@@ -91,16 +91,22 @@ class TrainOptions:
     max_epochs_this_run: int | None = None
 
     def validate(self) -> None:
-        """Raise :class:`UsageError` naming the bad value."""
-        positive = ("batch_size", "eval_every", "top_m")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.epochs < 0:
-            raise UsageError(f"--epochs must be >= 0, got {self.epochs}")
-        if not self.lr > 0 or self.weight_decay < 0 or self.warmup < 0 or self.grad_clip < 0:
-            raise UsageError(f"bad optimizer settings: lr {self.lr} (> 0), weight decay {self.weight_decay} (>= 0), "
-                             f"warmup {self.warmup} (>= 0), grad clip {self.grad_clip} (>= 0, 0 = off)")
+        """Raise :class:`UsageError` naming the bad value (NaN, infinities and values beyond
+        :mod:`rap_deploy.bounds` included), before anything is built or allocated."""
+        from rap_deploy import bounds
+
+        ints = {"batch_size": (1, bounds.MAX_BATCH_SIZE), "eval_every": (1, bounds.MAX_EPOCHS),
+                "top_m": (1, bounds.MAX_VIDEOS), "epochs": (0, bounds.MAX_EPOCHS), "num_workers": (0, 256),
+                "max_train_videos": (1, bounds.MAX_VIDEOS), "max_test_videos": (1, bounds.MAX_VIDEOS),
+                "max_epochs_this_run": (1, bounds.MAX_EPOCHS), "seed": (0, 2**63 - 1)}
+        for name, (low, high) in ints.items():
+            if getattr(self, name) is not None:
+                bounds.check_int(getattr(self, name), f"--{name.replace('_', '-')}", low, high)
+        bounds.check_float(self.lr, "--lr", 0.0, bounds.MAX_LR, low_open=True)
+        bounds.check_float(self.weight_decay, "--weight-decay", 0.0, 100.0)
+        bounds.check_float(self.warmup, "--warmup", 0.0, float(bounds.MAX_STEPS))
+        bounds.check_float(self.grad_clip, "--grad-clip", 0.0, 1e6, fix="0 turns clipping off")
+        bounds.check_float(self.min_lr_ratio, "min_lr_ratio", 0.0, 1.0)
         if self.epoch_unit not in EPOCH_UNITS:
             raise UsageError(f"epoch unit '{self.epoch_unit}' is unknown; use one of {', '.join(EPOCH_UNITS)}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):

@@ -18,8 +18,30 @@ from rap_deploy.cli.app import app
 
 
 def main() -> None:
-    """Entry point of the ``rapdeploy`` console script."""
-    app()
+    """Entry point of the ``rapdeploy`` console script.
+
+    Option-parsing errors (a value that is not an integer, an unknown option) are printed as one ``error:`` line, like
+    every other failure, with exit code 2; help output is unchanged.
+    """
+    import sys
+
+    import typer
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
+    except typer.TyperException as exc:  # typer's (vendored) click exceptions: usage and parameter errors
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help(), file=sys.stderr)
+        else:
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            print(f"error: {' '.join(message.split())}{hint}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

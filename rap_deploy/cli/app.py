@@ -1,13 +1,17 @@
 """The Typer application and the error contract shared by every command.
 
-Commands register with :func:`command`, which turns a :class:`RapDeployError` into one line on stderr and the
-exit code of DESIGN.md §11 (1 a check failed, 2 bad usage or unavailable backend), with no traceback.
+Commands register with :func:`command`, which turns a :class:`RapDeployError` (and operating-system errors, Ctrl-C
+and SIGTERM) into one line on stderr and the exit code of DESIGN.md §11 (1 a check failed or an artifact is damaged,
+2 bad usage or unavailable backend), with no traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,20 +37,63 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so ``finally`` blocks (temporary files, locks, staging folders) run."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only; restored afterwards)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error: what failed on which path."""
+    where = exc.filename or ""
+    if exc.filename2:
+        where = f"{where} -> {exc.filename2}"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        return f"{reason}: {where}"
+    if not where:
+        return f"{reason}; check the paths and their permissions"
+    return f"cannot access {where}: {reason}; check the path and its permissions (or pass another --out or --workspace)"
+
+
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
-    """Register a command on :data:`app`, with the exit-code contract applied."""
+    """Register a command on :data:`app`, with the exit-code contract applied.
+
+    Errors become one line on stderr: :class:`RapDeployError` with its exit code, operating-system errors
+    (permissions, a file where a folder is expected, a full disk) with exit 2, Ctrl-C with 130 and SIGTERM with 143
+    (after unwinding, so no temporary file is left behind).
+    """
 
     def decorator(func: F) -> F:
         @functools.wraps(func)
         def wrapper(*a: Any, **kw: Any) -> Any:
             try:
-                return func(*a, **kw)
+                with _sigterm_unwinds():
+                    return func(*a, **kw)
             except RapDeployError as exc:
                 raise fail(str(exc), exc.exit_code) from None
-            except FileNotFoundError as exc:
-                raise fail(f"{exc.strerror or 'not found'}: {exc.filename or exc}", 2) from None
+            except OSError as exc:
+                raise fail(_os_error_message(exc), 2) from None
             except KeyboardInterrupt:
                 raise fail("interrupted", 130) from None
+            except Terminated:
+                raise fail("terminated (SIGTERM); finished files are kept, nothing half-written is left", 143
+                           ) from None
 
         app.command(*args, **kwargs)(wrapper)
         return func

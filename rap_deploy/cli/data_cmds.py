@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
+from rap_deploy import bounds
 from rap_deploy.cli.app import command
-from rap_deploy.errors import CheckFailedError
+from rap_deploy.errors import CheckFailedError, UsageError
 
 DATASET_NAMES = "msrvtt, msvd, didemo, activitynet"
 
@@ -27,9 +28,18 @@ def synth(
 ) -> None:
     """Write the synthetic moving-shapes text-video dataset (the offline default) in the MSR-VTT layout."""
     from rap_deploy.data.synth import generate_synthetic_dataset
+    from rap_deploy.locks import folder_lock
 
-    summary = generate_synthetic_dataset(out, videos=videos, test_videos=test_videos, seed=seed, size=size, fps=fps,
-                                         seconds=seconds, progress=not quiet)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder for the dataset")
+    bounds.check_int(videos, "--videos", 2, bounds.MAX_VIDEOS)
+    bounds.check_int(test_videos, "--test-videos", 1, bounds.MAX_VIDEOS)
+    bounds.check_int(size, "--size", bounds.MIN_IMAGE_SIZE, bounds.MAX_IMAGE_SIZE)
+    bounds.check_int(fps, "--fps", 1, 240)
+    bounds.check_int(seconds, "--seconds", 3, 3600)
+    with folder_lock(out, "synth", "dataset folder"):
+        summary = generate_synthetic_dataset(out, videos=videos, test_videos=test_videos, seed=seed, size=size,
+                                             fps=fps, seconds=seconds, progress=not quiet)
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -61,6 +71,9 @@ def data_check(
     from rap_deploy.data.check import check_dataset
     from rap_deploy.workspace import data_root as resolve_data_root
 
+    bounds.check_int(image_size, "--image-size", bounds.MIN_IMAGE_SIZE, bounds.MAX_IMAGE_SIZE)
+    if frames is not None:
+        bounds.check_int(frames, "--frames", 1, bounds.MAX_FRAMES)
     root = resolve_data_root(data_root)
     frame_cache = FrameCache.default(workspace) if cache else FrameCache(None)
     report = check_dataset(dataset, root, split, cache=frame_cache, progress=not quiet,

@@ -44,8 +44,17 @@ def build_engine_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the engine manifest as JSON."),
 ) -> None:
     """Build a TensorRT or ONNX Runtime engine folder (engine files + manifest.json) from an export folder."""
+    from rap_deploy import bounds
     from rap_deploy.engines.build import build_engine
     from rap_deploy.engines.trt_plan import ProfileOptions
+
+    for option, value in (("--min-batch", min_batch), ("--opt-batch", opt_batch), ("--max-batch", max_batch),
+                          ("--query-block", query_block), ("--video-block", video_block)):
+        if value is not None:
+            bounds.check_int(value, option, 1, bounds.MAX_BATCH_SIZE)
+    for option, value in (("--threads", threads), ("--inter-threads", inter_threads)):
+        if value is not None:
+            bounds.check_int(value, option, 1, bounds.MAX_THREADS)
 
     manifest = build_engine(export_dir, backend=backend, fp16=fp16, int8=int8, out=out, device=device,
                             profiles=ProfileOptions(min_batch, opt_batch, max_batch, query_block, video_block),

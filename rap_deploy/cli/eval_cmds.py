@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import typer
 
+from rap_deploy import bounds
 from rap_deploy.cli.app import command
 from rap_deploy.errors import UsageError
 
@@ -16,14 +18,21 @@ def _progress_enabled(quiet: bool, json_out: bool) -> bool:
     return not quiet and not json_out and sys.stderr.isatty()
 
 
-def _parse_ints(text: str, option: str) -> list[int]:
+def _parse_ints(text: str, option: str, high: int = bounds.MAX_BATCH_SIZE) -> list[int]:
     try:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
         raise UsageError(f"{option} takes a comma list of integers, got '{text}'") from None
     if not values or min(values) < 1:
         raise UsageError(f"{option} takes positive integers, got '{text}'")
-    return values
+    return bounds.check_ints(values, option, 1, high)
+
+
+def _check_device(value: str | None, option: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N``; anything else is a usage error (exit 2)."""
+    if value is None or value in ("cpu", "cuda") or re.fullmatch(r"cuda:\d{1,3}", value):
+        return
+    raise UsageError(f"{option} must be cpu, cuda or cuda:N, got '{value}'")
 
 
 def _echo_json(result: dict) -> None:
@@ -63,6 +72,17 @@ def verify_cmd(
     """
     from rap_deploy.engines.reports import print_verify
     from rap_deploy.engines.verify import verify
+
+    if tolerance is not None:
+        bounds.check_float(tolerance, "--tolerance", 0.0, 100.0)
+    bounds.check_float(tie_eps, "--tie-eps", 0.0, 1.0)
+    bounds.check_int(rerank_top, "--rerank-top", 1, bounds.MAX_VIDEOS)
+    bounds.check_int(batch_size, "--batch-size", 1, bounds.MAX_BATCH_SIZE)
+    if max_videos is not None:
+        bounds.check_int(max_videos, "--max-videos", 1, bounds.MAX_VIDEOS)
+    if threads is not None:
+        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
+    _check_device(reference_device, "--reference-device")
 
     def echo(result: dict) -> None:
         if json_out:
@@ -111,6 +131,14 @@ def bench_cmd(
     """
     from rap_deploy.engines.bench import bench
     from rap_deploy.engines.reports import load_line, print_bench
+
+    bounds.check_int(repeats, "--repeats", 1, bounds.MAX_REPEATS)
+    bounds.check_int(warmup, "--warmup", 0, bounds.MAX_REPEATS)
+    bounds.check_int(index_size, "--index-size", 1, bounds.MAX_VIDEOS)
+    bounds.check_int(rerank_top, "--rerank-top", 1, bounds.MAX_VIDEOS)
+    if threads is not None:
+        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
+    _check_device(torch_device, "--torch-device")
 
     def echo(result: dict) -> None:
         if json_out:

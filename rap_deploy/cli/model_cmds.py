@@ -48,6 +48,9 @@ def init(
     """Create an untrained RAP checkpoint (identity adapters: exactly frozen CLIP with mean pooling)."""
     from rap_deploy.model_summary import init_checkpoint
 
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; pass a checkpoint file path such as {out / 'init.pt'}")
+
     summary = init_checkpoint(out, clip=clip, pretrained=pretrained, backbone_file=backbone,
                               config=build_config(clip or "ViT-B-32", variant, frames, context_length, lorm, asa, rank,
                                                   topk, heads, asa_dim, selection),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -10,8 +11,10 @@ from typing import Any
 
 import typer
 
+from rap_deploy import bounds
 from rap_deploy.cli.app import command
 from rap_deploy.errors import UsageError
+from rap_deploy.locks import folder_lock
 
 DATASET_NAMES = "msrvtt, msvd, didemo, activitynet"
 
@@ -118,6 +121,10 @@ def train(
         raise UsageError("pass either --checkpoint or --clip/--backbone, not both")
     given = {k: v for k, v in given.items() if v is not None}
 
+    if resume is not None and not Path(resume).is_dir():
+        why = "it is a file" if Path(resume).exists() else "it does not exist"
+        raise UsageError(f"--resume {resume} is not a run folder ({why}); pass the --out folder of an earlier "
+                         "`rapdeploy train`")
     options = None
     if resume is None or given.get("dataset"):
         if not given.get("dataset"):
@@ -130,8 +137,12 @@ def train(
         options = TrainOptions(out=str(run_dir), **given)
     elif out is not None and Path(out).resolve() != Path(resume).resolve():
         raise UsageError(f"--out {out} differs from --resume {resume}; a resumed run continues in its own folder")
-    summary = train_rap(options, progress=not quiet, resume=resume, overrides=given)
-    if int(os.environ.get("RANK", "0")) != 0:
+    run_dir = Path(options.out if options is not None else resume)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    # Only rank 0 writes the run folder (and locks it); under torchrun the other ranks run unlocked.
+    with folder_lock(run_dir, "train", "run folder") if rank0 else contextlib.nullcontext():
+        summary = train_rap(options, progress=not quiet, resume=resume, overrides=given)
+    if not rank0:
         return  # under torchrun only rank 0 reports
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))
@@ -204,9 +215,20 @@ def pretrain_backbone(
     from rap_deploy.train.backbone import pretrain_backbone as run
     from rap_deploy.workspace import subdir
 
+    bounds.check_int(epochs, "--epochs", 1, bounds.MAX_EPOCHS)
+    bounds.check_int(size, "--size", bounds.MIN_IMAGE_SIZE, bounds.MAX_IMAGE_SIZE)
+    bounds.check_int(train_stills, "--train-stills", 2, bounds.MAX_VIDEOS)
+    bounds.check_int(test_stills, "--test-stills", 2, bounds.MAX_VIDEOS)
+    bounds.check_int(batch_size, "--batch-size", 2, bounds.MAX_BATCH_SIZE)
+    bounds.check_float(lr, "--lr", 0.0, bounds.MAX_LR, low_open=True)
+    bounds.check_float(patch_weight, "--patch-weight", 0.0, 1000.0)
     out = out or subdir("cache", workspace) / "backbone" / f"{clip}.safetensors"
-    info = run(out, size=size, n_train=train_stills, n_test=test_stills, epochs=epochs, seed=seed, clip=clip,
-               batch_size=batch_size, lr=lr, patch_weight=patch_weight, data_root=data_root, progress=not quiet)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; pass a file path such as {out / (clip + '.safetensors')}")
+    with folder_lock(out, "pretrain-backbone", "backbone file"):
+        info = run(out, size=size, n_train=train_stills, n_test=test_stills, epochs=epochs, seed=seed, clip=clip,
+                   batch_size=batch_size, lr=lr, patch_weight=patch_weight, data_root=data_root,
+                   progress=not quiet)
     if json_out:
         typer.echo(json.dumps(info, indent=2))
         return

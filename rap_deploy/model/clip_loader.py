@@ -115,11 +115,17 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
             if actual != spec.sha256:
                 raise UsageError(f"backbone file {spec.value} changed (sha256 {actual[:12]}…, expected "
                                  f"{spec.sha256[:12]}…); restore it or re-run `rapdeploy init`")
+    if spec.kind == "file" and state_dict is None:
+        _check_weights_file(Path(spec.value))
     try:
         with _quiet_root_logger():
             model = open_clip.create_model(spec.clip, pretrained=pretrained, force_quick_gelu=quick_gelu,
                                            load_weights=pretrained is not None)
-    except (RuntimeError, OSError, ValueError) as exc:
+    except Exception as exc:
+        if spec.kind == "file" and state_dict is None:
+            raise weights_file_error(Path(spec.value), spec.clip, exc) from None
+        if not isinstance(exc, (RuntimeError, OSError, ValueError)):
+            raise
         hint = " (tags need the weights in the local open_clip / Hugging Face cache; offline machines can pass a " \
                "local weights file instead)" if spec.kind == "tag" else ""
         raise UsageError(f"cannot load backbone {spec.clip} with pretrained={spec.value}: {exc}{hint}") from exc
@@ -130,6 +136,37 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
                              f"unexpected {list(unexpected)[:5]}")
     freeze(model)
     return model
+
+
+def _check_weights_file(path: Path) -> None:
+    """Refuse a ``--pretrained`` path that is not a regular file before open_clip opens it (UsageError, exit 2)."""
+    if not path.exists():
+        raise UsageError(f"backbone weights file {path} does not exist; pass an existing file, a tag or 'none'")
+    if not path.is_file():
+        raise UsageError(f"backbone weights file {path} is not a regular file (a folder, FIFO or device)")
+
+
+def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
+    """The one-line error for open_clip failing to load the weights file ``path`` into ``clip`` with ``exc``.
+
+    Weights that do not fit the architecture: :class:`UsageError` (pass the right ``--clip``). A file that cannot be
+    read: what :func:`rap_deploy.file_kinds.explain_load_error` says (empty, truncated, pickled objects, not a weights
+    file) or, for ``.safetensors``, a damaged-file :class:`~rap_deploy.errors.CheckFailedError`.
+    """
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.file_kinds import explain_load_error, sniff
+
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:240]
+    if isinstance(exc, RuntimeError) and "state_dict" in text:
+        return UsageError(f"backbone weights file {path} does not fit open_clip model {clip} ({text}); pass the "
+                          "--clip it was trained for")
+    if path.suffix == ".safetensors" or sniff(path) == "safetensors":
+        return CheckFailedError(f"backbone weights file {path} is not a readable safetensors file of {clip} "
+                                f"({type(exc).__name__}: {text}); it is truncated or damaged, copy it again")
+    if isinstance(exc, (KeyError, StopIteration, AttributeError, TypeError)) and sniff(path) in ("zip", "pickle"):
+        return UsageError(f"backbone weights file {path} holds no open_clip state dict ({type(exc).__name__}: "
+                          f"{text}); pass the model's weights file")
+    return explain_load_error(path, exc, what="backbone weights file", fix="download or copy it again")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,55 @@
+"""An engine manifest's precision claim checked against the engine graphs themselves.
+
+The parity rule of ``verify`` depends on the precision (fp32 engines may change no rank, fp16/int8 engines get a
+recall tolerance), so an fp32 engine relabelled ``int8`` in its manifest would pass under the looser rule. The claim is
+therefore read back from the ONNX Runtime graphs (what :func:`rap_deploy.engines.ort_build.build_ort_graphs` writes):
+
+- ``int8``: quantised operators (``DynamicQuantizeMatMul``, ``MatMulInteger``, ...) in every graph except
+  ``asa_head`` (which stays fp32 by design), and no float16 tensors;
+- ``fp16``: float16 tensors in every graph and no quantised operators;
+- ``fp32``: neither.
+
+Every graph must also parse as ONNX and load external data only from files the manifest lists. TensorRT plans cannot
+be inspected without TensorRT; their precision is checked by the TensorRT backend after a build (layer precisions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.errors import CheckFailedError
+from rap_deploy.export.integrity import check_external_data, graph_facts
+from rap_deploy.safe_paths import resolve_entry
+
+INT8_EXEMPT = ("asa_head",)  # kept fp32 in int8 engines (see ort_build.int8_exclusions)
+
+
+def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
+    """Refuse an ONNX Runtime engine whose graphs contradict the manifest's ``precision``.
+
+    Raises :class:`CheckFailedError` (exit 1) naming the manifest, the graph and what it holds.
+    """
+    if manifest.get("backend") != "onnxruntime":
+        return
+    precision = manifest.get("precision")
+    graphs = manifest["graphs"]
+    listed = {e["file"] for entry in graphs.values() for e in (entry, *entry.get("extra_files", []))}
+    for name, entry in graphs.items():
+        what = f"engine graph '{name}'"
+        path = resolve_entry(engine_dir, entry["file"], what, source)
+        facts = graph_facts(path, what, source)
+        check_external_data(engine_dir, facts, listed, what, source)
+        quantized, fp16 = facts["quantized_ops"], facts["fp16_tensors"]
+        problem = None
+        if precision == "fp32" and (quantized or fp16):
+            problem = f"it holds {quantized} quantised operators and {fp16} float16 tensors"
+        elif precision == "int8" and (fp16 or (not quantized and name not in INT8_EXEMPT)):
+            problem = f"it holds {quantized} quantised operators and {fp16} float16 tensors"
+        elif precision == "fp16" and (quantized or not fp16):
+            problem = f"it holds {fp16} float16 tensors and {quantized} quantised operators"
+        if problem:
+            raise CheckFailedError(f"{source} says precision {precision}, but {what} ({path.name}) does not: "
+                                   f"{problem}; the manifest was edited or the graph replaced, rebuild the engine "
+                                   "with `rapdeploy build-engine`")

@@ -1,0 +1,103 @@
+"""Claims of a manifest checked against the ONNX graphs themselves: opset, precision, graph name, external data.
+
+A manifest is text anyone can edit, and its sha256 entries only prove that the files are the ones it lists. So what
+later stages rely on is read back from the graph: the default-domain ``opset_import`` for the opset, the
+``rapdeploy.*`` metadata for graph name, precision and opset, float16 tensors for fp16 graphs, and every external-data
+``location`` (which must be a file the manifest lists, inside the folder). A file that does not parse as ONNX is
+reported as damaged, not passed to ONNX Runtime. :func:`graph_facts` is shared with the engine checks
+(:mod:`rap_deploy.engines.integrity`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.errors import CheckFailedError
+from rap_deploy.safe_paths import resolve_entry
+
+FLOAT16 = 10  # onnx.TensorProto.FLOAT16
+QUANTIZED_OPS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "ConvInteger",
+                           "QLinearMatMul", "QLinearConv", "QGemm", "QAttention", "DynamicQuantizeLinear",
+                           "QuantizeLinear", "DequantizeLinear"})
+
+
+def graph_facts(path: Path, what: str, source: Path | str) -> dict[str, Any]:
+    """What the ONNX file at ``path`` really holds: ``opsets`` (domain → version), ``ops`` (op type counts),
+    ``fp16_tensors``, ``quantized_ops``, ``external`` (external-data locations) and ``metadata``.
+
+    The graph is parsed without its external data. Raises :class:`CheckFailedError` (exit 1) naming ``source`` and
+    ``what`` when the file does not parse as an ONNX model or holds no graph.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, RuntimeWarning-as-error, ValueError: all mean "not ONNX"
+        raise CheckFailedError(f"{source}: {what} {path} is not a valid ONNX graph ({type(exc).__name__}: "
+                               f"{str(exc)[:120]}); the file is damaged or was replaced, rebuild it") from None
+    graph = model.graph
+    if not len(graph.node) or not len(model.opset_import):
+        raise CheckFailedError(f"{source}: {what} {path} holds no ONNX graph (no nodes or no opset); the file is "
+                               "damaged or was replaced, rebuild it")
+    ops = Counter(n.op_type for n in graph.node)
+    fp16 = sum(1 for t in graph.initializer if t.data_type == FLOAT16)
+    fp16 += sum(1 for n in graph.node if n.op_type == "Constant"
+                for a in n.attribute if a.name == "value" and a.t.data_type == FLOAT16)
+    external = sorted({e.value for t in graph.initializer for e in t.external_data if e.key == "location"})
+    return {"opsets": {(i.domain or "ai.onnx"): int(i.version) for i in model.opset_import}, "ops": ops,
+            "fp16_tensors": fp16, "quantized_ops": sum(c for op, c in ops.items() if op in QUANTIZED_OPS),
+            "external": external, "metadata": {p.key: p.value for p in model.metadata_props}}
+
+
+def check_external_data(folder: Path, facts: Mapping[str, Any], listed: set[str], what: str, source: Path | str
+                        ) -> None:
+    """Every external-data location of a graph must be a regular file inside ``folder`` that the manifest lists.
+
+    Raises :class:`~rap_deploy.safe_paths.UnsafePathError` or :class:`CheckFailedError` (exit 1).
+    """
+    for location in facts["external"]:
+        resolve_entry(folder, location, f"{what} external data", source)
+        if location not in listed:
+            raise CheckFailedError(f"{source}: {what} loads external data {location!r}, which the manifest does not "
+                                   "list (its content is unchecked); refusing it, rebuild the folder")
+
+
+def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
+    """Check the export manifest's opset and precision claims against every graph file it lists.
+
+    Raises :class:`CheckFailedError` (exit 1) naming the manifest, the graph and the claim that does not hold.
+    """
+    from rap_deploy.export.export_config import SUPPORTED_OPSETS
+
+    opset = manifest.get("opset")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
+        raise CheckFailedError(f"{source} claims opset {opset!r}, which rapdeploy never exports (supported: "
+                               f"{', '.join(map(str, SUPPORTED_OPSETS))}); the manifest was edited, re-export it")
+    listed = {rec["file"] for section in ("graphs", "fp16_graphs") for rec in (manifest.get(section) or {}).values()}
+    listed |= {rec["external_data"]["file"] for section in ("graphs", "fp16_graphs")
+               for rec in (manifest.get(section) or {}).values() if "external_data" in rec}
+    for section, precision in (("graphs", "fp32"), ("fp16_graphs", "fp16")):
+        for name, rec in (manifest.get(section) or {}).items():
+            what = f"{section} '{name}'"
+            path = resolve_entry(export_dir, rec["file"], what, source)
+            facts = graph_facts(path, what, source)
+            check_external_data(export_dir, facts, listed, what, source)
+            actual = facts["opsets"].get("ai.onnx")
+            problems = []
+            if actual != opset:
+                problems.append(f"its opset_import says opset {actual}, the manifest claims {opset}")
+            meta = facts["metadata"]
+            for key, want in (("rapdeploy.graph", name), ("rapdeploy.precision", precision),
+                              ("rapdeploy.opset", str(opset))):
+                if key in meta and meta[key] != want:
+                    problems.append(f"its metadata {key} is {meta[key]!r}, the manifest implies {want!r}")
+            if precision == "fp32" and facts["fp16_tensors"]:
+                problems.append(f"it holds {facts['fp16_tensors']} float16 tensors but is listed as fp32")
+            if precision == "fp16" and not facts["fp16_tensors"]:
+                problems.append("it holds no float16 tensor but is listed as fp16")
+            if problems:
+                raise CheckFailedError(f"{source}: {what} ({path.name}) does not match its manifest: "
+                                       + "; ".join(problems) + "; the manifest or the graph was edited, re-export it")

@@ -1,0 +1,128 @@
+"""Limits on every number that sizes work or memory, checked before anything is allocated.
+
+One number from an option or an untrusted file (a checkpoint's ``frames``, ``--batch-sizes``, ``--epochs``) must not
+be able to make a command allocate until the kernel kills it, loop for ever, or train on NaN. The limits are far above
+any real use (ViT-L/14 at 336 px, 64-frame paragraph datasets, 1k-video benchmarks) and each message says the limit
+and the fix.
+
+How to use it::
+
+    from rap_deploy.bounds import check_int, check_float, MAX_FRAMES
+    frames = check_int(frames, "--frames", 1, MAX_FRAMES)
+    lr = check_float(lr, "--lr", low=0.0, low_open=True, high=10.0)
+
+Both raise :class:`~rap_deploy.errors.UsageError` (exit 2). Code that reads the value from a file converts that to
+:class:`~rap_deploy.errors.CheckFailedError` (exit 1, a damaged artifact) with the file's name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rap_deploy.errors import UsageError
+
+MAX_FRAMES = 512            # frames per video (DiDeMo / ActivityNet use 64)
+MIN_IMAGE_SIZE = 16
+MAX_IMAGE_SIZE = 1024       # model input size in pixels (CLIP: 224 / 336)
+MAX_CONTEXT_LENGTH = 1024   # text tokens (CLIP: 77; RAP uses 32 / 64)
+MAX_LORM_RANK = 256
+MAX_ASA_TOPK = 4096
+MAX_ASA_HEADS = 256
+MAX_ASA_DIM = 8192
+MAX_BATCH_SIZE = 65536      # one call's batch (training batch, bench batch, engine profile)
+MAX_EPOCHS = 100_000
+MAX_STEPS = 10_000_000
+MAX_REPEATS = 100_000
+MAX_VIDEOS = 10_000_000     # videos in an index, a benchmark library or a dataset option
+MAX_THREADS = 4096
+MAX_LR = 10.0
+
+
+def _describe(name: str) -> str:
+    return name if name.startswith("-") or " " in name else f"'{name}'"
+
+
+def check_int(value: Any, name: str, low: int | None = 1, high: int | None = None, fix: str = "") -> int:
+    """Return ``value`` as an int within ``[low, high]``; raise :class:`UsageError` naming ``name``, the limit and
+    ``fix``. Booleans, floats with a fraction, NaN/inf and non-numbers are refused."""
+    what = _describe(name)
+    if isinstance(value, bool) or value is None:
+        raise UsageError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise UsageError(f"{what} must be an integer, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        try:
+            value = int(str(value).strip())
+        except ValueError:
+            raise UsageError(f"{what} must be an integer, got {value!r}") from None
+    tail = f"; {fix}" if fix else ""
+    if low is not None and value < low:
+        raise UsageError(f"{what} must be >= {low}, got {value}{tail}")
+    if high is not None and value > high:
+        raise UsageError(f"{what} must be <= {high:,}, got {value:,} (the limit guards memory and time){tail}")
+    return value
+
+
+def check_float(value: Any, name: str, low: float | None = None, high: float | None = None, low_open: bool = False,
+                fix: str = "") -> float:
+    """Return ``value`` as a finite float with ``low <= value`` (``low < value`` if ``low_open``) ``<= high``.
+
+    Raises :class:`UsageError` naming ``name`` for NaN, infinities, non-numbers and values out of range.
+    """
+    what = _describe(name)
+    if isinstance(value, bool) or value is None:
+        raise UsageError(f"{what} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a number, got {value!r}") from None
+    tail = f"; {fix}" if fix else ""
+    if not math.isfinite(number):
+        raise UsageError(f"{what} must be a finite number, got {value!r}{tail}")
+    if low is not None and (number <= low if low_open else number < low):
+        raise UsageError(f"{what} must be {'>' if low_open else '>='} {low:g}, got {number:g}{tail}")
+    if high is not None and number > high:
+        raise UsageError(f"{what} must be <= {high:g}, got {number:g}{tail}")
+    return number
+
+
+def check_ints(values: list[Any], name: str, low: int = 1, high: int | None = None) -> list[int]:
+    """:func:`check_int` on every element; refuses an empty list."""
+    if not values:
+        raise UsageError(f"{_describe(name)} needs at least one value")
+    return [check_int(v, name, low, high) for v in values]
+
+
+def check_memory(nbytes: int, what: str, fix: str, fraction: float = 0.8) -> None:
+    """Refuse work whose buffers (``nbytes``) exceed ``fraction`` of the memory available now.
+
+    ``what`` says what would be allocated, ``fix`` what to change. Raises :class:`UsageError`. Does nothing when the
+    available memory cannot be read.
+    """
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except Exception:  # any failure to read the memory just skips the check
+        return
+    if nbytes > fraction * available:
+        raise UsageError(f"{what} needs {nbytes / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of memory "
+                         f"available; {fix}")
+
+
+def clip_weight_bytes(cfg: dict[str, Any]) -> int:
+    """Rough fp32 size of an open_clip CLIP from its architecture config (both towers' transformers, the patch and
+    token embeddings); used to refuse a model that cannot fit before creating it. Unknown fields count as zero."""
+    def tower(c: dict[str, Any]) -> int:
+        width, layers = int(c.get("width") or 0), c.get("layers") or 0
+        layers = sum(layers) if isinstance(layers, (list, tuple)) else int(layers)
+        return 12 * width * width * layers
+
+    vision, text = cfg.get("vision_cfg") or {}, cfg.get("text_cfg") or {}
+    patch, width = int(vision.get("patch_size") or 0), int(vision.get("width") or 0)
+    params = tower(vision) + tower(text) + 3 * patch * patch * width
+    params += int(text.get("vocab_size") or 0) * int(text.get("width") or 0)
+    return 4 * params

@@ -1,0 +1,123 @@
+"""What a weights file is, told from its bytes without running it: for messages that say *why* a file was refused.
+
+``torch.load(weights_only=True)`` raises the same ``UnpicklingError`` for random bytes, a plain pickle and a pickle
+that would run code, and ``EOFError`` for both an empty and a truncated file. :func:`sniff` and
+:func:`explain_load_error` tell them apart (reading opcodes with :mod:`pickletools`, which never executes them), so
+the user learns whether the file is empty, truncated, not a checkpoint at all, or a pickle that needs
+``weights_only=False``, and gets the matching exit code (:func:`explain_load_error` returns the error to raise).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickletools
+import struct
+import zipfile
+from pathlib import Path
+
+from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
+
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = 0x80
+SAFETENSORS_MAX_HEADER = 100_000_000
+_GLOBAL_OPS = {"GLOBAL", "STACK_GLOBAL", "INST"}
+_CALL_OPS = {"REDUCE", "BUILD", "OBJ", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def sniff(path: str | os.PathLike[str]) -> str:
+    """``"empty"``, ``"zip"`` (PyTorch archive), ``"pickle"``, ``"safetensors"`` or ``"unknown"`` from the first bytes.
+
+    The caller has checked that ``path`` is a regular file.
+    """
+    from rap_deploy.atomic import open_regular
+
+    with open_regular(path) as fh:
+        head = fh.read(9)
+    if not head:
+        return "empty"
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head[0] == PICKLE_PROTO:
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] < SAFETENSORS_MAX_HEADER:
+        return "safetensors"
+    return "unknown"
+
+
+def pickle_globals(data: bytes, limit: int = 5) -> tuple[list[str], bool]:
+    """The ``module.name`` globals a pickle stream would import (up to ``limit``) and whether it parses at all.
+
+    Opcodes are only read, never executed. ``STACK_GLOBAL`` names come from the two strings pushed before it.
+    """
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if isinstance(arg, str):
+                strings.append(arg)
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                found.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
+            if len(found) >= limit:
+                break
+    except Exception:  # pickletools raises ValueError and friends on anything that is not a pickle
+        return found, False
+    return found, True
+
+
+def _zip_pickle(path: Path) -> bytes | None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+            return zf.read(names[0]) if names else None
+    except (zipfile.BadZipFile, OSError, KeyError, EOFError, ValueError):
+        return None
+
+
+_TORCH_ALLOWED = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray",
+                  "_codecs.encode", "numpy.core.multiarray._reconstruct")
+
+
+def explain_load_error(path: str | os.PathLike[str], exc: BaseException, what: str = "checkpoint",
+                       fix: str = "re-create it with `rapdeploy init` or `rapdeploy train`") -> RapDeployError:
+    """The error to raise for ``torch.load(path, weights_only=True)`` failing with ``exc``.
+
+    - a pickle that imports other globals: :class:`UsageError` "holds pickled Python objects (…) that need
+      ``weights_only=False``" (exit 2: the file is not something rapdeploy loads);
+    - empty, truncated or damaged PyTorch archives and pickles: :class:`CheckFailedError` (exit 1);
+    - random bytes, text or another format: :class:`UsageError` "is not a PyTorch file" (exit 2).
+    """
+    path = Path(path)
+    kind = sniff(path)
+    if kind == "empty":
+        return CheckFailedError(f"{what} {path} is empty (0 bytes), not a {what}: an interrupted write or copy; {fix}")
+    if kind == "zip":
+        data = _zip_pickle(path)
+        if data is None:
+            return CheckFailedError(f"{what} {path} is a damaged or truncated PyTorch archive ({_first_line(exc)}); "
+                                    f"copy it again or {fix}")
+    elif kind == "pickle":
+        data = path.read_bytes()
+    else:
+        return UsageError(f"{path} is not a {what}: it is neither a PyTorch file (zip archive or pickle) nor "
+                          f"safetensors (it starts with {path.read_bytes()[:8]!r}); pass a {what} file")
+    names, parsed = pickle_globals(data)
+    foreign = [n for n in names if not n.startswith(_TORCH_ALLOWED)]
+    if foreign:
+        return UsageError(f"refusing {path}: it holds pickled Python objects ({', '.join(foreign[:3])}) that need "
+                          f"weights_only=False, which could run code; re-save it with tensors and plain data only")
+    if not parsed or isinstance(exc, EOFError):
+        return CheckFailedError(f"{what} {path} is truncated or damaged (its pickle stream ends early or is invalid: "
+                                f"{_first_line(exc) or type(exc).__name__}); copy it again or {fix}")
+    return UsageError(f"refusing {path}: torch.load(weights_only=True) cannot read it ({_first_line(exc)}); it is not "
+                      f"a {what} written by rapdeploy")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:  # torch's weights-only message buries the reason after a long preamble
+        if line.startswith(("Unsupported", "WeightsUnpickler")) or "GLOBAL" in line:
+            return line[:200]
+    return (lines[0] if lines else "")[:200]

@@ -1,0 +1,161 @@
+"""A lock on every folder (or file) a command writes, with the owner's pid, so a second writer is told who holds it.
+
+How to use it::
+
+    from rap_deploy.locks import folder_lock
+
+    with folder_lock(out_dir, "export"):
+        ...  # write into out_dir (or a staging folder beside it, see rap_deploy.folder_swap)
+
+The lock is the hidden file ``<parent>/.<name>.lock`` beside the target (not inside it, so the target can be swapped
+or deleted while locked), held with ``flock``: the kernel releases it when the owner exits, even by ``SIGKILL``, so a
+crash never leaves a stale lock. The file holds the owner's pid, host, command and start time for the message the
+second writer gets (:class:`FolderBusyError`, exit 2). Taking the lock also proves the parent folder is writable, so
+an unwritable or non-directory workspace fails here, first, with one line. The lock is re-entrant within a process
+(a library call that exports while already holding the lock does not block itself). ``flock`` is advisory and local:
+it coordinates rapdeploy commands on one machine, not other programs or NFS clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from rap_deploy.errors import UsageError
+
+_HELD: dict[str, int] = {}
+_HELD_LOCK = threading.Lock()
+
+
+class FolderBusyError(UsageError):
+    """Another process is writing the same folder (exit 2): wait for it, or write elsewhere."""
+
+
+def target_path(target: str | os.PathLike[str]) -> Path:
+    """``target`` made absolute; a symlink to a folder is replaced by that folder, so its lock and staging folders sit
+    beside the real folder (and a swap replaces the folder, not the link)."""
+    path = Path(target).expanduser().absolute()
+    return path.resolve() if path.is_symlink() else path
+
+
+def lock_path(target: str | os.PathLike[str]) -> Path:
+    """The lock file of ``target``: ``<parent>/.<name>.lock``."""
+    target = target_path(target)
+    return target.parent / f".{target.name}.lock"
+
+
+def _owner_text(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return (f"process {int(info['pid'])} on {info.get('host', '?')} (`rapdeploy {info.get('command', '?')}`, "
+                f"since {info.get('started', '?')})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _open_parent(target: Path, what: str) -> None:
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"cannot write {what} {target}: {parent} is a file, not a folder; pass another --out or "
+                         "--workspace") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {what} {target}: cannot create {exc.filename or parent} "
+                         f"({exc.strerror or exc}); pass a writable --out or --workspace") from None
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {what} {target}: {parent} is not a folder; pass another --out or --workspace")
+
+
+@contextlib.contextmanager
+def folder_lock(target: str | os.PathLike[str], command: str, what: str = "output") -> Iterator[Path]:
+    """Hold the write lock of ``target`` (a folder or a file) while the block runs; yields the lock file's path.
+
+    ``command`` names the command in the message a second writer gets; ``what`` names the target in messages
+    (``"export folder"``). Raises :class:`FolderBusyError` (exit 2) when another process holds the lock and
+    :class:`~rap_deploy.errors.UsageError` (exit 2) when the parent folder cannot be created or written.
+    """
+    import fcntl
+
+    target = target_path(target)
+    path = lock_path(target)
+    key = str(path)
+    with _HELD_LOCK:
+        if key in _HELD:
+            _HELD[key] += 1
+            reentrant = True
+        else:
+            reentrant = False
+    if reentrant:
+        try:
+            yield path
+        finally:
+            with _HELD_LOCK:
+                _HELD[key] -= 1
+        return
+    _open_parent(target, what)
+    fd = _acquire(path, target, command, what, fcntl)
+    with _HELD_LOCK:
+        _HELD[key] = 1
+    try:
+        yield path
+    finally:
+        with _HELD_LOCK:
+            _HELD.pop(key, None)
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # unlink while still locked: a waiter that opened the old file re-checks the inode
+        os.close(fd)
+
+
+def _acquire(path: Path, target: Path, command: str, what: str, fcntl) -> int:
+    """Open, lock and stamp the lock file; returns its descriptor (see :func:`folder_lock`)."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UsageError(f"{path} (the lock of {target}) is a symlink; remove it") from None
+            raise UsageError(f"cannot write {what} {target}: cannot create {path} ({exc.strerror}); pass a writable "
+                             "--out or --workspace") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderBusyError(f"{what} {target} is being written by {_owner_text(path)}; wait for it to finish "
+                                  "or write to another --out") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the previous owner unlinked this file as we opened it: lock the new one instead
+            os.close(fd)
+            continue
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "target": str(target)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+        return fd
+    raise FolderBusyError(f"{what} {target}: could not take its lock {path} (it keeps being replaced); retry")
+
+
+def check_writable_folder(folder: str | os.PathLike[str], command: str, what: str = "output folder") -> Path:
+    """Fail early, before any expensive work, when ``folder`` cannot be written or is being written; returns it.
+
+    Takes and releases the lock of ``folder`` (so its parent is created and proven writable, and a current writer is
+    reported). Raises :class:`UsageError` (exit 2) for a file in the way or an unwritable parent, and
+    :class:`FolderBusyError` when another process holds the lock.
+    """
+    path = target_path(folder)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} is a file, not a folder; pass another --out or --workspace")
+    with folder_lock(path, command, what):
+        pass
+    return path
