@@ -236,10 +236,14 @@ class Reference:
 def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None) -> Path:
     """The engine to use: ``engine`` if given, else the latest engine folder in the workspace.
 
-    Raises :class:`UsageError` when none is given and the workspace has no engine.
+    A server URL (``http://HOST:PORT``) is returned as the string it is. Raises :class:`UsageError` when none is given
+    and the workspace has no engine.
     """
+    from rap_deploy.engines.loader import is_remote
     from rap_deploy.workspace import latest_child, subdir
 
+    if is_remote(engine):
+        return engine  # type: ignore[return-value]  # load_engine runs it over the Open Inference Protocol
     if engine is not None:
         path = Path(engine).expanduser()
         if not path.exists():
@@ -254,7 +258,14 @@ def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.Pa
 
 
 def engine_manifest(engine_path: Path) -> dict[str, Any] | None:
-    """The engine folder's ``manifest.json`` (``None`` for a checkpoint file used as the PyTorch engine)."""
+    """The engine folder's ``manifest.json`` (``None`` for a checkpoint file used as the PyTorch engine; for a server
+    URL, what the server reports about its engine: ``checkpoint``, ``precision``)."""
+    from rap_deploy.engines.loader import is_remote
+
+    if is_remote(engine_path):
+        from rap_deploy.engines.serving.remote import remote_manifest
+
+        return remote_manifest(str(engine_path))
     if engine_path.is_file():
         return None
     path = engine_path / "manifest.json"
@@ -274,7 +285,10 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
     built (sha256 differs) — pass ``--checkpoint`` to choose the reference explicitly.
     """
     from rap_deploy.atomic import sha256_file
+    from rap_deploy.engines.loader import is_remote
 
+    remote = is_remote(engine_path)
+    where = engine_path if remote else engine_path / "manifest.json"
     manifest = engine_manifest(engine_path)
     recorded = (manifest or {}).get("checkpoint") or {}
     if manifest is None and checkpoint is None:
@@ -286,12 +300,12 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
                              "was exported from")
         return Reference(path, sha256_file(path), recorded.get("sha256"), "--checkpoint")
     if not recorded.get("path"):
-        raise UsageError(f"{engine_path / 'manifest.json'} names no source checkpoint; pass --checkpoint CKPT")
+        raise UsageError(f"{where} names no source checkpoint; pass --checkpoint CKPT")
     path = Path(recorded["path"]).expanduser()
-    if not path.is_absolute() and not path.is_file():
+    if not path.is_absolute() and not path.is_file() and not remote:
         path = engine_path / path
     if not path.is_file():
-        raise UsageError(f"the engine's source checkpoint {recorded['path']} (from {engine_path / 'manifest.json'}) "
+        raise UsageError(f"the engine's source checkpoint {recorded['path']} (from {where}) "
                          "no longer exists; pass --checkpoint with the .pt it was exported from")
     digest = sha256_file(path)
     if recorded.get("sha256") and digest != recorded["sha256"]:
@@ -299,6 +313,15 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
                          f"{recorded['sha256'][:16]}…: the file changed since export; pass --checkpoint with the "
                          "original, or re-export and rebuild the engine")
     return Reference(path, digest, recorded.get("sha256"), "manifest")
+
+
+def _engine_label(engine_path: Path | str) -> str:
+    """A folder name for an engine's reports: the engine folder's or checkpoint's name, ``remote-HOST-PORT``."""
+    from rap_deploy.engines.loader import is_remote
+
+    if is_remote(engine_path):
+        return "remote-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in str(engine_path).split("://")[1])
+    return engine_path.stem if engine_path.is_file() else engine_path.resolve().name
 
 
 def _load_engine(path: Path, threads: int | None = None) -> Any:
@@ -420,8 +443,7 @@ def verify(
     engine_path = resolve_engine(engine_dir, workspace)
     ref_info = resolve_reference(engine_path, checkpoint)
     root = resolve_data_root(data_root)
-    out_dir = Path(out) if out is not None else subdir("verify", workspace) / (
-        engine_path.stem if engine_path.is_file() else engine_path.resolve().name)
+    out_dir = Path(out) if out is not None else subdir("verify", workspace) / _engine_label(engine_path)
     if cache is None:
         cache = FrameCache.default(workspace)
     elif not isinstance(cache, FrameCache):
