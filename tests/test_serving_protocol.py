@@ -343,3 +343,21 @@ def test_batcher_bounds_its_queue_and_propagates_failures():
     assert not batcher.alive
     with pytest.raises(RuntimeError):
         batcher.submit(np.array([1]))
+
+
+def test_every_engine_source_gives_the_same_served_models(micro_checkpoint, micro_ort_engines):
+    """Checkpoint (graph_specs of the loaded model), export manifest and engine manifest agree on every tensor."""
+    from rap_deploy.engines.serving.contract import graph_specs_of, read_source
+    from rap_deploy.engines.torch_backend import TorchEngine
+
+    from_ckpt = graph_specs_of(read_source(micro_checkpoint), TorchEngine(micro_checkpoint))
+    from_export = graph_specs_of(read_source(micro_ort_engines["export"]))
+    from_engine = graph_specs_of(read_source(micro_ort_engines["fp32"]))
+
+    def plain(specs):
+        return {g: [(t.name, [d if isinstance(d, int) else -1 for d in t.shape], t.dtype)
+                    for t in (*s.inputs, *s.outputs)] for g, s in specs.items()}
+
+    assert plain(from_ckpt) == plain(from_export) == plain(from_engine) == plain(graph_specs(DIMS, True))
+    assert read_source(micro_checkpoint).checkpoint["sha256"] == \
+        read_source(micro_ort_engines["fp32"]).checkpoint["sha256"]

@@ -19,9 +19,11 @@ of the server itself is a 500, and its traceback goes to the server log, not to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +109,17 @@ class CountRequests:
         await self.app(scope, receive, counting_send)
 
 
-def create_app(service: ServingService) -> FastAPI:
-    """The FastAPI application serving ``service`` (routes in the module docstring)."""
-    app = FastAPI(title="rapdeploy serve", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(service: ServingService, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+    """The FastAPI application serving ``service`` (routes in the module docstring); ``on_shutdown`` runs when the
+    server shuts down gracefully (uvicorn's lifespan), e.g. to close the service."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            on_shutdown()
+
+    app = FastAPI(title="rapdeploy serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(CountRequests, service=service)
     _add_error_handlers(app)
     _add_search_routes(app, service)
@@ -175,8 +185,7 @@ def _add_search_routes(app: FastAPI, service: ServingService) -> None:
         doc = parse_json(await read_body(request, service.options.max_search_body))
         query, top_k, top_m = service.parse_search(doc)
         t0 = time.perf_counter()
-        ids, eot = service.tokenize(query)
-        text_emb = await asyncio.wrap_future(service.submit_text(ids, eot))
+        text_emb = await asyncio.wrap_future(service.submit_text(service.tokenize(query)))
         text_ms = (time.perf_counter() - t0) * 1e3
         result = await run_in_threadpool(service.search_embedding, query, text_emb[0], top_k, top_m, text_ms)
         return _json(result)
@@ -246,7 +255,7 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
                 await run_in_threadpool(parse_infer_request, *args)
             service.check_values(model, req)
             if model.name == TEXT_GRAPH:
-                emb = await asyncio.wrap_future(service.submit_text(*(req.inputs[n] for n in model.input_names)))
+                emb = await asyncio.wrap_future(service.submit_text(req.inputs))
                 outputs = {model.output_names[0]: emb}
             else:
                 outputs = await run_in_threadpool(service.infer, model, req)

@@ -26,7 +26,17 @@ import numpy as np
 
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.export.export_config import GraphSpec, ModelDims, TensorSpec, graph_specs
-from rap_deploy.graphs import GRAPH_NAMES, TEXT_INPUTS, VIDEO_INPUTS, graphs_for, video_outputs
+from rap_deploy.graphs import (
+    ASA_INPUTS,
+    ASA_OUTPUTS,
+    GRAPH_NAMES,
+    TEXT_INPUTS,
+    TEXT_OUTPUTS,
+    VIDEO_INPUTS,
+    graphs_for,
+    rerank_tensors,
+    video_outputs,
+)
 
 VIDEO_GRAPH, TEXT_GRAPH, ASA_GRAPH = GRAPH_NAMES
 
@@ -246,22 +256,31 @@ def served_models(specs: Mapping[str, GraphSpec], limits: BatchLimits, text_max_
 
 
 # ------------------------------------------------------------------------------------------------------- running
+def contract_io(has_asa: bool) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """``graph -> (input names, output names)`` in the order the :class:`~rap_deploy.engines.base.Engine` methods
+    take and return them, from the contract helpers of :mod:`rap_deploy.graphs`."""
+    io = {VIDEO_GRAPH: (VIDEO_INPUTS, video_outputs(has_asa)), TEXT_GRAPH: (TEXT_INPUTS, TEXT_OUTPUTS),
+          ASA_GRAPH: ((ASA_INPUTS[0], *rerank_tensors(True)), ASA_OUTPUTS)}
+    return {g: io[g] for g in graphs_for(has_asa)}
+
+
 def run_graph(engine: Any, model: ServedModel, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run one graph of ``engine`` through the :class:`~rap_deploy.engines.base.Engine` method that implements it,
-    feeding the inputs in the graph's order; returns the outputs by name."""
-    args = [inputs[n] for n in model.input_names]
+    """Run one graph of ``engine`` through the :class:`~rap_deploy.engines.base.Engine` method that implements it
+    (arguments and results in the order of :func:`contract_io`); returns the outputs by name."""
+    if model.name not in GRAPH_NAMES:
+        raise UsageError(f"model '{model.name}' is not one of {', '.join(GRAPH_NAMES)}")
+    names, outputs = contract_io(engine.has_asa)[model.name]
+    args = [inputs[n] for n in names]
     if model.name == VIDEO_GRAPH:
         outs = tuple(engine.encode_video(*args))
     elif model.name == TEXT_GRAPH:
         outs = (engine.encode_text(*args),)
-    elif model.name == ASA_GRAPH:
-        outs = (engine.asa_similarity(*args),)
     else:
-        raise UsageError(f"model '{model.name}' is not one of {', '.join(GRAPH_NAMES)}")
-    if len(outs) != len(model.output_names):
-        raise CheckFailedError(f"{model.name}: the engine returned {len(outs)} outputs, the model declares "
-                               f"{list(model.output_names)}")
-    return dict(zip(model.output_names, outs, strict=True))
+        outs = (engine.asa_similarity(*args),)
+    if len(outs) != len(outputs) or set(outputs) != set(model.output_names):
+        raise CheckFailedError(f"{model.name}: the engine returned {len(outs)} outputs {list(outputs)}, the model "
+                               f"declares {list(model.output_names)}")
+    return dict(zip(outputs, outs, strict=True))
 
 
 def check_input_values(model: ServedModel, arrays: Mapping[str, np.ndarray], config: Any) -> None:

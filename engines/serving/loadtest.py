@@ -173,7 +173,8 @@ def _drive(host: str, port: int, path: str, bodies: list[bytes], clients: int, s
 
 # ---------------------------------------------------------------------------------------------------- servers
 class SpawnedServer:
-    """``rapdeploy serve`` in a subprocess on 127.0.0.1 and a free port (context manager; always stopped)."""
+    """``rapdeploy serve`` in a subprocess on 127.0.0.1 and a free port (context manager; always stopped; its log is
+    in ``output`` afterwards)."""
 
     def __init__(self, args: list[str], start_timeout: float = 300.0) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="rapdeploy-loadtest-")
@@ -191,6 +192,7 @@ class SpawnedServer:
                 raise LoadTestError(f"rapdeploy serve did not start: {tail.strip()}")
             time.sleep(0.1)
         self.url = url_file.read_text().strip()
+        self.output = ""  # the server's log, once stopped
 
     def stop(self) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after 20 s)."""
@@ -201,7 +203,10 @@ class SpawnedServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        self.log.close()
+        if not self.log.closed:
+            self.log.seek(0)
+            self.output = self.log.read().decode(errors="replace")
+            self.log.close()
         self.tmp.cleanup()
 
     def __enter__(self) -> SpawnedServer:

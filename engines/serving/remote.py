@@ -28,26 +28,9 @@ from rap_deploy.engines.blocks import (
     check_video_inputs,
     meanp_similarity_from_frames,
 )
-from rap_deploy.engines.serving.contract import ASA_GRAPH, NUMPY_DTYPES, TEXT_GRAPH, VIDEO_GRAPH
+from rap_deploy.engines.serving.contract import ASA_GRAPH, NUMPY_DTYPES, TEXT_GRAPH, VIDEO_GRAPH, contract_io
 from rap_deploy.engines.serving.model_config import read_parameters
 from rap_deploy.errors import BackendUnavailableError, UsageError
-from rap_deploy.graphs import (
-    ASA_INPUTS,
-    ASA_OUTPUTS,
-    TEXT_INPUTS,
-    TEXT_OUTPUTS,
-    VIDEO_INPUTS,
-    graphs_for,
-    rerank_tensors,
-    video_outputs,
-)
-
-
-def contract_io(has_asa: bool) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    """``graph -> (input names, output names)`` of a model, from the contract helpers (in call order)."""
-    io = {VIDEO_GRAPH: (VIDEO_INPUTS, video_outputs(has_asa)), TEXT_GRAPH: (TEXT_INPUTS, TEXT_OUTPUTS),
-          ASA_GRAPH: ((ASA_INPUTS[0], *rerank_tensors(True)), ASA_OUTPUTS)}
-    return {g: io[g] for g in graphs_for(has_asa)}
 
 
 def split_url(url: str) -> tuple[str, bool]:

@@ -4,7 +4,8 @@ Steps of :func:`serve`: resolve the engine (``--engine`` or the workspace's late
 the workspace's ``library/`` when it has a manifest), load the engine, wrap it so one thread at a time calls it,
 open the library on that wrapper, build the :class:`~rap_deploy.engines.serving.service.ServingService`, warm up the
 tokenizer and the text encoder, bind the socket (so a busy port is a one-line error), serve, and on SIGINT/SIGTERM
-stop uvicorn, the batcher, the library and the engine.
+stop uvicorn, then the batcher, the library and the engine (uvicorn then re-raises the signal, so the process ends
+with it, as uvicorn's own command does).
 
 :class:`ServerThread` runs an app on 127.0.0.1 and a free port in a background thread (tests, the load test's
 self-check) and always stops it.
@@ -85,8 +86,7 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
 
 def warm_up(service: Any) -> None:
     """Load the tokenizer and run the text encoder once, so the first request does not pay for it."""
-    ids, eot = service.tokenize("warm up")
-    service.submit_text(ids, eot).result(timeout=300)
+    service.submit_text(service.tokenize("warm up")).result(timeout=300)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -132,16 +132,20 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
         sock.close()
         raise
     url = socket_url(sock)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level=log_level, access_log=False,
-                                           timeout_keep_alive=30))
+
+    def shut_down() -> None:  # graceful stop (SIGINT/SIGTERM): uvicorn runs this before it exits
+        service.close()
+        say("rapdeploy serve stopped")
+
+    server = uvicorn.Server(uvicorn.Config(create_app(service, on_shutdown=shut_down), log_level=log_level,
+                                           access_log=False, timeout_keep_alive=30))
     watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say), daemon=True)
     watcher.start()
     try:
         server.run(sockets=[sock])
     finally:
-        service.close()
+        service.close()  # no-op after a graceful stop; releases the engine when uvicorn failed
         sock.close()
-        say("rapdeploy serve stopped")
 
 
 def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, service: Any,

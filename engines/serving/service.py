@@ -12,6 +12,7 @@ import collections
 import io
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -86,6 +87,7 @@ class ServingService:
         self.started = time.time()
         self._counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
+        self._closed = False
         self._thumbs: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
 
     # ------------------------------------------------------------------------------------------------ models
@@ -125,10 +127,13 @@ class ServingService:
         """Run a checked request on a model that is not batched here (blocking; the engine lock serialises)."""
         return run_graph(self.engine, model, request.inputs)
 
-    def submit_text(self, input_ids: np.ndarray, eot: np.ndarray) -> Future:
-        """Queue a text-encoder call with the dynamic batcher; :class:`RequestError` 503 when the queue is full."""
+    def submit_text(self, inputs: Mapping[str, np.ndarray]) -> Future:
+        """Queue a text-encoder call (inputs by name) with the dynamic batcher; its future gives ``text_emb``.
+
+        Raises :class:`RequestError` 503 when the queue is full.
+        """
         try:
-            return self.batcher.submit(input_ids, eot)
+            return self.batcher.submit(*(inputs[n] for n in self.models[TEXT_GRAPH].input_names))
         except QueueFullError as exc:
             raise RequestError(503, f"server busy: {exc}; retry later", "queue") from None
 
@@ -174,11 +179,12 @@ class ServingService:
 
         return query, bounded("top_k", 10, o.max_top_k), bounded("top_m", 100, o.max_top_m)
 
-    def tokenize(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids ``[1, L]`` and EOT ``[1]`` of ``query`` with the model's tokenizer."""
+    def tokenize(self, query: str) -> dict[str, np.ndarray]:
+        """The text encoder's inputs for ``query`` (token ids ``[1, L]``, EOT ``[1]``) with the model's tokenizer."""
+        from rap_deploy.graphs import TEXT_INPUTS
         from rap_deploy.tokenizer import tokenize
 
-        return tokenize([query], self.config.tokenizer)
+        return dict(zip(TEXT_INPUTS, tokenize([query], self.config.tokenizer), strict=True))
 
     def search_embedding(self, query: str, text_emb: np.ndarray, top_k: int, top_m: int, text_ms: float
                          ) -> dict[str, Any]:
@@ -247,7 +253,11 @@ class ServingService:
                 "batch_limits": self.limits.to_dict(), "source": str(self.source.path)}
 
     def close(self) -> None:
-        """Stop the batcher, close the library and the engine."""
+        """Stop the batcher, close the library and the engine (once; later calls do nothing)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self.batcher.close()
         if self.library is not None and hasattr(self.library, "close"):
             self.library.close()
