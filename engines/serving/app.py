@@ -42,11 +42,12 @@ from rap_deploy.engines.serving.oip import (
     parse_infer_request,
 )
 from rap_deploy.engines.serving.service import ServingService, parse_json
-from rap_deploy.errors import RapDeployError
+from rap_deploy.errors import RapDeployError, UsageError
 
 log = logging.getLogger("rapdeploy.serve")
 PAGE = Path(__file__).with_name("page.html")
 VERSION = "1"
+PAGE_ROUTES = frozenset({"/", "/search", "/thumbnails", "/healthz", "/readyz", "/library", "/stats"})
 INLINE_BYTES = 64 * 1024  # bodies / outputs up to this size are (de)serialised on the event loop
 
 
@@ -99,7 +100,9 @@ class CountRequests:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        route = "/v2/infer" if path.endswith("/infer") else "/v2" if path.startswith("/v2") else path
+        # a bounded set of labels, whatever paths clients send
+        route = "/v2/infer" if path.startswith("/v2/") and path.endswith("/infer") else \
+            "/v2" if path.startswith("/v2") else path if path in PAGE_ROUTES else "other"
 
         async def counting_send(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -133,8 +136,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(exc.status, exc.message, exc.field)
 
     @app.exception_handler(RapDeployError)
-    async def usage_error(_: Request, exc: RapDeployError) -> Response:
-        return _error(400, str(exc), None)
+    async def usage_error(request: Request, exc: RapDeployError) -> Response:
+        if isinstance(exc, UsageError):  # the engine refused the input
+            return _error(400, str(exc), None)
+        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
+        return _error(500, f"server error: {exc}", None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -226,40 +232,37 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
     async def repository_index() -> Response:
         return _json([{"name": n, "version": VERSION, "state": "READY"} for n in service.models])
 
-    for path in versioned(""):
-        @app.get(path)
-        async def model_metadata(name: str, version: str | None = None) -> Response:
-            return _json(service.metadata(model_of(name, version)))
+    async def model_metadata(name: str, version: str | None = None) -> Response:
+        return _json(service.metadata(model_of(name, version)))
 
-    for path in versioned("/ready"):
-        @app.get(path)
-        async def model_ready(name: str, version: str | None = None) -> Response:
-            model_of(name, version)
-            ok = service.ready()
-            return _json({"name": name, "ready": ok}, 200 if ok else 503)
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        model_of(name, version)
+        ok = service.ready()
+        return _json({"name": name, "ready": ok}, 200 if ok else 503)
 
-    for path in versioned("/config"):
-        @app.get(path)
-        async def model_config(name: str, version: str | None = None) -> Response:
-            return _json(service.model_config(model_of(name, version)))
+    async def model_config(name: str, version: str | None = None) -> Response:
+        return _json(service.model_config(model_of(name, version)))
 
-    for path in versioned("/infer"):
-        @app.post(path)
-        async def infer(request: Request, name: str, version: str | None = None) -> Response:
-            model = model_of(name, version)
-            limit = service.options.max_infer_body
-            body = decode_body(await read_body(request, limit), request.headers.get("content-encoding"), limit)
-            args = (body, request.headers.get(HEADER_LENGTH), model, service.axis_limits(model))
-            # small bodies (text queries) are parsed on the event loop: a thread hop costs more than the parse
-            req = parse_infer_request(*args) if len(body) <= INLINE_BYTES else \
-                await run_in_threadpool(parse_infer_request, *args)
-            service.check_values(model, req)
-            if model.name == TEXT_GRAPH:
-                emb = await asyncio.wrap_future(service.submit_text(req.inputs))
-                outputs = {model.output_names[0]: emb}
-            else:
-                outputs = await run_in_threadpool(service.infer, model, req)
-            size = sum(int(getattr(v, "nbytes", 0)) for v in outputs.values())
-            data, headers = encode_infer_response(model, req, outputs) if size <= INLINE_BYTES else \
-                await run_in_threadpool(encode_infer_response, model, req, outputs)
-            return Response(data, headers=headers)
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        model = model_of(name, version)
+        limit = service.options.max_infer_body
+        body = decode_body(await read_body(request, limit), request.headers.get("content-encoding"), limit)
+        args = (body, request.headers.get(HEADER_LENGTH), model, service.axis_limits(model))
+        # small bodies (text queries) are parsed on the event loop: a thread hop costs more than the parse
+        req = parse_infer_request(*args) if len(body) <= INLINE_BYTES else \
+            await run_in_threadpool(parse_infer_request, *args)
+        service.check_values(model, req)
+        if model.name == TEXT_GRAPH:
+            emb = await asyncio.wrap_future(service.submit_text(req.inputs))
+            outputs = {model.output_names[0]: emb}
+        else:
+            outputs = await run_in_threadpool(service.infer, model, req)
+        size = sum(int(getattr(v, "nbytes", 0)) for v in outputs.values())
+        data, headers = encode_infer_response(model, req, outputs) if size <= INLINE_BYTES else \
+            await run_in_threadpool(encode_infer_response, model, req, outputs)
+        return Response(data, headers=headers)
+
+    for suffix, handler, method in (("", model_metadata, "GET"), ("/ready", model_ready, "GET"),
+                                    ("/config", model_config, "GET"), ("/infer", infer, "POST")):
+        for path in versioned(suffix):
+            app.add_api_route(path, handler, methods=[method])
