@@ -11,6 +11,7 @@ import zlib
 import numpy as np
 import pytest
 from conftest import micro_config
+from tritonclient.grpc import model_config_pb2 as mc
 
 from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
 from rap_deploy.engines.serving.contract import (
@@ -164,6 +165,10 @@ def test_fp16_tensors_in_and_out():
     out = _decode(body, headers)
     assert out.as_numpy("echo").dtype == np.float16 and np.array_equal(out.as_numpy("echo"), tokens)
     assert out.get_output("echo")["datatype"] == "FP16"
+    cfg = parse_pbtxt(config_to_pbtxt(triton_model_config(model, "onnxruntime_onnx", {}, "cpu")))
+    assert [mc.DataType.Name(t.data_type) for t in (*cfg.input, *cfg.output)] == \
+        ["TYPE_FP32", "TYPE_FP16", "TYPE_FP32", "TYPE_FP16"]
+    assert kserve_metadata(model, "x")["inputs"][1] == {"name": "tokens", "datatype": "FP16", "shape": [-1, 4, 8]}
 
 
 def _text_doc(**changes):
