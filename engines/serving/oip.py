@@ -149,44 +149,8 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for i, item in enumerate(inputs_doc):
-        where = f"inputs[{i}]"
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise RequestError(400, f"{where} must be an object with a 'name'", where)
-        name = item["name"]
-        if name not in model.input_names:
-            raise RequestError(400, f"{model.name} has no input '{name[:64]}'; its inputs are "
-                               f"{list(model.input_names)}", f"{where}.name")
-        if name in arrays:
-            raise RequestError(400, f"input '{name}' is given twice", f"{where}.name")
-        spec = model.tensor(name)
-        want = oip_datatype(spec.dtype)
-        if item.get("datatype") != want:
-            raise RequestError(400, f"{name} must have datatype {want}, got {str(item.get('datatype'))[:16]!r}",
-                               f"{where}.datatype")
-        shape = _check_shape(model, name, item.get("shape"), where, limits)
-        params = item.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise RequestError(400, f"{where}.parameters must be an object", f"{where}.parameters")
-        if "shared_memory_region" in params:
-            raise RequestError(400, "shared-memory inputs are not supported by this server; send the data in the "
-                               "request", f"{where}.parameters.shared_memory_region")
-        dtype = np.dtype(NUMPY_DTYPES[want])
-        if "binary_data_size" in params:
-            size = params["binary_data_size"]
-            need = math.prod(shape) * dtype.itemsize
-            if not isinstance(size, int) or size != need:
-                raise RequestError(400, f"{name}: binary_data_size must be {need} bytes for shape {list(shape)} "
-                                   f"{want}, got {size!r}", f"{where}.parameters.binary_data_size")
-            if offset + size > len(binary):
-                raise RequestError(400, f"{name}: the body holds {len(binary) - offset} binary bytes after the "
-                                   f"earlier inputs, binary_data_size says {size}", f"{where}.parameters")
-            arrays[name] = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=math.prod(shape),
-                                         offset=offset).astype(dtype).reshape(shape)
-            offset += size
-        elif "data" in item:
-            arrays[name] = _json_array(item["data"], dtype, shape, name, where)
-        else:
-            raise RequestError(400, f"{name} has neither 'data' nor parameters.binary_data_size", where)
+        name, arr, offset = _parse_input(item, f"inputs[{i}]", model, limits, binary, offset, arrays)
+        arrays[name] = arr
     if offset != len(binary):
         raise RequestError(400, f"the body holds {len(binary) - offset} binary bytes that no input claims",
                            HEADER_LENGTH)
@@ -197,6 +161,45 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
     outputs = _requested_outputs(doc, model)
     return InferRequest(arrays, outputs, str(doc["id"]) if doc.get("id") is not None else None,
                         doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {})
+
+
+def _parse_input(item: Any, where: str, model: ServedModel, limits: Mapping[str, int], binary: bytes, offset: int,
+                 seen: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray, int]:
+    """One ``$request_input``: ``(name, array, offset after its binary section)``."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise RequestError(400, f"{where} must be an object with a 'name'", where)
+    name = item["name"]
+    if name not in model.input_names:
+        raise RequestError(400, f"{model.name} has no input '{name[:64]}'; its inputs are {list(model.input_names)}",
+                           f"{where}.name")
+    if name in seen:
+        raise RequestError(400, f"input '{name}' is given twice", f"{where}.name")
+    want = oip_datatype(model.tensor(name).dtype)
+    if item.get("datatype") != want:
+        raise RequestError(400, f"{name} must have datatype {want}, got {str(item.get('datatype'))[:16]!r}",
+                           f"{where}.datatype")
+    shape = _check_shape(model, name, item.get("shape"), where, limits)
+    params = item.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise RequestError(400, f"{where}.parameters must be an object", f"{where}.parameters")
+    if "shared_memory_region" in params:
+        raise RequestError(400, "shared-memory inputs are not supported by this server; send the data in the "
+                           "request", f"{where}.parameters.shared_memory_region")
+    dtype = np.dtype(NUMPY_DTYPES[want])
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        need = math.prod(shape) * dtype.itemsize
+        if not isinstance(size, int) or size != need:
+            raise RequestError(400, f"{name}: binary_data_size must be {need} bytes for shape {list(shape)} {want}, "
+                               f"got {size!r}", f"{where}.parameters.binary_data_size")
+        if offset + size > len(binary):
+            raise RequestError(400, f"{name}: the body holds {len(binary) - offset} binary bytes after the earlier "
+                               f"inputs, binary_data_size says {size}", f"{where}.parameters")
+        arr = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=math.prod(shape), offset=offset)
+        return name, arr.astype(dtype).reshape(shape), offset + size
+    if "data" in item:
+        return name, _json_array(item["data"], dtype, shape, name, where), offset
+    raise RequestError(400, f"{name} has neither 'data' nor parameters.binary_data_size", where)
 
 
 def _check_axes(model: ServedModel, arrays: Mapping[str, np.ndarray]) -> None:

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rap_deploy.engines.serving.contract import (
     EngineSource,
+    ServedModel,
     batch_limits,
     graph_specs_of,
     read_source,
@@ -81,24 +83,32 @@ def _describe_source(source: EngineSource, precision: str) -> dict[str, Any]:
     return out
 
 
-def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
-                workspace: str | os.PathLike[str] | None = None, kind: str = "auto", instances: int = 1,
-                max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, fp16: bool = False,
-                force: bool = False) -> dict[str, Any]:
-    """Write a Triton model repository for ``engine`` (default: the workspace's latest engine) into ``out``.
+@dataclass(frozen=True)
+class RepoPlan:
+    """What the repository will hold: the source, its served models, platform, precision, instances, parameters."""
 
-    ``kind`` ``auto`` puts instances on the GPU for TensorRT and CUDA engines, on the CPU otherwise; ``fp16`` uses an
-    export folder's fp16 graphs. Returns ``{"out", "platform", "models": {name: {...}}, "command"}``. Raises
-    :class:`UsageError` for a checkpoint, a remote URL, bad options or an existing ``out`` without ``force``, and
-    the manifest checks' errors for a damaged artifact.
+    source: EngineSource
+    section: str
+    models: dict[str, ServedModel]
+    platform: str
+    precision: str
+    kind: str
+    instances: int
+    max_queue_delay_us: int
+    parameters: dict[str, str]
+
+
+def plan_repo(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None, kind: str,
+              instances: int, max_queue_delay_us: int, fp16: bool) -> RepoPlan:
+    """Resolve and check the engine (default: the workspace's latest) and decide everything that is written.
+
+    Raises :class:`UsageError` for bad options, a checkpoint or a server URL, and the manifest checks' errors for a
+    damaged artifact.
     """
-    from rap_deploy.atomic import write_text_atomic
-    from rap_deploy.engines.build import _swap_into_place
+    from rap_deploy.config import RAPConfig
     from rap_deploy.engines.loader import is_remote
     from rap_deploy.engines.verify import resolve_engine
 
-    if out is None:
-        raise UsageError("--out DIR is required: the folder to write the model repository to")
     if kind not in KIND_CHOICES:
         raise UsageError(f"--kind must be one of {', '.join(KIND_CHOICES)}, got {kind!r}")
     if instances < 1 or max_queue_delay_us < 0:
@@ -108,49 +118,71 @@ def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.Path
     source = _validated_source(resolve_engine(engine, workspace))
     if fp16 and source.kind != "export":
         raise UsageError("--fp16 picks an export folder's fp16 graphs; an engine folder already has its precision")
-    from rap_deploy.config import RAPConfig
-
     manifest = source.manifest or {}
     section = "fp16_graphs" if fp16 else "graphs"
     precision = "fp16" if fp16 else manifest.get("precision", "fp32")
-    platform = PLATFORMS[manifest.get("backend", "onnxruntime")]
     limits = batch_limits(manifest if source.kind == "engine" else None)
-    models = served_models(graph_specs_of(source, section=section), limits)
     on_gpu = manifest.get("backend") == "tensorrt" or manifest.get("device") == "cuda"
-    instance_kind = ("gpu" if on_gpu else "cpu") if kind == "auto" else kind
-    config = RAPConfig.from_dict(manifest["config"])
-    params = model_parameters(config, precision, source.checkpoint, limits, _describe_source(source, precision))
+    params = model_parameters(RAPConfig.from_dict(manifest["config"]), precision, source.checkpoint, limits,
+                              _describe_source(source, precision))
+    return RepoPlan(source, section, served_models(graph_specs_of(source, section=section), limits),
+                    PLATFORMS[manifest.get("backend", "onnxruntime")], precision,
+                    ("gpu" if on_gpu else "cpu") if kind == "auto" else kind, instances, max_queue_delay_us, params)
 
+
+def write_model(plan: RepoPlan, model: ServedModel, folder: Path) -> dict[str, Any]:
+    """Write ``folder/<model>/config.pbtxt`` and ``folder/<model>/1/`` (the model file and the files beside it);
+    returns the model's summary."""
+    from rap_deploy.atomic import write_text_atomic
+
+    cfg = triton_model_config(model, plan.platform, plan.parameters, plan.kind, plan.instances,
+                              plan.max_queue_delay_us if model.max_batch_size > 0 else None)
+    text = config_to_pbtxt(cfg)
+    parse_pbtxt(text)  # what Triton reads must parse with its own schema
+    version = folder / model.name / "1"
+    version.mkdir(parents=True)
+    main, extra = _graph_files(plan.source, model.name, plan.section)
+    shutil.copy2(main, version / MODEL_FILES[plan.platform])
+    for f in extra:
+        shutil.copy2(f, version / f.name)
+    write_text_atomic(folder / model.name / "config.pbtxt", text)
+    return {"max_batch_size": model.max_batch_size, "file": f"{model.name}/1/{MODEL_FILES[plan.platform]}",
+            "source_file": str(main), "inputs": list(model.input_names), "outputs": list(model.output_names)}
+
+
+def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
+                workspace: str | os.PathLike[str] | None = None, kind: str = "auto", instances: int = 1,
+                max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, fp16: bool = False,
+                force: bool = False) -> dict[str, Any]:
+    """Write a Triton model repository for ``engine`` (default: the workspace's latest engine) into ``out``.
+
+    ``kind`` ``auto`` puts instances on the GPU for TensorRT and CUDA engines, on the CPU otherwise; ``fp16`` uses an
+    export folder's fp16 graphs. Returns ``{"out", "platform", "precision", "kind", "models", "command"}``. Raises
+    :class:`UsageError` for a checkpoint, a remote URL, bad options or an existing ``out`` without ``force``, and
+    the manifest checks' errors for a damaged artifact.
+    """
+    from rap_deploy.atomic import write_text_atomic
+    from rap_deploy.engines.build import _swap_into_place
+
+    if out is None:
+        raise UsageError("--out DIR is required: the folder to write the model repository to")
+    plan = plan_repo(engine, workspace, kind, instances, max_queue_delay_us, fp16)
     dest = Path(out)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
         raise UsageError(f"{dest} already exists; pass --force to replace it or another --out")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    summary: dict[str, Any] = {}
+    command = f"tritonserver --model-repository={dest.resolve()}"
     try:
-        for name, model in models.items():
-            cfg = triton_model_config(model, platform, params, instance_kind, instances,
-                                      max_queue_delay_us if model.max_batch_size > 0 else None)
-            text = config_to_pbtxt(cfg)
-            parse_pbtxt(text)  # what Triton reads must parse with its own schema
-            version = tmp / name / "1"
-            version.mkdir(parents=True)
-            main, extra = _graph_files(source, name, section)
-            shutil.copy2(main, version / MODEL_FILES[platform])
-            for f in extra:
-                shutil.copy2(f, version / f.name)
-            write_text_atomic(tmp / name / "config.pbtxt", text)
-            summary[name] = {"max_batch_size": model.max_batch_size, "file": f"{name}/1/{MODEL_FILES[platform]}",
-                             "source_file": str(main), "inputs": list(model.input_names),
-                             "outputs": list(model.output_names)}
-        command = f"tritonserver --model-repository={dest.resolve()}"
-        write_text_atomic(tmp / "README.md", repo_readme(source, platform, precision, instance_kind, command, summary))
+        summary = {name: write_model(plan, model, tmp) for name, model in plan.models.items()}
+        write_text_atomic(tmp / "README.md", repo_readme(plan.source, plan.platform, plan.precision, plan.kind,
+                                                         command, summary))
         _swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"out": str(dest.resolve()), "platform": platform, "precision": precision, "kind": instance_kind,
+    return {"out": str(dest.resolve()), "platform": plan.platform, "precision": plan.precision, "kind": plan.kind,
             "models": summary, "command": command}
 
 
