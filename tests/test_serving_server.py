@@ -126,6 +126,7 @@ def test_remote_engine_runs_the_graphs(server, local, synth_root):
         info = remote.describe().to_dict()
         assert info["backend"] == "remote" and info["precision"] == "fp32" and info["path"] == server.url
         assert remote.config == local.config and remote.max_batch["text_encoder"] == 8
+        assert (remote.query_block, remote.video_block) == (1024, 64)  # the server re-blocks queries itself
         ids20 = np.repeat(ids, 10, axis=0)  # more texts than the server's max batch: split into requests
         eot20 = np.repeat(eot, 10)
         assert np.array_equal(remote.encode_text(ids20, eot20), local.encode_text(ids20, eot20))

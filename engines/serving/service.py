@@ -9,6 +9,7 @@ library shares; text encoding goes through a :class:`~rap_deploy.engines.serving
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import threading
 import time
@@ -79,8 +80,11 @@ class ServingService:
         self.limits = batch_limits(source.manifest if source.kind == "engine" else None)
         self.models = served_models(graph_specs_of(source, engine.inner), self.limits, self.options.max_batch)
         self.platform = f"rapdeploy_{self.info.get('backend')}"
+        # The engine here re-blocks the ASA head itself, so clients may send up to max_asa_queries texts per
+        # request: a remote engine then re-sends each block of videos far less often than with the engine's blocks.
+        published = dataclasses.replace(self.limits, asa_queries=self.options.max_asa_queries)
         self.parameters = model_parameters(self.config, self.info.get("precision", "fp32"), source.checkpoint,
-                                           self.limits, self.info)
+                                           published, self.info)
         text = self.models[TEXT_GRAPH]
         self.batcher = DynamicBatcher(self._encode_text, text.max_batch_size, self.options.max_queue_delay_ms / 1e3,
                                       self.options.max_queue, name="text-batcher")
