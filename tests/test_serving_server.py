@@ -16,6 +16,7 @@ from rap_deploy.cli import app
 from rap_deploy.engines.loader import load_engine
 from rap_deploy.engines.serving.loadtest import SpawnedServer
 from rap_deploy.errors import BackendUnavailableError, UsageError
+from rap_deploy.graphs import rerank_tensors, video_outputs
 
 runner = CliRunner()
 
@@ -77,11 +78,13 @@ def _inputs(local, synth_root, videos=3):
 def _infer(client, model, arrays, binary, outputs=None):
     import tritonclient.http as hc
 
+    from rap_deploy.engines.serving.contract import NUMPY_DTYPES
+
     meta = {t["name"]: t["datatype"] for t in client.get_model_metadata(model)["inputs"]}
     items = []
-    for name, arr in arrays.items():
+    for name, arr in arrays.items():  # in the datatypes the server declares (the index's fp16 ones included)
         item = hc.InferInput(name, list(arr.shape), meta[name])
-        item.set_data_from_numpy(arr, binary_data=binary)
+        item.set_data_from_numpy(np.asarray(arr, dtype=NUMPY_DTYPES[meta[name]]), binary_data=binary)
         items.append(item)
     wanted = None if outputs is None else [hc.InferRequestedOutput(n, binary_data=binary) for n in outputs]
     return client.infer(model, items, outputs=wanted)
@@ -93,17 +96,18 @@ def test_tritonclient_inference_equals_the_local_engine(client, local, synth_roo
     frames, mask, ids, eot = _inputs(local, synth_root)
     video = local.encode_video(frames, mask)
     text = local.encode_text(ids, eot)
-    sim = local.asa_similarity(text, video[1], video[2])
+    rerank = dict(zip(rerank_tensors(True), video[1:], strict=True))  # the video outputs after video_emb
+    sim = local.asa_similarity(text, *rerank.values())
     for binary in (True, False):  # tritonclient's default (binary) and JSON tensors
         out = _infer(client, "video_encoder", {"frames": frames, "frame_mask": mask}, binary)
-        for name, ref in zip(("video_emb", "frame_emb", "patch_tokens"), video, strict=True):
+        for name, ref in zip(video_outputs(True), video, strict=True):
             assert np.array_equal(out.as_numpy(name), ref), (name, binary)
         out = _infer(client, "text_encoder", {"input_ids": ids, "eot": eot}, binary, ["text_emb"])
         assert np.array_equal(out.as_numpy("text_emb"), text)
-        out = _infer(client, "asa_head", {"text_emb": text, "frame_emb": video[1], "patch_tokens": video[2]}, binary)
+        out = _infer(client, "asa_head", {"text_emb": text, **rerank}, binary)
         assert np.array_equal(out.as_numpy("similarity"), sim)
     meta = client.get_model_metadata("video_encoder")
-    assert [t["name"] for t in meta["outputs"]] == ["video_emb", "frame_emb", "patch_tokens"]
+    assert [t["name"] for t in meta["outputs"]] == list(video_outputs(True))
     assert meta["inputs"][0] == {"name": "frames", "datatype": "FP32", "shape": [-1, 4, 3, 32, 32]}
 
 
@@ -132,8 +136,8 @@ def test_remote_engine_runs_the_graphs(server, local, synth_root):
         assert np.array_equal(remote.encode_text(ids20, eot20), local.encode_text(ids20, eot20))
         v = remote.encode_video(frames, mask)
         remote.query_block, remote.video_block = 1, 1  # one ASA request per (query, video) pair
-        assert np.array_equal(remote.asa_similarity(remote.encode_text(ids, eot), v[1], v[2]),
-                              local.asa_similarity(local.encode_text(ids, eot), v[1], v[2]))
+        assert np.array_equal(remote.asa_similarity(remote.encode_text(ids, eot), *v[1:]),
+                              local.asa_similarity(local.encode_text(ids, eot), *v[1:]))
         assert remote.manifest()["checkpoint"]["sha256"]
     finally:
         remote.close()
