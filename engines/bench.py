@@ -314,11 +314,13 @@ def bench(
     if threads:
         torch.set_num_threads(int(threads))
 
-    engine_paths = [Path(e).expanduser() for e in engines]
+    from rap_deploy.engines.loader import is_remote
+
+    engine_paths = [e if is_remote(e) else Path(e).expanduser() for e in engines]  # server URLs stay strings
     if not engine_paths and checkpoint is None:
         engine_paths = [resolve_engine(None, workspace)]
     for p in engine_paths:
-        if not p.exists():
+        if not is_remote(p) and not p.exists():
             raise UsageError(f"engine {p} does not exist; pass --engine with an engine folder from "
                              "`rapdeploy build-engine`")
     ckpt_path = resolve_reference(engine_paths[0], checkpoint).checkpoint if engine_paths else Path(checkpoint)
@@ -327,7 +329,7 @@ def bench(
 
     loaded: list[tuple[str, Any]] = []
     for p in engine_paths:
-        if p.is_file() and p.resolve() == ckpt_path.resolve():
+        if not is_remote(p) and p.is_file() and p.resolve() == ckpt_path.resolve():
             continue  # the reference itself
         loaded.append((str(p), _load(p, threads)))
     if torch_device is None:  # PyTorch eager on the engines' device: a GPU engine is compared with GPU PyTorch

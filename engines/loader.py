@@ -13,6 +13,12 @@ from rap_deploy.engines.base import Engine
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+REMOTE_SCHEMES = ("http://", "https://")
+
+
+def is_remote(path: str | os.PathLike[str] | None) -> bool:
+    """Whether ``path`` is a server URL (``http://HOST:PORT``) rather than a file or folder."""
+    return isinstance(path, str) and path.lower().startswith(REMOTE_SCHEMES)
 
 
 def runtime_for(backend: str, device_id: int = 0) -> dict[str, Any]:
@@ -35,12 +41,18 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
       sha256, the TensorRT / ONNX Runtime version and the GPU it was built for) and the matching backend returned;
     - an export folder (format ``rapdeploy.export``): ONNX Runtime over the exported fp32 graphs (``device`` cpu or
       cuda), unoptimised on disk;
-    - a checkpoint (``.pt`` / ``.safetensors``): the PyTorch reference (``device``, ``precision`` fp32/fp16).
+    - a checkpoint (``.pt`` / ``.safetensors``): the PyTorch reference (``device``, ``precision`` fp32/fp16);
+    - a server URL (``http://HOST:PORT``, a ``str``): the graphs over the Open Inference Protocol, as served by
+      ``rapdeploy serve`` or Triton (:class:`~rap_deploy.engines.serving.remote.RemoteEngine`).
 
     ``threads``/``inter_threads`` override ONNX Runtime's thread counts; ``query_block``/``video_block`` the ASA
     block sizes (ONNX Runtime / PyTorch; a TensorRT engine uses its profile). Raises :class:`UsageError` for a path
     that is none of these, and the manifest module's errors for a refused engine.
     """
+    if is_remote(path):
+        from rap_deploy.engines.serving.remote import RemoteEngine
+
+        return RemoteEngine(str(path))
     p = Path(path)
     if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES:
         from rap_deploy.engines.torch_backend import TorchEngine

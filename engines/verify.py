@@ -237,10 +237,14 @@ class Reference:
 def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None) -> Path:
     """The engine to use: ``engine`` if given, else the latest engine folder in the workspace.
 
-    Raises :class:`UsageError` when none is given and the workspace has no engine.
+    A server URL (``http://HOST:PORT``) is returned as the string it is. Raises :class:`UsageError` when none is given
+    and the workspace has no engine.
     """
+    from rap_deploy.engines.loader import is_remote
     from rap_deploy.workspace import latest_child, subdir
 
+    if is_remote(engine):
+        return engine  # type: ignore[return-value]  # load_engine runs it over the Open Inference Protocol
     if engine is not None:
         path = Path(engine).expanduser()
         if not path.exists():
@@ -255,7 +259,14 @@ def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.Pa
 
 
 def engine_manifest(engine_path: Path) -> dict[str, Any] | None:
-    """The engine folder's ``manifest.json`` (``None`` for a checkpoint file used as the PyTorch engine)."""
+    """The engine folder's ``manifest.json`` (``None`` for a checkpoint file used as the PyTorch engine; for a server
+    URL, what the server reports about its engine: ``checkpoint``, ``precision``)."""
+    from rap_deploy.engines.loader import is_remote
+
+    if is_remote(engine_path):
+        from rap_deploy.engines.serving.remote import remote_manifest
+
+        return remote_manifest(str(engine_path))
     if engine_path.is_file():
         return None
     from rap_deploy.safe_paths import resolve_entry
@@ -281,7 +292,10 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
     built (sha256 differs) — pass ``--checkpoint`` to choose the reference explicitly.
     """
     from rap_deploy.atomic import sha256_file
+    from rap_deploy.engines.loader import is_remote
 
+    remote = is_remote(engine_path)
+    where = engine_path if remote else engine_path / "manifest.json"
     manifest = engine_manifest(engine_path)
     recorded = (manifest or {}).get("checkpoint") or {}
     recorded = recorded if isinstance(recorded, dict) else {}
@@ -297,25 +311,36 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
 
     value = recorded.get("path")
     if not isinstance(value, str) or not value:
-        raise UsageError(f"{engine_path / 'manifest.json'} names no source checkpoint; pass --checkpoint CKPT")
-    path = Path(value)
+        raise UsageError(f"{where} names no source checkpoint; pass --checkpoint CKPT")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and not path.is_file() and not remote:
+        path = engine_path / path
     # The manifest is untrusted: only an existing regular file with a checkpoint suffix is opened, and nothing about
     # any other file (not even a hash) is reported.
     if path.suffix not in CHECKPOINT_SUFFIXES or not path.is_file():
-        raise UsageError(f"the engine's source checkpoint {value!r} (from {engine_path / 'manifest.json'}) is not an "
-                         "existing checkpoint file here; pass --checkpoint with the .pt it was exported from")
+        raise UsageError(f"the engine's source checkpoint {value!r} (from {where}) is not an existing checkpoint "
+                         "file here; pass --checkpoint with the .pt it was exported from")
     digest = sha256_file(path)
     if recorded.get("sha256") and digest != recorded["sha256"]:
         raise UsageError(f"checkpoint {path} is not the file the engine was built from (its sha256 differs from the "
-                         f"one in {engine_path / 'manifest.json'}): it changed since export; pass --checkpoint with "
+                         f"one in {where}): it changed since export; pass --checkpoint with "
                          "the original, or re-export and rebuild the engine")
     return Reference(path, digest, recorded.get("sha256"), "manifest")
 
 
+def _engine_label(engine_path: Path | str) -> str:
+    """A folder name for an engine's reports: the engine folder's or checkpoint's name, ``remote-HOST-PORT``."""
+    from rap_deploy.engines.loader import is_remote
+
+    if is_remote(engine_path):
+        return "remote-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in str(engine_path).split("://")[1])
+    return engine_path.stem if engine_path.is_file() else engine_path.resolve().name
+
+
 def _load_engine(path: Path, threads: int | None = None, device: str | None = None,
                  precision: str | None = None) -> Any:
-    """The engine at ``path`` (engine folder, export folder or checkpoint) through the loader; ``device`` /
-    ``precision`` choose where a checkpoint (the PyTorch engine) runs."""
+    """The engine at ``path`` (engine folder, export folder, checkpoint or server URL) through the loader; ``device``
+    / ``precision`` choose where a checkpoint (the PyTorch engine) runs."""
     from rap_deploy.engines.loader import load_engine
 
     return load_engine(path, threads=threads, device=device, precision=precision)
@@ -442,8 +467,7 @@ def verify(
                          "would be the checkpoint's, not the engine's; pass the engine's source checkpoint or omit "
                          "--checkpoint")
     root = resolve_data_root(data_root)
-    out_dir = Path(out) if out is not None else subdir("verify", workspace) / (
-        engine_path.stem if engine_path.is_file() else engine_path.resolve().name)
+    out_dir = Path(out) if out is not None else subdir("verify", workspace) / _engine_label(engine_path)
     check_writable_folder(out_dir, "verify", "report folder")  # fail before the long evaluation, not after
     if cache is None:
         cache = FrameCache.default(workspace)

@@ -36,3 +36,10 @@ def tokenize(texts: Sequence[str], cfg: TokenizerConfig) -> tuple[np.ndarray, np
         raise ValueError("a tokenised text has no EOT token; context_length too small?")
     eot = is_eot.argmax(axis=1).astype(np.int32)
     return ids.astype(np.int32), eot
+
+
+def vocab_size(cfg: TokenizerConfig) -> int:
+    """Number of token ids the tokenizer can produce (ids are ``0 .. vocab_size - 1``)."""
+    if cfg.name != "open_clip.SimpleTokenizer":
+        raise ValueError(f"tokenizer '{cfg.name}' is not supported; use open_clip.SimpleTokenizer")
+    return int(_simple_tokenizer(cfg.context_length).vocab_size)

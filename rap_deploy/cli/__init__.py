@@ -12,6 +12,7 @@ from rap_deploy.cli import (
     eval_cmds,  # noqa: F401  (registers verify, bench)
     export_cmds,  # noqa: F401  (registers export)
     model_cmds,  # noqa: F401  (registers init, info)
+    serve_cmds,  # noqa: F401  (registers serve, triton-repo)
     train_cmds,  # noqa: F401  (registers train, pretrain-backbone)
 )
 from rap_deploy.cli.app import app

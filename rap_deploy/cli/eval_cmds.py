@@ -43,8 +43,9 @@ def _echo_json(result: dict) -> None:
 def verify_cmd(
     dataset: str = typer.Option(..., "--dataset", help="Dataset format: msrvtt, msvd, didemo or activitynet."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder (default: $RAPDEPLOY_DATA)."),
-    engine: Path | None = typer.Option(None, "--engine", help="Engine folder from `rapdeploy build-engine` (or a .pt "
-                                        "for the PyTorch engine); default: the workspace's latest engine."),
+    engine: str | None = typer.Option(None, "--engine", help="Engine folder from `rapdeploy build-engine` (or a .pt "
+                                       "for the PyTorch engine, or http://HOST:PORT for a running `rapdeploy serve` "
+                                       "or Triton); default: the workspace's latest engine."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Reference checkpoint (default: the one named "
                                             "in the engine's manifest, checked by sha256)."),
     tolerance: float | None = typer.Option(None, "--tolerance", help="Largest allowed |ΔR@K| in points for fp16/int8 "
@@ -100,8 +101,9 @@ def verify_cmd(
 
 @command("bench")
 def bench_cmd(
-    engine: list[Path] | None = typer.Option(None, "--engine", help="Engine folder to benchmark (repeatable); default: "
-                                              "the workspace's latest engine, or none with --checkpoint."),
+    engine: list[str] | None = typer.Option(None, "--engine", help="Engine folder to benchmark, or http://HOST:PORT "
+                                             "of a running server (repeatable); default: the workspace's latest "
+                                             "engine, or none with --checkpoint."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="PyTorch reference checkpoint (default: the "
                                             "one named in the first engine's manifest)."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma list of batch sizes."),

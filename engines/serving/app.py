@@ -1,0 +1,268 @@
+"""The HTTP routes of ``rapdeploy serve`` (FastAPI): search, the search page, health, and the Open Inference
+Protocol (KServe v2 REST) for the three graphs.
+
+| route | answers |
+|---|---|
+| ``GET /`` | the search page (no external assets) |
+| ``POST /search`` | ``{"query", "top_k", "top_m"}`` → the ``rapdeploy search --json`` object |
+| ``GET /thumbnails?video_id=…&count=4`` | a JPEG strip of the video's frames |
+| ``GET /healthz``, ``GET /readyz``, ``GET /library``, ``GET /stats`` | liveness, readiness, the library, counters |
+| ``GET /v2``, ``GET /v2/health/{live,ready}`` | KServe v2 server metadata and health |
+| ``GET /v2/models/{name}[/versions/1]``, ``…/ready``, ``…/config`` | model metadata, readiness, Triton config |
+| ``POST /v2/models/{name}[/versions/1]/infer`` | inference (JSON or binary tensors) |
+
+Request bodies are bounded: a declared ``Content-Length`` over the limit is refused before the body is read, and a
+streamed body is cut off when it passes it (413). Every refusal is a 4xx JSON ``{"error", "field"}``; only a fault
+of the server itself is a 500, and its traceback goes to the server log, not to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rap_deploy.engines.serving.contract import TEXT_GRAPH
+from rap_deploy.engines.serving.oip import (
+    HEADER_LENGTH,
+    RequestError,
+    decode_body,
+    encode_infer_response,
+    parse_infer_request,
+)
+from rap_deploy.engines.serving.service import ServingService, parse_json
+from rap_deploy.errors import RapDeployError, UsageError
+
+log = logging.getLogger("rapdeploy.serve")
+PAGE = Path(__file__).with_name("page.html")
+VERSION = "1"
+PAGE_ROUTES = frozenset({"/", "/search", "/thumbnails", "/healthz", "/readyz", "/library", "/stats"})
+INLINE_BYTES = 64 * 1024  # bodies / outputs up to this size are (de)serialised on the event loop
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj, default=_plain), status_code=status, media_type="application/json")
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _error(status: int, message: str, field: str | None) -> Response:
+    return JSONResponse({"error": message, "field": field}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes: a larger ``Content-Length`` is refused before reading, a larger
+    streamed body as soon as it passes the limit. Raises :class:`RequestError` 413 / 400."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise RequestError(400, f"Content-Length {declared[:32]!r} is not an integer", "Content-Length") from None
+        if size > limit:
+            raise RequestError(413, f"request body of {size} bytes exceeds the limit of {limit} bytes for "
+                               f"{request.url.path}", "body")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise RequestError(413, f"request body exceeds the limit of {limit} bytes for {request.url.path}",
+                               "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class CountRequests:
+    """ASGI middleware counting responses by route and status in the service's statistics."""
+
+    def __init__(self, app: Any, service: ServingService) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        # a bounded set of labels, whatever paths clients send
+        route = "/v2/infer" if path.startswith("/v2/") and path.endswith("/infer") else \
+            "/v2" if path.startswith("/v2") else path if path in PAGE_ROUTES else "other"
+
+        async def counting_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                self.service.count(f"{route} {message['status']}")
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def create_app(service: ServingService, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+    """The FastAPI application serving ``service`` (routes in the module docstring); ``on_shutdown`` runs when the
+    server shuts down gracefully (uvicorn's lifespan), e.g. to close the service."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            on_shutdown()
+
+    app = FastAPI(title="rapdeploy serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(CountRequests, service=service)
+    _add_error_handlers(app)
+    _add_search_routes(app, service)
+    _add_oip_routes(app, service)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError) -> Response:
+        return _error(exc.status, exc.message, exc.field)
+
+    @app.exception_handler(RapDeployError)
+    async def usage_error(request: Request, exc: RapDeployError) -> Response:
+        if isinstance(exc, UsageError):  # the engine refused the input
+            return _error(400, str(exc), None)
+        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
+        return _error(500, f"server error: {exc}", None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return _error(exc.status_code, message, None)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return _error(422, f"{where or 'request'}: {first.get('msg', 'invalid')}", where)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal server error ({type(exc).__name__}); see the server log", None)
+
+
+def _add_search_routes(app: FastAPI, service: ServingService) -> None:
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> Response:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready = service.ready()
+        return _json({"ready": ready, "library": service.library is not None, "models": list(service.models)},
+                     200 if ready else 503)
+
+    @app.get("/library")
+    async def library() -> Response:
+        lib = service.require_library()
+        described = await run_in_threadpool(lib.describe)
+        return _json({**described, "server": service.describe()})
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        return _json(service.stats())
+
+    @app.post("/search")
+    async def search(request: Request) -> Response:
+        service.require_library()
+        doc = parse_json(await read_body(request, service.options.max_search_body))
+        query, top_k, top_m = service.parse_search(doc)
+        t0 = time.perf_counter()
+        text_emb = await asyncio.wrap_future(service.submit_text(service.tokenize(query)))
+        text_ms = (time.perf_counter() - t0) * 1e3
+        result = await run_in_threadpool(service.search_embedding, query, text_emb[0], top_k, top_m, text_ms)
+        return _json(result)
+
+    @app.get("/thumbnails")
+    async def thumbnails(video_id: str, count: int = 4) -> Response:
+        data = await run_in_threadpool(service.thumbnail_jpeg, video_id, count)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
+    def versioned(path: str) -> list[str]:
+        return [f"/v2/models/{{name}}{path}", f"/v2/models/{{name}}/versions/{{version}}{path}"]
+
+    def model_of(name: str, version: str | None) -> Any:
+        model = service.model(name)
+        if version not in (None, VERSION):
+            raise RequestError(404, f"model '{name}' has only version {VERSION}, not {version[:16]!r}", "version")
+        return model
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        from rap_deploy import __version__
+
+        return _json({"name": "rapdeploy", "version": __version__,
+                      "extensions": ["binary_tensor_data", "model_configuration"]})
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        ok = service.ready()
+        return _json({"ready": ok}, 200 if ok else 503)
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> Response:
+        return _json([{"name": n, "version": VERSION, "state": "READY"} for n in service.models])
+
+    async def model_metadata(name: str, version: str | None = None) -> Response:
+        return _json(service.metadata(model_of(name, version)))
+
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        model_of(name, version)
+        ok = service.ready()
+        return _json({"name": name, "ready": ok}, 200 if ok else 503)
+
+    async def model_config(name: str, version: str | None = None) -> Response:
+        return _json(service.model_config(model_of(name, version)))
+
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        model = model_of(name, version)
+        limit = service.options.max_infer_body
+        body = decode_body(await read_body(request, limit), request.headers.get("content-encoding"), limit)
+        args = (body, request.headers.get(HEADER_LENGTH), model, service.axis_limits(model))
+        # small bodies (text queries) are parsed on the event loop: a thread hop costs more than the parse
+        req = parse_infer_request(*args) if len(body) <= INLINE_BYTES else \
+            await run_in_threadpool(parse_infer_request, *args)
+        service.check_values(model, req)
+        if model.name == TEXT_GRAPH:
+            emb = await asyncio.wrap_future(service.submit_text(req.inputs))
+            outputs = {model.output_names[0]: emb}
+        else:
+            outputs = await run_in_threadpool(service.infer, model, req)
+        size = sum(int(getattr(v, "nbytes", 0)) for v in outputs.values())
+        data, headers = encode_infer_response(model, req, outputs) if size <= INLINE_BYTES else \
+            await run_in_threadpool(encode_infer_response, model, req, outputs)
+        return Response(data, headers=headers)
+
+    for suffix, handler, method in (("", model_metadata, "GET"), ("/ready", model_ready, "GET"),
+                                    ("/config", model_config, "GET"), ("/infer", infer, "POST")):
+        for path in versioned(suffix):
+            app.add_api_route(path, handler, methods=[method])

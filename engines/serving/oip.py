@@ -1,0 +1,279 @@
+"""Open Inference Protocol (KServe v2 REST) inference requests and responses, checked against a served model.
+
+Requests carry tensors as JSON (``data``, flat or nested, row-major) or with the binary tensor data extension
+(``parameters.binary_data_size`` per input, the raw little-endian bytes after the JSON header, whose length is the
+``Inference-Header-Content-Length`` header) — ``tritonclient.http`` sends binary inputs by default. Responses return
+each output as JSON ``data`` or as binary (``binary_data`` per requested output, or the request parameter
+``binary_data_output``; ``tritonclient`` asks for binary when it names no outputs).
+
+Every check raises :class:`RequestError` with the HTTP status and the field it is about, so the server answers a
+4xx ``{"error": ..., "field": ...}`` (what ``tritonclient`` reads) and never runs a malformed tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.engines.serving.contract import NUMPY_DTYPES, ServedModel, oip_datatype
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+class RequestError(Exception):
+    """A request the server refuses: ``status`` (4xx), the message, and the ``field`` it concerns."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.message, "field": self.field}
+
+
+@dataclass
+class InferRequest:
+    """A checked request: input arrays by name, the outputs wanted (``name -> binary?``) and the request id."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, bool]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` ``gzip`` / ``deflate`` (what ``tritonclient`` can send), never inflating past
+    ``limit`` bytes. Raises :class:`RequestError` 415 for another encoding, 400 for corrupt data, 413 past the limit."""
+    enc = (encoding or "identity").strip().lower()
+    if enc in ("", "identity"):
+        return body
+    if enc not in ("gzip", "deflate"):
+        raise RequestError(415, f"Content-Encoding '{encoding}' is not supported; send identity, gzip or deflate",
+                           "Content-Encoding")
+    d = zlib.decompressobj(wbits=31 if enc == "gzip" else 15)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise RequestError(400, f"request body is not valid {enc} data ({exc})", "Content-Encoding") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise RequestError(413, f"decompressed request body exceeds the limit of {limit} bytes", "body")
+    return out
+
+
+def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """Split the JSON header from the binary section and parse it."""
+    if header_length is None:
+        head, rest = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            n = -1
+        if not 0 < n <= len(body):
+            raise RequestError(400, f"{HEADER_LENGTH} must be an integer in [1, {len(body)}] (the body size), got "
+                               f"{header_length!r}", HEADER_LENGTH)
+        head, rest = body[:n], body[n:]
+    try:
+        doc = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(400, f"request body is not valid JSON ({exc})", "body") from None
+    if not isinstance(doc, dict):
+        raise RequestError(400, "request body must be a JSON object with 'inputs'", "body")
+    return doc, rest
+
+
+def _check_shape(model: ServedModel, name: str, shape: Any, where: str, max_items: Mapping[str, int]) -> tuple:
+    spec = model.tensor(name)
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise RequestError(400, f"{where}.shape must be a list of integers", f"{where}.shape")
+    if len(shape) != len(spec.shape):
+        raise RequestError(400, f"{name} must have rank {len(spec.shape)} ({model.shape(spec)}), got shape {shape}",
+                           f"{where}.shape")
+    for i, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
+        if isinstance(want, int) and got != want:
+            raise RequestError(400, f"{name} dimension {i} must be {want}, got shape {shape} (expected "
+                               f"{model.shape(spec)})", f"{where}.shape")
+        if isinstance(want, str):
+            top = max_items.get(want)
+            if got < 1 or (top is not None and got > top):
+                raise RequestError(400, f"{name} dimension {i} ({want}) must be in [1, {top}], got {got}",
+                                   f"{where}.shape")
+    return tuple(shape)
+
+
+def _json_array(data: Any, dtype: np.dtype, shape: tuple, name: str, where: str) -> np.ndarray:
+    """Convert JSON ``data`` (flat or nested lists of numbers) to ``dtype`` with ``shape``."""
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError):
+        raise RequestError(400, f"{name} data is not a regular array of numbers", f"{where}.data") from None
+    if arr.dtype.kind not in "biuf":
+        raise RequestError(400, f"{name} data must hold numbers only", f"{where}.data")
+    count = math.prod(shape)
+    if arr.size != count:
+        raise RequestError(400, f"{name} has {arr.size} values, its shape {list(shape)} needs {count}",
+                           f"{where}.data")
+    if dtype.kind in "iu":
+        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+            raise RequestError(400, f"{name} is {oip_datatype(dtype)}: its values must be integers",
+                               f"{where}.data")
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise RequestError(400, f"{name} values exceed the {oip_datatype(dtype)} range", f"{where}.data")
+    with np.errstate(over="ignore"):
+        return arr.astype(dtype).reshape(shape)
+
+
+def parse_infer_request(body: bytes, header_length: str | None, model: ServedModel,
+                        max_items: Mapping[str, int] | None = None) -> InferRequest:
+    """Parse and check an inference request for ``model``.
+
+    ``max_items`` bounds each symbolic axis (``{"batch": 32}``); the model's own ``max_batch_size`` bounds its batch
+    axis. Returns an :class:`InferRequest`; raises :class:`RequestError` (400) naming the field for bad JSON, an
+    unknown, missing or repeated input, a wrong datatype, rank, fixed dimension or batch size, data that does not fill
+    the shape, binary sections that do not add up, or an unknown / unsupported requested output.
+    """
+    limits = dict(max_items or {})
+    if model.batch_axis is not None:
+        limits[model.batch_axis] = model.max_batch_size
+    doc, binary = _header(body, header_length)
+    inputs_doc = doc.get("inputs")
+    if not isinstance(inputs_doc, list) or not inputs_doc:
+        raise RequestError(400, f"'inputs' must be a non-empty list of {list(model.input_names)}", "inputs")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, item in enumerate(inputs_doc):
+        name, arr, offset = _parse_input(item, f"inputs[{i}]", model, limits, binary, offset, arrays)
+        arrays[name] = arr
+    if offset != len(binary):
+        raise RequestError(400, f"the body holds {len(binary) - offset} binary bytes that no input claims",
+                           HEADER_LENGTH)
+    missing = [n for n in model.input_names if n not in arrays]
+    if missing:
+        raise RequestError(400, f"{model.name} needs inputs {missing}", "inputs")
+    _check_axes(model, arrays)
+    outputs = _requested_outputs(doc, model)
+    return InferRequest(arrays, outputs, str(doc["id"]) if doc.get("id") is not None else None,
+                        doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {})
+
+
+def _parse_input(item: Any, where: str, model: ServedModel, limits: Mapping[str, int], binary: bytes, offset: int,
+                 seen: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray, int]:
+    """One ``$request_input``: ``(name, array, offset after its binary section)``."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise RequestError(400, f"{where} must be an object with a 'name'", where)
+    name = item["name"]
+    if name not in model.input_names:
+        raise RequestError(400, f"{model.name} has no input '{name[:64]}'; its inputs are {list(model.input_names)}",
+                           f"{where}.name")
+    if name in seen:
+        raise RequestError(400, f"input '{name}' is given twice", f"{where}.name")
+    want = oip_datatype(model.tensor(name).dtype)
+    if item.get("datatype") != want:
+        raise RequestError(400, f"{name} must have datatype {want}, got {str(item.get('datatype'))[:16]!r}",
+                           f"{where}.datatype")
+    shape = _check_shape(model, name, item.get("shape"), where, limits)
+    params = item.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise RequestError(400, f"{where}.parameters must be an object", f"{where}.parameters")
+    if "shared_memory_region" in params:
+        raise RequestError(400, "shared-memory inputs are not supported by this server; send the data in the "
+                           "request", f"{where}.parameters.shared_memory_region")
+    dtype = np.dtype(NUMPY_DTYPES[want])
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        need = math.prod(shape) * dtype.itemsize
+        if not isinstance(size, int) or size != need:
+            raise RequestError(400, f"{name}: binary_data_size must be {need} bytes for shape {list(shape)} {want}, "
+                               f"got {size!r}", f"{where}.parameters.binary_data_size")
+        if offset + size > len(binary):
+            raise RequestError(400, f"{name}: the body holds {len(binary) - offset} binary bytes after the earlier "
+                               f"inputs, binary_data_size says {size}", f"{where}.parameters")
+        arr = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=math.prod(shape), offset=offset)
+        return name, arr.astype(dtype).reshape(shape), offset + size
+    if "data" in item:
+        return name, _json_array(item["data"], dtype, shape, name, where), offset
+    raise RequestError(400, f"{name} has neither 'data' nor parameters.binary_data_size", where)
+
+
+def _check_axes(model: ServedModel, arrays: Mapping[str, np.ndarray]) -> None:
+    """Inputs that share a symbolic axis (frames and frame_mask: batch; frame_emb and patch_tokens: videos) must
+    agree on its size."""
+    seen: dict[str, tuple[str, int]] = {}
+    for spec in model.spec.inputs:
+        for i, d in enumerate(spec.shape):
+            if isinstance(d, str):
+                size = arrays[spec.name].shape[i]
+                if d in seen and seen[d][1] != size:
+                    raise RequestError(400, f"{spec.name} has {d} = {size} but {seen[d][0]} has {seen[d][1]}; they "
+                                       "must agree", "inputs")
+                seen.setdefault(d, (spec.name, size))
+
+
+def _requested_outputs(doc: Mapping[str, Any], model: ServedModel) -> dict[str, bool]:
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise RequestError(400, "request parameters must be an object", "parameters")
+    default_binary = params.get("binary_data_output", False)
+    if not isinstance(default_binary, bool):
+        raise RequestError(400, "parameters.binary_data_output must be true or false",
+                           "parameters.binary_data_output")
+    wanted = doc.get("outputs")
+    if wanted is None:
+        return {n: default_binary for n in model.output_names}
+    if not isinstance(wanted, list) or not wanted:
+        raise RequestError(400, f"'outputs' must be a non-empty list of {list(model.output_names)}", "outputs")
+    out: dict[str, bool] = {}
+    for i, item in enumerate(wanted):
+        where = f"outputs[{i}]"
+        if not isinstance(item, dict) or item.get("name") not in model.output_names:
+            raise RequestError(400, f"{where} must name one of {list(model.output_names)}", f"{where}.name")
+        p = item.get("parameters") or {}
+        if not isinstance(p, dict):
+            raise RequestError(400, f"{where}.parameters must be an object", f"{where}.parameters")
+        if p.get("classification"):
+            raise RequestError(400, "the classification extension is not supported", f"{where}.parameters")
+        if "shared_memory_region" in p:
+            raise RequestError(400, "shared-memory outputs are not supported by this server",
+                               f"{where}.parameters.shared_memory_region")
+        binary = p.get("binary_data", default_binary)
+        if not isinstance(binary, bool):
+            raise RequestError(400, f"{where}.parameters.binary_data must be true or false", f"{where}.parameters")
+        out[item["name"]] = binary
+    return out
+
+
+def encode_infer_response(model: ServedModel, request: InferRequest, outputs: Mapping[str, np.ndarray]
+                          ) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers for ``outputs`` (by name), in the order the request asked for them.
+
+    Each output is cast to its declared datatype; binary outputs follow the JSON header, whose length is in the
+    ``Inference-Header-Content-Length`` header. JSON values are written at full precision, so an fp32 tensor
+    round-trips bit for bit either way.
+    """
+    entries, blobs = [], []
+    for name, binary in request.outputs.items():
+        spec = model.tensor(name)
+        dtype = np.dtype(NUMPY_DTYPES[oip_datatype(spec.dtype)])
+        arr = np.ascontiguousarray(outputs[name], dtype=dtype)
+        entry: dict[str, Any] = {"name": name, "datatype": oip_datatype(dtype), "shape": list(arr.shape)}
+        if binary:
+            raw = arr.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = arr.ravel().tolist()
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": entries}
+    if request.id is not None:
+        doc["id"] = request.id
+    head = json.dumps(doc, allow_nan=False).encode()
+    if not blobs:
+        return head, {"Content-Type": "application/json"}
+    return head + b"".join(blobs), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}

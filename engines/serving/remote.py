@@ -1,0 +1,210 @@
+"""``load_engine("http://HOST:PORT")``: the three graphs over the Open Inference Protocol with ``tritonclient.http``.
+
+Works against ``rapdeploy serve`` and against Triton serving a ``rapdeploy triton-repo`` repository: both answer
+``GET /v2/models/{name}/config`` with the model's ``rapdeploy.*`` parameters (the RAP config, the precision, the
+source checkpoint, the ASA block sizes) and ``GET /v2/models/{name}`` with the tensors' names and datatypes. Tensor
+names come from the contract (:mod:`rap_deploy.graphs`) and are checked against the server's metadata; inputs are
+sent as binary tensors in the server's declared datatypes (FP16 included), outputs come back as float32. Video and
+text batches larger than a model's ``max_batch_size`` are split, and the ASA head is fed blocks of at most the
+published block sizes, as a local engine does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.config import RAPConfig
+from rap_deploy.engines.base import Engine, EngineInfo
+from rap_deploy.engines.blocks import (
+    batched,
+    blocked_similarity,
+    check_text_inputs,
+    check_video_inputs,
+    meanp_similarity_from_frames,
+)
+from rap_deploy.engines.serving.contract import ASA_GRAPH, NUMPY_DTYPES, TEXT_GRAPH, VIDEO_GRAPH, contract_io
+from rap_deploy.engines.serving.model_config import read_parameters
+from rap_deploy.errors import BackendUnavailableError, UsageError
+
+
+def split_url(url: str) -> tuple[str, bool]:
+    """``(host:port[/base path], ssl)`` for ``tritonclient.http`` from ``http(s)://HOST:PORT[/path]``; raises
+    :class:`UsageError` for anything else."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise UsageError(f"engine URL {url!r} must look like http://HOST:PORT")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise UsageError(f"engine URL {url!r} has an invalid port") from None
+    return parts.netloc + parts.path.rstrip("/"), parts.scheme == "https"
+
+
+class RemoteEngine(Engine):
+    """An :class:`Engine` whose graphs run on a KServe v2 / Triton server at ``url`` (see the module docstring).
+
+    Raises :class:`BackendUnavailableError` when the server cannot be reached or is not ready,
+    :class:`UsageError` when it does not serve this contract's models (missing models, tensors or parameters).
+    """
+
+    backend = "remote"
+
+    def __init__(self, url: str, connection_timeout: float = 60.0, network_timeout: float = 600.0) -> None:
+        self.url = url.rstrip("/")
+        self._target, self._ssl = split_url(self.url)
+        self._timeouts = (connection_timeout, network_timeout)
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
+        client = self._client()
+        if not self._call(client.is_server_ready):
+            raise BackendUnavailableError(f"the server at {self.url} is not ready (GET /v2/health/ready); wait for it "
+                                          "to load its models")
+        self.server = self._call(client.get_server_metadata)
+        text_cfg = self._model_config(TEXT_GRAPH)
+        self.parameters = read_parameters(text_cfg)
+        if "config" not in self.parameters:
+            raise UsageError(f"{self.url}: model {TEXT_GRAPH} carries no rapdeploy.config parameter; serve it with "
+                             "`rapdeploy serve` or a repository from `rapdeploy triton-repo`")
+        self.config = RAPConfig.from_dict(json.loads(self.parameters["config"]))
+        self.io = contract_io(self.config.has_asa)
+        configs = {g: (text_cfg if g == TEXT_GRAPH else self._model_config(g)) for g in self.io}
+        self.datatypes = {g: self._check_metadata(g, configs[g]) for g in self.io}
+        self.max_batch = {g: (int(configs[g].get("max_batch_size") or 0) or None) for g in self.io}
+        blocks = json.loads(self.parameters.get("asa_blocks") or "{}")
+        self.query_block = int(blocks.get("queries") or 32)
+        self.video_block = int(blocks.get("videos") or 64)
+
+    # ------------------------------------------------------------------------------------------------ transport
+    def _client(self) -> Any:
+        """This thread's ``tritonclient.http`` client (gevent-based clients must stay on the thread that made them)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import tritonclient.http as httpclient
+
+            client = httpclient.InferenceServerClient(self._target, ssl=self._ssl,
+                                                      connection_timeout=self._timeouts[0],
+                                                      network_timeout=self._timeouts[1])
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def _call(self, fn: Any, *args: Any, what: str = "", **kwargs: Any) -> Any:
+        """Call a client method; map its failures to this project's errors (one line, naming the server)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return fn(*args, **kwargs)
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            message = f"{self.url}{' ' + what if what else ''}: {exc.message()}"
+            if status.startswith("4"):
+                raise UsageError(message) from None
+            raise BackendUnavailableError(f"{message} (status {status or 'none'})") from None
+        except (OSError, TimeoutError) as exc:
+            raise BackendUnavailableError(f"cannot reach {self.url}{' for ' + what if what else ''} ({exc}); start "
+                                          "`rapdeploy serve` or Triton there, or check the URL") from None
+
+    def _model_config(self, graph: str) -> dict[str, Any]:
+        return self._call(self._client().get_model_config, graph, what=f"model {graph} config")
+
+    def _check_metadata(self, graph: str, config: Mapping[str, Any]) -> dict[str, str]:
+        """The server's datatype per input; raises :class:`UsageError` when its tensors or RAP config differ from
+        the contract."""
+        if read_parameters(config).get("config") != self.parameters["config"]:
+            raise UsageError(f"{self.url}: model {graph} was built from another RAP config than {TEXT_GRAPH}")
+        meta = self._call(self._client().get_model_metadata, graph, what=f"model {graph} metadata")
+        inputs = {t["name"]: t["datatype"] for t in meta.get("inputs", [])}
+        outputs = {t["name"] for t in meta.get("outputs", [])}
+        want_in, want_out = self.io[graph]
+        if set(inputs) != set(want_in) or not set(want_out) <= outputs:
+            raise UsageError(f"{self.url}: model {graph} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+                             f"this rapdeploy needs inputs {list(want_in)} and outputs {list(want_out)}")
+        unknown = {n: d for n, d in inputs.items() if d not in NUMPY_DTYPES}
+        if unknown:
+            raise UsageError(f"{self.url}: model {graph} has inputs of unsupported datatypes {unknown}")
+        return inputs
+
+    def _infer(self, graph: str, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """One inference call: ``arrays`` in the graph's input order; outputs in its output order, as float32."""
+        import tritonclient.http as httpclient
+
+        names, outputs = self.io[graph]
+        inputs = []
+        for name, arr in zip(names, arrays, strict=True):
+            datatype = self.datatypes[graph][name]
+            a = np.ascontiguousarray(arr, dtype=NUMPY_DTYPES[datatype])
+            item = httpclient.InferInput(name, list(a.shape), datatype)
+            item.set_data_from_numpy(a, binary_data=True)
+            inputs.append(item)
+        wanted = [httpclient.InferRequestedOutput(n, binary_data=True) for n in outputs]
+        result = self._call(self._client().infer, graph, inputs, outputs=wanted, what=f"{graph} inference")
+        return tuple(np.asarray(result.as_numpy(n), dtype=np.float32) for n in outputs)
+
+    # ------------------------------------------------------------------------------------------------ Engine
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """See :meth:`Engine.encode_video` (outputs in :func:`~rap_deploy.graphs.video_outputs` order)."""
+        frames, mask = check_video_inputs(frames, frame_mask, self.config)
+        return batched(lambda f, m: self._infer(VIDEO_GRAPH, (f, m)), (frames, mask), self.max_batch[VIDEO_GRAPH])
+
+    def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
+        """See :meth:`Engine.encode_text`."""
+        ids, pos = check_text_inputs(input_ids, eot, self.config)
+        return batched(lambda i, e: self._infer(TEXT_GRAPH, (i, e)), (ids, pos), self.max_batch[TEXT_GRAPH])[0]
+
+    def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
+        """Similarity ``[Q, V]`` from the server's ``asa_head`` in blocks of at most the published block sizes
+        (meanP of the frames for a model without an ASA head)."""
+        if not self.config.has_asa:
+            return meanp_similarity_from_frames(text_emb, rerank[0])
+
+        def run(*block: np.ndarray) -> np.ndarray:
+            return self._infer(ASA_GRAPH, block)[0]
+
+        return blocked_similarity(run, text_emb, *rerank, query_block=self.query_block,
+                                  video_block=self.video_block)
+
+    def manifest(self) -> dict[str, Any]:
+        """What the server says about its engine: ``checkpoint`` (``path``, ``sha256``), ``precision``, ``engine``."""
+        return {"checkpoint": json.loads(self.parameters.get("checkpoint") or "{}"),
+                "precision": self.parameters.get("precision"),
+                "engine": json.loads(self.parameters.get("engine") or "{}"), "url": self.url}
+
+    def describe(self) -> EngineInfo:
+        """Backend ``remote``, the served engine's precision, the URL and what the server reports."""
+        from importlib import metadata
+
+        served = json.loads(self.parameters.get("engine") or "{}")
+        versions = {"tritonclient": metadata.version("tritonclient"),
+                    "server": f"{self.server.get('name', '?')} {self.server.get('version', '?')}"}
+        return EngineInfo(backend=self.backend, precision=self.parameters.get("precision") or "fp32",
+                          device=f"remote {self.url}", versions=versions, path=self.url,
+                          extra={"url": self.url, "served_engine": served, "max_batch": self.max_batch,
+                                 "query_block": self.query_block, "video_block": self.video_block})
+
+    def close(self) -> None:
+        """Close the HTTP clients."""
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - a client of another thread may already be gone
+                pass
+        self._local = threading.local()
+
+
+def remote_manifest(url: str) -> dict[str, Any]:
+    """What the server at ``url`` reports about its engine (:meth:`RemoteEngine.manifest`)."""
+    engine = RemoteEngine(url)
+    try:
+        return engine.manifest()
+    finally:
+        engine.close()

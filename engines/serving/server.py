@@ -1,0 +1,201 @@
+"""Running ``rapdeploy serve``: load the engine (and library), build the service, run uvicorn until interrupted.
+
+Steps of :func:`serve`: resolve the engine (``--engine`` or the workspace's latest) and the library (``--library`` or
+the workspace's ``library/`` when it has a manifest), load the engine, wrap it so one thread at a time calls it,
+open the library on that wrapper, build the :class:`~rap_deploy.engines.serving.service.ServingService`, warm up the
+tokenizer and the text encoder, bind the socket (so a busy port is a one-line error), serve, and on SIGINT/SIGTERM
+stop uvicorn, then the batcher, the library and the engine (uvicorn then re-raises the signal, so the process ends
+with it, as uvicorn's own command does).
+
+:class:`ServerThread` runs an app on 127.0.0.1 and a free port in a background thread (tests, the load test's
+self-check) and always stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.errors import BackendUnavailableError, UsageError
+
+
+def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None,
+                       threads: int | None = None) -> tuple[Any, Any]:
+    """``(engine, EngineSource)`` for ``engine`` (default: the workspace's latest engine folder)."""
+    from rap_deploy.engines.loader import is_remote, load_engine
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.verify import resolve_engine
+
+    if engine is not None and is_remote(engine):
+        raise UsageError(f"--engine {engine} is a server; rapdeploy serve runs a local engine folder, export folder "
+                         "or checkpoint")
+    path = resolve_engine(engine, workspace)
+    source = read_source(path)
+    return load_engine(path, threads=threads), source
+
+
+def resolve_library(library: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None) -> Path | None:
+    """``library`` if given, else ``<workspace>/library`` when it holds a ``manifest.json``, else ``None``."""
+    from rap_deploy.workspace import subdir
+
+    if library is not None:
+        path = Path(library).expanduser()
+        if not path.exists():
+            raise UsageError(f"library {path} does not exist; build one with `rapdeploy index --out {path}`")
+        return path
+    default = subdir("library", workspace)
+    return default if (default / "manifest.json").is_file() else None
+
+
+def open_served_library(path: Path, engine: Any) -> Any:
+    """Open the library at ``path`` on ``engine`` (the serialising wrapper) with ``rap_deploy.library``."""
+    try:
+        from rap_deploy.library import open_library
+    except ImportError:
+        raise BackendUnavailableError("--library needs the rap_deploy.library package (`rapdeploy index`/`search`), "
+                                      "which this installation lacks; serve without --library (inference only) or "
+                                      "install a rapdeploy that has it") from None
+    return open_library(path, engine)
+
+
+def build_service(engine: str | os.PathLike[str] | None = None, library: str | os.PathLike[str] | None = None,
+                  options: Any = None, workspace: str | os.PathLike[str] | None = None,
+                  threads: int | None = None) -> Any:
+    """Load everything :func:`serve` serves and return the warmed-up :class:`ServingService`."""
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.service import ServingService
+
+    loaded, source = load_served_engine(engine, workspace, threads)
+    serial = SerialEngine(loaded)
+    lib_path = resolve_library(library, workspace)
+    try:
+        lib = open_served_library(lib_path, serial) if lib_path is not None else None
+        service = ServingService(serial, source, lib, options)
+    except BaseException:
+        serial.close()
+        raise
+    warm_up(service)
+    return service
+
+
+def warm_up(service: Any) -> None:
+    """Load the tokenizer and run the text encoder once, so the first request does not pay for it."""
+    service.submit_text(service.tokenize("warm up")).result(timeout=300)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one); :class:`UsageError` when it cannot bind."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port") from None
+    sock.listen(2048)
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    """``http://HOST:PORT`` of a bound socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLike[str] | None = None,
+          host: str = "127.0.0.1", port: int = 8080, options: Any = None,
+          workspace: str | os.PathLike[str] | None = None, threads: int | None = None,
+          url_file: str | os.PathLike[str] | None = None, log_level: str = "warning",
+          echo: Callable[[str], None] | None = None) -> None:
+    """Serve until interrupted (see the module docstring). ``url_file`` receives the server's URL once it accepts
+    requests. Raises :class:`UsageError` / :class:`BackendUnavailableError` for what cannot be loaded or bound."""
+    import uvicorn
+
+    from rap_deploy.engines.serving.app import create_app
+
+    say = echo or (lambda m: print(m, file=sys.stderr, flush=True))
+    sock = bind_socket(host, port)
+    try:
+        service = build_service(engine, library, options, workspace, threads)
+    except BaseException:
+        sock.close()
+        raise
+    url = socket_url(sock)
+
+    def shut_down() -> None:  # graceful stop (SIGINT/SIGTERM): uvicorn runs this before it exits
+        service.close()
+        say("rapdeploy serve stopped")
+
+    server = uvicorn.Server(uvicorn.Config(create_app(service, on_shutdown=shut_down), log_level=log_level,
+                                           access_log=False, timeout_keep_alive=30))
+    watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say), daemon=True)
+    watcher.start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        service.close()  # no-op after a graceful stop; releases the engine when uvicorn failed
+        sock.close()
+
+
+def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, service: Any,
+              say: Callable[[str], None]) -> None:
+    while not server.started and not server.should_exit:
+        time.sleep(0.05)
+    if not server.started:
+        return
+    if url_file is not None:
+        from rap_deploy.atomic import write_text_atomic
+
+        write_text_atomic(url_file, url + "\n")
+    lib = "no library" if service.library is None else f"library of {len(service.library)} videos"
+    say(f"rapdeploy serve: {url} ({service.info.get('backend')} {service.info.get('precision')} on "
+        f"{service.info.get('device')}, {lib}; text batch <= {service.batcher.max_batch}, delay "
+        f"{service.options.max_queue_delay_ms:g} ms). Page: {url}/  Inference: {url}/v2")
+
+
+class ServerThread:
+    """Run an ASGI ``app`` with uvicorn on ``host`` and a free port in a background thread (context manager).
+
+    ``url`` is where it listens; leaving the block stops it and waits for the thread.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", start_timeout: float = 30.0) -> None:
+        import uvicorn
+
+        self.sock = bind_socket(host, 0)
+        self.url = socket_url(self.sock)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
+                                       name="uvicorn")
+        self.start_timeout = start_timeout
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"uvicorn did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit and wait for the thread (at most 15 s)."""
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(15)
+        self.sock.close()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,294 @@
+"""What ``rapdeploy serve`` does, independent of HTTP: the served models, inference, search, thumbnails, statistics.
+
+The engine is wrapped in a :class:`~rap_deploy.engines.serving.serial.SerialEngine` (one call at a time) that the
+library shares; text encoding goes through a :class:`~rap_deploy.engines.serving.batcher.DynamicBatcher`, for
+``/search`` queries and ``text_encoder`` inference requests alike. Bad requests raise
+:class:`~rap_deploy.engines.serving.oip.RequestError` with a 4xx status and the field they are about.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
+from rap_deploy.engines.serving.contract import (
+    ASA_GRAPH,
+    TEXT_GRAPH,
+    EngineSource,
+    ServedModel,
+    batch_limits,
+    check_input_values,
+    graph_specs_of,
+    run_graph,
+    served_models,
+)
+from rap_deploy.engines.serving.model_config import (
+    config_to_json,
+    kserve_metadata,
+    model_parameters,
+    triton_model_config,
+)
+from rap_deploy.engines.serving.oip import InferRequest, RequestError
+from rap_deploy.engines.serving.serial import SerialEngine
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Server limits and batching settings (the ``rapdeploy serve`` options)."""
+
+    max_batch: int = 32  # text-encoder dynamic batch (rows); 1 = one at a time
+    max_queue_delay_ms: float = 2.0
+    max_queue: int = 1024
+    max_query_chars: int = 1000
+    max_top_k: int = 100
+    max_top_m: int = 1000
+    max_infer_body: int = 256 * MiB
+    max_search_body: int = 64 * 1024
+    max_asa_queries: int = 1024
+    max_asa_videos: int = 1024
+    max_thumbnail_frames: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ServingService:
+    """The served engine (and optional library): see the module docstring.
+
+    ``engine`` is a :class:`SerialEngine` (the library, when given, must have been opened with that same wrapper),
+    ``source`` what the engine was loaded from (its manifest gives the graphs' I/O and batch limits).
+    """
+
+    def __init__(self, engine: SerialEngine, source: EngineSource, library: Any = None,
+                 options: ServeOptions | None = None) -> None:
+        self.engine, self.source, self.library = engine, source, library
+        self.options = options or ServeOptions()
+        self.config = engine.config
+        self.info = engine.describe().to_dict()
+        self.limits = batch_limits(source.manifest if source.kind == "engine" else None)
+        self.models = served_models(graph_specs_of(source, engine.inner), self.limits, self.options.max_batch)
+        self.platform = f"rapdeploy_{self.info.get('backend')}"
+        # The engine here re-blocks the ASA head itself, so clients may send up to max_asa_queries texts per
+        # request: a remote engine then re-sends each block of videos far less often than with the engine's blocks.
+        published = dataclasses.replace(self.limits, asa_queries=self.options.max_asa_queries)
+        self.parameters = model_parameters(self.config, self.info.get("precision", "fp32"), source.checkpoint,
+                                           published, self.info)
+        text = self.models[TEXT_GRAPH]
+        self.batcher = DynamicBatcher(self._encode_text, text.max_batch_size, self.options.max_queue_delay_ms / 1e3,
+                                      self.options.max_queue, name="text-batcher")
+        self.started = time.time()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thumbs: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+
+    # ------------------------------------------------------------------------------------------------ models
+    def model(self, name: str) -> ServedModel:
+        """The served model ``name``; :class:`RequestError` 404 otherwise."""
+        try:
+            return self.models[name]
+        except KeyError:
+            raise RequestError(404, f"unknown model '{name[:64]}'; this server serves {list(self.models)}",
+                               "model") from None
+
+    def model_config(self, model: ServedModel) -> dict[str, Any]:
+        """Triton-style model configuration JSON of ``model`` (``GET /v2/models/{name}/config``)."""
+        delay = int(self.options.max_queue_delay_ms * 1000) if model.name == TEXT_GRAPH else None
+        kind = "gpu" if str(self.info.get("device", "cpu")).startswith("cuda") else "cpu"
+        return config_to_json(triton_model_config(model, self.platform, self.parameters, kind, 1, delay))
+
+    def metadata(self, model: ServedModel) -> dict[str, Any]:
+        """KServe v2 model metadata of ``model``."""
+        return kserve_metadata(model, self.platform)
+
+    def axis_limits(self, model: ServedModel) -> dict[str, int]:
+        """Upper bounds of the symbolic axes a request to ``model`` may use (the batch axis is the model's)."""
+        return {"queries": self.options.max_asa_queries, "videos": self.options.max_asa_videos} \
+            if model.name == ASA_GRAPH else {}
+
+    # ------------------------------------------------------------------------------------------------ inference
+    def check_values(self, model: ServedModel, request: InferRequest) -> None:
+        """Reject input values the model cannot take (:func:`check_input_values`) as a 400 naming the input."""
+        try:
+            check_input_values(model, request.inputs, self.config)
+        except ValueError as exc:
+            name, message = exc.args
+            raise RequestError(400, message, f"inputs.{name}") from None
+
+    def infer(self, model: ServedModel, request: InferRequest) -> dict[str, np.ndarray]:
+        """Run a checked request on a model that is not batched here (blocking; the engine lock serialises)."""
+        return run_graph(self.engine, model, request.inputs)
+
+    def submit_text(self, inputs: Mapping[str, np.ndarray]) -> Future:
+        """Queue a text-encoder call (inputs by name) with the dynamic batcher; its future gives ``text_emb``.
+
+        Raises :class:`RequestError` 503 when the queue is full.
+        """
+        try:
+            return self.batcher.submit(*(inputs[n] for n in self.models[TEXT_GRAPH].input_names))
+        except QueueFullError as exc:
+            raise RequestError(503, f"server busy: {exc}; retry later", "queue") from None
+
+    def _encode_text(self, *inputs: np.ndarray) -> np.ndarray:
+        """The text encoder on one batch (the batcher's function); inputs in the graph's order."""
+        model = self.models[TEXT_GRAPH]
+        return run_graph(self.engine, model, dict(zip(model.input_names, inputs, strict=True)))[
+            model.output_names[0]]
+
+    # ------------------------------------------------------------------------------------------------ search
+    def require_library(self) -> Any:
+        """The library; :class:`RequestError` 404 when the server runs without one."""
+        if self.library is None:
+            raise RequestError(404, "this server has no library; start it with `rapdeploy serve --library LIB`",
+                               "library")
+        return self.library
+
+    def parse_search(self, doc: Any) -> tuple[str, int, int]:
+        """Check a ``POST /search`` body: ``{"query": str, "top_k": int = 10, "top_m": int = 100}``.
+
+        Returns ``(query, top_k, top_m)``; raises :class:`RequestError` (422) naming the field.
+        """
+        o = self.options
+        if not isinstance(doc, dict):
+            raise RequestError(400, 'body must be a JSON object {"query": ..., "top_k": ..., "top_m": ...}', "body")
+        unknown = sorted(set(doc) - {"query", "top_k", "top_m"})
+        if unknown:
+            raise RequestError(422, f"unknown field '{str(unknown[0])[:32]}'; /search takes query, top_k, top_m",
+                               str(unknown[0])[:32])
+        query = doc.get("query")
+        if not isinstance(query, str):
+            raise RequestError(422, "query must be a string", "query")
+        if not query.strip():
+            raise RequestError(422, "query must not be empty", "query")
+        if len(query) > o.max_query_chars:
+            raise RequestError(422, f"query is {len(query)} characters; the limit is {o.max_query_chars}", "query")
+
+        def bounded(key: str, default: int, top: int) -> int:
+            value = doc.get(key, default)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise RequestError(422, f"{key} must be an integer in [1, {top}], got {str(value)[:32]}", key)
+            return value
+
+        return query, bounded("top_k", 10, o.max_top_k), bounded("top_m", 100, o.max_top_m)
+
+    def tokenize(self, query: str) -> dict[str, np.ndarray]:
+        """The text encoder's inputs for ``query`` (token ids ``[1, L]``, EOT ``[1]``) with the model's tokenizer."""
+        from rap_deploy.graphs import TEXT_INPUTS
+        from rap_deploy.tokenizer import tokenize
+
+        return dict(zip(TEXT_INPUTS, tokenize([query], self.config.tokenizer), strict=True))
+
+    def search_embedding(self, query: str, text_emb: np.ndarray, top_k: int, top_m: int, text_ms: float
+                         ) -> dict[str, Any]:
+        """Stages 1 and 2 for one encoded query; returns the ``rapdeploy search --json`` object with the text
+        encoder's time (queue wait included) in ``timings_ms``."""
+        from rap_deploy.errors import UsageError
+
+        library = self.require_library()
+        try:
+            result = library.search_embeddings(np.asarray(text_emb, dtype=np.float32).reshape(1, -1), top_k=top_k,
+                                               top_m=top_m)[0]
+        except UsageError as exc:
+            raise RequestError(422, str(exc), "query") from None
+        timings = dict(result.get("timings_ms") or {})
+        timings["text"] = text_ms
+        timings["total"] = float(timings.get("total", 0.0)) + text_ms
+        return {"query": query, **{k: v for k, v in result.items() if k != "query"}, "timings_ms": timings}
+
+    def thumbnail_jpeg(self, video_id: str, count: int) -> bytes:
+        """A JPEG strip of ``count`` frames of ``video_id`` (from the library's frame cache; cached here too).
+
+        Raises :class:`RequestError` 404 for an unknown id, 422 for a bad count.
+        """
+        library = self.require_library()
+        if not 1 <= count <= self.options.max_thumbnail_frames:
+            raise RequestError(422, f"count must be in [1, {self.options.max_thumbnail_frames}]", "count")
+        key = (video_id, count)
+        with self._lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        try:
+            frames = np.asarray(library.thumbnail_frames(video_id, count))
+        except KeyError:
+            raise RequestError(404, f"no video '{video_id[:64]}' in the library", "video_id") from None
+        data = jpeg_strip(frames)
+        with self._lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > 512:
+                self._thumbs.popitem(last=False)
+        return data
+
+    # ------------------------------------------------------------------------------------------------ status
+    def count(self, key: str) -> None:
+        """Count one request outcome (``"<route> <status>"``) for :meth:`stats`."""
+        with self._lock:
+            self._counts[key] += 1
+
+    def ready(self) -> bool:
+        """Whether the batcher runs (the engine and library were loaded before the service existed)."""
+        return self.batcher.alive
+
+    def stats(self) -> dict[str, Any]:
+        """Uptime, request counts by route and status, the text batcher's and the engine's counters."""
+        with self._lock:
+            counts = dict(self._counts)
+        return {"uptime_s": time.time() - self.started, "requests": counts,
+                "text_batcher": {**self.batcher.stats.to_dict(), "queued": self.batcher.queued(),
+                                 "max_batch": self.batcher.max_batch,
+                                 "max_queue_delay_ms": self.options.max_queue_delay_ms},
+                "engine": self.engine.stats(), "options": self.options.to_dict()}
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /library`` adds about the server: engine, models and batch limits."""
+        return {"engine": self.info, "models": {n: m.max_batch_size for n, m in self.models.items()},
+                "batch_limits": self.limits.to_dict(), "source": str(self.source.path)}
+
+    def close(self) -> None:
+        """Stop the batcher, close the library and the engine (once; later calls do nothing)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.batcher.close()
+        if self.library is not None and hasattr(self.library, "close"):
+            self.library.close()
+        self.engine.close()
+
+
+def jpeg_strip(frames: np.ndarray, height: int = 96) -> bytes:
+    """Frames ``uint8 [n, H, W, 3]`` side by side, scaled to ``height`` pixels, as JPEG bytes."""
+    from PIL import Image
+
+    arr = np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1:
+        raise ValueError(f"thumbnail frames must be [n, H, W, 3], got {list(arr.shape)}")
+    strip = np.concatenate(list(np.clip(arr, 0, 255).astype(np.uint8)), axis=1)
+    img = Image.fromarray(strip)
+    width = max(1, round(img.width * height / img.height))
+    img = img.resize((width, height), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def parse_json(body: bytes) -> Any:
+    """``json.loads`` that raises :class:`RequestError` 400 (field ``body``) for invalid JSON."""
+    import json
+
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(400, f"request body is not valid JSON ({exc})", "body") from None

@@ -1,0 +1,244 @@
+"""``rapdeploy triton-repo``: a Triton Inference Server model repository for the three graphs.
+
+Layout (Triton's)::
+
+    OUT/README.md                      how to start tritonserver on it, query it, and verify it
+    OUT/<graph>/config.pbtxt           platform, max_batch_size, inputs/outputs, dynamic_batching, instance_group
+    OUT/<graph>/1/model.onnx|model.plan
+
+Platforms: ``tensorrt_plan`` for TensorRT engine folders (``model.plan``: the serialized engine, which only runs on the
+TensorRT version and GPU its manifest names), ``onnxruntime_onnx`` for ONNX Runtime engine folders and export folders
+(``model.onnx``; external weight files are copied beside it under their own names, which the graph refers to).
+Tensor names, ``TYPE_*`` datatypes and dims come from the artifact's manifest
+(:mod:`~rap_deploy.engines.serving.contract`); ``max_batch_size`` from the TensorRT profiles (defaults otherwise);
+``asa_head`` has two independent dynamic axes (queries, videos), so it has ``max_batch_size 0`` and ``-1`` dims.
+Every model carries the ``rapdeploy.*`` parameters the remote engine reads. The repository is written into a
+temporary folder and renamed into place, so an interrupted run leaves nothing that looks like a repository.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.engines.serving.contract import (
+    EngineSource,
+    ServedModel,
+    batch_limits,
+    graph_specs_of,
+    read_source,
+    served_models,
+)
+from rap_deploy.engines.serving.model_config import (
+    config_to_pbtxt,
+    model_parameters,
+    parse_pbtxt,
+    triton_model_config,
+)
+from rap_deploy.errors import UsageError
+
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+KIND_CHOICES = ("auto", "cpu", "gpu")
+DEFAULT_QUEUE_DELAY_US = 2000
+
+
+def _validated_source(path: Path) -> EngineSource:
+    """Read and hash-check an engine or export folder (no runtime check: Triton's machine runs it)."""
+    from rap_deploy.engines.manifest import validate_engine_dir
+    from rap_deploy.export import read_export_manifest
+
+    source = read_source(path)
+    if source.kind == "checkpoint":
+        raise UsageError(f"{path} is a checkpoint; Triton serves ONNX or TensorRT files: run `rapdeploy export "
+                         f"{path}` (and `rapdeploy build-engine`) first, then triton-repo on that folder")
+    if source.kind == "engine":
+        validate_engine_dir(path, runtime=None, check_hashes=True)
+    else:
+        read_export_manifest(path, verify_hashes=True)
+    return source
+
+
+def _graph_files(source: EngineSource, graph: str, section: str) -> tuple[Path, list[Path]]:
+    """The model file of ``graph`` and the files that must sit beside it (external weights)."""
+    manifest = source.manifest or {}
+    entry = (manifest.get(section) or {})[graph]
+    main = source.path / entry["file"]
+    extra = [source.path / e["file"] for e in entry.get("extra_files", [])]
+    if "external_data" in entry:
+        extra.append(source.path / entry["external_data"]["file"])
+    return main, extra
+
+
+def _describe_source(source: EngineSource, precision: str) -> dict[str, Any]:
+    m = source.manifest or {}
+    out = {"backend": m.get("backend", "onnxruntime"), "precision": precision, "device": m.get("device", "cpu"),
+           "provider": m.get("provider"), "source": str(source.path.resolve()), "kind": source.kind}
+    if m.get("backend") == "tensorrt":
+        out["tensorrt"] = (m.get("versions") or {}).get("tensorrt")
+        out["gpu"] = m.get("gpu")
+    return out
+
+
+@dataclass(frozen=True)
+class RepoPlan:
+    """What the repository will hold: the source, its served models, platform, precision, instances, parameters."""
+
+    source: EngineSource
+    section: str
+    models: dict[str, ServedModel]
+    platform: str
+    precision: str
+    kind: str
+    instances: int
+    max_queue_delay_us: int
+    parameters: dict[str, str]
+
+
+def plan_repo(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None, kind: str,
+              instances: int, max_queue_delay_us: int, fp16: bool) -> RepoPlan:
+    """Resolve and check the engine (default: the workspace's latest) and decide everything that is written.
+
+    Raises :class:`UsageError` for bad options, a checkpoint or a server URL, and the manifest checks' errors for a
+    damaged artifact.
+    """
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.engines.loader import is_remote
+    from rap_deploy.engines.verify import resolve_engine
+
+    if kind not in KIND_CHOICES:
+        raise UsageError(f"--kind must be one of {', '.join(KIND_CHOICES)}, got {kind!r}")
+    if instances < 1 or max_queue_delay_us < 0:
+        raise UsageError(f"need --instances >= 1 and --max-queue-delay-us >= 0, got {instances}, {max_queue_delay_us}")
+    if engine is not None and is_remote(engine):
+        raise UsageError(f"--engine {engine} is a server URL; triton-repo needs an engine or export folder")
+    source = _validated_source(resolve_engine(engine, workspace))
+    if fp16 and source.kind != "export":
+        raise UsageError("--fp16 picks an export folder's fp16 graphs; an engine folder already has its precision")
+    manifest = source.manifest or {}
+    section = "fp16_graphs" if fp16 else "graphs"
+    precision = "fp16" if fp16 else manifest.get("precision", "fp32")
+    limits = batch_limits(manifest if source.kind == "engine" else None)
+    on_gpu = manifest.get("backend") == "tensorrt" or manifest.get("device") == "cuda"
+    params = model_parameters(RAPConfig.from_dict(manifest["config"]), precision, source.checkpoint, limits,
+                              _describe_source(source, precision))
+    return RepoPlan(source, section, served_models(graph_specs_of(source, section=section), limits),
+                    PLATFORMS[manifest.get("backend", "onnxruntime")], precision,
+                    ("gpu" if on_gpu else "cpu") if kind == "auto" else kind, instances, max_queue_delay_us, params)
+
+
+def write_model(plan: RepoPlan, model: ServedModel, folder: Path) -> dict[str, Any]:
+    """Write ``folder/<model>/config.pbtxt`` and ``folder/<model>/1/`` (the model file and the files beside it);
+    returns the model's summary."""
+    from rap_deploy.atomic import write_text_atomic
+
+    cfg = triton_model_config(model, plan.platform, plan.parameters, plan.kind, plan.instances,
+                              plan.max_queue_delay_us if model.max_batch_size > 0 else None)
+    text = config_to_pbtxt(cfg)
+    parse_pbtxt(text)  # what Triton reads must parse with its own schema
+    version = folder / model.name / "1"
+    version.mkdir(parents=True)
+    main, extra = _graph_files(plan.source, model.name, plan.section)
+    shutil.copy2(main, version / MODEL_FILES[plan.platform])
+    for f in extra:
+        shutil.copy2(f, version / f.name)
+    write_text_atomic(folder / model.name / "config.pbtxt", text)
+    return {"max_batch_size": model.max_batch_size, "file": f"{model.name}/1/{MODEL_FILES[plan.platform]}",
+            "source_file": str(main), "inputs": list(model.input_names), "outputs": list(model.output_names)}
+
+
+def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
+                workspace: str | os.PathLike[str] | None = None, kind: str = "auto", instances: int = 1,
+                max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, fp16: bool = False,
+                force: bool = False) -> dict[str, Any]:
+    """Write a Triton model repository for ``engine`` (default: the workspace's latest engine) into ``out``.
+
+    ``kind`` ``auto`` puts instances on the GPU for TensorRT and CUDA engines, on the CPU otherwise; ``fp16`` uses an
+    export folder's fp16 graphs. Returns ``{"out", "platform", "precision", "kind", "models", "command"}``. Raises
+    :class:`UsageError` for a checkpoint, a remote URL, bad options or an existing ``out`` without ``force``, and
+    the manifest checks' errors for a damaged artifact.
+    """
+    from rap_deploy.atomic import write_text_atomic
+    from rap_deploy.engines.build import _swap_into_place
+
+    if out is None:
+        raise UsageError("--out DIR is required: the folder to write the model repository to")
+    plan = plan_repo(engine, workspace, kind, instances, max_queue_delay_us, fp16)
+    dest = Path(out)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
+        raise UsageError(f"{dest} already exists; pass --force to replace it or another --out")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    command = f"tritonserver --model-repository={dest.resolve()}"
+    try:
+        summary = {name: write_model(plan, model, tmp) for name, model in plan.models.items()}
+        write_text_atomic(tmp / "README.md", repo_readme(plan.source, plan.platform, plan.precision, plan.kind,
+                                                         command, summary))
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": str(dest.resolve()), "platform": plan.platform, "precision": plan.precision, "kind": plan.kind,
+            "models": summary, "command": command}
+
+
+def repo_readme(source: EngineSource, platform: str, precision: str, kind: str, command: str,
+                models: dict[str, Any]) -> str:
+    """The repository's README: what it holds, how to start Triton on it, how to query and verify it."""
+    m = source.manifest or {}
+    rows = "\n".join(f"| `{n}` | {v['max_batch_size']} | {', '.join(v['inputs'])} | {', '.join(v['outputs'])} |"
+                     for n, v in models.items())
+    trt = ""
+    if platform == "tensorrt_plan":
+        gpu = (m.get("gpu") or {}).get("name", "?")
+        trt = (f"\nThe `model.plan` files are TensorRT {(m.get('versions') or {}).get('tensorrt', '?')} engines built "
+               f"for {gpu}: use the Triton release whose TensorRT is exactly that version, on that GPU model, or "
+               "rebuild the engine there (`rapdeploy build-engine --fp16`) and regenerate this repository.\n")
+    elif source.kind == "engine":
+        trt = (f"\nThe `model.onnx` files are ONNX Runtime {(m.get('versions') or {}).get('onnxruntime', '?')} "
+               "optimised graphs; if Triton's ONNX Runtime backend is another release and refuses them, generate the "
+               "repository from the export folder instead (`rapdeploy triton-repo --engine EXPORT_DIR`).\n")
+    return f"""# Triton model repository (rapdeploy)
+
+Generated by `rapdeploy triton-repo` from `{source.path.resolve()}` ({source.kind}, {precision}); platform
+`{platform}`, instances on the {kind.upper()}.
+
+| model | max_batch_size | inputs | outputs |
+|---|---|---|---|
+{rows}
+{trt}
+## Start Triton
+
+```bash
+{command}
+# or with the NGC container (pick the release matching the engine's TensorRT / ONNX Runtime):
+docker run --rm {'--gpus all ' if kind == 'gpu' else ''}-p 8000:8000 -p 8001:8001 -p 8002:8002 \\
+  -v {Path(command.split('=', 1)[1])}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
+  tritonserver --model-repository=/models
+```
+
+## Query it
+
+```python
+import tritonclient.http as httpclient
+from rap_deploy.engines import load_engine
+
+engine = load_engine("http://localhost:8000")   # the three graphs over the Open Inference Protocol
+client = httpclient.InferenceServerClient("localhost:8000")
+print(client.get_model_metadata("text_encoder"))
+```
+
+## Verify it
+
+```bash
+rapdeploy verify --engine http://localhost:8000 --dataset msrvtt --data-root DATA
+rapdeploy bench --engine http://localhost:8000 --graphs text,search
+```
+
+Every model's `parameters` carry the RAP config (`rapdeploy.config`), the precision, the source checkpoint (verify's
+reference) and the ASA block sizes, which the remote engine reads.
+"""

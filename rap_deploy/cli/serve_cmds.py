@@ -1,0 +1,81 @@
+"""``rapdeploy serve`` (search + Open Inference Protocol over HTTP) and ``rapdeploy triton-repo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from rap_deploy.cli.app import command
+
+
+@command("serve")
+def serve_cmd(
+    library: Path | None = typer.Option(None, "--library", help="Video library to search (from `rapdeploy index`); "
+                                         "default: <workspace>/library when it exists, else inference only."),
+    engine: str | None = typer.Option(None, "--engine", help="Engine folder, export folder or .pt checkpoint; "
+                                      "default: the workspace's latest engine."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes it to the network; "
+                             "there is no authentication)."),
+    port: int = typer.Option(8080, "--port", help="Port (0: a free one; see --url-file)."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Text encoder: largest dynamic batch (1 = one query at a "
+                                  "time, the baseline of the load test)."),
+    max_queue_delay_ms: float = typer.Option(2.0, "--max-queue-delay-ms", help="Text encoder: longest wait for more "
+                                             "queries before a batch runs (Triton's max_queue_delay)."),
+    max_queue: int = typer.Option(1024, "--max-queue", help="Text requests that may wait; more get 503."),
+    max_body_mb: float = typer.Option(256.0, "--max-body-mb", help="Largest inference request body (MiB)."),
+    threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
+    url_file: Path | None = typer.Option(None, "--url-file", help="Write the server's URL here once it accepts "
+                                         "requests."),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info shows every request)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
+                                          "$RAPDEPLOY_HOME)."),
+) -> None:
+    """Serve search over a library and the three graphs (Open Inference Protocol / KServe v2) over HTTP.
+
+    POST /search, GET /library, /healthz, /readyz, a search page at /, and /v2/models/{video_encoder,text_encoder,
+    asa_head}/infer for tritonclient or any KServe v2 client. Stops on Ctrl-C.
+    """
+    from rap_deploy.engines.serving.server import serve
+    from rap_deploy.engines.serving.service import MiB, ServeOptions
+    from rap_deploy.errors import UsageError
+
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be in [0, 65535], got {port}")
+    if max_queue_delay_ms < 0 or max_queue < 1 or max_body_mb <= 0:
+        raise UsageError("--max-queue-delay-ms must be >= 0, --max-queue >= 1 and --max-body-mb > 0")
+    options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
+                           max_infer_body=int(max_body_mb * MiB))
+    serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
+          url_file=url_file, log_level=log_level)
+
+
+@command("triton-repo")
+def triton_repo_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder to write the model repository to."),
+    engine: str | None = typer.Option(None, "--engine", help="Engine folder (TensorRT or ONNX Runtime) or export "
+                                      "folder; default: the workspace's latest engine."),
+    kind: str = typer.Option("auto", "--kind", help="Instance kind: auto (GPU for TensorRT/CUDA engines, else CPU), "
+                             "cpu or gpu."),
+    instances: int = typer.Option(1, "--instances", help="Model instances per device."),
+    max_queue_delay_us: int = typer.Option(2000, "--max-queue-delay-us", help="dynamic_batching delay of the video "
+                                           "and text encoders (microseconds)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Export folders: use the fp16 graphs (ONNX Runtime CUDA)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing repository folder."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
+                                          "$RAPDEPLOY_HOME)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write a Triton Inference Server model repository (config.pbtxt + model file per graph, and a README)."""
+    from rap_deploy.engines.serving.triton_repo import triton_repo
+
+    result = triton_repo(engine, out, workspace=workspace, kind=kind, instances=instances,
+                         max_queue_delay_us=max_queue_delay_us, fp16=fp16, force=force)
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for name, m in result["models"].items():
+        typer.echo(f"{name}: {m['file']} (max_batch_size {m['max_batch_size']})")
+    typer.echo(f"{result['platform']} {result['precision']} on {result['kind']}: {result['out']}")
+    typer.echo(f"start Triton: {result['command']}")

@@ -1,0 +1,369 @@
+"""Serving without a server: the Open Inference Protocol codec (JSON and binary tensors, FP16, every refusal), the
+served-model contract derived from the export's graph specs, Triton model configs, and the dynamic batcher."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import zlib
+
+import numpy as np
+import pytest
+from conftest import micro_config
+from tritonclient.grpc import model_config_pb2 as mc
+
+from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
+from rap_deploy.engines.serving.contract import (
+    ServedModel,
+    batch_axis,
+    batch_limits,
+    check_input_values,
+    served_models,
+)
+from rap_deploy.engines.serving.model_config import (
+    config_to_json,
+    config_to_pbtxt,
+    kserve_metadata,
+    parse_pbtxt,
+    read_parameters,
+    triton_model_config,
+)
+from rap_deploy.engines.serving.oip import (
+    HEADER_LENGTH,
+    InferRequest,
+    RequestError,
+    decode_body,
+    encode_infer_response,
+    parse_infer_request,
+)
+from rap_deploy.export.export_config import GraphSpec, ModelDims, TensorSpec, graph_specs
+from rap_deploy.graphs import GRAPH_NAMES
+
+DIMS = ModelDims(frames=4, image_size=32, grid=(4, 4), embed_dim=32, context_length=32)
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Served models of the micro model's contract with the project's default batch limits."""
+    return served_models(graph_specs(DIMS, True), batch_limits(None))
+
+
+def _binary_request(inputs: dict[str, np.ndarray], datatypes: dict[str, str], outputs=None):
+    """A request as tritonclient builds it: JSON header, then each input's raw bytes."""
+    import tritonclient.http as hc
+
+    items = []
+    for name, arr in inputs.items():
+        item = hc.InferInput(name, list(arr.shape), datatypes[name])
+        item.set_data_from_numpy(arr, binary_data=True)
+        items.append(item)
+    body, header = hc.InferenceServerClient.generate_request_body(items, outputs=outputs)
+    return body, str(header)
+
+
+def _decode(body: bytes, headers: dict[str, str]):
+    import tritonclient.http as hc
+
+    return hc.InferenceServerClient.parse_response_body(body, header_length=headers.get(HEADER_LENGTH))
+
+
+def test_served_models_follow_the_graph_specs(models):
+    assert list(models) == list(GRAPH_NAMES)
+    video, text, asa = (models[g] for g in GRAPH_NAMES)
+    # batchable graphs get the profile defaults; the ASA head has two independent axes
+    assert (video.max_batch_size, text.max_batch_size, asa.max_batch_size) == (32, 128, 0)
+    assert batch_axis(video.spec) == "batch" and batch_axis(asa.spec) is None
+    frames = video.tensor("frames")
+    assert video.shape(frames) == [-1, 4, 3, 32, 32] and video.dims(frames) == [4, 3, 32, 32]
+    assert asa.dims(asa.tensor("patch_tokens")) == [-1, 4, 16, 32]
+    assert asa.shape(asa.tensor("similarity")) == [-1, -1]
+    meta = kserve_metadata(text, "x")
+    assert meta["inputs"] == [{"name": "input_ids", "datatype": "INT32", "shape": [-1, 32]},
+                              {"name": "eot", "datatype": "INT32", "shape": [-1]}]
+    limited = served_models(graph_specs(DIMS, True), batch_limits(None), text_max_batch=1)
+    assert limited["text_encoder"].max_batch_size == 1
+
+
+def test_batch_limits_read_tensorrt_profiles_and_ort_blocks():
+    trt = {"profiles": {"video_encoder": {"batch": {"min": 1, "opt": 4, "max": 8}},
+                        "text_encoder": {"batch": {"min": 1, "opt": 16, "max": 64}},
+                        "asa_head": {"queries": {"max": 16}, "videos": {"max": 48}}}}
+    got = batch_limits(trt)
+    assert (got.video, got.text, got.asa_queries, got.asa_videos) == (8, 64, 16, 48)
+    ort = batch_limits({"asa_blocks": {"queries": 8, "videos": 24}})
+    assert (ort.video, ort.text, ort.asa_queries, ort.asa_videos) == (32, 128, 8, 24)
+
+
+def test_triton_config_round_trips_through_tritons_schema(models):
+    cfg = triton_model_config(models["video_encoder"], "onnxruntime_onnx", {"rapdeploy.precision": "fp32"}, "cpu", 2,
+                              1500)
+    parsed = parse_pbtxt(config_to_pbtxt(cfg))
+    assert parsed == cfg
+    assert parsed.max_batch_size == 32 and parsed.dynamic_batching.max_queue_delay_microseconds == 1500
+    assert [i.name for i in parsed.input] == ["frames", "frame_mask"]
+    assert list(parsed.input[0].dims) == [4, 3, 32, 32] and parsed.instance_group[0].count == 2
+    as_json = config_to_json(cfg)
+    assert as_json["input"][0]["dims"] == [4, 3, 32, 32] and as_json["input"][0]["data_type"] == "TYPE_FP32"
+    assert read_parameters(as_json) == {"precision": "fp32"}
+    asa = triton_model_config(models["asa_head"], "tensorrt_plan", {}, "gpu", 1, None)
+    assert asa.max_batch_size == 0 and not asa.HasField("dynamic_batching")
+    assert list(asa.output[0].dims) == [-1, -1]
+
+
+def test_binary_and_json_requests_parse_exactly(models):
+    rng = np.random.default_rng(0)
+    model = models["video_encoder"]
+    frames = rng.standard_normal((2, 4, 3, 32, 32)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.float32)
+    body, header = _binary_request({"frames": frames, "frame_mask": mask}, {"frames": "FP32", "frame_mask": "FP32"})
+    req = parse_infer_request(body, header, model)
+    assert np.array_equal(req.inputs["frames"], frames) and np.array_equal(req.inputs["frame_mask"], mask)
+    assert req.outputs == {n: True for n in model.output_names}  # tritonclient without outputs: all binary
+    doc = {"id": "q1", "inputs": [
+        {"name": "frame_mask", "datatype": "FP32", "shape": [2, 4], "data": mask.tolist()},
+        {"name": "frames", "datatype": "FP32", "shape": [2, 4, 3, 32, 32], "data": frames.ravel().tolist()}],
+        "outputs": [{"name": "video_emb"}]}
+    req = parse_infer_request(json.dumps(doc).encode(), None, model)
+    assert np.array_equal(req.inputs["frames"], frames) and req.outputs == {"video_emb": False}
+    assert req.id == "q1"
+
+
+def test_responses_decode_bit_exact_with_tritonclient(models):
+    rng = np.random.default_rng(1)
+    model = models["video_encoder"]
+    outs = {"video_emb": rng.standard_normal((2, 32)).astype(np.float32),
+            "frame_emb": rng.standard_normal((2, 4, 32)).astype(np.float32),
+            "patch_tokens": rng.standard_normal((2, 4, 16, 32)).astype(np.float32)}
+    for binary in (True, False):
+        req = InferRequest({}, {n: binary for n in model.output_names}, id="7")
+        body, headers = encode_infer_response(model, req, outs)
+        assert (HEADER_LENGTH in headers) == binary
+        result = _decode(body, headers)
+        for name, arr in outs.items():
+            assert np.array_equal(result.as_numpy(name), arr), (name, binary)
+        assert result.get_response()["id"] == "7"
+
+
+def test_fp16_tensors_in_and_out():
+    """An fp16 tensor (the index's storage dtype, e.g. a future ``asa_tokens``) is FP16 on the wire both ways."""
+    spec = GraphSpec("asa_head", (TensorSpec("text_emb", ("queries", 8), "float32"),
+                                  TensorSpec("tokens", ("videos", 4, 8), "float16")),
+                     (TensorSpec("similarity", ("queries", "videos"), "float32"),
+                      TensorSpec("echo", ("videos", 4, 8), "float16")))
+    model = ServedModel(spec, 0)
+    tokens = np.random.default_rng(2).standard_normal((3, 4, 8)).astype(np.float16)
+    text = np.ones((2, 8), np.float32)
+    body, header = _binary_request({"text_emb": text, "tokens": tokens}, {"text_emb": "FP32", "tokens": "FP16"})
+    req = parse_infer_request(body, header, model, {"queries": 4, "videos": 4})
+    assert req.inputs["tokens"].dtype == np.float16 and np.array_equal(req.inputs["tokens"], tokens)
+    doc = {"inputs": [{"name": "text_emb", "datatype": "FP32", "shape": [2, 8], "data": text.ravel().tolist()},
+                      {"name": "tokens", "datatype": "FP16", "shape": [3, 4, 8],
+                       "data": tokens.astype(np.float32).ravel().tolist()}]}
+    assert np.array_equal(parse_infer_request(json.dumps(doc).encode(), None, model).inputs["tokens"], tokens)
+    body, headers = encode_infer_response(model, req, {"similarity": np.zeros((2, 3), np.float32), "echo": tokens})
+    out = _decode(body, headers)
+    assert out.as_numpy("echo").dtype == np.float16 and np.array_equal(out.as_numpy("echo"), tokens)
+    assert out.get_output("echo")["datatype"] == "FP16"
+    cfg = parse_pbtxt(config_to_pbtxt(triton_model_config(model, "onnxruntime_onnx", {}, "cpu")))
+    assert [mc.DataType.Name(t.data_type) for t in (*cfg.input, *cfg.output)] == \
+        ["TYPE_FP32", "TYPE_FP16", "TYPE_FP32", "TYPE_FP16"]
+    assert kserve_metadata(model, "x")["inputs"][1] == {"name": "tokens", "datatype": "FP16", "shape": [-1, 4, 8]}
+
+
+def _text_doc(**changes):
+    doc = {"inputs": [{"name": "input_ids", "datatype": "INT32", "shape": [1, 32], "data": [1] * 32},
+                      {"name": "eot", "datatype": "INT32", "shape": [1], "data": [3]}]}
+    for key, value in changes.items():
+        i, field = key.split("__")
+        doc["inputs"][int(i)][field] = value
+    return doc
+
+
+@pytest.mark.parametrize("doc, header, field", [
+    (b"{not json", None, "body"),
+    (b"[1, 2]", None, "body"),
+    ({"inputs": []}, None, "inputs"),
+    (_text_doc(**{"0__name": "ids"}), None, "inputs[0].name"),
+    (_text_doc(**{"1__name": "input_ids"}), None, "inputs[1].name"),
+    (_text_doc(**{"0__datatype": "INT64"}), None, "inputs[0].datatype"),
+    (_text_doc(**{"0__shape": [32]}), None, "inputs[0].shape"),
+    (_text_doc(**{"0__shape": [1, 31]}), None, "inputs[0].shape"),
+    (_text_doc(**{"0__shape": [129, 32]}), None, "inputs[0].shape"),
+    (_text_doc(**{"0__shape": [0, 32]}), None, "inputs[0].shape"),
+    (_text_doc(**{"0__shape": [1, 32.0]}), None, "inputs[0].shape"),
+    (_text_doc(**{"0__data": [1] * 31}), None, "inputs[0].data"),
+    (_text_doc(**{"0__data": [1.5] * 32}), None, "inputs[0].data"),
+    (_text_doc(**{"0__data": ["a"] * 32}), None, "inputs[0].data"),
+    (_text_doc(**{"0__data": [2**40] * 32}), None, "inputs[0].data"),
+    (_text_doc(**{"1__shape": [2], "1__data": [1, 2]}), None, "inputs"),
+    ({"inputs": _text_doc()["inputs"][:1]}, None, "inputs"),
+    ({**_text_doc(), "outputs": [{"name": "nope"}]}, None, "outputs[0].name"),
+    ({**_text_doc(), "outputs": [{"name": "text_emb", "parameters": {"classification": 3}}]}, None,
+     "outputs[0].parameters"),
+    (_text_doc(**{"0__parameters": {"shared_memory_region": "r"}}), None,
+     "inputs[0].parameters.shared_memory_region"),
+    (_text_doc(), "abc", HEADER_LENGTH),
+    (_text_doc(), "999999", HEADER_LENGTH),
+])
+def test_malformed_requests_name_the_field(models, doc, header, field):
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    with pytest.raises(RequestError) as err:
+        parse_infer_request(body, header, models["text_encoder"])
+    assert err.value.status == 400 and err.value.field == field, err.value.message
+
+
+def test_binary_sections_must_add_up(models):
+    ids = np.ones((1, 32), np.int32)
+    eot = np.zeros(1, np.int32)
+    body, header = _binary_request({"input_ids": ids, "eot": eot}, {"input_ids": "INT32", "eot": "INT32"})
+    for bad_body in (body[:-1], body + b"\0\0\0\0"):
+        with pytest.raises(RequestError) as err:
+            parse_infer_request(bad_body, header, models["text_encoder"])
+        assert err.value.status == 400
+    head = json.loads(body[:int(header)])
+    head["inputs"][0]["parameters"]["binary_data_size"] = 64
+    h = json.dumps(head).encode()
+    with pytest.raises(RequestError) as err:
+        parse_infer_request(h + body[int(header):], str(len(h)), models["text_encoder"])
+    assert err.value.field == "inputs[0].parameters.binary_data_size"
+
+
+def test_input_values_the_model_cannot_take_are_refused(models):
+    cfg = micro_config()
+    ok = {"input_ids": np.ones((1, 32), np.int32), "eot": np.array([3], np.int32)}
+    check_input_values(models["text_encoder"], ok, cfg)
+    for name, bad in (("input_ids", np.full((1, 32), 49408, np.int32)), ("input_ids", -np.ones((1, 32), np.int32)),
+                      ("eot", np.array([32], np.int32))):
+        with pytest.raises(ValueError) as err:
+            check_input_values(models["text_encoder"], {**ok, name: bad}, cfg)
+        assert err.value.args[0] == name
+    frames = np.zeros((1, 4, 3, 32, 32), np.float32)
+    for mask in (np.zeros((1, 4), np.float32), np.full((1, 4), 0.5, np.float32)):
+        with pytest.raises(ValueError):
+            check_input_values(models["video_encoder"], {"frames": frames, "frame_mask": mask}, cfg)
+    frames[0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        check_input_values(models["video_encoder"], {"frames": frames, "frame_mask": np.ones((1, 4), np.float32)},
+                           cfg)
+
+
+def test_compressed_bodies_are_bounded():
+    raw = json.dumps(_text_doc()).encode()
+    assert decode_body(gzip.compress(raw), "gzip", 10_000) == raw
+    assert decode_body(zlib.compress(raw), "deflate", 10_000) == raw
+    bomb = gzip.compress(b"0" * 5_000_000)
+    with pytest.raises(RequestError) as err:
+        decode_body(bomb, "gzip", 100_000)
+    assert err.value.status == 413
+    with pytest.raises(RequestError) as err:
+        decode_body(raw, "br", 10_000)
+    assert err.value.status == 415
+    with pytest.raises(RequestError) as err:
+        decode_body(b"garbage", "gzip", 10_000)
+    assert err.value.status == 400
+
+
+# ---------------------------------------------------------------------------------------------------- batcher
+def test_batcher_joins_waiting_requests_up_to_max_batch():
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def fn(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(len(x))
+        if len(seen) == 1:
+            gate.wait(10)  # hold the first batch so the others queue up behind it
+        return x * 2, y + 1
+
+    batcher = DynamicBatcher(fn, max_batch=4, max_delay_s=0.0)
+    try:
+        first = batcher.submit(np.array([[0]]), np.array([0]))
+        while not seen:
+            threading.Event().wait(0.01)
+        futures = [batcher.submit(np.array([[i]] * rows), np.array([i] * rows)) for i, rows in
+                   enumerate([1, 2, 1, 3, 1], start=1)]
+        gate.set()
+        results = [f.result(10) for f in futures]
+        first.result(10)
+    finally:
+        batcher.close()
+    # queued: 1+2+1 rows fill a batch of 4; 3 would overflow it and waits for the next batch with the last 1
+    assert seen == [1, 4, 4]
+    for i, (rows, (a, b)) in enumerate(zip([1, 2, 1, 3, 1], results, strict=True), start=1):
+        assert a.shape == (rows, 1) and (a == 2 * i).all() and (b == i + 1).all()
+    stats = batcher.stats.to_dict()
+    assert stats["batches"] == 3 and stats["rows"] == 9 and stats["largest_batch"] == 4
+
+
+def test_batcher_waits_for_the_queue_delay_and_one_at_a_time_never_joins():
+    calls: list[int] = []
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return x
+
+    batcher = DynamicBatcher(fn, max_batch=8, max_delay_s=5.0)
+    try:
+        futures = [batcher.submit(np.array([i])) for i in range(8)]  # a full batch runs without waiting 5 s
+        assert [int(f.result(4)[0]) for f in futures] == list(range(8))
+    finally:
+        batcher.close()
+    assert calls == [8]
+    single = DynamicBatcher(fn, max_batch=1, max_delay_s=1.0)
+    try:
+        assert [int(single.submit(np.array([i])).result(5)[0]) for i in range(3)] == [0, 1, 2]
+    finally:
+        single.close()
+    assert single.stats.to_dict()["largest_batch"] == 1
+
+
+def test_batcher_bounds_its_queue_and_propagates_failures():
+    gate = threading.Event()
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        gate.wait(10)
+        if (x < 0).any():
+            raise ValueError("negative")
+        return x
+
+    batcher = DynamicBatcher(fn, max_batch=1, max_delay_s=0.0, max_queue=2)
+    try:
+        running = batcher.submit(np.array([1]))
+        while batcher.queued():
+            threading.Event().wait(0.01)
+        queued = [batcher.submit(np.array([-1])), batcher.submit(np.array([2]))]
+        with pytest.raises(QueueFullError):
+            batcher.submit(np.array([3]))
+        with pytest.raises(ValueError):
+            batcher.submit(np.zeros(2))  # more rows than max_batch
+        gate.set()
+        assert running.result(10)[0] == 1
+        with pytest.raises(ValueError, match="negative"):
+            queued[0].result(10)
+        assert queued[1].result(10)[0] == 2
+        assert batcher.stats.rejected == 1 and batcher.stats.failed_batches == 1
+    finally:
+        gate.set()
+        batcher.close()
+    assert not batcher.alive
+    with pytest.raises(RuntimeError):
+        batcher.submit(np.array([1]))
+
+
+def test_every_engine_source_gives_the_same_served_models(micro_checkpoint, micro_ort_engines):
+    """Checkpoint (graph_specs of the loaded model), export manifest and engine manifest agree on every tensor."""
+    from rap_deploy.engines.serving.contract import graph_specs_of, read_source
+    from rap_deploy.engines.torch_backend import TorchEngine
+
+    from_ckpt = graph_specs_of(read_source(micro_checkpoint), TorchEngine(micro_checkpoint))
+    from_export = graph_specs_of(read_source(micro_ort_engines["export"]))
+    from_engine = graph_specs_of(read_source(micro_ort_engines["fp32"]))
+
+    def plain(specs):
+        return {g: [(t.name, [d if isinstance(d, int) else -1 for d in t.shape], t.dtype)
+                    for t in (*s.inputs, *s.outputs)] for g, s in specs.items()}
+
+    assert plain(from_ckpt) == plain(from_export) == plain(from_engine)
+    assert plain(from_ckpt)["text_encoder"] == plain(graph_specs(DIMS, True))["text_encoder"]
+    assert read_source(micro_checkpoint).checkpoint["sha256"] == \
+        read_source(micro_ort_engines["fp32"]).checkpoint["sha256"]

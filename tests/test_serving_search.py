@@ -1,0 +1,168 @@
+"""``POST /search``, ``GET /library``, thumbnails and the page, served in a thread (uvicorn on 127.0.0.1, a free port)
+over the micro fp32 ONNX Runtime engine and a TEST DOUBLE of the library (``tests/library_double.py``: the library
+API over ``VideoIndex`` + ``two_stage_similarity``; switch to ``rap_deploy.library.open_library`` when it merges)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+import urllib.parse
+
+import pytest
+from library_double import IndexLibraryDouble
+
+from rap_deploy.engines.serving.app import create_app
+from rap_deploy.engines.serving.server import ServerThread, warm_up
+from rap_deploy.engines.serving.service import ServeOptions, ServingService
+
+
+@pytest.fixture(scope="module")
+def served(micro_ort_engines, synth_root, tmp_path_factory):
+    """``(url, service, library)``: the app in a server thread; the service and server are stopped afterwards."""
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+
+    path = micro_ort_engines["fp32"]
+    engine = SerialEngine(load_engine(path, threads=1))
+    split = load_split("msrvtt", synth_root, "test", max_frames=engine.config.frames)
+    library = IndexLibraryDouble(engine, split, FrameCache(tmp_path_factory.mktemp("frames")))
+    service = ServingService(engine, read_source(path), library, ServeOptions(max_batch=8, max_queue_delay_ms=20))
+    warm_up(service)
+    try:
+        with ServerThread(create_app(service)) as server:
+            yield server.url, service, library
+    finally:
+        service.close()
+    assert library.closed and not service.batcher.alive
+
+
+def _request(url, method, path, body=None, headers=None):
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type"), resp.read()
+    finally:
+        conn.close()
+
+
+def _search(url, **doc):
+    status, _, data = _request(url, "POST", "/search", json.dumps(doc).encode(), {"Content-Type": "application/json"})
+    return status, json.loads(data)
+
+
+def test_search_equals_the_library_search(served, synth_root):
+    url, service, library = served
+    from rap_deploy.data.datasets import load_split
+
+    captions = load_split("msrvtt", synth_root, "test", max_frames=4).captions[:4]
+    for q in captions:
+        status, got = _search(url, query=q, top_k=5, top_m=6)
+        assert status == 200, got
+        want = library.search([q], top_k=5, top_m=6)[0]
+        assert got["query"] == q and got["results"] == want["results"]
+        assert [r["rank"] for r in got["results"]] == [1, 2, 3, 4, 5]
+        assert set(got["timings_ms"]) == {"text", "stage1", "rerank", "total"} and got["timings_ms"]["text"] > 0
+    status, got = _search(url, query=captions[0])  # defaults: top_k 10, top_m 100
+    assert status == 200 and len(got["results"]) == 10
+
+
+def test_concurrent_searches_get_their_own_results(served):
+    url, service, library = served
+    queries = [f"a small red circle moves {d}" for d in ("up", "left", "right", "down")] * 4
+    expected = {q: library.search([q], top_k=3, top_m=4)[0]["results"] for q in set(queries)}
+    before = service.batcher.stats.rows
+    barrier = threading.Barrier(len(queries))
+    answers: dict[int, tuple] = {}
+
+    def one(i: int, q: str) -> None:
+        barrier.wait(30)
+        answers[i] = _search(url, query=q, top_k=3, top_m=4)
+
+    threads = [threading.Thread(target=one, args=(i, q)) for i, q in enumerate(queries)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(answers) == len(queries)
+    for i, q in enumerate(queries):
+        status, got = answers[i]
+        assert status == 200 and got["results"] == expected[q]
+    assert service.batcher.stats.rows - before == len(queries)
+    assert service.batcher.stats.largest_batch <= 8
+
+
+@pytest.mark.parametrize("body, status, field", [
+    (b"{oops", 400, "body"),
+    (b'"just a string"', 400, "body"),
+    (json.dumps({"top_k": 3}).encode(), 422, "query"),
+    (json.dumps({"query": ""}).encode(), 422, "query"),
+    (json.dumps({"query": "   "}).encode(), 422, "query"),
+    (json.dumps({"query": 42}).encode(), 422, "query"),
+    (json.dumps({"query": "x" * 1001}).encode(), 422, "query"),
+    (json.dumps({"query": "x" * (1 << 20)}).encode(), 413, "body"),  # a 1 MB query
+    (json.dumps({"query": "red", "top_k": 10**9}).encode(), 422, "top_k"),
+    (json.dumps({"query": "red", "top_k": 0}).encode(), 422, "top_k"),
+    (json.dumps({"query": "red", "top_k": True}).encode(), 422, "top_k"),
+    (json.dumps({"query": "red", "top_m": -1}).encode(), 422, "top_m"),
+    (json.dumps({"query": "red", "topk": 3}).encode(), 422, "topk"),
+])
+def test_bad_searches_get_4xx_and_the_server_keeps_serving(served, body, status, field):
+    url, _, _ = served
+    got, ctype, data = _request(url, "POST", "/search", body, {"Content-Type": "application/json"})
+    doc = json.loads(data)
+    assert (got, doc["field"]) == (status, field), doc
+    assert ctype == "application/json" and "Traceback" not in doc["error"]
+    assert _request(url, "GET", "/readyz")[0] == 200
+    assert _search(url, query="a red circle", top_k=1)[0] == 200
+
+
+def test_library_thumbnails_and_page(served):
+    url, service, library = served
+    status, _, data = _request(url, "GET", "/library")
+    info = json.loads(data)
+    assert status == 200 and info["size"] == len(library) == 12
+    assert info["server"]["engine"]["backend"] == "onnxruntime" and info["server"]["models"]["text_encoder"] == 8
+    vid = library.index.video_ids[0]
+    status, ctype, img = _request(url, "GET", f"/thumbnails?count=3&video_id={urllib.parse.quote(vid)}")
+    assert status == 200 and ctype == "image/jpeg" and img[:3] == b"\xff\xd8\xff"
+    import io
+
+    from PIL import Image
+
+    strip = Image.open(io.BytesIO(img))
+    assert strip.height == 96 and strip.width == 3 * 96  # three square frames side by side
+    assert _request(url, "GET", "/thumbnails?video_id=nope")[0] == 404
+    assert _request(url, "GET", f"/thumbnails?video_id={vid}&count=99")[0] == 422
+    assert _request(url, "GET", f"/thumbnails?video_id={vid}&count=x")[0] == 422
+    status, ctype, page = _request(url, "GET", "/")
+    html = page.decode()
+    assert status == 200 and ctype.startswith("text/html")
+    assert 'id="query"' in html and 'fetch("/search"' in html and "/thumbnails?" in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # no external assets
+    stats = json.loads(_request(url, "GET", "/stats")[2])
+    assert stats["text_batcher"]["max_batch"] == 8 and stats["requests"]["/search 200"] >= 1
+
+
+def test_load_test_script_runs_against_the_server(served, tmp_path):
+    from rap_deploy.engines.serving.loadtest import main
+
+    url, _, _ = served
+    out = tmp_path / "load.json"
+    code = main(["--url", url, "--target", "search,text", "--clients", "4", "--seconds", "1.5",
+                 "--warmup-seconds", "0.2", "--top-m", "4", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [r["target"] for r in report["runs"]] == ["search", "text"]
+    for run in report["runs"]:
+        assert run["errors"] == {} and run["ok"] == run["requests"] > 0
+        assert run["p50_ms"] > 0 and run["p99_ms"] >= run["p50_ms"] and run["throughput_rps"] > 0
+        assert run["server"]["text_rows"] >= run["ok"] and run["server"]["max_batch"] == 8
+    assert main(["--url", "http://10.1.2.3:80", "--seconds", "1"]) == 2  # loopback only
+    assert main(["--url", url, "--clients", "1000"]) == 2  # bounded

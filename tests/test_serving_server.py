@@ -1,0 +1,234 @@
+"""``rapdeploy serve`` in a subprocess on 127.0.0.1 (a free port) over the micro model's fp32 ONNX Runtime engine:
+tritonclient inference equals the local engine bit for bit, malformed requests get a 4xx naming the field and the
+server keeps answering, and ``verify`` / ``bench`` / ``load_engine`` work against ``http://…``."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.parse
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rap_deploy.cli import app
+from rap_deploy.engines.loader import load_engine
+from rap_deploy.engines.serving.loadtest import SpawnedServer
+from rap_deploy.errors import BackendUnavailableError, UsageError
+from rap_deploy.graphs import rerank_tensors, video_outputs
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def server(micro_ort_engines):
+    """The real CLI: ``rapdeploy serve --engine <fp32 engine> --port 0``; stopped after the module."""
+    s = SpawnedServer(["--engine", str(micro_ort_engines["fp32"]), "--threads", "1", "--max-batch", "8"])
+    try:
+        yield s
+    finally:
+        s.stop()
+    # SIGTERM: uvicorn shuts down gracefully (the service closes), then re-raises the signal
+    assert s.proc.returncode in (0, -15) and "rapdeploy serve stopped" in s.output, s.output[-2000:]
+
+
+@pytest.fixture(scope="module")
+def local(micro_ort_engines):
+    engine = load_engine(micro_ort_engines["fp32"], threads=1)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import tritonclient.http as hc
+
+    c = hc.InferenceServerClient(server.url.removeprefix("http://"))
+    yield c
+    c.close()
+
+
+def _request(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _inputs(local, synth_root, videos=3):
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.data.video import decode_video
+    from rap_deploy.preprocess import normalize
+    from rap_deploy.tokenizer import tokenize
+
+    cfg = local.config
+    split = load_split("msrvtt", synth_root, "test", max_frames=cfg.frames)
+    decoded = [decode_video(v.path, split.sampling, cfg.preprocess) for v in split.videos[:videos]]
+    frames = np.stack([normalize(d.frames, cfg.preprocess).numpy() for d in decoded])
+    mask = np.stack([d.mask.astype(np.float32) for d in decoded])
+    ids, eot = tokenize(split.captions[:videos], cfg.tokenizer)
+    return frames, mask, ids, eot
+
+
+def _infer(client, model, arrays, binary, outputs=None):
+    import tritonclient.http as hc
+
+    from rap_deploy.engines.serving.contract import NUMPY_DTYPES
+
+    meta = {t["name"]: t["datatype"] for t in client.get_model_metadata(model)["inputs"]}
+    items = []
+    for name, arr in arrays.items():  # in the datatypes the server declares (the index's fp16 ones included)
+        item = hc.InferInput(name, list(arr.shape), meta[name])
+        item.set_data_from_numpy(np.asarray(arr, dtype=NUMPY_DTYPES[meta[name]]), binary_data=binary)
+        items.append(item)
+    wanted = None if outputs is None else [hc.InferRequestedOutput(n, binary_data=binary) for n in outputs]
+    return client.infer(model, items, outputs=wanted)
+
+
+def test_tritonclient_inference_equals_the_local_engine(client, local, synth_root):
+    assert client.is_server_live() and client.is_server_ready()
+    assert all(client.is_model_ready(g) for g in ("video_encoder", "text_encoder", "asa_head"))
+    frames, mask, ids, eot = _inputs(local, synth_root)
+    video = local.encode_video(frames, mask)
+    text = local.encode_text(ids, eot)
+    rerank = dict(zip(rerank_tensors(True), video[1:], strict=True))  # the video outputs after video_emb
+    sim = local.asa_similarity(text, *rerank.values())
+    for binary in (True, False):  # tritonclient's default (binary) and JSON tensors
+        out = _infer(client, "video_encoder", {"frames": frames, "frame_mask": mask}, binary)
+        for name, ref in zip(video_outputs(True), video, strict=True):
+            assert np.array_equal(out.as_numpy(name), ref), (name, binary)
+        out = _infer(client, "text_encoder", {"input_ids": ids, "eot": eot}, binary, ["text_emb"])
+        assert np.array_equal(out.as_numpy("text_emb"), text)
+        out = _infer(client, "asa_head", {"text_emb": text, **rerank}, binary)
+        assert np.array_equal(out.as_numpy("similarity"), sim)
+    meta = client.get_model_metadata("video_encoder")
+    assert [t["name"] for t in meta["outputs"]] == list(video_outputs(True))
+    assert meta["inputs"][0] == {"name": "frames", "datatype": "FP32", "shape": [-1, 4, 3, 32, 32]}
+
+
+def test_model_config_is_tritons_schema(client):
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    for name, batch in (("video_encoder", 32), ("text_encoder", 8), ("asa_head", 0)):
+        cfg = json_format.ParseDict(client.get_model_config(name), mc.ModelConfig())
+        assert cfg.name == name and cfg.max_batch_size == batch
+        assert json.loads(cfg.parameters["rapdeploy.config"].string_value)["clip"] == "rap-micro"
+    text = client.get_model_config("text_encoder")
+    assert text["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+
+
+def test_remote_engine_runs_the_graphs(server, local, synth_root):
+    frames, mask, ids, eot = _inputs(local, synth_root, videos=2)
+    remote = load_engine(server.url)
+    try:
+        info = remote.describe().to_dict()
+        assert info["backend"] == "remote" and info["precision"] == "fp32" and info["path"] == server.url
+        assert remote.config == local.config and remote.max_batch["text_encoder"] == 8
+        assert (remote.query_block, remote.video_block) == (1024, 64)  # the server re-blocks queries itself
+        ids20 = np.repeat(ids, 10, axis=0)  # more texts than the server's max batch: split into requests
+        eot20 = np.repeat(eot, 10)
+        assert np.array_equal(remote.encode_text(ids20, eot20), local.encode_text(ids20, eot20))
+        v = remote.encode_video(frames, mask)
+        remote.query_block, remote.video_block = 1, 1  # one ASA request per (query, video) pair
+        assert np.array_equal(remote.asa_similarity(remote.encode_text(ids, eot), *v[1:]),
+                              local.asa_similarity(local.encode_text(ids, eot), *v[1:]))
+        assert remote.manifest()["checkpoint"]["sha256"]
+    finally:
+        remote.close()
+
+
+def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, client):
+    import tritonclient.http as hc
+    from tritonclient.utils import InferenceServerException
+
+    url = server.url
+    infer = "/v2/models/text_encoder/infer"
+    good_ids = [1] * 32
+    cases = [
+        ("POST", infer, b"{not json", {}, 400, "body"),
+        ("POST", infer, json.dumps({"inputs": [{"name": "input_ids", "datatype": "FP32", "shape": [1, 32],
+                                                "data": good_ids}]}).encode(), {}, 400, "inputs[0].datatype"),
+        ("POST", infer, json.dumps({"inputs": [{"name": "input_ids", "datatype": "INT32", "shape": [1, 31],
+                                                "data": good_ids[:31]}]}).encode(), {}, 400, "inputs[0].shape"),
+        ("POST", infer, json.dumps({"inputs": [{"name": "input_ids", "datatype": "INT32", "shape": [1, 32],
+                                                "data": [60000] * 32},
+                                               {"name": "eot", "datatype": "INT32", "shape": [1], "data": [3]}]}
+                                   ).encode(), {}, 400, "inputs.input_ids"),
+        ("POST", infer, b"{}", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
+        ("POST", "/v2/models/nope/infer", b"{}", {}, 404, "model"),
+        ("GET", "/v2/models/text_encoder/versions/2", None, {}, 404, "version"),
+        ("POST", "/search", b"{}", {}, 404, "library"),  # no library on this server
+        ("GET", "/nowhere", None, {}, 404, None),
+    ]
+    for method, path, body, headers, status, field in cases:
+        got, data = _request(url, method, path, body, headers)
+        doc = json.loads(data)
+        assert (got, doc["field"]) == (status, field), (path, data)
+        assert doc["error"] and "Traceback" not in doc["error"]
+    # a declared huge body is refused before it is read; a body streamed past the limit is cut off
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.putrequest("POST", "/v2/models/video_encoder/infer")
+    conn.putheader("Content-Length", str(10**12))
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and json.loads(resp.read())["field"] == "body"
+    conn.close()
+    # NaN frames through tritonclient (binary): a 400 tritonclient reports
+    frames = np.zeros((1, 4, 3, 32, 32), np.float32)
+    frames[0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(InferenceServerException) as err:
+        _infer(client, "video_encoder", {"frames": frames, "frame_mask": np.ones((1, 4), np.float32)}, True)
+    assert err.value.status() == "400" and "NaN" in err.value.message()
+    with pytest.raises(InferenceServerException) as err:  # batch above max_batch_size 8
+        _infer(client, "text_encoder", {"input_ids": np.ones((9, 32), np.int32), "eot": np.ones(9, np.int32)}, True)
+    assert err.value.status() == "400" and "[1, 8]" in err.value.message()
+    item = hc.InferInput("input_ids", [1, 32], "INT32")
+    item.set_data_from_numpy(np.ones((1, 32), np.int32))
+    with pytest.raises(InferenceServerException):  # eot missing
+        client.infer("text_encoder", [item])
+    assert _request(url, "GET", "/readyz")[0] == 200
+    stats = json.loads(_request(url, "GET", "/stats")[1])
+    assert stats["requests"].get("/v2/infer 400", 0) >= 3 and "/v2/infer 500" not in stats["requests"]
+
+
+def test_verify_and_bench_run_against_the_live_server(server, micro_checkpoint, synth_root, tmp_path):
+    out = tmp_path / "verify"
+    res = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine",
+                              server.url, "--out", str(out), "--cache-dir", str(tmp_path / "frames"),
+                              "--rerank-top", "5", "--quiet"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "verify.json").read_text())
+    assert report["passed"] is True and report["precision"] == "fp32"
+    assert report["rank_changes"] == {"t2v": 0, "v2t": 0}
+    assert report["two_stage"]["rank_changes"] == {"t2v": 0, "v2t": 0}
+    assert report["engine_info"]["backend"] == "remote" and report["engine_path"] == server.url
+    assert report["reference_info"]["matches_engine_source"] is True  # the server named its checkpoint
+    res = runner.invoke(app, ["bench", "--engine", server.url, "--batch-sizes", "1,2", "--repeats", "1",
+                              "--warmup", "0", "--graphs", "text,search", "--index-size", "8", "--rerank-top", "4",
+                              "--no-compare-meanp", "--out", str(tmp_path / "bench"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
+    remote = [r for r in rows if r["backend"] == "remote"]
+    assert {(r["graph"], r["batch_size"]) for r in remote} == {("text", 1), ("text", 2), ("search", 1), ("search", 2)}
+    assert all(r["throughput"] > 0 for r in remote)
+
+
+def test_remote_engine_refusals(tmp_path):
+    from rap_deploy.engines.serving.server import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)  # a port that accepts nothing: bound, then closed
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(BackendUnavailableError, match="cannot reach"):
+        load_engine(f"http://127.0.0.1:{port}")
+    with pytest.raises(UsageError):
+        load_engine("http://")
+    res = runner.invoke(app, ["serve", "--engine", "http://127.0.0.1:1", "--port", "0"])
+    assert res.exit_code == 2 and "is a server" in res.output

@@ -1,0 +1,199 @@
+"""``rapdeploy triton-repo``: every generated ``config.pbtxt`` parses with Triton's own schema
+(``tritonclient.grpc.model_config_pb2`` + protobuf ``text_format``) and matches the ONNX graph it serves: input and
+output names, ``TYPE_*`` datatypes, dims; platforms, model files, batch sizes from the engine's profiles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import onnx
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+from typer.testing import CliRunner
+
+from rap_deploy.cli import app
+
+runner = CliRunner()
+ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
+                  onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT64: "TYPE_INT64"}
+GRAPHS = ("video_encoder", "text_encoder", "asa_head")
+
+
+def _config(repo, graph) -> mc.ModelConfig:
+    return text_format.Parse((repo / graph / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cross_check(cfg: mc.ModelConfig, graph_file) -> None:
+    """The config's inputs/outputs are the ONNX graph's, name for name, type for type, dim for dim."""
+    model = onnx.load(str(graph_file), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    for declared, values in ((cfg.input, [v for v in model.graph.input if v.name not in init]),
+                             (cfg.output, list(model.graph.output))):
+        assert [t.name for t in declared] == [v.name for v in values]
+        for t, v in zip(declared, values, strict=True):
+            assert mc.DataType.Name(t.data_type) == ONNX_TO_TRITON[v.type.tensor_type.elem_type], t.name
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+            if cfg.max_batch_size > 0:
+                assert dims[0] == -1 and list(t.dims) == dims[1:], t.name
+            else:
+                assert list(t.dims) == dims, t.name
+
+
+def test_onnxruntime_engine_repository(micro_ort_engines, tmp_path):
+    engine = micro_ort_engines["fp32"]
+    repo = tmp_path / "repo"
+    res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(repo), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["platform"] == "onnxruntime_onnx" and summary["kind"] == "cpu"
+    manifest = json.loads((engine / "manifest.json").read_text())
+    for graph, batch in zip(GRAPHS, (32, 128, 0), strict=True):
+        cfg = _config(repo, graph)
+        assert (cfg.name, cfg.platform, cfg.max_batch_size) == (graph, "onnxruntime_onnx", batch)
+        model_file = repo / graph / "1" / "model.onnx"
+        assert _sha(model_file) == manifest["graphs"][graph]["sha256"]
+        _cross_check(cfg, model_file)
+        assert cfg.HasField("dynamic_batching") == (batch > 0)
+        if batch:
+            assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
+        assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
+        assert json.loads(params["rapdeploy.config"]) == manifest["config"]
+        assert params["rapdeploy.precision"] == "fp32"
+        assert json.loads(params["rapdeploy.checkpoint"])["sha256"] == manifest["checkpoint"]["sha256"]
+        assert json.loads(params["rapdeploy.asa_blocks"]) == {"queries": 32, "videos": 64}
+    readme = (repo / "README.md").read_text()
+    assert f"tritonserver --model-repository={repo.resolve()}" in readme
+    assert "rapdeploy verify --engine http://localhost:8000" in readme
+    # an existing repository is only replaced with --force
+    res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(repo)])
+    assert res.exit_code == 2 and "--force" in res.output
+    res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(repo), "--force",
+                              "--kind", "gpu", "--instances", "2"])
+    assert res.exit_code == 0, res.output
+    assert [(g.kind, g.count) for g in _config(repo, "asa_head").instance_group] == [(mc.ModelInstanceGroup.KIND_GPU,
+                                                                                      2)]
+    assert not list(tmp_path.glob(".repo.partial-*"))
+
+
+def test_export_folder_repository_fp16(micro_checkpoint, micro_ort_engines, tmp_path):
+    from rap_deploy.export import export_checkpoint
+
+    res = runner.invoke(app, ["triton-repo", "--engine", str(micro_ort_engines["export"]), "--out",
+                              str(tmp_path / "none"), "--fp16"])
+    assert res.exit_code == 2 and "--fp16" in res.output  # an export without fp16 graphs
+    export = tmp_path / "export16"
+    export_checkpoint(micro_checkpoint, export, fp16=True, progress=False)
+    manifest = json.loads((export / "manifest.json").read_text())
+    repo = tmp_path / "repo16"
+    res = runner.invoke(app, ["triton-repo", "--engine", str(export), "--out", str(repo), "--fp16"])
+    assert res.exit_code == 0, res.output
+    for graph in GRAPHS:
+        cfg = _config(repo, graph)
+        assert cfg.platform == "onnxruntime_onnx"
+        model_file = repo / graph / "1" / "model.onnx"
+        assert _sha(model_file) == manifest["fp16_graphs"][graph]["sha256"]
+        _cross_check(cfg, model_file)  # the fp16 graphs keep fp32 inputs and outputs
+        assert cfg.parameters["rapdeploy.precision"].string_value == "fp16"
+
+
+def _tensorrt_engine_folder(micro_ort_engines, dest):
+    """An engine folder as `build-engine --fp16` writes it on a TensorRT machine: the manifest comes from the real
+    ``new_manifest``; the ``*.engine`` files are stand-in bytes (triton-repo copies them, it never runs them)."""
+    from rap_deploy.atomic import sha256_file
+    from rap_deploy.engines.manifest import graph_entry, new_manifest, write_manifest
+
+    export = micro_ort_engines["export"]
+    export_manifest = json.loads((export / "manifest.json").read_text())
+    dest.mkdir()
+    graphs = {}
+    for g in GRAPHS:
+        (dest / f"{g}.engine").write_bytes(b"stand-in serialized engine for " + g.encode())
+        src = export / export_manifest["graphs"][g]["file"]
+        graphs[g] = graph_entry(dest, f"{g}.engine", src, sha256_file(src))
+    profiles = {"video_encoder": {"batch": {"min": 1, "opt": 4, "max": 8}},
+                "text_encoder": {"batch": {"min": 1, "opt": 16, "max": 64}},
+                "asa_head": {"queries": {"min": 1, "opt": 16, "max": 16}, "videos": {"min": 1, "opt": 32, "max": 32}}}
+    manifest = new_manifest("tensorrt", "fp16", "cuda", "TensorRT", graphs, export_manifest, export,
+                            profiles=profiles, gpu={"name": "NVIDIA H100", "compute_capability": "9.0"})
+    manifest["versions"]["tensorrt"] = "10.9.0.34"
+    write_manifest(dest, manifest)
+    return dest
+
+
+def test_tensorrt_engine_repository(micro_ort_engines, tmp_path):
+    engine = _tensorrt_engine_folder(micro_ort_engines, tmp_path / "tensorrt-fp16")
+    export = micro_ort_engines["export"]
+    repo = tmp_path / "trt-repo"
+    res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(repo)])
+    assert res.exit_code == 0, res.output
+    for graph, batch in zip(GRAPHS, (8, 64, 0), strict=True):
+        cfg = _config(repo, graph)
+        assert (cfg.platform, cfg.max_batch_size) == ("tensorrt_plan", batch)
+        plan = repo / graph / "1" / "model.plan"
+        assert plan.read_bytes() == (engine / f"{graph}.engine").read_bytes()
+        _cross_check(cfg, export / f"{graph}.onnx")  # the graph the engine was built from
+        assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+        assert json.loads(cfg.parameters["rapdeploy.asa_blocks"].string_value) == {"queries": 16, "videos": 32}
+        assert cfg.parameters["rapdeploy.precision"].string_value == "fp16"
+    readme = (repo / "README.md").read_text()
+    assert "TensorRT 10.9.0.34" in readme and "NVIDIA H100" in readme
+
+
+def test_refusals(micro_ort_engines, micro_checkpoint, tmp_path):
+    res = runner.invoke(app, ["triton-repo", "--engine", str(micro_checkpoint), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "rapdeploy export" in res.output
+    res = runner.invoke(app, ["triton-repo", "--engine", "http://127.0.0.1:8000", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2
+    res = runner.invoke(app, ["triton-repo", "--engine", str(micro_ort_engines["fp32"]), "--out", str(tmp_path / "c"),
+                              "--fp16"])
+    assert res.exit_code == 2 and "export folder" in res.output
+    tampered = tmp_path / "tampered"
+    shutil.copytree(micro_ort_engines["fp32"], tampered)
+    with open(tampered / "text_encoder.onnx", "ab") as fh:
+        fh.write(b"\0")
+    res = runner.invoke(app, ["triton-repo", "--engine", str(tampered), "--out", str(tmp_path / "d")])
+    assert res.exit_code == 1 and "text_encoder.onnx" in res.output
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(shutil.which("tritonserver") is None, reason="needs NVIDIA Triton Inference Server "
+                    "(tritonserver on PATH), which cannot be installed on this machine")
+def test_verify_against_triton(micro_ort_engines, micro_checkpoint, synth_root, tmp_path):
+    """Triton serving the export folder's repository passes verify with zero rank changes."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    repo = tmp_path / "repo"
+    assert runner.invoke(app, ["triton-repo", "--engine", str(micro_ort_engines["export"]), "--out",
+                               str(repo)]).exit_code == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["tritonserver", f"--model-repository={repo}", f"--http-port={port}",
+                             "--allow-grpc=false", "--allow-metrics=false"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if urllib.request.urlopen(url + "/v2/health/ready", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        res = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine", url,
+                                  "--checkpoint", str(micro_checkpoint), "--out", str(tmp_path / "v"),
+                                  "--rerank-top", "5", "--quiet"])
+        assert res.exit_code == 0, res.output
+    finally:
+        proc.terminate()
+        proc.wait(30)
