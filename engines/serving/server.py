@@ -4,8 +4,8 @@ Steps of :func:`serve`: resolve the engine (``--engine`` or the workspace's late
 the workspace's ``library/`` when it has a manifest), load the engine, wrap it so one thread at a time calls it,
 open the library on that wrapper, build the :class:`~rap_deploy.engines.serving.service.ServingService`, warm up the
 tokenizer and the text encoder, bind the socket (so a busy port is a one-line error), serve, and on SIGINT/SIGTERM
-stop uvicorn, then the batcher, the library and the engine (uvicorn then re-raises the signal, so the process ends
-with it, as uvicorn's own command does).
+stop uvicorn, then the batcher, the library and the engine. A SIGTERM stop is the normal end of a server, so
+``serve`` then returns normally (exit 0); Ctrl-C ends with the CLI's 130.
 
 :class:`ServerThread` runs an app on 127.0.0.1 and a free port in a background thread (tests, the load test's
 self-check) and always stops it.
@@ -14,6 +14,7 @@ self-check) and always stops it.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
@@ -142,10 +143,23 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
     watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say), daemon=True)
     watcher.start()
     try:
-        server.run(sockets=[sock])
+        _run_until_stopped(server, sock)
     finally:
         service.close()  # no-op after a graceful stop; releases the engine when uvicorn failed
         sock.close()
+
+
+def _run_until_stopped(server: Any, sock: socket.socket) -> None:
+    """Run uvicorn. It handles SIGINT/SIGTERM itself (graceful shutdown) and afterwards re-raises the signal to the
+    handler it found; with SIGTERM ignored meanwhile, that re-raise is a no-op and a SIGTERM stop returns normally
+    instead of surfacing as the CLI's "terminated" error."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if in_main else None
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, service: Any,

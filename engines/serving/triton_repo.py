@@ -162,7 +162,8 @@ def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.Path
     the manifest checks' errors for a damaged artifact.
     """
     from rap_deploy.atomic import write_text_atomic
-    from rap_deploy.engines.build import _swap_into_place
+    from rap_deploy.folder_swap import staged_folder
+    from rap_deploy.locks import folder_lock
 
     if out is None:
         raise UsageError("--out DIR is required: the folder to write the model repository to")
@@ -170,18 +171,12 @@ def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.Path
     dest = Path(out)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
         raise UsageError(f"{dest} already exists; pass --force to replace it or another --out")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     command = f"tritonserver --model-repository={dest.resolve()}"
-    try:
-        summary = {name: write_model(plan, model, tmp) for name, model in plan.models.items()}
-        write_text_atomic(tmp / "README.md", repo_readme(plan.source, plan.platform, plan.precision, plan.kind,
-                                                         command, summary))
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with folder_lock(dest, "triton-repo", "model repository"), staged_folder(dest) as stage:
+        summary = {name: write_model(plan, model, stage.path) for name, model in plan.models.items()}
+        write_text_atomic(stage.path / "README.md", repo_readme(plan.source, plan.platform, plan.precision, plan.kind,
+                                                                command, summary))
+        stage.commit()
     return {"out": str(dest.resolve()), "platform": plan.platform, "precision": plan.precision, "kind": plan.kind,
             "models": summary, "command": command}
 
