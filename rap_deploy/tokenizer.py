@@ -36,3 +36,13 @@ def tokenize(texts: Sequence[str], cfg: TokenizerConfig) -> tuple[np.ndarray, np
         raise ValueError("a tokenised text has no EOT token; context_length too small?")
     eot = is_eot.argmax(axis=1).astype(np.int32)
     return ids.astype(np.int32), eot
+
+
+def token_count(text: str, cfg: TokenizerConfig) -> int:
+    """Number of BPE tokens ``text`` becomes, without the start and end tokens (after open_clip's text cleaning).
+
+    :func:`tokenize` keeps at most ``cfg.context_length - 2`` of them. Raises ``ValueError`` for an unknown tokenizer.
+    """
+    if cfg.name != "open_clip.SimpleTokenizer":
+        raise ValueError(f"tokenizer '{cfg.name}' is not supported; use open_clip.SimpleTokenizer")
+    return len(_simple_tokenizer(cfg.context_length).encode(text))
