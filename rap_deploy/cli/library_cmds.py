@@ -70,7 +70,8 @@ def index_cmd(
                                    "ivf (approximate, for large libraries; recall@M is measured and recorded)."),
     target_recall: float = typer.Option(0.95, "--target-recall", help="ANN search effort is tuned to reach this "
                                         "stage-1 recall@M against exact search."),
-    top_m: int = typer.Option(100, "--top-m", help="M of the recall@M measurement (the search's re-rank depth)."),
+    top_m: int | None = typer.Option(None, "--top-m", help="M of the recall@M measurement, the search's re-rank "
+                                     "depth (default: the library's, else 100)."),
     shard_size: int = typer.Option(256, "--shard-size", help="Videos per shard (the unit of resume)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos per video-encoder call."),
     force: bool = typer.Option(False, "--force", help="Delete the library (and any interrupted build) in the folder "

@@ -126,12 +126,16 @@ def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shar
     stage1.save(index, root / STAGE1_FILE)
     from rap_deploy.atomic import save_with
 
-    save_with(root / STAGE1_QUERIES, lambda tmp: np.save(tmp, queries.astype(np.float32), allow_pickle=False))
+    def write_queries(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # np.save would append ".npy" to the temporary name
+            np.save(fh, queries.astype(np.float32), allow_pickle=False)
+
+    save_with(root / STAGE1_QUERIES, write_queries)
     entry = {
         "type": kind, "file": STAGE1_FILE, "bytes": (root / STAGE1_FILE).stat().st_size,
         "sha256": sha256_file(root / STAGE1_FILE), "dim": dim, "ntotal": int(index.ntotal),
         "effort": tuning.effort, "effort_name": {"hnsw": "efSearch", "ivf": "nprobe"}.get(kind),
-        "params": _index_params(index, kind), "target_recall": req.target_recall,
+        "params": _index_params(index, kind), "target_recall": req.target_recall, "top_m": req.top_m,
         "recall_at_m": tuning.to_dict() | {"query_source": source},
         "build_seconds": round(build_seconds, 3),
         "queries": {"file": STAGE1_QUERIES, "bytes": (root / STAGE1_QUERIES).stat().st_size,
@@ -171,7 +175,11 @@ def _recall_queries(root: Path, old: dict[str, Any] | None, req: Stage1Request, 
         path = entry_path(root, stored["file"])
         if path.is_file():
             check_sha256(path, stored)
-            q = np.load(path, allow_pickle=False)
+            try:
+                q = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise DamagedArtifactError(f"library file {path} is not a valid .npy ({exc}); re-index the "
+                                           "library") from None
             if q.ndim == 2 and q.shape[1] == vectors.shape[1]:
                 return q.astype(np.float32), str(stored.get("source", "videos"))
     return _sample(vectors, req.max_queries, req.seed).copy(), "videos"

@@ -53,7 +53,7 @@ class BuildOptions:
     remove: list[str] = field(default_factory=list)
     ann: str | None = None
     target_recall: float = 0.95
-    top_m: int = 100
+    top_m: int | None = None  # M of the recall@M measurement; None: the library's, else 100
     shard_size: int = 256
     batch_size: int = 8
     force: bool = False
@@ -202,7 +202,8 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
         plans.drop_plan(root)
         return _report(root, old, [], skipped, [], up_to_date=True)
     shapes = _tensor_shapes(old, added)
-    req = Stage1Request(kind=options.ann, target_recall=options.target_recall, top_m=options.top_m,
+    top_m = options.top_m or int((old or {}).get("stage1", {}).get("top_m") or 100)
+    req = Stage1Request(kind=options.ann, target_recall=options.target_recall, top_m=top_m,
                         max_queries=options.recall_queries, seed=options.seed,
                         **_caption_queries(engine, source, options))
     log("building the stage-1 index" + (f" ({req.kind})" if req.kind else ""))

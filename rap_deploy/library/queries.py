@@ -3,7 +3,8 @@
 Rules (the README's "Search a video library" section repeats them):
 
 - a query must be a ``str``; after stripping surrounding whitespace it must not be empty;
-- it must not hold control characters other than tab / newline (``\\x00``, ``\\x1b``...: not text);
+- it must not hold control characters other than tab / newline (``\\x00``, ``\\x1b``...: not text), and must hold at
+  least one letter, digit or symbol (a string of punctuation or invisible format characters is not a query);
 - it may be at most :data:`MAX_QUERY_CHARS` characters (a bound on tokenizer work per request);
 - it must give at least one token (a string of characters the tokenizer drops is refused);
 - a query longer than the model's text context (``context_length`` − 2 tokens) is **truncated** to the context, as
@@ -67,4 +68,7 @@ def check_query(query: Any, number: int = 1) -> str:
         if ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cs"):
             raise UsageError(f"query {number} holds the control character U+{ord(ch):04X} at position {pos}: it is "
                              "not text; pass a plain sentence")
+    if not any(unicodedata.category(ch)[0] in "LN" or unicodedata.category(ch) == "So" for ch in text):
+        raise UsageError(f"query {number} ({text[:40]!r}) has no letter, digit or symbol: it is not text; pass a "
+                         "sentence describing the video")
     return text
