@@ -397,3 +397,14 @@ def test_torchrun_two_ranks_equal_one_process(library, synth_root, micro_checkpo
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert report["world_size"] == 2 and report["videos"] == 12
     assert _files(out) == _files(library)
+
+
+def test_demo_library_step_indexes_the_test_split_and_searches_one_caption(synth_root, micro_checkpoint,
+                                                                           frame_cache, tmp_path):
+    from rap_deploy.cli.pipeline import DemoSizes, _library_demo
+
+    got = _library_demo(tmp_path / "index" / "msrvtt-test", micro_checkpoint, synth_root, frame_cache,
+                        DemoSizes.tiny(), progress=False)
+    assert got["videos"] == 12 and len(got["top5"]) == 5 and got["query"]
+    assert [h["rank"] for h in got["top5"]] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "index" / "msrvtt-test" / "manifest.json").is_file()

@@ -41,7 +41,7 @@ from rap_deploy.library.manifest import (
     model_identity,
     read_manifest,
 )
-from rap_deploy.library.shards import LOCK_FILE, committed_shard, folder_lock, remove_stale
+from rap_deploy.library.shards import committed_shard, folder_lock, remove_stale
 from rap_deploy.library.sources import VideoSource
 
 
@@ -114,6 +114,9 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
     """Main rank, under the lock: --force, read and check the library, plan the new shards (or resume the plan)."""
     if options.force:
         _wipe(root)
+    for name in (MANIFEST, plans.PLAN, STAGE1_FILE, STAGE1_QUERIES):  # temporary files of a killed atomic write
+        for tmp in root.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     old = read_manifest(root) if (root / MANIFEST).is_file() else None
     if old is None:
         _refuse_foreign_folder(root)
@@ -157,8 +160,8 @@ def _refuse_foreign_folder(root: Path) -> None:
     """Refuse to build into a folder that holds other things than a library (or an interrupted one)."""
     if not root.is_dir():
         return
-    ours = {MANIFEST, plans.PLAN, STAGE1_FILE, STAGE1_QUERIES, SHARDS_DIR, LOCK_FILE}
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith(".manifest.json"))
+    ours = {MANIFEST, plans.PLAN, STAGE1_FILE, STAGE1_QUERIES, SHARDS_DIR}
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith("."))
     if foreign:
         raise UsageError(f"{root} is not empty and is not a library ({', '.join(foreign[:5])}...); choose another "
                          "--out folder")
