@@ -53,10 +53,9 @@ def library(tmp_path_factory, synth_root, micro_checkpoint, frame_cache):
 
 
 def _files(lib: Path) -> dict[str, bytes]:
-    """Every shard file and the stage-1 index, by relative path (the manifest has timestamps, so it is left out)."""
-    out = {p.relative_to(lib).as_posix(): p.read_bytes() for p in sorted((lib / "shards").rglob("*")) if p.is_file()}
-    out["stage1.faiss"] = (lib / "stage1.faiss").read_bytes()
-    return out
+    """Every shard file and the stage-1 files, by relative path (the manifest has timestamps, so it is left out)."""
+    return {p.relative_to(lib).as_posix(): p.read_bytes() for folder in ("shards", "stage1")
+            for p in sorted((lib / folder).rglob("*")) if p.is_file()}
 
 
 def _search_json(lib, ckpt, *args):
@@ -284,6 +283,7 @@ def test_add_and_remove_keep_what_is_kept(library, synth_root, micro_checkpoint,
     kept = {k: v for k, v in before.items() if k.startswith("shards/")}
     assert {k: after[k] for k in kept} == kept  # --add wrote a new shard and never touched the old ones
     assert "shards/shard-000002/patch_tokens.npy" in after
+    assert sorted(p.name for p in (out / "stage1").iterdir()) == ["index-0002.faiss", "queries-0002.npy"]
 
     ids = json.loads((out / "shards/shard-000000/videos.json").read_text())["video_id"]
     gone = ids[1]

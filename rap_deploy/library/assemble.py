@@ -17,9 +17,9 @@ from rap_deploy.library.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
-    STAGE1_FILE,
-    STAGE1_QUERIES,
+    STAGE1_DIR,
     entry_path,
+    stage1_files,
     write_manifest,
 )
 from rap_deploy.library.shards import check_sha256, open_tensor_file, read_videos
@@ -98,9 +98,9 @@ def read_video_emb(root: Path, shards: list[dict[str, Any]], rows: np.ndarray, d
 
 
 def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shards: list[dict[str, Any]], dim: int,
-                 req: Stage1Request) -> tuple[dict[str, Any], set[int]]:
-    """Update (or rebuild) the stage-1 index, tune and measure its recall@M, write it; returns the manifest's
-    ``stage1`` entry and the removed rows still referenced (tombstones)."""
+                 req: Stage1Request, build: int) -> tuple[dict[str, Any], set[int]]:
+    """Update (or rebuild) the stage-1 index, tune and measure its recall@M, write it under the names of build
+    number ``build``; returns the manifest's ``stage1`` entry and the removed rows still referenced (tombstones)."""
     t0 = time.perf_counter()
     kind = stage1.check_ann(req.kind or (old or {}).get("stage1", {}).get("type") or "exact")
     _, live = live_rows(root, asm.shards, asm.removed)
@@ -123,23 +123,24 @@ def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shar
     exclude = np.asarray(sorted(tombstones), dtype=np.int64)
     truth = stage1.exact_top(vectors, live, queries, m) if m else np.zeros((len(queries), 0), np.int64)
     tuning = stage1.tune(index, kind, queries, truth, m, req.target_recall, exclude)
-    stage1.save(index, root / STAGE1_FILE)
+    index_file, queries_file = stage1_files(build)
+    stage1.save(index, root / index_file)
     from rap_deploy.atomic import save_with
 
     def write_queries(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # np.save would append ".npy" to the temporary name
             np.save(fh, queries.astype(np.float32), allow_pickle=False)
 
-    save_with(root / STAGE1_QUERIES, write_queries)
+    save_with(root / queries_file, write_queries)
     entry = {
-        "type": kind, "file": STAGE1_FILE, "bytes": (root / STAGE1_FILE).stat().st_size,
-        "sha256": sha256_file(root / STAGE1_FILE), "dim": dim, "ntotal": int(index.ntotal),
+        "type": kind, "file": index_file, "bytes": (root / index_file).stat().st_size,
+        "sha256": sha256_file(root / index_file), "dim": dim, "ntotal": int(index.ntotal),
         "effort": tuning.effort, "effort_name": {"hnsw": "efSearch", "ivf": "nprobe"}.get(kind),
         "params": _index_params(index, kind), "target_recall": req.target_recall, "top_m": req.top_m,
         "recall_at_m": tuning.to_dict() | {"query_source": source},
         "build_seconds": round(build_seconds, 3),
-        "queries": {"file": STAGE1_QUERIES, "bytes": (root / STAGE1_QUERIES).stat().st_size,
-                    "sha256": sha256_file(root / STAGE1_QUERIES), "count": int(len(queries)), "source": source},
+        "queries": {"file": queries_file, "bytes": (root / queries_file).stat().st_size,
+                    "sha256": sha256_file(root / queries_file), "count": int(len(queries)), "source": source},
     }
     return entry, tombstones
 
@@ -152,7 +153,11 @@ def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: 
     if not path.is_file():
         return None
     check_sha256(path, old["stage1"])
-    index = stage1.load(path)
+    try:
+        index = stage1.load(path)
+    except RuntimeError as exc:
+        raise DamagedArtifactError(f"library stage-1 index {path} cannot be read ({str(exc)[:120]}); re-index "
+                                   "with --force") from None
     if len(removed) > stage1.REBUILD_TOMBSTONE_FRACTION * max(1, index.ntotal):
         return None
     return index
@@ -194,6 +199,16 @@ def _index_params(index: Any, kind: str) -> dict[str, Any]:
     if kind == "ivf":
         return {"nlist": int(index.nlist)}
     return {}
+
+
+def remove_unused_stage1(root: Path, entry: dict[str, Any]) -> None:
+    """Delete the stage-1 files of earlier builds (after the manifest naming ``entry``'s files was written)."""
+    keep = {Path(entry["file"]).name, Path(entry["queries"]["file"]).name}
+    folder = root / STAGE1_DIR
+    if folder.is_dir() and not folder.is_symlink():
+        for p in folder.iterdir():
+            if p.is_file() and p.name not in keep:
+                p.unlink(missing_ok=True)
 
 
 def disk_bytes(root: Path, shards: list[dict[str, Any]], stage1_entry: dict[str, Any]) -> int:

@@ -29,14 +29,14 @@ from rap_deploy.library.assemble import (
     apply_removals,
     build_stage1,
     live_rows,
+    remove_unused_stage1,
     write_library_manifest,
 )
 from rap_deploy.library.encode import encode_shard, maybe_kill
 from rap_deploy.library.manifest import (
     MANIFEST,
     SHARDS_DIR,
-    STAGE1_FILE,
-    STAGE1_QUERIES,
+    STAGE1_DIR,
     check_model,
     model_identity,
     read_manifest,
@@ -114,7 +114,7 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
     """Main rank, under the lock: --force, read and check the library, plan the new shards (or resume the plan)."""
     if options.force:
         _wipe(root)
-    for name in (MANIFEST, plans.PLAN, STAGE1_FILE, STAGE1_QUERIES):  # temporary files of a killed atomic write
+    for name in (MANIFEST, plans.PLAN):  # temporary files of a killed atomic write
         for tmp in root.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
     old = read_manifest(root) if (root / MANIFEST).is_file() else None
@@ -127,6 +127,12 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
         check_model(old["model"], engine, root)
     state: dict[str, Any] = {"old": old, "plan": None, "resumed": False}
     if source is None:
+        pending = plans.read_plan(root)
+        if pending is not None and not {s.get("name") for s in pending["shards"]} <= \
+                {s["name"] for s in old["shards"]}:
+            raise UsageError(f"{root} has an interrupted build ({plans.PLAN}); re-run the command that started it "
+                             "to finish it first, or pass --force with the videos to rebuild")
+        plans.drop_plan(root)
         return state
     sampling = FrameSamplingConfig(max_frames=engine.config.frames, fps=source.sampling.fps)
     model = model_identity(engine, sampling)
@@ -150,17 +156,18 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
 
 def _wipe(root: Path) -> None:
     """--force: delete what a library consists of (only those names) so the build starts from nothing."""
-    for name in (MANIFEST, plans.PLAN, STAGE1_FILE, STAGE1_QUERIES):
+    for name in (MANIFEST, plans.PLAN):
         (root / name).unlink(missing_ok=True)
-    if (root / SHARDS_DIR).is_dir() and not (root / SHARDS_DIR).is_symlink():
-        shutil.rmtree(root / SHARDS_DIR)
+    for name in (SHARDS_DIR, STAGE1_DIR):
+        if (root / name).is_dir() and not (root / name).is_symlink():
+            shutil.rmtree(root / name)
 
 
 def _refuse_foreign_folder(root: Path) -> None:
     """Refuse to build into a folder that holds other things than a library (or an interrupted one)."""
     if not root.is_dir():
         return
-    ours = {MANIFEST, plans.PLAN, STAGE1_FILE, STAGE1_QUERIES, SHARDS_DIR}
+    ours = {MANIFEST, plans.PLAN, STAGE1_DIR, SHARDS_DIR}
     foreign = sorted(p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith("."))
     if foreign:
         raise UsageError(f"{root} is not empty and is not a library ({', '.join(foreign[:5])}...); choose another "
@@ -173,8 +180,8 @@ def _encode_mine(root: Path, engine: Any, cache: Any, options: BuildOptions, ran
     """Encode this rank's shards of the pending plan; returns (written, already committed, seconds)."""
     from rap_deploy.data.progress import progress_bar
 
-    plan = plans.read_plan(root)
-    if plan is None or engine is None:
+    plan = plans.read_plan(root) if engine is not None else None
+    if plan is None:
         return 0, 0, 0.0
     sampling = FrameSamplingConfig.from_dict(plan["sampling"])
     mine = [s for i, s in enumerate(plan["shards"]) if i % ranks.world_size == ranks.rank]
@@ -210,7 +217,8 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
                         max_queries=options.recall_queries, seed=options.seed,
                         **_caption_queries(engine, source, options))
     log("building the stage-1 index" + (f" ({req.kind})" if req.kind else ""))
-    stage1_entry, tombstones = build_stage1(root, old, asm, added, shapes["video_emb"][0], req)
+    build_number = len((old or {}).get("builds") or []) + 1
+    stage1_entry, tombstones = build_stage1(root, old, asm, added, shapes["video_emb"][0], req, build_number)
     build = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added": sum(e["rows"] for e in added),
              "skipped": skipped, "removed": asm.removed_ids, "world_size": ranks.world_size,
              "resumed": bool(state.get("resumed"))}
@@ -223,6 +231,7 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
                                       plan_next, plan_row, build, desc)
     plans.drop_plan(root)
     remove_stale(root, keep={s["name"] for s in manifest["shards"]})
+    remove_unused_stage1(root, stage1_entry)
     return _report(root, manifest, added, skipped, asm.removed_ids)
 
 

@@ -25,9 +25,17 @@ from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
 FORMAT = "rapdeploy.library"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-STAGE1_FILE = "stage1.faiss"
-STAGE1_QUERIES = "stage1_queries.npy"
+STAGE1_DIR = "stage1"
 SHARDS_DIR = "shards"
+
+
+def stage1_files(build: int) -> tuple[str, str]:
+    """The stage-1 index and recall-query files of build number ``build`` (relative to the library folder).
+
+    Each build writes new names, so the previous manifest stays valid until the new one replaces it; the files no
+    manifest names are deleted after that.
+    """
+    return f"{STAGE1_DIR}/index-{build:04d}.faiss", f"{STAGE1_DIR}/queries-{build:04d}.npy"
 
 
 def digest(obj: Any) -> str:

@@ -208,7 +208,7 @@ def write_synthetic_library(folder: Path, engine: Any, size: int, shard_size: in
     asm = Assembly(shards=entries)
     query_emb = clustered_vectors(200, dim, seed=seed + 1, queries=True)
     st, tombs = build_stage1(folder, None, asm, entries, dim, Stage1Request(kind="exact", query_emb=query_emb,
-                                                                             query_source="synthetic"))
+                                                                             query_source="synthetic"), build=1)
     model = model_identity(engine, FrameSamplingConfig(max_frames=cfg.frames))
     info = engine.describe().to_dict() if hasattr(engine, "describe") else None
     build = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added": size, "skipped": [], "removed": [],
