@@ -408,3 +408,44 @@ def test_demo_library_step_indexes_the_test_split_and_searches_one_caption(synth
     assert got["videos"] == 12 and len(got["top5"]) == 5 and got["query"]
     assert [h["rank"] for h in got["top5"]] == [1, 2, 3, 4, 5]
     assert (tmp_path / "index" / "msrvtt-test" / "manifest.json").is_file()
+
+
+def test_remove_is_refused_while_a_build_is_pending(library, tmp_path):
+    from rap_deploy.config import FrameSamplingConfig
+    from rap_deploy.data.datasets import VideoEntry
+    from rap_deploy.library.plan import make_plan
+
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    plan = make_plan([VideoEntry("new", tmp_path / "new.mp4")], FrameSamplingConfig(max_frames=4), manifest["model"],
+                     SHARD, manifest["next_shard"], manifest["next_row"])
+    (lib / "build-plan.json").write_text(json.dumps(plan))
+    vid = json.loads((lib / "shards/shard-000000/videos.json").read_text())["video_id"][0]
+    res = runner.invoke(app, ["index", "--out", str(lib), "--remove", vid])
+    assert res.exit_code == 2 and "interrupted build" in res.output
+
+
+def test_rap_light_library_stores_video_emb_only_and_ranks_by_stage1(synth_root, frame_cache, tmp_path):
+    from conftest import micro_config, randomize_adapters
+
+    from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.library import open_library
+    from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.retrieval import encode_texts
+
+    c, model = new_checkpoint(micro_config(variant="rap_light"), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    randomize_adapters(model, seed=2)
+    save_checkpoint(checkpoint_from_model(model, c), tmp_path / "light.pt")
+    out = tmp_path / "light"
+    res = runner.invoke(app, _index_args(synth_root, tmp_path / "light.pt", out, frame_cache, "--json"))
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "shards/shard-000000").iterdir()) == ["shard.json", "video_emb.npy",
+                                                                                "videos.json"]
+    engine = load_engine(tmp_path / "light.pt")
+    with open_library(out, engine) as lib:
+        hits = lib.search(["a red circle"], top_k=12)[0]["results"]
+        video_emb = np.concatenate([np.load(p) for p in sorted((out / "shards").glob("*/video_emb.npy"))])
+    stage1 = (encode_texts(engine, ["a red circle"]) @ video_emb.T)[0]
+    assert [h["stage1_rank"] for h in hits] == list(range(1, 13)) and not any(h["reranked"] for h in hits)
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(stage1)[::-1], atol=1e-6)
