@@ -87,8 +87,7 @@ def index_cmd(
 ) -> None:
     """Encode a video library (stage-1 FAISS index + re-rank store in shards) with an engine.
 
-    Resumable (re-run the same command after an interruption), incremental (--add, --remove) and shardable across
-    processes with `torchrun --nproc_per_node N -m rap_deploy.cli index ...`.
+    Re-run the same command to resume; --add / --remove update it; `torchrun -m rap_deploy.cli index` shards it.
     """
     from rap_deploy.library import BuildOptions, Ranks, build_library
     from rap_deploy.train.distributed import barrier, cleanup, setup
