@@ -89,7 +89,7 @@ def test_search_ranking_equals_two_stage_similarity(library, engine, synth_root,
         assert all(h["reranked"] for h in r["results"][:m]) and not any(h["reranked"] for h in r["results"][m:])
         assert sorted(h["stage1_rank"] for h in r["results"]) == list(range(1, 13))
         assert r["query"] == split.captions[q]
-        assert set(r["timings_ms"]) == {"text", "stage1", "rerank", "total"}
+        assert set(r["timings_ms"]) == {"text", "stage1", "rerank", "total", "rerank_read"}
 
 
 def test_search_embeddings_thumbnails_and_describe(library, engine, frame_cache):

@@ -231,7 +231,7 @@ def bench_library(folder: Path, engine: Any, queries: int, top_k: int, top_m: in
     texts = _captions(queries + 3)
     for t in texts[:3]:
         lib.search([t], top_k=top_k, top_m=top_m)
-    per_stage: dict[str, list[float]] = {"text": [], "stage1": [], "rerank": [], "total": []}
+    per_stage: dict[str, list[float]] = {"text": [], "stage1": [], "rerank": [], "rerank_read": [], "total": []}
     for t in texts[3:]:
         r = lib.search([t], top_k=top_k, top_m=top_m)[0]
         for key in per_stage:

@@ -242,8 +242,9 @@ class Library:
         m = min(top_m, len(ids)) if self._rerank else 0
         order = np.arange(len(ids))
         final = scores.astype(np.float64)
+        read_ms = 0.0
         if m:
-            asa = self._rerank_scores(emb, ids[:m])
+            asa, read_ms = self._rerank_scores(emb, ids[:m])
             final = final.copy()
             final[:m] = asa
             # candidates by ASA score (ties keep their stage-1 order), then the rest in stage-1 order
@@ -258,18 +259,21 @@ class Library:
                             "stage1_rank": int(j) + 1, "stage1_score": float(scores[j]), "reranked": bool(j < m)})
         return {"results": results,
                 "timings_ms": {"text": round(text_ms, 3), "stage1": round(stage1_ms, 3), "rerank": round(rerank_ms, 3),
-                               "total": round(text_ms + stage1_ms + rerank_ms, 3)}}
+                               "total": round(text_ms + stage1_ms + rerank_ms, 3),
+                               "rerank_read": round(read_ms, 3)}}
 
-    def _rerank_scores(self, emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """ASA scores of global ``rows`` for one query; the engine gets the rows in ascending order and the stored
-        dtypes (it casts what it needs)."""
+    def _rerank_scores(self, emb: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        """ASA scores of global ``rows`` for one query, and the milliseconds spent reading their tensors; the engine
+        gets the rows in ascending order and the stored dtypes (it casts what it needs)."""
+        t0 = time.perf_counter()
         sort = np.argsort(rows, kind="stable")
         sorted_rows = rows[sort]
         tensors = [self._gather(name, sorted_rows) for name in self._rerank]
+        read_ms = (time.perf_counter() - t0) * 1000
         sims = np.asarray(self.engine.asa_similarity(emb, *tensors), dtype=np.float64)[0]
         out = np.empty(len(rows), dtype=np.float64)
         out[sort] = sims
-        return out
+        return out, read_ms
 
     def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
         shape = self.manifest["tensor_shapes"][name]
