@@ -329,6 +329,10 @@ def test_broken_mp4_in_a_folder_is_skipped_and_named(synth_root, micro_checkpoin
     none = runner.invoke(app, ["index", "--videos", str(only_broken), "--engine", str(micro_checkpoint), "--out",
                                str(tmp_path / "lib3"), "--cache-dir", str(frame_cache)])
     assert none.exit_code == 1 and "no video could be decoded" in none.output
+    # the failed build's (empty) shard-000000 belongs to another plan: a new build into that folder re-encodes it
+    retry = runner.invoke(app, ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out",
+                                str(tmp_path / "lib3"), "--cache-dir", str(frame_cache), "--json"])
+    assert retry.exit_code == 0 and json.loads(retry.stdout)["videos"] == 2
 
 
 def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_checkpoint, frame_cache, tmp_path):

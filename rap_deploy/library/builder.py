@@ -185,7 +185,7 @@ def _encode_mine(root: Path, engine: Any, cache: Any, options: BuildOptions, ran
         return 0, 0, 0.0
     sampling = FrameSamplingConfig.from_dict(plan["sampling"])
     mine = [s for i, s in enumerate(plan["shards"]) if i % ranks.world_size == ranks.rank]
-    todo = [s for s in mine if committed_shard(root, s["name"]) is None]
+    todo = [s for s in mine if committed_shard(root, s["name"], plans.shard_digest(s)) is None]
     t0 = time.perf_counter()
     with progress_bar(sum(len(s["videos"]) for s in todo), "encoding videos", progress, unit="videos") as advance:
         for n, shard in enumerate(todo, 1):
@@ -239,10 +239,11 @@ def _wait_for_shards(root: Path, plan: dict[str, Any], ranks: Ranks) -> list[dic
     """The entries of every plan shard, waiting (polling the folder) for other ranks to commit theirs."""
     entries: dict[str, dict[str, Any]] = {}
     names = [s["name"] for s in plan["shards"]]
+    digests = {s["name"]: plans.shard_digest(s) for s in plan["shards"]}
     while True:
         for name in names:
             if name not in entries:
-                entry = committed_shard(root, name, verify_hash=False)
+                entry = committed_shard(root, name, digests[name], verify_hash=False)
                 if entry is not None:
                     entries[name] = entry
         if len(entries) == len(names):

@@ -19,7 +19,7 @@ from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.data.datasets import VideoEntry
 from rap_deploy.graphs import video_outputs
 from rap_deploy.library.manifest import store_tensors, tensor_dtype
-from rap_deploy.library.plan import plan_videos
+from rap_deploy.library.plan import plan_videos, shard_digest
 from rap_deploy.library.shards import VIDEO_FIELDS, write_shard
 
 # Fault injection for the kill-and-resume test: the builder SIGKILLs itself after committing this many shards.
@@ -78,7 +78,7 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
             flush()
     flush()
     arrays = {name: np.concatenate(p) for name, p in parts.items() if p}
-    return write_shard(root, shard["name"], shard["row_offset"], arrays, meta, skipped)
+    return write_shard(root, shard["name"], shard["row_offset"], arrays, meta, skipped, shard_digest(shard))
 
 
 def maybe_kill(written: int) -> None:

@@ -43,6 +43,11 @@ def make_plan(videos: list[VideoEntry], sampling: FrameSamplingConfig, model: di
             "next_shard": first_shard + len(shards), "next_row": first_row + len(shards) * shard_size}
 
 
+def shard_digest(shard: dict[str, Any]) -> str:
+    """The digest of one plan shard (name, first row, videos) that its committed shard records."""
+    return digest({k: shard[k] for k in ("name", "row_offset", "videos")})
+
+
 def plan_videos(shard: dict[str, Any]) -> list[VideoEntry]:
     """The :class:`VideoEntry` list of one plan shard."""
     return [VideoEntry(str(v[0]), Path(v[1]), v[2], v[3]) for v in shard["videos"]]

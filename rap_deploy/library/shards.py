@@ -52,11 +52,12 @@ def shard_number(name: str) -> int | None:
 
 # ------------------------------------------------------------------------------------------------------- writing
 def write_shard(root: Path, name: str, row_offset: int, arrays: dict[str, np.ndarray], videos: dict[str, list[Any]],
-                skipped: list[dict[str, str]]) -> dict[str, Any]:
+                skipped: list[dict[str, str]], plan_sha256: str | None = None) -> dict[str, Any]:
     """Write shard ``name`` of library ``root`` atomically and return its manifest entry.
 
     ``arrays`` maps tensor name to ``[rows, ...]`` arrays already in their stored dtype; ``videos`` holds the
-    :data:`VIDEO_FIELDS` lists (one value per row); ``skipped`` the videos of this shard that could not be decoded.
+    :data:`VIDEO_FIELDS` lists (one value per row); ``skipped`` the videos of this shard that could not be decoded;
+    ``plan_sha256`` the digest of the plan entry it realises (so a resumed build only keeps shards of its own plan).
     The files go to a temporary folder which is renamed to ``shards/<name>`` (an existing shard of that name is
     replaced: it was found incomplete or damaged).
     """
@@ -81,7 +82,8 @@ def write_shard(root: Path, name: str, row_offset: int, arrays: dict[str, np.nda
             files[tensor] = _file_entry(path, name, dtype=str(arr.dtype), shape=list(arr.shape))
         _write_json_synced(tmp / VIDEOS_FILE, {k: videos[k] for k in VIDEO_FIELDS})
         files["videos"] = _file_entry(tmp / VIDEOS_FILE, name)
-        entry = {"name": name, "row_offset": int(row_offset), "rows": rows, "files": files, "skipped": skipped}
+        entry = {"name": name, "row_offset": int(row_offset), "rows": rows, "files": files, "skipped": skipped,
+                 "plan_sha256": plan_sha256}
         _write_json_synced(tmp / SHARD_RECORD, entry)
         _fsync_dir(tmp)
         if final.exists():
@@ -115,9 +117,10 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def committed_shard(root: Path, name: str, verify_hash: bool = True) -> dict[str, Any] | None:
-    """The entry of shard ``name`` when it was committed and its files still match it (sizes, and sha256 with
-    ``verify_hash``), else ``None`` (absent, interrupted or damaged: the caller re-encodes it)."""
+def committed_shard(root: Path, name: str, plan_sha256: str | None, verify_hash: bool = True) -> dict[str, Any] | None:
+    """The entry of shard ``name`` when it was committed for the plan entry with digest ``plan_sha256`` and its
+    files still match it (sizes, and sha256 with ``verify_hash``), else ``None`` (absent, interrupted, damaged or
+    left by another plan: the caller re-encodes it)."""
     folder = Path(root) / SHARDS_DIR / name
     try:
         entry = json.loads((folder / SHARD_RECORD).read_text(encoding="utf-8"))
@@ -127,7 +130,7 @@ def committed_shard(root: Path, name: str, verify_hash: bool = True) -> dict[str
                 return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, DamagedArtifactError):
         return None
-    return entry if entry.get("name") == name else None
+    return entry if entry.get("name") == name and entry.get("plan_sha256") == plan_sha256 else None
 
 
 def remove_stale(root: Path, keep: set[str]) -> list[str]:
