@@ -73,7 +73,7 @@ class Library:
             raise DamagedArtifactError(f"{root}: the manifest's tensors {self._tensors} do not match its model")
         t0 = time.perf_counter()
         self._removed = np.asarray(sorted(set(manifest["removed"])), dtype=np.int64)
-        self._shards = [self._open_shard(s) for s in manifest["shards"]]
+        self._shards = self._open_shards(manifest["shards"])
         self._offsets = np.asarray([s.row_offset for s in self._shards], dtype=np.int64)
         self._id_to_row = self._index_ids()
         self._index = self._open_stage1()
@@ -81,6 +81,17 @@ class Library:
         self._closed = False
 
     # --------------------------------------------------------------------------------------------- opening
+    def _open_shards(self, entries: list[dict[str, Any]]) -> list[_Shard]:
+        """Check and open every shard; the sha256 work is spread over a few threads (hashlib releases the GIL), and
+        the first damaged shard in manifest order is the one reported."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = max(1, min(4, os.cpu_count() or 1, len(entries)))
+        if workers == 1:
+            return [self._open_shard(e) for e in entries]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self._open_shard, entries))
+
     def _open_shard(self, entry: dict[str, Any]) -> _Shard:
         shapes = self.manifest["tensor_shapes"]
         tensors = {}
