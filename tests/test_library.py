@@ -453,3 +453,23 @@ def test_rap_light_library_stores_video_emb_only_and_ranks_by_stage1(synth_root,
     stage1 = (encode_texts(engine, ["a red circle"]) @ video_emb.T)[0]
     assert [h["stage1_rank"] for h in hits] == list(range(1, 13)) and not any(h["reranked"] for h in hits)
     np.testing.assert_allclose([h["score"] for h in hits], np.sort(stage1)[::-1], atol=1e-6)
+
+
+def test_scale_bench_runs_at_small_scale(engine, tmp_path):
+    from rap_deploy.library import open_library
+    from rap_deploy.library.scale_bench import bench_library, main, memory, write_synthetic_library
+
+    out = main(["stage1", "--size", "2000", "--dim", "32", "--queries", "20", "--tune-queries", "20", "--k", "10",
+                "--out", str(tmp_path / "s1.json")])
+    assert [e["type"] for e in out["indexes"]] == ["exact", "hnsw", "ivf"]
+    assert out["indexes"][0]["recall_at_k"] == 1.0 and all(e["p50_ms"] > 0 for e in out["indexes"])
+    assert json.loads((tmp_path / "s1.json").read_text())["size"] == 2000
+
+    manifest = write_synthetic_library(tmp_path / "lib", engine, 30, shard_size=8, log=lambda m: None)
+    assert manifest["videos"] == 30 and len(manifest["shards"]) == 4
+    with open_library(tmp_path / "lib", engine) as lib:  # full verification of what it wrote
+        assert len(lib) == 30
+    result = bench_library(tmp_path / "lib", engine, queries=3, top_k=5, top_m=10, verify="quick",
+                           baseline=memory(), log=lambda m: None)
+    assert result["videos"] == 30 and result["timings"]["rerank"]["p50_ms"] > 0
+    assert result["bytes_per_video"] > 0 and "after_queries" in result["memory_mib"]

@@ -139,6 +139,7 @@ def bench_stage1(size: int, dim: int, kinds: list[str], queries: int, tune_queri
                               "environment": _environment(threads), "indexes": []}
     truth_eval = truth_tune = None
     for kind in ["exact", *[x for x in kinds if x != "exact"]]:
+        before = memory()
         t1 = time.perf_counter()
         train = base[np.random.default_rng(0).choice(size, min(size, 64 * stage1.ivf_lists(size)), replace=False)] \
             if kind == "ivf" else None
@@ -162,7 +163,7 @@ def bench_stage1(size: int, dim: int, kinds: list[str], queries: int, tune_queri
         entry = {"type": kind, "build_seconds": round(build, 2), "effort": tuning.effort,
                  "recall_at_k": round(stage1.recall_at(found, truth_eval[:timed]), 4), "timed_queries": timed,
                  "tuning_recall": round(tuning.recall, 4), "tuning": tuning.tried, **_percentiles(lat),
-                 "memory_mib": memory()}
+                 "memory_mib": memory(), "index_mib": round(memory()["rss"] - before["rss"], 1)}
         log(f"{kind}: p50 {entry['p50_ms']} ms, p99 {entry['p99_ms']} ms, recall@{k} {entry['recall_at_k']}, "
             f"effort {tuning.effort}, RSS {entry['memory_mib'].get('rss')} MiB")
         result["indexes"].append(entry)
