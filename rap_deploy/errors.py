@@ -25,3 +25,10 @@ class CheckFailedError(RapDeployError):
     """A check ran and failed: parity, missing data, refused artifact (exit 1)."""
 
     exit_code = 1
+
+
+class DamagedArtifactError(CheckFailedError):
+    """An artifact that fails its integrity check: a file missing, truncated, or not matching its recorded sha256,
+    size or header (exit 1). The message names the file and how to repair it."""
+
+    exit_code = 1

@@ -43,3 +43,13 @@ def vocab_size(cfg: TokenizerConfig) -> int:
     if cfg.name != "open_clip.SimpleTokenizer":
         raise ValueError(f"tokenizer '{cfg.name}' is not supported; use open_clip.SimpleTokenizer")
     return int(_simple_tokenizer(cfg.context_length).vocab_size)
+
+
+def token_count(text: str, cfg: TokenizerConfig) -> int:
+    """Number of BPE tokens ``text`` becomes, without the start and end tokens (after open_clip's text cleaning).
+
+    :func:`tokenize` keeps at most ``cfg.context_length - 2`` of them. Raises ``ValueError`` for an unknown tokenizer.
+    """
+    if cfg.name != "open_clip.SimpleTokenizer":
+        raise ValueError(f"tokenizer '{cfg.name}' is not supported; use open_clip.SimpleTokenizer")
+    return len(_simple_tokenizer(cfg.context_length).encode(text))

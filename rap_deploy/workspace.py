@@ -1,7 +1,8 @@
 """Default output locations (DESIGN.md §11): ``./rapdeploy-out`` or ``$RAPDEPLOY_HOME``, with a latest-artifact lookup.
 
 Layout: ``onnx/`` for exports, ``engines/<backend>-<precision>/`` for engines, ``verify/`` and ``bench/`` for reports,
-``runs/`` for training runs, ``cache/`` for decoded frames and the offline backbone.
+``runs/`` for training runs, ``index/<name>/`` for video libraries (``rapdeploy index``), ``cache/`` for decoded frames
+and the offline backbone.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """``POST /search``, ``GET /library``, thumbnails and the page, served in a thread (uvicorn on 127.0.0.1, a free port)
-over the micro fp32 ONNX Runtime engine and a TEST DOUBLE of the library (``tests/library_double.py``: the library
-API over ``VideoIndex`` + ``two_stage_similarity``; switch to ``rap_deploy.library.open_library`` when it merges)."""
+over the micro fp32 ONNX Runtime engine and a real library of the synthetic test split (``rapdeploy index``)."""
 
 from __future__ import annotations
 
@@ -11,8 +10,9 @@ import threading
 import urllib.parse
 
 import pytest
-from library_double import IndexLibraryDouble
+from typer.testing import CliRunner
 
+from rap_deploy.cli import app
 from rap_deploy.engines.serving.app import create_app
 from rap_deploy.engines.serving.server import ServerThread, warm_up
 from rap_deploy.engines.serving.service import ServeOptions, ServingService
@@ -20,25 +20,29 @@ from rap_deploy.engines.serving.service import ServeOptions, ServingService
 
 @pytest.fixture(scope="module")
 def served(micro_ort_engines, synth_root, tmp_path_factory):
-    """``(url, service, library)``: the app in a server thread; the service and server are stopped afterwards."""
-    from rap_deploy.data.cache import FrameCache
-    from rap_deploy.data.datasets import load_split
+    """``(url, service, library, library folder)``: the app in a server thread over a library built with
+    ``rapdeploy index``; the service and server are stopped afterwards."""
     from rap_deploy.engines.loader import load_engine
     from rap_deploy.engines.serving.contract import read_source
     from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.library import open_library
 
     path = micro_ort_engines["fp32"]
+    frames = tmp_path_factory.mktemp("frames")
+    lib_dir = tmp_path_factory.mktemp("served") / "msrvtt-test"
+    res = CliRunner().invoke(app, ["index", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine",
+                                   str(path), "--out", str(lib_dir), "--cache-dir", str(frames), "--quiet"])
+    assert res.exit_code == 0, res.output
     engine = SerialEngine(load_engine(path, threads=1))
-    split = load_split("msrvtt", synth_root, "test", max_frames=engine.config.frames)
-    library = IndexLibraryDouble(engine, split, FrameCache(tmp_path_factory.mktemp("frames")))
+    library = open_library(lib_dir, engine, cache_dir=frames)
     service = ServingService(engine, read_source(path), library, ServeOptions(max_batch=8, max_queue_delay_ms=20))
     warm_up(service)
     try:
         with ServerThread(create_app(service)) as server:
-            yield server.url, service, library
+            yield server.url, service, library, lib_dir
     finally:
         service.close()
-    assert library.closed and not service.batcher.alive
+    assert not service.batcher.alive
 
 
 def _request(url, method, path, body=None, headers=None):
@@ -58,7 +62,7 @@ def _search(url, **doc):
 
 
 def test_search_equals_the_library_search(served, synth_root):
-    url, service, library = served
+    url, service, library, _ = served
     from rap_deploy.data.datasets import load_split
 
     captions = load_split("msrvtt", synth_root, "test", max_frames=4).captions[:4]
@@ -68,13 +72,25 @@ def test_search_equals_the_library_search(served, synth_root):
         want = library.search([q], top_k=5, top_m=6)[0]
         assert got["query"] == q and got["results"] == want["results"]
         assert [r["rank"] for r in got["results"]] == [1, 2, 3, 4, 5]
-        assert set(got["timings_ms"]) == {"text", "stage1", "rerank", "total"} and got["timings_ms"]["text"] > 0
+        assert {"text", "stage1", "rerank", "total"} <= set(got["timings_ms"]) and got["timings_ms"]["text"] > 0
     status, got = _search(url, query=captions[0])  # defaults: top_k 10, top_m 100
     assert status == 200 and len(got["results"]) == 10
 
 
+def test_search_endpoint_equals_the_search_command(served, synth_root, micro_ort_engines):
+    url, _, _, lib_dir = served
+    from rap_deploy.data.datasets import load_split
+
+    query = load_split("msrvtt", synth_root, "test", max_frames=4).captions[1]
+    res = CliRunner().invoke(app, ["search", query, "--library", str(lib_dir), "--engine",
+                                   str(micro_ort_engines["fp32"]), "--top", "5", "--top-m", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    status, got = _search(url, query=query, top_k=5, top_m=6)
+    assert status == 200 and got["results"] == json.loads(res.stdout)["results"]
+
+
 def test_concurrent_searches_get_their_own_results(served):
-    url, service, library = served
+    url, service, library, _ = served
     queries = [f"a small red circle moves {d}" for d in ("up", "left", "right", "down")] * 4
     expected = {q: library.search([q], top_k=3, top_m=4)[0]["results"] for q in set(queries)}
     before = service.batcher.stats.rows
@@ -114,7 +130,7 @@ def test_concurrent_searches_get_their_own_results(served):
     (json.dumps({"query": "red", "topk": 3}).encode(), 422, "topk"),
 ])
 def test_bad_searches_get_4xx_and_the_server_keeps_serving(served, body, status, field):
-    url, _, _ = served
+    url, _, _, _ = served
     got, ctype, data = _request(url, "POST", "/search", body, {"Content-Type": "application/json"})
     doc = json.loads(data)
     assert (got, doc["field"]) == (status, field), doc
@@ -123,13 +139,15 @@ def test_bad_searches_get_4xx_and_the_server_keeps_serving(served, body, status,
     assert _search(url, query="a red circle", top_k=1)[0] == 200
 
 
-def test_library_thumbnails_and_page(served):
-    url, service, library = served
+def test_library_thumbnails_and_page(served, synth_root):
+    url, service, library, _ = served
     status, _, data = _request(url, "GET", "/library")
     info = json.loads(data)
     assert status == 200 and info["size"] == len(library) == 12
     assert info["server"]["engine"]["backend"] == "onnxruntime" and info["server"]["models"]["text_encoder"] == 8
-    vid = library.index.video_ids[0]
+    from rap_deploy.data.datasets import load_split
+
+    vid = load_split("msrvtt", synth_root, "test", max_frames=4).videos[0].video_id
     status, ctype, img = _request(url, "GET", f"/thumbnails?count=3&video_id={urllib.parse.quote(vid)}")
     assert status == 200 and ctype == "image/jpeg" and img[:3] == b"\xff\xd8\xff"
     import io
@@ -146,6 +164,7 @@ def test_library_thumbnails_and_page(served):
     assert status == 200 and ctype.startswith("text/html")
     assert 'id="query"' in html and 'fetch("/search"' in html and "/thumbnails?" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # no external assets
+    assert _search(url, query="a red circle", top_k=1)[0] == 200
     stats = json.loads(_request(url, "GET", "/stats")[2])
     assert stats["text_batcher"]["max_batch"] == 8 and stats["requests"]["/search 200"] >= 1
 
@@ -153,7 +172,7 @@ def test_library_thumbnails_and_page(served):
 def test_load_test_script_runs_against_the_server(served, tmp_path):
     from rap_deploy.engines.serving.loadtest import main
 
-    url, _, _ = served
+    url, _, _, _ = served
     out = tmp_path / "load.json"
     code = main(["--url", url, "--target", "search,text", "--clients", "4", "--seconds", "1.5",
                  "--warmup-seconds", "0.2", "--top-m", "4", "--out", str(out)])

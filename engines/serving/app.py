@@ -179,7 +179,7 @@ def _add_search_routes(app: FastAPI, service: ServingService) -> None:
     async def library() -> Response:
         lib = service.require_library()
         described = await run_in_threadpool(lib.describe)
-        return _json({**described, "server": service.describe()})
+        return _json({"size": len(lib), **described, "server": service.describe()})
 
     @app.get("/stats")
     async def stats() -> Response:

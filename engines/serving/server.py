@@ -1,7 +1,7 @@
 """Running ``rapdeploy serve``: load the engine (and library), build the service, run uvicorn until interrupted.
 
 Steps of :func:`serve`: resolve the engine (``--engine`` or the workspace's latest) and the library (``--library`` or
-the workspace's ``library/`` when it has a manifest), load the engine, wrap it so one thread at a time calls it,
+the workspace's latest library under ``index/``), load the engine, wrap it so one thread at a time calls it,
 open the library on that wrapper, build the :class:`~rap_deploy.engines.serving.service.ServingService`, warm up the
 tokenizer and the text encoder, bind the socket (so a busy port is a one-line error), serve, and on SIGINT/SIGTERM
 stop uvicorn, then the batcher, the library and the engine. A SIGTERM stop is the normal end of a server, so
@@ -42,16 +42,11 @@ def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | o
 
 
 def resolve_library(library: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None) -> Path | None:
-    """``library`` if given, else ``<workspace>/library`` when it holds a ``manifest.json``, else ``None``."""
-    from rap_deploy.workspace import subdir
+    """``library`` if given, else the workspace's most recently updated library (``index/<name>/``), else ``None``
+    (then the server answers the graphs only)."""
+    from rap_deploy.library.manifest import find_library
 
-    if library is not None:
-        path = Path(library).expanduser()
-        if not path.exists():
-            raise UsageError(f"library {path} does not exist; build one with `rapdeploy index --out {path}`")
-        return path
-    default = subdir("library", workspace)
-    return default if (default / "manifest.json").is_file() else None
+    return find_library(library, workspace, required=False)
 
 
 def open_served_library(path: Path, engine: Any) -> Any:

@@ -11,6 +11,7 @@ from rap_deploy.cli import (
     engine_cmds,  # noqa: F401  (registers build-engine)
     eval_cmds,  # noqa: F401  (registers verify, bench)
     export_cmds,  # noqa: F401  (registers export)
+    library_cmds,  # noqa: F401  (registers index, search)
     model_cmds,  # noqa: F401  (registers init, info)
     serve_cmds,  # noqa: F401  (registers serve, triton-repo)
     train_cmds,  # noqa: F401  (registers train, pretrain-backbone)

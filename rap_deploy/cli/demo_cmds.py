@@ -23,7 +23,7 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json instead of the table."),
 ) -> None:
-    """Run synth → backbone → init → train → export → build-engine → verify → bench on the offline default.
+    """Run synth → backbone → init → train → export → build-engine → verify → bench → library on the offline default.
 
     Steps whose output is already complete are skipped, so a second run resumes. Writes DIR/summary.json.
     Exit 1 when an engine fails its parity check (the summary is still written).
@@ -96,5 +96,24 @@ def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
     if load and not load.get("clean", True):
         console.print("WARNING: the machine was not quiet during bench; ratios are unreliable: "
                       + "; ".join(load.get("reasons", [])), style="bold red", markup=False)
+    _print_library(console, summary.get("library"))
     console.print(f"demo finished in {summary['seconds']:.0f}s (all steps: {summary['pipeline_seconds']:.0f}s); "
                   f"summary: {Path(target) / 'summary.json'}")
+
+
+def _print_library(console: Any, library: dict[str, Any] | None) -> None:
+    """The library step: the test split indexed, one query's top 5."""
+    if not library:
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = library["timings_ms"]
+    table = Table(title=f"Library search: “{escape(library['query'])}” over {library['videos']} test videos",
+                  caption=f"text {t['text']:.1f} ms · stage 1 {t['stage1']:.2f} ms · re-rank {t['rerank']:.1f} ms; "
+                  f"rapdeploy search \"...\" searches {escape(library['library'])}")
+    for col in ("rank", "video", "score", "stage-1 rank"):
+        table.add_column(col)
+    for hit in library["top5"]:
+        table.add_row(str(hit["rank"]), escape(hit["video_id"]), f"{hit['score']:.4f}", str(hit["stage1_rank"]))
+    console.print(table)

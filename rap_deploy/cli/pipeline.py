@@ -1,7 +1,8 @@
 """The offline-default pipeline behind ``rapdeploy demo`` (DESIGN.md §10).
 
 synth → backbone (pre-trained once, cached) → init → zero-shot evaluation → train (rap) → export → build-engine
-(ONNX Runtime fp32 and int8; TensorRT FP16 when TensorRT and a GPU are present) → verify each engine → bench.
+(ONNX Runtime fp32 and int8; TensorRT FP16 when TensorRT and a GPU are present) → verify each engine → bench →
+library (index the test split, search its first caption).
 
 Every step calls the same library function as the matching command and is skipped when its output is already
 complete, so re-running the demo resumes where it stopped. It lives in the CLI layer because it uses every stage.
@@ -207,6 +208,11 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
         threads=threads, progress=progress, data_root=data, top_m=sizes.top_m, cache=frame_cache))
     bench_result = _read_json(bench_file)
 
+    library_file = out / "library.json"
+    search_engine = out / "engines" / "onnxruntime-fp32" if "onnxruntime-fp32" in built else best
+    steps.run("library + search", library_file, lambda: write_json_atomic(library_file, _library_demo(
+        out / "index" / "msrvtt-test", search_engine, data, frame_cache, sizes, progress)))
+
     zero_shot, rap = _read_json(zero_shot_file), _read_json(rap_file)
     summary = {
         "seconds": round(time.perf_counter() - t_start, 1),
@@ -224,12 +230,33 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
         "bench_load": bench_result.get("load"),
         "device": bench_result.get("device"),
         "tensorrt": trt_reason or "built",
+        "library": _read_json(library_file),
     }
     write_json_atomic(out / "summary.json", summary)
     failed = [v["name"] for v in verdicts if not v["passed"]]
     if failed:
         raise CheckFailedError(f"parity failed for {', '.join(failed)}; see {out / 'verify'}")
     return summary
+
+
+def _library_demo(library: Path, engine_path: Path, data: Path, frame_cache: Path, sizes: DemoSizes,
+                  progress: bool) -> dict[str, Any]:
+    """Index the test split into ``library`` (what ``rapdeploy index`` does) and search its first caption (what
+    ``rapdeploy search`` does); returns the library's size and that query's top 5."""
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.library import BuildOptions, build_library, dataset_source, open_library
+
+    engine = load_engine(engine_path)
+    source = dataset_source("msrvtt", data, "test", engine.config.frames)
+    report = build_library(library, engine, source, FrameCache(frame_cache), BuildOptions(top_m=sizes.top_m),
+                           progress=progress)
+    with open_library(library, engine) as lib:
+        found = lib.search([source.captions[0]], top_k=5, top_m=sizes.top_m)[0]
+    return {"library": str(library), "engine": str(engine_path), "videos": report["videos"],
+            "skipped": report["skipped"], "bytes_per_video": report["bytes_per_video"], "stage1": report["stage1"],
+            "index_seconds": report["seconds"], "query": found["query"], "top5": found["results"],
+            "timings_ms": found["timings_ms"]}
 
 
 def _evaluate(checkpoint: Path, data: Path, frame_cache: Path, sizes: DemoSizes, progress: bool) -> dict[str, Any]:

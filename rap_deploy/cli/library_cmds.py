@@ -1,0 +1,275 @@
+"""``rapdeploy index`` (encode a video library) and ``rapdeploy search`` (two-stage search over it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from rap_deploy.cli.app import command
+from rap_deploy.errors import UsageError
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+# ------------------------------------------------------------------------------------------------------- index
+def resolve_source(dataset: str | None, data_root: Path | None, split: str, videos: Path | None,
+                   list_file: Path | None, frames: int) -> Any:
+    """The :class:`~rap_deploy.library.sources.VideoSource` of the options, or ``None`` when none is given."""
+    from rap_deploy.library.sources import dataset_source, folder_source, list_source
+    from rap_deploy.workspace import data_root as resolve_data_root
+
+    given = [name for name, v in (("--dataset", dataset), ("--videos", videos), ("--list", list_file)) if v]
+    if len(given) > 1:
+        raise UsageError(f"give one video source, not {' and '.join(given)}")
+    if data_root is not None and dataset is None:
+        raise UsageError("--data-root needs --dataset NAME (msrvtt, msvd, didemo, activitynet)")
+    if dataset:
+        return dataset_source(dataset, resolve_data_root(data_root), split, frames)
+    if videos:
+        return folder_source(videos)
+    if list_file:
+        return list_source(list_file)
+    return None
+
+
+@command("index")
+def index_cmd(
+    dataset: str | None = typer.Option(None, "--dataset", help="Index a dataset split: msrvtt, msvd, didemo or "
+                                       "activitynet (with --data-root)."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder (default: $RAPDEPLOY_DATA)."),
+    split: str = typer.Option("test", "--split", help="Dataset split to index."),
+    videos: Path | None = typer.Option(None, "--videos", help="Index every video file under DIR, recursively "
+                                       "(id = relative path without extension)."),
+    list_file: Path | None = typer.Option(None, "--list", help="Index the videos of FILE, one path per line "
+                                          "(id = the path as written, without extension)."),
+    engine: Path | None = typer.Option(None, "--engine", help="Engine folder, export folder or checkpoint (default: "
+                                       "the workspace's latest engine)."),
+    out: Path | None = typer.Option(None, "--out", help="Library folder (default: <workspace>/index/<name>)."),
+    name: str | None = typer.Option(None, "--name", help="Library name under <workspace>/index/ (default: "
+                                    "<dataset>-<split>, the folder's or the list file's name)."),
+    add: bool = typer.Option(False, "--add", help="Encode only the videos not yet in the existing library."),
+    remove: list[str] | None = typer.Option(None, "--remove", help="Drop this video id from the library "
+                                            "(repeatable)."),
+    ann: str | None = typer.Option(None, "--ann", help="Stage-1 index: exact (default for a new library), hnsw or "
+                                   "ivf (approximate, for large libraries; recall@M is measured and recorded)."),
+    target_recall: float = typer.Option(0.95, "--target-recall", help="ANN search effort is tuned to reach this "
+                                        "stage-1 recall@M against exact search."),
+    top_m: int | None = typer.Option(None, "--top-m", help="M of the recall@M measurement, the search's re-rank "
+                                     "depth (default: the library's, else 100)."),
+    shard_size: int = typer.Option(256, "--shard-size", help="Videos per shard (the unit of resume)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Videos per video-encoder call."),
+    force: bool = typer.Option(False, "--force", help="Delete the library (and any interrupted build) in the folder "
+                               "and build it anew."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
+                                          "<workspace>/cache/frames)."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch, ONNX Runtime and "
+                                       "FAISS."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
+                                          "$RAPDEPLOY_HOME)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the build report as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar; only the summary line."),
+) -> None:
+    """Encode a video library (stage-1 FAISS index + re-rank store in shards) with an engine.
+
+    Re-run the same command to resume; --add / --remove update it; `torchrun -m rap_deploy.cli index` shards it.
+    """
+    from rap_deploy.library import BuildOptions, Ranks, build_library
+    from rap_deploy.train.distributed import barrier, cleanup, setup
+
+    ctx = setup("cpu")
+    try:
+        _set_threads(threads)
+        eng, source = None, None
+        if dataset or videos or list_file:
+            eng = _load_engine(engine, workspace, threads, ctx.local_rank)
+            source = resolve_source(dataset, data_root, split, videos, list_file, eng.config.frames)
+        elif data_root is not None:
+            raise UsageError("--data-root needs --dataset NAME")
+        target = _library_out(out, name, source, workspace)
+        ranks = Ranks(rank=ctx.rank, world_size=ctx.world_size, barrier=lambda: barrier(ctx))
+        cache = _frame_cache(cache_dir, workspace)
+        options = BuildOptions(add=add, remove=list(remove or []), ann=ann, target_recall=target_recall, top_m=top_m,
+                               shard_size=shard_size, batch_size=batch_size, force=force)
+        if ann is not None:
+            from rap_deploy.library.stage1 import check_ann
+
+            check_ann(ann)
+        progress = not quiet and not json_out and ctx.is_main and sys.stderr.isatty()
+        log = (lambda msg: None) if (quiet or json_out or not ctx.is_main) else (lambda msg: typer.echo(msg, err=True))
+        report = build_library(target, eng, source, cache, options, ranks, progress=progress, log=log)
+    finally:
+        cleanup(ctx)
+    if ctx.is_main:
+        _print_index(report, json_out)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import faiss
+        import torch
+
+        torch.set_num_threads(int(threads))
+        faiss.omp_set_num_threads(int(threads))
+
+
+def _load_engine(engine: Path | None, workspace: Path | None, threads: int | None, device_id: int = 0) -> Any:
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.verify import resolve_engine
+
+    return load_engine(resolve_engine(engine, workspace), threads=threads, device_id=device_id)
+
+
+def _library_out(out: Path | None, name: str | None, source: Any, workspace: Path | None) -> Path:
+    from rap_deploy.workspace import subdir
+
+    if out is not None:
+        return out
+    if name is None and source is None:
+        raise UsageError("say which library to change: --out LIB or --name NAME")
+    return subdir("index", workspace) / (name or source.name)
+
+
+def _frame_cache(cache_dir: Path | None, workspace: Path | None) -> Any:
+    from rap_deploy.data.cache import FrameCache
+
+    return FrameCache(cache_dir) if cache_dir is not None else FrameCache.default(workspace)
+
+
+def _print_index(report: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        _echo_json(report)
+        return
+    st = report["stage1"]
+    rate = f", {report['videos_per_second']:.1f} videos/s" if report.get("videos_per_second") else ""
+    head = "up to date" if report.get("up_to_date") else "indexed"
+    typer.echo(f"{head}: {report['library']} holds {report['videos']} videos ({report['added']} added, "
+               f"{len(report['skipped'])} skipped, {len(report['removed'])} removed) in {report['seconds']:.1f} s"
+               f"{rate}; {report['shards_written']} shards written, {report['shards_resumed']} resumed")
+    typer.echo(f"size on disk: {_human_bytes(report['bytes_per_video'])} per video "
+               f"({_human_bytes(report['bytes_on_disk'])} in all)")
+    effort = f", effort {st['effort']}" if st.get("effort") else ""
+    kind = {"captions": "caption", "videos": "library-video"}.get(st["query_source"], st["query_source"])
+    typer.echo(f"stage 1: {st['type']}{effort}; recall@{st['m']} vs exact = {st['recall_at_m']:.3f} on "
+               f"{st['queries']} {kind} queries")
+    for s in report["skipped"]:
+        typer.echo(f"skipped {s['video_id']}: {s['reason']} ({s['path']})", err=True)
+
+
+# ------------------------------------------------------------------------------------------------------ search
+def read_queries(text: str | None, queries_file: Path | None) -> list[str]:
+    """The queries of the command line: ``TEXT`` or the lines of ``--queries FILE`` (blank lines skipped)."""
+    if text is not None and queries_file is not None:
+        raise UsageError("give a query TEXT or --queries FILE, not both")
+    if queries_file is None:
+        if text is None:
+            raise UsageError('no query: rapdeploy search "a red circle moves to the left" (or --queries FILE)')
+        return [text]
+    if not queries_file.is_file():
+        raise UsageError(f"query file {queries_file} does not exist; write one query per line")
+    data = queries_file.read_bytes()
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UsageError(f"query file {queries_file} line {line} is not UTF-8 text; write one query per line") \
+            from None
+    lines = [line for line in content.splitlines() if line.strip()]
+    if not lines:
+        raise UsageError(f"query file {queries_file} holds no query; write one query per line")
+    return lines
+
+
+def resolve_library(library: Path | None, workspace: Path | None) -> Path:
+    """``--library`` or the workspace's most recently updated library."""
+    from rap_deploy.library.manifest import find_library
+
+    return find_library(library, workspace)
+
+
+def _search_engine(engine: Path | None, library: Path, workspace: Path | None, threads: int | None) -> Any:
+    """``--engine``, else the engine that built the library when it still exists, else the workspace's latest."""
+    if engine is None:
+        from rap_deploy.library.manifest import read_manifest
+
+        built = (read_manifest(library).get("engine") or {}).get("path")
+        if isinstance(built, str) and Path(built).exists():
+            engine = Path(built)
+    return _load_engine(engine, workspace, threads)
+
+
+@command("search")
+def search_cmd(
+    text: str | None = typer.Argument(None, help="What to search for, e.g. \"a red circle moves to the left\"."),
+    queries_file: Path | None = typer.Option(None, "--queries", help="One query per line (text encoded in batches)."),
+    library: Path | None = typer.Option(None, "--library", help="Library folder (default: the workspace's latest "
+                                        "library)."),
+    engine: Path | None = typer.Option(None, "--engine", help="Engine of the library's model (default: the one that "
+                                       "built it, else the workspace's latest engine)."),
+    top: int = typer.Option(10, "--top", help="Results per query."),
+    top_m: int = typer.Option(100, "--top-m", help="Stage-1 candidates re-ranked by the ASA head."),
+    verify: str = typer.Option("full", "--verify", help="Integrity check at open: full (every shard's sha256) or "
+                               "quick (sizes, headers and the small files' sha256)."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch, ONNX Runtime and "
+                                       "FAISS."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
+                                          "$RAPDEPLOY_HOME)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per query and line: query, results "
+                                  "(rank, video_id, path, score, stage1_rank), timings_ms."),
+) -> None:
+    """Two-stage text-to-video search: stage 1 over the whole library, ASA re-rank of the top M."""
+    from rap_deploy.library import open_library
+
+    texts = read_queries(text, queries_file)
+    if top < 1 or top_m < 0:
+        raise UsageError(f"--top must be >= 1 and --top-m >= 0, got {top} and {top_m}")
+    _set_threads(threads)
+    lib_path = resolve_library(library, workspace)
+    eng = _search_engine(engine, lib_path, workspace, threads)
+    with open_library(lib_path, eng, verify=verify) as lib:
+        results = lib.search(texts, top_k=top, top_m=top_m)
+    for r in results:
+        for warning in r.get("warnings", []):
+            typer.echo(f"warning: {warning}", err=True)
+    if json_out:
+        for r in results:
+            typer.echo(json.dumps(r, default=str))
+        return
+    _print_results(results, lib_path)
+
+
+def _print_results(results: list[dict[str, Any]], library: Path) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 100))
+    for r in results:
+        t = r["timings_ms"]
+        caption = (f"text {t['text']:.1f} ms · stage 1 {t['stage1']:.2f} ms · re-rank {t['rerank']:.1f} ms · "
+                   f"total {t['total']:.1f} ms")
+        if any(not hit.get("reranked", True) for hit in r["results"]):
+            caption += "\n* stage-1 score: beyond --top-m, not re-ranked"
+        table = Table(title=f"“{escape(r['query'])}” in {escape(library.name)}", caption=caption)
+        for col in ("rank", "video", "score", "stage-1 rank", "path"):
+            table.add_column(col, justify="right" if col in ("rank", "score", "stage-1 rank") else "left")
+        for hit in r["results"]:
+            mark = "" if hit.get("reranked", True) else "*"
+            table.add_row(str(hit["rank"]), escape(hit["video_id"]), f"{hit['score']:.4f}{mark}",
+                          str(hit["stage1_rank"]), escape(hit["path"]))
+        console.print(table)

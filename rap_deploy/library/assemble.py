@@ -1,0 +1,248 @@
+"""Assembling a library after its shards are written: shard list, removals, the stage-1 index and its measured
+recall, then the manifest (written last, atomically)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.atomic import sha256_file
+from rap_deploy.errors import DamagedArtifactError, UsageError
+from rap_deploy.library import stage1
+from rap_deploy.library.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    STAGE1_DIR,
+    entry_path,
+    stage1_files,
+    write_manifest,
+)
+from rap_deploy.library.shards import check_sha256, open_tensor_file, read_videos
+
+
+@dataclass
+class Stage1Request:
+    """What the stage-1 step needs: the index type, the recall target and M, and new text queries (or none)."""
+
+    kind: str | None = None
+    target_recall: float = 0.95
+    top_m: int = 100
+    query_emb: np.ndarray | None = None
+    query_source: str = "videos"
+    max_queries: int = 500
+    seed: int = 0
+
+
+@dataclass
+class Assembly:
+    """The library state being assembled: kept and new shards, removed rows, and what the build did."""
+
+    shards: list[dict[str, Any]]
+    removed: set[int] = field(default_factory=set)
+    removed_ids: list[str] = field(default_factory=list)
+
+
+def live_rows(root: Path, shards: list[dict[str, Any]], removed: set[int]) -> tuple[list[str], np.ndarray]:
+    """Video ids and global rows of every row not removed, in row order (reads each shard's ``videos.json``)."""
+    ids: list[str] = []
+    rows: list[int] = []
+    for shard in shards:
+        videos = read_videos(root, shard)
+        for i, vid in enumerate(videos["video_id"]):
+            row = shard["row_offset"] + i
+            if row not in removed:
+                ids.append(vid)
+                rows.append(row)
+    return ids, np.asarray(rows, dtype=np.int64)
+
+
+def apply_removals(root: Path, asm: Assembly, remove: list[str]) -> None:
+    """Mark the rows of video ids ``remove`` as removed and drop shards with no row left.
+
+    Raises :class:`UsageError` naming ids that are not in the library (nothing is changed then).
+    """
+    if not remove:
+        return
+    ids, rows = live_rows(root, asm.shards, asm.removed)
+    where = dict(zip(ids, rows.tolist(), strict=True))
+    unknown = [v for v in remove if v not in where]
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        raise UsageError(f"--remove: {shown} not in the library {root}; nothing was removed")
+    asm.removed |= {where[v] for v in remove}
+    asm.removed_ids = list(dict.fromkeys(remove))
+    asm.shards = [s for s in asm.shards
+                  if not set(range(s["row_offset"], s["row_offset"] + s["rows"])) <= asm.removed]
+
+
+def read_video_emb(root: Path, shards: list[dict[str, Any]], rows: np.ndarray, dim: int) -> np.ndarray:
+    """The stored ``video_emb`` of global ``rows`` (sorted), read from their shards."""
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    pos = 0
+    for shard in shards:
+        lo, hi = shard["row_offset"], shard["row_offset"] + shard["rows"]
+        local = rows[(rows >= lo) & (rows < hi)] - lo
+        if len(local) == 0:
+            continue
+        tf = open_tensor_file(root, shard, "video_emb", "float32", [dim], verify_hash=False)
+        tf.read_rows(local, out[pos:pos + len(local)])
+        pos += len(local)
+    if pos != len(rows):
+        raise DamagedArtifactError(f"library {root}: {len(rows) - pos} rows have no shard; re-index the library")
+    return out
+
+
+def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shards: list[dict[str, Any]], dim: int,
+                 req: Stage1Request, build: int) -> tuple[dict[str, Any], set[int]]:
+    """Update (or rebuild) the stage-1 index, tune and measure its recall@M, write it under the names of build
+    number ``build``; returns the manifest's ``stage1`` entry and the removed rows still referenced (tombstones)."""
+    t0 = time.perf_counter()
+    kind = stage1.check_ann(req.kind or (old or {}).get("stage1", {}).get("type") or "exact")
+    _, live = live_rows(root, asm.shards, asm.removed)
+    vectors = read_video_emb(root, asm.shards, live, dim)
+    index = _reusable_index(root, old, kind, asm.removed)
+    if index is None:
+        train = _sample(vectors, 256 * stage1.ivf_lists(len(vectors)), req.seed) if kind == "ivf" else None
+        index = stage1.new_index(kind, dim, train, seed=req.seed)
+        stage1.add(index, vectors, live)
+        in_index = set(live.tolist())
+    else:
+        new_rows = np.asarray([r for s in new_shards for r in range(s["row_offset"], s["row_offset"] + s["rows"])
+                               if r not in asm.removed], dtype=np.int64)
+        stage1.add(index, read_video_emb(root, new_shards, new_rows, dim), new_rows)
+        in_index = set(live.tolist()) | set(asm.removed)
+    tombstones = asm.removed & in_index
+    build_seconds = time.perf_counter() - t0
+    queries, source = _recall_queries(root, old, req, vectors)
+    m = min(req.top_m, len(live))
+    exclude = np.asarray(sorted(tombstones), dtype=np.int64)
+    truth = stage1.exact_top(vectors, live, queries, m) if m else np.zeros((len(queries), 0), np.int64)
+    tuning = stage1.tune(index, kind, queries, truth, m, req.target_recall, exclude)
+    index_file, queries_file = stage1_files(build)
+    stage1.save(index, root / index_file)
+    from rap_deploy.atomic import save_with
+
+    def write_queries(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # np.save would append ".npy" to the temporary name
+            np.save(fh, queries.astype(np.float32), allow_pickle=False)
+
+    save_with(root / queries_file, write_queries)
+    entry = {
+        "type": kind, "file": index_file, "bytes": (root / index_file).stat().st_size,
+        "sha256": sha256_file(root / index_file), "dim": dim, "ntotal": int(index.ntotal),
+        "effort": tuning.effort, "effort_name": {"hnsw": "efSearch", "ivf": "nprobe"}.get(kind),
+        "params": _index_params(index, kind), "target_recall": req.target_recall, "top_m": req.top_m,
+        "recall_at_m": tuning.to_dict() | {"query_source": source},
+        "build_seconds": round(build_seconds, 3),
+        "queries": {"file": queries_file, "bytes": (root / queries_file).stat().st_size,
+                    "sha256": sha256_file(root / queries_file), "count": int(len(queries)), "source": source},
+    }
+    return entry, tombstones
+
+
+def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: set[int]) -> Any | None:
+    """The previous stage-1 index when it has the requested type and few enough tombstones, else ``None``."""
+    if old is None or old["stage1"].get("type") != kind:
+        return None
+    path = entry_path(root, old["stage1"]["file"])
+    if not path.is_file():
+        return None
+    check_sha256(path, old["stage1"])
+    try:
+        index = stage1.load(path)
+    except RuntimeError as exc:
+        raise DamagedArtifactError(f"library stage-1 index {path} cannot be read ({str(exc)[:120]}); re-index "
+                                   "with --force") from None
+    if len(removed) > stage1.REBUILD_TOMBSTONE_FRACTION * max(1, index.ntotal):
+        return None
+    return index
+
+
+def _sample(vectors: np.ndarray, n: int, seed: int) -> np.ndarray:
+    if len(vectors) <= n:
+        return vectors
+    pick = np.sort(np.random.default_rng(seed).choice(len(vectors), n, replace=False))
+    return vectors[pick]
+
+
+def _recall_queries(root: Path, old: dict[str, Any] | None, req: Stage1Request, vectors: np.ndarray
+                    ) -> tuple[np.ndarray, str]:
+    """Queries for recall@M: new text embeddings, else the library's stored ones, else a sample of its videos."""
+    if req.query_emb is not None and len(req.query_emb):
+        return _sample(req.query_emb.astype(np.float32), req.max_queries, req.seed), req.query_source
+    stored = (old or {}).get("stage1", {}).get("queries")
+    if isinstance(stored, dict) and isinstance(stored.get("file"), str):
+        path = entry_path(root, stored["file"])
+        if path.is_file():
+            check_sha256(path, stored)
+            try:
+                q = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise DamagedArtifactError(f"library file {path} is not a valid .npy ({exc}); re-index the "
+                                           "library") from None
+            if q.ndim == 2 and q.shape[1] == vectors.shape[1]:
+                return q.astype(np.float32), str(stored.get("source", "videos"))
+    return _sample(vectors, req.max_queries, req.seed).copy(), "videos"
+
+
+def _index_params(index: Any, kind: str) -> dict[str, Any]:
+    import faiss
+
+    if kind == "hnsw":
+        inner = faiss.downcast_index(faiss.downcast_index(index).index)
+        return {"M": stage1.HNSW_M, "efConstruction": int(inner.hnsw.efConstruction)}
+    if kind == "ivf":
+        return {"nlist": int(index.nlist)}
+    return {}
+
+
+def remove_unused_stage1(root: Path, entry: dict[str, Any]) -> None:
+    """Delete the stage-1 files of earlier builds (after the manifest naming ``entry``'s files was written)."""
+    keep = {Path(entry["file"]).name, Path(entry["queries"]["file"]).name}
+    folder = root / STAGE1_DIR
+    if folder.is_dir() and not folder.is_symlink():
+        for p in folder.iterdir():
+            if p.is_file() and p.name not in keep:
+                p.unlink(missing_ok=True)
+
+
+def disk_bytes(root: Path, shards: list[dict[str, Any]], stage1_entry: dict[str, Any]) -> int:
+    """Bytes on disk of the library: every shard file, the stage-1 index and queries, the manifest."""
+    total = sum(f["bytes"] for s in shards for f in s["files"].values())
+    total += stage1_entry["bytes"] + stage1_entry["queries"]["bytes"]
+    manifest = root / MANIFEST
+    return total + (manifest.stat().st_size if manifest.is_file() else 0)
+
+
+def write_library_manifest(root: Path, old: dict[str, Any] | None, model: dict[str, Any], engine_info: Any,
+                           asm: Assembly, tombstones: set[int], stage1_entry: dict[str, Any],
+                           tensor_shapes: dict[str, list[int]], next_shard: int, next_row: int,
+                           build: dict[str, Any], source: dict[str, Any] | None) -> dict[str, Any]:
+    """Compose and write the manifest; returns it."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    referenced = tombstones | {r for s in asm.shards for r in range(s["row_offset"], s["row_offset"] + s["rows"])}
+    live = sum(s["rows"] for s in asm.shards) - len(asm.removed & referenced)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": root.name,
+        "created": (old or {}).get("created", now), "updated": now,
+        "model": model, "engine": engine_info if engine_info is not None else (old or {}).get("engine"),
+        "sources": [*((old or {}).get("sources") or []), *([source] if source else [])],
+        "tensor_shapes": tensor_shapes, "videos": live,
+        "shards": [{k: v for k, v in s.items() if k != "skipped"} | {"skipped": len(s.get("skipped") or [])}
+                   if isinstance(s.get("skipped"), list) else s for s in asm.shards],
+        "next_shard": next_shard, "next_row": next_row,
+        "removed": sorted(asm.removed & referenced),
+        "skipped": build["skipped"],
+        "stage1": stage1_entry,
+        "builds": [*((old or {}).get("builds") or []), build],
+    }
+    total = disk_bytes(root, asm.shards, stage1_entry)
+    manifest["bytes_on_disk"] = total
+    manifest["bytes_per_video"] = round(total / live, 1) if live else None
+    write_manifest(root, manifest)
+    return manifest

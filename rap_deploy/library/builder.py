@@ -1,0 +1,299 @@
+"""``build_library``: encode videos into a library folder, resumably, incrementally, optionally over ``torchrun``
+ranks (what ``rapdeploy index`` runs).
+
+Steps: take the folder's lock (main rank) → read the library and check the engine is its model → plan the shards of
+the videos not yet in it → every rank encodes its shards (committed ones are skipped: that is the resume) → the main
+rank waits for all shards, applies removals, updates the stage-1 index, measures its recall and writes the manifest.
+
+Ranks are given as a :class:`Ranks` (rank, world size, barrier); the CLI builds it from the training stage's
+``torchrun`` helpers, so this core module needs no process group of its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.config import FrameSamplingConfig
+from rap_deploy.crashpoints import crash_point
+from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.library import plan as plans
+from rap_deploy.library.assemble import (
+    Assembly,
+    Stage1Request,
+    apply_removals,
+    build_stage1,
+    live_rows,
+    remove_unused_stage1,
+    write_library_manifest,
+)
+from rap_deploy.library.encode import encode_shard
+from rap_deploy.library.manifest import (
+    MANIFEST,
+    SHARDS_DIR,
+    STAGE1_DIR,
+    check_model,
+    model_identity,
+    read_manifest,
+)
+from rap_deploy.library.shards import committed_shard, remove_stale
+from rap_deploy.library.sources import VideoSource
+from rap_deploy.locks import folder_lock
+
+
+@dataclass
+class BuildOptions:
+    """Options of ``rapdeploy index`` beyond the source and the engine."""
+
+    add: bool = False
+    remove: list[str] = field(default_factory=list)
+    ann: str | None = None
+    target_recall: float = 0.95
+    top_m: int | None = None  # M of the recall@M measurement; None: the library's, else 100
+    shard_size: int = 256
+    batch_size: int = 8
+    force: bool = False
+    recall_queries: int = 500
+    seed: int = 0
+
+
+@dataclass
+class Ranks:
+    """This process's place in a ``torchrun`` job: ``rank`` of ``world_size``, and a barrier over all ranks."""
+
+    rank: int = 0
+    world_size: int = 1
+    barrier: Callable[[], None] = field(default=lambda: None)
+    poll_seconds: float = 0.5
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def build_library(out: str | Path, engine: Any = None, source: VideoSource | None = None, cache: Any = None,
+                  options: BuildOptions | None = None, ranks: Ranks | None = None, progress: bool = True,
+                  log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Build or update the library at ``out``; returns the report (``videos``, ``added``, ``skipped``, ``removed``,
+    ``bytes_per_video``, ``seconds``, ``stage1``...).
+
+    ``source`` and ``engine`` are needed to add videos; ``--remove`` alone needs neither. Raises
+    :class:`UsageError` (bad request, another model's library, a pending build of other videos, a live writer) and
+    :class:`~rap_deploy.errors.DamagedArtifactError` (a damaged library); :class:`CheckFailedError` when no video
+    of a new library could be decoded.
+    """
+    options, ranks = options or BuildOptions(), ranks or Ranks()
+    root = Path(out).expanduser().resolve()
+    t0 = time.perf_counter()
+    if source is not None and engine is None:
+        raise UsageError("indexing videos needs an engine (--engine)")
+    if ranks.is_main:
+        with folder_lock(root, "index", "library folder"):
+            state = _prepare(root, engine, source, options, log)
+            ranks.barrier()
+            written, resumed, encode_s = _encode_mine(root, engine, cache, options, ranks, progress, log)
+            report = _finish(root, engine, source, options, ranks, state, log)
+    else:
+        ranks.barrier()
+        written, resumed, encode_s = _encode_mine(root, engine, cache, options, ranks, progress, log)
+        report = {"library": str(root), "rank": ranks.rank}
+    report.update(world_size=ranks.world_size, shards_written=written, shards_resumed=resumed,
+                  encode_seconds=round(encode_s, 3), seconds=round(time.perf_counter() - t0, 3))
+    if ranks.is_main and report.get("added"):
+        report["videos_per_second"] = round(report["added"] / max(encode_s, 1e-9), 2)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------- prepare
+def _prepare(root: Path, engine: Any, source: VideoSource | None, options: BuildOptions,
+             log: Callable[[str], None]) -> dict[str, Any]:
+    """Main rank, under the lock: --force, read and check the library, plan the new shards (or resume the plan)."""
+    if options.force:
+        _wipe(root)
+    for name in (MANIFEST, plans.PLAN):  # temporary files of a killed atomic write
+        for tmp in root.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    old = read_manifest(root) if (root / MANIFEST).is_file() else None
+    if old is None:
+        _refuse_foreign_folder(root)
+    if old is None and source is None:
+        raise UsageError(f"{root} holds no library yet; give videos to index (--dataset/--data-root, --videos DIR "
+                         "or --list FILE)")
+    if old is not None and engine is not None:
+        check_model(old["model"], engine, root)
+    state: dict[str, Any] = {"old": old, "plan": None, "resumed": False}
+    if source is None:
+        pending = plans.read_plan(root)
+        if pending is not None and not {s.get("name") for s in pending["shards"]} <= \
+                {s["name"] for s in old["shards"]}:
+            raise UsageError(f"{root} has an interrupted build ({plans.PLAN}); re-run the command that started it "
+                             "to finish it first, or pass --force with the videos to rebuild")
+        plans.drop_plan(root)
+        return state
+    sampling = FrameSamplingConfig(max_frames=engine.config.frames, fps=source.sampling.fps)
+    model = model_identity(engine, sampling)
+    live: set[str] = set()
+    if old is not None:
+        live = set(live_rows(root, old["shards"], set(old["removed"]))[0])
+    pending = [v for v in source.videos if v.video_id not in live]
+    if old is not None and pending and not options.add and plans.read_plan(root) is None:
+        raise UsageError(f"{root} already holds a library of {old['videos']} videos and {len(pending)} of the given "
+                         "videos are not in it: pass --add to encode only those, or --force to rebuild it")
+    new = plans.make_plan(pending, sampling, model, options.shard_size, (old or {}).get("next_shard", 0),
+                          (old or {}).get("next_row", 0))
+    known = {s["name"] for s in (old or {}).get("shards", [])}
+    plan, resumed = plans.adopt_plan(root, new, known)
+    remove_stale(root, keep=known | {s["name"] for s in plan["shards"]})
+    if resumed:
+        log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")
+    state.update(plan=plan, resumed=resumed, model=model, sampling=sampling)
+    return state
+
+
+def _wipe(root: Path) -> None:
+    """--force: delete what a library consists of (only those names) so the build starts from nothing."""
+    for name in (MANIFEST, plans.PLAN):
+        (root / name).unlink(missing_ok=True)
+    for name in (SHARDS_DIR, STAGE1_DIR):
+        if (root / name).is_dir() and not (root / name).is_symlink():
+            shutil.rmtree(root / name)
+
+
+def _refuse_foreign_folder(root: Path) -> None:
+    """Refuse to build into a folder that holds other things than a library (or an interrupted one)."""
+    if not root.is_dir():
+        return
+    ours = {MANIFEST, plans.PLAN, STAGE1_DIR, SHARDS_DIR}
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith("."))
+    if foreign:
+        raise UsageError(f"{root} is not empty and is not a library ({', '.join(foreign[:5])}...); choose another "
+                         "--out folder")
+
+
+# ------------------------------------------------------------------------------------------------------- encode
+def _encode_mine(root: Path, engine: Any, cache: Any, options: BuildOptions, ranks: Ranks, progress: bool,
+                 log: Callable[[str], None]) -> tuple[int, int, float]:
+    """Encode this rank's shards of the pending plan; returns (written, already committed, seconds)."""
+    from rap_deploy.data.progress import progress_bar
+
+    plan = plans.read_plan(root) if engine is not None else None
+    if plan is None:
+        return 0, 0, 0.0
+    sampling = FrameSamplingConfig.from_dict(plan["sampling"])
+    mine = [s for i, s in enumerate(plan["shards"]) if i % ranks.world_size == ranks.rank]
+    todo = [s for s in mine if committed_shard(root, s["name"], plans.shard_digest(s)) is None]
+    t0 = time.perf_counter()
+    with progress_bar(sum(len(s["videos"]) for s in todo), "encoding videos", progress, unit="videos") as advance:
+        for shard in todo:
+            encode_shard(root, shard, engine, cache, sampling, options.batch_size, advance)
+            crash_point("index.shard-written")
+    return len(todo), len(mine) - len(todo), time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------------- finish
+def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildOptions, ranks: Ranks,
+            state: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Main rank: collect every shard of the plan, apply removals, update stage 1, write the manifest."""
+    old, plan = state["old"], state["plan"]
+    new_entries = _wait_for_shards(root, plan, ranks) if plan else []
+    skipped = [s for e in new_entries for s in e.get("skipped", [])]
+    added = [e for e in new_entries if e["rows"] > 0]
+    if old is None and not added:
+        plans.drop_plan(root)
+        names = ", ".join(f"{s['video_id']} ({s['reason']})" for s in skipped[:5])
+        raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}: {names}")
+    asm = Assembly(shards=[*((old or {}).get("shards") or []), *added], removed=set((old or {}).get("removed", [])))
+    apply_removals(root, asm, options.remove)
+    if old is not None and not added and not options.remove and options.ann in (None, old["stage1"]["type"]):
+        plans.drop_plan(root)
+        return _report(root, old, [], skipped, [], up_to_date=True)
+    shapes = _tensor_shapes(old, added)
+    top_m = options.top_m or int((old or {}).get("stage1", {}).get("top_m") or 100)
+    req = Stage1Request(kind=options.ann, target_recall=options.target_recall, top_m=top_m,
+                        max_queries=options.recall_queries, seed=options.seed,
+                        **_caption_queries(engine, source, options))
+    log("building the stage-1 index" + (f" ({req.kind})" if req.kind else ""))
+    build_number = len((old or {}).get("builds") or []) + 1
+    stage1_entry, tombstones = build_stage1(root, old, asm, added, shapes["video_emb"][0], req, build_number)
+    build = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added": sum(e["rows"] for e in added),
+             "skipped": skipped, "removed": asm.removed_ids, "world_size": ranks.world_size,
+             "resumed": bool(state.get("resumed"))}
+    engine_info = _engine_info(engine) if added else None
+    model = state.get("model") or old["model"]
+    desc = asdict(source)["description"] | {"kind": source.kind} if source is not None and added else None
+    plan_next = (plan or {}).get("next_shard", (old or {}).get("next_shard", 0))
+    plan_row = (plan or {}).get("next_row", (old or {}).get("next_row", 0))
+    manifest = write_library_manifest(root, old, model, engine_info, asm, tombstones, stage1_entry, shapes,
+                                      plan_next, plan_row, build, desc)
+    plans.drop_plan(root)
+    remove_stale(root, keep={s["name"] for s in manifest["shards"]})
+    remove_unused_stage1(root, stage1_entry)
+    return _report(root, manifest, added, skipped, asm.removed_ids)
+
+
+def _wait_for_shards(root: Path, plan: dict[str, Any], ranks: Ranks) -> list[dict[str, Any]]:
+    """The entries of every plan shard, waiting (polling the folder) for other ranks to commit theirs."""
+    entries: dict[str, dict[str, Any]] = {}
+    names = [s["name"] for s in plan["shards"]]
+    digests = {s["name"]: plans.shard_digest(s) for s in plan["shards"]}
+    while True:
+        for name in names:
+            if name not in entries:
+                entry = committed_shard(root, name, digests[name], verify_hash=False)
+                if entry is not None:
+                    entries[name] = entry
+        if len(entries) == len(names):
+            return [entries[n] for n in names]
+        if ranks.world_size == 1:
+            missing = [n for n in names if n not in entries]
+            raise CheckFailedError(f"shards {', '.join(missing[:5])} of {root} were not written; re-run the command")
+        time.sleep(ranks.poll_seconds)
+
+
+def _tensor_shapes(old: dict[str, Any] | None, added: list[dict[str, Any]]) -> dict[str, list[int]]:
+    shapes = dict((old or {}).get("tensor_shapes") or {})
+    for entry in added:
+        got = {name: f["shape"][1:] for name, f in entry["files"].items() if "shape" in f}
+        for name, shape in got.items():
+            if shapes.setdefault(name, shape) != shape:
+                raise UsageError(f"shard {entry['name']} stores {name} as {shape}, the library as {shapes[name]}")
+    return shapes
+
+
+def _caption_queries(engine: Any, source: VideoSource | None, options: BuildOptions) -> dict[str, Any]:
+    """Text embeddings of (a sample of) the source's captions, to measure stage-1 recall with real text queries."""
+    if engine is None or source is None or not source.captions:
+        return {}
+    from rap_deploy.retrieval import encode_texts
+
+    captions = list(dict.fromkeys(source.captions))
+    if len(captions) > options.recall_queries:
+        pick = np.sort(np.random.default_rng(options.seed).choice(len(captions), options.recall_queries,
+                                                                   replace=False))
+        captions = [captions[i] for i in pick]
+    return {"query_emb": encode_texts(engine, captions), "query_source": "captions"}
+
+
+def _engine_info(engine: Any) -> dict[str, Any] | None:
+    describe = getattr(engine, "describe", None)
+    if describe is None:
+        return None
+    info = describe()
+    return info.to_dict() if hasattr(info, "to_dict") else dict(info)
+
+
+def _report(root: Path, manifest: dict[str, Any], added: list[dict[str, Any]], skipped: list[dict[str, str]],
+            removed: list[str], up_to_date: bool = False) -> dict[str, Any]:
+    st = manifest["stage1"]
+    return {"library": str(root), "videos": manifest["videos"], "added": sum(e["rows"] for e in added),
+            "skipped": skipped, "removed": removed, "up_to_date": up_to_date,
+            "bytes_on_disk": manifest.get("bytes_on_disk"), "bytes_per_video": manifest.get("bytes_per_video"),
+            "stage1": {"type": st["type"], "effort": st.get("effort"), "recall_at_m": st["recall_at_m"]["recall"],
+                       "m": st["recall_at_m"]["m"], "queries": st["recall_at_m"]["queries"],
+                       "query_source": st["recall_at_m"].get("query_source"), "build_seconds": st["build_seconds"]}}

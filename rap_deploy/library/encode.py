@@ -1,0 +1,78 @@
+"""Encoding one plan shard: decode each video (through the frame cache), run the video encoder in batches, keep
+the stored tensors in their index dtypes, and write the shard atomically.
+
+Undecodable or missing videos are skipped and listed with the reason, never zero-filled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.config import FrameSamplingConfig
+from rap_deploy.data.datasets import VideoEntry
+from rap_deploy.graphs import video_outputs
+from rap_deploy.library.manifest import store_tensors, tensor_dtype
+from rap_deploy.library.plan import plan_videos, shard_digest
+from rap_deploy.library.shards import VIDEO_FIELDS, write_shard
+
+# Fault injection for the kill-and-resume test: the builder SIGKILLs itself after committing this many shards.
+
+
+@dataclass
+class _Videos:
+    """The two attributes ``rap_deploy.retrieval.load_video_batch`` reads of a split."""
+
+    videos: list[VideoEntry]
+    sampling: FrameSamplingConfig
+
+
+def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sampling: FrameSamplingConfig,
+                 batch_size: int, advance: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """Encode and write one plan shard; returns its entry (with ``skipped``: ``[{video_id, path, reason}]``)."""
+    from rap_deploy.data.cache import file_digest
+    from rap_deploy.data.video import VideoDecodeError
+    from rap_deploy.retrieval import load_video_batch
+
+    has_asa = bool(getattr(engine, "has_asa", engine.config.has_asa))
+    outputs, keep = video_outputs(has_asa), store_tensors(has_asa)
+    src = _Videos(plan_videos(shard), sampling)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in keep}
+    meta: dict[str, list[Any]] = {k: [] for k in VIDEO_FIELDS}
+    skipped: list[dict[str, str]] = []
+    frames, masks = [], []
+
+    def flush() -> None:
+        if not frames:
+            return
+        out = engine.encode_video(np.concatenate(frames), np.concatenate(masks))
+        named = dict(zip(outputs, out, strict=True))
+        for name in keep:
+            parts[name].append(np.asarray(named[name]).astype(tensor_dtype(name), copy=False))
+        advance(len(frames))
+        frames.clear()
+        masks.clear()
+
+    for i, video in enumerate(src.videos):
+        try:
+            f, m = load_video_batch(src, [i], cache, engine.config)
+            sha = file_digest(video.path)
+        except (VideoDecodeError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, VideoDecodeError) else f"cannot read: {exc.strerror or exc}"
+            skipped.append({"video_id": video.video_id, "path": str(video.path), "reason": reason})
+            advance(1)
+            continue
+        frames.append(f)
+        masks.append(m)
+        for key, value in zip(VIDEO_FIELDS, (video.video_id, str(video.path), video.start, video.end, sha),
+                              strict=True):
+            meta[key].append(value)
+        if len(frames) >= batch_size:
+            flush()
+    flush()
+    arrays = {name: np.concatenate(p) for name, p in parts.items() if p}
+    return write_shard(root, shard["name"], shard["row_offset"], arrays, meta, skipped, shard_digest(shard))

@@ -1,0 +1,229 @@
+"""The library manifest: ``LIB/manifest.json``, format ``rapdeploy.library`` (DESIGN.md §12).
+
+It ties the library to the model that encoded it (``model``: config, preprocessing, frame sampling and tokenizer
+with their sha256, the source checkpoint's sha256 when the engine knows it, the stored tensors), lists every shard
+with each file's size, sha256, dtype and shape, the removed rows (``removed``), and the stage-1 FAISS index with its
+measured recall. It is written atomically and last, so a reader sees either the previous library or the new one.
+
+Every manifest reaching a command is untrusted: :func:`read_manifest` checks its structure, and every file it names
+goes through :func:`entry_path` (relative, inside the library folder, no symlink escape).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.atomic import write_json_atomic
+from rap_deploy.config import FrameSamplingConfig
+from rap_deploy.errors import DamagedArtifactError, UsageError
+from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
+
+FORMAT = "rapdeploy.library"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STAGE1_DIR = "stage1"
+SHARDS_DIR = "shards"
+
+
+def stage1_files(build: int) -> tuple[str, str]:
+    """The stage-1 index and recall-query files of build number ``build`` (relative to the library folder).
+
+    Each build writes new names, so the previous manifest stays valid until the new one replaces it; the files no
+    manifest names are deleted after that.
+    """
+    return f"{STAGE1_DIR}/index-{build:04d}.faiss", f"{STAGE1_DIR}/queries-{build:04d}.npy"
+
+
+def digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys): how config, preprocessing, sampling and tokenizer are
+    hashed."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def store_tensors(has_asa: bool) -> tuple[str, ...]:
+    """What a library stores per video: ``video_emb`` (stage 1) and the re-rank tensors of the model, by name."""
+    return ("video_emb", *rerank_tensors(has_asa))
+
+
+def tensor_dtype(name: str) -> str:
+    """The stored dtype of tensor ``name`` (``rap_deploy.graphs.INDEX_DTYPES``); raises :class:`UsageError` when the
+    graphs module names no dtype for it."""
+    try:
+        return INDEX_DTYPES[name]
+    except KeyError:
+        raise UsageError(f"no index dtype for the video tensor '{name}' in rap_deploy.graphs.INDEX_DTYPES") from None
+
+
+def engine_checkpoint_sha256(engine: Any) -> str | None:
+    """The sha256 of the checkpoint an engine's weights come from, or ``None`` when the engine does not say.
+
+    Read from ``engine.describe()``: a PyTorch engine names its checkpoint file (hashed here, memoised per file); an
+    engine or export folder records the source checkpoint's sha256 in its ``manifest.json``.
+    """
+    describe = getattr(engine, "describe", None)
+    if describe is None:
+        return None
+    info = describe()
+    info = info.to_dict() if hasattr(info, "to_dict") else dict(info)
+    ckpt = info.get("checkpoint")
+    if isinstance(ckpt, str) and Path(ckpt).is_file():
+        from rap_deploy.data.cache import file_digest
+
+        return file_digest(ckpt)
+    path = info.get("path")
+    if isinstance(path, str) and (Path(path) / "manifest.json").is_file():
+        try:
+            recorded = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8")).get("checkpoint") or {}
+        except (OSError, ValueError, AttributeError):
+            return None
+        sha = recorded.get("sha256") if isinstance(recorded, dict) else None
+        return sha if isinstance(sha, str) else None
+    return None
+
+
+def model_identity(engine: Any, sampling: FrameSamplingConfig) -> dict[str, Any]:
+    """The ``model`` section of a manifest for ``engine`` and the frame ``sampling`` the videos are decoded with."""
+    config = engine.config
+    has_asa = bool(getattr(engine, "has_asa", config.has_asa))
+    parts = {"config": config.to_dict(), "preprocess": config.preprocess.to_dict(), "sampling": sampling.to_dict(),
+             "tokenizer": config.tokenizer.to_dict()}
+    out: dict[str, Any] = {}
+    for key, value in parts.items():
+        out[key] = value
+        out[f"{key}_sha256"] = digest(value)
+    out.update(checkpoint_sha256=engine_checkpoint_sha256(engine), has_asa=has_asa,
+               tensors=list(store_tensors(has_asa)))
+    return out
+
+
+def check_model(recorded: dict[str, Any], engine: Any, where: Path) -> None:
+    """Raise :class:`UsageError` (exit 2) when ``engine`` is not the model the library at ``where`` was built with.
+
+    Compares config, preprocessing, tokenizer, frame count, stored tensors and (when both are known) the source
+    checkpoint's sha256, and names every difference.
+    """
+    current = model_identity(engine, FrameSamplingConfig.from_dict(recorded["sampling"]))
+    problems = []
+    for key in ("config", "preprocess", "tokenizer"):
+        if recorded.get(f"{key}_sha256") != current[f"{key}_sha256"]:
+            keys = _differing_keys(recorded.get(key) or {}, current[key])
+            problems.append(f"{key} {str(recorded.get(f'{key}_sha256'))[:12]} vs {current[f'{key}_sha256'][:12]}"
+                            + (f" (differs in {', '.join(keys)})" if keys else ""))
+    if int(recorded["sampling"].get("max_frames", -1)) != int(engine.config.frames):
+        problems.append(f"frames {recorded['sampling'].get('max_frames')} vs {engine.config.frames}")
+    if list(recorded.get("tensors") or []) != current["tensors"]:
+        problems.append(f"stored tensors {recorded.get('tensors')} vs the engine's {current['tensors']}")
+    lib_ckpt, eng_ckpt = recorded.get("checkpoint_sha256"), current["checkpoint_sha256"]
+    if lib_ckpt and eng_ckpt and lib_ckpt != eng_ckpt:
+        problems.append(f"source checkpoint sha256 {lib_ckpt[:12]}… vs {eng_ckpt[:12]}… (other weights)")
+    if problems:
+        raise UsageError(f"library {where} was built with another model than this engine: {'; '.join(problems)}; "
+                         "search it with an engine of the model that built it, or re-index with this engine "
+                         f"(rapdeploy index ... --engine E --out NEW_LIB)")
+
+
+def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def entry_path(root: Path, entry: Any) -> Path:
+    """The file a manifest entry names inside the library folder ``root``, through the one resolver of manifest
+    entries (:func:`rap_deploy.safe_paths.resolve_entry`: relative, inside the folder, no symlink, a regular file when
+    it exists). Raises :class:`~rap_deploy.safe_paths.UnsafePathError` (exit 1) otherwise."""
+    from rap_deploy.safe_paths import resolve_entry
+
+    return resolve_entry(root, entry, "library file", Path(root) / MANIFEST)
+
+
+def find_library(library: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None,
+                 required: bool = True) -> Path | None:
+    """``library`` if given, else the workspace's most recently updated library (``<workspace>/index/<name>/``;
+    hidden and temporary folders ignored). Without one: :class:`UsageError` when ``required``, else ``None``."""
+    from rap_deploy.workspace import latest_child, subdir
+
+    if library is not None:
+        path = Path(library).expanduser()
+        if not path.exists():
+            raise UsageError(f"library {path} does not exist; build one with `rapdeploy index --out {path}`")
+        return path
+    folder = subdir("index", workspace)
+    found = latest_child(folder, MANIFEST)
+    if found is None and required:
+        raise UsageError(f"no library in {folder}; build one with `rapdeploy index` or pass --library LIB")
+    return found
+
+
+def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and structurally check ``root/manifest.json``.
+
+    Raises :class:`UsageError` when ``root`` is not a library (no folder, no manifest, another format or a newer
+    version) and :class:`DamagedArtifactError` when the manifest is unreadable or malformed.
+    """
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise UsageError(f"library folder {root} does not exist; build one with `rapdeploy index ... --out {root}`")
+    if not path.is_file():
+        raise UsageError(f"{root} has no {MANIFEST}: not a library (or its first build did not finish; re-run the "
+                         "same `rapdeploy index` command to complete it)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DamagedArtifactError(f"{path} is not valid JSON ({exc}); the library is damaged: re-index it") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise UsageError(f"{path} is not a library manifest (format {fmt!r}, expected '{FORMAT}')")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UsageError(f"{path} has library format version {version!r}; this rapdeploy reads up to {FORMAT_VERSION}: "
+                         "upgrade rapdeploy")
+    _check_structure(manifest, path)
+    return manifest
+
+
+def _check_structure(manifest: dict[str, Any], path: Path) -> None:
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise DamagedArtifactError(f"{path}: {what}; the library manifest is damaged: re-index the library")
+
+    model = manifest.get("model")
+    need(isinstance(model, dict), "'model' is missing")
+    for key in ("config", "preprocess", "sampling", "tokenizer"):
+        need(isinstance(model.get(key), dict) and isinstance(model.get(f"{key}_sha256"), str),
+             f"'model.{key}' is missing")
+        need(digest(model[key]) == model[f"{key}_sha256"], f"'model.{key}' does not match its sha256")
+    need(isinstance(model.get("tensors"), list) and model["tensors"][:1] == ["video_emb"]
+         and all(isinstance(t, str) for t in model["tensors"]), "'model.tensors' is malformed")
+    shapes = manifest.get("tensor_shapes")
+    need(isinstance(shapes, dict) and all(isinstance(shapes.get(t), list) for t in model["tensors"]),
+         "'tensor_shapes' is missing")
+    for name in model["tensors"]:
+        need(all(isinstance(n, int) and n > 0 for n in shapes[name]), f"'tensor_shapes.{name}' is malformed")
+    shards = manifest.get("shards")
+    need(isinstance(shards, list), "'shards' is missing")
+    for i, shard in enumerate(shards):
+        need(isinstance(shard, dict) and isinstance(shard.get("name"), str)
+             and isinstance(shard.get("row_offset"), int) and isinstance(shard.get("rows"), int)
+             and shard["rows"] >= 0 and shard["row_offset"] >= 0 and isinstance(shard.get("files"), dict),
+             f"shard entry {i} is malformed")
+        for name in (*model["tensors"], "videos"):
+            f = shard["files"].get(name)
+            need(isinstance(f, dict) and isinstance(f.get("file"), str) and isinstance(f.get("bytes"), int)
+                 and isinstance(f.get("sha256"), str), f"shard {shard['name']} lacks its '{name}' file entry")
+    offsets = [s["row_offset"] for s in shards]
+    need(offsets == sorted(offsets) and all(a["row_offset"] + a["rows"] <= b["row_offset"]
+                                            for a, b in zip(shards, shards[1:], strict=False)), "shard rows overlap")
+    removed = manifest.get("removed")
+    need(isinstance(removed, list) and all(isinstance(r, int) for r in removed), "'removed' is malformed")
+    stage1 = manifest.get("stage1")
+    need(isinstance(stage1, dict) and isinstance(stage1.get("file"), str) and isinstance(stage1.get("sha256"), str)
+         and isinstance(stage1.get("type"), str), "'stage1' is missing")
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``root/manifest.json`` atomically (always the last file of a build); returns its path."""
+    return write_json_atomic(Path(root) / MANIFEST, manifest)

@@ -1,0 +1,94 @@
+"""The build plan: which videos go to which shard, written before encoding so a killed build can resume.
+
+``LIB/build-plan.json`` lists the shards a build will write (name, first global row, videos). It depends only on the
+library's state before the build and on the request (videos, sampling, model, shard size), never on the number of
+processes: shard ``i`` of a plan holds the same videos whether one process or ``torchrun`` ranks encode it (rank ``r``
+takes shards ``i ≡ r (mod world size)``). A re-run of the same request finds the plan and skips committed shards; a
+different request while a plan is pending is refused. The plan is deleted after the manifest is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.atomic import write_json_atomic
+from rap_deploy.config import FrameSamplingConfig
+from rap_deploy.data.datasets import VideoEntry
+from rap_deploy.errors import DamagedArtifactError, UsageError
+from rap_deploy.library.manifest import digest
+from rap_deploy.library.shards import shard_name
+
+PLAN = "build-plan.json"
+PLAN_FORMAT = "rapdeploy.library-plan"
+
+
+def make_plan(videos: list[VideoEntry], sampling: FrameSamplingConfig, model: dict[str, Any], shard_size: int,
+              first_shard: int, first_row: int) -> dict[str, Any]:
+    """Split ``videos`` into shards of ``shard_size`` numbered from ``first_shard``; shard ``i`` owns global rows
+    ``first_row + i·shard_size`` onwards (rows of skipped videos stay unused)."""
+    if shard_size < 1:
+        raise UsageError(f"--shard-size must be >= 1, got {shard_size}")
+    shards = []
+    for i, start in enumerate(range(0, len(videos), shard_size)):
+        chunk = videos[start:start + shard_size]
+        shards.append({"name": shard_name(first_shard + i), "row_offset": first_row + i * shard_size,
+                       "videos": [[v.video_id, str(v.path), v.start, v.end] for v in chunk]})
+    request = {"sampling": sampling.to_dict(), "shard_size": shard_size,
+               "model": {k: model[k] for k in ("config_sha256", "preprocess_sha256", "tokenizer_sha256",
+                                               "checkpoint_sha256", "tensors")},
+               "shards": shards}
+    return {"format": PLAN_FORMAT, "request_sha256": digest(request), **request,
+            "next_shard": first_shard + len(shards), "next_row": first_row + len(shards) * shard_size}
+
+
+def shard_digest(shard: dict[str, Any]) -> str:
+    """The digest of one plan shard (name, first row, videos) that its committed shard records."""
+    return digest({k: shard[k] for k in ("name", "row_offset", "videos")})
+
+
+def plan_videos(shard: dict[str, Any]) -> list[VideoEntry]:
+    """The :class:`VideoEntry` list of one plan shard."""
+    return [VideoEntry(str(v[0]), Path(v[1]), v[2], v[3]) for v in shard["videos"]]
+
+
+def read_plan(root: Path) -> dict[str, Any] | None:
+    """The pending plan of library ``root``, or ``None``; raises :class:`DamagedArtifactError` when unreadable."""
+    path = Path(root) / PLAN
+    if not path.is_file():
+        return None
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DamagedArtifactError(f"{path} is not valid JSON ({exc}); delete it to discard the interrupted build "
+                                   "(or pass --force)") from None
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT or not isinstance(plan.get("shards"), list):
+        raise DamagedArtifactError(f"{path} is not a library build plan; delete it (or pass --force)")
+    return plan
+
+
+def adopt_plan(root: Path, new: dict[str, Any], known_shards: set[str]) -> tuple[dict[str, Any], bool]:
+    """Write ``new`` as the pending plan, or resume the pending one when it is the same request.
+
+    Returns ``(plan, resumed)``. A pending plan whose shards are all in the manifest already (``known_shards``: a
+    build killed after writing its manifest) is finished and replaced. Raises :class:`UsageError` when another
+    request's build is pending.
+    """
+    old = read_plan(root)
+    if old is not None and old.get("request_sha256") == new["request_sha256"]:
+        return old, True
+    if old is not None and not {s.get("name") for s in old["shards"]} <= known_shards:
+        raise UsageError(f"{root} has an interrupted build of other videos ({PLAN}, {len(old['shards'])} shards); "
+                         "re-run the command that started it to finish it, or pass --force to rebuild the library "
+                         "from scratch")
+    if new["shards"]:
+        write_json_atomic(Path(root) / PLAN, new)
+    else:
+        drop_plan(root)
+    return new, False
+
+
+def drop_plan(root: Path) -> None:
+    """Delete the pending plan (after the manifest that includes its shards was written)."""
+    (Path(root) / PLAN).unlink(missing_ok=True)

@@ -1,0 +1,74 @@
+"""Checking search queries before they reach the tokenizer.
+
+Rules (the README's "Search a video library" section repeats them):
+
+- a query must be a ``str``; after stripping surrounding whitespace it must not be empty;
+- it must not hold control characters other than tab / newline (``\\x00``, ``\\x1b``...: not text), and must hold at
+  least one letter, digit or symbol (a string of punctuation or invisible format characters is not a query);
+- it may be at most :data:`MAX_QUERY_CHARS` characters (a bound on tokenizer work per request);
+- it must give at least one token (a string of characters the tokenizer drops is refused);
+- a query longer than the model's text context (``context_length`` − 2 tokens) is **truncated** to the context, as
+  CLIP does, and the result says so (``warnings``); it is not refused, because the first tokens still carry the
+  meaning of most long sentences.
+
+Every refusal is a :class:`~rap_deploy.errors.UsageError` naming the query by number and the fix.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+from rap_deploy.config import TokenizerConfig
+from rap_deploy.errors import UsageError
+
+MAX_QUERY_CHARS = 1000
+MAX_QUERIES = 10000
+
+
+def check_queries(queries: Any, tokenizer: TokenizerConfig) -> tuple[list[str], list[list[str]]]:
+    """Return the stripped queries and, per query, its warnings (truncation); raise :class:`UsageError` for a
+    query that is not searchable text (see the module docstring)."""
+    if isinstance(queries, str) or not isinstance(queries, (list, tuple)):
+        raise UsageError(f"queries must be a list of strings, got {type(queries).__name__}")
+    if not queries:
+        raise UsageError("no query given; pass a text to search for")
+    if len(queries) > MAX_QUERIES:
+        raise UsageError(f"{len(queries)} queries in one call; at most {MAX_QUERIES} (split the file)")
+    from rap_deploy.tokenizer import token_count
+
+    texts, warnings = [], []
+    limit = tokenizer.context_length - 2
+    for i, q in enumerate(queries, 1):
+        text = check_query(q, i)
+        n = token_count(text, tokenizer)
+        if n == 0:
+            raise UsageError(f"query {i} ({text[:40]!r}) has no word the tokenizer can read; write it in text")
+        warn = []
+        if n > limit:
+            warn.append(f"query {i} is {n} tokens long; the model reads {limit} (its text context is "
+                        f"{tokenizer.context_length} with start and end tokens), the rest is ignored")
+        texts.append(text)
+        warnings.append(warn)
+    return texts, warnings
+
+
+def check_query(query: Any, number: int = 1) -> str:
+    """One query's text, stripped; raises :class:`UsageError` when it is not a non-empty, printable ``str`` of at
+    most :data:`MAX_QUERY_CHARS` characters."""
+    if not isinstance(query, str):
+        raise UsageError(f"query {number} is a {type(query).__name__}, not text; pass the query as a string")
+    text = query.strip()
+    if not text:
+        raise UsageError(f"query {number} is empty; pass a text to search for, e.g. \"a red circle moves left\"")
+    if len(text) > MAX_QUERY_CHARS:
+        raise UsageError(f"query {number} is {len(text)} characters long; at most {MAX_QUERY_CHARS} are accepted "
+                         "(the model reads only its first words anyway)")
+    for pos, ch in enumerate(text):
+        if ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cs"):
+            raise UsageError(f"query {number} holds the control character U+{ord(ch):04X} at position {pos}: it is "
+                             "not text; pass a plain sentence")
+    if not any(unicodedata.category(ch)[0] in "LN" or unicodedata.category(ch) == "So" for ch in text):
+        raise UsageError(f"query {number} ({text[:40]!r}) has no letter, digit or symbol: it is not text; pass a "
+                         "sentence describing the video")
+    return text

@@ -1,0 +1,288 @@
+"""The shard store: per-video tensors in ``.npy`` files, written atomically, read row by row.
+
+A shard is a folder ``LIB/shards/shard-NNNNNN/`` with one ``<tensor>.npy`` per stored tensor (``video_emb`` and the
+model's re-rank tensors, in the dtypes of ``rap_deploy.graphs.INDEX_DTYPES``), ``videos.json`` (id, source path,
+segment and content sha256 per row) and ``shard.json`` (its manifest entry). It is written into a temporary sibling
+folder and renamed into place, so a shard either exists complete or not at all: that is what makes indexing
+resumable.
+
+Reading: every file's size and ``.npy`` header (dtype, shape, C order) are checked against the manifest when the
+library opens, and (with full verification) its sha256. Rows are then read with positioned reads (``os.pread``) into
+a buffer the caller owns: a search touches only its candidates' rows, the process holds no mapping of the store (so
+its memory does not grow with the library, whatever queries it answers), and a file truncated after opening gives a
+:class:`~rap_deploy.errors.DamagedArtifactError` naming it rather than a ``SIGBUS``. The files stay plain ``.npy``,
+readable with ``np.load(path, mmap_mode="r", allow_pickle=False)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.atomic import sha256_file
+from rap_deploy.errors import DamagedArtifactError
+from rap_deploy.library.manifest import SHARDS_DIR, entry_path
+
+SHARD_RECORD = "shard.json"
+VIDEOS_FILE = "videos.json"
+VIDEO_FIELDS = ("video_id", "path", "start", "end", "sha256")
+
+
+def shard_name(number: int) -> str:
+    """The folder name of shard ``number`` (``shard-000042``)."""
+    return f"shard-{number:06d}"
+
+
+def shard_number(name: str) -> int | None:
+    """The number in a shard folder name, or ``None`` for any other name."""
+    if name.startswith("shard-") and name[6:].isdigit():
+        return int(name[6:])
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------- writing
+def write_shard(root: Path, name: str, row_offset: int, arrays: dict[str, np.ndarray], videos: dict[str, list[Any]],
+                skipped: list[dict[str, str]], plan_sha256: str | None = None) -> dict[str, Any]:
+    """Write shard ``name`` of library ``root`` atomically and return its manifest entry.
+
+    ``arrays`` maps tensor name to ``[rows, ...]`` arrays already in their stored dtype; ``videos`` holds the
+    :data:`VIDEO_FIELDS` lists (one value per row); ``skipped`` the videos of this shard that could not be decoded;
+    ``plan_sha256`` the digest of the plan entry it realises (so a resumed build only keeps shards of its own plan).
+    The files go to a temporary folder which is renamed to ``shards/<name>`` (an existing shard of that name is
+    replaced: it was found incomplete or damaged).
+    """
+    shards = Path(root) / SHARDS_DIR
+    shards.mkdir(parents=True, exist_ok=True)
+    final = shards / name
+    tmp = shards / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        files: dict[str, Any] = {}
+        rows = len(videos["video_id"])
+        for tensor, arr in arrays.items():
+            if arr.shape[0] != rows:
+                raise ValueError(f"{tensor} has {arr.shape[0]} rows for {rows} videos")
+            path = tmp / f"{tensor}.npy"
+            with open(path, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            files[tensor] = _file_entry(path, name, dtype=str(arr.dtype), shape=list(arr.shape))
+        _write_json_synced(tmp / VIDEOS_FILE, {k: videos[k] for k in VIDEO_FIELDS})
+        files["videos"] = _file_entry(tmp / VIDEOS_FILE, name)
+        entry = {"name": name, "row_offset": int(row_offset), "rows": rows, "files": files, "skipped": skipped,
+                 "plan_sha256": plan_sha256}
+        _write_json_synced(tmp / SHARD_RECORD, entry)
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(shards)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry
+
+
+def _file_entry(path: Path, shard: str, **extra: Any) -> dict[str, Any]:
+    return {"file": f"{SHARDS_DIR}/{shard}/{path.name}", "bytes": path.stat().st_size, "sha256": sha256_file(path),
+            **extra}
+
+
+def _write_json_synced(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a folder
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def committed_shard(root: Path, name: str, plan_sha256: str | None, verify_hash: bool = True) -> dict[str, Any] | None:
+    """The entry of shard ``name`` when it was committed for the plan entry with digest ``plan_sha256`` and its
+    files still match it (sizes, and sha256 with ``verify_hash``), else ``None`` (absent, interrupted, damaged or
+    left by another plan: the caller re-encodes it)."""
+    folder = Path(root) / SHARDS_DIR / name
+    try:
+        entry = json.loads((folder / SHARD_RECORD).read_text(encoding="utf-8"))
+        for f in entry["files"].values():
+            path = entry_path(Path(root), f["file"])
+            if path.stat().st_size != f["bytes"] or (verify_hash and sha256_file(path) != f["sha256"]):
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, DamagedArtifactError):
+        return None
+    return entry if entry.get("name") == name and entry.get("plan_sha256") == plan_sha256 else None
+
+
+def remove_stale(root: Path, keep: set[str]) -> list[str]:
+    """Delete temporary shard folders and shard folders not named in ``keep``; return what was deleted."""
+    shards = Path(root) / SHARDS_DIR
+    gone = []
+    if not shards.is_dir():
+        return gone
+    for child in shards.iterdir():
+        stale_tmp = child.name.startswith(".tmp-shard-")
+        stale_shard = shard_number(child.name) is not None and child.name not in keep
+        if child.is_dir() and not child.is_symlink() and (stale_tmp or stale_shard):
+            shutil.rmtree(child, ignore_errors=True)
+            gone.append(child.name)
+    return gone
+
+
+# ------------------------------------------------------------------------------------------------------- reading
+@dataclass
+class TensorFile:
+    """One stored tensor of one shard: ``rows`` rows of ``row_shape`` in ``dtype``, starting at byte ``offset``."""
+
+    path: Path
+    offset: int
+    rows: int
+    row_shape: tuple[int, ...]
+    dtype: np.dtype
+    size: int
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def read_rows(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Read rows ``rows`` (sorted local indices) into ``out`` ``[len(rows), *row_shape]`` with positioned reads,
+        one per run of consecutive rows. Raises :class:`DamagedArtifactError` when the file is gone or shorter."""
+        if len(rows) == 0:
+            return
+        if rows[0] < 0 or rows[-1] >= self.rows:
+            raise DamagedArtifactError(f"library shard file {self.path} has rows 0..{self.rows - 1}, stage 1 asked for "
+                                       f"{rows[0]}..{rows[-1]}: the stage-1 index does not match the shards; "
+                                       "re-index the library")
+        flat = out.reshape(len(rows), -1).view(np.uint8).reshape(len(rows), self.row_bytes)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise DamagedArtifactError(f"library shard file {self.path} cannot be opened ({exc.strerror}); the "
+                                       "library is damaged: re-index it") from None
+        try:
+            if os.fstat(fd).st_size != self.size:
+                raise DamagedArtifactError(f"library shard file {self.path} changed size since the library was opened "
+                                           f"({os.fstat(fd).st_size} bytes, manifest {self.size}); re-index it")
+            start = 0
+            while start < len(rows):
+                stop = start + 1
+                while stop < len(rows) and rows[stop] == rows[stop - 1] + 1:
+                    stop += 1
+                _pread_into(fd, flat[start:stop], self.offset + int(rows[start]) * self.row_bytes, self.path)
+                start = stop
+        finally:
+            os.close(fd)
+
+
+def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
+    view = memoryview(buf).cast("B")
+    done = 0
+    while done < len(view):
+        if hasattr(os, "preadv"):
+            n = os.preadv(fd, [view[done:]], offset + done)
+        else:  # pragma: no cover - platforms without preadv
+            chunk = os.pread(fd, len(view) - done, offset + done)
+            view[done:done + len(chunk)] = chunk
+            n = len(chunk)
+        if n <= 0:
+            raise DamagedArtifactError(f"library shard file {path} ends before row data at byte {offset + done}; "
+                                       "it was truncated: re-index the library")
+        done += n
+
+
+def open_tensor_file(root: Path, shard: dict[str, Any], tensor: str, dtype: str, row_shape: list[int],
+                     verify_hash: bool) -> TensorFile:
+    """Check one shard file against its manifest entry and return a :class:`TensorFile` for it.
+
+    Checks: the path stays inside the library, the file exists with the recorded size, its ``.npy`` header says
+    ``dtype``, C order and shape ``[rows, *row_shape]``, the header and rows fill the file exactly, and with
+    ``verify_hash`` its sha256. Raises :class:`DamagedArtifactError` naming the file.
+    """
+    f = shard["files"][tensor]
+    path = entry_path(root, f["file"])
+    _check_size(path, f, shard["name"])
+    want = (shard["rows"], *row_shape)
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = fh.tell()
+    except (OSError, ValueError) as exc:
+        raise DamagedArtifactError(f"library shard file {path} has no valid .npy header ({exc}); re-index the "
+                                   "library") from None
+    if got_dtype != np.dtype(dtype) or fortran or tuple(shape) != want:
+        raise DamagedArtifactError(f"library shard file {path} holds {got_dtype} {list(shape)}"
+                                   f"{' (Fortran order)' if fortran else ''}, the manifest expects {dtype} "
+                                   f"{list(want)}; re-index the library")
+    tf = TensorFile(path, offset, shard["rows"], tuple(row_shape), np.dtype(dtype), f["bytes"])
+    if offset + tf.rows * tf.row_bytes != f["bytes"]:
+        raise DamagedArtifactError(f"library shard file {path} is {f['bytes']} bytes, its header and {tf.rows} rows "
+                                   f"need {offset + tf.rows * tf.row_bytes}; re-index the library")
+    if verify_hash:
+        check_sha256(path, f)
+    return tf
+
+
+def read_videos(root: Path, shard: dict[str, Any]) -> dict[str, list[Any]]:
+    """The ``videos.json`` of a shard (always sha256-checked: it is small and read whole)."""
+    f = shard["files"]["videos"]
+    path = entry_path(root, f["file"])
+    _check_size(path, f, shard["name"])
+    data = path.read_bytes()
+    import hashlib
+
+    if hashlib.sha256(data).hexdigest() != f["sha256"]:
+        raise DamagedArtifactError(f"library shard file {path} does not match its sha256 in the manifest; it was "
+                                   "modified or damaged: re-index the library")
+    try:
+        videos = json.loads(data.decode("utf-8"))
+    except ValueError as exc:
+        raise DamagedArtifactError(f"library shard file {path} is not valid JSON ({exc})") from None
+    if not isinstance(videos, dict) or any(not isinstance(videos.get(k), list) or len(videos[k]) != shard["rows"]
+                                           for k in VIDEO_FIELDS):
+        raise DamagedArtifactError(f"library shard file {path} does not list {shard['rows']} videos with "
+                                   f"{', '.join(VIDEO_FIELDS)}; re-index the library")
+    if not all(isinstance(v, str) for v in videos["video_id"]) or not all(isinstance(p, str) for p in videos["path"]):
+        raise DamagedArtifactError(f"library shard file {path} has non-text video ids or paths; re-index the library")
+    return videos
+
+
+def _check_size(path: Path, f: dict[str, Any], shard: str) -> None:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise DamagedArtifactError(f"library shard file {path} (shard {shard}) is missing; re-index the library "
+                                   "or restore the file") from None
+    if size != f["bytes"]:
+        raise DamagedArtifactError(f"library shard file {path} (shard {shard}) is {size} bytes, the manifest records "
+                                   f"{f['bytes']}: it was truncated or modified; re-index the library")
+
+
+def check_sha256(path: Path, f: dict[str, Any]) -> None:
+    """Raise :class:`DamagedArtifactError` when ``path``'s sha256 is not the recorded ``f["sha256"]``."""
+    got = sha256_file(path)
+    if got != f["sha256"]:
+        raise DamagedArtifactError(f"library file {path} has sha256 {got[:16]}…, the manifest records "
+                                   f"{f['sha256'][:16]}…: it was modified or damaged; re-index the library")

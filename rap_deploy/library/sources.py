@@ -1,0 +1,107 @@
+"""Where the videos of a library come from: a dataset split, a folder of video files, or a list file.
+
+Each source gives an ordered list of :class:`~rap_deploy.data.datasets.VideoEntry` (id, path, optional segment), the
+frame rate videos are sampled at, and, for a dataset, its captions (used to measure stage-1 recall with real text
+queries).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.config import FrameSamplingConfig
+from rap_deploy.data.datasets import VIDEO_EXTENSIONS, VideoEntry
+from rap_deploy.errors import UsageError
+
+
+@dataclass
+class VideoSource:
+    """The videos to index, in order, with their sampling rate (``sampling.max_frames`` is replaced by the model's)
+    and, for a dataset split, its captions."""
+
+    kind: str
+    description: dict[str, Any]
+    videos: list[VideoEntry]
+    sampling: FrameSamplingConfig = field(default_factory=FrameSamplingConfig)
+    captions: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """A default library name: ``<dataset>-<split>``, the folder's name or the list file's stem."""
+        d = self.description
+        if self.kind == "dataset":
+            return f"{d['dataset']}-{d['split']}"
+        return Path(d["path"]).stem or "library"
+
+
+def dataset_source(dataset: str, data_root: str | os.PathLike[str], split: str, frames: int) -> VideoSource:
+    """The videos (and captions) of a dataset split read by the dataset readers; raises their :class:`UsageError`."""
+    from rap_deploy.data.datasets import load_split
+
+    s = load_split(dataset, data_root, split, max_frames=frames)
+    _check_unique([v.video_id for v in s.videos], [str(v.path) for v in s.videos], f"{dataset} {split}")
+    videos = [VideoEntry(v.video_id, v.path.resolve(), v.start, v.end) for v in s.videos]
+    return VideoSource("dataset", {"dataset": dataset, "data_root": str(Path(data_root).resolve()), "split": split},
+                       videos, s.sampling, list(s.captions))
+
+
+def folder_source(folder: str | os.PathLike[str]) -> VideoSource:
+    """Every video file under ``folder`` (recursively, hidden names skipped, symlinked folders not followed), sorted;
+    id = path relative to ``folder`` without its extension. Raises :class:`UsageError` for a missing folder, no
+    video, or two files with the same id."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"video folder {root} does not exist; pass --videos DIR with your video files")
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in filenames
+                     if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_EXTENSIONS)
+    found.sort(key=lambda p: p.relative_to(root).as_posix())
+    if not found:
+        raise UsageError(f"no video file under {root} (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    ids = [p.relative_to(root).with_suffix("").as_posix() for p in found]
+    _check_unique(ids, [str(p) for p in found], str(root))
+    videos = [VideoEntry(i, p.resolve()) for i, p in zip(ids, found, strict=True)]
+    return VideoSource("videos", {"path": str(root.resolve())}, videos)
+
+
+def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
+    """The videos named in ``list_file``, one path per line (blank lines and ``#`` comments skipped; relative paths
+    are relative to the list file's folder); id = the path as written without its extension. Raises
+    :class:`UsageError` for a missing or non-text file, an empty list, or two lines with the same id."""
+    path = Path(list_file).expanduser()
+    if not path.is_file():
+        raise UsageError(f"list file {path} does not exist; pass --list FILE with one video path per line")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"list file {path} is not UTF-8 text (byte {exc.start}); write one video path per line")\
+            from None
+    videos, paths = [], []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if "\x00" in text:
+            raise UsageError(f"list file {path} line {number} holds a NUL character; it is not a path")
+        p = Path(text).expanduser()
+        file = p if p.is_absolute() else path.parent / p
+        videos.append(VideoEntry(Path(text).with_suffix("").as_posix(), file.resolve()))
+        paths.append(f"line {number}")
+    if not videos:
+        raise UsageError(f"list file {path} names no video; write one video path per line")
+    _check_unique([v.video_id for v in videos], paths, str(path))
+    return VideoSource("list", {"path": str(path.resolve())}, videos)
+
+
+def _check_unique(ids: list[str], where: list[str], source: str) -> None:
+    seen: dict[str, str] = {}
+    for vid, w in zip(ids, where, strict=True):
+        if vid in seen:
+            raise UsageError(f"{source}: '{seen[vid]}' and '{w}' both give the video id '{vid}'; ids must be unique "
+                             "(rename one of them)")
+        seen[vid] = w

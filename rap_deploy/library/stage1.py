@@ -1,0 +1,174 @@
+"""Stage 1: a FAISS inner-product index over ``video_emb`` (exact by default, HNSW or IVF for large libraries).
+
+FAISS ids are the library's global row ids (stable: a shard's rows keep theirs for the library's life), so a search
+result maps straight to a shard row. Removed videos stay in an ANN graph as tombstones and are filtered during the
+search with an ``IDSelector`` (HNSW cannot delete); an index whose tombstones pass a quarter of it is rebuilt.
+
+An ANN index's search effort (HNSW ``efSearch``, IVF ``nprobe``) is tuned at build time: the smallest setting on a
+fixed ladder whose recall@M against exact search reaches the target (default 0.95) is kept, and that recall is what
+the manifest records.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.errors import UsageError
+
+ANN_TYPES = ("exact", "hnsw", "ivf")
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 100
+EF_LADDER = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 2048)
+NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
+REBUILD_TOMBSTONE_FRACTION = 0.25
+
+
+def check_ann(kind: str) -> str:
+    """Return ``kind`` if it is a known stage-1 type, else raise :class:`UsageError`."""
+    if kind not in ANN_TYPES:
+        raise UsageError(f"stage-1 index '{kind}' is unknown; use one of {', '.join(ANN_TYPES)}")
+    return kind
+
+
+def ivf_lists(n: int) -> int:
+    """IVF list count for ``n`` vectors: about 4·√n, with at least 39 training points per list."""
+    return int(max(1, min(round(4 * np.sqrt(max(n, 1))), n // 39)))
+
+
+def new_index(kind: str, dim: int, train: np.ndarray | None = None, seed: int = 0) -> Any:
+    """An empty inner-product index of ``kind`` for ``dim``-d vectors, ids supplied by the caller.
+
+    IVF needs ``train`` vectors for its coarse quantiser (``ivf_lists(len(train))`` lists, k-means seeded).
+    """
+    import faiss
+
+    check_ann(kind)
+    if kind == "exact":
+        return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+    if kind == "hnsw":
+        inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return faiss.IndexIDMap(inner)
+    if train is None or len(train) == 0:
+        raise UsageError("an IVF stage-1 index needs vectors to train on; the library is empty: use --ann exact")
+    nlist = ivf_lists(len(train))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(train, dtype=np.float32))
+    return index
+
+
+def add(index: Any, vectors: np.ndarray, ids: np.ndarray) -> None:
+    """Add ``vectors`` ``[n, d]`` with global row ``ids`` ``[n]``."""
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def search_params(kind: str, effort: int | None, exclude: np.ndarray | None, k: int) -> Any:
+    """FAISS search parameters: the tuned effort (``efSearch`` ≥ k for HNSW, ``nprobe`` for IVF) and an
+    ``IDSelector`` that skips ``exclude`` (removed rows)."""
+    import faiss
+
+    sel = inner = None
+    if exclude is not None and len(exclude):
+        inner = faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64))
+        sel = faiss.IDSelectorNot(inner)
+    if kind == "hnsw":
+        params = faiss.SearchParametersHNSW(efSearch=max(int(effort or 64), k))
+    elif kind == "ivf":
+        params = faiss.SearchParametersIVF(nprobe=int(effort or 8))
+    else:
+        params = faiss.SearchParameters()
+    if sel is not None:
+        params.sel = sel
+        params._keep = (sel, inner)  # SWIG proxies do not own what they point to: keep both alive with the params
+    return params
+
+
+def search(index: Any, kind: str, queries: np.ndarray, k: int, effort: int | None = None,
+           exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` ``(scores [Q,k] float32, ids [Q,k] int64)``; ids are ``-1`` where fewer than ``k`` remain."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if k <= 0 or index.ntotal == 0:
+        return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    scores, ids = index.search(q, k, params=search_params(kind, effort, exclude, k))
+    return scores, ids
+
+
+def exact_top(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-``k`` ids ``[Q, k]`` of ``queries`` over ``vectors`` (the reference for recall)."""
+    ref = new_index("exact", vectors.shape[1])
+    add(ref, vectors, ids)
+    return search(ref, "exact", queries, k)[1]
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found ∩ truth| / |truth| (ids ``-1`` ignored)."""
+    hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
+            for f, t in zip(found, truth, strict=True)]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+@dataclass
+class Tuning:
+    """The chosen search effort and the recall@M measured with it (and every rung tried)."""
+
+    effort: int | None
+    recall: float
+    m: int
+    queries: int
+    tried: list[dict[str, float]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"effort": self.effort, "recall": round(self.recall, 5), "m": self.m, "queries": self.queries,
+                "tried": self.tried, "seconds": round(self.seconds, 3)}
+
+
+def tune(index: Any, kind: str, queries: np.ndarray, truth: np.ndarray, m: int, target: float,
+         exclude: np.ndarray | None = None) -> Tuning:
+    """Walk the effort ladder of ``kind`` until recall@``m`` against ``truth`` reaches ``target``.
+
+    Exact search needs no tuning (recall 1). When no rung reaches the target, the best one is kept (the caller
+    reports it).
+    """
+    t0 = time.perf_counter()
+    if kind == "exact" or len(queries) == 0 or m == 0:
+        return Tuning(None, 1.0, m, len(queries), [], time.perf_counter() - t0)
+    ladder = EF_LADDER if kind == "hnsw" else tuple(p for p in NPROBE_LADDER if p <= index.nlist) or (1,)
+    if kind == "hnsw":
+        ladder = tuple(sorted({max(e, m) for e in ladder}))
+    tried, best = [], None
+    for effort in ladder:
+        t1 = time.perf_counter()
+        found = search(index, kind, queries, m, effort, exclude)[1]
+        ms = (time.perf_counter() - t1) * 1000 / len(queries)
+        r = recall_at(found, truth)
+        tried.append({"effort": effort, "recall": round(r, 5), "ms_per_query": round(ms, 4)})
+        if best is None or r > best[1]:
+            best = (effort, r)
+        if r >= target:
+            best = (effort, r)
+            break
+    return Tuning(best[0], best[1], m, len(queries), tried, time.perf_counter() - t0)
+
+
+def save(index: Any, path: Path) -> None:
+    """Write ``index`` to ``path`` atomically."""
+    import faiss
+
+    from rap_deploy.atomic import save_with
+
+    save_with(path, lambda tmp: faiss.write_index(index, str(tmp)))
+
+
+def load(path: Path) -> Any:
+    """Read an index written by :func:`save` (the caller checks its sha256 first)."""
+    import faiss
+
+    return faiss.read_index(str(path))

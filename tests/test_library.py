@@ -1,0 +1,480 @@
+"""The video library: ``rapdeploy index`` / ``rapdeploy search`` on the micro model and the synthetic test split.
+
+Index → search equals ``two_stage_similarity``; kill-and-resume equals a straight run; ``--add``/``--remove``;
+another model's engine is refused (exit 2); a damaged shard is named (exit 1); a folder with a broken MP4 indexes
+the rest and names it; bad queries get a message; ``torchrun`` with 2 ranks equals one process; the CLI end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rap_deploy.cli import app
+from rap_deploy.errors import DamagedArtifactError, UsageError
+
+runner = CliRunner()
+SHARD = 5  # 12 test videos → 3 shards (5, 5, 2)
+TOP_M = 4
+
+
+@pytest.fixture(scope="module")
+def frame_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("lib_frames")
+
+
+@pytest.fixture(scope="module")
+def engine(micro_checkpoint):
+    from rap_deploy.engines.loader import load_engine
+
+    return load_engine(micro_checkpoint)
+
+
+def _index_args(synth_root, ckpt, out, cache, *extra):
+    return ["index", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine", str(ckpt), "--out", str(out),
+            "--cache-dir", str(cache), "--shard-size", str(SHARD), "--top-m", str(TOP_M), *extra]
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, synth_root, micro_checkpoint, frame_cache):
+    """A library of the synthetic test split built through the CLI (exact stage 1)."""
+    out = tmp_path_factory.mktemp("lib") / "msrvtt-test"
+    res = runner.invoke(app, _index_args(synth_root, micro_checkpoint, out, frame_cache, "--json"))
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _files(lib: Path) -> dict[str, bytes]:
+    """Every shard file and the stage-1 files, by relative path (the manifest has timestamps, so it is left out)."""
+    return {p.relative_to(lib).as_posix(): p.read_bytes() for folder in ("shards", "stage1")
+            for p in sorted((lib / folder).rglob("*")) if p.is_file()}
+
+
+def _search_json(lib, ckpt, *args):
+    res = runner.invoke(app, ["search", "--library", str(lib), "--engine", str(ckpt), "--json", *args])
+    return res, [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+# ---------------------------------------------------------------------------------------------- search = reference
+@pytest.mark.parametrize("top_m", [TOP_M, 100])
+def test_search_ranking_equals_two_stage_similarity(library, engine, synth_root, frame_cache, top_m):
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.library import open_library
+    from rap_deploy.retrieval import encode_texts, encode_videos, two_stage_similarity, usable_videos
+
+    cache = FrameCache(frame_cache)
+    split, skipped = usable_videos(load_split("msrvtt", synth_root, "test", max_frames=engine.config.frames), cache,
+                                   engine.config, progress=False)
+    assert not skipped
+    index = encode_videos(engine, split, cache, progress=False)
+    sims = two_stage_similarity(engine, encode_texts(engine, split.captions), index, top_m=top_m, progress=False)
+    with open_library(library, engine) as lib:
+        assert len(lib) == 12
+        results = lib.search(split.captions, top_k=len(lib), top_m=top_m)
+    m = min(top_m, 12)
+    for q, r in enumerate(results):
+        want = [index.video_ids[i] for i in np.argsort(-sims[q], kind="stable")]
+        assert [h["video_id"] for h in r["results"]] == want, q
+        scores = np.array([h["score"] for h in r["results"]])
+        np.testing.assert_allclose(scores[:m], np.sort(sims[q])[::-1][:m] - 3.0, atol=1e-5)
+        assert all(h["reranked"] for h in r["results"][:m]) and not any(h["reranked"] for h in r["results"][m:])
+        assert sorted(h["stage1_rank"] for h in r["results"]) == list(range(1, 13))
+        assert r["query"] == split.captions[q]
+        assert set(r["timings_ms"]) == {"text", "stage1", "rerank", "total", "rerank_read"}
+
+
+def test_search_embeddings_thumbnails_and_describe(library, engine, frame_cache):
+    from rap_deploy.library import open_library
+    from rap_deploy.retrieval import encode_texts
+
+    with open_library(library, engine, verify="quick", cache_dir=frame_cache) as lib:
+        by_text = lib.search(["a red circle moves to the left"], top_k=5, top_m=TOP_M)[0]
+        by_emb = lib.search_embeddings(encode_texts(engine, ["a red circle moves to the left"]), 5, TOP_M)[0]
+        assert "query" not in by_emb and by_emb["timings_ms"]["text"] == 0.0
+        assert [h["video_id"] for h in by_emb["results"]] == [h["video_id"] for h in by_text["results"]]
+        frames = lib.thumbnail_frames(by_text["results"][0]["video_id"], count=3)
+        assert frames.dtype == np.uint8 and frames.shape == (3, 32, 32, 3) and frames.any()
+        with pytest.raises(KeyError):
+            lib.thumbnail_frames("no-such-video")
+        d = lib.describe()
+        assert d["videos"] == 12 and d["stage1"]["type"] == "exact" and d["stage1"]["recall_at_m"] == 1.0
+        assert d["model"]["tensors"] == ["video_emb", "frame_emb", "patch_tokens"]
+        assert d["bytes_per_video"] > 0 and d["verify"] == "quick"
+        with pytest.raises(UsageError, match="float"):
+            lib.search_embeddings(np.zeros((1, 7), np.float32))
+    with pytest.raises(UsageError, match="closed"):
+        lib.search(["x"])
+
+
+def test_any_engine_of_the_same_model_searches_it(library, micro_ort_engines, micro_checkpoint):
+    torch_res, torch_out = _search_json(library, micro_checkpoint, "a red circle", "--top-m", str(TOP_M))
+    ort_res, ort_out = _search_json(library, micro_ort_engines["fp32"], "a red circle", "--top-m", str(TOP_M))
+    assert torch_res.exit_code == 0 and ort_res.exit_code == 0, ort_res.output
+    assert [h["video_id"] for h in ort_out[0]["results"]] == [h["video_id"] for h in torch_out[0]["results"]]
+
+
+# ---------------------------------------------------------------------------------------------- queries
+@pytest.mark.parametrize("query,message", [
+    ("   ", "is empty"),
+    ("a red\x00 circle", "control character U+0000"),
+    ("x" * 1001, "at most 1000"),
+    ("\u200b\u200b", "no letter, digit or symbol"),
+    ("\u0301", "no letter, digit or symbol"),
+])
+def test_bad_queries_get_a_message_and_exit_2(library, micro_checkpoint, query, message):
+    res = runner.invoke(app, ["search", query, "--library", str(library), "--engine", str(micro_checkpoint)])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_long_query_is_truncated_with_a_warning_and_non_text_is_refused(library, engine, tmp_path):
+    from rap_deploy.library import open_library
+
+    long = " ".join(["red circle"] * 30)
+    with open_library(library, engine, verify="quick") as lib:
+        r = lib.search([long], top_k=3)[0]
+        assert r["warnings"] and "the rest is ignored" in r["warnings"][0]
+        with pytest.raises(UsageError, match="not text"):
+            lib.search([b"bytes"])  # type: ignore[list-item]
+        with pytest.raises(UsageError, match="list of strings"):
+            lib.search("a string, not a list")  # type: ignore[arg-type]
+    bad = tmp_path / "queries.txt"
+    bad.write_bytes(b"a red circle\n\xff\xfe broken\n")
+    res = runner.invoke(app, ["search", "--queries", str(bad), "--library", str(library)])
+    assert res.exit_code == 2 and "line 2 is not UTF-8" in res.output
+
+
+def test_queries_file_prints_one_json_object_per_query(library, micro_checkpoint, tmp_path):
+    qf = tmp_path / "q.txt"
+    qf.write_text("a red circle moves to the left\n\na small blue square\n")
+    res, out = _search_json(library, micro_checkpoint, "--queries", str(qf), "--top", "3", "--top-m", str(TOP_M))
+    assert res.exit_code == 0, res.output
+    assert [o["query"] for o in out] == ["a red circle moves to the left", "a small blue square"]
+    for o in out:
+        assert len(o["results"]) == 3
+        assert set(o["results"][0]) >= {"rank", "video_id", "path", "score", "stage1_rank"}
+        assert Path(o["results"][0]["path"]).is_absolute()
+    table = runner.invoke(app, ["search", "a red circle", "--library", str(library), "--engine",
+                                str(micro_checkpoint), "--top", "12", "--top-m", "2"])
+    assert table.exit_code == 0 and "re-rank" in table.output and "not re-ranked" in table.output
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+def test_library_of_another_model_is_refused(library, tmp_path):
+    from conftest import micro_config, randomize_adapters
+
+    from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    def ckpt(name, seed, **cfg):
+        c, model = new_checkpoint(micro_config(**cfg), BackboneSpec.parse("rap-micro", "none"), seed=0)
+        randomize_adapters(model, seed=seed)
+        save_checkpoint(checkpoint_from_model(model, c), tmp_path / name)
+        return tmp_path / name
+
+    other_weights = runner.invoke(app, ["search", "a red circle", "--library", str(library), "--engine",
+                                        str(ckpt("w.pt", seed=7))])
+    assert other_weights.exit_code == 2, other_weights.output
+    assert "another model" in other_weights.output and "checkpoint sha256" in other_weights.output
+    other_config = runner.invoke(app, ["search", "a red circle", "--library", str(library), "--engine",
+                                       str(ckpt("c.pt", seed=1, asa_topk=2))])
+    assert other_config.exit_code == 2 and "asa_topk" in other_config.output
+
+
+def _copy(library: Path, dest: Path) -> Path:
+    shutil.copytree(library, dest)
+    return dest
+
+
+def test_damaged_shard_is_named_with_exit_1(library, micro_checkpoint, tmp_path):
+    patch = "shards/shard-000001/patch_tokens.npy"
+    flipped = _copy(library, tmp_path / "flipped")
+    data = bytearray((flipped / patch).read_bytes())
+    data[-100] ^= 0x40
+    (flipped / patch).write_bytes(bytes(data))
+    res = runner.invoke(app, ["search", "a red circle", "--library", str(flipped), "--engine", str(micro_checkpoint)])
+    assert res.exit_code == 1, res.output
+    assert patch in res.output and "sha256" in res.output
+
+    truncated = _copy(library, tmp_path / "truncated")
+    with open(truncated / patch, "r+b") as fh:
+        fh.truncate(len(data) - 64)
+    res = runner.invoke(app, ["search", "a red circle", "--library", str(truncated), "--engine",
+                              str(micro_checkpoint), "--verify", "quick"])
+    assert res.exit_code == 1 and patch in res.output and "truncated" in res.output
+
+    header = _copy(library, tmp_path / "header")
+    raw = bytearray((header / patch).read_bytes())
+    raw[:6] = b"NOTNPY"
+    (header / patch).write_bytes(bytes(raw))
+    res = runner.invoke(app, ["search", "x", "--library", str(header), "--engine", str(micro_checkpoint),
+                              "--verify", "quick"])
+    assert res.exit_code == 1 and "no valid .npy header" in res.output
+
+    escaped = _copy(library, tmp_path / "escaped")
+    manifest = json.loads((escaped / "manifest.json").read_text())
+    manifest["shards"][0]["files"]["frame_emb"]["file"] = "../../etc/passwd"
+    (escaped / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["search", "x", "--library", str(escaped), "--engine", str(micro_checkpoint)])
+    assert res.exit_code == 1 and "points outside its folder" in res.output
+
+
+def test_file_truncated_after_open_raises_damaged(library, engine, tmp_path):
+    from rap_deploy.library import open_library
+
+    lib_dir = _copy(library, tmp_path / "lib")
+    with open_library(lib_dir, engine, verify="quick") as lib:
+        for shard in (lib_dir / "shards").iterdir():
+            with open(shard / "patch_tokens.npy", "r+b") as fh:
+                fh.truncate(200)
+        with pytest.raises(DamagedArtifactError, match="changed size"):
+            lib.search(["a red circle"], top_m=TOP_M)
+
+
+# ---------------------------------------------------------------------------------------------- resume, add, remove
+def test_kill_and_resume_equals_a_straight_run(library, synth_root, micro_checkpoint, frame_cache, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "rap_deploy.cli", *_index_args(synth_root, micro_checkpoint, out, frame_cache),
+           "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAPDEPLOY_CRASH_AT": "index.shard-written@2"}
+    killed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "build-plan.json").is_file() and not (out / "manifest.json").exists()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-000000", "shard-000001"]
+    res = runner.invoke(app, [*_index_args(synth_root, micro_checkpoint, out, frame_cache), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["shards_resumed"] == 2 and report["shards_written"] == 1 and report["videos"] == 12
+    assert not (out / "build-plan.json").exists()
+    assert _files(out) == _files(library)
+    again = runner.invoke(app, [*_index_args(synth_root, micro_checkpoint, out, frame_cache), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["up_to_date"] is True
+
+
+def test_add_and_remove_keep_what_is_kept(library, synth_root, micro_checkpoint, frame_cache, tmp_path, engine):
+    from rap_deploy.library import open_library
+
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    listing = tmp_path / "videos.txt"
+    listing.write_text("\n".join(str(p) for p in videos[:6]) + "\n")
+    out = tmp_path / "lib"
+    first = runner.invoke(app, ["index", "--list", str(listing), "--engine", str(micro_checkpoint), "--out", str(out),
+                                "--cache-dir", str(frame_cache), "--shard-size", "4", "--json"])
+    assert first.exit_code == 0, first.output
+    before = _files(out)
+    listing.write_text("\n".join(str(p) for p in videos[:9]) + "\n")
+    refused = runner.invoke(app, ["index", "--list", str(listing), "--engine", str(micro_checkpoint), "--out",
+                                  str(out), "--cache-dir", str(frame_cache)])
+    assert refused.exit_code == 2 and "--add" in refused.output
+    added = runner.invoke(app, ["index", "--list", str(listing), "--engine", str(micro_checkpoint), "--out", str(out),
+                                "--cache-dir", str(frame_cache), "--shard-size", "4", "--add", "--json"])
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.stdout)["added"] == 3
+    after = _files(out)
+    kept = {k: v for k, v in before.items() if k.startswith("shards/")}
+    assert {k: after[k] for k in kept} == kept  # --add wrote a new shard and never touched the old ones
+    assert "shards/shard-000002/patch_tokens.npy" in after
+    assert sorted(p.name for p in (out / "stage1").iterdir()) == ["index-0002.faiss", "queries-0002.npy"]
+
+    ids = json.loads((out / "shards/shard-000000/videos.json").read_text())["video_id"]
+    gone = ids[1]
+    removed = runner.invoke(app, ["index", "--out", str(out), "--remove", gone, "--json"])
+    assert removed.exit_code == 0, removed.output
+    assert json.loads(removed.stdout)["removed"] == [gone] and json.loads(removed.stdout)["videos"] == 8
+    assert (out / "shards/shard-000000/patch_tokens.npy").read_bytes() == after["shards/shard-000000/patch_tokens.npy"]
+    with open_library(out, engine) as lib:
+        assert len(lib) == 8
+        hits = lib.search(["a red circle moves to the left"], top_k=20, top_m=20)[0]["results"]
+        assert len(hits) == 8 and gone not in {h["video_id"] for h in hits}
+    unknown = runner.invoke(app, ["index", "--out", str(out), "--remove", "no-such-id"])
+    assert unknown.exit_code == 2 and "no-such-id" in unknown.output
+
+
+def test_broken_mp4_in_a_folder_is_skipped_and_named(synth_root, micro_checkpoint, frame_cache, tmp_path, engine):
+    from rap_deploy.library import open_library
+
+    folder = tmp_path / "clips"
+    (folder / "sub").mkdir(parents=True)
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    shutil.copy(videos[0], folder / "a.mp4")
+    shutil.copy(videos[1], folder / "sub" / "b.mp4")
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.txt").write_text("not a video")
+    out = tmp_path / "lib"
+    res = runner.invoke(app, ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(out),
+                              "--cache-dir", str(frame_cache), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["videos"] == 2 and {s["video_id"] for s in report["skipped"]} == {"broken", "empty"}
+    assert all(s["reason"] for s in report["skipped"])
+    with open_library(out, engine) as lib:
+        ids = {h["video_id"] for h in lib.search(["a circle"], top_k=5)[0]["results"]}
+    assert ids == {"a", "sub/b"}
+    text = runner.invoke(app, ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out",
+                               str(tmp_path / "lib2"), "--cache-dir", str(frame_cache)])
+    assert text.exit_code == 0 and "skipped broken" in text.output and "2 skipped" in text.output
+    only_broken = tmp_path / "bad"
+    only_broken.mkdir()
+    (only_broken / "x.mp4").write_bytes(b"junk")
+    none = runner.invoke(app, ["index", "--videos", str(only_broken), "--engine", str(micro_checkpoint), "--out",
+                               str(tmp_path / "lib3"), "--cache-dir", str(frame_cache)])
+    assert none.exit_code == 1 and "no video could be decoded" in none.output
+    # the failed build's (empty) shard-000000 belongs to another plan: a new build into that folder re-encodes it
+    retry = runner.invoke(app, ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out",
+                                str(tmp_path / "lib3"), "--cache-dir", str(frame_cache), "--json"])
+    assert retry.exit_code == 0 and json.loads(retry.stdout)["videos"] == 2
+
+
+def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_checkpoint, frame_cache, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("mine")
+    res = runner.invoke(app, _index_args(synth_root, micro_checkpoint, foreign, frame_cache))
+    assert res.exit_code == 2 and "not a library" in res.output
+    busy = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom rap_deploy.locks import folder_lock\n"
+                               f"with folder_lock({str(busy)!r}, 'index', 'library folder'):\n"
+                               "    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = runner.invoke(app, _index_args(synth_root, micro_checkpoint, busy, frame_cache))
+        assert res.exit_code == 2 and f"process {holder.pid}" in res.output
+    finally:
+        holder.kill()
+        holder.wait()
+    res = runner.invoke(app, _index_args(synth_root, micro_checkpoint, busy, frame_cache))  # a dead writer's lock
+    assert res.exit_code == 0, res.output
+
+
+# ---------------------------------------------------------------------------------------------- ANN stage 1
+@pytest.mark.parametrize("ann", ["hnsw", "ivf"])
+def test_ann_stage1_records_its_measured_recall(library, micro_checkpoint, tmp_path, engine, ann):
+    from rap_deploy.library import open_library
+
+    out = _copy(library, tmp_path / ann)
+    res = runner.invoke(app, ["index", "--out", str(out), "--ann", ann, "--json"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    st = manifest["stage1"]
+    assert st["type"] == ann and st["recall_at_m"]["recall"] >= 0.95 and st["recall_at_m"]["m"] == TOP_M
+    assert st["recall_at_m"]["query_source"] == "captions" and st["effort"] is not None
+    with open_library(out, engine) as lib:
+        assert lib.describe()["stage1"]["type"] == ann
+        assert len(lib.search(["a red circle"], top_k=5, top_m=TOP_M)[0]["results"]) == 5
+
+
+def test_stage1_tuning_on_clustered_vectors_reaches_the_target():
+    from rap_deploy.library import stage1
+    from rap_deploy.library.scale_bench import clustered_vectors
+
+    base = clustered_vectors(3000, 32, seed=0, clusters=30)
+    queries = clustered_vectors(50, 32, seed=1, queries=True, clusters=30)
+    ids = np.arange(3000, dtype=np.int64) * 3 + 7
+    truth = stage1.exact_top(base, ids, queries, 20)
+    for kind in ("hnsw", "ivf"):
+        index = stage1.new_index(kind, 32, base)
+        stage1.add(index, base, ids)
+        tuning = stage1.tune(index, kind, queries, truth, 20, 0.95)
+        assert tuning.recall >= 0.95 and tuning.tried[-1]["effort"] == tuning.effort
+        found = stage1.search(index, kind, queries, 20, tuning.effort)[1]
+        assert stage1.recall_at(found, truth) == pytest.approx(tuning.recall)
+        dropped = truth[:, :3].reshape(-1)
+        filtered = stage1.search(index, kind, queries, 20, tuning.effort, exclude=dropped)[1]
+        assert not set(filtered.reshape(-1).tolist()) & set(dropped.tolist())
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+def test_torchrun_two_ranks_equal_one_process(library, synth_root, micro_checkpoint, frame_cache, tmp_path):
+    out = tmp_path / "two"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29600 + os.getpid() % 1000), "-m",
+           "rap_deploy.cli", *_index_args(synth_root, micro_checkpoint, out, frame_cache), "--json", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert report["world_size"] == 2 and report["videos"] == 12
+    assert _files(out) == _files(library)
+
+
+def test_demo_library_step_indexes_the_test_split_and_searches_one_caption(synth_root, micro_checkpoint,
+                                                                           frame_cache, tmp_path):
+    from rap_deploy.cli.pipeline import DemoSizes, _library_demo
+
+    got = _library_demo(tmp_path / "index" / "msrvtt-test", micro_checkpoint, synth_root, frame_cache,
+                        DemoSizes.tiny(), progress=False)
+    assert got["videos"] == 12 and len(got["top5"]) == 5 and got["query"]
+    assert [h["rank"] for h in got["top5"]] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "index" / "msrvtt-test" / "manifest.json").is_file()
+
+
+def test_remove_is_refused_while_a_build_is_pending(library, tmp_path):
+    from rap_deploy.config import FrameSamplingConfig
+    from rap_deploy.data.datasets import VideoEntry
+    from rap_deploy.library.plan import make_plan
+
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    plan = make_plan([VideoEntry("new", tmp_path / "new.mp4")], FrameSamplingConfig(max_frames=4), manifest["model"],
+                     SHARD, manifest["next_shard"], manifest["next_row"])
+    (lib / "build-plan.json").write_text(json.dumps(plan))
+    vid = json.loads((lib / "shards/shard-000000/videos.json").read_text())["video_id"][0]
+    res = runner.invoke(app, ["index", "--out", str(lib), "--remove", vid])
+    assert res.exit_code == 2 and "interrupted build" in res.output
+
+
+def test_rap_light_library_stores_video_emb_only_and_ranks_by_stage1(synth_root, frame_cache, tmp_path):
+    from conftest import micro_config, randomize_adapters
+
+    from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.library import open_library
+    from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.retrieval import encode_texts
+
+    c, model = new_checkpoint(micro_config(variant="rap_light"), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    randomize_adapters(model, seed=2)
+    save_checkpoint(checkpoint_from_model(model, c), tmp_path / "light.pt")
+    out = tmp_path / "light"
+    res = runner.invoke(app, _index_args(synth_root, tmp_path / "light.pt", out, frame_cache, "--json"))
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "shards/shard-000000").iterdir()) == ["shard.json", "video_emb.npy",
+                                                                                "videos.json"]
+    engine = load_engine(tmp_path / "light.pt")
+    with open_library(out, engine) as lib:
+        hits = lib.search(["a red circle"], top_k=12)[0]["results"]
+        video_emb = np.concatenate([np.load(p) for p in sorted((out / "shards").glob("*/video_emb.npy"))])
+    stage1 = (encode_texts(engine, ["a red circle"]) @ video_emb.T)[0]
+    assert [h["stage1_rank"] for h in hits] == list(range(1, 13)) and not any(h["reranked"] for h in hits)
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(stage1)[::-1], atol=1e-6)
+
+
+def test_scale_bench_runs_at_small_scale(engine, tmp_path):
+    from rap_deploy.library import open_library
+    from rap_deploy.library.scale_bench import bench_library, main, memory, write_synthetic_library
+
+    out = main(["stage1", "--size", "2000", "--dim", "32", "--queries", "20", "--tune-queries", "20", "--k", "10",
+                "--out", str(tmp_path / "s1.json")])
+    assert [e["type"] for e in out["indexes"]] == ["exact", "hnsw", "ivf"]
+    assert out["indexes"][0]["recall_at_k"] == 1.0 and all(e["p50_ms"] > 0 for e in out["indexes"])
+    assert json.loads((tmp_path / "s1.json").read_text())["size"] == 2000
+
+    manifest = write_synthetic_library(tmp_path / "lib", engine, 30, shard_size=8, log=lambda m: None)
+    assert manifest["videos"] == 30 and len(manifest["shards"]) == 4
+    with open_library(tmp_path / "lib", engine) as lib:  # full verification of what it wrote
+        assert len(lib) == 30
+    result = bench_library(tmp_path / "lib", engine, queries=3, top_k=5, top_m=10, verify="quick",
+                           baseline=memory(), log=lambda m: None)
+    assert result["videos"] == 30 and result["timings"]["rerank"]["p50_ms"] > 0
+    assert result["bytes_per_video"] > 0 and "after_queries" in result["memory_mib"]
