@@ -7,13 +7,18 @@ Graphs (DESIGN.md §4, §9):
 - ``asa``: the ASA head scoring one query against ``B`` candidate videos (pairs/s), the stage-2 call of a search;
 - ``search``: ``B`` queries end to end over an ``--index-size``-video index: text encoder, meanP inner product over the
   whole index, top-M, ASA re-rank of the M candidates (:func:`rap_deploy.retrieval.two_stage_similarity`), top-10
-  (queries/s).
+  (queries/s). The random index holds every tensor in its ``INDEX_DTYPES`` dtype, with the ``asa_tokens`` the model
+  computes from its patch tokens; its bytes per video are reported, and ``search_vs_video_p50`` is each engine's
+  batch-1 search p50 over its batch-1 video-encoder p50 of the same run (issue 11's target: <= 0.1).
 
 Each (backend, graph, batch) gets ``warmup`` untimed calls, then ``repeats`` timed calls, interleaved across the
 backends (one call of each per round, rotating the order) so that load from other processes on a shared machine
 hits every backend alike; latency percentiles are over those calls, throughput is items / mean latency. The model's
 arithmetic is counted once on the PyTorch model with ``torch.utils.flop_counter`` (matmuls, convolutions and
 attention products; element-wise work is not counted), so every backend's achieved GFLOP/s is on the same footing.
+Gathers do no arithmetic and count nothing: the ASA head gathers the k selected ``asa_tokens`` rows per frame instead
+of projecting and warping all T×P tokens per pair, and what it still computes per pair (the selection scores over
+every patch token, the (T·k)² attention, the output projection) is matmuls the counter sees.
 """
 
 from __future__ import annotations
@@ -148,21 +153,50 @@ def template_captions(n: int, seed: int = 0) -> list[str]:
             for _ in range(n)]
 
 
-def random_index(videos: int, frames: int, patches: int, dim: int, seed: int = 0, chunk: int = 64) -> Any:
-    """A :class:`~rap_deploy.retrieval.VideoIndex` of ``videos`` entries of random unit vectors (patch tokens fp16,
-    as a real index stores them)."""
+def random_index(videos: int, frames: int, patches: int, dim: int, seed: int = 0, chunk: int = 64,
+                 asa: Any = None) -> Any:
+    """A :class:`~rap_deploy.retrieval.VideoIndex` of ``videos`` entries of random unit vectors, each tensor in its
+    ``INDEX_DTYPES`` dtype (patch tokens fp16, as a real index stores them). With ``asa`` (the model's
+    :class:`~rap_deploy.model.asa.AsynchronousSelfAttention`) the index also holds the ``asa_tokens`` that module
+    computes from those stored patch tokens (every frame valid), so the re-rank reads realistic values."""
+    import torch
+
+    from rap_deploy.graphs import INDEX_DTYPES
     from rap_deploy.retrieval import VideoIndex
 
     rng = np.random.default_rng(seed)
-    patch = np.empty((videos, frames, patches, dim), dtype=np.float16)
+    patch = np.empty((videos, frames, patches, dim), dtype=INDEX_DTYPES["patch_tokens"])
+    tokens = None if asa is None else np.empty((videos, frames, patches, asa.token_width),
+                                               dtype=INDEX_DTYPES["asa_tokens"])
     for i in range(0, videos, chunk):
         x = rng.standard_normal((min(chunk, videos - i), frames, patches, dim), dtype=np.float32)
         patch[i:i + chunk] = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        if tokens is not None:
+            stored = torch.from_numpy(patch[i:i + chunk].astype(np.float32))
+            with torch.no_grad():
+                tokens[i:i + chunk] = asa.video_tokens(stored, torch.ones(stored.shape[:2])).numpy()
     frame = rng.standard_normal((videos, frames, dim), dtype=np.float32)
     frame /= np.linalg.norm(frame, axis=-1, keepdims=True)
     video = frame.sum(1)
     video /= np.linalg.norm(video, axis=-1, keepdims=True)
-    return VideoIndex([f"random{i}" for i in range(videos)], video, frame, patch)
+    return VideoIndex([f"random{i}" for i in range(videos)], video.astype(INDEX_DTYPES["video_emb"]),
+                      frame.astype(INDEX_DTYPES["frame_emb"]), patch, tokens)
+
+
+def index_bytes_per_video(index: Any) -> dict[str, int]:
+    """Bytes one video takes in ``index``, per stored tensor and in total (``total``)."""
+    from rap_deploy.graphs import video_outputs
+
+    sizes = {n: int(getattr(index, n)[0].nbytes) for n in video_outputs(index.has_asa)}
+    return {**sizes, "total": sum(sizes.values())}
+
+
+def search_vs_video(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Per engine: the two-stage search's p50 at batch 1 over the video encoder's batch-1 p50 of the same run (the
+    issue-11 target is <= 0.1). Engines without both rows are left out."""
+    p50 = {(r["engine"], r["graph"]): r["p50_ms"] for r in results if r["batch_size"] == 1}
+    return {engine: p50[(engine, "search")] / p50[(engine, "video")] for engine, graph in p50
+            if graph == "search" and (engine, "video") in p50 and p50[(engine, "video")] > 0}
 
 
 def search(engine: Any, input_ids: np.ndarray, eot: np.ndarray, index: Any, top_m: int,
@@ -354,13 +388,12 @@ def bench(
     ids, eot = tokenize(captions, config.tokenizer)
     index = None
     if "search" in graph_list or "asa" in graph_list:
-        index = random_index(max(index_size, max_b), config.frames, model.num_patches, model.embed_dim, seed)
-        asa_frames = index.frame_emb[:max_b]
-        asa_patches = index.patch_tokens[:max_b].astype(np.float32)
+        index = random_index(max(index_size, max_b), config.frames, model.num_patches, model.embed_dim, seed,
+                             asa=model.asa)
+        asa_rerank = index.rerank(slice(0, max_b))  # in the index's dtypes: engines read them as stored
         query_emb = torch_engine.encode_text(ids[:1], eot[:1])
         if index_size < len(index):
-            index = index.__class__(index.video_ids[:index_size], index.video_emb[:index_size],
-                                    index.frame_emb[:index_size], index.patch_tokens[:index_size])
+            index = index.subset(index_size)
 
     # ---- arithmetic (counted once on the PyTorch model)
     m_top = min(top_m, index_size)
@@ -380,14 +413,15 @@ def bench(
     if config.has_asa and ("asa" in graph_list or "search" in graph_list):
         for b in sizes:
             flops_per_item[("asa", b)] = count_flops(
-                lambda b=b: torch_engine.asa_similarity(query_emb, asa_frames[:b], asa_patches[:b])) / b
+                lambda b=b: torch_engine.asa_similarity(query_emb, *(x[:b] for x in asa_rerank))) / b
         gflops["asa_head_per_pair"] = flops_per_item[("asa", sizes[0])] / 1e9
     if "search" in graph_list:
-        rerank = count_flops(lambda: torch_engine.asa_similarity(
-            query_emb, index.frame_emb[:m_top], index.patch_tokens[:m_top].astype(np.float32))) \
+        rerank = count_flops(lambda: torch_engine.asa_similarity(query_emb, *index.rerank(slice(0, m_top)))) \
             if config.has_asa else 0
         per_query = per_text + 2 * index_size * model.embed_dim + rerank
         gflops["search_per_query"] = per_query / 1e9
+        if config.has_asa:
+            gflops["search_rerank_per_pair"] = rerank / m_top / 1e9
         for b in sizes:
             flops_per_item[("search", b)] = per_query
 
@@ -400,7 +434,7 @@ def bench(
         if graph == "asa":
             if not config.has_asa:
                 return None
-            return lambda: eng.asa_similarity(query_emb, asa_frames[:b], asa_patches[:b])
+            return lambda: eng.asa_similarity(query_emb, *(x[:b] for x in asa_rerank))
         return lambda: search(eng, ids[:b], eot[:b], index, m_top)
 
     results: list[dict[str, Any]] = []
@@ -461,8 +495,11 @@ def bench(
                   "image_size": config.preprocess.image_size, "patches": model.num_patches,
                   "embed_dim": model.embed_dim, **model.parameter_counts()},
         "inputs": inputs,
-        "index": {"videos": index_size, "kind": "random unit vectors, patch tokens fp16", "rerank_top": m_top}
+        "index": {"videos": index_size, "rerank_top": m_top, "bytes_per_video": index_bytes_per_video(index),
+                  "kind": "random unit-norm frame embeddings and patch tokens, every tensor in its INDEX_DTYPES dtype "
+                          "(patch tokens fp16); asa_tokens computed by the model from the stored patch tokens"}
         if index is not None else None,
+        "search_vs_video_p50": search_vs_video(results),
         "settings": {"batch_sizes": sizes, "repeats": repeats, "warmup": warmup, "graphs": graph_list,
                      "index_size": index_size, "rerank_top": top_m, "seed": seed, "torch_device": torch_device,
                      "flops": "torch.utils.flop_counter on the PyTorch model: matmul, conv and attention FLOPs "

@@ -39,6 +39,7 @@ from rap_deploy.engines.blocks import (
     check_text_inputs,
     check_video_inputs,
     meanp_similarity_from_frames,
+    rerank_inputs,
 )
 from rap_deploy.engines.trt_plan import (
     NodeMatcher,
@@ -49,6 +50,7 @@ from rap_deploy.engines.trt_plan import (
     layer_precisions,
 )
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
+from rap_deploy.graphs import graph_io
 
 INSTEAD = "run `rapdeploy build-engine EXPORT_DIR --backend onnxruntime` (CPU fp32) or add `--int8` instead"
 
@@ -320,27 +322,26 @@ class TrtEngine(Engine):
             return tuple(self._run(graph, dict(zip(names, arrays, strict=True))))
         return run
 
-    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See :meth:`Engine.encode_video` (batches above the profile maximum are split)."""
         frames, mask = check_video_inputs(frames, frame_mask, self.config)
-        v, f, p = batched(self._runner("video_encoder", ("frames", "frame_mask")), (frames, mask),
-                          self.max_batch["video_encoder"])
-        return v, f, p
+        return batched(self._runner("video_encoder", graph_io("video_encoder", self.has_asa)[0]), (frames, mask),
+                       self.max_batch["video_encoder"])
 
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.encode_text`."""
         ids, pos = check_text_inputs(input_ids, eot, self.config)
-        return batched(self._runner("text_encoder", ("input_ids", "eot")), (ids, pos),
+        return batched(self._runner("text_encoder", graph_io("text_encoder", self.has_asa)[0]), (ids, pos),
                        self.max_batch["text_encoder"])[0]
 
-    def asa_similarity(self, text_emb: np.ndarray, frame_emb: np.ndarray, patch_tokens: np.ndarray) -> np.ndarray:
+    def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
         """Similarity ``[Q, V]`` in blocks of at most the ``asa_head`` profile's (max Q) × (max V)."""
+        rerank = rerank_inputs(self.has_asa and "asa_head" in self.engines, rerank)
         if "asa_head" not in self.engines:
-            return meanp_similarity_from_frames(text_emb, frame_emb)
-        run = self._runner("asa_head", ("text_emb", "frame_emb", "patch_tokens"))
-        return blocked_similarity(lambda t, f, p: run(t, f, p)[0], text_emb, frame_emb, patch_tokens,
-                                  self.query_block, self.video_block)
+            return meanp_similarity_from_frames(text_emb, rerank[0])
+        run = self._runner("asa_head", graph_io("asa_head", True)[0])
+        return blocked_similarity(lambda *arrays: run(*arrays)[0], text_emb, rerank, self.query_block,
+                                  self.video_block)
 
     def describe(self) -> EngineInfo:
         """Backend ``tensorrt``, precision, GPU and TensorRT version."""

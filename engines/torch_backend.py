@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.engines.base import Engine, EngineInfo
-from rap_deploy.engines.blocks import DEFAULT_QUERY_BLOCK, DEFAULT_VIDEO_BLOCK, check_text_inputs, check_video_inputs
+from rap_deploy.engines.blocks import (
+    DEFAULT_QUERY_BLOCK,
+    DEFAULT_VIDEO_BLOCK,
+    check_text_inputs,
+    check_video_inputs,
+    rerank_inputs,
+)
 from rap_deploy.errors import BackendUnavailableError, UsageError
 
 PRECISIONS = ("fp32", "fp16")
@@ -59,8 +65,7 @@ class TorchEngine(Engine):
         """The underlying ``RAPModel``."""
         return self.encoder.model
 
-    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See :meth:`Engine.encode_video`."""
         frames, mask = check_video_inputs(frames, frame_mask, self.config)
         return self.encoder.encode_video(frames, mask)
@@ -70,9 +75,9 @@ class TorchEngine(Engine):
         ids, pos = check_text_inputs(input_ids, eot, self.config)
         return self.encoder.encode_text(ids, pos)
 
-    def asa_similarity(self, text_emb: np.ndarray, frame_emb: np.ndarray, patch_tokens: np.ndarray) -> np.ndarray:
+    def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.asa_similarity` (blocks of ``query_block × video_block`` inside the model)."""
-        return self.encoder.asa_similarity(text_emb, frame_emb, patch_tokens)
+        return self.encoder.asa_similarity(text_emb, *rerank_inputs(self.has_asa, rerank))
 
     def describe(self) -> EngineInfo:
         """Backend ``torch``, device, precision, torch version and the checkpoint path."""
