@@ -54,7 +54,7 @@ class ModelEncoder:
     """Numpy-in / numpy-out wrapper of a :class:`RAPModel` with the Engine method names (the PyTorch reference)."""
 
     def __init__(self, model: Any, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 query_chunk: int = 32, video_chunk: int = 32) -> None:
+                 query_chunk: int = 32, video_chunk: int = 16) -> None:
         self.model = model.to(device=device).eval()
         if dtype != torch.float32:
             self.model = self.model.to(dtype)
@@ -251,10 +251,11 @@ _RERANK_OFFSET = 3.0
 
 
 class CandidateGather:
-    """Copies the re-rank rows of a query's candidates into buffers reused from query to query.
+    """Copies the re-rank tensors of a query's candidates into buffers reused from query to query.
 
-    A fresh ``index.patch_tokens[candidates]`` per query allocates (and page-faults) tens of MB each time; ``np.take``
-    into a kept buffer of the same size does not.
+    A fresh ``index.patch_tokens[candidates]`` per query allocates (and page-faults) tens of MB each time; one
+    contiguous copy per candidate into a kept buffer does not (measured on ViT-B/32 shapes, 100 candidates: about
+    half the time of fancy indexing, and ``np.take(..., out=)`` was slower than both).
     """
 
     def __init__(self, index: VideoIndex) -> None:
@@ -269,7 +270,8 @@ class CandidateGather:
             bufs = tuple(np.empty((len(rows), *a.shape[1:]), dtype=a.dtype) for a in arrays)
             self._buffers = {len(rows): bufs}  # one size at a time (the top-M of every query)
         for a, b in zip(arrays, bufs, strict=True):
-            np.take(a, rows, axis=0, out=b)
+            for i, row in enumerate(rows):
+                b[i] = a[row]
         return bufs
 
 
