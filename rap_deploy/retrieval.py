@@ -120,6 +120,7 @@ class VideoIndex:
     patch_tokens: np.ndarray  # [V, T, P, d] float16
     asa_tokens: np.ndarray | None = None  # [V, T, P, 3·d_a] float32
     skipped: list[dict[str, str]] = field(default_factory=list)
+    _gather: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -132,6 +133,12 @@ class VideoIndex:
     def rerank(self, rows: Any = slice(None)) -> tuple[np.ndarray, ...]:
         """The stage-2 tensors (``rerank_tensors(has_asa)`` order) of the videos ``rows`` (a slice or indices)."""
         return tuple(getattr(self, name)[rows] for name in rerank_tensors(self.has_asa))
+
+    def candidate_gather(self) -> CandidateGather:
+        """This index's :class:`CandidateGather`, kept so its buffers serve every later search (one at a time)."""
+        if self._gather is None or self._gather.index is not self:
+            self._gather = CandidateGather(self)
+        return self._gather
 
     def subset(self, count: int) -> VideoIndex:
         """The first ``count`` videos (views, no copy)."""
@@ -255,7 +262,8 @@ class CandidateGather:
 
     A fresh ``index.patch_tokens[candidates]`` per query allocates (and page-faults) tens of MB each time; one
     contiguous copy per candidate into a kept buffer does not (measured on ViT-B/32 shapes, 100 candidates: about
-    half the time of fancy indexing, and ``np.take(..., out=)`` was slower than both).
+    half the time of fancy indexing, and ``np.take(..., out=)`` was slower than both). The arrays it returns are
+    overwritten by the next call: one caller at a time.
     """
 
     def __init__(self, index: VideoIndex) -> None:
@@ -288,7 +296,7 @@ def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoInd
     m = min(top_m, stage1.shape[1])
     cands = np.argpartition(-stage1, m - 1, axis=1)[:, :m]
     out = stage1.copy()
-    gather = CandidateGather(index)
+    gather = index.candidate_gather()
     with progress_bar(len(text_emb), "two-stage re-rank", progress) as advance:
         for q in range(len(text_emb)):
             c = np.sort(cands[q])

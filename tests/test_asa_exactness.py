@@ -274,3 +274,27 @@ def test_checkpoint_from_env(tmp_path):
     errors = _model_exactness(model, export_dir, x.frames, x.frame_mask, x.input_ids, x.eot)
     print(f"\nASA exactness of {ckpt}: max abs split vs reference {errors}")
     assert max(errors.values()) <= TOL
+
+
+def test_random_adapters_module_cli(tmp_path, capsys):
+    """``python -m rap_deploy.model.random_adapters SRC --out OUT``: every adapter non-zero, backbone untouched."""
+    from conftest import micro_config
+
+    from rap_deploy.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.model.random_adapters import main
+
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    src = save_checkpoint(ckpt, tmp_path / "init.pt")
+    assert main([str(src), "--out", str(tmp_path / "random.pt"), "--seed", "3"]) == 0
+    out = load_checkpoint(tmp_path / "random.pt")
+    state = out.adapter_state
+    for name in ("lorm_attn.0.v_scale", "lorm_mlp.1.v_shift", "asa.out_proj.weight", "asa.out_proj.bias"):
+        assert torch.count_nonzero(ckpt.adapter_state[name]) == 0
+        assert torch.count_nonzero(state[name]) == state[name].numel()
+    offsets = torch.cat([state["asa.patch_offset"].flatten(), state["asa.time_offset"]])
+    assert (offsets.abs() <= 1.6 + 0.2).all() and ((offsets - offsets.round()).abs() >= 0.1 - 1e-6).all()
+    assert all(torch.equal(out.backbone_state[k], v) for k, v in ckpt.backbone_state.items())
+    assert out.extra["random_adapters_seed"] == 3
+    assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
