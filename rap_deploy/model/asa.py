@@ -83,6 +83,27 @@ def trilinear_warp(volume: torch.Tensor, patch_offset: torch.Tensor, time_offset
     return x.permute(0, 3, 1, 2, 4, 5).contiguous()
 
 
+def _in_export() -> bool:
+    """Whether the code is being traced or compiled (ONNX export): then graphs get one op, not a Python loop."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+def token_scores(query: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``query [Q,d] @ tokens [N,d]ᵀ`` in ``query``'s dtype: the selection scores of every token.
+
+    One GEMM with the tokens as the transposed right operand (ONNX Runtime's single-query kernel streams them once:
+    measured 1.5x faster than ``tokens @ query.T`` and ~20x faster than an ONNX Einsum). Eagerly the fp16 → fp32
+    cast and the product run ``chunk`` tokens at a time, so the fp32 copy stays in cache instead of going through
+    memory (2x faster on 16 ViT-B/32 videos, identical values); traced, it is one Cast and one MatMul.
+    """
+    if _in_export():
+        return query @ tokens.to(query.dtype).T
+    out = query.new_empty(query.shape[0], tokens.shape[0])
+    for i in range(0, tokens.shape[0], chunk):
+        out[:, i:i + chunk] = query @ tokens[i:i + chunk].to(query.dtype).T
+    return out
+
+
 def last_valid_frame(frame_mask: torch.Tensor) -> torch.Tensor:
     """Each video's last valid frame index, int64 ``[V]``, from ``frame_mask [V,T]`` (1 = real frame).
 
@@ -169,16 +190,18 @@ class AsynchronousSelfAttention(nn.Module):
         return tokens * frame_mask.to(tokens.dtype).view(v, t, 1, 1)
 
     # ------------------------------------------------------------------ per query (re-rank time)
+    @torch.no_grad()  # the selection is discrete (top-k indices): no gradient flows through its scores
     def select(self, query: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
         """Top-k patch indices ``[Q, V, T, k]`` by cosine of ``query [Q,d]`` (or ``[V,T,d]`` for saliency).
 
         ``patch_tokens`` may be in the index's dtype (fp16): they are cast to ``query``'s dtype for the scores.
         """
         v, t, p, d = patch_tokens.shape
-        tokens = patch_tokens.to(query.dtype).reshape(v * t * p, d)
-        if query.dim() == 2:  # one GEMM over every token (an ONNX Einsum here ran ~20x slower in ONNX Runtime)
-            scores = (tokens @ query.T).view(v, t, p, -1).permute(3, 0, 1, 2)
+        tokens = patch_tokens.reshape(v * t * p, d)
+        if query.dim() == 2:
+            scores = token_scores(query, tokens).view(-1, v, t, p)
         else:
+            tokens = tokens.to(query.dtype)
             scores = (tokens.view(v * t, p, d) @ query.reshape(v * t, d, 1)).view(1, v, t, p)
         return torch.topk(scores, self.topk, dim=-1).indices
 
