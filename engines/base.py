@@ -1,14 +1,19 @@
 """The :class:`Engine` interface every backend implements (DESIGN.md §4, §8).
 
-Inputs and outputs are numpy arrays with the dtypes and shapes of the three-graph contract:
+Inputs and outputs are numpy arrays with the dtypes and shapes of the three-graph contract (names and order from
+:mod:`rap_deploy.graphs`, never hard-coded by callers):
 
-- ``encode_video(frames float32 [B,T,3,H,W], frame_mask float32 [B,T] | None)`` →
-  ``(video_emb [B,d], frame_emb [B,T,d], patch_tokens [B,T,P,d])``, all L2-normalised, zero rows for padded frames.
-- ``encode_text(input_ids int32 [B,L], eot int32 [B])`` → ``text_emb [B,d]``.
-- ``asa_similarity(text_emb [Q,d], frame_emb [V,T,d], patch_tokens [V,T,P,d])`` → cosine similarity ``[Q,V]``;
-  the engine feeds its graph bounded blocks so memory does not grow with Q×V.
-
-Outputs are float32 whatever the engine's internal precision.
+- ``encode_video(frames float32 [B,T,3,H,W], frame_mask float32 [B,T] | None)`` → a tuple in
+  ``video_outputs(has_asa)`` order: ``video_emb [B,d]``, ``frame_emb [B,T,d]``, ``patch_tokens [B,T,P,d]`` (all
+  L2-normalised, zero rows for padded frames) and, with an ASA head, ``asa_tokens [B,T,P,3·d_a]`` (the
+  query-independent ASA tensors, zero rows for padded frames). All float32; an index stores each in
+  ``INDEX_DTYPES``. ``frame_mask`` marks real frames as a prefix (1…1 0…0), as the decoder pads.
+- ``encode_text(input_ids int32 [B,L], eot int32 [B])`` → ``text_emb [B,d]`` float32.
+- ``asa_similarity(text_emb [Q,d], *rerank)`` with ``rerank`` the ``rerank_tensors(has_asa)`` of V videos in order
+  (``frame_emb [V,T,d]``, ``patch_tokens [V,T,P,d]``, ``asa_tokens [V,T,P,3·d_a]``), best passed in the index's
+  dtypes (other dtypes are cast to them first, so every backend sees the same values) → cosine similarity ``[Q,V]``
+  float32; the engine feeds its graph bounded blocks so memory does not grow with Q×V. Without an ASA head there is
+  nothing to re-rank (``rerank_tensors(False)`` is empty); given ``frame_emb`` it returns the meanP similarity.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from rap_deploy.graphs import (  # noqa: F401
     ASA_INPUTS,
     ASA_OUTPUTS,
     GRAPH_NAMES,
+    INDEX_DTYPES,
     TEXT_INPUTS,
     TEXT_OUTPUTS,
     VIDEO_INPUTS,
     VIDEO_OUTPUTS,
+    rerank_tensors,
+    video_outputs,
 )
 
 
@@ -63,17 +71,23 @@ class Engine(ABC):
         return self.config.has_asa
 
     @abstractmethod
-    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Encode a batch of preprocessed videos; see the module docstring for shapes."""
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """Encode a batch of preprocessed videos: the ``video_outputs(has_asa)``, float32 (see the module docstring).
+
+        Raises :class:`~rap_deploy.errors.UsageError` for inputs of the wrong shape or a mask that is not a prefix.
+        """
 
     @abstractmethod
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
         """Encode a batch of tokenised texts; returns ``text_emb [B,d]``."""
 
     @abstractmethod
-    def asa_similarity(self, text_emb: np.ndarray, frame_emb: np.ndarray, patch_tokens: np.ndarray) -> np.ndarray:
-        """Text-conditioned similarity ``[Q,V]`` (meanP cosine for engines without an ASA head)."""
+    def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
+        """Text-conditioned similarity ``[Q,V]`` of ``text_emb`` with the videos of ``rerank`` (the
+        ``rerank_tensors(has_asa)`` in order); meanP cosine of ``frame_emb`` for engines without an ASA head.
+
+        Raises :class:`~rap_deploy.errors.UsageError` when ``rerank`` does not match the model.
+        """
 
     @abstractmethod
     def describe(self) -> EngineInfo:

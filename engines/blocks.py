@@ -1,7 +1,8 @@
 """Input checks and block loops shared by the backends (numpy only).
 
 The ``asa_head`` graph works on ONE (query × video) block: its intermediates grow as Q·V·T·k·d_a, so every backend
-walks the full ``[Q, V]`` similarity in bounded blocks and stitches the result.
+walks the full ``[Q, V]`` similarity in bounded blocks and stitches the result. The re-rank tensors travel in the
+index's dtypes (``rap_deploy.graphs.INDEX_DTYPES``): a block is sliced, never converted, on its way to the graph.
 """
 
 from __future__ import annotations
@@ -34,7 +35,18 @@ def check_video_inputs(frames: np.ndarray, frame_mask: np.ndarray | None, config
         mask = np.ascontiguousarray(frame_mask, dtype=np.float32)
         if mask.shape != frames.shape[:2]:
             raise UsageError(f"frame_mask must be {list(frames.shape[:2])}, got {list(mask.shape)}")
+        check_prefix_mask(mask)
     return frames, mask
+
+
+def check_prefix_mask(mask: np.ndarray) -> None:
+    """Raise :class:`UsageError` unless every row of ``mask [B,T]`` is 1…1 0…0 (real frames first, as
+    ``rap_deploy.data.video.decode_video`` pads): the ASA warp clamps time to each video's first ``n_valid`` frames."""
+    binary = np.isin(mask, (0.0, 1.0)).all()
+    if not binary or (np.diff(mask, axis=1) > 0).any():
+        bad = int(np.flatnonzero(~np.isin(mask, (0.0, 1.0)).all(1) | (np.diff(mask, axis=1) > 0).any(1))[0])
+        raise UsageError(f"frame_mask row {bad} is {mask[bad].tolist()}: it must be 1 for the real frames followed by "
+                         "0 for padding (real frames first, as rap_deploy.data.video pads short videos)")
 
 
 def check_text_inputs(input_ids: np.ndarray, eot: np.ndarray, config: RAPConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -69,23 +81,43 @@ def meanp_similarity_from_frames(text_emb: np.ndarray, frame_emb: np.ndarray) ->
     return np.asarray(text_emb, dtype=np.float32) @ mean.T
 
 
-def blocked_similarity(run: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], text_emb: np.ndarray,
-                       frame_emb: np.ndarray, patch_tokens: np.ndarray, query_block: int = DEFAULT_QUERY_BLOCK,
-                       video_block: int = DEFAULT_VIDEO_BLOCK) -> np.ndarray:
-    """Fill the ``[Q, V]`` similarity by calling ``run(text[q0:q1], frames[v0:v1], patches[v0:v1])`` per block.
+def rerank_inputs(has_asa: bool, rerank: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Check the re-rank arrays an engine's ``asa_similarity`` got and bring them to the index's dtypes.
 
-    ``run`` is the ``asa_head`` graph on one block (at most ``query_block`` texts × ``video_block`` videos).
-    Returns float32 ``[Q, V]``.
+    With an ASA head they must be the ``rerank_tensors(True)`` (three arrays, same number of videos); arrays already
+    in their ``INDEX_DTYPES`` dtype are not copied. Without one, ``frame_emb`` (the first) is all that is used.
+    Raises :class:`UsageError` naming what is expected.
+    """
+    from rap_deploy.graphs import rerank_tensors
+    from rap_deploy.retrieval import as_index_dtypes
+
+    if not has_asa:
+        if not rerank:
+            raise UsageError("this model has no ASA head, so nothing is re-ranked: rank by video_emb, or pass "
+                             "frame_emb for its meanP similarity")
+        return rerank
+    arrays = as_index_dtypes(rerank_tensors(True), rerank)
+    if len({a.shape[0] for a in arrays}) != 1:
+        raise UsageError(f"re-rank tensors {list(rerank_tensors(True))} hold different numbers of videos: "
+                         f"{[a.shape[0] for a in arrays]}")
+    return arrays
+
+
+def blocked_similarity(run: Callable[..., np.ndarray], text_emb: np.ndarray, rerank: tuple[np.ndarray, ...],
+                       query_block: int = DEFAULT_QUERY_BLOCK, video_block: int = DEFAULT_VIDEO_BLOCK) -> np.ndarray:
+    """Fill the ``[Q, V]`` similarity by calling ``run(text[q0:q1], *(x[v0:v1] for x in rerank))`` per block.
+
+    ``run`` is the ``asa_head`` graph on one block (at most ``query_block`` texts × ``video_block`` videos);
+    ``rerank`` are the re-rank arrays (sliced, never converted). Returns float32 ``[Q, V]``.
     """
     if query_block < 1 or video_block < 1:
         raise UsageError(f"ASA block sizes must be >= 1, got {query_block} x {video_block}")
     text = np.ascontiguousarray(text_emb, dtype=np.float32)
-    frames = np.ascontiguousarray(frame_emb, dtype=np.float32)
-    patches = np.ascontiguousarray(patch_tokens, dtype=np.float32)
-    out = np.empty((text.shape[0], frames.shape[0]), dtype=np.float32)
+    n_videos = rerank[0].shape[0]
+    out = np.empty((text.shape[0], n_videos), dtype=np.float32)
     for q0 in range(0, text.shape[0], query_block):
         q1 = min(q0 + query_block, text.shape[0])
-        for v0 in range(0, frames.shape[0], video_block):
-            v1 = min(v0 + video_block, frames.shape[0])
-            out[q0:q1, v0:v1] = run(text[q0:q1], frames[v0:v1], patches[v0:v1])
+        for v0 in range(0, n_videos, video_block):
+            v1 = min(v0 + video_block, n_videos)
+            out[q0:q1, v0:v1] = run(text[q0:q1], *(x[v0:v1] for x in rerank))
     return out

@@ -25,8 +25,10 @@ from rap_deploy.engines.blocks import (
     check_text_inputs,
     check_video_inputs,
     meanp_similarity_from_frames,
+    rerank_inputs,
 )
 from rap_deploy.errors import BackendUnavailableError, UsageError
+from rap_deploy.graphs import graph_io
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 LEVELS = ("disable", "basic", "extended", "all")
@@ -129,7 +131,7 @@ class OrtEngine(Engine):
     ``graphs`` maps graph name to an ONNX file (``asa_head`` absent for ``rap_light``). ``asa_similarity`` feeds the
     ``asa_head`` graph bounded blocks of ``query_block`` texts × ``video_block`` videos (defaults 32 × 64) and
     stitches the ``[Q, V]`` result, because the graph's intermediates grow as Q·V·T·k·d_a. Inputs are cast to each
-    graph's input types (fp16 graphs included) and outputs returned as float32.
+    graph's input types (a no-op for index arrays, which already have them) and outputs returned as float32.
     """
 
     backend = "onnxruntime"
@@ -166,35 +168,37 @@ class OrtEngine(Engine):
             typed[inp.name] = np.ascontiguousarray(feeds[inp.name], dtype=_NP_OF_ORT.get(inp.type, np.float32))
         return [np.asarray(o, dtype=np.float32) for o in sess.run(None, typed)]
 
-    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See :meth:`Engine.encode_video`."""
         frames, mask = check_video_inputs(frames, frame_mask, self.config)
+        inputs, _ = graph_io("video_encoder", self.has_asa)
 
         def run(f: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, ...]:
-            return tuple(self._run("video_encoder", {"frames": f, "frame_mask": m}))
+            return tuple(self._run("video_encoder", dict(zip(inputs, (f, m), strict=True))))
 
-        v, fe, p = batched(run, (frames, mask), self.max_batch.get("video_encoder"))
-        return v, fe, p
+        return batched(run, (frames, mask), self.max_batch.get("video_encoder"))
 
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.encode_text`."""
         ids, pos = check_text_inputs(input_ids, eot, self.config)
+        inputs, _ = graph_io("text_encoder", self.has_asa)
 
         def run(i: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
-            return tuple(self._run("text_encoder", {"input_ids": i, "eot": e}))
+            return tuple(self._run("text_encoder", dict(zip(inputs, (i, e), strict=True))))
 
         return batched(run, (ids, pos), self.max_batch.get("text_encoder"))[0]
 
-    def asa_similarity(self, text_emb: np.ndarray, frame_emb: np.ndarray, patch_tokens: np.ndarray) -> np.ndarray:
+    def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
         """Similarity ``[Q, V]``, computed in blocks of ``query_block × video_block`` (see the class docstring)."""
+        rerank = rerank_inputs(self.has_asa and "asa_head" in self.sessions, rerank)
         if "asa_head" not in self.sessions:
-            return meanp_similarity_from_frames(text_emb, frame_emb)
+            return meanp_similarity_from_frames(text_emb, rerank[0])
+        inputs, _ = graph_io("asa_head", True)
 
-        def run(t: np.ndarray, f: np.ndarray, p: np.ndarray) -> np.ndarray:
-            return self._run("asa_head", {"text_emb": t, "frame_emb": f, "patch_tokens": p})[0]
+        def run(*arrays: np.ndarray) -> np.ndarray:
+            return self._run("asa_head", dict(zip(inputs, arrays, strict=True)))[0]
 
-        return blocked_similarity(run, text_emb, frame_emb, patch_tokens, self.query_block, self.video_block)
+        return blocked_similarity(run, text_emb, rerank, self.query_block, self.video_block)
 
     def describe(self) -> EngineInfo:
         """Backend, provider, precision, ONNX Runtime version, thread settings and block sizes."""

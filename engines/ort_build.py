@@ -10,9 +10,10 @@
   * the **final projections** (the visual ``proj`` after ``ln_post`` and the ``text_projection``): they write the
     joint embedding space every similarity is computed in, and they are two small matrices. On ViT-B/32 quantising
     them too lowered the video-embedding cosine to PyTorch from 0.99993 to 0.99981;
-  * the whole **ASA head** (its q/k/v/out projections): they feed the text-conditioned top-k patch selection (a
-    discrete choice) and attention over a handful of tokens, and the head is a small share of the compute. On the
-    test model with non-zero adapters, int8 q/k/v projections moved the ASA similarity by 4e-4 (fp32: 3e-8);
+  * the whole **ASA head**: its q/k/v projections (now in the video encoder, writing ``asa_tokens``) and its output
+    projection (in ``asa_head``): they feed attention over a handful of selected tokens, and are a small share of
+    the compute. On the test model with non-zero adapters, int8 q/k/v projections moved the ASA similarity by 4e-4
+    (fp32: 3e-8);
   * the **patch-embedding convolution** (``Conv``) and every activation × activation product (attention ``QKᵀ`` and
     ``softmax·V``): only ``MatMul``/``Gemm`` with a constant weight are quantised (``MatMulConstBOnly``).
 
@@ -31,6 +32,7 @@ from typing import Any
 from rap_deploy.engines.manifest import graph_entry
 from rap_deploy.engines.ort_backend import create_session, provider_for
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.graphs import VIDEO_OUTPUTS
 
 QUANT_OPS = ("MatMul", "Gemm")
 # Graphs above this size keep their weights in an external ``<file>.data`` (protobuf's 2 GiB limit).
@@ -38,38 +40,45 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 FINAL_PROJECTION = "final-projection"
 ASA_HEAD = "asa-head"
+# Video-encoder outputs written by ASA's projections (kept fp32 with the rest of ASA).
+ASA_OUTPUT_NAMES = (VIDEO_OUTPUTS[3],)
 
 
 def int8_exclusions(model: Any, graph: str, keep_asa_fp32: bool = True,
                     keep_final_projection: bool = True) -> dict[str, str]:
     """``{node name: reason}`` of the ``MatMul``/``Gemm`` nodes of ``model`` that stay fp32 in an int8 engine.
 
-    Final projections are found structurally: walking back from each graph output through every op that is not a
-    ``MatMul``/``Gemm``/``LayerNormalization``, the first ``MatMul``/``Gemm`` reached with a constant weight is the
-    projection into the joint space. In ``asa_head`` every ``MatMul``/``Gemm`` stays fp32 (with ``keep_asa_fp32``).
+    Found structurally: walking back from a graph output through every op that is not a ``MatMul``/``Gemm``/
+    ``LayerNormalization`` (nor ``Shape``: sizes carry no values), the first ``MatMul``/``Gemm`` reached with a
+    constant weight is the projection that writes it. From ``asa_tokens`` (the video encoder's ASA output) that is
+    ASA's q/k/v projection (reason ``asa-head``, with ``keep_asa_fp32``); from the other outputs the projection into
+    the joint space (``final-projection``, with ``keep_final_projection``). In ``asa_head`` every ``MatMul``/``Gemm``
+    stays fp32 (with ``keep_asa_fp32``).
     """
     g = model.graph
+    if graph == "asa_head":
+        return {n.name: ASA_HEAD for n in g.node if n.op_type in QUANT_OPS} if keep_asa_fp32 else {}
     const = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
     producer = {o: n for n in g.node for o in n.output if o}
     out: dict[str, str] = {}
-    if graph == "asa_head" and keep_asa_fp32:
-        return {n.name: ASA_HEAD for n in g.node if n.op_type in QUANT_OPS}
-    if not keep_final_projection:
-        return out
-    stack = [o.name for o in g.output]
     seen: set[str] = set()
-    while stack:
-        tensor = stack.pop()
-        node = producer.get(tensor)
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        if node.op_type in QUANT_OPS and any(i in const for i in node.input[1:2]):
-            out[node.name] = FINAL_PROJECTION
-            continue
-        if node.op_type == "LayerNormalization":
-            continue
-        stack.extend(i for i in node.input if i and i not in const)
+    asa_outputs = [o.name for o in g.output if o.name in ASA_OUTPUT_NAMES]
+    walks = [(asa_outputs, ASA_HEAD, keep_asa_fp32),
+             ([o.name for o in g.output if o.name not in ASA_OUTPUT_NAMES], FINAL_PROJECTION, keep_final_projection)]
+    for outputs, reason, keep in walks:  # ASA first: its walk stops at the q/k/v projection, before the joint space
+        stack = list(outputs)
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in QUANT_OPS and any(i in const for i in node.input[1:2]):
+                if keep:
+                    out[node.name] = reason
+                continue
+            if node.op_type in ("LayerNormalization", "Shape", "Size"):  # a shape does not carry values
+                continue
+            stack.extend(i for i in node.input if i and i not in const)
     return out
 
 

@@ -353,6 +353,20 @@ def load_line(result: dict[str, Any]) -> str:
     return f"WARNING: the machine was not quiet; every ratio is unreliable ({'; '.join(load['reasons'])})"
 
 
+def search_lines(result: dict[str, Any]) -> list[str]:
+    """The two-stage search against the video encoder (issue 11's ratio, target <= 0.1) and the index size."""
+    lines = []
+    ratios = result.get("search_vs_video_p50") or {}
+    index = result.get("index") or {}
+    if ratios:
+        lines.append(f"two-stage search p50 (batch 1, {index.get('videos')} videos, top {index.get('rerank_top')}) / "
+                     "video encoder p50 (batch 1): " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    per_video = index.get("bytes_per_video")
+    if per_video:
+        lines.append("index bytes per video: " + ", ".join(f"{k} {v:,}" for k, v in per_video.items()))
+    return lines
+
+
 def bench_markdown(result: dict[str, Any]) -> str:
     """A Markdown version of the bench table (for READMEs and CI logs)."""
     lines = ["# rapdeploy bench", "", f"- device: {describe_device(result['device'])}", f"- {load_line(result)}",
@@ -365,6 +379,7 @@ def bench_markdown(result: dict[str, Any]) -> str:
     meanp = result.get("adapter_cost")
     if meanp:
         lines += [_adapter_line(meanp), ""]
+    lines += [f"{line}\n" for line in search_lines(result)]
     return "\n".join(lines)
 
 
@@ -388,6 +403,8 @@ def print_bench(result: dict[str, Any], console: Any = None) -> None:
     meanp = result.get("adapter_cost")
     if meanp:
         console.print(_adapter_line(meanp))
+    for line in search_lines(result):
+        console.print(line)
     for note in result.get("notes", []):
         console.print(f"note: {note}")
     console.print(load_line(result), style=None if result.get("clean", True) else "bold red", markup=False)

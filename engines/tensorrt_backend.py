@@ -17,7 +17,7 @@ bf16 inputs are converted on the device, and every floating-point output is retu
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -32,18 +32,11 @@ from rap_deploy.engines.blocks import (
     check_text_inputs,
     check_video_inputs,
     meanp_similarity_from_frames,
+    rerank_inputs,
 )
 from rap_deploy.engines.trt_plan import build_mode
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
-from rap_deploy.graphs import (
-    ASA_INPUTS,
-    ASA_OUTPUTS,
-    TEXT_INPUTS,
-    TEXT_OUTPUTS,
-    VIDEO_INPUTS,
-    rerank_tensors,
-    video_outputs,
-)
+from rap_deploy.graphs import graph_io
 
 INSTEAD = "run `rapdeploy build-engine EXPORT_DIR --backend onnxruntime` (CPU fp32) or add `--int8` instead"
 
@@ -149,17 +142,6 @@ def torch_dtype(trt: Any, dtype: Any, what: str) -> Any:
     return getattr(torch, TORCH_DTYPE_NAMES[name])
 
 
-def graph_contract(graph: str, has_asa: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``(input names, output names)`` of one graph in the retrieval contract's order (:mod:`rap_deploy.graphs`)."""
-    if graph == "video_encoder":
-        return VIDEO_INPUTS, video_outputs(has_asa)
-    if graph == "text_encoder":
-        return TEXT_INPUTS, TEXT_OUTPUTS
-    if graph == "asa_head":
-        return (ASA_INPUTS[0], *rerank_tensors(has_asa)), ASA_OUTPUTS
-    raise UsageError(f"unknown graph '{graph}'; graphs are video_encoder, text_encoder, asa_head")
-
-
 def engine_io(trt: Any, engine: Any) -> tuple[list[str], list[str]]:
     """``(input names, output names)`` of a deserialized engine, in the engine's (undefined) I/O order."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -170,7 +152,7 @@ def engine_io(trt: Any, engine: Any) -> tuple[list[str], list[str]]:
 
 def check_engine_io(graph: str, path: Any, inputs: Sequence[str], outputs: Sequence[str], has_asa: bool) -> None:
     """Raise :class:`CheckFailedError` unless an engine's tensor names are exactly the contract's for ``graph``."""
-    want_in, want_out = graph_contract(graph, has_asa)
+    want_in, want_out = graph_io(graph, has_asa)
     if set(inputs) != set(want_in) or set(outputs) != set(want_out):
         raise CheckFailedError(f"{path}: {graph} engine has inputs {sorted(inputs)} and outputs {sorted(outputs)}, "
                                f"this rapdeploy expects {list(want_in)} -> {list(want_out)}; rebuild the engine from "
@@ -263,45 +245,34 @@ class TrtEngine(Engine):
             if not self.contexts[graph].execute_async_v3(self.stream.cuda_stream):
                 raise CheckFailedError(f"TensorRT execute_async_v3 failed for {graph} (see the log above)")
         self.stream.synchronize()
-        order = graph_contract(graph, self.config.has_asa)[1]
+        order = graph_io(graph, self.config.has_asa)[1]
         return [_to_numpy(outs[name]) for name in order]
 
-    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-        """See :meth:`Engine.encode_video`: the ``video_outputs(has_asa)`` (batches above the profile maximum are
-        split)."""
-        frames, mask = check_video_inputs(frames, frame_mask, self.config)
-        names = graph_contract("video_encoder", self.has_asa)[0]
-
+    def _runner(self, graph: str, names: tuple[str, ...]) -> Callable[..., tuple[np.ndarray, ...]]:
         def run(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-            return tuple(self._run("video_encoder", dict(zip(names, arrays, strict=True))))
+            return tuple(self._run(graph, dict(zip(names, arrays, strict=True))))
+        return run
 
-        return batched(run, (frames, mask), self.max_batch["video_encoder"])
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """See :meth:`Engine.encode_video` (batches above the profile maximum are split)."""
+        frames, mask = check_video_inputs(frames, frame_mask, self.config)
+        return batched(self._runner("video_encoder", graph_io("video_encoder", self.has_asa)[0]), (frames, mask),
+                       self.max_batch["video_encoder"])
 
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.encode_text`."""
         ids, pos = check_text_inputs(input_ids, eot, self.config)
-        names = graph_contract("text_encoder", self.has_asa)[0]
-
-        def run(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-            return tuple(self._run("text_encoder", dict(zip(names, arrays, strict=True))))
-
-        return batched(run, (ids, pos), self.max_batch["text_encoder"])[0]
+        return batched(self._runner("text_encoder", graph_io("text_encoder", self.has_asa)[0]), (ids, pos),
+                       self.max_batch["text_encoder"])[0]
 
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
-        """Similarity ``[Q, V]`` from ``text_emb`` and the ``rerank_tensors(has_asa)``, in blocks of at most the
-        ``asa_head`` profile's (max Q) × (max V). Raises :class:`UsageError` for a wrong number of tensors."""
+        """Similarity ``[Q, V]`` in blocks of at most the ``asa_head`` profile's (max Q) × (max V)."""
+        rerank = rerank_inputs(self.has_asa and "asa_head" in self.engines, rerank)
         if "asa_head" not in self.engines:
-            if not rerank:
-                raise UsageError("this engine has no ASA head: rank by meanp_similarity(text_emb, video_emb)")
             return meanp_similarity_from_frames(text_emb, rerank[0])
-        names = graph_contract("asa_head", True)[0]
-        if len(rerank) != len(names) - 1:
-            raise UsageError(f"asa_similarity takes text_emb and {list(names[1:])}, got {len(rerank)} re-rank tensors")
-
-        def run(*arrays: np.ndarray) -> np.ndarray:
-            return self._run("asa_head", dict(zip(names, arrays, strict=True)))[0]
-
-        return blocked_similarity(run, text_emb, *rerank, query_block=self.query_block, video_block=self.video_block)
+        run = self._runner("asa_head", graph_io("asa_head", True)[0])
+        return blocked_similarity(lambda *arrays: run(*arrays)[0], text_emb, rerank, self.query_block,
+                                  self.video_block)
 
     def describe(self) -> EngineInfo:
         """Backend ``tensorrt``, precision, GPU and TensorRT version."""

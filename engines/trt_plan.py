@@ -50,7 +50,7 @@ from rap_deploy.export.precision_plan import (  # noqa: F401 - re-exported: the 
 INPUT_AXIS = {
     "frames": "batch", "frame_mask": "batch",
     "input_ids": "batch", "eot": "batch",
-    "text_emb": "queries", "frame_emb": "videos", "patch_tokens": "videos",
+    "text_emb": "queries", "frame_emb": "videos", "patch_tokens": "videos", "asa_tokens": "videos",
 }
 #: (min, opt, max) per graph and axis when no option is given. The ASA maxima are the (query × video) block sizes
 #: the engine feeds the head: its intermediates grow as Q·V·T·k·d_a, so a bound keeps device memory bounded.

@@ -15,6 +15,7 @@ import numpy as np
 from rap_deploy.engines.base import Engine
 from rap_deploy.engines.samples import SampleInputs, sample_inputs
 from rap_deploy.errors import CheckFailedError
+from rap_deploy.graphs import INDEX_DTYPES, video_outputs
 
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"max_abs": 1e-4, "min_cosine": 0.99999},
@@ -49,25 +50,31 @@ def compare_arrays(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
 def compare_engines(engine: Engine, reference: Engine, inputs: SampleInputs | None = None) -> dict[str, Any]:
     """Run both engines on ``inputs`` (default :func:`sample_inputs`) and compare every output.
 
-    Returns ``{output name: {max_abs, min_cosine, mean_cosine}}`` for ``video_emb``, ``frame_emb``,
-    ``patch_tokens``, ``text_emb`` and ``similarity`` (the engine's ASA similarity of the engine's own embeddings
-    against the reference's), plus ``similarity_argmax_match`` (same best video per text).
+    Returns ``{output name: {max_abs, min_cosine, mean_cosine}}`` for every video output (``video_outputs``:
+    ``video_emb``, ``frame_emb``, ``patch_tokens`` and with ASA ``asa_tokens``), ``text_emb`` and ``similarity``
+    (the engine's ASA similarity of the engine's own embeddings, stored in the index's dtypes, against the
+    reference's), plus ``similarity_argmax_match`` (same best video per text).
     """
     x = inputs or sample_inputs(engine.config)
     ref_v = reference.encode_video(x.frames, x.frame_mask)
     out_v = engine.encode_video(x.frames, x.frame_mask)
     ref_t = reference.encode_text(x.input_ids, x.eot)
     out_t = engine.encode_text(x.input_ids, x.eot)
-    ref_s = reference.asa_similarity(ref_t, ref_v[1], ref_v[2])
-    out_s = engine.asa_similarity(out_t, out_v[1], out_v[2])
-    report: dict[str, Any] = {name: compare_arrays(r, o) for name, r, o in
-                              zip(("video_emb", "frame_emb", "patch_tokens"), ref_v, out_v, strict=True)}
+    names = video_outputs(engine.has_asa)
+    ref_s = reference.asa_similarity(ref_t, *_stored(names, ref_v))
+    out_s = engine.asa_similarity(out_t, *_stored(names, out_v))
+    report: dict[str, Any] = {name: compare_arrays(r, o) for name, r, o in zip(names, ref_v, out_v, strict=True)}
     report["text_emb"] = compare_arrays(ref_t, out_t)
     sim = compare_arrays(ref_s, out_s)
     sim["min_cosine"] = sim["mean_cosine"] = float("nan")  # rows of a similarity matrix are not embeddings
     report["similarity"] = sim
     report["similarity_argmax_match"] = bool((ref_s.argmax(1) == out_s.argmax(1)).all())
     return report
+
+
+def _stored(names: tuple[str, ...], outputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """The re-rank part of the video outputs as an index stores it (``INDEX_DTYPES``)."""
+    return tuple(np.asarray(o, dtype=INDEX_DTYPES[n]) for n, o in zip(names, outputs, strict=True))[1:]
 
 
 def check_report(report: Mapping[str, Any], precision: str, what: str = "engine",

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.graphs import INDEX_DTYPES
 from rap_deploy.locks import check_writable_folder, folder_lock
 
 DEFAULT_TOLERANCE = 0.5
@@ -178,14 +179,15 @@ def vector_error(reference: np.ndarray, engine: np.ndarray, chunk: int = 64) -> 
 
 
 def _first_batch_error(reference: Any, engine: Any, split: Any, cache: Any, batch_size: int) -> dict[str, Any]:
-    """Errors of all three video outputs in float32 (the index keeps patch tokens in fp16) on the first videos."""
-    from rap_deploy.retrieval import load_video_batch
+    """Errors of every video output in float32 (the index keeps patch tokens in fp16) on the first videos."""
+    from rap_deploy.graphs import video_outputs
+    from rap_deploy.retrieval import has_asa_head, load_video_batch
 
     idx = list(range(min(batch_size, split.num_videos)))
     frames, mask = load_video_batch(split, idx, cache, reference.config)
     ref = reference.encode_video(frames, mask)
     eng = engine.encode_video(frames, mask)
-    names = ("video_emb", "frame_emb", "patch_tokens")
+    names = video_outputs(has_asa_head(engine))
     return {n: vector_error(r, e) for n, r, e in zip(names, ref, eng, strict=True)}
 
 
@@ -197,17 +199,16 @@ def graph_errors(reference: Any, engine: Any, embedding_error: dict[str, Any], t
     ``embedding_error``); the ASA head is run here by both on the *reference's* embeddings of the first ``queries``
     texts and ``videos`` videos.
     """
-    video = [embedding_error["first_batch_fp32"][k] for k in ("video_emb", "frame_emb", "patch_tokens")]
+    video = list(embedding_error["first_batch_fp32"].values())
     out: dict[str, dict[str, Any]] = {
         "video_encoder": {"max_abs": max(e["max_abs"] for e in video),
                           "min_cosine": min(e["min_cosine"] for e in video)},
         "text_encoder": {k: embedding_error["text_emb"][k] for k in ("max_abs", "min_cosine")},
     }
     q = np.asarray(text_emb[:queries], dtype=np.float32)
-    frames = np.asarray(index.frame_emb[:videos], dtype=np.float32)
-    patches = np.asarray(index.patch_tokens[:videos], dtype=np.float32)
-    ref = reference.asa_similarity(q, frames, patches)
-    eng = engine.asa_similarity(q, frames, patches)
+    rerank = index.rerank(slice(0, videos)) or (index.frame_emb[:videos],)  # meanP engines: frame_emb
+    ref = reference.asa_similarity(q, *rerank)
+    eng = engine.asa_similarity(q, *rerank)
     out["asa_head" if getattr(engine, "has_asa", True) else "meanp_head"] = {
         "max_abs": float(np.abs(ref - eng).max()), "min_cosine": None, "pairs": int(ref.size)}
     return out
@@ -521,7 +522,9 @@ def verify(
         "video_emb": vector_error(ref_index.video_emb, eng_index.video_emb),
         "frame_emb": vector_error(ref_index.frame_emb, eng_index.frame_emb),
         "patch_tokens": {**vector_error(ref_index.patch_tokens, eng_index.patch_tokens, chunk=16),
-                         "stored": "float16"},
+                         "stored": INDEX_DTYPES["patch_tokens"]},
+        **({"asa_tokens": {**vector_error(ref_index.asa_tokens, eng_index.asa_tokens, chunk=16),
+                           "stored": INDEX_DTYPES["asa_tokens"]}} if ref_index.has_asa and eng_index.has_asa else {}),
         "text_emb": vector_error(ref_eval["scores"]["text_emb"], eng_eval["scores"]["text_emb"]),
         "first_batch_fp32": _first_batch_error(reference, engine, used, cache, batch_size),
     }

@@ -27,11 +27,12 @@ from rap_deploy.errors import UsageError
 from rap_deploy.graphs import (
     ASA_INPUTS,
     ASA_OUTPUTS,
+    INDEX_DTYPES,
     TEXT_INPUTS,
     TEXT_OUTPUTS,
     VIDEO_INPUTS,
-    VIDEO_OUTPUTS,
     graphs_for,
+    video_outputs,
 )
 
 DEFAULT_OPSET = 17
@@ -97,13 +98,15 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The static sizes of a RAP model: frames T, image size S, patch grid, patches P, joint width d, tokens L."""
+    """The static sizes of a RAP model: frames T, image size S, patch grid, patches P, joint width d, tokens L, and
+    the width of one ``asa_tokens`` row (``3·d_a``; 0 without an ASA head)."""
 
     frames: int
     image_size: int
     grid: tuple[int, int]
     embed_dim: int
     context_length: int
+    asa_token_width: int = 0
 
     @property
     def patches(self) -> int:
@@ -113,35 +116,40 @@ class ModelDims:
     def of(cls, model: Any) -> ModelDims:
         """Read the sizes of a :class:`~rap_deploy.model.RAPModel`."""
         cfg = model.config
+        width = model.asa.token_width if model.asa is not None else 0
         return cls(frames=cfg.frames, image_size=cfg.preprocess.image_size, grid=tuple(model.grid),
-                   embed_dim=model.embed_dim, context_length=cfg.context_length)
+                   embed_dim=model.embed_dim, context_length=cfg.context_length, asa_token_width=width)
 
     def to_dict(self) -> dict[str, Any]:
         return {"frames": self.frames, "image_size": self.image_size, "grid": list(self.grid),
-                "patches": self.patches, "embed_dim": self.embed_dim, "context_length": self.context_length}
+                "patches": self.patches, "embed_dim": self.embed_dim, "context_length": self.context_length,
+                "asa_token_width": self.asa_token_width}
 
 
 def graph_specs(dims: ModelDims, has_asa: bool) -> dict[str, GraphSpec]:
-    """The I/O contract (DESIGN.md §4 plus ``frame_mask``) of each graph the model exports, by name."""
+    """The I/O contract (DESIGN.md §4 plus ``frame_mask`` and ``asa_tokens``) of each graph the model exports.
+
+    ``asa_head`` takes ``patch_tokens`` and ``asa_tokens`` in the index's dtypes (``INDEX_DTYPES``); every other
+    tensor is float32 (int32 token ids).
+    """
     t, s, p, d, length = dims.frames, dims.image_size, dims.patches, dims.embed_dim, dims.context_length
     f32, i32 = "float32", "int32"
+    video_shapes = {"video_emb": (BATCH, d), "frame_emb": (BATCH, t, d), "patch_tokens": (BATCH, t, p, d),
+                    "asa_tokens": (BATCH, t, p, dims.asa_token_width)}
+    rerank_shapes = {"frame_emb": (VIDEOS, t, d), "patch_tokens": (VIDEOS, t, p, d),
+                     "asa_tokens": (VIDEOS, t, p, dims.asa_token_width)}
     specs = {
         "video_encoder": GraphSpec("video_encoder", (
             TensorSpec(VIDEO_INPUTS[0], (BATCH, t, 3, s, s), f32),
             TensorSpec(VIDEO_INPUTS[1], (BATCH, t), f32),
-        ), (
-            TensorSpec(VIDEO_OUTPUTS[0], (BATCH, d), f32),
-            TensorSpec(VIDEO_OUTPUTS[1], (BATCH, t, d), f32),
-            TensorSpec(VIDEO_OUTPUTS[2], (BATCH, t, p, d), f32),
-        )),
+        ), tuple(TensorSpec(n, video_shapes[n], f32) for n in video_outputs(has_asa))),
         "text_encoder": GraphSpec("text_encoder", (
             TensorSpec(TEXT_INPUTS[0], (BATCH, length), i32),
             TensorSpec(TEXT_INPUTS[1], (BATCH,), i32),
         ), (TensorSpec(TEXT_OUTPUTS[0], (BATCH, d), f32),)),
         "asa_head": GraphSpec("asa_head", (
             TensorSpec(ASA_INPUTS[0], (QUERIES, d), f32),
-            TensorSpec(ASA_INPUTS[1], (VIDEOS, t, d), f32),
-            TensorSpec(ASA_INPUTS[2], (VIDEOS, t, p, d), f32),
+            *(TensorSpec(n, rerank_shapes[n], INDEX_DTYPES[n]) for n in ASA_INPUTS[1:]),
         ), (TensorSpec(ASA_OUTPUTS[0], (QUERIES, VIDEOS), f32),)),
     }
     return {name: specs[name] for name in graphs_for(has_asa)}

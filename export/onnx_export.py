@@ -24,7 +24,7 @@ from rap_deploy.atomic import atomic_path, save_with, sha256_file, write_json_at
 from rap_deploy.crashpoints import crash_point
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.export.export_config import ExportConfig, GraphSpec, ModelDims, graph_specs
-from rap_deploy.graphs import GRAPH_NAMES
+from rap_deploy.graphs import GRAPH_NAMES, INDEX_DTYPES, rerank_tensors
 
 PARITY_FILE = "parity.json"
 
@@ -48,7 +48,7 @@ def example_inputs(model, dims: ModelDims, batch: int) -> dict[str, tuple[torch.
     """Example arguments per graph, batch ``batch`` (>= 2) so the batch axes stay symbolic when traced.
 
     The ASA head gets real encoder outputs for ``batch`` queries and ``batch + 1`` videos (distinct sizes, so the
-    tracer cannot tie the two axes together).
+    tracer cannot tie the two axes together), in the index's dtypes. One video of each batch is padded.
     """
     gen = torch.Generator().manual_seed(0)
     t, s, length = dims.frames, dims.image_size, dims.context_length
@@ -56,10 +56,13 @@ def example_inputs(model, dims: ModelDims, batch: int) -> dict[str, tuple[torch.
     mask = torch.ones(batch + 1, t)
     ids = torch.randint(1, 40000, (batch, length), generator=gen, dtype=torch.int32)
     eot = torch.randint(1, length, (batch,), generator=gen, dtype=torch.int32)
+    mask[batch - 1, t // 2 + 1:] = 0.0  # one padded video in every example batch, as real libraries have
     args = {"video_encoder": (frames[:batch], mask[:batch]), "text_encoder": (ids, eot)}
     if model.asa is not None:
-        _, frame_emb, patch_tokens = model.encode_video(frames, mask)
-        args["asa_head"] = (model.encode_text(ids, eot), frame_emb, patch_tokens)
+        rerank = model.encode_video(frames, mask)[1:]
+        stored = tuple(x.to(getattr(torch, INDEX_DTYPES[n])) for n, x in zip(rerank_tensors(True), rerank,
+                                                                               strict=True))
+        args["asa_head"] = (model.encode_text(ids, eot), *stored)
     return args
 
 
@@ -417,17 +420,18 @@ def _problems(check_reports: dict[str, Any], fp32: dict[str, Any]) -> list[str]:
 
 
 def asa_block_memory(model) -> dict[str, Any]:
-    """Estimated fp32 working memory of one ``asa_head`` call: per (query, video) pair and per video.
+    """Estimated working memory of one ``asa_head`` call: per (query, video) pair and per video.
 
     The graph has no chunk loop (see :class:`~rap_deploy.export.wrappers.AsaHeadGraph`); runtimes feed bounded
     ``(Q, V)`` blocks and size them with this estimate: per pair the selection scores ``T·P``, the gathered
-    queries/keys/values and attention output ``4·T·k·d_a``, and the attention logits and weights ``2·H·(T·k)²``;
-    per video the projected and warped key/value volumes ``6·T·P·d_a``.
+    ``asa_tokens`` rows ``3·T·k·d_a`` and the attention output ``T·k·d_a``, and the attention logits and weights
+    ``2·H·(T·k)²`` (float32); per video the float32 copy of the stored patch tokens the selection reads
+    (``T·P·d``).
     """
     asa, t = model.asa, model.config.frames
     tk = t * asa.topk
     per_pair = 4 * (t * model.num_patches + 4 * tk * asa.attn_dim + 2 * asa.heads * tk * tk)
-    per_video = 4 * 6 * t * model.num_patches * asa.attn_dim
+    per_video = 4 * t * model.num_patches * model.embed_dim
     return {"bytes_per_query_video_pair": per_pair, "bytes_per_video": per_video,
             "note": "no chunk loop in the graph: feed bounded (queries, videos) blocks"}
 

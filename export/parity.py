@@ -19,6 +19,7 @@ import torch
 from rap_deploy.export.export_config import GraphSpec, ParityConfig
 from rap_deploy.export.inputs import ParityInputs
 from rap_deploy.export.wrappers import AsaHeadGraph
+from rap_deploy.graphs import ASA_INPUTS, INDEX_DTYPES, rerank_tensors
 
 
 def ort_session(path: str | Path, precision: str = "fp32"):
@@ -167,9 +168,26 @@ def torch_reference(model, inputs: ParityInputs, pcfg: ParityConfig) -> dict[str
             p[rest.numpy()] = v.numpy()
         pool_text[rest.numpy()] = model.encode_text(ids[rest], eot[rest]).numpy()
     ref["pool_video"], ref["pool_text"] = pool_video, pool_text
-    ref["pool_similarity"] = model.asa_similarity(torch.from_numpy(pool_text), torch.from_numpy(pool_video[1]),
-                                                  torch.from_numpy(pool_video[2])).numpy()
+    ref["pool_similarity"] = model.asa_similarity(
+        torch.from_numpy(pool_text), *(torch.from_numpy(x) for x in stored_rerank(model, pool_video))).numpy()
     return ref
+
+
+@torch.no_grad()
+def asa_tokens_given(model, patch_tokens: np.ndarray, frame_mask: np.ndarray) -> np.ndarray:
+    """PyTorch's ``asa_tokens`` of these ``patch_tokens`` as the index stores them (what the video encoder computes
+    them from), float32."""
+    stored = torch.from_numpy(np.ascontiguousarray(patch_tokens, dtype=INDEX_DTYPES["patch_tokens"]))
+    return model.asa.video_tokens(stored.float(), torch.from_numpy(np.asarray(frame_mask, np.float32))).numpy()
+
+
+def stored_rerank(model, video_outputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The re-rank part of ``video_outputs`` as an index stores it (``INDEX_DTYPES``; frame_emb for meanP)."""
+    if model.asa is None:
+        return (video_outputs[1],)
+    names = rerank_tensors(True)
+    return tuple(np.ascontiguousarray(x, dtype=INDEX_DTYPES[n]) for n, x in zip(names, video_outputs[1:],
+                                                                               strict=True))
 
 
 def _asa_blocks(n: int, pcfg: ParityConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -208,12 +226,23 @@ def run_parity(model, files: dict[str, Path], specs: dict[str, GraphSpec], input
         sess, spec = ort_session(files["video_encoder"], precision), specs["video_encoder"]
         fig = _GraphFigures("batch")
         pool = [np.zeros_like(r) for r in ref["pool_video"]]
+        index_drift = 0.0
         for idx, r in zip(slices, ref["video"], strict=True):
             outs = sess.run(None, {"frames": inputs.frames[idx], "frame_mask": inputs.frame_mask[idx]})
+            if model.asa is not None:  # asa_tokens: judged on the graph's own stored patch tokens (see below)
+                given = asa_tokens_given(model, outs[2], inputs.frame_mask[idx])
+                index_drift = max(index_drift, max_abs(r[3], outs[3]))
+                r = [*r[:3], given]
             fig.add_run(len(idx), tuple(o.name for o in spec.outputs), r, outs,
                         [spec.concrete_shape(o, {"batch": len(idx)}) for o in spec.outputs])
             for p, o in zip(pool, outs, strict=True):
                 p[idx] = o
+        if model.asa is not None:
+            fig.extra["asa_tokens_reference"] = (
+                "PyTorch's asa_tokens of the graph's own patch_tokens rounded to the index dtype (the exact input the "
+                "ASA part sees): the rounding amplifies 1e-7 differences of patch_tokens into fp16-ulp-sized ones, "
+                "so asa_tokens of PyTorch's own index differ by up to asa_tokens_index_drift")
+            fig.extra["asa_tokens_index_drift"] = index_drift
         text = ref["pool_text"]
         fig.topk.append({"what": "videos ranked per text (meanP)",
                          **topk_agreement(text @ ref["pool_video"][0].T, text @ pool[0].T, pcfg.topk, pcfg.tie_eps)})
@@ -243,9 +272,9 @@ def run_parity(model, files: dict[str, Path], specs: dict[str, GraphSpec], input
         sess, spec = ort_session(files["asa_head"], precision), specs["asa_head"]
         head = AsaHeadGraph(model).eval()
         fig = _GraphFigures("queries x videos")
-        text, (_, frame_emb, patch_tokens) = ref["pool_text"], ref["pool_video"]
+        text, rerank = ref["pool_text"], stored_rerank(model, ref["pool_video"])
         for qi, vi in _asa_blocks(n, pcfg):
-            feeds = {"text_emb": text[qi], "frame_emb": frame_emb[vi], "patch_tokens": patch_tokens[vi]}
+            feeds = dict(zip(ASA_INPUTS, (text[qi], *(x[vi] for x in rerank)), strict=True))
             r = head(*(torch.from_numpy(v) for v in feeds.values())).numpy()
             out = sess.run(None, feeds)[0]
             fig.add_run([len(qi), len(vi)], ("similarity",), [r], [out],
@@ -261,16 +290,16 @@ def run_parity(model, files: dict[str, Path], specs: dict[str, GraphSpec], input
 
     result: dict[str, Any] = {"graphs": graphs}
     if "video" in ort_pool and "text" in ort_pool:
-        result["pipeline"] = _pipeline(files, ort_pool, ref, pcfg, precision, judge)
+        result["pipeline"] = _pipeline(model, files, ort_pool, ref, pcfg, precision, judge)
     return result
 
 
-def _pipeline(files, ort_pool, ref, pcfg, precision, judge) -> dict[str, Any]:
-    text, (video_emb, frame_emb, patch_tokens) = ort_pool["text"], ort_pool["video"]
+def _pipeline(model, files, ort_pool, ref, pcfg, precision, judge) -> dict[str, Any]:
+    text, video_emb = ort_pool["text"], ort_pool["video"][0]
     try:
         if "asa_head" in files:
-            sim = ort_session(files["asa_head"], precision).run(
-                None, {"text_emb": text, "frame_emb": frame_emb, "patch_tokens": patch_tokens})[0]
+            feeds = dict(zip(ASA_INPUTS, (text, *stored_rerank(model, ort_pool["video"])), strict=True))
+            sim = ort_session(files["asa_head"], precision).run(None, feeds)[0]
             what = "text_encoder -> video_encoder -> asa_head"
         else:
             sim = text @ video_emb.T

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rap_deploy.config import FrameSamplingConfig, RAPConfig
+from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors, video_outputs
 from rap_deploy.tokenizer import tokenize
 
 
@@ -23,19 +24,37 @@ class Encoder(Protocol):
 
     config: RAPConfig
 
-    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]: ...
 
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray: ...
 
-    def asa_similarity(self, text_emb: np.ndarray, frame_emb: np.ndarray, patch_tokens: np.ndarray) -> np.ndarray: ...
+    def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray: ...
+
+
+def has_asa_head(encoder: Any) -> bool:
+    """Whether ``encoder`` (an Engine or :class:`ModelEncoder`) has an ASA head."""
+    return bool(getattr(encoder, "has_asa", encoder.config.has_asa))
+
+
+def as_index_dtypes(names: tuple[str, ...], arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """``arrays`` (named ``names``) in the index's dtypes (``rap_deploy.graphs.INDEX_DTYPES``), contiguous.
+
+    Arrays already in their dtype are passed through without a copy (an fp16 index block is never converted).
+    Raises :class:`~rap_deploy.errors.UsageError` when the counts differ.
+    """
+    from rap_deploy.errors import UsageError
+
+    if len(names) != len(arrays):
+        raise UsageError(f"expected the re-rank tensors {list(names)} (rap_deploy.graphs.rerank_tensors), got "
+                         f"{len(arrays)} arrays")
+    return tuple(np.ascontiguousarray(a, dtype=INDEX_DTYPES[n]) for n, a in zip(names, arrays, strict=True))
 
 
 class ModelEncoder:
     """Numpy-in / numpy-out wrapper of a :class:`RAPModel` with the Engine method names (the PyTorch reference)."""
 
     def __init__(self, model: Any, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 query_chunk: int = 32, video_chunk: int = 32) -> None:
+                 query_chunk: int = 32, video_chunk: int = 16) -> None:
         self.model = model.to(device=device).eval()
         if dtype != torch.float32:
             self.model = self.model.to(dtype)
@@ -56,11 +75,10 @@ class ModelEncoder:
         return x.detach().to("cpu", torch.float32).numpy()
 
     @torch.no_grad()
-    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """See ``Engine.encode_video``."""
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """See ``Engine.encode_video``: float32 outputs in ``rap_deploy.graphs.video_outputs(has_asa)`` order."""
         mask = None if frame_mask is None else self._t(frame_mask)
-        return tuple(self._np(x) for x in self.model.encode_video(self._t(frames), mask))  # type: ignore[return-value]
+        return tuple(self._np(x) for x in self.model.encode_video(self._t(frames), mask))
 
     @torch.no_grad()
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
@@ -68,24 +86,65 @@ class ModelEncoder:
         return self._np(self.model.encode_text(self._t(input_ids), self._t(eot)))
 
     @torch.no_grad()
-    def asa_similarity(self, text_emb: np.ndarray, frame_emb: np.ndarray, patch_tokens: np.ndarray) -> np.ndarray:
-        """See ``Engine.asa_similarity``."""
-        return self._np(self.model.asa_similarity(self._t(text_emb), self._t(frame_emb), self._t(patch_tokens),
-                                                  self.query_chunk, self.video_chunk))
+    def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
+        """See ``Engine.asa_similarity``: ``rerank`` in ``rerank_tensors(has_asa)`` order, taken in the index's dtypes
+        (an fp16 block stays fp16 until the model gathers from it)."""
+        if self.has_asa:
+            rerank = as_index_dtypes(rerank_tensors(True), rerank)
+        tensors = [_tensor_view(x).to(self.device) for x in rerank]
+        if tensors:  # frame_emb in the compute dtype (fp16 on CUDA); the stored tensors keep theirs
+            tensors[0] = tensors[0].to(self.dtype)
+        return self._np(self.model.asa_similarity(self._t(text_emb), *tensors, query_chunk=self.query_chunk,
+                                                  video_chunk=self.video_chunk))
+
+
+def _tensor_view(x: np.ndarray) -> torch.Tensor:
+    """``x`` as a CPU tensor sharing its memory (read-only memory-mapped index shards too: nothing writes to it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(x))
 
 
 @dataclass
 class VideoIndex:
-    """The offline video index: the video encoder's outputs for a library (``patch_tokens`` stored in fp16)."""
+    """The offline video index: the video encoder's outputs for a library, each in its ``INDEX_DTYPES`` dtype.
+
+    ``asa_tokens`` is ``None`` for models without an ASA head. :meth:`rerank` gives the stage-2 tensors.
+    """
 
     video_ids: list[str]
     video_emb: np.ndarray  # [V, d] float32
     frame_emb: np.ndarray  # [V, T, d] float32
     patch_tokens: np.ndarray  # [V, T, P, d] float16
+    asa_tokens: np.ndarray | None = None  # [V, T, P, 3·d_a] float32
     skipped: list[dict[str, str]] = field(default_factory=list)
+    _gather: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.video_ids)
+
+    @property
+    def has_asa(self) -> bool:
+        """Whether the index holds ASA tensors (a model with an ASA head encoded it)."""
+        return self.asa_tokens is not None
+
+    def rerank(self, rows: Any = slice(None)) -> tuple[np.ndarray, ...]:
+        """The stage-2 tensors (``rerank_tensors(has_asa)`` order) of the videos ``rows`` (a slice or indices)."""
+        return tuple(getattr(self, name)[rows] for name in rerank_tensors(self.has_asa))
+
+    def candidate_gather(self) -> CandidateGather:
+        """This index's :class:`CandidateGather`, kept so its buffers serve every later search (one at a time)."""
+        if self._gather is None or self._gather.index is not self:
+            self._gather = CandidateGather(self)
+        return self._gather
+
+    def subset(self, count: int) -> VideoIndex:
+        """The first ``count`` videos (views, no copy)."""
+        return VideoIndex(self.video_ids[:count], self.video_emb[:count], self.frame_emb[:count],
+                          self.patch_tokens[:count], None if self.asa_tokens is None else self.asa_tokens[:count],
+                          list(self.skipped))
 
 
 def sampling_for(config: RAPConfig, split_sampling: FrameSamplingConfig) -> FrameSamplingConfig:
@@ -132,21 +191,29 @@ def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = Tr
 
 
 def encode_videos(encoder: Encoder, split: Any, cache: Any, batch_size: int = 8, progress: bool = True) -> VideoIndex:
-    """Run the video encoder over every video of ``split`` (all must decode: see :func:`usable_videos`)."""
-    from rap_deploy.data.progress import progress_bar
+    """Run the video encoder over every video of ``split`` (all must decode: see :func:`usable_videos`).
 
-    video, frame, patch = [], [], []
+    Every output is kept in its ``INDEX_DTYPES`` dtype. Raises :class:`~rap_deploy.errors.CheckFailedError` when the
+    encoder returns another number of outputs than its model has.
+    """
+    from rap_deploy.data.progress import progress_bar
+    from rap_deploy.errors import CheckFailedError
+
+    names = video_outputs(has_asa_head(encoder))
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     with progress_bar(split.num_videos, "encoding videos", progress) as advance:
         for start in range(0, split.num_videos, batch_size):
             idx = list(range(start, min(start + batch_size, split.num_videos)))
             frames, mask = load_video_batch(split, idx, cache, encoder.config)
-            v, f, p = encoder.encode_video(frames, mask)
-            video.append(v)
-            frame.append(f)
-            patch.append(p.astype(np.float16))
+            outs = encoder.encode_video(frames, mask)
+            if len(outs) != len(names):
+                raise CheckFailedError(f"the video encoder returned {len(outs)} outputs, expected {list(names)}")
+            for n, out in zip(names, outs, strict=True):
+                parts[n].append(np.asarray(out, dtype=INDEX_DTYPES[n]))
             advance(len(idx))
-    return VideoIndex([v.video_id for v in split.videos], np.concatenate(video), np.concatenate(frame),
-                      np.concatenate(patch))
+    arrays = {n: np.concatenate(p) for n, p in parts.items()}
+    return VideoIndex([v.video_id for v in split.videos], arrays["video_emb"], arrays["frame_emb"],
+                      arrays["patch_tokens"], arrays.get("asa_tokens"))
 
 
 def encode_texts(encoder: Encoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -160,12 +227,12 @@ def full_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoIndex, q
                     progress: bool = True, video_block: int = 256) -> np.ndarray:
     """ASA similarity of every text with every video ``[Q, V]``, computed in ``video_block × query_block`` blocks.
 
-    Memory stays bounded whatever Q and V: only one block of the fp16 patch-token index is converted to float32 at a
-    time (for ViT-B/32, 12 frames: 256 videos ≈ 0.3 GB), and the encoder sees at most ``query_block`` texts.
+    Memory stays bounded whatever Q and V: the encoder sees at most ``query_block`` texts and ``video_block`` videos
+    of the index at a time, in the index's own dtypes (no block is converted here).
     """
     from rap_deploy.data.progress import progress_bar
 
-    if not getattr(encoder, "has_asa", encoder.config.has_asa):
+    if not has_asa_head(encoder):
         return meanp_similarity(text_emb, index)
     n_q, n_v = len(text_emb), len(index)
     out = np.empty((n_q, n_v), dtype=np.float32)
@@ -173,11 +240,10 @@ def full_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoIndex, q
     with progress_bar(n_q * n_blocks, "ASA similarity", progress) as advance:
         for v0 in range(0, n_v, video_block):
             v1 = min(v0 + video_block, n_v)
-            frames = index.frame_emb[v0:v1]
-            patches = index.patch_tokens[v0:v1].astype(np.float32)
+            rerank = index.rerank(slice(v0, v1))
             for q0 in range(0, n_q, query_block):
                 block = text_emb[q0:q0 + query_block]
-                out[q0:q0 + len(block), v0:v1] = encoder.asa_similarity(block, frames, patches)
+                out[q0:q0 + len(block), v0:v1] = encoder.asa_similarity(block, *rerank)
                 advance(len(block))
     return out
 
@@ -191,6 +257,32 @@ def meanp_similarity(text_emb: np.ndarray, index: VideoIndex) -> np.ndarray:
 _RERANK_OFFSET = 3.0
 
 
+class CandidateGather:
+    """Copies the re-rank tensors of a query's candidates into buffers reused from query to query.
+
+    A fresh ``index.patch_tokens[candidates]`` per query allocates (and page-faults) tens of MB each time; one
+    contiguous copy per candidate into a kept buffer does not (measured on ViT-B/32 shapes, 100 candidates: about
+    half the time of fancy indexing, and ``np.take(..., out=)`` was slower than both). The arrays it returns are
+    overwritten by the next call: one caller at a time.
+    """
+
+    def __init__(self, index: VideoIndex) -> None:
+        self.index = index
+        self._buffers: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The stage-2 tensors of the videos ``rows`` (int indices), as arrays owned by this object."""
+        arrays = self.index.rerank()
+        bufs = self._buffers.get(len(rows))
+        if bufs is None:
+            bufs = tuple(np.empty((len(rows), *a.shape[1:]), dtype=a.dtype) for a in arrays)
+            self._buffers = {len(rows): bufs}  # one size at a time (the top-M of every query)
+        for a, b in zip(arrays, bufs, strict=True):
+            for i, row in enumerate(rows):
+                b[i] = a[row]
+        return bufs
+
+
 def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoIndex, top_m: int = 100,
                          progress: bool = True) -> np.ndarray:
     """Two-stage search scores ``[Q, V]``: stage 1 ranks by meanP inner product, stage 2 re-ranks the top ``top_m``
@@ -199,16 +291,16 @@ def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoInd
     from rap_deploy.data.progress import progress_bar
 
     stage1 = meanp_similarity(text_emb, index)
-    if not getattr(encoder, "has_asa", encoder.config.has_asa):
+    if not has_asa_head(encoder):
         return stage1
     m = min(top_m, stage1.shape[1])
     cands = np.argpartition(-stage1, m - 1, axis=1)[:, :m]
     out = stage1.copy()
+    gather = index.candidate_gather()
     with progress_bar(len(text_emb), "two-stage re-rank", progress) as advance:
         for q in range(len(text_emb)):
             c = np.sort(cands[q])
-            scores = encoder.asa_similarity(text_emb[q:q + 1], index.frame_emb[c],
-                                            index.patch_tokens[c].astype(np.float32))
+            scores = encoder.asa_similarity(text_emb[q:q + 1], *gather(c))
             out[q, c] = _RERANK_OFFSET + scores[0]
             advance(1)
     return out

@@ -50,6 +50,16 @@ def test_bench_engine_and_torch_through_cli(micro_ort_engines, tmp_path):
     assert report["gflops"]["video_encoder_per_video"] > report["gflops"]["video_encoder_per_frame"] > 0
     assert report["adapter_cost"]["ratio"] > 0 and report["adapter_cost"]["batch_size"] == 1
     assert "random frames" in report["inputs"]
+    # issue 11: GFLOP per ASA pair from the counter, the search / video-encoder p50 ratio and the index size
+    assert 0 < report["gflops"]["asa_head_per_pair"] and 0 < report["gflops"]["search_rerank_per_pair"]
+    assert set(report["search_vs_video_p50"]) == {r["engine"] for r in rows}
+    for engine, ratio in report["search_vs_video_p50"].items():
+        p50 = {r["graph"]: r["p50_ms"] for r in rows if r["engine"] == engine and r["batch_size"] == 1}
+        assert ratio == pytest.approx(p50["search"] / p50["video"])
+    per_video = report["index"]["bytes_per_video"]
+    assert per_video == {"video_emb": 32 * 4, "frame_emb": 4 * 32 * 4, "patch_tokens": 4 * 16 * 32 * 2,
+                         "asa_tokens": 4 * 16 * 48 * 4, "total": sum(v for k, v in per_video.items() if k != "total")}
+    assert "index bytes per video" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "bench.md").read_text().startswith("# rapdeploy bench")
 
@@ -101,6 +111,7 @@ def test_latency_stats_and_timing():
 def test_random_index_is_normalised():
     index = random_index(5, frames=3, patches=4, dim=8, seed=0, chunk=2)
     assert index.patch_tokens.dtype == np.float16 and index.patch_tokens.shape == (5, 3, 4, 8)
+    assert index.asa_tokens is None and len(index.rerank()) == 0
     np.testing.assert_allclose(np.linalg.norm(index.patch_tokens.astype(np.float32), axis=-1), 1.0, atol=2e-3)
     np.testing.assert_allclose(np.linalg.norm(index.video_emb, axis=-1), 1.0, atol=1e-5)
 
@@ -140,3 +151,16 @@ def test_load_judge_rules():
     assert len(reasons) == 1 and "text batch 8" in reasons[0]  # blocks too short to measure are not judged alone
     assert any("stole" in r for r in judge({**quiet, "steal_cores": 0.5}, [], [30.0], limits))
     assert any("GEMM" in r for r in judge(quiet, [], [30.0, 20.0], limits))
+
+
+def test_random_index_holds_the_models_asa_tokens(micro_model):
+    from conftest import randomize_adapters
+
+    randomize_adapters(micro_model, seed=2)
+    asa = micro_model.asa
+    index = random_index(5, frames=4, patches=16, dim=32, seed=0, chunk=2, asa=asa)
+    assert index.asa_tokens.dtype == np.float32 and index.asa_tokens.shape == (5, 4, 16, 3 * asa.attn_dim)
+    with torch.no_grad():  # computed from the patch tokens as stored (fp16), every frame valid
+        expected = asa.video_tokens(torch.from_numpy(index.patch_tokens).float(), torch.ones(5, 4)).numpy()
+    np.testing.assert_allclose(index.asa_tokens, expected, atol=1e-6)
+    assert [x.shape[0] for x in index.rerank(np.array([4, 0]))] == [2, 2, 2]

@@ -28,32 +28,52 @@ def _embeddings(model, videos=5, seed=0):
 
 
 def test_blocked_similarity_equals_one_block(micro_model):
+    from rap_deploy.engines.blocks import rerank_inputs
+
     randomize_adapters(micro_model, seed=3)
-    _, frame_emb, patch_tokens = _embeddings(micro_model)
-    text = torch.nn.functional.normalize(torch.randn(7, frame_emb.shape[-1], generator=torch.Generator()
+    rerank = rerank_inputs(True, tuple(x.numpy() for x in _embeddings(micro_model)[1:]))
+    assert [x.dtype for x in rerank] == [np.float32, np.float16, np.float32]  # the index's dtypes
+    text = torch.nn.functional.normalize(torch.randn(7, rerank[0].shape[-1], generator=torch.Generator()
                                                      .manual_seed(1)), dim=-1)
     with torch.no_grad():
-        full = micro_model.asa(text, frame_emb, patch_tokens).numpy()
+        full = micro_model.asa(text, *(torch.from_numpy(x) for x in rerank)).numpy()
     calls = []
 
-    def run(t, f, p):
-        calls.append((len(t), len(f)))
+    def run(t, *arrays):
+        calls.append((len(t), len(arrays[0])))
+        assert [a.dtype for a in arrays] == [x.dtype for x in rerank]  # sliced, never converted
         with torch.no_grad():
-            return micro_model.asa(torch.from_numpy(t), torch.from_numpy(f), torch.from_numpy(p)).numpy()
+            return micro_model.asa(torch.from_numpy(t), *(torch.from_numpy(a) for a in arrays)).numpy()
 
-    out = blocked_similarity(run, text.numpy(), frame_emb.numpy(), patch_tokens.numpy(), query_block=3, video_block=2)
+    out = blocked_similarity(run, text.numpy(), rerank, query_block=3, video_block=2)
     assert np.allclose(out, full, atol=1e-5)
     assert max(q for q, _ in calls) == 3 and max(v for _, v in calls) == 2 and len(calls) == 9
+
+
+def test_rerank_inputs_check_the_contract():
+    from rap_deploy.engines.blocks import rerank_inputs
+
+    f, p, a = np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 16, 8), np.float16), np.zeros((2, 4, 16, 12), np.float32)
+    assert all(x is y for x, y in zip(rerank_inputs(True, (f, p, a)), (f, p, a), strict=True))  # no copies
+    assert rerank_inputs(True, (f, p.astype(np.float32), a))[1].dtype == np.float16
+    with pytest.raises(UsageError, match="asa_tokens"):
+        rerank_inputs(True, (f, p))
+    with pytest.raises(UsageError, match="different numbers of videos"):
+        rerank_inputs(True, (f, p, a[:1]))
+    with pytest.raises(UsageError, match="no ASA head"):
+        rerank_inputs(False, ())
 
 
 def test_meanp_similarity_matches_the_model_without_asa():
     from rap_deploy.checkpoint import new_checkpoint
     from rap_deploy.model.clip_loader import BackboneSpec
     _, light = new_checkpoint(micro_config(variant="rap_light"), BackboneSpec.parse("rap-micro", "none"), seed=0)
-    _, frame_emb, patch_tokens = _embeddings(light.eval())
+    outputs = _embeddings(light.eval())
+    assert len(outputs) == 3  # no asa_tokens without an ASA head
+    frame_emb = outputs[1]
     text = torch.nn.functional.normalize(torch.randn(4, frame_emb.shape[-1]), dim=-1)
     with torch.no_grad():
-        ref = light.asa_similarity(text, frame_emb, patch_tokens).numpy()
+        ref = light.asa_similarity(text, frame_emb).numpy()
     assert np.allclose(meanp_similarity_from_frames(text.numpy(), frame_emb.numpy()), ref, atol=1e-6)
 
 
@@ -77,6 +97,10 @@ def test_input_checks_name_the_expected_shapes():
         check_video_inputs(np.zeros((2, 5, 3, 32, 32)), None, cfg)
     with pytest.raises(UsageError, match="frame_mask"):
         check_video_inputs(np.zeros((2, 4, 3, 32, 32)), np.ones((2, 3)), cfg)
+    check_video_inputs(np.zeros((2, 4, 3, 32, 32)), np.array([[1, 1, 1, 0], [1, 0, 0, 0]]), cfg)  # prefixes
+    for bad in ([[1, 0, 1, 1], [1, 1, 1, 1]], [[1, 1, 0.5, 0], [1, 1, 1, 1]]):  # a hole; a fractional weight
+        with pytest.raises(UsageError, match=r"frame_mask row 0 .* \(real frames first"):
+            check_video_inputs(np.zeros((2, 4, 3, 32, 32)), np.array(bad), cfg)
     ids, eot = check_text_inputs(np.zeros((3, 32), np.int64), np.array([1, 2, 3]), cfg)
     assert ids.dtype == np.int32 and eot.dtype == np.int32
     with pytest.raises(UsageError, match=r"\[B,32\]"):

@@ -27,7 +27,8 @@ VIDEO_INPUTS = [{"name": "frames", "shape": ["batch", 4, 3, 32, 32], "dtype": "f
                 {"name": "frame_mask", "shape": ["batch", 4], "dtype": "float32"}]
 ASA_INPUTS = [{"name": "text_emb", "shape": ["queries", 32], "dtype": "float32"},
               {"name": "frame_emb", "shape": ["videos", 4, 32], "dtype": "float32"},
-              {"name": "patch_tokens", "shape": ["videos", 4, 16, 32], "dtype": "float32"}]
+              {"name": "patch_tokens", "shape": ["videos", 4, 16, 32], "dtype": "float16"},
+              {"name": "asa_tokens", "shape": ["videos", 4, 16, 48], "dtype": "float32"}]
 
 
 def test_default_profiles_cover_every_graph_and_axis():
@@ -67,6 +68,7 @@ def test_profile_shapes_from_manifest_inputs():
     asa = profile_shapes("asa_head", ASA_INPUTS, ranges["asa_head"])
     assert asa["text_emb"]["max"] == [4, 32]
     assert asa["frame_emb"]["max"] == [6, 4, 32] and asa["patch_tokens"]["opt"] == [6, 4, 16, 32]
+    assert asa["asa_tokens"] == {"min": [1, 4, 16, 48], "opt": [6, 4, 16, 48], "max": [6, 4, 16, 48]}
 
 
 def test_profile_shapes_refuse_static_batch_and_extra_symbolic_dims():

@@ -42,25 +42,47 @@ def test_video_encoder_keeps_layernorm_softmax_and_normalisation_fp32(plans, mic
     assert plan.compute_nodes > len(plan.fp32)
 
 
-def test_asa_head_keeps_selection_and_sampling_fp32(plans, micro_ort_engines):
+def test_asa_head_keeps_selection_fp32(plans, micro_ort_engines):
     graph = onnx.load(str(micro_ort_engines["export"] / "asa_head.onnx")).graph
     ops = {n.name: n.op_type for n in graph.node}
     plan = plans["asa_head"]
     topk = [n for n in graph.node if n.op_type == "TopK"]
     assert len(topk) == 1 and plan.fp32[topk[0].name] == SELECTION
-    scores = next(n for n in graph.node if topk[0].input[0] in n.output)  # the text x patch product
-    assert plan.fp32[scores.name] == SELECTION
-    sampling = [n for n, r in plan.fp32.items() if r == SAMPLING]
-    # trilinear warp = 3 separable linear passes (time, rows, cols) on keys and on values: 6 blends of 2 gathers
-    assert sum(ops[n] == "Add" for n in sampling) == 6
-    assert sum(ops[n] == "Gather" for n in sampling) == 12 and sum(ops[n] == "Mul" for n in sampling) == 12
+    scores = next(n for n in graph.node if topk[0].input[0] in n.output)
+    while scores.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze"):  # up to the text x patch product
+        scores = next(n for n in graph.node if scores.input[0] in n.output)
+    assert scores.op_type == "MatMul" and plan.fp32[scores.name] == SELECTION
     assert all(plan.fp32[n] == SOFTMAX for n, op in ops.items() if op == "Softmax")
+    # the warp moved to the video encoder (index time): no sampling per query, and only the output projection
+    assert not any(r == SAMPLING for r in plan.fp32.values())
     projections = [n for n, op in ops.items() if op == "MatMul" and "proj" in n]
-    assert len(projections) == 4 and not any(n in plan.fp32 for n in projections)
+    assert len(projections) == 1 and not any(n in plan.fp32 for n in projections)
+
+
+def test_video_encoder_keeps_the_asa_warp_fp32(plans, micro_ort_engines):
+    """The warp of the keys and values (one volume) runs in the video encoder: 3 separable linear passes. The two
+    spatial passes gather at constant positions and are in the plan; the temporal pass gathers at positions clamped
+    to each video's valid frames (computed from frame_mask), so the plan's constant-position rule does not pin it,
+    and the export's fp16 graph keeps it fp32 by its own gather rule (checked below)."""
+    from rap_deploy.export.export_config import FP16_BLOCKED_OPS
+    from rap_deploy.export.fp16 import convert_to_fp16
+
+    path = micro_ort_engines["export"] / "video_encoder.onnx"
+    ops = _ops(path)
+    sampling = [n for n, r in plans["video_encoder"].fp32.items() if r == SAMPLING]
+    assert sum(ops[n] == "Add" for n in sampling) == 2
+    assert sum(ops[n] == "Gather" for n in sampling) == 4 and sum(ops[n] == "Mul" for n in sampling) == 4
+    half, _ = convert_to_fp16(onnx.load(str(path)), FP16_BLOCKED_OPS)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*half.graph.value_info, *half.graph.output)}
+    blends = [n for n in half.graph.node if n.op_type == "Add" and all(
+        (p := next((m for m in half.graph.node if i in m.output), None)) is not None and p.op_type == "Mul"
+        for i in n.input)]
+    warp_blends = [n for n in blends if any(types.get(o) == onnx.TensorProto.FLOAT for o in n.output)]
+    assert len(warp_blends) >= 3  # time, rows and cols all blend in fp32 in the fp16 graph
 
 
 def test_tensorrt_layer_names_map_to_the_planned_nodes(plans):
-    plan = plans["asa_head"]
+    plan = plans["video_encoder"]
     matcher = NodeMatcher(plan.node_names)
     node = next(n for n, r in plan.fp32.items() if r == SAMPLING)
     assert matcher.owner(node) == node

@@ -13,6 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from rap_deploy.cli.app import app
+from rap_deploy.export.parity import asa_tokens_given
+from rap_deploy.graphs import ASA_INPUTS
 
 # Fractional and negative ASA offsets (γ per head (y, x) in patches, δ per head in frames): every sampling branch.
 PATCH_OFFSET = [[0.3, -1.6], [-0.7, 2.25]]
@@ -121,9 +123,28 @@ def test_graph_structure(exported):
     video = manifest["graphs"]["video_encoder"]
     assert video["inputs"][0] == {"name": "frames", "shape": ["batch", 4, 3, 32, 32], "dtype": "float32"}
     assert video["inputs"][1] == {"name": "frame_mask", "shape": ["batch", 4], "dtype": "float32"}
-    assert [o["shape"] for o in video["outputs"]] == [["batch", 32], ["batch", 4, 32], ["batch", 4, 16, 32]]
+    assert [o["shape"] for o in video["outputs"]] == [["batch", 32], ["batch", 4, 32], ["batch", 4, 16, 32],
+                                                      ["batch", 4, 16, 48]]  # asa_tokens: 3·d_a = 48
+    assert [o["name"] for o in video["outputs"]] == ["video_emb", "frame_emb", "patch_tokens", "asa_tokens"]
+    assert {o["dtype"] for o in video["outputs"]} == {"float32"}
     asa = manifest["graphs"]["asa_head"]
+    assert asa["inputs"] == [{"name": "text_emb", "shape": ["queries", 32], "dtype": "float32"},
+                             {"name": "frame_emb", "shape": ["videos", 4, 32], "dtype": "float32"},
+                             {"name": "patch_tokens", "shape": ["videos", 4, 16, 32], "dtype": "float16"},
+                             {"name": "asa_tokens", "shape": ["videos", 4, 16, 48], "dtype": "float32"}]
     assert asa["outputs"] == [{"name": "similarity", "shape": ["queries", "videos"], "dtype": "float32"}]
+    # The q/k/v projections (and the warp) run once per video in the video encoder; per query only the selection,
+    # a gather of the selected rows, attention and the output projection are left.
+    assert _weight_shapes(out / "asa_head.onnx") == [[16, 32]]  # out_proj only
+    assert [48, 32] in _weight_shapes(out / "video_encoder.onnx") or [32, 48] in _weight_shapes(
+        out / "video_encoder.onnx")  # q|k|v in one projection
+
+
+def _weight_shapes(path: Path) -> list[list[int]]:
+    """Shapes of the constant weights of a graph's MatMul/Gemm nodes."""
+    model = onnx.load(str(path))
+    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+    return [inits[n.input[1]] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -149,12 +170,16 @@ def test_onnxruntime_runs_each_graph(exported, offset_checkpoint, batch):
         ref_t = model.encode_text(ids, eot)
         v = 4 - batch
         frames_v = torch.randn(v, 4, 3, 32, 32, generator=gen)
-        _, fe, pt = model.encode_video(frames_v)
-        ref_s = model.asa(ref_t, fe, pt)
-    for r, o in zip(ref_v, run("video_encoder", {"frames": frames, "frame_mask": mask}), strict=True):
+        _, fe, pt, at = model.encode_video(frames_v)
+        pt = pt.half()  # the asa_head graph takes patch tokens as the index stores them
+        ref_s = model.asa(ref_t, fe, pt, at)
+    outs = run("video_encoder", {"frames": frames, "frame_mask": mask})
+    assert len(outs) == 4
+    ref_v = (*ref_v[:3], torch.from_numpy(asa_tokens_given(model, outs[2], mask.numpy())))  # on its own tokens
+    for r, o in zip(ref_v, outs, strict=True):
         np.testing.assert_allclose(o, r.numpy(), atol=1e-5)
     np.testing.assert_allclose(run("text_encoder", {"input_ids": ids, "eot": eot})[0], ref_t.numpy(), atol=1e-5)
-    sim = run("asa_head", {"text_emb": ref_t, "frame_emb": fe, "patch_tokens": pt})[0]
+    sim = run("asa_head", {"text_emb": ref_t, "frame_emb": fe, "patch_tokens": pt, "asa_tokens": at})[0]
     assert sim.shape == (batch, v)
     np.testing.assert_allclose(sim, ref_s.numpy(), atol=1e-5)
 
@@ -187,8 +212,9 @@ def test_fp16_graphs_keep_sensitive_ops_fp32(exported):
         g = model.graph
         types = {i.name: i.data_type for i in g.initializer}
         types.update({v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.value_info, *g.output)})
-        assert all(v.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT32)
-                   for v in (*g.input, *g.output))  # keep_io_types
+        io = [*manifest["graphs"][name]["inputs"], *manifest["graphs"][name]["outputs"]]
+        assert [onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+                for v in (*g.input, *g.output)] == [t["dtype"] for t in io]  # keep_io_types: the contract's dtypes
         half = [n for n in g.node if n.op_type in ("MatMul", "Gemm", "Conv")
                 and types.get(n.output[0]) == onnx.TensorProto.FLOAT16]
         assert half, f"{name}: no fp16 matmul"
@@ -370,7 +396,7 @@ def test_saliency_selection_asa_head_matches(tmp_path):
     args = example_inputs(model, dims, 3)["asa_head"]  # 3 queries, 4 videos
     with torch.no_grad():
         ref = model.asa_similarity(*args).numpy()
-    feeds = dict(zip(("text_emb", "frame_emb", "patch_tokens"), (a.numpy() for a in args), strict=True))
+    feeds = dict(zip(ASA_INPUTS, (a.numpy() for a in args), strict=True))
     out = sess.run(None, feeds)[0]
     assert out.shape == (3, 4)
     np.testing.assert_allclose(out, ref, atol=1e-5)

@@ -31,12 +31,12 @@ def _text(model, texts=("a red circle moves left", "a blue square", "green trian
 def test_identity_at_init_equals_frozen_clip_meanp(micro_model):
     frames = _frames()
     with torch.no_grad():
-        video_emb, frame_emb, patches = micro_model.encode_video(frames)
+        video_emb, *rerank = micro_model.encode_video(frames)
         per_frame = micro_model.clip.encode_image(frames.flatten(0, 1), normalize=True).view(3, 4, -1)
         meanp = F.normalize(per_frame.mean(1), dim=-1)
         assert (video_emb - meanp).abs().max() <= 1e-5
         text = _text(micro_model)
-        sim = micro_model.asa_similarity(text, frame_emb, patches)
+        sim = micro_model.asa_similarity(text, *rerank)
         assert (sim - text @ meanp.T).abs().max() <= 1e-5
 
 
@@ -53,8 +53,9 @@ def test_padded_frames_are_masked(micro_model):
     frames = _frames(b=1)
     mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
     with torch.no_grad():
-        v_masked, f, p = micro_model.encode_video(frames, mask)
-        assert f[0, 2:].abs().max() == 0 and p[0, 2:].abs().max() == 0
+        v_masked, f, p, a = micro_model.encode_video(frames, mask)
+        assert f[0, 2:].abs().max() == 0 and p[0, 2:].abs().max() == 0 and a[0, 2:].abs().max() == 0
+        assert a[0, :2].abs().min(-1).values.max() > 0
         per_frame = micro_model.clip.encode_image(frames[0, :2], normalize=True)
         assert (v_masked[0] - F.normalize(per_frame.mean(0), dim=-1)).abs().max() <= 1e-5
 
@@ -159,20 +160,20 @@ def test_saliency_selection_is_query_independent():
     model = RAPModel(load_clip(BackboneSpec.parse("rap-micro", "none")), micro_config(asa_selection="saliency"))
     randomize_adapters(model, seed=2)
     with torch.no_grad():
-        _, f, p = model.encode_video(_frames(b=2))
+        _, f, p, a = model.encode_video(_frames(b=2))
         text = _text(model)
-        sim = model.asa_similarity(text, f, p)
-        cond = model.asa.conditioned_embedding(text, f, p)
+        sim = model.asa_similarity(text, f, p, a)
+        cond = model.asa.conditioned_embedding(text, f, p, a)
     assert cond.shape[0] == 1 and sim.shape == (3, 2)
 
 
 def test_asa_chunking_is_exact(micro_model):
     randomize_adapters(micro_model, seed=4)
     with torch.no_grad():
-        _, f, p = micro_model.encode_video(_frames(b=5))
+        _, *rerank = micro_model.encode_video(_frames(b=5))
         text = _text(micro_model)
-        full = micro_model.asa_similarity(text, f, p, query_chunk=64, video_chunk=64)
-        chunked = micro_model.asa_similarity(text, f, p, query_chunk=2, video_chunk=2)
+        full = micro_model.asa_similarity(text, *rerank, query_chunk=64, video_chunk=64)
+        chunked = micro_model.asa_similarity(text, *rerank, query_chunk=2, video_chunk=2)
     assert (full - chunked).abs().max() < 1e-6
 
 

@@ -53,29 +53,28 @@ def batch_loss(model: torch.nn.Module, frames: torch.Tensor, frame_mask: torch.T
     batch (``all_reduce_sum`` it for logging).
     """
     ctx = ctx or DistContext()
-    _, frame_emb, patch_tokens = model.encode_video(frames, frame_mask)
+    rerank = model.encode_video(frames, frame_mask)[1:]  # the re-rank tensors (rap_deploy.graphs.rerank_tensors)
     text_emb = model.encode_text(ids, eot)
     scale = model.logit_scale
     if not ctx.distributed:
-        sim = model.asa_similarity(text_emb, frame_emb, patch_tokens)
+        sim = model.asa_similarity(text_emb, *rerank)
         return symmetric_info_nce(sim, scale, video_ids)
 
     b = frames.shape[0]
-    shapes = (text_emb.shape[1:], frame_emb.shape[1:], patch_tokens.shape[1:])
+    shapes = [text_emb.shape[1:], *(x.shape[1:] for x in rerank)]
     sizes = [s.numel() for s in shapes]
-    dtype = frame_emb.dtype
-    packed = torch.cat([text_emb.to(dtype).reshape(b, -1), frame_emb.reshape(b, -1), patch_tokens.reshape(b, -1)], 1)
-    gathered = gather_with_grad(packed, ctx)  # one collective for all three tensors
-    t_all, f_all, p_all = torch.split(gathered, sizes, dim=1)
+    dtype = rerank[0].dtype
+    packed = torch.cat([text_emb.to(dtype).reshape(b, -1), *(x.to(dtype).reshape(b, -1) for x in rerank)], 1)
+    gathered = gather_with_grad(packed, ctx)  # one collective for every tensor
     n = gathered.shape[0]
-    t_all, f_all, p_all = (x.reshape(n, *s) for x, s in zip((t_all, f_all, p_all), shapes, strict=True))
-    t_all = t_all.to(text_emb.dtype)
+    parts = [x.reshape(n, *s) for x, s in zip(torch.split(gathered, sizes, dim=1), shapes, strict=True)]
+    t_all, rerank_all = parts[0].to(text_emb.dtype), parts[1:]
 
     lo = ctx.rank * b
     target = torch.arange(lo, lo + b, device=frames.device)
     dup = duplicate_mask(video_ids.to(frames.device))[lo:lo + b]  # [b, B]; symmetric, so rows serve both ways
-    rows = model.asa_similarity(text_emb, f_all, p_all).float() * scale  # local texts vs all videos [b, B]
-    cols = model.asa_similarity(t_all, frame_emb, patch_tokens).float().T * scale  # local videos vs all texts
+    rows = model.asa_similarity(text_emb, *rerank_all).float() * scale  # local texts vs all videos [b, B]
+    cols = model.asa_similarity(t_all, *rerank).float().T * scale  # local videos vs all texts
     t2v = F.cross_entropy(rows.masked_fill(dup, float("-inf")), target, reduction="sum")
     v2t = F.cross_entropy(cols.masked_fill(dup, float("-inf")), target, reduction="sum")
     return (t2v + v2t) / (2 * n)

@@ -1,8 +1,22 @@
 """ASA: text-conditioned sparse patch selection, offset warping and asynchronous self-attention (DESIGN.md §3).
 
+The head is split where the query enters (the contract of DESIGN.md §4, route 2 of issue 11, "index-time
+precompute"):
+
+- :meth:`AsynchronousSelfAttention.video_tokens` runs once per video, inside the video encoder: it projects every
+  patch token to attention queries (``q_proj``) and to keys and values (``k_proj``, ``v_proj``), warps the keys and
+  values by the per-head offsets (γ, δ) and returns them as one ``asa_tokens [V,T,P,3·d_a]`` tensor for the index.
+  None of this depends on the query: γ and δ are parameters, so the warp is a fixed interpolation of each video's
+  token volume.
+- :meth:`AsynchronousSelfAttention.forward` runs per query over candidate videos: the top-k selection needs every
+  patch token (cosine with the text), the attention only the ``k`` selected rows per frame of ``asa_tokens``, which
+  are gathered *before* anything else touches them (and cast to the compute dtype after the gather, so an fp16
+  index is never converted whole).
+
 All sampling is index arithmetic, clamping and ``index_select`` (ONNX ``Gather``): no ``grid_sample``, no
-data-dependent shapes, a constant top-k. The warp depends only on parameters (γ, δ), never on the query, so it is
-applied to the projected key/value volumes of each video, once per video block.
+data-dependent shapes, a constant top-k. Frames are valid as a prefix (the decoder pads short videos at the end,
+``rap_deploy.data.video.decode_video``), so the temporal warp clamps each video's samples to ``[0, n_valid - 1]``:
+padded frames never leak into a real frame's key or value.
 """
 
 from __future__ import annotations
@@ -13,44 +27,90 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Padded-frame keys get this logit offset: exp(-1e4) is exactly 0 in fp32, so they take no attention weight.
+_MASKED_LOGIT = -1e4
 
-def _shift_along_axis(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """Linearly sample ``x`` ``[G, H, N, R]`` at position ``n + offset[h]`` along axis 2, clamped to ``[0, N-1]``.
+
+def _shift_along_axis(x: torch.Tensor, offset: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+    """Linearly sample ``x`` ``[G, H, N, R]`` at position ``n + offset[h]`` along axis 2, clamped to ``[0, last]``.
 
     ``G`` is a batch of groups, ``H`` heads (each with its own offset), ``N`` the sampled axis, ``R`` the rest.
-    Written as two ``index_select`` gathers over the flattened (head, position) axis and a weighted sum.
+    ``last`` (int64 ``[G]``, optional) is each group's last valid position (default ``N - 1`` for every group).
+    Written as two ``index_select`` gathers and a weighted sum: without ``last`` over the flattened (head, position)
+    axis at constant positions, with ``last`` over the flattened (group, head, position) axis at computed positions.
     """
     g, h, n, r = x.shape
     base = torch.floor(offset)  # [H]
     frac = (offset - base).view(1, h, 1, 1)  # gradient reaches the offset through the interpolation weight
-    pos = torch.arange(n, device=x.device, dtype=torch.int64).view(1, n)
-    i0 = (pos + base.to(torch.int64).view(h, 1)).clamp(0, n - 1)  # [H, N]
-    i1 = (pos + base.to(torch.int64).view(h, 1) + 1).clamp(0, n - 1)
-    head = torch.arange(h, device=x.device, dtype=torch.int64).view(h, 1) * n
-    flat = x.reshape(g, h * n, r)
-    x0 = flat.index_select(1, (head + i0).reshape(-1)).view(g, h, n, r)
-    x1 = flat.index_select(1, (head + i1).reshape(-1)).view(g, h, n, r)
+    pos = torch.arange(n, device=x.device, dtype=torch.int64).view(1, n) + base.to(torch.int64).view(h, 1)  # [H, N]
+    if last is None:  # one static bound: the gather positions are constants of the graph
+        head = torch.arange(h, device=x.device, dtype=torch.int64).view(h, 1) * n
+        flat = x.reshape(g, h * n, r)
+        x0 = flat.index_select(1, (head + pos.clamp(0, n - 1)).reshape(-1)).view(g, h, n, r)
+        x1 = flat.index_select(1, (head + (pos + 1).clamp(0, n - 1)).reshape(-1)).view(g, h, n, r)
+        return x0 * (1.0 - frac) + x1 * frac
+    upper = last.to(torch.int64).view(g, 1, 1)  # each group's own bound: still plain index arithmetic
+    rows = (torch.arange(g, device=x.device, dtype=torch.int64).view(g, 1, 1) * h
+            + torch.arange(h, device=x.device, dtype=torch.int64).view(1, h, 1)) * n
+    flat = x.reshape(g * h * n, r)
+    i0 = torch.minimum(pos.clamp_min(0).view(1, h, n), upper)  # [G, H, N]
+    i1 = torch.minimum((pos + 1).clamp_min(0).view(1, h, n), upper)
+    x0 = flat.index_select(0, (rows + i0).reshape(-1)).view(g, h, n, r)
+    x1 = flat.index_select(0, (rows + i1).reshape(-1)).view(g, h, n, r)
     return x0 * (1.0 - frac) + x1 * frac
 
 
-def trilinear_warp(volume: torch.Tensor, patch_offset: torch.Tensor, time_offset: torch.Tensor) -> torch.Tensor:
+def trilinear_warp(volume: torch.Tensor, patch_offset: torch.Tensor, time_offset: torch.Tensor,
+                   last_frame: torch.Tensor | None = None) -> torch.Tensor:
     """Sample a per-head token volume at (t + δ_h, row + γ_h,y, col + γ_h,x) with clamped borders.
 
     Args:
         volume: ``[V, H, T, Hp, Wp, C]`` token features per head.
         patch_offset: ``[H, 2]`` offsets (y, x) in patch units.
         time_offset: ``[H]`` offsets in frames.
+        last_frame: int64 ``[V]``, each video's last valid frame (``n_valid - 1``); time is clamped to
+            ``[0, last_frame[v]]`` so padded frames never leak in. ``None`` clamps to ``[0, T - 1]``.
 
     Returns:
         ``[V, H, T, Hp, Wp, C]``: trilinear interpolation (separable, so three linear passes are exact).
     """
     v, h, t, hp, wp, c = volume.shape
-    x = _shift_along_axis(volume.reshape(v, h, t, hp * wp * c), time_offset).view(v, h, t, hp, wp, c)
+    x = _shift_along_axis(volume.reshape(v, h, t, hp * wp * c), time_offset, last_frame).view(v, h, t, hp, wp, c)
     x = x.permute(0, 2, 1, 3, 4, 5).reshape(v * t, h, hp, wp * c)  # rows
     x = _shift_along_axis(x, patch_offset[:, 0]).view(v, t, h, hp, wp, c)
     x = x.permute(0, 1, 3, 2, 4, 5).reshape(v * t * hp, h, wp, c)  # cols
     x = _shift_along_axis(x, patch_offset[:, 1]).view(v, t, hp, h, wp, c)
     return x.permute(0, 3, 1, 2, 4, 5).contiguous()
+
+
+def _in_export() -> bool:
+    """Whether the code is being traced or compiled (ONNX export): then graphs get one op, not a Python loop."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+def token_scores(query: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``query [Q,d] @ tokens [N,d]ᵀ`` in ``query``'s dtype: the selection scores of every token.
+
+    One GEMM with the tokens as the transposed right operand (ONNX Runtime's single-query kernel streams them once:
+    measured 1.5x faster than ``tokens @ query.T`` and ~20x faster than an ONNX Einsum). Eagerly the fp16 → fp32
+    cast and the product run ``chunk`` tokens at a time, so the fp32 copy stays in cache instead of going through
+    memory (2x faster on 16 ViT-B/32 videos, identical values); traced, it is one Cast and one MatMul.
+    """
+    if _in_export():
+        return query @ tokens.to(query.dtype).T
+    out = query.new_empty(query.shape[0], tokens.shape[0])
+    for i in range(0, tokens.shape[0], chunk):
+        out[:, i:i + chunk] = query @ tokens[i:i + chunk].to(query.dtype).T
+    return out
+
+
+def last_valid_frame(frame_mask: torch.Tensor) -> torch.Tensor:
+    """Each video's last valid frame index, int64 ``[V]``, from ``frame_mask [V,T]`` (1 = real frame).
+
+    Frames are valid as a prefix (how ``decode_video`` pads), so it is ``n_valid - 1``; a video with no valid frame
+    gets 0.
+    """
+    return (frame_mask.sum(-1) - 1.0).clamp_min(0.0).to(torch.int64)
 
 
 def _off_integers(x: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
@@ -78,9 +138,11 @@ def initial_offsets(heads: int, radius: float = 0.6, max_shift: float = 0.75) ->
 class AsynchronousSelfAttention(nn.Module):
     """The ASA head: select top-k patches per frame, warp, attend across frames, pool into a video embedding.
 
-    Inputs are the video encoder's outputs: L2-normalised ``frame_emb [V,T,d]`` (zero rows for padded frames) and
-    L2-normalised ``patch_tokens [V,T,P,d]``; ``text_emb [Q,d]`` L2-normalised. At initialisation (zero output
-    projection) the conditioned video embedding equals mean pooling over valid frames.
+    Per video (:meth:`video_tokens`, in the video encoder): ``asa_tokens [V,T,P,3·d_a]``, per patch token the
+    concatenation ``[q_proj(Z) | warp(k_proj(Z)) | warp(v_proj(Z))]`` (each ``d_a`` wide, head-major: channel
+    ``h·d_h + j``), zero rows for padded frames. Per query (:meth:`forward`): L2-normalised ``text_emb [Q,d]``,
+    ``frame_emb [V,T,d]`` (zero rows for padded frames), ``patch_tokens [V,T,P,d]`` and ``asa_tokens``. At
+    initialisation (zero output projection) the conditioned video embedding equals mean pooling over valid frames.
     """
 
     def __init__(self, dim: int, grid: tuple[int, int], topk: int = 8, heads: int = 4, attn_dim: int = 128,
@@ -101,23 +163,60 @@ class AsynchronousSelfAttention(nn.Module):
         self.patch_offset = nn.Parameter(gamma)  # γ_h (y, x), patch units
         self.time_offset = nn.Parameter(delta)  # δ_h, frames
 
+    @property
+    def token_width(self) -> int:
+        """Width of one ``asa_tokens`` row: ``3·d_a`` (queries, warped keys, warped values)."""
+        return 3 * self.attn_dim
+
+    # ------------------------------------------------------------------ per video (index time)
+    def video_tokens(self, patch_tokens: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The query-independent ASA tensors of each video: ``asa_tokens [V,T,P,3·d_a]`` (see the class docstring).
+
+        ``patch_tokens [V,T,P,d]`` as the index stores them, ``frame_mask [V,T]`` (1 = real frame; valid frames are
+        a prefix). The warp clamps time to each video's own valid frames. Returns the dtype of ``patch_tokens``.
+        """
+        v, t, p, _ = patch_tokens.shape
+        h, dh, da = self.heads, self.attn_dim // self.heads, self.attn_dim
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # one GEMM for all three
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        qkv = F.linear(patch_tokens, weight, bias)  # [V,T,P,3·d_a]
+        queries = qkv[..., :da]
+        # Keys and values share each head's offsets: warp them as one volume [V,H,T,Hp,Wp,2·d_h].
+        kv = qkv[..., da:].reshape(v, t, self.grid[0], self.grid[1], 2, h, dh).permute(0, 5, 1, 2, 3, 4, 6)
+        kv = trilinear_warp(kv.reshape(v, h, t, self.grid[0], self.grid[1], 2 * dh), self.patch_offset,
+                            self.time_offset, last_valid_frame(frame_mask))
+        kv = kv.view(v, h, t, self.grid[0], self.grid[1], 2, dh).permute(0, 2, 3, 4, 5, 1, 6).reshape(v, t, p, 2 * da)
+        tokens = torch.cat([queries, kv], dim=-1)
+        return tokens * frame_mask.to(tokens.dtype).view(v, t, 1, 1)
+
+    # ------------------------------------------------------------------ per query (re-rank time)
+    @torch.no_grad()  # the selection is discrete (top-k indices): no gradient flows through its scores
     def select(self, query: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
-        """Top-k patch indices ``[Q, V, T, k]`` by cosine of ``query [Q,d]`` (or ``[V,T,d]`` for saliency)."""
-        if query.dim() == 2:
-            scores = torch.einsum("qd,vtpd->qvtp", query, patch_tokens)
-        else:
-            scores = torch.einsum("vtd,vtpd->vtp", query, patch_tokens).unsqueeze(0)
-        return torch.topk(scores, self.topk, dim=-1).indices
+        """Top-k patch indices ``[Q, V, T, k]`` by cosine of ``query [Q,d]`` (or ``[V,T,d]`` for saliency).
 
-    def conditioned_embedding(self, text_emb: torch.Tensor, frame_emb: torch.Tensor,
-                              patch_tokens: torch.Tensor) -> torch.Tensor:
-        """Return the L2-normalised text-conditioned video embeddings ``[Q, V, d]``.
-
-        With ``selection == "saliency"`` the selection uses each frame's own embedding, so Q collapses to 1.
+        ``patch_tokens`` may be in the index's dtype (fp16): they are cast to ``query``'s dtype for the scores.
         """
         v, t, p, d = patch_tokens.shape
+        tokens = patch_tokens.reshape(v * t * p, d)
+        if query.dim() == 2:
+            scores = token_scores(query, tokens).view(-1, v, t, p)
+        else:
+            tokens = tokens.to(query.dtype)
+            scores = (tokens.view(v * t, p, d) @ query.reshape(v * t, d, 1)).view(1, v, t, p)
+        return torch.topk(scores, self.topk, dim=-1).indices
+
+    def conditioned_embedding(self, text_emb: torch.Tensor, frame_emb: torch.Tensor, patch_tokens: torch.Tensor,
+                              asa_tokens: torch.Tensor) -> torch.Tensor:
+        """Return the L2-normalised text-conditioned video embeddings ``[Q, V, d]``.
+
+        With ``selection == "saliency"`` the selection uses each frame's own embedding, so Q collapses to 1. Only the
+        ``k`` selected rows per frame of ``asa_tokens`` are read; they are cast to ``text_emb``'s dtype after the
+        gather.
+        """
+        v, t, p, _ = patch_tokens.shape
         h, dh, k = self.heads, self.attn_dim // self.heads, self.topk
-        valid = (frame_emb.pow(2).sum(-1) > 0.5).to(frame_emb.dtype)  # [V,T]: padded frames have zero rows
+        dtype = text_emb.dtype
+        valid = (frame_emb.pow(2).sum(-1) > 0.5).to(dtype)  # [V,T]: padded frames have zero rows
         n_valid = valid.sum(-1).clamp_min(1.0)  # [V]
 
         query = frame_emb if self.selection == "saliency" else text_emb
@@ -126,33 +225,23 @@ class AsynchronousSelfAttention(nn.Module):
         # Flat gather index into the [V*T*P] token axis: v*T*P + t*P + p.
         offs = (torch.arange(v, device=idx.device).view(1, v, 1, 1) * (t * p)
                 + torch.arange(t, device=idx.device).view(1, 1, t, 1) * p)
-        flat_idx = (idx + offs).reshape(-1)  # [Q'*V*T*k]
+        rows = asa_tokens.reshape(v * t * p, self.token_width).index_select(0, (idx + offs).reshape(-1))
+        rows = rows.to(dtype).view(qn, v, t * k, 3, h, dh).permute(3, 0, 1, 4, 2, 5)  # [3,Q',V,H,Tk,dh]
+        queries, keys, vals = rows[0], rows[1], rows[2]
 
-        queries = self.q_proj(patch_tokens).reshape(v * t * p, self.attn_dim).index_select(0, flat_idx)
-        kv_grid = (v, t, self.grid[0], self.grid[1], h, dh)
-        keys = self.k_proj(patch_tokens).view(kv_grid).permute(0, 4, 1, 2, 3, 5)  # [V,H,T,Hp,Wp,dh]
-        vals = self.v_proj(patch_tokens).view(kv_grid).permute(0, 4, 1, 2, 3, 5)
-        keys = trilinear_warp(keys, self.patch_offset, self.time_offset)
-        vals = trilinear_warp(vals, self.patch_offset, self.time_offset)
-        keys = keys.permute(0, 2, 3, 4, 1, 5).reshape(v * t * p, h * dh).index_select(0, flat_idx)
-        vals = vals.permute(0, 2, 3, 4, 1, 5).reshape(v * t * p, h * dh).index_select(0, flat_idx)
-
-        shape = (qn, v, t * k, h, dh)
-        queries = queries.view(shape).transpose(2, 3)  # [Q',V,H,Tk,dh]
-        keys = keys.view(shape).transpose(2, 3)
-        vals = vals.view(shape).transpose(2, 3)
         logits = queries @ keys.transpose(-1, -2) / math.sqrt(dh)  # [Q',V,H,Tk,Tk]
         key_valid = valid.unsqueeze(-1).expand(v, t, k).reshape(v, t * k)  # [V, Tk]
-        logits = logits + (1.0 - key_valid).view(1, v, 1, 1, t * k) * -1e4
+        logits = logits + (1.0 - key_valid).view(1, v, 1, 1, t * k) * _MASKED_LOGIT
         out = torch.softmax(logits, dim=-1) @ vals  # [Q',V,H,Tk,dh]
         out = out.transpose(2, 3).reshape(qn, v, t, k, h * dh).mean(dim=3)  # mean over a frame's tokens
         pooled = (out * valid.view(1, v, t, 1)).sum(2) / n_valid.view(1, v, 1)  # [Q',V,d_a]
         mean_frames = frame_emb.sum(1) / n_valid.view(v, 1)  # [V, d]
         return F.normalize(mean_frames.unsqueeze(0) + self.out_proj(pooled), dim=-1)
 
-    def forward(self, text_emb: torch.Tensor, frame_emb: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, text_emb: torch.Tensor, frame_emb: torch.Tensor, patch_tokens: torch.Tensor,
+                asa_tokens: torch.Tensor) -> torch.Tensor:
         """Cosine similarity ``[Q, V]`` between each text and its conditioned embedding of each video."""
-        cond = self.conditioned_embedding(text_emb, frame_emb, patch_tokens)  # [Q or 1, V, d]
+        cond = self.conditioned_embedding(text_emb, frame_emb, patch_tokens, asa_tokens)  # [Q or 1, V, d]
         if cond.shape[0] == 1 and text_emb.shape[0] != 1:
             return text_emb @ cond[0].T
         return (cond * text_emb.unsqueeze(1)).sum(-1)

@@ -12,9 +12,12 @@ from torch import nn
 
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import UsageError
+from rap_deploy.graphs import INDEX_DTYPES
 from rap_deploy.model.asa import AsynchronousSelfAttention
 from rap_deploy.model.clip_loader import freeze
 from rap_deploy.model.lorm import LowRankModulation
+
+_STORED_PATCH_DTYPE = getattr(torch, INDEX_DTYPES["patch_tokens"])
 
 
 class RAPModel(nn.Module):
@@ -103,12 +106,15 @@ class RAPModel(nn.Module):
         return sites[i](y) if sites is not None else y
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode ``frames [B,T,3,H,W]`` (``frame_mask [B,T]``, 1 = real frame, default all ones).
+                     ) -> tuple[torch.Tensor, ...]:
+        """Encode ``frames [B,T,3,H,W]`` (``frame_mask [B,T]``, 1 = real frame, default all ones; real frames form a
+        prefix, as the decoder pads).
 
-        Returns ``video_emb [B,d]`` (L2-normalised masked mean of frame embeddings, i.e. meanP), ``frame_emb
-        [B,T,d]`` (L2-normalised, zero for padded frames) and ``patch_tokens [B,T,P,d]`` (L2-normalised, zero for
-        padded frames).
+        Returns, in ``rap_deploy.graphs.video_outputs(has_asa)`` order: ``video_emb [B,d]`` (L2-normalised masked
+        mean of frame embeddings, i.e. meanP), ``frame_emb [B,T,d]`` and ``patch_tokens [B,T,P,d]`` (L2-normalised,
+        zero for padded frames), and with an ASA head ``asa_tokens [B,T,P,3·d_a]`` (the query-independent ASA
+        tensors, see :meth:`AsynchronousSelfAttention.video_tokens`), computed from the patch tokens rounded to the
+        index's dtype so that the stored ``patch_tokens`` and ``asa_tokens`` agree exactly.
         """
         b, t = frames.shape[:2]
         if t != self.config.frames:
@@ -120,7 +126,10 @@ class RAPModel(nn.Module):
         frame_emb = tokens[:, :, 0] * mask.unsqueeze(-1)
         patch_tokens = tokens[:, :, 1:] * mask.view(b, t, 1, 1)
         video_emb = F.normalize(frame_emb.sum(1), dim=-1)
-        return video_emb, frame_emb, patch_tokens
+        if self.asa is None:
+            return video_emb, frame_emb, patch_tokens
+        stored = patch_tokens.to(_STORED_PATCH_DTYPE).to(patch_tokens.dtype)  # what the index will hold
+        return video_emb, frame_emb, patch_tokens, self.asa.video_tokens(stored, mask)
 
     def encode_text(self, tokens: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
         """Encode token ids ``[B,L]`` with EOT positions ``[B]``; returns L2-normalised ``text_emb [B,d]``."""
@@ -135,26 +144,38 @@ class RAPModel(nn.Module):
         x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return F.normalize(x, dim=-1)
 
-    def asa_similarity(self, text_emb: torch.Tensor, frame_emb: torch.Tensor, patch_tokens: torch.Tensor,
-                       query_chunk: int = 64, video_chunk: int = 64) -> torch.Tensor:
+    def asa_similarity(self, text_emb: torch.Tensor, *rerank: torch.Tensor, query_chunk: int = 64,
+                       video_chunk: int = 64) -> torch.Tensor:
         """Cosine similarity ``[Q, V]`` of each text with its text-conditioned embedding of each video.
 
-        Without an ASA head (``rap_light`` or ``--no-asa``) this is meanP: ``text_emb @ mean(frame_emb)``.
-        Computed in ``query_chunk × video_chunk`` blocks so memory stays bounded.
+        ``rerank`` are the video encoder's re-rank outputs in ``rap_deploy.graphs.rerank_tensors(True)`` order
+        (``frame_emb``, ``patch_tokens``, ``asa_tokens``; the latter two may be in the index's dtypes). Without an ASA
+        head (``rap_light`` or ``--no-asa``) only ``frame_emb`` is used and this is meanP: ``text_emb @
+        mean(frame_emb)``. Computed in ``query_chunk × video_chunk`` blocks so memory stays bounded. Raises
+        :class:`UsageError` when the re-rank tensors do not match the model.
         """
         if self.asa is None:
+            if not rerank:
+                raise UsageError("a model without an ASA head has no re-rank tensors: rank by video_emb, or pass "
+                                 "frame_emb for its meanP similarity")
+            frame_emb = rerank[0]
             n_valid = (frame_emb.pow(2).sum(-1) > 0.5).sum(-1, keepdim=True).clamp_min(1)
             return text_emb @ F.normalize(frame_emb.sum(1) / n_valid, dim=-1).T
+        if len(rerank) != 3:
+            raise UsageError(f"the ASA head needs frame_emb, patch_tokens and asa_tokens (the video encoder's outputs "
+                             f"after video_emb), got {len(rerank)} tensors")
         rows = []
         for q0 in range(0, text_emb.shape[0], query_chunk):
-            cols = [self.asa(text_emb[q0:q0 + query_chunk], frame_emb[v0:v0 + video_chunk],
-                             patch_tokens[v0:v0 + video_chunk])
-                    for v0 in range(0, frame_emb.shape[0], video_chunk)]
+            cols = [self.asa(text_emb[q0:q0 + query_chunk], *(x[v0:v0 + video_chunk] for x in rerank))
+                    for v0 in range(0, rerank[0].shape[0], video_chunk)]
             rows.append(torch.cat(cols, dim=1))
         return torch.cat(rows, dim=0)
 
     def similarity(self, frames: torch.Tensor, frame_mask: torch.Tensor | None, tokens: torch.Tensor,
                    eot: torch.Tensor) -> torch.Tensor:
-        """Training similarity ``[B_text, B_video]`` (cosine, before the logit scale) for a batch."""
-        _, frame_emb, patch_tokens = self.encode_video(frames, frame_mask)
-        return self.asa_similarity(self.encode_text(tokens, eot), frame_emb, patch_tokens)
+        """Training similarity ``[B_text, B_video]`` (cosine, before the logit scale) for a batch.
+
+        Goes through the deployed split: each video is encoded once (with its ``asa_tokens``), then scored.
+        """
+        rerank = self.encode_video(frames, frame_mask)[1:]
+        return self.asa_similarity(self.encode_text(tokens, eot), *rerank)
