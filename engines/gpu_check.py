@@ -190,24 +190,19 @@ def demo_checkpoint(work: Path, data: Path, s: CheckSizes) -> Path:
     return run / "best.pt"
 
 
-def random_adapter_checkpoint(path: Path, clip: str, s: CheckSizes, std: float = 0.05, seed: int = 1) -> Path:
-    """``clip`` with random backbone weights (``--pretrained none``) and random non-zero adapters (identity adapters
-    would hide precision problems in LoRM and ASA)."""
-    import torch
-
+def random_adapter_checkpoint(path: Path, clip: str, s: CheckSizes, seed: int = 1) -> Path:
+    """``clip`` with random backbone weights (``--pretrained none``) and random non-zero adapters
+    (:func:`rap_deploy.model.random_adapters.randomize_adapters`: identity adapters would hide precision problems in
+    LoRM and ASA)."""
     from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
     from rap_deploy.cli.model_cmds import build_config
     from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.model.random_adapters import randomize_adapters
 
     config = build_config(clip, "rap", s.frames, 32, True, True, 4, *s.large_asa, "text")
     config = replace(config, preprocess=replace(config.preprocess, image_size=s.large_image_size))
     ckpt, model = new_checkpoint(config, BackboneSpec.parse(clip, "none"), seed=0)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.startswith("clip."):
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-    save_checkpoint(checkpoint_from_model(model, ckpt), path)
+    save_checkpoint(checkpoint_from_model(randomize_adapters(model, seed), ckpt), path)
     return path
 
 

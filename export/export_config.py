@@ -132,6 +132,8 @@ def graph_specs(dims: ModelDims, has_asa: bool) -> dict[str, GraphSpec]:
     ``asa_head`` takes ``patch_tokens`` and ``asa_tokens`` in the index's dtypes (``INDEX_DTYPES``); every other
     tensor is float32 (int32 token ids).
     """
+    if has_asa and dims.asa_token_width < 1:
+        raise ValueError("a model with an ASA head needs ModelDims.asa_token_width (3·d_a); use ModelDims.of(model)")
     t, s, p, d, length = dims.frames, dims.image_size, dims.patches, dims.embed_dim, dims.context_length
     f32, i32 = "float32", "int32"
     video_shapes = {"video_emb": (BATCH, d), "frame_emb": (BATCH, t, d), "patch_tokens": (BATCH, t, p, d),

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from rap_deploy.cli import app
 from rap_deploy.errors import DamagedArtifactError, UsageError
+from rap_deploy.graphs import rerank_tensors
 
 runner = CliRunner()
 SHARD = 5  # 12 test videos → 3 shards (5, 5, 2)
@@ -107,7 +108,7 @@ def test_search_embeddings_thumbnails_and_describe(library, engine, frame_cache)
             lib.thumbnail_frames("no-such-video")
         d = lib.describe()
         assert d["videos"] == 12 and d["stage1"]["type"] == "exact" and d["stage1"]["recall_at_m"] == 1.0
-        assert d["model"]["tensors"] == ["video_emb", "frame_emb", "patch_tokens"]
+        assert d["model"]["tensors"] == ["video_emb", *rerank_tensors(True)]
         assert d["bytes_per_video"] > 0 and d["verify"] == "quick"
         with pytest.raises(UsageError, match="float"):
             lib.search_embeddings(np.zeros((1, 7), np.float32))

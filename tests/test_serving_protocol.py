@@ -40,7 +40,7 @@ from rap_deploy.engines.serving.oip import (
 from rap_deploy.export.export_config import GraphSpec, ModelDims, TensorSpec, graph_specs
 from rap_deploy.graphs import GRAPH_NAMES
 
-DIMS = ModelDims(frames=4, image_size=32, grid=(4, 4), embed_dim=32, context_length=32)
+DIMS = ModelDims(frames=4, image_size=32, grid=(4, 4), embed_dim=32, context_length=32, asa_token_width=3 * 16)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,8 @@ def test_responses_decode_bit_exact_with_tritonclient(models):
     model = models["video_encoder"]
     outs = {"video_emb": rng.standard_normal((2, 32)).astype(np.float32),
             "frame_emb": rng.standard_normal((2, 4, 32)).astype(np.float32),
-            "patch_tokens": rng.standard_normal((2, 4, 16, 32)).astype(np.float32)}
+            "patch_tokens": rng.standard_normal((2, 4, 16, 32)).astype(np.float32),
+            "asa_tokens": rng.standard_normal((2, 4, 16, 48)).astype(np.float32)}
     for binary in (True, False):
         req = InferRequest({}, {n: binary for n in model.output_names}, id="7")
         body, headers = encode_infer_response(model, req, outs)

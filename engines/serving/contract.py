@@ -27,14 +27,11 @@ import numpy as np
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.export.export_config import GraphSpec, ModelDims, TensorSpec, graph_specs
 from rap_deploy.graphs import (
-    ASA_INPUTS,
-    ASA_OUTPUTS,
     GRAPH_NAMES,
     TEXT_INPUTS,
-    TEXT_OUTPUTS,
     VIDEO_INPUTS,
+    graph_io,
     graphs_for,
-    rerank_tensors,
     video_outputs,
 )
 
@@ -259,9 +256,7 @@ def served_models(specs: Mapping[str, GraphSpec], limits: BatchLimits, text_max_
 def contract_io(has_asa: bool) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """``graph -> (input names, output names)`` in the order the :class:`~rap_deploy.engines.base.Engine` methods
     take and return them, from the contract helpers of :mod:`rap_deploy.graphs`."""
-    io = {VIDEO_GRAPH: (VIDEO_INPUTS, video_outputs(has_asa)), TEXT_GRAPH: (TEXT_INPUTS, TEXT_OUTPUTS),
-          ASA_GRAPH: ((ASA_INPUTS[0], *rerank_tensors(True)), ASA_OUTPUTS)}
-    return {g: io[g] for g in graphs_for(has_asa)}
+    return {g: graph_io(g, has_asa) for g in graphs_for(has_asa)}
 
 
 def run_graph(engine: Any, model: ServedModel, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -168,7 +168,7 @@ class RemoteEngine(Engine):
         def run(*block: np.ndarray) -> np.ndarray:
             return self._infer(ASA_GRAPH, block)[0]
 
-        return blocked_similarity(run, text_emb, *rerank, query_block=self.query_block,
+        return blocked_similarity(run, text_emb, rerank, query_block=self.query_block,
                                   video_block=self.video_block)
 
     def manifest(self) -> dict[str, Any]:
