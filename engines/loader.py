@@ -34,7 +34,7 @@ def runtime_for(backend: str, device_id: int = 0) -> dict[str, Any]:
 
 def load_engine(path: str | os.PathLike[str], device: str | None = None, precision: str | None = None,
                 threads: int | None = None, inter_threads: int | None = None, device_id: int = 0,
-                query_block: int | None = None, video_block: int | None = None) -> Engine:
+                query_block: int | None = None, video_block: int | None = None, lazy: bool = False) -> Engine:
     """Open ``path`` as an :class:`~rap_deploy.engines.base.Engine`.
 
     - an engine folder (``manifest.json`` of format ``rapdeploy.engine``): its manifest is validated (every file's
@@ -46,8 +46,9 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
       ``rapdeploy serve`` or Triton (:class:`~rap_deploy.engines.serving.remote.RemoteEngine`).
 
     ``threads``/``inter_threads`` override ONNX Runtime's thread counts; ``query_block``/``video_block`` the ASA
-    block sizes (ONNX Runtime / PyTorch; a TensorRT engine uses its profile). Raises :class:`UsageError` for a path
-    that is none of these, and the manifest module's errors for a refused engine.
+    block sizes (ONNX Runtime / PyTorch; a TensorRT engine uses its profile); ``lazy`` opens ONNX Runtime sessions on
+    their graph's first call (a search process then never loads the video encoder). Raises :class:`UsageError` for a
+    path that is none of these, and the manifest module's errors for a refused engine.
     """
     if is_remote(path):
         from rap_deploy.engines.serving.remote import RemoteEngine
@@ -73,7 +74,7 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
         fmt = None
     blocks = {k: v for k, v in (("query_block", query_block), ("video_block", video_block)) if v is not None}
     if fmt == "rapdeploy.export":
-        return _export_engine(p, device or "cpu", threads, inter_threads, device_id, blocks)
+        return _export_engine(p, device or "cpu", threads, inter_threads, device_id, blocks, lazy)
     from rap_deploy.engines.manifest import read_manifest, validate_engine_dir
 
     backend = read_manifest(p)["backend"]
@@ -82,7 +83,7 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
     files = {name: resolve_entry(p, entry["file"], f"engine graph '{name}'", p / "manifest.json")
              for name, entry in manifest["graphs"].items()}
     with runtime_errors(p):
-        return _open_backend(p, backend, manifest, config, files, threads, inter_threads, blocks, device_id)
+        return _open_backend(p, backend, manifest, config, files, threads, inter_threads, blocks, device_id, lazy)
 
 
 def manifest_config(manifest: dict[str, Any], source: Path) -> Any:
@@ -117,7 +118,8 @@ def runtime_errors(folder: Path) -> Iterator[None]:
 
 
 def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, files: dict[str, Path],
-                  threads: int | None, inter_threads: int | None, blocks: dict[str, int], device_id: int) -> Engine:
+                  threads: int | None, inter_threads: int | None, blocks: dict[str, int], device_id: int,
+                  lazy: bool = False) -> Engine:
     if backend == "tensorrt":
         from rap_deploy.engines.tensorrt_backend import TrtEngine
 
@@ -131,11 +133,12 @@ def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, 
                      threads=threads if threads is not None else session.get("threads"),
                      inter_threads=inter_threads if inter_threads is not None else session.get("inter_threads"),
                      query_block=blocks.get("query_block", asa.get("queries", 32)),
-                     video_block=blocks.get("video_block", asa.get("videos", 64)), path=p, device_id=device_id)
+                     video_block=blocks.get("video_block", asa.get("videos", 64)), path=p, device_id=device_id,
+                     lazy=lazy)
 
 
 def _export_engine(export_dir: Path, device: str, threads: int | None, inter_threads: int | None, device_id: int,
-                   blocks: dict[str, int]) -> Engine:
+                   blocks: dict[str, int], lazy: bool = False) -> Engine:
     from rap_deploy.engines.ort_backend import OrtEngine, provider_for
     from rap_deploy.export import read_export_manifest
     from rap_deploy.safe_paths import resolve_entry
@@ -147,4 +150,4 @@ def _export_engine(export_dir: Path, device: str, threads: int | None, inter_thr
     with runtime_errors(export_dir):
         return OrtEngine(files, config, provider=provider_for(device), precision="fp32", threads=threads,
                          inter_threads=inter_threads, path=export_dir, device_id=device_id,
-                         extra={"source": "export"}, **blocks)
+                         extra={"source": "export"}, lazy=lazy, **blocks)

@@ -132,6 +132,10 @@ class OrtEngine(Engine):
     ``asa_head`` graph bounded blocks of ``query_block`` texts × ``video_block`` videos (defaults 32 × 64) and
     stitches the ``[Q, V]`` result, because the graph's intermediates grow as Q·V·T·k·d_a. Inputs are cast to each
     graph's input types (a no-op for index arrays, which already have them) and outputs returned as float32.
+
+    ``lazy`` creates each graph's session on its first call instead of up front, so a process that only searches
+    (text encoder and ASA head) never holds the video encoder (about 540 MB resident for ViT-B/32); lazy creation is
+    not meant to race, so a multi-threaded server opens its engine eagerly (the default).
     """
 
     backend = "onnxruntime"
@@ -141,7 +145,7 @@ class OrtEngine(Engine):
                  inter_threads: int | None = None, level: str = "all", query_block: int = DEFAULT_QUERY_BLOCK,
                  video_block: int = DEFAULT_VIDEO_BLOCK, max_batch: Mapping[str, int | None] | None = None,
                  path: str | os.PathLike[str] | None = None, device_id: int = 0,
-                 extra: Mapping[str, Any] | None = None) -> None:
+                 extra: Mapping[str, Any] | None = None, lazy: bool = False) -> None:
         import onnxruntime as ort
 
         missing = [g for g in ("video_encoder", "text_encoder") if g not in graphs]
@@ -151,16 +155,31 @@ class OrtEngine(Engine):
         self.provider, self.precision, self.path = provider, precision, path
         self.threads, self.inter_threads = threads, inter_threads
         self.query_block, self.video_block = int(query_block), int(video_block)
-        self.sessions = {name: create_session(p, provider, threads, inter_threads, level, device_id=device_id)
-                         for name, p in graphs.items()}
         self.files = {name: str(p) for name, p in graphs.items()}
-        self.max_batch = {g: None for g in self.sessions}
+        self.sessions: dict[str, Any] = {}
+        self._session_options = (provider, threads, inter_threads, level, device_id)
+        self.max_batch = {g: None for g in self.files}
         self.max_batch.update(dict(max_batch or {}))
         self._ort_version = ort.__version__
         self._extra = dict(extra or {})
+        if not lazy:
+            for graph in self.files:
+                self._session(graph)
+
+    def _session(self, graph: str) -> Any:
+        """The graph's session, created on first use (see ``lazy``)."""
+        sess = self.sessions.get(graph)
+        if sess is None:
+            from rap_deploy.engines.loader import runtime_errors
+
+            provider, threads, inter_threads, level, device_id = self._session_options
+            with runtime_errors(Path(self.files[graph]).parent):
+                sess = create_session(self.files[graph], provider, threads, inter_threads, level, device_id=device_id)
+            self.sessions[graph] = sess
+        return sess
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        sess = self.sessions[graph]
+        sess = self._session(graph)
         typed = {}
         for inp in sess.get_inputs():
             if inp.name not in feeds:
@@ -190,8 +209,8 @@ class OrtEngine(Engine):
 
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
         """Similarity ``[Q, V]``, computed in blocks of ``query_block × video_block`` (see the class docstring)."""
-        rerank = rerank_inputs(self.has_asa and "asa_head" in self.sessions, rerank)
-        if "asa_head" not in self.sessions:
+        rerank = rerank_inputs(self.has_asa and "asa_head" in self.files, rerank)
+        if "asa_head" not in self.files:
             return meanp_similarity_from_frames(text_emb, rerank[0])
         inputs, _ = graph_io("asa_head", True)
 

@@ -229,3 +229,21 @@ def test_torch_engine_refuses_unavailable_precisions(micro_checkpoint):
         TorchEngine(micro_checkpoint, device="cuda")
     engine = load_engine(micro_checkpoint)
     assert isinstance(engine, TorchEngine) and engine.describe().backend == "torch"
+
+
+def test_lazy_engine_opens_only_the_graphs_it_runs(micro_ort_engines):
+    """``load_engine(..., lazy=True)``: a search process (text encoder + ASA head) never holds the video encoder."""
+    from rap_deploy.engines.samples import sample_inputs
+
+    eager = load_engine(micro_ort_engines["fp32"], threads=1)
+    lazy = load_engine(micro_ort_engines["fp32"], threads=1, lazy=True)
+    assert set(eager.sessions) == {"video_encoder", "text_encoder", "asa_head"} and lazy.sessions == {}
+    x = sample_inputs(lazy.config, videos=2)
+    text = lazy.encode_text(x.input_ids, x.eot)
+    assert set(lazy.sessions) == {"text_encoder"}
+    np.testing.assert_array_equal(text, eager.encode_text(x.input_ids, x.eot))
+    rerank = eager.encode_video(x.frames, x.frame_mask)[1:]
+    np.testing.assert_array_equal(lazy.asa_similarity(text, *rerank), eager.asa_similarity(text, *rerank))
+    assert set(lazy.sessions) == {"text_encoder", "asa_head"}
+    eager.close()
+    lazy.close()

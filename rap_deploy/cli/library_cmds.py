@@ -128,11 +128,13 @@ def _set_threads(threads: int | None) -> None:
         faiss.omp_set_num_threads(int(threads))
 
 
-def _load_engine(engine: Path | None, workspace: Path | None, threads: int | None, device_id: int = 0) -> Any:
+def _load_engine(engine: Path | None, workspace: Path | None, threads: int | None, device_id: int = 0,
+                 lazy: bool = False) -> Any:
+    """The engine (``--engine`` or the workspace's latest); ``lazy`` opens only the graphs a command calls."""
     from rap_deploy.engines.loader import load_engine
     from rap_deploy.engines.verify import resolve_engine
 
-    return load_engine(resolve_engine(engine, workspace), threads=threads, device_id=device_id)
+    return load_engine(resolve_engine(engine, workspace), threads=threads, device_id=device_id, lazy=lazy)
 
 
 def _library_out(out: Path | None, name: str | None, source: Any, workspace: Path | None) -> Path:
@@ -210,7 +212,7 @@ def _search_engine(engine: Path | None, library: Path, workspace: Path | None, t
         built = (read_manifest(library).get("engine") or {}).get("path")
         if isinstance(built, str) and Path(built).exists():
             engine = Path(built)
-    return _load_engine(engine, workspace, threads)
+    return _load_engine(engine, workspace, threads, lazy=True)  # search runs the text encoder and ASA head only
 
 
 @command("search")

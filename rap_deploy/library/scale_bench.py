@@ -101,15 +101,9 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
 
 
 def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
+    from rap_deploy.engines.reports import cpu_model  # a benchmark entry point, like _load_engine below
 
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def _environment(threads: int) -> dict[str, Any]:
@@ -284,7 +278,7 @@ def _load_engine(path: str, threads: int) -> Any:
     from rap_deploy.engines.loader import load_engine
 
     torch.set_num_threads(threads)
-    return load_engine(path, threads=threads)
+    return load_engine(path, threads=threads, lazy=True)  # like `rapdeploy search`: text encoder + ASA head
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
