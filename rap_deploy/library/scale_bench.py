@@ -273,12 +273,12 @@ def _captions(n: int) -> list[str]:
 # ------------------------------------------------------------------------------------------------------- main
 def _load_engine(path: str, threads: int) -> Any:
     # The one place this core package reaches into the engines stage: a benchmark entry point, like the CLI.
-    import torch
-
     from rap_deploy.engines.loader import load_engine
 
-    torch.set_num_threads(threads)
-    return load_engine(path, threads=threads, lazy=True)  # like `rapdeploy search`: text encoder + ASA head
+    engine = load_engine(path, threads=threads, lazy=True)  # like `rapdeploy search`: text encoder + ASA head
+    if "torch" in sys.modules:  # a PyTorch engine; an ONNX Runtime search process never imports torch
+        sys.modules["torch"].set_num_threads(threads)
+    return engine
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
