@@ -1,0 +1,105 @@
+"""What ``rapdeploy bench`` feeds the engines: frames (random pixels or a dataset's test videos), captions, and the
+random index with the query embedding the ``asa`` and ``search`` graphs use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.engines.bench_index import random_index
+from rap_deploy.errors import UsageError
+
+
+@dataclass
+class BenchInputs:
+    """Inputs of one bench run: ``frames``/``mask`` for the video encoder, ``ids``/``eot`` for the text encoder,
+    ``index`` (``None`` without asa/search), ``asa_rerank`` (the first videos' re-rank tensors in their index dtypes)
+    and ``query_emb`` for the ASA head, and ``description`` for the report."""
+
+    frames: np.ndarray
+    mask: np.ndarray
+    ids: np.ndarray
+    eot: np.ndarray
+    description: str
+    index: Any = None
+    asa_rerank: tuple[np.ndarray, ...] = ()
+    query_emb: np.ndarray | None = None
+
+
+def prepare_inputs(torch_engine: Any, graphs: list[str], max_batch: int, index_size: int, seed: int,
+                   data_root: str | Path | None, dataset: str, cache: Any, workspace: Any,
+                   progress: bool) -> BenchInputs:
+    """Real test frames and captions of ``dataset`` under ``data_root`` (else random pixels and template captions),
+    and for the ``asa``/``search`` graphs a random index of ``index_size`` videos (at least ``max_batch``)."""
+    from rap_deploy.tokenizer import tokenize
+
+    config, model = torch_engine.config, torch_engine.model
+    if data_root is not None:
+        from rap_deploy.data.cache import FrameCache
+
+        cache = cache if cache is not None else FrameCache.default(workspace)
+        if not isinstance(cache, FrameCache):
+            cache = FrameCache(cache)
+        frames, mask, captions, description = real_frames(dataset, Path(data_root), config, max_batch, cache, progress)
+    else:
+        frames = random_frames(config, max_batch if "video" in graphs else 1, seed)
+        mask = np.ones(frames.shape[:2], dtype=np.float32)
+        captions = template_captions(max_batch, seed)
+        description = "random frames: uniform random uint8 pixels through CLIP normalisation; template captions"
+    ids, eot = tokenize(captions, config.tokenizer)
+    inputs = BenchInputs(frames, mask, ids, eot, description)
+    if "search" in graphs or "asa" in graphs:
+        index = random_index(max(index_size, max_batch), config.frames, model.num_patches, model.embed_dim, seed,
+                             asa=model.asa)
+        inputs.asa_rerank = index.rerank(slice(0, max_batch))  # in the index's dtypes: engines read them as stored
+        inputs.query_emb = torch_engine.encode_text(ids[:1], eot[:1])
+        inputs.index = index.subset(index_size) if index_size < len(index) else index
+    return inputs
+
+
+def random_frames(config: Any, videos: int, seed: int = 0) -> np.ndarray:
+    """``videos`` clips of random uint8 pixels through the project's CLIP normalisation: ``[B,T,3,S,S]`` float32."""
+    from rap_deploy.preprocess import normalize
+
+    rng = np.random.default_rng(seed)
+    s = config.preprocess.image_size
+    clips = [normalize(rng.integers(0, 256, (config.frames, s, s, 3), dtype=np.uint8), config.preprocess).numpy()
+             for _ in range(videos)]
+    return np.stack(clips).astype(np.float32)
+
+
+def real_frames(dataset: str, data_root: Path, config: Any, videos: int, cache: Any, progress: bool
+                ) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """Up to ``videos`` preprocessed test videos of ``dataset`` (repeated to fill ``videos``) with their captions.
+
+    Returns ``(frames, frame_mask, captions, description)``; raises :class:`UsageError` when none decodes.
+    """
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.retrieval import load_video_batch, usable_videos
+
+    split = load_split(dataset, data_root, "test", max_frames=config.frames)
+    split = split.subset(list(range(min(videos, split.num_videos))))
+    split, skipped = usable_videos(split, cache, config, progress)
+    if split.num_videos == 0:
+        raise UsageError(f"no {dataset} test video under {data_root} could be decoded ({len(skipped)} skipped); "
+                         "run `rapdeploy data-check`")
+    idx = [i % split.num_videos for i in range(videos)]
+    frames, mask = load_video_batch(split, idx, cache, config)
+    captions = [split.captions[i % split.num_captions] for i in range(videos)]
+    return frames, mask, captions, f"real frames: {split.num_videos} {dataset} test videos from {data_root}"
+
+
+_COLOURS = ("red", "green", "blue", "yellow", "purple", "white")
+_SHAPES = ("circle", "square", "triangle", "diamond")
+_ACTIONS = ("moves to the left", "moves up", "grows", "shrinks", "appears", "slides to the right")
+
+
+def template_captions(n: int, seed: int = 0) -> list[str]:
+    """``n`` short captions of the synthetic world (text-encoder inputs when no dataset is given)."""
+    rng = np.random.default_rng(seed)
+    return [f"a {rng.choice(('small', 'big'))} {rng.choice(_COLOURS)} {rng.choice(_SHAPES)} "
+            f"{rng.choice(_ACTIONS)}, then a {rng.choice(_COLOURS)} {rng.choice(_SHAPES)} {rng.choice(_ACTIONS)}"
+            for _ in range(n)]

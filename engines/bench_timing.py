@@ -1,0 +1,112 @@
+"""How ``rapdeploy bench`` times and counts: interleaved timing, latency statistics, the FLOP counter, and the
+adapters' cost (RAP vs the same frozen CLIP with meanP pooling)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int, warmup: int,
+                     tick: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Time several implementations of the same work fairly: after ``warmup`` untimed calls of each, every round
+    times one call of each, in an order rotated per round, so load from elsewhere on a shared machine hits all
+    alike. Returns the latencies (seconds) per function."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+            if tick:
+                tick(1)
+    out: list[list[float]] = [[] for _ in fns]
+    for r in range(repeats):
+        for k in range(len(fns)):
+            i = (k + r) % len(fns)
+            t0 = time.perf_counter()
+            fns[i]()
+            out[i].append(time.perf_counter() - t0)
+            if tick:
+                tick(1)
+    return out
+
+
+def latency_stats(latencies: Sequence[float], items: int) -> dict[str, float]:
+    """``{throughput (items/s over the mean latency), mean_ms, p50_ms, p90_ms, p99_ms, min_ms}``."""
+    lat = np.asarray(latencies, dtype=np.float64)
+    if lat.size == 0:
+        raise ValueError("no timed calls")
+    p50, p90, p99 = np.percentile(lat, [50, 90, 99]) * 1e3
+    mean = float(lat.mean())
+    return {"throughput": items / mean if mean > 0 else float("inf"), "mean_ms": mean * 1e3, "p50_ms": float(p50),
+            "p90_ms": float(p90), "p99_ms": float(p99), "min_ms": float(lat.min() * 1e3)}
+
+
+# ---------------------------------------------------------------------------------------------------- FLOPs
+@contextlib.contextmanager
+def _flop_counter() -> Iterator[Any]:
+    """A ``FlopCounterMode`` that also sees attention: PyTorch's fused MHA fast path hides the in-projection from
+    the counter, so it is switched off while counting, and the CPU flash-attention kernel gets the SDPA formula."""
+    import torch
+    from torch.utils import flop_counter
+
+    def cpu_flash(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    mapping = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        mapping[op] = cpu_flash
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        counter = flop_counter.FlopCounterMode(display=False, custom_mapping=mapping)
+        with counter, torch.no_grad():
+            yield counter
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs (multiply-add = 2) of the PyTorch work ``fn`` does, by ``torch.utils.flop_counter``."""
+    with _flop_counter() as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def adapter_cost(model: Any, frames: np.ndarray, mask: np.ndarray, repeats: int, warmup: int) -> dict[str, Any]:
+    """Video-encoder latency at batch 1 of RAP vs the same frozen CLIP with meanP and no adapters (PyTorch eager).
+
+    The meanP model is ``RAPConfig(variant="rap_light", use_lorm=False)`` on the very same backbone modules; calls
+    alternate between the two (:func:`time_interleaved`) so machine noise hits both alike.
+    """
+    import torch
+
+    from rap_deploy.model.rap import RAPModel
+
+    meanp = RAPModel(model.clip, model.config.replace(variant="rap_light", use_lorm=False)).eval()
+    device = next(model.parameters()).device
+    x = torch.as_tensor(frames[:1]).to(device)
+    m = torch.as_tensor(mask[:1]).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def call(net: Any) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                net.encode_video(x, m)
+            sync()
+        return run
+
+    rap_lat, meanp_lat = time_interleaved([call(model), call(meanp)], max(1, repeats), max(1, warmup))
+    times = {"rap": rap_lat, "meanp": meanp_lat}
+    rap = latency_stats(times["rap"], 1)
+    base = latency_stats(times["meanp"], 1)
+    return {"backend": "torch", "device": str(device), "batch_size": 1, "frames": int(frames.shape[1]),
+            "repeats": max(1, repeats),
+            "rap_p50_ms": rap["p50_ms"], "meanp_p50_ms": base["p50_ms"], "rap_mean_ms": rap["mean_ms"],
+            "meanp_mean_ms": base["mean_ms"], "ratio": rap["p50_ms"] / base["p50_ms"],
+            "ratio_mean": rap["mean_ms"] / base["mean_ms"], "rap_min_ms": rap["min_ms"],
+            "meanp_min_ms": base["min_ms"], "ratio_min": rap["min_ms"] / base["min_ms"],
+            "meanp_model": "same frozen CLIP, meanP pooling, no LoRM and no ASA (variant rap_light, use_lorm=False)"}
