@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rap_deploy.engines.verify import (
+from rap_deploy.engines.verify_rules import (
     DEFAULT_TOLERANCE,
     direction_scores,
     judge,

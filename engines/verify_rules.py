@@ -1,0 +1,201 @@
+"""The parity rule of ``rapdeploy verify`` and the comparisons it rests on (numpy only, no engine, no I/O).
+
+Ranks follow DESIGN.md §6 (1 + candidates strictly above the ground truth). A rank change counts against an fp32
+engine only when candidates within ``tie_eps`` of the ground truth's score cannot explain it; fp16 / int8 engines are
+held to |ΔR@K| within a tolerance. :func:`compare_evaluations` turns two :func:`rap_deploy.retrieval.evaluate`
+results into deltas, rank changes, recall curves and similarity errors; :func:`judge` applies the rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rap_deploy.errors import CheckFailedError
+
+DEFAULT_TOLERANCE = 0.5
+DEFAULT_TIE_EPS = 1e-5
+GATED_MODES = ("asa", "two_stage")  # the searches the pass/fail rule looks at (meanP stage 1 is reported only)
+GATED_METRICS = ("R1", "R5", "R10")
+MODES = ("asa", "two_stage", "meanp")
+DELTA_KEYS = ("R1", "R5", "R10", "MdR", "MnR", "RSum", "ties")
+STRICT_PRECISIONS = ("fp32", "float32")
+MAX_EXAMPLES = 10
+
+
+def rank_intervals(scores: np.ndarray, targets: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(rank, lo, hi)`` per query (row of ``scores [Q,C]``, ground truth ``targets[q]``).
+
+    ``rank`` = 1 + candidates strictly above the ground truth (DESIGN.md §6); ``[lo, hi]`` the ranks it could take if
+    candidates within ``eps`` of the ground-truth score were ordered either way.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    gt = scores[np.arange(len(targets)), targets][:, None]
+    rank = 1 + (scores > gt).sum(axis=1)
+    lo = 1 + (scores > gt + eps).sum(axis=1)
+    hi = (scores >= gt - eps).sum(axis=1)
+    return rank.astype(np.int64), lo.astype(np.int64), hi.astype(np.int64)
+
+
+def rank_changes(reference: np.ndarray, engine: np.ndarray, targets: np.ndarray, eps: float = DEFAULT_TIE_EPS,
+                 labels: list[str] | None = None) -> dict[str, Any]:
+    """Compare the ground-truth ranks of two score matrices of the same queries.
+
+    Returns ``{"changed", "beyond_ties", "within_ties", "examples"}``: queries whose rank differs at all, those whose
+    change is not explained by a tie (the two ranks' ``eps`` intervals, see :func:`rank_intervals`, do not overlap),
+    those that are, and up to :data:`MAX_EXAMPLES` changed queries (largest change first) with both ranks.
+    """
+    r_ref, lo_ref, hi_ref = rank_intervals(reference, targets, eps)
+    r_eng, lo_eng, hi_eng = rank_intervals(engine, targets, eps)
+    changed = r_ref != r_eng
+    explained = np.maximum(lo_ref, lo_eng) <= np.minimum(hi_ref, hi_eng)
+    beyond = changed & ~explained
+    order = np.argsort(-(np.abs(r_ref - r_eng) + beyond * (1 << 30)), kind="stable")
+    examples = []
+    for q in order[:MAX_EXAMPLES]:
+        if not changed[q]:
+            break
+        ex = {"query": int(q), "reference_rank": int(r_ref[q]), "engine_rank": int(r_eng[q]),
+              "within_ties": bool(explained[q])}
+        if labels is not None:
+            ex["id"] = labels[q]
+        examples.append(ex)
+    return {"changed": int(changed.sum()), "beyond_ties": int(beyond.sum()),
+            "within_ties": int((changed & explained).sum()), "examples": examples}
+
+
+def direction_scores(sim: np.ndarray, caption_video: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"t2v": (scores, targets), "v2t": (scores, targets)}`` as the metrics rank them (v2t: best caption per
+    candidate video, CLIP4Clip convention for multi-caption data)."""
+    from rap_deploy.metrics import video_to_text_scores
+
+    v2t, _ = video_to_text_scores(sim, caption_video)
+    return {"t2v": (np.asarray(sim), np.asarray(caption_video, dtype=np.int64)),
+            "v2t": (v2t, np.arange(v2t.shape[0]))}
+
+
+def recall_curve(scores: np.ndarray, targets: np.ndarray, ks: list[int]) -> list[float]:
+    """R@K in percent for every K of ``ks``."""
+    rank, _, _ = rank_intervals(scores, targets, 0.0)
+    return [float(100.0 * np.mean(rank <= k)) for k in ks]
+
+
+def is_strict(precision: str) -> bool:
+    """True for engines held to the zero-rank-change rule (fp32)."""
+    return str(precision).lower() in STRICT_PRECISIONS
+
+
+def judge(precision: str, deltas: dict[str, dict[str, dict[str, float]]],
+          changes: dict[str, dict[str, dict[str, Any]]], tolerance: float | None = None,
+          tie_eps: float = DEFAULT_TIE_EPS) -> tuple[bool, list[dict[str, Any]], str]:
+    """Apply the parity rule; returns ``(passed, checks, rule)``.
+
+    ``deltas[mode][direction][metric]`` are engine − reference figures and ``changes[mode][direction]`` the output
+    of :func:`rank_changes`, for the modes of :data:`GATED_MODES`. fp32 engines: zero rank changes beyond ties (and,
+    when ``tolerance`` is given explicitly, |ΔR@K| within it too). Other precisions: |ΔR@K| ≤ ``tolerance`` (default
+    :data:`DEFAULT_TOLERANCE`). Each check is ``{mode, direction, metric, value, limit, passed}``.
+    """
+    strict = is_strict(precision)
+    use_tolerance = tolerance is not None or not strict
+    tol = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
+    checks: list[dict[str, Any]] = []
+    for mode in GATED_MODES:
+        for direction in ("t2v", "v2t"):
+            if use_tolerance:
+                for metric in GATED_METRICS:
+                    value = float(deltas[mode][direction][metric])
+                    checks.append({"mode": mode, "direction": direction, "metric": metric, "value": value,
+                                   "limit": tol, "passed": abs(value) <= tol + 1e-9})
+            if strict:
+                value = int(changes[mode][direction]["beyond_ties"])
+                checks.append({"mode": mode, "direction": direction, "metric": "rank_changes", "value": value,
+                               "limit": 0, "passed": value == 0})
+    parts = []
+    if strict:
+        parts.append(f"{precision} engine: no ground-truth rank may change beyond ties (score gap <= {tie_eps:g})")
+    if use_tolerance:
+        parts.append(f"|ΔR@K| <= {tol:g} points for K = 1, 5, 10")
+    rule = " and ".join(parts) + "; t2v and v2t, full ASA and two-stage"
+    return all(c["passed"] for c in checks), checks, rule
+
+
+def failure_lines(checks: list[dict[str, Any]]) -> list[str]:
+    """One readable line per failed check."""
+    from rap_deploy.engines.reports import MODE_TITLES
+
+    out = []
+    for c in checks:
+        if c["passed"]:
+            continue
+        what = (f"{c['value']} ranks changed beyond ties" if c["metric"] == "rank_changes"
+                else f"Δ{c['metric']} = {c['value']:+.2f} points")
+        out.append(f"{MODE_TITLES[c['mode']]} {c['direction']}: {what} (limit {c['limit']:g})")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- numeric error
+def vector_error(reference: np.ndarray, engine: np.ndarray, chunk: int = 64) -> dict[str, float]:
+    """Largest absolute difference and smallest cosine between matching vectors (last axis) of two arrays.
+
+    Rows that are zero in the reference (padded frames) are left out of the cosine. Works in chunks along axis 0 so
+    fp16 patch-token indexes are converted to float32 a block at a time.
+    """
+    if reference.shape != engine.shape:
+        raise CheckFailedError(f"engine output shape {list(engine.shape)} differs from the reference's "
+                               f"{list(reference.shape)}")
+    max_abs, min_cos, mean_abs, count = 0.0, 1.0, 0.0, 0
+    for i in range(0, max(1, reference.shape[0]), chunk):
+        a = np.asarray(reference[i:i + chunk], dtype=np.float32)
+        b = np.asarray(engine[i:i + chunk], dtype=np.float32)
+        if a.size == 0:
+            continue
+        diff = np.abs(a - b)
+        max_abs = max(max_abs, float(diff.max()))
+        mean_abs += float(diff.sum(dtype=np.float64))
+        count += diff.size
+        a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        na, nb = np.linalg.norm(a2, axis=1), np.linalg.norm(b2, axis=1)
+        valid = na > 1e-6
+        if valid.any():
+            cos = (a2[valid] * b2[valid]).sum(1) / np.maximum(na[valid] * nb[valid], 1e-12)
+            min_cos = min(min_cos, float(cos.min()))
+    return {"max_abs": max_abs, "mean_abs": mean_abs / max(count, 1), "min_cosine": min_cos}
+
+
+def worst_graph(errors: dict[str, dict[str, Any]]) -> str:
+    """The graph with the largest max-abs error on identical inputs."""
+    return max(errors, key=lambda g: errors[g]["max_abs"])
+
+
+def compare_evaluations(ref_eval: dict[str, Any], eng_eval: dict[str, Any], split: Any,
+                        tie_eps: float) -> dict[str, Any]:
+    """Per mode (full ASA, two-stage, meanP): metrics of both, deltas, rank changes, R@K curves and similarity
+    error; and how many queries' two-stage candidate sets differ."""
+    targets = split.caption_video
+    labels = {"t2v": list(split.captions), "v2t": [v.video_id for v in split.videos]}
+    ks = list(range(1, min(50, split.num_videos) + 1))
+    out: dict[str, Any] = {"sections": {}, "changes": {}, "curves": {"ks": ks}, "sim_error": {}}
+    for mode in MODES:
+        ref_m, eng_m = ref_eval[mode], eng_eval[mode]
+        delta = {d: {k: eng_m[d][k] - ref_m[d][k] for k in DELTA_KEYS} for d in ("t2v", "v2t")}
+        out["sections"][mode] = {"reference": ref_m, "engine": eng_m, "delta": delta}
+        s_ref, s_eng = ref_eval["scores"]["sims"][mode], eng_eval["scores"]["sims"][mode]
+        by_dir = {"reference": direction_scores(s_ref, targets), "engine": direction_scores(s_eng, targets)}
+        out["changes"][mode] = {d: rank_changes(by_dir["reference"][d][0], by_dir["engine"][d][0],
+                                                by_dir["reference"][d][1], tie_eps, labels[d])
+                                for d in ("t2v", "v2t")}
+        out["curves"][mode] = {who: {d: recall_curve(*by_dir[who][d], ks) for d in ("t2v", "v2t")}
+                               for who in ("reference", "engine")}
+        diff = np.abs(s_ref - s_eng)
+        out["sim_error"][mode] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
+    # Two-stage: re-ranked candidates carry offset + ASA cosine (>= offset - 1), the rest their stage-1 cosine (<= 1);
+    # the midpoint separates them.
+    from rap_deploy.retrieval import _RERANK_OFFSET
+
+    threshold = _RERANK_OFFSET / 2
+    cand_ref = ref_eval["scores"]["sims"]["two_stage"] >= threshold
+    cand_eng = eng_eval["scores"]["sims"]["two_stage"] >= threshold
+    out["candidate_set_changes"] = int(np.any(cand_ref != cand_eng, axis=1).sum())
+    return out
