@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import micro_config
+from conftest import micro_config, randomize_adapters
 from typer.testing import CliRunner
 
 from rap_deploy.checkpoint import load_checkpoint
@@ -229,6 +229,28 @@ def test_short_run_moves_the_offsets_and_both_lorm_factors(synth_root, frame_cac
     assert summary["offsets_initial"]["delta"] == pytest.approx(start["asa.time_offset"].tolist(), abs=1e-6)
 
 
+def test_identity_asa_evaluates_as_meanp(micro_model, synth_root, frame_cache):
+    """The epoch-0 shortcut: an ASA head with a zero output projection scores every pair as meanP does (within float
+    rounding), so the loop scores it as meanP without running the head on every pair."""
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.retrieval import ModelEncoder, encode_texts, encode_videos, full_similarity, meanp_similarity
+    from rap_deploy.train.distributed import DistContext
+    from rap_deploy.train.loop import TrainOptions, _asa_is_identity, _evaluate
+
+    split = load_split("msrvtt", synth_root, "test", max_frames=4)
+    cache = FrameCache(frame_cache)
+    encoder = ModelEncoder(micro_model)
+    index = encode_videos(encoder, split, cache, progress=False)
+    text = encode_texts(encoder, split.captions)
+    assert _asa_is_identity(micro_model)
+    assert np.abs(full_similarity(encoder, text, index, progress=False) - meanp_similarity(text, index)).max() <= 1e-6
+    fast = _evaluate(micro_model, split, cache, TrainOptions("msrvtt", "", "", top_m=4), DistContext(), False)
+    assert fast["asa"] == fast["two_stage"] == fast["meanp"] and fast["videos"] == 12
+    randomize_adapters(micro_model)
+    assert not _asa_is_identity(micro_model)
+
+
 def test_frozen_offsets_stay_at_zero(synth_root, frame_cache, tmp_path):
     from rap_deploy.train.loop import train_rap
 
@@ -347,3 +369,21 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
     bad = runner.invoke(app, ["ablate", "--tiny", "--world", str(world), "--rows", "nope"])
     assert bad.exit_code == 2 and "unknown ablation rows" in bad.output
+
+
+def test_rap_light_and_no_asa_are_the_same_model():
+    """The ablation shares the runs of these two rows: same parameters from the same seed, same similarity."""
+    from rap_deploy.checkpoint import new_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.train.ablate import ROWS
+
+    assert next(r for r in ROWS if r.name == "rap_light").same_as == "no_asa"
+    spec = BackboneSpec.parse("rap-micro", "none")
+    _, light = new_checkpoint(micro_config(variant="rap_light"), spec, seed=5)
+    _, no_asa = new_checkpoint(micro_config(use_asa=False), spec, seed=5)
+    a, b = light.adapter_state_dict(), no_asa.adapter_state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    frames = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ids, eot = (torch.from_numpy(x) for x in tokenize(["a red circle grows", "a blue square"], light.config.tokenizer))
+    with torch.no_grad():
+        assert torch.equal(light.similarity(frames, None, ids, eot), no_asa.similarity(frames, None, ids, eot))

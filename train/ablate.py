@@ -25,17 +25,22 @@ from rap_deploy.train.loop import LAST, SUMMARY, TrainOptions, train_rap
 @dataclass(frozen=True)
 class AblationRow:
     """One line of the table: ``changes`` to the recipe's :class:`TrainOptions` (``None`` removes an option, so a
-    preset can set it); ``seeded`` is False for rows that do not depend on the seed (run once)."""
+    preset can set it); ``seeded`` is False for rows that do not depend on the seed (run once); ``same_as`` names a
+    row whose runs this row shares because the two build the same model (same parameters, same computation)."""
 
     name: str
     label: str
     changes: dict[str, Any] = field(default_factory=dict)
     seeded: bool = True
+    same_as: str | None = None
 
 
 ROWS: tuple[AblationRow, ...] = (
     AblationRow("zero_shot", "zero-shot (frozen backbone, meanP, no training)", {"epochs": 0}, seeded=False),
-    AblationRow("rap_light", "`rap_light` (LoRM only, query-independent)", {"variant": "rap_light"}),
+    # rap_light and --no-asa both drop the ASA head and keep LoRM: the same trainable parameters, initialised from the
+    # same seed, computing the same similarity (tests/test_train.py checks it), so they share their runs.
+    AblationRow("rap_light", "`rap_light` (LoRM only, query-independent; same model as `--no-asa`)",
+                {"variant": "rap_light"}, same_as="no_asa"),
     AblationRow("no_asa", "LoRM only (`--no-asa`)", {"use_asa": False}),
     AblationRow("no_lorm", "ASA only (`--no-lorm`)", {"use_lorm": False}),
     AblationRow("offsets_zero", "offsets frozen at zero (`--freeze-offsets`)", {"freeze_offsets": True}),
@@ -132,10 +137,12 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
         raise UsageError("pass at least one seed (--seeds 0,1,2)")
     out = Path(out)
     result: dict[str, Any] = {"seeds": list(seeds), "recipe": base.to_dict(), "rows": []}
+    by_name = {r.name: r for r in ROWS}
     for row in select_rows(rows):
         runs = []
+        source = by_name[row.same_as] if row.same_as else row
         for seed in (seeds if row.seeded else seeds[:1]):
-            options = row_options(base, row, seed, out / row.name / f"seed{seed}")
+            options = row_options(base, source, seed, out / source.name / f"seed{seed}")
             log(f"[ablate] {row.name} seed {seed}: {options.out}")
             runs.append(run_record(_run_one(options, progress), seed))
         result["rows"].append({"name": row.name, "label": row.label, "changes": row.changes, "runs": runs,

@@ -290,11 +290,27 @@ def _plain(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
+def _asa_is_identity(model) -> bool:
+    """True when the ASA head cannot change a similarity: its output projection is exactly zero (as at
+    initialisation), so the text-conditioned embedding is the mean of the frame embeddings, i.e. meanP."""
+    proj = getattr(getattr(model, "asa", None), "out_proj", None)
+    return proj is not None and not bool(proj.weight.any()) and (proj.bias is None or not bool(proj.bias.any()))
+
+
 def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContext, progress: bool) -> dict[str, Any]:
+    """Test-split metrics of the model (full ASA, two-stage, meanP; :func:`rap_deploy.retrieval.evaluate`).
+
+    An identity ASA head (zero output projection, e.g. the epoch-0 evaluation) scores every pair exactly as meanP
+    does, so its full and two-stage similarities are computed as meanP, without running the head on every pair.
+    """
     from rap_deploy.retrieval import ModelEncoder, evaluate
 
+    class MeanPEncoder(ModelEncoder):
+        has_asa = False
+
+    encoder_type = MeanPEncoder if _asa_is_identity(model) else ModelEncoder
     was_training = model.training
-    result = evaluate(ModelEncoder(model, device=ctx.device), test_split, cache, top_m=options.top_m,
+    result = evaluate(encoder_type(model, device=ctx.device), test_split, cache, top_m=options.top_m,
                       progress=progress)
     model.train(was_training)
     return result
