@@ -70,10 +70,10 @@ def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
     out = tmp_path / "micro-backbone.safetensors"
     result = runner.invoke(app, ["pretrain-backbone", "--data-root", str(tmp_path / "stills"), "--out", str(out),
                                  "--clip", "rap-micro", "--size", "32", "--train-stills", "64", "--test-stills", "16",
-                                 "--epochs", "1", "--batch-size", "16", "--quiet", "--json"])
+                                 "--epochs", "1", "--batch-size", "16", "--text-weight", "0.5", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert info["steps"] == 4 and info["clip"] == "rap-micro"
+    assert info["steps"] == 4 and info["clip"] == "rap-micro" and info["text_weight"] == 0.5  # the opt-in text loss
     assert {"i2t", "t2i", "attributes", "patch_selection", "text"} <= info["heldout"].keys() and info["seconds"] > 0
     assert read_backbone_clip_name(out) == "rap-micro"
     assert read_backbone_info(out)["heldout"] == info["heldout"]

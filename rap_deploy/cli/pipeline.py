@@ -33,7 +33,7 @@ class DemoSizes:
     backbone_clip: str = "rap-tiny"
     backbone_train: int = 6000
     backbone_epochs: int = 4
-    backbone_text_weight: float = 1.0
+    backbone_text_weight: float = 0.0
     frames: int = 12
     epochs: int = 8
     epoch_unit: str = "caption"
