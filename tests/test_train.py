@@ -102,7 +102,8 @@ def test_info_nce_masks_duplicate_videos():
 
 
 def test_param_groups_decay_and_offset_multiplier(micro_model):
-    from rap_deploy.train.loop import GRADIENT_FREE, _param_groups
+    from rap_deploy.train.params import GRADIENT_FREE
+    from rap_deploy.train.params import param_groups as _param_groups
 
     groups = _param_groups(micro_model, weight_decay=0.1, offset_lr_mult=20.0)
     names = {id(p): n for n, p in micro_model.named_parameters()}
@@ -113,7 +114,7 @@ def test_param_groups_decay_and_offset_multiplier(micro_model):
     assert groups[1]["weight_decay"] == 0.0 and all(n.endswith("bias") for n in by_group[1])
     assert not set(GRADIENT_FREE) & {n for g in by_group for n in g}  # the key bias cannot change attention
 
-    from rap_deploy.train.loop import _freeze_offsets_at_zero
+    from rap_deploy.train.params import freeze_offsets_at_zero as _freeze_offsets_at_zero
 
     _freeze_offsets_at_zero(micro_model)
     frozen = _param_groups(micro_model, weight_decay=0.1, offset_lr_mult=20.0)

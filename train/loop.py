@@ -25,6 +25,14 @@ from rap_deploy.errors import UsageError
 from rap_deploy.train import distributed as D
 from rap_deploy.train.batches import EPOCH_UNITS, epoch_batches, items_per_epoch
 from rap_deploy.train.losses import batch_loss
+from rap_deploy.train.params import (  # noqa: F401  (OFFSETS, trainable_parameters: also used from here)
+    GRADIENT_FREE,
+    OFFSETS,
+    freeze_offsets_at_zero,
+    param_groups,
+    trainable_parameters,
+)
+from rap_deploy.train.progress import Bars, epoch_line, say
 from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
 from rap_deploy.train.selection import SELECTION_RULE, best_of, improves, selection_score
 
@@ -36,8 +44,6 @@ SUMMARY = "summary.json"
 # Options that define the model when it is built from --clip (ignored with --checkpoint unless they conflict).
 MODEL_OPTIONS = ("variant", "use_lorm", "use_asa", "lorm_rank", "asa_topk", "asa_heads", "asa_dim", "asa_selection",
                  "frames", "context_length")
-# The ASA offsets γ (patch units) and δ (frames): their own optimizer group (learning-rate multiplier, no decay).
-OFFSETS = ("asa.patch_offset", "asa.time_offset")
 # Options a resumed run may change without changing the outcome.
 RESUMABLE_OVERRIDES = ("data_root", "cache_dir", "num_workers", "max_epochs_this_run", "device", "workspace")
 
@@ -171,42 +177,6 @@ def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
     return new_checkpoint(config, spec, embed_backbone=embed, seed=options.seed)
 
 
-# The ASA key bias adds q·b to every logit of a query: softmax ignores it, so its gradient is zero up to rounding,
-# and Adam would turn that rounding noise into learning-rate-sized random steps. It is left out of the optimizer.
-GRADIENT_FREE = ("asa.k_proj.bias",)
-
-
-def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """The adapter parameters the optimizer updates (everything outside ``clip.`` except :data:`GRADIENT_FREE`)."""
-    return [(n, p) for n, p in model.named_parameters()
-            if p.requires_grad and not n.startswith("clip.") and n not in GRADIENT_FREE]
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float,
-                  offset_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on adapter matrices; none on biases and vectors; the ASA offsets γ/δ in their own
-    group with learning rate ``offset_lr_mult`` × the schedule's (each group's ``lr_mult``).
-
-    Why the offsets get a multiplier: γ and δ are in patch and frame units, and Adam moves a parameter by about the
-    learning rate per step whatever its gradient's size, so at lr 1e-3 a few hundred steps move them by a fraction of
-    a patch or frame, too little to reach a neighbouring position. Frozen offsets (``requires_grad`` off) are left
-    out.
-    """
-    decay, no_decay, offsets = [], [], []
-    for name, p in trainable_parameters(model):
-        if name in OFFSETS:
-            offsets.append(p)
-        elif p.ndim < 2:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
-              {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
-    if offsets:
-        groups.append({"params": offsets, "weight_decay": 0.0, "lr_mult": float(offset_lr_mult)})
-    return groups
-
-
 def _amp_dtype(amp: str, device: str) -> torch.dtype | None:
     """The autocast dtype: only on CUDA; ``auto`` picks bf16 where supported, else fp16."""
     if not device.startswith("cuda") or amp == "off":
@@ -216,15 +186,6 @@ def _amp_dtype(amp: str, device: str) -> torch.dtype | None:
     if amp == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
-
-
-def _freeze_offsets_at_zero(model: torch.nn.Module) -> None:
-    """Set the ASA offsets γ, δ to zero and exclude them from training (the warp becomes the identity)."""
-    for name, p in model.named_parameters():
-        if name in OFFSETS:
-            with torch.no_grad():
-                p.zero_()
-            p.requires_grad_(False)
 
 
 def resolve_epoch_unit(unit: str, item_video: np.ndarray) -> str:
@@ -382,7 +343,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
             if name in GRADIENT_FREE:
                 p.requires_grad_(False)
         if options.freeze_offsets:
-            _freeze_offsets_at_zero(model)
+            freeze_offsets_at_zero(model)
         from rap_deploy.model_summary import asa_offsets
 
         offsets_initial = _plain(asa_offsets(model)) if state is None else state.get("offsets_initial")
@@ -390,7 +351,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
         if not params:
             raise UsageError("the model has no trainable adapter (LoRM and ASA both disabled)")
         D.broadcast_parameters(params, ctx)
-        optimizer = torch.optim.AdamW(_param_groups(model, options.weight_decay, options.offset_lr_mult),
+        optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay, options.offset_lr_mult),
                                       lr=options.lr)
         amp_dtype = _amp_dtype(options.amp, ctx.device)
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -404,7 +365,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
         batch = options.batch_size
         if per_epoch < batch:
             batch = max(ctx.world_size, per_epoch - per_epoch % ctx.world_size)
-            _say(show, f"[yellow]batch size {options.batch_size} exceeds the {per_epoch} training items per epoch; "
+            say(show, f"[yellow]batch size {options.batch_size} exceeds the {per_epoch} training items per epoch; "
                        f"using {batch}[/]")
         if batch % ctx.world_size:
             raise UsageError(f"--batch-size {batch} (the global batch) must be a multiple of the "
@@ -451,7 +412,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
             return result
 
         counts = model.parameter_counts()
-        _say(show, f"training {config.variant} on {options.dataset} ({len(dataset)} captions of "
+        say(show, f"training {config.variant} on {options.dataset} ({len(dataset)} captions of "
                    f"{dataset.split.num_videos - len(dataset.bad_videos)} videos, {len(dataset.bad_videos)} skipped), "
                    f"{counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters, "
                    f"{options.epochs} epochs × {steps_per_epoch} steps of {batch}, world size {ctx.world_size}, "
@@ -465,12 +426,12 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
                 if is_best:
                     best = best_of(history)
                 save(0, rec, is_best)
-                _say(show, _epoch_line(rec, options.epochs))
+                say(show, epoch_line(rec, options.epochs))
 
         train_seconds = sum(r.get("seconds", 0.0) for r in history)
         stop_at = options.epochs if options.max_epochs_this_run is None else \
             min(options.epochs, epoch0 + options.max_epochs_this_run)
-        bar = _Bars(show, options.epochs, epoch0, steps_per_epoch)
+        bar = Bars(show, options.epochs, epoch0, steps_per_epoch)
         with bar:
             for epoch in range(epoch0 + 1, stop_at + 1):
                 t0 = time.perf_counter()
@@ -500,7 +461,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
                     if is_best:
                         best = best_of(history)
                     save(epoch, rec, is_best)
-                    bar.log(_epoch_line(rec, options.epochs))
+                    bar.log(epoch_line(rec, options.epochs))
                 D.barrier(ctx)
                 bar.end_epoch()
 
@@ -603,72 +564,3 @@ def _restore_best(run_dir: Path, template, model, best: dict[str, Any], epoch: i
     if best.get("epoch") == epoch and not (run_dir / BEST).is_file():
         save_checkpoint(dataclasses.replace(template, adapter_state={
             k: v.detach().cpu().clone() for k, v in model.adapter_state_dict().items()}), run_dir / BEST)
-
-
-# ------------------------------------------------------------------------------------------------ output
-
-
-def _epoch_line(rec: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {rec['epoch']}/{epochs}"]
-    if rec.get("loss") is not None:
-        parts.append(f"loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  {rec['seconds']:.1f}s")
-    if "t2v" in rec:
-        t, v = rec["t2v"], rec["v2t"]
-        parts.append(f"t2v R@1 {t['R1']:.1f} R@5 {t['R5']:.1f} R@10 {t['R10']:.1f} MnR {t['MnR']:.1f} | "
-                     f"v2t R@1 {v['R1']:.1f} R@5 {v['R5']:.1f} MnR {v['MnR']:.1f}")
-    return "  ".join(parts)
-
-
-def _say(enabled: bool, message: str) -> None:
-    if enabled:
-        from rich.console import Console
-
-        Console(stderr=True).print(message)
-
-
-class _Bars:
-    """Rich progress bars (epochs and steps, with loss and throughput), only on a terminal and when enabled."""
-
-    def __init__(self, enabled: bool, epochs: int, done: int, steps: int) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.enabled = enabled
-        self.live = enabled and self.console.is_terminal
-        self.epochs, self.done, self.steps = epochs, done, steps
-        self.progress = None
-
-    def __enter__(self) -> _Bars:
-        if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
-            self.progress.__enter__()
-            self.epoch_task = self.progress.add_task("epochs", total=self.epochs, completed=self.done, info="")
-            self.step_task = self.progress.add_task("steps", total=self.steps, info="")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def start_epoch(self, epoch: int) -> None:
-        self.t0 = time.perf_counter()
-        self.n = 0
-        if self.progress is not None:
-            self.progress.reset(self.step_task, total=self.steps, description=f"epoch {epoch}", info="")
-
-    def advance(self, loss: float, pairs: int) -> None:
-        self.n += pairs
-        if self.progress is not None:
-            rate = self.n / max(1e-9, time.perf_counter() - self.t0)
-            self.progress.update(self.step_task, advance=1, info=f"loss {loss:.4f}  {rate:.1f} pairs/s")
-
-    def end_epoch(self) -> None:
-        if self.progress is not None:
-            self.progress.advance(self.epoch_task)
-
-    def log(self, line: str) -> None:
-        if self.enabled:
-            self.console.print(line)
