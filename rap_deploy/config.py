@@ -15,6 +15,7 @@ from rap_deploy.errors import UsageError
 
 VARIANTS = ("rap", "rap_light")
 SELECTION_MODES = ("text", "saliency")
+PRESETS = ("default", "paper")
 
 # CLIP's normalisation constants (OpenAI CLIP, also open_clip's default).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -191,3 +192,20 @@ class RAPConfig:
         if isinstance(d.get("preprocess"), dict):
             d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
         return cls(**d)  # __post_init__ validates types and bounds
+
+
+def preset_changes(preset: str, embed_dim: int) -> dict[str, Any]:
+    """The :class:`RAPConfig` values that ``preset`` sets on a backbone whose joint embedding width is ``embed_dim``.
+
+    ``default`` sets nothing (the dataclass defaults: LoRM rank 4, ASA width ``asa_dim`` 128; on ViT-B/32 412,812
+    trainable parameters). ``paper`` sizes the adapters like the paper's 1.06M: the ASA attention runs at the joint
+    width (``asa_dim = embed_dim``) and LoRM keeps rank 2 in every block's two branches. On ViT-B/32 with 12 frames
+    that is 1,050,636 (ASA) + 74,880 (LoRM) = 1,125,516 trainable parameters, +6.2 % of 1.06M. This placement changes
+    sizes only, not where the adapters sit. Explicit options given beside a preset win over it.
+    Raises :class:`UsageError` for an unknown preset.
+    """
+    if preset == "default":
+        return {}
+    if preset == "paper":
+        return {"asa_dim": int(embed_dim), "lorm_rank": 2}
+    raise UsageError(f"preset '{preset}' is unknown; use one of {', '.join(PRESETS)}")

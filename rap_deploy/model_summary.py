@@ -5,14 +5,48 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rap_deploy.config import RAPConfig
+import torch
+
+from rap_deploy.config import RAPConfig, preset_changes
 from rap_deploy.errors import UsageError
 from rap_deploy.model.clip_loader import BackboneSpec
 from rap_deploy.model.rap import RAPModel
 
 
+def preset_changes_for(preset: str, clip: str) -> dict[str, Any]:
+    """:func:`rap_deploy.config.preset_changes` for the open_clip model ``clip`` (its joint width read from its
+    config). Raises :class:`UsageError` for an unknown preset or model."""
+    from rap_deploy.model.clip_loader import clip_model_config
+
+    return preset_changes(preset, int(clip_model_config(clip)["embed_dim"])) if preset != "default" else {}
+
+
+def asa_offsets(model: RAPModel) -> dict[str, list] | None:
+    """The ASA head's per-head offsets: ``{"gamma": [[y, x] per head] (patch units), "delta": [per head] (frames)}``,
+    rounded to 1e-6; ``None`` for a model without ASA."""
+    asa = getattr(model, "asa", None)
+    if asa is None:
+        return None
+    return {"gamma": [[round(float(v), 6) for v in row] for row in asa.patch_offset.detach().cpu()],
+            "delta": [round(float(v), 6) for v in asa.time_offset.detach().cpu()]}
+
+
+def lorm_modulation(model: RAPModel) -> dict[str, float] | None:
+    """How far LoRM is from the identity: ``max_scale_change`` = max |U_s V_s| (the scale's distance from 1) and
+    ``max_shift`` = max |U_c V_c| over every site, frame and channel; ``None`` for a model without LoRM."""
+    sites = [m for group in (model.lorm_attn, model.lorm_mlp) if group is not None for m in group]
+    if not sites:
+        return None
+    with torch.no_grad():
+        scale = max(float((m.u_scale @ m.v_scale).abs().max()) for m in sites)
+        shift = max(float((m.u_shift @ m.v_shift).abs().max()) for m in sites)
+    return {"max_scale_change": round(scale, 6), "max_shift": round(shift, 6)}
+
+
 def summarize(model: RAPModel, backbone: BackboneSpec) -> dict[str, Any]:
-    """JSON-able summary: ``variant``, ``clip``, ``frames``, ``trainable_params``, ``total_params`` and details."""
+    """JSON-able summary: ``variant``, ``clip``, ``frames``, ``trainable_params``, ``total_params``, the learned ASA
+    offsets (``asa_offsets``: γ, δ per head) and LoRM's distance from the identity (``lorm_modulation``), and
+    details."""
     counts = model.parameter_counts()
     cfg = model.config
 
@@ -32,6 +66,8 @@ def summarize(model: RAPModel, backbone: BackboneSpec) -> dict[str, Any]:
         "embed_dim": model.embed_dim,
         "patches": model.num_patches,
         "image_size": cfg.preprocess.image_size,
+        "asa_offsets": asa_offsets(model),
+        "lorm_modulation": lorm_modulation(model),
         "config": cfg.to_dict(),
     }
 

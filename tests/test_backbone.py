@@ -51,16 +51,30 @@ def test_localisation_loss_rewards_text_on_object_patches():
     assert object_patches(images, (4, 4))[0].tolist() == [False, False, True] + [False] * 13
 
 
+def test_caption_pairs_are_paraphrases_with_hard_variants():
+    from rap_deploy.data.synth import parse_caption
+    from rap_deploy.train.captions import caption_pair_batch
+
+    a, b, ids = caption_pair_batch(np.random.default_rng(0), 12)
+    assert len(a) == len(b) == len(ids) == 12
+    for x, y in zip(a, b, strict=True):
+        assert parse_caption(x) == parse_caption(y)  # the two sides are paraphrases of one scene
+    assert not any(w in " ".join(a) for w in (" at the top", " on the left", " in the center"))  # no still phrasing
+    # The first group is a scene and its time reverse: different meanings, so they are negatives of each other.
+    assert ids[0] != ids[1] and parse_caption(a[1]) != parse_caption(a[0])
+    assert all(ids[i] == ids[j] for i in range(12) for j in range(12) if parse_caption(a[i]) == parse_caption(a[j]))
+
+
 def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
     runner = CliRunner()
     out = tmp_path / "micro-backbone.safetensors"
     result = runner.invoke(app, ["pretrain-backbone", "--data-root", str(tmp_path / "stills"), "--out", str(out),
                                  "--clip", "rap-micro", "--size", "32", "--train-stills", "64", "--test-stills", "16",
-                                 "--epochs", "1", "--batch-size", "16", "--quiet", "--json"])
+                                 "--epochs", "1", "--batch-size", "16", "--text-weight", "0.5", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert info["steps"] == 4 and info["clip"] == "rap-micro"
-    assert {"i2t", "t2i", "attributes", "patch_selection"} <= info["heldout"].keys() and info["seconds"] > 0
+    assert info["steps"] == 4 and info["clip"] == "rap-micro" and info["text_weight"] == 0.5  # the opt-in text loss
+    assert {"i2t", "t2i", "attributes", "patch_selection", "text"} <= info["heldout"].keys() and info["seconds"] > 0
     assert read_backbone_clip_name(out) == "rap-micro"
     assert read_backbone_info(out)["heldout"] == info["heldout"]
     assert len(list((tmp_path / "stills" / "stills").glob("*.npz"))) == 2  # train and held-out stills cached

@@ -33,3 +33,12 @@ def test_demo_tiny_end_to_end_and_resume(tmp_path):
     again = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])
     assert again.exit_code == 0, again.output
     assert "[skip] train (rap)" in again.output and "[run ] train" not in again.output
+
+
+def test_demo_split_is_sharp_enough():
+    """One query of the default demo's test split moves R@1 by at most 0.5 points (DESIGN.md §10)."""
+    from rap_deploy.cli.pipeline import DemoSizes
+
+    sizes = DemoSizes()
+    assert sizes.test_videos >= 200 and 100.0 / sizes.test_videos <= 0.5
+    assert sizes.epoch_unit == "caption" and sizes.videos - sizes.test_videos >= sizes.test_videos

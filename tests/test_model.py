@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from rap_deploy.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
 from rap_deploy.cli.app import app
+from rap_deploy.config import PRESETS
 from rap_deploy.errors import UsageError
 from rap_deploy.model.asa import trilinear_warp
 from rap_deploy.model.clip_loader import BackboneSpec
@@ -28,7 +29,13 @@ def _text(model, texts=("a red circle moves left", "a blue square", "green trian
     return model.encode_text(torch.from_numpy(ids), torch.from_numpy(eot))
 
 
-def test_identity_at_init_equals_frozen_clip_meanp(micro_model):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_identity_at_init_equals_frozen_clip_meanp(preset):
+    from rap_deploy.model_summary import preset_changes_for
+
+    config = micro_config(**preset_changes_for(preset, "rap-micro"))
+    _, micro_model = new_checkpoint(config, BackboneSpec.parse("rap-micro", "none"), seed=0)
+    assert preset == "default" or (config.asa_dim, config.lorm_rank) == (32, 2)  # rap-micro's joint width is 32
     frames = _frames()
     with torch.no_grad():
         video_emb, *rerank = micro_model.encode_video(frames)
@@ -220,6 +227,15 @@ def test_init_and_info_cli(tmp_path):
     info = json.loads(result.output)
     assert info["variant"] == "rap" and info["clip"] == "rap-micro" and info["frames"] == 4
     assert 0 < info["trainable_params"] < info["total_params"]
+    assert len(info["asa_offsets"]["gamma"]) == len(info["asa_offsets"]["delta"]) == 2  # one per head
+    assert min(abs(d) for d in info["asa_offsets"]["delta"]) > 0.1  # non-zero start, off the interpolation kink
+    assert info["lorm_modulation"] == {"max_scale_change": 0.0, "max_shift": 0.0}  # identity at init
+    table = runner.invoke(app, ["info", str(out)])
+    assert "δ per head (frames)" in table.output and "γ per head" in table.output
+    paper = runner.invoke(app, ["init", "--clip", "rap-micro", "--frames", "4", "--preset", "paper", "--heads", "2",
+                                "--out", str(tmp_path / "p.pt"), "--json"])
+    assert paper.exit_code == 0, paper.output
+    assert json.loads(paper.output)["config"]["asa_dim"] == 32 and json.loads(paper.output)["config"]["lorm_rank"] == 2
     light = tmp_path / "light.pt"
     made = runner.invoke(app, ["init", "--clip", "rap-micro", "--variant", "rap_light", "--out", str(light)])
     assert made.exit_code == 0, made.output
@@ -248,6 +264,11 @@ def test_info_vit_b32_parameter_budget():
     result = CliRunner().invoke(app, ["info", "--clip", "ViT-B-32", "--pretrained", "none", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert 0.3e6 <= info["trainable_params"] <= 2.0e6
+    assert info["trainable_params"] == 412_812
     assert abs(info["total_params"] - 151e6) < 2e6
     assert info["trainable_params"] / info["total_params"] < 0.015
+    paper = CliRunner().invoke(app, ["info", "--clip", "ViT-B-32", "--pretrained", "none", "--preset", "paper",
+                                     "--json"])
+    assert paper.exit_code == 0, paper.output
+    count = json.loads(paper.output)["trainable_params"]
+    assert count == 1_125_516 and abs(count / 1.06e6 - 1) <= 0.10  # the paper's 1.06M within 10 %

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import micro_config
+from conftest import micro_config, randomize_adapters
 from typer.testing import CliRunner
 
 from rap_deploy.checkpoint import load_checkpoint
@@ -31,7 +31,7 @@ def _micro_options(synth_root, out, cache, **kw):
 
     base = dict(dataset="msrvtt", data_root=str(synth_root), out=str(out), clip="rap-micro", pretrained="none",
                 frames=4, asa_topk=4, asa_heads=2, asa_dim=16, lorm_rank=2, epochs=2, batch_size=8, lr=5e-3,
-                warmup=1, seed=3, max_test_videos=8, cache_dir=str(cache), top_m=4)
+                warmup=1, seed=3, max_test_videos=8, cache_dir=str(cache), top_m=4, epoch_unit="video")
     base.update(kw)
     return TrainOptions(**base)
 
@@ -101,6 +101,56 @@ def test_info_nce_masks_duplicate_videos():
     assert torch.allclose(symmetric_info_nce(sim, 10.0, torch.arange(4)), ref)
 
 
+def test_param_groups_decay_and_offset_multiplier(micro_model):
+    from rap_deploy.train.params import GRADIENT_FREE
+    from rap_deploy.train.params import param_groups as _param_groups
+
+    groups = _param_groups(micro_model, weight_decay=0.1, offset_lr_mult=20.0)
+    names = {id(p): n for n, p in micro_model.named_parameters()}
+    by_group = [sorted(names[id(p)] for p in g["params"]) for g in groups]
+    assert by_group[2] == ["asa.patch_offset", "asa.time_offset"] and groups[2]["lr_mult"] == 20.0
+    assert groups[0]["weight_decay"] == 0.1 and all(n.endswith("weight") or ".v_" in n or ".u_" in n
+                                                     for n in by_group[0])
+    assert groups[1]["weight_decay"] == 0.0 and all(n.endswith("bias") for n in by_group[1])
+    assert not set(GRADIENT_FREE) & {n for g in by_group for n in g}  # the key bias cannot change attention
+
+    from rap_deploy.train.params import freeze_offsets_at_zero as _freeze_offsets_at_zero
+
+    _freeze_offsets_at_zero(micro_model)
+    frozen = _param_groups(micro_model, weight_decay=0.1, offset_lr_mult=20.0)
+    assert len(frozen) == 2 and float(micro_model.asa.time_offset.abs().max()) == 0.0
+    assert float(micro_model.asa.patch_offset.abs().max()) == 0.0
+
+
+def _rec(epoch, t2v, v2t):
+    return {"epoch": epoch, "t2v": dict(zip(("R1", "R5", "R10"), t2v, strict=True)),
+            "v2t": dict(zip(("R1", "R5", "R10"), v2t, strict=True))}
+
+
+def test_selection_rule_sums_six_recalls_and_prefers_the_later_epoch():
+    from rap_deploy.train.selection import best_of, improves, selection_score
+
+    flat = [_rec(e, (10, 50, 70), (12, 40, 60)) for e in (1, 2, 3)]
+    assert selection_score(flat[0]) == 242.0
+    assert best_of(flat)["epoch"] == 3  # a plateau keeps the latest weights, never freezes at epoch 1
+    # R@1 never rises, but R@5/R@10 and the other direction do: the later epoch wins.
+    assert best_of([_rec(1, (20, 50, 70), (20, 50, 70)), _rec(2, (20, 60, 80), (20, 55, 75))])["epoch"] == 2
+    # A higher R@1 alone does not win against a larger sum.
+    assert best_of([_rec(1, (30, 50, 60), (20, 40, 50)), _rec(2, (25, 60, 80), (20, 45, 60))])["epoch"] == 2
+    assert best_of([_rec(1, (30, 60, 80), (20, 45, 60)), _rec(2, (25, 60, 80), (20, 45, 60))])["epoch"] == 1
+    # Epochs without evaluation are not candidates; an empty history has no best epoch.
+    assert best_of([_rec(1, (5, 5, 5), (5, 5, 5)), {"epoch": 2, "loss": 0.1}])["epoch"] == 1
+    assert best_of([])["epoch"] is None and not improves(None, 0.0) and improves(1.0, 1.0)
+
+
+def test_epoch_unit_auto_visits_every_caption_of_multi_caption_data():
+    from rap_deploy.train.loop import resolve_epoch_unit
+
+    assert resolve_epoch_unit("auto", np.repeat(np.arange(4), 5)) == "caption"
+    assert resolve_epoch_unit("auto", np.arange(4)) == "video"
+    assert resolve_epoch_unit("video", np.repeat(np.arange(4), 5)) == "video"
+
+
 def test_warmup_then_cosine():
     total, warm = 100, warmup_steps_for(0.1, 100)
     assert warm == 10 and warmup_steps_for(5, 100) == 5
@@ -157,6 +207,61 @@ def test_kill_and_resume_equals_straight_run(synth_root, frame_cache, tmp_path, 
     assert float(_adapters(killed / "last.pt")["lorm_attn.0.v_scale"].abs().max()) > 1e-4
 
 
+def test_short_run_moves_the_offsets_and_both_lorm_factors(synth_root, frame_cache, tmp_path):
+    """LoRM's U (unit-scale init) and V (zero init) and the ASA offsets γ, δ all learn within a few steps."""
+    from rap_deploy.train.loop import _source_checkpoint, train_rap
+
+    options = _micro_options(synth_root, tmp_path / "run", frame_cache, max_train_videos=16, max_test_videos=4,
+                             epochs=2, warmup=0)
+    start = {k: v.clone() for k, v in _source_checkpoint(options, 4, 32)[1].adapter_state_dict().items()}
+    summary = train_rap(options, progress=False)
+    assert summary["steps"] == 4
+    end = _adapters(tmp_path / "run" / "last.pt")
+
+    def moved(suffix: str) -> float:
+        return max(float((end[k] - start[k]).abs().max()) for k in end if k.endswith(suffix))
+
+    for factor in ("u_scale", "v_scale", "u_shift", "v_shift"):
+        assert moved(factor) > 1e-3, factor
+    assert moved("patch_offset") > 1e-2 and moved("time_offset") > 1e-2
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["offsets"]["delta"] == pytest.approx(end["asa.time_offset"].tolist(), abs=1e-6)
+    assert rows[-1]["lorm"]["max_scale_change"] > 0 and len(rows[-1]["offsets"]["gamma"]) == 2
+    assert summary["offsets_initial"]["delta"] == pytest.approx(start["asa.time_offset"].tolist(), abs=1e-6)
+
+
+def test_identity_asa_evaluates_as_meanp(micro_model, synth_root, frame_cache):
+    """The epoch-0 shortcut: an ASA head with a zero output projection scores every pair as meanP does (within float
+    rounding), so the loop scores it as meanP without running the head on every pair."""
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.retrieval import ModelEncoder, encode_texts, encode_videos, full_similarity, meanp_similarity
+    from rap_deploy.train.distributed import DistContext
+    from rap_deploy.train.loop import TrainOptions, _asa_is_identity, _evaluate
+
+    split = load_split("msrvtt", synth_root, "test", max_frames=4)
+    cache = FrameCache(frame_cache)
+    encoder = ModelEncoder(micro_model)
+    index = encode_videos(encoder, split, cache, progress=False)
+    text = encode_texts(encoder, split.captions)
+    assert _asa_is_identity(micro_model)
+    assert np.abs(full_similarity(encoder, text, index, progress=False) - meanp_similarity(text, index)).max() <= 1e-6
+    fast = _evaluate(micro_model, split, cache, TrainOptions("msrvtt", "", "", top_m=4), DistContext(), False)
+    assert fast["asa"] == fast["two_stage"] == fast["meanp"] and fast["videos"] == 12
+    randomize_adapters(micro_model)
+    assert not _asa_is_identity(micro_model)
+
+
+def test_frozen_offsets_stay_at_zero(synth_root, frame_cache, tmp_path):
+    from rap_deploy.train.loop import train_rap
+
+    summary = train_rap(_micro_options(synth_root, tmp_path / "run", frame_cache, max_train_videos=8,
+                                       max_test_videos=4, epochs=1, freeze_offsets=True), progress=False)
+    end = _adapters(tmp_path / "run" / "last.pt")
+    assert float(end["asa.patch_offset"].abs().max()) == 0 and float(end["asa.time_offset"].abs().max()) == 0
+    assert float(end["asa.out_proj.weight"].abs().max()) > 0 and summary["steps"] == 1  # the rest trained
+
+
 def test_corrupt_training_video_is_skipped_and_counted(synth_root, frame_cache, tmp_path):
     from rap_deploy.train.loop import train_rap
 
@@ -180,6 +285,7 @@ def test_torchrun_two_processes_match_one_process(synth_root, frame_cache, tmp_p
            "rap_deploy.cli", "train", "--dataset", "msrvtt", "--data-root", str(synth_root), *MICRO_CLI,
            "--epochs", "1", "--batch-size", "8", "--lr", "1e-2", "--warmup", "0", "--seed", "3",
            "--max-test-videos", "4", "--top-m", "4", "--cache-dir", str(frame_cache), "--out", str(tmp_path / "two"),
+           "--epoch-unit", "video",
            "--quiet", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -202,7 +308,7 @@ def test_train_cli_end_to_end_and_resume(synth_root, frame_cache, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), *MICRO_CLI, "--out", str(run),
             "--epochs", "2", "--batch-size", "8", "--max-test-videos", "8", "--top-m", "4",
-            "--cache-dir", str(frame_cache), "--quiet"]
+            "--cache-dir", str(frame_cache), "--quiet", "--epoch-unit", "video"]
     first = runner.invoke(app, [*args, "--max-epochs-this-run", "1"])
     assert first.exit_code == 0, first.output
     assert "stopped after epoch 1 of 2" in first.output
@@ -239,3 +345,49 @@ def test_train_cli_usage_errors(tmp_path):
     (tmp_path / "empty").mkdir()  # a folder without last.pt: the run stopped before its first epoch
     empty = runner.invoke(app, ["train", "--resume", str(tmp_path / "empty")])
     assert empty.exit_code == 2 and "no last.pt" in empty.output
+
+
+def test_ablate_cli_tiny_table_and_rerun(tmp_path):
+    runner = CliRunner()
+    world, out = tmp_path / "world", tmp_path / "ablation"
+    args = ["ablate", "--tiny", "--world", str(world), "--out", str(out), "--seeds", "0,1",
+            "--rows", "zero_shot,offsets_zero,rap", "--quiet"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    result = json.loads((out / "ablation.json").read_text())
+    assert [r["name"] for r in result["rows"]] == ["zero_shot", "offsets_zero", "rap"]
+    zero_shot, frozen, rap = result["rows"]
+    assert zero_shot["n"] == 1 and frozen["n"] == rap["n"] == 2
+    for row in (frozen, rap):
+        r1 = [run["t2v"]["R1"] for run in row["runs"]]
+        assert row["mean"]["t2v"]["R1"] == pytest.approx(np.mean(r1))
+        assert row["std"]["t2v"]["R1"] == pytest.approx(np.std(r1, ddof=1))
+    assert all(run["max_abs_offset"] == 0 for run in frozen["runs"])
+    assert all(run["offset_change"] > 0 for run in rap["runs"])
+    table = (out / "ablation.md").read_text()
+    assert "| `rap` (LoRM + ASA, learned offsets) |" in table and "rap >= zero-shot + 15 t2v R@1" in table
+    assert " ± " in table and table in first.output
+    stamp = (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns
+    again = runner.invoke(app, args)  # complete runs are read back, not trained again
+    assert again.exit_code == 0, again.output
+    assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+    bad = runner.invoke(app, ["ablate", "--tiny", "--world", str(world), "--rows", "nope"])
+    assert bad.exit_code == 2 and "unknown ablation rows" in bad.output
+
+
+def test_rap_light_and_no_asa_are_the_same_model():
+    """The ablation shares the runs of these two rows: same parameters from the same seed, same similarity."""
+    from rap_deploy.checkpoint import new_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.train.ablate import ROWS
+
+    assert next(r for r in ROWS if r.name == "rap_light").same_as == "no_asa"
+    spec = BackboneSpec.parse("rap-micro", "none")
+    _, light = new_checkpoint(micro_config(variant="rap_light"), spec, seed=5)
+    _, no_asa = new_checkpoint(micro_config(use_asa=False), spec, seed=5)
+    a, b = light.adapter_state_dict(), no_asa.adapter_state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    frames = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ids, eot = (torch.from_numpy(x) for x in tokenize(["a red circle grows", "a blue square"], light.config.tokenizer))
+    with torch.no_grad():
+        assert torch.equal(light.similarity(frames, None, ids, eot), no_asa.similarity(frames, None, ids, eot))

@@ -216,9 +216,33 @@ def patch_object_precision(patch_emb: np.ndarray, text_emb: np.ndarray, on_objec
             "base_rate": float(100 * on_object.mean()), "k": k}
 
 
+@torch.no_grad()
+def reverse_caption_similarity(model: torch.nn.Module, tok, seed: int) -> dict[str, float]:
+    """How well the text tower tells a video-style caption from the caption of its time reverse.
+
+    Returns ``reverse_caption_cos`` (mean cosine of a caption and its reverse's caption; 1.0 = indistinguishable),
+    ``paraphrase_cos`` (mean cosine of a caption and a paraphrase of it) and ``paraphrase_closer`` (percent of
+    captions whose paraphrase is closer than the reverse's caption), over held-out random scenes.
+    """
+    from rap_deploy.tokenizer import tokenize
+    from rap_deploy.train.captions import reverse_caption_probe
+
+    captions, paraphrases, reverses = reverse_caption_probe(seed)
+
+    def enc(texts: list[str]) -> torch.Tensor:
+        return model.encode_text(torch.from_numpy(tokenize(texts, tok)[0]).long(), normalize=True)
+
+    model.eval()
+    a, p, r = enc(captions), enc(paraphrases), enc(reverses)
+    cos_rev, cos_par = (a * r).sum(-1), (a * p).sum(-1)
+    return {"reverse_caption_cos": float(cos_rev.mean()), "paraphrase_cos": float(cos_par.mean()),
+            "paraphrase_closer": float(100 * (cos_par > cos_rev).float().mean()), "probes": len(captions)}
+
+
 def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_test: int = 400, epochs: int = 4,
                       seed: int = 0, clip: str = DEFAULT_CLIP, batch_size: int = 128, lr: float = 2e-3,
                       weight_decay: float = 0.1, warmup: float = 0.1, patch_weight: float = 1.0,
+                      text_weight: float = 0.0, text_batch: int = 64,
                       data_root: str | Path | None = None, progress: bool = True,
                       threads: int | None = None) -> dict[str, Any]:
     """Train ``clip`` from scratch on ``n_train`` synthetic stills and write it to ``out`` (``.safetensors``).
@@ -234,6 +258,15 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     select background. This term gives the stand-in the property the method relies on; it is spatial, never
     temporal, so the temporal modelling still comes from RAP.
 
+    ``text_weight`` (default 0: off) adds a text-only contrastive loss on ``text_batch`` video-style captions per step
+    (:mod:`rap_deploy.train.captions`: two paraphrases of each scene, with its time reverse and other hard variants as
+    negatives), so the text tower tells actions and their order apart. Measured on the demo's world (6000 stills,
+    4 epochs, 200 test videos): without it a caption and its time reverse's caption have cosine 0.78 and zero-shot
+    t2v R@1 is 18.5; with weight 1 (or 0.2) that cosine drops to 0.33 but the video captions leave the image-aligned
+    space: zero-shot t2v R@1 falls to 7.5 (3.5) and RAP trained one epoch reaches 14.0 (15.0) instead of 19.5. It is
+    therefore an opt-in. The held-out ``text`` metrics (:func:`reverse_caption_similarity`) are reported either way.
+    The vision tower never sees motion.
+
     After training, the held-out metrics (:func:`heldout_metrics`, on ``n_test`` stills from another seed) are
     computed and stored with the weights. Returns the info dict stored in the file (metrics, seconds, seed,
     settings) plus ``out``.
@@ -243,6 +276,8 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     from rap_deploy.config import PreprocessConfig, TokenizerConfig
     from rap_deploy.preprocess import normalize, resize_crop
     from rap_deploy.tokenizer import tokenize
+    from rap_deploy.train.captions import caption_pair_batch
+    from rap_deploy.train.losses import symmetric_info_nce
     from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
 
     out = Path(out)
@@ -281,6 +316,7 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator().manual_seed(seed)
+    text_rng = np.random.default_rng([seed, 13])
     max_scale = math.log(100.0)
     losses: list[float] = []
     step = 0
@@ -300,6 +336,11 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
                 loss = _clip_loss(scale * img @ txt.T)
                 if patch_weight > 0:
                     loss = loss + patch_weight * localisation_loss(patches, txt, train_obj[idx], scale)
+                if text_weight > 0:
+                    cap_a, cap_b, same = caption_pair_batch(text_rng, text_batch)
+                    ta = model.encode_text(torch.from_numpy(tokenize(cap_a, tok)[0]).long(), normalize=True)
+                    tb = model.encode_text(torch.from_numpy(tokenize(cap_b, tok)[0]).long(), normalize=True)
+                    loss = loss + text_weight * symmetric_info_nce(ta @ tb.T, scale, torch.from_numpy(same))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -313,12 +354,13 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     image_emb, patch_emb, text_emb = _encode(model, test_img, test_ids, cfg)
     metrics = heldout_metrics(image_emb, text_emb, test_caps)
     metrics["patch_selection"] = patch_object_precision(patch_emb, text_emb, test_obj.numpy())
+    metrics["text"] = reverse_caption_similarity(model, tok, seed + TEST_SEED_OFFSET)
     seconds = time.perf_counter() - t0
     cpu_seconds = time.process_time() - cpu0
     info = {
         "clip": clip, "seed": seed, "size": size, "image_size": cfg.image_size, "n_train": n_train, "n_test": n_test,
         "epochs": epochs, "steps": step, "batch_size": batch, "lr": lr, "weight_decay": weight_decay,
-        "patch_weight": patch_weight,
+        "patch_weight": patch_weight, "text_weight": text_weight,
         "warmup_steps": warm, "final_loss": float(np.mean(losses[-max(1, steps_per_epoch // 4):])),
         "first_loss": losses[0], "logit_scale": float(model.logit_scale.detach().exp()), "heldout": metrics,
         "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "train_seconds": round(t_train, 2),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,16 @@ from rap_deploy.errors import UsageError
 from rap_deploy.train import distributed as D
 from rap_deploy.train.batches import EPOCH_UNITS, epoch_batches, items_per_epoch
 from rap_deploy.train.losses import batch_loss
+from rap_deploy.train.params import (  # noqa: F401  (OFFSETS, trainable_parameters: also used from here)
+    GRADIENT_FREE,
+    OFFSETS,
+    freeze_offsets_at_zero,
+    param_groups,
+    trainable_parameters,
+)
+from rap_deploy.train.progress import Bars, epoch_line, say
 from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
+from rap_deploy.train.selection import SELECTION_RULE, best_of, improves, selection_score
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -46,8 +54,12 @@ class TrainOptions:
     Model: ``checkpoint`` (a RAP checkpoint to fine-tune) or ``clip`` + ``pretrained`` (+ the adapter options) to
     start from identity adapters; ``None`` adapter options take the ``RAPConfig`` defaults, ``None`` ``frames`` /
     ``context_length`` the dataset's protocol (12/32 for MSR-VTT and MSVD, 64/64 for DiDeMo and ActivityNet).
-    ``warmup`` < 1 is a fraction of all steps, >= 1 a step count. ``epoch_unit`` ``video`` draws one caption per
-    video per epoch, ``caption`` visits every caption. ``epochs=0`` only evaluates the starting model.
+    ``preset`` (``default``/``paper``, :func:`rap_deploy.config.preset_changes`) sets adapter sizes before the
+    explicit adapter options. ``warmup`` < 1 is a fraction of all steps, >= 1 a step count. ``offset_lr_mult``
+    multiplies the learning rate of the ASA offsets γ/δ; ``freeze_offsets`` sets them to zero and keeps them there
+    (the ablation of the warp). ``epoch_unit`` ``video`` draws one caption per video per epoch, ``caption`` visits
+    every caption (CLIP4Clip's MSR-VTT recipe), ``auto`` (default) is ``caption`` when the training split has more
+    captions than videos, else ``video``. ``epochs=0`` only evaluates the starting model.
     ``max_epochs_this_run`` stops this invocation early (the schedule still spans ``epochs``; continue with resume).
     """
 
@@ -67,11 +79,14 @@ class TrainOptions:
     asa_selection: str | None = None
     frames: int | None = None
     context_length: int | None = None
+    preset: str | None = None
     embed_backbone: bool | None = None
     epochs: int = 5
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
+    offset_lr_mult: float = 10.0
+    freeze_offsets: bool = False
     warmup: float = 0.1
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
@@ -80,7 +95,7 @@ class TrainOptions:
     eval_initial: bool = False
     max_train_videos: int | None = None
     max_test_videos: int | None = None
-    epoch_unit: str = "video"
+    epoch_unit: str = "auto"
     test_split: str = "test"
     top_m: int = 100
     num_workers: int = 0
@@ -107,8 +122,9 @@ class TrainOptions:
         bounds.check_float(self.warmup, "--warmup", 0.0, float(bounds.MAX_STEPS))
         bounds.check_float(self.grad_clip, "--grad-clip", 0.0, 1e6, fix="0 turns clipping off")
         bounds.check_float(self.min_lr_ratio, "min_lr_ratio", 0.0, 1.0)
-        if self.epoch_unit not in EPOCH_UNITS:
-            raise UsageError(f"epoch unit '{self.epoch_unit}' is unknown; use one of {', '.join(EPOCH_UNITS)}")
+        bounds.check_float(self.offset_lr_mult, "--offset-lr-mult", 0.0, 1e6, low_open=True)
+        if self.epoch_unit not in ("auto", *EPOCH_UNITS):
+            raise UsageError(f"epoch unit '{self.epoch_unit}' is unknown; use auto, {', '.join(EPOCH_UNITS)}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise UsageError(f"--amp '{self.amp}' is unknown; use auto, bf16, fp16 or off")
         if self.max_train_videos is not None and self.max_train_videos < 1:
@@ -131,15 +147,18 @@ def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
     from rap_deploy.checkpoint import load_checkpoint, new_checkpoint
     from rap_deploy.config import PreprocessConfig, RAPConfig
     from rap_deploy.model.clip_loader import BackboneSpec, clip_model_config
+    from rap_deploy.model_summary import preset_changes_for
 
     if options.checkpoint:
         ckpt = load_checkpoint(options.checkpoint)
+        preset = preset_changes_for(options.preset, ckpt.config.clip) if options.preset else {}
         for name in MODEL_OPTIONS:
             wanted = getattr(options, name)
+            wanted = preset.get(name) if wanted is None else wanted
             have = getattr(ckpt.config, name)
             if wanted is not None and wanted != have:
                 raise UsageError(f"--{name.replace('_', '-')} {wanted} conflicts with checkpoint {options.checkpoint} "
-                                 f"({name} = {have}); drop the option or start from --clip")
+                                 f"({name} = {have}); drop the option (or --preset) or start from --clip")
         return ckpt, ckpt.build_model()
     clip = options.clip or "ViT-B-32"
     pretrained = options.pretrained
@@ -154,33 +173,12 @@ def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
     size = clip_model_config(clip)["vision_cfg"]["image_size"]
     size = int(size[0] if isinstance(size, (list, tuple)) else size)
     defaults = RAPConfig()
-    kw = {name: getattr(options, name) for name in MODEL_OPTIONS if getattr(options, name) is not None}
+    kw = preset_changes_for(options.preset, clip) if options.preset else {}
+    kw.update({name: getattr(options, name) for name in MODEL_OPTIONS if getattr(options, name) is not None})
     kw.update(frames=frames, context_length=context_length)
     config = defaults.replace(clip=clip, preprocess=PreprocessConfig(image_size=size), **kw)
     embed = options.embed_backbone if options.embed_backbone is not None else spec.kind == "none"
     return new_checkpoint(config, spec, embed_backbone=embed, seed=options.seed)
-
-
-# The ASA key bias adds q·b to every logit of a query: softmax ignores it, so its gradient is zero up to rounding,
-# and Adam would turn that rounding noise into learning-rate-sized random steps. It is left out of the optimizer.
-GRADIENT_FREE = ("asa.k_proj.bias",)
-
-
-def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """The adapter parameters the optimizer updates (everything outside ``clip.`` except :data:`GRADIENT_FREE`)."""
-    return [(n, p) for n, p in model.named_parameters()
-            if p.requires_grad and not n.startswith("clip.") and n not in GRADIENT_FREE]
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on adapter matrices; none on biases, LayerNorm-like vectors and the γ/δ offsets."""
-    decay, no_decay = [], []
-    for name, p in trainable_parameters(model):
-        if p.ndim < 2 or name.endswith(("patch_offset", "time_offset")):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _amp_dtype(amp: str, device: str) -> torch.dtype | None:
@@ -192,6 +190,13 @@ def _amp_dtype(amp: str, device: str) -> torch.dtype | None:
     if amp == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
+
+
+def resolve_epoch_unit(unit: str, item_video: np.ndarray) -> str:
+    """``unit``, with ``auto`` resolved: ``caption`` when some video has several training captions, else ``video``."""
+    if unit != "auto":
+        return unit
+    return "caption" if len(item_video) > len(np.unique(item_video)) else "video"
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -250,24 +255,45 @@ def _plain(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
+def _asa_is_identity(model) -> bool:
+    """True when the ASA head cannot change a similarity: its output projection is exactly zero (as at
+    initialisation), so the text-conditioned embedding is the mean of the frame embeddings, i.e. meanP."""
+    proj = getattr(getattr(model, "asa", None), "out_proj", None)
+    return proj is not None and not bool(proj.weight.any()) and (proj.bias is None or not bool(proj.bias.any()))
+
+
 def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContext, progress: bool) -> dict[str, Any]:
+    """Test-split metrics of the model (full ASA, two-stage, meanP; :func:`rap_deploy.retrieval.evaluate`).
+
+    An identity ASA head (zero output projection, e.g. the epoch-0 evaluation) scores every pair exactly as meanP
+    does, so its full and two-stage similarities are computed as meanP, without running the head on every pair.
+    """
     from rap_deploy.retrieval import ModelEncoder, evaluate
 
+    class MeanPEncoder(ModelEncoder):
+        has_asa = False
+
+    encoder_type = MeanPEncoder if _asa_is_identity(model) else ModelEncoder
     was_training = model.training
-    result = evaluate(ModelEncoder(model, device=ctx.device), test_split, cache, top_m=options.top_m,
+    result = evaluate(encoder_type(model, device=ctx.device), test_split, cache, top_m=options.top_m,
                       progress=progress)
     model.train(was_training)
     return result
 
 
 def _record(epoch: int, step: int, loss: float | None, lr: float, seconds: float, train_items: int,
-            result: dict[str, Any] | None) -> dict[str, Any]:
+            result: dict[str, Any] | None, model: torch.nn.Module) -> dict[str, Any]:
+    """One ``metrics.jsonl`` line: schedule, loss, metrics, the selection score, the ASA offsets and LoRM's size."""
+    from rap_deploy.model_summary import asa_offsets, lorm_modulation
+
     rec: dict[str, Any] = {"epoch": epoch, "step": step, "loss": loss, "lr": lr, "seconds": round(seconds, 3),
                            "train_items": train_items}
     if result is not None:
         rec.update(t2v=result["asa"]["t2v"], v2t=result["asa"]["v2t"], two_stage=result["two_stage"],
                    meanp=result["meanp"], eval_seconds=result["seconds"], test_videos=result["videos"],
                    test_captions=result["captions"], test_skipped=len(result["skipped"]))
+        rec["selection_score"] = selection_score(rec)
+    rec.update(offsets=asa_offsets(model), lorm=lorm_modulation(model))
     return _plain(rec)
 
 
@@ -278,9 +304,11 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train RAP as ``options`` say, or continue the run in the folder ``resume``; returns the run summary.
 
-    Writes ``best.pt`` (best text→video R@1 of the full ASA similarity), ``last.pt`` (with the training state) and
-    ``metrics.jsonl`` (one line per epoch: epoch, step, loss, lr, seconds, t2v, v2t, two_stage, meanp) into
-    ``options.out`` (rank 0 only), and ``summary.json`` at the end.
+    Writes ``best.pt`` (the evaluated epoch chosen by :data:`~rap_deploy.train.selection.SELECTION_RULE`: the
+    highest t2v RSum + v2t RSum, later epoch on ties), ``last.pt`` (with the training state) and ``metrics.jsonl``
+    (one line per epoch: epoch, step, loss, lr, seconds, t2v, v2t, two_stage, meanp, selection_score, the ASA
+    offsets γ/δ and LoRM's distance from the identity) into ``options.out`` (rank 0 only), and ``summary.json`` at
+    the end.
 
     Resuming reads the options stored in ``resume/last.pt``; ``overrides`` (explicitly given values) may change only
     where the data and cache live, the workers, the device and ``max_epochs_this_run``; any other value that differs
@@ -318,11 +346,17 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
         for name, p in model.named_parameters():
             if name in GRADIENT_FREE:
                 p.requires_grad_(False)
+        if options.freeze_offsets:
+            freeze_offsets_at_zero(model)
+        from rap_deploy.model_summary import asa_offsets
+
+        offsets_initial = _plain(asa_offsets(model)) if state is None else state.get("offsets_initial")
         params = [p for _, p in trainable_parameters(model)]
         if not params:
             raise UsageError("the model has no trainable adapter (LoRM and ASA both disabled)")
         D.broadcast_parameters(params, ctx)
-        optimizer = torch.optim.AdamW(_param_groups(model, options.weight_decay), lr=options.lr)
+        optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay, options.offset_lr_mult),
+                                      lr=options.lr)
         amp_dtype = _amp_dtype(options.amp, ctx.device)
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -330,11 +364,12 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
         show = progress and ctx.is_main
         dataset, test_split = _load_data(options, config, cache, ctx, show)
         item_video = np.asarray(dataset.split.caption_video)[dataset.items]
+        options.epoch_unit = resolve_epoch_unit(options.epoch_unit, item_video)
         per_epoch = items_per_epoch(item_video, options.epoch_unit)
         batch = options.batch_size
         if per_epoch < batch:
             batch = max(ctx.world_size, per_epoch - per_epoch % ctx.world_size)
-            _say(show, f"[yellow]batch size {options.batch_size} exceeds the {per_epoch} training items per epoch; "
+            say(show, f"[yellow]batch size {options.batch_size} exceeds the {per_epoch} training items per epoch; "
                        f"using {batch}[/]")
         if batch % ctx.world_size:
             raise UsageError(f"--batch-size {batch} (the global batch) must be a multiple of the "
@@ -342,7 +377,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
         steps_per_epoch = per_epoch // batch
         total_steps = options.epochs * steps_per_epoch
         history: list[dict[str, Any]] = []
-        best = {"epoch": None, "t2v_R1": -math.inf}
+        best = best_of([])
         epoch0, step = 0, 0
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -354,7 +389,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
             steps_per_epoch = int(state["steps_per_epoch"])
             batch = int(state["batch_size"])
             history = list(state["history"])
-            best = dict(state["best"])
+            best = best_of(history)
             if ctx.is_main:
                 _write_metrics(run_dir, history)
                 _restore_best(run_dir, template, model, best, epoch0)
@@ -368,7 +403,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
             train_state = {"epoch": epoch, "step": step, "total_steps": total_steps, "batch_size": batch,
                            "steps_per_epoch": steps_per_epoch, "optimizer": optimizer.state_dict(),
                            "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": _rng_state(),
-                           "history": history, "best": best}
+                           "history": history, "best": best, "offsets_initial": offsets_initial}
             save_checkpoint(checkpoint_from_model(model, template, {**extra, "train_state": train_state}),
                             run_dir / LAST)
             _write_metrics(run_dir, history)
@@ -381,7 +416,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
             return result
 
         counts = model.parameter_counts()
-        _say(show, f"training {config.variant} on {options.dataset} ({len(dataset)} captions of "
+        say(show, f"training {config.variant} on {options.dataset} ({len(dataset)} captions of "
                    f"{dataset.split.num_videos - len(dataset.bad_videos)} videos, {len(dataset.bad_videos)} skipped), "
                    f"{counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters, "
                    f"{options.epochs} epochs × {steps_per_epoch} steps of {batch}, world size {ctx.world_size}, "
@@ -389,18 +424,18 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
         if state is None and (options.epochs == 0 or options.eval_initial):
             result = evaluate_now(0)
             if ctx.is_main:
-                rec = _record(0, 0, None, 0.0, 0.0, 0, result)
+                rec = _record(0, 0, None, 0.0, 0.0, 0, result, model)
                 history.append(rec)
-                is_best = rec["t2v"]["R1"] > best["t2v_R1"]
+                is_best = improves(rec["selection_score"], best["score"])
                 if is_best:
-                    best = {"epoch": 0, "t2v_R1": rec["t2v"]["R1"]}
+                    best = best_of(history)
                 save(0, rec, is_best)
-                _say(show, _epoch_line(rec, options.epochs))
+                say(show, epoch_line(rec, options.epochs))
 
         train_seconds = sum(r.get("seconds", 0.0) for r in history)
         stop_at = options.epochs if options.max_epochs_this_run is None else \
             min(options.epochs, epoch0 + options.max_epochs_this_run)
-        bar = _Bars(show, options.epochs, epoch0, steps_per_epoch)
+        bar = Bars(show, options.epochs, epoch0, steps_per_epoch)
         with bar:
             for epoch in range(epoch0 + 1, stop_at + 1):
                 t0 = time.perf_counter()
@@ -413,7 +448,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
                 for i, items in enumerate(loader):
                     lr = cosine_lr(step, total_steps, options.lr, warmup_steps, options.min_lr_ratio)
                     for group in optimizer.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = lr * group["lr_mult"]
                     loss = _step(model, items, video_ids[i], params, optimizer, scaler, amp_dtype, options, ctx)
                     loss_sum += loss
                     step += 1
@@ -424,13 +459,13 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
                 result = evaluate_now(epoch) if evaluate_this else None
                 if ctx.is_main:
                     rec = _record(epoch, step, loss_sum / max(1, len(batches)), lr, seconds, len(batches) * batch,
-                                  result)
+                                  result, model)
                     history.append(rec)
-                    is_best = result is not None and rec["t2v"]["R1"] > best["t2v_R1"]
+                    is_best = improves(rec.get("selection_score"), best["score"])
                     if is_best:
-                        best = {"epoch": epoch, "t2v_R1": rec["t2v"]["R1"]}
+                        best = best_of(history)
                     save(epoch, rec, is_best)
-                    bar.log(_epoch_line(rec, options.epochs))
+                    bar.log(epoch_line(rec, options.epochs))
                 D.barrier(ctx)
                 bar.end_epoch()
 
@@ -441,7 +476,9 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
             "steps": step, "batch_size": batch, "world_size": ctx.world_size, "device": ctx.device,
             "train_seconds": round(train_seconds, 3), "wall_seconds": round(time.perf_counter() - t_start, 3),
             **counts, "train_captions": len(dataset), "skipped_videos": dataset.bad_videos,
-            "best_epoch": best["epoch"], "best": next((r for r in history if r["epoch"] == best["epoch"]), None),
+            "best_epoch": best["epoch"], "selection_rule": SELECTION_RULE,
+            "offsets_initial": offsets_initial,
+            "best": next((r for r in history if r["epoch"] == best["epoch"]), None),
             "last": history[-1] if history else None, "resumed_after_epoch": epoch0 if state is not None else None,
         }
         if ctx.is_main:
@@ -531,72 +568,3 @@ def _restore_best(run_dir: Path, template, model, best: dict[str, Any], epoch: i
     if best.get("epoch") == epoch and not (run_dir / BEST).is_file():
         save_checkpoint(dataclasses.replace(template, adapter_state={
             k: v.detach().cpu().clone() for k, v in model.adapter_state_dict().items()}), run_dir / BEST)
-
-
-# ------------------------------------------------------------------------------------------------ output
-
-
-def _epoch_line(rec: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {rec['epoch']}/{epochs}"]
-    if rec.get("loss") is not None:
-        parts.append(f"loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  {rec['seconds']:.1f}s")
-    if "t2v" in rec:
-        t, v = rec["t2v"], rec["v2t"]
-        parts.append(f"t2v R@1 {t['R1']:.1f} R@5 {t['R5']:.1f} R@10 {t['R10']:.1f} MnR {t['MnR']:.1f} | "
-                     f"v2t R@1 {v['R1']:.1f} R@5 {v['R5']:.1f} MnR {v['MnR']:.1f}")
-    return "  ".join(parts)
-
-
-def _say(enabled: bool, message: str) -> None:
-    if enabled:
-        from rich.console import Console
-
-        Console(stderr=True).print(message)
-
-
-class _Bars:
-    """Rich progress bars (epochs and steps, with loss and throughput), only on a terminal and when enabled."""
-
-    def __init__(self, enabled: bool, epochs: int, done: int, steps: int) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.enabled = enabled
-        self.live = enabled and self.console.is_terminal
-        self.epochs, self.done, self.steps = epochs, done, steps
-        self.progress = None
-
-    def __enter__(self) -> _Bars:
-        if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
-            self.progress.__enter__()
-            self.epoch_task = self.progress.add_task("epochs", total=self.epochs, completed=self.done, info="")
-            self.step_task = self.progress.add_task("steps", total=self.steps, info="")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def start_epoch(self, epoch: int) -> None:
-        self.t0 = time.perf_counter()
-        self.n = 0
-        if self.progress is not None:
-            self.progress.reset(self.step_task, total=self.steps, description=f"epoch {epoch}", info="")
-
-    def advance(self, loss: float, pairs: int) -> None:
-        self.n += pairs
-        if self.progress is not None:
-            rate = self.n / max(1e-9, time.perf_counter() - self.t0)
-            self.progress.update(self.step_task, advance=1, info=f"loss {loss:.4f}  {rate:.1f} pairs/s")
-
-    def end_epoch(self) -> None:
-        if self.progress is not None:
-            self.progress.advance(self.epoch_task)
-
-    def log(self, line: str) -> None:
-        if self.enabled:
-            self.console.print(line)

@@ -8,16 +8,31 @@ from pathlib import Path
 import typer
 
 from rap_deploy.cli.app import command
-from rap_deploy.config import SELECTION_MODES, VARIANTS, RAPConfig
+from rap_deploy.config import PRESETS, SELECTION_MODES, VARIANTS, RAPConfig
 from rap_deploy.errors import UsageError
 
 
-def build_config(clip: str, variant: str, frames: int, context_length: int, lorm: bool, asa: bool, rank: int,
-                 topk: int, heads: int, asa_dim: int, selection: str) -> RAPConfig:
-    """The :class:`RAPConfig` from CLI options (validated; raises :class:`UsageError`)."""
+def build_config(clip: str, variant: str, frames: int, context_length: int, lorm: bool, asa: bool,
+                 rank: int | None, topk: int | None, heads: int | None, asa_dim: int | None, selection: str,
+                 preset: str = "default") -> RAPConfig:
+    """The :class:`RAPConfig` from CLI options: the dataclass defaults, then ``preset``'s values for ``clip``, then
+    every adapter size that is not ``None`` (validated; raises :class:`UsageError`)."""
+    from rap_deploy.model_summary import preset_changes_for
+
+    sizes = {**preset_changes_for(preset, clip),
+             **{k: v for k, v in {"lorm_rank": rank, "asa_topk": topk, "asa_heads": heads, "asa_dim": asa_dim}.items()
+                if v is not None}}
     return RAPConfig(clip=clip, variant=variant, frames=frames, context_length=context_length, use_lorm=lorm,
-                     use_asa=asa, lorm_rank=rank, asa_topk=topk, asa_heads=heads, asa_dim=asa_dim,
-                     asa_selection=selection)
+                     use_asa=asa, asa_selection=selection, **sizes)
+
+
+def _clip_name(clip: str | None, backbone: Path | None) -> str:
+    """``--clip``, else the model stored in the ``--backbone`` file, else ViT-B-32."""
+    if clip is None and backbone is not None:
+        from rap_deploy.backbone_file import read_backbone_clip_name
+
+        clip = read_backbone_clip_name(backbone)
+    return clip or "ViT-B-32"
 
 
 @command("init")
@@ -35,10 +50,13 @@ def init(
     context_length: int = typer.Option(32, "--context-length", help="Text tokens L (32; 64 for paragraph datasets)."),
     lorm: bool = typer.Option(True, "--lorm/--no-lorm", help="LoRM in every visual block."),
     asa: bool = typer.Option(True, "--asa/--no-asa", help="The ASA head (ignored for rap_light)."),
-    rank: int = typer.Option(4, "--rank", help="LoRM rank r."),
-    topk: int = typer.Option(8, "--topk", help="ASA patches kept per frame k."),
-    heads: int = typer.Option(4, "--heads", help="ASA heads."),
-    asa_dim: int = typer.Option(128, "--asa-dim", help="ASA attention width d_a."),
+    preset: str = typer.Option("default", "--preset", help=f"Adapter sizes: {', '.join(PRESETS)} (paper: ASA at the "
+                               "joint width, LoRM rank 2, about the paper's 1.06M on ViT-B/32); explicit --rank, "
+                               "--topk, --heads, --asa-dim win."),
+    rank: int | None = typer.Option(None, "--rank", help="LoRM rank r (default 4)."),
+    topk: int | None = typer.Option(None, "--topk", help="ASA patches kept per frame k (default 8)."),
+    heads: int | None = typer.Option(None, "--heads", help="ASA heads (default 4)."),
+    asa_dim: int | None = typer.Option(None, "--asa-dim", help="ASA attention width d_a (default 128)."),
     selection: str = typer.Option("text", "--selection", help=f"ASA patch selection: {', '.join(SELECTION_MODES)}."),
     embed_backbone: bool = typer.Option(True, "--embed-backbone/--reference-backbone", help="Store the backbone "
                                         "weights in the checkpoint, or only reference the tag/file by sha256."),
@@ -52,8 +70,8 @@ def init(
         raise UsageError(f"--out {out} is a folder; pass a checkpoint file path such as {out / 'init.pt'}")
 
     summary = init_checkpoint(out, clip=clip, pretrained=pretrained, backbone_file=backbone,
-                              config=build_config(clip or "ViT-B-32", variant, frames, context_length, lorm, asa, rank,
-                                                  topk, heads, asa_dim, selection),
+                              config=build_config(_clip_name(clip, backbone), variant, frames, context_length, lorm,
+                                                  asa, rank, topk, heads, asa_dim, selection, preset),
                               embed_backbone=embed_backbone, seed=seed)
     _print_summary(summary, json_out, f"wrote {out}")
 
@@ -65,15 +83,19 @@ def info(
     pretrained: str = typer.Option("none", "--pretrained", help="Backbone weights when no checkpoint is given."),
     variant: str = typer.Option("rap", "--variant", help=f"One of {', '.join(VARIANTS)}."),
     frames: int = typer.Option(12, "--frames", help="Frames per video T."),
+    preset: str = typer.Option("default", "--preset", help=f"Adapter sizes when no checkpoint is given: "
+                               f"{', '.join(PRESETS)}."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON (keys: variant, clip, frames, trainable_params, "
-                                  "total_params, ...)."),
+                                  "total_params, asa_offsets, lorm_modulation, ...)."),
 ) -> None:
-    """Summarise a RAP model: variant, backbone, adapter sizes, trainable and total parameters."""
+    """Summarise a RAP model: variant, backbone, adapter sizes, trainable and total parameters, the learned ASA
+    offsets γ (patch units) and δ (frames) per head, and how far LoRM is from the identity."""
     from rap_deploy.model_summary import describe
 
     if checkpoint is None and clip is None:
         raise UsageError("pass a checkpoint or --clip NAME")
-    summary = describe(checkpoint, RAPConfig(clip=clip, variant=variant, frames=frames), pretrained)
+    config = build_config(clip, variant, frames, 32, True, True, None, None, None, None, "text", preset)
+    summary = describe(checkpoint, config, pretrained)
     _print_summary(summary, json_out, None)
 
 
@@ -90,4 +112,11 @@ def _print_summary(summary: dict, json_out: bool, header: str | None) -> None:
         if key in summary:
             value = summary[key]
             table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    offsets = summary.get("asa_offsets")
+    if offsets:
+        table.add_row("γ per head (patch y, x)", "  ".join(f"({y:+.3f}, {x:+.3f})" for y, x in offsets["gamma"]))
+        table.add_row("δ per head (frames)", "  ".join(f"{d:+.3f}" for d in offsets["delta"]))
+    lorm = summary.get("lorm_modulation")
+    if lorm:
+        table.add_row("LoRM max |scale − 1|, max |shift|", f"{lorm['max_scale_change']:.4f}, {lorm['max_shift']:.4f}")
     Console().print(table)

@@ -34,6 +34,9 @@ def train(
     backbone: Path | None = typer.Option(None, "--backbone", help="Backbone file from `rapdeploy pretrain-backbone` "
                                          "(sets --clip and --pretrained)."),
     variant: str | None = typer.Option(None, "--variant", help="rap (LoRM + ASA, default) or rap_light (LoRM only)."),
+    preset: str | None = typer.Option(None, "--preset", help="Adapter sizes: default, or paper (ASA at the joint "
+                                      "width, LoRM rank 2: about the paper's 1.06M on ViT-B/32); explicit --rank, "
+                                      "--topk, --heads, --asa-dim win."),
     lorm: bool | None = typer.Option(None, "--lorm/--no-lorm", help="LoRM in every visual block (default on)."),
     asa: bool | None = typer.Option(None, "--asa/--no-asa", help="The ASA head (default on; ignored for rap_light)."),
     rank: int | None = typer.Option(None, "--rank", help="LoRM rank r (default 4)."),
@@ -55,6 +58,11 @@ def train(
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of AdamW (default 1e-3)."),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay on adapter matrices "
                                               "(default 0.05)."),
+    offset_lr_mult: float | None = typer.Option(None, "--offset-lr-mult", help="Learning-rate multiplier for the "
+                                                "ASA offsets γ/δ (patch and frame units; default 10)."),
+    freeze_offsets: bool | None = typer.Option(None, "--freeze-offsets/--learn-offsets", help="Set the ASA offsets "
+                                               "γ/δ to zero and keep them there (ablation: no warp); default: "
+                                               "learn them."),
     warmup: float | None = typer.Option(None, "--warmup", help="Warm-up: a fraction of all steps if < 1, else a step "
                                         "count (default 0.1)."),
     grad_clip: float | None = typer.Option(None, "--grad-clip", help="Gradient norm clip (default 1.0; 0 = off)."),
@@ -69,8 +77,9 @@ def train(
                                                 "videos."),
     max_test_videos: int | None = typer.Option(None, "--max-test-videos", help="Evaluate on only the first N test "
                                                "videos."),
-    epoch_unit: str | None = typer.Option(None, "--epoch-unit", help="video: one random caption per video per epoch "
-                                          "(default); caption: every caption once per epoch."),
+    epoch_unit: str | None = typer.Option(None, "--epoch-unit", help="caption: every caption once per epoch "
+                                          "(CLIP4Clip's MSR-VTT recipe); video: one random caption per video per "
+                                          "epoch; auto (default): caption when videos have several captions."),
     test_split: str | None = typer.Option(None, "--test-split", help="Split evaluated after each epoch (default "
                                           "test)."),
     top_m: int | None = typer.Option(None, "--top-m", help="Candidates re-ranked by ASA in the two-stage evaluation "
@@ -101,9 +110,11 @@ def train(
     given: dict[str, Any] = {
         "dataset": dataset, "checkpoint": _str(checkpoint), "clip": clip, "pretrained": pretrained,
         "variant": variant, "use_lorm": lorm, "use_asa": asa, "lorm_rank": rank, "asa_topk": topk,
-        "asa_heads": heads, "asa_dim": asa_dim, "asa_selection": selection, "frames": frames,
+        "asa_heads": heads, "asa_dim": asa_dim, "asa_selection": selection, "frames": frames, "preset": preset,
+        "freeze_offsets": freeze_offsets,
         "context_length": context_length, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "weight_decay": weight_decay, "warmup": warmup, "grad_clip": grad_clip, "seed": seed,
+        "weight_decay": weight_decay, "offset_lr_mult": offset_lr_mult, "warmup": warmup, "grad_clip": grad_clip,
+        "seed": seed,
         "eval_every": eval_every, "eval_initial": eval_initial, "max_train_videos": max_train_videos,
         "max_test_videos": max_test_videos, "epoch_unit": epoch_unit, "test_split": test_split,
         "top_m": top_m, "num_workers": workers, "amp": amp, "device": device, "embed_backbone": embed_backbone,
@@ -183,8 +194,13 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
         console.print(f"[yellow]stopped after epoch {summary['epochs_done']} of {summary['epochs']}; continue with "
                       f"`rapdeploy train --resume {summary['run_dir']}`[/]")
     else:
-        console.print(f"best.pt = epoch {summary['best_epoch']}; last.pt, metrics.jsonl and summary.json in "
-                      f"{summary['run_dir']}")
+        console.print(f"best.pt = epoch {summary['best_epoch']} (rule: {summary['selection_rule']}); last.pt, "
+                      f"metrics.jsonl and summary.json in {summary['run_dir']}")
+    offsets = (summary.get("best") or {}).get("offsets")
+    if offsets:
+        console.print("best.pt ASA offsets: γ (patch y, x) " + "  ".join(f"({y:+.3f}, {x:+.3f})"
+                                                                          for y, x in offsets["gamma"])
+                      + "; δ (frames) " + "  ".join(f"{d:+.3f}" for d in offsets["delta"]))
 
 
 @command("pretrain-backbone")
@@ -205,6 +221,9 @@ def pretrain_backbone(
     patch_weight: float = typer.Option(1.0, "--patch-weight", help="Weight of the patch localisation loss that "
                                        "aligns the object patches with the caption (what RAP's ASA selects by); 0 "
                                        "trains the CLS embedding only."),
+    text_weight: float = typer.Option(0.0, "--text-weight", help="Weight of a text-only loss on video-style captions "
+                                      "(order-aware text tower; 0 = off, the default: it lowers zero-shot and RAP "
+                                      "retrieval on the synthetic benchmark, see the README)."),
     clip: str = typer.Option("rap-tiny", "--clip", help="open_clip model config to train from scratch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default: $RAPDEPLOY_HOME or "
                                           "./rapdeploy-out)."),
@@ -227,7 +246,8 @@ def pretrain_backbone(
         raise UsageError(f"--out {out} is a folder; pass a file path such as {out / (clip + '.safetensors')}")
     with folder_lock(out, "pretrain-backbone", "backbone file"):
         info = run(out, size=size, n_train=train_stills, n_test=test_stills, epochs=epochs, seed=seed, clip=clip,
-                   batch_size=batch_size, lr=lr, patch_weight=patch_weight, data_root=data_root,
+                   batch_size=batch_size, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
+                   data_root=data_root,
                    progress=not quiet)
     if json_out:
         typer.echo(json.dumps(info, indent=2))
@@ -240,3 +260,53 @@ def pretrain_backbone(
                f"accuracy: colour {a['colour']:.1f}, shape {a['shape']:.1f}, size {a['size']:.1f}, "
                f"position {a['position']:.1f}")
     typer.echo(f"use it: rapdeploy init --backbone {out} --out ckpt.pt")
+
+
+@command("ablate")
+def ablate(
+    out: Path | None = typer.Option(None, "--out", help="Folder for the runs, ablation.json and ablation.md "
+                                    "(default: <world>/ablation)."),
+    world: Path | None = typer.Option(None, "--world", help="Folder of the demo's world (data, backbone, frame "
+                                      "cache), made here when missing (default: the workspace, where `rapdeploy "
+                                      "demo` writes it)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated training seeds."),
+    rows: str | None = typer.Option(None, "--rows", help="Comma-separated rows (default all): zero_shot, rap_light, "
+                                    "no_asa, no_lorm, offsets_zero, saliency, rap, paper."),
+    tiny: bool = typer.Option(False, "--tiny", help="The tiny demo's world and recipe (a plumbing check)."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
+    json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Regenerate the ablation table: zero-shot, rap_light, --no-asa, --no-lorm, offsets frozen at zero, saliency
+    selection, rap and the paper preset, each trained with the demo's recipe over several seeds (mean ± std).
+
+    Completed runs are read back and killed ones resumed, so a rerun only trains what is missing.
+    """
+    import torch
+
+    from rap_deploy.cli.pipeline import DemoSizes, Steps, prepare_world, train_options
+    from rap_deploy.train.ablate import run_ablation
+    from rap_deploy.workspace import workspace_root
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
+    if threads:
+        torch.set_num_threads(threads)
+    sizes = DemoSizes.tiny() if tiny else DemoSizes()
+    root = Path(world or workspace_root(workspace)).resolve()
+    log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
+    w = prepare_world(root, sizes, Steps(log), progress=not quiet, threads=threads)
+    base = train_options(sizes, w.data, root, w.frame_cache, clip=sizes.backbone_clip, pretrained=str(w.backbone),
+                         frames=sizes.frames, asa_topk=sizes.asa_topk, asa_heads=sizes.asa_heads,
+                         asa_dim=sizes.asa_dim)
+    result = run_ablation(base, out or root / "ablation", seed_list,
+                          [r for r in (rows or "").split(",") if r.strip()], progress=not quiet, log=log)
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rap_deploy.train.ablate import ablation_markdown
+
+    typer.echo(ablation_markdown(result))

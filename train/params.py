@@ -1,0 +1,56 @@
+"""Which adapter parameters train, and how: the optimizer groups (weight decay, the offsets' learning-rate multiplier)
+and the frozen-offsets ablation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# The ASA offsets γ (patch units) and δ (frames): their own optimizer group (learning-rate multiplier, no decay).
+OFFSETS = ("asa.patch_offset", "asa.time_offset")
+
+
+# The ASA key bias adds q·b to every logit of a query: softmax ignores it, so its gradient is zero up to rounding,
+# and Adam would turn that rounding noise into learning-rate-sized random steps. It is left out of the optimizer.
+GRADIENT_FREE = ("asa.k_proj.bias",)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The adapter parameters the optimizer updates (everything outside ``clip.`` except :data:`GRADIENT_FREE`)."""
+    return [(n, p) for n, p in model.named_parameters()
+            if p.requires_grad and not n.startswith("clip.") and n not in GRADIENT_FREE]
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float,
+                 offset_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on adapter matrices; none on biases and vectors; the ASA offsets γ/δ in their own
+    group with learning rate ``offset_lr_mult`` × the schedule's (each group's ``lr_mult``).
+
+    Why the offsets get a multiplier: γ and δ are in patch and frame units, and Adam moves a parameter by about the
+    learning rate per step whatever its gradient's size, so at lr 1e-3 a few hundred steps move them by a fraction of
+    a patch or frame, too little to reach a neighbouring position. Frozen offsets (``requires_grad`` off) are left
+    out.
+    """
+    decay, no_decay, offsets = [], [], []
+    for name, p in trainable_parameters(model):
+        if name in OFFSETS:
+            offsets.append(p)
+        elif p.ndim < 2:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
+    if offsets:
+        groups.append({"params": offsets, "weight_decay": 0.0, "lr_mult": float(offset_lr_mult)})
+    return groups
+
+
+def freeze_offsets_at_zero(model: torch.nn.Module) -> None:
+    """Set the ASA offsets γ, δ to zero and exclude them from training (the warp becomes the identity)."""
+    for name, p in model.named_parameters():
+        if name in OFFSETS:
+            with torch.no_grad():
+                p.zero_()
+            p.requires_grad_(False)
