@@ -268,10 +268,14 @@ def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContex
     An identity ASA head (zero output projection, e.g. the epoch-0 evaluation) scores every pair exactly as meanP
     does, so its full and two-stage similarities are computed as meanP, without running the head on every pair.
     """
+    from rap_deploy.graphs import video_outputs
     from rap_deploy.retrieval import ModelEncoder, evaluate
 
     class MeanPEncoder(ModelEncoder):
         has_asa = False
+
+        def encode_video(self, frames, frame_mask=None):  # the outputs of a model without ASA head
+            return super().encode_video(frames, frame_mask)[:len(video_outputs(False))]
 
     encoder_type = MeanPEncoder if _asa_is_identity(model) else ModelEncoder
     was_training = model.training
