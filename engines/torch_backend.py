@@ -38,7 +38,7 @@ class TorchEngine(Engine):
                  query_block: int = DEFAULT_QUERY_BLOCK, video_block: int = TORCH_VIDEO_BLOCK) -> None:
         import torch
 
-        from rap_deploy.retrieval import ModelEncoder
+        from rap_deploy.model_encoder import ModelEncoder
 
         if precision not in PRECISIONS:
             raise UsageError(f"torch precision '{precision}' is unknown; use one of {', '.join(PRECISIONS)}")

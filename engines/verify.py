@@ -342,7 +342,7 @@ def open_reference(ref_info: Reference, engine: Any, engine_path: Path | str, de
     :class:`UsageError` when its config differs from the engine's or a batch would not fit in memory."""
     from rap_deploy.bounds import check_memory
     from rap_deploy.checkpoint import load_checkpoint
-    from rap_deploy.retrieval import ModelEncoder
+    from rap_deploy.model_encoder import ModelEncoder
 
     ref_ckpt = load_checkpoint(ref_info.checkpoint)
     if _model_fields(ref_ckpt.config) != _model_fields(engine.config):

@@ -1,8 +1,8 @@
 """Retrieval over a video index: encoding a split, full ASA similarity, two-stage search, evaluation.
 
 Works with anything that has the :class:`~rap_deploy.engines.base.Engine` methods (numpy in, numpy out): an engine,
-or :class:`ModelEncoder` around a PyTorch :class:`~rap_deploy.model.rap.RAPModel`. Training, verify and bench all
-evaluate through :func:`evaluate`, so the numbers they print are computed the same way.
+or :class:`~rap_deploy.model_encoder.ModelEncoder` around a PyTorch :class:`~rap_deploy.model.rap.RAPModel`.
+Training, verify and bench all evaluate through :func:`evaluate`, so the numbers they print are computed the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from rap_deploy.config import FrameSamplingConfig, RAPConfig
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors, video_outputs
@@ -48,63 +47,6 @@ def as_index_dtypes(names: tuple[str, ...], arrays: tuple[np.ndarray, ...]) -> t
         raise UsageError(f"expected the re-rank tensors {list(names)} (rap_deploy.graphs.rerank_tensors), got "
                          f"{len(arrays)} arrays")
     return tuple(np.ascontiguousarray(a, dtype=INDEX_DTYPES[n]) for n, a in zip(names, arrays, strict=True))
-
-
-class ModelEncoder:
-    """Numpy-in / numpy-out wrapper of a :class:`RAPModel` with the Engine method names (the PyTorch reference)."""
-
-    def __init__(self, model: Any, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 query_chunk: int = 32, video_chunk: int = 16) -> None:
-        self.model = model.to(device=device).eval()
-        if dtype != torch.float32:
-            self.model = self.model.to(dtype)
-        self.config: RAPConfig = model.config
-        self.device, self.dtype = device, dtype
-        self.query_chunk, self.video_chunk = query_chunk, video_chunk
-
-    @property
-    def has_asa(self) -> bool:
-        return self.model.asa is not None
-
-    def _t(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(x))
-        return t.to(self.device, self.dtype) if t.is_floating_point() else t.to(self.device)
-
-    @staticmethod
-    def _np(x: torch.Tensor) -> np.ndarray:
-        return x.detach().to("cpu", torch.float32).numpy()
-
-    @torch.no_grad()
-    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-        """See ``Engine.encode_video``: float32 outputs in ``rap_deploy.graphs.video_outputs(has_asa)`` order."""
-        mask = None if frame_mask is None else self._t(frame_mask)
-        return tuple(self._np(x) for x in self.model.encode_video(self._t(frames), mask))
-
-    @torch.no_grad()
-    def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
-        """See ``Engine.encode_text``."""
-        return self._np(self.model.encode_text(self._t(input_ids), self._t(eot)))
-
-    @torch.no_grad()
-    def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
-        """See ``Engine.asa_similarity``: ``rerank`` in ``rerank_tensors(has_asa)`` order, taken in the index's dtypes
-        (an fp16 block stays fp16 until the model gathers from it)."""
-        if self.has_asa:
-            rerank = as_index_dtypes(rerank_tensors(True), rerank)
-        tensors = [_tensor_view(x).to(self.device) for x in rerank]
-        if tensors:  # frame_emb in the compute dtype (fp16 on CUDA); the stored tensors keep theirs
-            tensors[0] = tensors[0].to(self.dtype)
-        return self._np(self.model.asa_similarity(self._t(text_emb), *tensors, query_chunk=self.query_chunk,
-                                                  video_chunk=self.video_chunk))
-
-
-def _tensor_view(x: np.ndarray) -> torch.Tensor:
-    """``x`` as a CPU tensor sharing its memory (read-only memory-mapped index shards too: nothing writes to it)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(x))
 
 
 @dataclass

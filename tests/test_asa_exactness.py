@@ -199,7 +199,7 @@ def _model_exactness(model, export_dir: Path, frames: np.ndarray, mask: np.ndarr
     """PyTorch and ONNX Runtime (the exported fp32 graphs) each encode the videos into an index (stored dtypes);
     on each index, the split head equals the reference. Returns the max abs errors."""
     from rap_deploy.engines.loader import load_engine
-    from rap_deploy.retrieval import ModelEncoder
+    from rap_deploy.model_encoder import ModelEncoder
     from rap_deploy.retrieval import as_index_dtypes as stored
 
     out = {}

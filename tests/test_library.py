@@ -479,3 +479,20 @@ def test_scale_bench_runs_at_small_scale(engine, tmp_path):
                            baseline=memory(), log=lambda m: None)
     assert result["videos"] == 30 and result["timings"]["rerank"]["p50_ms"] > 0
     assert result["bytes_per_video"] > 0 and "after_queries" in result["memory_mib"]
+
+
+def test_search_over_an_onnxruntime_engine_never_imports_torch(library, micro_ort_engines):
+    """A search process over ONNX Runtime sessions loads neither torch nor open_clip (≈ 700 MiB resident): the
+    tokenizer, the library and the lazy engine are numpy and ONNX Runtime only (the 10k-library memory target)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rap_deploy.cli import main\n"
+            f"sys.argv = ['rapdeploy', 'search', 'a red circle', '--library', {str(library)!r}, '--engine', "
+            f"{str(micro_ort_engines['fp32'])!r}, '--top', '3', '--json']\n"
+            "try:\n    main()\nfinally:\n"
+            "    print('loaded:', sorted(m for m in ('torch', 'open_clip') if m in sys.modules), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout.splitlines()[-1])["results"]) == 3
+    assert "loaded: []" in done.stderr

@@ -235,7 +235,8 @@ def test_identity_asa_evaluates_as_meanp(micro_model, synth_root, frame_cache):
     rounding), so the loop scores it as meanP without running the head on every pair."""
     from rap_deploy.data.cache import FrameCache
     from rap_deploy.data.datasets import load_split
-    from rap_deploy.retrieval import ModelEncoder, encode_texts, encode_videos, full_similarity, meanp_similarity
+    from rap_deploy.model_encoder import ModelEncoder
+    from rap_deploy.retrieval import encode_texts, encode_videos, full_similarity, meanp_similarity
     from rap_deploy.train.distributed import DistContext
     from rap_deploy.train.loop import TrainOptions, _asa_is_identity, _evaluate
 

@@ -269,7 +269,8 @@ def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContex
     does, so its full and two-stage similarities are computed as meanP, without running the head on every pair.
     """
     from rap_deploy.graphs import video_outputs
-    from rap_deploy.retrieval import ModelEncoder, evaluate
+    from rap_deploy.model_encoder import ModelEncoder
+    from rap_deploy.retrieval import evaluate
 
     class MeanPEncoder(ModelEncoder):
         has_asa = False

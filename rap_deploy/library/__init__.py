@@ -8,10 +8,18 @@
 
 from __future__ import annotations
 
-from rap_deploy.library.builder import BuildOptions, Ranks, build_library
-from rap_deploy.library.queries import MAX_QUERY_CHARS, check_queries
-from rap_deploy.library.search import Library, open_library
-from rap_deploy.library.sources import VideoSource, dataset_source, folder_source, list_source
+import importlib
+from typing import Any
 
-__all__ = ["BuildOptions", "Library", "MAX_QUERY_CHARS", "Ranks", "VideoSource", "build_library", "check_queries",
-           "dataset_source", "folder_source", "list_source", "open_library"]
+# Imported on first use (PEP 562), so a search process never loads the builder's PyTorch data loading.
+_EXPORTS = {"BuildOptions": "builder", "Ranks": "builder", "build_library": "builder", "MAX_QUERY_CHARS": "queries",
+            "check_queries": "queries", "Library": "search", "open_library": "search", "VideoSource": "sources",
+            "dataset_source": "sources", "folder_source": "sources", "list_source": "sources"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

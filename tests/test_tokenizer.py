@@ -1,0 +1,70 @@
+"""The torch-free tokenizer gives open_clip's ids, EOT positions and vocabulary size, and never imports torch."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rap_deploy.config import TokenizerConfig
+from rap_deploy.tokenizer import token_count, tokenize, vocab_size
+
+TEXTS = [
+    "a small red circle moves to the left, then a big blue square appears",
+    "",
+    "   ",
+    "A   MAN\tis   Singing\n\nloudly!!!",
+    "don't stop: it's 3.14159 o'clock, we'll see; they'd've",
+    "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e \u2014 na\u00efve co\u00f6perate",
+    "&amp;lt;b&amp;gt;bold&amp;lt;/b&amp;gt; &quot;quoted&quot; &#39;single&#39;",
+    "\u00e2\u0080\u0099mojibake\u00e2\u0080\u009d fixed by ftfy",
+    "\u4e00\u53ea\u732b\u5728\u8df3\u821e \u72ac\u304c\u8d70\u308b \ud55c\uad6d\uc5b4",
+    "emoji \U0001f600\U0001f3ac\U0001f468\u200d\U0001f469\u200d\U0001f467 and \u00a9 \u00ae \u2122",
+    "<start_of_text> spelled <end_of_text> inside a query",
+    "a" * 300,
+    " ".join(["word"] * 200),
+    "supercalifragilisticexpialidocious antidisestablishmentarianism pneumonoultramicroscopic",
+    "x1y2z3 #hashtag @user http://example.com/a?b=c&d=e",
+]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
+    return open_clip_tokenizer.SimpleTokenizer()
+
+
+@pytest.mark.parametrize("context_length", [77, 32, 8])
+def test_ids_and_eot_equal_open_clip(reference, context_length):
+    cfg = TokenizerConfig(context_length=context_length)
+    ids, eot = tokenize(TEXTS, cfg)
+    expected = reference(TEXTS, context_length=context_length).numpy()
+    assert ids.dtype == np.int32 and eot.dtype == np.int32
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(eot, expected.argmax(axis=1))  # open_clip's text tower pools at argmax
+    assert vocab_size(cfg) == reference.vocab_size == 49408
+    for text in TEXTS:
+        assert token_count(text, cfg) == len(reference.encode(text))
+
+
+def test_synthetic_captions_equal_open_clip(reference, synth_root):
+    from rap_deploy.data.datasets import load_split
+
+    captions = [c for split in ("train", "test") for c in load_split("msrvtt", synth_root, split).captions]
+    cfg = TokenizerConfig(context_length=32)
+    np.testing.assert_array_equal(tokenize(captions, cfg)[0], reference(captions, context_length=32).numpy())
+
+
+def test_tokenizing_imports_neither_torch_nor_open_clip():
+    code = ("import sys; from rap_deploy.config import TokenizerConfig; from rap_deploy.tokenizer import tokenize; "
+            "tokenize(['a red circle'], TokenizerConfig()); print(sorted(m for m in ('torch', 'open_clip') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_unknown_tokenizer_and_tiny_context_are_refused():
+    with pytest.raises(ValueError, match="not supported"):
+        tokenize(["x"], TokenizerConfig(name="bert"))
+    with pytest.raises(ValueError, match="context_length 1"):
+        tokenize(["x"], TokenizerConfig(context_length=1))
