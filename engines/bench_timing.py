@@ -10,21 +10,39 @@ from typing import Any
 
 import numpy as np
 
+# After a call, ONNX Runtime's and OpenMP's worker threads keep spinning for some milliseconds; a call of another
+# runtime started in that window shares the cores with them (measured: a 2-thread PyTorch GEMM right after an ONNX
+# Runtime call ran at 2 GFLOP/s instead of 130 for 10 ms, at full speed after 50 ms; 200 ms leaves a margin). Each
+# timed call of another function than the previous one therefore starts after this pause.
+SETTLE_SECONDS = 0.2
+
+
+def settle(seconds: float = SETTLE_SECONDS) -> None:
+    """Wait until the thread pools of the previous call have parked (see :data:`SETTLE_SECONDS`)."""
+    if seconds > 0:
+        time.sleep(seconds)
+
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int, warmup: int,
-                     tick: Callable[[int], None] | None = None) -> list[list[float]]:
+                     tick: Callable[[int], None] | None = None,
+                     settle_seconds: float = SETTLE_SECONDS) -> list[list[float]]:
     """Time several implementations of the same work fairly: after ``warmup`` untimed calls of each, every round
     times one call of each, in an order rotated per round, so load from elsewhere on a shared machine hits all
-    alike. Returns the latencies (seconds) per function."""
+    alike; a call that follows another function's starts after ``settle_seconds``, so no runtime is timed beside
+    the previous one's spinning threads. Returns the latencies (seconds) per function."""
     for fn in fns:
         for _ in range(warmup):
             fn()
             if tick:
                 tick(1)
     out: list[list[float]] = [[] for _ in fns]
+    previous = None
     for r in range(repeats):
         for k in range(len(fns)):
             i = (k + r) % len(fns)
+            if previous is not None and previous != i:
+                settle(settle_seconds)
+            previous = i
             t0 = time.perf_counter()
             fns[i]()
             out[i].append(time.perf_counter() - t0)

@@ -109,7 +109,7 @@ class LoadMonitor:
     """Collects the load of each timed block and judges the run (use :meth:`block` around each block)."""
 
     thresholds: LoadThresholds = field(default_factory=LoadThresholds)
-    gemm_seconds: float = 0.03
+    gemm_seconds: float = 0.1
     cpus: list[int] = field(default_factory=usable_cpus)
     blocks: list[dict[str, Any]] = field(default_factory=list)
     gemm_gflops: list[float] = field(default_factory=list)
@@ -120,11 +120,16 @@ class LoadMonitor:
 
     @contextmanager
     def block(self, label: str) -> Iterator[None]:
-        """Measure the block's contention, with a calibration GEMM just before and just after it."""
+        """Measure the block's contention, with a calibration GEMM just before and just after it (each after a
+        pause: a GEMM beside this process's own still-spinning thread pools measures them, not the machine)."""
+        from rap_deploy.engines.bench_timing import settle
+
+        settle()
         before_gemm = calibration_gemm(min_seconds=self.gemm_seconds)
         before = cpu_sample(self.cpus)
         yield
         after = cpu_sample(self.cpus)
+        settle()
         after_gemm = calibration_gemm(min_seconds=self.gemm_seconds)
         self.gemm_gflops += [before_gemm, after_gemm]
         self.blocks.append({"label": label, **contention(before, after),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from rap_deploy.cli.app import app
@@ -42,3 +43,14 @@ def test_demo_split_is_sharp_enough():
     sizes = DemoSizes()
     assert sizes.test_videos >= 200 and 100.0 / sizes.test_videos <= 0.5
     assert sizes.epoch_unit == "caption" and sizes.videos - sizes.test_videos >= sizes.test_videos
+
+
+def test_quantized_tolerance_scales_with_the_split():
+    """The design's 0.5 points at 1k queries, scaled as 1/sqrt(N) and rounded down to whole queries (≥ one)."""
+    from rap_deploy.cli.pipeline import quantized_tolerance
+
+    assert quantized_tolerance(1000) == pytest.approx(0.5, abs=1e-3)
+    assert quantized_tolerance(200) == pytest.approx(1.0, abs=1e-3)  # 1.118 rounded down to two queries
+    assert quantized_tolerance(60) == pytest.approx(100 / 60, abs=1e-3)  # one query
+    assert quantized_tolerance(8) == pytest.approx(12.5, abs=1e-3)
+    assert quantized_tolerance(20000) == pytest.approx(0.5, abs=1e-3)  # never below the design's limit
