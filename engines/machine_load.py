@@ -19,13 +19,16 @@ What is measured around every timed block (one ``(graph, batch)`` group of inter
   previous job it reports load on a machine that is quiet again.
 
 The run is ``clean`` when, over the whole run and over every block long enough to measure (``min_block_s``), other
-processes used at most ``max_other_cores`` cores on average, steal stayed at most ``max_steal_cores``, and the slowest
-calibration GEMM ran at least ``min_gemm_ratio`` of the fastest one's speed. Otherwise bench marks every ratio as
-unreliable and says why.
+processes used at most ``max_other_cores`` cores on average, steal stayed at most ``max_steal_cores``, and fewer than
+two (and fewer than 10 %) of the calibration GEMMs ran below ``min_gemm_ratio`` of their median speed. One slow
+calibration alone is a transient of the virtual machine (measured on a quiet 2-core EPYC VM: one 100 ms window in
+18 at 60 % of the median, at a random place in the run), not load that lasted through a block. Otherwise bench
+marks every ratio as unreliable and says why.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -33,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import psutil
 
 
@@ -165,9 +169,13 @@ def judge(whole: dict[str, float], blocks: list[dict[str, Any]], gemm_gflops: li
         if m["steal_cores"] > limits.max_steal_cores:
             reasons.append(f"the hypervisor stole {m['steal_cores']:.2f} cores during {label} "
                            f"(limit {limits.max_steal_cores})")
-    if gemm_gflops and min(gemm_gflops) < limits.min_gemm_ratio * max(gemm_gflops):
-        reasons.append(f"calibration GEMM varied from {min(gemm_gflops):.1f} to {max(gemm_gflops):.1f} GFLOP/s "
-                       f"(slowest below {limits.min_gemm_ratio:.0%} of fastest)")
+    if gemm_gflops:
+        median = float(np.median(gemm_gflops))
+        slow = [g for g in gemm_gflops if g < limits.min_gemm_ratio * median]
+        if len(slow) >= max(2, math.ceil(0.1 * len(gemm_gflops))):
+            reasons.append(f"{len(slow)} of {len(gemm_gflops)} calibration GEMMs ran below "
+                           f"{limits.min_gemm_ratio:.0%} of the median {median:.1f} GFLOP/s (slowest "
+                           f"{min(gemm_gflops):.1f})")
     return reasons
 
 
