@@ -18,9 +18,13 @@ SETTLE_SECONDS = 0.2
 
 
 def settle(seconds: float = SETTLE_SECONDS) -> None:
-    """Wait until the thread pools of the previous call have parked (see :data:`SETTLE_SECONDS`)."""
-    if seconds > 0:
-        time.sleep(seconds)
+    """Wait until the thread pools of the previous call have parked (see :data:`SETTLE_SECONDS`).
+
+    The wait is busy, so the timed thread's own core stays awake: a sleeping thread lets the virtual CPU go idle and
+    the next call would pay its wake-up."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int, warmup: int,

@@ -40,18 +40,18 @@ class ModelEncoder:
     def _np(x: torch.Tensor) -> np.ndarray:
         return x.detach().to("cpu", torch.float32).numpy()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See ``Engine.encode_video``: float32 outputs in ``rap_deploy.graphs.video_outputs(has_asa)`` order."""
         mask = None if frame_mask is None else self._t(frame_mask)
         return tuple(self._np(x) for x in self.model.encode_video(self._t(frames), mask))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
         """See ``Engine.encode_text``."""
         return self._np(self.model.encode_text(self._t(input_ids), self._t(eot)))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
         """See ``Engine.asa_similarity``: ``rerank`` in ``rerank_tensors(has_asa)`` order, taken in the index's dtypes
         (an fp16 block stays fp16 until the model gathers from it)."""
