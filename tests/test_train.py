@@ -176,14 +176,14 @@ def test_epoch_batches_are_deterministic_and_one_caption_per_video():
 
 
 def test_kill_and_resume_equals_straight_run(synth_root, frame_cache, tmp_path, monkeypatch):
-    from rap_deploy.train import loop
+    from rap_deploy.train import loop, training_run
 
     opts = dict(max_train_videos=16, max_test_videos=6)
     straight = loop.train_rap(_micro_options(synth_root, tmp_path / "straight", frame_cache, **opts), progress=False)
     assert straight["complete"] and straight["steps"] == 4  # 16 videos // 8 per batch × 2 epochs
 
     # Kill: the process dies in the middle of epoch 2 (after epoch 1's files were written).
-    real_step, calls = loop._step, {"n": 0}
+    real_step, calls = training_run._step, {"n": 0}
 
     def dying_step(*args, **kwargs):
         calls["n"] += 1
@@ -191,12 +191,12 @@ def test_kill_and_resume_equals_straight_run(synth_root, frame_cache, tmp_path, 
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_step", dying_step)
+    monkeypatch.setattr(training_run, "_step", dying_step)
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         loop.train_rap(_micro_options(synth_root, killed, frame_cache, **opts), progress=False)
     assert [r["epoch"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())] == [1]
-    monkeypatch.setattr(loop, "_step", real_step)
+    monkeypatch.setattr(training_run, "_step", real_step)
 
     resumed = loop.train_rap(None, progress=False, resume=killed)
     assert resumed["resumed_after_epoch"] == 1 and resumed["complete"]

@@ -22,8 +22,7 @@ import torch
 
 from rap_deploy.errors import UsageError
 from rap_deploy.train import distributed as D
-from rap_deploy.train.batches import EPOCH_UNITS, epoch_batches, items_per_epoch
-from rap_deploy.train.losses import batch_loss
+from rap_deploy.train.batches import EPOCH_UNITS
 from rap_deploy.train.params import (  # noqa: F401  (OFFSETS, trainable_parameters: also used from here)
     GRADIENT_FREE,
     OFFSETS,
@@ -31,9 +30,7 @@ from rap_deploy.train.params import (  # noqa: F401  (OFFSETS, trainable_paramet
     param_groups,
     trainable_parameters,
 )
-from rap_deploy.train.progress import Bars, epoch_line, say
-from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
-from rap_deploy.train.selection import SELECTION_RULE, best_of, improves, selection_score
+from rap_deploy.train.selection import selection_score
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -321,11 +318,35 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
     ``options`` is given, the run starts from scratch in that folder.
     Raises :class:`UsageError` for bad options, missing data, or a run folder that cannot be resumed.
     """
-    from rap_deploy.checkpoint import checkpoint_from_model, save_checkpoint
-    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.train.training_run import TrainingRun
 
     t_start = time.perf_counter()
-    state: dict[str, Any] | None = None
+    options, template, model, state = _resolve_run(options, resume, overrides)
+    options.validate()
+    ctx = D.setup(options.device)
+    try:
+        if ctx.is_main:
+            Path(options.out).mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(options.seed)
+        if model is None:
+            template, model = _fresh_model(options)
+        run = TrainingRun(options, ctx, template, model, state, progress and ctx.is_main)
+        run.prepare_model()
+        run.prepare_data()
+        run.restore()
+        run.announce()
+        run.evaluate_initial()
+        train_seconds = run.train_epochs()
+        return run.write_summary(t_start, train_seconds)
+    finally:
+        D.cleanup(ctx)
+
+
+def _resolve_run(options: TrainOptions | None, resume: str | Path | None, overrides: dict[str, Any] | None):
+    """The options, template, model and training state to run: from ``resume/last.pt`` when it exists (model and
+    state built from it), else ``options`` (with ``out`` set to ``resume`` when given; model and state None).
+    Raises :class:`UsageError` when there is nothing to train."""
+    template = model = state = None
     if resume is not None:
         if (Path(resume) / LAST).is_file() or options is None:
             options, template, model, state = _load_resume(Path(resume), overrides or {})
@@ -333,195 +354,16 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
             options = dataclasses.replace(options, out=str(resume))
     if options is None:
         raise UsageError("nothing to train: pass the training options or a run folder to resume")
-    options.validate()
-    ctx = D.setup(options.device)
-    try:
-        run_dir = Path(options.out)
-        if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(options.seed)
-        if state is None:
-            from rap_deploy.data.datasets import dataset_defaults
-
-            sampling, ctx_len = dataset_defaults(options.dataset)
-            frames = options.frames or sampling.max_frames
-            template, model = _source_checkpoint(options, frames, options.context_length or ctx_len)
-        config = model.config
-        model = model.to(ctx.device).train()
-        for name, p in model.named_parameters():
-            if name in GRADIENT_FREE:
-                p.requires_grad_(False)
-        if options.freeze_offsets:
-            freeze_offsets_at_zero(model)
-        from rap_deploy.model_summary import asa_offsets
-
-        offsets_initial = _plain(asa_offsets(model)) if state is None else state.get("offsets_initial")
-        params = [p for _, p in trainable_parameters(model)]
-        if not params:
-            raise UsageError("the model has no trainable adapter (LoRM and ASA both disabled)")
-        D.broadcast_parameters(params, ctx)
-        optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay, options.offset_lr_mult),
-                                      lr=options.lr)
-        amp_dtype = _amp_dtype(options.amp, ctx.device)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-        cache = FrameCache(options.cache_dir) if options.cache_dir else FrameCache.default(options.workspace)
-        show = progress and ctx.is_main
-        dataset, test_split = _load_data(options, config, cache, ctx, show)
-        item_video = np.asarray(dataset.split.caption_video)[dataset.items]
-        options.epoch_unit = resolve_epoch_unit(options.epoch_unit, item_video)
-        per_epoch = items_per_epoch(item_video, options.epoch_unit)
-        batch = options.batch_size
-        if per_epoch < batch:
-            batch = max(ctx.world_size, per_epoch - per_epoch % ctx.world_size)
-            say(show, f"[yellow]batch size {options.batch_size} exceeds the {per_epoch} training items per epoch; "
-                       f"using {batch}[/]")
-        if batch % ctx.world_size:
-            raise UsageError(f"--batch-size {batch} (the global batch) must be a multiple of the "
-                             f"{ctx.world_size} processes")
-        steps_per_epoch = per_epoch // batch
-        total_steps = options.epochs * steps_per_epoch
-        history: list[dict[str, Any]] = []
-        best = best_of([])
-        epoch0, step = 0, 0
-        if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            if scaler.is_enabled() and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"])
-            epoch0, step = int(state["epoch"]), int(state["step"])
-            total_steps = int(state["total_steps"])
-            steps_per_epoch = int(state["steps_per_epoch"])
-            batch = int(state["batch_size"])
-            history = list(state["history"])
-            best = best_of(history)
-            if ctx.is_main:
-                _write_metrics(run_dir, history)
-                _restore_best(run_dir, template, model, best, epoch0)
-        warmup_steps = warmup_steps_for(options.warmup, total_steps)
-
-        def save(epoch: int, record: dict[str, Any], is_best: bool) -> None:
-            extra = {"epoch": epoch, "step": step, "metrics": record, "train_options": options.to_dict(),
-                     "source": template.extra.get("source", options.checkpoint or options.clip)}
-            if is_best:
-                save_checkpoint(checkpoint_from_model(model, template, extra), run_dir / BEST)
-            train_state = {"epoch": epoch, "step": step, "total_steps": total_steps, "batch_size": batch,
-                           "steps_per_epoch": steps_per_epoch, "optimizer": optimizer.state_dict(),
-                           "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": _rng_state(),
-                           "history": history, "best": best, "offsets_initial": offsets_initial}
-            save_checkpoint(checkpoint_from_model(model, template, {**extra, "train_state": train_state}),
-                            run_dir / LAST)
-            _write_metrics(run_dir, history)
-
-        def evaluate_now(epoch: int) -> dict[str, Any]:
-            result = None
-            if ctx.is_main:
-                result = _evaluate(model, test_split, cache, options, ctx, show)
-            D.barrier(ctx)
-            return result
-
-        counts = model.parameter_counts()
-        say(show, f"training {config.variant} on {options.dataset} ({len(dataset)} captions of "
-                   f"{dataset.split.num_videos - len(dataset.bad_videos)} videos, {len(dataset.bad_videos)} skipped), "
-                   f"{counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters, "
-                   f"{options.epochs} epochs × {steps_per_epoch} steps of {batch}, world size {ctx.world_size}, "
-                   f"{ctx.device}" + (f", resuming after epoch {epoch0}" if state is not None else ""))
-        if state is None and (options.epochs == 0 or options.eval_initial):
-            result = evaluate_now(0)
-            if ctx.is_main:
-                rec = _record(0, 0, None, 0.0, 0.0, 0, result, model)
-                history.append(rec)
-                is_best = improves(rec["selection_score"], best["score"])
-                if is_best:
-                    best = best_of(history)
-                save(0, rec, is_best)
-                say(show, epoch_line(rec, options.epochs))
-
-        train_seconds = sum(r.get("seconds", 0.0) for r in history)
-        stop_at = options.epochs if options.max_epochs_this_run is None else \
-            min(options.epochs, epoch0 + options.max_epochs_this_run)
-        bar = Bars(show, options.epochs, epoch0, steps_per_epoch)
-        with bar:
-            for epoch in range(epoch0 + 1, stop_at + 1):
-                t0 = time.perf_counter()
-                batches = epoch_batches(item_video, batch, options.seed, epoch, options.epoch_unit)
-                local = [D.shard(b, ctx) for b in batches]
-                video_ids = [torch.as_tensor(item_video[b], dtype=torch.int64) for b in batches]
-                loader = torch.utils.data.DataLoader(dataset, batch_sampler=local, num_workers=options.num_workers)
-                bar.start_epoch(epoch)
-                loss_sum, lr = 0.0, options.lr
-                for i, items in enumerate(loader):
-                    lr = cosine_lr(step, total_steps, options.lr, warmup_steps, options.min_lr_ratio)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr * group["lr_mult"]
-                    loss = _step(model, items, video_ids[i], params, optimizer, scaler, amp_dtype, options, ctx)
-                    loss_sum += loss
-                    step += 1
-                    bar.advance(loss, batch)
-                seconds = time.perf_counter() - t0
-                train_seconds += seconds
-                evaluate_this = epoch % options.eval_every == 0 or epoch == options.epochs
-                result = evaluate_now(epoch) if evaluate_this else None
-                if ctx.is_main:
-                    rec = _record(epoch, step, loss_sum / max(1, len(batches)), lr, seconds, len(batches) * batch,
-                                  result, model)
-                    history.append(rec)
-                    is_best = improves(rec.get("selection_score"), best["score"])
-                    if is_best:
-                        best = best_of(history)
-                    save(epoch, rec, is_best)
-                    bar.log(epoch_line(rec, options.epochs))
-                D.barrier(ctx)
-                bar.end_epoch()
-
-        summary = {
-            "run_dir": str(run_dir), "dataset": options.dataset, "variant": config.variant, "clip": config.clip,
-            "epochs": options.epochs, "epochs_done": history[-1]["epoch"] if history else epoch0,
-            "complete": (history[-1]["epoch"] if history else epoch0) >= options.epochs,
-            "steps": step, "batch_size": batch, "world_size": ctx.world_size, "device": ctx.device,
-            "train_seconds": round(train_seconds, 3), "wall_seconds": round(time.perf_counter() - t_start, 3),
-            **counts, "train_captions": len(dataset), "skipped_videos": dataset.bad_videos,
-            "best_epoch": best["epoch"], "selection_rule": SELECTION_RULE,
-            "offsets_initial": offsets_initial,
-            "best": next((r for r in history if r["epoch"] == best["epoch"]), None),
-            "last": history[-1] if history else None, "resumed_after_epoch": epoch0 if state is not None else None,
-        }
-        if ctx.is_main:
-            from rap_deploy.atomic import write_json_atomic
-
-            write_json_atomic(run_dir / SUMMARY, summary)
-        return summary
-    finally:
-        D.cleanup(ctx)
+    return options, template, model, state
 
 
-def _step(model, items: dict[str, Any], video_ids: torch.Tensor, params: list[torch.nn.Parameter], optimizer,
-          scaler, amp_dtype: torch.dtype | None, options: TrainOptions, ctx: D.DistContext) -> float:
-    """One optimizer step on a (local share of a) global batch; returns the global loss."""
-    dev = ctx.device
-    frames = items["frames"].to(dev, non_blocking=True)
-    mask = items["frame_mask"].to(dev)
-    ids, eot = items["ids"].to(dev), items["eot"].to(dev)
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None) if amp_dtype is not None \
-            else _nullcontext():
-        loss = batch_loss(model, frames, mask, ids, eot, video_ids, ctx)
-    scaler.scale(loss).backward()
-    D.all_reduce_gradients(params, ctx)
-    if options.grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return float(D.all_reduce_sum(loss.detach(), ctx))
+def _fresh_model(options: TrainOptions):
+    """Template checkpoint and model of a new run, with the dataset's frame count and context length by default."""
+    from rap_deploy.data.datasets import dataset_defaults
 
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
+    sampling, ctx_len = dataset_defaults(options.dataset)
+    frames = options.frames or sampling.max_frames
+    return _source_checkpoint(options, frames, options.context_length or ctx_len)
 
 
 # ------------------------------------------------------------------------------------------------ resume

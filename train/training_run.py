@@ -1,0 +1,271 @@
+"""One training run's state and the named steps :func:`rap_deploy.train.loop.train_rap` runs it through.
+
+:class:`TrainingRun` holds what the steps share (model, optimizer, data, schedule, history, best epoch) so each step
+fits on a screen: model, data and schedule, restore, announce, initial evaluation, the epochs, the summary. Only rank 0
+writes the run folder; every rank trains and meets at the barriers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rap_deploy.errors import UsageError
+from rap_deploy.train import distributed as D
+from rap_deploy.train.batches import epoch_batches, items_per_epoch
+from rap_deploy.train.loop import (
+    BEST,
+    GRADIENT_FREE,
+    LAST,
+    SUMMARY,
+    TrainOptions,
+    _amp_dtype,
+    _evaluate,
+    _load_data,
+    _plain,
+    _record,
+    _restore_best,
+    _rng_state,
+    _set_rng_state,
+    _write_metrics,
+    freeze_offsets_at_zero,
+    param_groups,
+    resolve_epoch_unit,
+    trainable_parameters,
+)
+from rap_deploy.train.losses import batch_loss
+from rap_deploy.train.progress import Bars, epoch_line, say
+from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
+from rap_deploy.train.selection import SELECTION_RULE, best_of, improves
+
+
+class TrainingRun:
+    """A run from its options (and, when resuming, the stored ``state``) to its summary."""
+
+    def __init__(self, options: TrainOptions, ctx: D.DistContext, template: Any, model: torch.nn.Module,
+                 state: dict[str, Any] | None, show: bool) -> None:
+        self.options, self.ctx, self.template, self.model, self.state = options, ctx, template, model, state
+        self.show = show
+        self.run_dir = Path(options.out)
+        self.history: list[dict[str, Any]] = []
+        self.best = best_of([])
+        self.epoch0, self.step = 0, 0
+
+    # -------------------------------------------------------------------------------------------- set-up steps
+    def prepare_model(self) -> None:
+        """Model on its device in training mode, frozen parts frozen, optimizer and gradient scaler built."""
+        from rap_deploy.model_summary import asa_offsets
+
+        options, model = self.options, self.model.to(self.ctx.device).train()
+        self.model = model
+        for name, p in model.named_parameters():
+            if name in GRADIENT_FREE:
+                p.requires_grad_(False)
+        if options.freeze_offsets:
+            freeze_offsets_at_zero(model)
+        self.offsets_initial = (_plain(asa_offsets(model)) if self.state is None
+                                else self.state.get("offsets_initial"))
+        self.params = [p for _, p in trainable_parameters(model)]
+        if not self.params:
+            raise UsageError("the model has no trainable adapter (LoRM and ASA both disabled)")
+        D.broadcast_parameters(self.params, self.ctx)
+        self.optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay, options.offset_lr_mult),
+                                           lr=options.lr)
+        self.amp_dtype = _amp_dtype(options.amp, self.ctx.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def prepare_data(self) -> None:
+        """Training items and test split loaded; the epoch unit, global batch and steps per epoch decided."""
+        from rap_deploy.data.cache import FrameCache
+
+        options, ctx = self.options, self.ctx
+        self.cache = FrameCache(options.cache_dir) if options.cache_dir else FrameCache.default(options.workspace)
+        self.dataset, self.test_split = _load_data(options, self.model.config, self.cache, ctx, self.show)
+        self.item_video = np.asarray(self.dataset.split.caption_video)[self.dataset.items]
+        options.epoch_unit = resolve_epoch_unit(options.epoch_unit, self.item_video)
+        per_epoch = items_per_epoch(self.item_video, options.epoch_unit)
+        batch = options.batch_size
+        if per_epoch < batch:
+            batch = max(ctx.world_size, per_epoch - per_epoch % ctx.world_size)
+            say(self.show, f"[yellow]batch size {options.batch_size} exceeds the {per_epoch} training items per "
+                           f"epoch; using {batch}[/]")
+        if batch % ctx.world_size:
+            raise UsageError(f"--batch-size {batch} (the global batch) must be a multiple of the "
+                             f"{ctx.world_size} processes")
+        self.batch = batch
+        self.steps_per_epoch = per_epoch // batch
+        self.total_steps = options.epochs * self.steps_per_epoch
+
+    def restore(self) -> None:
+        """When resuming: optimizer, scaler, RNG, schedule and history as the stored run left them."""
+        state = self.state
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scaler.is_enabled() and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+            self.epoch0, self.step = int(state["epoch"]), int(state["step"])
+            self.total_steps = int(state["total_steps"])
+            self.steps_per_epoch = int(state["steps_per_epoch"])
+            self.batch = int(state["batch_size"])
+            self.history = list(state["history"])
+            self.best = best_of(self.history)
+            if self.ctx.is_main:
+                _write_metrics(self.run_dir, self.history)
+                _restore_best(self.run_dir, self.template, self.model, self.best, self.epoch0)
+        self.warmup_steps = warmup_steps_for(self.options.warmup, self.total_steps)
+
+    def announce(self) -> None:
+        """One line: what is trained on what, with how many parameters and steps."""
+        options, ctx, dataset = self.options, self.ctx, self.dataset
+        counts = self.model.parameter_counts()
+        say(self.show, f"training {self.model.config.variant} on {options.dataset} ({len(dataset)} captions of "
+                       f"{dataset.split.num_videos - len(dataset.bad_videos)} videos, {len(dataset.bad_videos)} "
+                       f"skipped), {counts['trainable_params']:,} trainable of {counts['total_params']:,} "
+                       f"parameters, {options.epochs} epochs × {self.steps_per_epoch} steps of {self.batch}, world "
+                       f"size {ctx.world_size}, {ctx.device}"
+                       + (f", resuming after epoch {self.epoch0}" if self.state is not None else ""))
+
+    # ------------------------------------------------------------------------------------------ per-epoch steps
+    def evaluate(self) -> dict[str, Any] | None:
+        """Test-split metrics on rank 0 (None elsewhere); every rank waits for them."""
+        result = None
+        if self.ctx.is_main:
+            result = _evaluate(self.model, self.test_split, self.cache, self.options, self.ctx, self.show)
+        D.barrier(self.ctx)
+        return result
+
+    def record(self, epoch: int, loss: float | None, lr: float, seconds: float, items: int,
+               result: dict[str, Any] | None) -> dict[str, Any]:
+        """Append the epoch's ``metrics.jsonl`` line, keep the best epoch, write ``best.pt``/``last.pt`` (rank 0)."""
+        rec = _record(epoch, self.step, loss, lr, seconds, items, result, self.model)
+        self.history.append(rec)
+        is_best = improves(rec.get("selection_score"), self.best["score"])
+        if is_best:
+            self.best = best_of(self.history)
+        self.save(epoch, rec, is_best)
+        return rec
+
+    def save(self, epoch: int, record: dict[str, Any], is_best: bool) -> None:
+        """``best.pt`` when the epoch is the best so far, then ``last.pt`` with the training state, then metrics."""
+        from rap_deploy.checkpoint import checkpoint_from_model, save_checkpoint
+
+        options = self.options
+        extra = {"epoch": epoch, "step": self.step, "metrics": record, "train_options": options.to_dict(),
+                 "source": self.template.extra.get("source", options.checkpoint or options.clip)}
+        if is_best:
+            save_checkpoint(checkpoint_from_model(self.model, self.template, extra), self.run_dir / BEST)
+        train_state = {"epoch": epoch, "step": self.step, "total_steps": self.total_steps, "batch_size": self.batch,
+                       "steps_per_epoch": self.steps_per_epoch, "optimizer": self.optimizer.state_dict(),
+                       "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": _rng_state(),
+                       "history": self.history, "best": self.best, "offsets_initial": self.offsets_initial}
+        save_checkpoint(checkpoint_from_model(self.model, self.template, {**extra, "train_state": train_state}),
+                        self.run_dir / LAST)
+        _write_metrics(self.run_dir, self.history)
+
+    def evaluate_initial(self) -> None:
+        """The epoch-0 evaluation (the identity adapters: zero-shot) of a fresh run that asks for it."""
+        if self.state is None and (self.options.epochs == 0 or self.options.eval_initial):
+            result = self.evaluate()
+            if self.ctx.is_main:
+                say(self.show, epoch_line(self.record(0, None, 0.0, 0.0, 0, result), self.options.epochs))
+
+    def train_epoch(self, epoch: int, bar: Bars) -> tuple[float, float, int]:
+        """One epoch of optimizer steps; returns the mean loss, the last learning rate and the number of batches."""
+        options = self.options
+        batches = epoch_batches(self.item_video, self.batch, options.seed, epoch, options.epoch_unit)
+        local = [D.shard(b, self.ctx) for b in batches]
+        video_ids = [torch.as_tensor(self.item_video[b], dtype=torch.int64) for b in batches]
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=local, num_workers=options.num_workers)
+        loss_sum, lr = 0.0, options.lr
+        for i, items in enumerate(loader):
+            lr = cosine_lr(self.step, self.total_steps, options.lr, self.warmup_steps, options.min_lr_ratio)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group["lr_mult"]
+            loss = _step(self.model, items, video_ids[i], self.params, self.optimizer, self.scaler, self.amp_dtype,
+                         options, self.ctx)
+            loss_sum += loss
+            self.step += 1
+            bar.advance(loss, self.batch)
+        return loss_sum / max(1, len(batches)), lr, len(batches)
+
+    def train_epochs(self) -> float:
+        """Every remaining epoch (up to ``max_epochs_this_run``), evaluated every ``eval_every`` and at the end;
+        returns the training seconds of the whole run so far."""
+        options = self.options
+        train_seconds = sum(r.get("seconds", 0.0) for r in self.history)
+        stop_at = options.epochs if options.max_epochs_this_run is None else \
+            min(options.epochs, self.epoch0 + options.max_epochs_this_run)
+        bar = Bars(self.show, options.epochs, self.epoch0, self.steps_per_epoch)
+        with bar:
+            for epoch in range(self.epoch0 + 1, stop_at + 1):
+                t0 = time.perf_counter()
+                bar.start_epoch(epoch)
+                loss, lr, batches = self.train_epoch(epoch, bar)
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
+                evaluate_this = epoch % options.eval_every == 0 or epoch == options.epochs
+                result = self.evaluate() if evaluate_this else None
+                if self.ctx.is_main:
+                    bar.log(epoch_line(self.record(epoch, loss, lr, seconds, batches * self.batch, result),
+                                       options.epochs))
+                D.barrier(self.ctx)
+                bar.end_epoch()
+        return train_seconds
+
+    # --------------------------------------------------------------------------------------------------- the end
+    def write_summary(self, t_start: float, train_seconds: float) -> dict[str, Any]:
+        """The run's ``summary.json`` (written by rank 0) and return value."""
+        options, config, history = self.options, self.model.config, self.history
+        done = history[-1]["epoch"] if history else self.epoch0
+        summary = {
+            "run_dir": str(self.run_dir), "dataset": options.dataset, "variant": config.variant, "clip": config.clip,
+            "epochs": options.epochs, "epochs_done": done, "complete": done >= options.epochs,
+            "steps": self.step, "batch_size": self.batch, "world_size": self.ctx.world_size,
+            "device": self.ctx.device, "train_seconds": round(train_seconds, 3),
+            "wall_seconds": round(time.perf_counter() - t_start, 3),
+            **self.model.parameter_counts(), "train_captions": len(self.dataset),
+            "skipped_videos": self.dataset.bad_videos, "best_epoch": self.best["epoch"],
+            "selection_rule": SELECTION_RULE, "offsets_initial": self.offsets_initial,
+            "best": next((r for r in history if r["epoch"] == self.best["epoch"]), None),
+            "last": history[-1] if history else None,
+            "resumed_after_epoch": self.epoch0 if self.state is not None else None,
+        }
+        if self.ctx.is_main:
+            from rap_deploy.atomic import write_json_atomic
+
+            write_json_atomic(self.run_dir / SUMMARY, summary)
+        return summary
+
+
+def _step(model, items: dict[str, Any], video_ids: torch.Tensor, params: list[torch.nn.Parameter], optimizer,
+          scaler, amp_dtype: torch.dtype | None, options: TrainOptions, ctx: D.DistContext) -> float:
+    """One optimizer step on a (local share of a) global batch; returns the global loss."""
+    dev = ctx.device
+    frames = items["frames"].to(dev, non_blocking=True)
+    mask = items["frame_mask"].to(dev)
+    ids, eot = items["ids"].to(dev), items["eot"].to(dev)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None) if amp_dtype is not None \
+            else _nullcontext():
+        loss = batch_loss(model, frames, mask, ids, eot, video_ids, ctx)
+    scaler.scale(loss).backward()
+    D.all_reduce_gradients(params, ctx)
+    if options.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(D.all_reduce_sum(loss.detach(), ctx))
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
