@@ -50,13 +50,48 @@ def check_prefix_mask(mask: np.ndarray) -> None:
 
 
 def check_text_inputs(input_ids: np.ndarray, eot: np.ndarray, config: RAPConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``input_ids`` int32 ``[B,L]`` and ``eot`` int32 ``[B]``; raises :class:`UsageError` on a bad shape."""
+    """Return ``input_ids`` int32 ``[B,n]`` (``1 <= n <= context_length``) and ``eot`` int32 ``[B]``.
+
+    Raises :class:`UsageError` on a bad shape or an EOT position outside its row.
+    """
     ids = np.ascontiguousarray(input_ids, dtype=np.int32)
     pos = np.ascontiguousarray(eot, dtype=np.int32).reshape(-1)
-    if ids.ndim != 2 or ids.shape[1] != config.context_length or pos.shape[0] != ids.shape[0]:
-        raise UsageError(f"input_ids must be [B,{config.context_length}] with eot [B], got {list(ids.shape)} and "
-                         f"{list(pos.shape)}; tokenize with rap_deploy.tokenizer")
+    length = config.context_length
+    if ids.ndim != 2 or not 1 <= ids.shape[1] <= length or pos.shape[0] != ids.shape[0]:
+        raise UsageError(f"input_ids must be [B,n] with 1 <= n <= {length} (the model's context) and eot [B], got "
+                         f"{list(ids.shape)} and {list(pos.shape)}; tokenize with rap_deploy.tokenizer")
+    if pos.size and (pos.min() < 0 or pos.max() >= ids.shape[1]):
+        raise UsageError(f"eot positions must lie in [0, {ids.shape[1]}) (inside their rows), got "
+                         f"{int(pos.min())}..{int(pos.max())}")
     return ids, pos
+
+
+def trim_tokens(input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
+    """``input_ids [B,n]`` cut to its first ``max(eot) + 1`` columns.
+
+    Exact for a text graph with a dynamic ``tokens`` axis: under CLIP's causal mask a row's embedding, read at its
+    EOT, depends only on the tokens up to the EOT (``rap_deploy.model.text_tower``), so a query pays for its own
+    tokens and a batch for its longest query, not for the full context.
+    """
+    n = int(np.max(eot)) + 1 if np.size(eot) else 1
+    return np.ascontiguousarray(input_ids[:, :n])
+
+
+def fit_tokens(input_ids: np.ndarray, eot: np.ndarray, context_length: int, dynamic: bool) -> np.ndarray:
+    """The token ids a text graph takes: trimmed (:func:`trim_tokens`) when its ``tokens`` axis is ``dynamic``,
+    else zero-padded to ``context_length`` (graphs exported before the axis was dynamic take ``[B, L]`` only;
+    what follows the EOT never changes the embedding)."""
+    if dynamic:
+        return trim_tokens(input_ids, eot)
+    missing = context_length - input_ids.shape[1]
+    return np.pad(input_ids, ((0, 0), (0, missing))) if missing > 0 else input_ids
+
+
+def tokens_axis_is_dynamic(shape: object) -> bool:
+    """Whether a text graph's declared ``input_ids`` shape (ONNX Runtime's list of ints/names, TensorRT's dims with
+    ``-1``, KServe metadata's ``-1``) leaves the token axis (dimension 1) free."""
+    dims = list(shape) if shape is not None else []
+    return len(dims) == 2 and not (isinstance(dims[1], int) and dims[1] > 0)
 
 
 def batched(run: Callable[..., tuple[np.ndarray, ...]], arrays: tuple[np.ndarray, ...], max_batch: int | None

@@ -136,7 +136,8 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
     export_manifest = read_export_manifest(src)
     export_manifest.pop("dir", None)
     dest = Path(out) if out is not None else subdir("engines", workspace) / engine_name(backend, precision, device)
-    ranges = profile_ranges(profiles, export_manifest["graphs"])
+    ranges = profile_ranges(profiles, export_manifest["graphs"],
+                            context_length=(export_manifest.get("dims") or {}).get("context_length"))
     with folder_lock(dest, "build-engine", "engine folder"):
         check_replaceable(dest, force)
         with staged_folder(dest) as stage:

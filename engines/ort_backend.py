@@ -24,8 +24,10 @@ from rap_deploy.engines.blocks import (
     blocked_similarity,
     check_text_inputs,
     check_video_inputs,
+    fit_tokens,
     meanp_similarity_from_frames,
     rerank_inputs,
+    tokens_axis_is_dynamic,
 )
 from rap_deploy.errors import BackendUnavailableError, UsageError
 from rap_deploy.graphs import graph_io
@@ -201,8 +203,10 @@ class OrtEngine(Engine):
         """See :meth:`Engine.encode_text`."""
         ids, pos = check_text_inputs(input_ids, eot, self.config)
         inputs, _ = graph_io("text_encoder", self.has_asa)
+        dynamic = tokens_axis_is_dynamic(self._session("text_encoder").get_inputs()[0].shape)
 
         def run(i: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
+            i = fit_tokens(i, e, self.config.context_length, dynamic)
             return tuple(self._run("text_encoder", dict(zip(inputs, (i, e), strict=True))))
 
         return batched(run, (ids, pos), self.max_batch.get("text_encoder"))[0]

@@ -31,8 +31,10 @@ from rap_deploy.engines.blocks import (
     blocked_similarity,
     check_text_inputs,
     check_video_inputs,
+    fit_tokens,
     meanp_similarity_from_frames,
     rerank_inputs,
+    tokens_axis_is_dynamic,
 )
 from rap_deploy.engines.trt_plan import build_mode
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
@@ -262,8 +264,14 @@ class TrtEngine(Engine):
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.encode_text`."""
         ids, pos = check_text_inputs(input_ids, eot, self.config)
-        return batched(self._runner("text_encoder", graph_io("text_encoder", self.has_asa)[0]), (ids, pos),
-                       self.max_batch["text_encoder"])[0]
+        names = graph_io("text_encoder", self.has_asa)[0]
+        run = self._runner("text_encoder", names)
+        dynamic = tokens_axis_is_dynamic(tuple(self.engines["text_encoder"].get_tensor_shape(names[0])))
+
+        def fitted(i: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
+            return run(fit_tokens(i, e, self.config.context_length, dynamic), e)
+
+        return batched(fitted, (ids, pos), self.max_batch["text_encoder"])[0]
 
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
         """Similarity ``[Q, V]`` in blocks of at most the ``asa_head`` profile's (max Q) × (max V)."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.export.export_config import TOKENS
 from rap_deploy.export.precision_plan import (  # noqa: F401 - re-exported: the engine code's view of the plan
     BLOCKED,
     DATA_MOVEMENT,
@@ -59,6 +60,9 @@ DEFAULT_RANGES: dict[str, dict[str, tuple[int, int, int]]] = {
     "text_encoder": {"batch": (1, 32, 128)},
     "asa_head": {"queries": (1, 32, 32), "videos": (1, 64, 64)},
 }
+#: The text encoder's ``tokens`` axis (1 … context length): TensorRT tunes its kernels for ``opt``, a typical query
+#: (the captions of MSR-VTT and the synthetic world run 8–20 tokens with start and end).
+TOKENS_OPT = 16
 
 
 @dataclass(frozen=True)
@@ -101,12 +105,13 @@ def _range(default: tuple[int, int, int], lo: int | None, opt: int | None, hi: i
     return AxisRange(lo_v, opt_v, hi_v)
 
 
-def profile_ranges(options: ProfileOptions | None = None, graphs: Iterable[str] | None = None
-                   ) -> dict[str, dict[str, AxisRange]]:
+def profile_ranges(options: ProfileOptions | None = None, graphs: Iterable[str] | None = None,
+                   context_length: int | None = None) -> dict[str, dict[str, AxisRange]]:
     """Return ``graph -> axis -> AxisRange`` from ``options`` (defaults from :data:`DEFAULT_RANGES`).
 
-    A single option fills the others sensibly (``--max-batch 4`` gives min 1, opt 4, max 4). Raises
-    :class:`UsageError` for an impossible range.
+    A single option fills the others sensibly (``--max-batch 4`` gives min 1, opt 4, max 4). With
+    ``context_length`` (the export's ``dims``) the text encoder also gets its ``tokens`` axis: 1 to the context,
+    tuned for :data:`TOKENS_OPT`. Raises :class:`UsageError` for an impossible range.
     """
     o = options or ProfileOptions()
     names = list(graphs) if graphs is not None else list(DEFAULT_RANGES)
@@ -120,6 +125,8 @@ def profile_ranges(options: ProfileOptions | None = None, graphs: Iterable[str] 
             out[g] = {"queries": _range(d["queries"], None, q, q), "videos": _range(d["videos"], None, v, v)}
         else:
             out[g] = {"batch": _range(d["batch"], o.min_batch, o.opt_batch, o.max_batch)}
+        if g == "text_encoder" and context_length:
+            out[g][TOKENS] = AxisRange(1, min(TOKENS_OPT, int(context_length)), int(context_length))
     return out
 
 
@@ -130,8 +137,8 @@ def profile_shapes(graph: str, inputs: Sequence[Mapping[str, Any]], ranges: Mapp
     ``inputs`` are the export manifest's input specs (``{name, shape, dtype}``, symbolic dimensions as strings or
     ``None``). Dimension 0 is the graph's dynamic axis, named by the spec itself (``batch`` / ``queries`` /
     ``videos``, so a new input such as ``asa_tokens`` needs no entry here) or, for an unnamed symbolic dimension, by
-    :data:`INPUT_AXIS`; it must be symbolic, every other dimension must be static. Raises :class:`UsageError`
-    otherwise.
+    :data:`INPUT_AXIS`; it must be symbolic. Every other dimension is static or a named axis of ``ranges`` (the text
+    encoder's ``tokens``). Raises :class:`UsageError` otherwise.
     """
     out: dict[str, dict[str, list[int]]] = {}
     for spec in inputs:
@@ -143,12 +150,12 @@ def profile_shapes(graph: str, inputs: Sequence[Mapping[str, Any]], ranges: Mapp
             raise UsageError(f"{graph}: input '{name}' has a static first dimension {shape[:1]}; re-export so the "
                              "batch axis stays symbolic (export with batch >= 2)")
         rest = shape[1:]
-        bad = [d for d in rest if not isinstance(d, int)]
+        bad = [d for d in rest if not isinstance(d, int) and d not in ranges]
         if bad:
-            raise UsageError(f"{graph}: input '{name}' has symbolic dimensions {bad} beyond the batch axis; "
-                             "TensorRT profiles here only cover the batch axis")
-        r = ranges[axis]
-        out[name] = {"min": [r.min, *rest], "opt": [r.opt, *rest], "max": [r.max, *rest]}
+            raise UsageError(f"{graph}: input '{name}' has symbolic dimensions {bad} beyond the batch axis with no "
+                             f"profile range (this profile covers {sorted(ranges)}); re-export with this rapdeploy")
+        dims = [ranges[axis], *(d if isinstance(d, int) else ranges[d] for d in rest)]
+        out[name] = {k: [getattr(d, k) if isinstance(d, AxisRange) else d for d in dims] for k in ("min", "opt", "max")}
     return out
 
 

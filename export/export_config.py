@@ -44,8 +44,10 @@ EXPORTER_REASON = (
     "optimizer and their I/O dims rewritten to the contract."
 )
 
-# Symbolic axis names (DESIGN.md §4): the only dynamic dims of the three graphs.
-BATCH, QUERIES, VIDEOS = "batch", "queries", "videos"
+# Symbolic axis names (DESIGN.md §4): the only dynamic dims of the three graphs. ``tokens`` (the text encoder's
+# token axis, 1 … context_length) is this project's addition to §4: a query runs only its own tokens (see
+# rap_deploy.model.text_tower); graphs exported before it have a static [B, L] and still load.
+BATCH, QUERIES, VIDEOS, TOKENS = "batch", "queries", "videos", "tokens"
 
 # Ops that must never appear (DESIGN.md §7): GridSample (TensorRT bugs), data-dependent shapes, control flow.
 FORBIDDEN_OPS = ("GridSample", "NonZero", "Unique", "Compress", "If", "Loop", "Scan", "SequenceConstruct")
@@ -134,7 +136,7 @@ def graph_specs(dims: ModelDims, has_asa: bool) -> dict[str, GraphSpec]:
     """
     if has_asa and dims.asa_token_width < 1:
         raise ValueError("a model with an ASA head needs ModelDims.asa_token_width (3·d_a); use ModelDims.of(model)")
-    t, s, p, d, length = dims.frames, dims.image_size, dims.patches, dims.embed_dim, dims.context_length
+    t, s, p, d = dims.frames, dims.image_size, dims.patches, dims.embed_dim
     f32, i32 = "float32", "int32"
     video_shapes = {"video_emb": (BATCH, d), "frame_emb": (BATCH, t, d), "patch_tokens": (BATCH, t, p, d),
                     "asa_tokens": (BATCH, t, p, dims.asa_token_width)}
@@ -146,7 +148,7 @@ def graph_specs(dims: ModelDims, has_asa: bool) -> dict[str, GraphSpec]:
             TensorSpec(VIDEO_INPUTS[1], (BATCH, t), f32),
         ), tuple(TensorSpec(n, video_shapes[n], f32) for n in video_outputs(has_asa))),
         "text_encoder": GraphSpec("text_encoder", (
-            TensorSpec(TEXT_INPUTS[0], (BATCH, length), i32),
+            TensorSpec(TEXT_INPUTS[0], (BATCH, TOKENS), i32),
             TensorSpec(TEXT_INPUTS[1], (BATCH,), i32),
         ), (TensorSpec(TEXT_OUTPUTS[0], (BATCH, d), f32),)),
         "asa_head": GraphSpec("asa_head", (

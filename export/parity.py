@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rap_deploy.engines.blocks import trim_tokens
 from rap_deploy.export.export_config import GraphSpec, ParityConfig
 from rap_deploy.export.inputs import ParityInputs
 from rap_deploy.export.wrappers import AsaHeadGraph
@@ -262,6 +263,12 @@ def run_parity(model, files: dict[str, Path], specs: dict[str, GraphSpec], input
             outs = sess.run(None, {"input_ids": inputs.input_ids[idx], "eot": inputs.eot[idx]})
             fig.add_run(len(idx), ("text_emb",), r, outs, [spec.concrete_shape(spec.outputs[0], {"batch": len(idx)})])
             pool[idx] = outs[0]
+        # The tokens axis is dynamic: the whole pool again, cut to its longest query, must give the same embeddings.
+        short = trim_tokens(inputs.input_ids, inputs.eot)
+        if short.shape[1] < inputs.input_ids.shape[1]:
+            outs = sess.run(None, {"input_ids": short, "eot": inputs.eot})
+            fig.add_run(f"{len(short)}x{short.shape[1]} tokens", ("text_emb",), [ref["pool_text"]], outs,
+                        [spec.concrete_shape(spec.outputs[0], {"batch": len(short)})])
         vids = ref["pool_video"][0]
         fig.topk.append({"what": "videos ranked per text (meanP)",
                          **topk_agreement(ref["pool_text"] @ vids.T, pool @ vids.T, pcfg.topk, pcfg.tie_eps)})

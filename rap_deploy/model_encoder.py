@@ -48,8 +48,10 @@ class ModelEncoder:
 
     @torch.inference_mode()
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
-        """See ``Engine.encode_text``."""
-        return self._np(self.model.encode_text(self._t(input_ids), self._t(eot)))
+        """See ``Engine.encode_text``; only the first ``max(eot) + 1`` tokens run (exact under the causal mask)."""
+        from rap_deploy.engines.blocks import trim_tokens
+
+        return self._np(self.model.encode_text(self._t(trim_tokens(input_ids, eot)), self._t(eot)))
 
     @torch.inference_mode()
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:

@@ -12,7 +12,10 @@ from rap_deploy.engines.blocks import (
     blocked_similarity,
     check_text_inputs,
     check_video_inputs,
+    fit_tokens,
     meanp_similarity_from_frames,
+    tokens_axis_is_dynamic,
+    trim_tokens,
 )
 from rap_deploy.errors import UsageError
 
@@ -103,5 +106,24 @@ def test_input_checks_name_the_expected_shapes():
             check_video_inputs(np.zeros((2, 4, 3, 32, 32)), np.array(bad), cfg)
     ids, eot = check_text_inputs(np.zeros((3, 32), np.int64), np.array([1, 2, 3]), cfg)
     assert ids.dtype == np.int32 and eot.dtype == np.int32
-    with pytest.raises(UsageError, match=r"\[B,32\]"):
-        check_text_inputs(np.zeros((3, 16)), np.zeros(3), cfg)
+    ids, _ = check_text_inputs(np.zeros((3, 16)), np.zeros(3), cfg)  # a query's own tokens: fewer than the context
+    assert ids.shape == (3, 16)
+    for bad_ids in (np.zeros((3, 33)), np.zeros((3, 0)), np.zeros(32)):
+        with pytest.raises(UsageError, match=r"\[B,n\] with 1 <= n <= 32"):
+            check_text_inputs(bad_ids, np.zeros(3), cfg)
+    with pytest.raises(UsageError, match=r"eot positions must lie in \[0, 8\)"):
+        check_text_inputs(np.zeros((3, 8)), np.array([1, 8, 2]), cfg)
+
+
+def test_tokens_are_trimmed_for_dynamic_graphs_and_padded_for_static_ones():
+    ids = np.arange(1, 33, dtype=np.int32)[None].repeat(2, 0)
+    eot = np.array([4, 9], np.int32)
+    assert trim_tokens(ids, eot).shape == (2, 10) and np.array_equal(trim_tokens(ids, eot), ids[:, :10])
+    assert fit_tokens(ids, eot, 32, dynamic=True).shape == (2, 10)
+    padded = fit_tokens(ids[:, :10], eot, 32, dynamic=False)
+    assert padded.shape == (2, 32) and np.array_equal(padded[:, :10], ids[:, :10]) and not padded[:, 10:].any()
+    assert fit_tokens(ids, eot, 32, dynamic=False) is ids
+    # ONNX Runtime names free dims, TensorRT and KServe metadata write -1; a static graph has the context length
+    for shape, dynamic in ((["batch", "tokens"], True), ((-1, -1), True), ([None, None], True), (["batch", 32], False),
+                           ((-1, 32), False), ([-1], False)):
+        assert tokens_axis_is_dynamic(shape) is dynamic, shape

@@ -71,6 +71,19 @@ def test_profile_shapes_from_manifest_inputs():
     assert asa["asa_tokens"] == {"min": [1, 4, 16, 48], "opt": [6, 4, 16, 48], "max": [6, 4, 16, 48]}
 
 
+def test_text_profile_covers_the_tokens_axis():
+    ranges = profile_ranges(ProfileOptions(max_batch=8), ["text_encoder"], context_length=32)["text_encoder"]
+    assert ranges["tokens"] == AxisRange(1, 16, 32)
+    inputs = [{"name": "input_ids", "shape": ["batch", "tokens"]}, {"name": "eot", "shape": ["batch"]}]
+    text = profile_shapes("text_encoder", inputs, ranges)
+    assert text["input_ids"] == {"min": [1, 1], "opt": [8, 16], "max": [8, 32]}
+    assert text["eot"] == {"min": [1], "opt": [8], "max": [8]}
+    # an export from before the axis was dynamic keeps its static [B, L]
+    assert profile_shapes("text_encoder", [{"name": "input_ids", "shape": ["batch", 32]}], ranges)["input_ids"][
+        "min"] == [1, 32]
+    assert "tokens" not in profile_ranges(None, ["text_encoder"])["text_encoder"]
+
+
 def test_profile_shapes_refuse_static_batch_and_extra_symbolic_dims():
     ranges = profile_ranges()["video_encoder"]
     with pytest.raises(UsageError, match="static first dimension"):

@@ -88,6 +88,9 @@ def test_export_writes_checked_graphs_and_parity(exported, offset_checkpoint):
         assert g["max_abs"] <= 1e-4 and g["min_cosine"] >= 0.99999 and g["topk_match"] is True, (name, g)
         assert g["passed"] is True
     assert parity["graphs"]["video_encoder"]["batch_sizes"] == [1, 2, 3]
+    # the tokens axis is dynamic: the caption pool is run again cut to its longest caption, within tolerance
+    trimmed = [r for r in parity["graphs"]["text_encoder"]["runs"] if "tokens" in str(r["batch"])]
+    assert len(trimmed) == 1 and trimmed[0]["max_abs"] <= 1e-4, parity["graphs"]["text_encoder"]["runs"]
     assert parity["graphs"]["video_encoder"]["patch_topk_match"] is True
     # asa_head: Q and V both vary (and differ), plus the whole pool.
     assert [[1, 1], [2, 3], [3, 2]] == parity["graphs"]["asa_head"]["batch_sizes"][:3]
@@ -179,6 +182,9 @@ def test_onnxruntime_runs_each_graph(exported, offset_checkpoint, batch):
     for r, o in zip(ref_v, outs, strict=True):
         np.testing.assert_allclose(o, r.numpy(), atol=1e-5)
     np.testing.assert_allclose(run("text_encoder", {"input_ids": ids, "eot": eot})[0], ref_t.numpy(), atol=1e-5)
+    # only the tokens up to the EOT (position 7) matter: the graph takes [B, 8] and gives the same embeddings
+    np.testing.assert_allclose(run("text_encoder", {"input_ids": ids[:, :8], "eot": eot})[0], ref_t.numpy(),
+                               atol=1e-5)
     sim = run("asa_head", {"text_emb": ref_t, "frame_emb": fe, "patch_tokens": pt, "asa_tokens": at})[0]
     assert sim.shape == (batch, v)
     np.testing.assert_allclose(sim, ref_s.numpy(), atol=1e-5)
@@ -421,3 +427,30 @@ def test_parity_inputs_from_a_dataset_folder(tmp_path):
     assert np.abs(inputs.frames[:, 3]).max() > 0  # padded frames are normalised zeros, not left out
     assert inputs.input_ids.dtype == np.int32 and inputs.eot.dtype == np.int32
     assert (inputs.input_ids[np.arange(4), inputs.eot] == inputs.input_ids.max(1)).all()  # EOT has the top id
+
+
+def test_text_engines_trim_dynamic_graphs_and_pad_static_ones(exported, tmp_path):
+    """An engine runs a query's own tokens through a graph with a dynamic ``tokens`` axis, and pads to the context
+    for a graph exported with a static ``[B, L]`` (before the axis was dynamic): the embeddings agree."""
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.engines.ort_backend import OrtEngine
+    from rap_deploy.tokenizer import tokenize
+
+    out, manifest = exported
+    config = RAPConfig.from_dict(manifest["config"])
+    static = onnx.load(str(out / "text_encoder.onnx"))
+    static.graph.input[0].type.tensor_type.shape.dim[1].dim_value = config.context_length  # the old contract
+    onnx.save(static, str(tmp_path / "text_static.onnx"))
+    graphs = {g: out / f"{g}.onnx" for g in ("video_encoder", "text_encoder", "asa_head")}
+    dynamic_engine = OrtEngine(graphs, config)
+    static_engine = OrtEngine({**graphs, "text_encoder": tmp_path / "text_static.onnx"}, config)
+    ids, eot = tokenize(["a red circle moves left", "two squares"], config.tokenizer)
+    calls = []
+    real_run = dynamic_engine._run
+    dynamic_engine._run = lambda graph, feeds: calls.append(feeds["input_ids"].shape) or real_run(graph, feeds)
+    full = dynamic_engine.encode_text(ids, eot)
+    assert calls == [(2, int(eot.max()) + 1)]  # trimmed to the longest query
+    np.testing.assert_allclose(static_engine.encode_text(ids, eot), full, atol=1e-6)
+    np.testing.assert_allclose(static_engine.encode_text(ids[:, :int(eot.max()) + 1], eot), full, atol=1e-6)
+    with pytest.raises(Exception, match="eot positions"):
+        dynamic_engine.encode_text(ids[:, :3], eot)

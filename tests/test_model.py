@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,24 @@ def test_text_encoder_matches_open_clip(micro_model):
         ours = micro_model.encode_text(torch.from_numpy(ids), torch.from_numpy(eot))
         ref = micro_model.clip.encode_text(torch.from_numpy(ids).long(), normalize=True)
     assert (ours - ref).abs().max() <= 1e-6
+
+
+def test_text_embedding_depends_only_on_the_tokens_up_to_eot(micro_model):
+    """Under the causal mask a query's embedding is read at its EOT: what follows never matters, so engines may run
+    ``trim_tokens`` (the text graph's dynamic ``tokens`` axis)."""
+    from rap_deploy.engines.blocks import trim_tokens
+
+    ids, eot = tokenize(["a red circle", "two blue squares move up and then shrink"], micro_model.config.tokenizer)
+    short = trim_tokens(ids, eot)
+    assert short.shape == (2, int(eot.max()) + 1) and short.shape[1] < ids.shape[1]
+    noisy = ids.copy()
+    gen = np.random.default_rng(0)
+    for row, e in enumerate(eot):
+        noisy[row, e + 1:] = gen.integers(1, 40000, ids.shape[1] - e - 1)
+    with torch.no_grad():
+        full, cut, changed = (micro_model.encode_text(torch.from_numpy(x), torch.from_numpy(eot))
+                              for x in (ids, short, noisy))
+    assert (full - cut).abs().max() <= 1e-6 and (full - changed).abs().max() <= 1e-6
 
 
 def test_padded_frames_are_masked(micro_model):

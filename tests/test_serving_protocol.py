@@ -79,7 +79,7 @@ def test_served_models_follow_the_graph_specs(models):
     assert asa.dims(asa.tensor("patch_tokens")) == [-1, 4, 16, 32]
     assert asa.shape(asa.tensor("similarity")) == [-1, -1]
     meta = kserve_metadata(text, "x")
-    assert meta["inputs"] == [{"name": "input_ids", "datatype": "INT32", "shape": [-1, 32]},
+    assert meta["inputs"] == [{"name": "input_ids", "datatype": "INT32", "shape": [-1, -1]},
                               {"name": "eot", "datatype": "INT32", "shape": [-1]}]
     limited = served_models(graph_specs(DIMS, True), batch_limits(None), text_max_batch=1)
     assert limited["text_encoder"].max_batch_size == 1
@@ -189,7 +189,8 @@ def _text_doc(**changes):
     (_text_doc(**{"1__name": "input_ids"}), None, "inputs[1].name"),
     (_text_doc(**{"0__datatype": "INT64"}), None, "inputs[0].datatype"),
     (_text_doc(**{"0__shape": [32]}), None, "inputs[0].shape"),
-    (_text_doc(**{"0__shape": [1, 31]}), None, "inputs[0].shape"),
+    (_text_doc(**{"0__shape": [1, 31]}), None, "inputs[0].data"),  # 31 tokens are fine, 32 values are not
+    (_text_doc(**{"0__shape": [1, 33], "0__data": [1] * 33}), None, "inputs[0].shape"),  # beyond the context
     (_text_doc(**{"0__shape": [129, 32]}), None, "inputs[0].shape"),
     (_text_doc(**{"0__shape": [0, 32]}), None, "inputs[0].shape"),
     (_text_doc(**{"0__shape": [1, 32.0]}), None, "inputs[0].shape"),
@@ -210,7 +211,7 @@ def _text_doc(**changes):
 def test_malformed_requests_name_the_field(models, doc, header, field):
     body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
     with pytest.raises(RequestError) as err:
-        parse_infer_request(body, header, models["text_encoder"])
+        parse_infer_request(body, header, models["text_encoder"], {"tokens": 32})  # the server's axis limits
     assert err.value.status == 400 and err.value.field == field, err.value.message
 
 
@@ -239,6 +240,10 @@ def test_input_values_the_model_cannot_take_are_refused(models):
         with pytest.raises(ValueError) as err:
             check_input_values(models["text_encoder"], {**ok, name: bad}, cfg)
         assert err.value.args[0] == name
+    short = {"input_ids": np.ones((1, 8), np.int32), "eot": np.array([7], np.int32)}
+    check_input_values(models["text_encoder"], short, cfg)  # a query of 8 tokens
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        check_input_values(models["text_encoder"], {**short, "eot": np.array([8], np.int32)}, cfg)
     frames = np.zeros((1, 4, 3, 32, 32), np.float32)
     for mask in (np.zeros((1, 4), np.float32), np.full((1, 4), 0.5, np.float32)):
         with pytest.raises(ValueError):

@@ -104,6 +104,9 @@ def test_tritonclient_inference_equals_the_local_engine(client, local, synth_roo
             assert np.array_equal(out.as_numpy(name), ref), (name, binary)
         out = _infer(client, "text_encoder", {"input_ids": ids, "eot": eot}, binary, ["text_emb"])
         assert np.array_equal(out.as_numpy("text_emb"), text)
+        short = ids[:, :int(eot.max()) + 1]  # the tokens axis is dynamic ([-1, -1] in the metadata)
+        out = _infer(client, "text_encoder", {"input_ids": short, "eot": eot}, binary, ["text_emb"])
+        assert np.array_equal(out.as_numpy("text_emb"), text)
         out = _infer(client, "asa_head", {"text_emb": text, **rerank}, binary)
         assert np.array_equal(out.as_numpy("similarity"), sim)
     meta = client.get_model_metadata("video_encoder")
@@ -154,8 +157,8 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, client)
         ("POST", infer, b"{not json", {}, 400, "body"),
         ("POST", infer, json.dumps({"inputs": [{"name": "input_ids", "datatype": "FP32", "shape": [1, 32],
                                                 "data": good_ids}]}).encode(), {}, 400, "inputs[0].datatype"),
-        ("POST", infer, json.dumps({"inputs": [{"name": "input_ids", "datatype": "INT32", "shape": [1, 31],
-                                                "data": good_ids[:31]}]}).encode(), {}, 400, "inputs[0].shape"),
+        ("POST", infer, json.dumps({"inputs": [{"name": "input_ids", "datatype": "INT32", "shape": [1, 33],
+                                                "data": good_ids + [1]}]}).encode(), {}, 400, "inputs[0].shape"),
         ("POST", infer, json.dumps({"inputs": [{"name": "input_ids", "datatype": "INT32", "shape": [1, 32],
                                                 "data": [60000] * 32},
                                                {"name": "eot", "datatype": "INT32", "shape": [1], "data": [3]}]}

@@ -295,8 +295,9 @@ def check_input_values(model: ServedModel, arrays: Mapping[str, np.ndarray], con
         if ids.size and (ids.min() < 0 or ids.max() >= vocab):
             raise ValueError(TEXT_INPUTS[0], f"{TEXT_INPUTS[0]} must be token ids in [0, {vocab}) (tokenize with "
                              "the model's tokenizer)")
-        if eot.size and (eot.min() < 0 or eot.max() >= config.context_length):
-            raise ValueError(TEXT_INPUTS[1], f"{TEXT_INPUTS[1]} must be positions in [0, {config.context_length})")
+        if eot.size and (eot.min() < 0 or eot.max() >= ids.shape[1]):
+            raise ValueError(TEXT_INPUTS[1], f"{TEXT_INPUTS[1]} must be positions in [0, {ids.shape[1]}) (inside "
+                             f"the {ids.shape[1]} tokens of {TEXT_INPUTS[0]})")
     if model.name == VIDEO_GRAPH:
         mask = arrays[VIDEO_INPUTS[1]]
         if not np.isin(mask, (0.0, 1.0)).all():

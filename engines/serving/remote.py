@@ -26,6 +26,7 @@ from rap_deploy.engines.blocks import (
     blocked_similarity,
     check_text_inputs,
     check_video_inputs,
+    fit_tokens,
     meanp_similarity_from_frames,
 )
 from rap_deploy.engines.serving.contract import ASA_GRAPH, NUMPY_DTYPES, TEXT_GRAPH, VIDEO_GRAPH, contract_io
@@ -157,6 +158,9 @@ class RemoteEngine(Engine):
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.encode_text`."""
         ids, pos = check_text_inputs(input_ids, eot, self.config)
+        # Always the full context: Triton's dynamic batcher only joins requests of equal shape, and the server's
+        # engine trims each joined batch to its longest query itself (rapdeploy serve does; see blocks.trim_tokens).
+        ids = fit_tokens(ids, pos, self.config.context_length, dynamic=False)
         return batched(lambda i, e: self._infer(TEXT_GRAPH, (i, e)), (ids, pos), self.max_batch[TEXT_GRAPH])[0]
 
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from rap_deploy.engines.blocks import fit_tokens
 from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
 from rap_deploy.engines.serving.contract import (
     ASA_GRAPH,
@@ -40,6 +41,7 @@ from rap_deploy.engines.serving.model_config import (
 )
 from rap_deploy.engines.serving.oip import InferRequest, RequestError
 from rap_deploy.engines.serving.serial import SerialEngine
+from rap_deploy.export.export_config import TOKENS
 
 MiB = 1 << 20
 
@@ -115,8 +117,9 @@ class ServingService:
 
     def axis_limits(self, model: ServedModel) -> dict[str, int]:
         """Upper bounds of the symbolic axes a request to ``model`` may use (the batch axis is the model's)."""
-        return {"queries": self.options.max_asa_queries, "videos": self.options.max_asa_videos} \
-            if model.name == ASA_GRAPH else {}
+        if model.name == ASA_GRAPH:
+            return {"queries": self.options.max_asa_queries, "videos": self.options.max_asa_videos}
+        return {TOKENS: self.config.context_length} if model.name == TEXT_GRAPH else {}
 
     # ------------------------------------------------------------------------------------------------ inference
     def check_values(self, model: ServedModel, request: InferRequest) -> None:
@@ -136,8 +139,12 @@ class ServingService:
 
         Raises :class:`RequestError` 503 when the queue is full.
         """
+        ids_name, eot_name = self.models[TEXT_GRAPH].input_names
+        # Padded to the full context so that requests of any length join one batch; the engine trims the batch to
+        # its longest query again (the tokens after a row's EOT never change its embedding).
+        ids = fit_tokens(inputs[ids_name], inputs[eot_name], self.config.context_length, dynamic=False)
         try:
-            return self.batcher.submit(*(inputs[n] for n in self.models[TEXT_GRAPH].input_names))
+            return self.batcher.submit(ids, inputs[eot_name])
         except QueueFullError as exc:
             raise RequestError(503, f"server busy: {exc}; retry later", "queue") from None
 

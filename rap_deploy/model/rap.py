@@ -16,6 +16,7 @@ from rap_deploy.graphs import INDEX_DTYPES
 from rap_deploy.model.asa import AsynchronousSelfAttention
 from rap_deploy.model.clip_loader import freeze
 from rap_deploy.model.lorm import LowRankModulation
+from rap_deploy.model.text_tower import text_tower
 
 _STORED_PATCH_DTYPE = getattr(torch, INDEX_DTYPES["patch_tokens"])
 
@@ -132,12 +133,10 @@ class RAPModel(nn.Module):
         return video_emb, frame_emb, patch_tokens, self.asa.video_tokens(stored, mask)
 
     def encode_text(self, tokens: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-        """Encode token ids ``[B,L]`` with EOT positions ``[B]``; returns L2-normalised ``text_emb [B,d]``."""
+        """Encode token ids ``[B,L]`` (``1 <= L <= context_length``; positions after a row's EOT never change its
+        embedding) with EOT positions ``[B]``; returns L2-normalised ``text_emb [B,d]``."""
         clip = self.clip
-        length = tokens.shape[1]
-        x = clip.token_embedding(tokens.long()) + clip.positional_embedding[:length]
-        mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
-        x = clip.ln_final(clip.transformer(x, attn_mask=mask))
+        x = text_tower(clip, tokens)  # any L <= context_length: the exported graph's tokens axis is dynamic
         idx = eot.long().view(-1, 1, 1).expand(-1, 1, x.shape[-1])
         x = x.gather(1, idx)[:, 0]  # not squeeze(1): the TorchScript exporter turns that into an ONNX If
         proj = clip.text_projection
