@@ -341,6 +341,7 @@ def bench_report(s: BenchSettings, torch_engine: Any, ckpt_path: Path, infos: li
                   "image_size": config.preprocess.image_size, "patches": model.num_patches,
                   "embed_dim": model.embed_dim, **model.parameter_counts()},
         "inputs": inputs.description,
+        "query_tokens": [int(e) + 1 for e in inputs.eot[:max(s.sizes)]],  # what the text graph runs (trimmed)
         "index": {"videos": s.index_size, "rerank_top": s.rerank_top, "bytes_per_video": index_bytes_per_video(index),
                   "kind": "random unit-norm frame embeddings and patch tokens, every tensor in its INDEX_DTYPES dtype "
                           "(patch tokens fp16); asa_tokens computed by the model from the stored patch tokens"}

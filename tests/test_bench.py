@@ -50,6 +50,8 @@ def test_bench_engine_and_torch_through_cli(micro_ort_engines, tmp_path):
     assert report["gflops"]["video_encoder_per_video"] > report["gflops"]["video_encoder_per_frame"] > 0
     assert report["adapter_cost"]["ratio"] > 0 and report["adapter_cost"]["batch_size"] == 1
     assert "random frames" in report["inputs"]
+    # the text graph runs each query's own tokens (start … EOT), fewer than the context of 32
+    assert len(report["query_tokens"]) == 2 and all(2 < n < 32 for n in report["query_tokens"])
     # issue 11: GFLOP per ASA pair from the counter, the search / video-encoder p50 ratio and the index size
     assert 0 < report["gflops"]["asa_head_per_pair"] and 0 < report["gflops"]["search_rerank_per_pair"]
     assert set(report["search_vs_video_p50"]) == {r["engine"] for r in rows}
