@@ -73,6 +73,8 @@ def test_fp16_build_runs_end_to_end_with_valid_calls(major, fake_builds):
     assert manifest["build_mode"] == ("weakly-typed" if major == 10 else "strongly-typed")
     assert manifest["validation"]["passed"]
     assert "TF32" not in record["flags"]  # cleared in every build (defect 2)
+    # the text encoder's tokens axis gets its own profile range, 1 … context (32), tuned for a 16-token query
+    assert manifest["profiles"]["text_encoder"]["tokens"] == {"min": 1, "opt": 16, "max": 32}
     if major == 10:
         assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(record["flags"]) and not record["strongly_typed"]
         assert record["pinned"]
@@ -122,6 +124,8 @@ def test_engine_outputs_are_collected_by_name_in_contract_order(major, fake_buil
         engine.max_batch["video_encoder"] = 2  # split batches too
         outs = engine.encode_video(x.frames, x.frame_mask)
         text = engine.encode_text(x.input_ids, x.eot)
+        # the batch ran cut to its longest caption, not the full context
+        assert engine.contexts["text_encoder"].get_tensor_shape("input_ids") == (len(x.eot), int(x.eot.max()) + 1)
         engine.query_block, engine.video_block = 1, 2
         sim = engine.asa_similarity(text, *outs[1:])
         with pytest.raises(UsageError, match="expected the re-rank tensors"):
