@@ -74,6 +74,7 @@ def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["steps"] == 4 and info["clip"] == "rap-micro" and info["text_weight"] == 0.5  # the opt-in text loss
+    assert info["position_init"] == "sincos" and info["position_twins"] is False  # the defaults
     assert {"i2t", "t2i", "attributes", "patch_selection", "text"} <= info["heldout"].keys() and info["seconds"] > 0
     assert read_backbone_clip_name(out) == "rap-micro"
     assert read_backbone_info(out)["heldout"] == info["heldout"]
@@ -91,3 +92,37 @@ def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
     weights = load_file(str(out))
     assert torch.equal(model.clip.visual.conv1.weight, weights["visual.conv1.weight"])
     assert not any(p.requires_grad for p in model.clip.parameters())
+
+
+def test_position_twins_move_every_object_and_share_a_batch():
+    from rap_deploy.data.synth import generate_stills
+    from rap_deploy.train.backbone import _shuffled_order
+
+    images, captions = generate_stills(12, 3, 32, position_twins=True)
+    plain_images, plain_captions = generate_stills(12, 3, 32)
+    assert images.shape == plain_images.shape and len(captions) == 12
+    for a, b in zip(captions[0::2], captions[1::2], strict=True):
+        ma, mb = still_meaning(a), still_meaning(b)
+        looks = lambda m: sorted((s, c, h) for s, c, h, _ in m)  # noqa: E731
+        assert looks(ma) == looks(mb)  # the same objects ...
+        pos_a = {(c, h): p for _, c, h, p in ma}
+        assert all(pos_a[(c, h)] != p for _, c, h, p in mb)  # ... each in another cell
+    with pytest.raises(Exception, match="even"):
+        generate_stills(3, 0, 32, position_twins=True)
+    order = _shuffled_order(12, torch.Generator().manual_seed(0), pairs=True).tolist()
+    assert sorted(order) == list(range(12)) and all(order[i] // 2 == order[i + 1] // 2 for i in range(0, 12, 2))
+
+
+def test_sincos_position_table_tells_every_patch_apart():
+    from rap_deploy.train.backbone import sincos_position_embedding
+
+    table = sincos_position_embedding((4, 4), 32)
+    assert table.shape == (17, 32) and torch.equal(table[0], torch.zeros(32))
+    assert torch.cdist(table[1:], table[1:]).add(torch.eye(16)).min() > 0.1  # distinct rows for distinct patches
+
+
+def test_pretrain_backbone_cli_rejects_an_unknown_position_init(tmp_path):
+    result = CliRunner().invoke(app, ["pretrain-backbone", "--out", str(tmp_path / "b.safetensors"), "--clip",
+                                      "rap-micro", "--size", "32", "--train-stills", "8", "--test-stills", "4",
+                                      "--position-init", "spiral", "--quiet"])
+    assert result.exit_code == 2 and "position_init" in result.output and not (tmp_path / "b.safetensors").exists()

@@ -42,6 +42,7 @@ class DemoSizes:
     backbone_train: int = 6000
     backbone_epochs: int = 4
     backbone_text_weight: float = 0.0
+    backbone_position_init: str = "sincos"
     frames: int = 12
     epochs: int = 1
     epoch_unit: str = "caption"
@@ -108,13 +109,15 @@ def prepare_world(out: Path, sizes: DemoSizes, steps: Steps, progress: bool, thr
     data = out / "data"
     cache_root = out / "cache"
     backbone = cache_root / "backbones" / (f"{sizes.backbone_clip}-s{sizes.seed}-px{sizes.size}-n{sizes.backbone_train}"
-                                           f"-e{sizes.backbone_epochs}-t{sizes.backbone_text_weight:g}.safetensors")
+                                           f"-e{sizes.backbone_epochs}-t{sizes.backbone_text_weight:g}"
+                                           f"-p{sizes.backbone_position_init}.safetensors")
     steps.run("synth", data / "MSRVTT_data.json", lambda: generate_synthetic_dataset(
         data, videos=sizes.videos, test_videos=sizes.test_videos, seed=sizes.seed, size=sizes.size,
         progress=progress))
     steps.run("pretrain-backbone", backbone, lambda: pretrain_backbone(
         backbone, size=sizes.size, n_train=sizes.backbone_train, epochs=sizes.backbone_epochs, seed=sizes.seed,
-        clip=sizes.backbone_clip, text_weight=sizes.backbone_text_weight, progress=progress, threads=threads))
+        clip=sizes.backbone_clip, text_weight=sizes.backbone_text_weight, position_init=sizes.backbone_position_init,
+        progress=progress, threads=threads))
     return World(data, backbone, cache_root / "frames")
 
 

@@ -224,6 +224,13 @@ def pretrain_backbone(
     text_weight: float = typer.Option(0.0, "--text-weight", help="Weight of a text-only loss on video-style captions "
                                       "(order-aware text tower; 0 = off, the default: it lowers zero-shot and RAP "
                                       "retrieval on the synthetic benchmark, see the README)."),
+    position_init: str | None = typer.Option(None, "--position-init", help="Initial ViT position table: sincos "
+                                             "(2-D sine-cosine, then learned: the frozen features carry where an "
+                                             "object is) or random (open_clip's). Default: pretrain_backbone's."),
+    position_twins: bool | None = typer.Option(None, "--position-twins/--no-position-twins",
+                                               help="Pair every still with the same objects in other cells, in one "
+                                               "batch (hard negatives that differ only by position). Default: "
+                                               "pretrain_backbone's."),
     clip: str = typer.Option("rap-tiny", "--clip", help="open_clip model config to train from scratch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default: $RAPDEPLOY_HOME or "
                                           "./rapdeploy-out)."),
@@ -247,7 +254,8 @@ def pretrain_backbone(
     with folder_lock(out, "pretrain-backbone", "backbone file"):
         info = run(out, size=size, n_train=train_stills, n_test=test_stills, epochs=epochs, seed=seed, clip=clip,
                    batch_size=batch_size, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
-                   data_root=data_root,
+                   data_root=data_root, **{k: v for k, v in (("position_init", position_init),
+                                                             ("position_twins", position_twins)) if v is not None},
                    progress=not quiet)
     if json_out:
         typer.echo(json.dumps(info, indent=2))

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -554,20 +554,33 @@ def load_scenes(data_root: str | os.PathLike[str]) -> tuple[dict[str, SceneSpec]
 # ------------------------------------------------------------------------------------------------------- stills
 
 
-def generate_stills(n: int, seed: int, size: int = 96) -> tuple[np.ndarray, list[str]]:
+def generate_stills(n: int, seed: int, size: int = 96, position_twins: bool = False
+                    ) -> tuple[np.ndarray, list[str]]:
     """Return ``(images uint8 [n, size, size, 3], captions)``: still frames of the synthetic world.
 
     One or two objects with the videos' colours, shapes, sizes and background, each inside a cell of a 3x3 grid;
     captions name colour, size, shape and position ("a big red circle at the top left and a small blue square in the
     center"), never motion. Deterministic for a seed.
+
+    With ``position_twins`` every odd still ``2k+1`` shows the objects of still ``2k`` (same colour, shape, size and
+    scale) moved to other cells, so a batch holding both needs position to tell them apart (a hard negative for the
+    contrastive loss); ``n`` must then be even.
     """
     if n < 0 or size < 16:
         raise UsageError(f"need n >= 0 and size >= 16, got n {n}, size {size}")
+    if position_twins and n % 2:
+        raise UsageError(f"position twins need an even number of stills, got {n}")
     rng = np.random.default_rng([seed, 7])
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     captions: list[str] = []
     cells = list(POSITIONS)
+    objects: list[SynthObject] = []
     for k in range(n):
+        if position_twins and k % 2:
+            objects = _position_twin(rng, objects, cells)
+            images[k] = render_scene(SceneSpec(tuple(objects), ()), np.zeros(1), size, 2.0)[0]
+            captions.append(_still_caption(rng, objects))
+            continue
         while True:
             n_obj = 1 + int(rng.integers(2))
             looks = set()
@@ -587,13 +600,34 @@ def generate_stills(n: int, seed: int, size: int = 96) -> tuple[np.ndarray, list
         rng.shuffle(objects)
         spec = SceneSpec(tuple(objects), ())
         images[k] = render_scene(spec, np.zeros(1), size, 2.0)[0]
-        phrases = [
-            f"a {SIZE_WORDS[o.size][int(rng.integers(2))]} {o.colour} {o.shape} {POSITIONS[_cell(o.x, o.y)]}"
-            for o in objects
-        ]
-        text = " and ".join(phrases)
-        captions.append(text if rng.random() < 0.7 else f"there is {text}")
+        captions.append(_still_caption(rng, objects))
     return images, captions
+
+
+def _still_caption(rng: np.random.Generator, objects: list[SynthObject]) -> str:
+    phrases = [
+        f"a {SIZE_WORDS[o.size][int(rng.integers(2))]} {o.colour} {o.shape} {POSITIONS[_cell(o.x, o.y)]}"
+        for o in objects
+    ]
+    text = " and ".join(phrases)
+    return text if rng.random() < 0.7 else f"there is {text}"
+
+
+def _position_twin(rng: np.random.Generator, originals: list[SynthObject], cells: list[tuple[int, int]]
+                   ) -> list[SynthObject]:
+    """``originals`` redrawn in other cells of the 3x3 grid (every object leaves its cell), in the same order."""
+    old = [_cell(o.x, o.y) for o in originals]
+    while True:
+        free = [c for c in cells if c not in old] if len(old) == 1 else cells
+        chosen = [free[int(i)] for i in rng.choice(len(free), size=len(old), replace=False)]
+        if any(c == o for c, o in zip(chosen, old, strict=True)):
+            continue
+        objects = []
+        for o, (col, row) in zip(originals, chosen, strict=True):
+            margin = SIZE_RADIUS[o.size] * o.scale + EDGE
+            objects.append(replace(o, x=_in_cell(rng, col, margin), y=_in_cell(rng, row, margin)))
+        if len(objects) == 1 or _apart(objects):
+            return objects
 
 
 def _in_cell(rng: np.random.Generator, cell: int, margin: float) -> float:
