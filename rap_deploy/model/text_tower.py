@@ -1,9 +1,10 @@
 """The frozen CLIP text tower as a function of however many tokens a query has.
 
-open_clip's ``encode_text`` runs ``nn.MultiheadAttention`` with a causal mask. Traced for ONNX, that module bakes the
-example's token count into its reshapes (``multi_head_attention_forward`` compares the mask's shape with the traced
-sizes, which turns them into constants), so an exported text graph would only take ``[B, L]`` at the full context
-length ``L`` and every query would pay for ``L`` tokens. Here the same blocks run with the same weights through an
+open_clip's ``encode_text`` runs ``nn.MultiheadAttention`` with a causal mask. Traced for ONNX (torch 2.14.1,
+TorchScript exporter, the token axis declared dynamic), that module bakes the example's token count into its reshapes:
+measured, a graph traced at 32 tokens fails on 21 in the first block's attention ``Reshape``, whose target shape holds
+the constant 32. So an exported text graph would only take ``[B, L]`` at the full context length ``L`` and every
+query would pay for ``L`` tokens. Here the same blocks run with the same weights through an
 explicit causal attention whose shapes follow the input, so the text graph has a dynamic ``tokens`` axis.
 
 Why that is exact: with the causal mask, the output at position ``i`` depends only on tokens ``0…i``. The text
