@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,12 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
         done += n
 
 
+# numpy parses a .npy header with ast.literal_eval, which is not thread-safe on CPython 3.11: on 3.11.7 a full test
+# run once failed with "SystemError: AST constructor recursion depth mismatch" while the library opened its shards in
+# a thread pool. Headers are tiny, so parsing them one at a time costs nothing.
+_HEADER_PARSE = threading.Lock()
+
+
 def open_tensor_file(root: Path, shard: dict[str, Any], tensor: str, dtype: str, row_shape: list[int],
                      verify_hash: bool) -> TensorFile:
     """Check one shard file against its manifest entry and return a :class:`TensorFile` for it.
@@ -220,7 +227,7 @@ def open_tensor_file(root: Path, shard: dict[str, Any], tensor: str, dtype: str,
     _check_size(path, f, shard["name"])
     want = (shard["rows"], *row_shape)
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh, _HEADER_PARSE:
             version = np.lib.format.read_magic(fh)
             if version == (1, 0):
                 shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(fh)
