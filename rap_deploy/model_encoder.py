@@ -65,6 +65,25 @@ class ModelEncoder:
         return self._np(self.model.asa_similarity(self._t(text_emb), *tensors, query_chunk=self.query_chunk,
                                                   video_chunk=self.video_chunk))
 
+    @torch.inference_mode()
+    def asa_similarity_rows(self, text_emb: np.ndarray, stores: tuple[np.ndarray, ...],
+                            rows: np.ndarray) -> np.ndarray:
+        """:meth:`asa_similarity` of the videos ``rows`` (int indices) of whole re-rank ``stores`` (an index's
+        ``rerank()``), read in place on the CPU: only each candidate's patch tokens and its selected ``asa_tokens``
+        rows are touched, none is copied out first. Same values as ``asa_similarity(text_emb, *(s[rows] for s in
+        stores))``. Raises :class:`UsageError` for rows outside the stores."""
+        from rap_deploy.errors import UsageError
+
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n = stores[0].shape[0] if stores else 0
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            raise UsageError(f"candidate rows must lie in [0, {n}), got {rows.min()}..{rows.max()}")
+        if self.device != "cpu" or not self.has_asa:  # a GPU gets only the candidates' blocks, never the stores
+            return self.asa_similarity(text_emb, *(s[rows] for s in stores))
+        tensors = [_tensor_view(x) for x in as_index_dtypes(rerank_tensors(True), stores)]
+        return self._np(self.model.asa_similarity(self._t(text_emb), *tensors, query_chunk=self.query_chunk,
+                                                  video_chunk=self.video_chunk, video_rows=torch.from_numpy(rows)))
+
 
 def _tensor_view(x: np.ndarray) -> torch.Tensor:
     """``x`` as a CPU tensor sharing its memory (read-only memory-mapped index shards too: nothing writes to it)."""

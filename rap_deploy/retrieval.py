@@ -238,14 +238,28 @@ def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoInd
     m = min(top_m, stage1.shape[1])
     cands = np.argpartition(-stage1, m - 1, axis=1)[:, :m]
     out = stage1.copy()
-    gather = index.candidate_gather()
+    rerank = candidate_reranker(encoder, index)
     with progress_bar(len(text_emb), "two-stage re-rank", progress) as advance:
         for q in range(len(text_emb)):
             c = np.sort(cands[q])
-            scores = encoder.asa_similarity(text_emb[q:q + 1], *gather(c))
-            out[q, c] = _RERANK_OFFSET + scores[0]
+            out[q, c] = _RERANK_OFFSET + rerank(text_emb[q:q + 1], c)[0]
             advance(1)
     return out
+
+
+def candidate_reranker(encoder: Encoder, index: VideoIndex) -> Any:
+    """A function ``(text_emb [Q,d], rows) -> [Q, len(rows)]``: the ASA similarity of the index's videos ``rows``.
+
+    Encoders that read an index in place (``asa_similarity_rows``: the PyTorch reference on the CPU) get the whole
+    stores and the rows; every other one gets the candidates' blocks copied out by the index's
+    :class:`CandidateGather` (a graph takes contiguous inputs).
+    """
+    in_place = getattr(encoder, "asa_similarity_rows", None)
+    if in_place is not None:
+        stores = index.rerank()
+        return lambda text_emb, rows: in_place(text_emb, stores, rows)
+    gather = index.candidate_gather()
+    return lambda text_emb, rows: encoder.asa_similarity(text_emb, *gather(rows))
 
 
 def evaluate(encoder: Encoder, split: Any, cache: Any, top_m: int = 100, batch_size: int = 8, progress: bool = True,

@@ -107,6 +107,39 @@ def test_asa_tokens_are_read_only_at_the_selected_rows():
         assert torch.equal(asa(text, frame_emb, patch16, poisoned), asa(text, frame_emb, patch16, tokens))
 
 
+@pytest.mark.parametrize("selection", ["text", "saliency"])
+@pytest.mark.parametrize("topk", [8, P])
+def test_reading_whole_stores_at_rows_equals_the_gathered_blocks(selection, topk):
+    """The in-place re-rank (``video_rows`` into whole index stores, what the PyTorch search runs) scores the same
+    videos as the candidate blocks copied out first, and both equal the all-tokens reference."""
+    asa = _asa(topk, seed=11, selection=selection, offsets="out-of-range")
+    text, frame_emb, patch16, mask = _inputs(seed=12)
+    rows = torch.tensor([4, 1, 5, 1, 2], dtype=torch.int64)  # unsorted, one repeated, padded videos among them
+    with torch.no_grad():
+        tokens = asa.video_tokens(patch16.float(), mask)
+        in_place = asa(text, frame_emb, patch16, tokens, video_rows=rows).numpy()
+        gathered = asa(text, frame_emb[rows], patch16[rows], tokens[rows]).numpy()
+    assert np.abs(in_place - gathered).max() <= 1e-6
+    ref = reference_similarity(asa, text, frame_emb[rows], patch16[rows]).numpy()
+    assert np.abs(in_place - ref).max() <= TOL
+
+
+def test_reading_in_place_never_touches_other_videos():
+    """Videos outside ``video_rows`` can hold anything (NaN) in every store: the in-place re-rank never reads them."""
+    asa = _asa(8, seed=13)
+    text, frame_emb, patch16, mask = _inputs(seed=14)
+    rows = torch.tensor([0, 3], dtype=torch.int64)
+    with torch.no_grad():
+        tokens = asa.video_tokens(patch16.float(), mask)
+        clean = asa(text, frame_emb[rows], patch16[rows], tokens[rows])
+        others = torch.ones(len(VALID), dtype=torch.bool)
+        others[rows] = False
+        stores = [frame_emb.clone(), patch16.clone(), tokens.clone()]
+        for x in stores:
+            x[others] = float("nan")
+        assert torch.equal(asa(text, *stores, video_rows=rows), clean)
+
+
 # ------------------------------------------------------------------------------------------------ issue 14
 def test_appending_padded_frames_leaves_similarity_unchanged():
     asa = _asa(8, seed=7, offsets="fractional")

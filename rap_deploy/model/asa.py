@@ -104,6 +104,19 @@ def token_scores(query: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) -
     return out
 
 
+def stored_token_scores(query: torch.Tensor, store: torch.Tensor, video_rows: torch.Tensor) -> torch.Tensor:
+    """:func:`token_scores` of the videos ``video_rows`` of a whole ``store [N,T,P,d]``: ``[Q, V, T, P]``.
+
+    Eager only. Each video's block is cast and multiplied where it lies (one video at a time, so its fp32 copy stays
+    in cache), instead of first copying every candidate's block out of the index.
+    """
+    _, t, p, d = store.shape
+    out = query.new_empty(query.shape[0], len(video_rows), t * p)
+    for i, row in enumerate(video_rows.tolist()):
+        out[:, i] = query @ store[row].reshape(t * p, d).to(query.dtype).T
+    return out.view(query.shape[0], len(video_rows), t, p)
+
+
 def last_valid_frame(frame_mask: torch.Tensor) -> torch.Tensor:
     """Each video's last valid frame index, int64 ``[V]``, from ``frame_mask [V,T]`` (1 = real frame).
 
@@ -195,11 +208,18 @@ class AsynchronousSelfAttention(nn.Module):
 
     # ------------------------------------------------------------------ per query (re-rank time)
     @torch.no_grad()  # the selection is discrete (top-k indices): no gradient flows through its scores
-    def select(self, query: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+    def select(self, query: torch.Tensor, patch_tokens: torch.Tensor,
+               video_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Top-k patch indices ``[Q, V, T, k]`` by cosine of ``query [Q,d]`` (or ``[V,T,d]`` for saliency).
 
-        ``patch_tokens`` may be in the index's dtype (fp16): they are cast to ``query``'s dtype for the scores.
+        ``patch_tokens`` may be in the index's dtype (fp16): they are cast to ``query``'s dtype for the scores. With
+        ``video_rows`` (int64 ``[V]``, eager only) ``patch_tokens`` is a whole store ``[N,T,P,d]`` read in place at
+        those rows.
         """
+        if video_rows is not None:
+            if query.dim() == 2:
+                return torch.topk(stored_token_scores(query, patch_tokens, video_rows), self.topk, dim=-1).indices
+            patch_tokens = patch_tokens.index_select(0, video_rows)
         v, t, p, d = patch_tokens.shape
         tokens = patch_tokens.reshape(v * t * p, d)
         if query.dim() == 2:
@@ -210,30 +230,38 @@ class AsynchronousSelfAttention(nn.Module):
         return torch.topk(scores, self.topk, dim=-1).indices
 
     def conditioned_embedding(self, text_emb: torch.Tensor, frame_emb: torch.Tensor, patch_tokens: torch.Tensor,
-                              asa_tokens: torch.Tensor) -> torch.Tensor:
+                              asa_tokens: torch.Tensor, video_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Return the L2-normalised text-conditioned video embeddings ``[Q, V, d]``.
 
         With ``selection == "saliency"`` the selection uses each frame's own embedding, so Q collapses to 1. Only the
         ``k`` selected rows per frame of ``asa_tokens`` are read; they are cast to ``text_emb``'s dtype after the
-        gather.
+        gather. With ``video_rows`` (int64 ``[V]``, eager only) the three tensors are whole index stores
+        (``[N,T,...]``) and the videos at those rows are scored without copying their blocks out first: the
+        selection streams each video's patch tokens and the gather reads only the selected ``asa_tokens`` rows.
         """
-        v, t, p, _ = patch_tokens.shape
+        if video_rows is not None:
+            frame_emb = frame_emb.index_select(0, video_rows)
+            base = video_rows
+        else:
+            base = torch.arange(frame_emb.shape[0], device=frame_emb.device)
+        v = frame_emb.shape[0]
+        t, p = patch_tokens.shape[1:3]
         h, dh, k = self.heads, self.attn_dim // self.heads, self.topk
         dtype = text_emb.dtype
         valid = (frame_emb.pow(2).sum(-1) > 0.5).to(dtype)  # [V,T]: padded frames have zero rows
         n_valid = valid.sum(-1).clamp_min(1.0)  # [V]
 
         query = frame_emb if self.selection == "saliency" else text_emb
-        idx = self.select(query, patch_tokens)  # [Q', V, T, k]
+        idx = self.select(query, patch_tokens, video_rows)  # [Q', V, T, k]
         qn = idx.shape[0]
-        # Flat gather index into the [V*T*P] token axis: v*T*P + t*P + p.
-        offs = (torch.arange(v, device=idx.device).view(1, v, 1, 1) * (t * p)
-                + torch.arange(t, device=idx.device).view(1, 1, t, 1) * p)
-        rows = asa_tokens.reshape(v * t * p, self.token_width).index_select(0, (idx + offs).reshape(-1))
+        # Flat gather index into the [N*T*P] token axis: row*T*P + t*P + p.
+        offs = base.view(1, v, 1, 1) * (t * p) + torch.arange(t, device=idx.device).view(1, 1, t, 1) * p
+        rows = asa_tokens.reshape(-1, self.token_width).index_select(0, (idx + offs).reshape(-1))
         rows = rows.to(dtype).view(qn, v, t * k, 3, h, dh).permute(3, 0, 1, 4, 2, 5)  # [3,Q',V,H,Tk,dh]
         queries, keys, vals = rows[0], rows[1], rows[2]
 
-        logits = queries @ keys.transpose(-1, -2) / math.sqrt(dh)  # [Q',V,H,Tk,Tk]
+        # The 1/sqrt(d_h) scale goes on the queries ([.., Tk, d_h]) rather than the logits ([.., Tk, Tk]).
+        logits = (queries * (1.0 / math.sqrt(dh))) @ keys.transpose(-1, -2)  # [Q',V,H,Tk,Tk]
         key_valid = valid.unsqueeze(-1).expand(v, t, k).reshape(v, t * k)  # [V, Tk]
         logits = logits + (1.0 - key_valid).view(1, v, 1, 1, t * k) * _MASKED_LOGIT
         out = torch.softmax(logits, dim=-1) @ vals  # [Q',V,H,Tk,dh]
@@ -243,9 +271,10 @@ class AsynchronousSelfAttention(nn.Module):
         return F.normalize(mean_frames.unsqueeze(0) + self.out_proj(pooled), dim=-1)
 
     def forward(self, text_emb: torch.Tensor, frame_emb: torch.Tensor, patch_tokens: torch.Tensor,
-                asa_tokens: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity ``[Q, V]`` between each text and its conditioned embedding of each video."""
-        cond = self.conditioned_embedding(text_emb, frame_emb, patch_tokens, asa_tokens)  # [Q or 1, V, d]
+                asa_tokens: torch.Tensor, video_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Cosine similarity ``[Q, V]`` between each text and its conditioned embedding of each video (with
+        ``video_rows``, of the videos at those rows of whole stores, see :meth:`conditioned_embedding`)."""
+        cond = self.conditioned_embedding(text_emb, frame_emb, patch_tokens, asa_tokens, video_rows)  # [Q|1, V, d]
         if cond.shape[0] == 1 and text_emb.shape[0] != 1:
             return text_emb @ cond[0].T
         return (cond * text_emb.unsqueeze(1)).sum(-1)

@@ -144,29 +144,37 @@ class RAPModel(nn.Module):
         return F.normalize(x, dim=-1)
 
     def asa_similarity(self, text_emb: torch.Tensor, *rerank: torch.Tensor, query_chunk: int = 64,
-                       video_chunk: int = 64) -> torch.Tensor:
+                       video_chunk: int = 64, video_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Cosine similarity ``[Q, V]`` of each text with its text-conditioned embedding of each video.
 
         ``rerank`` are the video encoder's re-rank outputs in ``rap_deploy.graphs.rerank_tensors(True)`` order
         (``frame_emb``, ``patch_tokens``, ``asa_tokens``; the latter two may be in the index's dtypes). Without an ASA
         head (``rap_light`` or ``--no-asa``) only ``frame_emb`` is used and this is meanP: ``text_emb @
-        mean(frame_emb)``. Computed in ``query_chunk × video_chunk`` blocks so memory stays bounded. Raises
+        mean(frame_emb)``. Computed in ``query_chunk × video_chunk`` blocks so memory stays bounded. With
+        ``video_rows`` (int64 ``[V]``, eager only) the re-rank tensors are whole index stores and the videos at those
+        rows are scored in place (see :meth:`AsynchronousSelfAttention.conditioned_embedding`). Raises
         :class:`UsageError` when the re-rank tensors do not match the model.
         """
         if self.asa is None:
             if not rerank:
                 raise UsageError("a model without an ASA head has no re-rank tensors: rank by video_emb, or pass "
                                  "frame_emb for its meanP similarity")
-            frame_emb = rerank[0]
+            frame_emb = rerank[0] if video_rows is None else rerank[0].index_select(0, video_rows)
             n_valid = (frame_emb.pow(2).sum(-1) > 0.5).sum(-1, keepdim=True).clamp_min(1)
             return text_emb @ F.normalize(frame_emb.sum(1) / n_valid, dim=-1).T
         if len(rerank) != 3:
             raise UsageError(f"the ASA head needs frame_emb, patch_tokens and asa_tokens (the video encoder's outputs "
                              f"after video_emb), got {len(rerank)} tensors")
         rows = []
+        videos = rerank[0].shape[0] if video_rows is None else len(video_rows)
         for q0 in range(0, text_emb.shape[0], query_chunk):
-            cols = [self.asa(text_emb[q0:q0 + query_chunk], *(x[v0:v0 + video_chunk] for x in rerank))
-                    for v0 in range(0, rerank[0].shape[0], video_chunk)]
+            texts = text_emb[q0:q0 + query_chunk]
+            if video_rows is None:
+                cols = [self.asa(texts, *(x[v0:v0 + video_chunk] for x in rerank))
+                        for v0 in range(0, videos, video_chunk)]
+            else:
+                cols = [self.asa(texts, *rerank, video_rows=video_rows[v0:v0 + video_chunk])
+                        for v0 in range(0, videos, video_chunk)]
             rows.append(torch.cat(cols, dim=1))
         return torch.cat(rows, dim=0)
 

@@ -1,0 +1,62 @@
+"""The PyTorch reference re-ranks a query's candidates in place (issue 11): it reads the index's whole stores at the
+candidate rows instead of copying the candidates' blocks out first, with the same scores and rankings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rap_deploy.engines.bench_inputs import random_index, template_captions
+from rap_deploy.engines.torch_backend import TorchEngine
+from rap_deploy.errors import UsageError
+from rap_deploy.retrieval import meanp_similarity, two_stage_similarity
+from rap_deploy.tokenizer import tokenize
+
+
+class _BlocksOnly:
+    """An encoder with only the graph-shaped ``asa_similarity`` (how every non-PyTorch engine is driven)."""
+
+    def __init__(self, engine: TorchEngine) -> None:
+        self.engine, self.config, self.has_asa = engine, engine.config, engine.has_asa
+
+    def asa_similarity(self, text_emb, *rerank):
+        return self.engine.asa_similarity(text_emb, *rerank)
+
+
+@pytest.fixture(scope="module")
+def engine_and_index(micro_checkpoint):
+    engine = TorchEngine(micro_checkpoint)
+    model = engine.model
+    index = random_index(13, model.config.frames, model.num_patches, model.embed_dim, seed=3, chunk=5, asa=model.asa)
+    ids, eot = tokenize(template_captions(6, seed=4), engine.config.tokenizer)
+    return engine, index, engine.encode_text(ids, eot)
+
+
+def test_in_place_two_stage_equals_the_copied_candidate_blocks(engine_and_index, monkeypatch):
+    engine, index, text_emb = engine_and_index
+    copied = two_stage_similarity(_BlocksOnly(engine), text_emb, index, top_m=5, progress=False)
+
+    def no_copy():
+        raise AssertionError("the PyTorch engine must not copy candidate blocks out of the index")
+
+    monkeypatch.setattr(index, "candidate_gather", no_copy)
+    in_place = two_stage_similarity(engine, text_emb, index, top_m=5, progress=False)
+    assert np.abs(in_place - copied).max() <= 1e-6
+    assert (np.argsort(-in_place, axis=1, kind="stable") == np.argsort(-copied, axis=1, kind="stable")).all()
+    # the re-rank did change the order: candidates carry their ASA score on top of the stage-1 scores
+    assert not np.array_equal(np.argsort(-in_place, axis=1), np.argsort(-meanp_similarity(text_emb, index), axis=1))
+
+
+def test_rows_equal_fancy_indexing_in_any_order(engine_and_index):
+    engine, index, text_emb = engine_and_index
+    rows = np.array([12, 0, 7, 7, 3])
+    got = engine.asa_similarity_rows(text_emb, index.rerank(), rows)
+    want = engine.asa_similarity(text_emb, *(x[rows] for x in index.rerank()))
+    assert got.shape == (len(text_emb), 5) and np.abs(got - want).max() <= 1e-6
+
+
+@pytest.mark.parametrize("rows", [[0, 13], [-1, 2]])
+def test_rows_outside_the_index_are_refused(engine_and_index, rows):
+    engine, index, text_emb = engine_and_index
+    with pytest.raises(UsageError, match=r"candidate rows must lie in \[0, 13\)"):
+        engine.asa_similarity_rows(text_emb, index.rerank(), np.array(rows))
