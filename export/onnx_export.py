@@ -15,6 +15,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -247,20 +248,87 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
     return manifest
 
 
+@dataclass
+class _ExportRun:
+    """What the export steps share: the loaded model, its graph contract, and the files and reports written so far."""
+
+    checkpoint: Path
+    out_dir: Path
+    cfg: ExportConfig
+    ckpt_sha: str
+    model: Any
+    dims: ModelDims
+    specs: dict[str, GraphSpec]
+    modules: dict[str, torch.nn.Module]
+    exporter: dict[str, Any]
+    config_dict: dict[str, Any]
+    seconds: dict[str, float]
+    files: dict[str, Path] = field(default_factory=dict)
+    fp16_files: dict[str, Path] = field(default_factory=dict)
+    fp16_reports: dict[str, Any] = field(default_factory=dict)
+    check_reports: dict[str, Any] = field(default_factory=dict)
+    written: set[str] = field(default_factory=set)
+
+    def metadata(self, name: str, precision: str) -> dict[str, str]:
+        """The ``metadata_props`` of graph ``name`` at ``precision`` (see :func:`manifest.graph_metadata`)."""
+        from rap_deploy.export import manifest as mf
+
+        spec = self.specs[name]
+        return mf.graph_metadata(graph=name, precision=precision, config=self.config_dict, opset=self.cfg.opset,
+                                 exporter=self.exporter, checkpoint_sha256=self.ckpt_sha, dims=self.dims.to_dict(),
+                                 io={"inputs": [t.to_dict() for t in spec.inputs],
+                                     "outputs": [t.to_dict() for t in spec.outputs]})
+
+    def save(self, proto: Any, filename: str) -> Path:
+        """Save ``proto`` as ``out_dir/filename`` (and its ``.data``), remembered as written; returns the path."""
+        path = save_onnx(proto, self.out_dir / filename, self.cfg.external_data_threshold)
+        self.written |= {path.name, path.name + ".data"}
+        return path
+
+
+@dataclass
+class _ParityRuns:
+    """The parity inputs and the fp32 (and, with fp16, fp16) parity results of :func:`run_parity`."""
+
+    inputs: Any
+    fp32: dict[str, Any]
+    fp16: dict[str, Any] | None
+
+
 def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, force: bool, data_root: Path | None,
                  progress: bool, dataset: str) -> dict[str, Any]:
     """The export itself, into the (staging) folder ``out_dir``; see :func:`export_checkpoint`."""
-    import onnx
-
-    from rap_deploy.checkpoint import load_checkpoint
-    from rap_deploy.export import checks
     from rap_deploy.export import manifest as mf
-    from rap_deploy.export.fp16 import convert_to_fp16
-    from rap_deploy.export.inputs import parity_inputs
-    from rap_deploy.export.parity import run_parity, torch_reference
-    from rap_deploy.export.wrappers import graph_modules
 
     started = time.perf_counter()
+    run = _load_for_export(checkpoint, out_dir, cfg)
+    n_steps = 2 * len(run.specs) + 2 + (2 * len(run.specs) + 1 if cfg.fp16 else 0)
+    with _Steps(progress, n_steps) as steps:
+        fp32_models = _export_fp32_graphs(run, steps)
+        crash_point("export.graphs-written")
+        if cfg.fp16:
+            _export_fp16_graphs(run, steps, fp32_models)
+        del fp32_models
+        parity_runs = _run_parity_steps(run, steps, data_root, dataset)
+
+    stale = _remove_stale(out_dir, run.written) if force else []
+    problems = _problems(run.check_reports, parity_runs.fp32)
+    run.seconds["total"] = round(time.perf_counter() - started, 3)
+    parity = _parity_report(run, parity_runs, problems)
+    write_json_atomic(out_dir / PARITY_FILE, parity)
+    if problems:
+        raise CheckFailedError(f"export checks failed: {'; '.join(problems[:4])}"
+                               f"{' …' if len(problems) > 4 else ''}; see {out_dir / PARITY_FILE}")
+    manifest = _export_manifest(run, parity, parity_runs.fp32, stale)
+    mf.write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _load_for_export(checkpoint: Path, out_dir: Path, cfg: ExportConfig) -> _ExportRun:
+    """Load and build the checkpoint's model and its graph contract; returns the export's shared state."""
+    from rap_deploy.checkpoint import load_checkpoint
+    from rap_deploy.export.wrappers import graph_modules
+
     ckpt = load_checkpoint(checkpoint)  # UsageError for missing / pickled / foreign files
     ckpt_sha = sha256_file(checkpoint)
     seconds: dict[str, float] = {}
@@ -270,81 +338,93 @@ def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, force: bool
     dims = ModelDims.of(model)
     specs = graph_specs(dims, model.asa is not None)
     modules = graph_modules(model)
-    exporter = cfg.exporter_record()
-    config_dict = model.config.to_dict()
-    files: dict[str, Path] = {}
-    fp16_files: dict[str, Path] = {}
-    fp16_reports: dict[str, Any] = {}
-    check_reports: dict[str, Any] = {}
-    written: set[str] = set()
+    return _ExportRun(checkpoint=checkpoint, out_dir=out_dir, cfg=cfg, ckpt_sha=ckpt_sha, model=model, dims=dims,
+                      specs=specs, modules=modules, exporter=cfg.exporter_record(),
+                      config_dict=model.config.to_dict(), seconds=seconds)
 
-    def metadata(name: str, precision: str) -> dict[str, str]:
-        return mf.graph_metadata(graph=name, precision=precision, config=config_dict, opset=cfg.opset,
-                                 exporter=exporter, checkpoint_sha256=ckpt_sha, dims=dims.to_dict(),
-                                 io={"inputs": [t.to_dict() for t in specs[name].inputs],
-                                     "outputs": [t.to_dict() for t in specs[name].outputs]})
 
-    n_steps = 2 * len(specs) + 2 + (2 * len(specs) + 1 if cfg.fp16 else 0)
-    with _Steps(progress, n_steps) as steps:
-        args = example_inputs(model, dims, cfg.example_batch)
-        fp32_models = {}
-        for name, spec in specs.items():
-            steps.step(f"exporting {name} ({cfg.exporter}, opset {cfg.opset})")
-            t0 = time.perf_counter()
-            proto = trace_graph(modules[name], spec, args[name], cfg)
-            onnx.helper.set_model_props(proto, metadata(name, "fp32"))
-            files[name] = save_onnx(proto, out_dir / f"{name}.onnx", cfg.external_data_threshold)
-            written |= {files[name].name, files[name].name + ".data"}
-            if cfg.fp16:
-                fp32_models[name] = proto
-            seconds[f"export_{name}"] = round(time.perf_counter() - t0, 3)
-            steps.done()
-            steps.step(f"checking {name}")
-            t0 = time.perf_counter()
-            check_reports[files[name].name] = checks.check_graph(files[name], spec, cfg.opset, "fp32")
-            seconds[f"check_{name}"] = round(time.perf_counter() - t0, 3)
-            steps.done()
+def _export_fp32_graphs(run: _ExportRun, steps: _Steps) -> dict[str, Any]:
+    """Trace, stamp, save and check every fp32 graph; returns the traced protos by name (kept only for fp16)."""
+    import onnx
 
-        crash_point("export.graphs-written")
-        if cfg.fp16:
-            for name, spec in specs.items():
-                steps.step(f"converting {name} to fp16")
-                t0 = time.perf_counter()
-                half, report = convert_to_fp16(fp32_models[name], cfg.fp16_blocked_ops)
-                onnx.helper.set_model_props(half, metadata(name, "fp16"))
-                fp16_files[name] = save_onnx(half, out_dir / f"{name}.fp16.onnx", cfg.external_data_threshold)
-                written |= {fp16_files[name].name, fp16_files[name].name + ".data"}
-                fp16_reports[name] = report
-                seconds[f"fp16_{name}"] = round(time.perf_counter() - t0, 3)
-                steps.done()
-                steps.step(f"checking {name} fp16")
-                check_reports[fp16_files[name].name] = checks.check_graph(fp16_files[name], spec, cfg.opset, "fp16")
-                steps.done()
-        del fp32_models
+    from rap_deploy.export import checks
 
-        steps.step("decoding parity inputs")
+    cfg = run.cfg
+    args = example_inputs(run.model, run.dims, cfg.example_batch)
+    fp32_models = {}
+    for name, spec in run.specs.items():
+        steps.step(f"exporting {name} ({cfg.exporter}, opset {cfg.opset})")
         t0 = time.perf_counter()
-        inputs = parity_inputs(model.config, data_root, dataset, cfg.parity.pool_videos)
-        seconds["parity_inputs"] = round(time.perf_counter() - t0, 3)
-        steps.done()
-        steps.step("parity: ONNX Runtime vs PyTorch")
-        t0 = time.perf_counter()
-        ref = torch_reference(model, inputs, cfg.parity)
-        fp32 = run_parity(model, files, specs, inputs, cfg.parity, "fp32", ref)
-        seconds["parity"] = round(time.perf_counter() - t0, 3)
-        steps.done()
-        fp16_parity = None
+        proto = trace_graph(run.modules[name], spec, args[name], cfg)
+        onnx.helper.set_model_props(proto, run.metadata(name, "fp32"))
+        run.files[name] = run.save(proto, f"{name}.onnx")
         if cfg.fp16:
-            steps.step("parity: fp16 graphs vs PyTorch fp32")
-            t0 = time.perf_counter()
-            fp16_parity = run_parity(model, fp16_files, specs, inputs, cfg.parity, "fp16", ref)
-            seconds["parity_fp16"] = round(time.perf_counter() - t0, 3)
-            steps.done()
+            fp32_models[name] = proto
+        run.seconds[f"export_{name}"] = round(time.perf_counter() - t0, 3)
+        steps.done()
+        steps.step(f"checking {name}")
+        t0 = time.perf_counter()
+        run.check_reports[run.files[name].name] = checks.check_graph(run.files[name], spec, cfg.opset, "fp32")
+        run.seconds[f"check_{name}"] = round(time.perf_counter() - t0, 3)
+        steps.done()
+    return fp32_models
 
-    stale = _remove_stale(out_dir, written) if force else []
-    problems = _problems(check_reports, fp32)
-    seconds["total"] = round(time.perf_counter() - started, 3)
-    pcfg = cfg.parity
+
+def _export_fp16_graphs(run: _ExportRun, steps: _Steps, fp32_models: dict[str, Any]) -> None:
+    """Convert every fp32 graph to fp16, stamp, save and check it (files and reports land in ``run``)."""
+    import onnx
+
+    from rap_deploy.export import checks
+    from rap_deploy.export.fp16 import convert_to_fp16
+
+    cfg = run.cfg
+    for name, spec in run.specs.items():
+        steps.step(f"converting {name} to fp16")
+        t0 = time.perf_counter()
+        half, report = convert_to_fp16(fp32_models[name], cfg.fp16_blocked_ops)
+        onnx.helper.set_model_props(half, run.metadata(name, "fp16"))
+        run.fp16_files[name] = run.save(half, f"{name}.fp16.onnx")
+        run.fp16_reports[name] = report
+        run.seconds[f"fp16_{name}"] = round(time.perf_counter() - t0, 3)
+        steps.done()
+        steps.step(f"checking {name} fp16")
+        run.check_reports[run.fp16_files[name].name] = checks.check_graph(run.fp16_files[name], spec, cfg.opset,
+                                                                          "fp16")
+        steps.done()
+
+
+def _run_parity_steps(run: _ExportRun, steps: _Steps, data_root: Path | None, dataset: str) -> _ParityRuns:
+    """Decode the parity inputs and compare the saved graphs with PyTorch; returns the inputs and both results."""
+    from rap_deploy.export.inputs import parity_inputs
+    from rap_deploy.export.parity import run_parity, torch_reference
+
+    model, pcfg = run.model, run.cfg.parity
+    steps.step("decoding parity inputs")
+    t0 = time.perf_counter()
+    inputs = parity_inputs(model.config, data_root, dataset, pcfg.pool_videos)
+    run.seconds["parity_inputs"] = round(time.perf_counter() - t0, 3)
+    steps.done()
+    steps.step("parity: ONNX Runtime vs PyTorch")
+    t0 = time.perf_counter()
+    ref = torch_reference(model, inputs, pcfg)
+    fp32 = run_parity(model, run.files, run.specs, inputs, pcfg, "fp32", ref)
+    run.seconds["parity"] = round(time.perf_counter() - t0, 3)
+    steps.done()
+    fp16_parity = None
+    if run.cfg.fp16:
+        steps.step("parity: fp16 graphs vs PyTorch fp32")
+        t0 = time.perf_counter()
+        fp16_parity = run_parity(model, run.fp16_files, run.specs, inputs, pcfg, "fp16", ref)
+        run.seconds["parity_fp16"] = round(time.perf_counter() - t0, 3)
+        steps.done()
+    return _ParityRuns(inputs=inputs, fp32=fp32, fp16=fp16_parity)
+
+
+def _parity_report(run: _ExportRun, parity_runs: _ParityRuns, problems: list[str]) -> dict[str, Any]:
+    """The content of ``parity.json``: verdict, per-graph results, tolerances, checks, inputs and provenance."""
+    from rap_deploy.export import manifest as mf
+
+    pcfg, fp32 = run.cfg.parity, parity_runs.fp32
     parity = {
         "passed": not problems,
         "graphs": fp32["graphs"],
@@ -352,58 +432,71 @@ def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, force: bool
         "tolerances": {"max_abs": pcfg.max_abs, "min_cosine": pcfg.min_cosine, "topk": pcfg.topk,
                        "tie_eps": pcfg.tie_eps},
         "problems": problems,
-        "checks": check_reports,
-        "inputs": inputs.describe(),
+        "checks": run.check_reports,
+        "inputs": parity_runs.inputs.describe(),
         "runtime": {"onnxruntime": _version("onnxruntime"), "provider": "CPUExecutionProvider"},
-        "opset": cfg.opset,
-        "exporter": exporter,
-        "checkpoint_sha256": ckpt_sha,
+        "opset": run.cfg.opset,
+        "exporter": run.exporter,
+        "checkpoint_sha256": run.ckpt_sha,
         "created": mf.now_iso(),
     }
+    fp16_parity = parity_runs.fp16
     if fp16_parity is not None:
         parity["fp16"] = {"note": "fp16 graphs on ONNX Runtime CPU (ORT_ENABLE_EXTENDED) vs PyTorch fp32; no "
                                   "threshold here (the engines own fp16 tolerances)",
                           "graphs": fp16_parity["graphs"], "pipeline": fp16_parity.get("pipeline"),
-                          "conversion": fp16_reports}
-    write_json_atomic(out_dir / PARITY_FILE, parity)
-    if problems:
-        raise CheckFailedError(f"export checks failed: {'; '.join(problems[:4])}"
-                               f"{' …' if len(problems) > 4 else ''}; see {out_dir / PARITY_FILE}")
+                          "conversion": run.fp16_reports}
+    return parity
 
-    def records(paths: dict[str, Path], precision: str) -> dict[str, Any]:
-        return {name: mf.file_record(path, checks.io_record(onnx.load(str(path), load_external_data=False)),
-                                     precision, {"conversion": fp16_reports[name]} if precision == "fp16" else None)
-                for name, path in paths.items()}
 
+def _export_manifest(run: _ExportRun, parity: dict[str, Any], fp32: dict[str, Any], stale: list[str]
+                     ) -> dict[str, Any]:
+    """The manifest dict of a passed export (see :mod:`rap_deploy.export.manifest`), before it is written."""
+    import onnx
+
+    from rap_deploy.export import manifest as mf
+
+    model, cfg = run.model, run.cfg
     manifest = {
         "format": mf.FORMAT,
         "format_version": mf.FORMAT_VERSION,
         "created": parity["created"],
         "rapdeploy": _version("rapdeploy"),
-        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": ckpt_sha},
-        "config": config_dict,
+        "checkpoint": {"path": str(run.checkpoint.resolve()), "sha256": run.ckpt_sha},
+        "config": run.config_dict,
         "variant": model.config.variant,
         "has_asa": model.asa is not None,
-        "dims": dims.to_dict(),
+        "dims": run.dims.to_dict(),
         "opset": cfg.opset,
-        "exporter": exporter,
+        "exporter": run.exporter,
         "preprocess": model.config.preprocess.to_dict(),
         "tokenizer": model.config.tokenizer.to_dict(),
         "sampling": model.config.sampling.to_dict(),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": _version("onnxruntime"),
-        "graphs": records(files, "fp32"),
-        "fp16_graphs": records(fp16_files, "fp16"),
+        "graphs": _file_records(run.files, "fp32", run.fp16_reports),
+        "fp16_graphs": _file_records(run.fp16_files, "fp16", run.fp16_reports),
         "parity": {"file": PARITY_FILE, "passed": True,
                    "worst": {k: _worst(fp32["graphs"], k) for k in ("max_abs", "min_cosine")}},
-        "seconds": seconds,
+        "seconds": run.seconds,
         "removed_stale": stale,
     }
     if "asa_head" in manifest["graphs"]:
         manifest["graphs"]["asa_head"]["block_memory"] = asa_block_memory(model)
-    mf.write_manifest(out_dir, manifest)
     return manifest
+
+
+def _file_records(paths: dict[str, Path], precision: str, fp16_reports: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's record (file, size, digest, I/O) of each graph in ``paths``, by graph name."""
+    import onnx
+
+    from rap_deploy.export import checks
+    from rap_deploy.export import manifest as mf
+
+    return {name: mf.file_record(path, checks.io_record(onnx.load(str(path), load_external_data=False)),
+                                 precision, {"conversion": fp16_reports[name]} if precision == "fp16" else None)
+            for name, path in paths.items()}
 
 
 def _problems(check_reports: dict[str, Any], fp32: dict[str, Any]) -> list[str]:
