@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rap_deploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from rap_deploy.config import PreprocessConfig, TokenizerConfig
 
 DEFAULT_CLIP = "rap-tiny"
 STILLS_DIR = "stills"
@@ -317,22 +321,112 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     """
     from rap_deploy.backbone_file import save_backbone
     from rap_deploy.config import PreprocessConfig, TokenizerConfig
-    from rap_deploy.preprocess import normalize, resize_crop
-    from rap_deploy.tokenizer import tokenize
-    from rap_deploy.train.captions import caption_pair_batch
-    from rap_deploy.train.losses import symmetric_info_nce
-    from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
 
+    out = _checked_pretrain_out(out, n_train, n_test, epochs, batch_size)
+    if threads:
+        torch.set_num_threads(threads)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    model = _create_model(clip, seed)
+    _init_position_table(model, clip, position_init)
+    cfg = PreprocessConfig(image_size=_image_size(model))
+    tok = TokenizerConfig(context_length=int(model.positional_embedding.shape[0]))
+    if position_twins and (n_train % 2 or batch_size % 2):
+        raise UsageError(f"position twins need an even n_train and batch size; got {n_train}, {batch_size}")
+    train = _prepare_stills(model, n_train, seed, size, data_root, position_twins, cfg, tok)
+    test = _prepare_stills(model, n_test, seed + TEST_SEED_OFFSET, size, data_root, False, cfg, tok)
+    t_data = time.perf_counter() - t0
+
+    schedule = _Schedule.of(n_train, batch_size, epochs, warmup)
+    opt = _adamw(model, lr, weight_decay)
+    recipe = _Recipe(seed=seed, epochs=epochs, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
+                     text_batch=text_batch, position_twins=position_twins)
+    losses = _train_epochs(model, opt, train, schedule, recipe, cfg, tok, progress)
+    t_train = time.perf_counter() - t0 - t_data
+    metrics = _heldout_evaluation(model, test, cfg, tok, seed)
+    seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - cpu0
+    info = {
+        "clip": clip, "seed": seed, "size": size, "image_size": cfg.image_size, "n_train": n_train, "n_test": n_test,
+        "epochs": epochs, "steps": len(losses), "batch_size": schedule.batch, "lr": lr, "weight_decay": weight_decay,
+        "patch_weight": patch_weight, "text_weight": text_weight, "position_twins": position_twins,
+        "position_init": position_init,
+        "warmup_steps": schedule.warm,
+        "final_loss": float(np.mean(losses[-max(1, schedule.steps_per_epoch // 4):])),
+        "first_loss": losses[0], "logit_scale": float(model.logit_scale.detach().exp()), "heldout": metrics,
+        "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "train_seconds": round(t_train, 2),
+        "data_seconds": round(t_data, 2),
+        "threads": torch.get_num_threads(), "captions": "colour, size, shape, position (no motion)",
+    }
+    model.eval()
+    save_backbone(model.state_dict(), clip, out, info)
+    return {**info, "out": str(out)}
+
+
+# ------------------------------------------------------------------------------------- pre-training steps
+
+
+@dataclass(frozen=True)
+class _Stills:
+    """One split of stills ready for the model: pixels, token ids, captions and the object-patch masks."""
+
+    images: torch.Tensor
+    ids: torch.Tensor
+    captions: list[str]
+    on_object: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """How a pre-training run is batched: batch size, steps per epoch, total and warm-up steps."""
+
+    n_train: int
+    batch: int
+    steps_per_epoch: int
+    total: int
+    warm: int
+
+    @classmethod
+    def of(cls, n_train: int, batch_size: int, epochs: int, warmup: float) -> _Schedule:
+        """The schedule of ``epochs`` passes over ``n_train`` stills in batches of up to ``batch_size``."""
+        from rap_deploy.train.schedule import warmup_steps_for
+
+        batch = min(batch_size, n_train)
+        steps_per_epoch = n_train // batch
+        total = epochs * steps_per_epoch
+        return cls(n_train=n_train, batch=batch, steps_per_epoch=steps_per_epoch, total=total,
+                   warm=warmup_steps_for(warmup, total))
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """The optimisation settings of a pre-training run (see :func:`pretrain_backbone`)."""
+
+    seed: int
+    epochs: int
+    lr: float
+    patch_weight: float
+    text_weight: float
+    text_batch: int
+    position_twins: bool
+
+
+def _checked_pretrain_out(out: str | Path, n_train: int, n_test: int, epochs: int, batch_size: int) -> Path:
+    """``out`` as a Path; raises :class:`UsageError` for a non-``.safetensors`` file or too small counts."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"backbone file {out} must end in .safetensors")
     if n_train < 2 or n_test < 2 or epochs < 1 or batch_size < 2:
         raise UsageError(f"need n_train >= 2, n_test >= 2, epochs >= 1, batch size >= 2; got {n_train}, {n_test}, "
                          f"{epochs}, {batch_size}")
-    if threads:
-        torch.set_num_threads(threads)
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    model = _create_model(clip, seed)
+    return out
+
+
+def _init_position_table(model: torch.nn.Module, clip: str, position_init: str) -> None:
+    """With ``"sincos"``, overwrite the ViT's position table with :func:`sincos_position_embedding`.
+
+    Raises :class:`UsageError` for an unknown ``position_init`` or, with ``"sincos"``, a model without a class token
+    and a learned position table.
+    """
     if position_init not in ("random", "sincos"):
         raise UsageError(f"position_init must be 'random' or 'sincos', got {position_init!r}")
     if position_init == "sincos":
@@ -343,86 +437,95 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
                              f"{clip} has none: pass position_init 'random' (--position-init random)")
         with torch.no_grad():
             pos.copy_(sincos_position_embedding(tuple(model.visual.grid_size), pos.shape[1]))
-    cfg = PreprocessConfig(image_size=_image_size(model))
-    context = int(model.positional_embedding.shape[0])
-    tok = TokenizerConfig(context_length=context)
+
+
+def _prepare_stills(model: torch.nn.Module, n: int, seed: int, size: int, data_root: str | Path | None,
+                    twins: bool, cfg: PreprocessConfig, tok: TokenizerConfig) -> _Stills:
+    """``n`` stills of ``seed`` (:func:`load_or_make_stills`) at the model's input size, tokenised, with the
+    patches that show an object."""
+    from rap_deploy.preprocess import resize_crop
+    from rap_deploy.tokenizer import tokenize
 
     grid = tuple(model.visual.grid_size)
+    images, captions = load_or_make_stills(n, seed, size, data_root, twins)
+    images = resize_crop(images, cfg) if images.shape[1] != cfg.image_size else images
+    ids, _ = tokenize(captions, tok)
+    return _Stills(images=torch.from_numpy(images), ids=torch.from_numpy(ids).long(), captions=captions,
+                   on_object=torch.from_numpy(object_patches(images, grid)))
 
-    def prepare(n: int, s: int, twins: bool) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
-        images, captions = load_or_make_stills(n, s, size, data_root, twins)
-        images = resize_crop(images, cfg) if images.shape[1] != cfg.image_size else images
-        ids, _ = tokenize(captions, tok)
-        return (torch.from_numpy(images), torch.from_numpy(ids).long(), captions,
-                torch.from_numpy(object_patches(images, grid)))
 
-    if position_twins and (n_train % 2 or batch_size % 2):
-        raise UsageError(f"position twins need an even n_train and batch size; got {n_train}, {batch_size}")
-    train_img, train_ids, train_caps, train_obj = prepare(n_train, seed, position_twins)
-    test_img, test_ids, test_caps, test_obj = prepare(n_test, seed + TEST_SEED_OFFSET, False)
-    t_data = time.perf_counter() - t0
-
-    batch = min(batch_size, n_train)
-    steps_per_epoch = n_train // batch
-    total = epochs * steps_per_epoch
-    warm = warmup_steps_for(warmup, total)
+def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only (never on biases, norms or the temperature)."""
     decay = [p for p in model.parameters() if p.ndim >= 2 and p is not model.logit_scale]
     no_decay = [p for p in model.parameters() if p.ndim < 2 or p is model.logit_scale]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    gen = torch.Generator().manual_seed(seed)
-    text_rng = np.random.default_rng([seed, 13])
-    max_scale = math.log(100.0)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _train_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer, train: _Stills, schedule: _Schedule,
+                  recipe: _Recipe, cfg: PreprocessConfig, tok: TokenizerConfig, progress: bool
+                  ) -> list[float]:
+    """Train ``model`` for ``recipe.epochs`` shuffled passes over ``train``; returns the loss of every step."""
+    from rap_deploy.data.progress import progress_bar
+    from rap_deploy.train.schedule import cosine_lr
+
+    gen = torch.Generator().manual_seed(recipe.seed)
+    text_rng = np.random.default_rng([recipe.seed, 13])
     losses: list[float] = []
     step = 0
-    from rap_deploy.data.progress import progress_bar
-
     model.train()
-    with progress_bar(total, "pre-training backbone", progress) as advance:
-        for _epoch in range(epochs):
-            perm = _shuffled_order(n_train, gen, position_twins)
-            for i in range(steps_per_epoch):
-                idx = perm[i * batch:(i + 1) * batch]
+    with progress_bar(schedule.total, "pre-training backbone", progress) as advance:
+        for _epoch in range(recipe.epochs):
+            perm = _shuffled_order(schedule.n_train, gen, recipe.position_twins)
+            for i in range(schedule.steps_per_epoch):
+                idx = perm[i * schedule.batch:(i + 1) * schedule.batch]
                 for group in opt.param_groups:
-                    group["lr"] = cosine_lr(step, total, lr, warm)
-                img, patches = _image_and_patches(model, normalize(train_img[idx], cfg))
-                txt = model.encode_text(train_ids[idx], normalize=True)
-                scale = model.logit_scale.exp()
-                loss = _clip_loss(scale * img @ txt.T)
-                if patch_weight > 0:
-                    loss = loss + patch_weight * localisation_loss(patches, txt, train_obj[idx], scale)
-                if text_weight > 0:
-                    cap_a, cap_b, same = caption_pair_batch(text_rng, text_batch)
-                    ta = model.encode_text(torch.from_numpy(tokenize(cap_a, tok)[0]).long(), normalize=True)
-                    tb = model.encode_text(torch.from_numpy(tokenize(cap_b, tok)[0]).long(), normalize=True)
-                    loss = loss + text_weight * symmetric_info_nce(ta @ tb.T, scale, torch.from_numpy(same))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, max_scale)
+                    group["lr"] = cosine_lr(step, schedule.total, recipe.lr, schedule.warm)
+                loss = _batch_loss(model, train, idx, recipe, cfg, tok, text_rng)
+                _optimizer_step(model, opt, loss)
                 losses.append(float(loss.detach()))
                 step += 1
                 advance(1)
-    t_train = time.perf_counter() - t0 - t_data
-    image_emb, patch_emb, text_emb = _encode(model, test_img, test_ids, cfg)
-    metrics = heldout_metrics(image_emb, text_emb, test_caps)
-    metrics["patch_selection"] = patch_object_precision(patch_emb, text_emb, test_obj.numpy())
+    return losses
+
+
+def _batch_loss(model: torch.nn.Module, train: _Stills, idx: torch.Tensor, recipe: _Recipe, cfg: PreprocessConfig,
+                tok: TokenizerConfig, text_rng: np.random.Generator) -> torch.Tensor:
+    """The loss of the stills ``idx``: CLIP's contrastive loss plus the weighted localisation and text terms."""
+    from rap_deploy.preprocess import normalize
+    from rap_deploy.tokenizer import tokenize
+    from rap_deploy.train.captions import caption_pair_batch
+    from rap_deploy.train.losses import symmetric_info_nce
+
+    img, patches = _image_and_patches(model, normalize(train.images[idx], cfg))
+    txt = model.encode_text(train.ids[idx], normalize=True)
+    scale = model.logit_scale.exp()
+    loss = _clip_loss(scale * img @ txt.T)
+    if recipe.patch_weight > 0:
+        loss = loss + recipe.patch_weight * localisation_loss(patches, txt, train.on_object[idx], scale)
+    if recipe.text_weight > 0:
+        cap_a, cap_b, same = caption_pair_batch(text_rng, recipe.text_batch)
+        ta = model.encode_text(torch.from_numpy(tokenize(cap_a, tok)[0]).long(), normalize=True)
+        tb = model.encode_text(torch.from_numpy(tokenize(cap_b, tok)[0]).long(), normalize=True)
+        loss = loss + recipe.text_weight * symmetric_info_nce(ta @ tb.T, scale, torch.from_numpy(same))
+    return loss
+
+
+def _optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """Back-propagate ``loss``, clip the gradient norm at 1, step, and cap the temperature at 100."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100.0))
+
+
+def _heldout_evaluation(model: torch.nn.Module, test: _Stills, cfg: PreprocessConfig, tok: TokenizerConfig, seed: int
+                        ) -> dict[str, Any]:
+    """The held-out metrics: :func:`heldout_metrics` plus ``patch_selection`` and ``text``."""
+    image_emb, patch_emb, text_emb = _encode(model, test.images, test.ids, cfg)
+    metrics = heldout_metrics(image_emb, text_emb, test.captions)
+    metrics["patch_selection"] = patch_object_precision(patch_emb, text_emb, test.on_object.numpy())
     metrics["text"] = reverse_caption_similarity(model, tok, seed + TEST_SEED_OFFSET)
-    seconds = time.perf_counter() - t0
-    cpu_seconds = time.process_time() - cpu0
-    info = {
-        "clip": clip, "seed": seed, "size": size, "image_size": cfg.image_size, "n_train": n_train, "n_test": n_test,
-        "epochs": epochs, "steps": step, "batch_size": batch, "lr": lr, "weight_decay": weight_decay,
-        "patch_weight": patch_weight, "text_weight": text_weight, "position_twins": position_twins,
-        "position_init": position_init,
-        "warmup_steps": warm, "final_loss": float(np.mean(losses[-max(1, steps_per_epoch // 4):])),
-        "first_loss": losses[0], "logit_scale": float(model.logit_scale.detach().exp()), "heldout": metrics,
-        "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "train_seconds": round(t_train, 2),
-        "data_seconds": round(t_data, 2),
-        "threads": torch.get_num_threads(), "captions": "colour, size, shape, position (no motion)",
-    }
-    model.eval()
-    save_backbone(model.state_dict(), clip, out, info)
-    return {**info, "out": str(out)}
+    return metrics
