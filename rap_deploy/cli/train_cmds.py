@@ -7,7 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -15,6 +15,9 @@ from rap_deploy import bounds
 from rap_deploy.cli.app import command
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
+
+if TYPE_CHECKING:
+    from rap_deploy.train.loop import TrainOptions
 
 DATASET_NAMES = "msrvtt, msvd, didemo, activitynet"
 
@@ -105,8 +108,6 @@ def train(
 
     Data-parallel: `torchrun --nproc_per_node N -m rap_deploy.cli train ...` (gloo on CPU, NCCL on CUDA).
     """
-    from rap_deploy.train.loop import TrainOptions, train_rap
-
     given: dict[str, Any] = {
         "dataset": dataset, "checkpoint": _str(checkpoint), "clip": clip, "pretrained": pretrained,
         "variant": variant, "use_lorm": lorm, "use_asa": asa, "lorm_rank": rank, "asa_topk": topk,
@@ -121,38 +122,11 @@ def train(
         "max_epochs_this_run": max_epochs_this_run, "cache_dir": _str(cache_dir), "workspace": _str(workspace),
         "data_root": _str(data_root),
     }
-    if backbone is not None:
-        from rap_deploy.backbone_file import read_backbone_clip_name
-
-        stored = read_backbone_clip_name(backbone)
-        if clip and stored and clip != stored:
-            raise UsageError(f"--clip {clip} does not match the backbone file {backbone} (made for {stored})")
-        given.update(clip=clip or stored, pretrained=str(backbone))
-    if checkpoint is not None and (given["clip"] or pretrained):
-        raise UsageError("pass either --checkpoint or --clip/--backbone, not both")
-    given = {k: v for k, v in given.items() if v is not None}
-
-    if resume is not None and not Path(resume).is_dir():
-        why = "it is a file" if Path(resume).exists() else "it does not exist"
-        raise UsageError(f"--resume {resume} is not a run folder ({why}); pass the --out folder of an earlier "
-                         "`rapdeploy train`")
-    options = None
-    if resume is None or given.get("dataset"):
-        if not given.get("dataset"):
-            raise UsageError("--dataset is required (or --resume RUN_DIR to continue a run)")
-        from rap_deploy.workspace import data_root as resolve_data_root
-        from rap_deploy.workspace import subdir
-
-        given["data_root"] = str(resolve_data_root(given.get("data_root")))
-        run_dir = out or resume or subdir("runs", workspace) / f"{given['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        options = TrainOptions(out=str(run_dir), **given)
-    elif out is not None and Path(out).resolve() != Path(resume).resolve():
-        raise UsageError(f"--out {out} differs from --resume {resume}; a resumed run continues in its own folder")
-    run_dir = Path(options.out if options is not None else resume)
+    given = _given_model_source(given, backbone, checkpoint, clip, pretrained)
+    _check_resume_folder(resume)
+    options = _new_run_options(given, out, resume, workspace)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    # Only rank 0 writes the run folder (and locks it); under torchrun the other ranks run unlocked.
-    with folder_lock(run_dir, "train", "run folder") if rank0 else contextlib.nullcontext():
-        summary = train_rap(options, progress=not quiet, resume=resume, overrides=given)
+    summary = _run_training(options, resume, given, quiet, rank0)
     if not rank0:
         return  # under torchrun only rank 0 reports
     if json_out:
@@ -163,6 +137,66 @@ def train(
 
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
+
+
+def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint: Path | None, clip: str | None,
+                        pretrained: str | None) -> dict[str, Any]:
+    """``given`` with ``--backbone`` resolved into clip/pretrained and the unset (None) options dropped.
+
+    Raises :class:`UsageError` when ``--clip`` contradicts the backbone file or ``--checkpoint`` meets
+    ``--clip``/``--backbone``.
+    """
+    if backbone is not None:
+        from rap_deploy.backbone_file import read_backbone_clip_name
+
+        stored = read_backbone_clip_name(backbone)
+        if clip and stored and clip != stored:
+            raise UsageError(f"--clip {clip} does not match the backbone file {backbone} (made for {stored})")
+        given.update(clip=clip or stored, pretrained=str(backbone))
+    if checkpoint is not None and (given["clip"] or pretrained):
+        raise UsageError("pass either --checkpoint or --clip/--backbone, not both")
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _check_resume_folder(resume: Path | None) -> None:
+    """Raise :class:`UsageError` when ``--resume`` names something other than a folder."""
+    if resume is not None and not Path(resume).is_dir():
+        why = "it is a file" if Path(resume).exists() else "it does not exist"
+        raise UsageError(f"--resume {resume} is not a run folder ({why}); pass the --out folder of an earlier "
+                         "`rapdeploy train`")
+
+
+def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | None, workspace: Path | None
+                     ) -> TrainOptions | None:
+    """The :class:`TrainOptions` of a new run (``given["data_root"]`` resolved in place), or None to resume.
+
+    Raises :class:`UsageError` without ``--dataset`` for a new run, and for a resumed run whose ``--out`` differs.
+    """
+    from rap_deploy.train.loop import TrainOptions
+
+    if resume is None or given.get("dataset"):
+        if not given.get("dataset"):
+            raise UsageError("--dataset is required (or --resume RUN_DIR to continue a run)")
+        from rap_deploy.workspace import data_root as resolve_data_root
+        from rap_deploy.workspace import subdir
+
+        given["data_root"] = str(resolve_data_root(given.get("data_root")))
+        run_dir = out or resume or subdir("runs", workspace) / f"{given['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return TrainOptions(out=str(run_dir), **given)
+    if out is not None and Path(out).resolve() != Path(resume).resolve():
+        raise UsageError(f"--out {out} differs from --resume {resume}; a resumed run continues in its own folder")
+    return None
+
+
+def _run_training(options: TrainOptions | None, resume: Path | None, given: dict[str, Any], quiet: bool,
+                  rank0: bool) -> dict[str, Any]:
+    """Train (or resume) the run; returns :func:`train_rap`'s summary. Only rank 0 holds the run folder's lock."""
+    from rap_deploy.train.loop import train_rap
+
+    run_dir = Path(options.out if options is not None else resume)
+    # Only rank 0 writes the run folder (and locks it); under torchrun the other ranks run unlocked.
+    with folder_lock(run_dir, "train", "run folder") if rank0 else contextlib.nullcontext():
+        return train_rap(options, progress=not quiet, resume=resume, overrides=given)
 
 
 def _print_train_summary(summary: dict[str, Any]) -> None:
