@@ -174,38 +174,106 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
     earlier = _read_json(out / "summary.json").get("step_seconds") if _done(out / "summary.json") else None
     steps = Steps(log, earlier)
     world = prepare_world(out, sizes, steps, progress, threads)
-    data, backbone, frame_cache = world.data, world.backbone, world.frame_cache
-    init_ckpt = out / "checkpoints" / "init.pt"
-    run_dir = out / "runs" / "rap"
-    onnx_dir = out / "onnx"
+    run = _DemoRun(out=out, sizes=sizes, steps=steps, world=world, progress=progress, threads=threads, log=log)
+    _init_step(run)
+    _train_and_results_steps(run)
+    _export_step(run)
+    built, trt_reason = _build_engine_steps(run)
+    verdicts = _verify_steps(run, built)
+    bench_result = _bench_step(run, built)
+    library_file = _library_step(run, built)
+    summary = _demo_summary(run, t_start, verdicts, bench_result, trt_reason, library_file)
+    write_json_atomic(out / "summary.json", summary)
+    failed = [v["name"] for v in verdicts if not v["passed"]]
+    if failed:
+        raise CheckFailedError(f"parity failed for {', '.join(failed)}; see {out / 'verify'}")
+    return summary
 
+
+@dataclass(frozen=True)
+class _DemoRun:
+    """What every demo step needs: the output folder, the sizes, the step runner, the world and the run settings."""
+
+    out: Path
+    sizes: DemoSizes
+    steps: Steps
+    world: World
+    progress: bool
+    threads: int | None
+    log: Callable[[str], None]
+
+    @property
+    def init_ckpt(self) -> Path:
+        """The identity-adapter checkpoint training starts from."""
+        return self.out / "checkpoints" / "init.pt"
+
+    @property
+    def run_dir(self) -> Path:
+        """The training run's folder."""
+        return self.out / "runs" / "rap"
+
+    @property
+    def best(self) -> Path:
+        """The trained checkpoint every later step uses."""
+        return self.run_dir / "best.pt"
+
+    @property
+    def onnx_dir(self) -> Path:
+        """The export's folder."""
+        return self.out / "onnx"
+
+    @property
+    def zero_shot_file(self) -> Path:
+        """The zero-shot (epoch-0) evaluation."""
+        return self.out / "zero_shot.json"
+
+    @property
+    def rap_file(self) -> Path:
+        """The evaluation of ``best.pt``."""
+        return self.out / "rap_eval.json"
+
+
+def _init_step(run: _DemoRun) -> None:
+    """The ``init`` step: identity adapters on the world's backbone, in the demo's model config."""
     from rap_deploy.cli.model_cmds import build_config
     from rap_deploy.model_summary import init_checkpoint
 
+    sizes, init_ckpt = run.sizes, run.init_ckpt
     config = build_config(sizes.backbone_clip, "rap", sizes.frames, 32, True, True, None, sizes.asa_topk,
                           sizes.asa_heads, sizes.asa_dim, "text")
-    steps.run("init", init_ckpt, lambda: init_checkpoint(init_ckpt, clip=None, pretrained="none",
-                                                         backbone_file=backbone, config=config,
-                                                         embed_backbone=True, seed=sizes.seed))
+    run.steps.run("init", init_ckpt, lambda: init_checkpoint(init_ckpt, clip=None, pretrained="none",
+                                                             backbone_file=run.world.backbone, config=config,
+                                                             embed_backbone=True, seed=sizes.seed))
 
+
+def _train_and_results_steps(run: _DemoRun) -> None:
+    """The ``train (rap)`` step (resuming a killed run) and the ``results`` step that reads its evaluations."""
     from rap_deploy.train.loop import train_rap
+
+    run_dir = run.run_dir
 
     def train() -> None:
         # The epoch-0 evaluation of the identity adapters is the zero-shot result (frozen backbone, meanP).
-        options = train_options(sizes, data, run_dir, frame_cache, checkpoint=str(init_ckpt), eval_initial=True)
+        options = train_options(run.sizes, run.world.data, run_dir, run.world.frame_cache,
+                                checkpoint=str(run.init_ckpt), eval_initial=True)
         resume = run_dir if (run_dir / "last.pt").is_file() else None
-        train_rap(None if resume else options, progress=progress, resume=resume)
+        train_rap(None if resume else options, progress=run.progress, resume=resume)
 
-    steps.run("train (rap)", run_dir / "summary.json", train)
-    best = run_dir / "best.pt"
-    zero_shot_file, rap_file = out / "zero_shot.json", out / "rap_eval.json"
-    steps.run("results", rap_file, lambda: _write_results(run_dir, zero_shot_file, rap_file))
+    run.steps.run("train (rap)", run_dir / "summary.json", train)
+    run.steps.run("results", run.rap_file, lambda: _write_results(run_dir, run.zero_shot_file, run.rap_file))
 
+
+def _export_step(run: _DemoRun) -> None:
+    """The ``export`` step: ``best.pt`` to ONNX (with fp16 graphs where TensorRT can use them)."""
     from rap_deploy.export import export_checkpoint
 
-    steps.run("export", onnx_dir / "manifest.json", lambda: export_checkpoint(
-        best, onnx_dir, fp16=_tensorrt_available() is None, force=True, data_root=data, progress=progress))
+    run.steps.run("export", run.onnx_dir / "manifest.json", lambda: export_checkpoint(
+        run.best, run.onnx_dir, fp16=_tensorrt_available() is None, force=True, data_root=run.world.data,
+        progress=run.progress))
 
+
+def _build_engine_steps(run: _DemoRun) -> tuple[list[str], str | None]:
+    """The ``build-engine`` steps; returns the names of the engines built and why TensorRT was skipped (or None)."""
     from rap_deploy.engines.build import build_engine
 
     engines: list[tuple[str, dict[str, Any]]] = [
@@ -216,60 +284,81 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
     if trt_reason is None:
         engines.append(("tensorrt-fp16", {"backend": "tensorrt", "fp16": True, "device": "cuda"}))
     else:
-        log(f"[skip] build-engine tensorrt-fp16: {trt_reason} (ONNX Runtime engines only)")
+        run.log(f"[skip] build-engine tensorrt-fp16: {trt_reason} (ONNX Runtime engines only)")
     built: list[str] = []
     for name, kw in engines:
-        target = out / "engines" / name
+        target = run.out / "engines" / name
         try:
-            steps.run(f"build-engine {name}", target / "manifest.json", lambda t=target, k=kw: build_engine(
-                onnx_dir, out=t, force=True, threads=threads, progress=progress, **k))
+            run.steps.run(f"build-engine {name}", target / "manifest.json", lambda t=target, k=kw: build_engine(
+                run.onnx_dir, out=t, force=True, threads=run.threads, progress=run.progress, **k))
             built.append(name)
         except BackendUnavailableError as exc:
-            log(f"[skip] build-engine {name}: {exc}")
+            run.log(f"[skip] build-engine {name}: {exc}")
+    return built, trt_reason
 
+
+def _verify_steps(run: _DemoRun, built: list[str]) -> list[dict[str, Any]]:
+    """The ``verify`` step of each built engine (fp16/int8 at :func:`quantized_tolerance`); returns the verdicts."""
     from rap_deploy.engines.verify import verify
 
+    out, sizes, data, frame_cache = run.out, run.sizes, run.world.data, run.world.frame_cache
     quant_tolerance = quantized_tolerance(sizes.test_videos)
     verdicts = []
     for name in built:
         report = out / "verify" / name / "verify.json"
         tolerance = None if name.endswith("fp32") else quant_tolerance
-        steps.run(f"verify {name}", report, lambda n=name, r=report, t=tolerance: verify(
+        run.steps.run(f"verify {name}", report, lambda n=name, r=report, t=tolerance: verify(
             "msrvtt", data, out / "engines" / n, tolerance=t, top_m=sizes.top_m, out=r.parent, cache=frame_cache,
-            progress=progress, threads=threads, raise_on_fail=False))
+            progress=run.progress, threads=run.threads, raise_on_fail=False))
         result = _read_json(report)
         verdicts.append({"name": name, "backend": name.split("-")[0], "precision": name.split("-")[-1],
                          "passed": bool(result["passed"]), "tolerance": result.get("tolerance"),
                          "delta": result["delta"],
                          "two_stage_delta": result.get("two_stage", {}).get("delta"),
                          "rank_changes": result.get("rank_changes")})
+    return verdicts
 
+
+def _bench_step(run: _DemoRun, built: list[str]) -> dict[str, Any]:
+    """The ``bench`` step over the built engines and ``best.pt``; returns ``bench.json``."""
     from rap_deploy.engines.bench import bench
 
+    out, sizes = run.out, run.sizes
     bench_file = out / "bench" / "bench.json"
-    steps.run("bench", bench_file, lambda: bench(
-        [out / "engines" / n for n in built], checkpoint=best, batch_sizes=sizes.bench_batch_sizes,
+    run.steps.run("bench", bench_file, lambda: bench(
+        [out / "engines" / n for n in built], checkpoint=run.best, batch_sizes=sizes.bench_batch_sizes,
         repeats=sizes.bench_repeats, warmup=1, index_size=sizes.bench_index_size, out=bench_file.parent,
-        threads=threads, progress=progress, data_root=data, top_m=sizes.top_m, cache=frame_cache))
-    bench_result = _read_json(bench_file)
+        threads=run.threads, progress=run.progress, data_root=run.world.data, top_m=sizes.top_m,
+        cache=run.world.frame_cache))
+    return _read_json(bench_file)
 
+
+def _library_step(run: _DemoRun, built: list[str]) -> Path:
+    """The ``library + search`` step (:func:`_library_demo`); returns the path of ``library.json``."""
+    out = run.out
     library_file = out / "library.json"
-    search_engine = out / "engines" / "onnxruntime-fp32" if "onnxruntime-fp32" in built else best
-    steps.run("library + search", library_file, lambda: write_json_atomic(library_file, _library_demo(
-        out / "index" / "msrvtt-test", search_engine, data, frame_cache, sizes, progress)))
+    search_engine = out / "engines" / "onnxruntime-fp32" if "onnxruntime-fp32" in built else run.best
+    run.steps.run("library + search", library_file, lambda: write_json_atomic(library_file, _library_demo(
+        out / "index" / "msrvtt-test", search_engine, run.world.data, run.world.frame_cache, run.sizes,
+        run.progress)))
+    return library_file
 
-    zero_shot, rap = _read_json(zero_shot_file), _read_json(rap_file)
-    summary = {
+
+def _demo_summary(run: _DemoRun, t_start: float, verdicts: list[dict[str, Any]], bench_result: dict[str, Any],
+                  trt_reason: str | None, library_file: Path) -> dict[str, Any]:
+    """The content of ``summary.json``: timings, sizes, zero-shot and RAP recall, engine verdicts, bench, library."""
+    zero_shot, rap = _read_json(run.zero_shot_file), _read_json(run.rap_file)
+    return {
         "seconds": round(time.perf_counter() - t_start, 1),
-        "pipeline_seconds": round(sum(steps.timings.values()), 1),
-        "step_seconds": steps.timings,
-        "sizes": asdict(sizes),
+        "pipeline_seconds": round(sum(run.steps.timings.values()), 1),
+        "step_seconds": run.steps.timings,
+        "sizes": asdict(run.sizes),
         "zero_shot": zero_shot["asa"],
         "rap": rap["asa"],
         "rap_two_stage": rap["two_stage"],
         "rap_meanp": rap["meanp"],
-        "backbone": str(backbone),
-        "checkpoint": str(best),
+        "backbone": str(run.world.backbone),
+        "checkpoint": str(run.best),
         "engines": verdicts,
         "bench": bench_result["results"],
         "bench_load": bench_result.get("load"),
@@ -277,11 +366,6 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
         "tensorrt": trt_reason or "built",
         "library": _read_json(library_file),
     }
-    write_json_atomic(out / "summary.json", summary)
-    failed = [v["name"] for v in verdicts if not v["passed"]]
-    if failed:
-        raise CheckFailedError(f"parity failed for {', '.join(failed)}; see {out / 'verify'}")
-    return summary
 
 
 def _library_demo(library: Path, engine_path: Path, data: Path, frame_cache: Path, sizes: DemoSizes,
