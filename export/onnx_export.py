@@ -25,9 +25,13 @@ from rap_deploy.atomic import atomic_path, save_with, sha256_file, write_json_at
 from rap_deploy.crashpoints import crash_point
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.export.export_config import ExportConfig, GraphSpec, ModelDims, graph_specs
+from rap_deploy.export.export_report import (
+    PARITY_FILE,
+    export_manifest,
+    export_problems,
+    parity_report,
+)
 from rap_deploy.graphs import GRAPH_NAMES, INDEX_DTYPES, rerank_tensors
-
-PARITY_FILE = "parity.json"
 
 
 # ---------------------------------------------------------------------------------------------------- tracing
@@ -249,7 +253,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
 
 
 @dataclass
-class _ExportRun:
+class ExportRun:
     """What the export steps share: the loaded model, its graph contract, and the files and reports written so far."""
 
     checkpoint: Path
@@ -287,7 +291,7 @@ class _ExportRun:
 
 
 @dataclass
-class _ParityRuns:
+class ParityRuns:
     """The parity inputs and the fp32 (and, with fp16, fp16) parity results of :func:`run_parity`."""
 
     inputs: Any
@@ -312,19 +316,19 @@ def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, force: bool
         parity_runs = _run_parity_steps(run, steps, data_root, dataset)
 
     stale = _remove_stale(out_dir, run.written) if force else []
-    problems = _problems(run.check_reports, parity_runs.fp32)
+    problems = export_problems(run.check_reports, parity_runs.fp32)
     run.seconds["total"] = round(time.perf_counter() - started, 3)
-    parity = _parity_report(run, parity_runs, problems)
+    parity = parity_report(run, parity_runs, problems)
     write_json_atomic(out_dir / PARITY_FILE, parity)
     if problems:
         raise CheckFailedError(f"export checks failed: {'; '.join(problems[:4])}"
                                f"{' …' if len(problems) > 4 else ''}; see {out_dir / PARITY_FILE}")
-    manifest = _export_manifest(run, parity, parity_runs.fp32, stale)
+    manifest = export_manifest(run, parity, parity_runs.fp32, stale)
     mf.write_manifest(out_dir, manifest)
     return manifest
 
 
-def _load_for_export(checkpoint: Path, out_dir: Path, cfg: ExportConfig) -> _ExportRun:
+def _load_for_export(checkpoint: Path, out_dir: Path, cfg: ExportConfig) -> ExportRun:
     """Load and build the checkpoint's model and its graph contract; returns the export's shared state."""
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.export.wrappers import graph_modules
@@ -338,12 +342,12 @@ def _load_for_export(checkpoint: Path, out_dir: Path, cfg: ExportConfig) -> _Exp
     dims = ModelDims.of(model)
     specs = graph_specs(dims, model.asa is not None)
     modules = graph_modules(model)
-    return _ExportRun(checkpoint=checkpoint, out_dir=out_dir, cfg=cfg, ckpt_sha=ckpt_sha, model=model, dims=dims,
+    return ExportRun(checkpoint=checkpoint, out_dir=out_dir, cfg=cfg, ckpt_sha=ckpt_sha, model=model, dims=dims,
                       specs=specs, modules=modules, exporter=cfg.exporter_record(),
                       config_dict=model.config.to_dict(), seconds=seconds)
 
 
-def _export_fp32_graphs(run: _ExportRun, steps: _Steps) -> dict[str, Any]:
+def _export_fp32_graphs(run: ExportRun, steps: _Steps) -> dict[str, Any]:
     """Trace, stamp, save and check every fp32 graph; returns the traced protos by name (kept only for fp16)."""
     import onnx
 
@@ -370,7 +374,7 @@ def _export_fp32_graphs(run: _ExportRun, steps: _Steps) -> dict[str, Any]:
     return fp32_models
 
 
-def _export_fp16_graphs(run: _ExportRun, steps: _Steps, fp32_models: dict[str, Any]) -> None:
+def _export_fp16_graphs(run: ExportRun, steps: _Steps, fp32_models: dict[str, Any]) -> None:
     """Convert every fp32 graph to fp16, stamp, save and check it (files and reports land in ``run``)."""
     import onnx
 
@@ -393,7 +397,7 @@ def _export_fp16_graphs(run: _ExportRun, steps: _Steps, fp32_models: dict[str, A
         steps.done()
 
 
-def _run_parity_steps(run: _ExportRun, steps: _Steps, data_root: Path | None, dataset: str) -> _ParityRuns:
+def _run_parity_steps(run: ExportRun, steps: _Steps, data_root: Path | None, dataset: str) -> ParityRuns:
     """Decode the parity inputs and compare the saved graphs with PyTorch; returns the inputs and both results."""
     from rap_deploy.export.inputs import parity_inputs
     from rap_deploy.export.parity import run_parity, torch_reference
@@ -417,131 +421,6 @@ def _run_parity_steps(run: _ExportRun, steps: _Steps, data_root: Path | None, da
         fp16_parity = run_parity(model, run.fp16_files, run.specs, inputs, pcfg, "fp16", ref)
         run.seconds["parity_fp16"] = round(time.perf_counter() - t0, 3)
         steps.done()
-    return _ParityRuns(inputs=inputs, fp32=fp32, fp16=fp16_parity)
+    return ParityRuns(inputs=inputs, fp32=fp32, fp16=fp16_parity)
 
 
-def _parity_report(run: _ExportRun, parity_runs: _ParityRuns, problems: list[str]) -> dict[str, Any]:
-    """The content of ``parity.json``: verdict, per-graph results, tolerances, checks, inputs and provenance."""
-    from rap_deploy.export import manifest as mf
-
-    pcfg, fp32 = run.cfg.parity, parity_runs.fp32
-    parity = {
-        "passed": not problems,
-        "graphs": fp32["graphs"],
-        "pipeline": fp32.get("pipeline"),
-        "tolerances": {"max_abs": pcfg.max_abs, "min_cosine": pcfg.min_cosine, "topk": pcfg.topk,
-                       "tie_eps": pcfg.tie_eps},
-        "problems": problems,
-        "checks": run.check_reports,
-        "inputs": parity_runs.inputs.describe(),
-        "runtime": {"onnxruntime": _version("onnxruntime"), "provider": "CPUExecutionProvider"},
-        "opset": run.cfg.opset,
-        "exporter": run.exporter,
-        "checkpoint_sha256": run.ckpt_sha,
-        "created": mf.now_iso(),
-    }
-    fp16_parity = parity_runs.fp16
-    if fp16_parity is not None:
-        parity["fp16"] = {"note": "fp16 graphs on ONNX Runtime CPU (ORT_ENABLE_EXTENDED) vs PyTorch fp32; no "
-                                  "threshold here (the engines own fp16 tolerances)",
-                          "graphs": fp16_parity["graphs"], "pipeline": fp16_parity.get("pipeline"),
-                          "conversion": run.fp16_reports}
-    return parity
-
-
-def _export_manifest(run: _ExportRun, parity: dict[str, Any], fp32: dict[str, Any], stale: list[str]
-                     ) -> dict[str, Any]:
-    """The manifest dict of a passed export (see :mod:`rap_deploy.export.manifest`), before it is written."""
-    import onnx
-
-    from rap_deploy.export import manifest as mf
-
-    model, cfg = run.model, run.cfg
-    manifest = {
-        "format": mf.FORMAT,
-        "format_version": mf.FORMAT_VERSION,
-        "created": parity["created"],
-        "rapdeploy": _version("rapdeploy"),
-        "checkpoint": {"path": str(run.checkpoint.resolve()), "sha256": run.ckpt_sha},
-        "config": run.config_dict,
-        "variant": model.config.variant,
-        "has_asa": model.asa is not None,
-        "dims": run.dims.to_dict(),
-        "opset": cfg.opset,
-        "exporter": run.exporter,
-        "preprocess": model.config.preprocess.to_dict(),
-        "tokenizer": model.config.tokenizer.to_dict(),
-        "sampling": model.config.sampling.to_dict(),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": _version("onnxruntime"),
-        "graphs": _file_records(run.files, "fp32", run.fp16_reports),
-        "fp16_graphs": _file_records(run.fp16_files, "fp16", run.fp16_reports),
-        "parity": {"file": PARITY_FILE, "passed": True,
-                   "worst": {k: _worst(fp32["graphs"], k) for k in ("max_abs", "min_cosine")}},
-        "seconds": run.seconds,
-        "removed_stale": stale,
-    }
-    if "asa_head" in manifest["graphs"]:
-        manifest["graphs"]["asa_head"]["block_memory"] = asa_block_memory(model)
-    return manifest
-
-
-def _file_records(paths: dict[str, Path], precision: str, fp16_reports: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's record (file, size, digest, I/O) of each graph in ``paths``, by graph name."""
-    import onnx
-
-    from rap_deploy.export import checks
-    from rap_deploy.export import manifest as mf
-
-    return {name: mf.file_record(path, checks.io_record(onnx.load(str(path), load_external_data=False)),
-                                 precision, {"conversion": fp16_reports[name]} if precision == "fp16" else None)
-            for name, path in paths.items()}
-
-
-def _problems(check_reports: dict[str, Any], fp32: dict[str, Any]) -> list[str]:
-    """Every reason the export fails: structural check problems, then fp32 parity failures."""
-    problems = [p for r in check_reports.values() for p in r["problems"]]
-    for name, g in fp32["graphs"].items():
-        if not g.get("passed", False):
-            problems.append(f"{name}: parity failed" + (f" ({g['error']})" if "error" in g else
-                            f" (max_abs {g['max_abs']:.3g}, min_cosine {g['min_cosine']:.8f}, "
-                            f"topk_match {g['topk_match']})"))
-    if "pipeline" in fp32 and not fp32["pipeline"].get("passed", False):
-        problems.append("end-to-end ranking parity failed")
-    return problems
-
-
-def asa_block_memory(model) -> dict[str, Any]:
-    """Estimated working memory of one ``asa_head`` call: per (query, video) pair and per video.
-
-    The graph has no chunk loop (see :class:`~rap_deploy.export.wrappers.AsaHeadGraph`); runtimes feed bounded
-    ``(Q, V)`` blocks and size them with this estimate: per pair the selection scores ``T·P``, the gathered
-    ``asa_tokens`` rows ``3·T·k·d_a`` and the attention output ``T·k·d_a``, and the attention logits and weights
-    ``2·H·(T·k)²`` (float32); per video the float32 copy of the stored patch tokens the selection reads
-    (``T·P·d``).
-    """
-    asa, t = model.asa, model.config.frames
-    tk = t * asa.topk
-    per_pair = 4 * (t * model.num_patches + 4 * tk * asa.attn_dim + 2 * asa.heads * tk * tk)
-    per_video = 4 * t * model.num_patches * model.embed_dim
-    return {"bytes_per_query_video_pair": per_pair, "bytes_per_video": per_video,
-            "note": "no chunk loop in the graph: feed bounded (queries, videos) blocks"}
-
-
-def _worst(graphs: dict[str, Any], key: str) -> float:
-    values = [g[key] for g in graphs.values() if g.get(key) is not None]
-    return max(values) if key == "max_abs" else min(values)
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        if dist == "rapdeploy":
-            from rap_deploy import __version__
-
-            return __version__
-        return "unknown"

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from rap_deploy.backbone_file import read_backbone_clip_name, read_backbone_info
 from rap_deploy.checkpoint import load_checkpoint
 from rap_deploy.cli.app import app
-from rap_deploy.train.backbone import heldout_metrics, localisation_loss, object_patches, still_meaning
+from rap_deploy.train.backbone import localisation_loss, object_patches
+from rap_deploy.train.backbone_eval import heldout_metrics, still_meaning
 
 
 def test_still_meaning_ignores_paraphrase():
