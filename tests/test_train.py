@@ -374,6 +374,10 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
     bad = runner.invoke(app, ["ablate", "--tiny", "--world", str(world), "--rows", "nope"])
     assert bad.exit_code == 2 and "unknown ablation rows" in bad.output
+    # the same folder with another epoch count would mix recipes in one table: refused, nothing trained
+    other = runner.invoke(app, [*args, "--epochs", "2"])
+    assert other.exit_code == 2 and "epochs = 1, not 2" in other.output and "--out" in other.output
+    assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
 
 
 def test_rap_light_and_no_asa_are_the_same_model():

@@ -77,10 +77,21 @@ def _run_one(options: TrainOptions, progress: bool) -> dict[str, Any]:
     summary_file = run_dir / SUMMARY
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        _check_same_recipe(run_dir, summary, options)
         if summary.get("complete"):
             return summary
     resume = run_dir if (run_dir / LAST).is_file() else None
     return train_rap(None if resume else options, progress=progress, resume=resume)
+
+
+def _check_same_recipe(run_dir: Path, summary: dict[str, Any], options: TrainOptions) -> None:
+    """Raise :class:`UsageError` when the run already in ``run_dir`` was trained with another recipe (epoch count,
+    batch size or variant) than ``options``: reading it back would put it in the wrong table."""
+    for key in ("epochs", "batch_size", "variant"):
+        wanted = getattr(options, key)
+        if wanted is not None and key in summary and summary[key] != wanted:
+            raise UsageError(f"{run_dir} holds a run trained with {key} = {summary[key]!r}, not {wanted!r}: pass "
+                             "--out with a new folder (or remove that run)")
 
 
 def _offset_change(summary: dict[str, Any]) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -315,6 +316,8 @@ def ablate(
     rows: str | None = typer.Option(None, "--rows", help="Comma-separated rows (default all): zero_shot, rap_light, "
                                     "no_asa, no_lorm, offsets_zero, saliency, rap, paper."),
     tiny: bool = typer.Option(False, "--tiny", help="The tiny demo's world and recipe (a plumbing check)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="RAP epochs per run (default: the demo's "
+                                      "recipe). A run folder trained with another count is refused: use --out."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
     json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
@@ -338,6 +341,8 @@ def ablate(
     if threads:
         torch.set_num_threads(threads)
     sizes = DemoSizes.tiny() if tiny else DemoSizes()
+    if epochs is not None:
+        sizes = dataclasses.replace(sizes, epochs=epochs)
     root = Path(world or workspace_root(workspace)).resolve()
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
     w = prepare_world(root, sizes, Steps(log), progress=not quiet, threads=threads)
