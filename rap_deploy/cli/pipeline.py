@@ -32,6 +32,10 @@ class DemoSizes:
     split), one RAP epoch ~195 (93 steps of 16: every caption of the 300 training videos), one evaluation of the
     200-video test split ~67 (full ASA similarity 40, two-stage 16, encoding 11), bench ~30, synth ~18. Batches of 16
     take 2.8× more steps per CPU-second than 32 at 1.4× the samples, which is what a short schedule needs.
+
+    Three epochs (279 steps, one cosine schedule over all three): measured over seeds 0, 1, 2 with this world and
+    backbone, RAP's t2v R@1 is 25.7 ± 1.0 after three epochs against 22.2 ± 2.1 after one, LoRM alone (``--no-asa``)
+    23.2 ± 1.5 against 19.2 ± 1.6, and the selection rule picked the last epoch in all six runs.
     """
 
     videos: int = 500
@@ -44,7 +48,7 @@ class DemoSizes:
     backbone_text_weight: float = 0.0
     backbone_position_init: str = "sincos"
     frames: int = 12
-    epochs: int = 1
+    epochs: int = 3
     epoch_unit: str = "caption"
     batch_size: int = 16
     lr: float = 5e-3
