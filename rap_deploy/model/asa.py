@@ -112,8 +112,10 @@ def stored_token_scores(query: torch.Tensor, store: torch.Tensor, video_rows: to
     """
     _, t, p, d = store.shape
     out = query.new_empty(query.shape[0], len(video_rows), t * p)
+    block = query.new_empty(t * p, d)  # one cast buffer for every video: no per-video allocation
     for i, row in enumerate(video_rows.tolist()):
-        out[:, i] = query @ store[row].reshape(t * p, d).to(query.dtype).T
+        block.copy_(store[row].reshape(t * p, d))
+        out[:, i] = query @ block.T
     return out.view(query.shape[0], len(video_rows), t, p)
 
 
