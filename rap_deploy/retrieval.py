@@ -8,6 +8,7 @@ Training, verify and bench all evaluate through :func:`evaluate`, so the numbers
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -247,7 +248,7 @@ def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoInd
     return out
 
 
-def candidate_reranker(encoder: Encoder, index: VideoIndex) -> Any:
+def candidate_reranker(encoder: Encoder, index: VideoIndex) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A function ``(text_emb [Q,d], rows) -> [Q, len(rows)]``: the ASA similarity of the index's videos ``rows``.
 
     Encoders that read an index in place (``asa_similarity_rows``: the PyTorch reference on the CPU) get the whole
