@@ -153,3 +153,62 @@ def test_synth_cli_json(tmp_path):
     assert len(list((tmp_path / "d" / "videos").glob("*.mp4"))) == 8
     bad = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "e"), "--videos", "3", "--test-videos", "5"])
     assert bad.exit_code == 2 and "test videos" in bad.stderr
+
+
+def _reverse_video(scenes):
+    """Index of every video's time reverse among ``scenes`` (-1 when absent)."""
+    keys = [synth.scene_key(s) for s in scenes]
+    return [keys.index(synth.scene_key(synth.reverse_scene(s))) if synth.scene_key(synth.reverse_scene(s)) in keys
+            else -1 for s in scenes]
+
+
+def test_mistake_breakdown_of_the_oracle_and_of_a_time_blind_ranker(synth_root):
+    from rap_deploy.data.synth_errors import KINDS, split_scenes, top1_mistakes
+
+    split = load_split("msrvtt", synth_root, "test")
+    scenes = split_scenes(split)
+    oracle = top1_mistakes(oracle_similarity(split), split.caption_video, scenes)
+    assert oracle["kinds"] == {k: (100.0 if k == "correct" else 0.0) for k in KINDS}
+    assert oracle["queries"] == split.num_captions and oracle["with_reverse"] == 12
+    assert oracle["beats_time_reverse"] == 100.0
+    # A ranker that always puts the time reverse first: every query is that mistake, none beats its reverse.
+    reverse = _reverse_video(scenes)
+    assert all(r >= 0 for r in reverse)
+    sim = np.zeros((split.num_captions, split.num_videos), np.float32)
+    for c, v in enumerate(split.caption_video):
+        sim[c, reverse[v]] = 1.0
+    flipped = top1_mistakes(sim, split.caption_video, scenes)
+    assert flipped["kinds"]["time_reverse"] == 100.0 and flipped["beats_time_reverse"] == 0.0
+    with pytest.raises(ValueError, match="does not match"):
+        top1_mistakes(sim[:, :-1], split.caption_video, scenes)
+
+
+def test_mistake_kinds_name_what_differs():
+    from rap_deploy.data.synth_errors import mistake_kind
+
+    query = (("red", "circle", "small", "left"), ("blue", "square", "big", "appear"))
+    reverse = (("blue", "square", "big", "disappear"), ("red", "circle", "small", "right"))
+    assert mistake_kind(query, query, reverse) == "correct"
+    assert mistake_kind(query, reverse, reverse) == "time_reverse"
+    assert mistake_kind(query, (("blue", "square", "big", "grow"), ("red", "circle", "small", "up")),
+                        reverse) == "same_objects"
+    assert mistake_kind(query, (("red", "triangle", "small", "up"), ("blue", "diamond", "big", "grow")),
+                        reverse) == "other_shapes"
+    assert mistake_kind(query, (("green", "circle", "small", "left"), ("blue", "triangle", "big", "appear")),
+                        reverse) == "same_actions"
+    assert mistake_kind(query, (("red", "circle", "small", "left"),), reverse) == "other_event_count"
+    assert mistake_kind(query, (("green", "diamond", "small", "down"), ("white", "square", "big", "grow")),
+                        reverse) == "other"
+
+
+def test_mistake_breakdown_module_run_on_a_checkpoint(synth_root, micro_checkpoint, tmp_path, capsys):
+    from rap_deploy.data import synth_errors
+
+    synth_errors.main(["--checkpoint", str(micro_checkpoint), "--data-root", str(synth_root),
+                       "--cache", str(tmp_path / "frames")])
+    out = json.loads(capsys.readouterr().out)
+    for name in ("full", "meanp"):
+        kinds = out[name]["kinds"]
+        assert set(kinds) == set(synth_errors.KINDS) and sum(kinds.values()) == pytest.approx(100.0, abs=0.05)
+        assert kinds["correct"] == pytest.approx(out[name]["R1"], abs=0.01)
+        assert out[name]["with_reverse"] == 12
