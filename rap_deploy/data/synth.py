@@ -10,8 +10,9 @@ order), and it shows the very same frames at the 1-fps sampling times, in revers
 pairs: a model that pools frames without knowing their order cannot tell the two apart. Every test caption is unique
 within the test split, so an oracle reaches R@1 = 100.
 
-The still-image mode (:func:`generate_stills`) draws the same world with captions about colour, size, shape and
-position only (never motion), for pre-training the small backbone.
+This module holds the scene model (colours, shapes, sizes, events), captions and their parser, rendering, random
+scenes and the dataset writer. The still images of the same world, with captions about colour, size, shape and
+position only (never motion), for pre-training the small backbone, live in :mod:`rap_deploy.data.synth_stills`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,6 @@ ACTION_PHRASES: dict[str, tuple[str, ...]] = {
     "disappear": ("disappears", "fades out", "vanishes"),
 }
 CONNECTORS = ("{a}, then {b}", "{a} and then {b}", "first {a}, then {b}", "{a}, after that {b}")
-POSITIONS = {  # (column, row) of a 3x3 grid -> phrase, for the still images
-    (0, 0): "at the top left", (1, 0): "at the top", (2, 0): "at the top right",
-    (0, 1): "on the left", (1, 1): "in the center", (2, 1): "on the right",
-    (0, 2): "at the bottom left", (1, 2): "at the bottom", (2, 2): "at the bottom right",
-}
 MOVE_RANGE = (0.34, 0.44)  # distance of a move, fraction of the frame side
 SCALE_RANGE = (0.9, 1.1)  # per-object jitter of the radius
 EDGE = 0.02
@@ -549,98 +545,3 @@ def load_scenes(data_root: str | os.PathLike[str]) -> tuple[dict[str, SceneSpec]
     if info.get("format") != FORMAT:
         raise UsageError(f"{path} is not a rapdeploy synthetic dataset (info.format != {FORMAT})")
     return {v["video_id"]: SceneSpec.from_dict(v["synth"]) for v in data["videos"]}, info
-
-
-# ------------------------------------------------------------------------------------------------------- stills
-
-
-def generate_stills(n: int, seed: int, size: int = 96, position_twins: bool = False
-                    ) -> tuple[np.ndarray, list[str]]:
-    """Return ``(images uint8 [n, size, size, 3], captions)``: still frames of the synthetic world.
-
-    One or two objects with the videos' colours, shapes, sizes and background, each inside a cell of a 3x3 grid;
-    captions name colour, size, shape and position ("a big red circle at the top left and a small blue square in the
-    center"), never motion. Deterministic for a seed.
-
-    With ``position_twins`` every odd still ``2k+1`` shows the objects of still ``2k`` (same colour, shape, size and
-    scale) moved to other cells, so a batch holding both needs position to tell them apart (a hard negative for the
-    contrastive loss); ``n`` must then be even.
-    """
-    if n < 0 or size < 16:
-        raise UsageError(f"need n >= 0 and size >= 16, got n {n}, size {size}")
-    if position_twins and n % 2:
-        raise UsageError(f"position twins need an even number of stills, got {n}")
-    rng = np.random.default_rng([seed, 7])
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
-    captions: list[str] = []
-    cells = list(POSITIONS)
-    objects: list[SynthObject] = []
-    for k in range(n):
-        if position_twins and k % 2:
-            objects = _position_twin(rng, objects, cells)
-            images[k] = render_scene(SceneSpec(tuple(objects), ()), np.zeros(1), size, 2.0)[0]
-            captions.append(_still_caption(rng, objects))
-            continue
-        while True:
-            n_obj = 1 + int(rng.integers(2))
-            looks = set()
-            while len(looks) < n_obj:
-                looks.add((list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))]))
-            chosen = [cells[int(i)] for i in rng.choice(len(cells), size=n_obj, replace=False)]
-            objects = []
-            for (colour, shape), (col, row) in zip(sorted(looks), chosen, strict=True):
-                sz = ("small", "big")[int(rng.integers(2))]
-                scale = float(rng.uniform(*SCALE_RANGE))
-                margin = SIZE_RADIUS[sz] * scale + EDGE
-                x = _in_cell(rng, col, margin)
-                y = _in_cell(rng, row, margin)
-                objects.append(SynthObject(colour, shape, sz, x, y, scale))
-            if n_obj == 1 or _apart(objects):
-                break
-        rng.shuffle(objects)
-        spec = SceneSpec(tuple(objects), ())
-        images[k] = render_scene(spec, np.zeros(1), size, 2.0)[0]
-        captions.append(_still_caption(rng, objects))
-    return images, captions
-
-
-def _still_caption(rng: np.random.Generator, objects: list[SynthObject]) -> str:
-    phrases = [
-        f"a {SIZE_WORDS[o.size][int(rng.integers(2))]} {o.colour} {o.shape} {POSITIONS[_cell(o.x, o.y)]}"
-        for o in objects
-    ]
-    text = " and ".join(phrases)
-    return text if rng.random() < 0.7 else f"there is {text}"
-
-
-def _position_twin(rng: np.random.Generator, originals: list[SynthObject], cells: list[tuple[int, int]]
-                   ) -> list[SynthObject]:
-    """``originals`` redrawn in other cells of the 3x3 grid (every object leaves its cell), in the same order."""
-    old = [_cell(o.x, o.y) for o in originals]
-    while True:
-        free = [c for c in cells if c not in old] if len(old) == 1 else cells
-        chosen = [free[int(i)] for i in rng.choice(len(free), size=len(old), replace=False)]
-        if any(c == o for c, o in zip(chosen, old, strict=True)):
-            continue
-        objects = []
-        for o, (col, row) in zip(originals, chosen, strict=True):
-            margin = SIZE_RADIUS[o.size] * o.scale + EDGE
-            objects.append(replace(o, x=_in_cell(rng, col, margin), y=_in_cell(rng, row, margin)))
-        if len(objects) == 1 or _apart(objects):
-            return objects
-
-
-def _in_cell(rng: np.random.Generator, cell: int, margin: float) -> float:
-    lo = max(cell / 3.0 + 0.03, margin)
-    hi = min((cell + 1) / 3.0 - 0.03, 1.0 - margin)
-    return float(rng.uniform(lo, hi)) if lo < hi else float(min(max((cell + 0.5) / 3.0, margin), 1.0 - margin))
-
-
-def _cell(x: float, y: float) -> tuple[int, int]:
-    return min(int(x * 3.0), 2), min(int(y * 3.0), 2)
-
-
-def _apart(objects: list[SynthObject]) -> bool:
-    a, b = objects
-    ra, rb = SIZE_RADIUS[a.size] * a.scale, SIZE_RADIUS[b.size] * b.scale
-    return float(np.hypot(a.x - b.x, a.y - b.y)) > 1.2 * (ra + rb) + EDGE
