@@ -440,52 +440,94 @@ def generate_synthetic_dataset(
     caption of each test video, unique in the split). Test videos come in time-reversed pairs; half of the training
     videos too. Deterministic for a seed. Raises :class:`UsageError` for impossible settings.
     """
-    from rap_deploy.data.progress import progress_bar
+    _check_settings(videos, test_videos, size, fps, seconds)
+    started = time.perf_counter()
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_train = videos - test_videos
+    test_specs, taken = _test_scenes(rng, seconds, test_videos)
+    specs = _train_scenes(rng, seconds, n_train, taken) + test_specs
+    ids = [f"video{i}" for i in range(videos)]
+    _write_videos(out, ids, specs, size, fps, seconds, progress)
+    video_items, sentences, test_rows = _annotations(ids, specs, n_train, seed, seconds, captions_per_video)
+    _write_annotation_files(out, ids[:n_train], test_rows, video_items, sentences, _info(seed, size, fps, seconds))
+    return {
+        "out": str(out),
+        "videos": videos,
+        "train_videos": n_train,
+        "test_videos": test_videos,
+        "test_reverse_pairs": _reverse_pairs(test_specs, taken) // 2,
+        "sentences": len(sentences),
+        "size": size,
+        "fps": fps,
+        "seconds_per_video": seconds,
+        "seed": seed,
+        "elapsed_s": round(time.perf_counter() - started, 2),
+    }
 
+
+def _check_settings(videos: int, test_videos: int, size: int, fps: int, seconds: int) -> None:
+    """Raise :class:`UsageError` for split sizes, a frame size or a timing the generator cannot honour."""
     if videos < 2 or not 1 <= test_videos < videos:
         raise UsageError(f"need 1 <= test videos < videos, got --videos {videos} --test-videos {test_videos}")
     if size < 16 or size % 2:
         raise UsageError(f"--size must be an even number of pixels >= 16, got {size}")
     if fps < 1 or seconds < 3:
         raise UsageError(f"need fps >= 1 and seconds >= 3, got fps {fps}, seconds {seconds}")
-    started = time.perf_counter()
-    out = Path(out)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    n_train = videos - test_videos
 
-    # Test: time-reversed pairs with keys unique in the whole split (and absent from training).
+
+def _test_scenes(rng: np.random.Generator, seconds: float, count: int) -> tuple[list[SceneSpec], set]:
+    """Draw the test split, shuffled, and the set of its scene keys (each unique in the split)."""
+    # Time-reversed pairs with keys unique in the whole split (and, see _train_scenes, absent from training).
     taken: set = set()
-    test_specs: list[SceneSpec] = []
-    while len(test_specs) < test_videos:
+    specs: list[SceneSpec] = []
+    while len(specs) < count:
         spec = _unique_scene(rng, seconds, taken)
-        group = [spec, reverse_scene(spec)] if test_videos - len(test_specs) >= 2 else [spec]
+        group = [spec, reverse_scene(spec)] if count - len(specs) >= 2 else [spec]
         for s in group:
             taken.add(scene_key(s))
-            test_specs.append(s)
-    order = rng.permutation(len(test_specs))
-    test_specs = [test_specs[i] for i in order]
-    pairs = sum(1 for s in test_specs if scene_key(reverse_scene(s)) in taken)
+            specs.append(s)
+    order = rng.permutation(len(specs))
+    return [specs[i] for i in order], taken
 
-    train_specs: list[SceneSpec] = []
-    while len(train_specs) < n_train:
+
+def _train_scenes(rng: np.random.Generator, seconds: float, count: int, taken: set) -> list[SceneSpec]:
+    """Draw the training split: scenes whose key and reverse key are not ``taken`` by the test split, about half of
+    them followed by their time reverse."""
+    specs: list[SceneSpec] = []
+    while len(specs) < count:
         spec = _random_scene(rng, seconds)
         if scene_key(spec) in taken or scene_key(reverse_scene(spec)) in taken:
             continue
-        train_specs.append(spec)
-        if len(train_specs) < n_train and rng.random() < 0.5:
-            train_specs.append(reverse_scene(spec))
+        specs.append(spec)
+        if len(specs) < count and rng.random() < 0.5:
+            specs.append(reverse_scene(spec))
+    return specs
 
-    specs = train_specs + test_specs
-    ids = [f"video{i}" for i in range(videos)]
+
+def _reverse_pairs(test_specs: list[SceneSpec], taken: set) -> int:
+    """How many test scenes have their time reverse in the test split (twice the number of pairs)."""
+    return sum(1 for s in test_specs if scene_key(reverse_scene(s)) in taken)
+
+
+def _write_videos(out: Path, ids: list[str], specs: list[SceneSpec], size: int, fps: int, seconds: int,
+                  progress: bool) -> None:
+    """Render and write ``videos/<id>.mp4`` for every scene; the first one is read back (see _check_readable)."""
+    from rap_deploy.data.progress import progress_bar
+
     times = np.arange(fps * seconds) / fps
-    with progress_bar(videos, "rendering videos", enabled=progress) as advance:
+    with progress_bar(len(ids), "rendering videos", enabled=progress) as advance:
         for i, (vid, spec) in enumerate(zip(ids, specs, strict=True)):
             write_video(out / "videos" / f"{vid}.mp4", render_scene(spec, times, size, seconds), fps)
             if i == 0:
                 _check_readable(out / "videos" / f"{vid}.mp4", size)
             advance()
 
+
+def _annotations(ids: list[str], specs: list[SceneSpec], n_train: int, seed: int, seconds: int,
+                 captions_per_video: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``videos`` and ``sentences`` entries of ``MSRVTT_data.json`` and the rows of the test csv."""
     cap_rng = np.random.default_rng([seed, 1])
     sentences, video_items, test_rows = [], [], []
     for i, (vid, spec) in enumerate(zip(ids, specs, strict=True)):
@@ -500,28 +542,26 @@ def generate_synthetic_dataset(
         if split == "test":
             row = {"key": f"ret{len(test_rows)}", "vid_key": f"msr{i}", "video_id": vid, "sentence": caps[0]}
             test_rows.append(row)
-    info = {
+    return video_items, sentences, test_rows
+
+
+def _info(seed: int, size: int, fps: int, seconds: int) -> dict[str, Any]:
+    """The ``info`` block of ``MSRVTT_data.json`` (what :func:`load_scenes` checks and returns)."""
+    return {
         "description": "rapdeploy synthetic text-video retrieval dataset (moving shapes), MSR-VTT layout",
         "format": FORMAT, "seed": seed, "size": size, "fps": fps, "seconds": seconds,
         "colours": list(COLOURS), "shapes": list(SHAPES), "actions": list(ACTIONS),
     }
-    write_text_atomic(out / "MSRVTT_train.9k.csv", _csv([{"video_id": v} for v in ids[:n_train]], ["video_id"]))
+
+
+def _write_annotation_files(out: Path, train_ids: list[str], test_rows: list[dict[str, Any]],
+                            video_items: list[dict[str, Any]], sentences: list[dict[str, Any]],
+                            info: dict[str, Any]) -> None:
+    """Write the train and test csvs, then ``MSRVTT_data.json``."""
+    write_text_atomic(out / "MSRVTT_train.9k.csv", _csv([{"video_id": v} for v in train_ids], ["video_id"]))
     write_text_atomic(out / "MSRVTT_JSFUSION_test.csv", _csv(test_rows, ["key", "vid_key", "video_id", "sentence"]))
     # The JSON goes last: a folder with it is complete.
     write_json_atomic(out / "MSRVTT_data.json", {"info": info, "videos": video_items, "sentences": sentences})
-    return {
-        "out": str(out),
-        "videos": videos,
-        "train_videos": n_train,
-        "test_videos": test_videos,
-        "test_reverse_pairs": pairs // 2,
-        "sentences": len(sentences),
-        "size": size,
-        "fps": fps,
-        "seconds_per_video": seconds,
-        "seed": seed,
-        "elapsed_s": round(time.perf_counter() - started, 2),
-    }
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
