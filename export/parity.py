@@ -10,6 +10,8 @@ differ only where the reference scores of the swapped candidates are within ``ti
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +199,24 @@ def _asa_blocks(n: int, pcfg: ParityConfig) -> list[tuple[np.ndarray, np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------------- parity
+@dataclass
+class _ParityRun:
+    """What every graph's comparison needs: the model, the graph files, the inputs, the PyTorch reference, and the
+    ONNX Runtime pool outputs collected so far (``ort_pool["video"]``, ``ort_pool["text"]``) for the pipeline."""
+
+    model: Any
+    files: dict[str, Path]
+    specs: dict[str, GraphSpec]
+    inputs: ParityInputs
+    pcfg: ParityConfig
+    precision: str
+    judge: ParityConfig | None  # the tolerances a graph must pass (fp32), None for figures only (fp16)
+    ref: dict[str, Any]
+    slices: list[np.ndarray]
+    sel_k: int  # ASA patches selected per frame
+    ort_pool: dict[str, Any] = field(default_factory=dict)
+
+
 @torch.no_grad()
 def run_parity(model, files: dict[str, Path], specs: dict[str, GraphSpec], inputs: ParityInputs,
                pcfg: ParityConfig, precision: str = "fp32", ref: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -207,101 +227,122 @@ def run_parity(model, files: dict[str, Path], specs: dict[str, GraphSpec], input
     pool end to end (ONNX text → ONNX video → ONNX ASA head, or meanP without one) against the PyTorch model.
     A graph that ONNX Runtime cannot load or run gets ``{"error": ...}`` and fails.
     """
-    ref = ref or torch_reference(model, inputs, pcfg)
-    judge = pcfg if precision == "fp32" else None
-    n = len(inputs)
-    slices = _slices(n, pcfg.batch_sizes)
+    run = _ParityRun(model=model, files=files, specs=specs, inputs=inputs, pcfg=pcfg, precision=precision,
+                     judge=pcfg if precision == "fp32" else None, ref=ref or torch_reference(model, inputs, pcfg),
+                     slices=_slices(len(inputs), pcfg.batch_sizes),
+                     sel_k=min(model.config.asa_topk, model.num_patches))
     graphs: dict[str, Any] = {}
-    ort_pool: dict[str, np.ndarray] = {}
-    sel_k = min(model.config.asa_topk, model.num_patches)
-
-    def guarded(name: str, fn) -> None:
-        try:
-            graphs[name] = fn()
-        except Exception as exc:  # onnxruntime raises several types (Fail, InvalidArgument, RuntimeError ...)
-            graphs[name] = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}",
-                            "max_abs": None, "min_cosine": None, "topk_match": False, "batch_sizes": [],
-                            **({"passed": False} if judge else {})}
-
-    def video() -> dict[str, Any]:
-        sess, spec = ort_session(files["video_encoder"], precision), specs["video_encoder"]
-        fig = _GraphFigures("batch")
-        pool = [np.zeros_like(r) for r in ref["pool_video"]]
-        index_drift = 0.0
-        for idx, r in zip(slices, ref["video"], strict=True):
-            outs = sess.run(None, {"frames": inputs.frames[idx], "frame_mask": inputs.frame_mask[idx]})
-            if model.asa is not None:  # asa_tokens: judged on the graph's own stored patch tokens (see below)
-                given = asa_tokens_given(model, outs[2], inputs.frame_mask[idx])
-                index_drift = max(index_drift, max_abs(r[3], outs[3]))
-                r = [*r[:3], given]
-            fig.add_run(len(idx), tuple(o.name for o in spec.outputs), r, outs,
-                        [spec.concrete_shape(o, {"batch": len(idx)}) for o in spec.outputs])
-            for p, o in zip(pool, outs, strict=True):
-                p[idx] = o
-        if model.asa is not None:
-            fig.extra["asa_tokens_reference"] = (
-                "PyTorch's asa_tokens of the graph's own patch_tokens rounded to the index dtype (the exact input the "
-                "ASA part sees): the rounding amplifies 1e-7 differences of patch_tokens into fp16-ulp-sized ones, "
-                "so asa_tokens of PyTorch's own index differ by up to asa_tokens_index_drift")
-            fig.extra["asa_tokens_index_drift"] = index_drift
-        text = ref["pool_text"]
-        fig.topk.append({"what": "videos ranked per text (meanP)",
-                         **topk_agreement(text @ ref["pool_video"][0].T, text @ pool[0].T, pcfg.topk, pcfg.tie_eps)})
-        patch_ref = np.einsum("qd,vtpd->qvtp", text, ref["pool_video"][2])
-        patch_ort = np.einsum("qd,vtpd->qvtp", text, pool[2])
-        patch = topk_agreement(patch_ref, patch_ort, sel_k, pcfg.tie_eps)
-        fig.topk.append({"what": "ASA patch selection per text and frame", **patch})
-        fig.extra["patch_topk_match"] = patch["match"]
-        ort_pool["video"] = pool
-        return fig.result(judge)
-
-    def text() -> dict[str, Any]:
-        sess, spec = ort_session(files["text_encoder"], precision), specs["text_encoder"]
-        fig = _GraphFigures("batch")
-        pool = np.zeros_like(ref["pool_text"])
-        for idx, r in zip(slices, ref["text"], strict=True):
-            outs = sess.run(None, {"input_ids": inputs.input_ids[idx], "eot": inputs.eot[idx]})
-            fig.add_run(len(idx), ("text_emb",), r, outs, [spec.concrete_shape(spec.outputs[0], {"batch": len(idx)})])
-            pool[idx] = outs[0]
-        # The tokens axis is dynamic: the whole pool again, cut to its longest query, must give the same embeddings.
-        short = trim_tokens(inputs.input_ids, inputs.eot)
-        if short.shape[1] < inputs.input_ids.shape[1]:
-            outs = sess.run(None, {"input_ids": short, "eot": inputs.eot})
-            fig.add_run(f"{len(short)}x{short.shape[1]} tokens", ("text_emb",), [ref["pool_text"]], outs,
-                        [spec.concrete_shape(spec.outputs[0], {"batch": len(short)})])
-        vids = ref["pool_video"][0]
-        fig.topk.append({"what": "videos ranked per text (meanP)",
-                         **topk_agreement(ref["pool_text"] @ vids.T, pool @ vids.T, pcfg.topk, pcfg.tie_eps)})
-        ort_pool["text"] = pool
-        return fig.result(judge)
-
-    def asa() -> dict[str, Any]:
-        sess, spec = ort_session(files["asa_head"], precision), specs["asa_head"]
-        head = AsaHeadGraph(model).eval()
-        fig = _GraphFigures("queries x videos")
-        text, rerank = ref["pool_text"], stored_rerank(model, ref["pool_video"])
-        for qi, vi in _asa_blocks(n, pcfg):
-            feeds = dict(zip(ASA_INPUTS, (text[qi], *(x[vi] for x in rerank)), strict=True))
-            r = head(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-            out = sess.run(None, feeds)[0]
-            fig.add_run([len(qi), len(vi)], ("similarity",), [r], [out],
-                        [spec.concrete_shape(spec.outputs[0], {"queries": len(qi), "videos": len(vi)})],
-                        row_cosine=False)
-            fig.topk.append({"what": f"videos ranked per text, block {len(qi)}x{len(vi)}",
-                             **topk_agreement(r, out, pcfg.topk, pcfg.tie_eps)})
-        return fig.result(judge)
-
-    for name, fn in (("video_encoder", video), ("text_encoder", text), ("asa_head", asa)):
+    for name, compare in (("video_encoder", _video_parity), ("text_encoder", _text_parity),
+                          ("asa_head", _asa_parity)):
         if name in files:
-            guarded(name, fn)
-
+            graphs[name] = _guarded(run, compare)
     result: dict[str, Any] = {"graphs": graphs}
-    if "video" in ort_pool and "text" in ort_pool:
-        result["pipeline"] = _pipeline(model, files, ort_pool, ref, pcfg, precision, judge)
+    if "video" in run.ort_pool and "text" in run.ort_pool:
+        result["pipeline"] = _pipeline(model, files, run.ort_pool, run.ref, pcfg, precision, run.judge)
     return result
 
 
+def _error_text(exc: Exception) -> str:
+    """One line naming the exception type and its (whitespace-collapsed, at most 400 characters) message."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+
+
+def _guarded(run: _ParityRun, compare: Callable[[_ParityRun], dict[str, Any]]) -> dict[str, Any]:
+    """``compare(run)``, or a failed entry with the error when ONNX Runtime cannot load or run the graph."""
+    try:
+        return compare(run)
+    except Exception as exc:  # onnxruntime raises several types (Fail, InvalidArgument, RuntimeError ...)
+        return {"error": _error_text(exc), "max_abs": None, "min_cosine": None, "topk_match": False,
+                "batch_sizes": [], **({"passed": False} if run.judge else {})}
+
+
+def _video_parity(run: _ParityRun) -> dict[str, Any]:
+    """The video encoder on every batch slice, then the meanP ranking and ASA patch selection of the whole pool."""
+    model, inputs, ref = run.model, run.inputs, run.ref
+    sess, spec = ort_session(run.files["video_encoder"], run.precision), run.specs["video_encoder"]
+    fig = _GraphFigures("batch")
+    pool = [np.zeros_like(r) for r in ref["pool_video"]]
+    index_drift = 0.0
+    for idx, r in zip(run.slices, ref["video"], strict=True):
+        outs = sess.run(None, {"frames": inputs.frames[idx], "frame_mask": inputs.frame_mask[idx]})
+        if model.asa is not None:  # asa_tokens: judged on the graph's own stored patch tokens (see below)
+            given = asa_tokens_given(model, outs[2], inputs.frame_mask[idx])
+            index_drift = max(index_drift, max_abs(r[3], outs[3]))
+            r = [*r[:3], given]
+        fig.add_run(len(idx), tuple(o.name for o in spec.outputs), r, outs,
+                    [spec.concrete_shape(o, {"batch": len(idx)}) for o in spec.outputs])
+        for p, o in zip(pool, outs, strict=True):
+            p[idx] = o
+    if model.asa is not None:
+        fig.extra["asa_tokens_reference"] = (
+            "PyTorch's asa_tokens of the graph's own patch_tokens rounded to the index dtype (the exact input the "
+            "ASA part sees): the rounding amplifies 1e-7 differences of patch_tokens into fp16-ulp-sized ones, "
+            "so asa_tokens of PyTorch's own index differ by up to asa_tokens_index_drift")
+        fig.extra["asa_tokens_index_drift"] = index_drift
+    _video_pool_topk(run, fig, pool)
+    run.ort_pool["video"] = pool
+    return fig.result(run.judge)
+
+
+def _video_pool_topk(run: _ParityRun, fig: _GraphFigures, pool: list[np.ndarray]) -> None:
+    """Add to ``fig`` the top-k agreement of the pool's meanP ranking and of its ASA patch selection per frame."""
+    ref, pcfg = run.ref, run.pcfg
+    text = ref["pool_text"]
+    fig.topk.append({"what": "videos ranked per text (meanP)",
+                     **topk_agreement(text @ ref["pool_video"][0].T, text @ pool[0].T, pcfg.topk, pcfg.tie_eps)})
+    patch_ref = np.einsum("qd,vtpd->qvtp", text, ref["pool_video"][2])
+    patch_ort = np.einsum("qd,vtpd->qvtp", text, pool[2])
+    patch = topk_agreement(patch_ref, patch_ort, run.sel_k, pcfg.tie_eps)
+    fig.topk.append({"what": "ASA patch selection per text and frame", **patch})
+    fig.extra["patch_topk_match"] = patch["match"]
+
+
+def _text_parity(run: _ParityRun) -> dict[str, Any]:
+    """The text encoder on every batch slice and on the whole pool cut to its longest query, then the pool's meanP
+    ranking."""
+    inputs, ref, pcfg = run.inputs, run.ref, run.pcfg
+    sess, spec = ort_session(run.files["text_encoder"], run.precision), run.specs["text_encoder"]
+    fig = _GraphFigures("batch")
+    pool = np.zeros_like(ref["pool_text"])
+    for idx, r in zip(run.slices, ref["text"], strict=True):
+        outs = sess.run(None, {"input_ids": inputs.input_ids[idx], "eot": inputs.eot[idx]})
+        fig.add_run(len(idx), ("text_emb",), r, outs, [spec.concrete_shape(spec.outputs[0], {"batch": len(idx)})])
+        pool[idx] = outs[0]
+    # The tokens axis is dynamic: the whole pool again, cut to its longest query, must give the same embeddings.
+    short = trim_tokens(inputs.input_ids, inputs.eot)
+    if short.shape[1] < inputs.input_ids.shape[1]:
+        outs = sess.run(None, {"input_ids": short, "eot": inputs.eot})
+        fig.add_run(f"{len(short)}x{short.shape[1]} tokens", ("text_emb",), [ref["pool_text"]], outs,
+                    [spec.concrete_shape(spec.outputs[0], {"batch": len(short)})])
+    vids = ref["pool_video"][0]
+    fig.topk.append({"what": "videos ranked per text (meanP)",
+                     **topk_agreement(ref["pool_text"] @ vids.T, pool @ vids.T, pcfg.topk, pcfg.tie_eps)})
+    run.ort_pool["text"] = pool
+    return fig.result(run.judge)
+
+
+def _asa_parity(run: _ParityRun) -> dict[str, Any]:
+    """The ASA head on query x video blocks of the pool (``pcfg.asa_blocks`` and the whole pool)."""
+    pcfg = run.pcfg
+    sess, spec = ort_session(run.files["asa_head"], run.precision), run.specs["asa_head"]
+    head = AsaHeadGraph(run.model).eval()
+    fig = _GraphFigures("queries x videos")
+    text, rerank = run.ref["pool_text"], stored_rerank(run.model, run.ref["pool_video"])
+    for qi, vi in _asa_blocks(len(run.inputs), pcfg):
+        feeds = dict(zip(ASA_INPUTS, (text[qi], *(x[vi] for x in rerank)), strict=True))
+        r = head(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+        out = sess.run(None, feeds)[0]
+        fig.add_run([len(qi), len(vi)], ("similarity",), [r], [out],
+                    [spec.concrete_shape(spec.outputs[0], {"queries": len(qi), "videos": len(vi)})],
+                    row_cosine=False)
+        fig.topk.append({"what": f"videos ranked per text, block {len(qi)}x{len(vi)}",
+                         **topk_agreement(r, out, pcfg.topk, pcfg.tie_eps)})
+    return fig.result(run.judge)
+
+
 def _pipeline(model, files, ort_pool, ref, pcfg, precision, judge) -> dict[str, Any]:
+    """The whole pool ranked end to end by the ONNX graphs (``ort_pool``) against PyTorch's
+    ``pool_similarity``; a failed entry when the ASA head cannot load or run."""
     text, video_emb = ort_pool["text"], ort_pool["video"][0]
     try:
         if "asa_head" in files:
@@ -312,8 +353,7 @@ def _pipeline(model, files, ort_pool, ref, pcfg, precision, judge) -> dict[str, 
             sim = text @ video_emb.T
             what = "text_encoder -> video_encoder, meanP similarity"
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}", "topk_match": False,
-                **({"passed": False} if judge else {})}
+        return {"error": _error_text(exc), "topk_match": False, **({"passed": False} if judge else {})}
     r = ref["pool_similarity"]
     top = topk_agreement(r, sim, pcfg.topk, pcfg.tie_eps)
     res = {"what": what, "shape": list(sim.shape), "max_abs": max_abs(r, sim), "min_cosine": min_cosine(r, sim, False),

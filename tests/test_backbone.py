@@ -96,7 +96,7 @@ def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
 
 
 def test_position_twins_move_every_object_and_share_a_batch():
-    from rap_deploy.data.synth import generate_stills
+    from rap_deploy.data.synth_stills import generate_stills
     from rap_deploy.train.backbone import _shuffled_order
 
     images, captions = generate_stills(12, 3, 32, position_twins=True)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from rap_deploy.cli.app import app
 from rap_deploy.config import PreprocessConfig
-from rap_deploy.data import synth
+from rap_deploy.data import synth, synth_stills
 from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.datasets import load_split
 from rap_deploy.data.synth_baselines import oracle_similarity, order_blind_baseline
@@ -106,15 +106,15 @@ def test_parse_caption():
 
 
 def test_stills_same_world_no_motion():
-    images, captions = synth.generate_stills(40, seed=1, size=48)
-    again, captions2 = synth.generate_stills(40, seed=1, size=48)
+    images, captions = synth_stills.generate_stills(40, seed=1, size=48)
+    again, captions2 = synth_stills.generate_stills(40, seed=1, size=48)
     assert images.shape == (40, 48, 48, 3) and images.dtype == np.uint8
     assert np.array_equal(images, again) and captions == captions2
     words = {w for c in captions for w in c.split()}
     assert not words & MOTION_WORDS
     assert words & set(synth.COLOURS) and words & set(synth.SHAPES)
     # a one-object still: its colour sits in the grid cell the caption names
-    cells = {phrase: cell for cell, phrase in synth.POSITIONS.items()}
+    cells = {phrase: cell for cell, phrase in synth_stills.POSITIONS.items()}
     for img, cap in zip(images, captions, strict=True):
         if " and " in cap:
             continue

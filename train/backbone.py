@@ -2,8 +2,8 @@
 
 The ``rap-tiny`` open_clip config (a 64 px ViT with 8 px patches and a 4-layer text transformer, open_clip's own BPE
 tokenizer) is trained contrastively on still images of the synthetic world
-(:func:`rap_deploy.data.synth.generate_stills`: colour, size, shape and position captions, never motion). The result
-is written with :func:`rap_deploy.backbone_file.save_backbone` and loaded like any other open_clip weights file
+(:func:`rap_deploy.data.synth_stills.generate_stills`: colour, size, shape and position captions, never motion). The
+result is written with :func:`rap_deploy.backbone_file.save_backbone` and loaded like any other open_clip weights file
 (``rapdeploy init --backbone FILE``), then frozen: whatever temporal understanding appears later comes from RAP.
 The held-out measurements live in :mod:`rap_deploy.train.backbone_eval`.
 """
@@ -47,7 +47,7 @@ def load_or_make_stills(n: int, seed: int, size: int, data_root: str | Path | No
 
     Without ``data_root`` the stills are generated in memory. A cached file that cannot be read is regenerated.
     """
-    from rap_deploy.data.synth import generate_stills
+    from rap_deploy.data.synth_stills import generate_stills
 
     if data_root is None:
         return generate_stills(n, seed, size, position_twins)
@@ -182,8 +182,8 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     frames RAP sees now change as an object moves. On the demo's world (seed 0) zero-shot t2v R@1 is 20.5 (19.5
     before) and RAP after one caption epoch 21.5 (see notes/train-results/README2.md for the seeds).
 
-    ``position_twins`` (default off) pairs every training still with the same objects in other cells and keeps the
-    pair in one batch (:func:`rap_deploy.data.synth.generate_stills`), hard negatives that differ only by position.
+    ``position_twins`` (default off) pairs every training still with the same objects in other cells and keeps the pair
+    in one batch (:func:`rap_deploy.data.synth_stills.generate_stills`), hard negatives that differ only by position.
     Measured: alone it lifts position only 18.9 → 22.1 % and costs i2t (23.3 → 19.0); with ``sincos`` it costs i2t
     34.8 → 20.3 and position 35.7 → 20.9. Kept as an opt-in.
 

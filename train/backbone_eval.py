@@ -26,7 +26,8 @@ def still_meaning(caption: str) -> frozenset[tuple[str, str, str, str]]:
     Synonyms ("little"/"small", "large"/"big") and a leading "there is" do not change the meaning. Raises
     ``ValueError`` for a caption that is not a still caption.
     """
-    from rap_deploy.data.synth import COLOURS, POSITIONS, SHAPES, SIZE_WORDS
+    from rap_deploy.data.synth import COLOURS, SHAPES, SIZE_WORDS
+    from rap_deploy.data.synth_stills import POSITIONS
 
     size_of = {w: s for s, words in SIZE_WORDS.items() for w in words}
     positions = {p: f"{c},{r}" for (c, r), p in POSITIONS.items()}

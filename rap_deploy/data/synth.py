@@ -10,8 +10,9 @@ order), and it shows the very same frames at the 1-fps sampling times, in revers
 pairs: a model that pools frames without knowing their order cannot tell the two apart. Every test caption is unique
 within the test split, so an oracle reaches R@1 = 100.
 
-The still-image mode (:func:`generate_stills`) draws the same world with captions about colour, size, shape and
-position only (never motion), for pre-training the small backbone.
+This module holds the scene model (colours, shapes, sizes, events), captions and their parser, rendering, random
+scenes and the dataset writer. The still images of the same world, with captions about colour, size, shape and
+position only (never motion), for pre-training the small backbone, live in :mod:`rap_deploy.data.synth_stills`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,6 @@ ACTION_PHRASES: dict[str, tuple[str, ...]] = {
     "disappear": ("disappears", "fades out", "vanishes"),
 }
 CONNECTORS = ("{a}, then {b}", "{a} and then {b}", "first {a}, then {b}", "{a}, after that {b}")
-POSITIONS = {  # (column, row) of a 3x3 grid -> phrase, for the still images
-    (0, 0): "at the top left", (1, 0): "at the top", (2, 0): "at the top right",
-    (0, 1): "on the left", (1, 1): "in the center", (2, 1): "on the right",
-    (0, 2): "at the bottom left", (1, 2): "at the bottom", (2, 2): "at the bottom right",
-}
 MOVE_RANGE = (0.34, 0.44)  # distance of a move, fraction of the frame side
 SCALE_RANGE = (0.9, 1.1)  # per-object jitter of the radius
 EDGE = 0.02
@@ -444,52 +440,94 @@ def generate_synthetic_dataset(
     caption of each test video, unique in the split). Test videos come in time-reversed pairs; half of the training
     videos too. Deterministic for a seed. Raises :class:`UsageError` for impossible settings.
     """
-    from rap_deploy.data.progress import progress_bar
+    _check_settings(videos, test_videos, size, fps, seconds)
+    started = time.perf_counter()
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_train = videos - test_videos
+    test_specs, taken = _test_scenes(rng, seconds, test_videos)
+    specs = _train_scenes(rng, seconds, n_train, taken) + test_specs
+    ids = [f"video{i}" for i in range(videos)]
+    _write_videos(out, ids, specs, size, fps, seconds, progress)
+    video_items, sentences, test_rows = _annotations(ids, specs, n_train, seed, seconds, captions_per_video)
+    _write_annotation_files(out, ids[:n_train], test_rows, video_items, sentences, _info(seed, size, fps, seconds))
+    return {
+        "out": str(out),
+        "videos": videos,
+        "train_videos": n_train,
+        "test_videos": test_videos,
+        "test_reverse_pairs": _reverse_pairs(test_specs, taken) // 2,
+        "sentences": len(sentences),
+        "size": size,
+        "fps": fps,
+        "seconds_per_video": seconds,
+        "seed": seed,
+        "elapsed_s": round(time.perf_counter() - started, 2),
+    }
 
+
+def _check_settings(videos: int, test_videos: int, size: int, fps: int, seconds: int) -> None:
+    """Raise :class:`UsageError` for split sizes, a frame size or a timing the generator cannot honour."""
     if videos < 2 or not 1 <= test_videos < videos:
         raise UsageError(f"need 1 <= test videos < videos, got --videos {videos} --test-videos {test_videos}")
     if size < 16 or size % 2:
         raise UsageError(f"--size must be an even number of pixels >= 16, got {size}")
     if fps < 1 or seconds < 3:
         raise UsageError(f"need fps >= 1 and seconds >= 3, got fps {fps}, seconds {seconds}")
-    started = time.perf_counter()
-    out = Path(out)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    n_train = videos - test_videos
 
-    # Test: time-reversed pairs with keys unique in the whole split (and absent from training).
+
+def _test_scenes(rng: np.random.Generator, seconds: float, count: int) -> tuple[list[SceneSpec], set]:
+    """Draw the test split, shuffled, and the set of its scene keys (each unique in the split)."""
+    # Time-reversed pairs with keys unique in the whole split (and, see _train_scenes, absent from training).
     taken: set = set()
-    test_specs: list[SceneSpec] = []
-    while len(test_specs) < test_videos:
+    specs: list[SceneSpec] = []
+    while len(specs) < count:
         spec = _unique_scene(rng, seconds, taken)
-        group = [spec, reverse_scene(spec)] if test_videos - len(test_specs) >= 2 else [spec]
+        group = [spec, reverse_scene(spec)] if count - len(specs) >= 2 else [spec]
         for s in group:
             taken.add(scene_key(s))
-            test_specs.append(s)
-    order = rng.permutation(len(test_specs))
-    test_specs = [test_specs[i] for i in order]
-    pairs = sum(1 for s in test_specs if scene_key(reverse_scene(s)) in taken)
+            specs.append(s)
+    order = rng.permutation(len(specs))
+    return [specs[i] for i in order], taken
 
-    train_specs: list[SceneSpec] = []
-    while len(train_specs) < n_train:
+
+def _train_scenes(rng: np.random.Generator, seconds: float, count: int, taken: set) -> list[SceneSpec]:
+    """Draw the training split: scenes whose key and reverse key are not ``taken`` by the test split, about half of
+    them followed by their time reverse."""
+    specs: list[SceneSpec] = []
+    while len(specs) < count:
         spec = _random_scene(rng, seconds)
         if scene_key(spec) in taken or scene_key(reverse_scene(spec)) in taken:
             continue
-        train_specs.append(spec)
-        if len(train_specs) < n_train and rng.random() < 0.5:
-            train_specs.append(reverse_scene(spec))
+        specs.append(spec)
+        if len(specs) < count and rng.random() < 0.5:
+            specs.append(reverse_scene(spec))
+    return specs
 
-    specs = train_specs + test_specs
-    ids = [f"video{i}" for i in range(videos)]
+
+def _reverse_pairs(test_specs: list[SceneSpec], taken: set) -> int:
+    """How many test scenes have their time reverse in the test split (twice the number of pairs)."""
+    return sum(1 for s in test_specs if scene_key(reverse_scene(s)) in taken)
+
+
+def _write_videos(out: Path, ids: list[str], specs: list[SceneSpec], size: int, fps: int, seconds: int,
+                  progress: bool) -> None:
+    """Render and write ``videos/<id>.mp4`` for every scene; the first one is read back (see _check_readable)."""
+    from rap_deploy.data.progress import progress_bar
+
     times = np.arange(fps * seconds) / fps
-    with progress_bar(videos, "rendering videos", enabled=progress) as advance:
+    with progress_bar(len(ids), "rendering videos", enabled=progress) as advance:
         for i, (vid, spec) in enumerate(zip(ids, specs, strict=True)):
             write_video(out / "videos" / f"{vid}.mp4", render_scene(spec, times, size, seconds), fps)
             if i == 0:
                 _check_readable(out / "videos" / f"{vid}.mp4", size)
             advance()
 
+
+def _annotations(ids: list[str], specs: list[SceneSpec], n_train: int, seed: int, seconds: int,
+                 captions_per_video: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``videos`` and ``sentences`` entries of ``MSRVTT_data.json`` and the rows of the test csv."""
     cap_rng = np.random.default_rng([seed, 1])
     sentences, video_items, test_rows = [], [], []
     for i, (vid, spec) in enumerate(zip(ids, specs, strict=True)):
@@ -504,28 +542,26 @@ def generate_synthetic_dataset(
         if split == "test":
             row = {"key": f"ret{len(test_rows)}", "vid_key": f"msr{i}", "video_id": vid, "sentence": caps[0]}
             test_rows.append(row)
-    info = {
+    return video_items, sentences, test_rows
+
+
+def _info(seed: int, size: int, fps: int, seconds: int) -> dict[str, Any]:
+    """The ``info`` block of ``MSRVTT_data.json`` (what :func:`load_scenes` checks and returns)."""
+    return {
         "description": "rapdeploy synthetic text-video retrieval dataset (moving shapes), MSR-VTT layout",
         "format": FORMAT, "seed": seed, "size": size, "fps": fps, "seconds": seconds,
         "colours": list(COLOURS), "shapes": list(SHAPES), "actions": list(ACTIONS),
     }
-    write_text_atomic(out / "MSRVTT_train.9k.csv", _csv([{"video_id": v} for v in ids[:n_train]], ["video_id"]))
+
+
+def _write_annotation_files(out: Path, train_ids: list[str], test_rows: list[dict[str, Any]],
+                            video_items: list[dict[str, Any]], sentences: list[dict[str, Any]],
+                            info: dict[str, Any]) -> None:
+    """Write the train and test csvs, then ``MSRVTT_data.json``."""
+    write_text_atomic(out / "MSRVTT_train.9k.csv", _csv([{"video_id": v} for v in train_ids], ["video_id"]))
     write_text_atomic(out / "MSRVTT_JSFUSION_test.csv", _csv(test_rows, ["key", "vid_key", "video_id", "sentence"]))
     # The JSON goes last: a folder with it is complete.
     write_json_atomic(out / "MSRVTT_data.json", {"info": info, "videos": video_items, "sentences": sentences})
-    return {
-        "out": str(out),
-        "videos": videos,
-        "train_videos": n_train,
-        "test_videos": test_videos,
-        "test_reverse_pairs": pairs // 2,
-        "sentences": len(sentences),
-        "size": size,
-        "fps": fps,
-        "seconds_per_video": seconds,
-        "seed": seed,
-        "elapsed_s": round(time.perf_counter() - started, 2),
-    }
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -549,98 +585,3 @@ def load_scenes(data_root: str | os.PathLike[str]) -> tuple[dict[str, SceneSpec]
     if info.get("format") != FORMAT:
         raise UsageError(f"{path} is not a rapdeploy synthetic dataset (info.format != {FORMAT})")
     return {v["video_id"]: SceneSpec.from_dict(v["synth"]) for v in data["videos"]}, info
-
-
-# ------------------------------------------------------------------------------------------------------- stills
-
-
-def generate_stills(n: int, seed: int, size: int = 96, position_twins: bool = False
-                    ) -> tuple[np.ndarray, list[str]]:
-    """Return ``(images uint8 [n, size, size, 3], captions)``: still frames of the synthetic world.
-
-    One or two objects with the videos' colours, shapes, sizes and background, each inside a cell of a 3x3 grid;
-    captions name colour, size, shape and position ("a big red circle at the top left and a small blue square in the
-    center"), never motion. Deterministic for a seed.
-
-    With ``position_twins`` every odd still ``2k+1`` shows the objects of still ``2k`` (same colour, shape, size and
-    scale) moved to other cells, so a batch holding both needs position to tell them apart (a hard negative for the
-    contrastive loss); ``n`` must then be even.
-    """
-    if n < 0 or size < 16:
-        raise UsageError(f"need n >= 0 and size >= 16, got n {n}, size {size}")
-    if position_twins and n % 2:
-        raise UsageError(f"position twins need an even number of stills, got {n}")
-    rng = np.random.default_rng([seed, 7])
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
-    captions: list[str] = []
-    cells = list(POSITIONS)
-    objects: list[SynthObject] = []
-    for k in range(n):
-        if position_twins and k % 2:
-            objects = _position_twin(rng, objects, cells)
-            images[k] = render_scene(SceneSpec(tuple(objects), ()), np.zeros(1), size, 2.0)[0]
-            captions.append(_still_caption(rng, objects))
-            continue
-        while True:
-            n_obj = 1 + int(rng.integers(2))
-            looks = set()
-            while len(looks) < n_obj:
-                looks.add((list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))]))
-            chosen = [cells[int(i)] for i in rng.choice(len(cells), size=n_obj, replace=False)]
-            objects = []
-            for (colour, shape), (col, row) in zip(sorted(looks), chosen, strict=True):
-                sz = ("small", "big")[int(rng.integers(2))]
-                scale = float(rng.uniform(*SCALE_RANGE))
-                margin = SIZE_RADIUS[sz] * scale + EDGE
-                x = _in_cell(rng, col, margin)
-                y = _in_cell(rng, row, margin)
-                objects.append(SynthObject(colour, shape, sz, x, y, scale))
-            if n_obj == 1 or _apart(objects):
-                break
-        rng.shuffle(objects)
-        spec = SceneSpec(tuple(objects), ())
-        images[k] = render_scene(spec, np.zeros(1), size, 2.0)[0]
-        captions.append(_still_caption(rng, objects))
-    return images, captions
-
-
-def _still_caption(rng: np.random.Generator, objects: list[SynthObject]) -> str:
-    phrases = [
-        f"a {SIZE_WORDS[o.size][int(rng.integers(2))]} {o.colour} {o.shape} {POSITIONS[_cell(o.x, o.y)]}"
-        for o in objects
-    ]
-    text = " and ".join(phrases)
-    return text if rng.random() < 0.7 else f"there is {text}"
-
-
-def _position_twin(rng: np.random.Generator, originals: list[SynthObject], cells: list[tuple[int, int]]
-                   ) -> list[SynthObject]:
-    """``originals`` redrawn in other cells of the 3x3 grid (every object leaves its cell), in the same order."""
-    old = [_cell(o.x, o.y) for o in originals]
-    while True:
-        free = [c for c in cells if c not in old] if len(old) == 1 else cells
-        chosen = [free[int(i)] for i in rng.choice(len(free), size=len(old), replace=False)]
-        if any(c == o for c, o in zip(chosen, old, strict=True)):
-            continue
-        objects = []
-        for o, (col, row) in zip(originals, chosen, strict=True):
-            margin = SIZE_RADIUS[o.size] * o.scale + EDGE
-            objects.append(replace(o, x=_in_cell(rng, col, margin), y=_in_cell(rng, row, margin)))
-        if len(objects) == 1 or _apart(objects):
-            return objects
-
-
-def _in_cell(rng: np.random.Generator, cell: int, margin: float) -> float:
-    lo = max(cell / 3.0 + 0.03, margin)
-    hi = min((cell + 1) / 3.0 - 0.03, 1.0 - margin)
-    return float(rng.uniform(lo, hi)) if lo < hi else float(min(max((cell + 0.5) / 3.0, margin), 1.0 - margin))
-
-
-def _cell(x: float, y: float) -> tuple[int, int]:
-    return min(int(x * 3.0), 2), min(int(y * 3.0), 2)
-
-
-def _apart(objects: list[SynthObject]) -> bool:
-    a, b = objects
-    ra, rb = SIZE_RADIUS[a.size] * a.scale, SIZE_RADIUS[b.size] * b.scale
-    return float(np.hypot(a.x - b.x, a.y - b.y)) > 1.2 * (ra + rb) + EDGE

@@ -1,0 +1,129 @@
+"""Still images of the synthetic world (:mod:`rap_deploy.data.synth`), for pre-training the small backbone.
+
+One or two objects with the videos' colours, shapes, sizes and background, each inside a cell of a 3x3 grid, and
+captions about colour, size, shape and position only, never motion. The scene model, the constants and the renderer
+they share with the videos live in :mod:`rap_deploy.data.synth`; this module holds only what the stills add: the
+grid (:data:`POSITIONS`), the placement in its cells and the still captions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from rap_deploy.data.synth import (
+    COLOURS,
+    EDGE,
+    SCALE_RANGE,
+    SHAPES,
+    SIZE_RADIUS,
+    SIZE_WORDS,
+    SceneSpec,
+    SynthObject,
+    render_scene,
+)
+from rap_deploy.errors import UsageError
+
+POSITIONS = {  # (column, row) of a 3x3 grid -> phrase, for the still images
+    (0, 0): "at the top left", (1, 0): "at the top", (2, 0): "at the top right",
+    (0, 1): "on the left", (1, 1): "in the center", (2, 1): "on the right",
+    (0, 2): "at the bottom left", (1, 2): "at the bottom", (2, 2): "at the bottom right",
+}
+
+
+def generate_stills(n: int, seed: int, size: int = 96, position_twins: bool = False
+                    ) -> tuple[np.ndarray, list[str]]:
+    """Return ``(images uint8 [n, size, size, 3], captions)``: still frames of the synthetic world.
+
+    One or two objects with the videos' colours, shapes, sizes and background, each inside a cell of a 3x3 grid;
+    captions name colour, size, shape and position ("a big red circle at the top left and a small blue square in the
+    center"), never motion. Deterministic for a seed.
+
+    With ``position_twins`` every odd still ``2k+1`` shows the objects of still ``2k`` (same colour, shape, size and
+    scale) moved to other cells, so a batch holding both needs position to tell them apart (a hard negative for the
+    contrastive loss); ``n`` must then be even.
+    """
+    if n < 0 or size < 16:
+        raise UsageError(f"need n >= 0 and size >= 16, got n {n}, size {size}")
+    if position_twins and n % 2:
+        raise UsageError(f"position twins need an even number of stills, got {n}")
+    rng = np.random.default_rng([seed, 7])
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    captions: list[str] = []
+    cells = list(POSITIONS)
+    objects: list[SynthObject] = []
+    for k in range(n):
+        if position_twins and k % 2:
+            objects = _position_twin(rng, objects, cells)
+            images[k] = render_scene(SceneSpec(tuple(objects), ()), np.zeros(1), size, 2.0)[0]
+            captions.append(_still_caption(rng, objects))
+            continue
+        while True:
+            n_obj = 1 + int(rng.integers(2))
+            looks = set()
+            while len(looks) < n_obj:
+                looks.add((list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))]))
+            chosen = [cells[int(i)] for i in rng.choice(len(cells), size=n_obj, replace=False)]
+            objects = []
+            for (colour, shape), (col, row) in zip(sorted(looks), chosen, strict=True):
+                sz = ("small", "big")[int(rng.integers(2))]
+                scale = float(rng.uniform(*SCALE_RANGE))
+                margin = SIZE_RADIUS[sz] * scale + EDGE
+                x = _in_cell(rng, col, margin)
+                y = _in_cell(rng, row, margin)
+                objects.append(SynthObject(colour, shape, sz, x, y, scale))
+            if n_obj == 1 or _apart(objects):
+                break
+        rng.shuffle(objects)
+        spec = SceneSpec(tuple(objects), ())
+        images[k] = render_scene(spec, np.zeros(1), size, 2.0)[0]
+        captions.append(_still_caption(rng, objects))
+    return images, captions
+
+
+def _still_caption(rng: np.random.Generator, objects: list[SynthObject]) -> str:
+    """A random caption of a still: each object's size word, colour, shape and grid cell, joined by "and"."""
+    phrases = [
+        f"a {SIZE_WORDS[o.size][int(rng.integers(2))]} {o.colour} {o.shape} {POSITIONS[_cell(o.x, o.y)]}"
+        for o in objects
+    ]
+    text = " and ".join(phrases)
+    return text if rng.random() < 0.7 else f"there is {text}"
+
+
+def _position_twin(rng: np.random.Generator, originals: list[SynthObject], cells: list[tuple[int, int]]
+                   ) -> list[SynthObject]:
+    """``originals`` redrawn in other cells of the 3x3 grid (every object leaves its cell), in the same order."""
+    old = [_cell(o.x, o.y) for o in originals]
+    while True:
+        free = [c for c in cells if c not in old] if len(old) == 1 else cells
+        chosen = [free[int(i)] for i in rng.choice(len(free), size=len(old), replace=False)]
+        if any(c == o for c, o in zip(chosen, old, strict=True)):
+            continue
+        objects = []
+        for o, (col, row) in zip(originals, chosen, strict=True):
+            margin = SIZE_RADIUS[o.size] * o.scale + EDGE
+            objects.append(replace(o, x=_in_cell(rng, col, margin), y=_in_cell(rng, row, margin)))
+        if len(objects) == 1 or _apart(objects):
+            return objects
+
+
+def _in_cell(rng: np.random.Generator, cell: int, margin: float) -> float:
+    """A random coordinate in grid column/row ``cell``, 0.03 inside its borders and ``margin`` from the frame edge
+    (the cell centre, clamped, when that leaves no room)."""
+    lo = max(cell / 3.0 + 0.03, margin)
+    hi = min((cell + 1) / 3.0 - 0.03, 1.0 - margin)
+    return float(rng.uniform(lo, hi)) if lo < hi else float(min(max((cell + 0.5) / 3.0, margin), 1.0 - margin))
+
+
+def _cell(x: float, y: float) -> tuple[int, int]:
+    """The (column, row) of the 3x3 grid cell holding the point ``(x, y)`` (fractions of the frame)."""
+    return min(int(x * 3.0), 2), min(int(y * 3.0), 2)
+
+
+def _apart(objects: list[SynthObject]) -> bool:
+    """Whether the two objects' centres are more than 1.2x their summed radii plus ``EDGE`` apart (no overlap)."""
+    a, b = objects
+    ra, rb = SIZE_RADIUS[a.size] * a.scale, SIZE_RADIUS[b.size] * b.scale
+    return float(np.hypot(a.x - b.x, a.y - b.y)) > 1.2 * (ra + rb) + EDGE
