@@ -378,6 +378,10 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     other = runner.invoke(app, [*args, "--epochs", "2"])
     assert other.exit_code == 2 and "epochs = 1, not 2" in other.output and "--out" in other.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+    # ... and so would runs on another backbone (pre-trained for another epoch count: its own cached file)
+    other_backbone = runner.invoke(app, [*args, "--backbone-epochs", "3"])
+    assert other_backbone.exit_code == 2 and "pretrained = " in other_backbone.output, other_backbone.output
+    assert "-e3-" in other_backbone.output and (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
 
 
 def test_rap_light_and_no_asa_are_the_same_model():

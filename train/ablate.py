@@ -86,8 +86,9 @@ def _run_one(options: TrainOptions, progress: bool) -> dict[str, Any]:
 
 def _check_same_recipe(run_dir: Path, summary: dict[str, Any], options: TrainOptions) -> None:
     """Raise :class:`UsageError` when the run already in ``run_dir`` was trained with another recipe (epoch count,
-    batch size or variant) than ``options``: reading it back would put it in the wrong table."""
-    for key in ("epochs", "batch_size", "variant"):
+    batch size, variant or pre-trained backbone) than ``options``: reading it back would put it in the wrong table.
+    Summaries written before a key was recorded are not checked on it."""
+    for key in ("epochs", "batch_size", "variant", "pretrained"):
         wanted = getattr(options, key)
         if wanted is not None and key in summary and summary[key] != wanted:
             raise UsageError(f"{run_dir} holds a run trained with {key} = {summary[key]!r}, not {wanted!r}: pass "

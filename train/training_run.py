@@ -224,7 +224,8 @@ class TrainingRun:
         done = history[-1]["epoch"] if history else self.epoch0
         summary = {
             "run_dir": str(self.run_dir), "dataset": options.dataset, "variant": config.variant, "clip": config.clip,
-            "epochs": options.epochs, "epochs_done": done, "complete": done >= options.epochs,
+            "pretrained": options.pretrained, "epochs": options.epochs, "epochs_done": done,
+            "complete": done >= options.epochs,
             "steps": self.step, "batch_size": self.batch, "world_size": self.ctx.world_size,
             "device": self.ctx.device, "train_seconds": round(train_seconds, 3),
             "wall_seconds": round(time.perf_counter() - t_start, 3),

@@ -318,6 +318,10 @@ def ablate(
     tiny: bool = typer.Option(False, "--tiny", help="The tiny demo's world and recipe (a plumbing check)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="RAP epochs per run (default: the demo's "
                                       "recipe). A run folder trained with another count is refused: use --out."),
+    backbone_epochs: int | None = typer.Option(None, "--backbone-epochs", min=1, max=1000,
+                                               help="Pre-train the world's frozen backbone for this many epochs "
+                                                    "of stills (default: the demo's 4; another count is its own "
+                                                    "cached backbone, and its runs need their own --out)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
     json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
@@ -343,6 +347,8 @@ def ablate(
     sizes = DemoSizes.tiny() if tiny else DemoSizes()
     if epochs is not None:
         sizes = dataclasses.replace(sizes, epochs=epochs)
+    if backbone_epochs is not None:
+        sizes = dataclasses.replace(sizes, backbone_epochs=backbone_epochs)
     root = Path(world or workspace_root(workspace)).resolve()
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
     w = prepare_world(root, sizes, Steps(log), progress=not quiet, threads=threads)
