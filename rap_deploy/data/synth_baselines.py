@@ -36,7 +36,7 @@ def oracle_similarity(split: RetrievalSplit) -> np.ndarray:
 
     Raises :class:`UsageError` if the split is not from a synthetic dataset.
     """
-    scenes, _ = _scenes(split)
+    scenes, _ = synthetic_scenes(split)
     video_keys = [scene_key(scenes[v.video_id]) for v in split.videos]
     sim = np.zeros((split.num_captions, split.num_videos), dtype=np.float32)
     for c, caption in enumerate(split.captions):
@@ -57,7 +57,7 @@ def order_blind_baseline(
     ``reverse_pairs`` (test videos whose time reverse is also in the split). ``preprocess`` defaults to the videos'
     own size. Raises :class:`UsageError` for a non-synthetic split and ``VideoDecodeError`` for a bad video.
     """
-    scenes, info = _scenes(split)
+    scenes, info = synthetic_scenes(split)
     size, fps, seconds = int(info["size"]), int(info["fps"]), float(info["seconds"])
     preprocess = preprocess or PreprocessConfig(image_size=size)
     cache = cache or FrameCache(None)
@@ -114,9 +114,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b.T
 
 
-def _scenes(split: RetrievalSplit) -> tuple[dict, dict]:
+def synthetic_scenes(split: RetrievalSplit) -> tuple[dict, dict]:
+    """``(scene of every video id, info block)`` of the synthetic dataset ``split`` was read from.
+
+    Raises :class:`UsageError` for a split that was not written by ``rapdeploy synth``."""
     if split.dataset != "msrvtt" or split.data_root is None:
-        raise UsageError("the synthetic baselines need the msrvtt-layout split written by rapdeploy synth")
+        raise UsageError("this needs the msrvtt-layout split written by rapdeploy synth")
     return load_scenes(split.data_root)
 
 

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.data.datasets import RetrievalSplit
-from rap_deploy.data.synth import SceneSpec, load_scenes, reverse_scene, scene_key
+from rap_deploy.data.synth import SceneSpec, reverse_scene, scene_key
+from rap_deploy.data.synth_baselines import synthetic_scenes
 from rap_deploy.errors import UsageError
 
 KINDS = ("correct", "time_reverse", "other_event_count", "same_objects", "other_shapes", "same_actions", "other")
@@ -102,9 +103,7 @@ def top1_mistakes(sim: np.ndarray, caption_video: Sequence[int], scenes: Sequenc
 def split_scenes(split: RetrievalSplit) -> list[SceneSpec]:
     """The scene of every video of ``split`` in split order. Raises :class:`UsageError` for a split that was not
     written by ``rapdeploy synth``, or a video the annotation file has no scene for."""
-    if split.dataset != "msrvtt" or split.data_root is None:
-        raise UsageError("the mistake breakdown needs the msrvtt-layout split written by rapdeploy synth")
-    scenes, _ = load_scenes(split.data_root)
+    scenes, _ = synthetic_scenes(split)
     missing = [v.video_id for v in split.videos if v.video_id not in scenes]
     if missing:
         raise UsageError(f"{Path(split.data_root) / 'MSRVTT_data.json'} has no scene for {missing[:3]}; regenerate "
@@ -113,26 +112,29 @@ def split_scenes(split: RetrievalSplit) -> list[SceneSpec]:
 
 
 def checkpoint_mistakes(checkpoint: str | Path, data_root: str | Path, cache_dir: str | Path | None = None,
-                        top_m: int = 100, progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True) -> dict[str, Any]:
     """Encode the test split of the synthetic dataset at ``data_root`` with ``checkpoint`` (PyTorch, CPU) and return
     ``{"full": ..., "meanp": ...}``: :func:`top1_mistakes` of its full similarity (the ASA head's, meanP for a model
     without one) and of stage 1 alone, plus ``R1`` of each. Raises what loading the checkpoint and data raise."""
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.data.cache import FrameCache
     from rap_deploy.data.datasets import load_split
+    from rap_deploy.metrics import retrieval_metrics
     from rap_deploy.model_encoder import ModelEncoder
-    from rap_deploy.retrieval import evaluate
+    from rap_deploy.retrieval import encode_texts, encode_videos, full_similarity, meanp_similarity, usable_videos
 
     model = load_checkpoint(checkpoint).build_model().eval()
+    encoder, cache = ModelEncoder(model), FrameCache(cache_dir)
     split = load_split("msrvtt", data_root, "test", max_frames=model.config.frames)
-    result = evaluate(ModelEncoder(model), split, FrameCache(cache_dir), top_m=top_m, progress=progress,
-                      return_scores=True)
-    scored = result["scores"]["split"]
-    scenes = split_scenes(scored)
+    split, _ = usable_videos(split, cache, encoder.config, progress)
+    scenes = split_scenes(split)
+    index = encode_videos(encoder, split, cache, progress=progress)
+    text_emb = encode_texts(encoder, split.captions)
     out = {}
-    for name, sim_name in (("full", "asa"), ("meanp", "meanp")):
-        out[name] = {"R1": result[sim_name]["t2v"]["R1"],
-                     **top1_mistakes(result["scores"]["sims"][sim_name], scored.caption_video, scenes)}
+    for name, sim in (("full", full_similarity(encoder, text_emb, index, progress=progress)),
+                      ("meanp", meanp_similarity(text_emb, index))):
+        out[name] = {"R1": retrieval_metrics(sim, split.caption_video)["t2v"]["R1"],
+                     **top1_mistakes(sim, split.caption_video, scenes)}
     return out
 
 
