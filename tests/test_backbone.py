@@ -127,3 +127,91 @@ def test_pretrain_backbone_cli_rejects_an_unknown_position_init(tmp_path):
                                       "rap-micro", "--size", "32", "--train-stills", "8", "--test-stills", "4",
                                       "--position-init", "spiral", "--quiet"])
     assert result.exit_code == 2 and "position_init" in result.output and not (tmp_path / "b.safetensors").exists()
+
+
+def _micro_clip():
+    from rap_deploy.train.backbone import _create_model, _init_position_table
+
+    model = _create_model("rap-micro", 0)
+    _init_position_table(model, "rap-micro", "sincos")
+    return model.eval()
+
+
+def test_kept_token_tower_equals_open_clip_when_every_token_is_kept_and_captions_trim_exactly():
+    from rap_deploy.data.synth_stills import generate_stills
+    from rap_deploy.tokenizer import tokenize
+    from rap_deploy.train.backbone_eval import image_and_patches
+    from rap_deploy.train.backbone_tokens import encode_captions, image_and_kept_patches
+
+    model = _micro_clip()
+    grid = tuple(model.visual.grid_size)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    every = torch.arange(grid[0] * grid[1]).expand(3, -1)
+    with torch.no_grad():
+        pooled, patches = image_and_patches(model, images)
+        kept_pooled, kept_patches = image_and_kept_patches(model, images, every)
+        assert torch.allclose(pooled, kept_pooled, atol=1e-6) and torch.allclose(patches, kept_patches, atol=1e-6)
+        # a subset: each kept token is the tower's output for that patch index, in the order asked for
+        subset = torch.tensor([[3, 0], [1, 2], [0, 3]])
+        _, sub = image_and_kept_patches(model, images, subset)
+        assert sub.shape == (3, 2, patches.shape[2])
+        assert not torch.allclose(sub[0, 0], patches[0, 3], atol=1e-3)  # other tokens attended: not the same
+        from rap_deploy.config import TokenizerConfig
+
+        _, captions = generate_stills(6, 0, 32)
+        ids = torch.from_numpy(tokenize(captions, TokenizerConfig(context_length=32))[0]).long()
+        assert int(ids.argmax(-1).max()) + 1 < ids.shape[1]  # the captions are shorter than the context
+        assert torch.allclose(encode_captions(model, ids), model.encode_text(ids, normalize=True), atol=1e-6)
+
+
+def test_object_first_tokens_keep_every_object_patch_that_fits():
+    from rap_deploy.train.backbone_tokens import keep_count, object_first_tokens
+
+    on_object = torch.zeros(4, 16, dtype=torch.bool)
+    on_object[0, [1, 5, 9]] = True
+    on_object[1, :] = True  # more object patches than fit: a random subset of them
+    on_object[3, [15]] = True
+    kept = object_first_tokens(on_object, 0.25, torch.Generator().manual_seed(0))
+    assert kept.shape == (4, keep_count(16, 0.25)) == (4, 4)
+    assert {1, 5, 9} <= set(kept[0].tolist()) and 15 in kept[3].tolist()
+    assert all(len(set(row.tolist())) == 4 for row in kept)  # no patch twice
+    again = object_first_tokens(on_object, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(kept, again)  # seeded
+    assert keep_count(64, 0.01) == 1 and keep_count(64, 1.0) == 64
+
+
+def test_pretrain_backbone_with_token_dropping_records_it_and_refuses_bad_fractions(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "kept.safetensors"
+    args = ["pretrain-backbone", "--out", str(out), "--clip", "rap-micro", "--size", "32", "--train-stills", "32",
+            "--test-stills", "8", "--epochs", "2", "--batch-size", "16", "--quiet"]
+    result = runner.invoke(app, [*args, "--patch-keep", "0.5", "--unmasked-epochs", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["patch_keep"] == 0.5 and info["masked_epochs"] == 1 and info["steps"] == 4
+    assert np.isfinite(info["final_loss"]) and read_backbone_info(out)["patch_keep"] == 0.5
+    for flag, value in (("--patch-keep", "0"), ("--patch-keep", "1.5"), ("--unmasked-epochs", "3")):
+        bad = runner.invoke(app, [*args, flag, value])
+        assert bad.exit_code == 2 and flag in bad.output, bad.output
+
+
+def test_compact_token_embedding_trains_only_used_rows_and_writes_them_back():
+    from rap_deploy.train.backbone_tokens import compact_token_embedding
+
+    model = _micro_clip()
+    full = model.token_embedding
+    before = full.weight.detach().clone()
+    ids = torch.nn.functional.pad(torch.tensor([[49406, 320, 1746, 49407], [49406, 2102, 49407, 0]]), (0, 28))
+    reference = model.encode_text(ids, normalize=True).detach()
+    with compact_token_embedding(model, ids) as compact:
+        assert model.token_embedding.weight.shape[0] == 6 and compact.max() == 5
+        assert compact.argmax(-1).tolist() == [3, 2]  # the end-of-text token is still the largest id
+        assert torch.allclose(model.encode_text(compact, normalize=True), reference, atol=1e-6)  # same function
+        with torch.no_grad():
+            model.token_embedding.weight.add_(1.0)  # "training"
+    assert model.token_embedding is full
+    used = torch.tensor([0, 320, 1746, 2102, 49406, 49407])
+    assert torch.allclose(full.weight[used], before[used] + 1.0)
+    untouched = torch.ones(before.shape[0], dtype=torch.bool)
+    untouched[used] = False
+    assert torch.equal(full.weight[untouched], before[untouched])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,13 @@ from rap_deploy.train.backbone_eval import (
     image_and_patches,
     patch_object_precision,
     reverse_caption_similarity,
+)
+from rap_deploy.train.backbone_tokens import (
+    check_token_dropping,
+    compact_token_embedding,
+    encode_captions,
+    image_and_kept_patches,
+    object_first_tokens,
 )
 
 if TYPE_CHECKING:
@@ -149,7 +156,7 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
                       seed: int = 0, clip: str = DEFAULT_CLIP, batch_size: int = 128, lr: float = 2e-3,
                       weight_decay: float = 0.1, warmup: float = 0.1, patch_weight: float = 1.0,
                       text_weight: float = 0.0, text_batch: int = 64, position_twins: bool = False,
-                      position_init: str = "sincos",
+                      position_init: str = "sincos", patch_keep: float = 1.0, unmasked_epochs: int = 1,
                       data_root: str | Path | None = None, progress: bool = True,
                       threads: int | None = None) -> dict[str, Any]:
     """Train ``clip`` from scratch on ``n_train`` synthetic stills and write it to ``out`` (``.safetensors``).
@@ -187,6 +194,11 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     Measured: alone it lifts position only 18.9 → 22.1 % and costs i2t (23.3 → 19.0); with ``sincos`` it costs i2t
     34.8 → 20.3 and position 35.7 → 20.9. Kept as an opt-in.
 
+    ``patch_keep`` (default 1: every token) runs the image tower of each training step on that fraction of each
+    still's patch tokens, the object patches first (:mod:`rap_deploy.train.backbone_tokens`); the last
+    ``unmasked_epochs`` epochs see every token, so the tower ends on the token set it is evaluated and used with.
+    Captions are always encoded up to the batch's longest one (exact).
+
     After training, the held-out metrics (:func:`heldout_metrics`, on ``n_test`` stills from another seed) are
     computed and stored with the weights. Returns the info dict stored in the file (metrics, seconds, seed,
     settings) plus ``out``.
@@ -196,11 +208,16 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     from rap_deploy.config import PreprocessConfig, TokenizerConfig
 
     out = _checked_pretrain_out(out, n_train, n_test, epochs, batch_size)
+    if not 0.0 < patch_keep <= 1.0 or not 0 <= unmasked_epochs <= epochs:
+        raise UsageError(f"need 0 < patch_keep <= 1 and 0 <= unmasked_epochs <= epochs; got {patch_keep}, "
+                         f"{unmasked_epochs} (epochs {epochs})")
     if threads:
         torch.set_num_threads(threads)
     t0, cpu0 = time.perf_counter(), time.process_time()
     model = _create_model(clip, seed)
     _init_position_table(model, clip, position_init)
+    if patch_keep < 1.0:
+        check_token_dropping(model, clip)
     cfg = PreprocessConfig(image_size=_image_size(model))
     tok = TokenizerConfig(context_length=int(model.positional_embedding.shape[0]))
     if position_twins and (n_train % 2 or batch_size % 2):
@@ -210,10 +227,10 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     t_data = time.perf_counter() - t0
 
     schedule = _Schedule.of(n_train, batch_size, epochs, warmup)
-    opt = _adamw(model, lr, weight_decay)
     recipe = _Recipe(seed=seed, epochs=epochs, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
-                     text_batch=text_batch, position_twins=position_twins)
-    losses = _train_epochs(model, opt, train, schedule, recipe, cfg, tok, progress)
+                     text_batch=text_batch, position_twins=position_twins, patch_keep=patch_keep,
+                     masked_epochs=epochs - unmasked_epochs if patch_keep < 1.0 else 0)
+    losses = _optimise(model, train, schedule, recipe, weight_decay, cfg, tok, progress)
     t_train = time.perf_counter() - t0 - t_data
     metrics = _heldout_evaluation(model, test, cfg, tok, seed)
     seconds = time.perf_counter() - t0
@@ -222,7 +239,7 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
         "clip": clip, "seed": seed, "size": size, "image_size": cfg.image_size, "n_train": n_train, "n_test": n_test,
         "epochs": epochs, "steps": len(losses), "batch_size": schedule.batch, "lr": lr, "weight_decay": weight_decay,
         "patch_weight": patch_weight, "text_weight": text_weight, "position_twins": position_twins,
-        "position_init": position_init,
+        "position_init": position_init, "patch_keep": patch_keep, "masked_epochs": recipe.masked_epochs,
         "warmup_steps": schedule.warm,
         "final_loss": float(np.mean(losses[-max(1, schedule.steps_per_epoch // 4):])),
         "first_loss": losses[0], "logit_scale": float(model.logit_scale.detach().exp()), "heldout": metrics,
@@ -281,6 +298,8 @@ class _Recipe:
     text_weight: float
     text_batch: int
     position_twins: bool
+    patch_keep: float = 1.0
+    masked_epochs: int = 0
 
 
 def _checked_pretrain_out(out: str | Path, n_train: int, n_test: int, epochs: int, batch_size: int) -> Path:
@@ -335,6 +354,19 @@ def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.opti
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
 
+def _optimise(model: torch.nn.Module, train: _Stills, schedule: _Schedule, recipe: _Recipe, weight_decay: float,
+              cfg: PreprocessConfig, tok: TokenizerConfig, progress: bool) -> list[float]:
+    """AdamW over ``model`` for the whole schedule; returns the loss of every step. Without the text loss (whose
+    captions are made on the fly) only the token-embedding rows of the training captions are trained
+    (:func:`compact_token_embedding`)."""
+    if recipe.text_weight > 0:
+        return _train_epochs(model, _adamw(model, recipe.lr, weight_decay), train, schedule, recipe, cfg, tok,
+                             progress)
+    with compact_token_embedding(model, train.ids) as ids:
+        opt = _adamw(model, recipe.lr, weight_decay)
+        return _train_epochs(model, opt, replace(train, ids=ids), schedule, recipe, cfg, tok, progress)
+
+
 def _train_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer, train: _Stills, schedule: _Schedule,
                   recipe: _Recipe, cfg: PreprocessConfig, tok: TokenizerConfig, progress: bool
                   ) -> list[float]:
@@ -343,18 +375,20 @@ def _train_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer, train: _St
     from rap_deploy.train.schedule import cosine_lr
 
     gen = torch.Generator().manual_seed(recipe.seed)
+    token_gen = torch.Generator().manual_seed(recipe.seed + 7)
     text_rng = np.random.default_rng([recipe.seed, 13])
     losses: list[float] = []
     step = 0
     model.train()
     with progress_bar(schedule.total, "pre-training backbone", progress) as advance:
-        for _epoch in range(recipe.epochs):
+        for epoch in range(recipe.epochs):
+            keep = recipe.patch_keep if epoch < recipe.masked_epochs else 1.0
             perm = _shuffled_order(schedule.n_train, gen, recipe.position_twins)
             for i in range(schedule.steps_per_epoch):
                 idx = perm[i * schedule.batch:(i + 1) * schedule.batch]
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(step, schedule.total, recipe.lr, schedule.warm)
-                loss = _batch_loss(model, train, idx, recipe, cfg, tok, text_rng)
+                loss = _batch_loss(model, train, idx, recipe, cfg, tok, text_rng, keep, token_gen)
                 _optimizer_step(model, opt, loss)
                 losses.append(float(loss.detach()))
                 step += 1
@@ -363,19 +397,27 @@ def _train_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer, train: _St
 
 
 def _batch_loss(model: torch.nn.Module, train: _Stills, idx: torch.Tensor, recipe: _Recipe, cfg: PreprocessConfig,
-                tok: TokenizerConfig, text_rng: np.random.Generator) -> torch.Tensor:
-    """The loss of the stills ``idx``: CLIP's contrastive loss plus the weighted localisation and text terms."""
+                tok: TokenizerConfig, text_rng: np.random.Generator, keep: float = 1.0,
+                token_gen: torch.Generator | None = None) -> torch.Tensor:
+    """The loss of the stills ``idx``: CLIP's contrastive loss plus the weighted localisation and text terms; with
+    ``keep < 1`` the image tower sees only :func:`object_first_tokens` (and the localisation term those tokens)."""
     from rap_deploy.preprocess import normalize
     from rap_deploy.tokenizer import tokenize
     from rap_deploy.train.captions import caption_pair_batch
     from rap_deploy.train.losses import symmetric_info_nce
 
-    img, patches = image_and_patches(model, normalize(train.images[idx], cfg))
-    txt = model.encode_text(train.ids[idx], normalize=True)
+    on_object = train.on_object[idx]
+    if keep < 1.0:
+        kept = object_first_tokens(on_object, keep, token_gen or torch.Generator().manual_seed(recipe.seed))
+        img, patches = image_and_kept_patches(model, normalize(train.images[idx], cfg), kept)
+        on_object = torch.gather(on_object, 1, kept)
+    else:
+        img, patches = image_and_patches(model, normalize(train.images[idx], cfg))
+    txt = encode_captions(model, train.ids[idx])
     scale = model.logit_scale.exp()
     loss = _clip_loss(scale * img @ txt.T)
     if recipe.patch_weight > 0:
-        loss = loss + recipe.patch_weight * localisation_loss(patches, txt, train.on_object[idx], scale)
+        loss = loss + recipe.patch_weight * localisation_loss(patches, txt, on_object, scale)
     if recipe.text_weight > 0:
         cap_a, cap_b, same = caption_pair_batch(text_rng, recipe.text_batch)
         ta = model.encode_text(torch.from_numpy(tokenize(cap_a, tok)[0]).long(), normalize=True)

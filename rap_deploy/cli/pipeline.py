@@ -27,15 +27,16 @@ class DemoSizes:
     """How big the offline world is and the training recipe. ``default`` fits 15 minutes on a 2-core CPU; ``tiny``
     is for tests. ``rapdeploy ablate`` trains every ablation row with this recipe.
 
-    Where the 15 minutes go (CPU-seconds on one core of the development machine, see the README): backbone
-    pre-training ~390, verify of two engines ~240 (each runs the PyTorch reference and the engine over the test
-    split), one RAP epoch ~195 (93 steps of 16: every caption of the 300 training videos), one evaluation of the
-    200-video test split ~67 (full ASA similarity 40, two-stage 16, encoding 11), bench ~30, synth ~18. Batches of 16
-    take 2.8× more steps per CPU-second than 32 at 1.4× the samples, which is what a short schedule needs.
+    Where the 15 minutes go (wall seconds at two threads on the 2-core development machine, see the README):
+    backbone pre-training ~370, two RAP epochs ~250 (93 steps of 16 each: every caption of the 300 training videos),
+    three evaluations of the 200-video test split ~70 (epoch 0 is the zero-shot row), verify of two engines ~75, bench
+    ~40, synth ~15.
 
-    Three epochs (279 steps, one cosine schedule over all three): measured over seeds 0, 1, 2 with this world and
-    backbone, RAP's t2v R@1 is 25.7 ± 1.0 after three epochs against 22.2 ± 2.1 after one, LoRM alone (``--no-asa``)
-    23.2 ± 1.5 against 19.2 ± 1.6, and the selection rule picked the last epoch in all six runs.
+    The backbone is what decides RAP's gain here: pre-trained for 4 epochs (image→caption R@1 35 on held-out stills)
+    three RAP epochs reached zero-shot + 5.2 t2v R@1 over three seeds; pre-trained for 12 epochs (R@1 84.8) +19.0.
+    Twelve full epochs cost three times four, so 11 of the 12 run on half of each still's patch tokens, object
+    patches first (``backbone_patch_keep``; 0.25 lost size and shape: image→caption R@1 38.0), and the last on all
+    of them; two RAP epochs then fit the budget (three seeds: see the README's ablation).
     """
 
     videos: int = 500
@@ -44,11 +45,13 @@ class DemoSizes:
     seed: int = 0
     backbone_clip: str = "rap-tiny"
     backbone_train: int = 6000
-    backbone_epochs: int = 4
+    backbone_epochs: int = 12
     backbone_text_weight: float = 0.0
     backbone_position_init: str = "sincos"
+    backbone_patch_keep: float = 0.5
+    backbone_unmasked_epochs: int = 1
     frames: int = 12
-    epochs: int = 3
+    epochs: int = 2
     epoch_unit: str = "caption"
     batch_size: int = 16
     lr: float = 5e-3
@@ -114,15 +117,23 @@ def prepare_world(out: Path, sizes: DemoSizes, steps: Steps, progress: bool, thr
     cache_root = out / "cache"
     backbone = cache_root / "backbones" / (f"{sizes.backbone_clip}-s{sizes.seed}-px{sizes.size}-n{sizes.backbone_train}"
                                            f"-e{sizes.backbone_epochs}-t{sizes.backbone_text_weight:g}"
-                                           f"-p{sizes.backbone_position_init}.safetensors")
+                                           f"-p{sizes.backbone_position_init}{_keep_tag(sizes)}.safetensors")
     steps.run("synth", data / "MSRVTT_data.json", lambda: generate_synthetic_dataset(
         data, videos=sizes.videos, test_videos=sizes.test_videos, seed=sizes.seed, size=sizes.size,
         progress=progress))
     steps.run("pretrain-backbone", backbone, lambda: pretrain_backbone(
         backbone, size=sizes.size, n_train=sizes.backbone_train, epochs=sizes.backbone_epochs, seed=sizes.seed,
         clip=sizes.backbone_clip, text_weight=sizes.backbone_text_weight, position_init=sizes.backbone_position_init,
+        patch_keep=sizes.backbone_patch_keep, unmasked_epochs=sizes.backbone_unmasked_epochs,
         progress=progress, threads=threads))
     return World(data, backbone, cache_root / "frames")
+
+
+def _keep_tag(sizes: DemoSizes) -> str:
+    """The backbone file name's token-dropping part: empty when every token is seen."""
+    if sizes.backbone_patch_keep >= 1.0:
+        return ""
+    return f"-k{sizes.backbone_patch_keep:g}u{sizes.backbone_unmasked_epochs}"
 
 
 def _done(path: Path) -> bool:
