@@ -382,8 +382,8 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     other_backbone = runner.invoke(app, [*args, "--backbone-epochs", "3"])
     assert other_backbone.exit_code == 2 and "pretrained = " in other_backbone.output, other_backbone.output
     assert "-e3-" in other_backbone.output and (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
-    dropped = runner.invoke(app, [*args, "--backbone-patch-keep", "0.5"])  # a token-dropping backbone: its own file
-    assert dropped.exit_code == 2 and "-k0.5u1." in dropped.output, dropped.output
+    every_token = runner.invoke(app, [*args, "--backbone-patch-keep", "1"])  # no token dropping: its own file
+    assert every_token.exit_code == 2 and "-psincos.safetensors" in every_token.output, every_token.output
 
 
 def test_rap_light_and_no_asa_are_the_same_model():
