@@ -398,9 +398,10 @@ def _train_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer, train: _St
 
 def _batch_loss(model: torch.nn.Module, train: _Stills, idx: torch.Tensor, recipe: _Recipe, cfg: PreprocessConfig,
                 tok: TokenizerConfig, text_rng: np.random.Generator, keep: float = 1.0,
-                token_gen: torch.Generator | None = None) -> torch.Tensor:
+                token_gen: torch.Generator | None = None, trim_captions: bool = True) -> torch.Tensor:
     """The loss of the stills ``idx``: CLIP's contrastive loss plus the weighted localisation and text terms; with
-    ``keep < 1`` the image tower sees only :func:`object_first_tokens` (and the localisation term those tokens)."""
+    ``keep < 1`` the image tower sees only :func:`object_first_tokens` (and the localisation term those tokens).
+    ``trim_captions=False`` runs the text tower on the whole context (the same result, slower: for measuring)."""
     from rap_deploy.preprocess import normalize
     from rap_deploy.tokenizer import tokenize
     from rap_deploy.train.captions import caption_pair_batch
@@ -413,7 +414,8 @@ def _batch_loss(model: torch.nn.Module, train: _Stills, idx: torch.Tensor, recip
         on_object = torch.gather(on_object, 1, kept)
     else:
         img, patches = image_and_patches(model, normalize(train.images[idx], cfg))
-    txt = encode_captions(model, train.ids[idx])
+    ids = train.ids[idx]
+    txt = encode_captions(model, ids) if trim_captions else model.encode_text(ids, normalize=True)
     scale = model.logit_scale.exp()
     loss = _clip_loss(scale * img @ txt.T)
     if recipe.patch_weight > 0:
