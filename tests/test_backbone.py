@@ -220,7 +220,7 @@ def test_compact_token_embedding_trains_only_used_rows_and_writes_them_back():
 def test_backbone_cost_script_times_every_variant(capsys):
     from rap_deploy.train.backbone_cost import main
 
-    main(["--clip", "rap-micro", "--batch", "8", "--repeats", "1", "--threads", "1", "--json"])
+    main(["--clip", "rap-micro", "--batch", "8", "--repeats", "1", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert list(result["steps"]) == ["every token, full caption context", "every token, captions trimmed",
                                      "half the tokens, captions trimmed", "a quarter of the tokens, captions trimmed"]
