@@ -197,7 +197,11 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     ``patch_keep`` (default 1: every token) runs the image tower of each training step on that fraction of each
     still's patch tokens, the object patches first (:mod:`rap_deploy.train.backbone_tokens`); the last
     ``unmasked_epochs`` epochs see every token, so the tower ends on the token set it is evaluated and used with.
-    Captions are always encoded up to the batch's longest one (exact).
+    Measured (6000 stills, 12 epochs, the last on every token, one thread): keep 0.5 reaches held-out i2t R@1 83.3,
+    size 98.8 %, shape 76.2 %, position 100 % in 760 CPU-s, level with 12 epochs on every token (84.8, shape 77.9 %;
+    1,214 CPU-s under load); keep 0.25 loses size and shape (i2t 38.0, size 63.9 %, shape 39.3 %) in 586 CPU-s.
+    Captions are always encoded up to the batch's longest one (exact), and without the text loss only the training
+    captions' embedding rows are trained (:func:`compact_token_embedding`).
 
     After training, the held-out metrics (:func:`heldout_metrics`, on ``n_test`` stills from another seed) are
     computed and stored with the weights. Returns the info dict stored in the file (metrics, seconds, seed,
