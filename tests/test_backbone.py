@@ -52,6 +52,34 @@ def test_localisation_loss_rewards_text_on_object_patches():
     assert object_patches(images, (4, 4))[0].tolist() == [False, False, True] + [False] * 13
 
 
+def test_named_patches_leave_out_the_distractor_and_equal_object_patches_without_one():
+    from rap_deploy.data.synth import COLOURS
+    from rap_deploy.data.synth_stills import generate_stills, named_colours
+    from rap_deploy.train.backbone import named_object_patches
+
+    plain, plain_captions = generate_stills(40, 2, 32)
+    assert np.array_equal(named_object_patches(plain, plain_captions, (4, 4)), object_patches(plain, (4, 4)))
+    images, captions = generate_stills(40, 2, 32, distractors=1.0)
+    named, shown = named_object_patches(images, captions, (4, 4)), object_patches(images, (4, 4))
+    assert not (named & ~shown).any() and (shown & ~named).any(axis=1).all()  # every still has unnamed patches
+    for img, cap, row in zip(images, captions, named, strict=True):
+        others = [c for c in COLOURS if c not in named_colours(cap)
+                  and (np.abs(img.astype(int) - COLOURS[c]).sum(-1) < 30).sum() > 4]
+        assert len(others) == 1  # exactly one object in a colour the caption does not name: the distractor
+        cells = (np.abs(img.astype(int) - COLOURS[others[0]]).sum(-1) < 30).reshape(4, 8, 4, 8).any(axis=(1, 3))
+        assert not (row.reshape(4, 4) & cells & ~_named_cells(img, cap)).any()
+
+
+def _named_cells(img, caption):
+    from rap_deploy.data.synth import COLOURS
+    from rap_deploy.data.synth_stills import named_colours
+
+    near = np.zeros(img.shape[:2], dtype=bool)
+    for c in named_colours(caption):
+        near |= np.abs(img.astype(int) - COLOURS[c]).sum(-1) < 120
+    return near.reshape(4, 8, 4, 8).any(axis=(1, 3))
+
+
 def test_caption_pairs_are_paraphrases_with_hard_variants():
     from rap_deploy.data.synth import parse_caption
     from rap_deploy.train.captions import caption_pair_batch
@@ -185,10 +213,12 @@ def test_pretrain_backbone_with_token_dropping_records_it_and_refuses_bad_fracti
     out = tmp_path / "kept.safetensors"
     args = ["pretrain-backbone", "--out", str(out), "--clip", "rap-micro", "--size", "32", "--train-stills", "32",
             "--test-stills", "8", "--epochs", "2", "--batch-size", "16", "--quiet"]
-    result = runner.invoke(app, [*args, "--patch-keep", "0.5", "--unmasked-epochs", "1", "--json"])
+    result = runner.invoke(app, [*args, "--patch-keep", "0.5", "--unmasked-epochs", "1", "--distractors", "0.5",
+                                 "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["patch_keep"] == 0.5 and info["masked_epochs"] == 1 and info["steps"] == 4
+    assert info["distractors"] == 0.5
     assert np.isfinite(info["final_loss"]) and read_backbone_info(out)["patch_keep"] == 0.5
     for flag, value in (("--patch-keep", "0"), ("--patch-keep", "1.5"), ("--unmasked-epochs", "3")):
         bad = runner.invoke(app, [*args, flag, value])

@@ -81,7 +81,7 @@ def test_deterministic_for_a_seed(tmp_path):
 def test_reverse_scene_shows_the_same_frames_backwards():
     rng = np.random.default_rng(0)
     for _ in range(20):
-        scene = synth._random_scene(rng, 12)
+        scene = synth._random_scene(rng, 12, distractors=0.5)
         rev = synth.reverse_scene(scene)
         assert synth.scene_key(rev) != synth.scene_key(scene)
         assert synth.scene_key(synth.reverse_scene(rev)) == synth.scene_key(scene)
@@ -90,6 +90,47 @@ def test_reverse_scene_shows_the_same_frames_backwards():
         bwd = synth.render_scene(rev, t, 48, 12)
         assert np.array_equal(fwd, bwd[::-1])
         assert not np.array_equal(fwd, bwd)
+
+
+def test_distractors_are_static_unnamed_and_apart():
+    rng = np.random.default_rng(1)
+    t = np.arange(12.0)
+    for _ in range(20):
+        scene = synth._random_scene(rng, 12, distractors=1.0)
+        owners = {e.obj for e in scene.events}
+        [extra] = [i for i in range(len(scene.objects)) if i not in owners]
+        distractor = scene.objects[extra]
+        assert distractor.colour not in {scene.objects[i].colour for i in owners}
+        for caption in synth.paraphrases(scene, rng, 5):
+            assert distractor.colour not in caption.split()
+        assert synth.scene_key(scene) == synth.scene_key(synth.SceneSpec(
+            tuple(o for i, o in enumerate(scene.objects) if i != extra),
+            tuple(synth.SynthEvent(e.obj - (e.obj > extra), e.action, e.amount) for e in scene.events)))
+        state = synth.scene_state(scene, t, 12)
+        assert synth._apart(state)
+        for k in ("x", "y", "r", "alpha"):
+            assert np.ptp(state[k][extra]) == 0.0  # it does nothing
+        assert state["alpha"][extra, 0] == 1.0  # and is always in view
+    plain = synth._random_scene(np.random.default_rng(1), 12, distractors=0.0)
+    assert len(plain.objects) == len({e.obj for e in plain.events})
+
+
+def test_distractor_share_is_an_option(tmp_path, synth_root):
+    scenes, info = synth.load_scenes(synth_root)
+    assert info["distractors"] == 0.0  # the default world: every object in view is in the caption
+    assert all(len(s.objects) == len({e.obj for e in s.events}) for s in scenes.values())
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "all"), "--videos", "8", "--test-videos",
+                                      "4", "--size", "32", "--seconds", "4", "--distractors", "1", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["distractors"] == 1.0
+    scenes, info = synth.load_scenes(tmp_path / "all")
+    assert info["distractors"] == 1.0
+    assert all(len(s.objects) == len({e.obj for e in s.events}) + 1 for s in scenes.values())
+    bad = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "bad"), "--distractors", "1.5"])
+    assert bad.exit_code == 2 and "--distractors" in bad.output
+    with pytest.raises(UsageError, match="distractors"):
+        synth.generate_synthetic_dataset(tmp_path / "x", videos=4, test_videos=2, size=32, distractors=-0.1,
+                                         progress=False)
 
 
 def test_parse_caption():
@@ -123,6 +164,20 @@ def test_stills_same_world_no_motion():
         hit = np.abs(img.astype(int) - synth.COLOURS[colour]).sum(-1) < 30
         ys, xs = np.nonzero(hit)
         assert int(xs.mean() * 3 / 48) == col and int(ys.mean() * 3 / 48) == row
+
+
+def test_stills_distractor_is_unnamed_and_stays_with_its_twin():
+    images, captions = synth_stills.generate_stills(24, seed=4, size=48, position_twins=True, distractors=1.0)
+    plain, plain_captions = synth_stills.generate_stills(24, seed=4, size=48, position_twins=True)
+    assert images.shape == plain.shape
+    for img, cap in zip(images, captions, strict=True):
+        unnamed = [c for c in synth.COLOURS if c not in synth_stills.named_colours(cap)
+                   and (np.abs(img.astype(int) - synth.COLOURS[c]).sum(-1) < 30).sum() > 4]
+        assert len(unnamed) == 1  # one object the caption does not name
+    for a, b in zip(captions[0::2], captions[1::2], strict=True):
+        assert synth_stills.named_colours(a) == synth_stills.named_colours(b)  # a twin names the same objects
+    with pytest.raises(UsageError, match="distractors"):
+        synth_stills.generate_stills(2, seed=0, size=32, distractors=2.0)
 
 
 def test_oracle_perfect_and_order_blind_fails(synth_root, tmp_path):
@@ -212,3 +267,27 @@ def test_mistake_breakdown_module_run_on_a_checkpoint(synth_root, micro_checkpoi
         assert set(kinds) == set(synth_errors.KINDS) and sum(kinds.values()) == pytest.approx(100.0, abs=0.05)
         assert kinds["correct"] == pytest.approx(out[name]["R1"], abs=0.01)
         assert out[name]["with_reverse"] == 12
+
+
+def test_selection_sorting_names_the_distractor_patches(tmp_path, micro_checkpoint, capsys):
+    from rap_deploy.data import synth_selection
+
+    scene = synth._random_scene(np.random.default_rng(3), 12, distractors=1.0)
+    named, distractor = synth_selection.patch_roles(scene, np.arange(0.0, 12.0, 3.0), 32, 12, (4, 4))
+    assert named.shape == distractor.shape == (4, 16) and distractor.any(axis=1).all()
+    assert synth_selection.selection_shares(np.array([[0, 1]]), np.array([[True, False, False]]),
+                                            np.array([[False, True, False]])) == {
+        "named": 50.0, "distractor": 50.0, "background": 0.0}
+    assert synth_selection.jaccard(np.array([[0, 1], [2, 3]]), np.array([[1, 0], [3, 4]])) == pytest.approx(
+        (1.0 + 1 / 3) / 2)
+
+    root = tmp_path / "distracted"
+    synth.generate_synthetic_dataset(root, videos=8, test_videos=4, seed=1, size=32, seconds=4, distractors=1.0,
+                                     progress=False)
+    synth_selection.main(["--checkpoint", str(micro_checkpoint), "--data-root", str(root)])
+    report = json.loads(capsys.readouterr().out)
+    assert report["all"]["captions"] == report["with_distractor"]["captions"] == 4
+    assert report["without_distractor"] == {"captions": 0}
+    for mode in ("text", "saliency"):
+        assert sum(report["all"][mode].values()) == pytest.approx(100.0, abs=0.05)
+    assert 0.0 <= report["all"]["overlap"] <= 1.0

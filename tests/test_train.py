@@ -384,6 +384,10 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     assert "-e3-" in other_backbone.output and (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
     every_token = runner.invoke(app, [*args, "--backbone-patch-keep", "1"])  # no token dropping: its own file
     assert every_token.exit_code == 2 and "-psincos.safetensors" in every_token.output, every_token.output
+    # a world holds one distractor rate: asking for another one is refused before anything is trained
+    distracted = runner.invoke(app, [*args, "--distractors", "0.5"])
+    assert distracted.exit_code == 2 and "distractors 0, but this run asks for 0.5" in distracted.output
+    assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
 
 
 def test_rap_light_and_no_asa_are_the_same_model():

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import UsageError
 from rap_deploy.train.backbone_eval import (
     encode_heldout,
@@ -47,19 +48,20 @@ TEST_SEED_OFFSET = 1_000_003  # held-out stills come from a different seed than 
 # --------------------------------------------------------------------------------------------------------- stills
 
 
-def load_or_make_stills(n: int, seed: int, size: int, data_root: str | Path | None, position_twins: bool = False
-                        ) -> tuple[np.ndarray, list[str]]:
-    """``generate_stills(n, seed, size, position_twins)``, cached as
-    ``DATA_ROOT/stills/stills-n<n>-s<size>-seed<seed>[-twins].npz``.
+def load_or_make_stills(n: int, seed: int, size: int, data_root: str | Path | None, position_twins: bool = False,
+                        distractors: float = 0.0) -> tuple[np.ndarray, list[str]]:
+    """``generate_stills(n, seed, size, position_twins, distractors)``, cached as
+    ``DATA_ROOT/stills/stills-n<n>-s<size>-seed<seed>[-twins][-d<distractors>].npz``.
 
     Without ``data_root`` the stills are generated in memory. A cached file that cannot be read is regenerated.
     """
     from rap_deploy.data.synth_stills import generate_stills
 
     if data_root is None:
-        return generate_stills(n, seed, size, position_twins)
+        return generate_stills(n, seed, size, position_twins, distractors)
     twins = "-twins" if position_twins else ""
-    path = Path(data_root) / STILLS_DIR / f"stills-n{n}-s{size}-seed{seed}{twins}.npz"
+    extra = f"-d{distractors:g}" if distractors > 0 else ""
+    path = Path(data_root) / STILLS_DIR / f"stills-n{n}-s{size}-seed{seed}{twins}{extra}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -68,7 +70,7 @@ def load_or_make_stills(n: int, seed: int, size: int, data_root: str | Path | No
                 return images, captions
         except Exception:  # unreadable cache entry: regenerate it below
             pass
-    images, captions = generate_stills(n, seed, size, position_twins)
+    images, captions = generate_stills(n, seed, size, position_twins, distractors)
     from rap_deploy.atomic import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -96,6 +98,19 @@ def object_patches(images: np.ndarray, grid: tuple[int, int], min_fraction: floa
     gh, gw = grid
     fg = np.abs(images.astype(np.int32) - np.asarray(BACKGROUND)).sum(-1) > 30
     return fg.reshape(n, gh, size // gh, gw, size // gw).mean(axis=(2, 4)).reshape(n, gh * gw) > min_fraction
+
+
+def named_object_patches(images: np.ndarray, captions: list[str], grid: tuple[int, int],
+                         min_fraction: float = 0.05) -> np.ndarray:
+    """``[N, P]`` bool: the patches of uint8 stills ``[N,S,S,3]`` that show an object the still's caption names.
+
+    :func:`rap_deploy.data.synth_stills.colour_patches` of each caption's colours
+    (:func:`rap_deploy.data.synth_stills.named_colours`). A distractor has a colour of its own, so its patches are not
+    named; without distractors this equals :func:`object_patches`.
+    """
+    from rap_deploy.data.synth_stills import colour_patches, named_colours
+
+    return colour_patches(images, [named_colours(c) for c in captions], grid, min_fraction)
 
 
 def localisation_loss(patches: torch.Tensor, text: torch.Tensor, on_object: torch.Tensor,
@@ -157,8 +172,8 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
                       weight_decay: float = 0.1, warmup: float = 0.1, patch_weight: float = 1.0,
                       text_weight: float = 0.0, text_batch: int = 64, position_twins: bool = False,
                       position_init: str = "sincos", patch_keep: float = 1.0, unmasked_epochs: int = 1,
-                      data_root: str | Path | None = None, progress: bool = True,
-                      threads: int | None = None) -> dict[str, Any]:
+                      distractors: float = SYNTH_DISTRACTORS, data_root: str | Path | None = None,
+                      progress: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Train ``clip`` from scratch on ``n_train`` synthetic stills and write it to ``out`` (``.safetensors``).
 
     Stills are ``size`` px (resized to the model's input with the project's preprocessing when they differ). AdamW
@@ -203,6 +218,12 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     Captions are always encoded up to the batch's longest one (exact), and without the text loss only the training
     captions' embedding rows are trained (:func:`compact_token_embedding`).
 
+    ``distractors`` (default: the synthetic world's, as for its videos) is the fraction of stills (training and
+    held-out) that also show an object the caption does not name (:func:`rap_deploy.data.synth_stills.generate_stills`);
+    the localisation term then asks for the named objects' patches only (:func:`named_object_patches`), so the text
+    picks out the object it names, not every object. That is what lets RAP's text-conditioned patch selection
+    differ from selection by the frame's own saliency on videos with distractors.
+
     After training, the held-out metrics (:func:`heldout_metrics`, on ``n_test`` stills from another seed) are
     computed and stored with the weights. Returns the info dict stored in the file (metrics, seconds, seed,
     settings) plus ``out``.
@@ -226,8 +247,8 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     tok = TokenizerConfig(context_length=int(model.positional_embedding.shape[0]))
     if position_twins and (n_train % 2 or batch_size % 2):
         raise UsageError(f"position twins need an even n_train and batch size; got {n_train}, {batch_size}")
-    train = _prepare_stills(model, n_train, seed, size, data_root, position_twins, cfg, tok)
-    test = _prepare_stills(model, n_test, seed + TEST_SEED_OFFSET, size, data_root, False, cfg, tok)
+    train = _prepare_stills(model, n_train, seed, size, data_root, position_twins, cfg, tok, distractors)
+    test = _prepare_stills(model, n_test, seed + TEST_SEED_OFFSET, size, data_root, False, cfg, tok, distractors)
     t_data = time.perf_counter() - t0
 
     schedule = _Schedule.of(n_train, batch_size, epochs, warmup)
@@ -244,6 +265,7 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
         "epochs": epochs, "steps": len(losses), "batch_size": schedule.batch, "lr": lr, "weight_decay": weight_decay,
         "patch_weight": patch_weight, "text_weight": text_weight, "position_twins": position_twins,
         "position_init": position_init, "patch_keep": patch_keep, "masked_epochs": recipe.masked_epochs,
+        "distractors": distractors,
         "warmup_steps": schedule.warm,
         "final_loss": float(np.mean(losses[-max(1, schedule.steps_per_epoch // 4):])),
         "first_loss": losses[0], "logit_scale": float(model.logit_scale.detach().exp()), "heldout": metrics,
@@ -267,6 +289,7 @@ class _Stills:
     ids: torch.Tensor
     captions: list[str]
     on_object: torch.Tensor
+    named: torch.Tensor  # the patches of the objects the caption names (a distractor's are not)
 
 
 @dataclass(frozen=True)
@@ -336,18 +359,19 @@ def _init_position_table(model: torch.nn.Module, clip: str, position_init: str) 
 
 
 def _prepare_stills(model: torch.nn.Module, n: int, seed: int, size: int, data_root: str | Path | None,
-                    twins: bool, cfg: PreprocessConfig, tok: TokenizerConfig) -> _Stills:
+                    twins: bool, cfg: PreprocessConfig, tok: TokenizerConfig, distractors: float = 0.0) -> _Stills:
     """``n`` stills of ``seed`` (:func:`load_or_make_stills`) at the model's input size, tokenised, with the
     patches that show an object."""
     from rap_deploy.preprocess import resize_crop
     from rap_deploy.tokenizer import tokenize
 
     grid = tuple(model.visual.grid_size)
-    images, captions = load_or_make_stills(n, seed, size, data_root, twins)
+    images, captions = load_or_make_stills(n, seed, size, data_root, twins, distractors)
     images = resize_crop(images, cfg) if images.shape[1] != cfg.image_size else images
     ids, _ = tokenize(captions, tok)
     return _Stills(images=torch.from_numpy(images), ids=torch.from_numpy(ids).long(), captions=captions,
-                   on_object=torch.from_numpy(object_patches(images, grid)))
+                   on_object=torch.from_numpy(object_patches(images, grid)),
+                   named=torch.from_numpy(named_object_patches(images, captions, grid)))
 
 
 def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -411,11 +435,11 @@ def _batch_loss(model: torch.nn.Module, train: _Stills, idx: torch.Tensor, recip
     from rap_deploy.train.captions import caption_pair_batch
     from rap_deploy.train.losses import symmetric_info_nce
 
-    on_object = train.on_object[idx]
+    on_object, named = train.on_object[idx], train.named[idx]
     if keep < 1.0:
         kept = object_first_tokens(on_object, keep, token_gen or torch.Generator().manual_seed(recipe.seed))
         img, patches = image_and_kept_patches(model, normalize(train.images[idx], cfg), kept)
-        on_object = torch.gather(on_object, 1, kept)
+        named = torch.gather(named, 1, kept)
     else:
         img, patches = image_and_patches(model, normalize(train.images[idx], cfg))
     ids = train.ids[idx]
@@ -423,7 +447,7 @@ def _batch_loss(model: torch.nn.Module, train: _Stills, idx: torch.Tensor, recip
     scale = model.logit_scale.exp()
     loss = _clip_loss(scale * img @ txt.T)
     if recipe.patch_weight > 0:
-        loss = loss + recipe.patch_weight * localisation_loss(patches, txt, on_object, scale)
+        loss = loss + recipe.patch_weight * localisation_loss(patches, txt, named, scale)
     if recipe.text_weight > 0:
         cap_a, cap_b, same = caption_pair_batch(text_rng, recipe.text_batch)
         ta = model.encode_text(torch.from_numpy(tokenize(cap_a, tok)[0]).long(), normalize=True)
@@ -447,6 +471,6 @@ def _heldout_evaluation(model: torch.nn.Module, test: _Stills, cfg: PreprocessCo
     """The held-out metrics: :func:`heldout_metrics` plus ``patch_selection`` and ``text``."""
     image_emb, patch_emb, text_emb = encode_heldout(model, test.images, test.ids, cfg)
     metrics = heldout_metrics(image_emb, text_emb, test.captions)
-    metrics["patch_selection"] = patch_object_precision(patch_emb, text_emb, test.on_object.numpy())
+    metrics["patch_selection"] = patch_object_precision(patch_emb, text_emb, test.named.numpy())
     metrics["text"] = reverse_caption_similarity(model, tok, seed + TEST_SEED_OFFSET)
     return metrics

@@ -9,6 +9,7 @@ import typer
 
 from rap_deploy import bounds
 from rap_deploy.cli.app import command
+from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import CheckFailedError, UsageError
 
 DATASET_NAMES = "msrvtt, msvd, didemo, activitynet"
@@ -23,6 +24,9 @@ def synth(
     size: int = typer.Option(96, "--size", help="Frame width and height in pixels (even)."),
     fps: int = typer.Option(4, "--fps", help="Frames per second of the written videos."),
     seconds: int = typer.Option(12, "--seconds", help="Length of every video in seconds."),
+    distractors: float = typer.Option(SYNTH_DISTRACTORS, "--distractors", min=0.0, max=1.0,
+                                      help="Fraction of scenes with one more object that does nothing and that no "
+                                      "caption names (0 = every object in view is in the caption)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -39,7 +43,8 @@ def synth(
     bounds.check_int(seconds, "--seconds", 3, 3600)
     with folder_lock(out, "synth", "dataset folder"):
         summary = generate_synthetic_dataset(out, videos=videos, test_videos=test_videos, seed=seed, size=size,
-                                             fps=fps, seconds=seconds, progress=not quiet)
+                                             fps=fps, seconds=seconds, distractors=distractors,
+                                             progress=not quiet)
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
     else:

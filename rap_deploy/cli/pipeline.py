@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.atomic import write_json_atomic
-from rap_deploy.errors import BackendUnavailableError, CheckFailedError
+from rap_deploy.data import SYNTH_DISTRACTORS
+from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class DemoSizes:
     test_videos: int = 200
     size: int = 64
     seed: int = 0
+    distractors: float = SYNTH_DISTRACTORS  # share of videos and stills with an unnamed object (README: Distractors)
     backbone_clip: str = "rap-tiny"
     backbone_train: int = 6000
     backbone_epochs: int = 12
@@ -117,14 +119,17 @@ def prepare_world(out: Path, sizes: DemoSizes, steps: Steps, progress: bool, thr
     cache_root = out / "cache"
     backbone = cache_root / "backbones" / (f"{sizes.backbone_clip}-s{sizes.seed}-px{sizes.size}-n{sizes.backbone_train}"
                                            f"-e{sizes.backbone_epochs}-t{sizes.backbone_text_weight:g}"
-                                           f"-p{sizes.backbone_position_init}{_keep_tag(sizes)}.safetensors")
+                                           f"-p{sizes.backbone_position_init}{_keep_tag(sizes)}"
+                                           f"{_distractor_tag(sizes)}.safetensors")
+    _check_world_distractors(data, sizes.distractors)
     steps.run("synth", data / "MSRVTT_data.json", lambda: generate_synthetic_dataset(
         data, videos=sizes.videos, test_videos=sizes.test_videos, seed=sizes.seed, size=sizes.size,
-        progress=progress))
+        distractors=sizes.distractors, progress=progress))
     steps.run("pretrain-backbone", backbone, lambda: pretrain_backbone(
         backbone, size=sizes.size, n_train=sizes.backbone_train, epochs=sizes.backbone_epochs, seed=sizes.seed,
         clip=sizes.backbone_clip, text_weight=sizes.backbone_text_weight, position_init=sizes.backbone_position_init,
         patch_keep=sizes.backbone_patch_keep, unmasked_epochs=sizes.backbone_unmasked_epochs,
+        distractors=sizes.distractors,
         progress=progress, threads=threads))
     return World(data, backbone, cache_root / "frames")
 
@@ -134,6 +139,27 @@ def _keep_tag(sizes: DemoSizes) -> str:
     if sizes.backbone_patch_keep >= 1.0:
         return ""
     return f"-k{sizes.backbone_patch_keep:g}u{sizes.backbone_unmasked_epochs}"
+
+
+def _check_world_distractors(data: Path, distractors: float) -> None:
+    """Refuse a world whose dataset was written with another distractor rate than the recipe asks for (it would
+    otherwise be reused silently: the synth step is skipped when its dataset is complete)."""
+    path = data / "MSRVTT_data.json"
+    if not path.is_file():
+        return
+    try:
+        info = json.loads(path.read_text(encoding="utf-8")).get("info", {})
+    except (OSError, ValueError, AttributeError):
+        return  # not readable here: the dataset loader reports it with its own message
+    found = float(info.get("distractors", 0.0))  # datasets written before the option had none
+    if found != distractors:
+        raise UsageError(f"{path} was written with distractors {found:g}, but this run asks for {distractors:g}; "
+                         f"use another world folder (--world / --out) or --distractors {found:g}")
+
+
+def _distractor_tag(sizes: DemoSizes) -> str:
+    """The backbone file name's distractor part: empty when no still has a distractor."""
+    return f"-d{sizes.distractors:g}" if sizes.distractors > 0 else ""
 
 
 def _done(path: Path) -> bool:

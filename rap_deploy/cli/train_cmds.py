@@ -14,6 +14,7 @@ import typer
 
 from rap_deploy import bounds
 from rap_deploy.cli.app import command
+from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
 
@@ -271,6 +272,10 @@ def pretrain_backbone(
                                      "~2.8x cheaper, see the README)."),
     unmasked_epochs: int = typer.Option(1, "--unmasked-epochs", help="With --patch-keep below 1: the last epochs "
                                         "that see every token."),
+    distractors: float = typer.Option(SYNTH_DISTRACTORS, "--distractors", min=0.0, max=1.0,
+                                      help="Fraction of stills that also show an object the caption does not name "
+                                      "(as `rapdeploy synth --distractors`); the localisation loss then asks for the "
+                                      "named objects' patches only."),
     clip: str = typer.Option("rap-tiny", "--clip", help="open_clip model config to train from scratch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default: $RAPDEPLOY_HOME or "
                                           "./rapdeploy-out)."),
@@ -296,7 +301,8 @@ def pretrain_backbone(
     with folder_lock(out, "pretrain-backbone", "backbone file"):
         info = run(out, size=size, n_train=train_stills, n_test=test_stills, epochs=epochs, seed=seed, clip=clip,
                    batch_size=batch_size, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
-                   patch_keep=patch_keep, unmasked_epochs=unmasked_epochs, data_root=data_root,
+                   patch_keep=patch_keep, unmasked_epochs=unmasked_epochs, distractors=distractors,
+                   data_root=data_root,
                    **{k: v for k, v in (("position_init", position_init), ("position_twins", position_twins))
                       if v is not None},
                    progress=not quiet)
@@ -328,12 +334,16 @@ def ablate(
                                       "recipe). A run folder trained with another count is refused: use --out."),
     backbone_epochs: int | None = typer.Option(None, "--backbone-epochs", min=1, max=1000,
                                                help="Pre-train the world's frozen backbone for this many epochs "
-                                                    "of stills (default: the demo's 4; another count is its own "
+                                                    "of stills (default: the demo's 12; another count is its own "
                                                     "cached backbone, and its runs need their own --out)."),
     backbone_patch_keep: float | None = typer.Option(None, "--backbone-patch-keep", min=0.01, max=1.0,
                                                      help="Fraction of patch tokens the backbone's pre-training "
                                                           "steps see (default: the demo's; 1 = every token, the "
                                                           "recipe before token dropping)."),
+    distractors: float | None = typer.Option(None, "--distractors", min=0.0, max=1.0,
+                                             help="Fraction of the world's videos and stills with a distractor, an "
+                                                  "object no caption names (default: the demo's; a world folder "
+                                                  "holds one rate: use its own --world)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
     json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
@@ -363,6 +373,8 @@ def ablate(
         sizes = dataclasses.replace(sizes, backbone_epochs=backbone_epochs)
     if backbone_patch_keep is not None:
         sizes = dataclasses.replace(sizes, backbone_patch_keep=backbone_patch_keep)
+    if distractors is not None:
+        sizes = dataclasses.replace(sizes, distractors=distractors)
     root = Path(world or workspace_root(workspace)).resolve()
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
     w = prepare_world(root, sizes, Steps(log), progress=not quiet, threads=threads)

@@ -3,3 +3,8 @@
 Import the submodules directly (``rap_deploy.data.datasets``, ``.video``, ``.cache``, ``.check``, ``.synth``); this
 package does not import them eagerly so that light users (the CLI's ``--help``) stay fast.
 """
+
+# The synthetic world's default share of videos and stills with a distractor, an object no caption names
+# (:func:`rap_deploy.data.synth._add_distractor`): none, see the README's distractor experiment for why. It lives here,
+# not in ``synth``, so that the CLI's option defaults need no numpy.
+SYNTH_DISTRACTORS = 0.0

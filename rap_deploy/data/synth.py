@@ -3,6 +3,8 @@
 A scene has one or two objects (6 colours x 4 shapes x 2 sizes on a plain background) and one or two events, one
 after the other: move left/right/up/down, grow/shrink, appear/disappear. Captions state colour, size, shape, motion and
 order ("a small red circle moves to the left, then a big blue square appears"), with several paraphrases per video.
+With ``--distractors P`` (default 0) a fraction P of the scenes also hold a distractor: a static object in another
+colour that no caption names.
 
 Frame order matters by construction. Events fill the interval [0.5 s, seconds - 1.5 s], which is symmetric under
 ``t -> (seconds - 1) - t``, so the time reverse of every scene is again a valid scene (events reversed and in reverse
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.atomic import save_with, write_json_atomic, write_text_atomic
+from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import UsageError
 
 FORMAT = "rapdeploy-synth-1"
@@ -318,8 +321,9 @@ def _valid_actions(actions: list[tuple[int, str]]) -> bool:
     return True
 
 
-def _random_scene(rng: np.random.Generator, seconds: float) -> SceneSpec:
-    """Draw a random valid scene: 1 event (25%), 1 object with 2 events (25%), 2 objects with 1 event each (50%)."""
+def _random_scene(rng: np.random.Generator, seconds: float, distractors: float = 0.0) -> SceneSpec:
+    """Draw a random valid scene: 1 event (25%), 1 object with 2 events (25%), 2 objects with 1 event each (50%);
+    with probability ``distractors``, one more object that does nothing (see :func:`_add_distractor`)."""
     while True:
         kind = int(rng.choice(3, p=[0.25, 0.25, 0.5]))
         n_obj = 2 if kind == 2 else 1
@@ -344,9 +348,26 @@ def _random_scene(rng: np.random.Generator, seconds: float) -> SceneSpec:
         events = tuple(
             SynthEvent(o, a, float(np.round(rng.uniform(*MOVE_RANGE), 3)) if a in MOVES else 0.0) for o, a in actions
         )
+        if distractors > 0.0 and rng.random() < distractors:
+            objects.append(_add_distractor(rng, objects))
         spec = _place(SceneSpec(tuple(objects), events), rng, seconds)
         if spec is not None and scene_key(reverse_scene(spec)) != scene_key(spec):
             return spec
+
+
+def _add_distractor(rng: np.random.Generator, objects: list[SynthObject]) -> SynthObject:
+    """A static object in a colour no other object of the scene has: it owns no event, so no caption names it.
+
+    Real captions name what happens, not everything in view. A distractor is what tells query-conditioned patch
+    selection apart from selection by the frame's own saliency: the caption says which object to look at, the frame
+    alone does not. A distinct colour keeps every caption's objects unambiguous; being static and always visible, a
+    distractor never satisfies any caption, so the captions still identify their video (the oracle stays at 100).
+    """
+    taken = {o.colour for o in objects}
+    colours = [c for c in COLOURS if c not in taken]
+    return SynthObject(colours[int(rng.integers(len(colours)))], SHAPES[int(rng.integers(len(SHAPES)))],
+                       ("small", "big")[int(rng.integers(2))], 0.5, 0.5,
+                       float(np.round(rng.uniform(*SCALE_RANGE), 3)))
 
 
 def _place(spec: SceneSpec, rng: np.random.Generator, seconds: float, tries: int = 60) -> SceneSpec | None:
@@ -366,14 +387,21 @@ def _place(spec: SceneSpec, rng: np.random.Generator, seconds: float, tries: int
             objects.append(SynthObject(o.colour, o.shape, o.size, float(np.round(x, 4)), float(np.round(y, 4)),
                                        o.scale))
         placed = SceneSpec(tuple(objects), spec.events)
-        if len(objects) == 1:
-            return placed
-        st = scene_state(placed, times, seconds)
-        both = (st["alpha"][0] > 0) & (st["alpha"][1] > 0)
-        dist = np.hypot(st["x"][0] - st["x"][1], st["y"][0] - st["y"][1])
-        if np.all(dist[both] > 1.2 * (st["r"][0] + st["r"][1])[both] + EDGE):
+        if len(objects) == 1 or _apart(scene_state(placed, times, seconds)):
             return placed
     return None
+
+
+def _apart(st: dict[str, np.ndarray]) -> bool:
+    """Whether every two objects stay apart whenever both are visible (``st`` from :func:`scene_state`)."""
+    n = len(st["x"])
+    for i in range(n):
+        for j in range(i + 1, n):
+            both = (st["alpha"][i] > 0) & (st["alpha"][j] > 0)
+            dist = np.hypot(st["x"][i] - st["x"][j], st["y"][i] - st["y"][j])
+            if not np.all(dist[both] > 1.2 * (st["r"][i] + st["r"][j])[both] + EDGE):
+                return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------- the dataset
@@ -411,9 +439,9 @@ def _check_readable(path: Path, size: int) -> None:
                          "use --size 32, 64 or 96") from None
 
 
-def _unique_scene(rng: np.random.Generator, seconds: float, taken: set) -> SceneSpec:
+def _unique_scene(rng: np.random.Generator, seconds: float, taken: set, distractors: float) -> SceneSpec:
     for _ in range(10_000):
-        spec = _random_scene(rng, seconds)
+        spec = _random_scene(rng, seconds, distractors)
         key, rkey = scene_key(spec), scene_key(reverse_scene(spec))
         if key not in taken and rkey not in taken:
             return spec
@@ -430,6 +458,7 @@ def generate_synthetic_dataset(
     seconds: int = 12,
     progress: bool = True,
     captions_per_video: int = 5,
+    distractors: float = SYNTH_DISTRACTORS,
 ) -> dict[str, Any]:
     """Write the synthetic dataset in the MSR-VTT layout under ``out`` and return a summary dict.
 
@@ -438,20 +467,22 @@ def generate_synthetic_dataset(
     ``seconds`` long), ``MSRVTT_data.json`` (``videos`` with a ``synth`` scene description, ``sentences`` with
     ``captions_per_video`` paraphrases each), ``MSRVTT_train.9k.csv`` and ``MSRVTT_JSFUSION_test.csv`` (the canonical
     caption of each test video, unique in the split). Test videos come in time-reversed pairs; half of the training
-    videos too. Deterministic for a seed. Raises :class:`UsageError` for impossible settings.
+    videos too. A ``distractors`` fraction of the scenes hold one more object that does nothing and that no caption
+    names. Deterministic for a seed. Raises :class:`UsageError` for impossible settings.
     """
-    _check_settings(videos, test_videos, size, fps, seconds)
+    _check_settings(videos, test_videos, size, fps, seconds, distractors)
     started = time.perf_counter()
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_train = videos - test_videos
-    test_specs, taken = _test_scenes(rng, seconds, test_videos)
-    specs = _train_scenes(rng, seconds, n_train, taken) + test_specs
+    test_specs, taken = _test_scenes(rng, seconds, test_videos, distractors)
+    specs = _train_scenes(rng, seconds, n_train, taken, distractors) + test_specs
     ids = [f"video{i}" for i in range(videos)]
     _write_videos(out, ids, specs, size, fps, seconds, progress)
     video_items, sentences, test_rows = _annotations(ids, specs, n_train, seed, seconds, captions_per_video)
-    _write_annotation_files(out, ids[:n_train], test_rows, video_items, sentences, _info(seed, size, fps, seconds))
+    info = _info(seed, size, fps, seconds, distractors)
+    _write_annotation_files(out, ids[:n_train], test_rows, video_items, sentences, info)
     return {
         "out": str(out),
         "videos": videos,
@@ -462,28 +493,33 @@ def generate_synthetic_dataset(
         "size": size,
         "fps": fps,
         "seconds_per_video": seconds,
+        "distractors": distractors,
         "seed": seed,
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
 
 
-def _check_settings(videos: int, test_videos: int, size: int, fps: int, seconds: int) -> None:
-    """Raise :class:`UsageError` for split sizes, a frame size or a timing the generator cannot honour."""
+def _check_settings(videos: int, test_videos: int, size: int, fps: int, seconds: int, distractors: float) -> None:
+    """Raise :class:`UsageError` for split sizes, a frame size, a timing or a distractor rate the generator cannot
+    honour."""
     if videos < 2 or not 1 <= test_videos < videos:
         raise UsageError(f"need 1 <= test videos < videos, got --videos {videos} --test-videos {test_videos}")
     if size < 16 or size % 2:
         raise UsageError(f"--size must be an even number of pixels >= 16, got {size}")
     if fps < 1 or seconds < 3:
         raise UsageError(f"need fps >= 1 and seconds >= 3, got fps {fps}, seconds {seconds}")
+    if not 0.0 <= distractors <= 1.0:
+        raise UsageError(f"--distractors is the fraction of scenes with a distractor, 0 to 1; got {distractors}")
 
 
-def _test_scenes(rng: np.random.Generator, seconds: float, count: int) -> tuple[list[SceneSpec], set]:
+def _test_scenes(rng: np.random.Generator, seconds: float, count: int,
+                 distractors: float) -> tuple[list[SceneSpec], set]:
     """Draw the test split, shuffled, and the set of its scene keys (each unique in the split)."""
     # Time-reversed pairs with keys unique in the whole split (and, see _train_scenes, absent from training).
     taken: set = set()
     specs: list[SceneSpec] = []
     while len(specs) < count:
-        spec = _unique_scene(rng, seconds, taken)
+        spec = _unique_scene(rng, seconds, taken, distractors)
         group = [spec, reverse_scene(spec)] if count - len(specs) >= 2 else [spec]
         for s in group:
             taken.add(scene_key(s))
@@ -492,12 +528,13 @@ def _test_scenes(rng: np.random.Generator, seconds: float, count: int) -> tuple[
     return [specs[i] for i in order], taken
 
 
-def _train_scenes(rng: np.random.Generator, seconds: float, count: int, taken: set) -> list[SceneSpec]:
+def _train_scenes(rng: np.random.Generator, seconds: float, count: int, taken: set,
+                  distractors: float) -> list[SceneSpec]:
     """Draw the training split: scenes whose key and reverse key are not ``taken`` by the test split, about half of
     them followed by their time reverse."""
     specs: list[SceneSpec] = []
     while len(specs) < count:
-        spec = _random_scene(rng, seconds)
+        spec = _random_scene(rng, seconds, distractors)
         if scene_key(spec) in taken or scene_key(reverse_scene(spec)) in taken:
             continue
         specs.append(spec)
@@ -545,11 +582,11 @@ def _annotations(ids: list[str], specs: list[SceneSpec], n_train: int, seed: int
     return video_items, sentences, test_rows
 
 
-def _info(seed: int, size: int, fps: int, seconds: int) -> dict[str, Any]:
+def _info(seed: int, size: int, fps: int, seconds: int, distractors: float) -> dict[str, Any]:
     """The ``info`` block of ``MSRVTT_data.json`` (what :func:`load_scenes` checks and returns)."""
     return {
         "description": "rapdeploy synthetic text-video retrieval dataset (moving shapes), MSR-VTT layout",
-        "format": FORMAT, "seed": seed, "size": size, "fps": fps, "seconds": seconds,
+        "format": FORMAT, "seed": seed, "size": size, "fps": fps, "seconds": seconds, "distractors": distractors,
         "colours": list(COLOURS), "shapes": list(SHAPES), "actions": list(ACTIONS),
     }
 

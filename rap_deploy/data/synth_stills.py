@@ -1,7 +1,8 @@
 """Still images of the synthetic world (:mod:`rap_deploy.data.synth`), for pre-training the small backbone.
 
 One or two objects with the videos' colours, shapes, sizes and background, each inside a cell of a 3x3 grid, and
-captions about colour, size, shape and position only, never motion. The scene model, the constants and the renderer
+captions about colour, size, shape and position only, never motion; optionally a distractor the caption does not
+name. The scene model, the constants and the renderer
 they share with the videos live in :mod:`rap_deploy.data.synth`; this module holds only what the stills add: the
 grid (:data:`POSITIONS`), the placement in its cells and the still captions.
 """
@@ -13,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from rap_deploy.data.synth import (
+    BACKGROUND,
     COLOURS,
     EDGE,
     SCALE_RANGE,
@@ -32,7 +34,7 @@ POSITIONS = {  # (column, row) of a 3x3 grid -> phrase, for the still images
 }
 
 
-def generate_stills(n: int, seed: int, size: int = 96, position_twins: bool = False
+def generate_stills(n: int, seed: int, size: int = 96, position_twins: bool = False, distractors: float = 0.0
                     ) -> tuple[np.ndarray, list[str]]:
     """Return ``(images uint8 [n, size, size, 3], captions)``: still frames of the synthetic world.
 
@@ -43,43 +45,94 @@ def generate_stills(n: int, seed: int, size: int = 96, position_twins: bool = Fa
     With ``position_twins`` every odd still ``2k+1`` shows the objects of still ``2k`` (same colour, shape, size and
     scale) moved to other cells, so a batch holding both needs position to tell them apart (a hard negative for the
     contrastive loss); ``n`` must then be even.
+
+    A ``distractors`` fraction of the stills also show a distractor, as the videos do
+    (:func:`rap_deploy.data.synth._add_distractor`): one more object, in a colour no named object has, that the
+    caption does not name. Which patches the caption speaks of can then be read off its colours
+    (:func:`named_colours`).
     """
     if n < 0 or size < 16:
         raise UsageError(f"need n >= 0 and size >= 16, got n {n}, size {size}")
     if position_twins and n % 2:
         raise UsageError(f"position twins need an even number of stills, got {n}")
+    if not 0.0 <= distractors <= 1.0:
+        raise UsageError(f"distractors is a fraction of the stills, 0 to 1; got {distractors}")
     rng = np.random.default_rng([seed, 7])
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     captions: list[str] = []
     cells = list(POSITIONS)
     objects: list[SynthObject] = []
+    named = 0
     for k in range(n):
         if position_twins and k % 2:
             objects = _position_twin(rng, objects, cells)
             images[k] = render_scene(SceneSpec(tuple(objects), ()), np.zeros(1), size, 2.0)[0]
-            captions.append(_still_caption(rng, objects))
+            captions.append(_still_caption(rng, objects[:named]))
             continue
         while True:
-            n_obj = 1 + int(rng.integers(2))
+            named = n_obj = 1 + int(rng.integers(2))
+            if distractors > 0.0 and rng.random() < distractors:
+                n_obj += 1
             looks = set()
-            while len(looks) < n_obj:
+            while len(looks) < named:
                 looks.add((list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))]))
+            ordered = sorted(looks)
+            if n_obj > named:  # the distractor goes last, in a colour of its own
+                free = [c for c in COLOURS if c not in {colour for colour, _ in ordered}]
+                ordered.append((free[int(rng.integers(len(free)))], SHAPES[int(rng.integers(len(SHAPES)))]))
             chosen = [cells[int(i)] for i in rng.choice(len(cells), size=n_obj, replace=False)]
             objects = []
-            for (colour, shape), (col, row) in zip(sorted(looks), chosen, strict=True):
+            for (colour, shape), (col, row) in zip(ordered, chosen, strict=True):
                 sz = ("small", "big")[int(rng.integers(2))]
                 scale = float(rng.uniform(*SCALE_RANGE))
                 margin = SIZE_RADIUS[sz] * scale + EDGE
                 x = _in_cell(rng, col, margin)
                 y = _in_cell(rng, row, margin)
                 objects.append(SynthObject(colour, shape, sz, x, y, scale))
-            if n_obj == 1 or _apart(objects):
+            if _apart(objects):
                 break
-        rng.shuffle(objects)
+        shown = objects[:named]
+        rng.shuffle(shown)
+        objects = shown + objects[named:]
         spec = SceneSpec(tuple(objects), ())
         images[k] = render_scene(spec, np.zeros(1), size, 2.0)[0]
-        captions.append(_still_caption(rng, objects))
+        captions.append(_still_caption(rng, objects[:named]))
     return images, captions
+
+
+def named_colours(caption: str) -> set[str]:
+    """The colours a still caption names: the colours of the objects it speaks of (a distractor has none of them)."""
+    return {w for w in caption.split() if w in COLOURS}
+
+
+def colour_patches(images: np.ndarray, colours: list[set[str]], grid: tuple[int, int],
+                   min_fraction: float = 0.05) -> np.ndarray:
+    """``[N, P]`` bool: the patches of uint8 images ``[N,S,S,3]`` of the synthetic world that show an object in one
+    of ``colours[i]`` (image ``i``), on a ``grid`` of patches.
+
+    Each pixel that differs from the background (L1 over 30, as the backbone's object patches) belongs to the world
+    colour whose direction from the background it is closest to (an anti-aliased edge pixel is a blend of its
+    object's colour and the background); a patch counts when over ``min_fraction`` of its pixels belong to one of
+    the asked colours. Objects of one scene never share a colour with a distractor, so this tells them apart.
+    """
+    n, size = images.shape[0], images.shape[1]
+    gh, gw = grid
+    names = list(COLOURS)
+    background = np.asarray(BACKGROUND, np.float32)
+    directions = np.asarray([COLOURS[c] for c in names], dtype=np.float32) - background
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    wanted = np.zeros((n, len(names)), dtype=bool)
+    for i, asked in enumerate(colours):
+        wanted[i, [names.index(c) for c in asked]] = True
+    out = np.empty((n, gh * gw), dtype=bool)
+    for lo in range(0, n, 256):  # bounded memory: the float copies are 256 images at a time
+        away = images[lo:lo + 256].astype(np.float32) - background  # [B,S,S,3]
+        b = len(away)
+        nearest = np.argmax(away @ directions.T, axis=-1).reshape(b, -1)  # the norm of ``away`` is common: cosine
+        hit = (np.abs(away).sum(-1) > 30) & np.take_along_axis(wanted[lo:lo + b], nearest, axis=1).reshape(
+            b, size, size)
+        out[lo:lo + b] = hit.reshape(b, gh, size // gh, gw, size // gw).mean(axis=(2, 4)).reshape(b, -1) > min_fraction
+    return out
 
 
 def _still_caption(rng: np.random.Generator, objects: list[SynthObject]) -> str:
@@ -123,7 +176,10 @@ def _cell(x: float, y: float) -> tuple[int, int]:
 
 
 def _apart(objects: list[SynthObject]) -> bool:
-    """Whether the two objects' centres are more than 1.2x their summed radii plus ``EDGE`` apart (no overlap)."""
-    a, b = objects
-    ra, rb = SIZE_RADIUS[a.size] * a.scale, SIZE_RADIUS[b.size] * b.scale
-    return float(np.hypot(a.x - b.x, a.y - b.y)) > 1.2 * (ra + rb) + EDGE
+    """Whether every two objects' centres are more than 1.2x their summed radii plus ``EDGE`` apart (no overlap)."""
+    for i, a in enumerate(objects):
+        for b in objects[i + 1:]:
+            ra, rb = SIZE_RADIUS[a.size] * a.scale, SIZE_RADIUS[b.size] * b.scale
+            if float(np.hypot(a.x - b.x, a.y - b.y)) <= 1.2 * (ra + rb) + EDGE:
+                return False
+    return True
