@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,7 @@ def verify(
     raise_on_fail: bool = True,
     engine_device: str | None = None,
     engine_precision: str | None = None,
+    reference_runs: ReferenceRuns | None = None,
 ) -> dict[str, Any]:
     """Verify recall parity of an engine against the PyTorch reference and write ``verify.json``, ``verify.md`` and
     ``verify.png`` into ``out`` (default ``<workspace>/verify/<engine folder name>``).
@@ -264,7 +265,8 @@ def verify(
     reference on the GPU in strict fp32 (TF32 off), for GPU engines on large test sets. ``echo(result)`` is called
     after the reports are written and before a failure is raised (the CLI prints the table there).
     ``engine_device`` / ``engine_precision`` run a checkpoint given as the engine on that device in that precision
-    (e.g. ``cuda`` / ``fp16``: PyTorch fp16 against the fp32 reference).
+    (e.g. ``cuda`` / ``fp16``: PyTorch fp16 against the fp32 reference). ``reference_runs``, passed to several calls,
+    evaluates the reference once for all engines of one checkpoint (:class:`ReferenceRuns`).
 
     Returns the result dict (the content of ``verify.json`` plus ``out``). Raises :class:`CheckFailedError` when
     parity fails (after writing the reports; unless ``raise_on_fail`` is false), :class:`UsageError` for bad inputs.
@@ -291,7 +293,8 @@ def verify(
     try:
         reference = open_reference(ref_info, engine, engine_path, reference_device, batch_size)
         data = test_split(dataset, root, split, reference.config, max_videos)
-        run = evaluate_both(reference, engine, data, cache, top_m, batch_size, progress)
+        key = (ref_info.sha256, str(root), dataset, split, max_videos, top_m, batch_size, reference_device)
+        run = evaluate_both(reference, engine, data, cache, top_m, batch_size, progress, reference_runs, key)
         cmp = compare_evaluations(run.ref_eval, run.eng_eval, run.used, tie_eps)
         info = _info_dict(engine)
         precision = info.get("precision", "fp32")
@@ -375,17 +378,38 @@ class Evaluations:
     used: Any
     ref_seconds: float
     eng_seconds: float
+    ref_reused: bool = False
+
+
+@dataclass
+class ReferenceRuns:
+    """The reference's evaluations, kept by the caller across :func:`verify` calls of one process.
+
+    Verifying several engines built from one checkpoint evaluates the same PyTorch model on the same frames each
+    time; with one of these passed to every call the reference runs once. An entry is reused only for the same
+    checkpoint (sha256), data, split, video limit, top-M, batch size and reference device; the engine's evaluation
+    must still see the same videos (:func:`evaluate_both` checks).
+    """
+
+    runs: dict[tuple, tuple[dict[str, Any], float]] = field(default_factory=dict)
 
 
 def evaluate_both(reference: Any, engine: Any, data: Any, cache: Any, top_m: int, batch_size: int,
-                  progress: bool) -> Evaluations:
-    """Run :func:`rap_deploy.retrieval.evaluate` for the reference, then the engine, on the same frames; raises
-    :class:`CheckFailedError` when they saw different videos or none decoded."""
+                  progress: bool, reference_runs: ReferenceRuns | None = None, key: tuple = ()) -> Evaluations:
+    """Run :func:`rap_deploy.retrieval.evaluate` for the reference (or reuse its run from ``reference_runs`` under
+    ``key``), then the engine, on the same frames; raises :class:`CheckFailedError` when they saw different videos
+    or none decoded."""
     from rap_deploy.retrieval import evaluate
 
     t0 = time.perf_counter()
-    ref_eval = evaluate(reference, data, cache, top_m=top_m, batch_size=batch_size, progress=progress,
-                        return_scores=True)
+    kept = reference_runs.runs.get(key) if reference_runs is not None else None
+    if kept is None:
+        ref_eval = evaluate(reference, data, cache, top_m=top_m, batch_size=batch_size, progress=progress,
+                            return_scores=True)
+        if reference_runs is not None:
+            reference_runs.runs[key] = (ref_eval, time.perf_counter() - t0)
+    else:
+        ref_eval = kept[0]
     t1 = time.perf_counter()
     eng_eval = evaluate(engine, data, cache, top_m=top_m, batch_size=batch_size, progress=progress,
                         return_scores=True)
@@ -397,6 +421,8 @@ def evaluate_both(reference: Any, engine: Any, data: Any, cache: Any, top_m: int
     if not used.num_captions:
         raise CheckFailedError(f"no test video could be decoded ({len(ref_eval['skipped'])} skipped); run "
                                "`rapdeploy data-check`")
+    if kept is not None:  # the seconds the reference took when it ran
+        return Evaluations(ref_eval, eng_eval, used, kept[1], t2 - t1, ref_reused=True)
     return Evaluations(ref_eval, eng_eval, used, t1 - t0, t2 - t1)
 
 
@@ -490,7 +516,7 @@ def verify_report(*, passed: bool, tolerance: float | None, rule: str, precision
         "versions": reports.library_versions(),
         "device": reports.device_info(),
         "seconds": {"reference": round(run.ref_seconds, 3), "engine": round(run.eng_seconds, 3),
-                    "total": round(time.perf_counter() - started, 3)},
+                    "total": round(time.perf_counter() - started, 3), "reference_reused": run.ref_reused},
     }
 
 

@@ -117,3 +117,23 @@ def test_verify_usage_errors(tmp_path, synth_root):
     res = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root),
                               "--engine", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_reference_runs_evaluate_the_reference_once_for_several_engines(micro_ort_engines, synth_root,
+                                                                         frame_cache, tmp_path):
+    from rap_deploy.engines.verify import ReferenceRuns, verify
+
+    def check(engine, out, runs=None):
+        return verify("msrvtt", synth_root, engine, top_m=5, out=tmp_path / out, cache=frame_cache, progress=False,
+                      raise_on_fail=False, reference_runs=runs)
+
+    runs = ReferenceRuns()
+    first = check(micro_ort_engines["fp32"], "a", runs)
+    shared = check(micro_ort_engines["damaged"], "b", runs)
+    alone = check(micro_ort_engines["damaged"], "c")
+    assert len(runs.runs) == 1  # one checkpoint, one setting: one reference run
+    assert first["seconds"]["reference_reused"] is False and shared["seconds"]["reference_reused"] is True
+    assert alone["seconds"]["reference_reused"] is False
+    assert shared["passed"] is alone["passed"] is False
+    for key in ("reference", "engine", "delta", "rank_changes"):
+        assert shared[key] == alone[key], key  # the shared reference gives the very same verdict

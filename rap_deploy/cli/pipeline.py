@@ -340,17 +340,18 @@ def _build_engine_steps(run: _DemoRun) -> tuple[list[str], str | None]:
 
 def _verify_steps(run: _DemoRun, built: list[str]) -> list[dict[str, Any]]:
     """The ``verify`` step of each built engine (fp16/int8 at :func:`quantized_tolerance`); returns the verdicts."""
-    from rap_deploy.engines.verify import verify
+    from rap_deploy.engines.verify import ReferenceRuns, verify
 
     out, sizes, data, frame_cache = run.out, run.sizes, run.world.data, run.world.frame_cache
     quant_tolerance = quantized_tolerance(sizes.test_videos)
+    reference_runs = ReferenceRuns()  # every engine comes from best.pt: the reference is evaluated once
     verdicts = []
     for name in built:
         report = out / "verify" / name / "verify.json"
         tolerance = None if name.endswith("fp32") else quant_tolerance
         run.steps.run(f"verify {name}", report, lambda n=name, r=report, t=tolerance: verify(
             "msrvtt", data, out / "engines" / n, tolerance=t, top_m=sizes.top_m, out=r.parent, cache=frame_cache,
-            progress=run.progress, threads=run.threads, raise_on_fail=False))
+            progress=run.progress, threads=run.threads, raise_on_fail=False, reference_runs=reference_runs))
         result = _read_json(report)
         verdicts.append({"name": name, "backend": name.split("-")[0], "precision": name.split("-")[-1],
                          "passed": bool(result["passed"]), "tolerance": result.get("tolerance"),
