@@ -160,7 +160,7 @@ def tensorrt_status() -> str | None:
 
 def make_data(root: Path, s: CheckSizes) -> Path:
     """The synthetic dataset under ``root`` (kept when complete)."""
-    from rap_deploy.data.synth import generate_synthetic_dataset
+    from rap_deploy.data.synth_dataset import generate_synthetic_dataset
 
     if not (root / "MSRVTT_data.json").is_file():
         generate_synthetic_dataset(root, videos=s.videos, test_videos=s.test_videos, seed=0, size=s.size,

@@ -95,7 +95,7 @@ def synthetic_inputs(config: RAPConfig, count: int = 6, seed: int = SYNTH_SEED) 
     The videos go to a temporary folder that is deleted afterwards. Returns the decoded pool and test captions.
     """
     from rap_deploy.data.datasets import load_split
-    from rap_deploy.data.synth import generate_synthetic_dataset
+    from rap_deploy.data.synth_dataset import generate_synthetic_dataset
 
     t = config.frames
     n_short = count // 3 if max(3, t // 2) < t else 0

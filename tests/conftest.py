@@ -58,8 +58,8 @@ def micro_model():
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """Folder of a small synthetic MSR-VTT-layout dataset: 24 train + 12 test videos (6 time-reversed test pairs),
-    64x64 px, 4 fps, 12 s, seed 0 (see :func:`rap_deploy.data.synth.generate_synthetic_dataset`)."""
-    from rap_deploy.data.synth import generate_synthetic_dataset
+    64x64 px, 4 fps, 12 s, seed 0 (see :func:`rap_deploy.data.synth_dataset.generate_synthetic_dataset`)."""
+    from rap_deploy.data.synth_dataset import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synth")
     generate_synthetic_dataset(root, videos=36, test_videos=12, seed=0, size=64, progress=False)

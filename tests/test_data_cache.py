@@ -9,7 +9,7 @@ import pytest
 
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
 from rap_deploy.data.cache import FrameCache, default_cache_dir
-from rap_deploy.data.synth import write_video
+from rap_deploy.data.synth_dataset import write_video
 from rap_deploy.data.video import VideoDecodeError
 
 SAMPLING = FrameSamplingConfig(max_frames=6)

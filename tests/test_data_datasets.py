@@ -12,7 +12,7 @@ import torch
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
 from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.datasets import DATASETS, VideoCaptionDataset, VideoDataset, dataset_defaults, load_split
-from rap_deploy.data.synth import write_video
+from rap_deploy.data.synth_dataset import write_video
 from rap_deploy.errors import CheckFailedError, UsageError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
-from rap_deploy.data.synth import write_video
+from rap_deploy.data.synth_dataset import write_video
 from rap_deploy.data.video import VideoDecodeError, decode_video, sample_frame_indices
 
 S12 = FrameSamplingConfig(max_frames=12, fps=1.0)

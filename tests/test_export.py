@@ -413,7 +413,7 @@ def test_parity_inputs_from_a_dataset_folder(tmp_path):
     from conftest import micro_config
 
     from rap_deploy.data.datasets import load_split
-    from rap_deploy.data.synth import generate_synthetic_dataset
+    from rap_deploy.data.synth_dataset import generate_synthetic_dataset
     from rap_deploy.export.inputs import parity_inputs
 
     generate_synthetic_dataset(tmp_path, videos=6, test_videos=4, seed=5, size=64, seconds=3, progress=False)

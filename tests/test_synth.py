@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from rap_deploy.cli.app import app
 from rap_deploy.config import PreprocessConfig
-from rap_deploy.data import synth, synth_stills
+from rap_deploy.data import synth, synth_dataset, synth_stills
 from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.datasets import load_split
 from rap_deploy.data.synth_baselines import oracle_similarity, order_blind_baseline
@@ -43,7 +43,7 @@ def test_layout_and_captions(synth_root):
         per_video.setdefault(s["video_id"], []).append(s["caption"])
     assert all(len(set(caps)) == len(caps) >= 3 for caps in per_video.values())  # several distinct paraphrases
 
-    scenes, _ = synth.load_scenes(synth_root)
+    scenes, _ = synth_dataset.load_scenes(synth_root)
     test_captions = [r["sentence"] for r in rows]
     assert len(set(test_captions)) == 12  # unique in the split
     keys = [synth.scene_key(scenes[r["video_id"]]) for r in rows]
@@ -67,15 +67,16 @@ def test_videos_decode_with_decord(synth_root):
 
 
 def test_deterministic_for_a_seed(tmp_path):
-    a = synth.generate_synthetic_dataset(tmp_path / "a", videos=6, test_videos=2, seed=3, size=32, progress=False)
-    synth.generate_synthetic_dataset(tmp_path / "b", videos=6, test_videos=2, seed=3, size=32, progress=False)
-    synth.generate_synthetic_dataset(tmp_path / "c", videos=6, test_videos=2, seed=4, size=32, progress=False)
+    write = synth_dataset.generate_synthetic_dataset
+    a = write(tmp_path / "a", videos=6, test_videos=2, seed=3, size=32, progress=False)
+    write(tmp_path / "b", videos=6, test_videos=2, seed=3, size=32, progress=False)
+    write(tmp_path / "c", videos=6, test_videos=2, seed=4, size=32, progress=False)
     assert a["test_reverse_pairs"] == 1
     for name in ("MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv", "MSRVTT_train.9k.csv", "videos/video5.mp4"):
         assert _sha(tmp_path / "a" / name) == _sha(tmp_path / "b" / name)
     assert _sha(tmp_path / "a" / "MSRVTT_data.json") != _sha(tmp_path / "c" / "MSRVTT_data.json")
     with pytest.raises(UsageError):
-        synth.generate_synthetic_dataset(tmp_path / "d", videos=4, test_videos=4, progress=False)
+        synth_dataset.generate_synthetic_dataset(tmp_path / "d", videos=4, test_videos=4, progress=False)
 
 
 def test_reverse_scene_shows_the_same_frames_backwards():
@@ -116,20 +117,20 @@ def test_distractors_are_static_unnamed_and_apart():
 
 
 def test_distractor_share_is_an_option(tmp_path, synth_root):
-    scenes, info = synth.load_scenes(synth_root)
+    scenes, info = synth_dataset.load_scenes(synth_root)
     assert info["distractors"] == 0.0  # the default world: every object in view is in the caption
     assert all(len(s.objects) == len({e.obj for e in s.events}) for s in scenes.values())
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "all"), "--videos", "8", "--test-videos",
                                       "4", "--size", "32", "--seconds", "4", "--distractors", "1", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["distractors"] == 1.0
-    scenes, info = synth.load_scenes(tmp_path / "all")
+    scenes, info = synth_dataset.load_scenes(tmp_path / "all")
     assert info["distractors"] == 1.0
     assert all(len(s.objects) == len({e.obj for e in s.events}) + 1 for s in scenes.values())
     bad = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "bad"), "--distractors", "1.5"])
     assert bad.exit_code == 2 and "--distractors" in bad.output
     with pytest.raises(UsageError, match="distractors"):
-        synth.generate_synthetic_dataset(tmp_path / "x", videos=4, test_videos=2, size=32, distractors=-0.1,
+        synth_dataset.generate_synthetic_dataset(tmp_path / "x", videos=4, test_videos=2, size=32, distractors=-0.1,
                                          progress=False)
 
 
@@ -282,7 +283,7 @@ def test_selection_sorting_names_the_distractor_patches(tmp_path, micro_checkpoi
         (1.0 + 1 / 3) / 2)
 
     root = tmp_path / "distracted"
-    synth.generate_synthetic_dataset(root, videos=8, test_videos=4, seed=1, size=32, seconds=4, distractors=1.0,
+    synth_dataset.generate_synthetic_dataset(root, videos=8, test_videos=4, seed=1, size=32, seconds=4, distractors=1.0,
                                      progress=False)
     synth_selection.main(["--checkpoint", str(micro_checkpoint), "--data-root", str(root)])
     report = json.loads(capsys.readouterr().out)

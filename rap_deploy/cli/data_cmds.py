@@ -31,7 +31,7 @@ def synth(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Write the synthetic moving-shapes text-video dataset (the offline default) in the MSR-VTT layout."""
-    from rap_deploy.data.synth import generate_synthetic_dataset
+    from rap_deploy.data.synth_dataset import generate_synthetic_dataset
     from rap_deploy.locks import folder_lock
 
     if out.exists() and not out.is_dir():

@@ -112,7 +112,7 @@ class World:
 
 def prepare_world(out: Path, sizes: DemoSizes, steps: Steps, progress: bool, threads: int | None) -> World:
     """Run (or skip when complete) the synth and backbone pre-training steps into ``out``; returns the paths."""
-    from rap_deploy.data.synth import generate_synthetic_dataset
+    from rap_deploy.data.synth_dataset import generate_synthetic_dataset
     from rap_deploy.train.backbone import pretrain_backbone
 
     data = out / "data"

@@ -24,7 +24,8 @@ import numpy as np
 from rap_deploy.config import PreprocessConfig
 from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.datasets import RetrievalSplit, load_split
-from rap_deploy.data.synth import load_scenes, parse_caption, render_scene, reverse_scene, scene_key
+from rap_deploy.data.synth import parse_caption, render_scene, reverse_scene, scene_key
+from rap_deploy.data.synth_dataset import load_scenes
 from rap_deploy.data.video import sample_frame_indices
 from rap_deploy.errors import UsageError
 from rap_deploy.metrics import retrieval_metrics
