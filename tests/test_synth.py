@@ -82,7 +82,7 @@ def test_deterministic_for_a_seed(tmp_path):
 def test_reverse_scene_shows_the_same_frames_backwards():
     rng = np.random.default_rng(0)
     for _ in range(20):
-        scene = synth._random_scene(rng, 12, distractors=0.5)
+        scene = synth.random_scene(rng, 12, distractors=0.5)
         rev = synth.reverse_scene(scene)
         assert synth.scene_key(rev) != synth.scene_key(scene)
         assert synth.scene_key(synth.reverse_scene(rev)) == synth.scene_key(scene)
@@ -97,7 +97,7 @@ def test_distractors_are_static_unnamed_and_apart():
     rng = np.random.default_rng(1)
     t = np.arange(12.0)
     for _ in range(20):
-        scene = synth._random_scene(rng, 12, distractors=1.0)
+        scene = synth.random_scene(rng, 12, distractors=1.0)
         owners = {e.obj for e in scene.events}
         [extra] = [i for i in range(len(scene.objects)) if i not in owners]
         distractor = scene.objects[extra]
@@ -112,7 +112,7 @@ def test_distractors_are_static_unnamed_and_apart():
         for k in ("x", "y", "r", "alpha"):
             assert np.ptp(state[k][extra]) == 0.0  # it does nothing
         assert state["alpha"][extra, 0] == 1.0  # and is always in view
-    plain = synth._random_scene(np.random.default_rng(1), 12, distractors=0.0)
+    plain = synth.random_scene(np.random.default_rng(1), 12, distractors=0.0)
     assert len(plain.objects) == len({e.obj for e in plain.events})
 
 
@@ -273,7 +273,7 @@ def test_mistake_breakdown_module_run_on_a_checkpoint(synth_root, micro_checkpoi
 def test_selection_sorting_names_the_distractor_patches(tmp_path, micro_checkpoint, capsys):
     from rap_deploy.data import synth_selection
 
-    scene = synth._random_scene(np.random.default_rng(3), 12, distractors=1.0)
+    scene = synth.random_scene(np.random.default_rng(3), 12, distractors=1.0)
     named, distractor = synth_selection.patch_roles(scene, np.arange(0.0, 12.0, 3.0), 32, 12, (4, 4))
     assert named.shape == distractor.shape == (4, 16) and distractor.any(axis=1).all()
     assert synth_selection.selection_shares(np.array([[0, 1]]), np.array([[True, False, False]]),

@@ -25,8 +25,10 @@ def synth(
     fps: int = typer.Option(4, "--fps", help="Frames per second of the written videos."),
     seconds: int = typer.Option(12, "--seconds", help="Length of every video in seconds."),
     distractors: float = typer.Option(SYNTH_DISTRACTORS, "--distractors", min=0.0, max=1.0,
-                                      help="Fraction of scenes with one more object that does nothing and that no "
-                                      "caption names (0 = every object in view is in the caption)."),
+                                      help="Chance that a scene gets one more object that does nothing and that no "
+                                      "caption names (0 = every object in view is in the caption; 0.5 gives about "
+                                      "40 % of the scenes one, as redrawn scenes that do not fit lose theirs more "
+                                      "often)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:

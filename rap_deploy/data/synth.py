@@ -3,8 +3,8 @@
 A scene has one or two objects (6 colours x 4 shapes x 2 sizes on a plain background) and one or two events, one
 after the other: move left/right/up/down, grow/shrink, appear/disappear. Captions state colour, size, shape, motion and
 order ("a small red circle moves to the left, then a big blue square appears"), with several paraphrases per video.
-With ``--distractors P`` (default 0) a fraction P of the scenes also hold a distractor: a static object in another
-colour that no caption names.
+With ``--distractors P`` (default 0) each drawn scene also gets, with probability P, a distractor: a static object in
+another colour that no caption names.
 
 Frame order matters by construction. Events fill the interval [0.5 s, seconds - 1.5 s], which is symmetric under
 ``t -> (seconds - 1) - t``, so the time reverse of every scene is again a valid scene (events reversed and in reverse
@@ -311,9 +311,11 @@ def _valid_actions(actions: list[tuple[int, str]]) -> bool:
     return True
 
 
-def _random_scene(rng: np.random.Generator, seconds: float, distractors: float = 0.0) -> SceneSpec:
+def random_scene(rng: np.random.Generator, seconds: float, distractors: float = 0.0) -> SceneSpec:
     """Draw a random valid scene: 1 event (25%), 1 object with 2 events (25%), 2 objects with 1 event each (50%);
-    with probability ``distractors``, one more object that does nothing (see :func:`_add_distractor`)."""
+    with probability ``distractors``, one more object that does nothing (see :func:`_add_distractor`). A draw that
+    cannot be placed without overlap is drawn again, coin included, and three objects fail more often than two: at
+    0.5, 38 % of the demo's test scenes and 41 % of its training scenes have a distractor."""
     while True:
         kind = int(rng.choice(3, p=[0.25, 0.25, 0.5]))
         n_obj = 2 if kind == 2 else 1

@@ -24,8 +24,8 @@ from rap_deploy.data.synth import (
     COLOURS,
     SHAPES,
     SceneSpec,
-    _random_scene,
     paraphrases,
+    random_scene,
     render_scene,
     reverse_scene,
     scene_key,
@@ -69,7 +69,7 @@ def _check_readable(path: Path, size: int) -> None:
 
 def _unique_scene(rng: np.random.Generator, seconds: float, taken: set, distractors: float) -> SceneSpec:
     for _ in range(10_000):
-        spec = _random_scene(rng, seconds, distractors)
+        spec = random_scene(rng, seconds, distractors)
         key, rkey = scene_key(spec), scene_key(reverse_scene(spec))
         if key not in taken and rkey not in taken:
             return spec
@@ -95,8 +95,9 @@ def generate_synthetic_dataset(
     ``seconds`` long), ``MSRVTT_data.json`` (``videos`` with a ``synth`` scene description, ``sentences`` with
     ``captions_per_video`` paraphrases each), ``MSRVTT_train.9k.csv`` and ``MSRVTT_JSFUSION_test.csv`` (the canonical
     caption of each test video, unique in the split). Test videos come in time-reversed pairs; half of the training
-    videos too. A ``distractors`` fraction of the scenes hold one more object that does nothing and that no caption
-    names. Deterministic for a seed. Raises :class:`UsageError` for impossible settings.
+    videos too. Each scene holds, with a probability a little under ``distractors``
+    (:func:`~rap_deploy.data.synth.random_scene`), one more object that does nothing and that no caption names.
+    Deterministic for a seed. Raises :class:`UsageError` for impossible settings.
     """
     _check_settings(videos, test_videos, size, fps, seconds, distractors)
     started = time.perf_counter()
@@ -162,7 +163,7 @@ def _train_scenes(rng: np.random.Generator, seconds: float, count: int, taken: s
     them followed by their time reverse."""
     specs: list[SceneSpec] = []
     while len(specs) < count:
-        spec = _random_scene(rng, seconds, distractors)
+        spec = random_scene(rng, seconds, distractors)
         if scene_key(spec) in taken or scene_key(reverse_scene(spec)) in taken:
             continue
         specs.append(spec)
