@@ -91,13 +91,13 @@ def _clip_loss(logits: torch.Tensor) -> torch.Tensor:
 
 def object_patches(images: np.ndarray, grid: tuple[int, int], min_fraction: float = 0.05) -> np.ndarray:
     """``[N, P]`` bool: the patches of uint8 stills ``[N,S,S,3]`` where over ``min_fraction`` of the pixels differ
-    from the synthetic world's plain background colour (i.e. the patches that show an object)."""
-    from rap_deploy.data.synth import BACKGROUND
+    from the synthetic world's plain background colour (i.e. the patches that show an object): every pixel off the
+    background belongs to some world colour, so this is :func:`~rap_deploy.data.synth_stills.colour_patches` of all
+    of them."""
+    from rap_deploy.data.synth import COLOURS
+    from rap_deploy.data.synth_stills import colour_patches
 
-    n, size = images.shape[0], images.shape[1]
-    gh, gw = grid
-    fg = np.abs(images.astype(np.int32) - np.asarray(BACKGROUND)).sum(-1) > 30
-    return fg.reshape(n, gh, size // gh, gw, size // gw).mean(axis=(2, 4)).reshape(n, gh * gw) > min_fraction
+    return colour_patches(images, [set(COLOURS)] * len(images), grid, min_fraction)
 
 
 def named_object_patches(images: np.ndarray, captions: list[str], grid: tuple[int, int],

@@ -2,9 +2,9 @@
 
 One or two objects with the videos' colours, shapes, sizes and background, each inside a cell of a 3x3 grid, and
 captions about colour, size, shape and position only, never motion; optionally a distractor the caption does not
-name. The scene model, the constants and the renderer
-they share with the videos live in :mod:`rap_deploy.data.synth`; this module holds only what the stills add: the
-grid (:data:`POSITIONS`), the placement in its cells and the still captions.
+name. The scene model, the constants and the renderer they share with the videos live in
+:mod:`rap_deploy.data.synth`; this module holds only what the stills add: the grid (:data:`POSITIONS`), the placement
+in its cells, the still captions, and which patches show which colours (:func:`colour_patches`).
 """
 
 from __future__ import annotations
