@@ -292,3 +292,14 @@ def test_selection_sorting_names_the_distractor_patches(tmp_path, micro_checkpoi
     for mode in ("text", "saliency"):
         assert sum(report["all"][mode].values()) == pytest.approx(100.0, abs=0.05)
     assert 0.0 <= report["all"]["overlap"] <= 1.0
+
+    from conftest import micro_config
+
+    from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    ckpt, model = new_checkpoint(micro_config(use_asa=False), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    save_checkpoint(checkpoint_from_model(model, ckpt), tmp_path / "no_asa.pt")
+    with pytest.raises(SystemExit) as refused:
+        synth_selection.main(["--checkpoint", str(tmp_path / "no_asa.pt"), "--data-root", str(root)])
+    assert refused.value.code == 2 and "has no ASA head" in capsys.readouterr().err

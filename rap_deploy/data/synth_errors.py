@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,41 +113,77 @@ def split_scenes(split: RetrievalSplit) -> list[SceneSpec]:
     return [scenes[v.video_id] for v in split.videos]
 
 
-def checkpoint_mistakes(checkpoint: str | Path, data_root: str | Path, cache_dir: str | Path | None = None,
-                        progress: bool = True) -> dict[str, Any]:
-    """Encode the test split of the synthetic dataset at ``data_root`` with ``checkpoint`` (PyTorch, CPU) and return
-    ``{"full": ..., "meanp": ...}``: :func:`top1_mistakes` of its full similarity (the ASA head's, meanP for a model
-    without one) and of stage 1 alone, plus ``R1`` of each. Raises what loading the checkpoint and data raise."""
+@dataclass
+class EncodedTestSplit:
+    """A checkpoint's PyTorch model and its encodings of a synthetic test split (the videos that decode)."""
+
+    model: Any
+    encoder: Any
+    split: RetrievalSplit
+    scenes: list[SceneSpec]
+    index: Any  # rap_deploy.retrieval.VideoIndex
+    text_emb: np.ndarray
+
+
+def encode_test_split(checkpoint: str | Path, data_root: str | Path, cache_dir: str | Path | None = None,
+                      progress: bool = True, require_asa: bool = False) -> EncodedTestSplit:
+    """Load ``checkpoint`` (PyTorch, CPU) and encode the test split of the synthetic dataset at ``data_root``.
+    Raises :class:`UsageError` for data not written by ``rapdeploy synth`` and, with ``require_asa``, for a model
+    without an ASA head (before anything is decoded); otherwise what loading the checkpoint and data raise."""
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.data.cache import FrameCache
     from rap_deploy.data.datasets import load_split
-    from rap_deploy.metrics import retrieval_metrics
     from rap_deploy.model_encoder import ModelEncoder
-    from rap_deploy.retrieval import encode_texts, encode_videos, full_similarity, meanp_similarity, usable_videos
+    from rap_deploy.retrieval import encode_texts, encode_videos, usable_videos
 
     model = load_checkpoint(checkpoint).build_model().eval()
+    if require_asa and model.asa is None:
+        raise UsageError(f"{checkpoint} has no ASA head (rap_light or --no-asa): there is no patch selection to sort")
     encoder, cache = ModelEncoder(model), FrameCache(cache_dir)
     split = load_split("msrvtt", data_root, "test", max_frames=model.config.frames)
     split, _ = usable_videos(split, cache, encoder.config, progress)
     scenes = split_scenes(split)
     index = encode_videos(encoder, split, cache, progress=progress)
-    text_emb = encode_texts(encoder, split.captions)
+    return EncodedTestSplit(model, encoder, split, scenes, index, encode_texts(encoder, split.captions))
+
+
+def checkpoint_mistakes(checkpoint: str | Path, data_root: str | Path, cache_dir: str | Path | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Encode the test split of the synthetic dataset at ``data_root`` with ``checkpoint`` (PyTorch, CPU) and return
+    ``{"full": ..., "meanp": ...}``: :func:`top1_mistakes` of its full similarity (the ASA head's, meanP for a model
+    without one) and of stage 1 alone, plus ``R1`` of each. Raises what :func:`encode_test_split` raises."""
+    from rap_deploy.metrics import retrieval_metrics
+    from rap_deploy.retrieval import full_similarity, meanp_similarity
+
+    enc = encode_test_split(checkpoint, data_root, cache_dir, progress)
     out = {}
-    for name, sim in (("full", full_similarity(encoder, text_emb, index, progress=progress)),
-                      ("meanp", meanp_similarity(text_emb, index))):
-        out[name] = {"R1": retrieval_metrics(sim, split.caption_video)["t2v"]["R1"],
-                     **top1_mistakes(sim, split.caption_video, scenes)}
+    for name, sim in (("full", full_similarity(enc.encoder, enc.text_emb, enc.index, progress=progress)),
+                      ("meanp", meanp_similarity(enc.text_emb, enc.index))):
+        out[name] = {"R1": retrieval_metrics(sim, enc.split.caption_video)["t2v"]["R1"],
+                     **top1_mistakes(sim, enc.split.caption_video, enc.scenes)}
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print the top-1 mistake breakdown of a checkpoint on a synthetic test split as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def checkpoint_report_main(description: str, report: Any, argv: list[str] | None = None) -> None:
+    """The module runs of the synthetic-split reports: ``--checkpoint``, ``--data-root``, ``--cache``; prints
+    ``report(checkpoint, data_root, cache_dir, progress=False)`` as JSON; a :class:`UsageError` is one line on
+    stderr and exit status 2."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", required=True, help="a RAP checkpoint (.pt), e.g. runs/rap/best.pt")
     parser.add_argument("--data-root", required=True, help="folder written by rapdeploy synth")
     parser.add_argument("--cache", default=None, help="decoded-frame cache folder (default: decode every video)")
     args = parser.parse_args(argv)
-    print(json.dumps(checkpoint_mistakes(args.checkpoint, args.data_root, args.cache, progress=False), indent=2))
+    try:
+        result = report(args.checkpoint, args.data_root, args.cache, progress=False)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(result, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the top-1 mistake breakdown of a checkpoint on a synthetic test split as JSON."""
+    checkpoint_report_main(__doc__.split("\n")[0], checkpoint_mistakes, argv)
 
 
 if __name__ == "__main__":

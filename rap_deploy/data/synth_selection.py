@@ -12,8 +12,6 @@ Run: ``python -m rap_deploy.data.synth_selection --checkpoint RUN/best.pt --data
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -62,29 +60,17 @@ def checkpoint_selection(checkpoint: str | Path, data_root: str | Path, cache_di
     an ASA head or data not written by ``rapdeploy synth``."""
     import torch
 
-    from rap_deploy.checkpoint import load_checkpoint
-    from rap_deploy.data.cache import FrameCache
-    from rap_deploy.data.datasets import load_split
     from rap_deploy.data.synth_baselines import synthetic_scenes
-    from rap_deploy.data.synth_errors import split_scenes
+    from rap_deploy.data.synth_errors import encode_test_split
     from rap_deploy.data.video import sample_frame_indices
-    from rap_deploy.errors import UsageError
-    from rap_deploy.model_encoder import ModelEncoder
-    from rap_deploy.retrieval import encode_texts, encode_videos, usable_videos
 
-    model = load_checkpoint(checkpoint).build_model().eval()
-    if model.asa is None:
-        raise UsageError(f"{checkpoint} has no ASA head (rap_light or --no-asa): there is no patch selection to sort")
-    encoder, cache = ModelEncoder(model), FrameCache(cache_dir)
-    split = load_split("msrvtt", data_root, "test", max_frames=model.config.frames)
-    split, _ = usable_videos(split, cache, encoder.config, progress)
-    scenes = split_scenes(split)
+    enc = encode_test_split(checkpoint, data_root, cache_dir, progress, require_asa=True)
+    model, split, scenes, index = enc.model, enc.split, enc.scenes, enc.index
     _, info = synthetic_scenes(split)
     fps, seconds = int(info["fps"]), float(info["seconds"])
     size = model.config.preprocess.image_size  # rendered at the size the model reads (a square frame only scales)
     idx, valid = sample_frame_indices(int(round(fps * seconds)), fps, split.sampling)
-    index = encode_videos(encoder, split, cache, progress=progress)
-    text_emb = torch.from_numpy(encode_texts(encoder, split.captions))
+    text_emb = torch.from_numpy(enc.text_emb)
     groups: dict[str, list[dict[str, Any]]] = {"with_distractor": [], "without_distractor": []}
     for c, v in enumerate(split.caption_video):
         scene = scenes[v]
@@ -116,12 +102,9 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Print :func:`checkpoint_selection` as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="A RAP checkpoint (.pt) with an ASA head.")
-    parser.add_argument("--data-root", required=True, help="A dataset folder written by rapdeploy synth.")
-    parser.add_argument("--cache", default=None, help="Frame cache folder (default: none, decode every video).")
-    args = parser.parse_args(argv)
-    print(json.dumps(checkpoint_selection(args.checkpoint, args.data_root, args.cache, progress=False), indent=2))
+    from rap_deploy.data.synth_errors import checkpoint_report_main
+
+    checkpoint_report_main(__doc__.splitlines()[0], checkpoint_selection, argv)
 
 
 if __name__ == "__main__":
