@@ -174,9 +174,9 @@ def open_backends(engines: Sequence[str | os.PathLike[str]], checkpoint: str | o
     """
     import torch
 
+    from rap_deploy.engines.engine_refs import resolve_engine, resolve_reference
     from rap_deploy.engines.loader import is_remote
     from rap_deploy.engines.torch_backend import TorchEngine
-    from rap_deploy.engines.verify import resolve_engine, resolve_reference
 
     engine_paths = [e if is_remote(e) else Path(e).expanduser() for e in engines]  # server URLs stay strings
     if not engine_paths and checkpoint is None:

@@ -238,7 +238,7 @@ def run_parity(model, files: dict[str, Path], specs: dict[str, GraphSpec], input
             graphs[name] = _guarded(run, compare)
     result: dict[str, Any] = {"graphs": graphs}
     if "video" in run.ort_pool and "text" in run.ort_pool:
-        result["pipeline"] = _pipeline(model, files, run.ort_pool, run.ref, pcfg, precision, run.judge)
+        result["pipeline"] = _pipeline(run)
     return result
 
 
@@ -340,21 +340,22 @@ def _asa_parity(run: _ParityRun) -> dict[str, Any]:
     return fig.result(run.judge)
 
 
-def _pipeline(model, files, ort_pool, ref, pcfg, precision, judge) -> dict[str, Any]:
-    """The whole pool ranked end to end by the ONNX graphs (``ort_pool``) against PyTorch's
+def _pipeline(run: _ParityRun) -> dict[str, Any]:
+    """The whole pool ranked end to end by the ONNX graphs (``run.ort_pool``) against PyTorch's
     ``pool_similarity``; a failed entry when the ASA head cannot load or run."""
-    text, video_emb = ort_pool["text"], ort_pool["video"][0]
+    judge, pcfg = run.judge, run.pcfg
+    text, video_emb = run.ort_pool["text"], run.ort_pool["video"][0]
     try:
-        if "asa_head" in files:
-            feeds = dict(zip(ASA_INPUTS, (text, *stored_rerank(model, ort_pool["video"])), strict=True))
-            sim = ort_session(files["asa_head"], precision).run(None, feeds)[0]
+        if "asa_head" in run.files:
+            feeds = dict(zip(ASA_INPUTS, (text, *stored_rerank(run.model, run.ort_pool["video"])), strict=True))
+            sim = ort_session(run.files["asa_head"], run.precision).run(None, feeds)[0]
             what = "text_encoder -> video_encoder -> asa_head"
         else:
             sim = text @ video_emb.T
             what = "text_encoder -> video_encoder, meanP similarity"
     except Exception as exc:
         return {"error": _error_text(exc), "topk_match": False, **({"passed": False} if judge else {})}
-    r = ref["pool_similarity"]
+    r = run.ref["pool_similarity"]
     top = topk_agreement(r, sim, pcfg.topk, pcfg.tie_eps)
     res = {"what": what, "shape": list(sim.shape), "max_abs": max_abs(r, sim), "min_cosine": min_cosine(r, sim, False),
            "topk_match": top["match"], "topk_exact": top["exact"], "topk_ties": top["ties"], "topk_k": top["k"]}

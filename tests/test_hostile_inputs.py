@@ -271,8 +271,8 @@ def test_killed_build_engine_and_export_leave_the_previous_artifact(micro_ort_en
     """SIGKILL at every step of build-engine and export --force: the previous artifact stays usable, and no folder a
     bare command would pick up is left; the next writer cleans up. All kills run concurrently (one wait)."""
     from rap_deploy.engines.build import build_engine, resolve_export_dir
+    from rap_deploy.engines.engine_refs import resolve_engine
     from rap_deploy.engines.loader import load_engine
-    from rap_deploy.engines.verify import resolve_engine
     from rap_deploy.export import read_export_manifest
 
     runs = {}

@@ -29,9 +29,9 @@ from rap_deploy.errors import BackendUnavailableError, UsageError
 def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None,
                        threads: int | None = None) -> tuple[Any, Any]:
     """``(engine, EngineSource)`` for ``engine`` (default: the workspace's latest engine folder)."""
+    from rap_deploy.engines.engine_refs import resolve_engine
     from rap_deploy.engines.loader import is_remote, load_engine
     from rap_deploy.engines.serving.contract import read_source
-    from rap_deploy.engines.verify import resolve_engine
 
     if engine is not None and is_remote(engine):
         raise UsageError(f"--engine {engine} is a server; rapdeploy serve runs a local engine folder, export folder "

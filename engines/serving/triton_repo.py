@@ -106,8 +106,8 @@ def plan_repo(engine: str | os.PathLike[str] | None, workspace: str | os.PathLik
     damaged artifact.
     """
     from rap_deploy.config import RAPConfig
+    from rap_deploy.engines.engine_refs import resolve_engine
     from rap_deploy.engines.loader import is_remote
-    from rap_deploy.engines.verify import resolve_engine
 
     if kind not in KIND_CHOICES:
         raise UsageError(f"--kind must be one of {', '.join(KIND_CHOICES)}, got {kind!r}")

@@ -131,8 +131,8 @@ def _set_threads(threads: int | None) -> None:
 def _load_engine(engine: Path | None, workspace: Path | None, threads: int | None, device_id: int = 0,
                  lazy: bool = False) -> Any:
     """The engine (``--engine`` or the workspace's latest); ``lazy`` opens only the graphs a command calls."""
+    from rap_deploy.engines.engine_refs import resolve_engine
     from rap_deploy.engines.loader import load_engine
-    from rap_deploy.engines.verify import resolve_engine
 
     return load_engine(resolve_engine(engine, workspace), threads=threads, device_id=device_id, lazy=lazy)
 

@@ -1,0 +1,134 @@
+"""Which engine and which reference checkpoint a command works on: resolution and checks of both.
+
+``verify``, ``bench``, the library commands and the servers all start here: :func:`resolve_engine` finds the engine
+(a folder, a checkpoint or a server URL), :func:`resolve_reference` the checkpoint it was built from, checked against
+the sha256 its manifest records, and :func:`engine_label` names the engine's report folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.errors import CheckFailedError, UsageError
+
+
+@dataclass
+class Reference:
+    """The PyTorch reference: where its checkpoint came from and whether it matches the engine's source."""
+
+    checkpoint: Path
+    sha256: str
+    manifest_sha256: str | None
+    source: str  # "manifest" or "--checkpoint"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": "torch", "precision": "fp32", "checkpoint": str(self.checkpoint), "sha256": self.sha256,
+                "engine_source_sha256": self.manifest_sha256, "source": self.source,
+                "matches_engine_source": None if self.manifest_sha256 is None else self.sha256 == self.manifest_sha256}
+
+
+def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None) -> Path:
+    """The engine to use: ``engine`` if given, else the latest engine folder in the workspace.
+
+    A server URL (``http://HOST:PORT``) is returned as the string it is. Raises :class:`UsageError` when none is given
+    and the workspace has no engine.
+    """
+    from rap_deploy.engines.loader import is_remote
+    from rap_deploy.workspace import latest_child, subdir
+
+    if is_remote(engine):
+        return engine  # type: ignore[return-value]  # load_engine runs it over the Open Inference Protocol
+    if engine is not None:
+        path = Path(engine).expanduser()
+        if not path.exists():
+            raise UsageError(f"engine {path} does not exist; pass --engine with an engine folder from "
+                             "`rapdeploy build-engine` (or a .pt checkpoint for the PyTorch engine)")
+        return path
+    folder = subdir("engines", workspace)
+    found = latest_child(folder, "manifest.json")
+    if found is None:
+        raise UsageError(f"no engine in {folder}; build one with `rapdeploy build-engine` or pass --engine DIR")
+    return found
+
+
+def engine_manifest(engine_path: Path) -> dict[str, Any] | None:
+    """The engine folder's ``manifest.json`` (``None`` for a checkpoint file used as the PyTorch engine; for a server
+    URL, what the server reports about its engine: ``checkpoint``, ``precision``)."""
+    from rap_deploy.engines.loader import is_remote
+
+    if is_remote(engine_path):
+        from rap_deploy.engines.serving.remote import remote_manifest
+
+        return remote_manifest(str(engine_path))
+    if engine_path.is_file():
+        return None
+    from rap_deploy.safe_paths import resolve_entry
+
+    path = engine_path / "manifest.json"
+    if not path.is_file() and not path.is_symlink():
+        raise UsageError(f"{engine_path} has no manifest.json: not an engine folder; build one with "
+                         "`rapdeploy build-engine`")
+    resolve_entry(engine_path, "manifest.json", "engine manifest", engine_path)  # no symlink, FIFO or device
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckFailedError(f"{path} is not valid JSON ({exc}); rebuild the engine") from None
+    if not isinstance(manifest, dict):
+        raise CheckFailedError(f"{path} is not a JSON object; the engine folder is damaged, rebuild it")
+    return manifest
+
+
+def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | None) -> Reference:
+    """The reference checkpoint: ``checkpoint`` if given, else the one named in the engine's manifest.
+
+    Raises :class:`UsageError` when the manifest names none, the file is gone, or it changed since the engine was
+    built (sha256 differs) — pass ``--checkpoint`` to choose the reference explicitly.
+    """
+    from rap_deploy.atomic import sha256_file
+    from rap_deploy.engines.loader import is_remote
+
+    remote = is_remote(engine_path)
+    where = engine_path if remote else engine_path / "manifest.json"
+    manifest = engine_manifest(engine_path)
+    recorded = (manifest or {}).get("checkpoint") or {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if manifest is None and checkpoint is None:
+        checkpoint = engine_path  # a .pt engine is its own reference
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise UsageError(f"reference checkpoint {path} does not exist; pass --checkpoint with the .pt the engine "
+                             "was exported from")
+        return Reference(path, sha256_file(path), recorded.get("sha256"), "--checkpoint")
+    from rap_deploy.checkpoint import CHECKPOINT_SUFFIXES
+
+    value = recorded.get("path")
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{where} names no source checkpoint; pass --checkpoint CKPT")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and not path.is_file() and not remote:
+        path = engine_path / path
+    # The manifest is untrusted: only an existing regular file with a checkpoint suffix is opened, and nothing about
+    # any other file (not even a hash) is reported.
+    if path.suffix not in CHECKPOINT_SUFFIXES or not path.is_file():
+        raise UsageError(f"the engine's source checkpoint {value!r} (from {where}) is not an existing checkpoint "
+                         "file here; pass --checkpoint with the .pt it was exported from")
+    digest = sha256_file(path)
+    if recorded.get("sha256") and digest != recorded["sha256"]:
+        raise UsageError(f"checkpoint {path} is not the file the engine was built from (its sha256 differs from the "
+                         f"one in {where}): it changed since export; pass --checkpoint with "
+                         "the original, or re-export and rebuild the engine")
+    return Reference(path, digest, recorded.get("sha256"), "manifest")
+
+
+def engine_label(engine_path: Path | str) -> str:
+    """A folder name for an engine's reports: the engine folder's or checkpoint's name, ``remote-HOST-PORT``."""
+    from rap_deploy.engines.loader import is_remote
+
+    if is_remote(engine_path):
+        return "remote-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in str(engine_path).split("://")[1])
+    return engine_path.stem if engine_path.is_file() else engine_path.resolve().name
