@@ -237,6 +237,24 @@ def test_mistake_breakdown_of_the_oracle_and_of_a_time_blind_ranker(synth_root):
     assert flipped["kinds"]["time_reverse"] == 100.0 and flipped["beats_time_reverse"] == 0.0
     with pytest.raises(ValueError, match="does not match"):
         top1_mistakes(sim[:, :-1], split.caption_video, scenes)
+    assert oracle["by_distractor"] == {"with_distractor": {"queries": 0, "R1": None},
+                                       "without_distractor": {"queries": split.num_captions, "R1": 100.0}}
+
+
+def test_top1_split_by_distractor():
+    from rap_deploy.data.synth import SceneSpec, SynthEvent, SynthObject
+    from rap_deploy.data.synth_errors import top1_by_distractor
+
+    obj = SynthObject("red", "circle", "small", 0.3, 0.3, 1.0)
+    still = SynthObject("blue", "square", "big", 0.7, 0.7, 1.0)
+    clean = SceneSpec((obj,), (SynthEvent(0, "grow", 0.0),))
+    with_distractor = SceneSpec((obj, still), (SynthEvent(0, "grow", 0.0),))
+    assert with_distractor.has_distractor and not clean.has_distractor
+    scenes = [clean, with_distractor]
+    # queries 0, 1 describe video 0; queries 2, 3, 4 video 1 (its distractor named by none of them)
+    correct = np.array([True, False, True, False, False])
+    out = top1_by_distractor(correct, np.array([0, 0, 1, 1, 1]), scenes)
+    assert out == {"with_distractor": {"queries": 3, "R1": 33.33}, "without_distractor": {"queries": 2, "R1": 50.0}}
 
 
 def test_mistake_kinds_name_what_differs():

@@ -97,6 +97,11 @@ class SceneSpec:
         """Plain-JSON form (stored as ``synth`` in every video entry of ``MSRVTT_data.json``)."""
         return {"objects": [asdict(o) for o in self.objects], "events": [asdict(e) for e in self.events]}
 
+    @property
+    def has_distractor(self) -> bool:
+        """Whether an object owns no event: a distractor, which no caption names (:func:`_add_distractor`)."""
+        return len(self.objects) > len({e.obj for e in self.events})
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SceneSpec:
         """Inverse of :meth:`to_dict`."""

@@ -80,8 +80,7 @@ def checkpoint_selection(checkpoint: str | Path, data_root: str | Path, cache_di
         with torch.no_grad():
             by_text = model.asa.select(text_emb[c:c + 1], patches)[0, 0].numpy()
             by_saliency = model.asa.select(frames, patches)[0, 0].numpy()
-        has = len(scene.objects) > len({e.obj for e in scene.events})
-        groups["with_distractor" if has else "without_distractor"].append({
+        groups["with_distractor" if scene.has_distractor else "without_distractor"].append({
             "text": selection_shares(by_text, named, distractor),
             "saliency": selection_shares(by_saliency, named, distractor),
             "overlap": jaccard(by_text, by_saliency)})
