@@ -368,6 +368,11 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     table = (out / "ablation.md").read_text()
     assert "| `rap` (LoRM + ASA, learned offsets) |" in table and "rap >= zero-shot + 15 t2v R@1" in table
     assert " ± " in table and table in first.output
+    frozen_check = next(c for c in result["targets"] if c["check"].startswith("rap above offsets_zero"))
+    diffs = [a["t2v"]["R1"] - b["t2v"]["R1"] for a, b in zip(rap["runs"], frozen["runs"], strict=True)]
+    assert frozen_check["paired"]["seeds"] == [0, 1]
+    assert frozen_check["paired"]["mean"] == pytest.approx(np.mean(diffs), abs=1e-4)
+    assert "| paired, seed by seed (mean ± std) |" in table
     stamp = (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns
     again = runner.invoke(app, args)  # complete runs are read back, not trained again
     assert again.exit_code == 0, again.output
@@ -388,6 +393,26 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     distracted = runner.invoke(app, [*args, "--distractors", "0.5"])
     assert distracted.exit_code == 2 and "distractors 0, but this run asks for 0.5" in distracted.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_paired_difference_matches_seeds():
+    """Seed by seed, over the seeds both rows have, whatever order the runs are listed in."""
+    from rap_deploy.train.ablate import ablation_markdown, paired_difference
+
+    def runs(pairs):
+        return [{"seed": s, "t2v": {"R1": r1}} for s, r1 in pairs]
+
+    rap, other = runs([(0, 31.5), (1, 31.0), (2, 35.5)]), runs([(2, 32.5), (0, 32.5), (1, 30.5), (7, 99.0)])
+    paired = paired_difference(rap, other)
+    assert paired["seeds"] == [0, 1, 2]
+    assert paired["mean"] == pytest.approx(np.mean([-1.0, 0.5, 3.0]), abs=1e-4)
+    assert paired["std"] == pytest.approx(np.std([-1.0, 0.5, 3.0], ddof=1), abs=1e-4)
+    assert paired_difference(rap[:1], other)["std"] == 0.0
+    assert paired_difference(rap, runs([(5, 1.0)])) is None
+    check = {"check": "rap above saliency by more than the seed std (2.47)", "value": 0.83, "passed": False,
+             "paired": paired}
+    table = ablation_markdown({"seeds": [0, 1, 2], "rows": [], "targets": [check]})
+    assert "| rap above saliency by more than the seed std (2.47) | +0.83 | no | +0.83 ± 2.02 |" in table
 
 
 def test_rap_light_and_no_asa_are_the_same_model():
