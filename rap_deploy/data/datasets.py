@@ -3,16 +3,13 @@
 ``load_split`` turns a dataset folder into a :class:`RetrievalSplit`: the videos, every caption (a query) and the
 video each caption belongs to. MSR-VTT test (1k-A) has one caption per video; MSVD test has many (every caption is a
 query); DiDeMo and ActivityNet have one paragraph per video (all its sentences joined). Video files that do not exist
-are still listed, so ``data-check`` and training can report them by name.
+are still listed, so ``data-check`` and training can report them by name. The checked readers of the annotation files
+themselves are :mod:`rap_deploy.data.annotation_files`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,9 +20,18 @@ import torch
 import torch.utils.data
 
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig, TokenizerConfig
+from rap_deploy.data.annotation_files import (
+    damaged,
+    duration_seconds,
+    plain_video_id,
+    read_csv,
+    read_json,
+    read_list,
+    read_pickle,
+    require_key,
+)
 from rap_deploy.data.cache import FrameCache
-from rap_deploy.errors import CheckFailedError, UsageError
-from rap_deploy.safe_paths import check_plain_name
+from rap_deploy.errors import UsageError
 
 DATASETS = ("msrvtt", "msvd", "didemo", "activitynet")
 VIDEO_DIR = "videos"
@@ -181,8 +187,8 @@ def _read_msrvtt(root: Path, split: str) -> Readout:
         # 1k-A: one row per test video with its one caption.
         path = root / "MSRVTT_JSFUSION_test.csv"
         index: dict[str, int] = {}
-        for row in _read_csv(path, ("video_id", "sentence")):
-            vid = _video_id(row["video_id"], path)
+        for row in read_csv(path, ("video_id", "sentence")):
+            vid = plain_video_id(row["video_id"], path)
             if vid not in index:
                 index[vid] = len(videos)
                 videos.append(VideoEntry(vid, _msrvtt_video(videos_dir, vid)))
@@ -190,18 +196,18 @@ def _read_msrvtt(root: Path, split: str) -> Readout:
             owner.append(index[vid])
         return videos, captions, owner
     train_csv = root / "MSRVTT_train.9k.csv"
-    ids = [_video_id(row["video_id"], train_csv) for row in _read_csv(train_csv, ("video_id",))]
+    ids = [plain_video_id(row["video_id"], train_csv) for row in read_csv(train_csv, ("video_id",))]
     data_path = root / "MSRVTT_data.json"
-    data = _read_json(data_path)
-    sentences = _require(data, "sentences", data_path, kind=list)
+    data = read_json(data_path)
+    sentences = require_key(data, "sentences", data_path, kind=list)
     by_video: dict[str, list[str]] = {}
     for i, item in enumerate(sentences):
-        vid = _require(item, "video_id", data_path, f"sentences[{i}]", kind=(str, int))
-        caption = _require(item, "caption", data_path, f"sentences[{i}]", kind=str)
+        vid = require_key(item, "video_id", data_path, f"sentences[{i}]", kind=(str, int))
+        caption = require_key(item, "caption", data_path, f"sentences[{i}]", kind=str)
         by_video.setdefault(str(vid), []).append(caption.strip())
     for vid in dict.fromkeys(ids):  # unique, in file order
         if vid not in by_video:
-            raise _damaged(data_path, f"has no sentences for training video '{vid}' listed in MSRVTT_train.9k.csv")
+            raise damaged(data_path, f"has no sentences for training video '{vid}' listed in MSRVTT_train.9k.csv")
         for cap in by_video[vid]:
             captions.append(cap)
             owner.append(len(videos))
@@ -218,23 +224,23 @@ def _msrvtt_video(videos_dir: Path, vid: str) -> Path:
 
 def _read_msvd(root: Path, split: str) -> Readout:
     list_path = root / f"{split}_list.txt"
-    ids = [_video_id(v, list_path) for v in _read_list(list_path)]
+    ids = [plain_video_id(v, list_path) for v in read_list(list_path)]
     cap_path = root / "raw-captions.pkl"
-    raw = _read_pickle(cap_path)
+    raw = read_pickle(cap_path)
     if not isinstance(raw, dict):
-        raise _damaged(cap_path, f"should hold a dict video id -> list of token lists, found {type(raw).__name__}")
+        raise damaged(cap_path, f"should hold a dict video id -> list of token lists, found {type(raw).__name__}")
     finder = _StemFinder(root / VIDEO_DIR)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
     for vid in ids:
         if vid not in raw:
-            raise _damaged(cap_path, f"has no key '{vid}' (listed in {split}_list.txt)")
+            raise damaged(cap_path, f"has no key '{vid}' (listed in {split}_list.txt)")
         if not isinstance(raw[vid], (list, tuple)):
-            raise _damaged(cap_path, f"key '{vid}' holds a {type(raw[vid]).__name__}, not a list of captions")
+            raise damaged(cap_path, f"key '{vid}' holds a {type(raw[vid]).__name__}, not a list of captions")
         for tokens in raw[vid]:
             if not isinstance(tokens, (str, list, tuple)):
-                raise _damaged(cap_path, f"key '{vid}' holds a caption of type {type(tokens).__name__}")
+                raise damaged(cap_path, f"key '{vid}' holds a caption of type {type(tokens).__name__}")
             captions.append(tokens.strip() if isinstance(tokens, str) else " ".join(str(t) for t in tokens))
             owner.append(len(videos))
         videos.append(VideoEntry(vid, finder.find(vid, default_ext=".avi")))
@@ -243,16 +249,16 @@ def _read_msvd(root: Path, split: str) -> Readout:
 
 def _read_didemo(root: Path, split: str) -> Readout:
     list_path = root / f"{split}_list.txt"
-    ids = [_video_id(v, list_path) for v in _read_list(list_path)]
+    ids = [plain_video_id(v, list_path) for v in read_list(list_path)]
     data_path = root / f"{split}_data.json"
-    data = _read_json(data_path)
+    data = read_json(data_path)
     if not isinstance(data, list):
-        raise _damaged(data_path, "should be a list of LocalizingMoments annotations")
+        raise damaged(data_path, "should be a list of LocalizingMoments annotations")
     wanted = set(ids)
     paragraphs: dict[str, list[str]] = {}
     for i, item in enumerate(data):
-        vid = str(_require(item, "video", data_path, f"[{i}]", kind=(str, int)))
-        description = _require(item, "description", data_path, f"[{i}]", kind=str).strip()
+        vid = str(require_key(item, "video", data_path, f"[{i}]", kind=(str, int)))
+        description = require_key(item, "description", data_path, f"[{i}]", kind=str).strip()
         if vid in wanted:
             paragraphs.setdefault(vid, []).append(description)
     finder = _StemFinder(root / VIDEO_DIR)
@@ -261,7 +267,7 @@ def _read_didemo(root: Path, split: str) -> Readout:
     owner: list[int] = []
     for vid in ids:
         if vid not in paragraphs:
-            raise _damaged(data_path, f"has no description for video '{vid}' (listed in {split}_list.txt)")
+            raise damaged(data_path, f"has no description for video '{vid}' (listed in {split}_list.txt)")
         captions.append(" ".join(paragraphs[vid]))
         owner.append(len(videos))
         videos.append(VideoEntry(vid, finder.find(vid, default_ext=".mp4"), start=None, end=DIDEMO_END_SECONDS))
@@ -270,21 +276,21 @@ def _read_didemo(root: Path, split: str) -> Readout:
 
 def _read_activitynet(root: Path, split: str) -> Readout:
     ids_path = root / f"{split}_ids.json"
-    ids = _read_json(ids_path)
+    ids = read_json(ids_path)
     if not isinstance(ids, list):
-        raise _damaged(ids_path, "should be a JSON list of video ids like 'v_QOlSCBRmfWY'")
+        raise damaged(ids_path, "should be a JSON list of video ids like 'v_QOlSCBRmfWY'")
     data_path = root / ("train.json" if split == "train" else "val_1.json")
-    data = _read_json(data_path)
+    data = read_json(data_path)
     if not isinstance(data, dict):
-        raise _damaged(data_path, "should map 'v_<id>' to {duration, timestamps, sentences}")
+        raise damaged(data_path, "should map 'v_<id>' to {duration, timestamps, sentences}")
     finder = _StemFinder(root / VIDEO_DIR)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
-    for pseudo in dict.fromkeys(_video_id(i, ids_path) for i in ids):
-        item = _require(data, pseudo, data_path)
-        sentences = _require(item, "sentences", data_path, pseudo, kind=list)
-        duration = _duration(_require(item, "duration", data_path, pseudo), data_path, pseudo)
+    for pseudo in dict.fromkeys(plain_video_id(i, ids_path) for i in ids):
+        item = require_key(data, pseudo, data_path)
+        sentences = require_key(item, "sentences", data_path, pseudo, kind=list)
+        duration = duration_seconds(require_key(item, "duration", data_path, pseudo), data_path, pseudo)
         captions.append(" ".join(str(s).strip() for s in sentences))
         owner.append(len(videos))
         # CLIP4Clip strips the "v_" prefix to find the file; many copies keep it, so look for both.
@@ -329,99 +335,6 @@ class _StemFinder:
             if found:
                 return sorted(found, key=lambda p: (p.suffix.lower() != ".mp4", str(p)))[0]
         return self.folder / (vid if Path(vid).suffix.lower() in VIDEO_EXTENSIONS else f"{vid}{default_ext}")
-
-
-# ---------------------------------------------------------------------------------------------------- file helpers
-
-
-def _need_file(path: Path) -> None:
-    if not path.is_file():
-        raise UsageError(f"annotation file {path} is missing; is --data-root the right dataset folder?")
-
-
-def _damaged(path: Path, what: str) -> CheckFailedError:
-    """The error for a damaged annotation file (exit 1): ``path`` and what is wrong with it."""
-    return CheckFailedError(f"{path} {what}; the annotation file is damaged or not in the CLIP4Clip format, fix or "
-                            "re-download it")
-
-
-def _video_id(value: Any, path: Path) -> str:
-    """A video id from an annotation file, checked to be one plain file name (CheckFailedError otherwise)."""
-    return check_plain_name(value.strip() if isinstance(value, str) else value, "video id", path)
-
-
-def _duration(value: Any, path: Path, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e7:
-        raise _damaged(path, f"has duration {value!r} in {where}, not a number of seconds in [0, 1e7)")
-    return float(value)
-
-
-def _text(path: Path) -> str:
-    """The UTF-8 text of an annotation file (CheckFailedError naming the file and byte when it is not text)."""
-    _need_file(path)
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise _damaged(path, f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
-                       ) from None
-
-
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    text = _text(path)
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise _damaged(path, f"has no column '{missing[0]}' (columns: {', '.join(header) or 'none'})")
-        reader.fieldnames = header
-        rows = [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
-    except csv.Error as exc:
-        raise _damaged(path, f"is not a valid CSV file ({exc})") from None
-    for i, row in enumerate(rows):
-        if any(not isinstance(row.get(c), str) for c in columns):
-            raise _damaged(path, f"row {i + 2} lacks a value for {', '.join(columns)}")
-    return rows
-
-
-def _read_json(path: Path) -> Any:
-    text = _text(path)
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise _damaged(path, f"is not valid JSON: {str(exc)[:120]}") from None
-
-
-def _read_list(path: Path) -> list[str]:
-    lines = [line.strip() for line in _text(path).splitlines()]
-    return list(dict.fromkeys(line for line in lines if line))
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Unpickler that only builds plain containers and strings: a caption file must not run code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a caption file")
-
-
-def _read_pickle(path: Path) -> Any:
-    _need_file(path)
-    try:
-        with open(path, "rb") as fh:
-            return _PlainUnpickler(fh).load()
-    except Exception as exc:  # any failure of the restricted unpickler means "not a plain pickle of captions"
-        raise _damaged(path, f"is not a plain pickle of captions: {str(exc)[:160] or type(exc).__name__}") from None
-
-
-def _require(obj: Any, key: str, path: Path, where: str = "", kind: type | tuple[type, ...] | None = None) -> Any:
-    at = f" in {where}" if where else ""
-    if not isinstance(obj, dict) or key not in obj:
-        raise _damaged(path, f"has no key '{key}'{at}")
-    value = obj[key]
-    if kind is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise _damaged(path, f"has '{key}'{at} of type {type(value).__name__} ({str(value)[:40]!r}), expected {names}")
-    return value
 
 
 # ------------------------------------------------------------------------------------------------ training dataset

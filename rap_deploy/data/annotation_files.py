@@ -1,0 +1,120 @@
+"""Readers of the annotation files a dataset folder holds (CSV, JSON, plain lists, caption pickles), for
+:mod:`rap_deploy.data.datasets`.
+
+Every file is untrusted: a missing file is a :class:`UsageError` naming it (exit 2: wrong ``--data-root``), a damaged
+one a :class:`CheckFailedError` naming the file and what is wrong (exit 1); pickles build plain containers only, and
+video ids must be plain file names.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.safe_paths import check_plain_name
+
+
+def need_file(path: Path) -> None:
+    """Return when ``path`` is a file; raises :class:`UsageError` (the folder is not the dataset) otherwise."""
+    if not path.is_file():
+        raise UsageError(f"annotation file {path} is missing; is --data-root the right dataset folder?")
+
+
+def damaged(path: Path, what: str) -> CheckFailedError:
+    """The error for a damaged annotation file (exit 1): ``path`` and what is wrong with it."""
+    return CheckFailedError(f"{path} {what}; the annotation file is damaged or not in the CLIP4Clip format, fix or "
+                            "re-download it")
+
+
+def plain_video_id(value: Any, path: Path) -> str:
+    """A video id from an annotation file, checked to be one plain file name (CheckFailedError otherwise)."""
+    return check_plain_name(value.strip() if isinstance(value, str) else value, "video id", path)
+
+
+def duration_seconds(value: Any, path: Path, where: str) -> float:
+    """``value`` as a duration in seconds; raises :class:`CheckFailedError` naming ``path`` and ``where`` unless it
+    is a number in [0, 1e7)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e7:
+        raise damaged(path, f"has duration {value!r} in {where}, not a number of seconds in [0, 1e7)")
+    return float(value)
+
+
+def annotation_text(path: Path) -> str:
+    """The UTF-8 text of an annotation file (CheckFailedError naming the file and byte when it is not text)."""
+    need_file(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise damaged(path, f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+                      ) from None
+
+
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """The non-blank rows of the CSV file ``path`` (header names stripped); raises :class:`CheckFailedError` when a
+    column of ``columns`` is missing, a row lacks one of their values or the file is not CSV text."""
+    text = annotation_text(path)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise damaged(path, f"has no column '{missing[0]}' (columns: {', '.join(header) or 'none'})")
+        reader.fieldnames = header
+        rows = [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+    except csv.Error as exc:
+        raise damaged(path, f"is not a valid CSV file ({exc})") from None
+    for i, row in enumerate(rows):
+        if any(not isinstance(row.get(c), str) for c in columns):
+            raise damaged(path, f"row {i + 2} lacks a value for {', '.join(columns)}")
+    return rows
+
+
+def read_json(path: Path) -> Any:
+    """The parsed JSON file ``path``; raises :class:`CheckFailedError` when it is not JSON text."""
+    text = annotation_text(path)
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise damaged(path, f"is not valid JSON: {str(exc)[:120]}") from None
+
+
+def read_list(path: Path) -> list[str]:
+    """The distinct non-blank lines of the text file ``path``, in order (what :func:`annotation_text` raises)."""
+    lines = [line.strip() for line in annotation_text(path).splitlines()]
+    return list(dict.fromkeys(line for line in lines if line))
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickler that only builds plain containers and strings: a caption file must not run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a caption file")
+
+
+def read_pickle(path: Path) -> Any:
+    """The plain containers and strings pickled in ``path``; raises :class:`CheckFailedError` for anything else (a
+    pickle that would build another object is refused before it runs)."""
+    need_file(path)
+    try:
+        with open(path, "rb") as fh:
+            return _PlainUnpickler(fh).load()
+    except Exception as exc:  # any failure of the restricted unpickler means "not a plain pickle of captions"
+        raise damaged(path, f"is not a plain pickle of captions: {str(exc)[:160] or type(exc).__name__}") from None
+
+
+def require_key(obj: Any, key: str, path: Path, where: str = "", kind: type | tuple[type, ...] | None = None) -> Any:
+    """``obj[key]``, checked to be of ``kind`` (bools never count as numbers); raises :class:`CheckFailedError`
+    naming ``path``, ``where`` and the key when ``obj`` is not a dict holding it or the value has another type."""
+    at = f" in {where}" if where else ""
+    if not isinstance(obj, dict) or key not in obj:
+        raise damaged(path, f"has no key '{key}'{at}")
+    value = obj[key]
+    if kind is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise damaged(path, f"has '{key}'{at} of type {type(value).__name__} ({str(value)[:40]!r}), expected {names}")
+    return value
