@@ -100,65 +100,88 @@ def convert_to_fp16(model: onnx.ModelProto, blocked_ops: Iterable[str] = FP16_BL
     orig_types = _value_types(model)
     fp32_nodes = fp32_node_names(model, blocked_ops)
 
-    inits = {i.name: i for i in graph.initializer}
-    cur: dict[str, int] = dict(orig_types)  # the type each value has in the converted graph
-    new_nodes: list[onnx.NodeProto] = []
-    casts: dict[tuple[str, int], str] = {}
-    half_inits: dict[str, str] = {}
-    n_casts = 0
-
-    def as_type(name: str, target: int) -> str:
-        nonlocal n_casts
-        if name in inits and cur[name] == FLOAT and target == FLOAT16:
-            if name not in half_inits:
-                arr = numpy_helper.to_array(inits[name]).astype(np.float32)
-                half = numpy_helper.from_array(np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16),
-                                               f"{name}__fp16")
-                graph.initializer.append(half)
-                half_inits[name] = half.name
-                cur[half.name] = FLOAT16
-            return half_inits[name]
-        key = (name, target)
-        if key not in casts:
-            out = f"{name}__to_{'fp16' if target == FLOAT16 else 'fp32'}"
-            new_nodes.append(helper.make_node("Cast", [name], [out], to=target, name=f"{out}__cast"))
-            cur[out] = target
-            casts[key] = out
-            n_casts += 1
-        return casts[key]
-
+    half = _HalfGraph(graph, orig_types)
     for node in graph.node:
-        target = FLOAT if node.name in fp32_nodes else FLOAT16
+        half.retype(node, FLOAT if node.name in fp32_nodes else FLOAT16)
+    half.cast_outputs_back()
+    half.install()
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    return model, _precision_report(model, half.n_casts, blocked_ops)
+
+
+class _HalfGraph:
+    """One conversion in progress: the new node list, the type each value has in the converted graph, and the Casts
+    and fp16 initializer copies made so far (each made once, however many nodes read it)."""
+
+    def __init__(self, graph: onnx.GraphProto, orig_types: dict[str, int]) -> None:
+        self.graph, self.orig_types = graph, orig_types
+        self.types: dict[str, int] = dict(orig_types)
+        self.inits = {i.name: i for i in graph.initializer}
+        self.nodes: list[onnx.NodeProto] = []
+        self.casts: dict[tuple[str, int], str] = {}
+        self.half_inits: dict[str, str] = {}
+        self.n_casts = 0
+
+    def as_type(self, name: str, target: int) -> str:
+        """The name of ``name`` as a ``target``-typed value: an fp16 copy of an fp32 initializer (clipped to the fp16
+        range), else the output of a Cast."""
+        if name in self.inits and self.types[name] == FLOAT and target == FLOAT16:
+            if name not in self.half_inits:
+                arr = numpy_helper.to_array(self.inits[name]).astype(np.float32)
+                copy = numpy_helper.from_array(np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16), f"{name}__fp16")
+                self.graph.initializer.append(copy)
+                self.half_inits[name] = copy.name
+                self.types[copy.name] = FLOAT16
+            return self.half_inits[name]
+        key = (name, target)
+        if key not in self.casts:
+            out = f"{name}__to_{'fp16' if target == FLOAT16 else 'fp32'}"
+            self.nodes.append(helper.make_node("Cast", [name], [out], to=target, name=f"{out}__cast"))
+            self.types[out] = target
+            self.casts[key] = out
+            self.n_casts += 1
+        return self.casts[key]
+
+    def retype(self, node: onnx.NodeProto, target: int) -> None:
+        """Append ``node`` computing in ``target``: its float inputs cast to it, its float outputs typed as it."""
         if node.op_type not in _ANY_INPUT_OPS:
             for j, name in enumerate(node.input):
-                if name and cur.get(name) in _FLOATS and cur[name] != target:
-                    node.input[j] = as_type(name, target)
+                if name and self.types.get(name) in _FLOATS and self.types[name] != target:
+                    node.input[j] = self.as_type(name, target)
         for out in node.output:
-            orig = orig_types.get(out)
-            cur[out] = target if orig == FLOAT and node.op_type not in _EXPLICIT_TYPE_OPS else orig
-        new_nodes.append(node)
+            orig = self.orig_types.get(out)
+            self.types[out] = target if orig == FLOAT and node.op_type not in _EXPLICIT_TYPE_OPS else orig
+        self.nodes.append(node)
 
-    for out in graph.output:  # keep_io_types: outputs stay fp32
-        if cur.get(out.name) == FLOAT16:
+    def cast_outputs_back(self) -> None:
+        """keep_io_types: a graph output computed in fp16 is renamed inside and Cast back to fp32 under its name."""
+        for out in self.graph.output:
+            if self.types.get(out.name) != FLOAT16:
+                continue
             inner = f"{out.name}__fp16"
-            for node in new_nodes:
+            for node in self.nodes:
                 node.input[:] = [inner if i == out.name else i for i in node.input]
                 node.output[:] = [inner if o == out.name else o for o in node.output]
-            new_nodes.append(helper.make_node("Cast", [inner], [out.name], to=FLOAT, name=f"{out.name}__cast_fp32"))
-            n_casts += 1
+            self.nodes.append(helper.make_node("Cast", [inner], [out.name], to=FLOAT, name=f"{out.name}__cast_fp32"))
+            self.n_casts += 1
 
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    used = {i for n in graph.node for i in n.input}
-    kept_inits = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
-    del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    def install(self) -> None:
+        """Put the new nodes into the graph, drop the initializers nothing reads and the stale value infos."""
+        graph = self.graph
+        del graph.node[:]
+        graph.node.extend(self.nodes)
+        used = {i for n in graph.node for i in n.input}
+        kept = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        del graph.value_info[:]
 
+
+def _precision_report(model: onnx.ModelProto, n_casts: int, blocked_ops: Iterable[str]) -> dict[str, Any]:
+    """Nodes with a float output per precision, the fp32 op types, the Casts inserted and the blocked op types."""
     types = _value_types(model)
-    precision = Counter()
-    fp32_ops = Counter()
+    precision: Counter[str] = Counter()
+    fp32_ops: Counter[str] = Counter()
     for node in model.graph.node:
         if node.op_type == "Cast" or not any(types.get(o) in _FLOATS for o in node.output):
             continue
@@ -166,6 +189,5 @@ def convert_to_fp16(model: onnx.ModelProto, blocked_ops: Iterable[str] = FP16_BL
         precision["fp32" if is32 else "fp16"] += 1
         if is32:
             fp32_ops[node.op_type] += 1
-    report = {"nodes_fp16": precision["fp16"], "nodes_fp32": precision["fp32"], "casts_inserted": n_casts,
-              "fp32_ops": dict(sorted(fp32_ops.items())), "blocked_op_types": sorted(set(blocked_ops))}
-    return model, report
+    return {"nodes_fp16": precision["fp16"], "nodes_fp32": precision["fp32"], "casts_inserted": n_casts,
+            "fp32_ops": dict(sorted(fp32_ops.items())), "blocked_op_types": sorted(set(blocked_ops))}
