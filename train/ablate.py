@@ -211,11 +211,11 @@ def paired_difference(runs: list[dict[str, Any]], others: list[dict[str, Any]]) 
     leaves out the variance the two rows share; a paired difference whose mean is well above its std is an effect
     the seed std of either row alone can hide."""
     theirs = {r["seed"]: r["t2v"]["R1"] for r in others}
-    seeds = [r["seed"] for r in runs if r["seed"] in theirs]
-    if not seeds:
+    pairs = [(r["seed"], r["t2v"]["R1"] - theirs[r["seed"]]) for r in runs if r["seed"] in theirs]
+    if not pairs:
         return None
-    diff = np.asarray([r["t2v"]["R1"] - theirs[r["seed"]] for r in runs if r["seed"] in theirs], dtype=np.float64)
-    return {"seeds": seeds, "mean": round(float(diff.mean()), 4),
+    diff = np.asarray([d for _, d in pairs], dtype=np.float64)
+    return {"seeds": [s for s, _ in pairs], "mean": round(float(diff.mean()), 4),
             "std": round(float(diff.std(ddof=1)), 4) if len(diff) > 1 else 0.0}
 
 
