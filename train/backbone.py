@@ -232,47 +232,31 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     from rap_deploy.backbone_file import save_backbone
     from rap_deploy.config import PreprocessConfig, TokenizerConfig
 
-    out = _checked_pretrain_out(out, n_train, n_test, epochs, batch_size)
-    if not 0.0 < patch_keep <= 1.0 or not 0 <= unmasked_epochs <= epochs:
-        raise UsageError(f"need 0 < patch_keep <= 1 and 0 <= unmasked_epochs <= epochs; got {patch_keep}, "
-                         f"{unmasked_epochs} (epochs {epochs})")
+    out = _checked_settings(out, n_train, n_test, epochs, batch_size, patch_keep, unmasked_epochs, position_twins)
     if threads:
         torch.set_num_threads(threads)
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    clock = _Clock()
     model = _create_model(clip, seed)
     _init_position_table(model, clip, position_init)
     if patch_keep < 1.0:
         check_token_dropping(model, clip)
     cfg = PreprocessConfig(image_size=_image_size(model))
     tok = TokenizerConfig(context_length=int(model.positional_embedding.shape[0]))
-    if position_twins and (n_train % 2 or batch_size % 2):
-        raise UsageError(f"position twins need an even n_train and batch size; got {n_train}, {batch_size}")
     train = _prepare_stills(model, n_train, seed, size, data_root, position_twins, cfg, tok, distractors)
     test = _prepare_stills(model, n_test, seed + TEST_SEED_OFFSET, size, data_root, False, cfg, tok, distractors)
-    t_data = time.perf_counter() - t0
+    clock.lap("data_seconds")
 
     schedule = _Schedule.of(n_train, batch_size, epochs, warmup)
     recipe = _Recipe(seed=seed, epochs=epochs, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
                      text_batch=text_batch, position_twins=position_twins, patch_keep=patch_keep,
                      masked_epochs=epochs - unmasked_epochs if patch_keep < 1.0 else 0)
     losses = _optimise(model, train, schedule, recipe, weight_decay, cfg, tok, progress)
-    t_train = time.perf_counter() - t0 - t_data
+    clock.lap("train_seconds")
     metrics = _heldout_evaluation(model, test, cfg, tok, seed)
-    seconds = time.perf_counter() - t0
-    cpu_seconds = time.process_time() - cpu0
-    info = {
-        "clip": clip, "seed": seed, "size": size, "image_size": cfg.image_size, "n_train": n_train, "n_test": n_test,
-        "epochs": epochs, "steps": len(losses), "batch_size": schedule.batch, "lr": lr, "weight_decay": weight_decay,
-        "patch_weight": patch_weight, "text_weight": text_weight, "position_twins": position_twins,
-        "position_init": position_init, "patch_keep": patch_keep, "masked_epochs": recipe.masked_epochs,
-        "distractors": distractors,
-        "warmup_steps": schedule.warm,
-        "final_loss": float(np.mean(losses[-max(1, schedule.steps_per_epoch // 4):])),
-        "first_loss": losses[0], "logit_scale": float(model.logit_scale.detach().exp()), "heldout": metrics,
-        "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "train_seconds": round(t_train, 2),
-        "data_seconds": round(t_data, 2),
-        "threads": torch.get_num_threads(), "captions": "colour, size, shape, position (no motion)",
-    }
+    settings = {"clip": clip, "seed": seed, "size": size, "image_size": cfg.image_size, "n_train": n_train,
+                "n_test": n_test, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
+                "position_init": position_init, "distractors": distractors}
+    info = _backbone_info(model, settings, schedule, recipe, losses, metrics, clock)
     model.eval()
     save_backbone(model.state_dict(), clip, out, info)
     return {**info, "out": str(out)}
@@ -329,15 +313,57 @@ class _Recipe:
     masked_epochs: int = 0
 
 
-def _checked_pretrain_out(out: str | Path, n_train: int, n_test: int, epochs: int, batch_size: int) -> Path:
-    """``out`` as a Path; raises :class:`UsageError` for a non-``.safetensors`` file or too small counts."""
+class _Clock:
+    """Wall and CPU seconds since a run began, with named laps (wall seconds since the previous lap)."""
+
+    def __init__(self) -> None:
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.last, self.laps = self.start, {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name], self.last = now - self.last, now
+
+    def totals(self) -> dict[str, float]:
+        """``seconds`` and ``cpu_seconds`` so far, then each lap, rounded to 0.01 s."""
+        spent = {"seconds": time.perf_counter() - self.start, "cpu_seconds": time.process_time() - self.cpu_start}
+        return {k: round(v, 2) for k, v in {**spent, **self.laps}.items()}
+
+
+def _checked_settings(out: str | Path, n_train: int, n_test: int, epochs: int, batch_size: int, patch_keep: float,
+                      unmasked_epochs: int, position_twins: bool) -> Path:
+    """``out`` as a Path; raises :class:`UsageError` for a non-``.safetensors`` file, too small counts, a token
+    share or unmasked epoch count out of range, or position twins with an odd still count or batch size."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"backbone file {out} must end in .safetensors")
     if n_train < 2 or n_test < 2 or epochs < 1 or batch_size < 2:
         raise UsageError(f"need n_train >= 2, n_test >= 2, epochs >= 1, batch size >= 2; got {n_train}, {n_test}, "
                          f"{epochs}, {batch_size}")
+    if not 0.0 < patch_keep <= 1.0 or not 0 <= unmasked_epochs <= epochs:
+        raise UsageError(f"need 0 < patch_keep <= 1 and 0 <= unmasked_epochs <= epochs; got {patch_keep}, "
+                         f"{unmasked_epochs} (epochs {epochs})")
+    if position_twins and (n_train % 2 or batch_size % 2):
+        raise UsageError(f"position twins need an even n_train and batch size; got {n_train}, {batch_size}")
     return out
+
+
+def _backbone_info(model: torch.nn.Module, settings: dict[str, Any], schedule: _Schedule, recipe: _Recipe,
+                   losses: list[float], metrics: dict[str, Any], clock: _Clock) -> dict[str, Any]:
+    """The record stored with the weights: the run's settings, its losses and held-out metrics, and its timings."""
+    s = settings
+    return {
+        **{k: s[k] for k in ("clip", "seed", "size", "image_size", "n_train", "n_test", "epochs")},
+        "steps": len(losses), "batch_size": schedule.batch, "lr": s["lr"], "weight_decay": s["weight_decay"],
+        "patch_weight": recipe.patch_weight, "text_weight": recipe.text_weight,
+        "position_twins": recipe.position_twins, "position_init": s["position_init"],
+        "patch_keep": recipe.patch_keep, "masked_epochs": recipe.masked_epochs, "distractors": s["distractors"],
+        "warmup_steps": schedule.warm,
+        "final_loss": float(np.mean(losses[-max(1, schedule.steps_per_epoch // 4):])),
+        "first_loss": losses[0], "logit_scale": float(model.logit_scale.detach().exp()), "heldout": metrics,
+        **clock.totals(),
+        "threads": torch.get_num_threads(), "captions": "colour, size, shape, position (no motion)",
+    }
 
 
 def _init_position_table(model: torch.nn.Module, clip: str, position_init: str) -> None:
