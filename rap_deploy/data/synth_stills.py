@@ -66,38 +66,48 @@ def generate_stills(n: int, seed: int, size: int = 96, position_twins: bool = Fa
     for k in range(n):
         if position_twins and k % 2:
             objects = _position_twin(rng, objects, cells)
-            images[k] = render_scene(SceneSpec(tuple(objects), ()), np.zeros(1), size, 2.0)[0]
-            captions.append(_still_caption(rng, objects[:named]))
-            continue
-        while True:
-            named = n_obj = 1 + int(rng.integers(2))
-            if distractors > 0.0 and rng.random() < distractors:
-                n_obj += 1
-            looks = set()
-            while len(looks) < named:
-                looks.add((list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))]))
-            ordered = sorted(looks)
-            if n_obj > named:  # the distractor goes last, in a colour of its own
-                free = [c for c in COLOURS if c not in {colour for colour, _ in ordered}]
-                ordered.append((free[int(rng.integers(len(free)))], SHAPES[int(rng.integers(len(SHAPES)))]))
-            chosen = [cells[int(i)] for i in rng.choice(len(cells), size=n_obj, replace=False)]
-            objects = []
-            for (colour, shape), (col, row) in zip(ordered, chosen, strict=True):
-                sz = ("small", "big")[int(rng.integers(2))]
-                scale = float(rng.uniform(*SCALE_RANGE))
-                margin = SIZE_RADIUS[sz] * scale + EDGE
-                x = _in_cell(rng, col, margin)
-                y = _in_cell(rng, row, margin)
-                objects.append(SynthObject(colour, shape, sz, x, y, scale))
-            if _apart(objects):
-                break
-        shown = objects[:named]
-        rng.shuffle(shown)
-        objects = shown + objects[named:]
-        spec = SceneSpec(tuple(objects), ())
-        images[k] = render_scene(spec, np.zeros(1), size, 2.0)[0]
+        else:
+            objects, named = _random_still(rng, cells, distractors)
+        images[k] = render_scene(SceneSpec(tuple(objects), ()), np.zeros(1), size, 2.0)[0]
         captions.append(_still_caption(rng, objects[:named]))
     return images, captions
+
+
+def _random_still(rng: np.random.Generator, cells: list[tuple[int, int]], distractors: float
+                  ) -> tuple[list[SynthObject], int]:
+    """The objects of a new still, each in its own grid cell and apart from the others, and how many of them the
+    caption names: one or two named objects in random order, then, with probability ``distractors``, a distractor
+    in a colour none of them has."""
+    while True:
+        named = n_obj = 1 + int(rng.integers(2))
+        if distractors > 0.0 and rng.random() < distractors:
+            n_obj += 1
+        looks = set()
+        while len(looks) < named:
+            looks.add((list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))]))
+        ordered = sorted(looks)
+        if n_obj > named:  # the distractor goes last, in a colour of its own
+            free = [c for c in COLOURS if c not in {colour for colour, _ in ordered}]
+            ordered.append((free[int(rng.integers(len(free)))], SHAPES[int(rng.integers(len(SHAPES)))]))
+        chosen = [cells[int(i)] for i in rng.choice(len(cells), size=n_obj, replace=False)]
+        objects = [_object_in_cell(rng, colour, shape, cell) for (colour, shape), cell in zip(ordered, chosen,
+                                                                                               strict=True)]
+        if _apart(objects):
+            break
+    shown = objects[:named]
+    rng.shuffle(shown)
+    return shown + objects[named:], named
+
+
+def _object_in_cell(rng: np.random.Generator, colour: str, shape: str, cell: tuple[int, int]) -> SynthObject:
+    """An object of a random size and scale placed inside grid ``cell`` (column, row) with its margin."""
+    sz = ("small", "big")[int(rng.integers(2))]
+    scale = float(rng.uniform(*SCALE_RANGE))
+    margin = SIZE_RADIUS[sz] * scale + EDGE
+    col, row = cell
+    x = _in_cell(rng, col, margin)
+    y = _in_cell(rng, row, margin)
+    return SynthObject(colour, shape, sz, x, y, scale)
 
 
 def named_colours(caption: str) -> set[str]:
