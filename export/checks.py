@@ -70,8 +70,26 @@ def check_graph(path: str | Path, spec: GraphSpec, opset: int, precision: str = 
     their I/O stays fp32). Never raises for a bad graph: every finding goes into ``problems``.
     """
     path = Path(path)
-    problems: list[str] = []
     report: dict[str, Any] = {"file": path.name, "precision": precision}
+    model, inferred, problems = _validate(path, report)
+    problems += _opset_findings(path.name, model, opset, report)
+    problems += _op_findings(path.name, model, inferred, spec, report)
+    io = io_record(model)
+    report.update(io)
+    problems += _compare_io(path.name, "input", io["inputs"], spec.inputs)
+    problems += _compare_io(path.name, "output", io["outputs"], spec.outputs)
+    if report["shape_inference"] == "ok":
+        problems += _compare_io(path.name, "inferred output", io_record(inferred)["outputs"], spec.outputs)
+    report["problems"] = problems
+    report["passed"] = not problems
+    return report
+
+
+def _validate(path: Path, report: dict[str, Any]) -> tuple[onnx.ModelProto, onnx.ModelProto, list[str]]:
+    """The ONNX checker (full check) and strict shape inference on ``path``: records ``checker`` and
+    ``shape_inference`` in ``report``; returns the model, the shape-inferred model (the model itself when inference
+    failed) and the problems found."""
+    problems: list[str] = []
     try:
         onnx.checker.check_model(str(path), full_check=True)
         report["checker"] = "ok"
@@ -86,14 +104,26 @@ def check_graph(path: str | Path, spec: GraphSpec, opset: int, precision: str = 
         inferred = model
         report["shape_inference"] = f"failed: {_short(exc)}"
         problems.append(f"{path.name}: shape inference failed: {_short(exc)}")
+    return model, inferred, problems
 
+
+def _opset_findings(name: str, model: onnx.ModelProto, opset: int, report: dict[str, Any]) -> list[str]:
+    """Records the default-domain ``opset`` in ``report``; returns the problems: another opset, another domain."""
+    problems = []
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     report["opset"] = opsets.get("ai.onnx")
     if report["opset"] != opset:
-        problems.append(f"{path.name}: opset {report['opset']}, expected {opset}")
+        problems.append(f"{name}: opset {report['opset']}, expected {opset}")
     if set(opsets) - {"ai.onnx"}:
-        problems.append(f"{path.name}: uses non-standard op domains {sorted(set(opsets) - {'ai.onnx'})}")
+        problems.append(f"{name}: uses non-standard op domains {sorted(set(opsets) - {'ai.onnx'})}")
+    return problems
 
+
+def _op_findings(name: str, model: onnx.ModelProto, inferred: onnx.ModelProto, spec: GraphSpec,
+                 report: dict[str, Any]) -> list[str]:
+    """Records the op counts, forbidden and required ops in ``report``; returns the problems: forbidden ops (and
+    ArgMax/ArgMin over integers), required ops missing, a TopK whose k is computed."""
+    problems = []
     counts = op_counts(model)
     report["ops"] = counts
     report["nodes"] = sum(counts.values())
@@ -104,28 +134,19 @@ def check_graph(path: str | Path, spec: GraphSpec, opset: int, precision: str = 
             forbidden.append(f"{node.op_type} over {dtype_name(types[node.input[0]])} ({node.name})")
     report["forbidden_ops"] = forbidden
     if forbidden:
-        problems.append(f"{path.name}: forbidden ops {forbidden}")
+        problems.append(f"{name}: forbidden ops {forbidden}")
     required = REQUIRED_OPS.get(spec.name, ())
     missing = [op for op in required if op not in counts]
     report["required_ops"] = {op: counts.get(op, 0) for op in required}
     if missing:
-        problems.append(f"{path.name}: required ops missing: {missing}")
+        problems.append(f"{name}: required ops missing: {missing}")
     if "TopK" in counts:
         constants = {i.name for i in model.graph.initializer} | {
             o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
         dynamic_k = [n.name for n in model.graph.node if n.op_type == "TopK" and n.input[1] not in constants]
         if dynamic_k:
-            problems.append(f"{path.name}: TopK with a computed k (must be a constant): {dynamic_k}")
-
-    io = io_record(model)
-    report.update(io)
-    problems += _compare_io(path.name, "input", io["inputs"], spec.inputs)
-    problems += _compare_io(path.name, "output", io["outputs"], spec.outputs)
-    if report["shape_inference"] == "ok":
-        problems += _compare_io(path.name, "inferred output", io_record(inferred)["outputs"], spec.outputs)
-    report["problems"] = problems
-    report["passed"] = not problems
-    return report
+            problems.append(f"{name}: TopK with a computed k (must be a constant): {dynamic_k}")
+    return problems
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
