@@ -111,9 +111,24 @@ def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
     :class:`CheckFailedError` (exit 1) when it is damaged or tampered with (bad JSON, an escaping entry, a missing
     or changed graph, a false claim), naming the folder or file and the fix (re-run ``rapdeploy export --force``).
     """
+    export_dir = Path(export_dir)
+    path = _manifest_path(export_dir)
+    manifest = _load_manifest(path)
+    _check_sections(path, manifest)
+    _check_listed_files(export_dir, path, manifest, verify_hashes)
+    if verify_hashes:
+        from rap_deploy.export.integrity import check_export_claims
+
+        check_export_claims(export_dir, manifest, path)
+    manifest["dir"] = str(export_dir.resolve())
+    return manifest
+
+
+def _manifest_path(export_dir: Path) -> Path:
+    """``<export_dir>/manifest.json``, a regular file inside the folder; raises :class:`UsageError` for a file
+    passed as the folder or a folder without a manifest, :class:`CheckFailedError` for a symlinked or special one."""
     from rap_deploy.safe_paths import resolve_entry
 
-    export_dir = Path(export_dir)
     path = export_dir / MANIFEST
     if export_dir.exists() and not export_dir.is_dir():
         raise UsageError(f"{export_dir} is a file, not an export folder; pass the folder `rapdeploy export` wrote")
@@ -122,6 +137,13 @@ def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
             if (export_dir / PARITY).is_file() else ""
         raise UsageError(f"{export_dir} has no {MANIFEST}{hint}; run `rapdeploy export CKPT --out {export_dir}`")
     resolve_entry(export_dir, MANIFEST, "export manifest", export_dir)  # no symlinked or special manifest (exit 1)
+    return path
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    """The JSON at ``path`` when it is an export manifest of a format this version reads; raises
+    :class:`CheckFailedError` for unreadable JSON or a non-integer version, :class:`UsageError` for a foreign file or
+    a newer format."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -134,7 +156,14 @@ def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
         raise CheckFailedError(f"{path}: format_version {version!r} is not an integer; the manifest was edited")
     if version > FORMAT_VERSION:
         raise UsageError(f"{path} has export format {manifest['format_version']}; upgrade rapdeploy")
-    _check_sections(path, manifest)
+    return manifest
+
+
+def _check_listed_files(export_dir: Path, path: Path, manifest: dict[str, Any], verify_hashes: bool) -> None:
+    """Every graph file the manifest lists (and its external data) stays inside ``export_dir``; with
+    ``verify_hashes`` it also exists with the recorded sha256. Raises :class:`CheckFailedError` naming the file."""
+    from rap_deploy.safe_paths import resolve_entry
+
     for section, name, rec in _records(manifest):
         entries = [(rec["file"], rec["sha256"])]
         if "external_data" in rec:
@@ -149,12 +178,6 @@ def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
             if sha256_file(fpath) != digest:
                 raise CheckFailedError(f"{fpath} changed since export (sha256 differs from {path.name}); re-run "
                                        f"`rapdeploy export --force --out {export_dir}`")
-    if verify_hashes:
-        from rap_deploy.export.integrity import check_export_claims
-
-        check_export_claims(export_dir, manifest, path)
-    manifest["dir"] = str(export_dir.resolve())
-    return manifest
 
 
 def _records(manifest: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
