@@ -24,7 +24,7 @@ import numpy as np
 from rap_deploy.config import PreprocessConfig
 from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.datasets import RetrievalSplit, load_split
-from rap_deploy.data.synth import parse_caption, render_scene, reverse_scene, scene_key
+from rap_deploy.data.synth import SceneSpec, parse_caption, render_scene, reverse_scene, scene_key
 from rap_deploy.data.synth_dataset import load_scenes
 from rap_deploy.data.video import sample_frame_indices
 from rap_deploy.errors import UsageError
@@ -62,26 +62,8 @@ def order_blind_baseline(
     size, fps, seconds = int(info["size"]), int(info["fps"]), float(info["seconds"])
     preprocess = preprocess or PreprocessConfig(image_size=size)
     cache = cache or FrameCache(None)
-    T = split.sampling.max_frames
-
-    # Pixel values stay integers until they are summed over frames (exact, order-independent), so a scene and its
-    # time reverse get bit-identical order-blind features on the text side.
-    video_frames = np.zeros((split.num_videos, T, preprocess.image_size, preprocess.image_size, 3), np.uint8)
-    masks = np.zeros((split.num_videos, T), dtype=bool)
-    for i, entry in enumerate(split.videos):
-        video = cache.get(entry.path, split.sampling, preprocess, entry.start, entry.end)
-        video_frames[i] = video.frames
-        masks[i] = video.mask
-
-    # The text side: the described scene rendered without codec noise at the sampled frame times.
-    idx, valid = sample_frame_indices(int(round(fps * seconds)), fps, split.sampling)
-    times = idx / fps
-    rendered = np.zeros_like(video_frames)
-    for i, entry in enumerate(split.videos):
-        rendered[i, :valid] = resize_crop(render_scene(scenes[entry.video_id], times, size, seconds), preprocess)
-    text_frames = rendered[split.caption_video]
-    text_masks = np.zeros((split.num_captions, T), dtype=bool)
-    text_masks[:, :valid] = True
+    video_frames, masks = _decoded_frames(split, cache, preprocess)
+    text_frames, text_masks = _rendered_captions(split, scenes, size, fps, seconds, preprocess)
 
     centre = video_frames[masks].mean(axis=0, dtype=np.float64)
     v_seq = (video_frames - centre) * masks[..., None, None, None]
@@ -105,6 +87,37 @@ def order_blind_baseline(
         "videos": split.num_videos,
         "captions": split.num_captions,
     }
+
+
+def _decoded_frames(split: RetrievalSplit, cache: FrameCache, preprocess: PreprocessConfig
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The video side: every test video's sampled frames ``uint8 [V,T,S,S,3]`` and frame mask ``[V,T]``.
+
+    Pixel values stay integers until they are summed over frames (exact, order-independent), so a scene and its
+    time reverse get bit-identical order-blind features on the text side."""
+    t = split.sampling.max_frames
+    frames = np.zeros((split.num_videos, t, preprocess.image_size, preprocess.image_size, 3), np.uint8)
+    masks = np.zeros((split.num_videos, t), dtype=bool)
+    for i, entry in enumerate(split.videos):
+        video = cache.get(entry.path, split.sampling, preprocess, entry.start, entry.end)
+        frames[i] = video.frames
+        masks[i] = video.mask
+    return frames, masks
+
+
+def _rendered_captions(split: RetrievalSplit, scenes: dict[str, SceneSpec], size: int, fps: int, seconds: float,
+                       preprocess: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The text side: each caption's scene rendered without codec noise at the sampled frame times, ``uint8
+    [C,T,S,S,3]``, and its frame mask ``[C,T]``."""
+    t = split.sampling.max_frames
+    idx, valid = sample_frame_indices(int(round(fps * seconds)), fps, split.sampling)
+    times = idx / fps
+    rendered = np.zeros((split.num_videos, t, preprocess.image_size, preprocess.image_size, 3), np.uint8)
+    for i, entry in enumerate(split.videos):
+        rendered[i, :valid] = resize_crop(render_scene(scenes[entry.video_id], times, size, seconds), preprocess)
+    masks = np.zeros((split.num_captions, t), dtype=bool)
+    masks[:, :valid] = True
+    return rendered[split.caption_video], masks
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
