@@ -103,10 +103,7 @@ def _object_in_cell(rng: np.random.Generator, colour: str, shape: str, cell: tup
     """An object of a random size and scale placed inside grid ``cell`` (column, row) with its margin."""
     sz = ("small", "big")[int(rng.integers(2))]
     scale = float(rng.uniform(*SCALE_RANGE))
-    margin = SIZE_RADIUS[sz] * scale + EDGE
-    col, row = cell
-    x = _in_cell(rng, col, margin)
-    y = _in_cell(rng, row, margin)
+    x, y = _point_in_cell(rng, cell, SIZE_RADIUS[sz] * scale + EDGE)
     return SynthObject(colour, shape, sz, x, y, scale)
 
 
@@ -165,11 +162,18 @@ def _position_twin(rng: np.random.Generator, originals: list[SynthObject], cells
         if any(c == o for c, o in zip(chosen, old, strict=True)):
             continue
         objects = []
-        for o, (col, row) in zip(originals, chosen, strict=True):
-            margin = SIZE_RADIUS[o.size] * o.scale + EDGE
-            objects.append(replace(o, x=_in_cell(rng, col, margin), y=_in_cell(rng, row, margin)))
+        for o, cell in zip(originals, chosen, strict=True):
+            x, y = _point_in_cell(rng, cell, SIZE_RADIUS[o.size] * o.scale + EDGE)
+            objects.append(replace(o, x=x, y=y))
         if len(objects) == 1 or _apart(objects):
             return objects
+
+
+def _point_in_cell(rng: np.random.Generator, cell: tuple[int, int], margin: float) -> tuple[float, float]:
+    """A random centre ``(x, y)`` inside grid ``cell`` (column, row) for an object reaching ``margin`` from it."""
+    col, row = cell
+    x = _in_cell(rng, col, margin)
+    return x, _in_cell(rng, row, margin)
 
 
 def _in_cell(rng: np.random.Generator, cell: int, margin: float) -> float:
