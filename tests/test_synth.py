@@ -321,3 +321,25 @@ def test_selection_sorting_names_the_distractor_patches(tmp_path, micro_checkpoi
     with pytest.raises(SystemExit) as refused:
         synth_selection.main(["--checkpoint", str(tmp_path / "no_asa.pt"), "--data-root", str(root)])
     assert refused.value.code == 2 and "has no ASA head" in capsys.readouterr().err
+
+
+def test_selection_lift_compares_both_selections_on_the_same_weights(micro_checkpoint, synth_root, capsys):
+    from rap_deploy.data import selection_lift
+
+    base = np.array([[0.5, 0.4, 0.1], [0.2, 0.3, 0.6]])
+    sim = base + np.array([[0.1, 0.3, 0.0], [0.0, 0.2, 0.0]])
+    lifts = selection_lift.lift_summary(sim, base, np.array([0, 1]))
+    # Row 0: own +0.1, others (0.3 + 0) / 2, hardest other by base = video 1 (+0.3), margin 0.6 - 0.7.
+    # Row 1: own +0.2, others 0, hardest other by base = video 2 (+0.0), margin 0.5 - 0.6.
+    assert lifts == pytest.approx({"own": 0.15, "others": 0.075, "hardest_base_other": 0.15, "margin": -0.1})
+    with pytest.raises(ValueError, match="do not match"):
+        selection_lift.lift_summary(sim, base[:, :2], np.array([0, 1]))
+
+    selection_lift.main(["--checkpoint", str(micro_checkpoint), "--data-root", str(synth_root)])
+    report = json.loads(capsys.readouterr().out)
+    assert report["trained_selection"] == "text" and report["queries"] == 12
+    assert set(report) == {"trained_selection", "queries", "meanp", "text", "saliency"}
+    for mode in selection_lift.SELECTIONS:
+        assert set(report[mode]) == {"R1", "own", "others", "hardest_base_other", "margin"}
+    # The randomised head's term is not zero, and the two selections read different patches.
+    assert report["text"]["own"] != 0.0 and report["text"] != report["saliency"]
