@@ -86,6 +86,46 @@ def test_few_optimizer_steps_reduce_the_loss(micro_model):
     assert all(torch.equal(backbone_before[k], after[k]) for k in after)
 
 
+def test_patch_alignment_is_the_mean_over_valid_frames_of_the_best_patch():
+    from rap_deploy.train.losses import patch_alignment
+
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    patches = torch.tensor([[[[1.0, 0.0], [0.6, 0.8]], [[0.0, 1.0], [0.8, 0.6]]]])  # [V=1, T=2, P=2, d=2]
+    frames = torch.ones(1, 2, 2)
+    # text 0: best patches 1.0 (frame 0) and 0.8 (frame 1); text 1: 0.8 and 1.0
+    assert torch.allclose(patch_alignment(text, frames, patches), torch.tensor([[0.9], [0.9]]))
+    frames[0, 1] = 0.0  # a padded frame (zero row) does not count
+    assert torch.allclose(patch_alignment(text, frames, patches), torch.tensor([[1.0], [0.8]]))
+
+
+def test_selection_loss_reaches_lorm_through_the_patch_tokens(micro_model):
+    """The ASA selection is discrete, so the contrastive loss gives its scores no gradient; the selection loss does,
+    and only where there is a selection (a model without an ASA head trains as before)."""
+    from rap_deploy.checkpoint import new_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    gen = torch.Generator().manual_seed(4)
+    frames = torch.randn(4, 4, 3, 32, 32, generator=gen)
+    ids, eot = (torch.from_numpy(x) for x in tokenize(["a red circle", "a blue square", "a green diamond",
+                                                        "a red triangle"], micro_model.config.tokenizer))
+    randomize_adapters(micro_model, seed=2)
+
+    def lorm_grads(model, weight):
+        model.zero_grad()
+        loss = batch_loss(model, frames, None, ids, eot, torch.arange(4), selection_loss_weight=weight)
+        loss.backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()
+                             if "lorm" in n and p.grad is not None}
+
+    plain_loss, plain = lorm_grads(micro_model, 0.0)
+    aligned_loss, aligned = lorm_grads(micro_model, 1.0)
+    assert plain and aligned_loss > plain_loss
+    assert max(float((aligned[n] - plain[n]).abs().max()) for n in plain) > 1e-4
+    _, light = new_checkpoint(micro_config(use_asa=False), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    randomize_adapters(light, seed=2)
+    assert lorm_grads(light, 0.0)[0] == lorm_grads(light, 1.0)[0]
+
+
 def test_info_nce_masks_duplicate_videos():
     gen = torch.Generator().manual_seed(1)
     sim = torch.randn(4, 4, generator=gen).clamp(-1, 1)
@@ -279,14 +319,15 @@ def test_corrupt_training_video_is_skipped_and_counted(synth_root, frame_cache, 
 def test_torchrun_two_processes_match_one_process(synth_root, frame_cache, tmp_path):
     from rap_deploy.train.loop import train_rap
 
-    opts = dict(epochs=1, max_test_videos=4, lr=1e-2, warmup=0)
+    # With the selection loss on, both of the loss's terms go through the distributed path.
+    opts = dict(epochs=1, max_test_videos=4, lr=1e-2, warmup=0, selection_loss_weight=1.0)
     train_rap(_micro_options(synth_root, tmp_path / "one", frame_cache, **opts), progress=False)
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "-m",
            "rap_deploy.cli", "train", "--dataset", "msrvtt", "--data-root", str(synth_root), *MICRO_CLI,
            "--epochs", "1", "--batch-size", "8", "--lr", "1e-2", "--warmup", "0", "--seed", "3",
            "--max-test-videos", "4", "--top-m", "4", "--cache-dir", str(frame_cache), "--out", str(tmp_path / "two"),
-           "--epoch-unit", "video",
+           "--epoch-unit", "video", "--selection-loss-weight", "1",
            "--quiet", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -392,6 +433,10 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     # a world holds one distractor rate: asking for another one is refused before anything is trained
     distracted = runner.invoke(app, [*args, "--distractors", "0.5"])
     assert distracted.exit_code == 2 and "distractors 0, but this run asks for 0.5" in distracted.output
+    assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+    # ... and another selection loss weight is another recipe too
+    aligned = runner.invoke(app, [*args, "--selection-loss-weight", "0.5"])
+    assert aligned.exit_code == 2 and "selection_loss_weight = " in aligned.output and "not 0.5" in aligned.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
 
 

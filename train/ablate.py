@@ -86,12 +86,14 @@ def _run_one(options: TrainOptions, progress: bool) -> dict[str, Any]:
 
 def _check_same_recipe(run_dir: Path, summary: dict[str, Any], options: TrainOptions) -> None:
     """Raise :class:`UsageError` when the run already in ``run_dir`` was trained with another recipe (epoch count,
-    batch size, variant or pre-trained backbone) than ``options``: reading it back would put it in the wrong table.
-    Summaries written before a key was recorded are not checked on it."""
-    for key in ("epochs", "batch_size", "variant", "pretrained"):
+    batch size, variant, pre-trained backbone or selection loss weight) than ``options``: reading it back would put
+    it in the wrong table. Summaries written before a key was recorded are not checked on it, except the selection
+    loss weight, which did not exist before it was recorded (0)."""
+    recorded = {"selection_loss_weight": 0.0, **summary}
+    for key in ("epochs", "batch_size", "variant", "pretrained", "selection_loss_weight"):
         wanted = getattr(options, key)
-        if wanted is not None and key in summary and summary[key] != wanted:
-            raise UsageError(f"{run_dir} holds a run trained with {key} = {summary[key]!r}, not {wanted!r}: pass "
+        if wanted is not None and key in recorded and recorded[key] != wanted:
+            raise UsageError(f"{run_dir} holds a run trained with {key} = {recorded[key]!r}, not {wanted!r}: pass "
                              "--out with a new folder (or remove that run)")
 
 

@@ -54,9 +54,11 @@ class TrainOptions:
     ``preset`` (``default``/``paper``, :func:`rap_deploy.config.preset_changes`) sets adapter sizes before the
     explicit adapter options. ``warmup`` < 1 is a fraction of all steps, >= 1 a step count. ``offset_lr_mult``
     multiplies the learning rate of the ASA offsets γ/δ; ``freeze_offsets`` sets them to zero and keeps them there
-    (the ablation of the warp). ``epoch_unit`` ``video`` draws one caption per video per epoch, ``caption`` visits
-    every caption (CLIP4Clip's MSR-VTT recipe), ``auto`` (default) is ``caption`` when the training split has more
-    captions than videos, else ``video``. ``epochs=0`` only evaluates the starting model.
+    (the ablation of the warp). ``selection_loss_weight`` adds that many times the selection alignment loss
+    (:func:`rap_deploy.train.losses.patch_alignment`; 0, the default, is the contrastive loss alone).
+    ``epoch_unit`` ``video`` draws one caption per video per epoch, ``caption`` visits every caption (CLIP4Clip's
+    MSR-VTT recipe), ``auto`` (default) is ``caption`` when the training split has more captions than videos, else
+    ``video``. ``epochs=0`` only evaluates the starting model.
     ``max_epochs_this_run`` stops this invocation early (the schedule still spans ``epochs``; continue with resume).
     """
 
@@ -84,6 +86,7 @@ class TrainOptions:
     weight_decay: float = 0.05
     offset_lr_mult: float = 10.0
     freeze_offsets: bool = False
+    selection_loss_weight: float = 0.0
     warmup: float = 0.1
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
@@ -120,6 +123,8 @@ class TrainOptions:
         bounds.check_float(self.grad_clip, "--grad-clip", 0.0, 1e6, fix="0 turns clipping off")
         bounds.check_float(self.min_lr_ratio, "min_lr_ratio", 0.0, 1.0)
         bounds.check_float(self.offset_lr_mult, "--offset-lr-mult", 0.0, 1e6, low_open=True)
+        bounds.check_float(self.selection_loss_weight, "--selection-loss-weight", 0.0, 100.0,
+                           fix="0 trains with the contrastive loss alone")
         if self.epoch_unit not in ("auto", *EPOCH_UNITS):
             raise UsageError(f"epoch unit '{self.epoch_unit}' is unknown; use auto, {', '.join(EPOCH_UNITS)}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):

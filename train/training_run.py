@@ -225,6 +225,7 @@ class TrainingRun:
         summary = {
             "run_dir": str(self.run_dir), "dataset": options.dataset, "variant": config.variant, "clip": config.clip,
             "pretrained": options.pretrained, "epochs": options.epochs, "epochs_done": done,
+            "selection_loss_weight": options.selection_loss_weight,
             "complete": done >= options.epochs,
             "steps": self.step, "batch_size": self.batch, "world_size": self.ctx.world_size,
             "device": self.ctx.device, "train_seconds": round(train_seconds, 3),
@@ -253,7 +254,7 @@ def _step(model, items: dict[str, Any], video_ids: torch.Tensor, params: list[to
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None) if amp_dtype is not None \
             else _nullcontext():
-        loss = batch_loss(model, frames, mask, ids, eot, video_ids, ctx)
+        loss = batch_loss(model, frames, mask, ids, eot, video_ids, ctx, options.selection_loss_weight)
     scaler.scale(loss).backward()
     D.all_reduce_gradients(params, ctx)
     if options.grad_clip > 0:

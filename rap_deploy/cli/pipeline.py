@@ -59,6 +59,7 @@ class DemoSizes:
     batch_size: int = 16
     lr: float = 5e-3
     offset_lr_mult: float = 10.0
+    selection_loss_weight: float = 0.0  # contrastive loss alone (README: text against saliency selection)
     asa_topk: int = 8
     asa_heads: int = 4
     asa_dim: int = 64
@@ -98,7 +99,8 @@ def train_options(sizes: DemoSizes, data: Path, run_dir: Path, frame_cache: Path
 
     return TrainOptions(**{"dataset": "msrvtt", "data_root": str(data), "out": str(run_dir), "epochs": sizes.epochs,
                            "batch_size": sizes.batch_size, "lr": sizes.lr, "offset_lr_mult": sizes.offset_lr_mult,
-                           "epoch_unit": sizes.epoch_unit, "seed": sizes.seed, "top_m": sizes.top_m,
+                           "selection_loss_weight": sizes.selection_loss_weight, "epoch_unit": sizes.epoch_unit,
+                           "seed": sizes.seed, "top_m": sizes.top_m,
                            "cache_dir": str(frame_cache), **model})
 
 

@@ -68,6 +68,10 @@ def train(
     freeze_offsets: bool | None = typer.Option(None, "--freeze-offsets/--learn-offsets", help="Set the ASA offsets "
                                                "γ/δ to zero and keep them there (ablation: no warp); default: "
                                                "learn them."),
+    selection_loss_weight: float | None = typer.Option(
+        None, "--selection-loss-weight", help="Add this many times the selection alignment loss: InfoNCE of each "
+        "caption's best patch per frame, which trains the scores ASA's top-k selection ranks patches by (default 0: "
+        "the contrastive loss alone; the demo uses its own recipe's)."),
     warmup: float | None = typer.Option(None, "--warmup", help="Warm-up: a fraction of all steps if < 1, else a step "
                                         "count (default 0.1)."),
     grad_clip: float | None = typer.Option(None, "--grad-clip", help="Gradient norm clip (default 1.0; 0 = off)."),
@@ -114,7 +118,7 @@ def train(
         "dataset": dataset, "checkpoint": _str(checkpoint), "clip": clip, "pretrained": pretrained,
         "variant": variant, "use_lorm": lorm, "use_asa": asa, "lorm_rank": rank, "asa_topk": topk,
         "asa_heads": heads, "asa_dim": asa_dim, "asa_selection": selection, "frames": frames, "preset": preset,
-        "freeze_offsets": freeze_offsets,
+        "freeze_offsets": freeze_offsets, "selection_loss_weight": selection_loss_weight,
         "context_length": context_length, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "weight_decay": weight_decay, "offset_lr_mult": offset_lr_mult, "warmup": warmup, "grad_clip": grad_clip,
         "seed": seed,
@@ -344,6 +348,10 @@ def ablate(
                                              help="Fraction of the world's videos and stills with a distractor, an "
                                                   "object no caption names (default: the demo's; a world folder "
                                                   "holds one rate: use its own --world)."),
+    selection_loss_weight: float | None = typer.Option(None, "--selection-loss-weight", min=0.0, max=100.0,
+                                                       help="Weight of the selection alignment loss (default: the "
+                                                            "demo's recipe). A run folder trained with another "
+                                                            "weight is refused: use --out."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
     json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
@@ -375,6 +383,8 @@ def ablate(
         sizes = dataclasses.replace(sizes, backbone_patch_keep=backbone_patch_keep)
     if distractors is not None:
         sizes = dataclasses.replace(sizes, distractors=distractors)
+    if selection_loss_weight is not None:
+        sizes = dataclasses.replace(sizes, selection_loss_weight=selection_loss_weight)
     root = Path(world or workspace_root(workspace)).resolve()
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
     w = prepare_world(root, sizes, Steps(log), progress=not quiet, threads=threads)
