@@ -458,6 +458,9 @@ def test_paired_difference_matches_seeds():
              "paired": paired}
     table = ablation_markdown({"seeds": [0, 1, 2], "rows": [], "targets": [check]})
     assert "| rap above saliency by more than the seed std (2.47) | +0.83 | no | +0.83 ± 2.02 |" in table
+    assert "selection loss" not in table  # the demo's recipe: the contrastive loss alone
+    aligned = ablation_markdown({"seeds": [0], "rows": [], "recipe": {"selection_loss_weight": 0.5}})
+    assert "Trained with the selection loss at weight 0.5." in aligned.splitlines()[0]
 
 
 def test_rap_light_and_no_asa_are_the_same_model():
