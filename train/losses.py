@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rap_deploy.model.asa import valid_frames
 from rap_deploy.train.distributed import DistContext, gather_with_grad
 
 
@@ -53,7 +54,7 @@ def patch_alignment(text_emb: torch.Tensor, frame_emb: torch.Tensor, patch_token
     video's valid frames (``frame_emb [V,T,d]``, zero rows for padded frames) of the cosine of the text with the
     frame's best patch of ``patch_tokens [V,T,P,d]`` (L2-normalised, as the ASA selection reads them)."""
     v, t, p, d = patch_tokens.shape
-    valid = (frame_emb.pow(2).sum(-1) > 0.5).to(text_emb.dtype)  # [V,T]
+    valid = valid_frames(frame_emb).to(text_emb.dtype)  # [V,T]
     best = (text_emb @ patch_tokens.reshape(v * t * p, d).to(text_emb.dtype).T).view(-1, v, t, p).amax(-1)
     return (best * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)
 

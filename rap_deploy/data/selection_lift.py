@@ -11,8 +11,8 @@ caption, RAP's selection) and ``saliency`` (chosen by each frame's own embedding
 selections are compared on the same videos); ``margin`` is the mean of own video minus best other video.
 
 Text selection picks, in every video, the patches most like the query, so it can lift a wrong video that shares
-the query's objects as much as the right one; saliency selection cannot adapt to the query. Reading the two lifts of
-the hardest negative side by side says which of the two the trained head does.
+the query's objects along with the right one; saliency selection does not adapt to the query. The lifts say which
+videos each selection moves, and by how much.
 
 Run: ``python -m rap_deploy.data.selection_lift --checkpoint RUN/best.pt --data-root DIR [--cache DIR]``.
 """

@@ -119,6 +119,12 @@ def stored_token_scores(query: torch.Tensor, store: torch.Tensor, video_rows: to
     return out.view(query.shape[0], len(video_rows), t, p)
 
 
+def valid_frames(frame_emb: torch.Tensor) -> torch.Tensor:
+    """Bool ``[V,T]``: which frames of ``frame_emb [V,T,d]`` are real. Real frames are L2-normalised, padded frames
+    are zero rows, so a squared norm over 0.5 tells them apart (exported graphs read validity this way too)."""
+    return frame_emb.pow(2).sum(-1) > 0.5
+
+
 def last_valid_frame(frame_mask: torch.Tensor) -> torch.Tensor:
     """Each video's last valid frame index, int64 ``[V]``, from ``frame_mask [V,T]`` (1 = real frame).
 
@@ -250,7 +256,7 @@ class AsynchronousSelfAttention(nn.Module):
         t, p = patch_tokens.shape[1:3]
         h, dh, k = self.heads, self.attn_dim // self.heads, self.topk
         dtype = text_emb.dtype
-        valid = (frame_emb.pow(2).sum(-1) > 0.5).to(dtype)  # [V,T]: padded frames have zero rows
+        valid = valid_frames(frame_emb).to(dtype)  # [V,T]
         n_valid = valid.sum(-1).clamp_min(1.0)  # [V]
 
         query = frame_emb if self.selection == "saliency" else text_emb
