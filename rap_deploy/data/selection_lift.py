@@ -62,10 +62,10 @@ def checkpoint_selection_lift(checkpoint: str | Path, data_root: str | Path, cac
 
     enc = encode_test_split(checkpoint, data_root, cache_dir, progress, require_asa=True)
     asa, caption_video = enc.model.asa, np.asarray(enc.split.caption_video)
-    base = meanp_similarity(enc.text_emb, enc.index)
-    out: dict[str, Any] = {"trained_selection": asa.selection, "queries": len(caption_video),
-                           "meanp": {"R1": retrieval_metrics(base, caption_video)["t2v"]["R1"]}}
     trained = asa.selection
+    base = meanp_similarity(enc.text_emb, enc.index)
+    out: dict[str, Any] = {"trained_selection": trained, "queries": len(caption_video),
+                           "meanp": {"R1": retrieval_metrics(base, caption_video)["t2v"]["R1"]}}
     try:
         for mode in SELECTIONS:
             asa.selection = mode
