@@ -11,8 +11,10 @@ What it does, in one run, on one CUDA GPU (``--dry-run``: the same steps on the 
    off), i.e. the fp16 recall parity; ``bench`` of video / text / asa / search at batch 1, 8, 64, PyTorch eager fp32
    and fp16 (plus the TensorRT engine when there is one);
 5. TensorRT, when ``tensorrt`` imports: export with fp16 graphs, ``build-engine --fp16``, ``verify``, ``bench``;
-6. one JSON (``gpu_check.json``) and one Markdown (``gpu_check.md``) report in ``--out``; the intermediate files
-   (data, checkpoints, engines, per-step reports) stay in ``--work``.
+6. one JSON (``gpu_check.json``) and one Markdown (``gpu_check.md``) report in ``--out``, rewritten after every step
+   (``"complete": false`` and the verdict INCOMPLETE until the last), so a run stopped by the device's time limit
+   still returns the steps it finished; the intermediate files (data, checkpoints, engines, per-step reports) stay in
+   ``--work``.
 
 Exit code 0 when every step ran and every parity check passed, 1 otherwise (the reports are written either way),
 2 for bad usage. Code paths used here run on torch 2.11 as well as the project's pin.
@@ -102,8 +104,9 @@ class CheckSizes:
 class Steps:
     """Runs named steps, times them, and records failures instead of stopping the whole check."""
 
-    def __init__(self, log: Callable[[str], None]) -> None:
+    def __init__(self, log: Callable[[str], None], after_step: Callable[[], None] = lambda: None) -> None:
         self.log = log
+        self.after_step = after_step  # e.g. write a partial report, so a run cut short by a timeout keeps its steps
         self.records: list[dict[str, Any]] = []
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -118,10 +121,12 @@ class Steps:
             self.log(f"[FAIL] {name} after {seconds:.1f}s: {self.records[-1]['error']}")
             if not isinstance(exc, RapDeployError):
                 self.log(traceback.format_exc(limit=6))
+            self.after_step()
             return None
         seconds = round(time.perf_counter() - t0, 2)
         self.records.append({"step": name, "ok": True, "seconds": seconds})
         self.log(f"[done] {name} in {seconds:.1f}s")
+        self.after_step()
         return value
 
     def skip(self, name: str, reason: str) -> None:
@@ -250,9 +255,10 @@ def tensorrt_engine(checkpoint: Path, data: Path, work: Path) -> Path:
 
 # ----------------------------------------------------------------------------------------------------------- run
 def check_model(label: str, checkpoint: Path, data: Path, work: Path, s: CheckSizes, trt: str | None,
-                steps: Steps) -> dict[str, Any]:
-    """Parity, speed and (with TensorRT) the engine of one model; a dict for the report."""
+                steps: Steps, models: dict[str, Any]) -> dict[str, Any]:
+    """Parity, speed and (with TensorRT) the engine of one model, as ``models[label]``; returns that dict."""
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "parity": [], "bench": []}
+    models[label] = out  # filled in place, so each partial report shows what has run
     for precision in dict.fromkeys(("fp32", s.fp16)):
         res = steps.run(f"{label}: verify torch {s.device} {precision}",
                         lambda p=precision: parity(checkpoint, data, work, s, p))
@@ -292,30 +298,34 @@ def run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    steps = Steps(log)
-    env = steps.run("environment", lambda: environment(sizes.device)) or {}
+    env: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+
+    def save(final: bool) -> dict[str, Any]:
+        report = {"passed": final and all(r["ok"] for r in steps.records) and all(
+                      p["passed"] for m in models.values() for p in m["parity"]),
+                  "complete": final, "dry_run": sizes.device == "cpu", "seconds": round(time.perf_counter() - t0, 1),
+                  "environment": env, "sizes": asdict(sizes), "steps": steps.records, "models": models}
+        write_json_atomic(out / REPORT_JSON, report)
+        write_text_atomic(out / REPORT_MD, markdown(report))
+        return report
+
+    steps = Steps(log, after_step=lambda: save(final=False))
+    env.update(steps.run("environment", lambda: environment(sizes.device)) or {})
     trt = env.get("tensorrt")
     data = steps.run("synthetic data", lambda: make_data(work / "data", sizes))
-    models: dict[str, Any] = {}
     if data is not None:
         demo = checkpoint or steps.run("demo checkpoint (train)", lambda: demo_checkpoint(work / "demo", data, sizes))
         if demo is not None:
-            models["demo"] = check_model("demo", Path(demo), data, work / "demo", sizes, trt, steps)
+            check_model("demo", Path(demo), data, work / "demo", sizes, trt, steps, models)
         if skip_vit:
             steps.skip(sizes.large_clip, "--skip-vit")
         else:
             large = steps.run(f"{sizes.large_clip} checkpoint (random, non-zero adapters)",
                               lambda: random_adapter_checkpoint(work / "large" / "large.pt", sizes.large_clip, sizes))
             if large is not None:
-                models[sizes.large_clip] = check_model(sizes.large_clip, large, data, work / "large", sizes, trt,
-                                                       steps)
-    report = {"passed": all(r["ok"] for r in steps.records) and all(
-                  p["passed"] for m in models.values() for p in m["parity"]),
-              "dry_run": sizes.device == "cpu", "seconds": round(time.perf_counter() - t0, 1),
-              "environment": env, "sizes": asdict(sizes), "steps": steps.records, "models": models}
-    write_json_atomic(out / REPORT_JSON, report)
-    write_text_atomic(out / REPORT_MD, markdown(report))
-    return report
+                check_model(sizes.large_clip, large, data, work / "large", sizes, trt, steps, models)
+    return save(final=True)
 
 
 # -------------------------------------------------------------------------------------------------------- report
@@ -332,8 +342,8 @@ def _num(v: Any, digits: int = 2) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The Markdown report: environment, steps, recall parity and speed tables."""
     env = report["environment"]
-    parts = [f"# GPU check{' (dry run on the CPU)' if report['dry_run'] else ''}: "
-             f"{'passed' if report['passed'] else 'FAILED'}",
+    verdict = ("passed" if report["passed"] else "FAILED") if report.get("complete", True) else "INCOMPLETE"
+    parts = [f"# GPU check{' (dry run on the CPU)' if report['dry_run'] else ''}: {verdict}",
              f"{env.get('gpu', 'no GPU')} (cc {env.get('compute_capability', '—')}), torch {env.get('torch')} "
              f"(CUDA {env.get('cuda')}), TensorRT {env.get('tensorrt') or 'not available'}; "
              f"{report['seconds']} s in all.",

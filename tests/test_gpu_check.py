@@ -15,7 +15,7 @@ def test_dry_run_runs_every_step_and_writes_both_reports(tmp_path):
     assert main(["--out", str(out), "--work", str(tmp_path / "work"), "--dry-run"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [REPORT_JSON, REPORT_MD]  # the device brings back few files
     report = json.loads((out / REPORT_JSON).read_text())
-    assert report["passed"] and report["dry_run"]
+    assert report["passed"] and report["dry_run"] and report["complete"]
     steps = {r["step"]: r for r in report["steps"]}
     assert all(r["ok"] for r in steps.values()), steps
     assert {"environment", "synthetic data", "demo checkpoint (train)"} <= set(steps)
@@ -30,6 +30,23 @@ def test_dry_run_runs_every_step_and_writes_both_reports(tmp_path):
         assert steps["demo: TensorRT"]["skipped"]
     md = (out / REPORT_MD).read_text()
     assert "## Recall parity" in md and "## Speed" in md and "| demo | torch eager | fp32 | search | 2 |" in md
+
+
+def test_a_run_stopped_midway_leaves_a_report_of_the_steps_it_finished(tmp_path, monkeypatch):
+    import rap_deploy.engines.gpu_check as gc
+
+    def stopped(*_args):
+        raise KeyboardInterrupt  # what a timeout's signal does: not a step failure, the run just ends
+
+    monkeypatch.setattr(gc, "demo_checkpoint", stopped)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        gc.run_check(out, tmp_path / "work", gc.CheckSizes.dry_run(), log=lambda _m: None)
+    report = json.loads((out / gc.REPORT_JSON).read_text())
+    assert not report["complete"] and not report["passed"]
+    assert [(r["step"], r["ok"]) for r in report["steps"]] == [("environment", True), ("synthetic data", True)]
+    assert report["environment"]["device"] == "cpu"
+    assert (out / gc.REPORT_MD).read_text().startswith("# GPU check (dry run on the CPU): INCOMPLETE")
 
 
 def test_gpu_run_without_a_gpu_is_a_usage_error(tmp_path, monkeypatch, capsys):
