@@ -29,9 +29,11 @@ def random_index(videos: int, frames: int, patches: int, dim: int, seed: int = 0
         x = rng.standard_normal((min(chunk, videos - i), frames, patches, dim), dtype=np.float32)
         patch[i:i + chunk] = x / np.linalg.norm(x, axis=-1, keepdims=True)
         if tokens is not None:
-            stored = torch.from_numpy(patch[i:i + chunk].astype(np.float32))
+            weight = asa.q_proj.weight  # computed where and in the precision the model runs (cuda / fp16 too)
+            stored = torch.from_numpy(patch[i:i + chunk].astype(np.float32)).to(weight.device, weight.dtype)
             with torch.no_grad():
-                tokens[i:i + chunk] = asa.video_tokens(stored, torch.ones(stored.shape[:2])).numpy()
+                out = asa.video_tokens(stored, torch.ones(stored.shape[:2], device=weight.device))
+            tokens[i:i + chunk] = out.float().cpu().numpy()
     frame = rng.standard_normal((videos, frames, dim), dtype=np.float32)
     frame /= np.linalg.norm(frame, axis=-1, keepdims=True)
     video = frame.sum(1)

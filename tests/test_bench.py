@@ -168,3 +168,16 @@ def test_random_index_holds_the_models_asa_tokens(micro_model):
         expected = asa.video_tokens(torch.from_numpy(index.patch_tokens).float(), torch.ones(5, 4)).numpy()
     np.testing.assert_allclose(index.asa_tokens, expected, atol=1e-6)
     assert [x.shape[0] for x in index.rerank(np.array([4, 0]))] == [2, 2, 2]
+
+
+def test_random_index_runs_the_asa_head_in_the_models_own_precision(micro_model):
+    """The bench of a half-precision engine (PyTorch fp16 on CUDA) hands its half ASA head to random_index: the
+    tokens are computed in that precision (bfloat16 here, which the CPU runs) and stored as the index stores them."""
+    from conftest import randomize_adapters
+
+    randomize_adapters(micro_model, seed=2)
+    full = random_index(3, frames=4, patches=16, dim=32, seed=0, chunk=2, asa=micro_model.asa)
+    half = random_index(3, frames=4, patches=16, dim=32, seed=0, chunk=2, asa=micro_model.asa.to(torch.bfloat16))
+    assert half.asa_tokens.dtype == full.asa_tokens.dtype
+    np.testing.assert_allclose(half.asa_tokens, full.asa_tokens, atol=0.05)
+    assert np.abs(half.asa_tokens - full.asa_tokens).max() > 0  # really computed in bfloat16

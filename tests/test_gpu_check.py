@@ -49,6 +49,24 @@ def test_a_run_stopped_midway_leaves_a_report_of_the_steps_it_finished(tmp_path,
     assert (out / gc.REPORT_MD).read_text().startswith("# GPU check (dry run on the CPU): INCOMPLETE")
 
 
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(),
+                    reason="needs a CUDA GPU (run on the device machine: training, fp16 parity and bench on cuda)")
+def test_the_dry_run_sizes_on_cuda_train_verify_and_bench_there(tmp_path):
+    """Every step at the dry run's sizes, but on CUDA with fp16: caught the first H200 run's device mismatches (the
+    training step's duplicate mask on the CPU, the bench's random index fed to a CUDA ASA head)."""
+    from dataclasses import replace
+
+    import rap_deploy.engines.gpu_check as gc
+
+    sizes = replace(gc.CheckSizes.dry_run(), device="cuda", fp16="fp16")
+    report = gc.run_check(tmp_path / "out", tmp_path / "work", sizes, log=lambda _m: None)
+    assert [r["step"] for r in report["steps"] if not r["ok"]] == [], report["steps"]
+    assert report["passed"] and report["complete"]
+    for model in report["models"].values():
+        assert [p["precision"] for p in model["parity"]][:2] == ["fp32", "fp16"]
+        assert {r["precision"] for r in model["bench"]} == {"fp32", "fp16"}
+
+
 def test_gpu_run_without_a_gpu_is_a_usage_error(tmp_path, monkeypatch, capsys):
     import torch
 
