@@ -203,6 +203,36 @@ def test_asa_chunking_is_exact(micro_model):
     assert (full - chunked).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("use_asa", [True, False])
+def test_a_half_precision_model_scores_in_fp32(half, use_asa):
+    """The PyTorch fp16 engine (the whole model in half precision) still computes each score's last reduction in
+    fp32: fp16 scores are coarse enough to tie the ground truth with other videos, and a tie ranks in its favour
+    (DESIGN.md §6): on an H200 the fp16 engine's R@5 read 3 points above the fp32 reference's. The CPU runs both
+    half types."""
+    from rap_deploy.model_encoder import ModelEncoder
+
+    _, model = new_checkpoint(micro_config(use_asa=use_asa), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    randomize_adapters(model, seed=1)
+    frames = _frames(b=40, seed=3).numpy()
+    ids, eot = tokenize([f"a red circle moves left {i}" for i in range(40)], model.config.tokenizer)
+    scores = {}
+    for dtype in (torch.float32, half):
+        enc = ModelEncoder(model, dtype=dtype)
+        assert next(enc.model.parameters()).dtype == dtype
+        rerank = enc.encode_video(frames, np.ones(frames.shape[:2], np.float32))[1:]
+        with torch.no_grad():
+            text = enc.model.encode_text(torch.from_numpy(ids), torch.from_numpy(eot))
+            tensors = [torch.from_numpy(x).to(dtype) for x in rerank]
+            scores[dtype] = enc.model.asa_similarity(text, *tensors)
+        model = model.float()
+    low = scores[half]
+    assert low.dtype == torch.float32
+    assert not torch.equal(low, low.to(half).float())  # not rounded to the half type on the way out
+    assert all(len(row.unique()) == len(row) for row in low)  # no tied scores within a query's row
+    assert (low - scores[torch.float32]).abs().max() < 0.05
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_checkpoint_round_trip(tmp_path, suffix):
     ckpt, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)

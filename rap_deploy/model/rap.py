@@ -13,7 +13,7 @@ from torch import nn
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import UsageError
 from rap_deploy.graphs import INDEX_DTYPES
-from rap_deploy.model.asa import AsynchronousSelfAttention, valid_frames
+from rap_deploy.model.asa import AsynchronousSelfAttention, in_score_precision, valid_frames
 from rap_deploy.model.clip_loader import freeze
 from rap_deploy.model.lorm import LowRankModulation
 from rap_deploy.model.text_tower import text_tower
@@ -161,6 +161,7 @@ class RAPModel(nn.Module):
                                  "frame_emb for its meanP similarity")
             frame_emb = rerank[0] if video_rows is None else rerank[0].index_select(0, video_rows)
             n_valid = valid_frames(frame_emb).sum(-1, keepdim=True).clamp_min(1)
+            text_emb, frame_emb = in_score_precision(text_emb, frame_emb)
             return text_emb @ F.normalize(frame_emb.sum(1) / n_valid, dim=-1).T
         if len(rerank) != 3:
             raise UsageError(f"the ASA head needs frame_emb, patch_tokens and asa_tokens (the video encoder's outputs "
