@@ -258,27 +258,30 @@ def check_model(label: str, checkpoint: Path, data: Path, work: Path, s: CheckSi
                 steps: Steps, models: dict[str, Any]) -> dict[str, Any]:
     """Parity, speed and (with TensorRT) the engine of one model, as ``models[label]``; returns that dict."""
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "parity": [], "bench": []}
-    models[label] = out  # filled in place, so each partial report shows what has run
+    models[label] = out  # filled in place, inside each step, so the report written after a step holds its result
+
+    def into(key: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def step() -> Any:
+            value = fn()
+            out[key].extend(value if isinstance(value, list) else [value])
+            return value
+        return step
+
     for precision in dict.fromkeys(("fp32", s.fp16)):
-        res = steps.run(f"{label}: verify torch {s.device} {precision}",
-                        lambda p=precision: parity(checkpoint, data, work, s, p))
-        if res is not None:
-            out["parity"].append(res)
+        steps.run(f"{label}: verify torch {s.device} {precision}",
+                  into("parity", lambda p=precision: parity(checkpoint, data, work, s, p)))
     engine = None
     if trt:
         engine = steps.run(f"{label}: TensorRT {trt} fp16 engine", lambda: tensorrt_engine(checkpoint, data, work))
         if engine is not None:
-            res = steps.run(f"{label}: verify TensorRT fp16", lambda: parity(checkpoint, data, work, s, "fp16",
-                                                                              engine))
-            if res is not None:
-                out["parity"].append(res)
+            steps.run(f"{label}: verify TensorRT fp16",
+                      into("parity", lambda: parity(checkpoint, data, work, s, "fp16", engine)))
     else:
         steps.skip(f"{label}: TensorRT", "tensorrt does not import here (or no CUDA GPU)")
     for precision in dict.fromkeys(("fp32", s.fp16)):
         with_engine = [engine] if engine is not None and precision == s.fp16 else []
-        rows = steps.run(f"{label}: bench {precision}", lambda p=precision, e=with_engine: speed(checkpoint, work, s,
-                                                                                                 p, e))
-        out["bench"].extend(rows or [])
+        steps.run(f"{label}: bench {precision}",
+                  into("bench", lambda p=precision, e=with_engine: speed(checkpoint, work, s, p, e)))
     return out
 
 

@@ -33,18 +33,33 @@ def test_dry_run_runs_every_step_and_writes_both_reports(tmp_path):
 
 
 def test_a_run_stopped_midway_leaves_a_report_of_the_steps_it_finished(tmp_path, monkeypatch):
+    from dataclasses import replace
+
     import rap_deploy.engines.gpu_check as gc
 
     def stopped(*_args):
         raise KeyboardInterrupt  # what a timeout's signal does: not a step failure, the run just ends
 
-    monkeypatch.setattr(gc, "demo_checkpoint", stopped)
+    def bench_then_stopped(*args):
+        if args[3] == "fp32":
+            return [{"engine": "torch eager", "precision": "fp32", "graph": "video", "batch_size": 1,
+                     "throughput": 1.0, "unit": "videos/s", "p50_ms": 1.0, "p99_ms": 1.0}]
+        stopped()
+
+    zero = {"t2v": {"R1": 0.0, "R5": 0.0}, "v2t": {"R1": 0.0, "R5": 0.0}}
+    monkeypatch.setattr(gc, "parity", lambda *a: {"engine": "e", "precision": a[4], "passed": True, "queries": 6,
+                                                  "tolerance": 0.5, "delta": zero})
+    monkeypatch.setattr(gc, "speed", bench_then_stopped)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        gc.run_check(out, tmp_path / "work", gc.CheckSizes.dry_run(), log=lambda _m: None)
+        gc.run_check(out, tmp_path / "work", replace(gc.CheckSizes.dry_run(), fp16="fp16"),
+                     checkpoint=tmp_path / "given.pt", log=lambda _m: None)
     report = json.loads((out / gc.REPORT_JSON).read_text())
     assert not report["complete"] and not report["passed"]
-    assert [(r["step"], r["ok"]) for r in report["steps"]] == [("environment", True), ("synthetic data", True)]
+    assert [(r["step"], r["ok"]) for r in report["steps"]][:2] == [("environment", True), ("synthetic data", True)]
+    assert report["steps"][-1]["step"] == "demo: bench fp32"  # the last step that finished, with its result:
+    assert [p["precision"] for p in report["models"]["demo"]["parity"]] == ["fp32", "fp16"]
+    assert [r["graph"] for r in report["models"]["demo"]["bench"]] == ["video"]
     assert report["environment"]["device"] == "cpu"
     assert (out / gc.REPORT_MD).read_text().startswith("# GPU check (dry run on the CPU): INCOMPLETE")
 
