@@ -233,6 +233,27 @@ def test_fp16_graphs_keep_sensitive_ops_fp32(exported):
     assert manifest["fp16_graphs"]["asa_head"]["file"] == "asa_head.fp16.onnx"
 
 
+def test_fp16_asa_head_scores_are_not_rounded_to_fp16(exported, offset_checkpoint):
+    """What TensorRT 11 and ONNX Runtime CUDA run keeps each score's last reduction in fp32 (the precision plan), so
+    scores do not tie the ground truth the way fp16-rounded ones do (the H200 check's PyTorch fp16 finding)."""
+    import onnxruntime as ort
+
+    out, _ = exported
+    model = _build(offset_checkpoint)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        _, fe, pt, at = model.encode_video(torch.randn(24, 4, 3, 32, 32, generator=gen))
+        text = model.encode_text(torch.randint(1, 40000, (6, 32), generator=gen, dtype=torch.int32),
+                                 torch.full((6,), 9, dtype=torch.int32))
+    sess = ort.InferenceSession(str(out / "asa_head.fp16.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"text_emb": text, "frame_emb": fe, "patch_tokens": pt.half(), "asa_tokens": at}
+    dtypes = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32 for i in sess.get_inputs()}
+    sim = sess.run(None, {k: v.numpy().astype(dtypes[k]) for k, v in feeds.items()})[0]
+    assert sim.dtype == np.float32 and sim.shape == (6, 24)
+    assert not np.array_equal(sim, sim.astype(np.float16).astype(np.float32))
+    assert all(len(np.unique(row)) == len(row) for row in sim)
+
+
 def test_read_export_manifest_validates_hashes(exported, tmp_path):
     from rap_deploy.errors import CheckFailedError, UsageError
     from rap_deploy.export import read_export_manifest
