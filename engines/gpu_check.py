@@ -228,6 +228,7 @@ def parity(checkpoint: Path, data: Path, work: Path, s: CheckSizes, precision: s
     return {"engine": name, "precision": result["precision"], "passed": result["passed"],
             "tolerance": result["tolerance"], "queries": result["counts"]["captions"], "delta": result["delta"],
             "two_stage_delta": result["two_stage"]["delta"], "rank_changes": result["rank_changes"],
+            "ties": {side: {d: result[side][d]["ties"] for d in ("t2v", "v2t")} for side in ("reference", "engine")},
             "failures": result["failures"], "worst_graph": result["worst_graph"]}
 
 

@@ -23,6 +23,7 @@ def test_dry_run_runs_every_step_and_writes_both_reports(tmp_path):
     for label, model in report["models"].items():
         assert [p["passed"] for p in model["parity"]] == [True], label
         assert model["parity"][0]["queries"] == 6
+        assert model["parity"][0]["ties"]["reference"].keys() == {"t2v", "v2t"}  # what a tie-heavy engine shows
         graphs = {(r["graph"], r["batch_size"]) for r in model["bench"]}
         assert graphs == {(g, b) for g in ("video", "text", "asa", "search") for b in (1, 2)}, label
         assert all(r["throughput"] > 0 for r in model["bench"])

@@ -129,10 +129,10 @@ def in_score_precision(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``tensors`` in float32 when they are in a half precision, else unchanged (an fp32 trace gains no node).
 
     The last reduction of a retrieval score (the cosine of a text with a video) runs in fp32 whatever precision the
-    model runs in: an fp16 score has about 2,000 steps between 0.5 and 1, so many candidates tie with the ground truth
-    and DESIGN.md §6 ranks a tie in its favour; measured on an H200, the PyTorch fp16 engine tied the ground truth on
-    186 of 200 queries and read 3 points of R@5 too high. The exported graphs keep that reduction in fp32 by the
-    precision plan (every reduction is fp32)."""
+    model runs in: an fp16 score has 1,024 steps between 0.5 and 1, so many candidates tie with the ground truth
+    and DESIGN.md §6 ranks a tie in its favour; measured on an H200, the PyTorch fp16 engine had 186 of 200 queries
+    more tied than the fp32 reference, and read 3 points of v2t R@5 too high. The exported graphs keep that
+    reduction in fp32 by the precision plan (every reduction is fp32)."""
     if all(t.dtype == torch.float32 for t in tensors):
         return tensors
     return tuple(t.float() for t in tensors)
