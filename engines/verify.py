@@ -31,6 +31,7 @@ from rap_deploy.engines.verify_rules import (
     failure_lines,
     is_strict,
     judge,
+    tie_notes,
     vector_error,
     worst_graph,
 )
@@ -343,6 +344,7 @@ def explain(passed: bool, checks: list[dict[str, Any]], per_graph: dict[str, dic
         notes.append(f"one query moves R@K by {100.0 / queries:.2f} points, more than the tolerance {tol_used:g}: with "
                      f"{queries} queries a single rank flip across a K boundary fails the check; a tolerance check "
                      f"needs >= {int(np.ceil(100.0 / max(tol_used, 1e-9)))} queries")
+    notes += tie_notes(cmp["sections"])
     return failures, notes, worst
 
 

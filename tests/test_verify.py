@@ -146,3 +146,31 @@ def test_quantised_rule_forgives_a_change_that_tie_flips_explain():
     assert not passed and "6 lost / 0 gained" in failure_lines(checks)[0]
     # fp32 keeps its rule: no rank change beyond ties, whatever the flips
     assert not judge("fp32", _deltas(), _changes(1, ("asa", "t2v")))[0]
+
+
+def test_an_engine_whose_scores_tie_more_often_gets_a_note():
+    """Scores rounded to fp16 tie the ground truth with other videos; a tie ranks in its favour, so recall reads
+    high. verify says so in a note (the H200 check's PyTorch fp16 finding); an engine as fine as the reference gets
+    none."""
+    from rap_deploy.engines.verify_rules import tie_notes
+    from rap_deploy.metrics import retrieval_metrics
+
+    rng = np.random.default_rng(0)
+    caption_video = np.arange(200)
+    # close scores, as a weak model's, with the ground truth a little ahead
+    reference = (0.7 + 0.01 * rng.standard_normal((200, 200)) + 0.02 * np.eye(200)).astype(np.float32)
+    coarse = reference.astype(np.float16).astype(np.float32)
+    fine = reference + np.float32(1e-7)
+
+    def sections(engine):
+        ref, eng = retrieval_metrics(reference, caption_video), retrieval_metrics(engine, caption_video)
+        return {mode: {"reference": ref, "engine": eng} for mode in ("asa", "two_stage")}
+
+    assert tie_notes(sections(fine)) == []
+    notes = tie_notes(sections(coarse))
+    assert len(notes) == 4 and notes[0].startswith("full ASA t2v: the engine ties the ground truth")
+    ref_ties = retrieval_metrics(reference, caption_video)["t2v"]["ties"]
+    eng_ties = retrieval_metrics(coarse, caption_video)["t2v"]["ties"]
+    assert ref_ties == 0 and eng_ties > 20 and f"on {eng_ties} of 200 queries, the reference on 0" in notes[0]
+    coarse_rsum = retrieval_metrics(coarse, caption_video)["t2v"]["RSum"]
+    assert coarse_rsum > retrieval_metrics(reference, caption_video)["t2v"]["RSum"]  # the ties read high
