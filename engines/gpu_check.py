@@ -9,7 +9,8 @@ What it does, in one run, on one CUDA GPU (``--dry-run``: the same steps on the 
    non-zero adapters (no weights can be downloaded there);
 4. per model: ``verify`` of the PyTorch engine on CUDA in fp32 and in fp16 against the strict fp32 reference (TF32
    off), i.e. the fp16 recall parity; ``bench`` of video / text / asa / search at batch 1, 8, 64, PyTorch eager fp32
-   and fp16 (plus the TensorRT engine when there is one);
+   and fp16 (plus the TensorRT engine when there is one); for the demo model, one query's re-rank of its candidates
+   at several ASA video blocks (``rerank_blocks``: the PyTorch engine's block was tuned on a CPU);
 5. TensorRT, when ``tensorrt`` imports: export with fp16 graphs, ``build-engine --fp16``, ``verify``, ``bench``;
 6. one JSON (``gpu_check.json``) and one Markdown (``gpu_check.md``) report in ``--out``, rewritten after every step
    (``"complete": false`` and the verdict INCOMPLETE until the last), so a run stopped by the device's time limit
@@ -88,6 +89,7 @@ class CheckSizes:
     batch_sizes: tuple[int, ...] = (1, 8, 64)
     bench_repeats: int = 10
     index_size: int = 1000
+    video_blocks: tuple[int, ...] = (16, 64, 128)  # ASA videos per call of the PyTorch re-rank (see rerank_blocks)
     top_m: int = 100
     fp16: str = "fp16"  # the reduced precision checked (the dry run has no CPU fp16 and checks fp32 instead)
 
@@ -100,7 +102,7 @@ class CheckSizes:
         return cls(device="cpu", videos=12, test_videos=6, size=32, frames=4, backbone_clip="rap-micro",
                    backbone_train=64, backbone_epochs=1, epochs=1, train_batch=8, asa=(4, 2, 16),
                    large_clip="rap-micro", large_image_size=32, large_asa=(4, 2, 16), batch_sizes=(1, 2),
-                   bench_repeats=1, index_size=16, top_m=4, fp16="fp32")
+                   bench_repeats=1, index_size=16, top_m=4, fp16="fp32", video_blocks=(2, 4))
 
 
 class Steps:
@@ -244,6 +246,40 @@ def speed(checkpoint: Path, work: Path, s: CheckSizes, precision: str, engines: 
     return [{k: row.get(k) for k in keep} for row in result["results"]]
 
 
+def rerank_blocks(checkpoint: Path, s: CheckSizes, precision: str) -> list[dict[str, Any]]:
+    """One query's re-rank of ``s.top_m`` candidates of a random index (what a search call spends in ASA), timed
+    with the PyTorch engine at each of ``s.video_blocks`` videos per ASA call; one row per block size.
+
+    The engine's default block (``TORCH_VIDEO_BLOCK``) was tuned on a 2-core CPU, where a large block's logits leave
+    the cache; a GPU pays per kernel launch instead, so it may want a larger one."""
+    import numpy as np
+
+    from rap_deploy.engines.bench_index import random_index
+    from rap_deploy.engines.bench_inputs import template_captions
+    from rap_deploy.engines.bench_timing import latency_stats, time_interleaved
+    from rap_deploy.engines.torch_backend import TorchEngine
+    from rap_deploy.tokenizer import tokenize
+
+    engines = [TorchEngine(checkpoint, device=s.device, precision=precision, video_block=b) for b in s.video_blocks]
+    model = engines[0].model
+    index = random_index(max(s.index_size, s.top_m), model.config.frames, model.num_patches, model.embed_dim,
+                         asa=model.asa)
+    stores = index.rerank()
+    rows = np.sort(np.random.default_rng(0).choice(len(index), s.top_m, replace=False))
+    ids, eot = tokenize(template_captions(1), model.config.tokenizer)
+    text = engines[0].encode_text(ids, eot)
+    reference = engines[0].asa_similarity_rows(text, stores, rows)
+    out = []
+    times = time_interleaved([lambda e=e: e.asa_similarity_rows(text, stores, rows) for e in engines],
+                             repeats=s.bench_repeats, warmup=2 if s.device == "cuda" else 1)
+    for block, engine, lat in zip(s.video_blocks, engines, times, strict=True):
+        diff = float(np.abs(engine.asa_similarity_rows(text, stores, rows) - reference).max())
+        stats = latency_stats(lat, s.top_m)
+        out.append({"precision": precision, "video_block": block, "candidates": s.top_m,
+                    "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "max_abs_vs_first": diff})
+    return out
+
+
 def tensorrt_engine(checkpoint: Path, data: Path, work: Path) -> Path:
     """Export with fp16 graphs and build the TensorRT fp16 engine (validated by build-engine itself)."""
     from rap_deploy.engines.build import build_engine
@@ -260,7 +296,7 @@ def tensorrt_engine(checkpoint: Path, data: Path, work: Path) -> Path:
 def check_model(label: str, checkpoint: Path, data: Path, work: Path, s: CheckSizes, trt: str | None,
                 steps: Steps, models: dict[str, Any]) -> dict[str, Any]:
     """Parity, speed and (with TensorRT) the engine of one model, as ``models[label]``; returns that dict."""
-    out: dict[str, Any] = {"checkpoint": str(checkpoint), "parity": [], "bench": []}
+    out: dict[str, Any] = {"checkpoint": str(checkpoint), "parity": [], "bench": [], "rerank_blocks": []}
     models[label] = out  # filled in place, inside each step, so the report written after a step holds its result
 
     def into(key: str, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -285,6 +321,10 @@ def check_model(label: str, checkpoint: Path, data: Path, work: Path, s: CheckSi
         with_engine = [engine] if engine is not None and precision == s.fp16 else []
         steps.run(f"{label}: bench {precision}",
                   into("bench", lambda p=precision, e=with_engine: speed(checkpoint, work, s, p, e)))
+    if label == "demo":  # one model is enough to choose the block; the demo's is the one a search test uses
+        for precision in dict.fromkeys(("fp32", s.fp16)):
+            steps.run(f"{label}: re-rank video blocks {precision}",
+                      into("rerank_blocks", lambda p=precision: rerank_blocks(checkpoint, s, p)))
     return out
 
 
@@ -371,7 +411,12 @@ def markdown(report: dict[str, Any]) -> str:
         ["model", "engine", "precision", "queries", "tolerance", "ΔR@1 t2v", "ΔR@1 v2t", "ΔR@5 t2v", "ΔR@5 v2t",
          "passed"], parity_rows),
               "## Speed", _table(["model", "engine", "precision", "graph", "batch", "throughput", "p50 ms", "p99 ms"],
-                                 bench_rows)]
+                                 bench_rows),
+              "## Re-rank of one query's candidates by ASA video block (PyTorch)", _table(
+                  ["model", "precision", "video block", "candidates", "p50 ms", "p99 ms", "max abs vs first block"],
+                  [[label, r["precision"], r["video_block"], r["candidates"], _num(r["p50_ms"], 3),
+                    _num(r["p99_ms"], 3), f"{r['max_abs_vs_first']:.2g}"]
+                   for label, m in report["models"].items() for r in m.get("rerank_blocks", [])])]
     return "\n\n".join(parts) + "\n"
 
 

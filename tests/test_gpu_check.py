@@ -27,10 +27,16 @@ def test_dry_run_runs_every_step_and_writes_both_reports(tmp_path):
         graphs = {(r["graph"], r["batch_size"]) for r in model["bench"]}
         assert graphs == {(g, b) for g in ("video", "text", "asa", "search") for b in (1, 2)}, label
         assert all(r["throughput"] > 0 for r in model["bench"])
+    blocks = report["models"]["demo"]["rerank_blocks"]
+    assert [(r["precision"], r["video_block"]) for r in blocks] == [("fp32", 2), ("fp32", 4)]
+    assert all(r["p50_ms"] > 0 and r["candidates"] == 4 for r in blocks)
+    assert blocks[0]["max_abs_vs_first"] == 0 and blocks[1]["max_abs_vs_first"] < 1e-6  # blocking is exact
+    assert report["models"]["rap-micro"]["rerank_blocks"] == []
     if report["environment"]["tensorrt"] is None:
         assert steps["demo: TensorRT"]["skipped"]
     md = (out / REPORT_MD).read_text()
     assert "## Recall parity" in md and "## Speed" in md and "| demo | torch eager | fp32 | search | 2 |" in md
+    assert "| demo | fp32 | 4 | 4 |" in md
 
 
 def test_a_run_stopped_midway_leaves_a_report_of_the_steps_it_finished(tmp_path, monkeypatch):
