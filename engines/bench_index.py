@@ -25,8 +25,8 @@ def random_index(videos: int, frames: int, patches: int, dim: int, seed: int = 0
     patch = np.empty((videos, frames, patches, dim), dtype=INDEX_DTYPES["patch_tokens"])
     tokens = None if asa is None else np.empty((videos, frames, patches, asa.token_width),
                                                dtype=INDEX_DTYPES["asa_tokens"])
-    weight = None if asa is None else asa.q_proj.weight  # the tokens are computed where and in the precision the
-    # model runs (CUDA, fp16), then stored as the index stores them
+    # The tokens are computed where and in the precision the head runs (CUDA, fp16), then stored as an index does.
+    weight = None if asa is None else asa.q_proj.weight
     for i in range(0, videos, chunk):
         x = rng.standard_normal((min(chunk, videos - i), frames, patches, dim), dtype=np.float32)
         patch[i:i + chunk] = x / np.linalg.norm(x, axis=-1, keepdims=True)
