@@ -44,7 +44,7 @@ def symmetric_info_nce(sim: torch.Tensor, logit_scale: torch.Tensor | float,
     """
     logits = sim.float() * logit_scale
     if video_ids is not None:
-        logits = logits.masked_fill(duplicate_mask(video_ids.to(logits.device)), float("-inf"))
+        logits = logits.masked_fill(duplicate_mask(video_ids), float("-inf"))
     target = torch.arange(sim.shape[0], device=sim.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 

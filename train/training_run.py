@@ -251,7 +251,7 @@ def _step(model, items: dict[str, Any], video_ids: torch.Tensor, params: list[to
     frames = items["frames"].to(dev, non_blocking=True)
     mask = items["frame_mask"].to(dev)
     ids, eot = items["ids"].to(dev), items["eot"].to(dev)
-    video_ids = video_ids.to(dev)
+    video_ids = video_ids.to(dev)  # the duplicate-caption mask is built on the logits' device
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None) if amp_dtype is not None \
             else _nullcontext():
