@@ -335,10 +335,21 @@ def test_selection_lift_compares_both_selections_on_the_same_weights(micro_check
     with pytest.raises(ValueError, match="do not match"):
         selection_lift.lift_summary(sim, base[:, :2], np.array([0, 1]))
 
+    # Own videos from `sim`, rivals from `base`: row 0 0.6 vs 0.4, row 1 0.5 vs 0.6 (a tie would count as found).
+    assert selection_lift.crossed_r1(sim, base, np.array([0, 1])) == 50.0
+    assert selection_lift.crossed_r1(base, sim, np.array([0, 1])) == 0.0
+    assert selection_lift.crossed_r1(base, base, np.array([0, 2])) == 100.0
+    from rap_deploy.metrics import retrieval_metrics
+    assert selection_lift.crossed_r1(sim, sim, np.array([0, 1])) == retrieval_metrics(sim, [0, 1])["t2v"]["R1"]
+    with pytest.raises(ValueError, match="do not match"):
+        selection_lift.crossed_r1(sim, base[:, :2], np.array([0, 1]))
+
     selection_lift.main(["--checkpoint", str(micro_checkpoint), "--data-root", str(synth_root)])
     report = json.loads(capsys.readouterr().out)
     assert report["trained_selection"] == "text" and report["queries"] == 12
-    assert set(report) == {"trained_selection", "queries", "meanp", "text", "saliency"}
+    assert set(report) == {"trained_selection", "queries", "meanp", "text", "saliency", "crossed"}
+    assert set(report["crossed"]) == {"own_text_others_saliency", "own_saliency_others_text"}
+    assert all(0.0 <= r <= 100.0 for r in report["crossed"].values())
     for mode in selection_lift.SELECTIONS:
         assert set(report[mode]) == {"R1", "own", "others", "hardest_base_other", "margin"}
     # The randomised head's term is not zero, and the two selections read different patches.

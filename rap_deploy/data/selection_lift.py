@@ -9,6 +9,8 @@ caption, RAP's selection) and ``saliency`` (chosen by each frame's own embedding
 *lift* (the similarity minus ``meanp``'s) of the caption's own video, of every other video, and of the other video
 ``meanp`` ranks highest (the hardest negative before the ASA term: one fixed video per caption, so the two
 selections are compared on the same videos); ``margin`` is the mean of own video minus best other video.
+``crossed`` gives t2v R@1 with the caption's own video scored under one selection and every other video under the
+other: it says whether a selection gains or loses on the right video or on the wrong ones.
 
 Text selection picks, in every video, the patches most like the query, so it can lift a wrong video that shares
 the query's objects along with the right one; saliency selection does not adapt to the query. The lifts say which
@@ -50,11 +52,26 @@ def lift_summary(sim: np.ndarray, base: np.ndarray, caption_video: np.ndarray) -
             "margin": round(float((sim[rows, caption_video] - masked_sim.max(1)).mean()), 4)}
 
 
+def crossed_r1(own: np.ndarray, others: np.ndarray, caption_video: np.ndarray) -> float:
+    """t2v R@1 (percent) of the similarity that takes row ``q``'s own video (``caption_video[q]``) from ``own
+    [Q,V]`` and every other video from ``others [Q,V]`` (same shape). A tie with the own video counts in its favour
+    (DESIGN.md §6). Raises ``ValueError`` for mismatched shapes."""
+    own, others = np.asarray(own, dtype=np.float64), np.asarray(others, dtype=np.float64)
+    caption_video = np.asarray(caption_video, dtype=np.int64)
+    if own.shape != others.shape or own.ndim != 2 or own.shape[0] != len(caption_video):
+        raise ValueError(f"similarities {own.shape} and {others.shape} do not match {len(caption_video)} captions")
+    rows = np.arange(len(caption_video))
+    rivals = others.copy()
+    rivals[rows, caption_video] = -np.inf
+    return round(100.0 * float((own[rows, caption_video] >= rivals.max(1)).mean()), 2)
+
+
 def checkpoint_selection_lift(checkpoint: str | Path, data_root: str | Path, cache_dir: str | Path | None = None,
                               progress: bool = True) -> dict[str, Any]:
     """Evaluate ``checkpoint``'s ASA head on the synthetic test split at ``data_root`` with both selections (see the
     module docstring). Returns ``{"trained_selection", "queries", "meanp": {"R1"}, "text": {...}, "saliency":
-    {...}}``, each selection with ``R1`` and :func:`lift_summary`. The head's own setting is restored afterwards.
+    {...}, "crossed": {...}}``, each selection with ``R1`` and :func:`lift_summary`, ``crossed`` with
+    :func:`crossed_r1` both ways round. The head's own setting is restored afterwards.
     Raises :class:`UsageError` for a model without an ASA head or data not written by ``rapdeploy synth``."""
     from rap_deploy.data.synth_errors import encode_test_split
     from rap_deploy.metrics import retrieval_metrics
@@ -66,14 +83,17 @@ def checkpoint_selection_lift(checkpoint: str | Path, data_root: str | Path, cac
     base = meanp_similarity(enc.text_emb, enc.index)
     out: dict[str, Any] = {"trained_selection": trained, "queries": len(caption_video),
                            "meanp": {"R1": retrieval_metrics(base, caption_video)["t2v"]["R1"]}}
+    sims = {}
     try:
         for mode in SELECTIONS:
             asa.selection = mode
-            sim = full_similarity(enc.encoder, enc.text_emb, enc.index, progress=progress)
+            sims[mode] = sim = full_similarity(enc.encoder, enc.text_emb, enc.index, progress=progress)
             out[mode] = {"R1": retrieval_metrics(sim, caption_video)["t2v"]["R1"],
                          **lift_summary(sim, base, caption_video)}
     finally:
         asa.selection = trained
+    out["crossed"] = {"own_text_others_saliency": crossed_r1(sims["text"], sims["saliency"], caption_video),
+                      "own_saliency_others_text": crossed_r1(sims["saliency"], sims["text"], caption_video)}
     return out
 
 
