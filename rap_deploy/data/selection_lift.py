@@ -53,17 +53,19 @@ def lift_summary(sim: np.ndarray, base: np.ndarray, caption_video: np.ndarray) -
 
 
 def crossed_r1(own: np.ndarray, others: np.ndarray, caption_video: np.ndarray) -> float:
-    """t2v R@1 (percent) of the similarity that takes row ``q``'s own video (``caption_video[q]``) from ``own
-    [Q,V]`` and every other video from ``others [Q,V]`` (same shape). A tie with the own video counts in its favour
-    (DESIGN.md §6). Raises ``ValueError`` for mismatched shapes."""
-    own, others = np.asarray(own, dtype=np.float64), np.asarray(others, dtype=np.float64)
+    """t2v R@1 (percent, :func:`rap_deploy.metrics.retrieval_metrics`) of the similarity that takes row ``q``'s own
+    video (``caption_video[q]``) from ``own [Q,V]`` and every other video from ``others [Q,V]``. Raises
+    ``ValueError`` for mismatched shapes."""
+    from rap_deploy.metrics import retrieval_metrics
+
+    own, others = np.asarray(own), np.asarray(others)
     caption_video = np.asarray(caption_video, dtype=np.int64)
     if own.shape != others.shape or own.ndim != 2 or own.shape[0] != len(caption_video):
         raise ValueError(f"similarities {own.shape} and {others.shape} do not match {len(caption_video)} captions")
     rows = np.arange(len(caption_video))
-    rivals = others.copy()
-    rivals[rows, caption_video] = -np.inf
-    return round(100.0 * float((own[rows, caption_video] >= rivals.max(1)).mean()), 2)
+    mixed = others.copy()
+    mixed[rows, caption_video] = own[rows, caption_video]
+    return retrieval_metrics(mixed, caption_video)["t2v"]["R1"]
 
 
 def checkpoint_selection_lift(checkpoint: str | Path, data_root: str | Path, cache_dir: str | Path | None = None,
