@@ -270,7 +270,7 @@ def rerank_blocks(checkpoint: Path, s: CheckSizes, precision: str) -> list[dict[
     text = engine.encode_text(ids, eot)
 
     def rerank(block: int) -> np.ndarray:
-        engine.encoder.video_chunk = block  # the block the engine's ``video_block`` sets
+        engine.video_block = block
         return engine.asa_similarity_rows(text, stores, rows)
 
     first = rerank(s.video_blocks[0])

@@ -68,6 +68,18 @@ class TorchEngine(Engine):
         """The underlying ``RAPModel``."""
         return self.encoder.model
 
+    @property
+    def video_block(self) -> int:
+        """Videos per ASA call inside :meth:`asa_similarity` and :meth:`asa_similarity_rows` (a speed setting: the
+        scores do not depend on it)."""
+        return self.encoder.video_chunk
+
+    @video_block.setter
+    def video_block(self, block: int) -> None:
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise UsageError(f"video_block must be a positive int, got {block!r}")
+        self.encoder.video_chunk = block
+
     def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See :meth:`Engine.encode_video`."""
         frames, mask = check_video_inputs(frames, frame_mask, self.config)

@@ -60,3 +60,20 @@ def test_rows_outside_the_index_are_refused(engine_and_index, rows):
     engine, index, text_emb = engine_and_index
     with pytest.raises(UsageError, match=r"candidate rows must lie in \[0, 13\)"):
         engine.asa_similarity_rows(text_emb, index.rerank(), np.array(rows))
+
+
+def test_the_video_block_changes_the_call_size_not_the_scores(micro_checkpoint):
+    engine = TorchEngine(micro_checkpoint, video_block=16)
+    model = engine.model
+    index = random_index(13, model.config.frames, model.num_patches, model.embed_dim, seed=5, chunk=5, asa=model.asa)
+    ids, eot = tokenize(template_captions(3, seed=6), engine.config.tokenizer)
+    text_emb, rows = engine.encode_text(ids, eot), np.arange(13)
+    whole = engine.asa_similarity_rows(text_emb, index.rerank(), rows)
+    engine.video_block = 4
+    assert engine.video_block == 4 == engine.encoder.video_chunk
+    assert np.abs(engine.asa_similarity_rows(text_emb, index.rerank(), rows) - whole).max() <= 1e-6
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(UsageError, match="video_block must be a positive int"):
+            engine.video_block = bad
+    assert engine.video_block == 4
+
