@@ -29,16 +29,24 @@ import numpy as np
 SELECTIONS = ("text", "saliency")
 
 
+def _paired_similarities(a: np.ndarray, b: np.ndarray, caption_video: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as float64 ``[Q,V]`` and ``caption_video`` as int64 ``[Q]``. Raises ``ValueError`` unless both
+    matrices have one row per caption, the same shape and at least two videos."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    caption_video = np.asarray(caption_video, dtype=np.int64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[0] != len(caption_video) or a.shape[1] < 2:
+        raise ValueError(f"similarities {a.shape} and {b.shape} do not match {len(caption_video)} captions "
+                         "and at least two videos")
+    return a, b, caption_video
+
+
 def lift_summary(sim: np.ndarray, base: np.ndarray, caption_video: np.ndarray) -> dict[str, float]:
     """Lifts of ``sim [Q,V]`` over ``base [Q,V]`` (same shape; row ``q``'s own video is ``caption_video[q]``):
     ``own``, ``others`` (mean over every other video), ``hardest_base_other`` (the other video ``base`` scores
     highest), and ``margin`` (own minus best other, under ``sim``). Raises ``ValueError`` for mismatched shapes or
     fewer than two videos."""
-    sim, base = np.asarray(sim, dtype=np.float64), np.asarray(base, dtype=np.float64)
-    caption_video = np.asarray(caption_video, dtype=np.int64)
-    if sim.shape != base.shape or sim.ndim != 2 or sim.shape[0] != len(caption_video) or sim.shape[1] < 2:
-        raise ValueError(f"similarities {sim.shape} and {base.shape} do not match {len(caption_video)} captions "
-                         "and at least two videos")
+    sim, base, caption_video = _paired_similarities(sim, base, caption_video)
     rows = np.arange(len(caption_video))
     lift = sim - base
     own = lift[rows, caption_video]
@@ -55,13 +63,10 @@ def lift_summary(sim: np.ndarray, base: np.ndarray, caption_video: np.ndarray) -
 def crossed_r1(own: np.ndarray, others: np.ndarray, caption_video: np.ndarray) -> float:
     """t2v R@1 (percent, :func:`rap_deploy.metrics.retrieval_metrics`) of the similarity that takes row ``q``'s own
     video (``caption_video[q]``) from ``own [Q,V]`` and every other video from ``others [Q,V]``. Raises
-    ``ValueError`` for mismatched shapes."""
+    ``ValueError`` for mismatched shapes or fewer than two videos."""
     from rap_deploy.metrics import retrieval_metrics
 
-    own, others = np.asarray(own), np.asarray(others)
-    caption_video = np.asarray(caption_video, dtype=np.int64)
-    if own.shape != others.shape or own.ndim != 2 or own.shape[0] != len(caption_video):
-        raise ValueError(f"similarities {own.shape} and {others.shape} do not match {len(caption_video)} captions")
+    own, others, caption_video = _paired_similarities(own, others, caption_video)
     rows = np.arange(len(caption_video))
     mixed = others.copy()
     mixed[rows, caption_video] = own[rows, caption_video]
