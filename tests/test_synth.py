@@ -323,6 +323,30 @@ def test_selection_sorting_names_the_distractor_patches(tmp_path, micro_checkpoi
     assert refused.value.code == 2 and "has no ASA head" in capsys.readouterr().err
 
 
+def test_selection_evidence_averages_the_kept_patches_cosines_over_valid_frames():
+    from rap_deploy.data.selection_lift import selection_evidence
+    from rap_deploy.model.asa import AsynchronousSelfAttention
+
+    asa = AsynchronousSelfAttention(dim=2, grid=(1, 3), topk=2, heads=1, attn_dim=2)
+    text = np.array([[1.0, 0.0]], dtype=np.float32)
+    diag = np.float32(np.sqrt(0.5))
+    # Video 0, frame 0: patches along x, along y, diagonal; frame 1 is padding (zero frame row).
+    # Video 1, frame 0: patches along -x, y, diagonal; frame 1: x, x, y. Every frame embedding is along y.
+    patches = np.array([[[[1, 0], [0, 1], [diag, diag]], [[0, 0], [0, 0], [0, 0]]],
+                        [[[-1, 0], [0, 1], [diag, diag]], [[1, 0], [1, 0], [0, 1]]]], dtype=np.float32)
+    frames = np.array([[[0, 1], [0, 0]], [[0, 1], [0, 1]]], dtype=np.float32)
+    # By the caption (x): video 0 keeps x and the diagonal in its one valid frame; video 1 keeps the diagonal and
+    # y in frame 0, x and x in frame 1.
+    asa.selection = "text"
+    np.testing.assert_allclose(selection_evidence(asa, text, frames, patches, video_block=1),
+                               [[(1 + diag) / 2, (diag / 2 + 1) / 2]], atol=1e-6)
+    # By each frame's own embedding (y): y and the diagonal in frame 0 of both videos, y and an x in video 1's
+    # frame 1. The caption's cosine with them is the score either way.
+    asa.selection = "saliency"
+    np.testing.assert_allclose(selection_evidence(asa, text, frames, patches),
+                               [[diag / 2, (diag / 2 + 0.5) / 2]], atol=1e-6)
+
+
 def test_selection_lift_compares_both_selections_on_the_same_weights(micro_checkpoint, synth_root, capsys):
     from rap_deploy.data import selection_lift
 
@@ -347,7 +371,9 @@ def test_selection_lift_compares_both_selections_on_the_same_weights(micro_check
     selection_lift.main(["--checkpoint", str(micro_checkpoint), "--data-root", str(synth_root)])
     report = json.loads(capsys.readouterr().out)
     assert report["trained_selection"] == "text" and report["queries"] == 12
-    assert set(report) == {"trained_selection", "queries", "meanp", "text", "saliency", "crossed"}
+    assert set(report) == {"trained_selection", "queries", "meanp", "text", "saliency", "crossed", "evidence"}
+    assert set(report["evidence"]) == set(selection_lift.SELECTIONS)
+    assert all(0.0 <= r <= 100.0 for r in report["evidence"].values())
     assert set(report["crossed"]) == {"own_text_others_saliency", "own_saliency_others_text"}
     assert all(0.0 <= r <= 100.0 for r in report["crossed"].values())
     for mode in selection_lift.SELECTIONS:

@@ -10,7 +10,9 @@ caption, RAP's selection) and ``saliency`` (chosen by each frame's own embedding
 ``meanp`` ranks highest (the hardest negative before the ASA term: one fixed video per caption, so the two
 selections are compared on the same videos); ``margin`` is the mean of own video minus best other video.
 ``crossed`` gives t2v R@1 with the caption's own video scored under one selection and every other video under the
-other: it says whether a selection gains or loses on the right video or on the wrong ones.
+other: it says whether a selection gains or loses on the right video or on the wrong ones. ``evidence`` gives
+t2v R@1 of the selection's own scores alone (:func:`selection_evidence`: how much the caption's cosine with the
+patches each selection keeps says about which video it describes), without the ASA head.
 
 Text selection picks, in every video, the patches most like the query, so it can lift a wrong video that shares
 the query's objects along with the right one; saliency selection does not adapt to the query. The lifts say which
@@ -22,9 +24,12 @@ Run: ``python -m rap_deploy.data.selection_lift --checkpoint RUN/best.pt --data-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rap_deploy.model.asa import AsynchronousSelfAttention
 
 SELECTIONS = ("text", "saliency")
 
@@ -60,28 +65,62 @@ def lift_summary(sim: np.ndarray, base: np.ndarray, caption_video: np.ndarray) -
             "margin": round(float((sim[rows, caption_video] - masked_sim.max(1)).mean()), 4)}
 
 
+def t2v_r1(sim: np.ndarray, caption_video: np.ndarray) -> float:
+    """t2v R@1 of ``sim [Q,V]`` in percent (:func:`rap_deploy.metrics.retrieval_metrics`), to two decimals: 200
+    queries give steps of 0.5, and the report should not print 7.000000000000001."""
+    from rap_deploy.metrics import retrieval_metrics
+
+    return round(float(retrieval_metrics(sim, caption_video)["t2v"]["R1"]), 2)
+
+
 def crossed_r1(own: np.ndarray, others: np.ndarray, caption_video: np.ndarray) -> float:
     """t2v R@1 (percent, :func:`rap_deploy.metrics.retrieval_metrics`) of the similarity that takes row ``q``'s own
     video (``caption_video[q]``) from ``own [Q,V]`` and every other video from ``others [Q,V]``. Raises
     ``ValueError`` for mismatched shapes or fewer than two videos."""
-    from rap_deploy.metrics import retrieval_metrics
-
     own, others, caption_video = _paired_similarities(own, others, caption_video)
     rows = np.arange(len(caption_video))
     mixed = others.copy()
     mixed[rows, caption_video] = own[rows, caption_video]
-    return retrieval_metrics(mixed, caption_video)["t2v"]["R1"]
+    return t2v_r1(mixed, caption_video)
+
+
+def selection_evidence(asa: AsynchronousSelfAttention, text_emb: np.ndarray, frame_emb: np.ndarray,
+                       patch_tokens: np.ndarray, video_block: int = 32) -> np.ndarray:
+    """The selection's own scores ``[Q, V]``: for each caption and video, the mean over the video's valid frames of
+    the mean cosine of the caption with the ``k`` patches ``asa``'s selection keeps in that frame (its
+    ``selection`` setting: by the caption, or by the frame's own embedding).
+
+    ``text_emb [Q,d]`` and ``patch_tokens [V,T,P,d]`` L2-normalised, ``frame_emb [V,T,d]`` with zero rows for padded
+    frames. The selection is :meth:`AsynchronousSelfAttention.select` itself, ``video_block`` videos at a time.
+    """
+    import torch
+
+    from rap_deploy.model.asa import valid_frames
+
+    text = torch.from_numpy(np.asarray(text_emb, dtype=np.float32))
+    out = np.empty((len(text), len(frame_emb)), dtype=np.float32)
+    with torch.no_grad():
+        for v0 in range(0, len(frame_emb), video_block):
+            frames = torch.from_numpy(np.asarray(frame_emb[v0:v0 + video_block], dtype=np.float32))
+            tokens = torch.from_numpy(np.asarray(patch_tokens[v0:v0 + video_block], dtype=np.float32))
+            query = frames if asa.selection == "saliency" else text
+            idx = asa.select(query, tokens)  # [Q|1, V, T, k]
+            scores = torch.einsum("qd,vtpd->qvtp", text, tokens)
+            kept = scores.gather(3, idx.expand(len(text), -1, -1, -1)).mean(-1)  # [Q, V, T]
+            valid = valid_frames(frames).float()
+            out[:, v0:v0 + len(frames)] = ((kept * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)).numpy()
+    return out
 
 
 def checkpoint_selection_lift(checkpoint: str | Path, data_root: str | Path, cache_dir: str | Path | None = None,
                               progress: bool = True) -> dict[str, Any]:
     """Evaluate ``checkpoint``'s ASA head on the synthetic test split at ``data_root`` with both selections (see the
     module docstring). Returns ``{"trained_selection", "queries", "meanp": {"R1"}, "text": {...}, "saliency":
-    {...}, "crossed": {...}}``, each selection with ``R1`` and :func:`lift_summary`, ``crossed`` with
-    :func:`crossed_r1` both ways round. The head's own setting is restored afterwards.
+    {...}, "crossed": {...}, "evidence": {...}}``, each selection with ``R1`` and :func:`lift_summary`,
+    ``crossed`` with :func:`crossed_r1` both ways round, ``evidence`` the R@1 of :func:`selection_evidence` for
+    each selection. The head's own setting is restored afterwards.
     Raises :class:`UsageError` for a model without an ASA head or data not written by ``rapdeploy synth``."""
     from rap_deploy.data.synth_errors import encode_test_split
-    from rap_deploy.metrics import retrieval_metrics
     from rap_deploy.retrieval import full_similarity, meanp_similarity
 
     enc = encode_test_split(checkpoint, data_root, cache_dir, progress, require_asa=True)
@@ -89,18 +128,21 @@ def checkpoint_selection_lift(checkpoint: str | Path, data_root: str | Path, cac
     trained = asa.selection
     base = meanp_similarity(enc.text_emb, enc.index)
     out: dict[str, Any] = {"trained_selection": trained, "queries": len(caption_video),
-                           "meanp": {"R1": retrieval_metrics(base, caption_video)["t2v"]["R1"]}}
-    sims = {}
+                           "meanp": {"R1": t2v_r1(base, caption_video)}}
+    sims, evidence = {}, {}
     try:
         for mode in SELECTIONS:
             asa.selection = mode
             sims[mode] = sim = full_similarity(enc.encoder, enc.text_emb, enc.index, progress=progress)
-            out[mode] = {"R1": retrieval_metrics(sim, caption_video)["t2v"]["R1"],
+            out[mode] = {"R1": t2v_r1(sim, caption_video),
                          **lift_summary(sim, base, caption_video)}
+            scores = selection_evidence(asa, enc.text_emb, enc.index.frame_emb, enc.index.patch_tokens)
+            evidence[mode] = t2v_r1(scores, caption_video)
     finally:
         asa.selection = trained
     out["crossed"] = {"own_text_others_saliency": crossed_r1(sims["text"], sims["saliency"], caption_video),
                       "own_saliency_others_text": crossed_r1(sims["saliency"], sims["text"], caption_video)}
+    out["evidence"] = evidence
     return out
 
 
