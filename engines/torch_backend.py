@@ -24,6 +24,13 @@ PRECISIONS = ("fp32", "fp16")
 TORCH_VIDEO_BLOCK = 16
 
 
+def _block(name: str, block: Any) -> int:
+    """``block`` when it is a positive int (a call size); raises :class:`UsageError` naming ``name`` otherwise."""
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise UsageError(f"{name} must be a positive int, got {block!r}")
+    return block
+
+
 class TorchEngine(Engine):
     """PyTorch eager RAP (the reference every other engine is compared with).
 
@@ -40,6 +47,7 @@ class TorchEngine(Engine):
 
         from rap_deploy.model_encoder import ModelEncoder
 
+        query_block, video_block = _block("query_block", query_block), _block("video_block", video_block)
         if precision not in PRECISIONS:
             raise UsageError(f"torch precision '{precision}' is unknown; use one of {', '.join(PRECISIONS)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -76,9 +84,7 @@ class TorchEngine(Engine):
 
     @video_block.setter
     def video_block(self, block: int) -> None:
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise UsageError(f"video_block must be a positive int, got {block!r}")
-        self.encoder.video_chunk = block
+        self.encoder.video_chunk = _block("video_block", block)
 
     def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See :meth:`Engine.encode_video`."""

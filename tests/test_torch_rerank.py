@@ -76,4 +76,8 @@ def test_the_video_block_changes_the_call_size_not_the_scores(micro_checkpoint):
         with pytest.raises(UsageError, match="video_block must be a positive int"):
             engine.video_block = bad
     assert engine.video_block == 4
+    # The constructor refuses the same values, for both call sizes, before it loads anything.
+    for name in ("video_block", "query_block"):
+        with pytest.raises(UsageError, match=f"{name} must be a positive int, got 0"):
+            TorchEngine(micro_checkpoint, **{name: 0})
 
