@@ -43,7 +43,8 @@ def metrics_from_ranks(ranks: np.ndarray, tied: np.ndarray | None = None) -> dic
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         raise ValueError("no queries to compute metrics over")
-    r = {f"R{k}": float(100.0 * np.mean(ranks <= k)) for k in (1, 5, 10)}
+    # 100·count/n is the correctly rounded percentage (29 of 200 gives 14.5); 100·mean gave 14.499999999999998.
+    r = {f"R{k}": 100.0 * int(np.count_nonzero(ranks <= k)) / ranks.size for k in (1, 5, 10)}
     return {
         **r,
         "MdR": float(np.median(ranks)),

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from rap_deploy.metrics import ground_truth_ranks, retrieval_metrics, video_to_text_scores
+from rap_deploy.metrics import ground_truth_ranks, metrics_from_ranks, retrieval_metrics, video_to_text_scores
+
+
+def test_recalls_are_the_correctly_rounded_percentage():
+    # 29 of 200 queries at rank 1 is 14.5 exactly (100 * mean gave 14.499999999999998), 14 of 200 is 7.0.
+    for hits, expected in ((29, 14.5), (14, 7.0), (1, 0.5)):
+        m = metrics_from_ranks(np.array([1] * hits + [20] * (200 - hits)))
+        assert m["R1"] == expected and m["R5"] == expected and m["R10"] == expected and m["RSum"] == 3 * expected
 
 
 def test_hand_computed_square():

@@ -66,11 +66,10 @@ def lift_summary(sim: np.ndarray, base: np.ndarray, caption_video: np.ndarray) -
 
 
 def t2v_r1(sim: np.ndarray, caption_video: np.ndarray) -> float:
-    """t2v R@1 of ``sim [Q,V]`` in percent (:func:`rap_deploy.metrics.retrieval_metrics`), to two decimals: 200
-    queries give steps of 0.5, and the report should not print 7.000000000000001."""
+    """t2v R@1 of ``sim [Q,V]`` in percent (:func:`rap_deploy.metrics.retrieval_metrics`)."""
     from rap_deploy.metrics import retrieval_metrics
 
-    return round(float(retrieval_metrics(sim, caption_video)["t2v"]["R1"]), 2)
+    return retrieval_metrics(sim, caption_video)["t2v"]["R1"]
 
 
 def crossed_r1(own: np.ndarray, others: np.ndarray, caption_video: np.ndarray) -> float:
