@@ -24,6 +24,21 @@ PRECISIONS = ("fp32", "fp16")
 TORCH_VIDEO_BLOCK = 16
 
 
+def strict_fp32_on_cuda() -> None:
+    """Switch TF32 off for CUDA matmuls and cuDNN convolutions, process-wide.
+
+    PyTorch allows TF32 in cuDNN by default, so an "fp32" model on an Ampere-or-later GPU would run its patch
+    embedding with 10-bit mantissas. The PyTorch engine is the fp32 reference (``verify``) and the fp32 row every
+    engine is timed against (``bench``; TensorRT builds with TF32 off too), so a CUDA fp32 ``TorchEngine`` and the
+    reference of ``verify --reference-device cuda`` call this. The flags are global in PyTorch: they stay off for
+    the rest of the process.
+    """
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def _block(name: str, block: Any) -> int:
     """``block`` when it is a positive int (a call size); raises :class:`UsageError` naming ``name`` otherwise."""
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
@@ -64,6 +79,8 @@ class TorchEngine(Engine):
         else:
             self.checkpoint_path = None
             model = checkpoint
+        if precision == "fp32" and device.startswith("cuda"):
+            strict_fp32_on_cuda()
         dtype = torch.float16 if precision == "fp16" else torch.float32
         self.encoder = ModelEncoder(model, device=device, dtype=dtype, query_chunk=query_block,
                                     video_chunk=video_block)

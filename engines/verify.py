@@ -90,6 +90,7 @@ def _reference_device(device: str) -> str:
     """Check the reference device; on CUDA switch TF32 off so the reference stays strict fp32."""
     import torch
 
+    from rap_deploy.engines.torch_backend import strict_fp32_on_cuda
     from rap_deploy.errors import BackendUnavailableError
 
     if device == "cpu":
@@ -99,8 +100,7 @@ def _reference_device(device: str) -> str:
     if not torch.cuda.is_available():
         raise BackendUnavailableError(f"--reference-device {device}: torch {torch.__version__} sees no CUDA GPU; "
                                       "use cpu")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    strict_fp32_on_cuda()
     return device
 
 

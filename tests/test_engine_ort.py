@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -229,6 +230,45 @@ def test_torch_engine_refuses_unavailable_precisions(micro_checkpoint):
         TorchEngine(micro_checkpoint, device="cuda")
     engine = load_engine(micro_checkpoint)
     assert isinstance(engine, TorchEngine) and engine.describe().backend == "torch"
+
+
+def test_the_cuda_fp32_reference_runs_without_tf32(micro_checkpoint, monkeypatch):
+    """A CUDA fp32 TorchEngine switches TF32 off (cuDNN allows it by default); a CPU one and a CUDA fp16 one leave
+    the flags alone. Without a GPU the CUDA constructions run with torch told a GPU is there and a stand-in for
+    the model encoder (the one step that would move weights to the device); the GPU check constructs the real one."""
+    import torch
+
+    import rap_deploy.model_encoder as model_encoder
+    from rap_deploy.engines.torch_backend import strict_fp32_on_cuda
+
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    saved = [f.allow_tf32 for f in flags]  # process-wide flags: restored below whatever happens
+
+    def tf32() -> tuple[bool, ...]:
+        return tuple(bool(f.allow_tf32) for f in flags)
+
+    def allow_tf32() -> None:
+        for f in flags:
+            f.allow_tf32 = True
+
+    try:
+        allow_tf32()
+        TorchEngine(micro_checkpoint)
+        assert tf32() == (True, True)
+        strict_fp32_on_cuda()
+        assert tf32() == (False, False)
+
+        allow_tf32()
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(model_encoder, "ModelEncoder",
+                            lambda model, **kw: types.SimpleNamespace(model=model, **kw))
+        TorchEngine(micro_checkpoint, device="cuda", precision="fp16")
+        assert tf32() == (True, True)
+        TorchEngine(micro_checkpoint, device="cuda")
+        assert tf32() == (False, False)
+    finally:
+        for f, value in zip(flags, saved, strict=True):
+            f.allow_tf32 = value
 
 
 def test_lazy_engine_opens_only_the_graphs_it_runs(micro_ort_engines):
