@@ -71,12 +71,18 @@ def test_named_patches_leave_out_the_distractor_and_equal_object_patches_without
 
 
 def _named_cells(img, caption):
-    from rap_deploy.data.synth import COLOURS
+    """The 8 px cells holding a pixel of a named object: its colour blended with the background (anti-aliased edges
+    included: a cell can hold only a faint edge row of a large object), off the background by over 30 (L1)."""
+    from rap_deploy.data.synth import BACKGROUND, COLOURS
     from rap_deploy.data.synth_stills import named_colours
 
+    away = img.astype(float) - np.asarray(BACKGROUND, float)
     near = np.zeros(img.shape[:2], dtype=bool)
     for c in named_colours(caption):
-        near |= np.abs(img.astype(int) - COLOURS[c]).sum(-1) < 120
+        full = np.asarray(COLOURS[c], float) - np.asarray(BACKGROUND, float)
+        alpha = np.clip(away @ full / (full @ full), 0.0, 1.0)
+        blend = np.abs(away - alpha[..., None] * full).max(-1) < 8  # on the colour's line from the background
+        near |= blend & (np.abs(away).sum(-1) > 30)
     return near.reshape(4, 8, 4, 8).any(axis=(1, 3))
 
 

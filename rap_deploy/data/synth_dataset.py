@@ -23,6 +23,7 @@ from rap_deploy.data.synth import (
     ACTIONS,
     COLOURS,
     SHAPES,
+    SIZE_RADIUS,
     SceneSpec,
     paraphrases,
     random_scene,
@@ -32,7 +33,9 @@ from rap_deploy.data.synth import (
 )
 from rap_deploy.errors import UsageError
 
-FORMAT = "rapdeploy-synth-1"
+FORMAT = "rapdeploy-synth-2"
+# Earlier formats and what changed since: their scenes render differently now, so they are refused with this reason.
+_OLD_FORMATS = {"rapdeploy-synth-1": "its objects are smaller (radius 0.10 / 0.16 of the frame, now 0.13 / 0.21)"}
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
@@ -216,7 +219,7 @@ def _info(seed: int, size: int, fps: int, seconds: int, distractors: float) -> d
     return {
         "description": "rapdeploy synthetic text-video retrieval dataset (moving shapes), MSR-VTT layout",
         "format": FORMAT, "seed": seed, "size": size, "fps": fps, "seconds": seconds, "distractors": distractors,
-        "colours": list(COLOURS), "shapes": list(SHAPES), "actions": list(ACTIONS),
+        "colours": list(COLOURS), "shapes": list(SHAPES), "actions": list(ACTIONS), "object_radius": dict(SIZE_RADIUS),
     }
 
 
@@ -238,6 +241,22 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
+def check_synth_format(path: Path, info: Any) -> None:
+    """Check that ``info`` (the ``info`` block of ``path``, a ``MSRVTT_data.json``) is this version's synthetic world.
+
+    Raises :class:`UsageError` naming the file, its format and the fix: a dataset of an earlier format (whose scenes
+    this version would render differently) is to be written again into a new folder.
+    """
+    found = info.get("format") if isinstance(info, dict) else None
+    if found == FORMAT:
+        return
+    if found in _OLD_FORMATS:
+        raise UsageError(f"{path} is a synthetic dataset of an earlier rapdeploy ({found}): {_OLD_FORMATS[found]}; "
+                         f"write it again with `rapdeploy synth --out NEW_FOLDER` (or `rapdeploy demo --out "
+                         f"NEW_FOLDER`)")
+    raise UsageError(f"{path} is not a rapdeploy synthetic dataset (info.format is {found!r}, not {FORMAT!r})")
+
+
 def load_scenes(data_root: str | os.PathLike[str]) -> tuple[dict[str, SceneSpec], dict[str, Any]]:
     """Read the scene of every video and the ``info`` block from a synthetic ``MSRVTT_data.json``.
 
@@ -248,6 +267,5 @@ def load_scenes(data_root: str | os.PathLike[str]) -> tuple[dict[str, SceneSpec]
         raise UsageError(f"{path} is missing; run rapdeploy synth --out {data_root}")
     data = json.loads(path.read_text(encoding="utf-8"))
     info = data.get("info", {})
-    if info.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a rapdeploy synthetic dataset (info.format != {FORMAT})")
+    check_synth_format(path, info)
     return {v["video_id"]: SceneSpec.from_dict(v["synth"]) for v in data["videos"]}, info
