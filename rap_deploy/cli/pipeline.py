@@ -156,14 +156,16 @@ def _check_world_backbone(backbone: Path) -> None:
     Files from before the size was recorded had the earlier, smaller objects. Raises :class:`UsageError`."""
     from rap_deploy.backbone_file import read_backbone_info
     from rap_deploy.data.synth import SIZE_RADIUS
+    from rap_deploy.data.synth_dataset import EARLIER_RADIUS, radius_text
 
     if not _done(backbone):
         return
     found = read_backbone_info(backbone).get("object_radius")
     if found != SIZE_RADIUS:
-        was = "the earlier 0.10 / 0.16" if found is None else found
+        was = f"the earlier {radius_text(EARLIER_RADIUS['rapdeploy-synth-1'])}" if found is None else json.dumps(found)
         raise UsageError(f"{backbone} was pre-trained on stills whose objects have radius {was} (fractions of the "
-                         f"frame), not {SIZE_RADIUS}; delete it to pre-train it again, or use a new world folder")
+                         f"frame), not {radius_text(SIZE_RADIUS)}; delete it to pre-train it again, or use a new world "
+                         "folder")
 
 
 def _check_world(data: Path, distractors: float) -> None:

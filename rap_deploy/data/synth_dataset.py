@@ -34,8 +34,8 @@ from rap_deploy.data.synth import (
 from rap_deploy.errors import UsageError
 
 FORMAT = "rapdeploy-synth-2"
-# Earlier formats and what changed since: their scenes render differently now, so they are refused with this reason.
-_OLD_FORMATS = {"rapdeploy-synth-1": "its objects are smaller (radius 0.10 / 0.16 of the frame, now 0.13 / 0.21)"}
+# The object radius of each earlier format: its scenes render differently now, so such a dataset is refused.
+EARLIER_RADIUS = {"rapdeploy-synth-1": {"small": 0.10, "big": 0.16}}
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
@@ -241,6 +241,11 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
+def radius_text(radius: dict[str, float]) -> str:
+    """``"0.13 / 0.21"``: a small and a big object's radius (fractions of the frame side), for messages."""
+    return f"{radius['small']:.2f} / {radius['big']:.2f}"
+
+
 def check_synth_format(path: Path, info: Any) -> None:
     """Check that ``info`` (the ``info`` block of ``path``, a ``MSRVTT_data.json``) is this version's synthetic world.
 
@@ -250,10 +255,11 @@ def check_synth_format(path: Path, info: Any) -> None:
     found = info.get("format") if isinstance(info, dict) else None
     if found == FORMAT:
         return
-    if found in _OLD_FORMATS:
-        raise UsageError(f"{path} is a synthetic dataset of an earlier rapdeploy ({found}): {_OLD_FORMATS[found]}; "
-                         f"write it again with `rapdeploy synth --out NEW_FOLDER` (or `rapdeploy demo --out "
-                         f"NEW_FOLDER`)")
+    if found in EARLIER_RADIUS:
+        raise UsageError(f"{path} is a synthetic dataset of an earlier rapdeploy ({found}): its objects are smaller "
+                         f"(radius {radius_text(EARLIER_RADIUS[found])} of the frame, now {radius_text(SIZE_RADIUS)}); "
+                         "write it again with `rapdeploy synth --out NEW_FOLDER` (or `rapdeploy demo --out "
+                         "NEW_FOLDER`)")
     raise UsageError(f"{path} is not a rapdeploy synthetic dataset (info.format is {found!r}, not {FORMAT!r})")
 
 
