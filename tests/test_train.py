@@ -423,6 +423,7 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     again = runner.invoke(app, args)  # complete runs are read back, not trained again
     assert again.exit_code == 0, again.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+    _check_heldout_scores(runner, args, world, out, stamp)
     bad = runner.invoke(app, ["ablate", "--tiny", "--world", str(world), "--rows", "nope"])
     assert bad.exit_code == 2 and "unknown ablation rows" in bad.output
     # the same folder with another epoch count would mix recipes in one table: refused, nothing trained
@@ -443,6 +444,34 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     aligned = runner.invoke(app, [*args, "--selection-loss-weight", "0.5"])
     assert aligned.exit_code == 2 and "selection_loss_weight = " in aligned.output and "not 0.5" in aligned.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def _check_heldout_scores(runner, args, world, out, stamp):
+    """``--heldout-videos``: the finished runs are scored on a held-out split, not trained again; the scores are
+    cached per run and a changed checkpoint digest is scored again."""
+    held = runner.invoke(app, [*args, "--heldout-videos", "4"])
+    assert held.exit_code == 0, held.output
+    assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+    assert (world / "heldout-4" / "heldout.json").is_file()
+    result = json.loads((out / "ablation.json").read_text())
+    rap = next(r for r in result["rows"] if r["name"] == "rap")
+    scores = [run["heldout"]["t2v"]["R1"] for run in rap["runs"]]
+    assert rap["heldout"]["n"] == 2 and rap["heldout"]["mean"]["t2v"]["R1"] == pytest.approx(np.mean(scores))
+    assert all(run["heldout"]["videos"] == 4 and run["heldout"]["split"]["videos"] == 4 for run in rap["runs"])
+    check = next(c for c in result["targets"] if c["check"].startswith("rap above offsets_zero on the held-out"))
+    frozen = next(r for r in result["rows"] if r["name"] == "offsets_zero")
+    margin = rap["heldout"]["mean"]["t2v"]["R1"] - frozen["heldout"]["mean"]["t2v"]["R1"]
+    assert check["value"] == pytest.approx(round(margin, 2))
+    table = (out / "ablation.md").read_text()
+    assert "| model (held-out) |" in table and "4 test videos drawn with seed 1000" in table
+    cached = out / "rap" / "seed1" / "heldout4-s1000.json"
+    first_stamp = cached.stat().st_mtime_ns
+    assert runner.invoke(app, [*args, "--heldout-videos", "4"]).exit_code == 0  # read back
+    assert cached.stat().st_mtime_ns == first_stamp
+    stale = json.loads(cached.read_text())
+    cached.write_text(json.dumps({**stale, "checkpoint_sha256": "0" * 64}))  # as if best.pt had changed
+    assert runner.invoke(app, [*args, "--heldout-videos", "4"]).exit_code == 0
+    assert json.loads(cached.read_text())["checkpoint_sha256"] == stale["checkpoint_sha256"]
 
 
 def test_paired_difference_matches_seeds():

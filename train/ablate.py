@@ -124,7 +124,18 @@ def run_record(summary: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation (ddof 1; 0 for a single run) of every metric over ``runs``."""
+    """Mean and sample standard deviation (ddof 1; 0 for a single run) of every metric over ``runs``, and of their
+    held-out scores under ``heldout`` when every run has one."""
+    out = _metric_stats(runs)
+    if runs and all("heldout" in r for r in runs):
+        out["heldout"] = {**_metric_stats([r["heldout"] for r in runs]), "split": runs[0]["heldout"]["split"]}
+    changes = [r["offset_change"] for r in runs if r["offset_change"] is not None]
+    out["offset_change_mean"] = float(np.mean(changes)) if changes else None
+    return out
+
+
+def _metric_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"mean", "std", "n"}`` of each of :data:`METRIC_KEYS` under ``t2v`` and ``v2t`` over ``runs``."""
     out: dict[str, Any] = {"mean": {}, "std": {}, "n": len(runs)}
     for d in ("t2v", "v2t"):
         for stat in ("mean", "std"):
@@ -133,15 +144,15 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             values = np.asarray([r[d][k] for r in runs], dtype=np.float64)
             out["mean"][d][k] = float(values.mean())
             out["std"][d][k] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    changes = [r["offset_change"] for r in runs if r["offset_change"] is not None]
-    out["offset_change_mean"] = float(np.mean(changes)) if changes else None
     return out
 
 
 def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows: Sequence[str] | None = None,
-                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 heldout: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train every (row, seed) of the ablation with the recipe ``base`` and write ``OUT/ablation.json`` and
-    ``OUT/ablation.md``; returns the JSON content.
+    ``OUT/ablation.md``; returns the JSON content. With ``heldout`` (a run folder -> its ``best.pt``'s held-out
+    metrics, :func:`rap_deploy.train.heldout_eval.heldout_metrics`) every run is also scored there.
 
     Raises :class:`UsageError` for no seeds, unknown rows, or a run without an evaluated epoch.
     """
@@ -158,7 +169,10 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
         for seed in (seeds if row.seeded else seeds[:1]):
             options = row_options(base, source, seed, out / source.name / f"seed{seed}")
             log(f"[ablate] {row.name} seed {seed}: {options.out}")
-            runs.append(run_record(_run_one(options, progress), seed))
+            record = run_record(_run_one(options, progress), seed)
+            if heldout is not None:
+                record["heldout"] = _heldout_record(heldout(options.out))
+            runs.append(record)
         result["rows"].append({"name": row.name, "label": row.label, "changes": row.changes, "runs": runs,
                                "seeded": row.seeded, **aggregate(runs)})
         write_json_atomic(out / "ablation.json", result)  # partial results survive a kill
@@ -166,6 +180,12 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
     write_json_atomic(out / "ablation.json", result)
     write_text_atomic(out / "ablation.md", ablation_markdown(result))
     return result
+
+
+def _heldout_record(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's held-out metrics the table keeps."""
+    return {"t2v": {k: metrics["t2v"][k] for k in METRIC_KEYS}, "v2t": {k: metrics["v2t"][k] for k in METRIC_KEYS},
+            "videos": metrics["videos"], "seconds": metrics["seconds"], "split": metrics["split"]}
 
 
 def _row(result: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -188,20 +208,40 @@ def target_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append({"check": "LoRM alone (--no-asa) >= zero-shot + 5 t2v R@1", "value": round(gain, 2),
                        "passed": gain >= 5})
     if rap:
-        for name in SINGLE_COMPONENT:
-            other = _row(result, name)
-            if other is None:
-                continue
-            margin = _r1(rap) - _r1(other)
-            std = max(rap["std"]["t2v"]["R1"], other["std"]["t2v"]["R1"])
-            checks.append({"check": f"rap above {name} by more than the seed std ({std:.2f})",
-                           "value": round(margin, 2), "passed": margin > std,
-                           "paired": paired_difference(rap["runs"], other["runs"])})
+        checks += _above_checks(result, rap, "")
         moved = [r["offset_change"] for r in rap["runs"] if r["offset_change"] is not None]
         if moved:
             checks.append({"check": "learned offsets moved >= 0.1 (patch or frame units) on some head",
                            "value": round(min(moved), 4), "passed": min(moved) >= 0.1})
+        if "heldout" in rap:
+            checks += _above_checks(_heldout_view(result), _heldout_view_row(rap), " on the held-out split")
     return checks
+
+
+def _above_checks(result: dict[str, Any], rap: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """"rap above <row>" for each single-component row of ``result`` present: the margin in mean t2v R@1 against
+    the larger of the two rows' seed std, with the paired difference beside it."""
+    checks = []
+    for name in SINGLE_COMPONENT:
+        other = _row(result, name)
+        if other is None:
+            continue
+        margin = _r1(rap) - _r1(other)
+        std = max(rap["std"]["t2v"]["R1"], other["std"]["t2v"]["R1"])
+        checks.append({"check": f"rap above {name}{where} by more than the seed std ({std:.2f})",
+                       "value": round(margin, 2), "passed": margin > std,
+                       "paired": paired_difference(rap["runs"], other["runs"])})
+    return checks
+
+
+def _heldout_view(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with each row's held-out statistics and runs in place of its own (rows without them left out)."""
+    return {"rows": [_heldout_view_row(r) for r in result["rows"] if "heldout" in r]}
+
+
+def _heldout_view_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {"name": row["name"], "mean": row["heldout"]["mean"], "std": row["heldout"]["std"],
+            "runs": [{"seed": r["seed"], **r["heldout"]} for r in row["runs"]]}
 
 
 def paired_difference(runs: list[dict[str, Any]], others: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -255,9 +295,29 @@ def ablation_markdown(result: dict[str, Any]) -> str:
         change = row.get("offset_change_mean")
         lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {params:,} | "
                      + ("-" if change is None or row["name"] == "zero_shot" else f"{change:.3f}") + " |")
+    lines += _heldout_table(result)
     checks = result.get("targets") or []
     if checks:
         lines += ["", "| target | measured | met | paired, seed by seed (mean ± std) |", "|---|---|---|---|"]
         lines += [f"| {c['check']} | {c['value']:+.2f} | {'yes' if c['passed'] else 'no'} | {_paired(c)} |"
                   for c in checks]
     return "\n".join(lines) + "\n"
+
+
+def _heldout_table(result: dict[str, Any]) -> list[str]:
+    """The held-out split's table (no lines when no row was scored there)."""
+    rows = [r for r in result["rows"] if "heldout" in r]
+    if not rows:
+        return []
+    split = rows[0]["heldout"]["split"]
+    lines = ["", f"The same runs' best.pt on the held-out split: {split['videos']} test videos drawn with seed "
+             f"{split['seed']}, none of them (nor its time reverse) a scene of the world's "
+             f"{split['world_scenes']} (`--heldout-videos {split['videos']}`).", "",
+             "| model (held-out) | t2v R@1 | R@5 | R@10 | MnR | v2t R@1 | R@5 | R@10 | MnR |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        stats = row["heldout"]
+        cells = [_pm(stats["mean"][d][k], stats["std"][d][k], stats["n"]) for d in ("t2v", "v2t")
+                 for k in METRIC_KEYS]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines

@@ -264,15 +264,15 @@ def _asa_is_identity(model) -> bool:
     return proj is not None and not bool(proj.weight.any()) and (proj.bias is None or not bool(proj.bias.any()))
 
 
-def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContext, progress: bool) -> dict[str, Any]:
-    """Test-split metrics of the model (full ASA, two-stage, meanP; :func:`rap_deploy.retrieval.evaluate`).
+def evaluation_encoder(model: torch.nn.Module, device: Any = "cpu") -> Any:
+    """The :class:`~rap_deploy.model_encoder.ModelEncoder` to evaluate ``model`` with on ``device``.
 
     An identity ASA head (zero output projection, e.g. the epoch-0 evaluation) scores every pair exactly as meanP
-    does, so its full and two-stage similarities are computed as meanP, without running the head on every pair.
+    does, so for such a model the encoder is one without the head: its full and two-stage similarities are then
+    computed as meanP, without running the head on every pair.
     """
     from rap_deploy.graphs import video_outputs
     from rap_deploy.model_encoder import ModelEncoder
-    from rap_deploy.retrieval import evaluate
 
     class MeanPEncoder(ModelEncoder):
         has_asa = False
@@ -280,9 +280,16 @@ def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContex
         def encode_video(self, frames, frame_mask=None):  # the outputs of a model without ASA head
             return super().encode_video(frames, frame_mask)[:len(video_outputs(False))]
 
-    encoder_type = MeanPEncoder if _asa_is_identity(model) else ModelEncoder
+    return (MeanPEncoder if _asa_is_identity(model) else ModelEncoder)(model, device=device)
+
+
+def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContext, progress: bool) -> dict[str, Any]:
+    """Test-split metrics of the model (full ASA, two-stage, meanP; :func:`rap_deploy.retrieval.evaluate`) with
+    :func:`evaluation_encoder`."""
+    from rap_deploy.retrieval import evaluate
+
     was_training = model.training
-    result = evaluate(encoder_type(model, device=ctx.device), test_split, cache, top_m=options.top_m,
+    result = evaluate(evaluation_encoder(model, ctx.device), test_split, cache, top_m=options.top_m,
                       progress=progress)
     model.train(was_training)
     return result

@@ -15,6 +15,7 @@ import typer
 from rap_deploy import bounds
 from rap_deploy.cli.app import command
 from rap_deploy.data import SYNTH_DISTRACTORS
+from rap_deploy.data.synth_heldout import MAX_HELDOUT_VIDEOS
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
 
@@ -352,6 +353,12 @@ def ablate(
                                                        help="Weight of the selection alignment loss (default: the "
                                                             "demo's recipe). A run folder trained with another "
                                                             "weight is refused: use --out."),
+    heldout_videos: int = typer.Option(0, "--heldout-videos", min=0, max=MAX_HELDOUT_VIDEOS,
+                                       help="Also score every run's best.pt on a held-out split of this many test "
+                                            "videos: the world's settings, another seed, none of the world's "
+                                            "scenes (written once into <world>/heldout-N; results cached in each "
+                                            "run folder). 0 = off. Slow: the full ASA similarity scores N x N "
+                                            "pairs (about 3 min per run at 800 on one core)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
     json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
@@ -366,6 +373,7 @@ def ablate(
 
     from rap_deploy.cli.pipeline import DemoSizes, Steps, prepare_world, train_options
     from rap_deploy.train.ablate import run_ablation
+    from rap_deploy.train.heldout_eval import heldout_scorer
     from rap_deploy.workspace import workspace_root
 
     try:
@@ -391,8 +399,10 @@ def ablate(
     base = train_options(sizes, w.data, root, w.frame_cache, clip=sizes.backbone_clip, pretrained=str(w.backbone),
                          frames=sizes.frames, asa_topk=sizes.asa_topk, asa_heads=sizes.asa_heads,
                          asa_dim=sizes.asa_dim)
+    scorer = heldout_scorer(root, w.data, heldout_videos, base.top_m, not quiet) if heldout_videos else None
     result = run_ablation(base, out or root / "ablation", seed_list,
-                          [r for r in (rows or "").split(",") if r.strip()], progress=not quiet, log=log)
+                          [r for r in (rows or "").split(",") if r.strip()], progress=not quiet, log=log,
+                          heldout=scorer)
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return

@@ -90,6 +90,7 @@ def generate_synthetic_dataset(
     progress: bool = True,
     captions_per_video: int = 5,
     distractors: float = SYNTH_DISTRACTORS,
+    exclude: frozenset = frozenset(),
 ) -> dict[str, Any]:
     """Write the synthetic dataset in the MSR-VTT layout under ``out`` and return a summary dict.
 
@@ -100,6 +101,8 @@ def generate_synthetic_dataset(
     caption of each test video, unique in the split). Test videos come in time-reversed pairs; half of the training
     videos too. Each scene holds, with a probability a little under ``distractors``
     (:func:`~rap_deploy.data.synth.random_scene`), one more object that does nothing and that no caption names.
+    ``exclude`` holds scene keys (:func:`~rap_deploy.data.synth.scene_key`) no test scene may have, nor its time
+    reverse: another world's scenes, for a held-out split (:mod:`rap_deploy.data.synth_heldout`).
     Deterministic for a seed. Raises :class:`UsageError` for impossible settings.
     """
     _check_settings(videos, test_videos, size, fps, seconds, distractors)
@@ -108,7 +111,7 @@ def generate_synthetic_dataset(
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_train = videos - test_videos
-    test_specs, taken = _test_scenes(rng, seconds, test_videos, distractors)
+    test_specs, taken = _test_scenes(rng, seconds, test_videos, distractors, exclude)
     specs = _train_scenes(rng, seconds, n_train, taken, distractors) + test_specs
     ids = [f"video{i}" for i in range(videos)]
     _write_videos(out, ids, specs, size, fps, seconds, progress)
@@ -144,14 +147,15 @@ def _check_settings(videos: int, test_videos: int, size: int, fps: int, seconds:
         raise UsageError(f"--distractors is the fraction of scenes with a distractor, 0 to 1; got {distractors}")
 
 
-def _test_scenes(rng: np.random.Generator, seconds: float, count: int,
-                 distractors: float) -> tuple[list[SceneSpec], set]:
-    """Draw the test split, shuffled, and the set of its scene keys (each unique in the split)."""
+def _test_scenes(rng: np.random.Generator, seconds: float, count: int, distractors: float,
+                 exclude: frozenset = frozenset()) -> tuple[list[SceneSpec], set]:
+    """Draw the test split, shuffled, and the set of its scene keys (each unique in the split, none in ``exclude``
+    nor the reverse of one there)."""
     # Time-reversed pairs with keys unique in the whole split (and, see _train_scenes, absent from training).
     taken: set = set()
     specs: list[SceneSpec] = []
     while len(specs) < count:
-        spec = _unique_scene(rng, seconds, taken, distractors)
+        spec = _unique_scene(rng, seconds, taken | exclude if exclude else taken, distractors)
         group = [spec, reverse_scene(spec)] if count - len(specs) >= 2 else [spec]
         for s in group:
             taken.add(scene_key(s))

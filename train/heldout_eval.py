@@ -1,0 +1,79 @@
+"""Score a finished run's ``best.pt`` on a held-out split (:mod:`rap_deploy.data.synth_heldout`).
+
+The result is cached beside the checkpoint as ``<run>/<split tag>.json`` with the checkpoint's sha256: a rerun of
+the ablation reads it back, and a checkpoint that changed is scored again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.data.synth_heldout import HeldoutSplit
+from rap_deploy.errors import UsageError
+
+BEST = "best.pt"
+
+
+def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progress: bool = True) -> dict[str, Any]:
+    """t2v and v2t metrics of ``run_dir/best.pt``'s full ASA similarity on ``split`` (with ``two_stage`` and
+    ``meanp``, ``videos``, ``captions``, ``seconds``, ``split`` and ``checkpoint_sha256``).
+
+    Raises :class:`UsageError` for a run without ``best.pt``; otherwise what loading the checkpoint and the split
+    raise.
+    """
+    from rap_deploy.atomic import sha256_file, write_json_atomic
+
+    run_dir = Path(run_dir)
+    checkpoint = run_dir / BEST
+    if not checkpoint.is_file():
+        raise UsageError(f"{run_dir} has no {BEST}: train the run before scoring it on a held-out split")
+    digest = sha256_file(checkpoint)
+    cached_file = run_dir / f"{split.tag}.json"
+    cached = _read_cached(cached_file)
+    if cached is not None and cached.get("checkpoint_sha256") == digest and cached.get("split") == split.record:
+        return cached
+    result = _score(checkpoint, split, top_m, progress)
+    result.update(split=split.record, checkpoint_sha256=digest)
+    write_json_atomic(cached_file, result)
+    return result
+
+
+def _score(checkpoint: Path, split: HeldoutSplit, top_m: int, progress: bool) -> dict[str, Any]:
+    """Encode ``split``'s test videos with the checkpoint's model (PyTorch, CPU) and compute its metrics."""
+    import torch
+
+    from rap_deploy.checkpoint import load_checkpoint
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.retrieval import evaluate
+    from rap_deploy.train.loop import evaluation_encoder
+
+    model = load_checkpoint(checkpoint).build_model().eval()
+    test = load_split("msrvtt", split.data, "test", max_frames=model.config.frames)
+    with torch.no_grad():
+        result = evaluate(evaluation_encoder(model), test, FrameCache(split.cache), top_m=top_m, progress=progress)
+    return {"t2v": result["asa"]["t2v"], "v2t": result["asa"]["v2t"], "two_stage": result["two_stage"],
+            "meanp": result["meanp"], "videos": result["videos"], "captions": result["captions"],
+            "skipped": result["skipped"], "seconds": result["seconds"]}
+
+
+def _read_cached(path: Path) -> dict[str, Any] | None:
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return cached if isinstance(cached, dict) else None
+
+
+def heldout_scorer(world: str | Path, world_data: str | Path, videos: int, top_m: int,
+                   progress: bool = True) -> Callable[[str | Path], dict[str, Any]]:
+    """Prepare the held-out split of ``videos`` test videos of world folder ``world`` (dataset at ``world_data``;
+    :func:`~rap_deploy.data.synth_heldout.prepare_heldout`) and return a function scoring a run folder's ``best.pt``
+    there (:func:`heldout_metrics`). Raises what :func:`prepare_heldout` raises."""
+    from rap_deploy.data.synth_heldout import heldout_folder, prepare_heldout
+
+    split = prepare_heldout(world_data, heldout_folder(Path(world), videos), videos, progress)
+    return lambda run_dir: heldout_metrics(run_dir, split, top_m, progress)
