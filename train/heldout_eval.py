@@ -6,12 +6,11 @@ the ablation reads it back, and a checkpoint that changed is scored again.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rap_deploy.data.synth_heldout import HeldoutSplit
+from rap_deploy.data.synth_heldout import HeldoutSplit, read_record
 from rap_deploy.errors import UsageError
 
 BEST = "best.pt"
@@ -32,7 +31,7 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
         raise UsageError(f"{run_dir} has no {BEST}: train the run before scoring it on a held-out split")
     digest = sha256_file(checkpoint)
     cached_file = run_dir / f"{split.tag}.json"
-    cached = _read_cached(cached_file)
+    cached = read_record(cached_file)
     if cached is not None and cached.get("checkpoint_sha256") == digest and cached.get("split") == split.record:
         return cached
     result = _score(checkpoint, split, top_m, progress)
@@ -58,14 +57,6 @@ def _score(checkpoint: Path, split: HeldoutSplit, top_m: int, progress: bool) ->
     return {"t2v": result["asa"]["t2v"], "v2t": result["asa"]["v2t"], "two_stage": result["two_stage"],
             "meanp": result["meanp"], "videos": result["videos"], "captions": result["captions"],
             "skipped": result["skipped"], "seconds": result["seconds"]}
-
-
-def _read_cached(path: Path) -> dict[str, Any] | None:
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return cached if isinstance(cached, dict) else None
 
 
 def heldout_scorer(world: str | Path, world_data: str | Path, videos: int, top_m: int,

@@ -79,7 +79,7 @@ def prepare_heldout(world_data: str | Path, folder: str | Path, videos: int, pro
         raise UsageError(f"a held-out split needs 2 to {MAX_HELDOUT_VIDEOS} videos, got {videos}")
     world_data, folder = Path(world_data), Path(folder)
     wanted, exclude = _world_record(world_data, videos)
-    found = _read_record(folder / RECORD)
+    found = read_record(folder / RECORD)
     if found != wanted:
         # One training video is the generator's minimum; only the test split is ever read.
         generate_synthetic_dataset(folder / "data", videos=videos + 1, test_videos=videos, seed=wanted["seed"],
@@ -89,10 +89,13 @@ def prepare_heldout(world_data: str | Path, folder: str | Path, videos: int, pro
     return HeldoutSplit(folder / "data", folder / "cache", wanted)
 
 
-def _read_record(path: Path) -> dict[str, Any] | None:
-    """The record at ``path``, or ``None`` when it is missing or unreadable (the split is then written again)."""
+def read_record(path: Path, max_bytes: int = 1 << 20) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when it is missing, larger than ``max_bytes``, unreadable or not an
+    object: a record or cached result that is then written again."""
     try:
+        if path.stat().st_size > max_bytes:
+            return None
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
