@@ -197,7 +197,7 @@ def target_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
     each single-component ablation by more than the larger seed std, some offset moved by ≥ 0.1 from its start.
     Each check is ``{"check", "value", "passed"}``, and each "rap above" check also carries ``"paired"``
     (:func:`paired_difference`, shown next to it, never part of ``passed``); checks whose rows are missing are left
-    out."""
+    out. When ``rap`` was scored on a held-out split, the "rap above" checks follow again on those scores."""
     checks: list[dict[str, Any]] = []
     zs, rap, lorm = _row(result, "zero_shot"), _row(result, "rap"), _row(result, "no_asa")
     if zs and rap:
