@@ -114,13 +114,18 @@ def run_record(summary: dict[str, Any], seed: int) -> dict[str, Any]:
         raise UsageError(f"run {summary.get('run_dir')} has no evaluated epoch; it cannot enter the table")
     offsets = best.get("offsets")
     return {"seed": seed, "run_dir": summary.get("run_dir"), "best_epoch": summary.get("best_epoch"),
-            "t2v": {k: best["t2v"][k] for k in METRIC_KEYS}, "v2t": {k: best["v2t"][k] for k in METRIC_KEYS},
+            **_table_metrics(best),
             "trainable_params": summary.get("trainable_params"), "train_seconds": summary.get("train_seconds"),
             "steps": summary.get("steps"), "offsets": offsets, "offset_change": _offset_change(summary),
             "max_abs_offset": (max(abs(v) for v in np.concatenate([np.ravel(offsets["gamma"]),
                                                                    np.ravel(offsets["delta"])]))
                                if offsets else None),
             "lorm": best.get("lorm")}
+
+
+def _table_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``{"t2v", "v2t"}`` of ``metrics``, each cut to :data:`METRIC_KEYS`."""
+    return {d: {k: metrics[d][k] for k in METRIC_KEYS} for d in ("t2v", "v2t")}
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -184,8 +189,7 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
 
 def _heldout_record(metrics: dict[str, Any]) -> dict[str, Any]:
     """The part of a run's held-out metrics the table keeps."""
-    return {"t2v": {k: metrics["t2v"][k] for k in METRIC_KEYS}, "v2t": {k: metrics["v2t"][k] for k in METRIC_KEYS},
-            "videos": metrics["videos"], "seconds": metrics["seconds"], "split": metrics["split"]}
+    return {**_table_metrics(metrics), **{k: metrics[k] for k in ("videos", "seconds", "split")}}
 
 
 def _row(result: dict[str, Any], name: str) -> dict[str, Any] | None:
