@@ -80,6 +80,24 @@ def retrieval_metrics(sim: Any, text_to_video: Any) -> dict[str, dict[str, float
     ``queries``. Video→text queries are the videos that have a caption; the candidates are those videos, each scored
     by its best caption. Raises ``ValueError`` for NaN/inf in ``sim``, a wrong shape, or an out-of-range index.
     """
+    return {d: metrics_from_ranks(*ranks) for d, ranks in query_ranks(sim, text_to_video).items()}
+
+
+def query_ranks(sim: Any, text_to_video: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"t2v": (ranks, tied), "v2t": (ranks, tied)}``: every query's rank and tie flag
+    (:func:`ground_truth_ranks`), text→video and video→text as :func:`retrieval_metrics` defines them. Ranks pooled
+    over several galleries give pooled metrics (:func:`metrics_from_ranks`). Raises what :func:`retrieval_metrics`
+    raises.
+    """
+    sim, t2v = _checked_similarity(sim, text_to_video)
+    v2t_scores, _ = video_to_text_scores(sim, t2v)
+    return {"t2v": ground_truth_ranks(sim, t2v),
+            "v2t": ground_truth_ranks(v2t_scores, np.arange(v2t_scores.shape[0]))}
+
+
+def _checked_similarity(sim: Any, text_to_video: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``sim`` as a finite float array ``[texts, videos]`` and ``text_to_video`` as integer indices of its columns;
+    ``ValueError`` naming what is wrong otherwise."""
     sim = _as_numpy(sim)
     t2v = np.asarray(_as_numpy(text_to_video))
     if sim.ndim != 2:
@@ -100,7 +118,4 @@ def retrieval_metrics(sim: Any, text_to_video: Any) -> dict[str, dict[str, float
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise ValueError(f"similarity has {int(bad.sum())} NaN/inf values (first at text {r}, video {c})")
-    t2v_ranks, t2v_tied = ground_truth_ranks(sim, t2v)
-    v2t_scores, _ = video_to_text_scores(sim, t2v)
-    v2t_ranks, v2t_tied = ground_truth_ranks(v2t_scores, np.arange(v2t_scores.shape[0]))
-    return {"t2v": metrics_from_ranks(t2v_ranks, t2v_tied), "v2t": metrics_from_ranks(v2t_ranks, v2t_tied)}
+    return sim, t2v

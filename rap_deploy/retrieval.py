@@ -85,8 +85,13 @@ class VideoIndex:
 
     def subset(self, count: int) -> VideoIndex:
         """The first ``count`` videos (views, no copy)."""
-        return VideoIndex(self.video_ids[:count], self.video_emb[:count], self.frame_emb[:count],
-                          self.patch_tokens[:count], None if self.asa_tokens is None else self.asa_tokens[:count],
+        return self.window(0, count)
+
+    def window(self, start: int, stop: int) -> VideoIndex:
+        """The videos ``start`` to ``stop`` (exclusive), as views: no copy."""
+        rows = slice(start, stop)
+        return VideoIndex(self.video_ids[rows], self.video_emb[rows], self.frame_emb[rows],
+                          self.patch_tokens[rows], None if self.asa_tokens is None else self.asa_tokens[rows],
                           list(self.skipped))
 
 

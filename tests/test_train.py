@@ -472,6 +472,25 @@ def _check_heldout_scores(runner, args, world, out, stamp):
     cached.write_text(json.dumps({**stale, "checkpoint_sha256": "0" * 64}))  # as if best.pt had changed
     assert runner.invoke(app, [*args, "--heldout-videos", "4"]).exit_code == 0
     assert json.loads(cached.read_text())["checkpoint_sha256"] == stale["checkpoint_sha256"]
+    _check_heldout_galleries(runner, args, out, scores)
+
+
+def _check_heldout_galleries(runner, args, out, one_gallery_scores):
+    """``--heldout-gallery``: the same split scored as galleries of 2 (its own cache file); a query ranked among
+    fewer videos never ranks lower, so no run's R@1 falls. A gallery without a split, or larger than it, is refused."""
+    held = runner.invoke(app, [*args, "--heldout-videos", "4", "--heldout-gallery", "2"])
+    assert held.exit_code == 0, held.output
+    rap = next(r for r in json.loads((out / "ablation.json").read_text())["rows"] if r["name"] == "rap")
+    assert rap["heldout"]["gallery"] == 2 and all(run["heldout"]["gallery"] == 2 for run in rap["runs"])
+    scores = [run["heldout"]["t2v"]["R1"] for run in rap["runs"]]
+    assert all(g >= one for g, one in zip(scores, one_gallery_scores, strict=True))
+    cached = json.loads((out / "rap" / "seed1" / "heldout4-s1000-g2.json").read_text())
+    assert cached["galleries"] == [2, 2] and cached["t2v"]["queries"] == 4
+    assert "own gallery of 2 consecutive videos (`--heldout-gallery 2`)" in (out / "ablation.md").read_text()
+    alone = runner.invoke(app, [*args, "--heldout-gallery", "2"])
+    assert alone.exit_code == 2 and "pass --heldout-videos N too" in alone.output
+    larger = runner.invoke(app, [*args, "--heldout-videos", "4", "--heldout-gallery", "5"])
+    assert larger.exit_code == 2 and "2 to --heldout-videos (4), got 5" in larger.output
 
 
 def test_paired_difference_matches_seeds():

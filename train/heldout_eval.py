@@ -1,7 +1,8 @@
 """Score a finished run's ``best.pt`` on a held-out split (:mod:`rap_deploy.data.synth_heldout`).
 
-The result is cached beside the checkpoint as ``<run>/<split tag>.json`` with the checkpoint's sha256: a rerun of
-the ablation reads it back, and a checkpoint that changed is scored again.
+The result is cached beside the checkpoint as ``<run>/<split tag>.json`` (``<split tag>-g<G>.json`` when scored in
+galleries of G videos, :mod:`rap_deploy.gallery_eval`) with the checkpoint's sha256: a rerun of the ablation reads it
+back, and a checkpoint that changed is scored again.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from rap_deploy.errors import UsageError
 BEST = "best.pt"
 
 
-def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progress: bool = True) -> dict[str, Any]:
+def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progress: bool = True,
+                    gallery: int = 0) -> dict[str, Any]:
     """t2v and v2t metrics of ``run_dir/best.pt``'s full ASA similarity on ``split`` (with ``two_stage`` and
-    ``meanp``, ``videos``, ``captions``, ``seconds``, ``split`` and ``checkpoint_sha256``).
+    ``meanp``, ``videos``, ``captions``, ``seconds``, ``gallery``, ``split`` and ``checkpoint_sha256``). With
+    ``gallery`` G > 0 each query is ranked within its own gallery of G consecutive videos
+    (:func:`rap_deploy.gallery_eval.evaluate_in_galleries`); 0 ranks it among the whole split.
 
     Raises :class:`UsageError` for a run without ``best.pt``; otherwise what loading the checkpoint and the split
     raise.
@@ -30,41 +34,60 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
     if not checkpoint.is_file():
         raise UsageError(f"{run_dir} has no {BEST}: train the run before scoring it on a held-out split")
     digest = sha256_file(checkpoint)
-    cached_file = run_dir / f"{split.tag}.json"
+    cached_file = run_dir / (f"{split.tag}-g{gallery}.json" if gallery else f"{split.tag}.json")
     cached = read_record(cached_file)
-    if cached is not None and cached.get("checkpoint_sha256") == digest and cached.get("split") == split.record:
+    if (cached is not None and cached.get("checkpoint_sha256") == digest and cached.get("split") == split.record
+            and cached.get("gallery", 0) == gallery):
         return cached
-    result = _score(checkpoint, split, top_m, progress)
-    result.update(split=split.record, checkpoint_sha256=digest)
+    result = _score(checkpoint, split, top_m, progress, gallery)
+    result.update(split=split.record, checkpoint_sha256=digest, gallery=gallery)
     write_json_atomic(cached_file, result)
     return result
 
 
-def _score(checkpoint: Path, split: HeldoutSplit, top_m: int, progress: bool) -> dict[str, Any]:
-    """Encode ``split``'s test videos with the checkpoint's model (PyTorch, CPU) and compute its metrics."""
+def _score(checkpoint: Path, split: HeldoutSplit, top_m: int, progress: bool, gallery: int) -> dict[str, Any]:
+    """Encode ``split``'s test videos with the checkpoint's model (PyTorch, CPU) and compute its metrics, in
+    galleries of ``gallery`` videos when it is not 0."""
     import torch
 
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.data.cache import FrameCache
     from rap_deploy.data.datasets import load_split
+    from rap_deploy.gallery_eval import evaluate_in_galleries
     from rap_deploy.retrieval import evaluate
     from rap_deploy.train.loop import evaluation_encoder
 
     model = load_checkpoint(checkpoint).build_model().eval()
     test = load_split("msrvtt", split.data, "test", max_frames=model.config.frames)
+    encoder, cache = evaluation_encoder(model), FrameCache(split.cache)
     with torch.no_grad():
-        result = evaluate(evaluation_encoder(model), test, FrameCache(split.cache), top_m=top_m, progress=progress)
+        if gallery:
+            result = evaluate_in_galleries(encoder, test, cache, gallery, top_m=top_m, progress=progress)
+        else:
+            result = evaluate(encoder, test, cache, top_m=top_m, progress=progress)
     return {"t2v": result["asa"]["t2v"], "v2t": result["asa"]["v2t"], "two_stage": result["two_stage"],
             "meanp": result["meanp"], "videos": result["videos"], "captions": result["captions"],
-            "skipped": result["skipped"], "seconds": result["seconds"]}
+            "skipped": result["skipped"], "seconds": result["seconds"],
+            **({"galleries": result["galleries"]} if gallery else {})}
 
 
-def heldout_scorer(world: str | Path, world_data: str | Path, videos: int, top_m: int,
-                   progress: bool = True) -> Callable[[str | Path], dict[str, Any]]:
+def check_gallery(gallery: int, videos: int) -> None:
+    """Raise :class:`UsageError` unless ``gallery`` is 0 (one gallery of the whole split) or 2 to ``videos``."""
+    if gallery and not videos:
+        raise UsageError("--heldout-gallery scores the held-out split: pass --heldout-videos N too")
+    if gallery and not 2 <= gallery <= videos:
+        raise UsageError(f"--heldout-gallery must be 0 (one gallery) or 2 to --heldout-videos ({videos}), "
+                         f"got {gallery}")
+
+
+def heldout_scorer(world: str | Path, world_data: str | Path, videos: int, top_m: int, progress: bool = True,
+                   gallery: int = 0) -> Callable[[str | Path], dict[str, Any]]:
     """Prepare the held-out split of ``videos`` test videos of world folder ``world`` (dataset at ``world_data``;
     :func:`~rap_deploy.data.synth_heldout.prepare_heldout`) and return a function scoring a run folder's ``best.pt``
-    there (:func:`heldout_metrics`). Raises what :func:`prepare_heldout` raises."""
+    there (:func:`heldout_metrics`, in galleries of ``gallery`` videos unless 0). Raises :class:`UsageError` for a
+    gallery that is neither 0 nor 2 to ``videos``, and what :func:`prepare_heldout` raises."""
     from rap_deploy.data.synth_heldout import heldout_folder, prepare_heldout
 
+    check_gallery(gallery, videos)
     split = prepare_heldout(world_data, heldout_folder(Path(world), videos), videos, progress)
-    return lambda run_dir: heldout_metrics(run_dir, split, top_m, progress)
+    return lambda run_dir: heldout_metrics(run_dir, split, top_m, progress, gallery)

@@ -359,6 +359,10 @@ def ablate(
                                             "scenes (written once into <world>/heldout-N; results cached in each "
                                             "run folder). 0 = off. Slow: the full ASA similarity scores N x N "
                                             "pairs (about 3 min per run at 800 on one core)."),
+    heldout_gallery: int = typer.Option(0, "--heldout-gallery", min=0, max=MAX_HELDOUT_VIDEOS,
+                                        help="Score the held-out split as consecutive galleries of this many "
+                                             "videos, each query ranked within its own: N x G pairs instead of "
+                                             "N x N, so more queries at the same cost. 0 = one gallery of all N."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
     json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
@@ -373,13 +377,14 @@ def ablate(
 
     from rap_deploy.cli.pipeline import DemoSizes, Steps, prepare_world, train_options
     from rap_deploy.train.ablate import run_ablation
-    from rap_deploy.train.heldout_eval import heldout_scorer
+    from rap_deploy.train.heldout_eval import check_gallery, heldout_scorer
     from rap_deploy.workspace import workspace_root
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
+    check_gallery(heldout_gallery, heldout_videos)  # before the world is prepared (that can take minutes)
     if threads:
         torch.set_num_threads(threads)
     sizes = DemoSizes.tiny() if tiny else DemoSizes()
@@ -399,7 +404,8 @@ def ablate(
     base = train_options(sizes, w.data, root, w.frame_cache, clip=sizes.backbone_clip, pretrained=str(w.backbone),
                          frames=sizes.frames, asa_topk=sizes.asa_topk, asa_heads=sizes.asa_heads,
                          asa_dim=sizes.asa_dim)
-    scorer = heldout_scorer(root, w.data, heldout_videos, base.top_m, not quiet) if heldout_videos else None
+    scorer = (heldout_scorer(root, w.data, heldout_videos, base.top_m, not quiet, heldout_gallery)
+              if heldout_videos else None)
     result = run_ablation(base, out or root / "ablation", seed_list,
                           [r for r in (rows or "").split(",") if r.strip()], progress=not quiet, log=log,
                           heldout=scorer)
