@@ -358,7 +358,8 @@ def ablate(
                                             "videos: the world's settings, another seed, none of the world's "
                                             "scenes (written once into <world>/heldout-N; results cached in each "
                                             "run folder). 0 = off. Slow: the full ASA similarity scores N x N "
-                                            "pairs (about 3 min per run at 800 on one core)."),
+                                            "pairs (about 3 min per run at 800 on one core), N x G with "
+                                            "--heldout-gallery G."),
     heldout_gallery: int = typer.Option(0, "--heldout-gallery", min=0, max=MAX_HELDOUT_VIDEOS,
                                         help="Score the held-out split as consecutive galleries of this many "
                                              "videos, each query ranked within its own: N x G pairs instead of "
