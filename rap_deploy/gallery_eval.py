@@ -37,13 +37,11 @@ def evaluate_in_galleries(encoder: Any, split: Any, cache: Any, gallery: int, to
     """
     from rap_deploy.data.progress import progress_bar
     from rap_deploy.metrics import metrics_from_ranks, query_ranks
-    from rap_deploy.retrieval import encode_texts, encode_videos, usable_videos
+    from rap_deploy.retrieval import encode_split
 
     gallery_bounds(split.num_videos, gallery)  # a bad gallery size fails before any decoding
     t0 = time.perf_counter()
-    split, skipped = usable_videos(split, cache, encoder.config, progress)
-    index = encode_videos(encoder, split, cache, batch_size, progress)
-    text_emb = encode_texts(encoder, split.captions)
+    split, skipped, index, text_emb = encode_split(encoder, split, cache, batch_size, progress)
     owner = np.asarray(split.caption_video, dtype=np.int64)
     bounds = gallery_bounds(len(index), gallery)
     pooled: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}

@@ -268,6 +268,15 @@ def candidate_reranker(encoder: Encoder, index: VideoIndex) -> Callable[[np.ndar
     return lambda text_emb, rows: encoder.asa_similarity(text_emb, *gather(rows))
 
 
+def encode_split(encoder: Encoder, split: Any, cache: Any, batch_size: int = 8,
+                 progress: bool = True) -> tuple[Any, list[dict[str, str]], VideoIndex, np.ndarray]:
+    """``(split, skipped, index, text_emb)``: ``split`` without its undecodable videos and their captions
+    (:func:`usable_videos`), the videos it dropped, its :class:`VideoIndex` and its captions' embeddings."""
+    split, skipped = usable_videos(split, cache, encoder.config, progress)
+    index = encode_videos(encoder, split, cache, batch_size, progress)
+    return split, skipped, index, encode_texts(encoder, split.captions)
+
+
 def evaluate(encoder: Encoder, split: Any, cache: Any, top_m: int = 100, batch_size: int = 8, progress: bool = True,
              return_scores: bool = False) -> dict[str, Any]:
     """Encode ``split`` and compute retrieval metrics of the full ASA similarity (``asa``), the two-stage search
@@ -279,9 +288,7 @@ def evaluate(encoder: Encoder, split: Any, cache: Any, top_m: int = 100, batch_s
     from rap_deploy.metrics import retrieval_metrics
 
     t0 = time.perf_counter()
-    split, skipped = usable_videos(split, cache, encoder.config, progress)
-    index = encode_videos(encoder, split, cache, batch_size, progress)
-    text_emb = encode_texts(encoder, split.captions)
+    split, skipped, index, text_emb = encode_split(encoder, split, cache, batch_size, progress)
     sims = {"asa": full_similarity(encoder, text_emb, index, progress=progress),
             "two_stage": two_stage_similarity(encoder, text_emb, index, top_m, progress),
             "meanp": meanp_similarity(text_emb, index)}
