@@ -134,7 +134,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out = _metric_stats(runs)
     if runs and all("heldout" in r for r in runs):
         out["heldout"] = {**_metric_stats([r["heldout"] for r in runs]), "split": runs[0]["heldout"]["split"],
-                          "gallery": runs[0]["heldout"].get("gallery", 0)}
+                          "gallery": runs[0]["heldout"]["gallery"]}
     changes = [r["offset_change"] for r in runs if r["offset_change"] is not None]
     out["offset_change_mean"] = float(np.mean(changes)) if changes else None
     return out
@@ -190,8 +190,7 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
 
 def _heldout_record(metrics: dict[str, Any]) -> dict[str, Any]:
     """The part of a run's held-out metrics the table keeps."""
-    return {**_table_metrics(metrics), **{k: metrics[k] for k in ("videos", "seconds", "split")},
-            "gallery": metrics.get("gallery", 0)}
+    return {**_table_metrics(metrics), **{k: metrics[k] for k in ("videos", "seconds", "split", "gallery")}}
 
 
 def _row(result: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -315,7 +314,7 @@ def _heldout_table(result: dict[str, Any]) -> list[str]:
     rows = [r for r in result["rows"] if "heldout" in r]
     if not rows:
         return []
-    split, gallery = rows[0]["heldout"]["split"], rows[0]["heldout"].get("gallery", 0)
+    split, gallery = rows[0]["heldout"]["split"], rows[0]["heldout"]["gallery"]
     scored = (f", each query ranked within its own gallery of {gallery} consecutive videos "
               f"(`--heldout-gallery {gallery}`)" if gallery else "")
     lines = ["", f"The same runs' best.pt on the held-out split: {split['videos']} test videos drawn with seed "

@@ -38,7 +38,7 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
     cached = read_record(cached_file)
     if (cached is not None and cached.get("checkpoint_sha256") == digest and cached.get("split") == split.record
             and cached.get("gallery", 0) == gallery):
-        return cached
+        return {**cached, "gallery": gallery}  # results cached before galleries existed hold none: one gallery
     result = _score(checkpoint, split, top_m, progress, gallery)
     result.update(split=split.record, checkpoint_sha256=digest, gallery=gallery)
     write_json_atomic(cached_file, result)
