@@ -444,6 +444,49 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     aligned = runner.invoke(app, [*args, "--selection-loss-weight", "0.5"])
     assert aligned.exit_code == 2 and "selection_loss_weight = " in aligned.output and "not 0.5" in aligned.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+    _check_model_sizes_are_part_of_the_recipe(out / "rap" / "seed1")
+    # every row on the paper preset's sizes is another recipe: refused in this folder, nothing trained
+    paper = runner.invoke(app, [*args, "--preset", "paper"])
+    assert paper.exit_code == 2 and "preset = None, not 'paper'" in paper.output and "--out" in paper.output
+    assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+    unknown = runner.invoke(app, [*args, "--preset", "huge"])
+    assert unknown.exit_code == 2 and "--preset 'huge' is unknown; use one of default, paper" in unknown.output
+
+
+def _check_model_sizes_are_part_of_the_recipe(run_dir):
+    """A run folder is compared on every option its ``last.pt`` stored, the adapter sizes as built: a run of the
+    recipe before a size changed (or killed half-way) is refused, not read back or resumed into the new table."""
+    import dataclasses
+
+    from rap_deploy.errors import UsageError
+    from rap_deploy.train.ablate import _check_same_recipe
+    from rap_deploy.train.loop import TrainOptions
+
+    stored = TrainOptions.from_dict(load_checkpoint(run_dir / "last.pt").extra["train_options"])
+    assert stored.preset is None and stored.asa_dim == 16 and stored.lorm_rank is None  # the tiny recipe's sizes
+    _check_same_recipe(run_dir, None, dataclasses.replace(stored, out="/moved", data_root="/moved", cache_dir=None))
+    with pytest.raises(UsageError, match=r"asa_dim = 16, not 8: pass --out with a new folder"):
+        _check_same_recipe(run_dir, None, dataclasses.replace(stored, asa_dim=8))
+    with pytest.raises(UsageError, match=r"lorm_rank = 4, not 2"):  # compared on the model as built (the default)
+        _check_same_recipe(run_dir, None, dataclasses.replace(stored, lorm_rank=2))
+    with pytest.raises(UsageError, match=r"preset = None, not 'paper'"):
+        _check_same_recipe(run_dir, None, dataclasses.replace(stored, preset="paper"))
+
+
+def test_rows_whose_options_match_share_runs():
+    """On a recipe that is the paper preset, the ``paper`` row is the ``rap`` row's model: it reads ``rap``'s runs
+    and its label says so. Where the recipe sets its own ASA width (the tiny one), ``paper`` trains its own."""
+    from rap_deploy.train.ablate import ROWS, _label, same_options_row
+    from rap_deploy.train.loop import TrainOptions
+
+    rows = {r.name: r for r in ROWS}
+    paper_recipe = TrainOptions(dataset="msrvtt", data_root="d", out="o", preset="paper")
+    assert same_options_row(paper_recipe, rows["paper"]).name == "rap"
+    assert "the runs of `rap`" in _label(rows["paper"], rows["rap"])
+    assert all(same_options_row(paper_recipe, rows[n]).name == n for n in ("rap", "saliency", "no_lorm", "no_asa"))
+    own_width = TrainOptions(dataset="msrvtt", data_root="d", out="o", preset="paper", asa_dim=16)
+    assert same_options_row(own_width, rows["paper"]).name == "paper"
+    assert _label(rows["paper"], rows["paper"]) == rows["paper"].label
 
 
 def _check_heldout_scores(runner, args, world, out, stamp):

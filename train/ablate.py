@@ -3,8 +3,9 @@
 :func:`run_ablation` trains one run per (row, seed) with the same recipe (the options of the ``rap`` row, changed
 only where the row says), reads each run's ``best.pt`` epoch from its ``summary.json`` (selection rule of
 :mod:`rap_deploy.train.selection`), and aggregates. Runs live in ``OUT/<row>/seed<k>/``; a complete run is read back,
-a killed one is resumed, so a rerun only trains what is missing. :func:`ablation_markdown` renders the table the
-README shows, with the target checks of issue 14 underneath.
+a killed one is resumed, so a rerun only trains what is missing; a run trained with other options (another epoch
+count, backbone or adapter size) is refused rather than mixed into the table. :func:`ablation_markdown` renders the
+table the README shows, with the target checks of issue 14 underneath.
 """
 
 from __future__ import annotations
@@ -71,30 +72,71 @@ def row_options(base: TrainOptions, row: AblationRow, seed: int, out: Path) -> T
     return dataclasses.replace(base, **row.changes, seed=seed, out=str(out))
 
 
+def same_options_row(base: TrainOptions, row: AblationRow) -> AblationRow:
+    """The first row of :data:`ROWS` whose changes turn ``base`` into the same options as ``row``'s (``row`` itself
+    when no earlier row does). Such rows train the same model from the same seed, so they share runs: the ``paper``
+    row of a recipe that already is the paper preset is the ``rap`` row."""
+    mine = row_options(base, row, 0, Path())
+    for other in ROWS:
+        if other.name == row.name:
+            break
+        if other.same_as is None and other.seeded == row.seeded and row_options(base, other, 0, Path()) == mine:
+            return other
+    return row
+
+
+def _label(row: AblationRow, source: AblationRow) -> str:
+    """The row's label, saying whose runs it shares when the recipe (not the row) makes it another row's model."""
+    if source.name == row.name or row.same_as:
+        return row.label
+    return f"{row.label}: the recipe's own model, the runs of `{source.name}`"
+
+
 def _run_one(options: TrainOptions, progress: bool) -> dict[str, Any]:
-    """Train (or read back, or resume) one run; returns its ``summary.json``."""
+    """Train (or read back, or resume) one run; returns its ``summary.json``. Raises :class:`UsageError` when the
+    folder holds a run of another recipe (:func:`_check_same_recipe`)."""
     run_dir = Path(options.out)
     summary_file = run_dir / SUMMARY
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text(encoding="utf-8"))
-        _check_same_recipe(run_dir, summary, options)
-        if summary.get("complete"):
-            return summary
+    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
+    _check_same_recipe(run_dir, summary, options)
+    if summary is not None and summary.get("complete"):
+        return summary
     resume = run_dir if (run_dir / LAST).is_file() else None
     return train_rap(None if resume else options, progress=progress, resume=resume)
 
 
-def _check_same_recipe(run_dir: Path, summary: dict[str, Any], options: TrainOptions) -> None:
-    """Raise :class:`UsageError` when the run already in ``run_dir`` was trained with another recipe (epoch count,
-    batch size, variant, pre-trained backbone or selection loss weight) than ``options``: reading it back would put
-    it in the wrong table. Summaries written before a key was recorded are not checked on it, except the selection
-    loss weight, which did not exist before it was recorded (0)."""
-    recorded = {"selection_loss_weight": 0.0, **summary}
-    for key in ("epochs", "batch_size", "variant", "pretrained", "selection_loss_weight"):
-        wanted = getattr(options, key)
-        if wanted is not None and key in recorded and recorded[key] != wanted:
-            raise UsageError(f"{run_dir} holds a run trained with {key} = {recorded[key]!r}, not {wanted!r}: pass "
+def _check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: TrainOptions) -> None:
+    """Raise :class:`UsageError` when the run already in ``run_dir`` was trained with other options than
+    ``options``: reading it back (or resuming it) would put it in the wrong table.
+
+    A run with a ``last.pt`` is compared on every option it stored there, the model's sizes as built
+    (:func:`~rap_deploy.train.loop.option_mismatch`). A run without one (the zero-shot row trains no epoch) is
+    compared on what its ``summary.json`` records: epoch count, batch size, variant, pre-trained backbone and
+    selection loss weight (0 in summaries written before the weight was recorded)."""
+    last = run_dir / LAST
+    if last.is_file():
+        from rap_deploy.checkpoint import load_checkpoint
+        from rap_deploy.train.loop import option_mismatch
+
+        ckpt = load_checkpoint(last)
+        recorded = ckpt.extra.get("train_options")
+        if not isinstance(recorded, dict):
+            raise UsageError(f"{last} holds no training options; it was not written by `rapdeploy train`: pass "
                              "--out with a new folder (or remove that run)")
+        stored = TrainOptions.from_dict(recorded)
+        mismatch = option_mismatch(stored, ckpt.config, options.to_dict())
+    elif summary is not None:
+        recorded = {"selection_loss_weight": 0.0, **summary}
+        mismatch = next(((key, recorded[key], getattr(options, key))
+                         for key in ("epochs", "batch_size", "variant", "pretrained", "selection_loss_weight")
+                         if getattr(options, key) is not None and key in recorded
+                         and recorded[key] != getattr(options, key)), None)
+    else:
+        return
+    if mismatch is not None:
+        key, have, wanted = mismatch
+        raise UsageError(f"{run_dir} holds a run trained with {key} = {have!r}, not {wanted!r}: pass "
+                         "--out with a new folder (or remove that run)")
 
 
 def _offset_change(summary: dict[str, Any]) -> float | None:
@@ -171,7 +213,7 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
     by_name = {r.name: r for r in ROWS}
     for row in select_rows(rows):
         runs = []
-        source = by_name[row.same_as] if row.same_as else row
+        source = by_name[row.same_as] if row.same_as else same_options_row(base, row)
         for seed in (seeds if row.seeded else seeds[:1]):
             options = row_options(base, source, seed, out / source.name / f"seed{seed}")
             log(f"[ablate] {row.name} seed {seed}: {options.out}")
@@ -179,8 +221,8 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
             if heldout is not None:
                 record["heldout"] = _heldout_record(heldout(options.out))
             runs.append(record)
-        result["rows"].append({"name": row.name, "label": row.label, "changes": row.changes, "runs": runs,
-                               "seeded": row.seeded, **aggregate(runs)})
+        result["rows"].append({"name": row.name, "label": _label(row, source), "changes": row.changes,
+                               "runs": runs, "seeded": row.seeded, **aggregate(runs)})
         write_json_atomic(out / "ablation.json", result)  # partial results survive a kill
     result["targets"] = target_checks(result)
     write_json_atomic(out / "ablation.json", result)

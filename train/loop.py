@@ -400,21 +400,34 @@ def _load_resume(run_dir: Path, overrides: dict[str, Any]):
         raise UsageError(f"{last} holds no training state; it was not written by `rapdeploy train`")
     options = TrainOptions.from_dict(stored)
     options.out = str(run_dir)
+    mismatch = option_mismatch(options, ckpt.config, overrides)
+    if mismatch is not None:
+        name, stored_value, value = mismatch
+        raise UsageError(f"--{name.replace('_', '-')} {value} differs from the resumed run's "
+                         f"{stored_value} (stored in {last}); a resumed run keeps its data, model and "
+                         "schedule: drop the option, or start a new run from its last.pt with --checkpoint")
     for name, value in overrides.items():
-        if value is None or name == "out":
-            continue
-        stored_value = getattr(ckpt.config, name) if name in MODEL_OPTIONS else getattr(options, name, None)
-        if name in RESUMABLE_OVERRIDES:
+        if value is not None and name in RESUMABLE_OVERRIDES:
             setattr(options, name, value)
-        elif not hasattr(options, name):
-            raise UsageError(f"unknown training option '{name}'")
-        elif stored_value != value:
-            raise UsageError(f"--{name.replace('_', '-')} {value} differs from the resumed run's "
-                             f"{stored_value} (stored in {last}); a resumed run keeps its data, model and "
-                             "schedule: drop the option, or start a new run from its last.pt with --checkpoint")
     extra = {k: v for k, v in ckpt.extra.items() if k != "train_state"}
     template = dataclasses.replace(ckpt, extra=extra)
     return options, template, ckpt.build_model(), state
+
+
+def option_mismatch(stored: TrainOptions, config: Any, wanted: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first option of ``wanted`` in which a stored run differs: ``(name, stored value, wanted value)``, or
+    ``None`` when they agree. ``None`` values, ``out`` and the :data:`RESUMABLE_OVERRIDES` are not compared; the
+    :data:`MODEL_OPTIONS` are compared on ``config``, the stored run's model (what a preset resolved them to).
+    Raises :class:`UsageError` for a name that is no training option."""
+    for name, value in wanted.items():
+        if value is None or name == "out" or name in RESUMABLE_OVERRIDES:
+            continue
+        if not hasattr(stored, name):
+            raise UsageError(f"unknown training option '{name}'")
+        stored_value = getattr(config, name) if name in MODEL_OPTIONS else getattr(stored, name)
+        if stored_value != value:
+            return name, stored_value, value
+    return None
 
 
 def _restore_best(run_dir: Path, template, model, best: dict[str, Any], epoch: int) -> None:

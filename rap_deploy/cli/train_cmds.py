@@ -14,6 +14,7 @@ import typer
 
 from rap_deploy import bounds
 from rap_deploy.cli.app import command
+from rap_deploy.config import PRESETS
 from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.data.synth_heldout import MAX_HELDOUT_VIDEOS
 from rap_deploy.errors import UsageError
@@ -364,6 +365,11 @@ def ablate(
                                         help="Score the held-out split as consecutive galleries of this many "
                                              "videos, each query ranked within its own: N x G pairs instead of "
                                              "N x N, so more queries at the same cost. 0 = one gallery of all N."),
+    preset: str | None = typer.Option(None, "--preset", help="Adapter sizes of every row: default (LoRM rank 4, "
+                                      "ASA width 128) or paper (ASA at the joint width, LoRM rank 2). The `rap` "
+                                      "row is then that preset, and the `paper` row reads its runs when the two "
+                                      "match. Default: the demo's own sizes (rank 4, width 64). A folder holding "
+                                      "runs of other sizes is refused: use --out."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
     json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
@@ -386,6 +392,8 @@ def ablate(
     except ValueError:
         raise UsageError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
     check_gallery(heldout_gallery, heldout_videos)  # before the world is prepared (that can take minutes)
+    if preset is not None and preset not in PRESETS:
+        raise UsageError(f"--preset '{preset}' is unknown; use one of {', '.join(PRESETS)}")
     if threads:
         torch.set_num_threads(threads)
     sizes = DemoSizes.tiny() if tiny else DemoSizes()
@@ -404,7 +412,7 @@ def ablate(
     w = prepare_world(root, sizes, Steps(log), progress=not quiet, threads=threads)
     base = train_options(sizes, w.data, root, w.frame_cache, clip=sizes.backbone_clip, pretrained=str(w.backbone),
                          frames=sizes.frames, asa_topk=sizes.asa_topk, asa_heads=sizes.asa_heads,
-                         asa_dim=sizes.asa_dim)
+                         asa_dim=None if preset else sizes.asa_dim, preset=preset)
     scorer = (heldout_scorer(root, w.data, heldout_videos, base.top_m, not quiet, heldout_gallery)
               if heldout_videos else None)
     result = run_ablation(base, out or root / "ablation", seed_list,
