@@ -35,6 +35,15 @@ def test_demo_tiny_end_to_end_and_resume(tmp_path):
     assert again.exit_code == 0, again.output
     assert "[skip] train (rap)" in again.output and "[run ] train" not in again.output
 
+    # a folder made by another recipe (here: another ASA width) is refused before any step reuses its model
+    import dataclasses
+
+    from rap_deploy.cli.pipeline import DemoSizes, run_demo
+    from rap_deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"asa_dim = 16, but the demo's recipe now has asa_dim = 8: pass a new --out"):
+        run_demo(out, dataclasses.replace(DemoSizes.tiny(), asa_dim=8), progress=False, log=lambda msg: None)
+
 
 def test_demo_split_is_sharp_enough():
     """One query of the default demo's test split moves R@1 by at most 0.5 points (DESIGN.md §10)."""

@@ -445,9 +445,10 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     assert aligned.exit_code == 2 and "selection_loss_weight = " in aligned.output and "not 0.5" in aligned.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
     _check_model_sizes_are_part_of_the_recipe(out / "rap" / "seed1")
-    # every row on the paper preset's sizes is another recipe: refused in this folder, nothing trained
-    paper = runner.invoke(app, [*args, "--preset", "paper"])
-    assert paper.exit_code == 2 and "preset = None, not 'paper'" in paper.output and "--out" in paper.output
+    # every row at the default preset's sizes is another recipe: refused in this folder, nothing trained
+    other_sizes = runner.invoke(app, [*args, "--preset", "default"])
+    assert other_sizes.exit_code == 2 and "preset = 'paper', not 'default'" in other_sizes.output
+    assert "--out" in other_sizes.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
     unknown = runner.invoke(app, [*args, "--preset", "huge"])
     assert unknown.exit_code == 2 and "--preset 'huge' is unknown; use one of default, paper" in unknown.output
@@ -463,14 +464,14 @@ def _check_model_sizes_are_part_of_the_recipe(run_dir):
     from rap_deploy.train.loop import TrainOptions
 
     stored = TrainOptions.from_dict(load_checkpoint(run_dir / "last.pt").extra["train_options"])
-    assert stored.preset is None and stored.asa_dim == 16 and stored.lorm_rank is None  # the tiny recipe's sizes
+    assert stored.preset == "paper" and stored.asa_dim == 16 and stored.lorm_rank is None  # the tiny recipe
     _check_same_recipe(run_dir, None, dataclasses.replace(stored, out="/moved", data_root="/moved", cache_dir=None))
     with pytest.raises(UsageError, match=r"asa_dim = 16, not 8: pass --out with a new folder"):
         _check_same_recipe(run_dir, None, dataclasses.replace(stored, asa_dim=8))
-    with pytest.raises(UsageError, match=r"lorm_rank = 4, not 2"):  # compared on the model as built (the default)
-        _check_same_recipe(run_dir, None, dataclasses.replace(stored, lorm_rank=2))
-    with pytest.raises(UsageError, match=r"preset = None, not 'paper'"):
-        _check_same_recipe(run_dir, None, dataclasses.replace(stored, preset="paper"))
+    with pytest.raises(UsageError, match=r"lorm_rank = 2, not 4"):  # compared on the model as built (the preset's)
+        _check_same_recipe(run_dir, None, dataclasses.replace(stored, lorm_rank=4))
+    with pytest.raises(UsageError, match=r"preset = 'paper', not 'default'"):
+        _check_same_recipe(run_dir, None, dataclasses.replace(stored, preset="default"))
 
 
 def test_rows_whose_options_match_share_runs():

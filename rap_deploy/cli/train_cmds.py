@@ -368,8 +368,8 @@ def ablate(
     preset: str | None = typer.Option(None, "--preset", help="Adapter sizes of every row: default (LoRM rank 4, "
                                       "ASA width 128) or paper (ASA at the joint width, LoRM rank 2). The `rap` "
                                       "row is then that preset, and the `paper` row reads its runs when the two "
-                                      "match. Default: the demo's own sizes (rank 4, width 64). A folder holding "
-                                      "runs of other sizes is refused: use --out."),
+                                      "match. Default: the demo's own, the paper preset. A folder holding runs of "
+                                      "other sizes is refused: use --out."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
     json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
@@ -412,7 +412,7 @@ def ablate(
     w = prepare_world(root, sizes, Steps(log), progress=not quiet, threads=threads)
     base = train_options(sizes, w.data, root, w.frame_cache, clip=sizes.backbone_clip, pretrained=str(w.backbone),
                          frames=sizes.frames, asa_topk=sizes.asa_topk, asa_heads=sizes.asa_heads,
-                         asa_dim=None if preset else sizes.asa_dim, preset=preset)
+                         asa_dim=None if preset else sizes.asa_dim, preset=preset or sizes.preset)
     scorer = (heldout_scorer(root, w.data, heldout_videos, base.top_m, not quiet, heldout_gallery)
               if heldout_videos else None)
     result = run_ablation(base, out or root / "ablation", seed_list,
