@@ -82,7 +82,8 @@ class CheckSizes:
     backbone_epochs: int = 2
     epochs: int = 4
     train_batch: int = 32
-    asa: tuple[int, int, int] = (8, 4, 64)  # top-k, heads, d_a of the demo model
+    preset: str = "paper"  # the demo model's adapter sizes (LoRM rank, ASA width d_a), as `rapdeploy demo`
+    asa: tuple[int, int] = (8, 4)  # top-k and heads of the demo model
     large_clip: str = "ViT-B-32"
     large_image_size: int = 224
     large_asa: tuple[int, int, int] = (8, 4, 128)
@@ -100,7 +101,7 @@ class CheckSizes:
     @classmethod
     def dry_run(cls) -> CheckSizes:
         return cls(device="cpu", videos=12, test_videos=6, size=32, frames=4, backbone_clip="rap-micro",
-                   backbone_train=64, backbone_epochs=1, epochs=1, train_batch=8, asa=(4, 2, 16),
+                   backbone_train=64, backbone_epochs=1, epochs=1, train_batch=8, asa=(4, 2),
                    large_clip="rap-micro", large_image_size=32, large_asa=(4, 2, 16), batch_sizes=(1, 2),
                    bench_repeats=1, index_size=16, top_m=4, fp16="fp32", video_blocks=(2, 4))
 
@@ -189,7 +190,7 @@ def demo_checkpoint(work: Path, data: Path, s: CheckSizes) -> Path:
         pretrain_backbone(backbone, size=s.size, n_train=s.backbone_train, epochs=s.backbone_epochs, seed=0,
                           clip=s.backbone_clip, progress=False)
     init = work / "init.pt"
-    config = build_config(s.backbone_clip, "rap", s.frames, 32, True, True, 4, *s.asa, "text")
+    config = build_config(s.backbone_clip, "rap", s.frames, 32, True, True, None, *s.asa, None, "text", s.preset)
     init_checkpoint(init, clip=None, pretrained="none", backbone_file=backbone, config=config, embed_backbone=True,
                     seed=0)
     run = work / "train"
