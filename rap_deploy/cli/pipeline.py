@@ -42,7 +42,7 @@ class DemoSizes:
 
     The adapters have the ``paper`` preset's sizes (LoRM rank 2, the ASA head at the joint width). At LoRM rank 4
     and ASA width 64 (the recipe before) text-conditioned selection was worth 0.7 held-out R@1 points over saliency
-    selection, under ``rap``'s seed spread; at these sizes 1.8, ahead on every seed (README: "Ablation").
+    selection, under ``rap``'s seed spread; at these sizes 1.9 over five seeds, ahead on each (README: "Ablation").
     """
 
     videos: int = 500
