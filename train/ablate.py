@@ -115,15 +115,9 @@ def _check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: T
     selection loss weight (0 in summaries written before the weight was recorded)."""
     last = run_dir / LAST
     if last.is_file():
-        from rap_deploy.checkpoint import load_checkpoint
-        from rap_deploy.train.loop import option_mismatch
+        from rap_deploy.train.loop import option_mismatch, stored_run
 
-        ckpt = load_checkpoint(last)
-        recorded = ckpt.extra.get("train_options")
-        if not isinstance(recorded, dict):
-            raise UsageError(f"{last} holds no training options; it was not written by `rapdeploy train`: pass "
-                             "--out with a new folder (or remove that run)")
-        stored = TrainOptions.from_dict(recorded)
+        ckpt, stored, _ = stored_run(last)
         mismatch = option_mismatch(stored, ckpt.config, options.to_dict())
     elif summary is not None:
         recorded = {"selection_loss_weight": 0.0, **summary}

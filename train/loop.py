@@ -387,18 +387,11 @@ def _load_resume(run_dir: Path, overrides: dict[str, Any]):
     ``overrides`` may set the :data:`RESUMABLE_OVERRIDES`; any other key whose value differs from the stored run is a
     :class:`UsageError` (a resumed run keeps its data, model and schedule).
     """
-    from rap_deploy.checkpoint import load_checkpoint
-
     last = run_dir / LAST
     if not last.is_file():
         raise UsageError(f"cannot resume {run_dir}: it has no {LAST} (the run stopped before its first epoch ended; "
                          "start it again without --resume)")
-    ckpt = load_checkpoint(last)
-    state = ckpt.extra.get("train_state")
-    stored = ckpt.extra.get("train_options")
-    if not isinstance(state, dict) or not isinstance(stored, dict):
-        raise UsageError(f"{last} holds no training state; it was not written by `rapdeploy train`")
-    options = TrainOptions.from_dict(stored)
+    ckpt, options, state = stored_run(last)
     options.out = str(run_dir)
     mismatch = option_mismatch(options, ckpt.config, overrides)
     if mismatch is not None:
@@ -412,6 +405,20 @@ def _load_resume(run_dir: Path, overrides: dict[str, Any]):
     extra = {k: v for k, v in ckpt.extra.items() if k != "train_state"}
     template = dataclasses.replace(ckpt, extra=extra)
     return options, template, ckpt.build_model(), state
+
+
+def stored_run(last: Path) -> tuple[Any, TrainOptions, dict[str, Any]]:
+    """The checkpoint, :class:`TrainOptions` and training state a run stored in its ``last.pt``. Raises
+    :class:`UsageError` when the file holds no training state (not written by ``rapdeploy train``), and what loading
+    the checkpoint raises."""
+    from rap_deploy.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(last)
+    state = ckpt.extra.get("train_state")
+    stored = ckpt.extra.get("train_options")
+    if not isinstance(state, dict) or not isinstance(stored, dict):
+        raise UsageError(f"{last} holds no training state; it was not written by `rapdeploy train`")
+    return ckpt, TrainOptions.from_dict(stored), state
 
 
 def option_mismatch(stored: TrainOptions, config: Any, wanted: dict[str, Any]) -> tuple[str, Any, Any] | None:
