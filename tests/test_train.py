@@ -517,6 +517,7 @@ def _check_heldout_scores(runner, args, world, out, stamp):
     assert runner.invoke(app, [*args, "--heldout-videos", "4"]).exit_code == 0
     assert json.loads(cached.read_text())["checkpoint_sha256"] == stale["checkpoint_sha256"]
     _check_heldout_galleries(runner, args, out, scores)
+    _check_runs_in_processes(runner, world, out, args)
 
 
 def _check_heldout_galleries(runner, args, out, one_gallery_scores):
@@ -535,6 +536,27 @@ def _check_heldout_galleries(runner, args, out, one_gallery_scores):
     assert alone.exit_code == 2 and "pass --heldout-videos N too" in alone.output
     larger = runner.invoke(app, [*args, "--heldout-videos", "4", "--heldout-gallery", "5"])
     assert larger.exit_code == 2 and "2 to --heldout-videos (4), got 5" in larger.output
+
+
+def _check_runs_in_processes(runner, world, out, args):
+    """``--jobs 2``: the same runs trained two at a time in worker processes (the held-out scorer sent along) give
+    the same table; a folder of another recipe is refused before any process starts."""
+    par = out.parent / "parallel"
+    jobs_args = ["ablate", "--tiny", "--world", str(world), "--out", str(par), "--seeds", "0,1", "--rows",
+                 "offsets_zero,rap", "--quiet", "--heldout-videos", "4", "--heldout-gallery", "2", "--jobs", "2"]
+    result = runner.invoke(app, jobs_args)
+    assert result.exit_code == 0, result.output
+    assert "4 runs, 2 at a time" in result.output and "4/4 " in result.output
+    one_at_a_time = {r["name"]: r for r in json.loads((out / "ablation.json").read_text())["rows"]}
+    for row in json.loads((par / "ablation.json").read_text())["rows"]:
+        for run, alone in zip(row["runs"], one_at_a_time[row["name"]]["runs"], strict=True):
+            assert run["run_dir"].startswith(str(par)) and run["seed"] == alone["seed"]
+            assert (run["t2v"], run["v2t"], run["heldout"]["t2v"]) == (alone["t2v"], alone["v2t"],
+                                                                        alone["heldout"]["t2v"])
+    stamp = (par / "rap" / "seed1" / "summary.json").stat().st_mtime_ns
+    other = runner.invoke(app, [*jobs_args, "--epochs", "2"])
+    assert other.exit_code == 2 and "epochs = 1, not 2" in other.output and "runs, 2 at a time" not in other.output
+    assert (par / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
 
 
 def test_paired_difference_matches_seeds():

@@ -191,30 +191,35 @@ def _metric_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows: Sequence[str] | None = None,
                  progress: bool = True, log: Callable[[str], None] = print,
-                 heldout: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
+                 heldout: Callable[[str], dict[str, Any]] | None = None, jobs: int = 1,
+                 threads: int | None = None) -> dict[str, Any]:
     """Train every (row, seed) of the ablation with the recipe ``base`` and write ``OUT/ablation.json`` and
     ``OUT/ablation.md``; returns the JSON content. With ``heldout`` (a run folder -> its ``best.pt``'s held-out
-    metrics, :func:`rap_deploy.train.heldout_eval.heldout_metrics`) every run is also scored there.
+    metrics, :func:`rap_deploy.train.heldout_eval.heldout_metrics`; picklable when ``jobs`` > 1) every run is also
+    scored there. ``jobs`` > 1 runs that many runs at once, each in its own process with ``threads`` intra-op
+    threads (:func:`_run_in_processes`); the table is the same as one at a time.
 
-    Raises :class:`UsageError` for no seeds, unknown rows, or a run without an evaluated epoch.
+    Raises :class:`UsageError` for no seeds, unknown rows, a run folder of another recipe, or a run without an
+    evaluated epoch.
     """
     from rap_deploy.atomic import write_json_atomic, write_text_atomic
 
     if not seeds:
         raise UsageError("pass at least one seed (--seeds 0,1,2)")
     out = Path(out)
+    plan = _plan(base, out, seeds, rows)
+    records: dict[str, dict[str, Any]] = {}
+    if jobs > 1:
+        tasks = list({o.out: o for _, _, runs in plan for o in runs}.values())  # shared runs train once
+        records = _run_in_processes(tasks, heldout, jobs, threads, log)
     result: dict[str, Any] = {"seeds": list(seeds), "recipe": base.to_dict(), "rows": []}
-    by_name = {r.name: r for r in ROWS}
-    for row in select_rows(rows):
+    for row, source, run_options in plan:
         runs = []
-        source = by_name[row.same_as] if row.same_as else same_options_row(base, row)
-        for seed in (seeds if row.seeded else seeds[:1]):
-            options = row_options(base, source, seed, out / source.name / f"seed{seed}")
-            log(f"[ablate] {row.name} seed {seed}: {options.out}")
-            record = run_record(_run_one(options, progress), seed)
-            if heldout is not None:
-                record["heldout"] = _heldout_record(heldout(options.out))
-            runs.append(record)
+        for options in run_options:
+            if options.out not in records:
+                log(f"[ablate] {row.name} seed {options.seed}: {options.out}")
+                records[options.out] = _run_and_score(options, progress, heldout)
+            runs.append(records[options.out])
         result["rows"].append({"name": row.name, "label": _label(row, source), "changes": row.changes,
                                "runs": runs, "seeded": row.seeded, **aggregate(runs)})
         write_json_atomic(out / "ablation.json", result)  # partial results survive a kill
@@ -222,6 +227,71 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
     write_json_atomic(out / "ablation.json", result)
     write_text_atomic(out / "ablation.md", ablation_markdown(result))
     return result
+
+
+def _plan(base: TrainOptions, out: Path, seeds: Sequence[int],
+          rows: Sequence[str] | None) -> list[tuple[AblationRow, AblationRow, list[TrainOptions]]]:
+    """``(row, the row whose runs it reads, the options of each of its runs)`` in table order."""
+    by_name = {r.name: r for r in ROWS}
+    plan = []
+    for row in select_rows(rows):
+        source = by_name[row.same_as] if row.same_as else same_options_row(base, row)
+        plan.append((row, source, [row_options(base, source, seed, out / source.name / f"seed{seed}")
+                                   for seed in (seeds if row.seeded else seeds[:1])]))
+    return plan
+
+
+def _run_and_score(options: TrainOptions, progress: bool, heldout: Callable[[str], dict[str, Any]] | None,
+                   threads: int | None = None) -> dict[str, Any]:
+    """One run's table record (:func:`run_record`), trained, resumed or read back by :func:`_run_one`, with its
+    held-out scores under ``"heldout"`` when ``heldout`` is given. ``threads`` sets PyTorch's intra-op threads first
+    (a worker process of :func:`_run_in_processes`)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    record = run_record(_run_one(options, progress), options.seed)
+    if heldout is not None:
+        record["heldout"] = _heldout_record(heldout(options.out))
+    return record
+
+
+def _scored_in_worker(task: tuple[TrainOptions, Any, int | None]) -> tuple[str, dict[str, Any]]:
+    options, heldout, threads = task
+    return options.out, _run_and_score(options, False, heldout, threads)
+
+
+def _run_in_processes(tasks: list[TrainOptions], heldout: Callable[[str], dict[str, Any]] | None, jobs: int,
+                      threads: int | None, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """The record of every run in ``tasks`` (keyed by run folder), ``jobs`` at a time in spawned worker processes
+    with ``threads`` intra-op threads each (default: the CPU count shared out). Every folder is checked against its
+    recipe before any process starts. The first failing run raises its error here, and the pool (with every run
+    still training) is terminated on the way out: a killed run resumes from its ``last.pt`` on the next call."""
+    import multiprocessing
+    import os
+    import time
+
+    for options in tasks:
+        summary_file = Path(options.out) / SUMMARY
+        summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
+        _check_same_recipe(Path(options.out), summary, options)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    workers = min(jobs, len(tasks))
+    log(f"[ablate] {len(tasks)} runs, {workers} at a time, {threads} thread(s) each (each run's epochs: its "
+        "metrics.jsonl)")
+    records: dict[str, dict[str, Any]] = {}
+    start = time.monotonic()
+    pool = multiprocessing.get_context("spawn").Pool(workers)
+    try:
+        for run_dir, record in pool.imap_unordered(_scored_in_worker, [(o, heldout, threads) for o in tasks]):
+            records[run_dir] = record
+            held = f", held-out {record['heldout']['t2v']['R1']:.2f}" if "heldout" in record else ""
+            log(f"[ablate] {len(records)}/{len(tasks)} {run_dir}: t2v R@1 {record['t2v']['R1']:.2f}{held} "
+                f"({time.monotonic() - start:.0f} s)")
+    finally:
+        pool.terminate()
+        pool.join()
+    return records
 
 
 def _heldout_record(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ back, and a checkpoint that changed is scored again.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,4 +91,5 @@ def heldout_scorer(world: str | Path, world_data: str | Path, videos: int, top_m
 
     check_gallery(gallery, videos)
     split = prepare_heldout(world_data, heldout_folder(Path(world), videos), videos, progress)
-    return lambda run_dir: heldout_metrics(run_dir, split, top_m, progress, gallery)
+    # a partial, not a lambda: `ablate --jobs` sends it to its worker processes
+    return functools.partial(heldout_metrics, split=split, top_m=top_m, progress=progress, gallery=gallery)
