@@ -419,6 +419,12 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     assert frozen_check["paired"]["seeds"] == [0, 1]
     assert frozen_check["paired"]["mean"] == pytest.approx(np.mean(diffs), abs=1e-4)
     assert "| paired, seed by seed (mean ± std) |" in table
+    # the same checks on the two-stage search (meanP shortlist, ASA re-rank), with its own table
+    staged = next(c for c in result["targets"] if c["check"].startswith("rap above offsets_zero in the two-stage"))
+    two_stage_r1 = [[run["two_stage"]["t2v"]["R1"] for run in row["runs"]] for row in (rap, frozen)]
+    assert staged["value"] == pytest.approx(round(np.mean(two_stage_r1[0]) - np.mean(two_stage_r1[1]), 2))
+    assert staged["paired"]["mean"] == pytest.approx(np.mean(np.subtract(*two_stage_r1)), abs=1e-4)
+    assert "| model (two-stage search) | t2v R@1 | R@5 | R@10 | v2t R@1 |\n" in table
     stamp = (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns
     again = runner.invoke(app, args)  # complete runs are read back, not trained again
     assert again.exit_code == 0, again.output
@@ -508,6 +514,11 @@ def _check_heldout_scores(runner, args, world, out, stamp):
     assert check["value"] == pytest.approx(round(margin, 2))
     table = (out / "ablation.md").read_text()
     assert "| model (held-out) |" in table and "4 test videos drawn with seed 1000" in table
+    assert "| v2t R@1 | held-out t2v R@1 | R@5 | R@10 | v2t R@1 |" in table
+    staged = next(c for c in result["targets"]
+                  if c["check"].startswith("rap above offsets_zero on the held-out split in the two-stage search"))
+    assert staged["value"] == pytest.approx(round(rap["heldout"]["two_stage"]["mean"]["t2v"]["R1"]
+                                                  - frozen["heldout"]["two_stage"]["mean"]["t2v"]["R1"], 2))
     cached = out / "rap" / "seed1" / "heldout4-s1000.json"
     first_stamp = cached.stat().st_mtime_ns
     assert runner.invoke(app, [*args, "--heldout-videos", "4"]).exit_code == 0  # read back
@@ -561,7 +572,8 @@ def _check_runs_in_processes(runner, world, out, args):
 
 def test_paired_difference_matches_seeds():
     """Seed by seed, over the seeds both rows have, whatever order the runs are listed in."""
-    from rap_deploy.train.ablate import ablation_markdown, paired_difference
+    from rap_deploy.train.ablate import paired_difference
+    from rap_deploy.train.ablate_report import ablation_markdown
 
     def runs(pairs):
         return [{"seed": s, "t2v": {"R1": r1}} for s, r1 in pairs]

@@ -4,8 +4,8 @@
 only where the row says), reads each run's ``best.pt`` epoch from its ``summary.json`` (selection rule of
 :mod:`rap_deploy.train.selection`), and aggregates. Runs live in ``OUT/<row>/seed<k>/``; a complete run is read back,
 a killed one is resumed, so a rerun only trains what is missing; a run trained with other options (another epoch
-count, backbone or adapter size) is refused rather than mixed into the table. :func:`ablation_markdown` renders the
-table the README shows, with the target checks of issue 14 underneath.
+count, backbone or adapter size) is refused rather than mixed into the table. :mod:`rap_deploy.train.ablate_report`
+renders the table the README shows, with the target checks of issue 14 underneath.
 """
 
 from __future__ import annotations
@@ -156,7 +156,12 @@ def run_record(summary: dict[str, Any], seed: int) -> dict[str, Any]:
             "max_abs_offset": (max(abs(v) for v in np.concatenate([np.ravel(offsets["gamma"]),
                                                                    np.ravel(offsets["delta"])]))
                                if offsets else None),
-            "lorm": best.get("lorm")}
+            "lorm": best.get("lorm"), **_two_stage_metrics(best)}
+
+
+def _two_stage_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``{"two_stage": ...}`` cut to the table's metrics, or nothing for metrics without a two-stage score."""
+    return {"two_stage": _table_metrics(metrics["two_stage"])} if "two_stage" in metrics else {}
 
 
 def _table_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -168,9 +173,13 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample standard deviation (ddof 1; 0 for a single run) of every metric over ``runs``, and of their
     held-out scores under ``heldout`` when every run has one."""
     out = _metric_stats(runs)
+    if runs and all("two_stage" in r for r in runs):
+        out["two_stage"] = _metric_stats([r["two_stage"] for r in runs])
     if runs and all("heldout" in r for r in runs):
-        out["heldout"] = {**_metric_stats([r["heldout"] for r in runs]), "split": runs[0]["heldout"]["split"],
-                          "gallery": runs[0]["heldout"]["gallery"]}
+        heldout = [r["heldout"] for r in runs]
+        out["heldout"] = {**_metric_stats(heldout), "split": heldout[0]["split"], "gallery": heldout[0]["gallery"]}
+        if all("two_stage" in h for h in heldout):
+            out["heldout"]["two_stage"] = _metric_stats([h["two_stage"] for h in heldout])
     changes = [r["offset_change"] for r in runs if r["offset_change"] is not None]
     out["offset_change_mean"] = float(np.mean(changes)) if changes else None
     return out
@@ -225,6 +234,8 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
         write_json_atomic(out / "ablation.json", result)  # partial results survive a kill
     result["targets"] = target_checks(result)
     write_json_atomic(out / "ablation.json", result)
+    from rap_deploy.train.ablate_report import ablation_markdown
+
     write_text_atomic(out / "ablation.md", ablation_markdown(result))
     return result
 
@@ -296,7 +307,8 @@ def _run_in_processes(tasks: list[TrainOptions], heldout: Callable[[str], dict[s
 
 def _heldout_record(metrics: dict[str, Any]) -> dict[str, Any]:
     """The part of a run's held-out metrics the table keeps."""
-    return {**_table_metrics(metrics), **{k: metrics[k] for k in ("videos", "seconds", "split", "gallery")}}
+    return {**_table_metrics(metrics), **_two_stage_metrics(metrics),
+            **{k: metrics[k] for k in ("videos", "seconds", "split", "gallery")}}
 
 
 def _row(result: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -308,7 +320,8 @@ def target_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
     each single-component ablation by more than the larger seed std, some offset moved by ≥ 0.1 from its start.
     Each check is ``{"check", "value", "passed"}``, and each "rap above" check also carries ``"paired"``
     (:func:`paired_difference`, shown next to it, never part of ``passed``); checks whose rows are missing are left
-    out. When ``rap`` was scored on a held-out split, the "rap above" checks follow again on those scores."""
+    out. When ``rap`` was scored on a held-out split, the "rap above" checks follow again on those scores; then
+    all of them again on the two-stage search (:func:`_two_stage_view`), the ranking `rapdeploy search` serves."""
     checks: list[dict[str, Any]] = []
     zs, rap, lorm = _row(result, "zero_shot"), _row(result, "rap"), _row(result, "no_asa")
     if zs and rap:
@@ -324,8 +337,13 @@ def target_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
         if moved:
             checks.append({"check": "learned offsets moved >= 0.1 (patch or frame units) on some head",
                            "value": round(min(moved), 4), "passed": min(moved) >= 0.1})
-        if "heldout" in rap:
-            checks += _above_checks(_heldout_view(result), _heldout_view_row(rap), " on the held-out split")
+        heldout = _heldout_view(result) if "heldout" in rap else None
+        if heldout:
+            checks += _above_checks(heldout, _row(heldout, "rap"), " on the held-out split")
+        for view, where in ((result, ""), (heldout, " on the held-out split")):
+            staged = _two_stage_view(view) if view else None
+            if staged and _row(staged, "rap"):
+                checks += _above_checks(staged, _row(staged, "rap"), f"{where} in the two-stage search")
     return checks
 
 
@@ -351,8 +369,19 @@ def _heldout_view(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _heldout_view_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {"name": row["name"], "mean": row["heldout"]["mean"], "std": row["heldout"]["std"],
+    view = {"name": row["name"], "label": row.get("label", row["name"]), "mean": row["heldout"]["mean"],
+            "std": row["heldout"]["std"], "n": row["heldout"]["n"],
             "runs": [{"seed": r["seed"], **r["heldout"]} for r in row["runs"]]}
+    return {**view, "two_stage": row["heldout"]["two_stage"]} if "two_stage" in row["heldout"] else view
+
+
+def _two_stage_view(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with each row's two-stage statistics and runs in place of its full-similarity ones (rows without
+    them left out): the stage-1 meanP shortlist of ``top_m`` videos re-ranked by the ASA head, as deployed."""
+    return {"rows": [{"name": r["name"], "label": r.get("label", r["name"]), "mean": r["two_stage"]["mean"],
+                      "std": r["two_stage"]["std"], "n": r["two_stage"]["n"],
+                      "runs": [{"seed": run["seed"], **run["two_stage"]} for run in r["runs"]]}
+                     for r in result["rows"] if "two_stage" in r]}
 
 
 def paired_difference(runs: list[dict[str, Any]], others: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -374,63 +403,3 @@ def paired_difference(runs: list[dict[str, Any]], others: list[dict[str, Any]]) 
 
 def _r1(row: dict[str, Any]) -> float:
     return row["mean"]["t2v"]["R1"]
-
-
-def _pm(mean: float, std: float, n: int) -> str:
-    return f"{mean:.1f}" if n < 2 else f"{mean:.1f} ± {std:.1f}"
-
-
-def _paired(check: dict[str, Any]) -> str:
-    paired = check.get("paired")
-    if not paired:
-        return "-"
-    if len(paired["seeds"]) < 2:
-        return f"{paired['mean']:+.2f}"
-    return f"{paired['mean']:+.2f} ± {paired['std']:.2f}"
-
-
-def ablation_markdown(result: dict[str, Any]) -> str:
-    """The Markdown table (mean ± sample std over seeds) and the target checks."""
-    seeds = ", ".join(str(s) for s in result["seeds"])
-    weight = (result.get("recipe") or {}).get("selection_loss_weight") or 0.0
-    lines = [f"Seeds {seeds}; mean ± sample std (ddof 1) of each run's best.pt epoch (selection: max t2v RSum + "
-             "v2t RSum, later epoch on ties)." + (f" Trained with the selection loss at weight {weight:g}."
-                                                   if weight else ""), "",
-             "| model | t2v R@1 | R@5 | R@10 | MnR | v2t R@1 | R@5 | R@10 | MnR | trainable params | max offset "
-             "change |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in result["rows"]:
-        n = row["n"]
-        cells = [_pm(row["mean"][d][k], row["std"][d][k], n) for d in ("t2v", "v2t") for k in METRIC_KEYS]
-        params = row["runs"][0]["trainable_params"] if row["name"] != "zero_shot" else 0
-        change = row.get("offset_change_mean")
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {params:,} | "
-                     + ("-" if change is None or row["name"] == "zero_shot" else f"{change:.3f}") + " |")
-    lines += _heldout_table(result)
-    checks = result.get("targets") or []
-    if checks:
-        lines += ["", "| target | measured | met | paired, seed by seed (mean ± std) |", "|---|---|---|---|"]
-        lines += [f"| {c['check']} | {c['value']:+.2f} | {'yes' if c['passed'] else 'no'} | {_paired(c)} |"
-                  for c in checks]
-    return "\n".join(lines) + "\n"
-
-
-def _heldout_table(result: dict[str, Any]) -> list[str]:
-    """The held-out split's table (no lines when no row was scored there)."""
-    rows = [r for r in result["rows"] if "heldout" in r]
-    if not rows:
-        return []
-    split, gallery = rows[0]["heldout"]["split"], rows[0]["heldout"]["gallery"]
-    scored = (f", each query ranked within its own gallery of {gallery} consecutive videos "
-              f"(`--heldout-gallery {gallery}`)" if gallery else "")
-    lines = ["", f"The same runs' best.pt on the held-out split: {split['videos']} test videos drawn with seed "
-             f"{split['seed']}, none of them (nor its time reverse) a scene of the world's "
-             f"{split['world_scenes']} (`--heldout-videos {split['videos']}`){scored}.", "",
-             "| model (held-out) | t2v R@1 | R@5 | R@10 | MnR | v2t R@1 | R@5 | R@10 | MnR |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        stats = row["heldout"]
-        cells = [_pm(stats["mean"][d][k], stats["std"][d][k], stats["n"]) for d in ("t2v", "v2t")
-                 for k in METRIC_KEYS]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    return lines

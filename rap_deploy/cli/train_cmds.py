@@ -427,6 +427,6 @@ def ablate(
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
-    from rap_deploy.train.ablate import ablation_markdown
+    from rap_deploy.train.ablate_report import ablation_markdown
 
     typer.echo(ablation_markdown(result))
