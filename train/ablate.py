@@ -96,13 +96,18 @@ def _run_one(options: TrainOptions, progress: bool) -> dict[str, Any]:
     """Train (or read back, or resume) one run; returns its ``summary.json``. Raises :class:`UsageError` when the
     folder holds a run of another recipe (:func:`_check_same_recipe`)."""
     run_dir = Path(options.out)
-    summary_file = run_dir / SUMMARY
-    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
+    summary = _read_summary(run_dir)
     _check_same_recipe(run_dir, summary, options)
     if summary is not None and summary.get("complete"):
         return summary
     resume = run_dir if (run_dir / LAST).is_file() else None
     return train_rap(None if resume else options, progress=progress, resume=resume)
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json``, or ``None`` when it has none yet."""
+    summary_file = run_dir / SUMMARY
+    return json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
 
 
 def _check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: TrainOptions) -> None:
@@ -234,7 +239,7 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
         write_json_atomic(out / "ablation.json", result)  # partial results survive a kill
     result["targets"] = target_checks(result)
     write_json_atomic(out / "ablation.json", result)
-    from rap_deploy.train.ablate_report import ablation_markdown
+    from rap_deploy.train.ablate_report import ablation_markdown  # here: ablate_report imports this module
 
     write_text_atomic(out / "ablation.md", ablation_markdown(result))
     return result
@@ -283,9 +288,7 @@ def _run_in_processes(tasks: list[TrainOptions], heldout: Callable[[str], dict[s
     import time
 
     for options in tasks:
-        summary_file = Path(options.out) / SUMMARY
-        summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
-        _check_same_recipe(Path(options.out), summary, options)
+        _check_same_recipe(Path(options.out), _read_summary(Path(options.out)), options)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     workers = min(jobs, len(tasks))
     log(f"[ablate] {len(tasks)} runs, {workers} at a time, {threads} thread(s) each (each run's epochs: its "
@@ -363,25 +366,30 @@ def _above_checks(result: dict[str, Any], rap: dict[str, Any], where: str) -> li
     return checks
 
 
+def _view(result: dict[str, Any], key: str) -> dict[str, Any]:
+    """``result`` with each row's statistics and runs under ``key`` in place of its own (rows without them left
+    out), so the checks and tables read them as a table of their own; a view keeps the two-stage statistics found
+    under ``key``, so views compose."""
+    rows = []
+    for row in result["rows"]:
+        if key not in row:
+            continue
+        stats = row[key]
+        rows.append({"name": row["name"], "label": row.get("label", row["name"]), "mean": stats["mean"],
+                     "std": stats["std"], "n": stats["n"], "runs": [{"seed": r["seed"], **r[key]} for r in row["runs"]],
+                     **({"two_stage": stats["two_stage"]} if "two_stage" in stats else {})})
+    return {"rows": rows}
+
+
 def _heldout_view(result: dict[str, Any]) -> dict[str, Any]:
-    """``result`` with each row's held-out statistics and runs in place of its own (rows without them left out)."""
-    return {"rows": [_heldout_view_row(r) for r in result["rows"] if "heldout" in r]}
-
-
-def _heldout_view_row(row: dict[str, Any]) -> dict[str, Any]:
-    view = {"name": row["name"], "label": row.get("label", row["name"]), "mean": row["heldout"]["mean"],
-            "std": row["heldout"]["std"], "n": row["heldout"]["n"],
-            "runs": [{"seed": r["seed"], **r["heldout"]} for r in row["runs"]]}
-    return {**view, "two_stage": row["heldout"]["two_stage"]} if "two_stage" in row["heldout"] else view
+    """The rows' held-out scores as a table (:func:`_view`)."""
+    return _view(result, "heldout")
 
 
 def _two_stage_view(result: dict[str, Any]) -> dict[str, Any]:
-    """``result`` with each row's two-stage statistics and runs in place of its full-similarity ones (rows without
-    them left out): the stage-1 meanP shortlist of ``top_m`` videos re-ranked by the ASA head, as deployed."""
-    return {"rows": [{"name": r["name"], "label": r.get("label", r["name"]), "mean": r["two_stage"]["mean"],
-                      "std": r["two_stage"]["std"], "n": r["two_stage"]["n"],
-                      "runs": [{"seed": run["seed"], **run["two_stage"]} for run in r["runs"]]}
-                     for r in result["rows"] if "two_stage" in r]}
+    """The rows' two-stage scores as a table (:func:`_view`): the stage-1 meanP shortlist of ``top_m`` videos
+    re-ranked by the ASA head, as deployed."""
+    return _view(result, "two_stage")
 
 
 def paired_difference(runs: list[dict[str, Any]], others: list[dict[str, Any]]) -> dict[str, Any] | None:
