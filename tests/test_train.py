@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from rap_deploy.checkpoint import load_checkpoint
 from rap_deploy.cli.app import app
+from rap_deploy.errors import UsageError
 from rap_deploy.tokenizer import tokenize
 from rap_deploy.train.batches import epoch_batches
 from rap_deploy.train.losses import batch_loss, symmetric_info_nce
@@ -286,6 +287,11 @@ def test_identity_asa_evaluates_as_meanp(micro_model, synth_root, frame_cache):
     index = encode_videos(encoder, split, cache, progress=False)
     text = encode_texts(encoder, split.captions)
     assert _asa_is_identity(micro_model)
+    uneven = encode_videos(encoder, split, cache, batch_size=5, progress=False)  # 5 + 5 + 2, each filled in place
+    for name in ("video_emb", "frame_emb", "patch_tokens", "asa_tokens"):
+        np.testing.assert_allclose(getattr(uneven, name), getattr(index, name), atol=2e-3)
+    with pytest.raises(UsageError, match="the test split has no video to encode"):
+        encode_videos(encoder, split.subset([]), cache, progress=False)
     assert np.abs(full_similarity(encoder, text, index, progress=False) - meanp_similarity(text, index)).max() <= 1e-6
     fast = _evaluate(micro_model, split, cache, TrainOptions("msrvtt", "", "", top_m=4), DistContext(), False)
     assert fast["asa"] == fast["two_stage"] == fast["meanp"] and fast["videos"] == 12
@@ -465,7 +471,6 @@ def _check_model_sizes_are_part_of_the_recipe(run_dir):
     recipe before a size changed (or killed half-way) is refused, not read back or resumed into the new table."""
     import dataclasses
 
-    from rap_deploy.errors import UsageError
     from rap_deploy.train.ablate import _check_same_recipe
     from rap_deploy.train.loop import TrainOptions
 
