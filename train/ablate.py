@@ -324,7 +324,7 @@ def target_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
     Each check is ``{"check", "value", "passed"}``, and each "rap above" check also carries ``"paired"``
     (:func:`paired_difference`, shown next to it, never part of ``passed``); checks whose rows are missing are left
     out. When ``rap`` was scored on a held-out split, the "rap above" checks follow again on those scores; then
-    all of them again on the two-stage search (:func:`_two_stage_view`), the ranking `rapdeploy search` serves."""
+    all of them again on the two-stage search (:func:`two_stage_view`), the ranking `rapdeploy search` serves."""
     checks: list[dict[str, Any]] = []
     zs, rap, lorm = _row(result, "zero_shot"), _row(result, "rap"), _row(result, "no_asa")
     if zs and rap:
@@ -340,11 +340,11 @@ def target_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
         if moved:
             checks.append({"check": "learned offsets moved >= 0.1 (patch or frame units) on some head",
                            "value": round(min(moved), 4), "passed": min(moved) >= 0.1})
-        heldout = _heldout_view(result) if "heldout" in rap else None
+        heldout = heldout_view(result) if "heldout" in rap else None
         if heldout:
             checks += _above_checks(heldout, _row(heldout, "rap"), " on the held-out split")
         for view, where in ((result, ""), (heldout, " on the held-out split")):
-            staged = _two_stage_view(view) if view else None
+            staged = two_stage_view(view) if view else None
             if staged and _row(staged, "rap"):
                 checks += _above_checks(staged, _row(staged, "rap"), f"{where} in the two-stage search")
     return checks
@@ -381,12 +381,12 @@ def _view(result: dict[str, Any], key: str) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def _heldout_view(result: dict[str, Any]) -> dict[str, Any]:
+def heldout_view(result: dict[str, Any]) -> dict[str, Any]:
     """The rows' held-out scores as a table (:func:`_view`)."""
     return _view(result, "heldout")
 
 
-def _two_stage_view(result: dict[str, Any]) -> dict[str, Any]:
+def two_stage_view(result: dict[str, Any]) -> dict[str, Any]:
     """The rows' two-stage scores as a table (:func:`_view`): the stage-1 meanP shortlist of ``top_m`` videos
     re-ranked by the ASA head, as deployed."""
     return _view(result, "two_stage")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rap_deploy.train.ablate import METRIC_KEYS, _heldout_view, _two_stage_view
+from rap_deploy.train.ablate import METRIC_KEYS, heldout_view, two_stage_view
 
 
 def _pm(mean: float, std: float, n: int) -> str:
@@ -72,10 +72,10 @@ def _heldout_table(result: dict[str, Any]) -> list[str]:
 def _two_stage_table(result: dict[str, Any]) -> list[str]:
     """The two-stage search's R@1, R@5 and R@10 (t2v) and R@1 (v2t), on the test split and, where scored, the
     held-out one (no lines when no row has two-stage scores)."""
-    staged = _two_stage_view(result)
+    staged = two_stage_view(result)
     if not staged["rows"]:
         return []
-    heldout = {r["name"]: r for r in _two_stage_view(_heldout_view(result))["rows"]}
+    heldout = {r["name"]: r for r in two_stage_view(heldout_view(result))["rows"]}
     top_m = (result.get("recipe") or {}).get("top_m")
     head = "| model (two-stage search) | t2v R@1 | R@5 | R@10 | v2t R@1 |"
     lines = ["", f"The same runs in the two-stage search `rapdeploy search --top-m {top_m}` serves (the recipe's "
