@@ -81,3 +81,24 @@ def test_each_query_is_ranked_within_its_own_gallery(scored):
     order = np.concatenate([np.flatnonzero((owner >= a) & (owner < b)) for a, b in [(0, 5), (5, 10), (10, 12)]])
     assert np.all(in_gallery <= among_all[order])
     assert galleries["asa"]["t2v"]["R1"] >= whole["asa"]["t2v"]["R1"]
+
+
+def test_videos_are_encoded_one_gallery_at_a_time(scored, monkeypatch):
+    """Only one gallery's index is held: the encoder sees each gallery's videos in its own call, never the split."""
+    import torch
+
+    import rap_deploy.retrieval as retrieval
+
+    encoder, split, cache, _ = scored
+    calls: list[list[str]] = []
+    encode_videos = retrieval.encode_videos
+
+    def recording(encoder, gallery_split, *args, **kwargs):
+        calls.append([v.video_id for v in gallery_split.videos])
+        return encode_videos(encoder, gallery_split, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "encode_videos", recording)
+    with torch.no_grad():
+        evaluate_in_galleries(encoder, split, cache, 5, top_m=4, progress=False)
+    ids = [v.video_id for v in split.videos]
+    assert calls == [ids[0:5], ids[5:10], ids[10:12]]
