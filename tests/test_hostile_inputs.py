@@ -393,7 +393,8 @@ def test_out_of_bounds_options_are_usage_errors(args, needle, tmp_path, micro_ch
 @pytest.mark.parametrize("option, value", [("--epochs", "100000000000000000000"), ("--lr", "nan"), ("--lr", "inf"),
                                            ("--lr", "-1"), ("--weight-decay", "nan"), ("--warmup", "-1"),
                                            ("--grad-clip", "inf"), ("--batch-size", "0"),
-                                           ("--selection-loss-weight", "nan"), ("--selection-loss-weight", "-1")])
+                                           ("--selection-loss-weight", "nan"), ("--selection-loss-weight", "-1"),
+                                           ("--lorm-lr-mult", "0"), ("--lorm-lr-mult", "nan")])
 def test_bad_training_numbers_are_usage_errors(option, value, micro_checkpoint, tmp_path):
     data = _msrvtt(tmp_path / "data")
     result = cli("train", "--dataset", "msrvtt", "--data-root", data, "--checkpoint", micro_checkpoint, "--out",

@@ -155,6 +155,13 @@ def test_param_groups_decay_and_offset_multiplier(micro_model):
     assert groups[1]["weight_decay"] == 0.0 and all(n.endswith("bias") for n in by_group[1])
     assert not set(GRADIENT_FREE) & {n for g in by_group for n in g}  # the key bias cannot change attention
 
+    # LoRM's factors get their own group only at a multiplier other than 1 (an older run's optimizer state resumes)
+    faster = _param_groups(micro_model, weight_decay=0.1, offset_lr_mult=20.0, lorm_lr_mult=5.0)
+    lorm = sorted(names[id(p)] for p in faster[3]["params"])
+    assert len(faster) == 4 and faster[3]["lr_mult"] == 5.0 and faster[3]["weight_decay"] == 0.1
+    assert lorm == sorted(n for n, p in micro_model.named_parameters() if n.startswith("lorm_")) and lorm
+    assert not set(lorm) & {names[id(p)] for g in faster[:3] for p in g["params"]}
+
     from rap_deploy.train.params import freeze_offsets_at_zero as _freeze_offsets_at_zero
 
     _freeze_offsets_at_zero(micro_model)
@@ -361,7 +368,7 @@ def test_train_cli_end_to_end_and_resume(synth_root, frame_cache, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), *MICRO_CLI, "--out", str(run),
             "--epochs", "2", "--batch-size", "8", "--max-test-videos", "8", "--top-m", "4",
-            "--cache-dir", str(frame_cache), "--quiet", "--epoch-unit", "video"]
+            "--cache-dir", str(frame_cache), "--quiet", "--epoch-unit", "video", "--lorm-lr-mult", "3"]
     first = runner.invoke(app, [*args, "--max-epochs-this-run", "1"])
     assert first.exit_code == 0, first.output
     assert "stopped after epoch 1 of 2" in first.output
@@ -374,6 +381,7 @@ def test_train_cli_end_to_end_and_resume(synth_root, frame_cache, tmp_path):
     assert second.exit_code == 0, second.output
     summary = json.loads(second.output)
     assert summary["complete"] and summary["resumed_after_epoch"] == 1
+    assert summary["lorm_lr_mult"] == 3.0  # resumed with its own LoRM group and that group's optimizer state
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
@@ -456,6 +464,9 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     aligned = runner.invoke(app, [*args, "--selection-loss-weight", "0.5"])
     assert aligned.exit_code == 2 and "selection_loss_weight = " in aligned.output and "not 0.5" in aligned.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+    faster = runner.invoke(app, [*args, "--lorm-lr-mult", "5"])  # and so is LoRM at another learning rate
+    assert faster.exit_code == 2 and "lorm_lr_mult = 1.0, not 5.0" in faster.output, faster.output
+    assert runner.invoke(app, [*args, "--lorm-lr-mult", "0"]).exit_code == 2
     _check_model_sizes_are_part_of_the_recipe(out / "rap" / "seed1")
     # every row at the default preset's sizes is another recipe: refused in this folder, nothing trained
     other_sizes = runner.invoke(app, [*args, "--preset", "default"])
@@ -597,6 +608,9 @@ def test_paired_difference_matches_seeds():
     assert "selection loss" not in table  # the demo's recipe: the contrastive loss alone
     aligned = ablation_markdown({"seeds": [0], "rows": [], "recipe": {"selection_loss_weight": 0.5}})
     assert "Trained with the selection loss at weight 0.5." in aligned.splitlines()[0]
+    assert "LoRM" not in aligned.splitlines()[0]
+    faster = ablation_markdown({"seeds": [0], "rows": [], "recipe": {"lorm_lr_mult": 5.0}})
+    assert "LoRM's factors trained at 5× the learning rate." in faster.splitlines()[0]
 
 
 def test_rap_light_and_no_asa_are_the_same_model():

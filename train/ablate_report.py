@@ -24,10 +24,12 @@ def _paired(check: dict[str, Any]) -> str:
 def ablation_markdown(result: dict[str, Any]) -> str:
     """The Markdown table (mean ± sample std over seeds) and the target checks."""
     seeds = ", ".join(str(s) for s in result["seeds"])
-    weight = (result.get("recipe") or {}).get("selection_loss_weight") or 0.0
+    recipe = result.get("recipe") or {}
+    weight, lorm_mult = recipe.get("selection_loss_weight") or 0.0, recipe.get("lorm_lr_mult") or 1.0
     lines = [f"Seeds {seeds}; mean ± sample std (ddof 1) of each run's best.pt epoch (selection: max t2v RSum + "
              "v2t RSum, later epoch on ties)." + (f" Trained with the selection loss at weight {weight:g}."
-                                                   if weight else ""), "",
+                                                   if weight else "")
+             + (f" LoRM's factors trained at {lorm_mult:g}× the learning rate." if lorm_mult != 1.0 else ""), "",
              "| model | t2v R@1 | R@5 | R@10 | MnR | v2t R@1 | R@5 | R@10 | MnR | trainable params | max offset "
              "change |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -53,7 +53,8 @@ class TrainOptions:
     ``context_length`` the dataset's protocol (12/32 for MSR-VTT and MSVD, 64/64 for DiDeMo and ActivityNet).
     ``preset`` (``default``/``paper``, :func:`rap_deploy.config.preset_changes`) sets adapter sizes before the
     explicit adapter options. ``warmup`` < 1 is a fraction of all steps, >= 1 a step count. ``offset_lr_mult``
-    multiplies the learning rate of the ASA offsets γ/δ; ``freeze_offsets`` sets them to zero and keeps them there
+    multiplies the learning rate of the ASA offsets γ/δ, ``lorm_lr_mult`` that of LoRM's factors;
+    ``freeze_offsets`` sets them to zero and keeps them there
     (the ablation of the warp). ``selection_loss_weight`` adds that many times the selection alignment loss
     (:func:`rap_deploy.train.losses.patch_alignment`; 0, the default, is the contrastive loss alone).
     ``epoch_unit`` ``video`` draws one caption per video per epoch, ``caption`` visits every caption (CLIP4Clip's
@@ -85,6 +86,7 @@ class TrainOptions:
     lr: float = 1e-3
     weight_decay: float = 0.05
     offset_lr_mult: float = 10.0
+    lorm_lr_mult: float = 1.0
     freeze_offsets: bool = False
     selection_loss_weight: float = 0.0
     warmup: float = 0.1
@@ -123,6 +125,7 @@ class TrainOptions:
         bounds.check_float(self.grad_clip, "--grad-clip", 0.0, 1e6, fix="0 turns clipping off")
         bounds.check_float(self.min_lr_ratio, "min_lr_ratio", 0.0, 1.0)
         bounds.check_float(self.offset_lr_mult, "--offset-lr-mult", 0.0, 1e6, low_open=True)
+        bounds.check_float(self.lorm_lr_mult, "--lorm-lr-mult", 0.0, 1e6, low_open=True)
         bounds.check_float(self.selection_loss_weight, "--selection-loss-weight", 0.0, 100.0,
                            fix="0 trains with the contrastive loss alone")
         if self.epoch_unit not in ("auto", *EPOCH_UNITS):

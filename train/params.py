@@ -1,5 +1,5 @@
-"""Which adapter parameters train, and how: the optimizer groups (weight decay, the offsets' learning-rate multiplier)
-and the frozen-offsets ablation."""
+"""Which adapter parameters train, and how: the optimizer groups (weight decay, the learning-rate multipliers of the
+ASA offsets and of LoRM) and the frozen-offsets ablation."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import torch
 
 # The ASA offsets γ (patch units) and δ (frames): their own optimizer group (learning-rate multiplier, no decay).
 OFFSETS = ("asa.patch_offset", "asa.time_offset")
+
+# LoRM's factors U, V of every block (``lorm_attn.<i>.*``, ``lorm_mlp.<i>.*``).
+LORM_PREFIX = "lorm_"
 
 
 # The ASA key bias adds q·b to every logit of a query: softmax ignores it, so its gradient is zero up to rounding,
@@ -22,20 +25,25 @@ def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Par
             if p.requires_grad and not n.startswith("clip.") and n not in GRADIENT_FREE]
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float,
-                 offset_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, weight_decay: float, offset_lr_mult: float = 1.0,
+                 lorm_lr_mult: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on adapter matrices; none on biases and vectors; the ASA offsets γ/δ in their own
-    group with learning rate ``offset_lr_mult`` × the schedule's (each group's ``lr_mult``).
+    group with learning rate ``offset_lr_mult`` × the schedule's (each group's ``lr_mult``); with ``lorm_lr_mult``
+    other than 1, LoRM's factors in their own group at that multiple (with weight decay, which AdamW scales with the
+    learning rate). At 1 they stay in the matrices' group: the same updates, and a run saved before the option
+    existed resumes with the optimizer state it saved.
 
     Why the offsets get a multiplier: γ and δ are in patch and frame units, and Adam moves a parameter by about the
     learning rate per step whatever its gradient's size, so at lr 1e-3 a few hundred steps move them by a fraction of
     a patch or frame, too little to reach a neighbouring position. Frozen offsets (``requires_grad`` off) are left
     out.
     """
-    decay, no_decay, offsets = [], [], []
+    decay, no_decay, offsets, lorm = [], [], [], []
     for name, p in trainable_parameters(model):
         if name in OFFSETS:
             offsets.append(p)
+        elif name.startswith(LORM_PREFIX) and lorm_lr_mult != 1.0:
+            lorm.append(p)
         elif p.ndim < 2:
             no_decay.append(p)
         else:
@@ -44,6 +52,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float,
               {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
     if offsets:
         groups.append({"params": offsets, "weight_decay": 0.0, "lr_mult": float(offset_lr_mult)})
+    if lorm:
+        groups.append({"params": lorm, "weight_decay": weight_decay, "lr_mult": float(lorm_lr_mult)})
     return groups
 
 

@@ -73,7 +73,8 @@ class TrainingRun:
         if not self.params:
             raise UsageError("the model has no trainable adapter (LoRM and ASA both disabled)")
         D.broadcast_parameters(self.params, self.ctx)
-        self.optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay, options.offset_lr_mult),
+        self.optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay, options.offset_lr_mult,
+                                                        options.lorm_lr_mult),
                                            lr=options.lr)
         self.amp_dtype = _amp_dtype(options.amp, self.ctx.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -225,7 +226,7 @@ class TrainingRun:
         summary = {
             "run_dir": str(self.run_dir), "dataset": options.dataset, "variant": config.variant, "clip": config.clip,
             "pretrained": options.pretrained, "epochs": options.epochs, "epochs_done": done,
-            "selection_loss_weight": options.selection_loss_weight,
+            "selection_loss_weight": options.selection_loss_weight, "lorm_lr_mult": options.lorm_lr_mult,
             "complete": done >= options.epochs,
             "steps": self.step, "batch_size": self.batch, "world_size": self.ctx.world_size,
             "device": self.ctx.device, "train_seconds": round(train_seconds, 3),

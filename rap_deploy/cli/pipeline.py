@@ -63,6 +63,7 @@ class DemoSizes:
     batch_size: int = 16
     lr: float = 5e-3
     offset_lr_mult: float = 10.0
+    lorm_lr_mult: float = 1.0
     selection_loss_weight: float = 0.0  # contrastive loss alone (README: text against saliency selection)
     preset: str = "paper"  # adapter sizes; an asa_dim given here wins over the preset's (the tiny recipe's 16)
     asa_topk: int = 8
@@ -104,6 +105,7 @@ def train_options(sizes: DemoSizes, data: Path, run_dir: Path, frame_cache: Path
 
     return TrainOptions(**{"dataset": "msrvtt", "data_root": str(data), "out": str(run_dir), "epochs": sizes.epochs,
                            "batch_size": sizes.batch_size, "lr": sizes.lr, "offset_lr_mult": sizes.offset_lr_mult,
+                           "lorm_lr_mult": sizes.lorm_lr_mult,
                            "selection_loss_weight": sizes.selection_loss_weight, "epoch_unit": sizes.epoch_unit,
                            "seed": sizes.seed, "top_m": sizes.top_m,
                            "cache_dir": str(frame_cache), **model})

@@ -67,6 +67,8 @@ def train(
                                               "(default 0.05)."),
     offset_lr_mult: float | None = typer.Option(None, "--offset-lr-mult", help="Learning-rate multiplier for the "
                                                 "ASA offsets γ/δ (patch and frame units; default 10)."),
+    lorm_lr_mult: float | None = typer.Option(None, "--lorm-lr-mult", help="Learning-rate multiplier for LoRM's "
+                                              "factors (default 1: the rate of the ASA head)."),
     freeze_offsets: bool | None = typer.Option(None, "--freeze-offsets/--learn-offsets", help="Set the ASA offsets "
                                                "γ/δ to zero and keep them there (ablation: no warp); default: "
                                                "learn them."),
@@ -122,7 +124,8 @@ def train(
         "asa_heads": heads, "asa_dim": asa_dim, "asa_selection": selection, "frames": frames, "preset": preset,
         "freeze_offsets": freeze_offsets, "selection_loss_weight": selection_loss_weight,
         "context_length": context_length, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "weight_decay": weight_decay, "offset_lr_mult": offset_lr_mult, "warmup": warmup, "grad_clip": grad_clip,
+        "weight_decay": weight_decay, "offset_lr_mult": offset_lr_mult, "lorm_lr_mult": lorm_lr_mult,
+        "warmup": warmup, "grad_clip": grad_clip,
         "seed": seed,
         "eval_every": eval_every, "eval_initial": eval_initial, "max_train_videos": max_train_videos,
         "max_test_videos": max_test_videos, "epoch_unit": epoch_unit, "test_split": test_split,
@@ -354,6 +357,10 @@ def ablate(
                                                        help="Weight of the selection alignment loss (default: the "
                                                             "demo's recipe). A run folder trained with another "
                                                             "weight is refused: use --out."),
+    lorm_lr_mult: float | None = typer.Option(None, "--lorm-lr-mult",
+                                              help="Learning-rate multiplier of LoRM's factors in every row "
+                                                   "(default: the demo's recipe, 1). A run folder trained with "
+                                                   "another multiplier is refused: use --out."),
     heldout_videos: int = typer.Option(0, "--heldout-videos", min=0, max=MAX_HELDOUT_VIDEOS,
                                        help="Also score every run's best.pt on a held-out split of this many test "
                                             "videos: the world's settings, another seed, none of the world's "
@@ -413,6 +420,9 @@ def ablate(
         sizes = dataclasses.replace(sizes, distractors=distractors)
     if selection_loss_weight is not None:
         sizes = dataclasses.replace(sizes, selection_loss_weight=selection_loss_weight)
+    if lorm_lr_mult is not None:
+        bounds.check_float(lorm_lr_mult, "--lorm-lr-mult", 0.0, 1e6, low_open=True)
+        sizes = dataclasses.replace(sizes, lorm_lr_mult=lorm_lr_mult)
     root = Path(world or workspace_root(workspace)).resolve()
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
     w = prepare_world(root, sizes, Steps(log), progress=not quiet, threads=threads)
