@@ -170,6 +170,16 @@ def test_param_groups_decay_and_offset_multiplier(micro_model):
     assert float(micro_model.asa.patch_offset.abs().max()) == 0.0
 
 
+def test_lorm_lr_mult_is_part_of_the_recipe_only_with_lorm():
+    """A run without LoRM trains the same at any LoRM learning rate, so its folder is not refused for one."""
+    from rap_deploy.train.loop import TrainOptions, option_mismatch
+
+    stored = TrainOptions(dataset="msrvtt", data_root="d", out="o")
+    assert option_mismatch(stored, micro_config(), {"lorm_lr_mult": 5.0}) == ("lorm_lr_mult", 1.0, 5.0)
+    assert option_mismatch(stored, micro_config(use_lorm=False), {"lorm_lr_mult": 5.0}) is None
+    assert option_mismatch(stored, micro_config(use_lorm=False), {"lr": 0.5}) == ("lr", 1e-3, 0.5)
+
+
 def _rec(epoch, t2v, v2t):
     return {"epoch": epoch, "t2v": dict(zip(("R1", "R5", "R10"), t2v, strict=True)),
             "v2t": dict(zip(("R1", "R5", "R10"), v2t, strict=True))}

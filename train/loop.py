@@ -428,9 +428,12 @@ def option_mismatch(stored: TrainOptions, config: Any, wanted: dict[str, Any]) -
     """The first option of ``wanted`` in which a stored run differs: ``(name, stored value, wanted value)``, or
     ``None`` when they agree. ``None`` values, ``out`` and the :data:`RESUMABLE_OVERRIDES` are not compared; the
     :data:`MODEL_OPTIONS` are compared on ``config``, the stored run's model (what a preset resolved them to).
+    ``lorm_lr_mult`` is not compared for a model without LoRM: it changes nothing there.
     Raises :class:`UsageError` for a name that is no training option."""
     for name, value in wanted.items():
         if value is None or name == "out" or name in RESUMABLE_OVERRIDES:
+            continue
+        if name == "lorm_lr_mult" and not getattr(config, "use_lorm", True):
             continue
         if not hasattr(stored, name):
             raise UsageError(f"unknown training option '{name}'")
