@@ -43,6 +43,12 @@ def test_demo_tiny_end_to_end_and_resume(tmp_path):
 
     with pytest.raises(UsageError, match=r"asa_dim = 16, but the demo's recipe now has asa_dim = 8: pass a new --out"):
         run_demo(out, dataclasses.replace(DemoSizes.tiny(), asa_dim=8), progress=False, log=lambda msg: None)
+    # ... and so is a run trained with other numbers (here: LoRM at the shared learning rate): nothing is retrained
+    stamp = (out / "runs" / "rap" / "best.pt").stat().st_mtime_ns
+    with pytest.raises(UsageError, match=r"last.pt was trained with lorm_lr_mult = 5.0, but the demo's recipe now has "
+                       r"lorm_lr_mult = 1.0: pass a new --out"):
+        run_demo(out, dataclasses.replace(DemoSizes.tiny(), lorm_lr_mult=1.0), progress=False, log=lambda msg: None)
+    assert (out / "runs" / "rap" / "best.pt").stat().st_mtime_ns == stamp
 
 
 def test_demo_split_is_sharp_enough():

@@ -474,8 +474,8 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     aligned = runner.invoke(app, [*args, "--selection-loss-weight", "0.5"])
     assert aligned.exit_code == 2 and "selection_loss_weight = " in aligned.output and "not 0.5" in aligned.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
-    faster = runner.invoke(app, [*args, "--lorm-lr-mult", "5"])  # and so is LoRM at another learning rate
-    assert faster.exit_code == 2 and "lorm_lr_mult = 1.0, not 5.0" in faster.output, faster.output
+    slower = runner.invoke(app, [*args, "--lorm-lr-mult", "1"])  # and so is LoRM at another learning rate
+    assert slower.exit_code == 2 and "lorm_lr_mult = 5.0, not 1.0" in slower.output, slower.output
     assert runner.invoke(app, [*args, "--lorm-lr-mult", "0"]).exit_code == 2
     _check_model_sizes_are_part_of_the_recipe(out / "rap" / "seed1")
     # every row at the default preset's sizes is another recipe: refused in this folder, nothing trained

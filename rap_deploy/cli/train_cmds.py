@@ -68,7 +68,8 @@ def train(
     offset_lr_mult: float | None = typer.Option(None, "--offset-lr-mult", help="Learning-rate multiplier for the "
                                                 "ASA offsets γ/δ (patch and frame units; default 10)."),
     lorm_lr_mult: float | None = typer.Option(None, "--lorm-lr-mult", help="Learning-rate multiplier for LoRM's "
-                                              "factors (default 1: the rate of the ASA head)."),
+                                              "factors (default 1: the rate of the ASA head; the demo's recipe uses "
+                                              "5)."),
     freeze_offsets: bool | None = typer.Option(None, "--freeze-offsets/--learn-offsets", help="Set the ASA offsets "
                                                "γ/δ to zero and keep them there (ablation: no warp); default: "
                                                "learn them."),
@@ -359,7 +360,7 @@ def ablate(
                                                             "weight is refused: use --out."),
     lorm_lr_mult: float | None = typer.Option(None, "--lorm-lr-mult",
                                               help="Learning-rate multiplier of LoRM's factors in every row "
-                                                   "(default: the demo's recipe, 1). A run folder trained with "
+                                                   "(default: the demo's recipe, 5). A run folder trained with "
                                                    "another multiplier is refused: use --out."),
     heldout_videos: int = typer.Option(0, "--heldout-videos", min=0, max=MAX_HELDOUT_VIDEOS,
                                        help="Also score every run's best.pt on a held-out split of this many test "

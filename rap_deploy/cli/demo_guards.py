@@ -1,0 +1,56 @@
+"""Checks that a demo folder's model and training run were made by the demo's current recipe.
+
+Every demo step is skipped when its output is complete, so a folder made by an earlier recipe would otherwise be
+reused silently by every later step. Each check raises :class:`UsageError` naming the file, the value it holds, the
+value the recipe has now, and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.errors import UsageError
+
+# The training numbers of the demo's recipe (DemoSizes) that a finished or killed run must share to be reused.
+TRAINING_RECIPE = ("epochs", "batch_size", "lr", "offset_lr_mult", "lorm_lr_mult", "selection_loss_weight",
+                   "epoch_unit", "seed")
+
+
+def _fix(out: Path) -> str:
+    return (f"pass a new --out, or keep the world ({out / 'data'}, {out / 'cache'}) and remove everything else in "
+            f"{out} to make the demo's model again")
+
+
+def check_demo_model(init_ckpt: Path, config: Any, out: Path) -> None:
+    """Raise :class:`UsageError` when the init checkpoint of demo folder ``out`` exists with another model than
+    ``config`` (the demo's recipe changed since it was made): every later step would be skipped and reuse it."""
+    if not (init_ckpt.is_file() and init_ckpt.stat().st_size > 0):
+        return
+    from rap_deploy.checkpoint import load_checkpoint
+    from rap_deploy.train.loop import MODEL_OPTIONS
+
+    have = load_checkpoint(init_ckpt).config
+    changed = {k: getattr(config, k) for k in ("clip", *MODEL_OPTIONS) if getattr(have, k) != getattr(config, k)}
+    if changed:
+        was = ", ".join(f"{k} = {getattr(have, k)!r}" for k in changed)
+        now = ", ".join(f"{k} = {v!r}" for k, v in changed.items())
+        raise UsageError(f"{init_ckpt} holds a model with {was}, but the demo's recipe now has {now}: {_fix(out)}")
+
+
+def check_demo_training(run_dir: Path, options: Any, out: Path) -> None:
+    """Raise :class:`UsageError` when the training run in ``run_dir`` (finished, or killed with a ``last.pt``) was
+    trained with other :data:`TRAINING_RECIPE` numbers than ``options`` (a
+    :class:`~rap_deploy.train.loop.TrainOptions`): resuming it or reusing its ``best.pt`` would deploy the earlier
+    recipe's model. A folder without ``last.pt`` passes (nothing trained yet)."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return
+    from rap_deploy.train.loop import option_mismatch, stored_run
+
+    ckpt, stored, _ = stored_run(last)
+    mismatch = option_mismatch(stored, ckpt.config, {k: getattr(options, k) for k in TRAINING_RECIPE})
+    if mismatch is not None:
+        name, have, wanted = mismatch
+        raise UsageError(f"{last} was trained with {name} = {have!r}, but the demo's recipe now has {name} = "
+                         f"{wanted!r}: {_fix(out)}")
