@@ -170,14 +170,20 @@ def test_param_groups_decay_and_offset_multiplier(micro_model):
     assert float(micro_model.asa.patch_offset.abs().max()) == 0.0
 
 
-def test_lorm_lr_mult_is_part_of_the_recipe_only_with_lorm():
-    """A run without LoRM trains the same at any LoRM learning rate, so its folder is not refused for one."""
+def test_recipe_check_ignores_options_that_change_nothing():
+    """A run without LoRM trains the same at any LoRM learning rate, and a run of zero epochs at any optimizer
+    setting, so their folders are not refused for one."""
     from rap_deploy.train.loop import TrainOptions, option_mismatch
 
     stored = TrainOptions(dataset="msrvtt", data_root="d", out="o")
     assert option_mismatch(stored, micro_config(), {"lorm_lr_mult": 5.0}) == ("lorm_lr_mult", 1.0, 5.0)
     assert option_mismatch(stored, micro_config(use_lorm=False), {"lorm_lr_mult": 5.0}) is None
     assert option_mismatch(stored, micro_config(use_lorm=False), {"lr": 0.5}) == ("lr", 1e-3, 0.5)
+    # the zero-shot row trains no epoch: optimizer numbers cannot change it, the evaluation's still can
+    zero_shot = TrainOptions(dataset="msrvtt", data_root="d", out="o", epochs=0)
+    assert option_mismatch(zero_shot, micro_config(), {"epochs": 0, "lorm_lr_mult": 5.0, "lr": 0.5}) is None
+    assert option_mismatch(zero_shot, micro_config(), {"epochs": 0, "top_m": 7}) == ("top_m", 100, 7)
+    assert option_mismatch(zero_shot, micro_config(), {"epochs": 1, "lr": 0.5}) == ("epochs", 0, 1)
 
 
 def _rec(epoch, t2v, v2t):

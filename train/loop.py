@@ -42,6 +42,9 @@ MODEL_OPTIONS = ("variant", "use_lorm", "use_asa", "lorm_rank", "asa_topk", "asa
                  "frames", "context_length")
 # Options a resumed run may change without changing the outcome.
 RESUMABLE_OVERRIDES = ("data_root", "cache_dir", "num_workers", "max_epochs_this_run", "device", "workspace")
+# Options that only shape the optimizer's updates: a run of zero epochs made none.
+UPDATE_ONLY_OPTIONS = ("lr", "weight_decay", "offset_lr_mult", "lorm_lr_mult", "selection_loss_weight", "warmup",
+                       "min_lr_ratio", "grad_clip")
 
 
 @dataclass
@@ -428,12 +431,16 @@ def option_mismatch(stored: TrainOptions, config: Any, wanted: dict[str, Any]) -
     """The first option of ``wanted`` in which a stored run differs: ``(name, stored value, wanted value)``, or
     ``None`` when they agree. ``None`` values, ``out`` and the :data:`RESUMABLE_OVERRIDES` are not compared; the
     :data:`MODEL_OPTIONS` are compared on ``config``, the stored run's model (what a preset resolved them to).
-    ``lorm_lr_mult`` is not compared for a model without LoRM: it changes nothing there.
+    ``lorm_lr_mult`` is not compared for a model without LoRM, nor the :data:`UPDATE_ONLY_OPTIONS` between two runs
+    of zero epochs (the zero-shot row): they change nothing there.
     Raises :class:`UsageError` for a name that is no training option."""
+    no_updates = stored.epochs == 0 and wanted.get("epochs") == 0
     for name, value in wanted.items():
         if value is None or name == "out" or name in RESUMABLE_OVERRIDES:
             continue
         if name == "lorm_lr_mult" and not getattr(config, "use_lorm", True):
+            continue
+        if no_updates and name in UPDATE_ONLY_OPTIONS:
             continue
         if not hasattr(stored, name):
             raise UsageError(f"unknown training option '{name}'")
