@@ -11,6 +11,7 @@ Kill tests run ``build-engine`` and ``export --force`` in subprocesses that kill
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -701,6 +702,58 @@ def test_sigterm_leaves_no_temporary_file(tmp_path):
     assert proc.returncode == 143, err
     assert err.strip().startswith("error: terminated") and err.strip().count("\n") == 0, err
     assert [p for p in out.rglob("*") if p.is_file()] == []  # no 0-byte temporary file, no half file
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The live multiprocessing workers whose parent is ``pid`` (read from /proc)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat_file.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"multiprocessing.spawn" in cmdline:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads worker processes from /proc (Linux)")
+def test_sigterm_stops_ablate_workers(tmp_path):
+    """SIGTERM to `ablate --jobs 2` while both workers train: the command exits 143 with one error line and takes its
+    workers with it (none is left training, so a rerun does not race them for the same run folders)."""
+    import time
+
+    out = tmp_path / "ablation"
+    proc = _subprocess_cli(["ablate", "--tiny", "--world", tmp_path / "world", "--out", out, "--rows", "rap",
+                            "--seeds", "0,1", "--jobs", "2", "--threads", "1", "--epochs", "500", "--quiet"], None)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _spawned_children(proc.pid)
+            if len(workers) == 2 and all((out / "rap" / f"seed{k}" / "metrics.jsonl").is_file() for k in (0, 1)):
+                break
+            time.sleep(0.5)
+        assert len(workers) == 2 and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else workers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)  # a worker left alive would hold stderr open: this times out
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+            time.sleep(0.2)
+        left = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    finally:  # never leave a process behind, whatever failed above
+        if proc.poll() is None:
+            proc.kill()
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 143, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # after the step lines
+    assert len(errors) == 1 and errors[0].startswith("error: terminated"), err
+    assert left == [], f"workers {left} outlived the command"
 
 
 # ---------------------------------------------------------------------------------------------------- the rules
