@@ -203,7 +203,7 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     28.0, shape 61.5 vs 55.7 %, caption-level position 35.7 vs 18.9 %, and a linear probe of the frozen image
     embedding finds the object's 3x3 cell 80.1 % of the time (random init: 15-18 %, majority class 12.3 %), i.e. the
     frames RAP sees now change as an object moves. On the demo's world (seed 0) zero-shot t2v R@1 is 20.5 (19.5
-    before) and RAP after one caption epoch 21.5 (see notes/train-results/README2.md for the seeds).
+    before) and RAP after one caption epoch 21.5.
 
     ``position_twins`` (default off) pairs every training still with the same objects in other cells and keeps the pair
     in one batch (:func:`rap_deploy.data.synth_stills.generate_stills`), hard negatives that differ only by position.

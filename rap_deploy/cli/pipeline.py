@@ -49,14 +49,15 @@ class DemoSizes:
     starts at the identity, and at the shared rate it stayed close to it (max |S − 1| 0.58 in the demo, 3.59 at 5×).
     5× lifted LoRM alone from zero-shot + 5.2 to + 10.0 test t2v R@1 (three seeds), and over ten seeds ``rap``'s
     two-stage search from 0.8 to 2.5 held-out R@1 points over ASA alone, while the full similarity's R@1 stayed within
-    its seed spread (README: "LoRM at five times the learning rate").
+    its seed spread (docs/ablation-history.md: "LoRM at five times the learning rate").
     """
 
     videos: int = 500
     test_videos: int = 200
     size: int = 64
     seed: int = 0
-    distractors: float = SYNTH_DISTRACTORS  # share of videos and stills with an unnamed object (README: Distractors)
+    # share of videos and stills with an unnamed object (docs/ablation-history.md: Distractors)
+    distractors: float = SYNTH_DISTRACTORS
     backbone_clip: str = "rap-tiny"
     backbone_train: int = 6000
     backbone_epochs: int = 12
@@ -71,7 +72,8 @@ class DemoSizes:
     lr: float = 5e-3
     offset_lr_mult: float = 10.0
     lorm_lr_mult: float = 5.0
-    selection_loss_weight: float = 0.0  # contrastive loss alone (README: text against saliency selection)
+    # contrastive loss alone (docs/ablation-history.md: text against saliency selection)
+    selection_loss_weight: float = 0.0
     preset: str = "paper"  # adapter sizes; an asa_dim given here wins over the preset's (the tiny recipe's 16)
     asa_topk: int = 8
     asa_heads: int = 4

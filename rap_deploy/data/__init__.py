@@ -5,6 +5,6 @@ package does not import them eagerly so that light users (the CLI's ``--help``) 
 """
 
 # The synthetic world's default share of videos and stills with a distractor, an object no caption names
-# (:func:`rap_deploy.data.synth._add_distractor`): none, see the README's distractor experiment for why. It lives here,
-# not in ``synth``, so that the CLI's option defaults need no numpy.
+# (:func:`rap_deploy.data.synth._add_distractor`): none, see the distractor experiment in
+# docs/ablation-history.md for why. It lives here, not in ``synth``, so that the CLI's option defaults need no numpy.
 SYNTH_DISTRACTORS = 0.0

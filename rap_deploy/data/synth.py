@@ -38,7 +38,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "diamond")
 # Radius as a fraction of the frame side: 17 and 27 px across at 64 px (±10 % jitter), 2.1 and 3.4 of the backbone's
 # 8 px patches. At 0.10 / 0.16 (13 and 20 px) a patch showed an object's colour more plainly than its shape, and the
-# caption's top-k patches lifted same-colour, other-shape videos as much as the right one (README: "Ablation").
+# caption's top-k patches lifted same-colour, other-shape videos as much as the right one
+# (docs/ablation-history.md: "The earlier world").
 SIZE_RADIUS = {"small": 0.13, "big": 0.21}
 SIZE_WORDS = {"small": ("small", "little"), "big": ("big", "large")}
 ACTIONS = ("left", "right", "up", "down", "grow", "shrink", "appear", "disappear")
