@@ -43,7 +43,8 @@ class DemoSizes:
 
     The adapters have the ``paper`` preset's sizes (LoRM rank 2, the ASA head at the joint width). At LoRM rank 4
     and ASA width 64 (the recipe before) text-conditioned selection was worth 0.7 held-out R@1 points over saliency
-    selection, under ``rap``'s seed spread; at these sizes 1.9 over five seeds, ahead on each (README: "Ablation").
+    selection, under ``rap``'s seed spread; at these sizes 1.9 over five seeds, ahead on each (README: "Ablation";
+    both on the Xeon's backbone: on a second machine's, at 5× LoRM, +0.05 over five seeds, "A second machine").
 
     LoRM's factors learn at five times the rate of the ASA head (``lorm_lr_mult``): LoRM is a per-frame scale that
     starts at the identity, and at the shared rate it stayed close to it (max |S − 1| 0.58 in the demo, 3.59 at 5×).
