@@ -21,6 +21,7 @@ from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
 
 if TYPE_CHECKING:
+    from rap_deploy.cli.pipeline import DemoSizes
     from rap_deploy.train.loop import TrainOptions
 
 DATASET_NAMES = "msrvtt, msvd, didemo, activitynet"
@@ -410,20 +411,11 @@ def ablate(
         raise UsageError(f"--preset '{preset}' is unknown; use one of {', '.join(PRESETS)}")
     if threads:
         torch.set_num_threads(threads)
-    sizes = DemoSizes.tiny() if tiny else DemoSizes()
-    if epochs is not None:
-        sizes = dataclasses.replace(sizes, epochs=epochs)
-    if backbone_epochs is not None:
-        sizes = dataclasses.replace(sizes, backbone_epochs=backbone_epochs)
-    if backbone_patch_keep is not None:
-        sizes = dataclasses.replace(sizes, backbone_patch_keep=backbone_patch_keep)
-    if distractors is not None:
-        sizes = dataclasses.replace(sizes, distractors=distractors)
-    if selection_loss_weight is not None:
-        sizes = dataclasses.replace(sizes, selection_loss_weight=selection_loss_weight)
     if lorm_lr_mult is not None:
         bounds.check_float(lorm_lr_mult, "--lorm-lr-mult", 0.0, 1e6, low_open=True)
-        sizes = dataclasses.replace(sizes, lorm_lr_mult=lorm_lr_mult)
+    sizes = _recipe_with(DemoSizes.tiny() if tiny else DemoSizes(), epochs=epochs, backbone_epochs=backbone_epochs,
+                         backbone_patch_keep=backbone_patch_keep, distractors=distractors,
+                         selection_loss_weight=selection_loss_weight, lorm_lr_mult=lorm_lr_mult)
     root = Path(world or workspace_root(workspace)).resolve()
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
     w = prepare_world(root, sizes, Steps(log), progress=not quiet, threads=threads)
@@ -441,3 +433,8 @@ def ablate(
     from rap_deploy.train.ablate_report import ablation_markdown
 
     typer.echo(ablation_markdown(result))
+
+
+def _recipe_with(sizes: DemoSizes, **overrides: Any) -> DemoSizes:
+    """``sizes`` with every override that was given (not None) replaced: the demo's recipe as `ablate` trains it."""
+    return dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
