@@ -32,6 +32,16 @@ def randomize_adapters(model, seed: int = 0, std: float = 0.2) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_workspace(tmp_path_factory):
+    """Every test session gets an empty workspace (``$RAPDEPLOY_HOME``) of its own, never the user's: after the
+    README's first command, ``rapdeploy demo``, ``./rapdeploy-out`` holds the demo's engines and library, and the
+    commands that default to the workspace's latest artifact (``serve``, ``search``, ``verify``) would pick them up."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAPDEPLOY_HOME", str(tmp_path_factory.mktemp("workspace")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def micro_checkpoint(tmp_path_factory):
     """Path of an untrained rap-micro checkpoint with randomised (non-identity) adapters."""

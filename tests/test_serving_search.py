@@ -185,3 +185,41 @@ def test_load_test_script_runs_against_the_server(served, tmp_path):
         assert run["server"]["text_rows"] >= run["ok"] and run["server"]["max_batch"] == 8
     assert main(["--url", "http://10.1.2.3:80", "--seconds", "1"]) == 2  # loopback only
     assert main(["--url", url, "--clients", "1000"]) == 2  # bounded
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory):
+    """A micro checkpoint of another model (top-2 selection) than the served library's."""
+    from conftest import micro_config
+
+    from rap_deploy.checkpoint import new_checkpoint, save_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    ckpt, _ = new_checkpoint(micro_config(asa_topk=2), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    path = tmp_path_factory.mktemp("other") / "other.pt"
+    save_checkpoint(ckpt, path)
+    return path
+
+
+def test_the_workspace_library_is_served_by_default_and_can_be_left_out(served, other_model, tmp_path):
+    """What the README's two commands hit in that order: `rapdeploy demo` leaves a library in the workspace, and a
+    server of another model that was given no --library must say where that library came from and how to avoid it;
+    --no-library serves the graphs only; --library with --no-library is refused before anything loads."""
+    import shutil
+
+    from rap_deploy.engines.serving.server import build_service
+    from rap_deploy.errors import UsageError
+
+    _, _, _, lib_dir = served
+    workspace = tmp_path / "ws"
+    shutil.copytree(lib_dir, workspace / "index" / "msrvtt-test")
+    with pytest.raises(UsageError, match=r"built with another model.*No --library was given.*--no-library"):
+        build_service(str(other_model), workspace=workspace, threads=1)
+    service = build_service(str(other_model), workspace=workspace, threads=1, default_library=False)
+    try:
+        assert service.library is None
+    finally:
+        service.close()
+    res = CliRunner().invoke(app, ["serve", "--engine", str(other_model), "--library", str(lib_dir), "--no-library",
+                                   "--port", "0", "--workspace", str(workspace)])
+    assert res.exit_code == 2 and "contradict" in res.output, res.output

@@ -49,29 +49,46 @@ def resolve_library(library: str | os.PathLike[str] | None, workspace: str | os.
     return find_library(library, workspace, required=False)
 
 
-def open_served_library(path: Path, engine: Any) -> Any:
-    """Open the library at ``path`` on ``engine`` (the serialising wrapper) with ``rap_deploy.library``."""
+def open_served_library(path: Path, engine: Any, implicit: bool = False) -> Any:
+    """Open the library at ``path`` on ``engine`` (the serialising wrapper) with ``rap_deploy.library``.
+
+    ``implicit`` says nobody asked for this library (it is the workspace's latest): a :class:`UsageError` opening it
+    (another model's library, say) then also names where it came from and the two ways around it. Raises
+    :class:`BackendUnavailableError` without the library package, and what ``open_library`` raises.
+    """
     try:
         from rap_deploy.library import open_library
     except ImportError:
         raise BackendUnavailableError("--library needs the rap_deploy.library package (`rapdeploy index`/`search`), "
                                       "which this installation lacks; serve without --library (inference only) or "
                                       "install a rapdeploy that has it") from None
-    return open_library(path, engine)
+    try:
+        return open_library(path, engine)
+    except UsageError as exc:
+        if not implicit:
+            raise
+        raise UsageError(f"{exc}. No --library was given, so serve opened the workspace's latest library ({path}): "
+                         "pass --library LIB for another one, or --no-library to serve the three graphs only") from None
 
 
 def build_service(engine: str | os.PathLike[str] | None = None, library: str | os.PathLike[str] | None = None,
                   options: Any = None, workspace: str | os.PathLike[str] | None = None,
-                  threads: int | None = None) -> Any:
-    """Load everything :func:`serve` serves and return the warmed-up :class:`ServingService`."""
+                  threads: int | None = None, default_library: bool = True) -> Any:
+    """Load everything :func:`serve` serves and return the warmed-up :class:`ServingService`.
+
+    Without ``library`` the workspace's latest library is served when ``default_library`` (else, or when there is
+    none, the three graphs only). Raises :class:`UsageError` for ``library`` together with ``default_library=False``
+    and what loading the engine and the library raise."""
     from rap_deploy.engines.serving.serial import SerialEngine
     from rap_deploy.engines.serving.service import ServingService
 
+    if library is not None and not default_library:
+        raise UsageError(f"--library {library} and --no-library contradict each other; pass one of them")
     loaded, source = load_served_engine(engine, workspace, threads)
     serial = SerialEngine(loaded)
-    lib_path = resolve_library(library, workspace)
+    lib_path = resolve_library(library, workspace) if library is not None or default_library else None
     try:
-        lib = open_served_library(lib_path, serial) if lib_path is not None else None
+        lib = open_served_library(lib_path, serial, implicit=library is None) if lib_path is not None else None
         service = ServingService(serial, source, lib, options)
     except BaseException:
         serial.close()
@@ -113,7 +130,7 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
           host: str = "127.0.0.1", port: int = 8080, options: Any = None,
           workspace: str | os.PathLike[str] | None = None, threads: int | None = None,
           url_file: str | os.PathLike[str] | None = None, log_level: str = "warning",
-          echo: Callable[[str], None] | None = None) -> None:
+          echo: Callable[[str], None] | None = None, default_library: bool = True) -> None:
     """Serve until interrupted (see the module docstring). ``url_file`` receives the server's URL once it accepts
     requests. Raises :class:`UsageError` / :class:`BackendUnavailableError` for what cannot be loaded or bound."""
     import uvicorn
@@ -123,7 +140,7 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
     say = echo or (lambda m: print(m, file=sys.stderr, flush=True))
     sock = bind_socket(host, port)
     try:
-        service = build_service(engine, library, options, workspace, threads)
+        service = build_service(engine, library, options, workspace, threads, default_library)
     except BaseException:
         sock.close()
         raise

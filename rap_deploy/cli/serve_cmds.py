@@ -13,7 +13,10 @@ from rap_deploy.cli.app import command
 @command("serve")
 def serve_cmd(
     library: Path | None = typer.Option(None, "--library", help="Video library to search (from `rapdeploy index`); "
-                                         "default: <workspace>/library when it exists, else inference only."),
+                                         "default: the workspace's latest library (<workspace>/index/<name>) when "
+                                         "there is one, else inference only."),
+    no_library: bool = typer.Option(False, "--no-library", help="Serve the three graphs only, even when the "
+                                    "workspace has a library."),
     engine: str | None = typer.Option(None, "--engine", help="Engine folder, export folder or .pt checkpoint; "
                                       "default: the workspace's latest engine."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes it to the network; "
@@ -48,7 +51,7 @@ def serve_cmd(
     options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                            max_infer_body=int(max_body_mb * MiB))
     serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
-          url_file=url_file, log_level=log_level)
+          url_file=url_file, log_level=log_level, default_library=not no_library)
 
 
 @command("triton-repo")
