@@ -86,7 +86,7 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
         raise UsageError(f"--library {library} and --no-library contradict each other; pass one of them")
     loaded, source = load_served_engine(engine, workspace, threads)
     serial = SerialEngine(loaded)
-    lib_path = resolve_library(library, workspace) if library is not None or default_library else None
+    lib_path = resolve_library(library, workspace) if default_library else None
     try:
         lib = open_served_library(lib_path, serial, implicit=library is None) if lib_path is not None else None
         service = ServingService(serial, source, lib, options)
