@@ -204,7 +204,8 @@ def other_model(tmp_path_factory):
 def test_the_workspace_library_is_served_by_default_and_can_be_left_out(served, other_model, tmp_path):
     """What the README's two commands hit in that order: `rapdeploy demo` leaves a library in the workspace, and a
     server of another model that was given no --library must say where that library came from and how to avoid it;
-    --no-library serves the graphs only; --library with --no-library is refused before anything loads."""
+    --no-library serves the graphs only; --library with --no-library is refused before anything loads or listens;
+    `rapdeploy search` says the same of a library it picked itself."""
     import shutil
 
     from rap_deploy.engines.serving.server import build_service
@@ -220,6 +221,16 @@ def test_the_workspace_library_is_served_by_default_and_can_be_left_out(served, 
         assert service.library is None
     finally:
         service.close()
-    res = CliRunner().invoke(app, ["serve", "--engine", str(other_model), "--library", str(lib_dir), "--no-library",
-                                   "--port", "0", "--workspace", str(workspace)])
-    assert res.exit_code == 2 and "contradict" in res.output, res.output
+    import socket
+
+    with socket.socket() as taken:  # the contradiction is refused before serve tries to listen
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        res = CliRunner().invoke(app, ["serve", "--engine", str(other_model), "--library", str(lib_dir),
+                                       "--no-library", "--port", str(port), "--workspace", str(workspace)])
+    assert res.exit_code == 2 and "contradict" in res.output and "cannot listen" not in res.output, res.output
+    res = CliRunner().invoke(app, ["search", "a red circle", "--engine", str(other_model), "--workspace",
+                                   str(workspace)])
+    assert res.exit_code == 2, res.output
+    assert "No --library was given, so search opened the workspace's latest library" in res.output, res.output

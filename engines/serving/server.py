@@ -67,8 +67,17 @@ def open_served_library(path: Path, engine: Any, implicit: bool = False) -> Any:
     except UsageError as exc:
         if not implicit:
             raise
-        raise UsageError(f"{exc}. No --library was given, so serve opened the workspace's latest library ({path}): "
-                         "pass --library LIB for another one, or --no-library to serve the three graphs only") from None
+        from rap_deploy.library.manifest import picked_library_error
+
+        raise picked_library_error(exc, path, "serve", "pass --library LIB for another one, or --no-library to serve "
+                                   "the three graphs only") from None
+
+
+def check_library_choice(library: str | os.PathLike[str] | None, default_library: bool) -> None:
+    """Raise :class:`UsageError` when a ``library`` is asked for together with ``default_library=False``
+    (``--library`` with ``--no-library``)."""
+    if library is not None and not default_library:
+        raise UsageError(f"--library {library} and --no-library contradict each other; pass one of them")
 
 
 def build_service(engine: str | os.PathLike[str] | None = None, library: str | os.PathLike[str] | None = None,
@@ -82,8 +91,7 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
     from rap_deploy.engines.serving.serial import SerialEngine
     from rap_deploy.engines.serving.service import ServingService
 
-    if library is not None and not default_library:
-        raise UsageError(f"--library {library} and --no-library contradict each other; pass one of them")
+    check_library_choice(library, default_library)
     loaded, source = load_served_engine(engine, workspace, threads)
     serial = SerialEngine(loaded)
     lib_path = resolve_library(library, workspace) if default_library else None
@@ -138,6 +146,7 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
     from rap_deploy.engines.serving.app import create_app
 
     say = echo or (lambda m: print(m, file=sys.stderr, flush=True))
+    check_library_choice(library, default_library)  # a usage error before any port is bound
     sock = bind_socket(host, port)
     try:
         service = build_service(engine, library, options, workspace, threads, default_library)

@@ -215,6 +215,20 @@ def _search_engine(engine: Path | None, library: Path, workspace: Path | None, t
     return _load_engine(engine, workspace, threads, lazy=True)  # search runs the text encoder and ASA head only
 
 
+def _open_searched_library(path: Path, engine: Any, verify: str, picked: bool) -> Any:
+    """``open_library``; when ``picked`` (no ``--library``) a refusal also says the library was the workspace's."""
+    from rap_deploy.library import open_library
+    from rap_deploy.library.manifest import picked_library_error
+
+    try:
+        return open_library(path, engine, verify=verify)
+    except UsageError as exc:
+        if not picked:
+            raise
+        raise picked_library_error(exc, path, "search", "pass --library LIB for the library of this engine's "
+                                   "model") from None
+
+
 @command("search")
 def search_cmd(
     text: str | None = typer.Argument(None, help="What to search for, e.g. \"a red circle moves to the left\"."),
@@ -235,15 +249,13 @@ def search_cmd(
                                   "(rank, video_id, path, score, stage1_rank), timings_ms."),
 ) -> None:
     """Two-stage text-to-video search: stage 1 over the whole library, ASA re-rank of the top M."""
-    from rap_deploy.library import open_library
-
     texts = read_queries(text, queries_file)
     if top < 1 or top_m < 0:
         raise UsageError(f"--top must be >= 1 and --top-m >= 0, got {top} and {top_m}")
     _set_threads(threads)
     lib_path = resolve_library(library, workspace)
     eng = _search_engine(engine, lib_path, workspace, threads)
-    with open_library(lib_path, eng, verify=verify) as lib:
+    with _open_searched_library(lib_path, eng, verify, picked=library is None) as lib:
         results = lib.search(texts, top_k=top, top_m=top_m)
     for r in results:
         for warning in r.get("warnings", []):

@@ -157,6 +157,13 @@ def find_library(library: str | os.PathLike[str] | None, workspace: str | os.Pat
     return found
 
 
+def picked_library_error(exc: Exception, path: Path, command: str, fixes: str) -> UsageError:
+    """The :class:`UsageError` for a library ``command`` picked itself (the workspace's latest, no ``--library``)
+    and could not open with ``exc``: ``exc``'s message, where the library came from, and ``fixes``."""
+    return UsageError(f"{exc}. No --library was given, so {command} opened the workspace's latest library ({path}): "
+                      f"{fixes}")
+
+
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and structurally check ``root/manifest.json``.
 
