@@ -164,7 +164,7 @@ def verify(
     engine_path = resolve_engine(engine_dir, workspace)
     ref_info = resolve_reference(engine_path, checkpoint)
     _refuse_foreign_checkpoint(ref_info, engine_path)
-    root = resolve_data_root(data_root)
+    root = resolve_data_root(data_root, workspace)
     out_dir = Path(out) if out is not None else subdir("verify", workspace) / engine_label(engine_path)
     check_writable_folder(out_dir, "verify", "report folder")  # fail before the long evaluation, not after
     cache = cache if isinstance(cache, FrameCache) else FrameCache.default(workspace) if cache is None \

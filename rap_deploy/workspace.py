@@ -61,11 +61,20 @@ def latest_child(folder: Path, marker: str) -> Path | None:
     return max(candidates, key=lambda p: (p / marker).stat().st_mtime)
 
 
-def data_root(explicit: str | os.PathLike[str] | None) -> Path:
-    """Return the dataset folder from ``--data-root`` or ``$RAPDEPLOY_DATA``; raise :class:`UsageError` if neither."""
+def data_root(explicit: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None) -> Path:
+    """Return the dataset folder from ``--data-root`` or ``$RAPDEPLOY_DATA``.
+
+    Raises :class:`UsageError` if neither is set (naming the workspace's demo data, ``<workspace>/data``, when
+    ``rapdeploy demo`` left one there: it is never used unasked, since it is synthetic) or the folder is missing.
+    """
     value = explicit or os.environ.get("RAPDEPLOY_DATA")
     if not value:
-        raise UsageError("no dataset folder: pass --data-root DIR or set RAPDEPLOY_DATA")
+        hint = ""
+        demo_data = subdir("data", workspace)
+        if (demo_data / "MSRVTT_data.json").is_file():
+            hint = f"; the demo's synthetic data (msrvtt layout) is {demo_data}"
+        raise UsageError("no dataset folder: pass --data-root DIR (the dataset's folder in CLIP4Clip's layout, for "
+                         f"MSR-VTT the one holding MSRVTT_data.json) or set RAPDEPLOY_DATA{hint}")
     path = Path(value).expanduser()
     if not path.is_dir():
         raise UsageError(f"dataset folder {path} does not exist; pass --data-root pointing at the dataset")

@@ -81,7 +81,13 @@ def test_missing_and_truncated_videos_exit_1_and_are_named(small_synth, runner):
 
 def test_usage_errors_exit_2(tmp_path, runner):
     result = runner.invoke(app, ["data-check", "--dataset", "msrvtt"])
-    assert result.exit_code == 2 and "RAPDEPLOY_DATA" in result.stderr
+    assert result.exit_code == 2 and "RAPDEPLOY_DATA" in result.stderr and "demo" not in result.stderr
+    demo_data = tmp_path / "workspace" / "data"  # what `rapdeploy demo` leaves: named, never used unasked
+    demo_data.mkdir(parents=True)
+    (demo_data / "MSRVTT_data.json").write_text("{}")
+    result = runner.invoke(app, ["data-check", "--dataset", "msrvtt"])
+    assert result.exit_code == 2 and "RAPDEPLOY_DATA" in result.stderr, result.output
+    assert f"the demo's synthetic data (msrvtt layout) is {demo_data}" in " ".join(result.stderr.split())
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "MSRVTT_JSFUSION_test.csv" in result.stderr

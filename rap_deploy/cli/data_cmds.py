@@ -81,7 +81,7 @@ def data_check(
     bounds.check_int(image_size, "--image-size", bounds.MIN_IMAGE_SIZE, bounds.MAX_IMAGE_SIZE)
     if frames is not None:
         bounds.check_int(frames, "--frames", 1, bounds.MAX_FRAMES)
-    root = resolve_data_root(data_root)
+    root = resolve_data_root(data_root, workspace)
     frame_cache = FrameCache.default(workspace) if cache else FrameCache(None)
     report = check_dataset(dataset, root, split, cache=frame_cache, progress=not quiet,
                            preprocess=PreprocessConfig(image_size=image_size), max_frames=frames)

@@ -29,7 +29,7 @@ def _human_bytes(n: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------------- index
 def resolve_source(dataset: str | None, data_root: Path | None, split: str, videos: Path | None,
-                   list_file: Path | None, frames: int) -> Any:
+                   list_file: Path | None, frames: int, workspace: Path | None = None) -> Any:
     """The :class:`~rap_deploy.library.sources.VideoSource` of the options, or ``None`` when none is given."""
     from rap_deploy.library.sources import dataset_source, folder_source, list_source
     from rap_deploy.workspace import data_root as resolve_data_root
@@ -40,7 +40,7 @@ def resolve_source(dataset: str | None, data_root: Path | None, split: str, vide
     if data_root is not None and dataset is None:
         raise UsageError("--data-root needs --dataset NAME (msrvtt, msvd, didemo, activitynet)")
     if dataset:
-        return dataset_source(dataset, resolve_data_root(data_root), split, frames)
+        return dataset_source(dataset, resolve_data_root(data_root, workspace), split, frames)
     if videos:
         return folder_source(videos)
     if list_file:
@@ -98,7 +98,7 @@ def index_cmd(
         eng, source = None, None
         if dataset or videos or list_file:
             eng = _load_engine(engine, workspace, threads, ctx.local_rank)
-            source = resolve_source(dataset, data_root, split, videos, list_file, eng.config.frames)
+            source = resolve_source(dataset, data_root, split, videos, list_file, eng.config.frames, workspace)
         elif data_root is not None:
             raise UsageError("--data-root needs --dataset NAME")
         target = _library_out(out, name, source, workspace)

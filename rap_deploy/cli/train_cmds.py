@@ -193,7 +193,7 @@ def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | Non
         from rap_deploy.workspace import data_root as resolve_data_root
         from rap_deploy.workspace import subdir
 
-        given["data_root"] = str(resolve_data_root(given.get("data_root")))
+        given["data_root"] = str(resolve_data_root(given.get("data_root"), workspace))
         run_dir = out or resume or subdir("runs", workspace) / f"{given['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
         return TrainOptions(out=str(run_dir), **given)
     if out is not None and Path(out).resolve() != Path(resume).resolve():
