@@ -7,9 +7,12 @@ Training, verify and bench all evaluate through :func:`evaluate`, so the numbers
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import numpy as np
@@ -115,6 +118,25 @@ def load_video_batch(split: Any, indices: list[int], cache: Any, config: RAPConf
         frames.append(normalize(video.frames, config.preprocess).numpy())
         masks.append(video.mask.astype(np.float32))
     return np.stack(frames), np.stack(masks)
+
+
+def load_video_files(paths: Sequence[str | os.PathLike[str]], config: RAPConfig, fps: float = 1.0,
+                     cache: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and preprocess video files exactly as ``rapdeploy index`` does for an engine or model of ``config``:
+    ``fps`` frames per second, then ``config.frames`` picked uniformly, ``config.preprocess`` applied.
+
+    Returns the video encoder's inputs ``frames float32 [B,T,3,S,S]`` and ``frame_mask float32 [B,T]`` (real
+    frames first). ``cache``: a :class:`~rap_deploy.data.cache.FrameCache` (default: none, decode every time).
+    Raises ``VideoDecodeError`` naming the file that is missing, unreadable or shorter than one second.
+    """
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.data.datasets import VideoEntry
+
+    if not paths:
+        raise ValueError("load_video_files needs at least one path")
+    videos = SimpleNamespace(videos=[VideoEntry(Path(p).name, Path(p)) for p in paths],
+                             sampling=FrameSamplingConfig(max_frames=config.frames, fps=fps))
+    return load_video_batch(videos, list(range(len(videos.videos))), cache or FrameCache(None), config)
 
 
 def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = True) -> tuple[Any, list[dict[str, str]]]:

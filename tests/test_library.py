@@ -123,6 +123,34 @@ def test_any_engine_of_the_same_model_searches_it(library, micro_ort_engines, mi
     assert [h["video_id"] for h in ort_out[0]["results"]] == [h["video_id"] for h in torch_out[0]["results"]]
 
 
+def test_the_readme_deploy_snippet_scores_as_search_does(library, micro_ort_engines, monkeypatch, tmp_path):
+    """README's "Deploying an engine" Python block, run as written on two of the library's videos (paths and engine
+    swapped in): its ASA similarities are the scores `rapdeploy search` gives those videos, so the snippet decodes,
+    stores and re-ranks exactly as the library does."""
+    import re
+
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.library import open_library
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Deploying an engine", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    query = "a red circle moves to the left"
+    with open_library(library, load_engine(micro_ort_engines["fp32"])) as lib:
+        hits = {h["video_id"]: h for h in lib.search([query], top_k=12, top_m=12)[0]["results"]}
+    picked = sorted(hits)[:2]
+    (tmp_path / "clips").mkdir()
+    for name, vid in zip(("a", "b"), picked, strict=True):
+        shutil.copy(hits[vid]["path"], tmp_path / "clips" / f"{name}.mp4")
+    (tmp_path / "rapdeploy-out" / "engines").mkdir(parents=True)
+    shutil.copytree(micro_ort_engines["fp32"], tmp_path / "rapdeploy-out" / "engines" / "onnxruntime-int8")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    assert scope["sim"].shape == (1, 2)
+    np.testing.assert_allclose(scope["sim"][0], [hits[v]["score"] for v in picked], atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- queries
 @pytest.mark.parametrize("query,message", [
     ("   ", "is empty"),
