@@ -538,6 +538,20 @@ def test_malicious_pickle_as_pretrained_weights_runs_nothing(tmp_path):
     assert not marker.exists() and not (tmp_path / "target" / "c.pt").exists()
 
 
+def test_an_uncached_pretrained_tag_offline_is_one_line(tmp_path):
+    """A tag whose weights are not in the local cache, offline: one error line naming the tag and the ways out, and
+    none of open_clip's or huggingface_hub's log lines (a subprocess, so their loggers start fresh)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "rap_deploy.cli", "init", "--clip", "ViT-B-32", "--pretrained",
+                           "openai", "--out", str(tmp_path / "b32.pt")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: cannot load backbone ViT-B-32 with pretrained=openai"), lines[0]
+    assert "HF_HUB_OFFLINE=1" in lines[0] and "local weights file" in lines[0]
+    assert not (tmp_path / "b32.pt").exists()
+
+
 def test_broken_backbone_file_is_one_line(tmp_path):
     bad = tmp_path / "backbone.safetensors"
     bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{oops}")

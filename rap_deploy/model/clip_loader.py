@@ -118,7 +118,7 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
     if spec.kind == "file" and state_dict is None:
         _check_weights_file(Path(spec.value))
     try:
-        with _quiet_root_logger():
+        with _quiet_loading_logs():
             model = open_clip.create_model(spec.clip, pretrained=pretrained, force_quick_gelu=quick_gelu,
                                            load_weights=pretrained is not None)
     except Exception as exc:
@@ -126,8 +126,9 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
             raise weights_file_error(Path(spec.value), spec.clip, exc) from None
         if not isinstance(exc, (RuntimeError, OSError, ValueError)):
             raise
-        hint = " (tags need the weights in the local open_clip / Hugging Face cache; offline machines can pass a " \
-               "local weights file instead)" if spec.kind == "tag" else ""
+        hint = " (tags need the weights in the local open_clip / Hugging Face cache, where HF_HUB_OFFLINE=1 looks " \
+               "without waiting for the network; offline machines can pass a local weights file instead)" \
+            if spec.kind == "tag" else ""
         raise UsageError(f"cannot load backbone {spec.clip} with pretrained={spec.value}: {exc}{hint}") from exc
     if state_dict is not None:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
@@ -170,15 +171,16 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
-    """Silence open_clip's root-logger 'No pretrained weights loaded' notice (info/init report the backbone)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
+def _quiet_loading_logs():
+    """Silence what open_clip and huggingface_hub log while a backbone loads ('No pretrained weights loaded', a
+    failed download's warning and error): info/init report the backbone, and a failure becomes the one-line error
+    whose message already carries open_clip's reason."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        logging.disable(previous)
 
 
 def freeze(model: nn.Module) -> nn.Module:
