@@ -23,12 +23,16 @@ def main() -> None:
     """Entry point of the ``rapdeploy`` console script.
 
     Option-parsing errors (a value that is not an integer, an unknown option) are printed as one ``error:`` line, like
-    every other failure, with exit code 2; help output is unchanged.
+    every other failure, with exit code 2; help output is unchanged. PyTorch's CPU tensors use huge pages unless
+    ``THP_MEM_ALLOC_ENABLE`` says otherwise (:mod:`rap_deploy.cpu_memory`).
     """
     import sys
 
     import typer
 
+    from rap_deploy.cpu_memory import prefer_huge_pages
+
+    prefer_huge_pages()
     try:
         code = app(standalone_mode=False)
     except typer.Abort:
