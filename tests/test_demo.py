@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from rap_deploy.cli.app import app
 
 
-def test_demo_tiny_end_to_end_and_resume(tmp_path):
+def test_demo_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     runner = CliRunner()
     result = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])
@@ -30,6 +30,17 @@ def test_demo_tiny_end_to_end_and_resume(tmp_path):
                      "bench/bench.json", "bench/bench.png"):
         assert (out / artifact).is_file(), artifact
     assert "Engines: recall parity" in result.output
+    # the search it suggests works as printed: --out is not the workspace, so the command names the library
+    from rap_deploy.cli.demo_cmds import search_command
+
+    lib = out / "index" / "msrvtt-test"
+    printed = "".join(result.output.split())  # rich wraps the table's caption, long paths mid-word
+    assert "".join(f'search it with rapdeploy search "..." --library {lib}'.split()) in printed
+    found = runner.invoke(app, ["search", "a blue circle", "--library", str(lib), "--top", "2", "--json"])
+    assert found.exit_code == 0 and len(json.loads(found.stdout)["results"]) == 2, found.output
+    monkeypatch.setenv("RAPDEPLOY_HOME", str(out))  # where a bare command looks: then the bare command is printed
+    assert search_command(str(lib)) == 'rapdeploy search "..."'
+    monkeypatch.undo()
 
     again = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])
     assert again.exit_code == 0, again.output

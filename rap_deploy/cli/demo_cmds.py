@@ -44,6 +44,16 @@ def demo(
     _print(summary, json_out, target)
 
 
+def search_command(library: str) -> str:
+    """The ``rapdeploy search`` command line that searches the demo's ``library``: bare when the library is where a
+    bare command looks (the default workspace's ``index/``), else with ``--library``."""
+    from rap_deploy.library.manifest import find_library
+
+    found = find_library(None, None, required=False)
+    bare = found is not None and found.resolve() == Path(library).resolve()
+    return 'rapdeploy search "..."' + ("" if bare else f" --library {library}")
+
+
 def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
@@ -111,7 +121,7 @@ def _print_library(console: Any, library: dict[str, Any] | None) -> None:
     t = library["timings_ms"]
     table = Table(title=f"Library search: “{escape(library['query'])}” over {library['videos']} test videos",
                   caption=f"text {t['text']:.1f} ms · stage 1 {t['stage1']:.2f} ms · re-rank {t['rerank']:.1f} ms; "
-                  f"rapdeploy search \"...\" searches {escape(library['library'])}")
+                  f"library {escape(library['library'])}; search it with {escape(search_command(library['library']))}")
     for col in ("rank", "video", "score", "stage-1 rank"):
         table.add_column(col)
     for hit in library["top5"]:
