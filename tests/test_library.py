@@ -251,10 +251,91 @@ def test_damaged_shard_is_named_with_exit_1(library, micro_checkpoint, tmp_path)
 
     escaped = _copy(library, tmp_path / "escaped")
     manifest = json.loads((escaped / "manifest.json").read_text())
-    manifest["shards"][0]["files"]["frame_emb"]["file"] = "../../etc/passwd"
+    manifest["shards"][0]["files"]["frame_emb"]["file"] = "shards/shard-000000/../../../../etc/passwd"
     (escaped / "manifest.json").write_text(json.dumps(manifest))
     res = runner.invoke(app, ["search", "x", "--library", str(escaped), "--engine", str(micro_checkpoint)])
     assert res.exit_code == 1 and "points outside its folder" in res.output
+    manifest["shards"][0]["files"]["frame_emb"]["file"] = "shards/shard-000001/frame_emb.npy"  # another shard's file
+    (escaped / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["search", "x", "--library", str(escaped), "--engine", str(micro_checkpoint)])
+    assert res.exit_code == 1 and "names files outside shards/shard-000000/" in res.output
+
+
+def _set_sampling_frames(m):
+    from rap_deploy.library.manifest import digest
+
+    m["model"]["sampling"]["max_frames"] = "four"
+    m["model"]["sampling_sha256"] = digest(m["model"]["sampling"])
+
+
+def _swap_first_shards(m):  # names and files trade places, each row_offset stays: the rows would carry other ids
+    a, b = m["shards"][0], m["shards"][1]
+    a["name"], b["name"], a["files"], b["files"] = b["name"], a["name"], b["files"], a["files"]
+
+
+MANIFEST_TAMPERING = {
+    "next_shard reused": (lambda m: m.update(next_shard=0), "'next_shard' 0 is not past every shard"),
+    "next_shard missing": (lambda m: m.pop("next_shard"), "'next_shard' None"),
+    "next_row inside a shard": (lambda m: m.update(next_row=1), "'next_row' 1 is not past"),
+    "removed row out of range": (lambda m: m.update(removed=[2 ** 70]), "'removed' is malformed"),
+    "videos missing": (lambda m: m.pop("videos"), "'videos' is malformed"),
+    "sampling frames not a number": (_set_sampling_frames, "'model.sampling.max_frames' 'four'"),
+    "engine not an object": (lambda m: m.update(engine="x"), "'engine' is malformed"),
+    "sources not a list": (lambda m: m.update(sources=5), "'sources' is malformed"),
+    "effort not a number": (lambda m: m["stage1"].update(effort="lots"), "'stage1.effort' 'lots'"),
+    "effort out of range": (lambda m: m["stage1"].update(effort=10 ** 30), "'stage1.effort'"),
+    "top_m not a number": (lambda m: m["stage1"].update(top_m="x"), "'stage1.top_m' 'x'"),
+    "recall missing": (lambda m: m["stage1"].pop("recall_at_m"), "'stage1.recall_at_m' is missing"),
+    "shards swapped": (_swap_first_shards, "the manifest puts shard shard-000001 at row 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_TAMPERING))
+def test_a_tampered_manifest_is_one_line_exit_1_and_index_writes_nothing(library, micro_checkpoint, tmp_path, case):
+    """Each edit gets a one-line exit 1 from search and from index (which must not write a shard over a committed
+    one, as a reused next_shard/next_row would make it do); the library's files stay as they were."""
+    tamper, message = MANIFEST_TAMPERING[case]
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    tamper(manifest)
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    before = _files(lib)
+    res = runner.invoke(app, ["search", "a red circle", "--library", str(lib), "--engine", str(micro_checkpoint)])
+    assert res.exit_code == 1 and message in " ".join(res.stderr.split()), res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
+    res = runner.invoke(app, ["index", "--out", str(lib), "--remove", "video30"])
+    assert res.exit_code == 1, res.output
+    assert _files(lib) == before
+
+
+@pytest.mark.parametrize("option,value", [("--top-m", "-5"), ("--target-recall", "7"), ("--target-recall", "nan"),
+                                          ("--batch-size", "0"), ("--shard-size", "0")])
+def test_index_options_out_of_range_exit_2(library, micro_checkpoint, tmp_path, option, value):
+    res = runner.invoke(app, ["index", "--out", str(tmp_path / "lib"), "--list", str(tmp_path / "none.txt"),
+                              "--engine", str(micro_checkpoint), option, value])
+    assert res.exit_code == 2 and option in res.stderr, res.output
+
+
+def test_stored_recall_queries_with_a_lying_header_are_damaged_not_allocated(library, tmp_path):
+    """A queries .npy whose header claims 10^12 rows (sha256 and size updated to match): exit 1 naming the file,
+    before anything of that size is allocated."""
+    import hashlib
+
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    entry = manifest["stage1"]["queries"]
+    path = lib / entry["file"]
+    raw = path.read_bytes()
+    header_end = raw.index(b"\n") + 1
+    header = raw[:header_end].decode("latin1")
+    rows = header.split("'shape': (", 1)[1].split(",", 1)[0]
+    fake = header.replace(f"'shape': ({rows},", "'shape': (1000000000000,").encode("latin1")
+    data = fake[:-1].ljust(header_end - 1 + len(fake) - len(header), b" ")[:header_end - 1] + b"\n"
+    path.write_bytes(data + raw[header_end:])
+    entry.update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["index", "--out", str(lib), "--remove", "video30"])
+    assert res.exit_code == 1 and entry["file"] in res.stderr and "not a valid .npy" in res.stderr, res.output
 
 
 def test_file_truncated_after_open_raises_damaged(library, engine, tmp_path):

@@ -92,6 +92,8 @@ def index_cmd(
     from rap_deploy.library import BuildOptions, Ranks, build_library
     from rap_deploy.train.distributed import barrier, cleanup, setup
 
+    options = BuildOptions(add=add, remove=list(remove or []), ann=ann, target_recall=target_recall, top_m=top_m,
+                           shard_size=shard_size, batch_size=batch_size, force=force)  # refuses bad values first
     ctx = setup("cpu")
     try:
         _set_threads(threads)
@@ -104,8 +106,6 @@ def index_cmd(
         target = _library_out(out, name, source, workspace)
         ranks = Ranks(rank=ctx.rank, world_size=ctx.world_size, barrier=lambda: barrier(ctx))
         cache = _frame_cache(cache_dir, workspace)
-        options = BuildOptions(add=add, remove=list(remove or []), ann=ann, target_recall=target_recall, top_m=top_m,
-                               shard_size=shard_size, batch_size=batch_size, force=force)
         if ann is not None:
             from rap_deploy.library.stage1 import check_ann
 

@@ -180,13 +180,14 @@ def _recall_queries(root: Path, old: dict[str, Any] | None, req: Stage1Request, 
         path = entry_path(root, stored["file"])
         if path.is_file():
             check_sha256(path, stored)
-            try:
-                q = np.load(path, allow_pickle=False)
+            try:  # mapped, not read: a header claiming more rows than the file holds fails here, unallocated
+                q = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, EOFError) as exc:
                 raise DamagedArtifactError(f"library file {path} is not a valid .npy ({exc}); re-index the "
                                            "library") from None
             if q.ndim == 2 and q.shape[1] == vectors.shape[1]:
-                return q.astype(np.float32), str(stored.get("source", "videos"))
+                source = str(stored.get("source", "videos"))
+                return np.array(_sample(q, req.max_queries, req.seed), dtype=np.float32), source
     return _sample(vectors, req.max_queries, req.seed).copy(), "videos"
 
 

@@ -62,6 +62,18 @@ class BuildOptions:
     recall_queries: int = 500
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Raise :class:`UsageError` for a value out of range (named as its ``rapdeploy index`` option)."""
+        from rap_deploy.bounds import MAX_BATCH_SIZE, MAX_VIDEOS
+
+        if not 0.0 < self.target_recall <= 1.0:  # also refuses NaN
+            raise UsageError(f"--target-recall must be in (0, 1], got {self.target_recall}")
+        for value, option, top in ((self.top_m, "--top-m", MAX_VIDEOS), (self.shard_size, "--shard-size", MAX_VIDEOS),
+                                   (self.batch_size, "--batch-size", MAX_BATCH_SIZE),
+                                   (self.recall_queries, "recall_queries", MAX_VIDEOS)):
+            if value is not None and not 1 <= value <= top:
+                raise UsageError(f"{option} must be in [1, {top:,}], got {value}")
+
 
 @dataclass
 class Ranks:

@@ -27,6 +27,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STAGE1_DIR = "stage1"
 SHARDS_DIR = "shards"
+MAX_STAGE1_EFFORT = 1 << 20  # efSearch / nprobe: far above any tuned value, bounded before FAISS sees it
 
 
 def stage1_files(build: int) -> tuple[str, str]:
@@ -224,11 +225,70 @@ def _check_structure(manifest: dict[str, Any], path: Path) -> None:
     offsets = [s["row_offset"] for s in shards]
     need(offsets == sorted(offsets) and all(a["row_offset"] + a["rows"] <= b["row_offset"]
                                             for a, b in zip(shards, shards[1:], strict=False)), "shard rows overlap")
+    _check_shard_names(shards, need)
+    _check_counters(manifest, shards, need)
+    _check_sampling(model["sampling"], need)
+    need(manifest.get("engine") is None or isinstance(manifest["engine"], dict), "'engine' is malformed")
+    need(isinstance(manifest.get("sources", []), list)
+         and all(isinstance(x, dict) for x in manifest.get("sources", [])), "'sources' is malformed")
+    _check_stage1(manifest.get("stage1"), need)
+
+
+def _check_shard_names(shards: list[dict[str, Any]], need: Any) -> None:
+    """Shard names are ``shard-NNNNNN``, each once, and every file entry lies in its own shard's folder."""
+    from rap_deploy.library.shards import shard_number
+
+    names = [s["name"] for s in shards]
+    need(all(shard_number(n) is not None for n in names) and len(set(names)) == len(names),
+         "shard names are malformed or repeated")
+    for shard in shards:
+        folder = f"{SHARDS_DIR}/{shard['name']}/"
+        need(all(f["file"].startswith(folder) for f in shard["files"].values()),
+             f"shard {shard['name']} names files outside {folder}")
+
+
+def _check_counters(manifest: dict[str, Any], shards: list[dict[str, Any]], need: Any) -> None:
+    """``next_shard``/``next_row`` lie past every shard (a build never reuses a committed shard's name or rows);
+    ``removed`` rows lie below ``next_row``; ``videos`` is a count."""
+    from rap_deploy.library.shards import shard_number
+
+    next_shard, next_row = manifest.get("next_shard"), manifest.get("next_row")
+    need(_is_count(next_shard) and all(shard_number(s["name"]) < next_shard for s in shards),
+         f"'next_shard' {next_shard!r} is not past every shard")
+    need(_is_count(next_row) and all(s["row_offset"] + s["rows"] <= next_row for s in shards),
+         f"'next_row' {next_row!r} is not past every shard's rows")
     removed = manifest.get("removed")
-    need(isinstance(removed, list) and all(isinstance(r, int) for r in removed), "'removed' is malformed")
-    stage1 = manifest.get("stage1")
+    need(isinstance(removed, list) and all(_is_count(r) and r < next_row for r in removed), "'removed' is malformed")
+    need(_is_count(manifest.get("videos")), "'videos' is malformed")
+
+
+def _check_sampling(sampling: dict[str, Any], need: Any) -> None:
+    from rap_deploy.bounds import MAX_FRAMES
+
+    frames, fps = sampling.get("max_frames"), sampling.get("fps")
+    need(_is_count(frames) and 1 <= frames <= MAX_FRAMES, f"'model.sampling.max_frames' {frames!r} is malformed")
+    need(isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= 1000,
+         f"'model.sampling.fps' {fps!r} is malformed")
+
+
+def _check_stage1(stage1: Any, need: Any) -> None:
+    """The stage-1 entry names its index file, and its numbers are numbers in range (effort, top_m, ntotal)."""
     need(isinstance(stage1, dict) and isinstance(stage1.get("file"), str) and isinstance(stage1.get("sha256"), str)
          and isinstance(stage1.get("type"), str), "'stage1' is missing")
+    effort = stage1.get("effort")
+    need(effort is None or (_is_count(effort) and 1 <= effort <= MAX_STAGE1_EFFORT),
+         f"'stage1.effort' {effort!r} is malformed")
+    for key in ("top_m", "ntotal", "dim"):
+        need(stage1.get(key) is None or _is_count(stage1[key]), f"'stage1.{key}' {stage1.get(key)!r} is malformed")
+    need(isinstance(stage1.get("recall_at_m"), dict), "'stage1.recall_at_m' is missing")
+    queries = stage1.get("queries")
+    need(queries is None or (isinstance(queries, dict) and isinstance(queries.get("file"), str)
+                             and _is_count(queries.get("bytes")) and isinstance(queries.get("sha256"), str)),
+         "'stage1.queries' is malformed")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:

@@ -78,7 +78,8 @@ def write_shard(root: Path, name: str, row_offset: int, arrays: dict[str, np.nda
                 fh.flush()
                 os.fsync(fh.fileno())
             files[tensor] = _file_entry(path, name, dtype=str(arr.dtype), shape=list(arr.shape))
-        _write_json_synced(tmp / VIDEOS_FILE, {k: videos[k] for k in VIDEO_FIELDS})
+        # the first row too: sha256-checked with the ids, so a manifest that moves a shard's rows is caught
+        _write_json_synced(tmp / VIDEOS_FILE, {**{k: videos[k] for k in VIDEO_FIELDS}, "row_offset": int(row_offset)})
         files["videos"] = _file_entry(tmp / VIDEOS_FILE, name)
         entry = {"name": name, "row_offset": int(row_offset), "rows": rows, "files": files, "skipped": skipped,
                  "plan_sha256": plan_sha256}
@@ -273,6 +274,10 @@ def read_videos(root: Path, shard: dict[str, Any]) -> dict[str, list[Any]]:
                                    f"{', '.join(VIDEO_FIELDS)}; re-index the library")
     if not all(isinstance(v, str) for v in videos["video_id"]) or not all(isinstance(p, str) for p in videos["path"]):
         raise DamagedArtifactError(f"library shard file {path} has non-text video ids or paths; re-index the library")
+    if videos.get("row_offset", shard["row_offset"]) != shard["row_offset"]:  # absent in libraries built before it
+        raise DamagedArtifactError(f"library shard file {path} holds rows from {videos['row_offset']}, the manifest "
+                                   f"puts shard {shard['name']} at row {shard['row_offset']}: the manifest was "
+                                   "edited; re-index the library")
     return videos
 
 
