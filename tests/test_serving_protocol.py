@@ -207,6 +207,8 @@ def _text_doc(**changes):
      "inputs[0].parameters.shared_memory_region"),
     (_text_doc(), "abc", HEADER_LENGTH),
     (_text_doc(), "999999", HEADER_LENGTH),
+    (b"[" * 5000, None, "body"),  # deeper than the JSON parser recurses
+    (b'{"id": ' + b"9" * 5000 + b"}", None, "body"),  # more digits than Python converts to an int
 ])
 def test_malformed_requests_name_the_field(models, doc, header, field):
     body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
@@ -248,10 +250,39 @@ def test_input_values_the_model_cannot_take_are_refused(models):
     for mask in (np.zeros((1, 4), np.float32), np.full((1, 4), 0.5, np.float32)):
         with pytest.raises(ValueError):
             check_input_values(models["video_encoder"], {"frames": frames, "frame_mask": mask}, cfg)
+    with pytest.raises(ValueError, match="prefix"):  # a real frame after padding: the warp clamps to a prefix
+        check_input_values(models["video_encoder"], {"frames": frames, "frame_mask": np.array([[1, 0, 1, 0]],
+                                                                                              np.float32)}, cfg)
     frames[0, 0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         check_input_values(models["video_encoder"], {"frames": frames, "frame_mask": np.ones((1, 4), np.float32)},
                            cfg)
+
+
+def test_json_bodies_are_bounded_before_parsing_and_non_finite_outputs_are_not_a_500(models):
+    body = json.dumps(_text_doc()).encode()
+    with pytest.raises(RequestError) as err:
+        parse_infer_request(body, None, models["text_encoder"], {"tokens": 32}, max_json=len(body) - 1)
+    assert err.value.status == 413 and "binary" in err.value.message
+    assert parse_infer_request(body, None, models["text_encoder"], {"tokens": 32}, max_json=len(body)).inputs
+    request = parse_infer_request(body, None, models["text_encoder"], {"tokens": 32})
+    with pytest.raises(RequestError) as err:  # JSON has no inf: the client is told to ask for binary data
+        encode_infer_response(models["text_encoder"], request, {"text_emb": np.full((1, 16), np.inf, np.float32)})
+    assert err.value.status == 422 and err.value.field == "outputs.text_emb"
+
+
+@pytest.mark.parametrize("changes, option", [({"max_queue_delay_ms": float("inf")}, "--max-queue-delay-ms"),
+                                             ({"max_queue_delay_ms": float("nan")}, "--max-queue-delay-ms"),
+                                             ({"max_batch": 0}, "--max-batch"),
+                                             ({"max_infer_body": 0}, "--max-body-mb")])
+def test_serve_options_out_of_range_are_usage_errors(changes, option):
+    from rap_deploy.engines.serving.service import ServeOptions
+    from rap_deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match=option):
+        ServeOptions(**changes)
+    with pytest.raises(ValueError):  # an infinite delay would kill the batcher's thread in Condition.wait
+        DynamicBatcher(lambda x: x, max_batch=1, max_delay_s=float("inf"))
 
 
 def test_compressed_bodies_are_bounded():

@@ -234,3 +234,30 @@ def test_the_workspace_library_is_served_by_default_and_can_be_left_out(served, 
                                    str(workspace)])
     assert res.exit_code == 2, res.output
     assert "No --library was given, so search opened the workspace's latest library" in res.output, res.output
+
+
+def test_a_failed_start_stops_what_it_started(micro_ort_engines, monkeypatch):
+    """A warm-up that fails closes the service it built (its batcher thread, library and engine); bad CLI values
+    are usage errors before anything loads (the engine path here does not even exist)."""
+    import rap_deploy.engines.serving.server as server
+    from rap_deploy.engines.serving.service import ServingService
+
+    closed = []
+    monkeypatch.setattr(ServingService, "close", lambda self, _close=ServingService.close: (closed.append(self),
+                                                                                           _close(self)))
+
+    def failing_warm_up(service):
+        raise RuntimeError("text encoder failed")
+
+    def batcher_threads():
+        return sum(t.name == "text-batcher" for t in threading.enumerate())
+
+    monkeypatch.setattr(server, "warm_up", failing_warm_up)
+    before = batcher_threads()  # the module's own server has one
+    with pytest.raises(RuntimeError, match="text encoder failed"):
+        server.build_service(str(micro_ort_engines["fp32"]), threads=1, default_library=False)
+    assert len(closed) == 1 and not closed[0].batcher.alive and batcher_threads() == before
+    for option, value in (("--max-body-mb", "nan"), ("--max-body-mb", "inf"), ("--log-level", "bogus"),
+                          ("--max-queue-delay-ms", "inf")):
+        res = CliRunner().invoke(app, ["serve", "--engine", "/no/such/engine", "--port", "0", option, value])
+        assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output, res.output

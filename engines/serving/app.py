@@ -40,8 +40,9 @@ from rap_deploy.engines.serving.oip import (
     decode_body,
     encode_infer_response,
     parse_infer_request,
+    parse_json,
 )
-from rap_deploy.engines.serving.service import ServingService, parse_json
+from rap_deploy.engines.serving.service import ServingService
 from rap_deploy.errors import RapDeployError, UsageError
 
 log = logging.getLogger("rapdeploy.serve")
@@ -246,8 +247,12 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         model = model_of(name, version)
         limit = service.options.max_infer_body
-        body = decode_body(await read_body(request, limit), request.headers.get("content-encoding"), limit)
-        args = (body, request.headers.get(HEADER_LENGTH), model, service.axis_limits(model))
+        raw, encoding = await read_body(request, limit), request.headers.get("content-encoding")
+        # inflating up to the body limit takes a while: off the event loop, so /healthz and searches keep answering
+        body = await run_in_threadpool(decode_body, raw, encoding, limit) if encoding else \
+            decode_body(raw, encoding, limit)
+        args = (body, request.headers.get(HEADER_LENGTH), model, service.axis_limits(model),
+                service.options.max_infer_json)
         # small bodies (text queries) are parsed on the event loop: a thread hop costs more than the parse
         req = parse_infer_request(*args) if len(body) <= INLINE_BYTES else \
             await run_in_threadpool(parse_infer_request, *args)

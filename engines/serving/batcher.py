@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+MAX_DELAY_S = 60.0  # longest batching delay accepted: longer ones only park requests (and inf breaks Condition.wait)
+
 
 class QueueFullError(RuntimeError):
     """The batcher's queue holds ``max_queue`` requests already."""
@@ -67,9 +69,9 @@ class DynamicBatcher:
 
     def __init__(self, fn: Callable[..., Any], max_batch: int, max_delay_s: float, max_queue: int = 1024,
                  name: str = "batcher") -> None:
-        if max_batch < 1 or max_delay_s < 0 or max_queue < 1:
-            raise ValueError(f"need max_batch >= 1, max_delay_s >= 0, max_queue >= 1; got {max_batch}, "
-                             f"{max_delay_s}, {max_queue}")
+        if max_batch < 1 or not 0 <= max_delay_s <= MAX_DELAY_S or max_queue < 1:  # NaN fails the range too
+            raise ValueError(f"need max_batch >= 1, 0 <= max_delay_s <= {MAX_DELAY_S:g}, max_queue >= 1; got "
+                             f"{max_batch}, {max_delay_s}, {max_queue}")
         self.fn, self.max_batch, self.max_delay_s, self.max_queue = fn, int(max_batch), float(max_delay_s), max_queue
         self.stats = BatcherStats()
         self._queue: collections.deque[_Item] = collections.deque()
@@ -146,10 +148,10 @@ class DynamicBatcher:
 
     def _run(self, batch: Sequence[_Item]) -> None:
         rows = [it.rows for it in batch]
-        joined = tuple(np.concatenate([it.arrays[k] for it in batch]) if len(batch) > 1 else batch[0].arrays[k]
-                       for k in range(len(batch[0].arrays)))
         t0 = time.perf_counter()
-        try:
+        try:  # joining too: requests whose arrays do not stack fail their own futures, never the worker
+            joined = tuple(np.concatenate([it.arrays[k] for it in batch]) if len(batch) > 1 else batch[0].arrays[k]
+                           for k in range(len(batch[0].arrays)))
             result = self.fn(*joined)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
             self.stats.failed_batches += 1

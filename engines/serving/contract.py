@@ -304,3 +304,6 @@ def check_input_values(model: ServedModel, arrays: Mapping[str, np.ndarray], con
             raise ValueError(VIDEO_INPUTS[1], f"{VIDEO_INPUTS[1]} must hold 0 (padding) or 1 (real frame)")
         if mask.size and (mask.sum(axis=1) < 1).any():
             raise ValueError(VIDEO_INPUTS[1], f"every video needs at least one real frame in {VIDEO_INPUTS[1]}")
+        if mask.size and (np.diff(mask, axis=1) > 0).any():  # a 1 after a 0: the ASA warp clamps to a valid prefix
+            raise ValueError(VIDEO_INPUTS[1], f"{VIDEO_INPUTS[1]} must mark the real frames as a prefix (1…1 0…0), "
+                             "as the decoder pads short videos")

@@ -37,6 +37,17 @@ class RequestError(Exception):
         return {"error": self.message, "field": self.field}
 
 
+def parse_json(body: bytes) -> Any:
+    """``json.loads`` that raises :class:`RequestError` 400 (field ``body``) for whatever is not a JSON document it
+    can hold: invalid text, nesting too deep for the parser, an integer of more digits than Python converts."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else \
+            str(exc)[:200] if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)) else "a number is too long"
+        raise RequestError(400, f"request body is not valid JSON ({reason})", "body") from None
+
+
 @dataclass
 class InferRequest:
     """A checked request: input arrays by name, the outputs wanted (``name -> binary?``) and the request id."""
@@ -66,8 +77,9 @@ def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """Split the JSON header from the binary section and parse it."""
+def _header(body: bytes, header_length: str | None, max_json: int | None = None) -> tuple[dict[str, Any], bytes]:
+    """Split the JSON header from the binary section and parse it; a JSON part over ``max_json`` bytes is refused
+    (413) before parsing, since Python objects of parsed JSON numbers take about ten times their text."""
     if header_length is None:
         head, rest = body, b""
     else:
@@ -79,10 +91,10 @@ def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byt
             raise RequestError(400, f"{HEADER_LENGTH} must be an integer in [1, {len(body)}] (the body size), got "
                                f"{header_length!r}", HEADER_LENGTH)
         head, rest = body[:n], body[n:]
-    try:
-        doc = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(400, f"request body is not valid JSON ({exc})", "body") from None
+    if max_json is not None and len(head) > max_json:
+        raise RequestError(413, f"the JSON part of the request is {len(head):,} bytes, over the {max_json:,} allowed "
+                           "for JSON tensors; send tensors as binary data (tritonclient: binary_data=True)", "body")
+    doc = parse_json(head)
     if not isinstance(doc, dict):
         raise RequestError(400, "request body must be a JSON object with 'inputs'", "body")
     return doc, rest
@@ -131,18 +143,19 @@ def _json_array(data: Any, dtype: np.dtype, shape: tuple, name: str, where: str)
 
 
 def parse_infer_request(body: bytes, header_length: str | None, model: ServedModel,
-                        max_items: Mapping[str, int] | None = None) -> InferRequest:
+                        max_items: Mapping[str, int] | None = None, max_json: int | None = None) -> InferRequest:
     """Parse and check an inference request for ``model``.
 
     ``max_items`` bounds each symbolic axis (``{"batch": 32}``); the model's own ``max_batch_size`` bounds its batch
-    axis. Returns an :class:`InferRequest`; raises :class:`RequestError` (400) naming the field for bad JSON, an
-    unknown, missing or repeated input, a wrong datatype, rank, fixed dimension or batch size, data that does not fill
-    the shape, binary sections that do not add up, or an unknown / unsupported requested output.
+    axis; ``max_json`` the bytes of the JSON part (413 beyond). Returns an :class:`InferRequest`; raises
+    :class:`RequestError` (400) naming the field for bad JSON, an unknown, missing or repeated input, a wrong
+    datatype, rank, fixed dimension or batch size, data that does not fill the shape, binary sections that do not
+    add up, or an unknown / unsupported requested output.
     """
     limits = dict(max_items or {})
     if model.batch_axis is not None:
         limits[model.batch_axis] = model.max_batch_size
-    doc, binary = _header(body, header_length)
+    doc, binary = _header(body, header_length, max_json)
     inputs_doc = doc.get("inputs")
     if not isinstance(inputs_doc, list) or not inputs_doc:
         raise RequestError(400, f"'inputs' must be a non-empty list of {list(model.input_names)}", "inputs")
@@ -268,6 +281,10 @@ def encode_infer_response(model: ServedModel, request: InferRequest, outputs: Ma
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # JSON has no inf/NaN; binary output carries them
+                raise RequestError(422, f"output {name} holds non-finite values (inputs beyond what {model.name} "
+                                   "computes in float32); request it as binary data to receive them",
+                                   f"outputs.{name}")
             entry["data"] = arr.ravel().tolist()
         entries.append(entry)
     doc: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": entries}

@@ -95,13 +95,19 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
     loaded, source = load_served_engine(engine, workspace, threads)
     serial = SerialEngine(loaded)
     lib_path = resolve_library(library, workspace) if default_library else None
+    lib = service = None
     try:
         lib = open_served_library(lib_path, serial, implicit=library is None) if lib_path is not None else None
         service = ServingService(serial, source, lib, options)
+        warm_up(service)
     except BaseException:
-        serial.close()
+        if service is not None:
+            service.close()  # its batcher thread, the library and the engine
+        else:
+            if lib is not None:
+                lib.close()
+            serial.close()
         raise
-    warm_up(service)
     return service
 
 

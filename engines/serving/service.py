@@ -41,9 +41,11 @@ from rap_deploy.engines.serving.model_config import (
 )
 from rap_deploy.engines.serving.oip import InferRequest, RequestError
 from rap_deploy.engines.serving.serial import SerialEngine
+from rap_deploy.errors import UsageError
 from rap_deploy.export.export_config import TOKENS
 
 MiB = 1 << 20
+MAX_BODY_MB = 4096  # --max-body-mb's ceiling: one inference request of 4 GiB
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,20 @@ class ServeOptions:
     max_asa_queries: int = 1024
     max_asa_videos: int = 1024
     max_thumbnail_frames: int = 8
+    max_infer_json: int = 32 * MiB  # an inference body without binary tensors: parsed into ~10x its size
+
+    def __post_init__(self) -> None:
+        """Raise :class:`UsageError` for a value out of range, named as its ``rapdeploy serve`` option."""
+        from rap_deploy.bounds import MAX_BATCH_SIZE
+        from rap_deploy.engines.serving.batcher import MAX_DELAY_S
+
+        checks = (("--max-batch", self.max_batch, 1, MAX_BATCH_SIZE),
+                  ("--max-queue-delay-ms", self.max_queue_delay_ms, 0, MAX_DELAY_S * 1000),
+                  ("--max-queue", self.max_queue, 1, 1 << 20),
+                  ("--max-body-mb", self.max_infer_body / MiB, 1 / MiB, MAX_BODY_MB))
+        for option, value, low, high in checks:
+            if not low <= value <= high:  # NaN fails too
+                raise UsageError(f"{option} must be in [{low:g}, {high:g}], got {value:g}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -289,13 +305,3 @@ def jpeg_strip(frames: np.ndarray, height: int = 96) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
-
-
-def parse_json(body: bytes) -> Any:
-    """``json.loads`` that raises :class:`RequestError` 400 (field ``body``) for invalid JSON."""
-    import json
-
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(400, f"request body is not valid JSON ({exc})", "body") from None

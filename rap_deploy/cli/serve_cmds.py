@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
 
 from rap_deploy.cli.app import command
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
 @command("serve")
@@ -31,7 +34,8 @@ def serve_cmd(
     threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
     url_file: Path | None = typer.Option(None, "--url-file", help="Write the server's URL here once it accepts "
                                          "requests."),
-    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info shows every request)."),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical, error, warning, info "
+                                  "(every request), debug or trace."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
                                           "$RAPDEPLOY_HOME)."),
 ) -> None:
@@ -46,12 +50,14 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in [0, 65535], got {port}")
-    if max_queue_delay_ms < 0 or max_queue < 1 or max_body_mb <= 0:
-        raise UsageError("--max-queue-delay-ms must be >= 0, --max-queue >= 1 and --max-body-mb > 0")
+    if not math.isfinite(max_body_mb):
+        raise UsageError(f"--max-body-mb must be a number of MiB, got {max_body_mb}")
+    if log_level.lower() not in LOG_LEVELS:
+        raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                            max_infer_body=int(max_body_mb * MiB))
     serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
-          url_file=url_file, log_level=log_level, default_library=not no_library)
+          url_file=url_file, log_level=log_level.lower(), default_library=not no_library)
 
 
 @command("triton-repo")
