@@ -171,18 +171,37 @@ def _configure(trt: Any, builder: Any, network: Any, onnx_path: Path, shapes: Ma
 def _attach_timing_cache(config: Any, timing_cache: Path) -> None:
     """Use the on-disk timing cache, or a fresh one when it comes from another device / version."""
     cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
-    if config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+    try:  # an unreadable cache file may give None or raise, depending on the version: then start afresh
+        cache = config.create_timing_cache(cache_bytes) if cache_bytes else None
+    except (RuntimeError, TypeError, ValueError):
+        cache = None
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
         return
     if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
         raise CheckFailedError(f"TensorRT refused an empty timing cache (was {timing_cache})")
 
 
-def _inspect(trt: Any, log: Any, data: bytes, onnx_path: Path) -> tuple[dict[str, Any], int]:
-    """Deserialize a freshly built engine and summarise its layers (:func:`layer_precisions`)."""
+def _inspect(trt: Any, log: Any, data: bytes, onnx_path: Path, shapes: Mapping[str, Mapping[str, list[int]]]
+             ) -> tuple[dict[str, Any], int]:
+    """Deserialize a freshly built engine and summarise its layers (:func:`layer_precisions`).
+
+    The inspector is given an execution context with every input at its profile's ``opt`` shape: without one,
+    TensorRT prints the formats and data types of a dynamic-shape engine as "N/A due to dynamic shapes" (the
+    ``IEngineInspector::setExecutionContext`` documentation; trtexec and Polygraphy do the same), and the FP16 and
+    pinned-output checks would have no types to read.
+    """
     engine = trt.Runtime(log).deserialize_cuda_engine(data)
     if engine is None:
         raise CheckFailedError(f"the engine just built for {onnx_path.name} does not deserialize")
+    context = engine.create_execution_context()
+    if context is None:
+        raise CheckFailedError(f"no execution context for the engine just built for {onnx_path.name} (GPU memory?)")
+    for name, s in shapes.items():
+        if not context.set_input_shape(name, tuple(s["opt"])):
+            raise CheckFailedError(f"the engine just built for {onnx_path.name} refuses input '{name}' at its "
+                                   f"profile's opt shape {s['opt']}")
     inspector = engine.create_engine_inspector()
+    inspector.execution_context = context
     info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     return layer_precisions(info), engine.num_layers
 
@@ -222,7 +241,7 @@ def build_graph(onnx_path: Path, engine_path: Path, shapes: Mapping[str, Mapping
         data = bytes(serialized)
         write_bytes_atomic(engine_path, data)
         write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
-        summary, num_layers = _inspect(trt, log, data, onnx_path)
+        summary, num_layers = _inspect(trt, log, data, onnx_path, shapes)
     report: dict[str, Any] = {
         "mode": mode, "seconds": round(seconds, 2), "tf32": False, "pinned_fp32_layers": len(pinned),
         "pinned": dict(sorted(pinned.items())),

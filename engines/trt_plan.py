@@ -322,8 +322,8 @@ def pinned_output_check(summary: Mapping[str, Any], plan: PrecisionPlan) -> dict
             node = plan.fp32_tensors.get(out.get("name", ""))
             if node is None and not whole:
                 continue
-            if out.get("dtype") not in ("fp32", "fp16", "bf16"):
-                continue  # integer / bool outputs (TopK indices) have no float precision
+            if out.get("dtype") in ("int32", "int64", "bool"):
+                continue  # index / mask outputs (TopK indices) have no float precision; an unreadable type fails
             checked += 1
             visible.update([node] if node else pinned_nodes)
             if out.get("dtype") != "fp32":

@@ -211,4 +211,13 @@ def test_pinned_outputs_are_read_back_through_metadata_and_tensor_names():
     assert [v["nodes"] for v in check["violations"]] == [["/n/Div"]]
     with pytest.raises(CheckFailedError, match="lower precision: fused_anything \\(gemm\\)"):
         require_pinned_fp32("video_encoder", check)
+    # a pinned output whose type the inspector did not print (no execution context: "N/A due to dynamic shapes")
+    # fails instead of passing unchecked; an index output (TopK's) is still skipped
+    unread = layer_precisions({"Layers": [
+        layer("__myl_LN", "kgen", "[ONNX Layer: /ln/LayerNormalization]",
+              [("/ln/LayerNormalization_output_0", "N/A due to dynamic shapes")]),
+        layer("__myl_TopK", "kgen", "[ONNX Layer: /n/Div]", [("/n/Div_output_0", "Int64")])]})
+    check = pinned_output_check(unread, plan)
+    assert [(v["tensor"], v["dtype"]) for v in check["violations"]] == [("/ln/LayerNormalization_output_0",
+                                                                          "unknown")]
     assert not is_compute_layer("shape_call") and not is_compute_layer("Reformat") and is_compute_layer("kgen")

@@ -249,3 +249,18 @@ def test_engine_with_other_tensor_names_is_refused(fake_builds, tmp_path):
     write_manifest(copy, manifest)
     with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match="expects \\['input_ids', 'eot'\\]"):
         load_engine(copy)
+
+
+def test_a_damaged_timing_cache_is_replaced_by_a_fresh_one(tmp_path):
+    """A cache file TensorRT cannot read (it raises, or returns None) starts a fresh cache instead of failing."""
+    from rap_deploy.engines.trt_build import _attach_timing_cache
+
+    damaged = tmp_path / "timing.cache"
+    damaged.write_bytes(b"\x00garbage")
+    with fake_tensorrt_env(10) as trt:
+        config = trt.Builder(trt.Logger(trt.Logger.WARNING)).create_builder_config()
+        _attach_timing_cache(config, damaged)
+        assert config.get_timing_cache()._data == b""
+        config.create_timing_cache = lambda data, _real=config.create_timing_cache: None if data else _real(data)
+        _attach_timing_cache(config, damaged)
+        assert config.get_timing_cache()._data == b""

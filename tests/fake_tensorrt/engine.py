@@ -118,7 +118,10 @@ class BuilderConfig(Checked):
         return len(self._profiles) - 1
 
     def create_timing_cache(self, serialized_timing_cache: bytes) -> TimingCache:
-        return TimingCache(bytes(serialized_timing_cache))
+        data = bytes(serialized_timing_cache)
+        if data and not data.startswith(b"fake-timing-cache"):  # a damaged file (the real binding's answer varies)
+            raise RuntimeError("ITimingCache: invalid serialized timing cache")
+        return TimingCache(data)
 
     def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
         self._cache = cache
@@ -215,12 +218,21 @@ class Inspector(Checked):
 
     def __init__(self, engine: CudaEngine) -> None:
         self._engine = engine
+        self._context: Context | None = None
+
+    execution_context = property(lambda self: self._context, lambda self, ctx: setattr(self, "_context", ctx))
 
     def get_engine_information(self, format: Any) -> str:  # noqa: A002 - the binding's name
         data = self._engine._data
         if data["verbosity"] != "DETAILED":
             return json.dumps({"Layers": [layer["name"] for layer in data["layers"]]})
-        return json.dumps({"Layers": _inspector_layers(data["layers"]), "Bindings": [t["name"] for t in data["io"]]})
+        layers = _inspector_layers(data["layers"])
+        inputs = [t["name"] for t in data["io"] if t["mode"] == "INPUT"]
+        if self._context is None or any(n not in self._context._shapes for n in inputs):
+            for entry in layers:  # as TensorRT prints a dynamic-shape engine without a context of input shapes
+                for o in entry["Outputs"]:
+                    o["Format/Datatype"] = "N/A due to dynamic shapes"
+        return json.dumps({"Layers": layers, "Bindings": [t["name"] for t in data["io"]]})
 
 
 def _format(dtype: str, myelin: bool) -> str:
