@@ -11,7 +11,9 @@ A model of what the real calls require and report, not of TensorRT's results:
   graph's (reversed), so code that unpacks by position is caught;
 - the inspector reports Myelin-style layers (``__myl_*``, ``kgen`` / ``gemm``, ``[ONNX Layer: ...]`` metadata joined
   by ``\\x1f``, unregistered helper layers fused into their consumer), ``Format/Datatype`` as in TensorRT 10.x dumps
-  (NVIDIA/TensorRT issues 4020 and 4397);
+  (NVIDIA/TensorRT issues 4020 and 4397), separate ``Format`` and ``DataType`` and ``I/O Tensors`` in 11.x (NVIDIA's
+  10.x-to-11.x inspector migration page), and "N/A due to dynamic shapes" for every type unless the inspector has an
+  execution context with all input shapes set (``IEngineInspector::setExecutionContext``);
 - execution reads the bound host addresses (tests bind CPU tensors), runs the graph with ONNX Runtime on the CPU and
   writes the outputs in the engine's output types: it checks the plumbing, never stands in for TensorRT's numbers.
 """
@@ -232,7 +234,22 @@ class Inspector(Checked):
             for entry in layers:  # as TensorRT prints a dynamic-shape engine without a context of input shapes
                 for o in entry["Outputs"]:
                     o["Format/Datatype"] = "N/A due to dynamic shapes"
-        return json.dumps({"Layers": layers, "Bindings": [t["name"] for t in data["io"]]})
+        if self._major < 11:
+            return json.dumps({"Layers": layers, "Bindings": [t["name"] for t in data["io"]]})
+        for entry in layers:  # TensorRT 11 splits the field in two and lists the I/O tensors as objects
+            for o in entry["Outputs"]:
+                fmt = o.pop("Format/Datatype")
+                o["Format"], o["DataType"] = ("N/A", fmt) if fmt.startswith("N/A") else _split_format(fmt)
+        return json.dumps({"Layers": layers, "I/O Tensors": [{"Name": t["name"], "Mode": t["mode"].title(),
+                                                              "DataType": t["dtype"].title()} for t in data["io"]]})
+
+
+def _split_format(text: str) -> tuple[str, str]:
+    """A 10.x ``Format/Datatype`` text as 11.x's separate ``Format`` and ``DataType``."""
+    for token, name in (("FP16", "Half"), ("FP32", "Float"), ("HALF", "Half"), ("FLOAT", "Float")):
+        if token in text.upper():
+            return "Row major linear", name
+    return "Row major linear", text
 
 
 def _format(dtype: str, myelin: bool) -> str:
