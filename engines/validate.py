@@ -35,11 +35,14 @@ def _rows(x: np.ndarray) -> np.ndarray:
 def compare_arrays(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     """``max_abs`` error and row-wise ``min_cosine``/``mean_cosine`` over rows with a non-zero reference.
 
-    Zero reference rows (padded frames) count in ``max_abs`` only. Raises ``ValueError`` on a shape mismatch.
+    Zero reference rows (padded frames) count in ``max_abs`` only; a NaN or inf on either side gives the worst values
+    (``inf``, ``-inf``), so no tolerance passes it. Raises ``ValueError`` on a shape mismatch.
     """
     if np.shape(ref) != np.shape(out):
         raise ValueError(f"shape mismatch: reference {np.shape(ref)}, engine {np.shape(out)}")
     r, o = _rows(ref), _rows(out)
+    if not (np.isfinite(r).all() and np.isfinite(o).all()):  # NaN would compare as a pass against any tolerance
+        return {"max_abs": float("inf"), "min_cosine": float("-inf"), "mean_cosine": float("-inf")}
     nr, no = np.linalg.norm(r, axis=1), np.linalg.norm(o, axis=1)
     live = nr > 1e-6
     cos = (r[live] * o[live]).sum(1) / np.maximum(nr[live] * no[live], 1e-12) if live.any() else np.ones(1)
@@ -66,7 +69,7 @@ def compare_engines(engine: Engine, reference: Engine, inputs: SampleInputs | No
     report: dict[str, Any] = {name: compare_arrays(r, o) for name, r, o in zip(names, ref_v, out_v, strict=True)}
     report["text_emb"] = compare_arrays(ref_t, out_t)
     sim = compare_arrays(ref_s, out_s)
-    sim["min_cosine"] = sim["mean_cosine"] = float("nan")  # rows of a similarity matrix are not embeddings
+    sim["min_cosine"] = sim["mean_cosine"] = None  # rows of a similarity matrix are not embeddings
     report["similarity"] = sim
     report["similarity_argmax_match"] = bool((ref_s.argmax(1) == out_s.argmax(1)).all())
     return report

@@ -14,8 +14,10 @@ truth's, in the reference or in the engine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,15 +288,17 @@ def evaluate_both(reference: Any, engine: Any, data: Any, cache: Any, top_m: int
     t0 = time.perf_counter()
     kept = reference_runs.runs.get(key) if reference_runs is not None else None
     if kept is None:
-        ref_eval = evaluate(reference, data, cache, top_m=top_m, batch_size=batch_size, progress=progress,
-                            return_scores=True)
+        with _finite_scores("reference"):
+            ref_eval = evaluate(reference, data, cache, top_m=top_m, batch_size=batch_size, progress=progress,
+                                return_scores=True)
         if reference_runs is not None:
             reference_runs.runs[key] = (ref_eval, time.perf_counter() - t0)
     else:
         ref_eval = kept[0]
     t1 = time.perf_counter()
-    eng_eval = evaluate(engine, data, cache, top_m=top_m, batch_size=batch_size, progress=progress,
-                        return_scores=True)
+    with _finite_scores("engine"):
+        eng_eval = evaluate(engine, data, cache, top_m=top_m, batch_size=batch_size, progress=progress,
+                            return_scores=True)
     t2 = time.perf_counter()
     used = ref_eval["scores"]["split"]
     if [v.video_id for v in used.videos] != [v.video_id for v in eng_eval["scores"]["split"].videos]:
@@ -306,6 +310,19 @@ def evaluate_both(reference: Any, engine: Any, data: Any, cache: Any, top_m: int
     if kept is not None:  # the seconds the reference took when it ran
         return Evaluations(ref_eval, eng_eval, used, kept[1], t2 - t1, ref_reused=True)
     return Evaluations(ref_eval, eng_eval, used, t1 - t0, t2 - t1)
+
+
+@contextlib.contextmanager
+def _finite_scores(who: str) -> Iterator[None]:
+    """Turn NaN/inf similarities into a failed check (exit 1) naming ``who`` computed them."""
+    from rap_deploy.metrics import NonFiniteScoresError
+
+    try:
+        yield
+    except NonFiniteScoresError as exc:
+        fix = "rebuild the engine from an export that passes its parity check" if who == "engine" else \
+            "the checkpoint's weights hold NaN or overflow: retrain or restore it"
+        raise CheckFailedError(f"the {who}'s {exc}; {fix}") from None
 
 
 def output_errors(reference: Any, engine: Any, run: Evaluations, cache: Any, batch_size: int

@@ -203,6 +203,8 @@ def vector_error(reference: np.ndarray, engine: np.ndarray, chunk: int = 64) -> 
         b = np.asarray(engine[i:i + chunk], dtype=np.float32)
         if a.size == 0:
             continue
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):  # NaN would vanish in max() and min()
+            return {"max_abs": float("inf"), "mean_abs": float("inf"), "min_cosine": float("-inf")}
         diff = np.abs(a - b)
         max_abs = max(max_abs, float(diff.max()))
         mean_abs += float(diff.sum(dtype=np.float64))

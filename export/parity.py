@@ -42,18 +42,19 @@ def ort_session(path: str | Path, precision: str = "fp32"):
 
 # ---------------------------------------------------------------------------------------------------- figures
 def max_abs(ref: np.ndarray, test: np.ndarray) -> float:
-    """Largest absolute difference (inf when shapes differ)."""
-    if ref.shape != test.shape:
-        return float("inf")
+    """Largest absolute difference (inf when shapes differ or either array holds NaN/inf)."""
+    if ref.shape != test.shape or not (np.isfinite(ref).all() and np.isfinite(test).all()):
+        return float("inf")  # NaN never passes a tolerance
     return float(np.abs(ref.astype(np.float64) - test.astype(np.float64)).max()) if ref.size else 0.0
 
 
 def min_cosine(ref: np.ndarray, test: np.ndarray, rows: bool = True, eps: float = 1e-12) -> float:
     """Smallest cosine between matching rows (last axis) of ``ref`` and ``test``; rows zero in both are skipped.
 
-    With ``rows=False`` the whole arrays are compared as one vector. A row zero in one array only scores 0.
+    With ``rows=False`` the whole arrays are compared as one vector. A row zero in one array only scores 0; NaN or
+    inf anywhere gives ``-inf``.
     """
-    if ref.shape != test.shape:
+    if ref.shape != test.shape or not (np.isfinite(ref).all() and np.isfinite(test).all()):
         return float("-inf")
     a = ref.astype(np.float64).reshape(-1, ref.shape[-1] if rows else ref.size)
     b = test.astype(np.float64).reshape(a.shape)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -91,9 +92,36 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> str:
+    """``obj`` as strict JSON text: NaN and infinities become ``null`` (JSON has neither; ``json.dumps`` would write
+    bare ``NaN``, which other parsers refuse), paths become strings and NumPy values plain numbers and lists.
+    ``default`` converts anything else (raises ``TypeError`` without it)."""
+    def fallback(o: Any) -> Any:
+        try:
+            return _json_default(o)
+        except TypeError:
+            if default is None:
+                raise
+            return default(o)
+
+    return json.dumps(_finite(obj, fallback), indent=indent, sort_keys=False, allow_nan=False)
+
+
+def _finite(obj: Any, convert: Callable[[Any], Any]) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {k: _finite(v, convert) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v, convert) for v in obj]
+    return _finite(convert(obj), convert)
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically and return the path."""
-    return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    """Write ``obj`` as strict JSON (:func:`json_text`) to ``path`` atomically and return the path."""
+    return write_text_atomic(path, json_text(obj, indent=indent) + "\n")
 
 
 def save_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:

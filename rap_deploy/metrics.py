@@ -15,6 +15,11 @@ import numpy as np
 METRIC_KEYS = ("R1", "R5", "R10", "MdR", "MnR", "RSum", "ties")
 
 
+
+class NonFiniteScoresError(ValueError):
+    """Similarities that hold NaN or infinite values: the model or engine computed something no ranking can use."""
+
+
 def _as_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor (bf16/fp16 included) without importing torch here
         x = x.detach().cpu()
@@ -117,5 +122,5 @@ def _checked_similarity(sim: Any, text_to_video: Any) -> tuple[np.ndarray, np.nd
     bad = ~np.isfinite(sim)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise ValueError(f"similarity has {int(bad.sum())} NaN/inf values (first at text {r}, video {c})")
+        raise NonFiniteScoresError(f"similarity has {int(bad.sum())} NaN/inf values (first at text {r}, video {c})")
     return sim, t2v

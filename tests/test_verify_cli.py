@@ -137,3 +137,52 @@ def test_reference_runs_evaluate_the_reference_once_for_several_engines(micro_or
     assert shared["passed"] is alone["passed"] is False
     for key in ("reference", "engine", "delta", "rank_changes"):
         assert shared[key] == alone[key], key  # the shared reference gives the very same verdict
+
+
+def _poison(folder: Path, graph: str) -> None:
+    """Put NaN into the largest float weight of ``graph`` in an export or engine folder, with its manifest entry's
+    sha256 and size updated, so only the numbers are wrong."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from rap_deploy.atomic import sha256_file
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["graphs"][graph]
+    path = folder / entry["file"]
+    model = onnx.load(str(path))
+    target = max((i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT),
+                 key=lambda i: int(np.prod(i.dims)))
+    target.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(target) * np.float32("nan"), target.name))
+    onnx.save(model, str(path))
+    entry.update(sha256=sha256_file(path), bytes=path.stat().st_size)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def test_nan_is_never_a_pass(micro_ort_engines, synth_root, frame_cache, tmp_path):
+    """An engine or export computing NaN fails every comparison: build-engine's validation (exit 1, no engine
+    written, strict JSON nowhere holding NaN) and verify (exit 1, one line), never a pass or a traceback."""
+    import shutil
+
+    import numpy as np
+
+    from rap_deploy.engines.validate import compare_arrays
+    from rap_deploy.engines.verify_rules import vector_error
+    from rap_deploy.export.parity import max_abs, min_cosine
+
+    ref, bad = np.ones((2, 4), np.float32), np.full((2, 4), np.nan, np.float32)
+    assert compare_arrays(ref, bad)["max_abs"] == np.inf and compare_arrays(bad, ref)["min_cosine"] == -np.inf
+    assert max_abs(ref, bad) == np.inf and min_cosine(ref, bad) == -np.inf
+    assert vector_error(ref, bad)["max_abs"] == np.inf and vector_error(ref, bad)["min_cosine"] == -np.inf
+
+    engine = shutil.copytree(micro_ort_engines["fp32"], tmp_path / "nan-engine")
+    _poison(engine, "video_encoder")
+    res = _verify(engine, synth_root, tmp_path / "out", frame_cache)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "NaN/inf" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+    export = shutil.copytree(micro_ort_engines["export"], tmp_path / "nan-export")
+    _poison(export, "text_encoder")
+    res = runner.invoke(app, ["build-engine", str(export), "--backend", "onnxruntime", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 1 and "inf" in res.stderr and not (tmp_path / "e").exists(), res.output

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from rap_deploy import bounds
+from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import CheckFailedError, UsageError
@@ -48,7 +48,7 @@ def synth(
                                              fps=fps, seconds=seconds, distractors=distractors,
                                              progress=not quiet)
     if json_out:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json_text(summary))
     else:
         typer.echo(f"wrote {summary['videos']} videos ({summary['train_videos']} train, {summary['test_videos']} test, "
                    f"{summary['test_reverse_pairs']} time-reversed test pairs) and {summary['sentences']} captions "
@@ -86,7 +86,7 @@ def data_check(
     report = check_dataset(dataset, root, split, cache=frame_cache, progress=not quiet,
                            preprocess=PreprocessConfig(image_size=image_size), max_frames=frames)
     if json_out:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json_text(report))
     else:
         _print_report(report)
     if not report["ok"]:

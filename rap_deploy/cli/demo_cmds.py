@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 
 
@@ -56,7 +57,7 @@ def search_command(library: str) -> str:
 
 def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
     if json_out:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json_text(summary))
         return
     from rich.console import Console
     from rich.table import Table

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 
 
@@ -61,7 +61,7 @@ def build_engine_cmd(
                             threads=threads, inter_threads=inter_threads, workspace=workspace, force=force,
                             validate=validate, progress=not quiet)
     if json_out:
-        typer.echo(json.dumps(manifest, indent=2, default=str))
+        typer.echo(json_text(manifest, default=str))
         return
     _print_summary(manifest)
 
@@ -79,7 +79,7 @@ def _print_summary(manifest: dict) -> None:
         m = val.get(outputs.get(name, ""), {})
         table.add_row(name, entry["file"], f"{entry.get('bytes', 0) / 2**20:.1f}",
                       f"{m['max_abs']:.2e}" if m else "-",
-                      f"{m['min_cosine']:.6f}" if m and m.get("min_cosine") == m.get("min_cosine") else "-")
+                      f"{m['min_cosine']:.6f}" if m and isinstance(m.get("min_cosine"), float) else "-")
     console = Console()
     console.print(table)
     console.print(f"{manifest['backend']} {manifest['precision']} on {manifest['device']}"

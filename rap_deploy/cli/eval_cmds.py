@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import typer
 
 from rap_deploy import bounds
+from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 from rap_deploy.errors import UsageError
 
@@ -36,7 +36,7 @@ def _check_device(value: str | None, option: str) -> None:
 
 
 def _echo_json(result: dict) -> None:
-    typer.echo(json.dumps(result, indent=2, default=str))
+    typer.echo(json_text(result, default=str))
 
 
 @command("verify")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 
 
@@ -39,7 +40,7 @@ def export(
     manifest = export_checkpoint(checkpoint, out_dir, opset=opset, fp16=fp16, force=force, data_root=data_root,
                                  progress=not quiet and not json_out, dataset=dataset)
     if json_out:
-        typer.echo(json.dumps(manifest, indent=2))
+        typer.echo(json_text(manifest))
         return
     _print_table(out_dir, manifest)
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 from rap_deploy.errors import UsageError
 
 
 def _echo_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    typer.echo(json_text(obj, default=str))
 
 
 def _human_bytes(n: float | None) -> str:
@@ -262,7 +262,7 @@ def search_cmd(
             typer.echo(f"warning: {warning}", err=True)
     if json_out:
         for r in results:
-            typer.echo(json.dumps(r, default=str))
+            typer.echo(json_text(r, indent=None, default=str))
         return
     _print_results(results, lib_path)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 from rap_deploy.config import PRESETS, SELECTION_MODES, VARIANTS, RAPConfig
 from rap_deploy.errors import UsageError
@@ -101,7 +101,7 @@ def info(
 
 def _print_summary(summary: dict, json_out: bool, header: str | None) -> None:
     if json_out:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json_text(summary))
         return
     from rich.console import Console
     from rich.table import Table

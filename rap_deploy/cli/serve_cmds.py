@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import typer
 
+from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
@@ -82,7 +82,7 @@ def triton_repo_cmd(
     result = triton_repo(engine, out, workspace=workspace, kind=kind, instances=instances,
                          max_queue_delay_us=max_queue_delay_us, fp16=fp16, force=force)
     if json_out:
-        typer.echo(json.dumps(result, indent=2))
+        typer.echo(json_text(result))
         return
     for name, m in result["models"].items():
         typer.echo(f"{name}: {m['file']} (max_batch_size {m['max_batch_size']})")

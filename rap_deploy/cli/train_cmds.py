@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from rap_deploy import bounds
+from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 from rap_deploy.config import PRESETS
 from rap_deploy.data import SYNTH_DISTRACTORS
@@ -143,7 +143,7 @@ def train(
     if not rank0:
         return  # under torchrun only rank 0 reports
     if json_out:
-        typer.echo(json.dumps(summary, indent=2, default=str))
+        typer.echo(json_text(summary, default=str))
     else:
         _print_train_summary(summary)
 
@@ -318,7 +318,7 @@ def pretrain_backbone(
                       if v is not None},
                    progress=not quiet)
     if json_out:
-        typer.echo(json.dumps(info, indent=2))
+        typer.echo(json_text(info))
         return
     h = info["heldout"]
     a = h["attributes"]
@@ -428,7 +428,7 @@ def ablate(
                           [r for r in (rows or "").split(",") if r.strip()], progress=not quiet, log=log,
                           heldout=scorer, jobs=jobs, threads=threads)
     if json_out:
-        typer.echo(json.dumps(result, indent=2))
+        typer.echo(json_text(result))
         return
     from rap_deploy.train.ablate_report import ablation_markdown
 
