@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rap_deploy.bounds import manifest_format
 from rap_deploy.crashpoints import crash_point
 from rap_deploy.engines.base import Engine
-from rap_deploy.engines.manifest import BACKENDS, MANIFEST, new_manifest, write_manifest
+from rap_deploy.engines.manifest import BACKENDS, FORMAT, MANIFEST, new_manifest, write_manifest
 from rap_deploy.engines.trt_plan import ProfileOptions, profile_ranges
 from rap_deploy.errors import UsageError
 from rap_deploy.folder_swap import StagedFolder, staged_folder
@@ -162,6 +163,9 @@ def check_replaceable(dest: Path, force: bool) -> None:
         raise UsageError(f"{dest} already exists; pass --force to replace it or --out to build elsewhere")
     if not (dest / MANIFEST).is_file() or any(p.is_dir() for p in dest.iterdir()):
         raise UsageError(f"{dest} exists and is not an engine folder; refusing to replace it, pass another --out")
+    other = manifest_format(dest / MANIFEST)
+    if other is not None and other != FORMAT:  # a damaged engine manifest (no format) may still be rebuilt
+        raise UsageError(f"{dest} holds a {other} folder, not an engine; refusing to replace it, pass another --out")
 
 
 def _build_into(stage: StagedFolder, src: Path, export_manifest: dict[str, Any], backend: str, precision: str,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import CheckFailedError, UsageError
 
 
@@ -74,7 +75,7 @@ def engine_manifest(engine_path: Path) -> dict[str, Any] | None:
                          "`rapdeploy build-engine`")
     resolve_entry(engine_path, "manifest.json", "engine manifest", engine_path)  # no symlink, FIFO or device
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_manifest_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckFailedError(f"{path} is not valid JSON ({exc}); rebuild the engine") from None
     if not isinstance(manifest, dict):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError
-from rap_deploy.export.integrity import check_external_data, graph_facts
+from rap_deploy.export.integrity import check_external_data, graph_facts, metadata_mismatches
 from rap_deploy.safe_paths import resolve_entry
 
 INT8_EXEMPT = ("asa_head",)  # kept fp32 in int8 engines (see ort_build.int8_exclusions)
@@ -42,6 +42,13 @@ def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source:
         facts = graph_facts(path, what, source)
         check_external_data(engine_dir, facts, listed, what, source)
         quantized, fp16 = facts["quantized_ops"], facts["fp16_tensors"]
+        claims = metadata_mismatches(facts["metadata"], {"config": manifest.get("config")})
+        graph_name = facts["metadata"].get("rapdeploy.graph")
+        if graph_name is not None and graph_name != name:
+            claims.append(f"its metadata rapdeploy.graph is {graph_name!r}, the manifest lists it as {name!r}")
+        if claims:
+            raise CheckFailedError(f"{source}: {what} ({path.name}) does not match its manifest: {'; '.join(claims)}; "
+                                   "the manifest was edited or the graph replaced, rebuild the engine")
         problem = None
         if precision == "fp32" and (quantized or fp16):
             problem = f"it holds {quantized} quantised operators and {fp16} float16 tensors"

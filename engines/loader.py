@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rap_deploy.bounds import read_manifest_text
 from rap_deploy.engines.base import Engine
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 
@@ -69,7 +70,7 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
     from rap_deploy.safe_paths import resolve_entry
 
     try:
-        fmt = json.loads(resolve_entry(p, "manifest.json", "manifest", p).read_text(encoding="utf-8")).get("format")
+        fmt = json.loads(read_manifest_text(resolve_entry(p, "manifest.json", "manifest", p))).get("format")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         fmt = None
     blocks = {k: v for k, v in (("query_block", query_block), ("video_block", video_block)) if v is not None}

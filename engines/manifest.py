@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.atomic import sha256_file, write_json_atomic
+from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 
 FORMAT = "rapdeploy.engine"
@@ -125,7 +126,7 @@ def read_manifest(engine_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
     resolve_entry(d, MANIFEST, "engine manifest", d)  # a symlinked or special manifest is refused (exit 1)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_manifest_text(path, "engine manifest"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckFailedError(f"{path} is not valid JSON ({exc}); the engine folder is damaged, rebuild it") from None
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
@@ -166,9 +167,11 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
         for e in (entry, *extra):
             if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not isinstance(e.get("sha256"), str):
                 raise damaged(f"graph '{name}' has a file entry without a 'file' and 'sha256' string")
-    for key in ("config", "checkpoint", "profiles", "session", "asa_blocks"):
+    for key in ("config", "checkpoint", "profiles", "session", "asa_blocks", "versions", "export"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise damaged(f"'{key}' is not an object")
+    if not all(isinstance(v, str) for v in (manifest.get("versions") or {}).values()):
+        raise damaged("'versions' holds a version that is not text")
     if manifest["backend"] == "onnxruntime" and not isinstance(manifest.get("provider"), str):
         raise damaged(f"provider {manifest.get('provider')!r} is not an ONNX Runtime provider name")
     from rap_deploy import bounds
@@ -180,6 +183,8 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
     for what, value, high in numbers:
         if value is None:
             continue
+        if isinstance(value, bool) or not isinstance(value, int):  # check_int would accept "2" and convert it
+            raise damaged(f"{what} {value!r} is not an integer")
         try:
             bounds.check_int(value, what, 1, high)
         except UsageError as exc:

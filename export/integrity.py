@@ -65,6 +65,29 @@ def check_external_data(folder: Path, facts: Mapping[str, Any], listed: set[str]
                                    "list (its content is unchecked); refusing it, rebuild the folder")
 
 
+def metadata_mismatches(meta: Mapping[str, str], claims: Mapping[str, Any]) -> list[str]:
+    """The keys of ``claims`` (``config``, ``dims``) whose manifest value differs from the graph's own
+    ``rapdeploy.<key>`` metadata (a JSON string), as messages; a graph without that metadata is not judged."""
+    import json
+
+    problems = []
+    for key, claimed in claims.items():
+        text = meta.get(f"rapdeploy.{key}")
+        if text is None:
+            continue
+        try:
+            actual = json.loads(text)
+        except ValueError:
+            problems.append(f"its metadata rapdeploy.{key} is not JSON")
+            continue
+        if actual != claimed:
+            differ = sorted(k for k in set(actual) | set(claimed or {}) if actual.get(k) != (claimed or {}).get(k)) \
+                if isinstance(actual, dict) and isinstance(claimed, dict) else []
+            problems.append(f"its metadata rapdeploy.{key} differs from the manifest's '{key}'"
+                            + (f" (in {', '.join(differ)})" if differ else ""))
+    return problems
+
+
 def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
     """Check the export manifest's opset and precision claims against every graph file it lists.
 
@@ -94,6 +117,7 @@ def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: P
                               ("rapdeploy.opset", str(opset))):
                 if key in meta and meta[key] != want:
                     problems.append(f"its metadata {key} is {meta[key]!r}, the manifest implies {want!r}")
+            problems += metadata_mismatches(meta, {"config": manifest.get("config"), "dims": manifest.get("dims")})
             if precision == "fp32" and facts["fp16_tensors"]:
                 problems.append(f"it holds {facts['fp16_tensors']} float16 tensors but is listed as fp32")
             if precision == "fp16" and not facts["fp16_tensors"]:

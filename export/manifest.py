@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.atomic import sha256_file, write_json_atomic
+from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import CheckFailedError, UsageError
 
 MANIFEST = "manifest.json"
@@ -115,6 +116,7 @@ def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
     path = _manifest_path(export_dir)
     manifest = _load_manifest(path)
     _check_sections(path, manifest)
+    _check_types(path, manifest)
     _check_listed_files(export_dir, path, manifest, verify_hashes)
     if verify_hashes:
         from rap_deploy.export.integrity import check_export_claims
@@ -145,7 +147,7 @@ def _load_manifest(path: Path) -> dict[str, Any]:
     :class:`CheckFailedError` for unreadable JSON or a non-integer version, :class:`UsageError` for a foreign file or
     a newer format."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_manifest_text(path, "export manifest"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckFailedError(f"cannot read {path}: {exc}; the export is damaged, re-run `rapdeploy export --force`"
                                ) from None
@@ -183,6 +185,27 @@ def _check_listed_files(export_dir: Path, path: Path, manifest: dict[str, Any], 
 def _records(manifest: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return [(section, name, rec) for section in ("graphs", "fp16_graphs")
             for name, rec in (manifest.get(section) or {}).items()]
+
+
+def _check_types(path: Path, manifest: dict[str, Any]) -> None:
+    """The keys later stages read as numbers and objects are numbers and objects: ``config`` and ``checkpoint``
+    objects, ``dims`` positive integers (``grid`` two of them). Raises :class:`CheckFailedError` naming the key."""
+    from rap_deploy.bounds import MAX_VIDEOS
+
+    def damaged(what: str) -> CheckFailedError:
+        return CheckFailedError(f"{path}: {what}; the manifest was edited, re-run `rapdeploy export --force`")
+
+    if not isinstance(manifest.get("config"), dict):
+        raise damaged("'config' is not an object")
+    if manifest.get("checkpoint") is not None and not isinstance(manifest["checkpoint"], dict):
+        raise damaged("'checkpoint' is not an object")
+    dims = manifest.get("dims")
+    if not isinstance(dims, dict):
+        raise damaged("'dims' is not an object")
+    for key, value in dims.items():
+        values = value if key == "grid" and isinstance(value, list) and len(value) == 2 else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_VIDEOS for v in values):
+            raise damaged(f"dims.{key} {value!r} is not a positive integer")
 
 
 def _check_sections(path: Path, manifest: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from rap_deploy.atomic import atomic_path, save_with, sha256_file, write_json_atomic
+from rap_deploy.bounds import manifest_format
 from rap_deploy.crashpoints import crash_point
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.export.export_config import ExportConfig, GraphSpec, ModelDims, graph_specs
@@ -31,6 +32,7 @@ from rap_deploy.export.export_report import (
     export_problems,
     parity_report,
 )
+from rap_deploy.export.manifest import FORMAT as EXPORT_FORMAT
 from rap_deploy.graphs import GRAPH_NAMES, INDEX_DTYPES, rerank_tensors
 
 
@@ -164,6 +166,10 @@ def prepare_out_dir(out_dir: Path, force: bool) -> bool:
     if foreign:
         raise UsageError(f"--out {out_dir} is not an export folder (it also holds {', '.join(foreign[:3])}"
                          f"{' …' if len(foreign) > 3 else ''}); refusing to replace it, pass another --out")
+    other = manifest_format(out_dir / "manifest.json")
+    if other is not None and other != EXPORT_FORMAT:  # an engine folder has the same file names
+        raise UsageError(f"--out {out_dir} holds a {other} folder, not an export; refusing to replace it, pass "
+                         "another --out")
     return True
 
 

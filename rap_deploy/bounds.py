@@ -22,6 +22,7 @@ from typing import Any
 
 from rap_deploy.errors import UsageError
 
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest, plan or record JSON file (the largest real ones are kilobytes)
 MAX_FRAMES = 512            # frames per video (DiDeMo / ActivityNet use 64)
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024       # model input size in pixels (CLIP: 224 / 336)
@@ -41,6 +42,38 @@ MAX_LR = 10.0
 
 def _describe(name: str) -> str:
     return name if name.startswith("-") or " " in name else f"'{name}'"
+
+
+def read_manifest_text(path: Any, what: str = "manifest") -> str:
+    """The UTF-8 text of a small JSON file an artifact carries (``what`` names it), its size checked first.
+
+    Raises :class:`~rap_deploy.errors.CheckFailedError` (exit 1) when it is larger than :data:`MAX_MANIFEST_BYTES`
+    (padded or replaced: never read whole), ``OSError`` / ``UnicodeDecodeError`` as reading does.
+    """
+    from pathlib import Path
+
+    from rap_deploy.errors import CheckFailedError
+
+    size = Path(path).stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise CheckFailedError(f"{path}: the {what} is {size:,} bytes, over the {MAX_MANIFEST_BYTES:,} one can be; it "
+                               "was padded or replaced, rebuild the folder")
+    return Path(path).read_text(encoding="utf-8")
+
+
+def manifest_format(path: Any) -> str | None:
+    """The ``format`` tag of the JSON manifest at ``path`` (``rapdeploy.export``, ``rapdeploy.engine``, ...), or
+    ``None`` when there is no readable manifest with one (absent, damaged, oversized, not an object)."""
+    import json
+
+    from rap_deploy.errors import CheckFailedError
+
+    try:
+        doc = json.loads(read_manifest_text(path))
+    except (OSError, ValueError, CheckFailedError):
+        return None
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    return fmt if isinstance(fmt, str) else None
 
 
 def check_int(value: Any, name: str, low: int | None = 1, high: int | None = None, fix: str = "") -> int:

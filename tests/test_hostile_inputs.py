@@ -794,3 +794,65 @@ def test_entry_and_name_rules(tmp_path):
             check_plain_name(bad, "video id")
     assert [n for n in (".x", "e.partial-3", "e.old-9", "e.failed", "e.tmp", "e.lock", "onnxruntime-fp32", "my.tmpl")
             if is_temporary_name(n)] == [".x", "e.partial-3", "e.old-9", "e.failed", "e.tmp", "e.lock"]
+
+
+def _edited_copy(folder: Path, dest: Path, edit) -> Path:
+    shutil.copytree(folder, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    edit(manifest)
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+ENGINE_EDITS = {
+    "versions not an object": (lambda m: m.update(versions=[1]), "'versions' is not an object"),
+    "threads as text": (lambda m: m.setdefault("session", {}).update(threads="2"), "is not an integer"),
+    "config against its graphs": (lambda m: m["config"].update(context_length=16),
+                                  "rapdeploy.config differs from the manifest's 'config' (in context_length)"),
+    "graphs swapped": (lambda m: m["graphs"].update(video_encoder=m["graphs"]["text_encoder"],
+                                                    text_encoder=m["graphs"]["video_encoder"]),
+                       "the manifest lists it as 'video_encoder'"),
+}
+EXPORT_EDITS = {
+    "dims not an object": (lambda m: m.update(dims="x"), "'dims' is not an object"),
+    "dims value as text": (lambda m: m["dims"].update(context_length="abc"), "dims.context_length 'abc'"),
+    "checkpoint not an object": (lambda m: m.update(checkpoint="x"), "'checkpoint' is not an object"),
+    "config against its graphs": (lambda m: m["config"].update(asa_topk=2), "differs from the manifest's 'config'"),
+}
+
+
+@pytest.mark.parametrize("case", list(ENGINE_EDITS))
+def test_an_edited_engine_manifest_is_damaged(micro_ort_engines, tmp_path, case):
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.errors import CheckFailedError
+
+    edit, needle = ENGINE_EDITS[case]
+    engine = _edited_copy(micro_ort_engines["fp32"], tmp_path / "engine", edit)
+    with pytest.raises(CheckFailedError) as err:
+        load_engine(engine)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("case", list(EXPORT_EDITS))
+def test_an_edited_export_manifest_is_damaged_one_line(micro_ort_engines, tmp_path, case):
+    edit, needle = EXPORT_EDITS[case]
+    export = _edited_copy(micro_ort_engines["export"], tmp_path / "export", edit)
+    line = refused(cli("build-engine", export, "--backend", "onnxruntime", "--out", tmp_path / "e"), 1)
+    assert needle in line and not (tmp_path / "e").exists()
+
+
+def test_force_never_replaces_the_other_kind_of_folder_and_manifests_are_size_checked(micro_ort_engines, tmp_path,
+                                                                                     monkeypatch, micro_checkpoint):
+    from rap_deploy import bounds
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.errors import CheckFailedError
+
+    export = shutil.copytree(micro_ort_engines["export"], tmp_path / "export")
+    engine = shutil.copytree(micro_ort_engines["fp32"], tmp_path / "engine")
+    refused(cli("build-engine", export, "--backend", "onnxruntime", "--out", export, "--force"), 2,
+            "holds a rapdeploy.export folder, not an engine")
+    assert (export / "parity.json").is_file()
+    refused(cli("export", micro_checkpoint, "--out", engine, "--force"), 2, "holds a rapdeploy.engine folder")
+    with pytest.raises(CheckFailedError, match="over the 1,000 one can be"):
+        monkeypatch.setattr(bounds, "MAX_MANIFEST_BYTES", 1000)  # a padded manifest is never read whole
+        load_engine(engine)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.export.export_config import GraphSpec, ModelDims, TensorSpec, graph_specs
 from rap_deploy.graphs import (
@@ -182,7 +183,7 @@ def read_source(path: str | os.PathLike[str]) -> EngineSource:
         raise UsageError(f"{p} is not an engine folder, an export folder or a checkpoint (no manifest.json); build "
                          "one with `rapdeploy build-engine` or `rapdeploy export`")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_manifest_text(manifest_path))
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckFailedError(f"{manifest_path} is not valid JSON ({exc}); rebuild the artifact") from None
     fmt = manifest.get("format") if isinstance(manifest, dict) else None

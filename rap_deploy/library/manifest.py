@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.atomic import write_json_atomic
+from rap_deploy.bounds import read_manifest_text
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
@@ -179,7 +180,7 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
         raise UsageError(f"{root} has no {MANIFEST}: not a library (or its first build did not finish; re-run the "
                          "same `rapdeploy index` command to complete it)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_manifest_text(path, "library manifest"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DamagedArtifactError(f"{path} is not valid JSON ({exc}); the library is damaged: re-index it") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.atomic import write_json_atomic
+from rap_deploy.bounds import read_manifest_text
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.data.datasets import VideoEntry
 from rap_deploy.errors import DamagedArtifactError, UsageError
@@ -59,7 +60,7 @@ def read_plan(root: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
+        plan = json.loads(read_manifest_text(path, "build plan"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DamagedArtifactError(f"{path} is not valid JSON ({exc}); delete it to discard the interrupted build "
                                    "(or pass --force)") from None
