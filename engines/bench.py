@@ -23,9 +23,10 @@ every patch token, the (T·k)² attention, the output projection) is matmuls the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,13 +287,29 @@ def time_graphs(backends: list[tuple[str, Any]], infos: list[dict[str, Any]], s:
                         tick(s.repeats + s.warmup)
                         continue
                     group.append((label, info, fn))
-                with monitor.block(f"{graph} batch {b}"):
+                with monitor.block(f"{graph} batch {b}"), _out_of_memory_is_usage(graph, b):
                     timings = time_interleaved([g[2] for g in group], s.repeats, s.warmup, tick)
                 extra = {"index_size": s.index_size, "rerank_top": s.rerank_top} if graph == "search" else {}
                 for stats, (label, info, _) in zip(timings, group, strict=True):
                     results.append(_row(label, info, graph, b, latency_stats(stats, b), s.repeats, config.frames,
                                         flops_per_item.get((graph, b)), extra))
     return results, notes
+
+
+@contextlib.contextmanager
+def _out_of_memory_is_usage(graph: str, batch: int) -> Iterator[None]:
+    """An allocation that fails inside a timed call (PyTorch's allocator, ONNX Runtime's arena, NumPy) becomes a
+    :class:`UsageError` naming the graph and batch: the input check before bench counts buffers, not activations."""
+    try:
+        yield
+    except MemoryError:
+        raise UsageError(f"bench ran out of memory at {graph} batch {batch}; use smaller --batch-sizes") from None
+    except RuntimeError as exc:
+        text = str(exc).lower()
+        if "allocat" not in text and "out of memory" not in text:
+            raise
+        raise UsageError(f"bench ran out of memory at {graph} batch {batch} ({str(exc).splitlines()[0][:120]}); use "
+                         "smaller --batch-sizes") from None
 
 
 def add_ratios(results: list[dict[str, Any]]) -> None:

@@ -324,14 +324,26 @@ def plot_verify(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- bench
+def backend_labels(results: list[dict[str, Any]]) -> dict[int, str]:
+    """Each row's backend label (by position): the backend, and the engine folder's name too when two engines of one
+    backend and precision were benched (an export and its engine, say), so their rows and plot lines stay apart."""
+    engines: dict[tuple[str, str], set[str]] = {}
+    for r in results:
+        engines.setdefault((r["backend"], r["precision"]), set()).add(str(r.get("engine", "")))
+    return {i: r["backend"] + (f" [{Path(str(r.get('engine', ''))).name}]"
+                               if len(engines[(r["backend"], r["precision"])]) > 1 else "")
+            for i, r in enumerate(results)}
+
+
 def bench_rows(result: dict[str, Any]) -> list[list[str]]:
     """Rows ``[backend, precision, graph, batch, throughput, unit, min, p50, p90, p99, ×torch, ×torch (min),
     GFLOP/s]``."""
     rows = []
-    for r in result["results"]:
+    labels = backend_labels(result["results"])
+    for i, r in enumerate(result["results"]):
         ratio, best = r.get("ratio_vs_torch"), r.get("ratio_vs_torch_best")
         mark = "" if r.get("ratio_reliable", True) else " (unreliable)"
-        rows.append([r["backend"], r["precision"], r["graph"], str(r["batch_size"]),
+        rows.append([labels[i], r["precision"], r["graph"], str(r["batch_size"]),
                      _fmt(r["throughput"], 2), r["unit"], _ms(r.get("min_ms")), _ms(r["p50_ms"]),
                      _ms(r["p90_ms"]), _ms(r["p99_ms"]), "-" if ratio is None else f"{ratio:.2f}x{mark}",
                      "-" if best is None else f"{best:.2f}x{mark}", _fmt(r.get("gflops_per_s"), 1)])
@@ -435,18 +447,19 @@ def plot_bench(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
+    labels = backend_labels(result["results"])
+    named = [(f"{labels[i]} {r['precision']}", r) for i, r in enumerate(result["results"])]
     for ax, graph in zip(axes.flat, graphs, strict=False):
-        rows = [r for r in result["results"] if r["graph"] == graph]
-        sizes = sorted({r["batch_size"] for r in rows})
-        for label in dict.fromkeys(f"{r['backend']} {r['precision']}" for r in rows):
-            series = sorted((r["batch_size"], r["throughput"]) for r in rows
-                            if f"{r['backend']} {r['precision']}" == label)
+        rows = [(label, r) for label, r in named if r["graph"] == graph]
+        sizes = sorted({r["batch_size"] for _, r in rows})
+        for label in dict.fromkeys(label for label, _ in rows):
+            series = sorted((r["batch_size"], r["throughput"]) for name, r in rows if name == label)
             ax.plot([s[0] for s in series], [s[1] for s in series], marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(b) for b in sizes])
         ax.set_ylim(bottom=0)
         ax.set_xlabel("batch size")
-        ax.set_ylabel(rows[0]["unit"] if rows else "")
+        ax.set_ylabel(rows[0][1]["unit"] if rows else "")
         ax.set_title(graph)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

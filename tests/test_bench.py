@@ -181,3 +181,33 @@ def test_random_index_runs_the_asa_head_in_the_models_own_precision(micro_model)
     assert half.asa_tokens.dtype == full.asa_tokens.dtype
     np.testing.assert_allclose(half.asa_tokens, full.asa_tokens, atol=0.05)
     assert np.abs(half.asa_tokens - full.asa_tokens).max() > 0  # really computed in bfloat16
+
+
+def test_running_out_of_memory_mid_bench_is_a_usage_error():
+    """The input check counts buffers, not activations: an allocation failing inside a timed call is exit 2 naming
+    the graph and batch, not a traceback; other runtime errors pass through."""
+    from rap_deploy.engines.bench import _out_of_memory_is_usage
+    from rap_deploy.errors import UsageError
+
+    for exc in (RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory"),
+                MemoryError()):
+        with pytest.raises(UsageError, match="out of memory at video batch 4096"), \
+                _out_of_memory_is_usage("video", 4096):
+            raise exc
+    with pytest.raises(RuntimeError, match="shape"), _out_of_memory_is_usage("video", 1):
+        raise RuntimeError("shape mismatch")
+
+
+def test_two_engines_of_one_backend_and_precision_keep_apart_in_the_table():
+    from rap_deploy.engines.reports import backend_labels, bench_rows
+
+    rows = [{"backend": "torch", "precision": "fp32", "engine": "ckpt.pt"},
+            {"backend": "onnxruntime", "precision": "fp32", "engine": "/w/onnx"},
+            {"backend": "onnxruntime", "precision": "fp32", "engine": "/w/engines/onnxruntime-fp32"},
+            {"backend": "onnxruntime", "precision": "int8", "engine": "/w/engines/onnxruntime-int8"}]
+    assert list(backend_labels(rows).values()) == ["torch", "onnxruntime [onnx]", "onnxruntime [onnxruntime-fp32]",
+                                                   "onnxruntime"]
+    full = [{**r, "graph": "text", "batch_size": 1, "throughput": 1.0, "unit": "texts/s", "p50_ms": 1.0,
+             "p90_ms": 1.0, "p99_ms": 1.0} for r in rows]
+    assert [row[0] for row in bench_rows({"results": full})][1:3] == ["onnxruntime [onnx]",
+                                                                      "onnxruntime [onnxruntime-fp32]"]
