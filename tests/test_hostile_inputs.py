@@ -853,6 +853,7 @@ def test_force_never_replaces_the_other_kind_of_folder_and_manifests_are_size_ch
             "holds a rapdeploy.export folder, not an engine")
     assert (export / "parity.json").is_file()
     refused(cli("export", micro_checkpoint, "--out", engine, "--force"), 2, "holds a rapdeploy.engine folder")
+    refused(cli("export", micro_checkpoint, "--out", tmp_path / "x", "--dataset", "msvd"), 2, "pass --data-root too")
     with pytest.raises(CheckFailedError, match="over the 1,000 one can be"):
         monkeypatch.setattr(bounds, "MAX_MANIFEST_BYTES", 1000)  # a padded manifest is never read whole
         load_engine(engine)

@@ -9,6 +9,7 @@ import typer
 
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
+from rap_deploy.errors import UsageError
 
 
 @command("export")
@@ -22,8 +23,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing, non-empty output folder."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder whose first test videos and "
                                           "captions feed the parity check (default: rendered synthetic videos)."),
-    dataset: str = typer.Option("msrvtt", "--dataset", help="Dataset layout of --data-root (msrvtt, msvd, didemo, "
-                                "activitynet)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset layout of --data-root (msrvtt, msvd, didemo, "
+                                       "activitynet; default msrvtt)."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
                                           "$RAPDEPLOY_HOME); used when --out is not given."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
@@ -36,9 +37,12 @@ def export(
     from rap_deploy.export.onnx_export import export_checkpoint
     from rap_deploy.workspace import subdir
 
+    if dataset is not None and data_root is None:
+        raise UsageError(f"--dataset {dataset} names the layout of --data-root; pass --data-root too (without it the "
+                         "parity check renders synthetic videos)")
     out_dir = out if out is not None else subdir("onnx", workspace)
     manifest = export_checkpoint(checkpoint, out_dir, opset=opset, fp16=fp16, force=force, data_root=data_root,
-                                 progress=not quiet and not json_out, dataset=dataset)
+                                 progress=not quiet and not json_out, dataset=dataset or "msrvtt")
     if json_out:
         typer.echo(json_text(manifest))
         return
