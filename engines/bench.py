@@ -298,13 +298,14 @@ def time_graphs(backends: list[tuple[str, Any]], infos: list[dict[str, Any]], s:
 
 @contextlib.contextmanager
 def _out_of_memory_is_usage(graph: str, batch: int) -> Iterator[None]:
-    """An allocation that fails inside a timed call (PyTorch's allocator, ONNX Runtime's arena, NumPy) becomes a
-    :class:`UsageError` naming the graph and batch: the input check before bench counts buffers, not activations."""
+    """An allocation that fails inside a timed call (PyTorch's allocator, ONNX Runtime's arena, NumPy: recognised by
+    their messages) becomes a :class:`UsageError` naming the graph and batch: the input check before bench counts
+    buffers, not activations."""
     try:
         yield
     except MemoryError:
         raise UsageError(f"bench ran out of memory at {graph} batch {batch}; use smaller --batch-sizes") from None
-    except RuntimeError as exc:
+    except Exception as exc:  # PyTorch: RuntimeError; ONNX Runtime: its own RuntimeException (not a RuntimeError)
         text = str(exc).lower()
         if "allocat" not in text and "out of memory" not in text:
             raise

@@ -42,10 +42,13 @@ def parse_json(body: bytes) -> Any:
     can hold: invalid text, nesting too deep for the parser, an integer of more digits than Python converts."""
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else \
-            str(exc)[:200] if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)) else "a number is too long"
-        raise RequestError(400, f"request body is not valid JSON ({reason})", "body") from None
+    except RecursionError:
+        reason = "nested too deeply"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        reason = str(exc)[:200]
+    except ValueError:  # an integer of more digits than Python converts
+        reason = "a number is too long"
+    raise RequestError(400, f"request body is not valid JSON ({reason})", "body")
 
 
 @dataclass
