@@ -92,7 +92,8 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def json_text(obj: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> str:
+def json_text(obj: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None,
+              sort_keys: bool = False) -> str:
     """``obj`` as strict JSON text: NaN and infinities become ``null`` (JSON has neither; ``json.dumps`` would write
     bare ``NaN``, which other parsers refuse), paths become strings and NumPy values plain numbers and lists.
     ``default`` converts anything else (raises ``TypeError`` without it)."""
@@ -104,7 +105,7 @@ def json_text(obj: Any, indent: int | None = 2, default: Callable[[Any], Any] | 
                 raise
             return default(o)
 
-    return json.dumps(_finite(obj, fallback), indent=indent, sort_keys=False, allow_nan=False)
+    return json.dumps(_finite(obj, fallback), indent=indent, sort_keys=sort_keys, allow_nan=False)
 
 
 def _finite(obj: Any, convert: Callable[[Any], Any]) -> Any:

@@ -17,10 +17,12 @@ Both raise :class:`~rap_deploy.errors.UsageError` (exit 2). Code that reads the 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest, plan or record JSON file (the largest real ones are kilobytes)
 MAX_FRAMES = 512            # frames per video (DiDeMo / ActivityNet use 64)
@@ -50,10 +52,6 @@ def read_manifest_text(path: Any, what: str = "manifest") -> str:
     Raises :class:`~rap_deploy.errors.CheckFailedError` (exit 1) when it is larger than :data:`MAX_MANIFEST_BYTES`
     (padded or replaced: never read whole), ``OSError`` / ``UnicodeDecodeError`` as reading does.
     """
-    from pathlib import Path
-
-    from rap_deploy.errors import CheckFailedError
-
     size = Path(path).stat().st_size
     if size > MAX_MANIFEST_BYTES:
         raise CheckFailedError(f"{path}: the {what} is {size:,} bytes, over the {MAX_MANIFEST_BYTES:,} one can be; it "
@@ -64,10 +62,6 @@ def read_manifest_text(path: Any, what: str = "manifest") -> str:
 def manifest_format(path: Any) -> str | None:
     """The ``format`` tag of the JSON manifest at ``path`` (``rapdeploy.export``, ``rapdeploy.engine``, ...), or
     ``None`` when there is no readable manifest with one (absent, damaged, oversized, not an object)."""
-    import json
-
-    from rap_deploy.errors import CheckFailedError
-
     try:
         doc = json.loads(read_manifest_text(path))
     except (OSError, ValueError, CheckFailedError):

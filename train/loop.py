@@ -250,9 +250,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    from rap_deploy.atomic import write_text_atomic
+    from rap_deploy.atomic import json_text, write_text_atomic
 
-    write_text_atomic(run_dir / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+    write_text_atomic(run_dir / METRICS, "".join(json_text(r, indent=None, sort_keys=True) + "\n" for r in history))
 
 
 def _plain(obj: Any) -> Any:

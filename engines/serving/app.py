@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rap_deploy.atomic import json_text
 from rap_deploy.engines.serving.contract import TEXT_GRAPH
 from rap_deploy.engines.serving.oip import (
     HEADER_LENGTH,
@@ -53,7 +53,7 @@ INLINE_BYTES = 64 * 1024  # bodies / outputs up to this size are (de)serialised 
 
 
 def _json(obj: Any, status: int = 200) -> Response:
-    return Response(json.dumps(obj, default=_plain), status_code=status, media_type="application/json")
+    return Response(json_text(obj, indent=None, default=_plain), status_code=status, media_type="application/json")
 
 
 def _plain(obj: Any) -> Any:
