@@ -71,6 +71,10 @@ class Checkpoint:
         if missing or unexpected:
             raise CheckFailedError(f"{where}: adapters do not fit the config: missing {missing[:5]}, "
                                    f"unexpected {list(unexpected)[:5]}; the file is damaged or was edited")
+        bad = [k for k, v in self.adapter_state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if bad:  # NaN would flow through every score, and NaN compares as no difference at all
+            raise CheckFailedError(f"{where}: adapter weights {bad[:3]} hold NaN or infinite values; the file is "
+                                   "damaged, or the run that wrote it diverged")
         return model.eval()
 
 

@@ -61,7 +61,7 @@ def test_key_covers_content_and_settings(tmp_path, video_file):
     assert cache.key(copy, SAMPLING, PRE) != base
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncate", "wrong_shape"])
+@pytest.mark.parametrize("damage", ["garbage", "truncate", "wrong_shape", "no_frames", "gap"])
 def test_corrupt_entry_is_rebuilt(tmp_path, video_file, damage):
     cache = FrameCache(tmp_path / "cache")
     good = cache.get(video_file, SAMPLING, PRE)
@@ -70,9 +70,15 @@ def test_corrupt_entry_is_rebuilt(tmp_path, video_file, damage):
         entry.write_bytes(b"not an npz")
     elif damage == "truncate":
         entry.write_bytes(entry.read_bytes()[:100])
-    else:
+    elif damage == "wrong_shape":
         with open(entry, "wb") as fh:
             np.savez(fh, frames=np.zeros((2, 2, 2, 3), np.uint8), mask=np.ones(2, bool), seconds=1.0, num_frames=2)
+    else:  # right shapes and dtypes, but a mask the decoder never writes: no real frame, or one after padding
+        mask = np.zeros_like(good.mask)
+        if damage == "gap":
+            mask[-1] = True
+        with open(entry, "wb") as fh:
+            np.savez(fh, frames=good.frames, mask=mask, seconds=good.seconds, num_frames=int(mask.sum()))
     again = cache.get(video_file, SAMPLING, PRE)
     assert cache.rebuilt == 1
     np.testing.assert_array_equal(again.frames, good.frames)

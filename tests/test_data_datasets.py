@@ -124,6 +124,20 @@ def test_msvd_refuses_pickled_code(tmp_path):
         load_split("msvd", root, "test")
 
 
+def test_msvd_captions_are_text_or_flat_word_lists(tmp_path):
+    """A caption that nests lists (shared references grow exponentially when flattened: 210 bytes of pickle could
+    become gigabytes) or nests deeper than the parser recurses is a damaged file, not a traceback."""
+    root = tmp_path / "msvd"
+    root.mkdir()
+    (root / "test_list.txt").write_text("x\n")
+    shared = ["w"]
+    for _ in range(25):
+        shared = [shared, shared]
+    (root / "raw-captions.pkl").write_bytes(pickle.dumps({"x": [shared]}))
+    with pytest.raises(CheckFailedError, match="neither text nor a list of words"):
+        load_split("msvd", root, "test")
+
+
 def test_didemo_paragraphs_and_extensions(tmp_path):
     root = tmp_path / "didemo"
     root.mkdir()

@@ -321,3 +321,15 @@ def test_info_vit_b32_parameter_budget():
     assert paper.exit_code == 0, paper.output
     count = json.loads(paper.output)["trainable_params"]
     assert count == 1_125_516 and abs(count / 1.06e6 - 1) <= 0.10  # the paper's 1.06M within 10 %
+
+
+def test_a_checkpoint_with_nan_adapters_is_damaged(tmp_path):
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    name = next(k for k, v in ckpt.adapter_state.items() if v.is_floating_point())
+    ckpt.adapter_state[name] = torch.full_like(ckpt.adapter_state[name], float("nan"))
+    save_checkpoint(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(CheckFailedError, match="hold NaN or infinite values"):
+        load_checkpoint(tmp_path / "nan.pt").build_model()

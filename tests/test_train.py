@@ -15,7 +15,7 @@ import torch
 from conftest import micro_config, randomize_adapters
 from typer.testing import CliRunner
 
-from rap_deploy.checkpoint import load_checkpoint
+from rap_deploy.checkpoint import load_checkpoint, save_checkpoint
 from rap_deploy.cli.app import app
 from rap_deploy.errors import UsageError
 from rap_deploy.tokenizer import tokenize
@@ -383,23 +383,31 @@ def test_train_cli_end_to_end_and_resume(synth_root, frame_cache, tmp_path):
     runner = CliRunner()
     run = tmp_path / "run"
     args = ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), *MICRO_CLI, "--out", str(run),
-            "--epochs", "2", "--batch-size", "8", "--max-test-videos", "8", "--top-m", "4",
+            "--epochs", "3", "--batch-size", "8", "--max-test-videos", "8", "--top-m", "4",
             "--cache-dir", str(frame_cache), "--quiet", "--epoch-unit", "video", "--lorm-lr-mult", "3"]
     first = runner.invoke(app, [*args, "--max-epochs-this-run", "1"])
     assert first.exit_code == 0, first.output
-    assert "stopped after epoch 1 of 2" in first.output
+    assert "stopped after epoch 1 of 3" in first.output
     assert {"best.pt", "last.pt", "metrics.jsonl", "summary.json"} <= {p.name for p in run.iterdir()}
 
     bad = runner.invoke(app, ["train", "--resume", str(run), "--lr", "0.5"])
     assert bad.exit_code == 2 and "differs from the resumed run" in bad.output
+    tampered = tmp_path / "tampered"  # an edited training state: one line, exit 1, nothing trained
+    tampered.mkdir()
+    ckpt = load_checkpoint(run / "last.pt")
+    ckpt.extra["train_state"]["epoch"] = -100
+    save_checkpoint(ckpt, tampered / "last.pt")
+    res = runner.invoke(app, ["train", "--resume", str(tampered)])
+    assert res.exit_code == 1 and "train_state.epoch -100" in res.output, res.output
 
-    second = runner.invoke(app, ["train", "--resume", str(run), "--json", "--quiet"])
+    # --max-epochs-this-run belongs to the invocation that gave it, and --epoch-unit auto accepts what it resolved to
+    second = runner.invoke(app, ["train", "--resume", str(run), "--epoch-unit", "auto", "--json", "--quiet"])
     assert second.exit_code == 0, second.output
     summary = json.loads(second.output)
     assert summary["complete"] and summary["resumed_after_epoch"] == 1
     assert summary["lorm_lr_mult"] == 3.0  # resumed with its own LoRM group and that group's optimizer state
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert {"loss", "lr", "seconds"} <= r.keys() and {"R1", "R5", "R10", "MnR"} <= r["t2v"].keys()
         assert r["v2t"]["queries"] == 8
@@ -422,6 +430,18 @@ def test_train_cli_usage_errors(tmp_path):
     (tmp_path / "empty").mkdir()  # a folder without last.pt: the run stopped before its first epoch
     empty = runner.invoke(app, ["train", "--resume", str(tmp_path / "empty")])
     assert empty.exit_code == 2 and "no last.pt" in empty.output
+    for command in (["train", "--dataset", "msrvtt", "--data-root", str(tmp_path), "--clip", "rap-micro",
+                     "--frames", "0"],
+                    ["init", "--clip", "rap-micro", "--seed", str(10 ** 20), "--out", str(tmp_path / "c.pt")],
+                    ["pretrain-backbone", "--text-weight", "inf", "--out", str(tmp_path / "b.safetensors")],
+                    ["ablate", "--threads", "100000", "--world", str(tmp_path / "w")]):
+        res = runner.invoke(app, command)
+        named = next(c for c in command if c.startswith("--") and c not in ("--dataset", "--data-root", "--clip",
+                                                                             "--out", "--world"))
+        assert res.exit_code == 2 and named in res.output and "Traceback" not in res.output, (command, res.output)
+    from rap_deploy.train.batches import epoch_generator
+
+    epoch_generator(10 ** 14, 3)  # seed * 1_000_003 + epoch overflowed 64 bits: now taken modulo 2**63
 
 
 def test_ablate_cli_tiny_table_and_rerun(tmp_path):

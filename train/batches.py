@@ -14,7 +14,7 @@ EPOCH_UNITS = ("video", "caption")
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A torch generator seeded from ``(seed, epoch)`` only."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (1 << 63))  # stays a 64-bit seed
 
 
 def epoch_order(item_video: np.ndarray, seed: int, epoch: int, unit: str = "video") -> list[int]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.train import distributed as D
 from rap_deploy.train.batches import EPOCH_UNITS
 from rap_deploy.train.params import (  # noqa: F401  (OFFSETS, trainable_parameters: also used from here)
@@ -118,7 +118,8 @@ class TrainOptions:
         ints = {"batch_size": (1, bounds.MAX_BATCH_SIZE), "eval_every": (1, bounds.MAX_EPOCHS),
                 "top_m": (1, bounds.MAX_VIDEOS), "epochs": (0, bounds.MAX_EPOCHS), "num_workers": (0, 256),
                 "max_train_videos": (1, bounds.MAX_VIDEOS), "max_test_videos": (1, bounds.MAX_VIDEOS),
-                "max_epochs_this_run": (1, bounds.MAX_EPOCHS), "seed": (0, 2**63 - 1)}
+                "max_epochs_this_run": (1, bounds.MAX_EPOCHS), "seed": (0, bounds.MAX_SEED),
+                "frames": (1, bounds.MAX_FRAMES), "context_length": (2, bounds.MAX_CONTEXT_LENGTH)}
         for name, (low, high) in ints.items():
             if getattr(self, name) is not None:
                 bounds.check_int(getattr(self, name), f"--{name.replace('_', '-')}", low, high)
@@ -292,11 +293,16 @@ def evaluation_encoder(model: torch.nn.Module, device: Any = "cpu") -> Any:
 def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContext, progress: bool) -> dict[str, Any]:
     """Test-split metrics of the model (full ASA, two-stage, meanP; :func:`rap_deploy.retrieval.evaluate`) with
     :func:`evaluation_encoder`."""
+    from rap_deploy.metrics import NonFiniteScoresError
     from rap_deploy.retrieval import evaluate
 
     was_training = model.training
-    result = evaluate(evaluation_encoder(model, ctx.device), test_split, cache, top_m=options.top_m,
-                      progress=progress)
+    try:
+        result = evaluate(evaluation_encoder(model, ctx.device), test_split, cache, top_m=options.top_m,
+                          progress=progress)
+    except NonFiniteScoresError as exc:
+        raise CheckFailedError(f"training diverged: the model's test {exc}; lower --lr (now {options.lr:g}) or "
+                               "check the --checkpoint it started from") from None
     model.train(was_training)
     return result
 
@@ -380,8 +386,8 @@ def _fresh_model(options: TrainOptions):
     from rap_deploy.data.datasets import dataset_defaults
 
     sampling, ctx_len = dataset_defaults(options.dataset)
-    frames = options.frames or sampling.max_frames
-    return _source_checkpoint(options, frames, options.context_length or ctx_len)
+    frames = sampling.max_frames if options.frames is None else options.frames
+    return _source_checkpoint(options, frames, ctx_len if options.context_length is None else options.context_length)
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -408,6 +414,7 @@ def _load_resume(run_dir: Path, overrides: dict[str, Any]):
     for name, value in overrides.items():
         if value is not None and name in RESUMABLE_OVERRIDES:
             setattr(options, name, value)
+    options.max_epochs_this_run = overrides.get("max_epochs_this_run")  # "in this invocation": never inherited
     extra = {k: v for k, v in ckpt.extra.items() if k != "train_state"}
     template = dataclasses.replace(ckpt, extra=extra)
     return options, template, ckpt.build_model(), state
@@ -424,7 +431,44 @@ def stored_run(last: Path) -> tuple[Any, TrainOptions, dict[str, Any]]:
     stored = ckpt.extra.get("train_options")
     if not isinstance(state, dict) or not isinstance(stored, dict):
         raise UsageError(f"{last} holds no training state; it was not written by `rapdeploy train`")
-    return ckpt, TrainOptions.from_dict(stored), state
+    return ckpt, _stored_options(last, stored), _checked_state(last, state)
+
+
+def _damaged_run(last: Path, what: str) -> CheckFailedError:
+    return CheckFailedError(f"{last}: {what}; the file is damaged or was edited: start the run again without --resume "
+                            "(or from its best.pt with --checkpoint)")
+
+
+def _stored_options(last: Path, stored: dict[str, Any]) -> TrainOptions:
+    """The run's :class:`TrainOptions`, checked as a new run's are (CheckFailedError: the file says otherwise)."""
+    try:
+        options = TrainOptions.from_dict(stored)
+        options.validate()
+    except (TypeError, ValueError, UsageError) as exc:
+        raise _damaged_run(last, f"its training options are invalid ({exc})") from None
+    return options
+
+
+def _checked_state(last: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """``train_state`` with the types and ranges :meth:`TrainingRun.restore` relies on (CheckFailedError)."""
+    from rap_deploy import bounds
+
+    for key, high in (("epoch", bounds.MAX_EPOCHS), ("step", bounds.MAX_STEPS), ("total_steps", bounds.MAX_STEPS),
+                      ("steps_per_epoch", bounds.MAX_STEPS), ("batch_size", bounds.MAX_BATCH_SIZE)):
+        value = state.get(key)
+        low = 1 if key == "batch_size" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _damaged_run(last, f"train_state.{key} {value!r} is not an integer in [{low}, {high}]")
+    if state["step"] > state["total_steps"]:
+        raise _damaged_run(last, f"train_state.step {state['step']} is past total_steps {state['total_steps']}")
+    if not isinstance(state.get("history"), list) or not all(isinstance(r, dict) for r in state["history"]):
+        raise _damaged_run(last, "train_state.history is not a list of epoch records")
+    optimizer, rng = state.get("optimizer"), state.get("rng")
+    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
+        raise _damaged_run(last, "train_state.optimizer is not an optimizer state")
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor) or rng["torch"].dtype != torch.uint8:
+        raise _damaged_run(last, "train_state.rng holds no torch generator state")
+    return state
 
 
 def option_mismatch(stored: TrainOptions, config: Any, wanted: dict[str, Any]) -> tuple[str, Any, Any] | None:
@@ -441,6 +485,8 @@ def option_mismatch(stored: TrainOptions, config: Any, wanted: dict[str, Any]) -
         if name == "lorm_lr_mult" and not getattr(config, "use_lorm", True):
             continue
         if no_updates and name in UPDATE_ONLY_OPTIONS:
+            continue
+        if name == "epoch_unit" and value == "auto":  # the stored run resolved it from the same data
             continue
         if not hasattr(stored, name):
             raise UsageError(f"unknown training option '{name}'")

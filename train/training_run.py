@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.train import distributed as D
 from rap_deploy.train.batches import epoch_batches, items_per_epoch
 from rap_deploy.train.loop import (
@@ -105,10 +105,15 @@ class TrainingRun:
         """When resuming: optimizer, scaler, RNG, schedule and history as the stored run left them."""
         state = self.state
         if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scaler.is_enabled() and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"])
+            try:  # the types were checked (stored_run); what they hold must still fit this model and this torch
+                self.optimizer.load_state_dict(state["optimizer"])
+                if self.scaler.is_enabled() and state.get("scaler"):
+                    self.scaler.load_state_dict(state["scaler"])
+                _set_rng_state(state["rng"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                raise CheckFailedError(f"{self.run_dir / LAST}: its training state does not fit the run "
+                                       f"({str(exc).splitlines()[0][:160]}); the file is damaged or was edited: start "
+                                       "the run again without --resume") from None
             self.epoch0, self.step = int(state["epoch"]), int(state["step"])
             self.total_steps = int(state["total_steps"])
             self.steps_per_epoch = int(state["steps_per_epoch"])

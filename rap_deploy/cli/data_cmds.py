@@ -38,6 +38,7 @@ def synth(
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a folder for the dataset")
+    bounds.check_int(seed, "--seed", 0, bounds.MAX_SEED)
     bounds.check_int(videos, "--videos", 2, bounds.MAX_VIDEOS)
     bounds.check_int(test_videos, "--test-videos", 1, bounds.MAX_VIDEOS)
     bounds.check_int(size, "--size", bounds.MIN_IMAGE_SIZE, bounds.MAX_IMAGE_SIZE)

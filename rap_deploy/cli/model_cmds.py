@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 from rap_deploy.config import PRESETS, SELECTION_MODES, VARIANTS, RAPConfig
@@ -68,6 +69,7 @@ def init(
 
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; pass a checkpoint file path such as {out / 'init.pt'}")
+    bounds.check_int(seed, "--seed", 0, bounds.MAX_SEED)
 
     summary = init_checkpoint(out, clip=clip, pretrained=pretrained, backbone_file=backbone,
                               config=build_config(_clip_name(clip, backbone), variant, frames, context_length, lorm,

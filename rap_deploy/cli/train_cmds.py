@@ -298,6 +298,8 @@ def pretrain_backbone(
     from rap_deploy.workspace import subdir
 
     bounds.check_int(epochs, "--epochs", 1, bounds.MAX_EPOCHS)
+    bounds.check_int(seed, "--seed", 0, bounds.MAX_SEED)
+    bounds.check_float(text_weight, "--text-weight", 0.0, 1000.0)
     bounds.check_int(size, "--size", bounds.MIN_IMAGE_SIZE, bounds.MAX_IMAGE_SIZE)
     bounds.check_int(train_stills, "--train-stills", 2, bounds.MAX_VIDEOS)
     bounds.check_int(test_stills, "--test-stills", 2, bounds.MAX_VIDEOS)
@@ -406,6 +408,9 @@ def ablate(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
+    bounds.check_ints(seed_list, "--seeds", 0, bounds.MAX_SEED)
+    if threads is not None:
+        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
     check_gallery(heldout_gallery, heldout_videos)  # before the world is prepared (that can take minutes)
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"--preset '{preset}' is unknown; use one of {', '.join(PRESETS)}")

@@ -152,6 +152,8 @@ def _load_entry(entry: Path, sampling: FrameSamplingConfig, preprocess: Preproce
         or mask.dtype != np.bool_
         or mask.shape != (sampling.max_frames,)
         or int(mask.sum()) != num_frames
+        or num_frames < 1  # the decoder never writes an empty video, and real frames come first
+        or not mask[:num_frames].all()
         or not np.isfinite(seconds)
     ):
         return None

@@ -239,9 +239,12 @@ def _read_msvd(root: Path, split: str) -> Readout:
         if not isinstance(raw[vid], (list, tuple)):
             raise damaged(cap_path, f"key '{vid}' holds a {type(raw[vid]).__name__}, not a list of captions")
         for tokens in raw[vid]:
-            if not isinstance(tokens, (str, list, tuple)):
-                raise damaged(cap_path, f"key '{vid}' holds a caption of type {type(tokens).__name__}")
-            captions.append(tokens.strip() if isinstance(tokens, str) else " ".join(str(t) for t in tokens))
+            # a caption is text or a flat list of words: nested or shared lists could expand to any size
+            if not (isinstance(tokens, str) or (isinstance(tokens, (list, tuple))
+                                                and all(isinstance(t, str) for t in tokens))):
+                raise damaged(cap_path, f"key '{vid}' holds a caption that is neither text nor a list of words "
+                                        f"({type(tokens).__name__})")
+            captions.append(tokens.strip() if isinstance(tokens, str) else " ".join(tokens))
             owner.append(len(videos))
         videos.append(VideoEntry(vid, finder.find(vid, default_ext=".avi")))
     return videos, captions, owner
