@@ -25,6 +25,7 @@ from rap_deploy.config import TokenizerConfig
 SUPPORTED = "open_clip.SimpleTokenizer"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2  # open_clip keeps this many merges of the file: 49,408 ids in all
+MAX_PIECE_CHARS = 4096  # one pre-token (a run of letters, say): no word is longer; far past any context
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 END_OF_WORD = "</w>"
 
@@ -111,10 +112,18 @@ class BPETokenizer:
         self._words[piece] = word
         return word
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` after cleaning, without the start and end tokens."""
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
+        """Token ids of ``text`` after cleaning, without the start and end tokens.
+
+        With ``limit``, encoding stops once that many ids exist (each pre-token is encoded on its own, so the ids kept
+        are the same); a pre-token is read up to :data:`MAX_PIECE_CHARS` characters. Both bound the cost of a
+        hostile caption: BPE on one piece is quadratic in its length.
+        """
         ids: list[int] = []
-        for piece in self._pattern.findall(clean_text(text)):
+        for match in self._pattern.finditer(clean_text(text)):
+            if limit is not None and len(ids) >= limit:
+                break
+            piece = match.group()[:MAX_PIECE_CHARS]
             symbols = self._merge("".join(self._bytes[b] for b in piece.encode("utf-8")))
             ids.extend(self._ids[s] for s in symbols)
         return ids
@@ -144,7 +153,7 @@ def tokenize(texts: Sequence[str], cfg: TokenizerConfig) -> tuple[np.ndarray, np
     ids = np.zeros((len(texts), length), dtype=np.int32)
     eot = np.zeros(len(texts), dtype=np.int32)
     for row, text in enumerate(texts):
-        tokens = [tok.sot_id, *tok.encode(text)[:length - 2], tok.eot_id]
+        tokens = [tok.sot_id, *tok.encode(text, limit=length - 2)[:length - 2], tok.eot_id]
         ids[row, :len(tokens)] = tokens
         eot[row] = tokens.index(tok.eot_id)  # the first, as open_clip's argmax finds it (a text may spell one)
     return ids, eot

@@ -122,3 +122,14 @@ def test_decode_errors_name_the_reason(tmp_path):
 
     with pytest.raises(VideoDecodeError, match="bad segment"):
         decode_video(tmp_path / "good.mp4", S12, cfg, start=10)
+
+
+def test_a_video_claiming_to_last_for_years_is_refused_before_sampling(tmp_path, monkeypatch):
+    """The frame rate a container claims sets how many sample times are computed: a one-frame file that claims
+    1e-8 fps would make sampling allocate per second of 1e8. It is refused, named, before anything is sized."""
+    import decord
+
+    _ramp_video(tmp_path / "good.mp4", seconds=3, fps=10)
+    monkeypatch.setattr(decord.VideoReader, "get_avg_fps", lambda self: 1e-8)
+    with pytest.raises(VideoDecodeError, match="claims to last .* over the 24 hours"):
+        decode_video(tmp_path / "good.mp4", S12, PreprocessConfig(image_size=32))

@@ -68,3 +68,16 @@ def test_unknown_tokenizer_and_tiny_context_are_refused():
         tokenize(["x"], TokenizerConfig(name="bert"))
     with pytest.raises(ValueError, match="context_length 1"):
         tokenize(["x"], TokenizerConfig(context_length=1))
+
+
+def test_a_huge_caption_costs_what_its_kept_tokens_cost():
+    """Encoding stops at the context (each word is encoded on its own, so the kept ids are the same as a full
+    encode's) and one word is read up to MAX_PIECE_CHARS characters: a 1.1 MB caption or a 24k-letter word is quick."""
+    from rap_deploy.config import TokenizerConfig
+    from rap_deploy.tokenizer import tokenize
+
+    cfg = TokenizerConfig()
+    huge, short = tokenize(["a dog runs " * 100_000], cfg), tokenize(["a dog runs " * 20], cfg)
+    assert (huge[0] == short[0]).all() and (huge[1] == short[1]).all()
+    ids, eot = tokenize(["a " + "x" * 24_000 + " dog"], cfg)
+    assert eot[0] == cfg.context_length - 1

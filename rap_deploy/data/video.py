@@ -19,6 +19,7 @@ from rap_deploy.preprocess import resize_crop
 # decord opens every file with this many decoding threads; more would oversubscribe DataLoader workers.
 DECODE_THREADS = 1
 MIN_SECONDS = 1.0
+MAX_SECONDS = 24 * 3600  # longest video read: far beyond ActivityNet's (minutes), bounds what sampling allocates
 
 
 class VideoDecodeError(Exception):
@@ -130,6 +131,9 @@ def decode_video(
     seconds = num_frames / native_fps
     if seconds < MIN_SECONDS:
         raise VideoDecodeError(path, f"shorter than 1 second ({seconds:.2f} s)")
+    if seconds > MAX_SECONDS:  # sampling allocates per second claimed: a 1-frame file can claim 1e8 s (fps 1e-8)
+        raise VideoDecodeError(path, f"claims to last {seconds:.3g} s ({num_frames} frames at {native_fps:.3g} "
+                               f"fps), over the {MAX_SECONDS // 3600} hours rapdeploy reads; the file is damaged")
     try:
         indices, valid = sample_frame_indices(num_frames, native_fps, sampling, start, end)
     except ValueError as exc:
