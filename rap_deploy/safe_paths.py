@@ -30,6 +30,7 @@ from typing import Any
 from rap_deploy.errors import CheckFailedError
 
 MAX_NAME_CHARS = 4096
+MAX_ID_BYTES = 250  # a video id becomes a file name with its extension: NAME_MAX is 255 bytes
 
 
 class UnsafePathError(CheckFailedError):
@@ -111,6 +112,10 @@ def check_plain_name(name: Any, what: str, source: str | os.PathLike[str] | None
             or len(text) > MAX_NAME_CHARS):
         raise UnsafePathError(f"{_where(source)}{what} {text!r} is not a plain file name (it could point outside "
                               "the dataset's videos folder); refusing it: fix the annotation file")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise UnsafePathError(f"{_where(source)}{what} {text[:40]!r}… is {len(text.encode('utf-8', 'surrogatepass'))} "
+                              f"bytes long; a file name (the id and its extension) holds at most 255 bytes: fix the "
+                              "annotation file")
     return text
 
 

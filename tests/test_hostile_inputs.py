@@ -238,6 +238,10 @@ def test_dataset_video_id_escaping_the_videos_folder_is_refused(tmp_path, guard)
     root2 = _msrvtt(tmp_path / "target" / "data2", b"key,vid_key,video_id,sentence\nret0,m,/etc/shadow,a cat\n")
     refused(cli("data-check", "--dataset", "msrvtt", "--data-root", root2, "--no-cache", "--quiet"), 1,
             "/etc/shadow")
+    long_id = "v" * 300  # no file system holds such a name: a damaged annotation, not "check the permissions"
+    root3 = _msrvtt(tmp_path / "target" / "data3", f"key,vid_key,video_id,sentence\nret0,m,{long_id},a cat\n".encode())
+    refused(cli("data-check", "--dataset", "msrvtt", "--data-root", root3, "--no-cache", "--quiet"), 1,
+            "MSRVTT_JSFUSION_test.csv", "is 300 bytes long")
 
 
 # ---------------------------------------------------------------------------------------------------- half artifacts
