@@ -404,3 +404,17 @@ def test_every_engine_source_gives_the_same_served_models(micro_checkpoint, micr
     assert plain(from_ckpt)["text_encoder"] == plain(graph_specs(DIMS, True))["text_encoder"]
     assert read_source(micro_checkpoint).checkpoint["sha256"] == \
         read_source(micro_ort_engines["fp32"]).checkpoint["sha256"]
+
+
+def test_the_load_test_refuses_bad_options_and_an_unreachable_server_in_one_line(capsys):
+    import socket
+
+    from rap_deploy.engines.serving.loadtest import main
+
+    with socket.socket() as s:  # a free port nobody listens on once the socket is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["--url", f"http://127.0.0.1:{port}", "--seconds", "1"]) == 2
+    assert "cannot reach" in capsys.readouterr().err
+    assert main(["--url", f"http://127.0.0.1:{port}", "--seconds", "1", "--top-k", "-5"]) == 2
+    assert "--top-k" in capsys.readouterr().err

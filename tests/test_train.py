@@ -434,7 +434,8 @@ def test_train_cli_usage_errors(tmp_path):
                      "--frames", "0"],
                     ["init", "--clip", "rap-micro", "--seed", str(10 ** 20), "--out", str(tmp_path / "c.pt")],
                     ["pretrain-backbone", "--text-weight", "inf", "--out", str(tmp_path / "b.safetensors")],
-                    ["ablate", "--threads", "100000", "--world", str(tmp_path / "w")]):
+                    ["ablate", "--threads", "100000", "--world", str(tmp_path / "w")],
+                    ["ablate", "--seeds", "0,1,0", "--world", str(tmp_path / "w")]):
         res = runner.invoke(app, command)
         named = next(c for c in command if c.startswith("--") and c not in ("--dataset", "--data-root", "--clip",
                                                                              "--out", "--world"))

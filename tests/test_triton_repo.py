@@ -40,8 +40,11 @@ def _cross_check(cfg: mc.ModelConfig, graph_file) -> None:
         for t, v in zip(declared, values, strict=True):
             assert mc.DataType.Name(t.data_type) == ONNX_TO_TRITON[v.type.tensor_type.elem_type], t.name
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-            if cfg.max_batch_size > 0:
+            assert list(t.dims), t.name  # Triton refuses a tensor with empty dims
+            if cfg.max_batch_size > 0 and dims[1:]:
                 assert dims[0] == -1 and list(t.dims) == dims[1:], t.name
+            elif cfg.max_batch_size > 0:  # the batch axis alone (eot): dims [1] reshaped to none, Triton's recipe
+                assert dims == [-1] and list(t.dims) == [1] and t.HasField("reshape") and not t.reshape.shape, t.name
             else:
                 assert list(t.dims) == dims, t.name
 

@@ -62,9 +62,12 @@ def require_loopback(url: str) -> tuple[str, int]:
 def _get_json(host: str, port: int, path: str) -> Any:
     conn = http.client.HTTPConnection(host, port, timeout=30)
     try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise LoadTestError(f"cannot reach http://{host}:{port}{path} ({exc}); is the server running?") from None
         if resp.status != 200:
             raise LoadTestError(f"GET {path} answered {resp.status}: {body[:200]!r}")
         return json.loads(body)
@@ -303,6 +306,9 @@ def _run(a: argparse.Namespace) -> dict[str, Any]:
     if not 1 <= a.clients <= MAX_CLIENTS or not 0 < a.seconds <= MAX_SECONDS or a.max_requests < 1:
         raise LoadTestError(f"need 1 <= --clients <= {MAX_CLIENTS}, 0 < --seconds <= {MAX_SECONDS:g}, "
                             "--max-requests >= 1")
+    if not 1 <= a.top_k <= a.top_m or not 0 <= a.warmup_seconds <= MAX_SECONDS:  # NaN fails too
+        raise LoadTestError(f"need 1 <= --top-k <= --top-m and 0 <= --warmup-seconds <= {MAX_SECONDS:g}, got "
+                            f"{a.top_k}, {a.top_m}, {a.warmup_seconds}")
     if a.spawn == bool(a.url):
         raise LoadTestError("pass either --url (and optionally --baseline-url) or --spawn --engine ...")
     queries = _queries(a.queries)

@@ -37,16 +37,21 @@ def triton_model_config(model: ServedModel, platform: str, parameters: Mapping[s
     """The ``model_config_pb2.ModelConfig`` of ``model``.
 
     Inputs and outputs with their exact names, ``TYPE_*`` datatypes and dims (``-1`` where dynamic, without the
-    batch axis when ``max_batch_size > 0``); ``dynamic_batching`` with ``max_queue_delay_us`` for batchable models
-    when given; ``instances`` instances of ``kind`` (``cpu`` / ``gpu``). Raises ``KeyError`` for an unknown kind.
+    batch axis when ``max_batch_size > 0``; a tensor that is the batch axis alone gets ``dims: [1]`` with an empty
+    ``reshape``, as Triton's model configuration guide prescribes, since every tensor needs non-empty dims);
+    ``dynamic_batching`` with ``max_queue_delay_us`` for batchable models when given; ``instances`` instances of
+    ``kind`` (``cpu`` / ``gpu``). Raises ``KeyError`` for an unknown kind.
     """
     from tritonclient.grpc import model_config_pb2 as mc
 
     cfg = mc.ModelConfig(name=model.name, platform=platform, max_batch_size=int(model.max_batch_size))
-    for t in model.spec.inputs:
-        cfg.input.add(name=t.name, data_type=mc.DataType.Value(triton_type(t.dtype)), dims=model.dims(t))
-    for t in model.spec.outputs:
-        cfg.output.add(name=t.name, data_type=mc.DataType.Value(triton_type(t.dtype)), dims=model.dims(t))
+    for section, tensors in ((cfg.input, model.spec.inputs), (cfg.output, model.spec.outputs)):
+        for t in tensors:
+            dims = model.dims(t)
+            entry = section.add(name=t.name, data_type=mc.DataType.Value(triton_type(t.dtype)), dims=dims or [1])
+            if not dims:  # a batch-only tensor (eot [batch]): Triton needs non-empty dims, reshaped to none
+                entry.reshape.shape[:] = []
+                entry.reshape.SetInParent()
     if model.max_batch_size > 0 and max_queue_delay_us is not None:
         cfg.dynamic_batching.max_queue_delay_microseconds = int(max_queue_delay_us)
     cfg.instance_group.add(count=int(instances), kind=mc.ModelInstanceGroup.Kind.Value(KINDS[kind]))

@@ -409,6 +409,9 @@ def ablate(
     except ValueError:
         raise UsageError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
     bounds.check_ints(seed_list, "--seeds", 0, bounds.MAX_SEED)
+    repeated = sorted({s for s in seed_list if seed_list.count(s) > 1})
+    if repeated:  # one run folder per seed: a repeat would count the same run twice in mean ± std
+        raise UsageError(f"--seeds lists {', '.join(map(str, repeated))} more than once; give each seed once")
     if threads is not None:
         bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
     check_gallery(heldout_gallery, heldout_videos)  # before the world is prepared (that can take minutes)
