@@ -142,6 +142,15 @@ def test_remote_engine_runs_the_graphs(server, local, synth_root):
         assert np.array_equal(remote.asa_similarity(remote.encode_text(ids, eot), *v[1:]),
                               local.asa_similarity(local.encode_text(ids, eot), *v[1:]))
         assert remote.manifest()["checkpoint"]["sha256"]
+        # Triton lists a batch-only input (eot, config dims [1] reshaped to none) as [-1, 1]: the client follows the
+        # rank the server's metadata gives (this server's is [-1], so nothing changes here)
+        assert remote.ranks["text_encoder"] == {"input_ids": 2, "eot": 1}
+        sent = []
+        remote.ranks["text_encoder"]["eot"] = 2
+        remote._call = lambda fn, graph, inputs, **kw: sent.append({i.name(): i.shape() for i in inputs})
+        with pytest.raises(AttributeError):  # the captured call returns nothing to read outputs from
+            remote.encode_text(ids, eot)
+        assert sent[0]["eot"] == [len(eot), 1] and sent[0]["input_ids"] == list(ids.shape[:1]) + [32]
     finally:
         remote.close()
 

@@ -75,6 +75,7 @@ class RemoteEngine(Engine):
                              "`rapdeploy serve` or a repository from `rapdeploy triton-repo`")
         self.config = RAPConfig.from_dict(json.loads(self.parameters["config"]))
         self.io = contract_io(self.config.has_asa)
+        self.ranks: dict[str, dict[str, int]] = {}  # per graph, each input's rank in the server's metadata
         configs = {g: (text_cfg if g == TEXT_GRAPH else self._model_config(g)) for g in self.io}
         self.datatypes = {g: self._check_metadata(g, configs[g]) for g in self.io}
         self.max_batch = {g: (int(configs[g].get("max_batch_size") or 0) or None) for g in self.io}
@@ -123,6 +124,8 @@ class RemoteEngine(Engine):
             raise UsageError(f"{self.url}: model {graph} was built from another RAP config than {TEXT_GRAPH}")
         meta = self._call(self._client().get_model_metadata, graph, what=f"model {graph} metadata")
         inputs = {t["name"]: t["datatype"] for t in meta.get("inputs", [])}
+        # Triton shows a batch-only input (eot) as [-1, 1]: its config needs non-empty dims, reshaped to none
+        self.ranks[graph] = {t["name"]: len(t.get("shape") or []) for t in meta.get("inputs", [])}
         outputs = {t["name"] for t in meta.get("outputs", [])}
         want_in, want_out = self.io[graph]
         if set(inputs) != set(want_in) or not set(want_out) <= outputs:
@@ -142,6 +145,8 @@ class RemoteEngine(Engine):
         for name, arr in zip(names, arrays, strict=True):
             datatype = self.datatypes[graph][name]
             a = np.ascontiguousarray(arr, dtype=NUMPY_DTYPES[datatype])
+            if self.ranks[graph].get(name) == a.ndim + 1:
+                a = a.reshape(*a.shape, 1)
             item = httpclient.InferInput(name, list(a.shape), datatype)
             item.set_data_from_numpy(a, binary_data=True)
             inputs.append(item)
