@@ -306,9 +306,13 @@ def _run(a: argparse.Namespace) -> dict[str, Any]:
     if not 1 <= a.clients <= MAX_CLIENTS or not 0 < a.seconds <= MAX_SECONDS or a.max_requests < 1:
         raise LoadTestError(f"need 1 <= --clients <= {MAX_CLIENTS}, 0 < --seconds <= {MAX_SECONDS:g}, "
                             "--max-requests >= 1")
-    if not 1 <= a.top_k <= a.top_m or not 0 <= a.warmup_seconds <= MAX_SECONDS:  # NaN fails too
-        raise LoadTestError(f"need 1 <= --top-k <= --top-m and 0 <= --warmup-seconds <= {MAX_SECONDS:g}, got "
-                            f"{a.top_k}, {a.top_m}, {a.warmup_seconds}")
+    from rap_deploy.engines.serving.service import ServeOptions
+
+    limits = ServeOptions()  # the server's /search bounds (its defaults)
+    if not (1 <= a.top_k <= limits.max_top_k and 1 <= a.top_m <= limits.max_top_m
+            and 0 <= a.warmup_seconds <= MAX_SECONDS):  # NaN fails too
+        raise LoadTestError(f"need 1 <= --top-k <= {limits.max_top_k}, 1 <= --top-m <= {limits.max_top_m} and 0 <= "
+                            f"--warmup-seconds <= {MAX_SECONDS:g}, got {a.top_k}, {a.top_m}, {a.warmup_seconds}")
     if a.spawn == bool(a.url):
         raise LoadTestError("pass either --url (and optionally --baseline-url) or --spawn --engine ...")
     queries = _queries(a.queries)
