@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import numpy as np
@@ -103,6 +102,14 @@ def sampling_for(config: RAPConfig, split_sampling: FrameSamplingConfig) -> Fram
     return FrameSamplingConfig(max_frames=config.frames, fps=split_sampling.fps)
 
 
+@dataclass
+class VideoList:
+    """Videos to decode and their sampling rate: the two attributes :func:`load_video_batch` reads of a split."""
+
+    videos: list[Any]  # rap_deploy.data.datasets.VideoEntry
+    sampling: FrameSamplingConfig
+
+
 def load_video_batch(split: Any, indices: list[int], cache: Any, config: RAPConfig) -> tuple[np.ndarray, np.ndarray]:
     """Decode (through ``cache``) and preprocess videos ``indices`` of ``split``.
 
@@ -134,8 +141,8 @@ def load_video_files(paths: Sequence[str | os.PathLike[str]], config: RAPConfig,
 
     if not paths:
         raise ValueError("load_video_files needs at least one path")
-    videos = SimpleNamespace(videos=[VideoEntry(Path(p).name, Path(p)) for p in paths],
-                             sampling=FrameSamplingConfig(max_frames=config.frames, fps=fps))
+    videos = VideoList([VideoEntry(Path(p).name, Path(p)) for p in paths],
+                       FrameSamplingConfig(max_frames=config.frames, fps=fps))
     return load_video_batch(videos, list(range(len(videos.videos))), cache or FrameCache(None), config)
 
 

@@ -7,14 +7,12 @@ Undecodable or missing videos are skipped and listed with the reason, never zero
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rap_deploy.config import FrameSamplingConfig
-from rap_deploy.data.datasets import VideoEntry
 from rap_deploy.graphs import video_outputs
 from rap_deploy.library.manifest import store_tensors, tensor_dtype
 from rap_deploy.library.plan import plan_videos, shard_digest
@@ -23,24 +21,16 @@ from rap_deploy.library.shards import VIDEO_FIELDS, write_shard
 # Fault injection for the kill-and-resume test: the builder SIGKILLs itself after committing this many shards.
 
 
-@dataclass
-class _Videos:
-    """The two attributes ``rap_deploy.retrieval.load_video_batch`` reads of a split."""
-
-    videos: list[VideoEntry]
-    sampling: FrameSamplingConfig
-
-
 def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sampling: FrameSamplingConfig,
                  batch_size: int, advance: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
     """Encode and write one plan shard; returns its entry (with ``skipped``: ``[{video_id, path, reason}]``)."""
     from rap_deploy.data.cache import file_digest
     from rap_deploy.data.video import VideoDecodeError
-    from rap_deploy.retrieval import load_video_batch
+    from rap_deploy.retrieval import VideoList, load_video_batch
 
     has_asa = bool(getattr(engine, "has_asa", engine.config.has_asa))
     outputs, keep = video_outputs(has_asa), store_tensors(has_asa)
-    src = _Videos(plan_videos(shard), sampling)
+    src = VideoList(plan_videos(shard), sampling)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in keep}
     meta: dict[str, list[Any]] = {k: [] for k in VIDEO_FIELDS}
     skipped: list[dict[str, str]] = []
