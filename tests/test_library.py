@@ -409,6 +409,49 @@ def test_add_and_remove_keep_what_is_kept(library, synth_root, micro_checkpoint,
     assert unknown.exit_code == 2 and "no-such-id" in unknown.output
 
 
+def test_add_reencodes_a_file_changed_in_place(synth_root, micro_checkpoint, frame_cache, tmp_path, engine):
+    from rap_deploy.library import open_library
+
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    folder, same = tmp_path / "clips", tmp_path / "reference"
+    for d, first in ((folder, videos[0]), (same, videos[2])):
+        d.mkdir()
+        shutil.copy(first, d / "a.mp4")
+        shutil.copy(videos[1], d / "b.mp4")
+
+    def index(src, out, *extra):
+        return runner.invoke(app, ["index", "--videos", str(src), "--engine", str(micro_checkpoint), "--out",
+                                   str(out), "--cache-dir", str(frame_cache), "--shard-size", "1", *extra])
+
+    def scores(out):
+        with open_library(out, engine) as lib:
+            hits = lib.search(["a red circle moves to the left"], top_k=2, top_m=2)[0]["results"]
+        return {h["video_id"]: h["score"] for h in hits}
+
+    lib = tmp_path / "lib"
+    assert index(folder, lib).exit_code == 0
+    b_shard = (lib / "shards/shard-000001/videos.json").read_bytes()
+    shutil.copy(videos[2], folder / "a.mp4")  # a changed in place; b only touched (same content, later mtime)
+    st = os.stat(folder / "b.mp4")
+    os.utime(folder / "b.mp4", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    refused = index(folder, lib)
+    assert refused.exit_code == 2 and "1 changed since they were indexed" in refused.output
+    added = index(folder, lib, "--add", "--json")
+    assert added.exit_code == 0, added.output
+    report = json.loads(added.stdout)
+    assert (report["replaced"], report["added"], report["videos"]) == (["a"], 1, 2)
+    assert (lib / "shards/shard-000001/videos.json").read_bytes() == b_shard  # b kept its row
+    assert index(same, tmp_path / "ref").exit_code == 0
+    assert scores(lib) == pytest.approx(scores(tmp_path / "ref"), abs=1e-6)  # a scores as its new content does
+    again = json.loads(index(folder, lib, "--add", "--json").stdout)
+    assert again["up_to_date"] and again["replaced"] == []
+    before = scores(lib)
+    (folder / "a.mp4").write_bytes(b"junk")  # a re-encode that cannot decode keeps the old row
+    broken = json.loads(index(folder, lib, "--add", "--json").stdout)
+    assert broken["replaced"] == [] and [s["video_id"] for s in broken["skipped"]] == ["a"]
+    assert scores(lib) == before
+
+
 def test_broken_mp4_in_a_folder_is_skipped_and_named(synth_root, micro_checkpoint, frame_cache, tmp_path, engine):
     from rap_deploy.library import open_library
 

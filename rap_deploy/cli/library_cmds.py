@@ -63,7 +63,8 @@ def index_cmd(
     out: Path | None = typer.Option(None, "--out", help="Library folder (default: <workspace>/index/<name>)."),
     name: str | None = typer.Option(None, "--name", help="Library name under <workspace>/index/ (default: "
                                     "<dataset>-<split>, the folder's or the list file's name)."),
-    add: bool = typer.Option(False, "--add", help="Encode only the videos not yet in the existing library."),
+    add: bool = typer.Option(False, "--add", help="Encode the videos not yet in the existing library, and "
+                             "re-encode those whose file changed since it was indexed."),
     remove: list[str] | None = typer.Option(None, "--remove", help="Drop this video id from the library "
                                             "(repeatable)."),
     ann: str | None = typer.Option(None, "--ann", help="Stage-1 index: exact (default for a new library), hnsw or "
@@ -160,7 +161,8 @@ def _print_index(report: dict[str, Any], json_out: bool) -> None:
     st = report["stage1"]
     rate = f", {report['videos_per_second']:.1f} videos/s" if report.get("videos_per_second") else ""
     head = "up to date" if report.get("up_to_date") else "indexed"
-    typer.echo(f"{head}: {report['library']} holds {report['videos']} videos ({report['added']} added, "
+    changed = f", {len(report['replaced'])} of them changed since indexed" if report.get("replaced") else ""
+    typer.echo(f"{head}: {report['library']} holds {report['videos']} videos ({report['added']} added{changed}, "
                f"{len(report['skipped'])} skipped, {len(report['removed'])} removed) in {report['seconds']:.1f} s"
                f"{rate}; {report['shards_written']} shards written, {report['shards_resumed']} resumed")
     typer.echo(f"size on disk: {_human_bytes(report['bytes_per_video'])} per video "

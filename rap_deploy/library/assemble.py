@@ -4,6 +4,7 @@ recall, then the manifest (written last, atomically)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,18 +48,21 @@ class Assembly:
     removed_ids: list[str] = field(default_factory=list)
 
 
-def live_rows(root: Path, shards: list[dict[str, Any]], removed: set[int]) -> tuple[list[str], np.ndarray]:
-    """Video ids and global rows of every row not removed, in row order (reads each shard's ``videos.json``)."""
-    ids: list[str] = []
-    rows: list[int] = []
+def live_records(root: Path, shards: list[dict[str, Any]],
+                 removed: set[int]) -> Iterator[tuple[int, dict[str, list[Any]], int]]:
+    """``(global row, the shard's videos.json, index in it)`` of every row not removed, in row order."""
     for shard in shards:
         videos = read_videos(root, shard)
-        for i, vid in enumerate(videos["video_id"]):
+        for i in range(len(videos["video_id"])):
             row = shard["row_offset"] + i
             if row not in removed:
-                ids.append(vid)
-                rows.append(row)
-    return ids, np.asarray(rows, dtype=np.int64)
+                yield row, videos, i
+
+
+def live_rows(root: Path, shards: list[dict[str, Any]], removed: set[int]) -> tuple[list[str], np.ndarray]:
+    """Video ids and global rows of every row not removed, in row order (reads each shard's ``videos.json``)."""
+    records = list(live_records(root, shards, removed))
+    return [v["video_id"][i] for _, v, i in records], np.asarray([r for r, _, _ in records], dtype=np.int64)
 
 
 def apply_removals(root: Path, asm: Assembly, remove: list[str]) -> None:
@@ -76,6 +80,17 @@ def apply_removals(root: Path, asm: Assembly, remove: list[str]) -> None:
         raise UsageError(f"--remove: {shown} not in the library {root}; nothing was removed")
     asm.removed |= {where[v] for v in remove}
     asm.removed_ids = list(dict.fromkeys(remove))
+    drop_empty_shards(asm)
+
+
+def apply_replacements(asm: Assembly, replaced_rows: set[int]) -> None:
+    """Mark the old rows of re-encoded videos as removed (their new rows are in the added shards)."""
+    asm.removed |= replaced_rows
+    drop_empty_shards(asm)
+
+
+def drop_empty_shards(asm: Assembly) -> None:
+    """Leave out of the assembly every shard whose rows are all removed."""
     asm.shards = [s for s in asm.shards
                   if not set(range(s["row_offset"], s["row_offset"] + s["rows"])) <= asm.removed]
 

@@ -28,11 +28,12 @@ from rap_deploy.library.assemble import (
     Assembly,
     Stage1Request,
     apply_removals,
+    apply_replacements,
     build_stage1,
-    live_rows,
     remove_unused_stage1,
     write_library_manifest,
 )
+from rap_deploy.library.changes import changed_videos, indexed_files
 from rap_deploy.library.encode import encode_shard
 from rap_deploy.library.manifest import (
     MANIFEST,
@@ -150,21 +151,22 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
         return state
     sampling = FrameSamplingConfig(max_frames=engine.config.frames, fps=source.sampling.fps)
     model = model_identity(engine, sampling)
-    live: set[str] = set()
-    if old is not None:
-        live = set(live_rows(root, old["shards"], set(old["removed"]))[0])
-    pending = [v for v in source.videos if v.video_id not in live]
+    indexed = indexed_files(root, old["shards"], set(old["removed"])) if old is not None else {}
+    changed = changed_videos(source.videos, indexed)
+    pending = [v for v in source.videos if v.video_id not in indexed or v.video_id in changed]
     if old is not None and pending and not options.add and plans.read_plan(root) is None:
-        raise UsageError(f"{root} already holds a library of {old['videos']} videos and {len(pending)} of the given "
-                         "videos are not in it: pass --add to encode only those, or --force to rebuild it")
+        news = f"{len(pending) - len(changed)} of the given videos are not in it" + \
+            (f" and {len(changed)} changed since they were indexed" if changed else "")
+        raise UsageError(f"{root} already holds a library of {old['videos']} videos and {news}: pass --add to "
+                         "encode only those, or --force to rebuild it")
     new = plans.make_plan(pending, sampling, model, options.shard_size, (old or {}).get("next_shard", 0),
-                          (old or {}).get("next_row", 0))
+                          (old or {}).get("next_row", 0), replaces=changed)
     known = {s["name"] for s in (old or {}).get("shards", [])}
     plan, resumed = plans.adopt_plan(root, new, known)
     remove_stale(root, keep=known | {s["name"] for s in plan["shards"]})
     if resumed:
         log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")
-    state.update(plan=plan, resumed=resumed, model=model, sampling=sampling)
+    state.update(plan=plan, resumed=resumed, model=model, sampling=sampling, replaces=changed)
     return state
 
 
@@ -221,6 +223,9 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
         names = ", ".join(f"{s['video_id']} ({s['reason']})" for s in skipped[:5])
         raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}: {names}")
     asm = Assembly(shards=[*((old or {}).get("shards") or []), *added], removed=set((old or {}).get("removed", [])))
+    failed = {s["video_id"] for s in skipped}  # a re-encode that failed keeps the old row
+    replaced = {vid: row for vid, row in state.get("replaces", {}).items() if vid not in failed}
+    apply_replacements(asm, set(replaced.values()))
     apply_removals(root, asm, options.remove)
     if old is not None and not added and not options.remove and options.ann in (None, old["stage1"]["type"]):
         plans.drop_plan(root)
@@ -234,7 +239,8 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     build_number = len((old or {}).get("builds") or []) + 1
     stage1_entry, tombstones = build_stage1(root, old, asm, added, shapes["video_emb"][0], req, build_number)
     build = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added": sum(e["rows"] for e in added),
-             "skipped": skipped, "removed": asm.removed_ids, "world_size": ranks.world_size,
+             "skipped": skipped, "removed": asm.removed_ids, "replaced": list(replaced),
+             "world_size": ranks.world_size,
              "resumed": bool(state.get("resumed"))}
     engine_info = _engine_info(engine) if added else None
     model = state.get("model") or old["model"]
@@ -246,7 +252,7 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     plans.drop_plan(root)
     remove_stale(root, keep={s["name"] for s in manifest["shards"]})
     remove_unused_stage1(root, stage1_entry)
-    return _report(root, manifest, added, skipped, asm.removed_ids)
+    return _report(root, manifest, added, skipped, asm.removed_ids, replaced=list(replaced))
 
 
 def _wait_for_shards(root: Path, plan: dict[str, Any], ranks: Ranks) -> list[dict[str, Any]]:
@@ -301,10 +307,10 @@ def _engine_info(engine: Any) -> dict[str, Any] | None:
 
 
 def _report(root: Path, manifest: dict[str, Any], added: list[dict[str, Any]], skipped: list[dict[str, str]],
-            removed: list[str], up_to_date: bool = False) -> dict[str, Any]:
+            removed: list[str], up_to_date: bool = False, replaced: list[str] | None = None) -> dict[str, Any]:
     st = manifest["stage1"]
     return {"library": str(root), "videos": manifest["videos"], "added": sum(e["rows"] for e in added),
-            "skipped": skipped, "removed": removed, "up_to_date": up_to_date,
+            "skipped": skipped, "removed": removed, "replaced": replaced or [], "up_to_date": up_to_date,
             "bytes_on_disk": manifest.get("bytes_on_disk"), "bytes_per_video": manifest.get("bytes_per_video"),
             "stage1": {"type": st["type"], "effort": st.get("effort"), "recall_at_m": st["recall_at_m"]["recall"],
                        "m": st["recall_at_m"]["m"], "queries": st["recall_at_m"]["queries"],

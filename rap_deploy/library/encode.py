@@ -6,6 +6,7 @@ Undecodable or missing videos are skipped and listed with the reason, never zero
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,7 @@ from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.graphs import video_outputs
 from rap_deploy.library.manifest import store_tensors, tensor_dtype
 from rap_deploy.library.plan import plan_videos, shard_digest
-from rap_deploy.library.shards import VIDEO_FIELDS, write_shard
-
-# Fault injection for the kill-and-resume test: the builder SIGKILLs itself after committing this many shards.
+from rap_deploy.library.shards import FILE_STAT_FIELDS, VIDEO_FIELDS, write_shard
 
 
 def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sampling: FrameSamplingConfig,
@@ -32,7 +31,7 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
     outputs, keep = video_outputs(has_asa), store_tensors(has_asa)
     src = VideoList(plan_videos(shard), sampling)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in keep}
-    meta: dict[str, list[Any]] = {k: [] for k in VIDEO_FIELDS}
+    meta: dict[str, list[Any]] = {k: [] for k in (*VIDEO_FIELDS, *FILE_STAT_FIELDS)}
     skipped: list[dict[str, str]] = []
     frames, masks = [], []
 
@@ -49,6 +48,7 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
 
     for i, video in enumerate(src.videos):
         try:
+            st = os.stat(video.path)  # before reading: a file changed while it is read differs from this next time
             f, m = load_video_batch(src, [i], cache, engine.config)
             sha = file_digest(video.path)
         except (VideoDecodeError, OSError) as exc:
@@ -61,6 +61,8 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
         for key, value in zip(VIDEO_FIELDS, (video.video_id, str(video.path), video.start, video.end, sha),
                               strict=True):
             meta[key].append(value)
+        meta["bytes"].append(int(st.st_size))
+        meta["mtime_ns"].append(int(st.st_mtime_ns))
         if len(frames) >= batch_size:
             flush()
     flush()

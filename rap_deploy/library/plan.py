@@ -26,9 +26,11 @@ PLAN_FORMAT = "rapdeploy.library-plan"
 
 
 def make_plan(videos: list[VideoEntry], sampling: FrameSamplingConfig, model: dict[str, Any], shard_size: int,
-              first_shard: int, first_row: int) -> dict[str, Any]:
+              first_shard: int, first_row: int, replaces: dict[str, int] | None = None) -> dict[str, Any]:
     """Split ``videos`` into shards of ``shard_size`` numbered from ``first_shard``; shard ``i`` owns global rows
-    ``first_row + i·shard_size`` onwards (rows of skipped videos stay unused)."""
+    ``first_row + i·shard_size`` onwards (rows of skipped videos stay unused). ``replaces`` maps the ids of videos
+    re-encoded because their file changed to their old rows (part of the request: a resumed build replaces the
+    same rows)."""
     if shard_size < 1:
         raise UsageError(f"--shard-size must be >= 1, got {shard_size}")
     shards = []
@@ -39,7 +41,7 @@ def make_plan(videos: list[VideoEntry], sampling: FrameSamplingConfig, model: di
     request = {"sampling": sampling.to_dict(), "shard_size": shard_size,
                "model": {k: model[k] for k in ("config_sha256", "preprocess_sha256", "tokenizer_sha256",
                                                "checkpoint_sha256", "tensors")},
-               "shards": shards}
+               "shards": shards, **({"replaces": replaces} if replaces else {})}
     return {"format": PLAN_FORMAT, "request_sha256": digest(request), **request,
             "next_shard": first_shard + len(shards), "next_row": first_row + len(shards) * shard_size}
 

@@ -34,6 +34,9 @@ from rap_deploy.library.manifest import SHARDS_DIR, entry_path
 SHARD_RECORD = "shard.json"
 VIDEOS_FILE = "videos.json"
 VIDEO_FIELDS = ("video_id", "path", "start", "end", "sha256")
+# The file's size and modification time when it was encoded, so `index --add` can notice a file changed in place
+# without hashing the library. Optional: libraries built before they were recorded lack them.
+FILE_STAT_FIELDS = ("bytes", "mtime_ns")
 
 
 def shard_name(number: int) -> str:
@@ -54,8 +57,9 @@ def write_shard(root: Path, name: str, row_offset: int, arrays: dict[str, np.nda
     """Write shard ``name`` of library ``root`` atomically and return its manifest entry.
 
     ``arrays`` maps tensor name to ``[rows, ...]`` arrays already in their stored dtype; ``videos`` holds the
-    :data:`VIDEO_FIELDS` lists (one value per row); ``skipped`` the videos of this shard that could not be decoded;
-    ``plan_sha256`` the digest of the plan entry it realises (so a resumed build only keeps shards of its own plan).
+    :data:`VIDEO_FIELDS` lists (one value per row; the :data:`FILE_STAT_FIELDS` lists too when given); ``skipped``
+    the videos of this shard that could not be decoded; ``plan_sha256`` the digest of the plan entry it realises
+    (so a resumed build only keeps shards of its own plan).
     The files go to a temporary folder which is renamed to ``shards/<name>`` (an existing shard of that name is
     replaced: it was found incomplete or damaged).
     """
@@ -79,7 +83,8 @@ def write_shard(root: Path, name: str, row_offset: int, arrays: dict[str, np.nda
                 os.fsync(fh.fileno())
             files[tensor] = _file_entry(path, name, dtype=str(arr.dtype), shape=list(arr.shape))
         # the first row too: sha256-checked with the ids, so a manifest that moves a shard's rows is caught
-        _write_json_synced(tmp / VIDEOS_FILE, {**{k: videos[k] for k in VIDEO_FIELDS}, "row_offset": int(row_offset)})
+        listed = {k: videos[k] for k in (*VIDEO_FIELDS, *FILE_STAT_FIELDS) if k in videos}
+        _write_json_synced(tmp / VIDEOS_FILE, {**listed, "row_offset": int(row_offset)})
         files["videos"] = _file_entry(tmp / VIDEOS_FILE, name)
         entry = {"name": name, "row_offset": int(row_offset), "rows": rows, "files": files, "skipped": skipped,
                  "plan_sha256": plan_sha256}
@@ -274,6 +279,12 @@ def read_videos(root: Path, shard: dict[str, Any]) -> dict[str, list[Any]]:
                                    f"{', '.join(VIDEO_FIELDS)}; re-index the library")
     if not all(isinstance(v, str) for v in videos["video_id"]) or not all(isinstance(p, str) for p in videos["path"]):
         raise DamagedArtifactError(f"library shard file {path} has non-text video ids or paths; re-index the library")
+    for k in FILE_STAT_FIELDS:
+        values = videos.get(k, [0] * shard["rows"])
+        if not isinstance(values, list) or len(values) != shard["rows"] or \
+                not all(type(v) is int and v >= 0 for v in values):
+            raise DamagedArtifactError(f"library shard file {path} lists {k!r} that are not {shard['rows']} "
+                                       "non-negative integers; re-index the library")
     if videos.get("row_offset", shard["row_offset"]) != shard["row_offset"]:  # absent in libraries built before it
         raise DamagedArtifactError(f"library shard file {path} holds rows from {videos['row_offset']}, the manifest "
                                    f"puts shard {shard['name']} at row {shard['row_offset']}: the manifest was "

@@ -1,0 +1,62 @@
+"""Videos changed in place since they were indexed: what ``rapdeploy index --add`` re-encodes.
+
+Each library row records its file's size, modification time (ns) and content sha256 when it was encoded. A given
+video whose id is live in the library and whose file now differs in size or modification time is hashed, and when
+its sha256 differs too it is re-encoded: the build plans it like a new video and removes the old row once the new
+one is committed (a re-encode that fails to decode keeps the old row and is listed as skipped). Only files whose
+stat changed are read, so ``--add`` over an unchanged folder costs one ``stat`` per video. Rows of libraries built
+before the stat was recorded are never re-checked: re-encode those with ``--remove ID`` then ``--add``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.data.datasets import VideoEntry
+from rap_deploy.library.assemble import live_records
+
+
+@dataclass(frozen=True)
+class IndexedFile:
+    """What a live library row recorded about the file it was encoded from (stat is ``None`` when not recorded)."""
+
+    row: int
+    sha256: str
+    size: int | None
+    mtime_ns: int | None
+
+
+def indexed_files(root: Path, shards: list[dict[str, Any]], removed: set[int]) -> dict[str, IndexedFile]:
+    """The :class:`IndexedFile` of every live row, by video id (reads each shard's ``videos.json``)."""
+    out: dict[str, IndexedFile] = {}
+    for row, videos, i in live_records(root, shards, removed):
+        stat = [videos[k][i] if k in videos else None for k in ("bytes", "mtime_ns")]
+        out[videos["video_id"][i]] = IndexedFile(row, str(videos["sha256"][i]), *stat)
+    return out
+
+
+def changed_videos(videos: list[VideoEntry], indexed: dict[str, IndexedFile]) -> dict[str, int]:
+    """The ids of ``videos`` whose file's content changed since its row was encoded, mapped to that old row.
+
+    A file that cannot be read now keeps its row (``--remove`` drops it); so does one whose stat changed but whose
+    content did not (a ``touch``, a copy), which is hashed again on every ``--add`` until it is re-indexed.
+    """
+    from rap_deploy.data.cache import file_digest
+
+    changed: dict[str, int] = {}
+    for video in videos:
+        known = indexed.get(video.video_id)
+        if known is None or known.size is None:
+            continue
+        try:
+            st = os.stat(video.path)
+            if (st.st_size, st.st_mtime_ns) == (known.size, known.mtime_ns) or \
+                    file_digest(video.path) == known.sha256:
+                continue
+        except OSError:
+            continue
+        changed[video.video_id] = known.row
+    return changed
