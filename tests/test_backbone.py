@@ -229,6 +229,11 @@ def test_pretrain_backbone_with_token_dropping_records_it_and_refuses_bad_fracti
     for flag, value in (("--patch-keep", "0"), ("--patch-keep", "1.5"), ("--unmasked-epochs", "3")):
         bad = runner.invoke(app, [*args, flag, value])
         assert bad.exit_code == 2 and flag in bad.output, bad.output
+    stamp = out.stat().st_mtime_ns  # runs name a backbone file by path and sha256: never replaced unasked
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--force" in again.output and out.stat().st_mtime_ns == stamp
+    huge = runner.invoke(app, [*args[:-1], "--train-stills", "10000000", "--size", "1024", "--force"])
+    assert huge.exit_code == 2 and "GiB" in huge.output and "--train-stills" in huge.output, huge.output
 
 
 def test_compact_token_embedding_trains_only_used_rows_and_writes_them_back():

@@ -481,8 +481,15 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     assert again.exit_code == 0, again.output
     assert (out / "rap" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
     _check_heldout_scores(runner, args, world, out, stamp)
-    bad = runner.invoke(app, ["ablate", "--tiny", "--world", str(world), "--rows", "nope"])
+    bad = runner.invoke(app, ["ablate", "--tiny", "--world", str(tmp_path / "unmade"), "--rows", "nope"])
     assert bad.exit_code == 2 and "unknown ablation rows" in bad.output
+    for option, value, message in (("--rows", ",", "names no row"), ("--seeds", "1_0", "comma-separated integers"),
+                                   ("--heldout-videos", "1", "--heldout-videos"), ("--epochs", "100001", "--epochs")):
+        refused = runner.invoke(app, ["ablate", "--tiny", "--world", str(tmp_path / "unmade"), option, value])
+        assert refused.exit_code == 2 and message in refused.output, (option, refused.output)
+    assert not (tmp_path / "unmade").exists()  # refused before the world is made (that takes minutes)
+    spaced = runner.invoke(app, [*args, "--rows", "zero_shot, rap"])  # read back: nothing trains
+    assert spaced.exit_code == 0 and "unknown" not in spaced.output, spaced.output
     # the same folder with another epoch count would mix recipes in one table: refused, nothing trained
     other = runner.invoke(app, [*args, "--epochs", "2"])
     assert other.exit_code == 2 and "epochs = 1, not 2" in other.output and "--out" in other.output
@@ -519,7 +526,7 @@ def _check_model_sizes_are_part_of_the_recipe(run_dir):
     recipe before a size changed (or killed half-way) is refused, not read back or resumed into the new table."""
     import dataclasses
 
-    from rap_deploy.train.ablate import _check_same_recipe
+    from rap_deploy.train.ablate_runs import check_same_recipe as _check_same_recipe
     from rap_deploy.train.loop import TrainOptions
 
     stored = TrainOptions.from_dict(load_checkpoint(run_dir / "last.pt").extra["train_options"])
@@ -580,8 +587,69 @@ def _check_heldout_scores(runner, args, world, out, stamp):
     cached.write_text(json.dumps({**stale, "checkpoint_sha256": "0" * 64}))  # as if best.pt had changed
     assert runner.invoke(app, [*args, "--heldout-videos", "4"]).exit_code == 0
     assert json.loads(cached.read_text())["checkpoint_sha256"] == stale["checkpoint_sha256"]
+    cached.write_text(json.dumps({**stale, "t2v": {**stale["t2v"], "R1": float("nan")}}))  # a NaN is scored again
+    assert runner.invoke(app, [*args, "--heldout-videos", "4"]).exit_code == 0
+    assert json.loads(cached.read_text())["t2v"] == stale["t2v"]
     _check_heldout_galleries(runner, args, out, scores)
     _check_runs_in_processes(runner, world, out, args)
+    _check_damaged_runs_are_named(runner, world, out, args)
+
+
+def _check_damaged_runs_are_named(runner, world, out, args):
+    """A run folder's files are read back only when they are its own and sane: a summary with a NaN, one copied
+    from another run, a symlinked one, a finished run without best.pt are each one line, exit 1, naming the file
+    and the fix; a run folder locked by another command is refused (exit 2); runs on a backbone file pre-trained
+    again since are another recipe's (exit 2)."""
+    import shutil
+    import subprocess
+    import sys
+
+    for case in ("nan", "copied", "symlink", "no_best"):
+        copy = out.parent / f"damaged-{case}"
+        shutil.copytree(out, copy)
+        summary = copy / "rap" / "seed0" / "summary.json"
+        data = json.loads(summary.read_text())
+        if case == "nan":
+            summary.write_text(json.dumps({**data, "best": {**data["best"], "t2v": {**data["best"]["t2v"],
+                                                                                     "R1": float("nan")}}}))
+        elif case == "copied":
+            shutil.copy(copy / "offsets_zero" / "seed0" / "summary.json", summary)
+        elif case == "symlink":
+            summary.unlink()
+            summary.symlink_to(copy / "rap" / "seed1" / "summary.json")
+        else:
+            (copy / "rap" / "seed0" / "best.pt").unlink()
+        extra = ["--heldout-videos", "4"] if case == "no_best" else []
+        res = runner.invoke(app, [*args[:5], str(copy), *args[6:], *extra])
+        assert res.exit_code == 1 and "Traceback" not in res.output, (case, res.output)
+        named = "best.pt" if case == "no_best" else "summary.json"
+        assert named in res.output and ("remove" in res.output or "symbolic link" in res.output), (case, res.output)
+    held = subprocess.Popen([sys.executable, "-c", "import sys; from rap_deploy.locks import folder_lock\n"
+                             f"with folder_lock({str(out / 'rap' / 'seed0')!r}, 'test'):\n"
+                             "    print('held', flush=True); sys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert held.stdout.readline().strip() == "held"
+        busy = runner.invoke(app, args)
+        assert busy.exit_code == 2 and "rap/seed0" in busy.output, busy.output
+    finally:
+        held.communicate("", timeout=30)
+    backbone = Path(json.loads((out / "rap" / "seed0" / "summary.json").read_text())["pretrained"])
+    original = backbone.read_bytes()
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        with safe_open(str(backbone), "pt") as f:
+            metadata = f.metadata()
+        tensors = load_file(str(backbone))
+        name = next(k for k, t in tensors.items() if t.is_floating_point())
+        tensors[name].view(-1)[0] += 0.5  # as if pre-trained again (what its own message once suggested)
+        save_file(tensors, str(backbone), metadata=metadata)
+        again = runner.invoke(app, args)
+        assert again.exit_code == 2 and "pre-trained again" in again.output, again.output
+    finally:
+        backbone.write_bytes(original)
 
 
 def _check_heldout_galleries(runner, args, out, one_gallery_scores):
@@ -600,6 +668,8 @@ def _check_heldout_galleries(runner, args, out, one_gallery_scores):
     assert alone.exit_code == 2 and "pass --heldout-videos N too" in alone.output
     larger = runner.invoke(app, [*args, "--heldout-videos", "4", "--heldout-gallery", "5"])
     assert larger.exit_code == 2 and "2 to --heldout-videos (4), got 5" in larger.output
+    remainder = runner.invoke(app, [*args, "--heldout-videos", "5", "--heldout-gallery", "2"])  # a gallery of 1 left
+    assert remainder.exit_code == 2 and "does not divide" in remainder.output, remainder.output
 
 
 def _check_runs_in_processes(runner, world, out, args):
@@ -666,3 +736,21 @@ def test_rap_light_and_no_asa_are_the_same_model():
     ids, eot = (torch.from_numpy(x) for x in tokenize(["a red circle grows", "a blue square"], light.config.tokenizer))
     with torch.no_grad():
         assert torch.equal(light.similarity(frames, None, ids, eot), no_asa.similarity(frames, None, ids, eot))
+
+
+def test_worker_processes_report_results_errors_and_deaths():
+    """`ablate --jobs`' process runner: records come back by key; a worker's error is raised with its class; a
+    worker that dies without a word (killed, out of memory) is an error naming its run, never a wait without end."""
+    import os
+
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.train.ablate_jobs import run_in_processes
+
+    seen = []
+    assert run_in_processes(dict, {"a": (), "b": ((("x", 1),),)}, 2, lambda k, r: seen.append(k)) == \
+        {"a": {}, "b": {"x": 1}}
+    assert sorted(seen) == ["a", "b"]
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_in_processes(int, {"bad": ("x",)}, 1)
+    with pytest.raises(CheckFailedError, match=r"run died stopped without a result: .* exited with code 3"):
+        run_in_processes(os._exit, {"died": (3,)}, 1)

@@ -11,7 +11,6 @@ renders the table the README shows, with the target checks of issue 14 underneat
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.errors import UsageError
-from rap_deploy.train.loop import LAST, SUMMARY, TrainOptions, train_rap
+from rap_deploy.train.ablate_runs import checked_run, run_one
+from rap_deploy.train.loop import TrainOptions
 
 
 @dataclass(frozen=True)
@@ -90,52 +90,6 @@ def _label(row: AblationRow, source: AblationRow) -> str:
     if source.name == row.name or row.same_as:
         return row.label
     return f"{row.label}: the recipe's own model, the runs of `{source.name}`"
-
-
-def _run_one(options: TrainOptions, progress: bool) -> dict[str, Any]:
-    """Train (or read back, or resume) one run; returns its ``summary.json``. Raises :class:`UsageError` when the
-    folder holds a run of another recipe (:func:`_check_same_recipe`)."""
-    run_dir = Path(options.out)
-    summary = _read_summary(run_dir)
-    _check_same_recipe(run_dir, summary, options)
-    if summary is not None and summary.get("complete"):
-        return summary
-    resume = run_dir if (run_dir / LAST).is_file() else None
-    return train_rap(None if resume else options, progress=progress, resume=resume)
-
-
-def _read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The run's ``summary.json``, or ``None`` when it has none yet."""
-    summary_file = run_dir / SUMMARY
-    return json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
-
-
-def _check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: TrainOptions) -> None:
-    """Raise :class:`UsageError` when the run already in ``run_dir`` was trained with other options than
-    ``options``: reading it back (or resuming it) would put it in the wrong table.
-
-    A run with a ``last.pt`` is compared on every option it stored there, the model's sizes as built
-    (:func:`~rap_deploy.train.loop.option_mismatch`). A run without one (the zero-shot row trains no epoch) is
-    compared on what its ``summary.json`` records: epoch count, batch size, variant, pre-trained backbone and
-    selection loss weight (0 in summaries written before the weight was recorded)."""
-    last = run_dir / LAST
-    if last.is_file():
-        from rap_deploy.train.loop import option_mismatch, stored_run
-
-        ckpt, stored, _ = stored_run(last)
-        mismatch = option_mismatch(stored, ckpt.config, options.to_dict())
-    elif summary is not None:
-        recorded = {"selection_loss_weight": 0.0, **summary}
-        mismatch = next(((key, recorded[key], getattr(options, key))
-                         for key in ("epochs", "batch_size", "variant", "pretrained", "selection_loss_weight")
-                         if getattr(options, key) is not None and key in recorded
-                         and recorded[key] != getattr(options, key)), None)
-    else:
-        return
-    if mismatch is not None:
-        key, have, wanted = mismatch
-        raise UsageError(f"{run_dir} holds a run trained with {key} = {have!r}, not {wanted!r}: pass "
-                         "--out with a new folder (or remove that run)")
 
 
 def _offset_change(summary: dict[str, Any]) -> float | None:
@@ -259,53 +213,49 @@ def _plan(base: TrainOptions, out: Path, seeds: Sequence[int],
 
 def _run_and_score(options: TrainOptions, progress: bool, heldout: Callable[[str], dict[str, Any]] | None,
                    threads: int | None = None) -> dict[str, Any]:
-    """One run's table record (:func:`run_record`), trained, resumed or read back by :func:`_run_one`, with its
-    held-out scores under ``"heldout"`` when ``heldout`` is given. ``threads`` sets PyTorch's intra-op threads first
-    (a worker process of :func:`_run_in_processes`)."""
+    """One run's table record (:func:`run_record`), trained, resumed or read back by
+    :func:`~rap_deploy.train.ablate_runs.run_one`, with its held-out scores under ``"heldout"`` when ``heldout`` is
+    given, all under the run folder's lock (two `ablate` commands never write one run). ``threads`` sets PyTorch's
+    intra-op threads first (a worker process of :func:`_run_in_processes`)."""
+    from rap_deploy.locks import folder_lock
+
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    record = run_record(_run_one(options, progress), options.seed)
-    if heldout is not None:
-        record["heldout"] = _heldout_record(heldout(options.out))
+    with folder_lock(options.out, "ablate", "run folder"):
+        record = run_record(run_one(options, progress), options.seed)
+        if heldout is not None:
+            record["heldout"] = _heldout_record(heldout(options.out))
     return record
-
-
-def _scored_in_worker(task: tuple[TrainOptions, Any, int | None]) -> tuple[str, dict[str, Any]]:
-    options, heldout, threads = task
-    return options.out, _run_and_score(options, False, heldout, threads)
 
 
 def _run_in_processes(tasks: list[TrainOptions], heldout: Callable[[str], dict[str, Any]] | None, jobs: int,
                       threads: int | None, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """The record of every run in ``tasks`` (keyed by run folder), ``jobs`` at a time in spawned worker processes
-    with ``threads`` intra-op threads each (default: the CPU count shared out). Every folder is checked against its
-    recipe before any process starts. The first failing run raises its error here, and the pool (with every run
-    still training) is terminated on the way out: a killed run resumes from its ``last.pt`` on the next call."""
-    import multiprocessing
+    with ``threads`` intra-op threads each (default: the CPU count shared out;
+    :func:`~rap_deploy.train.ablate_jobs.run_in_processes`). Every folder is checked against its recipe before any
+    process starts. The first failing run raises its error here, and every run still training is stopped on the way
+    out: a stopped run resumes from its ``last.pt`` on the next call."""
     import os
     import time
 
+    from rap_deploy.train.ablate_jobs import run_in_processes
+
     for options in tasks:
-        _check_same_recipe(Path(options.out), _read_summary(Path(options.out)), options)
+        checked_run(Path(options.out), options)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    workers = min(jobs, len(tasks))
-    log(f"[ablate] {len(tasks)} runs, {workers} at a time, {threads} thread(s) each (each run's epochs: its "
-        "metrics.jsonl)")
-    records: dict[str, dict[str, Any]] = {}
-    start = time.monotonic()
-    pool = multiprocessing.get_context("spawn").Pool(workers)
-    try:
-        for run_dir, record in pool.imap_unordered(_scored_in_worker, [(o, heldout, threads) for o in tasks]):
-            records[run_dir] = record
-            held = f", held-out {record['heldout']['t2v']['R1']:.2f}" if "heldout" in record else ""
-            log(f"[ablate] {len(records)}/{len(tasks)} {run_dir}: t2v R@1 {record['t2v']['R1']:.2f}{held} "
-                f"({time.monotonic() - start:.0f} s)")
-    finally:
-        pool.terminate()
-        pool.join()
-    return records
+    log(f"[ablate] {len(tasks)} runs, {min(jobs, len(tasks))} at a time, {threads} thread(s) each (each run's "
+        "epochs: its metrics.jsonl)")
+    start, done = time.monotonic(), []
+
+    def report(run_dir: str, record: dict[str, Any]) -> None:
+        done.append(run_dir)
+        held = f", held-out {record['heldout']['t2v']['R1']:.2f}" if "heldout" in record else ""
+        log(f"[ablate] {len(done)}/{len(tasks)} {run_dir}: t2v R@1 {record['t2v']['R1']:.2f}{held} "
+            f"({time.monotonic() - start:.0f} s)")
+
+    return run_in_processes(_run_and_score, {o.out: (o, False, heldout, threads) for o in tasks}, jobs, report)
 
 
 def _heldout_record(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.data.synth_heldout import HeldoutSplit, read_record
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 
 BEST = "best.pt"
 
@@ -25,25 +25,36 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
     ``gallery`` G > 0 each query is ranked within its own gallery of G consecutive videos
     (:func:`rap_deploy.gallery_eval.evaluate_in_galleries`); 0 ranks it among the whole split.
 
-    Raises :class:`UsageError` for a run without ``best.pt``; otherwise what loading the checkpoint and the split
-    raise.
+    Raises :class:`CheckFailedError` for a run without ``best.pt`` (its folder is damaged: a finished run has one);
+    otherwise what loading the checkpoint and the split raise. A cached result that is a symbolic link or holds
+    metrics out of range is scored again.
     """
     from rap_deploy.atomic import sha256_file, write_json_atomic
 
     run_dir = Path(run_dir)
     checkpoint = run_dir / BEST
     if not checkpoint.is_file():
-        raise UsageError(f"{run_dir} has no {BEST}: train the run before scoring it on a held-out split")
+        raise CheckFailedError(f"{run_dir} has no {BEST} though its run finished; the run folder is damaged: remove "
+                               "it and the next `rapdeploy ablate` trains that run again")
     digest = sha256_file(checkpoint)
     cached_file = run_dir / (f"{split.tag}-g{gallery}.json" if gallery else f"{split.tag}.json")
-    cached = read_record(cached_file)
+    cached = None if cached_file.is_symlink() else read_record(cached_file)
     if (cached is not None and cached.get("checkpoint_sha256") == digest and cached.get("split") == split.record
-            and cached.get("gallery", 0) == gallery):
+            and cached.get("gallery", 0) == gallery and _scores_ok(cached)):
         return {**cached, "gallery": gallery}  # results cached before galleries existed hold none: one gallery
     result = _score(checkpoint, split, top_m, progress, gallery)
     result.update(split=split.record, checkpoint_sha256=digest, gallery=gallery)
     write_json_atomic(cached_file, result)
     return result
+
+
+def _scores_ok(cached: dict[str, Any]) -> bool:
+    """The cached metrics the table reads are all finite and in range."""
+    from rap_deploy.train.ablate_runs import recalls_ok
+
+    staged = cached.get("two_stage", {})
+    return all(recalls_ok(m.get(d)) if isinstance(m, dict) else False
+               for m in (cached, *([staged] if staged else [])) for d in ("t2v", "v2t"))
 
 
 def _score(checkpoint: Path, split: HeldoutSplit, top_m: int, progress: bool, gallery: int) -> dict[str, Any]:
@@ -73,12 +84,17 @@ def _score(checkpoint: Path, split: HeldoutSplit, top_m: int, progress: bool, ga
 
 
 def check_gallery(gallery: int, videos: int) -> None:
-    """Raise :class:`UsageError` unless ``gallery`` is 0 (one gallery of the whole split) or 2 to ``videos``."""
+    """Raise :class:`UsageError` unless ``gallery`` is 0 (one gallery of the whole split) or a divisor of
+    ``videos`` from 2 up (a remainder would be a smaller gallery, easier than the others, counted in the scores)."""
     if gallery and not videos:
         raise UsageError("--heldout-gallery scores the held-out split: pass --heldout-videos N too")
     if gallery and not 2 <= gallery <= videos:
         raise UsageError(f"--heldout-gallery must be 0 (one gallery) or 2 to --heldout-videos ({videos}), "
                          f"got {gallery}")
+    if gallery and videos % gallery:
+        raise UsageError(f"--heldout-gallery {gallery} does not divide --heldout-videos {videos}: every query's "
+                         f"gallery must hold {gallery} videos; use a divisor (or --heldout-videos "
+                         f"{videos - videos % gallery})")
 
 
 def heldout_scorer(world: str | Path, world_data: str | Path, videos: int, top_m: int, progress: bool = True,
@@ -88,8 +104,11 @@ def heldout_scorer(world: str | Path, world_data: str | Path, videos: int, top_m
     there (:func:`heldout_metrics`, in galleries of ``gallery`` videos unless 0). Raises :class:`UsageError` for a
     gallery that is neither 0 nor 2 to ``videos``, and what :func:`prepare_heldout` raises."""
     from rap_deploy.data.synth_heldout import heldout_folder, prepare_heldout
+    from rap_deploy.locks import folder_lock
 
     check_gallery(gallery, videos)
-    split = prepare_heldout(world_data, heldout_folder(Path(world), videos), videos, progress)
+    folder = heldout_folder(Path(world), videos)
+    with folder_lock(folder, "ablate", "held-out split folder"):  # two commands never write one split
+        split = prepare_heldout(world_data, folder, videos, progress)
     # a partial, not a lambda: `ablate --jobs` sends it to its worker processes
     return functools.partial(heldout_metrics, split=split, top_m=top_m, progress=progress, gallery=gallery)

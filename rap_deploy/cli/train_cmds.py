@@ -290,6 +290,7 @@ def pretrain_backbone(
     clip: str = typer.Option("rap-tiny", "--clip", help="open_clip model config to train from scratch."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default: $RAPDEPLOY_HOME or "
                                           "./rapdeploy-out)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     json_out: bool = typer.Option(False, "--json", help="Print the stored info (held-out metrics, seconds) as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -308,9 +309,14 @@ def pretrain_backbone(
     bounds.check_float(patch_weight, "--patch-weight", 0.0, 1000.0)
     bounds.check_float(patch_keep, "--patch-keep", 0.0, 1.0, low_open=True)
     bounds.check_int(unmasked_epochs, "--unmasked-epochs", 0, epochs)
+    bounds.check_memory((train_stills + test_stills) * size * size * 3, f"{train_stills + test_stills:,} stills of "
+                        f"{size}x{size} px", "pass fewer --train-stills/--test-stills or a smaller --size")
     out = out or subdir("cache", workspace) / "backbone" / f"{clip}.safetensors"
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; pass a file path such as {out / (clip + '.safetensors')}")
+    if out.exists() and not force:  # checkpoints and ablation runs name a backbone file by its path and sha256
+        raise UsageError(f"--out {out} exists; pass --force to replace it (checkpoints made on it will then refuse "
+                         "it: their recorded sha256 no longer matches), or another --out")
     with folder_lock(out, "pretrain-backbone", "backbone file"):
         info = run(out, size=size, n_train=train_stills, n_test=test_stills, epochs=epochs, seed=seed, clip=clip,
                    batch_size=batch_size, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
@@ -404,17 +410,23 @@ def ablate(
     from rap_deploy.train.heldout_eval import check_gallery, heldout_scorer
     from rap_deploy.workspace import workspace_root
 
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
+    parts = [s.strip() for s in seeds.split(",") if s.strip()]
+    if not all(s.isdecimal() and s.isascii() for s in parts):  # int() would also take "1_0" and "+1"
+        raise UsageError(f"--seeds must be comma-separated integers, got '{seeds}'")
+    seed_list = [int(s) for s in parts]
     bounds.check_ints(seed_list, "--seeds", 0, bounds.MAX_SEED)
     repeated = sorted({s for s in seed_list if seed_list.count(s) > 1})
     if repeated:  # one run folder per seed: a repeat would count the same run twice in mean ± std
         raise UsageError(f"--seeds lists {', '.join(map(str, repeated))} more than once; give each seed once")
     if threads is not None:
         bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
-    check_gallery(heldout_gallery, heldout_videos)  # before the world is prepared (that can take minutes)
+    # every option is checked before the world is prepared (that can take minutes)
+    row_names = _ablation_rows(rows)
+    check_gallery(heldout_gallery, heldout_videos)
+    if heldout_videos:
+        bounds.check_int(heldout_videos, "--heldout-videos", 2, MAX_HELDOUT_VIDEOS)
+    if epochs is not None:
+        bounds.check_int(epochs, "--epochs", 1, bounds.MAX_EPOCHS)
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"--preset '{preset}' is unknown; use one of {', '.join(PRESETS)}")
     if threads:
@@ -432,8 +444,7 @@ def ablate(
                          asa_dim=None if preset else sizes.asa_dim, preset=preset or sizes.preset)
     scorer = (heldout_scorer(root, w.data, heldout_videos, base.top_m, not quiet and jobs == 1, heldout_gallery)
               if heldout_videos else None)
-    result = run_ablation(base, out or root / "ablation", seed_list,
-                          [r for r in (rows or "").split(",") if r.strip()], progress=not quiet, log=log,
+    result = run_ablation(base, out or root / "ablation", seed_list, row_names, progress=not quiet, log=log,
                           heldout=scorer, jobs=jobs, threads=threads)
     if json_out:
         typer.echo(json_text(result))
@@ -441,6 +452,20 @@ def ablate(
     from rap_deploy.train.ablate_report import ablation_markdown
 
     typer.echo(ablation_markdown(result))
+
+
+def _ablation_rows(rows: str | None) -> list[str]:
+    """The row names of ``--rows`` (every row when not given); raises :class:`UsageError` for an unknown name or a
+    list that names none."""
+    from rap_deploy.train.ablate import select_rows
+
+    if rows is None:
+        return []
+    names = [r.strip() for r in rows.split(",") if r.strip()]
+    if not names:
+        raise UsageError(f"--rows names no row ('{rows}'); leave it out for every row")
+    select_rows(names)
+    return names
 
 
 def _recipe_with(sizes: DemoSizes, **overrides: Any) -> DemoSizes:

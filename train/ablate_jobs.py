@@ -1,0 +1,106 @@
+"""Ablation runs in worker processes (``rapdeploy ablate --jobs N``): one spawned process per run, N at a time.
+
+Each worker sends back its run's record or its error through a pipe; a worker that dies without one (killed, out of
+memory) is an error naming its run, not a wait without end. Workers ignore SIGINT (Ctrl-C in a terminal reaches the
+whole process group): the parent gets it and stops them, and every worker still running when the parent leaves,
+for whatever reason, is terminated. A run stopped that way resumes from its ``last.pt`` on the next call.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from rap_deploy.errors import CheckFailedError
+
+Work = Callable[..., dict[str, Any]]
+
+
+def run_in_processes(work: Work, tasks: dict[str, tuple[Any, ...]], jobs: int,
+                     on_done: Callable[[str, dict[str, Any]], None] = lambda key, record: None
+                     ) -> dict[str, dict[str, Any]]:
+    """``work(*tasks[key])`` for every key, ``jobs`` at a time, each in a spawned process; returns the records by
+    key. ``work`` must be a module-level function (spawn pickles it by name); ``on_done`` sees each record as it
+    arrives. The first error a worker raises is raised here (its class kept when it pickles); a worker that exits
+    without a result raises :class:`CheckFailedError` naming its key and exit code."""
+    ctx = multiprocessing.get_context("spawn")
+    pending = list(tasks)
+    running: dict[str, tuple[Any, Connection]] = {}
+    records: dict[str, dict[str, Any]] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                key = pending.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker, args=(work, tasks[key], send), daemon=True)
+                proc.start()
+                send.close()  # the parent keeps only the reading end: EOF when the worker is gone
+                running[key] = (proc, receive)
+            wait([r for _, r in running.values()] + [p.sentinel for p, _ in running.values()], timeout=5.0)
+            for key, (proc, receive) in list(running.items()):
+                result = _result(key, proc, receive)
+                if result is not None:
+                    del running[key]
+                    receive.close()
+                    proc.join()
+                    records[key] = result
+                    on_done(key, result)
+    finally:
+        _stop(running)
+    return records
+
+
+def _result(key: str, proc: Any, receive: Connection) -> dict[str, Any] | None:
+    """The worker's record once it sent one, ``None`` while it runs; raises its error, or for a worker gone
+    without a word."""
+    if receive.poll():
+        try:
+            ok, payload = receive.recv()
+        except (EOFError, OSError):
+            ok, payload = False, None
+        if ok:
+            return payload
+        if isinstance(payload, BaseException):
+            raise payload
+        if payload is not None:
+            raise CheckFailedError(f"the run {key} failed: {payload}")
+    elif proc.is_alive():
+        return None
+    proc.join()
+    raise CheckFailedError(f"the run {key} stopped without a result: its worker process exited with code "
+                           f"{proc.exitcode} (killed, or out of memory?); run the command again to resume it, with "
+                           "fewer --jobs if memory is short")
+
+
+def _worker(work: Work, args: tuple[Any, ...], send: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        message: tuple[bool, Any] = (True, work(*args))
+    except Exception as exc:  # noqa: BLE001 - the parent raises it
+        message = (False, exc)
+    try:
+        send.send(message)
+    except Exception as exc:  # noqa: BLE001 - what does not pickle goes back as text
+        what = f"its record could not be sent ({exc})" if message[0] else \
+            f"{type(message[1]).__name__}: {message[1]}"
+        send.send((False, what))
+    finally:
+        send.close()
+
+
+def _stop(running: dict[str, tuple[Any, Connection]]) -> None:
+    """Terminate every worker still running (SIGTERM, then SIGKILL after 10 s) and close its pipe."""
+    for proc, _ in running.values():
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + 10.0
+    for proc, receive in running.values():
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        receive.close()

@@ -1,0 +1,169 @@
+"""One run folder of the ablation (``OUT/<row>/seed<k>/``): checked, then read back, resumed or trained.
+
+A run is read back only when the folder is its own (neither the folder nor its files are symbolic links), its
+``summary.json`` is a small JSON object written for this folder (its recorded ``run_dir`` ends in the same row and
+seed) whose metrics are finite and in range, and its options and backbone are the recipe's. A run of another recipe
+is refused (:class:`UsageError`, exit 2: use another ``--out``); a damaged one is named (:class:`CheckFailedError`,
+exit 1: remove the folder and the next call trains it again).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.train.loop import BEST, LAST, SUMMARY, TrainOptions, train_rap
+
+# What a summary records of its options, compared when the run has no last.pt to compare (the zero-shot row).
+SUMMARY_OPTIONS = ("epochs", "batch_size", "variant", "pretrained", "selection_loss_weight")
+
+
+def run_one(options: TrainOptions, progress: bool) -> dict[str, Any]:
+    """Train (or read back, or resume) one run; returns its ``summary.json``. Raises :class:`UsageError` when the
+    folder holds a run of another recipe and :class:`CheckFailedError` when it is damaged (:func:`checked_run`)."""
+    run_dir = Path(options.out)
+    summary = checked_run(run_dir, options)
+    if summary is not None and summary.get("complete"):
+        return summary
+    resume = run_dir if (run_dir / LAST).is_file() else None
+    return train_rap(None if resume else options, progress=progress, resume=resume)
+
+
+def checked_run(run_dir: Path, options: TrainOptions) -> dict[str, Any] | None:
+    """The run's checked ``summary.json`` (``None`` when it has none yet), after :func:`check_same_recipe`."""
+    refuse_links(run_dir, (SUMMARY, LAST, BEST))
+    summary = read_summary(run_dir)
+    check_same_recipe(run_dir, summary, options)
+    return summary
+
+
+def damaged_run(path: Path, what: str) -> CheckFailedError:
+    """The error for a run folder whose file ``path`` cannot be read back: remove the folder to train it again."""
+    return CheckFailedError(f"{path}: {what}; the run folder is damaged or was edited: remove {path.parent} and "
+                            "the next `rapdeploy ablate` trains that run again")
+
+
+def refuse_links(run_dir: Path, names: tuple[str, ...]) -> None:
+    """Raise :class:`CheckFailedError` when the run folder, its row folder or one of its files ``names`` is a
+    symbolic link: a run writes and reads its own files only."""
+    for path in (run_dir.parent, run_dir, *(run_dir / n for n in names)):
+        if path.is_symlink():
+            raise CheckFailedError(f"{path} is a symbolic link; an ablation run folder holds its own files: replace "
+                                   "it with a real folder (or pass another --out)")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json``, or ``None`` when it has none yet. Raises :class:`CheckFailedError` when it is
+    oversized, not a JSON object, written for another run folder, or (for a complete run) holds metrics that are not
+    finite numbers in range."""
+    from rap_deploy.bounds import read_manifest_text
+
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(read_manifest_text(path, "run summary"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise damaged_run(path, f"it is not readable JSON ({exc})") from None
+    if not isinstance(summary, dict):
+        raise damaged_run(path, "it is not a JSON object")
+    recorded = summary.get("run_dir")
+    if not isinstance(recorded, str) or Path(recorded).parts[-2:] != run_dir.parts[-2:]:
+        raise damaged_run(path, f"it was written for the run {recorded!r}, not this folder")
+    if summary.get("complete"):
+        _check_numbers(path, summary)
+    return summary
+
+
+def _check_numbers(path: Path, summary: dict[str, Any]) -> None:
+    """Every number the table reads from a complete run's summary is finite and in range."""
+    best = summary.get("best")
+    if not isinstance(best, dict):
+        raise damaged_run(path, "its 'best' epoch is not a JSON object")
+    for where, metrics in (("best", best), ("best.two_stage", best.get("two_stage", {}))):
+        if not isinstance(metrics, dict):
+            raise damaged_run(path, f"'{where}' is not a JSON object")
+        for direction in ("t2v", "v2t"):
+            if direction in metrics:
+                _check_recalls(path, f"{where}.{direction}", metrics[direction])
+    for where, offsets in (("best.offsets", best.get("offsets")), ("offsets_initial", summary.get("offsets_initial"))):
+        if offsets:
+            if not isinstance(offsets, dict) or not all(_finite_numbers(offsets.get(k)) for k in ("gamma", "delta")):
+                raise damaged_run(path, f"'{where}' does not hold finite gamma and delta offsets")
+
+
+def _check_recalls(path: Path, where: str, metrics: Any) -> None:
+    if not recalls_ok(metrics):
+        raise damaged_run(path, f"'{where}' does not hold R1, R5, R10 in [0, 100] and a finite MnR >= 1")
+
+
+def recalls_ok(metrics: Any) -> bool:
+    """True when ``metrics`` holds R1, R5, R10 in [0, 100] and a finite MnR >= 1 (what the table reads)."""
+    return isinstance(metrics, dict) and all(_number_in(metrics.get(k), 0.0, 100.0) for k in ("R1", "R5", "R10")) \
+        and _number_in(metrics.get("MnR"), 1.0, math.inf)
+
+
+def _number_in(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value <= high
+
+
+def _finite_numbers(value: Any) -> bool:
+    """True for a number or a (nested) list of numbers, all finite."""
+    if isinstance(value, list):
+        return all(_finite_numbers(v) for v in value)
+    return _number_in(value, -math.inf, math.inf)
+
+
+def check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: TrainOptions) -> None:
+    """Raise :class:`UsageError` when the run already in ``run_dir`` was trained with other options or another
+    backbone than ``options``: reading it back (or resuming it) would put it in the wrong table.
+
+    A run with a ``last.pt`` is compared on every option it stored there, the model's sizes as built
+    (:func:`~rap_deploy.train.loop.option_mismatch`). Its summary is compared on what it records (epoch count, batch
+    size, variant, pre-trained backbone, selection loss weight, 0 in summaries written before the weight was; and
+    without a ``last.pt``, the LoRM multiplier of a run that trained). The backbone file's sha256 must still be the
+    one the run's checkpoint recorded."""
+    from rap_deploy.checkpoint import load_checkpoint
+    from rap_deploy.train.loop import option_mismatch, stored_run
+
+    last, best = run_dir / LAST, run_dir / BEST
+    mismatch, ckpt = None, None
+    if last.is_file():
+        ckpt, stored, _ = stored_run(last)
+        mismatch = option_mismatch(stored, ckpt.config, options.to_dict())
+    if summary is not None and mismatch is None:
+        keys = SUMMARY_OPTIONS + (("lorm_lr_mult",) if ckpt is None and summary.get("epochs") else ())
+        mismatch = _summary_mismatch(summary, options, keys)
+    if mismatch is not None:
+        key, have, wanted = mismatch
+        raise UsageError(f"{run_dir} holds a run trained with {key} = {have!r}, not {wanted!r}: pass "
+                         "--out with a new folder (or remove that run)")
+    if ckpt is None and summary is not None and summary.get("complete") and best.is_file():
+        ckpt = load_checkpoint(best)
+    if ckpt is not None:
+        _check_backbone(run_dir, ckpt.backbone, options)
+
+
+def _summary_mismatch(summary: dict[str, Any], options: TrainOptions,
+                      keys: tuple[str, ...]) -> tuple[str, Any, Any] | None:
+    recorded = {"selection_loss_weight": 0.0, **summary}
+    return next(((key, recorded[key], getattr(options, key)) for key in keys
+                 if getattr(options, key) is not None and key in recorded and recorded[key] != getattr(options, key)),
+                None)
+
+
+def _check_backbone(run_dir: Path, spec: Any, options: TrainOptions) -> None:
+    """A run trained on a backbone file that has since been replaced (pre-trained again) is another recipe's."""
+    from rap_deploy.data.cache import file_digest
+
+    path = Path(options.pretrained or "")
+    if spec.kind != "file" or not spec.sha256 or not options.pretrained or not path.is_file():
+        return
+    now = file_digest(path)
+    if now != spec.sha256:
+        raise UsageError(f"{run_dir} holds a run trained on backbone sha256 {spec.sha256[:12]}…, but {path} is now "
+                         f"{now[:12]}… (pre-trained again): pass --out with a new folder (or remove that run)")
