@@ -45,6 +45,7 @@ def test_demo_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     again = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])
     assert again.exit_code == 0, again.output
     assert "[skip] train (rap)" in again.output and "[run ] train" not in again.output
+    _check_changed_files_redo_their_steps(runner, out)
 
     # a folder made by another recipe (here: another ASA width) is refused before any step reuses its model
     import dataclasses
@@ -60,6 +61,29 @@ def test_demo_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
                        r"lorm_lr_mult = 1.0: pass a new --out"):
         run_demo(out, dataclasses.replace(DemoSizes.tiny(), lorm_lr_mult=1.0), progress=False, log=lambda msg: None)
     assert (out / "runs" / "rap" / "best.pt").stat().st_mtime_ns == stamp
+    # a step that fails prints its own error, never the previous run's summary as if it were this one's
+    (out / "runs" / "rap" / "summary.json").unlink()
+    (out / "runs" / "rap" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    failed = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet", "--json"])
+    assert failed.exit_code == 1 and "last.pt" in failed.output and failed.stdout.strip() == "", failed.output
+    assert runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--threads", "0"]).exit_code == 2
+
+
+def _check_changed_files_redo_their_steps(runner, out):
+    """A step is skipped only when its files are what it wrote: a truncated engine graph rebuilds that engine and
+    verifies it again (the export, which it reads, is kept); a damaged summary.json is not read (each step's
+    timing comes from the step records)."""
+    graph = out / "engines" / "onnxruntime-fp32" / "video_encoder.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    (out / "summary.json").write_text("{not json")
+    redo = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])
+    assert redo.exit_code == 0, redo.output
+    assert "[redo] build-engine onnxruntime-fp32: engines/onnxruntime-fp32/video_encoder.onnx changed" in redo.output
+    assert "[run ] verify onnxruntime-fp32" in redo.output and "[skip] export" in redo.output
+    assert "[skip] build-engine onnxruntime-int8" in redo.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"synth", "train (rap)", "export", "verify onnxruntime-fp32", "bench"} <= set(summary["step_seconds"])
+    assert all(e["passed"] for e in summary["engines"])
 
 
 def test_demo_split_is_sharp_enough():

@@ -154,9 +154,14 @@ def test_a_world_of_an_earlier_format_is_refused_with_the_fix(tmp_path, synth_ro
     assert not (old.parent / "cache").exists() and not (tmp_path / "runs" / "zero_shot").exists()
     # ... and so is a cached backbone pre-trained on the earlier stills (its record has no object radius)
     from rap_deploy.backbone_file import save_backbone
-    from rap_deploy.cli.pipeline import DemoSizes, world_backbone
+    from rap_deploy.cli.demo_world import world_backbone
+    from rap_deploy.cli.pipeline import DemoSizes
 
-    shutil.copytree(synth_root, tmp_path / "new" / "data")
+    shutil.copytree(synth_root, tmp_path / "new" / "data")  # the tests' world: 12 test videos, not the tiny 8
+    other = CliRunner().invoke(app, ["ablate", "--tiny", "--world", str(tmp_path / "new"), "--rows", "zero_shot",
+                                     "--seeds", "0", "--out", str(tmp_path / "runs")])
+    assert other.exit_code == 2 and "another recipe's world" in other.output and "(this run: 8)" in other.output
+    shutil.rmtree(tmp_path / "new" / "data")  # no dataset yet: the cached backbone is checked before synth runs
     stale = save_backbone({"w": torch.zeros(1)}, "rap-micro", world_backbone(tmp_path / "new", DemoSizes.tiny()),
                           {"clip": "rap-micro"})
     result = CliRunner().invoke(app, ["ablate", "--tiny", "--world", str(tmp_path / "new"), "--rows", "zero_shot",

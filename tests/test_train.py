@@ -635,7 +635,8 @@ def _check_damaged_runs_are_named(runner, world, out, args):
     finally:
         held.communicate("", timeout=30)
     backbone = Path(json.loads((out / "rap" / "seed0" / "summary.json").read_text())["pretrained"])
-    original = backbone.read_bytes()
+    records = world / "demo-steps.json"  # the world's step records: the pre-training step runs again on a change
+    original, original_records = backbone.read_bytes(), records.read_bytes()
     try:
         from safetensors import safe_open
         from safetensors.torch import load_file, save_file
@@ -650,6 +651,7 @@ def _check_damaged_runs_are_named(runner, world, out, args):
         assert again.exit_code == 2 and "pre-trained again" in again.output, again.output
     finally:
         backbone.write_bytes(original)
+        records.write_bytes(original_records)
 
 
 def _check_heldout_galleries(runner, args, out, one_gallery_scores):

@@ -26,19 +26,23 @@ def demo(
 ) -> None:
     """Run synth → backbone → init → train → export → build-engine → verify → bench → library on the offline default.
 
-    Steps whose output is already complete are skipped, so a second run resumes. Writes DIR/summary.json.
-    Exit 1 when an engine fails its parity check (the summary is still written).
+    A step whose files (and the files it read) are unchanged since it ran is skipped, so a second run resumes; a
+    deleted or damaged output is made again, with every step after it (DIR/demo-steps.json records the files).
+    Writes DIR/summary.json. Exit 1 when an engine fails its parity check (the summary is still written) or a step
+    fails; 2 for bad usage or a folder of another recipe.
     """
-    from rap_deploy.cli.pipeline import DemoSizes, run_demo
-    from rap_deploy.errors import CheckFailedError
+    from rap_deploy import bounds
+    from rap_deploy.cli.pipeline import DemoSizes, ParityFailedError, run_demo
     from rap_deploy.workspace import workspace_root
 
+    if threads is not None:
+        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
     target = out or workspace_root(workspace)
     sizes = DemoSizes.tiny() if tiny else DemoSizes()
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
     try:
         summary = run_demo(target, sizes, progress=not quiet, threads=threads, log=log)
-    except CheckFailedError:
+    except ParityFailedError:  # the summary of this run was written: print it, then exit 1
         summary = json.loads((Path(target) / "summary.json").read_text())
         _print(summary, json_out, target)
         raise

@@ -4,8 +4,10 @@ synth → backbone (pre-trained once, cached) → init → train (rap; its epoch
 → export → build-engine (ONNX Runtime fp32 and int8; TensorRT FP16 when TensorRT and a GPU are present) → verify each
 engine → bench → library (index the test split, search its first caption).
 
-Every step calls the same library function as the matching command and is skipped when its output is already
-complete, so re-running the demo resumes where it stopped. It lives in the CLI layer because it uses every stage.
+Every step calls the same library function as the matching command and is skipped when its files, and the files it
+read, are what it wrote (:mod:`rap_deploy.cli.demo_steps`), so re-running the demo resumes where it stopped and
+makes again what was deleted or damaged. It lives in the CLI layer because it uses every stage; the world (dataset
+and backbone) is :mod:`rap_deploy.cli.demo_world`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 
 from rap_deploy.atomic import write_json_atomic
 from rap_deploy.cli.demo_guards import check_demo_model, check_demo_training
+from rap_deploy.cli.demo_steps import Steps
+from rap_deploy.cli.demo_world import World, prepare_world
 from rap_deploy.data import SYNTH_DISTRACTORS
-from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
+from rap_deploy.errors import BackendUnavailableError, CheckFailedError
 
 
 @dataclass(frozen=True)
@@ -121,120 +125,8 @@ def train_options(sizes: DemoSizes, data: Path, run_dir: Path, frame_cache: Path
                            "cache_dir": str(frame_cache), **model})
 
 
-@dataclass(frozen=True)
-class World:
-    """The offline world's files: the synthetic dataset, the frozen backbone and the decoded-frame cache."""
-
-    data: Path
-    backbone: Path
-    frame_cache: Path
-
-
-def prepare_world(out: Path, sizes: DemoSizes, steps: Steps, progress: bool, threads: int | None) -> World:
-    """Run (or skip when complete) the synth and backbone pre-training steps into ``out``; returns the paths."""
-    from rap_deploy.data.synth_dataset import generate_synthetic_dataset
-    from rap_deploy.train.backbone import pretrain_backbone
-
-    data = out / "data"
-    cache_root = out / "cache"
-    backbone = world_backbone(out, sizes)
-    _check_world(data, sizes.distractors)
-    _check_world_backbone(backbone)
-    steps.run("synth", data / "MSRVTT_data.json", lambda: generate_synthetic_dataset(
-        data, videos=sizes.videos, test_videos=sizes.test_videos, seed=sizes.seed, size=sizes.size,
-        distractors=sizes.distractors, progress=progress))
-    steps.run("pretrain-backbone", backbone, lambda: pretrain_backbone(
-        backbone, size=sizes.size, n_train=sizes.backbone_train, epochs=sizes.backbone_epochs, seed=sizes.seed,
-        clip=sizes.backbone_clip, text_weight=sizes.backbone_text_weight, position_init=sizes.backbone_position_init,
-        patch_keep=sizes.backbone_patch_keep, unmasked_epochs=sizes.backbone_unmasked_epochs,
-        distractors=sizes.distractors,
-        progress=progress, threads=threads))
-    return World(data, backbone, cache_root / "frames")
-
-
-def world_backbone(out: Path, sizes: DemoSizes) -> Path:
-    """The file the frozen backbone of world folder ``out`` is cached in: its name holds the pre-training recipe."""
-    return out / "cache" / "backbones" / (f"{sizes.backbone_clip}-s{sizes.seed}-px{sizes.size}"
-                                          f"-n{sizes.backbone_train}-e{sizes.backbone_epochs}"
-                                          f"-t{sizes.backbone_text_weight:g}-p{sizes.backbone_position_init}"
-                                          f"{_keep_tag(sizes)}{_distractor_tag(sizes)}.safetensors")
-
-
-def _keep_tag(sizes: DemoSizes) -> str:
-    """The backbone file name's token-dropping part: empty when every token is seen."""
-    if sizes.backbone_patch_keep >= 1.0:
-        return ""
-    return f"-k{sizes.backbone_patch_keep:g}u{sizes.backbone_unmasked_epochs}"
-
-
-def _check_world_backbone(backbone: Path) -> None:
-    """Refuse a cached backbone pre-trained on stills of another object size than this version draws (an earlier
-    world's backbone would otherwise be reused silently: the pre-training step is skipped when its file exists).
-    Files from before the size was recorded had the earlier, smaller objects. Raises :class:`UsageError`."""
-    from rap_deploy.backbone_file import read_backbone_info
-    from rap_deploy.data.synth import SIZE_RADIUS
-    from rap_deploy.data.synth_dataset import EARLIER_RADIUS, radius_text
-
-    if not _done(backbone):
-        return
-    found = read_backbone_info(backbone).get("object_radius")
-    if found != SIZE_RADIUS:
-        was = f"the earlier {radius_text(EARLIER_RADIUS['rapdeploy-synth-1'])}" if found is None else json.dumps(found)
-        raise UsageError(f"{backbone} was pre-trained on stills whose objects have radius {was} (fractions of the "
-                         f"frame), not {radius_text(SIZE_RADIUS)}; delete it to pre-train it again, or use a new world "
-                         "folder")
-
-
-def _check_world(data: Path, distractors: float) -> None:
-    """Refuse a world whose dataset is of an earlier synthetic format or was written with another distractor rate
-    than the recipe asks for (it would otherwise be reused silently: the synth step is skipped when its dataset is
-    complete). Raises :class:`UsageError` naming the file and the fix."""
-    from rap_deploy.data.synth_dataset import check_synth_format
-
-    path = data / "MSRVTT_data.json"
-    if not path.is_file():
-        return
-    try:
-        info = json.loads(path.read_text(encoding="utf-8")).get("info", {})
-    except (OSError, ValueError, AttributeError):
-        return  # not readable here: the dataset loader reports it with its own message
-    check_synth_format(path, info)
-    found = float(info.get("distractors", 0.0))  # datasets written before the option had none
-    if found != distractors:
-        raise UsageError(f"{path} was written with distractors {found:g}, but this run asks for {distractors:g}; "
-                         f"use another world folder (--world / --out) or --distractors {found:g}")
-
-
-def _distractor_tag(sizes: DemoSizes) -> str:
-    """The backbone file name's distractor part: empty when no still has a distractor."""
-    return f"-d{sizes.distractors:g}" if sizes.distractors > 0 else ""
-
-
-def _done(path: Path) -> bool:
-    return path.is_file() and path.stat().st_size > 0
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-class Steps:
-    """Runs and reports the pipeline's steps; a step whose ``marker`` exists is skipped."""
-
-    def __init__(self, log: Callable[[str], None], earlier: dict[str, float] | None = None) -> None:
-        self.log = log
-        self.timings: dict[str, float] = dict(earlier or {})  # a resumed demo keeps the timings of skipped steps
-
-    def run(self, name: str, marker: Path, fn: Callable[[], Any]) -> bool:
-        if _done(marker):
-            self.log(f"[skip] {name}: {marker} is complete")
-            return False
-        self.log(f"[run ] {name}")
-        t0 = time.perf_counter()
-        fn()
-        self.timings[name] = round(time.perf_counter() - t0, 2)
-        self.log(f"[done] {name} in {self.timings[name]:.1f}s")
-        return True
 
 
 def _tensorrt_available() -> str | None:
@@ -254,14 +146,14 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole offline pipeline into ``out``; returns the summary written to ``out/summary.json``.
 
-    Raises :class:`CheckFailedError` only after the summary is written, when an engine failed its parity check.
+    Raises :class:`ParityFailedError` after the summary is written when an engine failed its parity check; any other
+    error comes from a step, before a summary of this run exists.
     """
     sizes = sizes or DemoSizes()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    earlier = _read_json(out / "summary.json").get("step_seconds") if _done(out / "summary.json") else None
-    steps = Steps(log, earlier)
+    steps = Steps(log, out)
     world = prepare_world(out, sizes, steps, progress, threads)
     run = _DemoRun(out=out, sizes=sizes, steps=steps, world=world, progress=progress, threads=threads, log=log)
     _init_step(run)
@@ -275,8 +167,12 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
     write_json_atomic(out / "summary.json", summary)
     failed = [v["name"] for v in verdicts if not v["passed"]]
     if failed:
-        raise CheckFailedError(f"parity failed for {', '.join(failed)}; see {out / 'verify'}")
+        raise ParityFailedError(f"parity failed for {', '.join(failed)}; see {out / 'verify'}")
     return summary
+
+
+class ParityFailedError(CheckFailedError):
+    """An engine failed its parity check; raised after ``summary.json`` was written (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -331,9 +227,10 @@ def _init_step(run: _DemoRun) -> None:
     config = build_config(sizes.backbone_clip, "rap", sizes.frames, 32, True, True, None, sizes.asa_topk,
                           sizes.asa_heads, sizes.asa_dim, "text", sizes.preset)
     check_demo_model(init_ckpt, config, run.out)
-    run.steps.run("init", init_ckpt, lambda: init_checkpoint(init_ckpt, clip=None, pretrained="none",
-                                                             backbone_file=run.world.backbone, config=config,
-                                                             embed_backbone=True, seed=sizes.seed))
+    run.steps.run("init", [init_ckpt], lambda: init_checkpoint(init_ckpt, clip=None, pretrained="none",
+                                                               backbone_file=run.world.backbone, config=config,
+                                                               embed_backbone=True, seed=sizes.seed),
+                  inputs=[run.world.backbone])
 
 
 def _train_and_results_steps(run: _DemoRun) -> None:
@@ -350,17 +247,19 @@ def _train_and_results_steps(run: _DemoRun) -> None:
         resume = run_dir if (run_dir / "last.pt").is_file() else None
         train_rap(None if resume else options, progress=run.progress, resume=resume)
 
-    run.steps.run("train (rap)", run_dir / "summary.json", train)
-    run.steps.run("results", run.rap_file, lambda: _write_results(run_dir, run.zero_shot_file, run.rap_file))
+    written = [run_dir / name for name in ("summary.json", "best.pt", "last.pt", "metrics.jsonl")]
+    run.steps.run("train (rap)", written, train, inputs=[run.init_ckpt, run.world.data / "MSRVTT_data.json"])
+    run.steps.run("results", [run.rap_file, run.zero_shot_file],
+                  lambda: _write_results(run_dir, run.zero_shot_file, run.rap_file), inputs=written)
 
 
 def _export_step(run: _DemoRun) -> None:
     """The ``export`` step: ``best.pt`` to ONNX (with fp16 graphs where TensorRT can use them)."""
     from rap_deploy.export import export_checkpoint
 
-    run.steps.run("export", run.onnx_dir / "manifest.json", lambda: export_checkpoint(
+    run.steps.run("export", [run.onnx_dir / "manifest.json", run.onnx_dir], lambda: export_checkpoint(
         run.best, run.onnx_dir, fp16=_tensorrt_available() is None, force=True, data_root=run.world.data,
-        progress=run.progress))
+        progress=run.progress), inputs=[run.best])
 
 
 def _build_engine_steps(run: _DemoRun) -> tuple[list[str], str | None]:
@@ -380,8 +279,10 @@ def _build_engine_steps(run: _DemoRun) -> tuple[list[str], str | None]:
     for name, kw in engines:
         target = run.out / "engines" / name
         try:
-            run.steps.run(f"build-engine {name}", target / "manifest.json", lambda t=target, k=kw: build_engine(
-                run.onnx_dir, out=t, force=True, threads=run.threads, progress=run.progress, **k))
+            run.steps.run(f"build-engine {name}", [target / "manifest.json", target],
+                          lambda t=target, k=kw: build_engine(run.onnx_dir, out=t, force=True, threads=run.threads,
+                                                              progress=run.progress, **k),
+                          inputs=[run.onnx_dir])
             built.append(name)
         except BackendUnavailableError as exc:
             run.log(f"[skip] build-engine {name}: {exc}")
@@ -399,9 +300,10 @@ def _verify_steps(run: _DemoRun, built: list[str]) -> list[dict[str, Any]]:
     for name in built:
         report = out / "verify" / name / "verify.json"
         tolerance = None if name.endswith("fp32") else quant_tolerance
-        run.steps.run(f"verify {name}", report, lambda n=name, r=report, t=tolerance: verify(
+        run.steps.run(f"verify {name}", [report, report.parent], lambda n=name, r=report, t=tolerance: verify(
             "msrvtt", data, out / "engines" / n, tolerance=t, top_m=sizes.top_m, out=r.parent, cache=frame_cache,
-            progress=run.progress, threads=run.threads, raise_on_fail=False, reference_runs=reference_runs))
+            progress=run.progress, threads=run.threads, raise_on_fail=False, reference_runs=reference_runs),
+            inputs=[out / "engines" / name, run.best, data / "MSRVTT_data.json"])
         result = _read_json(report)
         verdicts.append({"name": name, "backend": name.split("-")[0], "precision": name.split("-")[-1],
                          "passed": bool(result["passed"]), "tolerance": result.get("tolerance"),
@@ -417,11 +319,11 @@ def _bench_step(run: _DemoRun, built: list[str]) -> dict[str, Any]:
 
     out, sizes = run.out, run.sizes
     bench_file = out / "bench" / "bench.json"
-    run.steps.run("bench", bench_file, lambda: bench(
+    run.steps.run("bench", [bench_file], lambda: bench(
         [out / "engines" / n for n in built], checkpoint=run.best, batch_sizes=sizes.bench_batch_sizes,
         repeats=sizes.bench_repeats, warmup=1, index_size=sizes.bench_index_size, out=bench_file.parent,
         threads=run.threads, progress=run.progress, data_root=run.world.data, top_m=sizes.top_m,
-        cache=run.world.frame_cache))
+        cache=run.world.frame_cache), inputs=[*(out / "engines" / n for n in built), run.best])
     return _read_json(bench_file)
 
 
@@ -430,9 +332,10 @@ def _library_step(run: _DemoRun, built: list[str]) -> Path:
     out = run.out
     library_file = out / "library.json"
     search_engine = out / "engines" / "onnxruntime-fp32" if "onnxruntime-fp32" in built else run.best
-    run.steps.run("library + search", library_file, lambda: write_json_atomic(library_file, _library_demo(
-        out / "index" / "msrvtt-test", search_engine, run.world.data, run.world.frame_cache, run.sizes,
-        run.progress)))
+    library = out / "index" / "msrvtt-test"
+    run.steps.run("library + search", [library_file, library], lambda: write_json_atomic(library_file, _library_demo(
+        library, search_engine, run.world.data, run.world.frame_cache, run.sizes, run.progress)),
+        inputs=[search_engine, run.world.data / "MSRVTT_data.json"])
     return library_file
 
 

@@ -405,7 +405,9 @@ def ablate(
     """
     import torch
 
-    from rap_deploy.cli.pipeline import DemoSizes, Steps, prepare_world, train_options
+    from rap_deploy.cli.demo_steps import Steps
+    from rap_deploy.cli.demo_world import prepare_world
+    from rap_deploy.cli.pipeline import DemoSizes, train_options
     from rap_deploy.train.ablate import run_ablation
     from rap_deploy.train.heldout_eval import check_gallery, heldout_scorer
     from rap_deploy.workspace import workspace_root
@@ -438,7 +440,7 @@ def ablate(
                          selection_loss_weight=selection_loss_weight, lorm_lr_mult=lorm_lr_mult)
     root = Path(world or workspace_root(workspace)).resolve()
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
-    w = prepare_world(root, sizes, Steps(log), progress=not quiet, threads=threads)
+    w = prepare_world(root, sizes, Steps(log, root), progress=not quiet, threads=threads)
     base = train_options(sizes, w.data, root, w.frame_cache, clip=sizes.backbone_clip, pretrained=str(w.backbone),
                          frames=sizes.frames, asa_topk=sizes.asa_topk, asa_heads=sizes.asa_heads,
                          asa_dim=None if preset else sizes.asa_dim, preset=preset or sizes.preset)
