@@ -57,7 +57,7 @@ def read_backbone_info(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         info = json.loads(_metadata(path).get("rapdeploy_backbone", "{}"))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also an integer too long to convert, or nesting too deep
         raise CheckFailedError(f"backbone file {path}: its rapdeploy_backbone metadata is not valid JSON ({exc}); the "
                                "file is damaged") from None
     if not isinstance(info, dict):

@@ -46,8 +46,13 @@ class Checkpoint:
         where = f"checkpoint {self.source}" if self.source else "checkpoint"
         from rap_deploy.bounds import check_memory, clip_weight_bytes
 
-        check_memory(clip_weight_bytes(clip_model_config(self.backbone.clip)),
-                     f"{where}: backbone {self.backbone.clip}", "use a machine with more memory or a smaller --clip")
+        try:
+            clip_cfg = clip_model_config(self.backbone.clip)
+        except UsageError as exc:
+            raise CheckFailedError(f"{where}: {exc}; the file names a CLIP this open_clip does not know: it is "
+                                   "damaged, was edited, or needs the open_clip version it was made with") from None
+        check_memory(clip_weight_bytes(clip_cfg), f"{where}: backbone {self.backbone.clip}",
+                     "use a machine with more memory or a smaller --clip")
         try:
             clip = load_clip(self.backbone, quick_gelu=self.config.quick_gelu, state_dict=self.backbone_state)
         except RuntimeError as exc:  # load_state_dict: size mismatch of an embedded backbone tensor
@@ -209,7 +214,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
                                "or damaged; copy it again or re-create it") from None
     try:
         payload = json.loads(meta["rapdeploy"])
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also an integer too long to convert, or nesting too deep
         raise CheckFailedError(f"checkpoint {path}: its rapdeploy metadata is not valid JSON ({exc}); the file is "
                                "damaged or was edited") from None
     if not isinstance(payload, dict):
@@ -264,6 +269,8 @@ def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
     except (UsageError, TypeError, ValueError) as exc:
         raise CheckFailedError(f"checkpoint {path} has an invalid model config: {exc}; the file is damaged or was "
                                "edited") from None
+    if config.clip != b["clip"]:
+        raise _damaged(path, f"its model config names CLIP {config.clip!r:.60} but its backbone is {b['clip']!r:.60}")
     return Checkpoint(config=config, backbone=BackboneSpec(b["clip"], b["kind"], b.get("value"), b.get("sha256")),
                       clip_model_cfg=payload.get("clip_model_cfg") or {}, adapter_state=adapters,
                       backbone_state=backbone_state, extra=payload.get("extra") or {}, source=str(path))

@@ -96,10 +96,17 @@ def _validate_preprocess(pre: Any) -> None:
         if (len(values) != 3 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
                 or not all(math.isfinite(v) for v in values)):
             raise UsageError(f"preprocess {name} must be three finite numbers, got {list(values)!r}")
-    if min(pre.std) <= 0:
-        raise UsageError(f"preprocess std must be > 0, got {list(pre.std)}")
     if not isinstance(pre.interpolation, str) or not isinstance(pre.antialias, bool):
         raise UsageError("preprocess interpolation must be a string and antialias true or false")
+    if pre.interpolation.lower() not in INTERPOLATIONS:
+        raise UsageError(f"preprocess interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                         f"{pre.interpolation[:40]!r}")
+    if min(pre.std) < 1e-6:  # a std near 0 scales pixels past any float: training would only diverge
+        raise UsageError(f"preprocess std must be >= 1e-6, got {list(pre.std)}")
+
+
+# The resize modes the preprocessing can use on tensors (torchvision InterpolationMode names, lower case).
+INTERPOLATIONS = ("nearest", "nearest_exact", "bilinear", "bicubic")
 
 
 @dataclass(frozen=True)

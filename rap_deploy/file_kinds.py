@@ -67,11 +67,23 @@ def pickle_globals(data: bytes, limit: int = 5) -> tuple[list[str], bool]:
     return found, True
 
 
+# At most this much of a pickle is read to name the globals it imports (a checkpoint's come in its first bytes).
+MAX_PICKLE_SCAN = 64 << 20
+
+
+def _head(path: Path, n: int) -> bytes:
+    """The first ``n`` bytes of ``path`` (never more, whatever the file's size)."""
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
 def _zip_pickle(path: Path) -> bytes | None:
     try:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith("data.pkl")]
-            return zf.read(names[0]) if names else None
+            if not names or zf.getinfo(names[0]).file_size > MAX_PICKLE_SCAN:
+                return None
+            return zf.read(names[0])
     except (zipfile.BadZipFile, OSError, KeyError, EOFError, ValueError):
         return None
 
@@ -99,10 +111,11 @@ def explain_load_error(path: str | os.PathLike[str], exc: BaseException, what: s
             return CheckFailedError(f"{what} {path} is a damaged or truncated PyTorch archive ({_first_line(exc)}); "
                                     f"copy it again or {fix}")
     elif kind == "pickle":
-        data = path.read_bytes()
+        data = _head(path, MAX_PICKLE_SCAN)  # its globals come first; the rest is not read whole into memory
     else:
+        noun = what if what.endswith("file") else f"{what} file"
         return UsageError(f"{path} is not a {what}: it is neither a PyTorch file (zip archive or pickle) nor "
-                          f"safetensors (it starts with {path.read_bytes()[:8]!r}); pass a {what} file")
+                          f"safetensors (it starts with {_head(path, 8)!r}); pass a {noun}")
     names, parsed = pickle_globals(data)
     foreign = [n for n in names if not n.startswith(_TORCH_ALLOWED)]
     if foreign:

@@ -218,12 +218,12 @@ def test_onnx_external_data_outside_the_folder_is_refused(export, tmp_path, guar
             "external data", "secret.fifo")
 
 
-def _msrvtt(root: Path, test_csv: bytes | None = None, data: dict | None = None) -> Path:
+def _msrvtt(root: Path, test_csv: bytes | None = None, data: dict | str | None = None) -> Path:
     (root / "videos").mkdir(parents=True)
     (root / "MSRVTT_JSFUSION_test.csv").write_bytes(
         test_csv if test_csv is not None else b"key,vid_key,video_id,sentence\nret0,msr0,video0,a cat\n")
     (root / "MSRVTT_train.9k.csv").write_text("video_id\nvideo0\n")
-    (root / "MSRVTT_data.json").write_text(json.dumps(
+    (root / "MSRVTT_data.json").write_text(data if isinstance(data, str) else json.dumps(
         data if data is not None else {"sentences": [{"video_id": "video0", "caption": "a cat"}]}))
     return root
 
@@ -374,6 +374,29 @@ def test_backbone_too_large_for_memory_is_refused_before_creating_it(micro_check
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny)
     refused(cli("info", micro_checkpoint), 2, "backbone rap-micro", "GiB", "more memory")
+    refused(cli("info", "--clip", "rap-micro"), 2, "backbone rap-micro", "GiB")  # no checkpoint: the CLIP alone
+    refused(cli("init", "--clip", "rap-micro", "--out", Path(micro_checkpoint).parent / "never.pt"), 2, "GiB")
+
+
+def test_synth_refuses_videos_larger_than_memory_and_drops_a_stale_annotation_first(tmp_path, monkeypatch):
+    """A video is rendered whole: one that cannot fit is refused before rendering. Writing into a dataset folder
+    removes its annotation before the first video, so a run killed half-way never leaves the old annotation over new
+    videos (data-check would pass it)."""
+    from rap_deploy.data import synth_dataset
+
+    refused(cli("synth", "--out", tmp_path / "huge", "--size", "1024", "--fps", "240", "--seconds", "3600",
+                "--quiet"), 2, "GiB", "--size")
+    data = tmp_path / "data"
+    synth_dataset.generate_synthetic_dataset(data, videos=4, test_videos=2, size=32, progress=False)
+    assert (data / "MSRVTT_data.json").is_file()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth_dataset, "_write_videos", killed)
+    with pytest.raises(KeyboardInterrupt):
+        synth_dataset.generate_synthetic_dataset(data, videos=4, test_videos=2, size=32, seed=1, progress=False)
+    assert not (data / "MSRVTT_data.json").exists()
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -474,6 +497,10 @@ class _Touch:
     ("bad-backbone", 1, ["'backbone'"]),
     ("wrong-shape", 1, ["do not fit"]),
     ("bad-config-type", 1, ["invalid model config", "frames"]),
+    ("bad-interpolation", 1, ["invalid model config", "interpolation must be one of"]),
+    ("tiny-std", 1, ["invalid model config", "std must be >= 1e-6"]),
+    ("clip-mismatch", 1, ["names CLIP 'ViT-B-32' but its backbone is 'rap-micro'"]),
+    ("unknown-clip", 1, ["open_clip has no model config", "damaged"]),
     ("st-header", 1, ["safetensors", "truncated or damaged"]),
     ("st-meta-json", 1, ["metadata is not valid JSON"]),
     ("st-meta-list", 1, ["metadata is a list"]),
@@ -519,6 +546,14 @@ def test_damaged_or_foreign_checkpoints_get_one_line(kind, code, needles, payloa
             payload["adapter_state"][name] = torch.zeros(3, 3, 3)
         elif kind == "bad-config-type":
             payload["config"]["frames"] = "twelve"
+        elif kind == "bad-interpolation":
+            payload["config"]["preprocess"]["interpolation"] = "garbage"
+        elif kind == "tiny-std":
+            payload["config"]["preprocess"]["std"] = [1e-300, 1.0, 1.0]
+        elif kind == "clip-mismatch":  # the config and the backbone must name the same CLIP
+            payload["config"]["clip"] = "ViT-B-32"
+        elif kind == "unknown-clip":
+            payload["config"]["clip"] = payload["backbone"]["clip"] = "../../etc/passwd"
         torch.save(payload, path)
     refused(cli("info", path), code, "ckpt", *needles)
     refused(cli("export", path, "--out", target / "onnx"), code, *needles)
@@ -620,6 +655,7 @@ def test_outputs_that_are_the_wrong_kind_of_path(tmp_path):
     ("sentences-5", "train", "'sentences'"),
     ("caption-dict", "train", "'caption'"),
     ("id-list", "train", "'video_id'"),
+    ("huge-int", "train", "not valid JSON"),  # more digits than Python converts
 ])
 def test_damaged_annotation_files_are_exit_1(damage, split, needle, tmp_path):
     kw = {}
@@ -633,9 +669,18 @@ def test_damaged_annotation_files_are_exit_1(damage, split, needle, tmp_path):
         kw["data"] = {"sentences": [{"video_id": "video0", "caption": {"x": 1}}]}
     elif damage == "id-list":
         kw["data"] = {"sentences": [{"video_id": ["video0"], "caption": "a cat"}]}
+    elif damage == "huge-int":
+        kw["data"] = '{"sentences": [], "n": ' + "9" * 5000 + "}"
     root = _msrvtt(tmp_path / "data", **kw)
     refused(cli("data-check", "--dataset", "msrvtt", "--data-root", root, "--split", split, "--no-cache", "--quiet"),
             1, needle)
+
+
+def test_a_video_path_that_is_not_a_file_is_named_so(tmp_path):
+    root = _msrvtt(tmp_path / "data")
+    os.mkfifo(root / "videos" / "video0.mp4")  # present, but no decoder can read it: not "missing"
+    result = cli("data-check", "--dataset", "msrvtt", "--data-root", root, "--no-cache", "--quiet")
+    assert result.exit_code == 1 and "not a regular file" in result.output and "Traceback" not in result.output
 
 
 # ---------------------------------------------------------------------------------------------------- concurrency

@@ -79,7 +79,7 @@ def read_json(path: Path) -> Any:
     text = annotation_text(path)
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer of more digits than Python converts
         raise damaged(path, f"is not valid JSON: {str(exc)[:120]}") from None
 
 

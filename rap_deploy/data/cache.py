@@ -16,7 +16,7 @@ import numpy as np
 
 from rap_deploy.atomic import atomic_path, sha256_file
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
-from rap_deploy.data.video import DecodedVideo, VideoDecodeError, decode_video
+from rap_deploy.data.video import DecodedVideo, decode_video, require_video_file
 
 CACHE_FORMAT = 1
 
@@ -107,8 +107,7 @@ class FrameCache:
         if self.root is None:
             self.misses += 1
             return decode_video(path, sampling, preprocess, start, end)
-        if not path.is_file():
-            raise VideoDecodeError(path, "missing")
+        require_video_file(path)
         entry = self.entry_path(self.key(path, sampling, preprocess, start, end))
         if entry.is_file():
             video = _load_entry(entry, sampling, preprocess)

@@ -109,6 +109,9 @@ def generate_synthetic_dataset(
     started = time.perf_counter()
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    # The annotation is written last and marks a complete dataset: a folder written before loses it first, so a
+    # run killed while it rewrites the videos never leaves the old annotation over new videos.
+    (out / "MSRVTT_data.json").unlink(missing_ok=True)
     rng = np.random.default_rng(seed)
     n_train = videos - test_videos
     test_specs, taken = _test_scenes(rng, seconds, test_videos, distractors, exclude)
@@ -145,6 +148,11 @@ def _check_settings(videos: int, test_videos: int, size: int, fps: int, seconds:
         raise UsageError(f"need fps >= 1 and seconds >= 3, got fps {fps}, seconds {seconds}")
     if not 0.0 <= distractors <= 1.0:
         raise UsageError(f"--distractors is the fraction of scenes with a distractor, 0 to 1; got {distractors}")
+    from rap_deploy.bounds import check_memory
+
+    # one video is rendered whole in float32, with about as much again in per-object temporaries
+    check_memory(2 * fps * seconds * size * size * 3 * 4, f"rendering one {seconds} s video of {size}x{size} px at "
+                 f"{fps} fps", "pass a smaller --size, --fps or --seconds")
 
 
 def _test_scenes(rng: np.random.Generator, seconds: float, count: int, distractors: float,

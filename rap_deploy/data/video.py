@@ -97,6 +97,12 @@ def _probe(path: Path) -> str | None:
     return None
 
 
+def require_video_file(path: Path) -> None:
+    """Raise :class:`VideoDecodeError` ("missing", or "not a regular file") unless ``path`` is a regular file."""
+    if not path.is_file():
+        raise VideoDecodeError(path, "not a regular file (a folder, FIFO or device)" if path.exists() else "missing")
+
+
 def decode_video(
     path: str | Path,
     sampling: FrameSamplingConfig,
@@ -110,8 +116,7 @@ def decode_video(
     is missing or empty, cannot be opened or decoded, is shorter than one second, or ``start`` lies past its end.
     """
     path = Path(path)
-    if not path.is_file():
-        raise VideoDecodeError(path, "missing")
+    require_video_file(path)
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "empty file")
     problem = _probe(path)  # PyAV first: it gives FFmpeg's reason without decord's log noise

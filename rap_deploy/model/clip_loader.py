@@ -104,7 +104,11 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
     """
     import open_clip
 
+    from rap_deploy.bounds import check_memory, clip_weight_bytes
+
     _register_packaged_configs()
+    check_memory(clip_weight_bytes(clip_model_config(spec.clip)), f"backbone {spec.clip}",
+                 "use a machine with more memory or a smaller --clip")  # before open_clip allocates it
     if quick_gelu is None:
         quick_gelu = quick_gelu_for(spec)
     pretrained = None
