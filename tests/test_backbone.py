@@ -267,3 +267,23 @@ def test_backbone_cost_script_times_every_variant(capsys):
                                      "half the tokens, captions trimmed", "a quarter of the tokens, captions trimmed"]
     assert all(ms > 0 for ms in result["steps"].values())
     assert set(result["optimizer"]) == {"caption rows only", "whole embedding table"} and result["cpu"]
+
+
+def test_cached_stills_with_a_lying_header_are_regenerated_not_allocated(tmp_path):
+    """The stills cache is read by its .npy headers first: a file claiming 10^9 images is made again, never loaded."""
+    import io
+    import zipfile
+
+    from rap_deploy.train.backbone import load_or_make_stills
+
+    images, captions = load_or_make_stills(8, 0, 32, tmp_path)
+    cached = next((tmp_path / "stills").glob("*.npz"))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (10 ** 9, 32, 32, 3)})
+    with zipfile.ZipFile(cached, "w") as zf:
+        zf.writestr("images.npy", header.getvalue())
+        zf.writestr("captions.npy", b"")
+    again, again_captions = load_or_make_stills(8, 0, 32, tmp_path)
+    assert np.array_equal(again, images) and again_captions == captions
+    assert load_or_make_stills(8, 0, 32, tmp_path)[0].shape == (8, 32, 32, 3)  # the rewritten cache reads back

@@ -63,7 +63,7 @@ def load_or_make_stills(n: int, seed: int, size: int, data_root: str | Path | No
     twins = "-twins" if position_twins else ""
     extra = f"-d{distractors:g}" if distractors > 0 else ""
     path = Path(data_root) / STILLS_DIR / f"stills-n{n}-s{size}-seed{seed}{twins}{extra}.npz"
-    if path.is_file():
+    if path.is_file() and not path.is_symlink() and _stills_headers_fit(path, n, size):
         try:
             with np.load(path, allow_pickle=False) as data:
                 images, captions = data["images"], [str(c) for c in data["captions"]]
@@ -77,6 +77,27 @@ def load_or_make_stills(n: int, seed: int, size: int, data_root: str | Path | No
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, images=images, captions=np.asarray(captions, dtype=str))
     return images, captions
+
+
+def _stills_headers_fit(path: Path, n: int, size: int) -> bool:
+    """Whether the cached stills file's arrays are the expected ones by their ``.npy`` headers (read before any
+    array, so a damaged or replaced file that claims huge arrays is regenerated, never allocated)."""
+    import zipfile
+
+    expected = {"images.npy": ((n, size, size, 3), lambda d: d == np.uint8),
+                "captions.npy": ((n,), lambda d: d.kind == "U" and d.itemsize <= 4 * 4096)}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name, (shape, dtype_ok) in expected.items():
+                with zf.open(name) as fh:
+                    read = {(1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(fh))
+                    header = read(fh) if read else None  # (shape, fortran order, dtype)
+                if header is None or header[0] != shape or not dtype_ok(header[2]):
+                    return False
+    except Exception:  # noqa: BLE001 - not a stills file: regenerate it
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------- metrics
