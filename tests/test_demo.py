@@ -84,6 +84,46 @@ def _check_changed_files_redo_their_steps(runner, out):
     summary = json.loads((out / "summary.json").read_text())
     assert {"synth", "train (rap)", "export", "verify onnxruntime-fp32", "bench"} <= set(summary["step_seconds"])
     assert all(e["passed"] for e in summary["engines"])
+    best = out / "runs" / "rap" / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000])  # a finished run's output damaged: trained again, not "resumed"
+    retrained = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])
+    assert retrained.exit_code == 0 and "training it again from the start" in retrained.output, retrained.output
+    from rap_deploy.checkpoint import load_checkpoint
+
+    load_checkpoint(best)
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from rap_deploy.locks import folder_lock\n"
+                               f"with folder_lock({str(out)!r}, 'demo'):\n    print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])  # a second demo on the folder
+        assert busy.exit_code == 2 and str(out) in busy.output, busy.output
+    finally:
+        holder.communicate("", timeout=30)
+
+
+def test_a_folder_from_before_the_step_records_is_adopted_until_a_demo_ran_every_step(tmp_path):
+    """Markers without records are adopted while the folder is being adopted (``ablate`` prepares only the world,
+    so it does not end the adoption); after a demo ran every step, an unrecorded marker runs its step again."""
+    from rap_deploy.cli.demo_steps import Steps
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_text(name)
+    ran: list[str] = []
+    first = Steps(lambda m: None, tmp_path)
+    assert first.adopting and not first.run("a", [tmp_path / "a"], lambda: ran.append("a"))
+    second = Steps(lambda m: None, tmp_path)  # ablate's world steps recorded "a" only
+    assert second.adopting and not second.run("b", [tmp_path / "b"], lambda: ran.append("b"))
+    second.every_step_recorded()
+    third = Steps(lambda m: None, tmp_path)
+    assert not third.adopting and third.run("c", [tmp_path / "c"], lambda: ran.append("c"))
+    assert ran == ["c"]
+    (tmp_path / "demo-steps.json").unlink()
+    (tmp_path / "demo-steps.json").symlink_to(tmp_path / "nowhere.json")  # a dangling link is damaged, not absent
+    assert not Steps(lambda m: None, tmp_path).adopting
 
 
 def test_demo_split_is_sharp_enough():

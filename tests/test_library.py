@@ -452,6 +452,53 @@ def test_add_reencodes_a_file_changed_in_place(synth_root, micro_checkpoint, fra
     assert scores(lib) == before
 
 
+def test_changed_files_edge_cases(synth_root, micro_checkpoint, frame_cache, tmp_path, monkeypatch):
+    """--add after a killed build resumes it even when an indexed file changed meanwhile (that one waits for the next
+    --add); a file from before 1970 indexes; another folder's file under an indexed id is refused (not "changed");
+    a file that changes while it is encoded is skipped, never stored with frames and hash of two contents."""
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name, src in (("a", videos[0]), ("b", videos[1])):
+        shutil.copy(src, folder / f"{name}.mp4")
+    os.utime(folder / "b.mp4", ns=(0, -86_400 * 10**9))  # 31 Dec 1969
+    lib = tmp_path / "lib"
+    args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(lib), "--cache-dir",
+            str(frame_cache), "--shard-size", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    for name, src in (("c", videos[2]), ("d", videos[3])):
+        shutil.copy(src, folder / f"{name}.mp4")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAPDEPLOY_CRASH_AT": "index.shard-written@1"}
+    killed = subprocess.run([sys.executable, "-m", "rap_deploy.cli", *args, "--add", "--quiet"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert killed.returncode == -9 and (lib / "build-plan.json").is_file(), killed.stderr[-2000:]
+    shutil.copy(videos[4], folder / "a.mp4")  # an indexed file changes before the resume
+    resumed = runner.invoke(app, [*args, "--add", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (json.loads(resumed.stdout)["added"], json.loads(resumed.stdout)["replaced"]) == (2, [])
+    later = json.loads(runner.invoke(app, [*args, "--add", "--json"]).stdout)
+    assert later["replaced"] == ["a"] and later["videos"] == 4
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(videos[5], other / "a.mp4")  # same id, another file: not a change in place
+    clash = runner.invoke(app, [*args[:2], str(other), *args[3:], "--add"])
+    assert clash.exit_code == 2 and str(other / "a.mp4") in clash.output and "same id" in clash.output
+    import rap_deploy.retrieval as retrieval
+
+    decode = retrieval.load_video_batch
+
+    def decode_then_change(src, *rest, **kw):
+        out = decode(src, *rest, **kw)
+        path = src.videos[rest[0][0]].path
+        path.write_bytes(path.read_bytes() + b"\0")  # appended while it was being read
+        return out
+
+    shutil.copy(videos[6], folder / "e.mp4")
+    monkeypatch.setattr(retrieval, "load_video_batch", decode_then_change)
+    raced = json.loads(runner.invoke(app, [*args, "--add", "--json"]).stdout)
+    assert [(s["video_id"], s["reason"][:25]) for s in raced["skipped"]] == [("e", "changed while it was read")]
+
+
 def test_broken_mp4_in_a_folder_is_skipped_and_named(synth_root, micro_checkpoint, frame_cache, tmp_path, engine):
     from rap_deploy.library import open_library
 

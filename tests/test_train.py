@@ -756,3 +756,20 @@ def test_worker_processes_report_results_errors_and_deaths():
         run_in_processes(int, {"bad": ("x",)}, 1)
     with pytest.raises(CheckFailedError, match=r"run died stopped without a result: .* exited with code 3"):
         run_in_processes(os._exit, {"died": (3,)}, 1)
+
+
+def test_worker_errors_that_do_not_unpickle_go_back_as_text():
+    """An exception whose ``__init__`` takes other arguments than its ``args`` pickles but does not unpickle: a
+    worker sends its text instead (the parent would otherwise die with a TypeError naming no run)."""
+    import pickle
+
+    from rap_deploy.data.video import VideoDecodeError
+    from rap_deploy.train.ablate_jobs import _round_trips
+
+    class TwoArguments(Exception):
+        def __init__(self, path, reason):
+            super().__init__(f"{path}: {reason}")
+
+    assert not _round_trips(TwoArguments("/x", "broken")) and _round_trips(ValueError("x"))
+    back = pickle.loads(pickle.dumps(VideoDecodeError("/x.mp4", "cannot decode")))  # the project's own: it does
+    assert (str(back.path), back.reason) == ("/x.mp4", "cannot decode")

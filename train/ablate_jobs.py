@@ -62,6 +62,8 @@ def _result(key: str, proc: Any, receive: Connection) -> dict[str, Any] | None:
             ok, payload = receive.recv()
         except (EOFError, OSError):
             ok, payload = False, None
+        except Exception as exc:  # noqa: BLE001 - an error that pickled but does not unpickle
+            ok, payload = False, f"its error could not be read back ({type(exc).__name__}: {exc})"
         if ok:
             return payload
         if isinstance(payload, BaseException):
@@ -78,10 +80,11 @@ def _result(key: str, proc: Any, receive: Connection) -> dict[str, Any] | None:
 
 def _worker(work: Work, args: tuple[Any, ...], send: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_term)  # the parent stops it: cleanup (temporary files) still runs
     try:
         message: tuple[bool, Any] = (True, work(*args))
     except Exception as exc:  # noqa: BLE001 - the parent raises it
-        message = (False, exc)
+        message = (False, exc if _round_trips(exc) else f"{type(exc).__name__}: {exc}")
     try:
         send.send(message)
     except Exception as exc:  # noqa: BLE001 - what does not pickle goes back as text
@@ -90,6 +93,22 @@ def _worker(work: Work, args: tuple[Any, ...], send: Connection) -> None:
         send.send((False, what))
     finally:
         send.close()
+
+
+def _exit_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _round_trips(exc: BaseException) -> bool:
+    """Whether ``exc`` survives pickling both ways (an exception whose ``__init__`` takes other arguments than its
+    ``args`` pickles but does not unpickle)."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any failure: send its text instead
+        return False
+    return True
 
 
 def _stop(running: dict[str, tuple[Any, Connection]]) -> None:

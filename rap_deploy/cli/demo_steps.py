@@ -2,12 +2,12 @@
 
 A step writes files (its outputs; the first is its marker) from files earlier steps wrote (its inputs). When it
 finishes, ``OUT/demo-steps.json`` records (under its name and marker) the sha256 of each of them and the seconds it
-took. A later demo skips the
-step only when its marker exists and every output and input still has its recorded sha256: a step whose output was
-deleted, truncated or edited runs again, and so does every later step that read what it rewrote (its recorded
-inputs no longer match). A folder written before the records existed has markers but no ``demo-steps.json``: its
-complete steps are adopted once, as they are. Timings of skipped steps come from the records, so a resumed demo's
-summary still lists every step.
+took. A later demo skips the step only when its marker exists and every output and input still has its recorded
+sha256: a step whose output was deleted, truncated or edited runs again, and so does every later step that read what
+it rewrote (its recorded inputs no longer match). A folder written before the records existed has markers but no
+``demo-steps.json``: its complete steps are adopted, as they are, until one demo has run every step there
+(``ablate`` runs two of them). Timings of skipped steps come from the records, so a resumed demo's summary still
+lists every step.
 """
 
 from __future__ import annotations
@@ -70,12 +70,23 @@ class Steps:
         self.log(f"[redo] {name}: {changed} changed since the step ran")
         return False
 
+    def every_step_recorded(self) -> None:
+        """Call after a run of every step: a folder being adopted is now fully recorded, and a later run adopts no
+        marker without a record. (``ablate`` runs two of the steps and never calls it.)"""
+        if self.adopting:
+            self.adopting = False
+            self._write()
+
     def _record(self, name: str, outputs: Sequence[Path], inputs: Sequence[Path], seconds: float | None) -> None:
         if self.root is None:
             return
         self.records[self._key(name, outputs)] = {"step": name, "outputs": self._hashes(outputs),
                                                   "inputs": self._hashes(inputs), "seconds": seconds}
-        write_json_atomic(self.root / RECORDS, {"format": RECORDS_FORMAT, "steps": self.records})
+        self._write()
+
+    def _write(self) -> None:
+        write_json_atomic(self.root / RECORDS, {"format": RECORDS_FORMAT, "adopting": self.adopting,
+                                                "steps": self.records})
 
     def _key(self, name: str, outputs: Sequence[Path]) -> str:
         """A step's record key: its name and its marker (one step name writes other files for other recipes, the
@@ -136,9 +147,11 @@ def _read_records(root: Path, log: Callable[[str], None]) -> tuple[dict[str, dic
     from rap_deploy.errors import CheckFailedError
 
     path = root / RECORDS
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return {}, True
     try:
+        if path.is_symlink() or not path.is_file():
+            raise ValueError("not a regular file")
         doc = json.loads(read_manifest_text(path, "demo step records"))
         steps = doc["steps"] if isinstance(doc, dict) and doc.get("format") == RECORDS_FORMAT else None
         if not isinstance(steps, dict) or not all(isinstance(r, dict) for r in steps.values()):
@@ -146,7 +159,7 @@ def _read_records(root: Path, log: Callable[[str], None]) -> tuple[dict[str, dic
     except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, CheckFailedError) as exc:
         log(f"[note] {path} is damaged ({str(exc)[:80]}): every step runs again")
         return {}, False
-    return steps, False
+    return steps, doc.get("adopting") is True
 
 
 def nonempty_file(path: Path) -> bool:

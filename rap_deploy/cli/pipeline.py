@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -149,9 +150,18 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
     Raises :class:`ParityFailedError` after the summary is written when an engine failed its parity check; any other
     error comes from a step, before a summary of this run exists.
     """
+    from rap_deploy.locks import folder_lock
+
     sizes = sizes or DemoSizes()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "demo", "demo folder"):  # one demo (or ablate preparing this world) at a time
+        return _run_demo_steps(out, sizes, progress, threads, log)
+
+
+def _run_demo_steps(out: Path, sizes: DemoSizes, progress: bool, threads: int | None,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`run_demo`'s steps, under the demo folder's lock."""
     t_start = time.perf_counter()
     steps = Steps(log, out)
     world = prepare_world(out, sizes, steps, progress, threads)
@@ -165,6 +175,7 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
     library_file = _library_step(run, built)
     summary = _demo_summary(run, t_start, verdicts, bench_result, trt_reason, library_file)
     write_json_atomic(out / "summary.json", summary)
+    steps.every_step_recorded()
     failed = [v["name"] for v in verdicts if not v["passed"]]
     if failed:
         raise ParityFailedError(f"parity failed for {', '.join(failed)}; see {out / 'verify'}")
@@ -244,13 +255,25 @@ def _train_and_results_steps(run: _DemoRun) -> None:
 
     def train() -> None:
         # The epoch-0 evaluation of the identity adapters is the zero-shot result (frozen backbone, meanP).
-        resume = run_dir if (run_dir / "last.pt").is_file() else None
+        if _finished_run(run_dir):  # redone because its files changed: resuming a finished run trains nothing
+            run.log(f"[note] {run_dir} holds a finished run whose files changed: training it again from the start")
+            shutil.rmtree(run_dir)
+        resume = run_dir if (run_dir / "last.pt").is_file() else None  # a killed run resumes
         train_rap(None if resume else options, progress=run.progress, resume=resume)
 
     written = [run_dir / name for name in ("summary.json", "best.pt", "last.pt", "metrics.jsonl")]
     run.steps.run("train (rap)", written, train, inputs=[run.init_ckpt, run.world.data / "MSRVTT_data.json"])
     run.steps.run("results", [run.rap_file, run.zero_shot_file],
                   lambda: _write_results(run_dir, run.zero_shot_file, run.rap_file), inputs=written)
+
+
+def _finished_run(run_dir: Path) -> bool:
+    """Whether ``run_dir``'s summary says its training finished (False when it is missing or unreadable)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(summary, dict) and summary.get("complete") is True
 
 
 def _export_step(run: _DemoRun) -> None:
@@ -373,8 +396,9 @@ def _library_demo(library: Path, engine_path: Path, data: Path, frame_cache: Pat
 
     engine = load_engine(engine_path)
     source = dataset_source("msrvtt", data, "test", engine.config.frames)
-    report = build_library(library, engine, source, FrameCache(frame_cache), BuildOptions(top_m=sizes.top_m),
-                           progress=progress)
+    # force: the step runs only when the library is missing or out of date (another engine or checkpoint)
+    report = build_library(library, engine, source, FrameCache(frame_cache),
+                           BuildOptions(top_m=sizes.top_m, force=True), progress=progress)
     with open_library(library, engine) as lib:
         found = lib.search([source.captions[0]], top_k=5, top_m=sizes.top_m)[0]
     return {"library": str(library), "engine": str(engine_path), "videos": report["videos"],

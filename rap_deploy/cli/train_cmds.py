@@ -440,7 +440,8 @@ def ablate(
                          selection_loss_weight=selection_loss_weight, lorm_lr_mult=lorm_lr_mult)
     root = Path(world or workspace_root(workspace)).resolve()
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
-    w = prepare_world(root, sizes, Steps(log, root), progress=not quiet, threads=threads)
+    with folder_lock(root, "ablate", "world folder"):  # the lock `rapdeploy demo` holds on the same folder
+        w = prepare_world(root, sizes, Steps(log, root), progress=not quiet, threads=threads)
     base = train_options(sizes, w.data, root, w.frame_cache, clip=sizes.backbone_clip, pretrained=str(w.backbone),
                          frames=sizes.frames, asa_topk=sizes.asa_topk, asa_heads=sizes.asa_heads,
                          asa_dim=None if preset else sizes.asa_dim, preset=preset or sizes.preset)

@@ -30,6 +30,9 @@ class VideoDecodeError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across processes (its args are not __init__'s)
+        return type(self), (str(self.path), self.reason)
+
 
 @dataclass
 class DecodedVideo:

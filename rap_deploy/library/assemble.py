@@ -241,8 +241,9 @@ def write_library_manifest(root: Path, old: dict[str, Any] | None, model: dict[s
                            build: dict[str, Any], source: dict[str, Any] | None) -> dict[str, Any]:
     """Compose and write the manifest; returns it."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    referenced = tombstones | {r for s in asm.shards for r in range(s["row_offset"], s["row_offset"] + s["rows"])}
-    live = sum(s["rows"] for s in asm.shards) - len(asm.removed & referenced)
+    rows = {r for s in asm.shards for r in range(s["row_offset"], s["row_offset"] + s["rows"])}
+    referenced = tombstones | rows
+    live = len(rows - asm.removed)  # a tombstone whose shard was dropped is no row of a kept shard
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": root.name,
         "created": (old or {}).get("created", now), "updated": now,

@@ -153,6 +153,9 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
     model = model_identity(engine, sampling)
     indexed = indexed_files(root, old["shards"], set(old["removed"])) if old is not None else {}
     changed = changed_videos(source.videos, indexed)
+    interrupted = plans.read_plan(root)
+    if interrupted is not None:
+        changed = _resumable_replaces(interrupted, indexed, changed)
     pending = [v for v in source.videos if v.video_id not in indexed or v.video_id in changed]
     if old is not None and pending and not options.add and plans.read_plan(root) is None:
         news = f"{len(pending) - len(changed)} of the given videos are not in it" + \
@@ -168,6 +171,17 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
         log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")
     state.update(plan=plan, resumed=resumed, model=model, sampling=sampling, replaces=changed)
     return state
+
+
+def _resumable_replaces(plan: dict[str, Any], indexed: dict[str, Any], changed: dict[str, int]) -> dict[str, int]:
+    """The rows an interrupted build was replacing, while they still are live rows of those ids: its resume then
+    re-encodes the same videos (and matches its plan); files changed since wait for the next ``--add``."""
+    recorded = plan.get("replaces", {})
+    if not isinstance(recorded, dict) or recorded == changed:
+        return changed
+    if all(isinstance(k, str) and k in indexed and indexed[k].row == v for k, v in recorded.items()):
+        return dict(recorded)
+    return changed
 
 
 def _wipe(root: Path) -> None:

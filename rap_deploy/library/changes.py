@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.data.datasets import VideoEntry
+from rap_deploy.errors import UsageError
 from rap_deploy.library.assemble import live_records
 
 
@@ -24,6 +25,7 @@ class IndexedFile:
     """What a live library row recorded about the file it was encoded from (stat is ``None`` when not recorded)."""
 
     row: int
+    path: str
     sha256: str
     size: int | None
     mtime_ns: int | None
@@ -34,7 +36,7 @@ def indexed_files(root: Path, shards: list[dict[str, Any]], removed: set[int]) -
     out: dict[str, IndexedFile] = {}
     for row, videos, i in live_records(root, shards, removed):
         stat = [videos[k][i] if k in videos else None for k in ("bytes", "mtime_ns")]
-        out[videos["video_id"][i]] = IndexedFile(row, str(videos["sha256"][i]), *stat)
+        out[videos["video_id"][i]] = IndexedFile(row, videos["path"][i], str(videos["sha256"][i]), *stat)
     return out
 
 
@@ -42,7 +44,9 @@ def changed_videos(videos: list[VideoEntry], indexed: dict[str, IndexedFile]) ->
     """The ids of ``videos`` whose file's content changed since its row was encoded, mapped to that old row.
 
     A file that cannot be read now keeps its row (``--remove`` drops it); so does one whose stat changed but whose
-    content did not (a ``touch``, a copy), which is hashed again on every ``--add`` until it is re-indexed.
+    content did not (a ``touch``, a copy, a moved folder), which is hashed again on every ``--add`` until it is
+    re-indexed. Raises :class:`UsageError` for a video of other content at another path than its id's row: two files
+    with one id (two folders with the same relative names), not a file changed in place.
     """
     from rap_deploy.data.cache import file_digest
 
@@ -58,5 +62,9 @@ def changed_videos(videos: list[VideoEntry], indexed: dict[str, IndexedFile]) ->
                 continue
         except OSError:
             continue
+        if str(video.path) != known.path:
+            raise UsageError(f"video id {video.video_id!r} is in the library from {known.path}, and {video.path} "
+                             "has the same id but other content: --remove that id first, or index these videos "
+                             "into another library (--name)")
         changed[video.video_id] = known.row
     return changed

@@ -48,9 +48,11 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
 
     for i, video in enumerate(src.videos):
         try:
-            st = os.stat(video.path)  # before reading: a file changed while it is read differs from this next time
+            st = os.stat(video.path)
             f, m = load_video_batch(src, [i], cache, engine.config)
             sha = file_digest(video.path)
+            if _stat_key(os.stat(video.path)) != _stat_key(st):  # its frames and its hash may be of two contents
+                raise VideoDecodeError(video.path, "changed while it was read; run the command again")
         except (VideoDecodeError, OSError) as exc:
             reason = exc.reason if isinstance(exc, VideoDecodeError) else f"cannot read: {exc.strerror or exc}"
             skipped.append({"video_id": video.video_id, "path": str(video.path), "reason": reason})
@@ -68,3 +70,7 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
     flush()
     arrays = {name: np.concatenate(p) for name, p in parts.items() if p}
     return write_shard(root, shard["name"], shard["row_offset"], arrays, meta, skipped, shard_digest(shard))
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns

@@ -279,12 +279,12 @@ def read_videos(root: Path, shard: dict[str, Any]) -> dict[str, list[Any]]:
                                    f"{', '.join(VIDEO_FIELDS)}; re-index the library")
     if not all(isinstance(v, str) for v in videos["video_id"]) or not all(isinstance(p, str) for p in videos["path"]):
         raise DamagedArtifactError(f"library shard file {path} has non-text video ids or paths; re-index the library")
-    for k in FILE_STAT_FIELDS:
+    for k, low in (("bytes", 0), ("mtime_ns", -(2 ** 63))):  # a file may date from before 1970
         values = videos.get(k, [0] * shard["rows"])
         if not isinstance(values, list) or len(values) != shard["rows"] or \
-                not all(type(v) is int and v >= 0 for v in values):
+                not all(type(v) is int and low <= v < 2 ** 63 for v in values):
             raise DamagedArtifactError(f"library shard file {path} lists {k!r} that are not {shard['rows']} "
-                                       "non-negative integers; re-index the library")
+                                       f"integers from {low}; re-index the library")
     if videos.get("row_offset", shard["row_offset"]) != shard["row_offset"]:  # absent in libraries built before it
         raise DamagedArtifactError(f"library shard file {path} holds rows from {videos['row_offset']}, the manifest "
                                    f"puts shard {shard['name']} at row {shard['row_offset']}: the manifest was "
