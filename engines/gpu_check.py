@@ -37,13 +37,15 @@ wheels are far larger): the TensorRT steps run only where ``tensorrt`` is alread
     set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
     --target /tmp/site .whl/*.whl && python3 -m pip install -q --no-index --no-deps --no-build-isolation
     --no-cache-dir --upgrade --target /tmp/site . && export PYTHONPATH=/tmp/site || exit 3;
-    PYTHONUNBUFFERED=1 python3 -m rap_deploy.engines.gpu_check --out $OUT --work /tmp/gpu-check 2>&1
+    PYTHONUNBUFFERED=1 python3 -P -m rap_deploy.engines.gpu_check --out $OUT --work /tmp/gpu-check 2>&1
     | tee $OUT/gpu_check.log
 
-(one line). Measured on the workplace's H200 (2026-11-30, torch 2.11.0+cu130, 16 cores): data 11 s, the demo
-checkpoint 69 s, each demo verify 16-17 s and bench 42 s, each ViT-B/32 verify 37-40 s and bench 72 s; about 7
-minutes in all without TensorRT, so give the call ``timeout_s: 600`` and nothing else to run. ``--test-videos``,
-``--epochs`` and ``--skip-vit`` shorten it.
+(one line; ``-P``: the checkout's own ``rap_deploy/`` folder, which lacks the subpackages mapped from ``train/``,
+``export/`` and ``engines/``, must not shadow the installed package). Measured on the workplace's H200 (2026-11-30,
+torch 2.11.0+cu130, 16 cores): data 11 s, the demo checkpoint 69 s, each demo verify 16-17 s and bench 42 s, each
+ViT-B/32 verify 37-40 s and bench 72 s; about 7 minutes in all without TensorRT, so give the call ``timeout_s: 600``
+and nothing else to run. ``--test-videos``, ``--epochs`` and ``--skip-vit`` shorten it. The work folder keeps each
+size's data and models apart (:func:`data_tag`, :func:`model_tag`), so a rerun with other sizes never reuses them.
 
 This module orchestrates every stage (data, training, export, engines), as ``rapdeploy demo`` does; it imports
 them lazily, inside the steps.
@@ -137,6 +139,7 @@ class Steps:
     def skip(self, name: str, reason: str) -> None:
         self.records.append({"step": name, "ok": True, "skipped": reason, "seconds": 0.0})
         self.log(f"[skip] {name}: {reason}")
+        self.after_step()
 
 
 # ----------------------------------------------------------------------------------------------------------- steps
@@ -168,8 +171,20 @@ def tensorrt_status() -> str | None:
     return info["tensorrt"] if info["tensorrt"] and info["gpu"] else None
 
 
+def data_tag(s: CheckSizes) -> str:
+    """The name part that keeps the data of other sizes apart in one work folder (a dry run and a GPU run, or another
+    --test-videos, never reuse each other's dataset)."""
+    return f"v{s.videos}-t{s.test_videos}-px{s.size}"
+
+
+def model_tag(s: CheckSizes) -> str:
+    """The name part of the demo model's folder: its data, backbone and training recipe."""
+    return (f"{data_tag(s)}-{s.backbone_clip}-n{s.backbone_train}-e{s.backbone_epochs}-f{s.frames}-r{s.epochs}"
+            f"-b{s.train_batch}-{s.preset}-k{s.asa[0]}h{s.asa[1]}-{s.device}")
+
+
 def make_data(root: Path, s: CheckSizes) -> Path:
-    """The synthetic dataset under ``root`` (kept when complete)."""
+    """The synthetic dataset under ``root`` (kept when complete; ``root`` is named by :func:`data_tag`)."""
     from rap_deploy.data.synth_dataset import generate_synthetic_dataset
 
     if not (root / "MSRVTT_data.json").is_file():
@@ -358,25 +373,27 @@ def run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None 
                       p["passed"] for m in models.values() for p in m["parity"]),
                   "complete": final, "dry_run": sizes.device == "cpu", "seconds": round(time.perf_counter() - t0, 1),
                   "environment": env, "sizes": asdict(sizes), "steps": steps.records, "models": models}
-        write_json_atomic(out / REPORT_JSON, report)
         write_text_atomic(out / REPORT_MD, markdown(report))
+        write_json_atomic(out / REPORT_JSON, report)  # last: the JSON is the one a script reads
         return report
 
     steps = Steps(log, after_step=lambda: save(final=False))
-    env.update(steps.run("environment", lambda: environment(sizes.device)) or {})
+    steps.run("environment", lambda: env.update(environment(sizes.device)))  # filled before the report is saved
     trt = env.get("tensorrt")
-    data = steps.run("synthetic data", lambda: make_data(work / "data", sizes))
+    data = steps.run("synthetic data", lambda: make_data(work / f"data-{data_tag(sizes)}", sizes))
     if data is not None:
-        demo = checkpoint or steps.run("demo checkpoint (train)", lambda: demo_checkpoint(work / "demo", data, sizes))
+        demo_work = work / f"demo-{model_tag(sizes)}"
+        demo = checkpoint or steps.run("demo checkpoint (train)", lambda: demo_checkpoint(demo_work, data, sizes))
         if demo is not None:
-            check_model("demo", Path(demo), data, work / "demo", sizes, trt, steps, models)
+            check_model("demo", Path(demo), data, demo_work, sizes, trt, steps, models)
         if skip_vit:
             steps.skip(sizes.large_clip, "--skip-vit")
         else:
+            large_work = work / f"large-{data_tag(sizes)}-{sizes.large_clip}-px{sizes.large_image_size}"
             large = steps.run(f"{sizes.large_clip} checkpoint (random, non-zero adapters)",
-                              lambda: random_adapter_checkpoint(work / "large" / "large.pt", sizes.large_clip, sizes))
+                              lambda: random_adapter_checkpoint(large_work / "large.pt", sizes.large_clip, sizes))
             if large is not None:
-                check_model(sizes.large_clip, large, data, work / "large", sizes, trt, steps, models)
+                check_model(sizes.large_clip, large, data, large_work, sizes, trt, steps, models)
     return save(final=True)
 
 
@@ -437,21 +454,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="RAP training epochs of the demo checkpoint")
     ap.add_argument("--skip-vit", action="store_true", help="leave out the ViT-B/32 model")
     args = ap.parse_args(argv)
-    sizes = CheckSizes.dry_run() if args.dry_run else CheckSizes.gpu()
-    if args.test_videos is not None:
-        sizes = replace(sizes, test_videos=args.test_videos, videos=max(sizes.videos - sizes.test_videos, 8)
-                        + args.test_videos)
-    if args.epochs is not None:
-        sizes = replace(sizes, epochs=args.epochs)
     try:
+        sizes = _checked_arguments(args)
         report = run_check(args.out, args.work or args.out / "work", sizes, args.checkpoint, args.skip_vit,
                            log=lambda m: print(m, flush=True))
     except RapDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the report written after the last finished step stays (INCOMPLETE)
+        print(f"error: interrupted; the partial report is in {args.out}", file=sys.stderr)
+        return 130
     print(json.dumps({"passed": report["passed"], "seconds": report["seconds"],
                       "report": str(args.out / REPORT_MD)}))
     return 0 if report["passed"] else 1
+
+
+def _checked_arguments(args: argparse.Namespace) -> CheckSizes:
+    """The sizes the arguments ask for; raises :class:`UsageError` (exit 2, before any work) for values out of range,
+    an --out that is not a folder, or a --checkpoint that does not load."""
+    from rap_deploy import bounds
+    from rap_deploy.errors import UsageError
+
+    sizes = CheckSizes.dry_run() if args.dry_run else CheckSizes.gpu()
+    if args.test_videos is not None:
+        bounds.check_int(args.test_videos, "--test-videos", 2, bounds.MAX_VIDEOS)
+        sizes = replace(sizes, test_videos=args.test_videos, videos=max(sizes.videos - sizes.test_videos, 8)
+                        + args.test_videos)
+    if args.epochs is not None:
+        bounds.check_int(args.epochs, "--epochs", 0, bounds.MAX_EPOCHS)
+        sizes = replace(sizes, epochs=args.epochs)
+    for option, folder in (("--out", args.out), ("--work", args.work)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise UsageError(f"{option} {folder} is a file; pass a folder")
+    if args.checkpoint is not None:
+        from rap_deploy.checkpoint import load_checkpoint
+
+        if not args.checkpoint.is_file():
+            raise UsageError(f"--checkpoint {args.checkpoint} is not a file; pass a demo checkpoint (best.pt)")
+        load_checkpoint(args.checkpoint)  # a damaged one fails here, before the data is made
+    return sizes
 
 
 if __name__ == "__main__":

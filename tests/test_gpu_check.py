@@ -71,6 +71,40 @@ def test_a_run_stopped_midway_leaves_a_report_of_the_steps_it_finished(tmp_path,
     assert (out / gc.REPORT_MD).read_text().startswith("# GPU check (dry run on the CPU): INCOMPLETE")
 
 
+def test_bad_arguments_are_exit_2_before_any_work(tmp_path, capsys):
+    from rap_deploy.engines.gpu_check import main
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    for extra in (["--test-videos", "0"], ["--epochs", "-1"], ["--checkpoint", str(garbage)],
+                  ["--checkpoint", str(tmp_path)]):
+        assert main(["--out", str(out), "--dry-run", *extra]) == 2, extra
+        assert "error:" in capsys.readouterr().err and not out.exists(), extra
+    assert main(["--out", str(a_file), "--dry-run"]) == 2
+
+
+def test_the_first_partial_report_holds_the_environment_and_skips_are_saved(tmp_path, monkeypatch):
+    """The report written after the environment step already has it; a skipped step is saved like a run one."""
+    import rap_deploy.engines.gpu_check as gc
+
+    saved: list[dict] = []
+
+    def stop_after_environment(*_args):
+        saved.append(json.loads((tmp_path / "out" / gc.REPORT_JSON).read_text()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gc, "make_data", stop_after_environment)
+    with pytest.raises(KeyboardInterrupt):
+        gc.run_check(tmp_path / "out", tmp_path / "work", gc.CheckSizes.dry_run(), log=lambda _m: None)
+    assert saved[0]["environment"]["device"] == "cpu" and saved[0]["environment"]["torch"]
+    steps = gc.Steps(lambda _m: None, after_step=lambda: saved.append("after"))
+    steps.skip("x", "why")
+    assert saved[-1] == "after"
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(),
                     reason="needs a CUDA GPU (run on the device machine: training, fp16 parity and bench on cuda)")
 def test_the_dry_run_sizes_on_cuda_train_verify_and_bench_there(tmp_path):
@@ -106,6 +140,6 @@ def test_the_gpu_sizes_and_the_device_command_fit_the_limits():
     assert s.device == "cuda" and s.batch_sizes == (1, 8, 64) and s.large_clip == "ViT-B-32" and s.fp16 == "fp16"
     assert s.test_videos >= 200  # one query moves R@K by at most 0.5 points: the fp16 tolerance can be tested
     doc = gc.__doc__
-    command = doc[doc.index("    set -o pipefail"):doc.index("(one line)")]
+    command = doc[doc.index("    set -o pipefail"):doc.index("(one line")]
     line = " ".join(command.split())
-    assert len(line) <= 2000 and ".whl/*.whl" in line and "--out $OUT" in line
+    assert len(line) <= 2000 and ".whl/*.whl" in line and "--out $OUT" in line and "python3 -P -m" in line
