@@ -186,9 +186,14 @@ def open_backends(engines: Sequence[str | os.PathLike[str]], checkpoint: str | o
         if not is_remote(p) and not p.exists():
             raise UsageError(f"engine {p} does not exist; pass --engine with an engine folder from "
                              "`rapdeploy build-engine`")
+    keys = [p if is_remote(p) else str(p.resolve()) for p in engine_paths]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:  # its rows would appear twice and one plot line would hold both
+        raise UsageError(f"--engine {repeated[0]} is given more than once; give each engine once")
     ckpt_path = resolve_reference(engine_paths[0], checkpoint).checkpoint if engine_paths else Path(checkpoint)
     if not ckpt_path.is_file():
-        raise UsageError(f"checkpoint {ckpt_path} does not exist")
+        raise UsageError(f"checkpoint {ckpt_path} " + ("is a folder; pass the checkpoint file (best.pt)"
+                                                       if ckpt_path.is_dir() else "does not exist"))
     loaded: list[tuple[str, Any]] = []
     try:
         for p in engine_paths:
@@ -366,7 +371,8 @@ def bench_report(s: BenchSettings, torch_engine: Any, ckpt_path: Path, infos: li
         if index is not None else None,
         "search_vs_video_p50": search_vs_video(results),
         "settings": {"batch_sizes": s.sizes, "repeats": s.repeats, "warmup": s.warmup, "graphs": s.graphs,
-                     "index_size": s.index_size, "rerank_top": s.top_m, "seed": s.seed, "torch_device": torch_device,
+                     "index_size": s.index_size, "rerank_top": s.rerank_top, "rerank_top_asked": s.top_m,
+                     "seed": s.seed, "torch_device": torch_device,
                      "flops": "torch.utils.flop_counter on the PyTorch model: matmul, conv and attention FLOPs "
                               "(multiply-add = 2); element-wise work not counted"},
         "notes": notes,
@@ -381,9 +387,11 @@ def write_bench_reports(out_dir: Path, result: dict[str, Any]) -> None:
 
     with folder_lock(out_dir, "bench", "report folder"):
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / "bench.json", result)
+        for stale in out_dir.glob(".bench.*.tmp"):  # left by a killed run (the lock says none is running now)
+            stale.unlink(missing_ok=True)
         write_text_atomic(out_dir / "bench.md", reports.bench_markdown(result))
         reports.plot_bench(result, out_dir / "bench.png")
+        write_json_atomic(out_dir / "bench.json", result)  # last: a killed run leaves the previous bench.json
     result["out"] = str(out_dir)
 
 
@@ -391,8 +399,10 @@ def write_bench_reports(out_dir: Path, result: dict[str, Any]) -> None:
 def _parse_graphs(graphs: Sequence[str] | str) -> list[str]:
     items = [g.strip() for g in (graphs.split(",") if isinstance(graphs, str) else graphs) if g.strip()]
     unknown = [g for g in items if g not in GRAPHS]
-    if unknown or not items:
-        raise UsageError(f"unknown graph(s) {unknown or items}; use a comma list of {', '.join(GRAPHS)}")
+    if not items:
+        raise UsageError(f"--graphs names no graph; use a comma list of {', '.join(GRAPHS)}")
+    if unknown:
+        raise UsageError(f"unknown graph(s) {unknown}; use a comma list of {', '.join(GRAPHS)}")
     return list(dict.fromkeys(items))
 
 
@@ -432,5 +442,9 @@ def _check_input_memory(config: Any, model: Any, max_batch: int, index_size: int
     if "search" in graphs or "asa" in graphs:  # the random index: fp16 patch tokens, fp32 frame and video embeddings
         videos = max(index_size, max_batch)
         nbytes += videos * model.embed_dim * (t * model.num_patches * 2 + t * 4 + 4)
+        asa = getattr(model, "asa", None)  # and the fp32 asa_tokens the model computes from the patch tokens
+        width = getattr(asa, "token_width", None)
+        if isinstance(width, int):
+            nbytes += videos * t * model.num_patches * width * 4
     check_memory(nbytes, f"bench at batch {max_batch} with a {index_size}-video index",
                  "use smaller --batch-sizes or --index-size")

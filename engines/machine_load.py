@@ -20,7 +20,8 @@ What is measured around every timed block (one ``(graph, batch)`` group of inter
 
 The run is ``clean`` when, over the whole run and over every block long enough to measure (``min_block_s``), other
 processes used at most ``max_other_cores`` cores on average, steal stayed at most ``max_steal_cores``, and fewer than
-two (and fewer than 10 %) of the calibration GEMMs ran below ``min_gemm_ratio`` of their median speed. One slow
+``max(2, ⌈10 %⌉)`` of the calibration GEMMs ran below ``min_gemm_ratio`` of their median speed (two slow ones of
+up to 20 calibrations, three of 21 to 30, and so on). One slow
 calibration alone is a transient of the virtual machine (measured on a quiet 2-core EPYC VM: one 100 ms window in
 18 at 60 % of the median, at a random place in the run), not load that lasted through a block. Otherwise bench
 marks every ratio as unreliable and says why.

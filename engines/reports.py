@@ -330,9 +330,21 @@ def backend_labels(results: list[dict[str, Any]]) -> dict[int, str]:
     engines: dict[tuple[str, str], set[str]] = {}
     for r in results:
         engines.setdefault((r["backend"], r["precision"]), set()).add(str(r.get("engine", "")))
-    return {i: r["backend"] + (f" [{Path(str(r.get('engine', ''))).name}]"
-                               if len(engines[(r["backend"], r["precision"])]) > 1 else "")
+    names = {key: _unique_suffixes(group) for key, group in engines.items() if len(group) > 1}
+    return {i: r["backend"] + (f" [{names[key][str(r.get('engine', ''))]}]"
+                               if (key := (r["backend"], r["precision"])) in names else "")
             for i, r in enumerate(results)}
+
+
+def _unique_suffixes(paths: set[str]) -> dict[str, str]:
+    """Each path's shortest trailing part (folder name, then parent/name, ...) that no other path of ``paths`` ends
+    with: two engines both called ``onnxruntime-fp32`` in other folders keep their own labels."""
+    parts = {p: Path(p).parts or (p,) for p in paths}
+    for depth in range(1, max(len(v) for v in parts.values()) + 1):
+        tails = {p: "/".join(v[-depth:]) for p, v in parts.items()}
+        if len(set(tails.values())) == len(tails):
+            return tails
+    return {p: p for p in paths}
 
 
 def bench_rows(result: dict[str, Any]) -> list[list[str]]:

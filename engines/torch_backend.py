@@ -67,7 +67,7 @@ class TorchEngine(Engine):
             raise UsageError(f"torch precision '{precision}' is unknown; use one of {', '.join(PRECISIONS)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailableError(f"device {device} requested but torch {torch.__version__} sees no CUDA GPU; "
-                                          "use --device cpu")
+                                          "use the CPU (--device cpu; bench: --torch-device cpu)")
         if precision == "fp16" and not device.startswith("cuda"):
             raise UsageError("PyTorch fp16 runs only on CUDA (half-precision CPU kernels are slow and incomplete); "
                              "use --device cuda or fp32")

@@ -64,10 +64,13 @@ def test_bench_engine_and_torch_through_cli(micro_ort_engines, tmp_path):
     assert "index bytes per video" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "bench.md").read_text().startswith("# rapdeploy bench")
+    assert (report["settings"]["rerank_top"], report["settings"]["rerank_top_asked"]) == (4, 4)
 
 
 def test_bench_checkpoint_only_real_frames(micro_checkpoint, synth_root, tmp_path):
     out = tmp_path / "b"
+    out.mkdir()
+    (out / ".bench.md.k3b_c3hn.md.tmp").write_text("a killed run's half report")  # swept under the lock
     res = runner.invoke(app, ["bench", "--checkpoint", str(micro_checkpoint), "--graphs", "video,text",
                               "--batch-sizes", "2", "--repeats", "1", "--warmup", "0", "--no-compare-meanp",
                               "--data-root", str(synth_root), "--out", str(out), "--workspace", str(tmp_path / "ws")])
@@ -76,6 +79,7 @@ def test_bench_checkpoint_only_real_frames(micro_checkpoint, synth_root, tmp_pat
     report = json.loads((out / "bench.json").read_text())
     assert [(r["backend"], r["graph"]) for r in report["results"]] == [("torch", "video"), ("torch", "text")]
     assert report["inputs"].startswith("real frames") and report["adapter_cost"] is None
+    assert not list(out.glob(".bench.*.tmp"))
 
 
 def test_bench_usage_errors(tmp_path, micro_checkpoint):
@@ -85,6 +89,12 @@ def test_bench_usage_errors(tmp_path, micro_checkpoint):
     assert res.exit_code == 2 and "unknown graph" in res.output
     res = runner.invoke(app, ["bench", "--checkpoint", str(micro_checkpoint), "--batch-sizes", "0,4"])
     assert res.exit_code == 2 and "positive" in res.output
+    res = runner.invoke(app, ["bench", "--checkpoint", str(micro_checkpoint), "--graphs", ","])
+    assert res.exit_code == 2 and "names no graph" in res.output
+    res = runner.invoke(app, ["bench", "--engine", str(micro_checkpoint), "--engine", str(micro_checkpoint)])
+    assert res.exit_code == 2 and "more than once" in res.output  # its rows and plot line would hold both
+    res = runner.invoke(app, ["bench", "--checkpoint", str(tmp_path)])
+    assert res.exit_code == 2 and "is a folder" in res.output
 
 
 def test_count_flops_matches_matmul_arithmetic():
@@ -207,6 +217,9 @@ def test_two_engines_of_one_backend_and_precision_keep_apart_in_the_table():
             {"backend": "onnxruntime", "precision": "int8", "engine": "/w/engines/onnxruntime-int8"}]
     assert list(backend_labels(rows).values()) == ["torch", "onnxruntime [onnx]", "onnxruntime [onnxruntime-fp32]",
                                                    "onnxruntime"]
+    same_names = [{"backend": "onnxruntime", "precision": "fp32", "engine": f"/{d}/onnxruntime-fp32"} for d in "ab"]
+    assert list(backend_labels(same_names).values()) == ["onnxruntime [a/onnxruntime-fp32]",
+                                                         "onnxruntime [b/onnxruntime-fp32]"]
     full = [{**r, "graph": "text", "batch_size": 1, "throughput": 1.0, "unit": "texts/s", "p50_ms": 1.0,
              "p90_ms": 1.0, "p99_ms": 1.0} for r in rows]
     assert [row[0] for row in bench_rows({"results": full})][1:3] == ["onnxruntime [onnx]",
