@@ -682,7 +682,11 @@ def _check_runs_in_processes(runner, world, out, args):
                  "offsets_zero,rap", "--quiet", "--heldout-videos", "4", "--heldout-gallery", "2", "--jobs", "2"]
     result = runner.invoke(app, jobs_args)
     assert result.exit_code == 0, result.output
-    assert "4 runs, 2 at a time" in result.output and "4/4 " in result.output
+    assert "4 runs to train or score (0 read back), 2 at a time" in result.output and "4/4 " in result.output
+    rows = json.loads((par / "ablation.json").read_text())["rows"]
+    again = runner.invoke(app, jobs_args)  # finished, scores cached: read back without starting a worker
+    assert again.exit_code == 0 and "at a time" not in again.output, again.output
+    assert json.loads((par / "ablation.json").read_text())["rows"] == rows
     one_at_a_time = {r["name"]: r for r in json.loads((out / "ablation.json").read_text())["rows"]}
     for row in json.loads((par / "ablation.json").read_text())["rows"]:
         for run, alone in zip(row["runs"], one_at_a_time[row["name"]]["runs"], strict=True):

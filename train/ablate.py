@@ -242,20 +242,43 @@ def _run_in_processes(tasks: list[TrainOptions], heldout: Callable[[str], dict[s
 
     from rap_deploy.train.ablate_jobs import run_in_processes
 
-    for options in tasks:
-        checked_run(Path(options.out), options)
+    records, todo = {}, []
+    for options in tasks:  # every folder checked first; finished runs with their scores cached are read back here
+        record = _read_back(options, checked_run(Path(options.out), options), heldout)
+        if record is None:
+            todo.append(options)
+        else:
+            records[options.out] = record
+    if not todo:
+        return records
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    log(f"[ablate] {len(tasks)} runs, {min(jobs, len(tasks))} at a time, {threads} thread(s) each (each run's "
-        "epochs: its metrics.jsonl)")
+    log(f"[ablate] {len(todo)} runs to train or score ({len(records)} read back), {min(jobs, len(todo))} at a time, "
+        f"{threads} thread(s) each (each run's epochs: its metrics.jsonl)")
     start, done = time.monotonic(), []
 
     def report(run_dir: str, record: dict[str, Any]) -> None:
         done.append(run_dir)
         held = f", held-out {record['heldout']['t2v']['R1']:.2f}" if "heldout" in record else ""
-        log(f"[ablate] {len(done)}/{len(tasks)} {run_dir}: t2v R@1 {record['t2v']['R1']:.2f}{held} "
+        log(f"[ablate] {len(done)}/{len(todo)} {run_dir}: t2v R@1 {record['t2v']['R1']:.2f}{held} "
             f"({time.monotonic() - start:.0f} s)")
 
-    return run_in_processes(_run_and_score, {o.out: (o, False, heldout, threads) for o in tasks}, jobs, report)
+    return records | run_in_processes(_run_and_score, {o.out: (o, False, heldout, threads) for o in todo}, jobs,
+                                      report)
+
+
+def _read_back(options: TrainOptions, summary: dict[str, Any] | None,
+               heldout: Callable[..., dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A finished run's record read in this process (no worker to start), or ``None`` when the run still needs
+    training or its held-out score is not cached."""
+    if summary is None or not summary.get("complete"):
+        return None
+    record = run_record(summary, options.seed)
+    if heldout is not None:
+        cached = heldout(options.out, cached_only=True)
+        if cached is None:
+            return None
+        record["heldout"] = _heldout_record(cached)
+    return record
 
 
 def _heldout_record(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -19,9 +19,10 @@ BEST = "best.pt"
 
 
 def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progress: bool = True,
-                    gallery: int = 0) -> dict[str, Any]:
+                    gallery: int = 0, cached_only: bool = False) -> dict[str, Any] | None:
     """t2v and v2t metrics of ``run_dir/best.pt``'s full ASA similarity on ``split`` (with ``two_stage`` and
-    ``meanp``, ``videos``, ``captions``, ``seconds``, ``gallery``, ``split`` and ``checkpoint_sha256``). With
+    ``meanp``, ``videos``, ``captions``, ``seconds``, ``gallery``, ``split`` and ``checkpoint_sha256``; with
+    ``cached_only``, ``None`` unless a valid cached result exists). With
     ``gallery`` G > 0 each query is ranked within its own gallery of G consecutive videos
     (:func:`rap_deploy.gallery_eval.evaluate_in_galleries`); 0 ranks it among the whole split.
 
@@ -42,6 +43,8 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
     if (cached is not None and cached.get("checkpoint_sha256") == digest and cached.get("split") == split.record
             and cached.get("gallery", 0) == gallery and _scores_ok(cached)):
         return {**cached, "gallery": gallery}  # results cached before galleries existed hold none: one gallery
+    if cached_only:
+        return None
     result = _score(checkpoint, split, top_m, progress, gallery)
     result.update(split=split.record, checkpoint_sha256=digest, gallery=gallery)
     write_json_atomic(cached_file, result)
