@@ -52,6 +52,8 @@ def test_msrvtt_test_and_train(tmp_path):
     assert test.caption_video.tolist() == [0, 1, 2] and not test.multi_caption
     assert test.videos[0].path == root / "videos" / "video7010.mp4"  # listed even though it does not exist
     assert test.videos[1].path.name == "video7011.webm"  # CLIP4Clip's .webm fallback
+    _touch(root / "videos" / "all" / "video7012.mp4")  # the unzipped MSRVTT.zip's layout
+    assert load_split("msrvtt", root).videos[2].path == root / "videos" / "all" / "video7012.mp4"
     assert test.sampling == FrameSamplingConfig(max_frames=12) and test.context_length == 32
     assert load_split("msrvtt", root, "val").captions == test.captions  # CLIP4Clip validates on test
 
@@ -136,6 +138,10 @@ def test_msvd_captions_are_text_or_flat_word_lists(tmp_path):
     (root / "raw-captions.pkl").write_bytes(pickle.dumps({"x": [shared]}))
     with pytest.raises(CheckFailedError, match="neither text nor a list of words"):
         load_split("msvd", root, "test")
+    words = ["w" * 99] * 10_000  # pickled once, 1 MB of text each time a caption refers to it
+    (root / "raw-captions.pkl").write_bytes(pickle.dumps({"x": [words] * 25}))
+    with pytest.raises(CheckFailedError, match="more than 20,000,000 characters"):
+        load_split("msvd", root, "test")
 
 
 def test_didemo_paragraphs_and_extensions(tmp_path):
@@ -157,6 +163,11 @@ def test_didemo_paragraphs_and_extensions(tmp_path):
     assert split.videos[0].path.name == "111@N00_1.mp4" and split.videos[1].path.name == "222@N00_2.m4v"
     assert split.videos[0].end == 31.0 and split.videos[0].start is None
     assert split.sampling.max_frames == 64 and split.context_length == 64
+    (root / "test_list.txt").write_text("111@N00_1.mov\n222@N00_2\n333@N00_3.mts\n")
+    annotations.append({"video": "333@N00_3.mts", "description": "a car parks", "times": [[0, 1]]})
+    (root / "test_data.json").write_text(json.dumps(annotations))
+    _touch(root / "videos" / "333@N00_3.mts")  # Flickr's own extension, kept: the listed name is the file
+    assert load_split("didemo", root, "test").videos[2].path == root / "videos" / "333@N00_3.mts"
 
     annotations[2].pop("description")
     (root / "test_data.json").write_text(json.dumps(annotations))

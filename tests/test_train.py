@@ -777,3 +777,23 @@ def test_worker_errors_that_do_not_unpickle_go_back_as_text():
     assert not _round_trips(TwoArguments("/x", "broken")) and _round_trips(ValueError("x"))
     back = pickle.loads(pickle.dumps(VideoDecodeError("/x.mp4", "cannot decode")))  # the project's own: it does
     assert (str(back.path), back.reason) == ("/x.mp4", "cannot decode")
+
+
+def test_paragraph_datasets_refuse_an_init_checkpoint_of_the_clip_defaults_unless_told():
+    """DiDeMo and ActivityNet are 64 frames / 64 tokens; `rapdeploy init`'s defaults are 12 / 32, fixed by the
+    checkpoint's weights: fine-tuning such a checkpoint there is refused unless --frames/--context-length say so."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from rap_deploy.train.loop import TrainOptions, _check_paragraph_protocol
+
+    config = SimpleNamespace(frames=12, context_length=32)
+    base = TrainOptions(dataset="didemo", data_root="d", out="o", checkpoint="b32.pt")
+    with pytest.raises(UsageError, match=r"has frames 12, but didemo's protocol uses 64: create it with "
+                                         r"`rapdeploy init --frames 64 --context-length 64"):
+        _check_paragraph_protocol(base, config)
+    with pytest.raises(UsageError, match="context-length 32"):
+        _check_paragraph_protocol(dataclasses.replace(base, frames=12), config)
+    _check_paragraph_protocol(dataclasses.replace(base, frames=12, context_length=32), config)  # said so
+    _check_paragraph_protocol(dataclasses.replace(base, dataset="msrvtt"), config)
+    _check_paragraph_protocol(base, SimpleNamespace(frames=64, context_length=64))

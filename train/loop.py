@@ -168,6 +168,7 @@ def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
             if wanted is not None and wanted != have:
                 raise UsageError(f"--{name.replace('_', '-')} {wanted} conflicts with checkpoint {options.checkpoint} "
                                  f"({name} = {have}); drop the option (or --preset) or start from --clip")
+        _check_paragraph_protocol(options, ckpt.config)
         return ckpt, ckpt.build_model()
     clip = options.clip or "ViT-B-32"
     pretrained = options.pretrained
@@ -379,6 +380,24 @@ def _resolve_run(options: TrainOptions | None, resume: str | Path | None, overri
     if options is None:
         raise UsageError("nothing to train: pass the training options or a run folder to resume")
     return options, template, model, state
+
+
+def _check_paragraph_protocol(options: TrainOptions, config: Any) -> None:
+    """Refuse to fine-tune a checkpoint of ``rapdeploy init``'s defaults (12 frames, 32 tokens) on DiDeMo or
+    ActivityNet without being told: their protocol is 64 frames and 64 tokens, and a checkpoint's frame count and
+    context length are fixed by its weights. Passing ``--frames`` / ``--context-length`` equal to the checkpoint's
+    says it is meant. Raises :class:`UsageError` naming the fix."""
+    from rap_deploy.data.datasets import dataset_defaults
+
+    if options.dataset not in ("didemo", "activitynet"):
+        return
+    sampling, ctx_len = dataset_defaults(options.dataset)
+    for name, have, protocol, given in (("frames", config.frames, sampling.max_frames, options.frames),
+                                        ("context-length", config.context_length, ctx_len, options.context_length)):
+        if given is None and have != protocol:
+            raise UsageError(f"checkpoint {options.checkpoint} has {name} {have}, but {options.dataset}'s protocol "
+                             f"uses {protocol}: create it with `rapdeploy init --frames {sampling.max_frames} "
+                             f"--context-length {ctx_len} ...`, or pass --{name} {have} to train at the checkpoint's")
 
 
 def _fresh_model(options: TrainOptions):

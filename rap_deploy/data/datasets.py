@@ -216,10 +216,17 @@ def _read_msrvtt(root: Path, split: str) -> Readout:
 
 
 def _msrvtt_video(videos_dir: Path, vid: str) -> Path:
-    mp4 = videos_dir / f"{vid}.mp4"
-    if not mp4.exists() and (videos_dir / f"{vid}.webm").exists():
-        return videos_dir / f"{vid}.webm"  # CLIP4Clip's fallback
-    return mp4
+    """``videos/<id>.mp4``, else ``<id>.webm`` (CLIP4Clip's fallback), each also under ``videos/all/`` (the layout
+    of the unzipped MSRVTT.zip CLIP4Clip's README links)."""
+    for folder in (videos_dir, videos_dir / "all"):
+        for ext in (".mp4", ".webm"):
+            if (folder / f"{vid}{ext}").exists():
+                return folder / f"{vid}{ext}"
+    return videos_dir / f"{vid}.mp4"
+
+
+# The caption text one split may hold (MSVD's 80,000 captions are about 3 million characters).
+MAX_CAPTION_CHARS = 20_000_000
 
 
 def _read_msvd(root: Path, split: str) -> Readout:
@@ -233,6 +240,7 @@ def _read_msvd(root: Path, split: str) -> Readout:
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
+    chars = 0
     for vid in ids:
         if vid not in raw:
             raise damaged(cap_path, f"has no key '{vid}' (listed in {split}_list.txt)")
@@ -244,6 +252,11 @@ def _read_msvd(root: Path, split: str) -> Readout:
                                                 and all(isinstance(t, str) for t in tokens))):
                 raise damaged(cap_path, f"key '{vid}' holds a caption that is neither text nor a list of words "
                                         f"({type(tokens).__name__})")
+            # one list pickled once can be referenced by every caption: count what the captions would hold first
+            chars += len(tokens) if isinstance(tokens, str) else sum(len(t) + 1 for t in tokens)
+            if chars > MAX_CAPTION_CHARS:
+                raise damaged(cap_path, f"holds captions of more than {MAX_CAPTION_CHARS:,} characters for the "
+                                        f"{split} split (the real file holds a few million)")
             captions.append(tokens.strip() if isinstance(tokens, str) else " ".join(tokens))
             owner.append(len(videos))
         videos.append(VideoEntry(vid, finder.find(vid, default_ext=".avi")))
@@ -328,10 +341,10 @@ class _StemFinder:
         """Return the file for ``vid`` (also tried without a video extension, and each alternative stem); when none
         exists, the path it would have (``folder/<vid><default_ext>``)."""
         stems = [vid, *alternatives]
+        exact = self.folder / vid
+        if exact.is_file():  # the listed name itself, whatever its extension (DiDeMo keeps Flickr's: .mts, .3gp...)
+            return exact
         if Path(vid).suffix.lower() in VIDEO_EXTENSIONS:
-            exact = self.folder / vid
-            if exact.is_file():
-                return exact
             stems.append(Path(vid).stem)
         for stem in stems:
             found = self._by_stem.get(stem)
