@@ -124,6 +124,16 @@ def test_msvd_refuses_pickled_code(tmp_path):
     (root / "raw-captions.pkl").write_bytes(pickle.dumps({"x": [np.int64(3)]}))
     with pytest.raises(CheckFailedError, match="plain pickle"):
         load_split("msvd", root, "test")
+    from collections import OrderedDict, defaultdict
+
+    for mapping in (OrderedDict, lambda: defaultdict(list)):  # what a captions dict is often saved as
+        captions = mapping()
+        captions["x"] = [["a", "cat"]]
+        (root / "raw-captions.pkl").write_bytes(pickle.dumps(captions))
+        assert load_split("msvd", root, "test").captions == ["a cat"]
+    (root / "raw-captions.pkl").write_bytes(pickle.dumps(defaultdict(dict, {"x": [["a"]]})))  # dict: not allowed
+    with pytest.raises(CheckFailedError, match="refusing to load builtins.dict"):
+        load_split("msvd", root, "test")
 
 
 def test_msvd_captions_are_text_or_flat_word_lists(tmp_path):

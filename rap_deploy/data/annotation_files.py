@@ -90,9 +90,15 @@ def read_list(path: Path) -> list[str]:
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Unpickler that only builds plain containers and strings: a caption file must not run code."""
+    """Unpickler that only builds plain containers and strings: a caption file must not run code. A dict saved as a
+    ``collections.OrderedDict`` or a ``defaultdict(list)`` loads too (those two classes and ``list`` as the default
+    factory are all it may name; none of them runs code)."""
+
+    ALLOWED = {("collections", "OrderedDict"), ("collections", "defaultdict"), ("builtins", "list")}
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a caption file")
 
 
