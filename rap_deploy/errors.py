@@ -32,3 +32,8 @@ class DamagedArtifactError(CheckFailedError):
     size or header (exit 1). The message names the file and how to repair it."""
 
     exit_code = 1
+
+
+class LibraryChangedError(DamagedArtifactError):
+    """A library file is gone or was replaced since this process opened the library (``rapdeploy index`` updated
+    it, or it was damaged): reopen it (restart the server). A server answers 503."""

@@ -499,6 +499,46 @@ def test_changed_files_edge_cases(synth_root, micro_checkpoint, frame_cache, tmp
     assert [(s["video_id"], s["reason"][:25]) for s in raced["skipped"]] == [("e", "changed while it was read")]
 
 
+def test_stage1_rebuilds_only_for_tombstones_it_holds_and_hnsw_finds_k_past_them(synth_root, micro_checkpoint,
+                                                                                   frame_cache, tmp_path, monkeypatch):
+    """After a rebuild the index holds no tombstone, though the manifest still lists removed rows of kept shards: a
+    later --add reuses it. HNSW's candidate list has room for the tombstones it skips. A bad --remove id is refused
+    before any video is encoded."""
+    from rap_deploy.library import stage1
+
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(8):
+        shutil.copy(videos[i], folder / f"v{i}.mp4")
+    lib = tmp_path / "lib"
+    args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(lib), "--cache-dir",
+            str(frame_cache), "--shard-size", "2", "--ann", "hnsw"]
+    assert runner.invoke(app, args).exit_code == 0
+    from rap_deploy.library import assemble
+
+    built = []  # one entry per build that made a new index instead of reusing the previous one
+    reusable = assemble._reusable_index
+
+    def counting(*args):
+        found = reusable(*args)
+        if found is None:
+            built.append(1)
+        return found
+
+    monkeypatch.setattr(assemble, "_reusable_index", counting)
+    for i in (0, 2, 4):  # one video of each of three shards changes: 3 of 8 rows removed, over a quarter
+        shutil.copy(videos[8 + i // 2], folder / f"v{i}.mp4")
+    assert runner.invoke(app, [*args, "--add"]).exit_code == 0 and len(built) == 1  # rebuilt
+    shutil.copy(videos[11], folder / "v8.mp4")
+    added = runner.invoke(app, [*args, "--add", "--json"])
+    assert added.exit_code == 0 and json.loads(added.stdout)["videos"] == 9 and len(built) == 1  # reused
+    typo = runner.invoke(app, [*args, "--add", "--remove", "no-such-id"])
+    assert typo.exit_code == 2 and "no-such-id" in typo.output and not (lib / "build-plan.json").exists()
+    params = stage1.search_params("hnsw", 64, np.arange(100, dtype=np.int64), 50)
+    assert params.efSearch == 150  # k + the tombstones it skips, above the tuned 64
+
+
 def test_broken_mp4_in_a_folder_is_skipped_and_named(synth_root, micro_checkpoint, frame_cache, tmp_path, engine):
     from rap_deploy.library import open_library
 

@@ -169,6 +169,38 @@ def test_library_thumbnails_and_page(served, synth_root):
     assert stats["text_batcher"]["max_batch"] == 8 and stats["requests"]["/search 200"] >= 1
 
 
+def test_a_library_updated_under_a_running_server_is_503_not_wrong_scores(served, micro_ort_engines, tmp_path):
+    """`rapdeploy index` rewrote a shard after the server opened the library: /search answers 503 naming the fix
+    (restart), /readyz turns not-ready; the server never mixes the new rows under the old ids."""
+    import shutil
+
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.library import open_library
+
+    lib_dir = tmp_path / "lib"
+    shutil.copytree(served[3], lib_dir)
+    engine = SerialEngine(load_engine(micro_ort_engines["fp32"], threads=1))
+    service = ServingService(engine, read_source(micro_ort_engines["fp32"]), open_library(lib_dir, engine),
+                             ServeOptions(max_batch=2, max_queue_delay_ms=5))
+    warm_up(service)
+    try:
+        with ServerThread(create_app(service)) as server:
+            assert _search(server.url, query="a red circle", top_k=3)[0] == 200
+            for shard in (lib_dir / "shards").iterdir():  # same bytes, new files: what a rebuild leaves behind
+                for f in shard.iterdir():
+                    data = f.read_bytes()
+                    f.unlink()
+                    f.write_bytes(data)
+            status, body = _search(server.url, query="a red circle", top_k=3)
+            assert status == 503 and "restart the server" in body["error"], body
+            status, _, ready = _request(server.url, "GET", "/readyz")
+            assert status == 503 and "replaced since this process opened" in json.loads(ready)["library_changed"]
+    finally:
+        service.close()
+
+
 def test_load_test_script_runs_against_the_server(served, tmp_path):
     from rap_deploy.engines.serving.loadtest import main
 

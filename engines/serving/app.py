@@ -43,7 +43,7 @@ from rap_deploy.engines.serving.oip import (
     parse_json,
 )
 from rap_deploy.engines.serving.service import ServingService
-from rap_deploy.errors import RapDeployError, UsageError
+from rap_deploy.errors import LibraryChangedError, RapDeployError, UsageError
 
 log = logging.getLogger("rapdeploy.serve")
 PAGE = Path(__file__).with_name("page.html")
@@ -125,13 +125,13 @@ def create_app(service: ServingService, on_shutdown: Callable[[], None] | None =
 
     app = FastAPI(title="rapdeploy serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(CountRequests, service=service)
-    _add_error_handlers(app)
+    _add_error_handlers(app, service)
     _add_search_routes(app, service)
     _add_oip_routes(app, service)
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, service: ServingService) -> None:
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> Response:
         return _error(exc.status, exc.message, exc.field)
@@ -140,6 +140,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def usage_error(request: Request, exc: RapDeployError) -> Response:
         if isinstance(exc, UsageError):  # the engine refused the input
             return _error(400, str(exc), None)
+        if isinstance(exc, LibraryChangedError):  # not ready until restarted: /readyz says so too
+            service.library_changed = str(exc)
+            log.error("the library changed since it was opened: %s", exc)
+            return _error(503, str(exc), None)
         log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
         return _error(500, f"server error: {exc}", None)
 
@@ -173,7 +177,8 @@ def _add_search_routes(app: FastAPI, service: ServingService) -> None:
     @app.get("/readyz")
     async def readyz() -> Response:
         ready = service.ready()
-        return _json({"ready": ready, "library": service.library is not None, "models": list(service.models)},
+        return _json({"ready": ready, "library": service.library is not None, "models": list(service.models),
+                      **({"library_changed": service.library_changed} if service.library_changed else {})},
                      200 if ready else 503)
 
     @app.get("/library")
@@ -200,7 +205,8 @@ def _add_search_routes(app: FastAPI, service: ServingService) -> None:
     @app.get("/thumbnails")
     async def thumbnails(video_id: str, count: int = 4) -> Response:
         data = await run_in_threadpool(service.thumbnail_jpeg, video_id, count)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        # no-cache: a video re-encoded by `index --add` keeps its id, and its frames must not come from a stale copy
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
 
 def _add_oip_routes(app: FastAPI, service: ServingService) -> None:

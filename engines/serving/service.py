@@ -92,6 +92,7 @@ class ServingService:
     def __init__(self, engine: SerialEngine, source: EngineSource, library: Any = None,
                  options: ServeOptions | None = None) -> None:
         self.engine, self.source, self.library = engine, source, library
+        self.library_changed: str | None = None  # set once a read finds the library updated since it was opened
         self.options = options or ServeOptions()
         self.config = engine.config
         self.info = engine.describe().to_dict()
@@ -261,8 +262,9 @@ class ServingService:
             self._counts[key] += 1
 
     def ready(self) -> bool:
-        """Whether the batcher runs (the engine and library were loaded before the service existed)."""
-        return self.batcher.alive
+        """Whether the batcher runs (the engine and library were loaded before the service existed) and the library
+        is still the one opened (``rapdeploy index`` has not replaced its files since)."""
+        return self.batcher.alive and self.library_changed is None
 
     def stats(self) -> dict[str, Any]:
         """Uptime, request counts by route and status, the text batcher's and the engine's counters."""

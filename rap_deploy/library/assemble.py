@@ -120,7 +120,7 @@ def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shar
     kind = stage1.check_ann(req.kind or (old or {}).get("stage1", {}).get("type") or "exact")
     _, live = live_rows(root, asm.shards, asm.removed)
     vectors = read_video_emb(root, asm.shards, live, dim)
-    index = _reusable_index(root, old, kind, asm.removed)
+    index = _reusable_index(root, old, kind, asm.removed, int(len(live)))
     if index is None:
         train = _sample(vectors, 256 * stage1.ivf_lists(len(vectors)), req.seed) if kind == "ivf" else None
         index = stage1.new_index(kind, dim, train, seed=req.seed)
@@ -130,7 +130,8 @@ def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shar
         new_rows = np.asarray([r for s in new_shards for r in range(s["row_offset"], s["row_offset"] + s["rows"])
                                if r not in asm.removed], dtype=np.int64)
         stage1.add(index, read_video_emb(root, new_shards, new_rows, dim), new_rows)
-        in_index = set(live.tolist()) | set(asm.removed)
+        old_next = int(old["next_row"])  # rows from here on are this build's: a removed one was never added
+        in_index = set(live.tolist()) | {r for r in asm.removed if r < old_next}
     tombstones = asm.removed & in_index
     build_seconds = time.perf_counter() - t0
     queries, source = _recall_queries(root, old, req, vectors)
@@ -160,8 +161,12 @@ def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shar
     return entry, tombstones
 
 
-def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: set[int]) -> Any | None:
-    """The previous stage-1 index when it has the requested type and few enough tombstones, else ``None``."""
+def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: set[int], live: int) -> Any | None:
+    """The previous stage-1 index when it has the requested type and few enough tombstones, else ``None``.
+
+    The tombstones it would hold: those it holds now (its rows beyond the old library's live videos; a rebuild left
+    none, though the manifest still lists the removed rows of kept shards) and the rows this build removes that it
+    indexed (live before, below the old ``next_row``)."""
     if old is None or old["stage1"].get("type") != kind:
         return None
     path = entry_path(root, old["stage1"]["file"])
@@ -173,7 +178,9 @@ def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: 
     except RuntimeError as exc:
         raise DamagedArtifactError(f"library stage-1 index {path} cannot be read ({str(exc)[:120]}); re-index "
                                    "with --force") from None
-    if len(removed) > stage1.REBUILD_TOMBSTONE_FRACTION * max(1, index.ntotal):
+    held = max(0, int(index.ntotal) - int(old["videos"]))
+    newly = {r for r in removed - set(old["removed"]) if r < int(old["next_row"])}
+    if held + len(newly) > stage1.REBUILD_TOMBSTONE_FRACTION * max(1, index.ntotal):
         return None
     return index
 

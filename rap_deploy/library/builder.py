@@ -152,11 +152,16 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
     sampling = FrameSamplingConfig(max_frames=engine.config.frames, fps=source.sampling.fps)
     model = model_identity(engine, sampling)
     indexed = indexed_files(root, old["shards"], set(old["removed"])) if old is not None else {}
-    changed = changed_videos(source.videos, indexed)
+    unknown = [v for v in options.remove if v not in indexed]
+    if unknown:  # before any video is encoded
+        raise UsageError(f"--remove: {', '.join(unknown[:10])} not in the library {root}; nothing was changed")
+    removing = set(options.remove)  # never encoded, even when their files are given or changed
+    given = [v for v in source.videos if v.video_id not in removing]
+    changed = changed_videos(given, indexed)
     interrupted = plans.read_plan(root)
     if interrupted is not None:
         changed = _resumable_replaces(interrupted, indexed, changed)
-    pending = [v for v in source.videos if v.video_id not in indexed or v.video_id in changed]
+    pending = [v for v in given if v.video_id not in indexed or v.video_id in changed]
     if old is not None and pending and not options.add and plans.read_plan(root) is None:
         news = f"{len(pending) - len(changed)} of the given videos are not in it" + \
             (f" and {len(changed)} changed since they were indexed" if changed else "")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.atomic import sha256_file
-from rap_deploy.errors import DamagedArtifactError
+from rap_deploy.errors import DamagedArtifactError, LibraryChangedError
 from rap_deploy.library.manifest import SHARDS_DIR, entry_path
 
 SHARD_RECORD = "shard.json"
@@ -163,6 +163,7 @@ class TensorFile:
     row_shape: tuple[int, ...]
     dtype: np.dtype
     size: int
+    identity: tuple[int, ...] = ()  # (device, inode, mtime_ns) when opened: a file replaced since is not read
 
     @property
     def row_bytes(self) -> int:
@@ -181,12 +182,16 @@ class TensorFile:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
-            raise DamagedArtifactError(f"library shard file {self.path} cannot be opened ({exc.strerror}); the "
-                                       "library is damaged: re-index it") from None
+            raise LibraryChangedError(f"library shard file {self.path} cannot be opened ({exc.strerror}) though it "
+                                      f"was there when this process opened the library: {_CHANGED_FIX}") from None
         try:
-            if os.fstat(fd).st_size != self.size:
+            st = os.fstat(fd)
+            if st.st_size != self.size:
                 raise DamagedArtifactError(f"library shard file {self.path} changed size since the library was opened "
-                                           f"({os.fstat(fd).st_size} bytes, manifest {self.size}); re-index it")
+                                           f"({st.st_size} bytes, manifest {self.size}); re-index it")
+            if self.identity and _identity(st) != self.identity:
+                raise LibraryChangedError(f"library shard file {self.path} was replaced since this process opened "
+                                          f"the library: {_CHANGED_FIX}")
             start = 0
             while start < len(rows):
                 stop = start + 1
@@ -196,6 +201,14 @@ class TensorFile:
                 start = stop
         finally:
             os.close(fd)
+
+
+_CHANGED_FIX = ("`rapdeploy index` updated the library (or it was damaged); reopen it (restart the server), and "
+                "re-index it if this persists")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
@@ -249,7 +262,8 @@ def open_tensor_file(root: Path, shard: dict[str, Any], tensor: str, dtype: str,
         raise DamagedArtifactError(f"library shard file {path} holds {got_dtype} {list(shape)}"
                                    f"{' (Fortran order)' if fortran else ''}, the manifest expects {dtype} "
                                    f"{list(want)}; re-index the library")
-    tf = TensorFile(path, offset, shard["rows"], tuple(row_shape), np.dtype(dtype), f["bytes"])
+    tf = TensorFile(path, offset, shard["rows"], tuple(row_shape), np.dtype(dtype), f["bytes"],
+                    _identity(path.stat()))
     if offset + tf.rows * tf.row_bytes != f["bytes"]:
         raise DamagedArtifactError(f"library shard file {path} is {f['bytes']} bytes, its header and {tf.rows} rows "
                                    f"need {offset + tf.rows * tf.row_bytes}; re-index the library")

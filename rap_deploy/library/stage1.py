@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.errors import UsageError
+from rap_deploy.library.manifest import MAX_STAGE1_EFFORT
 
 ANN_TYPES = ("exact", "hnsw", "ivf")
 HNSW_M = 32
@@ -70,7 +71,7 @@ def add(index: Any, vectors: np.ndarray, ids: np.ndarray) -> None:
 
 
 def search_params(kind: str, effort: int | None, exclude: np.ndarray | None, k: int) -> Any:
-    """FAISS search parameters: the tuned effort (``efSearch`` ≥ k for HNSW, ``nprobe`` for IVF) and an
+    """FAISS search parameters: the tuned effort (``efSearch`` ≥ k + tombstones for HNSW, ``nprobe`` for IVF) and an
     ``IDSelector`` that skips ``exclude`` (removed rows)."""
     import faiss
 
@@ -79,7 +80,9 @@ def search_params(kind: str, effort: int | None, exclude: np.ndarray | None, k: 
         inner = faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64))
         sel = faiss.IDSelectorNot(inner)
     if kind == "hnsw":
-        params = faiss.SearchParametersHNSW(efSearch=max(int(effort or 64), k))
+        # tombstones take places in the candidate list: without room for them, k results could not be found
+        room = k + (len(exclude) if exclude is not None else 0)
+        params = faiss.SearchParametersHNSW(efSearch=min(max(int(effort or 64), room), MAX_STAGE1_EFFORT))
     elif kind == "ivf":
         params = faiss.SearchParametersIVF(nprobe=int(effort or 8))
     else:
