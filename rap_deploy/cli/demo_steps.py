@@ -35,8 +35,8 @@ class Steps:
         self.records, self.adopting = _read_records(root, log) if root is not None else ({}, False)
         self.timings: dict[str, float] = {r["step"]: r["seconds"] for r in self.records.values()
                                           if isinstance(r.get("step"), str) and _seconds(r.get("seconds"))}
-        if self.adopting and root is not None:  # that folder's summary kept the timings
-            self.timings = _earlier_timings(root / "summary.json")
+        if self.adopting and root is not None:  # the summary of a folder being adopted kept the others' timings
+            self.timings = {**_earlier_timings(root / "summary.json"), **self.timings}
 
     def run(self, name: str, outputs: Sequence[Path], fn: Callable[[], Any], inputs: Sequence[Path] = ()) -> bool:
         """Run step ``name`` (``fn``) unless it is complete; returns True when it ran."""
@@ -59,7 +59,7 @@ class Steps:
             return True
         record = self.records.get(self._key(name, outputs))
         if record is None:
-            if self.adopting:  # a folder from before the records: taken as it is, once
+            if self.adopting:  # a folder from before the records: its steps taken as they are
                 self._record(name, outputs, inputs, self.timings.get(name))
                 return True
             return False
