@@ -45,6 +45,11 @@ def test_bench_engine_and_torch_through_cli(micro_ort_engines, tmp_path):
     assert {(r["graph"], r["unit"]) for r in rows} == {("video", "videos/s"), ("text", "texts/s"), ("asa", "pairs/s"),
                                                         ("search", "queries/s")}
     assert all(r["ratio_vs_torch"] == 1.0 for r in rows if r["backend"] == "torch")
+    torch_rows = {(r["graph"], r["batch_size"]): r for r in rows if r["backend"] == "torch"}
+    for r in rows:  # the engine's throughput over PyTorch's at the same graph and batch (higher = faster)
+        base = torch_rows[(r["graph"], r["batch_size"])]
+        assert r["ratio_vs_torch"] == pytest.approx(r["throughput"] / base["throughput"])
+        assert r["ratio_vs_torch_best"] == pytest.approx(base["min_ms"] / r["min_ms"])
     video = next(r for r in rows if r["graph"] == "video" and r["backend"] == "onnxruntime" and r["batch_size"] == 2)
     assert video["frames_per_s"] == pytest.approx(video["throughput"] * 4)
     assert report["gflops"]["video_encoder_per_video"] > report["gflops"]["video_encoder_per_frame"] > 0

@@ -29,3 +29,13 @@ def test_too_late_once_torch_is_imported(monkeypatch):
 
     monkeypatch.delenv(HUGE_PAGES_ENV, raising=False)
     assert prefer_huge_pages() is False and HUGE_PAGES_ENV not in os.environ
+
+
+def test_the_console_entry_point_asks_before_torch_loads():
+    """``rapdeploy``'s ``main()`` (not only the helper) sets it, before anything imports torch."""
+    probe = ("import atexit, os, sys; sys.argv = ['rapdeploy', 'info', '--clip', 'rap-micro', '--json']; "
+             "atexit.register(lambda: print('THP', os.environ.get('THP_MEM_ALLOC_ENABLE'), file=sys.stderr)); "
+             "from rap_deploy.cli import main; assert 'torch' not in sys.modules; main()")
+    clean = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV}
+    proc = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "THP 1" in proc.stderr, proc.stderr[-2000:]

@@ -21,6 +21,13 @@ def test_demo_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     for part in ("zero_shot", "rap"):
         assert set(summary[part]) == {"t2v", "v2t"}
         assert {"R1", "R5", "R10", "MdR", "MnR", "RSum", "ties"} <= set(summary[part]["t2v"])
+    # RAP's row is the run's best.pt epoch, zero-shot its epoch-0 evaluation (identity adapters), both read back
+    run = json.loads((out / "runs" / "rap" / "summary.json").read_text())
+    history = {r["epoch"]: r for r in map(json.loads, (out / "runs" / "rap" / "metrics.jsonl").read_text().splitlines())
+               if "t2v" in r}
+    assert json.loads((out / "rap_eval.json").read_text())["epoch"] == run["best_epoch"]
+    assert summary["rap"] == {d: history[run["best_epoch"]][d] for d in ("t2v", "v2t")}
+    assert summary["zero_shot"] == {d: history[0][d] for d in ("t2v", "v2t")}
     names = {e["name"] for e in summary["engines"]}
     assert names == {"onnxruntime-fp32", "onnxruntime-int8"}
     assert all(e["passed"] for e in summary["engines"])

@@ -638,7 +638,7 @@ def test_stage1_tuning_on_clustered_vectors_reaches_the_target():
 def test_torchrun_two_ranks_equal_one_process(library, synth_root, micro_checkpoint, frame_cache, tmp_path):
     out = tmp_path / "two"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29600 + os.getpid() % 1000), "-m",
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--standalone", "-m",
            "rap_deploy.cli", *_index_args(synth_root, micro_checkpoint, out, frame_cache), "--json", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -150,6 +150,13 @@ def test_library_thumbnails_and_page(served, synth_root):
     vid = load_split("msrvtt", synth_root, "test", max_frames=4).videos[0].video_id
     status, ctype, img = _request(url, "GET", f"/thumbnails?count=3&video_id={urllib.parse.quote(vid)}")
     assert status == 200 and ctype == "image/jpeg" and img[:3] == b"\xff\xd8\xff"
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:  # a video re-encoded by `index --add` keeps its id: browsers must not show a cached strip
+        conn.request("GET", f"/thumbnails?count=1&video_id={urllib.parse.quote(vid)}")
+        assert conn.getresponse().getheader("Cache-Control") == "no-cache"
+    finally:
+        conn.close()
     import io
 
     from PIL import Image

@@ -24,7 +24,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def server(micro_ort_engines):
     """The real CLI: ``rapdeploy serve --engine <fp32 engine> --port 0``; stopped after the module."""
-    s = SpawnedServer(["--engine", str(micro_ort_engines["fp32"]), "--threads", "1", "--max-batch", "8"])
+    s = SpawnedServer(["--engine", str(micro_ort_engines["fp32"]), "--threads", "1", "--max-batch", "8",
+                       "--no-library"])  # graphs only, whatever library the session workspace holds
     try:
         yield s
     finally:

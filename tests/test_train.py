@@ -352,7 +352,7 @@ def test_torchrun_two_processes_match_one_process(synth_root, frame_cache, tmp_p
     opts = dict(epochs=1, max_test_videos=4, lr=1e-2, warmup=0, selection_loss_weight=1.0)
     train_rap(_micro_options(synth_root, tmp_path / "one", frame_cache, **opts), progress=False)
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "-m",
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--standalone", "-m",
            "rap_deploy.cli", "train", "--dataset", "msrvtt", "--data-root", str(synth_root), *MICRO_CLI,
            "--epochs", "1", "--batch-size", "8", "--lr", "1e-2", "--warmup", "0", "--seed", "3",
            "--max-test-videos", "4", "--top-m", "4", "--cache-dir", str(frame_cache), "--out", str(tmp_path / "two"),

@@ -182,9 +182,9 @@ def test_verify_against_triton(micro_ort_engines, micro_checkpoint, synth_root, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["tritonserver", f"--model-repository={repo}", f"--http-port={port}",
-                             "--allow-grpc=false", "--allow-metrics=false"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(["tritonserver", f"--model-repository={repo}", "--http-address=127.0.0.1",
+                             f"--http-port={port}", "--allow-grpc=false", "--allow-metrics=false"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -193,10 +193,19 @@ def test_verify_against_triton(micro_ort_engines, micro_checkpoint, synth_root, 
                     break
             except OSError:
                 time.sleep(0.2)
+        else:
+            pytest.fail(f"tritonserver did not become ready on {url} within a minute")
         res = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine", url,
                                   "--checkpoint", str(micro_checkpoint), "--out", str(tmp_path / "v"),
                                   "--rerank-top", "5", "--quiet"])
         assert res.exit_code == 0, res.output
+        report = json.loads((tmp_path / "v" / "verify.json").read_text())
+        assert report["passed"] and report["engine_info"]["backend"] == "remote"
+        assert report["rank_changes"]["t2v"] == 0 and report["rank_changes"]["v2t"] == 0
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)

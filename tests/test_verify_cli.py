@@ -95,7 +95,7 @@ def _msvd_from_synth(synth_root: Path, dest: Path) -> Path:
     return dest
 
 
-def test_verify_multi_caption_split(micro_checkpoint, synth_root, frame_cache, tmp_path):
+def test_verify_multi_caption_split(micro_checkpoint, micro_ort_engines, synth_root, frame_cache, tmp_path):
     msvd = _msvd_from_synth(synth_root, tmp_path / "msvd")
     out = tmp_path / "msvd-out"
     res = _verify(micro_checkpoint, msvd, out, frame_cache, "msvd", "--quiet", "--tolerance", "0")
@@ -108,6 +108,12 @@ def test_verify_multi_caption_split(micro_checkpoint, synth_root, frame_cache, t
     assert report["reference"]["v2t"]["queries"] == 6
     assert report["engine_info"]["backend"] == "torch"
     assert "a tolerance check needs" in report["notes"][0]  # 6 v2t queries: one query = 16.7 points
+    # a damaged engine on the same multi-caption split: its v2t side (each video's best caption) is compared too
+    bad = _verify(micro_ort_engines["damaged"], msvd, tmp_path / "msvd-bad", frame_cache, "msvd", "--quiet")
+    assert bad.exit_code == 1, bad.output
+    damaged = json.loads((tmp_path / "msvd-bad" / "verify.json").read_text())
+    assert damaged["counts"]["multi_caption"] is True and not damaged["passed"]
+    assert damaged["rank_changes"]["t2v"] > 0 and damaged["rank_changes"]["v2t"] > 0
 
 
 def test_verify_usage_errors(tmp_path, synth_root):
