@@ -32,11 +32,13 @@ class Reference:
                 "matches_engine_source": None if self.manifest_sha256 is None else self.sha256 == self.manifest_sha256}
 
 
-def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None) -> Path:
+def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None,
+                   checkpoints: bool = True) -> Path:
     """The engine to use: ``engine`` if given, else the latest engine folder in the workspace.
 
     A server URL (``http://HOST:PORT``) is returned as the string it is. Raises :class:`UsageError` when none is given
-    and the workspace has no engine.
+    and the workspace has no engine, or the given one does not exist (``checkpoints``: whether the message may
+    suggest a checkpoint, which the caller takes as the PyTorch engine).
     """
     from rap_deploy.engines.loader import is_remote
     from rap_deploy.workspace import latest_child, subdir
@@ -47,7 +49,8 @@ def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.Pa
         path = Path(engine).expanduser()
         if not path.exists():
             raise UsageError(f"engine {path} does not exist; pass --engine with an engine folder from "
-                             "`rapdeploy build-engine` (or a .pt checkpoint for the PyTorch engine)")
+                             "`rapdeploy build-engine`" + (" (or a .pt checkpoint for the PyTorch engine)"
+                                                           if checkpoints else " or an export folder"))
         return path
     folder = subdir("engines", workspace)
     found = latest_child(folder, "manifest.json")

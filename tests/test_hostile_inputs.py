@@ -597,6 +597,22 @@ def test_broken_backbone_file_is_one_line(tmp_path):
     refused(cli("init", "--backbone", bad, "--out", tmp_path / "c.pt"), 1, "backbone.safetensors")
 
 
+def test_weights_of_another_model_are_bad_usage_not_a_damaged_file(tmp_path):
+    """A valid weights file of another CLIP: the message says to pass that model's weights or its --clip (exit 2),
+    never "truncated or damaged, copy it again"."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from rap_deploy.model.clip_loader import _register_packaged_configs
+
+    _register_packaged_configs()
+    micro = open_clip.create_model("rap-micro")
+    weights = tmp_path / "micro.safetensors"
+    save_file({k: v.contiguous() for k, v in micro.state_dict().items()}, str(weights))
+    refused(cli("init", "--clip", "rap-tiny", "--pretrained", weights, "--out", tmp_path / "c.pt"), 2,
+            "does not fit open_clip model rap-tiny", "--clip")
+
+
 # ---------------------------------------------------------------------------------------------------- workspaces
 @pytest.fixture
 def unwritable(tmp_path):

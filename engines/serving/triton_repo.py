@@ -115,7 +115,7 @@ def plan_repo(engine: str | os.PathLike[str] | None, workspace: str | os.PathLik
         raise UsageError(f"need --instances >= 1 and --max-queue-delay-us >= 0, got {instances}, {max_queue_delay_us}")
     if engine is not None and is_remote(engine):
         raise UsageError(f"--engine {engine} is a server URL; triton-repo needs an engine or export folder")
-    source = _validated_source(resolve_engine(engine, workspace))
+    source = _validated_source(resolve_engine(engine, workspace, checkpoints=False))
     if fp16 and source.kind != "export":
         raise UsageError("--fp16 picks an export folder's fp16 graphs; an engine folder already has its precision")
     manifest = source.manifest or {}

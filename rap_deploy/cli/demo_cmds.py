@@ -82,8 +82,9 @@ def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
         par.add_column(col)
     for e in summary["engines"]:
         d = e["delta"]
-        rc = e.get("rank_changes")
-        rc_text = json.dumps(rc) if isinstance(rc, dict) else str(rc)
+        rc, tied = e.get("rank_changes"), e.get("rank_changes_within_ties") or {}
+        rc_text = " / ".join(f"{d} {n}" + (f" (+{tied[d]} tied)" if tied.get(d) else "") for d, n in rc.items()) \
+            if isinstance(rc, dict) else str(rc)
         tol = e.get("tolerance")
         par.add_row(e["name"], "[green]pass[/green]" if e["passed"] else "[red]FAIL[/red]",
                     "0 rank changes" if e["precision"] == "fp32" else f"{tol:g} pts" if tol is not None else "-",

@@ -111,7 +111,11 @@ def _check_world(data: Path, sizes: DemoSizes) -> None:
     wanted = {k: getattr(sizes, k) for k in have}
     if have != wanted:
         differ = ", ".join(f"{k} {have[k]} (this run: {wanted[k]})" for k in have if have[k] != wanted[k])
-        raise UsageError(f"{path} is another recipe's world: {differ}; use another folder (--out / --world), "
+        from rap_deploy.cli.pipeline import DemoSizes
+
+        tiny = " (a world of `rapdeploy demo --tiny`: pass --tiny)" \
+            if have == {k: getattr(DemoSizes.tiny(), k) for k in have} else ""
+        raise UsageError(f"{path} is another recipe's world: {differ}{tiny}; use another folder (--out / --world), "
                          "e.g. one for the tiny demo and one for the default")
 
 

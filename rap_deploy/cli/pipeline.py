@@ -332,7 +332,10 @@ def _verify_steps(run: _DemoRun, built: list[str]) -> list[dict[str, Any]]:
                          "passed": bool(result["passed"]), "tolerance": result.get("tolerance"),
                          "delta": result["delta"],
                          "two_stage_delta": result.get("two_stage", {}).get("delta"),
-                         "rank_changes": result.get("rank_changes")})
+                         "rank_changes": result.get("rank_changes"),
+                         "rank_changes_within_ties": {d: v.get("within_ties") for d, v in
+                                                      (result.get("rank_changes_detail") or {}).get("asa", {}).items()
+                                                      if isinstance(v, dict)}})
     return verdicts
 
 

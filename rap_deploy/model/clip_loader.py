@@ -131,7 +131,7 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
         if not isinstance(exc, (RuntimeError, OSError, ValueError)):
             raise
         hint = " (tags need the weights in the local open_clip / Hugging Face cache, where HF_HUB_OFFLINE=1 looks " \
-               "without waiting for the network; offline machines can pass a local weights file instead)" \
+               "without waiting for the network; offline, pass a local weights file: --pretrained /path/to/weights)" \
             if spec.kind == "tag" else ""
         raise UsageError(f"cannot load backbone {spec.clip} with pretrained={spec.value}: {exc}{hint}") from exc
     if state_dict is not None:
@@ -162,9 +162,12 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
     from rap_deploy.file_kinds import explain_load_error, sniff
 
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:240]
-    if isinstance(exc, RuntimeError) and "state_dict" in text:
-        return UsageError(f"backbone weights file {path} does not fit open_clip model {clip} ({text}); pass the "
-                          "--clip it was trained for")
+    # load_state_dict's size mismatches, and open_clip's own shape assertions (e.g. "pos_embed width changed!")
+    if (isinstance(exc, RuntimeError) and "state_dict" in text) or isinstance(exc, AssertionError) or \
+            (isinstance(exc, (RuntimeError, ValueError)) and ("size mismatch" in text or "shape" in text)):
+        return UsageError(f"backbone weights file {path} does not fit open_clip model {clip} "
+                          f"({type(exc).__name__}: {text}); pass that model's weights, or the --clip they were "
+                          "trained for")
     if path.suffix == ".safetensors" or sniff(path) == "safetensors":
         return CheckFailedError(f"backbone weights file {path} is not a readable safetensors file of {clip} "
                                 f"({type(exc).__name__}: {text}); it is truncated or damaged, copy it again")
