@@ -120,7 +120,7 @@ def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shar
     kind = stage1.check_ann(req.kind or (old or {}).get("stage1", {}).get("type") or "exact")
     _, live = live_rows(root, asm.shards, asm.removed)
     vectors = read_video_emb(root, asm.shards, live, dim)
-    index = _reusable_index(root, old, kind, asm.removed, int(len(live)))
+    index = _reusable_index(root, old, kind, asm.removed)
     if index is None:
         train = _sample(vectors, 256 * stage1.ivf_lists(len(vectors)), req.seed) if kind == "ivf" else None
         index = stage1.new_index(kind, dim, train, seed=req.seed)
@@ -161,7 +161,7 @@ def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shar
     return entry, tombstones
 
 
-def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: set[int], live: int) -> Any | None:
+def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: set[int]) -> Any | None:
     """The previous stage-1 index when it has the requested type and few enough tombstones, else ``None``.
 
     The tombstones it would hold: those it holds now (its rows beyond the old library's live videos; a rebuild left

@@ -162,7 +162,7 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
     if interrupted is not None:
         changed = _resumable_replaces(interrupted, indexed, changed)
     pending = [v for v in given if v.video_id not in indexed or v.video_id in changed]
-    if old is not None and pending and not options.add and plans.read_plan(root) is None:
+    if old is not None and pending and not options.add and interrupted is None:
         news = f"{len(pending) - len(changed)} of the given videos are not in it" + \
             (f" and {len(changed)} changed since they were indexed" if changed else "")
         raise UsageError(f"{root} already holds a library of {old['videos']} videos and {news}: pass --add to "
