@@ -425,6 +425,10 @@ def test_train_cli_usage_errors(tmp_path):
     runner = CliRunner()
     missing = runner.invoke(app, ["train", "--clip", "rap-micro", "--data-root", str(tmp_path)])
     assert missing.exit_code == 2 and "--dataset is required" in missing.output
+    no_data = runner.invoke(app, ["train", "--dataset", "msrvtt", "--clip", "rap-micro", "--data-root",
+                                  str(tmp_path), "--out", str(tmp_path / "run")])
+    assert no_data.exit_code == 2 and "MSRVTT_train.9k.csv" in no_data.output
+    assert not (tmp_path / "run").exists()  # a run that failed before writing anything leaves no empty folder
     nothing = runner.invoke(app, ["train", "--resume", str(tmp_path / "nope")])  # a missing folder, said so
     assert nothing.exit_code == 2 and "does not exist" in nothing.output
     (tmp_path / "empty").mkdir()  # a folder without last.pt: the run stopped before its first epoch

@@ -349,6 +349,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
     options, template, model, state = _resolve_run(options, resume, overrides)
     options.validate()
     ctx = D.setup(options.device)
+    created = ctx.is_main and not Path(options.out).exists()
     try:
         if ctx.is_main:
             Path(options.out).mkdir(parents=True, exist_ok=True)
@@ -363,8 +364,20 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
         run.evaluate_initial()
         train_seconds = run.train_epochs()
         return run.write_summary(t_start, train_seconds)
+    except BaseException:
+        if created:
+            _remove_if_empty(Path(options.out))
+        raise
     finally:
         D.cleanup(ctx)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove the run folder this call created when it failed before writing anything into it."""
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (a killed run resumes from what it wrote) or already gone
+        pass
 
 
 def _resolve_run(options: TrainOptions | None, resume: str | Path | None, overrides: dict[str, Any] | None):
