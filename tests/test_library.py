@@ -735,3 +735,14 @@ def test_search_over_an_onnxruntime_engine_never_imports_torch(library, micro_or
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout.splitlines()[-1])["results"]) == 3
     assert "loaded: []" in done.stderr
+
+
+def test_a_tiny_ivf_index_trains_without_faiss_warnings(capfd):
+    """Below 39 vectors the IVF quantiser has one list; FAISS's clustering warning used to reach stderr."""
+    pytest.importorskip("faiss")
+    from rap_deploy.library.stage1 import new_index
+
+    vectors = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
+    index = new_index("ivf", 8, vectors)
+    assert index.is_trained and index.nlist == 1
+    assert "WARNING" not in capfd.readouterr().err

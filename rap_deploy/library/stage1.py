@@ -60,6 +60,9 @@ def new_index(kind: str, dim: int, train: np.ndarray | None = None, seed: int = 
     nlist = ivf_lists(len(train))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
+    # ivf_lists keeps >= 39 points per list except below 39 vectors, where one list is exact and FAISS's
+    # "please provide at least 39 training points" warning is noise on stderr.
+    index.cp.min_points_per_centroid = min(39, len(train))
     index.train(np.ascontiguousarray(train, dtype=np.float32))
     return index
 
