@@ -418,3 +418,21 @@ def test_the_load_test_refuses_bad_options_and_an_unreachable_server_in_one_line
     assert "cannot reach" in capsys.readouterr().err
     assert main(["--url", f"http://127.0.0.1:{port}", "--seconds", "1", "--top-k", "-5"]) == 2
     assert "--top-k" in capsys.readouterr().err
+
+
+def test_the_load_test_refuses_a_bad_port_a_missing_queries_file_and_an_unmeasurable_ratio(capsys, tmp_path):
+    """Bad usage is exit 2 with one line, never a traceback: a port out of range or not a number, a --queries file
+    that cannot be read, and --require-ratio without a one-at-a-time server to compare with (it would pass
+    without measuring anything)."""
+    from rap_deploy.engines.serving.loadtest import main
+
+    for url in ("http://127.0.0.1:99999", "http://127.0.0.1:abc"):
+        assert main(["--url", url, "--seconds", "1"]) == 2
+        assert "port" in capsys.readouterr().err
+    bad_utf8 = tmp_path / "latin1.txt"
+    bad_utf8.write_bytes(b"caf\xe9\n")
+    for queries in (tmp_path / "missing.txt", tmp_path, bad_utf8):
+        assert main(["--url", "http://127.0.0.1:1", "--seconds", "1", "--queries", str(queries)]) == 2
+        assert "--queries" in capsys.readouterr().err
+    assert main(["--url", "http://127.0.0.1:1", "--seconds", "1", "--require-ratio", "2"]) == 2
+    assert "--require-ratio" in capsys.readouterr().err

@@ -49,7 +49,10 @@ def require_loopback(url: str) -> tuple[str, int]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise LoadTestError(f"--url must be http://HOST:PORT on loopback, got {url!r}")
-    port = parts.port or 80
+    try:
+        port = parts.port or 80
+    except ValueError as exc:  # a port out of range or not a number
+        raise LoadTestError(f"{url}: invalid port ({exc})") from None
     try:
         addrs = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)}
     except socket.gaierror as exc:
@@ -251,7 +254,11 @@ def _queries(path: Path | None, count: int = 512) -> list[str]:
         from rap_deploy.engines.bench import template_captions
 
         return template_captions(count, seed=0)
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoadTestError(f"--queries {path}: cannot read it as UTF-8 text ({exc})") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise LoadTestError(f"{path} has no queries")
     return lines
@@ -276,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=Path, help="file with one query per line (default: template captions)")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--top-m", type=int, default=100)
-    p.add_argument("--require-ratio", type=float, help="exit 1 unless batched/baseline texts/s reaches this")
+    p.add_argument("--require-ratio", type=float, help="exit 1 unless batched/baseline texts/s reaches this "
+                   "(needs --baseline-url or --spawn)")
     p.add_argument("--out", type=Path, help="write the report as JSON")
     a = p.parse_args(argv)
     try:
@@ -315,6 +323,8 @@ def _run(a: argparse.Namespace) -> dict[str, Any]:
                             f"--warmup-seconds <= {MAX_SECONDS:g}, got {a.top_k}, {a.top_m}, {a.warmup_seconds}")
     if a.spawn == bool(a.url):
         raise LoadTestError("pass either --url (and optionally --baseline-url) or --spawn --engine ...")
+    if a.require_ratio is not None and not (a.spawn or a.baseline_url):
+        raise LoadTestError("--require-ratio compares with a one-at-a-time server: pass --baseline-url or --spawn")
     queries = _queries(a.queries)
     settings = {"clients": a.clients, "seconds": a.seconds, "targets": targets, "top_k": a.top_k, "top_m": a.top_m,
                 "cpu": _cpu(), "load_before": os.getloadavg()}
