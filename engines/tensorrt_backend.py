@@ -4,7 +4,7 @@ The build lives in :mod:`rap_deploy.engines.trt_build`; this module loads serial
 :class:`TrtEngine` keeps one execution context per graph on one CUDA device (``device_id`` is made the current device
 while engines are deserialized, contexts created and work enqueued), binds torch CUDA tensors with
 ``set_tensor_address`` and runs ``execute_async_v3`` on a CUDA stream; batches larger than the profile's maximum are
-split, so any batch size works.
+split and smaller than its minimum padded, so any batch size works.
 
 Every tensor is handled by name: inputs are bound by name, outputs collected by name and returned in the order of
 the retrieval contract (:mod:`rap_deploy.graphs`: ``video_outputs(has_asa)``, ``rerank_tensors(has_asa)``), never in
@@ -164,9 +164,10 @@ def check_engine_io(graph: str, path: Any, inputs: Sequence[str], outputs: Seque
 class TrtEngine(Engine):
     """The engines of one engine folder, each with its own execution context, on one CUDA device.
 
-    ``files`` maps graph name to a serialized engine; ``profiles`` (from the manifest) gives each graph's maximal
-    batch: bigger video / text batches are split, and ``asa_similarity`` feeds the ``asa_head`` engine blocks of at
-    most (max Q) × (max V) — the ASA graph's intermediates grow as Q·V·T·k·d_a, so it only ever sees bounded blocks.
+    ``files`` maps graph name to a serialized engine; ``profiles`` (from the manifest) gives each graph's batch
+    range: bigger video / text batches are split, smaller ones padded (:func:`pad_to_min_batch`), and
+    ``asa_similarity`` feeds the ``asa_head`` engine blocks of at most (max Q) × (max V) — the ASA graph's
+    intermediates grow as Q·V·T·k·d_a, so it only ever sees bounded blocks.
     Raises :class:`CheckFailedError` when an engine does not deserialize or its tensor names are not the contract's.
     """
 
@@ -202,6 +203,7 @@ class TrtEngine(Engine):
         self.max_batch = {"video_encoder": ranges.get("video_encoder", {}).get("batch", {}).get("max"),
                           "text_encoder": ranges.get("text_encoder", {}).get("batch", {}).get("max"),
                           "asa_head": None}
+        self.min_batch = {g: ranges.get(g, {}).get("batch", {}).get("min") for g in ("video_encoder", "text_encoder")}
         asa = ranges.get("asa_head", {})
         self.query_block = int(asa.get("queries", {}).get("max", 32))
         self.video_block = int(asa.get("videos", {}).get("max", 64))
@@ -258,7 +260,8 @@ class TrtEngine(Engine):
     def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See :meth:`Engine.encode_video` (batches above the profile maximum are split)."""
         frames, mask = check_video_inputs(frames, frame_mask, self.config)
-        return batched(self._runner("video_encoder", graph_io("video_encoder", self.has_asa)[0]), (frames, mask),
+        run = self._runner("video_encoder", graph_io("video_encoder", self.has_asa)[0])
+        return batched(pad_to_min_batch(run, self.min_batch["video_encoder"]), (frames, mask),
                        self.max_batch["video_encoder"])
 
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
@@ -271,7 +274,8 @@ class TrtEngine(Engine):
         def fitted(i: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
             return run(fit_tokens(i, e, self.config.context_length, dynamic), e)
 
-        return batched(fitted, (ids, pos), self.max_batch["text_encoder"])[0]
+        return batched(pad_to_min_batch(fitted, self.min_batch["text_encoder"]), (ids, pos),
+                       self.max_batch["text_encoder"])[0]
 
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
         """Similarity ``[Q, V]`` in blocks of at most the ``asa_head`` profile's (max Q) × (max V)."""
@@ -293,6 +297,21 @@ class TrtEngine(Engine):
         """Release contexts and engines (device memory)."""
         self.contexts.clear()
         self.engines.clear()
+
+
+def pad_to_min_batch(run: Callable[..., tuple[np.ndarray, ...]], min_batch: int | None
+                     ) -> Callable[..., tuple[np.ndarray, ...]]:
+    """``run`` for batches of any size: a batch smaller than the profile's ``min_batch`` (``--min-batch``) is padded
+    with copies of its last row up to it, and the outputs are cut back (the encoders are per sample, so the copies
+    change no other row); TensorRT refuses shapes below the profile's minimum."""
+    def padded(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        n = arrays[0].shape[0]
+        if not min_batch or n == 0 or n >= min_batch:
+            return run(*arrays)
+        rows = np.minimum(np.arange(int(min_batch)), n - 1)
+        return tuple(out[:n] for out in run(*(a[rows] for a in arrays)))
+
+    return padded
 
 
 def _to_numpy(t: Any) -> np.ndarray:

@@ -264,3 +264,27 @@ def test_a_damaged_timing_cache_is_replaced_by_a_fresh_one(tmp_path):
         config.create_timing_cache = lambda data, _real=config.create_timing_cache: None if data else _real(data)
         _attach_timing_cache(config, damaged)
         assert config.get_timing_cache()._data == b""
+
+
+def test_batches_below_the_profile_minimum_are_padded(micro_fp16_export, micro_checkpoint, tmp_path):
+    """``--min-batch 4`` builds a profile whose smallest batch is 4; a search of one query, the last partial batch
+    of an index and the build's own validation (3 videos) run smaller batches, which the engine pads up to the
+    minimum (it raised 'outside the engine's optimisation profile; rebuild with a larger --max-batch')."""
+    from rap_deploy.engines.build import build_engine
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.samples import sample_inputs
+    from rap_deploy.engines.torch_backend import TorchEngine
+    from rap_deploy.engines.trt_plan import ProfileOptions
+
+    with fake_tensorrt_env(10):
+        build_engine(micro_fp16_export, backend="tensorrt", out=tmp_path / "e", workspace=tmp_path / "ws",
+                     progress=False, profiles=ProfileOptions(min_batch=4, max_batch=8))
+        engine = load_engine(tmp_path / "e")
+        x = sample_inputs(engine.config, videos=3)
+        outs = engine.encode_video(x.frames, x.frame_mask)
+        text = engine.encode_text(x.input_ids[:1], x.eot[:1])
+        engine.close()
+    ref = TorchEngine(micro_checkpoint)
+    for a, b in zip(outs, ref.encode_video(x.frames, x.frame_mask), strict=True):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+    np.testing.assert_allclose(text, ref.encode_text(x.input_ids[:1], x.eot[:1]), atol=1e-4)
