@@ -746,3 +746,21 @@ def test_a_tiny_ivf_index_trains_without_faiss_warnings(capfd):
     index = new_index("ivf", 8, vectors)
     assert index.is_trained and index.nlist == 1
     assert "WARNING" not in capfd.readouterr().err
+
+
+def test_an_ivf_index_outgrown_by_its_library_is_rebuilt(tmp_path):
+    """An IVF index keeps the list count it was trained with; once the library needs twice the lists, an --add
+    trains a new one instead of reusing it (its lists would hold four times the vectors they were sized for)."""
+    pytest.importorskip("faiss")
+    from rap_deploy.atomic import sha256_file
+    from rap_deploy.library import assemble, stage1
+
+    vectors = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
+    index = stage1.new_index("ivf", 8, vectors)
+    stage1.add(index, vectors, np.arange(2000, dtype=np.int64))
+    stage1.save(index, tmp_path / "stage1.faiss")
+    old = {"stage1": {"type": "ivf", "file": "stage1.faiss", "sha256": sha256_file(tmp_path / "stage1.faiss")},
+           "videos": 2000, "removed": [], "next_row": 2000}
+    assert index.nlist == stage1.ivf_lists(2000) == 51
+    assert assemble._reusable_index(tmp_path, old, "ivf", set(), 2500) is not None  # room to grow
+    assert stage1.ivf_lists(8000) >= 102 and assemble._reusable_index(tmp_path, old, "ivf", set(), 8000) is None

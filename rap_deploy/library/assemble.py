@@ -120,7 +120,7 @@ def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shar
     kind = stage1.check_ann(req.kind or (old or {}).get("stage1", {}).get("type") or "exact")
     _, live = live_rows(root, asm.shards, asm.removed)
     vectors = read_video_emb(root, asm.shards, live, dim)
-    index = _reusable_index(root, old, kind, asm.removed)
+    index = _reusable_index(root, old, kind, asm.removed, len(live))
     if index is None:
         train = _sample(vectors, 256 * stage1.ivf_lists(len(vectors)), req.seed) if kind == "ivf" else None
         index = stage1.new_index(kind, dim, train, seed=req.seed)
@@ -161,12 +161,15 @@ def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shar
     return entry, tombstones
 
 
-def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: set[int]) -> Any | None:
-    """The previous stage-1 index when it has the requested type and few enough tombstones, else ``None``.
+def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: set[int], live: int) -> Any | None:
+    """The previous stage-1 index when it has the requested type, few enough tombstones and (IVF) lists enough
+    for the ``live`` videos it will hold, else ``None``.
 
     The tombstones it would hold: those it holds now (its rows beyond the old library's live videos; a rebuild left
     none, though the manifest still lists the removed rows of kept shards) and the rows this build removes that it
-    indexed (live before, below the old ``next_row``)."""
+    indexed (live before, below the old ``next_row``). An IVF index is rebuilt once the library has grown to twice
+    the lists it was trained with (four times the videos): its lists would hold four times the vectors they were
+    sized for, and every probe would scan them."""
     if old is None or old["stage1"].get("type") != kind:
         return None
     path = entry_path(root, old["stage1"]["file"])
@@ -181,6 +184,8 @@ def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: 
     held = max(0, int(index.ntotal) - int(old["videos"]))
     newly = {r for r in removed - set(old["removed"]) if r < int(old["next_row"])}
     if held + len(newly) > stage1.REBUILD_TOMBSTONE_FRACTION * max(1, index.ntotal):
+        return None
+    if kind == "ivf" and stage1.ivf_lists(live) >= 2 * int(index.nlist):
         return None
     return index
 
