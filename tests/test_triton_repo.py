@@ -209,3 +209,14 @@ def test_verify_against_triton(micro_ort_engines, micro_checkpoint, synth_root, 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(30)
+
+
+@pytest.mark.parametrize("option, value", [("--instances", str(1 << 31)), ("--max-queue-delay-us", str(1 << 64))])
+def test_options_beyond_what_the_config_holds_are_usage_errors(micro_ort_engines, tmp_path, option, value):
+    """config.pbtxt keeps instance_group.count as int32 and max_queue_delay_microseconds as uint64: a larger value
+    is bad usage (exit 2, one line naming the option), not a protobuf traceback, and leaves no repository behind."""
+    out = tmp_path / "repo"
+    res = runner.invoke(app, ["triton-repo", "--engine", str(micro_ort_engines["fp32"]), "--out", str(out), option,
+                              value])
+    assert res.exit_code == 2 and option in res.output, (res.output, res.exception)
+    assert not out.exists()

@@ -44,6 +44,8 @@ PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 KIND_CHOICES = ("auto", "cpu", "gpu")
 DEFAULT_QUEUE_DELAY_US = 2000
+MAX_INSTANCES = (1 << 31) - 1  # instance_group.count is an int32 in Triton's ModelConfig
+MAX_QUEUE_DELAY_US = (1 << 64) - 1  # dynamic_batching.max_queue_delay_microseconds is a uint64
 
 
 def _validated_source(path: Path) -> EngineSource:
@@ -111,8 +113,9 @@ def plan_repo(engine: str | os.PathLike[str] | None, workspace: str | os.PathLik
 
     if kind not in KIND_CHOICES:
         raise UsageError(f"--kind must be one of {', '.join(KIND_CHOICES)}, got {kind!r}")
-    if instances < 1 or max_queue_delay_us < 0:
-        raise UsageError(f"need --instances >= 1 and --max-queue-delay-us >= 0, got {instances}, {max_queue_delay_us}")
+    if not 1 <= instances <= MAX_INSTANCES or not 0 <= max_queue_delay_us <= MAX_QUEUE_DELAY_US:
+        raise UsageError(f"need --instances in [1, {MAX_INSTANCES}] and --max-queue-delay-us in [0, "
+                         f"{MAX_QUEUE_DELAY_US}] (what Triton's config holds), got {instances}, {max_queue_delay_us}")
     if engine is not None and is_remote(engine):
         raise UsageError(f"--engine {engine} is a server URL; triton-repo needs an engine or export folder")
     source = _validated_source(resolve_engine(engine, workspace, checkpoints=False))
