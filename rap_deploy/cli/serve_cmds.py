@@ -44,12 +44,15 @@ def serve_cmd(
     POST /search, GET /library, /healthz, /readyz, a search page at /, and /v2/models/{video_encoder,text_encoder,
     asa_head}/infer for tritonclient or any KServe v2 client. Stops on Ctrl-C.
     """
+    from rap_deploy import bounds
     from rap_deploy.engines.serving.server import serve
     from rap_deploy.engines.serving.service import MiB, ServeOptions
     from rap_deploy.errors import UsageError
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in [0, 65535], got {port}")
+    if threads is not None:  # as the other commands: ONNX Runtime takes an int32, 0 or less is no thread count
+        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
     if not math.isfinite(max_body_mb):
         raise UsageError(f"--max-body-mb must be a number of MiB, got {max_body_mb}")
     if log_level.lower() not in LOG_LEVELS:
