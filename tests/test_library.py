@@ -645,6 +645,8 @@ def test_torchrun_two_ranks_equal_one_process(library, synth_root, micro_checkpo
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert report["world_size"] == 2 and report["videos"] == 12
+    assert report["shards_written"] == len(json.loads((library / "manifest.json").read_text())["shards"])
+    assert report["shards_resumed"] == 0  # both ranks' shards, not rank 0's half
     assert _files(out) == _files(library)
 
 

@@ -109,9 +109,13 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
     if ranks.is_main:
         with folder_lock(root, "index", "library folder"):
             state = _prepare(root, engine, source, options, log)
+            committed_before = _committed_shards(root, state["plan"])  # the other ranks wait at the barrier
             ranks.barrier()
             written, resumed, encode_s = _encode_mine(root, engine, cache, options, ranks, progress, log)
             report = _finish(root, engine, source, options, ranks, state, log)
+        if ranks.world_size > 1 and engine is not None:  # the job's counts, not this rank's share
+            planned = len((state["plan"] or {}).get("shards", []))
+            written, resumed = planned - committed_before, committed_before
     else:
         ranks.barrier()
         written, resumed, encode_s = _encode_mine(root, engine, cache, options, ranks, progress, log)
@@ -121,6 +125,12 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
     if ranks.is_main and report.get("added"):
         report["videos_per_second"] = round(report["added"] / max(encode_s, 1e-9), 2)
     return report
+
+
+def _committed_shards(root: Path, plan: dict[str, Any] | None) -> int:
+    """How many shards of the pending ``plan`` are already committed (a killed build's work to resume)."""
+    return sum(committed_shard(root, s["name"], plans.shard_digest(s)) is not None
+               for s in (plan or {}).get("shards", []))
 
 
 # ------------------------------------------------------------------------------------------------------- prepare
