@@ -287,3 +287,26 @@ def test_lazy_engine_opens_only_the_graphs_it_runs(micro_ort_engines):
     assert set(lazy.sessions) == {"text_encoder", "asa_head"}
     eager.close()
     lazy.close()
+
+
+def test_build_validation_checks_the_fp16_similarity_and_never_passes_nan(micro_checkpoint):
+    """The build's validation gated an fp16 engine's ASA similarity with max_abs <= inf (never failing: scores off
+    by 0.5, even NaN, passed) and ignored non-finite outputs it does not gate (an int8 engine's similarity)."""
+    from rap_deploy.engines.validate import require_match
+
+    class Shifted(TorchEngine):
+        shift = 0.5
+
+        def asa_similarity(self, text_emb, *rerank):
+            return super().asa_similarity(text_emb, *rerank) + np.float32(self.shift)
+
+    class NaNScores(Shifted):
+        shift = float("nan")
+
+    reference = TorchEngine(micro_checkpoint)
+    assert require_match(TorchEngine(micro_checkpoint), reference, "fp16")["passed"]
+    with pytest.raises(CheckFailedError, match="similarity: max abs error 0.5"):
+        require_match(Shifted(micro_checkpoint), reference, "fp16")
+    for precision in ("fp16", "int8"):
+        with pytest.raises(CheckFailedError, match="similarity"):
+            require_match(NaNScores(micro_checkpoint), reference, precision)
