@@ -436,3 +436,25 @@ def test_the_load_test_refuses_a_bad_port_a_missing_queries_file_and_an_unmeasur
         assert "--queries" in capsys.readouterr().err
     assert main(["--url", "http://127.0.0.1:1", "--seconds", "1", "--require-ratio", "2"]) == 2
     assert "--require-ratio" in capsys.readouterr().err
+
+
+def test_json_outputs_are_bounded_like_json_inputs(models):
+    """Binary inputs asking for JSON outputs: each output value becomes a Python float and ~20 characters of text, so
+    a batch of video tokens would take gigabytes; outputs whose JSON would pass the JSON budget are refused (422,
+    naming the fix) before the engine runs, binary outputs of the same request are not."""
+    model = models["video_encoder"]
+    arrays = {"frames": np.zeros((2, 4, 3, 32, 32), np.float32), "frame_mask": np.ones((2, 4), np.float32)}
+    types = {"frames": "FP32", "frame_mask": "FP32"}
+    json_out = [{"name": n, "parameters": {"binary_data": False}} for n in model.output_names]
+    body = json.dumps({"inputs": [{"name": n, "datatype": "FP32", "shape": list(a.shape),
+                                   "parameters": {"binary_data_size": a.nbytes}} for n, a in arrays.items()],
+                       "outputs": json_out}).encode()
+    header = len(body)
+    body += b"".join(a.tobytes() for a in arrays.values())
+    values = 2 * (32 + 4 * 32 + 4 * 16 * 32 + 4 * 16 * 48)  # every output of two videos
+    with pytest.raises(RequestError) as err:
+        parse_infer_request(body, str(header), model, max_json_outputs=values * 8)
+    assert err.value.status == 422 and "binary" in err.value.message and err.value.field.startswith("outputs")
+    assert parse_infer_request(body, str(header), model, max_json_outputs=values * 32).outputs  # within the budget
+    binary, bheader = _binary_request(arrays, types)  # tritonclient's default: binary outputs
+    assert all(parse_infer_request(binary, bheader, model, max_json_outputs=values * 8).outputs.values())

@@ -258,7 +258,7 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
         body = await run_in_threadpool(decode_body, raw, encoding, limit) if encoding else \
             decode_body(raw, encoding, limit)
         args = (body, request.headers.get(HEADER_LENGTH), model, service.axis_limits(model),
-                service.options.max_infer_json)
+                service.options.max_infer_json, service.options.max_infer_json)
         # small bodies (text queries) are parsed on the event loop: a thread hop costs more than the parse
         req = parse_infer_request(*args) if len(body) <= INLINE_BYTES else \
             await run_in_threadpool(parse_infer_request, *args)

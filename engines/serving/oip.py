@@ -24,6 +24,7 @@ import numpy as np
 from rap_deploy.engines.serving.contract import NUMPY_DTYPES, ServedModel, oip_datatype
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+JSON_VALUE_BYTES = 24  # an output value as JSON text, about: a float32 at full precision and its separator
 
 
 class RequestError(Exception):
@@ -146,11 +147,13 @@ def _json_array(data: Any, dtype: np.dtype, shape: tuple, name: str, where: str)
 
 
 def parse_infer_request(body: bytes, header_length: str | None, model: ServedModel,
-                        max_items: Mapping[str, int] | None = None, max_json: int | None = None) -> InferRequest:
+                        max_items: Mapping[str, int] | None = None, max_json: int | None = None,
+                        max_json_outputs: int | None = None) -> InferRequest:
     """Parse and check an inference request for ``model``.
 
     ``max_items`` bounds each symbolic axis (``{"batch": 32}``); the model's own ``max_batch_size`` bounds its batch
-    axis; ``max_json`` the bytes of the JSON part (413 beyond). Returns an :class:`InferRequest`; raises
+    axis; ``max_json`` the bytes of the JSON part (413 beyond), ``max_json_outputs`` those of the outputs asked for
+    as JSON (422 beyond). Returns an :class:`InferRequest`; raises
     :class:`RequestError` (400) naming the field for bad JSON, an unknown, missing or repeated input, a wrong
     datatype, rank, fixed dimension or batch size, data that does not fill the shape, binary sections that do not
     add up, or an unknown / unsupported requested output.
@@ -175,6 +178,8 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
         raise RequestError(400, f"{model.name} needs inputs {missing}", "inputs")
     _check_axes(model, arrays)
     outputs = _requested_outputs(doc, model)
+    if max_json_outputs is not None:
+        _check_json_outputs(model, arrays, outputs, max_json_outputs)
     return InferRequest(arrays, outputs, str(doc["id"]) if doc.get("id") is not None else None,
                         doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {})
 
@@ -230,6 +235,21 @@ def _check_axes(model: ServedModel, arrays: Mapping[str, np.ndarray]) -> None:
                     raise RequestError(400, f"{spec.name} has {d} = {size} but {seen[d][0]} has {seen[d][1]}; they "
                                        "must agree", "inputs")
                 seen.setdefault(d, (spec.name, size))
+
+
+def _check_json_outputs(model: ServedModel, arrays: Mapping[str, np.ndarray], outputs: Mapping[str, bool],
+                        max_json: int) -> None:
+    """Refuse (422) outputs asked for as JSON whose text would pass ``max_json`` bytes, before the engine runs: as
+    parsed JSON inputs, each value takes a Python float and ~20 characters, ten times its binary size."""
+    sizes = {d: arrays[t.name].shape[i] for t in model.spec.inputs for i, d in enumerate(t.shape) if isinstance(d, str)}
+    wanted = [n for n, binary in outputs.items() if not binary]
+    if not wanted or any(isinstance(d, str) and d not in sizes for n in wanted for d in model.tensor(n).shape):
+        return  # nothing as JSON, or an axis the inputs do not give: encode_infer_response writes what comes
+    values = sum(math.prod(sizes[d] if isinstance(d, str) else d for d in model.tensor(n).shape) for n in wanted)
+    if values * JSON_VALUE_BYTES > max_json:
+        raise RequestError(422, f"outputs {wanted} as JSON would be {values:,} values (~{values * JSON_VALUE_BYTES:,} "
+                           f"bytes), over the {max_json:,} allowed for JSON tensors; request them as binary data "
+                           "(binary_data: true, tritonclient's default)", "outputs")
 
 
 def _requested_outputs(doc: Mapping[str, Any], model: ServedModel) -> dict[str, bool]:
