@@ -766,3 +766,19 @@ def test_an_ivf_index_outgrown_by_its_library_is_rebuilt(tmp_path):
     assert index.nlist == stage1.ivf_lists(2000) == 51
     assert assemble._reusable_index(tmp_path, old, "ivf", set(), 2500) is not None  # room to grow
     assert stage1.ivf_lists(8000) >= 102 and assemble._reusable_index(tmp_path, old, "ivf", set(), 8000) is None
+
+
+def test_recall_queries_sampled_from_videos_follow_the_library(tmp_path):
+    """A folder library measures stage-1 recall on a sample of its own videos: drawn again from the live videos at
+    each build (the first build's sample was kept forever, videos removed since included); stored caption
+    embeddings are kept."""
+    from rap_deploy.atomic import sha256_file
+    from rap_deploy.library.assemble import Stage1Request, _recall_queries
+
+    first = np.zeros((4, 8), np.float32)
+    np.save(tmp_path / "queries.npy", first)
+    now = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
+    for source, expected in (("videos", now), ("captions", first)):
+        stored = {"file": "queries.npy", "sha256": sha256_file(tmp_path / "queries.npy"), "source": source}
+        queries, got = _recall_queries(tmp_path, {"stage1": {"queries": stored}}, Stage1Request(), now)
+        assert got == source and sorted(map(tuple, queries.tolist())) == sorted(map(tuple, expected.tolist()))

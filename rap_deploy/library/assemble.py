@@ -199,11 +199,12 @@ def _sample(vectors: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def _recall_queries(root: Path, old: dict[str, Any] | None, req: Stage1Request, vectors: np.ndarray
                     ) -> tuple[np.ndarray, str]:
-    """Queries for recall@M: new text embeddings, else the library's stored ones, else a sample of its videos."""
+    """Queries for recall@M: new text embeddings, else the library's stored text queries, else a sample of its
+    live videos (drawn again each build, so videos added or removed since are represented)."""
     if req.query_emb is not None and len(req.query_emb):
         return _sample(req.query_emb.astype(np.float32), req.max_queries, req.seed), req.query_source
     stored = (old or {}).get("stage1", {}).get("queries")
-    if isinstance(stored, dict) and isinstance(stored.get("file"), str):
+    if isinstance(stored, dict) and isinstance(stored.get("file"), str) and stored.get("source", "videos") != "videos":
         path = entry_path(root, stored["file"])
         if path.is_file():
             check_sha256(path, stored)
@@ -213,8 +214,7 @@ def _recall_queries(root: Path, old: dict[str, Any] | None, req: Stage1Request, 
                 raise DamagedArtifactError(f"library file {path} is not a valid .npy ({exc}); re-index the "
                                            "library") from None
             if q.ndim == 2 and q.shape[1] == vectors.shape[1]:
-                source = str(stored.get("source", "videos"))
-                return np.array(_sample(q, req.max_queries, req.seed), dtype=np.float32), source
+                return np.array(_sample(q, req.max_queries, req.seed), dtype=np.float32), str(stored["source"])
     return _sample(vectors, req.max_queries, req.seed).copy(), "videos"
 
 
