@@ -11,7 +11,8 @@ Refusals, each with the reason and the fix:
   symlink (:mod:`rap_deploy.safe_paths`), a precision claim the graphs contradict
   (:mod:`rap_deploy.engines.integrity`), a manifest with mistyped keys → :class:`~rap_deploy.errors.CheckFailedError`
   (exit 1);
-- built for another TensorRT version, another GPU, another ONNX Runtime release → :class:`EngineMismatchError`
+- built for another TensorRT version, another GPU, another ONNX Runtime release, another CPU layout (ONNX Runtime
+  CPU: machine and AVX-512, :func:`cpu_layout`) → :class:`EngineMismatchError`
   (a ``UsageError``, exit 2: "cannot load this engine here, rebuild it");
 - the engine's provider / library is not installed here → :class:`~rap_deploy.errors.BackendUnavailableError` (exit 2).
 """
@@ -167,7 +168,7 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
         for e in (entry, *extra):
             if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not isinstance(e.get("sha256"), str):
                 raise damaged(f"graph '{name}' has a file entry without a 'file' and 'sha256' string")
-    for key in ("config", "checkpoint", "profiles", "session", "asa_blocks", "versions", "export"):
+    for key in ("config", "checkpoint", "profiles", "session", "asa_blocks", "versions", "export", "host"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise damaged(f"'{key}' is not an object")
     if not all(isinstance(v, str) for v in (manifest.get("versions") or {}).values()):
@@ -218,13 +219,39 @@ def _major_minor(version: str | None) -> tuple[str, ...]:
     return tuple(str(version or "").split(".")[:2])
 
 
+def cpu_layout(host: Mapping[str, Any]) -> tuple[str, bool]:
+    """What decides the blocked layout ONNX Runtime saves in a CPU graph: the machine and AVX-512 (its NCHWc
+    convolutions reorder their filters into blocks of 16 floats with AVX-512F, 8 without; no blocks off x86)."""
+    isa = host.get("isa")
+    return str(host.get("machine", "")), isinstance(isa, list) and "avx512f" in isa
+
+
+def _check_cpu_layout(built: Any, here: Any) -> None:
+    """Refuse a CPU engine whose saved graphs were laid out for another CPU (:func:`cpu_layout`): the patch-embedding
+    Conv becomes a ``com.microsoft.nchwc`` Conv with the building CPU's filter blocks, which another block size reads
+    as other weights. Engines without a recorded host, or a runtime without one, are not judged."""
+    if not isinstance(built, Mapping) or not isinstance(here, Mapping):
+        return
+    (b_machine, b_avx512), (h_machine, h_avx512) = cpu_layout(built), cpu_layout(here)
+    if (b_machine, b_avx512) == (h_machine, h_avx512):
+        return
+
+    def name(machine: str, avx512: bool) -> str:
+        return f"a {machine or 'unknown'} CPU {'with' if avx512 else 'without'} AVX-512"
+
+    raise EngineMismatchError(f"engine was built on {name(b_machine, b_avx512)}, this machine has "
+                              f"{name(h_machine, h_avx512)}: ONNX Runtime saved its CPU graphs with kernels laid out "
+                              "for the CPU that built them (NCHWc filter blocks), which this CPU would read as other "
+                              "weights; rebuild it here with `rapdeploy build-engine --backend onnxruntime`")
+
+
 def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any]) -> None:
     """Refuse an engine that cannot run with this machine's libraries and GPU.
 
-    ``runtime`` describes this machine (``onnxruntime`` version and ``providers`` for ONNX Runtime engines;
+    ``runtime`` describes this machine (``onnxruntime`` version, ``providers`` and ``host`` for ONNX Runtime engines;
     ``tensorrt`` version and ``gpu`` for TensorRT engines; a missing key means the library is not installed).
     Raises :class:`BackendUnavailableError` when the library or provider is missing, :class:`EngineMismatchError`
-    when the engine was built for another version or GPU.
+    when the engine was built for another version or GPU, or (ONNX Runtime CPU) for another CPU layout.
     """
     backend = manifest["backend"]
     built = manifest.get("versions") or {}
@@ -238,6 +265,8 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any]) -> No
                                       f"has {have}; its saved optimised graphs need the same release: rebuild it "
                                       "with `rapdeploy build-engine --backend onnxruntime`")
         provider = manifest.get("provider")
+        if provider == "CPUExecutionProvider":
+            _check_cpu_layout(manifest.get("host"), runtime.get("host"))
         if provider and provider not in (runtime.get("providers") or []):
             raise BackendUnavailableError(f"engine runs on {provider}, which this ONNX Runtime does not provide "
                                           f"(available: {', '.join(runtime.get('providers') or []) or 'none'}); "

@@ -47,12 +47,15 @@ def provider_for(device: str) -> str:
 
 
 def runtime_info() -> dict[str, Any]:
-    """This machine's ONNX Runtime: ``{"onnxruntime": version, "providers": [...]}`` (empty if not installed)."""
+    """This machine's ONNX Runtime: ``{"onnxruntime": version, "providers": [...], "host": the CPU}`` (empty if not
+    installed; ``host`` as :func:`rap_deploy.engines.manifest.host_info` records it in a manifest)."""
+    from rap_deploy.engines.manifest import host_info
+
     try:
         import onnxruntime as ort
     except ImportError:
         return {}
-    return {"onnxruntime": ort.__version__, "providers": list(ort.get_available_providers())}
+    return {"onnxruntime": ort.__version__, "providers": list(ort.get_available_providers()), "host": host_info()}
 
 
 def require_provider(provider: str) -> None:

@@ -310,3 +310,27 @@ def test_build_validation_checks_the_fp16_similarity_and_never_passes_nan(micro_
     for precision in ("fp16", "int8"):
         with pytest.raises(CheckFailedError, match="similarity"):
             require_match(NaNScores(micro_checkpoint), reference, precision)
+
+
+def test_cpu_engine_saved_for_another_nchwc_layout_is_refused(micro_ort_engines, tmp_path):
+    """ONNX Runtime's saved CPU graph holds the patch-embedding Conv as a ``com.microsoft.nchwc`` Conv whose filter is
+    reordered into blocks of the building CPU (16 floats with AVX-512, 8 without); another CPU reads it with its own
+    block size. The manifest records the building CPU; the engine loaded anywhere regardless."""
+    import onnx
+
+    eng = _copy(micro_ort_engines["fp32"], tmp_path)
+    model = onnx.load(str(eng / "video_encoder.onnx"), load_external_data=False)
+    if not any(n.domain == "com.microsoft.nchwc" for n in model.graph.node):
+        pytest.skip("this CPU has no NCHWc kernels (ONNX Runtime saves no blocked layout here)")
+    manifest = read_manifest(eng)
+    isa = set(manifest["host"]["isa"])
+    other = sorted(isa - {"avx512f"} if "avx512f" in isa else isa | {"avx512f"})
+    write_manifest(eng, {**manifest, "host": {**manifest["host"], "isa": other}})
+    with pytest.raises(EngineMismatchError, match="AVX-512") as err:
+        load_engine(eng)
+    assert err.value.exit_code == 2
+    write_manifest(eng, {**manifest, "host": {**manifest["host"], "machine": "aarch64"}})
+    with pytest.raises(EngineMismatchError, match="aarch64"):
+        load_engine(eng)
+    write_manifest(eng, manifest)
+    assert load_engine(eng).backend == "onnxruntime"
