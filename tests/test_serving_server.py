@@ -245,3 +245,43 @@ def test_remote_engine_refusals(tmp_path):
         load_engine("http://")
     res = runner.invoke(app, ["serve", "--engine", "http://127.0.0.1:1", "--port", "0"])
     assert res.exit_code == 2 and "is a server" in res.output
+
+
+def test_published_batch_sizes_fit_the_body_limit(local, micro_ort_engines):
+    """A client that sends the video batch and ASA block the server publishes must not get 413: with a body limit
+    smaller than 32 videos' frames (or 64 videos' re-rank tensors) the server publishes what fits, and the remote
+    engine (verify, bench) splits its calls accordingly."""
+    from rap_deploy.engines.serving.app import create_app
+    from rap_deploy.engines.serving.contract import NUMPY_DTYPES, read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread, warm_up
+    from rap_deploy.engines.serving.service import MiB, ServeOptions, ServingService
+
+    rng = np.random.default_rng(0)
+    videos = 70  # more than the engine's ASA block (64) and its video batch (32)
+    frames = rng.standard_normal((videos, 4, 3, 32, 32)).astype(np.float32)  # 48 KiB a video: 21 fit in 1 MiB
+    mask = np.ones((videos, 4), np.float32)
+    path = micro_ort_engines["fp32"]
+    service = ServingService(SerialEngine(load_engine(path, threads=1)), read_source(path), None,
+                             ServeOptions(max_infer_body=MiB))
+    warm_up(service)
+    try:
+        with ServerThread(create_app(service)) as server:
+            remote = load_engine(server.url)
+            try:
+                got = remote.encode_video(frames, mask)
+                want = local.encode_video(frames, mask)
+                for g, w in zip(got, want, strict=True):
+                    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+                text = local.encode_text(np.ones((2, 32), np.int32), np.full(2, 5, np.int32))
+                np.testing.assert_allclose(remote.asa_similarity(text, *want[1:]),
+                                           local.asa_similarity(text, *want[1:]), rtol=1e-5, atol=1e-5)
+                assert remote.max_batch["video_encoder"] * frames[0].nbytes < MiB
+                sent = remote.datatypes["asa_head"]  # the re-rank tensors travel in the server's dtypes (fp16)
+                row = sum(np.dtype(NUMPY_DTYPES[sent[n]]).itemsize * w[0].size
+                          for n, w in zip(rerank_tensors(True), want[1:], strict=True))
+                assert remote.video_block * row < MiB
+            finally:
+                remote.close()
+    finally:
+        service.close()

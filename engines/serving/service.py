@@ -11,9 +11,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
 from rap_deploy.engines.serving.contract import (
     ASA_GRAPH,
     TEXT_GRAPH,
+    VIDEO_GRAPH,
+    BatchLimits,
     EngineSource,
     ServedModel,
     batch_limits,
@@ -42,10 +45,11 @@ from rap_deploy.engines.serving.model_config import (
 from rap_deploy.engines.serving.oip import InferRequest, RequestError
 from rap_deploy.engines.serving.serial import SerialEngine
 from rap_deploy.errors import UsageError
-from rap_deploy.export.export_config import TOKENS
+from rap_deploy.export.export_config import QUERIES, TOKENS, VIDEOS, TensorSpec
 
 MiB = 1 << 20
 MAX_BODY_MB = 4096  # --max-body-mb's ceiling: one inference request of 4 GiB
+BODY_HEADER_RESERVE = 64 * 1024  # the JSON header of a binary inference request, generously
 
 
 @dataclass(frozen=True)
@@ -97,11 +101,9 @@ class ServingService:
         self.config = engine.config
         self.info = engine.describe().to_dict()
         self.limits = batch_limits(source.manifest if source.kind == "engine" else None)
-        self.models = served_models(graph_specs_of(source, engine.inner), self.limits, self.options.max_batch)
+        models = served_models(graph_specs_of(source, engine.inner), self.limits, self.options.max_batch)
+        self.models, published = fit_to_body(models, self.limits, self.options)
         self.platform = f"rapdeploy_{self.info.get('backend')}"
-        # The engine here re-blocks the ASA head itself, so clients may send up to max_asa_queries texts per
-        # request: a remote engine then re-sends each block of videos far less often than with the engine's blocks.
-        published = dataclasses.replace(self.limits, asa_queries=self.options.max_asa_queries)
         self.parameters = model_parameters(self.config, self.info.get("precision", "fp32"), source.checkpoint,
                                            published, self.info)
         text = self.models[TEXT_GRAPH]
@@ -291,6 +293,45 @@ class ServingService:
         if self.library is not None and hasattr(self.library, "close"):
             self.library.close()
         self.engine.close()
+
+
+def row_bytes(tensors: Sequence[TensorSpec], axis: str) -> int | None:
+    """Bytes that one index along ``axis`` takes in the binary ``tensors`` carrying that axis (0 when none does);
+    ``None`` when another symbolic axis makes it vary."""
+    total = 0
+    for t in tensors:
+        if axis in t.shape:
+            dims = [d for d in t.shape if d != axis]
+            if any(isinstance(d, str) for d in dims):
+                return None
+            total += math.prod(dims) * np.dtype(t.dtype).itemsize
+    return total
+
+
+def fit_to_body(models: dict[str, ServedModel], limits: BatchLimits, options: ServeOptions
+                ) -> tuple[dict[str, ServedModel], BatchLimits]:
+    """The served models and the ASA blocks to publish, cut to what one request body (``--max-body-mb``) holds, so
+    that a client sending the video batch and ASA blocks the server publishes never gets 413.
+
+    The engine here re-blocks the ASA head itself, so clients may send up to ``max_asa_queries`` texts per request
+    (a remote engine then re-sends each block of videos far less often than with the engine's blocks); the queries
+    take at most half of the body.
+    """
+    budget = options.max_infer_body - BODY_HEADER_RESERVE
+    out = dict(models)
+    video = models.get(VIDEO_GRAPH)
+    row = row_bytes(video.spec.inputs, video.batch_axis) if video is not None and video.batch_axis else None
+    if row and budget // row < video.max_batch_size:
+        out[VIDEO_GRAPH] = dataclasses.replace(video, max_batch_size=max(1, budget // row))
+    published = dataclasses.replace(limits, asa_queries=options.max_asa_queries)
+    asa = models.get(ASA_GRAPH)
+    q_row = row_bytes(asa.spec.inputs, QUERIES) if asa is not None else None
+    v_row = row_bytes(asa.spec.inputs, VIDEOS) if asa is not None else None
+    if q_row and v_row:
+        queries = min(options.max_asa_queries, max(1, budget // 2 // q_row))
+        videos = min(limits.asa_videos, max(1, (budget - queries * q_row) // v_row))
+        published = dataclasses.replace(published, asa_queries=queries, asa_videos=videos)
+    return out, published
 
 
 def jpeg_strip(frames: np.ndarray, height: int = 96) -> bytes:
