@@ -300,3 +300,21 @@ def test_a_failed_start_stops_what_it_started(micro_ort_engines, monkeypatch):
                           ("--max-queue-delay-ms", "inf"), ("--threads", "0"), ("--threads", str(10**11))):
         res = CliRunner().invoke(app, ["serve", "--engine", "/no/such/engine", "--port", "0", option, value])
         assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output, res.output
+
+
+def test_a_server_fault_is_a_500_without_traceback_and_counted(served, monkeypatch):
+    """An unexpected exception is a one-line 500 (its traceback goes to the log) and /stats counts it: the
+    catch-all handler answers from outside the counting middleware, which must count the 500 all the same."""
+    url, service, library, _ = served
+
+    def broken() -> dict:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(library, "describe", broken)
+    before = service.stats()["requests"].get("/library 500", 0)
+    status, ctype, data = _request(url, "GET", "/library")
+    doc = json.loads(data)
+    assert status == 500 and ctype == "application/json" and "RuntimeError" in doc["error"], doc
+    assert "Traceback" not in doc["error"] and "disk on fire" not in doc["error"]
+    assert service.stats()["requests"].get("/library 500", 0) == before + 1
+    assert _request(url, "GET", "/readyz")[0] == 200

@@ -105,12 +105,21 @@ class CountRequests:
         route = "/v2/infer" if path.startswith("/v2/") and path.endswith("/infer") else \
             "/v2" if path.startswith("/v2") else path if path in PAGE_ROUTES else "other"
 
+        started = False
+
         async def counting_send(message: dict) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 self.service.count(f"{route} {message['status']}")
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception:
+            if not started:  # the catch-all handler answers 500 from outside this middleware
+                self.service.count(f"{route} 500")
+            raise
 
 
 def create_app(service: ServingService, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
