@@ -458,3 +458,26 @@ def test_json_outputs_are_bounded_like_json_inputs(models):
     assert parse_infer_request(body, str(header), model, max_json_outputs=values * 32).outputs  # within the budget
     binary, bheader = _binary_request(arrays, types)  # tritonclient's default: binary outputs
     assert all(parse_infer_request(binary, bheader, model, max_json_outputs=values * 8).outputs.values())
+
+
+def test_a_batch_only_input_takes_tritons_shape_too(models):
+    """The model config this server answers (as Triton's for the repository triton-repo writes) gives eot dims [1]
+    reshaped to none, so a client written for Triton sends it as [B, 1]: accepted as [B], in JSON or binary; any
+    other extra axis is still refused."""
+    model = models["text_encoder"]
+    cfg = config_to_json(triton_model_config(model, "x", {}))
+    assert cfg["input"][1]["dims"] == [1] and "reshape" in cfg["input"][1]
+    ids = np.array([[1, 5, 7, 2], [1, 9, 2, 0]], np.int32)
+    eot = np.array([3, 2], np.int32)
+    body = json.dumps(_text_doc(**{"0__shape": [2, 4], "0__data": ids.tolist(), "1__shape": [2, 1],
+                                   "1__data": [[3], [2]]})).encode()
+    got = parse_infer_request(body, None, model, {"tokens": 32}).inputs["eot"]
+    assert got.shape == (2,) and np.array_equal(got, eot)
+    body, header = _binary_request({"input_ids": ids, "eot": eot.reshape(2, 1)}, {"input_ids": "INT32", "eot": "INT32"})
+    assert np.array_equal(parse_infer_request(body, header, model, {"tokens": 32}).inputs["eot"], eot)
+    for shape in ([2, 2], [2, 1, 1]):
+        doc = _text_doc(**{"0__shape": [2, 4], "0__data": ids.tolist(), "1__shape": shape,
+                           "1__data": [0] * int(np.prod(shape))})
+        with pytest.raises(RequestError) as err:
+            parse_infer_request(json.dumps(doc).encode(), None, model, {"tokens": 32})
+        assert err.value.status == 400 and err.value.field == "inputs[1].shape"

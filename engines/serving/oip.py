@@ -199,7 +199,7 @@ def _parse_input(item: Any, where: str, model: ServedModel, limits: Mapping[str,
     if item.get("datatype") != want:
         raise RequestError(400, f"{name} must have datatype {want}, got {str(item.get('datatype'))[:16]!r}",
                            f"{where}.datatype")
-    shape = _check_shape(model, name, item.get("shape"), where, limits)
+    shape = _check_shape(model, name, _batch_only_shape(model, name, item.get("shape")), where, limits)
     params = item.get("parameters") or {}
     if not isinstance(params, dict):
         raise RequestError(400, f"{where}.parameters must be an object", f"{where}.parameters")
@@ -221,6 +221,16 @@ def _parse_input(item: Any, where: str, model: ServedModel, limits: Mapping[str,
     if "data" in item:
         return name, _json_array(item["data"], dtype, shape, name, where), offset
     raise RequestError(400, f"{name} has neither 'data' nor parameters.binary_data_size", where)
+
+
+def _batch_only_shape(model: ServedModel, name: str, shape: Any) -> Any:
+    """``[B]`` for ``[B, 1]`` when ``name`` is the batch axis alone (``eot``): the model config gives it dims ``[1]``
+    reshaped to none, as Triton needs, so clients written for Triton send it with that trailing 1."""
+    spec = model.tensor(name)
+    if model.batch_axis is not None and spec.shape == (model.batch_axis,) and isinstance(shape, list) \
+            and len(shape) == 2 and shape[1] == 1 and not isinstance(shape[1], bool):
+        return shape[:1]
+    return shape
 
 
 def _check_axes(model: ServedModel, arrays: Mapping[str, np.ndarray]) -> None:
