@@ -26,7 +26,8 @@ QUANTIZED_OPS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "MatMulInte
 
 def graph_facts(path: Path, what: str, source: Path | str) -> dict[str, Any]:
     """What the ONNX file at ``path`` really holds: ``opsets`` (domain → version), ``ops`` (op type counts),
-    ``fp16_tensors``, ``quantized_ops``, ``external`` (external-data locations) and ``metadata``.
+    ``fp16_tensors``, ``quantized_ops``, ``external`` (external-data locations), ``metadata`` and ``io`` (its inputs
+    and outputs as :func:`rap_deploy.export.checks.io_record` lists them).
 
     The graph is parsed without its external data. Raises :class:`CheckFailedError` (exit 1) naming ``source`` and
     ``what`` when the file does not parse as an ONNX model or holds no graph.
@@ -47,9 +48,12 @@ def graph_facts(path: Path, what: str, source: Path | str) -> dict[str, Any]:
     fp16 += sum(1 for n in graph.node if n.op_type == "Constant"
                 for a in n.attribute if a.name == "value" and a.t.data_type == FLOAT16)
     external = sorted({e.value for t in graph.initializer for e in t.external_data if e.key == "location"})
+    from rap_deploy.export.checks import io_record
+
     return {"opsets": {(i.domain or "ai.onnx"): int(i.version) for i in model.opset_import}, "ops": ops,
             "fp16_tensors": fp16, "quantized_ops": sum(c for op, c in ops.items() if op in QUANTIZED_OPS),
-            "external": external, "metadata": {p.key: p.value for p in model.metadata_props}}
+            "external": external, "metadata": {p.key: p.value for p in model.metadata_props},
+            "io": io_record(model)}
 
 
 def check_external_data(folder: Path, facts: Mapping[str, Any], listed: set[str], what: str, source: Path | str
@@ -89,7 +93,8 @@ def metadata_mismatches(meta: Mapping[str, str], claims: Mapping[str, Any]) -> l
 
 
 def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
-    """Check the export manifest's opset and precision claims against every graph file it lists.
+    """Check the export manifest's opset, precision and I/O claims (each graph's ``inputs`` / ``outputs``: the
+    TensorRT profile is made from them) against every graph file it lists.
 
     Raises :class:`CheckFailedError` (exit 1) naming the manifest, the graph and the claim that does not hold.
     """
@@ -118,6 +123,8 @@ def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: P
                 if key in meta and meta[key] != want:
                     problems.append(f"its metadata {key} is {meta[key]!r}, the manifest implies {want!r}")
             problems += metadata_mismatches(meta, {"config": manifest.get("config"), "dims": manifest.get("dims")})
+            problems += [f"its {key} (names, dtypes, shapes) differ from the manifest's '{key}'"
+                         for key in ("inputs", "outputs") if rec.get(key) != facts["io"][key]]
             if precision == "fp32" and facts["fp16_tensors"]:
                 problems.append(f"it holds {facts['fp16_tensors']} float16 tensors but is listed as fp32")
             if precision == "fp16" and not facts["fp16_tensors"]:

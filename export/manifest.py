@@ -105,7 +105,7 @@ def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
     Validates the format tag and version and the shape of the graph sections; every file entry must stay inside the
     folder (:func:`rap_deploy.safe_paths.resolve_entry`: relative, no ``..``, no symlink, a regular file). With
     ``verify_hashes``, every listed graph file (fp32 and fp16, with external data) must exist with the recorded
-    sha256, and the opset / precision claims must match the graphs themselves
+    sha256, and the opset / precision / I/O claims must match the graphs themselves
     (:func:`rap_deploy.export.integrity.check_export_claims`). Adds ``"dir"`` (the folder, absolute).
 
     Raises :class:`UsageError` (exit 2) when the folder is not an export (no or foreign manifest) and

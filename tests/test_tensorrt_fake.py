@@ -288,3 +288,27 @@ def test_batches_below_the_profile_minimum_are_padded(micro_fp16_export, micro_c
     for a, b in zip(outs, ref.encode_video(x.frames, x.frame_mask), strict=True):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
     np.testing.assert_allclose(text, ref.encode_text(x.input_ids[:1], x.eot[:1]), atol=1e-4)
+
+
+def test_export_manifest_io_claims_are_checked_against_the_graphs(micro_fp16_export, tmp_path):
+    """The TensorRT profile is made from the export manifest's per-graph ``inputs``; an edited or damaged entry (no
+    ``inputs``, another shape) passed every manifest check, then the build died with a KeyError traceback or built a
+    profile the graph does not have. The entries are now read back against the graphs (exit 1, re-export)."""
+    import shutil
+
+    from rap_deploy.engines.build import build_engine
+    from rap_deploy.export import read_export_manifest
+
+    export = tmp_path / "export"
+    shutil.copytree(micro_fp16_export, export)
+    path = export / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["graphs"]["text_encoder"]["inputs"]
+    path.write_text(json.dumps(manifest))
+    with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match="text_encoder.*inputs"):
+        build_engine(export, backend="tensorrt", out=tmp_path / "e", workspace=tmp_path / "ws", progress=False)
+    original = json.loads((micro_fp16_export / "manifest.json").read_text())
+    original["fp16_graphs"]["asa_head"]["outputs"][0]["shape"] = ["queries", 1]
+    path.write_text(json.dumps(original))
+    with pytest.raises(CheckFailedError, match="asa_head.*outputs"):
+        read_export_manifest(export)
