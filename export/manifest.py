@@ -189,7 +189,8 @@ def _records(manifest: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 def _check_types(path: Path, manifest: dict[str, Any]) -> None:
     """The keys later stages read as numbers and objects are numbers and objects: ``config`` and ``checkpoint``
-    objects, ``dims`` positive integers (``grid`` two of them). Raises :class:`CheckFailedError` naming the key."""
+    objects, ``dims`` positive integers (``grid`` two of them; ``asa_token_width`` 0 without an ASA head). Raises
+    :class:`CheckFailedError` naming the key."""
     from rap_deploy.bounds import MAX_VIDEOS
 
     def damaged(what: str) -> CheckFailedError:
@@ -204,8 +205,9 @@ def _check_types(path: Path, manifest: dict[str, Any]) -> None:
         raise damaged("'dims' is not an object")
     for key, value in dims.items():
         values = value if key == "grid" and isinstance(value, list) and len(value) == 2 else [value]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_VIDEOS for v in values):
-            raise damaged(f"dims.{key} {value!r} is not a positive integer")
+        low = 0 if key == "asa_token_width" else 1  # 0: no ASA head (rap_light, --no-asa)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_VIDEOS for v in values):
+            raise damaged(f"dims.{key} {value!r} is not a {'non-negative' if low == 0 else 'positive'} integer")
 
 
 def _check_sections(path: Path, manifest: dict[str, Any]) -> None:

@@ -289,6 +289,10 @@ def test_rap_light_exports_two_graphs(light_checkpoint, tmp_path):
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"] and set(parity["graphs"]) == {"video_encoder", "text_encoder"}
     assert "meanP" in parity["pipeline"]["what"]
+    # Its manifest records asa_token_width 0 (no ASA head); every later stage refused it as "edited" (exit 1).
+    assert manifest["dims"]["asa_token_width"] == 0
+    result = _cli("build-engine", out, "--out", tmp_path / "engine", "--no-validate", "--quiet")
+    assert result.exit_code == 0, result.output
 
 
 def test_forced_parity_failure_exits_1(light_checkpoint, tmp_path, monkeypatch):
