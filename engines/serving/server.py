@@ -25,6 +25,8 @@ from typing import Any
 
 from rap_deploy.errors import BackendUnavailableError, UsageError
 
+SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, how long running requests may still take
+
 
 def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None,
                        threads: int | None = None) -> tuple[Any, Any]:
@@ -144,9 +146,12 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
           host: str = "127.0.0.1", port: int = 8080, options: Any = None,
           workspace: str | os.PathLike[str] | None = None, threads: int | None = None,
           url_file: str | os.PathLike[str] | None = None, log_level: str = "warning",
-          echo: Callable[[str], None] | None = None, default_library: bool = True) -> None:
+          echo: Callable[[str], None] | None = None, default_library: bool = True,
+          shutdown_timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
     """Serve until interrupted (see the module docstring). ``url_file`` receives the server's URL once it accepts
-    requests. Raises :class:`UsageError` / :class:`BackendUnavailableError` for what cannot be loaded or bound."""
+    requests; on SIGINT/SIGTERM requests still running after ``shutdown_timeout`` seconds are cancelled (a client
+    that stalls mid-request cannot keep the server alive). Raises :class:`UsageError` /
+    :class:`BackendUnavailableError` for what cannot be loaded or bound."""
     import uvicorn
 
     from rap_deploy.engines.serving.app import create_app
@@ -166,7 +171,8 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
         say("rapdeploy serve stopped")
 
     server = uvicorn.Server(uvicorn.Config(create_app(service, on_shutdown=shut_down), log_level=log_level,
-                                           access_log=False, timeout_keep_alive=30))
+                                           access_log=False, timeout_keep_alive=30,
+                                           timeout_graceful_shutdown=shutdown_timeout))
     watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say), daemon=True)
     watcher.start()
     try:

@@ -34,6 +34,8 @@ def serve_cmd(
     threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
     url_file: Path | None = typer.Option(None, "--url-file", help="Write the server's URL here once it accepts "
                                          "requests."),
+    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="On Ctrl-C or SIGTERM, seconds that "
+                                           "running requests may still take before they are cancelled."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical, error, warning, info "
                                   "(every request), debug or trace."),
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
@@ -55,12 +57,15 @@ def serve_cmd(
         bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
     if not math.isfinite(max_body_mb):
         raise UsageError(f"--max-body-mb must be a number of MiB, got {max_body_mb}")
+    if not 0 < shutdown_timeout <= 3600:  # NaN fails too
+        raise UsageError(f"--shutdown-timeout must be in (0, 3600] seconds, got {shutdown_timeout}")
     if log_level.lower() not in LOG_LEVELS:
         raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                            max_infer_body=int(max_body_mb * MiB))
     serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
-          url_file=url_file, log_level=log_level.lower(), default_library=not no_library)
+          url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
+          shutdown_timeout=shutdown_timeout)
 
 
 @command("triton-repo")
