@@ -481,3 +481,14 @@ def test_a_batch_only_input_takes_tritons_shape_too(models):
         with pytest.raises(RequestError) as err:
             parse_infer_request(json.dumps(doc).encode(), None, model, {"tokens": 32})
         assert err.value.status == 400 and err.value.field == "inputs[1].shape"
+
+
+def test_the_page_check_names_a_chromium_it_cannot_start_in_one_line(capsys, tmp_path):
+    from rap_deploy.engines.serving.page_check import main
+
+    not_executable = tmp_path / "chromium"
+    not_executable.write_text("")
+    for binary in (tmp_path / "missing", not_executable):
+        assert main(["--url", "http://127.0.0.1:1", "--chromium", str(binary), "--out", str(tmp_path / "p.png")]) == 2
+        err = capsys.readouterr().err
+        assert str(binary) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -83,8 +83,12 @@ class DevTools:
 
 def start_chromium(binary: str, profile: Path, width: int, height: int) -> tuple[subprocess.Popen, int]:
     """Start headless Chromium with a fresh ``profile``; returns the process and its DevTools port."""
-    proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                                 f"--window-size={width},{height}", "about:blank"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    except OSError as exc:  # missing, not executable, not a program
+        raise PageCheckError(f"cannot start {binary} ({exc.strerror or exc})") from None
     port_file = profile / "DevToolsActivePort"
     deadline = time.monotonic() + 60
     while not (port_file.is_file() and port_file.read_text().strip()):
