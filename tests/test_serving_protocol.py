@@ -492,3 +492,11 @@ def test_the_page_check_names_a_chromium_it_cannot_start_in_one_line(capsys, tmp
         assert main(["--url", "http://127.0.0.1:1", "--chromium", str(binary), "--out", str(tmp_path / "p.png")]) == 2
         err = capsys.readouterr().err
         assert str(binary) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_config_json_always_has_max_batch_size(models):
+    """Triton's config JSON always holds max_batch_size (0 included), and clients index it; protobuf's JSON printer
+    leaves a zero out, so the ASA head's config had none."""
+    cfg = config_to_json(triton_model_config(models["asa_head"], "x", {}))
+    assert cfg["max_batch_size"] == 0
+    assert config_to_json(triton_model_config(models["text_encoder"], "x", {}))["max_batch_size"] == 128

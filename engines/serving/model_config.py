@@ -63,11 +63,12 @@ def triton_model_config(model: ServedModel, platform: str, parameters: Mapping[s
 
 
 def config_to_json(cfg: Any) -> dict[str, Any]:
-    """``cfg`` as Triton answers ``GET /v2/models/{name}/config``: protobuf JSON with field names kept and int64
-    values as numbers."""
+    """``cfg`` as Triton answers ``GET /v2/models/{name}/config``: protobuf JSON with field names kept, int64
+    values as numbers and ``max_batch_size`` even when 0."""
     from google.protobuf import json_format
 
     out = json_format.MessageToDict(cfg, preserving_proto_field_name=True)
+    out["max_batch_size"] = int(cfg.max_batch_size)  # Triton always answers it; protobuf's printer drops a 0
     for section in ("input", "output"):
         for t in out.get(section, []):
             t["dims"] = [int(d) for d in t.get("dims", [])]
