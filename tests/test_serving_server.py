@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from rap_deploy.cli import app
 from rap_deploy.engines.loader import load_engine
+from rap_deploy.engines.serving.app import create_app
 from rap_deploy.engines.serving.loadtest import SpawnedServer
 from rap_deploy.errors import BackendUnavailableError, UsageError
 from rap_deploy.graphs import rerank_tensors, video_outputs
@@ -309,3 +310,61 @@ def test_sigterm_stops_the_server_while_a_client_stalls_mid_request(micro_ort_en
     finally:
         stalled.close()
     assert code == 0 and "rapdeploy serve stopped" in s.output, (code, s.output[-2000:])
+
+
+def test_large_inference_bodies_are_held_a_few_at_a_time(micro_ort_engines, monkeypatch):
+    """Each large inference request read its whole body (up to --max-body-mb) and then waited for the engine, so
+    concurrent clients could make the server hold any number of bodies at once; now at most max_infer_inflight
+    large requests are read and run at a time, the others wait unread, and every one is answered."""
+    import threading
+    import time
+
+    import rap_deploy.engines.serving.app as app_module
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread, warm_up
+    from rap_deploy.engines.serving.service import ServeOptions, ServingService
+
+    path = micro_ort_engines["fp32"]
+    engine = SerialEngine(load_engine(path, threads=1))
+    service = ServingService(engine, read_source(path), None, ServeOptions(max_infer_inflight=2))
+    warm_up(service)
+    gate, entered, bodies = threading.Event(), [], []
+    encode, model, read = engine.inner.encode_video, service.model, app_module.read_body
+    monkeypatch.setattr(engine.inner, "encode_video", lambda *a: (gate.wait(60), encode(*a))[1])
+    monkeypatch.setattr(service, "model", lambda name: (entered.append(name), model(name))[1])
+
+    async def counting_read(request, limit):
+        bodies.append(request.url.path)
+        return await read(request, limit)
+
+    monkeypatch.setattr(app_module, "read_body", counting_read)
+    frames = np.zeros((2, 4, 3, 32, 32), np.float32)  # 96 KiB: a large body
+    head = json.dumps({"inputs": [{"name": "frames", "datatype": "FP32", "shape": list(frames.shape),
+                                   "parameters": {"binary_data_size": frames.nbytes}},
+                                  {"name": "frame_mask", "datatype": "FP32", "shape": [2, 4],
+                                   "parameters": {"binary_data_size": 32}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    body = head + frames.tobytes() + np.ones((2, 4), np.float32).tobytes()
+    statuses: list[int] = []
+    try:
+        with ServerThread(create_app(service)) as server:
+            def one() -> None:
+                statuses.append(_request(server.url, "POST", "/v2/models/video_encoder/infer", body,
+                                         {"Inference-Header-Content-Length": str(len(head))})[0])
+
+            threads = [threading.Thread(target=one) for _ in range(6)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 60
+            while len(entered) < 6 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            held = len(bodies)
+            gate.set()
+            for t in threads:
+                t.join(60)
+    finally:
+        gate.set()
+        service.close()
+    assert len(entered) == 6 and held == 2, (len(entered), held)
+    assert statuses == [200] * 6

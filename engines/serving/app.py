@@ -90,6 +90,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def large_body(request: Request) -> bool:
+    """Whether a request's body may be large once read: declared over :data:`INLINE_BYTES`, of undeclared length
+    (chunked) or compressed (it inflates up to the body limit)."""
+    declared = request.headers.get("content-length")
+    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+    return declared is None or not declared.isdigit() or int(declared) > INLINE_BYTES or encoding != "identity"
+
+
 class CountRequests:
     """ASGI middleware counting responses by route and status in the service's statistics."""
 
@@ -259,8 +267,16 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
     async def model_config(name: str, version: str | None = None) -> Response:
         return _json(service.model_config(model_of(name, version)))
 
+    # Bodies of up to --max-body-mb wait for the one engine: a few at a time are read and held, the others wait
+    # unread (TCP pushes back on their clients), so concurrent clients cannot make the server hold any number.
+    slots = asyncio.Semaphore(service.options.max_infer_inflight)
+
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         model = model_of(name, version)
+        async with slots if large_body(request) else contextlib.nullcontext():
+            return await run_infer(request, model)
+
+    async def run_infer(request: Request, model: Any) -> Response:
         limit = service.options.max_infer_body
         raw, encoding = await read_body(request, limit), request.headers.get("content-encoding")
         # inflating up to the body limit takes a while: off the event loop, so /healthz and searches keep answering
