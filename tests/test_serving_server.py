@@ -368,3 +368,20 @@ def test_large_inference_bodies_are_held_a_few_at_a_time(micro_ort_engines, monk
         service.close()
     assert len(entered) == 6 and held == 2, (len(entered), held)
     assert statuses == [200] * 6
+
+
+def test_a_url_file_that_cannot_be_written_is_a_one_line_error(micro_ort_engines, tmp_path):
+    """--url-file under a path that is a file: the URL cannot be announced, so serve stops with exit 2 and one line
+    naming it, instead of a thread's traceback and a server nobody can find running on."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cmd = [sys.executable, "-m", "rap_deploy.cli", "serve", "--engine", str(micro_ort_engines["fp32"]), "--threads",
+           "1", "--no-library", "--port", "0", "--url-file", str(blocker / "url")]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"serve kept running: {exc.stderr!r}")
+    assert res.returncode == 2 and "--url-file" in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -173,13 +173,16 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
     server = uvicorn.Server(uvicorn.Config(create_app(service, on_shutdown=shut_down), log_level=log_level,
                                            access_log=False, timeout_keep_alive=30,
                                            timeout_graceful_shutdown=shutdown_timeout))
-    watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say), daemon=True)
+    failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
+    watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say, failed), daemon=True)
     watcher.start()
     try:
         _run_until_stopped(server, sock)
     finally:
         service.close()  # no-op after a graceful stop; releases the engine when uvicorn failed
         sock.close()
+    if failed:
+        raise UsageError(failed[0])
 
 
 def _run_until_stopped(server: Any, sock: socket.socket) -> None:
@@ -196,7 +199,9 @@ def _run_until_stopped(server: Any, sock: socket.socket) -> None:
 
 
 def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, service: Any,
-              say: Callable[[str], None]) -> None:
+              say: Callable[[str], None], failed: list[str]) -> None:
+    """Once uvicorn accepts requests, write ``url_file`` and print the banner; when ``url_file`` cannot be
+    written, append why to ``failed`` and stop the server (nobody could find it)."""
     while not server.started and not server.should_exit:
         time.sleep(0.05)
     if not server.started:
@@ -204,7 +209,12 @@ def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, se
     if url_file is not None:
         from rap_deploy.atomic import write_text_atomic
 
-        write_text_atomic(url_file, url + "\n")
+        try:
+            write_text_atomic(url_file, url + "\n")
+        except OSError as exc:
+            failed.append(f"cannot write --url-file {url_file} ({exc.strerror or exc}); the server stopped")
+            server.should_exit = True
+            return
     lib = "no library" if service.library is None else f"library of {len(service.library)} videos"
     say(f"rapdeploy serve: {url} ({service.info.get('backend')} {service.info.get('precision')} on "
         f"{service.info.get('device')}, {lib}; text batch <= {service.batcher.max_batch}, delay "
