@@ -42,17 +42,19 @@ class ParityInputs:
                 "valid_frames": self.frame_mask.sum(1).astype(int).tolist(), "skipped": self.skipped}
 
 
-def _decode_pool(entries: list[tuple[str, Path]], config: RAPConfig, want: int
+def _decode_pool(entries: list[tuple[str, Path, float | None, float | None]], config: RAPConfig, want: int
                  ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[dict[str, str]]]:
+    """Decode ``(video id, path, start, end)`` entries (the split's clip window, as training and verify decode it)
+    until ``want`` decoded; returns the ids, normalised frames, masks and the skipped videos with their reasons."""
     from rap_deploy.data.video import VideoDecodeError, decode_video
     from rap_deploy.preprocess import normalize
 
     ids, frames, masks, skipped = [], [], [], []
-    for vid, path in entries:
+    for vid, path, start, end in entries:
         if len(ids) == want:
             break
         try:
-            video = decode_video(path, config.sampling, config.preprocess)
+            video = decode_video(path, config.sampling, config.preprocess, start, end)
         except VideoDecodeError as exc:
             skipped.append({"video_id": vid, "reason": exc.reason})
             continue
@@ -76,7 +78,7 @@ def dataset_inputs(config: RAPConfig, data_root: Path, dataset: str = "msrvtt", 
     from rap_deploy.data.datasets import load_split
 
     split = load_split(dataset, data_root, "test", max_frames=config.frames)
-    entries = [(v.video_id, v.path) for v in split.videos]
+    entries = [(v.video_id, v.path, v.start, v.end) for v in split.videos]  # DiDeMo: the first 31 s
     ids, frames, masks, skipped = _decode_pool(entries, config, count)
     if len(ids) < 3:
         raise UsageError(f"only {len(ids)} test videos of {dataset} under {data_root} could be decoded (need 3 for "
@@ -120,7 +122,7 @@ def synthetic_inputs(config: RAPConfig, count: int = 6, seed: int = SYNTH_SEED) 
                 if src:
                     order.append(src.pop(0))
         caption_of = {vid: cap for vid, _, cap in order}
-        ids, frames, masks, skipped = _decode_pool([(v, p) for v, p, _ in order], config, count)
+        ids, frames, masks, skipped = _decode_pool([(v, p, None, None) for v, p, _ in order], config, count)
     if len(ids) < 3:
         raise UsageError(f"could not decode the synthetic parity videos ({skipped[:3]}); check decord/PyAV")
     captions = [caption_of[v] for v in ids]

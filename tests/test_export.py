@@ -479,3 +479,31 @@ def test_text_engines_trim_dynamic_graphs_and_pad_static_ones(exported, tmp_path
     np.testing.assert_allclose(static_engine.encode_text(ids[:, :int(eot.max()) + 1], eot), full, atol=1e-6)
     with pytest.raises(Exception, match="eot positions"):
         dynamic_engine.encode_text(ids[:, :3], eot)
+
+
+def test_parity_inputs_decode_the_splits_clip_window(tmp_path, monkeypatch):
+    """DiDeMo and ActivityNet entries carry a clip window (DiDeMo: the first 31 s, as CLIP4Clip); training and verify
+    decode only that window, the export's parity inputs decoded the whole file (other frames than the pipeline's)."""
+    import dataclasses
+
+    from conftest import micro_config
+
+    from rap_deploy.data import datasets
+    from rap_deploy.data.synth_dataset import generate_synthetic_dataset
+    from rap_deploy.data.video import decode_video
+    from rap_deploy.export.inputs import parity_inputs
+
+    generate_synthetic_dataset(tmp_path, videos=6, test_videos=3, seed=5, size=64, seconds=8, progress=False)
+    real = datasets.load_split
+
+    def windowed(*args, **kwargs):
+        split = real(*args, **kwargs)
+        split.videos[:] = [dataclasses.replace(v, end=2.0) for v in split.videos]
+        return split
+
+    monkeypatch.setattr(datasets, "load_split", windowed)
+    config = micro_config()
+    inputs = parity_inputs(config, data_root=tmp_path, count=3)
+    split = windowed("msrvtt", tmp_path, "test", max_frames=config.frames)
+    want = [decode_video(v.path, config.sampling, config.preprocess, v.start, v.end).mask for v in split.videos]
+    assert inputs.frame_mask.tolist() == [m.astype(np.float32).tolist() for m in want]
