@@ -319,3 +319,20 @@ def test_a_server_fault_is_a_500_without_traceback_and_counted(served, monkeypat
     assert "Traceback" not in doc["error"] and "disk on fire" not in doc["error"]
     assert service.stats()["requests"].get("/library 500", 0) == before + 1
     assert _request(url, "GET", "/readyz")[0] == 200
+
+
+def test_load_test_out_that_cannot_be_written_is_refused_before_the_run(served, tmp_path, capsys):
+    """--out under a path that is a file: exit 2 with one line before any load is sent, not a traceback after the
+    whole run (its report lost)."""
+    from rap_deploy.engines.serving.loadtest import main
+
+    url, service, _, _ = served
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    before = service.batcher.stats.requests
+    for out in (blocker / "load.json", tmp_path):
+        assert main(["--url", url, "--target", "text", "--clients", "1", "--seconds", "0.2", "--warmup-seconds", "0",
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and "Traceback" not in err
+    assert service.batcher.stats.requests == before  # refused before the run

@@ -288,15 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the report as JSON")
     a = p.parse_args(argv)
     try:
+        _check_out(a.out)
         report = _run(a)
+        print(markdown(report))
+        if a.out is not None:
+            from rap_deploy.atomic import write_json_atomic
+
+            try:
+                write_json_atomic(a.out, report)
+            except OSError as exc:
+                raise LoadTestError(f"cannot write --out {a.out} ({exc.strerror or exc})") from None
     except LoadTestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(markdown(report))
-    if a.out is not None:
-        from rap_deploy.atomic import write_json_atomic
-
-        write_json_atomic(a.out, report)
     failed = sum(sum(r["errors"].values()) for r in report["runs"])
     low = [t for t, r in report.get("ratios", {}).items()
            if a.require_ratio is not None and (r["text_rows_per_s_ratio"] or 0) < a.require_ratio]
@@ -305,6 +309,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _check_out(out: Path | None) -> None:
+    """Refuse an ``--out`` that cannot become a file (a folder, or under a file) before any load is sent."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise LoadTestError(f"--out {out} is a folder; name the report file")
+    parent = next((q for q in out.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise LoadTestError(f"--out {out}: {parent} is a file, not a folder")
 
 
 def _run(a: argparse.Namespace) -> dict[str, Any]:
