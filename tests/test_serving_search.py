@@ -128,6 +128,8 @@ def test_concurrent_searches_get_their_own_results(served):
     (json.dumps({"query": "red", "top_k": True}).encode(), 422, "top_k"),
     (json.dumps({"query": "red", "top_m": -1}).encode(), 422, "top_m"),
     (json.dumps({"query": "red", "topk": 3}).encode(), 422, "topk"),
+    (json.dumps({"query": "a red\u0000circle"}).encode(), 422, "query"),  # what `rapdeploy search` refuses too
+    (json.dumps({"query": "?! ..."}).encode(), 422, "query"),
 ])
 def test_bad_searches_get_4xx_and_the_server_keeps_serving(served, body, status, field):
     url, _, _, _ = served

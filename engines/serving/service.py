@@ -202,6 +202,12 @@ class ServingService:
             raise RequestError(422, "query must not be empty", "query")
         if len(query) > o.max_query_chars:
             raise RequestError(422, f"query is {len(query)} characters; the limit is {o.max_query_chars}", "query")
+        from rap_deploy.library.queries import check_queries
+
+        try:  # the rules of `rapdeploy search`: no control characters, some letter, digit or symbol, some token
+            query = check_queries([query], self.config.tokenizer)[0][0]
+        except UsageError as exc:
+            raise RequestError(422, str(exc).replace("query 1 ", "query ", 1), "query") from None
 
         def bounded(key: str, default: int, top: int) -> int:
             value = doc.get(key, default)
