@@ -334,9 +334,9 @@ def test_large_inference_bodies_are_held_a_few_at_a_time(micro_ort_engines, monk
     monkeypatch.setattr(engine.inner, "encode_video", lambda *a: (gate.wait(60), encode(*a))[1])
     monkeypatch.setattr(service, "model", lambda name: (entered.append(name), model(name))[1])
 
-    async def counting_read(request, limit):
+    async def counting_read(request, *args):
         bodies.append(request.url.path)
-        return await read(request, limit)
+        return await read(request, *args)
 
     monkeypatch.setattr(app_module, "read_body", counting_read)
     frames = np.zeros((2, 4, 3, 32, 32), np.float32)  # 96 KiB: a large body
@@ -385,3 +385,41 @@ def test_a_url_file_that_cannot_be_written_is_a_one_line_error(micro_ort_engines
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"serve kept running: {exc.stderr!r}")
     assert res.returncode == 2 and "--url-file" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_stalled_body_cannot_hold_a_slot_for_ever(micro_ort_engines):
+    """Large inference requests take one of max_infer_inflight slots while their body is read: a client that sends
+    the head of one and then nothing gets 408 once no byte came for body_idle_timeout_s, and frees its slot for
+    the others (else a few stalled clients would block every large request)."""
+    import socket
+
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread, warm_up
+    from rap_deploy.engines.serving.service import ServeOptions, ServingService
+
+    path = micro_ort_engines["fp32"]
+    service = ServingService(SerialEngine(load_engine(path, threads=1)), read_source(path), None,
+                             ServeOptions(max_infer_inflight=1, body_idle_timeout_s=0.5))
+    warm_up(service)
+    frames = np.zeros((2, 4, 3, 32, 32), np.float32)  # 96 KiB: a large body
+    head = json.dumps({"inputs": [{"name": "frames", "datatype": "FP32", "shape": list(frames.shape),
+                                   "parameters": {"binary_data_size": frames.nbytes}},
+                                  {"name": "frame_mask", "datatype": "FP32", "shape": [2, 4],
+                                   "parameters": {"binary_data_size": 32}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    body = head + frames.tobytes() + np.ones((2, 4), np.float32).tobytes()
+    try:
+        with ServerThread(create_app(service)) as server:
+            u = urllib.parse.urlsplit(server.url)
+            with socket.create_connection((u.hostname, u.port), timeout=120) as stalled:
+                stalled.sendall(b"POST /v2/models/video_encoder/infer HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body[:100])
+                assert _request(server.url, "GET", "/healthz")[0] == 200  # its head has been read
+                status = _request(server.url, "POST", "/v2/models/video_encoder/infer", body,
+                                  {"Inference-Header-Content-Length": str(len(head))})[0]
+                answer = stalled.recv(4096)
+    finally:
+        service.close()
+    assert status == 200
+    assert answer.startswith(b"HTTP/1.1 408") and b'"field":"body"' in answer, answer[:300]

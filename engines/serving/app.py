@@ -68,9 +68,10 @@ def _error(status: int, message: str, field: str | None) -> Response:
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, idle_timeout: float | None = None) -> bytes:
     """The request body, at most ``limit`` bytes: a larger ``Content-Length`` is refused before reading, a larger
-    streamed body as soon as it passes the limit. Raises :class:`RequestError` 413 / 400."""
+    streamed body as soon as it passes the limit, one that sends nothing for ``idle_timeout`` seconds as stalled.
+    Raises :class:`RequestError` 413 / 400 / 408."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -81,7 +82,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RequestError(413, f"request body of {size} bytes exceeds the limit of {limit} bytes for "
                                f"{request.url.path}", "body")
     chunks, total = [], 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"the request body stalled: no byte for {idle_timeout:g} s after {total} bytes",
+                               "body") from None
         total += len(chunk)
         if total > limit:
             raise RequestError(413, f"request body exceeds the limit of {limit} bytes for {request.url.path}",
@@ -278,7 +287,8 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
 
     async def run_infer(request: Request, model: Any) -> Response:
         limit = service.options.max_infer_body
-        raw, encoding = await read_body(request, limit), request.headers.get("content-encoding")
+        raw = await read_body(request, limit, service.options.body_idle_timeout_s)
+        encoding = request.headers.get("content-encoding")
         # inflating up to the body limit takes a while: off the event loop, so /healthz and searches keep answering
         body = await run_in_threadpool(decode_body, raw, encoding, limit) if encoding else \
             decode_body(raw, encoding, limit)

@@ -69,6 +69,7 @@ class ServeOptions:
     max_thumbnail_frames: int = 8
     max_infer_json: int = 32 * MiB  # an inference body without binary tensors: parsed into ~10x its size
     max_infer_inflight: int = 4  # large inference requests read and run at once; more wait unread
+    body_idle_timeout_s: float = 30.0  # an inference body that sends nothing this long is stalled (408)
 
     def __post_init__(self) -> None:
         """Raise :class:`UsageError` for a value out of range, named as its ``rapdeploy serve`` option."""
@@ -79,6 +80,7 @@ class ServeOptions:
                   ("--max-queue-delay-ms", self.max_queue_delay_ms, 0, MAX_DELAY_S * 1000),
                   ("--max-queue", self.max_queue, 1, 1 << 20),
                   ("max_infer_inflight", self.max_infer_inflight, 1, 1 << 10),
+                  ("body_idle_timeout_s", self.body_idle_timeout_s, 1e-3, 3600),
                   ("--max-body-mb", self.max_infer_body / MiB, 1 / MiB, MAX_BODY_MB))
         for option, value, low, high in checks:
             if not low <= value <= high:  # NaN fails too
