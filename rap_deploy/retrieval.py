@@ -237,7 +237,8 @@ def meanp_similarity(text_emb: np.ndarray, index: VideoIndex) -> np.ndarray:
     return (text_emb.astype(np.float32) @ index.video_emb.astype(np.float32).T).astype(np.float32)
 
 
-# Re-ranked candidates are lifted above every stage-1 score: cosines lie in [-1, 1].
+# Re-ranked candidates are lifted above every stage-1 score: cosines lie in [-1, 1]. The lifted scores are float64:
+# in float32, 3 + s has a step of 2.4e-7, four times that of s near 0.3, so distinct ASA scores would tie there.
 _RERANK_OFFSET = 3.0
 
 
@@ -271,7 +272,8 @@ def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoInd
                          progress: bool = True) -> np.ndarray:
     """Two-stage search scores ``[Q, V]``: stage 1 ranks by meanP inner product, stage 2 re-ranks the top ``top_m``
     with the ASA head. Candidates carry ``3 + ASA score`` (so they rank above all others, in ASA order); the rest keep
-    their stage-1 score."""
+    their stage-1 score. float64 (float32 for a model without ASA head: stage 1 alone), so the offset never merges
+    two distinct ASA scores into a tie."""
     from rap_deploy.data.progress import progress_bar
 
     stage1 = meanp_similarity(text_emb, index)
@@ -279,12 +281,12 @@ def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoInd
         return stage1
     m = min(top_m, stage1.shape[1])
     cands = np.argpartition(-stage1, m - 1, axis=1)[:, :m]
-    out = stage1.copy()
+    out = stage1.astype(np.float64)
     rerank = candidate_reranker(encoder, index)
     with progress_bar(len(text_emb), "two-stage re-rank", progress) as advance:
         for q in range(len(text_emb)):
             c = np.sort(cands[q])
-            out[q, c] = _RERANK_OFFSET + rerank(text_emb[q:q + 1], c)[0]
+            out[q, c] = _RERANK_OFFSET + np.asarray(rerank(text_emb[q:q + 1], c)[0], dtype=np.float64)
             advance(1)
     return out
 

@@ -81,3 +81,37 @@ def test_the_video_block_changes_the_call_size_not_the_scores(micro_checkpoint):
         with pytest.raises(UsageError, match=f"{name} must be a positive int, got 0"):
             TorchEngine(micro_checkpoint, **{name: 0})
 
+
+
+class _FixedScores:
+    """An ASA encoder whose score of video ``v`` is ``scores[v]`` for every text (the video's id rides in its
+    ``frame_emb``), to pin down how two-stage search turns given ASA scores into ranks."""
+
+    def __init__(self, scores: np.ndarray) -> None:
+        from types import SimpleNamespace
+
+        self.scores, self.config, self.has_asa = scores, SimpleNamespace(has_asa=True), True
+
+    def asa_similarity(self, text_emb, frame_emb, *rest):
+        return np.tile(self.scores[frame_emb[:, 0, 0].astype(np.int64)], (len(text_emb), 1))
+
+
+def test_two_stage_keeps_distinct_asa_scores_distinct():
+    """Two candidates whose ASA scores differ by one float32 step near 0.3 are not tied by the re-rank: the two-stage
+    matrix ranks the ground truth where the full ASA similarity does (second, untied), not first by a tie."""
+    from rap_deploy.metrics import retrieval_metrics
+    from rap_deploy.retrieval import VideoIndex
+
+    gt = np.float32(0.3)
+    scores = np.array([gt, np.nextafter(gt, np.float32(1)), 0.1], dtype=np.float32)  # video 1 just above the truth
+    frame_emb = np.zeros((3, 2, 4), dtype=np.float32)
+    frame_emb[:, 0, 0] = np.arange(3)
+    video_emb = np.eye(3, 4, dtype=np.float32)
+    index = VideoIndex(["a", "b", "c"], video_emb, frame_emb, np.zeros((3, 2, 1, 4), np.float16),
+                       np.zeros((3, 2, 1, 6), np.float32))
+    text_emb = np.array([[1.0, 0.5, 0.2, 0.0]], dtype=np.float32)
+    two_stage = two_stage_similarity(_FixedScores(scores), text_emb, index, top_m=3, progress=False)
+    full = retrieval_metrics(scores[None, :], [0])["t2v"]
+    staged = retrieval_metrics(two_stage, [0])["t2v"]
+    assert (full["R1"], full["ties"]) == (0.0, 0)
+    assert (staged["R1"], staged["ties"], staged["MnR"]) == (0.0, 0, 2.0)
