@@ -206,6 +206,13 @@ def test_a_library_updated_under_a_running_server_is_503_not_wrong_scores(served
             assert status == 503 and "restart the server" in body["error"], body
             status, _, ready = _request(server.url, "GET", "/readyz")
             assert status == 503 and "replaced since this process opened" in json.loads(ready)["library_changed"]
+            # the graphs do not read the library: the Open Inference Protocol side stays ready, so verify and bench
+            # (load_engine("http://…")) and Triton-style readiness probes keep working
+            assert _request(server.url, "GET", "/v2/health/ready")[0] == 200
+            assert _request(server.url, "GET", "/v2/models/text_encoder/ready")[0] == 200
+            from rap_deploy.engines.loader import load_engine as load
+
+            load(server.url).close()
     finally:
         service.close()
 

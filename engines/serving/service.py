@@ -273,6 +273,11 @@ class ServingService:
         with self._lock:
             self._counts[key] += 1
 
+    def models_ready(self) -> bool:
+        """Whether the three graphs can be served (the Open Inference Protocol's readiness): the batcher runs; the
+        library, which the graphs never read, does not count."""
+        return self.batcher.alive
+
     def ready(self) -> bool:
         """Whether the batcher runs (the engine and library were loaded before the service existed) and the library
         is still the one opened (``rapdeploy index`` has not replaced its files since)."""
