@@ -86,6 +86,22 @@ def test_padded_frames_are_masked(micro_model):
         assert (v_masked[0] - F.normalize(per_frame.mean(0), dim=-1)).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("variant", ["rap", "rap_light"])
+def test_an_all_padded_video_scores_zero_in_half_precision(variant):
+    """A video without a real frame has a zero embedding in fp32; in fp16 (the PyTorch fp16 engine) F.normalize's
+    eps rounds to 0 and 0/0 made its video_emb and its ASA scores NaN. Both precisions give zeros."""
+    _, model = new_checkpoint(micro_config(variant=variant), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    for dtype in (torch.float32, torch.float16):
+        half = model.to(dtype).eval()
+        with torch.no_grad():
+            out = half.encode_video(_frames(b=2).to(dtype), mask.to(dtype))
+            sim = half.asa_similarity(_text(half), *out[1:])
+        assert all(bool(torch.isfinite(o).all()) for o in out), dtype
+        assert out[0][1].abs().max() == 0 and out[0][0].norm() > 0.99, dtype
+        assert bool(torch.isfinite(sim).all()) and sim[:, 1].abs().max() == 0, dtype
+
+
 def test_backbone_frozen_and_adapters_receive_gradients(micro_model):
     model = micro_model.train()
     assert not model.clip.training

@@ -138,6 +138,17 @@ def in_score_precision(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.float() for t in tensors)
 
 
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``F.normalize(x, dim=-1)`` computed in float32 when ``x`` is in a half precision, returned in ``x``'s dtype
+    (an fp32 ``x`` gives the same graph as ``F.normalize``).
+
+    A zero vector (a video without a real frame) stays zero: in fp16 ``F.normalize``'s eps of 1e-12 rounds to 0, so
+    it divided 0 by 0 and returned NaN."""
+    if x.dtype == torch.float32:
+        return F.normalize(x, dim=-1)
+    return F.normalize(x.float(), dim=-1).to(x.dtype)
+
+
 def last_valid_frame(frame_mask: torch.Tensor) -> torch.Tensor:
     """Each video's last valid frame index, int64 ``[V]``, from ``frame_mask [V,T]`` (1 = real frame).
 
@@ -289,7 +300,7 @@ class AsynchronousSelfAttention(nn.Module):
         out = out.transpose(2, 3).reshape(qn, v, t, k, h * dh).mean(dim=3)  # mean over a frame's tokens
         pooled = (out * valid.view(1, v, t, 1)).sum(2) / n_valid.view(1, v, 1)  # [Q',V,d_a]
         mean_frames = frame_emb.sum(1) / n_valid.view(v, 1)  # [V, d]
-        return F.normalize(mean_frames.unsqueeze(0) + self.out_proj(pooled), dim=-1)
+        return l2_normalize(mean_frames.unsqueeze(0) + self.out_proj(pooled))
 
     def forward(self, text_emb: torch.Tensor, frame_emb: torch.Tensor, patch_tokens: torch.Tensor,
                 asa_tokens: torch.Tensor, video_rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import UsageError
 from rap_deploy.graphs import INDEX_DTYPES
-from rap_deploy.model.asa import AsynchronousSelfAttention, in_score_precision, valid_frames
+from rap_deploy.model.asa import AsynchronousSelfAttention, in_score_precision, l2_normalize, valid_frames
 from rap_deploy.model.clip_loader import freeze
 from rap_deploy.model.lorm import LowRankModulation
 from rap_deploy.model.text_tower import text_tower
@@ -126,7 +126,7 @@ class RAPModel(nn.Module):
             else frame_mask.to(tokens.dtype)
         frame_emb = tokens[:, :, 0] * mask.unsqueeze(-1)
         patch_tokens = tokens[:, :, 1:] * mask.view(b, t, 1, 1)
-        video_emb = F.normalize(frame_emb.sum(1), dim=-1)
+        video_emb = l2_normalize(frame_emb.sum(1))
         if self.asa is None:
             return video_emb, frame_emb, patch_tokens
         stored = patch_tokens.to(_STORED_PATCH_DTYPE).to(patch_tokens.dtype)  # what the index will hold
