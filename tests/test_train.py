@@ -376,6 +376,26 @@ def test_torchrun_two_processes_match_one_process(synth_root, frame_cache, tmp_p
         _metrics_without_timing(tmp_path / "two")[0]["loss"], abs=1e-5)
 
 
+def test_process_group_outwaits_rank_zero_working_alone(monkeypatch):
+    """Rank 0 decodes the training set into the cache and runs every evaluation alone while the other ranks wait at a
+    barrier. torch's default process-group timeout (NCCL 10 min, gloo 30 min) aborted them whenever that took longer
+    (a cold cache of MSR-VTT's 9k training videos does); the group is now created with a timeout of hours."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from rap_deploy.train import distributed as D
+
+    seen: dict = {}
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *args, **kwargs: seen.update(kwargs))
+    ctx = D.setup("cpu")
+    assert (ctx.world_size, ctx.rank, ctx.backend) == (2, 1, "gloo")
+    assert seen.get("timeout", datetime.timedelta(0)) >= datetime.timedelta(hours=6)
+
+
 # ----------------------------------------------------------------------------------------------- the CLI
 
 

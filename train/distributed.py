@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from rap_deploy.errors import UsageError
+
+# How long a rank waits at a collective. Rank 0 decodes the training set into the frame cache and runs every
+# evaluation alone while the others wait at a barrier; torch's defaults (NCCL 10 min, gloo 30 min) aborted them when
+# that took longer, as decoding a real dataset's training videos on a cold cache does. A rank that dies still stops
+# the run at once: torchrun tears the other workers down.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ def setup(device: str = "auto") -> DistContext:
     """Initialise the process group when launched by torchrun (``WORLD_SIZE > 1``); return the context.
 
     ``device`` is ``auto`` (CUDA when available), ``cpu`` or ``cuda``. On CUDA each rank uses GPU ``LOCAL_RANK``.
+    Collectives wait up to :data:`PROCESS_GROUP_TIMEOUT`.
     Raises :class:`UsageError` when CUDA is requested but absent.
     """
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -58,7 +66,8 @@ def setup(device: str = "auto") -> DistContext:
     if want_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank)
+        dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank,
+                                timeout=PROCESS_GROUP_TIMEOUT)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend)
 
 
