@@ -101,3 +101,24 @@ def test_no_cache_and_failures_not_stored(tmp_path, video_file, monkeypatch):
     monkeypatch.setenv("RAPDEPLOY_HOME", str(tmp_path / "ws"))
     assert default_cache_dir() == (tmp_path / "ws" / "cache" / "frames").resolve()
     assert FrameCache.default().root == default_cache_dir()
+
+
+def test_a_video_that_cannot_be_read_is_undecodable_with_the_cache_too(tmp_path, video_file, monkeypatch):
+    """A read error while hashing the file (a bad disk sector, a file removed meanwhile) is that video's failure,
+    as without the cache: data-check, training and indexing report it by name instead of stopping at it."""
+    import errno
+
+    from rap_deploy.data import cache as cache_module
+
+    def failing_read(path):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(cache_module, "sha256_file", failing_read)
+    cache = FrameCache(tmp_path / "cache")
+    with pytest.raises(VideoDecodeError, match="cannot read: Input/output error") as info:
+        cache.get(video_file, SAMPLING, PRE)
+    assert info.value.path == video_file
+    monkeypatch.setattr(cache_module, "file_digest", lambda path: (_ for _ in ()).throw(FileNotFoundError(path)))
+    with pytest.raises(VideoDecodeError, match="missing"):
+        cache.get(video_file, SAMPLING, PRE)
+    assert _entries(tmp_path / "cache") == []

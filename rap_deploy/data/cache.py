@@ -16,7 +16,7 @@ import numpy as np
 
 from rap_deploy.atomic import atomic_path, sha256_file
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
-from rap_deploy.data.video import DecodedVideo, decode_video, require_video_file
+from rap_deploy.data.video import DecodedVideo, VideoDecodeError, decode_video, require_video_file
 
 CACHE_FORMAT = 1
 
@@ -85,6 +85,17 @@ class FrameCache:
         }
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
+    def _key_of_video(self, path: Path, sampling: FrameSamplingConfig, preprocess: PreprocessConfig,
+                      start: float | None, end: float | None) -> str:
+        """:meth:`key`, with a file that cannot be read (hashing it) raised as that video's
+        :class:`VideoDecodeError`, as :func:`decode_video` reports it without the cache."""
+        try:
+            return self.key(path, sampling, preprocess, start, end)
+        except FileNotFoundError:
+            raise VideoDecodeError(path, "missing") from None
+        except OSError as exc:
+            raise VideoDecodeError(path, f"cannot read: {exc.strerror or exc}") from None
+
     def entry_path(self, key: str) -> Path:
         """Return where the entry ``key`` lives (``<root>/<key[:2]>/<key>.npz``)."""
         if self.root is None:
@@ -108,7 +119,7 @@ class FrameCache:
             self.misses += 1
             return decode_video(path, sampling, preprocess, start, end)
         require_video_file(path)
-        entry = self.entry_path(self.key(path, sampling, preprocess, start, end))
+        entry = self.entry_path(self._key_of_video(path, sampling, preprocess, start, end))
         if entry.is_file():
             video = _load_entry(entry, sampling, preprocess)
             if video is not None:
