@@ -245,3 +245,19 @@ def test_video_caption_dataset_skips_and_counts_bad_videos(tmp_path):
 
     videos = VideoDataset(split.subset([0]), FrameCache(tmp_path / "cache"), pre)
     assert len(videos) == 1 and videos[0]["frames"].shape == (4, 3, 16, 16)
+
+
+def test_annotation_files_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    """Editors and spreadsheets on Windows save UTF-8 with a byte order mark; pandas (CLIP4Clip's reader) skips it,
+    so the CSV, JSON and list files read the same with one as without."""
+    root = _msrvtt(tmp_path / "msrvtt")
+    for name in ("MSRVTT_train.9k.csv", "MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv"):
+        path = root / name
+        path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    assert [v.video_id for v in load_split("msrvtt", root, "train").videos] == ["video0", "video1"]
+    assert load_split("msrvtt", root, "test").captions[0] == "a man is talking"
+    msvd = tmp_path / "msvd"
+    msvd.mkdir()
+    (msvd / "test_list.txt").write_text("\ufeffvidB\nvidC\n", encoding="utf-8")
+    (msvd / "raw-captions.pkl").write_bytes(pickle.dumps({"vidB": [["a", "dog"]], "vidC": [["a", "cat"]]}))
+    assert [v.video_id for v in load_split("msvd", msvd, "test").videos] == ["vidB", "vidC"]

@@ -45,10 +45,11 @@ def duration_seconds(value: Any, path: Path, where: str) -> float:
 
 
 def annotation_text(path: Path) -> str:
-    """The UTF-8 text of an annotation file (CheckFailedError naming the file and byte when it is not text)."""
+    """The UTF-8 text of an annotation file, without a leading byte order mark (as Windows editors save it);
+    CheckFailedError naming the file and byte when it is not text."""
     need_file(path)
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise damaged(path, f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
                       ) from None
