@@ -338,6 +338,36 @@ def test_stored_recall_queries_with_a_lying_header_are_damaged_not_allocated(lib
     assert res.exit_code == 1 and entry["file"] in res.stderr and "not a valid .npy" in res.stderr, res.output
 
 
+def _inflate_last_shard_rows(m):  # next_row moved along, so the counters still look consistent
+    shard = m["shards"][-1]
+    shard["rows"] = 10 ** 12
+    m["next_row"] = shard["row_offset"] + 10 ** 12
+
+
+@pytest.mark.parametrize("tamper,message", [
+    (_inflate_last_shard_rows, "does not list 1000000000000 videos"),
+    (lambda m: m["tensor_shapes"].update(video_emb=[10 ** 12]), "the manifest expects float32 [5, 1000000000000]"),
+])
+def test_a_manifest_inflating_rows_or_dims_is_refused_before_allocating(library, tmp_path, tamper, message):
+    """A manifest claiming 10^12 rows for a shard, or 10^12-d video_emb: `index --remove` (which reads the kept
+    shards to rebuild stage 1) exits 1 naming the shard file, in one line, without allocating anything of that size
+    (it built a set of every claimed row, or allocated [rows, 10^12] floats: MemoryError tracebacks). Run under a
+    4 GiB address-space limit so a regression fails instead of swapping."""
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    tamper(manifest)
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    before = _files(lib)
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+    run = f"{limit}import sys; from rap_deploy.cli import main; sys.argv[1:] = sys.argv[2:]; main()"
+    res = subprocess.run([sys.executable, "-c", run, "rapdeploy", "index", "--out", str(lib), "--remove", "video30"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert res.returncode == 1, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in res.stderr and len(errors) == 1 and message in errors[0], res.stderr[-2000:]
+    assert _files(lib) == before
+
+
 def test_file_truncated_after_open_raises_damaged(library, engine, tmp_path):
     from rap_deploy.library import open_library
 

@@ -90,21 +90,31 @@ def apply_replacements(asm: Assembly, replaced_rows: set[int]) -> None:
 
 
 def drop_empty_shards(asm: Assembly) -> None:
-    """Leave out of the assembly every shard whose rows are all removed."""
-    asm.shards = [s for s in asm.shards
-                  if not set(range(s["row_offset"], s["row_offset"] + s["rows"])) <= asm.removed]
+    """Leave out of the assembly every shard whose rows are all removed.
+
+    Counts the removed rows in each shard's range (never materialises the range: the row counts come from the
+    manifest, which is checked against the shards' files only later)."""
+    removed = np.asarray(sorted(asm.removed), dtype=np.int64)
+
+    def emptied(s: dict[str, Any]) -> bool:
+        lo, hi = s["row_offset"], s["row_offset"] + s["rows"]
+        return int(np.searchsorted(removed, hi) - np.searchsorted(removed, lo)) >= s["rows"]
+
+    asm.shards = [s for s in asm.shards if not emptied(s)]
 
 
 def read_video_emb(root: Path, shards: list[dict[str, Any]], rows: np.ndarray, dim: int) -> np.ndarray:
-    """The stored ``video_emb`` of global ``rows`` (sorted), read from their shards."""
-    out = np.empty((len(rows), dim), dtype=np.float32)
-    pos = 0
+    """The stored ``video_emb`` of global ``rows`` (sorted), read from their shards. Each file's header is checked
+    against ``[rows, dim]`` before anything is allocated (``dim`` comes from the manifest)."""
+    parts = []
     for shard in shards:
         lo, hi = shard["row_offset"], shard["row_offset"] + shard["rows"]
         local = rows[(rows >= lo) & (rows < hi)] - lo
-        if len(local) == 0:
-            continue
-        tf = open_tensor_file(root, shard, "video_emb", "float32", [dim], verify_hash=False)
+        if len(local):
+            parts.append((open_tensor_file(root, shard, "video_emb", "float32", [dim], verify_hash=False), local))
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    pos = 0
+    for tf, local in parts:
         tf.read_rows(local, out[pos:pos + len(local)])
         pos += len(local)
     if pos != len(rows):
