@@ -644,6 +644,39 @@ def test_ann_stage1_records_its_measured_recall(library, micro_checkpoint, tmp_p
         assert len(lib.search(["a red circle"], top_k=5, top_m=TOP_M)[0]["results"]) == 5
 
 
+@pytest.mark.parametrize("ann", ["exact", "hnsw", "ivf"])
+def test_removing_every_video_leaves_an_empty_library_that_searches_and_grows(synth_root, micro_checkpoint,
+                                                                              frame_cache, tmp_path, engine, ann):
+    """--remove of the last videos leaves a library of 0 videos of the same stage-1 type (an IVF library refused it,
+    exit 2 "use --ann exact": nothing to train its lists on); it opens, answers no result, and --add fills it."""
+    from rap_deploy.library import open_library
+
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(3):
+        shutil.copy(videos[i], folder / f"v{i}.mp4")
+    lib = tmp_path / "lib"
+    args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(lib), "--cache-dir",
+            str(frame_cache), "--shard-size", "2"]
+    assert runner.invoke(app, [*args, "--ann", ann]).exit_code == 0
+    emptied = runner.invoke(app, ["index", "--out", str(lib), "--json", *(x for i in range(3)
+                                                                            for x in ("--remove", f"v{i}"))])
+    assert emptied.exit_code == 0, emptied.output
+    assert json.loads(emptied.stdout)["videos"] == 0
+    assert json.loads((lib / "manifest.json").read_text())["stage1"]["type"] == ann
+    with open_library(lib, engine) as opened:
+        assert len(opened) == 0 and opened.search(["a red circle"], top_k=5)[0]["results"] == []
+    res, out = _search_json(lib, micro_checkpoint, "a red circle")
+    assert res.exit_code == 0 and out[0]["results"] == [], res.output
+    refilled = runner.invoke(app, [*args, "--add", "--json"])
+    assert refilled.exit_code == 0 and json.loads(refilled.stdout)["videos"] == 3, refilled.output
+    with open_library(lib, engine) as opened:
+        hits = opened.search(["a red circle"], top_k=5, top_m=5)[0]["results"]
+        assert sorted(h["video_id"] for h in hits) == ["v0", "v1", "v2"]
+        assert opened.describe()["stage1"]["type"] == ann
+
+
 def test_stage1_tuning_on_clustered_vectors_reaches_the_target():
     from rap_deploy.library import stage1
     from rap_deploy.library.scale_bench import clustered_vectors

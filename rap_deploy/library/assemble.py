@@ -179,7 +179,8 @@ def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: 
     none, though the manifest still lists the removed rows of kept shards) and the rows this build removes that it
     indexed (live before, below the old ``next_row``). An IVF index is rebuilt once the library has grown to twice
     the lists it was trained with (four times the videos): its lists would hold four times the vectors they were
-    sized for, and every probe would scan them."""
+    sized for, and every probe would scan them. An IVF index of a library whose last videos are removed is kept
+    (there is nothing to train a new one on)."""
     if old is None or old["stage1"].get("type") != kind:
         return None
     path = entry_path(root, old["stage1"]["file"])
@@ -191,6 +192,8 @@ def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: 
     except RuntimeError as exc:
         raise DamagedArtifactError(f"library stage-1 index {path} cannot be read ({str(exc)[:120]}); re-index "
                                    "with --force") from None
+    if kind == "ivf" and live == 0:
+        return index  # no video left to train new lists on: it holds only tombstones until --add rebuilds it
     held = max(0, int(index.ntotal) - int(old["videos"]))
     newly = {r for r in removed - set(old["removed"]) if r < int(old["next_row"])}
     if held + len(newly) > stage1.REBUILD_TOMBSTONE_FRACTION * max(1, index.ntotal):
