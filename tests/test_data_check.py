@@ -100,3 +100,28 @@ def test_check_dataset_function(synth_root, tmp_path):
     assert report["ok"] and report["videos"] == 12 and report["captions"] == 12
     assert report["sampling"] == {"max_frames": 12, "fps": 1.0}
     assert set(report["per_video"]) == {f"video{i}" for i in range(24, 36)}
+
+
+def test_synth_refuses_to_write_over_a_real_dataset(tmp_path, runner):
+    """MSR-VTT's own videos are named video0.mp4 ... video9999.mp4: `synth --out` pointed at a real dataset folder
+    deleted its MSRVTT_data.json and replaced its first videos. A folder whose annotation rapdeploy did not write is
+    refused (exit 2) and left as it was; a synthetic folder is still written again."""
+    real = tmp_path / "msrvtt"
+    (real / "videos").mkdir(parents=True)
+    annotation = json.dumps({"info": {"year": "2016", "version": "1.0"}, "videos": [], "sentences": []})
+    (real / "MSRVTT_data.json").write_text(annotation)
+    (real / "videos" / "video0.mp4").write_bytes(b"a real video")
+    args = ["synth", "--videos", "4", "--test-videos", "2", "--size", "32", "--quiet", "--out"]
+    result = runner.invoke(app, [*args, str(real)])
+    assert result.exit_code == 2, result.output
+    assert "MSRVTT_data.json" in result.stderr and "not a rapdeploy synthetic dataset" in result.stderr
+    assert (real / "MSRVTT_data.json").read_text() == annotation
+    assert (real / "videos" / "video0.mp4").read_bytes() == b"a real video"
+    (real / "MSRVTT_data.json").write_text("{not json")
+    assert runner.invoke(app, [*args, str(real)]).exit_code == 2
+    assert (real / "videos" / "video0.mp4").read_bytes() == b"a real video"
+
+    synth = tmp_path / "synth"
+    for seed in ("0", "1"):
+        result = runner.invoke(app, [*args, str(synth), "--seed", seed])
+        assert result.exit_code == 0, result.output

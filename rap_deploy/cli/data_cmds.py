@@ -45,6 +45,7 @@ def synth(
     bounds.check_int(fps, "--fps", 1, 240)
     bounds.check_int(seconds, "--seconds", 3, 3600)
     with folder_lock(out, "synth", "dataset folder"):
+        _refuse_foreign_dataset(out)
         summary = generate_synthetic_dataset(out, videos=videos, test_videos=test_videos, seed=seed, size=size,
                                              fps=fps, seconds=seconds, distractors=distractors,
                                              progress=not quiet)
@@ -54,6 +55,28 @@ def synth(
         typer.echo(f"wrote {summary['videos']} videos ({summary['train_videos']} train, {summary['test_videos']} test, "
                    f"{summary['test_reverse_pairs']} time-reversed test pairs) and {summary['sentences']} captions "
                    f"to {out} in {summary['elapsed_s']} s")
+
+
+def _refuse_foreign_dataset(out: Path) -> None:
+    """Raise :class:`UsageError` when ``out`` holds an ``MSRVTT_data.json`` that ``rapdeploy synth`` did not write.
+
+    Writing removes that file and replaces ``videos/video<i>.mp4``, the names MSR-VTT's own videos have, so a real
+    dataset folder given as ``--out`` would lose its annotation and its first videos.
+    """
+    import json
+
+    from rap_deploy.data.synth_dataset import EARLIER_RADIUS, FORMAT
+
+    path = out / "MSRVTT_data.json"
+    if not path.exists():
+        return
+    try:
+        info = json.loads(path.read_text(encoding="utf-8")).get("info")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        info = None
+    if not (isinstance(info, dict) and info.get("format") in (FORMAT, *EARLIER_RADIUS)):
+        raise UsageError(f"--out {out} holds {path.name}, which is not a rapdeploy synthetic dataset (a real MSR-VTT "
+                         "folder?); writing would delete it and replace its videos/video<i>.mp4: pass a new folder")
 
 
 @command("data-check")
