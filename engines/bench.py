@@ -219,7 +219,7 @@ def open_backends(engines: Sequence[str | os.PathLike[str]], checkpoint: str | o
 def count_arithmetic(torch_engine: Any, s: BenchSettings, inputs: BenchInputs
                      ) -> tuple[dict[str, float], dict[tuple[str, int], float]]:
     """GFLOPs per item of each graph, counted once on the PyTorch model: ``(gflops summary, flops per (graph,
-    batch))``."""
+    batch))``. Text batches are counted as they run, trimmed to their longest query."""
     config, x = torch_engine.config, inputs
     gflops: dict[str, float] = {}
     per_item: dict[tuple[str, int], float] = {}
@@ -228,10 +228,13 @@ def count_arithmetic(torch_engine: Any, s: BenchSettings, inputs: BenchInputs
         gflops["video_encoder_per_video"] = per_video / 1e9
         gflops["video_encoder_per_frame"] = per_video / 1e9 / config.frames
         per_item.update({("video", b): per_video for b in s.sizes})
-    per_text = count_flops(lambda: torch_engine.encode_text(x.ids[:1], x.eot[:1]))
+    per_text: dict[int, float] = {}
     if "text" in s.graphs or "search" in s.graphs:
-        gflops["text_encoder_per_text"] = per_text / 1e9
-        per_item.update({("text", b): per_text for b in s.sizes})
+        # A batch runs trimmed to its longest query (trim_tokens): each batch is counted as it runs.
+        per_text = {b: count_flops(lambda b=b: torch_engine.encode_text(x.ids[:b], x.eot[:b])) / b for b in s.sizes}
+        per_text[0] = count_flops(lambda: torch_engine.encode_text(x.ids[:1], x.eot[:1]))  # one query alone
+        gflops["text_encoder_per_text"] = per_text[0] / 1e9
+        per_item.update({("text", b): per_text[b] for b in s.sizes})
     if config.has_asa and ("asa" in s.graphs or "search" in s.graphs):
         for b in s.sizes:
             per_item[("asa", b)] = count_flops(
@@ -241,11 +244,11 @@ def count_arithmetic(torch_engine: Any, s: BenchSettings, inputs: BenchInputs
         m = s.rerank_top
         rerank = count_flops(lambda: torch_engine.asa_similarity(x.query_emb, *x.index.rerank(slice(0, m)))) \
             if config.has_asa else 0
-        per_query = per_text + 2 * s.index_size * torch_engine.model.embed_dim + rerank
-        gflops["search_per_query"] = per_query / 1e9
+        per_query = {b: t + 2 * s.index_size * torch_engine.model.embed_dim + rerank for b, t in per_text.items()}
+        gflops["search_per_query"] = per_query[0] / 1e9
         if config.has_asa:
             gflops["search_rerank_per_pair"] = rerank / m / 1e9
-        per_item.update({("search", b): per_query for b in s.sizes})
+        per_item.update({("search", b): per_query[b] for b in s.sizes})
     return gflops, per_item
 
 

@@ -229,3 +229,27 @@ def test_two_engines_of_one_backend_and_precision_keep_apart_in_the_table():
              "p90_ms": 1.0, "p99_ms": 1.0} for r in rows]
     assert [row[0] for row in bench_rows({"results": full})][1:3] == ["onnxruntime [onnx]",
                                                                       "onnxruntime [onnxruntime-fp32]"]
+
+
+def test_text_flops_per_item_count_each_batch_as_it_runs(micro_checkpoint):
+    """A text batch runs trimmed to its longest query, so the text and search rows' FLOPs per item (and GFLOP/s) at
+    batch B are that batch's, not the first query's: a longer query after the first was undercounted."""
+    from rap_deploy.engines.bench import BenchInputs, bench_settings, count_arithmetic
+    from rap_deploy.engines.torch_backend import TorchEngine
+    from rap_deploy.tokenizer import tokenize
+
+    engine = TorchEngine(micro_checkpoint)
+    config, model = engine.config, engine.model
+    ids, eot = tokenize(["a cat", "a big red circle moves to the left, then a small blue square grows"],
+                        config.tokenizer)
+    assert eot[0] < eot[1]
+    frames = np.zeros((1, config.frames, 3, 32, 32), dtype=np.float32)
+    index = random_index(4, config.frames, model.num_patches, model.embed_dim, asa=model.asa)
+    inputs = BenchInputs(frames, np.ones((1, config.frames), dtype=np.float32), ids, eot, "test", index=index,
+                         asa_rerank=index.rerank(slice(0, 2)), query_emb=engine.encode_text(ids[:1], eot[:1]))
+    gflops, per_item = count_arithmetic(engine, bench_settings("text,search", [1, 2], 1, 0, 4, 2, None, 0), inputs)
+    one = count_flops(lambda: engine.encode_text(ids[:1], eot[:1]))
+    both = count_flops(lambda: engine.encode_text(ids, eot))
+    assert per_item[("text", 1)] == one and gflops["text_encoder_per_text"] == one / 1e9
+    assert per_item[("text", 2)] == both / 2 > one
+    assert per_item[("search", 2)] - per_item[("search", 1)] == both / 2 - one
