@@ -151,3 +151,38 @@ def test_quantized_tolerance_scales_with_the_split():
     assert quantized_tolerance(60) == pytest.approx(100 / 60, abs=1e-3)  # one query
     assert quantized_tolerance(8) == pytest.approx(12.5, abs=1e-3)
     assert quantized_tolerance(20000) == pytest.approx(0.5, abs=1e-3)  # never below the design's limit
+
+
+def test_a_deleted_or_damaged_bench_report_is_made_again(tmp_path, monkeypatch):
+    """bench.md and bench.png are the bench step's outputs too: deleting the plot runs bench again on resume."""
+    from types import SimpleNamespace
+
+    from rap_deploy.cli.demo_steps import Steps
+    from rap_deploy.cli.pipeline import DemoSizes, _bench_step
+    from rap_deploy.engines import bench as bench_module
+
+    ran: list[str] = []
+
+    def fake_bench(engines, out, **kw):
+        ran.append(str(out))
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("bench.md", "bench.png"):
+            (out / name).write_text(name)
+        (out / "bench.json").write_text(json.dumps({"results": []}))
+
+    monkeypatch.setattr(bench_module, "bench", fake_bench)
+    (tmp_path / "best.pt").write_bytes(b"weights")
+    Steps(lambda m: None, tmp_path).every_step_recorded()  # a recorded folder: nothing is adopted
+
+    def resume() -> None:
+        world = SimpleNamespace(data=tmp_path / "data", frame_cache=tmp_path / "cache")
+        run = SimpleNamespace(out=tmp_path, sizes=DemoSizes.tiny(), steps=Steps(lambda m: None, tmp_path),
+                              best=tmp_path / "best.pt", threads=None, progress=False, world=world)
+        _bench_step(run, [])
+
+    resume()
+    resume()
+    assert len(ran) == 1  # nothing changed: skipped
+    (tmp_path / "bench" / "bench.png").unlink()
+    resume()
+    assert len(ran) == 2 and (tmp_path / "bench" / "bench.png").is_file()

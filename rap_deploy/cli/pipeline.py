@@ -345,7 +345,7 @@ def _bench_step(run: _DemoRun, built: list[str]) -> dict[str, Any]:
 
     out, sizes = run.out, run.sizes
     bench_file = out / "bench" / "bench.json"
-    run.steps.run("bench", [bench_file], lambda: bench(
+    run.steps.run("bench", [bench_file, bench_file.parent], lambda: bench(
         [out / "engines" / n for n in built], checkpoint=run.best, batch_sizes=sizes.bench_batch_sizes,
         repeats=sizes.bench_repeats, warmup=1, index_size=sizes.bench_index_size, out=bench_file.parent,
         threads=run.threads, progress=run.progress, data_root=run.world.data, top_m=sizes.top_m,
