@@ -380,6 +380,32 @@ def test_file_truncated_after_open_raises_damaged(library, engine, tmp_path):
             lib.search(["a red circle"], top_m=TOP_M)
 
 
+def test_opening_while_an_index_update_lands_reads_the_new_library(library, engine, tmp_path, monkeypatch):
+    """`rapdeploy index --remove` finishing while a search process opens the library (after it read the manifest,
+    before it opened the stage-1 index the update deletes): the open read the library again instead of calling it
+    damaged ("stage-1 index ... is missing; re-index the library", exit 1)."""
+    import rap_deploy.library.search as search_mod
+    from rap_deploy.library import BuildOptions, build_library, open_library
+
+    lib_dir = _copy(library, tmp_path / "lib")
+    gone = json.loads((lib_dir / "shards/shard-000000/videos.json").read_text())["video_id"][0]
+    read = search_mod.read_manifest
+    calls = []
+
+    def read_then_update(root):
+        manifest = read(root)
+        if not calls:
+            build_library(lib_dir, options=BuildOptions(remove=[gone]), progress=False)
+        calls.append(1)
+        return manifest
+
+    monkeypatch.setattr(search_mod, "read_manifest", read_then_update)
+    with open_library(lib_dir, engine) as lib:
+        assert len(lib) == 11
+        hits = lib.search(["a red circle"], top_k=12, top_m=TOP_M)[0]["results"]
+    assert len(hits) == 11 and gone not in {h["video_id"] for h in hits}
+
+
 # ---------------------------------------------------------------------------------------------- resume, add, remove
 def test_kill_and_resume_equals_a_straight_run(library, synth_root, micro_checkpoint, frame_cache, tmp_path):
     out = tmp_path / "killed"

@@ -24,11 +24,19 @@ import numpy as np
 
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.library import stage1
-from rap_deploy.library.manifest import check_model, entry_path, read_manifest, store_tensors, tensor_dtype
+from rap_deploy.library.manifest import (
+    MANIFEST,
+    check_model,
+    entry_path,
+    read_manifest,
+    store_tensors,
+    tensor_dtype,
+)
 from rap_deploy.library.queries import check_queries
 from rap_deploy.library.shards import TensorFile, check_sha256, open_tensor_file, read_videos
 
 VERIFY_MODES = ("full", "quick")
+OPEN_ATTEMPTS = 3  # reads of the manifest when `rapdeploy index` keeps replacing it during the open
 
 
 @dataclass
@@ -49,14 +57,33 @@ def open_library(path: str | os.PathLike[str], engine: Any, verify: str = "full"
     Raises :class:`UsageError` (exit 2) when ``path`` is not a library or ``engine`` is another model (naming what
     differs), :class:`DamagedArtifactError` (exit 1) naming the first damaged file. ``verify`` is ``full`` (every
     file's sha256) or ``quick`` (sizes, headers and the small files' sha256); ``cache_dir`` is the decoded-frame
-    cache for :meth:`Library.thumbnail_frames` (default: the workspace's).
+    cache for :meth:`Library.thumbnail_frames` (default: the workspace's). A library updated by ``rapdeploy index``
+    while it is being opened is read again (its new manifest), up to :data:`OPEN_ATTEMPTS` times.
     """
     if verify not in VERIFY_MODES:
         raise UsageError(f"verify mode '{verify}' is unknown; use one of {', '.join(VERIFY_MODES)}")
     root = Path(path).expanduser()
-    manifest = read_manifest(root)
-    check_model(manifest["model"], engine, root)
-    return Library(root, engine, manifest, verify, cache_dir)
+    for attempt in range(OPEN_ATTEMPTS):
+        stamp = _manifest_stamp(root)
+        manifest = read_manifest(root)
+        check_model(manifest["model"], engine, root)
+        try:
+            return Library(root, engine, manifest, verify, cache_dir)
+        except DamagedArtifactError:
+            # `rapdeploy index` replaced the manifest while the files it named were opened (and deleted the ones the
+            # new one no longer names): read the library again rather than call it damaged
+            if attempt + 1 == OPEN_ATTEMPTS or _manifest_stamp(root) == stamp:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _manifest_stamp(root: Path) -> tuple[int, int, int] | None:
+    """Identity of ``root/manifest.json`` (inode, size, mtime): a build replaces it atomically, so it changes."""
+    try:
+        st = (root / MANIFEST).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class Library:
