@@ -811,6 +811,27 @@ def test_scale_bench_runs_at_small_scale(engine, tmp_path):
     assert result["bytes_per_video"] > 0 and "after_queries" in result["memory_mib"]
 
 
+def test_scale_bench_library_never_deletes_a_folder_it_did_not_write(micro_checkpoint, tmp_path, capsys):
+    """`scale_bench library --folder DIR` deletes the library it wrote afterwards; a DIR that already held other
+    files (no manifest.json) was filled and then deleted whole, the user's files with it. It is now refused
+    (exit 2) untouched; an empty DIR is kept, emptied again."""
+    from rap_deploy.library.scale_bench import main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep me")
+    args = ["library", "--size", "6", "--shard-size", "4", "--engine", str(micro_checkpoint), "--queries", "1",
+            "--top", "2", "--top-m", "4"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--folder", str(folder)])
+    assert exc.value.code == 2 and "precious.txt" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["precious.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args, "--folder", str(empty)])["videos"] == 6
+    assert empty.is_dir() and not any(empty.iterdir())
+
+
 def test_search_over_an_onnxruntime_engine_never_imports_torch(library, micro_ort_engines):
     """A search process over ONNX Runtime sessions loads neither torch nor open_clip (≈ 700 MiB resident): the
     tokenizer, the library and the lazy engine are numpy and ONNX Runtime only (the 10k-library memory target)."""

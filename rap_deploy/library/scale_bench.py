@@ -319,6 +319,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = {"manifest_bytes_per_video": write_synthetic_library(args.folder, engine, args.size,
                                                                       args.shard_size, log=log)["bytes_per_video"]}
     else:
+        if _folder_state(args.folder) == "other":
+            shown = ", ".join(sorted(p.name for p in args.folder.iterdir())[:5]) if args.folder.is_dir() else "a file"
+            p.error(f"--folder {args.folder} holds other files than a library ({shown}); the benchmark deletes the "
+                    "library it writes: give a new or empty folder")
         result = _run_library(args, log)
     text = json.dumps(result, indent=2, default=str)
     if args.out:
@@ -328,8 +332,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def _folder_state(folder: Path) -> str:
+    """``library`` (holds a manifest: searched as is), ``absent``, ``empty``, or ``other`` (holds other files:
+    never written into, since the library written there is deleted afterwards)."""
+    if (folder / "manifest.json").is_file():
+        return "library"
+    if not folder.exists():
+        return "absent"
+    return "empty" if folder.is_dir() and not any(folder.iterdir()) else "other"
+
+
+def _remove_written(folder: Path, state: str) -> None:
+    """Delete the library this run wrote: the folder when it created it, else (an empty folder) its contents."""
+    if state == "absent":
+        shutil.rmtree(folder, ignore_errors=True)
+    elif state == "empty" and folder.is_dir():
+        for child in folder.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
 def _run_library(args: argparse.Namespace, log: Any) -> dict[str, Any]:
-    created = not (args.folder / "manifest.json").is_file()
+    state = _folder_state(args.folder)
+    created = state in ("absent", "empty")
     try:
         if created:
             t0 = time.perf_counter()
@@ -346,7 +373,7 @@ def _run_library(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         return result
     finally:
         if created and not args.keep:
-            shutil.rmtree(args.folder, ignore_errors=True)
+            _remove_written(args.folder, state)
 
 
 if __name__ == "__main__":
