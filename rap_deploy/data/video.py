@@ -19,6 +19,8 @@ from rap_deploy.preprocess import resize_crop
 # decord opens every file with this many decoding threads; more would oversubscribe DataLoader workers.
 DECODE_THREADS = 1
 MIN_SECONDS = 1.0
+# Full-size frames are read and resized this many at a time: 64 frames of 1080p at once held 843 MiB, 4K four times it.
+DECODE_CHUNK_FRAMES = 8
 MAX_SECONDS = 24 * 3600  # longest video read: far beyond ActivityNet's (minutes), bounds what sampling allocates
 
 
@@ -146,21 +148,29 @@ def decode_video(
         indices, valid = sample_frame_indices(num_frames, native_fps, sampling, start, end)
     except ValueError as exc:
         raise VideoDecodeError(path, f"bad segment: {exc}") from None
-    try:
-        raw = reader.get_batch(indices.tolist()).asnumpy()
-    except Exception as exc:
-        raise VideoDecodeError(path, f"cannot decode: {_first_line(exc)}") from None
-    finally:
-        del reader
-    if raw.ndim != 4 or raw.shape[0] != valid or raw.shape[-1] != 3:
-        raise VideoDecodeError(path, f"cannot decode: got frames of shape {tuple(raw.shape)}")
-    frames = resize_crop(np.ascontiguousarray(raw, dtype=np.uint8), preprocess)
     size = preprocess.image_size
     out = np.zeros((sampling.max_frames, size, size, 3), dtype=np.uint8)
-    out[:valid] = frames
+    try:
+        for first in range(0, valid, DECODE_CHUNK_FRAMES):
+            stop = min(first + DECODE_CHUNK_FRAMES, valid)
+            out[first:stop] = _read_resized(reader, path, indices[first:stop], preprocess)
+    finally:
+        del reader
     mask = np.zeros(sampling.max_frames, dtype=bool)
     mask[:valid] = True
     return DecodedVideo(frames=out, mask=mask, seconds=float(seconds), num_frames=valid)
+
+
+def _read_resized(reader: object, path: Path, indices: np.ndarray, preprocess: PreprocessConfig) -> np.ndarray:
+    """Frames ``indices`` of an open decord reader, resized and cropped (:func:`resize_crop`); raises
+    :class:`VideoDecodeError` when decord fails or returns frames of another shape."""
+    try:
+        raw = reader.get_batch(indices.tolist()).asnumpy()  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise VideoDecodeError(path, f"cannot decode: {_first_line(exc)}") from None
+    if raw.ndim != 4 or raw.shape[0] != len(indices) or raw.shape[-1] != 3:
+        raise VideoDecodeError(path, f"cannot decode: got frames of shape {tuple(raw.shape)}")
+    return resize_crop(np.ascontiguousarray(raw, dtype=np.uint8), preprocess)
 
 
 def _first_line(exc: BaseException) -> str:
