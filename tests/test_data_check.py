@@ -125,3 +125,16 @@ def test_synth_refuses_to_write_over_a_real_dataset(tmp_path, runner):
     for seed in ("0", "1"):
         result = runner.invoke(app, [*args, str(synth), "--seed", seed])
         assert result.exit_code == 0, result.output
+
+
+def test_a_split_without_videos_fails_the_check(tmp_path, runner):
+    """An annotation file that lists no video (a test csv with its header only) passed data-check with exit 0, though
+    training and verify cannot use the split; it is now a failed check (exit 1) saying so."""
+    root = tmp_path / "msrvtt"
+    root.mkdir()
+    (root / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\n")
+    result = runner.invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(root), "--no-cache",
+                                 "--quiet", "--json"])
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["ok"] is False
+    assert "msrvtt test split" in result.stderr and "lists no videos" in result.stderr

@@ -113,6 +113,9 @@ def data_check(
         typer.echo(json_text(report))
     else:
         _print_report(report)
+    if report["videos"] == 0:
+        raise CheckFailedError(f"the {dataset} {split} split under {root} lists no videos: its annotation files are "
+                               "empty or are not this dataset's")
     if not report["ok"]:
         problems = [f"{p} (missing)" for p in report["missing_paths"]]
         problems += [f"{u['path']} ({u['reason']})" for u in report["undecodable"]]

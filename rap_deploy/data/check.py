@@ -26,7 +26,8 @@ def check_dataset(
 
     Returns the ``data-check --json`` report (DESIGN.md §11): ``dataset``, ``split``, ``videos``, ``captions``,
     ``missing`` (video ids), ``undecodable`` (``{video_id, reason, path}``), ``per_video`` (id -> ``{frames,
-    seconds}``), plus ``ok`` (nothing missing or undecodable), ``missing_paths``, ``videos_dir`` and ``sampling``.
+    seconds}``), plus ``ok`` (some videos, none missing or undecodable), ``missing_paths``, ``videos_dir`` and
+    ``sampling``.
     Raises :class:`UsageError` when the annotation files cannot be read.
     """
     rs = load_split(dataset, data_root, split, max_frames=max_frames)
@@ -56,7 +57,7 @@ def check_dataset(
         "missing": missing,
         "undecodable": undecodable,
         "per_video": per_video,
-        "ok": not missing and not undecodable,
+        "ok": rs.num_videos > 0 and not missing and not undecodable,
         "missing_paths": missing_paths,
         "videos_dir": str(Path(rs.data_root or data_root) / "videos"),
         "sampling": rs.sampling.to_dict(),
