@@ -271,7 +271,7 @@ def time_graphs(backends: list[tuple[str, Any]], infos: list[dict[str, Any]], s:
                 flops_per_item: dict[tuple[str, int], float], monitor: LoadMonitor, progress: bool
                 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Time every (graph, batch) with the backends' calls interleaved, each group inside a load-measured block;
-    returns the ``results`` rows and notes (graphs skipped)."""
+    returns the ``results`` rows and notes (graphs skipped). Raises :class:`UsageError` when every one was skipped."""
     from rap_deploy.data.progress import progress_bar
 
     config = backends[0][1].config
@@ -301,6 +301,8 @@ def time_graphs(backends: list[tuple[str, Any]], infos: list[dict[str, Any]], s:
                 for stats, (label, info, _) in zip(timings, group, strict=True):
                     results.append(_row(label, info, graph, b, latency_stats(stats, b), s.repeats, config.frames,
                                         flops_per_item.get((graph, b)), extra))
+    if not results:
+        raise UsageError("nothing to benchmark: " + "; ".join(notes))
     return results, notes
 
 

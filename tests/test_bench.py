@@ -253,3 +253,21 @@ def test_text_flops_per_item_count_each_batch_as_it_runs(micro_checkpoint):
     assert per_item[("text", 1)] == one and gflops["text_encoder_per_text"] == one / 1e9
     assert per_item[("text", 2)] == both / 2 > one
     assert per_item[("search", 2)] - per_item[("search", 1)] == both / 2 - one
+
+
+def test_bench_that_times_nothing_is_a_usage_error(tmp_path):
+    """Only the asa graph of a model without an ASA head: nothing would be timed, so exit 2 naming why (was exit 0
+    with an empty table and bench.json)."""
+    from conftest import micro_config
+
+    from rap_deploy.checkpoint import new_checkpoint, save_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    ckpt, _ = new_checkpoint(micro_config(variant="rap_light"), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    save_checkpoint(ckpt, tmp_path / "light.pt")
+    out = tmp_path / "bench"
+    res = runner.invoke(app, ["bench", "--checkpoint", str(tmp_path / "light.pt"), "--graphs", "asa",
+                              "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--index-size", "4",
+                              "--no-compare-meanp", "--out", str(out), "--workspace", str(tmp_path / "ws")])
+    assert res.exit_code == 2 and "nothing to benchmark" in res.output and "no ASA head" in res.output, res.output
+    assert not (out / "bench.json").exists()
