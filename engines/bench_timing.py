@@ -40,7 +40,7 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int, warmup: int
             if tick:
                 tick(1)
     out: list[list[float]] = [[] for _ in fns]
-    previous = None
+    previous = len(fns) - 1 if warmup > 0 and fns else None  # the warm-up ended with the last function's calls
     for r in range(repeats):
         for k in range(len(fns)):
             i = (k + r) % len(fns)

@@ -271,3 +271,17 @@ def test_bench_that_times_nothing_is_a_usage_error(tmp_path):
                               "--no-compare-meanp", "--out", str(out), "--workspace", str(tmp_path / "ws")])
     assert res.exit_code == 2 and "nothing to benchmark" in res.output and "no ASA head" in res.output, res.output
     assert not (out / "bench.json").exists()
+
+
+def test_the_first_timed_call_settles_after_another_functions_warm_up(monkeypatch):
+    """Warm-up ends with the last function's calls, so the first timed call (of the first function) waits for its
+    thread pools to park like every other call that follows another function's."""
+    from rap_deploy.engines import bench_timing
+
+    events: list[str] = []
+    monkeypatch.setattr(bench_timing, "settle", lambda seconds=0.0: events.append("settle"))
+    bench_timing.time_interleaved([lambda: events.append("a"), lambda: events.append("b")], repeats=2, warmup=1)
+    assert events == ["a", "b", "settle", "a", "settle", "b", "b", "settle", "a"]
+    events.clear()
+    bench_timing.time_interleaved([lambda: events.append("a")], repeats=2, warmup=1)
+    assert events == ["a", "a", "a"]  # one function: nothing to wait for
