@@ -261,3 +261,23 @@ def test_annotation_files_saved_with_a_byte_order_mark_read_as_without(tmp_path)
     (msvd / "test_list.txt").write_text("\ufeffvidB\nvidC\n", encoding="utf-8")
     (msvd / "raw-captions.pkl").write_bytes(pickle.dumps({"vidB": [["a", "dog"]], "vidC": [["a", "cat"]]}))
     assert [v.video_id for v in load_split("msvd", msvd, "test").videos] == ["vidB", "vidC"]
+
+
+def test_videos_in_a_symlinked_sub_folder_are_found(tmp_path):
+    """Large datasets keep their videos on other disks behind folder links (videos/train -> /disk2/anet/train):
+    os.walk does not enter a linked folder, so every video in one was 'missing'. Linked folders are searched, a
+    link loop once."""
+    root = tmp_path / "msvd"
+    (root / "videos").mkdir(parents=True)
+    (root / "test_list.txt").write_text("vidA\nvidB\nvidC\n")
+    captions = {"vidA": [["a", "cow"]], "vidB": [["a", "dog"]], "vidC": [["a", "cat"]]}
+    (root / "raw-captions.pkl").write_bytes(pickle.dumps(captions))
+    _touch(root / "videos" / "vidA.avi")
+    elsewhere = tmp_path / "disk2" / "clips"
+    _touch(elsewhere / "vidB.avi")
+    _touch(elsewhere / "deeper" / "vidC.avi")
+    (root / "videos" / "clips").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "deeper" / "loop").symlink_to(root / "videos", target_is_directory=True)
+    split = load_split("msvd", root, "test")
+    assert [v.path for v in split.videos] == [root / "videos" / "vidA.avi", root / "videos" / "clips" / "vidB.avi",
+                                              root / "videos" / "clips" / "deeper" / "vidC.avi"]

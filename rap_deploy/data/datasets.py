@@ -331,7 +331,11 @@ class _StemFinder:
         self.folder = folder
         self._by_stem: dict[str, list[Path]] = {}
         if folder.is_dir():
-            for dirpath, _dirs, files in os.walk(folder):
+            seen: set[tuple[int, int]] = set()
+            _first_visit(folder, seen)
+            # linked folders are entered (datasets keep videos on other disks behind them), each real folder once
+            for dirpath, dirs, files in os.walk(folder, followlinks=True):
+                dirs[:] = [d for d in sorted(dirs) if _first_visit(Path(dirpath) / d, seen)]
                 for name in files:
                     p = Path(dirpath) / name
                     if p.suffix.lower() in VIDEO_EXTENSIONS:
@@ -351,6 +355,20 @@ class _StemFinder:
             if found:
                 return sorted(found, key=lambda p: (p.suffix.lower() != ".mp4", str(p)))[0]
         return self.folder / (vid if Path(vid).suffix.lower() in VIDEO_EXTENSIONS else f"{vid}{default_ext}")
+
+
+def _first_visit(folder: Path, seen: set[tuple[int, int]]) -> bool:
+    """True the first time the real folder behind ``folder`` is met (recorded in ``seen``); False after, or when
+    it cannot be read."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ training dataset
