@@ -849,6 +849,26 @@ def test_search_over_an_onnxruntime_engine_never_imports_torch(library, micro_or
     assert "loaded: []" in done.stderr
 
 
+def test_threads_option_is_checked_and_search_keeps_torch_out(library, micro_ort_engines, micro_checkpoint):
+    """--threads 0 or -1 is bad usage (exit 2, one line; it was torch's RuntimeError traceback, exit 1), for search
+    and index; `search --threads N` over ONNX Runtime sessions does not import torch to set its thread count."""
+    for args in (["search", "x", "--library", str(library), "--engine", str(micro_checkpoint)],
+                 ["index", "--out", str(library), "--remove", "video30"]):
+        for bad in ("0", "-1"):
+            res = runner.invoke(app, [*args, "--threads", bad])
+            assert res.exit_code == 2 and "--threads" in res.stderr, res.output
+            assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    code = ("import sys\nfrom rap_deploy.cli import main\n"
+            f"sys.argv = ['rapdeploy', 'search', 'a red circle', '--library', {str(library)!r}, '--engine', "
+            f"{str(micro_ort_engines['fp32'])!r}, '--top', '3', '--json', '--threads', '1']\n"
+            "try:\n    main()\nfinally:\n"
+            "    print('loaded:', sorted(m for m in ('torch', 'open_clip') if m in sys.modules), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout.splitlines()[-1])["results"]) == 3
+    assert "loaded: []" in done.stderr
+
+
 def test_a_tiny_ivf_index_trains_without_faiss_warnings(capfd):
     """Below 39 vectors the IVF quantiser has one list; FAISS's clustering warning used to reach stderr."""
     pytest.importorskip("faiss")

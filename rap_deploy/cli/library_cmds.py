@@ -95,6 +95,7 @@ def index_cmd(
 
     options = BuildOptions(add=add, remove=list(remove or []), ann=ann, target_recall=target_recall, top_m=top_m,
                            shard_size=shard_size, batch_size=batch_size, force=force)  # refuses bad values first
+    _check_threads(threads)
     ctx = setup("cpu")
     try:
         _set_threads(threads)
@@ -120,13 +121,24 @@ def index_cmd(
         _print_index(report, json_out)
 
 
+def _check_threads(threads: int | None) -> None:
+    """Refuse a ``--threads`` that is not a thread count (exit 2), before any work."""
+    if threads is not None:
+        from rap_deploy import bounds
+
+        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
+
+
 def _set_threads(threads: int | None) -> None:
+    """FAISS's threads, and PyTorch's when it is loaded (a PyTorch engine, the index command): a search over ONNX
+    Runtime sessions (whose threads the loader sets) never imports torch for this."""
+    _check_threads(threads)
     if threads:
         import faiss
-        import torch
 
-        torch.set_num_threads(int(threads))
         faiss.omp_set_num_threads(int(threads))
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(threads))
 
 
 def _load_engine(engine: Path | None, workspace: Path | None, threads: int | None, device_id: int = 0,
@@ -254,9 +266,10 @@ def search_cmd(
     texts = read_queries(text, queries_file)
     if top < 1 or top_m < 0:
         raise UsageError(f"--top must be >= 1 and --top-m >= 0, got {top} and {top_m}")
-    _set_threads(threads)
+    _check_threads(threads)
     lib_path = resolve_library(library, workspace)
     eng = _search_engine(engine, lib_path, workspace, threads)
+    _set_threads(threads)  # after the engine: torch's threads only when the engine loaded it
     with _open_searched_library(lib_path, eng, verify, picked=library is None) as lib:
         results = lib.search(texts, top_k=top, top_m=top_m)
     for r in results:
