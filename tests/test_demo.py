@@ -186,3 +186,32 @@ def test_a_deleted_or_damaged_bench_report_is_made_again(tmp_path, monkeypatch):
     (tmp_path / "bench" / "bench.png").unlink()
     resume()
     assert len(ran) == 2 and (tmp_path / "bench" / "bench.png").is_file()
+
+
+def test_demo_threads_apply_to_every_step_when_the_world_is_reused(tmp_path, monkeypatch):
+    """``--threads`` reached PyTorch only through the steps that take it (backbone pre-training, verify, bench): with
+    the world's backbone reused, init and training ran at PyTorch's default thread count."""
+    import torch
+
+    from rap_deploy.cli import pipeline
+
+    class Stop(Exception):
+        pass
+
+    seen: list[int] = []
+
+    def init_step(run):
+        seen.append(torch.get_num_threads())
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "_init_step", init_step)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(Stop):  # makes the world (synth, backbone) with the default threads
+            pipeline.run_demo(tmp_path, pipeline.DemoSizes.tiny(), progress=False, log=lambda m: None)
+        with pytest.raises(Stop):  # the world is reused: no step with its own threads option runs before init
+            pipeline.run_demo(tmp_path, pipeline.DemoSizes.tiny(), progress=False, threads=1, log=lambda m: None)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 1]

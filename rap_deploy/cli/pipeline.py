@@ -146,6 +146,7 @@ def _tensorrt_available() -> str | None:
 def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, threads: int | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole offline pipeline into ``out``; returns the summary written to ``out/summary.json``.
+    ``threads`` sets PyTorch's intra-op threads for every step (and ONNX Runtime's in the engine steps).
 
     Raises :class:`ParityFailedError` after the summary is written when an engine failed its parity check; any other
     error comes from a step, before a summary of this run exists.
@@ -155,6 +156,10 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
     sizes = sizes or DemoSizes()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if threads:  # every step's PyTorch work (init, training, export, library), not only the steps that take threads
+        import torch
+
+        torch.set_num_threads(threads)
     with folder_lock(out, "demo", "demo folder"):  # one demo (or ablate preparing this world) at a time
         return _run_demo_steps(out, sizes, progress, threads, log)
 
