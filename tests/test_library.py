@@ -832,6 +832,24 @@ def test_scale_bench_library_never_deletes_a_folder_it_did_not_write(micro_check
     assert empty.is_dir() and not any(empty.iterdir())
 
 
+def test_scale_bench_out_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+    """--out under a file, or a folder: exit 2 naming --out before the benchmark runs (it ran for up to an hour and
+    then ended in a traceback with its result lost: the JSON was printed only after the write)."""
+    from rap_deploy.library import scale_bench
+
+    ran = []
+    monkeypatch.setattr(scale_bench, "bench_stage1", lambda *a, **k: ran.append(1) or {"size": 1})
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out in (blocker / "s1.json", tmp_path):
+        with pytest.raises(SystemExit) as exc:
+            scale_bench.main(["stage1", "--size", "100", "--out", str(out)])
+        assert exc.value.code == 2 and "--out" in capsys.readouterr().err
+    assert not ran
+    assert scale_bench.main(["stage1", "--size", "100", "--out", str(tmp_path / "new" / "s1.json")]) == {"size": 1}
+    assert json.loads((tmp_path / "new" / "s1.json").read_text()) == {"size": 1}
+
+
 def test_search_over_an_onnxruntime_engine_never_imports_torch(library, micro_ort_engines):
     """A search process over ONNX Runtime sessions loads neither torch nor open_clip (≈ 700 MiB resident): the
     tokenizer, the library and the lazy engine are numpy and ONNX Runtime only (the 10k-library memory target)."""

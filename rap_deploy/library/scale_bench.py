@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lib.add_argument("--verify", default="quick", choices=("full", "quick"))
     lib.add_argument("--keep", action="store_true", help="keep the library folder afterwards")
     args = p.parse_args(argv)
+    _check_out(p, args.out)  # before a run that can last an hour, not at its end
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.part == "stage1":
         kinds = [k for k in args.ann.replace(" ", "").split(",") if k]
@@ -325,10 +326,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "library it writes: give a new or empty folder")
         result = _run_library(args, log)
     text = json.dumps(result, indent=2, default=str)
+    print(text)  # first: a write that fails still leaves the result on stdout
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+        from rap_deploy.atomic import write_text_atomic
+
+        try:
+            write_text_atomic(args.out, text + "\n")
+        except OSError as exc:
+            p.exit(2, f"error: cannot write --out {args.out} ({exc.strerror or exc}); the result is on stdout\n")
     return result
 
 
@@ -352,6 +357,17 @@ def _remove_written(folder: Path, state: str) -> None:
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
+
+
+def _check_out(parser: argparse.ArgumentParser, out: Path | None) -> None:
+    """Exit 2 (one line) when ``--out`` cannot become a file: a folder, or a path under a file."""
+    if out is None:
+        return
+    blocker = next((q for q in out.parents if q.exists()), None)
+    if out.is_dir():
+        parser.error(f"--out {out} is a folder; name a JSON file")
+    if blocker is not None and not blocker.is_dir():
+        parser.error(f"--out {out} cannot be written: {blocker} is a file, not a folder")
 
 
 def _run_library(args: argparse.Namespace, log: Any) -> dict[str, Any]:
