@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -500,3 +501,51 @@ def test_model_config_json_always_has_max_batch_size(models):
     cfg = config_to_json(triton_model_config(models["asa_head"], "x", {}))
     assert cfg["max_batch_size"] == 0
     assert config_to_json(triton_model_config(models["text_encoder"], "x", {}))["max_batch_size"] == 128
+
+
+def test_load_test_percentiles_are_of_answered_requests_only():
+    """A server that refuses every other search at once (503) and answers the rest after 0.2 s: the percentiles are
+    the answered requests' (at least 200 ms), the refusals are counted as errors (quick 503s lowered p50 before)."""
+    import http.server
+
+    from rap_deploy.engines.serving.loadtest import run_load
+
+    stats = json.dumps({"text_batcher": {"rows": 0, "batches": 0, "engine_seconds": 0.0, "max_batch": 1}}).encode()
+    served = [0]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _answer(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._answer(200, stats)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            served[0] += 1
+            if served[0] % 2:
+                time.sleep(0.2)
+                self._answer(200, b"{}")
+            else:
+                self._answer(503, b"{}")
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        report = run_load(f"http://127.0.0.1:{httpd.server_port}", "search", clients=1, seconds=30,
+                          queries=["a red circle"], max_requests=6, warmup_seconds=0)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+    assert report["requests"] == 6 and report["ok"] == 3 and report["errors"] == {"503": 3}
+    assert report["p50_ms"] >= 200 and report["p99_ms"] >= 200

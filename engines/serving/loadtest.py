@@ -121,7 +121,9 @@ def _client(host: str, port: int, path: str, bodies: list[bytes], start: int, de
 def run_load(url: str, target: str, clients: int, seconds: float, queries: list[str], top_k: int = 10,
              top_m: int = 100, max_requests: int = 200_000, warmup_seconds: float = 2.0) -> dict[str, Any]:
     """Drive ``clients`` concurrent clients at ``target`` for ``seconds`` (after an untimed warm-up); returns the
-    report: requests, errors by status, throughput, latency percentiles and the server's text-encoder counters."""
+    report: requests, errors by status, throughput, latency percentiles of the answered (200) requests and the
+    server's text-encoder counters. A refused or failed request is counted in ``errors``, never in the percentiles:
+    a quick 503 would otherwise lower them as the server falls behind."""
     host, port = require_loopback(url)
     path, bodies = request_bodies(target, host, port, queries, top_k, top_m)
     if warmup_seconds > 0:
@@ -131,7 +133,7 @@ def run_load(url: str, target: str, clients: int, seconds: float, queries: list[
     latencies, statuses = _drive(host, port, path, bodies, clients, seconds, max_requests)
     wall = time.perf_counter() - t0
     after = _get_json(host, port, "/stats")
-    lat = np.asarray(latencies, dtype=np.float64) * 1e3
+    lat = np.asarray([sec for sec, status in latencies if status == 200], dtype=np.float64) * 1e3
     ok = sum(n for s, n in statuses.items() if s == 200)
     tb0, tb1 = before["text_batcher"], after["text_batcher"]
     rows, batches = tb1["rows"] - tb0["rows"], tb1["batches"] - tb0["batches"]
@@ -149,9 +151,10 @@ def run_load(url: str, target: str, clients: int, seconds: float, queries: list[
 
 
 def _drive(host: str, port: int, path: str, bodies: list[bytes], clients: int, seconds: float, max_requests: int
-           ) -> tuple[list[float], Counter]:
+           ) -> tuple[list[tuple[float, int | str]], Counter]:
+    """Each request's (seconds, status) and the count per status."""
     lock = threading.Lock()
-    latencies: list[float] = []
+    latencies: list[tuple[float, int | str]] = []
     statuses: Counter = Counter()
     issued = [0]
 
@@ -164,7 +167,7 @@ def _drive(host: str, port: int, path: str, bodies: list[bytes], clients: int, s
 
     def record(seconds_taken: float, status: int | str) -> None:
         with lock:
-            latencies.append(seconds_taken)
+            latencies.append((seconds_taken, status))
             statuses[status] += 1
 
     deadline = time.monotonic() + seconds
