@@ -286,6 +286,11 @@ MANIFEST_TAMPERING = {
     "effort out of range": (lambda m: m["stage1"].update(effort=10 ** 30), "'stage1.effort'"),
     "top_m not a number": (lambda m: m["stage1"].update(top_m="x"), "'stage1.top_m' 'x'"),
     "recall missing": (lambda m: m["stage1"].pop("recall_at_m"), "'stage1.recall_at_m' is missing"),
+    # read by every index report (an up-to-date `index` ended in a KeyError traceback)
+    "recall not a number": (lambda m: m["stage1"]["recall_at_m"].update(recall="high"),
+                            "'stage1.recall_at_m' is malformed"),
+    "recall without its m": (lambda m: m["stage1"]["recall_at_m"].pop("m"), "'stage1.recall_at_m' is malformed"),
+    "build seconds missing": (lambda m: m["stage1"].pop("build_seconds"), "'stage1.build_seconds' None"),
     "shards swapped": (_swap_first_shards, "the manifest puts shard shard-000001 at row 0"),
 }
 

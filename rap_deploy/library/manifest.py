@@ -273,7 +273,8 @@ def _check_sampling(sampling: dict[str, Any], need: Any) -> None:
 
 
 def _check_stage1(stage1: Any, need: Any) -> None:
-    """The stage-1 entry names its index file, and its numbers are numbers in range (effort, top_m, ntotal)."""
+    """The stage-1 entry names its index file, and its numbers are numbers in range (effort, top_m, ntotal, the
+    measured recall@M and build time every index report reads)."""
     need(isinstance(stage1, dict) and isinstance(stage1.get("file"), str) and isinstance(stage1.get("sha256"), str)
          and isinstance(stage1.get("type"), str), "'stage1' is missing")
     effort = stage1.get("effort")
@@ -281,11 +282,20 @@ def _check_stage1(stage1: Any, need: Any) -> None:
          f"'stage1.effort' {effort!r} is malformed")
     for key in ("top_m", "ntotal", "dim"):
         need(stage1.get(key) is None or _is_count(stage1[key]), f"'stage1.{key}' {stage1.get(key)!r} is malformed")
-    need(isinstance(stage1.get("recall_at_m"), dict), "'stage1.recall_at_m' is missing")
+    recall = stage1.get("recall_at_m")
+    need(isinstance(recall, dict), "'stage1.recall_at_m' is missing")
+    need(_is_number(recall.get("recall")) and 0 <= recall["recall"] <= 1 and _is_count(recall.get("m"))
+         and _is_count(recall.get("queries")), "'stage1.recall_at_m' is malformed")
+    seconds = stage1.get("build_seconds")
+    need(_is_number(seconds) and seconds >= 0, f"'stage1.build_seconds' {seconds!r} is malformed")
     queries = stage1.get("queries")
     need(queries is None or (isinstance(queries, dict) and isinstance(queries.get("file"), str)
                              and _is_count(queries.get("bytes")) and isinstance(queries.get("sha256"), str)),
          "'stage1.queries' is malformed")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # NaN != NaN
 
 
 def _is_count(value: Any) -> bool:
