@@ -215,3 +215,29 @@ def test_demo_threads_apply_to_every_step_when_the_world_is_reused(tmp_path, mon
     finally:
         torch.set_num_threads(before)
     assert seen == [2, 1]
+
+
+def test_the_demo_library_step_opens_its_engine_with_the_demo_threads(tmp_path, monkeypatch):
+    """The library step's ONNX Runtime engine got the runtime's default thread count whatever ``--threads`` said."""
+    from types import SimpleNamespace
+
+    from rap_deploy.cli.demo_steps import Steps
+    from rap_deploy.cli.pipeline import DemoSizes, _library_step
+    from rap_deploy.engines import loader
+
+    class Stop(Exception):
+        pass
+
+    asked: list[int | None] = []
+
+    def load_engine(path, **kw):
+        asked.append(kw.get("threads"))
+        raise Stop
+
+    monkeypatch.setattr(loader, "load_engine", load_engine)
+    world = SimpleNamespace(data=tmp_path / "data", frame_cache=tmp_path / "cache")
+    run = SimpleNamespace(out=tmp_path, sizes=DemoSizes.tiny(), steps=Steps(lambda m: None, tmp_path),
+                          best=tmp_path / "best.pt", threads=1, progress=False, world=world)
+    with pytest.raises(Stop):
+        _library_step(run, ["onnxruntime-fp32"])
+    assert asked == [1]

@@ -365,7 +365,7 @@ def _library_step(run: _DemoRun, built: list[str]) -> Path:
     search_engine = out / "engines" / "onnxruntime-fp32" if "onnxruntime-fp32" in built else run.best
     library = out / "index" / "msrvtt-test"
     run.steps.run("library + search", [library_file, library], lambda: write_json_atomic(library_file, _library_demo(
-        library, search_engine, run.world.data, run.world.frame_cache, run.sizes, run.progress)),
+        library, search_engine, run.world.data, run.world.frame_cache, run.sizes, run.progress, run.threads)),
         inputs=[search_engine, run.world.data / "MSRVTT_data.json"])
     return library_file
 
@@ -395,14 +395,14 @@ def _demo_summary(run: _DemoRun, t_start: float, verdicts: list[dict[str, Any]],
 
 
 def _library_demo(library: Path, engine_path: Path, data: Path, frame_cache: Path, sizes: DemoSizes,
-                  progress: bool) -> dict[str, Any]:
+                  progress: bool, threads: int | None = None) -> dict[str, Any]:
     """Index the test split into ``library`` (what ``rapdeploy index`` does) and search its first caption (what
-    ``rapdeploy search`` does); returns the library's size and that query's top 5."""
+    ``rapdeploy search`` does) with ``threads`` intra-op threads; returns the library's size and that query's top 5."""
     from rap_deploy.data.cache import FrameCache
     from rap_deploy.engines.loader import load_engine
     from rap_deploy.library import BuildOptions, build_library, dataset_source, open_library
 
-    engine = load_engine(engine_path)
+    engine = load_engine(engine_path, threads=threads)
     source = dataset_source("msrvtt", data, "test", engine.config.frames)
     # force: the step runs only when the library is missing or out of date (another engine or checkpoint)
     report = build_library(library, engine, source, FrameCache(frame_cache),
