@@ -22,9 +22,12 @@ def workspace_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     Raises :class:`UsageError` if it would be inside the package's own ``engines/`` source folder.
     """
     root = Path(explicit or os.environ.get("RAPDEPLOY_HOME") or DEFAULT_WORKSPACE).expanduser().resolve()
-    pkg_engines = (Path(__file__).resolve().parent.parent / "engines").resolve()
-    if root == pkg_engines or pkg_engines in root.parents:
-        raise UsageError(f"workspace {root} is inside the package's engines/ folder; pass --workspace elsewhere")
+    package = Path(__file__).resolve().parent
+    # a source checkout keeps the engines stage beside the package (<repo>/engines), a wheel inside it
+    for pkg_engines in (package.parent / "engines", package / "engines"):
+        pkg_engines = pkg_engines.resolve()
+        if root == pkg_engines or pkg_engines in root.parents:
+            raise UsageError(f"workspace {root} is inside the package's engines/ folder; pass --workspace elsewhere")
     return root
 
 

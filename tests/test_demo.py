@@ -241,3 +241,16 @@ def test_the_demo_library_step_opens_its_engine_with_the_demo_threads(tmp_path, 
     with pytest.raises(Stop):
         _library_step(run, ["onnxruntime-fp32"])
     assert asked == [1]
+
+
+def test_the_workspace_is_never_inside_the_installed_engines_package(tmp_path, monkeypatch):
+    """A wheel installs the engines stage as ``rap_deploy/engines`` (setuptools' package-dir mapping), beside
+    ``workspace.py``; the check looked only where a source checkout keeps it (``<repo>/engines``)."""
+    from rap_deploy import workspace
+    from rap_deploy.errors import UsageError
+
+    site = tmp_path / "site-packages"
+    monkeypatch.setattr(workspace, "__file__", str(site / "rap_deploy" / "workspace.py"))
+    with pytest.raises(UsageError, match="inside the package's engines/ folder"):
+        workspace.workspace_root(site / "rap_deploy" / "engines" / "out")
+    assert workspace.workspace_root(tmp_path / "out") == (tmp_path / "out").resolve()
