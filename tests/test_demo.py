@@ -254,3 +254,18 @@ def test_the_workspace_is_never_inside_the_installed_engines_package(tmp_path, m
     with pytest.raises(UsageError, match="inside the package's engines/ folder"):
         workspace.workspace_root(site / "rap_deploy" / "engines" / "out")
     assert workspace.workspace_root(tmp_path / "out") == (tmp_path / "out").resolve()
+
+
+@pytest.mark.parametrize("distractors", ["x", None, [0.1]])
+def test_a_world_with_a_damaged_distractor_rate_is_one_line(tmp_path, distractors):
+    """info.distractors of the world's annotation that is not a number ended the demo in a traceback."""
+    from rap_deploy.data.synth_dataset import FORMAT as SYNTH_FORMAT
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "MSRVTT_data.json").write_text(json.dumps({"info": {"format": SYNTH_FORMAT, "distractors": distractors},
+                                                       "videos": [], "sentences": []}))
+    result = CliRunner().invoke(app, ["demo", "--tiny", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 1 and "MSRVTT_data.json" in result.output and "distractors" in result.output, \
+        result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

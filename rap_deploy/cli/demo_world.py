@@ -101,7 +101,10 @@ def _check_world(data: Path, sizes: DemoSizes) -> None:
         raise CheckFailedError(f"{path} is not a readable synthetic dataset annotation ({str(exc)[:100]}); delete "
                                f"{data} and the demo writes it again") from None
     check_synth_format(path, info)
-    found = float(info.get("distractors", 0.0))  # datasets written before the option had none
+    found = info.get("distractors", 0.0)  # datasets written before the option had none
+    if isinstance(found, bool) or not isinstance(found, (int, float)) or not 0 <= found <= 1:
+        raise CheckFailedError(f"{path} holds info.distractors {json.dumps(found)[:40]}, not a rate between 0 and 1; "
+                               f"delete {data} and the demo writes it again")
     if found != sizes.distractors:
         raise UsageError(f"{path} was written with distractors {found:g}, but this run asks for "
                          f"{sizes.distractors:g}; use another world folder (--world / --out) or --distractors "
