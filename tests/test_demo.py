@@ -269,3 +269,23 @@ def test_a_world_with_a_damaged_distractor_rate_is_one_line(tmp_path, distractor
     assert result.exit_code == 1 and "MSRVTT_data.json" in result.output and "distractors" in result.output, \
         result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_damaged_init_checkpoint_is_made_again_not_refused(tmp_path, micro_checkpoint):
+    """The recipe guard read checkpoints/init.pt before the init step ran, so a truncated one (which the step makes
+    again: its sha256 no longer matches) ended the demo with exit 1; an unreadable file holds no recipe to refuse."""
+    from conftest import micro_config
+
+    from rap_deploy.cli.demo_guards import check_demo_model
+    from rap_deploy.errors import UsageError
+
+    init = tmp_path / "checkpoints" / "init.pt"
+    init.parent.mkdir()
+    init.write_bytes(micro_checkpoint.read_bytes()[:3000])
+    check_demo_model(init, micro_config(), tmp_path)  # the step remakes it
+    init.write_bytes(b"not a checkpoint at all")
+    check_demo_model(init, micro_config(), tmp_path)
+    init.write_bytes(micro_checkpoint.read_bytes())
+    check_demo_model(init, micro_config(), tmp_path)
+    with pytest.raises(UsageError, match="asa_dim = 16, but the demo's recipe now has asa_dim = 8"):
+        check_demo_model(init, micro_config(asa_dim=8), tmp_path)

@@ -24,13 +24,18 @@ def _fix(out: Path) -> str:
 
 def check_demo_model(init_ckpt: Path, config: Any, out: Path) -> None:
     """Raise :class:`UsageError` when the init checkpoint of demo folder ``out`` exists with another model than
-    ``config`` (the demo's recipe changed since it was made): every later step would be skipped and reuse it."""
+    ``config`` (the demo's recipe changed since it was made): every later step would be skipped and reuse it. An
+    unreadable file holds no recipe: the init step makes it again (its sha256 no longer matches the record)."""
     if not (init_ckpt.is_file() and init_ckpt.stat().st_size > 0):
         return
     from rap_deploy.checkpoint import load_checkpoint
+    from rap_deploy.errors import RapDeployError
     from rap_deploy.train.loop import MODEL_OPTIONS
 
-    have = load_checkpoint(init_ckpt).config
+    try:
+        have = load_checkpoint(init_ckpt).config
+    except RapDeployError:  # damaged or not a checkpoint
+        return
     changed = {k: getattr(config, k) for k in ("clip", *MODEL_OPTIONS) if getattr(have, k) != getattr(config, k)}
     if changed:
         was = ", ".join(f"{k} = {getattr(have, k)!r}" for k in changed)
