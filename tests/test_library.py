@@ -431,6 +431,36 @@ def test_kill_and_resume_equals_a_straight_run(library, synth_root, micro_checkp
     assert again.exit_code == 0 and json.loads(again.stdout)["up_to_date"] is True
 
 
+@pytest.mark.parametrize("damage", ["shard row moved", "shards not objects"])
+def test_a_damaged_build_plan_is_one_line_exit_1(synth_root, micro_checkpoint, frame_cache, tmp_path, damage):
+    """The build plan a killed build left, damaged on disk: re-running the command exits 1 naming it (--force
+    discards it) instead of a traceback (ValueError while assembling, AttributeError) after encoding with it."""
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name, src in (("a", videos[0]), ("b", videos[1])):
+        shutil.copy(src, folder / f"{name}.mp4")
+    out = tmp_path / "lib"
+    args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(out), "--cache-dir",
+            str(frame_cache), "--shard-size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAPDEPLOY_CRASH_AT": "index.shard-written@1"}
+    killed = subprocess.run([sys.executable, "-m", "rap_deploy.cli", *args, "--quiet"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    plan = json.loads((out / "build-plan.json").read_text())
+    if damage == "shard row moved":
+        plan["shards"][1]["row_offset"] = 0  # onto the committed shard's row, its request digest unchanged
+    else:
+        plan["shards"] = [1, 2]
+    (out / "build-plan.json").write_text(json.dumps(plan))
+    for extra in ([], ["--add"]):
+        res = runner.invoke(app, [*args, *extra])
+        assert res.exit_code == 1 and "build-plan.json" in res.stderr, res.output
+        assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+        assert len(res.stderr.strip().splitlines()) == 1 and not (out / "manifest.json").exists()
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+
+
 def test_add_and_remove_keep_what_is_kept(library, synth_root, micro_checkpoint, frame_cache, tmp_path, engine):
     from rap_deploy.library import open_library
 

@@ -19,7 +19,7 @@ from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.data.datasets import VideoEntry
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.library.manifest import digest
-from rap_deploy.library.shards import shard_name
+from rap_deploy.library.shards import shard_name, shard_number
 
 PLAN = "build-plan.json"
 PLAN_FORMAT = "rapdeploy.library-plan"
@@ -68,7 +68,28 @@ def read_plan(root: Path) -> dict[str, Any] | None:
                                    "(or pass --force)") from None
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT or not isinstance(plan.get("shards"), list):
         raise DamagedArtifactError(f"{path} is not a library build plan; delete it (or pass --force)")
+    _check_plan(plan, path)
     return plan
+
+
+_REQUEST_KEYS = ("sampling", "shard_size", "model", "shards")
+
+
+def _check_plan(plan: dict[str, Any], path: Path) -> None:
+    """The plan's shards are well-formed (name, first row, ``[id, path, start, end]`` videos) and the request is the
+    one its ``request_sha256`` was computed from: a plan damaged on disk is refused before a shard is written."""
+    def well_formed(shard: Any) -> bool:
+        return (isinstance(shard, dict) and isinstance(shard.get("name"), str)
+                and shard_number(shard["name"]) is not None and type(shard.get("row_offset")) is int
+                and shard["row_offset"] >= 0 and isinstance(shard.get("videos"), list)
+                and all(isinstance(v, list) and len(v) == 4 and isinstance(v[0], str) and isinstance(v[1], str)
+                        for v in shard["videos"]))
+
+    request = {k: plan.get(k) for k in _REQUEST_KEYS} | ({"replaces": plan["replaces"]} if "replaces" in plan else {})
+    if not all(well_formed(s) for s in plan["shards"]) or not isinstance(plan.get("sampling"), dict) \
+            or digest(request) != plan.get("request_sha256"):
+        raise DamagedArtifactError(f"{path} is damaged (its shards do not match the request it records); delete "
+                                   "it, or pass --force to rebuild the library")
 
 
 def adopt_plan(root: Path, new: dict[str, Any], known_shards: set[str]) -> tuple[dict[str, Any], bool]:
