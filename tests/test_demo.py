@@ -289,3 +289,14 @@ def test_a_damaged_init_checkpoint_is_made_again_not_refused(tmp_path, micro_che
     check_demo_model(init, micro_config(), tmp_path)
     with pytest.raises(UsageError, match="asa_dim = 16, but the demo's recipe now has asa_dim = 8"):
         check_demo_model(init, micro_config(asa_dim=8), tmp_path)
+
+
+def test_a_damaged_world_backbone_is_pre_trained_again_not_refused(tmp_path):
+    """The world's backbone check read the cached backbone before its step ran, so a truncated or garbled one (which
+    the step makes again: its sha256 no longer matches) ended the demo with exit 1."""
+    from rap_deploy.cli.demo_world import _check_world_backbone
+
+    backbone = tmp_path / "backbone.safetensors"
+    for damaged in (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"__metadata", b"garbage\n"):
+        backbone.write_bytes(damaged)
+        _check_world_backbone(backbone)  # the pretrain-backbone step makes it again

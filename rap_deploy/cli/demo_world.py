@@ -67,14 +67,18 @@ def _keep_tag(sizes: DemoSizes) -> str:
 def _check_world_backbone(backbone: Path) -> None:
     """Refuse a cached backbone pre-trained on stills of another object size than this version draws (an earlier
     world's backbone would otherwise be reused silently: the pre-training step is skipped when its file exists).
-    Files from before the size was recorded had the earlier, smaller objects. Raises :class:`UsageError`."""
+    Files from before the size was recorded had the earlier, smaller objects. An unreadable file is left to the
+    pre-training step, which makes it again (its sha256 no longer matches the record). Raises :class:`UsageError`."""
     from rap_deploy.backbone_file import read_backbone_info
     from rap_deploy.data.synth import SIZE_RADIUS
     from rap_deploy.data.synth_dataset import EARLIER_RADIUS, radius_text
 
     if not nonempty_file(backbone):
         return
-    found = read_backbone_info(backbone).get("object_radius")
+    try:
+        found = read_backbone_info(backbone).get("object_radius")
+    except CheckFailedError:  # damaged: no recipe to refuse
+        return
     if found != SIZE_RADIUS:
         was = f"the earlier {radius_text(EARLIER_RADIUS['rapdeploy-synth-1'])}" if found is None else json.dumps(found)
         raise UsageError(f"{backbone} was pre-trained on stills whose objects have radius {was} (fractions of the "
