@@ -666,6 +666,30 @@ def test_broken_mp4_in_a_folder_is_skipped_and_named(synth_root, micro_checkpoin
     assert retry.exit_code == 0 and json.loads(retry.stdout)["videos"] == 2
 
 
+def test_undecodable_videos_are_not_stored_again_by_every_add(synth_root, micro_checkpoint, frame_cache, tmp_path):
+    """Every --add retries the folder's undecodable files, and each build's record in the manifest kept their whole
+    list: a folder with many broken files grew the manifest by that list at every --add that added a video, until
+    it passed the manifest size bound and the library could no longer be opened (exit 1). The latest build's list
+    is kept (top-level ``skipped``); earlier builds keep its count."""
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(videos[0], folder / "a.mp4")
+    for i in range(3):
+        (folder / f"broken{i}.mp4").write_bytes(b"junk")
+    out = tmp_path / "lib"
+    args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(out), "--cache-dir",
+            str(frame_cache), "--add"]
+    for i in range(1, 4):
+        assert runner.invoke(app, args).exit_code == 0
+        shutil.copy(videos[i], folder / f"new{i}.mp4")
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.stdout)["skipped"]) == 3, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["builds"]) == 4 and [b["skipped"] for b in manifest["builds"]] == [3, 3, 3, 3]
+    assert len(manifest["skipped"]) == 3 and (out / "manifest.json").read_text().count("broken0.mp4") == 1
+
+
 def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_checkpoint, frame_cache, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

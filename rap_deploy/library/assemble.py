@@ -260,6 +260,14 @@ def disk_bytes(root: Path, shards: list[dict[str, Any]], stage1_entry: dict[str,
     return total + (manifest.stat().st_size if manifest.is_file() else 0)
 
 
+def _build_record(build: Any) -> Any:
+    """A build as the manifest keeps it: its undecodable videos counted, not listed (every --add retries them, so
+    a list per build would grow the manifest by the same names each time; the latest list is ``skipped``)."""
+    if isinstance(build, dict) and isinstance(build.get("skipped"), list):
+        return build | {"skipped": len(build["skipped"])}
+    return build
+
+
 def write_library_manifest(root: Path, old: dict[str, Any] | None, model: dict[str, Any], engine_info: Any,
                            asm: Assembly, tombstones: set[int], stage1_entry: dict[str, Any],
                            tensor_shapes: dict[str, list[int]], next_shard: int, next_row: int,
@@ -281,7 +289,7 @@ def write_library_manifest(root: Path, old: dict[str, Any] | None, model: dict[s
         "removed": sorted(asm.removed & referenced),
         "skipped": build["skipped"],
         "stage1": stage1_entry,
-        "builds": [*((old or {}).get("builds") or []), build],
+        "builds": [_build_record(b) for b in [*((old or {}).get("builds") or []), build]],
     }
     total = disk_bytes(root, asm.shards, stage1_entry)
     manifest["bytes_on_disk"] = total
