@@ -291,6 +291,7 @@ MANIFEST_TAMPERING = {
                             "'stage1.recall_at_m' is malformed"),
     "recall without its m": (lambda m: m["stage1"]["recall_at_m"].pop("m"), "'stage1.recall_at_m' is malformed"),
     "build seconds missing": (lambda m: m["stage1"].pop("build_seconds"), "'stage1.build_seconds' None"),
+    "stage-1 type unknown": (lambda m: m["stage1"].update(type="flat"), "'stage1.type' 'flat'"),  # was exit 2
     "shards swapped": (_swap_first_shards, "the manifest puts shard shard-000001 at row 0"),
 }
 

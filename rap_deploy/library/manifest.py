@@ -277,6 +277,9 @@ def _check_stage1(stage1: Any, need: Any) -> None:
     measured recall@M and build time every index report reads)."""
     need(isinstance(stage1, dict) and isinstance(stage1.get("file"), str) and isinstance(stage1.get("sha256"), str)
          and isinstance(stage1.get("type"), str), "'stage1' is missing")
+    from rap_deploy.library.stage1 import ANN_TYPES
+
+    need(stage1["type"] in ANN_TYPES, f"'stage1.type' {stage1['type']!r} is not one of {', '.join(ANN_TYPES)}")
     effort = stage1.get("effort")
     need(effort is None or (_is_count(effort) and 1 <= effort <= MAX_STAGE1_EFFORT),
          f"'stage1.effort' {effort!r} is malformed")
