@@ -420,16 +420,17 @@ def bench_markdown(result: dict[str, Any]) -> str:
 def print_bench(result: dict[str, Any], console: Any = None) -> None:
     """Print the bench table with rich (backend and precision, throughput and unit merged to keep it narrow)."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or _wide_console()
-    table = Table(box=box.SIMPLE_HEAD, title=f"bench — {describe_device(result['device'])}")
+    table = Table(box=box.SIMPLE_HEAD, title=escape(f"bench — {describe_device(result['device'])}"))
     header = ("backend", "graph", "batch", "throughput", "min ms", "p50 ms", "p90 ms", "p99 ms", "vs torch",
               "(min)", "GFLOP/s")
     for col in header:
         table.add_column(col, justify="left" if col in ("backend", "graph") else "right", no_wrap=True)
     for row in bench_rows(result):
-        table.add_row(f"{row[0]} {row[1]}", row[2], row[3], f"{row[4]} {row[5]}", *row[6:])
+        table.add_row(escape(f"{row[0]} {row[1]}"), row[2], row[3], f"{row[4]} {row[5]}", *row[6:])  # [folder]
     console.print(table)
     flops = result.get("gflops", {})
     if flops:
@@ -438,11 +439,11 @@ def print_bench(result: dict[str, Any], console: Any = None) -> None:
     if meanp:
         console.print(_adapter_line(meanp))
     for line in search_lines(result):
-        console.print(line)
+        console.print(line, markup=False)
     for note in result.get("notes", []):
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False)
     console.print(load_line(result), style=None if result.get("clean", True) else "bold red", markup=False)
-    console.print(f"reports in {result.get('out')}")
+    console.print(f"reports in {result.get('out')}", markup=False)
 
 
 def plot_bench(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -285,3 +285,21 @@ def test_the_first_timed_call_settles_after_another_functions_warm_up(monkeypatc
     events.clear()
     bench_timing.time_interleaved([lambda: events.append("a")], repeats=2, warmup=1)
     assert events == ["a", "a", "a"]  # one function: nothing to wait for
+
+
+def test_the_printed_table_keeps_the_engine_folder_labels():
+    """The label of two engines of one backend and precision is ``backend [folder]``, which rich read as a markup
+    tag and dropped: the printed rows were indistinguishable."""
+    from rich.console import Console
+
+    from rap_deploy.engines.reports import print_bench
+
+    rows = [{"backend": "onnxruntime", "precision": "fp32", "engine": e} for e in ("/w/onnx", "/w/[x]/engines")]
+    full = [{**r, "graph": "text", "batch_size": 1, "throughput": 1.0, "unit": "texts/s", "p50_ms": 1.0,
+             "p90_ms": 1.0, "p99_ms": 1.0} for r in rows]
+    console = Console(record=True, width=200)
+    print_bench({"results": full, "device": {"cpu": "cpu"}, "out": "/w/[x]/bench",
+                 "notes": ["/w/[x]/engines: text batch 64 exceeds the engine's max batch 32; skipped"]}, console)
+    text = console.export_text()
+    assert "onnxruntime [onnx] fp32" in text and "onnxruntime [engines] fp32" in text, text
+    assert "note: /w/[x]/engines: text batch 64" in text and "reports in /w/[x]/bench" in text
