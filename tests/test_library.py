@@ -691,6 +691,17 @@ def test_undecodable_videos_are_not_stored_again_by_every_add(synth_root, micro_
     assert len(manifest["skipped"]) == 3 and (out / "manifest.json").read_text().count("broken0.mp4") == 1
 
 
+@pytest.mark.parametrize("line", [".", "./", "/"])
+def test_a_list_line_naming_no_file_is_refused_with_its_line_number(micro_checkpoint, tmp_path, line):
+    """A --list line that names no file ('.', '/': no name to make an id of) ended in pathlib's ValueError
+    traceback; it is now exit 2 naming the line."""
+    listing = tmp_path / "paths.txt"
+    listing.write_text(f"# my clips\n{tmp_path / 'a.mp4'}\n{line}\n")
+    res = runner.invoke(app, ["index", "--list", str(listing), "--engine", str(micro_checkpoint), "--out",
+                              str(tmp_path / "lib")])
+    assert res.exit_code == 2 and "line 3" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output
+
+
 def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_checkpoint, frame_cache, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

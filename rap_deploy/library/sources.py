@@ -89,6 +89,8 @@ def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
         if "\x00" in text:
             raise UsageError(f"list file {path} line {number} holds a NUL character; it is not a path")
         p = Path(text).expanduser()
+        if not Path(text).name:  # '.', '/': no file name to make an id of
+            raise UsageError(f"list file {path} line {number} ({text!r}) names no file; write one video path per line")
         file = p if p.is_absolute() else path.parent / p
         videos.append(VideoEntry(Path(text).with_suffix("").as_posix(), file.resolve()))
         paths.append(f"line {number}")
