@@ -702,6 +702,24 @@ def test_a_list_line_naming_no_file_is_refused_with_its_line_number(micro_checkp
     assert res.exit_code == 2 and "line 3" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output
 
 
+def test_search_finds_the_engine_that_built_it_from_another_folder(synth_root, micro_checkpoint, frame_cache,
+                                                                  tmp_path, monkeypatch):
+    """`index --engine` given as a relative path recorded it as given, so `search` without --engine run from any
+    other folder did not find the engine that built the library (it fell back to the workspace's latest: none here,
+    exit 2); the manifest now records it absolute."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(sorted((synth_root / "videos").glob("*.mp4"))[0], folder / "a.mp4")
+    monkeypatch.chdir(micro_checkpoint.parent)
+    built = runner.invoke(app, ["index", "--videos", str(folder), "--engine", micro_checkpoint.name, "--out",
+                                str(tmp_path / "lib"), "--cache-dir", str(frame_cache)])
+    assert built.exit_code == 0, built.output
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["search", "a red circle", "--library", str(tmp_path / "lib"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert [h["video_id"] for h in json.loads(res.stdout)["results"]] == ["a"]
+
+
 def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_checkpoint, frame_cache, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

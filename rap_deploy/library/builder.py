@@ -328,11 +328,18 @@ def _caption_queries(engine: Any, source: VideoSource | None, options: BuildOpti
 
 
 def _engine_info(engine: Any) -> dict[str, Any] | None:
+    """The engine's description for the manifest, its file paths absolute: `rapdeploy search` loads the engine
+    that built the library from there, run from any folder."""
     describe = getattr(engine, "describe", None)
     if describe is None:
         return None
     info = describe()
-    return info.to_dict() if hasattr(info, "to_dict") else dict(info)
+    info = info.to_dict() if hasattr(info, "to_dict") else dict(info)
+    for key in ("path", "checkpoint"):
+        value = info.get(key)
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute() and Path(value).exists():
+            info[key] = str(Path(value).resolve())
+    return info
 
 
 def _report(root: Path, manifest: dict[str, Any], added: list[dict[str, Any]], skipped: list[dict[str, str]],
