@@ -424,13 +424,19 @@ def print_bench(result: dict[str, Any], console: Any = None) -> None:
     from rich.table import Table
 
     console = console or _wide_console()
-    table = Table(box=box.SIMPLE_HEAD, title=escape(f"bench — {describe_device(result['device'])}"))
+    unreliable = any(not r.get("ratio_reliable", True) for r in result["results"])
+    # Narrow enough for a log's 130 columns: the unreliable mark is a "*" explained below the table; where the table
+    # still does not fit (a narrow terminal) cells wrap and fold instead of being cut off.
+    table = Table(box=box.SIMPLE_HEAD, title=escape(f"bench — {describe_device(result['device'])}"),
+                  caption="* unreliable: the machine was not quiet" if unreliable else None)
     header = ("backend", "graph", "batch", "throughput", "min ms", "p50 ms", "p90 ms", "p99 ms", "vs torch",
               "(min)", "GFLOP/s")
     for col in header:
-        table.add_column(col, justify="left" if col in ("backend", "graph") else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col in ("backend", "graph") else "right", overflow="fold")
     for row in bench_rows(result):
-        table.add_row(escape(f"{row[0]} {row[1]}"), row[2], row[3], f"{row[4]} {row[5]}", *row[6:])  # [folder]
+        ratios = [cell.replace(" (unreliable)", "*") for cell in row[10:12]]
+        table.add_row(escape(f"{row[0]} {row[1]}"), row[2], row[3], f"{row[4]} {row[5]}", *row[6:10], *ratios,
+                      row[12])  # escape: a label's [folder] is no markup tag
     console.print(table)
     flops = result.get("gflops", {})
     if flops:

@@ -303,3 +303,25 @@ def test_the_printed_table_keeps_the_engine_folder_labels():
     text = console.export_text()
     assert "onnxruntime [onnx] fp32" in text and "onnxruntime [engines] fp32" in text, text
     assert "note: /w/[x]/engines: text batch 64" in text and "reports in /w/[x]/bench" in text
+
+
+def test_the_printed_table_of_an_unquiet_run_shows_every_number_whole():
+    """In a log (130 columns), two long engine labels and the "(unreliable)" mark in both ratio columns made rich
+    shrink every column: latencies were printed as ``1.…`` and graphs as ``t…``."""
+    from rich.console import Console
+
+    from rap_deploy.engines.reports import print_bench
+
+    engines = ("torch eager", "/w/engines/onnxruntime-fp32", "/w/onnx")
+    rows = [{"backend": "torch" if e == "torch eager" else "onnxruntime", "precision": "fp32", "engine": e,
+             "graph": "search", "batch_size": 32, "throughput": 1234.5678, "unit": "queries/s", "min_ms": 1.3456,
+             "p50_ms": 2.3456, "p90_ms": 3.4567, "p99_ms": 4.5678, "ratio_vs_torch": 0.4123,
+             "ratio_vs_torch_best": 2.1345, "gflops_per_s": 1.25, "ratio_reliable": False} for e in engines]
+    console = Console(record=True, width=130)
+    print_bench({"results": rows, "device": {"cpu": "AMD EPYC 7B13 64-Core Processor", "usable_cores": 2,
+                                             "torch_threads": 2}, "clean": False, "out": "/w/bench"}, console)
+    text = console.export_text()
+    assert "…" not in text, text
+    for cell in ("search", "1234.57 queries/s", "1.35", "2.35", "3.46", "4.57", "0.41x", "2.13x", "onnxruntime"):
+        assert text.count(cell) >= 2, (cell, text)
+    assert "unreliable" in text
