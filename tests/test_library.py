@@ -720,6 +720,29 @@ def test_search_finds_the_engine_that_built_it_from_another_folder(synth_root, m
     assert [h["video_id"] for h in json.loads(res.stdout)["results"]] == ["a"]
 
 
+def test_add_retries_a_video_that_failed_to_decode_once_it_is_fixed(synth_root, micro_checkpoint, frame_cache,
+                                                                    tmp_path):
+    """An --add whose new videos all failed to decode left their empty shard behind (the library was up to date, so
+    no manifest was written and nothing cleaned it); the next --add planned the same shard, took it as committed and
+    reported the old failure, so a fixed file was never indexed. It is encoded now."""
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(videos[0], folder / "a.mp4")
+    out = tmp_path / "lib"
+    args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(out), "--cache-dir",
+            str(frame_cache), "--add", "--json"]
+    assert runner.invoke(app, args).exit_code == 0
+    (folder / "b.mp4").write_bytes(b"junk")  # a copy still in progress
+    failed = json.loads(runner.invoke(app, args).stdout)
+    assert failed["up_to_date"] and [s["video_id"] for s in failed["skipped"]] == ["b"]
+    shutil.copy(videos[1], folder / "b.mp4")  # the copy finished
+    fixed = runner.invoke(app, args)
+    assert fixed.exit_code == 0, fixed.output
+    report = json.loads(fixed.stdout)
+    assert (report["added"], report["skipped"], report["videos"]) == (1, [], 2)
+
+
 def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_checkpoint, frame_cache, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -248,7 +248,7 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     skipped = [s for e in new_entries for s in e.get("skipped", [])]
     added = [e for e in new_entries if e["rows"] > 0]
     if old is None and not added:
-        plans.drop_plan(root)
+        _drop_plan_and_its_shards(root, keep=set())
         names = ", ".join(f"{s['video_id']} ({s['reason']})" for s in skipped[:5])
         raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}: {names}")
     asm = Assembly(shards=[*((old or {}).get("shards") or []), *added], removed=set((old or {}).get("removed", [])))
@@ -257,7 +257,7 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     apply_replacements(asm, set(replaced.values()))
     apply_removals(root, asm, options.remove)
     if old is not None and not added and not options.remove and options.ann in (None, old["stage1"]["type"]):
-        plans.drop_plan(root)
+        _drop_plan_and_its_shards(root, keep={s["name"] for s in old["shards"]})
         return _report(root, old, [], skipped, [], up_to_date=True)
     shapes = _tensor_shapes(old, added)
     top_m = options.top_m or int((old or {}).get("stage1", {}).get("top_m") or 100)
@@ -282,6 +282,16 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     remove_stale(root, keep={s["name"] for s in manifest["shards"]})
     remove_unused_stage1(root, stage1_entry)
     return _report(root, manifest, added, skipped, asm.removed_ids, replaced=list(replaced))
+
+
+def _drop_plan_and_its_shards(root: Path, keep: set[str]) -> None:
+    """End a build that committed nothing to the manifest: delete its shards (all rows skipped), then its plan.
+
+    A shard left behind would be taken as committed by the next build of the same videos (same name, same plan
+    entry), so a file fixed since would never be encoded again. Shards first: a kill in between leaves the plan,
+    and the re-run encodes them again."""
+    remove_stale(root, keep=keep)
+    plans.drop_plan(root)
 
 
 def _wait_for_shards(root: Path, plan: dict[str, Any], ranks: Ranks) -> list[dict[str, Any]]:
