@@ -119,6 +119,7 @@ def test_a_folder_from_before_the_step_records_is_adopted_until_a_demo_ran_every
 
     for name in ("a", "b", "c"):
         (tmp_path / name).write_text(name)
+    (tmp_path / "summary.json").write_text("{}")  # what an earlier demo wrote when it finished
     ran: list[str] = []
     first = Steps(lambda m: None, tmp_path)
     assert first.adopting and not first.run("a", [tmp_path / "a"], lambda: ran.append("a"))
@@ -300,3 +301,29 @@ def test_a_damaged_world_backbone_is_pre_trained_again_not_refused(tmp_path):
     for damaged in (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"__metadata", b"garbage\n"):
         backbone.write_bytes(damaged)
         _check_world_backbone(backbone)  # the pretrain-backbone step makes it again
+
+
+def test_a_workspace_that_holds_other_artifacts_is_not_adopted_as_a_demo_folder(tmp_path):
+    """The demo writes into the workspace by default. A workspace without step records that holds the user's own
+    export (``rapdeploy export`` into ``onnx/``) is no demo folder from before the records: its files must not be
+    taken as the demo's steps (the user's export was skipped over and its engines verified against the demo's
+    model). A folder an earlier demo finished (it has the demo's ``summary.json``) is still adopted."""
+    from rap_deploy.cli.demo_steps import Steps
+
+    marker = tmp_path / "onnx" / "manifest.json"
+    marker.parent.mkdir()
+    marker.write_text("{}")
+    ran: list[str] = []
+    assert Steps(lambda m: None, tmp_path).run("export", [marker, marker.parent], lambda: ran.append("export"))
+    assert ran == ["export"]
+    half = tmp_path / "verify.json"  # a killed first demo's step wrote its marker but never recorded it
+    half.write_text("{}")
+    assert Steps(lambda m: None, tmp_path).run("verify", [half], lambda: ran.append("verify"))
+    assert ran == ["export", "verify"]
+    earlier = tmp_path / "earlier"
+    (earlier / "onnx").mkdir(parents=True)
+    (earlier / "onnx" / "manifest.json").write_text("{}")
+    (earlier / "summary.json").write_text(json.dumps({"step_seconds": {"export": 5.0}}))
+    steps = Steps(lambda m: None, earlier)
+    assert steps.adopting and not steps.run("export", [earlier / "onnx" / "manifest.json"], lambda: ran.append("x"))
+    assert ran == ["export", "verify"]

@@ -4,9 +4,10 @@ A step writes files (its outputs; the first is its marker) from files earlier st
 finishes, ``OUT/demo-steps.json`` records (under its name and marker) the sha256 of each of them and the seconds it
 took. A later demo skips the step only when its marker exists and every output and input still has its recorded
 sha256: a step whose output was deleted, truncated or edited runs again, and so does every later step that read what
-it rewrote (its recorded inputs no longer match). A folder written before the records existed has markers but no
-``demo-steps.json``: its complete steps are adopted, as they are, until one demo has run every step there
-(``ablate`` runs two of them). Timings of skipped steps come from the records, so a resumed demo's summary still
+it rewrote (its recorded inputs no longer match). A demo folder written before the records existed has markers and
+its ``summary.json`` but no ``demo-steps.json``: its complete steps are adopted, as they are, until one demo has run
+every step there (``ablate`` runs two of them); any other folder's files (a workspace's own export) are never
+adopted. Timings of skipped steps come from the records, so a resumed demo's summary still
 lists every step.
 """
 
@@ -141,14 +142,16 @@ def _files(folder: Path) -> Iterator[Path]:
 
 
 def _read_records(root: Path, log: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], bool]:
-    """The step records of ``root`` and whether the folder predates them (no records file: adopt its steps). A
-    damaged records file counts as no record: every step runs again."""
+    """The step records of ``root`` and whether the folder predates them (no records file, and the ``summary.json``
+    a demo writes when it finishes: adopt its steps). A folder without either is new, or a workspace that holds
+    other commands' files (the user's own export in ``onnx/``): nothing in it is the demo's until a step records it.
+    A damaged records file counts as no record: every step runs again."""
     from rap_deploy.bounds import read_manifest_text
     from rap_deploy.errors import CheckFailedError
 
     path = root / RECORDS
     if not path.exists() and not path.is_symlink():
-        return {}, True
+        return {}, (root / "summary.json").is_file()
     try:
         if path.is_symlink() or not path.is_file():
             raise ValueError("not a regular file")
