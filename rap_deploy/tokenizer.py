@@ -26,6 +26,10 @@ SUPPORTED = "open_clip.SimpleTokenizer"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2  # open_clip keeps this many merges of the file: 49,408 ids in all
 MAX_PIECE_CHARS = 4096  # one pre-token (a run of letters, say): no word is longer; far past any context
+# The BPE symbols of words met before are kept, as open_clip does, but not for ever in a long-running server: words
+# up to MAX_MEMO_CHARS characters, at most MAX_MEMO_WORDS of them (the memo is emptied when full; ids are unchanged).
+MAX_MEMO_CHARS = 32
+MAX_MEMO_WORDS = 20_000
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 END_OF_WORD = "</w>"
 
@@ -109,7 +113,10 @@ class BPETokenizer:
                     merged.append(word[i])
                     i += 1
             word = tuple(merged)
-        self._words[piece] = word
+        if len(piece) <= MAX_MEMO_CHARS:
+            if len(self._words) >= MAX_MEMO_WORDS + len(SPECIAL_TOKENS):
+                self._words = {t: (t,) for t in SPECIAL_TOKENS}
+            self._words[piece] = word
         return word
 
     def encode(self, text: str, limit: int | None = None) -> list[int]:

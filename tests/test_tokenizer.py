@@ -82,3 +82,20 @@ def test_a_huge_caption_costs_what_its_kept_tokens_cost():
     assert (huge[0] == short[0]).all() and (huge[1] == short[1]).all()
     ids, eot = tokenize(["a " + "x" * 24_000 + " dog"], cfg)
     assert eot[0] == cfg.context_length - 1
+
+
+def test_the_word_memo_of_a_long_running_process_stays_bounded():
+    """The BPE result of every distinct word was kept for the life of the process: a server answering queries of
+    ever new words (up to MAX_PIECE_CHARS characters each) grew without limit. The memo now holds at most
+    MAX_MEMO_WORDS words, and ids are unchanged when it is emptied."""
+    from rap_deploy import tokenizer as tok_module
+
+    bpe = tok_module.BPETokenizer()
+    first = bpe.encode("the quick brown fox")
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    for _ in range(tok_module.MAX_MEMO_WORDS // 40 + 50):
+        bpe.encode(" ".join("".join(rng.choice(letters, 12)) for _ in range(50)))
+    assert len(bpe._words) <= tok_module.MAX_MEMO_WORDS + len(tok_module.SPECIAL_TOKENS)
+    assert bpe.encode("the quick brown fox") == first
+    assert bpe.encode("<end_of_text>") == [bpe.eot_id]
