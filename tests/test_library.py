@@ -743,6 +743,18 @@ def test_add_retries_a_video_that_failed_to_decode_once_it_is_fixed(synth_root, 
     assert (report["added"], report["skipped"], report["videos"]) == (1, [], 2)
 
 
+def test_a_refused_force_leaves_the_library_as_it_was(library, micro_checkpoint, synth_root, tmp_path):
+    """`index --force` without videos, or with --remove, was refused (exit 2, "nothing was changed") only after it
+    had deleted the library; both are refused before anything is touched."""
+    lib = _copy(library, tmp_path / "lib")
+    before = {**_files(lib), "manifest.json": (lib / "manifest.json").read_bytes()}
+    for extra in ([], ["--dataset", "msrvtt", "--data-root", str(synth_root), "--engine", str(micro_checkpoint),
+                       "--remove", "video30"]):
+        res = runner.invoke(app, ["index", "--out", str(lib), "--force", *extra])
+        assert res.exit_code == 2 and "--force" in res.stderr, res.output
+        assert {**_files(lib), "manifest.json": (lib / "manifest.json").read_bytes()} == before
+
+
 def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_checkpoint, frame_cache, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

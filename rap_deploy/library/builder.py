@@ -106,6 +106,7 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
     t0 = time.perf_counter()
     if source is not None and engine is None:
         raise UsageError("indexing videos needs an engine (--engine)")
+    _check_force(root, source, options)
     if ranks.is_main:
         with folder_lock(root, "index", "library folder"):
             state = _prepare(root, engine, source, options, log)
@@ -125,6 +126,17 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
     if ranks.is_main and report.get("added"):
         report["videos_per_second"] = round(report["added"] / max(encode_s, 1e-9), 2)
     return report
+
+
+def _check_force(root: Path, source: VideoSource | None, options: BuildOptions) -> None:
+    """Refuse, before anything is deleted, a ``--force`` that could not rebuild: without videos, or with
+    ``--remove`` (the rebuilt library holds only the given videos)."""
+    if options.force and source is None:
+        raise UsageError(f"--force rebuilds {root} from videos, and none were given (--dataset/--data-root, --videos "
+                         "DIR or --list FILE); nothing was changed")
+    if options.force and options.remove:
+        raise UsageError("--force rebuilds the library from the given videos only: leave the videos to drop out of "
+                         "them instead of passing --remove; nothing was changed")
 
 
 def _committed_shards(root: Path, plan: dict[str, Any] | None) -> int:
