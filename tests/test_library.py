@@ -753,6 +753,19 @@ def test_a_refused_force_leaves_the_library_as_it_was(library, micro_checkpoint,
         res = runner.invoke(app, ["index", "--out", str(lib), "--force", *extra])
         assert res.exit_code == 2 and "--force" in res.stderr, res.output
         assert {**_files(lib), "manifest.json": (lib / "manifest.json").read_bytes()} == before
+    # a file of the user's beside the library: --force deleted the library, then refused the folder as foreign
+    (lib / "NOTES.txt").write_text("my notes")
+    res = runner.invoke(app, ["index", "--out", str(lib), "--force", "--dataset", "msrvtt", "--data-root",
+                              str(synth_root), "--engine", str(micro_checkpoint), "--top-m", str(TOP_M),
+                              "--shard-size", str(SHARD), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["videos"] == 12, res.output
+    assert (lib / "NOTES.txt").read_text() == "my notes"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "NOTES.txt").write_text("my notes")
+    res = runner.invoke(app, ["index", "--out", str(foreign), "--force", "--dataset", "msrvtt", "--data-root",
+                              str(synth_root), "--engine", str(micro_checkpoint)])
+    assert res.exit_code == 2 and "not a library" in res.stderr and sorted(os.listdir(foreign)) == ["NOTES.txt"]
 
 
 def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_checkpoint, frame_cache, tmp_path):

@@ -149,13 +149,16 @@ def _committed_shards(root: Path, plan: dict[str, Any] | None) -> int:
 def _prepare(root: Path, engine: Any, source: VideoSource | None, options: BuildOptions,
              log: Callable[[str], None]) -> dict[str, Any]:
     """Main rank, under the lock: --force, read and check the library, plan the new shards (or resume the plan)."""
+    had_library = (root / MANIFEST).is_file()
     if options.force:
+        if not had_library:  # before deleting: the folder holds something else
+            _refuse_foreign_folder(root)
         _wipe(root)
     for name in (MANIFEST, plans.PLAN):  # temporary files of a killed atomic write
         for tmp in root.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
     old = read_manifest(root) if (root / MANIFEST).is_file() else None
-    if old is None:
+    if old is None and not (options.force and had_library):  # a library's folder may hold the user's files too
         _refuse_foreign_folder(root)
     if old is None and source is None:
         raise UsageError(f"{root} holds no library yet; give videos to index (--dataset/--data-root, --videos DIR "
