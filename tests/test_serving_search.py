@@ -345,3 +345,29 @@ def test_load_test_out_that_cannot_be_written_is_refused_before_the_run(served, 
         err = capsys.readouterr().err
         assert "--out" in err and "Traceback" not in err
     assert service.batcher.stats.requests == before  # refused before the run
+
+
+def test_a_slow_query_tokenization_does_not_hold_up_other_requests(served, monkeypatch):
+    """Checking and tokenizing a query (BPE in Python: 0.2 s for a 1,000-letter word) ran on the event loop, so every
+    other request waited behind it; now it runs in the thread pool and /healthz answers meanwhile."""
+    url, service, _, _ = served
+    entered, released, waited = threading.Event(), threading.Event(), []
+    tokenize = service.tokenize
+
+    def slow_tokenize(query):
+        entered.set()
+        waited.append(released.wait(10))  # True: released by the /healthz answer below, not by the timeout
+        return tokenize(query)
+
+    monkeypatch.setattr(service, "tokenize", slow_tokenize)
+    statuses = []
+    searching = threading.Thread(target=lambda: statuses.append(_search(url, query="a red circle", top_k=3)[0]))
+    searching.start()
+    try:
+        assert entered.wait(30)
+        health = _request(url, "GET", "/healthz")[0]
+        released.set()
+    finally:
+        released.set()
+        searching.join(60)
+    assert health == 200 and waited == [True] and statuses == [200]
