@@ -629,6 +629,13 @@ def test_stage1_rebuilds_only_for_tombstones_it_holds_and_hnsw_finds_k_past_them
     assert typo.exit_code == 2 and "no-such-id" in typo.output and not (lib / "build-plan.json").exists()
     params = stage1.search_params("hnsw", 64, np.arange(100, dtype=np.int64), 50)
     assert params.efSearch == 150  # k + the tombstones it skips, above the tuned 64
+    # removed rows the index does not hold (left out by the rebuild) take no place in the candidate list
+    assert stage1.search_params("hnsw", 64, np.arange(100, dtype=np.int64), 50, tombstones=0).efSearch == 64
+    held, params_of = [], stage1.search_params
+    monkeypatch.setattr(stage1, "search_params", lambda *a: (held.append(a[4]), params_of(*a))[1])
+    found = runner.invoke(app, ["search", "a red circle", "--library", str(lib), "--engine", str(micro_checkpoint)])
+    manifest = json.loads((lib / "manifest.json").read_text())
+    assert found.exit_code == 0 and len(manifest["removed"]) == 3 and held == [0]
 
 
 def test_broken_mp4_in_a_folder_is_skipped_and_named(synth_root, micro_checkpoint, frame_cache, tmp_path, engine):

@@ -265,7 +265,10 @@ class Library:
         k1 = min(max(top_k, top_m), len(self))
         st = self.manifest["stage1"]
         t0 = time.perf_counter()
-        scores, ids = stage1.search(self._index, st["type"], emb, k1, st.get("effort"), self._removed)
+        # the index holds its live rows and its tombstones; removed rows of kept shards that a rebuild left out are
+        # excluded too, but take no place in HNSW's candidate list
+        held = max(0, int(self._index.ntotal) - len(self))
+        scores, ids = stage1.search(self._index, st["type"], emb, k1, st.get("effort"), self._removed, held)
         stage1_ms = (time.perf_counter() - t0) * 1000 / len(emb)
         out = []
         for q in range(len(emb)):

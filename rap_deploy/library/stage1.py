@@ -73,9 +73,11 @@ def add(index: Any, vectors: np.ndarray, ids: np.ndarray) -> None:
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
 
 
-def search_params(kind: str, effort: int | None, exclude: np.ndarray | None, k: int) -> Any:
+def search_params(kind: str, effort: int | None, exclude: np.ndarray | None, k: int,
+                  tombstones: int | None = None) -> Any:
     """FAISS search parameters: the tuned effort (``efSearch`` ≥ k + tombstones for HNSW, ``nprobe`` for IVF) and an
-    ``IDSelector`` that skips ``exclude`` (removed rows)."""
+    ``IDSelector`` that skips ``exclude`` (removed rows). ``tombstones``: how many of ``exclude`` the index holds
+    (default: all of them); rows it does not hold take no place in HNSW's candidate list."""
     import faiss
 
     sel = inner = None
@@ -84,7 +86,8 @@ def search_params(kind: str, effort: int | None, exclude: np.ndarray | None, k: 
         sel = faiss.IDSelectorNot(inner)
     if kind == "hnsw":
         # tombstones take places in the candidate list: without room for them, k results could not be found
-        room = k + (len(exclude) if exclude is not None else 0)
+        held = tombstones if tombstones is not None else (len(exclude) if exclude is not None else 0)
+        room = k + held
         params = faiss.SearchParametersHNSW(efSearch=min(max(int(effort or 64), room), MAX_STAGE1_EFFORT))
     elif kind == "ivf":
         params = faiss.SearchParametersIVF(nprobe=int(effort or 8))
@@ -97,12 +100,13 @@ def search_params(kind: str, effort: int | None, exclude: np.ndarray | None, k: 
 
 
 def search(index: Any, kind: str, queries: np.ndarray, k: int, effort: int | None = None,
-           exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` ``(scores [Q,k] float32, ids [Q,k] int64)``; ids are ``-1`` where fewer than ``k`` remain."""
+           exclude: np.ndarray | None = None, tombstones: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` ``(scores [Q,k] float32, ids [Q,k] int64)``; ids are ``-1`` where fewer than ``k`` remain.
+    ``exclude`` and ``tombstones`` as :func:`search_params` takes them."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if k <= 0 or index.ntotal == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    scores, ids = index.search(q, k, params=search_params(kind, effort, exclude, k))
+    scores, ids = index.search(q, k, params=search_params(kind, effort, exclude, k, tombstones))
     return scores, ids
 
 
