@@ -157,3 +157,18 @@ def test_decode_holds_a_few_full_size_frames_at_a_time(tmp_path, monkeypatch):
     assert chunked.mask.all() and chunked.num_frames == 40
     levels = chunked.frames.reshape(40, -1).mean(1)
     assert np.all(np.diff(levels) >= 0)  # in time order
+
+
+def test_a_file_name_that_is_not_utf8_decodes_like_any_other(tmp_path):
+    """Linux file names are bytes; decord passes names to FFmpeg as UTF-8 text, so 'café' saved in Latin-1 was always
+    undecodable ("surrogates not allowed"); it is now read through a descriptor of the open file."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    _ramp_video(tmp_path / "v.mp4", seconds=3, fps=10)
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.mp4"))
+    shutil.copy(tmp_path / "v.mp4", odd)
+    plain = decode_video(tmp_path / "v.mp4", S12, PreprocessConfig(image_size=32))
+    video = decode_video(odd, S12, PreprocessConfig(image_size=32))
+    assert video.num_frames == 3 and np.array_equal(video.frames, plain.frames)

@@ -7,7 +7,10 @@ reason; it is never replaced by zeros.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,11 +130,37 @@ def decode_video(
     problem = _probe(path)  # PyAV first: it gives FFmpeg's reason without decord's log noise
     if problem is not None:
         raise VideoDecodeError(path, f"cannot decode: {problem}")
+    with _decoder_name(path) as name:
+        return _decode_sampled(path, name, sampling, preprocess, start, end)
 
+
+@contextlib.contextmanager
+def _decoder_name(path: Path) -> Iterator[str]:
+    """A name decord can open ``path`` by: the path itself, or, when it is not valid UTF-8 (decord hands names to
+    FFmpeg as UTF-8 text; Linux file names are bytes), the ``/proc/self/fd`` link of a descriptor held open meanwhile.
+    Raises :class:`VideoDecodeError` for such a name where there is no ``/proc``."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        if not os.path.isdir("/proc/self/fd"):
+            raise VideoDecodeError(path, "cannot decode: its file name is not valid UTF-8; rename it") from None
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield name
+
+
+def _decode_sampled(path: Path, name: str, sampling: FrameSamplingConfig, preprocess: PreprocessConfig,
+                    start: float | None, end: float | None) -> DecodedVideo:
+    """The body of :func:`decode_video` once ``path`` (opened as ``name``) is known to hold a video stream."""
     import decord
 
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=DECODE_THREADS)
+        reader = decord.VideoReader(name, ctx=decord.cpu(0), num_threads=DECODE_THREADS)
         num_frames = len(reader)
         native_fps = float(reader.get_avg_fps())
     except Exception as exc:
