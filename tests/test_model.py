@@ -306,8 +306,15 @@ def test_init_and_info_cli(tmp_path):
     assert made.exit_code == 0, made.output
     light_info = json.loads(runner.invoke(app, ["info", str(light), "--json"]).output)
     assert light_info["asa_params"] == 0 and light_info["lorm_params"] > 0
-    bad = runner.invoke(app, ["init", "--clip", "rap-micro", "--pretrained", "/nope/w.pt", "--out", str(out)])
+    bad = runner.invoke(app, ["init", "--clip", "rap-micro", "--pretrained", "/nope/w.pt", "--out", str(out),
+                              "--force"])
     assert bad.exit_code == 2 and "/nope/w.pt" in bad.output
+    before = out.read_bytes()  # an existing checkpoint (it may be trained) is never replaced unasked
+    again = runner.invoke(app, ["init", "--clip", "rap-micro", "--variant", "rap_light", "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output and out.read_bytes() == before
+    forced = runner.invoke(app, ["init", "--clip", "rap-micro", "--variant", "rap_light", "--out", str(out), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(runner.invoke(app, ["info", str(out), "--json"]).output)["asa_params"] == 0
 
 
 def test_init_from_local_weights_file(tmp_path, micro_model):

@@ -63,12 +63,15 @@ def init(
                                         "weights in the checkpoint, or only reference the tag/file by sha256."),
     seed: int = typer.Option(0, "--seed", help="Seed for the adapters' random init."),
     json_out: bool = typer.Option(False, "--json", help="Print the model summary as JSON."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
 ) -> None:
     """Create an untrained RAP checkpoint (identity adapters: exactly frozen CLIP with mean pooling)."""
     from rap_deploy.model_summary import init_checkpoint
 
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; pass a checkpoint file path such as {out / 'init.pt'}")
+    if (out.exists() or out.is_symlink()) and not force:  # it may be a trained checkpoint: never replaced unasked
+        raise UsageError(f"--out {out} exists; pass --force to replace it, or another --out")
     bounds.check_int(seed, "--seed", 0, bounds.MAX_SEED)
 
     summary = init_checkpoint(out, clip=clip, pretrained=pretrained, backbone_file=backbone,
