@@ -997,12 +997,15 @@ def test_scale_bench_out_that_cannot_be_written_is_refused_before_the_run(tmp_pa
 def test_search_over_an_onnxruntime_engine_never_imports_torch(library, micro_ort_engines):
     """A search process over ONNX Runtime sessions loads neither torch nor open_clip (≈ 700 MiB resident): the
     tokenizer, the library and the lazy engine are numpy and ONNX Runtime only (the 10k-library memory target)."""
-    import subprocess
-    import sys
+    _search_loads_no_torch(library, micro_ort_engines["fp32"])
 
-    code = ("import sys\nfrom rap_deploy.cli import main\n"
-            f"sys.argv = ['rapdeploy', 'search', 'a red circle', '--library', {str(library)!r}, '--engine', "
-            f"{str(micro_ort_engines['fp32'])!r}, '--top', '3', '--json']\n"
+
+def _search_loads_no_torch(library: Path, engine: Path, *extra: str) -> None:
+    """Run ``rapdeploy search`` over ``engine`` in a fresh interpreter: it answers and imports neither torch nor
+    open_clip."""
+    argv = ["rapdeploy", "search", "a red circle", "--library", str(library), "--engine", str(engine), "--top", "3",
+            "--json", *extra]
+    code = (f"import sys\nfrom rap_deploy.cli import main\nsys.argv = {argv!r}\n"
             "try:\n    main()\nfinally:\n"
             "    print('loaded:', sorted(m for m in ('torch', 'open_clip') if m in sys.modules), file=sys.stderr)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -1020,15 +1023,7 @@ def test_threads_option_is_checked_and_search_keeps_torch_out(library, micro_ort
             res = runner.invoke(app, [*args, "--threads", bad])
             assert res.exit_code == 2 and "--threads" in res.stderr, res.output
             assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    code = ("import sys\nfrom rap_deploy.cli import main\n"
-            f"sys.argv = ['rapdeploy', 'search', 'a red circle', '--library', {str(library)!r}, '--engine', "
-            f"{str(micro_ort_engines['fp32'])!r}, '--top', '3', '--json', '--threads', '1']\n"
-            "try:\n    main()\nfinally:\n"
-            "    print('loaded:', sorted(m for m in ('torch', 'open_clip') if m in sys.modules), file=sys.stderr)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert len(json.loads(done.stdout.splitlines()[-1])["results"]) == 3
-    assert "loaded: []" in done.stderr
+    _search_loads_no_torch(library, micro_ort_engines["fp32"], "--threads", "1")
 
 
 def test_a_tiny_ivf_index_trains_without_faiss_warnings(capfd):

@@ -312,6 +312,18 @@ def test_sigterm_stops_the_server_while_a_client_stalls_mid_request(micro_ort_en
     assert code == 0 and "rapdeploy serve stopped" in s.output, (code, s.output[-2000:])
 
 
+def _large_video_body() -> tuple[bytes, bytes]:
+    """``(JSON head, whole body)`` of a binary video_encoder request of two 4-frame 32-px videos (96 KiB: a large
+    body)."""
+    frames = np.zeros((2, 4, 3, 32, 32), np.float32)
+    head = json.dumps({"inputs": [{"name": "frames", "datatype": "FP32", "shape": list(frames.shape),
+                                   "parameters": {"binary_data_size": frames.nbytes}},
+                                  {"name": "frame_mask", "datatype": "FP32", "shape": [2, 4],
+                                   "parameters": {"binary_data_size": 32}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    return head, head + frames.tobytes() + np.ones((2, 4), np.float32).tobytes()
+
+
 def test_large_inference_bodies_are_held_a_few_at_a_time(micro_ort_engines, monkeypatch):
     """Each large inference request read its whole body (up to --max-body-mb) and then waited for the engine, so
     concurrent clients could make the server hold any number of bodies at once; now at most max_infer_inflight
@@ -339,13 +351,7 @@ def test_large_inference_bodies_are_held_a_few_at_a_time(micro_ort_engines, monk
         return await read(request, *args)
 
     monkeypatch.setattr(app_module, "read_body", counting_read)
-    frames = np.zeros((2, 4, 3, 32, 32), np.float32)  # 96 KiB: a large body
-    head = json.dumps({"inputs": [{"name": "frames", "datatype": "FP32", "shape": list(frames.shape),
-                                   "parameters": {"binary_data_size": frames.nbytes}},
-                                  {"name": "frame_mask", "datatype": "FP32", "shape": [2, 4],
-                                   "parameters": {"binary_data_size": 32}}],
-                       "parameters": {"binary_data_output": True}}).encode()
-    body = head + frames.tobytes() + np.ones((2, 4), np.float32).tobytes()
+    head, body = _large_video_body()
     statuses: list[int] = []
     try:
         with ServerThread(create_app(service)) as server:
@@ -402,13 +408,7 @@ def test_a_stalled_body_cannot_hold_a_slot_for_ever(micro_ort_engines):
     service = ServingService(SerialEngine(load_engine(path, threads=1)), read_source(path), None,
                              ServeOptions(max_infer_inflight=1, body_idle_timeout_s=0.5))
     warm_up(service)
-    frames = np.zeros((2, 4, 3, 32, 32), np.float32)  # 96 KiB: a large body
-    head = json.dumps({"inputs": [{"name": "frames", "datatype": "FP32", "shape": list(frames.shape),
-                                   "parameters": {"binary_data_size": frames.nbytes}},
-                                  {"name": "frame_mask", "datatype": "FP32", "shape": [2, 4],
-                                   "parameters": {"binary_data_size": 32}}],
-                       "parameters": {"binary_data_output": True}}).encode()
-    body = head + frames.tobytes() + np.ones((2, 4), np.float32).tobytes()
+    head, body = _large_video_body()
     try:
         with ServerThread(create_app(service)) as server:
             u = urllib.parse.urlsplit(server.url)
