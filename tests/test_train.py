@@ -564,6 +564,23 @@ def _check_model_sizes_are_part_of_the_recipe(run_dir):
         _check_same_recipe(run_dir, None, dataclasses.replace(stored, preset="default"))
 
 
+def test_finished_run_without_last_pt_is_checked_on_its_best_pt_options(tmp_path):
+    """A finished run whose ``last.pt`` was removed (only ``best.pt`` kept) is still compared on every option its
+    ``best.pt`` stored: rerunning the folder at another preset is refused, not read back as that preset's run."""
+    runner = CliRunner()
+    args = ["ablate", "--tiny", "--world", str(tmp_path / "world"), "--out", str(tmp_path / "abl"), "--seeds", "0",
+            "--rows", "rap", "--quiet"]
+    assert runner.invoke(app, args).exit_code == 0
+    run_dir = tmp_path / "abl" / "rap" / "seed0"
+    (run_dir / "last.pt").unlink()
+    stamp = (run_dir / "summary.json").stat().st_mtime_ns
+    again = runner.invoke(app, args)  # the same recipe: read back
+    assert again.exit_code == 0, again.output
+    other = runner.invoke(app, [*args, "--preset", "default"])
+    assert other.exit_code == 2 and "preset = 'paper', not 'default'" in other.output, other.output
+    assert "Traceback" not in other.output and (run_dir / "summary.json").stat().st_mtime_ns == stamp
+
+
 def test_rows_whose_options_match_share_runs():
     """On a recipe that is the paper preset, the ``paper`` row is the ``rap`` row's model: it reads ``rap``'s runs
     and its label says so. Where the recipe sets its own ASA width (the tiny one), ``paper`` trains its own."""

@@ -123,29 +123,48 @@ def check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: Tr
     backbone than ``options``: reading it back (or resuming it) would put it in the wrong table.
 
     A run with a ``last.pt`` is compared on every option it stored there, the model's sizes as built
-    (:func:`~rap_deploy.train.loop.option_mismatch`). Its summary is compared on what it records (epoch count, batch
-    size, variant, pre-trained backbone, selection loss weight, 0 in summaries written before the weight was; and
-    without a ``last.pt``, the LoRM multiplier of a run that trained). The backbone file's sha256 must still be the
-    one the run's checkpoint recorded."""
+    (:func:`~rap_deploy.train.loop.option_mismatch`); a finished run without one, on the options its ``best.pt``
+    stored. Its summary is compared on what it records (epoch count, batch size, variant, pre-trained backbone,
+    selection loss weight, 0 in summaries written before the weight was; and without stored options, the LoRM
+    multiplier of a run that trained). The backbone file's sha256 must still be the one the run's checkpoint
+    recorded. Raises :class:`CheckFailedError` when ``best.pt`` stored options that are not valid."""
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.train.loop import option_mismatch, stored_run
 
     last, best = run_dir / LAST, run_dir / BEST
-    mismatch, ckpt = None, None
+    mismatch, ckpt, stored = None, None, None
     if last.is_file():
         ckpt, stored, _ = stored_run(last)
+    elif summary is not None and summary.get("complete") and best.is_file():
+        ckpt = load_checkpoint(best)  # a finished run kept without its last.pt: best.pt stored the options too
+        stored = _best_options(best, ckpt)
+    if stored is not None:
         mismatch = option_mismatch(stored, ckpt.config, options.to_dict())
     if summary is not None and mismatch is None:
-        keys = SUMMARY_OPTIONS + (("lorm_lr_mult",) if ckpt is None and summary.get("epochs") else ())
+        keys = SUMMARY_OPTIONS + (("lorm_lr_mult",) if stored is None and summary.get("epochs") else ())
         mismatch = _summary_mismatch(summary, options, keys)
     if mismatch is not None:
         key, have, wanted = mismatch
         raise UsageError(f"{run_dir} holds a run trained with {key} = {have!r}, not {wanted!r}: pass "
                          "--out with a new folder (or remove that run)")
-    if ckpt is None and summary is not None and summary.get("complete") and best.is_file():
-        ckpt = load_checkpoint(best)
     if ckpt is not None:
         _check_backbone(run_dir, ckpt.backbone, options)
+
+
+def _best_options(best: Path, ckpt: Any) -> TrainOptions | None:
+    """The training options ``best.pt`` stored (``None`` when it stored none); :class:`CheckFailedError` when they
+    are not valid options."""
+    stored = ckpt.extra.get("train_options")
+    if stored is None:
+        return None
+    try:
+        if not isinstance(stored, dict):
+            raise TypeError("not a mapping")
+        options = TrainOptions.from_dict(stored)
+        options.validate()
+    except (TypeError, ValueError, UsageError) as exc:
+        raise damaged_run(best, f"its training options are invalid ({exc})") from None
+    return options
 
 
 def _summary_mismatch(summary: dict[str, Any], options: TrainOptions,
