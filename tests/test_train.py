@@ -581,6 +581,23 @@ def test_finished_run_without_last_pt_is_checked_on_its_best_pt_options(tmp_path
     assert "Traceback" not in other.output and (run_dir / "summary.json").stat().st_mtime_ns == stamp
 
 
+def test_heldout_cache_without_its_counts_is_scored_again(tmp_path):
+    """A cached held-out result that lacks the video count or seconds the table keeps (edited, or damaged) is
+    scored again, never a KeyError traceback."""
+    runner = CliRunner()
+    args = ["ablate", "--tiny", "--world", str(tmp_path / "world"), "--out", str(tmp_path / "abl"), "--seeds", "0",
+            "--rows", "rap", "--quiet", "--heldout-videos", "4"]
+    assert runner.invoke(app, args).exit_code == 0
+    cached = tmp_path / "abl" / "rap" / "seed0" / "heldout4-s1000.json"
+    good = json.loads(cached.read_text())
+    for damaged in ({k: v for k, v in good.items() if k != "seconds"}, {**good, "videos": "4"}):
+        cached.write_text(json.dumps(damaged))
+        again = runner.invoke(app, args)
+        assert again.exit_code == 0 and "Traceback" not in again.output, again.output
+        rescored = json.loads(cached.read_text())
+        assert rescored["videos"] == 4 and rescored["t2v"] == good["t2v"] and "seconds" in rescored
+
+
 def test_rows_whose_options_match_share_runs():
     """On a recipe that is the paper preset, the ``paper`` row is the ``rap`` row's model: it reads ``rap``'s runs
     and its label says so. Where the recipe sets its own ASA width (the tiny one), ``paper`` trains its own."""

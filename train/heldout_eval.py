@@ -8,6 +8,7 @@ back, and a checkpoint that changed is scored again.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,8 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
     (:func:`rap_deploy.gallery_eval.evaluate_in_galleries`); 0 ranks it among the whole split.
 
     Raises :class:`CheckFailedError` for a run without ``best.pt`` (its folder is damaged: a finished run has one);
-    otherwise what loading the checkpoint and the split raise. A cached result that is a symbolic link or holds
-    metrics out of range is scored again.
+    otherwise what loading the checkpoint and the split raise. A cached result that is a symbolic link, holds
+    metrics out of range or lacks its video count or seconds is scored again.
     """
     from rap_deploy.atomic import sha256_file, write_json_atomic
 
@@ -52,12 +53,15 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
 
 
 def _scores_ok(cached: dict[str, Any]) -> bool:
-    """The cached metrics the table reads are all finite and in range."""
+    """The cached metrics the table reads are all finite and in range, with the video count and seconds it keeps."""
     from rap_deploy.train.ablate_runs import recalls_ok
 
     staged = cached.get("two_stage", {})
-    return all(recalls_ok(m.get(d)) if isinstance(m, dict) else False
-               for m in (cached, *([staged] if staged else [])) for d in ("t2v", "v2t"))
+    videos, seconds = cached.get("videos"), cached.get("seconds")
+    counts_ok = isinstance(videos, int) and not isinstance(videos, bool) and videos >= 1 \
+        and isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds)
+    return counts_ok and all(recalls_ok(m.get(d)) if isinstance(m, dict) else False
+                             for m in (cached, *([staged] if staged else [])) for d in ("t2v", "v2t"))
 
 
 def _score(checkpoint: Path, split: HeldoutSplit, top_m: int, progress: bool, gallery: int) -> dict[str, Any]:
