@@ -598,6 +598,34 @@ def test_heldout_cache_without_its_counts_is_scored_again(tmp_path):
         assert rescored["videos"] == 4 and rescored["t2v"] == good["t2v"] and "seconds" in rescored
 
 
+def test_heldout_split_with_a_missing_video_is_refused_not_scored_on_fewer(tmp_path):
+    """Every run is scored on the whole held-out split: a split video that is missing (or undecodable) is an error
+    naming it and the fix, never a score over fewer videos cached and averaged with the others; a cached score
+    over fewer videos than the split holds is scored again."""
+    runner = CliRunner()
+    world = tmp_path / "world"
+    args = ["ablate", "--tiny", "--world", str(world), "--out", str(tmp_path / "abl"), "--seeds", "0", "--rows",
+            "rap", "--quiet", "--heldout-videos", "4"]
+    assert runner.invoke(app, args).exit_code == 0
+    cached = tmp_path / "abl" / "rap" / "seed0" / "heldout4-s1000.json"
+    good = json.loads(cached.read_text())
+    assert good["videos"] == 4 and good["skipped"] == []
+    video = sorted((world / "heldout-4" / "data" / "videos").glob("*.mp4"))[-1]  # a test video (video0 trains)
+    aside = tmp_path / video.name
+    video.rename(aside)
+    try:
+        fresh = runner.invoke(app, [*args[:5], str(tmp_path / "abl-b"), *args[6:]])
+        assert fresh.exit_code == 1 and video.stem in fresh.output and "remove" in fresh.output, fresh.output
+        assert "Traceback" not in fresh.output
+        assert not (tmp_path / "abl-b" / "rap" / "seed0" / "heldout4-s1000.json").exists()
+    finally:
+        aside.rename(video)
+    cached.write_text(json.dumps({**good, "videos": 3, "skipped": [{"video_id": video.stem, "reason": "missing"}]}))
+    again = runner.invoke(app, args)  # a score over 3 of the split's 4 videos: scored again
+    assert again.exit_code == 0, again.output
+    assert json.loads(cached.read_text())["videos"] == 4
+
+
 def test_rows_whose_options_match_share_runs():
     """On a recipe that is the paper preset, the ``paper`` row is the ``rap`` row's model: it reads ``rap``'s runs
     and its label says so. Where the recipe sets its own ASA width (the tiny one), ``paper`` trains its own."""

@@ -27,9 +27,11 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
     ``gallery`` G > 0 each query is ranked within its own gallery of G consecutive videos
     (:func:`rap_deploy.gallery_eval.evaluate_in_galleries`); 0 ranks it among the whole split.
 
-    Raises :class:`CheckFailedError` for a run without ``best.pt`` (its folder is damaged: a finished run has one);
+    Raises :class:`CheckFailedError` for a run without ``best.pt`` (its folder is damaged: a finished run has one)
+    and for a split video that is missing or cannot be decoded (a score over fewer videos is not this split's);
     otherwise what loading the checkpoint and the split raise. A cached result that is a symbolic link, holds
-    metrics out of range or lacks its video count or seconds is scored again.
+    metrics out of range, lacks its video count or seconds, or scored fewer videos than the split holds is scored
+    again.
     """
     from rap_deploy.atomic import sha256_file, write_json_atomic
 
@@ -42,14 +44,25 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
     cached_file = run_dir / (f"{split.tag}-g{gallery}.json" if gallery else f"{split.tag}.json")
     cached = None if cached_file.is_symlink() else read_record(cached_file)
     if (cached is not None and cached.get("checkpoint_sha256") == digest and cached.get("split") == split.record
-            and cached.get("gallery", 0) == gallery and _scores_ok(cached)):
+            and cached.get("gallery", 0) == gallery and _scores_ok(cached) and _whole_split(cached, split)):
         return {**cached, "gallery": gallery}  # results cached before galleries existed hold none: one gallery
     if cached_only:
         return None
     result = _score(checkpoint, split, top_m, progress, gallery)
+    if not _whole_split(result, split):
+        names = ", ".join(f"{s['video_id']} ({s['reason']})" for s in result["skipped"][:3])
+        raise CheckFailedError(f"held-out split {split.data}: {len(result['skipped'])} of its "
+                               f"{split.record['videos']} test videos could not be read ({names}); every run is "
+                               f"scored on the whole split: remove {split.data.parent} and the next `rapdeploy "
+                               "ablate` writes it again")
     result.update(split=split.record, checkpoint_sha256=digest, gallery=gallery)
     write_json_atomic(cached_file, result)
     return result
+
+
+def _whole_split(result: dict[str, Any], split: HeldoutSplit) -> bool:
+    """Whether ``result`` scored every test video of ``split`` (none skipped as missing or undecodable)."""
+    return result.get("videos") == split.record["videos"] and not result.get("skipped")
 
 
 def _scores_ok(cached: dict[str, Any]) -> bool:
