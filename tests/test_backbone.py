@@ -287,3 +287,19 @@ def test_cached_stills_with_a_lying_header_are_regenerated_not_allocated(tmp_pat
     again, again_captions = load_or_make_stills(8, 0, 32, tmp_path)
     assert np.array_equal(again, images) and again_captions == captions
     assert load_or_make_stills(8, 0, 32, tmp_path)[0].shape == (8, 32, 32, 3)  # the rewritten cache reads back
+
+
+def test_cached_stills_of_another_object_size_are_not_reused(tmp_path, monkeypatch):
+    """The stills cache is keyed by the object sizes it was drawn with: a cache an earlier version wrote (smaller
+    objects) is not read back as this version's stills, which the backbone file would then record as this size."""
+    from rap_deploy.data.synth import SIZE_RADIUS
+    from rap_deploy.train.backbone import load_or_make_stills
+
+    current, _ = load_or_make_stills(8, 0, 32, None)
+    with monkeypatch.context() as earlier_version:
+        earlier_version.setitem(SIZE_RADIUS, "small", 0.10)
+        earlier_version.setitem(SIZE_RADIUS, "big", 0.16)
+        earlier, _ = load_or_make_stills(8, 0, 32, tmp_path)
+    assert not np.array_equal(earlier, current)
+    images, _ = load_or_make_stills(8, 0, 32, tmp_path)
+    assert np.array_equal(images, current)

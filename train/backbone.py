@@ -52,7 +52,9 @@ TEST_SEED_OFFSET = 1_000_003  # held-out stills come from a different seed than 
 def load_or_make_stills(n: int, seed: int, size: int, data_root: str | Path | None, position_twins: bool = False,
                         distractors: float = 0.0) -> tuple[np.ndarray, list[str]]:
     """``generate_stills(n, seed, size, position_twins, distractors)``, cached as
-    ``DATA_ROOT/stills/stills-n<n>-s<size>-seed<seed>[-twins][-d<distractors>].npz``.
+    ``DATA_ROOT/stills/stills-n<n>-s<size>-seed<seed>[-twins][-d<distractors>]-r<object radii>.npz`` (the radii
+    of :data:`~rap_deploy.data.synth.SIZE_RADIUS`: stills an earlier version drew with other object sizes are not
+    this version's).
 
     Without ``data_root`` the stills are generated in memory. A cached file that cannot be read is regenerated.
     """
@@ -62,7 +64,8 @@ def load_or_make_stills(n: int, seed: int, size: int, data_root: str | Path | No
         return generate_stills(n, seed, size, position_twins, distractors)
     twins = "-twins" if position_twins else ""
     extra = f"-d{distractors:g}" if distractors > 0 else ""
-    path = Path(data_root) / STILLS_DIR / f"stills-n{n}-s{size}-seed{seed}{twins}{extra}.npz"
+    radii = "-r" + "-".join(f"{SIZE_RADIUS[k]:g}" for k in sorted(SIZE_RADIUS))
+    path = Path(data_root) / STILLS_DIR / f"stills-n{n}-s{size}-seed{seed}{twins}{extra}{radii}.npz"
     if path.is_file() and not path.is_symlink() and _stills_headers_fit(path, n, size):
         try:
             with np.load(path, allow_pickle=False) as data:
