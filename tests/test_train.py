@@ -626,6 +626,22 @@ def test_heldout_split_with_a_missing_video_is_refused_not_scored_on_fewer(tmp_p
     assert json.loads(cached.read_text())["videos"] == 4
 
 
+def test_summary_whose_offsets_do_not_match_their_start_is_named_not_a_traceback(tmp_path):
+    """A finished run's summary whose learned offsets and initial offsets hold different heads (edited, or from
+    another model) is a damaged run (exit 1, naming the file and the fix), not a numpy broadcasting traceback."""
+    runner = CliRunner()
+    args = ["ablate", "--tiny", "--world", str(tmp_path / "world"), "--out", str(tmp_path / "abl"), "--seeds", "0",
+            "--rows", "rap", "--quiet"]
+    assert runner.invoke(app, args).exit_code == 0
+    summary = tmp_path / "abl" / "rap" / "seed0" / "summary.json"
+    data = json.loads(summary.read_text())
+    start = data["offsets_initial"]
+    summary.write_text(json.dumps({**data, "offsets_initial": {**start, "gamma": start["gamma"][:1]}}))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "summary.json" in res.output and "remove" in res.output, res.output
+    assert "Traceback" not in res.output
+
+
 def test_rows_whose_options_match_share_runs():
     """On a recipe that is the paper preset, the ``paper`` row is the ``rap`` row's model: it reads ``rap``'s runs
     and its label says so. Where the recipe sets its own ASA width (the tiny one), ``paper`` trains its own."""

@@ -89,10 +89,24 @@ def _check_numbers(path: Path, summary: dict[str, Any]) -> None:
         for direction in ("t2v", "v2t"):
             if direction in metrics:
                 _check_recalls(path, f"{where}.{direction}", metrics[direction])
-    for where, offsets in (("best.offsets", best.get("offsets")), ("offsets_initial", summary.get("offsets_initial"))):
+    pair = (("best.offsets", best.get("offsets")), ("offsets_initial", summary.get("offsets_initial")))
+    for where, offsets in pair:
         if offsets:
             if not isinstance(offsets, dict) or not all(_finite_numbers(offsets.get(k)) for k in ("gamma", "delta")):
                 raise damaged_run(path, f"'{where}' does not hold finite gamma and delta offsets")
+    if all(offsets for _, offsets in pair) and not all(
+            _same_shape(pair[0][1][k], pair[1][1][k]) for k in ("gamma", "delta")):
+        raise damaged_run(path, "'best.offsets' and 'offsets_initial' do not hold the same heads")
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    """True when two (nested) lists of numbers have the same shape (a ragged list matches nothing)."""
+    import numpy as np
+
+    try:
+        return np.asarray(a, dtype=np.float64).shape == np.asarray(b, dtype=np.float64).shape
+    except ValueError:  # ragged
+        return False
 
 
 def _check_recalls(path: Path, where: str, metrics: Any) -> None:
