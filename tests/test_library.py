@@ -219,6 +219,16 @@ def test_library_of_another_model_is_refused(library, tmp_path):
     assert other_config.exit_code == 2 and "asa_topk" in other_config.output
 
 
+def _clip_folder(synth_root: Path, folder: Path, count: int) -> list[Path]:
+    """Make ``folder`` with the first ``count`` synthetic videos as ``v0.mp4``, ``v1.mp4``...; returns every
+    synthetic video (sorted), for tests that copy more in later."""
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    folder.mkdir()
+    for i in range(count):
+        shutil.copy(videos[i], folder / f"v{i}.mp4")
+    return videos
+
+
 def _copy(library: Path, dest: Path) -> Path:
     shutil.copytree(library, dest)
     return dest
@@ -598,11 +608,8 @@ def test_stage1_rebuilds_only_for_tombstones_it_holds_and_hnsw_finds_k_past_them
     before any video is encoded."""
     from rap_deploy.library import stage1
 
-    videos = sorted((synth_root / "videos").glob("*.mp4"))
     folder = tmp_path / "clips"
-    folder.mkdir()
-    for i in range(8):
-        shutil.copy(videos[i], folder / f"v{i}.mp4")
+    videos = _clip_folder(synth_root, folder, 8)
     lib = tmp_path / "lib"
     args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(lib), "--cache-dir",
             str(frame_cache), "--shard-size", "2", "--ann", "hnsw"]
@@ -821,11 +828,8 @@ def test_removing_every_video_leaves_an_empty_library_that_searches_and_grows(sy
     exit 2 "use --ann exact": nothing to train its lists on); it opens, answers no result, and --add fills it."""
     from rap_deploy.library import open_library
 
-    videos = sorted((synth_root / "videos").glob("*.mp4"))
     folder = tmp_path / "clips"
-    folder.mkdir()
-    for i in range(3):
-        shutil.copy(videos[i], folder / f"v{i}.mp4")
+    _clip_folder(synth_root, folder, 3)
     lib = tmp_path / "lib"
     args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(lib), "--cache-dir",
             str(frame_cache), "--shard-size", "2"]
