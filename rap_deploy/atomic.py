@@ -80,6 +80,17 @@ def _umask() -> int:
     return _UMASK
 
 
+def output_file_problem(out: Path) -> str | None:
+    """Why ``out`` cannot become a file (it is a folder, or lies under a file), or ``None``: checked before work
+    that would only write its result at the end."""
+    if out.is_dir():
+        return f"{out} is a folder; name a file"
+    blocker = next((q for q in out.parents if q.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return f"{out} cannot be written: {blocker} is a file, not a folder"
+    return None
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and return the path."""
     with atomic_path(path) as tmp:

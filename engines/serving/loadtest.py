@@ -316,13 +316,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_out(out: Path | None) -> None:
     """Refuse an ``--out`` that cannot become a file (a folder, or under a file) before any load is sent."""
-    if out is None:
-        return
-    if out.is_dir():
-        raise LoadTestError(f"--out {out} is a folder; name the report file")
-    parent = next((q for q in out.parents if q.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise LoadTestError(f"--out {out}: {parent} is a file, not a folder")
+    from rap_deploy.atomic import output_file_problem
+
+    problem = output_file_problem(out) if out is not None else None
+    if problem is not None:
+        raise LoadTestError(f"--out {problem}")
 
 
 def _run(a: argparse.Namespace) -> dict[str, Any]:

@@ -361,13 +361,11 @@ def _remove_written(folder: Path, state: str) -> None:
 
 def _check_out(parser: argparse.ArgumentParser, out: Path | None) -> None:
     """Exit 2 (one line) when ``--out`` cannot become a file: a folder, or a path under a file."""
-    if out is None:
-        return
-    blocker = next((q for q in out.parents if q.exists()), None)
-    if out.is_dir():
-        parser.error(f"--out {out} is a folder; name a JSON file")
-    if blocker is not None and not blocker.is_dir():
-        parser.error(f"--out {out} cannot be written: {blocker} is a file, not a folder")
+    from rap_deploy.atomic import output_file_problem
+
+    problem = output_file_problem(out) if out is not None else None
+    if problem is not None:
+        parser.error(f"--out {problem}")
 
 
 def _run_library(args: argparse.Namespace, log: Any) -> dict[str, Any]:
