@@ -138,7 +138,8 @@ def _payload(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
-    """Write ``ckpt`` atomically as ``.pt`` (torch) or ``.safetensors``; returns the path."""
+    """Write ``ckpt`` atomically as ``.pt`` (torch) or ``.safetensors``; returns the path. Equal checkpoints are
+    equal files, byte for byte, whatever their names. Raises :class:`UsageError` when ``path`` is a folder."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"--out {path} is a folder; pass a file path such as {path / 'ckpt.pt'}")
@@ -154,8 +155,11 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     payload = _payload(ckpt)
     payload["adapter_state"] = ckpt.adapter_state
     payload["backbone_state"] = ckpt.backbone_state
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file object, not the path: torch names the archive's top folder after a path it is given (here the
+    # temporary file's random name), so equal checkpoints would differ in bytes and in their sha256 (the demo's step
+    # records would then redo every step after a remade but equal checkpoint).
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
     return path
 
 

@@ -268,6 +268,15 @@ def test_checkpoint_round_trip(tmp_path, suffix):
         torch.load(path, weights_only=True)  # plain tensors and data only
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_equal_checkpoints_are_equal_files_whatever_their_names(tmp_path, suffix):
+    """The demo's step records compare sha256: a remade checkpoint with the same tensors must not redo later steps."""
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    first = save_checkpoint(ckpt, tmp_path / f"init{suffix}").read_bytes()
+    again = save_checkpoint(ckpt, tmp_path / "sub" / f"other-name{suffix}").read_bytes()
+    assert first == again
+
+
 class Sneaky:
     """An arbitrary Python object: loading it needs weights_only=False."""
 
