@@ -7,6 +7,7 @@ together with the preprocessing and tokenizer settings, so an artifact carries t
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +83,6 @@ class TokenizerConfig:
 
 def _validate_preprocess(pre: Any) -> None:
     """Raise :class:`UsageError` unless ``pre`` is a :class:`PreprocessConfig` with a bounded size and sane mean/std."""
-    import math
-
     from rap_deploy import bounds
 
     if not isinstance(pre, PreprocessConfig):
@@ -94,8 +93,8 @@ def _validate_preprocess(pre: Any) -> None:
     for name in ("mean", "std"):
         values = getattr(pre, name)
         if (len(values) != 3 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
-                or not all(math.isfinite(v) for v in values)):
-            raise UsageError(f"preprocess {name} must be three finite numbers, got {list(values)!r}")
+                or not all(_finite_float(v) for v in values)):
+            raise UsageError(f"preprocess {name} must be three finite numbers, got {list(values)!r:.120}")
     if not isinstance(pre.interpolation, str) or not isinstance(pre.antialias, bool):
         raise UsageError("preprocess interpolation must be a string and antialias true or false")
     if pre.interpolation.lower() not in INTERPOLATIONS:
@@ -103,6 +102,14 @@ def _validate_preprocess(pre: Any) -> None:
                          f"{pre.interpolation[:40]!r}")
     if min(pre.std) < 1e-6:  # a std near 0 scales pixels past any float: training would only diverge
         raise UsageError(f"preprocess std must be >= 1e-6, got {list(pre.std)}")
+
+
+def _finite_float(value: numbers.Real) -> bool:
+    """Whether ``value`` converts to a finite float (an integer past float's range, 10**400, does not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 # The resize modes the preprocessing can use on tensors (torchvision InterpolationMode names, lower case).

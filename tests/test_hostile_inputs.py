@@ -499,6 +499,7 @@ class _Touch:
     ("bad-config-type", 1, ["invalid model config", "frames"]),
     ("bad-interpolation", 1, ["invalid model config", "interpolation must be one of"]),
     ("tiny-std", 1, ["invalid model config", "std must be >= 1e-6"]),
+    ("huge-mean", 1, ["invalid model config", "mean must be three finite numbers"]),
     ("clip-mismatch", 1, ["names CLIP 'ViT-B-32' but its backbone is 'rap-micro'"]),
     ("unknown-clip", 1, ["open_clip has no model config", "damaged"]),
     ("st-header", 1, ["safetensors", "truncated or damaged"]),
@@ -550,6 +551,8 @@ def test_damaged_or_foreign_checkpoints_get_one_line(kind, code, needles, payloa
             payload["config"]["preprocess"]["interpolation"] = "garbage"
         elif kind == "tiny-std":
             payload["config"]["preprocess"]["std"] = [1e-300, 1.0, 1.0]
+        elif kind == "huge-mean":  # an integer past float's range (pickle and JSON both carry one)
+            payload["config"]["preprocess"]["mean"] = [10**400, 0.5, 0.5]
         elif kind == "clip-mismatch":  # the config and the backbone must name the same CLIP
             payload["config"]["clip"] = "ViT-B-32"
         elif kind == "unknown-clip":
