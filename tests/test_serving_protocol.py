@@ -32,6 +32,7 @@ from rap_deploy.engines.serving.model_config import (
 )
 from rap_deploy.engines.serving.oip import (
     HEADER_LENGTH,
+    MAX_GZIP_MEMBERS,
     InferRequest,
     RequestError,
     decode_body,
@@ -300,6 +301,22 @@ def test_compressed_bodies_are_bounded():
     with pytest.raises(RequestError) as err:
         decode_body(b"garbage", "gzip", 10_000)
     assert err.value.status == 400
+
+
+def test_a_gzip_body_of_several_members_is_inflated_whole_and_bounded():
+    """RFC 1952 lets a gzip body hold members one after the other (zero bytes between them are padding); only the
+    first was inflated, the rest silently dropped. Every member counts against the limit, and a truncated or
+    trailing-garbage body is a 400."""
+    first, second = b"a" * 3000, b"b" * 5000
+    body = gzip.compress(first) + b"\0" * 7 + gzip.compress(second) + b"\0"
+    assert decode_body(body, "gzip", 8000) == first + second
+    for data, enc, limit, status in ((body, "gzip", 7999, 413), (gzip.compress(first)[:-4], "gzip", 8000, 400),
+                                     (gzip.compress(first) + b"junk", "gzip", 8000, 400),
+                                     (zlib.compress(first) + b"junk", "deflate", 8000, 400),
+                                     (gzip.compress(b"") * (MAX_GZIP_MEMBERS + 1), "gzip", 8000, 400)):
+        with pytest.raises(RequestError) as err:
+            decode_body(data, enc, limit)
+        assert err.value.status == status, (err.value.message, limit)
 
 
 # ---------------------------------------------------------------------------------------------------- batcher

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ import numpy as np
 from rap_deploy.engines.serving.contract import NUMPY_DTYPES, ServedModel, oip_datatype
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_GZIP_MEMBERS = 65_536  # gzip members one body may hold (each costs a decompressor)
+_ZEROS = re.compile(rb"\0*")
 JSON_VALUE_BYTES = 24  # an output value as JSON text, about: a float32 at full precision and its separator
 
 
@@ -64,21 +67,57 @@ class InferRequest:
 
 def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
     """Undo ``Content-Encoding`` ``gzip`` / ``deflate`` (what ``tritonclient`` can send), never inflating past
-    ``limit`` bytes. Raises :class:`RequestError` 415 for another encoding, 400 for corrupt data, 413 past the limit."""
+    ``limit`` bytes. A gzip body may hold several members one after the other (RFC 1952; at most
+    :data:`MAX_GZIP_MEMBERS`), zero bytes after a member being padding, as ``gzip -d`` reads it. Raises
+    :class:`RequestError` 415 for another encoding, 400 for corrupt or truncated data, 413 past the limit."""
     enc = (encoding or "identity").strip().lower()
     if enc in ("", "identity"):
         return body
     if enc not in ("gzip", "deflate"):
         raise RequestError(415, f"Content-Encoding '{encoding}' is not supported; send identity, gzip or deflate",
                            "Content-Encoding")
+    view, parts, pos, total, members = memoryview(body), [], 0, 0, 0
+    while True:
+        pos, total = _inflate_member(view, pos, enc, limit, total, parts)
+        members += 1
+        if enc == "gzip":
+            pos = _ZEROS.match(view, pos).end()  # padding between or after members
+        if pos == len(view):
+            return b"".join(parts)  # one part (one member inflated in one call): that object, not a copy
+        if enc == "deflate":
+            raise RequestError(400, f"request body holds {len(view) - pos} bytes after the end of its deflate data",
+                               "Content-Encoding")
+        if members >= MAX_GZIP_MEMBERS:
+            raise RequestError(400, f"request body holds more than {MAX_GZIP_MEMBERS} gzip members",
+                               "Content-Encoding")
+
+
+def _inflate_member(view: memoryview, pos: int, enc: str, limit: int, total: int, parts: list[bytes]
+                    ) -> tuple[int, int]:
+    """Inflate the gzip member (or deflate stream) starting at ``view[pos]`` onto ``parts``, which hold ``total``
+    bytes, never past ``limit`` bytes in all; returns where the member ends and the new total.
+
+    The first member gets the whole body in one call (the usual single member: its output is one object); later ones
+    get growing pieces, so that what zlib copies of the input after a member's end is about the member's own size
+    (the whole rest of a body of many small members each time would be quadratic)."""
     d = zlib.decompressobj(wbits=31 if enc == "gzip" else 15)
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise RequestError(400, f"request body is not valid {enc} data ({exc})", "Content-Encoding") from None
-    if len(out) > limit or d.unconsumed_tail:
-        raise RequestError(413, f"decompressed request body exceeds the limit of {limit} bytes", "body")
-    return out
+    start = pos
+    while not d.eof and pos < len(view):
+        size = len(view) if start == 0 else min(max(256, 2 * (pos - start)), 1 << 20)
+        piece = view[pos:pos + size]
+        try:  # at most one byte past the limit: the output never grows beyond it
+            out = d.decompress(piece, limit + 1 - total)
+        except zlib.error as exc:
+            raise RequestError(400, f"request body is not valid {enc} data ({exc})", "Content-Encoding") from None
+        total += len(out)
+        if total > limit:
+            raise RequestError(413, f"decompressed request body exceeds the limit of {limit} bytes", "body")
+        parts.append(out)
+        pos += len(piece) - len(d.unused_data)
+    if not d.eof:
+        raise RequestError(400, f"request body is not valid {enc} data (it ends inside the compressed data)",
+                           "Content-Encoding")
+    return pos, total
 
 
 def _header(body: bytes, header_length: str | None, max_json: int | None = None) -> tuple[dict[str, Any], bytes]:
