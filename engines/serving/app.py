@@ -50,6 +50,7 @@ PAGE = Path(__file__).with_name("page.html")
 VERSION = "1"
 PAGE_ROUTES = frozenset({"/", "/search", "/thumbnails", "/healthz", "/readyz", "/library", "/stats"})
 INLINE_BYTES = 64 * 1024  # bodies / outputs up to this size are (de)serialised on the event loop
+READ = ["GET", "HEAD"]  # every GET route answers HEAD too (RFC 9110; load balancers and `curl -I` probe with it)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -192,28 +193,28 @@ def _add_error_handlers(app: FastAPI, service: ServingService) -> None:
 
 
 def _add_search_routes(app: FastAPI, service: ServingService) -> None:
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=READ, response_class=HTMLResponse)
     async def page() -> Response:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=READ)
     async def healthz() -> Response:
         return _json({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=READ)
     async def readyz() -> Response:
         ready = service.ready()
         return _json({"ready": ready, "library": service.library is not None, "models": list(service.models),
                       **({"library_changed": service.library_changed} if service.library_changed else {})},
                      200 if ready else 503)
 
-    @app.get("/library")
+    @app.api_route("/library", methods=READ)
     async def library() -> Response:
         lib = service.require_library()
         described = await run_in_threadpool(lib.describe)
         return _json({"size": len(lib), **described, "server": service.describe()})
 
-    @app.get("/stats")
+    @app.api_route("/stats", methods=READ)
     async def stats() -> Response:
         return _json(service.stats())
 
@@ -231,7 +232,7 @@ def _add_search_routes(app: FastAPI, service: ServingService) -> None:
         result = await run_in_threadpool(service.search_embedding, query, text_emb[0], top_k, top_m, text_ms)
         return _json(result)
 
-    @app.get("/thumbnails")
+    @app.api_route("/thumbnails", methods=READ)
     async def thumbnails(video_id: str, count: int = 4) -> Response:
         data = await run_in_threadpool(service.thumbnail_jpeg, video_id, count)
         # no-cache: a video re-encoded by `index --add` keeps its id, and its frames must not come from a stale copy
@@ -248,18 +249,18 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
             raise RequestError(404, f"model '{name}' has only version {VERSION}, not {version[:16]!r}", "version")
         return model
 
-    @app.get("/v2")
+    @app.api_route("/v2", methods=READ)
     async def server_metadata() -> Response:
         from rap_deploy import __version__
 
         return _json({"name": "rapdeploy", "version": __version__,
                       "extensions": ["binary_tensor_data", "model_configuration"]})
 
-    @app.get("/v2/health/live")
+    @app.api_route("/v2/health/live", methods=READ)
     async def live() -> Response:
         return _json({"live": True})
 
-    @app.get("/v2/health/ready")
+    @app.api_route("/v2/health/ready", methods=READ)
     async def ready() -> Response:
         ok = service.models_ready()  # the graphs never read the library: a library replaced under us is /readyz's
         return _json({"ready": ok}, 200 if ok else 503)
@@ -311,7 +312,7 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
             await run_in_threadpool(encode_infer_response, model, req, outputs)
         return Response(data, headers=headers)
 
-    for suffix, handler, method in (("", model_metadata, "GET"), ("/ready", model_ready, "GET"),
-                                    ("/config", model_config, "GET"), ("/infer", infer, "POST")):
+    for suffix, handler, methods in (("", model_metadata, READ), ("/ready", model_ready, READ),
+                                     ("/config", model_config, READ), ("/infer", infer, ["POST"])):
         for path in versioned(suffix):
-            app.add_api_route(path, handler, methods=[method])
+            app.add_api_route(path, handler, methods=methods)

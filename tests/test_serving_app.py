@@ -1,0 +1,66 @@
+"""The HTTP layer of ``rapdeploy serve`` without an engine: the real app and :class:`ServingService` methods over a
+service built without its engine (only the attributes the tested routes read), served by uvicorn on 127.0.0.1 and a
+free port in a thread."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import threading
+import types
+import urllib.parse
+from typing import Any
+
+import pytest
+
+from rap_deploy.engines.serving.app import create_app
+from rap_deploy.engines.serving.server import ServerThread
+from rap_deploy.engines.serving.service import ServeOptions, ServingService
+
+
+def bare_service(library: Any = None) -> ServingService:
+    """A :class:`ServingService` without engine, models or batcher thread: what health, readiness, statistics and
+    thumbnails read."""
+    service = ServingService.__new__(ServingService)
+    service.library, service.library_changed, service.options = library, None, ServeOptions()
+    service.models = {}
+    service.batcher = types.SimpleNamespace(alive=True)
+    service._lock, service._counts = threading.Lock(), collections.Counter()
+    service._thumbs = collections.OrderedDict()
+    return service
+
+
+@pytest.fixture()
+def serve():
+    """``serve(service) -> url``: the app of ``service`` in a server thread, stopped after the test."""
+    servers: list[ServerThread] = []
+
+    def start(service: ServingService) -> str:
+        servers.append(ServerThread(create_app(service)).__enter__())
+        return servers[-1].url
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def request(url: str, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """``(status, headers, body)`` of one request."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def test_health_and_readiness_answer_head(serve):
+    """Load balancers and ``curl -I`` probe with HEAD; every GET route answered it 405."""
+    url = serve(bare_service())
+    for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/"):
+        get_status, get_headers, body = request(url, "GET", path)
+        status, headers, empty = request(url, "HEAD", path)
+        assert (status, empty) == (get_status, b""), (path, status)
+        assert headers["content-type"] == get_headers["content-type"] and body
