@@ -23,10 +23,11 @@ import json
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rap_deploy import bounds
 from rap_deploy.atomic import sha256_file, write_json_atomic
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
@@ -36,6 +37,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
+#: The dynamic axes of each graph's TensorRT optimisation profile (:mod:`rap_deploy.engines.trt_plan`).
+PROFILE_AXES = {"video_encoder": ("batch",), "text_encoder": ("batch", "tokens"), "asa_head": ("queries", "videos")}
 
 
 class EngineMismatchError(UsageError):
@@ -168,19 +171,18 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
         for e in (entry, *extra):
             if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not isinstance(e.get("sha256"), str):
                 raise damaged(f"graph '{name}' has a file entry without a 'file' and 'sha256' string")
-    for key in ("config", "checkpoint", "profiles", "session", "asa_blocks", "versions", "export", "host"):
+    for key in ("config", "checkpoint", "profiles", "session", "asa_blocks", "versions", "export", "host", "gpu"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise damaged(f"'{key}' is not an object")
     if not all(isinstance(v, str) for v in (manifest.get("versions") or {}).values()):
         raise damaged("'versions' holds a version that is not text")
     if manifest["backend"] == "onnxruntime" and not isinstance(manifest.get("provider"), str):
         raise damaged(f"provider {manifest.get('provider')!r} is not an ONNX Runtime provider name")
-    from rap_deploy import bounds
-
     numbers = [(f"session {k}", (manifest.get("session") or {}).get(k), bounds.MAX_THREADS)
                for k in ("threads", "inter_threads")]
     numbers += [(f"asa_blocks {k}", (manifest.get("asa_blocks") or {}).get(k), bounds.MAX_BATCH_SIZE)
                 for k in ("queries", "videos")]
+    numbers += _profile_numbers(damaged, manifest.get("profiles") or {})
     for what, value, high in numbers:
         if value is None:
             continue
@@ -190,6 +192,26 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
             bounds.check_int(value, what, 1, high)
         except UsageError as exc:
             raise damaged(str(exc)) from None
+
+
+def _profile_numbers(damaged: Callable[[str], CheckFailedError], profiles: Mapping[str, Any]
+                     ) -> list[tuple[str, Any, int]]:
+    """The TensorRT ``profiles`` entries (``graph -> axis -> {min, opt, max}``) as numbers to bound-check; raises
+    ``damaged(...)`` for an unknown graph or axis, a missing bound or ``min <= opt <= max`` broken (the engine splits
+    and pads batches by these, so an edited one must not reach it)."""
+    out: list[tuple[str, Any, int]] = []
+    for graph, axes in profiles.items():
+        known = PROFILE_AXES.get(graph, ())
+        if not isinstance(axes, dict) or not set(axes) <= set(known):
+            raise damaged(f"profiles {graph!r} is not an object of a graph's axes ({', '.join(known) or 'none'})")
+        for axis, r in axes.items():
+            values = [r.get(k) for k in ("min", "opt", "max")] if isinstance(r, dict) else []
+            out += [(f"profiles {graph} {axis} {k}", v, bounds.MAX_BATCH_SIZE)
+                    for k, v in zip(("min", "opt", "max"), values, strict=False)]
+            if len(values) != 3 or None in values or not all(isinstance(v, int) for v in values) \
+                    or not values[0] <= values[1] <= values[2]:
+                raise damaged(f"profiles {graph} {axis} {r!r:.80} is not min <= opt <= max")
+    return out
 
 
 def verify_files(engine_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:

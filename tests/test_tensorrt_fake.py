@@ -312,3 +312,38 @@ def test_export_manifest_io_claims_are_checked_against_the_graphs(micro_fp16_exp
     path.write_text(json.dumps(original))
     with pytest.raises(CheckFailedError, match="asa_head.*outputs"):
         read_export_manifest(export)
+
+
+def _edited_engine_copy(src, tmp_path, **changes):
+    """A copy of the engine folder ``src`` whose manifest has ``changes`` (key -> value) written over it."""
+    import shutil
+
+    copy = tmp_path / "engine"
+    shutil.copytree(src, copy)
+    path = copy / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return copy
+
+
+@pytest.mark.parametrize("profiles, gpu", [
+    ({"video_encoder": {"batch": {"min": 10**12, "opt": 10**12, "max": 10**12}}}, None),  # padded to 10**12 rows
+    ({"video_encoder": {"batch": {"min": 1, "opt": 8, "max": 0}}}, None),  # split by range(0, n, 0)
+    ({"video_encoder": {"batch": {"min": 1, "opt": 8, "max": "32"}}}, None),
+    ({"video_encoder": []}, None),
+    ({"text_encoder": {"videos": {"min": 1, "opt": 1, "max": 1}}}, None),
+    (None, "NVIDIA H200"),
+])
+def test_edited_tensorrt_profiles_and_gpu_are_refused_at_load(fake_builds, tmp_path, profiles, gpu):
+    """The TensorRT engine splits and pads batches by the manifest's ``profiles``, and its GPU check reads
+    ``gpu``: an edited manifest reached them unchecked (a 10**12 minimum allocated a row index of 10**12 before
+    TensorRT saw a shape, max 0 and "32" raised ValueError / TypeError tracebacks, a ``gpu`` string an
+    AttributeError). Both are checked with the manifest now (exit 1, the folder is damaged)."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.manifest import read_manifest
+
+    src = fake_builds[10]["fp32"][0]
+    assert read_manifest(src)["profiles"]["video_encoder"]["batch"]["max"] == 32  # the build's own passes
+    changes = {"profiles": profiles} if profiles is not None else {"gpu": gpu}
+    copy = _edited_engine_copy(src, tmp_path, **changes)
+    with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match="profiles|'gpu' is not an object"):
+        load_engine(copy)
