@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import json
 import threading
 import types
 import urllib.parse
@@ -64,3 +65,14 @@ def test_health_and_readiness_answer_head(serve):
         status, headers, empty = request(url, "HEAD", path)
         assert (status, empty) == (get_status, b""), (path, status)
         assert headers["content-type"] == get_headers["content-type"] and body
+
+
+def test_a_method_not_allowed_says_which_are_allowed(serve):
+    """A 405 must carry ``Allow`` (RFC 9110) and said "no route", as for a path that does not exist."""
+    url = serve(bare_service())
+    status, headers, body = request(url, "POST", "/healthz")
+    assert status == 405 and headers.get("allow") == "GET, HEAD", headers  # sorted: starlette's order varies
+    assert json.loads(body)["error"] == "POST is not allowed on /healthz; it takes GET, HEAD"
+    status, headers, body = request(url, "GET", "/v2/models/text_encoder/infer")
+    assert status == 405 and headers.get("allow") == "POST" and "not allowed" in json.loads(body)["error"]
+    assert request(url, "GET", "/nowhere")[0] == 404

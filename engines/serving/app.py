@@ -11,6 +11,8 @@ Protocol (KServe v2 REST) for the three graphs.
 | ``GET /v2/models/{name}[/versions/1]``, ``…/ready``, ``…/config`` | model metadata, readiness, Triton config |
 | ``POST /v2/models/{name}[/versions/1]/infer`` | inference (JSON or binary tensors) |
 
+Every ``GET`` route answers ``HEAD`` too; another method is a 405 with the ``Allow`` header.
+
 Request bodies are bounded: a declared ``Content-Length`` over the limit is refused before the body is read, and a
 streamed body is cut off when it passes it (413). Every refusal is a 4xx JSON ``{"error", "field"}``; only a fault
 of the server itself is a 500, and its traceback goes to the server log, not to the client.
@@ -65,8 +67,8 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _error(status: int, message: str, field: str | None) -> Response:
-    return JSONResponse({"error": message, "field": field}, status_code=status)
+def _error(status: int, message: str, field: str | None, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
 
 
 async def read_body(request: Request, limit: int, idle_timeout: float | None = None) -> bytes:
@@ -176,8 +178,13 @@ def _add_error_handlers(app: FastAPI, service: ServingService) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        return _error(exc.status_code, message, None)
+        headers = dict(exc.headers or {})
+        if "Allow" in headers:  # a 405's (RFC 9110); starlette lists a set, in no fixed order
+            headers["Allow"] = ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))
+        message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else \
+            f"{request.method} is not allowed on {request.url.path}; it takes {headers.get('Allow')}" \
+            if exc.status_code == 405 else str(exc.detail)
+        return _error(exc.status_code, message, None, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
