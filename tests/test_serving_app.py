@@ -76,3 +76,28 @@ def test_a_method_not_allowed_says_which_are_allowed(serve):
     status, headers, body = request(url, "GET", "/v2/models/text_encoder/infer")
     assert status == 405 and headers.get("allow") == "POST" and "not allowed" in json.loads(body)["error"]
     assert request(url, "GET", "/nowhere")[0] == 404
+
+
+class UndecodableLibrary:
+    """A library holding video ``v1`` whose source file can no longer be decoded: ``thumbnail_frames`` raises what
+    :meth:`rap_deploy.library.search.Library.thumbnail_frames` raises then (and ``KeyError`` for unknown ids)."""
+
+    def thumbnail_frames(self, video_id: str, count: int = 4) -> Any:
+        from rap_deploy.errors import UsageError
+
+        if video_id != "v1":
+            raise KeyError(video_id)
+        raise UsageError("video 'v1': its source /srv/videos/v1.mp4 cannot be decoded (missing)")
+
+
+def test_thumbnails_of_a_video_whose_file_cannot_be_decoded_are_a_404_naming_the_video(serve):
+    """It was a 400 (the client did nothing wrong) with the server's file path in it; now a 404 naming the video
+    (its frames are gone), the path only in the server log."""
+    url = serve(bare_service(UndecodableLibrary()))
+    status, headers, body = request(url, "GET", "/thumbnails?video_id=v1&count=2")
+    doc = json.loads(body)
+    assert status == 404 and headers["content-type"] == "application/json", (status, doc)
+    assert "'v1'" in doc["error"] and "cannot be decoded" in doc["error"] and doc["field"] == "video_id"
+    assert "/srv/videos" not in doc["error"]
+    assert request(url, "GET", "/thumbnails?video_id=v2")[0] == 404
+    assert request(url, "GET", "/healthz")[0] == 200

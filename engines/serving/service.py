@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import logging
 import math
 import threading
 import time
@@ -47,6 +48,7 @@ from rap_deploy.engines.serving.serial import SerialEngine
 from rap_deploy.errors import UsageError
 from rap_deploy.export.export_config import QUERIES, TOKENS, VIDEOS, TensorSpec
 
+log = logging.getLogger("rapdeploy.serve")
 MiB = 1 << 20
 MAX_BODY_MB = 4096  # --max-body-mb's ceiling: one inference request of 4 GiB
 BODY_HEADER_RESERVE = 64 * 1024  # the JSON header of a binary inference request, generously
@@ -246,7 +248,8 @@ class ServingService:
     def thumbnail_jpeg(self, video_id: str, count: int) -> bytes:
         """A JPEG strip of ``count`` frames of ``video_id`` (from the library's frame cache; cached here too).
 
-        Raises :class:`RequestError` 404 for an unknown id, 422 for a bad count.
+        Raises :class:`RequestError` 404 for an unknown id or one whose source file can no longer be decoded
+        (the frames are gone: not the client's fault, not a fault of the running server either), 422 for a bad count.
         """
         library = self.require_library()
         if not 1 <= count <= self.options.max_thumbnail_frames:
@@ -260,6 +263,11 @@ class ServingService:
             frames = np.asarray(library.thumbnail_frames(video_id, count))
         except KeyError:
             raise RequestError(404, f"no video '{video_id[:64]}' in the library", "video_id") from None
+        except UsageError as exc:  # its source file was deleted or damaged since indexing: the log names it
+            log.warning("no thumbnails for video %r: %s", video_id[:64], exc)
+            raise RequestError(404, f"video '{video_id[:64]}' is in the library, but its source file cannot be "
+                               "decoded any more, so it has no frames to show (the server log names the file)",
+                               "video_id") from None
         data = jpeg_strip(frames)
         with self._lock:
             self._thumbs[key] = data
