@@ -174,11 +174,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     """
     path = Path(path)
     _check_regular(path)
-    if path.suffix == ".safetensors":
+    if _is_safetensors(path):
         payload = _read_safetensors(path)
     else:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # through a file object: torch.load reads any path named .safetensors as safetensors
+            with open(path, "rb") as fh:
+                payload = torch.load(fh, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError,
                 AttributeError, UnicodeDecodeError, MemoryError, OSError) as exc:
             from rap_deploy.file_kinds import explain_load_error
@@ -197,6 +198,15 @@ def _check_regular(path: Path) -> None:
         raise UsageError(f"checkpoint {path} is a folder; pass the .pt or .safetensors file inside it")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} is not a regular file (a FIFO, socket or device); pass a checkpoint file")
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether to read ``path`` as safetensors: its first bytes say so, or it is named ``.safetensors`` and they do
+    not say it is a PyTorch file (a renamed file is read as what it is, not refused as damaged or foreign)."""
+    from rap_deploy.file_kinds import sniff
+
+    kind = sniff(path)
+    return kind == "safetensors" or (path.suffix == ".safetensors" and kind not in ("zip", "pickle"))
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:

@@ -277,6 +277,15 @@ def test_equal_checkpoints_are_equal_files_whatever_their_names(tmp_path, suffix
     assert first == again
 
 
+@pytest.mark.parametrize("written, named", [(".safetensors", ".pt"), (".pt", ".safetensors")])
+def test_a_checkpoint_with_the_other_suffix_is_read_as_what_it_is(tmp_path, written, named):
+    """A renamed checkpoint was refused as 'neither a PyTorch file nor safetensors' or as damaged (exit 1)."""
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    path = save_checkpoint(ckpt, tmp_path / f"c{written}").rename(tmp_path / f"renamed{named}")
+    loaded = load_checkpoint(path)
+    assert loaded.config == ckpt.config and loaded.adapter_state.keys() == ckpt.adapter_state.keys()
+
+
 class Sneaky:
     """An arbitrary Python object: loading it needs weights_only=False."""
 
