@@ -695,6 +695,7 @@ def _check_heldout_scores(runner, args, world, out, stamp):
     _check_heldout_galleries(runner, args, out, scores)
     _check_runs_in_processes(runner, world, out, args)
     _check_damaged_runs_are_named(runner, world, out, args)
+    _check_a_moved_world_reads_back(runner, world, out, args)
 
 
 def _check_damaged_runs_are_named(runner, world, out, args):
@@ -754,6 +755,25 @@ def _check_damaged_runs_are_named(runner, world, out, args):
     finally:
         backbone.write_bytes(original)
         records.write_bytes(original_records)
+
+
+def _check_a_moved_world_reads_back(runner, world, out, args):
+    """World and runs moved to other folders (the backbone path the runs stored no longer exists): the runs are
+    read back, not refused as another recipe's; the backbone is known by its sha256."""
+    import shutil
+
+    moved_world, moved_out = world.parent / "moved-world", out.parent / "moved-ablation"
+    shutil.copytree(world, moved_world)
+    shutil.copytree(out, moved_out)
+    shutil.rmtree(world)
+    summary = moved_out / "rap" / "seed1" / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    try:
+        res = runner.invoke(app, [*args[:3], str(moved_world), args[4], str(moved_out), *args[6:]])
+        assert res.exit_code == 0, res.output
+        assert summary.stat().st_mtime_ns == stamp
+    finally:
+        shutil.move(moved_world, world)
 
 
 def _check_heldout_galleries(runner, args, out, one_gallery_scores):

@@ -9,6 +9,7 @@ exit 1: remove the folder and the next call trains it again).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -141,7 +142,8 @@ def check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: Tr
     stored. Its summary is compared on what it records (epoch count, batch size, variant, pre-trained backbone,
     selection loss weight, 0 in summaries written before the weight was; and without stored options, the LoRM
     multiplier of a run that trained). The backbone file's sha256 must still be the one the run's checkpoint
-    recorded. Raises :class:`CheckFailedError` when ``best.pt`` stored options that are not valid."""
+    recorded; a weights file of that sha256 at another path (the world folder moved) is the same backbone. Raises
+    :class:`CheckFailedError` when ``best.pt`` stored options that are not valid."""
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.train.loop import option_mismatch, stored_run
 
@@ -152,6 +154,8 @@ def check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: Tr
     elif summary is not None and summary.get("complete") and best.is_file():
         ckpt = load_checkpoint(best)  # a finished run kept without its last.pt: best.pt stored the options too
         stored = _best_options(best, ckpt)
+    if ckpt is not None:
+        options = _same_backbone_as_recorded(options, ckpt.backbone, summary, stored)
     if stored is not None:
         mismatch = option_mismatch(stored, ckpt.config, options.to_dict())
     if summary is not None and mismatch is None:
@@ -163,6 +167,21 @@ def check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: Tr
                          "--out with a new folder (or remove that run)")
     if ckpt is not None:
         _check_backbone(run_dir, ckpt.backbone, options)
+
+
+def _same_backbone_as_recorded(options: TrainOptions, spec: Any, summary: dict[str, Any] | None,
+                               stored: TrainOptions | None) -> TrainOptions:
+    """``options`` with ``pretrained`` replaced by the run's own path when both name a weights file and the file
+    ``options`` names has the sha256 the run's checkpoint recorded: a weights file is known by its content, so runs
+    still read back after their world folder moved (the path alone refused them). Otherwise ``options`` unchanged."""
+    from rap_deploy.data.cache import file_digest
+
+    recorded = stored.pretrained if stored is not None else (summary or {}).get("pretrained")
+    wanted = options.pretrained
+    if not isinstance(recorded, str) or not wanted or recorded == wanted or spec.kind != "file" \
+            or not spec.sha256 or not Path(wanted).is_file() or file_digest(Path(wanted)) != spec.sha256:
+        return options
+    return dataclasses.replace(options, pretrained=recorded)
 
 
 def _best_options(best: Path, ckpt: Any) -> TrainOptions | None:
