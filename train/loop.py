@@ -3,9 +3,10 @@
 Only the adapter parameters are optimized (AdamW, warm-up then cosine, gradient clipping); the backbone stays frozen
 and in eval mode. Everything that decides the outcome is a function of the options and the seed, so a run that is
 killed and resumed from ``last.pt`` (model, optimizer, schedule step, RNG, epoch) ends where the uninterrupted run
-ends. Files are written by rank 0 only, atomically, in the order ``best.pt`` → ``last.pt`` → ``metrics.jsonl``; on
-resume ``metrics.jsonl`` is rewritten from the history stored in ``last.pt``, so a kill between two writes loses
-nothing and duplicates nothing.
+ends. Files are written by rank 0 only, atomically, in the order ``last.pt`` → ``best.pt`` → ``metrics.jsonl``; on
+resume ``metrics.jsonl`` is rewritten from the history stored in ``last.pt``, and ``best.pt`` from ``last.pt`` when
+it is the best epoch and ``best.pt`` does not hold it, so a kill between two writes loses nothing and duplicates
+nothing.
 """
 
 from __future__ import annotations
@@ -529,12 +530,23 @@ def option_mismatch(stored: TrainOptions, config: Any, wanted: dict[str, Any]) -
 
 
 def _restore_best(run_dir: Path, template, model, best: dict[str, Any], epoch: int) -> None:
-    """Rewrite ``best.pt`` from ``last.pt``'s weights when ``last.pt`` is the best epoch and ``best.pt`` is missing.
-
-    (``best.pt`` is written before ``last.pt``, so a kill cannot leave it behind; this repairs a deleted file.)
-    """
+    """Rewrite ``best.pt`` from ``last.pt``'s weights when ``last.pt`` is the best epoch and ``best.pt`` does not hold
+    that epoch: the run was killed between writing ``last.pt`` and ``best.pt`` (or ``best.pt`` was deleted or
+    damaged)."""
     from rap_deploy.checkpoint import save_checkpoint
 
-    if best.get("epoch") == epoch and not (run_dir / BEST).is_file():
+    if best.get("epoch") == epoch and _checkpoint_epoch(run_dir / BEST) != epoch:
         save_checkpoint(dataclasses.replace(template, adapter_state={
             k: v.detach().cpu().clone() for k, v in model.adapter_state_dict().items()}), run_dir / BEST)
+
+
+def _checkpoint_epoch(path: Path) -> int | None:
+    """The training epoch a run's checkpoint file records; ``None`` when it is missing or cannot be read."""
+    from rap_deploy.checkpoint import load_checkpoint
+
+    if not path.is_file():
+        return None
+    try:
+        return load_checkpoint(path).extra.get("epoch")
+    except Exception:  # noqa: BLE001 - damaged or not a checkpoint: rewritten from last.pt
+        return None

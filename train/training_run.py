@@ -157,20 +157,27 @@ class TrainingRun:
         return rec
 
     def save(self, epoch: int, record: dict[str, Any], is_best: bool) -> None:
-        """``best.pt`` when the epoch is the best so far, then ``last.pt`` with the training state, then metrics."""
+        """``last.pt`` with the training state, then ``best.pt`` when the epoch is the best so far, then metrics.
+
+        ``last.pt`` comes first: a run killed before ``best.pt`` is written resumes after this epoch and
+        :func:`~rap_deploy.train.loop._restore_best` writes ``best.pt`` from it. (Written the other way round, a kill
+        between the two left this epoch's ``best.pt`` beside the previous ``last.pt``; the resumed run trained the
+        epoch again, and where the replay was not bit-identical (CUDA kernels, another ``--device``) and no longer
+        the best, ``best.pt`` kept weights that ``summary.json`` did not name.)
+        """
         from rap_deploy.checkpoint import checkpoint_from_model, save_checkpoint
 
         options = self.options
         extra = {"epoch": epoch, "step": self.step, "metrics": record, "train_options": options.to_dict(),
                  "source": self.template.extra.get("source", options.checkpoint or options.clip)}
-        if is_best:
-            save_checkpoint(checkpoint_from_model(self.model, self.template, extra), self.run_dir / BEST)
         train_state = {"epoch": epoch, "step": self.step, "total_steps": self.total_steps, "batch_size": self.batch,
                        "steps_per_epoch": self.steps_per_epoch, "optimizer": self.optimizer.state_dict(),
                        "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": _rng_state(),
                        "history": self.history, "best": self.best, "offsets_initial": self.offsets_initial}
         save_checkpoint(checkpoint_from_model(self.model, self.template, {**extra, "train_state": train_state}),
                         self.run_dir / LAST)
+        if is_best:
+            save_checkpoint(checkpoint_from_model(self.model, self.template, extra), self.run_dir / BEST)
         _write_metrics(self.run_dir, self.history)
 
     def evaluate_initial(self) -> None:

@@ -1,0 +1,77 @@
+"""Resuming a training run killed at a given point: the files it leaves and what the resumed run makes of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rap_deploy.checkpoint import load_checkpoint
+
+
+def _options(synth_root, out, cache, **kw):
+    """A two-epoch rap-micro run on 16 training videos (two steps per epoch), evaluated on 6 test videos."""
+    from rap_deploy.train.loop import TrainOptions
+
+    base = dict(dataset="msrvtt", data_root=str(synth_root), out=str(out), clip="rap-micro", pretrained="none",
+                frames=4, asa_topk=4, asa_heads=2, asa_dim=16, lorm_rank=2, epochs=2, batch_size=8, lr=5e-3,
+                warmup=1, seed=3, max_train_videos=16, max_test_videos=6, cache_dir=str(cache), top_m=4,
+                epoch_unit="video")
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def frame_cache(tmp_path_factory):
+    """One decoded-frame cache for the module (each video is decoded once)."""
+    return tmp_path_factory.mktemp("frames")
+
+
+def _adapters_equal(a: Path, b: Path) -> bool:
+    sa, sb = load_checkpoint(a).adapter_state, load_checkpoint(b).adapter_state
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_kill_between_the_checkpoints_of_a_best_epoch_keeps_best_pt_the_summary_best(synth_root, frame_cache,
+                                                                                      tmp_path, monkeypatch):
+    """Killed just after the first checkpoint file of epoch 2 (the best epoch) was written. best.pt used to be
+    written first: it then held epoch 2 beside epoch 1's last.pt, the resumed run trained epoch 2 again, and where
+    that replay was not bit-identical (CUDA kernels, another --device: simulated by a lower replayed score) best.pt
+    kept the killed epoch's weights while summary.json named epoch 1. last.pt is now written first, and the resumed
+    run writes best.pt from it."""
+    from rap_deploy import checkpoint
+    from rap_deploy.train import loop, training_run
+
+    straight = loop.train_rap(_options(synth_root, tmp_path / "straight", frame_cache), progress=False)
+    assert straight["best_epoch"] == 2
+
+    real_save = checkpoint.save_checkpoint
+
+    def dying_save(ckpt, path):
+        real_save(ckpt, path)
+        if ckpt.extra.get("epoch") == 2:
+            raise KeyboardInterrupt
+
+    killed = tmp_path / "killed"
+    monkeypatch.setattr(checkpoint, "save_checkpoint", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train_rap(_options(synth_root, killed, frame_cache), progress=False)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+
+    real_evaluate = training_run._evaluate
+
+    def other_replay(*args, **kwargs):  # the replayed epoch scores lower than the killed one did
+        result = real_evaluate(*args, **kwargs)
+        result["asa"]["t2v"] = {**result["asa"]["t2v"], "R1": 0.0, "R5": 0.0, "R10": 0.0}
+        return result
+
+    monkeypatch.setattr(training_run, "_evaluate", other_replay)
+    resumed = loop.train_rap(None, progress=False, resume=killed)
+    best = load_checkpoint(killed / "best.pt")
+    assert best.extra["epoch"] == resumed["best_epoch"]
+    assert best.extra["metrics"]["selection_score"] == resumed["best"]["selection_score"]
+    assert resumed["best_epoch"] == 2 and _adapters_equal(killed / "best.pt", tmp_path / "straight" / "best.pt")
+    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
