@@ -7,7 +7,8 @@ thumbnails, save a screenshot. Outside CI (CI has no Chromium); Debian: ``apt-ge
 Chromium runs with a fresh profile, no network services of its own and its DevTools protocol on a loopback port
 (``--remote-debugging-port=0``; the port is read from ``DevToolsActivePort``); the script drives it over that
 protocol's WebSocket (``aiohttp``, installed with ``tritonclient[http]``). Exit code 0 when results with loaded
-thumbnails are on the page, 1 when the page shows none (or an error), 2 when Chromium is missing or fails.
+thumbnails are on the page, 1 when the page shows none (or an error) or ``--url`` serves another page than the search
+page, 2 when Chromium is missing or fails or ``--url`` cannot be opened.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0")
+FOCUS_JS = ("(() => { const q = document.getElementById('query'); if (!q || !document.getElementById('status')) "
+            "return false; q.focus(); return true; })()")  # false: not the search page
 DONE_JS = ("document.body.dataset.state === 'done' && document.querySelectorAll('.result').length > 0 && "
            "[...document.images].every(i => i.complete && i.naturalWidth > 0)")
 SUMMARY_JS = ("JSON.stringify({results: document.querySelectorAll('.result').length, "
@@ -36,7 +39,11 @@ SUMMARY_JS = ("JSON.stringify({results: document.querySelectorAll('.result').len
 
 
 class PageCheckError(Exception):
-    """Chromium is missing or misbehaved (exit 2)."""
+    """Chromium is missing or misbehaved, or the URL cannot be opened (exit 2)."""
+
+
+class WrongPageError(Exception):
+    """The URL serves a page that is not the search page, or the page's script failed (exit 1)."""
 
 
 class DevTools:
@@ -52,7 +59,7 @@ class DevTools:
         await self.ws.send_str(json.dumps({"id": my_id, "method": method, "params": params}))
         deadline = time.monotonic() + timeout
         while True:
-            msg = json.loads(await self.ws.receive_str(timeout=max(0.1, deadline - time.monotonic())))
+            msg = await self.receive(deadline)
             if msg.get("id") == my_id:
                 if "error" in msg:
                     raise PageCheckError(f"{method}: {msg['error'].get('message')}")
@@ -66,13 +73,27 @@ class DevTools:
                 return self.events.pop(i)
         deadline = time.monotonic() + timeout
         while True:
-            msg = json.loads(await self.ws.receive_str(timeout=max(0.1, deadline - time.monotonic())))
+            msg = await self.receive(deadline)
             if msg.get("method") == method:
                 return msg
             self.events.append(msg)
 
+    async def receive(self, deadline: float) -> dict[str, Any]:
+        """The next protocol message; :class:`PageCheckError` when Chromium closed the connection."""
+        import aiohttp
+
+        msg = await self.ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise PageCheckError(f"Chromium closed its DevTools connection ({msg.type.name})")
+        return json.loads(msg.data)
+
     async def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript ``expression`` in the page; :class:`WrongPageError` when it throws."""
         result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            reason = (details.get("exception") or {}).get("description") or details.get("text") or "an exception"
+            raise WrongPageError(f"the page's script failed: {str(reason).splitlines()[0][:200]}")
         return result.get("result", {}).get("value")
 
     async def key(self, key: str, code: int, text: str = "") -> None:
@@ -116,9 +137,13 @@ async def check_page(url: str, query: str, out: Path, port: int, width: int, hei
             await dt.call("Runtime.enable")
             await dt.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
                           mobile=False)
-            await dt.call("Page.navigate", url=url.rstrip("/") + "/")
+            opened = await dt.call("Page.navigate", url=url.rstrip("/") + "/")
+            if opened.get("errorText"):
+                raise PageCheckError(f"cannot open {url} ({opened['errorText']})")
             await dt.wait_event("Page.loadEventFired", timeout)
-            await dt.evaluate("document.getElementById('query').focus()")
+            if not await dt.evaluate(FOCUS_JS):
+                raise WrongPageError(f"{url} is not the rapdeploy search page (it has no search box); pass the URL "
+                                     "that `rapdeploy serve` printed")
             await dt.call("Input.insertText", text=query)
             await dt.key("Enter", 13, "\r")
             deadline = time.monotonic() + timeout
@@ -152,17 +177,32 @@ def main(argv: list[str] | None = None) -> int:
         print("error: chromium not found; install it (Debian: apt-get install -y chromium) or pass --chromium",
               file=sys.stderr)
         return 2
+    try:
+        summary = run_check(binary, a)
+    except PageCheckError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WrongPageError as exc:
+        print(f"error: page check failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0 if summary["results"] > 0 and not summary["error"] else 1
+
+
+def run_check(binary: str, a: argparse.Namespace) -> dict[str, Any]:
+    """Start Chromium, run :func:`check_page` with the parsed options ``a``, stop Chromium; returns the summary.
+
+    Raises :class:`PageCheckError` (Chromium, the connection or the URL failed) or :class:`WrongPageError`."""
+    try:
+        import aiohttp
+    except ImportError as exc:
+        raise PageCheckError(f"the page check needs aiohttp ({exc}); pip install 'tritonclient[http]'") from None
     with tempfile.TemporaryDirectory(prefix="rapdeploy-chromium-") as profile:
+        proc, port = start_chromium(binary, Path(profile), a.width, a.height)
         try:
-            proc, port = start_chromium(binary, Path(profile), a.width, a.height)
-        except PageCheckError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        try:
-            summary = asyncio.run(check_page(a.url, a.query, a.out, port, a.width, a.height, a.timeout))
-        except (PageCheckError, OSError, asyncio.TimeoutError) as exc:
-            print(f"error: page check failed: {exc}", file=sys.stderr)
-            return 2
+            return asyncio.run(check_page(a.url, a.query, a.out, port, a.width, a.height, a.timeout))
+        except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:  # Chromium's endpoint failed
+            raise PageCheckError(f"page check failed: {str(exc) or type(exc).__name__}") from None
         finally:
             proc.terminate()
             try:
@@ -170,8 +210,6 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-    print(json.dumps(summary))
-    return 0 if summary["results"] > 0 and not summary["error"] else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""The search-page check (``python -m rap_deploy.engines.serving.page_check``) without Chromium: ``start_chromium`` is
+replaced by a fake DevTools endpoint on 127.0.0.1 (``/json/list`` and a page's WebSocket) that answers the protocol
+commands the check sends as Chromium does for a page of the given kind."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rap_deploy.engines.serving import page_check
+
+NOT_SEARCH_PAGE = "TypeError: Cannot read properties of null (reading 'textContent')"
+
+
+class FakeChromium:
+    """A DevTools endpoint in a thread. ``values`` maps a JavaScript expression to what it evaluates to in the open
+    page; any other expression throws :data:`NOT_SEARCH_PAGE` there (the page lacks the element it reads).
+    ``navigate_error`` is Chromium's ``errorText`` for a URL it cannot open."""
+
+    def __init__(self, values: dict[str, Any], navigate_error: str | None = None) -> None:
+        self.values, self.navigate_error = values, navigate_error
+        self.loop = asyncio.new_event_loop()
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def __enter__(self) -> FakeChromium:
+        self.thread.start()
+        assert self.started.wait(30)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/json/list", self._targets)
+        app.router.add_get("/devtools/page/1", self._page)
+        runner = web.AppRunner(app)
+        self.loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.started.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+        self.loop.close()
+
+    async def _targets(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response([{"type": "page", "webSocketDebuggerUrl":
+                                   f"ws://127.0.0.1:{self.port}/devtools/page/1"}])
+
+    async def _page(self, request: Any) -> Any:
+        from aiohttp import web
+
+        ws = web.WebSocketResponse(max_msg_size=64 << 20)
+        await ws.prepare(request)
+        async for msg in ws:
+            cmd = json.loads(msg.data)
+            await ws.send_str(json.dumps({"id": cmd["id"], "result": self._answer(cmd)}))
+            if cmd["method"] == "Page.navigate":
+                await ws.send_str(json.dumps({"method": "Page.loadEventFired", "params": {}}))
+        return ws
+
+    def _answer(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        params = cmd.get("params", {})
+        if cmd["method"] == "Page.navigate":
+            return {"frameId": "1", **({"errorText": self.navigate_error} if self.navigate_error else {})}
+        if cmd["method"] == "Page.captureScreenshot":
+            return {"data": base64.b64encode(b"png").decode()}
+        if cmd["method"] != "Runtime.evaluate":
+            return {}
+        if params["expression"] in self.values:
+            return {"result": {"type": "object", "value": self.values[params["expression"]]}}
+        return {"result": {"type": "object", "subtype": "error", "description": NOT_SEARCH_PAGE},
+                "exceptionDetails": {"text": "Uncaught", "exception": {"description": NOT_SEARCH_PAGE}}}
+
+
+class FakeProcess:
+    """What ``start_chromium`` returns besides the port: a process the check stops."""
+
+    def terminate(self) -> None:
+        self.stopped = True
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+
+def run_page_check(monkeypatch: pytest.MonkeyPatch, fake: FakeChromium, out: Path) -> int:
+    monkeypatch.setattr(page_check, "start_chromium", lambda binary, profile, width, height: (FakeProcess(),
+                                                                                              fake.port))
+    return page_check.main(["--url", "http://127.0.0.1:9/", "--chromium", "chromium", "--out", str(out),
+                            "--timeout", "10"])
+
+
+def test_a_url_that_is_not_the_search_page_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    """The page's script threw (no search box, no status line) and the check died with a TypeError traceback
+    (``json.loads(None)``); now exit 1 with one line saying the URL is not the search page."""
+    with FakeChromium({page_check.DONE_JS: False, getattr(page_check, "FOCUS_JS", None): False}) as fake:
+        assert run_page_check(monkeypatch, fake, tmp_path / "shot.png") == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not the rapdeploy search page" in err, err
+    assert not (tmp_path / "shot.png").exists()
+
+
+def test_a_url_chromium_cannot_open_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    with FakeChromium({}, navigate_error="net::ERR_CONNECTION_REFUSED") as fake:
+        assert run_page_check(monkeypatch, fake, tmp_path / "shot.png") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "net::ERR_CONNECTION_REFUSED" in err, err
+
+
+def test_the_search_page_with_results_passes(monkeypatch, capsys, tmp_path):
+    summary = {"results": 3, "status": "3 results", "error": False, "first": "video7"}
+    with FakeChromium({page_check.FOCUS_JS: True, page_check.DONE_JS: True,
+                       page_check.SUMMARY_JS: json.dumps(summary)}) as fake:
+        assert run_page_check(monkeypatch, fake, tmp_path / "shot.png") == 0
+    assert json.loads(capsys.readouterr().out)["first"] == "video7"
+    assert (tmp_path / "shot.png").read_bytes() == b"png"
