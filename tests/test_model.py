@@ -286,6 +286,31 @@ def test_a_checkpoint_with_the_other_suffix_is_read_as_what_it_is(tmp_path, writ
     assert loaded.config == ckpt.config and loaded.adapter_state.keys() == ckpt.adapter_state.keys()
 
 
+def test_a_compressed_checkpoint_larger_than_memory_is_refused_before_loading(tmp_path, monkeypatch):
+    """torch.load inflates deflated archive entries into buffers of their declared sizes (a small file could fill
+    any amount of memory): the declared sizes are checked against the available memory first."""
+    import zipfile
+
+    import psutil
+
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    plain = save_checkpoint(ckpt, tmp_path / "plain.pt")
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+    expanded = sum(i.file_size for i in zipfile.ZipFile(packed).infolist())
+
+    class Small:
+        available = expanded  # the plain file still loads: only compressed entries are checked
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Small)
+    assert load_checkpoint(plain).config == ckpt.config
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load ran on the compressed archive"))
+    with pytest.raises(UsageError, match="packed.pt .a compressed archive.*more than"):
+        load_checkpoint(packed)
+
+
 class Sneaky:
     """An arbitrary Python object: loading it needs weights_only=False."""
 
