@@ -161,11 +161,39 @@ def check_engine_io(graph: str, path: Any, inputs: Sequence[str], outputs: Seque
                                "an export of this version (`rapdeploy export`, then `rapdeploy build-engine`)")
 
 
+def held_ranges(where: Any, engine: Any, inputs: Sequence[str], claimed: Mapping[str, Mapping[str, int]]
+                ) -> dict[str, dict[str, int]]:
+    """The batch-like ranges a deserialized engine holds in its optimisation profile 0 (``get_tensor_profile_shape``):
+    ``axis -> {min, opt, max}`` of each input's first dimension (``batch``, ``queries``, ``videos``:
+    :data:`~rap_deploy.engines.trt_plan.INPUT_AXIS`), which the engine splits and pads batches by.
+
+    ``claimed`` is what the manifest's ``profiles`` say for this graph; an axis it gives with other values raises
+    :class:`CheckFailedError` naming ``where`` (an edited manifest would have batches split or padded past what the
+    engine takes, and a Triton repository configured for them).
+    """
+    from rap_deploy.engines.trt_plan import INPUT_AXIS
+
+    out: dict[str, dict[str, int]] = {}
+    for name in inputs:
+        shapes = [tuple(s) for s in engine.get_tensor_profile_shape(name, 0)]
+        axis = INPUT_AXIS.get(name)
+        if axis is None or len(shapes) != 3 or not all(shapes):
+            continue
+        out.setdefault(axis, dict(zip(("min", "opt", "max"), (int(s[0]) for s in shapes), strict=True)))
+    for axis, held in out.items():
+        told = claimed.get(axis)
+        if told is not None and {k: told.get(k) for k in held} != held:
+            raise CheckFailedError(f"{where}: the manifest's profile {axis} {dict(told)} is not the one the engine "
+                                   f"holds ({held}); the manifest was edited, rebuild the engine")
+    return out
+
+
 class TrtEngine(Engine):
     """The engines of one engine folder, each with its own execution context, on one CUDA device.
 
-    ``files`` maps graph name to a serialized engine; ``profiles`` (from the manifest) gives each graph's batch
-    range: bigger video / text batches are split, smaller ones padded (:func:`pad_to_min_batch`), and
+    ``files`` maps graph name to a serialized engine; each engine's own optimisation profile gives its batch range
+    (``profiles``, the manifest's record of them, must agree: :func:`held_ranges`): bigger video / text batches are
+    split, smaller ones padded (:func:`pad_to_min_batch`), and
     ``asa_similarity`` feeds the ``asa_head`` engine blocks of at most (max Q) × (max V) — the ASA graph's
     intermediates grow as Q·V·T·k·d_a, so it only ever sees bounded blocks.
     Raises :class:`CheckFailedError` when an engine does not deserialize or its tensor names are not the contract's.
@@ -199,7 +227,8 @@ class TrtEngine(Engine):
                     raise CheckFailedError(f"TensorRT could not create an execution context for {f} (out of device "
                                            f"memory on GPU {device_id}?)")
             self.stream = CUDA.stream(self.device)
-        ranges = {g: {axis: dict(r) for axis, r in axes.items()} for g, axes in profiles.items()}
+        ranges = {g: held_ranges(Path(path) / "manifest.json" if path is not None else f, self.engines[g],
+                                 self.io[g][0], profiles.get(g) or {}) for g, f in files.items()}
         self.max_batch = {"video_encoder": ranges.get("video_encoder", {}).get("batch", {}).get("max"),
                           "text_encoder": ranges.get("text_encoder", {}).get("batch", {}).get("max"),
                           "asa_head": None}

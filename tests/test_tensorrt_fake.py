@@ -347,3 +347,24 @@ def test_edited_tensorrt_profiles_and_gpu_are_refused_at_load(fake_builds, tmp_p
     copy = _edited_engine_copy(src, tmp_path, **changes)
     with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match="profiles|'gpu' is not an object"):
         load_engine(copy)
+
+
+def test_a_manifest_profile_other_than_the_engines_is_refused(fake_builds, tmp_path):
+    """The batch ranges the engine splits and pads by (and a Triton repository is configured with) are the ones the
+    engine holds (``get_tensor_profile_shape``); a manifest claiming a larger ``max`` was believed, so a batch of 40
+    reached TensorRT unsplit and was refused as 'outside the engine's optimisation profile; rebuild with a larger
+    --max-batch'. A claim the engine contradicts is now refused at load (exit 1)."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.manifest import read_manifest
+
+    src = fake_builds[10]["fp32"][0]
+    profiles = read_manifest(src)["profiles"]
+    with fake_tensorrt_env(10):
+        engine = load_engine(src)
+        assert engine.max_batch["video_encoder"] == 32 and engine.min_batch["text_encoder"] == 1
+        assert (engine.query_block, engine.video_block) == (32, 64)
+        engine.close()
+        profiles["video_encoder"]["batch"]["max"] = 64
+        copy = _edited_engine_copy(src, tmp_path, profiles=profiles)
+        with pytest.raises(CheckFailedError, match="profile batch .*'max': 64.* engine holds .*'max': 32"):
+            load_engine(copy)

@@ -307,6 +307,10 @@ class CudaEngine(Checked):
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._io[name]["shape"])
 
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
+        t = self._io[name]  # the real binding returns [min, opt, max] Dims of an input in that profile
+        return [tuple(s) for s in (t["profile"] or [t["shape"]] * 3)]
+
     def create_execution_context(self) -> Context:
         return type(self)._classes["Context"](self)
 
