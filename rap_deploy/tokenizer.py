@@ -95,8 +95,9 @@ class BPETokenizer:
     def _merge(self, piece: str) -> tuple[str, ...]:
         """The BPE symbols of one pre-token (already in the byte alphabet): lowest-ranked adjacent pair first, every
         non-overlapping occurrence left to right, until no pair of the table is left."""
-        if piece in self._words:
-            return self._words[piece]
+        cached = self._words.get(piece)  # one look-up: another thread (serve's pool) may empty the memo meanwhile
+        if cached is not None:
+            return cached
         word = (*piece[:-1], piece[-1] + END_OF_WORD)
         while len(word) > 1:
             ranked = [(self._ranks.get(pair, NUM_MERGES), pair) for pair in zip(word, word[1:], strict=False)]

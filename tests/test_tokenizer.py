@@ -99,3 +99,22 @@ def test_the_word_memo_of_a_long_running_process_stays_bounded():
     assert len(bpe._words) <= tok_module.MAX_MEMO_WORDS + len(tok_module.SPECIAL_TOKENS)
     assert bpe.encode("the quick brown fox") == first
     assert bpe.encode("<end_of_text>") == [bpe.eot_id]
+
+
+def test_a_memo_emptied_by_another_thread_between_check_and_read_is_no_error():
+    """serve tokenizes queries in a thread pool with one shared tokenizer: a word found in the memo, which another
+    thread then emptied (it was full) before it was read, raised KeyError. Simulated deterministically: the memo
+    is replaced while it is being searched."""
+    from rap_deploy import tokenizer as tok_module
+
+    bpe = tok_module.BPETokenizer()
+    expected = bpe.encode("the quick brown fox")
+
+    class EmptiedMeanwhile(dict):
+        def __contains__(self, key: object) -> bool:
+            found = super().__contains__(key)
+            bpe._words = {t: (t,) for t in tok_module.SPECIAL_TOKENS}  # what a full memo's next insert does
+            return found
+
+    bpe._words = EmptiedMeanwhile(bpe._words)
+    assert bpe.encode("the quick brown fox") == expected
