@@ -38,7 +38,7 @@ from rap_deploy.engines.blocks import (
 )
 from rap_deploy.engines.trt_plan import build_mode
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
-from rap_deploy.graphs import graph_io
+from rap_deploy.graphs import graph_io, graphs_for
 
 INSTEAD = "run `rapdeploy build-engine EXPORT_DIR --backend onnxruntime` (CPU fp32) or add `--int8` instead"
 
@@ -161,6 +161,15 @@ def check_engine_io(graph: str, path: Any, inputs: Sequence[str], outputs: Seque
                                "an export of this version (`rapdeploy export`, then `rapdeploy build-engine`)")
 
 
+def require_graphs(files: Mapping[str, Any], config: RAPConfig) -> None:
+    """Raise :class:`UsageError` unless ``files`` hold both encoders and, for a model with an ASA head, ``asa_head``
+    (without it the re-rank would silently be the mean-pooled similarity instead of the model's ASA scores)."""
+    missing = [g for g in graphs_for(config.has_asa) if g not in files]
+    if missing:
+        raise UsageError(f"TensorRT engine lacks graphs {missing} for a {config.variant} model; rebuild it with "
+                         "`rapdeploy build-engine`")
+
+
 def held_ranges(where: Any, engine: Any, inputs: Sequence[str], claimed: Mapping[str, Mapping[str, int]]
                 ) -> dict[str, dict[str, int]]:
     """The batch-like ranges a deserialized engine holds in its optimisation profile 0 (``get_tensor_profile_shape``):
@@ -204,6 +213,7 @@ class TrtEngine(Engine):
     def __init__(self, files: Mapping[str, str | os.PathLike[str]], config: RAPConfig,
                  profiles: Mapping[str, Mapping[str, Mapping[str, int]]], precision: str = "fp16",
                  path: str | os.PathLike[str] | None = None, device_id: int = 0) -> None:
+        require_graphs(files, config)
         trt, gpu = require_tensorrt(device_id)
         self.trt, self.gpu, self.config, self.precision = trt, gpu, config, precision
         self.path = str(path) if path is not None else None

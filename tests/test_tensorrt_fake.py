@@ -368,3 +368,20 @@ def test_a_manifest_profile_other_than_the_engines_is_refused(fake_builds, tmp_p
         copy = _edited_engine_copy(src, tmp_path, profiles=profiles)
         with pytest.raises(CheckFailedError, match="profile batch .*'max': 64.* engine holds .*'max': 32"):
             load_engine(copy)
+
+
+def test_an_engine_folder_without_the_asa_head_of_an_asa_model_is_refused(fake_builds, tmp_path):
+    """A manifest (and folder) without ``asa_head`` for a model with an ASA head loaded, and its re-rank silently
+    became the mean-pooled similarity instead of the model's ASA scores (a missing ``text_encoder`` was a KeyError
+    traceback at the first query); as in ONNX Runtime engines, the missing graph is now named at load (exit 2)."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.manifest import read_manifest
+
+    src = fake_builds[10]["fp32"][0]
+    manifest = read_manifest(src)
+    assert manifest["config"]["use_asa"] and set(manifest["graphs"]) == {"video_encoder", "text_encoder", "asa_head"}
+    for gone in ("asa_head", "text_encoder"):
+        graphs = {k: v for k, v in manifest["graphs"].items() if k != gone}
+        copy = _edited_engine_copy(src, tmp_path / gone, graphs=graphs)
+        with fake_tensorrt_env(10), pytest.raises(UsageError, match=f"lacks graphs \\['{gone}'\\]"):
+            load_engine(copy)
