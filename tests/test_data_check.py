@@ -120,11 +120,17 @@ def test_synth_refuses_to_write_over_a_real_dataset(tmp_path, runner):
     (real / "MSRVTT_data.json").write_text("{not json")
     assert runner.invoke(app, [*args, str(real)]).exit_code == 2
     assert (real / "videos" / "video0.mp4").read_bytes() == b"a real video"
+    (real / "MSRVTT_data.json").unlink()  # MSR-VTT's videos without their annotation: still not synth's folder
+    result = runner.invoke(app, [*args, str(real)])
+    assert result.exit_code == 2 and "no annotation that rapdeploy synth wrote" in result.stderr, result.output
+    assert (real / "videos" / "video0.mp4").read_bytes() == b"a real video"
 
     synth = tmp_path / "synth"
     for seed in ("0", "1"):
         result = runner.invoke(app, [*args, str(synth), "--seed", seed])
         assert result.exit_code == 0, result.output
+    (synth / "MSRVTT_data.json").unlink()  # as if a synth was killed before its annotation: written again
+    assert runner.invoke(app, [*args, str(synth)]).exit_code == 0
 
 
 def test_a_split_without_videos_fails_the_check(tmp_path, runner):

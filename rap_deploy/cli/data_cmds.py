@@ -58,17 +58,23 @@ def synth(
 
 
 def _refuse_foreign_dataset(out: Path) -> None:
-    """Raise :class:`UsageError` when ``out`` holds an ``MSRVTT_data.json`` that ``rapdeploy synth`` did not write.
+    """Raise :class:`UsageError` when ``out`` holds an ``MSRVTT_data.json`` that ``rapdeploy synth`` did not write, or
+    videos without one in a folder synth never wrote to (no :data:`~rap_deploy.data.synth_dataset.SYNTH_MARKER`).
 
     Writing removes that file and replaces ``videos/video<i>.mp4``, the names MSR-VTT's own videos have, so a real
     dataset folder given as ``--out`` would lose its annotation and its first videos.
     """
     import json
 
-    from rap_deploy.data.synth_dataset import EARLIER_RADIUS, FORMAT
+    from rap_deploy.data.synth_dataset import EARLIER_RADIUS, FORMAT, SYNTH_MARKER
 
     path = out / "MSRVTT_data.json"
     if not path.exists():
+        videos = out / "videos"
+        if videos.is_dir() and not (out / SYNTH_MARKER).is_file() and any(videos.iterdir()):
+            raise UsageError(f"--out {out} has videos in {videos} but no annotation that rapdeploy synth wrote "
+                             "(MSR-VTT videos without MSRVTT_data.json?); writing would replace its "
+                             "videos/video<i>.mp4: pass a new folder")
         return
     try:
         info = json.loads(path.read_text(encoding="utf-8")).get("info")

@@ -38,6 +38,11 @@ FORMAT = "rapdeploy-synth-2"
 EARLIER_RADIUS = {"rapdeploy-synth-1": {"small": 0.10, "big": 0.16}}
 
 
+# Written into ``--out`` before the first video: a folder holding it (or a synthetic ``MSRVTT_data.json``) is synth's
+# own, so an interrupted synth may write it again; any other folder with videos is refused (``rapdeploy synth``).
+SYNTH_MARKER = ".rapdeploy-synth.json"
+
+
 def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
     """Write uint8 frames ``[T,H,W,3]`` as an MPEG-4 Part 2 ``.mp4`` (yuv420p, high quality) atomically."""
     import av
@@ -109,6 +114,7 @@ def generate_synthetic_dataset(
     started = time.perf_counter()
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / SYNTH_MARKER, {"format": FORMAT})  # before any video: this folder's videos are synth's
     # The annotation is written last and marks a complete dataset: a folder written before loses it first, so a
     # run killed while it rewrites the videos never leaves the old annotation over new videos.
     (out / "MSRVTT_data.json").unlink(missing_ok=True)
