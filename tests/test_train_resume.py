@@ -75,3 +75,30 @@ def test_kill_between_the_checkpoints_of_a_best_epoch_keeps_best_pt_the_summary_
     assert resumed["best_epoch"] == 2 and _adapters_equal(killed / "best.pt", tmp_path / "straight" / "best.pt")
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_resume_refuses_a_data_root_holding_other_data_and_accepts_a_moved_copy(synth_root, frame_cache, tmp_path):
+    """--data-root may change on resume (the data moved), but a folder holding other data (here one training video
+    damaged, so its captions drop out) used to be trained on silently: the remaining epochs drew other batches than
+    the uninterrupted run. It is now refused, naming both; an identical copy resumes to the uninterrupted result."""
+    import shutil
+
+    from rap_deploy.errors import UsageError
+    from rap_deploy.train import loop
+
+    loop.train_rap(_options(synth_root, tmp_path / "straight", frame_cache), progress=False)
+    run = tmp_path / "run"
+    first = loop.train_rap(_options(synth_root, run, frame_cache, max_epochs_this_run=1), progress=False)
+    assert first["epochs_done"] == 1
+    other = tmp_path / "other"
+    shutil.copytree(synth_root, other)
+    (other / "videos" / "video3.mp4").write_bytes(b"\x00not a video" * 50)
+    with pytest.raises(UsageError, match=r"does not hold the data .*\(80 training captions of 16 usable videos.*now "
+                                         r"75 training captions of 15"):
+        loop.train_rap(None, progress=False, resume=run, overrides={"data_root": str(other)})
+    assert json.loads((run / "summary.json").read_text())["epochs_done"] == 1  # nothing trained
+
+    moved = tmp_path / "moved"
+    shutil.copytree(synth_root, moved)
+    resumed = loop.train_rap(None, progress=False, resume=run, overrides={"data_root": str(moved)})
+    assert resumed["complete"] and _adapters_equal(run / "last.pt", tmp_path / "straight" / "last.pt")

@@ -236,6 +236,44 @@ def _load_data(options: TrainOptions, config, cache, ctx: D.DistContext, progres
     return dataset, test_split
 
 
+def data_fingerprint(dataset: Any, test_split: Any) -> dict[str, Any]:
+    """What a resumed run must find again under its ``--data-root``: a sha256 of the training items (video id,
+    segment and caption of every usable caption, in order) and of the evaluation split (its videos, captions and
+    which video each caption is of), with the counts an error message names."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    train = dataset.split
+    for c in dataset.items.tolist():
+        v = train.videos[int(train.caption_video[c])]
+        digest.update(json.dumps(["train", v.video_id, v.start, v.end, train.captions[c]]).encode())
+    for v in test_split.videos:
+        digest.update(json.dumps(["test video", v.video_id, v.start, v.end]).encode())
+    for caption, v in zip(test_split.captions, test_split.caption_video.tolist(), strict=True):
+        digest.update(json.dumps(["test caption", int(v), caption]).encode())
+    return {"sha256": digest.hexdigest(), "train_captions": len(dataset.items),
+            "train_videos": train.num_videos - len(dataset.bad_videos), "test_videos": test_split.num_videos,
+            "test_captions": test_split.num_captions}
+
+
+def check_same_data(stored: Any, now: dict[str, Any], options: TrainOptions) -> None:
+    """Raise :class:`UsageError` when a resumed run's data (``now``, :func:`data_fingerprint`) is not what it was
+    trained on (``stored`` in ``last.pt``; runs saved before the fingerprint existed hold none and are not checked):
+    its remaining epochs would draw other batches and be evaluated on another split."""
+    if not isinstance(stored, dict) or stored == now:
+        return
+
+    def described(d: dict[str, Any]) -> str:
+        return (f"{d.get('train_captions')} training captions of {d.get('train_videos')} usable videos, "
+                f"{d.get('test_captions')} test captions of {d.get('test_videos')} videos")
+
+    same_counts = all(stored.get(k) == v for k, v in now.items() if k != "sha256")
+    raise UsageError(f"--data-root {options.data_root} does not hold the data the run in {options.out} was trained "
+                     f"on ({described(stored)}; now {described(now)}"
+                     + (", but other videos, captions or undecodable videos" if same_counts else "")
+                     + "): resume it with the data it was trained on, or start a new run")
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 

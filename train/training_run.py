@@ -32,6 +32,8 @@ from rap_deploy.train.loop import (
     _rng_state,
     _set_rng_state,
     _write_metrics,
+    check_same_data,
+    data_fingerprint,
     freeze_offsets_at_zero,
     param_groups,
     resolve_epoch_unit,
@@ -86,6 +88,7 @@ class TrainingRun:
         options, ctx = self.options, self.ctx
         self.cache = FrameCache(options.cache_dir) if options.cache_dir else FrameCache.default(options.workspace)
         self.dataset, self.test_split = _load_data(options, self.model.config, self.cache, ctx, self.show)
+        self.data_id = data_fingerprint(self.dataset, self.test_split)
         self.item_video = np.asarray(self.dataset.split.caption_video)[self.dataset.items]
         options.epoch_unit = resolve_epoch_unit(options.epoch_unit, self.item_video)
         per_epoch = items_per_epoch(self.item_video, options.epoch_unit)
@@ -105,6 +108,7 @@ class TrainingRun:
         """When resuming: optimizer, scaler, RNG, schedule and history as the stored run left them."""
         state = self.state
         if state is not None:
+            check_same_data(state.get("data"), self.data_id, self.options)
             try:  # the types were checked (stored_run); what they hold must still fit this model and this torch
                 self.optimizer.load_state_dict(state["optimizer"])
                 if self.scaler.is_enabled() and state.get("scaler"):
@@ -173,7 +177,8 @@ class TrainingRun:
         train_state = {"epoch": epoch, "step": self.step, "total_steps": self.total_steps, "batch_size": self.batch,
                        "steps_per_epoch": self.steps_per_epoch, "optimizer": self.optimizer.state_dict(),
                        "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": _rng_state(),
-                       "history": self.history, "best": self.best, "offsets_initial": self.offsets_initial}
+                       "data": self.data_id, "history": self.history, "best": self.best,
+                       "offsets_initial": self.offsets_initial}
         save_checkpoint(checkpoint_from_model(self.model, self.template, {**extra, "train_state": train_state}),
                         self.run_dir / LAST)
         if is_best:
