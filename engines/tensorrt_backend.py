@@ -161,6 +161,25 @@ def check_engine_io(graph: str, path: Any, inputs: Sequence[str], outputs: Seque
                                "an export of this version (`rapdeploy export`, then `rapdeploy build-engine`)")
 
 
+def config_dims(graph: str, config: RAPConfig) -> dict[str, tuple[int, ...]]:
+    """The dimensions after the batch axis that the model ``config`` gives ``graph``'s inputs (the encoders';
+    ``input_ids`` by its profile's largest token count, which the build sets to the context length)."""
+    s = config.preprocess.image_size
+    return {"video_encoder": {"frames": (config.frames, 3, s, s), "frame_mask": (config.frames,)},
+            "text_encoder": {"input_ids": (config.context_length,)}}.get(graph, {})
+
+
+def check_engine_config(graph: str, path: Any, engine: Any, config: RAPConfig) -> None:
+    """Raise :class:`CheckFailedError` when an engine's inputs contradict the manifest's model ``config`` (frames,
+    image size, context length): the inputs are checked and shaped by the config, which the engine would refuse."""
+    for name, want in config_dims(graph, config).items():
+        have = tuple(int(d) for d in engine.get_tensor_profile_shape(name, 0)[2])[1:]
+        if have != want:
+            raise CheckFailedError(f"{path}: {graph} input {name} takes {list(have)} after the batch axis, the "
+                                   f"manifest's model config gives {list(want)}; the manifest was edited or the "
+                                   "engine replaced, rebuild the engine")
+
+
 def require_graphs(files: Mapping[str, Any], config: RAPConfig) -> None:
     """Raise :class:`UsageError` unless ``files`` hold both encoders and, for a model with an ASA head, ``asa_head``
     (without it the re-rank would silently be the mean-pooled similarity instead of the model's ASA scores)."""
@@ -231,6 +250,7 @@ class TrtEngine(Engine):
                                            "here")
                 self.io[name] = engine_io(trt, engine)
                 check_engine_io(name, f, *self.io[name], config.has_asa)
+                check_engine_config(name, f, engine, config)
                 self.engines[name] = engine
                 self.contexts[name] = engine.create_execution_context()
                 if self.contexts[name] is None:
@@ -254,8 +274,9 @@ class TrtEngine(Engine):
         dtype = torch_dtype(self.trt, engine.get_tensor_dtype(name), f"{graph} input {name}")
         t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device).to(dtype).contiguous()
         if not ctx.set_input_shape(name, tuple(t.shape)):
+            lo, _, hi = ([int(d) for d in dims] for dims in engine.get_tensor_profile_shape(name, 0))
             raise UsageError(f"{graph}: input {name} shape {list(t.shape)} is outside the engine's optimisation "
-                             "profile; rebuild with a larger --max-batch")
+                             f"profile ({lo} to {hi})")
         if not ctx.set_tensor_address(name, t.data_ptr()):
             raise CheckFailedError(f"TensorRT refused the address of {graph} input {name}")
         keep.append(t)

@@ -385,3 +385,21 @@ def test_an_engine_folder_without_the_asa_head_of_an_asa_model_is_refused(fake_b
         copy = _edited_engine_copy(src, tmp_path / gone, graphs=graphs)
         with fake_tensorrt_env(10), pytest.raises(UsageError, match=f"lacks graphs \\['{gone}'\\]"):
             load_engine(copy)
+
+
+@pytest.mark.parametrize("key", ["frames", "context_length"])
+def test_a_manifest_config_the_engine_contradicts_is_refused(fake_builds, tmp_path, key):
+    """The inputs are checked and shaped by the manifest's model config; one edited to another frame count or context
+    length loaded, and TensorRT then refused its inputs (every video for another frame count, a query longer than
+    the engine's context) with 'outside the engine's optimisation profile; rebuild with a larger --max-batch' (the
+    batch was never the problem). The encoders' inputs are now read back against the config at load (exit 1), as
+    ONNX Runtime engines read their graphs' metadata; the refusal names the engine's range instead."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.manifest import read_manifest
+
+    src = fake_builds[10]["fp32"][0]
+    config = read_manifest(src)["config"]
+    config[key] += 1
+    copy = _edited_engine_copy(src, tmp_path, config=config)
+    with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match="manifest's model config gives"):
+        load_engine(copy)
