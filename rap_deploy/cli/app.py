@@ -95,7 +95,20 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
                 raise fail("terminated (SIGTERM); finished files are kept, nothing half-written is left", 143
                            ) from None
 
+        if "help" not in kwargs and func.__doc__:
+            kwargs["help"] = reflowed_help(func.__doc__)
         app.command(*args, **kwargs)(wrapper)
         return func
 
     return decorator
+
+
+def reflowed_help(doc: str) -> str:
+    """``doc`` with each paragraph's line breaks made spaces (lists and tables kept as written): Typer keeps a
+    docstring's single line breaks, so source lines wrapped at 120 columns showed as ragged lines in ``--help``."""
+    import inspect
+
+    paragraphs = [p for p in inspect.cleandoc(doc).split("\n\n") if p.strip()]
+    return "\n\n".join(p if any(line.lstrip()[:1] in ("-", "*", "|") or line.startswith(" ")
+                                  for line in p.splitlines()) else " ".join(p.split())
+                         for p in paragraphs)

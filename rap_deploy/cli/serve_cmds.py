@@ -43,8 +43,8 @@ def serve_cmd(
 ) -> None:
     """Serve search over a library and the three graphs (Open Inference Protocol / KServe v2) over HTTP.
 
-    POST /search, GET /library, /healthz, /readyz, a search page at /, and /v2/models/{video_encoder,text_encoder,
-    asa_head}/infer for tritonclient or any KServe v2 client. Stops on Ctrl-C.
+    POST /search, GET /library, /healthz, /readyz, a search page at /, and
+    /v2/models/{video_encoder,text_encoder,asa_head}/infer for tritonclient or any KServe v2 client. Stops on Ctrl-C.
     """
     from rap_deploy import bounds
     from rap_deploy.engines.serving.server import serve
