@@ -331,8 +331,11 @@ def recorded_checkpoint(value: Any, sha256: Any) -> Path | None:
     if not isinstance(value, str) or not value or "\0" in value:
         return None
     path = Path(value)
-    if path.suffix not in CHECKPOINT_SUFFIXES or not path.is_file():
-        return None
-    if sha256 is not None and (not isinstance(sha256, str) or sha256_file(path) != sha256):
+    try:  # a name too long, a folder this user may not enter, an unreadable file: not usable here
+        if path.suffix not in CHECKPOINT_SUFFIXES or not path.is_file():
+            return None
+        if sha256 is not None and (not isinstance(sha256, str) or sha256_file(path) != sha256):
+            return None
+    except OSError:
         return None
     return path

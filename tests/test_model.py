@@ -311,6 +311,24 @@ def test_a_compressed_checkpoint_larger_than_memory_is_refused_before_loading(tm
         load_checkpoint(packed)
 
 
+def test_a_recorded_checkpoint_that_cannot_be_read_here_is_not_usable(tmp_path, monkeypatch):
+    """An export manifest's checkpoint path (untrusted) whose name is too long, or that lies in a folder this user
+    may not enter (an export copied from another user), raised OSError: build-engine failed instead of comparing with
+    the export's graphs."""
+    from rap_deploy import checkpoint as checkpoint_module
+    from rap_deploy.checkpoint import recorded_checkpoint
+
+    assert recorded_checkpoint(str(tmp_path / ("x" * 300 + ".pt")), None) is None
+    readable = tmp_path / "c.pt"
+    readable.write_bytes(b"weights")
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint_module, "sha256_file", unreadable)
+    assert recorded_checkpoint(str(readable), "0" * 64) is None
+
+
 class Sneaky:
     """An arbitrary Python object: loading it needs weights_only=False."""
 
