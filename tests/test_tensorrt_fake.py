@@ -403,3 +403,17 @@ def test_a_manifest_config_the_engine_contradicts_is_refused(fake_builds, tmp_pa
     copy = _edited_engine_copy(src, tmp_path, config=config)
     with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match="manifest's model config gives"):
         load_engine(copy)
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_the_fake_profile_refuses_an_impossible_range_as_the_binding_does(major):
+    """``IOptimizationProfile.set_shape`` raises RuntimeError (pyCore.cpp's PY_ASSERT_RUNTIME_ERROR on
+    ``setDimensions``) in 10.x and 11.x; the fake raised ValueError, which code catching the real error would miss."""
+    from fake_tensorrt import make_module
+
+    trt = make_module(major)
+    profile = trt.Builder(trt.Logger(trt.Logger.WARNING)).create_optimization_profile()
+    with pytest.raises(RuntimeError, match="inconsistent"):
+        profile.set_shape("frames", (4, 3), (2, 3), (8, 3))
+    profile.set_shape("frames", (1, 3), (2, 3), (8, 3))
+    assert profile and profile.get_shape("frames")[2] == (8, 3)

@@ -68,8 +68,8 @@ class Profile(Checked):
 
     def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002 - the binding's names
         shapes = tuple(tuple(int(d) for d in s) for s in (min, opt, max))
-        if not all(a <= b <= c for a, b, c in zip(*shapes, strict=True)):
-            raise ValueError(f"profile for {input}: need min <= opt <= max, got {shapes}")
+        if not all(a <= b <= c for a, b, c in zip(*shapes, strict=True)):  # the binding's PY_ASSERT_RUNTIME_ERROR
+            raise RuntimeError(f"Shape provided for max is inconsistent with other shapes ({input}: {shapes}).")
         self._shapes[input] = shapes
 
     def get_shape(self, input: str) -> list[tuple[int, ...]]:  # noqa: A002
