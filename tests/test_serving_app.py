@@ -7,7 +7,10 @@ from __future__ import annotations
 import collections
 import http.client
 import json
+import logging
+import socket
 import threading
+import time
 import types
 import urllib.parse
 from typing import Any
@@ -15,8 +18,12 @@ from typing import Any
 import pytest
 
 from rap_deploy.engines.serving.app import create_app
+from rap_deploy.engines.serving.contract import BatchLimits, served_models
 from rap_deploy.engines.serving.server import ServerThread
 from rap_deploy.engines.serving.service import ServeOptions, ServingService
+from rap_deploy.export.export_config import ModelDims, graph_specs
+
+DIMS = ModelDims(frames=4, image_size=32, grid=(4, 4), embed_dim=32, context_length=32, asa_token_width=3 * 16)
 
 
 def bare_service(library: Any = None) -> ServingService:
@@ -101,3 +108,23 @@ def test_thumbnails_of_a_video_whose_file_cannot_be_decoded_are_a_404_naming_the
     assert "/srv/videos" not in doc["error"]
     assert request(url, "GET", "/thumbnails?video_id=v2")[0] == 404
     assert request(url, "GET", "/healthz")[0] == 200
+
+
+def test_a_client_that_leaves_mid_body_is_not_a_server_fault(serve, caplog):
+    """A client closing its connection before its whole body arrived was a 500: a logged traceback and a server
+    fault in /stats. It is counted as 499 (client closed request) and logs nothing."""
+    service = bare_service()
+    service.models = served_models(graph_specs(DIMS, True), BatchLimits(8, 8, 8, 8))
+    url = serve(service)
+    u = urllib.parse.urlsplit(url)
+    caplog.set_level(logging.WARNING, logger="rapdeploy.serve")
+    with socket.create_connection((u.hostname, u.port)) as c:
+        c.sendall(b"POST /v2/models/video_encoder/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+                  + b"x" * 1000)
+        c.shutdown(socket.SHUT_RDWR)
+    for _ in range(500):  # the server sees the disconnect asynchronously
+        if service._counts:
+            break
+        time.sleep(0.02)
+    assert dict(service._counts) == {"/v2/infer 499": 1}
+    assert not caplog.records, [r.getMessage() for r in caplog.records]

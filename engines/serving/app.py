@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from rap_deploy.atomic import json_text
 from rap_deploy.engines.serving.contract import TEXT_GRAPH
@@ -52,6 +53,7 @@ PAGE = Path(__file__).with_name("page.html")
 VERSION = "1"
 PAGE_ROUTES = frozenset({"/", "/search", "/thumbnails", "/healthz", "/readyz", "/library", "/stats"})
 INLINE_BYTES = 64 * 1024  # bodies / outputs up to this size are (de)serialised on the event loop
+CLIENT_CLOSED = 499  # the client closed the connection before its request was read (nginx's code; nobody reads it)
 READ = ["GET", "HEAD"]  # every GET route answers HEAD too (RFC 9110; load balancers and `curl -I` probe with it)
 
 
@@ -74,7 +76,7 @@ def _error(status: int, message: str, field: str | None, headers: dict[str, str]
 async def read_body(request: Request, limit: int, idle_timeout: float | None = None) -> bytes:
     """The request body, at most ``limit`` bytes: a larger ``Content-Length`` is refused before reading, a larger
     streamed body as soon as it passes the limit, one that sends nothing for ``idle_timeout`` seconds as stalled.
-    Raises :class:`RequestError` 413 / 400 / 408."""
+    Raises :class:`RequestError` 413 / 400 / 408, and :data:`CLIENT_CLOSED` when the client goes away mid-body."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -93,6 +95,9 @@ async def read_body(request: Request, limit: int, idle_timeout: float | None = N
             break
         except asyncio.TimeoutError:
             raise RequestError(408, f"the request body stalled: no byte for {idle_timeout:g} s after {total} bytes",
+                               "body") from None
+        except ClientDisconnect:  # not a server fault (it was a logged traceback and a counted 500)
+            raise RequestError(CLIENT_CLOSED, f"the client closed the connection after {total} bytes of its body",
                                "body") from None
         total += len(chunk)
         if total > limit:
