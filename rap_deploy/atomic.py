@@ -2,7 +2,7 @@
 
 A killed command therefore never leaves a half-written checkpoint, graph, engine or report behind, and a renamed file
 survives a power loss. A ``SIGTERM`` unwinds through the ``finally`` below (the CLI turns it into an exception), so the
-temporary file is removed; only ``SIGKILL`` can leave one (hidden, ``.<name>.*.tmp``).
+temporary file is removed; only ``SIGKILL`` can leave one (hidden, ``.<name>.*.tmp``; a long name is cut).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=(suffix if suffix is not None else dest.suffix) + ".tmp",
-                               dir=dest.parent)
+    prefix, suffix = _temp_affixes(dest, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -45,6 +45,23 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# Bytes of the destination's name (and of its suffix) kept in a temporary file's name: with the dot, random part
+# and ".tmp" it stays far below the 255 bytes a file name may have, whatever the destination's name.
+_TEMP_NAME_BYTES = 100
+_TEMP_SUFFIX_BYTES = 32
+
+
+def _temp_affixes(dest: Path, suffix: str | None) -> tuple[str, str]:
+    """``(prefix, suffix)`` of ``dest``'s temporary file: ``.<name>.`` and ``<suffix>.tmp``, the name cut to
+    :data:`_TEMP_NAME_BYTES` bytes and a suffix longer than :data:`_TEMP_SUFFIX_BYTES` dropped (a destination whose
+    name is near the limit got a temporary name over it: ``File name too long``)."""
+    suffix = dest.suffix if suffix is None else suffix
+    if len(os.fsencode(suffix)) > _TEMP_SUFFIX_BYTES:
+        suffix = ""
+    name = os.fsencode(dest.name)[:_TEMP_NAME_BYTES].decode("utf-8", "ignore")  # no half character at the cut
+    return f".{name}.", suffix + ".tmp"
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:

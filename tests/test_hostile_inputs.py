@@ -765,6 +765,16 @@ def test_atomic_writes_fsync_the_folder_and_keep_the_umask(tmp_path, monkeypatch
     assert synced == [False, True]
 
 
+@pytest.mark.parametrize("name", ["r" * 245 + ".json", "é" * 120 + ".json", "x." + "s" * 240])
+def test_atomic_writes_to_a_name_near_the_length_limit(tmp_path, name):
+    """The temporary file was named '.<name>.<random><suffix>.tmp': for a name the filesystem accepts, up to 255
+    bytes, that was over the limit and the write failed (File name too long) after all the work."""
+    from rap_deploy import atomic
+
+    atomic.write_text_atomic(tmp_path / name, "{}")
+    assert [p.name for p in tmp_path.iterdir()] == [name] and (tmp_path / name).read_text() == "{}"
+
+
 def test_safetensors_and_pt_outputs_get_the_same_mode(tmp_path):
     mask = os.umask(0o022)
     os.umask(mask)
