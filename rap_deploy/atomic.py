@@ -38,7 +38,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         yield tmp_path
         # mkstemp creates 0600 and some writers (safetensors) re-create the file: set the mode of an output file last
         os.chmod(tmp_path, 0o666 & ~_umask())
-        with open(tmp_path, "rb+") as fh:
+        # read-only: a umask that takes the owner's write bit (0o277) leaves a file its owner cannot open for writing
+        with open(tmp_path, "rb" if os.name == "posix" else "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, dest)
         fsync_dir(dest.parent)

@@ -765,6 +765,25 @@ def test_atomic_writes_fsync_the_folder_and_keep_the_umask(tmp_path, monkeypatch
     assert synced == [False, True]
 
 
+def test_atomic_writes_under_a_umask_that_takes_the_owners_write_bit(tmp_path, monkeypatch):
+    """With umask 0o277 the finished file is 0o400 and was then opened 'rb+' to fsync it: PermissionError for every
+    user but root (simulated here: the tests may run as root, who may open any file for writing)."""
+    import builtins
+
+    from rap_deploy import atomic
+
+    def as_a_user(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wa+") and not os.stat(file).st_mode & stat.S_IWUSR:
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "_umask", lambda: 0o277)
+    monkeypatch.setattr(atomic, "open", as_a_user, raising=False)
+    atomic.write_text_atomic(tmp_path / "a.json", "{}")
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o400
+    assert [*tmp_path.iterdir()] == [tmp_path / "a.json"]
+
+
 @pytest.mark.parametrize("name", ["r" * 245 + ".json", "é" * 120 + ".json", "x." + "s" * 240])
 def test_atomic_writes_to_a_name_near_the_length_limit(tmp_path, name):
     """The temporary file was named '.<name>.<random><suffix>.tmp': for a name the filesystem accepts, up to 255
