@@ -39,6 +39,39 @@ def test_heldout_metrics_count_same_meaning_as_correct():
     assert m["i2t"]["R1"] == 50.0 and m["attributes"]["colour"] == 50.0 and m["attributes"]["shape"] == 50.0
 
 
+def test_heldout_metrics_hold_one_score_matrix_and_huge_held_out_sets_are_refused_before_training(monkeypatch):
+    """The held-out metrics compared meanings in N x N Python lists of bools (8 bytes per pair, plus the arrays made
+    of them: measured 2.5 times the N x N float32 score matrix, 7 s for 6,000 stills, growing with N squared), and
+    nothing bounded --test-stills, so a large held-out set ran out of memory after the whole pre-training. Meanings
+    are now integer ids compared a block of rows at a time (the same ranks); a held-out set whose score matrix does
+    not fit is refused before anything is trained."""
+    import tracemalloc
+
+    from rap_deploy.data.synth_stills import generate_stills
+    from rap_deploy.errors import UsageError
+    from rap_deploy.train import backbone
+
+    n = 3000
+    _, captions = generate_stills(n, 0, 16)
+    rng = np.random.default_rng(0)
+    image_emb, text_emb = (rng.standard_normal((n, 8)).astype(np.float32) for _ in range(2))
+    tracemalloc.start()
+    try:
+        m = heldout_metrics(image_emb, text_emb, captions)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 4 * n * n and m["t2i"]["queries"] == n
+    assert m["i2t"]["queries"] == n and m["distinct_captions"] == len(set(captions))
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(backbone, "_create_model", not_reached)
+    with pytest.raises(UsageError, match="scoring 10,000,000 held-out stills.*--test-stills"):
+        backbone.pretrain_backbone("b.safetensors", n_test=10_000_000, progress=False)
+
+
 def test_localisation_loss_rewards_text_on_object_patches():
     text = torch.nn.functional.normalize(torch.randn(2, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     patches = torch.nn.functional.normalize(torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(1)), dim=-1)

@@ -26,6 +26,7 @@ from rap_deploy.errors import UsageError
 from rap_deploy.train.backbone_eval import (
     encode_heldout,
     heldout_metrics,
+    heldout_score_bytes,
     image_and_patches,
     patch_object_precision,
     reverse_caption_similarity,
@@ -358,7 +359,10 @@ class _Clock:
 def _checked_settings(out: str | Path, n_train: int, n_test: int, epochs: int, batch_size: int, patch_keep: float,
                       unmasked_epochs: int, position_twins: bool) -> Path:
     """``out`` as a Path; raises :class:`UsageError` for a non-``.safetensors`` file, too small counts, a token
-    share or unmasked epoch count out of range, or position twins with an odd still count or batch size."""
+    share or unmasked epoch count out of range, position twins with an odd still count or batch size, or more
+    held-out stills than the memory available can score (:func:`heldout_score_bytes`: refused before training)."""
+    from rap_deploy import bounds
+
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"backbone file {out} must end in .safetensors")
@@ -370,6 +374,8 @@ def _checked_settings(out: str | Path, n_train: int, n_test: int, epochs: int, b
                          f"{unmasked_epochs} (epochs {epochs})")
     if position_twins and (n_train % 2 or batch_size % 2):
         raise UsageError(f"position twins need an even n_train and batch size; got {n_train}, {batch_size}")
+    bounds.check_memory(heldout_score_bytes(n_test), f"scoring {n_test:,} held-out stills (an {n_test:,} x "
+                        f"{n_test:,} score matrix)", "pass fewer --test-stills")
     return out
 
 

@@ -43,10 +43,19 @@ def still_meaning(caption: str) -> frozenset[tuple[str, str, str, str]]:
     return frozenset(objects)
 
 
-def _ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
-    """1 + number of wrong candidates scoring strictly above the best correct candidate, per row."""
-    best = np.where(correct, scores, -np.inf).max(axis=1, keepdims=True)
-    return 1 + ((scores > best) & ~correct).sum(axis=1)
+RANK_ROWS = 1024  # query rows ranked at a time: the boolean temporaries stay O(rows x candidates), never N x N
+
+
+def _ranks(scores: np.ndarray, query_meaning: np.ndarray, candidate_meaning: np.ndarray) -> np.ndarray:
+    """Per row of ``scores [queries, candidates]``: 1 + the number of wrong candidates scoring strictly above the
+    best correct one, a candidate being correct when its meaning id equals the query's."""
+    ranks = np.empty(len(scores), dtype=np.int64)
+    for start in range(0, len(scores), RANK_ROWS):
+        block = scores[start:start + RANK_ROWS]
+        correct = query_meaning[start:start + RANK_ROWS, None] == candidate_meaning[None, :]
+        best = np.where(correct, block, -np.inf).max(axis=1, keepdims=True)
+        ranks[start:start + RANK_ROWS] = 1 + ((block > best) & ~correct).sum(axis=1)
+    return ranks
 
 
 def _recalls(ranks: np.ndarray) -> dict[str, float]:
@@ -54,22 +63,40 @@ def _recalls(ranks: np.ndarray) -> dict[str, float]:
             "R10": float(100 * np.mean(ranks <= 10)), "MnR": float(np.mean(ranks)), "queries": int(len(ranks))}
 
 
+def heldout_score_bytes(n: int) -> int:
+    """The memory :func:`heldout_metrics` needs for ``n`` held-out stills: the ``n x n`` float32 text-to-image score
+    matrix and one block of rows' temporaries."""
+    return 4 * n * n + 16 * RANK_ROWS * n
+
+
 def heldout_metrics(image_emb: np.ndarray, text_emb: np.ndarray, captions: list[str]) -> dict[str, Any]:
     """Meaning-level retrieval between held-out images and captions (see the module docstring).
 
     ``image_emb [N,d]`` and ``text_emb [N,d]`` (L2-normalised) belong to ``captions`` (image i has caption i).
     Returns ``{"i2t": {R1,R5,R10,MnR}, "t2i": {...}, "attributes": {colour,shape,size,position (percent)}}``.
+    Needs :func:`heldout_score_bytes` of memory (the meanings are compared as integer ids, a block of rows at a time).
     """
     meanings = [still_meaning(c) for c in captions]
-    distinct = list(dict.fromkeys(captions))
-    first = {c: captions.index(c) for c in distinct}
-    d_emb = text_emb[[first[c] for c in distinct]]
-    d_mean = [meanings[first[c]] for c in distinct]
-    same = np.array([[m == dm for dm in d_mean] for m in meanings])  # [images, distinct captions]
-    i2t = _ranks(image_emb @ d_emb.T, same)
-    t2i_correct = np.array([[a == b for b in meanings] for a in meanings])  # [captions, images]
-    t2i = _ranks(text_emb @ image_emb.T, t2i_correct)
+    meaning_id: dict[frozenset, int] = {}
+    ids = np.array([meaning_id.setdefault(m, len(meaning_id)) for m in meanings], dtype=np.int64)
+    first: dict[str, int] = {}
+    for i, caption in enumerate(captions):
+        first.setdefault(caption, i)
+    rows = list(first.values())  # the first image of every distinct caption, in order of appearance
+    d_emb = text_emb[rows]
+    d_mean = [meanings[i] for i in rows]
+    i2t = _ranks(image_emb @ d_emb.T, ids, ids[rows])
+    t2i = _ranks(text_emb @ image_emb.T, ids, ids)
 
+    attrs, single_images = _attribute_accuracy(image_emb, d_emb, meanings, d_mean)
+    return {"i2t": _recalls(i2t), "t2i": _recalls(t2i), "attributes": attrs,
+            "single_object_images": single_images, "distinct_captions": len(rows)}
+
+
+def _attribute_accuracy(image_emb: np.ndarray, d_emb: np.ndarray, meanings: list[frozenset], d_mean: list[frozenset]
+                        ) -> tuple[dict[str, float], int]:
+    """Percent of the single-object images whose top-1 single-object caption names their size, colour, shape and
+    position, and the number of such images."""
     single_imgs = [i for i, m in enumerate(meanings) if len(m) == 1]
     single_caps = [j for j, m in enumerate(d_mean) if len(m) == 1]
     attrs = {"size": 0, "colour": 0, "shape": 0, "position": 0}
@@ -80,8 +107,7 @@ def heldout_metrics(image_emb: np.ndarray, text_emb: np.ndarray, captions: list[
             for k, name in enumerate(attrs):
                 attrs[name] += int(truth[k] == pred[k])
         attrs = {k: 100.0 * v / len(single_imgs) for k, v in attrs.items()}
-    return {"i2t": _recalls(i2t), "t2i": _recalls(t2i), "attributes": attrs,
-            "single_object_images": len(single_imgs), "distinct_captions": len(distinct)}
+    return attrs, len(single_imgs)
 
 
 def image_and_patches(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
