@@ -62,10 +62,11 @@ def read_manifest_text(path: Any, what: str = "manifest") -> str:
 
 def manifest_format(path: Any) -> str | None:
     """The ``format`` tag of the JSON manifest at ``path`` (``rapdeploy.export``, ``rapdeploy.engine``, ...), or
-    ``None`` when there is no readable manifest with one (absent, damaged, oversized, not an object)."""
+    ``None`` when there is no readable manifest with one (absent, damaged, oversized, nested too deep to parse, not an
+    object)."""
     try:
         doc = json.loads(read_manifest_text(path))
-    except (OSError, ValueError, CheckFailedError):
+    except (OSError, ValueError, RecursionError, CheckFailedError):
         return None
     fmt = doc.get("format") if isinstance(doc, dict) else None
     return fmt if isinstance(fmt, str) else None

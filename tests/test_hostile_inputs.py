@@ -951,6 +951,10 @@ def test_force_never_replaces_the_other_kind_of_folder_and_manifests_are_size_ch
     assert (export / "parity.json").is_file()
     refused(cli("export", micro_checkpoint, "--out", engine, "--force"), 2, "holds a rapdeploy.engine folder")
     refused(cli("export", micro_checkpoint, "--out", tmp_path / "x", "--dataset", "msvd"), 2, "pass --data-root too")
+    nested = tmp_path / "nested"  # a damaged manifest nested too deep for json (RecursionError) is just damaged
+    nested.mkdir()
+    (nested / "manifest.json").write_text("[" * 100_000)
+    assert bounds.manifest_format(nested / "manifest.json") is None
     with pytest.raises(CheckFailedError, match="over the 1,000 one can be"):
         monkeypatch.setattr(bounds, "MAX_MANIFEST_BYTES", 1000)  # a padded manifest is never read whole
         load_engine(engine)
