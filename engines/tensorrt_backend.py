@@ -354,9 +354,11 @@ class TrtEngine(Engine):
                                  "max_batch": self.max_batch})
 
     def close(self) -> None:
-        """Release contexts and engines (device memory)."""
-        self.contexts.clear()
-        self.engines.clear()
+        """Release contexts, then engines (device memory), with their CUDA device current: TensorRT frees on the
+        current device (Triton's TensorRT backend, too, sets the instance's device before destroying its objects)."""
+        with CUDA.scope(self.device_id):
+            self.contexts.clear()
+            self.engines.clear()
 
 
 def pad_to_min_batch(run: Callable[..., tuple[np.ndarray, ...]], min_batch: int | None

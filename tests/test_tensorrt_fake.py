@@ -154,6 +154,9 @@ def test_build_load_and_run_use_the_requested_device(micro_fp16_export, tmp_path
         engine = load_engine(tmp_path / "e", device_id=1)
         x = sample_inputs(engine.config, videos=1)
         engine.encode_text(x.input_ids, x.eot)
+        n_run = len(scopes)
+        engine.close()  # contexts and engines are destroyed on their device too
+        assert len(scopes) == n_run + 1 and not engine.contexts and not engine.engines
     assert n_build >= 3 and len(scopes) > n_build and set(scopes) == {1}
 
 
