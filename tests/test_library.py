@@ -716,6 +716,20 @@ def test_a_list_line_naming_no_file_is_refused_with_its_line_number(micro_checkp
     assert res.exit_code == 2 and "line 3" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output
 
 
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "/abs-lib", ".hidden", "clips.tmp", "..", " "])
+def test_index_name_that_is_not_one_plain_folder_name_is_refused(tmp_path, name):
+    """--name promises a library under <workspace>/index/, but '../x' or an absolute path built it anywhere (here:
+    beside the workspace), and a hidden or temporary-looking name built one that search never found; exit 2 now,
+    before any engine is loaded or folder made."""
+    workspace = tmp_path / "ws"
+    videos = tmp_path / "clips"
+    videos.mkdir()
+    res = runner.invoke(app, ["index", "--videos", str(videos), "--name", name, "--workspace", str(workspace),
+                              "--engine", str(tmp_path / "no-engine.pt")])
+    assert res.exit_code == 2 and "--name" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips"] and not Path("/abs-lib").exists()
+
+
 def test_search_finds_the_engine_that_built_it_from_another_folder(synth_root, micro_checkpoint, frame_cache,
                                                                   tmp_path, monkeypatch):
     """`index --engine` given as a relative path recorded it as given, so `search` without --engine run from any

@@ -96,6 +96,8 @@ def index_cmd(
     options = BuildOptions(add=add, remove=list(remove or []), ann=ann, target_recall=target_recall, top_m=top_m,
                            shard_size=shard_size, batch_size=batch_size, force=force)  # refuses bad values first
     _check_threads(threads)
+    if name is not None:
+        check_library_name(name)
     ctx = setup("cpu")
     try:
         _set_threads(threads)
@@ -148,6 +150,18 @@ def _load_engine(engine: Path | None, workspace: Path | None, threads: int | Non
     from rap_deploy.engines.loader import load_engine
 
     return load_engine(resolve_engine(engine, workspace), threads=threads, device_id=device_id, lazy=lazy)
+
+
+def check_library_name(name: str) -> str:
+    """``--name`` when it is one plain folder name, the library ``<workspace>/index/NAME``; raises
+    :class:`UsageError` (exit 2) for a path (``a/b``, ``../x``, ``/abs``), ``.``, ``..``, an empty name, or a hidden
+    or temporary-looking name (``.x``, ``x.tmp``, ``x.lock``...) that no later command would take for a library."""
+    from rap_deploy.workspace import is_temporary_name
+
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or is_temporary_name(name):
+        raise UsageError(f"--name {name!r} is not a library name: give one plain folder name such as 'clips' (no "
+                         "path, not hidden, not ending in .tmp/.lock/.failed), or --out DIR for a library elsewhere")
+    return name
 
 
 def _library_out(out: Path | None, name: str | None, source: Any, workspace: Path | None) -> Path:
