@@ -469,6 +469,18 @@ def test_train_cli_usage_errors(tmp_path):
     epoch_generator(10 ** 14, 3)  # seed * 1_000_003 + epoch overflowed 64 bits: now taken modulo 2**63
 
 
+@pytest.mark.parametrize("device", ["tpu", "cuda:1", "CPU"])
+def test_train_device_other_than_auto_cpu_cuda_is_refused(tmp_path, device):
+    """--device tpu or cuda:1 trained on the CPU without a word (only 'cuda' asked for a GPU); exit 2 now, for a new
+    run and a resumed one, before any folder is made."""
+    runner = CliRunner()
+    for args in (["--dataset", "msrvtt", "--clip", "rap-micro", "--data-root", str(tmp_path),
+                  "--out", str(tmp_path / "run")], ["--resume", str(tmp_path)]):
+        res = runner.invoke(app, ["train", *args, "--device", device])
+        assert res.exit_code == 2 and "--device" in res.stderr and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     runner = CliRunner()
     world, out = tmp_path / "world", tmp_path / "ablation"

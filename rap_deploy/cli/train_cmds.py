@@ -135,6 +135,7 @@ def train(
         "max_epochs_this_run": max_epochs_this_run, "cache_dir": _str(cache_dir), "workspace": _str(workspace),
         "data_root": _str(data_root),
     }
+    _check_train_device(device)
     given = _given_model_source(given, backbone, checkpoint, clip, pretrained)
     _check_resume_folder(resume)
     options = _new_run_options(given, out, resume, workspace)
@@ -169,6 +170,14 @@ def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint
     if checkpoint is not None and (given["clip"] or pretrained):
         raise UsageError("pass either --checkpoint or --clip/--backbone, not both")
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _check_train_device(device: str | None) -> None:
+    """Raise :class:`UsageError` for a ``--device`` other than auto, cpu or cuda (anything else trained on the CPU
+    without a word: ``tpu``, ``cuda:1``)."""
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got '{device}' (to choose a GPU set "
+                         "CUDA_VISIBLE_DEVICES; under torchrun each rank uses its LOCAL_RANK's GPU)")
 
 
 def _check_resume_folder(resume: Path | None) -> None:
