@@ -102,3 +102,27 @@ def test_resume_refuses_a_data_root_holding_other_data_and_accepts_a_moved_copy(
     shutil.copytree(synth_root, moved)
     resumed = loop.train_rap(None, progress=False, resume=run, overrides={"data_root": str(moved)})
     assert resumed["complete"] and _adapters_equal(run / "last.pt", tmp_path / "straight" / "last.pt")
+
+
+def test_a_new_run_into_a_folder_holding_a_run_is_refused_not_started_over(synth_root, frame_cache, tmp_path):
+    """The same `train` command given again after a stop or a kill, without --resume, started the run over in its
+    folder: its first epoch replaced last.pt (and best.pt, metrics.jsonl), losing the training done. It is now
+    refused (exit 2) with the --resume line, nothing touched."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli.app import app
+
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), "--clip", "rap-micro", "--pretrained",
+            "none", "--frames", "4", "--topk", "4", "--heads", "2", "--asa-dim", "16", "--rank", "2", "--epochs", "2",
+            "--batch-size", "8", "--max-train-videos", "16", "--max-test-videos", "6", "--top-m", "4",
+            "--cache-dir", str(frame_cache), "--out", str(run), "--quiet"]
+    runner = CliRunner()
+    first = runner.invoke(app, [*args, "--max-epochs-this-run", "1"])
+    assert first.exit_code == 0, first.output
+    last = (run / "last.pt").read_bytes()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "holds a training run already" in again.output, again.output
+    assert f"--resume {run}" in " ".join(again.output.split()) and (run / "last.pt").read_bytes() == last
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "--quiet", "--json"])
+    assert resumed.exit_code == 0 and json.loads(resumed.output)["resumed_after_epoch"] == 1

@@ -379,7 +379,8 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
     Resuming reads the options stored in ``resume/last.pt``; ``overrides`` (explicitly given values) may change only
     where the data and cache live, the workers, the device and ``max_epochs_this_run``; any other value that differs
     from the stored run is an error. When ``resume`` has no ``last.pt`` yet (killed during the first epoch) and
-    ``options`` is given, the run starts from scratch in that folder.
+    ``options`` is given, the run starts from scratch in that folder; a new run (no ``resume``) whose ``out`` holds
+    a ``last.pt`` is refused.
     Raises :class:`UsageError` for bad options, missing data, or a run folder that cannot be resumed.
     """
     from rap_deploy.train.training_run import TrainingRun
@@ -422,13 +423,18 @@ def _remove_if_empty(folder: Path) -> None:
 def _resolve_run(options: TrainOptions | None, resume: str | Path | None, overrides: dict[str, Any] | None):
     """The options, template, model and training state to run: from ``resume/last.pt`` when it exists (model and
     state built from it), else ``options`` (with ``out`` set to ``resume`` when given; model and state None).
-    Raises :class:`UsageError` when there is nothing to train."""
+    Raises :class:`UsageError` when there is nothing to train, and for a new run whose folder holds a run's
+    ``last.pt`` (starting again there would replace a run that ``resume`` continues)."""
     template = model = state = None
     if resume is not None:
         if (Path(resume) / LAST).is_file() or options is None:
             options, template, model, state = _load_resume(Path(resume), overrides or {})
         else:
             options = dataclasses.replace(options, out=str(resume))
+    elif options is not None and (Path(options.out) / LAST).is_file():
+        raise UsageError(f"--out {options.out} holds a training run already ({LAST}); continue it with `rapdeploy "
+                         f"train --resume {options.out}`, or pass another --out (or remove that run's folder) to "
+                         "start a new run")
     if options is None:
         raise UsageError("nothing to train: pass the training options or a run folder to resume")
     return options, template, model, state
