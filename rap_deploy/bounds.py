@@ -25,6 +25,7 @@ from typing import Any
 from rap_deploy.errors import CheckFailedError, UsageError
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest, plan or record JSON file (the largest real ones are kilobytes)
+MAX_JSON_DEPTH = 100           # nesting of such a file (real ones: under 10; json.loads recurses ~1000 levels deep)
 MAX_FRAMES = 512            # frames per video (DiDeMo / ActivityNet use 64)
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024       # model input size in pixels (CLIP: 224 / 336)
@@ -51,13 +52,32 @@ def read_manifest_text(path: Any, what: str = "manifest") -> str:
     """The UTF-8 text of a small JSON file an artifact carries (``what`` names it), its size checked first.
 
     Raises :class:`~rap_deploy.errors.CheckFailedError` (exit 1) when it is larger than :data:`MAX_MANIFEST_BYTES`
-    (padded or replaced: never read whole), ``OSError`` / ``UnicodeDecodeError`` as reading does.
+    (padded or replaced: never read whole) or nested deeper than :data:`MAX_JSON_DEPTH` (``json.loads`` would raise
+    ``RecursionError``, which no reader expects), ``OSError`` / ``UnicodeDecodeError`` as reading does.
     """
     size = Path(path).stat().st_size
     if size > MAX_MANIFEST_BYTES:
         raise CheckFailedError(f"{path}: the {what} is {size:,} bytes, over the {MAX_MANIFEST_BYTES:,} one can be; it "
                                "was padded or replaced, rebuild the folder")
-    return Path(path).read_text(encoding="utf-8")
+    text = Path(path).read_text(encoding="utf-8")
+    # counting the opening brackets is fast: a file with no more of them than the limit is not scanned
+    depth = json_depth(text) if text.count("[") + text.count("{") > MAX_JSON_DEPTH else 0
+    if depth > MAX_JSON_DEPTH:
+        raise CheckFailedError(f"{path}: the {what} is nested {depth:,} levels deep, over the {MAX_JSON_DEPTH} one "
+                               "can be; it is damaged or was replaced, rebuild the folder")
+    return text
+
+
+def json_depth(text: str) -> int:
+    """How deep JSON ``text``'s arrays and objects nest (brackets inside strings do not count); 0 for a scalar."""
+    import re
+
+    import numpy as np
+
+    bare = re.sub(r'"[^"\\]*(?:\\.[^"\\]*)*"', "", text)
+    codes = np.frombuffer(bare.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    steps = np.isin(codes, (ord("["), ord("{"))).astype(np.int64) - np.isin(codes, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
 
 
 def manifest_format(path: Any) -> str | None:

@@ -938,6 +938,16 @@ def test_an_edited_export_manifest_is_damaged_one_line(micro_ort_engines, tmp_pa
     assert needle in line and not (tmp_path / "e").exists()
 
 
+def test_a_manifest_nested_too_deep_is_damaged_one_line(tmp_path):
+    """json.loads raises RecursionError past about 1,000 levels, which no manifest reader caught: search and verify
+    (and every other reader) printed a traceback for a damaged or replaced manifest."""
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / "manifest.json").write_text("[" * 100_000)
+    refused(cli("search", "a dog", "--library", deep), 1, "manifest.json", "nested 100,000 levels deep")
+    refused(verify_engine(deep, tmp_path), 1, "manifest.json", "nested 100,000 levels deep")
+
+
 def test_force_never_replaces_the_other_kind_of_folder_and_manifests_are_size_checked(micro_ort_engines, tmp_path,
                                                                                      monkeypatch, micro_checkpoint):
     from rap_deploy import bounds
