@@ -481,6 +481,20 @@ def test_train_device_other_than_auto_cpu_cuda_is_refused(tmp_path, device):
     assert not (tmp_path / "run").exists()
 
 
+def test_ablate_out_or_world_that_is_a_file_is_refused_before_the_world_is_made(tmp_path):
+    """ablate --out FILE failed only after the world's synth and backbone pre-training (minutes on the demo's
+    recipe), and --world FILE after starting synth; both are exit 2 before any step now."""
+    runner = CliRunner()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for extra, option in ((["--world", str(tmp_path / "w"), "--out", str(a_file)], "ablation folder"),
+                          (["--world", str(a_file)], "--world")):
+        res = runner.invoke(app, ["ablate", "--tiny", "--seeds", "0", "--rows", "zero_shot", "--quiet", *extra])
+        assert res.exit_code == 2 and option in res.stderr and "[run ]" not in res.output, res.output
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w" / "data").exists() and a_file.read_text() == "x"
+
+
 def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     runner = CliRunner()
     world, out = tmp_path / "world", tmp_path / "ablation"

@@ -448,6 +448,7 @@ def ablate(
                          backbone_patch_keep=backbone_patch_keep, distractors=distractors,
                          selection_loss_weight=selection_loss_weight, lorm_lr_mult=lorm_lr_mult)
     root = Path(world or workspace_root(workspace)).resolve()
+    out = _check_ablate_folders(root, out)
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
     with folder_lock(root, "ablate", "world folder"):  # the lock `rapdeploy demo` holds on the same folder
         w = prepare_world(root, sizes, Steps(log, root), progress=not quiet, threads=threads)
@@ -456,7 +457,7 @@ def ablate(
                          asa_dim=None if preset else sizes.asa_dim, preset=preset or sizes.preset)
     scorer = (heldout_scorer(root, w.data, heldout_videos, base.top_m, not quiet and jobs == 1, heldout_gallery)
               if heldout_videos else None)
-    result = run_ablation(base, out or root / "ablation", seed_list, row_names, progress=not quiet, log=log,
+    result = run_ablation(base, out, seed_list, row_names, progress=not quiet, log=log,
                           heldout=scorer, jobs=jobs, threads=threads)
     if json_out:
         typer.echo(json_text(result))
@@ -464,6 +465,16 @@ def ablate(
     from rap_deploy.train.ablate_report import ablation_markdown
 
     typer.echo(ablation_markdown(result))
+
+
+def _check_ablate_folders(root: Path, out: Path | None) -> Path:
+    """The ablation's output folder (``out``, default ``root/ablation``), after refusing a ``--world`` or ``--out``
+    that is a file or cannot be written (exit 2): found before the world is prepared, not minutes later."""
+    from rap_deploy.locks import check_writable_folder
+
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--world {root} is a file; pass a folder for the world (data, backbone, frame cache)")
+    return check_writable_folder(out or root / "ablation", "ablate", "ablation folder")
 
 
 def _ablation_rows(rows: str | None) -> list[str]:
