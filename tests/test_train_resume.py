@@ -126,3 +126,26 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused_not_started_over(synth
     assert f"--resume {run}" in " ".join(again.output.split()) and (run / "last.pt").read_bytes() == last
     resumed = runner.invoke(app, ["train", "--resume", str(run), "--quiet", "--json"])
     assert resumed.exit_code == 0 and json.loads(resumed.output)["resumed_after_epoch"] == 1
+
+
+def test_resume_under_a_process_count_that_does_not_split_the_stored_batch_is_a_usage_error(synth_root, frame_cache,
+                                                                                          tmp_path, monkeypatch):
+    """A run on 16 training videos with --batch-size 128 trains in global batches of 16 (one epoch's items) and keeps
+    that batch on resume. Resumed under torchrun with 3 processes (simulated: rank 0 of 3), the check of the new
+    --batch-size (15 there) passed, and the stored 16 then crashed the first step with a ValueError traceback from
+    the sharding; it is now a usage error naming the batch, before anything is trained or written."""
+    from rap_deploy.errors import UsageError
+    from rap_deploy.train import distributed as D
+    from rap_deploy.train import loop
+
+    run = tmp_path / "run"
+    first = loop.train_rap(_options(synth_root, run, frame_cache, batch_size=128, max_epochs_this_run=1),
+                           progress=False)
+    assert first["batch_size"] == 16
+    metrics = (run / "metrics.jsonl").read_bytes()
+    monkeypatch.setattr(D, "setup", lambda device="auto": D.DistContext(rank=0, world_size=3))
+    for name in ("barrier", "broadcast_parameters", "cleanup"):
+        monkeypatch.setattr(D, name, lambda *args, **kwargs: None)
+    with pytest.raises(UsageError, match="global batch of 16 must be a multiple of the 3 processes"):
+        loop.train_rap(None, progress=False, resume=run)
+    assert (run / "metrics.jsonl").read_bytes() == metrics

@@ -97,9 +97,8 @@ class TrainingRun:
             batch = max(ctx.world_size, per_epoch - per_epoch % ctx.world_size)
             say(self.show, f"[yellow]batch size {options.batch_size} exceeds the {per_epoch} training items per "
                            f"epoch; using {batch}[/]")
-        if batch % ctx.world_size:
-            raise UsageError(f"--batch-size {batch} (the global batch) must be a multiple of the "
-                             f"{ctx.world_size} processes")
+        _check_batch_splits(batch, ctx, f"--batch-size {batch} (the global batch)",
+                            "pass another --batch-size or process count")
         self.batch = batch
         self.steps_per_epoch = per_epoch // batch
         self.total_steps = options.epochs * self.steps_per_epoch
@@ -122,6 +121,8 @@ class TrainingRun:
             self.total_steps = int(state["total_steps"])
             self.steps_per_epoch = int(state["steps_per_epoch"])
             self.batch = int(state["batch_size"])
+            _check_batch_splits(self.batch, self.ctx, f"the resumed run's global batch of {self.batch}",
+                                f"resume it with a process count that divides {self.batch}")
             self.history = list(state["history"])
             self.best = best_of(self.history)
             if self.ctx.is_main:
@@ -260,6 +261,17 @@ class TrainingRun:
 
             write_json_atomic(self.run_dir / SUMMARY, summary)
         return summary
+
+
+def _check_batch_splits(batch: int, ctx: D.DistContext, what: str, fix: str) -> None:
+    """Raise :class:`UsageError` unless the global ``batch`` splits evenly over the processes (``what`` names it,
+    ``fix`` says what to change).
+
+    A resumed run keeps the global batch it stored, which a small training set may have set below --batch-size (to
+    the items of one epoch); resumed under another process count it may not split.
+    """
+    if batch % ctx.world_size:
+        raise UsageError(f"{what} must be a multiple of the {ctx.world_size} processes; {fix}")
 
 
 def _step(model, items: dict[str, Any], video_ids: torch.Tensor, params: list[torch.nn.Parameter], optimizer,
