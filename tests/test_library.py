@@ -182,6 +182,14 @@ def test_long_query_is_truncated_with_a_warning_and_non_text_is_refused(library,
     assert res.exit_code == 2 and "line 2 is not UTF-8" in res.output
 
 
+def test_a_queries_path_that_is_a_folder_is_named_as_such(tmp_path):
+    """search --queries DIR (or a device) said the file 'does not exist'; it says what the path is now (exit 2)."""
+    res = runner.invoke(app, ["search", "--queries", str(tmp_path), "--library", str(tmp_path / "lib")])
+    assert res.exit_code == 2 and "is not a regular file" in res.stderr and "does not exist" not in res.stderr
+    missing = runner.invoke(app, ["search", "--queries", str(tmp_path / "q.txt"), "--library", str(tmp_path)])
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr, missing.output
+
+
 def test_queries_file_prints_one_json_object_per_query(library, micro_checkpoint, tmp_path):
     qf = tmp_path / "q.txt"
     qf.write_text("a red circle moves to the left\n\na small blue square\n")

@@ -211,7 +211,8 @@ def read_queries(text: str | None, queries_file: Path | None) -> list[str]:
             raise UsageError('no query: rapdeploy search "a red circle moves to the left" (or --queries FILE)')
         return [text]
     if not queries_file.is_file():
-        raise UsageError(f"query file {queries_file} does not exist; write one query per line")
+        what = "is not a regular file (a folder, FIFO or device)" if queries_file.exists() else "does not exist"
+        raise UsageError(f"query file {queries_file} {what}; pass a text file with one query per line")
     data = queries_file.read_bytes()
     try:
         content = data.decode("utf-8")
