@@ -481,6 +481,16 @@ def test_train_device_other_than_auto_cpu_cuda_is_refused(tmp_path, device):
     assert not (tmp_path / "run").exists()
 
 
+def test_train_out_that_is_a_file_says_so(tmp_path):
+    """train --out FILE said 'cannot access FILE: File exists; check the path and its permissions'; it says the
+    path is a file now (exit 2) and leaves it alone."""
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--clip", "rap-micro", "--data-root", str(tmp_path),
+                                   "--out", str(a_file)])
+    assert res.exit_code == 2 and f"--out {a_file} is a file" in res.stderr and a_file.read_text() == "x", res.output
+
+
 def test_ablate_out_or_world_that_is_a_file_is_refused_before_the_world_is_made(tmp_path):
     """ablate --out FILE failed only after the world's synth and backbone pre-training (minutes on the demo's
     recipe), and --world FILE after starting synth; both are exit 2 before any step now."""

@@ -196,6 +196,8 @@ def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | Non
     """
     from rap_deploy.train.loop import TrainOptions
 
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder for the run (best.pt, last.pt, metrics.jsonl)")
     if resume is None or given.get("dataset"):
         if not given.get("dataset"):
             raise UsageError("--dataset is required (or --resume RUN_DIR to continue a run)")
