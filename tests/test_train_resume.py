@@ -149,3 +149,25 @@ def test_resume_under_a_process_count_that_does_not_split_the_stored_batch_is_a_
     with pytest.raises(UsageError, match="global batch of 16 must be a multiple of the 3 processes"):
         loop.train_rap(None, progress=False, resume=run)
     assert (run / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_rng_state_of_more_gpus_than_this_process_sees_restores_those_it_has(monkeypatch):
+    """last.pt keeps one CUDA generator state per GPU the run saw (all of a node's under torchrun). Resumed where
+    fewer are visible (another node, CUDA_VISIBLE_DEVICES), torch's set_rng_state_all raised IndexError (a
+    traceback) for the missing ones; those this process has are restored now. (Simulated: one GPU, two states.)"""
+    from rap_deploy.train.loop import _set_rng_state
+
+    restored = []
+
+    def set_rng_state(state, device="cuda"):
+        if int(device) >= 1:
+            raise IndexError("tuple index out of range")  # torch.cuda.default_generators[idx]
+        restored.append(int(device))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)
+    cuda_state = torch.zeros(16, dtype=torch.uint8)
+    _set_rng_state({"torch": torch.get_rng_state(), "cuda": [cuda_state, cuda_state]})
+    assert restored == [0]

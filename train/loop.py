@@ -285,9 +285,13 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators :func:`_rng_state` saved. ``cuda`` holds one state per GPU the saving process saw; a
+    process that sees fewer (another node, ``CUDA_VISIBLE_DEVICES``) restores those it has (torch's
+    ``set_rng_state_all`` raised IndexError for the others)."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(list(state["cuda"])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
