@@ -15,6 +15,7 @@ import types
 import urllib.parse
 from typing import Any
 
+import numpy as np
 import pytest
 
 from rap_deploy.engines.serving.app import create_app
@@ -31,6 +32,7 @@ def bare_service(library: Any = None) -> ServingService:
     thumbnails read."""
     service = ServingService.__new__(ServingService)
     service.library, service.library_changed, service.options = library, None, ServeOptions()
+    service.config = None  # what the text encoder's checks read
     service.models = {}
     service.batcher = types.SimpleNamespace(alive=True)
     service._lock, service._counts = threading.Lock(), collections.Counter()
@@ -128,3 +130,34 @@ def test_a_client_that_leaves_mid_body_is_not_a_server_fault(serve, caplog):
         time.sleep(0.02)
     assert dict(service._counts) == {"/v2/infer 499": 1}
     assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_a_response_its_client_does_not_read_is_given_up_not_kept(monkeypatch):
+    """uvicorn buffers a body sent in one piece whole and never times out a client that reads nothing, so such a
+    client kept its whole response in server memory for as long as it held the connection (measured: a 64 MiB
+    response, 61 MiB buffered, still there after the keep-alive close). Now the response goes out in pieces and is
+    given up when the client reads nothing for the idle timeout: the connection is closed and at most about one
+    piece stays buffered."""
+    from rap_deploy.engines.serving.app import SEND_CHUNK
+
+    service = bare_service()
+    service.options = ServeOptions(body_idle_timeout_s=0.2)
+    service.models = served_models(graph_specs(DIMS, True), BatchLimits(8, 8, 8, 8))
+    big = np.zeros((32 << 20) // 4, dtype=np.float32)  # 32 MiB, whatever the declared shape: a stub engine
+    monkeypatch.setattr(service, "infer", lambda model, req: {n: big for n in model.output_names})
+    doc = {"inputs": [{"name": "frames", "datatype": "FP32", "shape": [1, 4, 3, 32, 32], "data": [0] * 12288},
+                      {"name": "frame_mask", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]}],
+           "outputs": [{"name": "video_emb", "parameters": {"binary_data": True}}]}
+    body = json.dumps(doc).encode()
+    with ServerThread(create_app(service)) as server, socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(server.sock.getsockname()[:2])
+        client.sendall(b"POST /v2/models/video_encoder/infer HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                       + str(len(body)).encode() + b"\r\n\r\n" + body)  # and never reads
+        for _ in range(1500):  # until the server gives the response up (or uvicorn's keep-alive closes it)
+            conns = [c for c in server.server.server_state.connections if c.transport is not None]
+            if conns and conns[0].transport.is_closing():
+                break
+            time.sleep(0.02)
+        assert conns and conns[0].transport.is_closing()
+        assert conns[0].transport.get_write_buffer_size() <= 2 * SEND_CHUNK

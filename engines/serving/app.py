@@ -14,8 +14,10 @@ Protocol (KServe v2 REST) for the three graphs.
 Every ``GET`` route answers ``HEAD`` too; another method is a 405 with the ``Allow`` header.
 
 Request bodies are bounded: a declared ``Content-Length`` over the limit is refused before the body is read, and a
-streamed body is cut off when it passes it (413). Every refusal is a 4xx JSON ``{"error", "field"}``; only a fault
-of the server itself is a 500, and its traceback goes to the server log, not to the client.
+streamed body is cut off when it passes it (413); an inference response goes out in pieces and is given up when its
+client reads nothing of it for the idle timeout (:class:`PacedResponse`). Every refusal is a 4xx JSON
+``{"error", "field"}``; only a fault of the server itself is a 500, and its traceback goes to the server log, not to
+the client.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ PAGE = Path(__file__).with_name("page.html")
 VERSION = "1"
 PAGE_ROUTES = frozenset({"/", "/search", "/thumbnails", "/healthz", "/readyz", "/library", "/stats"})
 INLINE_BYTES = 64 * 1024  # bodies / outputs up to this size are (de)serialised on the event loop
+SEND_CHUNK = 1 << 20  # responses go out in pieces of this size (PacedResponse)
 CLIENT_CLOSED = 499  # the client closed the connection before its request was read (nginx's code; nobody reads it)
 READ = ["GET", "HEAD"]  # every GET route answers HEAD too (RFC 9110; load balancers and `curl -I` probe with it)
 
@@ -105,6 +108,36 @@ async def read_body(request: Request, limit: int, idle_timeout: float | None = N
                                "body")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class PacedResponse(Response):
+    """A response sent in pieces of :data:`SEND_CHUNK` bytes, abandoned when its client reads nothing of it for
+    ``idle_timeout`` seconds.
+
+    uvicorn hands a body sent in one piece to the socket's user-space buffer whole and never times out a client that
+    does not read, so a client that stops reading kept the whole response (and with a pipelined request a second
+    one) in the server's memory for as long as it kept the connection open. In pieces, uvicorn waits for the buffer
+    to drain before each next one; past ``idle_timeout`` the response is given up, the connection closed and the
+    body freed, only the piece already buffered (at most :data:`SEND_CHUNK` and the socket's high-water mark) staying
+    until the client reads or goes away."""
+
+    def __init__(self, content: bytes, idle_timeout: float, headers: dict[str, str] | None = None) -> None:
+        super().__init__(content, headers=headers)
+        self.idle_timeout = idle_timeout
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        body = memoryview(self.body)
+        for start in range(0, max(1, len(body)), SEND_CHUNK):
+            piece = {"type": "http.response.body", "body": bytes(body[start:start + SEND_CHUNK]),
+                     "more_body": start + SEND_CHUNK < len(body)}
+            try:
+                await asyncio.wait_for(send(piece), self.idle_timeout)
+            except asyncio.TimeoutError:
+                log.warning("%s %s: the client read nothing of its response for %g s after %d of %d bytes; closing "
+                            "the connection", scope.get("method"), scope.get("path"), self.idle_timeout, start,
+                            len(body))
+                return  # uvicorn closes a connection whose response is incomplete
 
 
 def large_body(request: Request) -> bool:
@@ -322,7 +355,7 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
         size = sum(int(getattr(v, "nbytes", 0)) for v in outputs.values())
         data, headers = encode_infer_response(model, req, outputs) if size <= INLINE_BYTES else \
             await run_in_threadpool(encode_infer_response, model, req, outputs)
-        return Response(data, headers=headers)
+        return PacedResponse(data, service.options.body_idle_timeout_s, headers)
 
     for suffix, handler, methods in (("", model_metadata, READ), ("/ready", model_ready, READ),
                                      ("/config", model_config, READ), ("/infer", infer, ["POST"])):

@@ -71,7 +71,8 @@ class ServeOptions:
     max_thumbnail_frames: int = 8
     max_infer_json: int = 32 * MiB  # an inference body without binary tensors: parsed into ~10x its size
     max_infer_inflight: int = 4  # large inference requests read and run at once; more wait unread
-    body_idle_timeout_s: float = 30.0  # an inference body that sends nothing this long is stalled (408)
+    body_idle_timeout_s: float = 30.0  # an inference body that sends nothing this long is stalled (408); a response
+    # its client reads nothing of this long is given up (the connection closed)
 
     def __post_init__(self) -> None:
         """Raise :class:`UsageError` for a value out of range, named as its ``rapdeploy serve`` option."""
