@@ -738,6 +738,16 @@ def test_index_name_that_is_not_one_plain_folder_name_is_refused(tmp_path, name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clips"] and not Path("/abs-lib").exists()
 
 
+def test_index_out_that_is_a_file_says_so(tmp_path):
+    """index --out FILE said 'cannot access FILE: File exists; check the path and its permissions' after loading
+    the engine; it says the path is a file now (exit 2), first, and leaves it alone."""
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    res = runner.invoke(app, ["index", "--videos", str(tmp_path), "--out", str(a_file), "--engine",
+                              str(tmp_path / "no-engine.pt")])
+    assert res.exit_code == 2 and f"--out {a_file} is a file" in res.stderr and a_file.read_text() == "x", res.output
+
+
 def test_search_finds_the_engine_that_built_it_from_another_folder(synth_root, micro_checkpoint, frame_cache,
                                                                   tmp_path, monkeypatch):
     """`index --engine` given as a relative path recorded it as given, so `search` without --engine run from any
