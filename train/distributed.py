@@ -51,7 +51,8 @@ def setup(device: str = "auto") -> DistContext:
 
     ``device`` is ``auto`` (CUDA when available), ``cpu`` or ``cuda``. On CUDA each rank uses GPU ``LOCAL_RANK``.
     Collectives wait up to :data:`PROCESS_GROUP_TIMEOUT`.
-    Raises :class:`UsageError` when CUDA is requested but absent.
+    Raises :class:`UsageError` when CUDA is requested but absent, and when a rank's ``LOCAL_RANK`` names a GPU this
+    machine does not have (more processes per node than GPUs).
     """
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
@@ -64,11 +65,22 @@ def setup(device: str = "auto") -> DistContext:
     backend = "nccl" if want_cuda else "gloo"
     dev = f"cuda:{local_rank}" if want_cuda else "cpu"
     if want_cuda:
+        _check_local_gpu(local_rank, rank, world)
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank,
                                 timeout=PROCESS_GROUP_TIMEOUT)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend)
+
+
+def _check_local_gpu(local_rank: int, rank: int, world: int) -> None:
+    """Raise :class:`UsageError` when GPU ``local_rank`` does not exist here (torch raised 'invalid device ordinal'
+    from every rank without one, as a traceback)."""
+    gpus = torch.cuda.device_count()
+    if not 0 <= local_rank < gpus:
+        raise UsageError(f"process {rank} of {world} would train on GPU {local_rank} (LOCAL_RANK), but this machine "
+                         f"has {gpus} GPU(s): launch at most {gpus} processes per node (torchrun --nproc_per_node "
+                         f"{gpus}), or train on the CPU with --device cpu")
 
 
 def cleanup(ctx: DistContext) -> None:
