@@ -167,6 +167,26 @@ def test_refusals(micro_ort_engines, micro_checkpoint, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_force_replaces_only_a_model_repository(micro_ort_engines, tmp_path):
+    """--force replaced whatever folder --out named: the engine folder itself (the engine was gone, a repository in
+    its place) or a folder of the user's files. It replaces only a repository triton-repo wrote; a file is no
+    folder for one, --force or not."""
+    engine = tmp_path / "engine"
+    shutil.copytree(micro_ort_engines["fp32"], engine)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me too")
+    for out in (engine, mine, a_file):
+        res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(out), "--force"])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert (engine / "manifest.json").is_file() and not (engine / "README.md").exists()
+    assert (mine / "notes.txt").read_text() == "keep me" and a_file.read_text() == "keep me too"
+    assert "not a model repository" in runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(mine),
+                                                           "--force"]).output
+
+
 @pytest.mark.skipif(shutil.which("tritonserver") is None, reason="needs NVIDIA Triton Inference Server "
                     "(tritonserver on PATH), which cannot be installed on this machine")
 def test_verify_against_triton(micro_ort_engines, micro_checkpoint, synth_root, tmp_path):
