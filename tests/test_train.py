@@ -481,6 +481,16 @@ def test_train_device_other_than_auto_cpu_cuda_is_refused(tmp_path, device):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("option, value", [("--rank", "0"), ("--topk", "0"), ("--heads", "-2"),
+                                           ("--asa-dim", "100000"), ("--workers", "-1")])
+def test_train_size_errors_name_the_option_typed(tmp_path, option, value):
+    """--rank 0 was refused as "'lorm_rank' must be >= 1" (--topk as 'asa_topk', --heads as 'asa_heads', --asa-dim
+    as 'asa_dim', --workers as '--num-workers', an option that does not exist); the message names the option now."""
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--clip", "rap-micro", "--data-root", str(tmp_path),
+                                   "--out", str(tmp_path / "run"), option, value])
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: {option} must be"), res.output
+
+
 def test_train_out_that_is_a_file_says_so(tmp_path):
     """train --out FILE said 'cannot access FILE: File exists; check the path and its permissions'; it says the
     path is a file now (exit 2) and leaves it alone."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from rap_deploy.train.loop import TrainOptions
 
 DATASET_NAMES = "msrvtt, msvd, didemo, activitynet"
+MAX_WORKERS = 256  # TrainOptions.validate's limit on num_workers
 
 
 @command("train")
@@ -136,6 +137,9 @@ def train(
         "data_root": _str(data_root),
     }
     _check_train_device(device)
+    _check_named_sizes({"--rank": (rank, 1, bounds.MAX_LORM_RANK), "--topk": (topk, 1, bounds.MAX_ASA_TOPK),
+                        "--heads": (heads, 1, bounds.MAX_ASA_HEADS), "--asa-dim": (asa_dim, 1, bounds.MAX_ASA_DIM),
+                        "--workers": (workers, 0, MAX_WORKERS)})
     given = _given_model_source(given, backbone, checkpoint, clip, pretrained)
     _check_resume_folder(resume)
     options = _new_run_options(given, out, resume, workspace)
@@ -170,6 +174,14 @@ def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint
     if checkpoint is not None and (given["clip"] or pretrained):
         raise UsageError("pass either --checkpoint or --clip/--backbone, not both")
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _check_named_sizes(limits: dict[str, tuple[int | None, int, int]]) -> None:
+    """Check each given option ``{name: (value, low, high)}`` under the name the user typed (the model config and
+    the training options name them ``lorm_rank``, ``asa_topk``, ``--num-workers``...); raises :class:`UsageError`."""
+    for name, (value, low, high) in limits.items():
+        if value is not None:
+            bounds.check_int(value, name, low, high)
 
 
 def _check_train_device(device: str | None) -> None:
