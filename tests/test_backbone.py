@@ -196,6 +196,14 @@ def test_pretrain_backbone_cli_rejects_an_unknown_position_init(tmp_path):
     assert result.exit_code == 2 and "position_init" in result.output and not (tmp_path / "b.safetensors").exists()
 
 
+def test_pretrain_backbone_unmasked_epochs_over_epochs_says_why(tmp_path):
+    """--unmasked-epochs 5 --epochs 1 was refused as '--unmasked-epochs must be <= 1 ... (the limit guards memory
+    and time)', which is not why; the message names --epochs now."""
+    result = CliRunner().invoke(app, ["pretrain-backbone", "--out", str(tmp_path / "b.safetensors"), "--clip",
+                                      "rap-micro", "--epochs", "1", "--unmasked-epochs", "5", "--quiet"])
+    assert result.exit_code == 2 and "--epochs 1" in result.stderr and "memory" not in result.stderr, result.output
+
+
 def _micro_clip():
     from rap_deploy.train.backbone import _create_model, _init_position_table
 

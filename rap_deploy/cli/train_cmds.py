@@ -331,7 +331,10 @@ def pretrain_backbone(
     bounds.check_float(lr, "--lr", 0.0, bounds.MAX_LR, low_open=True)
     bounds.check_float(patch_weight, "--patch-weight", 0.0, 1000.0)
     bounds.check_float(patch_keep, "--patch-keep", 0.0, 1.0, low_open=True)
-    bounds.check_int(unmasked_epochs, "--unmasked-epochs", 0, epochs)
+    bounds.check_int(unmasked_epochs, "--unmasked-epochs", 0, bounds.MAX_EPOCHS)
+    if unmasked_epochs > epochs:
+        raise UsageError(f"--unmasked-epochs {unmasked_epochs} is more than --epochs {epochs}: the epochs that see "
+                         "every token are the last of --epochs; pass at most that many")
     bounds.check_memory((train_stills + test_stills) * size * size * 3, f"{train_stills + test_stills:,} stills of "
                         f"{size}x{size} px", "pass fewer --train-stills/--test-stills or a smaller --size")
     out = out or subdir("cache", workspace) / "backbone" / f"{clip}.safetensors"
