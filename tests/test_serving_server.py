@@ -248,6 +248,37 @@ def test_remote_engine_refusals(tmp_path):
     assert res.exit_code == 2 and "is a server" in res.output
 
 
+@pytest.mark.parametrize("answer", [b"<html>a web page</html>", b"[1, 2]"])
+def test_a_web_server_of_another_kind_is_a_one_line_usage_error(answer):
+    """A URL of an HTTP server that answers 200 with something other than the protocol's JSON objects (a web page, a
+    JSON list) crashed load_engine with a JSONDecodeError / AttributeError traceback."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_POST = do_GET
+
+        def log_message(self, *args) -> None:
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=web.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(UsageError, match="Open Inference Protocol server"):
+            load_engine(f"http://127.0.0.1:{web.server_address[1]}")
+    finally:
+        web.shutdown()
+        web.server_close()
+        thread.join(10)
+
+
 def test_published_batch_sizes_fit_the_body_limit(local, micro_ort_engines):
     """A client that sends the video batch and ASA block the server publishes must not get 413: with a body limit
     smaller than 32 videos' frames (or 64 videos' re-rank tensors) the server publishes what fits, and the remote

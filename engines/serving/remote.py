@@ -33,6 +33,8 @@ from rap_deploy.engines.serving.contract import ASA_GRAPH, NUMPY_DTYPES, TEXT_GR
 from rap_deploy.engines.serving.model_config import read_parameters
 from rap_deploy.errors import BackendUnavailableError, UsageError
 
+NOT_OIP = "is it a KServe v2 / Open Inference Protocol server (`rapdeploy serve`, Triton)? Check the URL"
+
 
 def split_url(url: str) -> tuple[str, bool]:
     """``(host:port[/base path], ssl)`` for ``tritonclient.http`` from ``http(s)://HOST:PORT[/path]``; raises
@@ -67,7 +69,8 @@ class RemoteEngine(Engine):
         if not self._call(client.is_server_ready):
             raise BackendUnavailableError(f"the server at {self.url} is not ready (GET /v2/health/ready); wait for it "
                                           "to load its models")
-        self.server = self._call(client.get_server_metadata)
+        self.server = self._object(self._call(client.get_server_metadata, what="server metadata"),
+                                   "server metadata")
         text_cfg = self._model_config(TEXT_GRAPH)
         self.parameters = read_parameters(text_cfg)
         if "config" not in self.parameters:
@@ -113,16 +116,28 @@ class RemoteEngine(Engine):
         except (OSError, TimeoutError) as exc:
             raise BackendUnavailableError(f"cannot reach {self.url}{' for ' + what if what else ''} ({exc}); start "
                                           "`rapdeploy serve` or Triton there, or check the URL") from None
+        except ValueError as exc:  # the client's JSON parser: a web server of another kind answered
+            raise UsageError(f"{self.url}{' ' + what if what else ''}: the answer is not JSON ({str(exc)[:100]}); "
+                             f"{NOT_OIP}") from None
+
+    def _object(self, value: Any, what: str) -> dict[str, Any]:
+        """``value`` if it is a JSON object, else :class:`UsageError` naming ``what`` the server answered."""
+        if not isinstance(value, dict):
+            raise UsageError(f"{self.url} {what}: the answer is a JSON {type(value).__name__}, not an object; "
+                             f"{NOT_OIP}")
+        return value
 
     def _model_config(self, graph: str) -> dict[str, Any]:
-        return self._call(self._client().get_model_config, graph, what=f"model {graph} config")
+        what = f"model {graph} config"
+        return self._object(self._call(self._client().get_model_config, graph, what=what), what)
 
     def _check_metadata(self, graph: str, config: Mapping[str, Any]) -> dict[str, str]:
         """The server's datatype per input; raises :class:`UsageError` when its tensors or RAP config differ from
         the contract."""
         if read_parameters(config).get("config") != self.parameters["config"]:
             raise UsageError(f"{self.url}: model {graph} was built from another RAP config than {TEXT_GRAPH}")
-        meta = self._call(self._client().get_model_metadata, graph, what=f"model {graph} metadata")
+        what = f"model {graph} metadata"
+        meta = self._object(self._call(self._client().get_model_metadata, graph, what=what), what)
         inputs = {t["name"]: t["datatype"] for t in meta.get("inputs", [])}
         # Triton shows a batch-only input (eot) as [-1, 1]: its config needs non-empty dims, reshaped to none
         self.ranks[graph] = {t["name"]: len(t.get("shape") or []) for t in meta.get("inputs", [])}
