@@ -171,3 +171,29 @@ def test_rng_state_of_more_gpus_than_this_process_sees_restores_those_it_has(mon
     cuda_state = torch.zeros(16, dtype=torch.uint8)
     _set_rng_state({"torch": torch.get_rng_state(), "cuda": [cuda_state, cuda_state]})
     assert restored == [0]
+
+
+def test_an_edited_epoch_history_is_named_not_a_traceback_or_trained_on(synth_root, frame_cache, tmp_path):
+    """last.pt's epoch records were checked for being dicts only: a record without its epoch, or with a recall or
+    seconds that is no number, resumed into a KeyError / TypeError traceback, and records of other epochs (or none)
+    were resumed into a metrics.jsonl that skipped or repeated epochs. Each is now a damaged run (exit 1)."""
+    import copy
+    import re
+
+    from rap_deploy.checkpoint import save_checkpoint
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.train import loop
+
+    run = tmp_path / "run"
+    loop.train_rap(_options(synth_root, run, frame_cache, max_epochs_this_run=1), progress=False)
+    good = load_checkpoint(run / "last.pt")
+    edits = {"holds epochs": lambda h: h[0].pop("epoch"), "not finite numbers": lambda h: h[0]["t2v"].update(R1="x"),
+             "holds epochs [5]": lambda h: h[0].update(epoch=5), "holds epochs []": list.clear}
+    for message, edit in edits.items():
+        ckpt = copy.deepcopy(good)
+        edit(ckpt.extra["train_state"]["history"])
+        edited = tmp_path / "edited"
+        edited.mkdir(exist_ok=True)
+        save_checkpoint(ckpt, edited / "last.pt")
+        with pytest.raises(CheckFailedError, match="train_state.history.*" + re.escape(message)):
+            loop.train_rap(None, progress=False, resume=edited)

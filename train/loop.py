@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -544,12 +545,32 @@ def _checked_state(last: Path, state: dict[str, Any]) -> dict[str, Any]:
         raise _damaged_run(last, f"train_state.step {state['step']} is past total_steps {state['total_steps']}")
     if not isinstance(state.get("history"), list) or not all(isinstance(r, dict) for r in state["history"]):
         raise _damaged_run(last, "train_state.history is not a list of epoch records")
+    _check_history(last, state["history"], state["epoch"])
     optimizer, rng = state.get("optimizer"), state.get("rng")
     if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
         raise _damaged_run(last, "train_state.optimizer is not an optimizer state")
     if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor) or rng["torch"].dtype != torch.uint8:
         raise _damaged_run(last, "train_state.rng holds no torch generator state")
     return state
+
+
+def _check_history(last: Path, history: list[dict[str, Any]], epoch: int) -> None:
+    """Raise :class:`CheckFailedError` unless ``history`` holds one record per epoch up to ``epoch`` (from 0 when the
+    starting model was evaluated, else from 1) with finite numbers where the resumed run reads them (seconds, the
+    recalls of the best.pt selection)."""
+    epochs = [r.get("epoch") for r in history]
+    if epochs not in (list(range(0, epoch + 1)), list(range(1, epoch + 1))):
+        raise _damaged_run(last, f"train_state.history holds epochs {epochs[:5]}{'...' if len(epochs) > 5 else ''}, "
+                                 f"not one record per epoch up to its epoch {epoch}")
+    for r in history:
+        numbers = [r["seconds"]] if "seconds" in r else []
+        for direction in ("t2v", "v2t"):
+            if direction in r:
+                recalls = r[direction] if isinstance(r[direction], dict) else {}
+                numbers += [recalls.get(k) for k in ("R1", "R5", "R10")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            raise _damaged_run(last, f"train_state.history's epoch {r['epoch']} holds seconds or recalls that are "
+                                     "not finite numbers")
 
 
 def option_mismatch(stored: TrainOptions, config: Any, wanted: dict[str, Any]) -> tuple[str, Any, Any] | None:
