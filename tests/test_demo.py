@@ -330,3 +330,16 @@ def test_a_workspace_that_holds_other_artifacts_is_not_adopted_as_a_demo_folder(
     steps = Steps(lambda m: None, earlier)
     assert steps.adopting and not steps.run("export", [earlier / "onnx" / "manifest.json"], lambda: ran.append("x"))
     assert ran == ["export", "verify"]
+
+
+def test_a_demo_folder_that_is_a_file_says_so(tmp_path):
+    """demo --out FILE was refused as 'cannot access FILE: File exists; check the path and its permissions'; it says
+    the folder is a file now (exit 2) and leaves the file alone."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli import app
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    res = CliRunner().invoke(app, ["demo", "--tiny", "--quiet", "--out", str(a_file)])
+    assert res.exit_code == 2 and f"demo folder {a_file} is a file" in res.stderr and a_file.read_text() == "x"

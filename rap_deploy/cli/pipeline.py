@@ -26,7 +26,7 @@ from rap_deploy.cli.demo_guards import check_demo_model, check_demo_training
 from rap_deploy.cli.demo_steps import Steps
 from rap_deploy.cli.demo_world import World, prepare_world
 from rap_deploy.data import SYNTH_DISTRACTORS
-from rap_deploy.errors import BackendUnavailableError, CheckFailedError
+from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,8 @@ def run_demo(out: Path, sizes: DemoSizes | None = None, progress: bool = True, t
 
     sizes = sizes or DemoSizes()
     out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"demo folder {out} is a file; pass a folder (--out or --workspace)")
     out.mkdir(parents=True, exist_ok=True)
     if threads:  # every step's PyTorch work (init, training, export, library), not only the steps that take threads
         import torch
