@@ -216,7 +216,7 @@ def _check_expanded_size(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             expanded = sum(i.file_size for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):  # damaged: torch.load says how
         return
     if expanded:
         check_memory(expanded, f"checkpoint {path} (a compressed archive; rapdeploy writes none)",

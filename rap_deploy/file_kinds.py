@@ -84,7 +84,8 @@ def _zip_pickle(path: Path) -> bytes | None:
             if not names or zf.getinfo(names[0]).file_size > MAX_PICKLE_SCAN:
                 return None
             return zf.read(names[0])
-    except (zipfile.BadZipFile, OSError, KeyError, EOFError, ValueError):
+    # NotImplementedError: a damaged directory entry may claim any zip version or compression method
+    except (zipfile.BadZipFile, OSError, KeyError, EOFError, ValueError, NotImplementedError):
         return None
 
 

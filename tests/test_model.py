@@ -329,6 +329,40 @@ def test_a_recorded_checkpoint_that_cannot_be_read_here_is_not_usable(tmp_path, 
     assert recorded_checkpoint(str(readable), "0" * 64) is None
 
 
+def _archive_claiming_zip_version_14_2(good: bytes, break_pickle: bool) -> bytes:
+    """``good`` (a torch.save archive) with its first directory entry claiming zip version 14.2 (zipfile raises
+    NotImplementedError, torch ignores it) and, with ``break_pickle``, its data.pkl's opcodes overwritten."""
+    import io
+    import struct
+    import zipfile
+
+    data = bytearray(good)
+    if break_pickle:
+        info = next(i for i in zipfile.ZipFile(io.BytesIO(good)).infolist() if i.filename.endswith("data.pkl"))
+        name_len, extra_len = struct.unpack("<HH", good[info.header_offset + 26:info.header_offset + 30])
+        start = info.header_offset + 30 + name_len + extra_len
+        data[start + 2:start + 12] = b"\xff" * 10
+    entry = data.find(b"PK\x01\x02")
+    data[entry + 6:entry + 8] = (142).to_bytes(2, "little")
+    return bytes(data)
+
+
+def test_an_archive_whose_directory_claims_an_unknown_zip_version(tmp_path):
+    """zipfile raises NotImplementedError for such a directory entry (a damaged byte): the compressed-size check let
+    it through for a file torch.load reads, and explaining why torch.load failed let it through for a damaged one."""
+    from rap_deploy.errors import CheckFailedError
+
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    good = save_checkpoint(ckpt, tmp_path / "good.pt").read_bytes()
+    readable = tmp_path / "readable.pt"
+    readable.write_bytes(_archive_claiming_zip_version_14_2(good, break_pickle=False))
+    assert load_checkpoint(readable).config == ckpt.config
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(_archive_claiming_zip_version_14_2(good, break_pickle=True))
+    with pytest.raises(CheckFailedError, match="damaged.pt is a damaged or truncated PyTorch archive"):
+        load_checkpoint(damaged)
+
+
 class Sneaky:
     """An arbitrary Python object: loading it needs weights_only=False."""
 
