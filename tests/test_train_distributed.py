@@ -1,4 +1,4 @@
-"""Data-parallel set-up (:mod:`rap_deploy.train.distributed`) as torchrun launches it, without a second process."""
+"""Training on devices and processes: data-parallel set-up as torchrun launches it, device memory errors."""
 
 from __future__ import annotations
 
@@ -29,3 +29,23 @@ def test_more_processes_per_node_than_gpus_is_a_usage_error(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("RANK", "0")
     assert D.setup("auto").device == "cuda:0" and joined
+
+
+def test_running_out_of_device_memory_in_a_step_names_the_batch(synth_root, tmp_path, monkeypatch):
+    """A global batch too large for the GPU raised torch's OutOfMemoryError out of the training loop, a traceback
+    (from every rank under torchrun). It is now a usage error naming the batch per process and what to change.
+    (Simulated: the loss raises the error torch raises.)"""
+    from rap_deploy.train import training_run
+    from rap_deploy.train.loop import TrainOptions, train_rap
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(training_run, "batch_loss", out_of_memory)
+    options = TrainOptions(dataset="msrvtt", data_root=str(synth_root), out=str(tmp_path / "run"), clip="rap-micro",
+                           pretrained="none", frames=4, asa_topk=4, asa_heads=2, asa_dim=16, lorm_rank=2, epochs=1,
+                           batch_size=8, max_train_videos=8, max_test_videos=4, top_m=4,
+                           cache_dir=str(tmp_path / "cache"), epoch_unit="video")
+    with pytest.raises(UsageError, match=r"ran out of memory in a training step of 8 videos x 4 frames per process "
+                                         r"\(global batch 8\).*smaller --batch-size"):
+        train_rap(options, progress=False)

@@ -205,12 +205,25 @@ class TrainingRun:
             lr = cosine_lr(self.step, self.total_steps, options.lr, self.warmup_steps, options.min_lr_ratio)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-            loss = _step(self.model, items, video_ids[i], self.params, self.optimizer, self.scaler, self.amp_dtype,
-                         options, self.ctx)
+            loss = self.optimizer_step(items, video_ids[i])
             loss_sum += loss
             self.step += 1
             bar.advance(loss, self.batch)
         return loss_sum / max(1, len(batches)), lr, len(batches)
+
+    def optimizer_step(self, items: dict[str, Any], video_ids: torch.Tensor) -> float:
+        """One optimizer step on this process's share of a global batch (:func:`_step`); returns the global loss.
+        Raises :class:`UsageError` naming the batch when the device runs out of memory (torch's OutOfMemoryError
+        was a traceback)."""
+        try:
+            return _step(self.model, items, video_ids, self.params, self.optimizer, self.scaler, self.amp_dtype,
+                         self.options, self.ctx)
+        except torch.OutOfMemoryError:
+            per = self.batch // self.ctx.world_size
+            raise UsageError(f"{self.ctx.device} ran out of memory in a training step of {per} videos x "
+                             f"{self.model.config.frames} frames per process (global batch {self.batch}); free the "
+                             "device, or start a new run with a smaller --batch-size (or --amp bf16/fp16 on CUDA): a "
+                             "resumed run keeps its batch") from None
 
     def train_epochs(self) -> float:
         """Every remaining epoch (up to ``max_epochs_this_run``), evaluated every ``eval_every`` and at the end;
