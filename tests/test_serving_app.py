@@ -161,3 +161,16 @@ def test_a_response_its_client_does_not_read_is_given_up_not_kept(monkeypatch):
             time.sleep(0.02)
         assert conns and conns[0].transport.is_closing()
         assert conns[0].transport.get_write_buffer_size() <= 2 * SEND_CHUNK
+
+
+def test_open_inference_protocol_readiness_is_false_as_a_4xx():
+    """The protocol's health and model-ready answers are 200 for true and a 4xx for false (Triton: 400); a not-ready
+    server answered 503, which a client of the protocol reads as a server error rather than "not ready"."""
+    service = bare_service()
+    service.models = served_models(graph_specs(DIMS, True), BatchLimits(8, 8, 8, 8))
+    service.batcher = types.SimpleNamespace(alive=False)
+    with ServerThread(create_app(service)) as server:
+        for path in ("/v2/health/ready", "/v2/models/text_encoder/ready", "/v2/models/asa_head/versions/1/ready"):
+            status, _, body = request(server.url, "GET", path)
+            assert status == 400 and json.loads(body)["ready"] is False, (path, status)
+        assert request(server.url, "GET", "/readyz")[0] == 503  # Kubernetes-style readiness keeps 503

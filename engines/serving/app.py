@@ -57,6 +57,7 @@ PAGE_ROUTES = frozenset({"/", "/search", "/thumbnails", "/healthz", "/readyz", "
 INLINE_BYTES = 64 * 1024  # bodies / outputs up to this size are (de)serialised on the event loop
 SEND_CHUNK = 1 << 20  # responses go out in pieces of this size (PacedResponse)
 CLIENT_CLOSED = 499  # the client closed the connection before its request was read (nginx's code; nobody reads it)
+NOT_READY = 400  # the Open Inference Protocol's health answers: 200 true, a 4xx false (Triton answers 400)
 READ = ["GET", "HEAD"]  # every GET route answers HEAD too (RFC 9110; load balancers and `curl -I` probe with it)
 
 
@@ -308,7 +309,7 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
     @app.api_route("/v2/health/ready", methods=READ)
     async def ready() -> Response:
         ok = service.models_ready()  # the graphs never read the library: a library replaced under us is /readyz's
-        return _json({"ready": ok}, 200 if ok else 503)
+        return _json({"ready": ok}, 200 if ok else NOT_READY)
 
     @app.post("/v2/repository/index")
     async def repository_index() -> Response:
@@ -320,7 +321,7 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
     async def model_ready(name: str, version: str | None = None) -> Response:
         model_of(name, version)
         ok = service.models_ready()
-        return _json({"name": name, "ready": ok}, 200 if ok else 503)
+        return _json({"name": name, "ready": ok}, 200 if ok else NOT_READY)
 
     async def model_config(name: str, version: str | None = None) -> Response:
         return _json(service.model_config(model_of(name, version)))
