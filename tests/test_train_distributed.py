@@ -49,3 +49,23 @@ def test_running_out_of_device_memory_in_a_step_names_the_batch(synth_root, tmp_
     with pytest.raises(UsageError, match=r"ran out of memory in a training step of 8 videos x 4 frames per process "
                                          r"\(global batch 8\).*smaller --batch-size"):
         train_rap(options, progress=False)
+
+
+def test_fewer_training_items_than_processes_is_a_usage_error_not_zero_steps(synth_root, tmp_path, monkeypatch):
+    """Two training videos under torchrun with 3 processes (simulated: rank 0 of 3): the global batch became 3, an
+    epoch held 2 // 3 = 0 steps, and the run finished every epoch without a step, reporting loss 0. It is now a
+    usage error before anything is trained or written."""
+    from rap_deploy.train import distributed as D
+    from rap_deploy.train.loop import TrainOptions, train_rap
+
+    monkeypatch.setattr(D, "setup", lambda device="auto": D.DistContext(rank=0, world_size=3))
+    for name in ("barrier", "broadcast_parameters", "cleanup"):
+        monkeypatch.setattr(D, name, lambda *args, **kwargs: None)
+    run = tmp_path / "run"
+    options = TrainOptions(dataset="msrvtt", data_root=str(synth_root), out=str(run), clip="rap-micro",
+                           pretrained="none", frames=4, asa_topk=4, asa_heads=2, asa_dim=16, lorm_rank=2, epochs=1,
+                           batch_size=8, max_train_videos=2, max_test_videos=4, top_m=4,
+                           cache_dir=str(tmp_path / "cache"), epoch_unit="video")
+    with pytest.raises(UsageError, match="an epoch holds 2 training item.*fewer than the 3 processes"):
+        train_rap(options, progress=False)
+    assert not run.exists()

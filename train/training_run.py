@@ -92,6 +92,10 @@ class TrainingRun:
         self.item_video = np.asarray(self.dataset.split.caption_video)[self.dataset.items]
         options.epoch_unit = resolve_epoch_unit(options.epoch_unit, self.item_video)
         per_epoch = items_per_epoch(self.item_video, options.epoch_unit)
+        if per_epoch < ctx.world_size:  # not one step: the run would "train" 0 steps per epoch and report loss 0
+            raise UsageError(f"an epoch holds {per_epoch} training item(s) ({options.epoch_unit}s), fewer than the "
+                             f"{ctx.world_size} processes: a step needs one per process; train with fewer processes "
+                             "or more training videos")
         batch = options.batch_size
         if per_epoch < batch:
             batch = max(ctx.world_size, per_epoch - per_epoch % ctx.world_size)
