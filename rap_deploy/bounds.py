@@ -76,8 +76,13 @@ def json_depth(text: str) -> int:
 
     bare = re.sub(r'"[^"\\]*(?:\\.[^"\\]*)*"', "", text)
     codes = np.frombuffer(bare.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    steps = np.isin(codes, (ord("["), ord("{"))).astype(np.int64) - np.isin(codes, (ord("]"), ord("}")))
-    return int(np.cumsum(steps).max(initial=0))
+    depth = deepest = 0
+    for start in range(0, len(codes), 1 << 20):  # in blocks: a 64 MiB file needs no GiB of running sums
+        block = codes[start:start + (1 << 20)]
+        steps = np.isin(block, (ord("["), ord("{"))).astype(np.int64) - np.isin(block, (ord("]"), ord("}")))
+        running = depth + np.cumsum(steps)
+        deepest, depth = max(deepest, int(running.max())), int(running[-1])
+    return deepest
 
 
 def manifest_format(path: Any) -> str | None:

@@ -948,6 +948,23 @@ def test_a_manifest_nested_too_deep_is_damaged_one_line(tmp_path):
     refused(verify_engine(deep, tmp_path), 1, "manifest.json", "nested 100,000 levels deep")
 
 
+def test_the_nesting_check_of_a_large_manifest_holds_little_memory():
+    """The nesting check held int64 running sums of the whole text (16 bytes a character with their steps: about
+    1 GiB for a manifest at the 64 MiB limit); it now sums blocks of a MiB."""
+    import tracemalloc
+
+    from rap_deploy.bounds import json_depth
+
+    text = "[1," * 3_000_000  # 9 MB, nested 3,000,000 deep
+    tracemalloc.start()
+    try:
+        assert json_depth(text) == 3_000_000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * len(text), peak
+
+
 def test_force_never_replaces_the_other_kind_of_folder_and_manifests_are_size_checked(micro_ort_engines, tmp_path,
                                                                                      monkeypatch, micro_checkpoint):
     from rap_deploy import bounds
