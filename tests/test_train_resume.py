@@ -197,3 +197,21 @@ def test_an_edited_epoch_history_is_named_not_a_traceback_or_trained_on(synth_ro
         save_checkpoint(ckpt, edited / "last.pt")
         with pytest.raises(CheckFailedError, match="train_state.history.*" + re.escape(message)):
             loop.train_rap(None, progress=False, resume=edited)
+
+
+def test_a_diverged_epoch_that_is_not_evaluated_stops_the_run_before_it_is_written(synth_root, frame_cache, tmp_path,
+                                                                                   monkeypatch):
+    """Divergence was caught only by an evaluation: an epoch that is not evaluated (--eval-every 2 here, stopped by
+    --max-epochs-this-run 1) wrote NaN adapters into last.pt and metrics.jsonl and the command succeeded (later
+    epochs would have trained on NaN). The weights are now checked after every epoch: exit 1, nothing written.
+    (Simulated: the loss is made NaN.)"""
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.train import loop, training_run
+
+    real_loss = training_run.batch_loss
+    monkeypatch.setattr(training_run, "batch_loss", lambda *args, **kwargs: real_loss(*args, **kwargs) * float("nan"))
+    run = tmp_path / "run"
+    with pytest.raises(CheckFailedError, match=r"training diverged in epoch 1: adapter weights are NaN.*--lr"):
+        loop.train_rap(_options(synth_root, run, frame_cache, epochs=3, eval_every=2, max_epochs_this_run=1),
+                       progress=False)
+    assert not (run / "last.pt").exists() and not (run / "metrics.jsonl").exists()

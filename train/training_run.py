@@ -229,6 +229,15 @@ class TrainingRun:
                              "device, or start a new run with a smaller --batch-size (or --amp bf16/fp16 on CUDA): a "
                              "resumed run keeps its batch") from None
 
+    def check_finite(self, epoch: int, loss: float) -> None:
+        """Raise :class:`CheckFailedError` when an adapter weight is NaN or infinite after ``epoch`` (the run
+        diverged), before anything of that epoch is written: an epoch that is not evaluated (``eval_every``, or
+        ``max_epochs_this_run`` stopping first) used to write such weights into ``last.pt`` and train on."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+            raise CheckFailedError(f"training diverged in epoch {epoch}: adapter weights are NaN or infinite (the "
+                                   f"epoch's mean loss: {loss:g}); lower --lr (now {self.options.lr:g}) "
+                                   f"or check the --checkpoint it started from (nothing of epoch {epoch} was written)")
+
     def train_epochs(self) -> float:
         """Every remaining epoch (up to ``max_epochs_this_run``), evaluated every ``eval_every`` and at the end;
         returns the training seconds of the whole run so far."""
@@ -242,6 +251,7 @@ class TrainingRun:
                 t0 = time.perf_counter()
                 bar.start_epoch(epoch)
                 loss, lr, batches = self.train_epoch(epoch, bar)
+                self.check_finite(epoch, loss)
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
                 evaluate_this = epoch % options.eval_every == 0 or epoch == options.epochs
