@@ -248,12 +248,21 @@ def test_remote_engine_refusals(tmp_path):
     assert res.exit_code == 2 and "is a server" in res.output
 
 
-@pytest.mark.parametrize("answer", [b"<html>a web page</html>", b"[1, 2]"])
-def test_a_web_server_of_another_kind_is_a_one_line_usage_error(answer):
+@pytest.mark.parametrize("answer", [b"<html>a web page</html>", b"[1, 2]",
+                                    b'{"parameters": {"rapdeploy.config": {"string_value": "not json"}}}'])
+def test_a_web_server_of_another_kind_is_a_one_line_usage_error(answer, monkeypatch):
     """A URL of an HTTP server that answers 200 with something other than the protocol's JSON objects (a web page, a
-    JSON list) crashed load_engine with a JSONDecodeError / AttributeError traceback."""
+    JSON list, a config that is not a RAP config) crashed load_engine with a JSONDecodeError / AttributeError
+    traceback; the HTTP client it had made was left open."""
     import http.server
     import threading
+    import weakref
+
+    import tritonclient.http as hc
+
+    made = []  # weak references: a client kept alive to the test's teardown is finalised there, which gevent fails
+    monkeypatch.setattr(hc.InferenceServerClient, "__init__", lambda self, *a, _init=hc.InferenceServerClient.__init__,
+                        **kw: (made.append(weakref.ref(self)), _init(self, *a, **kw))[1])
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -271,8 +280,10 @@ def test_a_web_server_of_another_kind_is_a_one_line_usage_error(answer):
     thread = threading.Thread(target=web.serve_forever, daemon=True)
     thread.start()
     try:
-        with pytest.raises(UsageError, match="Open Inference Protocol server"):
+        with pytest.raises(UsageError, match="Open Inference Protocol server|not a RAP config") as err:
             load_engine(f"http://127.0.0.1:{web.server_address[1]}")
+        assert made and all(ref() is None or ref()._closed for ref in made)  # the traceback keeps them alive
+        del err
     finally:
         web.shutdown()
         web.server_close()

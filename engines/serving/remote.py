@@ -65,6 +65,14 @@ class RemoteEngine(Engine):
         self._local = threading.local()
         self._clients: list[Any] = []
         self._clients_lock = threading.Lock()
+        try:
+            self._connect()
+        except BaseException:
+            self.close()  # the HTTP client made for the checks, which nobody else can close
+            raise
+
+    def _connect(self) -> None:
+        """Check the server (ready, serving this contract's models) and read the models' configs and metadata."""
         client = self._client()
         if not self._call(client.is_server_ready):
             raise BackendUnavailableError(f"the server at {self.url} is not ready (GET /v2/health/ready); wait for it "
@@ -76,7 +84,11 @@ class RemoteEngine(Engine):
         if "config" not in self.parameters:
             raise UsageError(f"{self.url}: model {TEXT_GRAPH} carries no rapdeploy.config parameter; serve it with "
                              "`rapdeploy serve` or a repository from `rapdeploy triton-repo`")
-        self.config = RAPConfig.from_dict(json.loads(self.parameters["config"]))
+        try:
+            self.config = RAPConfig.from_dict(json.loads(self.parameters["config"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UsageError(f"{self.url}: model {TEXT_GRAPH}'s rapdeploy.config parameter is not a RAP config "
+                             f"({type(exc).__name__}: {str(exc)[:100]})") from None
         self.io = contract_io(self.config.has_asa)
         self.ranks: dict[str, dict[str, int]] = {}  # per graph, each input's rank in the server's metadata
         configs = {g: (text_cfg if g == TEXT_GRAPH else self._model_config(g)) for g in self.io}
