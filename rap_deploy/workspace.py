@@ -80,5 +80,6 @@ def data_root(explicit: str | os.PathLike[str] | None, workspace: str | os.PathL
                          f"MSR-VTT the one holding MSRVTT_data.json) or set RAPDEPLOY_DATA{hint}")
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise UsageError(f"dataset folder {path} does not exist; pass --data-root pointing at the dataset")
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise UsageError(f"dataset folder {path} {what}; pass --data-root pointing at the dataset")
     return path

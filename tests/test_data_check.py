@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from rap_deploy.cli.app import app
 from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.check import check_dataset
+from rap_deploy.errors import UsageError
 
 REPORT_KEYS = {"dataset", "split", "videos", "captions", "missing", "undecodable", "per_video", "ok"}
 
@@ -93,6 +94,19 @@ def test_usage_errors_exit_2(tmp_path, runner):
     assert result.exit_code == 2 and "MSRVTT_JSFUSION_test.csv" in result.stderr
     result = runner.invoke(app, ["data-check", "--dataset", "hmdb", "--data-root", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "unknown" in result.stderr
+
+
+def test_a_data_root_that_is_a_file_is_named_as_such(tmp_path, runner):
+    """data-check (train, verify, index) and bench --data-root FILE said the dataset folder 'does not exist'; they
+    say it is not a folder now (exit 2)."""
+    from rap_deploy.data.datasets import load_split
+
+    a_file = tmp_path / "MSRVTT_data.json"
+    a_file.write_text("{}")
+    result = runner.invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(a_file), "--no-cache"])
+    assert result.exit_code == 2 and "is not a folder" in result.stderr, result.output
+    with pytest.raises(UsageError, match="is not a folder"):
+        load_split("msrvtt", a_file, "test")
 
 
 def test_check_dataset_function(synth_root, tmp_path):

@@ -148,7 +148,8 @@ def load_split(
         raise UsageError(f"{dataset} has no split '{split}'; use one of {', '.join(splits)}")
     root = Path(data_root).expanduser()
     if not root.is_dir():
-        raise UsageError(f"dataset folder {root} does not exist; pass --data-root pointing at the {dataset} folder")
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise UsageError(f"dataset folder {root} {what}; pass --data-root pointing at the {dataset} folder")
     sampling, context_length = dataset_defaults(dataset)
     if max_frames is not None:
         if max_frames < 1:
