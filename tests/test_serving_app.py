@@ -174,3 +174,25 @@ def test_open_inference_protocol_readiness_is_false_as_a_4xx():
             status, _, body = request(server.url, "GET", path)
             assert status == 400 and json.loads(body)["ready"] is False, (path, status)
         assert request(server.url, "GET", "/readyz")[0] == 503  # Kubernetes-style readiness keeps 503
+
+
+def test_a_server_that_fails_to_start_leaves_no_thread_behind(monkeypatch):
+    """The thread that announces the URL once uvicorn accepts requests waited for ever (polling) when uvicorn failed
+    before starting, in every process that called serve()."""
+    import uvicorn
+
+    import rap_deploy.engines.serving.server as server_module
+
+    service = bare_service()
+    closed = []
+    service.close = lambda: closed.append(True)
+    monkeypatch.setattr(server_module, "build_service", lambda *args: service)
+
+    def failing_run(self, sockets=None):
+        raise RuntimeError("uvicorn could not start")
+
+    monkeypatch.setattr(uvicorn.Server, "run", failing_run)
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="could not start"):
+        server_module.serve(port=0, echo=lambda message: None)
+    assert closed and threading.active_count() == before

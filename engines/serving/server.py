@@ -174,11 +174,14 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
                                            access_log=False, timeout_keep_alive=30,
                                            timeout_graceful_shutdown=shutdown_timeout))
     failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
-    watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say, failed), daemon=True)
+    watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say, failed), daemon=True,
+                               name="serve-announce")
     watcher.start()
     try:
         _run_until_stopped(server, sock)
     finally:
+        server.should_exit = True  # a uvicorn that failed before starting leaves the watcher waiting otherwise
+        watcher.join(5)
         service.close()  # no-op after a graceful stop; releases the engine when uvicorn failed
         sock.close()
     if failed:
