@@ -105,7 +105,8 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
-            raise UsageError(f"reference checkpoint {path} does not exist; pass --checkpoint with the .pt the engine "
+            what = "is not a file" if path.exists() else "does not exist"
+            raise UsageError(f"reference checkpoint {path} {what}; pass --checkpoint with the .pt the engine "
                              "was exported from")
         return Reference(path, sha256_file(path), recorded.get("sha256"), "--checkpoint")
     from rap_deploy.checkpoint import CHECKPOINT_SUFFIXES

@@ -125,6 +125,15 @@ def test_verify_usage_errors(tmp_path, synth_root):
     assert res.exit_code == 2 and "does not exist" in res.output
 
 
+def test_a_reference_checkpoint_that_is_a_folder_is_named_as_such(micro_ort_engines, synth_root, tmp_path):
+    """verify (and bench) --checkpoint DIR said the reference checkpoint 'does not exist'; it says it is not a file
+    now (exit 2)."""
+    res = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine",
+                              str(micro_ort_engines["fp32"]), "--checkpoint", str(tmp_path), "--out",
+                              str(tmp_path / "report")])
+    assert res.exit_code == 2 and f"reference checkpoint {tmp_path} is not a file" in res.stderr, res.output
+
+
 def test_reference_runs_evaluate_the_reference_once_for_several_engines(micro_ort_engines, synth_root,
                                                                          frame_cache, tmp_path):
     from rap_deploy.engines.verify import ReferenceRuns, verify
