@@ -566,3 +566,40 @@ def test_load_test_percentiles_are_of_answered_requests_only():
         thread.join()
     assert report["requests"] == 6 and report["ok"] == 3 and report["errors"] == {"503": 3}
     assert report["p50_ms"] >= 200 and report["p99_ms"] >= 200
+
+
+@pytest.mark.parametrize("answer", [b"<html>a web page</html>", b"[]", b'{"text_batcher": {"rows": "x"}}'])
+def test_the_load_test_against_another_kind_of_server_is_a_one_line_error(answer, capsys):
+    """--url of a loopback HTTP server that is not a `rapdeploy serve` (it answers GET with a web page, or JSON
+    without the counters) died with a JSONDecodeError / KeyError / TypeError traceback after the first run."""
+    import http.server
+
+    from rap_deploy.engines.serving.loadtest import main
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_POST = do_GET
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for target in ("search", "text"):
+            code = main(["--url", f"http://127.0.0.1:{httpd.server_port}", "--target", target, "--clients", "1",
+                         "--seconds", "0.1", "--max-requests", "1", "--warmup-seconds", "0"])
+            err = capsys.readouterr().err
+            assert code == 2 and "rapdeploy serve" in err and len(err.strip().splitlines()) == 1, err
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()

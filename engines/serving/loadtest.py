@@ -73,9 +73,25 @@ def _get_json(host: str, port: int, path: str) -> Any:
             raise LoadTestError(f"cannot reach http://{host}:{port}{path} ({exc}); is the server running?") from None
         if resp.status != 200:
             raise LoadTestError(f"GET {path} answered {resp.status}: {body[:200]!r}")
-        return json.loads(body)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise LoadTestError(f"GET {path} answered {body[:80]!r}, not JSON: is http://{host}:{port} a `rapdeploy "
+                                "serve`?") from None
     finally:
         conn.close()
+
+
+def _text_batcher(host: str, port: int) -> dict[str, Any]:
+    """The text batcher's counters from ``GET /stats``; :class:`LoadTestError` when the server has none (it is not
+    a ``rapdeploy serve``)."""
+    stats = _get_json(host, port, "/stats")
+    counters = stats.get("text_batcher") if isinstance(stats, dict) else None
+    keys = ("rows", "batches", "engine_seconds", "max_batch")
+    if not isinstance(counters, dict) or not all(isinstance(counters.get(k), (int, float)) for k in keys):
+        raise LoadTestError(f"GET /stats of http://{host}:{port} has no text_batcher counters: is it a `rapdeploy "
+                            "serve`?")
+    return counters
 
 
 def request_bodies(target: str, host: str, port: int, queries: list[str], top_k: int, top_m: int
@@ -87,7 +103,11 @@ def request_bodies(target: str, host: str, port: int, queries: list[str], top_k:
     from rap_deploy.engines.serving.model_config import read_parameters
     from rap_deploy.tokenizer import tokenize
 
-    params = read_parameters(_get_json(host, port, "/v2/models/text_encoder/config"))
+    doc = _get_json(host, port, "/v2/models/text_encoder/config")
+    params = read_parameters(doc) if isinstance(doc, dict) else {}
+    if "config" not in params:
+        raise LoadTestError(f"http://{host}:{port}: model text_encoder carries no rapdeploy.config parameter; is it a "
+                            "`rapdeploy serve`?")
     config = RAPConfig.from_dict(json.loads(params["config"]))
     ids, eot = tokenize(queries, config.tokenizer)
     bodies = [json.dumps({"inputs": [
@@ -128,14 +148,13 @@ def run_load(url: str, target: str, clients: int, seconds: float, queries: list[
     path, bodies = request_bodies(target, host, port, queries, top_k, top_m)
     if warmup_seconds > 0:
         _drive(host, port, path, bodies, clients, warmup_seconds, max_requests)
-    before = _get_json(host, port, "/stats")
+    tb0 = _text_batcher(host, port)
     t0 = time.perf_counter()
     latencies, statuses = _drive(host, port, path, bodies, clients, seconds, max_requests)
     wall = time.perf_counter() - t0
-    after = _get_json(host, port, "/stats")
+    tb1 = _text_batcher(host, port)
     lat = np.asarray([sec for sec, status in latencies if status == 200], dtype=np.float64) * 1e3
     ok = sum(n for s, n in statuses.items() if s == 200)
-    tb0, tb1 = before["text_batcher"], after["text_batcher"]
     rows, batches = tb1["rows"] - tb0["rows"], tb1["batches"] - tb0["batches"]
     engine_s = tb1["engine_seconds"] - tb0["engine_seconds"]
     return {"url": url, "target": target, "clients": clients, "seconds": wall, "requests": len(latencies), "ok": ok,
