@@ -190,6 +190,15 @@ def test_a_queries_path_that_is_a_folder_is_named_as_such(tmp_path):
     assert missing.exit_code == 2 and "does not exist" in missing.stderr, missing.output
 
 
+def test_a_library_path_that_is_a_file_is_named_as_such(micro_checkpoint, tmp_path):
+    """search --library FILE said the folder 'does not exist; build one with index --out FILE' (which cannot work);
+    it says the path is not a folder now (exit 2)."""
+    a_file = tmp_path / "lib"
+    a_file.write_text("x")
+    res = runner.invoke(app, ["search", "x", "--library", str(a_file), "--engine", str(micro_checkpoint)])
+    assert res.exit_code == 2 and "is not a folder" in res.stderr and "build one" not in res.stderr, res.output
+
+
 def test_queries_file_prints_one_json_object_per_query(library, micro_checkpoint, tmp_path):
     qf = tmp_path / "q.txt"
     qf.write_text("a red circle moves to the left\n\na small blue square\n")

@@ -174,6 +174,8 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     """
     root = Path(root)
     path = root / MANIFEST
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"library folder {root} is not a folder; pass the --out folder of a `rapdeploy index`")
     if not root.is_dir():
         raise UsageError(f"library folder {root} does not exist; build one with `rapdeploy index ... --out {root}`")
     if not path.is_file():
