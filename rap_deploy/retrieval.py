@@ -38,6 +38,22 @@ def has_asa_head(encoder: Any) -> bool:
     return bool(getattr(encoder, "has_asa", encoder.config.has_asa))
 
 
+def checked_output(out: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``out`` (an encoder's output) as an array whose leading dimensions are ``shape``.
+
+    numpy would broadcast a ``[1, ...]`` answer into every row of a batch (the same embedding for every video, the
+    same scores for every query) and refuse other wrong shapes with a traceback; an engine or server that answers
+    with another shape is a failed check instead: :class:`~rap_deploy.errors.CheckFailedError` naming ``what``.
+    """
+    from rap_deploy.errors import CheckFailedError
+
+    out = np.asarray(out)
+    if out.shape[:len(shape)] != tuple(shape):
+        raise CheckFailedError(f"the {what} returned shape {list(out.shape)} for {list(shape)}: the engine (or the "
+                               "server running it) does not answer as its model does")
+    return out
+
+
 def as_index_dtypes(names: tuple[str, ...], arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
     """``arrays`` (named ``names``) in the index's dtypes (``rap_deploy.graphs.INDEX_DTYPES``), contiguous.
 
@@ -191,7 +207,7 @@ def encode_videos(encoder: Encoder, split: Any, cache: Any, batch_size: int = 8,
             if len(outs) != len(names):
                 raise CheckFailedError(f"the video encoder returned {len(outs)} outputs, expected {list(names)}")
             for n, out in zip(names, outs, strict=True):
-                out = np.asarray(out, dtype=INDEX_DTYPES[n])
+                out = checked_output(out, (len(idx),), f"video encoder's {n}").astype(INDEX_DTYPES[n], copy=False)
                 if n not in arrays:
                     arrays[n] = np.empty((split.num_videos, *out.shape[1:]), dtype=out.dtype)
                 arrays[n][start:start + len(idx)] = out
@@ -203,7 +219,8 @@ def encode_videos(encoder: Encoder, split: Any, cache: Any, batch_size: int = 8,
 def encode_texts(encoder: Encoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Tokenise with the encoder's tokenizer settings and run the text encoder; returns ``[N, d]`` float32."""
     ids, eot = tokenize(texts, encoder.config.tokenizer)
-    out = [encoder.encode_text(ids[i:i + batch_size], eot[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    out = [checked_output(encoder.encode_text(ids[i:i + batch_size], eot[i:i + batch_size]),
+                          (len(ids[i:i + batch_size]),), "text encoder") for i in range(0, len(texts), batch_size)]
     return np.concatenate(out).astype(np.float32)
 
 
@@ -227,7 +244,8 @@ def full_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoIndex, q
             rerank = index.rerank(slice(v0, v1))
             for q0 in range(0, n_q, query_block):
                 block = text_emb[q0:q0 + query_block]
-                out[q0:q0 + len(block), v0:v1] = encoder.asa_similarity(block, *rerank)
+                out[q0:q0 + len(block), v0:v1] = checked_output(encoder.asa_similarity(block, *rerank),
+                                                                (len(block), v1 - v0), "ASA similarity")
                 advance(len(block))
     return out
 
@@ -286,7 +304,8 @@ def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoInd
     with progress_bar(len(text_emb), "two-stage re-rank", progress) as advance:
         for q in range(len(text_emb)):
             c = np.sort(cands[q])
-            out[q, c] = _RERANK_OFFSET + np.asarray(rerank(text_emb[q:q + 1], c)[0], dtype=np.float64)
+            scores = checked_output(rerank(text_emb[q:q + 1], c), (1, len(c)), "ASA re-rank")
+            out[q, c] = _RERANK_OFFSET + scores[0].astype(np.float64)
             advance(1)
     return out
 

@@ -1,0 +1,82 @@
+"""rap_deploy.retrieval against an encoder that answers with the wrong shape (an engine or a remote server).
+
+numpy broadcast a one-row answer into every row of the batch (every video the same embedding, every query the same
+scores) and refused other shapes with a traceback; each is now a failed check naming what answered.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rap_deploy import retrieval
+from rap_deploy.config import RAPConfig
+from rap_deploy.errors import CheckFailedError
+
+CONFIG = RAPConfig(frames=2, context_length=8, asa_dim=8, asa_heads=2)
+D, T, P = 4, 2, 3
+
+
+class OneRowEncoder:
+    """Answers every call with one row (``rows=None``: as many rows as asked, the correct answer)."""
+
+    config = CONFIG
+
+    def __init__(self, rows: int | None = 1) -> None:
+        self.rows = rows
+
+    def _n(self, asked: int) -> int:
+        return asked if self.rows is None else self.rows
+
+    def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
+        return np.ones((self._n(len(input_ids)), D), np.float32)
+
+    def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        n = self._n(len(frames))
+        return (np.ones((n, D)), np.ones((n, T, D)), np.ones((n, T, P, D)), np.ones((n, T, P, 24)))
+
+    def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
+        return np.ones((self._n(len(text_emb)), len(rerank[0])), np.float32)
+
+
+def _index(videos: int = 3) -> retrieval.VideoIndex:
+    rng = np.random.default_rng(0)
+    return retrieval.VideoIndex([f"v{i}" for i in range(videos)], rng.random((videos, D), np.float32),
+                                rng.random((videos, T, D), np.float32), np.ones((videos, T, P, D), np.float16),
+                                np.ones((videos, T, P, 24), np.float32))
+
+
+def test_a_one_row_similarity_answer_is_a_failed_check():
+    text = np.ones((3, D), np.float32)
+    assert retrieval.full_similarity(OneRowEncoder(None), text, _index(), progress=False).shape == (3, 3)
+    with pytest.raises(CheckFailedError, match=r"ASA similarity returned shape \[1, 3\] for \[3, 3\]"):
+        retrieval.full_similarity(OneRowEncoder(), text, _index(), progress=False)
+
+
+def test_a_one_row_text_answer_is_a_failed_check():
+    assert retrieval.encode_texts(OneRowEncoder(None), ["a", "b", "c"]).shape == (3, D)
+    with pytest.raises(CheckFailedError, match=r"text encoder returned shape \[1, 4\] for \[3\]"):
+        retrieval.encode_texts(OneRowEncoder(), ["a", "b", "c"])
+
+
+def test_a_short_re_rank_answer_is_a_failed_check():
+    class OneScore(OneRowEncoder):
+        def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
+            return np.ones((1, 1), np.float32)  # one score for every candidate
+
+    text = np.ones((2, D), np.float32)
+    assert retrieval.two_stage_similarity(OneRowEncoder(None), text, _index(), top_m=2, progress=False).shape == (2, 3)
+    with pytest.raises(CheckFailedError, match=r"ASA re-rank returned shape \[1, 1\] for \[1, 2\]"):
+        retrieval.two_stage_similarity(OneScore(), text, _index(), top_m=2, progress=False)
+
+
+def test_a_one_row_video_answer_is_a_failed_check(monkeypatch):
+    class Split:
+        split, num_videos = "test", 2
+        videos = [type("Entry", (), {"video_id": f"v{i}"})() for i in range(2)]
+
+    monkeypatch.setattr(retrieval, "load_video_batch",
+                        lambda split, idx, cache, config: (np.zeros((len(idx), 1)), np.ones((len(idx), T))))
+    assert len(retrieval.encode_videos(OneRowEncoder(None), Split(), None, progress=False)) == 2
+    with pytest.raises(CheckFailedError, match=r"video encoder's video_emb returned shape \[1, 4\] for \[2\]"):
+        retrieval.encode_videos(OneRowEncoder(), Split(), None, progress=False)
