@@ -128,3 +128,13 @@ def test_the_search_page_with_results_passes(monkeypatch, capsys, tmp_path):
         assert run_page_check(monkeypatch, fake, tmp_path / "shot.png") == 0
     assert json.loads(capsys.readouterr().out)["first"] == "video7"
     assert (tmp_path / "shot.png").read_bytes() == b"png"
+
+
+@pytest.mark.parametrize("option, value", [("--timeout", "nan"), ("--timeout", "0"), ("--width", "0"),
+                                           ("--height", "100000")])
+def test_out_of_range_options_are_refused_before_chromium_starts(monkeypatch, capsys, option, value):
+    """``--timeout nan`` never timed out (every comparison with NaN is false): the wait for results ran forever."""
+    monkeypatch.setattr(page_check, "start_chromium", lambda *a: pytest.fail("Chromium started"))
+    assert page_check.main(["--url", "http://127.0.0.1:9/", "--chromium", "chromium", option, value]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and option in err, err

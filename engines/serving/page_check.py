@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=900)
     p.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_args(argv)
+    if not (0 < a.timeout <= 3600) or not (100 <= a.width <= 8192) or not (100 <= a.height <= 8192):
+        print(f"error: --timeout must be in (0, 3600] s and --width/--height in [100, 8192] px; got {a.timeout}, "
+              f"{a.width}, {a.height}", file=sys.stderr)
+        return 2
     binary = a.chromium or shutil.which("chromium") or shutil.which("chromium-browser")
     if not binary:
         print("error: chromium not found; install it (Debian: apt-get install -y chromium) or pass --chromium",
