@@ -371,3 +371,19 @@ def test_a_slow_query_tokenization_does_not_hold_up_other_requests(served, monke
         released.set()
         searching.join(60)
     assert health == 200 and waited == [True] and statuses == [200]
+
+
+def test_a_compressed_search_body_is_inflated_within_the_search_limit(served):
+    """A gzip ``/search`` body was read as raw bytes: "not valid JSON" (400). It is inflated, never past the search
+    body limit (413), as inference bodies are."""
+    import gzip
+
+    url, _, library, _ = served
+    doc = {"query": "a small red circle moves up", "top_k": 3, "top_m": 4}
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    status, _, data = _request(url, "POST", "/search", gzip.compress(json.dumps(doc).encode()), headers)
+    assert status == 200, data
+    assert json.loads(data)["results"] == library.search([doc["query"]], top_k=3, top_m=4)[0]["results"]
+    bomb = gzip.compress(json.dumps({**doc, "pad": " " * (1 << 20)}).encode())  # 1 KiB that inflates to 1 MiB
+    status, _, data = _request(url, "POST", "/search", bomb, headers)
+    assert status == 413, data

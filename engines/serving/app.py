@@ -267,7 +267,8 @@ def _add_search_routes(app: FastAPI, service: ServingService) -> None:
     @app.post("/search")
     async def search(request: Request) -> Response:
         service.require_library()
-        doc = parse_json(await read_body(request, service.options.max_search_body))
+        limit = service.options.max_search_body
+        doc = parse_json(decode_body(await read_body(request, limit), request.headers.get("content-encoding"), limit))
         # checking and tokenizing a query runs BPE in Python (0.2 s for one 1,000-letter word): off the event loop,
         # so other requests and /healthz are not held up behind it
         query, top_k, top_m = await run_in_threadpool(service.parse_search, doc)
