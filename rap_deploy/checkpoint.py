@@ -177,7 +177,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if _is_safetensors(path):
         payload = _read_safetensors(path)
     else:
-        _check_expanded_size(path)
+        from rap_deploy.file_kinds import check_archive_expansion
+
+        check_archive_expansion(path, f"checkpoint {path}", "re-save it with torch.save or use a machine with more "
+                                "memory")
         try:  # through a file object: torch.load reads any path named .safetensors as safetensors
             with open(path, "rb") as fh:
                 payload = torch.load(fh, map_location="cpu", weights_only=True)
@@ -199,28 +202,6 @@ def _check_regular(path: Path) -> None:
         raise UsageError(f"checkpoint {path} is a folder; pass the .pt or .safetensors file inside it")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} is not a regular file (a FIFO, socket or device); pass a checkpoint file")
-
-
-def _check_expanded_size(path: Path) -> None:
-    """Refuse a PyTorch archive whose compressed entries would expand past the memory available (UsageError, exit 2).
-
-    ``torch.save`` stores entries uncompressed (what is read is then bounded by the file's size), but ``torch.load``
-    also inflates deflated ones, into buffers of the sizes the archive declares: a small file could claim and fill
-    any amount of memory. Only the archive's directory is read here; anything that is not a readable zip is left to
-    ``torch.load`` and its error messages.
-    """
-    import zipfile
-
-    from rap_deploy.bounds import check_memory
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            expanded = sum(i.file_size for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):  # damaged: torch.load says how
-        return
-    if expanded:
-        check_memory(expanded, f"checkpoint {path} (a compressed archive; rapdeploy writes none)",
-                     "re-save it with torch.save or use a machine with more memory")
 
 
 def _is_safetensors(path: Path) -> bool:

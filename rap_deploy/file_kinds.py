@@ -135,3 +135,23 @@ def _first_line(exc: BaseException) -> str:
         if line.startswith(("Unsupported", "WeightsUnpickler")) or "GLOBAL" in line:
             return line[:200]
     return (lines[0] if lines else "")[:200]
+
+
+def check_archive_expansion(path: str | os.PathLike[str], what: str, fix: str) -> None:
+    """Raise :class:`UsageError` (exit 2) when the PyTorch archive ``path`` holds compressed entries that would expand
+    past the memory available; ``what`` names the file in the message, ``fix`` says what to do.
+
+    ``torch.save`` stores entries uncompressed (what is read is then bounded by the file's size), but ``torch.load``
+    also inflates deflated ones, into buffers of the sizes the archive declares: a small file could claim and fill
+    any amount of memory. Only the archive's directory is read here; anything that is not a readable zip is left to
+    ``torch.load`` and its error messages.
+    """
+    from rap_deploy.bounds import check_memory
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            expanded = sum(i.file_size for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):  # damaged: torch.load says how
+        return
+    if expanded:
+        check_memory(expanded, f"{what} (a compressed archive; torch.save writes none)", fix)

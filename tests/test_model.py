@@ -427,6 +427,29 @@ def test_init_from_local_weights_file(tmp_path, micro_model):
         assert torch.equal(rebuilt.clip.state_dict()[k], v), k
 
 
+def test_a_compressed_weights_file_larger_than_memory_is_refused_before_open_clip_loads_it(tmp_path, micro_model,
+                                                                                             monkeypatch):
+    """``--pretrained FILE`` reaches torch.load inside open_clip, which inflates deflated entries to their declared
+    sizes: the sizes are checked against the available memory first, as for checkpoints (exit 2)."""
+    import zipfile
+
+    import psutil
+
+    plain = tmp_path / "clip.pt"
+    torch.save(micro_model.clip.state_dict(), plain)
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+
+    class Small:  # just too little for the inflated archive (checks allow 80 %), enough for the model itself
+        available = int(sum(i.file_size for i in zipfile.ZipFile(packed).infolist()) / 0.8) - 1
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Small)
+    result = CliRunner().invoke(app, ["info", "--clip", "rap-micro", "--pretrained", str(packed)])
+    assert result.exit_code == 2 and "packed.pt (a compressed archive" in result.output, result.output
+
+
 def test_info_vit_b32_parameter_budget():
     result = CliRunner().invoke(app, ["info", "--clip", "ViT-B-32", "--pretrained", "none", "--json"])
     assert result.exit_code == 0, result.output

@@ -18,6 +18,7 @@ from torch import nn
 
 from rap_deploy.atomic import sha256_file
 from rap_deploy.errors import UsageError
+from rap_deploy.file_kinds import check_archive_expansion, sniff
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
 
@@ -144,11 +145,15 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
 
 
 def _check_weights_file(path: Path) -> None:
-    """Refuse a ``--pretrained`` path that is not a regular file before open_clip opens it (UsageError, exit 2)."""
+    """Refuse a ``--pretrained`` path that is not a regular file, or an archive that would inflate past the memory
+    available, before open_clip opens it (UsageError, exit 2)."""
     if not path.exists():
         raise UsageError(f"backbone weights file {path} does not exist; pass an existing file, a tag or 'none'")
     if not path.is_file():
         raise UsageError(f"backbone weights file {path} is not a regular file (a folder, FIFO or device)")
+    if sniff(path) == "zip":  # open_clip hands it to torch.load, which inflates what the archive declares
+        check_archive_expansion(path, f"backbone weights file {path}", "re-save it with torch.save or use a machine "
+                                "with more memory")
 
 
 def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
