@@ -104,6 +104,14 @@ def test_resume_refuses_a_data_root_holding_other_data_and_accepts_a_moved_copy(
     assert resumed["complete"] and _adapters_equal(run / "last.pt", tmp_path / "straight" / "last.pt")
 
 
+def _cli_args(synth_root, frame_cache) -> list[str]:
+    """``rapdeploy train`` of :func:`_options`' run, without ``--out``."""
+    return ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), "--clip", "rap-micro", "--pretrained",
+            "none", "--frames", "4", "--topk", "4", "--heads", "2", "--asa-dim", "16", "--rank", "2", "--epochs", "2",
+            "--batch-size", "8", "--max-train-videos", "16", "--max-test-videos", "6", "--top-m", "4",
+            "--cache-dir", str(frame_cache), "--quiet"]
+
+
 def test_a_new_run_into_a_folder_holding_a_run_is_refused_not_started_over(synth_root, frame_cache, tmp_path):
     """The same `train` command given again after a stop or a kill, without --resume, started the run over in its
     folder: its first epoch replaced last.pt (and best.pt, metrics.jsonl), losing the training done. It is now
@@ -113,10 +121,7 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused_not_started_over(synth
     from rap_deploy.cli.app import app
 
     run = tmp_path / "run"
-    args = ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), "--clip", "rap-micro", "--pretrained",
-            "none", "--frames", "4", "--topk", "4", "--heads", "2", "--asa-dim", "16", "--rank", "2", "--epochs", "2",
-            "--batch-size", "8", "--max-train-videos", "16", "--max-test-videos", "6", "--top-m", "4",
-            "--cache-dir", str(frame_cache), "--out", str(run), "--quiet"]
+    args = [*_cli_args(synth_root, frame_cache), "--out", str(run)]
     runner = CliRunner()
     first = runner.invoke(app, [*args, "--max-epochs-this-run", "1"])
     assert first.exit_code == 0, first.output
@@ -215,3 +220,21 @@ def test_a_diverged_epoch_that_is_not_evaluated_stops_the_run_before_it_is_writt
         loop.train_rap(_options(synth_root, run, frame_cache, epochs=3, eval_every=2, max_epochs_this_run=1),
                        progress=False)
     assert not (run / "last.pt").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_resume_with_the_run_options_and_another_out_is_refused(synth_root, frame_cache, tmp_path):
+    """`train --resume A --dataset ... --out B` (the first command with --resume added, and another --out) locked
+    folder B and trained in A, so a second `train --resume A` running at the same time wrote A unlocked too (without
+    --dataset the two folders were already compared). It is now refused (exit 2) before anything is trained."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli.app import app
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    runner = CliRunner()
+    first = runner.invoke(app, [*_cli_args(synth_root, frame_cache), "--out", str(run), "--max-epochs-this-run", "1"])
+    assert first.exit_code == 0, first.output
+    last = (run / "last.pt").read_bytes()
+    res = runner.invoke(app, [*_cli_args(synth_root, frame_cache), "--resume", str(run), "--out", str(other)])
+    assert res.exit_code == 2 and "differs from --resume" in res.output, res.output
+    assert (run / "last.pt").read_bytes() == last and not other.exists()

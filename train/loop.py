@@ -428,9 +428,13 @@ def _remove_if_empty(folder: Path) -> None:
 def _resolve_run(options: TrainOptions | None, resume: str | Path | None, overrides: dict[str, Any] | None):
     """The options, template, model and training state to run: from ``resume/last.pt`` when it exists (model and
     state built from it), else ``options`` (with ``out`` set to ``resume`` when given; model and state None).
-    Raises :class:`UsageError` when there is nothing to train, and for a new run whose folder holds a run's
-    ``last.pt`` (starting again there would replace a run that ``resume`` continues)."""
+    Raises :class:`UsageError` when there is nothing to train, when ``options.out`` is not ``resume`` (the folder
+    the caller locked would not be the one written), and for a new run whose folder holds a run's ``last.pt``
+    (starting again there would replace a run that ``resume`` continues)."""
     template = model = state = None
+    if resume is not None and options is not None and Path(options.out).resolve() != Path(resume).resolve():
+        raise UsageError(f"--out {options.out} differs from --resume {resume}; a resumed run continues in its own "
+                         "folder: drop --out (or pass the same folder)")
     if resume is not None:
         if (Path(resume) / LAST).is_file() or options is None:
             options, template, model, state = _load_resume(Path(resume), overrides or {})
