@@ -238,3 +238,30 @@ def test_resume_with_the_run_options_and_another_out_is_refused(synth_root, fram
     res = runner.invoke(app, [*_cli_args(synth_root, frame_cache), "--resume", str(run), "--out", str(other)])
     assert res.exit_code == 2 and "differs from --resume" in res.output, res.output
     assert (run / "last.pt").read_bytes() == last and not other.exists()
+
+
+def test_best_pt_left_by_another_run_is_replaced_when_resuming_after_the_best_epoch(synth_root, frame_cache, tmp_path,
+                                                                                  monkeypatch):
+    """A folder kept with only an earlier run's best.pt (its last.pt removed) takes a new run; killed between that
+    run's last.pt and best.pt of its first evaluated epoch, the resume saw a best.pt of the same epoch number and kept
+    it: the other run's weights under this run's summary. best.pt is now compared by its weights, and written
+    again."""
+    from rap_deploy import checkpoint
+    from rap_deploy.train import loop
+
+    run = tmp_path / "run"
+    assert loop.train_rap(_options(synth_root, run, frame_cache, seed=4), progress=False)["best_epoch"] == 2
+    (run / "last.pt").unlink()
+    real_save = checkpoint.save_checkpoint
+
+    def dying_save(ckpt, path):
+        real_save(ckpt, path)
+        if ckpt.extra.get("epoch") == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", dying_save)
+    with pytest.raises(KeyboardInterrupt):  # epoch 1 is not evaluated: epoch 2 is this run's first best.pt
+        loop.train_rap(_options(synth_root, run, frame_cache, eval_every=2), progress=False)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    resumed = loop.train_rap(None, progress=False, resume=run)
+    assert resumed["best_epoch"] == 2 and _adapters_equal(run / "best.pt", run / "last.pt")

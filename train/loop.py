@@ -604,21 +604,29 @@ def option_mismatch(stored: TrainOptions, config: Any, wanted: dict[str, Any]) -
 
 def _restore_best(run_dir: Path, template, model, best: dict[str, Any], epoch: int) -> None:
     """Rewrite ``best.pt`` from ``last.pt``'s weights when ``last.pt`` is the best epoch and ``best.pt`` does not hold
-    that epoch: the run was killed between writing ``last.pt`` and ``best.pt`` (or ``best.pt`` was deleted or
-    damaged)."""
+    that epoch's weights: the run was killed between writing ``last.pt`` and ``best.pt`` (or ``best.pt`` was deleted,
+    damaged, or left by another run)."""
     from rap_deploy.checkpoint import save_checkpoint
 
-    if best.get("epoch") == epoch and _checkpoint_epoch(run_dir / BEST) != epoch:
-        save_checkpoint(dataclasses.replace(template, adapter_state={
-            k: v.detach().cpu().clone() for k, v in model.adapter_state_dict().items()}), run_dir / BEST)
+    adapters = {k: v.detach().cpu().clone() for k, v in model.adapter_state_dict().items()}
+    if best.get("epoch") == epoch and not _holds_epoch(run_dir / BEST, epoch, adapters):
+        save_checkpoint(dataclasses.replace(template, adapter_state=adapters), run_dir / BEST)
 
 
-def _checkpoint_epoch(path: Path) -> int | None:
-    """The training epoch a run's checkpoint file records; ``None`` when it is missing or cannot be read."""
+def _holds_epoch(path: Path, epoch: int, adapters: dict[str, torch.Tensor]) -> bool:
+    """Whether the checkpoint ``path`` records training epoch ``epoch`` with exactly these adapter weights (False
+    when it is missing or cannot be read)."""
     from rap_deploy.checkpoint import load_checkpoint
 
     if not path.is_file():
-        return None
+        return False
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception:  # noqa: BLE001 - damaged or not a checkpoint: rewritten from last.pt
+        return False
+    held = ckpt.adapter_state
+    return ckpt.extra.get("epoch") == epoch and held.keys() == adapters.keys() and \
+        all(torch.equal(held[k], adapters[k]) for k in adapters)
     try:
         return load_checkpoint(path).extra.get("epoch")
     except Exception:  # noqa: BLE001 - damaged or not a checkpoint: rewritten from last.pt
