@@ -13,9 +13,12 @@ import numpy as np
 
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import UsageError
+from rap_deploy.tokenizer import NUM_MERGES, SPECIAL_TOKENS
 
 DEFAULT_QUERY_BLOCK = 32
 DEFAULT_VIDEO_BLOCK = 64
+# Token ids the tokenizer gives (byte symbols, their end-of-word forms, merges, special tokens): 49,408.
+TOKEN_IDS = 2 * 256 + NUM_MERGES + len(SPECIAL_TOKENS)
 
 
 def check_video_inputs(frames: np.ndarray, frame_mask: np.ndarray | None, config: RAPConfig
@@ -52,18 +55,37 @@ def check_prefix_mask(mask: np.ndarray) -> None:
 def check_text_inputs(input_ids: np.ndarray, eot: np.ndarray, config: RAPConfig) -> tuple[np.ndarray, np.ndarray]:
     """Return ``input_ids`` int32 ``[B,n]`` (``1 <= n <= context_length``) and ``eot`` int32 ``[B]``.
 
-    Raises :class:`UsageError` on a bad shape or an EOT position outside its row.
+    Raises :class:`UsageError` on a bad shape, an EOT position outside its row, or an id that is no token id (below 0,
+    at least :data:`TOKEN_IDS`, not a whole number): the int32 cast would wrap or truncate it and ONNX Runtime's
+    Gather reads a negative id from the end of the table, each a silent embedding of other tokens.
     """
-    ids = np.ascontiguousarray(input_ids, dtype=np.int32)
-    pos = np.ascontiguousarray(eot, dtype=np.int32).reshape(-1)
+    raw_ids, raw_pos = _whole_numbers("input_ids", input_ids), _whole_numbers("eot", eot).reshape(-1)
     length = config.context_length
-    if ids.ndim != 2 or not 1 <= ids.shape[1] <= length or pos.shape[0] != ids.shape[0]:
+    if raw_ids.ndim != 2 or not 1 <= raw_ids.shape[1] <= length or raw_pos.shape[0] != raw_ids.shape[0]:
         raise UsageError(f"input_ids must be [B,n] with 1 <= n <= {length} (the model's context) and eot [B], got "
-                         f"{list(ids.shape)} and {list(pos.shape)}; tokenize with rap_deploy.tokenizer")
-    if pos.size and (pos.min() < 0 or pos.max() >= ids.shape[1]):
-        raise UsageError(f"eot positions must lie in [0, {ids.shape[1]}) (inside their rows), got "
-                         f"{int(pos.min())}..{int(pos.max())}")
-    return ids, pos
+                         f"{list(raw_ids.shape)} and {list(raw_pos.shape)}; tokenize with rap_deploy.tokenizer")
+    if raw_ids.size and (raw_ids.min() < 0 or raw_ids.max() >= TOKEN_IDS or not _integral(raw_ids)):
+        raise UsageError(f"input_ids must be token ids in [0, {TOKEN_IDS}) (whole numbers), got values "
+                         f"{raw_ids.min()}..{raw_ids.max()}; tokenize with rap_deploy.tokenizer")
+    if not _integral(raw_pos):
+        raise UsageError(f"eot positions must be whole numbers, got {raw_pos.tolist()[:8]}")
+    if raw_pos.size and (raw_pos.min() < 0 or raw_pos.max() >= raw_ids.shape[1]):
+        raise UsageError(f"eot positions must lie in [0, {raw_ids.shape[1]}) (inside their rows), got "
+                         f"{int(raw_pos.min())}..{int(raw_pos.max())}")
+    return np.ascontiguousarray(raw_ids, dtype=np.int32), np.ascontiguousarray(raw_pos, dtype=np.int32)
+
+
+def _whole_numbers(name: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as a numpy array of a numeric dtype; raises :class:`UsageError` naming ``name`` otherwise."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "biuf":
+        raise UsageError(f"{name} must be an array of numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _integral(arr: np.ndarray) -> bool:
+    """Whether every value of ``arr`` (ints, or floats) is a finite whole number."""
+    return arr.dtype.kind != "f" or bool(np.isfinite(arr).all() and (arr == np.floor(arr)).all())
 
 
 def trim_tokens(input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:

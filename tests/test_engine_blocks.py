@@ -127,3 +127,22 @@ def test_tokens_are_trimmed_for_dynamic_graphs_and_padded_for_static_ones():
     for shape, dynamic in ((["batch", "tokens"], True), ((-1, -1), True), ([None, None], True), (["batch", 32], False),
                            ((-1, 32), False), ([-1], False)):
         assert tokens_axis_is_dynamic(shape) is dynamic, shape
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_not_wrapped():
+    """ONNX Runtime's Gather reads a negative id from the end of the embedding table and the int32 cast wrapped 2**40
+    to 0 and truncated 1.7 to 1: each gave a silent embedding of other tokens. They are refused, naming the ids."""
+    cfg = micro_config()
+    eot = np.array([3])
+    for bad in (-1, 49408, 2 ** 40, 1.7):
+        with pytest.raises(UsageError, match=r"input_ids must be token ids in \[0, 49408\)"):
+            check_text_inputs(np.full((1, 8), bad), eot, cfg)
+    for bad_eot in (2.5, np.inf, np.nan):
+        with pytest.raises(UsageError, match="eot positions must be whole numbers"):
+            check_text_inputs(np.zeros((1, 8)), np.array([bad_eot]), cfg)
+    ids, _ = check_text_inputs(np.full((1, 8), 49407.0), eot, cfg)  # whole floats are ids
+    assert ids.dtype == np.int32 and ids.max() == 49407
+    from rap_deploy.engines.blocks import TOKEN_IDS
+    from rap_deploy.tokenizer import vocab_size
+
+    assert TOKEN_IDS == vocab_size(cfg.tokenizer) == 49408
