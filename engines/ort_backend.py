@@ -130,6 +130,20 @@ def create_session(path: str | os.PathLike[str], provider: str = "CPUExecutionPr
     return sess
 
 
+def check_feed_shape(graph: str, name: str, declared: Any, shape: tuple[int, ...]) -> None:
+    """Raise :class:`UsageError` unless ``shape`` has the rank and the fixed dims of the graph input's ``declared``
+    shape (ONNX Runtime's list: ints, names or ``None`` for free axes); ONNX Runtime itself answers with a traceback."""
+    dims = list(declared or [])
+    if len(shape) == len(dims) and all(not _fixed(d) or d == n for d, n in zip(dims, shape, strict=True)):
+        return
+    want = ",".join(str(d) if _fixed(d) else str(d or "?") for d in dims)
+    raise UsageError(f"{graph} graph input '{name}' must be [{want}], got {list(shape)}")
+
+
+def _fixed(dim: Any) -> bool:
+    return isinstance(dim, int) and dim >= 0
+
+
 class OrtEngine(Engine):
     """The three graphs in ONNX Runtime sessions (one per graph).
 
@@ -190,6 +204,7 @@ class OrtEngine(Engine):
             if inp.name not in feeds:
                 raise UsageError(f"{graph} graph needs input '{inp.name}'")
             typed[inp.name] = np.ascontiguousarray(feeds[inp.name], dtype=_NP_OF_ORT.get(inp.type, np.float32))
+            check_feed_shape(graph, inp.name, inp.shape, typed[inp.name].shape)
         return [np.asarray(o, dtype=np.float32) for o in sess.run(None, typed)]
 
     def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:

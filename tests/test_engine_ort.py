@@ -334,3 +334,21 @@ def test_cpu_engine_saved_for_another_nchwc_layout_is_refused(micro_ort_engines,
         load_engine(eng)
     write_manifest(eng, manifest)
     assert load_engine(eng).backend == "onnxruntime"
+
+
+def test_wrong_shaped_inputs_are_one_line_errors_not_runtime_tracebacks(micro_ort_engines):
+    """Each graph input's declared rank and fixed dims are checked before the run: ONNX Runtime answered a wrong-shaped
+    text embedding or re-rank tensor with its own InvalidArgument (a traceback)."""
+    engine = load_engine(micro_ort_engines["fp32"], threads=1)
+    cfg = engine.config
+    frames = np.zeros((2, cfg.frames, 3, cfg.preprocess.image_size, cfg.preprocess.image_size), np.float32)
+    rerank = engine.encode_video(frames)[1:]
+    text = engine.encode_text(np.ones((2, 4)), np.array([3, 3]))
+    width = text.shape[1]
+    with pytest.raises(UsageError, match=rf"asa_head graph input 'text_emb' must be \[.*,{width}\], got \[2, 5\]"):
+        engine.asa_similarity(text[:, :5], *rerank)
+    with pytest.raises(UsageError, match=r"asa_head graph input 'text_emb' must be \[.*\], got \[32\]"):
+        engine.asa_similarity(text[0], *rerank)
+    with pytest.raises(UsageError, match=r"asa_head graph input 'patch_tokens' must be .* got \[2, 4, 3, "):
+        engine.asa_similarity(text, rerank[0], rerank[1][:, :, :3], rerank[2])
+    assert engine.asa_similarity(text, *rerank).shape == (2, 2)
