@@ -245,13 +245,12 @@ def test_best_pt_left_by_another_run_is_replaced_when_resuming_after_the_best_ep
     """A folder kept with only an earlier run's best.pt (its last.pt removed) takes a new run; killed between that
     run's last.pt and best.pt of its first evaluated epoch, the resume saw a best.pt of the same epoch number and kept
     it: the other run's weights under this run's summary. best.pt is now compared by its weights, and written
-    again."""
+    again. (The earlier run's best.pt is made here from the new run's, its weights changed.)"""
+    import dataclasses
+
     from rap_deploy import checkpoint
     from rap_deploy.train import loop
 
-    run = tmp_path / "run"
-    assert loop.train_rap(_options(synth_root, run, frame_cache, seed=4), progress=False)["best_epoch"] == 2
-    (run / "last.pt").unlink()
     real_save = checkpoint.save_checkpoint
 
     def dying_save(ckpt, path):
@@ -259,9 +258,13 @@ def test_best_pt_left_by_another_run_is_replaced_when_resuming_after_the_best_ep
         if ckpt.extra.get("epoch") == 2:
             raise KeyboardInterrupt
 
+    run = tmp_path / "run"
     monkeypatch.setattr(checkpoint, "save_checkpoint", dying_save)
     with pytest.raises(KeyboardInterrupt):  # epoch 1 is not evaluated: epoch 2 is this run's first best.pt
         loop.train_rap(_options(synth_root, run, frame_cache, eval_every=2), progress=False)
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    last = load_checkpoint(run / "last.pt")
+    other = {k: v + 1 for k, v in last.adapter_state.items()}
+    real_save(dataclasses.replace(last, adapter_state=other, extra={"epoch": 2}), run / "best.pt")
     resumed = loop.train_rap(None, progress=False, resume=run)
     assert resumed["best_epoch"] == 2 and _adapters_equal(run / "best.pt", run / "last.pt")
