@@ -118,8 +118,14 @@ def tokens_axis_is_dynamic(shape: object) -> bool:
 
 def batched(run: Callable[..., tuple[np.ndarray, ...]], arrays: tuple[np.ndarray, ...], max_batch: int | None
             ) -> tuple[np.ndarray, ...]:
-    """Call ``run(*chunk)`` on chunks of at most ``max_batch`` rows and concatenate each output."""
+    """Call ``run(*chunk)`` on chunks of at most ``max_batch`` rows and concatenate each output.
+
+    With zero rows ``run`` gets one row of zeros and every output comes back with none of its rows: the graphs fail
+    on an empty batch (a Reshape or Gather of ONNX Runtime, PyTorch's encoders), and the outputs keep their shapes.
+    """
     n = arrays[0].shape[0]
+    if n == 0:
+        return tuple(o[:0] for o in run(*(np.zeros((1, *a.shape[1:]), a.dtype) for a in arrays)))
     if max_batch is None or n <= max_batch:
         return run(*arrays)
     parts = [run(*(a[i:i + max_batch] for a in arrays)) for i in range(0, n, max_batch)]

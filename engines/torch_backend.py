@@ -11,6 +11,7 @@ import numpy as np
 from rap_deploy.engines.base import Engine, EngineInfo
 from rap_deploy.engines.blocks import (
     DEFAULT_QUERY_BLOCK,
+    batched,
     check_text_inputs,
     check_video_inputs,
     rerank_inputs,
@@ -106,12 +107,12 @@ class TorchEngine(Engine):
     def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See :meth:`Engine.encode_video`."""
         frames, mask = check_video_inputs(frames, frame_mask, self.config)
-        return self.encoder.encode_video(frames, mask)
+        return batched(self.encoder.encode_video, (frames, mask), None)
 
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.encode_text`."""
         ids, pos = check_text_inputs(input_ids, eot, self.config)
-        return self.encoder.encode_text(ids, pos)
+        return batched(lambda i, e: (self.encoder.encode_text(i, e),), (ids, pos), None)[0]
 
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.asa_similarity` (blocks of ``query_block × video_block`` inside the model)."""

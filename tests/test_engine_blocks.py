@@ -90,6 +90,9 @@ def test_batched_splits_and_concatenates():
 
     out = batched(run, (x,), max_batch=2)
     assert sizes == [2, 2, 1] and np.array_equal(out[0], x * 2) and np.array_equal(out[1], x.sum(1))
+    sizes.clear()
+    empty = batched(run, (x[:0],), max_batch=2)  # one row of zeros runs, none comes back
+    assert sizes == [1] and [e.shape for e in empty] == [(0, 2), (0,)]
 
 
 def test_input_checks_name_the_expected_shapes():

@@ -352,3 +352,17 @@ def test_wrong_shaped_inputs_are_one_line_errors_not_runtime_tracebacks(micro_or
     with pytest.raises(UsageError, match=r"asa_head graph input 'patch_tokens' must be .* got \[2, 4, 3, "):
         engine.asa_similarity(text, rerank[0], rerank[1][:, :, :3], rerank[2])
     assert engine.asa_similarity(text, *rerank).shape == (2, 2)
+
+
+def test_empty_batches_give_empty_outputs(micro_ort_engines, reference):
+    """Zero videos / zero texts: ONNX Runtime failed in a Reshape / Gather and PyTorch raised, each a traceback; every
+    output now comes back with zero rows and the shape of the others."""
+    engine = load_engine(micro_ort_engines["fp32"], threads=1)
+    cfg = engine.config
+    frames = np.zeros((1, cfg.frames, 3, cfg.preprocess.image_size, cfg.preprocess.image_size), np.float32)
+    ids, eot = np.ones((1, 4)), np.array([3])
+    for eng in (engine, reference):
+        one, none = eng.encode_video(frames), eng.encode_video(frames[:0])
+        assert [o.shape for o in none] == [(0, *o.shape[1:]) for o in one]
+        assert all(o.dtype == np.float32 for o in none)
+        assert eng.encode_text(ids[:0], eot[:0]).shape == (0, eng.encode_text(ids, eot).shape[1])
