@@ -112,15 +112,7 @@ class TrainingRun:
         state = self.state
         if state is not None:
             check_same_data(state.get("data"), self.data_id, self.options)
-            try:  # the types were checked (stored_run); what they hold must still fit this model and this torch
-                self.optimizer.load_state_dict(state["optimizer"])
-                if self.scaler.is_enabled() and state.get("scaler"):
-                    self.scaler.load_state_dict(state["scaler"])
-                _set_rng_state(state["rng"])
-            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-                raise CheckFailedError(f"{self.run_dir / LAST}: its training state does not fit the run "
-                                       f"({str(exc).splitlines()[0][:160]}); the file is damaged or was edited: start "
-                                       "the run again without --resume") from None
+            self.load_optimizer_state(state)
             self.epoch0, self.step = int(state["epoch"]), int(state["step"])
             self.total_steps = int(state["total_steps"])
             self.steps_per_epoch = int(state["steps_per_epoch"])
@@ -133,6 +125,19 @@ class TrainingRun:
                 _write_metrics(self.run_dir, self.history)
                 _restore_best(self.run_dir, self.template, self.model, self.best, self.epoch0)
         self.warmup_steps = warmup_steps_for(self.options.warmup, self.total_steps)
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Optimizer, gradient scaler and random generators as ``state`` stored them; :class:`CheckFailedError` when
+        they do not fit this model and this torch (the types were checked by ``stored_run``)."""
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scaler.is_enabled() and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckFailedError(f"{self.run_dir / LAST}: its training state does not fit the run "
+                                   f"({str(exc).splitlines()[0][:160]}); the file is damaged or was edited: start "
+                                   "the run again without --resume") from None
 
     def announce(self) -> None:
         """One line: what is trained on what, with how many parameters and steps."""
