@@ -137,11 +137,22 @@ def meanp_similarity_from_frames(text_emb: np.ndarray, frame_emb: np.ndarray) ->
 
     Padded frames have zero rows; this matches ``RAPModel.asa_similarity`` without ASA.
     """
+    check_text_emb(text_emb, frame_emb)
     f = np.asarray(frame_emb, dtype=np.float32)
     n_valid = np.maximum((np.square(f).sum(-1) > 0.5).sum(-1, keepdims=True), 1).astype(np.float32)
     mean = f.sum(1) / n_valid
     mean /= np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
     return np.asarray(text_emb, dtype=np.float32) @ mean.T
+
+
+def check_text_emb(text_emb: np.ndarray, frame_emb: np.ndarray) -> None:
+    """Raise :class:`UsageError` unless ``text_emb`` is ``[Q, D]`` and ``frame_emb`` ``[V, T, D]`` (one width D)."""
+    text, frames = np.shape(text_emb), np.shape(frame_emb)
+    if len(frames) != 3:
+        raise UsageError(f"frame_emb must be [V,T,D] (the video encoder's frame embeddings), got {list(frames)}")
+    if len(text) != 2 or text[1] != frames[2]:
+        raise UsageError(f"text_emb must be [Q,{frames[2]}] (the width of frame_emb {list(frames)}), got {list(text)}; "
+                         "encode the queries with the same model as the videos")
 
 
 def rerank_inputs(has_asa: bool, rerank: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
@@ -175,6 +186,7 @@ def blocked_similarity(run: Callable[..., np.ndarray], text_emb: np.ndarray, rer
     """
     if query_block < 1 or video_block < 1:
         raise UsageError(f"ASA block sizes must be >= 1, got {query_block} x {video_block}")
+    check_text_emb(text_emb, rerank[0])
     text = np.ascontiguousarray(text_emb, dtype=np.float32)
     n_videos = rerank[0].shape[0]
     out = np.empty((text.shape[0], n_videos), dtype=np.float32)

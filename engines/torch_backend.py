@@ -12,6 +12,7 @@ from rap_deploy.engines.base import Engine, EngineInfo
 from rap_deploy.engines.blocks import (
     DEFAULT_QUERY_BLOCK,
     batched,
+    check_text_emb,
     check_text_inputs,
     check_video_inputs,
     rerank_inputs,
@@ -116,7 +117,9 @@ class TorchEngine(Engine):
 
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.asa_similarity` (blocks of ``query_block × video_block`` inside the model)."""
-        return self.encoder.asa_similarity(text_emb, *rerank_inputs(self.has_asa, rerank))
+        rerank = rerank_inputs(self.has_asa, rerank)
+        check_text_emb(text_emb, rerank[0])
+        return self.encoder.asa_similarity(text_emb, *rerank)
 
     def asa_similarity_rows(self, text_emb: np.ndarray, stores: tuple[np.ndarray, ...],
                             rows: np.ndarray) -> np.ndarray:
@@ -124,6 +127,7 @@ class TorchEngine(Engine):
         ``rerank()``), read in place (see :meth:`ModelEncoder.asa_similarity_rows`); equal to
         ``asa_similarity(text_emb, *(s[rows] for s in stores))``. Raises :class:`UsageError` for bad stores or rows."""
         stores = rerank_inputs(self.has_asa, tuple(stores))
+        check_text_emb(text_emb, stores[0])
         return self.encoder.asa_similarity_rows(text_emb, stores, rows)
 
     def describe(self) -> EngineInfo:

@@ -149,3 +149,24 @@ def test_token_ids_outside_the_vocabulary_are_refused_not_wrapped():
     from rap_deploy.tokenizer import vocab_size
 
     assert TOKEN_IDS == vocab_size(cfg.tokenizer) == 49408
+
+
+def test_text_embeddings_of_another_width_are_refused_before_any_block(micro_model):
+    """A text embedding of another width (or rank) than the videos' frame embeddings was a numpy ValueError (meanP),
+    an IndexError inside the block loop, or PyTorch's 'mat1 and mat2 shapes cannot be multiplied': tracebacks."""
+    from rap_deploy.engines.torch_backend import TorchEngine
+
+    frame_emb = np.zeros((3, 4, 8), np.float32)
+    for text in (np.zeros((2, 5), np.float32), np.zeros(8, np.float32)):
+        with pytest.raises(UsageError, match=r"text_emb must be \[Q,8\] \(the width of frame_emb \[3, 4, 8\]\)"):
+            meanp_similarity_from_frames(text, frame_emb)
+        with pytest.raises(UsageError, match=r"text_emb must be \[Q,8\]"):
+            blocked_similarity(lambda *a: None, text, (frame_emb,))
+    engine = TorchEngine(micro_model)
+    rerank = engine.encode_video(np.zeros((2, 4, 3, 32, 32), np.float32))[1:]
+    width = rerank[0].shape[-1]
+    with pytest.raises(UsageError, match=rf"text_emb must be \[Q,{width}\]"):
+        engine.asa_similarity(np.zeros((1, width - 1), np.float32), *rerank)
+    with pytest.raises(UsageError, match=rf"text_emb must be \[Q,{width}\]"):
+        engine.asa_similarity_rows(np.zeros((1, width + 1), np.float32), rerank, np.array([0]))
+    assert engine.asa_similarity(np.zeros((1, width), np.float32), *rerank).shape == (1, 2)
