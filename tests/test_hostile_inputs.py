@@ -985,3 +985,16 @@ def test_force_never_replaces_the_other_kind_of_folder_and_manifests_are_size_ch
     with pytest.raises(CheckFailedError, match="over the 1,000 one can be"):
         monkeypatch.setattr(bounds, "MAX_MANIFEST_BYTES", 1000)  # a padded manifest is never read whole
         load_engine(engine)
+
+
+def test_output_piped_into_a_reader_that_closed_ends_quietly(micro_checkpoint):
+    """`rapdeploy search ... --json | head -1` ended with exit 2 and 'error: Broken pipe; check the paths and their
+    permissions'; a standard output whose reader went away now ends the command quietly with 141, as shell tools do."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        proc = subprocess.run([sys.executable, "-m", "rap_deploy.cli", "info", str(micro_checkpoint), "--json"],
+                              stdout=write_end, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == b"", proc.stderr.decode()

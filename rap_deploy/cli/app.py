@@ -71,12 +71,37 @@ def _os_error_message(exc: OSError) -> str:
     return f"cannot access {where}: {reason}; check the path and its permissions (or pass another --out or --workspace)"
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (``rapdeploy search ... | head -1``)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file (a test runner)
+        return False
+
+
+def _os_error_exit(exc: OSError) -> typer.Exit:
+    """The exit for an operating-system error: one ``error:`` line and exit 2, except a write to a standard output
+    whose reader went away (``| head``), which ends quietly with 141 (128 + SIGPIPE), as shell tools do."""
+    if not (isinstance(exc, BrokenPipeError) and _stdout_reader_gone()):
+        return fail(_os_error_message(exc), 2)
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)  # so the interpreter's last flush of stdout does not fail again
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return typer.Exit(141)
+
+
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
     """Register a command on :data:`app`, with the exit-code contract applied.
 
     Errors become one line on stderr: :class:`RapDeployError` with its exit code, operating-system errors
     (permissions, a file where a folder is expected, a full disk) with exit 2, Ctrl-C with 130 and SIGTERM with 143
-    (after unwinding, so no temporary file is left behind).
+    (after unwinding, so no temporary file is left behind); a closed output pipe (``| head``) ends quietly with 141.
     """
 
     def decorator(func: F) -> F:
@@ -88,7 +113,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
             except RapDeployError as exc:
                 raise fail(str(exc), exc.exit_code) from None
             except OSError as exc:
-                raise fail(_os_error_message(exc), 2) from None
+                raise _os_error_exit(exc) from None
             except KeyboardInterrupt:
                 raise fail("interrupted", 130) from None
             except Terminated:
