@@ -491,6 +491,15 @@ def test_train_size_errors_name_the_option_typed(tmp_path, option, value):
     assert res.exit_code == 2 and res.stderr.startswith(f"error: {option} must be"), res.output
 
 
+def test_train_backbone_and_pretrained_together_are_refused(tmp_path):
+    """--backbone FILE --pretrained TAG trained on the backbone file and dropped --pretrained without a word; the two
+    name the same thing, so giving both is exit 2 now."""
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(tmp_path), "--backbone",
+                                   str(tmp_path / "b.safetensors"), "--pretrained", "openai",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "--backbone or --pretrained" in res.stderr, res.output
+
+
 def test_train_out_that_is_a_file_says_so(tmp_path):
     """train --out FILE said 'cannot access FILE: File exists; check the path and its permissions'; it says the
     path is a file now (exit 2) and leaves it alone."""

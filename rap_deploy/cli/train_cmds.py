@@ -161,9 +161,12 @@ def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint
                         pretrained: str | None) -> dict[str, Any]:
     """``given`` with ``--backbone`` resolved into clip/pretrained and the unset (None) options dropped.
 
-    Raises :class:`UsageError` when ``--clip`` contradicts the backbone file or ``--checkpoint`` meets
-    ``--clip``/``--backbone``.
+    Raises :class:`UsageError` when ``--clip`` contradicts the backbone file, ``--pretrained`` meets ``--backbone``
+    (which it silently replaced) or ``--checkpoint`` meets ``--clip``/``--backbone``.
     """
+    if backbone is not None and pretrained is not None:
+        raise UsageError(f"pass either --backbone or --pretrained, not both: --backbone {backbone} is the backbone "
+                         "weights")
     if backbone is not None:
         from rap_deploy.backbone_file import read_backbone_clip_name
 
