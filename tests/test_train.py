@@ -441,6 +441,27 @@ def test_train_cli_end_to_end_and_resume(synth_root, frame_cache, tmp_path):
     assert "train_state" not in best.extra and "train_state" in load_checkpoint(run / "last.pt").extra
 
 
+def test_a_run_started_with_relative_folders_resumes_from_another_directory(synth_root, frame_cache, tmp_path,
+                                                                             monkeypatch):
+    """--data-root and --cache-dir given relative were stored as given in last.pt, so `train --resume RUN` from
+    another directory read another dataset folder (here: none, exit 2) and cache; they are stored absolute now."""
+    import os
+
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    first = runner.invoke(app, ["train", "--dataset", "msrvtt", "--data-root", os.path.relpath(synth_root), *MICRO_CLI,
+                                "--cache-dir", os.path.relpath(frame_cache), "--out", str(run), "--epochs", "2",
+                                "--max-epochs-this-run", "1", "--batch-size", "8", "--max-train-videos", "8",
+                                "--max-test-videos", "4", "--top-m", "4", "--quiet"])
+    assert first.exit_code == 0, first.output
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    second = runner.invoke(app, ["train", "--resume", str(run), "--quiet", "--json"])
+    assert second.exit_code == 0 and json.loads(second.stdout)["complete"], second.output
+    assert not (tmp_path / "elsewhere" / os.path.relpath(frame_cache, tmp_path)).exists()
+
+
 def test_train_cli_usage_errors(tmp_path):
     runner = CliRunner()
     missing = runner.invoke(app, ["train", "--clip", "rap-micro", "--data-root", str(tmp_path)])

@@ -133,8 +133,8 @@ def train(
         "eval_every": eval_every, "eval_initial": eval_initial, "max_train_videos": max_train_videos,
         "max_test_videos": max_test_videos, "epoch_unit": epoch_unit, "test_split": test_split,
         "top_m": top_m, "num_workers": workers, "amp": amp, "device": device, "embed_backbone": embed_backbone,
-        "max_epochs_this_run": max_epochs_this_run, "cache_dir": _str(cache_dir), "workspace": _str(workspace),
-        "data_root": _str(data_root),
+        "max_epochs_this_run": max_epochs_this_run, "cache_dir": _absolute(cache_dir),
+        "workspace": _absolute(workspace), "data_root": _absolute(data_root),
     }
     _check_train_device(device)
     _check_named_sizes({"--rank": (rank, 1, bounds.MAX_LORM_RANK), "--topk": (topk, 1, bounds.MAX_ASA_TOPK),
@@ -155,6 +155,12 @@ def train(
 
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
+
+
+def _absolute(path: Path | str | None) -> str | None:
+    """``path`` made absolute (``~`` expanded), for the folders a run stores in its ``last.pt`` and reads again on
+    ``--resume``: relative ones named other folders when the run was resumed from another directory."""
+    return None if path is None else str(Path(path).expanduser().absolute())
 
 
 def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint: Path | None, clip: str | None,
@@ -219,7 +225,7 @@ def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | Non
         from rap_deploy.workspace import data_root as resolve_data_root
         from rap_deploy.workspace import subdir
 
-        given["data_root"] = str(resolve_data_root(given.get("data_root"), workspace))
+        given["data_root"] = _absolute(resolve_data_root(given.get("data_root"), workspace))
         run_dir = out or resume or subdir("runs", workspace) / f"{given['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
         return TrainOptions(out=str(run_dir), **given)
     if out is not None and Path(out).resolve() != Path(resume).resolve():
