@@ -345,10 +345,10 @@ def test_wrong_shaped_inputs_are_one_line_errors_not_runtime_tracebacks(micro_or
     rerank = engine.encode_video(frames)[1:]
     text = engine.encode_text(np.ones((2, 4)), np.array([3, 3]))
     width = text.shape[1]
-    with pytest.raises(UsageError, match=rf"asa_head graph input 'text_emb' must be \[.*,{width}\], got \[2, 5\]"):
+    with pytest.raises(UsageError, match=rf"text_emb must be \[Q,{width}\] .*, got \[2, 5\]"):
         engine.asa_similarity(text[:, :5], *rerank)
-    with pytest.raises(UsageError, match=r"asa_head graph input 'text_emb' must be \[.*\], got \[32\]"):
-        engine.asa_similarity(text[0], *rerank)
+    with pytest.raises(UsageError, match=r"asa_head graph input 'asa_tokens' must be \[.*\], got \[2, 4, 16\]"):
+        engine.asa_similarity(text, *rerank[:2], rerank[2][..., 0])
     with pytest.raises(UsageError, match=r"asa_head graph input 'patch_tokens' must be .* got \[2, 4, 3, "):
         engine.asa_similarity(text, rerank[0], rerank[1][:, :, :3], rerank[2])
     assert engine.asa_similarity(text, *rerank).shape == (2, 2)
