@@ -268,3 +268,20 @@ def test_best_pt_left_by_another_run_is_replaced_when_resuming_after_the_best_ep
     real_save(dataclasses.replace(last, adapter_state=other, extra={"epoch": 2}), run / "best.pt")
     resumed = loop.train_rap(None, progress=False, resume=run)
     assert resumed["best_epoch"] == 2 and _adapters_equal(run / "best.pt", run / "last.pt")
+
+
+def test_temporary_files_a_killed_write_left_are_removed_when_the_run_resumes(synth_root, frame_cache, tmp_path):
+    """A SIGKILL (the OOM killer, a preempted job) during a write of last.pt, best.pt, metrics.jsonl or summary.json
+    leaves the hidden temporary file (up to a checkpoint's size; a kill per write); the resumed run kept every one.
+    They are deleted when the run starts; other files in the folder are not touched."""
+    from rap_deploy.train import loop
+
+    run = tmp_path / "run"
+    loop.train_rap(_options(synth_root, run, frame_cache, max_epochs_this_run=1), progress=False)
+    left = [run / ".last.pt.k2x9_a1.pt.tmp", run / ".best.pt.0q3z.pt.tmp", run / ".metrics.jsonl.abc.jsonl.tmp",
+            run / ".summary.json.x.json.tmp"]
+    for tmp in left:
+        tmp.write_bytes(b"partial" * 100)
+    (run / ".notes.tmp").write_text("mine")
+    loop.train_rap(None, progress=False, resume=run)
+    assert not any(tmp.exists() for tmp in left) and (run / ".notes.tmp").read_text() == "mine"

@@ -398,6 +398,7 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
     try:
         if ctx.is_main:
             Path(options.out).mkdir(parents=True, exist_ok=True)
+            _remove_temporaries(Path(options.out))
         torch.manual_seed(options.seed)
         if model is None:
             template, model = _fresh_model(options)
@@ -415,6 +416,14 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
         raise
     finally:
         D.cleanup(ctx)
+
+
+def _remove_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files a killed write of the run's own files left (``.<name>.*.tmp``: only ``SIGKILL``
+    leaves one, as large as a checkpoint; each kill during a write left another). Under the run folder's lock."""
+    for name in (LAST, BEST, METRICS, SUMMARY):
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _remove_if_empty(folder: Path) -> None:
