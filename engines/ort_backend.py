@@ -119,9 +119,17 @@ def create_session(path: str | os.PathLike[str], provider: str = "CPUExecutionPr
         # CPU stays listed for the few shape ops ONNX Runtime places there itself; the check below makes sure CUDA
         # actually runs the graph.
         providers = [(provider, {"device_id": int(device_id)}), "CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(path), session_options(threads, inter_threads, level, optimized_model_path,
-                                                            config_entries),
-                                providers=providers)
+    options = session_options(threads, inter_threads, level, optimized_model_path, config_entries)
+    try:  # no fallback: ONNX Runtime would build the session again on the CPU, or re-run a failed call there
+        sess = ort.InferenceSession(str(path), options, providers=providers, enable_fallback=0)
+    except Exception as exc:
+        if provider == "CPUExecutionProvider" or not _provider_failure(exc):
+            raise
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise BackendUnavailableError(f"{provider} (device {device_id}) could not start a session for "
+                                      f"{Path(path).name}: {first[:300]}; check the GPU, --device-id and that the "
+                                      "CUDA/cuDNN versions match onnxruntime-gpu") from None
+    sess.disable_fallback()
     active = sess.get_providers()
     if provider not in active:
         raise BackendUnavailableError(f"{provider} was requested for {Path(path).name} but the session runs on "
@@ -142,6 +150,14 @@ def check_feed_shape(graph: str, name: str, declared: Any, shape: tuple[int, ...
 
 def _fixed(dim: Any) -> bool:
     return isinstance(dim, int) and dim >= 0
+
+
+def _provider_failure(exc: Exception) -> bool:
+    """Whether a session creation error is the GPU provider's (a C++ exception such as ``CUDA failure 100: no
+    CUDA-capable device``, or a RUNTIME_EXCEPTION / EP_FAIL status naming CUDA), not the graph's."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) or (type(exc).__name__ in ("RuntimeException", "EPFail")
+                                             and any(word in text for word in ("cuda", "cudnn", "cublas")))
 
 
 class OrtEngine(Engine):

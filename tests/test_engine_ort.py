@@ -366,3 +366,54 @@ def test_empty_batches_give_empty_outputs(micro_ort_engines, reference):
         assert [o.shape for o in none] == [(0, *o.shape[1:]) for o in one]
         assert all(o.dtype == np.float32 for o in none)
         assert eng.encode_text(ids[:0], eot[:0]).shape == (0, eng.encode_text(ids, eot).shape[1])
+
+
+def test_a_failing_call_is_never_rerun_on_the_cpu_by_onnxruntime(micro_ort_engines, capsys):
+    """ONNX Runtime's Python session catches an execution-provider failure (EPFail) of a call, prints to stdout,
+    switches the session to its fallback providers (the CPU) for good and runs again: a CUDA engine went on running on
+    the CPU while describing itself as CUDA. The fallback is off in every session rapdeploy creates."""
+    from onnxruntime.capi import _pybind_state as C
+
+    sess = create_session(micro_ort_engines["export"] / "text_encoder.onnx", "CPUExecutionProvider", threads=1)
+    inner = sess._sess
+
+    class FailingProvider:
+        def run(self, *args):
+            raise C.EPFail("the execution provider failed")
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+    sess._sess = FailingProvider()
+    with pytest.raises(C.EPFail):
+        sess.run(None, {"input_ids": np.ones((1, 4), np.int32), "eot": np.array([3], np.int32)})
+    assert "Falling back" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("status", [False, True])
+def test_cuda_that_cannot_start_is_a_backend_error_without_a_cpu_session(micro_ort_engines, monkeypatch, capsys,
+                                                                        status):
+    """A CUDA provider that fails while the session is created (no GPU, a wrong --device-id) made ONNX Runtime print
+    an 'EP Error' banner to stdout and build the whole session on the CPU before rapdeploy refused it; it is now
+    refused at once, naming the failure (exit 2)."""
+    import onnxruntime as ort
+    from onnxruntime.capi import _pybind_state as C
+    from onnxruntime.capi import onnxruntime_inference_collection as oic
+
+    original = oic.InferenceSession._create_inference_session
+    cpu_sessions = []
+
+    def create(self, providers, provider_options, *args):
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        if "CUDAExecutionProvider" in names:
+            self._fallback_providers = ["CPUExecutionProvider"]  # what ONNX Runtime sets before creating
+            error = C.RuntimeException if status else RuntimeError  # a status, or a C++ exception
+            raise error("CUDA failure 101: invalid device ordinal ; expr=cudaSetDevice(info_.device_id);")
+        cpu_sessions.append(names)
+        return original(self, providers, provider_options, *args)
+
+    monkeypatch.setattr(oic.InferenceSession, "_create_inference_session", create)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(BackendUnavailableError, match=r"CUDAExecutionProvider \(device 3\) .*invalid device ordinal"):
+        create_session(micro_ort_engines["export"] / "text_encoder.onnx", "CUDAExecutionProvider", device_id=3)
+    assert cpu_sessions == [] and "EP Error" not in capsys.readouterr().out
