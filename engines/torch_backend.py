@@ -41,6 +41,20 @@ def strict_fp32_on_cuda() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
+def check_cuda_device(device: str) -> None:
+    """Raise :class:`BackendUnavailableError` unless torch sees a CUDA GPU, and GPU ``N`` for ``device`` ``cuda:N``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(f"device {device} requested but torch {torch.__version__} sees no CUDA GPU; "
+                                      "use the CPU (--device cpu; bench: --torch-device cpu)")
+    index = device.partition(":")[2]
+    count = torch.cuda.device_count()
+    if index.isdigit() and int(index) >= count:
+        raise BackendUnavailableError(f"device {device} requested but this machine has {count} CUDA GPUs "
+                                      f"(cuda:0 .. cuda:{count - 1}); pick one of them")
+
+
 def _block(name: str, block: Any) -> int:
     """``block`` when it is a positive int (a call size); raises :class:`UsageError` naming ``name`` otherwise."""
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
@@ -67,9 +81,8 @@ class TorchEngine(Engine):
         query_block, video_block = _block("query_block", query_block), _block("video_block", video_block)
         if precision not in PRECISIONS:
             raise UsageError(f"torch precision '{precision}' is unknown; use one of {', '.join(PRECISIONS)}")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailableError(f"device {device} requested but torch {torch.__version__} sees no CUDA GPU; "
-                                          "use the CPU (--device cpu; bench: --torch-device cpu)")
+        if device.startswith("cuda"):
+            check_cuda_device(device)
         if precision == "fp16" and not device.startswith("cuda"):
             raise UsageError("PyTorch fp16 runs only on CUDA (half-precision CPU kernels are slow and incomplete); "
                              "use --device cuda or fp32")

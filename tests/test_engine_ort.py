@@ -232,6 +232,18 @@ def test_torch_engine_refuses_unavailable_precisions(micro_checkpoint):
     assert isinstance(engine, TorchEngine) and engine.describe().backend == "torch"
 
 
+def test_torch_engine_refuses_a_gpu_index_this_machine_lacks(micro_checkpoint, monkeypatch):
+    """verify --reference-device / bench --torch-device cuda:N with N past the GPU count crashed in the model's move
+    to the device (torch's 'invalid device ordinal' RuntimeError, a traceback); it is an unavailable backend."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(BackendUnavailableError, match=r"cuda:2 .* 2 CUDA GPUs \(cuda:0 \.\. cuda:1\)") as err:
+        TorchEngine(micro_checkpoint, device="cuda:2")
+    assert err.value.exit_code == 2
+
+
 def test_the_cuda_fp32_reference_runs_without_tf32(micro_checkpoint, monkeypatch):
     """A CUDA fp32 TorchEngine switches TF32 off (cuDNN allows it by default); a CPU one and a CUDA fp16 one leave
     the flags alone. Without a GPU the CUDA constructions run with torch told a GPU is there and a stand-in for
