@@ -29,7 +29,7 @@ from rap_deploy.engines.blocks import (
     rerank_inputs,
     tokens_axis_is_dynamic,
 )
-from rap_deploy.errors import BackendUnavailableError, UsageError
+from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.graphs import graph_io
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -148,6 +148,17 @@ def check_feed_shape(graph: str, name: str, declared: Any, shape: tuple[int, ...
     raise UsageError(f"{graph} graph input '{name}' must be [{want}], got {list(shape)}")
 
 
+def run_failure(graph: str, provider: str, exc: Exception) -> Exception:
+    """The one-line error for an ONNX Runtime call that failed after its inputs were checked: the execution
+    provider's failure (EPFail, a C++ exception such as a CUDA error) is a :class:`BackendUnavailableError`, any
+    other (a kernel of the graph) a :class:`CheckFailedError`."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:300]
+    what = f"the {graph} graph failed on {provider} ({type(exc).__name__}: {first})"
+    if type(exc).__name__ == "EPFail" or isinstance(exc, RuntimeError):
+        return BackendUnavailableError(f"{what}; check the device and its memory, or run on the CPU")
+    return CheckFailedError(f"{what}; the engine or its inputs are not what the graph expects")
+
+
 def _fixed(dim: Any) -> bool:
     return isinstance(dim, int) and dim >= 0
 
@@ -221,7 +232,13 @@ class OrtEngine(Engine):
                 raise UsageError(f"{graph} graph needs input '{inp.name}'")
             typed[inp.name] = np.ascontiguousarray(feeds[inp.name], dtype=_NP_OF_ORT.get(inp.type, np.float32))
             check_feed_shape(graph, inp.name, inp.shape, typed[inp.name].shape)
-        return [np.asarray(o, dtype=np.float32) for o in sess.run(None, typed)]
+        try:
+            outputs = sess.run(None, typed)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise run_failure(graph, self.provider, exc) from None
+        return [np.asarray(o, dtype=np.float32) for o in outputs]
 
     def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See :meth:`Engine.encode_video`."""

@@ -429,3 +429,35 @@ def test_cuda_that_cannot_start_is_a_backend_error_without_a_cpu_session(micro_o
     with pytest.raises(BackendUnavailableError, match=r"CUDAExecutionProvider \(device 3\) .*invalid device ordinal"):
         create_session(micro_ort_engines["export"] / "text_encoder.onnx", "CUDAExecutionProvider", device_id=3)
     assert cpu_sessions == [] and "EP Error" not in capsys.readouterr().out
+
+
+def test_a_call_the_runtime_fails_is_one_line_naming_the_graph_and_provider(micro_ort_engines):
+    """With ONNX Runtime's fallback off, a call its execution provider fails (EPFail) or a kernel fails surfaced as the
+    runtime's own exception, a traceback; it is a BackendUnavailableError (the provider failed, exit 2) or a
+    CheckFailedError (the graph failed, exit 1) naming the graph, the provider and the runtime's first line."""
+    from onnxruntime.capi import _pybind_state as C
+
+    engine = load_engine(micro_ort_engines["fp32"], threads=1)
+    sess = engine._session("text_encoder")
+    inner = sess._sess
+
+    class Failing:
+        error: type = C.EPFail
+
+        def run(self, *args):
+            raise self.error("something failed\nsecond line")
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+    sess._sess = Failing()
+    ids, eot = np.ones((1, 4)), np.array([3])
+    with pytest.raises(BackendUnavailableError, match=r"text_encoder graph failed on CPUExecutionProvider "
+                                                      r"\(EPFail: something failed\)"):
+        engine.encode_text(ids, eot)
+    Failing.error = C.Fail
+    with pytest.raises(CheckFailedError, match=r"text_encoder graph failed on CPUExecutionProvider \(Fail: something"):
+        engine.encode_text(ids, eot)
+    Failing.error = ValueError  # not the runtime's: passes through unchanged
+    with pytest.raises(ValueError):
+        engine.encode_text(ids, eot)
