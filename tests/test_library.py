@@ -747,6 +747,13 @@ def test_index_name_that_is_not_one_plain_folder_name_is_refused(tmp_path, name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clips"] and not Path("/abs-lib").exists()
 
 
+def test_index_out_and_name_together_are_refused(tmp_path):
+    """index --out DIR --name NAME built the library in DIR and dropped NAME without a word; exit 2 now, first."""
+    res = runner.invoke(app, ["index", "--videos", str(tmp_path), "--out", str(tmp_path / "lib"), "--name", "clips",
+                              "--engine", str(tmp_path / "no-engine.pt")])
+    assert res.exit_code == 2 and "not both" in res.stderr and not (tmp_path / "lib").exists(), res.output
+
+
 def test_index_out_that_is_a_file_says_so(tmp_path):
     """index --out FILE said 'cannot access FILE: File exists; check the path and its permissions' after loading
     the engine; it says the path is a file now (exit 2), first, and leaves it alone."""

@@ -98,6 +98,9 @@ def index_cmd(
     _check_threads(threads)
     if name is not None:
         check_library_name(name)
+        if out is not None:  # --out wins, so the name was dropped without a word
+            raise UsageError(f"give --out DIR or --name NAME (the library <workspace>/index/NAME), not both: --out "
+                             f"{out} --name {name}")
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a folder for the library")
     ctx = setup("cpu")
