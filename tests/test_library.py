@@ -747,6 +747,16 @@ def test_index_name_that_is_not_one_plain_folder_name_is_refused(tmp_path, name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clips"] and not Path("/abs-lib").exists()
 
 
+def test_a_default_library_name_that_search_would_not_find_is_refused(synth_root, micro_checkpoint, tmp_path):
+    """index --videos .clips (no --name) built <workspace>/index/.clips, a hidden folder that search never took for a
+    library ('no library'); exit 2 now, asking for --name."""
+    clips = tmp_path / ".clips"
+    _clip_folder(synth_root, clips, 1)
+    res = runner.invoke(app, ["index", "--videos", str(clips), "--engine", str(micro_checkpoint), "--workspace",
+                              str(tmp_path / "ws"), "--quiet"])
+    assert res.exit_code == 2 and "--name" in res.stderr and not (tmp_path / "ws" / "index" / ".clips").exists()
+
+
 def test_index_out_and_name_together_are_refused(tmp_path):
     """index --out DIR --name NAME built the library in DIR and dropped NAME without a word; exit 2 now, first."""
     res = runner.invoke(app, ["index", "--videos", str(tmp_path), "--out", str(tmp_path / "lib"), "--name", "clips",

@@ -176,7 +176,13 @@ def _library_out(out: Path | None, name: str | None, source: Any, workspace: Pat
         return out
     if name is None and source is None:
         raise UsageError("say which library to change: --out LIB or --name NAME")
-    return subdir("index", workspace) / (name or source.name)
+    if name is None:
+        try:
+            name = check_library_name(source.name)
+        except UsageError:  # a hidden or temporary-looking folder or list name: search would never find the library
+            raise UsageError(f"the library would be named '{source.name}' after its videos' folder or list file, "
+                             "which no later command takes for a library; pass --name NAME or --out DIR") from None
+    return subdir("index", workspace) / name
 
 
 def _frame_cache(cache_dir: Path | None, workspace: Path | None) -> Any:
