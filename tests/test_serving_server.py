@@ -244,6 +244,8 @@ def test_remote_engine_refusals(tmp_path):
         load_engine(f"http://127.0.0.1:{port}")
     with pytest.raises(UsageError):
         load_engine("http://")
+    with pytest.raises(UsageError, match="is not a URL"):  # urlsplit's ValueError was a traceback
+        load_engine("http://[::1")
     res = runner.invoke(app, ["serve", "--engine", "http://127.0.0.1:1", "--port", "0"])
     assert res.exit_code == 2 and "is a server" in res.output
 

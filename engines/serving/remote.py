@@ -39,7 +39,10 @@ NOT_OIP = "is it a KServe v2 / Open Inference Protocol server (`rapdeploy serve`
 def split_url(url: str) -> tuple[str, bool]:
     """``(host:port[/base path], ssl)`` for ``tritonclient.http`` from ``http(s)://HOST:PORT[/path]``; raises
     :class:`UsageError` for anything else."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # an unbalanced IPv6 bracket ("http://[::1")
+        raise UsageError(f"engine URL {url!r} is not a URL ({exc}); it must look like http://HOST:PORT") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise UsageError(f"engine URL {url!r} must look like http://HOST:PORT")
     try:
