@@ -382,6 +382,9 @@ def test_init_and_info_cli(tmp_path):
     result = runner.invoke(app, ["init", "--clip", "rap-micro", "--frames", "4", "--asa-dim", "16", "--heads", "2",
                                  "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
+    both = runner.invoke(app, ["init", "--backbone", str(tmp_path / "b.safetensors"), "--pretrained", "openai",
+                               "--out", str(tmp_path / "both.pt")])  # --pretrained was silently dropped
+    assert both.exit_code == 2 and "either --backbone or --pretrained" in both.output, both.output
     result = runner.invoke(app, ["info", str(out), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)

@@ -41,10 +41,11 @@ def init(
     out: Path = typer.Option(..., "--out", help="Checkpoint to write (.pt or .safetensors)."),
     clip: str | None = typer.Option(None, "--clip", help="open_clip model name (default ViT-B-32, or the name "
                                        "stored in --backbone)."),
-    pretrained: str = typer.Option("none", "--pretrained", help="open_clip pretrained tag (e.g. openai; must be in the "
-                                   "local cache), a local weights file, or 'none' for a random backbone."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="open_clip pretrained tag (e.g. openai; must be "
+                                          "in the local cache), a local weights file, or 'none' for a random "
+                                          "backbone (the default without --backbone)."),
     backbone: Path | None = typer.Option(None, "--backbone", help="Backbone weights file from `rapdeploy "
-                                            "pretrain-backbone` (sets --clip and --pretrained)."),
+                                            "pretrain-backbone` (sets --clip and the weights; not with --pretrained)."),
     variant: str = typer.Option("rap", "--variant", help=f"One of {', '.join(VARIANTS)}."),
     frames: int = typer.Option(12, "--frames", help="Frames per video T (12 for MSR-VTT/MSVD, "
                         "64 for DiDeMo/ActivityNet)."),
@@ -73,8 +74,11 @@ def init(
     if (out.exists() or out.is_symlink()) and not force:  # it may be a trained checkpoint: never replaced unasked
         raise UsageError(f"--out {out} exists; pass --force to replace it, or another --out")
     bounds.check_int(seed, "--seed", 0, bounds.MAX_SEED)
+    if backbone is not None and pretrained is not None:  # --backbone's weights silently replaced --pretrained
+        raise UsageError(f"pass either --backbone or --pretrained, not both: --backbone {backbone} is the backbone "
+                         "weights")
 
-    summary = init_checkpoint(out, clip=clip, pretrained=pretrained, backbone_file=backbone,
+    summary = init_checkpoint(out, clip=clip, pretrained=pretrained or "none", backbone_file=backbone,
                               config=build_config(_clip_name(clip, backbone), variant, frames, context_length, lorm,
                                                   asa, rank, topk, heads, asa_dim, selection, preset),
                               embed_backbone=embed_backbone, seed=seed)
