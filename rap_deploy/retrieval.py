@@ -165,10 +165,13 @@ def load_video_files(paths: Sequence[str | os.PathLike[str]], config: RAPConfig,
 def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = True) -> tuple[Any, list[dict[str, str]]]:
     """Decode every video once; return the split without undecodable videos (and their captions) and the skipped list.
 
-    Skipped videos are reported by id and reason, never replaced by zeros.
+    Skipped videos are reported by id and reason, never replaced by zeros. Raises
+    :class:`~rap_deploy.errors.CheckFailedError` (exit 1: the dataset is damaged) when none of the split's videos
+    decodes, naming the first few and why.
     """
     from rap_deploy.data.progress import progress_bar
     from rap_deploy.data.video import VideoDecodeError
+    from rap_deploy.errors import CheckFailedError
 
     sampling = sampling_for(config, split.sampling)
     good, skipped = [], []
@@ -180,6 +183,10 @@ def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = Tr
             except VideoDecodeError as exc:
                 skipped.append({"video_id": entry.video_id, "reason": exc.reason})
             advance(1)
+    if skipped and not good:
+        named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3])
+        raise CheckFailedError(f"none of the {len(skipped)} videos of the {split.split} split decodes ({named}"
+                               f"{'; …' if len(skipped) > 3 else ''}); check the videos with `rapdeploy data-check`")
     return (split if not skipped else split.subset(good)), skipped
 
 

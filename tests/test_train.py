@@ -995,3 +995,18 @@ def test_paragraph_datasets_refuse_an_init_checkpoint_of_the_clip_defaults_unles
     _check_paragraph_protocol(dataclasses.replace(base, frames=12, context_length=32), config)  # said so
     _check_paragraph_protocol(dataclasses.replace(base, dataset="msrvtt"), config)
     _check_paragraph_protocol(base, SimpleNamespace(frames=64, context_length=64))
+
+
+def test_training_data_none_of_which_decodes_is_a_damaged_dataset(synth_root, tmp_path):
+    """Every training video undecodable was exit 2 (bad usage); it is damaged data: exit 1, as data-check says."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    train_ids = [line.strip() for line in (data / "MSRVTT_train.9k.csv").read_text().splitlines()[1:] if line.strip()]
+    for vid in train_ids:
+        (data / "videos" / f"{vid.split(',')[0]}.mp4").write_bytes(b"not a video")
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(data), *MICRO_CLI, "--out",
+                                   str(tmp_path / "run"), "--epochs", "1", "--cache-dir", str(tmp_path / "frames"),
+                                   "--quiet"])
+    assert res.exit_code == 1 and "no usable training video" in res.output, res.output

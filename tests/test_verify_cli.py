@@ -201,3 +201,18 @@ def test_nan_is_never_a_pass(micro_ort_engines, synth_root, frame_cache, tmp_pat
     _poison(export, "text_encoder")
     res = runner.invoke(app, ["build-engine", str(export), "--backend", "onnxruntime", "--out", str(tmp_path / "e")])
     assert res.exit_code == 1 and "inf" in res.stderr and not (tmp_path / "e").exists(), res.output
+
+
+def test_a_split_none_of_whose_videos_decodes_is_a_damaged_dataset(micro_ort_engines, synth_root, tmp_path):
+    """verify said "the test split has no video to encode" (exit 2, bad usage) and named no video when every test
+    video was undecodable; that is damaged data: exit 1, naming the videos and the check to run."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    test_ids = [line.split(",")[2] for line in (data / "MSRVTT_JSFUSION_test.csv").read_text().splitlines()[1:]]
+    for vid in set(test_ids):
+        (data / "videos" / f"{vid}.mp4").write_bytes(b"not a video")
+    res = _verify(micro_ort_engines["fp32"], data, tmp_path / "out", tmp_path / "frames")
+    assert res.exit_code == 1, res.output
+    assert "none of the" in res.output and test_ids[0] in res.output and "data-check" in res.output

@@ -231,9 +231,9 @@ def _load_data(options: TrainOptions, config, cache, ctx: D.DistContext, progres
     D.barrier(ctx)
     if not ctx.is_main:
         dataset.prepare(progress=False)
-    if len(dataset) == 0:
-        raise UsageError(f"no usable training video in {options.data_root} ({len(dataset.bad_videos)} undecodable); "
-                         "run `rapdeploy data-check --split train`")
+    if len(dataset) == 0:  # damaged data, not bad usage (exit 1, as data-check and verify say)
+        raise CheckFailedError(f"no usable training video in {options.data_root} ({len(dataset.bad_videos)} "
+                               "undecodable); run `rapdeploy data-check --split train`")
     return dataset, test_split
 
 
