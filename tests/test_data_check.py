@@ -145,6 +145,11 @@ def test_synth_refuses_to_write_over_a_real_dataset(tmp_path, runner):
         assert result.exit_code == 0, result.output
     (synth / "MSRVTT_data.json").unlink()  # as if a synth was killed before its annotation: written again
     assert runner.invoke(app, [*args, str(synth)]).exit_code == 0
+    (synth / "videos" / "notes.mp4").write_bytes(b"the user's")
+    fewer = runner.invoke(app, [*args[:2], "3", *args[3:], str(synth)])  # an earlier, larger world's videos go
+    assert fewer.exit_code == 0, fewer.output
+    assert sorted(p.name for p in (synth / "videos").iterdir()) == ["notes.mp4", "video0.mp4", "video1.mp4",
+                                                                    "video2.mp4"]
 
 
 def test_a_split_without_videos_fails_the_check(tmp_path, runner):

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ def generate_synthetic_dataset(
     specs = _train_scenes(rng, seconds, n_train, taken, distractors) + test_specs
     ids = [f"video{i}" for i in range(videos)]
     _write_videos(out, ids, specs, size, fps, seconds, progress)
+    _remove_stale_videos(out / "videos", set(ids))
     video_items, sentences, test_rows = _annotations(ids, specs, n_train, seed, seconds, captions_per_video)
     info = _info(seed, size, fps, seconds, distractors)
     _write_annotation_files(out, ids[:n_train], test_rows, video_items, sentences, info)
@@ -141,6 +143,14 @@ def generate_synthetic_dataset(
         "seed": seed,
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
+
+
+def _remove_stale_videos(folder: Path, ids: set[str]) -> None:
+    """Delete ``video<i>.mp4`` files of an earlier, larger synth into the same folder: no annotation names them, and
+    ``--videos`` / ``index --videos`` over the folder would take them for this world's."""
+    for path in folder.glob("video*.mp4"):
+        if re.fullmatch(r"video\d+\.mp4", path.name) and path.stem not in ids and path.is_file():
+            path.unlink()
 
 
 def _check_settings(videos: int, test_videos: int, size: int, fps: int, seconds: int, distractors: float) -> None:
