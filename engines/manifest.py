@@ -60,6 +60,22 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+# numpy's names of the instruction sets host_info records (AVX512_CLX: Cascade Lake's VNNI).
+_NUMPY_ISA = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512_CLX": "avx512_vnni", "ASIMD": "asimd"}
+
+
+def _runtime_cpu_features() -> dict[str, bool]:
+    """numpy's run-time CPU feature detection (``{"AVX2": True, ...}``; empty where numpy does not expose it)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return {}
+    return dict(__cpu_features__)
+
+
 def host_info() -> dict[str, str]:
     """The CPU this engine was built on (ONNX Runtime's saved optimised graphs are tuned for it)."""
     model, flags = "", set()
@@ -72,6 +88,8 @@ def host_info() -> dict[str, str]:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    if not flags:  # no /proc/cpuinfo (Windows, macOS): the CPU's own detection, as numpy made it at import
+        flags = {ours for theirs, ours in _NUMPY_ISA.items() if _runtime_cpu_features().get(theirs)}
     isa = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd"})
     return {"machine": platform.machine(), "cpu": model or platform.processor(), "system": platform.system(),
             "isa": isa}

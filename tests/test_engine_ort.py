@@ -461,3 +461,27 @@ def test_a_call_the_runtime_fails_is_one_line_naming_the_graph_and_provider(micr
     Failing.error = ValueError  # not the runtime's: passes through unchanged
     with pytest.raises(ValueError):
         engine.encode_text(ids, eot)
+
+
+def test_the_building_cpu_is_recorded_without_proc_cpuinfo(monkeypatch):
+    """host_info read the CPU's instruction sets from /proc/cpuinfo only: where there is none (Windows, macOS) an
+    AVX-512 CPU was recorded as having none, so its engine (NCHWc filter blocks of 16) loaded on an AVX2 CPU (blocks
+    of 8) as the same layout. The CPU's own feature detection (numpy's) fills in where /proc/cpuinfo is missing."""
+    import builtins
+
+    from rap_deploy.engines import manifest as manifest_module
+
+    real_open = builtins.open
+
+    def no_cpuinfo(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_cpuinfo)
+    monkeypatch.setattr(manifest_module, "_runtime_cpu_features",
+                        lambda: {"AVX2": True, "AVX512F": True, "AVX512_SKX": True, "ASIMD": False}, raising=False)
+    built = manifest_module.host_info()
+    assert built["isa"] == ["avx2", "avx512f"]
+    with pytest.raises(EngineMismatchError, match="with AVX-512, this machine has .* without AVX-512"):
+        manifest_module._check_cpu_layout(built, {**built, "isa": ["avx2"]})
