@@ -1131,3 +1131,22 @@ def test_recall_queries_sampled_from_videos_follow_the_library(tmp_path):
         stored = {"file": "queries.npy", "sha256": sha256_file(tmp_path / "queries.npy"), "source": source}
         queries, got = _recall_queries(tmp_path, {"stage1": {"queries": stored}}, Stage1Request(), now)
         assert got == source and sorted(map(tuple, queries.tolist())) == sorted(map(tuple, expected.tolist()))
+
+
+def test_a_shard_too_large_for_memory_is_refused_after_its_first_batch(monkeypatch):
+    """A shard's tensors are held whole until it is written (--shard-size up to millions): its size, measured on
+    the first batch, is checked against the memory available before the rest is encoded."""
+    import psutil
+
+    from rap_deploy.errors import UsageError
+    from rap_deploy.library.encode import _check_shard_memory
+
+    parts = {"video_emb": [np.zeros((4, 256), np.float32)], "asa_tokens": [np.zeros((4, 1024), np.float32)]}
+
+    class Memory:
+        available = 1_600_000  # 80 % of it holds two copies of 125 videos of 5 KiB, not of 200
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+    assert _check_shard_memory(parts, 120, "shard-00000") is True
+    with pytest.raises(UsageError, match=r"shard-00001 \(200 videos.*--shard-size"):
+        _check_shard_memory(parts, 200, "shard-00001")

@@ -34,6 +34,7 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
     meta: dict[str, list[Any]] = {k: [] for k in (*VIDEO_FIELDS, *FILE_STAT_FIELDS)}
     skipped: list[dict[str, str]] = []
     frames, masks = [], []
+    checked = False
 
     def flush() -> None:
         if not frames:
@@ -67,9 +68,23 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
         meta["mtime_ns"].append(int(st.st_mtime_ns))
         if len(frames) >= batch_size:
             flush()
+            checked = checked or _check_shard_memory(parts, len(src.videos), shard["name"])
     flush()
     arrays = {name: np.concatenate(p) for name, p in parts.items() if p}
     return write_shard(root, shard["name"], shard["row_offset"], arrays, meta, skipped, shard_digest(shard))
+
+
+def _check_shard_memory(parts: dict[str, list[np.ndarray]], videos: int, name: str) -> bool:
+    """Refuse a shard whose tensors, measured on its first encoded batch, would not fit in memory (a shard is held
+    whole, then joined: twice its size) before encoding the rest of it (:class:`UsageError`, exit 2); returns True."""
+    from rap_deploy.bounds import check_memory
+
+    rows = sum(len(a) for a in next(iter(parts.values()), []))
+    if rows:
+        per_video = sum(a.nbytes for p in parts.values() for a in p) / rows
+        check_memory(int(2 * per_video * videos), f"library shard {name} ({videos} videos of "
+                     f"{per_video / 2**20:.2f} MiB)", "pass a smaller --shard-size")
+    return True
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, int]:
