@@ -117,8 +117,9 @@ def create_session(path: str | os.PathLike[str], provider: str = "CPUExecutionPr
     providers: list[Any] = [provider]
     if provider == "CUDAExecutionProvider":
         # CPU stays listed for the few shape ops ONNX Runtime places there itself; the check below makes sure CUDA
-        # actually runs the graph.
-        providers = [(provider, {"device_id": int(device_id)}), "CPUExecutionProvider"]
+        # actually runs the graph. use_tf32 0: fp32 MatMul/Conv in fp32, not TF32 (the provider's default on Ampere
+        # and later), as in the PyTorch reference and TensorRT builds.
+        providers = [(provider, {"device_id": int(device_id), "use_tf32": 0}), "CPUExecutionProvider"]
     options = session_options(threads, inter_threads, level, optimized_model_path, config_entries)
     try:  # no fallback: ONNX Runtime would build the session again on the CPU, or re-run a failed call there
         sess = ort.InferenceSession(str(path), options, providers=providers, enable_fallback=0)

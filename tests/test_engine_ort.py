@@ -485,3 +485,24 @@ def test_the_building_cpu_is_recorded_without_proc_cpuinfo(monkeypatch):
     assert built["isa"] == ["avx2", "avx512f"]
     with pytest.raises(EngineMismatchError, match="with AVX-512, this machine has .* without AVX-512"):
         manifest_module._check_cpu_layout(built, {**built, "isa": ["avx2"]})
+
+
+def test_cuda_sessions_compute_fp32_without_tf32(micro_ort_engines, monkeypatch):
+    """ONNX Runtime's CUDA provider runs fp32 MatMul/Gemm and cuDNN convolutions in TF32 (10-bit mantissas) on
+    Ampere and later unless its ``use_tf32`` option is 0: an 'fp32' CUDA engine computed in TF32 while every other fp32
+    path (the PyTorch reference, TensorRT builds) has it off. Sessions now ask for it off."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_inference_collection as oic
+
+    seen = []
+
+    def create(self, providers, provider_options, *args):
+        seen.extend(p for p in providers if isinstance(p, tuple))
+        self._fallback_providers = ["CPUExecutionProvider"]
+        raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
+
+    monkeypatch.setattr(oic.InferenceSession, "_create_inference_session", create)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(BackendUnavailableError, match="no CUDA-capable device"):
+        create_session(micro_ort_engines["export"] / "text_encoder.onnx", "CUDAExecutionProvider", device_id=1)
+    assert seen == [("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0})]
