@@ -199,6 +199,16 @@ def test_a_library_path_that_is_a_file_is_named_as_such(micro_checkpoint, tmp_pa
     assert res.exit_code == 2 and "is not a folder" in res.stderr and "build one" not in res.stderr, res.output
 
 
+def test_an_unknown_verify_mode_is_named_before_the_workspace_library_is_opened(library, micro_checkpoint, tmp_path):
+    """search --verify bogus without --library was refused as '... No --library was given, so search opened the
+    workspace's latest library (...): pass --library LIB ...', a fix for another error; the mode is checked first."""
+    workspace = tmp_path / "ws"
+    shutil.copytree(library, workspace / "index" / library.name)
+    res = runner.invoke(app, ["search", "x", "--verify", "bogus", "--workspace", str(workspace), "--engine",
+                              str(micro_checkpoint)])
+    assert res.exit_code == 2 and "'bogus'" in res.stderr and "--library" not in res.stderr, res.output
+
+
 def test_queries_file_prints_one_json_object_per_query(library, micro_checkpoint, tmp_path):
     qf = tmp_path / "q.txt"
     qf.write_text("a red circle moves to the left\n\na small blue square\n")

@@ -292,6 +292,10 @@ def search_cmd(
     texts = read_queries(text, queries_file)
     if top < 1 or top_m < 0:
         raise UsageError(f"--top must be >= 1 and --top-m >= 0, got {top} and {top_m}")
+    from rap_deploy.library.search import VERIFY_MODES
+
+    if verify not in VERIFY_MODES:  # before a library is picked: its refusal would blame the pick
+        raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got '{verify}'")
     _check_threads(threads)
     lib_path = resolve_library(library, workspace)
     eng = _search_engine(engine, lib_path, workspace, threads)
