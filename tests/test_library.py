@@ -1005,6 +1005,9 @@ def test_rap_light_library_stores_video_emb_only_and_ranks_by_stage1(synth_root,
     stage1 = (encode_texts(engine, ["a red circle"]) @ video_emb.T)[0]
     assert [h["stage1_rank"] for h in hits] == list(range(1, 13)) and not any(h["reranked"] for h in hits)
     np.testing.assert_allclose([h["score"] for h in hits], np.sort(stage1)[::-1], atol=1e-6)
+    # the table marked every row as a stage-1 score "beyond --top-m", which is not why: nothing can re-rank here
+    res = runner.invoke(app, ["search", "a red circle", "--library", str(out), "--engine", str(tmp_path / "light.pt")])
+    assert res.exit_code == 0 and "beyond --top-m" not in res.stdout and "no ASA head" in res.stdout, res.output
 
 
 def test_scale_bench_runs_at_small_scale(engine, tmp_path):

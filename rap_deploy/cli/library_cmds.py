@@ -302,6 +302,7 @@ def search_cmd(
     _set_threads(threads)  # after the engine: torch's threads only when the engine loaded it
     with _open_searched_library(lib_path, eng, verify, picked=library is None) as lib:
         results = lib.search(texts, top_k=top, top_m=top_m)
+        reranks = bool(lib.manifest["model"].get("has_asa"))
     for r in results:
         for warning in r.get("warnings", []):
             typer.echo(f"warning: {warning}", err=True)
@@ -309,10 +310,10 @@ def search_cmd(
         for r in results:
             typer.echo(json_text(r, indent=None, default=str))
         return
-    _print_results(results, lib_path)
+    _print_results(results, lib_path, reranks)
 
 
-def _print_results(results: list[dict[str, Any]], library: Path) -> None:
+def _print_results(results: list[dict[str, Any]], library: Path, reranks: bool) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -323,7 +324,8 @@ def _print_results(results: list[dict[str, Any]], library: Path) -> None:
         caption = (f"text {t['text']:.1f} ms · stage 1 {t['stage1']:.2f} ms · re-rank {t['rerank']:.1f} ms · "
                    f"total {t['total']:.1f} ms")
         if any(not hit.get("reranked", True) for hit in r["results"]):
-            caption += "\n* stage-1 score: beyond --top-m, not re-ranked"
+            caption += ("\n* stage-1 score: beyond --top-m, not re-ranked" if reranks
+                        else "\n* stage-1 score: this model has no ASA head to re-rank with")
         table = Table(title=f"“{escape(r['query'])}” in {escape(library.name)}", caption=caption)
         for col in ("rank", "video", "score", "stage-1 rank", "path"):
             table.add_column(col, justify="right" if col in ("rank", "score", "stage-1 rank") else "left")
