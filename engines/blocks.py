@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rap_deploy.bounds import check_memory
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import UsageError
 from rap_deploy.tokenizer import NUM_MERGES, SPECIAL_TOKENS
@@ -138,6 +139,7 @@ def meanp_similarity_from_frames(text_emb: np.ndarray, frame_emb: np.ndarray) ->
     Padded frames have zero rows; this matches ``RAPModel.asa_similarity`` without ASA.
     """
     check_text_emb(text_emb, frame_emb)
+    check_similarity_memory(np.shape(text_emb)[0], np.shape(frame_emb)[0])
     f = np.asarray(frame_emb, dtype=np.float32)
     n_valid = np.maximum((np.square(f).sum(-1) > 0.5).sum(-1, keepdims=True), 1).astype(np.float32)
     mean = f.sum(1) / n_valid
@@ -153,6 +155,13 @@ def check_text_emb(text_emb: np.ndarray, frame_emb: np.ndarray) -> None:
     if len(text) != 2 or text[1] != frames[2]:
         raise UsageError(f"text_emb must be [Q,{frames[2]}] (the width of frame_emb {list(frames)}), got {list(text)}; "
                          "encode the queries with the same model as the videos")
+
+
+def check_similarity_memory(queries: int, videos: int) -> None:
+    """Raise :class:`UsageError` when the float32 ``[queries, videos]`` similarity would not fit in the memory
+    available now (it is allocated whole; with overcommit a process would be killed while filling it)."""
+    check_memory(4 * int(queries) * int(videos), f"the [{queries}, {videos}] similarity",
+                 "score fewer queries or videos per call (a search keeps only each query's top candidates)")
 
 
 def rerank_inputs(has_asa: bool, rerank: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
@@ -187,6 +196,7 @@ def blocked_similarity(run: Callable[..., np.ndarray], text_emb: np.ndarray, rer
     if query_block < 1 or video_block < 1:
         raise UsageError(f"ASA block sizes must be >= 1, got {query_block} x {video_block}")
     check_text_emb(text_emb, rerank[0])
+    check_similarity_memory(np.shape(text_emb)[0], rerank[0].shape[0])
     text = np.ascontiguousarray(text_emb, dtype=np.float32)
     n_videos = rerank[0].shape[0]
     out = np.empty((text.shape[0], n_videos), dtype=np.float32)

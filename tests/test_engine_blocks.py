@@ -170,3 +170,14 @@ def test_text_embeddings_of_another_width_are_refused_before_any_block(micro_mod
     with pytest.raises(UsageError, match=rf"text_emb must be \[Q,{width}\]"):
         engine.asa_similarity_rows(np.zeros((1, width + 1), np.float32), rerank, np.array([0]))
     assert engine.asa_similarity(np.zeros((1, width), np.float32), *rerank).shape == (1, 2)
+
+
+def test_a_similarity_larger_than_memory_is_refused_before_any_block():
+    """The [Q, V] result was allocated unchecked: numpy's MemoryError (a traceback) for a size it cannot map, or, with
+    overcommit, a process killed after hours of blocks. Its size is checked against the available memory first."""
+    text = np.broadcast_to(np.zeros(8, np.float32), (2_000_000, 8))  # views: no memory of their own
+    frames = np.broadcast_to(np.zeros((1, 4, 8), np.float32), (2_000_000, 4, 8))
+    calls = []
+    with pytest.raises(UsageError, match=r"the \[2000000, 2000000\] similarity needs 14901\.2 GiB"):
+        blocked_similarity(lambda *a: calls.append(1), text, (frames,))
+    assert not calls
