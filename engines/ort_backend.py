@@ -58,14 +58,27 @@ def runtime_info() -> dict[str, Any]:
     return {"onnxruntime": ort.__version__, "providers": list(ort.get_available_providers()), "host": host_info()}
 
 
+def gpu_wheel() -> str:
+    """The ONNX Runtime GPU wheel as rapdeploy's ``gpu`` extra pins it (``onnxruntime-gpu==X``); it replaces the CPU
+    wheel, a base dependency providing the same module, so ``pip install '.[gpu]'`` alone would keep the CPU one."""
+    from importlib import metadata
+
+    try:
+        pins = [r.split(";")[0].strip() for r in metadata.requires("rapdeploy") or []
+                if r.startswith("onnxruntime-gpu") and 'extra == "gpu"' in r]
+    except metadata.PackageNotFoundError:
+        pins = []
+    return pins[0] if pins else "onnxruntime-gpu"
+
+
 def require_provider(provider: str) -> None:
     """Raise :class:`BackendUnavailableError` if ``provider`` is not in ``onnxruntime.get_available_providers()``."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if provider not in available:
-        hint = ("install onnxruntime-gpu (pip uninstall onnxruntime && pip install -e '.[gpu]') on a machine with an "
-                "NVIDIA GPU, or build a CPU engine instead: --backend onnxruntime --device cpu (fp32, or --int8)"
+        hint = (f"on a machine with an NVIDIA GPU replace the CPU wheel (pip uninstall -y onnxruntime && pip install "
+                f"{gpu_wheel()}), or build a CPU engine instead: --backend onnxruntime --device cpu (fp32, or --int8)"
                 if provider == "CUDAExecutionProvider" else "use --device cpu")
         raise BackendUnavailableError(f"ONNX Runtime {ort.__version__} has no {provider} (available: "
                                       f"{', '.join(available)}); {hint}")

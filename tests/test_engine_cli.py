@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 from typer.testing import CliRunner
@@ -35,6 +36,19 @@ def test_int8_build_from_the_workspace_latest_export(micro_ort_engines, tmp_path
                                                            "video_encoder.onnx"]
     again = runner.invoke(app, ["build-engine", "--int8", "--workspace", str(ws)])
     assert again.exit_code == 2 and "--force" in again.stderr
+
+
+def test_a_missing_cuda_provider_gives_the_readme_wheel_swap(micro_ort_engines, tmp_path, monkeypatch):
+    """The hint said `pip uninstall onnxruntime && pip install -e '.[gpu]'`, which installs the CPU wheel (a base
+    dependency) again beside onnxruntime-gpu, both providing the onnxruntime module; it now gives the README's swap
+    with the gpu extra's pin."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    res = runner.invoke(app, ["build-engine", str(micro_ort_engines["export"]), "--device", "cuda",
+                              "--out", str(tmp_path / "cuda")])
+    assert res.exit_code == 2 and ".[gpu]" not in res.stderr, res.output
+    assert re.search(r"pip uninstall -y onnxruntime && pip install onnxruntime-gpu==\d", res.stderr), res.output
 
 
 def test_bad_usage_exits_2(micro_ort_engines, tmp_path):
