@@ -12,6 +12,7 @@ from rap_deploy.engines.base import Engine, EngineInfo
 from rap_deploy.engines.blocks import (
     DEFAULT_QUERY_BLOCK,
     batched,
+    check_similarity_memory,
     check_text_emb,
     check_text_inputs,
     check_video_inputs,
@@ -132,6 +133,7 @@ class TorchEngine(Engine):
         """See :meth:`Engine.asa_similarity` (blocks of ``query_block × video_block`` inside the model)."""
         rerank = rerank_inputs(self.has_asa, rerank)
         check_text_emb(text_emb, rerank[0])
+        check_similarity_memory(np.shape(text_emb)[0], rerank[0].shape[0])
         return self.encoder.asa_similarity(text_emb, *rerank)
 
     def asa_similarity_rows(self, text_emb: np.ndarray, stores: tuple[np.ndarray, ...],
@@ -141,6 +143,7 @@ class TorchEngine(Engine):
         ``asa_similarity(text_emb, *(s[rows] for s in stores))``. Raises :class:`UsageError` for bad stores or rows."""
         stores = rerank_inputs(self.has_asa, tuple(stores))
         check_text_emb(text_emb, stores[0])
+        check_similarity_memory(np.shape(text_emb)[0], np.size(rows))
         return self.encoder.asa_similarity_rows(text_emb, stores, rows)
 
     def describe(self) -> EngineInfo:

@@ -181,3 +181,24 @@ def test_a_similarity_larger_than_memory_is_refused_before_any_block():
     with pytest.raises(UsageError, match=r"the \[2000000, 2000000\] similarity needs 14901\.2 GiB"):
         blocked_similarity(lambda *a: calls.append(1), text, (frames,))
     assert not calls
+    with pytest.raises(UsageError, match=r"the \[2000000, 2000000\] similarity"):
+        meanp_similarity_from_frames(text, frames)
+
+
+def test_the_pytorch_engine_checks_the_similarity_size_too(micro_model, monkeypatch):
+    """TorchEngine.asa_similarity(_rows) allocate the [Q, V] result in the model: the same check comes first (here
+    with 10 bytes of memory available, so a [2, 2] result of 16 bytes is too large)."""
+    import types
+
+    import psutil
+
+    from rap_deploy.engines.torch_backend import TorchEngine
+
+    engine = TorchEngine(micro_model)
+    rerank = engine.encode_video(np.zeros((2, 4, 3, 32, 32), np.float32))[1:]
+    text = np.zeros((2, rerank[0].shape[-1]), np.float32)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10))
+    with pytest.raises(UsageError, match=r"the \[2, 2\] similarity needs"):
+        engine.asa_similarity(text, *rerank)
+    with pytest.raises(UsageError, match=r"the \[2, 2\] similarity needs"):
+        engine.asa_similarity_rows(text, rerank, np.array([0, 1]))
