@@ -102,11 +102,11 @@ def calibration_gemm(size: int = 256, min_seconds: float = 0.03) -> float:
         torch.mm(a, b)  # warm the kernel and the pool
         best = float("inf")
         start = time.perf_counter()
-        while time.perf_counter() - start < min_seconds:
+        while best == float("inf") or time.perf_counter() - start < min_seconds:  # at least one timed GEMM
             t0 = time.perf_counter()
             torch.mm(a, b)
             best = min(best, time.perf_counter() - t0)
-    return 2 * size ** 3 / best / 1e9
+    return 2 * size ** 3 / max(best, 1e-9) / 1e9
 
 
 @dataclass
