@@ -9,7 +9,8 @@ therefore read back from the ONNX Runtime graphs (what :func:`rap_deploy.engines
 - ``fp16``: float16 tensors in every graph and no quantised operators;
 - ``fp32``: neither.
 
-Every graph must also parse as ONNX and load external data only from files the manifest lists. TensorRT plans cannot
+The precision must also be one build-engine writes for the manifest's provider (fp16: CUDA, int8: CPU). Every graph
+must also parse as ONNX and load external data only from files the manifest lists. TensorRT plans cannot
 be inspected without TensorRT; their precision is checked by the TensorRT backend after a build (layer precisions).
 """
 
@@ -24,6 +25,8 @@ from rap_deploy.export.integrity import check_external_data, graph_facts, metada
 from rap_deploy.safe_paths import resolve_entry
 
 INT8_EXEMPT = ("asa_head",)  # kept fp32 in int8 engines (see ort_build.int8_exclusions)
+# The one provider build-engine writes each reduced precision for (ort_build.build_ort_graphs refuses the others).
+PRECISION_PROVIDER = {"fp16": "CUDAExecutionProvider", "int8": "CPUExecutionProvider"}
 
 
 def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
@@ -34,6 +37,7 @@ def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source:
     if manifest.get("backend") != "onnxruntime":
         return
     precision = manifest.get("precision")
+    _check_provider(precision, manifest.get("provider"), source)
     graphs = manifest["graphs"]
     listed = {e["file"] for entry in graphs.values() for e in (entry, *entry.get("extra_files", []))}
     for name, entry in graphs.items():
@@ -60,3 +64,13 @@ def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source:
             raise CheckFailedError(f"{source} says precision {precision}, but {what} ({path.name}) does not: "
                                    f"{problem}; the manifest was edited or the graph replaced, rebuild the engine "
                                    "with `rapdeploy build-engine`")
+
+
+def _check_provider(precision: Any, provider: Any, source: Path) -> None:
+    """Refuse a precision on a provider build-engine never builds it for (fp16: CUDA only, int8: CPU only): ONNX
+    Runtime 1.32's CPU provider crashes the process (segfault) creating a session for an fp16 video encoder."""
+    needed = PRECISION_PROVIDER.get(str(precision))
+    if needed is not None and provider != needed:
+        raise CheckFailedError(f"{source} says precision {precision} on {provider}, but build-engine writes "
+                               f"{precision} ONNX Runtime engines for {needed} only; the manifest was edited, rebuild "
+                               "the engine with `rapdeploy build-engine`")

@@ -506,3 +506,22 @@ def test_cuda_sessions_compute_fp32_without_tf32(micro_ort_engines, monkeypatch)
     with pytest.raises(BackendUnavailableError, match="no CUDA-capable device"):
         create_session(micro_ort_engines["export"] / "text_encoder.onnx", "CUDAExecutionProvider", device_id=1)
     assert seen == [("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0})]
+
+
+def test_fp16_graphs_claimed_for_the_cpu_provider_are_refused_before_a_session(micro_ort_engines, micro_fp16_export,
+                                                                                tmp_path):
+    """build-engine writes fp16 ONNX Runtime engines for CUDA only; a manifest edited to fp16 on the CPU provider (with
+    the export's fp16 graphs and their hashes) passed every check, and ONNX Runtime 1.32's CPU provider crashes the
+    process creating the fp16 video encoder's session at ORT_ENABLE_ALL (segfault, exit 139)."""
+    from rap_deploy.atomic import sha256_file
+
+    eng = _copy(micro_ort_engines["fp32"], tmp_path)
+    manifest = read_manifest(eng)
+    for name, entry in manifest["graphs"].items():
+        shutil.copy(micro_fp16_export / f"{name}.fp16.onnx", eng / entry["file"])
+        entry.update(sha256=sha256_file(eng / entry["file"]), bytes=(eng / entry["file"]).stat().st_size)
+    write_manifest(eng, {**manifest, "precision": "fp16"})
+    with pytest.raises(CheckFailedError, match="precision fp16 on CPUExecutionProvider"):
+        validate_engine_dir(eng, runtime=runtime_info())
+    with pytest.raises(CheckFailedError, match="precision fp16 on CPUExecutionProvider"):
+        load_engine(eng)
