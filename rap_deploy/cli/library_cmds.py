@@ -84,7 +84,8 @@ def index_cmd(
     workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
                                           "$RAPDEPLOY_HOME)."),
     json_out: bool = typer.Option(False, "--json", help="Print the build report as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or step messages; only the summary (three lines)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or step messages; only the summary (three "
+                               "lines)."),
 ) -> None:
     """Encode a video library (stage-1 FAISS index + re-rank store in shards) with an engine.
 
