@@ -150,22 +150,20 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
 
 
 def check_replaceable(dest: Path, force: bool) -> None:
-    """Refuse to build over ``dest`` unless it is absent, empty, or (with ``force``) an engine folder.
+    """Refuse to build over ``dest`` unless it is absent, empty, or (with ``force``) an engine folder: one with a
+    ``manifest.json`` and no sub-folders (:func:`rap_deploy.folder_swap.check_replaceable`; UsageError, exit 2)."""
+    from rap_deploy.folder_swap import check_replaceable as check_folder
 
-    An engine folder here is one with a ``manifest.json`` and no sub-folders: the swap replaces the whole folder, so
-    anything else (a home folder passed as ``--out``) is refused. Raises :class:`UsageError` (exit 2).
-    """
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"--out {dest} is a file; pass a folder for the engine")
-    if not dest.exists() or not any(dest.iterdir()):
-        return
-    if not force:
-        raise UsageError(f"{dest} already exists; pass --force to replace it or --out to build elsewhere")
+    check_folder(dest, force, "the engine", _not_an_engine_folder)
+
+
+def _not_an_engine_folder(dest: Path) -> str | None:
     if not (dest / MANIFEST).is_file() or any(p.is_dir() for p in dest.iterdir()):
-        raise UsageError(f"{dest} exists and is not an engine folder; refusing to replace it, pass another --out")
+        return "exists and is not an engine folder"
     other = manifest_format(dest / MANIFEST)
     if other is not None and other != FORMAT:  # a damaged engine manifest (no format) may still be rebuilt
-        raise UsageError(f"{dest} holds a {other} folder, not an engine; refusing to replace it, pass another --out")
+        return f"holds a {other} folder, not an engine"
+    return None
 
 
 def _build_into(stage: StagedFolder, src: Path, export_manifest: dict[str, Any], backend: str, precision: str,

@@ -28,7 +28,7 @@ import errno
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rap_deploy.atomic import fsync_dir
@@ -169,3 +169,20 @@ def staged_folder(dest: str | os.PathLike[str]) -> Iterator[StagedFolder]:
     finally:
         if not stage.committed:
             shutil.rmtree(stage.path, ignore_errors=True)
+
+
+def check_replaceable(dest: Path, force: bool, what: str, not_ours: Callable[[Path], str | None]) -> None:
+    """Refuse to write ``what`` (a folder a swap replaces whole) over ``dest`` unless it is absent, empty or, with
+    ``force``, a folder the command wrote: ``not_ours(dest)`` returns why it is not one (then refused), else
+    ``None``. A home folder passed as ``--out`` must never be replaced. Raises :class:`UsageError` (exit 2)."""
+    from rap_deploy.errors import UsageError
+
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"--out {dest} is a file; pass a folder for {what}")
+    if not dest.exists() or not any(dest.iterdir()):
+        return
+    if not force:
+        raise UsageError(f"{dest} already exists; pass --force to replace it or another --out")
+    problem = not_ours(dest)
+    if problem is not None:
+        raise UsageError(f"{dest} {problem}; refusing to replace it, pass another --out")

@@ -195,17 +195,13 @@ def _write_repo(plan: RepoPlan, dest: Path, command: str) -> dict[str, Any]:
 
 def check_replaceable(dest: Path, force: bool) -> None:
     """Refuse to write the repository over ``dest`` unless it is absent, empty, or (with ``force``) a repository
-    this command wrote: the swap replaces the whole folder, so an engine folder or a home folder passed as ``--out``
-    must never be. Raises :class:`UsageError` (exit 2)."""
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"--out {dest} is a file; pass a folder for the model repository")
-    if not dest.exists() or not any(dest.iterdir()):
-        return
-    if not force:
-        raise UsageError(f"{dest} already exists; pass --force to replace it or another --out")
-    if not is_model_repo(dest):
-        raise UsageError(f"{dest} exists and is not a model repository written by `rapdeploy triton-repo` (--force "
-                         "replaces only such a folder); refusing to replace it, pass another --out")
+    this command wrote (:func:`rap_deploy.folder_swap.check_replaceable`; UsageError, exit 2): an engine folder or a
+    home folder passed as ``--out`` must never be replaced."""
+    from rap_deploy.folder_swap import check_replaceable as check_folder
+
+    check_folder(dest, force, "the model repository", lambda d: None if is_model_repo(d) else
+                 "exists and is not a model repository written by `rapdeploy triton-repo` (--force replaces only "
+                 "such a folder)")
 
 
 def is_model_repo(path: Path) -> bool:
