@@ -34,18 +34,10 @@ def _adapters_equal(a: Path, b: Path) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_kill_between_the_checkpoints_of_a_best_epoch_keeps_best_pt_the_summary_best(synth_root, frame_cache,
-                                                                                      tmp_path, monkeypatch):
-    """Killed just after the first checkpoint file of epoch 2 (the best epoch) was written. best.pt used to be
-    written first: it then held epoch 2 beside epoch 1's last.pt, the resumed run trained epoch 2 again, and where
-    that replay was not bit-identical (CUDA kernels, another --device: simulated by a lower replayed score) best.pt
-    kept the killed epoch's weights while summary.json named epoch 1. last.pt is now written first, and the resumed
-    run writes best.pt from it."""
+def _killed_after_first_epoch_2_checkpoint(monkeypatch, options) -> None:
+    """Train ``options`` and stop it (KeyboardInterrupt) right after the first checkpoint file of epoch 2 is written."""
     from rap_deploy import checkpoint
-    from rap_deploy.train import loop, training_run
-
-    straight = loop.train_rap(_options(synth_root, tmp_path / "straight", frame_cache), progress=False)
-    assert straight["best_epoch"] == 2
+    from rap_deploy.train import loop
 
     real_save = checkpoint.save_checkpoint
 
@@ -54,11 +46,26 @@ def test_kill_between_the_checkpoints_of_a_best_epoch_keeps_best_pt_the_summary_
         if ckpt.extra.get("epoch") == 2:
             raise KeyboardInterrupt
 
-    killed = tmp_path / "killed"
     monkeypatch.setattr(checkpoint, "save_checkpoint", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        loop.train_rap(_options(synth_root, killed, frame_cache), progress=False)
+        loop.train_rap(options, progress=False)
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+
+
+def test_kill_between_the_checkpoints_of_a_best_epoch_keeps_best_pt_the_summary_best(synth_root, frame_cache,
+                                                                                      tmp_path, monkeypatch):
+    """Killed just after the first checkpoint file of epoch 2 (the best epoch) was written. best.pt used to be
+    written first: it then held epoch 2 beside epoch 1's last.pt, the resumed run trained epoch 2 again, and where
+    that replay was not bit-identical (CUDA kernels, another --device: simulated by a lower replayed score) best.pt
+    kept the killed epoch's weights while summary.json named epoch 1. last.pt is now written first, and the resumed
+    run writes best.pt from it."""
+    from rap_deploy.train import loop, training_run
+
+    straight = loop.train_rap(_options(synth_root, tmp_path / "straight", frame_cache), progress=False)
+    assert straight["best_epoch"] == 2
+
+    killed = tmp_path / "killed"
+    _killed_after_first_epoch_2_checkpoint(monkeypatch, _options(synth_root, killed, frame_cache))
 
     real_evaluate = training_run._evaluate
 
@@ -251,18 +258,9 @@ def test_best_pt_left_by_another_run_is_replaced_when_resuming_after_the_best_ep
     from rap_deploy import checkpoint
     from rap_deploy.train import loop
 
+    run = tmp_path / "run"  # epoch 1 is not evaluated: epoch 2 is this run's first best.pt
+    _killed_after_first_epoch_2_checkpoint(monkeypatch, _options(synth_root, run, frame_cache, eval_every=2))
     real_save = checkpoint.save_checkpoint
-
-    def dying_save(ckpt, path):
-        real_save(ckpt, path)
-        if ckpt.extra.get("epoch") == 2:
-            raise KeyboardInterrupt
-
-    run = tmp_path / "run"
-    monkeypatch.setattr(checkpoint, "save_checkpoint", dying_save)
-    with pytest.raises(KeyboardInterrupt):  # epoch 1 is not evaluated: epoch 2 is this run's first best.pt
-        loop.train_rap(_options(synth_root, run, frame_cache, eval_every=2), progress=False)
-    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     last = load_checkpoint(run / "last.pt")
     other = {k: v + 1 for k, v in last.adapter_state.items()}
     real_save(dataclasses.replace(last, adapter_state=other, extra={"epoch": 2}), run / "best.pt")
