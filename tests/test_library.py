@@ -939,6 +939,26 @@ def test_stage1_tuning_on_clustered_vectors_reaches_the_target():
         assert not set(filtered.reshape(-1).tolist()) & set(dropped.tolist())
 
 
+def test_an_ivf_search_deeper_than_its_tuned_m_still_finds_k():
+    """An IVF index tuned for recall@100 probes few lists; `search --top 300` (or --top-m beyond the tuned M) over
+    it returned only the videos those lists held (205 of 300 here) though the library holds 4000. A short query now
+    probes more lists until it has k, removed rows still left out; tuning still measures its rungs as they are."""
+    from rap_deploy.library import stage1
+    from rap_deploy.library.scale_bench import clustered_vectors
+
+    base = clustered_vectors(4000, 32, seed=0, clusters=20)
+    ids = np.arange(4000, dtype=np.int64)
+    index = stage1.new_index("ivf", 32, base)
+    stage1.add(index, base, ids)
+    queries = base[:20]
+    assert (stage1.search_once(index, "ivf", queries, 300, 2)[1] < 0).any()  # two lists hold fewer than 300
+    removed = stage1.exact_top(base, ids, queries, 5).reshape(-1)
+    for k in (300, 4000 - len(set(removed.tolist()))):
+        found = stage1.search(index, "ivf", queries, k, 2, exclude=removed)[1]
+        assert (found >= 0).all() and not set(found.reshape(-1).tolist()) & set(removed.tolist())
+        assert all(len(set(row.tolist())) == k for row in found)
+
+
 # ---------------------------------------------------------------------------------------------- torchrun
 def test_torchrun_two_ranks_equal_one_process(library, synth_root, micro_checkpoint, frame_cache, tmp_path):
     out = tmp_path / "two"
