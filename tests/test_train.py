@@ -173,7 +173,8 @@ def test_param_groups_decay_and_offset_multiplier(micro_model):
 def test_recipe_check_ignores_options_that_change_nothing():
     """A run without LoRM trains the same at any LoRM learning rate, and a run of zero epochs at any optimizer
     setting, so their folders are not refused for one."""
-    from rap_deploy.train.loop import TrainOptions, option_mismatch
+    from rap_deploy.train.loop import TrainOptions
+    from rap_deploy.train.run_state import option_mismatch
 
     stored = TrainOptions(dataset="msrvtt", data_root="d", out="o")
     assert option_mismatch(stored, micro_config(), {"lorm_lr_mult": 5.0}) == ("lorm_lr_mult", 1.0, 5.0)

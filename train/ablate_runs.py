@@ -138,14 +138,14 @@ def check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: Tr
     backbone than ``options``: reading it back (or resuming it) would put it in the wrong table.
 
     A run with a ``last.pt`` is compared on every option it stored there, the model's sizes as built
-    (:func:`~rap_deploy.train.loop.option_mismatch`); a finished run without one, on the options its ``best.pt``
+    (:func:`~rap_deploy.train.run_state.option_mismatch`); a finished run without one, on the options its ``best.pt``
     stored. Its summary is compared on what it records (epoch count, batch size, variant, pre-trained backbone,
     selection loss weight, 0 in summaries written before the weight was; and without stored options, the LoRM
     multiplier of a run that trained). The backbone file's sha256 must still be the one the run's checkpoint
     recorded; a weights file of that sha256 at another path (the world folder moved) is the same backbone. Raises
     :class:`CheckFailedError` when ``best.pt`` stored options that are not valid."""
     from rap_deploy.checkpoint import load_checkpoint
-    from rap_deploy.train.loop import option_mismatch, stored_run
+    from rap_deploy.train.run_state import option_mismatch, stored_run
 
     last, best = run_dir / LAST, run_dir / BEST
     mismatch, ckpt, stored = None, None, None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,44 +236,6 @@ def _load_data(options: TrainOptions, config, cache, ctx: D.DistContext, progres
     return dataset, test_split
 
 
-def data_fingerprint(dataset: Any, test_split: Any) -> dict[str, Any]:
-    """What a resumed run must find again under its ``--data-root``: a sha256 of the training items (video id,
-    segment and caption of every usable caption, in order) and of the evaluation split (its videos, captions and
-    which video each caption is of), with the counts an error message names."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    train = dataset.split
-    for c in dataset.items.tolist():
-        v = train.videos[int(train.caption_video[c])]
-        digest.update(json.dumps(["train", v.video_id, v.start, v.end, train.captions[c]]).encode())
-    for v in test_split.videos:
-        digest.update(json.dumps(["test video", v.video_id, v.start, v.end]).encode())
-    for caption, v in zip(test_split.captions, test_split.caption_video.tolist(), strict=True):
-        digest.update(json.dumps(["test caption", int(v), caption]).encode())
-    return {"sha256": digest.hexdigest(), "train_captions": len(dataset.items),
-            "train_videos": train.num_videos - len(dataset.bad_videos), "test_videos": test_split.num_videos,
-            "test_captions": test_split.num_captions}
-
-
-def check_same_data(stored: Any, now: dict[str, Any], options: TrainOptions) -> None:
-    """Raise :class:`UsageError` when a resumed run's data (``now``, :func:`data_fingerprint`) is not what it was
-    trained on (``stored`` in ``last.pt``; runs saved before the fingerprint existed hold none and are not checked):
-    its remaining epochs would draw other batches and be evaluated on another split."""
-    if not isinstance(stored, dict) or stored == now:
-        return
-
-    def described(d: dict[str, Any]) -> str:
-        return (f"{d.get('train_captions')} training captions of {d.get('train_videos')} usable videos, "
-                f"{d.get('test_captions')} test captions of {d.get('test_videos')} videos")
-
-    same_counts = all(stored.get(k) == v for k, v in now.items() if k != "sha256")
-    raise UsageError(f"--data-root {options.data_root} does not hold the data the run in {options.out} was trained "
-                     f"on ({described(stored)}; now {described(now)}"
-                     + (", but other videos, captions or undecodable videos" if same_counts else "")
-                     + "): resume it with the data it was trained on, or start a new run")
-
-
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
@@ -440,13 +401,15 @@ def _resolve_run(options: TrainOptions | None, resume: str | Path | None, overri
     Raises :class:`UsageError` when there is nothing to train, when ``options.out`` is not ``resume`` (the folder
     the caller locked would not be the one written), and for a new run whose folder holds a run's ``last.pt``
     (starting again there would replace a run that ``resume`` continues)."""
+    from rap_deploy.train.run_state import load_resume
+
     template = model = state = None
     if resume is not None and options is not None and Path(options.out).resolve() != Path(resume).resolve():
         raise UsageError(f"--out {options.out} differs from --resume {resume}; a resumed run continues in its own "
                          "folder: drop --out (or pass the same folder)")
     if resume is not None:
         if (Path(resume) / LAST).is_file() or options is None:
-            options, template, model, state = _load_resume(Path(resume), overrides or {})
+            options, template, model, state = load_resume(Path(resume), overrides or {})
         else:
             options = dataclasses.replace(options, out=str(resume))
     elif options is not None and (Path(options.out) / LAST).is_file():
@@ -483,160 +446,3 @@ def _fresh_model(options: TrainOptions):
     sampling, ctx_len = dataset_defaults(options.dataset)
     frames = sampling.max_frames if options.frames is None else options.frames
     return _source_checkpoint(options, frames, ctx_len if options.context_length is None else options.context_length)
-
-
-# ------------------------------------------------------------------------------------------------ resume
-
-
-def _load_resume(run_dir: Path, overrides: dict[str, Any]):
-    """Options, template checkpoint, model and training state of the run in ``run_dir`` (from its ``last.pt``).
-
-    ``overrides`` may set the :data:`RESUMABLE_OVERRIDES`; any other key whose value differs from the stored run is a
-    :class:`UsageError` (a resumed run keeps its data, model and schedule).
-    """
-    last = run_dir / LAST
-    if not last.is_file():
-        raise UsageError(f"cannot resume {run_dir}: it has no {LAST} (the run stopped before its first epoch ended; "
-                         "start it again without --resume)")
-    ckpt, options, state = stored_run(last)
-    options.out = str(run_dir)
-    mismatch = option_mismatch(options, ckpt.config, overrides)
-    if mismatch is not None:
-        name, stored_value, value = mismatch
-        raise UsageError(f"--{name.replace('_', '-')} {value} differs from the resumed run's "
-                         f"{stored_value} (stored in {last}); a resumed run keeps its data, model and "
-                         "schedule: drop the option, or start a new run from its last.pt with --checkpoint")
-    for name, value in overrides.items():
-        if value is not None and name in RESUMABLE_OVERRIDES:
-            setattr(options, name, value)
-    options.max_epochs_this_run = overrides.get("max_epochs_this_run")  # "in this invocation": never inherited
-    extra = {k: v for k, v in ckpt.extra.items() if k != "train_state"}
-    template = dataclasses.replace(ckpt, extra=extra)
-    return options, template, ckpt.build_model(), state
-
-
-def stored_run(last: Path) -> tuple[Any, TrainOptions, dict[str, Any]]:
-    """The checkpoint, :class:`TrainOptions` and training state a run stored in its ``last.pt``. Raises
-    :class:`UsageError` when the file holds no training state (not written by ``rapdeploy train``), and what loading
-    the checkpoint raises."""
-    from rap_deploy.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(last)
-    state = ckpt.extra.get("train_state")
-    stored = ckpt.extra.get("train_options")
-    if not isinstance(state, dict) or not isinstance(stored, dict):
-        raise UsageError(f"{last} holds no training state; it was not written by `rapdeploy train`")
-    return ckpt, _stored_options(last, stored), _checked_state(last, state)
-
-
-def _damaged_run(last: Path, what: str) -> CheckFailedError:
-    return CheckFailedError(f"{last}: {what}; the file is damaged or was edited: start the run again without --resume "
-                            "(or from its best.pt with --checkpoint)")
-
-
-def _stored_options(last: Path, stored: dict[str, Any]) -> TrainOptions:
-    """The run's :class:`TrainOptions`, checked as a new run's are (CheckFailedError: the file says otherwise)."""
-    try:
-        options = TrainOptions.from_dict(stored)
-        options.validate()
-    except (TypeError, ValueError, UsageError) as exc:
-        raise _damaged_run(last, f"its training options are invalid ({exc})") from None
-    return options
-
-
-def _checked_state(last: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """``train_state`` with the types and ranges :meth:`TrainingRun.restore` relies on (CheckFailedError)."""
-    from rap_deploy import bounds
-
-    for key, high in (("epoch", bounds.MAX_EPOCHS), ("step", bounds.MAX_STEPS), ("total_steps", bounds.MAX_STEPS),
-                      ("steps_per_epoch", bounds.MAX_STEPS), ("batch_size", bounds.MAX_BATCH_SIZE)):
-        value = state.get(key)
-        low = 1 if key == "batch_size" else 0
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _damaged_run(last, f"train_state.{key} {value!r} is not an integer in [{low}, {high}]")
-    if state["step"] > state["total_steps"]:
-        raise _damaged_run(last, f"train_state.step {state['step']} is past total_steps {state['total_steps']}")
-    if not isinstance(state.get("history"), list) or not all(isinstance(r, dict) for r in state["history"]):
-        raise _damaged_run(last, "train_state.history is not a list of epoch records")
-    _check_history(last, state["history"], state["epoch"])
-    optimizer, rng = state.get("optimizer"), state.get("rng")
-    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
-        raise _damaged_run(last, "train_state.optimizer is not an optimizer state")
-    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor) or rng["torch"].dtype != torch.uint8:
-        raise _damaged_run(last, "train_state.rng holds no torch generator state")
-    return state
-
-
-def _check_history(last: Path, history: list[dict[str, Any]], epoch: int) -> None:
-    """Raise :class:`CheckFailedError` unless ``history`` holds one record per epoch up to ``epoch`` (from 0 when the
-    starting model was evaluated, else from 1) with finite numbers where the resumed run reads them (seconds, the
-    recalls of the best.pt selection)."""
-    epochs = [r.get("epoch") for r in history]
-    if epochs not in (list(range(0, epoch + 1)), list(range(1, epoch + 1))):
-        raise _damaged_run(last, f"train_state.history holds epochs {epochs[:5]}{'...' if len(epochs) > 5 else ''}, "
-                                 f"not one record per epoch up to its epoch {epoch}")
-    for r in history:
-        numbers = [r["seconds"]] if "seconds" in r else []
-        for direction in ("t2v", "v2t"):
-            if direction in r:
-                recalls = r[direction] if isinstance(r[direction], dict) else {}
-                numbers += [recalls.get(k) for k in ("R1", "R5", "R10")]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
-            raise _damaged_run(last, f"train_state.history's epoch {r['epoch']} holds seconds or recalls that are "
-                                     "not finite numbers")
-
-
-def option_mismatch(stored: TrainOptions, config: Any, wanted: dict[str, Any]) -> tuple[str, Any, Any] | None:
-    """The first option of ``wanted`` in which a stored run differs: ``(name, stored value, wanted value)``, or
-    ``None`` when they agree. ``None`` values, ``out`` and the :data:`RESUMABLE_OVERRIDES` are not compared; the
-    :data:`MODEL_OPTIONS` are compared on ``config``, the stored run's model (what a preset resolved them to).
-    ``lorm_lr_mult`` is not compared for a model without LoRM, nor the :data:`UPDATE_ONLY_OPTIONS` between two runs
-    of zero epochs (the zero-shot row): they change nothing there.
-    Raises :class:`UsageError` for a name that is no training option."""
-    no_updates = stored.epochs == 0 and wanted.get("epochs") == 0
-    for name, value in wanted.items():
-        if value is None or name == "out" or name in RESUMABLE_OVERRIDES:
-            continue
-        if name == "lorm_lr_mult" and not getattr(config, "use_lorm", True):
-            continue
-        if no_updates and name in UPDATE_ONLY_OPTIONS:
-            continue
-        if name == "epoch_unit" and value == "auto":  # the stored run resolved it from the same data
-            continue
-        if not hasattr(stored, name):
-            raise UsageError(f"unknown training option '{name}'")
-        stored_value = getattr(config, name) if name in MODEL_OPTIONS else getattr(stored, name)
-        if stored_value != value:
-            return name, stored_value, value
-    return None
-
-
-def _restore_best(run_dir: Path, template, model, best: dict[str, Any], epoch: int) -> None:
-    """Rewrite ``best.pt`` from ``last.pt``'s weights when ``last.pt`` is the best epoch and ``best.pt`` does not hold
-    that epoch's weights: the run was killed between writing ``last.pt`` and ``best.pt`` (or ``best.pt`` was deleted,
-    damaged, or left by another run)."""
-    from rap_deploy.checkpoint import save_checkpoint
-
-    adapters = {k: v.detach().cpu().clone() for k, v in model.adapter_state_dict().items()}
-    if best.get("epoch") == epoch and not _holds_epoch(run_dir / BEST, epoch, adapters):
-        save_checkpoint(dataclasses.replace(template, adapter_state=adapters), run_dir / BEST)
-
-
-def _holds_epoch(path: Path, epoch: int, adapters: dict[str, torch.Tensor]) -> bool:
-    """Whether the checkpoint ``path`` records training epoch ``epoch`` with exactly these adapter weights (False
-    when it is missing or cannot be read)."""
-    from rap_deploy.checkpoint import load_checkpoint
-
-    if not path.is_file():
-        return False
-    try:
-        ckpt = load_checkpoint(path)
-    except Exception:  # noqa: BLE001 - damaged or not a checkpoint: rewritten from last.pt
-        return False
-    held = ckpt.adapter_state
-    return ckpt.extra.get("epoch") == epoch and held.keys() == adapters.keys() and \
-        all(torch.equal(held[k], adapters[k]) for k in adapters)
-    try:
-        return load_checkpoint(path).extra.get("epoch")
-    except Exception:  # noqa: BLE001 - damaged or not a checkpoint: rewritten from last.pt
-        return None

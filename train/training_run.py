@@ -28,12 +28,9 @@ from rap_deploy.train.loop import (
     _load_data,
     _plain,
     _record,
-    _restore_best,
     _rng_state,
     _set_rng_state,
     _write_metrics,
-    check_same_data,
-    data_fingerprint,
     freeze_offsets_at_zero,
     param_groups,
     resolve_epoch_unit,
@@ -41,6 +38,7 @@ from rap_deploy.train.loop import (
 )
 from rap_deploy.train.losses import batch_loss
 from rap_deploy.train.progress import Bars, epoch_line, say
+from rap_deploy.train.run_state import check_same_data, data_fingerprint, restore_best
 from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
 from rap_deploy.train.selection import SELECTION_RULE, best_of, improves
 
@@ -123,7 +121,7 @@ class TrainingRun:
             self.best = best_of(self.history)
             if self.ctx.is_main:
                 _write_metrics(self.run_dir, self.history)
-                _restore_best(self.run_dir, self.template, self.model, self.best, self.epoch0)
+                restore_best(self.run_dir, self.template, self.model, self.best, self.epoch0)
         self.warmup_steps = warmup_steps_for(self.options.warmup, self.total_steps)
 
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
@@ -174,8 +172,8 @@ class TrainingRun:
         """``last.pt`` with the training state, then ``best.pt`` when the epoch is the best so far, then metrics.
 
         ``last.pt`` comes first: a run killed before ``best.pt`` is written resumes after this epoch and
-        :func:`~rap_deploy.train.loop._restore_best` writes ``best.pt`` from it. (Written the other way round, a kill
-        between the two left this epoch's ``best.pt`` beside the previous ``last.pt``; the resumed run trained the
+        :func:`~rap_deploy.train.run_state.restore_best` writes ``best.pt`` from it. (Written the other way round, a
+        kill between the two left this epoch's ``best.pt`` beside the previous ``last.pt``; the resumed run trained the
         epoch again, and where the replay was not bit-identical (CUDA kernels, another ``--device``) and no longer
         the best, ``best.pt`` kept weights that ``summary.json`` did not name.)
         """

@@ -51,7 +51,7 @@ def check_demo_training(run_dir: Path, options: Any, out: Path) -> None:
     last = run_dir / "last.pt"
     if not last.is_file():
         return
-    from rap_deploy.train.loop import option_mismatch, stored_run
+    from rap_deploy.train.run_state import option_mismatch, stored_run
 
     ckpt, stored, _ = stored_run(last)
     mismatch = option_mismatch(stored, ckpt.config, {k: getattr(options, k) for k in TRAINING_RECIPE})
