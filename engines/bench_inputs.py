@@ -32,23 +32,27 @@ class BenchInputs:
 def prepare_inputs(torch_engine: Any, graphs: list[str], max_batch: int, index_size: int, seed: int,
                    data_root: str | Path | None, dataset: str, cache: Any, workspace: Any,
                    progress: bool) -> BenchInputs:
-    """Real test frames and captions of ``dataset`` under ``data_root`` (else random pixels and template captions),
-    and for the ``asa``/``search`` graphs a random index of ``index_size`` videos (at least ``max_batch``)."""
+    """Real test frames and captions of ``dataset`` under ``data_root`` (else random pixels and template captions;
+    without the ``video`` graph the captions alone, no video decoded), and for the ``asa``/``search`` graphs a random
+    index of ``index_size`` videos (at least ``max_batch``)."""
     from rap_deploy.tokenizer import tokenize
 
     config, model = torch_engine.config, torch_engine.model
-    if data_root is not None:
+    if data_root is not None and "video" in graphs:
         from rap_deploy.data.cache import FrameCache
 
         cache = cache if cache is not None else FrameCache.default(workspace)
         if not isinstance(cache, FrameCache):
             cache = FrameCache(cache)
         frames, mask, captions, description = real_frames(dataset, Path(data_root), config, max_batch, cache, progress)
-    else:
+    else:  # no video graph: one random clip (nothing times it), no video decoded
         frames = random_frames(config, max_batch if "video" in graphs else 1, seed)
         mask = np.ones(frames.shape[:2], dtype=np.float32)
-        captions = template_captions(max_batch, seed)
-        description = "random frames: uniform random uint8 pixels through CLIP normalisation; template captions"
+        if data_root is not None:
+            captions, description = real_captions(dataset, Path(data_root), config, max_batch)
+        else:
+            captions = template_captions(max_batch, seed)
+            description = "random frames: uniform random uint8 pixels through CLIP normalisation; template captions"
     ids, eot = tokenize(captions, config.tokenizer)
     inputs = BenchInputs(frames, mask, ids, eot, description)
     if "search" in graphs or "asa" in graphs:
@@ -90,6 +94,23 @@ def real_frames(dataset: str, data_root: Path, config: Any, videos: int, cache: 
     frames, mask = load_video_batch(split, idx, cache, config)
     captions = [split.captions[i % split.num_captions] for i in range(videos)]
     return frames, mask, captions, f"real frames: {split.num_videos} {dataset} test videos from {data_root}"
+
+
+def real_captions(dataset: str, data_root: Path, config: Any, count: int) -> tuple[list[str], str]:
+    """``count`` test captions of ``dataset`` (repeated to fill), those of its first videos as :func:`real_frames`
+    takes them, without decoding a video: the text, asa and search graphs time no frames.
+
+    Returns ``(captions, description)``; raises :class:`UsageError` when the split has no caption.
+    """
+    from rap_deploy.data.datasets import load_split
+
+    split = load_split(dataset, data_root, "test", max_frames=config.frames)
+    split = split.subset(list(range(min(count, split.num_videos))))
+    if split.num_captions == 0:
+        raise UsageError(f"the {dataset} test split under {data_root} has no caption; run `rapdeploy data-check`")
+    captions = [split.captions[i % split.num_captions] for i in range(count)]
+    return captions, (f"real captions: those of {split.num_videos} {dataset} test videos from {data_root}; no video "
+                      "graph, so no frames")
 
 
 _COLOURS = ("red", "green", "blue", "yellow", "purple", "white")

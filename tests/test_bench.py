@@ -334,3 +334,32 @@ def test_a_calibration_gemm_descheduled_before_its_first_timing_still_measures()
     from rap_deploy.engines.machine_load import calibration_gemm
 
     assert calibration_gemm(size=64, min_seconds=0.0) > 0
+
+
+def test_real_captions_without_the_video_graph_decode_no_video(micro_checkpoint, synth_root, tmp_path, monkeypatch):
+    """bench --data-root with the text/asa/search graphs only decoded --batch-sizes' largest test videos into one
+    [B, T, 3, S, S] array (unchecked against memory) that nothing timed; now it reads the captions alone."""
+    from rap_deploy import retrieval
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.engines.bench_inputs import prepare_inputs
+    from rap_deploy.engines.torch_backend import TorchEngine
+    from rap_deploy.tokenizer import tokenize
+
+    decoded: list[int] = []
+    real = retrieval.usable_videos
+
+    def counting(split, *args, **kwargs):
+        decoded.append(split.num_videos)
+        return real(split, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "usable_videos", counting)
+    engine = TorchEngine(micro_checkpoint)
+    inputs = prepare_inputs(engine, ["text", "search"], 8, 4, 0, synth_root, "msrvtt", tmp_path / "cache", None,
+                            False)
+    assert decoded == [] and inputs.frames.shape[0] == 1
+    split = load_split("msrvtt", synth_root, "test", max_frames=engine.config.frames).subset(list(range(8)))
+    ids, eot = tokenize([split.captions[i % split.num_captions] for i in range(8)], engine.config.tokenizer)
+    np.testing.assert_array_equal(inputs.ids, ids)
+    assert "real captions" in inputs.description
+    video = prepare_inputs(engine, ["video"], 2, 4, 0, synth_root, "msrvtt", tmp_path / "cache", None, False)
+    assert decoded == [2] and video.frames.shape[0] == 2 and video.description.startswith("real frames")
