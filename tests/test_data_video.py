@@ -131,6 +131,9 @@ def test_a_video_claiming_to_last_for_years_is_refused_before_sampling(tmp_path,
 
     _ramp_video(tmp_path / "good.mp4", seconds=3, fps=10)
     monkeypatch.setattr(decord.VideoReader, "get_avg_fps", lambda self: 1e-8)
+    # frame times that agree with that rate (times that do not would place the frames by them, 3 s)
+    monkeypatch.setattr(decord.VideoReader, "get_frame_timestamp",
+                        lambda self, idx: np.stack([np.asarray(idx) * 1e8, (np.asarray(idx) + 1) * 1e8], axis=1))
     with pytest.raises(VideoDecodeError, match="claims to last .* over the 24 hours"):
         decode_video(tmp_path / "good.mp4", S12, PreprocessConfig(image_size=32))
 
@@ -172,3 +175,44 @@ def test_a_file_name_that_is_not_utf8_decodes_like_any_other(tmp_path):
     plain = decode_video(tmp_path / "v.mp4", S12, PreprocessConfig(image_size=32))
     video = decode_video(odd, S12, PreprocessConfig(image_size=32))
     assert video.num_frames == 3 and np.array_equal(video.frames, plain.frames)
+
+
+def _variable_rate_video(path):
+    """Frames 0-19 at 20 fps (the first second), then frames 20-29 every 0.5 s (to 5.5 s); frame k has grey 8 k."""
+    from fractions import Fraction
+
+    import av
+
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=20)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = tb
+        stream.options = {"qmin": "1", "qmax": "2"}
+        for k, pts in enumerate([50 * k for k in range(20)] + [1000 + 500 * k for k in range(10)]):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * k, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, tb
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_a_variable_frame_rate_video_is_sampled_at_its_frames_times(tmp_path):
+    """A variable frame rate video (phones record them) was sampled at k / average rate: this 5.55 s video (average
+    5.4 fps) was read as 4.65 s ... and its 'one per second' frames were 0.0, 0.3, 0.6, 0.95 and 3.0 s. Its frames
+    are now placed by their timestamps: 0, 1, 2, 3, 4 and 5 s (frames 0, 20, 22, 24, 26, 28)."""
+    _variable_rate_video(tmp_path / "vfr.mp4")
+    video = decode_video(tmp_path / "vfr.mp4", S12, PreprocessConfig(image_size=32))
+    assert video.num_frames == 6 and video.seconds == pytest.approx(5.55, abs=0.01)
+    levels = video.frames[:6].reshape(6, -1).mean(1)
+    assert levels == pytest.approx([0, 160, 176, 192, 208, 224], abs=4)
+
+
+def test_frame_timestamps_place_the_one_per_second_frames():
+    # starts 0, 0.5, 0.6, 0.7, 3.0 and the last frame ends at 4.0: t = 0, 1, 2, 3 -> frames 0, 3, 3, 4
+    ts = np.array([[0.0, 0.5], [0.5, 0.6], [0.6, 0.7], [0.7, 3.0], [3.0, 4.0]], dtype=np.float32) + 0.25
+    idx, valid = sample_frame_indices(5, 1.25, S12, timestamps=ts)
+    assert idx.tolist() == [0, 3, 4] and valid == 3
+    idx, _ = sample_frame_indices(5, 1.25, S12, start=0.55, end=2.8, timestamps=ts)  # times 0.55, 1.55, 2.55
+    assert idx.tolist() == [1, 3]

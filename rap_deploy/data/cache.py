@@ -18,7 +18,7 @@ from rap_deploy.atomic import atomic_path, sha256_file
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
 from rap_deploy.data.video import DecodedVideo, VideoDecodeError, decode_video, require_video_file
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: variable frame rate videos sampled by their frame times
 
 # (resolved path, size, mtime_ns) -> sha256 of the content: each file is hashed once per process.
 _DIGESTS: dict[tuple[str, int, int], str] = {}

@@ -1,8 +1,8 @@
 """Video decoding with decord: 1 frame per second, then ``max_frames`` picked uniformly, padded with a frame mask.
 
 This is CLIP4Clip's frame sampling (``feature_framerate=1``, ``slice_framepos=2``) with exact frame times instead of
-an integer frame rate. A video that is missing or cannot be decoded raises :class:`VideoDecodeError` with a short
-reason; it is never replaced by zeros.
+an integer frame rate (a variable frame rate video's frames are placed by their timestamps). A video that is missing
+or cannot be decoded raises :class:`VideoDecodeError` with a short reason; it is never replaced by zeros.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ MIN_SECONDS = 1.0
 # Full-size frames are read and resized this many at a time: 64 frames of 1080p at once held 843 MiB, 4K four times it.
 DECODE_CHUNK_FRAMES = 8
 MAX_SECONDS = 24 * 3600  # longest video read: far beyond ActivityNet's (minutes), bounds what sampling allocates
+# A frame starting further than this many frame intervals from k / average rate marks a variable frame rate video,
+# whose frames are then placed by their timestamps; a constant rate video keeps k / rate (its frames are unchanged).
+VFR_TOLERANCE_FRAMES = 1.0
 
 
 class VideoDecodeError(Exception):
@@ -59,6 +62,7 @@ def sample_frame_indices(
     sampling: FrameSamplingConfig,
     start: float | None = None,
     end: float | None = None,
+    timestamps: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Return ``(indices, number_valid)``: the frames to decode from a video of ``num_frames`` at ``native_fps``.
 
@@ -66,7 +70,9 @@ def sample_frame_indices(
     the end of the video), each time mapped to the frame shown at that time; when more than ``sampling.max_frames``
     remain, ``max_frames`` of them are picked uniformly with ``np.linspace``. ``indices`` is sorted int64 of length
     ``number_valid`` (``<= max_frames``); the caller pads to ``max_frames``. A reversed segment is swapped (as in
-    CLIP4Clip). Raises ``ValueError`` for an empty video, a non-positive rate or a segment starting after the video.
+    CLIP4Clip). ``timestamps`` (decord's ``[num_frames, 2]`` start and end seconds, given for a variable frame rate
+    video, see :func:`variable_rate_timestamps`) replaces ``k / native_fps`` as each frame's time. Raises
+    ``ValueError`` for an empty video, a non-positive rate or a segment starting after the video.
     """
     if num_frames <= 0:
         raise ValueError(f"video has no frames (num_frames={num_frames})")
@@ -74,7 +80,7 @@ def sample_frame_indices(
         raise ValueError(f"video frame rate must be positive, got {native_fps}")
     if not sampling.fps > 0 or sampling.max_frames < 1:
         raise ValueError(f"bad frame sampling {sampling}")
-    duration = num_frames / native_fps
+    duration = num_frames / native_fps if timestamps is None else float(timestamps[-1, 1] - timestamps[0, 0])
     t0 = max(0.0, float(start)) if start is not None else 0.0
     t1 = duration if end is None else max(0.0, float(end))
     if t1 < t0:
@@ -85,11 +91,33 @@ def sample_frame_indices(
     # A small tolerance so that t = k / fps lands on k exactly despite float rounding.
     count = int(math.floor((t1 - t0) * sampling.fps + 1e-9)) + 1
     times = t0 + np.arange(count, dtype=np.float64) / sampling.fps
-    idx = np.floor(times * native_fps + 1e-6).astype(np.int64)
+    if timestamps is None:
+        idx = np.floor(times * native_fps + 1e-6).astype(np.int64)
+    else:  # the frame shown at time t: the last one starting at or before it (float32 times: a 0.1 ms tolerance)
+        starts = timestamps[:, 0].astype(np.float64) - float(timestamps[0, 0])
+        idx = np.maximum(np.searchsorted(starts, times + 1e-4, side="right") - 1, 0).astype(np.int64)
+        idx[times > duration - 1e-4] = num_frames  # the end of the last frame shows none (as k / fps past it)
     idx = np.unique(idx[idx < num_frames])
     if len(idx) > sampling.max_frames:
         idx = idx[np.linspace(0, len(idx) - 1, num=sampling.max_frames, dtype=int)]
     return idx, int(len(idx))
+
+
+def variable_rate_timestamps(reader: object, num_frames: int, native_fps: float) -> np.ndarray | None:
+    """decord's ``[num_frames, 2]`` frame start and end seconds of an open reader when the video's frame rate varies:
+    some frame starts over ``VFR_TOLERANCE_FRAMES`` frame intervals away from ``k / native_fps`` (a phone's
+    recording, an edited clip). None for a constant rate video (its frames are placed at ``k / native_fps`` as
+    before), or when the times cannot be read or do not increase."""
+    try:
+        ts = np.asarray(reader.get_frame_timestamp(list(range(num_frames))), dtype=np.float64)  # type: ignore[attr-defined]
+    except Exception:  # a container without usable times: keep the average rate
+        return None
+    if ts.shape != (num_frames, 2) or not np.isfinite(ts).all() or np.any(np.diff(ts[:, 0]) < 0):
+        return None
+    if not ts[-1, 1] > ts[0, 0]:
+        return None
+    stray = np.abs(ts[:, 0] - ts[0, 0] - np.arange(num_frames) / native_fps).max()
+    return ts if stray > VFR_TOLERANCE_FRAMES / native_fps else None
 
 
 def _probe(path: Path) -> str | None:
@@ -167,14 +195,15 @@ def _decode_sampled(path: Path, name: str, sampling: FrameSamplingConfig, prepro
         raise VideoDecodeError(path, f"cannot decode: {_first_line(exc)}") from None
     if num_frames <= 0 or not native_fps > 0:
         raise VideoDecodeError(path, "cannot decode: no video frames")
-    seconds = num_frames / native_fps
+    timestamps = variable_rate_timestamps(reader, num_frames, native_fps)
+    seconds = num_frames / native_fps if timestamps is None else float(timestamps[-1, 1] - timestamps[0, 0])
     if seconds < MIN_SECONDS:
         raise VideoDecodeError(path, f"shorter than 1 second ({seconds:.2f} s)")
     if seconds > MAX_SECONDS:  # sampling allocates per second claimed: a 1-frame file can claim 1e8 s (fps 1e-8)
         raise VideoDecodeError(path, f"claims to last {seconds:.3g} s ({num_frames} frames at {native_fps:.3g} "
                                f"fps), over the {MAX_SECONDS // 3600} hours rapdeploy reads; the file is damaged")
     try:
-        indices, valid = sample_frame_indices(num_frames, native_fps, sampling, start, end)
+        indices, valid = sample_frame_indices(num_frames, native_fps, sampling, start, end, timestamps)
     except ValueError as exc:
         raise VideoDecodeError(path, f"bad segment: {exc}") from None
     size = preprocess.image_size
