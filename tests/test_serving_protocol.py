@@ -603,3 +603,18 @@ def test_the_load_test_against_another_kind_of_server_is_a_one_line_error(answer
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+def test_the_load_test_table_shows_no_latency_for_a_run_with_no_answered_request():
+    """A run whose every request was refused (a server answering 503) has no latency to report: its table row read
+    'p50 0.0 | p99 0.0' (faster than any answer), and a ratio over a baseline that encoded nothing '0.00x'."""
+    from rap_deploy.engines.serving.loadtest import markdown
+
+    server = {"max_batch": 1, "text_rows": 0, "text_batches": 0, "mean_batch": 0.0, "text_rows_per_s": 0.0,
+              "engine_seconds": 0.0, "text_rows_per_engine_second": 0.0}
+    run = {"target": "text", "label": "one-at-a-time", "clients": 2, "requests": 9, "ok": 0, "errors": {"503": 9},
+           "throughput_rps": 0.0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "server": server}
+    table = markdown({"runs": [run], "ratios": {"text": {"throughput_ratio": None, "text_rows_per_s_ratio": None}}})
+    row = table.splitlines()[2].split("|")
+    assert [c.strip() for c in row[7:9]] == ["-", "-"], table
+    assert "0.00x" not in table and "- requests/s" in table, table

@@ -262,13 +262,19 @@ def markdown(report: dict[str, Any]) -> str:
         s = run["server"]
         lines.append(f"| {run['target']} | {run['label']} (max batch {s['max_batch']}) | {run['clients']} | "
                      f"{run['requests']} | {sum(run['errors'].values())} | {run['throughput_rps']:.1f} | "
-                     f"{run['p50_ms'] or 0:.1f} | {run['p99_ms'] or 0:.1f} | {s['mean_batch']:.1f} | "
+                     f"{_number(run['p50_ms'], '.1f')} | {_number(run['p99_ms'], '.1f')} | {s['mean_batch']:.1f} | "
                      f"{s['text_rows_per_s']:.1f} |")
     for target, r in report.get("ratios", {}).items():
         lines.append("")
-        lines.append(f"{target}: batched / one-at-a-time = {r['throughput_ratio'] or 0:.2f}x requests/s, "
-                     f"{r['text_rows_per_s_ratio'] or 0:.2f}x texts encoded/s")
+        lines.append(f"{target}: batched / one-at-a-time = {_number(r['throughput_ratio'], '.2f', 'x')} requests/s, "
+                     f"{_number(r['text_rows_per_s_ratio'], '.2f', 'x')} texts encoded/s")
     return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str, unit: str = "") -> str:
+    """``value`` formatted, or ``-`` when there is none (no answered request: no latency; a baseline that encoded
+    nothing: no ratio), never a 0 that reads as a measurement."""
+    return "-" if value is None else f"{value:{spec}}{unit}"
 
 
 def _queries(path: Path | None, count: int = 512) -> list[str]:
