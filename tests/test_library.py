@@ -411,6 +411,28 @@ def test_a_manifest_inflating_rows_or_dims_is_refused_before_allocating(library,
     assert _files(lib) == before
 
 
+def test_row_shapes_whose_byte_count_wraps_int64_are_refused(library, micro_checkpoint, tmp_path):
+    """A manifest and shard headers claiming patch_tokens rows of 2^31 x 2^33 float16 (2^65 bytes, 0 in int64
+    arithmetic) over header-only files passed every size check; search then allocated that for the candidates
+    (numpy 'array is too big' traceback). Row sizes are now computed exactly: exit 1 naming the file."""
+    import hashlib
+
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    dims = [2 ** 31, 2 ** 33]
+    manifest["tensor_shapes"]["patch_tokens"] = dims
+    for shard in manifest["shards"]:
+        f = shard["files"]["patch_tokens"]
+        with open(lib / f["file"], "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f2", "fortran_order": False,
+                                                      "shape": (shard["rows"], *dims)})
+        f.update(bytes=(lib / f["file"]).stat().st_size, sha256=hashlib.sha256((lib / f["file"]).read_bytes())
+                 .hexdigest(), shape=[shard["rows"], *dims])
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["search", "a red circle", "--library", str(lib), "--engine", str(micro_checkpoint)])
+    assert res.exit_code == 1 and "patch_tokens.npy" in res.output and "need" in res.output, res.output
+
+
 def test_file_truncated_after_open_raises_damaged(library, engine, tmp_path):
     from rap_deploy.library import open_library
 

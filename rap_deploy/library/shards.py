@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import threading
@@ -167,7 +168,7 @@ class TensorFile:
 
     @property
     def row_bytes(self) -> int:
-        return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.row_shape) * self.dtype.itemsize  # Python ints: a claimed shape cannot wrap to 0
 
     def read_rows(self, rows: np.ndarray, out: np.ndarray) -> None:
         """Read rows ``rows`` (sorted local indices) into ``out`` ``[len(rows), *row_shape]`` with positioned reads,
