@@ -5,6 +5,8 @@ Each ``*_cmds`` module registers its commands on :data:`rap_deploy.cli.app.app`;
 
 from __future__ import annotations
 
+import importlib
+
 from rap_deploy.cli import (
     data_cmds,  # noqa: F401  (registers synth, data-check)
     demo_cmds,  # noqa: F401  (registers demo)
@@ -17,6 +19,9 @@ from rap_deploy.cli import (
     train_cmds,  # noqa: F401  (registers train, pretrain-backbone)
 )
 from rap_deploy.cli.app import app
+
+# registers ablate, last: `rapdeploy --help` lists it after the pipeline's commands
+importlib.import_module("rap_deploy.cli.ablate_cmds")
 
 
 def main() -> None:
