@@ -122,3 +122,22 @@ def test_a_video_that_cannot_be_read_is_undecodable_with_the_cache_too(tmp_path,
     with pytest.raises(VideoDecodeError, match="missing"):
         cache.get(video_file, SAMPLING, PRE)
     assert _entries(tmp_path / "cache") == []
+
+
+def test_a_file_replaced_under_its_size_and_mtime_is_hashed_again(tmp_path, video_file):
+    """The content hash was memoised on (path, size, mtime): a file replaced by one of the same size with the old
+    modification time kept (tar, cp -p) kept the old hash in a running process (serve, index), so the cache served
+    the old file's frames. The inode and change time are part of the memo now."""
+    from rap_deploy.atomic import sha256_file
+    from rap_deploy.data.cache import file_digest
+
+    old = file_digest(video_file)
+    st = os.stat(video_file)
+    other = bytearray(video_file.read_bytes())
+    other[-1] ^= 0xFF
+    replacement = tmp_path / "new.mp4"
+    replacement.write_bytes(bytes(other))
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replacement, video_file)
+    assert os.stat(video_file).st_size == st.st_size and os.stat(video_file).st_mtime_ns == st.st_mtime_ns
+    assert file_digest(video_file) == sha256_file(video_file) != old

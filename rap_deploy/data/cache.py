@@ -20,18 +20,20 @@ from rap_deploy.data.video import DecodedVideo, VideoDecodeError, decode_video, 
 
 CACHE_FORMAT = 2  # 2: variable frame rate videos sampled by their frame times
 
-# (resolved path, size, mtime_ns) -> sha256 of the content: each file is hashed once per process.
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+# (resolved path, device, inode, size, mtime_ns, ctime_ns) -> sha256 of the content: each file is hashed once per
+# process. The inode and change time tell a file replaced under a kept size and modification time (tar, cp -p).
+_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
 
 
 def file_digest(path: str | Path) -> str:
-    """Return the sha256 of ``path``'s content, memoised on (path, size, mtime) for this process.
+    """Return the sha256 of ``path``'s content, memoised for this process on the path and the file's device, inode,
+    size, modification and change times.
 
     Raises ``FileNotFoundError`` / ``OSError`` when the file cannot be read.
     """
     p = Path(path).resolve()
     st = p.stat()
-    memo_key = (str(p), st.st_size, st.st_mtime_ns)
+    memo_key = (str(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     digest = _DIGESTS.get(memo_key)
     if digest is None:
         digest = sha256_file(p)
