@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from rap_deploy.backbone_file import read_backbone_clip_name, read_backbone_info
 from rap_deploy.checkpoint import load_checkpoint
 from rap_deploy.cli.app import app
-from rap_deploy.train.backbone import localisation_loss, object_patches
 from rap_deploy.train.backbone_eval import heldout_metrics, still_meaning
+from rap_deploy.train.backbone_losses import localisation_loss, object_patches
 
 
 def test_still_meaning_ignores_paraphrase():
@@ -88,7 +88,7 @@ def test_localisation_loss_rewards_text_on_object_patches():
 def test_named_patches_leave_out_the_distractor_and_equal_object_patches_without_one():
     from rap_deploy.data.synth import COLOURS
     from rap_deploy.data.synth_stills import generate_stills, named_colours
-    from rap_deploy.train.backbone import named_object_patches
+    from rap_deploy.train.backbone_losses import named_object_patches
 
     plain, plain_captions = generate_stills(40, 2, 32)
     assert np.array_equal(named_object_patches(plain, plain_captions, (4, 4)), object_patches(plain, (4, 4)))

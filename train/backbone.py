@@ -31,6 +31,12 @@ from rap_deploy.train.backbone_eval import (
     patch_object_precision,
     reverse_caption_similarity,
 )
+from rap_deploy.train.backbone_losses import (
+    clip_loss,
+    localisation_loss,
+    named_object_patches,
+    object_patches,
+)
 from rap_deploy.train.backbone_tokens import (
     check_token_dropping,
     compact_token_embedding,
@@ -104,49 +110,7 @@ def _stills_headers_fit(path: Path, n: int, size: int) -> bool:
     return True
 
 
-# ------------------------------------------------------------------------------------------------------- metrics
-
-
 # ------------------------------------------------------------------------------------------------------ training
-
-
-def _clip_loss(logits: torch.Tensor) -> torch.Tensor:
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-
-
-def object_patches(images: np.ndarray, grid: tuple[int, int], min_fraction: float = 0.05) -> np.ndarray:
-    """``[N, P]`` bool: the patches of uint8 stills ``[N,S,S,3]`` where over ``min_fraction`` of the pixels differ
-    from the synthetic world's plain background colour (i.e. the patches that show an object): every pixel off the
-    background belongs to some world colour, so this is :func:`~rap_deploy.data.synth_stills.colour_patches` of all
-    of them."""
-    from rap_deploy.data.synth import COLOURS
-    from rap_deploy.data.synth_stills import colour_patches
-
-    return colour_patches(images, [set(COLOURS)] * len(images), grid, min_fraction)
-
-
-def named_object_patches(images: np.ndarray, captions: list[str], grid: tuple[int, int],
-                         min_fraction: float = 0.05) -> np.ndarray:
-    """``[N, P]`` bool: the patches of uint8 stills ``[N,S,S,3]`` that show an object the still's caption names.
-
-    :func:`rap_deploy.data.synth_stills.colour_patches` of each caption's colours
-    (:func:`rap_deploy.data.synth_stills.named_colours`). A distractor has a colour of its own, so its patches are not
-    named; without distractors this equals :func:`object_patches`.
-    """
-    from rap_deploy.data.synth_stills import colour_patches, named_colours
-
-    return colour_patches(images, [named_colours(c) for c in captions], grid, min_fraction)
-
-
-def localisation_loss(patches: torch.Tensor, text: torch.Tensor, on_object: torch.Tensor,
-                      scale: torch.Tensor) -> torch.Tensor:
-    """Text-conditioned patch selection loss: ``-log`` of the softmax mass (over an image's patches, of
-    ``scale · cos(caption, patch)``) that falls on the object patches. Images without object patches are ignored."""
-    logp = torch.log_softmax(scale * torch.einsum("bpd,bd->bp", patches, text), dim=1)
-    mass = torch.logsumexp(logp.masked_fill(~on_object, float("-inf")), dim=1)
-    keep = on_object.any(dim=1)
-    return -(mass[keep]).mean() if bool(keep.any()) else patches.sum() * 0.0
 
 
 def _shuffled_order(n: int, gen: torch.Generator, pairs: bool) -> torch.Tensor:
@@ -503,7 +467,7 @@ def _batch_loss(model: torch.nn.Module, train: _Stills, idx: torch.Tensor, recip
     ids = train.ids[idx]
     txt = encode_captions(model, ids) if trim_captions else model.encode_text(ids, normalize=True)
     scale = model.logit_scale.exp()
-    loss = _clip_loss(scale * img @ txt.T)
+    loss = clip_loss(scale * img @ txt.T)
     if recipe.patch_weight > 0:
         loss = loss + recipe.patch_weight * localisation_loss(patches, txt, named, scale)
     if recipe.text_weight > 0:
