@@ -41,6 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from rap_deploy.bounds import MAX_THREADS, MAX_VIDEOS, check_float, check_int, check_memory
+from rap_deploy.errors import UsageError
+
 WORLD_SEED = 1234
 DEFAULT_CLUSTERS = 1000
 SPECTRUM_DECAY = 1.0
@@ -310,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lib.add_argument("--keep", action="store_true", help="keep the library folder afterwards")
     args = p.parse_args(argv)
     _check_out(p, args.out)  # before a run that can last an hour, not at its end
+    _check_options(p, args)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.part == "stage1":
         kinds = [k for k in args.ann.replace(" ", "").split(",") if k]
@@ -357,6 +361,30 @@ def _remove_written(folder: Path, state: str) -> None:
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
+
+
+# The largest value of each count option (the library's video bound; a dimension far past any CLIP's).
+_COUNTS = {"size": MAX_VIDEOS, "dim": 65536, "queries": MAX_VIDEOS, "tune_queries": MAX_VIDEOS,
+           "exact_queries": MAX_VIDEOS, "k": MAX_VIDEOS, "threads": MAX_THREADS, "shard_size": MAX_VIDEOS,
+           "top": MAX_VIDEOS, "top_m": MAX_VIDEOS}
+
+
+def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 (one line) for a count out of range, a target recall outside (0, 1], or stage 1's vectors not fitting
+    in memory, before any work: a zero ``--queries`` ended a run of up to an hour in an ``IndexError``."""
+    try:
+        for name, high in _COUNTS.items():
+            if hasattr(args, name):
+                check_int(getattr(args, name), "--" + name.replace("_", "-"), 1, high)
+        if args.part == "stage1":
+            if args.k > args.size:
+                raise UsageError(f"--k {args.k} is more than --size {args.size}: there are only that many vectors")
+            check_float(args.target_recall, "--target-recall", 0.0, 1.0, low_open=True)
+            # the generated vectors and the index holding a copy of them
+            check_memory(2 * args.size * args.dim * 4, f"{args.size:,} x {args.dim} fp32 vectors and their index",
+                         "use a smaller --size or --dim")
+    except UsageError as exc:
+        parser.error(str(exc))
 
 
 def _check_out(parser: argparse.ArgumentParser, out: Path | None) -> None:
