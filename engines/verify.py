@@ -420,14 +420,24 @@ def verify_report(*, passed: bool, tolerance: float | None, rule: str, precision
     }
 
 
+REPORT_FILES = ("verify.md", "verify.png", "verify.json")  # the order they are written in: verify.json last
+
+
 def write_verify_reports(out_dir: Path, result: dict[str, Any]) -> None:
-    """Write verify.json, verify.md and verify.png into ``out_dir`` (under its lock) and set ``result["out"]``."""
+    """Write verify.md, verify.png and, last, verify.json into ``out_dir`` (under its lock); set ``result["out"]``.
+
+    An earlier run's three reports are removed first, so a run killed part-way leaves some of its own reports and
+    no verify.json, never a new report beside an old one that says something else (another engine, verdict).
+    """
     from rap_deploy.atomic import write_json_atomic, write_text_atomic
     from rap_deploy.engines import reports
 
     with folder_lock(out_dir, "verify", "report folder"):  # the three reports of one run, never of two
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / "verify.json", result)
+        for name in reversed(REPORT_FILES):  # verify.json first: it marks a complete set
+            if (out_dir / name).is_file() or (out_dir / name).is_symlink():
+                (out_dir / name).unlink()
         write_text_atomic(out_dir / "verify.md", reports.verify_markdown(result))
         reports.plot_verify(result, out_dir / "verify.png")
+        write_json_atomic(out_dir / "verify.json", result)
     result["out"] = str(out_dir)

@@ -216,3 +216,24 @@ def test_a_split_none_of_whose_videos_decodes_is_a_damaged_dataset(micro_ort_eng
     res = _verify(micro_ort_engines["fp32"], data, tmp_path / "out", tmp_path / "frames")
     assert res.exit_code == 1, res.output
     assert "none of the" in res.output and test_ids[0] in res.output and "data-check" in res.output
+
+
+def test_an_interrupted_verify_never_leaves_a_report_beside_an_earlier_runs(micro_ort_engines, synth_root,
+                                                                           frame_cache, tmp_path, monkeypatch):
+    """verify wrote verify.json first, then verify.md and verify.png over an earlier run's: killed in between
+    (reproduced with RAPDEPLOY_CRASH_AT=atomic.tmp-created@2), the folder held the new fp32 engine's verify.json beside
+    the old int8 engine's verify.md. The old reports are removed first and verify.json comes last now."""
+    from rap_deploy.engines import reports
+
+    out = tmp_path / "report"
+    assert _verify(micro_ort_engines["damaged"], synth_root, out, frame_cache).exit_code == 1
+    assert "FAILED" in (out / "verify.md").read_text() and (out / "verify.png").is_file()
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the plot is drawn
+
+    monkeypatch.setattr(reports, "plot_verify", interrupted)
+    res = _verify(micro_ort_engines["fp32"], synth_root, out, frame_cache)
+    assert res.exit_code != 0
+    assert not (out / "verify.json").exists() and not (out / "verify.png").exists()  # no old report remains
+    assert (out / "verify.md").read_text().startswith("# rapdeploy verify: PASSED")  # the new run's own
