@@ -216,3 +216,16 @@ def test_frame_timestamps_place_the_one_per_second_frames():
     assert idx.tolist() == [0, 3, 4] and valid == 3
     idx, _ = sample_frame_indices(5, 1.25, S12, start=0.55, end=2.8, timestamps=ts)  # times 0.55, 1.55, 2.55
     assert idx.tolist() == [1, 3]
+
+
+def test_frame_times_that_do_not_increase_keep_the_average_rate(tmp_path, monkeypatch):
+    """A container whose frame times are broken (every frame starting at 0, lasting 0.1 s) is still read at k /
+    average rate, not as a video of 0.1 s (refused as shorter than a second)."""
+    import decord
+
+    _ramp_video(tmp_path / "v.mp4", seconds=3, fps=10)
+    plain = decode_video(tmp_path / "v.mp4", S12, PreprocessConfig(image_size=32))
+    monkeypatch.setattr(decord.VideoReader, "get_frame_timestamp", lambda self, idx: np.tile([0.0, 0.1], (len(idx), 1)))
+    video = decode_video(tmp_path / "v.mp4", S12, PreprocessConfig(image_size=32))
+    assert video.num_frames == 3 and video.seconds == pytest.approx(3.0)
+    np.testing.assert_array_equal(video.frames, plain.frames)

@@ -107,14 +107,15 @@ def variable_rate_timestamps(reader: object, num_frames: int, native_fps: float)
     """decord's ``[num_frames, 2]`` frame start and end seconds of an open reader when the video's frame rate varies:
     some frame starts over ``VFR_TOLERANCE_FRAMES`` frame intervals away from ``k / native_fps`` (a phone's
     recording, an edited clip). None for a constant rate video (its frames are placed at ``k / native_fps`` as
-    before), or when the times cannot be read or do not increase."""
+    before), or when the times cannot be read or do not increase from frame to frame."""
     try:
         ts = np.asarray(reader.get_frame_timestamp(list(range(num_frames))), dtype=np.float64)  # type: ignore[attr-defined]
     except Exception:  # a container without usable times: keep the average rate
         return None
-    if ts.shape != (num_frames, 2) or not np.isfinite(ts).all() or np.any(np.diff(ts[:, 0]) < 0):
+    # times that do not increase frame to frame (missing or broken ones) say nothing: keep the average rate
+    if ts.shape != (num_frames, 2) or not np.isfinite(ts).all() or np.any(np.diff(ts[:, 0]) <= 0):
         return None
-    if not ts[-1, 1] > ts[0, 0]:
+    if not ts[-1, 1] > ts[-1, 0]:
         return None
     stray = np.abs(ts[:, 0] - ts[0, 0] - np.arange(num_frames) / native_fps).max()
     return ts if stray > VFR_TOLERANCE_FRAMES / native_fps else None
