@@ -219,30 +219,32 @@ def open_backends(engines: Sequence[str | os.PathLike[str]], checkpoint: str | o
 def count_arithmetic(torch_engine: Any, s: BenchSettings, inputs: BenchInputs
                      ) -> tuple[dict[str, float], dict[tuple[str, int], float]]:
     """GFLOPs per item of each graph, counted once on the PyTorch model: ``(gflops summary, flops per (graph,
-    batch))``. Text batches are counted as they run, trimmed to their longest query."""
+    batch))``. Text batches are counted as they run, trimmed to their longest query. This is the first run of each
+    batch size, so an allocation failing here is the :class:`UsageError` a timed call's would be."""
     config, x = torch_engine.config, inputs
     gflops: dict[str, float] = {}
     per_item: dict[tuple[str, int], float] = {}
     if "video" in s.graphs:
-        per_video = count_flops(lambda: torch_engine.encode_video(x.frames[:1], x.mask[:1]))
+        per_video = _count("video", 1, lambda: torch_engine.encode_video(x.frames[:1], x.mask[:1]))
         gflops["video_encoder_per_video"] = per_video / 1e9
         gflops["video_encoder_per_frame"] = per_video / 1e9 / config.frames
         per_item.update({("video", b): per_video for b in s.sizes})
     per_text: dict[int, float] = {}
     if "text" in s.graphs or "search" in s.graphs:
         # A batch runs trimmed to its longest query (trim_tokens): each batch is counted as it runs.
-        per_text = {b: count_flops(lambda b=b: torch_engine.encode_text(x.ids[:b], x.eot[:b])) / b for b in s.sizes}
-        per_text[0] = count_flops(lambda: torch_engine.encode_text(x.ids[:1], x.eot[:1]))  # one query alone
+        per_text = {b: _count("text", b, lambda b=b: torch_engine.encode_text(x.ids[:b], x.eot[:b])) / b
+                    for b in s.sizes}
+        per_text[0] = _count("text", 1, lambda: torch_engine.encode_text(x.ids[:1], x.eot[:1]))  # one query alone
         gflops["text_encoder_per_text"] = per_text[0] / 1e9
         per_item.update({("text", b): per_text[b] for b in s.sizes})
     if config.has_asa and ("asa" in s.graphs or "search" in s.graphs):
         for b in s.sizes:
-            per_item[("asa", b)] = count_flops(
-                lambda b=b: torch_engine.asa_similarity(x.query_emb, *(r[:b] for r in x.asa_rerank))) / b
+            per_item[("asa", b)] = _count(
+                "asa", b, lambda b=b: torch_engine.asa_similarity(x.query_emb, *(r[:b] for r in x.asa_rerank))) / b
         gflops["asa_head_per_pair"] = per_item[("asa", s.sizes[0])] / 1e9
     if "search" in s.graphs:
         m = s.rerank_top
-        rerank = count_flops(lambda: torch_engine.asa_similarity(x.query_emb, *x.index.rerank(slice(0, m)))) \
+        rerank = _count("search", 1, lambda: torch_engine.asa_similarity(x.query_emb, *x.index.rerank(slice(0, m)))) \
             if config.has_asa else 0
         per_query = {b: t + 2 * s.index_size * torch_engine.model.embed_dim + rerank for b, t in per_text.items()}
         gflops["search_per_query"] = per_query[0] / 1e9
@@ -250,6 +252,12 @@ def count_arithmetic(torch_engine: Any, s: BenchSettings, inputs: BenchInputs
             gflops["search_rerank_per_pair"] = rerank / m / 1e9
         per_item.update({("search", b): per_query[b] for b in s.sizes})
     return gflops, per_item
+
+
+def _count(graph: str, batch: int, fn: Callable[[], Any]) -> int:
+    """:func:`count_flops` of ``fn``, one run of ``graph`` at ``batch``: running out of memory is a usage error."""
+    with _out_of_memory_is_usage(graph, batch):
+        return count_flops(fn)
 
 
 def graph_call(engine: Any, graph: str, batch: int, inputs: BenchInputs, s: BenchSettings, has_asa: bool

@@ -363,3 +363,23 @@ def test_real_captions_without_the_video_graph_decode_no_video(micro_checkpoint,
     assert "real captions" in inputs.description
     video = prepare_inputs(engine, ["video"], 2, 4, 0, synth_root, "msrvtt", tmp_path / "cache", None, False)
     assert decoded == [2] and video.frames.shape[0] == 2 and video.description.startswith("real frames")
+
+
+def test_running_out_of_memory_while_counting_flops_is_a_usage_error(micro_checkpoint, tmp_path, monkeypatch):
+    """The FLOP counter runs every graph at every batch size before the timed calls, so that is where a batch too
+    large for memory first fails: the allocator's RuntimeError came out of bench as a traceback there."""
+    from rap_deploy.engines.torch_backend import TorchEngine
+
+    real = TorchEngine.encode_text
+
+    def short_of_memory(self, ids, eot):
+        if len(ids) > 1:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory")
+        return real(self, ids, eot)
+
+    monkeypatch.setattr(TorchEngine, "encode_text", short_of_memory)
+    res = runner.invoke(app, ["bench", "--checkpoint", str(micro_checkpoint), "--graphs", "text",
+                              "--batch-sizes", "1,4", "--repeats", "1", "--warmup", "0", "--no-compare-meanp",
+                              "--out", str(tmp_path / "bench"), "--workspace", str(tmp_path / "ws")])
+    assert res.exit_code == 2, res.output
+    assert "out of memory at text batch 4" in res.output and not isinstance(res.exception, RuntimeError)
