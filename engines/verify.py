@@ -41,6 +41,8 @@ from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.graphs import INDEX_DTYPES
 from rap_deploy.locks import check_writable_folder, folder_lock
 
+REPORT_FILES = ("verify.md", "verify.png", "verify.json")  # the order they are written in: verify.json last
+
 
 # ---------------------------------------------------------------------------------------------------- errors
 def _first_batch_error(reference: Any, engine: Any, split: Any, cache: Any, batch_size: int) -> dict[str, Any]:
@@ -169,6 +171,7 @@ def verify(
     root = resolve_data_root(data_root, workspace)
     out_dir = Path(out) if out is not None else subdir("verify", workspace) / engine_label(engine_path)
     check_writable_folder(out_dir, "verify", "report folder")  # fail before the long evaluation, not after
+    _check_report_names(out_dir)
     cache = cache if isinstance(cache, FrameCache) else FrameCache.default(workspace) if cache is None \
         else FrameCache(cache)
     if threads:
@@ -213,6 +216,16 @@ def _check_options(tolerance: float | None, top_m: int, batch_size: int) -> None
         raise UsageError(f"--rerank-top must be >= 1, got {top_m}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+
+
+def _check_report_names(out_dir: Path) -> None:
+    """Refuse (:class:`UsageError`) a report folder where verify.json, verify.md or verify.png is a folder (or
+    anything but a file), which the reports could not replace: before the evaluation, not after it."""
+    for name in REPORT_FILES:
+        path = out_dir / name
+        if (path.exists() or path.is_symlink()) and not (path.is_file() or path.is_symlink()):
+            raise UsageError(f"{path} is not a file, so verify cannot write its report there; remove it or pass "
+                             "another --out")
 
 
 def _refuse_foreign_checkpoint(ref_info: Reference, engine_path: Path | str) -> None:
@@ -418,9 +431,6 @@ def verify_report(*, passed: bool, tolerance: float | None, rule: str, precision
         "seconds": {"reference": round(run.ref_seconds, 3), "engine": round(run.eng_seconds, 3),
                     "total": round(time.perf_counter() - started, 3), "reference_reused": run.ref_reused},
     }
-
-
-REPORT_FILES = ("verify.md", "verify.png", "verify.json")  # the order they are written in: verify.json last
 
 
 def write_verify_reports(out_dir: Path, result: dict[str, Any]) -> None:

@@ -237,3 +237,21 @@ def test_an_interrupted_verify_never_leaves_a_report_beside_an_earlier_runs(micr
     assert res.exit_code != 0
     assert not (out / "verify.json").exists() and not (out / "verify.png").exists()  # no old report remains
     assert (out / "verify.md").read_text().startswith("# rapdeploy verify: PASSED")  # the new run's own
+
+
+def test_a_report_name_taken_by_a_folder_is_refused_before_the_evaluation(micro_ort_engines, synth_root, tmp_path,
+                                                                          monkeypatch):
+    """--out holding a folder named verify.md was found only after the whole evaluation (exit 2 then, with
+    verify.json already written); it is refused first now."""
+    from rap_deploy.engines import verify as verify_module
+
+    out = tmp_path / "report"
+    (out / "verify.md").mkdir(parents=True)
+
+    def no_evaluation(*_args, **_kwargs):
+        raise AssertionError("the evaluation ran")
+
+    monkeypatch.setattr(verify_module, "evaluate_both", no_evaluation)
+    res = _verify(micro_ort_engines["fp32"], synth_root, out, tmp_path / "frames")
+    assert res.exit_code == 2 and "verify.md is not a file" in res.stderr, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["verify.md"]
