@@ -93,6 +93,28 @@ def test_search_ranking_equals_two_stage_similarity(library, engine, synth_root,
         assert set(r["timings_ms"]) == {"text", "stage1", "rerank", "total", "rerank_read"}
 
 
+@pytest.mark.parametrize("top_m", [0, 1, 100])
+def test_tied_videos_rank_in_row_order_as_the_reference_does(synth_root, micro_checkpoint, frame_cache, tmp_path,
+                                                             engine, top_m):
+    """Two files of the same clip tie exactly. The reference (two_stage_similarity, stable argsort) ranks tied
+    videos in row order; FAISS returned them in its heap's order (d, c, a), so search put a later-indexed copy
+    first."""
+    from rap_deploy.library import open_library
+
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name, src in (("a", 0), ("b", 1), ("c", 0), ("d", 0)):
+        shutil.copy(videos[src], folder / f"{name}.mp4")
+    res = runner.invoke(app, ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out",
+                              str(tmp_path / "lib"), "--cache-dir", str(frame_cache), "--batch-size", "1"])
+    assert res.exit_code == 0, res.output
+    query = np.load(tmp_path / "lib/shards/shard-000000/video_emb.npy")[:1]  # clip 0's own embedding
+    with open_library(tmp_path / "lib", engine) as lib:
+        ranked = [[h["video_id"] for h in lib.search_embeddings(query, k, top_m)[0]["results"]] for k in (4, 2, 1)]
+    assert ranked == [["a", "c", "d", "b"], ["a", "c"], ["a"]], ranked
+
+
 def test_search_embeddings_thumbnails_and_describe(library, engine, frame_cache):
     from rap_deploy.library import open_library
     from rap_deploy.retrieval import encode_texts

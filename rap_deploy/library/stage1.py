@@ -106,11 +106,32 @@ def search(index: Any, kind: str, queries: np.ndarray, k: int, effort: int | Non
 
     An IVF query whose ``effort`` probed lists hold fewer than ``k`` vectors (a ``k`` above the M the effort was
     tuned for) probes twice the lists, up to all of them, until ``k`` are found: probing more lists only adds
-    candidates, so the recall recorded for ``effort`` still bounds it from below."""
-    scores, ids = search_once(index, kind, queries, k, effort, exclude, tombstones)
-    if kind == "ivf" and ids.size:
-        _fill_ivf(index, np.ascontiguousarray(queries, dtype=np.float32), k, int(effort or 8), exclude, scores, ids)
-    return scores, ids
+    candidates, so the recall recorded for ``effort`` still bounds it from below.
+
+    Tied scores rank in id order (the library's row order, as a brute-force stable sort ranks them; FAISS leaves
+    ties in its heap's order). Exact and IVF searches also keep the lowest ids of a tie that straddles ``k`` (they
+    fetch past ``k`` while the tie goes on; the vectors scanned stay the same). HNSW, whose graph walk depends on
+    ``k``, keeps the ties it found."""
+    want, total = k, int(index.ntotal)
+    k = min(k + 1, total) if kind != "hnsw" and k > 0 else k
+    while True:
+        scores, ids = search_once(index, kind, queries, k, effort, exclude, tombstones)
+        if kind == "ivf" and ids.size:
+            _fill_ivf(index, np.ascontiguousarray(queries, dtype=np.float32), want, int(effort or 8), exclude,
+                      scores, ids)
+        if k <= want or k >= total or not _tie_at_end(scores, ids, want):
+            break
+        k = min(2 * k, total)  # the tie goes on past what was fetched: fetch deeper, then keep the lowest ids
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores.astype(np.float64)), axis=-1)
+    order = order[:, :want]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def _tie_at_end(scores: np.ndarray, ids: np.ndarray, k: int) -> bool:
+    """Whether some query's last fetched result ties its ``k``-th (the tie may hold more results than fetched)."""
+    if ids.shape[1] <= k or k < 1:
+        return False
+    return bool(((ids[:, -1] >= 0) & (scores[:, -1] == scores[:, k - 1])).any())
 
 
 def search_once(index: Any, kind: str, queries: np.ndarray, k: int, effort: int | None = None,
@@ -123,21 +144,21 @@ def search_once(index: Any, kind: str, queries: np.ndarray, k: int, effort: int 
     return scores, ids
 
 
-def _fill_ivf(index: Any, queries: np.ndarray, k: int, nprobe: int, exclude: np.ndarray | None,
+def _fill_ivf(index: Any, queries: np.ndarray, need: int, nprobe: int, exclude: np.ndarray | None,
               scores: np.ndarray, ids: np.ndarray) -> None:
-    """Search the queries of ``ids`` with fewer than ``k`` results again with doubled ``nprobe`` (in place)."""
-    short = (ids < 0).any(axis=1)
+    """Search the queries of ``ids`` with fewer than ``need`` results again with doubled ``nprobe`` (in place)."""
+    short = (ids[:, :need] < 0).any(axis=1)
     while short.any() and nprobe < int(index.nlist):
         nprobe = min(2 * nprobe, int(index.nlist))
-        scores[short], ids[short] = search_once(index, "ivf", queries[short], k, nprobe, exclude)
-        short = (ids < 0).any(axis=1)
+        scores[short], ids[short] = search_once(index, "ivf", queries[short], ids.shape[1], nprobe, exclude)
+        short = (ids[:, :need] < 0).any(axis=1)
 
 
 def exact_top(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact top-``k`` ids ``[Q, k]`` of ``queries`` over ``vectors`` (the reference for recall)."""
     ref = new_index("exact", vectors.shape[1])
     add(ref, vectors, ids)
-    return search(ref, "exact", queries, k)[1]
+    return search_once(ref, "exact", queries, k)[1]
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
