@@ -111,10 +111,15 @@ def _signed(value: float | int | None, digits: int = 2) -> str:
     return "0" if value == 0 else f"{value:+.{digits}f}"
 
 
+def _md_cell(value: Any) -> str:
+    """``value`` as one Markdown table cell: its ``|`` escaped and line breaks made spaces (captions are data)."""
+    return " ".join(str(value).splitlines()).replace("|", "\\|")
+
+
 def _md_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
     header = list(header)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

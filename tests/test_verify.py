@@ -174,3 +174,19 @@ def test_an_engine_whose_scores_tie_more_often_gets_a_note():
     assert ref_ties == 0 and eng_ties > 20 and f"on {eng_ties} of 200 queries, the reference on 0" in notes[0]
     coarse_rsum = retrieval_metrics(coarse, caption_video)["t2v"]["RSum"]
     assert coarse_rsum > retrieval_metrics(reference, caption_video)["t2v"]["RSum"]  # the ties read high
+
+
+def test_verify_md_keeps_a_caption_with_a_bar_or_a_line_break_in_its_cell():
+    """verify.md's table of changed queries printed each caption as it is, so a caption holding '|' or a line break
+    (dataset text) split its row into extra columns or lines; the cell is escaped now."""
+    from rap_deploy.engines.reports import METRIC_ROWS, verify_markdown
+
+    metrics = {d: {m: 0.0 for m in METRIC_ROWS} for d in ("t2v", "v2t")}
+    example = {"query": 3, "id": "a man | a woman\nsing", "reference_rank": 1, "engine_rank": 2, "within_ties": False}
+    result = {"passed": False, "counts": {"videos": 2, "captions": 2, "skipped": 0}, "reference": metrics,
+              "engine": metrics, "delta": metrics,
+              "rank_changes_detail": {"asa": {"t2v": {"examples": [example], "beyond_ties": 1, "within_ties": 0}}}}
+    table = verify_markdown(result).split("## Queries whose rank changed")[1].split("\n\n")[1].splitlines()
+    assert len(table) == 3  # header, rule, one row
+    assert all(line.replace("\\|", "").count("|") == 8 for line in table), table  # 7 columns
+    assert "a man \\| a woman sing" in table[2]
