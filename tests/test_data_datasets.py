@@ -185,6 +185,21 @@ def test_didemo_paragraphs_and_extensions(tmp_path):
         load_split("didemo", root, "test")
 
 
+def test_didemo_camcorder_files_in_a_sub_folder_or_re_encoded_are_found(tmp_path):
+    """A listed Flickr name with a camcorder extension was reported missing when its file sat in a sub-folder of
+    videos/ (CLIP4Clip walks the folder for the listed name; the finder indexed known video extensions only) or
+    had been re-encoded to .mp4 (.mts/.MTS was not a known extension, so it was not stripped)."""
+    root = tmp_path / "didemo"
+    root.mkdir()
+    (root / "test_list.txt").write_text("111@N00_1.mts\n222@N00_2.MTS\n")
+    annotations = [{"video": "111@N00_1.mts", "description": "a man enters", "times": [[0, 0]]},
+                   {"video": "222@N00_2.MTS", "description": "a bird flies", "times": [[0, 1]]}]
+    (root / "test_data.json").write_text(json.dumps(annotations))
+    kept = _touch(root / "videos" / "test" / "111@N00_1.mts")
+    re_encoded = _touch(root / "videos" / "test" / "222@N00_2.mp4")
+    assert [v.path for v in load_split("didemo", root, "test").videos] == [kept, re_encoded]
+
+
 def test_activitynet_val_paragraphs(tmp_path):
     root = tmp_path / "anet"
     root.mkdir()

@@ -35,7 +35,9 @@ from rap_deploy.errors import UsageError
 
 DATASETS = ("msrvtt", "msvd", "didemo", "activitynet")
 VIDEO_DIR = "videos"
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv")
+# (.mts, .m2ts: camcorder files, which DiDeMo's Flickr videos include)
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv",
+                    ".mts", ".m2ts", ".3g2", ".ogv", ".vob", ".asf", ".f4v")
 
 # Split names each reader accepts, and the file set they map to (CLIP4Clip: MSR-VTT validates on its test split,
 # ActivityNet tests on val_1).
@@ -331,6 +333,7 @@ class _StemFinder:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._by_stem: dict[str, list[Path]] = {}
+        self._by_name: dict[str, list[Path]] = {}
         if folder.is_dir():
             seen: set[tuple[int, int]] = set()
             _first_visit(folder, seen)
@@ -339,16 +342,21 @@ class _StemFinder:
                 dirs[:] = [d for d in sorted(dirs) if _first_visit(Path(dirpath) / d, seen)]
                 for name in files:
                     p = Path(dirpath) / name
+                    self._by_name.setdefault(name, []).append(p)
                     if p.suffix.lower() in VIDEO_EXTENSIONS:
                         self._by_stem.setdefault(p.stem, []).append(p)
 
     def find(self, vid: str, default_ext: str, alternatives: tuple[str, ...] = ()) -> Path:
-        """Return the file for ``vid`` (also tried without a video extension, and each alternative stem); when none
-        exists, the path it would have (``folder/<vid><default_ext>``)."""
+        """Return the file for ``vid``: the file of that very name (directly in the folder first, then, when the
+        name has an extension, in a sub-folder, as CLIP4Clip walks it), else one whose stem is ``vid``, ``vid``
+        without a video extension or an alternative; when none exists, the path it would have
+        (``folder/<vid><default_ext>``)."""
         stems = [vid, *alternatives]
         exact = self.folder / vid
         if exact.is_file():  # the listed name itself, whatever its extension (DiDeMo keeps Flickr's: .mts, .3gp...)
             return exact
+        if Path(vid).suffix and self._by_name.get(vid):  # a name with an extension (not a stray 'abc' beside abc.avi)
+            return sorted(self._by_name[vid], key=str)[0]
         if Path(vid).suffix.lower() in VIDEO_EXTENSIONS:
             stems.append(Path(vid).stem)
         for stem in stems:
