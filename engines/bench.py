@@ -46,7 +46,8 @@ from rap_deploy.engines.bench_inputs import (  # noqa: F401 - part of the bench 
     template_captions,
 )
 from rap_deploy.engines.bench_timing import adapter_cost, count_flops, latency_stats, time_interleaved
-from rap_deploy.engines.machine_load import LoadMonitor
+from rap_deploy.engines.loader import is_remote
+from rap_deploy.engines.machine_load import LoadMonitor, loopback_server_pids
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import check_writable_folder, folder_lock
 
@@ -143,7 +144,7 @@ def bench(
         inputs = prepare_inputs(torch_engine, settings.graphs, max(settings.sizes), settings.index_size, seed,
                                 data_root, dataset, cache, workspace, progress)
         gflops, flops_per_item = count_arithmetic(torch_engine, settings, inputs)
-        monitor = LoadMonitor()
+        monitor = LoadMonitor(servers=loopback_server_pids(str(e) for e in engines if is_remote(e)))
         infos = [{**_info(eng), "label": label} for label, eng in backends]
         results, notes = time_graphs(backends, infos, settings, inputs, flops_per_item, monitor, progress)
         add_ratios(results)

@@ -8,8 +8,10 @@ What is measured around every timed block (one ``(graph, batch)`` group of inter
 
 - **CPU used by other processes** on the CPUs this process may run on: the busy time of those CPUs (``/proc/stat``
   through psutil: user, nice, system, irq, softirq) minus this process's own CPU time, per second of wall time, in
-  cores. This is the direct measure of contention: it counts every other process, whatever its kind, while the
-  block runs, and it does not lag.
+  cores. A server on this machine that bench drives (``--engine http://127.0.0.1:PORT``: the process listening on
+  that loopback port) does the benchmark's own work, so its CPU time counts as the bench's, not as load. This is
+  the direct measure of contention: it counts every other process, whatever its kind, while the block runs, and it
+  does not lag.
 - **Steal time** of those CPUs (a virtual machine's hypervisor giving the core to another guest), in cores.
 - **A calibration GEMM** (fp32 matmul on the bench's own PyTorch threads) before and after every block, in GFLOP/s:
   if the machine's available compute drifts during the run (another job, thermal or frequency throttling), the
@@ -29,10 +31,12 @@ marks every ratio as unreliable and says why.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -69,8 +73,50 @@ def usable_cpus() -> list[int]:
         return list(range(psutil.cpu_count() or 1))
 
 
-def cpu_sample(cpus: list[int]) -> CpuSample:
-    """Read the busy / steal time of ``cpus`` and this process's CPU time now."""
+def loopback_server_pids(urls: Iterable[str]) -> list[int]:
+    """The processes listening on the loopback ports of ``urls``: a server on this machine whose work bench times.
+    Those psutil cannot see (another user's, or no permission to list sockets) are left out."""
+    ports = {port for url in urls if (port := _loopback_port(url)) is not None}
+    if not ports:
+        return []
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return []
+    return sorted({c.pid for c in conns if c.pid and c.status == psutil.CONN_LISTEN and c.laddr
+                   and c.laddr.port in ports})
+
+
+def _loopback_port(url: str) -> int | None:
+    """The port of an ``http(s)://`` URL whose host is loopback (``localhost``, ``127.0.0.1``, ``::1``), else None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # an unbalanced IPv6 bracket, a port out of range
+        return None
+    host = parts.hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return None
+    return port if parts.scheme in ("http", "https") and local else None
+
+
+def _cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU seconds (user + system) of this process and of ``pids`` (one that is gone counts nothing)."""
+    total = 0.0
+    for pid in {os.getpid(), *pids}:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def cpu_sample(cpus: list[int], servers: Iterable[int] = ()) -> CpuSample:
+    """Read the busy / steal time of ``cpus`` and the CPU time of this process and of ``servers`` (local servers the
+    bench drives: their work is its own) now."""
     per_cpu = psutil.cpu_times(percpu=True)
     busy = steal = 0.0
     for i in cpus:
@@ -79,8 +125,7 @@ def cpu_sample(cpus: list[int]) -> CpuSample:
         t = per_cpu[i]
         busy += t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
         steal += getattr(t, "steal", 0.0)
-    own = psutil.Process().cpu_times()
-    return CpuSample(time.perf_counter(), busy, steal, own.user + own.system)
+    return CpuSample(time.perf_counter(), busy, steal, _cpu_seconds(servers))
 
 
 def contention(before: CpuSample, after: CpuSample) -> dict[str, float]:
@@ -118,10 +163,11 @@ class LoadMonitor:
     cpus: list[int] = field(default_factory=usable_cpus)
     blocks: list[dict[str, Any]] = field(default_factory=list)
     gemm_gflops: list[float] = field(default_factory=list)
+    servers: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._loadavg_start = _loadavg()
-        self._start = cpu_sample(self.cpus)
+        self._start = cpu_sample(self.cpus, self.servers)
 
     @contextmanager
     def block(self, label: str) -> Iterator[None]:
@@ -131,9 +177,9 @@ class LoadMonitor:
 
         settle()
         before_gemm = calibration_gemm(min_seconds=self.gemm_seconds)
-        before = cpu_sample(self.cpus)
+        before = cpu_sample(self.cpus, self.servers)
         yield
-        after = cpu_sample(self.cpus)
+        after = cpu_sample(self.cpus, self.servers)
         settle()
         after_gemm = calibration_gemm(min_seconds=self.gemm_seconds)
         self.gemm_gflops += [before_gemm, after_gemm]
@@ -142,7 +188,7 @@ class LoadMonitor:
 
     def summary(self) -> dict[str, Any]:
         """The ``load`` section of bench.json: measurements, thresholds, ``clean`` and the reasons when not."""
-        whole = contention(self._start, cpu_sample(self.cpus))
+        whole = contention(self._start, cpu_sample(self.cpus, self.servers))
         reasons = judge(whole, self.blocks, self.gemm_gflops, self.thresholds)
         cores = len(self.cpus)
         start, end = self._loadavg_start, _loadavg()
@@ -152,8 +198,9 @@ class LoadMonitor:
                 "run": whole, "blocks": self.blocks,
                 "gemm_gflops": {"min": round(min(self.gemm_gflops), 2) if self.gemm_gflops else None,
                                 "max": round(max(self.gemm_gflops), 2) if self.gemm_gflops else None},
-                "thresholds": asdict(self.thresholds),
-                "method": "other processes' CPU on our CPUs (psutil per-CPU busy time minus this process's CPU time), "
+                "thresholds": asdict(self.thresholds), "server_pids": self.servers,
+                "method": "other processes' CPU on our CPUs (psutil per-CPU busy time minus the CPU time of this "
+                          "process and of the local servers it benchmarks), "
                           "steal time, and a calibration GEMM before and after each timed block; load average "
                           "recorded, not judged (it counts the bench itself and lags by a minute)"}
 

@@ -383,3 +383,38 @@ def test_running_out_of_memory_while_counting_flops_is_a_usage_error(micro_check
                               "--out", str(tmp_path / "bench"), "--workspace", str(tmp_path / "ws")])
     assert res.exit_code == 2, res.output
     assert "out of memory at text batch 4" in res.output and not isinstance(res.exception, RuntimeError)
+
+
+def test_a_local_server_that_bench_drives_is_not_load(monkeypatch):
+    """bench --engine http://127.0.0.1:PORT times a server on this machine: its CPU time is the benchmark's own work,
+    but it was counted as other processes' load, so such a run was never clean (fake CPU counters: the server used
+    0.8 of the 1.0 busy CPU-second, bench itself 0.2)."""
+    import socket
+    from types import SimpleNamespace
+
+    from rap_deploy.engines import machine_load as ml
+
+    with socket.socket() as listener:  # this process stands in for the server
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        urls = [f"http://127.0.0.1:{port}", f"http://localhost:{port}/", "http://example.com:80", "/w/engines/x"]
+        assert ml.loopback_server_pids(urls) == [os.getpid()]
+    assert ml.loopback_server_pids(["http://192.0.2.1:8080", "http://[::1"]) == []
+
+    counters = {"busy": 0.0, "bench": 0.0, "server": 0.0}
+
+    class Proc:
+        def __init__(self, pid=None):
+            self.pid = pid
+
+        def cpu_times(self):
+            return SimpleNamespace(user=counters["server" if self.pid == 4242 else "bench"], system=0.0)
+
+    monkeypatch.setattr(ml.psutil, "cpu_times", lambda percpu: [SimpleNamespace(user=counters["busy"], system=0.0)])
+    monkeypatch.setattr(ml.psutil, "Process", Proc)
+    before = ml.cpu_sample([0], servers=[4242])
+    counters.update(busy=1.0, bench=0.2, server=0.8)
+    after = ml.cpu_sample([0], servers=[4242])
+    assert after.own - before.own == pytest.approx(1.0)
+    assert ml.contention(before, after)["other_cores"] == 0.0
