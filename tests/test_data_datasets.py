@@ -68,6 +68,16 @@ def test_msrvtt_test_and_train(tmp_path):
     assert sub.captions == ["a car drives"] and sub.caption_video.tolist() == [0]
 
 
+def test_msrvtt_videos_in_the_official_release_folders_are_found(tmp_path):
+    """MSR-VTT's own release unpacks to TrainValVideo/ and TestVideo/: videos there were reported missing (only
+    videos/ and videos/all/ were looked in), where the other datasets' videos are found in any sub-folder."""
+    root = _msrvtt(tmp_path / "msrvtt")
+    found = _touch(root / "videos" / "TrainValVideo" / "video7010.mp4")
+    assert load_split("msrvtt", root).videos[0].path == found
+    assert load_split("msrvtt", root).videos[1].path == root / "videos" / "video7011.webm"  # direct files first
+    assert load_split("msrvtt", root).videos[2].path == root / "videos" / "video7012.mp4"  # missing: where expected
+
+
 def test_msrvtt_bad_annotations_name_file_and_key(tmp_path):
     root = _msrvtt(tmp_path / "m")
     data = json.loads((root / "MSRVTT_data.json").read_text())

@@ -183,6 +183,7 @@ Readout = tuple[list[VideoEntry], list[str], list[int]]
 
 def _read_msrvtt(root: Path, split: str) -> Readout:
     videos_dir = root / VIDEO_DIR
+    finders: dict[Path, _StemFinder] = {}  # walked once, when some video is in neither videos/ nor videos/all/
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -194,7 +195,7 @@ def _read_msrvtt(root: Path, split: str) -> Readout:
             vid = plain_video_id(row["video_id"], path)
             if vid not in index:
                 index[vid] = len(videos)
-                videos.append(VideoEntry(vid, _msrvtt_video(videos_dir, vid)))
+                videos.append(VideoEntry(vid, _msrvtt_video(videos_dir, vid, finders)))
             captions.append((row["sentence"] or "").strip())
             owner.append(index[vid])
         return videos, captions, owner
@@ -214,18 +215,22 @@ def _read_msrvtt(root: Path, split: str) -> Readout:
         for cap in by_video[vid]:
             captions.append(cap)
             owner.append(len(videos))
-        videos.append(VideoEntry(vid, _msrvtt_video(videos_dir, vid)))
+        videos.append(VideoEntry(vid, _msrvtt_video(videos_dir, vid, finders)))
     return videos, captions, owner
 
 
-def _msrvtt_video(videos_dir: Path, vid: str) -> Path:
+def _msrvtt_video(videos_dir: Path, vid: str, finders: dict[Path, _StemFinder] | None = None) -> Path:
     """``videos/<id>.mp4``, else ``<id>.webm`` (CLIP4Clip's fallback), each also under ``videos/all/`` (the layout
-    of the unzipped MSRVTT.zip CLIP4Clip's README links)."""
+    of the unzipped MSRVTT.zip CLIP4Clip's README links); else a file of that stem in any sub-folder (the official
+    release's ``TrainValVideo/`` and ``TestVideo/``), found by a :class:`_StemFinder` kept in ``finders``."""
     for folder in (videos_dir, videos_dir / "all"):
         for ext in (".mp4", ".webm"):
             if (folder / f"{vid}{ext}").exists():
                 return folder / f"{vid}{ext}"
-    return videos_dir / f"{vid}.mp4"
+    finders = {} if finders is None else finders
+    if videos_dir not in finders:
+        finders[videos_dir] = _StemFinder(videos_dir)
+    return finders[videos_dir].find(vid, default_ext=".mp4")
 
 
 # The caption text one split may hold (MSVD's 80,000 captions are about 3 million characters).
