@@ -236,6 +236,12 @@ def test_activitynet_val_paragraphs(tmp_path):
     with pytest.raises(CheckFailedError, match=r"val_1\.json has no key 'sentences' in v_def"):
         load_split("activitynet", root, "val")
 
+    # a sentence that is not text was made a caption by str(): "['A cat.'] {'text': 'x'}"
+    val["v_def"]["sentences"] = [["A cat."], {"text": "x"}]
+    (root / "val_1.json").write_text(json.dumps(val))
+    with pytest.raises(CheckFailedError, match=r"val_1\.json has a sentence of type list .* in v_def"):
+        load_split("activitynet", root, "val")
+
 
 def test_dataset_defaults():
     assert DATASETS == ("msrvtt", "msvd", "didemo", "activitynet")

@@ -315,7 +315,11 @@ def _read_activitynet(root: Path, split: str) -> Readout:
         item = require_key(data, pseudo, data_path)
         sentences = require_key(item, "sentences", data_path, pseudo, kind=list)
         duration = duration_seconds(require_key(item, "duration", data_path, pseudo), data_path, pseudo)
-        captions.append(" ".join(str(s).strip() for s in sentences))
+        bad = next((s for s in sentences if not isinstance(s, str)), None)
+        if bad is not None:  # str() would make the text of a list or an object a caption
+            raise damaged(data_path, f"has a sentence of type {type(bad).__name__} ({str(bad)[:40]!r}) in {pseudo}, "
+                                     "expected text")
+        captions.append(" ".join(s.strip() for s in sentences))
         owner.append(len(videos))
         # CLIP4Clip strips the "v_" prefix to find the file; many copies keep it, so look for both.
         bare = pseudo[2:] if pseudo.startswith("v_") else pseudo
