@@ -455,6 +455,34 @@ def test_row_shapes_whose_byte_count_wraps_int64_are_refused(library, micro_chec
     assert res.exit_code == 1 and "patch_tokens.npy" in res.output and "need" in res.output, res.output
 
 
+def test_a_stage1_index_claiming_more_memory_than_there_is_is_damaged(library, tmp_path):
+    """A stage-1 index file whose vector claims 2^36 floats (256 GiB): FAISS's std::bad_alloc came out of `index` (and
+    search) as a MemoryError traceback; it is now the damaged file, one line, exit 1 (run under a 4 GiB
+    address-space limit, so the claim is refused rather than allocated)."""
+    import hashlib
+    import struct
+
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    path = lib / manifest["stage1"]["file"]
+    data = bytearray(path.read_bytes())
+    codes = data.index(b"IxFI") + 4 + 4 + 8 + 8 + 8 + 1 + 4  # header: d, ntotal, 2 dummies, is_trained, metric
+    assert struct.unpack("<Q", data[codes:codes + 8])[0] == manifest["stage1"]["ntotal"] * manifest["stage1"]["dim"]
+    data[codes:codes + 8] = struct.pack("<Q", 1 << 36)
+    path.write_bytes(bytes(data))
+    manifest["stage1"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+    run = f"{limit}import sys; from rap_deploy.cli import main; sys.argv[1:] = sys.argv[2:]; main()"
+    gone = json.loads((lib / "shards/shard-000000/videos.json").read_text())["video_id"][0]
+    res = subprocess.run([sys.executable, "-c", run, "rapdeploy", "index", "--out", str(lib), "--remove", gone],
+                         capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert len(errors) == 1 and manifest["stage1"]["file"] in errors[0], res.stderr[-2000:]
+
+
 def test_file_truncated_after_open_raises_damaged(library, engine, tmp_path):
     from rap_deploy.library import open_library
 

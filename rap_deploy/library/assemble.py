@@ -187,11 +187,7 @@ def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: 
     if not path.is_file():
         return None
     check_sha256(path, old["stage1"])
-    try:
-        index = stage1.load(path)
-    except RuntimeError as exc:
-        raise DamagedArtifactError(f"library stage-1 index {path} cannot be read ({str(exc)[:120]}); re-index "
-                                   "with --force") from None
+    index = stage1.load(path, fix="re-index with --force")
     if kind == "ivf" and live == 0:
         return index  # no video left to train new lists on: it holds only tombstones until --add rebuilds it
     held = max(0, int(index.ntotal) - int(old["videos"]))

@@ -154,10 +154,7 @@ class Library:
                                        f"records {entry.get('bytes')}; re-index the library")
         check_sha256(path, entry)
         stage1.check_ann(entry["type"])
-        try:
-            index = stage1.load(path)
-        except RuntimeError as exc:
-            raise DamagedArtifactError(f"library stage-1 index {path} cannot be read ({str(exc)[:120]})") from None
+        index = stage1.load(path)
         dim = self.manifest["tensor_shapes"]["video_emb"][0]
         if index.d != dim:
             raise DamagedArtifactError(f"library stage-1 index {path} has dimension {index.d}, the library {dim}")

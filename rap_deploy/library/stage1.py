@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.library.manifest import MAX_STAGE1_EFFORT
 
 ANN_TYPES = ("exact", "hnsw", "ivf")
@@ -221,8 +221,14 @@ def save(index: Any, path: Path) -> None:
     save_with(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
-def load(path: Path) -> Any:
-    """Read an index written by :func:`save` (the caller checks its sha256 first)."""
+def load(path: Path, fix: str = "re-index the library") -> Any:
+    """Read an index written by :func:`save` (the caller checks its sha256 first). Raises
+    :class:`DamagedArtifactError` (ending with ``fix``) when FAISS cannot read it, or when a size in it claims
+    more memory than there is (FAISS allocates what a vector's size field says before reading it)."""
     import faiss
 
-    return faiss.read_index(str(path))
+    try:
+        return faiss.read_index(str(path))
+    except (RuntimeError, MemoryError) as exc:
+        reason = "a size in it claims more memory than there is" if isinstance(exc, MemoryError) else str(exc)[:120]
+        raise DamagedArtifactError(f"library stage-1 index {path} cannot be read ({reason}); {fix}") from None
