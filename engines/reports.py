@@ -248,13 +248,15 @@ def verify_markdown(result: dict[str, Any]) -> str:
 def print_verify(result: dict[str, Any], console: Any = None) -> None:
     """Print the verify table and the verdict with rich."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or _wide_console()
     info = result.get("engine_info", {})
-    table = Table(box=box.SIMPLE_HEAD, title=f"verify {info.get('backend')} {info.get('precision')} vs PyTorch — "
-                        f"{result.get('dataset')} {result.get('split')} ({result['counts']['videos']} videos, "
-                        f"{result['counts']['captions']} captions)")
+    table = Table(box=box.SIMPLE_HEAD, title=escape(f"verify {info.get('backend')} {info.get('precision')} vs "
+                                                    f"PyTorch — {result.get('dataset')} {result.get('split')} "
+                                                    f"({result['counts']['videos']} videos, "
+                                                    f"{result['counts']['captions']} captions)"))
     for col in VERIFY_HEADER:
         table.add_column(col, justify="left" if col in ("mode", "metric", "status") else "right")
     previous = None
@@ -271,11 +273,11 @@ def print_verify(result: dict[str, Any], console: Any = None) -> None:
         errors.add_row(*row)
     console.print(errors)
     for failure in result.get("failures", []):
-        console.print(f"[red]FAIL[/red] {failure}")
+        console.print(f"[red]FAIL[/red] {escape(failure)}")
     for note in result.get("notes", []):
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
     verdict = "[green]PASSED[/green]" if result["passed"] else "[bold red]FAILED[/bold red]"
-    console.print(f"verify {verdict} ({result.get('rule')}); reports in {result.get('out')}")
+    console.print(f"verify {verdict} ({escape(str(result.get('rule')))}); reports in {escape(str(result.get('out')))}")
 
 
 def plot_verify(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:

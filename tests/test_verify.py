@@ -190,3 +190,20 @@ def test_verify_md_keeps_a_caption_with_a_bar_or_a_line_break_in_its_cell():
     assert len(table) == 3  # header, rule, one row
     assert all(line.replace("\\|", "").count("|") == 8 for line in table), table  # 7 columns
     assert "a man \\| a woman sing" in table[2]
+
+
+def test_print_verify_shows_a_report_folder_with_brackets_as_it_is():
+    """verify printed its report folder through rich markup, so --out 'res[/old]' crashed the finished run with
+    rich's MarkupError traceback and 'runs [old]' printed as 'runs '; the text is escaped now."""
+    from rich.console import Console
+
+    from rap_deploy.engines.reports import METRIC_ROWS, print_verify
+
+    metrics = {d: {m: 0.0 for m in METRIC_ROWS} for d in ("t2v", "v2t")}
+    for out in ("/tmp/res[/old]/v", "/tmp/runs [old]/v"):
+        result = {"passed": True, "counts": {"videos": 2, "captions": 2, "skipped": 0}, "reference": metrics,
+                  "engine": metrics, "delta": metrics, "rule": "no rank [b]change[/b]", "out": out}
+        console = Console(record=True, width=200)
+        print_verify(result, console=console)
+        text = console.export_text()
+        assert f"reports in {out}" in text and "no rank [b]change[/b]" in text
