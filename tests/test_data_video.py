@@ -229,3 +229,21 @@ def test_frame_times_that_do_not_increase_keep_the_average_rate(tmp_path, monkey
     video = decode_video(tmp_path / "v.mp4", S12, PreprocessConfig(image_size=32))
     assert video.num_frames == 3 and video.seconds == pytest.approx(3.0)
     np.testing.assert_array_equal(video.frames, plain.frames)
+
+
+def test_a_variable_frame_rate_video_without_frame_lengths_is_still_placed_by_its_times(tmp_path, monkeypatch):
+    """Frame times whose ends equal their starts (packets without a duration) kept the average rate: the last
+    frame's length is taken as a typical frame's instead."""
+    import decord
+
+    _variable_rate_video(tmp_path / "vfr.mp4")
+    real = decord.VideoReader.get_frame_timestamp
+
+    def no_lengths(self, idx):
+        ts = real(self, idx)
+        return np.stack([ts[:, 0], ts[:, 0]], axis=1)
+
+    monkeypatch.setattr(decord.VideoReader, "get_frame_timestamp", no_lengths)
+    video = decode_video(tmp_path / "vfr.mp4", S12, PreprocessConfig(image_size=32))
+    assert video.num_frames == 6 and video.seconds == pytest.approx(5.55, abs=0.01)
+    assert video.frames[:6].reshape(6, -1).mean(1) == pytest.approx([0, 160, 176, 192, 208, 224], abs=4)

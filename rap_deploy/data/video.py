@@ -115,8 +115,8 @@ def variable_rate_timestamps(reader: object, num_frames: int, native_fps: float)
     # times that do not increase frame to frame (missing or broken ones) say nothing: keep the average rate
     if ts.shape != (num_frames, 2) or not np.isfinite(ts).all() or np.any(np.diff(ts[:, 0]) <= 0):
         return None
-    if not ts[-1, 1] > ts[-1, 0]:
-        return None
+    if not ts[-1, 1] > ts[-1, 0]:  # a last packet without a duration: it lasts as long as a typical frame
+        ts[-1, 1] = ts[-1, 0] + (float(np.median(np.diff(ts[:, 0]))) if num_frames > 1 else 1.0 / native_fps)
     stray = np.abs(ts[:, 0] - ts[0, 0] - np.arange(num_frames) / native_fps).max()
     return ts if stray > VFR_TOLERANCE_FRAMES / native_fps else None
 
