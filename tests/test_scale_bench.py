@@ -43,3 +43,21 @@ def test_vectors_that_cannot_fit_in_memory_are_refused_before_they_are_generated
     with pytest.raises(SystemExit) as stop:
         scale_bench.main(["stage1", "--size", "100000", "--dim", "512"])
     assert stop.value.code == 2 and "--size" in capsys.readouterr().err
+
+
+def test_memory_without_proc_still_gives_resident_and_peak_in_mib(monkeypatch):
+    """Without /proc/self/status (macOS) memory() gave only the peak, so the stage-1 run ended in KeyError 'rss' after
+    building its first index, and that peak was ru_maxrss / 1024: KiB labelled MiB where ru_maxrss is in bytes."""
+    import resource
+    from types import SimpleNamespace
+
+    import psutil
+
+    monkeypatch.setattr(scale_bench, "_STATUS", scale_bench.Path("/nonexistent/status"))
+    monkeypatch.setattr(scale_bench.sys, "platform", "darwin")
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=512 * 2**20))  # bytes there
+    monkeypatch.setattr(psutil.Process, "memory_info", lambda self: SimpleNamespace(rss=300 * 2**20))
+    assert scale_bench.memory() == {"rss": 300.0, "peak": 512.0}
+    monkeypatch.setattr(scale_bench.sys, "platform", "linux")  # ru_maxrss in KiB
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=512 * 1024))
+    assert scale_bench.memory() == {"rss": 300.0, "peak": 512.0}

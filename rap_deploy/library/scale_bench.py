@@ -81,19 +81,27 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
+_STATUS = Path("/proc/self/status")
+
+
 def memory() -> dict[str, float]:
-    """Resident memory of this process in MiB: ``rss``, ``anon``, ``file``, ``peak`` (from ``/proc/self/status``)."""
+    """Resident memory of this process in MiB: ``rss``, ``anon``, ``file``, ``peak`` (from ``/proc/self/status``;
+    without it ``rss`` and ``peak`` only, from psutil and ``getrusage``)."""
     fields = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "VmHWM": "peak"}
     out: dict[str, float] = {}
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in _STATUS.read_text().splitlines():
             key = line.split(":")[0]
             if key in fields:
                 out[fields[key]] = round(int(line.split()[1]) / 1024, 1)
-    except OSError:  # not Linux: the peak from getrusage only
+    except OSError:  # not Linux (macOS): every caller reads rss and peak
         import resource
 
-        out["peak"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        import psutil
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+        out["rss"] = round(psutil.Process().memory_info().rss / 2**20, 1)
+        out["peak"] = round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
     return out
 
 
