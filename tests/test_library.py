@@ -744,6 +744,35 @@ def test_stage1_rebuilds_only_for_tombstones_it_holds_and_hnsw_finds_k_past_them
     assert found.exit_code == 0 and len(manifest["removed"]) == 3 and held == [0]
 
 
+def test_a_build_killed_after_its_manifest_with_an_all_skipped_shard_is_not_stuck(synth_root, engine, frame_cache,
+                                                                                    tmp_path, monkeypatch):
+    """A build killed after writing its manifest, before deleting its plan: a plan shard whose videos were all
+    skipped is in no manifest, so the plan looked unfinished and every later command (the same one re-run,
+    --remove, another --add) was refused as 'an interrupted build' until --force. A plan the manifest's counters
+    have moved past is finished."""
+    import rap_deploy.library.builder as builder
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.library import BuildOptions, build_library
+    from rap_deploy.library.sources import folder_source
+
+    folder = tmp_path / "clips"
+    _clip_folder(synth_root, folder, 1)
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(2000))
+    out, cache = tmp_path / "lib", FrameCache(frame_cache)
+
+    def killed(root):
+        raise KeyboardInterrupt("killed after the manifest was written")
+
+    monkeypatch.setattr(builder.plans, "drop_plan", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_library(out, engine, folder_source(folder), cache, BuildOptions(shard_size=1), progress=False)
+    monkeypatch.undo()
+    assert (out / "manifest.json").is_file() and (out / "build-plan.json").is_file()
+    again = build_library(out, engine, folder_source(folder), cache, BuildOptions(shard_size=1), progress=False)
+    assert again["videos"] == 1 and not (out / "build-plan.json").exists()
+    assert build_library(out, options=BuildOptions(remove=["v0"]), progress=False)["videos"] == 0
+
+
 def test_broken_mp4_in_a_folder_is_skipped_and_named(synth_root, micro_checkpoint, frame_cache, tmp_path, engine):
     from rap_deploy.library import open_library
 

@@ -168,8 +168,8 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
     state: dict[str, Any] = {"old": old, "plan": None, "resumed": False}
     if source is None:
         pending = plans.read_plan(root)
-        if pending is not None and not {s.get("name") for s in pending["shards"]} <= \
-                {s["name"] for s in old["shards"]}:
+        if pending is not None and not plans.plan_finished(pending, {s["name"] for s in old["shards"]},
+                                                           old["next_shard"]):
             raise UsageError(f"{root} has an interrupted build ({plans.PLAN}); re-run the command that started it "
                              "to finish it first, or pass --force with the videos to rebuild")
         plans.drop_plan(root)
@@ -195,7 +195,7 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
     new = plans.make_plan(pending, sampling, model, options.shard_size, (old or {}).get("next_shard", 0),
                           (old or {}).get("next_row", 0), replaces=changed)
     known = {s["name"] for s in (old or {}).get("shards", [])}
-    plan, resumed = plans.adopt_plan(root, new, known)
+    plan, resumed = plans.adopt_plan(root, new, known, (old or {}).get("next_shard", 0))
     remove_stale(root, keep=known | {s["name"] for s in plan["shards"]})
     if resumed:
         log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")

@@ -92,17 +92,26 @@ def _check_plan(plan: dict[str, Any], path: Path) -> None:
                                    "it, or pass --force to rebuild the library")
 
 
-def adopt_plan(root: Path, new: dict[str, Any], known_shards: set[str]) -> tuple[dict[str, Any], bool]:
+def plan_finished(plan: dict[str, Any], known_shards: set[str], next_shard: int) -> bool:
+    """Whether ``plan`` was committed by a build killed after writing its manifest: its shards are all in the
+    manifest (``known_shards``), or the manifest's ``next_shard`` is past them (a shard whose videos were all skipped
+    is in no manifest; a plan starts at the manifest's ``next_shard``, which moves past it only when it is done)."""
+    names = [s["name"] for s in plan["shards"]]
+    return set(names) <= known_shards or all(shard_number(n) < next_shard for n in names)
+
+
+def adopt_plan(root: Path, new: dict[str, Any], known_shards: set[str],
+               next_shard: int = 0) -> tuple[dict[str, Any], bool]:
     """Write ``new`` as the pending plan, or resume the pending one when it is the same request.
 
-    Returns ``(plan, resumed)``. A pending plan whose shards are all in the manifest already (``known_shards``: a
-    build killed after writing its manifest) is finished and replaced. Raises :class:`UsageError` when another
-    request's build is pending.
+    Returns ``(plan, resumed)``. A pending plan that is finished (:func:`plan_finished` with the manifest's
+    ``known_shards`` and ``next_shard``: a build killed after writing its manifest) is replaced. Raises
+    :class:`UsageError` when another request's build is pending.
     """
     old = read_plan(root)
     if old is not None and old.get("request_sha256") == new["request_sha256"]:
         return old, True
-    if old is not None and not {s.get("name") for s in old["shards"]} <= known_shards:
+    if old is not None and not plan_finished(old, known_shards, next_shard):
         raise UsageError(f"{root} has an interrupted build of other videos ({PLAN}, {len(old['shards'])} shards); "
                          "re-run the command that started it to finish it, or pass --force to rebuild the library "
                          "from scratch")
