@@ -277,6 +277,23 @@ def test_existing_folder_refused_without_force(exported, offset_checkpoint):
     assert result.exit_code == 2 and "--force" in result.output
 
 
+def test_the_export_table_shows_folders_with_brackets_as_they_are(exported, tmp_path, capsys, monkeypatch):
+    """export printed its folder and its parity inputs' source through rich markup: --out 'xo[/b]' ended a finished
+    export with rich's MarkupError traceback (reproduced with the CLI), 'runs [old]' printed as 'runs '."""
+    from rap_deploy.cli.export_cmds import _print_table
+
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping inside the long folder names
+    out, manifest = exported
+    for name in ("xo[/b]", "runs [old]"):
+        copy = shutil.copytree(out, tmp_path / name)
+        parity = json.loads((copy / "parity.json").read_text())
+        parity["inputs"]["source"] = f"msrvtt test split at /data/{name}"
+        (copy / "parity.json").write_text(json.dumps(parity))
+        _print_table(copy, manifest)
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"exported to {copy}" in text and f"at /data/{name}" in text, text
+
+
 # ---------------------------------------------------------------------------------------------------- variants
 def test_rap_light_exports_two_graphs(light_checkpoint, tmp_path):
     from rap_deploy.export import export_checkpoint

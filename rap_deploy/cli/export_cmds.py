@@ -51,10 +51,11 @@ def export(
 
 def _print_table(out_dir: Path, manifest: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     parity = json.loads((out_dir / manifest["parity"]["file"]).read_text())
-    table = Table(title=f"exported to {out_dir} ({manifest['exporter']['name']}, opset {manifest['opset']})")
+    table = Table(title=escape(f"exported to {out_dir} ({manifest['exporter']['name']}, opset {manifest['opset']})"))
     for col in ("graph", "file", "MB", "max_abs", "min_cosine", "top-k"):
         table.add_column(col, justify="right" if col in ("MB", "max_abs", "min_cosine") else "left")
     sections = [(manifest["graphs"], parity["graphs"], ""),
@@ -69,7 +70,7 @@ def _print_table(out_dir: Path, manifest: dict) -> None:
     console.print(table)
     console.print(f"parity passed (fp32 graphs: max abs ≤ {parity['tolerances']['max_abs']:g}, cosine ≥ "
                   f"{parity['tolerances']['min_cosine']}); {manifest['seconds']['total']:.1f} s; "
-                  f"inputs: {parity['inputs']['source']}")
+                  f"inputs: {escape(parity['inputs']['source'])}")
     if manifest.get("fp16_graphs"):
         console.print("the (fp16) rows are informational: no threshold here, an engine built from them is held to "
                       "its recall tolerance by `rapdeploy verify`")
