@@ -39,6 +39,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,15 +115,33 @@ def _cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
+_PROC_STAT = Path("/proc/stat")
+
+
+def cpu_times_by_number() -> dict[int, Any]:
+    """psutil's times of each online CPU, keyed by CPU number. psutil lists them in order without their numbers, so
+    where a CPU is offline (SMT switched off) a position is not a number: the numbers come from ``/proc/stat``'s
+    ``cpuN`` lines, in the same order (positions where it cannot be read or its count differs)."""
+    per_cpu = psutil.cpu_times(percpu=True)
+    try:
+        numbers = [int(line.split()[0][3:]) for line in _PROC_STAT.read_text().splitlines()
+                   if line.startswith("cpu") and line[3:4].isdigit()]
+    except (OSError, ValueError):
+        numbers = []
+    if len(numbers) != len(per_cpu):  # not Linux, or a CPU went on- or offline between the two reads
+        numbers = list(range(len(per_cpu)))
+    return dict(zip(numbers, per_cpu, strict=True))
+
+
 def cpu_sample(cpus: list[int], servers: Iterable[int] = ()) -> CpuSample:
     """Read the busy / steal time of ``cpus`` and the CPU time of this process and of ``servers`` (local servers the
     bench drives: their work is its own) now."""
-    per_cpu = psutil.cpu_times(percpu=True)
+    per_cpu = cpu_times_by_number()
     busy = steal = 0.0
     for i in cpus:
-        if i >= len(per_cpu):
+        t = per_cpu.get(i)
+        if t is None:
             continue
-        t = per_cpu[i]
         busy += t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
         steal += getattr(t, "steal", 0.0)
     return CpuSample(time.perf_counter(), busy, steal, _cpu_seconds(servers))

@@ -418,3 +418,21 @@ def test_a_local_server_that_bench_drives_is_not_load(monkeypatch):
     after = ml.cpu_sample([0], servers=[4242])
     assert after.own - before.own == pytest.approx(1.0)
     assert ml.contention(before, after)["other_cores"] == 0.0
+
+
+def test_cpu_load_is_read_by_cpu_number_when_a_cpu_is_offline(monkeypatch, tmp_path):
+    """psutil lists the online CPUs' times in order without their numbers: with CPU 1 offline (SMT switched off) the
+    list is CPUs 0, 2, 3, so reading it by the affinity's numbers took CPU 3's times for CPU 2 and none for CPU 3,
+    and load on the missed CPU went unseen (fake counters: 7 busy seconds read as 5)."""
+    from types import SimpleNamespace
+
+    from rap_deploy.engines import machine_load as ml
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  0 0 0 0\ncpu0 0 0 0 0\ncpu2 0 0 0 0\ncpu3 0 0 0 0\nintr 0\n")
+    monkeypatch.setattr(ml, "_PROC_STAT", stat, raising=False)
+    monkeypatch.setattr(ml.psutil, "cpu_times", lambda percpu: [SimpleNamespace(user=u, system=0.0) for u in (1, 2, 4)])
+    assert ml.cpu_sample([0, 2, 3]).busy == 7.0
+    assert ml.cpu_sample([2]).busy == 2.0
+    stat.write_text("cpu  0 0 0 0\ncpu0 0 0 0 0\n")  # a CPU came online between the two reads: positions again
+    assert ml.cpu_sample([0, 1]).busy == 3.0
