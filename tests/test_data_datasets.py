@@ -230,6 +230,8 @@ def test_activitynet_val_paragraphs(tmp_path):
     assert split.videos[0].path.name == "abc.mp4" and split.videos[1].path.name == "v_def.mkv"
     assert split.videos[0].end == 41.0
     assert load_split("activitynet", root, "train").captions == ["x"]
+    (root / "train.json").write_text(json.dumps({"v_tr1": {"duration": 0, "timestamps": [], "sentences": ["x"]}}))
+    assert load_split("activitynet", root, "train").videos[0].end is None  # was 0.0: the first frame only
 
     del val["v_def"]["sentences"]
     (root / "val_1.json").write_text(json.dumps(val))

@@ -324,7 +324,8 @@ def _read_activitynet(root: Path, split: str) -> Readout:
         # CLIP4Clip strips the "v_" prefix to find the file; many copies keep it, so look for both.
         bare = pseudo[2:] if pseudo.startswith("v_") else pseudo
         path = finder.find(bare, default_ext=".mp4", alternatives=(pseudo,))
-        videos.append(VideoEntry(pseudo, path, start=None, end=float(np.ceil(duration))))
+        # a duration of 0 says nothing (a segment [0, 0] would read one frame): read to the video's end
+        videos.append(VideoEntry(pseudo, path, start=None, end=float(np.ceil(duration)) if duration > 0 else None))
     return videos, captions, owner
 
 
