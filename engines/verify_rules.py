@@ -242,14 +242,27 @@ def compare_evaluations(ref_eval: dict[str, Any], eng_eval: dict[str, Any], spli
                                 for d in ("t2v", "v2t")}
         out["curves"][mode] = {who: {d: recall_curve(*by_dir[who][d], ks) for d in ("t2v", "v2t")}
                                for who in ("reference", "engine")}
-        diff = np.abs(s_ref - s_eng)
-        out["sim_error"][mode] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
-    # Two-stage: re-ranked candidates carry offset + ASA cosine (>= offset - 1), the rest their stage-1 cosine (<= 1);
-    # the midpoint separates them.
-    from rap_deploy.retrieval import _RERANK_OFFSET
-
-    threshold = _RERANK_OFFSET / 2
-    cand_ref = ref_eval["scores"]["sims"]["two_stage"] >= threshold
-    cand_eng = eng_eval["scores"]["sims"]["two_stage"] >= threshold
+        out["sim_error"][mode] = similarity_error(s_ref, s_eng, mode)
+    cand_ref, cand_eng = (reranked(e["scores"]["sims"]["two_stage"]) for e in (ref_eval, eng_eval))
     out["candidate_set_changes"] = int(np.any(cand_ref != cand_eng, axis=1).sum())
     return out
+
+
+def reranked(two_stage: np.ndarray) -> np.ndarray:
+    """Which pairs of a two-stage score matrix the ASA head re-ranked: those carry offset + ASA cosine (>= offset -
+    1), the rest their stage-1 cosine (<= 1); the midpoint separates them."""
+    from rap_deploy.retrieval import _RERANK_OFFSET
+
+    return np.asarray(two_stage) >= _RERANK_OFFSET / 2
+
+
+def similarity_error(s_ref: np.ndarray, s_eng: np.ndarray, mode: str) -> dict[str, Any]:
+    """Largest and mean absolute difference of two score matrices. Two-stage scores are compared only on the pairs
+    both re-ranked or both left at stage 1 (``pairs`` of them): a pair in one's candidate set only differs by the
+    re-rank offset, not by the engine's error (``candidate_set_changes`` counts those queries)."""
+    diff = np.abs(np.asarray(s_ref) - np.asarray(s_eng))
+    if mode != "two_stage":
+        return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
+    same = diff[reranked(s_ref) == reranked(s_eng)]
+    return {"max_abs": float(same.max()) if same.size else 0.0, "mean_abs": float(same.mean()) if same.size else 0.0,
+            "pairs": int(same.size)}

@@ -207,3 +207,33 @@ def test_print_verify_shows_a_report_folder_with_brackets_as_it_is():
         print_verify(result, console=console)
         text = console.export_text()
         assert f"reports in {out}" in text and "no rank [b]change[/b]" in text
+
+
+def test_two_stage_similarity_error_leaves_out_pairs_only_one_side_re_ranked():
+    """verify's two-stage similarity error compared a pair the reference re-ranked (offset 3 + ASA cosine) with the
+    same pair the engine left at stage 1 (its cosine), so every candidate-set change read as an error of about 3
+    (reproduced: a damaged fp32 engine, 12 of 12 candidate sets changed, two-stage max abs 3.15 beside full ASA's
+    0.09); only pairs both re-ranked or both not are compared now."""
+    from rap_deploy.engines.verify_rules import similarity_error
+
+    ref = np.array([[3.5, 3.2, 0.1], [0.3, 3.6, 3.4]])
+    eng = np.array([[3.49, 0.2, 3.15], [0.31, 3.6, 3.4]])  # query 0: candidates 1 and 2 swapped places
+    err = similarity_error(ref, eng, "two_stage")
+    assert err["pairs"] == 4 and err["max_abs"] == pytest.approx(0.01) and err["mean_abs"] == pytest.approx(0.005)
+    assert similarity_error(ref, eng, "asa")["max_abs"] == pytest.approx(3.05)  # other modes: every pair
+
+    from types import SimpleNamespace
+
+    from rap_deploy.engines.verify_rules import compare_evaluations
+    from rap_deploy.metrics import retrieval_metrics
+
+    split = SimpleNamespace(caption_video=np.array([0, 1]), captions=["a", "b"], num_videos=3,
+                            videos=[SimpleNamespace(video_id=f"v{i}") for i in range(3)])
+
+    def evaluation(two_stage):
+        sims = {"asa": two_stage - 3.0 * (two_stage > 1.5), "two_stage": two_stage, "meanp": two_stage * 0.0}
+        return {**{m: retrieval_metrics(x, split.caption_video) for m, x in sims.items()}, "scores": {"sims": sims}}
+
+    cmp = compare_evaluations(evaluation(ref), evaluation(eng), split, 1e-5)
+    assert cmp["candidate_set_changes"] == 1
+    assert cmp["sim_error"]["two_stage"]["max_abs"] == pytest.approx(0.01)
