@@ -141,3 +141,27 @@ def test_a_file_replaced_under_its_size_and_mtime_is_hashed_again(tmp_path, vide
     os.replace(replacement, video_file)
     assert os.stat(video_file).st_size == st.st_size and os.stat(video_file).st_mtime_ns == st.st_mtime_ns
     assert file_digest(video_file) == sha256_file(video_file) != old
+
+
+def test_a_video_changed_while_decoded_is_not_stored_under_its_old_content(tmp_path, video_file, monkeypatch):
+    """The key hashes the file, then the file is decoded: a file rewritten in between (re-encoded in place) had the
+    new content's frames stored under the old content's key, served again once that content came back."""
+    from rap_deploy.data import cache as cache_module
+
+    original = video_file.read_bytes()
+    other = tmp_path / "other.mp4"
+    write_video(other, np.full((12, 32, 32, 3), 200, dtype=np.uint8), 4)
+    real_decode = cache_module.decode_video
+
+    def decode_after_rewrite(path, *args):
+        video_file.write_bytes(other.read_bytes())  # rewritten after it was hashed, before it is read
+        return real_decode(path, *args)
+
+    monkeypatch.setattr(cache_module, "decode_video", decode_after_rewrite)
+    FrameCache(tmp_path / "cache").get(video_file, SAMPLING, PRE)
+    monkeypatch.setattr(cache_module, "decode_video", real_decode)
+    video_file.write_bytes(original)
+    cache = FrameCache(tmp_path / "cache")
+    np.testing.assert_array_equal(cache.get(video_file, SAMPLING, PRE).frames,
+                                  FrameCache(None).get(video_file, SAMPLING, PRE).frames)  # not the grey video's
+    assert (cache.hits, cache.misses) == (0, 1)

@@ -121,6 +121,7 @@ class FrameCache:
             self.misses += 1
             return decode_video(path, sampling, preprocess, start, end)
         require_video_file(path)
+        before = _stat_key(path)
         entry = self.entry_path(self._key_of_video(path, sampling, preprocess, start, end))
         if entry.is_file():
             video = _load_entry(entry, sampling, preprocess)
@@ -131,8 +132,19 @@ class FrameCache:
             self.rebuilt += 1
         self.misses += 1
         video = decode_video(path, sampling, preprocess, start, end)
-        _save_entry(entry, video)
+        if _stat_key(path) == before:  # else the frames may be of other content than the key's: not stored
+            _save_entry(entry, video)
         return video
+
+
+def _stat_key(path: Path) -> tuple[int, ...] | None:
+    """What changes when a file's content does (device, inode, size, modification and change times); None when it
+    cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _save_entry(entry: Path, video: DecodedVideo) -> None:
