@@ -990,6 +990,23 @@ def test_ann_stage1_records_its_measured_recall(library, micro_checkpoint, tmp_p
         assert len(lib.search(["a red circle"], top_k=5, top_m=TOP_M)[0]["results"]) == 5
 
 
+def test_index_with_a_new_top_m_or_target_recall_retunes_stage1(library, tmp_path):
+    """`index --out LIB --top-m 6` (or --target-recall on an ANN library) with no video to add said 'up to date'
+    and kept the old M and tuning: the option was dropped without a word. It now rebuilds stage 1 with them."""
+    lib = _copy(library, tmp_path / "lib")
+    res = runner.invoke(app, ["index", "--out", str(lib), "--top-m", "6", "--json"])
+    st = json.loads((lib / "manifest.json").read_text())["stage1"]
+    assert res.exit_code == 0 and json.loads(res.stdout)["up_to_date"] is False, res.output
+    assert st["top_m"] == 6 and st["recall_at_m"]["m"] == 6
+    same = runner.invoke(app, ["index", "--out", str(lib), "--top-m", "6", "--target-recall", "0.5", "--json"])
+    assert json.loads(same.stdout)["up_to_date"] is True  # exact: no effort to tune
+    res = runner.invoke(app, ["index", "--out", str(lib), "--ann", "hnsw", "--json"])
+    assert json.loads(res.stdout)["up_to_date"] is False
+    res = runner.invoke(app, ["index", "--out", str(lib), "--target-recall", "0.99", "--json"])
+    st = json.loads((lib / "manifest.json").read_text())["stage1"]
+    assert json.loads(res.stdout)["up_to_date"] is False and st["target_recall"] == 0.99 and st["top_m"] == 6
+
+
 @pytest.mark.parametrize("ann", ["exact", "hnsw", "ivf"])
 def test_removing_every_video_leaves_an_empty_library_that_searches_and_grows(synth_root, micro_checkpoint,
                                                                               frame_cache, tmp_path, engine, ann):

@@ -271,7 +271,7 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     replaced = {vid: row for vid, row in state.get("replaces", {}).items() if vid not in failed}
     apply_replacements(asm, set(replaced.values()))
     apply_removals(root, asm, options.remove)
-    if old is not None and not added and not options.remove and options.ann in (None, old["stage1"]["type"]):
+    if old is not None and not added and not options.remove and _stage1_as_asked(old["stage1"], options):
         _drop_plan_and_its_shards(root, keep={s["name"] for s in old["shards"]})
         return _report(root, old, [], skipped, [], up_to_date=True)
     shapes = _tensor_shapes(old, added)
@@ -297,6 +297,13 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     remove_stale(root, keep={s["name"] for s in manifest["shards"]})
     remove_unused_stage1(root, stage1_entry)
     return _report(root, manifest, added, skipped, asm.removed_ids, replaced=list(replaced))
+
+
+def _stage1_as_asked(st: dict[str, Any], options: BuildOptions) -> bool:
+    """Whether the library's stage 1 already is what ``options`` ask for: its type, its M (``--top-m``) and, for an
+    ANN index, the recall its effort was tuned to (``--target-recall``); else an update rebuilds and retunes it."""
+    return options.ann in (None, st["type"]) and options.top_m in (None, st.get("top_m")) and \
+        (st["type"] == "exact" or options.target_recall == st.get("target_recall"))
 
 
 def _drop_plan_and_its_shards(root: Path, keep: set[str]) -> None:
