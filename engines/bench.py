@@ -139,8 +139,9 @@ def bench(
     ckpt_path, backends = open_backends(engines, checkpoint, workspace, threads, torch_device, torch_precision)
     try:
         torch_engine = backends[0][1]
+        copied = settings.rerank_top if any(not hasattr(e, "asa_similarity_rows") for _, e in backends) else 0
         _check_input_memory(torch_engine.config, torch_engine.model, max(settings.sizes), settings.index_size,
-                            settings.graphs)
+                            settings.graphs, copied)
         inputs = prepare_inputs(torch_engine, settings.graphs, max(settings.sizes), settings.index_size, seed,
                                 data_root, dataset, cache, workspace, progress)
         gflops, flops_per_item = count_arithmetic(torch_engine, settings, inputs)
@@ -447,18 +448,24 @@ def _info(engine: Any) -> dict[str, Any]:
     return info.to_dict() if hasattr(info, "to_dict") else dict(info)
 
 
-def _check_input_memory(config: Any, model: Any, max_batch: int, index_size: int, graphs: list[str]) -> None:
-    """Refuse batch sizes / index sizes whose input buffers alone would not fit in memory (UsageError, exit 2)."""
+def _check_input_memory(config: Any, model: Any, max_batch: int, index_size: int, graphs: list[str],
+                        copied: int = 0) -> None:
+    """Refuse batch sizes / index sizes whose input buffers alone would not fit in memory (UsageError, exit 2).
+
+    ``copied``: the search's candidates per query copied out of the index for an engine that does not read it in
+    place (:class:`~rap_deploy.retrieval.CandidateGather`: buffers of that many videos' re-rank tensors)."""
     from rap_deploy.bounds import check_memory
 
-    t, s = config.frames, config.preprocess.image_size
+    t, s, p = config.frames, config.preprocess.image_size, model.num_patches
     nbytes = max_batch * t * 3 * s * s * 4 if "video" in graphs else 0
+    asa = getattr(model, "asa", None)  # the fp32 asa_tokens the model computes from the patch tokens
+    width = getattr(asa, "token_width", None)
+    rerank_row = t * p * model.embed_dim * 2 + (t * p * width * 4 if isinstance(width, int) else 0)
     if "search" in graphs or "asa" in graphs:  # the random index: fp16 patch tokens, fp32 frame and video embeddings
         videos = max(index_size, max_batch)
-        nbytes += videos * model.embed_dim * (t * model.num_patches * 2 + t * 4 + 4)
-        asa = getattr(model, "asa", None)  # and the fp32 asa_tokens the model computes from the patch tokens
-        width = getattr(asa, "token_width", None)
-        if isinstance(width, int):
-            nbytes += videos * t * model.num_patches * width * 4
-    check_memory(nbytes, f"bench at batch {max_batch} with a {index_size}-video index",
-                 "use smaller --batch-sizes or --index-size")
+        nbytes += videos * (model.embed_dim * (t * 4 + 4) + rerank_row)
+    if "search" in graphs and config.has_asa:
+        nbytes += copied * rerank_row
+    fix = "use smaller --batch-sizes or --index-size" + (", or a smaller --rerank-top" if copied else "")
+    check_memory(nbytes, f"bench at batch {max_batch} with a {index_size}-video index"
+                 + (f" and {copied} candidates copied per query" if copied else ""), fix)

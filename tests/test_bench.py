@@ -436,3 +436,20 @@ def test_cpu_load_is_read_by_cpu_number_when_a_cpu_is_offline(monkeypatch, tmp_p
     assert ml.cpu_sample([2]).busy == 2.0
     stat.write_text("cpu  0 0 0 0\ncpu0 0 0 0 0\n")  # a CPU came online between the two reads: positions again
     assert ml.cpu_sample([0, 1]).busy == 3.0
+
+
+def test_the_memory_check_counts_the_candidates_an_engine_gets_copied(micro_ort_engines, tmp_path, monkeypatch):
+    """An engine that does not read the index in place (ONNX Runtime, TensorRT, a server) gets each query's top-M
+    re-rank rows copied into buffers as large as M videos of the index; the memory check counted the index alone,
+    so --rerank-top near --index-size passed it with twice its memory to come (micro model, 1000 videos: 17.0 MB
+    index + 16.4 MB of candidates against 25 MB allowed)."""
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": int(25e6 / 0.8)})())
+    args = ["bench", "--graphs", "search", "--batch-sizes", "1", "--repeats", "1", "--warmup", "0",
+            "--index-size", "1000", "--no-compare-meanp", "--out", str(tmp_path / "bench"), "--quiet"]
+    res = runner.invoke(app, [*args, "--engine", str(micro_ort_engines["fp32"]), "--rerank-top", "1000"])
+    assert res.exit_code == 2 and "--rerank-top" in res.output, res.output
+    assert not (tmp_path / "bench" / "bench.json").exists()
+    res = runner.invoke(app, [*args, "--engine", str(micro_ort_engines["fp32"]), "--rerank-top", "100"])
+    assert res.exit_code == 0, res.output  # a tenth of the index copied: fits
