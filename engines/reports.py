@@ -421,6 +421,7 @@ def bench_markdown(result: dict[str, Any]) -> str:
     if meanp:
         lines += [_adapter_line(meanp), ""]
     lines += [f"{line}\n" for line in search_lines(result)]
+    lines += [f"- note: {note}" for note in result.get("notes", [])]  # why rows are missing, as the table prints them
     return "\n".join(lines)
 
 

@@ -453,3 +453,15 @@ def test_the_memory_check_counts_the_candidates_an_engine_gets_copied(micro_ort_
     assert not (tmp_path / "bench" / "bench.json").exists()
     res = runner.invoke(app, [*args, "--engine", str(micro_ort_engines["fp32"]), "--rerank-top", "100"])
     assert res.exit_code == 0, res.output  # a tenth of the index copied: fits
+
+
+def test_bench_md_says_why_rows_are_missing():
+    """The printed table ends with bench's notes (a batch over an engine's max batch skipped, a graph the model does
+    not have), but bench.md left them out: its table just lacked those rows."""
+    from rap_deploy.engines.reports import bench_markdown
+
+    row = {"backend": "torch", "precision": "fp32", "engine": "torch eager", "graph": "text", "batch_size": 1,
+           "throughput": 1.0, "unit": "texts/s", "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0}
+    note = "/w/engines/tensorrt-fp16: text batch 64 exceeds the engine's max batch 32; skipped"
+    text = bench_markdown({"results": [row], "device": {"cpu": "cpu"}, "notes": [note]})
+    assert f"- note: {note}" in text
