@@ -237,3 +237,24 @@ def test_two_stage_similarity_error_leaves_out_pairs_only_one_side_re_ranked():
     cmp = compare_evaluations(evaluation(ref), evaluation(eng), split, 1e-5)
     assert cmp["candidate_set_changes"] == 1
     assert cmp["sim_error"]["two_stage"]["max_abs"] == pytest.approx(0.01)
+
+
+def test_verify_png_draws_the_tolerance_band_when_the_engine_is_held_to_it(tmp_path, monkeypatch):
+    """verify.png drew the ±tolerance band by the engine's precision string: never for an fp32 engine verified with
+    --tolerance (held to it, besides its rank rule), always for any other string. The checks decide now."""
+    from matplotlib.axes import Axes
+
+    from rap_deploy.engines.reports import plot_verify
+
+    drawn: list[float] = []
+    real = Axes.axhline
+    monkeypatch.setattr(Axes, "axhline", lambda self, y=0, *a, **k: drawn.append(y) or real(self, y, *a, **k))
+    curves = {"ks": [1, 2], **{m: {w: {"t2v": [50.0, 100.0], "v2t": [50.0, 100.0]} for w in ("reference", "engine")}
+                               for m in ("asa", "two_stage")}}
+    tolerance_check = {"mode": "asa", "direction": "t2v", "metric": "R1", "value": 0.0, "limit": 1.0, "passed": True}
+    rank_check = {**tolerance_check, "metric": "rank_changes", "limit": 0}
+    for checks, band in (([tolerance_check, rank_check], True), ([rank_check], False)):
+        drawn.clear()
+        plot_verify({"passed": True, "tolerance": 1.0, "recall_curves": curves, "checks": checks,
+                     "engine_info": {"precision": "fp32"}}, tmp_path / "verify.png")
+        assert (1.0 in drawn and -1.0 in drawn) is band, drawn
