@@ -70,9 +70,12 @@ def random_frames(config: Any, videos: int, seed: int = 0) -> np.ndarray:
 
     rng = np.random.default_rng(seed)
     s = config.preprocess.image_size
-    clips = [normalize(rng.integers(0, 256, (config.frames, s, s, 3), dtype=np.uint8), config.preprocess).numpy()
-             for _ in range(videos)]
-    return np.stack(clips).astype(np.float32)
+    # One batch, written clip by clip (the memory check counts one; a list, its stack and a cast held three), in the
+    # channel-last layout normalize gives, as a batch of decoded videos has it (load_video_batch).
+    out = np.moveaxis(np.empty((videos, config.frames, s, s, 3), dtype=np.float32), -1, 2)
+    for i in range(videos):
+        out[i] = normalize(rng.integers(0, 256, (config.frames, s, s, 3), dtype=np.uint8), config.preprocess).numpy()
+    return out
 
 
 def real_frames(dataset: str, data_root: Path, config: Any, videos: int, cache: Any, progress: bool

@@ -465,3 +465,31 @@ def test_bench_md_says_why_rows_are_missing():
     note = "/w/engines/tensorrt-fp16: text batch 64 exceeds the engine's max batch 32; skipped"
     text = bench_markdown({"results": [row], "device": {"cpu": "cpu"}, "notes": [note]})
     assert f"- note: {note}" in text
+
+
+def test_random_frames_hold_one_copy_of_the_batch():
+    """The memory check counts the frames once, but random_frames kept every clip, stacked them and then copied the
+    stack with astype: three batches at the peak (two of them NumPy's, which tracemalloc sees). Now the clips are
+    written into one array."""
+    import tracemalloc
+
+    from conftest import micro_config
+
+    from rap_deploy.engines.bench_inputs import random_frames
+    from rap_deploy.preprocess import normalize
+
+    config = micro_config()
+    random_frames(config, 1, seed=0)  # imports done before measuring
+    tracemalloc.start()
+    try:
+        frames = random_frames(config, 16, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * frames.nbytes, (peak, frames.nbytes)  # was 2.0 (and a third batch in torch's memory)
+    rng = np.random.default_rng(0)
+    clips = [normalize(rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), config.preprocess).numpy()
+             for _ in range(16)]
+    expected = np.stack(clips)
+    assert frames.dtype == np.float32 and frames.strides == expected.strides  # the layout decoded batches have
+    np.testing.assert_array_equal(frames, expected)
