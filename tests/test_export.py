@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -358,6 +359,29 @@ def test_missing_checkpoint_and_bad_opset(tmp_path, micro_checkpoint):
     assert result.exit_code == 2 and "does not exist" in result.output
     result = _cli("export", micro_checkpoint, "--out", tmp_path / "o", "--opset", "16")
     assert result.exit_code == 2 and "opset 16" in result.output
+
+
+def test_a_checkpoint_replaced_while_export_reads_it_is_refused(micro_checkpoint, light_checkpoint, tmp_path,
+                                                                 monkeypatch):
+    """export loaded the checkpoint, then hashed the file at its path again: a best.pt that training replaced in
+    between got the new file's sha256 in the manifest beside graphs of the old weights (reproduced: manifest sha256 =
+    the replacement's), so verify held them to another model. A file replaced or rewritten meanwhile is refused."""
+    import rap_deploy.checkpoint as checkpoint_module
+    from rap_deploy.errors import UsageError
+    from rap_deploy.export import export_checkpoint
+
+    path = shutil.copy(micro_checkpoint, tmp_path / "best.pt")
+    real_load = checkpoint_module.load_checkpoint
+
+    def load_then_training_writes(p):
+        ckpt = real_load(p)
+        os.replace(shutil.copy(light_checkpoint, tmp_path / "next.pt"), path)  # training's atomic save
+        return ckpt
+
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", load_then_training_writes)
+    with pytest.raises(UsageError, match="replaced or rewritten while export read it"):
+        export_checkpoint(path, tmp_path / "onnx", progress=False)
+    assert not (tmp_path / "onnx").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- units
