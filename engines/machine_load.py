@@ -103,6 +103,14 @@ def _loopback_port(url: str) -> int | None:
     return port if parts.scheme in ("http", "https") and local else None
 
 
+def _cpu_affinity(pid: int) -> list[int] | None:
+    """The CPUs process ``pid`` may run on, or None (gone, not ours to see, or no affinity on this platform)."""
+    try:
+        return psutil.Process(pid).cpu_affinity()
+    except (psutil.Error, AttributeError, OSError):
+        return None
+
+
 def _cpu_seconds(pids: Iterable[int]) -> float:
     """CPU seconds (user + system) of this process and of ``pids`` (one that is gone counts nothing)."""
     total = 0.0
@@ -185,6 +193,9 @@ class LoadMonitor:
     servers: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # A server that may run outside our CPUs spends time their busy time does not hold: counting it as ours would
+        # hide that much load, so only one held to our CPUs counts (else its work shows as load: never a false clean)
+        self.servers = [pid for pid in self.servers if set(_cpu_affinity(pid) or [-1]) <= set(self.cpus)]
         self._loadavg_start = _loadavg()
         self._start = cpu_sample(self.cpus, self.servers)
 

@@ -493,3 +493,15 @@ def test_random_frames_hold_one_copy_of_the_batch():
     expected = np.stack(clips)
     assert frames.dtype == np.float32 and frames.strides == expected.strides  # the layout decoded batches have
     np.testing.assert_array_equal(frames, expected)
+
+
+def test_a_local_server_pinned_to_other_cpus_is_not_counted_as_the_benchs_own(monkeypatch):
+    """A server that may run outside the bench's CPUs spends CPU time their busy time does not hold: counting it as
+    the bench's own hid as much of other processes' load on the bench's CPUs. Only a server held to the bench's
+    CPUs counts (one not held is left to be seen as load: an unclean verdict, never a false clean one)."""
+    from rap_deploy.engines import machine_load as ml
+
+    affinity = {4242: [0, 1], 4343: [2, 3], 4444: [0, 1, 2, 3]}
+    monkeypatch.setattr(ml, "_cpu_affinity", lambda pid: affinity.get(pid))
+    monitor = ml.LoadMonitor(cpus=[0, 1], servers=[4242, 4343, 4444, 4545])
+    assert monitor.servers == [4242]
