@@ -239,12 +239,17 @@ def _refuse_foreign_checkpoint(ref_info: Reference, engine_path: Path | str) -> 
 
 def open_reference(ref_info: Reference, engine: Any, engine_path: Path | str, device: str, batch_size: int) -> Any:
     """The PyTorch reference (:class:`~rap_deploy.retrieval.ModelEncoder`) of the engine's model; raises
-    :class:`UsageError` when its config differs from the engine's or a batch would not fit in memory."""
+    :class:`UsageError` when its config differs from the engine's, a batch would not fit in memory, or the checkpoint
+    is no longer the file hashed as ``ref_info.sha256`` (training replaced it meanwhile)."""
+    from rap_deploy.atomic import sha256_file
     from rap_deploy.bounds import check_memory
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.model_encoder import ModelEncoder
 
     ref_ckpt = load_checkpoint(ref_info.checkpoint)
+    if sha256_file(ref_info.checkpoint) != ref_info.sha256:  # the weights loaded are not the ones checked
+        raise UsageError(f"reference checkpoint {ref_info.checkpoint} was replaced or rewritten while verify ran (is "
+                         "training still writing it?); verify again once it is written")
     if _model_fields(ref_ckpt.config) != _model_fields(engine.config):
         raise UsageError(f"reference checkpoint {ref_info.checkpoint} has another model config than engine "
                          f"{engine_path}; pass --checkpoint with the checkpoint the engine was built from")

@@ -255,3 +255,37 @@ def test_a_report_name_taken_by_a_folder_is_refused_before_the_evaluation(micro_
     res = _verify(micro_ort_engines["fp32"], synth_root, out, tmp_path / "frames")
     assert res.exit_code == 2 and "verify.md is not a file" in res.stderr, res.output
     assert sorted(p.name for p in out.iterdir()) == ["verify.md"]
+
+
+def test_a_reference_checkpoint_replaced_during_verify_is_refused(micro_checkpoint, micro_ort_engines, synth_root,
+                                                                  frame_cache, tmp_path, monkeypatch):
+    """verify hashed the reference checkpoint (matching the engine's source) and loaded it only after the engine:
+    a best.pt that training replaced in between became the reference unchecked, and the engine failed parity against
+    another model (reproduced: exit 1, ranks changed). It is refused now (exit 2), no report written."""
+    import os
+    import shutil
+
+    import torch
+    from conftest import randomize_adapters
+
+    from rap_deploy.checkpoint import checkpoint_from_model, load_checkpoint, save_checkpoint
+    from rap_deploy.engines import verify as verify_module
+
+    best = shutil.copy(micro_checkpoint, tmp_path / "best.pt")
+    ckpt = load_checkpoint(micro_checkpoint)
+    model = ckpt.build_model()
+    with torch.no_grad():
+        randomize_adapters(model, seed=7, std=0.5)
+    save_checkpoint(checkpoint_from_model(model, ckpt), tmp_path / "next.pt")
+    real_load = verify_module._load_engine
+
+    def load_while_training_writes(*args, **kwargs):
+        engine = real_load(*args, **kwargs)
+        os.replace(tmp_path / "next.pt", best)  # training's atomic save of a better epoch
+        return engine
+
+    monkeypatch.setattr(verify_module, "_load_engine", load_while_training_writes)
+    out = tmp_path / "report"
+    res = _verify(micro_ort_engines["fp32"], synth_root, out, frame_cache, "msrvtt", "--checkpoint", str(best))
+    assert res.exit_code == 2 and "was replaced or rewritten while verify ran" in res.stderr, res.output
+    assert not (out / "verify.json").exists()
