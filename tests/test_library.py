@@ -1284,6 +1284,41 @@ def test_recall_queries_sampled_from_videos_follow_the_library(tmp_path):
         assert got == source and sorted(map(tuple, queries.tolist())) == sorted(map(tuple, expected.tolist()))
 
 
+def test_a_video_the_engine_encodes_to_nan_is_skipped_not_stored(synth_root, engine, frame_cache, tmp_path):
+    """An engine output with NaN or inf for one video (an fp16 overflow): the shard stored it, and the video was
+    silently never found again (FAISS ranks a NaN score nowhere). It is now skipped and named, like an undecodable
+    video, and the rest of its batch is stored."""
+    from rap_deploy.config import FrameSamplingConfig
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.library.encode import encode_shard
+
+    class Overflowing:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def encode_video(self, frames, mask):
+            out = [np.array(x, copy=True) for x in self.inner.encode_video(frames, mask)]
+            out[-1][1] = np.inf  # the second video's last output
+            return out
+
+    videos = sorted((synth_root / "videos").glob("*.mp4"))[:3]
+    shard = {"name": "shard-000000", "row_offset": 0,
+             "videos": [[f"v{i}", str(p), None, None] for i, p in enumerate(videos)]}
+    sampling = FrameSamplingConfig(max_frames=engine.config.frames)
+    entry = encode_shard(tmp_path, shard, Overflowing(engine), FrameCache(frame_cache), sampling, batch_size=8)
+    assert entry["rows"] == 2 and [s["video_id"] for s in entry["skipped"]] == ["v1"]
+    assert "non-finite" in entry["skipped"][0]["reason"]
+    stored = json.loads((tmp_path / "shards/shard-000000/videos.json").read_text())
+    assert stored["video_id"] == ["v0", "v2"] and len(stored["sha256"]) == len(stored["bytes"]) == 2
+    for name in entry["files"]:
+        if name != "videos":
+            arr = np.load(tmp_path / entry["files"][name]["file"])
+            assert len(arr) == 2 and np.isfinite(arr.astype(np.float32)).all()
+
+
 def test_a_shard_too_large_for_memory_is_refused_after_its_first_batch(monkeypatch):
     """A shard's tensors are held whole until it is written (--shard-size up to millions): its size, measured on
     the first batch, is checked against the memory available before the rest is encoded."""

@@ -41,8 +41,9 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
             return
         out = engine.encode_video(np.concatenate(frames), np.concatenate(masks))
         named = dict(zip(outputs, out, strict=True))
-        for name in keep:
-            parts[name].append(np.asarray(named[name]).astype(tensor_dtype(name), copy=False))
+        stored = {name: np.asarray(named[name]).astype(tensor_dtype(name), copy=False) for name in keep}
+        for name, arr in _drop_non_finite(stored, meta, skipped).items():
+            parts[name].append(arr)
         advance(len(frames))
         frames.clear()
         masks.clear()
@@ -72,6 +73,26 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
     flush()
     arrays = {name: np.concatenate(p) for name, p in parts.items() if p}
     return write_shard(root, shard["name"], shard["row_offset"], arrays, meta, skipped, shard_digest(shard))
+
+
+def _drop_non_finite(arrays: dict[str, np.ndarray], meta: dict[str, list[Any]],
+                     skipped: list[dict[str, str]]) -> dict[str, np.ndarray]:
+    """``arrays`` (one batch, the last rows of ``meta``) without the videos any of whose stored tensors holds NaN or
+    inf (an overflow, e.g. of float16): those leave ``meta`` and join ``skipped``, never stored (FAISS would never
+    rank a NaN score, so the video would silently be unfindable)."""
+    n = len(next(iter(arrays.values())))
+    bad = np.zeros(n, dtype=bool)
+    for arr in arrays.values():
+        bad |= ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
+    if not bad.any():
+        return arrays
+    start = len(meta["video_id"]) - n
+    for i in np.flatnonzero(bad):
+        skipped.append({"video_id": meta["video_id"][start + i], "path": meta["path"][start + i],
+                        "reason": "the engine gave non-finite values (NaN or inf) for it"})
+    for values in meta.values():
+        values[start:] = [v for v, b in zip(values[start:], bad, strict=True) if not b]
+    return {name: arr[~bad] for name, arr in arrays.items()}
 
 
 def _check_shard_memory(parts: dict[str, list[np.ndarray]], videos: int, name: str) -> bool:
