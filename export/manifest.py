@@ -57,23 +57,28 @@ def graph_metadata(*, graph: str, precision: str, config: dict[str, Any], opset:
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """Read the ``rapdeploy.*`` metadata props of an ONNX file (JSON values decoded, prefix stripped).
 
-    Raises :class:`UsageError` when the file does not exist or carries no rapdeploy metadata.
+    Raises :class:`UsageError` when the file does not exist or carries no rapdeploy metadata, and
+    :class:`CheckFailedError` when it is not an ONNX graph or its metadata is damaged (a JSON value or the opset).
     """
-    import onnx
+    from rap_deploy.export.integrity import graph_facts
 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"ONNX file {path} does not exist")
-    model = onnx.load(str(path), load_external_data=False)
+    props = graph_facts(path, "graph", path)["metadata"]  # CheckFailedError for a file that is not ONNX
     out: dict[str, Any] = {}
-    for prop in model.metadata_props:
-        if prop.key.startswith(META_PREFIX):
-            key = prop.key[len(META_PREFIX):]
-            out[key] = json.loads(prop.value) if key in JSON_KEYS else prop.value
+    try:
+        for key, value in props.items():
+            if key.startswith(META_PREFIX):
+                name = key[len(META_PREFIX):]
+                out[name] = json.loads(value) if name in JSON_KEYS else value
+        if "opset" in out:
+            out["opset"] = int(out["opset"])
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckFailedError(f"{path}: its rapdeploy metadata is damaged ({type(exc).__name__}: "
+                               f"{str(exc)[:120]}); re-export it") from None
     if not out:
         raise UsageError(f"{path} has no rapdeploy metadata; it was not written by `rapdeploy export`")
-    if "opset" in out:
-        out["opset"] = int(out["opset"])
     return out
 
 

@@ -211,6 +211,24 @@ def test_metadata_round_trip(exported, offset_checkpoint):
         assert meta["torch_version"] == torch.__version__ and meta["rapdeploy_version"]
 
 
+def test_read_metadata_of_a_damaged_file_is_a_check_failure(exported, tmp_path):
+    """read_metadata (public API: 'UsageError when the file does not exist or carries no rapdeploy metadata') let
+    protobuf's DecodeError through for a file that is not ONNX, and json's JSONDecodeError for damaged metadata; both
+    are a CheckFailedError naming the file now."""
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.export import read_metadata
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not an onnx graph at all")
+    with pytest.raises(CheckFailedError, match="junk.onnx"):
+        read_metadata(junk)
+    model = onnx.load(str(exported[0] / "text_encoder.onnx"))
+    next(p for p in model.metadata_props if p.key == "rapdeploy.config").value = "{"
+    onnx.save(model, str(tmp_path / "damaged.onnx"))
+    with pytest.raises(CheckFailedError, match="metadata is damaged"):
+        read_metadata(tmp_path / "damaged.onnx")
+
+
 def test_fp16_graphs_keep_sensitive_ops_fp32(exported):
     out, manifest = exported
     fp32_ops = {"LayerNormalization", "Softmax", "ReduceSum", "ReduceL2", "ReduceMean", "TopK"}
