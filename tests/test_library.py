@@ -246,6 +246,21 @@ def test_queries_file_prints_one_json_object_per_query(library, micro_checkpoint
     assert table.exit_code == 0 and "re-rank" in table.output and "not re-ranked" in table.output
 
 
+def test_a_queries_file_larger_than_any_query_list_is_refused_unread(tmp_path, monkeypatch):
+    """`search --queries FILE` read the whole file before any check: a video or disk image passed by mistake was
+    read into memory whole (a MemoryError traceback past the memory). A file larger than the most queries a search
+    takes (10,000 of 1,000 characters) is refused from its size (exit 2), before a byte is read."""
+    from rap_deploy.cli.library_cmds import read_queries
+    from rap_deploy.library.queries import MAX_QUERIES_FILE_BYTES
+
+    qf = tmp_path / "clip.mp4"
+    with open(qf, "wb") as fh:
+        fh.truncate(MAX_QUERIES_FILE_BYTES + 1)  # sparse: no disk, and never read
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} was read"))
+    with pytest.raises(UsageError, match=r"clip.mp4 is 67,108,865 bytes.*one query per line"):
+        read_queries(None, qf)
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 def test_library_of_another_model_is_refused(library, tmp_path):
     from conftest import micro_config, randomize_adapters

@@ -225,6 +225,7 @@ def read_queries(text: str | None, queries_file: Path | None) -> list[str]:
     if not queries_file.is_file():
         what = "is not a regular file (a folder, FIFO or device)" if queries_file.exists() else "does not exist"
         raise UsageError(f"query file {queries_file} {what}; pass a text file with one query per line")
+    _check_queries_file_size(queries_file)
     data = queries_file.read_bytes()
     try:
         content = data.decode("utf-8")
@@ -236,6 +237,17 @@ def read_queries(text: str | None, queries_file: Path | None) -> list[str]:
     if not lines:
         raise UsageError(f"query file {queries_file} holds no query; write one query per line")
     return lines
+
+
+def _check_queries_file_size(queries_file: Path) -> None:
+    """Refuse (exit 2) a queries file larger than the most queries one search takes, before reading it."""
+    from rap_deploy.library.queries import MAX_QUERIES, MAX_QUERIES_FILE_BYTES, MAX_QUERY_CHARS
+
+    size = queries_file.stat().st_size
+    if size > MAX_QUERIES_FILE_BYTES:
+        raise UsageError(f"query file {queries_file} is {size:,} bytes, more than {MAX_QUERIES:,} queries of "
+                         f"{MAX_QUERY_CHARS:,} characters take ({MAX_QUERIES_FILE_BYTES:,}); pass a text file with "
+                         "one query per line (split a longer list)")
 
 
 def resolve_library(library: Path | None, workspace: Path | None) -> Path:

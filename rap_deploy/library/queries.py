@@ -24,6 +24,9 @@ from rap_deploy.errors import UsageError
 
 MAX_QUERY_CHARS = 1000
 MAX_QUERIES = 10000
+# A queries file (one query a line): room for MAX_QUERIES of MAX_QUERY_CHARS in UTF-8 with blank lines and indents;
+# a larger file is something else (a video passed by mistake) and is refused from its size, unread.
+MAX_QUERIES_FILE_BYTES = 64 << 20
 
 
 def check_queries(queries: Any, tokenizer: TokenizerConfig) -> tuple[list[str], list[list[str]]]:
