@@ -33,3 +33,24 @@ def test_every_command_help_is_reflowed(name):
     result = CliRunner().invoke(app, [name, "--help"], terminal_width=200)
     assert result.exit_code == 0 and "Usage: rapdeploy" in result.output, result.output
     assert " ".join(paragraphs[0].split()) in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("folder", ["runs [old]", "x[/b]"])
+def test_summaries_show_folders_with_brackets_as_they_are(folder, capsys, monkeypatch):
+    """Paths went through rich markup: a folder named 'x[/b]' ended a finished command with a MarkupError traceback,
+    'runs [old]' printed as 'runs '. (train's and build-engine's summaries; export's and verify's are tested with
+    them.)"""
+    from rap_deploy.cli.engine_cmds import _print_summary
+    from rap_deploy.cli.train_cmds import _print_train_summary
+
+    monkeypatch.setenv("COLUMNS", "400")
+    recall = {"R1": 1.0, "R5": 2.0, "R10": 3.0, "MnR": 4.0}
+    _print_train_summary({"run_dir": f"/w/{folder}", "best": {"epoch": 1, "t2v": recall, "v2t": recall},
+                          "variant": "rap", "clip": "rap-micro", "trainable_params": 1, "total_params": 2, "steps": 3,
+                          "batch_size": 4, "train_seconds": 1.0, "wall_seconds": 2.0, "world_size": 1,
+                          "device": "cpu", "skipped_videos": [{"video_id": "v[1]"}], "complete": False,
+                          "epochs_done": 1, "epochs": 2})
+    _print_summary({"dir": f"/w/{folder}", "graphs": {}, "backend": "onnxruntime", "precision": "fp32",
+                    "device": "cpu"})
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.count(f"/w/{folder}") == 3 and "v[1]" in text, text

@@ -64,6 +64,7 @@ def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
         typer.echo(json_text(summary))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=max(Console().width, 110))
@@ -93,7 +94,7 @@ def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
 
     device = summary.get("device") or {}
     where = f"{device.get('cpu', 'CPU')}, {device.get('cores', '?')} cores" if isinstance(device, dict) else device
-    thr = Table(title=f"Throughput at the largest benchmarked batch ({where})")
+    thr = Table(title=escape(f"Throughput at the largest benchmarked batch ({where})"))
     for col in ("backend", "precision", "graph", "batch", "throughput", "p50 ms", "vs PyTorch"):
         thr.add_column(col)
     largest: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -114,7 +115,7 @@ def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
                       + "; ".join(load.get("reasons", [])), style="bold red", markup=False)
     _print_library(console, summary.get("library"))
     console.print(f"demo finished in {summary['seconds']:.0f}s (all steps: {summary['pipeline_seconds']:.0f}s); "
-                  f"summary: {Path(target) / 'summary.json'}")
+                  f"summary: {Path(target) / 'summary.json'}", markup=False)
 
 
 def _print_library(console: Any, library: dict[str, Any] | None) -> None:

@@ -68,9 +68,10 @@ def build_engine_cmd(
 
 def _print_summary(manifest: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"engine {manifest['dir']}")
+    table = Table(title=escape(f"engine {manifest['dir']}"))
     for col in ("graph", "file", "MiB", "max abs err", "min cosine"):
         table.add_column(col)
     val = manifest.get("validation") or {}
@@ -84,4 +85,4 @@ def _print_summary(manifest: dict) -> None:
     console.print(table)
     console.print(f"{manifest['backend']} {manifest['precision']} on {manifest['device']}"
                   + (f" ({manifest['provider']})" if manifest.get("provider") else "")
-                  + (f"; validated against {val['reference']}" if val else "; not validated"))
+                  + (f"; validated against {val['reference']}" if val else "; not validated"), markup=False)

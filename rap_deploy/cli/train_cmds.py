@@ -242,10 +242,11 @@ def _run_training(options: TrainOptions | None, resume: Path | None, given: dict
 
 def _print_train_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"RAP training: {summary['run_dir']}", show_header=True)
+    table = Table(title=escape(f"RAP training: {summary['run_dir']}"), show_header=True)
     table.add_column("epoch")
     for col in ("loss", "t2v R@1", "R@5", "R@10", "MnR", "v2t R@1", "R@5", "R@10", "MnR"):
         table.add_column(col, justify="right")
@@ -264,13 +265,13 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
                   f"in {summary['train_seconds']:.1f} s of training ({summary['wall_seconds']:.1f} s wall), "
                   f"world size {summary['world_size']} on {summary['device']}; "
                   f"{len(skipped)} undecodable training video(s) skipped"
-                  + (": " + ", ".join(s["video_id"] for s in skipped[:10]) if skipped else ""))
+                  + (": " + ", ".join(s["video_id"] for s in skipped[:10]) if skipped else ""), markup=False)
     if not summary.get("complete"):
         console.print(f"[yellow]stopped after epoch {summary['epochs_done']} of {summary['epochs']}; continue with "
-                      f"`rapdeploy train --resume {summary['run_dir']}`[/]")
+                      f"`rapdeploy train --resume {escape(summary['run_dir'])}`[/]")
     else:
         console.print(f"best.pt = epoch {summary['best_epoch']} (rule: {summary['selection_rule']}); last.pt, "
-                      f"metrics.jsonl and summary.json in {summary['run_dir']}")
+                      f"metrics.jsonl and summary.json in {summary['run_dir']}", markup=False)
     offsets = (summary.get("best") or {}).get("offsets")
     if offsets:
         console.print("best.pt ASA offsets: γ (patch y, x) " + "  ".join(f"({y:+.3f}, {x:+.3f})"
