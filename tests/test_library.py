@@ -498,6 +498,29 @@ def test_a_stage1_index_claiming_more_memory_than_there_is_is_damaged(library, t
     assert len(errors) == 1 and manifest["stage1"]["file"] in errors[0], res.stderr[-2000:]
 
 
+@pytest.mark.parametrize("start", ["12", float("nan"), -5.0, [1]])
+def test_a_segment_that_is_not_a_time_is_refused_at_open(library, engine, frame_cache, tmp_path, start):
+    """videos.json (its sha256 updated in the manifest) giving a video's segment start as text, NaN, a negative
+    time or a list: the library opened, and its thumbnails (GET /thumbnail) died in the decoder with a TypeError
+    (a 500). Segments are now checked at open like the other per-video fields: exit 1 naming the file."""
+    import hashlib
+
+    from rap_deploy.library import open_library
+
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    f = manifest["shards"][0]["files"]["videos"]
+    videos = json.loads((lib / f["file"]).read_text())
+    videos["start"][0] = start
+    (lib / f["file"]).write_text(json.dumps(videos))
+    f.update(bytes=(lib / f["file"]).stat().st_size,
+             sha256=hashlib.sha256((lib / f["file"]).read_bytes()).hexdigest())
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DamagedArtifactError, match="videos.json.*start"):
+        with open_library(lib, engine, cache_dir=frame_cache) as opened:
+            opened.thumbnail_frames(videos["video_id"][0], 2)
+
+
 def test_file_truncated_after_open_raises_damaged(library, engine, tmp_path):
     from rap_deploy.library import open_library
 

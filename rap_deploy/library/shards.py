@@ -300,11 +300,25 @@ def read_videos(root: Path, shard: dict[str, Any]) -> dict[str, list[Any]]:
                 not all(type(v) is int and low <= v < 2 ** 63 for v in values):
             raise DamagedArtifactError(f"library shard file {path} lists {k!r} that are not {shard['rows']} "
                                        f"integers from {low}; re-index the library")
+    _check_segments(videos, path)
     if videos.get("row_offset", shard["row_offset"]) != shard["row_offset"]:  # absent in libraries built before it
         raise DamagedArtifactError(f"library shard file {path} holds rows from {videos['row_offset']}, the manifest "
                                    f"puts shard {shard['name']} at row {shard['row_offset']}: the manifest was "
                                    "edited; re-index the library")
     return videos
+
+
+def _check_segments(videos: dict[str, list[Any]], path: Path) -> None:
+    """Each video's segment ``start``/``end`` is absent (``None``) or a finite time in seconds >= 0, ``end`` after
+    ``start``: they reach the decoder when its thumbnails are asked for."""
+    def time_or_none(t: Any) -> bool:
+        return t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0)
+
+    for i, (start, end) in enumerate(zip(videos["start"], videos["end"], strict=True)):
+        if not (time_or_none(start) and time_or_none(end)) or (start is not None and end is not None
+                                                                   and end <= start):
+            raise DamagedArtifactError(f"library shard file {path} gives video {i} the segment start {start!r}, end "
+                                       f"{end!r}: not times in seconds; re-index the library")
 
 
 def _check_size(path: Path, f: dict[str, Any], shard: str) -> None:
