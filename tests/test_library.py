@@ -521,6 +521,27 @@ def test_a_segment_that_is_not_a_time_is_refused_at_open(library, engine, frame_
             opened.thumbnail_frames(videos["video_id"][0], 2)
 
 
+@pytest.mark.parametrize("ann,recorded", [("ivf", "hnsw"), ("exact", "ivf")])
+def test_a_stage1_type_edited_in_the_manifest_is_damaged(library, micro_checkpoint, tmp_path, ann, recorded):
+    """The manifest's stage1.type is not hashed: an IVF library's edited to 'hnsw' made every search a FAISS
+    RuntimeError traceback ('IndexIVF params have incorrect type'). The index file's type is now checked against
+    it when it is loaded (search and index), exit 1 naming the file."""
+    lib = _copy(library, tmp_path / "lib")
+    if ann != "exact":
+        assert runner.invoke(app, ["index", "--out", str(lib), "--ann", ann]).exit_code == 0
+    manifest = json.loads((lib / "manifest.json").read_text())
+    manifest["stage1"]["type"] = recorded
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    before = _files(lib)
+    for args in (["search", "a red circle", "--library", str(lib), "--engine", str(micro_checkpoint), "--top", "12"],
+                 ["index", "--out", str(lib), "--remove", json.loads((lib / manifest["shards"][0]["files"]["videos"]
+                                                                       ["file"]).read_text())["video_id"][0]]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 1 and manifest["stage1"]["file"] in res.output, res.output
+        assert f"records an inner-product {recorded} index" in res.output, res.output
+    assert _files(lib) == before
+
+
 def test_file_truncated_after_open_raises_damaged(library, engine, tmp_path):
     from rap_deploy.library import open_library
 

@@ -187,7 +187,7 @@ def _reusable_index(root: Path, old: dict[str, Any] | None, kind: str, removed: 
     if not path.is_file():
         return None
     check_sha256(path, old["stage1"])
-    index = stage1.load(path, fix="re-index with --force")
+    index = stage1.load(path, kind, fix="re-index with --force")
     if kind == "ivf" and live == 0:
         return index  # no video left to train new lists on: it holds only tombstones until --add rebuilds it
     held = max(0, int(index.ntotal) - int(old["videos"]))

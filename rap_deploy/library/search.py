@@ -154,7 +154,7 @@ class Library:
                                        f"records {entry.get('bytes')}; re-index the library")
         check_sha256(path, entry)
         stage1.check_ann(entry["type"])
-        index = stage1.load(path)
+        index = stage1.load(path, entry["type"])
         dim = self.manifest["tensor_shapes"]["video_emb"][0]
         if index.d != dim:
             raise DamagedArtifactError(f"library stage-1 index {path} has dimension {index.d}, the library {dim}")

@@ -221,14 +221,37 @@ def save(index: Any, path: Path) -> None:
     save_with(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
-def load(path: Path, fix: str = "re-index the library") -> Any:
-    """Read an index written by :func:`save` (the caller checks its sha256 first). Raises
-    :class:`DamagedArtifactError` (ending with ``fix``) when FAISS cannot read it, or when a size in it claims
-    more memory than there is (FAISS allocates what a vector's size field says before reading it)."""
+def load(path: Path, kind: str, fix: str = "re-index the library") -> Any:
+    """Read an index of ``kind`` written by :func:`save` (the caller checks its sha256 first). Raises
+    :class:`DamagedArtifactError` (ending with ``fix``) when FAISS cannot read it, when a size in it claims more
+    memory than there is (FAISS allocates what a vector's size field says before reading it), or when it is not an
+    inner-product index of ``kind`` (the manifest's type is not hashed; searching with another type's parameters
+    is a FAISS error)."""
     import faiss
 
     try:
-        return faiss.read_index(str(path))
+        index = faiss.read_index(str(path))
     except (RuntimeError, MemoryError) as exc:
         reason = "a size in it claims more memory than there is" if isinstance(exc, MemoryError) else str(exc)[:120]
         raise DamagedArtifactError(f"library stage-1 index {path} cannot be read ({reason}); {fix}") from None
+    found = kind_of(index)
+    if found != kind or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        what = f"an {found} index" if found else f"a {type(faiss.downcast_index(index)).__name__}"
+        raise DamagedArtifactError(f"library stage-1 index {path} is {what} (metric {index.metric_type}), the manifest "
+                                   f"records an inner-product {kind} index; {fix}")
+    return index
+
+
+def kind_of(index: Any) -> str | None:
+    """The stage-1 type of a FAISS index as :func:`new_index` makes them (``None`` for any other index)."""
+    import faiss
+
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexIVFFlat):
+        return "ivf"
+    if not isinstance(outer, faiss.IndexIDMap):
+        return None
+    inner = faiss.downcast_index(outer.index)
+    if isinstance(inner, faiss.IndexHNSWFlat):
+        return "hnsw"
+    return "exact" if isinstance(inner, faiss.IndexFlat) else None
