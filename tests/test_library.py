@@ -1136,6 +1136,26 @@ def test_an_ivf_search_deeper_than_its_tuned_m_still_finds_k():
         assert all(len(set(row.tolist())) == k for row in found)
 
 
+def test_an_hnsw_search_over_many_identical_videos_still_finds_k():
+    """30 % of a library identical (blank clips): HNSW's graph walk could not reach the rest, and a search for 300
+    of 3,000 returned 171. A walk that falls short is answered by exact search over the stored vectors, removed
+    rows still left out."""
+    from rap_deploy.library import stage1
+    from rap_deploy.library.scale_bench import clustered_vectors
+
+    base = clustered_vectors(3000, 32, seed=0, clusters=30)
+    base[:900] = base[0]
+    ids = np.arange(3000, dtype=np.int64) * 2 + 1
+    index = stage1.new_index("hnsw", 32)
+    stage1.add(index, base, ids)
+    queries = clustered_vectors(20, 32, seed=1, queries=True, clusters=30)
+    assert (stage1.search_once(index, "hnsw", queries, 300, 64)[1] < 0).any()
+    removed = ids[1::7]
+    found = stage1.search(index, "hnsw", queries, 300, 64, exclude=removed)[1]
+    assert (found >= 0).all() and not set(found.reshape(-1).tolist()) & set(removed.tolist())
+    assert all(len(set(row.tolist())) == 300 for row in found)
+
+
 # ---------------------------------------------------------------------------------------------- torchrun
 def test_torchrun_two_ranks_equal_one_process(library, synth_root, micro_checkpoint, frame_cache, tmp_path):
     out = tmp_path / "two"
