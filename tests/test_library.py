@@ -1413,5 +1413,7 @@ def test_a_shard_too_large_for_memory_is_refused_after_its_first_batch(monkeypat
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
     assert _check_shard_memory(parts, 120, "shard-00000") is True
+    dropped = {name: [a[:0]] for name, a in parts.items()}  # a first batch every video of which was non-finite
+    assert _check_shard_memory(dropped, 200, "shard-00001") is False  # not measured: the next batch is
     with pytest.raises(UsageError, match=r"shard-00001 \(200 videos.*--shard-size"):
         _check_shard_memory(parts, 200, "shard-00001")

@@ -97,7 +97,8 @@ def _drop_non_finite(arrays: dict[str, np.ndarray], meta: dict[str, list[Any]],
 
 def _check_shard_memory(parts: dict[str, list[np.ndarray]], videos: int, name: str) -> bool:
     """Refuse a shard whose tensors, measured on its first encoded batch, would not fit in memory (a shard is held
-    whole, then joined: twice its size) before encoding the rest of it (:class:`UsageError`, exit 2); returns True."""
+    whole, then joined: twice its size) before encoding the rest of it (:class:`UsageError`, exit 2); returns
+    whether it measured (not while every video encoded so far was dropped as non-finite: the next batch is)."""
     from rap_deploy.bounds import check_memory
 
     rows = sum(len(a) for a in next(iter(parts.values()), []))
@@ -105,7 +106,7 @@ def _check_shard_memory(parts: dict[str, list[np.ndarray]], videos: int, name: s
         per_video = sum(a.nbytes for p in parts.values() for a in p) / rows
         check_memory(int(2 * per_video * videos), f"library shard {name} ({videos} videos of "
                      f"{per_video / 2**20:.2f} MiB)", "pass a smaller --shard-size")
-    return True
+    return rows > 0
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, int]:
