@@ -542,6 +542,30 @@ def test_a_stage1_type_edited_in_the_manifest_is_damaged(library, micro_checkpoi
     assert _files(lib) == before
 
 
+def test_a_stage1_index_missing_live_videos_is_damaged(library, engine, tmp_path):
+    """A stage-1 index file (and its sha256 in the manifest) of fewer vectors than the library's live videos: the
+    library opened and every search silently missed the videos it lacked. Its vector count is now checked against
+    the manifest's and the live videos at open (exit 1 naming the file)."""
+    import hashlib
+
+    from rap_deploy.library import open_library, stage1
+
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    entry = manifest["stage1"]
+    vectors = np.load(lib / manifest["shards"][0]["files"]["video_emb"]["file"])
+    index = stage1.new_index("exact", vectors.shape[1])
+    stage1.add(index, vectors, np.arange(len(vectors), dtype=np.int64))  # the first shard's videos only
+    stage1.save(index, lib / entry["file"])
+    data = (lib / entry["file"]).read_bytes()
+    entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    for recorded in (entry["ntotal"], len(vectors)):  # the manifest's count kept, or edited to match
+        entry["ntotal"] = recorded
+        (lib / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(DamagedArtifactError, match=f"{entry['file']} holds {len(vectors)} vectors"):
+            open_library(lib, engine)
+
+
 def test_file_truncated_after_open_raises_damaged(library, engine, tmp_path):
     from rap_deploy.library import open_library
 

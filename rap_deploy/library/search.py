@@ -158,6 +158,11 @@ class Library:
         dim = self.manifest["tensor_shapes"]["video_emb"][0]
         if index.d != dim:
             raise DamagedArtifactError(f"library stage-1 index {path} has dimension {index.d}, the library {dim}")
+        recorded = entry.get("ntotal", index.ntotal)
+        if index.ntotal != recorded or index.ntotal < len(self._id_to_row):
+            raise DamagedArtifactError(f"library stage-1 index {path} holds {index.ntotal} vectors, the manifest "
+                                       f"records {recorded} for {len(self._id_to_row)} live videos (a search would "
+                                       "miss videos); re-index the library")
         return index
 
     # --------------------------------------------------------------------------------------------- public
