@@ -14,12 +14,10 @@ import numpy as np
 from rap_deploy.bounds import check_memory
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import UsageError
-from rap_deploy.tokenizer import NUM_MERGES, SPECIAL_TOKENS
+from rap_deploy.tokenizer import vocab_size
 
 DEFAULT_QUERY_BLOCK = 32
 DEFAULT_VIDEO_BLOCK = 64
-# Token ids the tokenizer gives (byte symbols, their end-of-word forms, merges, special tokens): 49,408.
-TOKEN_IDS = 2 * 256 + NUM_MERGES + len(SPECIAL_TOKENS)
 
 
 def check_video_inputs(frames: np.ndarray, frame_mask: np.ndarray | None, config: RAPConfig
@@ -57,16 +55,18 @@ def check_text_inputs(input_ids: np.ndarray, eot: np.ndarray, config: RAPConfig)
     """Return ``input_ids`` int32 ``[B,n]`` (``1 <= n <= context_length``) and ``eot`` int32 ``[B]``.
 
     Raises :class:`UsageError` on a bad shape, an EOT position outside its row, or an id that is no token id (below 0,
-    at least :data:`TOKEN_IDS`, not a whole number): the int32 cast would wrap or truncate it and ONNX Runtime's
-    Gather reads a negative id from the end of the table, each a silent embedding of other tokens.
+    at least the tokenizer's :func:`~rap_deploy.tokenizer.vocab_size`, not a whole number): the int32 cast would
+    wrap or truncate it and ONNX Runtime's Gather reads a negative id from the end of the table, each a silent
+    embedding of other tokens.
     """
     raw_ids, raw_pos = _whole_numbers("input_ids", input_ids), _whole_numbers("eot", eot).reshape(-1)
     length = config.context_length
     if raw_ids.ndim != 2 or not 1 <= raw_ids.shape[1] <= length or raw_pos.shape[0] != raw_ids.shape[0]:
         raise UsageError(f"input_ids must be [B,n] with 1 <= n <= {length} (the model's context) and eot [B], got "
                          f"{list(raw_ids.shape)} and {list(raw_pos.shape)}; tokenize with rap_deploy.tokenizer")
-    if raw_ids.size and (raw_ids.min() < 0 or raw_ids.max() >= TOKEN_IDS or not _integral(raw_ids)):
-        raise UsageError(f"input_ids must be token ids in [0, {TOKEN_IDS}) (whole numbers), got values "
+    vocab = vocab_size(config.tokenizer)
+    if raw_ids.size and (raw_ids.min() < 0 or raw_ids.max() >= vocab or not _integral(raw_ids)):
+        raise UsageError(f"input_ids must be token ids in [0, {vocab}) (whole numbers), got values "
                          f"{raw_ids.min()}..{raw_ids.max()}; tokenize with rap_deploy.tokenizer")
     if not _integral(raw_pos):
         raise UsageError(f"eot positions must be whole numbers, got {raw_pos.tolist()[:8]}")
