@@ -736,6 +736,31 @@ def test_add_reencodes_a_file_changed_in_place(synth_root, micro_checkpoint, fra
     assert scores(lib) == before
 
 
+def test_add_reencodes_a_file_replaced_with_its_size_and_mtime_kept(synth_root, micro_checkpoint, frame_cache,
+                                                                   tmp_path):
+    """A file replaced by other content of the same size with its modification time put back (``cp -p``, ``touch
+    -r``): --add compared size and mtime only, so it kept the old row ('up to date'); the change time (and inode)
+    recorded with the row now tell it, and the content hash confirms it."""
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    size = max(p.stat().st_size for p in videos[:2])  # two clips padded to one size (trailing zeros still decode)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    padded = [p.read_bytes() + b"\0" * (size - p.stat().st_size) for p in videos[:2]]
+    (folder / "a.mp4").write_bytes(padded[0])
+    args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(tmp_path / "lib"),
+            "--cache-dir", str(frame_cache), "--json"]
+    assert runner.invoke(app, args).exit_code == 0
+    st = os.stat(folder / "a.mp4")
+    (folder / "a.mp4").write_bytes(padded[1])
+    os.utime(folder / "a.mp4", ns=(st.st_atime_ns, st.st_mtime_ns))  # touch -r: the old mtime, the same size
+    assert (os.stat(folder / "a.mp4").st_size, os.stat(folder / "a.mp4").st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    res = runner.invoke(app, [*args, "--add"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert (report["replaced"], report["added"], report["up_to_date"]) == (["a"], 1, False), report
+    assert json.loads(runner.invoke(app, [*args, "--add"]).stdout)["up_to_date"]
+
+
 def test_changed_files_edge_cases(synth_root, micro_checkpoint, frame_cache, tmp_path, monkeypatch):
     """--add after a killed build resumes it even when an indexed file changed meanwhile (that one waits for the next
     --add); a file from before 1970 indexes; another folder's file under an indexed id is refused (not "changed");

@@ -1,12 +1,13 @@
 """Videos changed in place since they were indexed: what ``rapdeploy index --add`` re-encodes.
 
-Each library row records its file's size, modification time (ns) and content sha256 when it was encoded. A given
-video whose id is live in the library and whose file now differs in size or modification time is hashed, and when
-its sha256 differs too it is re-encoded: the build plans it like a new video and removes the old row once the new
-one is committed (a re-encode that fails to decode keeps the old row and is listed as skipped). Only files whose
-stat changed are read, so ``--add`` over an unchanged folder costs one ``stat`` per video. Rows of libraries built
-before the stat was recorded are never re-checked: re-encode those with ``--remove ID`` then ``--add``.
-"""
+Each library row records its file's size, modification time (ns), change time (ns), inode and content sha256 when it was
+encoded. A given video whose id is live in the library and whose file now differs in any of these stat fields is hashed,
+and when its sha256 differs too it is re-encoded (the change time and inode catch a file replaced with its size and
+modification time kept, as ``cp -p`` or ``touch -r`` leave it; no user can set a change time): the build plans it like a
+new video and removes the old row once the new one is committed (a re-encode that fails to decode keeps the old row and
+is listed as skipped). Only files whose stat changed are read, so ``--add`` over an unchanged folder costs one ``stat``
+per video. Rows of libraries built before the stat was recorded are never re-checked: re-encode those with ``--remove
+ID`` then ``--add``; rows recorded before the change time and inode compare the size and modification time only."""
 
 from __future__ import annotations
 
@@ -18,24 +19,34 @@ from typing import Any
 from rap_deploy.data.datasets import VideoEntry
 from rap_deploy.errors import UsageError
 from rap_deploy.library.assemble import live_records
+from rap_deploy.library.shards import FILE_STAT_FIELDS
 
 
 @dataclass(frozen=True)
 class IndexedFile:
-    """What a live library row recorded about the file it was encoded from (stat is ``None`` when not recorded)."""
+    """What a live library row recorded about the file it was encoded from (a stat field is ``None`` when not
+    recorded)."""
 
     row: int
     path: str
     sha256: str
     size: int | None
     mtime_ns: int | None
+    ctime_ns: int | None = None
+    inode: int | None = None
+
+    def same_stat(self, st: os.stat_result) -> bool:
+        """Whether ``st`` matches every stat field this row recorded (then the content is taken as unchanged)."""
+        now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        was = (self.size, self.mtime_ns, self.ctime_ns, self.inode)
+        return all(w is None or w == n for w, n in zip(was, now, strict=True))
 
 
 def indexed_files(root: Path, shards: list[dict[str, Any]], removed: set[int]) -> dict[str, IndexedFile]:
     """The :class:`IndexedFile` of every live row, by video id (reads each shard's ``videos.json``)."""
     out: dict[str, IndexedFile] = {}
     for row, videos, i in live_records(root, shards, removed):
-        stat = [videos[k][i] if k in videos else None for k in ("bytes", "mtime_ns")]
+        stat = [videos[k][i] if k in videos else None for k in FILE_STAT_FIELDS]
         out[videos["video_id"][i]] = IndexedFile(row, videos["path"][i], str(videos["sha256"][i]), *stat)
     return out
 
@@ -57,8 +68,7 @@ def changed_videos(videos: list[VideoEntry], indexed: dict[str, IndexedFile]) ->
             continue
         try:
             st = os.stat(video.path)
-            if (st.st_size, st.st_mtime_ns) == (known.size, known.mtime_ns) or \
-                    file_digest(video.path) == known.sha256:
+            if known.same_stat(st) or file_digest(video.path) == known.sha256:
                 continue
         except OSError:
             continue

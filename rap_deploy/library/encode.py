@@ -65,8 +65,8 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
         for key, value in zip(VIDEO_FIELDS, (video.video_id, str(video.path), video.start, video.end, sha),
                               strict=True):
             meta[key].append(value)
-        meta["bytes"].append(int(st.st_size))
-        meta["mtime_ns"].append(int(st.st_mtime_ns))
+        for key, value in zip(FILE_STAT_FIELDS, _stat_key(st), strict=True):
+            meta[key].append(int(value))
         if len(frames) >= batch_size:
             flush()
             checked = checked or _check_shard_memory(parts, len(src.videos), shard["name"])
@@ -109,5 +109,6 @@ def _check_shard_memory(parts: dict[str, list[np.ndarray]], videos: int, name: s
     return rows > 0
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int]:
-    return st.st_size, st.st_mtime_ns
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """The :data:`FILE_STAT_FIELDS` of ``st``: what changes when a file's content does."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino

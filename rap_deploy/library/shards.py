@@ -35,9 +35,11 @@ from rap_deploy.library.manifest import SHARDS_DIR, entry_path
 SHARD_RECORD = "shard.json"
 VIDEOS_FILE = "videos.json"
 VIDEO_FIELDS = ("video_id", "path", "start", "end", "sha256")
-# The file's size and modification time when it was encoded, so `index --add` can notice a file changed in place
-# without hashing the library. Optional: libraries built before they were recorded lack them.
-FILE_STAT_FIELDS = ("bytes", "mtime_ns")
+# The file's size, modification time, change time and inode when it was encoded, so `index --add` can notice a file
+# changed in place without hashing the library: the change time and inode tell a file replaced under a kept size and
+# modification time (`cp -p`, `touch -r`, rsync). Optional: libraries built before they were recorded lack them
+# (before ctime_ns and inode, only the size and modification time are compared).
+FILE_STAT_FIELDS = ("bytes", "mtime_ns", "ctime_ns", "inode")
 
 
 def shard_name(number: int) -> str:
@@ -294,7 +296,7 @@ def read_videos(root: Path, shard: dict[str, Any]) -> dict[str, list[Any]]:
                                    f"{', '.join(VIDEO_FIELDS)}; re-index the library")
     if not all(isinstance(v, str) for v in videos["video_id"]) or not all(isinstance(p, str) for p in videos["path"]):
         raise DamagedArtifactError(f"library shard file {path} has non-text video ids or paths; re-index the library")
-    for k, low in (("bytes", 0), ("mtime_ns", -(2 ** 63))):  # a file may date from before 1970
+    for k, low in (("bytes", 0), ("mtime_ns", -(2 ** 63)), ("ctime_ns", -(2 ** 63)), ("inode", 0)):  # pre-1970 too
         values = videos.get(k, [0] * shard["rows"])
         if not isinstance(values, list) or len(values) != shard["rows"] or \
                 not all(type(v) is int and low <= v < 2 ** 63 for v in values):
