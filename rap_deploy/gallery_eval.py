@@ -34,7 +34,8 @@ def evaluate_in_galleries(encoder: Any, split: Any, cache: Any, gallery: int, to
 
     Every video and caption is encoded once, the videos one gallery at a time: only one gallery's index is held
     (the whole split's index of the 2,400 held-out videos is 3.1 GB with the demo's model). Raises
-    :class:`UsageError` for a gallery of fewer than 2 videos or a split without a caption of a usable video.
+    :class:`UsageError` for a gallery of fewer than 2 videos, what :func:`rap_deploy.retrieval.usable_videos` raises
+    (:class:`~rap_deploy.errors.CheckFailedError` for a split without a caption of a decodable video).
     """
     from rap_deploy.metrics import metrics_from_ranks, query_ranks
     from rap_deploy.retrieval import encode_texts, encode_videos, usable_videos
@@ -56,8 +57,6 @@ def evaluate_in_galleries(encoder: Any, split: Any, cache: Any, gallery: int, to
         for name, sim in sims.items():
             for direction, ranks in query_ranks(sim, owner[rows] - start).items():
                 pooled.setdefault(name, {}).setdefault(direction, []).append(ranks)
-    if not pooled:
-        raise UsageError(f"the {split.split} split has no caption of a usable video: nothing to score")
     result: dict[str, Any] = {
         name: {d: metrics_from_ranks(np.concatenate([r for r, _ in parts]), np.concatenate([t for _, t in parts]))
                for d, parts in by_direction.items()}

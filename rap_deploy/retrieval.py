@@ -167,7 +167,7 @@ def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = Tr
 
     Skipped videos are reported by id and reason, never replaced by zeros. Raises
     :class:`~rap_deploy.errors.CheckFailedError` (exit 1: the dataset is damaged) when none of the split's videos
-    decodes, naming the first few and why.
+    decodes, naming the first few and why, or when no caption is left to query with (:func:`_check_captions`).
     """
     from rap_deploy.data.progress import progress_bar
     from rap_deploy.data.video import VideoDecodeError
@@ -187,7 +187,26 @@ def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = Tr
         named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3])
         raise CheckFailedError(f"none of the {len(skipped)} videos of the {split.split} split decodes ({named}"
                                f"{'; …' if len(skipped) > 3 else ''}); check the videos with `rapdeploy data-check`")
-    return (split if not skipped else split.subset(good)), skipped
+    kept = split if not skipped else split.subset(good)
+    _check_captions(split, kept, skipped)
+    return kept, skipped
+
+
+def _check_captions(split: Any, kept: Any, skipped: list[dict[str, str]]) -> None:
+    """Raise :class:`~rap_deploy.errors.CheckFailedError` when ``kept`` (``split``'s decodable videos) has videos but
+    no caption: there is no text query to score (the text encoder was then called on nothing, a numpy traceback)."""
+    from rap_deploy.errors import CheckFailedError
+
+    if not kept.num_videos or kept.num_captions:
+        return
+    if not split.num_captions:
+        raise CheckFailedError(f"the {split.split} split's annotations give none of its {split.num_videos} videos a "
+                               "caption: there is no text query to score; check the dataset with `rapdeploy "
+                               "data-check`")
+    named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3])
+    raise CheckFailedError(f"every captioned video of the {split.split} split was skipped ({named}"
+                           f"{'; …' if len(skipped) > 3 else ''}): no caption of a decodable video is left to score; "
+                           "check the videos with `rapdeploy data-check`")
 
 
 def encode_videos(encoder: Encoder, split: Any, cache: Any, batch_size: int = 8, progress: bool = True) -> VideoIndex:

@@ -80,3 +80,39 @@ def test_a_one_row_video_answer_is_a_failed_check(monkeypatch):
     assert len(retrieval.encode_videos(OneRowEncoder(None), Split(), None, progress=False)) == 2
     with pytest.raises(CheckFailedError, match=r"video encoder's video_emb returned shape \[1, 4\] for \[2\]"):
         retrieval.encode_videos(OneRowEncoder(), Split(), None, progress=False)
+
+
+def _caption_split(captioned: list[int], videos: int = 3):
+    from pathlib import Path
+
+    from rap_deploy.config import FrameSamplingConfig
+    from rap_deploy.data.datasets import RetrievalSplit, VideoEntry
+
+    return RetrievalSplit("msvd", "test", [VideoEntry(f"v{i}", Path(f"v{i}.avi")) for i in range(videos)],
+                          [f"caption of v{v}" for v in captioned], np.asarray(captioned, np.int64),
+                          FrameSamplingConfig(), 8)
+
+
+@pytest.mark.parametrize(("captioned", "undecodable", "message"), [
+    ([], set(), "give none of its 3 videos a caption"),
+    ([0, 0], {"v0.avi"}, r"every captioned video of the test split was skipped \(v0: broken\)")])
+def test_a_split_with_no_caption_of_a_decodable_video_is_a_failed_check(monkeypatch, captioned, undecodable, message):
+    """A split whose decodable videos have no caption (an MSVD list of empty caption lists, or every captioned video
+    undecodable) reached the text encoder with nothing to encode: numpy's "need at least one array to concatenate"
+    traceback from evaluate, and from evaluate_in_galleries before its own check. It is a failed check naming why."""
+    from rap_deploy.data.video import VideoDecodeError
+    from rap_deploy.gallery_eval import evaluate_in_galleries
+
+    class Cache:
+        def get(self, path, *args):
+            if str(path) in undecodable:
+                raise VideoDecodeError(path, "broken")
+
+    monkeypatch.setattr(retrieval, "load_video_batch",
+                        lambda split, idx, cache, config: (np.zeros((len(idx), 1)), np.ones((len(idx), T))))
+    for run in (lambda s: retrieval.evaluate(OneRowEncoder(None), s, Cache(), progress=False),
+                lambda s: evaluate_in_galleries(OneRowEncoder(None), s, Cache(), 2, progress=False)):
+        with pytest.raises(CheckFailedError, match=message):
+            run(_caption_split(captioned))
+    assert retrieval.evaluate(OneRowEncoder(None), _caption_split([1, 1, 2]), Cache(), top_m=2,
+                              progress=False)["captions"] == 3
