@@ -247,3 +247,24 @@ def test_a_variable_frame_rate_video_without_frame_lengths_is_still_placed_by_it
     video = decode_video(tmp_path / "vfr.mp4", S12, PreprocessConfig(image_size=32))
     assert video.num_frames == 6 and video.seconds == pytest.approx(5.55, abs=0.01)
     assert video.frames[:6].reshape(6, -1).mean(1) == pytest.approx([0, 160, 176, 192, 208, 224], abs=4)
+
+
+@pytest.mark.parametrize("no_rate", [float("nan"), 0.0])
+def test_a_container_without_an_average_frame_rate_is_placed_by_its_frame_times(tmp_path, monkeypatch, no_rate):
+    """A container without an average frame rate (decord gives 0/0 = NaN, or 0) was refused as 'no video frames'
+    though its frames have times; it is now read by them (a constant rate video: the same frames as at its rate, a
+    variable rate one: its times), and one without usable times either is refused naming the file and the fix."""
+    import decord
+
+    _ramp_video(tmp_path / "v.mp4", seconds=3, fps=10)
+    _variable_rate_video(tmp_path / "vfr.mp4")
+    plain = decode_video(tmp_path / "v.mp4", S12, PreprocessConfig(image_size=32))
+    monkeypatch.setattr(decord.VideoReader, "get_avg_fps", lambda self: no_rate)
+    video = decode_video(tmp_path / "v.mp4", S12, PreprocessConfig(image_size=32))
+    assert video.num_frames == 3 and video.seconds == pytest.approx(3.0, abs=0.01)
+    np.testing.assert_array_equal(video.frames, plain.frames)
+    vfr = decode_video(tmp_path / "vfr.mp4", S12, PreprocessConfig(image_size=32))
+    assert vfr.frames[:6].reshape(6, -1).mean(1) == pytest.approx([0, 160, 176, 192, 208, 224], abs=4)
+    monkeypatch.setattr(decord.VideoReader, "get_frame_timestamp", lambda self, idx: np.zeros((len(idx), 2)))
+    with pytest.raises(VideoDecodeError, match=r"v\.mp4: cannot decode: the container gives no frame rate"):
+        decode_video(tmp_path / "v.mp4", S12, PreprocessConfig(image_size=32))

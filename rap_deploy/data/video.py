@@ -108,17 +108,47 @@ def variable_rate_timestamps(reader: object, num_frames: int, native_fps: float)
     some frame starts over ``VFR_TOLERANCE_FRAMES`` frame intervals away from ``k / native_fps`` (a phone's
     recording, an edited clip). None for a constant rate video (its frames are placed at ``k / native_fps`` as
     before), or when the times cannot be read or do not increase from frame to frame."""
+    ts = _frame_times(reader, num_frames, 1.0 / native_fps)
+    if ts is None:
+        return None
+    stray = np.abs(ts[:, 0] - ts[0, 0] - np.arange(num_frames) / native_fps).max()
+    return ts if stray > VFR_TOLERANCE_FRAMES / native_fps else None
+
+
+def _frame_times(reader: object, num_frames: int, one_frame: float | None = None) -> np.ndarray | None:
+    """decord's ``[num_frames, 2]`` frame start and end seconds of an open reader, or None when they cannot be read,
+    are not finite or do not increase from frame to frame (a container without usable times). A last frame without
+    a length (end = start) lasts a typical (median) frame interval, or ``one_frame`` seconds for a one-frame video
+    (None when that is unknown)."""
     try:
         ts = np.asarray(reader.get_frame_timestamp(list(range(num_frames))), dtype=np.float64)  # type: ignore[attr-defined]
-    except Exception:  # a container without usable times: keep the average rate
+    except Exception:  # a container without usable times
         return None
-    # times that do not increase frame to frame (missing or broken ones) say nothing: keep the average rate
+    # times that do not increase frame to frame (missing or broken ones) say nothing
     if ts.shape != (num_frames, 2) or not np.isfinite(ts).all() or np.any(np.diff(ts[:, 0]) <= 0):
         return None
     if not ts[-1, 1] > ts[-1, 0]:  # a last packet without a duration: it lasts as long as a typical frame
-        ts[-1, 1] = ts[-1, 0] + (float(np.median(np.diff(ts[:, 0]))) if num_frames > 1 else 1.0 / native_fps)
-    stray = np.abs(ts[:, 0] - ts[0, 0] - np.arange(num_frames) / native_fps).max()
-    return ts if stray > VFR_TOLERANCE_FRAMES / native_fps else None
+        length = float(np.median(np.diff(ts[:, 0]))) if num_frames > 1 else one_frame
+        if length is None:
+            return None
+        ts[-1, 1] = ts[-1, 0] + length
+    return ts
+
+
+def _rate_and_times(reader: object, path: Path, num_frames: int, native_fps: float
+                    ) -> tuple[float, np.ndarray | None]:
+    """The video's frame rate and, for a variable rate video, its frame times (:func:`variable_rate_timestamps`),
+    from decord's average rate ``native_fps``. A container without an average frame rate (decord gives 0 or NaN)
+    is placed by its frame times, its rate their average; :class:`VideoDecodeError` naming the file when it has no
+    usable times either."""
+    if native_fps > 0 and math.isfinite(native_fps):
+        return native_fps, variable_rate_timestamps(reader, num_frames, native_fps)
+    ts = _frame_times(reader, num_frames)
+    rate = num_frames / float(ts[-1, 1] - ts[0, 0]) if ts is not None else math.nan
+    if not math.isfinite(rate):
+        raise VideoDecodeError(path, f"cannot decode: the container gives no frame rate (average {native_fps:g} fps) "
+                               "and no usable frame times; re-encode it (e.g. ffmpeg -i IN -r 30 OUT.mp4)")
+    return rate, ts
 
 
 def _probe(path: Path) -> str | None:
@@ -194,9 +224,9 @@ def _decode_sampled(path: Path, name: str, sampling: FrameSamplingConfig, prepro
         native_fps = float(reader.get_avg_fps())
     except Exception as exc:
         raise VideoDecodeError(path, f"cannot decode: {_first_line(exc)}") from None
-    if num_frames <= 0 or not native_fps > 0:
+    if num_frames <= 0:
         raise VideoDecodeError(path, "cannot decode: no video frames")
-    timestamps = variable_rate_timestamps(reader, num_frames, native_fps)
+    native_fps, timestamps = _rate_and_times(reader, path, num_frames, native_fps)
     seconds = num_frames / native_fps if timestamps is None else float(timestamps[-1, 1] - timestamps[0, 0])
     if seconds < MIN_SECONDS:
         raise VideoDecodeError(path, f"shorter than 1 second ({seconds:.2f} s)")
