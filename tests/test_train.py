@@ -1011,3 +1011,31 @@ def test_training_data_none_of_which_decodes_is_a_damaged_dataset(synth_root, tm
                                    str(tmp_path / "run"), "--epochs", "1", "--cache-dir", str(tmp_path / "frames"),
                                    "--quiet"])
     assert res.exit_code == 1 and "no usable training video" in res.output, res.output
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_training_video_that_stops_decoding_mid_run_is_one_line_naming_it(synth_root, frame_cache, tmp_path,
+                                                                            monkeypatch, workers):
+    """A training video that decoded when the run started and then could not be read (the file rewritten or damaged
+    meanwhile) raised VideoDecodeError out of the loop, a traceback (from a DataLoader worker, a RuntimeError holding
+    the worker's traceback); it is now a damaged-data error naming the file, the epoch and what to do (exit 1),
+    nothing of that epoch written."""
+    from rap_deploy.data.datasets import VideoCaptionDataset
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.train.loop import train_rap
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    prepare = VideoCaptionDataset.prepare
+
+    def prepare_then_damage(self, progress=False):
+        done = prepare(self, progress)
+        (root / "videos" / "video3.mp4").write_bytes(b"\x00not a video" * 50)
+        return done
+
+    monkeypatch.setattr(VideoCaptionDataset, "prepare", prepare_then_damage)
+    with pytest.raises(CheckFailedError) as info:
+        train_rap(_micro_options(root, tmp_path / "run", frame_cache, epochs=1, num_workers=workers), progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "video3.mp4" in message and "epoch 1" in message, message
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -6,8 +6,13 @@ is deterministic and a resumed run replays exactly the batches an uninterrupted 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+import torch.utils.data
+
+from rap_deploy.errors import CheckFailedError
 
 EPOCH_UNITS = ("video", "caption")
 
@@ -48,3 +53,50 @@ def epoch_batches(item_video: np.ndarray, batch_size: int, seed: int, epoch: int
 def items_per_epoch(item_video: np.ndarray, unit: str = "video") -> int:
     """How many items one epoch visits (videos for ``unit="video"``, captions for ``"caption"``)."""
     return len(np.unique(item_video)) if unit == "video" else len(item_video)
+
+
+# ------------------------------------------------------------------------------------- reading the batches
+
+
+UNREADABLE = "unreadable"
+
+
+class TrainingItems(torch.utils.data.Dataset):
+    """The training dataset as the epoch's DataLoader reads it (with :func:`collate_items`): an item whose video can
+    no longer be read (:class:`~rap_deploy.data.video.VideoDecodeError`: it decoded when the run started, then its
+    file changed) comes back as ``{"unreadable": "<path>: <reason>"}`` instead of raising, so the loop can stop with
+    one line from a worker process too (torch re-raised a worker's error as a RuntimeError holding its traceback)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from rap_deploy.data.video import VideoDecodeError
+
+        try:
+            return self.dataset[index]
+        except VideoDecodeError as exc:
+            return {UNREADABLE: str(exc)}
+
+
+def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """torch's default collation of :class:`TrainingItems`, or ``{"unreadable": [...]}`` naming every unreadable
+    video of the batch."""
+    unreadable = [item[UNREADABLE] for item in items if UNREADABLE in item]
+    if unreadable:
+        return {UNREADABLE: unreadable}
+    return torch.utils.data.default_collate(items)
+
+
+def check_readable(batch: dict[str, Any], epoch: int, resume_line: str) -> None:
+    """Raise :class:`CheckFailedError` (damaged data, exit 1) naming the videos of a batch from :func:`collate_items`
+    that could not be read in ``epoch`` and what to do (``resume_line``: how to continue the run)."""
+    if UNREADABLE in batch:
+        named = "; ".join(batch[UNREADABLE][:2]) + ("; …" if len(batch[UNREADABLE]) > 2 else "")
+        raise CheckFailedError(f"a training video could not be read in epoch {epoch} ({named}); it decoded when the "
+                               f"run started, so its file changed since; nothing of epoch {epoch} was written: "
+                               "restore it (`rapdeploy data-check --split train` lists what fails), then "
+                               f"{resume_line}")

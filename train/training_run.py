@@ -16,7 +16,7 @@ import torch
 
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.train import distributed as D
-from rap_deploy.train.batches import epoch_batches, items_per_epoch
+from rap_deploy.train.batches import TrainingItems, check_readable, collate_items, epoch_batches, items_per_epoch
 from rap_deploy.train.loop import (
     BEST,
     GRADIENT_FREE,
@@ -206,9 +206,11 @@ class TrainingRun:
         batches = epoch_batches(self.item_video, self.batch, options.seed, epoch, options.epoch_unit)
         local = [D.shard(b, self.ctx) for b in batches]
         video_ids = [torch.as_tensor(self.item_video[b], dtype=torch.int64) for b in batches]
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=local, num_workers=options.num_workers)
+        loader = torch.utils.data.DataLoader(TrainingItems(self.dataset), batch_sampler=local,
+                                             num_workers=options.num_workers, collate_fn=collate_items)
         loss_sum, lr = 0.0, options.lr
         for i, items in enumerate(loader):
+            check_readable(items, epoch, self.resume_line())
             lr = cosine_lr(self.step, self.total_steps, options.lr, self.warmup_steps, options.min_lr_ratio)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
@@ -217,6 +219,12 @@ class TrainingRun:
             self.step += 1
             bar.advance(loss, self.batch)
         return loss_sum / max(1, len(batches)), lr, len(batches)
+
+    def resume_line(self) -> str:
+        """How to continue this run after it stopped: resume from ``last.pt``, or (none written yet) start again."""
+        if (self.run_dir / LAST).is_file():
+            return f"continue the run with `rapdeploy train --resume {self.run_dir}`"
+        return "run the same command again"
 
     def optimizer_step(self, items: dict[str, Any], video_ids: torch.Tensor) -> float:
         """One optimizer step on this process's share of a global batch (:func:`_step`); returns the global loss.
