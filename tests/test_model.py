@@ -415,6 +415,23 @@ def test_init_and_info_cli(tmp_path):
     assert json.loads(runner.invoke(app, ["info", str(out), "--json"]).output)["asa_params"] == 0
 
 
+def test_a_topk_over_the_patch_count_is_refused_when_the_model_is_made(tmp_path):
+    """``init --topk 17`` on rap-micro (16 patches per frame) wrote a checkpoint (exit 0) that every later command
+    refused as 'damaged or edited' (exit 1): the model now refuses it when it is made (exit 2, naming the limit)."""
+    runner = CliRunner()
+    out = tmp_path / "k.pt"
+    over = runner.invoke(app, ["init", "--clip", "rap-micro", "--frames", "4", "--topk", "17", "--out", str(out)])
+    assert over.exit_code == 2 and "asa_topk 17 exceeds the 16 patches" in over.output, over.output
+    assert not out.exists()
+    light = runner.invoke(app, ["init", "--clip", "rap-micro", "--frames", "4", "--topk", "17", "--variant",
+                                "rap_light", "--out", str(out)])  # no ASA head: k is unused
+    assert light.exit_code == 0, light.output
+    full = runner.invoke(app, ["init", "--clip", "rap-micro", "--frames", "4", "--topk", "16", "--out", str(out),
+                               "--force"])
+    assert full.exit_code == 0, full.output
+    assert runner.invoke(app, ["info", str(out)]).exit_code == 0
+
+
 def test_init_from_local_weights_file(tmp_path, micro_model):
     """The real-user path: --pretrained FILE loads those weights through open_clip."""
     weights = tmp_path / "clip.pt"

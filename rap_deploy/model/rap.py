@@ -41,6 +41,9 @@ class RAPModel(nn.Module):
         self.grid = tuple(visual.grid_size)
         self.embed_dim = int(visual.output_dim)
         self.num_patches = self.grid[0] * self.grid[1]
+        if config.has_asa and config.asa_topk > self.num_patches:  # a checkpoint of it would not load (checkpoint.py)
+            raise UsageError(f"asa_topk {config.asa_topk} exceeds the {self.num_patches} patches per frame of "
+                             f"{config.clip}; pass --topk {self.num_patches} or less")
         if config.context_length > clip.positional_embedding.shape[0]:
             raise UsageError(f"context_length {config.context_length} exceeds {config.clip}'s "
                              f"{clip.positional_embedding.shape[0]} text positions")
