@@ -105,6 +105,30 @@ def test_export_folder_repository_fp16(micro_checkpoint, micro_ort_engines, tmp_
         assert _sha(model_file) == manifest["fp16_graphs"][graph]["sha256"]
         _cross_check(cfg, model_file)  # the fp16 graphs keep fp32 inputs and outputs
         assert cfg.parameters["rapdeploy.precision"].string_value == "fp16"
+        assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]  # was KIND_CPU: a crash
+    res = runner.invoke(app, ["triton-repo", "--engine", str(export), "--out", str(tmp_path / "cpu16"), "--fp16",
+                              "--kind", "cpu"])
+    assert res.exit_code == 2 and "segfault" in res.output and not (tmp_path / "cpu16").exists(), res.output
+
+
+def test_graphs_that_run_on_the_gpu_only_get_no_cpu_instances(micro_ort_engines, tmp_path):
+    """--kind cpu wrote KIND_CPU instances for graphs no CPU instance runs: TensorRT plans (Triton's TensorRT backend
+    refuses them: 'TensorRT backend supports only GPU device') and an ONNX Runtime engine optimised for CUDA (fp16
+    graphs: tested with the export's above, whose video encoder crashes ONNX Runtime's CPU provider); exit 2 now."""
+    from rap_deploy.engines.manifest import read_manifest, write_manifest
+
+    cuda = tmp_path / "onnxruntime-cuda"
+    shutil.copytree(micro_ort_engines["fp32"], cuda)
+    write_manifest(cuda, {**read_manifest(cuda), "device": "cuda", "provider": "CUDAExecutionProvider"})
+    for engine, why in ((_tensorrt_engine_folder(micro_ort_engines, tmp_path / "tensorrt-fp16"), "TensorRT plans"),
+                        (cuda, "optimised for the CUDA provider")):
+        res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(tmp_path / "repo"),
+                                  "--kind", "cpu"])
+        assert res.exit_code == 2 and why in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "repo").exists()
+        res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(tmp_path / "repo"), "--json"])
+        assert res.exit_code == 0 and json.loads(res.output)["kind"] == "gpu", res.output
+        shutil.rmtree(tmp_path / "repo")
 
 
 def _tensorrt_engine_folder(micro_ort_engines, dest):

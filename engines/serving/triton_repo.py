@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,12 +127,36 @@ def plan_repo(engine: str | os.PathLike[str] | None, workspace: str | os.PathLik
     section = "fp16_graphs" if fp16 else "graphs"
     precision = "fp16" if fp16 else manifest.get("precision", "fp32")
     limits = batch_limits(manifest if source.kind == "engine" else None)
-    on_gpu = manifest.get("backend") == "tensorrt" or manifest.get("device") == "cuda"
     params = model_parameters(RAPConfig.from_dict(manifest["config"]), precision, source.checkpoint, limits,
                               _describe_source(source, precision))
     return RepoPlan(source, section, served_models(graph_specs_of(source, section=section), limits),
                     PLATFORMS[manifest.get("backend", "onnxruntime")], precision,
-                    ("gpu" if on_gpu else "cpu") if kind == "auto" else kind, instances, max_queue_delay_us, params)
+                    instance_kind(kind, manifest, precision), instances, max_queue_delay_us, params)
+
+
+def gpu_only(manifest: Mapping[str, Any], precision: str) -> str | None:
+    """Why the graphs of ``manifest`` (at ``precision``) run on the GPU only, or ``None`` when a CPU instance runs
+    them."""
+    if manifest.get("backend") == "tensorrt":
+        return "TensorRT plans run on the GPU only (Triton's TensorRT backend refuses KIND_CPU instances)"
+    if manifest.get("device") == "cuda":
+        return ("this ONNX Runtime engine's graphs were optimised for the CUDA provider, and ONNX Runtime runs a graph "
+                "optimised for one execution provider only there")
+    if precision == "fp16":
+        return ("fp16 graphs run on the GPU: ONNX Runtime's CPU provider crashes the process (segfault) creating the "
+                "fp16 video encoder's session with every optimisation on, Triton's default")
+    return None
+
+
+def instance_kind(kind: str, manifest: Mapping[str, Any], precision: str) -> str:
+    """The instance kind for ``--kind`` (``auto``: ``gpu`` when :func:`gpu_only`, else ``cpu``); raises
+    :class:`UsageError` for ``cpu`` with graphs that run on the GPU only."""
+    why = gpu_only(manifest, precision)
+    if kind == "auto":
+        return "gpu" if why else "cpu"
+    if kind == "cpu" and why:
+        raise UsageError(f"--kind cpu: {why}; use --kind gpu (or auto)")
+    return kind
 
 
 def write_model(plan: RepoPlan, model: ServedModel, folder: Path) -> dict[str, Any]:
@@ -160,10 +185,11 @@ def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.Path
                 force: bool = False) -> dict[str, Any]:
     """Write a Triton model repository for ``engine`` (default: the workspace's latest engine) into ``out``.
 
-    ``kind`` ``auto`` puts instances on the GPU for TensorRT and CUDA engines, on the CPU otherwise; ``fp16`` uses an
-    export folder's fp16 graphs. Returns ``{"out", "platform", "precision", "kind", "models", "command"}``. Raises
-    :class:`UsageError` for a checkpoint, a remote URL, bad options or an existing ``out`` without ``force``, and
-    the manifest checks' errors for a damaged artifact.
+    ``kind`` ``auto`` puts instances on the GPU for TensorRT and CUDA engines and fp16 graphs, on the CPU otherwise
+    (``cpu`` for those is refused: :func:`gpu_only`); ``fp16`` uses an export folder's fp16 graphs. Returns
+    ``{"out", "platform", "precision", "kind", "models", "command"}``. Raises :class:`UsageError` for a checkpoint, a
+    remote URL, bad options or an existing ``out`` without ``force``, and the manifest checks' errors for a damaged
+    artifact.
     """
     from rap_deploy.locks import folder_lock
 
