@@ -196,3 +196,55 @@ def test_a_server_that_fails_to_start_leaves_no_thread_behind(monkeypatch):
     with pytest.raises(RuntimeError, match="could not start"):
         server_module.serve(port=0, echo=lambda message: None)
     assert closed and threading.active_count() == before
+
+
+def _wait_closed(sock: socket.socket, seconds: float = 10.0) -> bytes:
+    """What the server sent on ``sock`` until it closed it (``sock`` times out after ``seconds``)."""
+    sock.settimeout(seconds)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_connections_are_bounded_in_number_and_in_header_time():
+    """uvicorn kept every connection it accepted, and one that sent part of its headers (or nothing) and stalled for
+    ever (slow-loris; reproduced: 500 such connections all still open after 40 s, past the keep-alive timeout), until
+    the file descriptors ran out and the server accepted nothing. Now a connection past --max-connections gets 503
+    and is closed, and one whose headers have not arrived within --header-timeout is closed (408 when part came)."""
+    with ServerThread(create_app(bare_service()), max_connections=3, header_timeout=0.5) as server:
+        addr = server.sock.getsockname()[:2]
+        with socket.create_connection(addr) as silent, socket.create_connection(addr) as partial, \
+                socket.create_connection(addr) as keep:
+            partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            keep.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            keep.settimeout(10)
+            assert keep.recv(65536).startswith(b"HTTP/1.1 200")  # served; the connection stays open (keep-alive)
+            with socket.create_connection(addr) as fourth:
+                refused = _wait_closed(fourth)
+            assert refused.startswith(b"HTTP/1.1 503") and b"--max-connections" in refused, refused
+            assert _wait_closed(silent) == b""  # nothing came: closed without an answer
+            late = _wait_closed(partial)
+            assert late.startswith(b"HTTP/1.1 408") and b"--header-timeout" in late, late
+            keep.sendall(b"GET /healthz HTTP/1.1\r\n")  # the next request on a kept-alive connection is bounded too
+            assert b"HTTP/1.1 408" in _wait_closed(keep)  # after the rest of the first answer
+        assert request(server.url, "GET", "/healthz")[0] == 200  # the closed ones freed their places
+
+
+def test_max_connections_beyond_the_open_files_limit_is_a_usage_error(monkeypatch):
+    """Past the open-files limit uvicorn's accept loop fails and the server takes no connection at all: the soft
+    limit is raised as far as the hard one allows, and a --max-connections beyond that is refused."""
+    import resource
+
+    from rap_deploy.engines.serving.connections import FD_RESERVE, check_open_files
+    from rap_deploy.errors import UsageError
+
+    raised = []
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, limits: raised.append(limits))
+    check_open_files(512)
+    assert raised == []
+    check_open_files(2000)
+    assert raised == [(2000 + FD_RESERVE, 4096)]
+    with pytest.raises(UsageError, match=f"--max-connections {4096 - FD_RESERVE} or less"):
+        check_open_files(4096)

@@ -276,7 +276,9 @@ def test_json_bodies_are_bounded_before_parsing_and_non_finite_outputs_are_not_a
 @pytest.mark.parametrize("changes, option", [({"max_queue_delay_ms": float("inf")}, "--max-queue-delay-ms"),
                                              ({"max_queue_delay_ms": float("nan")}, "--max-queue-delay-ms"),
                                              ({"max_batch": 0}, "--max-batch"),
-                                             ({"max_infer_body": 0}, "--max-body-mb")])
+                                             ({"max_infer_body": 0}, "--max-body-mb"),
+                                             ({"max_connections": 0}, "--max-connections"),
+                                             ({"header_timeout_s": float("nan")}, "--header-timeout")])
 def test_serve_options_out_of_range_are_usage_errors(changes, option):
     from rap_deploy.engines.serving.service import ServeOptions
     from rap_deploy.errors import UsageError

@@ -23,6 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rap_deploy.engines.serving.connections import (
+    HEADER_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    check_open_files,
+    guarded_protocol,
+)
 from rap_deploy.errors import BackendUnavailableError, UsageError
 
 SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, how long running requests may still take
@@ -155,9 +161,12 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
     import uvicorn
 
     from rap_deploy.engines.serving.app import create_app
+    from rap_deploy.engines.serving.service import ServeOptions
 
     say = echo or (lambda m: print(m, file=sys.stderr, flush=True))
     check_library_choice(library, default_library)  # a usage error before any port is bound
+    limits = options or ServeOptions()
+    check_open_files(limits.max_connections)
     sock = bind_socket(host, port)
     try:
         service = build_service(engine, library, options, workspace, threads, default_library)
@@ -172,7 +181,8 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
 
     server = uvicorn.Server(uvicorn.Config(create_app(service, on_shutdown=shut_down), log_level=log_level,
                                            access_log=False, timeout_keep_alive=30,
-                                           timeout_graceful_shutdown=shutdown_timeout))
+                                           timeout_graceful_shutdown=shutdown_timeout,
+                                           http=guarded_protocol(limits.max_connections, limits.header_timeout_s)))
     failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
     watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say, failed), daemon=True,
                                name="serve-announce")
@@ -230,12 +240,14 @@ class ServerThread:
     ``url`` is where it listens; leaving the block stops it and waits for the thread.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", start_timeout: float = 30.0) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", start_timeout: float = 30.0,
+                 max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S) -> None:
         import uvicorn
 
         self.sock = bind_socket(host, 0)
         self.url = socket_url(self.sock)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                                    http=guarded_protocol(max_connections, header_timeout)))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
                                        name="uvicorn")
         self.start_timeout = start_timeout

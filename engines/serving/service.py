@@ -24,6 +24,7 @@ import numpy as np
 
 from rap_deploy.engines.blocks import fit_tokens
 from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
+from rap_deploy.engines.serving.connections import HEADER_TIMEOUT_S, MAX_CONNECTIONS
 from rap_deploy.engines.serving.contract import (
     ASA_GRAPH,
     TEXT_GRAPH,
@@ -73,6 +74,9 @@ class ServeOptions:
     max_infer_inflight: int = 4  # large inference requests read and run at once; more wait unread
     body_idle_timeout_s: float = 30.0  # an inference body that sends nothing this long is stalled (408); a response
     # its client reads nothing of this long is given up (the connection closed)
+    max_connections: int = MAX_CONNECTIONS  # open connections at once; more are answered 503 and closed
+    header_timeout_s: float = HEADER_TIMEOUT_S  # a request whose headers have not all arrived this long after it
+    # began is closed (408): see connections.py
 
     def __post_init__(self) -> None:
         """Raise :class:`UsageError` for a value out of range, named as its ``rapdeploy serve`` option."""
@@ -84,6 +88,8 @@ class ServeOptions:
                   ("--max-queue", self.max_queue, 1, 1 << 20),
                   ("max_infer_inflight", self.max_infer_inflight, 1, 1 << 10),
                   ("body_idle_timeout_s", self.body_idle_timeout_s, 1e-3, 3600),
+                  ("--max-connections", self.max_connections, 1, 1 << 20),
+                  ("--header-timeout", self.header_timeout_s, 1e-3, 3600),
                   ("--max-body-mb", self.max_infer_body / MiB, 1 / MiB, MAX_BODY_MB))
         for option, value, low, high in checks:
             if not low <= value <= high:  # NaN fails too

@@ -31,6 +31,11 @@ def serve_cmd(
                                              "queries before a batch runs (Triton's max_queue_delay)."),
     max_queue: int = typer.Option(1024, "--max-queue", help="Text requests that may wait; more get 503."),
     max_body_mb: float = typer.Option(256.0, "--max-body-mb", help="Largest inference request body (MiB)."),
+    max_connections: int = typer.Option(512, "--max-connections", help="Open connections at once; more are "
+                                        "answered 503 and closed."),
+    header_timeout: float = typer.Option(20.0, "--header-timeout", help="Seconds a request's headers may take to "
+                                         "arrive (from the connection's start, or the next request's first byte); "
+                                         "then 408 and the connection is closed."),
     threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
     url_file: Path | None = typer.Option(None, "--url-file", help="Write the server's URL here once it accepts "
                                          "requests."),
@@ -62,7 +67,8 @@ def serve_cmd(
     if log_level.lower() not in LOG_LEVELS:
         raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
-                           max_infer_body=int(max_body_mb * MiB))
+                           max_infer_body=int(max_body_mb * MiB), max_connections=max_connections,
+                           header_timeout_s=header_timeout)
     serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
           url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
           shutdown_timeout=shutdown_timeout)

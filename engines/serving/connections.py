@@ -1,0 +1,116 @@
+"""Connection limits of ``rapdeploy serve`` (slow-loris): how many connections may be open at once, and how long a
+request's headers may take to arrive.
+
+uvicorn itself bounds neither: it keeps every connection it accepts, and one that sends part of its request line or
+headers (or nothing) and then stalls stays open for ever. Enough of them take every file descriptor, after which the
+server accepts nothing at all. :func:`guarded_protocol` makes uvicorn's HTTP protocol class
+
+* answer a connection beyond ``max_connections`` open ones with ``503`` and close it at once, and
+* close a connection whose request headers have not all arrived ``header_timeout`` seconds after it opened (or, on a
+  kept-alive connection, after the next request's first byte): with ``408`` when some of the request came, silently
+  when nothing did.
+
+A request's body and its response are bounded by the app (``read_body``'s idle timeout, ``PacedResponse``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger("rapdeploy.serve")
+MAX_CONNECTIONS = 512  # --max-connections' default: open connections at once (the load test drives at most 256)
+HEADER_TIMEOUT_S = 20.0  # --header-timeout's default: seconds for a request's headers to arrive (Apache's 20)
+FD_RESERVE = 256  # open files the server needs besides its connections (engine, library shards, logs, threads)
+WARN_EVERY_S = 60.0  # a refused connection is logged at most this often
+
+
+def _closing_response(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": message, "field": None}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S) -> type:
+    """uvicorn's HTTP protocol class (h11, or httptools when installed) with the two limits of the module docstring;
+    pass it as ``uvicorn.Config(http=...)``."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    busy = _closing_response(503, "Service Unavailable", f"server busy: {max_connections} connections are open, "
+                             "the most it keeps (--max-connections); retry later")
+    late = _closing_response(408, "Request Timeout", f"the request headers did not arrive within {header_timeout:g} "
+                             "s (--header-timeout)")
+    warned = [0.0]  # when a refusal was last logged
+
+    class GuardedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        _deadline: asyncio.TimerHandle | None = None
+        _awaiting: Any = None  # the request cycle that was current when the deadline was armed
+        _received = False  # whether a byte of the awaited request came
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                self._refuse(busy)
+                now = time.monotonic()
+                if now - warned[0] >= WARN_EVERY_S:
+                    warned[0] = now
+                    log.warning("refusing connections beyond --max-connections %d (503)", max_connections)
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # the first bytes of the next request on a kept-alive connection
+            self._received = True
+            super().data_received(data)
+            if self.cycle is not self._awaiting:  # the headers arrived: a new request cycle runs
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._awaiting, self._received = self.cycle, False
+            self._deadline = self.loop.call_later(header_timeout, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _headers_late(self) -> None:
+            self._deadline = None
+            if self.cycle is self._awaiting and not self.transport.is_closing():
+                self._refuse(late if self._received else b"")
+
+        def _refuse(self, response: bytes) -> None:
+            if response:
+                self.transport.write(response)
+            self.transport.close()
+
+    return GuardedProtocol
+
+
+def check_open_files(max_connections: int) -> None:
+    """Make sure this process may open ``max_connections`` sockets and what it needs besides (:data:`FD_RESERVE`):
+    raise the soft open-files limit up to the hard one when needed, and raise :class:`UsageError` when even that
+    is too low. (Past the limit, the server's accept loop fails and it takes no connection at all.)"""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: nothing to check
+        return
+    from rap_deploy.errors import UsageError
+
+    need = max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        return
+    raise UsageError(f"--max-connections {max_connections} needs {need} open files, and this process may open "
+                     f"{hard} (ulimit -n); pass --max-connections {max(1, hard - FD_RESERVE)} or less")
