@@ -268,3 +268,24 @@ def test_a_container_without_an_average_frame_rate_is_placed_by_its_frame_times(
     monkeypatch.setattr(decord.VideoReader, "get_frame_timestamp", lambda self, idx: np.zeros((len(idx), 2)))
     with pytest.raises(VideoDecodeError, match=r"v\.mp4: cannot decode: the container gives no frame rate"):
         decode_video(tmp_path / "v.mp4", S12, PreprocessConfig(image_size=32))
+
+
+def test_frames_without_pixels_one_channel_or_too_elongated_are_refused_before_resizing(tmp_path):
+    """resize_crop scaled the short side first, so a 4096x8 video (a 2 KB file) was resized to 224x114688 frames
+    (619 MiB peak for one video; 65535x2 would take 4.9 GB a frame); a frame without pixels was a ZeroDivisionError,
+    and normalize broadcast a one-channel frame into three. Each is now a one-line refusal (a named, skipped video)."""
+    from rap_deploy.preprocess import normalize, resize_crop
+
+    cfg = PreprocessConfig(image_size=16)
+    for shape in [(1, 0, 5, 3), (1, 5, 0, 3)]:
+        with pytest.raises(ValueError, match="have no picture"):
+            resize_crop(np.zeros(shape, np.uint8), cfg)
+    with pytest.raises(ValueError, match="over 16:1"):
+        resize_crop(np.zeros((1, 2, 33, 3), np.uint8), cfg)
+    assert resize_crop(np.zeros((1, 2, 32, 3), np.uint8), cfg).shape == (1, 16, 16, 3)  # 16:1 is still read
+    for shape in [(2, 16, 16, 1), (2, 16, 16, 4), (2, 8, 8, 3), (16, 3)]:
+        with pytest.raises(ValueError, match=r"expected uint8 frames \[\.\.\., 16, 16, 3\]"):
+            normalize(np.zeros(shape, np.uint8), cfg)
+    write_video(tmp_path / "wide.mp4", np.full((4, 16, 512, 3), 90, np.uint8), 2)
+    with pytest.raises(VideoDecodeError, match="cannot use: frames of 512x16 pixels are over 16:1"):
+        decode_video(tmp_path / "wide.mp4", FrameSamplingConfig(max_frames=2), cfg)

@@ -252,14 +252,18 @@ def _decode_sampled(path: Path, name: str, sampling: FrameSamplingConfig, prepro
 
 def _read_resized(reader: object, path: Path, indices: np.ndarray, preprocess: PreprocessConfig) -> np.ndarray:
     """Frames ``indices`` of an open decord reader, resized and cropped (:func:`resize_crop`); raises
-    :class:`VideoDecodeError` when decord fails or returns frames of another shape."""
+    :class:`VideoDecodeError` when decord fails or returns frames of another shape or of a size :func:`resize_crop`
+    refuses (no pixels, or more elongated than its ``MAX_ASPECT_RATIO``)."""
     try:
         raw = reader.get_batch(indices.tolist()).asnumpy()  # type: ignore[attr-defined]
     except Exception as exc:
         raise VideoDecodeError(path, f"cannot decode: {_first_line(exc)}") from None
     if raw.ndim != 4 or raw.shape[0] != len(indices) or raw.shape[-1] != 3:
         raise VideoDecodeError(path, f"cannot decode: got frames of shape {tuple(raw.shape)}")
-    return resize_crop(np.ascontiguousarray(raw, dtype=np.uint8), preprocess)
+    try:
+        return resize_crop(np.ascontiguousarray(raw, dtype=np.uint8), preprocess)
+    except ValueError as exc:
+        raise VideoDecodeError(path, f"cannot use: {exc}") from None
 
 
 def _first_line(exc: BaseException) -> str:
