@@ -248,3 +248,16 @@ def test_max_connections_beyond_the_open_files_limit_is_a_usage_error(monkeypatc
     assert raised == [(2000 + FD_RESERVE, 4096)]
     with pytest.raises(UsageError, match=f"--max-connections {4096 - FD_RESERVE} or less"):
         check_open_files(4096)
+
+
+def test_a_stalled_search_body_is_refused_not_held():
+    """``POST /search`` read its body with no idle timeout (only inference bodies had one), so a client that sent
+    part of its body and then nothing held its connection and the request for ever."""
+    service = bare_service(library=object())
+    service.options = ServeOptions(body_idle_timeout_s=0.3)
+    with ServerThread(create_app(service)) as server, socket.create_connection(server.sock.getsockname()[:2]) as c:
+        c.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                  b'{"query": ')
+        answer = _wait_closed(c)
+        assert answer.startswith(b"HTTP/1.1 408") and b"stalled" in answer, answer
+        assert dict(service._counts) == {"/search 408": 1}

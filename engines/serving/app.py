@@ -268,7 +268,8 @@ def _add_search_routes(app: FastAPI, service: ServingService) -> None:
     async def search(request: Request) -> Response:
         service.require_library()
         limit = service.options.max_search_body
-        doc = parse_json(decode_body(await read_body(request, limit), request.headers.get("content-encoding"), limit))
+        raw = await read_body(request, limit, service.options.body_idle_timeout_s)
+        doc = parse_json(decode_body(raw, request.headers.get("content-encoding"), limit))
         # checking and tokenizing a query runs BPE in Python (0.2 s for one 1,000-letter word): off the event loop,
         # so other requests and /healthz are not held up behind it
         query, top_k, top_m = await run_in_threadpool(service.parse_search, doc)

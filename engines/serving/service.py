@@ -72,7 +72,7 @@ class ServeOptions:
     max_thumbnail_frames: int = 8
     max_infer_json: int = 32 * MiB  # an inference body without binary tensors: parsed into ~10x its size
     max_infer_inflight: int = 4  # large inference requests read and run at once; more wait unread
-    body_idle_timeout_s: float = 30.0  # an inference body that sends nothing this long is stalled (408); a response
+    body_idle_timeout_s: float = 30.0  # a request body that sends nothing this long is stalled (408); a response
     # its client reads nothing of this long is given up (the connection closed)
     max_connections: int = MAX_CONNECTIONS  # open connections at once; more are answered 503 and closed
     header_timeout_s: float = HEADER_TIMEOUT_S  # a request whose headers have not all arrived this long after it
