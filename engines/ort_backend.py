@@ -196,6 +196,8 @@ class OrtEngine(Engine):
     ``lazy`` creates each graph's session on its first call instead of up front, so a process that only searches
     (text encoder and ASA head) never holds the video encoder (about 540 MB resident for ViT-B/32); lazy creation is
     not meant to race, so a multi-threaded server opens its engine eagerly (the default).
+
+    ``precision`` fp16 on the CPU provider is refused (:class:`UsageError`) before any session is created.
     """
 
     backend = "onnxruntime"
@@ -211,6 +213,10 @@ class OrtEngine(Engine):
         missing = [g for g in ("video_encoder", "text_encoder") if g not in graphs]
         if missing or (config.has_asa and "asa_head" not in graphs):
             raise UsageError(f"ONNX Runtime engine lacks graphs {missing or ['asa_head']} for a {config.variant} model")
+        if precision == "fp16" and provider == PROVIDERS["cpu"]:  # before any session: the crash takes the process
+            raise UsageError("fp16 ONNX Runtime graphs run on CUDAExecutionProvider only: the CPU provider crashes the "
+                             "process (segfault) creating the fp16 video encoder's session; use the fp32 graphs on "
+                             "the CPU")
         self.config = config
         self.provider, self.precision, self.path = provider, precision, path
         self.threads, self.inter_threads = threads, inter_threads

@@ -525,3 +525,17 @@ def test_fp16_graphs_claimed_for_the_cpu_provider_are_refused_before_a_session(m
         validate_engine_dir(eng, runtime=runtime_info())
     with pytest.raises(CheckFailedError, match="precision fp16 on CPUExecutionProvider"):
         load_engine(eng)
+
+
+def test_a_direct_fp16_engine_on_the_cpu_provider_is_refused_before_a_session(micro_fp16_export):
+    """The manifest path refuses fp16 on the CPU provider (above); OrtEngine built directly from the export's fp16
+    graphs with precision fp16 created the CPU sessions, and ONNX Runtime's CPU provider crashed the process on the
+    video encoder (segfault, exit 139). It is a UsageError now, before any session (lazy or not)."""
+    from rap_deploy.config import RAPConfig
+
+    manifest = json.loads((micro_fp16_export / "manifest.json").read_text())
+    files = {name: micro_fp16_export / entry["file"] for name, entry in manifest["fp16_graphs"].items()}
+    config = RAPConfig.from_dict(manifest["config"])
+    for lazy in (True, False):  # lazy first: without the check it returns instead of crashing the test run
+        with pytest.raises(UsageError, match="CUDAExecutionProvider only"):
+            OrtEngine(files, config, precision="fp16", lazy=lazy)
