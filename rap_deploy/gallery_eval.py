@@ -38,7 +38,7 @@ def evaluate_in_galleries(encoder: Any, split: Any, cache: Any, gallery: int, to
     (:class:`~rap_deploy.errors.CheckFailedError` for a split without a caption of a decodable video).
     """
     from rap_deploy.metrics import metrics_from_ranks, query_ranks
-    from rap_deploy.retrieval import encode_texts, encode_videos, usable_videos
+    from rap_deploy.retrieval import check_score_memory, encode_texts, encode_videos, usable_videos
 
     gallery_bounds(split.num_videos, gallery)  # a bad gallery size fails before any decoding
     t0 = time.perf_counter()
@@ -51,6 +51,7 @@ def evaluate_in_galleries(encoder: Any, split: Any, cache: Any, gallery: int, to
         rows = np.flatnonzero((owner >= start) & (owner < stop))
         if not len(rows):
             continue
+        check_score_memory(len(rows), stop - start)
         index = encode_videos(encoder, split.subset(range(start, stop)), cache, batch_size, progress)
         sims = _gallery_similarities(encoder, text_emb[rows], index, top_m, progress)
         del index  # the next gallery's index replaces this one

@@ -116,3 +116,32 @@ def test_a_split_with_no_caption_of_a_decodable_video_is_a_failed_check(monkeypa
             run(_caption_split(captioned))
     assert retrieval.evaluate(OneRowEncoder(None), _caption_split([1, 1, 2]), Cache(), top_m=2,
                               progress=False)["captions"] == 3
+
+
+@pytest.mark.parametrize(("available", "message"), [
+    (100, "scoring 3 captions against 3 videos needs"),
+    (1000, r"the video index of 3 videos \(0\.00 MiB each\) needs")])
+def test_an_evaluation_too_large_for_memory_is_refused_before_it_is_allocated(monkeypatch, available, message):
+    """evaluate sized nothing: np.empty reserved the whole split's index untouched and the similarity matrices came
+    after it, so a split too large for memory (ViT-B/32 keeps 1.5 MB a video; 40 bytes a text-video pair are scored)
+    failed hours in, killed mid-encoding. Both are checked first (memory patched here: 3 x 3 pairs need 360 bytes,
+    the index 2,016)."""
+    import types
+
+    import psutil
+
+    from rap_deploy.errors import UsageError
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=available))
+    monkeypatch.setattr(retrieval, "load_video_batch",
+                        lambda split, idx, cache, config: (np.zeros((len(idx), 1)), np.ones((len(idx), T))))
+
+    class Cache:
+        def get(self, *args):
+            return None
+
+    with pytest.raises(UsageError, match=message):
+        retrieval.evaluate(OneRowEncoder(None), _caption_split([0, 1, 2]), Cache(), top_m=2, progress=False)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10_000))
+    assert retrieval.evaluate(OneRowEncoder(None), _caption_split([0, 1, 2]), Cache(), top_m=2,
+                              progress=False)["videos"] == 3
