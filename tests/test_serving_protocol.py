@@ -289,6 +289,29 @@ def test_serve_options_out_of_range_are_usage_errors(changes, option):
         DynamicBatcher(lambda x: x, max_batch=1, max_delay_s=float("inf"))
 
 
+
+def test_a_body_limit_that_holds_no_request_is_a_usage_error():
+    """A --max-body-mb too small for one video (0.001, or 1 for the paper's 12 frames of 224 px: 7.2 MB) was taken:
+    the server published a video batch of 1 and answered every video_encoder request 413. Now it is a usage error
+    naming the --max-body-mb that holds one, and below 0.125 MiB (twice the JSON header reserve) for any model."""
+    from rap_deploy.engines.serving.service import BODY_HEADER_RESERVE, MiB, ServeOptions, fit_to_body, row_bytes
+    from rap_deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--max-body-mb must be in \[0.125, 4096\], got 0.0625"):
+        ServeOptions(max_infer_body=64 * 1024)
+    paper = ModelDims(frames=12, image_size=224, grid=(7, 7), embed_dim=512, context_length=77, asa_token_width=147)
+    models = served_models(graph_specs(paper, True), batch_limits(None))
+    with pytest.raises(UsageError, match=r"--max-body-mb 1 cannot hold one video_encoder request .* 6.96 or more"):
+        fit_to_body(models, batch_limits(None), ServeOptions(max_infer_body=MiB))
+    video, asa = models["video_encoder"], models["asa_head"]
+    rows = row_bytes(video.spec.inputs, "batch"), row_bytes(asa.spec.inputs, "queries"), \
+        row_bytes(asa.spec.inputs, "videos")
+    for body in (int(6.96 * MiB), 8 * MiB, 256 * MiB):  # what the server publishes fits the body
+        out, published = fit_to_body(models, batch_limits(None), ServeOptions(max_infer_body=body))
+        budget = body - BODY_HEADER_RESERVE
+        assert out["video_encoder"].max_batch_size * rows[0] <= budget
+        assert published.asa_queries * rows[1] + published.asa_videos * rows[2] <= budget
+
 def test_compressed_bodies_are_bounded():
     raw = json.dumps(_text_doc()).encode()
     assert decode_body(gzip.compress(raw), "gzip", 10_000) == raw

@@ -52,6 +52,7 @@ from rap_deploy.export.export_config import QUERIES, TOKENS, VIDEOS, TensorSpec
 log = logging.getLogger("rapdeploy.serve")
 MiB = 1 << 20
 MAX_BODY_MB = 4096  # --max-body-mb's ceiling: one inference request of 4 GiB
+MIN_BODY_MB = 0.125  # its floor: the JSON header reserve twice; a model may need more (fit_to_body says how much)
 BODY_HEADER_RESERVE = 64 * 1024  # the JSON header of a binary inference request, generously
 
 
@@ -90,7 +91,7 @@ class ServeOptions:
                   ("body_idle_timeout_s", self.body_idle_timeout_s, 1e-3, 3600),
                   ("--max-connections", self.max_connections, 1, 1 << 20),
                   ("--header-timeout", self.header_timeout_s, 1e-3, 3600),
-                  ("--max-body-mb", self.max_infer_body / MiB, 1 / MiB, MAX_BODY_MB))
+                  ("--max-body-mb", self.max_infer_body / MiB, MIN_BODY_MB, MAX_BODY_MB))
         for option, value, low, high in checks:
             if not low <= value <= high:  # NaN fails too
                 raise UsageError(f"{option} must be in [{low:g}, {high:g}], got {value:g}")
@@ -345,23 +346,37 @@ def fit_to_body(models: dict[str, ServedModel], limits: BatchLimits, options: Se
 
     The engine here re-blocks the ASA head itself, so clients may send up to ``max_asa_queries`` texts per request
     (a remote engine then re-sends each block of videos far less often than with the engine's blocks); the queries
-    take at most half of the body.
+    take at most half of the body. Raises :class:`UsageError` when the body cannot hold one video for the video
+    encoder or one query and one video for the ASA head (every such request would get 413), naming the
+    ``--max-body-mb`` that does.
     """
     budget = options.max_infer_body - BODY_HEADER_RESERVE
     out = dict(models)
     video = models.get(VIDEO_GRAPH)
     row = row_bytes(video.spec.inputs, video.batch_axis) if video is not None and video.batch_axis else None
-    if row and budget // row < video.max_batch_size:
-        out[VIDEO_GRAPH] = dataclasses.replace(video, max_batch_size=max(1, budget // row))
-    published = dataclasses.replace(limits, asa_queries=options.max_asa_queries)
     asa = models.get(ASA_GRAPH)
     q_row = row_bytes(asa.spec.inputs, QUERIES) if asa is not None else None
     v_row = row_bytes(asa.spec.inputs, VIDEOS) if asa is not None else None
+    _check_body_holds_one(options.max_infer_body, {VIDEO_GRAPH: row or 0, ASA_GRAPH: (q_row or 0) + (v_row or 0)})
+    if row and budget // row < video.max_batch_size:
+        out[VIDEO_GRAPH] = dataclasses.replace(video, max_batch_size=max(1, budget // row))
+    published = dataclasses.replace(limits, asa_queries=options.max_asa_queries)
     if q_row and v_row:
-        queries = min(options.max_asa_queries, max(1, budget // 2 // q_row))
+        queries = min(options.max_asa_queries, max(1, min(budget // 2, budget - v_row) // q_row))
         videos = min(limits.asa_videos, max(1, (budget - queries * q_row) // v_row))
         published = dataclasses.replace(published, asa_queries=queries, asa_videos=videos)
     return out, published
+
+
+def _check_body_holds_one(body: int, rows: Mapping[str, int]) -> None:
+    """Raise :class:`UsageError` when a request body of ``body`` bytes cannot hold the smallest request of a graph
+    (``rows``: bytes of its binary tensors for one item, the JSON header reserved besides)."""
+    name, need = max(rows.items(), key=lambda kv: kv[1])
+    if need + BODY_HEADER_RESERVE > body:
+        least = math.ceil((need + BODY_HEADER_RESERVE) / MiB * 100) / 100
+        raise UsageError(f"--max-body-mb {body / MiB:g} cannot hold one {name} request ({need:,} bytes of tensors "
+                         f"and {BODY_HEADER_RESERVE // 1024} KiB for its header): every one would be refused (413); "
+                         f"pass --max-body-mb {least:g} or more")
 
 
 def jpeg_strip(frames: np.ndarray, height: int = 96) -> bytes:
