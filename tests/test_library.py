@@ -1059,6 +1059,43 @@ def test_a_refused_force_leaves_the_library_as_it_was(library, micro_checkpoint,
     assert res.exit_code == 2 and "not a library" in res.stderr and sorted(os.listdir(foreign)) == ["NOTES.txt"]
 
 
+def test_search_during_a_force_rebuild_sees_the_old_library_whole(library, synth_root, micro_checkpoint,
+                                                                  frame_cache, tmp_path, engine, monkeypatch):
+    """`index --force` deleted the library first, so a search opened while it rebuilt (hours for a large library)
+    was refused ('has no manifest.json: not a library', exit 2) and a killed --force left nothing. The old library
+    now stays whole and searchable until the new manifest replaces it; its files go after that, and a killed
+    --force resumes its own plan."""
+    import rap_deploy.library.builder as builder
+    from rap_deploy.library import open_library
+
+    lib = _copy(library, tmp_path / "lib")
+    old_ids = sorted(json.loads((lib / "shards/shard-000000/videos.json").read_text())["video_id"])
+    args = [*_index_args(synth_root, micro_checkpoint, lib, frame_cache), "--force", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAPDEPLOY_CRASH_AT": "index.shard-written@1"}
+    killed = subprocess.run([sys.executable, "-m", "rap_deploy.cli", *args, "--quiet"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    seen = []
+    encode = builder.encode_shard
+
+    def search_meanwhile(*a, **kw):  # another process searching while the rebuild encodes
+        with open_library(lib, engine, verify="quick") as opened:
+            hits = opened.search(["a red circle"], top_k=12, top_m=TOP_M)[0]["results"]
+            seen.append((len(opened), len(hits)))
+        return encode(*a, **kw)
+
+    monkeypatch.setattr(builder, "encode_shard", search_meanwhile)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (json.loads(res.stdout)["shards_resumed"], json.loads(res.stdout)["videos"]) == (1, 12)
+    assert seen == [(12, 12), (12, 12)]  # the two shards left to encode, each time the whole old library
+    assert sorted(p.name for p in (lib / "shards").iterdir()) == ["shard-000003", "shard-000004", "shard-000005"]
+    assert sorted(json.loads((lib / "shards/shard-000003/videos.json").read_text())["video_id"]) == old_ids
+    assert sorted(p.name for p in (lib / "stage1").iterdir()) == ["index-0002.faiss", "queries-0002.npy"]
+    with open_library(lib, engine) as opened:
+        assert len(opened) == 12
+
+
 def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_checkpoint, frame_cache, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

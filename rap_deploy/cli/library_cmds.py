@@ -75,8 +75,8 @@ def index_cmd(
                                      "depth (default: the library's, else 100)."),
     shard_size: int = typer.Option(256, "--shard-size", help="Videos per shard (the unit of resume)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos per video-encoder call."),
-    force: bool = typer.Option(False, "--force", help="Delete the library (and any interrupted build) in the folder "
-                               "and build it anew."),
+    force: bool = typer.Option(False, "--force", help="Build the library in the folder anew (any interrupted build "
+                               "discarded); the old one stays searchable until the new one replaces it."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
                                           "<workspace>/cache/frames)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch, ONNX Runtime and "

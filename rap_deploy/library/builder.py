@@ -22,7 +22,7 @@ import numpy as np
 
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.crashpoints import crash_point
-from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.errors import CheckFailedError, DamagedArtifactError, UsageError
 from rap_deploy.library import plan as plans
 from rap_deploy.library.assemble import (
     Assembly,
@@ -150,14 +150,11 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
              log: Callable[[str], None]) -> dict[str, Any]:
     """Main rank, under the lock: --force, read and check the library, plan the new shards (or resume the plan)."""
     had_library = (root / MANIFEST).is_file()
-    if options.force:
-        if not had_library:  # before deleting: the folder holds something else
-            _refuse_foreign_folder(root)
-        _wipe(root)
+    replacing = _force_start(root, had_library) if options.force else None
     for name in (MANIFEST, plans.PLAN):  # temporary files of a killed atomic write
         for tmp in root.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
-    old = read_manifest(root) if (root / MANIFEST).is_file() else None
+    old = read_manifest(root) if (root / MANIFEST).is_file() and not options.force else None
     if old is None and not (options.force and had_library):  # a library's folder may hold the user's files too
         _refuse_foreign_folder(root)
     if old is None and source is None:
@@ -165,7 +162,7 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
                          "or --list FILE)")
     if old is not None and engine is not None:
         check_model(old["model"], engine, root)
-    state: dict[str, Any] = {"old": old, "plan": None, "resumed": False}
+    state: dict[str, Any] = {"old": old, "plan": None, "resumed": False, "replacing": replacing}
     if source is None:
         pending = plans.read_plan(root)
         if pending is not None and not plans.plan_finished(pending, {s["name"] for s in old["shards"]},
@@ -192,10 +189,13 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
             (f" and {len(changed)} changed since they were indexed" if changed else "")
         raise UsageError(f"{root} already holds a library of {old['videos']} videos and {news}: pass --add to "
                          "encode only those, or --force to rebuild it")
-    new = plans.make_plan(pending, sampling, model, options.shard_size, (old or {}).get("next_shard", 0),
-                          (old or {}).get("next_row", 0), replaces=changed)
-    known = {s["name"] for s in (old or {}).get("shards", [])}
-    plan, resumed = plans.adopt_plan(root, new, known, (old or {}).get("next_shard", 0))
+    numbering = old or replacing or {}  # --force numbers its shards after the library it replaces
+    new = plans.make_plan(pending, sampling, model, options.shard_size, numbering.get("next_shard", 0),
+                          numbering.get("next_row", 0), replaces=changed)
+    known = {s["name"] for s in numbering.get("shards", [])}
+    if replacing is not None and (plans.read_plan(root) or {}).get("request_sha256") != new["request_sha256"]:
+        plans.drop_plan(root)  # an interrupted build of other videos: --force discards it (a forced one resumes)
+    plan, resumed = plans.adopt_plan(root, new, known, numbering.get("next_shard", 0))
     remove_stale(root, keep=known | {s["name"] for s in plan["shards"]})
     if resumed:
         log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")
@@ -212,6 +212,27 @@ def _resumable_replaces(plan: dict[str, Any], indexed: dict[str, Any], changed: 
     if all(isinstance(k, str) and k in indexed and indexed[k].row == v for k, v in recorded.items()):
         return dict(recorded)
     return changed
+
+
+def _force_start(root: Path, had_library: bool) -> dict[str, Any] | None:
+    """--force: the library it replaces, left in place (searchable) until the new manifest replaces it; the new
+    shards and stage-1 files are numbered after it, and its files are deleted once the new manifest is written. A
+    folder without a readable library (an interrupted first build, a damaged manifest) is wiped first instead."""
+    if not had_library:  # before deleting: the folder holds something else
+        _refuse_foreign_folder(root)
+    else:
+        try:
+            replacing = read_manifest(root)
+        except (UsageError, DamagedArtifactError):
+            replacing = None
+        if replacing is not None:
+            try:
+                plans.read_plan(root)
+            except DamagedArtifactError:
+                plans.drop_plan(root)  # a damaged plan of an interrupted build: discarded
+            return replacing
+    _wipe(root)
+    return None
 
 
 def _wipe(root: Path) -> None:
@@ -262,10 +283,12 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     new_entries = _wait_for_shards(root, plan, ranks) if plan else []
     skipped = [s for e in new_entries for s in e.get("skipped", [])]
     added = [e for e in new_entries if e["rows"] > 0]
+    replacing = state.get("replacing")
     if old is None and not added:
-        _drop_plan_and_its_shards(root, keep=set())
+        _drop_plan_and_its_shards(root, keep={s["name"] for s in (replacing or {}).get("shards", [])})
         names = ", ".join(f"{s['video_id']} ({s['reason']})" for s in skipped[:5])
-        raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}: {names}")
+        kept = "; the library there was left as it was" if replacing else ""
+        raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}{kept}: {names}")
     asm = Assembly(shards=[*((old or {}).get("shards") or []), *added], removed=set((old or {}).get("removed", [])))
     failed = {s["video_id"] for s in skipped}  # a re-encode that failed keeps the old row
     replaced = {vid: row for vid, row in state.get("replaces", {}).items() if vid not in failed}
@@ -280,18 +303,19 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
                         max_queries=options.recall_queries, seed=options.seed,
                         **_caption_queries(engine, source, options))
     log("building the stage-1 index" + (f" ({req.kind})" if req.kind else ""))
-    build_number = len((old or {}).get("builds") or []) + 1
+    history = {"builds": replacing["builds"]} if replacing else old  # --force: new stage-1 names, the log kept
+    build_number = len((history or {}).get("builds") or []) + 1
     stage1_entry, tombstones = build_stage1(root, old, asm, added, shapes["video_emb"][0], req, build_number)
     build = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added": sum(e["rows"] for e in added),
              "skipped": skipped, "removed": asm.removed_ids, "replaced": list(replaced),
              "world_size": ranks.world_size,
-             "resumed": bool(state.get("resumed"))}
+             "resumed": bool(state.get("resumed")), **({"force": True} if replacing else {})}
     engine_info = _engine_info(engine) if added else None
     model = state.get("model") or old["model"]
     desc = asdict(source)["description"] | {"kind": source.kind} if source is not None and added else None
     plan_next = (plan or {}).get("next_shard", (old or {}).get("next_shard", 0))
     plan_row = (plan or {}).get("next_row", (old or {}).get("next_row", 0))
-    manifest = write_library_manifest(root, old, model, engine_info, asm, tombstones, stage1_entry, shapes,
+    manifest = write_library_manifest(root, history, model, engine_info, asm, tombstones, stage1_entry, shapes,
                                       plan_next, plan_row, build, desc)
     plans.drop_plan(root)
     remove_stale(root, keep={s["name"] for s in manifest["shards"]})
