@@ -15,6 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
 from rap_deploy.cli import app
+from rap_deploy.engines.manifest import cpu_layout
 
 runner = CliRunner()
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
@@ -74,6 +75,10 @@ def test_onnxruntime_engine_repository(micro_ort_engines, tmp_path):
         assert json.loads(params["rapdeploy.asa_blocks"]) == {"queries": 32, "videos": 64}
     readme = (repo / "README.md").read_text()
     assert f"tritonserver --model-repository={repo.resolve()}" in readme
+    # a CPU engine's graphs hold the building CPU's NCHWc filter blocks: Triton on another kind of CPU would read
+    # other weights silently (load_engine refuses such a CPU; Triton cannot), so the README says which CPU it needs
+    machine, avx512 = cpu_layout(manifest["host"])
+    assert f"({machine}, {'with' if avx512 else 'without'} AVX-512)" in readme and "NCHWc" in readme
     assert "rapdeploy verify --engine http://localhost:8000" in readme
     # an existing repository is only replaced with --force
     res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(repo)])
