@@ -261,3 +261,19 @@ def test_a_stalled_search_body_is_refused_not_held():
         answer = _wait_closed(c)
         assert answer.startswith(b"HTTP/1.1 408") and b"stalled" in answer, answer
         assert dict(service._counts) == {"/search 408": 1}
+
+
+def test_the_idle_window_is_a_serve_option(monkeypatch):
+    """Stalled bodies (408) and unread responses (given up) used a 30 s window that no option or --help named."""
+    from typer.testing import CliRunner
+
+    import rap_deploy.engines.serving.server as server_module
+    from rap_deploy.cli import app
+
+    seen = []
+    monkeypatch.setattr(server_module, "serve", lambda *args, **kwargs: seen.append(kwargs["options"]))
+    res = CliRunner().invoke(app, ["serve", "--no-library", "--idle-timeout", "5", "--max-connections", "64",
+                                   "--header-timeout", "2"])
+    assert res.exit_code == 0 and len(seen) == 1, res.output
+    assert (seen[0].body_idle_timeout_s, seen[0].max_connections, seen[0].header_timeout_s) == (5, 64, 2)
+    assert "--idle-timeout" in CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output

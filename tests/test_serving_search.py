@@ -306,7 +306,8 @@ def test_a_failed_start_stops_what_it_started(micro_ort_engines, monkeypatch):
         server.build_service(str(micro_ort_engines["fp32"]), threads=1, default_library=False)
     assert len(closed) == 1 and not closed[0].batcher.alive and batcher_threads() == before
     for option, value in (("--max-body-mb", "nan"), ("--max-body-mb", "inf"), ("--max-body-mb", "0.01"),
-                          ("--max-connections", "0"), ("--header-timeout", "nan"), ("--log-level", "bogus"),
+                          ("--max-connections", "0"), ("--header-timeout", "nan"), ("--idle-timeout", "0"),
+                          ("--log-level", "bogus"),
                           ("--max-queue-delay-ms", "inf"), ("--threads", "0"), ("--threads", str(10**11)),
                           ("--shutdown-timeout", "nan")):
         res = CliRunner().invoke(app, ["serve", "--engine", "/no/such/engine", "--port", "0", option, value])

@@ -98,7 +98,8 @@ async def read_body(request: Request, limit: int, idle_timeout: float | None = N
         except StopAsyncIteration:
             break
         except asyncio.TimeoutError:
-            raise RequestError(408, f"the request body stalled: no byte for {idle_timeout:g} s after {total} bytes",
+            raise RequestError(408, f"the request body stalled: no byte for {idle_timeout:g} s (--idle-timeout) "
+                               f"after {total} bytes",
                                "body") from None
         except ClientDisconnect:  # not a server fault (it was a logged traceback and a counted 500)
             raise RequestError(CLIENT_CLOSED, f"the client closed the connection after {total} bytes of its body",
@@ -135,9 +136,9 @@ class PacedResponse(Response):
             try:
                 await asyncio.wait_for(send(piece), self.idle_timeout)
             except asyncio.TimeoutError:
-                log.warning("%s %s: the client read nothing of its response for %g s after %d of %d bytes; closing "
-                            "the connection", scope.get("method"), scope.get("path"), self.idle_timeout, start,
-                            len(body))
+                log.warning("%s %s: the client read nothing of its response for %g s (--idle-timeout) after %d of %d "
+                            "bytes; closing the connection", scope.get("method"), scope.get("path"), self.idle_timeout,
+                            start, len(body))
                 return  # uvicorn closes a connection whose response is incomplete
 
 

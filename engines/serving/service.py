@@ -73,8 +73,8 @@ class ServeOptions:
     max_thumbnail_frames: int = 8
     max_infer_json: int = 32 * MiB  # an inference body without binary tensors: parsed into ~10x its size
     max_infer_inflight: int = 4  # large inference requests read and run at once; more wait unread
-    body_idle_timeout_s: float = 30.0  # a request body that sends nothing this long is stalled (408); a response
-    # its client reads nothing of this long is given up (the connection closed)
+    body_idle_timeout_s: float = 30.0  # --idle-timeout: a request body that sends nothing this long is stalled
+    # (408); a response its client reads nothing of this long is given up (the connection closed)
     max_connections: int = MAX_CONNECTIONS  # open connections at once; more are answered 503 and closed
     header_timeout_s: float = HEADER_TIMEOUT_S  # a request whose headers have not all arrived this long after it
     # began is closed (408): see connections.py
@@ -88,7 +88,7 @@ class ServeOptions:
                   ("--max-queue-delay-ms", self.max_queue_delay_ms, 0, MAX_DELAY_S * 1000),
                   ("--max-queue", self.max_queue, 1, 1 << 20),
                   ("max_infer_inflight", self.max_infer_inflight, 1, 1 << 10),
-                  ("body_idle_timeout_s", self.body_idle_timeout_s, 1e-3, 3600),
+                  ("--idle-timeout", self.body_idle_timeout_s, 1e-3, 3600),
                   ("--max-connections", self.max_connections, 1, 1 << 20),
                   ("--header-timeout", self.header_timeout_s, 1e-3, 3600),
                   ("--max-body-mb", self.max_infer_body / MiB, MIN_BODY_MB, MAX_BODY_MB))

@@ -31,6 +31,9 @@ def serve_cmd(
     max_queue: int = typer.Option(1024, "--max-queue", help="Text requests that may wait; more get 503."),
     max_body_mb: float = typer.Option(256.0, "--max-body-mb", help="Largest inference request body (MiB, 0.125 "
                                       "to 4096; enough for one video of the model, or serve refuses it)."),
+    idle_timeout: float = typer.Option(30.0, "--idle-timeout", help="Seconds a request body may send nothing "
+                                       "before it is refused (408), and an inference response its client reads "
+                                       "nothing of before it is given up (the connection closed)."),
     max_connections: int = typer.Option(512, "--max-connections", help="Open connections at once; more are "
                                         "answered 503 and closed."),
     header_timeout: float = typer.Option(20.0, "--header-timeout", help="Seconds a request's headers may take to "
@@ -68,7 +71,7 @@ def serve_cmd(
         raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                            max_infer_body=int(max_body_mb * MiB), max_connections=max_connections,
-                           header_timeout_s=header_timeout)
+                           header_timeout_s=header_timeout, body_idle_timeout_s=idle_timeout)
     serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
           url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
           shutdown_timeout=shutdown_timeout)
