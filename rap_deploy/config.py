@@ -181,7 +181,8 @@ class RAPConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise UsageError(f"{name} must be an integer, got {value!r}")
-            bounds.check_int(int(value), name, 1, high)
+            # a text needs its start and end tokens: a context of 1 was written by init, then failed every use
+            bounds.check_int(int(value), name, 2 if name == "context_length" else 1, high)
         if self.asa_dim % self.asa_heads:
             raise UsageError(f"asa_dim ({self.asa_dim}) must be divisible by asa_heads ({self.asa_heads})")
         _validate_preprocess(self.preprocess)

@@ -71,6 +71,17 @@ def test_unknown_tokenizer_and_tiny_context_are_refused():
         tokenize(["x"], TokenizerConfig(context_length=1))
 
 
+def test_a_model_config_of_a_one_token_context_is_refused():
+    """RAPConfig took context_length 1 (`rapdeploy init --context-length 1` wrote the checkpoint), whose tokenizer
+    then refused every text and whose export was a torch traceback; the model config now needs 2 (start and end)."""
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="'context_length' must be >= 2, got 1"):
+        RAPConfig(context_length=1)
+    assert tokenize(["x"], RAPConfig(context_length=2).tokenizer)[1].tolist() == [1]
+
+
 def test_a_huge_caption_costs_what_its_kept_tokens_cost():
     """Encoding stops at the context (each word is encoded on its own, so the kept ids are the same as a full
     encode's) and one word is read up to MAX_PIECE_CHARS characters: a 1.1 MB caption or a 24k-letter word is quick."""
