@@ -1039,3 +1039,32 @@ def test_a_training_video_that_stops_decoding_mid_run_is_one_line_naming_it(synt
     message = str(info.value)
     assert "\n" not in message and "video3.mp4" in message and "epoch 1" in message, message
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_training_batch_that_cannot_fit_in_memory_is_refused_before_decoding(synth_root, tmp_path, monkeypatch):
+    """A --batch-size / --frames whose batch of frames could not fit in memory was only found out when the run was
+    killed part-way, after decoding the training set; it is refused before any video is decoded (exit 2, naming the
+    options), the run folder it would have created not left behind. (The available memory is patched, 10 MB: the
+    micro CLIP's 6.5 MB pass, a batch of its 120 captions' videos x 64 frames of 32 px, 94 MB, does not.)"""
+    import dataclasses
+
+    import psutil
+
+    from rap_deploy.train.distributed import DistContext
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 10_000_000})())
+    cli = list(MICRO_CLI)
+    cli[cli.index("--frames") + 1] = "64"
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), *cli, "--out",
+                                   str(tmp_path / "run"), "--epochs", "1", "--cache-dir", str(tmp_path / "frames"),
+                                   "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert "a training batch of 120 videos x 64 frames" in res.output and "--batch-size" in res.output, res.output
+    assert not (tmp_path / "run").exists() and not list((tmp_path / "frames").rglob("*.npz"))
+    from rap_deploy.train.loop import check_batch_memory
+
+    options = _micro_options(synth_root, tmp_path / "run", tmp_path / "frames", batch_size=24)
+    check_batch_memory(options, micro_config(frames=4), np.arange(24), DistContext())  # 2.4 MB: fits
+    with pytest.raises(UsageError, match="fewer --workers"):
+        check_batch_memory(dataclasses.replace(options, num_workers=2), micro_config(frames=16), np.arange(24),
+                           DistContext())  # 24 x 16 frames x 197 KB, 6 copies: 28 MB

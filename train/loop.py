@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,7 @@ def _load_data(options: TrainOptions, config, cache, ctx: D.DistContext, progres
     test_split = load_split(options.dataset, options.data_root, options.test_split, max_frames=config.frames)
     if options.max_test_videos is not None:
         test_split = test_split.subset(list(range(min(options.max_test_videos, test_split.num_videos))))
+    check_batch_memory(options, config, np.asarray(train_split.caption_video), ctx)
     dataset = VideoCaptionDataset(train_split, cache, config.preprocess, config.tokenizer)
     # Rank 0 decodes into the cache first; the other ranks then read it (same result, no duplicated decoding).
     if ctx.is_main:
@@ -234,6 +236,35 @@ def _load_data(options: TrainOptions, config, cache, ctx: D.DistContext, progres
         raise CheckFailedError(f"no usable training video in {options.data_root} ({len(dataset.bad_videos)} "
                                "undecodable); run `rapdeploy data-check --split train`")
     return dataset, test_split
+
+
+def check_batch_memory(options: TrainOptions, config: Any, caption_video: np.ndarray, ctx: D.DistContext) -> None:
+    """Refuse a training batch whose frames cannot fit in this machine's memory (:class:`UsageError`, exit 2,
+    naming --batch-size, --frames and --workers) before any video is decoded: such a run was killed part-way, after
+    decoding the whole training set. ``caption_video`` is the training split's (its epoch bounds the batch).
+
+    Counted: each process's share of the global batch as float32 frames, twice (the items and their stack), and
+    the 2 batches each DataLoader worker prepares ahead, for every process of this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``). Nothing for an evaluation-only run (``epochs`` 0).
+    """
+    from rap_deploy.bounds import check_memory
+    from rap_deploy.train.batches import items_per_epoch
+
+    per_epoch = items_per_epoch(caption_video, resolve_epoch_unit(options.epoch_unit, caption_video))
+    batch = min(options.batch_size, per_epoch)
+    if options.epochs == 0 or batch == 0:
+        return
+    per_process = -(-batch // ctx.world_size)
+    size = config.preprocess.image_size
+    video_bytes = config.frames * (3 * size * size + 1) * 4
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if ctx.distributed else 1
+    copies = 2 + 2 * options.num_workers
+    workers = f", {options.num_workers} workers" if options.num_workers else ""
+    check_memory(local * per_process * video_bytes * copies,
+                 f"a training batch of {per_process} videos x {config.frames} frames of {size}x{size} px (per "
+                 f"process, {local} process(es) here{workers})",
+                 "pass a smaller --batch-size or --frames" + (", or fewer --workers" if options.num_workers else "")
+                 + " (a resumed run keeps its batch and frames)")
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
