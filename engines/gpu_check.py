@@ -144,23 +144,47 @@ class Steps:
 
 # ----------------------------------------------------------------------------------------------------------- steps
 def environment(device: str) -> dict[str, Any]:
-    """torch / CUDA / GPU, ONNX Runtime providers and TensorRT availability of this machine."""
+    """torch / CUDA / GPU, ONNX Runtime providers and TensorRT availability of this machine.
+
+    A probe that fails (a broken install: ``onnxruntime`` or ``tensorrt`` left without its members after one of two
+    wheels sharing the module was uninstalled) is recorded as ``<key>_error`` with the key ``None``, so the rest of
+    the environment is still reported."""
     import torch
 
     env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                            "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "device": device}
     if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
-        env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        _probe(env, "gpu", lambda: _gpu_properties(env))
+    _probe(env, "onnxruntime", _onnxruntime_status)
+    _probe(env, "tensorrt", tensorrt_status)
+    return env
+
+
+def _probe(env: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
+    """``env[key] = fn()``; a failure is ``env[key] = None`` and ``env[key + "_error"]``, its first line."""
+    try:
+        env[key] = fn()
+    except Exception as exc:  # noqa: BLE001 - the environment is data: a broken library is reported, not raised
+        env[key] = None
+        env[f"{key}_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _gpu_properties(env: dict[str, Any]) -> str:
+    """GPU 0's compute capability and memory into ``env``; returns its name."""
+    import torch
+
+    env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return torch.cuda.get_device_name(0)
+
+
+def _onnxruntime_status() -> dict[str, Any] | str:
+    """ONNX Runtime's version and providers, or why it does not import."""
     try:
         import onnxruntime as ort
-
-        env["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
     except ImportError as exc:
-        env["onnxruntime"] = f"not importable: {exc}"
-    env["tensorrt"] = tensorrt_status()
-    return env
+        return f"not importable: {exc}"
+    return {"version": ort.__version__, "providers": ort.get_available_providers()}
 
 
 def tensorrt_status() -> str | None:
@@ -413,9 +437,10 @@ def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     verdict = ("passed" if report["passed"] else "FAILED") if report.get("complete", True) else "INCOMPLETE"
     parts = [f"# GPU check{' (dry run on the CPU)' if report['dry_run'] else ''}: {verdict}",
-             f"{env.get('gpu', 'no GPU')} (cc {env.get('compute_capability', '—')}), torch {env.get('torch')} "
+             f"{env.get('gpu') or 'no GPU'} (cc {env.get('compute_capability', '—')}), torch {env.get('torch')} "
              f"(CUDA {env.get('cuda')}), TensorRT {env.get('tensorrt') or 'not available'}; "
-             f"{report['seconds']} s in all.",
+             f"{report['seconds']} s in all."
+             + "".join(f" {k[:-len('_error')]} failed: {v}." for k, v in env.items() if k.endswith("_error")),
              "## Steps", _table(["step", "ok", "seconds", "note"], [
                  [r["step"], "yes" if r["ok"] else "NO", r["seconds"], r.get("skipped") or r.get("error", "")]
                  for r in report["steps"]])]

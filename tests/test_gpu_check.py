@@ -143,3 +143,29 @@ def test_the_gpu_sizes_and_the_device_command_fit_the_limits():
     command = doc[doc.index("    set -o pipefail"):doc.index("(one line")]
     line = " ".join(command.split())
     assert len(line) <= 2000 and ".whl/*.whl" in line and "--out $OUT" in line and "python3 -P -m" in line
+
+
+def test_a_broken_library_install_is_reported_and_the_environment_kept(tmp_path, monkeypatch):
+    """onnxruntime (or tensorrt) left as a bare folder after one of two wheels sharing the module was uninstalled
+    imports without its members: the AttributeError failed the whole environment step, and the report held no torch,
+    CUDA or GPU. Each probe's failure is now data beside the rest."""
+    import sys
+    import types
+
+    import rap_deploy.engines.gpu_check as gc
+
+    def broken_tensorrt():
+        raise OSError("libnvinfer.so.10: cannot open shared object file")
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.ModuleType("onnxruntime"))
+    monkeypatch.setattr(gc, "tensorrt_status", broken_tensorrt)
+    monkeypatch.setattr(gc, "make_data", lambda *_a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        gc.run_check(tmp_path / "out", tmp_path / "work", gc.CheckSizes.dry_run(), log=lambda _m: None)
+    report = json.loads((tmp_path / "out" / gc.REPORT_JSON).read_text())
+    assert report["steps"][0] == {"step": "environment", "ok": True, "seconds": report["steps"][0]["seconds"]}
+    env = report["environment"]
+    assert env["torch"] and env["device"] == "cpu" and env["onnxruntime"] is None and env["tensorrt"] is None
+    assert env["onnxruntime_error"].startswith("AttributeError") and "libnvinfer" in env["tensorrt_error"]
+    md = (tmp_path / "out" / gc.REPORT_MD).read_text()
+    assert "TensorRT not available" in md and "onnxruntime failed: AttributeError" in md
