@@ -19,9 +19,13 @@ from rap_deploy.errors import UsageError
 
 def gallery_bounds(videos: int, gallery: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]``: consecutive galleries of ``gallery`` videos over ``videos`` videos; the last one
-    holds the remainder. Raises :class:`UsageError` for a gallery of fewer than 2 videos."""
+    holds the remainder. Raises :class:`UsageError` for a gallery of fewer than 2 videos, asked for or left over (a
+    one-video gallery ranks its queries first whatever the scores)."""
     if gallery < 2:
         raise UsageError(f"a gallery needs at least 2 videos, got {gallery}")
+    if videos % gallery == 1:
+        raise UsageError(f"{videos} videos in galleries of {gallery} leave a last gallery of 1 video, whose queries "
+                         "would rank first whatever their scores; use a gallery size that leaves 0 or at least 2")
     return [(start, min(start + gallery, videos)) for start in range(0, videos, gallery)]
 
 

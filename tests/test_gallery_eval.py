@@ -15,6 +15,17 @@ def test_gallery_bounds_cover_every_video_once():
         gallery_bounds(8, 1)
 
 
+def test_a_last_gallery_of_one_video_is_refused():
+    """The remainder gallery was taken as it came: 9 videos in galleries of 4 (or 801 usable ones of a split of 800s)
+    left one video alone, whose queries ranked first (t2v and v2t R@1 100) whatever the model scored, pooled into
+    the metrics silently."""
+    with pytest.raises(UsageError, match="leave a last gallery of 1 video"):
+        gallery_bounds(9, 4)
+    with pytest.raises(UsageError, match="leave a last gallery of 1 video"):
+        gallery_bounds(1, 2)
+    assert gallery_bounds(10, 4)[-1] == (8, 10) and gallery_bounds(0, 4) == []
+
+
 def test_query_ranks_pool_to_the_same_metrics():
     rng = np.random.default_rng(0)
     sim = rng.normal(size=(9, 6))
