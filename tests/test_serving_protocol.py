@@ -211,6 +211,8 @@ def _text_doc(**changes):
     (_text_doc(), "999999", HEADER_LENGTH),
     (b"[" * 5000, None, "body"),  # deeper than the JSON parser recurses
     (b'{"id": ' + b"9" * 5000 + b"}", None, "body"),  # more digits than Python converts to an int
+    ({**_text_doc(), "id": 7}, None, "id"),  # the protocol's id is a string: it was echoed as str() of anything,
+    ({**_text_doc(), "id": {"a": [1]}}, None, "id"),  # a Python repr ("{'a': [1]}") for an object
 ])
 def test_malformed_requests_name_the_field(models, doc, header, field):
     body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()

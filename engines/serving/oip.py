@@ -219,7 +219,11 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
     outputs = _requested_outputs(doc, model)
     if max_json_outputs is not None:
         _check_json_outputs(model, arrays, outputs, max_json_outputs)
-    return InferRequest(arrays, outputs, str(doc["id"]) if doc.get("id") is not None else None,
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):  # echoed back: a str() of it was a Python repr
+        kind = {dict: "object", list: "array", bool: "boolean"}.get(type(request_id), "number")
+        raise RequestError(400, f"'id' must be a string, got a JSON {kind}", "id")
+    return InferRequest(arrays, outputs, request_id,
                         doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {})
 
 
