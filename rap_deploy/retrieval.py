@@ -280,8 +280,9 @@ def full_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoIndex, q
                     progress: bool = True, video_block: int = 256) -> np.ndarray:
     """ASA similarity of every text with every video ``[Q, V]``, computed in ``video_block × query_block`` blocks.
 
-    Memory stays bounded whatever Q and V: the encoder sees at most ``query_block`` texts and ``video_block`` videos
-    of the index at a time, in the index's own dtypes (no block is converted here).
+    The encoder's working memory stays bounded whatever Q and V: it sees at most ``query_block`` texts and
+    ``video_block`` videos of the index at a time, in the index's own dtypes (no block is converted here). The result
+    is allocated whole (``Q x V`` float32): :func:`evaluate` checks first that it fits (:func:`check_score_memory`).
     """
     from rap_deploy.data.progress import progress_bar
 
