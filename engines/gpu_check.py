@@ -18,7 +18,8 @@ What it does, in one run, on one CUDA GPU (``--dry-run``: the same steps on the 
    ``--work``.
 
 Exit code 0 when every step ran and every parity check passed, 1 otherwise (the reports are written either way),
-2 for bad usage. Code paths used here run on torch 2.11 as well as the project's pin.
+2 for bad usage, and for no GPU visible to torch (after a report of the environment step). Code paths used here run
+on torch 2.11 as well as the project's pin.
 
 Preparing a GPU machine without network (the workplace's H200: Python 3.12, torch 2.11 + CUDA 13, ONNX Runtime CPU,
 onnx, onnxscript, numpy, typer, rich, safetensors, matplotlib, timm, huggingface_hub; no TensorRT, open_clip, decord,
@@ -377,15 +378,11 @@ def run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None 
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step into ``work`` and write ``gpu_check.json`` / ``gpu_check.md`` into ``out``; returns the report.
 
-    Raises :class:`~rap_deploy.errors.UsageError` when ``sizes.device`` is cuda and no GPU is visible.
+    Raises :class:`~rap_deploy.errors.UsageError` when ``sizes.device`` is cuda and no GPU is visible, after writing
+    the report of the environment step (what a GPU machine whose CUDA torch cannot see needs to be diagnosed).
     """
-    import torch
-
     from rap_deploy.atomic import write_json_atomic, write_text_atomic
-    from rap_deploy.errors import UsageError
 
-    if sizes.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"no CUDA GPU visible to torch {torch.__version__}; run with --dry-run on a CPU")
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -403,6 +400,8 @@ def run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None 
 
     steps = Steps(log, after_step=lambda: save(final=False))
     steps.run("environment", lambda: env.update(environment(sizes.device)))  # filled before the report is saved
+    if sizes.device == "cuda":
+        _require_gpu(steps, lambda: save(final=True))
     trt = env.get("tensorrt")
     data = steps.run("synthetic data", lambda: make_data(work / f"data-{data_tag(sizes)}", sizes))
     if data is not None:
@@ -419,6 +418,22 @@ def run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None 
             if large is not None:
                 check_model(sizes.large_clip, large, data, large_work, sizes, trt, steps, models)
     return save(final=True)
+
+
+def _require_gpu(steps: Steps, save_report: Callable[[], Any]) -> None:
+    """Raise :class:`UsageError` (exit 2) when torch sees no CUDA GPU, after recording it as a failed step and saving
+    the final report."""
+    import torch
+
+    from rap_deploy.errors import UsageError
+
+    if torch.cuda.is_available():
+        return
+    error = (f"no CUDA GPU visible to torch {torch.__version__} (built for CUDA {torch.version.cuda}, "
+             f"{torch.cuda.device_count()} devices); on a CPU run with --dry-run")
+    steps.records.append({"step": "CUDA GPU", "ok": False, "seconds": 0.0, "error": error})
+    save_report()
+    raise UsageError(error)
 
 
 # -------------------------------------------------------------------------------------------------------- report

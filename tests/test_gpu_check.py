@@ -131,6 +131,11 @@ def test_gpu_run_without_a_gpu_is_a_usage_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["--out", str(tmp_path)]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+    # the device brought back nothing but that line; the report now holds the environment it was seen in
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["complete"] and not report["passed"] and report["environment"]["cuda_available"] is False
+    assert [(r["step"], r["ok"]) for r in report["steps"]] == [("environment", True), ("CUDA GPU", False)]
+    assert "no CUDA GPU visible" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_the_gpu_sizes_and_the_device_command_fit_the_limits():
