@@ -654,6 +654,50 @@ def test_a_damaged_build_plan_is_one_line_exit_1(synth_root, micro_checkpoint, f
     assert runner.invoke(app, [*args, "--force"]).exit_code == 0
 
 
+def _point_at_shard_0(entry):  # its files those of the committed shard before it
+    for f in entry["files"].values():
+        f["file"] = f["file"].replace("shard-000001", "shard-000000")
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda e: e["files"]["video_emb"].update(file="../outside.npy"),  # was exit 1 blaming a manifest.json not there
+    _point_at_shard_0,  # was exit 1: 'the manifest puts shard shard-000001 at row 1: the manifest was edited'
+    lambda e: e.update(row_offset=0),  # the same, at every re-run
+], ids=["path outside", "another shard's files", "row moved"])
+def test_a_resume_over_an_edited_shard_json_encodes_that_shard_again(synth_root, micro_checkpoint, frame_cache,
+                                                                     tmp_path, tamper):
+    """A committed shard whose shard.json was edited (its files elsewhere, its first row moved) stopped every
+    resume with an error naming no file the user could fix; it is not this plan's shard, so it is encoded again."""
+    import hashlib
+
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(3):
+        shutil.copy(videos[i], folder / f"c{i}.mp4")
+    out = tmp_path / "lib"
+    args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(out), "--cache-dir",
+            str(frame_cache), "--shard-size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAPDEPLOY_CRASH_AT": "index.shard-written@2"}
+    killed = subprocess.run([sys.executable, "-m", "rap_deploy.cli", *args, "--quiet"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    record = out / "shards/shard-000001/shard.json"
+    entry = json.loads(record.read_text())
+    tamper(entry)
+    for f in entry["files"].values():
+        if (out / f["file"]).is_file():  # a consistent edit: sizes and sha256 of the files it names
+            data = (out / f["file"]).read_bytes()
+            f.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    record.write_text(json.dumps(entry))
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert (report["videos"], report["shards_resumed"], report["shards_written"]) == (3, 1, 2), report
+    ids = json.loads((out / "shards/shard-000001/videos.json").read_text())
+    assert (ids["video_id"], ids["row_offset"]) == (["c1"], 1)
+
+
 def test_add_and_remove_keep_what_is_kept(library, synth_root, micro_checkpoint, frame_cache, tmp_path, engine):
     from rap_deploy.library import open_library
 

@@ -141,8 +141,12 @@ def _check_force(root: Path, source: VideoSource | None, options: BuildOptions) 
 
 def _committed_shards(root: Path, plan: dict[str, Any] | None) -> int:
     """How many shards of the pending ``plan`` are already committed (a killed build's work to resume)."""
-    return sum(committed_shard(root, s["name"], plans.shard_digest(s)) is not None
-               for s in (plan or {}).get("shards", []))
+    return sum(_committed(root, s) is not None for s in (plan or {}).get("shards", []))
+
+
+def _committed(root: Path, shard: dict[str, Any], verify_hash: bool = True) -> dict[str, Any] | None:
+    """The committed entry of plan shard ``shard``, or ``None`` when it is still to be encoded (or damaged)."""
+    return committed_shard(root, shard["name"], plans.shard_digest(shard), verify_hash, shard["row_offset"])
 
 
 # ------------------------------------------------------------------------------------------------------- prepare
@@ -266,7 +270,7 @@ def _encode_mine(root: Path, engine: Any, cache: Any, options: BuildOptions, ran
         return 0, 0, 0.0
     sampling = FrameSamplingConfig.from_dict(plan["sampling"])
     mine = [s for i, s in enumerate(plan["shards"]) if i % ranks.world_size == ranks.rank]
-    todo = [s for s in mine if committed_shard(root, s["name"], plans.shard_digest(s)) is None]
+    todo = [s for s in mine if _committed(root, s) is None]
     t0 = time.perf_counter()
     with progress_bar(sum(len(s["videos"]) for s in todo), "encoding videos", progress, unit="videos") as advance:
         for shard in todo:
@@ -344,13 +348,12 @@ def _wait_for_shards(root: Path, plan: dict[str, Any], ranks: Ranks) -> list[dic
     """The entries of every plan shard, waiting (polling the folder) for other ranks to commit theirs."""
     entries: dict[str, dict[str, Any]] = {}
     names = [s["name"] for s in plan["shards"]]
-    digests = {s["name"]: plans.shard_digest(s) for s in plan["shards"]}
     while True:
-        for name in names:
-            if name not in entries:
-                entry = committed_shard(root, name, digests[name], verify_hash=False)
+        for shard in plan["shards"]:
+            if shard["name"] not in entries:
+                entry = _committed(root, shard, verify_hash=False)
                 if entry is not None:
-                    entries[name] = entry
+                    entries[shard["name"]] = entry
         if len(entries) == len(names):
             return [entries[n] for n in names]
         if ranks.world_size == 1:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.atomic import sha256_file
-from rap_deploy.errors import DamagedArtifactError, LibraryChangedError
+from rap_deploy.errors import CheckFailedError, DamagedArtifactError, LibraryChangedError
 from rap_deploy.library.manifest import SHARDS_DIR, entry_path
 
 SHARD_RECORD = "shard.json"
@@ -124,20 +124,28 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def committed_shard(root: Path, name: str, plan_sha256: str | None, verify_hash: bool = True) -> dict[str, Any] | None:
-    """The entry of shard ``name`` when it was committed for the plan entry with digest ``plan_sha256`` and its
-    files still match it (sizes, and sha256 with ``verify_hash``), else ``None`` (absent, interrupted, damaged or
-    left by another plan: the caller re-encodes it)."""
+def committed_shard(root: Path, name: str, plan_sha256: str | None, verify_hash: bool = True,
+                    row_offset: int | None = None) -> dict[str, Any] | None:
+    """The entry of shard ``name`` when it was committed for the plan entry with digest ``plan_sha256`` (first row
+    ``row_offset`` when given) and its files still match it (each in the shard's own folder, sizes, ``videos.json``
+    and its rows, and sha256 with ``verify_hash``), else ``None`` (absent, interrupted, damaged, edited, or left by
+    another plan: the caller re-encodes it)."""
     folder = Path(root) / SHARDS_DIR / name
     try:
         entry = json.loads((folder / SHARD_RECORD).read_text(encoding="utf-8"))
+        if entry.get("name") != name or entry.get("plan_sha256") != plan_sha256 or \
+                row_offset not in (None, entry.get("row_offset")):
+            return None
         for f in entry["files"].values():
+            if not isinstance(f["file"], str) or f["file"] != f"{SHARDS_DIR}/{name}/{Path(f['file']).name}":
+                return None  # a shard.json pointing at another shard's (or any other) file
             path = entry_path(Path(root), f["file"])
             if path.stat().st_size != f["bytes"] or (verify_hash and sha256_file(path) != f["sha256"]):
                 return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, DamagedArtifactError):
+        read_videos(Path(root), entry)  # its rows, first row and sha256 as the manifest will check them
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckFailedError):
         return None
-    return entry if entry.get("name") == name and entry.get("plan_sha256") == plan_sha256 else None
+    return entry
 
 
 def remove_stale(root: Path, keep: set[str]) -> list[str]:
