@@ -111,7 +111,7 @@ def test_a_split_with_no_caption_of_a_decodable_video_is_a_failed_check(monkeypa
     monkeypatch.setattr(retrieval, "load_video_batch",
                         lambda split, idx, cache, config: (np.zeros((len(idx), 1)), np.ones((len(idx), T))))
     for run in (lambda s: retrieval.evaluate(OneRowEncoder(None), s, Cache(), progress=False),
-                lambda s: evaluate_in_galleries(OneRowEncoder(None), s, Cache(), 2, progress=False)):
+                lambda s: evaluate_in_galleries(OneRowEncoder(None), s, Cache(), 3, progress=False)):
         with pytest.raises(CheckFailedError, match=message):
             run(_caption_split(captioned))
     assert retrieval.evaluate(OneRowEncoder(None), _caption_split([1, 1, 2]), Cache(), top_m=2,
@@ -145,3 +145,4 @@ def test_an_evaluation_too_large_for_memory_is_refused_before_it_is_allocated(mo
     monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10_000))
     assert retrieval.evaluate(OneRowEncoder(None), _caption_split([0, 1, 2]), Cache(), top_m=2,
                               progress=False)["videos"] == 3
+
