@@ -344,9 +344,12 @@ def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoInd
     """Two-stage search scores ``[Q, V]``: stage 1 ranks by meanP inner product, stage 2 re-ranks the top ``top_m``
     with the ASA head. Candidates carry ``3 + ASA score`` (so they rank above all others, in ASA order); the rest keep
     their stage-1 score. float64 (float32 for a model without ASA head: stage 1 alone), so the offset never merges
-    two distinct ASA scores into a tie."""
+    two distinct ASA scores into a tie. Raises :class:`~rap_deploy.errors.UsageError` for ``top_m`` below 1."""
     from rap_deploy.data.progress import progress_bar
+    from rap_deploy.errors import UsageError
 
+    if isinstance(top_m, bool) or not isinstance(top_m, (int, np.integer)) or top_m < 1:
+        raise UsageError(f"the two-stage search re-ranks top_m >= 1 candidates, got {top_m!r}")
     stage1 = meanp_similarity(text_emb, index)
     if not has_asa_head(encoder):
         return stage1

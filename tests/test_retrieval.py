@@ -146,3 +146,14 @@ def test_an_evaluation_too_large_for_memory_is_refused_before_it_is_allocated(mo
     assert retrieval.evaluate(OneRowEncoder(None), _caption_split([0, 1, 2]), Cache(), top_m=2,
                               progress=False)["videos"] == 3
 
+
+def test_a_re_rank_depth_below_one_is_refused():
+    """top_m 0 re-ranked nothing (two-stage silently equal to stage 1) and -1 re-ranked every video but one
+    (numpy's negative slice); both are refused."""
+    from rap_deploy.errors import UsageError
+
+    text = np.ones((2, D), np.float32)
+    for top_m in (0, -1, 1.5, True):
+        with pytest.raises(UsageError, match="top_m >= 1"):
+            retrieval.two_stage_similarity(OneRowEncoder(None), text, _index(), top_m=top_m, progress=False)
+    assert retrieval.two_stage_similarity(OneRowEncoder(None), text, _index(), top_m=1, progress=False).shape == (2, 3)
