@@ -174,3 +174,25 @@ def test_a_broken_library_install_is_reported_and_the_environment_kept(tmp_path,
     assert env["onnxruntime_error"].startswith("AttributeError") and "libnvinfer" in env["tensorrt_error"]
     md = (tmp_path / "out" / gc.REPORT_MD).read_text()
     assert "TensorRT not available" in md and "onnxruntime failed: AttributeError" in md
+
+
+def test_the_carried_wheels_and_the_working_tree_fit_one_device_call():
+    """The device call carries the working tree and .whl/ together, 64 MiB at most: the docstring said the tree was
+    under 1 MB (it is 2.6 MB); what matters is that its tracked files and the wheels it lists still fit."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import rap_deploy.engines.gpu_check as gc
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs the git checkout (its tracked files are what the device call carries)")
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout.split(b"\0")
+    tree = sum((root / n.decode()).stat().st_size for n in names if n and (root / n.decode()).is_file())
+    wheels = sum(float(mb) for mb in re.findall(r"[\w_]+ ([\d.]+) MB", gc.__doc__.split("5 wheels, about")[1]
+                                                .split(")")[0])) * 1e6
+    assert 50e6 < wheels < 55e6  # the five wheels' sizes the docstring lists
+    assert tree + wheels <= 64 * 2**20, f"tracked files {tree / 1e6:.1f} MB + wheels {wheels / 1e6:.1f} MB"
+    assert "under 1 MB" not in gc.__doc__
