@@ -118,6 +118,10 @@ def test_latency_stats_and_timing():
     assert stats["throughput"] == pytest.approx(8 / 0.025)
     assert stats["p50_ms"] == pytest.approx(25.0) and stats["min_ms"] == pytest.approx(10.0)
     assert stats["p90_ms"] <= stats["p99_ms"] <= 40.0
+    # a skewed sample: mean, median and the tail percentiles all differ (numpy's linear interpolation)
+    skewed = latency_stats([0.030, 0.010, 0.100, 0.020], items=2)
+    assert skewed == pytest.approx({"throughput": 2 / 0.040, "mean_ms": 40.0, "p50_ms": 25.0, "p90_ms": 79.0,
+                                    "p99_ms": 97.9, "min_ms": 10.0})
     calls = []
     lat = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], repeats=3, warmup=2)
     assert [len(x) for x in lat] == [3, 3]
