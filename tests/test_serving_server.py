@@ -467,3 +467,37 @@ def test_a_stalled_body_cannot_hold_a_slot_for_ever(micro_ort_engines):
         service.close()
     assert status == 200
     assert answer.startswith(b"HTTP/1.1 408") and b'"field":"body"' in answer, answer[:300]
+
+
+def test_sizes_a_server_publishes_that_are_not_sizes_are_a_one_line_usage_error(micro_ort_engines, monkeypatch):
+    """load_engine("http://…") read the ASA blocks and batch sizes a server publishes unchecked: an asa_blocks
+    parameter that is not JSON was a JSONDecodeError traceback, one that is a list an AttributeError, a word a
+    ValueError, and a negative max_batch_size an IndexError at the first encode_video; parameters as a list crashed
+    reading them. Each is now a one-line usage error when connecting."""
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread
+    from rap_deploy.engines.serving.service import ServingService
+
+    path = micro_ort_engines["fp32"]
+    service = ServingService(SerialEngine(load_engine(path, threads=1)), read_source(path))
+    config = service.model_config
+    cases = [("asa_blocks", "not json", "not a JSON object"), ("asa_blocks", "[1]", "not a JSON object"),
+             ("asa_blocks", '{"queries": "many"}', "queries is 'many'"), ("asa_blocks", '{"videos": -1}', "videos"),
+             ("max_batch_size", -3, "video_encoder max_batch_size is '-3'"), ("parameters", [1], "no rapdeploy.config")]
+    try:
+        with ServerThread(create_app(service)) as server:
+            for key, value, message in cases:
+                def edited(model, key=key, value=value):
+                    doc = config(model)
+                    if key == "asa_blocks":
+                        doc["parameters"]["rapdeploy.asa_blocks"] = {"string_value": value}
+                    elif model.name == "video_encoder" or key == "parameters":
+                        doc[key] = value
+                    return doc
+
+                monkeypatch.setattr(service, "model_config", edited)
+                with pytest.raises(UsageError, match=message):
+                    load_engine(server.url)
+    finally:
+        service.close()

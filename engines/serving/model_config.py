@@ -107,6 +107,8 @@ def kserve_metadata(model: ServedModel, platform: str) -> dict[str, Any]:
 def read_parameters(config_json: Mapping[str, Any]) -> dict[str, str]:
     """The ``rapdeploy.*`` parameters of a model-config JSON, prefix stripped (missing keys absent)."""
     params = config_json.get("parameters") or {}
+    if not isinstance(params, Mapping):  # a server of another kind: as if it carried none
+        return {}
     out = {}
     for key, value in params.items():
         if key.startswith(PARAM_PREFIX) and isinstance(value, Mapping):

@@ -96,10 +96,30 @@ class RemoteEngine(Engine):
         self.ranks: dict[str, dict[str, int]] = {}  # per graph, each input's rank in the server's metadata
         configs = {g: (text_cfg if g == TEXT_GRAPH else self._model_config(g)) for g in self.io}
         self.datatypes = {g: self._check_metadata(g, configs[g]) for g in self.io}
-        self.max_batch = {g: (int(configs[g].get("max_batch_size") or 0) or None) for g in self.io}
-        blocks = json.loads(self.parameters.get("asa_blocks") or "{}")
-        self.query_block = int(blocks.get("queries") or 32)
-        self.video_block = int(blocks.get("videos") or 64)
+        self.max_batch = {g: self._size(configs[g].get("max_batch_size"), f"model {g} max_batch_size", 0, 0) or None
+                          for g in self.io}
+        try:
+            blocks = json.loads(self.parameters.get("asa_blocks") or "{}")
+        except ValueError:
+            blocks = None
+        if not isinstance(blocks, dict):
+            raise UsageError(f"{self.url}: model {TEXT_GRAPH}'s rapdeploy.asa_blocks parameter is not a JSON object "
+                             f"({str(self.parameters.get('asa_blocks'))[:60]!r})")
+        self.query_block = self._size(blocks.get("queries"), "rapdeploy.asa_blocks queries", 32)
+        self.video_block = self._size(blocks.get("videos"), "rapdeploy.asa_blocks videos", 64)
+
+    def _size(self, value: Any, what: str, default: int, low: int = 1) -> int:
+        """A size the server publishes (``default`` when it gives none); :class:`UsageError` for what is no integer
+        in ``[low, 2**31)`` (it failed later, as a ValueError or an IndexError of an empty batch)."""
+        if value is None:
+            return default
+        try:
+            size = int(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
+        except ValueError:
+            size = None
+        if size is None or not low <= size < 1 << 31:
+            raise UsageError(f"{self.url}: {what} is {str(value)[:40]!r}, not an integer in [{low}, 2**31)")
+        return size
 
     # ------------------------------------------------------------------------------------------------ transport
     def _client(self) -> Any:
