@@ -134,6 +134,10 @@ def test_graphs_that_run_on_the_gpu_only_get_no_cpu_instances(micro_ort_engines,
         res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(tmp_path / "repo"), "--json"])
         assert res.exit_code == 0 and json.loads(res.output)["kind"] == "gpu", res.output
         shutil.rmtree(tmp_path / "repo")
+    from typer.main import get_command
+
+    (kind,) = [p for p in get_command(app).commands["triton-repo"].params if p.name == "kind"]
+    assert "fp16 graphs" in kind.help and "refused" in kind.help  # --help said auto gave fp16 graphs the CPU
 
 
 def _tensorrt_engine_folder(micro_ort_engines, dest):

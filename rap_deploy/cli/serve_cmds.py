@@ -82,8 +82,8 @@ def triton_repo_cmd(
     out: Path = typer.Option(..., "--out", help="Folder to write the model repository to."),
     engine: str | None = typer.Option(None, "--engine", help="Engine folder (TensorRT or ONNX Runtime) or export "
                                       "folder; default: the workspace's latest engine."),
-    kind: str = typer.Option("auto", "--kind", help="Instance kind: auto (GPU for TensorRT/CUDA engines, else CPU), "
-                             "cpu or gpu."),
+    kind: str = typer.Option("auto", "--kind", help="Instance kind: auto (GPU for TensorRT/CUDA engines and fp16 "
+                             "graphs, else CPU), cpu (refused for those) or gpu."),
     instances: int = typer.Option(1, "--instances", help="Model instances per device."),
     max_queue_delay_us: int = typer.Option(2000, "--max-queue-delay-us", help="dynamic_batching delay of the video "
                                            "and text encoders (microseconds)."),
