@@ -191,6 +191,28 @@ def test_onnxruntime_runs_each_graph(exported, offset_checkpoint, batch):
     np.testing.assert_allclose(sim, ref_s.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("graph", ["asa_head.onnx", "asa_head.fp16.onnx"])
+def test_an_all_padded_video_scores_zero_in_the_asa_head_graph(exported, offset_checkpoint, graph):
+    """A video without a real frame scores 0 in the exported asa_head, as in PyTorch, stage 1 and meanP: the ASA
+    output projection's bias (non-zero once trained) gave it the score text · bias/|bias|."""
+    import onnxruntime as ort
+
+    out, _ = exported
+    model = _build(offset_checkpoint)
+    assert model.asa.out_proj.bias.abs().max() > 0
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        _, fe, pt, at = model.encode_video(torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+                                           mask)
+        text = model.encode_text(torch.randint(1, 40000, (3, 8), dtype=torch.int32), torch.full((3,), 7))
+        ref = model.asa(text, fe, pt.half(), at)
+    sess = ort.InferenceSession(str(out / graph), providers=["CPUExecutionProvider"])
+    sim = sess.run(None, {"text_emb": text.numpy(), "frame_emb": fe.numpy(), "patch_tokens": pt.half().numpy(),
+                          "asa_tokens": at.numpy()})[0]
+    assert ref[:, 1].abs().max() == 0 and np.abs(sim[:, 1]).max() == 0
+    np.testing.assert_allclose(sim[:, 0], ref[:, 0].numpy(), atol=1e-5 if "fp16" not in graph else 5e-3)
+
+
 def test_metadata_round_trip(exported, offset_checkpoint):
     from rap_deploy.atomic import sha256_file
     from rap_deploy.checkpoint import load_checkpoint

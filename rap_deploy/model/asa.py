@@ -281,7 +281,8 @@ class AsynchronousSelfAttention(nn.Module):
         h, dh, k = self.heads, self.attn_dim // self.heads, self.topk
         dtype = text_emb.dtype
         valid = valid_frames(frame_emb).to(dtype)  # [V,T]
-        n_valid = valid.sum(-1).clamp_min(1.0)  # [V]
+        count = valid.sum(-1)  # [V]
+        n_valid = count.clamp_min(1.0)
 
         query = frame_emb if self.selection == "saliency" else text_emb
         idx = self.select(query, patch_tokens, video_rows)  # [Q', V, T, k]
@@ -300,7 +301,11 @@ class AsynchronousSelfAttention(nn.Module):
         out = out.transpose(2, 3).reshape(qn, v, t, k, h * dh).mean(dim=3)  # mean over a frame's tokens
         pooled = (out * valid.view(1, v, t, 1)).sum(2) / n_valid.view(1, v, 1)  # [Q',V,d_a]
         mean_frames = frame_emb.sum(1) / n_valid.view(v, 1)  # [V, d]
-        return l2_normalize(mean_frames.unsqueeze(0) + self.out_proj(pooled))
+        cond = l2_normalize(mean_frames.unsqueeze(0) + self.out_proj(pooled))
+        # A video without a real frame gets a zero embedding (it scores 0, as in stage 1 and meanP): its pooled term
+        # is 0, but out_proj's trained bias is not, and it scored text · bias/|bias|. A select, not a product: an fp16
+        # graph's normalisation of a zero vector gives NaN, which a product by 0 would keep.
+        return torch.where((count > 0).view(1, v, 1), cond, 0.0)
 
     def forward(self, text_emb: torch.Tensor, frame_emb: torch.Tensor, patch_tokens: torch.Tensor,
                 asa_tokens: torch.Tensor, video_rows: torch.Tensor | None = None) -> torch.Tensor:
