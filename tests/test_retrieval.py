@@ -157,3 +157,11 @@ def test_a_re_rank_depth_below_one_is_refused():
         with pytest.raises(UsageError, match="top_m >= 1"):
             retrieval.two_stage_similarity(OneRowEncoder(None), text, _index(), top_m=top_m, progress=False)
     assert retrieval.two_stage_similarity(OneRowEncoder(None), text, _index(), top_m=1, progress=False).shape == (2, 3)
+
+
+def test_load_video_files_refuses_a_sampling_rate_no_video_has():
+    """fps 0 or NaN reached every file as its own 'bad segment' (the first file was blamed) and fps 1e9 sized the
+    sampling times by it (80 GB for a 10 s clip); the rate is checked before any file is opened."""
+    for fps in (0, -1.0, float("nan"), float("inf"), 1e9, True, "1"):
+        with pytest.raises(ValueError, match=r"fps must be a number in \(0, 1000\]"):
+            retrieval.load_video_files(["missing.mp4"], CONFIG, fps=fps)
