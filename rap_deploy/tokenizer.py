@@ -152,8 +152,14 @@ def tokenize(texts: Sequence[str], cfg: TokenizerConfig) -> tuple[np.ndarray, np
     """Tokenise ``texts`` into ids ``[N, L]`` int32 and EOT positions ``[N]`` int32.
 
     Texts longer than ``cfg.context_length`` are truncated with the EOT token kept as the last token (open_clip's
-    behaviour). Raises ``ValueError`` for an unknown tokenizer name or a context length below 2.
+    behaviour). Raises ``ValueError`` for an unknown tokenizer name or a context length below 2, ``TypeError`` for
+    ``texts`` that is one string (its characters were tokenised as texts of their own) or holds something else.
     """
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("tokenize takes a list of texts, got one string; pass [text]")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is a {type(text).__name__}, not a str")
     tok = _check(cfg)
     length = int(cfg.context_length)
     if length < 2:

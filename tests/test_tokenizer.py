@@ -71,6 +71,18 @@ def test_unknown_tokenizer_and_tiny_context_are_refused():
         tokenize(["x"], TokenizerConfig(context_length=1))
 
 
+def test_one_string_or_a_text_that_is_not_a_str_is_refused():
+    """tokenize("a query") tokenised each character as a text of its own (3 rows for "abc", so encode_texts gave one
+    embedding per character, silently); None or bytes among the texts were ftfy's tracebacks."""
+    cfg = TokenizerConfig()
+    with pytest.raises(TypeError, match="got one string"):
+        tokenize("abc", cfg)
+    for bad in (None, b"abc", 3):
+        with pytest.raises(TypeError, match=r"text 1 is a \w+, not a str"):
+            tokenize(["fine", bad], cfg)
+    assert tokenize(("a", "b"), cfg)[0].shape == (2, 32) and tokenize([], cfg)[0].shape == (0, 32)
+
+
 def test_a_model_config_of_a_one_token_context_is_refused():
     """RAPConfig took context_length 1 (`rapdeploy init --context-length 1` wrote the checkpoint), whose tokenizer
     then refused every text and whose export was a torch traceback; the model config now needs 2 (start and end)."""
