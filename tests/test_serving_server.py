@@ -473,7 +473,9 @@ def test_sizes_a_server_publishes_that_are_not_sizes_are_a_one_line_usage_error(
     """load_engine("http://…") read the ASA blocks and batch sizes a server publishes unchecked: an asa_blocks
     parameter that is not JSON was a JSONDecodeError traceback, one that is a list an AttributeError, a word a
     ValueError, and a negative max_batch_size an IndexError at the first encode_video; parameters as a list crashed
-    reading them. Each is now a one-line usage error when connecting."""
+    reading them. Each is now a one-line usage error when connecting; so is model metadata whose tensors are not
+    objects with a name and datatype (a TypeError / KeyError traceback), and a checkpoint parameter that is not
+    JSON (verify's reference: a JSONDecodeError traceback) is no checkpoint named."""
     from rap_deploy.engines.serving.contract import read_source
     from rap_deploy.engines.serving.serial import SerialEngine
     from rap_deploy.engines.serving.server import ServerThread
@@ -485,6 +487,7 @@ def test_sizes_a_server_publishes_that_are_not_sizes_are_a_one_line_usage_error(
     cases = [("asa_blocks", "not json", "not a JSON object"), ("asa_blocks", "[1]", "not a JSON object"),
              ("asa_blocks", '{"queries": "many"}', "queries is 'many'"), ("asa_blocks", '{"videos": -1}', "videos"),
              ("max_batch_size", -3, "video_encoder max_batch_size is '-3'"), ("parameters", [1], "no rapdeploy.config")]
+    metadata = service.metadata
     try:
         with ServerThread(create_app(service)) as server:
             for key, value, message in cases:
@@ -499,5 +502,17 @@ def test_sizes_a_server_publishes_that_are_not_sizes_are_a_one_line_usage_error(
                 monkeypatch.setattr(service, "model_config", edited)
                 with pytest.raises(UsageError, match=message):
                     load_engine(server.url)
+            monkeypatch.setattr(service, "model_config", config)
+            for tensors in ([1, 2], [{"name": "frames"}], {"name": "frames"}):  # a TypeError / KeyError traceback
+                monkeypatch.setattr(service, "metadata", lambda model, t=tensors: {**metadata(model), "inputs": t})
+                with pytest.raises(UsageError, match="not lists of tensors"):
+                    load_engine(server.url)
+            monkeypatch.setattr(service, "metadata", metadata)
+            service.parameters["rapdeploy.checkpoint"] = "not json"  # verify's reference: a JSONDecodeError traceback
+            remote = load_engine(server.url)
+            try:
+                assert remote.manifest()["checkpoint"] == {}
+            finally:
+                remote.close()
     finally:
         service.close()

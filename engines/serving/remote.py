@@ -173,10 +173,14 @@ class RemoteEngine(Engine):
             raise UsageError(f"{self.url}: model {graph} was built from another RAP config than {TEXT_GRAPH}")
         what = f"model {graph} metadata"
         meta = self._object(self._call(self._client().get_model_metadata, graph, what=what), what)
-        inputs = {t["name"]: t["datatype"] for t in meta.get("inputs", [])}
-        # Triton shows a batch-only input (eot) as [-1, 1]: its config needs non-empty dims, reshaped to none
-        self.ranks[graph] = {t["name"]: len(t.get("shape") or []) for t in meta.get("inputs", [])}
-        outputs = {t["name"] for t in meta.get("outputs", [])}
+        try:
+            inputs = {t["name"]: t["datatype"] for t in meta.get("inputs", [])}
+            # Triton shows a batch-only input (eot) as [-1, 1]: its config needs non-empty dims, reshaped to none
+            self.ranks[graph] = {t["name"]: len(t.get("shape") or []) for t in meta.get("inputs", [])}
+            outputs = {t["name"] for t in meta.get("outputs", [])}
+        except (TypeError, KeyError, AttributeError):
+            raise UsageError(f"{self.url} {what}: its inputs and outputs are not lists of tensors (name, datatype, "
+                             f"shape); {NOT_OIP}") from None
         want_in, want_out = self.io[graph]
         if set(inputs) != set(want_in) or not set(want_out) <= outputs:
             raise UsageError(f"{self.url}: model {graph} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
@@ -232,15 +236,23 @@ class RemoteEngine(Engine):
 
     def manifest(self) -> dict[str, Any]:
         """What the server says about its engine: ``checkpoint`` (``path``, ``sha256``), ``precision``, ``engine``."""
-        return {"checkpoint": json.loads(self.parameters.get("checkpoint") or "{}"),
-                "precision": self.parameters.get("precision"),
-                "engine": json.loads(self.parameters.get("engine") or "{}"), "url": self.url}
+        return {"checkpoint": self._json_parameter("checkpoint"), "precision": self.parameters.get("precision"),
+                "engine": self._json_parameter("engine"), "url": self.url}
+
+    def _json_parameter(self, name: str) -> dict[str, Any]:
+        """The ``rapdeploy.<name>`` parameter as a JSON object; ``{}`` when the server gives none or something else
+        (then the server names no checkpoint, and verify asks for ``--checkpoint``)."""
+        try:
+            value = json.loads(self.parameters.get(name) or "{}")
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
 
     def describe(self) -> EngineInfo:
         """Backend ``remote``, the served engine's precision, the URL and what the server reports."""
         from importlib import metadata
 
-        served = json.loads(self.parameters.get("engine") or "{}")
+        served = self._json_parameter("engine")
         versions = {"tritonclient": metadata.version("tritonclient"),
                     "server": f"{self.server.get('name', '?')} {self.server.get('version', '?')}"}
         return EngineInfo(backend=self.backend, precision=self.parameters.get("precision") or "fp32",
