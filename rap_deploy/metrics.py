@@ -109,6 +109,8 @@ def _checked_similarity(sim: Any, text_to_video: Any) -> tuple[np.ndarray, np.nd
         raise ValueError(f"similarity must be 2-D [texts, videos], got shape {sim.shape}")
     if t2v.ndim != 1 or len(t2v) != sim.shape[0]:
         raise ValueError(f"text_to_video must have one entry per text ({sim.shape[0]}), got shape {t2v.shape}")
+    if t2v.dtype.kind not in "iuf":  # a bool mask or strings (video ids) are not indices
+        raise ValueError(f"text_to_video must hold integer video indices, got {t2v.dtype} values")
     if not np.issubdtype(t2v.dtype, np.integer):
         if not np.all(np.mod(t2v, 1) == 0):
             raise ValueError("text_to_video must hold integer video indices")

@@ -109,6 +109,15 @@ def test_nan_and_bad_input_raise():
         retrieval_metrics(np.ones(3), [0, 1, 2])
 
 
+def test_ground_truth_that_is_not_an_index_is_refused():
+    """Video ids or None as ground truth were numpy's remainder TypeError, and a bool list was read as indices 1 and 0
+    (t2v R@1 0 of an identity matrix, silently)."""
+    for bad in (["v0", "v1"], [True, False], [None, 1]):
+        with pytest.raises(ValueError, match="integer video indices"):
+            retrieval_metrics(np.eye(2), bad)
+    assert retrieval_metrics(np.eye(2), [0.0, 1.0])["t2v"]["R1"] == 100.0
+
+
 def test_torch_input_matches_numpy_and_multi_caption_at_scale():
     rng = np.random.default_rng(0)
     sim = rng.standard_normal((1000, 1000)).astype(np.float32)
