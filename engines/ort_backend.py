@@ -141,8 +141,9 @@ def create_session(path: str | os.PathLike[str], provider: str = "CPUExecutionPr
             raise
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise BackendUnavailableError(f"{provider} (device {device_id}) could not start a session for "
-                                      f"{Path(path).name}: {first[:300]}; check the GPU, --device-id and that the "
-                                      "CUDA/cuDNN versions match onnxruntime-gpu") from None
+                                      f"{Path(path).name}: {first[:300]}; check that GPU {device_id} exists and is "
+                                      "visible (CUDA_VISIBLE_DEVICES) and that the CUDA/cuDNN versions match "
+                                      "onnxruntime-gpu") from None
     sess.disable_fallback()
     active = sess.get_providers()
     if provider not in active:

@@ -426,9 +426,12 @@ def test_cuda_that_cannot_start_is_a_backend_error_without_a_cpu_session(micro_o
 
     monkeypatch.setattr(oic.InferenceSession, "_create_inference_session", create)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    with pytest.raises(BackendUnavailableError, match=r"CUDAExecutionProvider \(device 3\) .*invalid device ordinal"):
+    with pytest.raises(BackendUnavailableError, match=r"CUDAExecutionProvider \(device 3\) .*invalid device ordinal"
+                       ) as refused:
         create_session(micro_ort_engines["export"] / "text_encoder.onnx", "CUDAExecutionProvider", device_id=3)
     assert cpu_sessions == [] and "EP Error" not in capsys.readouterr().out
+    # the hint named a --device-id option no command has; it names the GPU and how it is made visible
+    assert "--device-id" not in str(refused.value) and "GPU 3 exists" in str(refused.value)
 
 
 def test_a_call_the_runtime_fails_is_one_line_naming_the_graph_and_provider(micro_ort_engines):
