@@ -658,9 +658,9 @@ def test_finished_run_without_last_pt_is_checked_on_its_best_pt_options(tmp_path
     assert "Traceback" not in other.output and (run_dir / "summary.json").stat().st_mtime_ns == stamp
 
 
-def test_heldout_cache_without_its_counts_is_scored_again(tmp_path):
+def test_heldout_cache_without_its_counts_or_of_another_top_m_is_scored_again(tmp_path):
     """A cached held-out result that lacks the video count or seconds the table keeps (edited, or damaged) is
-    scored again, never a KeyError traceback."""
+    scored again, never a KeyError traceback; so is one scored with another top_m."""
     runner = CliRunner()
     args = ["ablate", "--tiny", "--world", str(tmp_path / "world"), "--out", str(tmp_path / "abl"), "--seeds", "0",
             "--rows", "rap", "--quiet", "--heldout-videos", "4"]
@@ -673,6 +673,24 @@ def test_heldout_cache_without_its_counts_is_scored_again(tmp_path):
         assert again.exit_code == 0 and "Traceback" not in again.output, again.output
         rescored = json.loads(cached.read_text())
         assert rescored["videos"] == 4 and rescored["t2v"] == good["t2v"] and "seconds" in rescored
+    _check_heldout_cache_is_of_its_top_m(tmp_path / "world", cached, good)
+
+
+def _check_heldout_cache_is_of_its_top_m(world, cached, good):
+    """The cache key had no top_m (the two-stage shortlist): a result read back for another top_m was the other's
+    two-stage score. It records top_m now; one cached before it did is of the top_m its run trained with (the
+    ablation scored every run with its recipe's), so it reads back for that top_m only."""
+    from rap_deploy.train.heldout_eval import heldout_scorer
+
+    run_dir = cached.parent
+    scorer = heldout_scorer(world, world / "data", 4, 4, progress=False)
+    assert good["top_m"] == 4 and scorer(run_dir, cached_only=True)["two_stage"] == good["two_stage"]
+    assert scorer(run_dir, cached_only=True, top_m=2) is None
+    cached.write_text(json.dumps({k: v for k, v in good.items() if k != "top_m"}))  # cached before top_m was
+    assert scorer(run_dir, cached_only=True)["two_stage"] == good["two_stage"]
+    assert scorer(run_dir, cached_only=True, top_m=2) is None
+    other = scorer(run_dir, top_m=2)
+    assert other["top_m"] == 2 and other["t2v"] == good["t2v"] and json.loads(cached.read_text())["top_m"] == 2
 
 
 def test_heldout_split_with_a_missing_video_is_refused_not_scored_on_fewer(tmp_path):

@@ -1,8 +1,9 @@
 """Score a finished run's ``best.pt`` on a held-out split (:mod:`rap_deploy.data.synth_heldout`).
 
 The result is cached beside the checkpoint as ``<run>/<split tag>.json`` (``<split tag>-g<G>.json`` when scored in
-galleries of G videos, :mod:`rap_deploy.gallery_eval`) with the checkpoint's sha256: a rerun of the ablation reads it
-back, and a checkpoint that changed is scored again.
+galleries of G videos, :mod:`rap_deploy.gallery_eval`) with the checkpoint's sha256 and the two-stage shortlist size
+``top_m``: a rerun of the ablation reads it back, and a checkpoint that changed, or another ``top_m``, is scored
+again.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ BEST = "best.pt"
 
 def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progress: bool = True,
                     gallery: int = 0, cached_only: bool = False) -> dict[str, Any] | None:
-    """t2v and v2t metrics of ``run_dir/best.pt``'s full ASA similarity on ``split`` (with ``two_stage`` and
-    ``meanp``, ``videos``, ``captions``, ``seconds``, ``gallery``, ``split`` and ``checkpoint_sha256``; with
+    """t2v and v2t metrics of ``run_dir/best.pt``'s full ASA similarity on ``split`` (with ``two_stage`` of a
+    ``top_m`` shortlist and ``meanp``, ``videos``, ``captions``, ``seconds``, ``gallery``, ``top_m``, ``split`` and
+    ``checkpoint_sha256``; with
     ``cached_only``, ``None`` unless a valid cached result exists). With
     ``gallery`` G > 0 each query is ranked within its own gallery of G consecutive videos
     (:func:`rap_deploy.gallery_eval.evaluate_in_galleries`); 0 ranks it among the whole split.
@@ -30,8 +32,8 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
     Raises :class:`CheckFailedError` for a run without ``best.pt`` (its folder is damaged: a finished run has one)
     and for a split video that is missing or cannot be decoded (a score over fewer videos is not this split's);
     otherwise what loading the checkpoint and the split raise. A cached result that is a symbolic link, holds
-    metrics out of range, lacks its video count or seconds, or scored fewer videos than the split holds is scored
-    again.
+    metrics out of range, lacks its video count or seconds, scored fewer videos than the split holds, or scored its
+    two-stage search with another ``top_m`` (:func:`_scored_with`) is scored again.
     """
     from rap_deploy.atomic import sha256_file, write_json_atomic
 
@@ -44,8 +46,10 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
     cached_file = run_dir / (f"{split.tag}-g{gallery}.json" if gallery else f"{split.tag}.json")
     cached = None if cached_file.is_symlink() else read_record(cached_file)
     if (cached is not None and cached.get("checkpoint_sha256") == digest and cached.get("split") == split.record
-            and cached.get("gallery", 0) == gallery and _scores_ok(cached) and _whole_split(cached, split)):
-        return {**cached, "gallery": gallery}  # results cached before galleries existed hold none: one gallery
+            and cached.get("gallery", 0) == gallery and _scores_ok(cached) and _whole_split(cached, split)
+            and _scored_with(cached, checkpoint) == top_m):
+        # results cached before galleries existed hold none: one gallery
+        return {**cached, "gallery": gallery, "top_m": top_m}
     if cached_only:
         return None
     result = _score(checkpoint, split, top_m, progress, gallery)
@@ -55,9 +59,27 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
                                f"{split.record['videos']} test videos could not be read ({names}); every run is "
                                f"scored on the whole split: remove {split.data.parent} and the next `rapdeploy "
                                "ablate` writes it again")
-    result.update(split=split.record, checkpoint_sha256=digest, gallery=gallery)
+    result.update(split=split.record, checkpoint_sha256=digest, gallery=gallery, top_m=top_m)
     write_json_atomic(cached_file, result)
     return result
+
+
+def _scored_with(cached: dict[str, Any], checkpoint: Path) -> int | None:
+    """The two-stage shortlist size ``top_m`` a cached result was scored with: the one it records, or, for a result
+    cached before it did, the ``top_m`` its run trained with (stored in ``best.pt``): the ablation scored every run
+    with its recipe's ``top_m``, and a run folder of another recipe was refused before it was scored. None when
+    unknown (the result is scored again)."""
+    if "top_m" in cached:
+        value = cached["top_m"]
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    from rap_deploy.checkpoint import load_checkpoint
+
+    try:
+        stored = load_checkpoint(checkpoint).extra.get("train_options")
+    except Exception:  # noqa: BLE001 - unreadable: scored again, where loading it names the problem
+        return None
+    value = stored.get("top_m") if isinstance(stored, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _whole_split(result: dict[str, Any], split: HeldoutSplit) -> bool:
