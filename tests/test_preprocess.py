@@ -1,0 +1,42 @@
+"""The one CLIP preprocessing function against open_clip's own evaluation transform (what CLIP was trained and is
+evaluated with): PIL bicubic resize of the short side, center crop, CLIP mean/std. Every other test compares a
+path that preprocesses with this function against another path that does too (engine vs PyTorch, export parity),
+so a wrong crop, channel order or normalisation would pass all of them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rap_deploy.config import CLIP_STD, PreprocessConfig
+from rap_deploy.preprocess import normalize, preprocess_frames, resize_crop
+
+ONE_LEVEL = 1.0 / 255 / min(CLIP_STD)  # one uint8 step after normalisation: PIL and torchvision may round apart
+
+
+def _smooth_frame(height: int, width: int, phase: float) -> np.ndarray:
+    """A frame whose three channels differ and vary along both axes (a crop or channel mix-up shows), smooth enough
+    that PIL's and torchvision's bicubic kernels agree to within a rounding step."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    red = 127.5 + 127.5 * np.sin(2 * np.pi * (1.5 * xx / width + phase))
+    green = 255.0 * yy / (height - 1)
+    blue = 127.5 + 127.5 * np.cos(2 * np.pi * (yy / height + xx / width + phase))
+    return np.stack([red, green, blue], axis=-1).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("height, width", [(48, 80), (90, 40), (24, 40), (32, 32)])
+def test_preprocessing_equals_open_clips_eval_transform(height, width):
+    from open_clip.transform import image_transform
+
+    cfg = PreprocessConfig(image_size=32)
+    frames = np.stack([_smooth_frame(height, width, phase) for phase in (0.0, 0.3)])
+    reference = image_transform(cfg.image_size, is_train=False, mean=cfg.mean, std=cfg.std)
+    want = torch.stack([reference(Image.fromarray(frame)) for frame in frames])
+    got = preprocess_frames(frames, cfg)
+    assert got.dtype == torch.float32 and got.shape == want.shape == (2, 3, 32, 32)
+    assert float((got - want).abs().max()) <= ONE_LEVEL + 1e-6
+    assert float((got - want).abs().mean()) < 0.05 * ONE_LEVEL  # the rounding steps are rare, not a shift
+    # the cached half (uint8 after resize and crop) and the normalising half compose to the same tensor
+    assert torch.equal(normalize(resize_crop(frames, cfg), cfg), got)
