@@ -476,6 +476,27 @@ def test_a_compressed_weights_file_larger_than_memory_is_refused_before_open_cli
     assert result.exit_code == 2 and "packed.pt (a compressed archive" in result.output, result.output
 
 
+def test_backbone_weights_holding_nan_are_refused_naming_the_file(tmp_path, micro_model):
+    """A --pretrained file (or a checkpoint's embedded backbone) holding NaN loaded: init and info succeeded, and
+    every embedding was NaN later with nothing naming the file. It is refused at load (exit 1)."""
+    from rap_deploy.checkpoint import checkpoint_from_model
+    from rap_deploy.errors import CheckFailedError
+
+    state = micro_model.clip.state_dict()
+    state["visual.proj"] = state["visual.proj"].clone()
+    state["visual.proj"][0, 0] = float("nan")
+    weights = tmp_path / "nan-clip.pt"
+    torch.save(state, weights)
+    result = CliRunner().invoke(app, ["info", "--clip", "rap-micro", "--pretrained", str(weights)])
+    assert result.exit_code == 1 and "nan-clip.pt" in result.output and "visual.proj" in result.output, result.output
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    ckpt = checkpoint_from_model(micro_model, ckpt)
+    ckpt.backbone_state["visual.proj"] = state["visual.proj"]
+    save_checkpoint(ckpt, tmp_path / "nan-backbone.pt")
+    with pytest.raises(CheckFailedError, match="nan-backbone.pt.*visual.proj.*NaN"):
+        load_checkpoint(tmp_path / "nan-backbone.pt").build_model()
+
+
 def test_info_vit_b32_parameter_budget():
     result = CliRunner().invoke(app, ["info", "--clip", "ViT-B-32", "--pretrained", "none", "--json"])
     assert result.exit_code == 0, result.output

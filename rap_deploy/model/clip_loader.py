@@ -140,8 +140,28 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
         if missing or unexpected:
             raise UsageError(f"embedded backbone weights do not fit {spec.clip}: missing {list(missing)[:5]}, "
                              f"unexpected {list(unexpected)[:5]}")
+    _check_finite_weights(model, spec, embedded=state_dict is not None)
     freeze(model)
     return model
+
+
+def _check_finite_weights(model: nn.Module, spec: BackboneSpec, embedded: bool) -> None:
+    """Refuse a backbone whose weights hold NaN or inf (a damaged file, or one saved from a diverged run): every
+    embedding would be NaN, and nothing would say why. Embedded weights: :class:`UsageError` (the checkpoint's loader
+    names the file, exit 1); a weights file or a cached tag: :class:`~rap_deploy.errors.CheckFailedError` (exit 1).
+    A tensor's sum is the fast test (0.06 s for ViT-B/32); only a sum that is not finite is looked at element-wise."""
+    from rap_deploy.errors import CheckFailedError
+
+    bad = [name for name, p in model.named_parameters()
+           if p.is_floating_point() and not bool(torch.isfinite(p.sum())) and not bool(p.isfinite().all())]
+    if not bad:
+        return
+    if embedded:
+        raise UsageError(f"embedded backbone weights {bad[:3]} hold NaN or infinite values")
+    source = f"backbone weights file {spec.value}" if spec.kind == "file" else \
+        f"backbone {spec.clip} (pretrained={spec.value})"
+    raise CheckFailedError(f"{source}: weights {bad[:3]} hold NaN or infinite values; it is damaged or was saved from "
+                           "a diverged run: copy or download it again")
 
 
 def _check_weights_file(path: Path) -> None:
