@@ -29,7 +29,7 @@ def test_a_count_out_of_range_is_one_line_before_any_work(args, capsys, monkeypa
         scale_bench.main(args)
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert "error:" in err and "Traceback" not in err
+    assert f"error: {args[-2]} " in err and "Traceback" not in err  # the option that is out of range is named
 
 
 def test_vectors_that_cannot_fit_in_memory_are_refused_before_they_are_generated(capsys, monkeypatch):
