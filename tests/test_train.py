@@ -344,6 +344,8 @@ def test_corrupt_training_video_is_skipped_and_counted(synth_root, frame_cache, 
     assert summary["complete"] and summary["steps"] == 2  # 23 usable videos // 8
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["skipped_videos"][0]["reason"].startswith("cannot decode")
+    # every metrics.jsonl line counts it too (a killed run has no summary.json yet)
+    assert [r["train_skipped"] for r in _metrics_without_timing(tmp_path / "run")] == [1]
 
 
 def test_torchrun_two_processes_match_one_process(synth_root, frame_cache, tmp_path):

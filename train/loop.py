@@ -345,12 +345,13 @@ def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContex
 
 
 def _record(epoch: int, step: int, loss: float | None, lr: float, seconds: float, train_items: int,
-            result: dict[str, Any] | None, model: torch.nn.Module) -> dict[str, Any]:
-    """One ``metrics.jsonl`` line: schedule, loss, metrics, the selection score, the ASA offsets and LoRM's size."""
+            result: dict[str, Any] | None, model: torch.nn.Module, train_skipped: int = 0) -> dict[str, Any]:
+    """One ``metrics.jsonl`` line: schedule, loss, the training videos skipped as undecodable, metrics, the
+    selection score, the ASA offsets and LoRM's size."""
     from rap_deploy.model_summary import asa_offsets, lorm_modulation
 
     rec: dict[str, Any] = {"epoch": epoch, "step": step, "loss": loss, "lr": lr, "seconds": round(seconds, 3),
-                           "train_items": train_items}
+                           "train_items": train_items, "train_skipped": train_skipped}
     if result is not None:
         rec.update(t2v=result["asa"]["t2v"], v2t=result["asa"]["v2t"], two_stage=result["two_stage"],
                    meanp=result["meanp"], eval_seconds=result["seconds"], test_videos=result["videos"],
@@ -369,8 +370,9 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
 
     Writes ``best.pt`` (the evaluated epoch chosen by :data:`~rap_deploy.train.selection.SELECTION_RULE`: the
     highest t2v RSum + v2t RSum, later epoch on ties), ``last.pt`` (with the training state) and ``metrics.jsonl``
-    (one line per epoch: epoch, step, loss, lr, seconds, t2v, v2t, two_stage, meanp, selection_score, the ASA
-    offsets γ/δ and LoRM's distance from the identity) into ``options.out`` (rank 0 only), and ``summary.json`` at
+    (one line per epoch: epoch, step, loss, lr, seconds, train_skipped (training videos skipped as undecodable; named
+    in ``summary.json``), t2v, v2t, two_stage, meanp, selection_score, the ASA offsets γ/δ and LoRM's distance from
+    the identity) into ``options.out`` (rank 0 only), and ``summary.json`` at
     the end.
 
     Resuming reads the options stored in ``resume/last.pt``; ``overrides`` (explicitly given values) may change only

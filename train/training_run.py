@@ -160,7 +160,7 @@ class TrainingRun:
     def record(self, epoch: int, loss: float | None, lr: float, seconds: float, items: int,
                result: dict[str, Any] | None) -> dict[str, Any]:
         """Append the epoch's ``metrics.jsonl`` line, keep the best epoch, write ``best.pt``/``last.pt`` (rank 0)."""
-        rec = _record(epoch, self.step, loss, lr, seconds, items, result, self.model)
+        rec = _record(epoch, self.step, loss, lr, seconds, items, result, self.model, len(self.dataset.bad_videos))
         self.history.append(rec)
         is_best = improves(rec.get("selection_score"), self.best["score"])
         if is_best:
