@@ -277,3 +277,18 @@ def test_the_idle_window_is_a_serve_option(monkeypatch):
     assert res.exit_code == 0 and len(seen) == 1, res.output
     assert (seen[0].body_idle_timeout_s, seen[0].max_connections, seen[0].header_timeout_s) == (5, 64, 2)
     assert "--idle-timeout" in CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
+
+
+def test_a_refused_body_closes_its_connection():
+    """A body refused before it was read whole (413: over the limit; 408: stalled) left its connection open for the
+    keep-alive timeout (30 s in serve), the server reading and discarding whatever more of the refused body came (up
+    to the declared 100 MB here). Such a refusal now says ``Connection: close`` and closes it at once."""
+    service = bare_service(library=object())
+    service.options = ServeOptions(body_idle_timeout_s=0.3)
+    with ServerThread(create_app(service)) as server:
+        for head in (b"Content-Length: 100000000", b"Content-Length: 1000"):  # too large; stalls after 10 bytes
+            with socket.create_connection(server.sock.getsockname()[:2]) as c:
+                c.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n" + b"x" * 10)
+                answer = _wait_closed(c)
+                assert answer.startswith((b"HTTP/1.1 413", b"HTTP/1.1 408")), answer
+                assert b"connection: close" in answer.lower(), answer
