@@ -9,9 +9,11 @@ What it does, in one run, on one CUDA GPU (``--dry-run``: the same steps on the 
    non-zero adapters (no weights can be downloaded there);
 4. per model: ``verify`` of the PyTorch engine on CUDA in fp32 and in fp16 against the strict fp32 reference (TF32
    off), i.e. the fp16 recall parity; ``bench`` of video / text / asa / search at batch 1, 8, 64, PyTorch eager fp32
-   and fp16 (plus the TensorRT engine when there is one); for the demo model, one query's re-rank of its candidates
-   at several ASA video blocks (``rerank_blocks``: the PyTorch engine's block was tuned on a CPU);
-5. TensorRT, when ``tensorrt`` imports: export with fp16 graphs, ``build-engine --fp16``, ``verify``, ``bench``;
+   and fp16; for the demo model, one query's re-rank of its candidates at several ASA video blocks
+   (``rerank_blocks``: the PyTorch engine's block was tuned on a CPU);
+5. TensorRT, when ``tensorrt`` imports, per model after every step above (it has never run on a real GPU: a long
+   build, a failure or a native crash there costs only these steps): export with fp16 graphs, ``build-engine
+   --fp16``, ``verify``, ``bench`` (the engine's rows);
 6. one JSON (``gpu_check.json``) and one Markdown (``gpu_check.md``) report in ``--out``, rewritten after every step
    (``"complete": false`` and the verdict INCOMPLETE until the last), so a run stopped by the device's time limit
    still returns the steps it finished; the intermediate files (data, checkpoints, engines, per-step reports) stay in
@@ -340,39 +342,51 @@ def tensorrt_engine(checkpoint: Path, data: Path, work: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------- run
-def check_model(label: str, checkpoint: Path, data: Path, work: Path, s: CheckSizes, trt: str | None,
-                steps: Steps, models: dict[str, Any]) -> dict[str, Any]:
-    """Parity, speed and (with TensorRT) the engine of one model, as ``models[label]``; returns that dict."""
+def _into(out: dict[str, Any], key: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """A step that runs ``fn`` and extends ``out[key]`` with its result, so the report written after it holds it."""
+    def step() -> Any:
+        value = fn()
+        out[key].extend(value if isinstance(value, list) else [value])
+        return value
+    return step
+
+
+def check_model(label: str, checkpoint: Path, data: Path, work: Path, s: CheckSizes, steps: Steps,
+                models: dict[str, Any]) -> dict[str, Any]:
+    """Parity and speed of the PyTorch engine on one model, as ``models[label]`` (filled in place, inside each step);
+    returns that dict."""
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "parity": [], "bench": [], "rerank_blocks": []}
-    models[label] = out  # filled in place, inside each step, so the report written after a step holds its result
-
-    def into(key: str, fn: Callable[[], Any]) -> Callable[[], Any]:
-        def step() -> Any:
-            value = fn()
-            out[key].extend(value if isinstance(value, list) else [value])
-            return value
-        return step
-
+    models[label] = out
     for precision in dict.fromkeys(("fp32", s.fp16)):
         steps.run(f"{label}: verify torch {s.device} {precision}",
-                  into("parity", lambda p=precision: parity(checkpoint, data, work, s, p)))
-    engine = None
-    if trt:
-        engine = steps.run(f"{label}: TensorRT {trt} fp16 engine", lambda: tensorrt_engine(checkpoint, data, work))
-        if engine is not None:
-            steps.run(f"{label}: verify TensorRT fp16",
-                      into("parity", lambda: parity(checkpoint, data, work, s, "fp16", engine)))
-    else:
-        steps.skip(f"{label}: TensorRT", "tensorrt does not import here (or no CUDA GPU)")
+                  _into(out, "parity", lambda p=precision: parity(checkpoint, data, work, s, p)))
     for precision in dict.fromkeys(("fp32", s.fp16)):
-        with_engine = [engine] if engine is not None and precision == s.fp16 else []
         steps.run(f"{label}: bench {precision}",
-                  into("bench", lambda p=precision, e=with_engine: speed(checkpoint, work, s, p, e)))
+                  _into(out, "bench", lambda p=precision: speed(checkpoint, work, s, p)))
     if label == "demo":  # one model is enough to choose the block; the demo's is the one a search test uses
         for precision in dict.fromkeys(("fp32", s.fp16)):
             steps.run(f"{label}: re-rank video blocks {precision}",
-                      into("rerank_blocks", lambda p=precision: rerank_blocks(checkpoint, s, p)))
+                      _into(out, "rerank_blocks", lambda p=precision: rerank_blocks(checkpoint, s, p)))
     return out
+
+
+def check_tensorrt(label: str, data: Path, work: Path, s: CheckSizes, trt: str | None, steps: Steps,
+                   models: dict[str, Any]) -> None:
+    """The TensorRT fp16 engine of ``models[label]``: build, ``verify`` and ``bench`` (its rows; PyTorch's are the
+    model's fp16 bench). Run after every PyTorch step of every model: TensorRT has not run on a real GPU yet, so a
+    long build, a failure or a native crash there costs only these steps."""
+    if not trt:
+        steps.skip(f"{label}: TensorRT", "tensorrt does not import here (or no CUDA GPU)")
+        return
+    out = models[label]
+    checkpoint = Path(out["checkpoint"])
+    engine = steps.run(f"{label}: TensorRT {trt} fp16 engine", lambda: tensorrt_engine(checkpoint, data, work))
+    if engine is None:
+        return
+    steps.run(f"{label}: verify TensorRT fp16", _into(out, "parity", lambda: parity(checkpoint, data, work, s, "fp16",
+                                                                                        engine)))
+    steps.run(f"{label}: bench TensorRT fp16", _into(out, "bench", lambda: [
+        r for r in speed(checkpoint, work, s, "fp16", [engine]) if r["backend"] != "torch"]))
 
 
 def run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None = None, skip_vit: bool = False,
@@ -403,22 +417,34 @@ def run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None 
     steps.run("environment", lambda: env.update(environment(sizes.device)))  # filled before the report is saved
     if sizes.device == "cuda":
         _require_gpu(steps, lambda: save(final=True))
-    trt = env.get("tensorrt")
     data = steps.run("synthetic data", lambda: make_data(work / f"data-{data_tag(sizes)}", sizes))
     if data is not None:
-        demo_work = work / f"demo-{model_tag(sizes)}"
-        demo = checkpoint or steps.run("demo checkpoint (train)", lambda: demo_checkpoint(demo_work, data, sizes))
-        if demo is not None:
-            check_model("demo", Path(demo), data, demo_work, sizes, trt, steps, models)
-        if skip_vit:
-            steps.skip(sizes.large_clip, "--skip-vit")
-        else:
-            large_work = work / f"large-{data_tag(sizes)}-{sizes.large_clip}-px{sizes.large_image_size}"
-            large = steps.run(f"{sizes.large_clip} checkpoint (random, non-zero adapters)",
-                              lambda: random_adapter_checkpoint(large_work / "large.pt", sizes.large_clip, sizes))
-            if large is not None:
-                check_model(sizes.large_clip, large, data, large_work, sizes, trt, steps, models)
+        works = pytorch_steps(data, work, sizes, checkpoint, skip_vit, steps, models)
+        for label, model_work in works.items():  # TensorRT last (see check_tensorrt)
+            check_tensorrt(label, data, model_work, sizes, env.get("tensorrt"), steps, models)
     return save(final=True)
+
+
+def pytorch_steps(data: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None, skip_vit: bool, steps: Steps,
+                  models: dict[str, Any]) -> dict[str, Path]:
+    """The demo model (trained, or ``checkpoint``) and the large one, each through :func:`check_model`; returns the
+    work folder of each model checked."""
+    works: dict[str, Path] = {}
+    demo_work = work / f"demo-{model_tag(sizes)}"
+    demo = checkpoint or steps.run("demo checkpoint (train)", lambda: demo_checkpoint(demo_work, data, sizes))
+    if demo is not None:
+        check_model("demo", Path(demo), data, demo_work, sizes, steps, models)
+        works["demo"] = demo_work
+    if skip_vit:
+        steps.skip(sizes.large_clip, "--skip-vit")
+        return works
+    large_work = work / f"large-{data_tag(sizes)}-{sizes.large_clip}-px{sizes.large_image_size}"
+    large = steps.run(f"{sizes.large_clip} checkpoint (random, non-zero adapters)",
+                      lambda: random_adapter_checkpoint(large_work / "large.pt", sizes.large_clip, sizes))
+    if large is not None:
+        check_model(sizes.large_clip, large, data, large_work, sizes, steps, models)
+        works[sizes.large_clip] = large_work
+    return works
 
 
 def _require_gpu(steps: Steps, save_report: Callable[[], Any]) -> None:

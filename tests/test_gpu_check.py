@@ -196,3 +196,47 @@ def test_the_carried_wheels_and_the_working_tree_fit_one_device_call():
     assert 50e6 < wheels < 55e6  # the five wheels' sizes the docstring lists
     assert tree + wheels <= 64 * 2**20, f"tracked files {tree / 1e6:.1f} MB + wheels {wheels / 1e6:.1f} MB"
     assert "under 1 MB" not in gc.__doc__
+
+
+def test_tensorrt_runs_after_every_pytorch_step_of_both_models(tmp_path, monkeypatch):
+    """TensorRT has never run on a real GPU; its build ran between the demo's verify and bench, so a native crash or a
+    build past the device's time limit there (here: the run killed during the demo's build) lost the demo's benches
+    and the whole large model. It now runs after both models' PyTorch steps, and its bench keeps only its own rows."""
+    from dataclasses import replace
+
+    import rap_deploy.engines.gpu_check as gc
+
+    zero = {"t2v": {"R1": 0.0, "R5": 0.0}, "v2t": {"R1": 0.0, "R5": 0.0}}
+
+    def rows(*args):
+        engines = args[4] if len(args) > 4 else ()
+        return [{"engine": e, "backend": b, "precision": args[3], "graph": "video", "batch_size": 1, "throughput": 1.0,
+                 "unit": "videos/s", "p50_ms": 1.0, "p99_ms": 1.0}
+                for e, b in [("torch eager", "torch"), *((str(x), "tensorrt") for x in engines)]]
+
+    built = []
+
+    def build_then_killed(checkpoint, data, work):
+        built.append(work.name)
+        if len(built) == 2:
+            raise KeyboardInterrupt  # the device's time limit (or a crash) during the second model's build
+        return work / "tensorrt-fp16"
+
+    monkeypatch.setattr(gc, "tensorrt_status", lambda: "10.9.0")
+    monkeypatch.setattr(gc, "parity", lambda *a: {"engine": "e", "precision": a[4], "passed": True, "queries": 6,
+                                                  "tolerance": 0.5, "delta": zero})
+    monkeypatch.setattr(gc, "speed", rows)
+    monkeypatch.setattr(gc, "rerank_blocks", lambda *a: [])
+    monkeypatch.setattr(gc, "random_adapter_checkpoint", lambda path, *a: path)
+    monkeypatch.setattr(gc, "tensorrt_engine", build_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        gc.run_check(tmp_path / "out", tmp_path / "work", replace(gc.CheckSizes.dry_run(), fp16="fp16"),
+                     checkpoint=tmp_path / "given.pt", log=lambda _m: None)
+    report = json.loads((tmp_path / "out" / gc.REPORT_JSON).read_text())
+    names = [r["step"] for r in report["steps"]]
+    assert names.index("rap-micro: bench fp16") < names.index("demo: TensorRT 10.9.0 fp16 engine"), names
+    assert names[-2:] == ["demo: verify TensorRT fp16", "demo: bench TensorRT fp16"], names
+    demo = report["models"]["demo"]
+    assert [(r["backend"], r["precision"]) for r in demo["bench"]] == [
+        ("torch", "fp32"), ("torch", "fp16"), ("tensorrt", "fp16")]
+    assert [p["precision"] for p in report["models"]["rap-micro"]["parity"]] == ["fp32", "fp16"]
