@@ -31,7 +31,7 @@ def small_synth(tmp_path, runner):
     return out
 
 
-def test_synth_then_data_check_json(small_synth, runner, tmp_path):
+def test_synth_then_data_check_json(small_synth, runner, tmp_path, monkeypatch):
     args = ["data-check", "--dataset", "msrvtt", "--data-root", str(small_synth), "--split", "test", "--json",
             "--image-size", "32", "--quiet"]
     result = runner.invoke(app, args)
@@ -45,7 +45,17 @@ def test_synth_then_data_check_json(small_synth, runner, tmp_path):
     # the decoded frames went into the workspace cache; a second run reads them back
     entries = list((tmp_path / "workspace" / "cache" / "frames").rglob("*.npz"))
     assert len(entries) == 10
-    again = runner.invoke(app, args + ["--no-cache"])
+    import rap_deploy.data.cache as cache_module
+
+    def no_decoding(path, *args, **kwargs):
+        raise AssertionError(f"{path} was decoded again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cache_module, "decode_video", no_decoding)
+        cached = runner.invoke(app, args)
+    assert cached.exit_code == 0, cached.output
+    assert json.loads(cached.stdout)["per_video"] == report["per_video"]
+    again = runner.invoke(app, args + ["--no-cache"])  # decodes every video again, the same
     assert again.exit_code == 0 and json.loads(again.stdout)["per_video"] == report["per_video"]
 
 
