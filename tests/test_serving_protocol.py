@@ -595,7 +595,9 @@ def test_load_test_percentiles_are_of_answered_requests_only():
     assert report["p50_ms"] >= 200 and report["p99_ms"] >= 200
 
 
-@pytest.mark.parametrize("answer", [b"<html>a web page</html>", b"[]", b'{"text_batcher": {"rows": "x"}}'])
+@pytest.mark.parametrize("answer", [b"<html>a web page</html>", b"[]", b'{"text_batcher": {"rows": "x"}}',
+                                    b'{"parameters": {"rapdeploy.config": {"string_value": "not json"}}}',
+                                    b'{"parameters": {"rapdeploy.config": {"string_value": "[1]"}}}'])
 def test_the_load_test_against_another_kind_of_server_is_a_one_line_error(answer, capsys):
     """--url of a loopback HTTP server that is not a `rapdeploy serve` (it answers GET with a web page, or JSON
     without the counters) died with a JSONDecodeError / KeyError / TypeError traceback after the first run."""

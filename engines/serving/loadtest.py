@@ -108,7 +108,11 @@ def request_bodies(target: str, host: str, port: int, queries: list[str], top_k:
     if "config" not in params:
         raise LoadTestError(f"http://{host}:{port}: model text_encoder carries no rapdeploy.config parameter; is it a "
                             "`rapdeploy serve`?")
-    config = RAPConfig.from_dict(json.loads(params["config"]))
+    try:
+        config = RAPConfig.from_dict(json.loads(params["config"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise LoadTestError(f"http://{host}:{port}: model text_encoder's rapdeploy.config parameter is not a RAP "
+                            f"config ({type(exc).__name__}); is it a `rapdeploy serve`?") from None
     ids, eot = tokenize(queries, config.tokenizer)
     bodies = [json.dumps({"inputs": [
         {"name": "input_ids", "datatype": "INT32", "shape": [1, ids.shape[1]], "data": ids[i].tolist()},
