@@ -246,8 +246,15 @@ def test_max_connections_beyond_the_open_files_limit_is_a_usage_error(monkeypatc
     assert raised == []
     check_open_files(2000)
     assert raised == [(2000 + FD_RESERVE, 4096)]
-    with pytest.raises(UsageError, match=f"--max-connections {4096 - FD_RESERVE} or less"):
+    with pytest.raises(UsageError, match=f"--max-connections {1024 - FD_RESERVE} or less"):
         check_open_files(4096)
+
+    def refused(kind, limits):
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(resource, "setrlimit", refused)  # a cap below the hard limit: a ValueError traceback
+    with pytest.raises(UsageError, match="may open 1024"):
+        check_open_files(2000)
 
 
 def test_a_stalled_search_body_is_refused_not_held():

@@ -110,7 +110,11 @@ def check_open_files(max_connections: int) -> None:
     if soft == resource.RLIM_INFINITY or soft >= need:
         return
     if hard == resource.RLIM_INFINITY or hard >= need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-        return
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            return
+        except (ValueError, OSError):  # a platform cap below the hard limit (macOS's kern.maxfilesperproc)
+            pass
     raise UsageError(f"--max-connections {max_connections} needs {need} open files, and this process may open "
-                     f"{hard} (ulimit -n); pass --max-connections {max(1, hard - FD_RESERVE)} or less")
+                     f"{soft} (ulimit -n); pass --max-connections {max(1, soft - FD_RESERVE)} or less, or raise the "
+                     "limit")
