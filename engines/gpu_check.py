@@ -72,6 +72,7 @@ from rap_deploy.errors import RapDeployError
 
 REPORT_JSON, REPORT_MD = "gpu_check.json", "gpu_check.md"
 GRAPHS = ("video", "text", "asa", "search")
+TRACEBACK_FRAMES = 10  # of a step's unexpected error, logged from the frame that raised it outwards
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class Steps:
                                  "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]})
             self.log(f"[FAIL] {name} after {seconds:.1f}s: {self.records[-1]['error']}")
             if not isinstance(exc, RapDeployError):
-                self.log(traceback.format_exc(limit=6))
+                self.log(traceback.format_exc(limit=-TRACEBACK_FRAMES))  # the innermost: where it failed
             self.after_step()
             return None
         seconds = round(time.perf_counter() - t0, 2)

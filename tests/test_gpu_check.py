@@ -240,3 +240,23 @@ def test_tensorrt_runs_after_every_pytorch_step_of_both_models(tmp_path, monkeyp
     assert [(r["backend"], r["precision"]) for r in demo["bench"]] == [
         ("torch", "fp32"), ("torch", "fp16"), ("tensorrt", "fp16")]
     assert [p["precision"] for p in report["models"]["rap-micro"]["parity"]] == ["fp32", "fp16"]
+
+
+def test_a_failed_step_logs_the_frames_where_it_failed():
+    """format_exc(limit=6) keeps the 6 outermost frames: Steps.run, the step's lambda, verify's entry... and cut the
+    frames inside the model where a CUDA-only error (a tensor left on the CPU) is raised, which a one-shot GPU run
+    needs in its log. The innermost frames are logged now."""
+    from rap_deploy.engines.gpu_check import Steps
+
+    logs: list[str] = []
+
+    def raised_here(n: int) -> None:
+        if n == 0:
+            raise RuntimeError("Expected all tensors to be on the same device")
+        outer(n - 1)
+
+    def outer(n: int) -> None:
+        raised_here(n)
+
+    Steps(logs.append).run("deep", lambda: outer(8))
+    assert "raise RuntimeError" in logs[-1] and logs[-1].rstrip().endswith("on the same device"), logs[-1]
