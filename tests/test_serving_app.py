@@ -299,3 +299,26 @@ def test_a_refused_body_closes_its_connection():
                 answer = _wait_closed(c)
                 assert answer.startswith((b"HTTP/1.1 413", b"HTTP/1.1 408")), answer
                 assert b"connection: close" in answer.lower(), answer
+
+
+def test_json_nested_deeply_is_a_400_through_the_server():
+    """Through the whole ASGI stack (a deeper Python stack than the parser alone): a body nested 100,000 levels, and
+    tensor data nested just within what the parser takes, are 400s naming the body or the data, never a 500."""
+    service = bare_service()
+    service.models = served_models(graph_specs(DIMS, True), BatchLimits(8, 8, 8, 8))
+    deep = "[" * 900 + "1" + "]" * 900
+    bodies = {b"[" * 100_000: "nested too deeply",
+              ('{"inputs": [{"name": "frame_mask", "datatype": "FP32", "shape": [1, 4], "data": ' + deep + "}]}"
+               ).encode(): "inputs[0]"}
+    with ServerThread(create_app(service)) as server:
+        u = urllib.parse.urlsplit(server.url)
+        for body, expected in bodies.items():
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+            try:
+                conn.request("POST", "/v2/models/video_encoder/infer", body=body)
+                resp = conn.getresponse()
+                doc = json.loads(resp.read())
+            finally:
+                conn.close()
+            assert resp.status == 400 and expected in json.dumps(doc), doc
+    assert dict(service._counts) == {"/v2/infer 400": 2}
