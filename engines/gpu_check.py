@@ -17,7 +17,8 @@ What it does, in one run, on one CUDA GPU (``--dry-run``: the same steps on the 
 6. one JSON (``gpu_check.json``) and one Markdown (``gpu_check.md``) report in ``--out``, rewritten after every step
    (``"complete": false`` and the verdict INCOMPLETE until the last), so a run stopped by the device's time limit
    still returns the steps it finished; the intermediate files (data, checkpoints, engines, per-step reports) stay in
-   ``--work``.
+   ``--work``. A step still running after 180 s (:data:`STALL_DUMP_S`) writes every thread's stack to stderr, the
+   log, and again every 180 s, so a hung step shows where.
 
 Exit code 0 when every step ran and every parity check passed, 1 otherwise (the reports are written either way),
 2 for bad usage, and for no GPU visible to torch (after a report of the environment step). Code paths used here run
@@ -58,6 +59,7 @@ them lazily, inside the steps.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import platform
 import sys
@@ -73,6 +75,9 @@ from rap_deploy.errors import RapDeployError
 REPORT_JSON, REPORT_MD = "gpu_check.json", "gpu_check.md"
 GRAPHS = ("video", "text", "asa", "search")
 TRACEBACK_FRAMES = 10  # of a step's unexpected error, logged from the frame that raised it outwards
+# A step still running after this long dumps every thread's stack to stderr (and again each period): a hung step
+# shows where it hangs in the log before the device's time limit kills the run.
+STALL_DUMP_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ class Steps:
         self.log(f"[run ] {name}")
         t0 = time.perf_counter()
         try:
-            value = fn()
+            value = _watched(fn)
         except Exception as exc:  # noqa: BLE001 - a one-shot check reports every failure and goes on
             seconds = round(time.perf_counter() - t0, 2)
             self.records.append({"step": name, "ok": False, "seconds": seconds,
@@ -145,6 +150,19 @@ class Steps:
         self.records.append({"step": name, "ok": True, "skipped": reason, "seconds": 0.0})
         self.log(f"[skip] {name}: {reason}")
         self.after_step()
+
+
+def _watched(fn: Callable[[], Any]) -> Any:
+    """``fn()`` with a stack dump of every thread to stderr each :data:`STALL_DUMP_S` seconds it runs (none where
+    stderr has no file descriptor)."""
+    try:
+        faulthandler.dump_traceback_later(STALL_DUMP_S, repeat=True, file=sys.__stderr__)
+    except (AttributeError, OSError, ValueError):  # no real stderr (None, or no fileno): run unwatched
+        return fn()
+    try:
+        return fn()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 # ----------------------------------------------------------------------------------------------------------- steps

@@ -260,3 +260,23 @@ def test_a_failed_step_logs_the_frames_where_it_failed():
 
     Steps(logs.append).run("deep", lambda: outer(8))
     assert "raise RuntimeError" in logs[-1] and logs[-1].rstrip().endswith("on the same device"), logs[-1]
+
+
+def test_a_step_that_runs_on_dumps_its_stacks_and_the_watch_ends_with_it(monkeypatch):
+    """A hung step (a CUDA call that never returns, a decoder stuck) left '[run ] step' as the log's last line until
+    the device's time limit killed the run, with nothing saying where it hung. Each step now arms faulthandler's
+    stack dump (every STALL_DUMP_S seconds, to stderr) and cancels it when the step ends, passed or failed."""
+    import faulthandler
+
+    import rap_deploy.engines.gpu_check as gc
+
+    events: list[tuple] = []
+    monkeypatch.setattr(faulthandler, "dump_traceback_later",
+                        lambda timeout, repeat=False, file=None, exit=False: events.append(("arm", timeout, repeat)))
+    monkeypatch.setattr(faulthandler, "cancel_dump_traceback_later", lambda: events.append(("cancel",)))
+    steps = gc.Steps(lambda _m: None, after_step=lambda: events.append(("saved",)))
+    assert steps.run("ok", lambda: events.append(("step",)) or 1) == 1
+    steps.run("fails", lambda: 1 / 0)
+    armed = ("arm", gc.STALL_DUMP_S, True)
+    assert events == [armed, ("step",), ("cancel",), ("saved",), armed, ("cancel",), ("saved",)]
+    assert 60 <= gc.STALL_DUMP_S < 600  # past the longest measured step, inside the device's limit
