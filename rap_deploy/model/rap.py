@@ -21,6 +21,23 @@ from rap_deploy.model.text_tower import text_tower
 _STORED_PATCH_DTYPE = getattr(torch, INDEX_DTYPES["patch_tokens"])
 
 
+def _check_text_tower(clip: nn.Module, config: RAPConfig) -> None:
+    """Refuse a CLIP whose text tower does not read rapdeploy's token ids: open_clip's CLIP BPE (its ids as the
+    embedding rows), pooled at the first EOT under a causal mask (what :meth:`RAPModel.encode_text` and the engines'
+    token trim rely on). The MetaCLIP 2 'worldwide' models pool at another tokenizer's EOS id and CLIPA at the last
+    position without a causal mask: their text embeddings of rapdeploy's ids are silently meaningless."""
+    from rap_deploy.tokenizer import vocab_size
+
+    pool = getattr(clip, "text_pool_type", "argmax")
+    causal = getattr(clip, "attn_mask", None) is not None
+    rows, ids = clip.token_embedding.num_embeddings, vocab_size(config.tokenizer)
+    if pool != "argmax" or not causal or rows != ids:
+        mask = "" if causal else ", no causal mask"
+        raise UsageError(f"backbone {config.clip}'s text tower does not take CLIP's tokens ({rows:,} token ids, "
+                         f"pooling '{pool}'{mask}; rapdeploy tokenizes with open_clip's CLIP BPE, {ids:,} ids, and "
+                         "reads the EOT under a causal mask); use a model with CLIP's tokenizer, such as ViT-B-32")
+
+
 class RAPModel(nn.Module):
     """RAP on a frozen open_clip ViT CLIP. Only the adapters (``lorm_*``, ``asa``) have trainable parameters."""
 
@@ -35,6 +52,7 @@ class RAPModel(nn.Module):
         blocks = visual.transformer.resblocks
         if not all(hasattr(b, "ls_1") and hasattr(b, "attention") for b in blocks):
             raise UsageError(f"backbone {config.clip} uses custom residual blocks; not supported")
+        _check_text_tower(clip, config)
         self.config = config
         self.clip = freeze(clip)
         width = visual.transformer.width
