@@ -242,11 +242,19 @@ def test_oracle_perfect_and_order_blind_fails(synth_root, tmp_path):
 
 def test_synth_cli_json(tmp_path):
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "d"), "--videos", "8", "--test-videos", "4",
-                                      "--size", "32", "--seconds", "4", "--json", "--quiet"])
+                                      "--size", "32", "--seconds", "4", "--fps", "2", "--seed", "5", "--distractors",
+                                      "0.25", "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["test_videos"] == 4 and summary["train_videos"] == 4 and summary["test_reverse_pairs"] == 2
     assert len(list((tmp_path / "d" / "videos").glob("*.mp4"))) == 8
+    reader = decord.VideoReader(str(tmp_path / "d" / "videos" / "video7.mp4"))
+    assert len(reader) == 8 and reader.get_avg_fps() == pytest.approx(2.0) and reader[0].shape == (32, 32, 3)
+    # every option reached the generator: the same call through the API writes the same files
+    synth_dataset.generate_synthetic_dataset(tmp_path / "api", videos=8, test_videos=4, seed=5, size=32, fps=2,
+                                             seconds=4, distractors=0.25, progress=False)
+    for name in ("MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv", "videos/video7.mp4"):
+        assert _sha(tmp_path / "d" / name) == _sha(tmp_path / "api" / name), name
     bad = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "e"), "--videos", "3", "--test-videos", "5"])
     assert bad.exit_code == 2 and "test videos" in bad.stderr
 
