@@ -104,6 +104,13 @@ def test_resume_refuses_a_data_root_holding_other_data_and_accepts_a_moved_copy(
                                          r"75 training captions of 15"):
         loop.train_rap(None, progress=False, resume=run, overrides={"data_root": str(other)})
     assert json.loads((run / "summary.json").read_text())["epochs_done"] == 1  # nothing trained
+    # the same ids and captions, but a training video replaced by another (valid) one: trained on silently before
+    replaced = tmp_path / "replaced"
+    shutil.copytree(synth_root, replaced)
+    shutil.copyfile(replaced / "videos" / "video4.mp4", replaced / "videos" / "video3.mp4")
+    with pytest.raises(UsageError, match=r"now 80 training captions of 16 usable videos.*other video content"):
+        loop.train_rap(None, progress=False, resume=run, overrides={"data_root": str(replaced)})
+    assert json.loads((run / "summary.json").read_text())["epochs_done"] == 1
 
     moved = tmp_path / "moved"
     shutil.copytree(synth_root, moved)
@@ -283,3 +290,18 @@ def test_temporary_files_a_killed_write_left_are_removed_when_the_run_resumes(sy
     (run / ".notes.tmp").write_text("mine")
     loop.train_rap(None, progress=False, resume=run)
     assert not any(tmp.exists() for tmp in left) and (run / ".notes.tmp").read_text() == "mine"
+
+
+def test_a_data_fingerprint_saved_before_the_content_was_is_compared_without_it(tmp_path):
+    """A last.pt written before the training videos' content was fingerprinted resumes on the same data as before;
+    one that records it is refused on other content."""
+    from rap_deploy.errors import UsageError
+    from rap_deploy.train.run_state import check_same_data
+
+    options = _options(tmp_path, tmp_path / "run", tmp_path / "frames")
+    now = {"sha256": "a", "content_sha256": "c", "train_captions": 80, "train_videos": 16, "test_videos": 6,
+           "test_captions": 6}
+    check_same_data({k: v for k, v in now.items() if k != "content_sha256"}, now, options)
+    check_same_data(dict(now), now, options)
+    with pytest.raises(UsageError, match="other video content"):
+        check_same_data({**now, "content_sha256": "d"}, now, options)

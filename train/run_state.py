@@ -177,7 +177,8 @@ def _holds_epoch(path: Path, epoch: int, adapters: dict[str, torch.Tensor]) -> b
 def data_fingerprint(dataset: Any, test_split: Any) -> dict[str, Any]:
     """What a resumed run must find again under its ``--data-root``: a sha256 of the training items (video id,
     segment and caption of every usable caption, in order) and of the evaluation split (its videos, captions and
-    which video each caption is of), with the counts an error message names."""
+    which video each caption is of), a sha256 of the training videos' content (:func:`_content_digest`: a file
+    replaced under its name is other data), with the counts an error message names."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -189,24 +190,50 @@ def data_fingerprint(dataset: Any, test_split: Any) -> dict[str, Any]:
         digest.update(json.dumps(["test video", v.video_id, v.start, v.end]).encode())
     for caption, v in zip(test_split.captions, test_split.caption_video.tolist(), strict=True):
         digest.update(json.dumps(["test caption", int(v), caption]).encode())
-    return {"sha256": digest.hexdigest(), "train_captions": len(dataset.items),
-            "train_videos": train.num_videos - len(dataset.bad_videos), "test_videos": test_split.num_videos,
-            "test_captions": test_split.num_captions}
+    return {"sha256": digest.hexdigest(), "content_sha256": _content_digest(dataset),
+            "train_captions": len(dataset.items), "train_videos": train.num_videos - len(dataset.bad_videos),
+            "test_videos": test_split.num_videos, "test_captions": test_split.num_captions}
+
+
+def _content_digest(dataset: Any) -> str:
+    """A sha256 of the content of every usable training video, each file's sha256 as the frame cache keyed it when
+    the run decoded the training set (memoised: nothing is read again; ``missing`` for a file gone since). The test
+    videos are not read for it: every process would hash them, where only rank 0 evaluates."""
+    import hashlib
+
+    from rap_deploy.data.cache import file_digest
+
+    def content(path: Any) -> str:
+        try:
+            return file_digest(path)
+        except OSError:
+            return "missing"
+
+    train = dataset.split
+    digest = hashlib.sha256()
+    for v in sorted({int(train.caption_video[c]) for c in dataset.items.tolist()}):
+        digest.update(json.dumps([train.videos[v].video_id, content(train.videos[v].path)]).encode())
+    return digest.hexdigest()
 
 
 def check_same_data(stored: Any, now: dict[str, Any], options: TrainOptions) -> None:
     """Raise :class:`UsageError` when a resumed run's data (``now``, :func:`data_fingerprint`) is not what it was
     trained on (``stored`` in ``last.pt``; runs saved before the fingerprint existed hold none and are not checked):
     its remaining epochs would draw other batches and be evaluated on another split."""
-    if not isinstance(stored, dict) or stored == now:
+    if not isinstance(stored, dict):
+        return
+    if "content_sha256" not in stored:  # saved before the content was fingerprinted: compared without it
+        now = {k: v for k, v in now.items() if k != "content_sha256"}
+    if stored == now:
         return
 
     def described(d: dict[str, Any]) -> str:
         return (f"{d.get('train_captions')} training captions of {d.get('train_videos')} usable videos, "
                 f"{d.get('test_captions')} test captions of {d.get('test_videos')} videos")
 
-    same_counts = all(stored.get(k) == v for k, v in now.items() if k != "sha256")
+    same_counts = all(stored.get(k) == v for k, v in now.items() if "sha256" not in k)
+    other = ", but other videos, captions or undecodable videos" if stored.get("sha256") != now["sha256"] else \
+        ", the same videos and captions, but other video content (a file replaced or re-encoded)"
     raise UsageError(f"--data-root {options.data_root} does not hold the data the run in {options.out} was trained "
-                     f"on ({described(stored)}; now {described(now)}"
-                     + (", but other videos, captions or undecodable videos" if same_counts else "")
+                     f"on ({described(stored)}; now {described(now)}" + (other if same_counts else "")
                      + "): resume it with the data it was trained on, or start a new run")
