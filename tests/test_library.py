@@ -388,6 +388,31 @@ def test_a_tampered_manifest_is_one_line_exit_1_and_index_writes_nothing(library
     assert _files(lib) == before
 
 
+@pytest.mark.parametrize("tensor", ["patch_tokens", "asa_tokens"])
+def test_a_rerank_width_edited_with_its_files_is_the_library_s_fault(library, micro_checkpoint, tmp_path, tensor):
+    """A re-rank tensor widened in the manifest and in every shard file (headers, sizes and sha256 consistent): the
+    re-rank ended in a RuntimeError traceback from the model's matmul (an ONNX Runtime engine: exit 2 naming the
+    ASA graph's input, as if the search were wrong); the row shapes are now checked against the model's config at
+    open, exit 1 naming manifest.json."""
+    import hashlib
+
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    manifest["tensor_shapes"][tensor][-1] += 8
+    for shard in manifest["shards"]:
+        f = shard["files"][tensor]
+        rows = np.load(lib / f["file"])
+        wide = np.zeros((*rows.shape[:-1], rows.shape[-1] + 8), rows.dtype)
+        wide[..., :rows.shape[-1]] = rows
+        np.save(lib / f["file"], wide)
+        data = (lib / f["file"]).read_bytes()
+        f.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), shape=list(wide.shape))
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["search", "a red circle", "--library", str(lib), "--engine", str(micro_checkpoint)])
+    assert res.exit_code == 1 and "'tensor_shapes'" in res.stderr and "are not the model's" in res.stderr, res.output
+    assert "manifest.json" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("option,value", [("--top-m", "-5"), ("--target-recall", "7"), ("--target-recall", "nan"),
                                           ("--batch-size", "0"), ("--shard-size", "0")])
 def test_index_options_out_of_range_exit_2(library, micro_checkpoint, tmp_path, option, value):
@@ -424,9 +449,15 @@ def _inflate_last_shard_rows(m):  # next_row moved along, so the counters still 
     m["next_row"] = shard["row_offset"] + 10 ** 12
 
 
+def _set_embedding_width(m, d):  # every tensor's, so the shapes still fit the model's together
+    shapes = m["tensor_shapes"]
+    shapes.update(video_emb=[d], frame_emb=[*shapes["frame_emb"][:-1], d],
+                  patch_tokens=[*shapes["patch_tokens"][:-1], d])
+
+
 @pytest.mark.parametrize("tamper,message", [
     (_inflate_last_shard_rows, "does not list 1000000000000 videos"),
-    (lambda m: m["tensor_shapes"].update(video_emb=[10 ** 12]), "the manifest expects float32 [5, 1000000000000]"),
+    (lambda m: _set_embedding_width(m, 10 ** 12), "the manifest expects float32 [5, 1000000000000]"),
 ])
 def test_a_manifest_inflating_rows_or_dims_is_refused_before_allocating(library, tmp_path, tamper, message):
     """A manifest claiming 10^12 rows for a shard, or 10^12-d video_emb: `index --remove` (which reads the kept
@@ -449,15 +480,17 @@ def test_a_manifest_inflating_rows_or_dims_is_refused_before_allocating(library,
 
 
 def test_row_shapes_whose_byte_count_wraps_int64_are_refused(library, micro_checkpoint, tmp_path):
-    """A manifest and shard headers claiming patch_tokens rows of 2^31 x 2^33 float16 (2^65 bytes, 0 in int64
+    """A manifest and shard headers claiming patch_tokens rows of 4 x 2^60 x 32 float16 (2^68 bytes, 0 in int64
     arithmetic) over header-only files passed every size check; search then allocated that for the candidates
     (numpy 'array is too big' traceback). Row sizes are now computed exactly: exit 1 naming the file."""
     import hashlib
 
     lib = _copy(library, tmp_path / "lib")
     manifest = json.loads((lib / "manifest.json").read_text())
-    dims = [2 ** 31, 2 ** 33]
+    frames, _, d = manifest["tensor_shapes"]["patch_tokens"]
+    dims = [frames, 2 ** 60, d]  # 2^60 patches: 4 x 2^60 x 32 fp16 is 2^68 bytes, 0 in int64
     manifest["tensor_shapes"]["patch_tokens"] = dims
+    manifest["tensor_shapes"]["asa_tokens"][1] = 2 ** 60  # the same patch count, as the model's shapes have it
     for shard in manifest["shards"]:
         f = shard["files"]["patch_tokens"]
         with open(lib / f["file"], "wb") as fh:

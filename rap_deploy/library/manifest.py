@@ -231,10 +231,27 @@ def _check_structure(manifest: dict[str, Any], path: Path) -> None:
     _check_shard_names(shards, need)
     _check_counters(manifest, shards, need)
     _check_sampling(model["sampling"], need)
+    _check_tensor_shapes(model, shapes, need)  # after the sampling's frame count is checked
     need(manifest.get("engine") is None or isinstance(manifest["engine"], dict), "'engine' is malformed")
     need(isinstance(manifest.get("sources", []), list)
          and all(isinstance(x, dict) for x in manifest.get("sources", [])), "'sources' is malformed")
     _check_stage1(manifest.get("stage1"), need)
+
+
+def _check_tensor_shapes(model: dict[str, Any], shapes: dict[str, list[int]], need: Any) -> None:
+    """Each stored tensor's row shape is the model's (``model.config`` and ``model.sampling`` are sha256-checked):
+    ``video_emb [d]``, ``frame_emb [T, d]``, ``patch_tokens [T, P, d]``, ``asa_tokens [T, P, 3·asa_dim]`` with T the
+    sampled frames. A library edited to other widths would reach the engine's re-rank and fail there (blamed on the
+    search) or, for ``asa_tokens``, be read as other rows and rank silently wrong."""
+    frames, asa_dim = model["sampling"].get("max_frames"), model["config"].get("asa_dim")
+    d = (shapes["video_emb"] or [None])[-1]
+    p = ([*(shapes.get("patch_tokens") or []), None, None])[1]
+    want = {"video_emb": [d], "frame_emb": [frames, d], "patch_tokens": [frames, p, d],
+            "asa_tokens": [frames, p, 3 * asa_dim if isinstance(asa_dim, int) else None]}
+    got = {name: shapes[name] for name in model["tensors"]}
+    need(all(got[name] == want.get(name) for name in got),
+         f"'tensor_shapes' {got} are not the model's ({', '.join(f'{n} {want.get(n)}' for n in got)}; "
+         f"{frames} frames, ASA width {asa_dim}, one embedding width d and patch count P)")
 
 
 def _check_shard_names(shards: list[dict[str, Any]], need: Any) -> None:
