@@ -86,6 +86,66 @@ def test_padded_frames_are_masked(micro_model):
         assert (v_masked[0] - F.normalize(per_frame.mean(0), dim=-1)).abs().max() <= 1e-5
 
 
+def _nonzero_model(**changes):
+    from rap_deploy.model.random_adapters import randomize_adapters as nonzero_adapters
+
+    _, model = new_checkpoint(micro_config(**changes), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    return nonzero_adapters(model, seed=1).eval()
+
+
+def test_padding_a_video_leaves_its_similarities_unchanged_with_nonzero_adapters():
+    """With non-zero LoRM factors, ASA weights and fractional offsets: what padded frames hold never matters, and a
+    video of 2 frames padded to the model's 4 scores as it does in a 2-frame model with the same adapters (LoRM's
+    per-frame factors U cut to 2 rows): the warp clamps time to the video's own frames, attention never reaches a
+    padded key, pooling averages the real frames only."""
+    model = _nonzero_model()
+    short = _nonzero_model(frames=2)
+    state = {k: v[:2] if k.endswith(("u_scale", "u_shift")) else v for k, v in model.adapter_state_dict().items()}
+    short.load_state_dict(state, strict=False)
+    frames = _frames(b=2)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    other = frames.clone()
+    other[0, 2:] = _frames(b=1, t=2, seed=9)[0] * 4  # other content in the padded frames
+    with torch.no_grad():
+        text = _text(model)
+        outs = model.encode_video(frames, mask), model.encode_video(other, mask)
+        assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
+        sims = [model.asa_similarity(text, *out[1:]) for out in outs]
+        assert torch.equal(sims[0], sims[1])
+        own = short.encode_video(frames[:1, :2])
+        assert (outs[0][0][:1] - own[0]).abs().max() <= 1e-6
+        assert (sims[0][:, :1] - short.asa_similarity(text, *own[1:])).abs().max() <= 1e-6
+        assert (sims[0] - text @ outs[0][0].T).abs().max() > 1e-3  # the ASA term is not the identity here
+
+
+def test_embeddings_do_not_depend_on_the_batch_and_repeat_exactly():
+    """A video's outputs and a text's embedding are the same alone as in any batch (texts up to float rounding: a
+    batch runs to its longest query), and a second run gives the same bits (fp32, CPU)."""
+    from rap_deploy.engines.blocks import trim_tokens
+
+    model = _nonzero_model()
+    texts = ["a red circle", "two blue squares move up and then shrink", "green"]
+    frames = _frames(b=3)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+
+    def embed(batch):
+        ids, eot = tokenize(batch, model.config.tokenizer)
+        return model.encode_text(torch.from_numpy(trim_tokens(ids, eot)), torch.from_numpy(eot))
+
+    with torch.no_grad():
+        together, text = model.encode_video(frames, mask), embed(texts)
+        alone = [model.encode_video(frames[i:i + 1], mask[i:i + 1]) for i in range(3)]
+        for j, out in enumerate(together):
+            assert (torch.cat([a[j] for a in alone]) - out).abs().max() <= 1e-6
+        assert (torch.cat([embed([t]) for t in texts]) - text).abs().max() <= 1e-6
+        sim = model.asa_similarity(text, *together[1:])
+        cols = torch.cat([model.asa_similarity(text, *a[1:]) for a in alone], dim=1)
+        assert (sim - cols).abs().max() <= 1e-6
+        again = model.encode_video(frames, mask)
+        assert all(torch.equal(a, b) for a, b in zip(together, again, strict=True))
+        assert torch.equal(model.asa_similarity(embed(texts), *again[1:]), sim)
+
+
 @pytest.mark.parametrize("variant, selection", [("rap", "text"), ("rap", "saliency"), ("rap_light", "text")])
 def test_an_all_padded_video_scores_zero_in_half_precision(variant, selection):
     """A video without a real frame has a zero embedding in fp32; in fp16 (the PyTorch fp16 engine) F.normalize's
