@@ -535,6 +535,19 @@ def test_init_from_local_weights_file(tmp_path, micro_model):
         assert torch.equal(rebuilt.clip.state_dict()[k], v), k
 
 
+def test_weights_whose_position_embedding_open_clip_cannot_resize_do_not_fit(tmp_path, micro_model):
+    """open_clip resizes a read state dict's visual position embedding to the model's grid; one it cannot resize
+    failed in torch.cat, and the message blamed reading the file ('torch.load(weights_only=True) cannot read it; it
+    is not a backbone weights file written by rapdeploy'). It is weights that do not fit --clip (exit 2)."""
+    state = micro_model.clip.state_dict()
+    state["visual.positional_embedding"] = torch.zeros(20, 32)  # 19 patch positions: no square grid
+    weights = tmp_path / "other-grid.pt"
+    torch.save(state, weights)
+    result = CliRunner().invoke(app, ["info", "--clip", "rap-micro", "--pretrained", str(weights)])
+    assert result.exit_code == 2 and "other-grid.pt does not fit open_clip model rap-micro" in result.output, \
+        result.output
+
+
 def test_a_compressed_weights_file_larger_than_memory_is_refused_before_open_clip_loads_it(tmp_path, micro_model,
                                                                                              monkeypatch):
     """``--pretrained FILE`` reaches torch.load inside open_clip, which inflates deflated entries to their declared

@@ -189,7 +189,8 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:240]
     # load_state_dict's size mismatches, and open_clip's own shape assertions (e.g. "pos_embed width changed!")
     if (isinstance(exc, RuntimeError) and "state_dict" in text) or isinstance(exc, AssertionError) or \
-            (isinstance(exc, (RuntimeError, ValueError)) and ("size mismatch" in text or "shape" in text)):
+            (isinstance(exc, (RuntimeError, ValueError)) and ("size mismatch" in text or "shape" in text)) or \
+            _raised_in(exc, ("resize_pos_embed", "resize_text_pos_embed")):
         return UsageError(f"backbone weights file {path} does not fit open_clip model {clip} "
                           f"({type(exc).__name__}: {text}); pass that model's weights, or the --clip they were "
                           "trained for")
@@ -200,6 +201,17 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
         return UsageError(f"backbone weights file {path} holds no open_clip state dict ({type(exc).__name__}: "
                           f"{text}); pass the model's weights file")
     return explain_load_error(path, exc, what="backbone weights file", fix="download or copy it again")
+
+
+def _raised_in(exc: BaseException, functions: tuple[str, ...]) -> bool:
+    """Whether ``exc`` was raised inside one of ``functions`` (or a call they made): open_clip's resizing of a read
+    state dict's position embeddings fails with torch's own shape errors ('Sizes of tensors must match')."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in functions:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 @contextlib.contextmanager
