@@ -55,3 +55,33 @@ def test_info_reports_the_checkpoints_offsets_and_lorm_modulation(micro_checkpoi
     assert "  ".join(f"({y:+.3f}, {x:+.3f})" for y, x in gamma.tolist()) in table.output
     assert "  ".join(f"{d:+.3f}" for d in delta.tolist()) in table.output
     assert f"{scale_change:.4f}, {shift:.4f}" in table.output
+
+
+def test_init_options_reach_the_checkpoint(tmp_path):
+    """``init``'s switches and sizes are the checkpoint's config and its seed its adapters (the init test above uses
+    the defaults, so an option dropped on the way to the model passed)."""
+    from rap_deploy.checkpoint import load_checkpoint, new_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    runner = CliRunner()
+    base = ["init", "--clip", "rap-micro", "--frames", "4", "--heads", "2", "--asa-dim", "16", "--topk", "4"]
+    made = runner.invoke(app, [*base, "--no-lorm", "--selection", "saliency", "--context-length", "16", "--seed",
+                               "7", "--out", str(tmp_path / "saliency.pt"), "--json"])
+    assert made.exit_code == 0, made.output
+    info = json.loads(made.output)
+    config = info["config"]
+    assert (config["use_lorm"], config["use_asa"], config["asa_selection"]) == (False, True, "saliency")
+    assert config["context_length"] == 16 and info["lorm_params"] == 0 and info["lorm_modulation"] is None
+    written = load_checkpoint(tmp_path / "saliency.pt")
+    _, same_seed = new_checkpoint(written.config, BackboneSpec.parse("rap-micro", "none"), seed=7)
+    assert written.extra["seed"] == 7
+    assert all(torch.equal(v, same_seed.adapter_state_dict()[k]) for k, v in written.adapter_state.items())
+    _, seed_0 = new_checkpoint(written.config, BackboneSpec.parse("rap-micro", "none"), seed=0)
+    assert not all(torch.equal(v, seed_0.adapter_state_dict()[k]) for k, v in written.adapter_state.items())
+
+    made = runner.invoke(app, [*base, "--no-asa", "--rank", "3", "--out", str(tmp_path / "no_asa.pt"), "--json"])
+    assert made.exit_code == 0, made.output
+    info = json.loads(made.output)
+    assert (info["config"]["use_lorm"], info["config"]["use_asa"], info["config"]["lorm_rank"]) == (True, False, 3)
+    assert info["asa_params"] == 0 and info["asa_offsets"] is None and info["lorm_params"] > 0
+    assert load_checkpoint(tmp_path / "no_asa.pt").build_model().asa is None
