@@ -1561,6 +1561,30 @@ def test_a_video_the_engine_encodes_to_nan_is_skipped_not_stored(synth_root, eng
             assert len(arr) == 2 and np.isfinite(arr.astype(np.float32)).all()
 
 
+def test_a_rerank_deeper_than_memory_is_refused_before_gathering(library, engine, monkeypatch):
+    """search --top-m is bounded by the library only: the candidates' rows are gathered at once for the engine, so
+    --top-m 20000 over a ViT-B/32 library allocated 29 GiB (a MemoryError traceback, or the OOM killer). The rows'
+    size is checked against the memory available first (memory faked small here)."""
+    import psutil
+
+    from rap_deploy.library import open_library
+
+    with open_library(library, engine, verify="quick") as lib:
+        from rap_deploy.graphs import INDEX_DTYPES
+
+        row = sum(int(np.prod(lib.manifest["tensor_shapes"][n])) * np.dtype(INDEX_DTYPES[n]).itemsize
+                  for n in rerank_tensors(True))
+
+        class Memory:
+            available = int(2 * 8 * row / 0.8)  # two copies of 8 candidates' rows, not of 12
+
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+        assert len(lib.search(["a red circle"], top_k=12, top_m=8)[0]["results"]) == 12
+        assert len(lib.search(["a red circle"], top_k=12, top_m=0)[0]["results"]) == 12  # stage 1 alone
+        with pytest.raises(UsageError, match=r"re-ranking 12 candidates .*--top-m"):
+            lib.search(["a red circle"], top_k=3, top_m=100)
+
+
 def test_a_shard_too_large_for_memory_is_refused_after_its_first_batch(monkeypatch):
     """A shard's tensors are held whole until it is written (--shard-size up to millions): its size, measured on
     the first batch, is checked against the memory available before the rest is encoded."""

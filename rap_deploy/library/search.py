@@ -13,6 +13,7 @@ the re-rank tensors too with ``verify="full"`` (the default: it reads the whole 
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import time
@@ -264,6 +265,7 @@ class Library:
                 or top_m < 0:
             raise UsageError(f"top must be >= 1 and top-m >= 0, got {top_k} and {top_m}")
         top_k, top_m = int(top_k), int(top_m)
+        self._check_rerank_memory(min(top_m, len(self)) if self._rerank else 0)
         k1 = min(max(top_k, top_m), len(self))
         st = self.manifest["stage1"]
         t0 = time.perf_counter()
@@ -278,6 +280,19 @@ class Library:
             out.append(self._rank_one(emb[q:q + 1], ids[q][keep], scores[q][keep], top_k, top_m, text_ms,
                                       stage1_ms))
         return out
+
+    def _check_rerank_memory(self, m: int) -> None:
+        """Refuse (:class:`UsageError`) a re-rank of ``m`` candidates whose rows, gathered at once for the engine
+        (which may cast them to float32: twice), would not fit in memory: ``top_m`` is bounded by the library only,
+        and 20,000 ViT-B/32 candidates are 29 GiB."""
+        if m == 0:
+            return
+        from rap_deploy.bounds import check_memory
+
+        shapes = self.manifest["tensor_shapes"]
+        row = sum(math.prod(shapes[n]) * np.dtype(tensor_dtype(n)).itemsize for n in self._rerank)
+        check_memory(2 * m * row, f"re-ranking {m:,} candidates of {row / 2**20:.2f} MiB",
+                     "pass a smaller --top-m (top_m)")
 
     def _rank_one(self, emb: np.ndarray, ids: np.ndarray, scores: np.ndarray, top_k: int, top_m: int,
                   text_ms: float, stage1_ms: float) -> dict[str, Any]:
