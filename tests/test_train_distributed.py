@@ -61,11 +61,43 @@ def test_fewer_training_items_than_processes_is_a_usage_error_not_zero_steps(syn
     monkeypatch.setattr(D, "setup", lambda device="auto": D.DistContext(rank=0, world_size=3))
     for name in ("barrier", "broadcast_parameters", "cleanup"):
         monkeypatch.setattr(D, name, lambda *args, **kwargs: None)
+    monkeypatch.setattr(D, "gather_strings", lambda value, ctx: [value] * ctx.world_size)  # every rank's data agrees
     run = tmp_path / "run"
     options = TrainOptions(dataset="msrvtt", data_root=str(synth_root), out=str(run), clip="rap-micro",
                            pretrained="none", frames=4, asa_topk=4, asa_heads=2, asa_dim=16, lorm_rank=2, epochs=1,
                            batch_size=8, max_train_videos=2, max_test_videos=4, top_m=4,
                            cache_dir=str(tmp_path / "cache"), epoch_unit="video")
     with pytest.raises(UsageError, match="an epoch holds 2 training item.*fewer than the 3 processes"):
+        train_rap(options, progress=False)
+    assert not run.exists()
+
+
+def test_processes_that_read_different_data_are_refused_not_left_waiting(synth_root, tmp_path, monkeypatch):
+    """Under torchrun each node reads its own --data-root: a node whose copy lacks (or holds another) video
+    prepared other training items than rank 0, trained on other batches and, with another step count, waited at a
+    collective for up to the process group's 24 h timeout. The processes now compare their data fingerprints
+    before training: a usage error naming both. (Simulated: rank 0 of 2, process 1's fingerprint counting 5
+    captions fewer.)"""
+    import json
+
+    from rap_deploy.train import distributed as D
+    from rap_deploy.train.loop import TrainOptions, train_rap
+
+    def other_on_rank_1(out, value):
+        theirs = json.loads(value)
+        theirs.update(train_captions=theirs["train_captions"] - 5, sha256="0" * 64)
+        out[:] = [value, json.dumps(theirs, sort_keys=True)]
+
+    monkeypatch.setattr(D, "setup", lambda device="auto": D.DistContext(rank=0, world_size=2))
+    for name in ("barrier", "broadcast_parameters", "cleanup"):
+        monkeypatch.setattr(D, name, lambda *args, **kwargs: None)
+    monkeypatch.setattr(dist, "all_gather_object", other_on_rank_1)
+    run = tmp_path / "run"
+    options = TrainOptions(dataset="msrvtt", data_root=str(synth_root), out=str(run), clip="rap-micro",
+                           pretrained="none", frames=4, asa_topk=4, asa_heads=2, asa_dim=16, lorm_rank=2, epochs=1,
+                           batch_size=8, max_train_videos=8, max_test_videos=4, top_m=4,
+                           cache_dir=str(tmp_path / "cache"), epoch_unit="video")
+    with pytest.raises(UsageError, match=r"read different data: process 0 found 40 training captions of 8 usable "
+                                         r"videos, .*process 1 35 training captions of 8 usable videos"):
         train_rap(options, progress=False)
     assert not run.exists()

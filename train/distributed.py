@@ -95,6 +95,15 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def gather_strings(value: str, ctx: DistContext) -> list[str]:
+    """Every rank's ``value``, in rank order (``[value]`` for a single process)."""
+    if not ctx.distributed:
+        return [value]
+    out: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(out, value)
+    return [str(v) for v in out]
+
+
 def shard(global_batch: list[int], ctx: DistContext) -> list[int]:
     """This rank's contiguous share of a global batch (whose length is a multiple of the world size)."""
     if len(global_batch) % ctx.world_size:

@@ -216,6 +216,12 @@ def _content_digest(dataset: Any) -> str:
     return digest.hexdigest()
 
 
+def describe_data(d: dict[str, Any]) -> str:
+    """The counts of a :func:`data_fingerprint`, as an error message names them."""
+    return (f"{d.get('train_captions')} training captions of {d.get('train_videos')} usable videos, "
+            f"{d.get('test_captions')} test captions of {d.get('test_videos')} videos")
+
+
 def check_same_data(stored: Any, now: dict[str, Any], options: TrainOptions) -> None:
     """Raise :class:`UsageError` when a resumed run's data (``now``, :func:`data_fingerprint`) is not what it was
     trained on (``stored`` in ``last.pt``; runs saved before the fingerprint existed hold none and are not checked):
@@ -227,13 +233,9 @@ def check_same_data(stored: Any, now: dict[str, Any], options: TrainOptions) -> 
     if stored == now:
         return
 
-    def described(d: dict[str, Any]) -> str:
-        return (f"{d.get('train_captions')} training captions of {d.get('train_videos')} usable videos, "
-                f"{d.get('test_captions')} test captions of {d.get('test_videos')} videos")
-
     same_counts = all(stored.get(k) == v for k, v in now.items() if "sha256" not in k)
     other = ", but other videos, captions or undecodable videos" if stored.get("sha256") != now["sha256"] else \
         ", the same videos and captions, but other video content (a file replaced or re-encoded)"
     raise UsageError(f"--data-root {options.data_root} does not hold the data the run in {options.out} was trained "
-                     f"on ({described(stored)}; now {described(now)}" + (other if same_counts else "")
+                     f"on ({describe_data(stored)}; now {describe_data(now)}" + (other if same_counts else "")
                      + "): resume it with the data it was trained on, or start a new run")

@@ -38,7 +38,7 @@ from rap_deploy.train.loop import (
 )
 from rap_deploy.train.losses import batch_loss
 from rap_deploy.train.progress import Bars, epoch_line, say
-from rap_deploy.train.run_state import check_same_data, data_fingerprint, restore_best
+from rap_deploy.train.run_state import check_same_data, data_fingerprint, describe_data, restore_best
 from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
 from rap_deploy.train.selection import SELECTION_RULE, best_of, improves
 
@@ -87,6 +87,7 @@ class TrainingRun:
         self.cache = FrameCache(options.cache_dir) if options.cache_dir else FrameCache.default(options.workspace)
         self.dataset, self.test_split = _load_data(options, self.model.config, self.cache, ctx, self.show)
         self.data_id = data_fingerprint(self.dataset, self.test_split)
+        _check_same_data_on_every_rank(self.data_id, ctx)
         self.item_video = np.asarray(self.dataset.split.caption_video)[self.dataset.items]
         options.epoch_unit = resolve_epoch_unit(options.epoch_unit, self.item_video)
         per_epoch = items_per_epoch(self.item_video, options.epoch_unit)
@@ -299,6 +300,25 @@ class TrainingRun:
 
             write_json_atomic(self.run_dir / SUMMARY, summary)
         return summary
+
+
+def _check_same_data_on_every_rank(data_id: dict[str, Any], ctx: D.DistContext) -> None:
+    """Raise :class:`UsageError` on every rank when the processes prepared different training or test data (each
+    node reads its own --data-root: a copy lacking or holding another video). Their epochs would hold other items
+    and other step counts: a rank that finished its epoch waited for the others at a collective, up to the process
+    group's 24 h timeout."""
+    import json
+
+    seen = D.gather_strings(json.dumps(data_id, sort_keys=True), ctx)
+    other = [rank for rank, value in enumerate(seen) if value != seen[0]]
+    if other:
+        ours, theirs = json.loads(seen[0]), json.loads(seen[other[0]])
+        same = "; the same counts, other videos, captions or content" if describe_data(ours) == \
+            describe_data(theirs) else ""
+        raise UsageError(f"the training processes read different data: process 0 found {describe_data(ours)}, "
+                         f"process {other[0]} {describe_data(theirs)}{same} ({len(other)} of {len(seen)} processes "
+                         "differ from process 0); every node must hold the same --data-root (check each with "
+                         "`rapdeploy data-check`)")
 
 
 def _check_batch_splits(batch: int, ctx: D.DistContext, what: str, fix: str) -> None:
