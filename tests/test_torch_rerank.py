@@ -115,3 +115,22 @@ def test_two_stage_keeps_distinct_asa_scores_distinct():
     staged = retrieval_metrics(two_stage, [0])["t2v"]
     assert (full["R1"], full["ties"]) == (0.0, 0)
     assert (staged["R1"], staged["ties"], staged["MnR"]) == (0.0, 0, 2.0)
+
+
+@pytest.mark.parametrize("variant", ["rap", "rap_light"])
+def test_no_texts_or_no_videos_give_an_empty_matrix(variant):
+    """With an ASA head, scoring no videos (or no texts) raised ValueError from torch.cat (the blocks' list was
+    empty), where rap_light and the ONNX Runtime engine return a [Q, 0] / [0, V] matrix."""
+    from conftest import micro_config
+
+    from rap_deploy.checkpoint import new_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.model_encoder import ModelEncoder
+
+    _, model = new_checkpoint(micro_config(variant=variant), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    enc = ModelEncoder(model)
+    rerank = enc.encode_video(np.random.default_rng(0).random((3, 4, 3, 32, 32), dtype=np.float32))[1:]
+    text = np.eye(2, 32, dtype=np.float32)
+    assert enc.asa_similarity(text, *(x[:0] for x in rerank)).shape == (2, 0)
+    assert enc.asa_similarity(text[:0], *rerank).shape == (0, 3)
+    assert enc.asa_similarity_rows(text, rerank, np.zeros(0, np.int64)).shape == (2, 0)

@@ -189,6 +189,8 @@ class RAPModel(nn.Module):
                              f"after video_emb), got {len(rerank)} tensors")
         rows = []
         videos = rerank[0].shape[0] if video_rows is None else len(video_rows)
+        if text_emb.shape[0] == 0 or videos == 0:  # no block to join: [Q, 0] or [0, V], as rap_light and ORT give
+            return in_score_precision(text_emb)[0].new_zeros(text_emb.shape[0], videos)
         for q0 in range(0, text_emb.shape[0], query_chunk):
             texts = text_emb[q0:q0 + query_chunk]
             if video_rows is None:
