@@ -286,20 +286,23 @@ def test_the_idle_window_is_a_serve_option(monkeypatch):
     assert "--idle-timeout" in CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
 
 
-def test_a_refused_body_closes_its_connection():
-    """A body refused before it was read whole (413: over the limit; 408: stalled) left its connection open for the
-    keep-alive timeout (30 s in serve), the server reading and discarding whatever more of the refused body came (up
-    to the declared 100 MB here). Such a refusal now says ``Connection: close`` and closes it at once."""
-    service = bare_service(library=object())
-    service.options = ServeOptions(body_idle_timeout_s=0.3)
-    with ServerThread(create_app(service)) as server:
-        for head in (b"Content-Length: 100000000", b"Content-Length: 1000"):  # too large; stalls after 10 bytes
-            with socket.create_connection(server.sock.getsockname()[:2]) as c:
-                c.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n" + b"x" * 10)
-                answer = _wait_closed(c)
-                assert answer.startswith((b"HTTP/1.1 413", b"HTTP/1.1 408")), answer
-                assert b"connection: close" in answer.lower(), answer
 
+def test_the_rest_of_a_refused_body_is_discarded_for_a_while_without_a_second_answer():
+    """A body refused before it was read whole (413) must keep its connection for a while: uvicorn reads and discards
+    the rest, so a client still sending it gets to read its 413 (closing at once made its send fail with EPIPE /
+    ECONNRESET: test_serving_search's 1 MB query). The header deadline then took that rest for the next request's
+    headers and wrote a stray 408 after the 413; the connection is now closed without one."""
+    service = bare_service(library=object())
+    with ServerThread(create_app(service), header_timeout=0.5) as server, \
+            socket.create_connection(server.sock.getsockname()[:2]) as c:
+        c.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 10)
+        c.settimeout(10)
+        answer = b""
+        while not answer.endswith(b'"field":"body"}'):  # the whole 413
+            answer += c.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413")
+        c.sendall(b"x" * 10)  # more of the refused body, then nothing
+        assert _wait_closed(c) == b""  # closed (after --header-timeout), without a second answer
 
 def test_json_nested_deeply_is_a_400_through_the_server():
     """Through the whole ASGI stack (a deeper Python stack than the parser alone): a body nested 100,000 levels, and

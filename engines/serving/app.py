@@ -203,10 +203,10 @@ def create_app(service: ServingService, on_shutdown: Callable[[], None] | None =
 def _add_error_handlers(app: FastAPI, service: ServingService) -> None:
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> Response:
-        # a body refused before it was read whole (too large, stalled): the rest of it must not be read as the next
-        # request, nor kept coming for a response already sent
-        closing = {"Connection": "close"} if exc.status in (408, 413) else None
-        return _error(exc.status, exc.message, exc.field, closing)
+        # a body refused before it was read whole (413, 408) keeps its connection: uvicorn reads and discards the
+        # rest, so a client still sending it gets to read this answer (closing at once made its send fail with
+        # EPIPE / ECONNRESET instead); connections.py bounds how long that goes on
+        return _error(exc.status, exc.message, exc.field)
 
     @app.exception_handler(RapDeployError)
     async def usage_error(request: Request, exc: RapDeployError) -> Response:

@@ -8,7 +8,9 @@ server accepts nothing at all. :func:`guarded_protocol` makes uvicorn's HTTP pro
 * answer a connection beyond ``max_connections`` open ones with ``503`` and close it at once, and
 * close a connection whose request headers have not all arrived ``header_timeout`` seconds after it opened (or, on a
   kept-alive connection, after the next request's first byte): with ``408`` when some of the request came, silently
-  when nothing did.
+  when nothing did. A body refused before it was read whole (413, 408) is read on and discarded after its answer, so
+  that its client, still sending, gets to read that answer; that too ends ``header_timeout`` seconds after the
+  answer, silently (as nginx's ``lingering_time``).
 
 A request's body and its response are bounded by the app (``read_body``'s idle timeout, ``PacedResponse``).
 """
@@ -37,6 +39,7 @@ def _closing_response(status: int, reason: str, message: str) -> bytes:
 def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S) -> type:
     """uvicorn's HTTP protocol class (h11, or httptools when installed) with the two limits of the module docstring;
     pass it as ``uvicorn.Config(http=...)``."""
+    import h11
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     busy = _closing_response(503, "Service Unavailable", f"server busy: {max_connections} connections are open, "
@@ -85,7 +88,9 @@ def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: flo
         def _headers_late(self) -> None:
             self._deadline = None
             if self.cycle is self._awaiting and not self.transport.is_closing():
-                self._refuse(late if self._received else b"")
+                # the rest of a refused body, after its answer: no second answer (httptools cannot tell)
+                lingering = getattr(getattr(self, "conn", None), "their_state", None) is h11.SEND_BODY
+                self._refuse(late if self._received and not lingering else b"")
 
         def _refuse(self, response: bytes) -> None:
             if response:
