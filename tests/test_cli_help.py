@@ -54,3 +54,36 @@ def test_summaries_show_folders_with_brackets_as_they_are(folder, capsys, monkey
                     "device": "cpu"})
     text = " ".join(capsys.readouterr().out.split())
     assert text.count(f"/w/{folder}") == 3 and "v[1]" in text, text
+
+
+def _option_help(command: str, option: str) -> str:
+    import typer.main
+
+    params = typer.main.get_command(app).commands[command].params
+    return " ".join(next(p for p in params if option in p.opts).help.split())
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_workspace_option_names_rapdeploy_home(name):
+    """Every command resolves its workspace through ``workspace_root`` ($RAPDEPLOY_HOME included); demo's and
+    ablate's --help named only ./rapdeploy-out."""
+    import typer.main
+
+    params = typer.main.get_command(app).commands[name].params
+    if any("--workspace" in p.opts for p in params):
+        assert "$RAPDEPLOY_HOME" in _option_help(name, "--workspace")
+
+
+def test_pretrain_backbone_help_states_the_defaults_it_runs_with():
+    """--position-init and --position-twins default to pretrain_backbone's own values; the help said only
+    "Default: pretrain_backbone's", a function the user cannot see."""
+    import inspect
+
+    from rap_deploy.train.backbone import pretrain_backbone
+
+    defaults = inspect.signature(pretrain_backbone).parameters
+    assert defaults["position_init"].default == "sincos"
+    assert "sincos" in _option_help("pretrain-backbone", "--position-init").split("; the default")[0]
+    assert defaults["position_twins"].default is False
+    assert _option_help("pretrain-backbone", "--position-twins").endswith("Default: off.")
+    assert "docs/demo-history.md" in _option_help("pretrain-backbone", "--patch-keep")

@@ -75,7 +75,8 @@ def ablate(
                              "its own progress in its folder's metrics.jsonl; the table is the same. Each holds its "
                              "own model and data in memory: on the demo's recipe about 2 GiB while training, 2.5 GiB "
                              "while scoring --heldout-videos 2400 --heldout-gallery 800 (measured)."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
+                                          "$RAPDEPLOY_HOME)."),
     json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:

@@ -302,14 +302,13 @@ def pretrain_backbone(
                                       "retrieval on the synthetic benchmark, see the README)."),
     position_init: str | None = typer.Option(None, "--position-init", help="Initial ViT position table: sincos "
                                              "(2-D sine-cosine, then learned: the frozen features carry where an "
-                                             "object is) or random (open_clip's). Default: pretrain_backbone's."),
+                                             "object is; the default) or random (open_clip's)."),
     position_twins: bool | None = typer.Option(None, "--position-twins/--no-position-twins",
                                                help="Pair every still with the same objects in other cells, in one "
-                                               "batch (hard negatives that differ only by position). Default: "
-                                               "pretrain_backbone's."),
+                                               "batch (hard negatives that differ only by position). Default: off."),
     patch_keep: float = typer.Option(1.0, "--patch-keep", help="Fraction of each still's patch tokens the image "
-                                     "tower sees while training, object patches first (1 = all; 0.25 makes a step "
-                                     "~2.8x cheaper, see the README)."),
+                                     "tower sees while training, object patches first (1 = all; 0.5 makes a step "
+                                     "~1.6x cheaper, 0.25 ~2.5x: docs/demo-history.md)."),
     unmasked_epochs: int = typer.Option(1, "--unmasked-epochs", help="With --patch-keep below 1: the last epochs "
                                         "that see every token."),
     distractors: float = typer.Option(SYNTH_DISTRACTORS, "--distractors", min=0.0, max=1.0,
