@@ -498,26 +498,28 @@ def test_a_topk_over_the_patch_count_is_refused_when_the_model_is_made(tmp_path)
     assert runner.invoke(app, ["info", str(out)]).exit_code == 0
 
 
-@pytest.mark.parametrize("text_cfg, said", [({"pool_type": "eos", "eos_id": 2}, "pooling 'eos'"),
-                                             ({"vocab_size": 1000}, "1,000 token ids"),
-                                             ({"no_causal_mask": True}, "no causal mask")])
-def test_a_text_tower_that_does_not_take_clip_tokens_is_refused(tmp_path, text_cfg, said):
+@pytest.mark.parametrize("tower, changes, said", [
+    ("text_cfg", {"pool_type": "eos", "eos_id": 2}, "does not take CLIP's tokens (49,408 token ids, pooling 'eos'"),
+    ("text_cfg", {"vocab_size": 1000}, "does not take CLIP's tokens (1,000 token ids"),
+    ("text_cfg", {"no_causal_mask": True}, "no causal mask"),
+    ("vision_cfg", {"pool_type": "avg"}, "pools its image embedding by 'avg'")])
+def test_a_backbone_rap_would_read_otherwise_than_clip_is_refused(tmp_path, tower, changes, said):
     """open_clip's MetaCLIP 2 'worldwide' ViTs (another tokenizer, pooled at its EOS id) passed the backbone checks,
     so their text embeddings of rapdeploy's CLIP-BPE ids were silently meaningless; a smaller vocabulary failed on
-    the first text with an IndexError traceback. Such a text tower is refused when the model is made (exit 2)."""
+    the first text with an IndexError traceback; a ViT pooling its patch tokens ('avg') got frame embeddings from
+    its class token, not CLIP's image embedding. Such a backbone is refused when the model is made (exit 2)."""
     import open_clip
 
     from rap_deploy.model.clip_loader import PACKAGED_CONFIGS, _register_packaged_configs
 
     _register_packaged_configs()
     cfg = json.loads((PACKAGED_CONFIGS / "rap-micro.json").read_text())
-    cfg["text_cfg"].update(text_cfg)
-    name = "rap-test-text-" + "-".join(sorted(text_cfg))
+    cfg[tower].update(changes)
+    name = f"rap-test-{tower}-" + "-".join(sorted(changes))
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / f"{name}.json")
     result = CliRunner().invoke(app, ["info", "--clip", name, "--pretrained", "none"])
-    assert result.exit_code == 2 and "does not take CLIP's tokens" in result.output and said in result.output, \
-        result.output
+    assert result.exit_code == 2 and said in result.output, result.output
 
 
 def test_init_from_local_weights_file(tmp_path, micro_model):

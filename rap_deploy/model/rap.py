@@ -49,6 +49,9 @@ class RAPModel(nn.Module):
                              "text tower); use a ViT model such as ViT-B-32")
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
             raise UsageError(f"backbone {config.clip} uses attentional or post-pool LayerNorm pooling; not supported")
+        if getattr(visual, "pool_type", "tok") != "tok":  # frame_emb is the class token, as CLIP's image embedding
+            raise UsageError(f"backbone {config.clip} pools its image embedding by '{visual.pool_type}', not by its "
+                             "class token; not supported")
         blocks = visual.transformer.resblocks
         if not all(hasattr(b, "ls_1") and hasattr(b, "attention") for b in blocks):
             raise UsageError(f"backbone {config.clip} uses custom residual blocks; not supported")
