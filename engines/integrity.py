@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError
-from rap_deploy.export.integrity import check_external_data, graph_facts, metadata_mismatches
+from rap_deploy.export.integrity import check_external_data, derived_settings, graph_facts, metadata_mismatches
 from rap_deploy.safe_paths import resolve_entry
 
 INT8_EXEMPT = ("asa_head",)  # kept fp32 in int8 engines (see ort_build.int8_exclusions)
@@ -30,7 +30,9 @@ PRECISION_PROVIDER = {"fp16": "CUDAExecutionProvider", "int8": "CPUExecutionProv
 
 
 def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
-    """Refuse an ONNX Runtime engine whose graphs contradict the manifest's ``precision``.
+    """Refuse an ONNX Runtime engine whose graphs contradict the manifest's ``precision``, ``config`` or graph names,
+    or whose graphs' copies of the settings the config defines (``rapdeploy.preprocess``, ``.tokenizer``,
+    ``.sampling``) differ from what it derives.
 
     Raises :class:`CheckFailedError` (exit 1) naming the manifest, the graph and what it holds.
     """
@@ -38,6 +40,7 @@ def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source:
         return
     precision = manifest.get("precision")
     _check_provider(precision, manifest.get("provider"), source)
+    derived = derived_settings(manifest.get("config"), source)
     graphs = manifest["graphs"]
     listed = {e["file"] for entry in graphs.values() for e in (entry, *entry.get("extra_files", []))}
     for name, entry in graphs.items():
@@ -47,6 +50,7 @@ def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source:
         check_external_data(engine_dir, facts, listed, what, source)
         quantized, fp16 = facts["quantized_ops"], facts["fp16_tensors"]
         claims = metadata_mismatches(facts["metadata"], {"config": manifest.get("config")})
+        claims += metadata_mismatches(facts["metadata"], derived, "what the manifest's 'config' derives")
         graph_name = facts["metadata"].get("rapdeploy.graph")
         if graph_name is not None and graph_name != name:
             claims.append(f"its metadata rapdeploy.graph is {graph_name!r}, the manifest lists it as {name!r}")

@@ -3,7 +3,9 @@
 A manifest is text anyone can edit, and its sha256 entries only prove that the files are the ones it lists. So what
 later stages rely on is read back from the graph: the default-domain ``opset_import`` for the opset, the
 ``rapdeploy.*`` metadata for graph name, precision and opset, float16 tensors for fp16 graphs, and every external-data
-``location`` (which must be a file the manifest lists, inside the folder). A file that does not parse as ONNX is
+``location`` (which must be a file the manifest lists, inside the folder). The settings a model config defines once
+(preprocessing, tokenizer, frame sampling) are stored as copies beside it for outside tools; every copy must equal
+what the config derives (:func:`derived_settings`). A file that does not parse as ONNX is
 reported as damaged, not passed to ONNX Runtime. :func:`graph_facts` is shared with the engine checks
 (:mod:`rap_deploy.engines.integrity`).
 """
@@ -69,9 +71,10 @@ def check_external_data(folder: Path, facts: Mapping[str, Any], listed: set[str]
                                    "list (its content is unchecked); refusing it, rebuild the folder")
 
 
-def metadata_mismatches(meta: Mapping[str, str], claims: Mapping[str, Any]) -> list[str]:
+def metadata_mismatches(meta: Mapping[str, str], claims: Mapping[str, Any], against: str | None = None) -> list[str]:
     """The keys of ``claims`` (``config``, ``dims``) whose manifest value differs from the graph's own
-    ``rapdeploy.<key>`` metadata (a JSON string), as messages; a graph without that metadata is not judged."""
+    ``rapdeploy.<key>`` metadata (a JSON string), as messages; a graph without that metadata is not judged.
+    ``against`` names where the claims come from in the message (default: the manifest's key)."""
     import json
 
     problems = []
@@ -87,14 +90,53 @@ def metadata_mismatches(meta: Mapping[str, str], claims: Mapping[str, Any]) -> l
         if actual != claimed:
             differ = sorted(k for k in set(actual) | set(claimed or {}) if actual.get(k) != (claimed or {}).get(k)) \
                 if isinstance(actual, dict) and isinstance(claimed, dict) else []
-            problems.append(f"its metadata rapdeploy.{key} differs from the manifest's '{key}'"
+            where = against or f"the manifest's '{key}'"
+            problems.append(f"its metadata rapdeploy.{key} differs from {where}"
+                            + (f" (in {', '.join(differ)})" if differ else ""))
+    return problems
+
+
+def derived_settings(config: Any, source: Path | str) -> dict[str, Any]:
+    """The settings a model config defines once and every artifact stores a copy of: ``preprocess``, ``tokenizer``
+    and ``sampling``, as their JSON values (:class:`~rap_deploy.config.RAPConfig`'s derived properties).
+
+    Raises :class:`CheckFailedError` (exit 1) naming ``source`` when ``config`` is not a valid model config.
+    """
+    import json
+
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.errors import UsageError
+
+    try:
+        if not isinstance(config, dict):
+            raise UsageError(f"'config' is {type(config).__name__}, not an object")
+        cfg = RAPConfig.from_dict(config)
+    except (UsageError, TypeError, ValueError) as exc:
+        raise CheckFailedError(f"{source} has an invalid model config ({exc}); the folder is damaged or was edited, "
+                               "rebuild it") from None
+    values = {"preprocess": cfg.preprocess.to_dict(), "tokenizer": cfg.tokenizer.to_dict(),
+              "sampling": cfg.sampling.to_dict()}
+    return json.loads(json.dumps(values))  # as a manifest or metadata prop holds them (lists, not tuples)
+
+
+def derived_copy_mismatches(manifest: Mapping[str, Any], derived: Mapping[str, Any]) -> list[str]:
+    """The manifest's own copies of the derived settings (top-level ``preprocess``, ``tokenizer``, ``sampling``)
+    that differ from what its ``config`` derives, as messages; a manifest without a copy is not judged."""
+    problems = []
+    for key, want in derived.items():
+        if key in manifest and manifest[key] != want:
+            differ = sorted(k for k in set(want) | set(manifest[key]) if manifest[key].get(k) != want.get(k)) \
+                if isinstance(manifest[key], dict) else []
+            problems.append(f"its '{key}' differs from what its 'config' derives"
                             + (f" (in {', '.join(differ)})" if differ else ""))
     return problems
 
 
 def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
     """Check the export manifest's opset, precision and I/O claims (each graph's ``inputs`` / ``outputs``: the
-    TensorRT profile is made from them) against every graph file it lists.
+    TensorRT profile is made from them) against every graph file it lists, and every copy of the settings its
+    ``config`` defines (``preprocess``, ``tokenizer``, ``sampling``: the manifest's and each graph's metadata) against
+    what that config derives (:func:`derived_settings`).
 
     Raises :class:`CheckFailedError` (exit 1) naming the manifest, the graph and the claim that does not hold.
     """
@@ -104,6 +146,10 @@ def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: P
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
         raise CheckFailedError(f"{source} claims opset {opset!r}, which rapdeploy never exports (supported: "
                                f"{', '.join(map(str, SUPPORTED_OPSETS))}); the manifest was edited, re-export it")
+    derived = derived_settings(manifest.get("config"), source)
+    copies = derived_copy_mismatches(manifest, derived)
+    if copies:
+        raise CheckFailedError(f"{source}: {'; '.join(copies)}; the manifest was edited, re-export it")
     listed = {rec["file"] for section in ("graphs", "fp16_graphs") for rec in (manifest.get(section) or {}).values()}
     listed |= {rec["external_data"]["file"] for section in ("graphs", "fp16_graphs")
                for rec in (manifest.get(section) or {}).values() if "external_data" in rec}
@@ -113,22 +159,32 @@ def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: P
             path = resolve_entry(export_dir, rec["file"], what, source)
             facts = graph_facts(path, what, source)
             check_external_data(export_dir, facts, listed, what, source)
-            actual = facts["opsets"].get("ai.onnx")
-            problems = []
-            if actual != opset:
-                problems.append(f"its opset_import says opset {actual}, the manifest claims {opset}")
-            meta = facts["metadata"]
-            for key, want in (("rapdeploy.graph", name), ("rapdeploy.precision", precision),
-                              ("rapdeploy.opset", str(opset))):
-                if key in meta and meta[key] != want:
-                    problems.append(f"its metadata {key} is {meta[key]!r}, the manifest implies {want!r}")
-            problems += metadata_mismatches(meta, {"config": manifest.get("config"), "dims": manifest.get("dims")})
-            problems += [f"its {key} (names, dtypes, shapes) differ from the manifest's '{key}'"
-                         for key in ("inputs", "outputs") if rec.get(key) != facts["io"][key]]
-            if precision == "fp32" and facts["fp16_tensors"]:
-                problems.append(f"it holds {facts['fp16_tensors']} float16 tensors but is listed as fp32")
-            if precision == "fp16" and not facts["fp16_tensors"]:
-                problems.append("it holds no float16 tensor but is listed as fp16")
+            problems = _graph_claim_problems(manifest, name, rec, precision, facts)
+            problems += metadata_mismatches(facts["metadata"], derived, "what the manifest's 'config' derives")
             if problems:
                 raise CheckFailedError(f"{source}: {what} ({path.name}) does not match its manifest: "
                                        + "; ".join(problems) + "; the manifest or the graph was edited, re-export it")
+
+
+def _graph_claim_problems(manifest: Mapping[str, Any], name: str, rec: Mapping[str, Any], precision: str,
+                          facts: Mapping[str, Any]) -> list[str]:
+    """What graph ``name``'s file (``facts``) says against the manifest: opset, graph name, precision, config, dims,
+    inputs and outputs; as messages."""
+    opset = manifest["opset"]
+    actual = facts["opsets"].get("ai.onnx")
+    problems = []
+    if actual != opset:
+        problems.append(f"its opset_import says opset {actual}, the manifest claims {opset}")
+    meta = facts["metadata"]
+    for key, want in (("rapdeploy.graph", name), ("rapdeploy.precision", precision),
+                      ("rapdeploy.opset", str(opset))):
+        if key in meta and meta[key] != want:
+            problems.append(f"its metadata {key} is {meta[key]!r}, the manifest implies {want!r}")
+    problems += metadata_mismatches(meta, {"config": manifest.get("config"), "dims": manifest.get("dims")})
+    problems += [f"its {key} (names, dtypes, shapes) differ from the manifest's '{key}'"
+                 for key in ("inputs", "outputs") if rec.get(key) != facts["io"][key]]
+    if precision == "fp32" and facts["fp16_tensors"]:
+        problems.append(f"it holds {facts['fp16_tensors']} float16 tensors but is listed as fp32")
+    if precision == "fp16" and not facts["fp16_tensors"]:
+        problems.append("it holds no float16 tensor but is listed as fp16")
+    return problems

@@ -938,6 +938,50 @@ def test_an_edited_export_manifest_is_damaged_one_line(micro_ort_engines, tmp_pa
     assert needle in line and not (tmp_path / "e").exists()
 
 
+def _edit_graph_metadata(folder: Path, section: str, graph: str, key: str, change: dict) -> None:
+    """Update the JSON metadata prop ``rapdeploy.<key>`` of one listed graph and re-record its sha256 and size, as
+    someone editing the folder by hand would (the hashes then agree)."""
+    import onnx
+
+    from rap_deploy.atomic import sha256_file
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest[section][graph]
+    path = folder / entry["file"]
+    model = onnx.load(str(path), load_external_data=False)
+    prop = next(p for p in model.metadata_props if p.key == f"rapdeploy.{key}")
+    prop.value = json.dumps({**json.loads(prop.value), **change}, sort_keys=True)
+    onnx.save(model, str(path))
+    entry.update(sha256=sha256_file(path), bytes=path.stat().st_size)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_copies_of_the_settings_a_config_defines_must_equal_what_it_derives(micro_ort_engines, tmp_path):
+    """The export manifest's 'preprocess', 'tokenizer' and 'sampling' and each graph's rapdeploy.preprocess /
+    .tokenizer / .sampling metadata are copies of what the model config defines (outside tools read them); they were
+    written and never read back, so an edited copy (another mean, context length or frame count) passed every check
+    and misled whoever read it. Each copy is now compared with what the config derives (exit 1, naming the field)."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.export import read_export_manifest
+
+    export = _edited_copy(micro_ort_engines["export"], tmp_path / "export",
+                          lambda m: m["preprocess"].update(mean=[0.5, 0.5, 0.5]))
+    with pytest.raises(CheckFailedError, match="its 'preprocess' differs from what its 'config' derives \\(in mean\\)"):
+        read_export_manifest(export)
+    export = _edited_copy(micro_ort_engines["export"], tmp_path / "export2", lambda m: None)
+    _edit_graph_metadata(export, "graphs", "text_encoder", "tokenizer", {"context_length": 77})
+    line = refused(cli("build-engine", export, "--backend", "onnxruntime", "--out", tmp_path / "e"), 1)
+    assert "text_encoder" in line and "rapdeploy.tokenizer differs from what the manifest's 'config' derives (in " \
+        "context_length)" in line and not (tmp_path / "e").exists()
+    engine = _edited_copy(micro_ort_engines["fp32"], tmp_path / "engine", lambda m: None)
+    _edit_graph_metadata(engine, "graphs", "video_encoder", "sampling", {"max_frames": 64})
+    with pytest.raises(CheckFailedError, match="rapdeploy.sampling differs from what the manifest's 'config' derives"):
+        load_engine(engine)
+    for folder in (micro_ort_engines["export"], micro_ort_engines["fp32"]):  # what the current code writes passes
+        assert load_engine(folder, lazy=True).backend == "onnxruntime"
+
+
 def test_a_manifest_nested_too_deep_is_damaged_one_line(tmp_path):
     """json.loads raises RecursionError past about 1,000 levels, which no manifest reader caught: search and verify
     (and every other reader) printed a traceback for a damaged or replaced manifest."""
