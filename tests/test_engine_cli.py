@@ -62,3 +62,43 @@ def test_bad_usage_exits_2(micro_ort_engines, tmp_path):
     profile = runner.invoke(app, ["build-engine", str(micro_ort_engines["export"]), "--min-batch", "8",
                                   "--max-batch", "2", "--out", str(tmp_path / "p")])
     assert profile.exit_code == 2 and "min <= opt <= max" in profile.stderr
+
+
+def test_session_and_asa_block_options_reach_the_engine(micro_ort_engines, tmp_path):
+    """--threads, --inter-threads, --query-block and --video-block are the engine's settings, read back at load;
+    --no-validate builds without the PyTorch comparison (no test passed any of them but --no-validate)."""
+    from rap_deploy.engines.loader import load_engine
+
+    out = tmp_path / "engine"
+    result = runner.invoke(app, ["build-engine", str(micro_ort_engines["export"]), "--out", str(out), "--threads",
+                                 "1", "--inter-threads", "2", "--query-block", "5", "--video-block", "7",
+                                 "--no-validate", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["session"]["threads"] == 1 and manifest["session"]["inter_threads"] == 2
+    assert manifest["asa_blocks"] == {"queries": 5, "videos": 7}
+    assert "validation" not in manifest
+    engine = load_engine(out)
+    try:
+        assert (engine.query_block, engine.video_block) == (5, 7)
+        assert (engine.threads, engine.inter_threads) == (1, 2)
+    finally:
+        engine.close()
+
+
+def test_profile_options_reach_the_tensorrt_profiles(micro_ort_engines, tmp_path):
+    """--min-batch, --opt-batch and --max-batch are the encoders' batch profile, --query-block and --video-block the
+    ASA head's (TensorRT API-surface fake: the CLI's mapping of the options, which no other test passes through)."""
+    from conftest import fake_tensorrt_env
+
+    out = tmp_path / "tensorrt-fp32"
+    with fake_tensorrt_env(10):
+        result = runner.invoke(app, ["build-engine", str(micro_ort_engines["export"]), "--backend", "tensorrt",
+                                     "--out", str(out), "--min-batch", "2", "--opt-batch", "3", "--max-batch", "6",
+                                     "--query-block", "5", "--video-block", "7", "--no-validate", "--quiet",
+                                     "--json"])
+    assert result.exit_code == 0, result.output
+    profiles = json.loads(result.stdout)["profiles"]
+    for graph in ("video_encoder", "text_encoder"):
+        assert profiles[graph]["batch"] == {"min": 2, "opt": 3, "max": 6}, profiles[graph]
+    assert profiles["asa_head"]["queries"]["max"] == 5 and profiles["asa_head"]["videos"]["max"] == 7, profiles
