@@ -87,3 +87,12 @@ def test_pretrain_backbone_help_states_the_defaults_it_runs_with():
     assert defaults["position_twins"].default is False
     assert _option_help("pretrain-backbone", "--position-twins").endswith("Default: off.")
     assert "docs/demo-history.md" in _option_help("pretrain-backbone", "--patch-keep")
+
+
+def test_index_name_help_says_a_list_file_names_its_library_by_its_stem():
+    """``--list paths.txt`` builds index/paths (``VideoSource.name``: the file's stem); the help said the list file's
+    name."""
+    from rap_deploy.library.sources import VideoSource
+
+    assert VideoSource("list", {"path": "/x/paths.txt"}, []).name == "paths"
+    assert "list file's without its extension" in _option_help("index", "--name")

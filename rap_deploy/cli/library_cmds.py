@@ -62,7 +62,7 @@ def index_cmd(
                                        "the workspace's latest engine)."),
     out: Path | None = typer.Option(None, "--out", help="Library folder (default: <workspace>/index/<name>)."),
     name: str | None = typer.Option(None, "--name", help="Library name under <workspace>/index/ (default: "
-                                    "<dataset>-<split>, the folder's or the list file's name)."),
+                                    "<dataset>-<split>, the folder's name, or the list file's without its extension)."),
     add: bool = typer.Option(False, "--add", help="Encode the videos not yet in the existing library, and "
                              "re-encode those whose file changed since it was indexed."),
     remove: list[str] | None = typer.Option(None, "--remove", help="Drop this video id from the library "
