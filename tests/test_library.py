@@ -958,6 +958,28 @@ def test_a_build_killed_after_its_manifest_with_an_all_skipped_shard_is_not_stuc
     assert build_library(out, options=BuildOptions(remove=["v0"]), progress=False)["videos"] == 0
 
 
+def test_a_subfolder_that_cannot_be_listed_is_refused_not_left_out(tmp_path, monkeypatch):
+    """os.walk skips a folder it cannot list (no read permission): its videos were silently left out of the library
+    ('N added, 0 skipped'). It is now refused, named (exit 2). Root reads any folder, so the denial is simulated."""
+    from rap_deploy.library.sources import folder_source
+
+    folder = tmp_path / "clips"
+    (folder / "private").mkdir(parents=True)
+    (folder / "a.mp4").write_bytes(b"x")
+    (folder / "private" / "b.mp4").write_bytes(b"x")
+    assert [v.video_id for v in folder_source(folder).videos] == ["a", "private/b"]
+    scandir = os.scandir
+
+    def denied(path="."):
+        if Path(path).name == "private":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(UsageError, match=r"cannot list the folder .*private \(Permission denied\)"):
+        folder_source(folder)
+
+
 def test_broken_mp4_in_a_folder_is_skipped_and_named(synth_root, micro_checkpoint, frame_cache, tmp_path, engine):
     from rap_deploy.library import open_library
 

@@ -50,13 +50,13 @@ def dataset_source(dataset: str, data_root: str | os.PathLike[str], split: str, 
 
 def folder_source(folder: str | os.PathLike[str]) -> VideoSource:
     """Every video file under ``folder`` (recursively, hidden names skipped, symlinked folders not followed), sorted;
-    id = path relative to ``folder`` without its extension. Raises :class:`UsageError` for a missing folder, no
-    video, or two files with the same id."""
+    id = path relative to ``folder`` without its extension. Raises :class:`UsageError` for a missing folder, a
+    folder under it that cannot be listed, no video, or two files with the same id."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise UsageError(f"video folder {root} does not exist; pass --videos DIR with your video files")
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_unlisted_folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in filenames
                      if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_EXTENSIONS)
@@ -67,6 +67,13 @@ def folder_source(folder: str | os.PathLike[str]) -> VideoSource:
     _check_unique(ids, [str(p) for p in found], str(root))
     videos = [VideoEntry(i, p.resolve()) for i, p in zip(ids, found, strict=True)]
     return VideoSource("videos", {"path": str(root.resolve())}, videos)
+
+
+def _unlisted_folder(exc: OSError) -> None:
+    """``os.walk``'s error handler: a folder that cannot be listed (permissions) would leave its videos out of the
+    library without a word (os.walk skips it), so it is refused, named."""
+    raise UsageError(f"cannot list the folder {exc.filename} ({exc.strerror or exc}): its videos would be left out of "
+                     "the library; make it readable, or move it out of the --videos folder")
 
 
 def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
