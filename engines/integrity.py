@@ -29,15 +29,18 @@ INT8_EXEMPT = ("asa_head",)  # kept fp32 in int8 engines (see ort_build.int8_exc
 PRECISION_PROVIDER = {"fp16": "CUDAExecutionProvider", "int8": "CPUExecutionProvider"}
 
 
-def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
+def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source: Path) -> int:
     """Refuse an ONNX Runtime engine whose graphs contradict the manifest's ``precision``, ``config`` or graph names,
     or whose graphs' copies of the settings the config defines (``rapdeploy.preprocess``, ``.tokenizer``,
     ``.sampling``) differ from what it derives.
 
+    Returns how many nodes of the graphs are in ONNX Runtime's CPU-specific blocked layout (``com.microsoft.nchwc``:
+    their weights are laid out for the CPU that saved them; 0 for a TensorRT engine, whose plans are not parsed).
     Raises :class:`CheckFailedError` (exit 1) naming the manifest, the graph and what it holds.
     """
     if manifest.get("backend") != "onnxruntime":
-        return
+        return 0
+    nchwc = 0
     precision = manifest.get("precision")
     _check_provider(precision, manifest.get("provider"), source)
     derived = derived_settings(manifest.get("config"), source)
@@ -49,6 +52,7 @@ def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source:
         facts = graph_facts(path, what, source)
         check_external_data(engine_dir, facts, listed, what, source)
         quantized, fp16 = facts["quantized_ops"], facts["fp16_tensors"]
+        nchwc += facts["nchwc_ops"]
         claims = metadata_mismatches(facts["metadata"], {"config": manifest.get("config")})
         claims += metadata_mismatches(facts["metadata"], derived, "what the manifest's 'config' derives")
         graph_name = facts["metadata"].get("rapdeploy.graph")
@@ -68,6 +72,7 @@ def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source:
             raise CheckFailedError(f"{source} says precision {precision}, but {what} ({path.name}) does not: "
                                    f"{problem}; the manifest was edited or the graph replaced, rebuild the engine "
                                    "with `rapdeploy build-engine`")
+    return nchwc
 
 
 def _check_provider(precision: Any, provider: Any, source: Path) -> None:

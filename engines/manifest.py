@@ -12,7 +12,8 @@ Refusals, each with the reason and the fix:
   (:mod:`rap_deploy.engines.integrity`), a manifest with mistyped keys → :class:`~rap_deploy.errors.CheckFailedError`
   (exit 1);
 - built for another TensorRT version, another GPU, another ONNX Runtime release, another CPU layout (ONNX Runtime
-  CPU: machine and AVX-512, :func:`cpu_layout`) → :class:`EngineMismatchError`
+  CPU engines, and any engine whose graphs hold CPU-placed NCHWc nodes: machine and AVX-512, :func:`cpu_layout`)
+  → :class:`EngineMismatchError`
   (a ``UsageError``, exit 2: "cannot load this engine here, rebuild it");
 - the engine's provider / library is not installed here → :class:`~rap_deploy.errors.BackendUnavailableError` (exit 2).
 """
@@ -266,8 +267,8 @@ def cpu_layout(host: Mapping[str, Any]) -> tuple[str, bool]:
     return str(host.get("machine", "")), isinstance(isa, list) and "avx512f" in isa
 
 
-def _check_cpu_layout(built: Any, here: Any) -> None:
-    """Refuse a CPU engine whose saved graphs were laid out for another CPU (:func:`cpu_layout`): the patch-embedding
+def _check_cpu_layout(built: Any, here: Any, provider: Any = "CPUExecutionProvider") -> None:
+    """Refuse an engine whose saved graphs were laid out for another CPU (:func:`cpu_layout`): the patch-embedding
     Conv becomes a ``com.microsoft.nchwc`` Conv with the building CPU's filter blocks, which another block size reads
     as other weights. Engines without a recorded host, or a runtime without one, are not judged."""
     if not isinstance(built, Mapping) or not isinstance(here, Mapping):
@@ -282,16 +283,20 @@ def _check_cpu_layout(built: Any, here: Any) -> None:
     raise EngineMismatchError(f"engine was built on {name(b_machine, b_avx512)}, this machine has "
                               f"{name(h_machine, h_avx512)}: ONNX Runtime saved its CPU graphs with kernels laid out "
                               "for the CPU that built them (NCHWc filter blocks), which this CPU would read as other "
-                              "weights; rebuild it here with `rapdeploy build-engine --backend onnxruntime`")
+                              "weights; rebuild it here with `rapdeploy build-engine --backend onnxruntime"
+                              + (" --device cuda`" if provider == "CUDAExecutionProvider" else "`"))
 
 
-def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any]) -> None:
+def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc_ops: int = 0) -> None:
     """Refuse an engine that cannot run with this machine's libraries and GPU.
 
     ``runtime`` describes this machine (``onnxruntime`` version, ``providers`` and ``host`` for ONNX Runtime engines;
     ``tensorrt`` version and ``gpu`` for TensorRT engines; a missing key means the library is not installed).
+    ``nchwc_ops`` counts the graphs' nodes in ONNX Runtime's CPU blocked layout
+    (:func:`rap_deploy.engines.integrity.check_precision_claim`): a CUDA engine holding any (nodes ONNX Runtime placed
+    on the CPU) is judged by the CPU layout as a CPU engine is.
     Raises :class:`BackendUnavailableError` when the library or provider is missing, :class:`EngineMismatchError`
-    when the engine was built for another version or GPU, or (ONNX Runtime CPU) for another CPU layout.
+    when the engine was built for another version or GPU, or (ONNX Runtime CPU, or NCHWc nodes) for another CPU layout.
     """
     backend = manifest["backend"]
     built = manifest.get("versions") or {}
@@ -305,8 +310,8 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any]) -> No
                                       f"has {have}; its saved optimised graphs need the same release: rebuild it "
                                       "with `rapdeploy build-engine --backend onnxruntime`")
         provider = manifest.get("provider")
-        if provider == "CPUExecutionProvider":
-            _check_cpu_layout(manifest.get("host"), runtime.get("host"))
+        if provider == "CPUExecutionProvider" or nchwc_ops:
+            _check_cpu_layout(manifest.get("host"), runtime.get("host"), provider)
         if provider and provider not in (runtime.get("providers") or []):
             raise BackendUnavailableError(f"engine runs on {provider}, which this ONNX Runtime does not provide "
                                           f"(available: {', '.join(runtime.get('providers') or []) or 'none'}); "
@@ -336,11 +341,12 @@ def validate_engine_dir(engine_dir: str | os.PathLike[str], runtime: Mapping[str
     (:func:`rap_deploy.engines.integrity.check_precision_claim`). Raises as listed in the module docstring.
     """
     manifest = read_manifest(engine_dir)
+    nchwc_ops = 0
     if check_hashes:
         verify_files(engine_dir, manifest)
         from rap_deploy.engines.integrity import check_precision_claim
 
-        check_precision_claim(Path(engine_dir), manifest, Path(engine_dir) / MANIFEST)
+        nchwc_ops = check_precision_claim(Path(engine_dir), manifest, Path(engine_dir) / MANIFEST)
     if runtime is not None:
-        check_runtime(manifest, runtime)
+        check_runtime(manifest, runtime, nchwc_ops)
     return manifest

@@ -21,6 +21,7 @@ from rap_deploy.errors import CheckFailedError
 from rap_deploy.safe_paths import resolve_entry
 
 FLOAT16 = 10  # onnx.TensorProto.FLOAT16
+NCHWC_DOMAIN = "com.microsoft.nchwc"  # ONNX Runtime's blocked-layout CPU kernels (filter blocks of the saving CPU)
 QUANTIZED_OPS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "ConvInteger",
                            "QLinearMatMul", "QLinearConv", "QGemm", "QAttention", "DynamicQuantizeLinear",
                            "QuantizeLinear", "DequantizeLinear"})
@@ -28,8 +29,9 @@ QUANTIZED_OPS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "MatMulInte
 
 def graph_facts(path: Path, what: str, source: Path | str) -> dict[str, Any]:
     """What the ONNX file at ``path`` really holds: ``opsets`` (domain → version), ``ops`` (op type counts),
-    ``fp16_tensors``, ``quantized_ops``, ``external`` (external-data locations), ``metadata`` and ``io`` (its inputs
-    and outputs as :func:`rap_deploy.export.checks.io_record` lists them).
+    ``fp16_tensors``, ``quantized_ops``, ``nchwc_ops`` (nodes in ONNX Runtime's CPU-specific blocked layout, whose
+    weights are laid out for the CPU that saved them), ``external`` (external-data locations), ``metadata`` and
+    ``io`` (its inputs and outputs as :func:`rap_deploy.export.checks.io_record` lists them).
 
     The graph is parsed without its external data. Raises :class:`CheckFailedError` (exit 1) naming ``source`` and
     ``what`` when the file does not parse as an ONNX model or holds no graph.
@@ -46,6 +48,7 @@ def graph_facts(path: Path, what: str, source: Path | str) -> dict[str, Any]:
         raise CheckFailedError(f"{source}: {what} {path} holds no ONNX graph (no nodes or no opset); the file is "
                                "damaged or was replaced, rebuild it")
     ops = Counter(n.op_type for n in graph.node)
+    nchwc = sum(1 for n in graph.node if n.domain == NCHWC_DOMAIN)
     fp16 = sum(1 for t in graph.initializer if t.data_type == FLOAT16)
     fp16 += sum(1 for n in graph.node if n.op_type == "Constant"
                 for a in n.attribute if a.name == "value" and a.t.data_type == FLOAT16)
@@ -54,6 +57,7 @@ def graph_facts(path: Path, what: str, source: Path | str) -> dict[str, Any]:
 
     return {"opsets": {(i.domain or "ai.onnx"): int(i.version) for i in model.opset_import}, "ops": ops,
             "fp16_tensors": fp16, "quantized_ops": sum(c for op, c in ops.items() if op in QUANTIZED_OPS),
+            "nchwc_ops": nchwc,
             "external": external, "metadata": {p.key: p.value for p in model.metadata_props},
             "io": io_record(model)}
 

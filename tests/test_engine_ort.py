@@ -348,6 +348,31 @@ def test_cpu_engine_saved_for_another_nchwc_layout_is_refused(micro_ort_engines,
     assert load_engine(eng).backend == "onnxruntime"
 
 
+def test_a_cuda_engine_whose_graphs_hold_nchwc_nodes_is_judged_by_the_cpu_layout(micro_ort_engines, tmp_path):
+    """ONNX Runtime lays out NCHWc kernels for the nodes it places on the CPU, also in a CUDA session, and saves them
+    with the building CPU's filter blocks; the layout check ran for CPU engines only, so a CUDA engine whose graphs
+    hold such nodes loaded on a CPU of another kind. The graphs' NCHWc nodes are counted where they are parsed anyway
+    (the precision check), and any engine holding them is judged by the CPU layout; a CUDA engine without is not."""
+    import onnx
+
+    eng = _copy(micro_ort_engines["fp32"], tmp_path)
+    model = onnx.load(str(eng / "video_encoder.onnx"), load_external_data=False)
+    if not any(n.domain == "com.microsoft.nchwc" for n in model.graph.node):
+        pytest.skip("this CPU has no NCHWc kernels (ONNX Runtime saves no blocked layout here)")
+    manifest = read_manifest(eng)
+    isa = set(manifest["host"]["isa"])
+    other = sorted(isa - {"avx512f"} if "avx512f" in isa else isa | {"avx512f"})
+    cuda = {**manifest, "provider": "CUDAExecutionProvider", "device": "cuda",
+            "host": {**manifest["host"], "isa": other}}
+    write_manifest(eng, cuda)
+    here = runtime_info()
+    here = {**here, "providers": [*here["providers"], "CUDAExecutionProvider"]}  # as a CUDA machine reports
+    with pytest.raises(EngineMismatchError, match="AVX-512.*--device cuda") as err:
+        validate_engine_dir(eng, runtime=here)
+    assert err.value.exit_code == 2
+    check_runtime(cuda, here)  # no NCHWc node counted (or not parsed): a CUDA engine is not judged by its CPU
+
+
 def test_wrong_shaped_inputs_are_one_line_errors_not_runtime_tracebacks(micro_ort_engines):
     """Each graph input's declared rank and fixed dims are checked before the run: ONNX Runtime answered a wrong-shaped
     text embedding or re-rank tensor with its own InvalidArgument (a traceback)."""
