@@ -75,6 +75,24 @@ def test_verify_damaged_engine_fails_and_shows_where(micro_ort_engines, synth_ro
     assert (out / "verify.png").is_file()
 
 
+def test_max_videos_and_tie_eps_reach_the_rule(micro_ort_engines, synth_root, frame_cache, tmp_path):
+    """--max-videos N verifies on the split's first N videos; --tie-eps is the score gap the fp32 rule forgives: the
+    damaged engine's rank changes all lie within a gap of 1 (no test passed either option before)."""
+    out = tmp_path / "wide-ties"
+    res = _verify(micro_ort_engines["damaged"], synth_root, out, frame_cache, "msrvtt", "--max-videos", "5",
+                  "--tie-eps", "1", "--quiet")
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "verify.json").read_text())
+    assert report["counts"]["videos"] == 5 and report["reference"]["t2v"]["queries"] == 5
+    assert report["passed"] is True and report["rank_changes"] == {"t2v": 0, "v2t": 0}
+    assert report["settings"]["tie_eps"] == 1.0 and report["counts"]["limited_to"] == 5
+    within = report["rank_changes_detail"]["asa"]
+    assert within["t2v"]["within_ties"] + within["v2t"]["within_ties"] > 0  # changed, but forgiven
+    strict = _verify(micro_ort_engines["damaged"], synth_root, tmp_path / "strict", frame_cache, "msrvtt",
+                     "--max-videos", "5", "--quiet")
+    assert strict.exit_code == 1, strict.output  # the same five videos at the default gap: rank changes
+
+
 def _msvd_from_synth(synth_root: Path, dest: Path) -> Path:
     """An MSVD-format folder (every caption a query) over the synthetic test videos and all their captions."""
     import csv
