@@ -7,6 +7,7 @@ tensors are prefixed ``backbone.`` / ``adapter.`` and the rest is JSON in the me
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from dataclasses import dataclass, field
@@ -18,7 +19,13 @@ import torch
 from rap_deploy.atomic import atomic_path, sha256_file
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import CheckFailedError, UsageError
-from rap_deploy.model.clip_loader import BackboneSpec, clip_model_config, load_clip, quick_gelu_for
+from rap_deploy.model.clip_loader import (
+    BackboneSpec,
+    clip_model_config,
+    load_clip,
+    pretrained_preprocess,
+    quick_gelu_for,
+)
 from rap_deploy.model.rap import RAPModel
 
 FORMAT = "rapdeploy.checkpoint"
@@ -108,7 +115,9 @@ def new_checkpoint(config: RAPConfig, spec: BackboneSpec, embed_backbone: bool =
     With ``embed_backbone`` (always for ``--pretrained none``) the backbone weights are stored in the checkpoint.
     """
     torch.manual_seed(seed)
-    config = config.replace(clip=spec.clip, pretrained=spec.value or "none", quick_gelu=quick_gelu_for(spec))
+    preprocess = dataclasses.replace(config.preprocess, **pretrained_preprocess(spec))  # the tag's mean/std
+    config = config.replace(clip=spec.clip, pretrained=spec.value or "none", quick_gelu=quick_gelu_for(spec),
+                            preprocess=preprocess)
     clip = load_clip(spec, quick_gelu=config.quick_gelu)
     model = RAPModel(clip, config)
     embed = embed_backbone or spec.kind == "none"

@@ -104,15 +104,16 @@ def describe(checkpoint: Path | None, config: RAPConfig, pretrained: str) -> dic
     from rap_deploy.model.clip_loader import load_clip
 
     spec = BackboneSpec.parse(config.clip, pretrained)
-    config = config.replace(preprocess=_preprocess_for(config.clip))
+    config = config.replace(preprocess=_preprocess_for(config.clip, spec))
     return summarize(RAPModel(load_clip(spec), config), spec)
 
 
-def _preprocess_for(clip: str):
-    """The preprocessing of ``clip``: its image size with CLIP's mean/std and bicubic resize."""
+def _preprocess_for(clip: str, spec: BackboneSpec | None = None):
+    """The preprocessing of ``clip``: its image size with CLIP's mean/std and bicubic resize, or the normalisation
+    ``spec``'s pretrained tag was trained with (:func:`~rap_deploy.model.clip_loader.pretrained_preprocess`)."""
     from rap_deploy.config import PreprocessConfig
-    from rap_deploy.model.clip_loader import clip_model_config
+    from rap_deploy.model.clip_loader import clip_model_config, pretrained_preprocess
 
     size = clip_model_config(clip)["vision_cfg"]["image_size"]
     size = size[0] if isinstance(size, (list, tuple)) else size
-    return PreprocessConfig(image_size=int(size))
+    return PreprocessConfig(image_size=int(size), **(pretrained_preprocess(spec) if spec is not None else {}))

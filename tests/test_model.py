@@ -594,6 +594,29 @@ def test_backbone_weights_holding_nan_are_refused_naming_the_file(tmp_path, micr
         load_checkpoint(tmp_path / "nan-backbone.pt").build_model()
 
 
+def test_a_pretrained_tag_brings_the_normalisation_it_was_trained_with(monkeypatch, micro_model):
+    """ViT-L-14's laion2b_s32b_b82k weights were trained on pixels normalised by 0.5, but init, train and info set
+    CLIP's mean/std whatever the tag: every frame reached the backbone off its training distribution, silently. A
+    tag's mean/std/interpolation now come from open_clip's pretrained config (the openai tags' are CLIP's own)."""
+    import dataclasses
+
+    import open_clip
+
+    from rap_deploy import checkpoint as checkpoint_module
+    from rap_deploy.config import PreprocessConfig
+    from rap_deploy.model.clip_loader import pretrained_preprocess
+
+    laion = pretrained_preprocess(BackboneSpec("ViT-L-14", "tag", "laion2b_s32b_b82k"))
+    assert laion["mean"] == laion["std"] == (0.5, 0.5, 0.5)
+    openai = pretrained_preprocess(BackboneSpec("ViT-B-32", "tag", "openai"))
+    assert dataclasses.replace(PreprocessConfig(), **openai) == PreprocessConfig()  # the default recipe's, unchanged
+    assert pretrained_preprocess(BackboneSpec("rap-micro", "none")) == {}
+    monkeypatch.setattr(checkpoint_module, "load_clip", lambda spec, quick_gelu=None: micro_model.clip)
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda clip, tag: {"mean": (0.5,) * 3, "std": (0.5,) * 3})
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec("rap-micro", "tag", "a-tag"))  # what init and train run
+    assert ckpt.config.preprocess == PreprocessConfig(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
 def test_info_vit_b32_parameter_budget():
     result = CliRunner().invoke(app, ["info", "--clip", "ViT-B-32", "--pretrained", "none", "--json"])
     assert result.exit_code == 0, result.output

@@ -85,6 +85,23 @@ def quick_gelu_for(spec: BackboneSpec) -> bool:
     return bool(cfg.get("quick_gelu", False))
 
 
+def pretrained_preprocess(spec: BackboneSpec) -> dict[str, Any]:
+    """The image normalisation a pretrained tag was trained with, as :class:`~rap_deploy.config.PreprocessConfig`
+    fields (``mean``, ``std``, ``interpolation``) from open_clip's pretrained config: e.g. ViT-L-14's
+    ``laion2b_s32b_b82k`` normalises by 0.5, not CLIP's mean/std. Empty for files and ``none`` (CLIP's defaults)."""
+    if spec.kind != "tag":
+        return {}
+    import open_clip
+
+    from rap_deploy.config import INTERPOLATIONS
+
+    cfg = open_clip.get_pretrained_cfg(spec.clip, spec.value) or {}
+    out: dict[str, Any] = {k: tuple(float(x) for x in cfg[k]) for k in ("mean", "std") if cfg.get(k)}
+    if cfg.get("interpolation") in INTERPOLATIONS:
+        out["interpolation"] = cfg["interpolation"]
+    return out
+
+
 def clip_model_config(clip: str) -> dict[str, Any]:
     """Return open_clip's architecture config (a JSON-able dict) for ``clip``."""
     import open_clip
