@@ -289,3 +289,16 @@ def test_frames_without_pixels_one_channel_or_too_elongated_are_refused_before_r
     write_video(tmp_path / "wide.mp4", np.full((4, 16, 512, 3), 90, np.uint8), 2)
     with pytest.raises(VideoDecodeError, match="cannot use: frames of 512x16 pixels are over 16:1"):
         decode_video(tmp_path / "wide.mp4", FrameSamplingConfig(max_frames=2), cfg)
+
+
+def test_frames_too_large_to_decode_are_refused_from_the_header(tmp_path, monkeypatch):
+    # a crafted 65535x65535 stream would take 12.9 GB a frame before resizing: the header's size is checked first
+    import rap_deploy.data.video as video
+
+    path = tmp_path / "v.mp4"
+    _ramp_video(path, seconds=2, fps=4, h=48, w=64)
+    monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 64 * 48 - 1)
+    with pytest.raises(VideoDecodeError, match="frames of 64x48 pixels, over the"):
+        decode_video(path, S12, PreprocessConfig(image_size=32))
+    monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 64 * 48)
+    assert decode_video(path, S12, PreprocessConfig(image_size=32)).num_frames == 2

@@ -28,6 +28,9 @@ MAX_SECONDS = 24 * 3600  # longest video read: far beyond ActivityNet's (minutes
 # A frame starting further than this many frame intervals from k / average rate marks a variable frame rate video,
 # whose frames are then placed by their timestamps; a constant rate video keeps k / rate (its frames are unchanged).
 VFR_TOLERANCE_FRAMES = 1.0
+# Largest frame read (DCI 8K): a full-size frame is decoded before it is resized, DECODE_CHUNK_FRAMES at a time
+# (8 of these are 850 MB); a crafted file claiming 65535x65535 would take 12.9 GB a frame.
+MAX_FRAME_PIXELS = 8192 * 4320
 
 
 class VideoDecodeError(Exception):
@@ -152,15 +155,21 @@ def _rate_and_times(reader: object, path: Path, num_frames: int, native_fps: flo
 
 
 def _probe(path: Path) -> str | None:
-    """Return why FFmpeg (through PyAV) cannot open ``path`` as a video, or None if it can."""
+    """Return why FFmpeg (through PyAV) cannot open ``path`` as a video, or why its frames are too large to decode
+    (over :data:`MAX_FRAME_PIXELS`, read from the stream's header before any frame is decoded), or None."""
     import av
 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 return "no video stream"
+            stream = container.streams.video[0]
+            width, height = int(stream.width or 0), int(stream.height or 0)
     except Exception as exc:  # PyAV raises many FFmpeg error types; the message is what matters
         return " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+    if width * height > MAX_FRAME_PIXELS:
+        return (f"frames of {width}x{height} pixels, over the {MAX_FRAME_PIXELS / 1e6:.1f} megapixels (8K) rapdeploy "
+                "decodes; scale it down first (e.g. ffmpeg -i IN -vf scale=-2:1080 OUT.mp4)")
     return None
 
 
