@@ -1195,6 +1195,24 @@ def test_search_during_a_force_rebuild_sees_the_old_library_whole(library, synth
         assert len(opened) == 12
 
 
+@pytest.mark.parametrize("oversized", ["manifest.json", "build-plan.json"])
+def test_force_rebuilds_over_an_oversized_manifest_or_plan(library, synth_root, micro_checkpoint, frame_cache,
+                                                           tmp_path, monkeypatch, oversized):
+    """--force reads the library it replaces (to keep it searchable meanwhile): a manifest or pending plan over the
+    size bound (CheckFailedError, not DamagedArtifactError) must not stop the rebuild that is its fix."""
+    import rap_deploy.bounds as bounds
+
+    lib = _copy(library, tmp_path / "lib")
+    if oversized == "build-plan.json":
+        (lib / oversized).write_text("{}")
+    with open(lib / oversized, "a") as fh:
+        fh.write(" " * 300_000)
+    monkeypatch.setattr(bounds, "MAX_MANIFEST_BYTES", 200_000)
+    res = runner.invoke(app, [*_index_args(synth_root, micro_checkpoint, lib, frame_cache), "--force", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["videos"] == 12, res.output
+    assert not (lib / "build-plan.json").exists() and (lib / "manifest.json").stat().st_size < 200_000
+
+
 def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_checkpoint, frame_cache, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -22,7 +22,7 @@ import numpy as np
 
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.crashpoints import crash_point
-from rap_deploy.errors import CheckFailedError, DamagedArtifactError, UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.library import plan as plans
 from rap_deploy.library.assemble import (
     Assembly,
@@ -227,13 +227,13 @@ def _force_start(root: Path, had_library: bool) -> dict[str, Any] | None:
     else:
         try:
             replacing = read_manifest(root)
-        except (UsageError, DamagedArtifactError):
+        except (UsageError, CheckFailedError):  # not a library, damaged, oversized: wiped
             replacing = None
         if replacing is not None:
             try:
                 plans.read_plan(root)
-            except DamagedArtifactError:
-                plans.drop_plan(root)  # a damaged plan of an interrupted build: discarded
+            except CheckFailedError:
+                plans.drop_plan(root)  # a damaged or oversized plan of an interrupted build: discarded
             return replacing
     _wipe(root)
     return None
