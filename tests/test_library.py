@@ -352,6 +352,8 @@ MANIFEST_TAMPERING = {
     "next_shard missing": (lambda m: m.pop("next_shard"), "'next_shard' None"),
     "next_row inside a shard": (lambda m: m.update(next_row=1), "'next_row' 1 is not past"),
     "removed row out of range": (lambda m: m.update(removed=[2 ** 70]), "'removed' is malformed"),
+    # the next build's rows went past int64: an OverflowError traceback once they reached numpy / FAISS
+    "next_row past int64": (lambda m: m.update(next_row=2 ** 70), "'next_row' 1180591620717411303424"),
     "videos missing": (lambda m: m.pop("videos"), "'videos' is malformed"),
     "sampling frames not a number": (_set_sampling_frames, "'model.sampling.max_frames' 'four'"),
     "engine not an object": (lambda m: m.update(engine="x"), "'engine' is malformed"),

@@ -267,9 +267,12 @@ def _check_shard_names(shards: list[dict[str, Any]], need: Any) -> None:
              f"shard {shard['name']} names files outside {folder}")
 
 
+MAX_ROW_ID = 2 ** 62  # a library's row numbers are FAISS ids (int64); each build and --force moves them on
+
+
 def _check_counters(manifest: dict[str, Any], shards: list[dict[str, Any]], need: Any) -> None:
-    """``next_shard``/``next_row`` lie past every shard (a build never reuses a committed shard's name or rows);
-    ``removed`` rows lie below ``next_row``; ``videos`` is a count."""
+    """``next_shard``/``next_row`` lie past every shard (a build never reuses a committed shard's name or rows) and
+    within int64 (:data:`MAX_ROW_ID`); ``removed`` rows lie below ``next_row``; ``videos`` is a count."""
     from rap_deploy.library.shards import shard_number
 
     next_shard, next_row = manifest.get("next_shard"), manifest.get("next_row")
@@ -277,6 +280,8 @@ def _check_counters(manifest: dict[str, Any], shards: list[dict[str, Any]], need
          f"'next_shard' {next_shard!r} is not past every shard")
     need(_is_count(next_row) and all(s["row_offset"] + s["rows"] <= next_row for s in shards),
          f"'next_row' {next_row!r} is not past every shard's rows")
+    need(next_row <= MAX_ROW_ID and next_shard <= MAX_ROW_ID,  # rows are FAISS's int64 ids
+         f"'next_row' {next_row} or 'next_shard' {next_shard} is past {MAX_ROW_ID}")
     removed = manifest.get("removed")
     need(isinstance(removed, list) and all(_is_count(r) and r < next_row for r in removed), "'removed' is malformed")
     need(_is_count(manifest.get("videos")), "'videos' is malformed")
