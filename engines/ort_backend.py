@@ -198,7 +198,9 @@ class OrtEngine(Engine):
     (text encoder and ASA head) never holds the video encoder (about 540 MB resident for ViT-B/32); lazy creation is
     not meant to race, so a multi-threaded server opens its engine eagerly (the default).
 
-    ``precision`` fp16 on the CPU provider is refused (:class:`UsageError`) before any session is created.
+    ``precision`` fp16 on the CPU provider is refused (:class:`UsageError`) before any session is created, and so is
+    a graph holding float16 tensors on the CPU provider whatever its label (before its session; with ``lazy``, on its
+    first call).
     """
 
     backend = "onnxruntime"
@@ -229,15 +231,37 @@ class OrtEngine(Engine):
         self.max_batch.update(dict(max_batch or {}))
         self._ort_version = ort.__version__
         self._extra = dict(extra or {})
+        self._content_checked: set[str] = set()
         if not lazy:
+            for graph in self.files:  # every graph before any session
+                self._check_content(graph)
             for graph in self.files:
                 self._session(graph)
+
+    def _check_content(self, graph: str) -> None:
+        """Refuse (:class:`UsageError`) a graph holding float16 tensors on the CPU provider, whatever ``precision``
+        says: ONNX Runtime's CPU provider crashes the process creating such a session. The graph is parsed without
+        external data (about 0.1 s per 100 MB), once, before its session."""
+        if graph in self._content_checked or self.provider != PROVIDERS["cpu"]:
+            return
+        from rap_deploy.export.integrity import graph_facts
+
+        path = Path(self.files[graph])
+        fp16 = graph_facts(path, f"graph '{graph}'", path.parent)["fp16_tensors"]
+        if fp16:
+            raise UsageError(f"{graph} graph {path} holds {fp16} float16 tensors (an fp16 graph, labelled "
+                             f"{self.precision}): fp16 ONNX Runtime graphs run on CUDAExecutionProvider only, the CPU "
+                             "provider crashes the process (segfault) creating their session; use the fp32 graphs on "
+                             "the CPU")
+        self._content_checked.add(graph)
 
     def _session(self, graph: str) -> Any:
         """The graph's session, created on first use (see ``lazy``)."""
         sess = self.sessions.get(graph)
         if sess is None:
             from rap_deploy.engines.loader import runtime_errors
+
+            self._check_content(graph)
 
             provider, threads, inter_threads, level, device_id = self._session_options
             with runtime_errors(Path(self.files[graph]).parent):

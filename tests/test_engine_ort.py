@@ -567,3 +567,42 @@ def test_a_direct_fp16_engine_on_the_cpu_provider_is_refused_before_a_session(mi
     for lazy in (True, False):  # lazy first: without the check it returns instead of crashing the test run
         with pytest.raises(UsageError, match="CUDAExecutionProvider only"):
             OrtEngine(files, config, precision="fp16", lazy=lazy)
+
+
+def test_fp16_graph_content_on_the_cpu_provider_is_refused_whatever_the_label(micro_fp16_export, monkeypatch):
+    """The CPU provider's fp16 guard read only the ``precision`` label: the export's fp16 graphs given with the default
+    label fp32 still reached ONNX Runtime's CPU provider, which crashes the process creating the fp16 video encoder's
+    session (exit 139). The graphs' float16 tensors are counted now (parsed without external data) and such a graph
+    is a UsageError before its session: up front, or with ``lazy`` at its first call."""
+    from rap_deploy.config import RAPConfig
+
+    manifest = json.loads((micro_fp16_export / "manifest.json").read_text())
+    files = {name: micro_fp16_export / entry["file"] for name, entry in manifest["fp16_graphs"].items()}
+    config = RAPConfig.from_dict(manifest["config"])
+    from rap_deploy.engines import ort_backend
+
+    real = ort_backend.create_session
+
+    def guarded(path, *args, **kwargs):  # without the check, fail here instead of crashing the test run
+        assert ".fp16." not in str(path), f"a CPU session was created for {path}"
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ort_backend, "create_session", guarded)
+    lazy = OrtEngine(files, config, lazy=True)
+    with pytest.raises(UsageError, match="video_encoder graph .* holds [0-9]+ float16 tensors .*labelled fp32"):
+        lazy.encode_video(np.zeros((1, config.frames, 3, config.preprocess.image_size, config.preprocess.image_size),
+                                   np.float32))
+    assert not lazy.sessions
+    with pytest.raises(UsageError, match="float16 tensors"):
+        OrtEngine(files, config)
+    fp32 = {name: micro_fp16_export / entry["file"] for name, entry in manifest["graphs"].items()}
+    mixed = OrtEngine({**fp32, "asa_head": files["asa_head"]}, config, lazy=True)
+    mixed.encode_text(*[np.asarray(a) for a in _one_caption(config)])  # fp32 graphs still run beside it
+    with pytest.raises(UsageError, match="asa_head graph"):
+        OrtEngine({**fp32, "asa_head": files["asa_head"]}, config)
+
+
+def _one_caption(config):
+    from rap_deploy.tokenizer import tokenize
+
+    return tokenize(["a red circle moves left"], config.tokenizer)
