@@ -1,0 +1,49 @@
+"""``rapdeploy train``'s model and recipe switches reach the run (test_train.py drives the CLI with the sizes and
+the schedule; none of its tests passed --no-lorm, --no-asa, --selection, --freeze-offsets, --offset-lr-mult,
+--eval-initial, --test-split or --amp, so a switch mapped to the wrong option on its way to the run passed)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from rap_deploy.checkpoint import load_checkpoint
+from rap_deploy.cli.app import app
+
+MICRO_CLI = ["--clip", "rap-micro", "--pretrained", "none", "--frames", "4", "--topk", "4", "--heads", "2",
+             "--asa-dim", "16", "--rank", "2"]
+
+
+def _args(synth_root, cache, out, *extra: str) -> list[str]:
+    return ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), *MICRO_CLI, "--out", str(out),
+            "--batch-size", "8", "--max-test-videos", "6", "--top-m", "4", "--epoch-unit", "video", "--cache-dir",
+            str(cache), "--quiet", "--json", *extra]
+
+
+def test_train_switches_reach_the_model_and_the_recipe(synth_root, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    res = runner.invoke(app, _args(synth_root, tmp_path / "frames", run, "--epochs", "1", "--no-lorm", "--selection",
+                                   "saliency", "--freeze-offsets", "--offset-lr-mult", "3", "--eval-initial",
+                                   "--test-split", "train", "--amp", "off"))
+    assert res.exit_code == 0, res.output
+    last = load_checkpoint(run / "last.pt")
+    assert (last.config.use_lorm, last.config.use_asa, last.config.asa_selection) == (False, True, "saliency")
+    options = last.extra["train_options"]
+    assert options["freeze_offsets"] is True and options["offset_lr_mult"] == 3.0
+    assert (options["eval_initial"], options["test_split"], options["amp"]) == (True, "train", "off")
+    model = last.build_model()
+    assert model.lorm_attn is None and model.lorm_mlp is None
+    assert torch.count_nonzero(model.asa.patch_offset) == 0 and torch.count_nonzero(model.asa.time_offset) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]  # --eval-initial: the starting model is evaluated as epoch 0
+    # the train split holds 5 captions per video, the test split 1: 6 videos give 30 text queries there
+    assert all(r["t2v"]["queries"] == 30 and r["v2t"]["queries"] == 6 for r in rows), rows
+
+    no_asa = tmp_path / "no_asa"
+    res = runner.invoke(app, _args(synth_root, tmp_path / "frames", no_asa, "--epochs", "0", "--no-asa"))
+    assert res.exit_code == 0, res.output
+    last = load_checkpoint(no_asa / "last.pt")
+    assert (last.config.use_lorm, last.config.use_asa) == (True, False) and last.build_model().asa is None
