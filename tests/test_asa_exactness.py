@@ -331,3 +331,22 @@ def test_random_adapters_module_cli(tmp_path, capsys):
     assert out.extra["random_adapters_seed"] == 3
     assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_random_adapters_cli_keeps_an_existing_out_and_bounds_the_seed(tmp_path, capsys):
+    """``--out`` naming an existing file (a trained checkpoint, or SRC itself) replaced it without a word (init asks
+    for --force), and a seed past 64 bits ended in a ValueError traceback from torch's generator."""
+    from conftest import micro_config
+
+    from rap_deploy.checkpoint import new_checkpoint, save_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.model.random_adapters import main
+
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    src = save_checkpoint(ckpt, tmp_path / "trained.pt")
+    before = src.read_bytes()
+    assert main([str(src), "--out", str(src)]) == 2
+    assert "--force" in capsys.readouterr().err and src.read_bytes() == before
+    assert main([str(src), "--out", str(tmp_path / "r.pt"), "--seed", str(2**70)]) == 2
+    assert "--seed" in capsys.readouterr().err and not (tmp_path / "r.pt").exists()
+    assert main([str(src), "--out", str(src), "--force"]) == 0 and src.read_bytes() != before

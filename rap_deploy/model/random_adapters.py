@@ -13,7 +13,7 @@ every adapter a random value of a scale at which it visibly changes the result:
 
 Run as a module to write such a checkpoint from any checkpoint (the backbone reference is kept)::
 
-    python -m rap_deploy.model.random_adapters b32.pt --out b32-random.pt [--seed 0]
+    python -m rap_deploy.model.random_adapters b32.pt --out b32-random.pt [--seed 0] [--force]
 """
 
 from __future__ import annotations
@@ -63,20 +63,27 @@ def randomize_adapters(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def randomize_checkpoint(src: str | Path, out: str | Path, seed: int = 0) -> Path:
+def randomize_checkpoint(src: str | Path, out: str | Path, seed: int = 0, force: bool = False) -> Path:
     """Write ``out``: the checkpoint ``src`` with :func:`randomize_adapters` applied (backbone reference kept).
 
-    Raises :class:`~rap_deploy.errors.UsageError` for a missing or foreign checkpoint.
+    Raises :class:`~rap_deploy.errors.UsageError` for a missing or foreign checkpoint, a seed outside
+    ``[0, 2**63 - 1]``, or an existing ``out`` without ``force`` (it may be a trained checkpoint, even ``src``).
     """
+    from rap_deploy import bounds
     from rap_deploy.checkpoint import checkpoint_from_model, load_checkpoint, save_checkpoint
+    from rap_deploy.errors import UsageError
 
+    bounds.check_int(seed, "--seed", 0, bounds.MAX_SEED)
+    if Path(out).exists() and not force:
+        raise UsageError(f"{out} exists (it may be a trained checkpoint); pass --force to replace it")
     ckpt = load_checkpoint(src)
     model = randomize_adapters(ckpt.build_model(), seed)
     return save_checkpoint(checkpoint_from_model(model, ckpt, extra={"random_adapters_seed": seed}), out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rap_deploy.model.random_adapters SRC --out OUT [--seed S]``; exit 2 with one line on bad usage."""
+    """``python -m rap_deploy.model.random_adapters SRC --out OUT [--seed S] [--force]``; exit 2 with one line on bad
+    usage."""
     from rap_deploy.errors import UsageError
 
     parser = argparse.ArgumentParser(prog="python -m rap_deploy.model.random_adapters",
@@ -84,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     try:
-        path = randomize_checkpoint(args.checkpoint, args.out, args.seed)
+        path = randomize_checkpoint(args.checkpoint, args.out, args.seed, args.force)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
