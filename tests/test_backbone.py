@@ -261,12 +261,14 @@ def test_pretrain_backbone_with_token_dropping_records_it_and_refuses_bad_fracti
     args = ["pretrain-backbone", "--out", str(out), "--clip", "rap-micro", "--size", "32", "--train-stills", "32",
             "--test-stills", "8", "--epochs", "2", "--batch-size", "16", "--quiet"]
     result = runner.invoke(app, [*args, "--patch-keep", "0.5", "--unmasked-epochs", "1", "--distractors", "0.5",
-                                 "--json"])
+                                 "--patch-weight", "0.25", "--position-twins", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["patch_keep"] == 0.5 and info["masked_epochs"] == 1 and info["steps"] == 4
-    assert info["distractors"] == 0.5
-    assert np.isfinite(info["final_loss"]) and read_backbone_info(out)["patch_keep"] == 0.5
+    assert info["distractors"] == 0.5 and info["patch_weight"] == 0.25 and info["position_twins"] is True
+    stored = read_backbone_info(out)
+    assert np.isfinite(info["final_loss"]) and stored["patch_keep"] == 0.5
+    assert stored["patch_weight"] == 0.25 and stored["position_twins"] is True
     for flag, value in (("--patch-keep", "0"), ("--patch-keep", "1.5"), ("--unmasked-epochs", "3")):
         bad = runner.invoke(app, [*args, flag, value])
         assert bad.exit_code == 2 and flag in bad.output, bad.output
