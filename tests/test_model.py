@@ -473,6 +473,9 @@ def test_init_and_info_cli(tmp_path):
     bad = runner.invoke(app, ["init", "--clip", "rap-micro", "--pretrained", "/nope/w.pt", "--out", str(out),
                               "--force"])
     assert bad.exit_code == 2 and "/nope/w.pt" in bad.output
+    (tmp_path / "weights").mkdir()  # a folder was 'does not exist'
+    folder = runner.invoke(app, ["info", "--clip", "rap-micro", "--pretrained", str(tmp_path / "weights")])
+    assert folder.exit_code == 2 and "weights is not a regular file (a folder" in folder.output, folder.output
     before = out.read_bytes()  # an existing checkpoint (it may be trained) is never replaced unasked
     again = runner.invoke(app, ["init", "--clip", "rap-micro", "--variant", "rap_light", "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output and out.read_bytes() == before

@@ -57,6 +57,9 @@ class BackboneSpec:
         path = Path(pretrained).expanduser()
         if path.is_file():
             return cls(clip, "file", str(path.resolve()), sha256_file(path))
+        if path.exists():  # a folder, FIFO or device: 'does not exist' (below) would be wrong
+            raise UsageError(f"backbone weights file {pretrained} is not a regular file (a folder, FIFO or device); "
+                             "pass the weights file itself, an open_clip tag such as 'openai', or 'none'")
         if looks_like_path(pretrained):
             raise UsageError(f"backbone weights file {pretrained} does not exist; pass an existing file, an open_clip "
                              "tag such as 'openai', or 'none'")
