@@ -1,6 +1,7 @@
 """``rapdeploy train``'s model and recipe switches reach the run (test_train.py drives the CLI with the sizes and
 the schedule; none of its tests passed --no-lorm, --no-asa, --selection, --freeze-offsets, --offset-lr-mult,
---eval-initial, --test-split or --amp, so a switch mapped to the wrong option on its way to the run passed)."""
+--eval-initial, --test-split or --amp, and --weight-decay and --grad-clip only to see bad values refused, so a
+switch mapped to the wrong option on its way to the run passed)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,15 @@ def test_train_switches_reach_the_model_and_the_recipe(synth_root, tmp_path):
     run = tmp_path / "run"
     res = runner.invoke(app, _args(synth_root, tmp_path / "frames", run, "--epochs", "1", "--no-lorm", "--selection",
                                    "saliency", "--freeze-offsets", "--offset-lr-mult", "3", "--eval-initial",
-                                   "--test-split", "train", "--amp", "off"))
+                                   "--test-split", "train", "--amp", "off", "--weight-decay", "0.2", "--grad-clip",
+                                   "0.5"))
     assert res.exit_code == 0, res.output
     last = load_checkpoint(run / "last.pt")
     assert (last.config.use_lorm, last.config.use_asa, last.config.asa_selection) == (False, True, "saliency")
     options = last.extra["train_options"]
     assert options["freeze_offsets"] is True and options["offset_lr_mult"] == 3.0
     assert (options["eval_initial"], options["test_split"], options["amp"]) == (True, "train", "off")
+    assert (options["weight_decay"], options["grad_clip"]) == (0.2, 0.5)
     model = last.build_model()
     assert model.lorm_attn is None and model.lorm_mlp is None
     assert torch.count_nonzero(model.asa.patch_offset) == 0 and torch.count_nonzero(model.asa.time_offset) == 0
