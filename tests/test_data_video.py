@@ -60,10 +60,11 @@ def test_indices_other_sampling_rates_and_segments():
 def test_indices_bad_input():
     with pytest.raises(ValueError, match="starts at"):
         sample_frame_indices(100, 10.0, S12, start=20)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no frames"):
         sample_frame_indices(0, 10.0, S12)
-    with pytest.raises(ValueError):
-        sample_frame_indices(10, 0.0, S12)
+    for rate in (0.0, -4.0, float("nan"), float("inf")):  # a damaged header's rate, not a numpy error later
+        with pytest.raises(ValueError, match="frame rate must be positive"):
+            sample_frame_indices(10, rate, S12)
 
 
 def _ramp_video(path, seconds: float, fps: int, h: int = 48, w: int = 64):
