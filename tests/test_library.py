@@ -1618,7 +1618,7 @@ def test_a_rerank_deeper_than_memory_is_refused_before_gathering(library, engine
                   for n in rerank_tensors(True))
 
         class Memory:
-            available = int(2 * 8 * row / 0.8)  # two copies of 8 candidates' rows, not of 12
+            available = int(8 * row / 0.8) + 1  # 80 % of it holds 8 candidates' rows, not 12
 
         monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
         assert len(lib.search(["a red circle"], top_k=12, top_m=8)[0]["results"]) == 12

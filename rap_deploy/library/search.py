@@ -282,16 +282,16 @@ class Library:
         return out
 
     def _check_rerank_memory(self, m: int) -> None:
-        """Refuse (:class:`UsageError`) a re-rank of ``m`` candidates whose rows, gathered at once for the engine
-        (which may cast them to float32: twice), would not fit in memory: ``top_m`` is bounded by the library only,
-        and 20,000 ViT-B/32 candidates are 29 GiB."""
+        """Refuse (:class:`UsageError`) a re-rank of ``m`` candidates whose rows, gathered at once for the engine,
+        would not fit in memory: ``top_m`` is bounded by the library only, and 20,000 ViT-B/32 candidates are 29
+        GiB (the default 100: 146 MiB)."""
         if m == 0:
             return
         from rap_deploy.bounds import check_memory
 
         shapes = self.manifest["tensor_shapes"]
         row = sum(math.prod(shapes[n]) * np.dtype(tensor_dtype(n)).itemsize for n in self._rerank)
-        check_memory(2 * m * row, f"re-ranking {m:,} candidates of {row / 2**20:.2f} MiB",
+        check_memory(m * row, f"re-ranking {m:,} candidates of {row / 2**20:.2f} MiB",
                      "pass a smaller --top-m (top_m)")
 
     def _rank_one(self, emb: np.ndarray, ids: np.ndarray, scores: np.ndarray, top_k: int, top_m: int,
