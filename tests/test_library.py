@@ -358,6 +358,7 @@ MANIFEST_TAMPERING = {
     "sampling frames not a number": (_set_sampling_frames, "'model.sampling.max_frames' 'four'"),
     "engine not an object": (lambda m: m.update(engine="x"), "'engine' is malformed"),
     "sources not a list": (lambda m: m.update(sources=5), "'sources' is malformed"),
+    "builds not a list": (lambda m: m.update(builds=5), "'builds' is malformed"),  # index: a TypeError traceback
     "effort not a number": (lambda m: m["stage1"].update(effort="lots"), "'stage1.effort' 'lots'"),
     "effort out of range": (lambda m: m["stage1"].update(effort=10 ** 30), "'stage1.effort'"),
     "top_m not a number": (lambda m: m["stage1"].update(top_m="x"), "'stage1.top_m' 'x'"),
@@ -1197,19 +1198,25 @@ def test_search_during_a_force_rebuild_sees_the_old_library_whole(library, synth
         assert len(opened) == 12
 
 
-@pytest.mark.parametrize("oversized", ["manifest.json", "build-plan.json"])
+@pytest.mark.parametrize("oversized", ["manifest.json", "build-plan.json", "no builds"])
 def test_force_rebuilds_over_an_oversized_manifest_or_plan(library, synth_root, micro_checkpoint, frame_cache,
                                                            tmp_path, monkeypatch, oversized):
     """--force reads the library it replaces (to keep it searchable meanwhile): a manifest or pending plan over the
-    size bound (CheckFailedError, not DamagedArtifactError) must not stop the rebuild that is its fix."""
+    size bound (CheckFailedError, not DamagedArtifactError) must not stop the rebuild that is its fix, nor a
+    manifest without its (optional) build log (a KeyError traceback)."""
     import rap_deploy.bounds as bounds
 
     lib = _copy(library, tmp_path / "lib")
-    if oversized == "build-plan.json":
-        (lib / oversized).write_text("{}")
-    with open(lib / oversized, "a") as fh:
-        fh.write(" " * 300_000)
-    monkeypatch.setattr(bounds, "MAX_MANIFEST_BYTES", 200_000)
+    if oversized == "no builds":
+        manifest = json.loads((lib / "manifest.json").read_text())
+        del manifest["builds"]
+        (lib / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        if oversized == "build-plan.json":
+            (lib / oversized).write_text("{}")
+        with open(lib / oversized, "a") as fh:
+            fh.write(" " * 300_000)
+        monkeypatch.setattr(bounds, "MAX_MANIFEST_BYTES", 200_000)
     res = runner.invoke(app, [*_index_args(synth_root, micro_checkpoint, lib, frame_cache), "--force", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["videos"] == 12, res.output
     assert not (lib / "build-plan.json").exists() and (lib / "manifest.json").stat().st_size < 200_000

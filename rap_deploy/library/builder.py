@@ -307,7 +307,7 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
                         max_queries=options.recall_queries, seed=options.seed,
                         **_caption_queries(engine, source, options))
     log("building the stage-1 index" + (f" ({req.kind})" if req.kind else ""))
-    history = {"builds": replacing["builds"]} if replacing else old  # --force: new stage-1 names, the log kept
+    history = {"builds": replacing.get("builds") or []} if replacing else old  # --force: new stage-1 names
     build_number = len((history or {}).get("builds") or []) + 1
     stage1_entry, tombstones = build_stage1(root, old, asm, added, shapes["video_emb"][0], req, build_number)
     build = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added": sum(e["rows"] for e in added),

@@ -235,6 +235,7 @@ def _check_structure(manifest: dict[str, Any], path: Path) -> None:
     need(manifest.get("engine") is None or isinstance(manifest["engine"], dict), "'engine' is malformed")
     need(isinstance(manifest.get("sources", []), list)
          and all(isinstance(x, dict) for x in manifest.get("sources", [])), "'sources' is malformed")
+    need(isinstance(manifest.get("builds", []), list), "'builds' is malformed")  # numbers the stage-1 files
     _check_stage1(manifest.get("stage1"), need)
 
 
