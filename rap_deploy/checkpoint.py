@@ -74,6 +74,10 @@ class Checkpoint:
             model = RAPModel(clip, self.config)
         except UsageError as exc:
             raise CheckFailedError(f"{where}: {exc}; the file is damaged or was edited") from None
+        backbone_keys = [k for k in self.adapter_state if k.startswith("clip.")]
+        if backbone_keys:  # load_state_dict would write them over the frozen backbone, past its sha256 reference
+            raise CheckFailedError(f"{where}: its adapter weights hold backbone tensors {backbone_keys[:3]}, which "
+                                   "would replace the frozen CLIP's; the file is damaged or was edited")
         try:
             missing, unexpected = model.load_state_dict(self.adapter_state, strict=False)
         except RuntimeError as exc:

@@ -634,6 +634,19 @@ def test_info_vit_b32_parameter_budget():
     assert count == 1_125_516 and abs(count / 1.06e6 - 1) <= 0.10  # the paper's 1.06M within 10 %
 
 
+def test_adapter_weights_naming_backbone_tensors_are_refused(tmp_path):
+    """An adapter_state entry named 'clip.…' was loaded into the frozen backbone (model.load_state_dict takes every
+    key of the model), replacing weights the checkpoint's backbone reference (a file's sha256) vouches for: reproduced,
+    a zero 'clip.visual.proj' in adapter_state gave a model whose backbone projection was zero."""
+    from rap_deploy.errors import CheckFailedError
+
+    ckpt, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    ckpt.adapter_state["clip.visual.proj"] = torch.zeros_like(model.clip.visual.proj)
+    save_checkpoint(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(CheckFailedError, match=r"edited.pt: its adapter weights hold backbone tensors \['clip.visual"):
+        load_checkpoint(tmp_path / "edited.pt").build_model()
+
+
 def test_a_checkpoint_with_nan_adapters_is_damaged(tmp_path):
     from rap_deploy.errors import CheckFailedError
     from rap_deploy.model.clip_loader import BackboneSpec
