@@ -1198,6 +1198,34 @@ def test_search_during_a_force_rebuild_sees_the_old_library_whole(library, synth
         assert len(opened) == 12
 
 
+def test_search_reopens_a_library_replaced_between_its_open_and_its_search(library, synth_root, frame_cache,
+                                                                          micro_checkpoint, tmp_path, engine,
+                                                                          monkeypatch):
+    """An `index --force` (or an --add dropping shards) that lands after `rapdeploy search` opened the library and
+    before it read the candidates' rows made it exit 1 ('... was there when this process opened the library');
+    the command opens the new library and searches again, once."""
+    from rap_deploy.data.cache import FrameCache
+    from rap_deploy.library import builder
+    from rap_deploy.library.search import Library
+    from rap_deploy.library.sources import dataset_source
+
+    lib = _copy(library, tmp_path / "lib")
+    search = Library.search
+    rebuilt = []
+
+    def rebuild_then_search(self, *args, **kwargs):
+        if not rebuilt:  # another process replaces the library under this one
+            source = dataset_source("msrvtt", synth_root, "test", engine.config.frames)
+            rebuilt.append(builder.build_library(lib, engine, source, FrameCache(frame_cache), builder.BuildOptions(
+                force=True, shard_size=SHARD, top_m=TOP_M), progress=False))
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(Library, "search", rebuild_then_search)
+    res, out = _search_json(lib, micro_checkpoint, "a red circle", "--top", "12", "--top-m", str(TOP_M))
+    assert res.exit_code == 0, res.output
+    assert rebuilt and len(out) == 1 and len(out[0]["results"]) == 12
+
+
 @pytest.mark.parametrize("oversized", ["manifest.json", "build-plan.json", "no builds"])
 def test_force_rebuilds_over_an_oversized_manifest_or_plan(library, synth_root, micro_checkpoint, frame_cache,
                                                            tmp_path, monkeypatch, oversized):

@@ -313,9 +313,7 @@ def search_cmd(
     lib_path = resolve_library(library, workspace)
     eng = _search_engine(engine, lib_path, workspace, threads)
     _set_threads(threads)  # after the engine: torch's threads only when the engine loaded it
-    with _open_searched_library(lib_path, eng, verify, picked=library is None) as lib:
-        results = lib.search(texts, top_k=top, top_m=top_m)
-        reranks = bool(lib.manifest["model"].get("has_asa"))
+    results, reranks = _search_library(lib_path, eng, verify, library is None, texts, top, top_m)
     for r in results:
         for warning in r.get("warnings", []):
             typer.echo(f"warning: {warning}", err=True)
@@ -324,6 +322,22 @@ def search_cmd(
             typer.echo(json_text(r, indent=None, default=str))
         return
     _print_results(results, lib_path, reranks)
+
+
+def _search_library(path: Path, engine: Any, verify: str, picked: bool, texts: list[str], top: int,
+                    top_m: int) -> tuple[list[dict[str, Any]], bool]:
+    """Open the library and search it; when `rapdeploy index` replaced files of the library between the open and
+    the search (an --add that dropped shards, a --force), open the new one and search again, once."""
+    from rap_deploy.errors import LibraryChangedError
+
+    for attempt in range(2):
+        with _open_searched_library(path, engine, verify, picked) as lib:
+            try:
+                return lib.search(texts, top_k=top, top_m=top_m), bool(lib.manifest["model"].get("has_asa"))
+            except LibraryChangedError:
+                if attempt:
+                    raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _print_results(results: list[dict[str, Any]], library: Path, reranks: bool) -> None:
