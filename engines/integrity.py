@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError
-from rap_deploy.export.integrity import check_external_data, derived_settings, graph_facts, metadata_mismatches
+from rap_deploy.export.integrity import (
+    check_external_data,
+    derived_copy_mismatches,
+    derived_settings,
+    graph_facts,
+    metadata_mismatches,
+)
 from rap_deploy.safe_paths import resolve_entry
 
 INT8_EXEMPT = ("asa_head",)  # kept fp32 in int8 engines (see ort_build.int8_exclusions)
@@ -31,8 +37,9 @@ PRECISION_PROVIDER = {"fp16": "CUDAExecutionProvider", "int8": "CPUExecutionProv
 
 def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source: Path) -> int:
     """Refuse an ONNX Runtime engine whose graphs contradict the manifest's ``precision``, ``config`` or graph names,
-    or whose graphs' copies of the settings the config defines (``rapdeploy.preprocess``, ``.tokenizer``,
-    ``.sampling``) differ from what it derives.
+    whose graphs' copies of the settings the config defines (``rapdeploy.preprocess``, ``.tokenizer``,
+    ``.sampling``) differ from what it derives, or whose inputs and outputs differ from the export record the
+    manifest keeps (``export.graphs``: ``rapdeploy serve`` and ``triton-repo`` describe the graphs from it).
 
     Returns how many nodes of the graphs are in ONNX Runtime's CPU-specific blocked layout (``com.microsoft.nchwc``:
     their weights are laid out for the CPU that saved them; 0 for a TensorRT engine, whose plans are not parsed).
@@ -51,28 +58,67 @@ def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source:
         path = resolve_entry(engine_dir, entry["file"], what, source)
         facts = graph_facts(path, what, source)
         check_external_data(engine_dir, facts, listed, what, source)
-        quantized, fp16 = facts["quantized_ops"], facts["fp16_tensors"]
         nchwc += facts["nchwc_ops"]
-        claims = metadata_mismatches(facts["metadata"], {"config": manifest.get("config")})
-        claims += metadata_mismatches(facts["metadata"], derived, "what the manifest's 'config' derives")
-        graph_name = facts["metadata"].get("rapdeploy.graph")
-        if graph_name is not None and graph_name != name:
-            claims.append(f"its metadata rapdeploy.graph is {graph_name!r}, the manifest lists it as {name!r}")
+        claims = _claim_problems(name, facts, manifest, derived)
         if claims:
             raise CheckFailedError(f"{source}: {what} ({path.name}) does not match its manifest: {'; '.join(claims)}; "
                                    "the manifest was edited or the graph replaced, rebuild the engine")
-        problem = None
-        if precision == "fp32" and (quantized or fp16):
-            problem = f"it holds {quantized} quantised operators and {fp16} float16 tensors"
-        elif precision == "int8" and (fp16 or (not quantized and name not in INT8_EXEMPT)):
-            problem = f"it holds {quantized} quantised operators and {fp16} float16 tensors"
-        elif precision == "fp16" and (quantized or not fp16):
-            problem = f"it holds {fp16} float16 tensors and {quantized} quantised operators"
+        problem = _precision_problem(precision, name, facts["quantized_ops"], facts["fp16_tensors"])
         if problem:
             raise CheckFailedError(f"{source} says precision {precision}, but {what} ({path.name}) does not: "
                                    f"{problem}; the manifest was edited or the graph replaced, rebuild the engine "
                                    "with `rapdeploy build-engine`")
     return nchwc
+
+
+def _claim_problems(name: str, facts: Mapping[str, Any], manifest: Mapping[str, Any], derived: Mapping[str, Any]
+                    ) -> list[str]:
+    """What engine graph ``name`` (``facts``) says against the manifest: config, derived settings, graph name, and
+    inputs / outputs against the export record (when the manifest keeps one); as messages."""
+    meta = facts["metadata"]
+    claims = metadata_mismatches(meta, {"config": manifest.get("config")})
+    claims += metadata_mismatches(meta, derived, "what the manifest's 'config' derives")
+    graph_name = meta.get("rapdeploy.graph")
+    if graph_name is not None and graph_name != name:
+        claims.append(f"its metadata rapdeploy.graph is {graph_name!r}, the manifest lists it as {name!r}")
+    export = manifest.get("export")
+    record = (export.get("graphs") or {}).get(name) if isinstance(export, Mapping) else None
+    if isinstance(record, Mapping):
+        claims += [f"its {key} (names, dtypes, shapes) differ from the manifest's 'export.graphs.{name}.{key}'"
+                   for key in ("inputs", "outputs") if record.get(key) != facts["io"][key]]
+    return claims
+
+
+def _precision_problem(precision: Any, name: str, quantized: int, fp16: int) -> str | None:
+    """Why a graph holding ``quantized`` quantised operators and ``fp16`` float16 tensors is not ``precision``."""
+    if precision == "fp32" and (quantized or fp16):
+        return f"it holds {quantized} quantised operators and {fp16} float16 tensors"
+    if precision == "int8" and (fp16 or (not quantized and name not in INT8_EXEMPT)):
+        return f"it holds {quantized} quantised operators and {fp16} float16 tensors"
+    if precision == "fp16" and (quantized or not fp16):
+        return f"it holds {fp16} float16 tensors and {quantized} quantised operators"
+    return None
+
+
+def check_export_record(manifest: Mapping[str, Any], source: Path) -> None:
+    """The export manifest an engine manifest keeps (``export``: what ``serve`` and ``triton-repo`` describe the
+    graphs from) must hold the engine's own ``config`` and the settings it derives (``preprocess``, ``tokenizer``,
+    ``sampling``). A manifest without an export record is not judged.
+
+    Raises :class:`CheckFailedError` (exit 1) naming the manifest and the key.
+    """
+    export = manifest.get("export")
+    if export is None:
+        return
+    problems = []
+    if not isinstance(export, Mapping) or not isinstance(export.get("graphs", {}), Mapping):
+        problems.append("its 'export' is not an export manifest's record")
+    elif export.get("config") != manifest.get("config"):
+        problems.append("its 'export.config' differs from its 'config'")
+    else:
+        problems += derived_copy_mismatches(export, derived_settings(manifest.get("config"), source), "export.")
+    if problems:
+        raise CheckFailedError(f"{source}: {'; '.join(problems)}; the manifest was edited, rebuild the engine")
 
 
 def _check_provider(precision: Any, provider: Any, source: Path) -> None:

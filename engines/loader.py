@@ -79,12 +79,19 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
     from rap_deploy.engines.manifest import read_manifest, validate_engine_dir
 
     backend = read_manifest(p)["backend"]
-    manifest = validate_engine_dir(p, runtime=runtime_for(backend, device_id))
+    # a TensorRT engine compares the config with its plans as it opens (the precise refusal), the export record after
+    trt = backend == "tensorrt"
+    manifest = validate_engine_dir(p, runtime=runtime_for(backend, device_id), check_export=not trt)
     config = manifest_config(manifest, p / "manifest.json")
     files = {name: resolve_entry(p, entry["file"], f"engine graph '{name}'", p / "manifest.json")
              for name, entry in manifest["graphs"].items()}
     with runtime_errors(p):
-        return _open_backend(p, backend, manifest, config, files, threads, inter_threads, blocks, device_id, lazy)
+        engine = _open_backend(p, backend, manifest, config, files, threads, inter_threads, blocks, device_id, lazy)
+    if trt:
+        from rap_deploy.engines.integrity import check_export_record
+
+        check_export_record(manifest, p / "manifest.json")
+    return engine
 
 
 def manifest_config(manifest: dict[str, Any], source: Path) -> Any:

@@ -334,19 +334,23 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
 
 
 def validate_engine_dir(engine_dir: str | os.PathLike[str], runtime: Mapping[str, Any] | None = None,
-                        check_hashes: bool = True) -> dict[str, Any]:
+                        check_hashes: bool = True, check_export: bool = True) -> dict[str, Any]:
     """Read the manifest, check every file's hash, and (with ``runtime``) check it can run here; returns it.
 
-    With ``check_hashes`` the precision claim is also checked against the graphs
-    (:func:`rap_deploy.engines.integrity.check_precision_claim`). Raises as listed in the module docstring.
+    With ``check_hashes`` the precision claim and (with ``check_export``) the export record are also checked against
+    the graphs and the config (:mod:`rap_deploy.engines.integrity`: ``check_precision_claim``,
+    ``check_export_record``; a loader that compares the config with the engine files first checks the record after).
+    Raises as listed in the module docstring.
     """
     manifest = read_manifest(engine_dir)
     nchwc_ops = 0
     if check_hashes:
         verify_files(engine_dir, manifest)
-        from rap_deploy.engines.integrity import check_precision_claim
+        from rap_deploy.engines.integrity import check_export_record, check_precision_claim
 
         nchwc_ops = check_precision_claim(Path(engine_dir), manifest, Path(engine_dir) / MANIFEST)
+        if check_export:  # after the graphs: they name what was edited
+            check_export_record(manifest, Path(engine_dir) / MANIFEST)
     if runtime is not None:
         check_runtime(manifest, runtime, nchwc_ops)
     return manifest

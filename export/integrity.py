@@ -123,15 +123,16 @@ def derived_settings(config: Any, source: Path | str) -> dict[str, Any]:
     return json.loads(json.dumps(values))  # as a manifest or metadata prop holds them (lists, not tuples)
 
 
-def derived_copy_mismatches(manifest: Mapping[str, Any], derived: Mapping[str, Any]) -> list[str]:
+def derived_copy_mismatches(manifest: Mapping[str, Any], derived: Mapping[str, Any], prefix: str = "") -> list[str]:
     """The manifest's own copies of the derived settings (top-level ``preprocess``, ``tokenizer``, ``sampling``)
-    that differ from what its ``config`` derives, as messages; a manifest without a copy is not judged."""
+    that differ from what its ``config`` derives, as messages (keys named ``prefix`` + key); a manifest without a
+    copy is not judged."""
     problems = []
     for key, want in derived.items():
         if key in manifest and manifest[key] != want:
             differ = sorted(k for k in set(want) | set(manifest[key]) if manifest[key].get(k) != want.get(k)) \
                 if isinstance(manifest[key], dict) else []
-            problems.append(f"its '{key}' differs from what its 'config' derives"
+            problems.append(f"its '{prefix}{key}' differs from what its 'config' derives"
                             + (f" (in {', '.join(differ)})" if differ else ""))
     return problems
 

@@ -909,6 +909,12 @@ ENGINE_EDITS = {
     "graphs swapped": (lambda m: m["graphs"].update(video_encoder=m["graphs"]["text_encoder"],
                                                     text_encoder=m["graphs"]["video_encoder"]),
                        "the manifest lists it as 'video_encoder'"),
+    # the export record serve and triton-repo describe the graphs from (it was never checked)
+    "export I/O against its graphs": (lambda m: m["export"]["graphs"]["text_encoder"]["inputs"][0].update(
+        dtype="int64"), "differ from the manifest's 'export.graphs.text_encoder.inputs'"),
+    "export config": (lambda m: m["export"]["config"].update(asa_topk=2), "'export.config' differs from its 'config'"),
+    "export preprocess copy": (lambda m: m["export"]["preprocess"].update(interpolation="bilinear"),
+                               "'export.preprocess' differs from what its 'config' derives (in interpolation)"),
 }
 EXPORT_EDITS = {
     "dims not an object": (lambda m: m.update(dims="x"), "'dims' is not an object"),

@@ -408,6 +408,27 @@ def test_a_manifest_config_the_engine_contradicts_is_refused(fake_builds, tmp_pa
         load_engine(copy)
 
 
+def test_a_tensorrt_engine_whose_export_record_was_edited_is_refused(fake_builds, tmp_path):
+    """The export record an engine manifest keeps (``export``) is what serve and triton-repo describe the graphs
+    from; an edited one (another config, another preprocessing copy) passed. A TensorRT engine's record is checked
+    after the engine opened (it compares the config with its plans first, the precise refusal), triton-repo's at
+    validation; exit 1 either way."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.manifest import read_manifest, validate_engine_dir
+
+    src = fake_builds[10]["fp32"][0]
+    export = read_manifest(src)["export"]
+    for n, edited in enumerate(({**export, "config": {**export["config"], "asa_topk": 2}},
+                                {**export, "preprocess": {**export["preprocess"], "interpolation": "bilinear"}})):
+        copy = _edited_engine_copy(src, tmp_path / str(n), export=edited)
+        with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match="its 'export.(config|preprocess)' differs"):
+            load_engine(copy)
+        with pytest.raises(CheckFailedError, match="its 'export.(config|preprocess)' differs"):
+            validate_engine_dir(copy, runtime=None)
+    with fake_tensorrt_env(10):
+        assert load_engine(src).backend == "tensorrt"
+
+
 @pytest.mark.parametrize("major", MAJORS)
 def test_the_fake_profile_refuses_an_impossible_range_as_the_binding_does(major):
     """``IOptimizationProfile.set_shape`` raises RuntimeError (pyCore.cpp's PY_ASSERT_RUNTIME_ERROR on
