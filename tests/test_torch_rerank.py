@@ -134,3 +134,25 @@ def test_no_texts_or_no_videos_give_an_empty_matrix(variant):
     assert enc.asa_similarity(text, *(x[:0] for x in rerank)).shape == (2, 0)
     assert enc.asa_similarity(text[:0], *rerank).shape == (0, 3)
     assert enc.asa_similarity_rows(text, rerank, np.zeros(0, np.int64)).shape == (2, 0)
+
+
+@pytest.mark.parametrize("cut", ["asa_width", "frames", "patches"])
+def test_rerank_tensors_of_another_shape_are_refused(cut):
+    """The ASA head takes T, P and the widths from its inputs, so asa_tokens cut short (read by row offsets: rows
+    misaligned) or another model's tensors (other T or P) scored silently through the PyTorch engine; the Engine
+    contract says UsageError when the re-rank tensors do not match the model."""
+    from conftest import micro_config
+
+    from rap_deploy.checkpoint import new_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.model_encoder import ModelEncoder
+
+    _, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    enc = ModelEncoder(model)
+    fe, pt, at = enc.encode_video(np.random.default_rng(0).random((2, 4, 3, 32, 32), dtype=np.float32))[1:]
+    text = np.eye(1, 32, dtype=np.float32)
+    bad = {"asa_width": (fe, pt, at[..., :-3]), "frames": (fe[:, :3], pt[:, :3], at[:, :3]),
+           "patches": (fe, pt[:, :, :8], at[:, :, :8])}[cut]
+    with pytest.raises(UsageError, match="for this model"):
+        enc.asa_similarity(text, *bad)
+    assert enc.asa_similarity(text, fe, pt, at).shape == (1, 2)

@@ -179,6 +179,7 @@ class RAPModel(nn.Module):
         rows are scored in place (see :meth:`AsynchronousSelfAttention.conditioned_embedding`). Raises
         :class:`UsageError` when the re-rank tensors do not match the model.
         """
+        self._check_rerank_shapes(text_emb, rerank)
         if self.asa is None:
             if not rerank:
                 raise UsageError("a model without an ASA head has no re-rank tensors: rank by video_emb, or pass "
@@ -204,6 +205,21 @@ class RAPModel(nn.Module):
                         for v0 in range(0, videos, video_chunk)]
             rows.append(torch.cat(cols, dim=1))
         return torch.cat(rows, dim=0)
+
+    def _check_rerank_shapes(self, text_emb: torch.Tensor, rerank: tuple[torch.Tensor, ...]) -> None:
+        """Raise :class:`UsageError` unless ``text_emb`` is ``[Q, d]`` and each re-rank tensor has this model's
+        per-video shape: the head takes T, P and widths from its inputs, so another model's tensors (or an
+        ``asa_tokens`` cut short, read by row offsets) scored silently."""
+        t, p, d = self.config.frames, self.num_patches, self.embed_dim
+        shapes = {"frame_emb": (t, d), "patch_tokens": (t, p, d)}
+        if self.asa is not None:
+            shapes["asa_tokens"] = (t, p, self.asa.token_width)
+        if text_emb.dim() != 2 or text_emb.shape[1] != d:
+            raise UsageError(f"text_emb must be [Q, {d}] for this model, got {list(text_emb.shape)}")
+        for (name, shape), x in zip(shapes.items(), rerank, strict=False):
+            if tuple(x.shape[1:]) != shape:
+                raise UsageError(f"{name} must be [V, {', '.join(map(str, shape))}] for this model (the video "
+                                 f"encoder's output), got {list(x.shape)}; encode the videos with the same model")
 
     def similarity(self, frames: torch.Tensor, frame_mask: torch.Tensor | None, tokens: torch.Tensor,
                    eot: torch.Tensor) -> torch.Tensor:
