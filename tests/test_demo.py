@@ -52,9 +52,13 @@ def test_demo_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     again = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])
     assert again.exit_code == 0, again.output
     assert "[skip] train (rap)" in again.output and "[run ] train" not in again.output
+    ran = [line for line in again.output.splitlines() if line.startswith(("[run ]", "[redo]"))]
+    assert ran == [], again.output  # nothing changed: every step is read back, none runs again
     (out / "checkpoints" / "init.pt").unlink()  # made again with the same tensors: the same bytes, training is kept
     remade = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])
     assert "[run ] init" in remade.output and "[skip] train (rap)" in remade.output, remade.output
+    ran = [line for line in remade.output.splitlines() if line.startswith(("[run ]", "[redo]"))]
+    assert ran == ["[run ] init"], remade.output  # the same bytes: no later step runs again
     _check_changed_files_redo_their_steps(runner, out)
 
     # a folder made by another recipe (here: another ASA width) is refused before any step reuses its model
