@@ -102,7 +102,8 @@ def metadata_mismatches(meta: Mapping[str, str], claims: Mapping[str, Any], agai
 
 def derived_settings(config: Any, source: Path | str) -> dict[str, Any]:
     """The settings a model config defines once and every artifact stores a copy of: ``preprocess``, ``tokenizer``
-    and ``sampling``, as their JSON values (:class:`~rap_deploy.config.RAPConfig`'s derived properties).
+    and ``sampling`` (manifests and graph metadata), ``variant`` and ``has_asa`` (manifests), as their JSON values
+    (:class:`~rap_deploy.config.RAPConfig`'s fields and derived properties).
 
     Raises :class:`CheckFailedError` (exit 1) naming ``source`` when ``config`` is not a valid model config.
     """
@@ -119,19 +120,20 @@ def derived_settings(config: Any, source: Path | str) -> dict[str, Any]:
         raise CheckFailedError(f"{source} has an invalid model config ({exc}); the folder is damaged or was edited, "
                                "rebuild it") from None
     values = {"preprocess": cfg.preprocess.to_dict(), "tokenizer": cfg.tokenizer.to_dict(),
-              "sampling": cfg.sampling.to_dict()}
+              "sampling": cfg.sampling.to_dict(), "variant": cfg.variant, "has_asa": cfg.has_asa}
     return json.loads(json.dumps(values))  # as a manifest or metadata prop holds them (lists, not tuples)
 
 
 def derived_copy_mismatches(manifest: Mapping[str, Any], derived: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """The manifest's own copies of the derived settings (top-level ``preprocess``, ``tokenizer``, ``sampling``)
-    that differ from what its ``config`` derives, as messages (keys named ``prefix`` + key); a manifest without a
-    copy is not judged."""
+    """The manifest's own copies of the derived settings (top-level ``preprocess``, ``tokenizer``, ``sampling``,
+    ``variant``, ``has_asa``) that differ from what its ``config`` derives, as messages (keys named ``prefix`` +
+    key); a manifest without a copy is not judged."""
     problems = []
     for key, want in derived.items():
-        if key in manifest and manifest[key] != want:
-            differ = sorted(k for k in set(want) | set(manifest[key]) if manifest[key].get(k) != want.get(k)) \
-                if isinstance(manifest[key], dict) else []
+        have = manifest.get(key, want)
+        if have != want or type(have) is not type(want):  # JSON's 1 is not true
+            differ = sorted(k for k in set(want) | set(have) if have.get(k) != want.get(k)) \
+                if isinstance(have, dict) and isinstance(want, dict) else []
             problems.append(f"its '{prefix}{key}' differs from what its 'config' derives"
                             + (f" (in {', '.join(differ)})" if differ else ""))
     return problems

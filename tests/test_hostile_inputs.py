@@ -975,6 +975,9 @@ def test_copies_of_the_settings_a_config_defines_must_equal_what_it_derives(micr
                           lambda m: m["preprocess"].update(mean=[0.5, 0.5, 0.5]))
     with pytest.raises(CheckFailedError, match="its 'preprocess' differs from what its 'config' derives \\(in mean\\)"):
         read_export_manifest(export)
+    export = _edited_copy(micro_ort_engines["export"], tmp_path / "export1", lambda m: m.update(has_asa=False))
+    with pytest.raises(CheckFailedError, match="its 'has_asa' differs from what its 'config' derives"):
+        read_export_manifest(export)
     export = _edited_copy(micro_ort_engines["export"], tmp_path / "export2", lambda m: None)
     _edit_graph_metadata(export, "graphs", "text_encoder", "tokenizer", {"context_length": 77})
     line = refused(cli("build-engine", export, "--backend", "onnxruntime", "--out", tmp_path / "e"), 1)
