@@ -553,6 +553,29 @@ def test_weights_whose_position_embedding_open_clip_cannot_resize_do_not_fit(tmp
         result.output
 
 
+def test_a_quickgelu_model_name_runs_a_weights_file_with_quickgelu(tmp_path, micro_model):
+    """A weights file cannot say its activation (a tag can: OpenAI's pick QuickGELU); the README sends OpenAI weights
+    from a file to the '-quickgelu' model name, and that name must give the file's model QuickGELU."""
+    import open_clip
+
+    from rap_deploy.model.clip_loader import PACKAGED_CONFIGS, _register_packaged_configs
+
+    readme = (PACKAGED_CONFIGS.parents[1] / "README.md").read_text()
+    assert "--clip ViT-B-32-quickgelu" in readme
+    _register_packaged_configs()
+    assert open_clip.get_model_config("ViT-B-32-quickgelu").get("quick_gelu") is True
+    cfg = {**json.loads((PACKAGED_CONFIGS / "rap-micro.json").read_text()), "quick_gelu": True}
+    (tmp_path / "rap-micro-quickgelu.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "rap-micro-quickgelu.json")
+    weights = tmp_path / "clip.pt"
+    torch.save(micro_model.clip.state_dict(), weights)
+    for name, act in (("rap-micro", "GELU"), ("rap-micro-quickgelu", "QuickGELU")):
+        ckpt, model = new_checkpoint(micro_config(clip=name), BackboneSpec.parse(name, str(weights)))
+        assert type(model.clip.visual.transformer.resblocks[0].mlp.gelu).__name__ == act
+        rebuilt = load_checkpoint(save_checkpoint(ckpt, tmp_path / f"{name}.pt")).build_model()
+        assert type(rebuilt.clip.visual.transformer.resblocks[0].mlp.gelu).__name__ == act
+
+
 def test_a_compressed_weights_file_larger_than_memory_is_refused_before_open_clip_loads_it(tmp_path, micro_model,
                                                                                              monkeypatch):
     """``--pretrained FILE`` reaches torch.load inside open_clip, which inflates deflated entries to their declared
