@@ -294,7 +294,8 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
     ``tensorrt`` version and ``gpu`` for TensorRT engines; a missing key means the library is not installed).
     ``nchwc_ops`` counts the graphs' nodes in ONNX Runtime's CPU blocked layout
     (:func:`rap_deploy.engines.integrity.check_precision_claim`): a CUDA engine holding any (nodes ONNX Runtime placed
-    on the CPU) is judged by the CPU layout as a CPU engine is.
+    on the CPU) is judged by the CPU layout as a CPU engine is, and one without a recorded ``host`` is refused
+    (:class:`CheckFailedError`).
     Raises :class:`BackendUnavailableError` when the library or provider is missing, :class:`EngineMismatchError`
     when the engine was built for another version or GPU, or (ONNX Runtime CPU, or NCHWc nodes) for another CPU layout.
     """
@@ -310,6 +311,10 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
                                       f"has {have}; its saved optimised graphs need the same release: rebuild it "
                                       "with `rapdeploy build-engine --backend onnxruntime`")
         provider = manifest.get("provider")
+        if nchwc_ops and not isinstance(manifest.get("host"), Mapping):
+            raise CheckFailedError(f"the engine's graphs hold {nchwc_ops} NCHWc nodes, laid out for the CPU that "
+                                   "built them, but its manifest records no 'host' (that CPU); the manifest was "
+                                   "edited, rebuild the engine with `rapdeploy build-engine --backend onnxruntime`")
         if provider == "CPUExecutionProvider" or nchwc_ops:
             _check_cpu_layout(manifest.get("host"), runtime.get("host"), provider)
         if provider and provider not in (runtime.get("providers") or []):

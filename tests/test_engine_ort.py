@@ -371,6 +371,10 @@ def test_a_cuda_engine_whose_graphs_hold_nchwc_nodes_is_judged_by_the_cpu_layout
         validate_engine_dir(eng, runtime=here)
     assert err.value.exit_code == 2
     check_runtime(cuda, here)  # no NCHWc node counted (or not parsed): a CUDA engine is not judged by its CPU
+    for provider in ("CPUExecutionProvider", "CUDAExecutionProvider"):  # the record deleted: nothing to judge by
+        write_manifest(eng, {k: v for k, v in {**manifest, "provider": provider}.items() if k != "host"})
+        with pytest.raises(CheckFailedError, match="NCHWc nodes.*records no 'host'"):
+            validate_engine_dir(eng, runtime=here)
 
 
 def test_wrong_shaped_inputs_are_one_line_errors_not_runtime_tracebacks(micro_ort_engines):
