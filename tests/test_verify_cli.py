@@ -90,7 +90,9 @@ def test_max_videos_and_tie_eps_reach_the_rule(micro_ort_engines, synth_root, fr
     assert within["t2v"]["within_ties"] + within["v2t"]["within_ties"] > 0  # changed, but forgiven
     strict = _verify(micro_ort_engines["damaged"], synth_root, tmp_path / "strict", frame_cache, "msrvtt",
                      "--max-videos", "5", "--quiet")
-    assert strict.exit_code == 1, strict.output  # the same five videos at the default gap: rank changes
+    assert strict.exit_code == 1 and "recall parity failed" in strict.output, strict.output
+    failed = json.loads((tmp_path / "strict" / "verify.json").read_text())  # the same 5 videos at the default gap
+    assert failed["passed"] is False and failed["rank_changes"]["t2v"] + failed["rank_changes"]["v2t"] > 0
 
 
 def _msvd_from_synth(synth_root: Path, dest: Path) -> Path:
