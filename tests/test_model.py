@@ -585,13 +585,13 @@ def test_a_compressed_weights_file_larger_than_memory_is_refused_before_open_cli
     import psutil
 
     plain = tmp_path / "clip.pt"
-    torch.save(micro_model.clip.state_dict(), plain)
+    torch.save({**micro_model.clip.state_dict(), "zeros": torch.zeros(5_000_000)}, plain)  # 20 MB, inflated
     packed = tmp_path / "packed.pt"
     with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
         for name in src.namelist():
             dst.writestr(name, src.read(name))
 
-    class Small:  # just too little for the inflated archive (checks allow 80 %), enough for the model itself
+    class Small:  # too little for the inflated archive (checks allow 80 %), enough for the model and the file
         available = int(sum(i.file_size for i in zipfile.ZipFile(packed).infolist()) / 0.8) - 1
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Small)
@@ -641,6 +641,30 @@ def test_a_pretrained_tag_brings_the_normalisation_it_was_trained_with(monkeypat
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda clip, tag: {"mean": (0.5,) * 3, "std": (0.5,) * 3})
     ckpt, _ = new_checkpoint(micro_config(), BackboneSpec("rap-micro", "tag", "a-tag"))  # what init and train run
     assert ckpt.config.preprocess == PreprocessConfig(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def test_a_weights_file_that_cannot_fit_beside_the_model_is_refused_before_loading(tmp_path, micro_model,
+                                                                                   monkeypatch):
+    """open_clip reads a --pretrained file whole beside the model it creates, but only the model was checked against
+    the available memory: a wrong, far larger file (another CLIP's weights) was read until the process was killed.
+    The file's size counts too (exit 2, naming the file)."""
+    import psutil
+
+    from rap_deploy.bounds import clip_weight_bytes
+    from rap_deploy.model.clip_loader import clip_model_config
+
+    weights = tmp_path / "big.pt"
+    torch.save({**micro_model.clip.state_dict(), "padding": torch.zeros(2_000_000)}, weights)
+    model_bytes = clip_weight_bytes(clip_model_config("rap-micro"))
+
+    class Small:  # room for the model and then some, not for the 8 MB file beside it (checks allow 80 %)
+        available = int((model_bytes + 4_000_000) / 0.8)
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Small)
+    result = CliRunner().invoke(app, ["info", "--clip", "rap-micro", "--pretrained", str(weights)])
+    assert result.exit_code == 2 and "with its weights file" in result.output and "big.pt" in result.output, \
+        result.output
+    assert CliRunner().invoke(app, ["info", "--clip", "rap-micro", "--pretrained", "none"]).exit_code == 0
 
 
 def test_info_vit_b32_parameter_budget():

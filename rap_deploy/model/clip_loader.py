@@ -128,8 +128,12 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
     from rap_deploy.bounds import check_memory, clip_weight_bytes
 
     _register_packaged_configs()
-    check_memory(clip_weight_bytes(clip_model_config(spec.clip)), f"backbone {spec.clip}",
-                 "use a machine with more memory or a smaller --clip")  # before open_clip allocates it
+    # Before open_clip allocates the model and reads a weights file whole beside it (a wrong, larger file too).
+    file = Path(spec.value) if spec.kind == "file" and state_dict is None and spec.value else None
+    read = file.stat().st_size if file is not None and file.is_file() else 0
+    check_memory(clip_weight_bytes(clip_model_config(spec.clip)) + read,
+                 f"backbone {spec.clip}" + (f" with its weights file {file}" if read else ""),
+                 "use a machine with more memory, a smaller --clip" + (" or that model's weights" if read else ""))
     if quick_gelu is None:
         quick_gelu = quick_gelu_for(spec)
     pretrained = None
