@@ -234,11 +234,12 @@ def _profile_numbers(damaged: Callable[[str], CheckFailedError], profiles: Mappi
 
 
 def verify_files(engine_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
-    """Check every listed engine file exists and has its recorded sha256.
+    """Check every listed engine file exists and has its recorded size (before hashing) and sha256.
 
     Raises :class:`CheckFailedError` naming the file: missing (deleted or an interrupted copy) or changed (tampered,
     truncated, replaced).
     """
+    from rap_deploy.export.integrity import check_recorded_size
     from rap_deploy.safe_paths import resolve_entry
 
     d = Path(engine_dir)
@@ -250,6 +251,7 @@ def verify_files(engine_dir: str | os.PathLike[str], manifest: Mapping[str, Any]
         if not path.is_file():
             raise CheckFailedError(f"engine file {path} ({name}) listed in {d / MANIFEST} is missing; rebuild the "
                                    "engine with `rapdeploy build-engine`")
+        check_recorded_size(path, entry.get("bytes"), d / MANIFEST, "rapdeploy build-engine")
         digest = sha256_file(path)
         if digest != entry["sha256"]:
             raise CheckFailedError(f"engine file {path} ({name}) has sha256 {digest[:16]}…, the manifest records "

@@ -168,20 +168,22 @@ def _load_manifest(path: Path) -> dict[str, Any]:
 
 def _check_listed_files(export_dir: Path, path: Path, manifest: dict[str, Any], verify_hashes: bool) -> None:
     """Every graph file the manifest lists (and its external data) stays inside ``export_dir``; with
-    ``verify_hashes`` it also exists with the recorded sha256. Raises :class:`CheckFailedError` naming the file."""
+    ``verify_hashes`` it also exists with the recorded size and sha256. Raises :class:`CheckFailedError` naming the
+    file."""
+    from rap_deploy.export.integrity import check_recorded_size
     from rap_deploy.safe_paths import resolve_entry
 
     for section, name, rec in _records(manifest):
-        entries = [(rec["file"], rec["sha256"])]
-        if "external_data" in rec:
-            entries.append((rec["external_data"]["file"], rec["external_data"]["sha256"]))
-        for fname, digest in entries:
+        entries = [rec] + ([rec["external_data"]] if "external_data" in rec else [])
+        for entry in entries:
+            fname, digest = entry["file"], entry["sha256"]
             fpath = resolve_entry(export_dir, fname, f"{section} '{name}'", path)
             if not verify_hashes:
                 continue
             if not fpath.is_file():
                 raise CheckFailedError(f"{fpath} ({section} '{name}') is missing; re-run `rapdeploy export --force "
                                        f"--out {export_dir}`")
+            check_recorded_size(fpath, entry.get("bytes"), path, f"rapdeploy export --force --out {export_dir}")
             if sha256_file(fpath) != digest:
                 raise CheckFailedError(f"{fpath} changed since export (sha256 differs from {path.name}); re-run "
                                        f"`rapdeploy export --force --out {export_dir}`")

@@ -213,7 +213,8 @@ def test_onnx_external_data_outside_the_folder_is_refused(export, tmp_path, guar
         entry = init.external_data.add()
         entry.key, entry.value = key, value
     onnx.save(model, str(path))
-    edit_json(export / "manifest.json", lambda m: m["graphs"]["text_encoder"].update(sha256=sha(path)))
+    edit_json(export / "manifest.json", lambda m: m["graphs"]["text_encoder"].update(
+        sha256=sha(path), bytes=path.stat().st_size))  # re-recorded as a whole: the graph itself is refused
     refused(cli("build-engine", export, "--out", tmp_path / "target" / "engine"), 1, "text_encoder",
             "external data", "secret.fifo")
 
@@ -454,7 +455,8 @@ def test_garbage_onnx_with_a_matching_sha_is_damaged_not_a_traceback(engine, exp
     for folder in (engine, export):
         graph = folder / "text_encoder.onnx"
         graph.write_bytes(b"garbage, not ONNX " * 256)  # does not parse as protobuf
-        edit_json(folder / "manifest.json", lambda m, g=graph: m["graphs"]["text_encoder"].update(sha256=sha(g)))
+        edit_json(folder / "manifest.json",
+                  lambda m, g=graph: m["graphs"]["text_encoder"].update(sha256=sha(g), bytes=g.stat().st_size))
     refused(verify_engine(engine, tmp_path), 1, "text_encoder.onnx", "not a valid ONNX graph")
     refused(cli("build-engine", export, "--out", tmp_path / "target" / "e2"), 1, "text_encoder.onnx")
 
@@ -989,6 +991,30 @@ def test_copies_of_the_settings_a_config_defines_must_equal_what_it_derives(micr
         load_engine(engine)
     for folder in (micro_ort_engines["export"], micro_ort_engines["fp32"]):  # what the current code writes passes
         assert load_engine(folder, lazy=True).backend == "onnxruntime"
+
+
+def test_the_recorded_sizes_are_checked_against_the_files(micro_ort_engines, tmp_path):
+    """Every graph entry records its size ('bytes'); it was never compared with the file (only the sha256 was), so
+    a manifest claiming another size passed, and a replaced file of any size was hashed whole before it was refused.
+    The size is now checked first (exit 1, naming the file and both sizes)."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.export import read_export_manifest
+
+    export = _edited_copy(micro_ort_engines["export"], tmp_path / "export",
+                          lambda m: m["graphs"]["text_encoder"].update(bytes=m["graphs"]["text_encoder"]["bytes"] + 1))
+    with pytest.raises(CheckFailedError, match="text_encoder.onnx has [0-9,]+ bytes, manifest.json records"):
+        read_export_manifest(export)
+    engine = _edited_copy(micro_ort_engines["fp32"], tmp_path / "engine",
+                          lambda m: m["graphs"]["asa_head"].update(bytes="many"))
+    with pytest.raises(CheckFailedError, match="records for asa_head.onnx .*'many'.* is not a byte count"):
+        load_engine(engine)
+    engine = _edited_copy(micro_ort_engines["fp32"], tmp_path / "engine2", lambda m: None)
+    with (engine / "asa_head.onnx").open("ab") as fh:  # a replaced (grown) file: refused by its size before hashing
+        fh.write(b"\0" * 10)
+    with pytest.raises(CheckFailedError, match="asa_head.onnx has [0-9,]+ bytes, manifest.json records .*truncated or "
+                                               "replaced"):
+        load_engine(engine)
 
 
 def test_a_manifest_nested_too_deep_is_damaged_one_line(tmp_path):
