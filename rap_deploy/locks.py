@@ -11,8 +11,9 @@ The lock is the hidden file ``<parent>/.<name>.lock`` beside the target (not ins
 or deleted while locked), held with ``flock``: the kernel releases it when the owner exits, even by ``SIGKILL``, so a
 crash never leaves a stale lock. The file holds the owner's pid, host, command and start time for the message the
 second writer gets (:class:`FolderBusyError`, exit 2). Taking the lock also proves the parent folder is writable, so
-an unwritable or non-directory workspace fails here, first, with one line. The lock is re-entrant within a process
-(a library call that exports while already holding the lock does not block itself). ``flock`` is advisory and local:
+an unwritable or non-directory workspace fails here, first, with one line. The lock is re-entrant within a thread
+(a library call that exports while already holding the lock does not block itself); another thread of the same
+process is a second writer and gets :class:`FolderBusyError`. ``flock`` is advisory and local:
 it coordinates rapdeploy commands on one machine, not other programs or NFS clients.
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from rap_deploy.errors import UsageError
 
-_HELD: dict[str, int] = {}
+_HELD: dict[tuple[int, str], int] = {}  # (thread, lock file) -> depth: re-entrant per thread, not per process
 _HELD_LOCK = threading.Lock()
 
 
@@ -86,7 +87,7 @@ def folder_lock(target: str | os.PathLike[str], command: str, what: str = "outpu
 
     target = target_path(target)
     path = lock_path(target)
-    key = str(path)
+    key = (threading.get_ident(), str(path))
     with _HELD_LOCK:
         if key in _HELD:
             _HELD[key] += 1
