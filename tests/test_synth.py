@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import decord
 import numpy as np
@@ -77,6 +80,14 @@ def test_deterministic_for_a_seed(tmp_path):
     for name in ("MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv", "MSRVTT_train.9k.csv", "videos/video5.mp4"):
         assert _sha(tmp_path / "a" / name) == _sha(tmp_path / "b" / name)
     assert _sha(tmp_path / "a" / "MSRVTT_data.json") != _sha(tmp_path / "c" / "MSRVTT_data.json")
+    # ... and in another process, whose string hashes (set and dict-of-set order) differ: the demo's and the
+    # ablation's worlds are remade by other processes
+    code = ("import sys; from rap_deploy.data.synth_dataset import generate_synthetic_dataset as w; "
+            "w(sys.argv[1], videos=6, test_videos=2, seed=3, size=32, progress=False)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "e")], check=True, timeout=300,
+                   env={**os.environ, "PYTHONHASHSEED": "12345"})
+    for name in ("MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv", "MSRVTT_train.9k.csv", "videos/video5.mp4"):
+        assert _sha(tmp_path / "a" / name) == _sha(tmp_path / "e" / name), name
     with pytest.raises(UsageError):
         synth_dataset.generate_synthetic_dataset(tmp_path / "d", videos=4, test_videos=4, progress=False)
 
