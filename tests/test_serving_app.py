@@ -325,3 +325,49 @@ def test_json_nested_deeply_is_a_400_through_the_server():
                 conn.close()
             assert resp.status == 400 and expected in json.dumps(doc), doc
     assert dict(service._counts) == {"/v2/infer 400": 2}
+
+
+class HostileLibrary:
+    """A library whose one video's id holds HTML and script (a user's file ``<img src=x onerror=alert(1)>.mp4``);
+    ``boom`` is a server fault (a 500)."""
+
+    VIDEO = "<img src=x onerror=alert(1)>"
+
+    def thumbnail_frames(self, video_id: str, count: int = 4) -> Any:
+        if video_id == "boom":
+            raise RuntimeError("disk on fire")
+        if video_id != self.VIDEO:
+            raise KeyError(video_id)
+        return np.full((count, 8, 8, 3), 128, np.uint8)
+
+
+def test_every_response_forbids_sniffing_and_framing_and_the_page_runs_only_its_own_script(serve):
+    """No response had X-Content-Type-Options, a Content-Security-Policy or X-Frame-Options: a JSON error echoing a
+    hostile video id could be sniffed as HTML, any site could frame the page, and an injected script would run."""
+    import base64
+    import hashlib
+    import re
+
+    url = serve(bare_service(HostileLibrary()))
+    vid = urllib.parse.quote(HostileLibrary.VIDEO, safe="")
+    paths = ["/", "/healthz", "/nowhere", f"/thumbnails?video_id={vid}", f"/thumbnails?video_id={vid}x",
+             "/thumbnails?video_id=boom"]
+    for path in paths:
+        status, headers, body = request(url, "GET", path)
+        assert headers.get("x-content-type-options") == "nosniff", (path, status, headers)
+        assert headers.get("x-frame-options") == "DENY" and "frame-ancestors 'none'" in headers[
+            "content-security-policy"], (path, headers)
+        if path != "/":  # nothing but the page runs anything
+            assert "default-src 'none'" in headers["content-security-policy"] and "script-src" not in headers[
+                "content-security-policy"], (path, headers)
+    assert request(url, "GET", "/thumbnails?video_id=boom")[0] == 500
+    status, headers, page = request(url, "GET", "/")
+    html, policy = page.decode(), headers["content-security-policy"]
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    for tag, directive in (("script", "script-src"), ("style", "style-src")):
+        (inline,) = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        allowed = re.search(rf"{directive} ([^;]*)", policy).group(1).split()
+        assert allowed == [f"'sha256-{digest}'"], policy  # no 'unsafe-inline', no other source
+    for directive in ("default-src 'none'", "img-src 'self'", "connect-src 'self'", "base-uri 'none'"):
+        assert directive in policy, policy

@@ -23,8 +23,11 @@ the client.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -59,6 +62,11 @@ SEND_CHUNK = 1 << 20  # responses go out in pieces of this size (PacedResponse)
 CLIENT_CLOSED = 499  # the client closed the connection before its request was read (nginx's code; nobody reads it)
 NOT_READY = 400  # the Open Inference Protocol's health answers: 200 true, a 4xx false (Triton answers 400)
 READ = ["GET", "HEAD"]  # every GET route answers HEAD too (RFC 9110; load balancers and `curl -I` probe with it)
+# What every response carries (SecureHeaders): no MIME sniffing (a JSON error echoing a video id that holds HTML is
+# never read as a page), no framing (clickjacking), no referrer; a response that is not the page runs nothing.
+SECURE_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer",
+                  "content-security-policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; "
+                                             "form-action 'none'"}
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -71,6 +79,42 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def page_policy(html: str) -> str:
+    """The Content-Security-Policy of the search page ``html``: its inline ``<script>`` and ``<style>`` elements by
+    their SHA-256 (nothing else runs or styles), images, ``fetch`` and form submits to this server only, no base URL,
+    no framing."""
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}\b[^>]*>(.*?)</{tag}>", html, flags=re.DOTALL | re.IGNORECASE)
+        digests = [base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in bodies]
+        return " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
+
+    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; img-src 'self'; "
+            "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+class SecureHeaders:
+    """ASGI middleware adding :data:`SECURE_HEADERS` to every response, each unless the route set its own (the page
+    sets its Content-Security-Policy)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def secure_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                have = {bytes(k).lower() for k, _ in headers}
+                headers += [(k.encode(), v.encode()) for k, v in SECURE_HEADERS.items() if k.encode() not in have]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, secure_send)
 
 
 def _error(status: int, message: str, field: str | None, headers: dict[str, str] | None = None) -> Response:
@@ -194,6 +238,7 @@ def create_app(service: ServingService, on_shutdown: Callable[[], None] | None =
 
     app = FastAPI(title="rapdeploy serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(CountRequests, service=service)
+    app.add_middleware(SecureHeaders)
     _add_error_handlers(app, service)
     _add_search_routes(app, service)
     _add_oip_routes(app, service)
@@ -239,13 +284,18 @@ def _add_error_handlers(app: FastAPI, service: ServingService) -> None:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return _error(500, f"internal server error ({type(exc).__name__}); see the server log", None)
+        # answered from outside every middleware (starlette's ServerErrorMiddleware): the headers go with it here
+        return _error(500, f"internal server error ({type(exc).__name__}); see the server log", None,
+                      SECURE_HEADERS)
 
 
 def _add_search_routes(app: FastAPI, service: ServingService) -> None:
+    html = PAGE.read_text(encoding="utf-8")  # read once: the policy's hashes are of this text
+    page_headers = {"content-security-policy": page_policy(html), "cache-control": "no-cache"}
+
     @app.api_route("/", methods=READ, response_class=HTMLResponse)
     async def page() -> Response:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(html, headers=page_headers)
 
     @app.api_route("/healthz", methods=READ)
     async def healthz() -> Response:
