@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
+import subprocess
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +141,46 @@ def test_out_of_range_options_are_refused_before_chromium_starts(monkeypatch, ca
     assert page_check.main(["--url", "http://127.0.0.1:9/", "--chromium", "chromium", option, value]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and option in err, err
+
+
+# ------------------------------------------------------------------------------------------------ the page's script
+# The search page's script run in Node against a minimal DOM and scripted answers (tests/page_harness.js): what the
+# page shows for each kind of answer, without a browser. The DOM there throws on innerHTML and document.write.
+PAGE = Path(page_check.__file__).with_name("page.html")
+HARNESS = Path(__file__).with_name("page_harness.js")
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run the page's script")
+HOSTILE = "<img src=x onerror=alert(1)>/a&b?c#d"
+
+
+def page_state(tmp_path: Path, search: list[dict[str, Any]], library: dict[str, Any] | None = None,
+               **scenario: Any) -> dict[str, Any]:
+    """What the page shows after its submits were answered with ``search`` (and ``/library`` with ``library``)."""
+    answers = {"/search": search, "/library": [library or {"status": 200, "body": json.dumps({"size": 1})}]}
+    spec = tmp_path / "scenario.json"
+    spec.write_text(json.dumps({"answers": answers, **scenario}))
+    done = subprocess.run(["node", str(HARNESS), str(PAGE), str(spec)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout)
+    assert state["errors"] == [], state["errors"]  # no uncaught exception, no HTML insertion
+    return state
+
+
+def results(*video_ids: str) -> dict[str, Any]:
+    rows = [{"rank": i + 1, "video_id": v, "score": 0.5, "stage1_rank": i + 1} for i, v in enumerate(video_ids)]
+    return {"status": 200, "body": json.dumps({"results": rows, "timings_ms": {"total": 1.0}})}
+
+
+@needs_node
+def test_the_page_shows_hostile_video_ids_as_text_and_encodes_them_in_urls(tmp_path):
+    state = page_state(tmp_path, [results(HOSTILE)])
+    assert state["results"] == [f"1{HOSTILE}score 0.5000stage-1 rank 1"] and state["state"] == "done"
+    assert state["images"] == [{"src": "/thumbnails?count=4&video_id=" + urllib.parse.quote(HOSTILE, safe="()"),
+                                "alt": f"frames of {HOSTILE}"}]
+
+
+@needs_node
+def test_an_older_search_answering_last_does_not_replace_the_newer_results(tmp_path):
+    """Two searches in a row, the first answering after the second: the page showed the first query's results
+    under the second query."""
+    state = page_state(tmp_path, [{**results("old"), "delay_ms": 150}, {**results("new"), "delay_ms": 1}], submits=2)
+    assert [r[1:4] for r in state["results"]] == ["new"] and state["status"].startswith("1 result ·"), state
