@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import typer
@@ -15,7 +14,7 @@ from rap_deploy.errors import UsageError
 
 
 def _progress_enabled(quiet: bool, json_out: bool) -> bool:
-    return not quiet and not json_out and sys.stderr.isatty()
+    return not quiet and not json_out  # a bar on a terminal, else timed lines (progress_bar decides)
 
 
 def _parse_ints(text: str, option: str, high: int = bounds.MAX_BATCH_SIZE) -> list[int]:

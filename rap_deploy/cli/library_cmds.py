@@ -120,7 +120,7 @@ def index_cmd(
             from rap_deploy.library.stage1 import check_ann
 
             check_ann(ann)
-        progress = not quiet and not json_out and ctx.is_main and sys.stderr.isatty()
+        progress = not quiet and not json_out and ctx.is_main  # a bar on a terminal, else timed lines
         log = (lambda msg: None) if (quiet or json_out or not ctx.is_main) else (lambda msg: typer.echo(msg, err=True))
         report = build_library(target, eng, source, cache, options, ranks, progress=progress, log=log)
     finally:
