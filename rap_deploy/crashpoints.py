@@ -21,6 +21,7 @@ import signal
 ENV = "RAPDEPLOY_CRASH_AT"
 CRASH_POINTS = (
     "atomic.tmp-created",        # rap_deploy.atomic: the temporary file exists, nothing written yet
+    "cache.entry-written",       # frame cache: an entry's temporary file is written and locked, not yet renamed
     "build.staging-created",     # build-engine: the hidden staging folder exists
     "build.manifest-written",    # build-engine: the staging folder holds a complete manifest, not yet validated
     "export.graphs-written",     # export: the new graphs are in the staging folder, checks and parity not run

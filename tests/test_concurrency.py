@@ -37,3 +37,56 @@ def test_folder_lock_is_reentrant_per_thread_only(tmp_path):
     with folder_lock(target, "third"):  # released cleanly: takeable again
         pass
     assert not (tmp_path / ".out.lock").exists()
+
+
+def _tiny_video(path):
+    import numpy as np
+
+    from rap_deploy.data.synth_dataset import write_video
+
+    frames = np.random.default_rng(0).integers(0, 255, size=(8, 32, 32, 3), dtype=np.uint8)
+    write_video(path, frames, 4)
+    return path
+
+
+def test_a_killed_cache_writer_temporary_is_removed_only_when_stale_and_unlocked(tmp_path):
+    """A writer killed while storing a frame cache entry left its hidden ``.tmp`` file for ever; the next write into
+    that sub-folder now deletes it, but never a young one or one a live writer holds locked."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
+    from rap_deploy.data.cache import STALE_TEMP_SECONDS, FrameCache
+
+    video, root = _tiny_video(tmp_path / "clip.mp4"), tmp_path / "cache"
+    code = ("import sys; from rap_deploy.config import FrameSamplingConfig as F, PreprocessConfig as P\n"
+            "from rap_deploy.data.cache import FrameCache\n"
+            "FrameCache(sys.argv[1]).get(sys.argv[2], F(max_frames=4), P(image_size=16))")
+    killed = subprocess.run([sys.executable, "-c", code, str(root), str(video)], timeout=120,
+                            env={**os.environ, "RAPDEPLOY_CRASH_AT": "cache.entry-written"})
+    assert killed.returncode == -9
+    (temp,) = root.rglob(".*.tmp")
+    assert not list(root.rglob("*.npz"))
+
+    def store_again() -> None:  # the entry is missing (or removed), so it is decoded and stored into temp's folder
+        for entry in root.rglob("*.npz"):
+            entry.unlink()
+        FrameCache(root).get(video, FrameSamplingConfig(max_frames=4), PreprocessConfig(image_size=16))
+        assert len(list(root.rglob("*.npz"))) == 1
+
+    store_again()
+    assert temp.exists()  # young: it may be a writer that has not locked it yet
+    old = temp.stat().st_mtime - STALE_TEMP_SECONDS - 60
+    os.utime(temp, (old, old))
+    fd = os.open(temp, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a live writer (stopped for long) holds it
+        store_again()
+        assert temp.exists()
+    finally:
+        os.close(fd)
+    store_again()
+    assert not temp.exists()
+    assert [p.name for p in root.rglob("*") if p.is_file()] == [p.name for p in root.rglob("*.npz")]

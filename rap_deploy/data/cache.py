@@ -3,22 +3,34 @@
 An entry is the uint8 output of :func:`decode_video` (frames, mask, duration) in an ``.npz``, keyed by the sha256 of
 the video file's content plus the sampling, preprocessing and segment settings. Entries are written atomically; an
 entry that cannot be read back (truncated, corrupt, wrong shape) is deleted and rebuilt.
+
+Several processes may share a cache (train's DataLoader workers, verify, index). A writer holds an ``flock`` on its
+hidden temporary file (``.<key>.npz.*.tmp``) until it is renamed into place, so a temporary that a killed writer left
+is told from a live one: the first write into a sub-folder by a :class:`FrameCache` deletes the unlocked temporaries
+there older than :data:`STALE_TEMP_SECONDS` (the age also covers the instant between a temporary's creation and its
+lock, and clocks that differ on a shared filesystem).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from rap_deploy.atomic import atomic_path, sha256_file
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
+from rap_deploy.crashpoints import crash_point
 from rap_deploy.data.video import DecodedVideo, VideoDecodeError, decode_video, require_video_file
 
 CACHE_FORMAT = 2  # 2: variable frame rate videos sampled by their frame times
+STALE_TEMP_SECONDS = 600  # an unlocked temporary entry file this old was left by a killed writer
 
 # (resolved path, device, inode, size, mtime_ns, ctime_ns) -> sha256 of the content: each file is hashed once per
 # process. The inode and change time tell a file replaced under a kept size and modification time (tar, cp -p).
@@ -59,6 +71,7 @@ class FrameCache:
         self.hits = 0
         self.misses = 0
         self.rebuilt = 0
+        self._swept: set[Path] = set()  # sub-folders whose stale temporaries this cache has removed
 
     @classmethod
     def default(cls, workspace: str | os.PathLike[str] | None = None) -> FrameCache:
@@ -133,6 +146,9 @@ class FrameCache:
         self.misses += 1
         video = decode_video(path, sampling, preprocess, start, end)
         if _stat_key(path) == before:  # else the frames may be of other content than the key's: not stored
+            if entry.parent not in self._swept:
+                self._swept.add(entry.parent)
+                remove_stale_temporaries(entry.parent)
             _save_entry(entry, video)
         return video
 
@@ -148,15 +164,77 @@ def _stat_key(path: Path) -> tuple[int, ...] | None:
 
 
 def _save_entry(entry: Path, video: DecodedVideo) -> None:
-    # np.savez adds ".npz" to names that lack it, so write through an open file object.
-    with atomic_path(entry) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(
-            fh,
-            frames=video.frames,
-            mask=video.mask,
-            seconds=np.float64(video.seconds),
-            num_frames=np.int64(video.num_frames),
-        )
+    # np.savez adds ".npz" to names that lack it, so write through an open file object. The temporary file is locked
+    # from its creation until after its rename (the lock is released last), so no sweep takes it for a killed one.
+    with _locked_while_written() as lock, atomic_path(entry) as tmp:
+        lock(tmp)
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                frames=video.frames,
+                mask=video.mask,
+                seconds=np.float64(video.seconds),
+                num_frames=np.int64(video.num_frames),
+            )
+        crash_point("cache.entry-written")
+
+
+@contextlib.contextmanager
+def _locked_while_written() -> Iterator[Callable[[Path], None]]:
+    """Yield ``lock(path)``, which takes an exclusive ``flock`` on ``path``; every lock taken is released on exit."""
+    fds: list[int] = []
+
+    def lock(path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        fds.append(fd)
+        with contextlib.suppress(ImportError):
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+
+    try:
+        yield lock
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path, min_age: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete the hidden temporary entry files (``.*.tmp``) in ``folder`` that no writer holds locked and that are
+    older than ``min_age`` seconds: the ones writers killed while storing an entry left (``SIGKILL`` runs no cleanup).
+    Returns the files deleted; a file that cannot be examined is left alone. Does nothing where ``flock`` is missing.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    try:
+        names = [e.name for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".tmp")]
+    except OSError:
+        return []
+    return [folder / name for name in names if _remove_if_stale(folder / name, min_age, fcntl)]
+
+
+def _remove_if_stale(path: Path, min_age: float, fcntl) -> bool:
+    """Delete ``path`` when no writer holds its lock and it was last written over ``min_age`` seconds ago."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a live writer holds LOCK_EX: BlockingIOError
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < min_age:
+            return False
+        if os.stat(path, follow_symlinks=False).st_ino != st.st_ino:
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _load_entry(entry: Path, sampling: FrameSamplingConfig, preprocess: PreprocessConfig) -> DecodedVideo | None:
