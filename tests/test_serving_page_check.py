@@ -184,3 +184,38 @@ def test_an_older_search_answering_last_does_not_replace_the_newer_results(tmp_p
     under the second query."""
     state = page_state(tmp_path, [{**results("old"), "delay_ms": 150}, {**results("new"), "delay_ms": 1}], submits=2)
     assert [r[1:4] for r in state["results"]] == ["new"] and state["status"].startswith("1 result ·"), state
+
+
+@needs_node
+@pytest.mark.parametrize("answer, shown", [
+    # what the server says of a refused search, as it says it
+    ({"status": 422, "body": json.dumps({"error": "query must not be empty", "field": "query"})},
+     "query must not be empty"),
+    ({"status": 503, "body": json.dumps({"error": "server busy: queue full; retry later", "field": "queue"})},
+     "server busy: queue full; retry later"),
+    # a gateway's own error pages (not JSON): the page said "request failed: SyntaxError: Unexpected token '<'"
+    ({"status": 502, "status_text": "Bad Gateway", "body": "<html><body>Bad Gateway</body></html>"},
+     "the server answered 502 Bad Gateway; retry in a moment"),
+    ({"status": 413, "status_text": "Payload Too Large", "body": "<html>413</html>"},
+     "the server answered 413 Payload Too Large (the query is too long)"),
+    ({"status": 200, "body": "<html>a captive portal</html>"},
+     "the server answered something that is not a search result"),
+    ({"network_error": "Failed to fetch"}, "cannot reach the server: Failed to fetch"),
+])
+def test_a_refused_or_failed_search_says_why_in_one_line(tmp_path, answer, shown):
+    state = page_state(tmp_path, [answer])
+    assert (state["status"], state["status_error"], state["results"]) == (shown, True, []), state
+    assert state["state"] != "done"
+
+
+@needs_node
+def test_an_empty_library_is_named_and_a_gateway_page_is_not_read_as_an_unreachable_server(tmp_path):
+    """An empty library's search said '0 results · …'; a /library answered with a gateway's HTML page said
+    'cannot reach the server' (the JSON parse failed, not the connection)."""
+    empty = {"status": 200, "body": json.dumps({"results": [], "timings_ms": {}})}
+    state = page_state(tmp_path, [empty], {"status": 502, "status_text": "Bad Gateway", "body": "<html>502</html>"})
+    assert state["status"] == "no results: the library holds no videos" and not state["status_error"], state
+    assert state["about"] == "the server answered 502 Bad Gateway; retry in a moment", state
+    state = page_state(tmp_path, [results("v1")], {"status": 404, "body": json.dumps(
+        {"error": "this server has no library; start it with `rapdeploy serve --library LIB`", "field": "library"})})
+    assert state["about"].startswith("this server has no library") and state["results"], state
