@@ -219,3 +219,13 @@ def test_an_empty_library_is_named_and_a_gateway_page_is_not_read_as_an_unreacha
     state = page_state(tmp_path, [results("v1")], {"status": 404, "body": json.dumps(
         {"error": "this server has no library; start it with `rapdeploy serve --library LIB`", "field": "library"})})
     assert state["about"].startswith("this server has no library") and state["results"], state
+
+
+@needs_node
+def test_a_video_without_frames_shows_a_note_not_a_broken_image(tmp_path):
+    """A thumbnail answered 404 (the video's source file was deleted or cannot be decoded) left a broken-image icon,
+    and page_check waited for it to load until its timeout."""
+    broken = "/thumbnails?count=4&video_id=gone"
+    state = page_state(tmp_path, [results("kept", "gone")], broken_images=[broken])
+    assert [i["src"] for i in state["images"]] == ["/thumbnails?count=4&video_id=kept"], state
+    assert state["results"][1].endswith("no frames to show (the video's file cannot be read on the server)"), state
