@@ -8,6 +8,7 @@ queries).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,18 +84,11 @@ def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
     path = Path(list_file).expanduser()
     if not path.is_file():
         raise UsageError(f"list file {path} does not exist; pass --list FILE with one video path per line")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"list file {path} is not UTF-8 text (byte {exc.start}); write one video path per line")\
-            from None
     videos, paths = [], []
-    for number, line in enumerate(lines, 1):
+    for number, line in _list_lines(path):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        if "\x00" in text:
-            raise UsageError(f"list file {path} line {number} holds a NUL character; it is not a path")
         p = Path(text).expanduser()
         if not Path(text).name:  # '.', '/': no file name to make an id of
             raise UsageError(f"list file {path} line {number} ({text!r}) names no file; write one video path per line")
@@ -105,6 +99,32 @@ def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
         raise UsageError(f"list file {path} names no video; write one video path per line")
     _check_unique([v.video_id for v in videos], paths, str(path))
     return VideoSource("list", {"path": str(path.resolve())}, videos)
+
+
+MAX_LIST_LINE = 4096  # bytes: PATH_MAX; a longer --list line is no path (a binary file passed by mistake)
+
+
+def _list_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The lines of a list file with their numbers, read one at a time with at most :data:`MAX_LIST_LINE` bytes
+    each (a huge binary file is refused at its first long line, not read whole). Lines end as ``str.splitlines``
+    ends them. Raises :class:`UsageError` naming the file and line for a long, NUL-holding or non-UTF-8 line."""
+    number = 0
+    with path.open("rb") as fh:
+        while raw := fh.readline(MAX_LIST_LINE + 2):  # room for the line's "\r\n"
+            if len(raw.rstrip(b"\r\n")) > MAX_LIST_LINE:
+                raise UsageError(f"list file {path} line {number + 1} is longer than {MAX_LIST_LINE} bytes, so it "
+                                 "is no path (a binary file?); write one video path per line")
+            if b"\x00" in raw:
+                raise UsageError(f"list file {path} line {number + 1} holds a NUL byte, so it is no path (a binary "
+                                 "file?); write one video path per line")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UsageError(f"list file {path} line {number + 1} is not UTF-8 text (byte {exc.start}); write "
+                                 "one video path per line") from None
+            for part in text.splitlines() or [""]:
+                number += 1
+                yield number, part
 
 
 def _check_unique(ids: list[str], where: list[str], source: str) -> None:
