@@ -25,6 +25,7 @@ from rap_deploy.export.integrity import (
     check_external_data,
     derived_copy_mismatches,
     derived_settings,
+    graph_copy_problems,
     graph_facts,
     metadata_mismatches,
 )
@@ -78,6 +79,7 @@ def _claim_problems(name: str, facts: Mapping[str, Any], manifest: Mapping[str, 
     meta = facts["metadata"]
     claims = metadata_mismatches(meta, {"config": manifest.get("config")})
     claims += metadata_mismatches(meta, derived, "what the manifest's 'config' derives")
+    claims += graph_copy_problems(facts, manifest.get("checkpoint"))
     graph_name = meta.get("rapdeploy.graph")
     if graph_name is not None and graph_name != name:
         claims.append(f"its metadata rapdeploy.graph is {graph_name!r}, the manifest lists it as {name!r}")
@@ -102,8 +104,8 @@ def _precision_problem(precision: Any, name: str, quantized: int, fp16: int) -> 
 
 def check_export_record(manifest: Mapping[str, Any], source: Path) -> None:
     """The export manifest an engine manifest keeps (``export``: what ``serve`` and ``triton-repo`` describe the
-    graphs from) must hold the engine's own ``config`` and the settings it derives (``preprocess``, ``tokenizer``,
-    ``sampling``). A manifest without an export record is not judged.
+    graphs from) must hold the engine's own ``config``, ``checkpoint`` sha256 and the settings the config derives
+    (``preprocess``, ``tokenizer``, ``sampling``, ...). A manifest without an export record is not judged.
 
     Raises :class:`CheckFailedError` (exit 1) naming the manifest and the key.
     """
@@ -115,6 +117,8 @@ def check_export_record(manifest: Mapping[str, Any], source: Path) -> None:
         problems.append("its 'export' is not an export manifest's record")
     elif export.get("config") != manifest.get("config"):
         problems.append("its 'export.config' differs from its 'config'")
+    elif _sha(export.get("checkpoint")) != _sha(manifest.get("checkpoint")):
+        problems.append("its 'export.checkpoint' differs from its 'checkpoint' (the weights' source)")
     else:
         problems += derived_copy_mismatches(export, derived_settings(manifest.get("config"), source), "export.")
     if problems:
@@ -129,3 +133,8 @@ def _check_provider(precision: Any, provider: Any, source: Path) -> None:
         raise CheckFailedError(f"{source} says precision {precision} on {provider}, but build-engine writes "
                                f"{precision} ONNX Runtime engines for {needed} only; the manifest was edited, rebuild "
                                "the engine with `rapdeploy build-engine`")
+
+
+def _sha(record: Any) -> Any:
+    """The ``sha256`` of a ``checkpoint`` record (``None`` when there is none)."""
+    return record.get("sha256") if isinstance(record, Mapping) else None

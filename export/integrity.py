@@ -153,6 +153,20 @@ def derived_copy_mismatches(manifest: Mapping[str, Any], derived: Mapping[str, A
     return problems
 
 
+def graph_copy_problems(facts: Mapping[str, Any], checkpoint: Any) -> list[str]:
+    """What a graph's metadata copies say against the graph itself and its manifest: ``rapdeploy.io`` against the
+    graph's declared inputs and outputs, ``rapdeploy.checkpoint_sha256`` against the manifest's ``checkpoint``
+    (``{"sha256": ...}``; not judged when the manifest records none); as messages."""
+    meta = facts["metadata"]
+    problems = metadata_mismatches(meta, {"io": facts["io"]}, "the graph's own inputs and outputs")
+    want = checkpoint.get("sha256") if isinstance(checkpoint, Mapping) else None
+    have = meta.get("rapdeploy.checkpoint_sha256")
+    if isinstance(want, str) and have is not None and have != want:
+        problems.append(f"its metadata rapdeploy.checkpoint_sha256 is {have[:16]!r}…, the manifest's 'checkpoint' "
+                        f"records {want[:16]!r}…")
+    return problems
+
+
 def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
     """Check the export manifest's opset, precision and I/O claims (each graph's ``inputs`` / ``outputs``: the
     TensorRT profile is made from them) against every graph file it lists, and every copy of the settings its
@@ -202,6 +216,7 @@ def _graph_claim_problems(manifest: Mapping[str, Any], name: str, rec: Mapping[s
         if key in meta and meta[key] != want:
             problems.append(f"its metadata {key} is {meta[key]!r}, the manifest implies {want!r}")
     problems += metadata_mismatches(meta, {"config": manifest.get("config"), "dims": manifest.get("dims")})
+    problems += graph_copy_problems(facts, manifest.get("checkpoint"))
     problems += [f"its {key} (names, dtypes, shapes) differ from the manifest's '{key}'"
                  for key in ("inputs", "outputs") if rec.get(key) != facts["io"][key]]
     if precision == "fp32" and facts["fp16_tensors"]:

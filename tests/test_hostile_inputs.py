@@ -917,12 +917,19 @@ ENGINE_EDITS = {
     "export config": (lambda m: m["export"]["config"].update(asa_topk=2), "'export.config' differs from its 'config'"),
     "export preprocess copy": (lambda m: m["export"]["preprocess"].update(interpolation="bilinear"),
                                "'export.preprocess' differs from what its 'config' derives (in interpolation)"),
+    # the weights' source a library compares before an engine may search it
+    "checkpoint against its graphs": (lambda m: m["checkpoint"].update(sha256="0" * 64),
+                                      "rapdeploy.checkpoint_sha256 is"),
+    "export checkpoint": (lambda m: m["export"]["checkpoint"].update(sha256="0" * 64),
+                          "'export.checkpoint' differs from its 'checkpoint'"),
 }
 EXPORT_EDITS = {
     "dims not an object": (lambda m: m.update(dims="x"), "'dims' is not an object"),
     "dims value as text": (lambda m: m["dims"].update(context_length="abc"), "dims.context_length 'abc'"),
     "checkpoint not an object": (lambda m: m.update(checkpoint="x"), "'checkpoint' is not an object"),
     "config against its graphs": (lambda m: m["config"].update(asa_topk=2), "differs from the manifest's 'config'"),
+    "checkpoint against its graphs": (lambda m: m["checkpoint"].update(sha256="0" * 64),
+                                      "rapdeploy.checkpoint_sha256 is"),
 }
 
 
@@ -989,6 +996,11 @@ def test_copies_of_the_settings_a_config_defines_must_equal_what_it_derives(micr
     _edit_graph_metadata(engine, "graphs", "video_encoder", "sampling", {"max_frames": 64})
     with pytest.raises(CheckFailedError, match="rapdeploy.sampling differs from what the manifest's 'config' derives"):
         load_engine(engine)
+    for n, folder in enumerate((micro_ort_engines["export"], micro_ort_engines["fp32"])):  # the I/O copy, too
+        edited = _edited_copy(folder, tmp_path / f"io{n}", lambda m: None)
+        _edit_graph_metadata(edited, "graphs", "text_encoder", "io", {"inputs": []})
+        with pytest.raises(CheckFailedError, match="rapdeploy.io differs from the graph's own inputs and outputs"):
+            load_engine(edited)
     for folder in (micro_ort_engines["export"], micro_ort_engines["fp32"]):  # what the current code writes passes
         assert load_engine(folder, lazy=True).backend == "onnxruntime"
 

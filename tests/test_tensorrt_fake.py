@@ -419,11 +419,13 @@ def test_a_tensorrt_engine_whose_export_record_was_edited_is_refused(fake_builds
     src = fake_builds[10]["fp32"][0]
     export = read_manifest(src)["export"]
     for n, edited in enumerate(({**export, "config": {**export["config"], "asa_topk": 2}},
-                                {**export, "preprocess": {**export["preprocess"], "interpolation": "bilinear"}})):
+                                {**export, "preprocess": {**export["preprocess"], "interpolation": "bilinear"}},
+                                {**export, "checkpoint": {**export["checkpoint"], "sha256": "0" * 64}})):
         copy = _edited_engine_copy(src, tmp_path / str(n), export=edited)
-        with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match="its 'export.(config|preprocess)' differs"):
+        needle = "its 'export.(config|preprocess|checkpoint)' differs"
+        with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match=needle):
             load_engine(copy)
-        with pytest.raises(CheckFailedError, match="its 'export.(config|preprocess)' differs"):
+        with pytest.raises(CheckFailedError, match=needle):
             validate_engine_dir(copy, runtime=None)
     with fake_tensorrt_env(10):
         assert load_engine(src).backend == "tensorrt"
