@@ -165,6 +165,7 @@ def test_resume_under_a_process_count_that_does_not_split_the_stored_batch_is_a_
     monkeypatch.setattr(D, "setup", lambda device="auto": D.DistContext(rank=0, world_size=3))
     for name in ("barrier", "broadcast_parameters", "cleanup"):
         monkeypatch.setattr(D, name, lambda *args, **kwargs: None)
+    monkeypatch.setattr(D, "gather_strings", lambda value, ctx: [value] * ctx.world_size)  # every node: same data
     with pytest.raises(UsageError, match="global batch of 16 must be a multiple of the 3 processes"):
         loop.train_rap(None, progress=False, resume=run)
     assert (run / "metrics.jsonl").read_bytes() == metrics
