@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from rap_deploy.locks import FolderBusyError, folder_lock
 
 
@@ -90,3 +92,59 @@ def test_a_killed_cache_writer_temporary_is_removed_only_when_stale_and_unlocked
     store_again()
     assert not temp.exists()
     assert [p.name for p in root.rglob("*") if p.is_file()] == [p.name for p in root.rglob("*.npz")]
+
+
+def _no_space(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_frame_cache_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """A frame cache that cannot store an entry (ENOSPC) raised the OSError of its hidden temporary file; it is one
+    line naming the video and the cache (exit 2), the temporary removed."""
+    import numpy as np
+
+    from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
+    from rap_deploy.data.cache import FrameCache, FrameCacheError
+
+    video, root = _tiny_video(tmp_path / "clip.mp4"), tmp_path / "cache"
+    monkeypatch.setattr(np, "savez_compressed", _no_space)
+    with pytest.raises(FrameCacheError) as info:
+        FrameCache(root).get(video, FrameSamplingConfig(max_frames=4), PreprocessConfig(image_size=16))
+    message = str(info.value)
+    assert "\n" not in message and "No space left on device" in message and str(root) in message, message
+    assert info.value.exit_code == 2 and not [p for p in root.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_full_frame_cache_in_a_dataloader_worker_is_one_line(synth_root, tmp_path, monkeypatch, workers):
+    """A training video whose frames could not be stored in the frame cache mid-run (the disk filled up) came back
+    from a DataLoader worker as a multi-line error holding the worker's traceback; it is the cache's one line (exit
+    2), from a worker as from the main process."""
+    import numpy as np
+
+    from rap_deploy.data.datasets import VideoCaptionDataset
+    from rap_deploy.errors import RapDeployError
+    from rap_deploy.train.loop import TrainOptions, train_rap
+
+    cache = tmp_path / "frames"
+    prepare = VideoCaptionDataset.prepare
+
+    def prepare_then_fill_the_disk(self, progress=False):
+        done = prepare(self, progress)
+        for entry in cache.rglob("*.npz"):  # the epoch decodes and stores again, on a disk now full
+            entry.unlink()
+        monkeypatch.setattr(np, "savez_compressed", _no_space)
+        return done
+
+    monkeypatch.setattr(VideoCaptionDataset, "prepare", prepare_then_fill_the_disk)
+    options = TrainOptions(dataset="msrvtt", data_root=str(synth_root), out=str(tmp_path / "run"), clip="rap-micro",
+                           pretrained="none", frames=4, asa_topk=4, asa_heads=2, asa_dim=16, lorm_rank=2, epochs=1,
+                           batch_size=8, lr=5e-3, warmup=1, seed=3, max_test_videos=8, cache_dir=str(cache), top_m=4,
+                           epoch_unit="video", num_workers=workers)
+    with pytest.raises(RapDeployError) as info:
+        train_rap(options, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "No space left on device" in message and "frame cache" in message, message
+    assert info.value.exit_code == 2

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from rap_deploy.errors import CheckFailedError
+from rap_deploy.errors import CheckFailedError, RapDeployError
 
 EPOCH_UNITS = ("video", "caption")
 
@@ -59,13 +59,16 @@ def items_per_epoch(item_video: np.ndarray, unit: str = "video") -> int:
 
 
 UNREADABLE = "unreadable"
+FAILED = "failed"
 
 
 class TrainingItems(torch.utils.data.Dataset):
     """The training dataset as the epoch's DataLoader reads it (with :func:`collate_items`): an item whose video can
     no longer be read (:class:`~rap_deploy.data.video.VideoDecodeError`: it decoded when the run started, then its
     file changed) comes back as ``{"unreadable": "<path>: <reason>"}`` instead of raising, so the loop can stop with
-    one line from a worker process too (torch re-raised a worker's error as a RuntimeError holding its traceback)."""
+    one line from a worker process too (torch re-raised a worker's error as a RuntimeError holding its traceback). Any
+other user-facing error (:class:`~rap_deploy.errors.RapDeployError`: a frame cache on a full disk) comes back as
+``{"failed": (exit_code, message)}`` for the same reason."""
 
     def __init__(self, dataset: torch.utils.data.Dataset) -> None:
         self.dataset = dataset
@@ -80,11 +83,16 @@ class TrainingItems(torch.utils.data.Dataset):
             return self.dataset[index]
         except VideoDecodeError as exc:
             return {UNREADABLE: str(exc)}
+        except RapDeployError as exc:
+            return {FAILED: (exc.exit_code, str(exc))}
 
 
 def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
     """torch's default collation of :class:`TrainingItems`, or ``{"unreadable": [...]}`` naming every unreadable
-    video of the batch."""
+    video of the batch (or ``{"failed": (exit_code, message)}``, the first other error of the batch)."""
+    failed = [item[FAILED] for item in items if FAILED in item]
+    if failed:
+        return {FAILED: failed[0]}
     unreadable = [item[UNREADABLE] for item in items if UNREADABLE in item]
     if unreadable:
         return {UNREADABLE: unreadable}
@@ -93,7 +101,13 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def check_readable(batch: dict[str, Any], epoch: int, resume_line: str) -> None:
     """Raise :class:`CheckFailedError` (damaged data, exit 1) naming the videos of a batch from :func:`collate_items`
-    that could not be read in ``epoch`` and what to do (``resume_line``: how to continue the run)."""
+    that could not be read in ``epoch`` and what to do (``resume_line``: how to continue the run); re-raises another
+    error an item met as :class:`RapDeployError` with its exit code and line."""
+    if FAILED in batch:
+        code, message = batch[FAILED]
+        error = RapDeployError(message)
+        error.exit_code = int(code)
+        raise error
     if UNREADABLE in batch:
         named = "; ".join(batch[UNREADABLE][:2]) + ("; …" if len(batch[UNREADABLE]) > 2 else "")
         raise CheckFailedError(f"a training video could not be read in epoch {epoch} ({named}); it decoded when the "

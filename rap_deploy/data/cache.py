@@ -28,6 +28,7 @@ from rap_deploy.atomic import atomic_path, sha256_file
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
 from rap_deploy.crashpoints import crash_point
 from rap_deploy.data.video import DecodedVideo, VideoDecodeError, decode_video, require_video_file
+from rap_deploy.errors import UsageError
 
 CACHE_FORMAT = 2  # 2: variable frame rate videos sampled by their frame times
 STALE_TEMP_SECONDS = 600  # an unlocked temporary entry file this old was left by a killed writer
@@ -58,6 +59,10 @@ def default_cache_dir(workspace: str | os.PathLike[str] | None = None) -> Path:
     from rap_deploy.workspace import subdir
 
     return subdir("cache", workspace) / "frames"
+
+
+class FrameCacheError(UsageError):
+    """The frame cache cannot store an entry (a full disk, a folder it may not write): exit 2, one line."""
 
 
 class FrameCache:
@@ -127,7 +132,8 @@ class FrameCache:
     ) -> DecodedVideo:
         """Return the decoded video, from the cache when present, else decoded with :func:`decode_video` and stored.
 
-        Raises :class:`VideoDecodeError` like :func:`decode_video` (failures are not cached).
+        Raises :class:`VideoDecodeError` like :func:`decode_video` (failures are not cached), and
+        :class:`FrameCacheError` when the entry cannot be stored (``ENOSPC``, ``EACCES``).
         """
         path = Path(path)
         if self.root is None:
@@ -146,11 +152,21 @@ class FrameCache:
         self.misses += 1
         video = decode_video(path, sampling, preprocess, start, end)
         if _stat_key(path) == before:  # else the frames may be of other content than the key's: not stored
+            self._store(entry, video, path)
+        return video
+
+
+    def _store(self, entry: Path, video: DecodedVideo, path: Path) -> None:
+        """Store ``video`` as ``entry`` (first removing the stale temporaries of its sub-folder); an OS error (a full
+        disk) is raised as one line, :class:`FrameCacheError`."""
+        try:
             if entry.parent not in self._swept:
                 self._swept.add(entry.parent)
                 remove_stale_temporaries(entry.parent)
             _save_entry(entry, video)
-        return video
+        except OSError as exc:
+            raise FrameCacheError(f"cannot store the decoded frames of {path} in the frame cache {self.root}: "
+                                  f"{exc.strerror or exc}; free space there or pass another --cache-dir") from None
 
 
 def _stat_key(path: Path) -> tuple[int, ...] | None:
