@@ -371,3 +371,54 @@ def test_every_response_forbids_sniffing_and_framing_and_the_page_runs_only_its_
         assert allowed == [f"'sha256-{digest}'"], policy  # no 'unsafe-inline', no other source
     for directive in ("default-src 'none'", "img-src 'self'", "connect-src 'self'", "base-uri 'none'"):
         assert directive in policy, policy
+
+
+def host_request(url: str, host: str) -> tuple[int, dict[str, Any]]:
+    """``(status, JSON body)`` of ``GET /healthz`` sent with the ``Host`` header ``host``."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.putrequest("GET", "/healthz", skip_host=True)
+        conn.putheader("Host", host)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_a_loopback_server_answers_only_its_own_host_names(serve):
+    """A loopback server answered any Host, so a web page at attacker.example rebinding its name to 127.0.0.1 read
+    the library (ids, paths, frames) as its own origin; now a Host other than loopback names and --allow-host is
+    a 403 naming the option."""
+    from rap_deploy.engines.serving.server import ServerThread
+
+    service = bare_service()
+    with ServerThread(create_app(service, allowed_hosts=["search.example"])) as server:
+        port = urllib.parse.urlsplit(server.url).port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST", "app.localhost:80",
+                     f"search.example:{port}", "Search.Example"):
+            assert host_request(server.url, host)[0] == 200, host
+        for host in (f"attacker.example:{port}", "127.0.0.1.attacker.example", "localhost.attacker.example", "",
+                     f"[::ffff:8.8.8.8]:{port}"):
+            status, doc = host_request(server.url, host)
+            assert status == 403 and doc["field"] == "Host" and "--allow-host" in doc["error"], (host, doc)
+    assert host_request(serve(service), f"attacker.example:{port}")[0] == 200  # no check asked for
+
+
+def test_only_a_loopback_listener_checks_hosts_unless_told_otherwise():
+    from rap_deploy.engines.serving.server import bind_socket, hosts_to_check
+    from rap_deploy.errors import UsageError
+
+    with bind_socket("127.0.0.1", 0) as loopback, bind_socket("0.0.0.0", 0) as anywhere:
+        assert hosts_to_check(loopback) == frozenset() and hosts_to_check(loopback, ["a.example"]) == {"a.example"}
+        assert hosts_to_check(loopback, ["*"]) is None and hosts_to_check(anywhere, ["a.example"]) is None
+        for bad in ("", "a b", "http://a.example/", "user@a.example"):
+            with pytest.raises(UsageError, match="--allow-host"):
+                hosts_to_check(loopback, [bad])
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli import app
+
+    res = CliRunner().invoke(app, ["serve", "--engine", "/no/such/engine", "--port", "0", "--allow-host", "a b"])
+    assert res.exit_code == 2 and "--allow-host 'a b'" in res.output, res.output

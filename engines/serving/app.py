@@ -26,10 +26,11 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,49 @@ class SecureHeaders:
             await send(message)
 
         await self.app(scope, receive, secure_send)
+
+
+def host_name(host: str) -> str:
+    """The name or address of a ``Host`` header (``example.org:8080`` → ``example.org``, ``[::1]:80`` → ``::1``),
+    lower-cased."""
+    value = host.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value[1:]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def is_loopback_name(name: str) -> bool:
+    """Whether ``name`` (a :func:`host_name`) always means this machine: ``localhost``, ``*.localhost`` (RFC 6761)
+    or a loopback address."""
+    if name in ("localhost", "localhost.") or name.endswith((".localhost", ".localhost.")):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class HostCheck:
+    """ASGI middleware answering 403 to a request whose ``Host`` is neither a loopback name nor one of ``allowed``.
+
+    A server on a loopback address is reachable from every web page its user opens, through DNS rebinding: a page at
+    ``http://attacker.example:8080`` whose name then resolves to 127.0.0.1 reads this server as its own origin (the
+    library's video ids and file paths, their frames) and sends it any request; its requests still carry
+    ``Host: attacker.example:8080``. A request without ``Host`` (HTTP/1.0; never a browser's) passes."""
+
+    def __init__(self, app: Any, allowed: Collection[str]) -> None:
+        self.app, self.allowed = app, frozenset(host_name(h) for h in allowed)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        host = dict(scope.get("headers") or ()).get(b"host") if scope["type"] == "http" else None
+        name = host_name(host.decode("latin-1")) if host is not None else None
+        if name is None or name in self.allowed or is_loopback_name(name):
+            await self.app(scope, receive, send)
+            return
+        message = (f"Host {name[:64]!r} is not this server's: it listens on a loopback address and answers only "
+                   "localhost, loopback addresses and the names given with --allow-host (a gateway that forwards "
+                   "another Host names it with --allow-host)")
+        await _error(403, message, "Host")(scope, receive, send)
 
 
 def _error(status: int, message: str, field: str | None, headers: dict[str, str] | None = None) -> Response:
@@ -226,9 +270,12 @@ class CountRequests:
             raise
 
 
-def create_app(service: ServingService, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+def create_app(service: ServingService, on_shutdown: Callable[[], None] | None = None,
+               allowed_hosts: Collection[str] | None = None) -> FastAPI:
     """The FastAPI application serving ``service`` (routes in the module docstring); ``on_shutdown`` runs when the
-    server shuts down gracefully (uvicorn's lifespan), e.g. to close the service."""
+    server shuts down gracefully (uvicorn's lifespan), e.g. to close the service. With ``allowed_hosts`` (a server
+    on a loopback address) a request whose ``Host`` is not a loopback name or one of them is refused
+    (:class:`HostCheck`); ``None`` checks no ``Host``."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -238,6 +285,8 @@ def create_app(service: ServingService, on_shutdown: Callable[[], None] | None =
 
     app = FastAPI(title="rapdeploy serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(CountRequests, service=service)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.add_middleware(SecureHeaders)
     _add_error_handlers(app, service)
     _add_search_routes(app, service)

@@ -13,13 +13,14 @@ self-check) and always stops it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,15 +149,30 @@ def socket_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def hosts_to_check(sock: socket.socket, allow: Sequence[str] = ()) -> frozenset[str] | None:
+    """The ``Host`` names a server listening on ``sock`` answers besides loopback names (``create_app``'s
+    ``allowed_hosts``): ``allow`` when it listens on a loopback address (web pages reach it through DNS rebinding),
+    ``None`` (any) when it listens on another (exposed on purpose, behind a gateway) or ``allow`` holds ``*``.
+    Raises :class:`UsageError` for a name that cannot be a host."""
+    for name in allow:
+        if not name or any(c.isspace() or c in "/@?#" for c in name):
+            raise UsageError(f"--allow-host {name!r} is not a host name or address")
+    if "*" in allow:
+        return None
+    address = str(sock.getsockname()[0]).split("%")[0]
+    return frozenset(allow) if ipaddress.ip_address(address).is_loopback else None
+
+
 def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLike[str] | None = None,
           host: str = "127.0.0.1", port: int = 8080, options: Any = None,
           workspace: str | os.PathLike[str] | None = None, threads: int | None = None,
           url_file: str | os.PathLike[str] | None = None, log_level: str = "warning",
           echo: Callable[[str], None] | None = None, default_library: bool = True,
-          shutdown_timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+          shutdown_timeout: float = SHUTDOWN_TIMEOUT_S, allow_hosts: Sequence[str] = ()) -> None:
     """Serve until interrupted (see the module docstring). ``url_file`` receives the server's URL once it accepts
     requests; on SIGINT/SIGTERM requests still running after ``shutdown_timeout`` seconds are cancelled (a client
-    that stalls mid-request cannot keep the server alive). Raises :class:`UsageError` /
+    that stalls mid-request cannot keep the server alive). On a loopback address only requests for a loopback name
+    or one of ``allow_hosts`` are answered (:func:`hosts_to_check`). Raises :class:`UsageError` /
     :class:`BackendUnavailableError` for what cannot be loaded or bound."""
     import uvicorn
 
@@ -169,6 +185,7 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
     check_open_files(limits.max_connections)
     sock = bind_socket(host, port)
     try:
+        hosts = hosts_to_check(sock, allow_hosts)
         service = build_service(engine, library, options, workspace, threads, default_library)
     except BaseException:
         sock.close()
@@ -179,7 +196,8 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
         service.close()
         say("rapdeploy serve stopped")
 
-    server = uvicorn.Server(uvicorn.Config(create_app(service, on_shutdown=shut_down), log_level=log_level,
+    app = create_app(service, on_shutdown=shut_down, allowed_hosts=hosts)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
                                            access_log=False, timeout_keep_alive=30,
                                            timeout_graceful_shutdown=shutdown_timeout,
                                            http=guarded_protocol(limits.max_connections, limits.header_timeout_s)))

@@ -24,6 +24,10 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes it to the network; "
                              "there is no authentication)."),
     port: int = typer.Option(8080, "--port", help="Port (0: a free one; see --url-file)."),
+    allow_host: list[str] | None = typer.Option(
+        None, "--allow-host", metavar="NAME", help="On a loopback --host, answer requests for this Host name too (a "
+        "gateway forwarding its own; repeatable; * for any); other names than localhost and loopback addresses get "
+        "403, so web pages cannot reach the server by DNS rebinding."),
     max_batch: int = typer.Option(32, "--max-batch", help="Text encoder: largest dynamic batch (1 = one query at a "
                                   "time, the baseline of the load test)."),
     max_queue_delay_ms: float = typer.Option(2.0, "--max-queue-delay-ms", help="Text encoder: longest wait for more "
@@ -74,7 +78,7 @@ def serve_cmd(
                            header_timeout_s=header_timeout, body_idle_timeout_s=idle_timeout)
     serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
           url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
-          shutdown_timeout=shutdown_timeout)
+          shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()))
 
 
 @command("triton-repo")
