@@ -389,3 +389,20 @@ def test_a_compressed_search_body_is_inflated_within_the_search_limit(served):
     bomb = gzip.compress(json.dumps({**doc, "pad": " " * (1 << 20)}).encode())  # 1 KiB that inflates to 1 MiB
     status, _, data = _request(url, "POST", "/search", bomb, headers)
     assert status == 413, data
+
+
+def test_a_top_m_refused_for_memory_is_a_422_naming_top_m(served, monkeypatch):
+    """The library refuses a re-rank deeper than memory (a UsageError about top_m); the server answered every
+    library UsageError with field 'query'."""
+    import psutil
+
+    url, _, _, _ = served
+
+    class Memory:
+        available = 1024  # bytes: no candidate's rows fit
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+    status, doc = _search(url, query="a red circle", top_k=3, top_m=5)
+    assert (status, doc["field"]) == (422, "top_m") and "re-ranking 5 candidates" in doc["error"], doc
+    monkeypatch.undo()
+    assert _search(url, query="a red circle", top_k=3, top_m=5)[0] == 200

@@ -247,7 +247,7 @@ class ServingService:
             result = library.search_embeddings(np.asarray(text_emb, dtype=np.float32).reshape(1, -1), top_k=top_k,
                                                top_m=top_m)[0]
         except UsageError as exc:
-            raise RequestError(422, str(exc), "query") from None
+            raise RequestError(422, str(exc), getattr(exc, "field", "query")) from None  # top_m: memory refusal
         timings = dict(result.get("timings_ms") or {})
         timings["text"] = text_ms
         timings["total"] = float(timings.get("total", 0.0)) + text_ms

@@ -291,8 +291,12 @@ class Library:
 
         shapes = self.manifest["tensor_shapes"]
         row = sum(math.prod(shapes[n]) * np.dtype(tensor_dtype(n)).itemsize for n in self._rerank)
-        check_memory(m * row, f"re-ranking {m:,} candidates of {row / 2**20:.2f} MiB",
-                     "pass a smaller --top-m (top_m)")
+        try:
+            check_memory(m * row, f"re-ranking {m:,} candidates of {row / 2**20:.2f} MiB",
+                         "pass a smaller --top-m (top_m)")
+        except UsageError as exc:
+            exc.field = "top_m"  # type: ignore[attr-defined]  # the request field a server names (422)
+            raise
 
     def _rank_one(self, emb: np.ndarray, ids: np.ndarray, scores: np.ndarray, top_k: int, top_m: int,
                   text_ms: float, stage1_ms: float) -> dict[str, Any]:
