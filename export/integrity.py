@@ -182,7 +182,7 @@ def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: P
         raise CheckFailedError(f"{source} claims opset {opset!r}, which rapdeploy never exports (supported: "
                                f"{', '.join(map(str, SUPPORTED_OPSETS))}); the manifest was edited, re-export it")
     derived = derived_settings(manifest.get("config"), source)
-    copies = derived_copy_mismatches(manifest, derived)
+    copies = derived_copy_mismatches(manifest, derived) + _graph_set_problems(manifest, derived["has_asa"])
     if copies:
         raise CheckFailedError(f"{source}: {'; '.join(copies)}; the manifest was edited, re-export it")
     listed = {rec["file"] for section in ("graphs", "fp16_graphs") for rec in (manifest.get(section) or {}).values()}
@@ -199,6 +199,20 @@ def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: P
             if problems:
                 raise CheckFailedError(f"{source}: {what} ({path.name}) does not match its manifest: "
                                        + "; ".join(problems) + "; the manifest or the graph was edited, re-export it")
+
+
+def _graph_set_problems(manifest: Mapping[str, Any], has_asa: bool) -> list[str]:
+    """The graphs ``graphs`` (and a non-empty ``fp16_graphs``) must list: exactly those the model exports
+    (:func:`rap_deploy.graphs.graphs_for`); as messages."""
+    from rap_deploy.graphs import graphs_for
+
+    want = set(graphs_for(has_asa))
+    problems = []
+    for section in ("graphs", "fp16_graphs"):
+        have = set(manifest.get(section) or {})
+        if (have or section == "graphs") and have != want:
+            problems.append(f"its '{section}' lists {sorted(have)}, its config's model exports {sorted(want)}")
+    return problems
 
 
 def _graph_claim_problems(manifest: Mapping[str, Any], name: str, rec: Mapping[str, Any], precision: str,

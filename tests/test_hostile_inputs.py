@@ -930,6 +930,10 @@ EXPORT_EDITS = {
     "config against its graphs": (lambda m: m["config"].update(asa_topk=2), "differs from the manifest's 'config'"),
     "checkpoint against its graphs": (lambda m: m["checkpoint"].update(sha256="0" * 64),
                                       "rapdeploy.checkpoint_sha256 is"),
+    # built first and refused after the build as an unusable engine (exit 2)
+    "a graph the model needs removed": (lambda m: m["graphs"].pop("asa_head"),
+                                        "its 'graphs' lists ['text_encoder', 'video_encoder'], its config's model "
+                                        "exports ['asa_head', 'text_encoder', 'video_encoder']"),
 }
 
 
