@@ -96,3 +96,20 @@ def test_index_name_help_says_a_list_file_names_its_library_by_its_stem():
 
     assert VideoSource("list", {"path": "/x/paths.txt"}, []).name == "paths"
     assert "list file's without its extension" in _option_help("index", "--name")
+
+
+def test_serve_help_lists_every_route_the_app_serves():
+    """serve --help listed /search, /library, /healthz, /readyz, / and the v2 infer route, not /stats,
+    /thumbnails or the v2 metadata, health and repository routes."""
+    from unittest.mock import MagicMock
+
+    from rap_deploy.engines.serving.app import create_app
+    from rap_deploy.engines.serving.service import ServeOptions
+
+    service = MagicMock()
+    service.options = ServeOptions()
+    paths = {r.path for r in create_app(service).routes}
+    command = next(c for c in app.registered_commands if c.name == "serve")
+    assert "/thumbnails" in paths and "/v2/health/live" in paths, paths
+    missing = [p for p in paths if p.replace("/versions/{version}", "") not in command.help]
+    assert not missing and "/v2/models/{name}/versions/{version}" in command.help, missing

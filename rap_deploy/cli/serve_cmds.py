@@ -55,8 +55,16 @@ def serve_cmd(
 ) -> None:
     """Serve search over a library and the three graphs (Open Inference Protocol / KServe v2) over HTTP.
 
-    POST /search, GET /library, /healthz, /readyz, a search page at /, and
-    /v2/models/{video_encoder,text_encoder,asa_head}/infer for tritonclient or any KServe v2 client. Stops on Ctrl-C.
+    Routes (README's route table says what each answers):
+
+    - GET / (the search page), POST /search, GET /library, GET /thumbnails?video_id=ID&count=N
+    - GET /healthz, /readyz, /stats (request counts and the text batcher's counters)
+    - GET /v2, /v2/health/live, /v2/health/ready; POST /v2/repository/index
+    - GET /v2/models/{name}, /v2/models/{name}/ready, /v2/models/{name}/config; POST /v2/models/{name}/infer for
+      tritonclient or any KServe v2 client, {name} one of video_encoder, text_encoder, asa_head; each also under
+      /v2/models/{name}/versions/{version}
+
+    Stops on Ctrl-C or SIGTERM.
     """
     from rap_deploy import bounds
     from rap_deploy.engines.serving.server import serve
