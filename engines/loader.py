@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +68,52 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
     if not p.is_dir() or not ((p / "manifest.json").is_file() or (p / "manifest.json").is_symlink()):
         raise UsageError(f"{p} is not an engine folder, an export folder or a checkpoint "
                          f"({', '.join(CHECKPOINT_SUFFIXES)}); no manifest.json there")
+    blocks = {k: v for k, v in (("query_block", query_block), ("video_block", video_block)) if v is not None}
+    load = functools.partial(_load_folder, p, device, threads, inter_threads, device_id, blocks, lazy)
+    return load_unswapped(p, load)
+
+
+SWAP_RETRIES = 3  # loads of a folder that a concurrent writer replaced in the middle, before giving up
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """The folder's device and inode (a folder swap puts another inode at the path), None when it is missing."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def load_unswapped(folder: Path, load: Callable[[], Engine]) -> Engine:
+    """``load()`` of ``folder``, done again when ``folder`` was replaced while it ran (``rapdeploy build-engine
+    --force`` or ``export --force`` swapping in a new folder): a load that straddles a swap has read one folder's
+    manifest and the other's graphs, or failed on that mix. Raises :class:`CheckFailedError` after
+    :data:`SWAP_RETRIES` swaps in a row; ``load()``'s own error when the folder stayed the same."""
+    for _ in range(SWAP_RETRIES):
+        before = _identity(folder)
+        try:
+            engine = load()
+        except (RapDeployError, OSError):  # a mix fails as a changed or missing file
+            if _identity(folder) == before:
+                raise
+            continue
+        if _identity(folder) == before:
+            return engine
+        engine.close()
+    raise CheckFailedError(f"{folder} was replaced while it was being loaded, {SWAP_RETRIES} times (a build or "
+                           "export writing it?); load it again when that command has finished")
+
+
+def _load_folder(p: Path, device: str | None, threads: int | None, inter_threads: int | None, device_id: int,
+                 blocks: dict[str, int], lazy: bool) -> Engine:
+    """:func:`load_engine` of an engine or export folder (one attempt, see :func:`load_unswapped`)."""
     from rap_deploy.safe_paths import resolve_entry
 
     try:
         fmt = json.loads(read_manifest_text(resolve_entry(p, "manifest.json", "manifest", p))).get("format")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         fmt = None
-    blocks = {k: v for k, v in (("query_block", query_block), ("video_block", video_block)) if v is not None}
     if fmt == "rapdeploy.export":
         return _export_engine(p, device or "cpu", threads, inter_threads, device_id, blocks, lazy)
     from rap_deploy.engines.manifest import read_manifest, validate_engine_dir

@@ -148,3 +148,40 @@ def test_a_full_frame_cache_in_a_dataloader_worker_is_one_line(synth_root, tmp_p
     message = str(info.value)
     assert "\n" not in message and "No space left on device" in message and "frame cache" in message, message
     assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("new", ["valid", "unchecked"])
+def test_an_engine_swapped_while_it_loads_is_loaded_again(micro_ort_engines, tmp_path, monkeypatch, new):
+    """`build-engine --force` swapping a new engine folder in while verify/serve loads the old one: the load checked
+    the old manifest's hashes, then opened the new folder's graphs, which no check had seen (reproduced with a new
+    folder whose graph its manifest does not describe: it loaded without a word). The load now notices the swap
+    (the folder's inode changed) and loads the folder again: a valid new engine loads, an unchecked one is refused."""
+    import shutil
+
+    from rap_deploy.engines import manifest as manifest_module
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.folder_swap import swap_into_place
+
+    dest, staged = tmp_path / "engine", tmp_path / ".engine.partial-1"
+    shutil.copytree(micro_ort_engines["fp32"], dest)
+    if new == "valid":
+        shutil.copytree(micro_ort_engines["damaged"], staged)
+    else:  # the old manifest, and the damaged graph it does not describe
+        shutil.copytree(micro_ort_engines["fp32"], staged)
+        graph = manifest_module.read_manifest(staged)["graphs"]["video_encoder"]["file"]
+        shutil.copyfile(micro_ort_engines["damaged"] / graph, staged / graph)
+    verify_files = manifest_module.verify_files
+
+    def verify_then_swap(engine_dir, manifest):
+        verify_files(engine_dir, manifest)
+        if staged.exists():  # the build commits its new folder just after the old one's hashes were checked
+            swap_into_place(staged, dest)
+
+    monkeypatch.setattr(manifest_module, "verify_files", verify_then_swap)
+    if new == "valid":
+        load_engine(dest).close()
+        assert manifest_module.read_manifest(dest).get("damaged_initializer")
+    else:
+        with pytest.raises(CheckFailedError, match="video_encoder"):
+            load_engine(dest)
