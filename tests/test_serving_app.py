@@ -422,3 +422,34 @@ def test_only_a_loopback_listener_checks_hosts_unless_told_otherwise():
 
     res = CliRunner().invoke(app, ["serve", "--engine", "/no/such/engine", "--port", "0", "--allow-host", "a b"])
     assert res.exit_code == 2 and "--allow-host 'a b'" in res.output, res.output
+
+
+def test_a_page_of_another_site_cannot_make_a_loopback_server_work_for_it(serve):
+    """Any web page could POST searches and inference bodies (up to --max-body-mb) as text/plain, which needs no
+    CORS preflight, to http://127.0.0.1:8080: unreadable to it, but run all the same. A browser's Origin (and
+    Sec-Fetch-Site, which no page can forge) now say whose page asks."""
+    from rap_deploy.engines.serving.server import ServerThread
+
+    def ask(url: str, origin: str, fetch_site: str | None = None) -> tuple[int, dict[str, Any]]:
+        u = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        try:
+            headers = {"Origin": origin, "Content-Type": "text/plain",
+                       **({"Sec-Fetch-Site": fetch_site} if fetch_site else {})}
+            conn.request("POST", "/search", body=b'{"query": "a red circle"}', headers=headers)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    with ServerThread(create_app(bare_service(), allowed_hosts=["search.example"])) as server:
+        port = urllib.parse.urlsplit(server.url).port
+        for origin, fetch_site in (("https://attacker.example", None), ("https://attacker.example", "cross-site"),
+                                   ("null", None), ("http://[::1", None)):
+            status, doc = ask(server.url, origin, fetch_site)
+            assert status == 403 and doc["field"] == "Origin" and "--allow-host" in doc["error"], (origin, doc)
+        # its own page (a 404: this bare server has no library), behind a gateway that rewrites Host too
+        for origin, fetch_site in ((f"http://127.0.0.1:{port}", None), (f"http://localhost:{port}", "same-origin"),
+                                   ("https://search.example", None), ("https://gateway.example", "same-origin")):
+            assert ask(server.url, origin, fetch_site)[0] == 404, origin
+    assert ask(serve(bare_service()), "https://attacker.example")[0] == 404  # no check asked for

@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,15 @@ def host_name(host: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+def origin_host(origin: str) -> str | None:
+    """The host name of an ``Origin`` header (``http://[::1]:8080`` → ``::1``); ``None`` for ``null`` or a value
+    that is not a URL."""
+    try:
+        return urllib.parse.urlsplit(origin.strip()).hostname
+    except ValueError:  # an unbalanced IPv6 bracket, a bad port
+        return None
+
+
 def is_loopback_name(name: str) -> bool:
     """Whether ``name`` (a :func:`host_name`) always means this machine: ``localhost``, ``*.localhost`` (RFC 6761)
     or a loopback address."""
@@ -139,7 +149,9 @@ def is_loopback_name(name: str) -> bool:
 
 
 class HostCheck:
-    """ASGI middleware answering 403 to a request whose ``Host`` is neither a loopback name nor one of ``allowed``.
+    """ASGI middleware answering 403 to a request whose ``Host`` is neither a loopback name nor one of ``allowed``,
+    and to a browser's request from a page of another site (its ``Origin`` is not such a name either and its
+    ``Sec-Fetch-Site`` does not say same-origin or same-site).
 
     A server on a loopback address is reachable from every web page its user opens, through DNS rebinding: a page at
     ``http://attacker.example:8080`` whose name then resolves to 127.0.0.1 reads this server as its own origin (the
@@ -149,16 +161,31 @@ class HostCheck:
     def __init__(self, app: Any, allowed: Collection[str]) -> None:
         self.app, self.allowed = app, frozenset(host_name(h) for h in allowed)
 
+    def ours(self, name: str | None) -> bool:
+        return name is not None and (name in self.allowed or is_loopback_name(name))
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        host = dict(scope.get("headers") or ()).get(b"host") if scope["type"] == "http" else None
+        headers = dict(scope.get("headers") or ()) if scope["type"] == "http" else {}
+        host, origin = headers.get(b"host"), headers.get(b"origin")
         name = host_name(host.decode("latin-1")) if host is not None else None
-        if name is None or name in self.allowed or is_loopback_name(name):
-            await self.app(scope, receive, send)
+        if name is not None and not self.ours(name):
+            message = (f"Host {name[:64]!r} is not this server's: it listens on a loopback address and answers only "
+                       "localhost, loopback addresses and the names given with --allow-host (a gateway that "
+                       "forwards another Host names it with --allow-host)")
+            await _error(403, message, "Host")(scope, receive, send)
             return
-        message = (f"Host {name[:64]!r} is not this server's: it listens on a loopback address and answers only "
-                   "localhost, loopback addresses and the names given with --allow-host (a gateway that forwards "
-                   "another Host names it with --allow-host)")
-        await _error(403, message, "Host")(scope, receive, send)
+        # a browser sends Origin with every cross-origin request and every POST: a page of another site (or an
+        # opaque "null" origin) may not make the server search or infer for it, even unread (text/plain bodies
+        # need no CORS preflight). Sec-Fetch-Site (which no page can forge) vouches for the page's own requests
+        # behind a gateway that rewrites Host; without it the Origin must be a name of this server.
+        fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
+        if origin is not None and fetch_site not in ("same-origin", "same-site", "none") and \
+                not self.ours(origin_host(origin.decode("latin-1"))):
+            message = (f"a request from the web page at {origin.decode('latin-1')[:64]!r} (another site) is refused; "
+                       "the search page is served at / here, or name a gateway's host with --allow-host")
+            await _error(403, message, "Origin")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _error(status: int, message: str, field: str | None, headers: dict[str, str] | None = None) -> Response:
