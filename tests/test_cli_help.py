@@ -113,3 +113,10 @@ def test_serve_help_lists_every_route_the_app_serves():
     assert "/thumbnails" in paths and "/v2/health/live" in paths, paths
     missing = [p for p in paths if p.replace("/versions/{version}", "") not in command.help]
     assert not missing and "/v2/models/{name}/versions/{version}" in command.help, missing
+
+
+def test_index_top_m_help_says_what_the_library_s_m_is_for():
+    """index --top-m called M 'the search's re-rank depth', but search re-ranks its own --top-m (default 100) and
+    never reads it: the library's M is the depth stage 1's recall is measured (and an ANN index tuned) at."""
+    text = _option_help("index", "--top-m")
+    assert "re-rank depth" not in text and "--target-recall at M" in text and "own --top-m" in text, text

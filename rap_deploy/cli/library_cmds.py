@@ -71,8 +71,10 @@ def index_cmd(
                                    "ivf (approximate, for large libraries; recall@M is measured and recorded)."),
     target_recall: float = typer.Option(0.95, "--target-recall", help="ANN search effort is tuned to reach this "
                                         "stage-1 recall@M against exact search."),
-    top_m: int | None = typer.Option(None, "--top-m", help="M of the recall@M measurement, the search's re-rank "
-                                     "depth (default: the library's, else 100)."),
+    top_m: int | None = typer.Option(None, "--top-m", help="M of stage 1's recall@M against exact search: an "
+                                     "ANN index's search effort is tuned to reach --target-recall at M, and the "
+                                     "recall is recorded (default: the library's, else 100). Searches re-rank "
+                                     "their own --top-m (default 100): give the M you search with."),
     shard_size: int = typer.Option(256, "--shard-size", help="Videos per shard (the unit of resume)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos per video-encoder call."),
     force: bool = typer.Option(False, "--force", help="Build the library in the folder anew (any interrupted build "
