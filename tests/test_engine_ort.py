@@ -604,6 +604,8 @@ def test_fp16_graph_content_on_the_cpu_provider_is_refused_whatever_the_label(mi
     mixed.encode_text(*[np.asarray(a) for a in _one_caption(config)])  # fp32 graphs still run beside it
     with pytest.raises(UsageError, match="asa_head graph"):
         OrtEngine({**fp32, "asa_head": files["asa_head"]}, config)
+    with pytest.raises(UsageError, match="gone.onnx does not exist"):  # still a usage error, not a damaged graph
+        OrtEngine({**fp32, "asa_head": micro_fp16_export / "gone.onnx"}, config)
 
 
 def _one_caption(config):
