@@ -7,8 +7,8 @@ tokenizer and the text encoder, bind the socket (so a busy port is a one-line er
 stop uvicorn, then the batcher, the library and the engine. A SIGTERM stop is the normal end of a server, so
 ``serve`` then returns normally (exit 0); Ctrl-C ends with the CLI's 130.
 
-:class:`ServerThread` runs an app on 127.0.0.1 and a free port in a background thread (tests, the load test's
-self-check) and always stops it.
+:class:`ServerThread` runs an app on 127.0.0.1 and a free port in a background thread (for the tests; the load test
+runs against a server it is given) and always stops it.
 """
 
 from __future__ import annotations
