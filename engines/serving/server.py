@@ -8,7 +8,7 @@ stop uvicorn, then the batcher, the library and the engine. A SIGTERM stop is th
 ``serve`` then returns normally (exit 0); Ctrl-C ends with the CLI's 130.
 
 :class:`ServerThread` runs an app on 127.0.0.1 and a free port in a background thread (for the tests; the load test
-runs against a server it is given) and always stops it.
+loads a --url or a ``rapdeploy serve`` subprocess it spawns) and always stops it.
 """
 
 from __future__ import annotations
