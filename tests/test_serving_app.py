@@ -357,6 +357,8 @@ def test_every_response_forbids_sniffing_and_framing_and_the_page_runs_only_its_
         assert headers.get("x-content-type-options") == "nosniff", (path, status, headers)
         assert headers.get("x-frame-options") == "DENY" and "frame-ancestors 'none'" in headers[
             "content-security-policy"], (path, headers)
+        # another site's <img src=".../thumbnails?video_id=guess"> loaded or not as the library held the video
+        assert headers.get("cross-origin-resource-policy") == "same-origin", (path, headers)
         if path != "/":  # nothing but the page runs anything
             assert "default-src 'none'" in headers["content-security-policy"] and "script-src" not in headers[
                 "content-security-policy"], (path, headers)
