@@ -49,3 +49,29 @@ def test_heldout_split_refuses_bad_counts_and_foreign_folders(tmp_path):
     (tmp_path / "other" / "MSRVTT_data.json").write_text(json.dumps({"info": {}, "videos": [], "sentences": []}))
     with pytest.raises(UsageError, match="not a rapdeploy synthetic dataset"):
         prepare_heldout(tmp_path / "other", tmp_path / "held", 4, progress=False)
+
+
+def test_a_record_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    """read_record checked only the size (a FIFO's is 0), then read_text blocked forever waiting for a writer;
+    anything but a regular file is now refused unread. (The thread and its generous join only keep a regression
+    from hanging the run; a writer is opened afterwards to release a blocked read.)"""
+    import os
+    import threading
+
+    from rap_deploy.data.synth_heldout import read_record
+
+    fifo = tmp_path / "result.json"
+    os.mkfifo(fifo)
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(read_record(fifo)), daemon=True)
+    reader.start()
+    reader.join(60)
+    blocked = reader.is_alive()
+    if blocked:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a reader waits: this open succeeds and ends it
+        reader.join(60)
+    assert not blocked and got == [None]
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "ok.json").write_text('{"seed": 1}')
+    assert read_record(tmp_path / "folder.json") is None and read_record(tmp_path / "ok.json") == {"seed": 1}
+    assert read_record(tmp_path / "ok.json", max_bytes=4) is None and read_record(tmp_path / "none.json") is None

@@ -15,6 +15,8 @@ Layout: ``<folder>/data`` (MSR-VTT layout; only the test split is read), ``<fold
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,12 +92,18 @@ def prepare_heldout(world_data: str | Path, folder: str | Path, videos: int, pro
 
 
 def read_record(path: Path, max_bytes: int = 1 << 20) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or ``None`` when it is missing, larger than ``max_bytes``, unreadable or not an
-    object: a record or cached result that is then written again."""
+    """The JSON object in ``path``, or ``None`` when it is missing, not a regular file (a FIFO would block the read
+    forever, a device never end: it is opened without blocking and refused), larger than ``max_bytes``, unreadable
+    or not an object: a record or cached result that is then written again."""
     try:
-        if path.stat().st_size > max_bytes:
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+                return None
+            data = fh.read(max_bytes + 1)
+        if len(data) > max_bytes:
             return None
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(data.decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
