@@ -15,6 +15,7 @@ leaves the previous engine untouched and no folder that workspace discovery woul
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -25,8 +26,8 @@ from rap_deploy.crashpoints import crash_point
 from rap_deploy.engines.base import Engine
 from rap_deploy.engines.manifest import BACKENDS, FORMAT, MANIFEST, new_manifest, write_manifest
 from rap_deploy.engines.trt_plan import ProfileOptions, profile_ranges
-from rap_deploy.errors import UsageError
-from rap_deploy.folder_swap import StagedFolder, staged_folder
+from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.folder_swap import StagedFolder, folder_identity, staged_folder
 from rap_deploy.locks import folder_lock
 
 DEVICES = ("cpu", "cuda")
@@ -134,6 +135,7 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
     backend, precision, device = resolve_target(backend, fp16, int8, device)
     check_available(backend, device, device_id)
     src = resolve_export_dir(export_dir, workspace)
+    src_identity = folder_identity(src)  # an export --force that swaps src during the build is refused at the end
     export_manifest = read_export_manifest(src)
     export_manifest.pop("dir", None)
     dest = Path(out) if out is not None else subdir("engines", workspace) / engine_name(backend, precision, device)
@@ -142,11 +144,22 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
     with folder_lock(dest, "build-engine", "engine folder"):
         check_replaceable(dest, force)
         with staged_folder(dest) as stage:
+            stage.before_commit = functools.partial(check_source_unchanged, src, src_identity)
             manifest = _build_into(stage, src, export_manifest, backend, precision, device, ranges, threads,
                                    inter_threads, workspace, validate, progress, device_id, trt_workspace_gb,
                                    per_channel, reduce_range)
     manifest["dir"] = str(dest.resolve())
     return manifest
+
+
+def check_source_unchanged(src: Path, identity: tuple[int, int] | None) -> None:
+    """Refuse to commit an engine built from the export folder ``src`` when ``src`` is no longer the folder whose
+    manifest the build read (``identity``, :func:`~rap_deploy.folder_swap.folder_identity`): an ``export --force``
+    swapped a new export in meanwhile, so the graphs read may be the new ones. Raises :class:`CheckFailedError`."""
+    if folder_identity(src) != identity:
+        raise CheckFailedError(f"export folder {src} was replaced while the engine was built from it (an `rapdeploy "
+                               "export --force`?), so the engine could hold graphs of the new export under the old "
+                               "one's record; nothing was written: build again")
 
 
 def check_replaceable(dest: Path, force: bool) -> None:

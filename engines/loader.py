@@ -76,20 +76,13 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
 SWAP_RETRIES = 3  # loads of a folder that a concurrent writer replaced in the middle, before giving up
 
 
-def _identity(folder: Path) -> tuple[int, int] | None:
-    """The folder's device and inode (a folder swap puts another inode at the path), None when it is missing."""
-    try:
-        st = folder.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def load_unswapped(folder: Path, load: Callable[[], Engine]) -> Engine:
     """``load()`` of ``folder``, done again when ``folder`` was replaced while it ran (``rapdeploy build-engine
     --force`` or ``export --force`` swapping in a new folder): a load that straddles a swap has read one folder's
     manifest and the other's graphs, or failed on that mix. Raises :class:`CheckFailedError` after
     :data:`SWAP_RETRIES` swaps in a row; ``load()``'s own error when the folder stayed the same."""
+    from rap_deploy.folder_swap import folder_identity as _identity
+
     for _ in range(SWAP_RETRIES):
         before = _identity(folder)
         try:

@@ -41,6 +41,16 @@ _STAGING_RE = r"\.{name}\.(partial|old)-(\d+)"
 USE_EXCHANGE = True  # tests switch this off to exercise the two-rename fallback
 
 
+def folder_identity(folder: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``folder``'s device and inode (a swap puts another folder, another inode, at the path); None when missing.
+    A reader that compares it before and after reading a folder knows whether a swap happened meanwhile."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def staging_name(dest: Path, kind: str, pid: int | None = None) -> Path:
     """``<parent>/.<name>.<kind>-<pid>`` (``kind`` partial or old)."""
     return dest.parent / f".{dest.name}.{kind}-{os.getpid() if pid is None else pid}"
@@ -136,9 +146,13 @@ class StagedFolder:
         self.dest = Path(dest)
         self.path = staging_name(self.dest, "partial")
         self.committed = False
+        self.before_commit: Callable[[], None] | None = None  # a last check, raising to refuse the commit
 
     def commit(self) -> None:
-        """Swap the staging folder into place (see :func:`swap_into_place`)."""
+        """Swap the staging folder into place (see :func:`swap_into_place`), after :attr:`before_commit` (when set)
+        returned: what it raises leaves ``dest`` as it was."""
+        if self.before_commit is not None:
+            self.before_commit()
         swap_into_place(self.path, self.dest)
         self.committed = True
 

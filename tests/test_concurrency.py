@@ -185,3 +185,30 @@ def test_an_engine_swapped_while_it_loads_is_loaded_again(micro_ort_engines, tmp
     else:
         with pytest.raises(CheckFailedError, match="video_encoder"):
             load_engine(dest)
+
+
+def test_an_export_swapped_during_a_build_is_refused(micro_ort_engines, tmp_path, monkeypatch):
+    """`export --force` swapping a new export in while `build-engine` builds from the old one: the build read the old
+    manifest (and checked its hashes), then the graphs by path, so the engine recorded one export and held the
+    other's graphs (reproduced: a swap at the start of the graph build; the engine was committed). It is now refused
+    before the commit (exit 1), the engine folder left as it was."""
+    import shutil
+
+    from rap_deploy.engines import ort_build
+    from rap_deploy.engines.build import build_engine
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.folder_swap import swap_into_place
+
+    src, staged, out = tmp_path / "export", tmp_path / ".export.partial-1", tmp_path / "engine"
+    shutil.copytree(micro_ort_engines["export"], src)
+    shutil.copytree(micro_ort_engines["export"], staged)
+    build_graphs = ort_build.build_ort_graphs
+
+    def swap_then_build(*args, **kwargs):
+        swap_into_place(staged, src)  # the export commits its new folder as the build starts reading graphs
+        return build_graphs(*args, **kwargs)
+
+    monkeypatch.setattr(ort_build, "build_ort_graphs", swap_then_build)
+    with pytest.raises(CheckFailedError, match="was replaced while the engine was built"):
+        build_engine(src, backend="onnxruntime", out=out, validate=False, progress=False)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["export"]
