@@ -405,6 +405,7 @@ def test_a_loopback_server_answers_only_its_own_host_names(serve):
                      f"[::ffff:8.8.8.8]:{port}"):
             status, doc = host_request(server.url, host)
             assert status == 403 and doc["field"] == "Host" and "--allow-host" in doc["error"], (host, doc)
+    assert service._counts["/healthz 403"] == 5  # refusals show in /stats
     assert host_request(serve(service), f"attacker.example:{port}")[0] == 200  # no check asked for
 
 

@@ -314,9 +314,9 @@ def create_app(service: ServingService, on_shutdown: Callable[[], None] | None =
             on_shutdown()
 
     app = FastAPI(title="rapdeploy serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.add_middleware(CountRequests, service=service)
-    if allowed_hosts is not None:
+    if allowed_hosts is not None:  # inside CountRequests (added after it: outer), so /stats counts its refusals
         app.add_middleware(HostCheck, allowed=allowed_hosts)
+    app.add_middleware(CountRequests, service=service)
     app.add_middleware(SecureHeaders)
     _add_error_handlers(app, service)
     _add_search_routes(app, service)
