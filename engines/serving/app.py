@@ -13,6 +13,10 @@ Protocol (KServe v2 REST) for the three graphs.
 
 Every ``GET`` route answers ``HEAD`` too; another method is a 405 with the ``Allow`` header.
 
+Browsers: every response forbids MIME sniffing, framing and embedding by other origins (:data:`SECURE_HEADERS`),
+the page runs only its own inline script and style (:func:`page_policy`), and a server on a loopback address
+answers only its own host names and pages (:class:`HostCheck`; ``rapdeploy serve --allow-host``).
+
 Request bodies are bounded: a declared ``Content-Length`` over the limit is refused before the body is read, and a
 streamed body is cut off when it passes it (413); an inference response goes out in pieces and is given up when its
 client reads nothing of it for the idle timeout (:class:`PacedResponse`). Every refusal is a 4xx JSON
