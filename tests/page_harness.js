@@ -2,7 +2,8 @@
 // tests/test_serving_page_check.py (no browser needed). Usage: node page_harness.js PAGE.html SCENARIO.json
 // SCENARIO: {"query": str, "topk": str, "submits": int, "answers": {"/library": [ANSWER], "/search": [ANSWER, ...]}}
 // ANSWER: {"status": int, "body": str, "delay_ms": int} or {"network_error": str}; /search answers are used in
-// order, one per submit. Prints the page's state as JSON: status line, results, thumbnails, uncaught errors.
+// order, one per submit; "evaluate": [JavaScript expressions] are evaluated in the page at the end (page_check's).
+// Prints the page's state as JSON: status line, results, thumbnails, uncaught errors, the expressions' values.
 "use strict";
 const fs = require("fs");
 const vm = require("vm");
@@ -42,9 +43,20 @@ for (const [tag, id] of [["form", "search-form"], ["div", "status"], ["div", "re
 byId.query.value = scenario.query ?? "a red circle";
 byId.topk.value = scenario.topk ?? "10";
 const body = new Element("body");
+const matches = (e, cls) => e.className.split(" ").includes(cls);
 const document = {
   body, getElementById: (id) => byId[id] || null, createElement: (tag) => new Element(tag),
   write() { throw new Error("document.write used"); },
+  // what page_check's expressions read: ".cls" and ".cls .inner" selectors, document.images (all loaded)
+  querySelectorAll(selector) {
+    const [outer, inner] = selector.replace(/\./g, "").split(" ");
+    const found = byId.results.all().filter((e) => matches(e, outer));
+    return inner ? found.flatMap((e) => e.all().filter((c) => matches(c, inner))) : found;
+  },
+  querySelector(selector) { return this.querySelectorAll(selector)[0] || null; },
+  get images() {
+    return byId.results.all().filter((e) => e.tagName === "IMG").map((i) => ({complete: true, naturalWidth: 96}));
+  },
 };
 
 const queues = JSON.parse(JSON.stringify(scenario.answers || {}));
@@ -78,6 +90,6 @@ try { vm.runInContext(script, context); } catch (e) { errors.push(String(e.stack
     about: byId.about.textContent, state: body.dataset.state ?? null,
     results: rows.map((r) => r.textContent),
     images: byId.results.all().filter((e) => e.tagName === "IMG").map((i) => ({src: i.src, alt: i.alt})),
-    errors,
+    errors, evaluated: (scenario.evaluate || []).map((expr) => vm.runInContext(expr, context)),
   }));
 })();

@@ -229,3 +229,14 @@ def test_a_video_without_frames_shows_a_note_not_a_broken_image(tmp_path):
     state = page_state(tmp_path, [results("kept", "gone")], broken_images=[broken])
     assert [i["src"] for i in state["images"]] == ["/thumbnails?count=4&video_id=kept"], state
     assert state["results"][1].endswith("no frames to show (the video's file cannot be read on the server)"), state
+
+
+@needs_node
+def test_the_page_check_stops_waiting_once_a_search_answered_with_no_video(tmp_path):
+    """Over an empty library the check waited its whole --timeout (60 s) for result rows that never come; its
+    wait now ends when the page has answered, and it exits 1 (no results) at once."""
+    empty = {"status": 200, "body": json.dumps({"results": [], "timings_ms": {}})}
+    for answer, rows in ((empty, 0), (results("v1", "v2"), 2)):
+        state = page_state(tmp_path, [answer], evaluate=[page_check.DONE_JS, page_check.SUMMARY_JS])
+        done, summary = state["evaluated"]
+        assert done is True and json.loads(summary)["results"] == rows, state

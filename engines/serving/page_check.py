@@ -30,7 +30,9 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0")
 FOCUS_JS = ("(() => { const q = document.getElementById('query'); if (!q || !document.getElementById('status')) "
             "return false; q.focus(); return true; })()")  # false: not the search page
-DONE_JS = ("document.body.dataset.state === 'done' && document.querySelectorAll('.result').length > 0 && "
+# the page answered (no result rows when the library is empty: then no wait for rows that never come) and every
+# thumbnail loaded (the page replaces one that fails with a note)
+DONE_JS = ("document.body.dataset.state === 'done' && "
            "[...document.images].every(i => i.complete && i.naturalWidth > 0)")
 SUMMARY_JS = ("JSON.stringify({results: document.querySelectorAll('.result').length, "
               "status: document.getElementById('status').textContent, "
