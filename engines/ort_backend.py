@@ -30,6 +30,7 @@ from rap_deploy.engines.blocks import (
     tokens_axis_is_dynamic,
 )
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
+from rap_deploy.folder_swap import folder_identity
 from rap_deploy.graphs import graph_io
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -232,6 +233,8 @@ class OrtEngine(Engine):
         self._ort_version = ort.__version__
         self._extra = dict(extra or {})
         self._content_checked: set[str] = set()
+        # the folder as loaded: a lazy session refuses a folder swapped since (its manifest was checked, not this one)
+        self._folder = folder_identity(path) if path is not None else None
         if not lazy:
             for graph in self.files:  # every graph before any session
                 self._check_content(graph)
@@ -257,12 +260,20 @@ class OrtEngine(Engine):
                              "the CPU")
         self._content_checked.add(graph)
 
+    def _check_same_folder(self) -> None:
+        """Refuse (:class:`CheckFailedError`) to open a session once the engine's folder was replaced (``rapdeploy
+        build-engine --force``): its graphs are not the ones whose manifest and hashes were checked at load."""
+        if self._folder is not None and folder_identity(self.path) != self._folder:
+            raise CheckFailedError(f"{self.path} was replaced since this process loaded it (a new build or export "
+                                   "swapped in?); start the command again to load the new one")
+
     def _session(self, graph: str) -> Any:
         """The graph's session, created on first use (see ``lazy``)."""
         sess = self.sessions.get(graph)
         if sess is None:
             from rap_deploy.engines.loader import runtime_errors
 
+            self._check_same_folder()
             self._check_content(graph)
 
             provider, threads, inter_threads, level, device_id = self._session_options

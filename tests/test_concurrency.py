@@ -212,3 +212,34 @@ def test_an_export_swapped_during_a_build_is_refused(micro_ort_engines, tmp_path
     with pytest.raises(CheckFailedError, match="was replaced while the engine was built"):
         build_engine(src, backend="onnxruntime", out=out, validate=False, progress=False)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_a_lazy_engine_refuses_a_folder_swapped_after_its_load(micro_ort_engines, tmp_path):
+    """`rapdeploy search` loads its engine lazily (a graph's session on its first call): a `build-engine --force`
+    swapping a new folder in after the load made that first call open the new folder's graph under the old manifest,
+    never checked (reproduced: a swap between load and first call, the new folder's video encoder not its manifest's:
+    it ran). The session is now refused, one line naming the folder (exit 1)."""
+    import shutil
+
+    import numpy as np
+
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.manifest import read_manifest
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.folder_swap import swap_into_place
+
+    dest, staged = tmp_path / "engine", tmp_path / ".engine.partial-1"
+    shutil.copytree(micro_ort_engines["fp32"], dest)
+    shutil.copytree(micro_ort_engines["fp32"], staged)
+    graph = read_manifest(staged)["graphs"]["video_encoder"]["file"]
+    shutil.copyfile(damaged_graph := micro_ort_engines["damaged"] / graph, staged / graph)
+    assert damaged_graph.read_bytes() != (dest / graph).read_bytes()
+    engine = load_engine(dest, lazy=True)
+    try:
+        swap_into_place(staged, dest)
+        size = engine.config.preprocess.image_size
+        frames = np.zeros((1, engine.config.frames, 3, size, size), dtype=np.float32)
+        with pytest.raises(CheckFailedError, match="was replaced since this process loaded it"):
+            engine.encode_video(frames)
+    finally:
+        engine.close()
