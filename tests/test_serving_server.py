@@ -343,7 +343,8 @@ def test_sigterm_stops_the_server_while_a_client_stalls_mid_request(micro_ort_en
     u = urllib.parse.urlsplit(s.url)
     stalled = socket.create_connection((u.hostname, u.port))
     try:
-        stalled.sendall(b"POST /v2/models/text_encoder/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        stalled.sendall(b"POST /v2/models/text_encoder/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        b"Content-Length: 1000\r\n\r\n{")
         assert _request(s.url, "GET", "/healthz")[0] == 200  # the server has read the stalled request's head
         s.proc.terminate()
         try:
