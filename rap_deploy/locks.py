@@ -117,21 +117,9 @@ def folder_lock(target: str | os.PathLike[str], command: str, what: str = "outpu
 
 def _acquire(path: Path, target: Path, command: str, what: str, fcntl) -> int:
     """Open, lock and stamp the lock file; returns its descriptor (see :func:`folder_lock`)."""
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
     for _ in range(100):
-        try:
-            fd = os.open(path, flags, 0o644)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UsageError(f"{path} (the lock of {target}) is a symlink; remove it") from None
-            raise UsageError(f"cannot write {what} {target}: cannot create {path} ({exc.strerror}); pass a writable "
-                             "--out or --workspace") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise FolderBusyError(f"{what} {target} is being written by {_owner_text(path)}; wait for it to finish "
-                                  "or write to another --out") from None
+        fd, writable = _open_lock_file(path, target, what)
+        _lock_or_raise(fd, path, target, what, fcntl)
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -139,12 +127,56 @@ def _acquire(path: Path, target: Path, command: str, what: str, fcntl) -> int:
         if not same:  # the previous owner unlinked this file as we opened it: lock the new one instead
             os.close(fd)
             continue
+        if not writable:  # another user's lock file, left by an owner that was killed: make our own instead
+            _remove_unwritable(path, fd, target, what)
+            continue
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "target": str(target)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
         return fd
     raise FolderBusyError(f"{what} {target}: could not take its lock {path} (it keeps being replaced); retry")
+
+
+def _open_lock_file(path: Path, target: Path, what: str) -> tuple[int, bool]:
+    """``(descriptor, writable)`` of the lock file, created when missing; a lock file this user may not write (another
+    user's, in a shared workspace) is opened read-only, which ``flock`` still locks."""
+    flags = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644), True
+        except PermissionError as denied:
+            try:
+                return os.open(path, os.O_RDONLY | flags), False
+            except OSError:
+                raise denied from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{path} (the lock of {target}) is a symlink; remove it") from None
+        raise UsageError(f"cannot write {what} {target}: cannot create {path} ({exc.strerror}); pass a writable "
+                         "--out or --workspace") from None
+
+
+def _lock_or_raise(fd: int, path: Path, target: Path, what: str, fcntl) -> None:
+    """``flock`` the lock file; else close it and raise :class:`FolderBusyError` (held)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FolderBusyError(f"{what} {target} is being written by {_owner_text(path)}; wait for it to finish "
+                              "or write to another --out") from None
+
+
+def _remove_unwritable(path: Path, fd: int, target: Path, what: str) -> None:
+    """Delete a stale lock file this user cannot write while holding its lock, then close it; :class:`UsageError`
+    when the folder does not allow it either."""
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {what} {target}: its lock file {path} belongs to another user and cannot be "
+                         f"replaced ({exc.strerror}); remove it or pass another --out or --workspace") from None
+    finally:
+        os.close(fd)
 
 
 def check_writable_folder(folder: str | os.PathLike[str], command: str, what: str = "output folder") -> Path:

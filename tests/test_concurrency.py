@@ -243,3 +243,51 @@ def test_a_lazy_engine_refuses_a_folder_swapped_after_its_load(micro_ort_engines
             engine.encode_video(frames)
     finally:
         engine.close()
+
+
+def _deny_writing(monkeypatch, lock_file):
+    """Make the file now at ``lock_file`` another user's, as this (root) test process cannot: opening it for writing
+    is refused (a new file created there is this user's)."""
+    import os
+
+    real_open, theirs = os.open, lock_file.stat().st_ino
+
+    def fake_open(path, flags, *args, **kwargs):
+        denied = os.fspath(path) == str(lock_file) and lock_file.exists() and lock_file.stat().st_ino == theirs
+        if denied and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+
+
+def test_another_users_lock_file_is_busy_or_replaced_not_a_permission_error(tmp_path, monkeypatch):
+    """In a shared workspace the lock file may be another user's (0644): it was opened for writing, so a second user
+    got 'cannot create .out.lock (Permission denied)' whether its owner was writing or long dead (killed: the file
+    stays). It is now locked read-only: held, the holder is named; stale, it is replaced by this user's."""
+    import subprocess
+    import sys
+
+    from rap_deploy.locks import lock_path
+
+    target = tmp_path / "out"
+    lock_file = lock_path(target)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from rap_deploy.locks import folder_lock\n"
+                               f"with folder_lock({str(target)!r}, 'export'):\n"
+                               "    print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with monkeypatch.context() as patch:
+            _deny_writing(patch, lock_file)
+            with pytest.raises(FolderBusyError, match=f"process {holder.pid} .*rapdeploy export"):
+                with folder_lock(target, "build-engine"):
+                    pass
+    finally:
+        holder.communicate("", timeout=60)
+    lock_file.write_text('{"pid": 1, "command": "export"}')  # left behind by a killed owner
+    _deny_writing(monkeypatch, lock_file)
+    with folder_lock(target, "build-engine"):
+        assert "build-engine" in lock_file.read_text()
+    assert not lock_file.exists()
+
