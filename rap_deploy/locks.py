@@ -158,13 +158,18 @@ def _open_lock_file(path: Path, target: Path, what: str) -> tuple[int, bool]:
 
 
 def _lock_or_raise(fd: int, path: Path, target: Path, what: str, fcntl) -> None:
-    """``flock`` the lock file; else close it and raise :class:`FolderBusyError` (held)."""
+    """``flock`` the lock file; else close it and raise :class:`FolderBusyError` (held) or :class:`UsageError` (the
+    filesystem has no locks)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise FolderBusyError(f"{what} {target} is being written by {_owner_text(path)}; wait for it to finish "
                               "or write to another --out") from None
+    except OSError as exc:
+        os.close(fd)
+        raise UsageError(f"cannot lock {path}, the lock of {what} {target} ({exc.strerror or exc}): its filesystem "
+                         "does not support file locks; pass an --out or --workspace on another one") from None
 
 
 def _remove_unwritable(path: Path, fd: int, target: Path, what: str) -> None:

@@ -291,3 +291,20 @@ def test_another_users_lock_file_is_busy_or_replaced_not_a_permission_error(tmp_
         assert "build-engine" in lock_file.read_text()
     assert not lock_file.exists()
 
+
+def test_a_filesystem_without_locks_is_one_line(tmp_path, monkeypatch):
+    """flock failing for another reason than a holder (ENOLCK, EOPNOTSUPP: some network and FUSE filesystems)
+    escaped as a bare OSError without a path; it is a usage error naming the lock file and what to do."""
+    import errno
+    import fcntl
+
+    from rap_deploy.errors import UsageError
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(UsageError, match=r"cannot lock .*\.out\.lock.*No locks available.*does not support") as info:
+        with folder_lock(tmp_path / "out", "export"):
+            pass
+    assert not isinstance(info.value, FolderBusyError)
