@@ -11,13 +11,19 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rap_deploy.bounds import check_memory
+from rap_deploy.bounds import available_memory, check_memory
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import UsageError
 from rap_deploy.tokenizer import vocab_size
 
 DEFAULT_QUERY_BLOCK = 32
 DEFAULT_VIDEO_BLOCK = 64
+# One re-rank call may take this share of the memory available when it starts (the rest: the result, the index,
+# the sessions). A call estimated below UNCHECKED_CALL_BYTES is fed as asked without reading the memory: the read
+# (psutil, about 60 us measured) would add 5 % to a one-pair call; ViT-B/32 at 12 frames searches one query in
+# blocks of about 150 MB.
+ASA_MEMORY_SHARE = 0.5
+UNCHECKED_CALL_BYTES = 256 << 20
 
 
 def check_video_inputs(frames: np.ndarray, frame_mask: np.ndarray | None, config: RAPConfig
@@ -186,17 +192,71 @@ def rerank_inputs(has_asa: bool, rerank: tuple[np.ndarray, ...]) -> tuple[np.nda
     return arrays
 
 
+def asa_call_bytes(frames: int, patches: int, width: int, topk: int, heads: int, attn_dim: int) -> tuple[int, int]:
+    """Estimated working memory of one ASA re-rank call: ``(bytes per (query, video) pair, bytes per video)``.
+
+    Per pair (float32) the selection scores ``T·P``, the gathered ``asa_tokens`` rows ``3·T·k·d_a`` and the attention
+    output ``T·k·d_a``, and the attention logits and weights ``2·H·(T·k)²``; per video the float32 copy of the stored
+    patch tokens the selection reads (``T·P·d``). ``k`` is at most ``P``. The export records it in the manifest
+    (``graphs.asa_head.block_memory``); the ONNX Runtime CPU and PyTorch CPU re-ranks size their blocks with it.
+    """
+    tk = frames * min(topk, patches)
+    per_pair = 4 * (frames * patches + 4 * tk * attn_dim + 2 * heads * tk * tk)
+    return per_pair, 4 * frames * patches * width
+
+
+def model_call_bytes(config: RAPConfig, patch_tokens_shape: tuple[int, ...]) -> tuple[int, int]:
+    """:func:`asa_call_bytes` of ``config``'s ASA head on re-rank tensors whose ``patch_tokens`` are
+    ``[V, T, P, d]``."""
+    frames, patches, width = (int(n) for n in patch_tokens_shape[1:4])
+    return asa_call_bytes(frames, patches, width, config.asa_topk, config.asa_heads, config.asa_dim)
+
+
+def fit_asa_blocks(query_block: int, video_block: int, queries: int, videos: int,
+                   call_bytes: tuple[int, int]) -> tuple[int, int]:
+    """The ``(query_block, video_block)`` to feed: as asked when one call fits in :data:`ASA_MEMORY_SHARE` of the
+    memory available now (or cannot be read), else fewer videos per call, then fewer queries. Block sizes change the
+    call size, not the scores.
+
+    Raises :class:`UsageError` with the numbers when not even one (query, video) pair fits.
+    """
+    per_pair, per_video = call_bytes
+    q, v = max(1, min(query_block, queries)), max(1, min(video_block, videos))
+    need = q * v * per_pair + v * per_video
+    if need <= UNCHECKED_CALL_BYTES:
+        return query_block, video_block
+    available = available_memory()
+    budget = int(ASA_MEMORY_SHARE * available) if available is not None else need
+    if need <= budget:
+        return query_block, video_block
+    if budget >= q * per_pair + per_video:
+        return q, budget // (q * per_pair + per_video)
+    if budget >= per_pair + per_video:
+        return (budget - per_video) // per_pair, 1
+    gib = 2 ** 30
+    raise UsageError(f"one ASA re-rank call of a single (query, video) pair needs about "
+                     f"{(per_pair + per_video) / gib:.2f} GiB (estimated: {per_pair / gib:.2f} GiB per pair, "
+                     f"{per_video / gib:.2f} GiB per video), more than {ASA_MEMORY_SHARE:.0%} of the "
+                     f"{available / gib:.1f} GiB of memory available; free memory or run on a larger machine")
+
+
 def blocked_similarity(run: Callable[..., np.ndarray], text_emb: np.ndarray, rerank: tuple[np.ndarray, ...],
-                       query_block: int = DEFAULT_QUERY_BLOCK, video_block: int = DEFAULT_VIDEO_BLOCK) -> np.ndarray:
+                       query_block: int = DEFAULT_QUERY_BLOCK, video_block: int = DEFAULT_VIDEO_BLOCK,
+                       call_bytes: tuple[int, int] | None = None) -> np.ndarray:
     """Fill the ``[Q, V]`` similarity by calling ``run(text[q0:q1], *(x[v0:v1] for x in rerank))`` per block.
 
     ``run`` is the ``asa_head`` graph on one block (at most ``query_block`` texts × ``video_block`` videos);
-    ``rerank`` are the re-rank arrays (sliced, never converted). Returns float32 ``[Q, V]``.
+    ``rerank`` are the re-rank arrays (sliced, never converted). With ``call_bytes`` (:func:`asa_call_bytes`, for a
+    runtime whose blocks live in this machine's memory) the blocks are first fitted to the memory available
+    (:func:`fit_asa_blocks`). Returns float32 ``[Q, V]``.
     """
     if query_block < 1 or video_block < 1:
         raise UsageError(f"ASA block sizes must be >= 1, got {query_block} x {video_block}")
     check_text_emb(text_emb, rerank[0])
     check_similarity_memory(np.shape(text_emb)[0], rerank[0].shape[0])
+    if call_bytes is not None:
+        query_block, video_block = fit_asa_blocks(query_block, video_block, np.shape(text_emb)[0],
+                                                  rerank[0].shape[0], call_bytes)
     text = np.ascontiguousarray(text_emb, dtype=np.float32)
     n_videos = rerank[0].shape[0]
     out = np.empty((text.shape[0], n_videos), dtype=np.float32)

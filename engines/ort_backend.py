@@ -26,6 +26,7 @@ from rap_deploy.engines.blocks import (
     check_video_inputs,
     fit_tokens,
     meanp_similarity_from_frames,
+    model_call_bytes,
     rerank_inputs,
     tokens_axis_is_dynamic,
 )
@@ -192,7 +193,9 @@ class OrtEngine(Engine):
 
     ``graphs`` maps graph name to an ONNX file (``asa_head`` absent for ``rap_light``). ``asa_similarity`` feeds the
     ``asa_head`` graph bounded blocks of ``query_block`` texts × ``video_block`` videos (defaults 32 × 64) and
-    stitches the ``[Q, V]`` result, because the graph's intermediates grow as Q·V·T·k·d_a. Inputs are cast to each
+    stitches the ``[Q, V]`` result, because the graph's intermediates grow as Q·V·(T·k)². On the CPU provider a
+    block too large for the memory available is fed as smaller ones (``engines.blocks.fit_asa_blocks``; at 64
+    frames on ViT-B/32 one 32 × 64 call is estimated at about 20 GB). Inputs are cast to each
     graph's input types (a no-op for index arrays, which already have them) and outputs returned as float32.
 
     ``lazy`` creates each graph's session on its first call instead of up front, so a process that only searches
@@ -330,7 +333,9 @@ class OrtEngine(Engine):
         def run(*arrays: np.ndarray) -> np.ndarray:
             return self._run("asa_head", dict(zip(inputs, arrays, strict=True)))[0]
 
-        return blocked_similarity(run, text_emb, rerank, self.query_block, self.video_block)
+        # on the CPU a block's intermediates are this machine's memory: blocks are fitted to what is available
+        host = model_call_bytes(self.config, rerank[1].shape) if self.provider == PROVIDERS["cpu"] else None
+        return blocked_similarity(run, text_emb, rerank, self.query_block, self.video_block, host)
 
     def describe(self) -> EngineInfo:
         """Backend, provider, precision, ONNX Runtime version, thread settings and block sizes."""

@@ -110,15 +110,16 @@ def asa_block_memory(model) -> dict[str, Any]:
     """Estimated working memory of one ``asa_head`` call: per (query, video) pair and per video.
 
     The graph has no chunk loop (see :class:`~rap_deploy.export.wrappers.AsaHeadGraph`); runtimes feed bounded
-    ``(Q, V)`` blocks and size them with this estimate: per pair the selection scores ``T·P``, the gathered
-    ``asa_tokens`` rows ``3·T·k·d_a`` and the attention output ``T·k·d_a``, and the attention logits and weights
-    ``2·H·(T·k)²`` (float32); per video the float32 copy of the stored patch tokens the selection reads
-    (``T·P·d``).
+    ``(Q, V)`` blocks. The estimate is :func:`rap_deploy.engines.blocks.asa_call_bytes` (its terms are listed
+    there); the ONNX Runtime CPU and PyTorch CPU re-ranks compute the same figure from the model's config and
+    shrink a block that would not fit in half the memory available (``fit_asa_blocks``). This record is for
+    the reader: nothing reads it back.
     """
-    asa, t = model.asa, model.config.frames
-    tk = t * asa.topk
-    per_pair = 4 * (t * model.num_patches + 4 * tk * asa.attn_dim + 2 * asa.heads * tk * tk)
-    per_video = 4 * t * model.num_patches * model.embed_dim
+    from rap_deploy.engines.blocks import asa_call_bytes
+
+    asa = model.asa
+    per_pair, per_video = asa_call_bytes(model.config.frames, model.num_patches, model.embed_dim, asa.topk,
+                                         asa.heads, asa.attn_dim)
     return {"bytes_per_query_video_pair": per_pair, "bytes_per_video": per_video,
             "note": "no chunk loop in the graph: feed bounded (queries, videos) blocks"}
 

@@ -156,15 +156,22 @@ def check_memory(nbytes: int, what: str, fix: str, fraction: float = 0.8) -> Non
     ``what`` says what would be allocated, ``fix`` what to change. Raises :class:`UsageError`. Does nothing when the
     available memory cannot be read.
     """
-    try:
-        import psutil
-
-        available = int(psutil.virtual_memory().available)
-    except Exception:  # any failure to read the memory just skips the check
+    available = available_memory()
+    if available is None:  # any failure to read the memory just skips the check
         return
     if nbytes > fraction * available:
         raise UsageError(f"{what} needs {nbytes / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of memory "
                          f"available; {fix}")
+
+
+def available_memory() -> int | None:
+    """The memory available to a new allocation now, in bytes (``psutil``), or ``None`` when it cannot be read."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing, or /proc unreadable in a sandbox
+        return None
 
 
 def clip_weight_bytes(cfg: dict[str, Any]) -> int:

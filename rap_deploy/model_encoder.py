@@ -62,8 +62,19 @@ class ModelEncoder:
         tensors = [_tensor_view(x).to(self.device) for x in rerank]
         if tensors:  # frame_emb in the compute dtype (fp16 on CUDA); the stored tensors keep theirs
             tensors[0] = tensors[0].to(self.dtype)
-        return self._np(self.model.asa_similarity(self._t(text_emb), *tensors, query_chunk=self.query_chunk,
-                                                  video_chunk=self.video_chunk))
+        q, v = self._chunks(text_emb, len(rerank[0]) if rerank else 0, rerank)
+        return self._np(self.model.asa_similarity(self._t(text_emb), *tensors, query_chunk=q, video_chunk=v))
+
+    def _chunks(self, text_emb: np.ndarray, videos: int, rerank: tuple[np.ndarray, ...]) -> tuple[int, int]:
+        """``(query_chunk, video_chunk)`` for one ASA similarity: on the CPU fitted to the memory available
+        (:func:`~rap_deploy.engines.blocks.fit_asa_blocks`; the scores do not depend on them), else as set."""
+        if not self.has_asa or str(self.device) != "cpu" or len(rerank) != 3 or np.ndim(rerank[1]) != 4:
+            return self.query_chunk, self.video_chunk  # the model refuses what is not its re-rank tensors
+        from rap_deploy.engines.blocks import fit_asa_blocks, model_call_bytes
+
+        queries = np.shape(text_emb)[0] if np.ndim(text_emb) else 0
+        return fit_asa_blocks(self.query_chunk, self.video_chunk, queries, videos,
+                              model_call_bytes(self.config, rerank[1].shape))
 
     @torch.inference_mode()
     def asa_similarity_rows(self, text_emb: np.ndarray, stores: tuple[np.ndarray, ...],
@@ -81,8 +92,9 @@ class ModelEncoder:
         if self.device != "cpu" or not self.has_asa:  # a GPU gets only the candidates' blocks, never the stores
             return self.asa_similarity(text_emb, *(s[rows] for s in stores))
         tensors = [_tensor_view(x) for x in as_index_dtypes(rerank_tensors(True), stores)]
-        return self._np(self.model.asa_similarity(self._t(text_emb), *tensors, query_chunk=self.query_chunk,
-                                                  video_chunk=self.video_chunk, video_rows=torch.from_numpy(rows)))
+        q, v = self._chunks(text_emb, len(rows), stores)
+        return self._np(self.model.asa_similarity(self._t(text_emb), *tensors, query_chunk=q, video_chunk=v,
+                                                  video_rows=torch.from_numpy(rows)))
 
 
 def _tensor_view(x: np.ndarray) -> torch.Tensor:

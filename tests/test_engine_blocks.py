@@ -202,3 +202,71 @@ def test_the_pytorch_engine_checks_the_similarity_size_too(micro_model, monkeypa
         engine.asa_similarity(text, *rerank)
     with pytest.raises(UsageError, match=r"the \[2, 2\] similarity needs"):
         engine.asa_similarity_rows(text, rerank, np.array([0, 1]))
+
+
+def _available(monkeypatch, nbytes):
+    """Make psutil report ``nbytes`` of available memory (nothing is allocated)."""
+    import types
+
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=nbytes))
+
+
+def test_the_per_pair_estimate_sizes_the_blocks_at_64_frames(monkeypatch):
+    """Nothing read the export's per-pair estimate: at 64 frames (DiDeMo / ActivityNet) on ViT-B/32 one ONNX Runtime
+    call of the default 32 x 64 block is estimated at about 20 GB, and was fed whole on a 16 GiB machine (killed).
+    The blocks are now fitted to half the available memory, videos first, then queries, then refused."""
+    from rap_deploy.engines.blocks import asa_call_bytes, fit_asa_blocks
+
+    call = asa_call_bytes(64, 49, 768, 8, 4, 128)  # ViT-B/32, --frames 64, the default ASA sizes
+    assert call == (9_449_728, 9_633_792)
+    assert 32 * 64 * call[0] + 64 * call[1] > 19.9e9
+    _available(monkeypatch, 16 << 30)
+    assert fit_asa_blocks(32, 64, 1000, 1000, call) == (32, 27)  # 27 * (32 pairs + 1 video) <= 8 GiB
+    assert fit_asa_blocks(32, 16, 1000, 1000, call) == (32, 16)  # the PyTorch engine's 32 x 16 (5 GB) fits
+    assert fit_asa_blocks(32, 64, 1, 100, call) == (32, 64)  # one query's search block (1.2 GB) fits
+    _available(monkeypatch, 100 << 20)
+    assert fit_asa_blocks(32, 64, 1000, 1000, call) == (4, 1)
+    _available(monkeypatch, 10 << 20)
+    with pytest.raises(UsageError, match=r"single \(query, video\) pair needs about 0\.02 GiB .* more than 50% of "
+                                         r"the 0\.0 GiB of memory available"):
+        fit_asa_blocks(32, 64, 1000, 1000, call)
+
+
+def test_small_blocks_never_read_the_memory(monkeypatch):
+    """A call estimated under 256 MiB (every model at 12 frames searching) is fed as asked, without the psutil read."""
+    import psutil
+
+    from rap_deploy.engines.blocks import asa_call_bytes, fit_asa_blocks
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: pytest.fail("memory read for a small block"))
+    assert fit_asa_blocks(32, 64, 1, 100, asa_call_bytes(12, 49, 768, 8, 4, 128)) == (32, 64)
+
+
+def test_a_64_frame_model_is_scored_in_fitted_blocks_with_the_same_scores(monkeypatch):
+    """The PyTorch re-rank (the engine and verify's reference, ModelEncoder) fed 32 x 16 blocks whatever the memory:
+    a 64-frame rap-micro block of 32 queries x 13 videos is estimated at 0.47 GB. With 400 MiB available the calls
+    hold 5 videos."""
+    from rap_deploy.checkpoint import new_checkpoint
+    from rap_deploy.engines.blocks import rerank_inputs
+    from rap_deploy.engines.torch_backend import TorchEngine
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    _, model = new_checkpoint(micro_config(frames=64), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    randomize_adapters(model, seed=3)
+    engine = TorchEngine(model)
+    rerank = rerank_inputs(True, tuple(x.numpy() for x in _embeddings(model, videos=13)[1:]))
+    text = np.linalg.qr(np.random.default_rng(2).normal(size=(32, 32)))[0].astype(np.float32)
+    whole, rows = engine.asa_similarity(text, *rerank), engine.asa_similarity_rows(text, rerank, np.arange(13))
+    chunks = []
+    original = model.asa_similarity
+    monkeypatch.setattr(model, "asa_similarity",
+                        lambda *a, **kw: chunks.append(kw["video_chunk"]) or original(*a, **kw))
+    _available(monkeypatch, 400 << 20)
+    assert np.abs(engine.asa_similarity(text, *rerank) - whole).max() <= 1e-6  # measured: bit-identical
+    assert np.abs(engine.asa_similarity_rows(text, rerank, np.arange(13)) - rows).max() <= 1e-6
+    assert chunks == [5, 5] and engine.video_block == 16  # the setting is kept; one call is fitted
+    _available(monkeypatch, 2 << 20)
+    with pytest.raises(UsageError, match="single \\(query, video\\) pair"):
+        engine.asa_similarity(text, *rerank)

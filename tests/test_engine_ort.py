@@ -78,6 +78,29 @@ def test_fp32_engine_matches_pytorch_within_export_tolerances(micro_ort_engines,
     assert info["backend"] == "onnxruntime" and info["precision"] == "fp32" and info["versions"]["onnxruntime"]
 
 
+def test_the_cpu_asa_blocks_are_fitted_to_the_available_memory(micro_ort_engines, monkeypatch):
+    """The CPU engine fed its 32 x 64 blocks whatever the memory (20 GB a call at 64 frames on ViT-B/32). The
+    blocks are now fitted with the export's per-pair estimate; here the micro model's calls are made to count
+    (no unchecked floor) and 2 videos fit per call: the scores are those of the whole block."""
+    from rap_deploy.engines import blocks
+
+    engine = load_engine(micro_ort_engines["fp32"], threads=1)
+    c = engine.config
+    gen = np.random.default_rng(4)
+    frames = gen.normal(size=(7, c.frames, 3, c.preprocess.image_size, c.preprocess.image_size)).astype(np.float32)
+    rerank = engine.encode_video(frames)[1:]
+    text = engine.encode_text(*(np.array(x) for x in ([[49406, 320, 49407]] * 5, [2] * 5)))
+    whole = engine.asa_similarity(text, *rerank)
+    per_pair, per_video = blocks.model_call_bytes(c, rerank[1].shape)
+    monkeypatch.setattr(blocks, "UNCHECKED_CALL_BYTES", 0)
+    monkeypatch.setattr("psutil.virtual_memory", lambda: types.SimpleNamespace(
+        available=int(2 * (5 * per_pair + per_video) / blocks.ASA_MEMORY_SHARE)))
+    calls, run = [], engine._run
+    monkeypatch.setattr(engine, "_run", lambda g, feeds: calls.append(len(feeds["patch_tokens"])) or run(g, feeds))
+    assert np.abs(engine.asa_similarity(text, *rerank) - whole).max() <= 1e-6  # measured: bit-identical
+    assert calls == [2, 2, 2, 1] and engine.video_block == 64
+
+
 def test_fp32_manifest_records_what_was_built(micro_ort_engines):
     m = validate_engine_dir(micro_ort_engines["fp32"], runtime=runtime_info())
     export = json.loads((micro_ort_engines["export"] / "manifest.json").read_text())
