@@ -308,3 +308,29 @@ def test_a_filesystem_without_locks_is_one_line(tmp_path, monkeypatch):
         with folder_lock(tmp_path / "out", "export"):
             pass
     assert not isinstance(info.value, FolderBusyError)
+
+
+def test_an_engine_swapped_while_triton_repo_copies_it_is_refused(micro_ort_engines, tmp_path, monkeypatch):
+    """`build-engine --force` swapping a new engine in while `triton-repo` copies the old one: the repository got
+    files of the new folder, never hash-checked, under the old manifest's description (reproduced: a swap as the
+    first model is written; the repository was committed). It is now refused before the commit (exit 1)."""
+    import shutil
+
+    from rap_deploy.engines.serving import triton_repo as module
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.folder_swap import swap_into_place
+
+    engine, staged, out = tmp_path / "engine", tmp_path / ".engine.partial-1", tmp_path / "repo"
+    shutil.copytree(micro_ort_engines["fp32"], engine)
+    shutil.copytree(micro_ort_engines["damaged"], staged)
+    write_model = module.write_model
+
+    def swap_then_write(plan, model, folder):
+        if staged.exists():
+            swap_into_place(staged, engine)
+        return write_model(plan, model, folder)
+
+    monkeypatch.setattr(module, "write_model", swap_then_write)
+    with pytest.raises(CheckFailedError, match="was replaced while the model repository was copied"):
+        module.triton_repo(engine, out=out)
+    assert not out.exists()

@@ -50,11 +50,14 @@ MAX_QUEUE_DELAY_US = (1 << 64) - 1  # dynamic_batching.max_queue_delay_microseco
 README_TITLE = b"# Triton model repository (rapdeploy)"  # the first line of a repository's README: ours to replace
 
 
-def _validated_source(path: Path) -> EngineSource:
-    """Read and hash-check an engine or export folder (no runtime check: Triton's machine runs it)."""
+def _validated_source(path: Path) -> tuple[EngineSource, tuple[int, int] | None]:
+    """Read and hash-check an engine or export folder (no runtime check: Triton's machine runs it); returns it and
+    the identity of the folder checked (:func:`~rap_deploy.folder_swap.folder_identity`)."""
     from rap_deploy.engines.manifest import validate_engine_dir
     from rap_deploy.export import read_export_manifest
+    from rap_deploy.folder_swap import folder_identity
 
+    identity = folder_identity(path)
     source = read_source(path)
     if source.kind == "checkpoint":
         raise UsageError(f"{path} is a checkpoint; Triton serves ONNX or TensorRT files: run `rapdeploy export "
@@ -63,7 +66,7 @@ def _validated_source(path: Path) -> EngineSource:
         validate_engine_dir(path, runtime=None, check_hashes=True)
     else:
         read_export_manifest(path, verify_hashes=True)
-    return source
+    return source, identity
 
 
 def _graph_files(source: EngineSource, graph: str, section: str) -> tuple[Path, list[Path]]:
@@ -100,6 +103,7 @@ class RepoPlan:
     instances: int
     max_queue_delay_us: int
     parameters: dict[str, str]
+    source_identity: tuple[int, int] | None = None  # the source folder validated (folder_swap.folder_identity)
 
 
 def plan_repo(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None, kind: str,
@@ -120,7 +124,7 @@ def plan_repo(engine: str | os.PathLike[str] | None, workspace: str | os.PathLik
                          f"{MAX_QUEUE_DELAY_US}] (what Triton's config holds), got {instances}, {max_queue_delay_us}")
     if engine is not None and is_remote(engine):
         raise UsageError(f"--engine {engine} is a server URL; triton-repo needs an engine or export folder")
-    source = _validated_source(resolve_engine(engine, workspace, checkpoints=False))
+    source, identity = _validated_source(resolve_engine(engine, workspace, checkpoints=False))
     if fp16 and source.kind != "export":
         raise UsageError("--fp16 picks an export folder's fp16 graphs; an engine folder already has its precision")
     manifest = source.manifest or {}
@@ -131,7 +135,7 @@ def plan_repo(engine: str | os.PathLike[str] | None, workspace: str | os.PathLik
                               _describe_source(source, precision))
     return RepoPlan(source, section, served_models(graph_specs_of(source, section=section), limits),
                     PLATFORMS[manifest.get("backend", "onnxruntime")], precision,
-                    instance_kind(kind, manifest, precision), instances, max_queue_delay_us, params)
+                    instance_kind(kind, manifest, precision), instances, max_queue_delay_us, params, identity)
 
 
 def gpu_only(manifest: Mapping[str, Any], precision: str) -> str | None:
@@ -212,11 +216,24 @@ def _write_repo(plan: RepoPlan, dest: Path, command: str) -> dict[str, Any]:
     from rap_deploy.folder_swap import staged_folder
 
     with staged_folder(dest) as stage:
+        stage.before_commit = lambda: _check_source_unchanged(plan)
         summary = {name: write_model(plan, model, stage.path) for name, model in plan.models.items()}
         write_text_atomic(stage.path / "README.md", repo_readme(plan.source, plan.platform, plan.precision, plan.kind,
                                                                 command, summary))
         stage.commit()
     return summary
+
+
+def _check_source_unchanged(plan: RepoPlan) -> None:
+    """Refuse (:class:`CheckFailedError`) to commit a repository copied from a source folder that was replaced since
+    it was checked (a ``build-engine --force`` or ``export --force`` swapping a new one in): its files may be the
+    new folder's, never hash-checked."""
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.folder_swap import folder_identity
+
+    if folder_identity(plan.source.path) != plan.source_identity:
+        raise CheckFailedError(f"{plan.source.path} was replaced while the model repository was copied from it (a "
+                               "build or export writing it?); nothing was written: run triton-repo again")
 
 
 def check_replaceable(dest: Path, force: bool) -> None:
