@@ -442,6 +442,19 @@ def test_pickled_object_checkpoint_is_refused(tmp_path):
     assert result.exit_code == 2 and "pickled" in result.output
 
 
+def test_info_refuses_the_options_a_checkpoint_ignores(micro_checkpoint):
+    """``rapdeploy info CKPT --frames 64 --variant rap_light`` printed the checkpoint's 4 frames and variant rap,
+    exit 0: the options only build the model described when no checkpoint is given. They are now refused (exit 2)."""
+    runner = CliRunner()
+    for extra, named in ((["--frames", "64", "--variant", "rap_light"], "--variant, --frames"),
+                         (["--clip", "ViT-B-32"], "--clip"), (["--preset", "paper"], "--preset")):
+        result = runner.invoke(app, ["info", str(micro_checkpoint), *extra])
+        assert result.exit_code == 2, result.output
+        assert named in result.output and "described as it was saved" in result.output
+    plain = runner.invoke(app, ["info", str(micro_checkpoint), "--json"])
+    assert plain.exit_code == 0 and json.loads(plain.output)["frames"] == 4, plain.output
+
+
 def test_init_and_info_cli(tmp_path):
     out = tmp_path / "m.pt"
     runner = CliRunner()

@@ -88,12 +88,16 @@ def init(
 @command("info")
 def info(
     checkpoint: Path | None = typer.Argument(None, help="A RAP checkpoint; omit to describe --clip with defaults."),
-    clip: str = typer.Option("ViT-B-32", "--clip", help="open_clip model name when no checkpoint is given."),
-    pretrained: str = typer.Option("none", "--pretrained", help="Backbone weights when no checkpoint is given."),
-    variant: str = typer.Option("rap", "--variant", help=f"One of {', '.join(VARIANTS)}."),
-    frames: int = typer.Option(12, "--frames", help="Frames per video T."),
-    preset: str = typer.Option("default", "--preset", help=f"Adapter sizes when no checkpoint is given: "
-                               f"{', '.join(PRESETS)}."),
+    clip: str | None = typer.Option(None, "--clip", help="open_clip model name when no checkpoint is given "
+                                    "(default ViT-B-32)."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="Backbone weights when no checkpoint is given "
+                                          "(default none)."),
+    variant: str | None = typer.Option(None, "--variant", help=f"One of {', '.join(VARIANTS)} (default rap), when no "
+                                       "checkpoint is given."),
+    frames: int | None = typer.Option(None, "--frames", help="Frames per video T (default 12), when no checkpoint "
+                                      "is given."),
+    preset: str | None = typer.Option(None, "--preset", help=f"Adapter sizes when no checkpoint is given: "
+                                      f"{', '.join(PRESETS)} (default default)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON (keys: variant, clip, frames, trainable_params, "
                                   "total_params, asa_offsets, lorm_modulation, ...)."),
 ) -> None:
@@ -101,10 +105,15 @@ def info(
     offsets γ (patch units) and δ (frames) per head, and how far LoRM is from the identity."""
     from rap_deploy.model_summary import describe
 
-    if checkpoint is None and clip is None:
-        raise UsageError("pass a checkpoint or --clip NAME")
-    config = build_config(clip, variant, frames, 32, True, True, None, None, None, None, "text", preset)
-    summary = describe(checkpoint, config, pretrained)
+    given = [name for name, value in (("--clip", clip), ("--pretrained", pretrained), ("--variant", variant),
+                                      ("--frames", frames), ("--preset", preset)) if value is not None]
+    if checkpoint is not None and given:
+        raise UsageError(f"{', '.join(given)} describe a model built from a CLIP when no checkpoint is given; a "
+                         f"checkpoint is described as it was saved (its own frames, variant and backbone): drop "
+                         f"{'them' if len(given) > 1 else 'it'}, or omit {checkpoint}")
+    config = build_config(clip or "ViT-B-32", variant or "rap", 12 if frames is None else frames, 32, True, True,
+                          None, None, None, None, "text", preset or "default")
+    summary = describe(checkpoint, config, pretrained or "none")
     _print_summary(summary, json_out, None)
 
 
