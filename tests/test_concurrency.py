@@ -334,3 +334,41 @@ def test_an_engine_swapped_while_triton_repo_copies_it_is_refused(micro_ort_engi
     with pytest.raises(CheckFailedError, match="was replaced while the model repository was copied"):
         module.triton_repo(engine, out=out)
     assert not out.exists()
+
+
+def test_the_demo_training_step_takes_the_run_folder_lock(tmp_path, monkeypatch):
+    """`rapdeploy demo` trained its run folder without the lock `rapdeploy train` takes on it, so a `train --resume`
+    of the demo's run (or a demo beside it) wrote the same last.pt/metrics.jsonl at once, and the demo could even
+    delete the folder under it (a finished run redone). The demo's training step now takes that lock: busy, it
+    stops naming the holder (exit 2) before touching the folder."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from rap_deploy.cli import pipeline
+    from rap_deploy.cli.demo_steps import Steps
+    from rap_deploy.train import loop
+
+    run_dir = tmp_path / "runs" / "rap"
+    run_dir.mkdir(parents=True)
+    trained: list[object] = []
+    monkeypatch.setattr(loop, "train_rap", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr(pipeline, "train_options", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "check_demo_training", lambda *a, **k: None)
+    (tmp_path / "init.pt").write_bytes(b"x")
+    (tmp_path / "MSRVTT_data.json").write_text("{}")
+    run = SimpleNamespace(run_dir=run_dir, sizes=None, world=SimpleNamespace(data=tmp_path, frame_cache=tmp_path),
+                          init_ckpt=tmp_path / "init.pt", out=tmp_path, log=lambda m: None, progress=False,
+                          steps=Steps(lambda m: None, None), rap_file=tmp_path / "r.json",
+                          zero_shot_file=tmp_path / "z.json")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from rap_deploy.locks import folder_lock\n"
+                               f"with folder_lock({str(run_dir)!r}, 'train', 'run folder'):\n"
+                               "    print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusyError, match=f"process {holder.pid} .*rapdeploy train"):
+            pipeline._train_and_results_steps(run)
+    finally:
+        holder.communicate("", timeout=60)
+    assert trained == []

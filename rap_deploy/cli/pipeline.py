@@ -253,6 +253,7 @@ def _init_step(run: _DemoRun) -> None:
 
 def _train_and_results_steps(run: _DemoRun) -> None:
     """The ``train (rap)`` step (resuming a killed run) and the ``results`` step that reads its evaluations."""
+    from rap_deploy.locks import folder_lock
     from rap_deploy.train.loop import train_rap
 
     run_dir = run.run_dir
@@ -262,11 +263,13 @@ def _train_and_results_steps(run: _DemoRun) -> None:
 
     def train() -> None:
         # The epoch-0 evaluation of the identity adapters is the zero-shot result (frozen backbone, meanP).
-        if _finished_run(run_dir):  # redone because its files changed: resuming a finished run trains nothing
-            run.log(f"[note] {run_dir} holds a finished run whose files changed: training it again from the start")
-            shutil.rmtree(run_dir)
-        resume = run_dir if (run_dir / "last.pt").is_file() else None  # a killed run resumes
-        train_rap(None if resume else options, progress=run.progress, resume=resume)
+        with folder_lock(run_dir, "demo", "run folder"):  # as `rapdeploy train` takes it: never two writers of a run
+            if _finished_run(run_dir):  # redone because its files changed: resuming a finished run trains nothing
+                run.log(f"[note] {run_dir} holds a finished run whose files changed: training it again from the "
+                        "start")
+                shutil.rmtree(run_dir)
+            resume = run_dir if (run_dir / "last.pt").is_file() else None  # a killed run resumes
+            train_rap(None if resume else options, progress=run.progress, resume=resume)
 
     written = [run_dir / name for name in ("summary.json", "best.pt", "last.pt", "metrics.jsonl")]
     run.steps.run("train (rap)", written, train, inputs=[run.init_ckpt, run.world.data / "MSRVTT_data.json"])
