@@ -270,3 +270,14 @@ def test_a_64_frame_model_is_scored_in_fitted_blocks_with_the_same_scores(monkey
     _available(monkeypatch, 2 << 20)
     with pytest.raises(UsageError, match="single \\(query, video\\) pair"):
         engine.asa_similarity(text, *rerank)
+
+
+def test_the_block_options_say_a_cpu_engine_may_feed_fewer():
+    """build-engine's --query-block/--video-block said 'per ASA-head call': a CPU engine now fits its calls."""
+    import inspect
+
+    from rap_deploy.cli.engine_cmds import build_engine_cmd
+
+    params = inspect.signature(build_engine_cmd).parameters
+    for name in ("query_block", "video_block"):
+        assert "feeds fewer when a call would not fit in half the memory" in params[name].default.help

@@ -30,8 +30,12 @@ def build_engine_cmd(
                                          "videos, 32 texts)."),
     max_batch: int | None = typer.Option(None, "--max-batch", help="TensorRT profile: largest batch (default 32 "
                                          "videos, 128 texts); bigger inputs are split."),
-    query_block: int | None = typer.Option(None, "--query-block", help="Texts per ASA-head call (default 32)."),
-    video_block: int | None = typer.Option(None, "--video-block", help="Videos per ASA-head call (default 64)."),
+    query_block: int | None = typer.Option(None, "--query-block", help="Texts per ASA-head call (default 32; a CPU "
+                                           "engine feeds fewer when a call would not fit in half the memory "
+                                           "available)."),
+    video_block: int | None = typer.Option(None, "--video-block", help="Videos per ASA-head call (default 64; a CPU "
+                                           "engine feeds fewer when a call would not fit in half the memory "
+                                           "available)."),
     threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: all "
                                        "cores)."),
     inter_threads: int | None = typer.Option(None, "--inter-threads", help="ONNX Runtime inter-op threads."),
