@@ -6,9 +6,9 @@ entry that cannot be read back (truncated, corrupt, wrong shape) is deleted and 
 
 Several processes may share a cache (train's DataLoader workers, verify, index). A writer holds an ``flock`` on its
 hidden temporary file (``.<key>.npz.*.tmp``) until it is renamed into place, so a temporary that a killed writer left
-is told from a live one: the first write into a sub-folder by a :class:`FrameCache` deletes the unlocked temporaries
-there older than :data:`STALE_TEMP_SECONDS` (the age also covers the instant between a temporary's creation and its
-lock, and clocks that differ on a shared filesystem).
+is told from a live one: the first look-up in a sub-folder by a :class:`FrameCache` (a hit too, so a cache that is
+complete is cleaned) deletes the unlocked temporaries there older than :data:`STALE_TEMP_SECONDS` (the age covers the
+instant between a temporary's creation and its lock, and clocks that differ on a shared filesystem).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from rap_deploy.data.video import DecodedVideo, VideoDecodeError, decode_video, 
 from rap_deploy.errors import UsageError
 
 CACHE_FORMAT = 2  # 2: variable frame rate videos sampled by their frame times
-STALE_TEMP_SECONDS = 600  # an unlocked temporary entry file this old was left by a killed writer
+STALE_TEMP_SECONDS = 300  # an unlocked temporary entry file this old was left by a killed writer
 
 # (resolved path, device, inode, size, mtime_ns, ctime_ns) -> sha256 of the content: each file is hashed once per
 # process. The inode and change time tell a file replaced under a kept size and modification time (tar, cp -p).
@@ -76,7 +76,7 @@ class FrameCache:
         self.hits = 0
         self.misses = 0
         self.rebuilt = 0
-        self._swept: set[Path] = set()  # sub-folders whose stale temporaries this cache has removed
+        self._swept: set[Path] = set()  # sub-folders whose stale temporaries this cache removed (first look-up)
 
     @classmethod
     def default(cls, workspace: str | os.PathLike[str] | None = None) -> FrameCache:
@@ -142,6 +142,9 @@ class FrameCache:
         require_video_file(path)
         before = _stat_key(path)
         entry = self.entry_path(self._key_of_video(path, sampling, preprocess, start, end))
+        if entry.parent not in self._swept:
+            self._swept.add(entry.parent)
+            remove_stale_temporaries(entry.parent)
         if entry.is_file():
             video = _load_entry(entry, sampling, preprocess)
             if video is not None:
@@ -157,12 +160,8 @@ class FrameCache:
 
 
     def _store(self, entry: Path, video: DecodedVideo, path: Path) -> None:
-        """Store ``video`` as ``entry`` (first removing the stale temporaries of its sub-folder); an OS error (a full
-        disk) is raised as one line, :class:`FrameCacheError`."""
+        """Store ``video`` as ``entry``; an OS error (a full disk) is raised as one line, :class:`FrameCacheError`."""
         try:
-            if entry.parent not in self._swept:
-                self._swept.add(entry.parent)
-                remove_stale_temporaries(entry.parent)
             _save_entry(entry, video)
         except OSError as exc:
             raise FrameCacheError(f"cannot store the decoded frames of {path} in the frame cache {self.root}: "
