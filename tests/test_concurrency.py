@@ -373,3 +373,23 @@ def test_the_demo_training_step_takes_the_run_folder_lock(tmp_path, monkeypatch)
     finally:
         holder.communicate("", timeout=60)
     assert trained == []
+
+
+def test_the_frame_cache_still_stores_where_the_filesystem_has_no_locks(tmp_path, monkeypatch):
+    """The lock a frame cache writer holds on its temporary file (so a sweep never takes it for a killed writer's)
+    made every store fail where flock does not work (ENOLCK on some network filesystems): it is best-effort."""
+    import errno
+    import fcntl
+
+    from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
+    from rap_deploy.data.cache import FrameCache
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    video, root = _tiny_video(tmp_path / "clip.mp4"), tmp_path / "cache"
+    cache = FrameCache(root)
+    cache.get(video, FrameSamplingConfig(max_frames=4), PreprocessConfig(image_size=16))
+    assert cache.get(video, FrameSamplingConfig(max_frames=4), PreprocessConfig(image_size=16)) is not None
+    assert (cache.misses, cache.hits) == (1, 1) and len(list(root.rglob("*.npz"))) == 1

@@ -196,13 +196,15 @@ def _save_entry(entry: Path, video: DecodedVideo) -> None:
 
 @contextlib.contextmanager
 def _locked_while_written() -> Iterator[Callable[[Path], None]]:
-    """Yield ``lock(path)``, which takes an exclusive ``flock`` on ``path``; every lock taken is released on exit."""
+    """Yield ``lock(path)``, which takes an exclusive ``flock`` on ``path``; every lock taken is released on exit.
+    Where the filesystem has no locks (``flock`` fails), the entry is written unlocked: only the age then keeps a
+    sweep off it, as the cache must still work there."""
     fds: list[int] = []
 
     def lock(path: Path) -> None:
         fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         fds.append(fd)
-        with contextlib.suppress(ImportError):
+        with contextlib.suppress(ImportError, OSError):
             import fcntl
 
             fcntl.flock(fd, fcntl.LOCK_EX)
