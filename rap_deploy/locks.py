@@ -33,6 +33,24 @@ from rap_deploy.errors import UsageError
 
 _HELD: dict[tuple[int, str], int] = {}  # (thread, lock file) -> depth: re-entrant per thread, not per process
 _HELD_LOCK = threading.Lock()
+_FDS: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _forget_locks_in_child() -> None:
+    """After ``fork``: the child (a DataLoader worker) does not own its parent's locks. Its copies of their
+    descriptors are closed, or a child outliving its parent (the parent ``SIGKILL``-ed, by the OOM killer say) would
+    keep the folder locked in the parent's name; the parent's own descriptors keep holding the locks."""
+    global _HELD_LOCK
+    _HELD_LOCK = threading.Lock()  # another thread of the parent may have held it at the fork
+    for fd in _FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _FDS.clear()
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 class FolderBusyError(UsageError):
@@ -102,17 +120,24 @@ def folder_lock(target: str | os.PathLike[str], command: str, what: str = "outpu
                 _HELD[key] -= 1
         return
     _open_parent(target, what)
-    fd = _acquire(path, target, command, what, fcntl)
+    fd, owner = _acquire(path, target, command, what, fcntl), os.getpid()
     with _HELD_LOCK:
         _HELD[key] = 1
+        _FDS.add(fd)
     try:
         yield path
     finally:
-        with _HELD_LOCK:
-            _HELD.pop(key, None)
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # unlink while still locked: a waiter that opened the old file re-checks the inode
-        os.close(fd)
+        if os.getpid() == owner:  # a forked child leaving the block must not remove its parent's lock
+            _release(key, path, fd)
+
+
+def _release(key: tuple[int, str], path: Path, fd: int) -> None:
+    with _HELD_LOCK:
+        _HELD.pop(key, None)
+        _FDS.discard(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)  # unlink while still locked: a waiter that opened the old file re-checks the inode
+    os.close(fd)
 
 
 def _acquire(path: Path, target: Path, command: str, what: str, fcntl) -> int:

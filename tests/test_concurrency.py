@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -393,3 +394,37 @@ def test_the_frame_cache_still_stores_where_the_filesystem_has_no_locks(tmp_path
     cache.get(video, FrameSamplingConfig(max_frames=4), PreprocessConfig(image_size=16))
     assert cache.get(video, FrameSamplingConfig(max_frames=4), PreprocessConfig(image_size=16)) is not None
     assert (cache.misses, cache.hits) == (1, 1) and len(list(root.rglob("*.npz"))) == 1
+
+
+def test_a_forked_child_does_not_keep_its_killed_parents_lock(tmp_path):
+    """A process forked while a lock is held (train's DataLoader workers) inherited the lock's descriptor, so when
+    the parent was SIGKILL-ed (the OOM killer) a child still running kept the folder locked in the dead parent's
+    name (reproduced: parent killed, child alive, the next writer got FolderBusyError). A child now closes its
+    copies at the fork; the parent's lock itself is untouched while it lives."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "run"
+    code = ("import os, sys\nfrom rap_deploy.locks import folder_lock\n"
+            f"with folder_lock({str(target)!r}, 'train', 'run folder'):\n"
+            "    child = os.fork()\n"
+            "    if child == 0:\n"
+            "        sys.stdin.read(); os._exit(0)\n"
+            "    print(child, flush=True); sys.stdin.readline()\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        with pytest.raises(FolderBusyError, match=f"process {parent.pid} "):  # the living parent holds it
+            with folder_lock(target, "train"):
+                pass
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=60)
+        with folder_lock(target, "train"):  # the child lives on, without the lock
+            os.kill(child, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        parent.stdin.close()
+        parent.stdout.close()
