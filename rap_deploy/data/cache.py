@@ -28,7 +28,7 @@ from rap_deploy.atomic import atomic_path, sha256_file
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
 from rap_deploy.crashpoints import crash_point
 from rap_deploy.data.video import DecodedVideo, VideoDecodeError, decode_video, require_video_file
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import RapDeployError
 
 CACHE_FORMAT = 2  # 2: variable frame rate videos sampled by their frame times
 STALE_TEMP_SECONDS = 300  # an unlocked temporary entry file this old was left by a killed writer
@@ -61,8 +61,12 @@ def default_cache_dir(workspace: str | os.PathLike[str] | None = None) -> Path:
     return subdir("cache", workspace) / "frames"
 
 
-class FrameCacheError(UsageError):
-    """The frame cache cannot store an entry (a full disk, a folder it may not write): exit 2, one line."""
+class FrameCacheError(RapDeployError):
+    """The frame cache cannot store an entry (a full disk, a folder it may not write): exit 2, one line. Not a
+    :class:`~rap_deploy.errors.UsageError`: callers that take those for a bad request or an undecodable video (the
+    server's thumbnails) must not blame the video or the client for the machine's disk."""
+
+    exit_code = 2
 
 
 class FrameCache:
