@@ -431,3 +431,28 @@ def test_a_forked_child_does_not_keep_its_killed_parents_lock(tmp_path):
             os.kill(child, signal.SIGKILL)
         parent.stdin.close()
         parent.stdout.close()
+
+
+def test_pretrain_backbone_rechecks_its_out_under_the_lock(tmp_path, monkeypatch):
+    """pretrain-backbone checked that --out did not exist before taking its lock only, so a run that finished the
+    same file meanwhile (the lock released just as this one took it) was overwritten without --force, and the
+    checkpoints made on it refused it after (reproduced: the file written as the lock is taken). It is checked again
+    under the lock."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli import train_cmds
+    from rap_deploy.cli.app import app
+    from rap_deploy.train import backbone
+
+    out = tmp_path / "backbone.safetensors"
+    real_lock, trained = train_cmds.folder_lock, []
+
+    def finished_meanwhile(target, *args, **kwargs):
+        out.write_bytes(b"the other run's backbone")
+        return real_lock(target, *args, **kwargs)
+
+    monkeypatch.setattr(train_cmds, "folder_lock", finished_meanwhile)
+    monkeypatch.setattr(backbone, "pretrain_backbone", lambda *a, **k: trained.append(a) or {})
+    res = CliRunner().invoke(app, ["pretrain-backbone", "--out", str(out), "--quiet"])
+    assert res.exit_code == 2 and "exists; pass --force" in res.output, res.output
+    assert trained == [] and out.read_bytes() == b"the other run's backbone"

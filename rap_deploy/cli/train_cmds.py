@@ -279,6 +279,13 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
                       + "; δ (frames) " + "  ".join(f"{d:+.3f}" for d in offsets["delta"]))
 
 
+def _refuse_existing_backbone(out: Path, force: bool) -> None:
+    """Refuse (:class:`UsageError`) to replace an existing backbone file without ``--force``."""
+    if out.exists() and not force:  # checkpoints and ablation runs name a backbone file by its path and sha256
+        raise UsageError(f"--out {out} exists; pass --force to replace it (checkpoints made on it will then refuse "
+                         "it: their recorded sha256 no longer matches), or another --out")
+
+
 @command("pretrain-backbone")
 def pretrain_backbone(
     out: Path | None = typer.Option(None, "--out", help="Backbone file to write (.safetensors; default: "
@@ -345,10 +352,9 @@ def pretrain_backbone(
     out = out or subdir("cache", workspace) / "backbone" / f"{clip}.safetensors"
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; pass a file path such as {out / (clip + '.safetensors')}")
-    if out.exists() and not force:  # checkpoints and ablation runs name a backbone file by its path and sha256
-        raise UsageError(f"--out {out} exists; pass --force to replace it (checkpoints made on it will then refuse "
-                         "it: their recorded sha256 no longer matches), or another --out")
+    _refuse_existing_backbone(out, force)  # before the work, and again under the lock (another run may finish)
     with folder_lock(out, "pretrain-backbone", "backbone file"):
+        _refuse_existing_backbone(out, force)
         info = run(out, size=size, n_train=train_stills, n_test=test_stills, epochs=epochs, seed=seed, clip=clip,
                    batch_size=batch_size, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
                    patch_keep=patch_keep, unmasked_epochs=unmasked_epochs, distractors=distractors,
