@@ -347,10 +347,9 @@ def test_build_validation_checks_the_fp16_similarity_and_never_passes_nan(micro_
             require_match(NaNScores(micro_checkpoint), reference, precision)
 
 
-def test_cpu_engine_saved_for_another_nchwc_layout_is_refused(micro_ort_engines, tmp_path):
-    """ONNX Runtime's saved CPU graph holds the patch-embedding Conv as a ``com.microsoft.nchwc`` Conv whose filter is
-    reordered into blocks of the building CPU (16 floats with AVX-512, 8 without); another CPU reads it with its own
-    block size. The manifest records the building CPU; the engine loaded anywhere regardless."""
+def _nchwc_engine_copy(micro_ort_engines, tmp_path):
+    """A copy of the fp32 CPU engine, its manifest, and an ISA list of the other AVX-512 kind than the building
+    CPU's; skips where ONNX Runtime saved no NCHWc (blocked-layout) node."""
     import onnx
 
     eng = _copy(micro_ort_engines["fp32"], tmp_path)
@@ -359,7 +358,14 @@ def test_cpu_engine_saved_for_another_nchwc_layout_is_refused(micro_ort_engines,
         pytest.skip("this CPU has no NCHWc kernels (ONNX Runtime saves no blocked layout here)")
     manifest = read_manifest(eng)
     isa = set(manifest["host"]["isa"])
-    other = sorted(isa - {"avx512f"} if "avx512f" in isa else isa | {"avx512f"})
+    return eng, manifest, sorted(isa - {"avx512f"} if "avx512f" in isa else isa | {"avx512f"})
+
+
+def test_cpu_engine_saved_for_another_nchwc_layout_is_refused(micro_ort_engines, tmp_path):
+    """ONNX Runtime's saved CPU graph holds the patch-embedding Conv as a ``com.microsoft.nchwc`` Conv whose filter is
+    reordered into blocks of the building CPU (16 floats with AVX-512, 8 without); another CPU reads it with its own
+    block size. The manifest records the building CPU; the engine loaded anywhere regardless."""
+    eng, manifest, other = _nchwc_engine_copy(micro_ort_engines, tmp_path)
     write_manifest(eng, {**manifest, "host": {**manifest["host"], "isa": other}})
     with pytest.raises(EngineMismatchError, match="AVX-512") as err:
         load_engine(eng)
@@ -376,15 +382,7 @@ def test_a_cuda_engine_whose_graphs_hold_nchwc_nodes_is_judged_by_the_cpu_layout
     with the building CPU's filter blocks; the layout check ran for CPU engines only, so a CUDA engine whose graphs
     hold such nodes loaded on a CPU of another kind. The graphs' NCHWc nodes are counted where they are parsed anyway
     (the precision check), and any engine holding them is judged by the CPU layout; a CUDA engine without is not."""
-    import onnx
-
-    eng = _copy(micro_ort_engines["fp32"], tmp_path)
-    model = onnx.load(str(eng / "video_encoder.onnx"), load_external_data=False)
-    if not any(n.domain == "com.microsoft.nchwc" for n in model.graph.node):
-        pytest.skip("this CPU has no NCHWc kernels (ONNX Runtime saves no blocked layout here)")
-    manifest = read_manifest(eng)
-    isa = set(manifest["host"]["isa"])
-    other = sorted(isa - {"avx512f"} if "avx512f" in isa else isa | {"avx512f"})
+    eng, manifest, other = _nchwc_engine_copy(micro_ort_engines, tmp_path)
     cuda = {**manifest, "provider": "CUDAExecutionProvider", "device": "cuda",
             "host": {**manifest["host"], "isa": other}}
     write_manifest(eng, cuda)
