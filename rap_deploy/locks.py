@@ -173,13 +173,28 @@ def _open_lock_file(path: Path, target: Path, what: str) -> tuple[int, bool]:
         except PermissionError as denied:
             try:
                 return os.open(path, os.O_RDONLY | flags), False
+            except PermissionError:
+                _refuse_unreadable(path, target, what)
             except OSError:
-                raise denied from None
+                pass
+            raise denied from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UsageError(f"{path} (the lock of {target}) is a symlink; remove it") from None
         raise UsageError(f"cannot write {what} {target}: cannot create {path} ({exc.strerror}); pass a writable "
                          "--out or --workspace") from None
+
+
+def _refuse_unreadable(path: Path, target: Path, what: str) -> None:
+    """Raise :class:`UsageError` for a lock file this user may neither write nor read: another user's, made under a
+    umask like 077. Whether its owner is writing cannot be told; deleting it could let two writers in."""
+    try:
+        owner = f"user {path.lstat().st_uid}"
+    except OSError:
+        return
+    raise UsageError(f"cannot write {what} {target}: its lock file {path} belongs to {owner} and this user may not "
+                     "read it, so whether that user's command is still writing cannot be told; if none is, remove "
+                     "the file, else wait or pass another --out or --workspace")
 
 
 def _lock_or_raise(fd: int, path: Path, target: Path, what: str, fcntl) -> None:

@@ -456,3 +456,29 @@ def test_pretrain_backbone_rechecks_its_out_under_the_lock(tmp_path, monkeypatch
     res = CliRunner().invoke(app, ["pretrain-backbone", "--out", str(out), "--quiet"])
     assert res.exit_code == 2 and "exists; pass --force" in res.output, res.output
     assert trained == [] and out.read_bytes() == b"the other run's backbone"
+
+
+def test_another_users_unreadable_lock_file_is_named_not_taken_for_an_unwritable_folder(tmp_path, monkeypatch):
+    """A lock file another user made under umask 077 (0600) can be neither written nor read: the message said the
+    folder was not writable ('cannot create .out.lock (Permission denied); pass a writable --out'), though the
+    folder is; it now names the file's owner and what to do (it is never deleted: its owner may be writing)."""
+    import os
+
+    from rap_deploy.errors import UsageError
+    from rap_deploy.locks import lock_path
+
+    target = tmp_path / "out"
+    lock_file = lock_path(target)
+    lock_file.write_text("")
+    real_open = os.open
+
+    def fake_open(path, flags, *args, **kwargs):
+        if os.fspath(path) == str(lock_file):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    with pytest.raises(UsageError, match=f"belongs to user {os.getuid()} and this user may not read it"):
+        with folder_lock(target, "export"):
+            pass
+    assert lock_file.exists()
