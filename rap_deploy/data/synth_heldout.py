@@ -15,8 +15,6 @@ Layout: ``<folder>/data`` (MSR-VTT layout; only the test split is read), ``<fold
 from __future__ import annotations
 
 import json
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,13 +91,12 @@ def prepare_heldout(world_data: str | Path, folder: str | Path, videos: int, pro
 
 def read_record(path: Path, max_bytes: int = 1 << 20) -> dict[str, Any] | None:
     """The JSON object in ``path``, or ``None`` when it is missing, not a regular file (a FIFO would block the read
-    forever, a device never end: it is opened without blocking and refused), larger than ``max_bytes``, unreadable
-    or not an object: a record or cached result that is then written again."""
+    forever, a device never end: :func:`~rap_deploy.atomic.open_regular` refuses it without blocking), larger than
+    ``max_bytes``, unreadable or not an object: a record or cached result that is then written again."""
+    from rap_deploy.atomic import open_regular
+
     try:
-        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
-            info = os.fstat(fh.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
-                return None
+        with open_regular(path) as fh:
             data = fh.read(max_bytes + 1)
         if len(data) > max_bytes:
             return None
