@@ -19,7 +19,7 @@ from typing import Any
 from rap_deploy.data.datasets import VideoEntry
 from rap_deploy.errors import UsageError
 from rap_deploy.library.assemble import live_records
-from rap_deploy.library.shards import FILE_STAT_FIELDS
+from rap_deploy.library.shards import FILE_STAT_FIELDS, file_stat
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,8 @@ class IndexedFile:
 
     def same_stat(self, st: os.stat_result) -> bool:
         """Whether ``st`` matches every stat field this row recorded (then the content is taken as unchanged)."""
-        now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         was = (self.size, self.mtime_ns, self.ctime_ns, self.inode)
-        return all(w is None or w == n for w, n in zip(was, now, strict=True))
+        return all(w is None or w == n for w, n in zip(was, file_stat(st), strict=True))
 
 
 def indexed_files(root: Path, shards: list[dict[str, Any]], removed: set[int]) -> dict[str, IndexedFile]:

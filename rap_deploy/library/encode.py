@@ -17,7 +17,7 @@ from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.graphs import video_outputs
 from rap_deploy.library.manifest import store_tensors, tensor_dtype
 from rap_deploy.library.plan import plan_videos, shard_digest
-from rap_deploy.library.shards import FILE_STAT_FIELDS, VIDEO_FIELDS, write_shard
+from rap_deploy.library.shards import FILE_STAT_FIELDS, VIDEO_FIELDS, file_stat, write_shard
 
 
 def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sampling: FrameSamplingConfig,
@@ -53,7 +53,7 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
             st = os.stat(video.path)
             f, m = load_video_batch(src, [i], cache, engine.config)
             sha = file_digest(video.path)
-            if _stat_key(os.stat(video.path)) != _stat_key(st):  # its frames and its hash may be of two contents
+            if file_stat(os.stat(video.path)) != file_stat(st):  # its frames and its hash may be of two contents
                 raise VideoDecodeError(video.path, "changed while it was read; run the command again")
         except (VideoDecodeError, OSError) as exc:
             reason = exc.reason if isinstance(exc, VideoDecodeError) else f"cannot read: {exc.strerror or exc}"
@@ -65,7 +65,7 @@ def encode_shard(root: Path, shard: dict[str, Any], engine: Any, cache: Any, sam
         for key, value in zip(VIDEO_FIELDS, (video.video_id, str(video.path), video.start, video.end, sha),
                               strict=True):
             meta[key].append(value)
-        for key, value in zip(FILE_STAT_FIELDS, _stat_key(st), strict=True):
+        for key, value in zip(FILE_STAT_FIELDS, file_stat(st), strict=True):
             meta[key].append(int(value))
         if len(frames) >= batch_size:
             flush()
@@ -107,8 +107,3 @@ def _check_shard_memory(parts: dict[str, list[np.ndarray]], videos: int, name: s
         check_memory(int(2 * per_video * videos), f"library shard {name} ({videos} videos of "
                      f"{per_video / 2**20:.2f} MiB)", "pass a smaller --shard-size")
     return rows > 0
-
-
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-    """The :data:`FILE_STAT_FIELDS` of ``st``: what changes when a file's content does."""
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino

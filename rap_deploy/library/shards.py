@@ -42,6 +42,11 @@ VIDEO_FIELDS = ("video_id", "path", "start", "end", "sha256")
 FILE_STAT_FIELDS = ("bytes", "mtime_ns", "ctime_ns", "inode")
 
 
+def file_stat(st: os.stat_result) -> tuple[int, int, int, int]:
+    """The :data:`FILE_STAT_FIELDS` of ``st``, in their order: what changes when a file's content does."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
 def shard_name(number: int) -> str:
     """The folder name of shard ``number`` (``shard-000042``)."""
     return f"shard-{number:06d}"
