@@ -110,7 +110,9 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
     if ranks.is_main:
         with folder_lock(root, "index", "library folder"):
             state = _prepare(root, engine, source, options, log)
-            committed_before = _committed_shards(root, state["plan"])  # the other ranks wait at the barrier
+            # the job's resumed shards, for the report of a multi-rank build (one rank counts its own below); the
+            # other ranks wait at the barrier
+            committed_before = _committed_shards(root, state["plan"]) if ranks.world_size > 1 else 0
             ranks.barrier()
             written, resumed, encode_s = _encode_mine(root, engine, cache, options, ranks, progress, log)
             report = _finish(root, engine, source, options, ranks, state, log)
