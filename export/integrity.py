@@ -106,12 +106,18 @@ def metadata_mismatches(meta: Mapping[str, str], claims: Mapping[str, Any], agai
             problems.append(f"its metadata rapdeploy.{key} is not JSON")
             continue
         if actual != claimed:
-            differ = sorted(k for k in set(actual) | set(claimed or {}) if actual.get(k) != (claimed or {}).get(k)) \
-                if isinstance(actual, dict) and isinstance(claimed, dict) else []
             where = against or f"the manifest's '{key}'"
-            problems.append(f"its metadata rapdeploy.{key} differs from {where}"
-                            + (f" (in {', '.join(differ)})" if differ else ""))
+            problems.append(f"its metadata rapdeploy.{key} differs from {where}{_differing_keys(actual, claimed)}")
     return problems
+
+
+def _differing_keys(have: Any, want: Any) -> str:
+    """`` (in a, b)``: the keys whose values differ, when ``have`` and ``want`` are both objects and some do;
+    else ``""``."""
+    if not (isinstance(have, dict) and isinstance(want, dict)):
+        return ""
+    differ = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    return f" (in {', '.join(differ)})" if differ else ""
 
 
 def derived_settings(config: Any, source: Path | str) -> dict[str, Any]:
@@ -146,10 +152,7 @@ def derived_copy_mismatches(manifest: Mapping[str, Any], derived: Mapping[str, A
     for key, want in derived.items():
         have = manifest.get(key, want)
         if have != want or type(have) is not type(want):  # JSON's 1 is not true
-            differ = sorted(k for k in set(want) | set(have) if have.get(k) != want.get(k)) \
-                if isinstance(have, dict) and isinstance(want, dict) else []
-            problems.append(f"its '{prefix}{key}' differs from what its 'config' derives"
-                            + (f" (in {', '.join(differ)})" if differ else ""))
+            problems.append(f"its '{prefix}{key}' differs from what its 'config' derives{_differing_keys(have, want)}")
     return problems
 
 
