@@ -246,6 +246,10 @@ def encode_videos(encoder: Encoder, split: Any, cache: Any, batch_size: int = 8,
                       arrays["patch_tokens"], arrays.get("asa_tokens"))
 
 
+# What to change when a split's index or scores do not fit in memory (_index_arrays, check_score_memory).
+SCORE_MEMORY_FIX = "score fewer videos at once (verify --max-videos N, ablate --heldout-gallery G) or free memory"
+
+
 def _index_arrays(names: tuple[str, ...], batch: list[np.ndarray], videos: int) -> dict[str, np.ndarray]:
     """Empty index arrays of ``videos`` rows shaped like the encoder's first ``batch``, once their size is known to fit
     in memory (``np.empty`` reserves without touching: a split too large failed hours later, mid-encoding)."""
@@ -253,7 +257,7 @@ def _index_arrays(names: tuple[str, ...], batch: list[np.ndarray], videos: int) 
 
     row_bytes = sum(out.dtype.itemsize * int(np.prod(out.shape[1:])) for out in batch)
     check_memory(videos * row_bytes, f"the video index of {videos:,} videos ({row_bytes / 2**20:.2f} MiB each)",
-                 "score fewer videos at once (verify --max-videos N, ablate --heldout-gallery G) or free memory")
+                 SCORE_MEMORY_FIX)
     return {n: np.empty((videos, *out.shape[1:]), dtype=out.dtype) for n, out in zip(names, batch, strict=True)}
 
 
@@ -269,7 +273,7 @@ def check_score_memory(queries: int, videos: int) -> None:
     from rap_deploy.bounds import check_memory
 
     check_memory(SCORE_BYTES_PER_PAIR * queries * videos, f"scoring {queries:,} captions against {videos:,} videos",
-                 "score fewer videos at once (verify --max-videos N, ablate --heldout-gallery G) or free memory")
+                 SCORE_MEMORY_FIX)
 
 
 def encode_texts(encoder: Encoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
