@@ -175,7 +175,7 @@ def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, 
                      inter_threads=inter_threads if inter_threads is not None else session.get("inter_threads"),
                      query_block=blocks.get("query_block", asa.get("queries", 32)),
                      video_block=blocks.get("video_block", asa.get("videos", 64)), path=p, device_id=device_id,
-                     lazy=lazy)
+                     lazy=lazy, checked_graphs=True)  # validate_engine_dir parsed them
 
 
 def _export_engine(export_dir: Path, device: str, threads: int | None, inter_threads: int | None, device_id: int,
@@ -191,4 +191,4 @@ def _export_engine(export_dir: Path, device: str, threads: int | None, inter_thr
     with runtime_errors(export_dir):
         return OrtEngine(files, config, provider=provider_for(device), precision="fp32", threads=threads,
                          inter_threads=inter_threads, path=export_dir, device_id=device_id,
-                         extra={"source": "export"}, lazy=lazy, **blocks)
+                         extra={"source": "export"}, lazy=lazy, checked_graphs=True, **blocks)  # read_export_manifest
