@@ -27,6 +27,7 @@ from rap_deploy.errors import CheckFailedError, UsageError
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest, plan or record JSON file (the largest real ones are kilobytes)
 MAX_JSON_DEPTH = 100           # nesting of such a file (real ones: under 10; json.loads recurses ~1000 levels deep)
 MAX_FRAMES = 512            # frames per video (DiDeMo / ActivityNet use 64)
+MAX_FPS = 1000              # frames sampled per second of video (rapdeploy samples at 1)
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024       # model input size in pixels (CLIP: 224 / 336)
 MAX_CONTEXT_LENGTH = 1024   # text tokens (CLIP: 77; RAP uses 32 / 64)

@@ -153,14 +153,15 @@ def load_video_files(paths: Sequence[str | os.PathLike[str]], config: RAPConfig,
     Raises ``VideoDecodeError`` naming the file that is missing, unreadable or shorter than one second, and
     ``ValueError`` for no path or an ``fps`` outside ``(0, 1000]`` (a library manifest's bound).
     """
+    from rap_deploy.bounds import MAX_FPS
     from rap_deploy.data.cache import FrameCache
     from rap_deploy.data.datasets import VideoEntry
 
     if not paths:
         raise ValueError("load_video_files needs at least one path")
     # sampling allocates a time per 1/fps second: fps 1e9 asked for 80 GB on a 10 s clip; 0 or NaN blamed every file
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000:
-        raise ValueError(f"fps must be a number in (0, 1000] (rapdeploy index samples at 1), got {fps!r}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_FPS:
+        raise ValueError(f"fps must be a number in (0, {MAX_FPS}] (rapdeploy index samples at 1), got {fps!r}")
     videos = VideoList([VideoEntry(Path(p).name, Path(p)) for p in paths],
                        FrameSamplingConfig(max_frames=config.frames, fps=fps))
     return load_video_batch(videos, list(range(len(videos.videos))), cache or FrameCache(None), config)

@@ -289,11 +289,11 @@ def _check_counters(manifest: dict[str, Any], shards: list[dict[str, Any]], need
 
 
 def _check_sampling(sampling: dict[str, Any], need: Any) -> None:
-    from rap_deploy.bounds import MAX_FRAMES
+    from rap_deploy.bounds import MAX_FPS, MAX_FRAMES
 
     frames, fps = sampling.get("max_frames"), sampling.get("fps")
     need(_is_count(frames) and 1 <= frames <= MAX_FRAMES, f"'model.sampling.max_frames' {frames!r} is malformed")
-    need(isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= 1000,
+    need(isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= MAX_FPS,
          f"'model.sampling.fps' {fps!r} is malformed")
 
 
