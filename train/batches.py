@@ -6,6 +6,7 @@ is deterministic and a resumed run replays exactly the batches an uninterrupted 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -99,10 +100,11 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
     return torch.utils.data.default_collate(items)
 
 
-def check_readable(batch: dict[str, Any], epoch: int, resume_line: str) -> None:
+def check_readable(batch: dict[str, Any], epoch: int, resume_line: Callable[[], str]) -> None:
     """Raise :class:`CheckFailedError` (damaged data, exit 1) naming the videos of a batch from :func:`collate_items`
-    that could not be read in ``epoch`` and what to do (``resume_line``: how to continue the run); re-raises another
-    error an item met as :class:`RapDeployError` with its exit code and line."""
+    that could not be read in ``epoch`` and what to do (``resume_line()``: how to continue the run, asked only then:
+    this runs every step); re-raises another error an item met as :class:`RapDeployError` with its exit code and
+    line."""
     if FAILED in batch:
         code, message = batch[FAILED]
         error = RapDeployError(message)
@@ -113,4 +115,4 @@ def check_readable(batch: dict[str, Any], epoch: int, resume_line: str) -> None:
         raise CheckFailedError(f"a training video could not be read in epoch {epoch} ({named}); it decoded when the "
                                f"run started, so its file changed since; nothing of epoch {epoch} was written: "
                                "restore it (`rapdeploy data-check --split train` lists what fails), then "
-                               f"{resume_line}")
+                               f"{resume_line()}")

@@ -211,7 +211,7 @@ class TrainingRun:
                                              num_workers=options.num_workers, collate_fn=collate_items)
         loss_sum, lr = 0.0, options.lr
         for i, items in enumerate(loader):
-            check_readable(items, epoch, self.resume_line())
+            check_readable(items, epoch, self.resume_line)
             lr = cosine_lr(self.step, self.total_steps, options.lr, self.warmup_steps, options.min_lr_ratio)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
