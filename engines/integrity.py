@@ -27,6 +27,7 @@ from rap_deploy.export.integrity import (
     derived_settings,
     graph_copy_problems,
     graph_facts,
+    io_mismatches,
     metadata_mismatches,
 )
 from rap_deploy.safe_paths import resolve_entry
@@ -86,8 +87,7 @@ def _claim_problems(name: str, facts: Mapping[str, Any], manifest: Mapping[str, 
     export = manifest.get("export")
     record = (export.get("graphs") or {}).get(name) if isinstance(export, Mapping) else None
     if isinstance(record, Mapping):
-        claims += [f"its {key} (names, dtypes, shapes) differ from the manifest's 'export.graphs.{name}.{key}'"
-                   for key in ("inputs", "outputs") if record.get(key) != facts["io"][key]]
+        claims += io_mismatches(record, facts, f"export.graphs.{name}.")
     return claims
 
 

@@ -156,6 +156,13 @@ def derived_copy_mismatches(manifest: Mapping[str, Any], derived: Mapping[str, A
     return problems
 
 
+def io_mismatches(record: Mapping[str, Any], facts: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The graph's inputs and outputs (``facts["io"]``) that differ from a manifest's ``record`` of them (its
+    ``inputs`` / ``outputs``, named ``prefix`` + key in the message), as messages."""
+    return [f"its {key} (names, dtypes, shapes) differ from the manifest's '{prefix}{key}'"
+            for key in ("inputs", "outputs") if record.get(key) != facts["io"][key]]
+
+
 def graph_copy_problems(facts: Mapping[str, Any], checkpoint: Any) -> list[str]:
     """What a graph's metadata copies say against the graph itself and its manifest: ``rapdeploy.io`` against the
     graph's declared inputs and outputs, ``rapdeploy.checkpoint_sha256`` against the manifest's ``checkpoint``
@@ -234,8 +241,7 @@ def _graph_claim_problems(manifest: Mapping[str, Any], name: str, rec: Mapping[s
             problems.append(f"its metadata {key} is {meta[key]!r}, the manifest implies {want!r}")
     problems += metadata_mismatches(meta, {"config": manifest.get("config"), "dims": manifest.get("dims")})
     problems += graph_copy_problems(facts, manifest.get("checkpoint"))
-    problems += [f"its {key} (names, dtypes, shapes) differ from the manifest's '{key}'"
-                 for key in ("inputs", "outputs") if rec.get(key) != facts["io"][key]]
+    problems += io_mismatches(rec, facts)
     if precision == "fp32" and facts["fp16_tensors"]:
         problems.append(f"it holds {facts['fp16_tensors']} float16 tensors but is listed as fp32")
     if precision == "fp16" and not facts["fp16_tensors"]:
