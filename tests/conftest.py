@@ -162,3 +162,19 @@ def fake_tensorrt_env(major: int, scopes: list | None = None):
         mp.setattr(tb.CUDA, "stream", lambda device: _HostStream())
         mp.setattr(tb.CUDA, "on_stream", lambda stream: contextlib.nullcontext())
         yield module
+
+
+@contextlib.contextmanager
+def held_folder_lock(folder, command: str, *kind: str):
+    """Hold ``folder_lock(folder, command, *kind)`` in another process for the ``with`` body; yields its pid."""
+    import subprocess
+
+    args = ", ".join(repr(a) for a in (str(folder), command, *kind))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from rap_deploy.locks import folder_lock\n"
+                               f"with folder_lock({args}):\n    print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.communicate("", timeout=60)

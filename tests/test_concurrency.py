@@ -270,26 +270,17 @@ def test_another_users_lock_file_is_busy_or_replaced_not_a_permission_error(tmp_
     """In a shared workspace the lock file may be another user's (0644): it was opened for writing, so a second user
     got 'cannot create .out.lock (Permission denied)' whether its owner was writing or long dead (killed: the file
     stays). It is now locked read-only: held, the holder is named; stale, it is replaced by this user's."""
-    import subprocess
-    import sys
+    from conftest import held_folder_lock
 
     from rap_deploy.locks import lock_path
 
     target = tmp_path / "out"
     lock_file = lock_path(target)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from rap_deploy.locks import folder_lock\n"
-                               f"with folder_lock({str(target)!r}, 'export'):\n"
-                               "    print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with monkeypatch.context() as patch:
-            _deny_writing(patch, lock_file)
-            with pytest.raises(FolderBusyError, match=f"process {holder.pid} .*rapdeploy export"):
-                with folder_lock(target, "build-engine"):
-                    pass
-    finally:
-        holder.communicate("", timeout=60)
+    with held_folder_lock(target, "export") as pid, monkeypatch.context() as patch:
+        _deny_writing(patch, lock_file)
+        with pytest.raises(FolderBusyError, match=f"process {pid} .*rapdeploy export"):
+            with folder_lock(target, "build-engine"):
+                pass
     lock_file.write_text('{"pid": 1, "command": "export"}')  # left behind by a killed owner
     _deny_writing(monkeypatch, lock_file)
     with folder_lock(target, "build-engine"):
@@ -346,9 +337,9 @@ def test_the_demo_training_step_takes_the_run_folder_lock(tmp_path, monkeypatch)
     of the demo's run (or a demo beside it) wrote the same last.pt/metrics.jsonl at once, and the demo could even
     delete the folder under it (a finished run redone). The demo's training step now takes that lock: busy, it
     stops naming the holder (exit 2) before touching the folder."""
-    import subprocess
-    import sys
     from types import SimpleNamespace
+
+    from conftest import held_folder_lock
 
     from rap_deploy.cli import pipeline
     from rap_deploy.cli.demo_steps import Steps
@@ -366,16 +357,9 @@ def test_the_demo_training_step_takes_the_run_folder_lock(tmp_path, monkeypatch)
                           init_ckpt=tmp_path / "init.pt", out=tmp_path, log=lambda m: None, progress=False,
                           steps=Steps(lambda m: None, None), rap_file=tmp_path / "r.json",
                           zero_shot_file=tmp_path / "z.json")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from rap_deploy.locks import folder_lock\n"
-                               f"with folder_lock({str(run_dir)!r}, 'train', 'run folder'):\n"
-                               "    print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(FolderBusyError, match=f"process {holder.pid} .*rapdeploy train"):
+    with held_folder_lock(run_dir, "train", "run folder") as pid:
+        with pytest.raises(FolderBusyError, match=f"process {pid} .*rapdeploy train"):
             pipeline._train_and_results_steps(run)
-    finally:
-        holder.communicate("", timeout=60)
     assert trained == []
 
 

@@ -105,18 +105,11 @@ def _check_changed_files_redo_their_steps(runner, out):
     from rap_deploy.checkpoint import load_checkpoint
 
     load_checkpoint(best)
-    import subprocess
-    import sys
+    from conftest import held_folder_lock
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from rap_deploy.locks import folder_lock\n"
-                               f"with folder_lock({str(out)!r}, 'demo'):\n    print('held', flush=True); "
-                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_folder_lock(out, "demo"):
         busy = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--quiet"])  # a second demo on the folder
         assert busy.exit_code == 2 and str(out) in busy.output, busy.output
-    finally:
-        holder.communicate("", timeout=30)
 
 
 def test_a_folder_from_before_the_step_records_is_adopted_until_a_demo_ran_every_step(tmp_path):

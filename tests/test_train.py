@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import micro_config, randomize_adapters
+from conftest import held_folder_lock, micro_config, randomize_adapters
 from typer.testing import CliRunner
 
 from rap_deploy.checkpoint import load_checkpoint, save_checkpoint
@@ -801,8 +801,6 @@ def _check_damaged_runs_are_named(runner, world, out, args):
     and the fix; a run folder locked by another command is refused (exit 2); runs on a backbone file pre-trained
     again since are another recipe's (exit 2)."""
     import shutil
-    import subprocess
-    import sys
 
     for case in ("nan", "copied", "symlink", "no_best"):
         copy = out.parent / f"damaged-{case}"
@@ -824,16 +822,9 @@ def _check_damaged_runs_are_named(runner, world, out, args):
         assert res.exit_code == 1 and "Traceback" not in res.output, (case, res.output)
         named = "best.pt" if case == "no_best" else "summary.json"
         assert named in res.output and ("remove" in res.output or "symbolic link" in res.output), (case, res.output)
-    held = subprocess.Popen([sys.executable, "-c", "import sys; from rap_deploy.locks import folder_lock\n"
-                             f"with folder_lock({str(out / 'rap' / 'seed0')!r}, 'test'):\n"
-                             "    print('held', flush=True); sys.stdin.read()"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert held.stdout.readline().strip() == "held"
+    with held_folder_lock(out / "rap" / "seed0", "test"):
         busy = runner.invoke(app, args)
         assert busy.exit_code == 2 and "rap/seed0" in busy.output, busy.output
-    finally:
-        held.communicate("", timeout=30)
     backbone = Path(json.loads((out / "rap" / "seed0" / "summary.json").read_text())["pretrained"])
     records = world / "demo-steps.json"  # the world's step records: the pre-training step runs again on a change
     original, original_records = backbone.read_bytes(), records.read_bytes()
