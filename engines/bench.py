@@ -397,13 +397,12 @@ def bench_report(s: BenchSettings, torch_engine: Any, ckpt_path: Path, infos: li
 
 def write_bench_reports(out_dir: Path, result: dict[str, Any]) -> None:
     """Write bench.json, bench.md and bench.png into ``out_dir`` (under its lock) and set ``result["out"]``."""
-    from rap_deploy.atomic import write_json_atomic, write_text_atomic
+    from rap_deploy.atomic import remove_temporaries, write_json_atomic, write_text_atomic
     from rap_deploy.engines import reports
 
     with folder_lock(out_dir, "bench", "report folder"):
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(".bench.*.tmp"):  # left by a killed run (the lock says none is running now)
-            stale.unlink(missing_ok=True)
+        remove_temporaries(out_dir, ("bench.md", "bench.png", "bench.json"))  # a killed run's (the lock: none runs)
         write_text_atomic(out_dir / "bench.md", reports.bench_markdown(result))
         reports.plot_bench(result, out_dir / "bench.png")
         write_json_atomic(out_dir / "bench.json", result)  # last: a killed run leaves the previous bench.json

@@ -442,13 +442,15 @@ def write_verify_reports(out_dir: Path, result: dict[str, Any]) -> None:
     """Write verify.md, verify.png and, last, verify.json into ``out_dir`` (under its lock); set ``result["out"]``.
 
     An earlier run's three reports are removed first, so a run killed part-way leaves some of its own reports and
-    no verify.json, never a new report beside an old one that says something else (another engine, verdict).
+    no verify.json, never a new report beside an old one that says something else (another engine, verdict); so are
+    the hidden temporary files a killed run's writes left (``.verify.json.*.tmp``: the lock says it is dead).
     """
-    from rap_deploy.atomic import write_json_atomic, write_text_atomic
+    from rap_deploy.atomic import remove_temporaries, write_json_atomic, write_text_atomic
     from rap_deploy.engines import reports
 
     with folder_lock(out_dir, "verify", "report folder"):  # the three reports of one run, never of two
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out_dir, REPORT_FILES)
         for name in reversed(REPORT_FILES):  # verify.json first: it marks a complete set
             if (out_dir / name).is_file() or (out_dir / name).is_symlink():
                 (out_dir / name).unlink()

@@ -2,7 +2,8 @@
 
 A killed command therefore never leaves a half-written checkpoint, graph, engine or report behind, and a renamed file
 survives a power loss. A ``SIGTERM`` unwinds through the ``finally`` below (the CLI turns it into an exception), so the
-temporary file is removed; only ``SIGKILL`` can leave one (hidden, ``.<name>.*.tmp``; a long name is cut).
+temporary file is removed; only ``SIGKILL`` can leave one (hidden, ``.<name>.*.tmp``; a long name is cut), which
+the next writer of the same file deletes under its lock (:func:`remove_temporaries`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,27 @@ def _temp_affixes(dest: Path, suffix: str | None) -> tuple[str, str]:
         suffix = ""
     name = os.fsencode(dest.name)[:_TEMP_NAME_BYTES].decode("utf-8", "ignore")  # no half character at the cut
     return f".{name}.", suffix + ".tmp"
+
+
+def remove_temporaries(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that killed :func:`atomic_path` writes of ``folder/<name>`` left, for each of
+    ``names`` (``.<name>.<random><suffix>.tmp``, the destination's own suffix); return them.
+
+    Only those names' regular files go: not another file's temporary (``.<name>.bak.<random>.bak.tmp``), nor a
+    folder or link. The names hold no pid, so call it only while holding the lock every writer of those files takes
+    (:func:`rap_deploy.locks.folder_lock`): that lock is what says their writers are dead, not writing.
+    """
+    folder = Path(folder)
+    patterns = [re.compile(re.escape(prefix) + r"[a-z0-9_]+" + re.escape(suffix))  # [a-z0-9_]+: mkstemp's random
+                for prefix, suffix in (_temp_affixes(folder / name, None) for name in names)]
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as entries:
+        stale = [Path(e.path) for e in entries
+                 if any(p.fullmatch(e.name) for p in patterns) and e.is_file(follow_symlinks=False)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:

@@ -250,6 +250,36 @@ def test_a_lazy_engine_refuses_a_folder_swapped_after_its_load(micro_ort_engines
         engine.close()
 
 
+def test_a_folder_swapped_during_every_load_is_refused_after_the_retries(tmp_path):
+    """A load that a concurrent writer straddles is done again; a folder swapped during every one of them is refused
+    with the message the other swap refusals give (folder_swap.folder_replaced), each engine loaded closed."""
+    import re
+
+    from rap_deploy.engines.loader import SWAP_RETRIES, load_unswapped
+    from rap_deploy.errors import CheckFailedError
+
+    folder, loaded = tmp_path / "engine", []
+    folder.mkdir()
+
+    class Loaded:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    def swapping_load() -> Loaded:
+        (tmp_path / f"new{len(loaded)}").mkdir()
+        folder.rename(tmp_path / f"old{len(loaded)}")  # kept: its inode is not reused by the next folder
+        (tmp_path / f"new{len(loaded)}").rename(folder)
+        loaded.append(Loaded())
+        return loaded[-1]
+
+    said = f"{re.escape(str(folder))} was replaced while it was being loaded, {SWAP_RETRIES} times .*export --force"
+    with pytest.raises(CheckFailedError, match=said):
+        load_unswapped(folder, swapping_load)
+    assert len(loaded) == SWAP_RETRIES and all(e.closed for e in loaded)
+
+
 def _deny_writing(monkeypatch, lock_file):
     """Make the file now at ``lock_file`` another user's, as this (root) test process cannot: opening it for writing
     is refused (a new file created there is this user's)."""
@@ -466,3 +496,41 @@ def test_another_users_unreadable_lock_file_is_named_not_taken_for_an_unwritable
         with folder_lock(target, "export"):
             pass
     assert lock_file.exists()
+
+
+@pytest.mark.parametrize("kind", ["verify", "bench"])
+def test_a_killed_report_writers_temporary_is_removed_by_the_next_report(kind, tmp_path, monkeypatch):
+    """A verify SIGKILL-ed while writing verify.json left its hidden ``.verify.json.*.tmp`` in the report folder for
+    ever (no later verify removed it). The next write of that folder's reports now deletes it, under the folder's
+    lock (which says its writer is dead): never while a live writer holds that lock, never another file's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import held_folder_lock
+
+    from rap_deploy.atomic import write_bytes_atomic
+    from rap_deploy.engines import bench, reports, verify
+
+    out = tmp_path / "report"
+    code = ("import sys; from pathlib import Path; from rap_deploy.atomic import write_json_atomic\n"
+            "from rap_deploy.locks import folder_lock\n"
+            "with folder_lock(sys.argv[1], sys.argv[2], 'report folder'):\n"
+            "    write_json_atomic(Path(sys.argv[1]) / (sys.argv[2] + '.json'), {})")
+    killed = subprocess.run([sys.executable, "-c", code, str(out), kind], timeout=120,
+                            env={**os.environ, "RAPDEPLOY_CRASH_AT": "atomic.tmp-created"})
+    assert killed.returncode == -9
+    (temp,) = out.glob(f".{kind}.json.*.tmp")
+    others = [out / f".{kind}.json.bak.k3b_c3hn.bak.tmp", out / ".notes.tmp"]  # not a report's temporary
+    for path in others:
+        path.write_text("mine")
+    monkeypatch.setattr(reports, f"{kind}_markdown", lambda result: "# report\n")
+    monkeypatch.setattr(reports, f"plot_{kind}", lambda result, path: write_bytes_atomic(path, b"png"))
+    write = verify.write_verify_reports if kind == "verify" else bench.write_bench_reports
+    with held_folder_lock(out, kind, "report folder"), pytest.raises(FolderBusyError):
+        write(out, {"passed": True})  # a live writer's: left alone
+    assert temp.exists()
+    write(out, {"passed": True})
+    assert not temp.exists() and all(path.read_text() == "mine" for path in others)
+    assert json.loads((out / f"{kind}.json").read_text()) == {"passed": True}
