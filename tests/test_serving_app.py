@@ -231,6 +231,34 @@ def test_connections_are_bounded_in_number_and_in_header_time():
         assert request(server.url, "GET", "/healthz")[0] == 200  # the closed ones freed their places
 
 
+def _head_fields(raw: bytes) -> dict[str, str]:
+    """The header fields of a raw HTTP response, names lower-cased."""
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in head)}
+
+
+def test_connections_refused_by_the_limits_carry_the_security_headers_and_count_in_stats():
+    """The 503 past --max-connections and the 408 past --header-timeout are written on the socket, outside the app:
+    they carried none of the security headers every other response carries, and /stats never counted them."""
+    from rap_deploy.engines.serving.headers import SECURE_HEADERS
+
+    service = bare_service()
+    with ServerThread(create_app(service), max_connections=1, header_timeout=0.5, count=service.count) as server:
+        addr = server.sock.getsockname()[:2]
+        with socket.create_connection(addr) as partial:
+            partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            with socket.create_connection(addr) as second:
+                busy = _wait_closed(second)
+            late = _wait_closed(partial)
+        normal = request(server.url, "GET", "/healthz")[1]
+    assert busy.startswith(b"HTTP/1.1 503") and late.startswith(b"HTTP/1.1 408"), (busy, late)
+    for raw in (busy, late):
+        fields = _head_fields(raw)
+        for name, value in SECURE_HEADERS.items():
+            assert fields.get(name) == value == {k.lower(): v for k, v in normal.items()}[name], (name, raw)
+    assert dict(service._counts) == {"connection 503": 1, "connection 408": 1, "/healthz 200": 1}
+
+
 def test_max_connections_beyond_the_open_files_limit_is_a_usage_error(monkeypatch):
     """Past the open-files limit uvicorn's accept loop fails and the server takes no connection at all: the soft
     limit is raised as far as the hard one allows, and a --max-connections beyond that is refused."""

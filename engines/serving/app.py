@@ -48,6 +48,7 @@ from starlette.requests import ClientDisconnect
 
 from rap_deploy.atomic import json_text
 from rap_deploy.engines.serving.contract import TEXT_GRAPH
+from rap_deploy.engines.serving.headers import SECURE_HEADERS
 from rap_deploy.engines.serving.oip import (
     HEADER_LENGTH,
     RequestError,
@@ -68,14 +69,6 @@ SEND_CHUNK = 1 << 20  # responses go out in pieces of this size (PacedResponse)
 CLIENT_CLOSED = 499  # the client closed the connection before its request was read (nginx's code; nobody reads it)
 NOT_READY = 400  # the Open Inference Protocol's health answers: 200 true, a 4xx false (Triton answers 400)
 READ = ["GET", "HEAD"]  # every GET route answers HEAD too (RFC 9110; load balancers and `curl -I` probe with it)
-# What every response carries (SecureHeaders): no MIME sniffing (a JSON error echoing a video id that holds HTML is
-# never read as a page), no framing (clickjacking), no referrer; a response that is not the page runs nothing; no
-# page of another origin may embed a response (an <img> of /thumbnails?video_id=… loading or not told it whether
-# the user's library holds that video).
-SECURE_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer",
-                  "cross-origin-resource-policy": "same-origin",
-                  "content-security-policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; "
-                                             "form-action 'none'"}
 
 
 def _json(obj: Any, status: int = 200) -> Response:

@@ -12,6 +12,9 @@ server accepts nothing at all. :func:`guarded_protocol` makes uvicorn's HTTP pro
   that its client, still sending, gets to read that answer; that too ends ``header_timeout`` seconds after the
   answer, silently (as nginx's ``lingering_time``).
 
+These two answers carry the security headers of every other response (``headers.SECURE_HEADERS``) and are
+counted for ``/stats`` as ``connection 503`` and ``connection 408``.
+
 A request's body and its response are bounded by the app (``read_body``'s idle timeout, ``PacedResponse``).
 """
 
@@ -21,7 +24,10 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
+
+from rap_deploy.engines.serving.headers import SECURE_HEADERS
 
 log = logging.getLogger("rapdeploy.serve")
 MAX_CONNECTIONS = 512  # --max-connections' default: open connections at once (the load test drives at most 256)
@@ -32,13 +38,16 @@ WARN_EVERY_S = 60.0  # a refused connection is logged at most this often
 
 def _closing_response(status: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": message, "field": None}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    secure = "".join(f"{name}: {value}\r\n" for name, value in SECURE_HEADERS.items())
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n{secure}"
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
-def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S) -> type:
+def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S,
+                     count: Callable[[str], None] | None = None) -> type:
     """uvicorn's HTTP protocol class (h11, or httptools when installed) with the two limits of the module docstring;
-    pass it as ``uvicorn.Config(http=...)``."""
+    pass it as ``uvicorn.Config(http=...)``. ``count`` (the service's :meth:`count`) is told of each refusal
+    answered: ``"connection 503"``, ``"connection 408"``."""
     import h11
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -56,7 +65,7 @@ def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: flo
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                self._refuse(busy)
+                self._refuse(busy, "connection 503")
                 now = time.monotonic()
                 if now - warned[0] >= WARN_EVERY_S:
                     warned[0] = now
@@ -90,12 +99,17 @@ def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: flo
             if self.cycle is self._awaiting and not self.transport.is_closing():
                 # the rest of a refused body, after its answer: no second answer (httptools cannot tell)
                 lingering = getattr(getattr(self, "conn", None), "their_state", None) is h11.SEND_BODY
-                self._refuse(late if self._received and not lingering else b"")
+                if self._received and not lingering:
+                    self._refuse(late, "connection 408")
+                else:
+                    self._refuse(b"")
 
-        def _refuse(self, response: bytes) -> None:
+        def _refuse(self, response: bytes, label: str | None = None) -> None:
             if response:
                 self.transport.write(response)
             self.transport.close()
+            if label is not None and count is not None:
+                count(label)
 
     return GuardedProtocol
 

@@ -200,7 +200,8 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
                                            access_log=False, timeout_keep_alive=30,
                                            timeout_graceful_shutdown=shutdown_timeout,
-                                           http=guarded_protocol(limits.max_connections, limits.header_timeout_s)))
+                                           http=guarded_protocol(limits.max_connections, limits.header_timeout_s,
+                                                                 service.count)))
     failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
     watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say, failed), daemon=True,
                                name="serve-announce")
@@ -255,17 +256,19 @@ def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, se
 class ServerThread:
     """Run an ASGI ``app`` with uvicorn on ``host`` and a free port in a background thread (context manager).
 
-    ``url`` is where it listens; leaving the block stops it and waits for the thread.
+    ``url`` is where it listens; leaving the block stops it and waits for the thread. ``count`` is told of the
+    connections refused by the limits (:func:`guarded_protocol`).
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", start_timeout: float = 30.0,
-                 max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S) -> None:
+                 max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S,
+                 count: Callable[[str], None] | None = None) -> None:
         import uvicorn
 
         self.sock = bind_socket(host, 0)
         self.url = socket_url(self.sock)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                                    http=guarded_protocol(max_connections, header_timeout)))
+                                                    http=guarded_protocol(max_connections, header_timeout, count)))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
                                        name="uvicorn")
         self.start_timeout = start_timeout

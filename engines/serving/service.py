@@ -300,7 +300,9 @@ class ServingService:
         return self.batcher.alive and self.library_changed is None
 
     def stats(self) -> dict[str, Any]:
-        """Uptime, request counts by route and status, the text batcher's and the engine's counters."""
+        """Uptime, request counts by route and status (``"/search 200"``; a connection refused before any request
+        is ``"connection 503"`` past ``--max-connections`` and ``"connection 408"`` past ``--header-timeout``),
+        the text batcher's and the engine's counters."""
         with self._lock:
             counts = dict(self._counts)
         return {"uptime_s": time.time() - self.started, "requests": counts,
