@@ -26,8 +26,8 @@ from rap_deploy.crashpoints import crash_point
 from rap_deploy.engines.base import Engine
 from rap_deploy.engines.manifest import BACKENDS, FORMAT, MANIFEST, new_manifest, write_manifest
 from rap_deploy.engines.trt_plan import ProfileOptions, profile_ranges
-from rap_deploy.errors import CheckFailedError, UsageError
-from rap_deploy.folder_swap import StagedFolder, folder_identity, staged_folder
+from rap_deploy.errors import UsageError
+from rap_deploy.folder_swap import StagedFolder, check_not_replaced, folder_identity, staged_folder
 from rap_deploy.locks import folder_lock
 
 DEVICES = ("cpu", "cuda")
@@ -156,10 +156,9 @@ def check_source_unchanged(src: Path, identity: tuple[int, int] | None) -> None:
     """Refuse to commit an engine built from the export folder ``src`` when ``src`` is no longer the folder whose
     manifest the build read (``identity``, :func:`~rap_deploy.folder_swap.folder_identity`): an ``export --force``
     swapped a new export in meanwhile, so the graphs read may be the new ones. Raises :class:`CheckFailedError`."""
-    if folder_identity(src) != identity:
-        raise CheckFailedError(f"export folder {src} was replaced while the engine was built from it (an `rapdeploy "
-                               "export --force`?), so the engine could hold graphs of the new export under the old "
-                               "one's record; nothing was written: build again")
+    check_not_replaced(src, identity, "while the engine was built from it",
+                       "the engine could hold graphs of the new export under the old one's record; nothing was "
+                       "written: build again")
 
 
 def check_replaceable(dest: Path, force: bool) -> None:

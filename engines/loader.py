@@ -82,6 +82,7 @@ def load_unswapped(folder: Path, load: Callable[[], Engine]) -> Engine:
     manifest and the other's graphs, or failed on that mix. Raises :class:`CheckFailedError` after
     :data:`SWAP_RETRIES` swaps in a row; ``load()``'s own error when the folder stayed the same."""
     from rap_deploy.folder_swap import folder_identity as _identity
+    from rap_deploy.folder_swap import folder_replaced
 
     for _ in range(SWAP_RETRIES):
         before = _identity(folder)
@@ -94,8 +95,8 @@ def load_unswapped(folder: Path, load: Callable[[], Engine]) -> Engine:
         if _identity(folder) == before:
             return engine
         engine.close()
-    raise CheckFailedError(f"{folder} was replaced while it was being loaded, {SWAP_RETRIES} times (a build or "
-                           "export writing it?); load it again when that command has finished")
+    raise folder_replaced(folder, f"while it was being loaded, {SWAP_RETRIES} times",
+                          "load it again when that command has finished")
 
 
 def _load_folder(p: Path, device: str | None, threads: int | None, inter_threads: int | None, device_id: int,

@@ -31,7 +31,7 @@ from rap_deploy.engines.blocks import (
     tokens_axis_is_dynamic,
 )
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
-from rap_deploy.folder_swap import folder_identity
+from rap_deploy.folder_swap import check_not_replaced, folder_identity
 from rap_deploy.graphs import graph_io
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -268,9 +268,9 @@ class OrtEngine(Engine):
     def _check_same_folder(self) -> None:
         """Refuse (:class:`CheckFailedError`) to open a session once the engine's folder was replaced (``rapdeploy
         build-engine --force``): its graphs are not the ones whose manifest and hashes were checked at load."""
-        if self._folder is not None and folder_identity(self.path) != self._folder:
-            raise CheckFailedError(f"{self.path} was replaced since this process loaded it (a new build or export "
-                                   "swapped in?); start the command again to load the new one")
+        if self._folder is not None:
+            check_not_replaced(self.path, self._folder, "since this process loaded it",
+                               "start the command again to load the new one")
 
     def _session(self, graph: str) -> Any:
         """The graph's session, created on first use (see ``lazy``)."""

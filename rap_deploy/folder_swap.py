@@ -33,6 +33,7 @@ from pathlib import Path
 
 from rap_deploy.atomic import fsync_dir
 from rap_deploy.crashpoints import crash_point
+from rap_deploy.errors import CheckFailedError
 from rap_deploy.locks import target_path
 
 RENAME_EXCHANGE = 2
@@ -49,6 +50,21 @@ def folder_identity(folder: str | os.PathLike[str]) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def folder_replaced(folder: str | os.PathLike[str], when: str, then: str) -> CheckFailedError:
+    """The one refusal of a folder replaced ``when`` (``"while the engine was built from it"``...) by a concurrent
+    ``build-engine --force`` or ``export --force``; ``then`` says what to do (exit 1)."""
+    return CheckFailedError(f"{folder} was replaced {when} (a `rapdeploy build-engine --force` or `export --force` "
+                            f"swapped a new folder in?); {then}")
+
+
+def check_not_replaced(folder: str | os.PathLike[str], identity: tuple[int, int] | None, when: str,
+                       then: str) -> None:
+    """Raise :func:`folder_replaced` when ``folder`` is no longer the folder of ``identity`` (its
+    :func:`folder_identity` when it was checked): what was read since may be the new folder's, never checked."""
+    if folder_identity(folder) != identity:
+        raise folder_replaced(folder, when, then)
 
 
 def staging_name(dest: Path, kind: str, pid: int | None = None) -> Path:

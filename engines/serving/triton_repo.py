@@ -228,12 +228,10 @@ def _check_source_unchanged(plan: RepoPlan) -> None:
     """Refuse (:class:`CheckFailedError`) to commit a repository copied from a source folder that was replaced since
     it was checked (a ``build-engine --force`` or ``export --force`` swapping a new one in): its files may be the
     new folder's, never hash-checked."""
-    from rap_deploy.errors import CheckFailedError
-    from rap_deploy.folder_swap import folder_identity
+    from rap_deploy.folder_swap import check_not_replaced
 
-    if folder_identity(plan.source.path) != plan.source_identity:
-        raise CheckFailedError(f"{plan.source.path} was replaced while the model repository was copied from it (a "
-                               "build or export writing it?); nothing was written: run triton-repo again")
+    check_not_replaced(plan.source.path, plan.source_identity, "while the model repository was copied from it",
+                       "nothing was written: run triton-repo again")
 
 
 def check_replaceable(dest: Path, force: bool) -> None:
