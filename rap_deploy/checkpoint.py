@@ -26,7 +26,7 @@ from rap_deploy.model.clip_loader import (
     pretrained_preprocess,
     quick_gelu_for,
 )
-from rap_deploy.model.rap import RAPModel
+from rap_deploy.model.rap import RAPModel, topk_excess
 
 FORMAT = "rapdeploy.checkpoint"
 FORMAT_VERSION = 1
@@ -102,9 +102,9 @@ def _check_fits_backbone(where: str, config: RAPConfig, clip: Any) -> None:
         raise CheckFailedError(f"{where}: its preprocessing image size {config.preprocess.image_size} does not match "
                                f"{config.clip}'s input size {size}; the file is damaged or was edited")
     grid = getattr(getattr(clip, "visual", None), "grid_size", None)
-    if config.has_asa and grid is not None and config.asa_topk > int(grid[0]) * int(grid[1]):
-        raise CheckFailedError(f"{where}: asa_topk {config.asa_topk} exceeds the {int(grid[0]) * int(grid[1])} "
-                               f"patches per frame of {config.clip}; the file is damaged or was edited")
+    excess = topk_excess(config, grid) if grid is not None else None
+    if excess:
+        raise CheckFailedError(f"{where}: {excess}; the file is damaged or was edited")
 
 
 def _first_line(exc: BaseException) -> str:

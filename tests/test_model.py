@@ -514,6 +514,18 @@ def test_a_topk_over_the_patch_count_is_refused_when_the_model_is_made(tmp_path)
     assert runner.invoke(app, ["info", str(out)]).exit_code == 0
 
 
+def test_a_checkpoint_whose_topk_exceeds_the_patch_count_is_refused_as_edited():
+    """The model's top-k check (model.rap.topk_excess) refuses a checkpoint that says k 17 on rap-micro's 16
+    patches per frame as damaged or edited (exit 1), before the model is made (no advice to pass --topk)."""
+    from rap_deploy.errors import CheckFailedError
+
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    ckpt.config = ckpt.config.replace(asa_topk=17)
+    with pytest.raises(CheckFailedError, match="asa_topk 17 exceeds the 16 patches per frame of rap-micro; the file is "
+                                               "damaged or was edited$"):
+        ckpt.build_model()
+
+
 @pytest.mark.parametrize("tower, changes, said", [
     ("text_cfg", {"pool_type": "eos", "eos_id": 2}, "does not take CLIP's tokens (49,408 token ids, pooling 'eos'"),
     ("text_cfg", {"vocab_size": 1000}, "does not take CLIP's tokens (1,000 token ids"),

@@ -38,6 +38,15 @@ def _check_text_tower(clip: nn.Module, config: RAPConfig) -> None:
                          "reads the EOT under a causal mask); use a model with CLIP's tokenizer, such as ViT-B-32")
 
 
+def topk_excess(config: RAPConfig, grid: tuple[int, int]) -> str | None:
+    """Why ASA's top-k of ``config`` cannot run on a backbone of ``grid`` patches per frame (k more than the patches),
+    or ``None`` (also without an ASA head). The model refuses it when made, a checkpoint's loader when read."""
+    patches = int(grid[0]) * int(grid[1])
+    if config.has_asa and config.asa_topk > patches:
+        return f"asa_topk {config.asa_topk} exceeds the {patches} patches per frame of {config.clip}"
+    return None
+
+
 class RAPModel(nn.Module):
     """RAP on a frozen open_clip ViT CLIP. Only the adapters (``lorm_*``, ``asa``) have trainable parameters."""
 
@@ -62,9 +71,9 @@ class RAPModel(nn.Module):
         self.grid = tuple(visual.grid_size)
         self.embed_dim = int(visual.output_dim)
         self.num_patches = self.grid[0] * self.grid[1]
-        if config.has_asa and config.asa_topk > self.num_patches:  # a checkpoint of it would not load (checkpoint.py)
-            raise UsageError(f"asa_topk {config.asa_topk} exceeds the {self.num_patches} patches per frame of "
-                             f"{config.clip}; pass --topk {self.num_patches} or less")
+        excess = topk_excess(config, self.grid)  # a checkpoint of it would not load (checkpoint.py)
+        if excess:
+            raise UsageError(f"{excess}; pass --topk {self.num_patches} or less")
         if config.context_length > clip.positional_embedding.shape[0]:
             raise UsageError(f"context_length {config.context_length} exceeds {config.clip}'s "
                              f"{clip.positional_embedding.shape[0]} text positions")
