@@ -1,6 +1,8 @@
 // Runs the search page's script (engines/serving/page.html) in Node against a minimal DOM and a scripted fetch, for
 // tests/test_serving_page_check.py (no browser needed). Usage: node page_harness.js PAGE.html SCENARIO.json
-// SCENARIO: {"query": str, "topk": str, "submits": int, "answers": {"/library": [ANSWER], "/search": [ANSWER, ...]}}
+// SCENARIO: {"query": str, "topk": str, "submits": int, "answers": {"/library": [ANSWER], "/search": [ANSWER, ...]},
+// "page_url": where the page was loaded from (default http://127.0.0.1:8080/)}; answers are keyed by the path a
+// request resolves to against page_url, as a browser resolves it
 // ANSWER: {"status": int, "body": str, "delay_ms": int} or {"network_error": str}; /search answers are used in
 // order, one per submit; "evaluate": [JavaScript expressions] are evaluated in the page at the end (page_check's).
 // Prints the page's state as JSON: status line, results, thumbnails, uncaught errors, the expressions' values.
@@ -59,9 +61,14 @@ const document = {
   },
 };
 
+const pageUrl = new URL(scenario.page_url ?? "http://127.0.0.1:8080/");
+const location = {href: pageUrl.href, pathname: pageUrl.pathname, origin: pageUrl.origin, search: pageUrl.search};
+const fetched = [];  // every request's URL, resolved against the page's
 const queues = JSON.parse(JSON.stringify(scenario.answers || {}));
 function fetch(url) {
-  const path = String(url).split("?")[0];
+  const resolved = new URL(String(url), pageUrl);
+  fetched.push(resolved.href);
+  const path = resolved.pathname;
   const answer = (queues[path] || []).shift() || {network_error: "Failed to fetch"};
   return new Promise((resolve, reject) => setTimeout(() => {
     if (answer.network_error) { reject(new TypeError(answer.network_error)); return; }
@@ -72,7 +79,7 @@ function fetch(url) {
 }
 
 process.on("unhandledRejection", (e) => errors.push(String(e && e.stack || e)));
-const context = vm.createContext({document, fetch, console, setTimeout, Number, JSON, encodeURIComponent,
+const context = vm.createContext({document, fetch, location, console, setTimeout, Number, JSON, encodeURIComponent,
                                   parseInt, Promise, Error, TypeError, String});
 try { vm.runInContext(script, context); } catch (e) { errors.push(String(e.stack || e)); }
 
@@ -90,6 +97,7 @@ try { vm.runInContext(script, context); } catch (e) { errors.push(String(e.stack
     about: byId.about.textContent, state: body.dataset.state ?? null,
     results: rows.map((r) => r.textContent),
     images: byId.results.all().filter((e) => e.tagName === "IMG").map((i) => ({src: i.src, alt: i.alt})),
+    fetched, image_urls: byId.results.all().filter((e) => e.tagName === "IMG").map((i) => new URL(i.src, pageUrl).href),
     errors, evaluated: (scenario.evaluate || []).map((expr) => vm.runInContext(expr, context)),
   }));
 })();

@@ -153,9 +153,11 @@ HOSTILE = "<img src=x onerror=alert(1)>/a&b?c#d"
 
 
 def page_state(tmp_path: Path, search: list[dict[str, Any]], library: dict[str, Any] | None = None,
-               **scenario: Any) -> dict[str, Any]:
-    """What the page shows after its submits were answered with ``search`` (and ``/library`` with ``library``)."""
-    answers = {"/search": search, "/library": [library or {"status": 200, "body": json.dumps({"size": 1})}]}
+               prefix: str = "", **scenario: Any) -> dict[str, Any]:
+    """What the page shows after its submits were answered with ``search`` (and ``/library`` with ``library``);
+    the server's routes are under ``prefix`` (a gateway's path prefix: pass the ``page_url`` it serves too)."""
+    answers = {f"{prefix}/search": search,
+               f"{prefix}/library": [library or {"status": 200, "body": json.dumps({"size": 1})}]}
     spec = tmp_path / "scenario.json"
     spec.write_text(json.dumps({"answers": answers, **scenario}))
     done = subprocess.run(["node", str(HARNESS), str(PAGE), str(spec)], capture_output=True, text=True, timeout=60)
@@ -240,3 +242,26 @@ def test_the_page_check_stops_waiting_once_a_search_answered_with_no_video(tmp_p
         state = page_state(tmp_path, [answer], evaluate=[page_check.DONE_JS, page_check.SUMMARY_JS])
         done, summary = state["evaluated"]
         assert done is True and json.loads(summary)["results"] == rows, state
+
+
+def test_the_page_names_no_route_at_the_hosts_root():
+    """The page asked /library, /search and /thumbnails: behind a gateway serving it under a path prefix those
+    missed the server. Its script names the routes relative to the page's own URL."""
+    import re
+
+    script = re.search(r"<script>(.*?)</script>", PAGE.read_text(encoding="utf-8"), flags=re.DOTALL).group(1)
+    assert re.findall(r"""["'`]/(?:search|library|thumbnails|stats|healthz|readyz|v2)""", script) == []
+
+
+@needs_node
+@pytest.mark.parametrize("page_url", ["https://gateway.example/rap/", "https://gateway.example/rap",
+                                      "https://gateway.example/rap/?q=x", "http://127.0.0.1:8080/"])
+def test_the_page_asks_its_own_server_under_a_gateways_path_prefix(tmp_path, page_url):
+    """Behind a gateway serving the page under /rap/, its requests went to /library, /search and /thumbnails at the
+    gateway's root (another application, or 404s: the page said the server answered 404)."""
+    root = page_url.split("?")[0].rstrip("/") + "/"
+    prefix = urllib.parse.urlsplit(root).path.rstrip("/")
+    state = page_state(tmp_path, [results("v1")], prefix=prefix, page_url=page_url)
+    assert state["fetched"] == [root + "library", root + "search"], state
+    assert state["image_urls"] == [root + "thumbnails?count=4&video_id=v1"], state
+    assert state["about"].startswith("1 videos") and state["state"] == "done", state
