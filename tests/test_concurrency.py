@@ -534,3 +534,67 @@ def test_a_killed_report_writers_temporary_is_removed_by_the_next_report(kind, t
     write(out, {"passed": True})
     assert not temp.exists() and all(path.read_text() == "mine" for path in others)
     assert json.loads((out / f"{kind}.json").read_text()) == {"passed": True}
+
+
+def test_two_runs_started_in_one_second_choose_two_run_folders(tmp_path):
+    """Two `rapdeploy train` without --out started in the same second chose one folder, runs/<dataset>-<time>, and the
+    second failed with FolderBusyError. The default name gets -2, -3... when that folder exists or is locked, and the
+    name chosen is held locked from then on, so no third run takes it."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import held_folder_lock
+
+    from rap_deploy.cli.train_cmds import default_run_dir
+    from rap_deploy.errors import UsageError
+
+    runs, now = tmp_path / "runs", 1_800_000_000.0
+    base = runs / f"msrvtt-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+    assert default_run_dir(runs, "msrvtt", None, now) == base  # torchrun's other ranks: the name, unchecked
+    with contextlib.ExitStack() as claim:
+        assert default_run_dir(runs, "msrvtt", claim, now) == base
+    with held_folder_lock(base, "train", "run folder"), contextlib.ExitStack() as claim:  # the first run trains
+        second = default_run_dir(runs, "msrvtt", claim, now)
+        assert second == base.with_name(base.name + "-2")
+        code = ("import sys; from rap_deploy.locks import folder_lock, FolderBusyError\n"
+                "try:\n    with folder_lock(sys.argv[1], 'train'): pass\nexcept FolderBusyError: sys.exit(3)")
+        assert subprocess.run([sys.executable, "-c", code, str(second)], timeout=60).returncode == 3
+    base.mkdir()  # the first run's finished folder
+    second.mkdir()
+    with contextlib.ExitStack() as claim:
+        assert default_run_dir(runs, "msrvtt", claim, now) == base.with_name(base.name + "-3")
+    with pytest.raises(UsageError, match="unknown"):
+        default_run_dir(runs, "../escaped", None, now)
+
+
+def test_train_without_out_takes_the_next_name_when_a_run_of_the_same_second_holds_it(tmp_path, monkeypatch):
+    """The CLI path: a run of the same second holds runs/msrvtt-<time>; train without --out trains into
+    msrvtt-<time>-2, whose lock it holds while it trains (the training itself is replaced here)."""
+    import time
+    import types
+
+    from conftest import held_folder_lock
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli import train_cmds
+    from rap_deploy.cli.app import app
+    from rap_deploy.locks import lock_path
+
+    now = time.localtime(1_800_000_000.0)
+    monkeypatch.setattr(train_cmds, "time", types.SimpleNamespace(strftime=time.strftime, localtime=lambda _t: now))
+    trained = []
+
+    def fake_training(options, *_args):
+        trained.append((options.out, lock_path(options.out).is_file()))
+        return {}
+
+    monkeypatch.setattr(train_cmds, "_run_training", fake_training)
+    (tmp_path / "data").mkdir()
+    base = tmp_path / "ws" / "runs" / f"msrvtt-{time.strftime('%Y%m%d-%H%M%S', now)}"
+    with held_folder_lock(base, "train", "run folder"):
+        res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(tmp_path / "data"),
+                                       "--workspace", str(tmp_path / "ws"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert trained == [(str(base) + "-2", True)]
+    assert not lock_path(str(base) + "-2").exists()  # released when the run ended

@@ -55,7 +55,8 @@ def train(
     context_length: int | None = typer.Option(None, "--context-length", help="Text tokens (default: 32 for "
                                               "msrvtt/msvd, 64 for didemo/activitynet)."),
     out: Path | None = typer.Option(None, "--out", help="Run folder for best.pt, last.pt, metrics.jsonl, "
-                                    "summary.json (default: <workspace>/runs/<dataset>-<time>)."),
+                                    "summary.json (default: <workspace>/runs/<dataset>-<time>, with -2, -3... when a "
+                                    "run started in the same second took that name)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (default 5; 0 only evaluates the "
                                       "starting model)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size, split over processes "
@@ -138,9 +139,10 @@ def train(
                         "--workers": (workers, 0, MAX_WORKERS)})
     given = _given_model_source(given, backbone, checkpoint, clip, pretrained)
     _check_resume_folder(resume)
-    options = _new_run_options(given, out, resume, workspace)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    summary = _run_training(options, resume, given, quiet, rank0)
+    with contextlib.ExitStack() as claimed:  # rank 0 holds a default run name's lock from its choice on
+        options = _new_run_options(given, out, resume, workspace, claimed if rank0 else None)
+        summary = _run_training(options, resume, given, quiet, rank0)
     if not rank0:
         return  # under torchrun only rank 0 reports
     if json_out:
@@ -205,11 +207,13 @@ def _check_resume_folder(resume: Path | None) -> None:
                          "`rapdeploy train`")
 
 
-def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | None, workspace: Path | None
-                     ) -> TrainOptions | None:
+def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | None, workspace: Path | None,
+                     claim: contextlib.ExitStack | None = None) -> TrainOptions | None:
     """The :class:`TrainOptions` of a new run (``given["data_root"]`` resolved in place), or None to resume.
 
-    Raises :class:`UsageError` without ``--dataset`` for a new run, and for a resumed run whose ``--out`` differs.
+    Without ``--out`` the run folder is :func:`default_run_dir`'s, its lock held in ``claim`` (rank 0; the other ranks
+    of a torchrun write nothing and only compute the name). Raises :class:`UsageError` without ``--dataset`` for a
+    new run, and for a resumed run whose ``--out`` differs.
     """
     from rap_deploy.train.loop import TrainOptions
 
@@ -222,11 +226,57 @@ def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | Non
         from rap_deploy.workspace import subdir
 
         given["data_root"] = _absolute(resolve_data_root(given.get("data_root"), workspace))
-        run_dir = out or resume or subdir("runs", workspace) / f"{given['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = out or resume or default_run_dir(subdir("runs", workspace), given["dataset"], claim)
         return TrainOptions(out=str(run_dir), **given)
     if out is not None and Path(out).resolve() != Path(resume).resolve():
         raise UsageError(f"--out {out} differs from --resume {resume}; a resumed run continues in its own folder")
     return None
+
+
+MAX_RUN_NAME_SUFFIX = 100  # runs started in one second that default_run_dir tells apart
+
+
+def default_run_dir(runs: Path, dataset: str, claim: contextlib.ExitStack | None, now: float | None = None) -> Path:
+    """``<runs>/<dataset>-<YYYYmmdd-HHMMSS>`` (local time ``now``, default the current time) for a run without
+    ``--out``; ``-2``, ``-3``... appended when that folder exists or another run holds its lock (runs started in the
+    same second chose one folder, and the second failed with FolderBusyError).
+
+    With ``claim``, the chosen folder's lock is taken into it, so no other run can choose that name until ``claim``
+    closes; without, the plain name is returned unchecked. Raises :class:`UsageError` for an unknown dataset (the
+    name becomes a path) and when every suffix is taken.
+    """
+    from rap_deploy.data.datasets import DATASETS
+
+    if dataset not in DATASETS:
+        raise UsageError(f"dataset '{dataset}' is unknown; use one of {', '.join(DATASETS)}")
+    base = f"{dataset}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+    if claim is None:
+        return runs / base
+    for n in range(1, MAX_RUN_NAME_SUFFIX + 1):
+        candidate = runs / (base if n == 1 else f"{base}-{n}")
+        if not _taken(candidate) and _claim(candidate, claim):
+            return candidate
+    raise UsageError(f"{runs}: {base} and its {MAX_RUN_NAME_SUFFIX - 1} suffixed names are taken; pass --out")
+
+
+def _taken(folder: Path) -> bool:
+    return folder.exists() or folder.is_symlink()
+
+
+def _claim(folder: Path, claim: contextlib.ExitStack) -> bool:
+    """Take ``folder``'s run-folder lock into ``claim`` when it is free and ``folder`` still missing under it."""
+    from rap_deploy.locks import FolderBusyError
+
+    attempt = contextlib.ExitStack()
+    try:
+        attempt.enter_context(folder_lock(folder, "train", "run folder"))
+    except FolderBusyError:
+        return False
+    if _taken(folder):  # made between the look and the lock: a run that finished meanwhile
+        attempt.close()
+        return False
+    claim.enter_context(attempt)
+    return True
 
 
 def _run_training(options: TrainOptions | None, resume: Path | None, given: dict[str, Any], quiet: bool,
