@@ -43,6 +43,8 @@ MAX_VIDEOS = 10_000_000     # videos in an index, a benchmark library or a datas
 MAX_THREADS = 4096
 MAX_SEED = 2**63 - 1      # torch.manual_seed takes a signed 64-bit seed
 MAX_LR = 10.0
+MIN_BODY_MB = 0.125          # `serve --max-body-mb`'s floor: the JSON header reserve twice (a model may need more)
+MAX_BODY_MB = 4096           # its ceiling: one inference request of 4 GiB
 
 
 def _describe(name: str) -> str:

@@ -299,7 +299,7 @@ def test_a_body_limit_that_holds_no_request_is_a_usage_error():
     from rap_deploy.engines.serving.service import BODY_HEADER_RESERVE, MiB, ServeOptions, fit_to_body, row_bytes
     from rap_deploy.errors import UsageError
 
-    with pytest.raises(UsageError, match=r"--max-body-mb must be in \[0.125, 4096\], got 0.0625"):
+    with pytest.raises(UsageError, match=r"--max-body-mb must be in \[0.125, 4096\] MiB, got 0.0625"):
         ServeOptions(max_infer_body=64 * 1024)
     paper = ModelDims(frames=12, image_size=224, grid=(7, 7), embed_dim=512, context_length=77, asa_token_width=147)
     models = served_models(graph_specs(paper, True), batch_limits(None))

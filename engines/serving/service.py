@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from rap_deploy.bounds import MAX_BODY_MB, MIN_BODY_MB
 from rap_deploy.engines.blocks import fit_tokens
 from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
 from rap_deploy.engines.serving.connections import HEADER_TIMEOUT_S, MAX_CONNECTIONS
@@ -51,9 +52,14 @@ from rap_deploy.export.export_config import QUERIES, TOKENS, VIDEOS, TensorSpec
 
 log = logging.getLogger("rapdeploy.serve")
 MiB = 1 << 20
-MAX_BODY_MB = 4096  # --max-body-mb's ceiling: one inference request of 4 GiB
-MIN_BODY_MB = 0.125  # its floor: the JSON header reserve twice; a model may need more (fit_to_body says how much)
 BODY_HEADER_RESERVE = 64 * 1024  # the JSON header of a binary inference request, generously
+
+
+def check_body_mb(mb: float) -> None:
+    """Refuse (:class:`UsageError`) a ``--max-body-mb`` of ``mb`` MiB outside [MIN_BODY_MB, MAX_BODY_MB], NaN too
+    (a model may need more than the floor: :func:`fit_to_body` says how much)."""
+    if not MIN_BODY_MB <= mb <= MAX_BODY_MB:  # NaN fails too
+        raise UsageError(f"--max-body-mb must be in [{MIN_BODY_MB:g}, {MAX_BODY_MB:g}] MiB, got {mb:g}")
 
 
 @dataclass(frozen=True)
@@ -90,11 +96,11 @@ class ServeOptions:
                   ("max_infer_inflight", self.max_infer_inflight, 1, 1 << 10),
                   ("--idle-timeout", self.body_idle_timeout_s, 1e-3, 3600),
                   ("--max-connections", self.max_connections, 1, 1 << 20),
-                  ("--header-timeout", self.header_timeout_s, 1e-3, 3600),
-                  ("--max-body-mb", self.max_infer_body / MiB, MIN_BODY_MB, MAX_BODY_MB))
+                  ("--header-timeout", self.header_timeout_s, 1e-3, 3600))
         for option, value, low, high in checks:
             if not low <= value <= high:  # NaN fails too
                 raise UsageError(f"{option} must be in [{low:g}, {high:g}], got {value:g}")
+        check_body_mb(self.max_infer_body / MiB)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
 
@@ -33,8 +34,9 @@ def serve_cmd(
     max_queue_delay_ms: float = typer.Option(2.0, "--max-queue-delay-ms", help="Text encoder: longest wait for more "
                                              "queries before a batch runs (Triton's max_queue_delay)."),
     max_queue: int = typer.Option(1024, "--max-queue", help="Text requests that may wait; more get 503."),
-    max_body_mb: float = typer.Option(256.0, "--max-body-mb", help="Largest inference request body (MiB, 0.125 "
-                                      "to 4096; enough for one video of the model, or serve refuses it)."),
+    max_body_mb: float = typer.Option(256.0, "--max-body-mb", help="Largest inference request body (MiB, "
+                                      f"{bounds.MIN_BODY_MB:g} to {bounds.MAX_BODY_MB:g}; enough for one video of "
+                                      "the model, or serve refuses it)."),
     idle_timeout: float = typer.Option(30.0, "--idle-timeout", help="Seconds a request body may send nothing "
                                        "before it is refused (408), and an inference response its client reads "
                                        "nothing of before it is given up (the connection closed)."),
@@ -66,17 +68,15 @@ def serve_cmd(
 
     Stops on Ctrl-C or SIGTERM.
     """
-    from rap_deploy import bounds
     from rap_deploy.engines.serving.server import serve
-    from rap_deploy.engines.serving.service import MAX_BODY_MB, MIN_BODY_MB, MiB, ServeOptions
+    from rap_deploy.engines.serving.service import MiB, ServeOptions, check_body_mb
     from rap_deploy.errors import UsageError
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in [0, 65535], got {port}")
     if threads is not None:  # as the other commands: ONNX Runtime takes an int32, 0 or less is no thread count
         bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
-    if not MIN_BODY_MB <= max_body_mb <= MAX_BODY_MB:  # NaN fails too
-        raise UsageError(f"--max-body-mb must be in [{MIN_BODY_MB:g}, {MAX_BODY_MB:g}] MiB, got {max_body_mb:g}")
+    check_body_mb(max_body_mb)  # before the bytes: int() of NaN or inf raises
     if not 0 < shutdown_timeout <= 3600:  # NaN fails too
         raise UsageError(f"--shutdown-timeout must be in (0, 3600] seconds, got {shutdown_timeout}")
     if log_level.lower() not in LOG_LEVELS:
