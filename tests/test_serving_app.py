@@ -54,12 +54,13 @@ def serve():
         server.stop()
 
 
-def request(url: str, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+def request(url: str, method: str, path: str, headers: dict[str, str] | None = None
+            ) -> tuple[int, dict[str, str], bytes]:
     """``(status, headers, body)`` of one request."""
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     try:
-        conn.request(method, path)
+        conn.request(method, path, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
@@ -110,6 +111,36 @@ def test_thumbnails_of_a_video_whose_file_cannot_be_decoded_are_a_404_naming_the
     assert "/srv/videos" not in doc["error"]
     assert request(url, "GET", "/thumbnails?video_id=v2")[0] == 404
     assert request(url, "GET", "/healthz")[0] == 200
+
+
+class GreyLibrary:
+    """A library whose videos ``v1`` and ``v2`` have frames of different greys."""
+
+    def thumbnail_frames(self, video_id: str, count: int = 4) -> Any:
+        if video_id not in ("v1", "v2"):
+            raise KeyError(video_id)
+        return np.full((count, 8, 8, 3), 64 if video_id == "v1" else 192, np.uint8)
+
+
+def test_thumbnails_have_a_strong_etag_and_answer_if_none_match_with_304(serve):
+    """Thumbnails (Cache-Control: no-cache) had no validator, so the page's browser fetched every strip whole again
+    on each search; now a strong ETag of the JPEG, and a matching If-None-Match is a 304 without a body."""
+    url = serve(bare_service(GreyLibrary()))
+    status, headers, jpeg = request(url, "GET", "/thumbnails?video_id=v1&count=2")
+    etag = headers.get("etag", "")
+    assert status == 200 and jpeg.startswith(b"\xff\xd8") and headers.get("cache-control") == "no-cache", headers
+    assert etag.startswith('"') and etag.endswith('"') and len(etag) > 2, etag  # strong: no W/
+    others = {request(url, "GET", path)[1]["etag"] for path in ("/thumbnails?video_id=v1&count=3",
+                                                               "/thumbnails?video_id=v2&count=2")}
+    assert etag not in others and len(others) == 2  # another strip, another tag
+    for match in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        for method in ("GET", "HEAD"):
+            status, headers, body = request(url, method, "/thumbnails?video_id=v1&count=2", {"If-None-Match": match})
+            assert (status, body, headers.get("etag")) == (304, b"", etag), (match, method, status, headers)
+            assert headers.get("cache-control") == "no-cache" and headers.get("x-content-type-options") == "nosniff"
+    status, headers, body = request(url, "GET", "/thumbnails?video_id=v1&count=2", {"If-None-Match": '"other"'})
+    assert (status, body, headers["etag"]) == (200, jpeg, etag)
+    assert request(url, "GET", "/thumbnails?video_id=v3", {"If-None-Match": "*"})[0] == 404  # no such video
 
 
 def test_a_client_that_leaves_mid_body_is_not_a_server_fault(serve, caplog):

@@ -5,7 +5,7 @@ Protocol (KServe v2 REST) for the three graphs.
 |---|---|
 | ``GET /`` | the search page (no external assets) |
 | ``POST /search`` | ``{"query", "top_k", "top_m"}`` → the ``rapdeploy search --json`` object |
-| ``GET /thumbnails?video_id=…&count=4`` | a JPEG strip of the video's frames |
+| ``GET /thumbnails?video_id=…&count=4`` | a JPEG strip of the video's frames (ETag; ``If-None-Match``: 304) |
 | ``GET /healthz``, ``GET /readyz``, ``GET /library``, ``GET /stats`` | liveness, readiness, the library, counters |
 | ``GET /v2``, ``GET /v2/health/{live,ready}`` | KServe v2 server metadata and health |
 | ``GET /v2/models/{name}[/versions/1]``, ``…/ready``, ``…/config`` | model metadata, readiness, Triton config |
@@ -411,10 +411,29 @@ def _add_search_routes(app: FastAPI, service: ServingService) -> None:
         return _json(result)
 
     @app.api_route("/thumbnails", methods=READ)
-    async def thumbnails(video_id: str, count: int = 4) -> Response:
+    async def thumbnails(request: Request, video_id: str, count: int = 4) -> Response:
         data = await run_in_threadpool(service.thumbnail_jpeg, video_id, count)
-        # no-cache: a video re-encoded by `index --add` keeps its id, and its frames must not come from a stale copy
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
+        # no-cache: a video re-encoded by `index --add` keeps its id, and its frames must not come from a stale copy;
+        # the browser revalidates its copy by the ETag instead (304, no body)
+        headers = {"Cache-Control": "no-cache", "ETag": entity_tag(data)}
+        if none_match(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+
+def entity_tag(data: bytes) -> str:
+    """A strong ETag of a response body ``data``: its SHA-256 (128 bits of it), quoted. Of the bytes sent, not of
+    the video file the library recorded: the frames come from the file as it is now."""
+    return f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+
+
+def none_match(header: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header matches ``etag`` (RFC 9110 13.1.2: ``*``, or one of a list of tags
+    compared weakly, so ``W/"x"`` matches ``"x"``); ``None`` (no header) matches nothing."""
+    if header is None:
+        return False
+    tags = [tag.strip() for tag in header.split(",")]
+    return "*" in tags or etag in (tag.removeprefix("W/") for tag in tags)
 
 
 def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
