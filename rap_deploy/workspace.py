@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 from rap_deploy.errors import UsageError
@@ -50,18 +51,26 @@ def latest_child(folder: Path, marker: str) -> Path | None:
 
     Hidden and temporary folders (:func:`is_temporary_name`: a killed build's ``.NAME.partial-PID``, a swap's
     ``.NAME.old-PID``, a failed export's ``.NAME.failed``) are never candidates, and neither is a marker that is not
-    a regular file. Use this for every "latest artifact" lookup (exports, engines, libraries).
+    a regular file. Use this for every "latest artifact" lookup (exports, engines, libraries). A sub-folder or marker
+    deleted while it looks (a ``--force`` rebuild swapping a folder, a cleanup) is skipped, never a traceback.
     """
-    if not folder.is_dir() or is_temporary_name(folder.name):
-        candidates = []
-    else:
-        candidates = [folder]
-    if folder.is_dir():
-        candidates += [p for p in folder.iterdir() if not is_temporary_name(p.name)]
-    candidates = [p for p in candidates if p.is_dir() and (p / marker).is_file() and not (p / marker).is_symlink()]
-    if not candidates:
+    try:
+        children = [p for p in folder.iterdir() if not is_temporary_name(p.name)] if folder.is_dir() else []
+    except OSError:  # removed (or made unreadable) between the look and the listing
+        children = []
+    candidates = children if is_temporary_name(folder.name) else [folder, *children]
+    stamped = [(mtime, p) for p in candidates if (mtime := _marker_mtime(p, marker)) is not None]
+    return max(stamped, key=lambda item: item[0])[1] if stamped else None
+
+
+def _marker_mtime(folder: Path, marker: str) -> float | None:
+    """The mtime of ``folder/marker`` when it is a regular file (not a link), read in one ``lstat`` so there is no gap
+    between checking it and reading it; else ``None``, also when ``folder`` is a file or either is gone."""
+    try:
+        st = (folder / marker).lstat()
+    except OSError:  # missing, vanished since the listing, or folder is not a folder (ENOTDIR)
         return None
-    return max(candidates, key=lambda p: (p / marker).stat().st_mtime)
+    return st.st_mtime if stat.S_ISREG(st.st_mode) else None
 
 
 def data_root(explicit: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None) -> Path:

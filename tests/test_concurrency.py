@@ -598,3 +598,48 @@ def test_train_without_out_takes_the_next_name_when_a_run_of_the_same_second_hol
     assert res.exit_code == 0, res.output
     assert trained == [(str(base) + "-2", True)]
     assert not lock_path(str(base) + "-2").exists()  # released when the run ended
+
+
+@pytest.mark.parametrize("when", ["between its check and its read", "after the listing", "the folder itself"])
+def test_latest_child_skips_a_manifest_deleted_while_it_looks(tmp_path, monkeypatch, when):
+    """latest_child checked that each sub-folder's manifest was a file, then read its mtime: a manifest deleted in
+    between (an export or build-engine --force swapping that folder, a cleanup) ended the command in a
+    FileNotFoundError traceback (reproduced by deleting it at the check). Such a child is skipped now."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from rap_deploy.workspace import latest_child
+
+    engines = tmp_path / "engines"
+    for name, stamp in (("old", 1), ("new", 2)):
+        (engines / name).mkdir(parents=True)
+        (engines / name / "manifest.json").write_text("{}")
+        os.utime(engines / name / "manifest.json", (stamp, stamp))
+    gone = engines / "new" / "manifest.json"
+    real_stat, real_iterdir = Path.stat, Path.iterdir
+
+    def stat_then_delete(self, *args, **kwargs):  # the file is there at the first look, gone just after
+        result = real_stat(self, *args, **kwargs)
+        if self == gone:
+            gone.unlink()
+        return result
+
+    def list_then_delete(self):
+        children = list(real_iterdir(self))
+        shutil.rmtree(engines / "new")
+        return iter(children)
+
+    def folder_gone(self):
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    patch = {"between its check and its read": ("stat", stat_then_delete), "after the listing":
+             ("iterdir", list_then_delete), "the folder itself": ("iterdir", folder_gone)}[when]
+    monkeypatch.setattr(Path, *patch)
+    found = latest_child(engines, "manifest.json")
+    if when == "the folder itself":
+        assert found is None
+    elif when == "after the listing":
+        assert found == engines / "old"
+    else:  # read before it went: no traceback, and the mtime it had
+        assert found in (engines / "new", engines / "old") and not gone.exists()
