@@ -35,6 +35,9 @@ from rap_deploy.folder_swap import check_not_replaced, folder_identity
 from rap_deploy.graphs import graph_io
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# Why fp16 graphs are refused on the CPU (the engine here, a CPU instance in triton-repo): one sentence for all
+FP16_ON_CPU = ("fp16 ONNX Runtime graphs run on CUDAExecutionProvider only: the CPU provider crashes the process "
+               "(segfault) creating the fp16 video encoder's session")
 LEVELS = ("disable", "basic", "extended", "all")
 _NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
               "tensor(int64)": np.int64, "tensor(double)": np.float64}
@@ -223,9 +226,7 @@ class OrtEngine(Engine):
         if missing or (config.has_asa and "asa_head" not in graphs):
             raise UsageError(f"ONNX Runtime engine lacks graphs {missing or ['asa_head']} for a {config.variant} model")
         if precision == "fp16" and provider == PROVIDERS["cpu"]:  # before any session: the crash takes the process
-            raise UsageError("fp16 ONNX Runtime graphs run on CUDAExecutionProvider only: the CPU provider crashes the "
-                             "process (segfault) creating the fp16 video encoder's session; use the fp32 graphs on "
-                             "the CPU")
+            raise UsageError(f"{FP16_ON_CPU}; use the fp32 graphs on the CPU")
         self.config = config
         self.provider, self.precision, self.path = provider, precision, path
         self.threads, self.inter_threads = threads, inter_threads
@@ -260,9 +261,7 @@ class OrtEngine(Engine):
         fp16 = graph_facts(path, f"graph '{graph}'", path.parent)["fp16_tensors"]
         if fp16:
             raise UsageError(f"{graph} graph {path} holds {fp16} float16 tensors (an fp16 graph, labelled "
-                             f"{self.precision}): fp16 ONNX Runtime graphs run on CUDAExecutionProvider only, the CPU "
-                             "provider crashes the process (segfault) creating their session; use the fp32 graphs on "
-                             "the CPU")
+                             f"{self.precision}): {FP16_ON_CPU}; use the fp32 graphs on the CPU")
         self._content_checked.add(graph)
 
     def _check_same_folder(self) -> None:

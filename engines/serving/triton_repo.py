@@ -147,8 +147,9 @@ def gpu_only(manifest: Mapping[str, Any], precision: str) -> str | None:
         return ("this ONNX Runtime engine's graphs were optimised for the CUDA provider, and ONNX Runtime runs a graph "
                 "optimised for one execution provider only there")
     if precision == "fp16":
-        return ("fp16 graphs run on the GPU: ONNX Runtime's CPU provider crashes the process (segfault) creating the "
-                "fp16 video encoder's session with every optimisation on, Triton's default")
+        from rap_deploy.engines.ort_backend import FP16_ON_CPU
+
+        return f"{FP16_ON_CPU} with every optimisation on, Triton's default"
     return None
 
 
