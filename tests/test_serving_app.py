@@ -486,6 +486,19 @@ def test_only_a_loopback_listener_checks_hosts_unless_told_otherwise():
     assert res.exit_code == 2 and "--allow-host 'a b'" in res.output, res.output
 
 
+def test_serve_host_that_is_not_this_machines_is_a_one_line_error_naming_host():
+    """serve --host with an address this machine does not have said 'pass another --port' (no port helps); a name
+    that does not resolve is refused naming --host too. Both before the engine is loaded (it does not exist)."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli import app
+
+    for host in ("192.0.2.1", "no-such-host.invalid"):  # TEST-NET-1 (RFC 5737); a reserved TLD (RFC 6761)
+        res = CliRunner().invoke(app, ["serve", "--engine", "/no/such/engine", "--port", "0", "--host", host])
+        assert res.exit_code == 2 and f"--host {host}" in res.output, res.output
+        assert "--port" not in res.output and "Traceback" not in res.output and "engine" not in res.output, res.output
+
+
 def test_a_page_of_another_site_cannot_make_a_loopback_server_work_for_it(serve):
     """Any web page could POST searches and inference bodies (up to --max-body-mb) as text/plain, which needs no
     CORS preflight, to http://127.0.0.1:8080: unreadable to it, but run all the same. A browser's Origin (and

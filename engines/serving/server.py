@@ -13,6 +13,7 @@ loads a --url or a ``rapdeploy serve`` subprocess it spawns) and always stops it
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import signal
@@ -138,6 +139,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind(addr)
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRNOTAVAIL:  # no port helps
+            raise UsageError(f"--host {host}: not an address of this machine ({exc.strerror}); pass one of its "
+                             "addresses, 127.0.0.1 (this machine only) or 0.0.0.0 (every network)") from None
         raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port") from None
     sock.listen(2048)
     return sock
