@@ -499,6 +499,19 @@ def test_serve_host_that_is_not_this_machines_is_a_one_line_error_naming_host():
         assert "--port" not in res.output and "Traceback" not in res.output and "engine" not in res.output, res.output
 
 
+@pytest.mark.parametrize("option, value", [("--max-queue", "0"), ("--max-queue", "2000000"),
+                                           ("--max-connections", "2000000")])
+def test_serve_max_queue_and_connections_bounds_are_named_in_whole_numbers(option, value):
+    """--max-queue (the text requests that may wait; more get 503) out of range said 'must be in [1, 1.04858e+06],
+    got 2e+06': the bound and the value given printed as floats, rounded."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli import app
+
+    res = CliRunner().invoke(app, ["serve", "--engine", "/no/such/engine", "--port", "0", option, value])
+    assert res.exit_code == 2 and f"{option} must be in [1, 1048576], got {value}" in res.output, res.output
+
+
 def test_a_page_of_another_site_cannot_make_a_loopback_server_work_for_it(serve):
     """Any web page could POST searches and inference bodies (up to --max-body-mb) as text/plain, which needs no
     CORS preflight, to http://127.0.0.1:8080: unreadable to it, but run all the same. A browser's Origin (and

@@ -97,9 +97,12 @@ class ServeOptions:
                   ("--idle-timeout", self.body_idle_timeout_s, 1e-3, 3600),
                   ("--max-connections", self.max_connections, 1, 1 << 20),
                   ("--header-timeout", self.header_timeout_s, 1e-3, 3600))
+        def shown(x: float) -> str:  # a count in whole numbers (not 1.04858e+06)
+            return str(x) if isinstance(x, int) else f"{x:g}"
+
         for option, value, low, high in checks:
             if not low <= value <= high:  # NaN fails too
-                raise UsageError(f"{option} must be in [{low:g}, {high:g}], got {value:g}")
+                raise UsageError(f"{option} must be in [{shown(low)}, {shown(high)}], got {shown(value)}")
         check_body_mb(self.max_infer_body / MiB)
 
     def to_dict(self) -> dict[str, Any]:
