@@ -155,11 +155,7 @@ def read_manifest(engine_dir: str | os.PathLike[str]) -> dict[str, Any]:
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
     if fmt != FORMAT:
         raise UsageError(f"{path} is not an engine manifest (format {fmt!r}, expected '{FORMAT}')")
-    version = manifest.get("format_version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise CheckFailedError(f"{path}: format_version {version!r} is not an integer; the engine folder is damaged")
-    if version > FORMAT_VERSION:
-        raise UsageError(f"{path} has engine format {manifest['format_version']}; upgrade rapdeploy")
+    bounds.check_format_version(manifest, path, "engine", FORMAT_VERSION, "the engine folder is damaged")
     for key in ("backend", "precision", "graphs"):
         if key not in manifest:
             raise CheckFailedError(f"{path} lacks '{key}'; the engine folder is damaged, rebuild it")

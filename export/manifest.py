@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.atomic import sha256_file, write_json_atomic
-from rap_deploy.bounds import read_manifest_text
+from rap_deploy.bounds import check_format_version, read_manifest_text
 from rap_deploy.errors import CheckFailedError, UsageError
 
 MANIFEST = "manifest.json"
@@ -158,11 +158,7 @@ def _load_manifest(path: Path) -> dict[str, Any]:
                                ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UsageError(f"{path} is not a rapdeploy export manifest (no '{FORMAT}' format tag)")
-    version = manifest.get("format_version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise CheckFailedError(f"{path}: format_version {version!r} is not an integer; the manifest was edited")
-    if version > FORMAT_VERSION:
-        raise UsageError(f"{path} has export format {manifest['format_version']}; upgrade rapdeploy")
+    check_format_version(manifest, path, "export", FORMAT_VERSION, "the manifest was edited")
     return manifest
 
 

@@ -100,6 +100,17 @@ def manifest_format(path: Any) -> str | None:
     return fmt if isinstance(fmt, str) else None
 
 
+def check_format_version(manifest: dict[str, Any], path: Any, kind: str, newest: int, damaged: str) -> int:
+    """The ``format_version`` of the ``kind`` manifest at ``path`` (0 when absent). Raises :class:`CheckFailedError`
+    (``damaged`` says what that means) when it is no integer, :class:`UsageError` when newer than ``newest``."""
+    version = manifest.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckFailedError(f"{path}: format_version {version!r} is not an integer; {damaged}")
+    if version > newest:
+        raise UsageError(f"{path} has {kind} format {version}; upgrade rapdeploy")
+    return version
+
+
 def check_int(value: Any, name: str, low: int | None = 1, high: int | None = None, fix: str = "") -> int:
     """Return ``value`` as an int within ``[low, high]``; raise :class:`UsageError` naming ``name``, the limit and
     ``fix``. Booleans, floats with a fraction, NaN/inf and non-numbers are refused."""

@@ -1093,3 +1093,23 @@ def test_output_piped_into_a_reader_that_closed_ends_quietly(micro_checkpoint):
     finally:
         os.close(write_end)
     assert proc.returncode == 141 and proc.stderr == b"", proc.stderr.decode()
+
+
+@pytest.mark.parametrize("reader, fmt, kind, damaged", [
+    ("rap_deploy.engines.manifest:read_manifest", "rapdeploy.engine", "engine", "the engine folder is damaged"),
+    ("rap_deploy.export:read_export_manifest", "rapdeploy.export", "export", "the manifest was edited")])
+def test_a_manifests_format_version_is_an_integer_this_version_reads(tmp_path, reader, fmt, kind, damaged):
+    """An engine or export manifest whose format_version is no integer (true, "1") is damaged (exit 1); a newer one
+    asks for a newer rapdeploy (exit 2): one check (bounds.check_format_version) for both, before anything else."""
+    import importlib
+
+    from rap_deploy.errors import CheckFailedError, UsageError
+
+    module, name = reader.split(":")
+    read = getattr(importlib.import_module(module), name)
+    for version, error, said in ((True, CheckFailedError, f"format_version True is not an integer; {damaged}$"),
+                                 ("1", CheckFailedError, f"format_version '1' is not an integer; {damaged}$"),
+                                 (99, UsageError, f"has {kind} format 99; upgrade rapdeploy$")):
+        (tmp_path / "manifest.json").write_text(json.dumps({"format": fmt, "format_version": version}))
+        with pytest.raises(error, match=said):
+            read(tmp_path)
