@@ -9,7 +9,8 @@ whose ground-truth rank changed, and the largest embedding and similarity errors
 Pass/fail (:func:`judge`): an fp16 / int8 engine passes when every |ΔR@K| (K = 1, 5, 10; t2v and v2t; full ASA and
 two-stage) is within the tolerance (default 0.5 points). An fp32 engine must change no ground-truth rank except within
 ties: a change counts only when it cannot be explained by candidates whose scores lie within ``tie_eps`` of the ground
-truth's, in the reference or in the engine.
+truth's, in the reference or in the engine. verify.json's ``tolerance`` is the |ΔR@K| limit applied: ``null`` for
+an fp32 engine verified without ``--tolerance`` (its ``rule`` names rank equality).
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ import numpy as np
 from rap_deploy.engines.engine_refs import Reference, engine_label, resolve_engine, resolve_reference
 from rap_deploy.engines.verify_rules import (
     DEFAULT_TIE_EPS,
-    DEFAULT_TOLERANCE,
     GATED_MODES,
+    applied_tolerance,
     compare_evaluations,
     failure_lines,
-    is_strict,
     judge,
     tie_notes,
     vector_error,
@@ -374,8 +374,8 @@ def explain(passed: bool, checks: list[dict[str, Any]], per_graph: dict[str, dic
                         + (f", min cosine {e['min_cosine']:.6f})" if e.get("min_cosine") is not None else ")"))
     notes = []
     queries = min(cmp["sections"]["asa"]["reference"][d]["queries"] for d in ("t2v", "v2t"))
-    tol_used = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
-    if (tolerance is not None or not is_strict(precision)) and 100.0 / queries > tol_used:
+    tol_used = applied_tolerance(precision, tolerance)
+    if tol_used is not None and 100.0 / queries > tol_used:
         notes.append(f"one query moves R@K by {100.0 / queries:.2f} points, more than the tolerance {tol_used:g}: with "
                      f"{queries} queries a single rank flip across a K boundary fails the check; a tolerance check "
                      f"needs >= {int(np.ceil(100.0 / max(tol_used, 1e-9)))} queries")
@@ -396,7 +396,7 @@ def verify_report(*, passed: bool, tolerance: float | None, rule: str, precision
     changes = cmp["changes"]
     return {
         "passed": bool(passed),
-        "tolerance": DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
+        "tolerance": applied_tolerance(precision, tolerance),  # null: an fp32 engine held to rank equality only
         "rule": rule,
         "precision": precision,
         "failures": failures,

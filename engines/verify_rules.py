@@ -106,6 +106,15 @@ def is_strict(precision: str) -> bool:
     return str(precision).lower() in STRICT_PRECISIONS
 
 
+def applied_tolerance(precision: str, tolerance: float | None) -> float | None:
+    """The |ΔR@K| limit in points that :func:`judge` applies: ``tolerance`` when given, else
+    :data:`DEFAULT_TOLERANCE` for fp16/int8 engines and ``None`` for fp32 ones, held to rank equality beyond ties
+    only (verify.json's ``tolerance``; its ``rule`` says which)."""
+    if tolerance is not None:
+        return float(tolerance)
+    return None if is_strict(precision) else DEFAULT_TOLERANCE
+
+
 def judge(precision: str, deltas: dict[str, dict[str, dict[str, float]]],
           changes: dict[str, dict[str, dict[str, Any]]], tolerance: float | None = None,
           tie_eps: float = DEFAULT_TIE_EPS) -> tuple[bool, list[dict[str, Any]], str]:
@@ -117,8 +126,8 @@ def judge(precision: str, deltas: dict[str, dict[str, dict[str, float]]],
     :data:`DEFAULT_TOLERANCE`). Each check is ``{mode, direction, metric, value, limit, passed}``.
     """
     strict = is_strict(precision)
-    use_tolerance = tolerance is not None or not strict
-    tol = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
+    tol = applied_tolerance(precision, tolerance)
+    use_tolerance = tol is not None
     checks: list[dict[str, Any]] = []
     for mode in GATED_MODES:
         for direction in ("t2v", "v2t"):

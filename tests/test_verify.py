@@ -90,6 +90,16 @@ def test_fp16_int8_rule_is_tolerance_on_every_recall():
     assert not judge("int8", _deltas(0.9, ("asa", "t2v", "R5")), _changes(), tolerance=0.5)[0]
 
 
+def test_the_tolerance_recorded_is_the_one_applied():
+    """verify.json's tolerance read 0.5 for an fp32 engine verified without --tolerance, while its rule (and judge)
+    held it to rank equality only; the recorded limit is the applied one: none (null) there."""
+    from rap_deploy.engines.verify_rules import applied_tolerance
+
+    assert applied_tolerance("fp32", None) is None and "ΔR@K" not in judge("fp32", _deltas(), _changes())[2]
+    assert applied_tolerance("fp32", 1) == 1.0 and applied_tolerance("int8", 2.0) == 2.0
+    assert applied_tolerance("fp16", None) == applied_tolerance("int8", None) == DEFAULT_TOLERANCE
+
+
 def test_fp32_with_explicit_tolerance_checks_both():
     passed, checks, rule = judge("fp32", _deltas(2.0, ("asa", "t2v", "R1")), _changes(), tolerance=1.0)
     assert not passed and "rank" in rule and "1" in rule

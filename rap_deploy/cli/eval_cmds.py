@@ -50,7 +50,8 @@ def verify_cmd(
     tolerance: float | None = typer.Option(None, "--tolerance", help="Largest allowed |ΔR@K| in points for fp16/int8 "
                                             "engines (default 0.5), unless the queries crossing K explain the change "
                                             "as flips of near-tied candidates (|gained - lost| <= 2·sqrt(gained + "
-                                            "lost)); fp32 engines must change no rank beyond ties."),
+                                            "lost)); fp32 engines must change no rank beyond ties (verify.json's "
+                                            "tolerance: the limit applied, null for fp32 without this option)."),
     rerank_top: int = typer.Option(100, "--rerank-top", help="Two-stage search: candidates M re-ranked by ASA."),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default: <workspace>/verify/<engine name>)."),
     split: str = typer.Option("test", "--split", help="Split to evaluate (test; ActivityNet test = val_1)."),
