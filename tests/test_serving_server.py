@@ -517,3 +517,95 @@ def test_sizes_a_server_publishes_that_are_not_sizes_are_a_one_line_usage_error(
                 remote.close()
     finally:
         service.close()
+
+
+def test_serve_host_and_max_queue_reach_the_running_server(micro_ort_engines, tmp_path, monkeypatch):
+    """The CLI's --host and --max-queue, through a running server: it listens where --host says (a loopback
+    address, so it checks Host), and with --max-queue 1 a text request finding one queued already gets 503 naming
+    the queue, the others their answer. The text encoder is held by a gate, so the queue fills deterministically."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from rap_deploy.engines.serving.service import ServingService
+
+    servers, gate, url_file = [], threading.Event(), tmp_path / "url"
+    gate.set()  # open for the warm-up
+    encode = ServingService._encode_text
+
+    class Recorded(uvicorn.Server):
+        def __init__(self, config):
+            super().__init__(config)
+            servers.append(self)
+
+    def gated(self, *inputs):
+        assert gate.wait(60), "the test never opened the gate"
+        return encode(self, *inputs)
+
+    monkeypatch.setattr(uvicorn, "Server", Recorded)
+    monkeypatch.setattr(ServingService, "_encode_text", gated)
+    body = json.dumps({"inputs": [{"name": "input_ids", "datatype": "INT32", "shape": [1, 3], "data": [1, 2, 3]},
+                                  {"name": "eot", "datatype": "INT32", "shape": [1], "data": [2]}]}).encode()
+    seen: dict = {}
+
+    def drive() -> None:
+        try:
+            deadline = time.monotonic() + 120
+            while not url_file.is_file() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            url = seen["url"] = url_file.read_text().strip()
+            seen["foreign"] = host_status(url, "attacker.example")
+
+            def text(key: str) -> threading.Thread:
+                t = threading.Thread(target=lambda: seen.__setitem__(key, _request(
+                    url, "POST", "/v2/models/text_encoder/infer", body)), daemon=True)
+                t.start()
+                return t
+
+            def wait_queue(requests: int, queued: int) -> None:  # the batcher's counters, until they say so
+                while time.monotonic() < deadline:
+                    batcher = json.loads(_request(url, "GET", "/stats")[1])["text_batcher"]
+                    if (batcher["requests"], batcher["queued"]) == (requests, queued):
+                        return
+                    time.sleep(0.05)
+
+            base = json.loads(_request(url, "GET", "/stats")[1])["text_batcher"]["requests"]  # the warm-up's
+            gate.clear()
+            first = text("first")
+            wait_queue(base + 1, 0)  # taken by the batcher, held at the gate
+            second = text("second")
+            wait_queue(base + 2, 1)  # waiting: the queue is full
+            seen["third"] = _request(url, "POST", "/v2/models/text_encoder/infer", body)
+            gate.set()
+            first.join(60)
+            second.join(60)
+        finally:
+            gate.set()
+            for server in servers:
+                server.should_exit = True
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    res = runner.invoke(app, ["serve", "--engine", str(micro_ort_engines["fp32"]), "--no-library", "--threads", "1",
+                              "--host", "127.0.0.1", "--port", "0", "--url-file", str(url_file), "--max-batch", "1",
+                              "--max-queue", "1", "--shutdown-timeout", "10"])
+    driver.join(60)
+    assert res.exit_code == 0 and len(servers) == 1, res.output
+    assert seen["url"].startswith("http://127.0.0.1:") and seen["foreign"] == 403, seen
+    status, answer = seen["third"]
+    assert status == 503 and json.loads(answer)["field"] == "queue" and "limit 1" in json.loads(answer)["error"]
+    assert seen["first"][0] == seen["second"][0] == 200, seen
+
+
+def host_status(url: str, host: str) -> int:
+    """The status of ``GET /healthz`` sent to ``url`` with the ``Host`` header ``host``."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.putrequest("GET", "/healthz", skip_host=True)
+        conn.putheader("Host", host)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
