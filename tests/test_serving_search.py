@@ -171,7 +171,9 @@ def test_library_thumbnails_and_page(served, synth_root):
     status, ctype, page = _request(url, "GET", "/")
     html = page.decode()
     assert status == 200 and ctype.startswith("text/html")
-    assert 'id="query"' in html and 'fetch("/search"' in html and "/thumbnails?" in html
+    # the routes relative to the page's own URL (a gateway may serve it under a path prefix), never at the root
+    assert 'id="query"' in html and 'fetch(base + "search"' in html and '"thumbnails?' in html
+    assert not re.search(r"""["'`]/(search|library|thumbnails)""", html)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # no external assets
     assert _search(url, query="a red circle", top_k=1)[0] == 200
     stats = json.loads(_request(url, "GET", "/stats")[2])
