@@ -58,6 +58,16 @@ class EngineInfo:
                 "provider": self.provider, "versions": self.versions, "path": self.path, **self.extra}
 
 
+def engine_info(engine: Any) -> dict[str, Any] | None:
+    """``engine.describe()`` as a plain dict (an :class:`EngineInfo`, or the mapping a stand-in engine returns);
+    ``None`` for an object without ``describe``."""
+    describe = getattr(engine, "describe", None)
+    if describe is None:
+        return None
+    info = describe()
+    return info.to_dict() if hasattr(info, "to_dict") else dict(info)
+
+
 class Engine(ABC):
     """A runnable RAP model. ``config`` is the model config the engine was built from."""
 

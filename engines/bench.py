@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rap_deploy.engines.base import engine_info
 from rap_deploy.engines.bench_index import (  # noqa: F401 - part of the bench API
     SEARCH_TOP,
     index_bytes_per_video,
@@ -146,7 +147,7 @@ def bench(
                                 data_root, dataset, cache, workspace, progress)
         gflops, flops_per_item = count_arithmetic(torch_engine, settings, inputs)
         monitor = LoadMonitor(servers=loopback_server_pids(str(e) for e in engines if is_remote(e)))
-        infos = [{**_info(eng), "label": label} for label, eng in backends]
+        infos = [{**(engine_info(eng) or {}), "label": label} for label, eng in backends]
         results, notes = time_graphs(backends, infos, settings, inputs, flops_per_item, monitor, progress)
         add_ratios(results)
         cost = None
@@ -203,7 +204,7 @@ def open_backends(engines: Sequence[str | os.PathLike[str]], checkpoint: str | o
                 continue  # the reference itself
             loaded.append((str(p), _load(p, threads)))
         if torch_device is None:  # PyTorch eager on the engines' device: a GPU engine is compared with GPU PyTorch
-            on_gpu = any(_info(e).get("device", "cpu").startswith("cuda") for _, e in loaded)
+            on_gpu = any((engine_info(e) or {}).get("device", "cpu").startswith("cuda") for _, e in loaded)
             torch_device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
         torch_engine = TorchEngine(ckpt_path, device=torch_device, precision=torch_precision)
         reference = {k: v for k, v in torch_engine.config.to_dict().items() if k != "pretrained"}
@@ -440,11 +441,6 @@ def _row(label: str, info: dict[str, Any], graph: str, batch: int, stats: dict[s
         row["gflops"] = flops / 1e9
         row["gflops_per_s"] = flops * stats["throughput"] / 1e9
     return row
-
-
-def _info(engine: Any) -> dict[str, Any]:
-    info = engine.describe()
-    return info.to_dict() if hasattr(info, "to_dict") else dict(info)
 
 
 def _check_input_memory(config: Any, model: Any, max_batch: int, index_size: int, graphs: list[str],

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from rap_deploy.engines.base import engine_info
 from rap_deploy.engines.engine_refs import Reference, engine_label, resolve_engine, resolve_reference
 from rap_deploy.engines.verify_rules import (
     DEFAULT_TIE_EPS,
@@ -113,11 +114,6 @@ def _model_fields(config: Any) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k != "pretrained"}
 
 
-def _info_dict(engine: Any) -> dict[str, Any]:
-    info = engine.describe()
-    return info.to_dict() if hasattr(info, "to_dict") else dict(info)
-
-
 # ---------------------------------------------------------------------------------------------------- verify
 def verify(
     dataset: str,
@@ -183,7 +179,7 @@ def verify(
         key = (ref_info.sha256, str(root), dataset, split, max_videos, top_m, batch_size, reference_device)
         run = evaluate_both(reference, engine, data, cache, top_m, batch_size, progress, reference_runs, key)
         cmp = compare_evaluations(run.ref_eval, run.eng_eval, run.used, tie_eps)
-        info = _info_dict(engine)
+        info = engine_info(engine) or {}
         precision = info.get("precision", "fp32")
         passed, checks, rule = judge(precision, {m: cmp["sections"][m]["delta"] for m in GATED_MODES},
                                      {m: cmp["changes"][m] for m in GATED_MODES}, tolerance, tie_eps)

@@ -391,11 +391,11 @@ def _caption_queries(engine: Any, source: VideoSource | None, options: BuildOpti
 def _engine_info(engine: Any) -> dict[str, Any] | None:
     """The engine's description for the manifest, its file paths absolute: `rapdeploy search` loads the engine
     that built the library from there, run from any folder."""
-    describe = getattr(engine, "describe", None)
-    if describe is None:
+    from rap_deploy.engines.base import engine_info
+
+    info = engine_info(engine)
+    if info is None:
         return None
-    info = describe()
-    info = info.to_dict() if hasattr(info, "to_dict") else dict(info)
     for key in ("path", "checkpoint"):
         value = info.get(key)
         if isinstance(value, str) and "://" not in value and not Path(value).is_absolute() and Path(value).exists():

@@ -66,11 +66,11 @@ def engine_checkpoint_sha256(engine: Any) -> str | None:
     Read from ``engine.describe()``: a PyTorch engine names its checkpoint file (hashed here, memoised per file); an
     engine or export folder records the source checkpoint's sha256 in its ``manifest.json``.
     """
-    describe = getattr(engine, "describe", None)
-    if describe is None:
+    from rap_deploy.engines.base import engine_info
+
+    info = engine_info(engine)
+    if info is None:
         return None
-    info = describe()
-    info = info.to_dict() if hasattr(info, "to_dict") else dict(info)
     ckpt = info.get("checkpoint")
     if isinstance(ckpt, str) and Path(ckpt).is_file():
         from rap_deploy.data.cache import file_digest

@@ -184,6 +184,7 @@ def write_synthetic_library(folder: Path, engine: Any, size: int, shard_size: in
     """A library of ``size`` videos with the engine's tensor shapes and dtypes (synthetic unit-norm values;
     ``video_emb`` from :func:`clustered_vectors`) and an exact stage 1; returns the manifest."""
     from rap_deploy.config import FrameSamplingConfig
+    from rap_deploy.engines.base import engine_info
     from rap_deploy.graphs import video_outputs
     from rap_deploy.library.assemble import Assembly, Stage1Request, build_stage1, write_library_manifest
     from rap_deploy.library.manifest import model_identity, store_tensors, tensor_dtype
@@ -216,7 +217,7 @@ def write_synthetic_library(folder: Path, engine: Any, size: int, shard_size: in
     st, tombs = build_stage1(folder, None, asm, entries, dim, Stage1Request(kind="exact", query_emb=query_emb,
                                                                              query_source="synthetic"), build=1)
     model = model_identity(engine, FrameSamplingConfig(max_frames=cfg.frames))
-    info = engine.describe().to_dict() if hasattr(engine, "describe") else None
+    info = engine_info(engine)
     build = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added": size, "skipped": [], "removed": [],
              "world_size": 1, "resumed": False}
     return write_library_manifest(folder, None, model, info, asm, tombs, st, {k: shapes[k] for k in keep},

@@ -173,10 +173,10 @@ class Library:
     def describe(self) -> dict[str, Any]:
         """Size, model summary, the engine that built it and the one searching, stage-1 type and recall@M, bytes
         per video, integrity mode and open time."""
+        from rap_deploy.engines.base import engine_info
+
         m, st = self.manifest, self.manifest["stage1"]
         cfg = m["model"]["config"]
-        info = getattr(self.engine, "describe", None)
-        searching = info() if info is not None else None
         return {
             "path": str(self.root), "videos": len(self), "shards": len(self._shards),
             "model": {"clip": cfg.get("clip"), "variant": cfg.get("variant"), "frames": cfg.get("frames"),
@@ -184,7 +184,7 @@ class Library:
                       "checkpoint_sha256": m["model"].get("checkpoint_sha256"), "tensors": self._tensors,
                       "tensor_shapes": m["tensor_shapes"], "sampling": m["model"]["sampling"]},
             "built_with": m.get("engine"),
-            "engine": searching.to_dict() if hasattr(searching, "to_dict") else searching,
+            "engine": engine_info(self.engine),
             "stage1": {"type": st["type"], "effort": st.get("effort"), "effort_name": st.get("effort_name"),
                        "params": st.get("params"), "recall_at_m": st["recall_at_m"].get("recall"),
                        "m": st["recall_at_m"].get("m"), "query_source": st["recall_at_m"].get("query_source")},
