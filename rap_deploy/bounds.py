@@ -134,6 +134,12 @@ def check_int(value: Any, name: str, low: int | None = 1, high: int | None = Non
     return value
 
 
+def check_threads(value: Any, name: str = "--threads") -> int | None:
+    """A thread-count option's ``value`` as an int in [1, :data:`MAX_THREADS`] (ONNX Runtime takes an int32; 0 or
+    less is no thread count), or ``None`` (the libraries' default). Raises :class:`UsageError` naming ``name``."""
+    return None if value is None else check_int(value, name, 1, MAX_THREADS)
+
+
 def check_float(value: Any, name: str, low: float | None = None, high: float | None = None, low_open: bool = False,
                 fix: str = "") -> float:
     """Return ``value`` as a finite float with ``low <= value`` (``low < value`` if ``low_open``) ``<= high``.

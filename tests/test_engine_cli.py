@@ -102,3 +102,22 @@ def test_profile_options_reach_the_tensorrt_profiles(micro_ort_engines, tmp_path
     for graph in ("video_encoder", "text_encoder"):
         assert profiles[graph]["batch"] == {"min": 2, "opt": 3, "max": 6}, profiles[graph]
     assert profiles["asa_head"]["queries"]["max"] == 5 and profiles["asa_head"]["videos"]["max"] == 7, profiles
+
+
+def test_a_thread_count_that_is_none_is_refused_by_every_command_that_takes_one(tmp_path):
+    """build-engine's --threads/--inter-threads, verify's and bench's --threads: 0 or past bounds.MAX_THREADS is one
+    line naming the option (exit 2) before any work, as the other commands say it (bounds.check_threads)."""
+    import pytest
+
+    from rap_deploy import bounds
+    from rap_deploy.errors import UsageError
+
+    for args in (["build-engine", str(tmp_path / "export"), "--threads", "0"],
+                 ["build-engine", str(tmp_path / "export"), "--inter-threads", "0"],
+                 ["verify", "--dataset", "msrvtt", "--engine", str(tmp_path / "engine"), "--threads", "0"],
+                 ["bench", "--engine", str(tmp_path / "engine"), "--threads", str(bounds.MAX_THREADS + 1)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and args[-2] in result.stderr and "Traceback" not in result.output, args
+    assert bounds.check_threads(None) is None and bounds.check_threads(2) == 2
+    with pytest.raises(UsageError, match="--inter-threads"):
+        bounds.check_threads(-1, "--inter-threads")

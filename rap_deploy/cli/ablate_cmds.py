@@ -103,8 +103,7 @@ def ablate(
     repeated = sorted({s for s in seed_list if seed_list.count(s) > 1})
     if repeated:  # one run folder per seed: a repeat would count the same run twice in mean ± std
         raise UsageError(f"--seeds lists {', '.join(map(str, repeated))} more than once; give each seed once")
-    if threads is not None:
-        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
+    bounds.check_threads(threads)
     # every option is checked before the world is prepared (that can take minutes)
     row_names = _ablation_rows(rows)
     check_gallery(heldout_gallery, heldout_videos)

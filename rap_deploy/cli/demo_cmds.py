@@ -36,8 +36,7 @@ def demo(
     from rap_deploy.cli.pipeline import DemoSizes, ParityFailedError, run_demo
     from rap_deploy.workspace import workspace_root
 
-    if threads is not None:
-        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
+    bounds.check_threads(threads)
     target = out or workspace_root(workspace)
     sizes = DemoSizes.tiny() if tiny else DemoSizes()
     log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))

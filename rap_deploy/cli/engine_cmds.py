@@ -56,9 +56,8 @@ def build_engine_cmd(
                           ("--query-block", query_block), ("--video-block", video_block)):
         if value is not None:
             bounds.check_int(value, option, 1, bounds.MAX_BATCH_SIZE)
-    for option, value in (("--threads", threads), ("--inter-threads", inter_threads)):
-        if value is not None:
-            bounds.check_int(value, option, 1, bounds.MAX_THREADS)
+    bounds.check_threads(threads)
+    bounds.check_threads(inter_threads, "--inter-threads")
 
     manifest = build_engine(export_dir, backend=backend, fp16=fp16, int8=int8, out=out, device=device,
                             profiles=ProfileOptions(min_batch, opt_batch, max_batch, query_block, video_block),

@@ -83,8 +83,7 @@ def verify_cmd(
     bounds.check_int(batch_size, "--batch-size", 1, bounds.MAX_BATCH_SIZE)
     if max_videos is not None:
         bounds.check_int(max_videos, "--max-videos", 1, bounds.MAX_VIDEOS)
-    if threads is not None:
-        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
+    bounds.check_threads(threads)
     _check_device(reference_device, "--reference-device")
 
     def echo(result: dict) -> None:
@@ -140,8 +139,7 @@ def bench_cmd(
     bounds.check_int(warmup, "--warmup", 0, bounds.MAX_REPEATS)
     bounds.check_int(index_size, "--index-size", 1, bounds.MAX_VIDEOS)
     bounds.check_int(rerank_top, "--rerank-top", 1, bounds.MAX_VIDEOS)
-    if threads is not None:
-        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
+    bounds.check_threads(threads)
     _check_device(torch_device, "--torch-device")
 
     def echo(result: dict) -> None:

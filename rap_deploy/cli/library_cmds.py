@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from rap_deploy.atomic import json_text
+from rap_deploy.bounds import check_threads
 from rap_deploy.cli.app import command
 from rap_deploy.errors import UsageError
 
@@ -98,7 +99,7 @@ def index_cmd(
 
     options = BuildOptions(add=add, remove=list(remove or []), ann=ann, target_recall=target_recall, top_m=top_m,
                            shard_size=shard_size, batch_size=batch_size, force=force)  # refuses bad values first
-    _check_threads(threads)
+    check_threads(threads)
     if name is not None:
         check_library_name(name)
         if out is not None:  # --out wins, so the name was dropped without a word
@@ -131,18 +132,10 @@ def index_cmd(
         _print_index(report, json_out)
 
 
-def _check_threads(threads: int | None) -> None:
-    """Refuse a ``--threads`` that is not a thread count (exit 2), before any work."""
-    if threads is not None:
-        from rap_deploy import bounds
-
-        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
-
-
 def _set_threads(threads: int | None) -> None:
     """FAISS's threads, and PyTorch's when it is loaded (a PyTorch engine, the index command): a search over ONNX
     Runtime sessions (whose threads the loader sets) never imports torch for this."""
-    _check_threads(threads)
+    check_threads(threads)
     if threads:
         import faiss
 
@@ -311,7 +304,7 @@ def search_cmd(
 
     if verify not in VERIFY_MODES:  # before a library is picked: its refusal would blame the pick
         raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got '{verify}'")
-    _check_threads(threads)
+    check_threads(threads)
     lib_path = resolve_library(library, workspace)
     eng = _search_engine(engine, lib_path, workspace, threads)
     _set_threads(threads)  # after the engine: torch's threads only when the engine loaded it

@@ -74,8 +74,7 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in [0, 65535], got {port}")
-    if threads is not None:  # as the other commands: ONNX Runtime takes an int32, 0 or less is no thread count
-        bounds.check_int(threads, "--threads", 1, bounds.MAX_THREADS)
+    bounds.check_threads(threads)
     check_body_mb(max_body_mb)  # before the bytes: int() of NaN or inf raises
     if not 0 < shutdown_timeout <= 3600:  # NaN fails too
         raise UsageError(f"--shutdown-timeout must be in (0, 3600] seconds, got {shutdown_timeout}")
