@@ -280,14 +280,29 @@ def print_verify(result: dict[str, Any], console: Any = None) -> None:
     console.print(f"verify {verdict} ({escape(str(result.get('rule')))}); reports in {escape(str(result.get('out')))}")
 
 
-def plot_verify(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``verify.png``: R@K curves of reference and engine (full ASA and two-stage) for t2v and v2t, and
-    the ΔR@K per K underneath. Returns the path."""
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (the reports are drawn without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_png(plt: Any, fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay ``fig`` out, write it to ``path`` as a 110-dpi PNG (atomically) and close it; returns the path."""
+    try:
+        fig.tight_layout()
+        return save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def plot_verify(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``verify.png``: R@K curves of reference and engine (full ASA and two-stage) for t2v and v2t, and
+    the ΔR@K per K underneath. Returns the path."""
+    plt = _pyplot()
     curves = result["recall_curves"]
     ks = curves["ks"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
@@ -323,11 +338,7 @@ def plot_verify(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     info = result.get("engine_info", {})
     fig.suptitle(f"recall parity: {info.get('backend')} {info.get('precision')} vs PyTorch — "
                  f"{result.get('dataset')} ({'PASSED' if result['passed'] else 'FAILED'})")
-    fig.tight_layout()
-    try:
-        return save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    return _save_png(plt, fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------- bench
@@ -462,11 +473,7 @@ def print_bench(result: dict[str, Any], console: Any = None) -> None:
 
 def plot_bench(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``bench.png``: throughput vs batch size per backend, one panel per graph (log-scaled batch axis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     graphs = list(dict.fromkeys(r["graph"] for r in result["results"]))
     n = max(1, len(graphs))
     ncols = min(n, 2)
@@ -491,8 +498,4 @@ def plot_bench(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"throughput — {describe_device(result['device'])}", fontsize=9)
-    fig.tight_layout()
-    try:
-        return save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    return _save_png(plt, fig, path)
