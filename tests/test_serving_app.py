@@ -290,6 +290,27 @@ def test_connections_refused_by_the_limits_carry_the_security_headers_and_count_
     assert dict(service._counts) == {"connection 503": 1, "connection 408": 1, "/healthz 200": 1}
 
 
+def test_a_request_that_is_not_http_is_a_json_400_with_the_security_headers_and_counted():
+    """uvicorn answers a request line or header it cannot parse itself, outside the app: a text/plain 400 with none
+    of the security headers, not the JSON {"error", "field"} of every other refusal, and not counted in /stats."""
+    from rap_deploy.engines.serving.headers import SECURE_HEADERS
+
+    service = bare_service()
+    with ServerThread(create_app(service), count=service.count) as server:
+        for raw in (b"GARBAGE\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"):
+            with socket.create_connection(server.sock.getsockname()[:2]) as c:
+                c.sendall(raw)
+                answer = _wait_closed(c)
+            head, body = answer.split(b"\r\n\r\n", 1)
+            fields = _head_fields(answer)
+            assert head.startswith(b"HTTP/1.1 400") and fields["content-type"] == "application/json", answer
+            assert {k: fields.get(k) for k in SECURE_HEADERS} == SECURE_HEADERS, answer
+            assert json.loads(body) == {"error": "the request is not valid HTTP/1.1 (its request line or headers "
+                                                 "could not be parsed)", "field": None}
+        assert request(server.url, "GET", "/healthz")[0] == 200
+    assert dict(service._counts) == {"connection 400": 2, "/healthz 200": 1}
+
+
 def test_max_connections_beyond_the_open_files_limit_is_a_usage_error(monkeypatch):
     """Past the open-files limit uvicorn's accept loop fails and the server takes no connection at all: the soft
     limit is raised as far as the hard one allows, and a --max-connections beyond that is refused."""

@@ -12,8 +12,10 @@ server accepts nothing at all. :func:`guarded_protocol` makes uvicorn's HTTP pro
   that its client, still sending, gets to read that answer; that too ends ``header_timeout`` seconds after the
   answer, silently (as nginx's ``lingering_time``).
 
-These two answers carry the security headers of every other response (``headers.SECURE_HEADERS``) and are
-counted for ``/stats`` as ``connection 503`` and ``connection 408``.
+A request line or header that cannot be parsed (uvicorn's own ``400``, text/plain) is answered as the app answers
+refusals, a JSON ``{"error", "field"}``. These three answers carry the security headers of every other response
+(``headers.SECURE_HEADERS``) and are counted for ``/stats`` as ``connection 503``, ``connection 408`` and
+``connection 400``.
 
 A request's body and its response are bounded by the app (``read_body``'s idle timeout, ``PacedResponse``).
 """
@@ -47,7 +49,7 @@ def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: flo
                      count: Callable[[str], None] | None = None) -> type:
     """uvicorn's HTTP protocol class (h11, or httptools when installed) with the two limits of the module docstring;
     pass it as ``uvicorn.Config(http=...)``. ``count`` (the service's :meth:`count`) is told of each refusal
-    answered: ``"connection 503"``, ``"connection 408"``."""
+    answered: ``"connection 503"``, ``"connection 408"``, ``"connection 400"``."""
     import h11
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -55,6 +57,8 @@ def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: flo
                              "the most it keeps (--max-connections); retry later")
     late = _closing_response(408, "Request Timeout", f"the request headers did not arrive within {header_timeout:g} "
                              "s (--header-timeout)")
+    invalid = _closing_response(400, "Bad Request", "the request is not valid HTTP/1.1 (its request line or "
+                                "headers could not be parsed)")
     warned = [0.0]  # when a refusal was last logged
 
     class GuardedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
@@ -103,6 +107,9 @@ def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: flo
                     self._refuse(late, "connection 408")
                 else:
                     self._refuse(b"")
+
+        def send_400_response(self, msg: str) -> None:  # uvicorn's answer to what its parser refuses
+            self._refuse(invalid, "connection 400")
 
         def _refuse(self, response: bytes, label: str | None = None) -> None:
             if response:

@@ -310,7 +310,8 @@ class ServingService:
 
     def stats(self) -> dict[str, Any]:
         """Uptime, request counts by route and status (``"/search 200"``; a connection refused before any request
-        is ``"connection 503"`` past ``--max-connections`` and ``"connection 408"`` past ``--header-timeout``),
+        is ``"connection 503"`` past ``--max-connections``, ``"connection 408"`` past ``--header-timeout`` and
+        ``"connection 400"`` when it is not HTTP),
         the text batcher's and the engine's counters."""
         with self._lock:
             counts = dict(self._counts)
