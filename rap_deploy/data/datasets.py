@@ -393,6 +393,18 @@ def _first_visit(folder: Path, seen: set[tuple[int, int]]) -> bool:
 # ------------------------------------------------------------------------------------------------ training dataset
 
 
+def video_tensors(cache: FrameCache, split: RetrievalSplit, index: int,
+                  preprocess: PreprocessConfig) -> dict[str, torch.Tensor]:
+    """Video ``index`` of ``split`` as the model takes it (both datasets' items): ``frames`` decoded through
+    ``cache`` and normalised, ``frame_mask`` (1.0 for a real frame, 0.0 for padding)."""
+    from rap_deploy.preprocess import normalize
+
+    entry = split.videos[index]
+    video = cache.get(entry.path, split.sampling, preprocess, entry.start, entry.end)
+    return {"frames": normalize(video.frames, preprocess),
+            "frame_mask": torch.from_numpy(video.mask.astype(np.float32))}
+
+
 class VideoCaptionDataset(torch.utils.data.Dataset):
     """Training pairs: one item per caption of a :class:`RetrievalSplit`, with its video's frames.
 
@@ -445,18 +457,13 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         return int(len(self.items))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from rap_deploy.preprocess import normalize
-
         if self.items is None:
             self.prepare()
         assert self.items is not None
         c = int(self.items[index])
         v = int(self.split.caption_video[c])
-        entry = self.split.videos[v]
-        video = self.cache.get(entry.path, self.split.sampling, self.preprocess, entry.start, entry.end)
         return {
-            "frames": normalize(video.frames, self.preprocess),
-            "frame_mask": torch.from_numpy(video.mask.astype(np.float32)),
+            **video_tensors(self.cache, self.split, v, self.preprocess),
             "ids": torch.from_numpy(self.ids[c].copy()),
             "eot": torch.tensor(int(self.eot[c]), dtype=torch.int32),
             "video_index": v,
@@ -480,12 +487,4 @@ class VideoDataset(torch.utils.data.Dataset):
         return self.split.num_videos
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from rap_deploy.preprocess import normalize
-
-        entry = self.split.videos[index]
-        video = self.cache.get(entry.path, self.split.sampling, self.preprocess, entry.start, entry.end)
-        return {
-            "frames": normalize(video.frames, self.preprocess),
-            "frame_mask": torch.from_numpy(video.mask.astype(np.float32)),
-            "video_index": int(index),
-        }
+        return {**video_tensors(self.cache, self.split, index, self.preprocess), "video_index": int(index)}
