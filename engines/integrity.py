@@ -22,15 +22,13 @@ from typing import Any
 
 from rap_deploy.errors import CheckFailedError
 from rap_deploy.export.integrity import (
-    check_external_data,
     derived_copy_mismatches,
     derived_settings,
     graph_copy_problems,
-    graph_facts,
     io_mismatches,
+    listed_graph_facts,
     metadata_mismatches,
 )
-from rap_deploy.safe_paths import resolve_entry
 
 INT8_EXEMPT = ("asa_head",)  # kept fp32 in int8 engines (see ort_build.int8_exclusions)
 # The one provider build-engine writes each reduced precision for (ort_build.build_ort_graphs refuses the others).
@@ -57,9 +55,7 @@ def check_precision_claim(engine_dir: Path, manifest: Mapping[str, Any], source:
     listed = {e["file"] for entry in graphs.values() for e in (entry, *entry.get("extra_files", []))}
     for name, entry in graphs.items():
         what = f"engine graph '{name}'"
-        path = resolve_entry(engine_dir, entry["file"], what, source)
-        facts = graph_facts(path, what, source)
-        check_external_data(engine_dir, facts, listed, what, source)
+        path, facts = listed_graph_facts(engine_dir, entry["file"], listed, what, source)
         nchwc += facts["nchwc_ops"]
         claims = _claim_problems(name, facts, manifest, derived)
         if claims:

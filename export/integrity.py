@@ -89,6 +89,17 @@ def check_external_data(folder: Path, facts: Mapping[str, Any], listed: set[str]
                                    "list (its content is unchecked); refusing it, rebuild the folder")
 
 
+def listed_graph_facts(folder: Path, file: str, listed: set[str], what: str, source: Path | str
+                       ) -> tuple[Path, dict[str, Any]]:
+    """A manifest's graph entry ``file``: its path inside ``folder`` (:func:`resolve_entry`) and its
+    :func:`graph_facts`, its external data checked against the manifest's ``listed`` files
+    (:func:`check_external_data`). Raises :class:`CheckFailedError` (exit 1)."""
+    path = resolve_entry(folder, file, what, source)
+    facts = graph_facts(path, what, source)
+    check_external_data(folder, facts, listed, what, source)
+    return path, facts
+
+
 def metadata_mismatches(meta: Mapping[str, str], claims: Mapping[str, Any], against: str | None = None) -> list[str]:
     """The keys of ``claims`` (``config``, ``dims``) whose manifest value differs from the graph's own
     ``rapdeploy.<key>`` metadata (a JSON string), as messages; a graph without that metadata is not judged.
@@ -201,9 +212,7 @@ def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: P
     for section, precision in (("graphs", "fp32"), ("fp16_graphs", "fp16")):
         for name, rec in (manifest.get(section) or {}).items():
             what = f"{section} '{name}'"
-            path = resolve_entry(export_dir, rec["file"], what, source)
-            facts = graph_facts(path, what, source)
-            check_external_data(export_dir, facts, listed, what, source)
+            path, facts = listed_graph_facts(export_dir, rec["file"], listed, what, source)
             problems = _graph_claim_problems(manifest, name, rec, precision, facts)
             problems += metadata_mismatches(facts["metadata"], derived, "what the manifest's 'config' derives")
             if problems:
