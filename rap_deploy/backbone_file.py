@@ -49,6 +49,15 @@ def read_backbone_clip_name(path: str | Path) -> str | None:
     return clip
 
 
+def backbone_clip(path: str | Path, clip: str | None) -> str | None:
+    """The CLIP of a model made on the backbone file ``path``: ``--clip`` (``clip``) when given, else the file's.
+    Raises :class:`UsageError` when the two differ (exit 2), and as :func:`read_backbone_clip_name`."""
+    stored = read_backbone_clip_name(path)
+    if clip and stored and clip != stored:
+        raise UsageError(f"--clip {clip} does not match the backbone file {path} (made for {stored})")
+    return clip or stored
+
+
 def read_backbone_info(path: str | Path) -> dict[str, Any]:
     """The ``info`` dict stored by :func:`save_backbone` (empty if none).
 

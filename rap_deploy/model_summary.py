@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from rap_deploy.config import RAPConfig, preset_changes
-from rap_deploy.errors import UsageError
 from rap_deploy.model.clip_loader import BackboneSpec
 from rap_deploy.model.rap import RAPModel
 
@@ -78,12 +77,9 @@ def init_checkpoint(out: Path, clip: str | None, pretrained: str, backbone_file:
     from rap_deploy.checkpoint import new_checkpoint, save_checkpoint
 
     if backbone_file is not None:
-        from rap_deploy.backbone_file import read_backbone_clip_name
+        from rap_deploy.backbone_file import backbone_clip
 
-        stored = read_backbone_clip_name(backbone_file)
-        if clip and stored and clip != stored:
-            raise UsageError(f"--clip {clip} does not match the backbone file {backbone_file} (made for {stored})")
-        clip = clip or stored
+        clip = backbone_clip(backbone_file, clip)
         pretrained = str(backbone_file)
     clip = clip or "ViT-B-32"
     spec = BackboneSpec.parse(clip, pretrained)

@@ -346,3 +346,19 @@ def test_cached_stills_of_another_object_size_are_not_reused(tmp_path, monkeypat
     assert not np.array_equal(earlier, current)
     images, _ = load_or_make_stills(8, 0, 32, tmp_path)
     assert np.array_equal(images, current)
+
+
+@pytest.mark.parametrize("command", ["init", "train"])
+def test_a_clip_the_backbone_file_was_not_made_for_is_refused(tmp_path, command):
+    """init and train each checked --clip against the backbone file's CLIP with their own copy of the check; both
+    call backbone_file.backbone_clip: a contradicting --clip is exit 2 naming both, before any work."""
+    from rap_deploy.backbone_file import backbone_clip, save_backbone
+
+    made = save_backbone({"w": torch.zeros(1)}, "rap-micro", tmp_path / "b.safetensors")
+    assert backbone_clip(made, None) == "rap-micro" == backbone_clip(made, "rap-micro")
+    args = {"init": ["init", "--out", str(tmp_path / "c.pt")],
+            "train": ["train", "--dataset", "msrvtt", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]}
+    res = CliRunner().invoke(app, [*args[command], "--clip", "ViT-B-32", "--backbone", str(made)])
+    assert res.exit_code == 2, res.output
+    assert f"--clip ViT-B-32 does not match the backbone file {made} (made for rap-micro)" in res.stderr
+    assert not (tmp_path / "c.pt").exists() and not (tmp_path / "run").exists()

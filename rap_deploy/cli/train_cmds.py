@@ -172,12 +172,9 @@ def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint
         raise UsageError(f"pass either --backbone or --pretrained, not both: --backbone {backbone} is the backbone "
                          "weights")
     if backbone is not None:
-        from rap_deploy.backbone_file import read_backbone_clip_name
+        from rap_deploy.backbone_file import backbone_clip
 
-        stored = read_backbone_clip_name(backbone)
-        if clip and stored and clip != stored:
-            raise UsageError(f"--clip {clip} does not match the backbone file {backbone} (made for {stored})")
-        given.update(clip=clip or stored, pretrained=str(backbone))
+        given.update(clip=backbone_clip(backbone, clip), pretrained=str(backbone))
     if checkpoint is not None and (given["clip"] or pretrained):
         raise UsageError("pass either --checkpoint or --clip/--backbone, not both")
     return {k: v for k, v in given.items() if v is not None}
