@@ -49,6 +49,14 @@ def read_backbone_clip_name(path: str | Path) -> str | None:
     return clip
 
 
+def check_one_backbone_source(backbone: str | Path | None, pretrained: str | None) -> None:
+    """Refuse (:class:`UsageError`, exit 2) ``--backbone`` with ``--pretrained``: both name the backbone weights, and
+    the file's silently replaced the tag."""
+    if backbone is not None and pretrained is not None:
+        raise UsageError(f"pass either --backbone or --pretrained, not both: --backbone {backbone} is the backbone "
+                         "weights")
+
+
 def backbone_clip(path: str | Path, clip: str | None) -> str | None:
     """The CLIP of a model made on the backbone file ``path``: ``--clip`` (``clip``) when given, else the file's.
     Raises :class:`UsageError` when the two differ (exit 2), and as :func:`read_backbone_clip_name`."""

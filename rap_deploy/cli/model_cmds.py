@@ -28,11 +28,12 @@ def build_config(clip: str, variant: str, frames: int, context_length: int, lorm
 
 
 def _clip_name(clip: str | None, backbone: Path | None) -> str:
-    """``--clip``, else the model stored in the ``--backbone`` file, else ViT-B-32."""
-    if clip is None and backbone is not None:
-        from rap_deploy.backbone_file import read_backbone_clip_name
+    """``--clip``, else the model stored in the ``--backbone`` file, else ViT-B-32 (:class:`UsageError` when
+    ``--clip`` contradicts the file)."""
+    if backbone is not None:
+        from rap_deploy.backbone_file import backbone_clip
 
-        clip = read_backbone_clip_name(backbone)
+        clip = backbone_clip(backbone, clip)
     return clip or "ViT-B-32"
 
 
@@ -67,6 +68,7 @@ def init(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
 ) -> None:
     """Create an untrained RAP checkpoint (identity adapters: exactly frozen CLIP with mean pooling)."""
+    from rap_deploy.backbone_file import check_one_backbone_source
     from rap_deploy.model_summary import init_checkpoint
 
     if out.is_dir():
@@ -74,9 +76,7 @@ def init(
     if (out.exists() or out.is_symlink()) and not force:  # it may be a trained checkpoint: never replaced unasked
         raise UsageError(f"--out {out} exists; pass --force to replace it, or another --out")
     bounds.check_int(seed, "--seed", 0, bounds.MAX_SEED)
-    if backbone is not None and pretrained is not None:  # --backbone's weights silently replaced --pretrained
-        raise UsageError(f"pass either --backbone or --pretrained, not both: --backbone {backbone} is the backbone "
-                         "weights")
+    check_one_backbone_source(backbone, pretrained)
 
     summary = init_checkpoint(out, clip=clip, pretrained=pretrained or "none", backbone_file=backbone,
                               config=build_config(_clip_name(clip, backbone), variant, frames, context_length, lorm,

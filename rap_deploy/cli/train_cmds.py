@@ -168,12 +168,10 @@ def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint
     Raises :class:`UsageError` when ``--clip`` contradicts the backbone file, ``--pretrained`` meets ``--backbone``
     (which it silently replaced) or ``--checkpoint`` meets ``--clip``/``--backbone``.
     """
-    if backbone is not None and pretrained is not None:
-        raise UsageError(f"pass either --backbone or --pretrained, not both: --backbone {backbone} is the backbone "
-                         "weights")
-    if backbone is not None:
-        from rap_deploy.backbone_file import backbone_clip
+    from rap_deploy.backbone_file import backbone_clip, check_one_backbone_source
 
+    check_one_backbone_source(backbone, pretrained)
+    if backbone is not None:
         given.update(clip=backbone_clip(backbone, clip), pretrained=str(backbone))
     if checkpoint is not None and (given["clip"] or pretrained):
         raise UsageError("pass either --checkpoint or --clip/--backbone, not both")
