@@ -182,13 +182,9 @@ def open_backends(engines: Sequence[str | os.PathLike[str]], checkpoint: str | o
     from rap_deploy.engines.loader import is_remote
     from rap_deploy.engines.torch_backend import TorchEngine
 
-    engine_paths = [e if is_remote(e) else Path(e).expanduser() for e in engines]  # server URLs stay strings
+    engine_paths = [resolve_engine(e, workspace) for e in engines]  # server URLs stay strings
     if not engine_paths and checkpoint is None:
         engine_paths = [resolve_engine(None, workspace)]
-    for p in engine_paths:
-        if not is_remote(p) and not p.exists():
-            raise UsageError(f"engine {p} does not exist; pass --engine with an engine folder from "
-                             "`rapdeploy build-engine`")
     keys = [p if is_remote(p) else str(p.resolve()) for p in engine_paths]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:  # its rows would appear twice and one plot line would hold both

@@ -509,3 +509,12 @@ def test_a_local_server_pinned_to_other_cpus_is_not_counted_as_the_benchs_own(mo
     monkeypatch.setattr(ml, "_cpu_affinity", lambda pid: affinity.get(pid))
     monitor = ml.LoadMonitor(cpus=[0, 1], servers=[4242, 4343, 4444, 4545])
     assert monitor.servers == [4242]
+
+
+def test_a_missing_engine_is_named_as_verify_names_it(tmp_path):
+    """bench checked its --engine paths with its own copy of resolve_engine's check (a message without the
+    checkpoint the PyTorch engine takes); both say it one way now (exit 2, before any work)."""
+    res = runner.invoke(app, ["bench", "--engine", str(tmp_path / "gone"), "--workspace", str(tmp_path / "ws")])
+    assert res.exit_code == 2, res.output
+    assert (f"engine {tmp_path / 'gone'} does not exist; pass --engine with an engine folder from `rapdeploy "
+            "build-engine` (or a .pt checkpoint for the PyTorch engine)") in " ".join(res.stderr.split())
