@@ -10,7 +10,7 @@ import typer
 
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
-from rap_deploy.cli.app import command
+from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 from rap_deploy.config import PRESETS
 from rap_deploy.data.synth_heldout import MAX_HELDOUT_VIDEOS
 from rap_deploy.errors import UsageError
@@ -75,8 +75,7 @@ def ablate(
                              "its own progress in its folder's metrics.jsonl; the table is the same. Each holds its "
                              "own model and data in memory: on the demo's recipe about 2 GiB while training, 2.5 GiB "
                              "while scoring --heldout-videos 2400 --heldout-gallery 800 (measured)."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
-                                          "$RAPDEPLOY_HOME)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     json_out: bool = typer.Option(False, "--json", help="Print ablation.json instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:

@@ -20,6 +20,8 @@ import typer
 from rap_deploy.errors import RapDeployError
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Where every command's --workspace defaults to (workspace.workspace_root), for its help
+WORKSPACE_DEFAULT = "default: $RAPDEPLOY_HOME, else ./rapdeploy-out"
 
 app = typer.Typer(
     name="rapdeploy",

@@ -8,7 +8,7 @@ import typer
 
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
-from rap_deploy.cli.app import command
+from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import CheckFailedError, UsageError
 
@@ -98,8 +98,8 @@ def data_check(
                                    "size; it is part of the cache key)."),
     frames: int | None = typer.Option(None, "--frames", help="Frames per video (default: 12 for msrvtt/msvd, 64 for "
                                       "didemo/activitynet)."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder for the cache (default: "
-                                          "$RAPDEPLOY_HOME or ./rapdeploy-out)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder for the cache "
+                                          f"({WORKSPACE_DEFAULT})."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Read a dataset folder as training and verify would; exit 1 naming every missing or undecodable video."""

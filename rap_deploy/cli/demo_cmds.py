@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from rap_deploy.atomic import json_text
-from rap_deploy.cli.app import command
+from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 
 
 @command("demo")
@@ -17,8 +17,7 @@ def demo(
     out: Path | None = typer.Option(None, "--out", help="Folder for everything the demo writes (default: the "
                                        "workspace, ./rapdeploy-out or $RAPDEPLOY_HOME, so later bare commands find "
                                        "its artifacts)."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
-                                          "$RAPDEPLOY_HOME)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     tiny: bool = typer.Option(False, "--tiny", help="A reduced demo (a few videos, micro backbone, one epoch) that "
                               "checks the plumbing in about a minute."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime."),

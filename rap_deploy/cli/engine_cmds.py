@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from rap_deploy.atomic import json_text
-from rap_deploy.cli.app import command
+from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 
 
 @command("build-engine")
@@ -39,8 +39,7 @@ def build_engine_cmd(
     threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: all "
                                        "cores)."),
     inter_threads: int | None = typer.Option(None, "--inter-threads", help="ONNX Runtime inter-op threads."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
-                                          "$RAPDEPLOY_HOME)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     force: bool = typer.Option(False, "--force", help="Replace an existing engine folder."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Compare the new engine with the PyTorch "
                                   "reference before keeping it."),

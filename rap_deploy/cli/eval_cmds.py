@@ -9,7 +9,7 @@ import typer
 
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
-from rap_deploy.cli.app import command
+from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 from rap_deploy.errors import UsageError
 
 
@@ -64,8 +64,7 @@ def verify_cmd(
                                            "<workspace>/cache/frames)."),
     reference_device: str = typer.Option("cpu", "--reference-device", help="Where the PyTorch reference runs: cpu, "
                                          "or cuda (strict fp32, TF32 off) for large test sets on a GPU machine."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
-                                           "$RAPDEPLOY_HOME)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     json_out: bool = typer.Option(False, "--json", help="Print verify.json to stdout instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars and no table; only the verdict line."),
 ) -> None:
@@ -123,8 +122,7 @@ def bench_cmd(
                                        "of the same CLIP with meanP and no adapters (batch 1) and report the ratio."),
     torch_device: str | None = typer.Option(None, "--torch-device", help="Where PyTorch eager runs: cpu or cuda "
                                             "(default: cuda when a benchmarked engine runs on CUDA)."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
-                                           "$RAPDEPLOY_HOME)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     json_out: bool = typer.Option(False, "--json", help="Print bench.json to stdout instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no table; only where the reports are."),
 ) -> None:

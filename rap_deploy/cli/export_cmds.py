@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from rap_deploy.atomic import json_text
-from rap_deploy.cli.app import command
+from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 from rap_deploy.errors import UsageError
 
 
@@ -25,8 +25,8 @@ def export(
                                           "captions feed the parity check (default: rendered synthetic videos)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset layout of --data-root (msrvtt, msvd, didemo, "
                                        "activitynet; default msrvtt)."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
-                                          "$RAPDEPLOY_HOME); used when --out is not given."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT}); used "
+                                          "when --out is not given."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:

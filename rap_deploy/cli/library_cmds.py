@@ -10,7 +10,7 @@ import typer
 
 from rap_deploy.atomic import json_text
 from rap_deploy.bounds import check_threads
-from rap_deploy.cli.app import command
+from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 from rap_deploy.errors import UsageError
 
 
@@ -84,8 +84,7 @@ def index_cmd(
                                           "<workspace>/cache/frames)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch, ONNX Runtime and "
                                        "FAISS."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
-                                          "$RAPDEPLOY_HOME)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     json_out: bool = typer.Option(False, "--json", help="Print the build report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or step messages; only the summary (three "
                                "lines)."),
@@ -291,8 +290,7 @@ def search_cmd(
                                "quick (sizes, headers and the small files' sha256)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch, ONNX Runtime and "
                                        "FAISS."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
-                                          "$RAPDEPLOY_HOME)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per query and line: query, results "
                                   "(rank, video_id, path, score, stage1_rank), timings_ms."),
 ) -> None:

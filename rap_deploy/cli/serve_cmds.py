@@ -8,7 +8,7 @@ import typer
 
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
-from rap_deploy.cli.app import command
+from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
@@ -52,8 +52,7 @@ def serve_cmd(
                                            "running requests may still take before they are cancelled."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical, error, warning, info "
                                   "(every request), debug or trace."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
-                                          "$RAPDEPLOY_HOME)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
 ) -> None:
     """Serve search over a library and the three graphs (Open Inference Protocol / KServe v2) over HTTP.
 
@@ -100,8 +99,7 @@ def triton_repo_cmd(
                                            "and text encoders (microseconds)."),
     fp16: bool = typer.Option(False, "--fp16", help="Export folders: use the fp16 graphs (ONNX Runtime CUDA)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing repository folder."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default ./rapdeploy-out or "
-                                          "$RAPDEPLOY_HOME)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt + model file per graph, and a README)."""

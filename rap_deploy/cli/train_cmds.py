@@ -12,7 +12,7 @@ import typer
 
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
-from rap_deploy.cli.app import command
+from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
@@ -109,8 +109,7 @@ def train(
                                                    "with --resume."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
                                           "<workspace>/cache/frames)."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default: $RAPDEPLOY_HOME or "
-                                          "./rapdeploy-out)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or per-epoch lines."),
 ) -> None:
@@ -368,8 +367,7 @@ def pretrain_backbone(
                                       "(as `rapdeploy synth --distractors`); the localisation loss then asks for the "
                                       "named objects' patches only."),
     clip: str = typer.Option("rap-tiny", "--clip", help="open_clip model config to train from scratch."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Workspace folder (default: $RAPDEPLOY_HOME or "
-                                          "./rapdeploy-out)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     json_out: bool = typer.Option(False, "--json", help="Print the stored info (held-out metrics, seconds) as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
