@@ -279,7 +279,12 @@ def test_best_pt_left_by_another_run_is_replaced_when_resuming_after_the_best_ep
 def test_temporary_files_a_killed_write_left_are_removed_when_the_run_resumes(synth_root, frame_cache, tmp_path):
     """A SIGKILL (the OOM killer, a preempted job) during a write of last.pt, best.pt, metrics.jsonl or summary.json
     leaves the hidden temporary file (up to a checkpoint's size; a kill per write); the resumed run kept every one.
-    They are deleted when the run starts; other files in the folder are not touched."""
+    They are deleted when the run starts, under the run folder's lock that train_rap now takes itself (gpu_check
+    calls it without one: a run another process writes is refused, its files kept); other files in the folder,
+    another file's temporary too (``.last.pt.bak.*.bak.tmp``, which the old ``.last.pt.*.tmp`` glob deleted), stay."""
+    from conftest import held_folder_lock
+
+    from rap_deploy.locks import FolderBusyError
     from rap_deploy.train import loop
 
     run = tmp_path / "run"
@@ -288,9 +293,14 @@ def test_temporary_files_a_killed_write_left_are_removed_when_the_run_resumes(sy
             run / ".summary.json.x.json.tmp"]
     for tmp in left:
         tmp.write_bytes(b"partial" * 100)
-    (run / ".notes.tmp").write_text("mine")
+    others = [run / ".notes.tmp", run / ".last.pt.bak.k3b_c3hn.bak.tmp"]
+    for path in others:
+        path.write_text("mine")
+    with held_folder_lock(run, "train", "run folder"), pytest.raises(FolderBusyError):
+        loop.train_rap(None, progress=False, resume=run)  # a live writer's files: left alone
+    assert all(tmp.exists() for tmp in left)
     loop.train_rap(None, progress=False, resume=run)
-    assert not any(tmp.exists() for tmp in left) and (run / ".notes.tmp").read_text() == "mine"
+    assert not any(tmp.exists() for tmp in left) and all(path.read_text() == "mine" for path in others)
 
 
 def test_a_data_fingerprint_saved_before_the_content_was_is_compared_without_it(tmp_path):

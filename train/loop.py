@@ -11,10 +11,12 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -382,28 +384,14 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
     a ``last.pt`` is refused.
     Raises :class:`UsageError` for bad options, missing data, or a run folder that cannot be resumed.
     """
-    from rap_deploy.train.training_run import TrainingRun
-
     t_start = time.perf_counter()
     options, template, model, state = _resolve_run(options, resume, overrides)
     options.validate()
     ctx = D.setup(options.device)
     created = ctx.is_main and not Path(options.out).exists()
     try:
-        if ctx.is_main:
-            Path(options.out).mkdir(parents=True, exist_ok=True)
-            _remove_temporaries(Path(options.out))
-        torch.manual_seed(options.seed)
-        if model is None:
-            template, model = _fresh_model(options)
-        run = TrainingRun(options, ctx, template, model, state, progress and ctx.is_main)
-        run.prepare_model()
-        run.prepare_data()
-        run.restore()
-        run.announce()
-        run.evaluate_initial()
-        train_seconds = run.train_epochs()
-        return run.write_summary(t_start, train_seconds)
+        with _run_folder(Path(options.out), ctx.is_main):
+            return _train(options, template, model, state, ctx, progress, t_start)
     except BaseException:
         if created:
             _remove_if_empty(Path(options.out))
@@ -412,12 +400,39 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
         D.cleanup(ctx)
 
 
-def _remove_temporaries(run_dir: Path) -> None:
-    """Delete the temporary files a killed write of the run's own files left (``.<name>.*.tmp``: only ``SIGKILL``
-    leaves one, as large as a checkpoint; each kill during a write left another). Under the run folder's lock."""
-    for name in (LAST, BEST, METRICS, SUMMARY):
-        for tmp in run_dir.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+@contextlib.contextmanager
+def _run_folder(run_dir: Path, is_main: bool) -> Iterator[None]:
+    """Hold the run folder's lock on the main process (re-entrant: the commands take it first; a caller that did
+    not, ``gpu_check`` say, is refused while another process writes the run) and delete, under it, the temporary files
+    a killed write of the run's own files left (:func:`~rap_deploy.atomic.remove_temporaries`: only ``SIGKILL``
+    leaves one, as large as a checkpoint). Other processes (torchrun's other ranks) write nothing there."""
+    if not is_main:
+        yield
+        return
+    from rap_deploy.atomic import remove_temporaries
+    from rap_deploy.locks import folder_lock
+
+    with folder_lock(run_dir, "train", "run folder"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(run_dir, (LAST, BEST, METRICS, SUMMARY))
+        yield
+
+
+def _train(options: TrainOptions, template, model, state, ctx: D.DistContext, progress: bool, t_start: float):
+    """:func:`train_rap`'s run, in its (locked, cleaned) run folder; returns the summary."""
+    from rap_deploy.train.training_run import TrainingRun
+
+    torch.manual_seed(options.seed)
+    if model is None:
+        template, model = _fresh_model(options)
+    run = TrainingRun(options, ctx, template, model, state, progress and ctx.is_main)
+    run.prepare_model()
+    run.prepare_data()
+    run.restore()
+    run.announce()
+    run.evaluate_initial()
+    train_seconds = run.train_epochs()
+    return run.write_summary(t_start, train_seconds)
 
 
 def _remove_if_empty(folder: Path) -> None:
