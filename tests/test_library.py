@@ -1438,6 +1438,21 @@ def test_remove_is_refused_while_a_build_is_pending(library, tmp_path):
     assert res.exit_code == 2 and "interrupted build" in res.output
 
 
+def test_a_killed_writes_temporaries_are_removed_and_another_files_kept(library, tmp_path):
+    """The next build deletes the hidden temporaries a SIGKILL-ed write of manifest.json or build-plan.json left,
+    under the library's lock (atomic.remove_temporaries); the old ``.manifest.json.*.tmp`` glob also deleted another
+    file's (``.manifest.json.bak.*.bak.tmp``, a temporary of the user's manifest.json.bak)."""
+    lib = _copy(library, tmp_path / "lib")
+    ours = [lib / ".manifest.json.k2x9_a1.json.tmp", lib / ".build-plan.json.0q3z.json.tmp"]
+    others = [lib / ".manifest.json.bak.k3b_c3hn.bak.tmp", lib / ".notes.tmp"]
+    for path in ours + others:
+        path.write_text("partial")
+    vid = json.loads((lib / "shards/shard-000000/videos.json").read_text())["video_id"][0]
+    res = runner.invoke(app, ["index", "--out", str(lib), "--remove", vid])
+    assert res.exit_code == 0, res.output
+    assert not any(p.exists() for p in ours) and all(p.read_text() == "partial" for p in others)
+
+
 def test_rap_light_library_stores_video_emb_only_and_ranks_by_stage1(synth_root, frame_cache, tmp_path):
     from conftest import micro_config, randomize_adapters
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from rap_deploy.atomic import remove_temporaries
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.crashpoints import crash_point
 from rap_deploy.errors import CheckFailedError, UsageError
@@ -157,9 +158,7 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
     """Main rank, under the lock: --force, read and check the library, plan the new shards (or resume the plan)."""
     had_library = (root / MANIFEST).is_file()
     replacing = _force_start(root, had_library) if options.force else None
-    for name in (MANIFEST, plans.PLAN):  # temporary files of a killed atomic write
-        for tmp in root.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+    remove_temporaries(root, (MANIFEST, plans.PLAN))  # a killed atomic write's (the lock says it is dead)
     old = read_manifest(root) if (root / MANIFEST).is_file() and not options.force else None
     if old is None and not (options.force and had_library):  # a library's folder may hold the user's files too
         _refuse_foreign_folder(root)
