@@ -192,8 +192,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     else:
         from rap_deploy.file_kinds import check_archive_expansion
 
-        check_archive_expansion(path, f"checkpoint {path}", "re-save it with torch.save or use a machine with more "
-                                "memory")
+        check_archive_expansion(path, f"checkpoint {path}")
         try:  # through a file object: torch.load reads any path named .safetensors as safetensors
             with open(path, "rb") as fh:
                 payload = torch.load(fh, map_location="cpu", weights_only=True)

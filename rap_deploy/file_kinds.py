@@ -137,7 +137,8 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else "")[:200]
 
 
-def check_archive_expansion(path: str | os.PathLike[str], what: str, fix: str) -> None:
+def check_archive_expansion(path: str | os.PathLike[str], what: str,
+                            fix: str = "re-save it with torch.save or use a machine with more memory") -> None:
     """Raise :class:`UsageError` (exit 2) when the PyTorch archive ``path`` holds compressed entries that would expand
     past the memory available; ``what`` names the file in the message, ``fix`` says what to do.
 

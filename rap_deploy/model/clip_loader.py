@@ -196,8 +196,7 @@ def _check_weights_file(path: Path) -> None:
     if not path.is_file():
         raise UsageError(f"backbone weights file {path} is not a regular file (a folder, FIFO or device)")
     if sniff(path) == "zip":  # open_clip hands it to torch.load, which inflates what the archive declares
-        check_archive_expansion(path, f"backbone weights file {path}", "re-save it with torch.save or use a machine "
-                                "with more memory")
+        check_archive_expansion(path, f"backbone weights file {path}")
 
 
 def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
