@@ -17,6 +17,7 @@ from rap_deploy.errors import UsageError
 VARIANTS = ("rap", "rap_light")
 SELECTION_MODES = ("text", "saliency")
 PRESETS = ("default", "paper")
+DEFAULT_CLIP = "ViT-B-32"  # the backbone when neither --clip nor a backbone file names one
 
 # CLIP's normalisation constants (OpenAI CLIP, also open_clip's default).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -124,7 +125,7 @@ class RAPConfig:
     (random backbone). ``variant`` ``rap`` is LoRM + text-conditioned ASA, ``rap_light`` is LoRM only.
     """
 
-    clip: str = "ViT-B-32"
+    clip: str = DEFAULT_CLIP
     pretrained: str = "none"
     variant: str = "rap"
     frames: int = 12

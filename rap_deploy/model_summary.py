@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rap_deploy.config import RAPConfig, preset_changes
+from rap_deploy.config import DEFAULT_CLIP, RAPConfig, preset_changes
 from rap_deploy.model.clip_loader import BackboneSpec
 from rap_deploy.model.rap import RAPModel
 
@@ -81,7 +81,7 @@ def init_checkpoint(out: Path, clip: str | None, pretrained: str, backbone_file:
 
         clip = backbone_clip(backbone_file, clip)
         pretrained = str(backbone_file)
-    clip = clip or "ViT-B-32"
+    clip = clip or DEFAULT_CLIP
     spec = BackboneSpec.parse(clip, pretrained)
     config = config.replace(clip=clip, preprocess=_preprocess_for(clip))
     ckpt, model = new_checkpoint(config, spec, embed_backbone=embed_backbone, seed=seed)

@@ -158,7 +158,7 @@ class TrainOptions:
 def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
     """The checkpoint to fine-tune and its model: ``options.checkpoint``, or identity adapters on ``options.clip``."""
     from rap_deploy.checkpoint import load_checkpoint, new_checkpoint
-    from rap_deploy.config import PreprocessConfig, RAPConfig
+    from rap_deploy.config import DEFAULT_CLIP, PreprocessConfig, RAPConfig
     from rap_deploy.model.clip_loader import BackboneSpec, clip_model_config
     from rap_deploy.model_summary import preset_changes_for
 
@@ -174,7 +174,7 @@ def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
                                  f"({name} = {have}); drop the option (or --preset) or start from --clip")
         _check_paragraph_protocol(options, ckpt.config)
         return ckpt, ckpt.build_model()
-    clip = options.clip or "ViT-B-32"
+    clip = options.clip or DEFAULT_CLIP
     pretrained = options.pretrained
     if pretrained is None:
         import open_clip

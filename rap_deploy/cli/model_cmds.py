@@ -9,7 +9,7 @@ import typer
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
-from rap_deploy.config import PRESETS, SELECTION_MODES, VARIANTS, RAPConfig
+from rap_deploy.config import DEFAULT_CLIP, PRESETS, SELECTION_MODES, VARIANTS, RAPConfig
 from rap_deploy.errors import UsageError
 
 
@@ -34,7 +34,7 @@ def _clip_name(clip: str | None, backbone: Path | None) -> str:
         from rap_deploy.backbone_file import backbone_clip
 
         clip = backbone_clip(backbone, clip)
-    return clip or "ViT-B-32"
+    return clip or DEFAULT_CLIP
 
 
 @command("init")
@@ -111,7 +111,7 @@ def info(
         raise UsageError(f"{', '.join(given)} describe a model built from a CLIP when no checkpoint is given; a "
                          f"checkpoint is described as it was saved (its own frames, variant and backbone): drop "
                          f"{'them' if len(given) > 1 else 'it'}, or omit {checkpoint}")
-    config = build_config(clip or "ViT-B-32", variant or "rap", 12 if frames is None else frames, 32, True, True,
+    config = build_config(clip or DEFAULT_CLIP, variant or "rap", 12 if frames is None else frames, 32, True, True,
                           None, None, None, None, "text", preset or "default")
     summary = describe(checkpoint, config, pretrained or "none")
     _print_summary(summary, json_out, None)
