@@ -59,13 +59,14 @@ them lazily, inside the steps.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import platform
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -413,8 +414,39 @@ def run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None 
     """Run every step into ``work`` and write ``gpu_check.json`` / ``gpu_check.md`` into ``out``; returns the report.
 
     Raises :class:`~rap_deploy.errors.UsageError` when ``sizes.device`` is cuda and no GPU is visible, after writing
-    the report of the environment step (what a GPU machine whose CUDA torch cannot see needs to be diagnosed).
+    the report of the environment step (what a GPU machine whose CUDA torch cannot see needs to be diagnosed), and
+    :class:`~rap_deploy.locks.FolderBusyError` when another run writes ``out`` (:func:`_report_folder`).
     """
+    with _report_folder(out, log):
+        return _run_check(out, work, sizes, checkpoint, skip_vit, log)
+
+
+@contextlib.contextmanager
+def _report_folder(out: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``out``'s folder lock (:func:`rap_deploy.locks.folder_lock`: two runs into one ``--out`` interleaved their
+    reports, and a second run's work went into the first's ``OUT/work``) and delete, under it, the temporaries a
+    killed run's report writes left (:func:`rap_deploy.atomic.remove_temporaries`). A run that another one holds is
+    refused (:class:`~rap_deploy.locks.FolderBusyError`, exit 2); a folder whose lock cannot be made at all (a
+    read-only parent, no file locks) is written unlocked, with a note: the device's run is worth more than the lock."""
+    from rap_deploy.atomic import remove_temporaries
+    from rap_deploy.errors import UsageError
+    from rap_deploy.locks import FolderBusyError, folder_lock
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(out, "gpu_check", "report folder"))
+        except FolderBusyError:
+            raise
+        except UsageError as exc:
+            log(f"[note] writing the reports without a folder lock: {exc}")
+        else:
+            remove_temporaries(out, (REPORT_JSON, REPORT_MD))
+        yield
+
+
+def _run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None, skip_vit: bool,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`run_check`'s steps and reports, in its locked report folder."""
     from rap_deploy.atomic import write_json_atomic, write_text_atomic
 
     t0 = time.perf_counter()

@@ -86,6 +86,55 @@ def test_bad_arguments_are_exit_2_before_any_work(tmp_path, capsys):
     assert main(["--out", str(a_file), "--dry-run"]) == 2
 
 
+def test_a_second_run_into_one_out_is_refused_and_a_killed_runs_temporaries_go(tmp_path, monkeypatch, capsys):
+    """Two runs into one --out wrote its reports (and OUT/work) interleaved, and a SIGKILL-ed report write left its
+    hidden temporary there for ever. A run now holds the report folder's lock: a second one is refused (exit 2, one
+    line, nothing touched) and the first deletes the reports' own temporaries under it, not another file's."""
+    from conftest import held_folder_lock
+
+    import rap_deploy.engines.gpu_check as gc
+
+    out = tmp_path / "out"
+    out.mkdir()
+    ours = [out / ".gpu_check.json.k2x9_a1.json.tmp", out / ".gpu_check.md.0q3z.md.tmp"]
+    others = [out / ".gpu_check.json.bak.k3b_c3hn.bak.tmp", out / ".notes.tmp"]
+    for path in ours + others:
+        path.write_text("partial")
+    monkeypatch.setattr(gc, "make_data", lambda *_a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with held_folder_lock(out, "gpu_check", "report folder"):
+        assert gc.main(["--out", str(out), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "is being written by process" in err and len(err.strip().splitlines()) == 1, err
+    assert all(p.exists() for p in ours) and not (out / gc.REPORT_JSON).exists()
+    with pytest.raises(KeyboardInterrupt):
+        gc.run_check(out, tmp_path / "work", gc.CheckSizes.dry_run(), log=lambda _m: None)
+    assert not any(p.exists() for p in ours) and all(p.read_text() == "partial" for p in others)
+    assert json.loads((out / gc.REPORT_JSON).read_text())["steps"][0]["step"] == "environment"
+
+
+def test_a_report_folder_that_cannot_be_locked_is_written_unlocked_with_a_note(tmp_path, monkeypatch):
+    """A lock that cannot be made at all (a read-only parent, a filesystem without file locks) does not cost the
+    device's run: the reports are written, a note says they are unlocked."""
+    import contextlib
+
+    import rap_deploy.engines.gpu_check as gc
+    from rap_deploy import locks
+    from rap_deploy.errors import UsageError
+
+    @contextlib.contextmanager
+    def no_locks(target, *_args):
+        raise UsageError(f"cannot lock {target}: no locks")
+        yield
+
+    logged: list[str] = []
+    monkeypatch.setattr(locks, "folder_lock", no_locks)
+    monkeypatch.setattr(gc, "make_data", lambda *_a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        gc.run_check(tmp_path / "out", tmp_path / "work", gc.CheckSizes.dry_run(), log=logged.append)
+    assert any("without a folder lock" in m and "no locks" in m for m in logged), logged
+    assert (tmp_path / "out" / gc.REPORT_JSON).is_file()
+
+
 def test_the_first_partial_report_holds_the_environment_and_skips_are_saved(tmp_path, monkeypatch):
     """The report written after the environment step already has it; a skipped step is saved like a run one."""
     import rap_deploy.engines.gpu_check as gc
