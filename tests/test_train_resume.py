@@ -118,6 +118,49 @@ def test_resume_refuses_a_data_root_holding_other_data_and_accepts_a_moved_copy(
     assert resumed["complete"] and _adapters_equal(run / "last.pt", tmp_path / "straight" / "last.pt")
 
 
+def test_resume_refuses_test_videos_that_decode_otherwise_than_at_the_last_evaluation(synth_root, frame_cache,
+                                                                                       tmp_path):
+    """The data fingerprint holds the test split's ids and captions, not which of its videos decode: a test video
+    that was undecodable (a copy not finished) and decodes at resume, or the other way round, resumed silently and the
+    remaining epochs were scored on other test videos than the earlier ones (6 instead of 5), best.pt chosen across
+    both. last.pt now records the test videos the last evaluation skipped; a resume that finds others is refused
+    (exit 2, naming them), nothing trained; the same set resumes."""
+    import shutil
+
+    from rap_deploy.checkpoint import save_checkpoint
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.errors import CheckFailedError, UsageError
+    from rap_deploy.train import loop
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(synth_root, data)
+    entry = load_split("msrvtt", data, "test", max_frames=4).videos[0]
+    good = entry.path.read_bytes()
+    entry.path.write_bytes(b"\x00not a video" * 50)  # skipped by every evaluation of the first run
+    first = loop.train_rap(_options(data, run, frame_cache, max_epochs_this_run=1), progress=False)
+    assert (first["last"]["test_videos"], first["last"]["test_skipped"]) == (5, 1)
+    entry.path.write_bytes(good)
+    with pytest.raises(UsageError, match=rf"test videos .*when the run in {run} was last evaluated .*decodes now: "
+                                         rf"{entry.video_id}\b.*start a new run") as info:
+        loop.train_rap(None, progress=False, resume=run)
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
+    assert json.loads((run / "summary.json").read_text())["epochs_done"] == 1  # nothing trained
+    stored = load_checkpoint(run / "last.pt")
+    assert stored.extra["train_state"]["test_skipped"] == [entry.video_id]
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    stored.extra["train_state"]["test_skipped"] = [3]
+    save_checkpoint(stored, edited / "last.pt")
+    with pytest.raises(CheckFailedError, match="train_state.test_skipped is not a list of test video ids"):
+        loop.train_rap(None, progress=False, resume=edited)
+    del stored.extra["train_state"]["test_skipped"]  # a last.pt saved before it was recorded: not compared
+    save_checkpoint(stored, edited / "last.pt")
+    assert loop.train_rap(None, progress=False, resume=edited)["last"]["test_videos"] == 6
+    entry.path.write_bytes(b"\x00not a video" * 50)  # the test videos as they were: resumes
+    resumed = loop.train_rap(None, progress=False, resume=run)
+    assert resumed["complete"] and (resumed["last"]["test_videos"], resumed["last"]["test_skipped"]) == (5, 1)
+
+
 def _cli_args(synth_root, frame_cache) -> list[str]:
     """``rapdeploy train`` of :func:`_options`' run, without ``--out``."""
     return ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), "--clip", "rap-micro", "--pretrained",

@@ -95,6 +95,9 @@ def _checked_state(last: Path, state: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(state.get("history"), list) or not all(isinstance(r, dict) for r in state["history"]):
         raise damaged_run(last, "train_state.history is not a list of epoch records")
     _check_history(last, state["history"], state["epoch"])
+    skipped = state.get("test_skipped")
+    if skipped is not None and (not isinstance(skipped, list) or not all(isinstance(v, str) for v in skipped)):
+        raise damaged_run(last, "train_state.test_skipped is not a list of test video ids")
     optimizer, rng = state.get("optimizer"), state.get("rng")
     if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
         raise damaged_run(last, "train_state.optimizer is not an optimizer state")
@@ -239,3 +242,25 @@ def check_same_data(stored: Any, now: dict[str, Any], options: TrainOptions) -> 
     raise UsageError(f"--data-root {options.data_root} does not hold the data the run in {options.out} was trained "
                      f"on ({describe_data(stored)}; now {describe_data(now)}" + (other if same_counts else "")
                      + "): resume it with the data it was trained on, or start a new run")
+
+
+def skipped_ids(skipped: list[dict[str, Any]]) -> list[str]:
+    """The sorted ids of the test videos an evaluation skipped (its ``skipped`` list: undecodable or missing)."""
+    return sorted({str(s["video_id"]) for s in skipped})
+
+
+def check_same_test_videos(stored: Any, now: list[str], options: TrainOptions) -> None:
+    """Raise :class:`UsageError` when the test videos skipped as undecodable ``now`` (:func:`skipped_ids`) are not
+    those the run's last evaluation skipped (``stored`` in ``last.pt``; ``None``: none recorded, not checked): its
+    remaining epochs would be scored on other test videos than its earlier ones, and ``best.pt`` chosen across both."""
+    if stored is None or sorted(stored) == now:
+        return
+
+    def named(ids: set[str]) -> str:
+        return ", ".join(sorted(ids)[:5]) + (", ..." if len(ids) > 5 else "") if ids else "none"
+
+    fixed, broken = named(set(stored) - set(now)), named(set(now) - set(stored))
+    raise UsageError(f"the test videos in --data-root {options.data_root} do not decode as they did when the run in "
+                     f"{options.out} was last evaluated ({len(stored)} undecodable then, {len(now)} now; decodes now: "
+                     f"{fixed}; undecodable now: {broken}): its remaining epochs would be scored on other test videos "
+                     "than its earlier ones; resume it with the test videos as they were, or start a new run")

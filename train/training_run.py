@@ -38,7 +38,14 @@ from rap_deploy.train.loop import (
 )
 from rap_deploy.train.losses import batch_loss
 from rap_deploy.train.progress import Bars, epoch_line, say
-from rap_deploy.train.run_state import check_same_data, data_fingerprint, describe_data, restore_best
+from rap_deploy.train.run_state import (
+    check_same_data,
+    check_same_test_videos,
+    data_fingerprint,
+    describe_data,
+    restore_best,
+    skipped_ids,
+)
 from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
 from rap_deploy.train.selection import SELECTION_RULE, best_of, improves
 
@@ -54,6 +61,7 @@ class TrainingRun:
         self.history: list[dict[str, Any]] = []
         self.best = best_of([])
         self.epoch0, self.step = 0, 0
+        self.test_skipped: list[str] | None = None  # test videos the last evaluation skipped (None: none yet)
 
     # -------------------------------------------------------------------------------------------- set-up steps
     def prepare_model(self) -> None:
@@ -120,10 +128,21 @@ class TrainingRun:
                                 f"resume it with a process count that divides {self.batch}")
             self.history = list(state["history"])
             self.best = best_of(self.history)
+            self.test_skipped = state.get("test_skipped")
             if self.ctx.is_main:
+                self.check_test_videos()
                 _write_metrics(self.run_dir, self.history)
                 restore_best(self.run_dir, self.template, self.model, self.best, self.epoch0)
         self.warmup_steps = warmup_steps_for(self.options.warmup, self.total_steps)
+
+    def check_test_videos(self) -> None:
+        """When the stored run's last evaluation recorded the test videos it skipped: decode the test split (into the
+        frame cache the next evaluation reads) and refuse other ones (:func:`check_same_test_videos`)."""
+        from rap_deploy.retrieval import usable_videos
+
+        if self.test_skipped is not None:
+            _, skipped = usable_videos(self.test_split, self.cache, self.model.config, self.show)
+            check_same_test_videos(self.test_skipped, skipped_ids(skipped), self.options)
 
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
         """Optimizer, gradient scaler and random generators as ``state`` stored them; :class:`CheckFailedError` when
@@ -163,6 +182,8 @@ class TrainingRun:
         """Append the epoch's ``metrics.jsonl`` line, keep the best epoch, write ``best.pt``/``last.pt`` (rank 0)."""
         rec = _record(epoch, self.step, loss, lr, seconds, items, result, self.model, len(self.dataset.bad_videos))
         self.history.append(rec)
+        if result is not None:
+            self.test_skipped = skipped_ids(result["skipped"])
         is_best = improves(rec.get("selection_score"), self.best["score"])
         if is_best:
             self.best = best_of(self.history)
@@ -187,6 +208,7 @@ class TrainingRun:
                        "steps_per_epoch": self.steps_per_epoch, "optimizer": self.optimizer.state_dict(),
                        "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": _rng_state(),
                        "data": self.data_id, "history": self.history, "best": self.best,
+                       "test_skipped": self.test_skipped,
                        "offsets_initial": self.offsets_initial}
         save_checkpoint(checkpoint_from_model(self.model, self.template, {**extra, "train_state": train_state}),
                         self.run_dir / LAST)
