@@ -600,6 +600,25 @@ def test_train_without_out_takes_the_next_name_when_a_run_of_the_same_second_hol
     assert not lock_path(str(base) + "-2").exists()  # released when the run ended
 
 
+def test_train_under_torchrun_without_out_is_refused(tmp_path, monkeypatch):
+    """Each torchrun process chose the default run folder from its own clock (and rank 0 alone skips names that are
+    taken), so the processes could name different folders; a new run under torchrun needs --out (exit 2)."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli import train_cmds
+    from rap_deploy.cli.app import app
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(train_cmds, "_run_training", lambda *_a: pytest.fail("trained without --out"))
+    (tmp_path / "data").mkdir()
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(tmp_path / "data"),
+                                   "--workspace", str(tmp_path / "ws")])
+    assert res.exit_code == 2, res.output
+    assert "under torchrun pass --out" in res.output
+    assert not (tmp_path / "ws" / "runs").exists()
+
+
 @pytest.mark.parametrize("when", ["between its check and its read", "after the listing", "the folder itself"])
 def test_latest_child_skips_a_manifest_deleted_while_it_looks(tmp_path, monkeypatch, when):
     """latest_child checked that each sub-folder's manifest was a file, then read its mtime: a manifest deleted in

@@ -205,9 +205,9 @@ def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | Non
                      claim: contextlib.ExitStack | None = None) -> TrainOptions | None:
     """The :class:`TrainOptions` of a new run (``given["data_root"]`` resolved in place), or None to resume.
 
-    Without ``--out`` the run folder is :func:`default_run_dir`'s, its lock held in ``claim`` (rank 0; the other ranks
-    of a torchrun write nothing and only compute the name). Raises :class:`UsageError` without ``--dataset`` for a
-    new run, and for a resumed run whose ``--out`` differs.
+    Without ``--out`` the run folder is :func:`default_run_dir`'s, its lock held in ``claim``. Raises
+    :class:`UsageError` without ``--dataset`` for a new run, for a new run under torchrun without ``--out``, and for
+    a resumed run whose ``--out`` differs.
     """
     from rap_deploy.train.loop import TrainOptions
 
@@ -220,6 +220,9 @@ def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | Non
         from rap_deploy.workspace import subdir
 
         given["data_root"] = _absolute(resolve_data_root(given.get("data_root"), workspace))
+        if out is None and resume is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("under torchrun pass --out: each process would choose the default run folder from its "
+                             "own clock and which names are taken, and every process must name the same folder")
         run_dir = out or resume or default_run_dir(subdir("runs", workspace), given["dataset"], claim)
         return TrainOptions(out=str(run_dir), **given)
     if out is not None and Path(out).resolve() != Path(resume).resolve():
