@@ -242,7 +242,8 @@ def make_data(root: Path, s: CheckSizes) -> Path:
 
 
 def demo_checkpoint(work: Path, data: Path, s: CheckSizes) -> Path:
-    """Train the tiny demo model the way ``rapdeploy demo`` does (backbone, init, RAP); returns ``best.pt``."""
+    """Train the tiny demo model the way ``rapdeploy demo`` does (backbone, init, RAP), or finish or reuse the one an
+    earlier run trained in ``work``; returns ``best.pt``."""
     from rap_deploy.cli.model_cmds import build_config
     from rap_deploy.model_summary import init_checkpoint
     from rap_deploy.train.backbone import pretrain_backbone
@@ -257,9 +258,13 @@ def demo_checkpoint(work: Path, data: Path, s: CheckSizes) -> Path:
     init_checkpoint(init, clip=None, pretrained="none", backbone_file=backbone, config=config, embed_backbone=True,
                     seed=0)
     run = work / "train"
-    train_rap(TrainOptions(dataset="msrvtt", data_root=str(data), out=str(run), checkpoint=str(init),
+    # a rerun in the same --work (its folder is this recipe's, model_tag) resumes the run: a finished one trains
+    # nothing (a new run into a folder holding last.pt is refused, which failed this step on every rerun)
+    resume = run if (run / "last.pt").is_file() else None
+    options = TrainOptions(dataset="msrvtt", data_root=str(data), out=str(run), checkpoint=str(init),
                            epochs=s.epochs, batch_size=s.train_batch, lr=1e-3, seed=0, top_m=s.top_m,
-                           cache_dir=str(work / "frames"), device=s.device), progress=False)
+                           cache_dir=str(work / "frames"), device=s.device)
+    train_rap(None if resume else options, progress=False, resume=resume)
     return run / "best.pt"
 
 

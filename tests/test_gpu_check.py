@@ -112,6 +112,19 @@ def test_a_second_run_into_one_out_is_refused_and_a_killed_runs_temporaries_go(t
     assert json.loads((out / gc.REPORT_JSON).read_text())["steps"][0]["step"] == "environment"
 
 
+def test_a_rerun_in_the_same_work_folder_reuses_its_demo_checkpoint(tmp_path):
+    """The demo checkpoint step of a second run with the same --work (the device command's /tmp/gpu-check on a warm
+    machine) failed: train_rap refuses a new run into a folder holding last.pt, so the demo model's every step was
+    lost. A finished run is now resumed (nothing trained) and its best.pt reused."""
+    import rap_deploy.engines.gpu_check as gc
+
+    sizes = gc.CheckSizes.dry_run()
+    data = gc.make_data(tmp_path / "data", sizes)
+    first = gc.demo_checkpoint(tmp_path / "demo", data, sizes)
+    weights = first.read_bytes()
+    assert gc.demo_checkpoint(tmp_path / "demo", data, sizes) == first and first.read_bytes() == weights
+
+
 def test_a_report_folder_that_cannot_be_locked_is_written_unlocked_with_a_note(tmp_path, monkeypatch):
     """A lock that cannot be made at all (a read-only parent, a filesystem without file locks) does not cost the
     device's run: the reports are written, a note says they are unlocked."""
