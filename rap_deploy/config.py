@@ -26,16 +26,28 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """CLIP preprocessing: bicubic resize of the short side, center crop, mean/std normalisation."""
+    """CLIP preprocessing: bicubic resize of the short side, center crop, mean/std normalisation.
+
+    ``resize_mode`` ``squash`` resizes both sides to ``image_size`` without a crop instead, as open_clip's
+    ``resize_mode='squash'`` tags (e.g. ViT-H-14's ``dfn5b``) were trained: centre-cropping their frames would drop
+    the edges those weights expect to see.
+    """
 
     image_size: int = 224
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     interpolation: str = "bicubic"
     antialias: bool = True
+    resize_mode: str = "shortest"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        """The JSON form stored with every artifact. ``resize_mode`` is left out when it is ``shortest``: artifacts
+        and frame caches written before the field read (and hash) the same, and a ``squash`` artifact is refused by
+        a rapdeploy that does not know the key, rather than centre-cropped silently."""
+        d = {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        if self.resize_mode == "shortest":
+            del d["resize_mode"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
@@ -98,6 +110,9 @@ def _validate_preprocess(pre: Any) -> None:
             raise UsageError(f"preprocess {name} must be three finite numbers, got {list(values)!r:.120}")
     if not isinstance(pre.interpolation, str) or not isinstance(pre.antialias, bool):
         raise UsageError("preprocess interpolation must be a string and antialias true or false")
+    if not isinstance(pre.resize_mode, str) or pre.resize_mode not in RESIZE_MODES:
+        raise UsageError(f"preprocess resize_mode must be one of {', '.join(RESIZE_MODES)}, got "
+                         f"{str(pre.resize_mode)[:40]!r}")
     if pre.interpolation.lower() not in INTERPOLATIONS:
         raise UsageError(f"preprocess interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
                          f"{pre.interpolation[:40]!r}")
@@ -115,6 +130,9 @@ def _finite_float(value: numbers.Real) -> bool:
 
 # The resize modes the preprocessing can use on tensors (torchvision InterpolationMode names, lower case).
 INTERPOLATIONS = ("nearest", "nearest_exact", "bilinear", "bicubic")
+# How a frame reaches image_size x image_size (open_clip's resize_mode names): ``shortest`` resizes the short side
+# and centre-crops, ``squash`` resizes both sides (no crop). open_clip's ``longest`` (pad) no CLIP-tokenizer tag uses.
+RESIZE_MODES = ("shortest", "squash")
 
 
 @dataclass(frozen=True)

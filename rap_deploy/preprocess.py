@@ -1,9 +1,9 @@
 """The one CLIP preprocessing function, used by training, export parity, verify and bench.
 
 It is split in two so the frame cache can store the geometric part as uint8: ``resize_crop`` (bicubic resize of the
-short side to ``image_size``, center crop) and ``normalize`` (to float, CLIP mean/std, channels first). A silent
-preprocessing mismatch is the most common cause of recall loss in deployed CLIP, so nothing else in the project
-resizes or normalises frames.
+short side to ``image_size``, center crop; both sides and no crop for ``squash`` tags) and ``normalize`` (to float,
+CLIP mean/std, channels first). A silent preprocessing mismatch is the most common cause of recall loss in deployed
+CLIP, so nothing else in the project resizes or normalises frames.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ MAX_ASPECT_RATIO = 16
 
 
 def resize_crop(frames: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Resize the short side of uint8 frames ``[T,H,W,3]`` to ``cfg.image_size`` (bicubic) and center-crop.
+    """Resize the short side of uint8 frames ``[T,H,W,3]`` to ``cfg.image_size`` (bicubic) and center-crop (with
+    ``cfg.resize_mode`` ``squash``: resize both sides to ``cfg.image_size``, no crop).
 
     Returns uint8 ``[T,S,S,3]``. Raises ``ValueError`` for a wrong shape or dtype, frames without pixels, or frames
     more elongated than :data:`MAX_ASPECT_RATIO` to 1 (before anything is resized).
@@ -34,10 +35,14 @@ def resize_crop(frames: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # T,3,H,W uint8
     size = cfg.image_size
     h, w = x.shape[-2:]
-    if min(h, w) != size:
-        mode = TF.InterpolationMode[cfg.interpolation.upper()]
-        x = TF.resize(x, [size], interpolation=mode, antialias=cfg.antialias)
-    x = TF.center_crop(x, [size, size])
+    mode = TF.InterpolationMode[cfg.interpolation.upper()]
+    if cfg.resize_mode == "squash":
+        if (h, w) != (size, size):
+            x = TF.resize(x, [size, size], interpolation=mode, antialias=cfg.antialias)
+    else:
+        if min(h, w) != size:
+            x = TF.resize(x, [size], interpolation=mode, antialias=cfg.antialias)
+        x = TF.center_crop(x, [size, size])
     return x.permute(0, 2, 3, 1).contiguous().numpy()
 
 

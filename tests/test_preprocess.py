@@ -40,3 +40,38 @@ def test_preprocessing_equals_open_clips_eval_transform(height, width):
     assert float((got - want).abs().mean()) < 0.05 * ONE_LEVEL  # the rounding steps are rare, not a shift
     # the cached half (uint8 after resize and crop) and the normalising half compose to the same tensor
     assert torch.equal(normalize(resize_crop(frames, cfg), cfg), got)
+
+
+@pytest.mark.parametrize("height, width", [(48, 80), (90, 40), (32, 32)])
+def test_squash_preprocessing_equals_open_clips_squash_transform(height, width):
+    """Tags trained with open_clip's resize_mode 'squash' (ViT-H-14 dfn5b) were centre-cropped: a frame's edges,
+    which those weights saw, were cut off. ``resize_mode="squash"`` resizes both sides to the square, no crop, as
+    open_clip's own transform for such a tag does, and differs from the crop wherever the frame is not square."""
+    from open_clip.transform import image_transform
+
+    cfg = PreprocessConfig(image_size=32, resize_mode="squash")
+    frames = np.stack([_smooth_frame(height, width, phase) for phase in (0.0, 0.3)])
+    reference = image_transform(32, is_train=False, mean=cfg.mean, std=cfg.std, resize_mode="squash")
+    want = torch.stack([reference(Image.fromarray(frame)) for frame in frames])
+    got = preprocess_frames(frames, cfg)
+    assert got.shape == want.shape == (2, 3, 32, 32)
+    assert float((got - want).abs().max()) <= ONE_LEVEL + 1e-6
+    cropped = preprocess_frames(frames, PreprocessConfig(image_size=32))
+    assert torch.equal(got, cropped) == (height == width)
+
+
+def test_resize_mode_is_stored_only_when_not_the_default_and_checked():
+    """Artifacts and frame-cache keys written before the field stay byte-identical (``shortest`` is not written); a
+    ``squash`` config round-trips, and a mode the preprocessing does not do is refused (open_clip's 'longest')."""
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.errors import UsageError
+    from rap_deploy.model.clip_loader import BackboneSpec, pretrained_preprocess
+
+    assert "resize_mode" not in PreprocessConfig().to_dict()
+    squash = PreprocessConfig(resize_mode="squash")
+    assert squash.to_dict()["resize_mode"] == "squash"
+    assert PreprocessConfig.from_dict(squash.to_dict()) == squash
+    assert pretrained_preprocess(BackboneSpec("ViT-H-14", "tag", "dfn5b"))["resize_mode"] == "squash"
+    assert pretrained_preprocess(BackboneSpec("ViT-B-32", "tag", "openai"))["resize_mode"] == "shortest"
+    with pytest.raises(UsageError, match="resize_mode must be one of shortest, squash"):
+        RAPConfig(preprocess=PreprocessConfig(resize_mode="longest")).validate()

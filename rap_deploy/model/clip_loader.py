@@ -90,18 +90,25 @@ def quick_gelu_for(spec: BackboneSpec) -> bool:
 
 def pretrained_preprocess(spec: BackboneSpec) -> dict[str, Any]:
     """The image normalisation a pretrained tag was trained with, as :class:`~rap_deploy.config.PreprocessConfig`
-    fields (``mean``, ``std``, ``interpolation``) from open_clip's pretrained config: e.g. ViT-L-14's
-    ``laion2b_s32b_b82k`` normalises by 0.5, not CLIP's mean/std. Empty for files and ``none`` (CLIP's defaults)."""
+    fields (``mean``, ``std``, ``interpolation``, ``resize_mode``) from open_clip's pretrained config: e.g. ViT-L-14's
+    ``laion2b_s32b_b82k`` normalises by 0.5, not CLIP's mean/std, and ViT-H-14's ``dfn5b`` squashes frames to the
+    square instead of centre-cropping. Empty for files and ``none`` (CLIP's defaults)."""
     if spec.kind != "tag":
         return {}
     import open_clip
 
-    from rap_deploy.config import INTERPOLATIONS
+    from rap_deploy.config import INTERPOLATIONS, RESIZE_MODES
 
     cfg = open_clip.get_pretrained_cfg(spec.clip, spec.value) or {}
     out: dict[str, Any] = {k: tuple(float(x) for x in cfg[k]) for k in ("mean", "std") if cfg.get(k)}
     if cfg.get("interpolation") in INTERPOLATIONS:
         out["interpolation"] = cfg["interpolation"]
+    if cfg.get("resize_mode") is not None:
+        if cfg["resize_mode"] not in RESIZE_MODES:
+            raise UsageError(f"--pretrained {spec.value} for {spec.clip} was trained with open_clip resize_mode "
+                             f"'{cfg['resize_mode']}', which rapdeploy's preprocessing does not do (it does "
+                             f"{', '.join(RESIZE_MODES)}); pass another tag")
+        out["resize_mode"] = cfg["resize_mode"]
     return out
 
 
