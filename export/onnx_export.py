@@ -125,8 +125,13 @@ def set_io_shapes(model, spec: GraphSpec) -> None:
 
 
 def save_onnx(model, path: Path, external_data_threshold: int) -> Path:
-    """Write ``model`` to ``path`` atomically; graphs over the threshold keep their weights in ``<path>.data``."""
+    """Write ``model`` to ``path`` atomically; graphs over the threshold keep their weights in ``<path>.data``.
+
+    ``model`` is left as it was: onnx.save moves the weights of an external-data save out of the proto, so they are
+    read back into it (the fp16 conversion works on the same proto afterwards).
+    """
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
     if model.ByteSize() < external_data_threshold:
         return save_with(path, lambda tmp: onnx.save(model, str(tmp)))
@@ -135,6 +140,7 @@ def save_onnx(model, path: Path, external_data_threshold: int) -> Path:
     try:
         onnx.save(model, str(scratch / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=data_name, size_threshold=1024)
+        load_external_data_for_model(model, str(scratch))
         with atomic_path(path.with_name(data_name)) as tmp_data:
             os.replace(scratch / data_name, tmp_data)
         with atomic_path(path) as tmp_graph:

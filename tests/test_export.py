@@ -510,6 +510,37 @@ def test_save_onnx_external_data_is_atomic_and_loadable(tmp_path):
     np.testing.assert_allclose(y, x @ w, rtol=1e-6)
 
 
+def test_save_onnx_external_data_leaves_the_model_whole(tmp_path):
+    """onnx.save with external data empties the proto's weights (raw_data cleared, locations pointing at the .data
+    file); the fp16 conversion then read the fp32 graph's weights from a file that is not there (a traceback)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rap_deploy.export.onnx_export import save_onnx
+
+    w = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096
+    model = _tiny_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                        [numpy_helper.from_array(w, "w")])
+    save_onnx(model, tmp_path / "g.onnx", external_data_threshold=1000)
+    (init,) = model.graph.initializer
+    assert init.data_location == TensorProto.DEFAULT and not init.external_data
+    np.testing.assert_array_equal(numpy_helper.to_array(init), w)
+
+
+def test_fp16_export_of_graphs_with_external_data(light_checkpoint, tmp_path):
+    """A model over the external-data threshold (ViT-H and larger) exports with --fp16: fp32 graphs with their
+    .data files, fp16 graphs converted from the whole weights."""
+    from rap_deploy.export.export_config import ExportConfig
+    from rap_deploy.export.onnx_export import export_checkpoint
+
+    out = tmp_path / "onnx"
+    manifest = export_checkpoint(light_checkpoint, out, config=ExportConfig(fp16=True, external_data_threshold=10_000),
+                                 progress=False)
+    assert (out / "video_encoder.onnx.data").is_file() and manifest["fp16_graphs"]
+    assert "external_data" in manifest["graphs"]["video_encoder"]
+
+
 def test_saliency_selection_asa_head_matches(tmp_path):
     """The frame-saliency ASA variant (one conditioned embedding per video) traces and matches too."""
     import onnxruntime as ort
