@@ -11,6 +11,7 @@ published block sizes, as a local engine does.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import urllib.parse
@@ -55,7 +56,8 @@ def split_url(url: str) -> tuple[str, bool]:
 class RemoteEngine(Engine):
     """An :class:`Engine` whose graphs run on a KServe v2 / Triton server at ``url`` (see the module docstring).
 
-    Raises :class:`BackendUnavailableError` when the server cannot be reached or is not ready,
+    Raises :class:`BackendUnavailableError` when the server cannot be reached, is not ready or gives no HTTP answer
+    (it closed the connection: stopped or crashed),
     :class:`UsageError` when it does not serve this contract's models (missing models, tensors or parameters).
     """
 
@@ -151,6 +153,10 @@ class RemoteEngine(Engine):
         except (OSError, TimeoutError) as exc:
             raise BackendUnavailableError(f"cannot reach {self.url}{' for ' + what if what else ''} ({exc}); start "
                                           "`rapdeploy serve` or Triton there, or check the URL") from None
+        except http.client.HTTPException as exc:  # geventhttpclient: closed before an answer, or no HTTP answer
+            raise BackendUnavailableError(f"{self.url}{' ' + what if what else ''}: no HTTP answer "
+                                          f"({type(exc).__name__}: {str(exc)[:100]}); did the server stop or crash "
+                                          "(see its log), or is something else listening there?") from None
         except ValueError as exc:  # the client's JSON parser: a web server of another kind answered
             raise UsageError(f"{self.url}{' ' + what if what else ''}: the answer is not JSON ({str(exc)[:100]}); "
                              f"{NOT_OIP}") from None
