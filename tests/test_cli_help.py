@@ -74,6 +74,13 @@ def test_every_workspace_option_names_rapdeploy_home(name):
         assert "$RAPDEPLOY_HOME" in _option_help(name, "--workspace")
 
 
+def test_demo_out_help_names_the_workspace_default_in_its_order():
+    """demo --out said 'the workspace, ./rapdeploy-out or $RAPDEPLOY_HOME', as if ./rapdeploy-out came first (the
+    wording 42b4a4e replaced in every --workspace help); workspace_root takes $RAPDEPLOY_HOME, else ./rapdeploy-out."""
+    text = _option_help("demo", "--out")
+    assert "$RAPDEPLOY_HOME, else ./rapdeploy-out" in text and "rapdeploy-out or" not in text, text
+
+
 def test_pretrain_backbone_help_states_the_defaults_it_runs_with():
     """--position-init and --position-twins default to pretrain_backbone's own values; the help said only
     "Default: pretrain_backbone's", a function the user cannot see."""

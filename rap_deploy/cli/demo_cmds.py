@@ -15,8 +15,8 @@ from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 @command("demo")
 def demo(
     out: Path | None = typer.Option(None, "--out", help="Folder for everything the demo writes (default: the "
-                                       "workspace, ./rapdeploy-out or $RAPDEPLOY_HOME, so later bare commands find "
-                                       "its artifacts)."),
+                                       f"workspace, --workspace, else {WORKSPACE_DEFAULT.removeprefix('default: ')}, "
+                                       "so later bare commands find its artifacts)."),
     workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     tiny: bool = typer.Option(False, "--tiny", help="A reduced demo (a few videos, micro backbone, one epoch) that "
                               "checks the plumbing in about a minute."),
