@@ -340,3 +340,25 @@ def test_a_demo_folder_that_is_a_file_says_so(tmp_path):
     a_file.write_text("x")
     res = CliRunner().invoke(app, ["demo", "--tiny", "--quiet", "--out", str(a_file)])
     assert res.exit_code == 2 and f"demo folder {a_file} is a file" in res.stderr and a_file.read_text() == "x"
+
+
+def test_a_finished_run_whose_last_pt_is_damaged_is_trained_again_not_refused(tmp_path):
+    """The training guard read ``last.pt`` before the train step, which trains a finished run whose files changed
+    again from the start: a damaged ``last.pt`` of a finished run ended the demo (exit 1, 're-create it with
+    `rapdeploy init`'). It is left to that step now; a killed run's damaged ``last.pt`` (nothing to resume from)
+    says to remove the run folder, the demo's fix, not another command's."""
+    from rap_deploy.cli.demo_guards import check_demo_training
+    from rap_deploy.cli.pipeline import DemoSizes, train_options
+    from rap_deploy.errors import CheckFailedError
+
+    run_dir = tmp_path / "runs" / "rap"
+    run_dir.mkdir(parents=True)
+    (run_dir / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    options = train_options(DemoSizes.tiny(), tmp_path / "data", run_dir, tmp_path / "cache", checkpoint="init.pt")
+    (run_dir / "summary.json").write_text(json.dumps({"complete": True}))
+    check_demo_training(run_dir, options, tmp_path)  # finished: the train step trains it again
+    (run_dir / "summary.json").write_text(json.dumps({"complete": False}))
+    with pytest.raises(CheckFailedError, match=r"last.pt is a damaged .*killed training run cannot be resumed; "
+                       r"remove .*runs/rap and the demo trains it again") as caught:
+        check_demo_training(run_dir, options, tmp_path)
+    assert "rapdeploy init" not in str(caught.value)

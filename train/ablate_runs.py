@@ -41,6 +41,12 @@ def checked_run(run_dir: Path, options: TrainOptions) -> dict[str, Any] | None:
     return summary
 
 
+def without_fix(exc: Exception) -> str:
+    """An error's message without the fix it ends with (the text after its last '; '), for an error caught where
+    that fix does not apply (a checkpoint's 're-create it with `rapdeploy train`' inside a run the caller owns)."""
+    return str(exc).rsplit("; ", 1)[0]
+
+
 def damaged_run(path: Path, what: str) -> CheckFailedError:
     """The error for a run folder whose file ``path`` cannot be read back: remove the folder to train it again."""
     return CheckFailedError(f"{path}: {what}; the run folder is damaged or was edited: remove {path.parent} and "

@@ -7,10 +7,11 @@ value the recipe has now, and the fix.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 
 # The training numbers of the demo's recipe (DemoSizes) that a finished or killed run must share to be reused.
 TRAINING_RECIPE = ("epochs", "batch_size", "lr", "offset_lr_mult", "lorm_lr_mult", "selection_loss_weight",
@@ -47,15 +48,34 @@ def check_demo_training(run_dir: Path, options: Any, out: Path) -> None:
     """Raise :class:`UsageError` when the training run in ``run_dir`` (finished, or killed with a ``last.pt``) was
     trained with other :data:`TRAINING_RECIPE` numbers than ``options`` (a
     :class:`~rap_deploy.train.loop.TrainOptions`): resuming it or reusing its ``best.pt`` would deploy the earlier
-    recipe's model. A folder without ``last.pt`` passes (nothing trained yet)."""
+    recipe's model. A folder without ``last.pt`` passes (nothing trained yet), and so does a finished run whose
+    ``last.pt`` cannot be read: the train step trains it again from the start (its files changed), reusing nothing.
+    A killed run whose ``last.pt`` cannot be read cannot be resumed: :class:`CheckFailedError` says to remove it."""
     last = run_dir / "last.pt"
     if not last.is_file():
         return
+    from rap_deploy.errors import RapDeployError
+    from rap_deploy.train.ablate_runs import without_fix
     from rap_deploy.train.run_state import option_mismatch, stored_run
 
-    ckpt, stored, _ = stored_run(last)
+    try:
+        ckpt, stored, _ = stored_run(last)
+    except RapDeployError as exc:
+        if finished_run(run_dir):
+            return
+        raise CheckFailedError(f"{without_fix(exc)}: the demo's killed training run cannot be resumed; remove "
+                               f"{run_dir} and the demo trains it again from the start") from None
     mismatch = option_mismatch(stored, ckpt.config, {k: getattr(options, k) for k in TRAINING_RECIPE})
     if mismatch is not None:
         name, have, wanted = mismatch
         raise UsageError(f"{last} was trained with {name} = {have!r}, but the demo's recipe now has {name} = "
                          f"{wanted!r}: {_fix(out)}")
+
+
+def finished_run(run_dir: Path) -> bool:
+    """Whether ``run_dir``'s summary says its training finished (False when it is missing or unreadable)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(summary, dict) and summary.get("complete") is True

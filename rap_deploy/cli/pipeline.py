@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.atomic import write_json_atomic
-from rap_deploy.cli.demo_guards import check_demo_model, check_demo_training
+from rap_deploy.cli.demo_guards import check_demo_model, check_demo_training, finished_run
 from rap_deploy.cli.demo_steps import Steps
 from rap_deploy.cli.demo_world import World, prepare_world
 from rap_deploy.data import SYNTH_DISTRACTORS
@@ -264,7 +264,7 @@ def _train_and_results_steps(run: _DemoRun) -> None:
     def train() -> None:
         # The epoch-0 evaluation of the identity adapters is the zero-shot result (frozen backbone, meanP).
         with folder_lock(run_dir, "demo", "run folder"):  # as `rapdeploy train` takes it: never two writers of a run
-            if _finished_run(run_dir):  # redone because its files changed: resuming a finished run trains nothing
+            if finished_run(run_dir):  # redone because its files changed: resuming a finished run trains nothing
                 run.log(f"[note] {run_dir} holds a finished run whose files changed: training it again from the "
                         "start")
                 shutil.rmtree(run_dir)
@@ -275,15 +275,6 @@ def _train_and_results_steps(run: _DemoRun) -> None:
     run.steps.run("train (rap)", written, train, inputs=[run.init_ckpt, run.world.data / "MSRVTT_data.json"])
     run.steps.run("results", [run.rap_file, run.zero_shot_file],
                   lambda: _write_results(run_dir, run.zero_shot_file, run.rap_file), inputs=written)
-
-
-def _finished_run(run_dir: Path) -> bool:
-    """Whether ``run_dir``'s summary says its training finished (False when it is missing or unreadable)."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return False
-    return isinstance(summary, dict) and summary.get("complete") is True
 
 
 def _export_step(run: _DemoRun) -> None:
