@@ -273,3 +273,19 @@ def test_options_beyond_what_the_config_holds_are_usage_errors(micro_ort_engines
                               value])
     assert res.exit_code == 2 and option in res.output, (res.output, res.exception)
     assert not out.exists()
+
+
+def test_a_tensorrt_engine_whose_profile_starts_above_one_is_refused(micro_ort_engines, tmp_path):
+    """A TensorRT engine built with --min-batch 4 gave a repository with max_batch_size 8 and dynamic batching:
+    Triton runs any batch from 1 up (a lone request, or what the batcher gathered by the queue delay) and the
+    TensorRT backend refuses a shape below the profile's minimum ('model expected the shape of dimension 0 to be
+    between 4 and 8 but received 1'), so every small request failed. It is refused (exit 2), nothing written."""
+    from rap_deploy.engines.manifest import read_manifest, write_manifest
+
+    engine = _tensorrt_engine_folder(micro_ort_engines, tmp_path / "tensorrt-min4")
+    manifest = read_manifest(engine)
+    manifest["profiles"]["video_encoder"]["batch"] = {"min": 4, "opt": 4, "max": 8}
+    write_manifest(engine, manifest)
+    res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(tmp_path / "repo")])
+    assert res.exit_code == 2 and "video_encoder" in res.output and "--min-batch" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "repo").exists()
