@@ -660,6 +660,36 @@ def test_finished_run_without_last_pt_is_checked_on_its_best_pt_options(tmp_path
     assert "Traceback" not in other.output and (run_dir / "summary.json").stat().st_mtime_ns == stamp
 
 
+def test_an_unreadable_checkpoint_of_an_ablation_run_names_the_ablations_fix(tmp_path):
+    """A damaged ``last.pt`` (or, kept without it, ``best.pt``) of an ablation run ended `ablate` with the loader's
+    fix, 're-create it with `rapdeploy init` or `rapdeploy train`' (reproduced: a tiny run's last.pt truncated); it
+    now says to remove the run folder, which the next `rapdeploy ablate` trains again. Random bytes (a UsageError)
+    keep their exit code; the held-out scorer's load of best.pt says the same."""
+    from rap_deploy.data.synth_heldout import HeldoutSplit
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.train.ablate_runs import check_same_recipe
+    from rap_deploy.train.heldout_eval import heldout_metrics
+    from rap_deploy.train.loop import TrainOptions
+
+    run_dir = tmp_path / "rap" / "seed0"
+    run_dir.mkdir(parents=True)
+    options = TrainOptions(dataset="msrvtt", data_root="d", out=str(run_dir))
+    fix = r"the ablation run cannot be read back or resumed: remove .*rap/seed0 and the next `rapdeploy ablate`"
+    (run_dir / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckFailedError, match=r"last.pt is a damaged or truncated PyTorch archive .*; " + fix):
+        check_same_recipe(run_dir, None, options)
+    (run_dir / "last.pt").write_bytes(b"random bytes, not a checkpoint")
+    with pytest.raises(UsageError, match=fix) as caught:
+        check_same_recipe(run_dir, None, options)
+    assert "rapdeploy init" not in str(caught.value)
+    (run_dir / "last.pt").rename(run_dir / "best.pt")  # a finished run kept without its last.pt
+    with pytest.raises(UsageError, match=r"best.pt .*" + fix):
+        check_same_recipe(run_dir, {"complete": True, "run_dir": str(run_dir)}, options)
+    split = HeldoutSplit(tmp_path / "data", tmp_path / "cache", {"videos": 4, "seed": 1000})
+    with pytest.raises(UsageError, match=r"best.pt .*" + fix):
+        heldout_metrics(run_dir, split, top_m=4, progress=False)
+
+
 def test_heldout_cache_without_its_counts_or_of_another_top_m_is_scored_again(tmp_path):
     """A cached held-out result that lacks the video count or seconds the table keeps (edited, or damaged) is
     scored again, never a KeyError traceback; so is one scored with another top_m."""

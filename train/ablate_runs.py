@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 from rap_deploy.train.loop import BEST, LAST, SUMMARY, TrainOptions, train_rap
 
 # What a summary records of its options, compared when the run has no last.pt to compare (the zero-shot row).
@@ -45,6 +46,18 @@ def without_fix(exc: Exception) -> str:
     """An error's message without the fix it ends with (the text after its last '; '), for an error caught where
     that fix does not apply (a checkpoint's 're-create it with `rapdeploy train`' inside a run the caller owns)."""
     return str(exc).rsplit("; ", 1)[0]
+
+
+def run_checkpoint(path: Path, load: Callable[[Path], Any]) -> Any:
+    """``load(path)`` for a checkpoint of an ablation run (its ``last.pt`` or ``best.pt``); one that cannot be read
+    is raised with the ablation's fix (remove the run folder: the next call trains it again), not the loader's
+    (``re-create it with `rapdeploy init```, ``start the run again without --resume``: options ``ablate`` has not)."""
+    try:
+        return load(path)
+    except RapDeployError as exc:
+        cls = CheckFailedError if isinstance(exc, CheckFailedError) else UsageError
+        raise cls(f"{without_fix(exc)}; the ablation run cannot be read back or resumed: remove {path.parent} and "
+                  "the next `rapdeploy ablate` trains that run again") from None
 
 
 def damaged_run(path: Path, what: str) -> CheckFailedError:
@@ -156,9 +169,9 @@ def check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: Tr
     last, best = run_dir / LAST, run_dir / BEST
     mismatch, ckpt, stored = None, None, None
     if last.is_file():
-        ckpt, stored, _ = stored_run(last)
+        ckpt, stored, _ = run_checkpoint(last, stored_run)
     elif summary is not None and summary.get("complete") and best.is_file():
-        ckpt = load_checkpoint(best)  # a finished run kept without its last.pt: best.pt stored the options too
+        ckpt = run_checkpoint(best, load_checkpoint)  # a finished run kept without its last.pt: best.pt stored them
         stored = _best_options(best, ckpt)
     if ckpt is not None:
         options = _same_backbone_as_recorded(options, ckpt.backbone, summary, stored)

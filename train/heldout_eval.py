@@ -31,7 +31,8 @@ def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progre
 
     Raises :class:`CheckFailedError` for a run without ``best.pt`` (its folder is damaged: a finished run has one)
     and for a split video that is missing or cannot be decoded (a score over fewer videos is not this split's);
-    otherwise what loading the checkpoint and the split raise. A cached result that is a symbolic link, holds
+    otherwise what loading the checkpoint (:func:`~rap_deploy.train.ablate_runs.run_checkpoint`) and the
+    split raise. A cached result that is a symbolic link, holds
     metrics out of range, lacks its video count or seconds, scored fewer videos than the split holds, or scored its
     two-stage search with another ``top_m`` (:func:`_scored_with`) is scored again.
     """
@@ -109,9 +110,10 @@ def _score(checkpoint: Path, split: HeldoutSplit, top_m: int, progress: bool, ga
     from rap_deploy.data.datasets import load_split
     from rap_deploy.gallery_eval import evaluate_in_galleries
     from rap_deploy.retrieval import evaluate
+    from rap_deploy.train.ablate_runs import run_checkpoint
     from rap_deploy.train.loop import evaluation_encoder
 
-    model = load_checkpoint(checkpoint).build_model().eval()
+    model = run_checkpoint(checkpoint, load_checkpoint).build_model().eval()
     test = load_split("msrvtt", split.data, "test", max_frames=model.config.frames)
     encoder, cache = evaluation_encoder(model), FrameCache(split.cache)
     with torch.no_grad():
