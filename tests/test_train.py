@@ -1002,6 +1002,20 @@ def test_worker_processes_report_results_errors_and_deaths():
         run_in_processes(os._exit, {"died": (3,)}, 1)
 
 
+def test_a_workers_error_names_its_run_and_carries_the_workers_traceback():
+    """An error that is not the project's (a bug, PyTorch out of memory) is printed as a traceback; raised again in
+    the parent it showed only the parent's frames, naming neither the run nor where the worker failed
+    (reproduced: math.sqrt(-1) in a worker, 'ValueError: math domain error' under run_in_processes)."""
+    import math
+
+    from rap_deploy.train.ablate_jobs import run_in_processes
+
+    with pytest.raises(ValueError, match="math domain error") as caught:
+        run_in_processes(math.sqrt, {"runs/rap/seed3": (-1,)}, 2)
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "the run runs/rap/seed3" in notes and "in the worker process: Traceback" in notes, notes
+
+
 def test_worker_errors_that_do_not_unpickle_go_back_as_text():
     """An exception whose ``__init__`` takes other arguments than its ``args`` pickles but does not unpickle: a
     worker sends its text instead (the parent would otherwise die with a TypeError naming no run)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -25,7 +26,8 @@ def run_in_processes(work: Work, tasks: dict[str, tuple[Any, ...]], jobs: int,
                      ) -> dict[str, dict[str, Any]]:
     """``work(*tasks[key])`` for every key, ``jobs`` at a time, each in a spawned process; returns the records by
     key. ``work`` must be a module-level function (spawn pickles it by name); ``on_done`` sees each record as it
-    arrives. The first error a worker raises is raised here (its class kept when it pickles); a worker that exits
+    arrives. The first error a worker raises is raised here (its class kept when it pickles, with notes naming its key
+    and holding the worker's traceback, which a traceback printed here would otherwise lack); a worker that exits
     without a result raises :class:`CheckFailedError` naming its key and exit code."""
     ctx = multiprocessing.get_context("spawn")
     pending = list(tasks)
@@ -67,6 +69,7 @@ def _result(key: str, proc: Any, receive: Connection) -> dict[str, Any] | None:
         if ok:
             return payload
         if isinstance(payload, BaseException):
+            payload.add_note(f"raised in the worker process of the run {key}")  # shown with a traceback
             raise payload
         if payload is not None:
             raise CheckFailedError(f"the run {key} failed: {payload}")
@@ -84,6 +87,7 @@ def _worker(work: Work, args: tuple[Any, ...], send: Connection) -> None:
     try:
         message: tuple[bool, Any] = (True, work(*args))
     except Exception as exc:  # noqa: BLE001 - the parent raises it
+        exc.add_note(f"in the worker process: {traceback.format_exc().rstrip()}")  # the parent's has none of it
         message = (False, exc if _round_trips(exc) else f"{type(exc).__name__}: {exc}")
     try:
         send.send(message)
