@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from rap_deploy.cli import app
 from rap_deploy.engines.loader import load_engine
-from rap_deploy.errors import BackendUnavailableError
+from rap_deploy.errors import BackendUnavailableError, UsageError
 
 runner = CliRunner()
 
@@ -68,3 +68,57 @@ def test_a_server_that_gives_no_http_answer_is_one_line(behaviour):
         res = runner.invoke(app, ["bench", "--engine", url])
     assert res.exit_code == 2 and not isinstance(res.exception, AssertionError), res.output
     assert "no HTTP answer" in res.output and "Traceback" not in res.output, res.output
+
+
+@contextmanager
+def http_server(status: int, content_type: str, body: bytes) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 (a free port): ready at ``/v2/health/ready``, server metadata at ``/v2``, and
+    ``status`` with ``body`` for every other path; yields its URL."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            code, kind, data = {"/v2/health/ready": (200, "application/json", b""),
+                                "/v2": (200, "application/json", b'{"name": "other", "version": "1"}')
+                                }.get(self.path, (status, content_type, body))
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_an_error_page_that_is_not_a_kserve_error_is_one_short_line():
+    """A server that answers the model-config request with an HTML error page (a reverse proxy's 404, a server
+    without Triton's model-configuration extension): tritonclient put the whole page, every line of it, into its
+    error message, which load_engine and the CLI printed as is; now one line naming the status and the page's start,
+    and asking whether it is a KServe v2 server."""
+    page = b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<h1>404</h1>\r\n</body></html>\r\n" * 50
+    with http_server(404, "text/html", page) as url:
+        with pytest.raises(UsageError) as err:
+            load_engine(url)
+        res = runner.invoke(app, ["bench", "--engine", url])
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 600 and "HTTP 404" in message and "KServe v2" in message, message
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "HTTP 404" in res.output, res.output
+
+
+def test_a_kserve_error_message_is_kept_on_one_line():
+    """A KServe v2 error ({"error": "..."}) keeps its message, its line breaks folded into one line."""
+    with http_server(400, "application/json", b'{"error": "unknown model\\n  text_encoder"}') as url:
+        with pytest.raises(UsageError, match="config: unknown model text_encoder$"):
+            load_engine(url)

@@ -53,6 +53,22 @@ def split_url(url: str) -> tuple[str, bool]:
     return parts.netloc + parts.path.rstrip("/"), parts.scheme == "https"
 
 
+def one_line(text: Any, limit: int = 300) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit] + "…"
+
+
+def _error_text(exc: Any, status: str) -> str:
+    """What a ``tritonclient`` error says, on one line. A KServe v2 server answers an error as ``{"error": "..."}``;
+    when the client could not decode the answer as that (``debug_details`` holds the body: an HTML error page of a
+    proxy, a server of another kind), it put the whole body in its message, however long and on many lines."""
+    body = exc.debug_details()
+    if body is not None:
+        return f"HTTP {status or '?'} with an answer that is not a KServe v2 error ({one_line(body, 100)}); {NOT_OIP}"
+    return one_line(exc.message() or "no error message")
+
+
 class RemoteEngine(Engine):
     """An :class:`Engine` whose graphs run on a KServe v2 / Triton server at ``url`` (see the module docstring).
 
@@ -146,7 +162,7 @@ class RemoteEngine(Engine):
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
             status = str(exc.status() or "")
-            message = f"{self.url}{' ' + what if what else ''}: {exc.message()}"
+            message = f"{self.url}{' ' + what if what else ''}: {_error_text(exc, status)}"
             if status.startswith("4"):
                 raise UsageError(message) from None
             raise BackendUnavailableError(f"{message} (status {status or 'none'})") from None
