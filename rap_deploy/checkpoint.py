@@ -60,8 +60,9 @@ class Checkpoint:
                                    "damaged, was edited, or needs the open_clip version it was made with") from None
         check_memory(clip_weight_bytes(clip_cfg), f"{where}: backbone {self.backbone.clip}",
                      "use a machine with more memory or a smaller --clip")
+        spec = self.backbone if self.backbone_state is not None else _referenced_backbone(where, self.backbone)
         try:
-            clip = load_clip(self.backbone, quick_gelu=self.config.quick_gelu, state_dict=self.backbone_state)
+            clip = load_clip(spec, quick_gelu=self.config.quick_gelu, state_dict=self.backbone_state)
         except RuntimeError as exc:  # load_state_dict: size mismatch of an embedded backbone tensor
             raise CheckFailedError(f"{where}: the embedded backbone weights do not fit {self.backbone.clip} "
                                    f"({_first_line(exc)}); the file is damaged or was edited") from None
@@ -92,6 +93,26 @@ class Checkpoint:
             raise CheckFailedError(f"{where}: adapter weights {bad[:3]} hold NaN or infinite values; the file is "
                                    "damaged, or the run that wrote it diverged")
         return model.eval()
+
+
+def _referenced_backbone(where: str, spec: BackboneSpec) -> BackboneSpec:
+    """``spec`` to load, once the backbone weights file a ``--reference-backbone`` checkpoint names is the file it was
+    made with: :class:`UsageError` (exit 2), naming the checkpoint, when it is gone or its sha256 differs. The check
+    is made here, once (load_clip would hash the file again), with advice that keeps the trained adapters."""
+    if spec.kind != "file" or not spec.value or not spec.sha256:
+        return spec
+    path = Path(spec.value)
+    keep = f"put the file it was made with (sha256 {spec.sha256[:12]}…) back at that path"
+    if not path.exists():
+        raise UsageError(f"{where} references the backbone weights file {path}, which does not exist (moved or "
+                         f"deleted); {keep}: the checkpoint holds only its adapters (--reference-backbone)")
+    if not path.is_file():
+        return spec  # load_clip says what it is (a folder, FIFO or device)
+    actual = sha256_file(path)
+    if actual != spec.sha256:
+        raise UsageError(f"{where} references the backbone weights file {path}, which changed since (sha256 "
+                         f"{actual[:12]}…); its adapters were trained on the recorded weights: {keep}")
+    return dataclasses.replace(spec, sha256=None)  # checked: load_clip need not hash it again
 
 
 def _check_fits_backbone(where: str, config: RAPConfig, clip: Any) -> None:

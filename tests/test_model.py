@@ -565,6 +565,31 @@ def test_init_from_local_weights_file(tmp_path, micro_model):
         assert torch.equal(rebuilt.clip.state_dict()[k], v), k
 
 
+def test_a_moved_or_changed_referenced_backbone_names_the_checkpoint_and_keeps_the_adapters(tmp_path, micro_model):
+    """A --reference-backbone checkpoint whose weights file was moved was told to 'pass an existing file, a tag or
+    'none'' (options export and train do not have), and one whose file changed to 're-run `rapdeploy init`' (a new,
+    untrained checkpoint: the trained adapters lost); neither named the checkpoint. Both are one line (exit 2) naming
+    the checkpoint, the file and the recorded sha256 to put back."""
+    weights = tmp_path / "clip.pt"
+    torch.save(micro_model.clip.state_dict(), weights)
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", str(weights)), embed_backbone=False)
+    path = save_checkpoint(ckpt, tmp_path / "ref.pt")
+    recorded = ckpt.backbone.sha256[:12]
+    weights.rename(tmp_path / "moved.pt")
+    result = CliRunner().invoke(app, ["info", str(path)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{path} references the backbone weights file {weights}, which does not exist" in text, text
+    assert recorded in text and "pass an existing file" not in text
+    state = {k: v + 0.5 if v.is_floating_point() else v for k, v in micro_model.clip.state_dict().items()}
+    torch.save(state, weights)
+    with pytest.raises(UsageError, match=f"which changed since .*{recorded}") as info:
+        load_checkpoint(path).build_model()
+    assert "rapdeploy init" not in str(info.value)
+    (tmp_path / "moved.pt").replace(weights)
+    assert load_checkpoint(path).build_model() is not None
+
+
 def test_weights_whose_position_embedding_open_clip_cannot_resize_do_not_fit(tmp_path, micro_model):
     """open_clip resizes a read state dict's visual position embedding to the model's grid; one it cannot resize
     failed in torch.cat, and the message blamed reading the file ('torch.load(weights_only=True) cannot read it; it
