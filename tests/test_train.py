@@ -966,6 +966,29 @@ def test_paired_difference_matches_seeds():
     assert "LoRM's factors trained at 5× the learning rate." in faster.splitlines()[0]
 
 
+def test_a_rap_above_check_of_one_seed_is_not_decided():
+    """With one seed a row's std is 0 by convention, not a measured spread: `ablate --seeds 0` reported 'rap above
+    saliency by more than the seed std (0.00) | +0.50 | yes' for any positive margin. Such a check is now not
+    decided (passed None, '-' in the table); with two seeds or more it is decided as before."""
+    from rap_deploy.train.ablate import aggregate, target_checks
+    from rap_deploy.train.ablate_report import ablation_markdown
+
+    def row(name, r1s):
+        runs = [{"seed": seed, "offset_change": None, "trainable_params": 10, **{d: {"R1": r1, "R5": 50.0, "R10": 60.0,
+                                                                                "MnR": 3.0} for d in ("t2v", "v2t")}}
+                for seed, r1 in enumerate(r1s)]
+        return {"name": name, "label": name, "runs": runs, **aggregate(runs)}
+
+    one = {"seeds": [0], "rows": [row("saliency", [30.0]), row("rap", [30.5])]}
+    check = next(c for c in target_checks(one) if c["check"].startswith("rap above saliency"))
+    assert check["passed"] is None and check["check"].endswith("seed std (none: one seed)"), check
+    assert "| rap above saliency by more than the seed std (none: one seed) | +0.50 | - |" in ablation_markdown(
+        {**one, "targets": [check]})
+    two = {"seeds": [0, 1], "rows": [row("saliency", [30.0, 31.0]), row("rap", [33.0, 34.0])]}
+    check = next(c for c in target_checks(two) if c["check"].startswith("rap above saliency"))
+    assert check["passed"] is True and check["check"].endswith("seed std (0.71)"), check
+
+
 def test_rap_light_and_no_asa_are_the_same_model():
     """The ablation shares the runs of these two rows: same parameters from the same seed, same similarity."""
     from rap_deploy.checkpoint import new_checkpoint

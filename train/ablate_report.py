@@ -21,6 +21,11 @@ def _paired(check: dict[str, Any]) -> str:
     return f"{paired['mean']:+.2f} ± {paired['std']:.2f}"
 
 
+def _met(passed: bool | None) -> str:
+    """A check's verdict: yes, no, or not decided (a row of one seed has no seed std)."""
+    return "-" if passed is None else "yes" if passed else "no"
+
+
 def ablation_markdown(result: dict[str, Any]) -> str:
     """The Markdown table (mean ± sample std over seeds) and the target checks."""
     seeds = ", ".join(str(s) for s in result["seeds"])
@@ -45,8 +50,7 @@ def ablation_markdown(result: dict[str, Any]) -> str:
     checks = result.get("targets") or []
     if checks:
         lines += ["", "| target | measured | met | paired, seed by seed (mean ± std) |", "|---|---|---|---|"]
-        lines += [f"| {c['check']} | {c['value']:+.2f} | {'yes' if c['passed'] else 'no'} | {_paired(c)} |"
-                  for c in checks]
+        lines += [f"| {c['check']} | {c['value']:+.2f} | {_met(c['passed'])} | {_paired(c)} |" for c in checks]
     return "\n".join(lines) + "\n"
 
 
