@@ -289,3 +289,20 @@ def test_a_tensorrt_engine_whose_profile_starts_above_one_is_refused(micro_ort_e
     res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(tmp_path / "repo")])
     assert res.exit_code == 2 and "video_encoder" in res.output and "--min-batch" in res.output, res.output
     assert "Traceback" not in res.output and not (tmp_path / "repo").exists()
+
+
+def test_the_tritonserver_command_is_quoted_for_the_shell(micro_ort_engines, tmp_path):
+    """--out with a space (or another shell character) gave 'start Triton: tritonserver --model-repository=/a b/repo'
+    and a README whose tritonserver and docker commands split the path in two when pasted into a shell."""
+    import shlex
+
+    repo = tmp_path / "my models $HOME" / "repo"
+    res = runner.invoke(app, ["triton-repo", "--engine", str(micro_ort_engines["fp32"]), "--out", str(repo), "--json"])
+    assert res.exit_code == 0, res.output
+    command = json.loads(res.output)["command"]
+    assert shlex.split(command) == ["tritonserver", f"--model-repository={repo.resolve()}"], command
+    readme = (repo / "README.md").read_text()
+    assert command in readme
+    docker = readme.split("docker run", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    words = shlex.split(docker)
+    assert words[words.index("-v") + 1] == f"{repo.resolve()}:/models", docker
