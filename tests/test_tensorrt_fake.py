@@ -443,3 +443,33 @@ def test_the_fake_profile_refuses_an_impossible_range_as_the_binding_does(major)
         profile.set_shape("frames", (4, 3), (2, 3), (8, 3))
     profile.set_shape("frames", (1, 3), (2, 3), (8, 3))
     assert profile and profile.get_shape("frames")[2] == (8, 3)
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_the_fake_answers_shapes_as_dims_as_the_binding_does(major, fake_builds):
+    """``get_tensor_shape`` / ``get_tensor_profile_shape`` return ``trt.Dims`` (pyFoundationalTypes.cpp), not tuples:
+    a sequence whose ``len()`` is ``nbDims``, unhashable, equal to a tuple of its values; a name that is not an input
+    of the profile gets ``Dims{-1}`` (NvInferRuntime.h ``getProfileShape``), on which ``len()`` / ``tuple()`` raise
+    ValueError. The fake answered tuples (an output's profile shape even looked valid), so code that used them
+    unconverted, hashed them or read an output's profile would pass here and fail on TensorRT."""
+    dest, manifest, _ = fake_builds[major]["fp16"]
+    cfg = manifest["config"]
+    size, frames = cfg["preprocess"]["image_size"], cfg["frames"]
+    with fake_tensorrt_env(major) as trt:
+        engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
+            (dest / "video_encoder.engine").read_bytes())
+        lo, opt, hi = engine.get_tensor_profile_shape("frames", 0)
+        assert not isinstance(hi, tuple) and hi == (32, frames, 3, size, size) and hi[1:] == (frames, 3, size, size)
+        assert engine.get_tensor_shape("frames") == (-1, frames, 3, size, size)
+        with pytest.raises(TypeError):
+            hash(hi)
+        with pytest.raises(IndexError):
+            hi[5]
+        for name, index in (("video_emb", 0), ("no_such_tensor", 0), ("frames", 1)):
+            with pytest.raises(ValueError):
+                tuple(engine.get_tensor_profile_shape(name, index)[2])
+        context = engine.create_execution_context()
+        assert context.get_tensor_shape("frames") == (-1, frames, 3, size, size)
+        assert context.set_input_shape("frames", (2, frames, 3, size, size))
+        assert context.set_input_shape("frame_mask", (2, frames))
+        assert context.get_tensor_shape("video_emb")[0] == 2

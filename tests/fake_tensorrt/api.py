@@ -70,3 +70,43 @@ class Enum:
 def version_class(base: type, major: int) -> type:
     """``base`` bound to one major version (the surface its instances are checked against)."""
     return type(base.__name__, (base,), {"_major": major})
+
+
+class Dims:
+    """``trt.Dims`` as the bindings return it (pyFoundationalTypes.cpp, 10.x and 11.x): a sequence, not a tuple.
+
+    ``len()`` is ``nbDims``, so the invalid ``Dims{-1}`` that ``getProfileShape`` returns for a name that is not an
+    input of the profile (NvInferRuntime.h) raises ValueError on ``len()``, ``tuple()`` and ``bool()``; indexing past
+    the end raises IndexError; a slice is a tuple; ``==`` compares with tuples and lists only; it is unhashable (the
+    binding defines ``__eq__`` without ``__hash__``).
+    """
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, dims: Any = None, nb_dims: int | None = None) -> None:
+        self._d = tuple(int(d) for d in (dims or ()))
+        self._nb = len(self._d) if nb_dims is None else nb_dims
+
+    @classmethod
+    def invalid(cls) -> Dims:
+        """``Dims{-1, {}}``: what the engine answers for a tensor or profile it does not have."""
+        return cls((), -1)
+
+    def __len__(self) -> int:
+        return self._nb  # -1: Python raises ValueError, as it does for the binding's __len__
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(self._d[: max(self._nb, 0)][index])
+        i = index + self._nb if index < 0 else index
+        if not 0 <= i < self._nb:
+            raise IndexError("Out of bounds")
+        return self._d[i]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (tuple, list)):
+            return NotImplemented
+        return self._nb == len(other) and all(a == b for a, b in zip(self._d, other, strict=False))
+
+    def __repr__(self) -> str:
+        return "(" + ", ".join(map(str, self._d)) + ("," if self._nb == 1 else "") + ")"

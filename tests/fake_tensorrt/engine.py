@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fake_tensorrt.api import Checked
+from fake_tensorrt.api import Checked, Dims
 from fake_tensorrt.network import Network
 
 NP_OF = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8,
@@ -211,7 +211,8 @@ def _io(network: Network, profile: Any) -> list[dict[str, Any]]:
     io = [{"name": t.name, "mode": "INPUT", "dtype": _dtype_name(t.dtype), "shape": list(t.shape),
            "profile": [list(s) for s in profile._shapes[t.name]] if profile and t.name in profile._shapes else None}
           for t in network._inputs]
-    io += [{"name": t.name, "mode": "OUTPUT", "dtype": _dtype_name(t.dtype), "shape": []} for t in network._outputs]
+    io += [{"name": t.name, "mode": "OUTPUT", "dtype": _dtype_name(t.dtype), "shape": list(t.shape)}
+           for t in network._outputs]
     return io[::-1]
 
 
@@ -304,12 +305,17 @@ class CudaEngine(Checked):
     def get_tensor_dtype(self, name: str) -> Any:
         return getattr(self._trt.DataType, self._io[name]["dtype"])
 
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._io[name]["shape"])
+    def get_tensor_shape(self, name: str) -> Dims:
+        t = self._io.get(name)
+        return Dims(t["shape"]) if t else Dims.invalid()
 
-    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
-        t = self._io[name]  # the real binding returns [min, opt, max] Dims of an input in that profile
-        return [tuple(s) for s in (t["profile"] or [t["shape"]] * 3)]
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[Dims]:
+        """[min, opt, max] Dims of an input in that profile; ``Dims{-1}`` three times for any other name or index
+        (pyCore.cpp ``get_tensor_profile_shape`` over ``getProfileShape``)."""
+        t = self._io.get(name)
+        if t is None or t["mode"] != "INPUT" or profile_index != 0:
+            return [Dims.invalid() for _ in range(3)]
+        return [Dims(s) for s in (t["profile"] or [t["shape"]] * 3)]
 
     def create_execution_context(self) -> Context:
         return type(self)._classes["Context"](self)
@@ -336,9 +342,12 @@ class Context(Checked):
         self._shapes[name] = shape
         return True
 
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        if name in self._shapes:
-            return self._shapes[name]
+    def get_tensor_shape(self, name: str) -> Dims:
+        t = self._engine._io.get(name)
+        if t is None:
+            return Dims.invalid()
+        if t["mode"] == "INPUT":  # the shape set, else the engine's (-1 for dynamic axes)
+            return Dims(self._shapes.get(name, t["shape"]))
         import onnx
 
         model = onnx.load_from_string(base64.b64decode(self._engine._data["onnx"]))
@@ -348,8 +357,8 @@ class Context(Checked):
                 if d.dim_param:
                     sizes[d.dim_param] = v
         out = next(o for o in model.graph.output if o.name == name)
-        return tuple(d.dim_value if d.HasField("dim_value") else sizes.get(d.dim_param, -1)
-                     for d in out.type.tensor_type.shape.dim)
+        return Dims(d.dim_value if d.HasField("dim_value") else sizes.get(d.dim_param, -1)
+                    for d in out.type.tensor_type.shape.dim)
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         if name in self._engine._trt._knobs.get("refuse_address", ()) or name not in self._engine._io:
