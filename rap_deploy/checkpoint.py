@@ -30,6 +30,10 @@ from rap_deploy.model.rap import RAPModel, topk_excess
 
 FORMAT = "rapdeploy.checkpoint"
 FORMAT_VERSION = 1
+# The dtypes a stored weight may have: float32, as rapdeploy writes them, or another float that converts into the
+# model's float32 parameters. Complex, integer, bool and float8 tensors are no weights it wrote (load_state_dict would
+# drop an imaginary part or take whole numbers silently; float8 has no isfinite check).
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclass
@@ -291,6 +295,9 @@ def _tensor_dict(path: Path, value: Any, key: str, optional: bool) -> dict[str, 
     for name, tensor in value.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise _damaged(path, f"'{key}' entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        if tensor.dtype not in WEIGHT_DTYPES:
+            raise _damaged(path, f"'{key}' entry {name[:80]!r} is a {str(tensor.dtype).removeprefix('torch.')} tensor, "
+                                 "not floating-point weights")
     return value
 
 

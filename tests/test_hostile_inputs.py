@@ -498,6 +498,9 @@ class _Touch:
     ("no-adapters", 1, ["adapter_state"]),
     ("bad-backbone", 1, ["'backbone'"]),
     ("wrong-shape", 1, ["do not fit"]),
+    ("float8-adapter", 1, ["float8_e4m3fn tensor", "adapter_state"]),  # isfinite's NotImplementedError traceback
+    ("complex-adapter", 1, ["complex64 tensor"]),  # was loaded silently, its imaginary part dropped
+    ("int-backbone", 1, ["int64 tensor", "backbone_state"]),  # was loaded silently as whole-number weights
     ("bad-config-type", 1, ["invalid model config", "frames"]),
     ("bad-interpolation", 1, ["invalid model config", "interpolation must be one of"]),
     ("tiny-std", 1, ["invalid model config", "std must be >= 1e-6"]),
@@ -547,6 +550,13 @@ def test_damaged_or_foreign_checkpoints_get_one_line(kind, code, needles, payloa
         elif kind == "wrong-shape":
             name = next(iter(payload["adapter_state"]))
             payload["adapter_state"][name] = torch.zeros(3, 3, 3)
+        elif kind.endswith("-adapter"):  # the right shape, a dtype rapdeploy never writes
+            name = next(iter(payload["adapter_state"]))
+            dtype = torch.float8_e4m3fn if kind == "float8-adapter" else torch.complex64
+            payload["adapter_state"][name] = payload["adapter_state"][name].to(dtype)
+        elif kind == "int-backbone":
+            name = next(iter(payload["backbone_state"]))
+            payload["backbone_state"][name] = payload["backbone_state"][name].long()
         elif kind == "bad-config-type":
             payload["config"]["frames"] = "twelve"
         elif kind == "bad-interpolation":
