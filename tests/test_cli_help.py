@@ -96,6 +96,13 @@ def test_pretrain_backbone_help_states_the_defaults_it_runs_with():
     assert "docs/demo-history.md" in _option_help("pretrain-backbone", "--patch-keep")
 
 
+def test_pretrain_backbone_out_help_names_the_file_after_clip():
+    """The default --out is <workspace>/cache/backbone/<--clip>.safetensors; the help named rap-tiny.safetensors only,
+    so `--clip rap-micro` wrote a file the help did not name."""
+    text = _option_help("pretrain-backbone", "--out")
+    assert "backbone/CLIP.safetensors" in text and "--clip" in text, text
+
+
 def test_index_name_help_says_a_list_file_names_its_library_by_its_stem():
     """``--list paths.txt`` builds index/paths (``VideoSource.name``: the file's stem); the help said the list file's
     name."""

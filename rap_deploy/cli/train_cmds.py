@@ -336,7 +336,8 @@ def _refuse_existing_backbone(out: Path, force: bool) -> None:
 @command("pretrain-backbone")
 def pretrain_backbone(
     out: Path | None = typer.Option(None, "--out", help="Backbone file to write (.safetensors; default: "
-                                    "<workspace>/cache/backbone/rap-tiny.safetensors)."),
+                                    "<workspace>/cache/backbone/CLIP.safetensors, CLIP the --clip name: "
+                                    "rap-tiny.safetensors unless --clip is given)."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Folder where the generated still images are "
                                           "cached (DIR/stills/*.npz) and reused; without it they are generated in "
                                           "memory."),
