@@ -322,6 +322,11 @@ def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
     for key in ("value", "sha256"):
         if b.get(key) is not None and not isinstance(b[key], str):
             raise _damaged(path, f"'backbone' {key} is not a string")
+    newer = _unknown_settings(payload["config"])
+    if newer:  # a setting added since this version (a squash checkpoint read by one without resize_mode): not damage
+        raise UsageError(f"checkpoint {path}: its model config holds settings this rapdeploy does not know "
+                         f"({', '.join(newer[:5])}): it was written by a newer rapdeploy (upgrade rapdeploy to use "
+                         "it) or edited")
     try:
         config = RAPConfig.from_dict(payload["config"])
     except (UsageError, TypeError, ValueError) as exc:
@@ -332,6 +337,19 @@ def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
     return Checkpoint(config=config, backbone=BackboneSpec(b["clip"], b["kind"], b.get("value"), b.get("sha256")),
                       clip_model_cfg=payload.get("clip_model_cfg") or {}, adapter_state=adapters,
                       backbone_state=backbone_state, extra=payload.get("extra") or {}, source=str(path))
+
+
+def _unknown_settings(config: dict[str, Any]) -> list[str]:
+    """The keys of a stored model config (and of its ``preprocess``) that this version's config does not have."""
+    from rap_deploy.config import PreprocessConfig
+
+    known = {f.name for f in dataclasses.fields(RAPConfig)}
+    keys = [str(k)[:40] for k in config if k not in known]
+    pre = config.get("preprocess")
+    if isinstance(pre, dict):
+        known_pre = {f.name for f in dataclasses.fields(PreprocessConfig)}
+        keys += [f"preprocess.{str(k)[:40]}" for k in pre if k not in known_pre]
+    return keys
 
 
 def checkpoint_sha256(path: str | Path) -> str:

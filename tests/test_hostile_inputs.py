@@ -506,6 +506,8 @@ class _Touch:
     ("tiny-std", 1, ["invalid model config", "std must be >= 1e-6"]),
     ("huge-mean", 1, ["invalid model config", "mean must be three finite numbers"]),
     ("clip-mismatch", 1, ["names CLIP 'ViT-B-32' but its backbone is 'rap-micro'"]),
+    # a setting of a newer rapdeploy is no damage (it was 'invalid model config ... damaged or was edited', exit 1)
+    ("newer-setting", 2, ["preprocess.crop_scale", "written by a newer rapdeploy"]),
     ("unknown-clip", 1, ["open_clip has no model config", "damaged"]),
     ("st-header", 1, ["safetensors", "truncated or damaged"]),
     ("st-meta-json", 1, ["metadata is not valid JSON"]),
@@ -565,6 +567,8 @@ def test_damaged_or_foreign_checkpoints_get_one_line(kind, code, needles, payloa
             payload["config"]["preprocess"]["std"] = [1e-300, 1.0, 1.0]
         elif kind == "huge-mean":  # an integer past float's range (pickle and JSON both carry one)
             payload["config"]["preprocess"]["mean"] = [10**400, 0.5, 0.5]
+        elif kind == "newer-setting":
+            payload["config"]["preprocess"]["crop_scale"] = 0.9
         elif kind == "clip-mismatch":  # the config and the backbone must name the same CLIP
             payload["config"]["clip"] = "ViT-B-32"
         elif kind == "unknown-clip":
