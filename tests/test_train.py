@@ -989,6 +989,33 @@ def test_a_rap_above_check_of_one_seed_is_not_decided():
     assert check["passed"] is True and check["check"].endswith("seed std (0.71)"), check
 
 
+def test_a_stopped_ablation_leaves_its_rows_so_far_in_both_files(tmp_path, monkeypatch):
+    """ablation.json was written after each row but ablation.md only at the end, so a command stopped half-way left
+    this call's rows in the JSON beside an earlier call's complete-looking table (reproduced by stopping the second
+    row's run with Ctrl-C after a full call). Both now hold the rows so far, marked incomplete until the end."""
+    from rap_deploy.train import ablate
+    from rap_deploy.train.loop import TrainOptions
+
+    def record(options, progress, heldout):
+        if options.asa_selection != "saliency" and stop:
+            raise KeyboardInterrupt
+        return {"seed": options.seed, "run_dir": options.out, "offset_change": None, "trainable_params": 10,
+                **{d: {"R1": 30.0, "R5": 50.0, "R10": 60.0, "MnR": 3.0} for d in ("t2v", "v2t")}}
+
+    monkeypatch.setattr(ablate, "_run_and_score", record)
+    base = TrainOptions(dataset="msrvtt", data_root="d", out="o")
+    stop = False
+    done = ablate.run_ablation(base, tmp_path, [0, 1], ["saliency", "rap"], log=lambda msg: None)
+    assert done["complete"] is True and (tmp_path / "ablation.md").read_text().startswith("Seeds 0, 1;")
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        ablate.run_ablation(base, tmp_path, [0, 1, 2], ["saliency", "rap"], log=lambda msg: None)
+    partial = json.loads((tmp_path / "ablation.json").read_text())
+    assert partial["complete"] is False and [r["name"] for r in partial["rows"]] == ["saliency"]
+    table = (tmp_path / "ablation.md").read_text()
+    assert table.startswith("Incomplete: ") and "Seeds 0, 1, 2;" in table and "`rap`" not in table, table
+
+
 def test_rap_light_and_no_asa_are_the_same_model():
     """The ablation shares the runs of these two rows: same parameters from the same seed, same similarity."""
     from rap_deploy.checkpoint import new_checkpoint

@@ -167,11 +167,12 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
     scored there. ``jobs`` > 1 runs that many runs at once, each in its own process with ``threads`` intra-op
     threads (:func:`_run_in_processes`); the table is the same as one at a time.
 
+    Both files are written again after each row (``"complete": false`` until the last), so a stopped command leaves
+    the rows it finished in both, never a table of an earlier call beside them.
+
     Raises :class:`UsageError` for no seeds, unknown rows, a run folder of another recipe, or a run without an
     evaluated epoch.
     """
-    from rap_deploy.atomic import write_json_atomic, write_text_atomic
-
     if not seeds:
         raise UsageError("pass at least one seed (--seeds 0,1,2)")
     out = Path(out)
@@ -190,13 +191,20 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
             runs.append(records[options.out])
         result["rows"].append({"name": row.name, "label": _label(row, source), "changes": row.changes,
                                "runs": runs, "seeded": row.seeded, **aggregate(runs)})
-        write_json_atomic(out / "ablation.json", result)  # partial results survive a kill
+        _write_tables(out, result, complete=False)  # partial results survive a kill
     result["targets"] = target_checks(result)
-    write_json_atomic(out / "ablation.json", result)
+    _write_tables(out, result, complete=True)
+    return result
+
+
+def _write_tables(out: Path, result: dict[str, Any], complete: bool) -> None:
+    """``ablation.json`` and ``ablation.md`` of ``result`` (the rows so far unless ``complete``)."""
+    from rap_deploy.atomic import write_json_atomic, write_text_atomic
     from rap_deploy.train.ablate_report import ablation_markdown  # here: ablate_report imports this module
 
+    result["complete"] = complete
+    write_json_atomic(out / "ablation.json", result)
     write_text_atomic(out / "ablation.md", ablation_markdown(result))
-    return result
 
 
 def _plan(base: TrainOptions, out: Path, seeds: Sequence[int],

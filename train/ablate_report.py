@@ -31,13 +31,15 @@ def ablation_markdown(result: dict[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in result["seeds"])
     recipe = result.get("recipe") or {}
     weight, lorm_mult = recipe.get("selection_loss_weight") or 0.0, recipe.get("lorm_lr_mult") or 1.0
-    lines = [f"Seeds {seeds}; mean ± sample std (ddof 1) of each run's best.pt epoch (selection: max t2v RSum + "
-             "v2t RSum, later epoch on ties)." + (f" Trained with the selection loss at weight {weight:g}."
-                                                   if weight else "")
-             + (f" LoRM's factors trained at {lorm_mult:g}× the learning rate." if lorm_mult != 1.0 else ""), "",
-             "| model | t2v R@1 | R@5 | R@10 | MnR | v2t R@1 | R@5 | R@10 | MnR | trainable params | max offset "
-             "change |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["Incomplete: the rows finished before the command stopped; run it again to finish the table.", ""] \
+        if result.get("complete") is False else []
+    lines += [f"Seeds {seeds}; mean ± sample std (ddof 1) of each run's best.pt epoch (selection: max t2v RSum + "
+              "v2t RSum, later epoch on ties)." + (f" Trained with the selection loss at weight {weight:g}."
+                                                    if weight else "")
+              + (f" LoRM's factors trained at {lorm_mult:g}× the learning rate." if lorm_mult != 1.0 else ""), "",
+              "| model | t2v R@1 | R@5 | R@10 | MnR | v2t R@1 | R@5 | R@10 | MnR | trainable params | max offset "
+              "change |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         n = row["n"]
         cells = [_pm(row["mean"][d][k], row["std"][d][k], n) for d in ("t2v", "v2t") for k in METRIC_KEYS]
