@@ -240,12 +240,15 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
     without ``force``; a folder being written by another process) and :class:`CheckFailedError` when a structural
     check or fp32 parity fails (after writing ``parity.json``).
     """
-    from rap_deploy.folder_swap import staged_folder
-    from rap_deploy.locks import folder_lock
+    from rap_deploy.folder_swap import recover_interrupted_swap, staged_folder
+    from rap_deploy.locks import folder_lock, target_path
 
     cfg = config or ExportConfig(opset=opset, fp16=fp16)
     out_dir = Path(out_dir)
     with folder_lock(out_dir, "export", "export folder"):
+        # An export a killed two-rename swap left aside is put back before the folder is judged: judged missing, it
+        # was replaced without --force (and by a failed export's report) once staged_folder had restored it.
+        recover_interrupted_swap(target_path(out_dir))
         replacing = prepare_out_dir(out_dir, force)
         with staged_folder(out_dir) as stage:
             try:

@@ -347,6 +347,17 @@ def test_killed_two_rename_swap_is_recovered(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]
 
 
+def test_an_export_left_aside_by_a_killed_swap_is_back_before_export_judges_the_folder(micro_checkpoint, export):
+    """A two-rename swap killed between its renames leaves the previous export aside (.<name>.old-<pid>) and --out
+    missing. export judged the missing folder free, then staged_folder put the old export back and the new export
+    (or a failed one's report) replaced it without --force. The folder is recovered first, then refused (exit 2)."""
+    aside = export.parent / f".{export.name}.old-99999"
+    export.rename(aside)
+    before = snapshot(aside)
+    refused(cli("export", micro_checkpoint, "--out", export, "--quiet"), 2, "already exists", "--force")
+    assert snapshot(export) == before and not aside.exists()
+
+
 # ---------------------------------------------------------------------------------------------------- data loss
 def test_failed_export_force_keeps_the_previous_export(micro_checkpoint, export, tmp_path, guard):
     before = snapshot(export)
