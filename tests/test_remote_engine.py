@@ -122,3 +122,39 @@ def test_a_kserve_error_message_is_kept_on_one_line():
     with http_server(400, "application/json", b'{"error": "unknown model\\n  text_encoder"}') as url:
         with pytest.raises(UsageError, match="config: unknown model text_encoder$"):
             load_engine(url)
+
+
+def test_an_answer_without_an_output_or_with_the_wrong_rows_is_refused(micro_ort_engines, monkeypatch):
+    """tritonclient's as_numpy gives None for an output the answer lacks, and np.asarray(None, float32) is one NaN:
+    encode_text returned a NaN scalar instead of failing; an answer whose rows are not the request's batch passed
+    on too. Both are now a one-line usage error naming the output."""
+    import numpy as np
+
+    from rap_deploy.engines.serving import app as app_module
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread
+    from rap_deploy.engines.serving.service import ServingService
+
+    path = micro_ort_engines["fp32"]
+    service = ServingService(SerialEngine(load_engine(path, threads=1)), read_source(path))
+    encode = app_module.encode_infer_response
+    ids, eot = np.zeros((2, service.engine.config.context_length), np.int32), np.array([3, 4], np.int32)
+    ids[:, :5] = [49406, 320, 1929, 49407, 0][:5]
+    try:
+        with ServerThread(app_module.create_app(service)) as server:
+            remote = load_engine(server.url)
+            try:
+                assert remote.encode_text(ids, eot).shape == (2, remote.encode_text(ids[:1], eot[:1]).shape[1])
+                for change, message in ((lambda outs: {}, "no such output"),
+                                        (lambda outs: {k: v[:1] for k, v in outs.items()}, "for a batch of 2")):
+                    monkeypatch.setattr(app_module, "encode_infer_response",
+                                        lambda model, req, outs, change=change: encode(
+                                            model, type(req)(req.inputs, {} if not change(outs) else req.outputs,
+                                                             req.id, req.parameters), change(outs)))
+                    with pytest.raises(UsageError, match=f"output text_emb is missing or malformed.*{message}"):
+                        remote.encode_text(ids, eot)
+            finally:
+                remote.close()
+    finally:
+        service.close()

@@ -228,7 +228,21 @@ class RemoteEngine(Engine):
             inputs.append(item)
         wanted = [httpclient.InferRequestedOutput(n, binary_data=True) for n in outputs]
         result = self._call(self._client().infer, graph, inputs, outputs=wanted, what=f"{graph} inference")
-        return tuple(np.asarray(result.as_numpy(n), dtype=np.float32) for n in outputs)
+        return tuple(self._output(graph, result, n, len(arrays[0])) for n in outputs)
+
+    def _output(self, graph: str, result: Any, name: str, rows: int) -> np.ndarray:
+        """Output ``name`` of ``result`` as float32; :class:`UsageError` when the answer lacks it or it is no array
+        of ``rows`` rows (the request's batch): ``as_numpy`` gives ``None`` for a missing output, which float32
+        turned into one NaN, silently, and raises for data that do not fill the shape the answer states."""
+        try:
+            arr = result.as_numpy(name)
+        except (ValueError, TypeError, KeyError):
+            arr = None
+        if arr is None or arr.dtype.kind not in "fiu" or arr.ndim == 0 or arr.shape[0] != rows:
+            got = "no such output" if arr is None else f"{arr.dtype} {list(arr.shape)}"
+            raise UsageError(f"{self.url} {graph} inference: output {name} is missing or malformed ({got}, for a "
+                             f"batch of {rows}); {NOT_OIP}")
+        return np.asarray(arr, dtype=np.float32)
 
     # ------------------------------------------------------------------------------------------------ Engine
     def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
