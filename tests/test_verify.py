@@ -186,6 +186,28 @@ def test_an_engine_whose_scores_tie_more_often_gets_a_note():
     assert coarse_rsum > retrieval_metrics(reference, caption_video)["t2v"]["RSum"]  # the ties read high
 
 
+def test_the_small_test_set_note_says_what_decides_a_quantised_engine():
+    """The note for a test set where one query moves R@K by more than the tolerance said 'a single rank flip across
+    a K boundary fails the check'; for an fp16/int8 engine the flip-noise rule passes one (up to four lost and none
+    gained), so the note says that rule decides. An fp32 engine held to an explicit --tolerance keeps no flip-noise
+    rule: there a single flip does fail."""
+    from rap_deploy.engines.verify import explain
+
+    metrics = {"queries": 60, "ties": 0}
+    cmp = {"sections": {m: {"reference": {"t2v": metrics, "v2t": metrics}, "engine": {"t2v": metrics, "v2t": metrics}}
+                        for m in ("asa", "two_stage")}}
+    per_graph = {"video_encoder": {"max_abs": 0.01}}
+    changes = _changes()
+    changes["asa"]["t2v"]["hits"] = {"R1": {"lost": 1, "gained": 0}}
+    passed, checks, _ = judge("int8", _deltas(-100 / 60, ("asa", "t2v", "R1")), changes)
+    assert passed  # one query lost on 60: over the 0.5 tolerance, within flip noise
+    note = explain(passed, checks, per_graph, cmp, "int8", None)[1][0]
+    assert "single rank flip" not in note and "flip-noise" in note and "a tolerance check needs" in note, note
+    strict = explain(True, [], per_graph, cmp, "fp32", 0.5)[1][0]
+    assert "a single rank flip across a K boundary fails the check" in strict, strict
+    assert explain(True, [], per_graph, cmp, "fp32", None)[1] == []  # no tolerance applied: no note
+
+
 def test_verify_md_keeps_a_caption_with_a_bar_or_a_line_break_in_its_cell():
     """verify.md's table of changed queries printed each caption as it is, so a caption holding '|' or a line break
     (dataset text) split its row into extra columns or lines; the cell is escaped now."""
