@@ -1066,6 +1066,66 @@ def test_a_workers_error_names_its_run_and_carries_the_workers_traceback():
     assert "the run runs/rap/seed3" in notes and "in the worker process: Traceback" in notes, notes
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_workers_stop_when_their_parent_is_killed(tmp_path):
+    """A parent killed with SIGKILL (kill -9) stops nothing itself: its `ablate --jobs` workers went on training,
+    holding their run folders' locks (reproduced: two workers sleeping on after their parent was killed). The kernel
+    now sends each worker SIGTERM when its parent dies."""
+    import signal
+
+    script = ("import time\nfrom rap_deploy.train.ablate_jobs import run_in_processes\n"
+              "if __name__ == '__main__':\n    run_in_processes(time.sleep, {'a': (120,), 'b': (120,)}, 2)\n")
+    (tmp_path / "parent.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")])
+    workers: list[int] = []
+    try:
+        workers = _wait_for(lambda: _spawned_children(parent.pid) if len(_spawned_children(parent.pid)) == 2 else None)
+        assert workers, "the parent started no two workers"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert _wait_for(lambda: not any(_running(pid) for pid in workers) or None), workers
+    finally:
+        parent.kill()
+        parent.wait()
+        for pid in workers:
+            if _running(pid):  # a test that failed leaves no worker behind
+                os.kill(pid, signal.SIGKILL)
+
+
+def _wait_for(probe, attempts=600):
+    """``probe()``'s first value that is not None, polled every 0.1 s (at most ``attempts`` times)."""
+    import time
+
+    for _ in range(attempts):
+        found = probe()
+        if found is not None:
+            return found
+        time.sleep(0.1)
+    return None
+
+
+def _spawned_children(pid):
+    """The pids of the multiprocessing spawn workers whose parent is ``pid``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if proc.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def _running(pid):
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_worker_errors_that_do_not_unpickle_go_back_as_text():
     """An exception whose ``__init__`` takes other arguments than its ``args`` pickles but does not unpickle: a
     worker sends its text instead (the parent would otherwise die with a TypeError naming no run)."""

@@ -3,7 +3,8 @@
 Each worker sends back its run's record or its error through a pipe; a worker that dies without one (killed, out of
 memory) is an error naming its run, not a wait without end. Workers ignore SIGINT (Ctrl-C in a terminal reaches the
 whole process group): the parent gets it and stops them, and every worker still running when the parent leaves,
-for whatever reason, is terminated. A run stopped that way resumes from its ``last.pt`` on the next call.
+for whatever reason, is terminated; on Linux a worker also stops when its parent dies without a word (SIGKILL).
+A run stopped that way resumes from its ``last.pt`` on the next call.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from rap_deploy.errors import CheckFailedError
 
 Work = Callable[..., dict[str, Any]]
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def run_in_processes(work: Work, tasks: dict[str, tuple[Any, ...]], jobs: int,
@@ -84,6 +86,7 @@ def _result(key: str, proc: Any, receive: Connection) -> dict[str, Any] | None:
 def _worker(work: Work, args: tuple[Any, ...], send: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_term)  # the parent stops it: cleanup (temporary files) still runs
+    _stop_with_parent()
     try:
         message: tuple[bool, Any] = (True, work(*args))
     except Exception as exc:  # noqa: BLE001 - the parent raises it
@@ -97,6 +100,22 @@ def _worker(work: Work, args: tuple[Any, ...], send: Connection) -> None:
         send.send((False, what))
     finally:
         send.close()
+
+
+def _stop_with_parent() -> None:
+    """Have the kernel send this worker SIGTERM when its parent dies (Linux): a parent killed with SIGKILL stops
+    nothing itself, and its workers would go on training, holding their run folders' locks, so the next call found
+    those runs busy. Exits at once when the parent is already gone."""
+    import ctypes
+    import os
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl here (not Linux): the parent's own stop is all there is
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        raise SystemExit(128 + signal.SIGTERM)
 
 
 def _exit_on_term(signum: int, frame: Any) -> None:
