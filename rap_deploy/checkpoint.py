@@ -62,6 +62,7 @@ class Checkpoint:
         except UsageError as exc:
             raise CheckFailedError(f"{where}: {exc}; the file names a CLIP this open_clip does not know: it is "
                                    "damaged, was edited, or needs the open_clip version it was made with") from None
+        _check_same_architecture(where, self.backbone.clip, self.clip_model_cfg, clip_cfg)
         check_memory(clip_weight_bytes(clip_cfg), f"{where}: backbone {self.backbone.clip}",
                      "use a machine with more memory or a smaller --clip")
         spec = self.backbone if self.backbone_state is not None else _referenced_backbone(where, self.backbone)
@@ -97,6 +98,27 @@ class Checkpoint:
             raise CheckFailedError(f"{where}: adapter weights {bad[:3]} hold NaN or infinite values; the file is "
                                    "damaged, or the run that wrote it diverged")
         return model.eval()
+
+
+def _check_same_architecture(where: str, clip: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse (:class:`UsageError`, exit 2) a checkpoint whose recorded open_clip config of ``clip`` differs from the
+    one installed here: the model would be built from the name's config here, silently another network than the one
+    trained (QuickGELU for GELU, another LayerNorm or pooling) where no weight shape changes. An empty record (not
+    written) is not compared."""
+    if not stored or stored == current:
+        return
+    keys = _differing_keys(stored, current) or ["a key set to null in one of them"]
+    raise UsageError(f"{where} was made with an open_clip config of {clip} that differs from this installation's "
+                     f"(in {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}): the network built here would not be "
+                     "the one its adapters were trained on; use the open_clip and rapdeploy versions it was made with")
+
+
+def _differing_keys(a: Any, b: Any, name: str = "") -> list[str]:
+    """The dotted keys at which two JSON-like values differ (``name`` itself when they are not both objects)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b), key=str)
+                for k in _differing_keys(a.get(key), b.get(key), f"{name}.{str(key)[:40]}" if name else str(key)[:40])]
+    return [] if a == b else [name or "the whole config"]
 
 
 def _referenced_backbone(where: str, spec: BackboneSpec) -> BackboneSpec:

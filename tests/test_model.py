@@ -590,6 +590,30 @@ def test_a_moved_or_changed_referenced_backbone_names_the_checkpoint_and_keeps_t
     assert load_checkpoint(path).build_model() is not None
 
 
+def test_a_checkpoint_of_another_open_clip_config_of_its_clip_is_refused(tmp_path):
+    """A checkpoint records open_clip's config of its CLIP (clip_model_cfg), which nothing read: the model was built
+    from the config the installed open_clip (or rapdeploy's packaged configs) gives the name, so a name whose config
+    changed where no weight shape does (QuickGELU here) built another network than the one trained, silently."""
+    import open_clip
+
+    from rap_deploy.model.clip_loader import PACKAGED_CONFIGS, _register_packaged_configs
+
+    _register_packaged_configs()
+    name = "rap-test-changed-config"
+    cfg = json.loads((PACKAGED_CONFIGS / "rap-micro.json").read_text())
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    ckpt, _ = new_checkpoint(micro_config(clip=name), BackboneSpec.parse(name, "none"))
+    path = save_checkpoint(ckpt, tmp_path / "gelu.pt")
+    assert load_checkpoint(path).build_model() is not None  # the same config: loads
+    (tmp_path / f"{name}.json").write_text(json.dumps({**cfg, "quick_gelu": True}))
+    open_clip.add_model_config(tmp_path / f"{name}.json")  # another open_clip / rapdeploy: the name now QuickGELU
+    result = CliRunner().invoke(app, ["info", str(path)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{path} was made with an open_clip config of {name} that differs" in text and "(in quick_gelu)" in text
+
+
 def test_weights_whose_position_embedding_open_clip_cannot_resize_do_not_fit(tmp_path, micro_model):
     """open_clip resizes a read state dict's visual position embedding to the model's grid; one it cannot resize
     failed in torch.cat, and the message blamed reading the file ('torch.load(weights_only=True) cannot read it; it
