@@ -158,3 +158,55 @@ def test_an_answer_without_an_output_or_with_the_wrong_rows_is_refused(micro_ort
                 remote.close()
     finally:
         service.close()
+
+
+def test_requests_stay_within_tritons_default_input_size(micro_ort_engines, monkeypatch):
+    """Triton publishes the repository's max_batch_size (32 videos) and ASA blocks (64 videos) whatever its
+    --http-max-input-size, 64 MiB by default: 32 videos of ViT-B/32 frames are 220 MiB, 64 videos' re-rank tensors
+    ~100 MiB, so verify/bench/index against a tritonserver started as the repository README says got 400 on the
+    first video batch. No request now carries more than MAX_REQUEST_BYTES of tensors (here lowered to 200 KiB for
+    the micro model: 4 videos' frames, 11 videos' re-rank tensors), and the answers are the same."""
+    import numpy as np
+
+    from rap_deploy.engines.serving import remote as remote_module
+    from rap_deploy.engines.serving.app import create_app
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread
+    from rap_deploy.engines.serving.service import ServingService
+
+    limit = 200 << 10
+    monkeypatch.setattr(remote_module, "MAX_REQUEST_BYTES", limit)
+    path = micro_ort_engines["fp32"]
+    local = load_engine(path, threads=1)
+    service = ServingService(SerialEngine(load_engine(path, threads=1)), read_source(path))
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((40, 4, 3, 32, 32)).astype(np.float32)  # 48 KiB a video
+    mask = np.ones((40, 4), np.float32)
+    try:
+        with ServerThread(create_app(service)) as server:
+            remote = load_engine(server.url)
+            sent: list[int] = []  # the tensor bytes of each request, in the server's datatypes
+            infer, numpy_dtypes = remote._infer, remote_module.NUMPY_DTYPES
+
+            def recorded(graph, arrays):
+                sent.append(sum(np.asarray(a, numpy_dtypes[remote.datatypes[graph][n]]).nbytes
+                                for n, a in zip(remote.io[graph][0], arrays, strict=True)))
+                return infer(graph, arrays)
+
+            monkeypatch.setattr(remote, "_infer", recorded)
+            try:
+                assert remote.max_batch["video_encoder"] == 32 and remote.video_block == 64  # what the server says
+                got, want = remote.encode_video(frames, mask), local.encode_video(frames, mask)
+                text = local.encode_text(np.ones((3, 32), np.int32), np.full(3, 5, np.int32))
+                similarity = remote.asa_similarity(text, *want[1:])
+            finally:
+                remote.close()
+    finally:
+        service.close()
+        local_similarity = local.asa_similarity(text, *want[1:])
+        local.close()
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(similarity, local_similarity, rtol=1e-5, atol=1e-5)
+    assert len(sent) > 10 and max(sent) <= limit, sent

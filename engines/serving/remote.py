@@ -6,7 +6,8 @@ source checkpoint, the ASA block sizes) and ``GET /v2/models/{name}`` with the t
 names come from the contract (:mod:`rap_deploy.graphs`) and are checked against the server's metadata; inputs are
 sent as binary tensors in the server's declared datatypes (FP16 included), outputs come back as float32. Video and
 text batches larger than a model's ``max_batch_size`` are split, and the ASA head is fed blocks of at most the
-published block sizes, as a local engine does.
+published block sizes, as a local engine does; no request carries more than :data:`MAX_REQUEST_BYTES` of tensors,
+what a tritonserver started without ``--http-max-input-size`` accepts.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from rap_deploy.engines.serving.model_config import read_parameters
 from rap_deploy.errors import BackendUnavailableError, UsageError
 
 NOT_OIP = "is it a KServe v2 / Open Inference Protocol server (`rapdeploy serve`, Triton)? Check the URL"
+#: The most bytes of tensors one request carries: Triton's default ``--http-max-input-size`` (64 MiB, which a
+#: tritonserver started without the option enforces) less room for the JSON header. Triton publishes the model's
+#: ``max_batch_size`` (32 videos: 220 MiB of ViT-B/32 frames) whatever that limit, so batches are split to fit it.
+MAX_REQUEST_BYTES = (64 << 20) - (64 << 10)
 
 
 def split_url(url: str) -> tuple[str, bool]:
@@ -248,7 +253,8 @@ class RemoteEngine(Engine):
     def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See :meth:`Engine.encode_video` (outputs in :func:`~rap_deploy.graphs.video_outputs` order)."""
         frames, mask = check_video_inputs(frames, frame_mask, self.config)
-        return batched(lambda f, m: self._infer(VIDEO_GRAPH, (f, m)), (frames, mask), self.max_batch[VIDEO_GRAPH])
+        return batched(lambda f, m: self._infer(VIDEO_GRAPH, (f, m)), (frames, mask),
+                       self._fit_rows(VIDEO_GRAPH, (frames, mask), self.max_batch[VIDEO_GRAPH]))
 
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.encode_text`."""
@@ -256,19 +262,36 @@ class RemoteEngine(Engine):
         # Always the full context: Triton's dynamic batcher only joins requests of equal shape, and the server's
         # engine trims each joined batch to its longest query itself (rapdeploy serve does; see blocks.trim_tokens).
         ids = fit_tokens(ids, pos, self.config.context_length, dynamic=False)
-        return batched(lambda i, e: self._infer(TEXT_GRAPH, (i, e)), (ids, pos), self.max_batch[TEXT_GRAPH])[0]
+        return batched(lambda i, e: self._infer(TEXT_GRAPH, (i, e)), (ids, pos),
+                       self._fit_rows(TEXT_GRAPH, (ids, pos), self.max_batch[TEXT_GRAPH]))[0]
 
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
-        """Similarity ``[Q, V]`` from the server's ``asa_head`` in blocks of at most the published block sizes
-        (meanP of the frames for a model without an ASA head)."""
+        """Similarity ``[Q, V]`` from the server's ``asa_head`` in blocks of at most the published block sizes and
+        :data:`MAX_REQUEST_BYTES` (meanP of the frames for a model without an ASA head)."""
         if not self.config.has_asa:
             return meanp_similarity_from_frames(text_emb, rerank[0])
 
         def run(*block: np.ndarray) -> np.ndarray:
             return self._infer(ASA_GRAPH, block)[0]
 
-        return blocked_similarity(run, text_emb, rerank, query_block=self.query_block,
-                                  video_block=self.video_block)
+        query_block = min(self.query_block, max(1, np.shape(text_emb)[0]))
+        names = self.io[ASA_GRAPH][0]
+        text_bytes = query_block * self._row_bytes(ASA_GRAPH, names[:1], (text_emb,))
+        video_block = self._fit_rows(ASA_GRAPH, rerank, self.video_block, names[1:], MAX_REQUEST_BYTES - text_bytes)
+        return blocked_similarity(run, text_emb, rerank, query_block=query_block, video_block=video_block)
+
+    def _row_bytes(self, graph: str, names: Sequence[str], arrays: Sequence[np.ndarray]) -> int:
+        """Bytes one row of ``arrays`` (inputs ``names`` of ``graph``) takes in the server's datatypes."""
+        return sum(np.dtype(NUMPY_DTYPES[self.datatypes[graph][n]]).itemsize * int(np.prod(np.shape(a)[1:]))
+                   for n, a in zip(names, arrays, strict=True))
+
+    def _fit_rows(self, graph: str, arrays: Sequence[np.ndarray], limit: int | None,
+                  names: Sequence[str] | None = None, budget: int | None = None) -> int:
+        """The rows one request of ``graph`` carries: at most ``limit`` (the server's), and as many as fit in
+        ``budget`` bytes (default :data:`MAX_REQUEST_BYTES`), at least one."""
+        row = self._row_bytes(graph, self.io[graph][0] if names is None else names, arrays)
+        fit = max(1, (MAX_REQUEST_BYTES if budget is None else budget) // max(row, 1))
+        return fit if limit is None else min(limit, fit)
 
     def manifest(self) -> dict[str, Any]:
         """What the server says about its engine: ``checkpoint`` (``path``, ``sha256``), ``precision``, ``engine``."""
