@@ -103,6 +103,13 @@ def test_pretrain_backbone_out_help_names_the_file_after_clip():
     assert "backbone/CLIP.safetensors" in text and "--clip" in text, text
 
 
+def test_bench_engine_help_says_a_checkpoint_is_an_engine_too():
+    """bench --engine takes a .pt checkpoint as the PyTorch engine (resolve_engine; its own refusal says so since
+    3848930), as verify's --engine does; bench's help named engine folders and server URLs only."""
+    assert ".pt checkpoint" in _option_help("bench", "--engine")
+    assert ".pt" in _option_help("verify", "--engine")
+
+
 def test_index_name_help_says_a_list_file_names_its_library_by_its_stem():
     """``--list paths.txt`` builds index/paths (``VideoSource.name``: the file's stem); the help said the list file's
     name."""
@@ -134,3 +141,14 @@ def test_index_top_m_help_says_what_the_library_s_m_is_for():
     never reads it: the library's M is the depth stage 1's recall is measured (and an ANN index tuned) at."""
     text = _option_help("index", "--top-m")
     assert "re-rank depth" not in text and "--target-recall at M" in text and "own --top-m" in text, text
+
+
+def test_threads_help_says_an_engine_runs_with_the_threads_build_engine_recorded():
+    """build-engine --threads N is written into the engine's manifest and every later load without --threads runs
+    with N (engines/loader.py), yet build-engine's help said only "default: all cores", bench's "the libraries'
+    defaults" (found by walking the README: an engine built with --threads 1 was benched at one ONNX Runtime thread
+    against PyTorch at two), and demo's, verify's, index's, search's and serve's named no default."""
+    assert "recorded" in _option_help("build-engine", "--threads")
+    assert "recorded" in _option_help("demo", "--threads")
+    for name in ("verify", "bench", "index", "search", "serve"):
+        assert "build-engine --threads N" in _option_help(name, "--threads"), name
