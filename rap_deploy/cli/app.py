@@ -22,6 +22,8 @@ from rap_deploy.errors import RapDeployError
 F = TypeVar("F", bound=Callable[..., Any])
 # Where every command's --workspace defaults to (workspace.workspace_root), for its help
 WORKSPACE_DEFAULT = "default: $RAPDEPLOY_HOME, else ./rapdeploy-out"
+# What a --threads left out means for an engine (engines/loader.py reads the threads its manifest records)
+ENGINE_THREADS_DEFAULT = "an ONNX Runtime engine built with `build-engine --threads N` runs with N"
 
 app = typer.Typer(
     name="rapdeploy",

@@ -20,7 +20,9 @@ def demo(
     workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     tiny: bool = typer.Option(False, "--tiny", help="A reduced demo (a few videos, micro backbone, one epoch) that "
                               "checks the plumbing in about a minute."),
-    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime "
+                                       "(default: the libraries' own); recorded in the demo's engines, as "
+                                       "`build-engine --threads` records them."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json instead of the table."),
 ) -> None:

@@ -36,8 +36,9 @@ def build_engine_cmd(
     video_block: int | None = typer.Option(None, "--video-block", help="Videos per ASA-head call (default 64; a CPU "
                                            "engine feeds fewer when a call would not fit in half the memory "
                                            "available)."),
-    threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: all "
-                                       "cores)."),
+    threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads, recorded in the "
+                                       "engine: a command that loads it without its own --threads runs it with "
+                                       "them (default: none recorded, ONNX Runtime's own: one per physical core)."),
     inter_threads: int | None = typer.Option(None, "--inter-threads", help="ONNX Runtime inter-op threads."),
     workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     force: bool = typer.Option(False, "--force", help="Replace an existing engine folder."),

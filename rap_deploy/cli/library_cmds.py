@@ -10,7 +10,7 @@ import typer
 
 from rap_deploy.atomic import json_text
 from rap_deploy.bounds import check_threads
-from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
+from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, command
 from rap_deploy.errors import UsageError
 
 
@@ -83,7 +83,7 @@ def index_cmd(
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
                                           "<workspace>/cache/frames)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch, ONNX Runtime and "
-                                       "FAISS."),
+                                       f"FAISS (default: the libraries' own; {ENGINE_THREADS_DEFAULT})."),
     workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     json_out: bool = typer.Option(False, "--json", help="Print the build report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or step messages; only the summary (three "
@@ -289,7 +289,7 @@ def search_cmd(
     verify: str = typer.Option("full", "--verify", help="Integrity check at open: full (every shard's sha256) or "
                                "quick (sizes, headers and the small files' sha256)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch, ONNX Runtime and "
-                                       "FAISS."),
+                                       f"FAISS (default: the libraries' own; {ENGINE_THREADS_DEFAULT})."),
     workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per query and line: query, results "
                                   "(rank, video_id, path, score, stage1_rank), timings_ms."),
