@@ -102,9 +102,10 @@ def verify_cmd(
 
 @command("bench")
 def bench_cmd(
-    engine: list[str] | None = typer.Option(None, "--engine", help="Engine folder to benchmark, or http://HOST:PORT "
-                                             "of a running server (repeatable); default: the workspace's latest "
-                                             "engine, or none with --checkpoint."),
+    engine: list[str] | None = typer.Option(None, "--engine", help="Engine folder to benchmark (or a .pt checkpoint "
+                                             "for the PyTorch engine), or http://HOST:PORT of a running server "
+                                             "(repeatable); default: the workspace's latest engine, or none with "
+                                             "--checkpoint."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="PyTorch reference checkpoint (default: the "
                                             "one named in the first engine's manifest)."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma list of batch sizes."),
