@@ -141,3 +141,14 @@ def test_index_top_m_help_says_what_the_library_s_m_is_for():
     never reads it: the library's M is the depth stage 1's recall is measured (and an ANN index tuned) at."""
     text = _option_help("index", "--top-m")
     assert "re-rank depth" not in text and "--target-recall at M" in text and "own --top-m" in text, text
+
+
+def test_threads_help_says_an_engine_runs_with_the_threads_build_engine_recorded():
+    """build-engine --threads N is written into the engine's manifest and every later load without --threads runs
+    with N (engines/loader.py), yet build-engine's help said only "default: all cores", bench's "the libraries'
+    defaults" (found by walking the README: an engine built with --threads 1 was benched at one ONNX Runtime thread
+    against PyTorch at two), and demo's, verify's, index's, search's and serve's named no default."""
+    assert "recorded" in _option_help("build-engine", "--threads")
+    assert "recorded" in _option_help("demo", "--threads")
+    for name in ("verify", "bench", "index", "search", "serve"):
+        assert "build-engine --threads N" in _option_help(name, "--threads"), name

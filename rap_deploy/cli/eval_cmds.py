@@ -9,7 +9,7 @@ import typer
 
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
-from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
+from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, command
 from rap_deploy.errors import UsageError
 
 
@@ -59,7 +59,8 @@ def verify_cmd(
     tie_eps: float = typer.Option(1e-5, "--tie-eps", help="Score gap under which a rank change of an fp32 engine "
                                   "counts as a tie."),
     max_videos: int | None = typer.Option(None, "--max-videos", help="Only the first N test videos (quick check)."),
-    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime "
+                                       f"(default: the libraries' own; {ENGINE_THREADS_DEFAULT})."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
                                            "<workspace>/cache/frames)."),
     reference_device: str = typer.Option("cpu", "--reference-device", help="Where the PyTorch reference runs: cpu, "
@@ -115,7 +116,7 @@ def bench_cmd(
     graphs: str = typer.Option("video,text,asa,search", "--graphs", help="Comma list of video, text, asa, search."),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default: <workspace>/bench)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime "
-                                        "(default: the libraries' defaults)."),
+                                        f"(default: the libraries' own; {ENGINE_THREADS_DEFAULT})."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Use real test frames and captions from this "
                                            "dataset folder (default: random frames)."),
     dataset: str = typer.Option("msrvtt", "--dataset", help="Dataset format of --data-root."),
