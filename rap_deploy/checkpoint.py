@@ -344,6 +344,9 @@ def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
     for key in ("value", "sha256"):
         if b.get(key) is not None and not isinstance(b[key], str):
             raise _damaged(path, f"'backbone' {key} is not a string")
+    if b["kind"] == "none" and backbone_state is None:  # load_clip would draw a new random backbone, silently
+        raise _damaged(path, "its backbone is a random one (--pretrained none), which only the file holds, but its "
+                             "'backbone_state' weights are missing")
     newer = _unknown_settings(payload["config"])
     if newer:  # a setting added since this version (a squash checkpoint read by one without resize_mode): not damage
         raise UsageError(f"checkpoint {path}: its model config holds settings this rapdeploy does not know "

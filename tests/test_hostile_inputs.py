@@ -508,6 +508,7 @@ class _Touch:
     ("pickle-raw", 2, ["pickled Python objects"]),
     ("no-adapters", 1, ["adapter_state"]),
     ("bad-backbone", 1, ["'backbone'"]),
+    ("no-backbone-weights", 1, ["random one", "'backbone_state' weights are missing"]),  # was a new random CLIP
     ("wrong-shape", 1, ["do not fit"]),
     ("float8-adapter", 1, ["float8_e4m3fn tensor", "adapter_state"]),  # isfinite's NotImplementedError traceback
     ("complex-adapter", 1, ["complex64 tensor"]),  # was loaded silently, its imaginary part dropped
@@ -558,6 +559,8 @@ def test_damaged_or_foreign_checkpoints_get_one_line(kind, code, needles, payloa
     else:
         if kind == "no-adapters":
             del payload["adapter_state"]
+        elif kind == "no-backbone-weights":
+            payload["backbone_state"] = None
         elif kind == "bad-backbone":
             payload["backbone"] = {"clip": 5}
         elif kind == "wrong-shape":
