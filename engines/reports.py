@@ -15,9 +15,11 @@ from typing import Any
 
 from rap_deploy.atomic import save_with
 
-# Library versions worth recording beside a measurement (distribution names).
+# Library versions worth recording beside a measurement (distribution names). TensorRT's `tensorrt` is a meta
+# package: an install of only `tensorrt-cu12` / `-cu13` (or their `-bindings`, which hold the module) has no
+# `tensorrt` distribution, so those are looked up too.
 _DISTRIBUTIONS = ("rapdeploy", "torch", "open_clip_torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
-                  "numpy")
+                  "tensorrt-cu12", "tensorrt-cu12-bindings", "tensorrt-cu13", "tensorrt-cu13-bindings", "numpy")
 METRIC_ROWS = ("R1", "R5", "R10", "MdR", "MnR", "RSum", "ties")
 MODE_TITLES = {"asa": "full ASA", "two_stage": "two-stage", "meanp": "meanP stage 1"}
 
