@@ -362,3 +362,24 @@ def test_a_finished_run_whose_last_pt_is_damaged_is_trained_again_not_refused(tm
                        r"remove .*runs/rap and the demo trains it again") as caught:
         check_demo_training(run_dir, options, tmp_path)
     assert "rapdeploy init" not in str(caught.value)
+
+
+def test_a_skipped_step_reports_its_own_records_seconds_and_no_other_steps(tmp_path):
+    """Timings were every record's by step name, so a step with two markers (the demo's backbone and one `ablate
+    --backbone-epochs 3` pre-trained in the same world) reported whichever record came last, and a step this run
+    did not take (an engine another machine built) stayed in the summary's step_seconds and its total."""
+    from rap_deploy.cli.demo_steps import Steps
+
+    for name in ("e12", "e3", "trt"):
+        (tmp_path / name).write_text(name)
+    first = Steps(lambda m: None, tmp_path)
+    for step, marker in (("pretrain-backbone", "e12"), ("pretrain-backbone", "e3"), ("build-engine trt", "trt")):
+        first.run(step, [tmp_path / marker], lambda: None)
+    records = json.loads((tmp_path / "demo-steps.json").read_text())
+    for key, seconds in (("pretrain-backbone: e12", 400.0), ("pretrain-backbone: e3", 100.0),
+                         ("build-engine trt: trt", 9.0)):
+        records["steps"][key]["seconds"] = seconds
+    (tmp_path / "demo-steps.json").write_text(json.dumps(records))
+    again = Steps(lambda m: None, tmp_path)
+    assert not again.run("pretrain-backbone", [tmp_path / "e12"], lambda: None)
+    assert again.timings == {"pretrain-backbone": 400.0}

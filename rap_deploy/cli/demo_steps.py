@@ -7,8 +7,8 @@ sha256: a step whose output was deleted, truncated or edited runs again, and so 
 it rewrote (its recorded inputs no longer match). A demo folder written before the records existed has markers and
 its ``summary.json`` but no ``demo-steps.json``: its complete steps are adopted, as they are, until one demo has run
 every step there (``ablate`` runs two of them); any other folder's files (a workspace's own export) are never
-adopted. Timings of skipped steps come from the records, so a resumed demo's summary still
-lists every step.
+adopted. Timings of skipped steps come from their records, so a resumed demo's summary still
+lists every step it ran or skipped, and only those.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ class Steps:
         self.log = log
         self.root = root
         self.records, self.adopting = _read_records(root, log) if root is not None else ({}, False)
-        self.timings: dict[str, float] = {r["step"]: r["seconds"] for r in self.records.values()
-                                          if isinstance(r.get("step"), str) and _seconds(r.get("seconds"))}
+        # the steps of this run only, a skipped one's from its own record (not another marker's of the same name:
+        # ablate's backbone of another epoch count, an engine this machine does not build)
+        self.timings: dict[str, float] = {}
         if self.adopting and root is not None:  # the summary of a folder being adopted kept the others' timings
-            self.timings = {**_earlier_timings(root / "summary.json"), **self.timings}
+            self.timings = _earlier_timings(root / "summary.json")
 
     def run(self, name: str, outputs: Sequence[Path], fn: Callable[[], Any], inputs: Sequence[Path] = ()) -> bool:
         """Run step ``name`` (``fn``) unless it is complete; returns True when it ran."""
@@ -67,6 +68,8 @@ class Steps:
         changed = _changed(record.get("outputs"), self._hashes(outputs)) or \
             _changed(record.get("inputs"), self._hashes(inputs))
         if changed is None:
+            if _seconds(record.get("seconds")):
+                self.timings[name] = record["seconds"]
             return True
         self.log(f"[redo] {name}: {changed} changed since the step ran")
         return False
