@@ -210,3 +210,45 @@ def test_requests_stay_within_tritons_default_input_size(micro_ort_engines, monk
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(similarity, local_similarity, rtol=1e-5, atol=1e-5)
     assert len(sent) > 10 and max(sent) <= limit, sent
+
+
+def test_a_server_that_never_answers_fails_the_checks_in_the_connection_timeout(micro_ort_engines, monkeypatch):
+    """The connection checks (ready, metadata, configs) ran on the client made for inference, whose network
+    timeout is 600 s: a server that takes the connection and never answers (a stopped process, a paused VM) held
+    load_engine and every --engine http:// command for ten minutes before one line. The checks now run on a client
+    whose network timeout is the connection timeout; inference still gets the long one."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from rap_deploy.engines.serving.app import create_app
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.remote import RemoteEngine
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread
+    from rap_deploy.engines.serving.service import ServingService
+
+    timeouts: list[float] = []  # the network timeout of each client, in the order they are made
+
+    class Recorded(httpclient.InferenceServerClient):
+        def __init__(self, *args, **kwargs):
+            timeouts.append(kwargs["network_timeout"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(httpclient, "InferenceServerClient", Recorded)
+    path = micro_ort_engines["fp32"]
+    service = ServingService(SerialEngine(load_engine(path, threads=1)), read_source(path))
+    try:
+        with ServerThread(create_app(service)) as server:
+            remote = RemoteEngine(server.url, connection_timeout=2.0, network_timeout=3600.0)
+            try:
+                remote.describe()
+                remote.encode_text(np.ones((2, remote.config.context_length), np.int32), np.full(2, 5, np.int32))
+            finally:
+                remote.close()
+    finally:
+        service.close()
+    assert timeouts == [2.0, 3600.0], timeouts
+    with raw_server(lambda conn: conn.recv(1)) as url:  # reads, never answers (until the client gives up)
+        with pytest.raises(BackendUnavailableError, match="cannot reach"):
+            RemoteEngine(url, connection_timeout=0.5, network_timeout=3600.0)
+

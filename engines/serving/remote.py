@@ -92,10 +92,17 @@ class RemoteEngine(Engine):
         self._clients: list[Any] = []
         self._clients_lock = threading.Lock()
         try:
+            # the checks' answers come at once: a server that takes the connection and never answers fails them in
+            # connection_timeout, not in network_timeout (which inference may need on a slow server)
+            check = self._local.client = self._new_client(min(connection_timeout, network_timeout))
             self._connect()
         except BaseException:
             self.close()  # the HTTP client made for the checks, which nobody else can close
             raise
+        self._local = threading.local()  # inference gets clients with the network timeout
+        with self._clients_lock:
+            self._clients.remove(check)
+        check.close()
 
     def _connect(self) -> None:
         """Check the server (ready, serving this contract's models) and read the models' configs and metadata."""
@@ -149,14 +156,17 @@ class RemoteEngine(Engine):
         """This thread's ``tritonclient.http`` client (gevent-based clients must stay on the thread that made them)."""
         client = getattr(self._local, "client", None)
         if client is None:
-            import tritonclient.http as httpclient
+            client = self._local.client = self._new_client(self._timeouts[1])
+        return client
 
-            client = httpclient.InferenceServerClient(self._target, ssl=self._ssl,
-                                                      connection_timeout=self._timeouts[0],
-                                                      network_timeout=self._timeouts[1])
-            self._local.client = client
-            with self._clients_lock:
-                self._clients.append(client)
+    def _new_client(self, network_timeout: float) -> Any:
+        """A ``tritonclient.http`` client of the server, closed by :meth:`close`."""
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self._target, ssl=self._ssl, connection_timeout=self._timeouts[0],
+                                                  network_timeout=network_timeout)
+        with self._clients_lock:
+            self._clients.append(client)
         return client
 
     def _call(self, fn: Any, *args: Any, what: str = "", **kwargs: Any) -> Any:
