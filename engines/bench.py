@@ -149,6 +149,7 @@ def bench(
         monitor = LoadMonitor(servers=loopback_server_pids(str(e) for e in engines if is_remote(e)))
         infos = [{**(engine_info(eng) or {}), "label": label} for label, eng in backends]
         results, notes = time_graphs(backends, infos, settings, inputs, flops_per_item, monitor, progress)
+        notes += thread_notes(infos)
         add_ratios(results)
         cost = None
         if compare_meanp and "video" in settings.graphs and torch_engine.config.use_lorm:
@@ -338,6 +339,22 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
                      and r["batch_size"] == row["batch_size"]), None)
         row["ratio_vs_torch"] = row["throughput"] / base["throughput"] if base else None
         row["ratio_vs_torch_best"] = base["min_ms"] / row["min_ms"] if base and row["min_ms"] > 0 else None
+
+
+def thread_notes(infos: list[dict[str, Any]]) -> list[str]:
+    """A note per CPU ONNX Runtime engine that ran with other intra-op threads than PyTorch eager on the CPU.
+
+    Without ``--threads`` an engine runs with the threads its manifest records (``build-engine --threads``) while
+    PyTorch keeps its own, so the engine's "vs torch" ratios would silently compare unequal thread counts.
+    """
+    base = next((i for i in infos if i.get("backend") == "torch"), None)
+    if base is None or base.get("device") != "cpu" or not isinstance(base.get("threads"), int):
+        return []
+    return [f"{i.get('label')} ran with {i['threads']} ONNX Runtime intra-op thread(s), recorded in the engine by "
+            f"`build-engine --threads`, and PyTorch eager with {base['threads']}: its ratios compare unequal thread "
+            "counts; pass --threads N to run both with N"
+            for i in infos if i.get("backend") == "onnxruntime" and i.get("device") == "cpu"
+            and isinstance(i.get("threads"), int) and i["threads"] != base["threads"]]
 
 
 def mark_reliability(results: list[dict[str, Any]], notes: list[str], load: dict[str, Any]) -> None:

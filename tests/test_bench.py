@@ -518,3 +518,27 @@ def test_a_missing_engine_is_named_as_verify_names_it(tmp_path):
     assert res.exit_code == 2, res.output
     assert (f"engine {tmp_path / 'gone'} does not exist; pass --engine with an engine folder from `rapdeploy "
             "build-engine` (or a .pt checkpoint for the PyTorch engine)") in " ".join(res.stderr.split())
+
+
+def test_bench_notes_an_engine_that_runs_with_other_threads_than_pytorch(micro_ort_engines, tmp_path):
+    """build-engine --threads N is recorded in the engine and bench without --threads ran it with N, PyTorch eager
+    with its own count, and printed the ratios with no word of it (found walking the README: an engine built with
+    --threads 1 benched against PyTorch at two threads); bench.json's notes, its table and bench.md now say so."""
+    from rap_deploy.engines.bench import thread_notes
+    from rap_deploy.engines.build import build_engine
+
+    engine = tmp_path / "ort-threads"
+    build_engine(micro_ort_engines["export"], backend="onnxruntime", out=engine, threads=torch.get_num_threads() + 1,
+                 progress=False, validate=False)
+    out = tmp_path / "bench"
+    res = runner.invoke(app, ["bench", "--engine", str(engine), "--batch-sizes", "1", "--repeats", "1", "--warmup",
+                              "0", "--index-size", "4", "--rerank-top", "2", "--graphs", "text", "--no-compare-meanp",
+                              "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    notes = [n for n in json.loads(res.stdout)["notes"] if "intra-op thread" in n]
+    assert len(notes) == 1 and f"ran with {torch.get_num_threads() + 1} ONNX Runtime" in notes[0], notes
+    assert notes[0] in (out / "bench.md").read_text()
+    same = [{"backend": "torch", "device": "cpu", "threads": 2, "label": "torch eager"},
+            {"backend": "onnxruntime", "device": "cpu", "threads": 2, "label": "e"},
+            {"backend": "onnxruntime", "device": "cpu", "threads": None, "label": "default"}]
+    assert thread_notes(same) == []
