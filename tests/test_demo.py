@@ -383,3 +383,35 @@ def test_a_skipped_step_reports_its_own_records_seconds_and_no_other_steps(tmp_p
     again = Steps(lambda m: None, tmp_path)
     assert not again.run("pretrain-backbone", [tmp_path / "e12"], lambda: None)
     assert again.timings == {"pretrain-backbone": 400.0}
+
+
+def test_a_killed_training_run_resumes_on_this_folders_world(tmp_path, monkeypatch):
+    """A killed run resumed with the data and frame cache paths its last.pt stored, so a demo folder moved (or
+    copied) before the next demo failed with 'dataset folder OLD/data does not exist; pass --data-root' (an option
+    demo has not; reproduced by moving a tiny demo folder whose run was marked unfinished), or read and cached the
+    other copy's files. The resume now reads this folder's world."""
+    from rap_deploy.cli import pipeline
+    from rap_deploy.cli.demo_steps import Steps
+    from rap_deploy.cli.demo_world import World
+    from rap_deploy.train import loop
+
+    class Stop(Exception):
+        pass
+
+    asked: list[dict] = []
+
+    def train_rap(options, progress=True, resume=None, overrides=None):
+        asked.append({"options": options, "resume": resume, "overrides": overrides})
+        raise Stop
+
+    monkeypatch.setattr(loop, "train_rap", train_rap)
+    monkeypatch.setattr(pipeline, "check_demo_training", lambda *a: None)  # last.pt below is no real checkpoint
+    world = World(tmp_path / "data", tmp_path / "cache" / "backbone.safetensors", tmp_path / "cache" / "frames")
+    run = pipeline._DemoRun(out=tmp_path, sizes=pipeline.DemoSizes.tiny(), steps=Steps(lambda m: None, tmp_path),
+                            world=world, progress=False, threads=None, log=lambda m: None)
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "last.pt").write_bytes(b"a killed run's last epoch")
+    with pytest.raises(Stop):
+        pipeline._train_and_results_steps(run)
+    assert asked == [{"options": None, "resume": run.run_dir,
+                      "overrides": {"data_root": str(world.data), "cache_dir": str(world.frame_cache)}}]

@@ -268,8 +268,11 @@ def _train_and_results_steps(run: _DemoRun) -> None:
                 run.log(f"[note] {run_dir} holds a finished run whose files changed: training it again from the "
                         "start")
                 shutil.rmtree(run_dir)
-            resume = run_dir if (run_dir / "last.pt").is_file() else None  # a killed run resumes
-            train_rap(None if resume else options, progress=run.progress, resume=resume)
+            if (run_dir / "last.pt").is_file():  # a killed run resumes, reading this world (the folder may have moved)
+                train_rap(None, progress=run.progress, resume=run_dir,
+                          overrides={"data_root": options.data_root, "cache_dir": options.cache_dir})
+            else:
+                train_rap(options, progress=run.progress)
 
     written = [run_dir / name for name in ("summary.json", "best.pt", "last.pt", "metrics.jsonl")]
     run.steps.run("train (rap)", written, train, inputs=[run.init_ckpt, run.world.data / "MSRVTT_data.json"])
