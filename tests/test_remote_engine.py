@@ -252,3 +252,30 @@ def test_a_server_that_never_answers_fails_the_checks_in_the_connection_timeout(
         with pytest.raises(BackendUnavailableError, match="cannot reach"):
             RemoteEngine(url, connection_timeout=0.5, network_timeout=3600.0)
 
+
+
+def test_a_datatype_that_is_not_a_string_is_a_one_line_usage_error(micro_ort_engines, monkeypatch):
+    """Model metadata whose input datatype is a JSON list or object ("datatype": ["FP32"]) ended load_engine in a
+    TypeError (unhashable type) traceback; it is the usage error naming the unsupported datatypes."""
+    from rap_deploy.engines.serving.app import create_app
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread
+    from rap_deploy.engines.serving.service import ServingService
+
+    path = micro_ort_engines["fp32"]
+    service = ServingService(SerialEngine(load_engine(path, threads=1)), read_source(path))
+    metadata = service.metadata
+
+    def listed(model):
+        doc = metadata(model)
+        doc["inputs"] = [{**t, "datatype": [t["datatype"]]} for t in doc["inputs"]]
+        return doc
+
+    monkeypatch.setattr(service, "metadata", listed)
+    try:
+        with ServerThread(create_app(service)) as server:
+            with pytest.raises(UsageError, match="unsupported datatypes"):
+                load_engine(server.url)
+    finally:
+        service.close()

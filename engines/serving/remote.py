@@ -222,9 +222,9 @@ class RemoteEngine(Engine):
         if set(inputs) != set(want_in) or not set(want_out) <= outputs:
             raise UsageError(f"{self.url}: model {graph} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
                              f"this rapdeploy needs inputs {list(want_in)} and outputs {list(want_out)}")
-        unknown = {n: d for n, d in inputs.items() if d not in NUMPY_DTYPES}
+        unknown = {n: d for n, d in inputs.items() if not isinstance(d, str) or d not in NUMPY_DTYPES}
         if unknown:
-            raise UsageError(f"{self.url}: model {graph} has inputs of unsupported datatypes {unknown}")
+            raise UsageError(f"{self.url}: model {graph} has inputs of unsupported datatypes {str(unknown)[:200]}")
         return inputs
 
     def _infer(self, graph: str, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
