@@ -320,6 +320,10 @@ def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, force: bool
     from rap_deploy.export import manifest as mf
 
     started = time.perf_counter()
+    if data_root is not None:  # a wrong --data-root or --dataset fails now, not after minutes of tracing
+        from rap_deploy.data.datasets import load_split
+
+        load_split(dataset, data_root, "test")
     run = _load_for_export(checkpoint, out_dir, cfg)
     n_steps = 2 * len(run.specs) + 2 + (2 * len(run.specs) + 1 if cfg.fp16 else 0)
     with _Steps(progress, n_steps) as steps:

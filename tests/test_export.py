@@ -616,6 +616,28 @@ def test_text_engines_trim_dynamic_graphs_and_pad_static_ones(exported, tmp_path
         dynamic_engine.encode_text(ids[:, :3], eot)
 
 
+@pytest.mark.parametrize("dataset", ["msrvtt", "msrvt"])
+def test_a_wrong_data_root_or_dataset_is_refused_before_any_graph_is_traced(micro_checkpoint, tmp_path, monkeypatch,
+                                                                            dataset):
+    """--data-root (a folder without the dataset's annotations) and --dataset (a typo) were first read at the parity
+    step, after every graph was traced (and converted to fp16): minutes on a large model to learn of a typo."""
+    from rap_deploy.export import onnx_export
+
+    traced = []
+
+    def trace(module, spec, *args):
+        traced.append(spec.name)
+        raise RuntimeError("traced")
+
+    monkeypatch.setattr(onnx_export, "trace_graph", trace)
+    empty = tmp_path / "data"
+    empty.mkdir()
+    result = _cli("export", micro_checkpoint, "--out", tmp_path / "onnx", "--data-root", empty, "--dataset", dataset,
+                  "--quiet")
+    assert result.exit_code == 2 and not traced, (traced, result.output)
+    assert ("MSRVTT_JSFUSION_test.csv" if dataset == "msrvtt" else "unknown") in result.output
+
+
 def test_parity_inputs_decode_the_splits_clip_window(tmp_path, monkeypatch):
     """DiDeMo and ActivityNet entries carry a clip window (DiDeMo: the first 31 s, as CLIP4Clip); training and verify
     decode only that window, the export's parity inputs decoded the whole file (other frames than the pipeline's)."""
