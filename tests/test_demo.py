@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -415,3 +416,33 @@ def test_a_killed_training_run_resumes_on_this_folders_world(tmp_path, monkeypat
         pipeline._train_and_results_steps(run)
     assert asked == [{"options": None, "resume": run.run_dir,
                       "overrides": {"data_root": str(world.data), "cache_dir": str(world.frame_cache)}}]
+
+
+def test_a_damaged_world_annotation_the_demo_wrote_is_written_again_not_refused(tmp_path, monkeypatch):
+    """The world check read data/MSRVTT_data.json before the synth step, so a truncated annotation of a world the
+    demo wrote (which that step writes again: its sha256 no longer matches the record) ended `demo` and `ablate`
+    with exit 1 and 'delete data/' (reproduced on a tiny demo folder). It is left to the step now; in a folder the
+    synth step never recorded (a user's own dataset) it is still refused, never overwritten."""
+    from rap_deploy.cli.demo_steps import Steps
+    from rap_deploy.cli.demo_world import prepare_world
+    from rap_deploy.cli.pipeline import DemoSizes
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.train import backbone as backbone_module
+
+    def pretrain_backbone(out, **kw):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(b"weights")
+
+    monkeypatch.setattr(backbone_module, "pretrain_backbone", pretrain_backbone)
+    logged: list[str] = []
+    prepare_world(tmp_path, DemoSizes.tiny(), Steps(logged.append, tmp_path), progress=False, threads=None)
+    annotation = tmp_path / "data" / "MSRVTT_data.json"
+    whole = annotation.read_bytes()
+    annotation.write_bytes(whole[:500])
+    prepare_world(tmp_path, DemoSizes.tiny(), Steps(logged.append, tmp_path), progress=False, threads=None)
+    assert any(line.startswith("[redo] synth") for line in logged) and annotation.read_bytes() == whole, logged
+    (tmp_path / "demo-steps.json").unlink()  # no record: not the demo's dataset
+    annotation.write_bytes(whole[:500])
+    with pytest.raises(CheckFailedError, match="is not a readable synthetic dataset annotation"):
+        prepare_world(tmp_path, DemoSizes.tiny(), Steps(logged.append, tmp_path), progress=False, threads=None)
+    assert annotation.read_bytes() == whole[:500]

@@ -74,6 +74,11 @@ class Steps:
         self.log(f"[redo] {name}: {changed} changed since the step ran")
         return False
 
+    def recorded(self, name: str, marker: Path) -> bool:
+        """Whether step ``name`` with ``marker`` ran in this folder (it has a record): a file of it that cannot be read
+        no longer matches that record, so the step writes it again."""
+        return self._key(name, [marker]) in self.records
+
     def every_step_recorded(self) -> None:
         """Call after a run of every step: a folder being adopted is now fully recorded, and a later run adopts no
         marker without a record. (``ablate`` runs two of the steps and never calls it.)"""

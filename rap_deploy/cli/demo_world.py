@@ -35,9 +35,10 @@ def prepare_world(out: Path, sizes: DemoSizes, steps: Steps, progress: bool, thr
     data = out / "data"
     cache_root = out / "cache"
     backbone = world_backbone(out, sizes)
-    _check_world(data, sizes)
+    annotation = data / "MSRVTT_data.json"
+    _check_world(data, sizes, rewritten=steps.recorded("synth", annotation))
     _check_world_backbone(backbone)
-    steps.run("synth", [data / "MSRVTT_data.json", data], lambda: generate_synthetic_dataset(
+    steps.run("synth", [annotation, data], lambda: generate_synthetic_dataset(
         data, videos=sizes.videos, test_videos=sizes.test_videos, seed=sizes.seed, size=sizes.size,
         distractors=sizes.distractors, progress=progress))
     steps.run("pretrain-backbone", [backbone], lambda: pretrain_backbone(
@@ -86,29 +87,23 @@ def _check_world_backbone(backbone: Path) -> None:
                          "folder")
 
 
-def _check_world(data: Path, sizes: DemoSizes) -> None:
+def _check_world(data: Path, sizes: DemoSizes, rewritten: bool = False) -> None:
     """Refuse a world whose dataset is of an earlier synthetic format, or was written with another distractor rate,
     seed, frame size or number of (test) videos than the recipe asks for (``--tiny`` against the default): it would
     otherwise be reused silently, since the synth step is skipped when its dataset is complete. Raises
-    :class:`UsageError` naming the file and the fix, :class:`CheckFailedError` for an unreadable dataset file."""
-    from rap_deploy.bounds import read_manifest_text
-    from rap_deploy.data.synth_dataset import check_synth_format
-
+    :class:`UsageError` naming the file and the fix, :class:`CheckFailedError` for an unreadable or damaged dataset
+    file, unless ``rewritten``: the synth step wrote this folder's dataset (it has a record), so a damaged one no
+    longer matches that record and the step writes it again (a folder the demo did not write is never overwritten)."""
     path = data / "MSRVTT_data.json"
     if not path.is_file():
         return
     try:
-        doc = json.loads(read_manifest_text(path, "synthetic dataset annotation"))
-        info, videos = doc.get("info", {}), doc.get("videos")
-        splits = [v.get("split") for v in videos]
-    except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:
-        raise CheckFailedError(f"{path} is not a readable synthetic dataset annotation ({str(exc)[:100]}); delete "
-                               f"{data} and the demo writes it again") from None
-    check_synth_format(path, info)
+        info, splits = _read_world(data)
+    except CheckFailedError:
+        if rewritten:
+            return
+        raise
     found = info.get("distractors", 0.0)  # datasets written before the option had none
-    if isinstance(found, bool) or not isinstance(found, (int, float)) or not 0 <= found <= 1:
-        raise CheckFailedError(f"{path} holds info.distractors {json.dumps(found)[:40]}, not a rate between 0 and 1; "
-                               f"delete {data} and the demo writes it again")
     if found != sizes.distractors:
         raise UsageError(f"{path} was written with distractors {found:g}, but this run asks for "
                          f"{sizes.distractors:g}; use another world folder (--world / --out) or --distractors "
@@ -124,6 +119,28 @@ def _check_world(data: Path, sizes: DemoSizes) -> None:
             if have == {k: getattr(DemoSizes.tiny(), k) for k in have} else ""
         raise UsageError(f"{path} is another recipe's world: {differ}{tiny}; use another folder (--out / --world), "
                          "e.g. one for the tiny demo and one for the default")
+
+
+def _read_world(data: Path) -> tuple[dict, list]:
+    """The ``info`` block of ``data``'s annotation and its videos' splits. Raises :class:`CheckFailedError` for a file
+    that cannot be read or holds a distractor rate that is not one, :class:`UsageError` for an earlier format."""
+    from rap_deploy.bounds import read_manifest_text
+    from rap_deploy.data.synth_dataset import check_synth_format
+
+    path = data / "MSRVTT_data.json"
+    try:
+        doc = json.loads(read_manifest_text(path, "synthetic dataset annotation"))
+        info, videos = doc.get("info", {}), doc.get("videos")
+        splits = [v.get("split") for v in videos]
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:
+        raise CheckFailedError(f"{path} is not a readable synthetic dataset annotation ({str(exc)[:100]}); delete "
+                               f"{data} and the demo writes it again") from None
+    check_synth_format(path, info)
+    found = info.get("distractors", 0.0)  # datasets written before the option had none
+    if isinstance(found, bool) or not isinstance(found, (int, float)) or not 0 <= found <= 1:
+        raise CheckFailedError(f"{path} holds info.distractors {json.dumps(found)[:40]}, not a rate between 0 and 1; "
+                               f"delete {data} and the demo writes it again")
+    return info, splits
 
 
 def _distractor_tag(sizes: DemoSizes) -> str:
