@@ -306,3 +306,29 @@ def test_the_tritonserver_command_is_quoted_for_the_shell(micro_ort_engines, tmp
     docker = readme.split("docker run", 1)[1].split("```", 1)[0].replace("\\\n", " ")
     words = shlex.split(docker)
     assert words[words.index("-v") + 1] == f"{repo.resolve()}:/models", docker
+
+
+def test_the_command_raises_tritons_http_input_limit_for_a_full_batch(micro_ort_engines, tmp_path):
+    """The repository advertises max_batch_size (32 videos: 220 MiB of ViT-B/32 frames), but a tritonserver started
+    as its README said takes at most 64 MiB per HTTP request (--http-max-input-size's default), so a client that
+    sent a full batch got 400. When the largest request passes 64 MiB the command (printed, returned, in the README
+    and its docker line) now sets --http-max-input-size for it; otherwise it is left out."""
+    import shlex
+
+    from rap_deploy.engines.manifest import read_manifest, write_manifest
+
+    engine = _tensorrt_engine_folder(micro_ort_engines, tmp_path / "tensorrt-big")
+    manifest = read_manifest(engine)
+    manifest["profiles"]["video_encoder"]["batch"] = {"min": 1, "opt": 4, "max": 2000}  # 2000 x 48 KiB: 94 MiB
+    write_manifest(engine, manifest)
+    res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(tmp_path / "repo"), "--json"])
+    assert res.exit_code == 0, res.output
+    words = shlex.split(json.loads(res.output)["command"])
+    (flag,) = [w for w in words if w.startswith("--http-max-input-size=")]
+    size = int(flag.split("=")[1])
+    assert size % (1 << 20) == 0 and 2000 * (4 * 3 * 32 * 32 * 4 + 4 * 4) < size <= 100 << 20, flag
+    readme = (tmp_path / "repo" / "README.md").read_text()
+    assert readme.count(flag) == 2, readme  # tritonserver on the host and in the container
+    res = runner.invoke(app, ["triton-repo", "--engine", str(micro_ort_engines["fp32"]), "--out",
+                              str(tmp_path / "small"), "--json"])
+    assert "--http-max-input-size" not in res.output, res.output
