@@ -362,7 +362,9 @@ def mark_reliability(results: list[dict[str, Any]], notes: list[str], load: dict
     for row in results:
         row["ratio_reliable"] = load["clean"]
     if not load["clean"]:
-        notes.insert(0, "the machine was not quiet, so every ratio is unreliable: " + "; ".join(load["reasons"]))
+        from rap_deploy.engines.reports import UNQUIET_NOTE
+
+        notes.insert(0, UNQUIET_NOTE + "; ".join(load["reasons"]))
 
 
 def bench_report(s: BenchSettings, torch_engine: Any, ckpt_path: Path, infos: list[dict[str, Any]],

@@ -394,6 +394,10 @@ def _adapter_line(cost: dict[str, Any]) -> str:
     return line
 
 
+# bench.json's note on an unquiet run: the printed table leaves it out, as its load line says the same
+UNQUIET_NOTE = "the machine was not quiet, so every ratio is unreliable: "
+
+
 def load_line(result: dict[str, Any]) -> str:
     """One line on the machine's load during the run: clean, or a warning with the reasons."""
     load = result.get("load")
@@ -468,7 +472,8 @@ def print_bench(result: dict[str, Any], console: Any = None) -> None:
     for line in search_lines(result):
         console.print(line, markup=False)
     for note in result.get("notes", []):
-        console.print(f"note: {note}", markup=False)
+        if not note.startswith(UNQUIET_NOTE):  # load_line, next, gives the same reasons
+            console.print(f"note: {note}", markup=False)
     console.print(load_line(result), style=None if result.get("clean", True) else "bold red", markup=False)
     console.print(f"reports in {result.get('out')}", markup=False)
 

@@ -542,3 +542,22 @@ def test_bench_notes_an_engine_that_runs_with_other_threads_than_pytorch(micro_o
             {"backend": "onnxruntime", "device": "cpu", "threads": 2, "label": "e"},
             {"backend": "onnxruntime", "device": "cpu", "threads": None, "label": "default"}]
     assert thread_notes(same) == []
+
+
+def test_the_printed_table_of_an_unquiet_run_gives_its_reasons_once():
+    """An unquiet run printed its load reasons twice, as a note ("the machine was not quiet, so every ratio is
+    unreliable: …") and again as the WARNING line under it (found walking the README's bench); bench.json keeps the
+    note, the table prints the warning alone."""
+    from rich.console import Console
+
+    from rap_deploy.engines.reports import UNQUIET_NOTE, print_bench
+
+    reason = "other processes used 1.24 cores during the whole run (limit 0.25)"
+    load = {"clean": False, "reasons": [reason], "usable_cores": 2, "loadavg_1min_start": 1.5,
+            "run": {"other_cores": 1.24, "steal_cores": 0.0}}
+    console = Console(record=True, width=200)
+    print_bench({"results": [], "device": {"cpu": "cpu"}, "out": "/w/bench", "clean": False, "load": load,
+                 "notes": [UNQUIET_NOTE + reason, "another note"]}, console)
+    text = console.export_text()
+    assert text.count(reason) == 1 and "WARNING: the machine was not quiet" in text, text
+    assert "note: another note" in text
