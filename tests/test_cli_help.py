@@ -152,3 +152,10 @@ def test_threads_help_says_an_engine_runs_with_the_threads_build_engine_recorded
     assert "recorded" in _option_help("demo", "--threads")
     for name in ("verify", "bench", "index", "search", "serve"):
         assert "build-engine --threads N" in _option_help(name, "--threads"), name
+
+
+def test_search_top_m_help_says_what_zero_does():
+    """search --top-m 0 is accepted (--top must be >= 1, --top-m >= 0) and ranks by stage 1 alone, every result
+    marked 'not re-ranked', but the help said only 'Stage-1 candidates re-ranked by the ASA head' (found walking the
+    README's search)."""
+    assert "0: none" in _option_help("search", "--top-m")

@@ -285,7 +285,8 @@ def search_cmd(
     engine: Path | None = typer.Option(None, "--engine", help="Engine of the library's model (default: the one that "
                                        "built it, else the workspace's latest engine)."),
     top: int = typer.Option(10, "--top", help="Results per query."),
-    top_m: int = typer.Option(100, "--top-m", help="Stage-1 candidates re-ranked by the ASA head."),
+    top_m: int = typer.Option(100, "--top-m", help="Stage-1 candidates re-ranked by the ASA head (0: none, "
+                               "stage-1 scores only)."),
     verify: str = typer.Option("full", "--verify", help="Integrity check at open: full (every shard's sha256) or "
                                "quick (sizes, headers and the small files' sha256)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch, ONNX Runtime and "
