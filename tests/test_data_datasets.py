@@ -314,3 +314,33 @@ def test_videos_in_a_symlinked_sub_folder_are_found(tmp_path):
     split = load_split("msvd", root, "test")
     assert [v.path for v in split.videos] == [root / "videos" / "vidA.avi", root / "videos" / "clips" / "vidB.avi",
                                               root / "videos" / "clips" / "deeper" / "vidC.avi"]
+
+
+def test_videos_in_the_folder_clip4clip_s_readme_names_are_found(tmp_path):
+    """CLIP4Clip's README trains from --features_path ${DATA_PATH}/MSRVTT_Videos (MSVD_Videos, DiDeMo_Videos,
+    Activity_Videos): a folder laid out that way had every video reported missing, as only videos/ was read. That
+    folder is read when there is no videos/; videos/ still comes first."""
+    from rap_deploy.data.check import check_dataset
+
+    root = _msrvtt(tmp_path / "msrvtt")
+    (root / "videos").rename(root / "MSRVTT_Videos")
+    split = load_split("msrvtt", root)
+    assert split.videos[1].path == root / "MSRVTT_Videos" / "video7011.webm"
+    assert split.videos[0].path == root / "MSRVTT_Videos" / "video7010.mp4"  # missing: where it is looked for
+    report = check_dataset("msrvtt", root, "test", progress=False)
+    assert report["videos_dir"] == str(root / "MSRVTT_Videos") and report["missing"] == ["video7010", "video7012"]
+    _touch(root / "videos" / "video7011.mp4")
+    assert load_split("msrvtt", root).videos[1].path == root / "videos" / "video7011.mp4"
+
+    msvd = tmp_path / "msvd"
+    msvd.mkdir()
+    (msvd / "test_list.txt").write_text("vidB\n")
+    (msvd / "raw-captions.pkl").write_bytes(pickle.dumps({"vidB": [["a", "dog"]]}))
+    _touch(msvd / "MSVD_Videos" / "vidB.avi")
+    assert load_split("msvd", msvd, "test").videos[0].path == msvd / "MSVD_Videos" / "vidB.avi"
+    anet = tmp_path / "anet"
+    anet.mkdir()
+    (anet / "val_ids.json").write_text(json.dumps(["v_abc"]))
+    (anet / "val_1.json").write_text(json.dumps({"v_abc": {"duration": 4, "timestamps": [], "sentences": ["x"]}}))
+    _touch(anet / "Activity_Videos" / "v_abc.mp4")
+    assert load_split("activitynet", anet, "test").videos[0].path == anet / "Activity_Videos" / "v_abc.mp4"

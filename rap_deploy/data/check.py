@@ -59,7 +59,7 @@ def check_dataset(
         "per_video": per_video,
         "ok": rs.num_videos > 0 and not missing and not undecodable,
         "missing_paths": missing_paths,
-        "videos_dir": str(Path(rs.data_root or data_root) / "videos"),
+        "videos_dir": str(rs.videos_dir or Path(rs.data_root or data_root) / "videos"),
         "sampling": rs.sampling.to_dict(),
         "image_size": preprocess.image_size,
     }

@@ -35,6 +35,10 @@ from rap_deploy.errors import UsageError
 
 DATASETS = ("msrvtt", "msvd", "didemo", "activitynet")
 VIDEO_DIR = "videos"
+# The video folders CLIP4Clip's README trains from (``--features_path ${DATA_PATH}/<name>``), read when the dataset
+# folder has no videos/ of its own.
+CLIP4CLIP_VIDEO_DIRS = {"msrvtt": "MSRVTT_Videos", "msvd": "MSVD_Videos", "didemo": "DiDeMo_Videos",
+                        "activitynet": "Activity_Videos"}
 # (.mts, .m2ts: camcorder files, which DiDeMo's Flickr videos include)
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv",
                     ".mts", ".m2ts", ".3g2", ".ogv", ".vob", ".asf", ".f4v")
@@ -73,6 +77,7 @@ class RetrievalSplit:
     sampling: FrameSamplingConfig
     context_length: int
     data_root: Path | None = field(default=None)
+    videos_dir: Path | None = field(default=None)
 
     @property
     def num_videos(self) -> int:
@@ -137,7 +142,8 @@ def load_split(
     split: str = "test",
     max_frames: int | None = None,
 ) -> RetrievalSplit:
-    """Read ``split`` of ``dataset`` from ``data_root`` (CLIP4Clip layout, videos under ``data_root/videos``).
+    """Read ``split`` of ``dataset`` from ``data_root`` (CLIP4Clip layout, videos under ``data_root/videos`` or the
+    folder CLIP4Clip's README names, :func:`videos_folder`).
 
     ``max_frames`` overrides the dataset's default frame count. Raises :class:`UsageError` (exit 2) for an unknown
     dataset or split, a missing folder or annotation file; :class:`CheckFailedError` (exit 1) for a damaged
@@ -157,8 +163,8 @@ def load_split(
         if max_frames < 1:
             raise UsageError(f"max_frames must be >= 1, got {max_frames}")
         sampling = replace(sampling, max_frames=int(max_frames))
-    reader = _READERS[dataset]
-    videos, captions, owner = reader(root, splits[split])
+    videos_dir = videos_folder(root, dataset)
+    videos, captions, owner = _READERS[dataset](root, splits[split], videos_dir)
     return RetrievalSplit(
         dataset=dataset,
         split=split,
@@ -168,7 +174,17 @@ def load_split(
         sampling=sampling,
         context_length=context_length,
         data_root=root,
+        videos_dir=videos_dir,
     )
+
+
+def videos_folder(root: Path, dataset: str) -> Path:
+    """The folder of ``dataset``'s videos under its folder ``root``: ``videos/`` when it exists, else the folder
+    CLIP4Clip's README names (``MSRVTT_Videos/``, ``MSVD_Videos/``, ``DiDeMo_Videos/``, ``Activity_Videos/``) when that
+    one does (else ``videos/``, where every video is then missing)."""
+    own = root / VIDEO_DIR
+    theirs = root / CLIP4CLIP_VIDEO_DIRS[dataset]
+    return theirs if not own.is_dir() and theirs.is_dir() else own
 
 
 def _check_dataset(name: str) -> None:
@@ -181,8 +197,7 @@ def _check_dataset(name: str) -> None:
 Readout = tuple[list[VideoEntry], list[str], list[int]]
 
 
-def _read_msrvtt(root: Path, split: str) -> Readout:
-    videos_dir = root / VIDEO_DIR
+def _read_msrvtt(root: Path, split: str, videos_dir: Path) -> Readout:
     finders: dict[Path, _StemFinder] = {}  # walked once, when some video is in neither videos/ nor videos/all/
     videos: list[VideoEntry] = []
     captions: list[str] = []
@@ -237,14 +252,14 @@ def _msrvtt_video(videos_dir: Path, vid: str, finders: dict[Path, _StemFinder] |
 MAX_CAPTION_CHARS = 20_000_000
 
 
-def _read_msvd(root: Path, split: str) -> Readout:
+def _read_msvd(root: Path, split: str, videos_dir: Path) -> Readout:
     list_path = root / f"{split}_list.txt"
     ids = [plain_video_id(v, list_path) for v in read_list(list_path)]
     cap_path = root / "raw-captions.pkl"
     raw = read_pickle(cap_path)
     if not isinstance(raw, dict):
         raise damaged(cap_path, f"should hold a dict video id -> list of token lists, found {type(raw).__name__}")
-    finder = _StemFinder(root / VIDEO_DIR)
+    finder = _StemFinder(videos_dir)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -271,7 +286,7 @@ def _read_msvd(root: Path, split: str) -> Readout:
     return videos, captions, owner
 
 
-def _read_didemo(root: Path, split: str) -> Readout:
+def _read_didemo(root: Path, split: str, videos_dir: Path) -> Readout:
     list_path = root / f"{split}_list.txt"
     ids = [plain_video_id(v, list_path) for v in read_list(list_path)]
     data_path = root / f"{split}_data.json"
@@ -285,7 +300,7 @@ def _read_didemo(root: Path, split: str) -> Readout:
         description = require_key(item, "description", data_path, f"[{i}]", kind=str).strip()
         if vid in wanted:
             paragraphs.setdefault(vid, []).append(description)
-    finder = _StemFinder(root / VIDEO_DIR)
+    finder = _StemFinder(videos_dir)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -298,7 +313,7 @@ def _read_didemo(root: Path, split: str) -> Readout:
     return videos, captions, owner
 
 
-def _read_activitynet(root: Path, split: str) -> Readout:
+def _read_activitynet(root: Path, split: str, videos_dir: Path) -> Readout:
     ids_path = root / f"{split}_ids.json"
     ids = read_json(ids_path)
     if not isinstance(ids, list):
@@ -307,7 +322,7 @@ def _read_activitynet(root: Path, split: str) -> Readout:
     data = read_json(data_path)
     if not isinstance(data, dict):
         raise damaged(data_path, "should map 'v_<id>' to {duration, timestamps, sentences}")
-    finder = _StemFinder(root / VIDEO_DIR)
+    finder = _StemFinder(videos_dir)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -329,7 +344,7 @@ def _read_activitynet(root: Path, split: str) -> Readout:
     return videos, captions, owner
 
 
-_READERS: dict[str, Callable[[Path, str], Readout]] = {
+_READERS: dict[str, Callable[[Path, str, Path], Readout]] = {
     "msrvtt": _read_msrvtt,
     "msvd": _read_msvd,
     "didemo": _read_didemo,
