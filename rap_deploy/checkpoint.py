@@ -235,11 +235,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     _check_regular(path)
     if _is_safetensors(path):
+        _check_fits_memory(path)
         payload = _read_safetensors(path)
     else:
         from rap_deploy.file_kinds import check_archive_expansion
 
         check_archive_expansion(path, f"checkpoint {path}")
+        _check_fits_memory(path)
         try:  # through a file object: torch.load reads any path named .safetensors as safetensors
             with open(path, "rb") as fh:
                 payload = torch.load(fh, map_location="cpu", weights_only=True)
@@ -261,6 +263,15 @@ def _check_regular(path: Path) -> None:
         raise UsageError(f"checkpoint {path} is a folder; pass the .pt or .safetensors file inside it")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} is not a regular file (a FIFO, socket or device); pass a checkpoint file")
+
+
+def _check_fits_memory(path: Path) -> None:
+    """Refuse (UsageError, exit 2) a checkpoint larger than the memory available: torch.load and safetensors read
+    every tensor of it into memory, and one that cannot fit was ended by the kernel's OOM killer, without a word."""
+    from rap_deploy.bounds import check_memory
+
+    check_memory(path.stat().st_size, f"checkpoint {path} (read whole)",
+                 "use a machine with more memory, or a checkpoint that references its backbone (--reference-backbone)")
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -378,14 +378,28 @@ def test_checkpoint_asking_for_a_billion_frames_is_refused_before_allocating(pay
     refused(cli("info", path), 1, "huge.pt", "frames", "512")
 
 
-def test_backbone_too_large_for_memory_is_refused_before_creating_it(micro_checkpoint, monkeypatch):
+def test_backbone_too_large_for_memory_is_refused_before_creating_it(micro_checkpoint, monkeypatch, tmp_path):
     import psutil
+
+    from rap_deploy.checkpoint import load_checkpoint, save_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
 
     class Tiny:
         available = 1 << 20  # 1 MiB: even rap-micro's 6 MiB of weights do not fit
 
+    weights = tmp_path / "backbone-weights.pt"  # a small checkpoint: its backbone is this file
+    torch.save(load_checkpoint(micro_checkpoint).backbone_state, weights)
+    reference = tmp_path / "reference.pt"
+    ckpt = load_checkpoint(micro_checkpoint)
+    ckpt.backbone, ckpt.backbone_state = BackboneSpec.parse("rap-micro", str(weights)), None
+    save_checkpoint(ckpt, reference)
+    safetensors = save_checkpoint(load_checkpoint(micro_checkpoint), tmp_path / "micro.safetensors")
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny)
-    refused(cli("info", micro_checkpoint), 2, "backbone rap-micro", "GiB", "more memory")
+    refused(cli("info", reference), 2, "backbone rap-micro", "GiB", "more memory")
+    # a checkpoint embedding its backbone is itself larger than that: refused before it is read (was the OOM killer
+    # for a file past the memory: torch.load reads every tensor)
+    refused(cli("info", micro_checkpoint), 2, f"checkpoint {micro_checkpoint} (read whole)", "GiB", "more memory")
+    refused(cli("info", safetensors), 2, "micro.safetensors (read whole)", "GiB")
     refused(cli("info", "--clip", "rap-micro"), 2, "backbone rap-micro", "GiB")  # no checkpoint: the CLIP alone
     refused(cli("init", "--clip", "rap-micro", "--out", Path(micro_checkpoint).parent / "never.pt"), 2, "GiB")
 

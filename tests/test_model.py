@@ -368,10 +368,12 @@ def test_a_compressed_checkpoint_larger_than_memory_is_refused_before_loading(tm
     expanded = sum(i.file_size for i in zipfile.ZipFile(packed).infolist())
 
     class Small:
-        available = expanded  # the plain file still loads: only compressed entries are checked
+        available = expanded  # 80 % of it holds neither the inflated entries nor the plain file (read whole)
 
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: Small)
     assert load_checkpoint(plain).config == ckpt.config
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Small)
+    with pytest.raises(UsageError, match="plain.pt .read whole.*more than"):
+        load_checkpoint(plain)
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load ran on the compressed archive"))
     with pytest.raises(UsageError, match="packed.pt .a compressed archive.*more than"):
         load_checkpoint(packed)
