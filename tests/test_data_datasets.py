@@ -344,3 +344,16 @@ def test_videos_in_the_folder_clip4clip_s_readme_names_are_found(tmp_path):
     (anet / "val_1.json").write_text(json.dumps({"v_abc": {"duration": 4, "timestamps": [], "sentences": ["x"]}}))
     _touch(anet / "Activity_Videos" / "v_abc.mp4")
     assert load_split("activitynet", anet, "test").videos[0].path == anet / "Activity_Videos" / "v_abc.mp4"
+
+
+def test_a_video_id_that_is_not_unicode_text_is_a_damaged_file(tmp_path):
+    """A JSON id such as "v_ab\\ud800" (a lone surrogate) passed the reader, and data-check then died with a
+    UnicodeEncodeError traceback printing it; it is a damaged annotation file, named in a message that prints."""
+    root = tmp_path / "anet"
+    root.mkdir()
+    (root / "val_ids.json").write_text('["v_abc", "v_ab\\ud800"]')
+    (root / "val_1.json").write_text(json.dumps({v: {"duration": 3, "timestamps": [], "sentences": ["x"]}
+                                                 for v in ("v_abc", "v_ab\ud800")}))
+    with pytest.raises(CheckFailedError, match=r"val_ids\.json has video id 'v_ab\\ud800', which is not") as e:
+        load_split("activitynet", root, "test")
+    str(e.value).encode("utf-8")  # the message itself prints

@@ -32,8 +32,14 @@ def damaged(path: Path, what: str) -> CheckFailedError:
 
 
 def plain_video_id(value: Any, path: Path) -> str:
-    """A video id from an annotation file, checked to be one plain file name (CheckFailedError otherwise)."""
-    return check_plain_name(value.strip() if isinstance(value, str) else value, "video id", path)
+    """A video id from an annotation file, checked to be one plain file name of Unicode text (CheckFailedError
+    otherwise: a JSON escape such as ``\\ud800`` gives a lone surrogate, which no file name and no message holds)."""
+    vid = check_plain_name(value.strip() if isinstance(value, str) else value, "video id", path)
+    try:
+        vid.encode("utf-8")
+    except UnicodeEncodeError:
+        raise damaged(path, f"has video id {vid!r}, which is not Unicode text (a lone surrogate)") from None
+    return vid
 
 
 def duration_seconds(value: Any, path: Path, where: str) -> float:
