@@ -279,3 +279,17 @@ def test_a_datatype_that_is_not_a_string_is_a_one_line_usage_error(micro_ort_eng
                 load_engine(server.url)
     finally:
         service.close()
+
+
+@pytest.mark.parametrize("url", ["http://alice:s3cret@127.0.0.1:9", "https://alice:s3cret@[::1]:8000/triton",
+                                 "http://alice:s3cret@127.0.0.1:port"])
+def test_an_engine_url_with_credentials_is_refused_without_repeating_the_password(url):
+    """http://USER:PASSWORD@HOST:PORT was taken: the credentials were never sent (the client does not authenticate),
+    and every later message (not ready, cannot reach, bad answers) printed the password. It is refused at once now,
+    with the URL shown redacted; a bad port after credentials too."""
+    with pytest.raises(UsageError) as err:
+        load_engine(url)
+    assert "s3cret" not in str(err.value) and "alice" not in str(err.value)
+    assert "***@" in str(err.value)
+    res = runner.invoke(app, ["bench", "--engine", url, "--json"])
+    assert res.exit_code == 2 and "s3cret" not in res.output

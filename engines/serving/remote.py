@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -45,17 +46,27 @@ MAX_REQUEST_BYTES = (64 << 20) - (64 << 10)
 def split_url(url: str) -> tuple[str, bool]:
     """``(host:port[/base path], ssl)`` for ``tritonclient.http`` from ``http(s)://HOST:PORT[/path]``; raises
     :class:`UsageError` for anything else."""
+    shown = redact_url(url)
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError as exc:  # an unbalanced IPv6 bracket ("http://[::1")
-        raise UsageError(f"engine URL {url!r} is not a URL ({exc}); it must look like http://HOST:PORT") from None
+        raise UsageError(f"engine URL {shown!r} is not a URL ({exc}); it must look like http://HOST:PORT") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise UsageError(f"engine URL {url!r} must look like http://HOST:PORT")
+        raise UsageError(f"engine URL {shown!r} must look like http://HOST:PORT")
+    if "@" in parts.netloc:
+        raise UsageError(f"engine URL {shown!r} carries credentials (USER:PASSWORD@), which rapdeploy does not send "
+                         "(the server would see none) and would repeat in its messages; pass http://HOST:PORT of a "
+                         "server that needs none, or reach it through a gateway that adds them")
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
-        raise UsageError(f"engine URL {url!r} has an invalid port") from None
+        raise UsageError(f"engine URL {shown!r} has an invalid port") from None
     return parts.netloc + parts.path.rstrip("/"), parts.scheme == "https"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``USER:PASSWORD@`` before its host replaced by ``***@``, for messages."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", str(url))
 
 
 def one_line(text: Any, limit: int = 300) -> str:
