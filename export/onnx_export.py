@@ -33,7 +33,7 @@ from rap_deploy.export.export_report import (
     parity_report,
 )
 from rap_deploy.export.manifest import FORMAT as EXPORT_FORMAT
-from rap_deploy.graphs import GRAPH_NAMES, INDEX_DTYPES, rerank_tensors
+from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
 
 
 # ---------------------------------------------------------------------------------------------------- tracing
@@ -179,14 +179,14 @@ def prepare_out_dir(out_dir: Path, force: bool) -> bool:
     return True
 
 
-def _remove_stale(out_dir: Path, written: set[str]) -> list[str]:
-    stale = []
-    for g in GRAPH_NAMES:
-        for name in (f"{g}.onnx", f"{g}.onnx.data", f"{g}.fp16.onnx", f"{g}.fp16.onnx.data"):
-            if name not in written and (out_dir / name).is_file():
-                (out_dir / name).unlink()
-                stale.append(name)
-    return stale
+def _replaced_graph_files(previous: Path | None, written: set[str]) -> list[str]:
+    """The graph files of the export ``previous`` (the folder ``--force`` replaces) that the new export does not
+    write: the swap removes them with the old folder (an fp16 export replaced by an fp32-only one loses its fp16
+    graphs), and the manifest says so."""
+    if previous is None or not previous.is_dir():
+        return []
+    return sorted(p.name for p in previous.iterdir()
+                  if p.is_file() and p.name.endswith((".onnx", ".onnx.data")) and p.name not in written)
 
 
 class _Steps:
@@ -252,7 +252,8 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
         replacing = prepare_out_dir(out_dir, force)
         with staged_folder(out_dir) as stage:
             try:
-                manifest = _export_into(Path(checkpoint), stage.path, cfg, force, data_root, progress, dataset)
+                manifest = _export_into(Path(checkpoint), stage.path, cfg, out_dir if replacing else None,
+                                        data_root, progress, dataset)
             except CheckFailedError as exc:
                 if not (stage.path / PARITY_FILE).is_file():
                     raise  # failed before any report (a damaged checkpoint): nothing worth keeping
@@ -314,9 +315,10 @@ class ParityRuns:
     fp16: dict[str, Any] | None
 
 
-def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, force: bool, data_root: Path | None,
+def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, previous: Path | None, data_root: Path | None,
                  progress: bool, dataset: str) -> dict[str, Any]:
-    """The export itself, into the (staging) folder ``out_dir``; see :func:`export_checkpoint`."""
+    """The export itself, into the (staging) folder ``out_dir``, replacing the export ``previous`` (None: none); see
+    :func:`export_checkpoint`."""
     from rap_deploy.export import manifest as mf
 
     started = time.perf_counter()
@@ -334,7 +336,7 @@ def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, force: bool
         del fp32_models
         parity_runs = _run_parity_steps(run, steps, data_root, dataset)
 
-    stale = _remove_stale(out_dir, run.written) if force else []
+    stale = _replaced_graph_files(previous, run.written)
     problems = export_problems(run.check_reports, parity_runs.fp32)
     run.seconds["total"] = round(time.perf_counter() - started, 3)
     parity = parity_report(run, parity_runs, problems)

@@ -318,6 +318,19 @@ def test_existing_folder_refused_without_force(exported, offset_checkpoint):
     assert result.exit_code == 2 and "--force" in result.output
 
 
+def test_force_records_the_graphs_the_replaced_export_loses(exported, offset_checkpoint, tmp_path):
+    """--force swaps the whole folder, so an fp16 export replaced by an fp32-only one loses its fp16 graphs; the
+    manifest's removed_stale (files of the old export not rewritten) was always empty: it was computed in the fresh
+    staging folder, where nothing old ever is."""
+    out = tmp_path / "onnx"
+    shutil.copytree(exported[0], out)
+    result = _cli("export", offset_checkpoint, "--out", out, "--force", "--json")
+    assert result.exit_code == 0, result.output
+    lost = [f"{g}.fp16.onnx" for g in ("asa_head", "text_encoder", "video_encoder")]
+    assert json.loads(result.output)["removed_stale"] == lost
+    assert not any((out / name).exists() for name in lost)
+
+
 def test_the_export_table_shows_folders_with_brackets_as_they_are(exported, tmp_path, capsys, monkeypatch):
     """export printed its folder and its parity inputs' source through rich markup: --out 'xo[/b]' ended a finished
     export with rich's MarkupError traceback (reproduced with the CLI), 'runs [old]' printed as 'runs '."""
