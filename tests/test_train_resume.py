@@ -359,3 +359,20 @@ def test_a_data_fingerprint_saved_before_the_content_was_is_compared_without_it(
     check_same_data(dict(now), now, options)
     with pytest.raises(UsageError, match="other video content"):
         check_same_data({**now, "content_sha256": "d"}, now, options)
+
+
+def test_resuming_a_finished_run_says_nothing_was_trained(capsys, monkeypatch):
+    """`rapdeploy train --resume RUN` of a complete run trained nothing and printed the run's table and step count
+    as if it had just trained (found walking the README's --resume); it now says so, and a run that trained (or a
+    fresh --epochs 0 evaluation) does not."""
+    from rap_deploy.cli.train_cmds import _print_train_summary
+
+    monkeypatch.setenv("COLUMNS", "300")
+    recall = {"R1": 1.0, "R5": 2.0, "R10": 3.0, "MnR": 4.0}
+    base = {"run_dir": "/w/run", "best": {"epoch": 2, "t2v": recall, "v2t": recall}, "variant": "rap",
+            "clip": "rap-micro", "trainable_params": 1, "total_params": 2, "steps": 10, "batch_size": 8,
+            "train_seconds": 1.0, "wall_seconds": 2.0, "world_size": 1, "device": "cpu", "skipped_videos": [],
+            "complete": True, "epochs_done": 2, "epochs": 2, "best_epoch": 2, "selection_rule": "rsum"}
+    for resumed, epochs, said in ((2, 2, True), (1, 2, False), (None, 2, False), (None, 0, False)):
+        _print_train_summary({**base, "resumed_after_epoch": resumed, "epochs": epochs})
+        assert ("nothing trained" in capsys.readouterr().out) is said, (resumed, epochs)

@@ -313,6 +313,10 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
                   f"world size {summary['world_size']} on {summary['device']}; "
                   f"{len(skipped)} undecodable training video(s) skipped"
                   + (": " + ", ".join(s["video_id"] for s in skipped[:10]) if skipped else ""), markup=False)
+    resumed = summary.get("resumed_after_epoch")
+    if resumed is not None and resumed >= summary["epochs"]:  # --resume of a finished run
+        console.print(f"nothing trained: the run was already complete ({summary['epochs']} of "
+                      f"{summary['epochs']} epochs); the figures above are its own", markup=False)
     if not summary.get("complete"):
         console.print(f"[yellow]stopped after epoch {summary['epochs_done']} of {summary['epochs']}; continue with "
                       f"`rapdeploy train --resume {escape(summary['run_dir'])}`[/]")
