@@ -527,6 +527,7 @@ def test_serve_host_and_max_queue_reach_the_running_server(micro_ort_engines, tm
     import time
 
     import uvicorn
+    from test_serving_app import host_request
 
     from rap_deploy.engines.serving.service import ServingService
 
@@ -555,7 +556,7 @@ def test_serve_host_and_max_queue_reach_the_running_server(micro_ort_engines, tm
             while not url_file.is_file() and time.monotonic() < deadline:
                 time.sleep(0.05)
             url = seen["url"] = url_file.read_text().strip()
-            seen["foreign"] = host_status(url, "attacker.example")
+            seen["foreign"] = host_request(url, "attacker.example")[0]
 
             def text(key: str) -> threading.Thread:
                 t = threading.Thread(target=lambda: seen.__setitem__(key, _request(
@@ -598,14 +599,3 @@ def test_serve_host_and_max_queue_reach_the_running_server(micro_ort_engines, tm
     assert seen["first"][0] == seen["second"][0] == 200, seen
 
 
-def host_status(url: str, host: str) -> int:
-    """The status of ``GET /healthz`` sent to ``url`` with the ``Host`` header ``host``."""
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-    try:
-        conn.putrequest("GET", "/healthz", skip_host=True)
-        conn.putheader("Host", host)
-        conn.endheaders()
-        return conn.getresponse().status
-    finally:
-        conn.close()
