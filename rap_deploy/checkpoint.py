@@ -72,8 +72,8 @@ class Checkpoint:
             raise CheckFailedError(f"{where}: the embedded backbone weights do not fit {self.backbone.clip} "
                                    f"({_first_line(exc)}); the file is damaged or was edited") from None
         except UsageError as exc:
-            if self.backbone_state is None:
-                raise  # a tag or file that cannot be loaded here: the message says what to do
+            if self.backbone_state is None:  # a tag or file that cannot be loaded here: the message says what to do
+                raise _unloadable_tag(where, self.backbone, exc) from None
             raise CheckFailedError(f"{where}: {exc}; the file is damaged or was edited") from None
         _check_fits_backbone(where, self.config, clip)
         try:
@@ -139,6 +139,19 @@ def _referenced_backbone(where: str, spec: BackboneSpec) -> BackboneSpec:
         raise UsageError(f"{where} references the backbone weights file {path}, which changed since (sha256 "
                          f"{actual[:12]}…); its adapters were trained on the recorded weights: {keep}")
     return dataclasses.replace(spec, sha256=None)  # checked: load_clip need not hash it again
+
+
+def _unloadable_tag(where: str, spec: BackboneSpec, exc: UsageError) -> UsageError:
+    """The refusal of a checkpoint whose backbone, an open_clip tag it only names, cannot be loaded here: load_clip's
+    own message (``exc``) advises ``--pretrained /path``, an option of init, not of export, train or info. Other
+    kinds: ``exc`` as it is."""
+    if spec.kind != "tag" or exc.__cause__ is None:
+        return exc
+    reason = _first_line(exc.__cause__)
+    return UsageError(f"{where} names its backbone, open_clip's {spec.clip} pretrained={spec.value}, without holding "
+                      f"its weights (--reference-backbone), and they cannot be loaded here ({reason}); put them in "
+                      "this machine's open_clip / Hugging Face cache (HF_HUB_OFFLINE=1 reads it without the network), "
+                      "or make the checkpoint with --embed-backbone where they are")
 
 
 def _check_fits_backbone(where: str, config: RAPConfig, clip: Any) -> None:

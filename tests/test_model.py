@@ -592,6 +592,21 @@ def test_a_moved_or_changed_referenced_backbone_names_the_checkpoint_and_keeps_t
     assert load_checkpoint(path).build_model() is not None
 
 
+def test_a_referenced_tag_that_cannot_be_loaded_names_the_checkpoint_not_init_options(tmp_path, monkeypatch):
+    """A --reference-backbone checkpoint of an open_clip tag whose weights are not here got load_clip's init advice,
+    'offline, pass a local weights file: --pretrained /path/to/weights' (export, train and info have no such option),
+    without naming the checkpoint."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"))
+    ckpt.backbone, ckpt.backbone_state = BackboneSpec("rap-micro", "tag", "openai"), None  # no such tag: unloadable
+    path = save_checkpoint(ckpt, tmp_path / "tag.pt")
+    result = CliRunner().invoke(app, ["info", str(path)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{path} names its backbone, open_clip's rap-micro pretrained=openai" in text, text
+    assert "--pretrained" not in text and "--embed-backbone" in text
+
+
 def test_a_checkpoint_of_another_open_clip_config_of_its_clip_is_refused(tmp_path):
     """A checkpoint records open_clip's config of its CLIP (clip_model_cfg), which nothing read: the model was built
     from the config the installed open_clip (or rapdeploy's packaged configs) gives the name, so a name whose config
