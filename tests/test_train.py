@@ -682,6 +682,9 @@ def test_an_unreadable_checkpoint_of_an_ablation_run_names_the_ablations_fix(tmp
     with pytest.raises(UsageError, match=fix) as caught:
         check_same_recipe(run_dir, None, options)
     assert "rapdeploy init" not in str(caught.value)
+    from rap_deploy.train.ablate_runs import unreadable_run_file
+
+    assert not unreadable_run_file(UsageError("last.pt has checkpoint format 9; upgrade rapdeploy"))  # its own fix
     (run_dir / "last.pt").rename(run_dir / "best.pt")  # a finished run kept without its last.pt
     with pytest.raises(UsageError, match=r"best.pt .*" + fix):
         check_same_recipe(run_dir, {"complete": True, "run_dir": str(run_dir)}, options)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.train.loop import BEST, LAST, SUMMARY, TrainOptions, train_rap
 
 # What a summary records of its options, compared when the run has no last.pt to compare (the zero-shot row).
@@ -54,10 +54,23 @@ def run_checkpoint(path: Path, load: Callable[[Path], Any]) -> Any:
     (``re-create it with `rapdeploy init```, ``start the run again without --resume``: options ``ablate`` has not)."""
     try:
         return load(path)
-    except RapDeployError as exc:
-        cls = CheckFailedError if isinstance(exc, CheckFailedError) else UsageError
-        raise cls(f"{without_fix(exc)}; the ablation run cannot be read back or resumed: remove {path.parent} and "
-                  "the next `rapdeploy ablate` trains that run again") from None
+    except (CheckFailedError, UsageError) as exc:
+        if not unreadable_run_file(exc):
+            raise
+        raise type(exc)(f"{without_fix(exc)}; the ablation run cannot be read back or resumed: remove {path.parent} "
+                        "and the next `rapdeploy ablate` trains that run again") from None
+
+
+# What a loader's UsageError says of a file that is no checkpoint `rapdeploy train` wrote (its fix names another
+# command or option); others keep their own fix (a newer format: upgrade; too large for this machine's memory).
+_NOT_TRAINS = ("rapdeploy init", "rapdeploy train", "--resume", "not a checkpoint", "not a rapdeploy checkpoint",
+               "not a RAP checkpoint")
+
+
+def unreadable_run_file(exc: Exception) -> bool:
+    """Whether a run's checkpoint failed to load because the file is damaged or is not a checkpoint ``rapdeploy
+    train`` wrote: then removing the run is the fix, not the loader's."""
+    return isinstance(exc, CheckFailedError) or any(words in str(exc) for words in _NOT_TRAINS)
 
 
 def damaged_run(path: Path, what: str) -> CheckFailedError:

@@ -54,13 +54,14 @@ def check_demo_training(run_dir: Path, options: Any, out: Path) -> None:
     last = run_dir / "last.pt"
     if not last.is_file():
         return
-    from rap_deploy.errors import RapDeployError
-    from rap_deploy.train.ablate_runs import without_fix
+    from rap_deploy.train.ablate_runs import unreadable_run_file, without_fix
     from rap_deploy.train.run_state import option_mismatch, stored_run
 
     try:
         ckpt, stored, _ = stored_run(last)
-    except RapDeployError as exc:
+    except (CheckFailedError, UsageError) as exc:
+        if not unreadable_run_file(exc):
+            raise
         if finished_run(run_dir):
             return
         raise CheckFailedError(f"{without_fix(exc)}: the demo's killed training run cannot be resumed; remove "
