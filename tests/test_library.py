@@ -1129,6 +1129,9 @@ def test_add_retries_a_video_that_failed_to_decode_once_it_is_fixed(synth_root, 
     (folder / "b.mp4").write_bytes(b"junk")  # a copy still in progress
     failed = json.loads(runner.invoke(app, args).stdout)
     assert failed["up_to_date"] and [s["video_id"] for s in failed["skipped"]] == ["b"]
+    # its shard was dropped, so none was written ("up to date: ...; 1 shards written" said otherwise: found
+    # walking the README's --add)
+    assert (failed["shards_written"], failed["shards_resumed"]) == (0, 0), failed
     shutil.copy(videos[1], folder / "b.mp4")  # the copy finished
     fixed = runner.invoke(app, args)
     assert fixed.exit_code == 0, fixed.output

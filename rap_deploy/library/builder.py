@@ -124,6 +124,8 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
         ranks.barrier()
         written, resumed, encode_s = _encode_mine(root, engine, cache, options, ranks, progress, log)
         report = {"library": str(root), "rank": ranks.rank}
+    if report.get("up_to_date"):  # a plan of undecodable videos only was encoded, then dropped: nothing kept
+        written = resumed = 0
     report.update(world_size=ranks.world_size, shards_written=written, shards_resumed=resumed,
                   encode_seconds=round(encode_s, 3), seconds=round(time.perf_counter() - t0, 3))
     if ranks.is_main and report.get("added"):
