@@ -108,12 +108,20 @@ def _validate(path: Path, report: dict[str, Any]) -> tuple[onnx.ModelProto, onnx
 
 
 def _opset_findings(name: str, model: onnx.ModelProto, opset: int, report: dict[str, Any]) -> list[str]:
-    """Records the default-domain ``opset`` in ``report``; returns the problems: another opset, another domain."""
+    """Records the default-domain ``opset`` and the IR version in ``report``; returns the problems: another opset, an
+    IR version older than the opsets need, another domain."""
     problems = []
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     report["opset"] = opsets.get("ai.onnx")
     if report["opset"] != opset:
         problems.append(f"{name}: opset {report['opset']}, expected {opset}")
+    report["ir_version"] = model.ir_version
+    try:  # onnx's checker accepts an IR version older than the opset's (IR 3 with opset 19); runtimes may not
+        needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    except ValueError:
+        needed = None
+    if needed is not None and model.ir_version < needed:
+        problems.append(f"{name}: IR version {model.ir_version} is older than its opsets need ({needed})")
     if set(opsets) - {"ai.onnx"}:
         problems.append(f"{name}: uses non-standard op domains {sorted(set(opsets) - {'ai.onnx'})}")
     return problems

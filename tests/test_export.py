@@ -505,6 +505,29 @@ def test_checks_flag_forbidden_ops_and_missing_topk(tmp_path):
     assert "GridSample" in text and "ArgMax over int64" in text and "TopK" in text and "input names" in text
 
 
+def test_checks_state_the_ir_version_and_refuse_one_older_than_the_opset(tmp_path):
+    """The IR version was neither recorded nor checked, and onnx's checker accepts an IR version older than the opset
+    needs (IR 8 with opset 19, which needs 9): the export's checks now record it and flag that."""
+    from onnx import TensorProto, helper
+
+    from rap_deploy.export.checks import check_graph
+    from rap_deploy.export.export_config import GraphSpec, TensorSpec
+
+    f = helper.make_tensor_value_info
+    spec = GraphSpec("text_encoder", (TensorSpec("x", (1, 4), "float32"),), (TensorSpec("y", (1, 4), "float32"),))
+    for ir, opset, problem in ((8, 17, False), (9, 19, False), (8, 19, True)):
+        model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                    [f("x", TensorProto.FLOAT, [1, 4])],
+                                                    [f("y", TensorProto.FLOAT, [1, 4])]),
+                                  opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = ir
+        onnx.save(model, str(tmp_path / "g.onnx"))
+        report = check_graph(tmp_path / "g.onnx", spec, opset)
+        assert report["ir_version"] == ir
+        assert report["passed"] is not problem, report["problems"]
+        assert problem == any("IR version 8 is older than its opsets need (9)" in p for p in report["problems"])
+
+
 def test_save_onnx_external_data_is_atomic_and_loadable(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
