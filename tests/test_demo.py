@@ -386,7 +386,7 @@ def test_a_skipped_step_reports_its_own_records_seconds_and_no_other_steps(tmp_p
     assert again.timings == {"pretrain-backbone": 400.0}
 
 
-def test_a_killed_training_run_resumes_on_this_folders_world(tmp_path, monkeypatch):
+def test_a_killed_training_run_resumes_on_this_folders_world(tmp_path, monkeypatch, micro_checkpoint):
     """A killed run resumed with the data and frame cache paths its last.pt stored, so a demo folder moved (or
     copied) before the next demo failed with 'dataset folder OLD/data does not exist; pass --data-root' (an option
     demo has not; reproduced by moving a tiny demo folder whose run was marked unfinished), or read and cached the
@@ -411,11 +411,37 @@ def test_a_killed_training_run_resumes_on_this_folders_world(tmp_path, monkeypat
     run = pipeline._DemoRun(out=tmp_path, sizes=pipeline.DemoSizes.tiny(), steps=Steps(lambda m: None, tmp_path),
                             world=world, progress=False, threads=None, log=lambda m: None)
     run.run_dir.mkdir(parents=True)
-    (run.run_dir / "last.pt").write_bytes(b"a killed run's last epoch")
+    run.init_ckpt.parent.mkdir()
+    for path in (run.run_dir / "last.pt", run.init_ckpt):  # a killed run on the backbone init.pt holds
+        path.write_bytes(micro_checkpoint.read_bytes())
     with pytest.raises(Stop):
         pipeline._train_and_results_steps(run)
     assert asked == [{"options": None, "resume": run.run_dir,
                       "overrides": {"data_root": str(world.data), "cache_dir": str(world.frame_cache)}}]
+    _check_a_killed_run_on_another_backbone_starts_again(run, asked, micro_checkpoint, Stop)
+
+
+def _check_a_killed_run_on_another_backbone_starts_again(run, asked, micro_checkpoint, stop):
+    """A killed run whose backbone is not the one init.pt holds now (the world's backbone was pre-trained again:
+    cache/ deleted, say) was resumed on the earlier backbone, so best.pt, the engines and the zero-shot row came from
+    a backbone the summary does not name; it starts again from this init.pt."""
+    import dataclasses
+
+    from rap_deploy.checkpoint import load_checkpoint, save_checkpoint
+    from rap_deploy.cli import pipeline
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    ckpt = load_checkpoint(micro_checkpoint)
+    for path, sha in ((run.init_ckpt, "a" * 64), (run.run_dir / "last.pt", "b" * 64)):
+        save_checkpoint(dataclasses.replace(ckpt, backbone=BackboneSpec("rap-micro", "file", "/x", sha)), path)
+    logged: list[str] = []
+    run = dataclasses.replace(run, log=logged.append)
+    with pytest.raises(stop):
+        pipeline._train_and_results_steps(run)
+    assert asked[-1]["resume"] is None and asked[-1]["options"] is not None, asked
+    assert any("a killed run on another backbone (sha256 bbbbbbbbbbbb…; init.pt holds aaaaaaaaaaaa…)" in line
+               for line in logged), logged
+    assert not run.run_dir.exists()
 
 
 def test_a_damaged_world_annotation_the_demo_wrote_is_written_again_not_refused(tmp_path, monkeypatch):

@@ -264,9 +264,9 @@ def _train_and_results_steps(run: _DemoRun) -> None:
     def train() -> None:
         # The epoch-0 evaluation of the identity adapters is the zero-shot result (frozen backbone, meanP).
         with folder_lock(run_dir, "demo", "run folder"):  # as `rapdeploy train` takes it: never two writers of a run
-            if finished_run(run_dir):  # redone because its files changed: resuming a finished run trains nothing
-                run.log(f"[note] {run_dir} holds a finished run whose files changed: training it again from the "
-                        "start")
+            why = _not_to_resume(run_dir, run.init_ckpt)
+            if why:
+                run.log(f"[note] {run_dir} holds {why}: training it again from the start")
                 shutil.rmtree(run_dir)
             if (run_dir / "last.pt").is_file():  # a killed run resumes, reading this world (the folder may have moved)
                 train_rap(None, progress=run.progress, resume=run_dir,
@@ -278,6 +278,23 @@ def _train_and_results_steps(run: _DemoRun) -> None:
     run.steps.run("train (rap)", written, train, inputs=[run.init_ckpt, run.world.data / "MSRVTT_data.json"])
     run.steps.run("results", [run.rap_file, run.zero_shot_file],
                   lambda: _write_results(run_dir, run.zero_shot_file, run.rap_file), inputs=written)
+
+
+def _not_to_resume(run_dir: Path, init_ckpt: Path) -> str | None:
+    """Why the run in ``run_dir`` is not to be continued by the train step (None: it is, or there is none): it
+    finished (the step is redone because its files changed, and resuming a finished run trains nothing), or it was
+    killed while training on another backbone than ``init_ckpt`` holds (the world's backbone was pre-trained again
+    since, so the init step made ``init.pt`` again: resumed, the run would go on with the earlier one)."""
+    from rap_deploy.checkpoint import load_checkpoint
+
+    if finished_run(run_dir):
+        return "a finished run whose files changed"
+    if not (run_dir / "last.pt").is_file():
+        return None
+    had, has = load_checkpoint(run_dir / "last.pt").backbone.sha256, load_checkpoint(init_ckpt).backbone.sha256
+    if had != has:
+        return f"a killed run on another backbone (sha256 {str(had)[:12]}…; {init_ckpt.name} holds {str(has)[:12]}…)"
+    return None
 
 
 def _export_step(run: _DemoRun) -> None:
