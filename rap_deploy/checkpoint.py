@@ -212,10 +212,14 @@ def _payload(ckpt: Checkpoint) -> dict[str, Any]:
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write ``ckpt`` atomically as ``.pt`` (torch) or ``.safetensors``; returns the path. Equal checkpoints are
-    equal files, byte for byte, whatever their names. Raises :class:`UsageError` when ``path`` is a folder."""
+    equal files, byte for byte, whatever their names. Raises :class:`UsageError` when ``path`` is a folder or not
+    named ``.pt``, ``.pth`` or ``.safetensors``."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"--out {path} is a folder; pass a file path such as {path / 'ckpt.pt'}")
+    if path.suffix not in CHECKPOINT_SUFFIXES:  # verify, index, serve and build-engine know a checkpoint by it
+        raise UsageError(f"--out {path}: a checkpoint's name ends in {', '.join(CHECKPOINT_SUFFIXES)} (verify, index "
+                         f"and serve take a checkpoint by its suffix); pass e.g. {path.with_suffix('.pt').name}")
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 

@@ -592,6 +592,20 @@ def test_a_moved_or_changed_referenced_backbone_names_the_checkpoint_and_keeps_t
     assert load_checkpoint(path).build_model() is not None
 
 
+def test_a_checkpoint_is_only_written_under_a_checkpoint_suffix(tmp_path, micro_checkpoint):
+    """init --out model.ckpt wrote a checkpoint that export reads (by its content) but verify, index and serve refuse
+    ('not an engine folder, an export folder or a checkpoint') and build-engine ignored as its export's reference."""
+    from rap_deploy.engines.loader import load_engine
+
+    out = tmp_path / "model.ckpt"
+    result = CliRunner().invoke(app, ["init", "--clip", "rap-micro", "--frames", "4", "--out", str(out)])
+    assert result.exit_code == 2 and "model.pt" in result.output and not out.exists(), result.output
+    other = tmp_path / "copy.ckpt"  # why: a checkpoint under another name is what verify and index refuse
+    other.write_bytes(micro_checkpoint.read_bytes())
+    with pytest.raises(UsageError, match="not an engine folder, an export folder or a checkpoint"):
+        load_engine(other)
+
+
 def test_a_referenced_tag_that_cannot_be_loaded_names_the_checkpoint_not_init_options(tmp_path, monkeypatch):
     """A --reference-backbone checkpoint of an open_clip tag whose weights are not here got load_clip's init advice,
     'offline, pass a local weights file: --pretrained /path/to/weights' (export, train and info have no such option),
