@@ -28,7 +28,7 @@ from rap_deploy.engines.manifest import BACKENDS, FORMAT, MANIFEST, new_manifest
 from rap_deploy.engines.trt_plan import ProfileOptions, profile_ranges
 from rap_deploy.errors import UsageError
 from rap_deploy.folder_swap import StagedFolder, check_not_replaced, folder_identity, staged_folder
-from rap_deploy.locks import folder_lock
+from rap_deploy.locks import folder_lock, target_path
 
 DEVICES = ("cpu", "cuda")
 
@@ -130,6 +130,7 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
     :class:`~rap_deploy.errors.CheckFailedError` when the build or its validation fails (nothing is left behind).
     """
     from rap_deploy.export import read_export_manifest
+    from rap_deploy.folder_swap import recover_interrupted_swap
     from rap_deploy.workspace import subdir
 
     backend, precision, device = resolve_target(backend, fp16, int8, device)
@@ -142,6 +143,9 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
     ranges = profile_ranges(profiles, export_manifest["graphs"],
                             context_length=(export_manifest.get("dims") or {}).get("context_length"))
     with folder_lock(dest, "build-engine", "engine folder"):
+        # An engine a killed two-rename swap left aside is put back before the folder is judged: judged missing, it
+        # was replaced without --force once staged_folder had restored it.
+        recover_interrupted_swap(target_path(dest))
         check_replaceable(dest, force)
         with staged_folder(dest) as stage:
             stage.before_commit = functools.partial(check_source_unchanged, src, src_identity)

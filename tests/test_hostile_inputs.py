@@ -358,6 +358,17 @@ def test_an_export_left_aside_by_a_killed_swap_is_back_before_export_judges_the_
     assert snapshot(export) == before and not aside.exists()
 
 
+def test_an_engine_left_aside_by_a_killed_swap_is_back_before_build_engine_judges_the_folder(engine, export):
+    """The same for build-engine: an engine folder a killed two-rename swap left aside (.<name>.old-<pid>) was judged
+    absent, then put back by staged_folder and replaced without --force. It is recovered first, then refused."""
+    aside = engine.parent / f".{engine.name}.old-99999"
+    engine.rename(aside)
+    before = snapshot(aside)
+    refused(cli("build-engine", export, "--backend", "onnxruntime", "--out", engine, "--no-validate", "--quiet"), 2,
+            "already exists", "--force")
+    assert snapshot(engine) == before and not aside.exists()
+
+
 # ---------------------------------------------------------------------------------------------------- data loss
 def test_failed_export_force_keeps_the_previous_export(micro_checkpoint, export, tmp_path, guard):
     before = snapshot(export)
