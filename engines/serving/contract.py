@@ -37,6 +37,12 @@ from rap_deploy.graphs import (
 )
 
 VIDEO_GRAPH, TEXT_GRAPH, ASA_GRAPH = GRAPH_NAMES
+#: Bytes a binary inference request's JSON header may take beside its tensors, generously: the room kept by the
+#: server's body budget (``serve --max-body-mb``), the remote client's request sizes and triton-repo's note.
+BODY_HEADER_RESERVE = 64 << 10
+#: tritonserver's default ``--http-max-input-size`` (2.59 and later): the largest HTTP request it takes unless
+#: started with a larger one.
+TRITON_HTTP_INPUT_BYTES = 64 << 20
 
 #: numpy dtype name -> Open Inference Protocol (KServe v2) datatype. Triton's config type is ``"TYPE_" + datatype``.
 OIP_DATATYPES: dict[str, str] = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int8": "INT8",

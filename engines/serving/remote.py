@@ -32,7 +32,15 @@ from rap_deploy.engines.blocks import (
     fit_tokens,
     meanp_similarity_from_frames,
 )
-from rap_deploy.engines.serving.contract import ASA_GRAPH, NUMPY_DTYPES, TEXT_GRAPH, VIDEO_GRAPH, contract_io
+from rap_deploy.engines.serving.contract import (
+    ASA_GRAPH,
+    BODY_HEADER_RESERVE,
+    NUMPY_DTYPES,
+    TEXT_GRAPH,
+    TRITON_HTTP_INPUT_BYTES,
+    VIDEO_GRAPH,
+    contract_io,
+)
 from rap_deploy.engines.serving.model_config import read_parameters
 from rap_deploy.errors import BackendUnavailableError, UsageError
 
@@ -40,7 +48,7 @@ NOT_OIP = "is it a KServe v2 / Open Inference Protocol server (`rapdeploy serve`
 #: The most bytes of tensors one request carries: Triton's default ``--http-max-input-size`` (64 MiB, which a
 #: tritonserver started without the option enforces) less room for the JSON header. Triton publishes the model's
 #: ``max_batch_size`` (32 videos: 220 MiB of ViT-B/32 frames) whatever that limit, so batches are split to fit it.
-MAX_REQUEST_BYTES = (64 << 20) - (64 << 10)
+MAX_REQUEST_BYTES = TRITON_HTTP_INPUT_BYTES - BODY_HEADER_RESERVE
 
 
 def split_url(url: str) -> tuple[str, bool]:

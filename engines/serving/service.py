@@ -28,6 +28,7 @@ from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
 from rap_deploy.engines.serving.connections import HEADER_TIMEOUT_S, MAX_CONNECTIONS
 from rap_deploy.engines.serving.contract import (
     ASA_GRAPH,
+    BODY_HEADER_RESERVE,
     TEXT_GRAPH,
     VIDEO_GRAPH,
     BatchLimits,
@@ -52,7 +53,6 @@ from rap_deploy.export.export_config import QUERIES, TOKENS, VIDEOS, TensorSpec
 
 log = logging.getLogger("rapdeploy.serve")
 MiB = 1 << 20
-BODY_HEADER_RESERVE = 64 * 1024  # the JSON header of a binary inference request, generously
 
 
 def check_body_mb(mb: float) -> None:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.engines.serving.contract import (
+    BODY_HEADER_RESERVE,
+    TRITON_HTTP_INPUT_BYTES,
     EngineSource,
     ServedModel,
     batch_limits,
@@ -48,8 +50,6 @@ KIND_CHOICES = ("auto", "cpu", "gpu")
 DEFAULT_QUEUE_DELAY_US = 2000
 MAX_INSTANCES = (1 << 31) - 1  # instance_group.count is an int32 in Triton's ModelConfig
 MAX_QUEUE_DELAY_US = (1 << 64) - 1  # dynamic_batching.max_queue_delay_microseconds is a uint64
-TRITON_HTTP_INPUT_BYTES = 64 << 20  # tritonserver's default --http-max-input-size: the largest HTTP request it takes
-HEADER_ROOM = 64 << 10  # bytes a request's JSON header may take beside its binary tensors
 README_TITLE = b"# Triton model repository (rapdeploy)"  # the first line of a repository's README: ours to replace
 
 
@@ -254,14 +254,15 @@ def http_input_note(plan: RepoPlan) -> str:
     """The README's note on ``--http-max-input-size`` when the largest request (:func:`largest_request`, with room
     for its header) passes the 64 MiB that tritonserver 2.59 and later take over HTTP by default; else nothing. Not
     in the command itself: older releases, which the engine's TensorRT may need, have no such option and refuse it."""
-    need = largest_request(plan) + HEADER_ROOM
+    need = largest_request(plan) + BODY_HEADER_RESERVE
     if need <= TRITON_HTTP_INPUT_BYTES:
         return ""
     mib = -(-need // (1 << 20))
-    return (f"\nA full batch is up to {mib} MiB of tensors here, over the 64 MiB per HTTP request that tritonserver "
-            f"2.59 and later take by default: for clients that send full batches start those with "
+    default = TRITON_HTTP_INPUT_BYTES >> 20
+    return (f"\nA full batch is up to {mib} MiB of tensors here, over the {default} MiB per HTTP request that "
+            f"tritonserver 2.59 and later take by default: for clients that send full batches start those with "
             f"`--http-max-input-size={mib << 20}` (older releases have neither the limit nor the option). "
-            "`load_engine(\"http://…\")` keeps each request within 64 MiB either way.\n")
+            f"`load_engine(\"http://…\")` keeps each request within {default} MiB either way.\n")
 
 
 def _write_repo(plan: RepoPlan, dest: Path, command: str) -> dict[str, Any]:
