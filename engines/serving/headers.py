@@ -1,6 +1,7 @@
 """The security headers every response of ``rapdeploy serve`` carries: the app's (``SecureHeaders`` in
 :mod:`~rap_deploy.engines.serving.app`) and the refusals :mod:`~rap_deploy.engines.serving.connections` writes on
-the socket itself (503 past ``--max-connections``, 408 past ``--header-timeout``). One set, kept here.
+the socket itself (503 past ``--max-connections``, 408 past ``--header-timeout``, 400 for a request that is not
+HTTP). One set, kept here.
 
 No MIME sniffing (a JSON error echoing a video id that holds HTML is never read as a page), no framing
 (clickjacking), no referrer; a response that is not the page runs nothing; no page of another origin may embed a
