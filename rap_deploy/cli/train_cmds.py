@@ -242,10 +242,9 @@ def default_run_dir(runs: Path, dataset: str, claim: contextlib.ExitStack | None
     closes; without, the plain name is returned unchecked. Raises :class:`UsageError` for an unknown dataset (the
     name becomes a path) and when every suffix is taken.
     """
-    from rap_deploy.data.datasets import DATASETS
+    from rap_deploy.data.datasets import check_dataset
 
-    if dataset not in DATASETS:
-        raise UsageError(f"dataset '{dataset}' is unknown; use one of {', '.join(DATASETS)}")
+    check_dataset(dataset)  # the name becomes a path
     base = f"{dataset}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
     if claim is None:
         return runs / base

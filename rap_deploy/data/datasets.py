@@ -130,7 +130,7 @@ class RetrievalSplit:
 def dataset_defaults(name: str) -> tuple[FrameSamplingConfig, int]:
     """Return ``(frame sampling, text context length)`` of a dataset: 12 frames / 32 tokens for MSR-VTT and MSVD,
     64 frames / 64 tokens for the paragraph datasets DiDeMo and ActivityNet. Raises :class:`UsageError` if unknown."""
-    _check_dataset(name)
+    check_dataset(name)
     if name in ("didemo", "activitynet"):
         return FrameSamplingConfig(max_frames=64, fps=1.0), 64
     return FrameSamplingConfig(max_frames=12, fps=1.0), 32
@@ -150,7 +150,7 @@ def load_split(
     annotation file: not UTF-8 text, invalid JSON or CSV, a missing key or column, a value of the wrong type, or a
     video id that is not a plain file name (``../../x`` would read outside the videos folder), naming file and key.
     """
-    _check_dataset(dataset)
+    check_dataset(dataset)
     splits = _SPLITS[dataset]
     if split not in splits:
         raise UsageError(f"{dataset} has no split '{split}'; use one of {', '.join(splits)}")
@@ -187,7 +187,8 @@ def videos_folder(root: Path, dataset: str) -> Path:
     return theirs if not own.is_dir() and theirs.is_dir() else own
 
 
-def _check_dataset(name: str) -> None:
+def check_dataset(name: str) -> None:
+    """Refuse (:class:`UsageError`, exit 2) a dataset name that is not one of :data:`DATASETS`."""
     if name not in DATASETS:
         raise UsageError(f"dataset '{name}' is unknown; use one of {', '.join(DATASETS)}")
 
