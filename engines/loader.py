@@ -13,8 +13,8 @@ from typing import Any
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.engines.base import Engine
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
+from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 REMOTE_SCHEMES = ("http://", "https://")
 
 

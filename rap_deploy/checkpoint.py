@@ -19,6 +19,7 @@ import torch
 from rap_deploy.atomic import atomic_path, sha256_file
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
 from rap_deploy.model.clip_loader import (
     BackboneSpec,
     clip_model_config,
@@ -210,16 +211,24 @@ def _payload(ckpt: Checkpoint) -> dict[str, Any]:
     }
 
 
+def check_checkpoint_name(path: str | Path) -> Path:
+    """``path`` as a :class:`Path` when a checkpoint may be written there; :class:`UsageError` (exit 2) when it is a
+    folder or its name does not end in :data:`~rap_deploy.file_kinds.CHECKPOINT_SUFFIXES` (verify, index, serve and
+    build-engine know a checkpoint by it). Writing commands call it before any long work."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; pass a file path such as {path / 'ckpt.pt'}")
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise UsageError(f"--out {path}: a checkpoint's name ends in {', '.join(CHECKPOINT_SUFFIXES)} (verify, index "
+                         f"and serve take a checkpoint by its suffix); pass e.g. {path.with_suffix('.pt').name}")
+    return path
+
+
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write ``ckpt`` atomically as ``.pt`` (torch) or ``.safetensors``; returns the path. Equal checkpoints are
     equal files, byte for byte, whatever their names. Raises :class:`UsageError` when ``path`` is a folder or not
     named ``.pt``, ``.pth`` or ``.safetensors``."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a folder; pass a file path such as {path / 'ckpt.pt'}")
-    if path.suffix not in CHECKPOINT_SUFFIXES:  # verify, index, serve and build-engine know a checkpoint by it
-        raise UsageError(f"--out {path}: a checkpoint's name ends in {', '.join(CHECKPOINT_SUFFIXES)} (verify, index "
-                         f"and serve take a checkpoint by its suffix); pass e.g. {path.with_suffix('.pt').name}")
+    path = check_checkpoint_name(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
@@ -408,9 +417,6 @@ def _unknown_settings(config: dict[str, Any]) -> list[str]:
 def checkpoint_sha256(path: str | Path) -> str:
     """sha256 of a checkpoint file (recorded in every exported artifact)."""
     return sha256_file(path)
-
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def recorded_checkpoint(value: Any, sha256: Any) -> Path | None:

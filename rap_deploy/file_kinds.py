@@ -19,6 +19,9 @@ from pathlib import Path
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 
 ZIP_MAGIC = b"PK\x03\x04"
+# The names a checkpoint file goes by: verify, index, serve and build-engine tell a checkpoint from an engine or export
+# folder by them, and rapdeploy writes a checkpoint under no other (checkpoint.check_checkpoint_name)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 PICKLE_PROTO = 0x80
 SAFETENSORS_MAX_HEADER = 100_000_000
 _GLOBAL_OPS = {"GLOBAL", "STACK_GLOBAL", "INST"}

@@ -592,11 +592,16 @@ def test_a_moved_or_changed_referenced_backbone_names_the_checkpoint_and_keeps_t
     assert load_checkpoint(path).build_model() is not None
 
 
-def test_a_checkpoint_is_only_written_under_a_checkpoint_suffix(tmp_path, micro_checkpoint):
+def test_a_checkpoint_is_only_written_under_a_checkpoint_suffix(tmp_path, micro_checkpoint, monkeypatch):
     """init --out model.ckpt wrote a checkpoint that export reads (by its content) but verify, index and serve refuse
     ('not an engine folder, an export folder or a checkpoint') and build-engine ignored as its export's reference."""
+    import rap_deploy.checkpoint as checkpoint_module
     from rap_deploy.engines.loader import load_engine
 
+    def no_model(*args, **kwargs):  # why: init refuses the name before it builds (loads) the model
+        raise AssertionError("init built the model before refusing --out")
+
+    monkeypatch.setattr(checkpoint_module, "new_checkpoint", no_model)
     out = tmp_path / "model.ckpt"
     result = CliRunner().invoke(app, ["init", "--clip", "rap-micro", "--frames", "4", "--out", str(out)])
     assert result.exit_code == 2 and "model.pt" in result.output and not out.exists(), result.output

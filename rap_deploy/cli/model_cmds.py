@@ -69,10 +69,12 @@ def init(
 ) -> None:
     """Create an untrained RAP checkpoint (identity adapters: exactly frozen CLIP with mean pooling)."""
     from rap_deploy.backbone_file import check_one_backbone_source
+    from rap_deploy.checkpoint import check_checkpoint_name
     from rap_deploy.model_summary import init_checkpoint
 
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; pass a checkpoint file path such as {out / 'init.pt'}")
+    check_checkpoint_name(out)  # before the CLIP loads: a name that verify, index and serve would not take
     if (out.exists() or out.is_symlink()) and not force:  # it may be a trained checkpoint: never replaced unasked
         raise UsageError(f"--out {out} exists; pass --force to replace it, or another --out")
     bounds.check_int(seed, "--seed", 0, bounds.MAX_SEED)
