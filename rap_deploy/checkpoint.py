@@ -22,6 +22,7 @@ from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
 from rap_deploy.model.clip_loader import (
     BackboneSpec,
+    WeightsFileChanged,
     clip_model_config,
     load_clip,
     pretrained_preprocess,
@@ -72,6 +73,8 @@ class Checkpoint:
         except RuntimeError as exc:  # load_state_dict: size mismatch of an embedded backbone tensor
             raise CheckFailedError(f"{where}: the embedded backbone weights do not fit {self.backbone.clip} "
                                    f"({_first_line(exc)}); the file is damaged or was edited") from None
+        except WeightsFileChanged as exc:
+            raise _changed_backbone(where, spec, exc.actual) from None
         except UsageError as exc:
             if self.backbone_state is None:  # a tag or file that cannot be loaded here: the message says what to do
                 raise _unloadable_tag(where, self.backbone, exc) from None
@@ -123,23 +126,27 @@ def _differing_keys(a: Any, b: Any, name: str = "") -> list[str]:
 
 
 def _referenced_backbone(where: str, spec: BackboneSpec) -> BackboneSpec:
-    """``spec`` to load, once the backbone weights file a ``--reference-backbone`` checkpoint names is the file it was
-    made with: :class:`UsageError` (exit 2), naming the checkpoint, when it is gone or its sha256 differs. The check
-    is made here, once (load_clip would hash the file again), with advice that keeps the trained adapters."""
+    """``spec`` to load, once the backbone weights file a ``--reference-backbone`` checkpoint names is there:
+    :class:`UsageError` (exit 2), naming the checkpoint, when it is gone, with advice that keeps the trained adapters.
+    Its sha256 is checked by load_clip, on the very bytes it loads (:func:`_changed_backbone` says so)."""
     if spec.kind != "file" or not spec.value or not spec.sha256:
         return spec
     path = Path(spec.value)
-    keep = f"put the file it was made with (sha256 {spec.sha256[:12]}…) back at that path"
     if not path.exists():
         raise UsageError(f"{where} references the backbone weights file {path}, which does not exist (moved or "
-                         f"deleted); {keep}: the checkpoint holds only its adapters (--reference-backbone)")
-    if not path.is_file():
-        return spec  # load_clip says what it is (a folder, FIFO or device)
-    actual = sha256_file(path)
-    if actual != spec.sha256:
-        raise UsageError(f"{where} references the backbone weights file {path}, which changed since (sha256 "
-                         f"{actual[:12]}…); its adapters were trained on the recorded weights: {keep}")
-    return dataclasses.replace(spec, sha256=None)  # checked: load_clip need not hash it again
+                         f"deleted); {_put_back(spec)}: the checkpoint holds only its adapters (--reference-backbone)")
+    return spec  # a folder, FIFO or device: load_clip says what it is
+
+
+def _changed_backbone(where: str, spec: BackboneSpec, actual: str) -> UsageError:
+    """The refusal (exit 2) of a ``--reference-backbone`` checkpoint whose weights file now has the sha256 ``actual``
+    (load_clip's :class:`~rap_deploy.model.clip_loader.WeightsFileChanged` advises a new init: the adapters lost)."""
+    return UsageError(f"{where} references the backbone weights file {spec.value}, which changed since (sha256 "
+                      f"{actual[:12]}…); its adapters were trained on the recorded weights: {_put_back(spec)}")
+
+
+def _put_back(spec: BackboneSpec) -> str:
+    return f"put the file it was made with (sha256 {str(spec.sha256)[:12]}…) back at that path"
 
 
 def _unloadable_tag(where: str, spec: BackboneSpec, exc: UsageError) -> UsageError:

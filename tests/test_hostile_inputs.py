@@ -415,6 +415,48 @@ def test_backbone_too_large_for_memory_is_refused_before_creating_it(micro_check
     refused(cli("init", "--clip", "rap-micro", "--out", Path(micro_checkpoint).parent / "never.pt"), 2, "GiB")
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+@pytest.mark.parametrize("when", ["before-read", "creating"])
+def test_a_weights_file_replaced_after_its_check_is_never_what_loads(micro_checkpoint, monkeypatch, tmp_path, suffix,
+                                                                     when):
+    """A --pretrained file (init) and a --reference-backbone checkpoint's file were hashed, then open_clip read the
+    file again by its path: one replaced in between was loaded unchecked (reproduced: replaced just before open_clip
+    read it, its weights loaded). The bytes hashed are now the bytes loaded: a file replaced before they are read is
+    refused ('changed'), one replaced while open_clip creates the model changes nothing."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from rap_deploy.checkpoint import load_checkpoint, save_checkpoint
+    from rap_deploy.errors import UsageError
+    from rap_deploy.model import clip_loader
+    from rap_deploy.model.clip_loader import BackboneSpec, load_clip
+
+    state = {k: v.contiguous() for k, v in load_checkpoint(micro_checkpoint).backbone_state.items()}
+    weights = tmp_path / f"backbone{suffix}"
+    save = (lambda sd, path: save_file(sd, str(path))) if suffix == ".safetensors" else torch.save
+    save(state, weights)
+    spec = BackboneSpec.parse("rap-micro", str(weights))
+    ckpt = load_checkpoint(micro_checkpoint)
+    ckpt.backbone, ckpt.backbone_state = spec, None
+    reference = save_checkpoint(ckpt, tmp_path / "reference.pt")
+    target = (clip_loader, "_check_weights_file") if when == "before-read" else (open_clip, "create_model")
+    original = getattr(*target)
+
+    def replacing(*args, **kwargs):  # other weights put in the file's place once it was checked
+        save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, weights)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(*target, replacing)
+    for build in (lambda: load_clip(spec), lambda: load_checkpoint(reference).build_model().clip):
+        if when == "before-read":
+            with pytest.raises(UsageError, match="changed"):
+                build()
+        else:
+            loaded = build().state_dict()
+            assert all(torch.equal(loaded[k], v) for k, v in state.items())
+        save(state, weights)
+
+
 def test_synth_refuses_videos_larger_than_memory_and_drops_a_stale_annotation_first(tmp_path, monkeypatch):
     """A video is rendered whole: one that cannot fit is refused before rendering. Writing into a dataset folder
     removes its annotation before the first video, so a run killed half-way never leaves the old annotation over new
