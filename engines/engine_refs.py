@@ -130,10 +130,20 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
     return Reference(path, digest, recorded.get("sha256"), "manifest")
 
 
+# The checkpoints train writes into every run folder (rap_deploy.train.loop's BEST and LAST): named after the file
+# alone, the reports of two runs' best.pt would share one folder, the later overwriting the earlier.
+RUN_CHECKPOINT_NAMES = ("best.pt", "last.pt")
+
+
 def engine_label(engine_path: Path | str) -> str:
-    """A folder name for an engine's reports: the engine folder's or checkpoint's name, ``remote-HOST-PORT``."""
+    """A folder name for an engine's reports: the engine folder's or checkpoint's name (``RUN-best``/``RUN-last`` for
+    a training run's ``best.pt``/``last.pt``: the run folder's name first), ``remote-HOST-PORT`` for a server."""
     from rap_deploy.engines.loader import is_remote
 
     if is_remote(engine_path):
         return "remote-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in str(engine_path).split("://")[1])
-    return engine_path.stem if engine_path.is_file() else engine_path.resolve().name
+    path = Path(engine_path)
+    if not path.is_file():
+        return path.resolve().name
+    run = path.absolute().parent.name
+    return f"{run}-{path.stem}" if path.name in RUN_CHECKPOINT_NAMES and run else path.stem

@@ -141,7 +141,8 @@ def verify(
     reference_runs: ReferenceRuns | None = None,
 ) -> dict[str, Any]:
     """Verify recall parity of an engine against the PyTorch reference and write ``verify.json``, ``verify.md`` and
-    ``verify.png`` into ``out`` (default ``<workspace>/verify/<engine folder name>``).
+    ``verify.png`` into ``out`` (default ``<workspace>/verify/<label>``: the engine folder's or checkpoint's name,
+    ``RUN-best`` for a run's ``RUN/best.pt``, :func:`~rap_deploy.engines.engine_refs.engine_label`).
 
     ``engine_dir`` defaults to the workspace's latest engine, ``data_root`` to ``$RAPDEPLOY_DATA``, ``cache`` (a
     :class:`~rap_deploy.data.cache.FrameCache` or a folder) to the workspace frame cache. ``max_videos`` keeps the

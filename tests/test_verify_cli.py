@@ -310,3 +310,34 @@ def test_a_reference_checkpoint_replaced_during_verify_is_refused(micro_checkpoi
     res = _verify(micro_ort_engines["fp32"], synth_root, out, frame_cache, "msrvtt", "--checkpoint", str(best))
     assert res.exit_code == 2 and "was replaced or rewritten while verify ran" in res.stderr, res.output
     assert not (out / "verify.json").exists()
+
+
+def test_the_default_report_folder_of_a_runs_checkpoint_names_the_run(micro_checkpoint, micro_ort_engines, synth_root,
+                                                                      frame_cache, tmp_path, monkeypatch):
+    """verify --engine RUN/best.pt wrote its reports to <workspace>/verify/best, so verifying two runs' best.pt
+    without --out left one report, the later over the earlier (reproduced: runs a and b, one verify/best). A run's
+    best.pt and last.pt (train's names) report to verify/<run>-best and <run>-last; other checkpoints and engine
+    folders keep their own names."""
+    import shutil
+
+    from rap_deploy.engines.engine_refs import engine_label
+    from rap_deploy.train.loop import BEST, LAST
+
+    ws = tmp_path / "ws"
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        shutil.copy(micro_checkpoint, tmp_path / run / BEST)
+        res = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine",
+                                  str(tmp_path / run / BEST), "--workspace", str(ws), "--cache-dir", str(frame_cache),
+                                  "--rerank-top", "5", "--max-videos", "4"])
+        assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (ws / "verify").iterdir() if not p.name.startswith(".")) == ["a-best", "b-best"]
+    assert json.loads((ws / "verify" / "a-best" / "verify.json").read_text())["passed"] is True
+    (tmp_path / "a" / LAST).write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "a")
+    assert engine_label(Path(LAST)) == "a-last"  # a relative path too
+    from rap_deploy.engines.engine_refs import RUN_CHECKPOINT_NAMES
+
+    assert set(RUN_CHECKPOINT_NAMES) == {BEST, LAST}  # train's names
+    assert engine_label(micro_checkpoint) == micro_checkpoint.stem
+    assert engine_label(micro_ort_engines["fp32"]) == Path(micro_ort_engines["fp32"]).resolve().name
