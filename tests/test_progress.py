@@ -81,3 +81,28 @@ def test_index_off_a_terminal_logs_progress_to_stderr_only(synth_root, micro_che
         assert "encoding videos" not in res.stderr
     else:
         assert "encoding videos: 1/2 (50 %)" in res.stderr and "encoding videos: 2/2 (100 %)" in res.stderr, res.stderr
+
+
+def test_the_training_line_counts_one_epoch_and_one_step_in_the_singular(capsys):
+    """train announced '1 epochs × 5 steps' (found in a demo log); counts of one are singular now, others plural."""
+    from types import SimpleNamespace
+
+    from rap_deploy.train.training_run import TrainingRun
+
+    class OneCaption:  # the training items: one caption of one video
+        split, bad_videos = SimpleNamespace(num_videos=1), []
+
+        def __len__(self) -> int:
+            return 1
+
+    counts = {"trainable_params": 10, "total_params": 100}
+    run = SimpleNamespace(show=True, state=None, steps_per_epoch=1, batch=8, dataset=OneCaption(),
+                          options=SimpleNamespace(dataset="msrvtt", epochs=1),
+                          ctx=SimpleNamespace(world_size=1, device="cpu"),
+                          model=SimpleNamespace(config=SimpleNamespace(variant="rap"), parameter_counts=lambda: counts))
+    TrainingRun.announce(run)
+    line = " ".join(capsys.readouterr().err.split())
+    assert "(1 caption of 1 video, 0 skipped)" in line and "1 epoch × 1 step of 8" in line, line
+    run.steps_per_epoch, run.options.epochs = 5, 2
+    TrainingRun.announce(run)
+    assert "2 epochs × 5 steps of 8" in " ".join(capsys.readouterr().err.split())

@@ -18,6 +18,11 @@ def epoch_line(rec: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``1 epoch``, ``5 steps``, ``1,024 captions``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def say(enabled: bool, message: str) -> None:
     """Print ``message`` (rich markup) on stderr when ``enabled``."""
     if enabled:

@@ -37,7 +37,7 @@ from rap_deploy.train.loop import (
     trainable_parameters,
 )
 from rap_deploy.train.losses import batch_loss
-from rap_deploy.train.progress import Bars, epoch_line, say
+from rap_deploy.train.progress import Bars, counted, epoch_line, say
 from rap_deploy.train.run_state import (
     check_same_data,
     check_same_test_videos,
@@ -161,11 +161,12 @@ class TrainingRun:
         """One line: what is trained on what, with how many parameters and steps."""
         options, ctx, dataset = self.options, self.ctx, self.dataset
         counts = self.model.parameter_counts()
-        say(self.show, f"training {self.model.config.variant} on {options.dataset} ({len(dataset)} captions of "
-                       f"{dataset.split.num_videos - len(dataset.bad_videos)} videos, {len(dataset.bad_videos)} "
-                       f"skipped), {counts['trainable_params']:,} trainable of {counts['total_params']:,} "
-                       f"parameters, {options.epochs} epochs × {self.steps_per_epoch} steps of {self.batch}, world "
-                       f"size {ctx.world_size}, {ctx.device}"
+        videos = dataset.split.num_videos - len(dataset.bad_videos)
+        say(self.show, f"training {self.model.config.variant} on {options.dataset} ({counted(len(dataset), 'caption')} "
+                       f"of {counted(videos, 'video')}, {len(dataset.bad_videos)} skipped), "
+                       f"{counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters, "
+                       f"{counted(options.epochs, 'epoch')} × {counted(self.steps_per_epoch, 'step')} of {self.batch}, "
+                       f"world size {ctx.world_size}, {ctx.device}"
                        + (f", resuming after epoch {self.epoch0}" if self.state is not None else ""))
 
     # ------------------------------------------------------------------------------------------ per-epoch steps
