@@ -200,6 +200,21 @@ def test_refusals(micro_ort_engines, micro_checkpoint, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_a_repository_left_aside_by_a_killed_swap_is_back_before_it_is_judged(micro_ort_engines, tmp_path):
+    """A repository a killed two-rename swap left aside (.<name>.old-<pid>) was judged absent, then put back by
+    staged_folder and replaced without --force (as export and build-engine did). It is recovered first, then
+    refused."""
+    out = tmp_path / "repo"
+    assert runner.invoke(app, ["triton-repo", "--engine", str(micro_ort_engines["fp32"]), "--out", str(out)]
+                         ).exit_code == 0
+    aside = tmp_path / ".repo.old-99999"
+    out.rename(aside)
+    (aside / "README.md").write_text("the earlier repository")  # why: tells it from a new one
+    res = runner.invoke(app, ["triton-repo", "--engine", str(micro_ort_engines["fp32"]), "--out", str(out)])
+    assert res.exit_code == 2 and "already exists" in res.output, res.output
+    assert (out / "README.md").read_text() == "the earlier repository" and not aside.exists()
+
+
 def test_force_replaces_only_a_model_repository(micro_ort_engines, tmp_path):
     """--force replaced whatever folder --out named: the engine folder itself (the engine was gone, a repository in
     its place) or a folder of the user's files. It replaces only a repository triton-repo wrote; a file is no

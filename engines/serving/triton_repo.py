@@ -214,7 +214,8 @@ def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.Path
     remote URL, bad options or an existing ``out`` without ``force``, and the manifest checks' errors for a damaged
     artifact.
     """
-    from rap_deploy.locks import folder_lock
+    from rap_deploy.folder_swap import recover_interrupted_swap
+    from rap_deploy.locks import folder_lock, target_path
 
     if out is None:
         raise UsageError("--out DIR is required: the folder to write the model repository to")
@@ -223,6 +224,9 @@ def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.Path
     check_replaceable(dest, force)  # before the lock too, which creates the parent folder
     command = "tritonserver " + shlex.quote(f"--model-repository={dest.resolve()}")  # a shell command: quoted
     with folder_lock(dest, "triton-repo", "model repository"):
+        # a repository a killed two-rename swap left aside is put back before the folder is judged (as export and
+        # build-engine do): judged missing, it was replaced without --force once staged_folder had restored it
+        recover_interrupted_swap(target_path(dest))
         check_replaceable(dest, force)
         summary = _write_repo(plan, dest, command)
     return {"out": str(dest.resolve()), "platform": plan.platform, "precision": plan.precision, "kind": plan.kind,
