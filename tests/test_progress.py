@@ -106,3 +106,15 @@ def test_the_training_line_counts_one_epoch_and_one_step_in_the_singular(capsys)
     run.steps_per_epoch, run.options.epochs = 5, 2
     TrainingRun.announce(run)
     assert "2 epochs × 5 steps of 8" in " ".join(capsys.readouterr().err.split())
+
+
+def test_the_training_summary_counts_one_step_in_the_singular(capsys):
+    """train's closing line said '1 steps of 8' the same way; one step is singular now."""
+    from rap_deploy.cli.train_cmds import _print_train_summary
+
+    summary = {"run_dir": "runs/rap", "variant": "rap", "clip": "rap-micro", "trainable_params": 10,
+               "total_params": 100, "steps": 1, "batch_size": 8, "train_seconds": 1.0, "wall_seconds": 2.0,
+               "world_size": 1, "device": "cpu", "epochs": 1, "complete": True, "best_epoch": 1,
+               "selection_rule": "rsum"}
+    _print_train_summary(summary)
+    assert "100 parameters; 1 step of 8 in" in " ".join(capsys.readouterr().out.split())

@@ -16,6 +16,7 @@ from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
+from rap_deploy.train.progress import counted
 
 if TYPE_CHECKING:
     from rap_deploy.train.loop import TrainOptions
@@ -307,9 +308,9 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
     console.print(table)
     skipped = summary.get("skipped_videos") or []
     console.print(f"{summary['variant']} on {summary['clip']}: {summary['trainable_params']:,} trainable of "
-                  f"{summary['total_params']:,} parameters; {summary['steps']} steps of {summary['batch_size']} "
-                  f"in {summary['train_seconds']:.1f} s of training ({summary['wall_seconds']:.1f} s wall), "
-                  f"world size {summary['world_size']} on {summary['device']}; "
+                  f"{summary['total_params']:,} parameters; {counted(summary['steps'], 'step')} of "
+                  f"{summary['batch_size']} in {summary['train_seconds']:.1f} s of training "
+                  f"({summary['wall_seconds']:.1f} s wall), world size {summary['world_size']} on {summary['device']}; "
                   f"{len(skipped)} undecodable training video(s) skipped"
                   + (": " + ", ".join(s["video_id"] for s in skipped[:10]) if skipped else ""), markup=False)
     resumed = summary.get("resumed_after_epoch")
@@ -417,7 +418,7 @@ def pretrain_backbone(
         return
     h = info["heldout"]
     a = h["attributes"]
-    typer.echo(f"wrote {out} ({clip}, {info['steps']} steps, {info['seconds']:.0f} s)")
+    typer.echo(f"wrote {out} ({clip}, {counted(info['steps'], 'step')}, {info['seconds']:.0f} s)")
     typer.echo(f"held-out stills ({info['n_test']}): image→caption R@1 {h['i2t']['R1']:.1f} R@5 {h['i2t']['R5']:.1f}, "
                f"caption→image R@1 {h['t2i']['R1']:.1f} R@5 {h['t2i']['R5']:.1f} (by meaning); top-1 attribute "
                f"accuracy: colour {a['colour']:.1f}, shape {a['shape']:.1f}, size {a['size']:.1f}, "
