@@ -184,6 +184,17 @@ def save_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> P
     return Path(path)
 
 
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
+    """What changes whenever a file's content does: device, inode, size, modification and change times (any write
+    or a replacement moves the change time, which no process can set back); None when it cannot be read. Equal
+    identities before a read and after it mean the read saw the content that was there before."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Return the hex sha256 of a regular file's content.
 

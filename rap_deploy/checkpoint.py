@@ -16,13 +16,12 @@ from typing import Any
 
 import torch
 
-from rap_deploy.atomic import atomic_path, sha256_file
+from rap_deploy.atomic import atomic_path, file_identity, sha256_file
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
 from rap_deploy.model.clip_loader import (
     BackboneSpec,
-    WeightsFileChanged,
     clip_model_config,
     load_clip,
     pretrained_preprocess,
@@ -67,14 +66,14 @@ class Checkpoint:
         _check_same_architecture(where, self.backbone.clip, self.clip_model_cfg, clip_cfg)
         check_memory(clip_weight_bytes(clip_cfg), f"{where}: backbone {self.backbone.clip}",
                      "use a machine with more memory or a smaller --clip")
-        spec = self.backbone if self.backbone_state is not None else _referenced_backbone(where, self.backbone)
+        spec, identity = (self.backbone, None) if self.backbone_state is not None \
+            else _referenced_backbone(where, self.backbone)
         try:
-            clip = load_clip(spec, quick_gelu=self.config.quick_gelu, state_dict=self.backbone_state)
+            clip = load_clip(spec, quick_gelu=self.config.quick_gelu, state_dict=self.backbone_state,
+                             checked_identity=identity)
         except RuntimeError as exc:  # load_state_dict: size mismatch of an embedded backbone tensor
             raise CheckFailedError(f"{where}: the embedded backbone weights do not fit {self.backbone.clip} "
                                    f"({_first_line(exc)}); the file is damaged or was edited") from None
-        except WeightsFileChanged as exc:
-            raise _changed_backbone(where, spec, exc.actual) from None
         except UsageError as exc:
             if self.backbone_state is None:  # a tag or file that cannot be loaded here: the message says what to do
                 raise _unloadable_tag(where, self.backbone, exc) from None
@@ -125,28 +124,27 @@ def _differing_keys(a: Any, b: Any, name: str = "") -> list[str]:
     return [] if a == b else [name or "the whole config"]
 
 
-def _referenced_backbone(where: str, spec: BackboneSpec) -> BackboneSpec:
-    """``spec`` to load, once the backbone weights file a ``--reference-backbone`` checkpoint names is there:
-    :class:`UsageError` (exit 2), naming the checkpoint, when it is gone, with advice that keeps the trained adapters.
-    Its sha256 is checked by load_clip, on the very bytes it loads (:func:`_changed_backbone` says so)."""
+def _referenced_backbone(where: str, spec: BackboneSpec) -> tuple[BackboneSpec, tuple[int, ...] | None]:
+    """``spec`` to load, once the backbone weights file a ``--reference-backbone`` checkpoint names is the file it was
+    made with, and that file's identity from before it was hashed (load_clip refuses the file if it changes before
+    the weights are loaded): :class:`UsageError` (exit 2), naming the checkpoint, when it is gone or its sha256
+    differs. The check is made here, once (load_clip would hash the file again), with advice that keeps the trained
+    adapters."""
     if spec.kind != "file" or not spec.value or not spec.sha256:
-        return spec
+        return spec, None
     path = Path(spec.value)
+    keep = f"put the file it was made with (sha256 {spec.sha256[:12]}…) back at that path"
     if not path.exists():
         raise UsageError(f"{where} references the backbone weights file {path}, which does not exist (moved or "
-                         f"deleted); {_put_back(spec)}: the checkpoint holds only its adapters (--reference-backbone)")
-    return spec  # a folder, FIFO or device: load_clip says what it is
-
-
-def _changed_backbone(where: str, spec: BackboneSpec, actual: str) -> UsageError:
-    """The refusal (exit 2) of a ``--reference-backbone`` checkpoint whose weights file now has the sha256 ``actual``
-    (load_clip's :class:`~rap_deploy.model.clip_loader.WeightsFileChanged` advises a new init: the adapters lost)."""
-    return UsageError(f"{where} references the backbone weights file {spec.value}, which changed since (sha256 "
-                      f"{actual[:12]}…); its adapters were trained on the recorded weights: {_put_back(spec)}")
-
-
-def _put_back(spec: BackboneSpec) -> str:
-    return f"put the file it was made with (sha256 {str(spec.sha256)[:12]}…) back at that path"
+                         f"deleted); {keep}: the checkpoint holds only its adapters (--reference-backbone)")
+    if not path.is_file():
+        return spec, None  # load_clip says what it is (a folder, FIFO or device)
+    identity = file_identity(path)
+    actual = sha256_file(path)
+    if actual != spec.sha256:
+        raise UsageError(f"{where} references the backbone weights file {path}, which changed since (sha256 "
+                         f"{actual[:12]}…); its adapters were trained on the recorded weights: {keep}")
+    return dataclasses.replace(spec, sha256=None), identity  # checked: load_clip need not hash it again
 
 
 def _unloadable_tag(where: str, spec: BackboneSpec, exc: UsageError) -> UsageError:

@@ -416,13 +416,12 @@ def test_backbone_too_large_for_memory_is_refused_before_creating_it(micro_check
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-@pytest.mark.parametrize("when", ["before-read", "creating"])
-def test_a_weights_file_replaced_after_its_check_is_never_what_loads(micro_checkpoint, monkeypatch, tmp_path, suffix,
-                                                                     when):
-    """A --pretrained file (init) and a --reference-backbone checkpoint's file were hashed, then open_clip read the
-    file again by its path: one replaced in between was loaded unchecked (reproduced: replaced just before open_clip
-    read it, its weights loaded). The bytes hashed are now the bytes loaded: a file replaced before they are read is
-    refused ('changed'), one replaced while open_clip creates the model changes nothing."""
+@pytest.mark.parametrize("when", ["after-its-check", "while-loading"])
+def test_a_weights_file_replaced_after_its_check_is_refused(micro_checkpoint, monkeypatch, tmp_path, suffix, when):
+    """A --pretrained file (init, info) and a --reference-backbone checkpoint's file were hashed, then open_clip read
+    the file again by its path: one replaced in between loaded unchecked. The file's identity (inode, size, change
+    time) from before the hash must hold once the weights are loaded, else the load is refused: the weights loaded
+    are those checked, or none."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -439,7 +438,9 @@ def test_a_weights_file_replaced_after_its_check_is_never_what_loads(micro_check
     ckpt = load_checkpoint(micro_checkpoint)
     ckpt.backbone, ckpt.backbone_state = spec, None
     reference = save_checkpoint(ckpt, tmp_path / "reference.pt")
-    target = (clip_loader, "_check_weights_file") if when == "before-read" else (open_clip, "create_model")
+    assert torch.equal(load_checkpoint(reference).build_model().clip.state_dict()["logit_scale"],
+                       state["logit_scale"])  # unchanged, it loads
+    target = (clip_loader, "_check_weights_file") if when == "after-its-check" else (open_clip, "create_model")
     original = getattr(*target)
 
     def replacing(*args, **kwargs):  # other weights put in the file's place once it was checked
@@ -447,13 +448,9 @@ def test_a_weights_file_replaced_after_its_check_is_never_what_loads(micro_check
         return original(*args, **kwargs)
 
     monkeypatch.setattr(*target, replacing)
-    for build in (lambda: load_clip(spec), lambda: load_checkpoint(reference).build_model().clip):
-        if when == "before-read":
-            with pytest.raises(UsageError, match="changed"):
-                build()
-        else:
-            loaded = build().state_dict()
-            assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    for build in (lambda: load_clip(spec), lambda: load_checkpoint(reference).build_model()):
+        with pytest.raises(UsageError, match="changed while it was loaded"):
+            build()
         save(state, weights)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rap_deploy.atomic import atomic_path, sha256_file
+from rap_deploy.atomic import atomic_path, file_identity, sha256_file
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
 from rap_deploy.crashpoints import crash_point
 from rap_deploy.data.video import DecodedVideo, VideoDecodeError, decode_video, require_video_file
@@ -144,7 +144,7 @@ class FrameCache:
             self.misses += 1
             return decode_video(path, sampling, preprocess, start, end)
         require_video_file(path)
-        before = _stat_key(path)
+        before = file_identity(path)
         entry = self.entry_path(self._key_of_video(path, sampling, preprocess, start, end))
         if entry.parent not in self._swept:
             self._swept.add(entry.parent)
@@ -158,7 +158,7 @@ class FrameCache:
             self.rebuilt += 1
         self.misses += 1
         video = decode_video(path, sampling, preprocess, start, end)
-        if _stat_key(path) == before:  # else the frames may be of other content than the key's: not stored
+        if file_identity(path) == before:  # else the frames may be of other content than the key's: not stored
             self._store(entry, video, path)
         return video
 
@@ -170,16 +170,6 @@ class FrameCache:
         except OSError as exc:
             raise FrameCacheError(f"cannot store the decoded frames of {path} in the frame cache {self.root}: "
                                   f"{exc.strerror or exc}; free space there or pass another --cache-dir") from None
-
-
-def _stat_key(path: Path) -> tuple[int, ...] | None:
-    """What changes when a file's content does (device, inode, size, modification and change times); None when it
-    cannot be read."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _save_entry(entry: Path, video: DecodedVideo) -> None:

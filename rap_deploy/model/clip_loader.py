@@ -7,11 +7,8 @@ The project's own small configs (``rap-tiny`` for the offline default, ``rap-mic
 from __future__ import annotations
 
 import contextlib
-import functools
-import io
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rap_deploy.atomic import sha256_file
+from rap_deploy.atomic import file_identity, sha256_file
 from rap_deploy.errors import UsageError
-from rap_deploy.file_kinds import check_archive_expansion
+from rap_deploy.file_kinds import check_archive_expansion, sniff
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
 
@@ -126,31 +123,58 @@ def clip_model_config(clip: str) -> dict[str, Any]:
     return json.loads(json.dumps(cfg))
 
 
-def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: dict[str, torch.Tensor] | None = None
-              ) -> nn.Module:
+def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: dict[str, torch.Tensor] | None = None,
+              checked_identity: tuple[int, ...] | None = None) -> nn.Module:
     """Create the open_clip model of ``spec`` on CPU, load its weights, freeze it and put it in eval mode.
 
     ``state_dict`` (the embedded weights of a checkpoint) overrides ``spec``'s weights source. A tag must already be
-    in the local open_clip cache (no network here). A weights file is read once: the bytes loaded are the bytes
-    checked against ``spec.sha256`` (:class:`WeightsFileChanged` when they differ). Raises :class:`UsageError` with
-    the reason when loading fails.
+    in the local open_clip cache (no network here). A weights file is checked against ``spec.sha256`` (when given),
+    then open_clip reads it by its path; ``checked_identity`` is the file's :func:`~rap_deploy.atomic.file_identity`
+    from before a caller hashed it (else it is taken before the hash here), and a file whose identity differs once
+    the weights are loaded (written or replaced in between) is refused: the weights loaded may not be those checked.
+    Raises :class:`UsageError` with the reason when loading fails.
     """
+    import open_clip
+
     from rap_deploy.bounds import check_memory, clip_weight_bytes
 
     _register_packaged_configs()
+    # Before open_clip allocates the model and reads a weights file whole beside it (a wrong, larger file too).
     file = Path(spec.value) if spec.kind == "file" and state_dict is None and spec.value else None
-    if file is not None:
-        _check_weights_file(file)
-    read = file.stat().st_size if file is not None else 0
-    # Before open_clip allocates the model: a weights file (a wrong, larger one too) is read whole, then its tensors
-    # are made beside those bytes, which are dropped before the model is created.
-    check_memory(max(clip_weight_bytes(clip_model_config(spec.clip)), read) + read,
+    read = file.stat().st_size if file is not None and file.is_file() else 0
+    check_memory(clip_weight_bytes(clip_model_config(spec.clip)) + read,
                  f"backbone {spec.clip}" + (f" with its weights file {file}" if read else ""),
                  "use a machine with more memory, a smaller --clip" + (" or that model's weights" if read else ""))
     if quick_gelu is None:
         quick_gelu = quick_gelu_for(spec)
-    load = _file_weights(file, spec, read) if file is not None else None
-    model = _create_model(spec, quick_gelu, spec.value if state_dict is None and spec.kind == "tag" else None, load)
+    pretrained = None
+    if file is not None:
+        checked_identity = checked_identity or file_identity(file)
+    if state_dict is None and spec.kind in ("tag", "file"):
+        pretrained = spec.value
+        if spec.kind == "file" and spec.sha256 and Path(spec.value).is_file():
+            actual = sha256_file(spec.value)
+            if actual != spec.sha256:
+                raise UsageError(f"backbone file {spec.value} changed (sha256 {actual[:12]}…, expected "
+                                 f"{spec.sha256[:12]}…); restore it or re-run `rapdeploy init`")
+    if spec.kind == "file" and state_dict is None:
+        _check_weights_file(Path(spec.value))
+    try:
+        with _quiet_loading_logs():
+            model = open_clip.create_model(spec.clip, pretrained=pretrained, force_quick_gelu=quick_gelu,
+                                           load_weights=pretrained is not None)
+    except Exception as exc:
+        if spec.kind == "file" and state_dict is None:
+            raise weights_file_error(Path(spec.value), spec.clip, exc) from None
+        if not isinstance(exc, (RuntimeError, OSError, ValueError)):
+            raise
+        hint = " (tags need the weights in the local open_clip / Hugging Face cache, where HF_HUB_OFFLINE=1 looks " \
+               "without waiting for the network; offline, pass a local weights file: --pretrained /path/to/weights)" \
+            if spec.kind == "tag" else ""
+        raise UsageError(f"cannot load backbone {spec.clip} with pretrained={spec.value}: {exc}{hint}") from exc
+    if file is not None and file_identity(file) != checked_identity:
+        raise UsageError(f"backbone weights file {file} changed while it was loaded (written or replaced by another "
+                         "process); run again once nothing writes it")
     if state_dict is not None:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
@@ -159,123 +183,6 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
     _check_finite_weights(model, spec, embedded=state_dict is not None)
     freeze(model)
     return model
-
-
-class WeightsFileChanged(UsageError):
-    """A backbone weights file whose bytes are not those of its recorded sha256; ``actual`` is theirs (exit 2)."""
-
-    def __init__(self, message: str, actual: str) -> None:
-        super().__init__(message)
-        self.actual = actual
-
-
-def _weights_file_bytes(path: Path, sha256: str | None, size: int) -> bytes:
-    """The bytes of the weights file ``path``, read once: the ``size`` bytes its memory check counted (UsageError when
-    it changed size since), checked against ``sha256`` (:class:`WeightsFileChanged`) and, for a PyTorch archive,
-    against inflating past the memory available. open_clip then loads these bytes, never the path: a file replaced
-    after the check cannot be loaded unchecked."""
-    import hashlib
-
-    from rap_deploy.atomic import open_regular
-    from rap_deploy.file_kinds import ZIP_MAGIC
-
-    with open_regular(path) as fh:
-        data = fh.read(size + 1)
-    if len(data) != size:
-        raise UsageError(f"backbone weights file {path} changed size while it was read (it had {size} bytes); run "
-                         "again once nothing writes it")
-    actual = hashlib.sha256(data).hexdigest()
-    if sha256 and actual != sha256:
-        raise WeightsFileChanged(f"backbone file {path} changed (sha256 {actual[:12]}…, expected {sha256[:12]}…); "
-                                 "restore it or re-run `rapdeploy init`", actual)
-    if data.startswith(ZIP_MAGIC):  # torch.load inflates what the archive declares
-        check_archive_expansion(io.BytesIO(data), f"backbone weights file {path}")
-    return data
-
-
-def _file_weights(path: Path, spec: BackboneSpec, size: int) -> Callable[[nn.Module], Any]:
-    """What loads the weights file ``path`` of ``spec`` into its model: the file is read once
-    (:func:`_weights_file_bytes`), its tensors are made from those bytes, and the bytes are dropped on return, before
-    the model is allocated. A file open_clip cannot read: :func:`weights_file_error`."""
-    data = _weights_file_bytes(path, spec.sha256, size)
-    try:
-        return _weights_loader(data, path)
-    except Exception as exc:
-        raise weights_file_error(path, spec.clip, exc) from None
-
-
-def _create_model(spec: BackboneSpec, quick_gelu: bool, pretrained: str | None,
-                  load: Callable[[nn.Module], Any] | None) -> nn.Module:
-    """open_clip's model of ``spec``, with the weights of the tag ``pretrained`` or loaded by ``load`` (a weights
-    file's); a failure is the one-line :class:`UsageError` or :class:`~rap_deploy.errors.CheckFailedError` saying
-    why."""
-    import open_clip
-
-    try:
-        with _quiet_loading_logs():
-            model = open_clip.create_model(spec.clip, pretrained=pretrained, force_quick_gelu=quick_gelu,
-                                           load_weights=pretrained is not None)
-            if load is not None:
-                load(model)
-    except Exception as exc:
-        if load is not None:
-            raise weights_file_error(Path(str(spec.value)), spec.clip, exc) from None
-        if not isinstance(exc, (RuntimeError, OSError, ValueError)):
-            raise
-        hint = " (tags need the weights in the local open_clip / Hugging Face cache, where HF_HUB_OFFLINE=1 looks " \
-               "without waiting for the network; offline, pass a local weights file: --pretrained /path/to/weights)" \
-            if spec.kind == "tag" else ""
-        raise UsageError(f"cannot load backbone {spec.clip} with pretrained={spec.value}: {exc}{hint}") from exc
-    return model
-
-
-def _weights_loader(data: bytes, path: Path) -> Callable[[nn.Module], Any]:
-    """What loads the weights file's bytes ``data`` into an open_clip model, read as open_clip reads ``path``
-    (``load_checkpoint``): big_vision ``.npz``/``.npy`` arrays, ``.safetensors``, else ``torch.load`` with
-    ``weights_only=True``. The tensors are made here, from the bytes."""
-    if path.suffix in (".npz", ".npy"):
-        from open_clip.convert import load_big_vision_weights
-
-        return functools.partial(load_big_vision_weights, checkpoint_path=io.BytesIO(data))
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load
-
-        checkpoint: Any = load(data)
-    else:
-        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    state_dict = checkpoint["state_dict"] if isinstance(checkpoint, dict) and "state_dict" in checkpoint \
-        else checkpoint
-    if next(iter(state_dict.items()))[0].startswith("module"):
-        state_dict = {k[7:]: v for k, v in state_dict.items()}
-    return functools.partial(_load_state_dict, state_dict=state_dict)
-
-
-def _load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load a weights file's ``state_dict`` into ``model`` as open_clip's ``load_checkpoint`` does once it has read
-    the file: other formats converted, scalar/1-d logit parameters reshaped, a missing logit_bias zeroed, position
-    embeddings resized to the model's grid, then ``load_state_dict(strict=True)``."""
-    from open_clip.factory import (
-        convert_state_dict,
-        convert_to_custom_text_state_dict,
-        resize_pos_embed,
-        resize_text_pos_embed,
-    )
-
-    state_dict = convert_state_dict(model, state_dict)
-    if "positional_embedding" in state_dict and not hasattr(model, "positional_embedding"):
-        state_dict = convert_to_custom_text_state_dict(state_dict)
-    for key in ("logit_scale", "logit_bias"):
-        own = getattr(model, key, None)
-        if key in state_dict and own is not None and own.ndim != state_dict[key].ndim:
-            state_dict[key] = state_dict[key].reshape(own.shape)
-    if "logit_bias" not in state_dict and getattr(model, "logit_bias", None) is not None:
-        state_dict["logit_bias"] = torch.zeros_like(state_dict["logit_scale"])
-    position_ids = "text.transformer.embeddings.position_ids"
-    if position_ids in state_dict and not hasattr(model, position_ids):
-        del state_dict[position_ids]
-    resize_pos_embed(state_dict, model)
-    resize_text_pos_embed(state_dict, model)
-    model.load_state_dict(state_dict, strict=True)
 
 
 def _check_finite_weights(model: nn.Module, spec: BackboneSpec, embedded: bool) -> None:
@@ -298,11 +205,14 @@ def _check_finite_weights(model: nn.Module, spec: BackboneSpec, embedded: bool) 
 
 
 def _check_weights_file(path: Path) -> None:
-    """Refuse a ``--pretrained`` path that is missing or not a regular file before it is read (UsageError, exit 2)."""
+    """Refuse a ``--pretrained`` path that is not a regular file, or an archive that would inflate past the memory
+    available, before open_clip opens it (UsageError, exit 2)."""
     if not path.exists():
         raise UsageError(f"backbone weights file {path} does not exist; pass an existing file, a tag or 'none'")
     if not path.is_file():
         raise UsageError(f"backbone weights file {path} is not a regular file (a folder, FIFO or device)")
+    if sniff(path) == "zip":  # open_clip hands it to torch.load, which inflates what the archive declares
+        check_archive_expansion(path, f"backbone weights file {path}")
 
 
 def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
