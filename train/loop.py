@@ -388,14 +388,9 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
     options, template, model, state = _resolve_run(options, resume, overrides)
     options.validate()
     ctx = D.setup(options.device)
-    created = ctx.is_main and not Path(options.out).exists()
     try:
         with _run_folder(Path(options.out), ctx.is_main):
             return _train(options, template, model, state, ctx, progress, t_start)
-    except BaseException:
-        if created:
-            _remove_if_empty(Path(options.out))
-        raise
     finally:
         D.cleanup(ctx)
 
@@ -405,7 +400,9 @@ def _run_folder(run_dir: Path, is_main: bool) -> Iterator[None]:
     """Hold the run folder's lock on the main process (re-entrant: the commands take it first; a caller that did
     not, ``gpu_check`` say, is refused while another process writes the run) and delete, under it, the temporary files
     a killed write of the run's own files left (:func:`~rap_deploy.atomic.remove_temporaries`: only ``SIGKILL``
-    leaves one, as large as a checkpoint). Other processes (torchrun's other ranks) write nothing there."""
+    leaves one, as large as a checkpoint). A folder made here is removed again when the run fails before writing into
+    it; whether it was made is judged under the lock (judged before, it could be another run's, just made). Other
+    processes (torchrun's other ranks) write nothing there."""
     if not is_main:
         yield
         return
@@ -413,12 +410,19 @@ def _run_folder(run_dir: Path, is_main: bool) -> Iterator[None]:
     from rap_deploy.locks import folder_lock
 
     with folder_lock(run_dir, "train", "run folder"):
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_temporaries(run_dir, (LAST, BEST, METRICS, SUMMARY))
-        yield
+        try:
+            yield
+        except BaseException:
+            if created:
+                _remove_if_empty(run_dir)
+            raise
 
 
-def _train(options: TrainOptions, template, model, state, ctx: D.DistContext, progress: bool, t_start: float):
+def _train(options: TrainOptions, template: Any, model: torch.nn.Module | None, state: dict[str, Any] | None,
+           ctx: D.DistContext, progress: bool, t_start: float) -> dict[str, Any]:
     """:func:`train_rap`'s run, in its (locked, cleaned) run folder; returns the summary."""
     from rap_deploy.train.training_run import TrainingRun
 
