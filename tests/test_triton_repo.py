@@ -303,6 +303,7 @@ def test_a_tensorrt_engine_whose_profile_starts_above_one_is_refused(micro_ort_e
     write_manifest(engine, manifest)
     res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(tmp_path / "repo")])
     assert res.exit_code == 2 and "video_encoder" in res.output and "--min-batch" in res.output, res.output
+    assert "tensorrt-min4" in res.output  # the engine it refuses
     assert "Traceback" not in res.output and not (tmp_path / "repo").exists()
 
 

@@ -67,24 +67,25 @@ def _validated_source(path: Path) -> tuple[EngineSource, tuple[int, int] | None]
                          f"{path}` (and `rapdeploy build-engine`) first, then triton-repo on that folder")
     if source.kind == "engine":
         validate_engine_dir(path, runtime=None, check_hashes=True)
-        check_profiles_start_at_one(source.manifest or {})
+        check_profiles_start_at_one(path, source.manifest or {})
     else:
         read_export_manifest(path, verify_hashes=True)
     return source, identity
 
 
-def check_profiles_start_at_one(manifest: Mapping[str, Any]) -> None:
-    """Refuse (:class:`UsageError`) a TensorRT engine whose optimisation profile starts an axis above 1 (``build-engine
-    --min-batch``): Triton runs a batchable model on any batch from 1 to ``max_batch_size`` (a lone request, or what its
-    dynamic batcher gathered by the queue delay) and the TensorRT backend refuses a shape below the profile's minimum,
-    so every small batch would fail; ``rapdeploy``'s own TensorRT engine pads such batches, Triton cannot."""
+def check_profiles_start_at_one(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Refuse (:class:`UsageError`) the TensorRT engine in ``path`` whose optimisation profile starts an axis above 1
+    (``build-engine --min-batch``): Triton runs a batchable model on any batch from 1 to ``max_batch_size`` (a lone
+    request, or what its dynamic batcher gathered by the queue delay) and the TensorRT backend refuses a shape below
+    the profile's minimum, so every small batch would fail; ``rapdeploy``'s own TensorRT engine pads such batches,
+    Triton cannot."""
     for graph, axes in (manifest.get("profiles") or {}).items():
         for axis, bounds in (axes or {}).items():
             low = (bounds or {}).get("min")
             if isinstance(low, int) and low > 1:
-                raise UsageError(f"{graph}'s TensorRT profile starts its {axis} axis at {low} (build-engine "
-                                 "--min-batch); Triton runs batches from 1 up, which the plan refuses: rebuild the "
-                                 "engine without --min-batch (or --min-batch 1) for Triton")
+                raise UsageError(f"engine {path}: {graph}'s TensorRT profile starts its {axis} axis at {low} "
+                                 "(build-engine --min-batch); Triton runs batches from 1 up, which the plan refuses: "
+                                 "rebuild the engine without --min-batch (or --min-batch 1) for Triton")
 
 
 def _graph_files(source: EngineSource, graph: str, section: str) -> tuple[Path, list[Path]]:
