@@ -253,7 +253,6 @@ def test_a_server_that_never_answers_fails_the_checks_in_the_connection_timeout(
             RemoteEngine(url, connection_timeout=0.5, network_timeout=3600.0)
 
 
-
 def test_a_datatype_that_is_not_a_string_is_a_one_line_usage_error(micro_ort_engines, monkeypatch):
     """Model metadata whose input datatype is a JSON list or object ("datatype": ["FP32"]) ended load_engine in a
     TypeError (unhashable type) traceback; it is the usage error naming the unsupported datatypes."""
