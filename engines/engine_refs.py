@@ -15,6 +15,7 @@ from typing import Any
 
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.workspace import RUN_BEST, RUN_LAST
 
 
 @dataclass
@@ -130,9 +131,9 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
     return Reference(path, digest, recorded.get("sha256"), "manifest")
 
 
-# The checkpoints train writes into every run folder (rap_deploy.train.loop's BEST and LAST): named after the file
-# alone, the reports of two runs' best.pt would share one folder, the later overwriting the earlier.
-RUN_CHECKPOINT_NAMES = ("best.pt", "last.pt")
+# The checkpoints train writes into every run folder: named after the file alone, the reports of two runs' best.pt
+# would share one folder, the later overwriting the earlier.
+RUN_CHECKPOINT_NAMES = (RUN_BEST, RUN_LAST)
 
 
 def engine_label(engine_path: Path | str) -> str:

@@ -15,6 +15,10 @@ from pathlib import Path
 from rap_deploy.errors import UsageError
 
 DEFAULT_WORKSPACE = "rapdeploy-out"
+# The checkpoints `rapdeploy train` writes into every run folder: the selected epoch's and the last one's (with the
+# training state). train.loop writes them; verify names a run's reports after them (engine_refs.engine_label).
+RUN_BEST = "best.pt"
+RUN_LAST = "last.pt"
 
 
 def workspace_root(explicit: str | os.PathLike[str] | None = None) -> Path:

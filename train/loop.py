@@ -35,9 +35,9 @@ from rap_deploy.train.params import (  # noqa: F401  (OFFSETS, trainable_paramet
     trainable_parameters,
 )
 from rap_deploy.train.selection import selection_score
+from rap_deploy.workspace import RUN_BEST as BEST
+from rap_deploy.workspace import RUN_LAST as LAST
 
-LAST = "last.pt"
-BEST = "best.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 
