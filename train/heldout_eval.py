@@ -16,8 +16,7 @@ from typing import Any
 
 from rap_deploy.data.synth_heldout import HeldoutSplit, read_record
 from rap_deploy.errors import CheckFailedError, UsageError
-
-BEST = "best.pt"
+from rap_deploy.workspace import RUN_BEST as BEST
 
 
 def heldout_metrics(run_dir: str | Path, split: HeldoutSplit, top_m: int, progress: bool = True,
