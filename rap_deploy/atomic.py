@@ -2,8 +2,9 @@
 
 A killed command therefore never leaves a half-written checkpoint, graph, engine or report behind, and a renamed file
 survives a power loss. A ``SIGTERM`` unwinds through the ``finally`` below (the CLI turns it into an exception), so the
-temporary file is removed; only ``SIGKILL`` can leave one (hidden, ``.<name>.*.tmp``; a long name is cut), which
-the next writer of the same file deletes under its lock (:func:`remove_temporaries`).
+temporary file is removed; only ``SIGKILL`` can leave one (hidden, ``.<name>.*.tmp``; a long name is cut). The
+commands that own a folder delete their own files' ones under its lock (:func:`remove_temporaries`: a training run,
+verify's, bench's and the GPU check's reports, a library); elsewhere (a checkpoint ``init`` wrote) one stays.
 """
 
 from __future__ import annotations
