@@ -56,6 +56,7 @@ GRAPHS = ("video", "text", "asa", "search")
 UNITS = {"video": "videos/s", "text": "texts/s", "asa": "pairs/s", "search": "queries/s"}
 ENGINE_GRAPH = {"video": "video_encoder", "text": "text_encoder", "asa": "asa_head", "search": None}
 DEFAULT_BATCH_SIZES = (1, 8, 32)
+REPORT_FILES = ("bench.md", "bench.png", "bench.json")  # the order they are written in: bench.json last
 
 
 @dataclass(frozen=True)
@@ -418,10 +419,11 @@ def write_bench_reports(out_dir: Path, result: dict[str, Any]) -> None:
 
     with folder_lock(out_dir, "bench", "report folder"):
         out_dir.mkdir(parents=True, exist_ok=True)
-        remove_temporaries(out_dir, ("bench.md", "bench.png", "bench.json"))  # a killed run's (the lock: none runs)
-        write_text_atomic(out_dir / "bench.md", reports.bench_markdown(result))
-        reports.plot_bench(result, out_dir / "bench.png")
-        write_json_atomic(out_dir / "bench.json", result)  # last: a killed run leaves the previous bench.json
+        remove_temporaries(out_dir, REPORT_FILES)  # a killed run's (the lock: none runs)
+        markdown, plot, report = (out_dir / name for name in REPORT_FILES)
+        write_text_atomic(markdown, reports.bench_markdown(result))
+        reports.plot_bench(result, plot)
+        write_json_atomic(report, result)  # last: a killed run leaves the previous bench.json
     result["out"] = str(out_dir)
 
 
