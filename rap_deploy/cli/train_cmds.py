@@ -140,8 +140,8 @@ def train(
     given = _given_model_source(given, backbone, checkpoint, clip, pretrained)
     _check_resume_folder(resume)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    with contextlib.ExitStack() as claimed:  # rank 0 holds a default run name's lock from its choice on
-        options = _new_run_options(given, out, resume, workspace, claimed if rank0 else None)
+    with contextlib.ExitStack() as claimed:  # a default run name's lock is held from its choice on
+        options = _new_run_options(given, out, resume, workspace, claimed)
         summary = _run_training(options, resume, given, quiet, rank0)
     if not rank0:
         return  # under torchrun only rank 0 reports
@@ -203,7 +203,7 @@ def _check_resume_folder(resume: Path | None) -> None:
 
 
 def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | None, workspace: Path | None,
-                     claim: contextlib.ExitStack | None = None) -> TrainOptions | None:
+                     claim: contextlib.ExitStack) -> TrainOptions | None:
     """The :class:`TrainOptions` of a new run (``given["data_root"]`` resolved in place), or None to resume.
 
     Without ``--out`` the run folder is :func:`default_run_dir`'s, its lock held in ``claim``. Raises
@@ -234,21 +234,19 @@ def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | Non
 MAX_RUN_NAME_SUFFIX = 100  # runs started in one second that default_run_dir tells apart
 
 
-def default_run_dir(runs: Path, dataset: str, claim: contextlib.ExitStack | None, now: float | None = None) -> Path:
+def default_run_dir(runs: Path, dataset: str, claim: contextlib.ExitStack, now: float | None = None) -> Path:
     """``<runs>/<dataset>-<YYYYmmdd-HHMMSS>`` (local time ``now``, default the current time) for a run without
     ``--out``; ``-2``, ``-3``... appended when that folder exists or another run holds its lock (runs started in the
     same second chose one folder, and the second failed with FolderBusyError).
 
-    With ``claim``, the chosen folder's lock is taken into it, so no other run can choose that name until ``claim``
-    closes; without, the plain name is returned unchecked. Raises :class:`UsageError` for an unknown dataset (the
-    name becomes a path) and when every suffix is taken.
+    The chosen folder's lock is taken into ``claim``, so no other run can choose that name until ``claim`` closes
+    (torchrun runs never get here: without ``--out`` they are refused, as each process would choose its own name).
+    Raises :class:`UsageError` for an unknown dataset (the name becomes a path) and when every suffix is taken.
     """
     from rap_deploy.data.datasets import check_dataset
 
     check_dataset(dataset)  # the name becomes a path
     base = f"{dataset}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
-    if claim is None:
-        return runs / base
     for n in range(1, MAX_RUN_NAME_SUFFIX + 1):
         candidate = runs / (base if n == 1 else f"{base}-{n}")
         if not _taken(candidate) and _claim(candidate, claim):
