@@ -20,8 +20,9 @@ What it does, in one run, on one CUDA GPU (``--dry-run``: the same steps on the 
    ``--work``. A step still running after 180 s (:data:`STALL_DUMP_S`) writes every thread's stack to stderr, the
    log, and again every 180 s, so a hung step shows where.
 
-Exit code 0 when every step ran and every parity check passed, 1 otherwise (the reports are written either way),
-2 for bad usage, and for no GPU visible to torch (after a report of the environment step). Code paths used here run
+Exit code 0 when every step ran and every parity check passed, 1 otherwise (the reports are written either way) and
+for a refused artifact (a damaged ``--checkpoint``), 2 for bad usage, and for no GPU visible to torch (after a report
+of the environment step). Code paths used here run
 on torch 2.11 as well as the project's pin.
 
 Preparing a GPU machine without network (the workplace's H200: Python 3.12, torch 2.11 + CUDA 13, ONNX Runtime CPU,
@@ -567,7 +568,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit code (0 passed, 1 a step or parity check failed, 2 bad usage)."""
+    """Command line entry point; returns the exit code: 0 passed, 1 a step or parity check failed (or an error that
+    ended the run was a failed check: :class:`~rap_deploy.errors.CheckFailedError`), 2 bad usage or no GPU."""
     ap = argparse.ArgumentParser(prog="python -m rap_deploy.engines.gpu_check", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: OUT/work)")
@@ -583,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            log=lambda m: print(m, flush=True))
     except RapDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:  # the report written after the last finished step stays (INCOMPLETE)
         print(f"error: interrupted; the partial report is in {args.out}", file=sys.stderr)
         return 130
@@ -594,7 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _checked_arguments(args: argparse.Namespace) -> CheckSizes:
     """The sizes the arguments ask for; raises :class:`UsageError` (exit 2, before any work) for values out of range,
-    an --out that is not a folder, or a --checkpoint that does not load."""
+    an --out that is not a folder, or a --checkpoint that is not a checkpoint, and
+    :class:`~rap_deploy.errors.CheckFailedError` (exit 1) for a damaged one (:func:`load_checkpoint`'s errors)."""
     from rap_deploy import bounds
     from rap_deploy.errors import UsageError
 

@@ -86,6 +86,25 @@ def test_bad_arguments_are_exit_2_before_any_work(tmp_path, capsys):
     assert main(["--out", str(a_file), "--dry-run"]) == 2
 
 
+def test_an_error_that_ends_the_run_exits_with_its_own_code(tmp_path, monkeypatch, capsys):
+    """main() returned 2 for every RapDeployError, so a failed check that ended the run (a damaged --checkpoint, a
+    refused artifact) read as bad usage; the contract is 1 for a failed check, 2 for bad usage or a missing backend."""
+    import rap_deploy.engines.gpu_check as gc
+    from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
+
+    for error, code in ((CheckFailedError("best.pt: damaged"), 1), (BackendUnavailableError("no CUDA"), 2),
+                        (UsageError("bad"), 2)):
+        def fails(*_args, error=error, **_kwargs):
+            raise error
+        monkeypatch.setattr(gc, "run_check", fails)
+        assert gc.main(["--out", str(tmp_path / "out"), "--dry-run"]) == code, error
+        assert capsys.readouterr().err == f"error: {error}\n"
+    empty = tmp_path / "empty.pt"
+    empty.touch()  # load_checkpoint: CheckFailedError ("an interrupted write or copy"), before run_check
+    assert gc.main(["--out", str(tmp_path / "out"), "--dry-run", "--checkpoint", str(empty)]) == 1
+    assert "empty (0 bytes)" in capsys.readouterr().err
+
+
 def test_a_second_run_into_one_out_is_refused_and_a_killed_runs_temporaries_go(tmp_path, monkeypatch, capsys):
     """Two runs into one --out wrote its reports (and OUT/work) interleaved, and a SIGKILL-ed report write left its
     hidden temporary there for ever. A run now holds the report folder's lock: a second one is refused (exit 2, one
