@@ -4,7 +4,7 @@
 video each caption belongs to. MSR-VTT test (1k-A) has one caption per video; MSVD test has many (every caption is a
 query); DiDeMo and ActivityNet have one paragraph per video (all its sentences joined). Video files that do not exist
 are still listed, so ``data-check`` and training can report them by name. The checked readers of the annotation files
-themselves are :mod:`rap_deploy.data.annotation_files`.
+themselves are :mod:`rap_deploy.data.annotation_files`; where each video's file is, :mod:`rap_deploy.data.video_files`.
 """
 
 from __future__ import annotations
@@ -31,17 +31,10 @@ from rap_deploy.data.annotation_files import (
     require_key,
 )
 from rap_deploy.data.cache import FrameCache
+from rap_deploy.data.video_files import StemFinder, msrvtt_video, videos_folder
 from rap_deploy.errors import UsageError
 
 DATASETS = ("msrvtt", "msvd", "didemo", "activitynet")
-VIDEO_DIR = "videos"
-# The video folders CLIP4Clip's README trains from (``--features_path ${DATA_PATH}/<name>``), read when the dataset
-# folder has no videos/ of its own.
-CLIP4CLIP_VIDEO_DIRS = {"msrvtt": "MSRVTT_Videos", "msvd": "MSVD_Videos", "didemo": "DiDeMo_Videos",
-                        "activitynet": "Activity_Videos"}
-# (.mts, .m2ts: camcorder files, which DiDeMo's Flickr videos include)
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv",
-                    ".mts", ".m2ts", ".3g2", ".ogv", ".vob", ".asf", ".f4v")
 
 # Split names each reader accepts, and the file set they map to (CLIP4Clip: MSR-VTT validates on its test split,
 # ActivityNet tests on val_1).
@@ -178,15 +171,6 @@ def load_split(
     )
 
 
-def videos_folder(root: Path, dataset: str) -> Path:
-    """The folder of ``dataset``'s videos under its folder ``root``: ``videos/`` when it exists, else the folder
-    CLIP4Clip's README names (``MSRVTT_Videos/``, ``MSVD_Videos/``, ``DiDeMo_Videos/``, ``Activity_Videos/``) when that
-    one does (else ``videos/``, where every video is then missing)."""
-    own = root / VIDEO_DIR
-    theirs = root / CLIP4CLIP_VIDEO_DIRS[dataset]
-    return theirs if not own.is_dir() and theirs.is_dir() else own
-
-
 def check_dataset(name: str) -> None:
     """Refuse (:class:`UsageError`, exit 2) a dataset name that is not one of :data:`DATASETS`."""
     if name not in DATASETS:
@@ -199,7 +183,7 @@ Readout = tuple[list[VideoEntry], list[str], list[int]]
 
 
 def _read_msrvtt(root: Path, split: str, videos_dir: Path) -> Readout:
-    finders: dict[Path, _StemFinder] = {}  # walked once, when some video is in neither videos/ nor videos/all/
+    finders: dict[Path, StemFinder] = {}  # walked once, when some video is in neither videos/ nor videos/all/
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -211,7 +195,7 @@ def _read_msrvtt(root: Path, split: str, videos_dir: Path) -> Readout:
             vid = plain_video_id(row["video_id"], path)
             if vid not in index:
                 index[vid] = len(videos)
-                videos.append(VideoEntry(vid, _msrvtt_video(videos_dir, vid, finders)))
+                videos.append(VideoEntry(vid, msrvtt_video(videos_dir, vid, finders)))
             captions.append((row["sentence"] or "").strip())
             owner.append(index[vid])
         return videos, captions, owner
@@ -231,22 +215,8 @@ def _read_msrvtt(root: Path, split: str, videos_dir: Path) -> Readout:
         for cap in by_video[vid]:
             captions.append(cap)
             owner.append(len(videos))
-        videos.append(VideoEntry(vid, _msrvtt_video(videos_dir, vid, finders)))
+        videos.append(VideoEntry(vid, msrvtt_video(videos_dir, vid, finders)))
     return videos, captions, owner
-
-
-def _msrvtt_video(videos_dir: Path, vid: str, finders: dict[Path, _StemFinder] | None = None) -> Path:
-    """``videos/<id>.mp4``, else ``<id>.webm`` (CLIP4Clip's fallback), each also under ``videos/all/`` (the layout
-    of the unzipped MSRVTT.zip CLIP4Clip's README links); else a file of that stem in any sub-folder (the official
-    release's ``TrainValVideo/`` and ``TestVideo/``), found by a :class:`_StemFinder` kept in ``finders``."""
-    for folder in (videos_dir, videos_dir / "all"):
-        for ext in (".mp4", ".webm"):
-            if (folder / f"{vid}{ext}").exists():
-                return folder / f"{vid}{ext}"
-    finders = {} if finders is None else finders
-    if videos_dir not in finders:
-        finders[videos_dir] = _StemFinder(videos_dir)
-    return finders[videos_dir].find(vid, default_ext=".mp4")
 
 
 # The caption text one split may hold (MSVD's 80,000 captions are about 3 million characters).
@@ -260,7 +230,7 @@ def _read_msvd(root: Path, split: str, videos_dir: Path) -> Readout:
     raw = read_pickle(cap_path)
     if not isinstance(raw, dict):
         raise damaged(cap_path, f"should hold a dict video id -> list of token lists, found {type(raw).__name__}")
-    finder = _StemFinder(videos_dir)
+    finder = StemFinder(videos_dir)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -301,7 +271,7 @@ def _read_didemo(root: Path, split: str, videos_dir: Path) -> Readout:
         description = require_key(item, "description", data_path, f"[{i}]", kind=str).strip()
         if vid in wanted:
             paragraphs.setdefault(vid, []).append(description)
-    finder = _StemFinder(videos_dir)
+    finder = StemFinder(videos_dir)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -323,7 +293,7 @@ def _read_activitynet(root: Path, split: str, videos_dir: Path) -> Readout:
     data = read_json(data_path)
     if not isinstance(data, dict):
         raise damaged(data_path, "should map 'v_<id>' to {duration, timestamps, sentences}")
-    finder = _StemFinder(videos_dir)
+    finder = StemFinder(videos_dir)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -351,59 +321,6 @@ _READERS: dict[str, Callable[[Path, str, Path], Readout]] = {
     "didemo": _read_didemo,
     "activitynet": _read_activitynet,
 }
-
-
-class _StemFinder:
-    """Finds a video file by its stem anywhere under a folder, whatever its extension (.mp4 preferred)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._by_stem: dict[str, list[Path]] = {}
-        self._by_name: dict[str, list[Path]] = {}
-        if folder.is_dir():
-            seen: set[tuple[int, int]] = set()
-            _first_visit(folder, seen)
-            # linked folders are entered (datasets keep videos on other disks behind them), each real folder once
-            for dirpath, dirs, files in os.walk(folder, followlinks=True):
-                dirs[:] = [d for d in sorted(dirs) if _first_visit(Path(dirpath) / d, seen)]
-                for name in files:
-                    p = Path(dirpath) / name
-                    self._by_name.setdefault(name, []).append(p)
-                    if p.suffix.lower() in VIDEO_EXTENSIONS:
-                        self._by_stem.setdefault(p.stem, []).append(p)
-
-    def find(self, vid: str, default_ext: str, alternatives: tuple[str, ...] = ()) -> Path:
-        """Return the file for ``vid``: the file of that very name (directly in the folder first, then, when the
-        name has an extension, in a sub-folder, as CLIP4Clip walks it), else one whose stem is ``vid``, ``vid``
-        without a video extension or an alternative; when none exists, the path it would have
-        (``folder/<vid><default_ext>``)."""
-        stems = [vid, *alternatives]
-        exact = self.folder / vid
-        if exact.is_file():  # the listed name itself, whatever its extension (DiDeMo keeps Flickr's: .mts, .3gp...)
-            return exact
-        if Path(vid).suffix and self._by_name.get(vid):  # a name with an extension (not a stray 'abc' beside abc.avi)
-            return sorted(self._by_name[vid], key=str)[0]
-        if Path(vid).suffix.lower() in VIDEO_EXTENSIONS:
-            stems.append(Path(vid).stem)
-        for stem in stems:
-            found = self._by_stem.get(stem)
-            if found:
-                return sorted(found, key=lambda p: (p.suffix.lower() != ".mp4", str(p)))[0]
-        return self.folder / (vid if Path(vid).suffix.lower() in VIDEO_EXTENSIONS else f"{vid}{default_ext}")
-
-
-def _first_visit(folder: Path, seen: set[tuple[int, int]]) -> bool:
-    """True the first time the real folder behind ``folder`` is met (recorded in ``seen``); False after, or when
-    it cannot be read."""
-    try:
-        st = folder.stat()
-    except OSError:
-        return False
-    key = (st.st_dev, st.st_ino)
-    if key in seen:
-        return False
-    seen.add(key)
-    return True
 
 
 # ------------------------------------------------------------------------------------------------ training dataset

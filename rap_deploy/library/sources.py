@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.config import FrameSamplingConfig
-from rap_deploy.data.datasets import VIDEO_EXTENSIONS, VideoEntry
+from rap_deploy.data.datasets import VideoEntry
+from rap_deploy.data.video_files import VIDEO_EXTENSIONS
 from rap_deploy.errors import UsageError
 
 
