@@ -208,6 +208,34 @@ def test_selection_rule_sums_six_recalls_and_prefers_the_later_epoch():
     assert best_of([])["epoch"] is None and not improves(None, 0.0) and improves(1.0, 1.0)
 
 
+def test_selection_rule_ties_are_judged_on_the_recalls_not_on_their_float_sum():
+    """Two epochs whose six recalls sum to the same value are a tie (the later epoch wins), though their float sums
+    differ: on MSR-VTT's 1,000 queries 36.4+43.7+88.2+42.0+56.1+80.7 and 36.3+…+42.1+… summed to 347.1 and
+    347.09999999999997, so the earlier epoch was kept."""
+    from rap_deploy.metrics import metrics_from_ranks
+    from rap_deploy.train.selection import best_of, selection_score
+
+    def record(epoch, t2v, v2t, queries=(1000, 1000)):
+        out = {"epoch": epoch}
+        for direction, (r1, r5, r10), n in (("t2v", t2v, queries[0]), ("v2t", v2t, queries[1])):
+            out[direction] = metrics_from_ranks([1] * r1 + [5] * (r5 - r1) + [10] * (r10 - r5) + [11] * (n - r10))
+        return out
+
+    def float_sum(r):
+        return sum(r[d][k] for d in ("t2v", "v2t") for k in ("R1", "R5", "R10"))
+
+    first, second = record(1, (364, 437, 882), (420, 561, 807)), record(2, (363, 437, 882), (421, 561, 807))
+    assert float_sum(first) != float_sum(second)  # what the rule compared
+    assert selection_score(first) == selection_score(second) == 347.1
+    assert best_of([first, second])["epoch"] == 2 and best_of([second, first])["epoch"] == 1
+    better = record(3, (364, 437, 882), (421, 561, 807))
+    assert best_of([first, second, better])["epoch"] == 3
+    # Other query counts per direction (MSVD: every caption is a t2v query): 3/9 of t2v R@1 is 1/3 of v2t R@1.
+    mixed = [record(1, (3, 6, 9), (1, 2, 3), (9, 3)), record(2, (6, 6, 9), (0, 2, 3), (9, 3))]
+    assert selection_score(mixed[0]) == selection_score(mixed[1]) == 400.0 and best_of(mixed)["epoch"] == 2
+    assert selection_score(_rec(1, (10, 50, 70), (12, 40, 60))) == 242.0  # a record without query counts
+
+
 def test_epoch_unit_auto_visits_every_caption_of_multi_caption_data():
     from rap_deploy.train.loop import resolve_epoch_unit
 

@@ -8,11 +8,17 @@ above its first evaluation keeps its epoch-1 weights however much R@5, R@10 and 
 run whose metrics never change at all would be frozen at epoch 1. The sum over six recalls moves with every
 rank that crosses 1, 5 or 10 in either direction, and ties going to the later epoch mean a plateau keeps training's
 latest weights.
+
+The sum is taken exactly (each recall as the fraction of its queries it counts, when the record says how many
+queries there were), then rounded once: summed as floats, two epochs whose recalls add up to the same value could
+differ in the last bit (on 1,000 queries 36.4 + 43.7 + 88.2 + 42.0 + 56.1 + 80.7 = 347.1, but 36.3 + … + 42.1 + …
+= 347.09999999999997), so a tie went to the earlier epoch.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 SELECTION_RULE = "max t2v RSum + v2t RSum (R@1+R@5+R@10, full ASA similarity); ties -> later epoch"
@@ -22,7 +28,19 @@ def selection_score(record: dict[str, Any]) -> float | None:
     """The selection score of one ``metrics.jsonl`` record (``None`` when the epoch was not evaluated)."""
     if "t2v" not in record or "v2t" not in record:
         return None
-    return float(sum(record[d][k] for d in ("t2v", "v2t") for k in ("R1", "R5", "R10")))
+    return float(sum(_exact_recall(record[d], k) for d in ("t2v", "v2t") for k in ("R1", "R5", "R10")))
+
+
+def _exact_recall(metrics: dict[str, Any], key: str) -> Fraction:
+    """The recall ``metrics[key]`` (percent) as an exact fraction: ``100 · hits / queries`` when ``metrics`` holds
+    its ``queries`` (as :func:`rap_deploy.metrics.metrics_from_ranks` writes them), else the decimal it is written
+    as (``44.8`` is 224/5, not the binary float nearest to it)."""
+    value, queries = metrics[key], metrics.get("queries")
+    if isinstance(queries, int) and not isinstance(queries, bool) and queries > 0:
+        hits = round(value * queries / 100)
+        if abs(hits - value * queries / 100) < 1e-6:
+            return Fraction(100 * hits, queries)
+    return Fraction(repr(float(value)))
 
 
 def improves(score: float | None, best_score: float) -> bool:
