@@ -3,7 +3,11 @@
 The rank of a query is 1 + the number of candidates scoring strictly higher than its ground truth, so ties never
 help or hurt silently: the number of queries whose ground truth ties with another candidate is reported as ``ties``.
 Multi-caption data (MSVD): every caption is a text→video query; video→text scores each video against each candidate
-video's best caption (the CLIP4Clip convention).
+video's best caption (the CLIP4Clip convention). MdR is numpy's median of the 1-based ranks of all queries (every
+caption, pooled over galleries): for an even number of queries the mean of the two middle ranks, so it can end in .5;
+MnR is their mean. CLIP4Clip's single-caption and video→text medians are numpy's too, but its multi-caption
+text→video one is ``torch.median``, the lower of the two middle ranks: on MSVD an even query count whose two middle
+ranks differ gives a MdR 0.5 or more above CLIP4Clip's.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ def ground_truth_ranks(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndar
 
 
 def metrics_from_ranks(ranks: np.ndarray, tied: np.ndarray | None = None) -> dict[str, float | int]:
-    """Return ``{R1, R5, R10 (percent), MdR, MnR, RSum, ties}`` (plus ``queries``) from 1-based ranks."""
+    """Return ``{R1, R5, R10 (percent), MdR, MnR, RSum, ties}`` (plus ``queries``) from 1-based ranks; ``MdR`` is
+    ``np.median`` (an even count averages the two middle ranks), ``MnR`` the mean."""
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         raise ValueError("no queries to compute metrics over")

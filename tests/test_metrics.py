@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from rap_deploy.metrics import ground_truth_ranks, metrics_from_ranks, retrieval_metrics, video_to_text_scores
+from rap_deploy.metrics import (
+    ground_truth_ranks,
+    metrics_from_ranks,
+    query_ranks,
+    retrieval_metrics,
+    video_to_text_scores,
+)
 
 
 def test_recalls_are_the_correctly_rounded_percentage():
@@ -77,6 +83,36 @@ def test_multi_caption_v2t_uses_best_caption():
     assert videos.tolist() == [0, 1, 2]
     # v2t ranks: video 0 -> 1, video 1 -> 2 (0.8 > 0.4), video 2 -> 1
     assert m["v2t"]["queries"] == 3 and m["v2t"]["R1"] == pytest.approx(200 / 3) and m["v2t"]["MnR"] == 4 / 3
+
+
+def test_multi_caption_median_rank_of_an_even_number_of_queries_averages_the_two_middle_ranks():
+    """MSVD-style: 6 captions of 3 videos are 6 t2v queries; MdR is numpy's median of their 1-based ranks, the mean
+    of the two middle ones (1.5 here), not the lower one (1, torch.median, which CLIP4Clip's multi-sentence t2v
+    takes); MnR is their mean. Ranks pooled over galleries give the median of all queries, not of the medians."""
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.2],  # caption 0 of video 0: rank 1
+            [0.3, 0.5, 0.4],  # caption 1 of video 0: 0.5 and 0.4 higher, rank 3
+            [0.2, 0.8, 0.1],  # caption 2 of video 1: rank 1
+            [0.6, 0.5, 0.4],  # caption 3 of video 1: 0.6 higher, rank 2
+            [0.1, 0.3, 0.4],  # caption 4 of video 2: rank 1
+            [0.5, 0.6, 0.45],  # caption 5 of video 2: rank 3
+        ]
+    )
+    owner = [0, 0, 1, 1, 2, 2]
+    m = retrieval_metrics(sim, owner)
+    t2v = m["t2v"]  # ranks 1, 3, 1, 2, 1, 3: sorted 1 1 1 | 2 3 3
+    assert t2v["queries"] == 6 and t2v["MdR"] == 1.5 and t2v["MnR"] == pytest.approx(11 / 6)
+    assert (t2v["R1"], t2v["R5"], t2v["ties"]) == (50.0, 100.0, 0)
+    # v2t: each candidate video scored by its best caption; columns 0, 1, 2 of [[.9 .5 .4] [.6 .8 .4] [.5 .6 .45]]
+    # rank every query video first
+    v2t = m["v2t"]
+    assert (v2t["queries"], v2t["MdR"], v2t["MnR"], v2t["ties"]) == (3, 1.0, 1.0, 0)
+    # two galleries pooled: ranks [1, 3, 1, 2, 1, 3] and [2, 2] have medians 1.5 and 2; all eight queries' median is 2
+    other = np.array([[0.1, 0.7], [0.9, 0.2]])  # text 0 -> video 0 (0.7 higher), text 1 -> video 1 (0.9 higher)
+    parts = [query_ranks(sim, owner)["t2v"], query_ranks(other, [0, 1])["t2v"]]
+    pooled = metrics_from_ranks(np.concatenate([r for r, _ in parts]), np.concatenate([t for _, t in parts]))
+    assert pooled["queries"] == 8 and pooled["MdR"] == 2.0 and pooled["MnR"] == pytest.approx(15 / 8)
 
 
 def test_videos_without_captions_are_t2v_distractors_only():
