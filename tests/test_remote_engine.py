@@ -7,6 +7,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -292,3 +293,108 @@ def test_an_engine_url_with_credentials_is_refused_without_repeating_the_passwor
     assert "***@" in str(err.value)
     res = runner.invoke(app, ["bench", "--engine", url, "--json"])
     assert res.exit_code == 2 and "s3cret" not in res.output
+
+
+@contextmanager
+def forwarding_server(backend: str, answer: Callable[[Any], None]) -> Iterator[str]:
+    """A tiny HTTP server on 127.0.0.1 (a free port) that forwards every GET to ``backend`` (a real server: health,
+    metadata, configs) and answers every POST (inference) with ``answer(handler)``; yields its URL and stops when the
+    block ends."""
+    import http.server
+    import urllib.request
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            with urllib.request.urlopen(backend + self.path, timeout=30) as got:
+                status, data = got.status, got.read()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                answer(self)
+            except OSError:  # the client stopped reading and closed the connection
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def served_micro(micro_ort_engines) -> Iterator[str]:
+    """The URL of ``rapdeploy serve``'s app on the micro fp32 engine (no library), stopped after the module."""
+    from rap_deploy.engines.serving.app import create_app
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread
+    from rap_deploy.engines.serving.service import ServingService
+
+    path = micro_ort_engines["fp32"]
+    service = ServingService(SerialEngine(load_engine(path, threads=1)), read_source(path))
+    try:
+        with ServerThread(create_app(service)) as server:
+            yield server.url
+    finally:
+        service.close()
+
+
+def answer_with(body: bytes, headers: dict[str, str]) -> Callable[[Any], None]:
+    """An ``answer`` for :func:`forwarding_server`: status 200, ``headers``, then ``body``."""
+    def answer(handler: Any) -> None:
+        handler.send_response(200)
+        for k, v in headers.items():
+            handler.send_header(k, v)
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return answer
+
+
+def text_inputs(remote: Any) -> tuple[Any, Any]:
+    """Two token-id rows and their EOT positions for ``remote``'s text encoder."""
+    import numpy as np
+
+    ids = np.zeros((2, remote.config.context_length), np.int32)
+    ids[:, :4] = [49406, 320, 1929, 49407]
+    return ids, np.array([3, 3], np.int32)
+
+
+UNREADABLE = {
+    # tritonclient's as_numpy calls parameters.get(...): an AttributeError
+    "parameters that are not an object": (b'{"outputs": [{"name": "text_emb", "datatype": "FP32", "shape": [2, 1], '
+                                          b'"parameters": "binary", "data": [1, 2]}]}', {}),
+    # InferResult reads result["outputs"] of the JSON header: a TypeError for a list
+    "a JSON header that is a list": (b'[1, 2]' + bytes(8), {"Inference-Header-Content-Length": "6"}),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_an_answer_whose_output_cannot_be_read_is_one_line_naming_server_model_and_output(served_micro, case):
+    """An inference answer tritonclient cannot read (as_numpy raising AttributeError, InferResult a TypeError) ended
+    encode_text, and verify / bench / search with --engine http://…, in a traceback. It is a one-line usage error
+    naming the server's URL, the model and its output."""
+    body, headers = UNREADABLE[case]
+    with forwarding_server(served_micro, answer_with(body, {"Content-Length": str(len(body)), **headers})) as url:
+        remote = load_engine(url)
+        try:
+            with pytest.raises(UsageError) as err:
+                remote.encode_text(*text_inputs(remote))
+        finally:
+            remote.close()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{url} model text_encoder: ") and "text_emb" in message, message
+    assert "cannot be read" in message, message

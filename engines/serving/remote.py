@@ -261,8 +261,19 @@ class RemoteEngine(Engine):
             item.set_data_from_numpy(a, binary_data=True)
             inputs.append(item)
         wanted = [httpclient.InferRequestedOutput(n, binary_data=True) for n in outputs]
-        result = self._call(self._client().infer, graph, inputs, outputs=wanted, what=f"{graph} inference")
+        result = self._call(self._read_answer, graph, inputs, wanted, what=f"{graph} inference")
         return tuple(self._output(graph, result, n, len(arrays[0])) for n in outputs)
+
+    def _read_answer(self, graph: str, inputs: list[Any], wanted: list[Any]) -> Any:
+        """``client.infer``'s result; :class:`UsageError` naming the server and model when tritonclient cannot read
+        the answer's JSON header as the protocol's (a list, no ``outputs``, an output without ``name``): it fails on
+        it with a TypeError, KeyError or AttributeError of its own."""
+        try:
+            return self._client().infer(graph, inputs, outputs=wanted)
+        except (TypeError, KeyError, AttributeError) as exc:
+            names = ", ".join(self.io[graph][1])
+            raise UsageError(f"{self.url} model {graph}: the answer's outputs ({names}) cannot be read "
+                             f"({type(exc).__name__}: {one_line(exc, 80)}); {NOT_OIP}") from None
 
     def _output(self, graph: str, result: Any, name: str, rows: int) -> np.ndarray:
         """Output ``name`` of ``result`` as float32; :class:`UsageError` when the answer lacks it or it is no array
@@ -270,11 +281,15 @@ class RemoteEngine(Engine):
         turned into one NaN, silently, and raises for data that do not fill the shape the answer states."""
         try:
             arr = result.as_numpy(name)
-        except (ValueError, TypeError, KeyError):
-            arr = None
-        if arr is None or arr.dtype.kind not in "fiu" or arr.ndim == 0 or arr.shape[0] != rows:
-            got = "no such output" if arr is None else f"{arr.dtype} {list(arr.shape)}"
-            raise UsageError(f"{self.url} {graph} inference: output {name} is missing or malformed ({got}, for a "
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            # the answer's JSON names the output but not as the protocol does ("parameters": "x", a list for the
+            # whole answer): tritonclient fails on it with an AttributeError or TypeError of its own
+            raise UsageError(f"{self.url} model {graph}: output {name} cannot be read from the answer "
+                             f"({type(exc).__name__}: {one_line(exc, 80)}); {NOT_OIP}") from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu" or arr.ndim == 0 or arr.shape[0] != rows:
+            got = "no such output" if arr is None else \
+                f"{arr.dtype} {list(arr.shape)}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise UsageError(f"{self.url} model {graph}: output {name} is missing or malformed ({got}, for a "
                              f"batch of {rows}); {NOT_OIP}")
         return np.asarray(arr, dtype=np.float32)
 
