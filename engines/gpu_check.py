@@ -249,6 +249,7 @@ def demo_checkpoint(work: Path, data: Path, s: CheckSizes) -> Path:
     from rap_deploy.model_summary import init_checkpoint
     from rap_deploy.train.backbone import pretrain_backbone
     from rap_deploy.train.loop import TrainOptions, train_rap
+    from rap_deploy.workspace import RUN_BEST, RUN_LAST
 
     backbone = work / "backbone.safetensors"
     if not backbone.is_file():
@@ -261,12 +262,12 @@ def demo_checkpoint(work: Path, data: Path, s: CheckSizes) -> Path:
     run = work / "train"
     # a rerun in the same --work (its folder is this recipe's, model_tag) resumes the run: a finished one trains
     # nothing (a new run into a folder holding last.pt is refused, which failed this step on every rerun)
-    resume = run if (run / "last.pt").is_file() else None
+    resume = run if (run / RUN_LAST).is_file() else None
     options = TrainOptions(dataset="msrvtt", data_root=str(data), out=str(run), checkpoint=str(init),
                            epochs=s.epochs, batch_size=s.train_batch, lr=1e-3, seed=0, top_m=s.top_m,
                            cache_dir=str(work / "frames"), device=s.device)
     train_rap(None if resume else options, progress=False, resume=resume)
-    return run / "best.pt"
+    return run / RUN_BEST
 
 
 def random_adapter_checkpoint(path: Path, clip: str, s: CheckSizes, seed: int = 1) -> Path:

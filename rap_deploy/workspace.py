@@ -19,6 +19,10 @@ DEFAULT_WORKSPACE = "rapdeploy-out"
 # training state). train.loop writes them; verify names a run's reports after them (engine_refs.engine_label).
 RUN_BEST = "best.pt"
 RUN_LAST = "last.pt"
+# A run folder's other files: one line per evaluation, and the run's summary (``complete`` once it finished); the demo
+# reads both (cli.pipeline, cli.demo_guards).
+RUN_METRICS = "metrics.jsonl"
+RUN_SUMMARY = "summary.json"
 
 
 def workspace_root(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -37,9 +37,8 @@ from rap_deploy.train.params import (  # noqa: F401  (OFFSETS, trainable_paramet
 from rap_deploy.train.selection import selection_score
 from rap_deploy.workspace import RUN_BEST as BEST
 from rap_deploy.workspace import RUN_LAST as LAST
-
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
+from rap_deploy.workspace import RUN_METRICS as METRICS
+from rap_deploy.workspace import RUN_SUMMARY as SUMMARY
 
 # Options that define the model when it is built from --clip (ignored with --checkpoint unless they conflict).
 MODEL_OPTIONS = ("variant", "use_lorm", "use_asa", "lorm_rank", "asa_topk", "asa_heads", "asa_dim", "asa_selection",

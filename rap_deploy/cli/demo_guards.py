@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.workspace import RUN_LAST, RUN_SUMMARY
 
 # The training numbers of the demo's recipe (DemoSizes) that a finished or killed run must share to be reused.
 TRAINING_RECIPE = ("epochs", "batch_size", "lr", "offset_lr_mult", "lorm_lr_mult", "selection_loss_weight",
@@ -51,7 +52,7 @@ def check_demo_training(run_dir: Path, options: Any, out: Path) -> None:
     recipe's model. A folder without ``last.pt`` passes (nothing trained yet), and so does a finished run whose
     ``last.pt`` cannot be read: the train step trains it again from the start (its files changed), reusing nothing.
     A killed run whose ``last.pt`` cannot be read cannot be resumed: :class:`CheckFailedError` says to remove it."""
-    last = run_dir / "last.pt"
+    last = run_dir / RUN_LAST
     if not last.is_file():
         return
     from rap_deploy.train.ablate_runs import unreadable_run_file, without_fix
@@ -76,7 +77,7 @@ def check_demo_training(run_dir: Path, options: Any, out: Path) -> None:
 def finished_run(run_dir: Path) -> bool:
     """Whether ``run_dir``'s summary says its training finished (False when it is missing or unreadable)."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((run_dir / RUN_SUMMARY).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
     return isinstance(summary, dict) and summary.get("complete") is True

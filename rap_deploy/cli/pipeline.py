@@ -27,6 +27,7 @@ from rap_deploy.cli.demo_steps import Steps
 from rap_deploy.cli.demo_world import World, prepare_world
 from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
+from rap_deploy.workspace import RUN_BEST, RUN_LAST, RUN_METRICS, RUN_SUMMARY
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ class _DemoRun:
     @property
     def best(self) -> Path:
         """The trained checkpoint every later step uses."""
-        return self.run_dir / "best.pt"
+        return self.run_dir / RUN_BEST
 
     @property
     def onnx_dir(self) -> Path:
@@ -268,13 +269,13 @@ def _train_and_results_steps(run: _DemoRun) -> None:
             if why:
                 run.log(f"[note] {run_dir} holds {why}: training it again from the start")
                 shutil.rmtree(run_dir)
-            if (run_dir / "last.pt").is_file():  # a killed run resumes, reading this world (the folder may have moved)
+            if (run_dir / RUN_LAST).is_file():  # a killed run resumes, reading this world (the folder may have moved)
                 train_rap(None, progress=run.progress, resume=run_dir,
                           overrides={"data_root": options.data_root, "cache_dir": options.cache_dir})
             else:
                 train_rap(options, progress=run.progress)
 
-    written = [run_dir / name for name in ("summary.json", "best.pt", "last.pt", "metrics.jsonl")]
+    written = [run_dir / name for name in (RUN_SUMMARY, RUN_BEST, RUN_LAST, RUN_METRICS)]
     run.steps.run("train (rap)", written, train, inputs=[run.init_ckpt, run.world.data / "MSRVTT_data.json"])
     run.steps.run("results", [run.rap_file, run.zero_shot_file],
                   lambda: _write_results(run_dir, run.zero_shot_file, run.rap_file), inputs=written)
@@ -289,9 +290,9 @@ def _not_to_resume(run_dir: Path, init_ckpt: Path) -> str | None:
 
     if finished_run(run_dir):
         return "a finished run whose files changed"
-    if not (run_dir / "last.pt").is_file():
+    if not (run_dir / RUN_LAST).is_file():
         return None
-    had, has = load_checkpoint(run_dir / "last.pt").backbone.sha256, load_checkpoint(init_ckpt).backbone.sha256
+    had, has = load_checkpoint(run_dir / RUN_LAST).backbone.sha256, load_checkpoint(init_ckpt).backbone.sha256
     if had != has:
         return f"a killed run on another backbone (sha256 {str(had)[:12]}…; {init_ckpt.name} holds {str(has)[:12]}…)"
     return None
@@ -435,8 +436,8 @@ def _library_demo(library: Path, engine_path: Path, data: Path, frame_cache: Pat
 def _write_results(run_dir: Path, zero_shot_file: Path, rap_file: Path) -> None:
     """``zero_shot.json`` (the run's epoch-0 evaluation) and ``rap_eval.json`` (its best.pt epoch), read from the
     training run's ``summary.json`` and ``metrics.jsonl`` (the same evaluation code, no second pass)."""
-    summary = _read_json(run_dir / "summary.json")
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    summary = _read_json(run_dir / RUN_SUMMARY)
+    history = [json.loads(line) for line in (run_dir / RUN_METRICS).read_text(encoding="utf-8").splitlines()]
 
     def result(rec: dict[str, Any]) -> dict[str, Any]:
         return {"epoch": rec["epoch"], "asa": {"t2v": rec["t2v"], "v2t": rec["v2t"]}, "two_stage": rec["two_stage"],
