@@ -150,7 +150,7 @@ def load_video_files(paths: Sequence[str | os.PathLike[str]], config: RAPConfig,
 
     Returns the video encoder's inputs ``frames float32 [B,T,3,S,S]`` and ``frame_mask float32 [B,T]`` (real
     frames first). ``cache``: a :class:`~rap_deploy.data.cache.FrameCache` (default: none, decode every time).
-    Raises ``VideoDecodeError`` naming the file that is missing, unreadable or shorter than one second, and
+    Raises ``VideoDecodeError`` naming the file that is missing or unreadable, and
     ``ValueError`` for no path or an ``fps`` outside ``(0, 1000]`` (a library manifest's bound).
     """
     from rap_deploy.bounds import MAX_FPS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -88,6 +89,22 @@ def test_missing_and_truncated_videos_exit_1_and_are_named(small_synth, runner):
     assert [u["video_id"] for u in report["undecodable"]] == [truncated.stem]
     assert report["undecodable"][0]["reason"].startswith("cannot decode")
     assert len(report["per_video"]) == 8
+
+
+def test_a_clip_shorter_than_a_second_is_checked_ok_with_one_frame(small_synth, runner):
+    """data-check reported a 0.8 s clip as undecodable ("shorter than 1 second", exit 1) and training dropped it;
+    it is sampled (one frame, as CLIP4Clip) and data-check says so in per_video."""
+    from rap_deploy.data.synth_dataset import write_video
+
+    short = small_synth / "videos" / "video10.mp4"  # a test video
+    write_video(short, np.full((4, 64, 64, 3), 90, dtype=np.uint8), 5)  # 4 frames at 5 fps: 0.8 s
+    args = ["data-check", "--dataset", "msrvtt", "--data-root", str(small_synth), "--split", "test", "--json",
+            "--no-cache", "--image-size", "32", "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["undecodable"] == []
+    assert report["per_video"]["video10"] == {"frames": 1, "seconds": 0.8}
 
 
 def test_usage_errors_exit_2(tmp_path, runner):

@@ -2,7 +2,9 @@
 
 This is CLIP4Clip's frame sampling (``feature_framerate=1``, ``slice_framepos=2``) with exact frame times instead of
 an integer frame rate (a variable frame rate video's frames are placed by their timestamps). A video that is missing
-or cannot be decoded raises :class:`VideoDecodeError` with a short reason; it is never replaced by zeros.
+or cannot be decoded raises :class:`VideoDecodeError` with a short reason; it is never replaced by zeros. A video
+shorter than a second is used, as CLIP4Clip uses it: its one sample time, 0 s, gives its first frame, and the other
+``max_frames - 1`` are padding that the mask marks (the model clamps its temporal warp to a video's valid frames).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from rap_deploy.preprocess import resize_crop
 
 # decord opens every file with this many decoding threads; more would oversubscribe DataLoader workers.
 DECODE_THREADS = 1
-MIN_SECONDS = 1.0
 # Full-size frames are read and resized this many at a time: 64 frames of 1080p at once held 843 MiB, 4K four times it.
 DECODE_CHUNK_FRAMES = 8
 MAX_SECONDS = 24 * 3600  # longest video read: far beyond ActivityNet's (minutes), bounds what sampling allocates
@@ -188,8 +189,10 @@ def decode_video(
 ) -> DecodedVideo:
     """Decode the sampled frames of ``path`` and apply :func:`rap_deploy.preprocess.resize_crop`.
 
-    Returns a :class:`DecodedVideo` padded to ``sampling.max_frames``. Raises :class:`VideoDecodeError` when the file
-    is missing or empty, cannot be opened or decoded, is shorter than one second, or ``start`` lies past its end.
+    Returns a :class:`DecodedVideo` padded to ``sampling.max_frames``; a video of any length with a decodable frame
+    has at least one real frame (one shorter than a second: its first, the frame at 0 s). Raises
+    :class:`VideoDecodeError` when the file is missing or empty, cannot be opened or decoded, claims to last over
+    :data:`MAX_SECONDS`, or ``start`` lies past its end.
     """
     path = Path(path)
     require_video_file(path)
@@ -237,8 +240,6 @@ def _decode_sampled(path: Path, name: str, sampling: FrameSamplingConfig, prepro
         raise VideoDecodeError(path, "cannot decode: no video frames")
     native_fps, timestamps = _rate_and_times(reader, path, num_frames, native_fps)
     seconds = num_frames / native_fps if timestamps is None else float(timestamps[-1, 1] - timestamps[0, 0])
-    if seconds < MIN_SECONDS:
-        raise VideoDecodeError(path, f"shorter than 1 second ({seconds:.2f} s)")
     if seconds > MAX_SECONDS:  # sampling allocates per second claimed: a 1-frame file can claim 1e8 s (fps 1e-8)
         raise VideoDecodeError(path, f"claims to last {seconds:.3g} s ({num_frames} frames at {native_fps:.3g} "
                                f"fps), over the {MAX_SECONDS // 3600} hours rapdeploy reads; the file is damaged")
