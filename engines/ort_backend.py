@@ -38,6 +38,9 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # Why fp16 graphs are refused on the CPU (the engine here, a CPU instance in triton-repo): one sentence for all
 FP16_ON_CPU = ("fp16 ONNX Runtime graphs run on CUDAExecutionProvider only: the CPU provider crashes the process "
                "(segfault) creating the fp16 video encoder's session")
+# What to do instead, for the engine's refusals of fp16 on the CPU provider
+FP16_ON_CPU_FIX = ("on the CPU use the export's fp32 graphs (`rapdeploy build-engine EXPORT_DIR`, or --int8), on a GPU "
+                   "an fp16 engine (`rapdeploy build-engine EXPORT_DIR --backend onnxruntime --device cuda --fp16`)")
 LEVELS = ("disable", "basic", "extended", "all")
 _NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
               "tensor(int64)": np.int64, "tensor(double)": np.float64}
@@ -191,6 +194,15 @@ def _provider_failure(exc: Exception) -> bool:
                                              and any(word in text for word in ("cuda", "cudnn", "cublas")))
 
 
+def _graphs_place(graphs: Mapping[str, str | os.PathLike[str]], path: str | os.PathLike[str] | None) -> str:
+    """Where an engine's graphs are, for its messages: the engine folder ``path`` when known, else the graph files'
+    folders."""
+    if path is not None:
+        return f"engine {path}"
+    folders = sorted({str(Path(file).parent) for file in graphs.values()})
+    return f"the graphs in {', '.join(folders)}"
+
+
 class OrtEngine(Engine):
     """The three graphs in ONNX Runtime sessions (one per graph).
 
@@ -226,7 +238,8 @@ class OrtEngine(Engine):
         if missing or (config.has_asa and "asa_head" not in graphs):
             raise UsageError(f"ONNX Runtime engine lacks graphs {missing or ['asa_head']} for a {config.variant} model")
         if precision == "fp16" and provider == PROVIDERS["cpu"]:  # before any session: the crash takes the process
-            raise UsageError(f"{FP16_ON_CPU}; use the fp32 graphs on the CPU")
+            raise UsageError(f"{_graphs_place(graphs, path)}: precision fp16 on {provider}: {FP16_ON_CPU}; "
+                             f"{FP16_ON_CPU_FIX}")
         self.config = config
         self.provider, self.precision, self.path = provider, precision, path
         self.threads, self.inter_threads = threads, inter_threads
@@ -261,7 +274,7 @@ class OrtEngine(Engine):
         fp16 = graph_facts(path, f"graph '{graph}'", path.parent)["fp16_tensors"]
         if fp16:
             raise UsageError(f"{graph} graph {path} holds {fp16} float16 tensors (an fp16 graph, labelled "
-                             f"{self.precision}): {FP16_ON_CPU}; use the fp32 graphs on the CPU")
+                             f"{self.precision}): {FP16_ON_CPU}; {FP16_ON_CPU_FIX}")
         self._content_checked.add(graph)
 
     def _check_same_folder(self) -> None:

@@ -594,6 +594,23 @@ def test_a_direct_fp16_engine_on_the_cpu_provider_is_refused_before_a_session(mi
             OrtEngine(files, config, precision="fp16", lazy=lazy)
 
 
+def test_the_fp16_on_cpu_refusal_names_the_engine_the_value_and_the_fix(tmp_path):
+    """The refusal said only why fp16 fails on the CPU and 'use the fp32 graphs on the CPU': not which engine or graph
+    folder, nor how to get fp32 graphs. It names the engine folder (else the graphs' folder), the precision and
+    provider, and the build-engine commands for the CPU and for a GPU (checked before any file is read)."""
+    import re
+
+    from rap_deploy.config import RAPConfig
+
+    graphs = {name: tmp_path / "graphs" / f"{name}.fp16.onnx" for name in ("video_encoder", "text_encoder", "asa_head")}
+    fix = r"rapdeploy build-engine EXPORT_DIR`.*--int8.*--backend onnxruntime --device cuda --fp16"
+    engine, folder = re.escape(str(tmp_path / "eng")), re.escape(str(tmp_path / "graphs"))
+    with pytest.raises(UsageError, match=rf"^engine {engine}: precision fp16 on CPUExecutionProvider: .*{fix}"):
+        OrtEngine(graphs, RAPConfig(), precision="fp16", path=tmp_path / "eng", lazy=True)
+    with pytest.raises(UsageError, match=rf"^the graphs in {folder}: precision fp16 on CPU.*{fix}"):
+        OrtEngine(graphs, RAPConfig(), precision="fp16", lazy=True)
+
+
 def test_fp16_graph_content_on_the_cpu_provider_is_refused_whatever_the_label(micro_fp16_export, monkeypatch):
     """The CPU provider's fp16 guard read only the ``precision`` label: the export's fp16 graphs given with the default
     label fp32 still reached ONNX Runtime's CPU provider, which crashes the process creating the fp16 video encoder's
