@@ -241,7 +241,28 @@ class TrtEngine(Engine):
         self.engines: dict[str, Any] = {}
         self.contexts: dict[str, Any] = {}
         self.io: dict[str, tuple[list[str], list[str]]] = {}
-        with CUDA.scope(device_id):
+        self.runtime: Any = None
+        self.stream: Any = None
+        try:  # a refusal half-way releases what was created, on its device (close), not whenever GC gets to it
+            self._open(files, config)
+            ranges = {g: held_ranges(Path(path) / "manifest.json" if path is not None else f, self.engines[g],
+                                     self.io[g][0], profiles.get(g) or {}) for g, f in files.items()}
+        except BaseException:
+            self.close()
+            raise
+        self.max_batch = {"video_encoder": ranges.get("video_encoder", {}).get("batch", {}).get("max"),
+                          "text_encoder": ranges.get("text_encoder", {}).get("batch", {}).get("max"),
+                          "asa_head": None}
+        self.min_batch = {g: ranges.get(g, {}).get("batch", {}).get("min") for g in ("video_encoder", "text_encoder")}
+        asa = ranges.get("asa_head", {})
+        self.query_block = int(asa.get("queries", {}).get("max", 32))
+        self.video_block = int(asa.get("videos", {}).get("max", 64))
+
+    def _open(self, files: Mapping[str, str | os.PathLike[str]], config: RAPConfig) -> None:
+        """Deserialize each engine, check its tensors against the contract and the model config, create its execution
+        context, then the stream; all with ``device_id`` current. Raises :class:`CheckFailedError`."""
+        trt = self.trt
+        with CUDA.scope(self.device_id):
             self.runtime = trt.Runtime(logger(trt))
             for name, f in files.items():
                 engine = self.runtime.deserialize_cuda_engine(Path(f).read_bytes())
@@ -255,17 +276,8 @@ class TrtEngine(Engine):
                 self.contexts[name] = engine.create_execution_context()
                 if self.contexts[name] is None:
                     raise CheckFailedError(f"TensorRT could not create an execution context for {f} (out of device "
-                                           f"memory on GPU {device_id}?)")
+                                           f"memory on GPU {self.device_id}?)")
             self.stream = CUDA.stream(self.device)
-        ranges = {g: held_ranges(Path(path) / "manifest.json" if path is not None else f, self.engines[g],
-                                 self.io[g][0], profiles.get(g) or {}) for g, f in files.items()}
-        self.max_batch = {"video_encoder": ranges.get("video_encoder", {}).get("batch", {}).get("max"),
-                          "text_encoder": ranges.get("text_encoder", {}).get("batch", {}).get("max"),
-                          "asa_head": None}
-        self.min_batch = {g: ranges.get(g, {}).get("batch", {}).get("min") for g in ("video_encoder", "text_encoder")}
-        asa = ranges.get("asa_head", {})
-        self.query_block = int(asa.get("queries", {}).get("max", 32))
-        self.video_block = int(asa.get("videos", {}).get("max", 64))
 
     def _bind_input(self, graph: str, name: str, array: np.ndarray, keep: list[Any]) -> None:
         import torch
@@ -302,15 +314,25 @@ class TrtEngine(Engine):
         if missing or set(feeds) - set(inputs):
             raise UsageError(f"{graph} engine takes inputs {sorted(inputs)}, got {sorted(feeds)}")
         keep: list[Any] = []
-        with CUDA.scope(self.device_id), CUDA.on_stream(self.stream):
-            for name in inputs:
-                self._bind_input(graph, name, feeds[name], keep)
-            outs = {name: self._bind_output(graph, name) for name in outputs}
-            if not self.contexts[graph].execute_async_v3(self.stream.cuda_stream):
-                raise CheckFailedError(f"TensorRT execute_async_v3 failed for {graph} (see the log above)")
-        self.stream.synchronize()
+        stream = self.stream
+        try:
+            with CUDA.scope(self.device_id), CUDA.on_stream(stream):
+                for name in inputs:
+                    self._bind_input(graph, name, feeds[name], keep)
+                outs = {name: self._bind_output(graph, name) for name in outputs}
+                if not self.contexts[graph].execute_async_v3(stream.cuda_stream):
+                    raise CheckFailedError(f"TensorRT execute_async_v3 failed for {graph} (see the log above)")
+        finally:  # the buffers are released when this returns or raises: never while the stream may still use them
+            stream.synchronize()
         order = graph_io(graph, self.config.has_asa)[1]
         return [_to_numpy(outs[name]) for name in order]
+
+    def _require_open(self) -> None:
+        """Raise :class:`UsageError` once :meth:`close` has released the engines (a closed ASA engine would otherwise
+        answer the mean-pooled similarity, having no ``asa_head`` left)."""
+        if self.stream is None:
+            raise UsageError(f"TensorRT engine {self.path or '(no folder)'} is closed (close() was called); load it "
+                             "again")
 
     def _runner(self, graph: str, names: tuple[str, ...]) -> Callable[..., tuple[np.ndarray, ...]]:
         def run(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -319,6 +341,7 @@ class TrtEngine(Engine):
 
     def encode_video(self, frames: np.ndarray, frame_mask: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """See :meth:`Engine.encode_video` (batches above the profile maximum are split)."""
+        self._require_open()
         frames, mask = check_video_inputs(frames, frame_mask, self.config)
         run = self._runner("video_encoder", graph_io("video_encoder", self.has_asa)[0])
         return batched(pad_to_min_batch(run, self.min_batch["video_encoder"]), (frames, mask),
@@ -326,6 +349,7 @@ class TrtEngine(Engine):
 
     def encode_text(self, input_ids: np.ndarray, eot: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.encode_text`."""
+        self._require_open()
         ids, pos = check_text_inputs(input_ids, eot, self.config)
         names = graph_io("text_encoder", self.has_asa)[0]
         run = self._runner("text_encoder", names)
@@ -339,6 +363,7 @@ class TrtEngine(Engine):
 
     def asa_similarity(self, text_emb: np.ndarray, *rerank: np.ndarray) -> np.ndarray:
         """Similarity ``[Q, V]`` in blocks of at most the ``asa_head`` profile's (max Q) × (max V)."""
+        self._require_open()
         rerank = rerank_inputs(self.has_asa and "asa_head" in self.engines, rerank)
         if "asa_head" not in self.engines:
             return meanp_similarity_from_frames(text_emb, rerank[0])
@@ -354,11 +379,17 @@ class TrtEngine(Engine):
                                  "max_batch": self.max_batch})
 
     def close(self) -> None:
-        """Release contexts, then engines (device memory), with their CUDA device current: TensorRT frees on the
-        current device (Triton's TensorRT backend, too, sets the instance's device before destroying its objects)."""
+        """Release everything this engine holds, with its CUDA device current (TensorRT frees on the current device;
+        Triton's TensorRT backend, too, sets the instance's device before destroying its objects): first wait for the
+        stream (TensorRT may still use the bound buffers until then), then drop the execution contexts, the engines,
+        the runtime and the stream, in that order. Closing twice does nothing more."""
         with CUDA.scope(self.device_id):
+            if self.stream is not None:
+                self.stream.synchronize()
             self.contexts.clear()
             self.engines.clear()
+            self.runtime = None
+            self.stream = None
 
 
 def pad_to_min_batch(run: Callable[..., tuple[np.ndarray, ...]], min_batch: int | None

@@ -1,0 +1,102 @@
+"""What a TensorRT engine holds on its GPU is released on its device, in order, also when loading or a run fails
+(tests/fake_tensorrt: the API-surface fake of TensorRT, host memory standing in for CUDA buffers)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import fake_tensorrt_env
+
+from rap_deploy.errors import CheckFailedError, UsageError
+
+
+@pytest.fixture(scope="module")
+def fake_engine_dir(micro_fp16_export, tmp_path_factory):
+    """An fp32 TensorRT 10 engine folder built through the fake (not validated: the fake runs the export's graphs)."""
+    from rap_deploy.engines.build import build_engine
+
+    dest = tmp_path_factory.mktemp("trt_resources") / "tensorrt-fp32"
+    with fake_tensorrt_env(10):
+        build_engine(micro_fp16_export, backend="tensorrt", out=dest, workspace=dest.parent / "ws", progress=False,
+                     validate=False)
+    return dest
+
+
+class _CountingStream:
+    """A stand-in CUDA stream that counts its synchronisations."""
+
+    cuda_stream = 0
+
+    def __init__(self) -> None:
+        self.synchronized = 0
+
+    def synchronize(self) -> None:
+        self.synchronized += 1
+
+
+def test_close_waits_for_the_stream_then_releases_everything_once(fake_engine_dir):
+    from rap_deploy.engines.loader import load_engine
+
+    scopes: list[int] = []
+    with fake_tensorrt_env(10, scopes):
+        engine = load_engine(fake_engine_dir)
+        stream = engine.stream = _CountingStream()
+        before = len(scopes)
+        engine.close()
+        assert stream.synchronized == 1 and len(scopes) == before + 1
+        assert not engine.contexts and not engine.engines and engine.runtime is None and engine.stream is None
+        engine.close()  # a second close releases nothing twice
+        assert stream.synchronized == 1
+        from rap_deploy.engines.samples import sample_inputs
+
+        x = sample_inputs(engine.config, videos=1)
+        with pytest.raises(UsageError, match="is closed"):
+            engine.encode_text(x.input_ids, x.eot)
+        with pytest.raises(UsageError, match="is closed"):  # not the mean-pooled similarity of an engine without ASA
+            engine.asa_similarity(x.input_ids[:, :1].astype("float32"), x.frames)
+
+
+def test_a_failed_run_waits_for_the_stream_before_its_buffers_go(fake_engine_dir, monkeypatch):
+    """execute_async_v3 may have enqueued work on the bound buffers before it reports failure; they are released
+    only after the stream is synchronised (TensorRT: releasing them earlier is undefined behaviour)."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.samples import sample_inputs
+
+    with fake_tensorrt_env(10):
+        engine = load_engine(fake_engine_dir)
+        stream = engine.stream = _CountingStream()
+        context = type(engine.contexts["text_encoder"])
+        monkeypatch.setattr(context, "execute_async_v3", lambda self, stream_handle: False)
+        x = sample_inputs(engine.config, videos=1)
+        with pytest.raises(CheckFailedError, match="execute_async_v3 failed for text_encoder"):
+            engine.encode_text(x.input_ids, x.eot)
+        assert stream.synchronized == 1
+        engine.close()
+
+
+def test_a_load_refused_half_way_releases_what_it_created_on_its_device(fake_engine_dir, tmp_path, monkeypatch):
+    """The text encoder's engine does not deserialize: the video encoder's engine and context, created before it,
+    are released at once with the device current (close), not left to the garbage collector."""
+    from rap_deploy.engines import tensorrt_backend as tb
+    from rap_deploy.engines.loader import manifest_config
+    from rap_deploy.engines.manifest import read_manifest
+
+    manifest = read_manifest(fake_engine_dir)
+    config = manifest_config(manifest, fake_engine_dir / "manifest.json")
+    files = {name: fake_engine_dir / entry["file"] for name, entry in manifest["graphs"].items()}
+    files = {"video_encoder": files["video_encoder"], "text_encoder": tmp_path / "damaged.engine",
+             **{k: v for k, v in files.items() if k not in ("video_encoder", "text_encoder")}}
+    files["text_encoder"].write_bytes(b"not an engine")
+    closed: list[tuple[dict, dict, list]] = []
+    original_close = tb.TrtEngine.close
+
+    def close(self):
+        original_close(self)
+        closed.append((dict(self.engines), dict(self.contexts), list(scopes)))
+
+    monkeypatch.setattr(tb.TrtEngine, "close", close)
+    scopes: list[int] = []
+    with fake_tensorrt_env(10, scopes), pytest.raises(CheckFailedError, match="cannot deserialize .*damaged.engine"):
+        tb.TrtEngine(files, config, manifest.get("profiles") or {}, device_id=1)
+    assert len(closed) == 1
+    engines, contexts, scopes_at_close = closed[0]
+    assert engines == {} and contexts == {} and scopes_at_close == [1, 1]  # opened, then closed, on GPU 1
