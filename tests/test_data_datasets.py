@@ -357,3 +357,88 @@ def test_a_video_id_that_is_not_unicode_text_is_a_damaged_file(tmp_path):
     with pytest.raises(CheckFailedError, match=r"val_ids\.json has video id 'v_ab\\ud800', which is not") as e:
         load_split("activitynet", root, "test")
     str(e.value).encode("utf-8")  # the message itself prints
+
+
+def test_an_empty_caption_is_a_damaged_file_naming_file_and_video(tmp_path):
+    """An empty or blank caption (an MSR-VTT row without a sentence, an MSVD caption of no words, an ActivityNet
+    video without sentences) became a query that matches every video alike, silently; it is a damaged file now,
+    named with the video, and the message says what to do."""
+    root = _msrvtt(tmp_path / "m")
+    (root / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\nret0,m,video7010,a cat\n"
+                                                   "ret1,m,video7011,   \n")
+    with pytest.raises(CheckFailedError, match=r"MSRVTT_JSFUSION_test\.csv has an empty caption '   ' \(row 3, "
+                                               r"video 'video7011'\); give it its text or remove it"):
+        load_split("msrvtt", root, "test")
+    data = json.loads((root / "MSRVTT_data.json").read_text())
+    data["sentences"][2]["caption"] = ""
+    (root / "MSRVTT_data.json").write_text(json.dumps(data))
+    with pytest.raises(CheckFailedError, match=r"MSRVTT_data\.json has an empty caption '' \(sentences\[2\], "
+                                               r"video 'video1'\)"):
+        load_split("msrvtt", root, "train")
+    data["sentences"][3]["caption"] = ""  # a video outside the split: never read, not refused
+    data["sentences"][2]["caption"] = "a car drives"
+    (root / "MSRVTT_data.json").write_text(json.dumps(data))
+    assert load_split("msrvtt", root, "train").num_captions == 3
+
+    msvd = tmp_path / "msvd"
+    msvd.mkdir()
+    (msvd / "test_list.txt").write_text("x\n")
+    (msvd / "raw-captions.pkl").write_bytes(pickle.dumps({"x": [["a", "cat"], []]}))
+    with pytest.raises(CheckFailedError, match=r"raw-captions\.pkl has an empty caption '' \(caption 1 of video 'x'\)"):
+        load_split("msvd", msvd, "test")
+
+    anet = tmp_path / "anet"
+    anet.mkdir()
+    (anet / "val_ids.json").write_text(json.dumps(["v_abc"]))
+    (anet / "val_1.json").write_text(json.dumps({"v_abc": {"duration": 4, "timestamps": [], "sentences": []}}))
+    with pytest.raises(CheckFailedError, match=r"val_1\.json has an empty caption '' \(the sentences of v_abc\)"):
+        load_split("activitynet", anet, "test")
+    (anet / "val_1.json").write_text(json.dumps({"v_abc": {"duration": 4, "timestamps": [],
+                                                           "sentences": ["A cat.", " "]}}))
+    assert load_split("activitynet", anet, "test").captions == ["A cat."]  # one blank sentence of several is kept
+
+    didemo = tmp_path / "didemo"
+    didemo.mkdir()
+    (didemo / "test_list.txt").write_text("a.mp4\n")
+    (didemo / "test_data.json").write_text(json.dumps([{"video": "a.mp4", "description": " ", "times": [[0, 0]]}]))
+    with pytest.raises(CheckFailedError, match=r"test_data\.json has an empty caption .* of video 'a\.mp4'"):
+        load_split("didemo", didemo, "test")
+
+
+def test_a_caption_that_is_not_unicode_text_is_a_damaged_file(tmp_path):
+    """A JSON caption "\\ud800" (a lone surrogate) was read and tokenized; any output holding it as UTF-8 would
+    fail. It is refused like such a video id, in a message that prints."""
+    root = _msrvtt(tmp_path / "m")
+    text = (root / "MSRVTT_data.json").read_text().replace('"a cat sleeps"', '"a cat \\ud800 sleeps"')
+    (root / "MSRVTT_data.json").write_text(text)
+    with pytest.raises(CheckFailedError, match=r"MSRVTT_data\.json has a caption that is not Unicode text "
+                                               r"\(sentences\[0\], video 'video0': 'a cat \\ud800 sleeps' holds a "
+                                               r"lone surrogate at character 6\)") as e:
+        load_split("msrvtt", root, "train")
+    str(e.value).encode("utf-8")
+
+
+def test_two_video_ids_naming_one_file_are_a_damaged_list(tmp_path):
+    """MSVD ids 'vidA' and 'vidA.avi' (or ActivityNet's 'v_abc' and 'abc') were found as the same file: one video
+    was two gallery candidates, tied with itself. The list is refused, naming both ids and the file."""
+    root = tmp_path / "msvd"
+    root.mkdir()
+    (root / "test_list.txt").write_text("vidA\nvidB\nvidA.avi\n")
+    (root / "raw-captions.pkl").write_bytes(pickle.dumps({v: [["a", "cat"]] for v in ("vidA", "vidB", "vidA.avi")}))
+    _touch(root / "videos" / "vidA.avi")
+    with pytest.raises(CheckFailedError, match=r"test_list\.txt lists video ids 'vidA' and 'vidA\.avi', which are "
+                                               r"the same file .*vidA\.avi; keep one of them"):
+        load_split("msvd", root, "test")
+    (root / "videos" / "vidA.avi").unlink()  # missing: both ids would still be reported as one file
+    with pytest.raises(CheckFailedError, match="same file"):
+        load_split("msvd", root, "test")
+
+    anet = tmp_path / "anet"
+    anet.mkdir()
+    (anet / "val_ids.json").write_text(json.dumps(["v_abc", "abc"]))
+    (anet / "val_1.json").write_text(json.dumps({v: {"duration": 4, "timestamps": [], "sentences": ["x"]}
+                                                 for v in ("v_abc", "abc")}))
+    _touch(anet / "videos" / "abc.mp4")
+    with pytest.raises(CheckFailedError, match=r"val_ids\.json lists video ids 'v_abc' and 'abc'"):
+        load_split("activitynet", anet, "test")
+

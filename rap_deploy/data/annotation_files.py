@@ -2,8 +2,8 @@
 :mod:`rap_deploy.data.datasets`.
 
 Every file is untrusted: a missing file is a :class:`UsageError` naming it (exit 2: wrong ``--data-root``), a damaged
-one a :class:`CheckFailedError` naming the file and what is wrong (exit 1); pickles build plain containers only, and
-video ids must be plain file names.
+one a :class:`CheckFailedError` naming the file and what is wrong (exit 1); pickles build plain containers only,
+video ids must be plain file names and captions non-empty Unicode text.
 """
 
 from __future__ import annotations
@@ -40,6 +40,21 @@ def plain_video_id(value: Any, path: Path) -> str:
     except UnicodeEncodeError:
         raise damaged(path, f"has video id {vid!r}, which is not Unicode text (a lone surrogate)") from None
     return vid
+
+
+def caption_text(value: str, path: Path, where: str) -> str:
+    """``value`` stripped, checked to be a caption: not empty or blank (an empty query matches every video alike) and
+    Unicode text (a JSON escape such as ``\\ud800`` or a pickle can give a lone surrogate, which no output file
+    holds); raises :class:`CheckFailedError` naming ``path`` and ``where`` (the video and caption) otherwise."""
+    text = value.strip()
+    if not text:
+        raise damaged(path, f"has an empty caption {value[:40]!r} ({where}); give it its text or remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise damaged(path, f"has a caption that is not Unicode text ({where}: {text[:40]!r} holds a lone surrogate "
+                            f"at character {exc.start})") from None
+    return text
 
 
 def duration_seconds(value: Any, path: Path, where: str) -> float:

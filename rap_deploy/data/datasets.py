@@ -21,6 +21,7 @@ import torch.utils.data
 
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig, TokenizerConfig
 from rap_deploy.data.annotation_files import (
+    caption_text,
     damaged,
     duration_seconds,
     plain_video_id,
@@ -140,8 +141,9 @@ def load_split(
 
     ``max_frames`` overrides the dataset's default frame count. Raises :class:`UsageError` (exit 2) for an unknown
     dataset or split, a missing folder or annotation file; :class:`CheckFailedError` (exit 1) for a damaged
-    annotation file: not UTF-8 text, invalid JSON or CSV, a missing key or column, a value of the wrong type, or a
-    video id that is not a plain file name (``../../x`` would read outside the videos folder), naming file and key.
+    annotation file: not UTF-8 text, invalid JSON or CSV, a missing key or column, a value of the wrong type, a
+    video id that is not a plain file name (``../../x`` would read outside the videos folder), an empty or
+    non-Unicode caption, or two video ids that name one file (:func:`distinct_files`), naming file, key and value.
     """
     check_dataset(dataset)
     splits = _SPLITS[dataset]
@@ -191,32 +193,32 @@ def _read_msrvtt(root: Path, split: str, videos_dir: Path) -> Readout:
         # 1k-A: one row per test video with its one caption.
         path = root / "MSRVTT_JSFUSION_test.csv"
         index: dict[str, int] = {}
-        for row in read_csv(path, ("video_id", "sentence")):
+        for i, row in enumerate(read_csv(path, ("video_id", "sentence"))):
             vid = plain_video_id(row["video_id"], path)
             if vid not in index:
                 index[vid] = len(videos)
                 videos.append(VideoEntry(vid, msrvtt_video(videos_dir, vid, finders)))
-            captions.append((row["sentence"] or "").strip())
+            captions.append(caption_text(row["sentence"] or "", path, f"row {i + 2}, video '{vid}'"))
             owner.append(index[vid])
-        return videos, captions, owner
+        return distinct_files(videos, path), captions, owner
     train_csv = root / "MSRVTT_train.9k.csv"
     ids = [plain_video_id(row["video_id"], train_csv) for row in read_csv(train_csv, ("video_id",))]
     data_path = root / "MSRVTT_data.json"
     data = read_json(data_path)
     sentences = require_key(data, "sentences", data_path, kind=list)
-    by_video: dict[str, list[str]] = {}
+    by_video: dict[str, list[tuple[int, str]]] = {}  # video id -> (index in sentences, caption)
     for i, item in enumerate(sentences):
         vid = require_key(item, "video_id", data_path, f"sentences[{i}]", kind=(str, int))
         caption = require_key(item, "caption", data_path, f"sentences[{i}]", kind=str)
-        by_video.setdefault(str(vid), []).append(caption.strip())
+        by_video.setdefault(str(vid), []).append((i, caption))
     for vid in dict.fromkeys(ids):  # unique, in file order
         if vid not in by_video:
             raise damaged(data_path, f"has no sentences for training video '{vid}' listed in MSRVTT_train.9k.csv")
-        for cap in by_video[vid]:
-            captions.append(cap)
+        for i, cap in by_video[vid]:
+            captions.append(caption_text(cap, data_path, f"sentences[{i}], video '{vid}'"))
             owner.append(len(videos))
         videos.append(VideoEntry(vid, msrvtt_video(videos_dir, vid, finders)))
-    return videos, captions, owner
+    return distinct_files(videos, train_csv), captions, owner
 
 
 # The caption text one split may hold (MSVD's 80,000 captions are about 3 million characters).
@@ -240,7 +242,7 @@ def _read_msvd(root: Path, split: str, videos_dir: Path) -> Readout:
             raise damaged(cap_path, f"has no key '{vid}' (listed in {split}_list.txt)")
         if not isinstance(raw[vid], (list, tuple)):
             raise damaged(cap_path, f"key '{vid}' holds a {type(raw[vid]).__name__}, not a list of captions")
-        for tokens in raw[vid]:
+        for k, tokens in enumerate(raw[vid]):
             # a caption is text or a flat list of words: nested or shared lists could expand to any size
             if not (isinstance(tokens, str) or (isinstance(tokens, (list, tuple))
                                                 and all(isinstance(t, str) for t in tokens))):
@@ -251,10 +253,11 @@ def _read_msvd(root: Path, split: str, videos_dir: Path) -> Readout:
             if chars > MAX_CAPTION_CHARS:
                 raise damaged(cap_path, f"holds captions of more than {MAX_CAPTION_CHARS:,} characters for the "
                                         f"{split} split (the real file holds a few million)")
-            captions.append(tokens.strip() if isinstance(tokens, str) else " ".join(tokens))
+            text = tokens if isinstance(tokens, str) else " ".join(tokens)
+            captions.append(caption_text(text, cap_path, f"caption {k} of video '{vid}'"))
             owner.append(len(videos))
         videos.append(VideoEntry(vid, finder.find(vid, default_ext=".avi")))
-    return videos, captions, owner
+    return distinct_files(videos, list_path), captions, owner
 
 
 def _read_didemo(root: Path, split: str, videos_dir: Path) -> Readout:
@@ -278,10 +281,10 @@ def _read_didemo(root: Path, split: str, videos_dir: Path) -> Readout:
     for vid in ids:
         if vid not in paragraphs:
             raise damaged(data_path, f"has no description for video '{vid}' (listed in {split}_list.txt)")
-        captions.append(" ".join(paragraphs[vid]))
+        captions.append(caption_text(" ".join(paragraphs[vid]), data_path, f"the descriptions of video '{vid}'"))
         owner.append(len(videos))
         videos.append(VideoEntry(vid, finder.find(vid, default_ext=".mp4"), start=None, end=DIDEMO_END_SECONDS))
-    return videos, captions, owner
+    return distinct_files(videos, list_path), captions, owner
 
 
 def _read_activitynet(root: Path, split: str, videos_dir: Path) -> Readout:
@@ -305,14 +308,27 @@ def _read_activitynet(root: Path, split: str, videos_dir: Path) -> Readout:
         if bad is not None:  # str() would make the text of a list or an object a caption
             raise damaged(data_path, f"has a sentence of type {type(bad).__name__} ({str(bad)[:40]!r}) in {pseudo}, "
                                      "expected text")
-        captions.append(" ".join(s.strip() for s in sentences))
+        captions.append(caption_text(" ".join(s.strip() for s in sentences), data_path, f"the sentences of {pseudo}"))
         owner.append(len(videos))
         # CLIP4Clip strips the "v_" prefix to find the file; many copies keep it, so look for both.
         bare = pseudo[2:] if pseudo.startswith("v_") else pseudo
         path = finder.find(bare, default_ext=".mp4", alternatives=(pseudo,))
         # a duration of 0 says nothing (a segment [0, 0] would read one frame): read to the video's end
         videos.append(VideoEntry(pseudo, path, start=None, end=float(np.ceil(duration)) if duration > 0 else None))
-    return videos, captions, owner
+    return distinct_files(videos, ids_path), captions, owner
+
+
+def distinct_files(videos: list[VideoEntry], source: Path) -> list[VideoEntry]:
+    """``videos``, checked to be distinct candidates: two ids listed in ``source`` that name one file and segment
+    (``abc`` and ``abc.avi``, or ActivityNet's ``v_abc`` and ``abc``) would put the same video in the gallery twice,
+    tied with itself; raises :class:`CheckFailedError` naming both ids and the file."""
+    seen: dict[tuple[Path, float | None, float | None], str] = {}
+    for entry in videos:
+        first = seen.setdefault((entry.path, entry.start, entry.end), entry.video_id)
+        if first != entry.video_id:
+            raise damaged(source, f"lists video ids '{first}' and '{entry.video_id}', which are the same file "
+                                  f"{entry.path}; keep one of them")
+    return videos
 
 
 _READERS: dict[str, Callable[[Path, str, Path], Readout]] = {
