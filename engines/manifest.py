@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -265,7 +266,7 @@ def cpu_layout(host: Mapping[str, Any]) -> tuple[str, bool]:
     return str(host.get("machine", "")), isinstance(isa, list) and "avx512f" in isa
 
 
-def _check_cpu_layout(built: Any, here: Any, provider: Any = "CPUExecutionProvider") -> None:
+def _check_cpu_layout(built: Any, here: Any, provider: Any = "CPUExecutionProvider", where: str = "") -> None:
     """Refuse an engine whose saved graphs were laid out for another CPU (:func:`cpu_layout`): the patch-embedding
     Conv becomes a ``com.microsoft.nchwc`` Conv with the building CPU's filter blocks, which another block size reads
     as other weights. Engines without a recorded host, or a runtime without one, are not judged."""
@@ -278,15 +279,28 @@ def _check_cpu_layout(built: Any, here: Any, provider: Any = "CPUExecutionProvid
     def name(machine: str, avx512: bool) -> str:
         return f"a {machine or 'unknown'} CPU {'with' if avx512 else 'without'} AVX-512"
 
-    raise EngineMismatchError(f"engine was built on {name(b_machine, b_avx512)}, this machine has "
+    raise EngineMismatchError(f"{where}engine was built on {name(b_machine, b_avx512)}, this machine has "
                               f"{name(h_machine, h_avx512)}: ONNX Runtime saved its CPU graphs with kernels laid out "
                               "for the CPU that built them (NCHWc filter blocks), which this CPU would read as other "
                               "weights; rebuild it here with `rapdeploy build-engine --backend onnxruntime"
                               + (" --device cuda`" if provider == "CUDAExecutionProvider" else "`"))
 
 
-def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc_ops: int = 0) -> None:
-    """Refuse an engine that cannot run with this machine's libraries and GPU.
+def trt_rebuild_command(manifest: Mapping[str, Any], folder: Path | None = None) -> str:
+    """The ``rapdeploy build-engine`` command that rebuilds a TensorRT engine as its manifest records it: the export
+    it came from, its precision (``--fp16``, or ``--backend tensorrt`` for fp32) and, with ``folder``, into that
+    folder (``--out FOLDER --force``)."""
+    parts = ["rapdeploy", "build-engine", str(manifest.get("export_dir") or "EXPORT_DIR")]
+    parts += ["--fp16"] if manifest.get("precision") == "fp16" else ["--backend", "tensorrt"]
+    if folder is not None:
+        parts += ["--out", str(folder), "--force"]
+    return shlex.join(parts)
+
+
+def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc_ops: int = 0,
+                  folder: Path | None = None) -> None:
+    """Refuse an engine (in ``folder``, which the messages name) that cannot run with this machine's libraries and
+    GPU.
 
     ``runtime`` describes this machine (``onnxruntime`` version, ``providers`` and ``host`` for ONNX Runtime engines;
     ``tensorrt`` version and ``gpu`` for TensorRT engines; a missing key means the library is not installed).
@@ -299,13 +313,15 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
     """
     backend = manifest["backend"]
     built = manifest.get("versions") or {}
+    where = f"{folder}: " if folder is not None else ""
     if backend == "onnxruntime":
         have = runtime.get("onnxruntime")
         if not have:
             raise BackendUnavailableError("this engine needs ONNX Runtime, which is not installed; pip install "
                                           "onnxruntime (or onnxruntime-gpu for CUDA engines)")
         if _major_minor(have) != _major_minor(built.get("onnxruntime")):
-            raise EngineMismatchError(f"engine was built with ONNX Runtime {built.get('onnxruntime')}, this machine "
+            raise EngineMismatchError(f"{where}engine was built with ONNX Runtime {built.get('onnxruntime')}, this "
+                                      "machine "
                                       f"has {have}; its saved optimised graphs need the same release: rebuild it "
                                       "with `rapdeploy build-engine --backend onnxruntime`")
         provider = manifest.get("provider")
@@ -314,7 +330,7 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
                                    "built them, but its manifest records no 'host' (that CPU); the manifest was "
                                    "edited, rebuild the engine with `rapdeploy build-engine --backend onnxruntime`")
         if provider == "CPUExecutionProvider" or nchwc_ops:
-            _check_cpu_layout(manifest.get("host"), runtime.get("host"), provider)
+            _check_cpu_layout(manifest.get("host"), runtime.get("host"), provider, where)
         if provider and provider not in (runtime.get("providers") or []):
             raise BackendUnavailableError(f"engine runs on {provider}, which this ONNX Runtime does not provide "
                                           f"(available: {', '.join(runtime.get('providers') or []) or 'none'}); "
@@ -330,8 +346,8 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
                                           "Runtime engine: `rapdeploy build-engine --backend onnxruntime`")
         problems = engine_mismatches(manifest, runtime)
         if problems:
-            raise EngineMismatchError("cannot load this TensorRT engine here: " + "; ".join(problems)
-                                      + "; rebuild it on this machine with `rapdeploy build-engine --fp16`")
+            raise EngineMismatchError(f"{where}cannot load this TensorRT engine here: " + "; ".join(problems)
+                                      + f"; rebuild it on this machine: `{trt_rebuild_command(manifest, folder)}`")
     else:
         raise UsageError(f"engine backend '{backend}' is unknown; this rapdeploy knows {', '.join(BACKENDS)}")
 
@@ -355,5 +371,5 @@ def validate_engine_dir(engine_dir: str | os.PathLike[str], runtime: Mapping[str
         if check_export:  # after the graphs: they name what was edited
             check_export_record(manifest, Path(engine_dir) / MANIFEST)
     if runtime is not None:
-        check_runtime(manifest, runtime, nchwc_ops)
+        check_runtime(manifest, runtime, nchwc_ops, Path(engine_dir))
     return manifest
