@@ -442,3 +442,29 @@ def test_two_video_ids_naming_one_file_are_a_damaged_list(tmp_path):
     with pytest.raises(CheckFailedError, match=r"val_ids\.json lists video ids 'v_abc' and 'abc'"):
         load_split("activitynet", anet, "test")
 
+
+def test_annotation_files_too_large_or_not_regular_are_refused_before_reading(tmp_path, monkeypatch):
+    """An annotation file is read whole (and parsed into several times its size): one over MAX_ANNOTATION_BYTES is
+    a damaged file, named with its size and the limit, before it is read; a FIFO in its place (which would block
+    the read) was reported as 'missing' and is named as what it is."""
+    import os
+
+    from rap_deploy.data import annotation_files
+
+    root = _msrvtt(tmp_path / "m")
+    monkeypatch.setattr(annotation_files, "MAX_ANNOTATION_BYTES", 100)
+    size = (root / "MSRVTT_data.json").stat().st_size
+    with pytest.raises(CheckFailedError, match=rf"MSRVTT_data\.json is {size:,} bytes, over the 100 an annotation"):
+        load_split("msrvtt", root, "train")
+    msvd = tmp_path / "msvd"
+    msvd.mkdir()
+    (msvd / "test_list.txt").write_text("x\n")
+    (msvd / "raw-captions.pkl").write_bytes(pickle.dumps({"x": [["w" * 200]]}))
+    with pytest.raises(CheckFailedError, match=r"raw-captions\.pkl is \d+ bytes, over the 100"):
+        load_split("msvd", msvd, "test")
+    monkeypatch.undo()
+    (root / "MSRVTT_JSFUSION_test.csv").unlink()
+    os.mkfifo(root / "MSRVTT_JSFUSION_test.csv")
+    with pytest.raises(UsageError, match=r"MSRVTT_JSFUSION_test\.csv is not a regular file \(a folder, FIFO or "
+                                         r"device\)"):
+        load_split("msrvtt", root, "test")

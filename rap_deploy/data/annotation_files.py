@@ -2,8 +2,9 @@
 :mod:`rap_deploy.data.datasets`.
 
 Every file is untrusted: a missing file is a :class:`UsageError` naming it (exit 2: wrong ``--data-root``), a damaged
-one a :class:`CheckFailedError` naming the file and what is wrong (exit 1); pickles build plain containers only,
-video ids must be plain file names and captions non-empty Unicode text.
+one a :class:`CheckFailedError` naming the file and what is wrong (exit 1); a file is read only up to
+:data:`MAX_ANNOTATION_BYTES`, pickles build plain containers only, video ids must be plain file names and captions
+non-empty Unicode text.
 """
 
 from __future__ import annotations
@@ -18,11 +19,24 @@ from typing import Any
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.safe_paths import check_plain_name
 
+# The largest annotation file read: the real ones are megabytes (MSR-VTT's MSRVTT_data.json, all 200,000 captions,
+# is the largest), and a JSON or pickle file takes several times its size in memory once parsed.
+MAX_ANNOTATION_BYTES = 256 << 20
+
 
 def need_file(path: Path) -> None:
-    """Return when ``path`` is a file; raises :class:`UsageError` (the folder is not the dataset) otherwise."""
+    """Return when ``path`` is a regular file of at most :data:`MAX_ANNOTATION_BYTES`; raises :class:`UsageError`
+    when it is missing or not a regular file (the folder is not the dataset; a FIFO would block the read), and
+    :class:`CheckFailedError` when it is larger (it is read whole)."""
     if not path.is_file():
+        if path.exists():
+            raise UsageError(f"annotation file {path} is not a regular file (a folder, FIFO or device); put the "
+                             "dataset's file there or pass the right --data-root")
         raise UsageError(f"annotation file {path} is missing; is --data-root the right dataset folder?")
+    size = path.stat().st_size
+    if size > MAX_ANNOTATION_BYTES:
+        raise damaged(path, f"is {size:,} bytes, over the {MAX_ANNOTATION_BYTES:,} an annotation file may be (the "
+                            "real ones are megabytes)")
 
 
 def damaged(path: Path, what: str) -> CheckFailedError:
