@@ -48,6 +48,26 @@ def test_identity_at_init_equals_frozen_clip_meanp(preset):
         assert (sim - text @ meanp.T).abs().max() <= 1e-5
 
 
+def test_a_sequence_first_vision_transformer_runs_as_a_batch_first_one(micro_model):
+    """open_clip's transformer may run sequence-first (``batch_first=False``, its blocks' attention then takes and
+    gives ``[N, B, D]``); the MLP branch is batch-first either way. Only the attention output is transposed back:
+    the MLP's was transposed too, and LoRM reshaped it as another layout (or the run failed)."""
+    randomize_adapters(micro_model, seed=2)
+    frames = _frames()
+    with torch.no_grad():
+        batch_first = micro_model.encode_video(frames)
+        transformer = micro_model.clip.visual.transformer
+        transformer.batch_first = False
+        for block in transformer.resblocks:
+            block.attn.batch_first = False
+        seq_first = micro_model.encode_video(frames)
+        # The adapters change the embeddings, so LoRM's reading of the layout shows.
+        assert (micro_model.clip.encode_image(frames.flatten(0, 1), normalize=True).view(3, 4, -1)
+                - batch_first[1]).abs().max() > 0  # the adapters are not the identity
+    # Float rounding only (asa_tokens come from patch tokens rounded to fp16, where 1e-7 can flip a rounding).
+    assert all((a - b).abs().max() <= 1e-4 for a, b in zip(batch_first, seq_first, strict=True))
+
+
 def test_text_encoder_matches_open_clip(micro_model):
     texts = ["a red circle", "two blue squares move up"]
     ids, eot = tokenize(texts, micro_model.config.tokenizer)

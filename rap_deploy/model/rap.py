@@ -122,21 +122,23 @@ class RAPModel(nn.Module):
         x = visual.ln_pre(x)
         batch_first = getattr(visual.transformer, "batch_first", True)
         for i, blk in enumerate(visual.transformer.resblocks):
-            # ResidualAttentionBlock.forward, with LoRM on each branch before it joins the residual stream.
-            attn = blk.ls_1(blk.attention(q_x=self._to_blk(blk.ln_1(x), batch_first)))
-            x = x + self._modulate(self.lorm_attn, i, attn, batch_first)
-            x = x + self._modulate(self.lorm_mlp, i, blk.ls_2(blk.mlp(blk.ln_2(x))), batch_first)
+            # ResidualAttentionBlock.forward, with LoRM on each branch before it joins the residual stream. x stays
+            # batch-first; only a sequence-first block's attention takes and gives [N, B*T, D].
+            attn = blk.ls_1(self._seq_layout(blk.attention(q_x=self._seq_layout(blk.ln_1(x), batch_first)),
+                                             batch_first))
+            x = x + self._modulate(self.lorm_attn, i, attn)
+            x = x + self._modulate(self.lorm_mlp, i, blk.ls_2(blk.mlp(blk.ln_2(x))))
         x = visual.ln_post(x)
         return x @ visual.proj if visual.proj is not None else x
 
     @staticmethod
-    def _to_blk(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    def _seq_layout(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+        """``x`` swapped between ``[B*T, N, D]`` and ``[N, B*T, D]`` for a sequence-first block (unchanged else)."""
         return x if batch_first else x.transpose(0, 1)
 
     @staticmethod
-    def _modulate(sites: nn.ModuleList | None, i: int, y: torch.Tensor, batch_first: bool) -> torch.Tensor:
-        if not batch_first:
-            y = y.transpose(0, 1)
+    def _modulate(sites: nn.ModuleList | None, i: int, y: torch.Tensor) -> torch.Tensor:
+        """Branch output ``y [B*T, N, D]`` through LoRM site ``i`` (unchanged without LoRM)."""
         return sites[i](y) if sites is not None else y
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None
