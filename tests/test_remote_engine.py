@@ -398,3 +398,46 @@ def test_an_answer_whose_output_cannot_be_read_is_one_line_naming_server_model_a
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{url} model text_encoder: ") and "text_emb" in message, message
     assert "cannot be read" in message, message
+
+
+def endless_answer(handler: Any) -> None:
+    """An answer of no declared length (HTTP/1.0: it ends when the connection closes) that sends 128 MiB."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.end_headers()
+    piece = b"x" * (1 << 20)
+    for _ in range(128):
+        handler.wfile.write(piece)
+
+
+OVERSIZED = {
+    "declares a terabyte": answer_with(b'{"outputs": []}', {"Content-Length": str(1 << 40)}),
+    "sends 128 MiB of no declared length": endless_answer,
+}
+
+
+@pytest.mark.parametrize("case", list(OVERSIZED))
+def test_an_answer_larger_than_its_request_can_take_is_refused_before_it_is_read(served_micro, case):
+    """tritonclient reads an answer's body whole, whatever its size (and asks the socket for the declared
+    Inference-Header-Content-Length in one buffer): a misbehaving server made the client allocate without limit
+    (here 128 MiB for two text embeddings, then a 'not JSON' error). An answer is now read in pieces and refused,
+    one line, exit 2, as soon as it declares or passes the outputs' size (the server's metadata shapes for the
+    request's rows) plus a margin; the client's memory stays near that bound."""
+    import tracemalloc
+
+    with forwarding_server(served_micro, OVERSIZED[case]) as url:
+        remote = load_engine(url)
+        try:
+            tracemalloc.start()
+            with pytest.raises(UsageError) as err:
+                remote.encode_text(*text_inputs(remote))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            remote.close()
+        res = runner.invoke(app, ["bench", "--engine", url])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{url} POST /v2/models/text_encoder/infer: "), message
+    assert ("declares 1,099,511,627,776 bytes" if "declares" in case else "passed") in message, message
+    assert peak < 16 << 20, f"{peak / 2**20:.1f} MiB held reading a refused answer"
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output

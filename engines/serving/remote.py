@@ -13,7 +13,9 @@ what a tritonserver started without ``--http-max-input-size`` accepts.
 from __future__ import annotations
 
 import http.client
+import io
 import json
+import math
 import re
 import threading
 import urllib.parse
@@ -49,6 +51,12 @@ NOT_OIP = "is it a KServe v2 / Open Inference Protocol server (`rapdeploy serve`
 #: tritonserver started without the option enforces) less room for the JSON header. Triton publishes the model's
 #: ``max_batch_size`` (32 videos: 220 MiB of ViT-B/32 frames) whatever that limit, so batches are split to fit it.
 MAX_REQUEST_BYTES = TRITON_HTTP_INPUT_BYTES - BODY_HEADER_RESERVE
+#: The largest answer to a request other than inference (health, server and model metadata, model configuration).
+MAX_METADATA_ANSWER = 16 << 20
+#: Room an inference answer may take beyond its outputs' binary data (the JSON header; a small output a server sends
+#: as JSON numbers though binary data were asked for).
+ANSWER_MARGIN = 1 << 20
+_READ_PIECE = 1 << 20  # answers are read in pieces of this size, counted against their bound
 
 
 def split_url(url: str) -> tuple[str, bool]:
@@ -72,6 +80,14 @@ def split_url(url: str) -> tuple[str, bool]:
     return parts.netloc + parts.path.rstrip("/"), parts.scheme == "https"
 
 
+def _dims(shape: Any) -> tuple[int, ...]:
+    """A tensor shape of model metadata (integers, ``-1`` for a dynamic axis); ``ValueError`` for anything else."""
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1
+                                              for d in shape):
+        raise ValueError(f"not a tensor shape: {str(shape)[:40]}")
+    return tuple(shape)
+
+
 def redact_url(url: str) -> str:
     """``url`` with any ``USER:PASSWORD@`` before its host replaced by ``***@``, for messages."""
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", str(url))
@@ -91,6 +107,76 @@ def _error_text(exc: Any, status: str) -> str:
     if body is not None:
         return f"HTTP {status or '?'} with an answer that is not a KServe v2 error ({one_line(body, 100)}); {NOT_OIP}"
     return one_line(exc.message() or "no error message")
+
+
+class BoundedAnswer:
+    """An HTTP answer read whole, in pieces, refused as soon as it passes ``limit`` bytes; what ``tritonclient``
+    reads of an answer (``status_code``, ``get(header)``, ``read([length])``), served from memory.
+
+    ``tritonclient`` reads every answer body at once, whatever its size: a server (or something else listening
+    there) could make the client allocate without limit, and ``read(length=…)`` with the ``Inference-Header-Content-
+    Length`` it declares asked the socket for that many bytes in one buffer. Raises :class:`UsageError` naming
+    ``where``, the size and the bound; the connection is then closed, its rest unread.
+    """
+
+    def __init__(self, response: Any, limit: int, where: str) -> None:
+        self._response = response
+        try:
+            self._body = io.BytesIO(self._read(limit, where))
+        except BaseException:
+            response.release()  # an incomplete answer: geventhttpclient closes its connection
+            raise
+
+    def _read(self, limit: int, where: str) -> bytes:
+        encoding = str(self._response.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":  # tritonclient would inflate it whole; it was not asked for (no Accept-Encoding)
+            raise UsageError(f"{where}: the answer is compressed ({encoding[:20]}), which rapdeploy did not ask for "
+                             f"and does not read; {NOT_OIP}")
+        declared = str(self._response.get("Content-Length") or "")
+        if declared.isdigit() and int(declared) > limit:
+            raise UsageError(f"{where}: the answer declares {int(declared):,} bytes, more than the {limit:,} its "
+                             f"request can take; the server does not answer as the protocol does ({NOT_OIP})")
+        pieces, total = [], 0
+        while piece := self._response.read(_READ_PIECE):
+            total += len(piece)
+            if total > limit:
+                raise UsageError(f"{where}: the answer passed {limit:,} bytes, the most its request can take; the "
+                                 f"server does not answer as the protocol does ({NOT_OIP})")
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    @property
+    def status_code(self) -> int:
+        return self._response.status_code
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Header ``name`` (case-insensitive), ``default`` when absent."""
+        return self._response.get(name, default)
+
+    def read(self, length: int | None = -1) -> bytes:
+        """The next ``length`` bytes of the body (all that is left for ``None`` or a negative length)."""
+        return self._body.read(-1 if length is None or length < 0 else length)
+
+
+class BoundedTransport:
+    """``tritonclient``'s HTTP connection (a geventhttpclient ``HTTPClient``) whose answers are
+    :class:`BoundedAnswer` s of at most ``limit`` bytes (:data:`MAX_METADATA_ANSWER` unless a caller sets it for one
+    request: each thread has its own client, and so its own transport)."""
+
+    def __init__(self, stub: Any, where: str) -> None:
+        self._stub, self._where = stub, where
+        self.limit = MAX_METADATA_ANSWER
+
+    def get(self, request_uri: str, *args: Any, **kwargs: Any) -> BoundedAnswer:
+        return BoundedAnswer(self._stub.get(request_uri, *args, **kwargs), self.limit,
+                             f"{self._where} GET {str(request_uri)[:80]}")
+
+    def post(self, request_uri: str, *args: Any, **kwargs: Any) -> BoundedAnswer:
+        return BoundedAnswer(self._stub.post(request_uri, *args, **kwargs), self.limit,
+                             f"{self._where} POST {str(request_uri)[:80]}")
+
+    def __getattr__(self, name: str) -> Any:  # close() and the rest
+        return getattr(self._stub, name)
 
 
 class RemoteEngine(Engine):
@@ -143,6 +229,8 @@ class RemoteEngine(Engine):
                              f"({type(exc).__name__}: {str(exc)[:100]})") from None
         self.io = contract_io(self.config.has_asa)
         self.ranks: dict[str, dict[str, int]] = {}  # per graph, each input's rank in the server's metadata
+        # per graph, each output's shape (-1: dynamic) and item size in the server's metadata: answers are bounded
+        self.answers: dict[str, dict[str, tuple[tuple[int, ...], int]]] = {}
         configs = {g: (text_cfg if g == TEXT_GRAPH else self._model_config(g)) for g in self.io}
         self.datatypes = {g: self._check_metadata(g, configs[g]) for g in self.io}
         self.max_batch = {g: self._size(configs[g].get("max_batch_size"), f"model {g} max_batch_size", 0, 0) or None
@@ -184,6 +272,8 @@ class RemoteEngine(Engine):
 
         client = httpclient.InferenceServerClient(self._target, ssl=self._ssl, connection_timeout=self._timeouts[0],
                                                   network_timeout=network_timeout)
+        # every answer is read within a bound (BoundedTransport); _client_stub is where tritonclient (2.x) keeps it
+        client._client_stub = BoundedTransport(client._client_stub, self.url)
         with self._clients_lock:
             self._clients.append(client)
         return client
@@ -233,8 +323,10 @@ class RemoteEngine(Engine):
             inputs = {t["name"]: t["datatype"] for t in meta.get("inputs", [])}
             # Triton shows a batch-only input (eot) as [-1, 1]: its config needs non-empty dims, reshaped to none
             self.ranks[graph] = {t["name"]: len(t.get("shape") or []) for t in meta.get("inputs", [])}
-            outputs = {t["name"] for t in meta.get("outputs", [])}
-        except (TypeError, KeyError, AttributeError):
+            answers = {t["name"]: (_dims(t["shape"]), np.dtype(NUMPY_DTYPES.get(t["datatype"], "float64")).itemsize)
+                       for t in meta.get("outputs", [])}
+            outputs = set(answers)
+        except (TypeError, KeyError, AttributeError, ValueError):
             raise UsageError(f"{self.url} {what}: its inputs and outputs are not lists of tensors (name, datatype, "
                              f"shape); {NOT_OIP}") from None
         want_in, want_out = self.io[graph]
@@ -244,6 +336,7 @@ class RemoteEngine(Engine):
         unknown = {n: d for n, d in inputs.items() if not isinstance(d, str) or d not in NUMPY_DTYPES}
         if unknown:
             raise UsageError(f"{self.url}: model {graph} has inputs of unsupported datatypes {str(unknown)[:200]}")
+        self.answers[graph] = {n: answers[n] for n in want_out}
         return inputs
 
     def _infer(self, graph: str, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -261,8 +354,24 @@ class RemoteEngine(Engine):
             item.set_data_from_numpy(a, binary_data=True)
             inputs.append(item)
         wanted = [httpclient.InferRequestedOutput(n, binary_data=True) for n in outputs]
-        result = self._call(self._read_answer, graph, inputs, wanted, what=f"{graph} inference")
+        transport = self._client()._client_stub
+        transport.limit = self._answer_bytes(graph, arrays) + ANSWER_MARGIN
+        try:
+            result = self._call(self._read_answer, graph, inputs, wanted, what=f"{graph} inference")
+        finally:
+            transport.limit = MAX_METADATA_ANSWER
         return tuple(self._output(graph, result, n, len(arrays[0])) for n in outputs)
+
+    def _answer_bytes(self, graph: str, arrays: Sequence[np.ndarray]) -> int:
+        """The most bytes of binary outputs ``graph`` answers for ``arrays``: each output's shape in the server's
+        metadata, its first ``-1`` the request's rows, any other ``-1`` the largest input's rows (``asa_head``'s
+        videos), in the datatype the metadata gives it."""
+        rows, widest = len(arrays[0]), max(len(a) for a in arrays)
+        total = 0
+        for shape, itemsize in self.answers[graph].values():
+            dims = [d if d >= 0 else rows if i == 0 else widest for i, d in enumerate(shape)]
+            total += itemsize * math.prod(dims)
+        return total
 
     def _read_answer(self, graph: str, inputs: list[Any], wanted: list[Any]) -> Any:
         """``client.infer``'s result; :class:`UsageError` naming the server and model when tritonclient cannot read
