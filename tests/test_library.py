@@ -1275,6 +1275,23 @@ def test_index_refuses_a_foreign_folder_and_a_live_writer(synth_root, micro_chec
     assert res.exit_code == 0, res.output
 
 
+@pytest.mark.parametrize("folder", ["shards", "stage1"])
+def test_index_refuses_a_shards_or_stage1_folder_that_links_out(library, synth_root, micro_checkpoint, frame_cache,
+                                                                tmp_path, folder):
+    """A library folder whose shards/ (stage1/) was a symlink to another library's: the build deleted that
+    library's shard folders and wrote its own shards there (it failed afterwards, "shards ... were not written",
+    and the other library no longer opened). It is refused before anything is written or deleted."""
+    other = _copy(library, tmp_path / "other")
+    before = _files(other)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / folder).symlink_to(other / folder)
+    res = runner.invoke(app, _index_args(synth_root, micro_checkpoint, lib, frame_cache))
+    assert res.exit_code == 1 and f"{lib / folder} is a symlink" in res.output, res.output
+    assert _files(other) == before
+    assert sorted(p.name for p in lib.iterdir()) == [folder]
+
+
 # ---------------------------------------------------------------------------------------------- ANN stage 1
 @pytest.mark.parametrize("ann", ["hnsw", "ivf"])
 def test_ann_stage1_records_its_measured_recall(library, micro_checkpoint, tmp_path, engine, ann):

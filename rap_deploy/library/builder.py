@@ -158,6 +158,7 @@ def _committed(root: Path, shard: dict[str, Any], verify_hash: bool = True) -> d
 def _prepare(root: Path, engine: Any, source: VideoSource | None, options: BuildOptions,
              log: Callable[[str], None]) -> dict[str, Any]:
     """Main rank, under the lock: --force, read and check the library, plan the new shards (or resume the plan)."""
+    _refuse_linked_folders(root)
     had_library = (root / MANIFEST).is_file()
     replacing = _force_start(root, had_library) if options.force else None
     remove_temporaries(root, (MANIFEST, plans.PLAN))  # a killed atomic write's (the lock says it is dead)
@@ -249,6 +250,22 @@ def _wipe(root: Path) -> None:
     for name in (SHARDS_DIR, STAGE1_DIR):
         if (root / name).is_dir() and not (root / name).is_symlink():
             shutil.rmtree(root / name)
+
+
+def _refuse_linked_folders(root: Path) -> None:
+    """Refuse (:class:`~rap_deploy.safe_paths.UnsafePathError`, exit 1), before anything is written or deleted, a
+    library whose ``shards`` or ``stage1`` is a symlink or not a folder: the build would write its shards and index
+    through the link and delete the shard folders it finds there (another library's, when the link points at it),
+    and no search would open the result (a library holds no symlink)."""
+    from rap_deploy.safe_paths import UnsafePathError
+
+    for name in (SHARDS_DIR, STAGE1_DIR):
+        path = root / name
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            what = f"a symlink to {path.resolve()}" if path.is_symlink() else "not a folder"
+            raise UnsafePathError(f"{path} is {what}; a library's {name} folder must be a real folder inside it "
+                                  f"(the build would write and delete through it): remove {path} or choose another "
+                                  "--out folder; nothing was changed")
 
 
 def _refuse_foreign_folder(root: Path) -> None:

@@ -157,7 +157,7 @@ def remove_stale(root: Path, keep: set[str]) -> list[str]:
     """Delete temporary shard folders and shard folders not named in ``keep``; return what was deleted."""
     shards = Path(root) / SHARDS_DIR
     gone = []
-    if not shards.is_dir():
+    if not shards.is_dir() or shards.is_symlink():  # never delete through a link (the builder refuses one first)
         return gone
     for child in shards.iterdir():
         stale_tmp = child.name.startswith(".tmp-shard-")
