@@ -599,3 +599,45 @@ def test_serve_host_and_max_queue_reach_the_running_server(micro_ort_engines, tm
     assert seen["first"][0] == seen["second"][0] == 200, seen
 
 
+
+
+def ipv6_loopback_missing() -> str | None:
+    """Why this machine cannot listen on the IPv6 loopback ``::1``, or ``None`` when it can."""
+    import socket
+
+    if not socket.has_ipv6:
+        return "Python was built without IPv6"
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        return f"::1 cannot be bound here ({exc.strerror})"
+    return None
+
+
+def test_serve_listens_on_the_ipv6_loopback_written_with_or_without_brackets(micro_ort_engines):
+    """`serve --host [::1]` (an IPv6 address as URLs write it) was refused: getaddrinfo knows no brackets ("--host
+    [::1]: Name or service not known"). Both spellings now listen on ::1; the URL written and printed is bracketed,
+    and the Host check (a loopback listener) answers the loopback names, not another site's."""
+    from test_serving_app import host_request
+
+    from rap_deploy.engines.serving.server import bind_socket, hosts_to_check, socket_url
+
+    missing = ipv6_loopback_missing()
+    if missing:
+        print(f"skipped: this machine has no IPv6 loopback: {missing}")
+        pytest.skip(f"this machine has no IPv6 loopback: {missing}")
+    for host in ("::1", "[::1]", " [::1] "):
+        with bind_socket(host, 0) as sock:
+            assert socket_url(sock) == f"http://[::1]:{sock.getsockname()[1]}" and hosts_to_check(sock) == set()
+    s = SpawnedServer(["--engine", str(micro_ort_engines["fp32"]), "--threads", "1", "--no-library",
+                       "--host", "[::1]"])
+    try:
+        port = urllib.parse.urlsplit(s.url).port
+        statuses = [host_request(s.url, h)[0] for h in (f"[::1]:{port}", f"localhost:{port}",
+                                                        f"attacker.example:{port}")]
+    finally:
+        s.stop()
+    assert s.url == f"http://[::1]:{port}" and statuses == [200, 200, 403], (s.url, statuses)
+    assert f"rapdeploy serve: http://[::1]:{port} (" in s.output and f"Page: http://[::1]:{port}/ " in s.output, \
+        s.output[-2000:]

@@ -127,9 +127,13 @@ def warm_up(service: Any) -> None:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: a free one); :class:`UsageError` when it cannot bind."""
+    """A listening TCP socket on ``host:port`` (port 0: a free one; an IPv6 ``host`` with or without brackets,
+    ``[::1]`` as in a URL); :class:`UsageError` when it cannot bind."""
+    bare = host.strip()
+    if bare.startswith("[") and bare.endswith("]"):  # getaddrinfo knows no brackets: "[::1]" was "Name unknown"
+        bare = bare[1:-1]
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UsageError(f"--host {host}: {exc.strerror}") from None
     family, kind, proto, _, addr = infos[0]
@@ -151,9 +155,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def socket_url(sock: socket.socket) -> str:
-    """``http://HOST:PORT`` of a bound socket."""
+    """``http://HOST:PORT`` of a bound socket: an IPv6 address in brackets (a zone as ``%25``)."""
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://[{host.replace('%', '%25')}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def hosts_to_check(sock: socket.socket, allow: Sequence[str] = ()) -> frozenset[str] | None:
