@@ -242,10 +242,12 @@ def validate_engine(engine_dir: Path, export_manifest: dict[str, Any], export_di
     from rap_deploy.engines.validate import require_match
 
     engine = load_engine(engine_dir, device_id=device_id)
-    reference, described = reference_engine(export_manifest, export_dir)
-    try:
-        report = require_match(engine, reference, precision, what=f"{precision} engine {name or engine_dir.name}")
+    try:  # the new engine is closed (its device memory released, on its device) also when the reference fails to load
+        reference, described = reference_engine(export_manifest, export_dir)
+        try:
+            report = require_match(engine, reference, precision, what=f"{precision} engine {name or engine_dir.name}")
+        finally:
+            reference.close()
     finally:
         engine.close()
-        reference.close()
     return {"reference": described, **report}

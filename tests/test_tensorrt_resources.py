@@ -100,3 +100,25 @@ def test_a_load_refused_half_way_releases_what_it_created_on_its_device(fake_eng
     assert len(closed) == 1
     engines, contexts, scopes_at_close = closed[0]
     assert engines == {} and contexts == {} and scopes_at_close == [1, 1]  # opened, then closed, on GPU 1
+
+
+def test_build_validation_closes_the_new_engine_when_the_reference_does_not_load(tmp_path, monkeypatch):
+    """validate_engine loaded the new engine, then the reference; a reference that failed to load (a damaged export
+    graph) left the new engine open, its device memory held until the garbage collector found it."""
+    from rap_deploy.engines import build as build_mod
+    from rap_deploy.engines import loader
+
+    closed: list[str] = []
+
+    class NewEngine:
+        def close(self) -> None:
+            closed.append("new engine")
+
+    def no_reference(export_manifest, export_dir):
+        raise CheckFailedError("the runtime cannot load the graphs of the export")
+
+    monkeypatch.setattr(loader, "load_engine", lambda *args, **kwargs: NewEngine())
+    monkeypatch.setattr(build_mod, "reference_engine", no_reference)
+    with pytest.raises(CheckFailedError, match="cannot load the graphs of the export"):
+        build_mod.validate_engine(tmp_path, {}, tmp_path, "fp16", name="tensorrt-fp16")
+    assert closed == ["new engine"]
