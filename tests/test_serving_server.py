@@ -641,3 +641,37 @@ def test_serve_listens_on_the_ipv6_loopback_written_with_or_without_brackets(mic
     assert s.url == f"http://[::1]:{port}" and statuses == [200, 200, 403], (s.url, statuses)
     assert f"rapdeploy serve: http://[::1]:{port} (" in s.output and f"Page: http://[::1]:{port}/ " in s.output, \
         s.output[-2000:]
+
+
+class BoundAt:
+    """What ``socket_url`` and ``banner`` read of a bound socket (a listener on every interface is not opened here:
+    the tests bind loopback addresses only)."""
+
+    def __init__(self, family: int, *name: object) -> None:
+        self.family, self.name = family, name
+
+    def getsockname(self) -> tuple:
+        return self.name
+
+
+@pytest.mark.parametrize(("where", "url"), [(("0.0.0.0", 8080), "http://127.0.0.1:8080"),
+                                            (("::", 8080, 0, 0), "http://[::1]:8080")])
+def test_a_server_on_every_interface_announces_an_address_a_browser_can_open(where, url):
+    """`serve --host 0.0.0.0` printed (and wrote to --url-file) http://0.0.0.0:PORT, which browsers cannot open (and
+    :: gave http://[::]:PORT). The URL is now the loopback address of the socket's family, and the banner says the
+    server listens on every interface, so other machines use this one's address."""
+    import socket
+    import types
+
+    from rap_deploy.engines.serving.server import banner, socket_url
+
+    sock = BoundAt(socket.AF_INET6 if ":" in where[0] else socket.AF_INET, *where)
+    service = types.SimpleNamespace(library=None, info={"backend": "onnxruntime", "precision": "fp32",
+                                                        "device": "cpu"},
+                                    batcher=types.SimpleNamespace(max_batch=32),
+                                    options=types.SimpleNamespace(max_queue_delay_ms=2.0))
+    line = banner(socket_url(sock), sock, service)
+    assert socket_url(sock) == url and line.startswith(f"rapdeploy serve: {url} (") and f"Page: {url}/ " in line
+    assert f"listening on every interface ({where[0]})" in line and "this machine's address" in line, line
+    loopback = BoundAt(socket.AF_INET, "127.0.0.1", 8080)
+    assert "every interface" not in banner(socket_url(loopback), loopback, service)

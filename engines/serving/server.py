@@ -155,9 +155,29 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def socket_url(sock: socket.socket) -> str:
-    """``http://HOST:PORT`` of a bound socket: an IPv6 address in brackets (a zone as ``%25``)."""
+    """``http://HOST:PORT`` of a bound socket that a client on this machine can open: an IPv6 address in brackets
+    (a zone as ``%25``), and a socket listening on every interface (``0.0.0.0``, ``::``: no address a browser can
+    open) by the loopback address of its family (see :func:`listens_everywhere`)."""
     host, port = sock.getsockname()[:2]
+    if listens_everywhere(sock):
+        host = "::1" if sock.family == socket.AF_INET6 else "127.0.0.1"
     return f"http://[{host.replace('%', '%25')}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def listens_everywhere(sock: socket.socket) -> bool:
+    """Whether ``sock`` is bound to the unspecified address (``0.0.0.0`` or ``::``): every interface."""
+    return ipaddress.ip_address(str(sock.getsockname()[0]).split("%")[0]).is_unspecified
+
+
+def banner(url: str, sock: socket.socket, service: Any) -> str:
+    """The line ``rapdeploy serve`` prints once it accepts requests at ``url`` (:func:`socket_url` of ``sock``):
+    what it serves, where to open the page and, on every interface, that other machines use this one's address."""
+    lib = "no library" if service.library is None else f"library of {len(service.library)} videos"
+    everywhere = f"; listening on every interface ({sock.getsockname()[0]}): from other machines open this " \
+                 "machine's address instead" if listens_everywhere(sock) else ""
+    return (f"rapdeploy serve: {url} ({service.info.get('backend')} {service.info.get('precision')} on "
+            f"{service.info.get('device')}, {lib}; text batch <= {service.batcher.max_batch}, delay "
+            f"{service.options.max_queue_delay_ms:g} ms). Page: {url}/  Inference: {url}/v2{everywhere}")
 
 
 def hosts_to_check(sock: socket.socket, allow: Sequence[str] = ()) -> frozenset[str] | None:
@@ -214,8 +234,8 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
                                            http=guarded_protocol(limits.max_connections, limits.header_timeout_s,
                                                                  service.count)))
     failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
-    watcher = threading.Thread(target=_announce, args=(server, url, url_file, service, say, failed), daemon=True,
-                               name="serve-announce")
+    watcher = threading.Thread(target=_announce, args=(server, url, url_file, banner(url, sock, service), say, failed),
+                               daemon=True, name="serve-announce")
     watcher.start()
     try:
         _run_until_stopped(server, sock)
@@ -241,9 +261,9 @@ def _run_until_stopped(server: Any, sock: socket.socket) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, service: Any,
+def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, line: str,
               say: Callable[[str], None], failed: list[str]) -> None:
-    """Once uvicorn accepts requests, write ``url_file`` and print the banner; when ``url_file`` cannot be
+    """Once uvicorn accepts requests, write ``url_file`` and print the banner ``line``; when ``url_file`` cannot be
     written, append why to ``failed`` and stop the server (nobody could find it)."""
     while not server.started and not server.should_exit:
         time.sleep(0.05)
@@ -258,10 +278,7 @@ def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, se
             failed.append(f"cannot write --url-file {url_file} ({exc.strerror or exc}); the server stopped")
             server.should_exit = True
             return
-    lib = "no library" if service.library is None else f"library of {len(service.library)} videos"
-    say(f"rapdeploy serve: {url} ({service.info.get('backend')} {service.info.get('precision')} on "
-        f"{service.info.get('device')}, {lib}; text batch <= {service.batcher.max_batch}, delay "
-        f"{service.options.max_queue_delay_ms:g} ms). Page: {url}/  Inference: {url}/v2")
+    say(line)
 
 
 class ServerThread:
