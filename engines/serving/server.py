@@ -234,8 +234,8 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
                                            http=guarded_protocol(limits.max_connections, limits.header_timeout_s,
                                                                  service.count)))
     failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
-    watcher = threading.Thread(target=_announce, args=(server, url, url_file, banner(url, sock, service), say, failed),
-                               daemon=True, name="serve-announce")
+    watcher = threading.Thread(target=_announce, args=(server, url, url_file, lambda: banner(url, sock, service), say,
+                                                       failed), daemon=True, name="serve-announce")
     watcher.start()
     try:
         _run_until_stopped(server, sock)
@@ -261,9 +261,9 @@ def _run_until_stopped(server: Any, sock: socket.socket) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, line: str,
+def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, line: Callable[[], str],
               say: Callable[[str], None], failed: list[str]) -> None:
-    """Once uvicorn accepts requests, write ``url_file`` and print the banner ``line``; when ``url_file`` cannot be
+    """Once uvicorn accepts requests, write ``url_file`` and print the banner ``line()``; when ``url_file`` cannot be
     written, append why to ``failed`` and stop the server (nobody could find it)."""
     while not server.started and not server.should_exit:
         time.sleep(0.05)
@@ -278,7 +278,7 @@ def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, li
             failed.append(f"cannot write --url-file {url_file} ({exc.strerror or exc}); the server stopped")
             server.should_exit = True
             return
-    say(line)
+    say(line())
 
 
 class ServerThread:
