@@ -446,6 +446,41 @@ def test_stored_recall_queries_with_a_lying_header_are_damaged_not_allocated(lib
     assert res.exit_code == 1 and entry["file"] in res.stderr and "not a valid .npy" in res.stderr, res.output
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deep"),  # was a RecursionError traceback
+    (b" " * (3 << 20) + b"{}", "more than the 5 videos"),  # refused from its size, unread
+], ids=["deep", "padded"])
+def test_a_videos_json_nested_deep_or_padded_is_named_not_a_traceback(library, micro_checkpoint, tmp_path, content,
+                                                                       message):
+    """videos.json (sha256 and size updated in the manifest) is read whole at every open and every update: a file
+    nested past Python's recursion limit ended search and index with a RecursionError traceback, and a padded one was
+    read whole whatever its size. Both exit 1, one line naming the file."""
+    import hashlib
+
+    lib = _copy(library, tmp_path / "lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    entry = manifest["shards"][0]["files"]["videos"]
+    (lib / entry["file"]).write_bytes(content)
+    entry.update(bytes=len(content), sha256=hashlib.sha256(content).hexdigest())
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    for args in (["search", "a circle", "--library", str(lib), "--engine", str(micro_checkpoint)],
+                 ["index", "--out", str(lib), "--remove", "video30"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 1 and entry["file"] in res.stderr and message in res.stderr, res.output
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_a_committed_shard_record_nested_deep_is_encoded_again(tmp_path):
+    """A resume read each committed shard's shard.json with no bound: one nested past the recursion limit ended the
+    build with a RecursionError traceback; like any damaged shard it is taken as not committed (encoded again)."""
+    from rap_deploy.library.shards import committed_shard
+
+    folder = tmp_path / "shards" / "shard-000000"
+    folder.mkdir(parents=True)
+    (folder / "shard.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert committed_shard(tmp_path, "shard-000000", "0" * 64) is None
+
+
 def _inflate_last_shard_rows(m):  # next_row moved along, so the counters still look consistent
     shard = m["shards"][-1]
     shard["rows"] = 10 ** 12

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.atomic import sha256_file
+from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import CheckFailedError, DamagedArtifactError, LibraryChangedError
 from rap_deploy.library.manifest import SHARDS_DIR, entry_path
 
@@ -137,7 +138,7 @@ def committed_shard(root: Path, name: str, plan_sha256: str | None, verify_hash:
     another plan: the caller re-encodes it)."""
     folder = Path(root) / SHARDS_DIR / name
     try:
-        entry = json.loads((folder / SHARD_RECORD).read_text(encoding="utf-8"))
+        entry = json.loads(read_manifest_text(folder / SHARD_RECORD, "shard record"))  # bounded, not too deep
         if entry.get("name") != name or entry.get("plan_sha256") != plan_sha256 or \
                 row_offset not in (None, entry.get("row_offset")):
             return None
@@ -288,10 +289,23 @@ def open_tensor_file(root: Path, shard: dict[str, Any], tensor: str, dtype: str,
     return tf
 
 
+# One row of a videos.json at most: an id and a path of up to PATH_MAX (4096) characters each, JSON-escaped (12 bytes
+# for a character outside the BMP), its segment, sha256 and stat numbers; the file is read whole, so its size is
+# bounded by its rows before it is read.
+MAX_VIDEO_ROW_BYTES = 128 << 10
+
+
 def read_videos(root: Path, shard: dict[str, Any]) -> dict[str, list[Any]]:
-    """The ``videos.json`` of a shard (always sha256-checked: it is small and read whole)."""
+    """The ``videos.json`` of a shard (always sha256-checked: it is small and read whole). Raises
+    :class:`DamagedArtifactError` naming the file when it is larger than its rows can take (:data:`MAX_VIDEO_ROW_BYTES`
+    each, refused unread), damaged, or not the list of videos the manifest says."""
     f = shard["files"]["videos"]
     path = entry_path(root, f["file"])
+    limit = (1 << 20) + shard["rows"] * MAX_VIDEO_ROW_BYTES
+    if f["bytes"] > limit:
+        raise DamagedArtifactError(f"library shard file {path} is {f['bytes']:,} bytes, more than the {shard['rows']} "
+                                   f"videos of shard {shard['name']} can take ({limit:,}); it was padded or replaced: "
+                                   "re-index the library")
     _check_size(path, f, shard["name"])
     data = path.read_bytes()
     import hashlib
@@ -301,8 +315,12 @@ def read_videos(root: Path, shard: dict[str, Any]) -> dict[str, list[Any]]:
                                    "modified or damaged: re-index the library")
     try:
         videos = json.loads(data.decode("utf-8"))
+    except RecursionError:  # nested past Python's recursion limit: no videos.json rapdeploy writes
+        raise DamagedArtifactError(f"library shard file {path} is nested too deep to be a list of videos; re-index "
+                                   "the library") from None
     except ValueError as exc:
-        raise DamagedArtifactError(f"library shard file {path} is not valid JSON ({exc})") from None
+        raise DamagedArtifactError(f"library shard file {path} is not valid JSON ({exc}); re-index the library") \
+            from None
     if not isinstance(videos, dict) or any(not isinstance(videos.get(k), list) or len(videos[k]) != shard["rows"]
                                            for k in VIDEO_FIELDS):
         raise DamagedArtifactError(f"library shard file {path} does not list {shard['rows']} videos with "
