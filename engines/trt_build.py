@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,37 @@ def _inspect(trt: Any, log: Any, data: bytes, onnx_path: Path, shapes: Mapping[s
     return layer_precisions(info), engine.num_layers
 
 
+def _build_on_device(trt: Any, mode: str, onnx_path: Path, engine_path: Path,
+                     shapes: Mapping[str, Mapping[str, list[int]]], pin: bool, plan: PrecisionPlan, timing_cache: Path,
+                     workspace_gb: float) -> tuple[dict[str, str], float, dict[str, Any], int]:
+    """:func:`build_graph`'s TensorRT part, run with its device current: parse, configure (``pin``: TensorRT 10's
+    FP16 flag and the plan's layer constraints), build, write the engine and the timing cache, inspect. Every TensorRT
+    object it creates is its own local, destroyed when it returns (still on the device). Returns ``(pinned layers,
+    build seconds, layer summary, number of layers)``."""
+    log = logger(trt)
+    builder = trt.Builder(log)
+    network = builder.create_network(0)  # TensorRT 10: weakly typed; TensorRT 11: always strongly typed
+    _parse(trt, network, log, onnx_path)
+    config = _configure(trt, builder, network, onnx_path, shapes, workspace_gb)
+    _attach_timing_cache(config, timing_cache)
+    pinned: dict[str, str] = {}
+    if pin:
+        set_flag(trt, config, "FP16")
+        set_flag(trt, config, "OBEY_PRECISION_CONSTRAINTS")
+        pinned = apply_precision_plan(trt, network, plan)
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise CheckFailedError(f"TensorRT {trt.__version__} failed to build {onnx_path.name} (see the log "
+                               "above); try a smaller --max-batch or a larger workspace")
+    seconds = time.perf_counter() - t0
+    data = bytes(serialized)
+    write_bytes_atomic(engine_path, data)
+    write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+    summary, num_layers = _inspect(trt, log, data, onnx_path, shapes)
+    return pinned, seconds, summary, num_layers
+
+
 def build_graph(onnx_path: Path, engine_path: Path, shapes: Mapping[str, Mapping[str, list[int]]], fp16: bool,
                 plan: PrecisionPlan | None, timing_cache: Path, workspace_gb: float = 4.0,
                 graph: str = "", device_id: int = 0) -> dict[str, Any]:
@@ -221,27 +253,15 @@ def build_graph(onnx_path: Path, engine_path: Path, shapes: Mapping[str, Mapping
     mode = build_mode(trt.__version__)
     plan = plan or PrecisionPlan(graph)
     with CUDA.scope(device_id):
-        log = logger(trt)
-        builder = trt.Builder(log)
-        network = builder.create_network(0)  # TensorRT 10: weakly typed; TensorRT 11: always strongly typed
-        _parse(trt, network, log, onnx_path)
-        config = _configure(trt, builder, network, onnx_path, shapes, workspace_gb)
-        _attach_timing_cache(config, timing_cache)
-        pinned: dict[str, str] = {}
-        if fp16 and mode == "weakly-typed":
-            set_flag(trt, config, "FP16")
-            set_flag(trt, config, "OBEY_PRECISION_CONSTRAINTS")
-            pinned = apply_precision_plan(trt, network, plan)
-        t0 = time.perf_counter()
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise CheckFailedError(f"TensorRT {trt.__version__} failed to build {onnx_path.name} (see the log "
-                                   "above); try a smaller --max-batch or a larger workspace")
-        seconds = time.perf_counter() - t0
-        data = bytes(serialized)
-        write_bytes_atomic(engine_path, data)
-        write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
-        summary, num_layers = _inspect(trt, log, data, onnx_path, shapes)
+        try:
+            pinned, seconds, summary, num_layers = _build_on_device(
+                trt, mode, onnx_path, engine_path, shapes, fp16 and mode == "weakly-typed", plan, timing_cache,
+                workspace_gb)
+        except BaseException as exc:
+            # the failed build's TensorRT objects (builder, network, parser, config), which the traceback's finished
+            # frames still hold, are destroyed now, with device_id current, not whenever the error is dropped
+            traceback.clear_frames(exc.__traceback__)
+            raise
     report: dict[str, Any] = {
         "mode": mode, "seconds": round(seconds, 2), "tf32": False, "pinned_fp32_layers": len(pinned),
         "pinned": dict(sorted(pinned.items())),

@@ -122,3 +122,49 @@ def test_build_validation_closes_the_new_engine_when_the_reference_does_not_load
     with pytest.raises(CheckFailedError, match="cannot load the graphs of the export"):
         build_mod.validate_engine(tmp_path, {}, tmp_path, "fp16", name="tensorrt-fp16")
     assert closed == ["new engine"]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_builders_objects_are_destroyed_on_the_build_device(micro_fp16_export, tmp_path, fails):
+    """build_graph made device_id current for the build, but its builder, network and config outlived that scope:
+    destroyed on return with the caller's device current, or, when the build failed, whenever the error was dropped
+    (a traceback holds its frames). Now they go before the scope ends, in both cases."""
+    import contextlib
+
+    from rap_deploy.engines import tensorrt_backend as tb
+    from rap_deploy.engines.trt_build import build_graph
+    from rap_deploy.engines.trt_plan import profile_ranges, profile_shapes
+    from rap_deploy.export import read_export_manifest
+
+    export = read_export_manifest(micro_fp16_export)
+    entry = export["graphs"]["text_encoder"]
+    ranges = profile_ranges(None, ["text_encoder"], context_length=export["dims"]["context_length"])
+    shapes = profile_shapes("text_encoder", entry["inputs"], ranges["text_encoder"])
+    source = micro_fp16_export / entry["file"]
+    if fails:
+        source = tmp_path / "damaged.onnx"
+        source.write_bytes(b"not a graph")
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def scope(device_id):
+        events.append(f"enter {device_id}")
+        try:
+            yield
+        finally:
+            events.append(f"exit {device_id}")
+
+    with fake_tensorrt_env(10) as trt, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tb.CUDA, "scope", scope)
+        for cls in ("Builder", "BuilderConfig", "Network"):
+            mp.setattr(trt.Builder._classes[cls], "__del__", lambda self, c=cls: events.append(f"{c} destroyed"),
+                       raising=False)
+        try:
+            build_graph(source, tmp_path / "text_encoder.engine", shapes, False, None, tmp_path / "cache",
+                        graph="text_encoder", device_id=1)
+        except CheckFailedError as exc:
+            assert fails and "cannot parse" in str(exc)
+        else:
+            assert not fails
+    destroyed = {"Builder destroyed", "Network destroyed"} | (set() if fails else {"BuilderConfig destroyed"})
+    assert events[0] == "enter 1" and events[-1] == "exit 1" and set(events[1:-1]) == destroyed, events
