@@ -150,7 +150,7 @@ def test_remote_engine_runs_the_graphs(server, local, synth_root):
         sent = []
         remote.ranks["text_encoder"]["eot"] = 2
         remote._call = lambda fn, graph, inputs, **kw: sent.append({i.name(): i.shape() for i in inputs})
-        with pytest.raises(AttributeError):  # the captured call returns nothing to read outputs from
+        with pytest.raises(UsageError, match="cannot be read"):  # the captured call returns no answer to read
             remote.encode_text(ids, eot)
         assert sent[0]["eot"] == [len(eot), 1] and sent[0]["input_ids"] == list(ids.shape[:1]) + [32]
     finally:

@@ -357,7 +357,7 @@ class RemoteEngine(Engine):
         transport = self._client()._client_stub
         transport.limit = self._answer_bytes(graph, arrays) + ANSWER_MARGIN
         try:
-            result = self._call(self._read_answer, graph, inputs, wanted, what=f"{graph} inference")
+            result = self._call(self._read_answer, graph, inputs, outputs=wanted, what=f"{graph} inference")
         finally:
             transport.limit = MAX_METADATA_ANSWER
         return tuple(self._output(graph, result, n, len(arrays[0])) for n in outputs)
@@ -373,12 +373,12 @@ class RemoteEngine(Engine):
             total += itemsize * math.prod(dims)
         return total
 
-    def _read_answer(self, graph: str, inputs: list[Any], wanted: list[Any]) -> Any:
+    def _read_answer(self, graph: str, inputs: list[Any], outputs: list[Any]) -> Any:
         """``client.infer``'s result; :class:`UsageError` naming the server and model when tritonclient cannot read
         the answer's JSON header as the protocol's (a list, no ``outputs``, an output without ``name``): it fails on
         it with a TypeError, KeyError or AttributeError of its own."""
         try:
-            return self._client().infer(graph, inputs, outputs=wanted)
+            return self._client().infer(graph, inputs, outputs=outputs)
         except (TypeError, KeyError, AttributeError) as exc:
             names = ", ".join(self.io[graph][1])
             raise UsageError(f"{self.url} model {graph}: the answer's outputs ({names}) cannot be read "
