@@ -134,8 +134,6 @@ def bench(
 
     t_start = time.perf_counter()
     settings = bench_settings(graphs, batch_sizes, repeats, warmup, index_size, top_m, threads, seed)
-    out_dir = check_writable_folder(Path(out) if out is not None else subdir("bench", workspace), "bench",
-                                    "report folder")
     if threads:
         torch.set_num_threads(int(threads))
     ckpt_path, backends = open_backends(engines, checkpoint, workspace, threads, torch_device, torch_precision)
@@ -146,7 +144,11 @@ def bench(
                             settings.graphs, copied)
         inputs = prepare_inputs(torch_engine, settings.graphs, max(settings.sizes), settings.index_size, seed,
                                 data_root, dataset, cache, workspace, progress)
-        gflops, flops_per_item = count_arithmetic(torch_engine, settings, inputs)
+        gflops, flops_per_item = count_arithmetic(torch_engine, settings, inputs)  # refuses a batch that cannot fit
+        # checked (its parents made) once the engines, sizes and data are accepted, so a refused bench leaves no
+        # folder behind; before the timing, not after
+        out_dir = check_writable_folder(Path(out) if out is not None else subdir("bench", workspace), "bench",
+                                        "report folder")
         monitor = LoadMonitor(servers=loopback_server_pids(str(e) for e in engines if is_remote(e)))
         infos = [{**(engine_info(eng) or {}), "label": label} for label, eng in backends]
         results, notes = time_graphs(backends, infos, settings, inputs, flops_per_item, monitor, progress)

@@ -169,8 +169,6 @@ def verify(
     _refuse_foreign_checkpoint(ref_info, engine_path)
     root = resolve_data_root(data_root, workspace)
     out_dir = Path(out) if out is not None else subdir("verify", workspace) / engine_label(engine_path)
-    check_writable_folder(out_dir, "verify", "report folder")  # fail before the long evaluation, not after
-    _check_report_names(out_dir)
     cache = cache if isinstance(cache, FrameCache) else FrameCache.default(workspace) if cache is None \
         else FrameCache(cache)
     if threads:
@@ -179,6 +177,10 @@ def verify(
     try:
         reference = open_reference(ref_info, engine, engine_path, reference_device, batch_size)
         data = test_split(dataset, root, split, reference.config, max_videos)
+        # checked (its parents made) once the engine, reference and split are accepted, so a refused verify leaves no
+        # folder behind; before the long evaluation, not after
+        check_writable_folder(out_dir, "verify", "report folder")
+        _check_report_names(out_dir)
         key = (ref_info.sha256, str(root), dataset, split, max_videos, top_m, batch_size, reference_device)
         run = evaluate_both(reference, engine, data, cache, top_m, batch_size, progress, reference_runs, key)
         cmp = compare_evaluations(run.ref_eval, run.eng_eval, run.used, tie_eps)

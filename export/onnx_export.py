@@ -15,7 +15,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,14 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
 
     cfg = config or ExportConfig(opset=opset, fp16=fp16)
     out_dir = Path(out_dir)
+    started = time.perf_counter()
+    # The inputs are read before the export folder is locked, which makes its parents: a refused export leaves no
+    # folder behind (a wrong --data-root or --dataset also fails now, not after minutes of tracing).
+    if data_root is not None:
+        from rap_deploy.data.datasets import load_split
+
+        load_split(dataset, data_root, "test")
+    loaded = _load_for_export(Path(checkpoint), out_dir, cfg)
     with folder_lock(out_dir, "export", "export folder"):
         # An export a killed two-rename swap left aside is put back before the folder is judged: judged missing, it
         # was replaced without --force (and by a failed export's report) once staged_folder had restored it.
@@ -252,11 +260,11 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
         replacing = prepare_out_dir(out_dir, force)
         with staged_folder(out_dir) as stage:
             try:
-                manifest = _export_into(Path(checkpoint), stage.path, cfg, out_dir if replacing else None,
-                                        data_root, progress, dataset)
+                manifest = _export_into(replace(loaded, out_dir=stage.path), out_dir if replacing else None,
+                                        data_root, progress, dataset, started)
             except CheckFailedError as exc:
                 if not (stage.path / PARITY_FILE).is_file():
-                    raise  # failed before any report (a damaged checkpoint): nothing worth keeping
+                    raise  # failed before any report: nothing worth keeping
                 kept = stage.keep_failed() if replacing else None
                 if kept is None:
                     stage.commit()  # nothing to lose: the failed export's report lands where the user looks
@@ -315,18 +323,13 @@ class ParityRuns:
     fp16: dict[str, Any] | None
 
 
-def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, previous: Path | None, data_root: Path | None,
-                 progress: bool, dataset: str) -> dict[str, Any]:
-    """The export itself, into the (staging) folder ``out_dir``, replacing the export ``previous`` (None: none); see
-    :func:`export_checkpoint`."""
+def _export_into(run: ExportRun, previous: Path | None, data_root: Path | None, progress: bool, dataset: str,
+                 started: float) -> dict[str, Any]:
+    """The export itself, of the loaded ``run`` into its (staging) folder ``run.out_dir``, replacing the export
+    ``previous`` (None: none); ``started`` is when the export began. See :func:`export_checkpoint`."""
     from rap_deploy.export import manifest as mf
 
-    started = time.perf_counter()
-    if data_root is not None:  # a wrong --data-root or --dataset fails now, not after minutes of tracing
-        from rap_deploy.data.datasets import load_split
-
-        load_split(dataset, data_root, "test")
-    run = _load_for_export(checkpoint, out_dir, cfg)
+    cfg, out_dir = run.cfg, run.out_dir
     n_steps = 2 * len(run.specs) + 2 + (2 * len(run.specs) + 1 if cfg.fp16 else 0)
     with _Steps(progress, n_steps) as steps:
         fp32_models = _export_fp32_graphs(run, steps)
@@ -350,7 +353,8 @@ def _export_into(checkpoint: Path, out_dir: Path, cfg: ExportConfig, previous: P
 
 
 def _load_for_export(checkpoint: Path, out_dir: Path, cfg: ExportConfig) -> ExportRun:
-    """Load and build the checkpoint's model and its graph contract; returns the export's shared state."""
+    """Load and build the checkpoint's model and its graph contract; returns the export's shared state, writing to
+    ``out_dir`` (:func:`export_checkpoint` points it at the staging folder)."""
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.export.wrappers import graph_modules
 

@@ -121,3 +121,25 @@ def test_a_thread_count_that_is_none_is_refused_by_every_command_that_takes_one(
     assert bounds.check_threads(None) is None and bounds.check_threads(2) == 2
     with pytest.raises(UsageError, match="--inter-threads"):
         bounds.check_threads(-1, "--inter-threads")
+
+
+def test_a_refused_bench_verify_or_export_leaves_no_workspace_behind(micro_checkpoint, tmp_path, monkeypatch):
+    """`rapdeploy bench --engine MISSING` made ./rapdeploy-out (the report folder's writability check, which makes its
+    parents) before it refused the engine; verify did it for an unloadable engine or data root, export for a missing,
+    damaged or foreign checkpoint and a wrong --data-root. Each now reads its inputs before the output folder."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("RAPDEPLOY_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    garbage, empty = tmp_path / "garbage.pt", tmp_path / "empty-data"
+    garbage.write_bytes(b"not a checkpoint")
+    empty.mkdir()
+    cases = (["bench", "--engine", str(tmp_path / "missing")], ["bench", "--checkpoint", str(garbage)],
+             ["bench", "--checkpoint", str(micro_checkpoint), "--data-root", str(empty)],
+             ["verify", "--dataset", "msrvtt", "--data-root", str(empty), "--engine", str(garbage)],
+             ["verify", "--dataset", "msrvtt", "--data-root", str(empty), "--engine", str(micro_checkpoint)],
+             ["export", str(tmp_path / "missing.pt")], ["export", str(garbage)],
+             ["export", str(micro_checkpoint), "--data-root", str(empty)])
+    for args in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
+        assert not home.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["empty-data", "garbage.pt"], args
