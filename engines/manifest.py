@@ -341,9 +341,14 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
         from rap_deploy.engines.trt_plan import engine_mismatches
 
         if not runtime.get("tensorrt"):
-            raise BackendUnavailableError(f"engine was built with TensorRT {built.get('tensorrt')}, which is not "
-                                          "installed here (import tensorrt failed); install it, or use an ONNX "
+            raise BackendUnavailableError(f"{where}engine was built with TensorRT {built.get('tensorrt')}, which is "
+                                          "not installed here (import tensorrt failed); install it, or use an ONNX "
                                           "Runtime engine: `rapdeploy build-engine --backend onnxruntime`")
+        if not runtime.get("gpu"):  # TensorRT installs without a GPU; a rebuild here would fail the same way
+            raise BackendUnavailableError(f"{where}TensorRT engines run on an NVIDIA GPU and no CUDA GPU is visible "
+                                          "here (this engine was built for "
+                                          f"{(manifest.get('gpu') or {}).get('name') or 'one'}); use an ONNX Runtime "
+                                          "engine: `rapdeploy build-engine --backend onnxruntime`")
         problems = engine_mismatches(manifest, runtime)
         if problems:
             raise EngineMismatchError(f"{where}cannot load this TensorRT engine here: " + "; ".join(problems)

@@ -47,3 +47,17 @@ def test_another_tensorrt_or_gpu_names_the_folder_and_the_rebuild_command(micro_
         assert err.value.exit_code == 2 and "\n" not in message
         assert message.startswith(f"{eng}: cannot load this TensorRT engine here") and why in message
         assert message.endswith(f"rebuild it on this machine: `{rebuild}`")  # the path with a space stays one word
+
+
+def test_tensorrt_without_a_gpu_is_unavailable_not_a_rebuild(micro_fp16_export, tmp_path):
+    """TensorRT installs on a machine without a GPU; its engines were refused there as built 'for another GPU' with
+    the advice to rebuild on this machine, which fails the same way. It is an unavailable backend (exit 2) now."""
+    from rap_deploy.engines.manifest import validate_engine_dir
+    from rap_deploy.errors import BackendUnavailableError
+
+    eng = _trt_folder(tmp_path, micro_fp16_export, "fp16")
+    with pytest.raises(BackendUnavailableError) as err:
+        validate_engine_dir(eng, runtime={**HERE, "gpu": None})
+    message = str(err.value)
+    assert err.value.exit_code == 2 and message.startswith(f"{eng}: TensorRT engines run on an NVIDIA GPU")
+    assert "NVIDIA H100 80GB HBM3" in message and "--backend onnxruntime" in message and "rebuild it" not in message
