@@ -169,7 +169,7 @@ def test_a_response_its_client_does_not_read_is_given_up_not_kept(monkeypatch):
     response, 61 MiB buffered, still there after the keep-alive close). Now the response goes out in pieces and is
     given up when the client reads nothing for the idle timeout: the connection is closed and at most about one
     piece stays buffered."""
-    from rap_deploy.engines.serving.app import SEND_CHUNK
+    from rap_deploy.engines.serving.bodies import SEND_CHUNK
 
     service = bare_service()
     service.options = ServeOptions(body_idle_timeout_s=0.2)

@@ -11,6 +11,7 @@ Modules, one job each:
 - :mod:`~rap_deploy.engines.serving.serial`: the engine wrapper that serialises engine calls;
 - :mod:`~rap_deploy.engines.serving.service`: what the server does (inference, search, thumbnails, statistics);
 - :mod:`~rap_deploy.engines.serving.app`: the FastAPI routes; :mod:`~rap_deploy.engines.serving.server`: running it;
+- :mod:`~rap_deploy.engines.serving.bodies`: the routes' bounded request bodies and paced responses;
 - :mod:`~rap_deploy.engines.serving.remote`: ``load_engine("http://HOST:PORT")``;
 - :mod:`~rap_deploy.engines.serving.triton_repo`: ``rapdeploy triton-repo``;
 - :mod:`~rap_deploy.engines.serving.loadtest` and :mod:`~rap_deploy.engines.serving.page_check`: scripts

@@ -19,7 +19,7 @@ answers only its own host names and pages (:class:`HostCheck`; ``rapdeploy serve
 
 Request bodies are bounded: a declared ``Content-Length`` over the limit is refused before the body is read, and a
 streamed body is cut off when it passes it (413); an inference response goes out in pieces and is given up when its
-client reads nothing of it for the idle timeout (:class:`PacedResponse`). Every refusal is a 4xx JSON
+client reads nothing of it for the idle timeout (:mod:`~rap_deploy.engines.serving.bodies`). Every refusal is a 4xx JSON
 ``{"error", "field"}``; only a fault of the server itself is a 500, and its traceback goes to the server log, not to
 the client.
 """
@@ -44,9 +44,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from rap_deploy.atomic import json_text
+from rap_deploy.engines.serving.bodies import INLINE_BYTES, PacedResponse, large_body, read_body
 from rap_deploy.engines.serving.contract import TEXT_GRAPH
 from rap_deploy.engines.serving.headers import SECURE_HEADERS
 from rap_deploy.engines.serving.oip import (
@@ -64,9 +64,6 @@ log = logging.getLogger("rapdeploy.serve")
 PAGE = Path(__file__).with_name("page.html")
 VERSION = "1"
 PAGE_ROUTES = frozenset({"/", "/search", "/thumbnails", "/healthz", "/readyz", "/library", "/stats"})
-INLINE_BYTES = 64 * 1024  # bodies / outputs up to this size are (de)serialised on the event loop
-SEND_CHUNK = 1 << 20  # responses go out in pieces of this size (PacedResponse)
-CLIENT_CLOSED = 499  # the client closed the connection before its request was read (nginx's code; nobody reads it)
 NOT_READY = 400  # the Open Inference Protocol's health answers: 200 true, a 4xx false (Triton answers 400)
 READ = ["GET", "HEAD"]  # every GET route answers HEAD too (RFC 9110; load balancers and `curl -I` probe with it)
 
@@ -190,79 +187,6 @@ class HostCheck:
 
 def _error(status: int, message: str, field: str | None, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
-
-
-async def read_body(request: Request, limit: int, idle_timeout: float | None = None) -> bytes:
-    """The request body, at most ``limit`` bytes: a larger ``Content-Length`` is refused before reading, a larger
-    streamed body as soon as it passes the limit, one that sends nothing for ``idle_timeout`` seconds as stalled.
-    Raises :class:`RequestError` 413 / 400 / 408, and :data:`CLIENT_CLOSED` when the client goes away mid-body."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise RequestError(400, f"Content-Length {declared[:32]!r} is not an integer", "Content-Length") from None
-        if size > limit:
-            raise RequestError(413, f"request body of {size} bytes exceeds the limit of {limit} bytes for "
-                               f"{request.url.path}", "body")
-    chunks, total = [], 0
-    stream = request.stream()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
-        except StopAsyncIteration:
-            break
-        except asyncio.TimeoutError:
-            raise RequestError(408, f"the request body stalled: no byte for {idle_timeout:g} s (--idle-timeout) "
-                               f"after {total} bytes",
-                               "body") from None
-        except ClientDisconnect:  # not a server fault (it was a logged traceback and a counted 500)
-            raise RequestError(CLIENT_CLOSED, f"the client closed the connection after {total} bytes of its body",
-                               "body") from None
-        total += len(chunk)
-        if total > limit:
-            raise RequestError(413, f"request body exceeds the limit of {limit} bytes for {request.url.path}",
-                               "body")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class PacedResponse(Response):
-    """A response sent in pieces of :data:`SEND_CHUNK` bytes, abandoned when its client reads nothing of it for
-    ``idle_timeout`` seconds.
-
-    uvicorn hands a body sent in one piece to the socket's user-space buffer whole and never times out a client that
-    does not read, so a client that stops reading kept the whole response (and with a pipelined request a second
-    one) in the server's memory for as long as it kept the connection open. In pieces, uvicorn waits for the buffer
-    to drain before each next one; past ``idle_timeout`` the response is given up, the connection closed and the
-    body freed, only the piece already buffered (at most :data:`SEND_CHUNK` and the socket's high-water mark) staying
-    until the client reads or goes away."""
-
-    def __init__(self, content: bytes, idle_timeout: float, headers: dict[str, str] | None = None) -> None:
-        super().__init__(content, headers=headers)
-        self.idle_timeout = idle_timeout
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        body = memoryview(self.body)
-        for start in range(0, max(1, len(body)), SEND_CHUNK):
-            piece = {"type": "http.response.body", "body": bytes(body[start:start + SEND_CHUNK]),
-                     "more_body": start + SEND_CHUNK < len(body)}
-            try:
-                await asyncio.wait_for(send(piece), self.idle_timeout)
-            except asyncio.TimeoutError:
-                log.warning("%s %s: the client read nothing of its response for %g s (--idle-timeout) after %d of %d "
-                            "bytes; closing the connection", scope.get("method"), scope.get("path"), self.idle_timeout,
-                            start, len(body))
-                return  # uvicorn closes a connection whose response is incomplete
-
-
-def large_body(request: Request) -> bool:
-    """Whether a request's body may be large once read: declared over :data:`INLINE_BYTES`, of undeclared length
-    (chunked) or compressed (it inflates up to the body limit)."""
-    declared = request.headers.get("content-length")
-    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
-    return declared is None or not declared.isdigit() or int(declared) > INLINE_BYTES or encoding != "identity"
 
 
 class CountRequests:
