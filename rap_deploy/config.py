@@ -16,7 +16,10 @@ from rap_deploy.errors import UsageError
 
 VARIANTS = ("rap", "rap_light")
 SELECTION_MODES = ("text", "saliency")
-PRESETS = ("default", "paper")
+# The adapter-size presets (preset_changes sets them) and what each sets, for every --preset help and the README
+PRESET_SIZES = {"default": "LoRM rank 4, ASA width 128",
+                "paper": "ASA at the joint width, LoRM rank 2: about the paper's 1.06M on ViT-B/32"}
+PRESETS = tuple(PRESET_SIZES)
 DEFAULT_CLIP = "ViT-B-32"  # the backbone when neither --clip nor a backbone file names one
 
 # CLIP's normalisation constants (OpenAI CLIP, also open_clip's default).
@@ -226,6 +229,12 @@ class RAPConfig:
         if isinstance(d.get("preprocess"), dict):
             d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
         return cls(**d)  # __post_init__ validates types and bounds
+
+
+def preset_help() -> str:
+    """Every preset with the sizes it sets, ``default (LoRM rank 4, ...), paper (...)``: the ``--preset`` help of
+    each command that takes one, so none of them lists the presets by hand."""
+    return ", ".join(f"{name} ({sizes})" for name, sizes in PRESET_SIZES.items())
 
 
 def preset_changes(preset: str, embed_dim: int) -> dict[str, Any]:

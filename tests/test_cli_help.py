@@ -159,3 +159,25 @@ def test_search_top_m_help_says_what_zero_does():
     marked 'not re-ranked', but the help said only 'Stage-1 candidates re-ranked by the ASA head' (found walking the
     README's search)."""
     assert "0: none" in _option_help("search", "--top-m")
+
+
+@pytest.mark.parametrize("name", ["init", "info", "train", "ablate"])
+def test_every_preset_help_lists_the_presets_and_their_sizes_from_one_place(name):
+    """train's and ablate's --preset help wrote 'default ... or paper ...' by hand beside init's and info's, which
+    listed config.PRESETS: a new preset would have been missing from two of them. Every --preset help now comes from
+    config.preset_help, whose sizes are those preset_changes sets; the README's preset paragraph names every preset and
+    every command that takes one."""
+    from pathlib import Path
+
+    from rap_deploy.config import PRESET_SIZES, PRESETS, RAPConfig, preset_changes, preset_help
+
+    assert " ".join(preset_help().split()) in _option_help(name, "--preset")
+    assert all(f"{preset} (" in preset_help() for preset in PRESETS)
+    default, paper = RAPConfig(), preset_changes("paper", 512)
+    assert (preset_changes("default", 512), default.lorm_rank, default.asa_dim) == ({}, 4, 128)
+    assert PRESET_SIZES["default"].startswith("LoRM rank 4, ASA width 128") and paper == {"asa_dim": 512,
+                                                                                          "lorm_rank": 2}
+    assert "joint width, LoRM rank 2" in PRESET_SIZES["paper"]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    paragraph = " ".join(readme[readme.index("Presets (`--preset` on"):].split("\n\n")[0].split())
+    assert f"`{name}`" in paragraph.split(")")[0] and all(f"`{p}`" in paragraph for p in PRESETS), paragraph

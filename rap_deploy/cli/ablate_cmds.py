@@ -11,7 +11,7 @@ import typer
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
-from rap_deploy.config import PRESETS
+from rap_deploy.config import PRESETS, preset_help
 from rap_deploy.data.synth_heldout import MAX_HELDOUT_VIDEOS
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
@@ -64,9 +64,8 @@ def ablate(
                                         help="Score the held-out split as consecutive galleries of this many "
                                              "videos, each query ranked within its own: N x G pairs instead of "
                                              "N x N, so more queries at the same cost. 0 = one gallery of all N."),
-    preset: str | None = typer.Option(None, "--preset", help="Adapter sizes of every row: default (LoRM rank 4, "
-                                      "ASA width 128) or paper (ASA at the joint width, LoRM rank 2). The `rap` "
-                                      "row is then that preset, and the `paper` row reads its runs when the two "
+    preset: str | None = typer.Option(None, "--preset", help=f"Adapter sizes of every row: {preset_help()}. The "
+                                      "`rap` row is then that preset, and the `paper` row reads its runs when the two "
                                       "match. Default: the demo's own, the paper preset. A folder holding runs of "
                                       "other sizes is refused: use --out."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Intra-op threads for PyTorch (with --jobs: "

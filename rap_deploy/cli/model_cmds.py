@@ -9,7 +9,7 @@ import typer
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import command
-from rap_deploy.config import DEFAULT_CLIP, PRESETS, SELECTION_MODES, VARIANTS, RAPConfig
+from rap_deploy.config import DEFAULT_CLIP, SELECTION_MODES, VARIANTS, RAPConfig, preset_help
 from rap_deploy.errors import UsageError
 
 
@@ -53,8 +53,7 @@ def init(
     context_length: int = typer.Option(32, "--context-length", help="Text tokens L (32; 64 for paragraph datasets)."),
     lorm: bool = typer.Option(True, "--lorm/--no-lorm", help="LoRM in every visual block."),
     asa: bool = typer.Option(True, "--asa/--no-asa", help="The ASA head (ignored for rap_light)."),
-    preset: str = typer.Option("default", "--preset", help=f"Adapter sizes: {', '.join(PRESETS)} (paper: ASA at the "
-                               "joint width, LoRM rank 2, about the paper's 1.06M on ViT-B/32); explicit --rank, "
+    preset: str = typer.Option("default", "--preset", help=f"Adapter sizes: {preset_help()}; explicit --rank, "
                                "--topk, --heads, --asa-dim win."),
     rank: int | None = typer.Option(None, "--rank", help="LoRM rank r (default 4)."),
     topk: int | None = typer.Option(None, "--topk", help="ASA patches kept per frame k (default 8)."),
@@ -99,7 +98,7 @@ def info(
     frames: int | None = typer.Option(None, "--frames", help="Frames per video T (default 12), when no checkpoint "
                                       "is given."),
     preset: str | None = typer.Option(None, "--preset", help=f"Adapter sizes when no checkpoint is given: "
-                                      f"{', '.join(PRESETS)} (default default)."),
+                                      f"{preset_help()} (default default)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON (keys: variant, clip, frames, trainable_params, "
                                   "total_params, asa_offsets, lorm_modulation, ...)."),
 ) -> None:

@@ -13,6 +13,7 @@ import typer
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
+from rap_deploy.config import preset_help
 from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
@@ -40,9 +41,8 @@ def train(
     backbone: Path | None = typer.Option(None, "--backbone", help="Backbone file from `rapdeploy pretrain-backbone` "
                                          "(sets --clip and --pretrained)."),
     variant: str | None = typer.Option(None, "--variant", help="rap (LoRM + ASA, default) or rap_light (LoRM only)."),
-    preset: str | None = typer.Option(None, "--preset", help="Adapter sizes: default, or paper (ASA at the joint "
-                                      "width, LoRM rank 2: about the paper's 1.06M on ViT-B/32); explicit --rank, "
-                                      "--topk, --heads, --asa-dim win."),
+    preset: str | None = typer.Option(None, "--preset", help=f"Adapter sizes: {preset_help()} (default default); "
+                                      "explicit --rank, --topk, --heads, --asa-dim win."),
     lorm: bool | None = typer.Option(None, "--lorm/--no-lorm", help="LoRM in every visual block (default on)."),
     asa: bool | None = typer.Option(None, "--asa/--no-asa", help="The ASA head (default on; ignored for rap_light)."),
     rank: int | None = typer.Option(None, "--rank", help="LoRM rank r (default 4)."),
