@@ -124,7 +124,11 @@ def _load_folder(p: Path, device: str | None, threads: int | None, inter_threads
     if trt:
         from rap_deploy.engines.integrity import check_export_record
 
-        check_export_record(manifest, p / "manifest.json")
+        try:
+            check_export_record(manifest, p / "manifest.json")
+        except BaseException:
+            engine.close()  # the refused engine's contexts and device memory go now, on its device
+            raise
     return engine
 
 

@@ -168,3 +168,30 @@ def test_the_builders_objects_are_destroyed_on_the_build_device(micro_fp16_expor
             assert not fails
     destroyed = {"Builder destroyed", "Network destroyed"} | (set() if fails else {"BuilderConfig destroyed"})
     assert events[0] == "enter 1" and events[-1] == "exit 1" and set(events[1:-1]) == destroyed, events
+
+
+def test_an_engine_refused_for_its_export_record_is_closed(fake_engine_dir, tmp_path, monkeypatch):
+    """A TensorRT engine's export record is checked after the engine opened; a refused record left the opened
+    engine to the garbage collector (contexts and device memory held, released on whatever device was current)."""
+    import shutil
+
+    from rap_deploy.engines import tensorrt_backend as tb
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.manifest import read_manifest, write_manifest
+
+    copy = tmp_path / "engine"
+    shutil.copytree(fake_engine_dir, copy)
+    manifest = read_manifest(copy)
+    manifest["export"]["config"] = {**manifest["export"]["config"], "asa_topk": 2}
+    write_manifest(copy, manifest)
+    closed: list[dict] = []
+    original_close = tb.TrtEngine.close
+
+    def close(self):
+        original_close(self)
+        closed.append(dict(self.engines))
+
+    monkeypatch.setattr(tb.TrtEngine, "close", close)
+    with fake_tensorrt_env(10), pytest.raises(CheckFailedError, match="'export.config' differs"):
+        load_engine(copy)
+    assert closed == [{}]
