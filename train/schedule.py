@@ -24,7 +24,9 @@ def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0
     """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
 
     Linear warm-up from ``base_lr / warmup_steps`` to ``base_lr`` over ``warmup_steps`` steps, then a half cosine from
-    ``base_lr`` down to ``min_ratio * base_lr`` at the last step.
+    ``base_lr`` towards ``min_ratio * base_lr``, which it would reach at step ``total_steps``: the last step
+    (``total_steps - 1``) is one decay step short of the floor (after 10 decay steps it is at
+    ``floor + 0.024 * (base_lr - floor)``).
     """
     if total_steps <= 0:
         return base_lr
