@@ -408,3 +408,16 @@ def test_a_top_m_refused_for_memory_is_a_422_naming_top_m(served, monkeypatch):
     assert (status, doc["field"]) == (422, "top_m") and "re-ranking 5 candidates" in doc["error"], doc
     monkeypatch.undo()
     assert _search(url, query="a red circle", top_k=3, top_m=5)[0] == 200
+
+
+def test_the_readmes_route_table_names_every_field_search_answers(served):
+    """The README's `POST /search` row listed five of a result's seven fields and four of the five timings (nor the
+    echoed query): each key of an answer is now named there, so the row cannot fall behind the code unnoticed."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `POST /search` |"))
+    status, doc = _search(served[0], query="a red circle", top_k=2, top_m=1)
+    assert status == 200 and not doc["results"][-1]["reranked"], doc  # the second result is past top_m
+    keys = {*doc, *doc["results"][0], *doc["timings_ms"]}
+    assert {k for k in keys if f"`{k}`" not in row} == set(), row
