@@ -239,12 +239,13 @@ def test_a_broken_library_install_is_reported_and_the_environment_kept(tmp_path,
     import types
 
     import rap_deploy.engines.gpu_check as gc
+    from rap_deploy.engines import gpu_check_steps
 
     def broken_tensorrt():
         raise OSError("libnvinfer.so.10: cannot open shared object file")
 
     monkeypatch.setitem(sys.modules, "onnxruntime", types.ModuleType("onnxruntime"))
-    monkeypatch.setattr(gc, "tensorrt_status", broken_tensorrt)
+    monkeypatch.setattr(gpu_check_steps, "tensorrt_status", broken_tensorrt)
     monkeypatch.setattr(gc, "make_data", lambda *_a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         gc.run_check(tmp_path / "out", tmp_path / "work", gc.CheckSizes.dry_run(), log=lambda _m: None)
@@ -286,6 +287,7 @@ def test_tensorrt_runs_after_every_pytorch_step_of_both_models(tmp_path, monkeyp
     from dataclasses import replace
 
     import rap_deploy.engines.gpu_check as gc
+    from rap_deploy.engines import gpu_check_steps
 
     zero = {"t2v": {"R1": 0.0, "R5": 0.0}, "v2t": {"R1": 0.0, "R5": 0.0}}
 
@@ -303,7 +305,7 @@ def test_tensorrt_runs_after_every_pytorch_step_of_both_models(tmp_path, monkeyp
             raise KeyboardInterrupt  # the device's time limit (or a crash) during the second model's build
         return work / "tensorrt-fp16"
 
-    monkeypatch.setattr(gc, "tensorrt_status", lambda: "10.9.0")
+    monkeypatch.setattr(gpu_check_steps, "tensorrt_status", lambda: "10.9.0")
     monkeypatch.setattr(gc, "parity", lambda *a: {"engine": "e", "precision": a[4], "passed": True, "queries": 6,
                                                   "tolerance": 0.5, "delta": zero})
     monkeypatch.setattr(gc, "speed", rows)
