@@ -87,9 +87,21 @@ def _check_plan(plan: dict[str, Any], path: Path) -> None:
 
     request = {k: plan.get(k) for k in _REQUEST_KEYS} | ({"replaces": plan["replaces"]} if "replaces" in plan else {})
     if not all(well_formed(s) for s in plan["shards"]) or not isinstance(plan.get("sampling"), dict) \
-            or digest(request) != plan.get("request_sha256"):
-        raise DamagedArtifactError(f"{path} is damaged (its shards do not match the request it records); delete "
-                                   "it, or pass --force to rebuild the library")
+            or digest(request) != plan.get("request_sha256") or not _counters_follow(plan):
+        raise DamagedArtifactError(f"{path} is damaged (its shards or counters do not match the request it records); "
+                                   "delete it, or pass --force to rebuild the library")
+
+
+def _counters_follow(plan: dict[str, Any]) -> bool:
+    """Whether the plan's ``next_shard``/``next_row`` (which its ``request_sha256`` does not cover, and the manifest
+    takes over) are those :func:`make_plan` gives: just past its last shard, or counts for a plan of no shard."""
+    nxt, row, shards = plan.get("next_shard"), plan.get("next_row"), plan["shards"]
+    if type(nxt) is not int or type(row) is not int or nxt < 0 or row < 0:
+        return False
+    if not shards:
+        return True
+    last, size = shards[-1], plan.get("shard_size")
+    return type(size) is int and nxt == shard_number(last["name"]) + 1 and row == last["row_offset"] + size
 
 
 def plan_finished(plan: dict[str, Any], known_shards: set[str], next_shard: int) -> bool:
@@ -109,7 +121,7 @@ def adopt_plan(root: Path, new: dict[str, Any], known_shards: set[str],
     :class:`UsageError` when another request's build is pending.
     """
     old = read_plan(root)
-    if old is not None and old.get("request_sha256") == new["request_sha256"]:
+    if old is not None and old["shards"] and old.get("request_sha256") == new["request_sha256"]:
         return old, True
     if old is not None and not plan_finished(old, known_shards, next_shard):
         raise UsageError(f"{root} has an interrupted build of other videos ({PLAN}, {len(old['shards'])} shards); "
