@@ -481,6 +481,27 @@ def test_a_committed_shard_record_nested_deep_is_encoded_again(tmp_path):
     assert committed_shard(tmp_path, "shard-000000", "0" * 64) is None
 
 
+@pytest.mark.parametrize("tamper", [
+    lambda e: e.update(skipped="abc"),  # was a TypeError traceback after the resume
+    lambda e: e.update(skipped=[{"video_id": 7, "path": "/v.mp4", "reason": "x"}]),
+    lambda e: e["files"]["video_emb"].update(shape="4"),  # the library's tensor shapes come from it
+    lambda e: e["files"]["video_emb"].update(shape=[2, 4]),  # not its rows
+], ids=["skipped not a list", "skipped id not text", "shape not a list", "shape of other rows"])
+def test_a_committed_shard_record_with_malformed_fields_is_encoded_again(tmp_path, tamper):
+    """A resume took a committed shard's skipped list and tensor shapes from its shard.json unchecked: a damaged one
+    ended the build with a traceback after encoding. Like any damaged shard it is taken as not committed."""
+    from rap_deploy.library.shards import committed_shard, write_shard
+
+    videos = {"video_id": ["a"], "path": ["/v/a.mp4"], "start": [None], "end": [None], "sha256": ["0" * 64]}
+    write_shard(tmp_path, "shard-000000", 0, {"video_emb": np.zeros((1, 4), np.float32)}, videos, [], "p" * 64)
+    assert committed_shard(tmp_path, "shard-000000", "p" * 64) is not None
+    record = tmp_path / "shards/shard-000000/shard.json"
+    entry = json.loads(record.read_text())
+    tamper(entry)
+    record.write_text(json.dumps(entry))
+    assert committed_shard(tmp_path, "shard-000000", "p" * 64) is None
+
+
 def _inflate_last_shard_rows(m):  # next_row moved along, so the counters still look consistent
     shard = m["shards"][-1]
     shard["rows"] = 10 ** 12

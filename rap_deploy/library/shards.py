@@ -140,7 +140,7 @@ def committed_shard(root: Path, name: str, plan_sha256: str | None, verify_hash:
     try:
         entry = json.loads(read_manifest_text(folder / SHARD_RECORD, "shard record"))  # bounded, not too deep
         if entry.get("name") != name or entry.get("plan_sha256") != plan_sha256 or \
-                row_offset not in (None, entry.get("row_offset")):
+                row_offset not in (None, entry.get("row_offset")) or not _record_fields_ok(entry):
             return None
         for f in entry["files"].values():
             if not isinstance(f["file"], str) or f["file"] != f"{SHARDS_DIR}/{name}/{Path(f['file']).name}":
@@ -152,6 +152,21 @@ def committed_shard(root: Path, name: str, plan_sha256: str | None, verify_hash:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckFailedError):
         return None
     return entry
+
+
+def _record_fields_ok(entry: dict[str, Any]) -> bool:
+    """Whether the fields of a shard.json that the build takes over without reading them from the files are
+    well-formed: its skipped videos (listed in the report, printed by the CLI) and each tensor's dtype and shape (the
+    library's tensor shapes come from them)."""
+    rows, skipped = entry.get("rows"), entry.get("skipped", [])
+    if type(rows) is not int or rows < 0 or not isinstance(skipped, list):
+        return False
+    if not all(isinstance(s, dict) and all(isinstance(s.get(k), str) for k in ("video_id", "path", "reason"))
+               for s in skipped):
+        return False
+    return all(isinstance(f.get("dtype"), str) and isinstance(f.get("shape"), list) and f["shape"][:1] == [rows]
+               and all(type(n) is int and n > 0 for n in f["shape"][1:])
+               for key, f in entry["files"].items() if key != "videos")
 
 
 def remove_stale(root: Path, keep: set[str]) -> list[str]:
