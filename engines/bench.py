@@ -13,9 +13,11 @@ Graphs (DESIGN.md §4, §9):
 
 Each (backend, graph, batch) gets ``warmup`` untimed calls, then ``repeats`` timed calls, interleaved across the
 backends (one call of each per round, rotating the order) so that load from other processes on a shared machine
-hits every backend alike; latency percentiles are over those calls, throughput is items / mean latency. The model's
-arithmetic is counted once on the PyTorch model with ``torch.utils.flop_counter`` (matmuls, convolutions and
-attention products; element-wise work is not counted), so every backend's achieved GFLOP/s is on the same footing.
+hits every backend alike; latency percentiles are over those calls (linear interpolation, ``PERCENTILE_METHOD``; with
+fewer calls than put a percentile at or below the second-slowest call, 11 for p90 and 101 for p99, a note says it is
+an interpolated maximum); throughput is items / mean latency. The model's arithmetic is counted once on the PyTorch
+model with ``torch.utils.flop_counter`` (matmuls, convolutions and attention products; element-wise work is not
+counted), so every backend's achieved GFLOP/s is on the same footing.
 Gathers do no arithmetic and count nothing: the ASA head gathers the k selected ``asa_tokens`` rows per frame instead
 of projecting and warping all T×P tokens per pair, and what it still computes per pair (the selection scores over
 every patch token, the (T·k)² attention, the output projection) is matmuls the counter sees.
@@ -46,7 +48,16 @@ from rap_deploy.engines.bench_inputs import (  # noqa: F401 - part of the bench 
     real_frames,
     template_captions,
 )
-from rap_deploy.engines.bench_timing import adapter_cost, count_flops, latency_stats, time_interleaved
+from rap_deploy.engines.bench_timing import (
+    PERCENTILE_METHOD,
+    PERCENTILES,
+    adapter_cost,
+    calls_for_percentile,
+    count_flops,
+    latency_stats,
+    percentile_notes,
+    time_interleaved,
+)
 from rap_deploy.engines.loader import is_remote
 from rap_deploy.engines.machine_load import LoadMonitor, loopback_server_pids
 from rap_deploy.errors import UsageError
@@ -152,7 +163,7 @@ def bench(
         monitor = LoadMonitor(servers=loopback_server_pids(str(e) for e in engines if is_remote(e)))
         infos = [{**(engine_info(eng) or {}), "label": label} for label, eng in backends]
         results, notes = time_graphs(backends, infos, settings, inputs, flops_per_item, monitor, progress)
-        notes += thread_notes(infos)
+        notes += thread_notes(infos) + percentile_notes(settings.repeats)
         add_ratios(results)
         cost = None
         if compare_meanp and "video" in settings.graphs and torch_engine.config.use_lorm:
@@ -407,6 +418,8 @@ def bench_report(s: BenchSettings, torch_engine: Any, ckpt_path: Path, infos: li
         "settings": {"batch_sizes": s.sizes, "repeats": s.repeats, "warmup": s.warmup, "graphs": s.graphs,
                      "index_size": s.index_size, "rerank_top": s.rerank_top, "rerank_top_asked": s.top_m,
                      "seed": s.seed, "torch_device": torch_device,
+                     "percentiles": {"method": PERCENTILE_METHOD, "calls": s.repeats,
+                                     "calls_needed": {f"p{q}": calls_for_percentile(q) for q in PERCENTILES}},
                      "flops": "torch.utils.flop_counter on the PyTorch model: matmul, conv and attention FLOPs "
                               "(multiply-add = 2); element-wise work not counted"},
         "notes": notes,

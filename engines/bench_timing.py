@@ -4,8 +4,10 @@ adapters' cost (RAP vs the same frozen CLIP with meanP pooling)."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -55,12 +57,47 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int, warmup: int
     return out
 
 
+PERCENTILES = (50, 90, 99)
+PERCENTILE_METHOD = ("linear interpolation between the sorted timed calls (numpy.percentile's default): the q-th "
+                     "percentile of n calls sits at position (n - 1)·q/100 of them; calls_needed: the fewest calls for "
+                     "which it lies at or below the second-slowest call (with fewer, the slowest call alone moves it)")
+
+
+def calls_for_percentile(q: int) -> int:
+    """The fewest timed calls for which the ``q``-th percentile (:data:`PERCENTILE_METHOD`) lies at or below the
+    second-slowest call: with fewer, it is interpolated between the two slowest calls, so the slowest call alone moves
+    it (3 for p50, 11 for p90, 101 for p99).
+
+    From ``(n - 1)·q/100 <= n - 2``, in exact fractions (floats make 1.1/0.1 come out 11.000000000000002)."""
+    return math.ceil(Fraction(200 - q, 100 - q))
+
+
+def percentile_notes(calls: int) -> list[str]:
+    """One note when some of the reported percentiles rest on too few timed calls to be more than the slowest two
+    (:func:`calls_for_percentile`); none when the slowest call alone moves none of them."""
+    short = [q for q in PERCENTILES if calls < calls_for_percentile(q)]
+    if not short:
+        return []
+    names = ", ".join(f"p{q}" for q in short[:-1]) + (" and " if len(short) > 1 else "") + f"p{short[-1]}"
+    one = len(short) == 1
+    if calls == 1:  # every percentile is short of calls then
+        return [f"{names} of 1 timed call are that call, not percentiles; run --repeats "
+                f"{calls_for_percentile(short[-1])} or more for a p{short[-1]} that the slowest call alone does not "
+                "move"]
+    what = "an interpolated maximum, not a percentile estimate" if one else \
+        "interpolated maxima, not percentile estimates"
+    need = ", ".join(f"p{q} >= {calls_for_percentile(q)}" for q in short)
+    return [f"{names} of {calls} timed calls {'is' if one else 'are'} interpolated between the two slowest calls "
+            f"({what}); a percentile that the slowest call alone does not move needs {need} calls (--repeats)"]
+
+
 def latency_stats(latencies: Sequence[float], items: int) -> dict[str, float]:
-    """``{throughput (items/s over the mean latency), mean_ms, p50_ms, p90_ms, p99_ms, min_ms}``."""
+    """``{throughput (items/s over the mean latency), mean_ms, p50_ms, p90_ms, p99_ms, min_ms}``; the percentiles by
+    :data:`PERCENTILE_METHOD` (few calls: :func:`percentile_notes`). Raises ``ValueError`` for no latencies."""
     lat = np.asarray(latencies, dtype=np.float64)
     if lat.size == 0:
         raise ValueError("no timed calls")
-    p50, p90, p99 = np.percentile(lat, [50, 90, 99]) * 1e3
+    p50, p90, p99 = np.percentile(lat, PERCENTILES) * 1e3
     mean = float(lat.mean())
     return {"throughput": items / mean if mean > 0 else float("inf"), "mean_ms": mean * 1e3, "p50_ms": float(p50),
             "p90_ms": float(p90), "p99_ms": float(p99), "min_ms": float(lat.min() * 1e3)}

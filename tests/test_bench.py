@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from rap_deploy.cli import app
 from rap_deploy.engines.bench import count_flops, latency_stats, random_index, time_interleaved
+from rap_deploy.engines.bench_timing import calls_for_percentile, percentile_notes
 
 runner = CliRunner()
 RESULT_KEYS = {"backend", "precision", "graph", "batch_size", "throughput", "unit", "p50_ms", "p90_ms", "p99_ms"}
@@ -85,6 +86,28 @@ def test_bench_checkpoint_only_real_frames(micro_checkpoint, synth_root, tmp_pat
     assert [(r["backend"], r["graph"]) for r in report["results"]] == [("torch", "video"), ("torch", "text")]
     assert report["inputs"].startswith("real frames") and report["adapter_cost"] is None
     assert not list(out.glob(".bench.*.tmp"))
+    # one timed call: its p50, p90 and p99 are that call, and every report says so
+    note = "p50, p90 and p99 of 1 timed call are that call, not percentiles"
+    assert any(n.startswith(note) for n in report["notes"]) and note in (out / "bench.md").read_text()
+    assert note in " ".join(res.output.split())
+    assert report["settings"]["percentiles"]["calls"] == 1
+    assert report["settings"]["percentiles"]["calls_needed"] == {"p50": 3, "p90": 11, "p99": 101}
+
+
+def test_percentiles_of_too_few_calls_are_named_interpolated_maxima():
+    # numpy's linear interpolation puts the q-th percentile of n calls at position (n - 1)·q/100: the slowest call
+    # alone moves it below 3 calls for p50, 11 for p90 and 101 for p99
+    for q in (50, 90, 99):
+        for n in range(1, 130):
+            lat = np.arange(1, n + 1, dtype=np.float64) / 1e3
+            slower = np.append(lat[:-1], 1.0)  # the slowest call made far slower
+            moved = latency_stats(slower, 1)[f"p{q}_ms"] != pytest.approx(latency_stats(lat, 1)[f"p{q}_ms"])
+            assert moved == (n < calls_for_percentile(q)), (q, n)
+    assert percentile_notes(101) == []
+    (twenty,) = percentile_notes(20)  # a p99 of 20 calls is the slowest two's interpolation
+    assert twenty.startswith("p99 of 20 timed calls is interpolated between the two slowest calls") and "101" in twenty
+    (ten,) = percentile_notes(10)
+    assert ten.startswith("p90 and p99 of 10 timed calls are interpolated") and "p90 >= 11" in ten
 
 
 def test_bench_usage_errors(tmp_path, micro_checkpoint):
