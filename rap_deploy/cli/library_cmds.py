@@ -203,6 +203,11 @@ def _print_index(report: dict[str, Any], json_out: bool) -> None:
     kind = {"captions": "caption", "videos": "library-video"}.get(st["query_source"], st["query_source"])
     typer.echo(f"stage 1: {st['type']}{effort}; recall@{st['m']} vs exact = {st['recall_at_m']:.3f} on "
                f"{st['queries']} {kind} queries")
+    if not st.get("target_reached", True):
+        typer.echo(f"warning: stage 1's recall@{st['m']} ({st['recall_at_m']:.3f}) is below --target-recall "
+                   f"{st['target_recall']}: no search effort of the {st['type']} index reaches it, so searches miss "
+                   f"more of the true top {st['m']}; the best effort was kept. Re-index with --ann exact (or "
+                   "another --ann) for full recall", err=True)
     for s in report["skipped"]:
         typer.echo(f"skipped {s['video_id']}: {s['reason']} ({s['path']})", err=True)
 

@@ -429,4 +429,14 @@ def _report(root: Path, manifest: dict[str, Any], added: list[dict[str, Any]], s
             "bytes_on_disk": manifest.get("bytes_on_disk"), "bytes_per_video": manifest.get("bytes_per_video"),
             "stage1": {"type": st["type"], "effort": st.get("effort"), "recall_at_m": st["recall_at_m"]["recall"],
                        "m": st["recall_at_m"]["m"], "queries": st["recall_at_m"]["queries"],
-                       "query_source": st["recall_at_m"].get("query_source"), "build_seconds": st["build_seconds"]}}
+                       "query_source": st["recall_at_m"].get("query_source"), "build_seconds": st["build_seconds"],
+                       **_target(st)}}
+
+
+def _target(st: dict[str, Any]) -> dict[str, Any]:
+    """The recall target an ANN stage 1 was tuned to and whether its measured recall@M reached it (``stage1.tune``
+    keeps its best effort when none does, and the report says so); exact search has no target."""
+    target = st.get("target_recall")
+    if st["type"] == "exact" or isinstance(target, bool) or not isinstance(target, (int, float)):
+        return {"target_recall": None, "target_reached": True}
+    return {"target_recall": target, "target_reached": bool(st["recall_at_m"]["recall"] >= target)}
