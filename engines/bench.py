@@ -11,13 +11,15 @@ Graphs (DESIGN.md §4, §9):
   computes from its patch tokens; its bytes per video are reported, and ``search_vs_video_p50`` is each engine's
   batch-1 search p50 over its batch-1 video-encoder p50 of the same run (issue 11's target: <= 0.1).
 
-Each (backend, graph, batch) gets ``warmup`` untimed calls, then ``repeats`` timed calls, interleaved across the
-backends (one call of each per round, rotating the order) so that load from other processes on a shared machine
-hits every backend alike; latency percentiles are over those calls (linear interpolation, ``PERCENTILE_METHOD``; with
-fewer calls than put a percentile at or below the second-slowest call, 11 for p90 and 101 for p99, a note says it is
-an interpolated maximum); throughput is items / mean latency. The model's arithmetic is counted once on the PyTorch
-model with ``torch.utils.flop_counter`` (matmuls, convolutions and attention products; element-wise work is not
-counted), so every backend's achieved GFLOP/s is on the same footing.
+Each (backend, graph, batch) gets ``warmup`` untimed calls, then ``repeats`` timed calls (each one engine call from
+host arrays to host arrays, copies to and from the device included, preprocessing not: ``TIMED_CALL``), interleaved
+across the backends (one call of each per round, rotating the order) so that load from other processes on a shared
+machine hits every backend alike; latency percentiles are over those calls (linear interpolation,
+``PERCENTILE_METHOD``; with fewer calls than put a percentile at or below the second-slowest call, 11 for p90 and 101
+for p99, a note says it is an interpolated maximum); throughput is items / mean latency, and the ratio to PyTorch
+eager is that of the mean latencies (``RATIOS``). The model's arithmetic is counted once on the PyTorch model with
+``torch.utils.flop_counter`` (matmuls, convolutions and attention products; element-wise work is not counted), so every
+backend's achieved GFLOP/s is on the same footing.
 Gathers do no arithmetic and count nothing: the ASA head gathers the k selected ``asa_tokens`` rows per frame instead
 of projecting and warping all T×P tokens per pair, and what it still computes per pair (the selection scores over
 every patch token, the (T·k)² attention, the output projection) is matmuls the counter sees.
@@ -67,6 +69,12 @@ GRAPHS = ("video", "text", "asa", "search")
 UNITS = {"video": "videos/s", "text": "texts/s", "asa": "pairs/s", "search": "queries/s"}
 ENGINE_GRAPH = {"video": "video_encoder", "text": "text_encoder", "asa": "asa_head", "search": None}
 DEFAULT_BATCH_SIZES = (1, 8, 32)
+# What one timed call covers and how ratios are formed (bench.json settings, bench.md): readers assume either way.
+TIMED_CALL = ("one engine call from host numpy arrays to host numpy arrays: its input checks, host-to-device and "
+              "device-to-host copies and, on a GPU, the wait for the device are timed; decoding, frame preprocessing "
+              "(resize, crop, normalisation) and tokenisation happen before and are not")
+RATIOS = ("vs torch: PyTorch eager's mean latency over the row's (= the throughput ratio) at the same graph and batch; "
+          "vs torch (min): the same with each one's fastest call")
 REPORT_FILES = ("bench.md", "bench.png", "bench.json")  # the order they are written in: bench.json last
 
 
@@ -418,6 +426,7 @@ def bench_report(s: BenchSettings, torch_engine: Any, ckpt_path: Path, infos: li
         "settings": {"batch_sizes": s.sizes, "repeats": s.repeats, "warmup": s.warmup, "graphs": s.graphs,
                      "index_size": s.index_size, "rerank_top": s.rerank_top, "rerank_top_asked": s.top_m,
                      "seed": s.seed, "torch_device": torch_device,
+                     "timed_call": TIMED_CALL, "ratios": RATIOS,
                      "percentiles": {"method": PERCENTILE_METHOD, "calls": s.repeats,
                                      "calls_needed": {f"p{q}": calls_for_percentile(q) for q in PERCENTILES}},
                      "flops": "torch.utils.flop_counter on the PyTorch model: matmul, conv and attention FLOPs "

@@ -307,8 +307,8 @@ def _unique_suffixes(paths: set[str]) -> dict[str, str]:
 
 
 def bench_rows(result: dict[str, Any]) -> list[list[str]]:
-    """Rows ``[backend, precision, graph, batch, throughput, unit, min, p50, p90, p99, ×torch, ×torch (min),
-    GFLOP/s]``."""
+    """Rows ``[backend, precision, graph, batch, throughput, unit, min, p50, p90, p99, ×torch (mean latencies: the
+    throughput ratio), ×torch (fastest calls), GFLOP/s]``."""
     rows = []
     labels = backend_labels(result["results"])
     for i, r in enumerate(result["results"]):
@@ -322,7 +322,7 @@ def bench_rows(result: dict[str, Any]) -> list[list[str]]:
 
 
 BENCH_HEADER = ("backend", "precision", "graph", "batch", "throughput", "unit", "min ms", "p50 ms", "p90 ms",
-                "p99 ms", "vs torch", "vs torch (min)", "GFLOP/s")
+                "p99 ms", "vs torch (mean)", "vs torch (min)", "GFLOP/s")
 
 
 def _adapter_line(cost: dict[str, Any]) -> str:
@@ -364,10 +364,17 @@ def search_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _settings_lines(settings: dict[str, Any]) -> list[str]:
+    """bench.md's lines on what a timed call covers and how the ratios are formed (none for an older bench.json)."""
+    return [f"- {label}: {settings[key]}" for label, key in (("timed", "timed_call"), ("ratios", "ratios"))
+            if settings.get(key)]
+
+
 def bench_markdown(result: dict[str, Any]) -> str:
     """A Markdown version of the bench table (for READMEs and CI logs)."""
     lines = ["# rapdeploy bench", "", f"- device: {describe_device(result['device'])}", f"- {load_line(result)}",
-             f"- inputs: {result.get('inputs')}", f"- model: {result.get('model', {}).get('clip')}, "
+             f"- inputs: {result.get('inputs')}", *_settings_lines(result.get("settings", {})),
+             f"- model: {result.get('model', {}).get('clip')}, "
              f"{result.get('model', {}).get('frames')} frames", ""]
     flops = result.get("gflops", {})
     if flops:

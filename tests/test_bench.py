@@ -92,6 +92,12 @@ def test_bench_checkpoint_only_real_frames(micro_checkpoint, synth_root, tmp_pat
     assert note in " ".join(res.output.split())
     assert report["settings"]["percentiles"]["calls"] == 1
     assert report["settings"]["percentiles"]["calls_needed"] == {"p50": 3, "p90": 11, "p99": 101}
+    # what a timed call covers and which statistic the ratios compare, in bench.json and bench.md
+    markdown = (out / "bench.md").read_text()
+    assert "host-to-device and device-to-host copies" in report["settings"]["timed_call"]
+    assert "preprocessing" in report["settings"]["timed_call"] and "mean latency" in report["settings"]["ratios"]
+    assert f"- timed: {report['settings']['timed_call']}" in markdown
+    assert f"- ratios: {report['settings']['ratios']}" in markdown and "| vs torch (mean) |" in markdown
 
 
 def test_percentiles_of_too_few_calls_are_named_interpolated_maxima():
