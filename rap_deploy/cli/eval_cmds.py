@@ -120,7 +120,8 @@ def bench_cmd(
                                         f"(default: the libraries' own; {ENGINE_THREADS_DEFAULT})."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Use real test frames and captions from this "
                                            "dataset folder (default: random frames)."),
-    dataset: str = typer.Option("msrvtt", "--dataset", help="Dataset format of --data-root."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset format of --data-root: msrvtt (default), "
+                                       "msvd, didemo or activitynet."),
     compare_meanp: bool = typer.Option(True, "--compare-meanp/--no-compare-meanp", help="Also time the video encoder "
                                        "of the same CLIP with meanP and no adapters (batch 1) and report the ratio."),
     torch_device: str | None = typer.Option(None, "--torch-device", help="Where PyTorch eager runs: cpu or cuda "
@@ -142,6 +143,7 @@ def bench_cmd(
     bounds.check_int(rerank_top, "--rerank-top", 1, bounds.MAX_VIDEOS)
     bounds.check_threads(threads)
     _check_device(torch_device, "--torch-device")
+    _check_bench_dataset(dataset, data_root)
 
     def echo(result: dict) -> None:
         if json_out:
@@ -155,5 +157,19 @@ def bench_cmd(
 
     bench(engine or [], checkpoint=checkpoint, batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
           repeats=repeats, warmup=warmup, index_size=index_size, graphs=graphs, out=out, threads=threads,
-          progress=_progress_enabled(quiet, json_out), data_root=data_root, dataset=dataset, top_m=rerank_top,
+          progress=_progress_enabled(quiet, json_out), data_root=data_root, dataset=dataset or "msrvtt",
+          top_m=rerank_top,
           compare_meanp=compare_meanp, workspace=workspace, torch_device=torch_device, echo=echo)
+
+
+def _check_bench_dataset(dataset: str | None, data_root: Path | None) -> None:
+    """Refuse (:class:`UsageError`, exit 2) an unknown ``--dataset``, and one given without ``--data-root``: bench then
+    times random frames, so the name would be ignored and the run look as if it had read that dataset."""
+    if dataset is None:
+        return
+    from rap_deploy.data.datasets import check_dataset
+
+    check_dataset(dataset)
+    if data_root is None:
+        raise UsageError(f"--dataset {dataset} names the layout of --data-root; pass --data-root too (without it "
+                         "bench times random frames and captions)")
