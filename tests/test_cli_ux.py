@@ -18,3 +18,31 @@ def test_bench_refuses_an_unknown_dataset_and_one_without_data_root(micro_checkp
     res = runner.invoke(app, [*args, "--dataset", "msvd"])  # timed on random frames: the name would be ignored
     assert res.exit_code == 2 and "pass --data-root too" in res.output
     assert not (tmp_path / "b").exists()
+
+
+def _first_test_video(root) -> str:
+    import csv
+
+    with open(root / "MSRVTT_JSFUSION_test.csv", newline="") as fh:
+        return next(csv.DictReader(fh))["video_id"]
+
+
+def test_train_names_the_test_videos_its_evaluations_left_out(micro_checkpoint, synth_root, tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    gone = _first_test_video(root)
+    (root / "videos" / f"{gone}.mp4").unlink()
+    args = ["train", "--dataset", "msrvtt", "--data-root", str(root), "--checkpoint", str(micro_checkpoint),
+            "--epochs", "1", "--batch-size", "8", "--max-train-videos", "8", "--max-test-videos", "4", "--top-m", "4",
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert f"1 test video missing or undecodable, left out of every evaluation (the recalls above are over 3 test " \
+           f"videos): {gone};" in said
+    assert "rapdeploy data-check --dataset msrvtt --split test" in said
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "run2"), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["test_skipped_videos"] == [gone]

@@ -285,6 +285,22 @@ def _run_training(options: TrainOptions | None, resume: Path | None, given: dict
         return train_rap(options, progress=not quiet, resume=resume, overrides=given)
 
 
+def _print_test_skipped(console: Any, summary: dict[str, Any]) -> None:
+    """Say which test videos (missing or undecodable) every evaluation left out: the figures above are over the rest,
+    which only ``metrics.jsonl``'s ``test_videos`` and ``test_skipped`` counts said before."""
+    from rich.markup import escape
+
+    skipped = summary.get("test_skipped_videos") or []
+    if not skipped:
+        return
+    scored = (summary.get("last") or {}).get("test_videos")
+    console.print(f"[yellow]{counted(len(skipped), 'test video')} missing or undecodable, left out of every "
+                  f"evaluation (the recalls above are over {scored if scored is not None else 'the other'} test "
+                  f"videos): {escape(', '.join(skipped[:10]))}{' …' if len(skipped) > 10 else ''}; "
+                  f"`rapdeploy data-check --dataset {escape(summary['dataset'])} --split "
+                  f"{escape(summary.get('test_split') or 'test')}` names why[/]")
+
+
 def _print_train_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -311,6 +327,7 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
                   f"({summary['wall_seconds']:.1f} s wall), world size {summary['world_size']} on {summary['device']}; "
                   f"{len(skipped)} undecodable training video(s) skipped"
                   + (": " + ", ".join(s["video_id"] for s in skipped[:10]) if skipped else ""), markup=False)
+    _print_test_skipped(console, summary)
     resumed = summary.get("resumed_after_epoch")
     if resumed is not None and resumed >= summary["epochs"]:  # --resume of a finished run
         console.print(f"nothing trained: the run was already complete ({summary['epochs']} of "
