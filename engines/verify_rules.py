@@ -1,7 +1,8 @@
 """The parity rule of ``rapdeploy verify`` and the comparisons it rests on (numpy only, no engine, no I/O).
 
 Ranks follow DESIGN.md §6 (1 + candidates strictly above the ground truth). A rank change counts against an fp32
-engine only when candidates within ``tie_eps`` of the ground truth's score cannot explain it; fp16 / int8 engines are
+engine only when candidates within ``tie_eps`` of the ground truth's score cannot explain it (nor, in the two-stage
+search, videos within ``tie_eps`` of the top-M boundary of stage 1: :func:`two_stage_bounds`); fp16 / int8 engines are
 held to |ΔR@K| within a tolerance, unless the change is one that flips of near-tied candidates explain (a sign test
 on the queries that crossed K: :func:`within_flip_noise`). :func:`compare_evaluations` turns two
 :func:`rap_deploy.retrieval.evaluate` results into deltas, rank changes, recall curves and similarity errors;
@@ -27,33 +28,41 @@ MODES = ("asa", "two_stage", "meanp")
 DELTA_KEYS = ("R1", "R5", "R10", "MdR", "MnR", "RSum", "ties")
 STRICT_PRECISIONS = ("fp32", "float32")
 MAX_EXAMPLES = 10
+Bounds = tuple[np.ndarray, np.ndarray]  # the lowest and highest score each pair could take (two_stage_bounds)
 
 
-def rank_intervals(scores: np.ndarray, targets: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rank_intervals(scores: np.ndarray, targets: np.ndarray, eps: float,
+                   bounds: Bounds | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(rank, lo, hi)`` per query (row of ``scores [Q,C]``, ground truth ``targets[q]``).
 
     ``rank`` = 1 + candidates strictly above the ground truth (DESIGN.md §6); ``[lo, hi]`` the ranks it could take if
-    candidates within ``eps`` of the ground-truth score were ordered either way.
+    candidates within ``eps`` of the ground-truth score were ordered either way. ``bounds`` (``(low, high)``, shaped
+    like ``scores``): the lowest and highest score each pair could take (:func:`two_stage_bounds`); the interval then
+    also spans every order those allow.
     """
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
-    gt = scores[np.arange(len(targets)), targets][:, None]
+    rows = np.arange(len(targets))
+    gt = scores[rows, targets][:, None]
+    low, high = (scores, scores) if bounds is None else (np.asarray(b, dtype=np.float64) for b in bounds)
     rank = 1 + (scores > gt).sum(axis=1)
-    lo = 1 + (scores > gt + eps).sum(axis=1)
-    hi = (scores >= gt - eps).sum(axis=1)
+    lo = 1 + (low > high[rows, targets][:, None] + eps).sum(axis=1)
+    hi = (high >= low[rows, targets][:, None] - eps).sum(axis=1)
     return rank.astype(np.int64), lo.astype(np.int64), hi.astype(np.int64)
 
 
 def rank_changes(reference: np.ndarray, engine: np.ndarray, targets: np.ndarray, eps: float = DEFAULT_TIE_EPS,
-                 labels: list[str] | None = None) -> dict[str, Any]:
+                 labels: list[str] | None = None, bounds: tuple[Bounds | None, Bounds | None] = (None, None)
+                 ) -> dict[str, Any]:
     """Compare the ground-truth ranks of two score matrices of the same queries.
 
     Returns ``{"changed", "beyond_ties", "within_ties", "examples"}``: queries whose rank differs at all, those whose
     change is not explained by a tie (the two ranks' ``eps`` intervals, see :func:`rank_intervals`, do not overlap),
     those that are, and up to :data:`MAX_EXAMPLES` changed queries (largest change first) with both ranks.
+    ``bounds``: the reference's and the engine's score bounds for :func:`rank_intervals` (``None``: the scores).
     """
-    r_ref, lo_ref, hi_ref = rank_intervals(reference, targets, eps)
-    r_eng, lo_eng, hi_eng = rank_intervals(engine, targets, eps)
+    r_ref, lo_ref, hi_ref = rank_intervals(reference, targets, eps, bounds[0])
+    r_eng, lo_eng, hi_eng = rank_intervals(engine, targets, eps, bounds[1])
     changed = r_ref != r_eng
     explained = np.maximum(lo_ref, lo_eng) <= np.minimum(hi_ref, hi_eng)
     beyond = changed & ~explained
@@ -93,6 +102,38 @@ def direction_scores(sim: np.ndarray, caption_video: np.ndarray) -> dict[str, tu
     v2t, _ = video_to_text_scores(sim, caption_video)
     return {"t2v": (np.asarray(sim), np.asarray(caption_video, dtype=np.int64)),
             "v2t": (v2t, np.arange(v2t.shape[0]))}
+
+
+def two_stage_bounds(two_stage: np.ndarray, stage1: np.ndarray, asa: np.ndarray, eps: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)``: the lowest and highest two-stage score each pair could take if stage-1 scores within ``eps``
+    of the query's top-M boundary were ordered either way.
+
+    A pair whose stage-1 score is within ``eps`` of the boundary (a candidate no more than ``eps`` above the best
+    video left out, or a video left out no more than ``eps`` below the lowest candidate) could have been re-ranked
+    (offset + its ASA score, from the full ASA matrix ``asa``) or left at stage 1 (``stage1``, the meanP matrix);
+    every other pair keeps its score. So a candidate-set change that stage-1 near-ties explain is a tie too, as a
+    near-tie in any other score is: an fp32 engine whose stage-1 cosine differs by 1e-7 at the M-th place re-ranks
+    another video, which moves the ground truth by one place and failed the rule."""
+    from rap_deploy.retrieval import _RERANK_OFFSET
+
+    two_stage = np.asarray(two_stage, dtype=np.float64)
+    stage1 = np.asarray(stage1, dtype=np.float64)
+    lifted = reranked(two_stage)
+    lowest_candidate = np.where(lifted, stage1, np.inf).min(axis=1, keepdims=True)
+    best_left_out = np.where(lifted, -np.inf, stage1).max(axis=1, keepdims=True)
+    ambiguous = np.where(lifted, stage1 <= best_left_out + eps, stage1 >= lowest_candidate - eps)
+    low = np.where(ambiguous, np.minimum(two_stage, stage1), two_stage)
+    high = np.where(ambiguous, np.maximum(two_stage, _RERANK_OFFSET + np.asarray(asa, dtype=np.float64)), two_stage)
+    return low, high
+
+
+def direction_bounds(low: np.ndarray, high: np.ndarray, caption_video: np.ndarray
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`direction_scores` of score bounds: ``{"t2v": (low, high), "v2t": (low, high)}`` (a best caption's
+    score is a maximum, so the bounds carry over)."""
+    low_dirs, high_dirs = direction_scores(low, caption_video), direction_scores(high, caption_video)
+    return {d: (low_dirs[d][0], high_dirs[d][0]) for d in ("t2v", "v2t")}
 
 
 def recall_curve(scores: np.ndarray, targets: np.ndarray, ks: list[int]) -> list[float]:
@@ -148,7 +189,8 @@ def judge(precision: str, deltas: dict[str, dict[str, dict[str, float]]],
                                "limit": 0, "passed": value == 0})
     parts = []
     if strict:
-        parts.append(f"{precision} engine: no ground-truth rank may change beyond ties (score gap <= {tie_eps:g})")
+        parts.append(f"{precision} engine: no ground-truth rank may change beyond ties (score gap <= {tie_eps:g}; "
+                     "in the two-stage search, stage-1 gaps at the top-M boundary too)")
     if use_tolerance:
         parts.append(f"|ΔR@K| <= {tol:g} points for K = 1, 5, 10"
                      + ("" if strict else f", or a change the queries crossing K explain as flips of near-tied "
@@ -249,6 +291,16 @@ def compare_evaluations(ref_eval: dict[str, Any], eng_eval: dict[str, Any], spli
         out["changes"][mode] = {d: rank_changes(by_dir["reference"][d][0], by_dir["engine"][d][0],
                                                 by_dir["reference"][d][1], tie_eps, labels[d])
                                 for d in ("t2v", "v2t")}
+        if mode == "two_stage" and any(c["beyond_ties"] for c in out["changes"][mode].values()):
+            # only then, as the bounds take four more score matrices: is a candidate-set change a stage-1 tie?
+            limits = {who: direction_bounds(*two_stage_bounds(e["scores"]["sims"]["two_stage"],
+                                                              e["scores"]["sims"]["meanp"],
+                                                              e["scores"]["sims"]["asa"], tie_eps), targets)
+                      for who, e in (("reference", ref_eval), ("engine", eng_eval))}
+            out["changes"][mode] = {d: rank_changes(by_dir["reference"][d][0], by_dir["engine"][d][0],
+                                                    by_dir["reference"][d][1], tie_eps, labels[d],
+                                                    (limits["reference"][d], limits["engine"][d]))
+                                    for d in ("t2v", "v2t")}
         out["curves"][mode] = {who: {d: recall_curve(*by_dir[who][d], ks) for d in ("t2v", "v2t")}
                                for who in ("reference", "engine")}
         out["sim_error"][mode] = similarity_error(s_ref, s_eng, mode)
