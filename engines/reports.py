@@ -186,6 +186,19 @@ def verify_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def skipped_line(result: dict[str, Any], shown: int = 10) -> str | None:
+    """One line naming the test videos verify left out (missing or undecodable, with the reason) and how many the
+    figures are over; ``None`` when none was left out. verify.md lists them all; the terminal said only the count
+    of the videos used."""
+    skipped = result.get("skipped") or []
+    if not skipped:
+        return None
+    named = "; ".join(f"{s.get('video_id')}: {s.get('reason')}" for s in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more (verify.md lists them)" if len(skipped) > shown else ""
+    return (f"{len(skipped)} test video(s) missing or undecodable, left out of both sides (the figures are over "
+            f"{result['counts']['videos']} videos): {named}{more}; `rapdeploy data-check` names every one")
+
+
 def print_verify(result: dict[str, Any], console: Any = None) -> None:
     """Print the verify table and the verdict with rich."""
     from rich import box
@@ -217,6 +230,9 @@ def print_verify(result: dict[str, Any], console: Any = None) -> None:
         console.print(f"[red]FAIL[/red] {escape(failure)}")
     for note in result.get("notes", []):
         console.print(f"note: {escape(note)}")
+    skipped = skipped_line(result)
+    if skipped:
+        console.print(f"[yellow]{escape(skipped)}[/yellow]")
     verdict = "[green]PASSED[/green]" if result["passed"] else "[bold red]FAILED[/bold red]"
     console.print(f"verify {verdict} ({escape(str(result.get('rule')))}); reports in {escape(str(result.get('out')))}")
 

@@ -46,3 +46,22 @@ def test_train_names_the_test_videos_its_evaluations_left_out(micro_checkpoint, 
     assert "rapdeploy data-check --dataset msrvtt --split test" in said
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "run2"), "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["test_skipped_videos"] == [gone]
+
+
+def test_verify_names_the_test_videos_it_left_out(micro_ort_engines, synth_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    gone = _first_test_video(root)
+    (root / "videos" / f"{gone}.mp4").unlink()
+    args = ["verify", "--dataset", "msrvtt", "--data-root", str(root), "--engine", str(micro_ort_engines["fp32"]),
+            "--max-videos", "4", "--rerank-top", "4", "--cache-dir", str(tmp_path / "cache")]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "v")])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.stdout.split())
+    assert f"1 test video(s) missing or undecodable, left out of both sides (the figures are over 3 videos): " \
+           f"{gone}: missing" in said
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "q"), "--quiet"])
+    assert res.exit_code == 0 and f"left out of both sides (the figures are over 3 videos): {gone}: missing" in \
+        " ".join(res.stdout.split())

@@ -74,7 +74,7 @@ def verify_cmd(
 
     Writes verify.json, verify.md and verify.png; exits 1 when parity fails.
     """
-    from rap_deploy.engines.reports import print_verify
+    from rap_deploy.engines.reports import print_verify, skipped_line
     from rap_deploy.engines.verify import verify
 
     if tolerance is not None:
@@ -91,7 +91,9 @@ def verify_cmd(
         if json_out:
             _echo_json(result)
         elif quiet:
-            typer.echo(f"verify {'passed' if result['passed'] else 'FAILED'}: {result['out']}")
+            skipped = skipped_line(result, shown=3)
+            typer.echo(f"verify {'passed' if result['passed'] else 'FAILED'}: {result['out']}"
+                       + (f" ({skipped})" if skipped else ""))
         else:
             print_verify(result)
 
