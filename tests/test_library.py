@@ -1353,6 +1353,28 @@ def test_index_refuses_a_shards_or_stage1_folder_that_links_out(library, synth_r
     assert sorted(p.name for p in lib.iterdir()) == [folder]
 
 
+def test_index_refuses_a_library_whose_next_shard_folder_is_a_symlink(synth_root, micro_checkpoint, frame_cache,
+                                                                     tmp_path):
+    """shards/shard-NNNNNN a symlink (to the user's folder) where the next build writes: --add stopped with 'Cannot
+    call rmtree on a symbolic link; check the paths and their permissions', naming no file. It is named, exit 1,
+    and the folder it points at is left alone."""
+    folder = tmp_path / "clips"
+    videos = _clip_folder(synth_root, folder, 1)
+    lib = tmp_path / "lib"
+    args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(lib), "--cache-dir",
+            str(frame_cache)]
+    assert runner.invoke(app, args).exit_code == 0
+    shutil.copy(videos[1], folder / "v1.mp4")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    link = lib / "shards" / f"shard-{json.loads((lib / 'manifest.json').read_text())['next_shard']:06d}"
+    link.symlink_to(mine)
+    res = runner.invoke(app, [*args, "--add"])
+    assert res.exit_code == 1 and f"{link} is a symlink" in res.stderr, res.output
+    assert (mine / "notes.txt").read_text() == "keep" and link.is_symlink()
+
+
 # ---------------------------------------------------------------------------------------------- ANN stage 1
 @pytest.mark.parametrize("ann", ["hnsw", "ivf"])
 def test_ann_stage1_records_its_measured_recall(library, micro_checkpoint, tmp_path, engine, ann):
@@ -1804,3 +1826,39 @@ def test_a_shard_too_large_for_memory_is_refused_after_its_first_batch(monkeypat
     assert _check_shard_memory(dropped, 200, "shard-00001") is False  # not measured: the next batch is
     with pytest.raises(UsageError, match=r"shard-00001 \(200 videos.*--shard-size"):
         _check_shard_memory(parts, 200, "shard-00001")
+
+
+def test_the_rerank_hands_the_engine_one_block_of_rows_at_a_time_with_the_same_scores(library, engine, monkeypatch):
+    """The re-rank gathered the rows of all top-M candidates at once (131.9 MiB a query at top-M 100 on the demo's
+    library), though the engine scores at most its video_block of them per graph call. The library now reads one
+    video_block of rows at a time into one set of buffers and hands the engine exactly those blocks: every call sees
+    the rows it saw before, so the scores are bit-identical to one engine call on all the candidates' rows."""
+    from rap_deploy.library import open_library
+    from rap_deploy.library.manifest import tensor_dtype
+    from rap_deploy.retrieval import encode_texts
+
+    monkeypatch.setattr(engine, "video_block", 5)
+    score, calls = engine.asa_similarity, []
+
+    def recorded(text_emb, *rerank):
+        calls.append((len(rerank[0]), tuple(a.__array_interface__["data"][0] for a in rerank)))
+        return score(text_emb, *rerank)
+
+    with open_library(library, engine, verify="quick") as lib:
+        emb = encode_texts(engine, ["a red circle moves to the left"])
+        monkeypatch.setattr(engine, "asa_similarity", recorded)
+        got = lib.search_embeddings(emb, top_k=12, top_m=12)[0]["results"]
+        monkeypatch.setattr(engine, "asa_similarity", score)
+        rows = np.sort([lib._id_to_row[r["video_id"]] for r in got])  # the previous path: all rows, one call
+        shapes = lib.manifest["tensor_shapes"]
+        whole = [np.empty((len(rows), *shapes[n]), tensor_dtype(n)) for n in rerank_tensors(True)]
+        ids = []
+        for i, row in enumerate(rows):
+            shard, local = lib._locate(int(row))
+            ids.append(shard.videos["video_id"][local])
+            for n, out in zip(rerank_tensors(True), whole, strict=True):
+                shard.tensors[n].read_rows(np.array([local]), out[i:i + 1])
+        want = dict(zip(ids, score(emb, *whole)[0].astype(np.float64).tolist(), strict=True))
+    assert len(got) == 12 and all(r["reranked"] for r in got)
+    assert [n for n, _ in calls] == [5, 5, 2] and len({addresses for _, addresses in calls}) == 1, calls
+    assert {r["video_id"]: r["score"] for r in got} == want

@@ -34,6 +34,12 @@ class SerialEngine(Engine):
     def has_asa(self) -> bool:
         return self.inner.has_asa
 
+    @property
+    def video_block(self) -> int | None:
+        """The wrapped engine's videos per ASA-head call (the library hands it its re-rank in such blocks), ``None``
+        when it has none."""
+        return getattr(self.inner, "video_block", None)
+
     def _call(self, graph: str, fn: Callable[..., Any], *args: Any) -> Any:
         with self._lock:
             t0 = time.perf_counter()
