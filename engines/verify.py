@@ -382,9 +382,10 @@ def explain(passed: bool, checks: list[dict[str, Any]], per_graph: dict[str, dic
                    "no change of R@K is within it, and the flip-noise rule alone decides (|gained - lost| <= "
                    f"{FLIP_NOISE_Z:g}·sqrt(gained + lost): up to {int(FLIP_NOISE_Z ** 2)} queries lost and none "
                    "gained pass)")
+        need = (f"a tolerance check needs >= {int(np.ceil(100.0 / tol_used))} queries" if tol_used > 0 else
+                "a tolerance of 0 leaves no change within it, whatever the number of queries")
         notes.append(f"one query moves R@K by {100.0 / queries:.2f} points, more than the tolerance {tol_used:g}: with "
-                     f"{queries} queries {decides}; a tolerance check needs >= "
-                     f"{int(np.ceil(100.0 / max(tol_used, 1e-9)))} queries")
+                     f"{queries} queries {decides}; {need}")
     notes += tie_notes(cmp["sections"])
     return failures, notes, worst
 

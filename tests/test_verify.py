@@ -206,6 +206,9 @@ def test_the_small_test_set_note_says_what_decides_a_quantised_engine():
     strict = explain(True, [], per_graph, cmp, "fp32", 0.5)[1][0]
     assert "a single rank flip across a K boundary fails the check" in strict, strict
     assert explain(True, [], per_graph, cmp, "fp32", None)[1] == []  # no tolerance applied: no note
+    # --tolerance 0 said 'a tolerance check needs >= 100000000000 queries' (100 / 1e-9): no number of queries helps
+    zero = explain(True, [], per_graph, cmp, "int8", 0.0)[1][0]
+    assert "needs >=" not in zero and "a tolerance of 0 leaves no change within it" in zero, zero
 
 
 def test_verify_md_keeps_a_caption_with_a_bar_or_a_line_break_in_its_cell():
