@@ -72,6 +72,23 @@ def test_a_server_that_gives_no_http_answer_is_one_line(behaviour):
 
 
 @contextmanager
+def serving(handler: type) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 (a free port) answering with ``handler`` (a ``BaseHTTPRequestHandler`` class) in a
+    thread; yields its URL and stops it when the block ends."""
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@contextmanager
 def http_server(status: int, content_type: str, body: bytes) -> Iterator[str]:
     """An HTTP server on 127.0.0.1 (a free port): ready at ``/v2/health/ready``, server metadata at ``/v2``, and
     ``status`` with ``body`` for every other path; yields its URL."""
@@ -91,15 +108,8 @@ def http_server(status: int, content_type: str, body: bytes) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(Handler) as url:
+        yield url
 
 
 def test_an_error_page_that_is_not_a_kserve_error_is_one_short_line():
@@ -323,15 +333,8 @@ def forwarding_server(backend: str, answer: Callable[[Any], None]) -> Iterator[s
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(Handler) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
