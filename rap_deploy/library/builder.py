@@ -254,9 +254,10 @@ def _wipe(root: Path) -> None:
 
 def _refuse_linked_folders(root: Path) -> None:
     """Refuse (:class:`~rap_deploy.safe_paths.UnsafePathError`, exit 1), before anything is written or deleted, a
-    library whose ``shards`` or ``stage1`` is a symlink or not a folder: the build would write its shards and index
-    through the link and delete the shard folders it finds there (another library's, when the link points at it),
-    and no search would open the result (a library holds no symlink)."""
+    library whose ``shards`` or ``stage1`` is a symlink or not a folder, or holds a symlink: the build would write its
+    shards and index through the link and delete the shard folders it finds there (another library's, when the link
+    points at it), or stop at a shard folder that is a link ("Cannot call rmtree on a symbolic link", naming no
+    file), and no search would open the result (a library holds no symlink)."""
     from rap_deploy.safe_paths import UnsafePathError
 
     for name in (SHARDS_DIR, STAGE1_DIR):
@@ -266,6 +267,10 @@ def _refuse_linked_folders(root: Path) -> None:
             raise UnsafePathError(f"{path} is {what}; a library's {name} folder must be a real folder inside it "
                                   f"(the build would write and delete through it): remove {path} or choose another "
                                   "--out folder; nothing was changed")
+        link = next((p for p in path.iterdir() if p.is_symlink()), None) if path.is_dir() else None
+        if link is not None:
+            raise UnsafePathError(f"{link} is a symlink to {link.resolve()}; a library holds no symlink (the build "
+                                  f"would write or delete through it): remove {link}; nothing was changed")
 
 
 def _refuse_foreign_folder(root: Path) -> None:
