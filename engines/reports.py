@@ -47,8 +47,11 @@ def _ms(value: float | None) -> str:
 
 
 def _signed(value: float | int | None, digits: int = 2) -> str:
+    """A delta with its sign; a count (the tied queries) as a whole number, not ``+2.00``."""
     if value is None:
         return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "0" if value == 0 else f"{value:+d}"
     return "0" if value == 0 else f"{value:+.{digits}f}"
 
 
