@@ -52,12 +52,29 @@ def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.Pa
             raise UsageError(f"engine {path} does not exist; pass --engine with an engine folder from "
                              "`rapdeploy build-engine`" + (" (or a .pt checkpoint for the PyTorch engine)"
                                                            if checkpoints else " or an export folder"))
+        _check_engine_file(path, checkpoints)
         return path
     folder = subdir("engines", workspace)
     found = latest_child(folder, "manifest.json")
     if found is None:
         raise UsageError(f"no engine in {folder}; build one with `rapdeploy build-engine` or pass --engine DIR")
     return found
+
+
+def _check_engine_file(path: Path, checkpoints: bool) -> None:
+    """Refuse (:class:`UsageError`) a file given as ``--engine`` that no loader takes: an engine is a folder, or a
+    checkpoint (by its suffix) where ``checkpoints``. A graph file (``video_encoder.onnx``) was otherwise taken for a
+    checkpoint by bench and refused as 'not a checkpoint'; a ``manifest.json`` is named with its folder."""
+    from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
+
+    if not path.is_file() or (checkpoints and path.suffix in CHECKPOINT_SUFFIXES):
+        return
+    if path.name == "manifest.json":
+        raise UsageError(f"--engine {path} is a manifest; pass its folder: --engine {path.parent}")
+    allowed = f" or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})" if checkpoints else ""
+    beside = f": --engine {path.parent}" if (path.parent / "manifest.json").is_file() else ""
+    raise UsageError(f"--engine {path} is a file, not an engine folder{allowed}; pass the folder `rapdeploy "
+                     f"build-engine` (or `rapdeploy export`) wrote{beside}")
 
 
 def engine_manifest(engine_path: Path) -> dict[str, Any] | None:

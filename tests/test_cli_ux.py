@@ -65,3 +65,15 @@ def test_verify_names_the_test_videos_it_left_out(micro_ort_engines, synth_root,
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "q"), "--quiet"])
     assert res.exit_code == 0 and f"left out of both sides (the figures are over 3 videos): {gone}: missing" in \
         " ".join(res.stdout.split())
+
+
+def test_a_graph_file_or_manifest_given_as_engine_is_named_as_such(micro_ort_engines, tmp_path):
+    engine = micro_ort_engines["fp32"]
+    graph = next(engine.glob("*.onnx"))
+    res = runner.invoke(app, ["bench", "--engine", str(graph), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2, res.output
+    assert f"--engine {graph} is a file, not an engine folder or a checkpoint" in res.output
+    assert f"wrote: --engine {engine}" in " ".join(res.output.split())  # not 'is not a checkpoint'
+    res = runner.invoke(app, ["bench", "--engine", str(engine / "manifest.json"), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and f"pass its folder: --engine {engine}" in " ".join(res.output.split())
+    assert not (tmp_path / "b").exists()
