@@ -493,7 +493,12 @@ def test_only_a_loopback_listener_checks_hosts_unless_told_otherwise():
     from rap_deploy.engines.serving.server import bind_socket, hosts_to_check
     from rap_deploy.errors import UsageError
 
-    with bind_socket("127.0.0.1", 0) as loopback, bind_socket("0.0.0.0", 0) as anywhere:
+    class EveryInterface:  # what hosts_to_check reads of a listener on 0.0.0.0 (tests bind loopback only)
+        def getsockname(self) -> tuple:
+            return ("0.0.0.0", 8080)
+
+    anywhere = EveryInterface()
+    with bind_socket("127.0.0.1", 0) as loopback:
         assert hosts_to_check(loopback) == frozenset() and hosts_to_check(loopback, ["a.example"]) == {"a.example"}
         assert hosts_to_check(loopback, ["*"]) is None and hosts_to_check(anywhere, ["a.example"]) is None
         for bad in ("", "a b", "http://a.example/", "user@a.example"):
