@@ -279,7 +279,10 @@ def compare_evaluations(ref_eval: dict[str, Any], eng_eval: dict[str, Any], spli
     """Per mode (full ASA, two-stage, meanP): metrics of both, deltas, rank changes, R@K curves and similarity
     error; and how many queries' two-stage candidate sets differ."""
     targets = split.caption_video
-    labels = {"t2v": list(split.captions), "v2t": [v.video_id for v in split.videos]}
+    # v2t queries are the videos that have a caption, in video order (video_to_text_scores): a video without one
+    # (an MSVD entry with an empty caption list) is no query, and the labels must skip it as the rows do
+    labels = {"t2v": list(split.captions),
+              "v2t": [split.videos[int(i)].video_id for i in np.unique(np.asarray(targets, dtype=np.int64))]}
     ks = list(range(1, min(50, split.num_videos) + 1))
     out: dict[str, Any] = {"sections": {}, "changes": {}, "curves": {"ks": ks}, "sim_error": {}}
     for mode in MODES:

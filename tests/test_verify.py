@@ -333,3 +333,26 @@ def test_a_two_stage_candidate_set_that_a_stage_1_near_tie_changes_is_a_tie():
     apart[0, 1:3], far[0, 1:3] = [0.3, 0.25], [0.25, 0.3]  # the same swap across a 0.05 gap: a real change
     cmp = compare_evaluations(evaluation(apart), evaluation(far), split, 1e-5)
     assert cmp["changes"]["two_stage"]["t2v"]["beyond_ties"] == 1
+
+
+def test_a_changed_video_to_text_query_is_named_by_its_own_video_when_a_video_has_no_caption():
+    """Video→text queries are the videos that have a caption; the rank-change examples named query q by the q-th video
+    of the split, so with a caption-less video (an MSVD entry with an empty caption list) ahead of it a changed query
+    was reported under its neighbour's id."""
+    from types import SimpleNamespace
+
+    from rap_deploy.engines.verify_rules import compare_evaluations
+    from rap_deploy.metrics import retrieval_metrics
+
+    split = SimpleNamespace(caption_video=np.array([1, 2]), captions=["b", "c"], num_videos=3,
+                            videos=[SimpleNamespace(video_id=f"v{i}") for i in range(3)])  # v0: no caption
+    ref = np.array([[0.1, 0.9, 0.2], [0.1, 0.3, 0.8]])
+    eng = np.array([[0.1, 0.9, 0.2], [0.1, 0.3, 0.15]])  # video v2 now ranks caption "b" (0.2) above its own
+
+    def evaluation(sim):
+        sims = {"asa": sim, "two_stage": sim, "meanp": sim}
+        return {**{m: retrieval_metrics(x, split.caption_video) for m, x in sims.items()}, "scores": {"sims": sims}}
+
+    cmp = compare_evaluations(evaluation(ref), evaluation(eng), split, 1e-5)
+    (example,) = cmp["changes"]["asa"]["v2t"]["examples"]
+    assert (example["query"], example["id"], example["reference_rank"], example["engine_rank"]) == (1, "v2", 1, 2)
