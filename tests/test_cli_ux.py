@@ -77,3 +77,19 @@ def test_a_graph_file_or_manifest_given_as_engine_is_named_as_such(micro_ort_eng
     res = runner.invoke(app, ["bench", "--engine", str(engine / "manifest.json"), "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and f"pass its folder: --engine {engine}" in " ".join(res.output.split())
     assert not (tmp_path / "b").exists()
+
+
+def test_init_and_info_name_the_option_a_wrong_size_came_from(tmp_path):
+    out = tmp_path / "c.pt"
+    base = ["init", "--clip", "rap-micro", "--out", str(out)]
+    for args, said in ((["--rank", "-1"], "--rank must be >= 1, got -1"),
+                       (["--topk", "0"], "--topk must be >= 1, got 0"),
+                       (["--frames", "-2"], "--frames must be >= 1, got -2"),
+                       (["--heads", "3"], "--heads 3 does not divide the ASA width --asa-dim 128 (the default); "
+                                          "pass --heads 1, 2, 4, 8, 16, 32, 64, or an --asa-dim that 3 divides"),
+                       (["--asa-dim", "30"], "--heads 4 (the default) does not divide the ASA width --asa-dim 30")):
+        res = runner.invoke(app, [*base, *args])
+        assert res.exit_code == 2 and said in " ".join(res.output.split()), (args, res.output)
+        assert not out.exists()
+    res = runner.invoke(app, ["info", "--clip", "rap-micro", "--frames", "0"])
+    assert res.exit_code == 2 and "--frames must be >= 1, got 0" in res.output  # was "'frames' must be >= 1"

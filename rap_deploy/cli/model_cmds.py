@@ -17,14 +17,47 @@ def build_config(clip: str, variant: str, frames: int, context_length: int, lorm
                  rank: int | None, topk: int | None, heads: int | None, asa_dim: int | None, selection: str,
                  preset: str = "default") -> RAPConfig:
     """The :class:`RAPConfig` from CLI options: the dataclass defaults, then ``preset``'s values for ``clip``, then
-    every adapter size that is not ``None`` (validated; raises :class:`UsageError`)."""
+    every adapter size that is not ``None`` (validated; raises :class:`UsageError` naming the option)."""
     from rap_deploy.model_summary import preset_changes_for
 
+    _check_size_options({"--frames": frames, "--context-length": context_length, "--rank": rank, "--topk": topk,
+                         "--heads": heads, "--asa-dim": asa_dim})
     sizes = {**preset_changes_for(preset, clip),
              **{k: v for k, v in {"lorm_rank": rank, "asa_topk": topk, "asa_heads": heads, "asa_dim": asa_dim}.items()
                 if v is not None}}
+    _check_heads_divide_width(sizes, heads, asa_dim, preset)
     return RAPConfig(clip=clip, variant=variant, frames=frames, context_length=context_length, use_lorm=lorm,
                      use_asa=asa, asa_selection=selection, **sizes)
+
+
+# Each size option's range (RAPConfig checks the same under its field's name: lorm_rank, asa_topk, ...)
+SIZE_OPTION_RANGES = {"--frames": (1, bounds.MAX_FRAMES), "--context-length": (2, bounds.MAX_CONTEXT_LENGTH),
+                      "--rank": (1, bounds.MAX_LORM_RANK), "--topk": (1, bounds.MAX_ASA_TOPK),
+                      "--heads": (1, bounds.MAX_ASA_HEADS), "--asa-dim": (1, bounds.MAX_ASA_DIM)}
+
+
+def _check_size_options(values: dict[str, int | None]) -> None:
+    """Check each given size option under the name the user typed; raises :class:`UsageError`."""
+    for option, value in values.items():
+        if value is not None:
+            bounds.check_int(value, option, *SIZE_OPTION_RANGES[option])
+
+
+def _check_heads_divide_width(sizes: dict[str, int], heads: int | None, asa_dim: int | None, preset: str) -> None:
+    """Raise :class:`UsageError` naming ``--heads``/``--asa-dim`` (and where a value not given came from) when the
+    ASA heads do not divide its width."""
+    width = sizes.get("asa_dim", RAPConfig.asa_dim)
+    count = sizes.get("asa_heads", RAPConfig.asa_heads)
+    if width % count == 0:
+        return
+
+    def origin(given: int | None, field: str) -> str:
+        return "" if given is not None else f" (the {preset} preset's)" if field in sizes else " (the default)"
+
+    divisors = ", ".join(str(d) for d in range(1, min(width, 64) + 1) if width % d == 0)
+    raise UsageError(f"--heads {count}{origin(heads, 'asa_heads')} does not divide the ASA width --asa-dim "
+                     f"{width}{origin(asa_dim, 'asa_dim')}; pass --heads {divisors}, or an --asa-dim that {count} "
+                     "divides")
 
 
 def _clip_name(clip: str | None, backbone: Path | None) -> str:
