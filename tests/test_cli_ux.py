@@ -93,3 +93,11 @@ def test_init_and_info_name_the_option_a_wrong_size_came_from(tmp_path):
         assert not out.exists()
     res = runner.invoke(app, ["info", "--clip", "rap-micro", "--frames", "0"])
     assert res.exit_code == 2 and "--frames must be >= 1, got 0" in res.output  # was "'frames' must be >= 1"
+
+
+def test_train_names_heads_that_do_not_divide_the_asa_width(synth_root, tmp_path):
+    res = runner.invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), "--clip", "rap-micro",
+                              "--heads", "3", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2, res.output
+    assert "--heads 3 does not divide the ASA width --asa-dim 128 (the default)" in " ".join(res.output.split())
+    assert not (tmp_path / "run").exists()

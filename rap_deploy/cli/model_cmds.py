@@ -18,16 +18,27 @@ def build_config(clip: str, variant: str, frames: int, context_length: int, lorm
                  preset: str = "default") -> RAPConfig:
     """The :class:`RAPConfig` from CLI options: the dataclass defaults, then ``preset``'s values for ``clip``, then
     every adapter size that is not ``None`` (validated; raises :class:`UsageError` naming the option)."""
-    from rap_deploy.model_summary import preset_changes_for
-
     _check_size_options({"--frames": frames, "--context-length": context_length, "--rank": rank, "--topk": topk,
                          "--heads": heads, "--asa-dim": asa_dim})
-    sizes = {**preset_changes_for(preset, clip),
-             **{k: v for k, v in {"lorm_rank": rank, "asa_topk": topk, "asa_heads": heads, "asa_dim": asa_dim}.items()
-                if v is not None}}
+    sizes = preset_sizes(clip, preset, rank, topk, heads, asa_dim)
     _check_heads_divide_width(sizes, heads, asa_dim, preset)
     return RAPConfig(clip=clip, variant=variant, frames=frames, context_length=context_length, use_lorm=lorm,
                      use_asa=asa, asa_selection=selection, **sizes)
+
+
+def preset_sizes(clip: str, preset: str, rank: int | None, topk: int | None, heads: int | None,
+                 asa_dim: int | None) -> dict[str, int]:
+    """The adapter sizes a model on ``clip`` gets: ``preset``'s, then every size option given (config field names)."""
+    from rap_deploy.model_summary import preset_changes_for
+
+    given = {"lorm_rank": rank, "asa_topk": topk, "asa_heads": heads, "asa_dim": asa_dim}
+    return {**preset_changes_for(preset, clip), **{k: v for k, v in given.items() if v is not None}}
+
+
+def check_heads_option(clip: str, preset: str, heads: int | None, asa_dim: int | None) -> None:
+    """Raise :class:`UsageError` naming ``--heads``/``--asa-dim`` when the ASA heads of a model on ``clip`` with
+    ``preset`` and these options would not divide its width (train's check, before the model config's own)."""
+    _check_heads_divide_width(preset_sizes(clip, preset, None, None, heads, asa_dim), heads, asa_dim, preset)
 
 
 # Each size option's range (RAPConfig checks the same under its field's name: lorm_rank, asa_topk, ...)

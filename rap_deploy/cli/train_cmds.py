@@ -138,6 +138,11 @@ def train(
                         "--heads": (heads, 1, bounds.MAX_ASA_HEADS), "--asa-dim": (asa_dim, 1, bounds.MAX_ASA_DIM),
                         "--workers": (workers, 0, MAX_WORKERS)})
     given = _given_model_source(given, backbone, checkpoint, clip, pretrained)
+    if checkpoint is None and resume is None and (heads is not None or asa_dim is not None):
+        from rap_deploy.cli.model_cmds import check_heads_option
+        from rap_deploy.config import DEFAULT_CLIP
+
+        check_heads_option(given.get("clip") or DEFAULT_CLIP, preset or "default", heads, asa_dim)
     _check_resume_folder(resume)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with contextlib.ExitStack() as claimed:  # a default run name's lock is held from its choice on
