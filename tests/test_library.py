@@ -281,6 +281,8 @@ def test_library_of_another_model_is_refused(library, tmp_path):
     other_config = runner.invoke(app, ["search", "a red circle", "--library", str(library), "--engine",
                                        str(ckpt("c.pt", seed=1, asa_topk=2))])
     assert other_config.exit_code == 2 and "asa_topk" in other_config.output
+    # the message named the keys that differ, not their values, nor the file it read them from
+    assert "asa_topk 4 vs 2" in other_config.stderr and str(library / "manifest.json") in other_config.stderr
 
 
 def _clip_folder(synth_root: Path, folder: Path, count: int) -> list[Path]:

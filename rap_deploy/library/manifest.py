@@ -112,9 +112,11 @@ def check_model(recorded: dict[str, Any], engine: Any, where: Path) -> None:
     problems = []
     for key in ("config", "preprocess", "tokenizer"):
         if recorded.get(f"{key}_sha256") != current[f"{key}_sha256"]:
-            keys = _differing_keys(recorded.get(key) or {}, current[key])
+            was = recorded.get(key) if isinstance(recorded.get(key), dict) else {}
+            keys = _differing_keys(was, current[key])
+            shown = "; ".join(f"{k} {_short(was.get(k))} vs {_short(current[key].get(k))}" for k in keys[:4])
             problems.append(f"{key} {str(recorded.get(f'{key}_sha256'))[:12]} vs {current[f'{key}_sha256'][:12]}"
-                            + (f" (differs in {', '.join(keys)})" if keys else ""))
+                            + (f" (differs in {shown}{'; ...' if len(keys) > 4 else ''})" if keys else ""))
     if int(recorded["sampling"].get("max_frames", -1)) != int(engine.config.frames):
         problems.append(f"frames {recorded['sampling'].get('max_frames')} vs {engine.config.frames}")
     if list(recorded.get("tensors") or []) != current["tensors"]:
@@ -123,13 +125,20 @@ def check_model(recorded: dict[str, Any], engine: Any, where: Path) -> None:
     if lib_ckpt and eng_ckpt and lib_ckpt != eng_ckpt:
         problems.append(f"source checkpoint sha256 {lib_ckpt[:12]}… vs {eng_ckpt[:12]}… (other weights)")
     if problems:
-        raise UsageError(f"library {where} was built with another model than this engine: {'; '.join(problems)}; "
-                         "search it with an engine of the model that built it, or re-index with this engine "
-                         f"(rapdeploy index ... --engine E --out NEW_LIB)")
+        raise UsageError(f"library {where} was built with another model than this engine (library, per "
+                         f"{Path(where) / MANIFEST}, vs engine): {'; '.join(problems)}; search it with an engine of "
+                         "the model that built it, or re-index with this engine (rapdeploy index ... --engine E --out "
+                         "NEW_LIB)")
 
 
 def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _short(value: Any) -> str:
+    """``value`` as a message shows it: its JSON, cut to 40 characters."""
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def entry_path(root: Path, entry: Any) -> Path:
