@@ -207,7 +207,7 @@ def _inspect(trt: Any, log: Any, data: bytes, onnx_path: Path, shapes: Mapping[s
     return layer_precisions(info), engine.num_layers
 
 
-def _build_on_device(trt: Any, mode: str, onnx_path: Path, engine_path: Path,
+def _build_on_device(trt: Any, onnx_path: Path, engine_path: Path,
                      shapes: Mapping[str, Mapping[str, list[int]]], pin: bool, plan: PrecisionPlan, timing_cache: Path,
                      workspace_gb: float) -> tuple[dict[str, str], float, dict[str, Any], int]:
     """:func:`build_graph`'s TensorRT part, run with its device current: parse, configure (``pin``: TensorRT 10's
@@ -255,8 +255,7 @@ def build_graph(onnx_path: Path, engine_path: Path, shapes: Mapping[str, Mapping
     with CUDA.scope(device_id):
         try:
             pinned, seconds, summary, num_layers = _build_on_device(
-                trt, mode, onnx_path, engine_path, shapes, fp16 and mode == "weakly-typed", plan, timing_cache,
-                workspace_gb)
+                trt, onnx_path, engine_path, shapes, fp16 and mode == "weakly-typed", plan, timing_cache, workspace_gb)
         except BaseException as exc:
             # the failed build's TensorRT objects (builder, network, parser, config), which the traceback's finished
             # frames still hold, are destroyed now, with device_id current, not whenever the error is dropped
