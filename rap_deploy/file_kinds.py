@@ -48,6 +48,33 @@ def sniff(path: str | os.PathLike[str]) -> str:
     return "unknown"
 
 
+# The bytes of checkpoint.FORMAT, as a RAP checkpoint's pickle (data.pkl) holds them; read, never unpickled
+RAP_CHECKPOINT_TAG = b"rapdeploy.checkpoint"
+MAX_TAG_SCAN = 16 << 20  # a checkpoint's data.pkl holds only its structure: kilobytes
+
+
+def is_rap_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether the regular file ``path`` is a RAP checkpoint (``rapdeploy init``/``train``) rather than a backbone's
+    weights: a PyTorch archive whose pickle names the checkpoint format, or a safetensors file with rapdeploy
+    metadata. Read from its bytes (nothing is unpickled); a file that cannot be read is not one."""
+    kind = sniff(path)
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(path) as archive:
+                pickles = [i for i in archive.infolist() if i.filename.endswith("data.pkl")]
+                if len(pickles) != 1 or pickles[0].file_size > MAX_TAG_SCAN:
+                    return False
+                return RAP_CHECKPOINT_TAG in archive.read(pickles[0])
+        if kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                return "rapdeploy" in (fh.metadata() or {})
+    except Exception:  # a damaged file is refused later, by the loader that names why
+        return False
+    return False
+
+
 def pickle_globals(data: bytes, limit: int = 5) -> tuple[list[str], bool]:
     """The ``module.name`` globals a pickle stream would import (up to ``limit``) and whether it parses at all.
 

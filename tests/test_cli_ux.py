@@ -101,3 +101,16 @@ def test_train_names_heads_that_do_not_divide_the_asa_width(synth_root, tmp_path
     assert res.exit_code == 2, res.output
     assert "--heads 3 does not divide the ASA width --asa-dim 128 (the default)" in " ".join(res.output.split())
     assert not (tmp_path / "run").exists()
+
+
+def test_a_rap_checkpoint_given_as_backbone_weights_is_named_as_one(micro_checkpoint, synth_root, tmp_path):
+    said = f"backbone weights file {micro_checkpoint} is a RAP checkpoint (from `rapdeploy init` or `rapdeploy " \
+           f"train`), not a CLIP's weights: fine-tune it with `rapdeploy train --checkpoint {micro_checkpoint}`"
+    out = ["--out", str(tmp_path / "a.pt")]
+    for args in (["init", *out, "--backbone", str(micro_checkpoint)],
+                 ["init", *out, "--clip", "rap-micro", "--pretrained", str(micro_checkpoint)],
+                 ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), "--backbone", str(micro_checkpoint),
+                  "--out", str(tmp_path / "run")]):
+        res = runner.invoke(app, args)  # was: "does not fit open_clip model ViT-B-32 ... pass ... the --clip"
+        assert res.exit_code == 2 and said in " ".join(res.output.split()), (args, res.output)
+    assert not (tmp_path / "a.pt").exists() and not (tmp_path / "run").exists()

@@ -18,7 +18,7 @@ from torch import nn
 
 from rap_deploy.atomic import file_identity, sha256_file
 from rap_deploy.errors import UsageError
-from rap_deploy.file_kinds import check_archive_expansion, sniff
+from rap_deploy.file_kinds import check_archive_expansion, is_rap_checkpoint, sniff
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
 
@@ -211,6 +211,11 @@ def _check_weights_file(path: Path) -> None:
         raise UsageError(f"backbone weights file {path} does not exist; pass an existing file, a tag or 'none'")
     if not path.is_file():
         raise UsageError(f"backbone weights file {path} is not a regular file (a folder, FIFO or device)")
+    if is_rap_checkpoint(path):  # open_clip would read its adapters as a CLIP's and fail on missing keys
+        raise UsageError(f"backbone weights file {path} is a RAP checkpoint (from `rapdeploy init` or `rapdeploy "
+                         f"train`), not a CLIP's weights: fine-tune it with `rapdeploy train --checkpoint {path}`, or "
+                         "pass the backbone itself (the .safetensors of `rapdeploy pretrain-backbone`, or open_clip "
+                         "weights)")
     if sniff(path) == "zip":  # open_clip hands it to torch.load, which inflates what the archive declares
         check_archive_expansion(path, f"backbone weights file {path}")
 
