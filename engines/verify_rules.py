@@ -115,7 +115,7 @@ def two_stage_bounds(two_stage: np.ndarray, stage1: np.ndarray, asa: np.ndarray,
     every other pair keeps its score. So a candidate-set change that stage-1 near-ties explain is a tie too, as a
     near-tie in any other score is: an fp32 engine whose stage-1 cosine differs by 1e-7 at the M-th place re-ranks
     another video, which moves the ground truth by one place and failed the rule."""
-    from rap_deploy.retrieval import _RERANK_OFFSET
+    from rap_deploy.retrieval import RERANK_OFFSET
 
     two_stage = np.asarray(two_stage, dtype=np.float64)
     stage1 = np.asarray(stage1, dtype=np.float64)
@@ -124,7 +124,7 @@ def two_stage_bounds(two_stage: np.ndarray, stage1: np.ndarray, asa: np.ndarray,
     best_left_out = np.where(lifted, -np.inf, stage1).max(axis=1, keepdims=True)
     ambiguous = np.where(lifted, stage1 <= best_left_out + eps, stage1 >= lowest_candidate - eps)
     low = np.where(ambiguous, np.minimum(two_stage, stage1), two_stage)
-    high = np.where(ambiguous, np.maximum(two_stage, _RERANK_OFFSET + np.asarray(asa, dtype=np.float64)), two_stage)
+    high = np.where(ambiguous, np.maximum(two_stage, RERANK_OFFSET + np.asarray(asa, dtype=np.float64)), two_stage)
     return low, high
 
 
@@ -315,9 +315,9 @@ def compare_evaluations(ref_eval: dict[str, Any], eng_eval: dict[str, Any], spli
 def reranked(two_stage: np.ndarray) -> np.ndarray:
     """Which pairs of a two-stage score matrix the ASA head re-ranked: those carry offset + ASA cosine (>= offset -
     1), the rest their stage-1 cosine (<= 1); the midpoint separates them."""
-    from rap_deploy.retrieval import _RERANK_OFFSET
+    from rap_deploy.retrieval import RERANK_OFFSET
 
-    return np.asarray(two_stage) >= _RERANK_OFFSET / 2
+    return np.asarray(two_stage) >= RERANK_OFFSET / 2
 
 
 def similarity_error(s_ref: np.ndarray, s_eng: np.ndarray, mode: str) -> dict[str, Any]:

@@ -319,7 +319,7 @@ def meanp_similarity(text_emb: np.ndarray, index: VideoIndex) -> np.ndarray:
 
 # Re-ranked candidates are lifted above every stage-1 score: cosines lie in [-1, 1]. The lifted scores are float64:
 # in float32, 3 + s has a step of 2.4e-7, four times that of s near 0.3, so distinct ASA scores would tie there.
-_RERANK_OFFSET = 3.0
+RERANK_OFFSET = 3.0
 
 
 class CandidateGather:
@@ -370,7 +370,7 @@ def two_stage_similarity(encoder: Encoder, text_emb: np.ndarray, index: VideoInd
         for q in range(len(text_emb)):
             c = np.sort(cands[q])
             scores = checked_output(rerank(text_emb[q:q + 1], c), (1, len(c)), "ASA re-rank")
-            out[q, c] = _RERANK_OFFSET + scores[0].astype(np.float64)
+            out[q, c] = RERANK_OFFSET + scores[0].astype(np.float64)
             advance(1)
     return out
 

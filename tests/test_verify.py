@@ -304,7 +304,7 @@ def test_a_two_stage_candidate_set_that_a_stage_1_near_tie_changes_is_a_tie():
 
     from rap_deploy.engines.verify_rules import compare_evaluations
     from rap_deploy.metrics import retrieval_metrics
-    from rap_deploy.retrieval import _RERANK_OFFSET
+    from rap_deploy.retrieval import RERANK_OFFSET
 
     split = SimpleNamespace(caption_video=np.array([0, 1]), captions=["a", "b"], num_videos=4,
                             videos=[SimpleNamespace(video_id=f"v{i}") for i in range(4)])
@@ -314,7 +314,7 @@ def test_a_two_stage_candidate_set_that_a_stage_1_near_tie_changes_is_a_tie():
         two_stage = stage1.astype(np.float64)
         for q in range(len(stage1)):  # as two_stage_similarity: the top-M by stage 1 lifted to offset + ASA
             cands = np.argsort(-stage1[q], kind="stable")[:top_m]
-            two_stage[q, cands] = _RERANK_OFFSET + asa[q, cands]
+            two_stage[q, cands] = RERANK_OFFSET + asa[q, cands]
         sims = {"asa": asa, "two_stage": two_stage, "meanp": stage1}
         return {**{m: retrieval_metrics(x, split.caption_video) for m, x in sims.items()}, "scores": {"sims": sims}}
 
