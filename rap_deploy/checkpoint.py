@@ -18,7 +18,7 @@ import torch
 
 from rap_deploy.atomic import atomic_path, file_identity, sha256_file
 from rap_deploy.config import RAPConfig
-from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
 from rap_deploy.model.clip_loader import (
     BackboneSpec,
@@ -291,9 +291,44 @@ def _check_regular(path: Path) -> None:
     if not path.exists():
         raise UsageError(f"checkpoint {path} does not exist; create one with `rapdeploy init` or `rapdeploy train`")
     if path.is_dir():
-        raise UsageError(f"checkpoint {path} is a folder; pass the .pt or .safetensors file inside it")
+        raise UsageError(f"checkpoint {path} {_checkpoint_in_folder(path)}")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} is not a regular file (a FIFO, socket or device); pass a checkpoint file")
+
+
+def _checkpoint_in_folder(folder: Path) -> str:
+    """What ``folder`` is and what to pass instead: a training run's ``best.pt``; for an engine or export folder
+    (which holds no checkpoint) the one its manifest names, when that is an existing checkpoint file."""
+    from rap_deploy.workspace import RUN_BEST, RUN_LAST
+
+    for name in (RUN_BEST, RUN_LAST):
+        if (folder / name).is_file():
+            return f"is a folder; pass the checkpoint inside it: {folder / name}"
+    kind, source = _manifest_source(folder / "manifest.json")
+    if kind is None:
+        return "is a folder; pass the .pt or .safetensors file inside it"
+    if source is None:
+        return f"is {kind} folder, which holds no checkpoint; pass the checkpoint it was made from"
+    return f"is {kind} folder, which holds no checkpoint; pass the one it was made from: {source}"
+
+
+def _manifest_source(manifest: Path) -> tuple[str | None, str | None]:
+    """``(kind, checkpoint)`` of an engine or export folder's manifest: ``"an engine"``/``"an export"`` and the
+    source checkpoint it records when that is an existing file with a checkpoint suffix (the manifest is untrusted:
+    nothing else it names is reported); ``(None, None)`` when ``manifest`` is neither."""
+    from rap_deploy.bounds import read_manifest_text
+
+    try:
+        data = json.loads(read_manifest_text(manifest)) if manifest.is_file() else None
+    except (OSError, ValueError, RapDeployError):
+        return None, None
+    kinds = {"rapdeploy.engine": "an engine", "rapdeploy.export": "an export"}
+    if not isinstance(data, dict) or data.get("format") not in kinds:
+        return None, None
+    recorded = data.get("checkpoint")
+    value = recorded.get("path") if isinstance(recorded, dict) else None
+    ok = isinstance(value, str) and Path(value).suffix in CHECKPOINT_SUFFIXES and Path(value).is_file()
+    return kinds[data["format"]], value if ok else None
 
 
 def _check_fits_memory(path: Path) -> None:

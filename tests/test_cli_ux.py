@@ -114,3 +114,18 @@ def test_a_rap_checkpoint_given_as_backbone_weights_is_named_as_one(micro_checkp
         res = runner.invoke(app, args)  # was: "does not fit open_clip model ViT-B-32 ... pass ... the --clip"
         assert res.exit_code == 2 and said in " ".join(res.output.split()), (args, res.output)
     assert not (tmp_path / "a.pt").exists() and not (tmp_path / "run").exists()
+
+
+def test_an_engine_export_or_run_folder_given_as_checkpoint_names_the_checkpoint(micro_ort_engines, micro_checkpoint,
+                                                                                   tmp_path):
+    engine = micro_ort_engines["fp32"]
+    res = runner.invoke(app, ["info", str(engine)])  # was: "is a folder; pass the .pt or .safetensors file inside it"
+    assert res.exit_code == 2, res.output
+    assert f"checkpoint {engine} is an engine folder, which holds no checkpoint; pass the one it was made from: " \
+           f"{micro_checkpoint}" in " ".join(res.output.split())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(micro_checkpoint.read_bytes())
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "onnx")])
+    assert res.exit_code == 2 and f"pass the checkpoint inside it: {run / 'best.pt'}" in " ".join(res.output.split())
+    assert not (tmp_path / "onnx").exists()
