@@ -164,9 +164,14 @@ def socket_url(sock: socket.socket) -> str:
     return f"http://[{host.replace('%', '%25')}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def bound_address(sock: socket.socket) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address ``sock`` is bound to (an IPv6 zone, ``%eth0``, left out)."""
+    return ipaddress.ip_address(str(sock.getsockname()[0]).split("%")[0])
+
+
 def listens_everywhere(sock: socket.socket) -> bool:
     """Whether ``sock`` is bound to the unspecified address (``0.0.0.0`` or ``::``): every interface."""
-    return ipaddress.ip_address(str(sock.getsockname()[0]).split("%")[0]).is_unspecified
+    return bound_address(sock).is_unspecified
 
 
 def banner(url: str, sock: socket.socket, service: Any) -> str:
@@ -190,8 +195,7 @@ def hosts_to_check(sock: socket.socket, allow: Sequence[str] = ()) -> frozenset[
             raise UsageError(f"--allow-host {name!r} is not a host name or address")
     if "*" in allow:
         return None
-    address = str(sock.getsockname()[0]).split("%")[0]
-    return frozenset(allow) if ipaddress.ip_address(address).is_loopback else None
+    return frozenset(allow) if bound_address(sock).is_loopback else None
 
 
 def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLike[str] | None = None,
