@@ -156,6 +156,11 @@ def _load_manifest(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckFailedError(f"cannot read {path}: {exc}; the export is damaged, re-run `rapdeploy export --force`"
                                ) from None
+    if isinstance(manifest, dict) and manifest.get("format") == "rapdeploy.engine":  # the likely mix-up
+        source = manifest.get("export_dir")
+        named = f": {source}" if isinstance(source, str) and (Path(source) / MANIFEST).is_file() else ""
+        raise UsageError(f"{path.parent} is an engine folder (`rapdeploy build-engine` wrote it), not an export "
+                         f"folder; pass the export folder it was built from{named}")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UsageError(f"{path} is not a rapdeploy export manifest (no '{FORMAT}' format tag)")
     check_format_version(manifest, path, "export", FORMAT_VERSION, "the manifest was edited")

@@ -129,3 +129,13 @@ def test_an_engine_export_or_run_folder_given_as_checkpoint_names_the_checkpoint
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "onnx")])
     assert res.exit_code == 2 and f"pass the checkpoint inside it: {run / 'best.pt'}" in " ".join(res.output.split())
     assert not (tmp_path / "onnx").exists()
+
+
+def test_build_engine_given_an_engine_folder_names_its_export_folder(micro_ort_engines, tmp_path):
+    engine = micro_ort_engines["fp32"]
+    res = runner.invoke(app, ["build-engine", str(engine), "--out", str(tmp_path / "e")])
+    assert res.exit_code == 2, res.output  # was: "... is not a rapdeploy export manifest (no 'rapdeploy.export' ...)"
+    said = " ".join(res.output.split())
+    assert f"{engine} is an engine folder (`rapdeploy build-engine` wrote it), not an export folder; pass the " \
+           f"export folder it was built from: {micro_ort_engines['export']}" in said, said
+    assert not (tmp_path / "e").exists()
