@@ -360,8 +360,12 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
+            if "rapdeploy_backbone" in meta:  # what `rapdeploy pretrain-backbone` writes
+                raise UsageError(f"{path} is a backbone file (`rapdeploy pretrain-backbone`), not a RAP checkpoint; "
+                                 f"make one on it with `rapdeploy init --backbone {path} --out ckpt.pt`")
             if "rapdeploy" not in meta:
-                raise UsageError(f"{path} is a safetensors file without rapdeploy metadata; not a RAP checkpoint")
+                raise UsageError(f"{path} is a safetensors file without rapdeploy metadata, not a RAP checkpoint; "
+                                 "pass a checkpoint from `rapdeploy init` or `rapdeploy train`")
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckFailedError(f"checkpoint {path} is not a readable safetensors file ({str(exc)[:160]}): truncated "

@@ -139,3 +139,15 @@ def test_build_engine_given_an_engine_folder_names_its_export_folder(micro_ort_e
     assert f"{engine} is an engine folder (`rapdeploy build-engine` wrote it), not an export folder; pass the " \
            f"export folder it was built from: {micro_ort_engines['export']}" in said, said
     assert not (tmp_path / "e").exists()
+
+
+def test_a_backbone_file_given_as_checkpoint_says_how_to_make_one(tmp_path):
+    import torch
+
+    from rap_deploy.backbone_file import save_backbone
+
+    backbone = save_backbone({"w": torch.zeros(2)}, "rap-micro", tmp_path / "bb.safetensors")
+    res = runner.invoke(app, ["info", str(backbone)])  # was: "... without rapdeploy metadata; not a RAP checkpoint"
+    assert res.exit_code == 2, res.output
+    assert f"{backbone} is a backbone file (`rapdeploy pretrain-backbone`), not a RAP checkpoint; make one on it " \
+           f"with `rapdeploy init --backbone {backbone} --out ckpt.pt`" in " ".join(res.output.split())
