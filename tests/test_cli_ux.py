@@ -151,3 +151,12 @@ def test_a_backbone_file_given_as_checkpoint_says_how_to_make_one(tmp_path):
     assert res.exit_code == 2, res.output
     assert f"{backbone} is a backbone file (`rapdeploy pretrain-backbone`), not a RAP checkpoint; make one on it " \
            f"with `rapdeploy init --backbone {backbone} --out ckpt.pt`" in " ".join(res.output.split())
+
+
+def test_init_refuses_an_out_under_a_file_before_any_work(tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    res = runner.invoke(app, ["init", "--clip", "rap-micro", "--out", str(blocker / "sub" / "c.pt")])
+    assert res.exit_code == 2, res.output  # was: "cannot access .../notes.txt: File exists; check the path ..."
+    assert f"--out {blocker / 'sub' / 'c.pt'}: {blocker} is a file, not a folder; pass another --out" in \
+        " ".join(res.output.split())

@@ -118,6 +118,7 @@ def init(
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; pass a checkpoint file path such as {out / 'init.pt'}")
     check_checkpoint_name(out)  # before the CLIP loads: a name that verify, index and serve would not take
+    _check_out_parent(out)
     if (out.exists() or out.is_symlink()) and not force:  # it may be a trained checkpoint: never replaced unasked
         raise UsageError(f"--out {out} exists; pass --force to replace it, or another --out")
     bounds.check_int(seed, "--seed", 0, bounds.MAX_SEED)
@@ -128,6 +129,14 @@ def init(
                                                   asa, rank, topk, heads, asa_dim, selection, preset),
                               embed_backbone=embed_backbone, seed=seed)
     _print_summary(summary, json_out, f"wrote {out}")
+
+
+def _check_out_parent(out: Path) -> None:
+    """Refuse (:class:`UsageError`) an ``--out`` under a file, before the CLIP loads: saving it failed only at the
+    end, as 'cannot access PARENT: File exists'."""
+    parent = next((p for p in out.absolute().parents if p.exists() or p.is_symlink()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, not a folder; pass another --out")
 
 
 @command("info")
