@@ -160,3 +160,10 @@ def test_init_refuses_an_out_under_a_file_before_any_work(tmp_path):
     assert res.exit_code == 2, res.output  # was: "cannot access .../notes.txt: File exists; check the path ..."
     assert f"--out {blocker / 'sub' / 'c.pt'}: {blocker} is a file, not a folder; pass another --out" in \
         " ".join(res.output.split())
+
+
+def test_ablate_says_a_negative_seed_is_out_of_range(tmp_path):
+    res = runner.invoke(app, ["ablate", "--tiny", "--seeds", "-1", "--world", str(tmp_path / "w")])
+    assert res.exit_code == 2, res.output  # was: "--seeds must be comma-separated integers, got '-1'"
+    assert "--seeds must be comma-separated integers >= 0 (e.g. 0,1,2), got '-1'" in res.output
+    assert not (tmp_path / "w").exists()

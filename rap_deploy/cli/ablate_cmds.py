@@ -95,7 +95,7 @@ def ablate(
 
     parts = [s.strip() for s in seeds.split(",") if s.strip()]
     if not all(s.isdecimal() and s.isascii() for s in parts):  # int() would also take "1_0" and "+1"
-        raise UsageError(f"--seeds must be comma-separated integers, got '{seeds}'")
+        raise UsageError(f"--seeds must be comma-separated integers >= 0 (e.g. 0,1,2), got '{seeds}'")
     seed_list = [int(s) for s in parts]
     bounds.check_ints(seed_list, "--seeds", 0, bounds.MAX_SEED)
     repeated = sorted({s for s in seed_list if seed_list.count(s) > 1})
