@@ -85,18 +85,48 @@ def real_frames(dataset: str, data_root: Path, config: Any, videos: int, cache: 
     Returns ``(frames, frame_mask, captions, description)``; raises :class:`UsageError` when none decodes.
     """
     from rap_deploy.data.datasets import load_split
-    from rap_deploy.retrieval import load_video_batch, usable_videos
+    from rap_deploy.retrieval import load_video_batch
 
-    split = load_split(dataset, data_root, "test", max_frames=config.frames)
-    split = split.subset(list(range(min(videos, split.num_videos))))
-    split, skipped = usable_videos(split, cache, config, progress)
-    if split.num_videos == 0:
-        raise UsageError(f"no {dataset} test video under {data_root} could be decoded ({len(skipped)} skipped); "
-                         "run `rapdeploy data-check`")
+    split, skipped = first_decodable(load_split(dataset, data_root, "test", max_frames=config.frames), videos,
+                                     cache, config, progress)
+    if split.num_videos == 0 or split.num_captions == 0:
+        named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3])
+        raise UsageError(f"no {dataset} test video under {data_root} could be decoded ({len(skipped)} skipped: "
+                         f"{named}); run `rapdeploy data-check`")
     idx = [i % split.num_videos for i in range(videos)]
     frames, mask = load_video_batch(split, idx, cache, config)
     captions = [split.captions[i % split.num_captions] for i in range(videos)]
-    return frames, mask, captions, f"real frames: {split.num_videos} {dataset} test videos from {data_root}"
+    ids = ", ".join(s["video_id"] for s in skipped[:5]) + (", …" if len(skipped) > 5 else "")
+    passed_over = f"; {len(skipped)} missing or undecodable passed over ({ids})" if skipped else ""
+    return (frames, mask, captions,
+            f"real frames: {split.num_videos} {dataset} test videos from {data_root}{passed_over}")
+
+
+def first_decodable(split: Any, videos: int, cache: Any, config: Any, progress: bool
+                    ) -> tuple[Any, list[dict[str, str]]]:
+    """``split`` cut to its first ``videos`` videos that decode (all that do when fewer), and the skipped ones
+    (``{video_id, reason}``) met before them. A missing or damaged video among the first ones is passed over, as
+    verify and export do, where taking the first ``videos`` and dropping the bad ones timed fewer distinct videos,
+    or failed outright when all of them were bad."""
+    from rap_deploy.data.progress import progress_bar
+    from rap_deploy.data.video import VideoDecodeError
+    from rap_deploy.retrieval import sampling_for
+
+    sampling = sampling_for(config, split.sampling)
+    good: list[int] = []
+    skipped: list[dict[str, str]] = []
+    with progress_bar(min(videos, split.num_videos), "decoding videos", progress) as advance:
+        for i, entry in enumerate(split.videos):
+            if len(good) == videos:
+                break
+            try:
+                cache.get(entry.path, sampling, config.preprocess, entry.start, entry.end)
+            except VideoDecodeError as exc:
+                skipped.append({"video_id": entry.video_id, "reason": exc.reason})
+                continue
+            good.append(i)
+            advance(1)
+    return split.subset(good), skipped
 
 
 def real_captions(dataset: str, data_root: Path, config: Any, count: int) -> tuple[list[str], str]:

@@ -372,20 +372,21 @@ def test_a_calibration_gemm_descheduled_before_its_first_timing_still_measures()
 def test_real_captions_without_the_video_graph_decode_no_video(micro_checkpoint, synth_root, tmp_path, monkeypatch):
     """bench --data-root with the text/asa/search graphs only decoded --batch-sizes' largest test videos into one
     [B, T, 3, S, S] array (unchecked against memory) that nothing timed; now it reads the captions alone."""
-    from rap_deploy import retrieval
     from rap_deploy.data.datasets import load_split
+    from rap_deploy.engines import bench_inputs
     from rap_deploy.engines.bench_inputs import prepare_inputs
     from rap_deploy.engines.torch_backend import TorchEngine
     from rap_deploy.tokenizer import tokenize
 
     decoded: list[int] = []
-    real = retrieval.usable_videos
+    real = bench_inputs.first_decodable
 
-    def counting(split, *args, **kwargs):
-        decoded.append(split.num_videos)
-        return real(split, *args, **kwargs)
+    def counting(*args, **kwargs):
+        kept, skipped = real(*args, **kwargs)
+        decoded.append(kept.num_videos)
+        return kept, skipped
 
-    monkeypatch.setattr(retrieval, "usable_videos", counting)
+    monkeypatch.setattr(bench_inputs, "first_decodable", counting)
     engine = TorchEngine(micro_checkpoint)
     inputs = prepare_inputs(engine, ["text", "search"], 8, 4, 0, synth_root, "msrvtt", tmp_path / "cache", None,
                             False)

@@ -167,3 +167,20 @@ def test_ablate_says_a_negative_seed_is_out_of_range(tmp_path):
     assert res.exit_code == 2, res.output  # was: "--seeds must be comma-separated integers, got '-1'"
     assert "--seeds must be comma-separated integers >= 0 (e.g. 0,1,2), got '-1'" in res.output
     assert not (tmp_path / "w").exists()
+
+
+def test_bench_passes_over_missing_test_videos_to_fill_its_batch(micro_checkpoint, synth_root, tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    gone = _first_test_video(root)
+    (root / "videos" / f"{gone}.mp4").unlink()
+    res = runner.invoke(app, ["bench", "--checkpoint", str(micro_checkpoint), "--data-root", str(root), "--graphs",
+                              "video", "--batch-sizes", "1,2", "--repeats", "1", "--warmup", "0", "--no-compare-meanp",
+                              "--quiet", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output  # with --batch-sizes 1 alone it was exit 1: 'none of the 1 videos ...'
+    inputs = json.loads((tmp_path / "b" / "bench.json").read_text())["inputs"]
+    # was: 1 video, its copy filling the batch of 2
+    assert inputs == f"real frames: 2 msrvtt test videos from {root}; 1 missing or undecodable passed over ({gone})"
