@@ -428,10 +428,14 @@ def test_a_forked_child_does_not_keep_its_killed_parents_lock(tmp_path):
             f"with folder_lock({str(target)!r}, 'train', 'run folder'):\n"
             "    child = os.fork()\n"
             "    if child == 0:\n"
-            "        sys.stdin.read(); os._exit(0)\n"
-            "    print(child, flush=True); sys.stdin.readline()\n")
+            "        os.write(1, b'forked\\n'); sys.stdin.read(); os._exit(0)\n"
+            "    os.write(1, b'%d\\n' % child); sys.stdin.readline()\n")
     parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    child = int(parent.stdout.readline())
+    # the child's line says its fork handlers have run (on a loaded machine it may not have run at all yet when
+    # the parent is killed, and then still holds the lock); the parent's line is the child's pid (each line one
+    # write, so the two never interleave)
+    lines = {parent.stdout.readline().strip(), parent.stdout.readline().strip()}
+    child = int((lines - {"forked"}).pop())
     try:
         with pytest.raises(FolderBusyError, match=f"process {parent.pid} "):  # the living parent holds it
             with folder_lock(target, "train"):
