@@ -9,10 +9,8 @@ import typer
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
-from rap_deploy.data import SYNTH_DISTRACTORS
+from rap_deploy.data import DATASET_NAMES, SYNTH_DISTRACTORS
 from rap_deploy.errors import CheckFailedError, UsageError
-
-DATASET_NAMES = "msrvtt, msvd, didemo, activitynet"
 
 
 @command("synth")

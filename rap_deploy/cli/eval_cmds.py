@@ -10,6 +10,7 @@ import typer
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, command
+from rap_deploy.data import DATASET_NAMES
 from rap_deploy.errors import UsageError
 
 
@@ -40,7 +41,7 @@ def _echo_json(result: dict) -> None:
 
 @command("verify")
 def verify_cmd(
-    dataset: str = typer.Option(..., "--dataset", help="Dataset format: msrvtt, msvd, didemo or activitynet."),
+    dataset: str = typer.Option(..., "--dataset", help=f"Dataset format: {DATASET_NAMES}."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder (default: $RAPDEPLOY_DATA)."),
     engine: str | None = typer.Option(None, "--engine", help="Engine folder from `rapdeploy build-engine` (or a .pt "
                                        "for the PyTorch engine, or http://HOST:PORT for a running `rapdeploy serve` "
@@ -122,8 +123,8 @@ def bench_cmd(
                                         f"(default: the libraries' own; {ENGINE_THREADS_DEFAULT})."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Use real test frames and captions from this "
                                            "dataset folder (default: random frames)."),
-    dataset: str | None = typer.Option(None, "--dataset", help="Dataset format of --data-root: msrvtt (default), "
-                                       "msvd, didemo or activitynet."),
+    dataset: str | None = typer.Option(None, "--dataset", help=f"Dataset format of --data-root: {DATASET_NAMES} "
+                                       "(default msrvtt)."),
     compare_meanp: bool = typer.Option(True, "--compare-meanp/--no-compare-meanp", help="Also time the video encoder "
                                        "of the same CLIP with meanP and no adapters (batch 1) and report the ratio."),
     torch_device: str | None = typer.Option(None, "--torch-device", help="Where PyTorch eager runs: cpu or cuda "

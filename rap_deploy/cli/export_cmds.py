@@ -9,6 +9,7 @@ import typer
 
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
+from rap_deploy.data import DATASET_NAMES
 from rap_deploy.errors import UsageError
 
 
@@ -23,8 +24,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing, non-empty output folder."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder whose first test videos and "
                                           "captions feed the parity check (default: rendered synthetic videos)."),
-    dataset: str | None = typer.Option(None, "--dataset", help="Dataset layout of --data-root (msrvtt, msvd, didemo, "
-                                       "activitynet; default msrvtt)."),
+    dataset: str | None = typer.Option(None, "--dataset", help=f"Dataset layout of --data-root ({DATASET_NAMES}; "
+                                       "default msrvtt)."),
     workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT}); used "
                                           "when --out is not given."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),

@@ -11,6 +11,7 @@ import typer
 from rap_deploy.atomic import json_text
 from rap_deploy.bounds import check_threads
 from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, command
+from rap_deploy.data import DATASET_NAMES
 from rap_deploy.errors import UsageError
 
 
@@ -39,7 +40,7 @@ def resolve_source(dataset: str | None, data_root: Path | None, split: str, vide
     if len(given) > 1:
         raise UsageError(f"give one video source, not {' and '.join(given)}")
     if data_root is not None and dataset is None:
-        raise UsageError("--data-root needs --dataset NAME (msrvtt, msvd, didemo, activitynet)")
+        raise UsageError(f"--data-root needs --dataset NAME ({DATASET_NAMES})")
     if dataset:
         return dataset_source(dataset, resolve_data_root(data_root, workspace), split, frames)
     if videos:
@@ -51,8 +52,8 @@ def resolve_source(dataset: str | None, data_root: Path | None, split: str, vide
 
 @command("index")
 def index_cmd(
-    dataset: str | None = typer.Option(None, "--dataset", help="Index a dataset split: msrvtt, msvd, didemo or "
-                                       "activitynet (with --data-root)."),
+    dataset: str | None = typer.Option(None, "--dataset", help=f"Index a dataset split: {DATASET_NAMES} (with "
+                                       "--data-root)."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder (default: $RAPDEPLOY_DATA)."),
     split: str = typer.Option("test", "--split", help="Dataset split to index."),
     videos: Path | None = typer.Option(None, "--videos", help="Index every video file under DIR, recursively "

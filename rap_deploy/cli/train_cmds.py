@@ -14,7 +14,7 @@ from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 from rap_deploy.config import preset_help
-from rap_deploy.data import SYNTH_DISTRACTORS
+from rap_deploy.data import DATASET_NAMES, SYNTH_DISTRACTORS
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
 from rap_deploy.train.progress import counted
@@ -22,7 +22,6 @@ from rap_deploy.train.progress import counted
 if TYPE_CHECKING:
     from rap_deploy.train.loop import TrainOptions
 
-DATASET_NAMES = "msrvtt, msvd, didemo, activitynet"
 MAX_WORKERS = 256  # TrainOptions.validate's limit on num_workers
 
 

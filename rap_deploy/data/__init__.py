@@ -4,6 +4,10 @@ Import the submodules directly (``rap_deploy.data.datasets``, ``.video``, ``.cac
 package does not import them eagerly so that light users (the CLI's ``--help``) stay fast.
 """
 
+# The dataset formats the readers take (rap_deploy.data.datasets), here so that the CLI's help needs no torch.
+DATASETS = ("msrvtt", "msvd", "didemo", "activitynet")
+DATASET_NAMES = ", ".join(DATASETS)
+
 # The synthetic world's default share of videos and stills with a distractor, an object no caption names
 # (:func:`rap_deploy.data.synth._add_distractor`): none, see the distractor experiment in
 # docs/ablation-history.md for why. It lives here, not in ``synth``, so that the CLI's option defaults need no numpy.

@@ -20,6 +20,7 @@ import torch
 import torch.utils.data
 
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig, TokenizerConfig
+from rap_deploy.data import DATASET_NAMES, DATASETS
 from rap_deploy.data.annotation_files import (
     caption_text,
     damaged,
@@ -34,8 +35,6 @@ from rap_deploy.data.annotation_files import (
 from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.video_files import StemFinder, msrvtt_video, videos_folder
 from rap_deploy.errors import UsageError
-
-DATASETS = ("msrvtt", "msvd", "didemo", "activitynet")
 
 # Split names each reader accepts, and the file set they map to (CLIP4Clip: MSR-VTT validates on its test split,
 # ActivityNet tests on val_1).
@@ -176,7 +175,7 @@ def load_split(
 def check_dataset(name: str) -> None:
     """Refuse (:class:`UsageError`, exit 2) a dataset name that is not one of :data:`DATASETS`."""
     if name not in DATASETS:
-        raise UsageError(f"dataset '{name}' is unknown; use one of {', '.join(DATASETS)}")
+        raise UsageError(f"dataset '{name}' is unknown; use one of {DATASET_NAMES}")
 
 
 # ---------------------------------------------------------------------------------------------------------- readers
