@@ -879,6 +879,33 @@ def test_add_reencodes_a_file_changed_in_place(synth_root, micro_checkpoint, fra
     assert scores(lib) == before
 
 
+def test_add_refuses_videos_sampled_at_another_frame_rate(synth_root, micro_checkpoint, frame_cache, tmp_path,
+                                                         monkeypatch):
+    from rap_deploy.library import sources
+
+    folder = tmp_path / "clips"
+    videos = _clip_folder(synth_root, folder, 2)
+    lib = tmp_path / "lib"
+    args = ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out", str(lib), "--cache-dir",
+            str(frame_cache), "--shard-size", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (lib / "manifest.json").read_bytes()
+    shutil.copy(videos[2], folder / "v2.mp4")
+    real = sources.folder_source
+
+    def at_two_fps(path):
+        source = real(path)
+        source.sampling = type(source.sampling)(fps=2.0)
+        return source
+
+    monkeypatch.setattr(sources, "folder_source", at_two_fps)
+    refused = runner.invoke(app, [*args, "--add"])
+    assert refused.exit_code == 2, refused.output
+    assert str(lib / "manifest.json") in refused.output and "fps 1.0" in refused.output
+    assert "fps 2.0" in refused.output and "--force" in refused.output
+    assert (lib / "manifest.json").read_bytes() == before and not (lib / "shards/shard-000002").exists()
+
+
 def test_add_reencodes_a_file_replaced_with_its_size_and_mtime_kept(synth_root, micro_checkpoint, frame_cache,
                                                                    tmp_path):
     """A file replaced by other content of the same size with its modification time put back (``cp -p``, ``touch

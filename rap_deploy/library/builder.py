@@ -170,6 +170,8 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
                          "or --list FILE)")
     if old is not None and engine is not None:
         check_model(old["model"], engine, root)
+    if old is not None and source is not None:
+        _check_sampling_rate(old["model"]["sampling"], source, root)
     state: dict[str, Any] = {"old": old, "plan": None, "resumed": False, "replacing": replacing}
     if source is None:
         pending = plans.read_plan(root)
@@ -209,6 +211,18 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
         log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")
     state.update(plan=plan, resumed=resumed, model=model, sampling=sampling, replaces=changed)
     return state
+
+
+def _check_sampling_rate(recorded: dict[str, Any], source: VideoSource, root: Path) -> None:
+    """Raise :class:`UsageError` (exit 2) when ``source`` samples its videos at another frame rate than the library
+    at ``root`` recorded: their embeddings would not be comparable with the library's rows (and the build would
+    record the new rate as the library's)."""
+    was, now = recorded.get("fps"), source.sampling.fps
+    if was != now:
+        raise UsageError(f"{root / MANIFEST} records frame sampling at fps {was}, and the given videos "
+                         f"({source.kind}) are sampled at fps {now}: their embeddings would not be comparable; "
+                         f"rebuild the library from these videos with --force (rapdeploy index ... --out {root} "
+                         "--force), or index them into another library (--out NEW_LIB); nothing was changed")
 
 
 def _resumable_replaces(plan: dict[str, Any], indexed: dict[str, Any], changed: dict[str, int]) -> dict[str, int]:
