@@ -19,7 +19,7 @@ import torch
 from rap_deploy.atomic import atomic_path, file_identity, sha256_file
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
-from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
+from rap_deploy.file_kinds import CHECKPOINT_FORMAT, CHECKPOINT_SUFFIXES
 from rap_deploy.model.clip_loader import (
     BackboneSpec,
     clip_model_config,
@@ -29,7 +29,7 @@ from rap_deploy.model.clip_loader import (
 )
 from rap_deploy.model.rap import RAPModel, topk_excess
 
-FORMAT = "rapdeploy.checkpoint"
+FORMAT = CHECKPOINT_FORMAT  # file_kinds.is_rap_checkpoint finds it in a file's bytes
 FORMAT_VERSION = 1
 # The dtypes a stored weight may have: float32, as rapdeploy writes them, or another float that converts into the
 # model's float32 parameters. Complex, integer, bool and float8 tensors are no weights it wrote (load_state_dict would

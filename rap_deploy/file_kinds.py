@@ -48,8 +48,10 @@ def sniff(path: str | os.PathLike[str]) -> str:
     return "unknown"
 
 
-# The bytes of checkpoint.FORMAT, as a RAP checkpoint's pickle (data.pkl) holds them; read, never unpickled
-RAP_CHECKPOINT_TAG = b"rapdeploy.checkpoint"
+# A RAP checkpoint's format tag (checkpoint.FORMAT), and its bytes as the checkpoint's pickle (data.pkl) holds them:
+# read, never unpickled
+CHECKPOINT_FORMAT = "rapdeploy.checkpoint"
+RAP_CHECKPOINT_TAG = CHECKPOINT_FORMAT.encode()
 MAX_TAG_SCAN = 16 << 20  # a checkpoint's data.pkl holds only its structure: kilobytes
 
 
