@@ -72,23 +72,24 @@ def calls_for_percentile(q: int) -> int:
     return math.ceil(Fraction(200 - q, 100 - q))
 
 
-def percentile_notes(calls: int) -> list[str]:
-    """One note when some of the reported percentiles rest on too few timed calls to be more than the slowest two
-    (:func:`calls_for_percentile`); none when the slowest call alone moves none of them."""
-    short = [q for q in PERCENTILES if calls < calls_for_percentile(q)]
+def percentile_notes(calls: int, percentiles: Sequence[int] = PERCENTILES, setting: str = "--repeats") -> list[str]:
+    """One note when some of the reported ``percentiles`` rest on too few timed calls to be more than the slowest two
+    (:func:`calls_for_percentile`), naming the ``setting`` that sets the count of calls; none when the slowest call
+    alone moves none of them."""
+    short = [q for q in percentiles if calls < calls_for_percentile(q)]
     if not short:
         return []
     names = ", ".join(f"p{q}" for q in short[:-1]) + (" and " if len(short) > 1 else "") + f"p{short[-1]}"
     one = len(short) == 1
     if calls == 1:  # every percentile is short of calls then
-        return [f"{names} of 1 timed call are that call, not percentiles; run --repeats "
+        return [f"{names} of 1 timed call {'is' if one else 'are'} that call, not percentiles; run {setting} "
                 f"{calls_for_percentile(short[-1])} or more for a p{short[-1]} that the slowest call alone does not "
                 "move"]
     what = "an interpolated maximum, not a percentile estimate" if one else \
         "interpolated maxima, not percentile estimates"
     need = ", ".join(f"p{q} >= {calls_for_percentile(q)}" for q in short)
     return [f"{names} of {calls} timed calls {'is' if one else 'are'} interpolated between the two slowest calls "
-            f"({what}); a percentile that the slowest call alone does not move needs {need} calls (--repeats)"]
+            f"({what}); a percentile that the slowest call alone does not move needs {need} calls ({setting})"]
 
 
 def latency_stats(latencies: Sequence[float], items: int) -> dict[str, float]:

@@ -72,7 +72,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from rap_deploy.engines.bench_timing import PERCENTILE_METHOD, calls_for_percentile, percentile_notes
 from rap_deploy.engines.gpu_check_steps import (
+    PERCENTILES,
+    REPEATS_SETTING,
     CheckSizes,
     data_tag,
     demo_checkpoint,
@@ -239,7 +242,8 @@ def _run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None
         report = {"passed": final and all(r["ok"] for r in steps.records) and all(
                       p["passed"] for m in models.values() for p in m["parity"]),
                   "complete": final, "dry_run": sizes.device == "cpu", "seconds": round(time.perf_counter() - t0, 1),
-                  "environment": env, "sizes": asdict(sizes), "steps": steps.records, "models": models}
+                  "environment": env, "sizes": asdict(sizes), "percentiles": percentile_settings(sizes.bench_repeats),
+                  "steps": steps.records, "models": models}
         write_text_atomic(out / REPORT_MD, markdown(report))
         write_json_atomic(out / REPORT_JSON, report)  # last: the JSON is the one a script reads
         return report
@@ -295,6 +299,20 @@ def _require_gpu(steps: Steps, save_report: Callable[[], Any]) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- report
+def percentile_settings(calls: int) -> dict[str, Any]:
+    """How the bench and re-rank rows' percentiles (:data:`PERCENTILES`) are taken from ``calls`` timed calls each:
+    the method and calls each needs, as ``rapdeploy bench`` states them, and a note naming those that are only
+    interpolated between the two slowest calls (:func:`~rap_deploy.engines.bench_timing.percentile_notes`)."""
+    return {"method": PERCENTILE_METHOD, "calls": calls,
+            "calls_needed": {f"p{q}": calls_for_percentile(q) for q in PERCENTILES},
+            "notes": percentile_notes(calls, PERCENTILES, REPEATS_SETTING)}
+
+
+def _percentile_note(report: dict[str, Any]) -> list[str]:
+    """The Markdown line under a latency table: the percentiles' note, when some rest on too few calls."""
+    return [f"Note: {n}." for n in report["percentiles"]["notes"]]
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -306,7 +324,7 @@ def _num(v: Any, digits: int = 2) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The Markdown report: environment, steps, recall parity and speed tables."""
+    """The Markdown report: environment, steps, recall parity and speed tables (with the percentiles' note)."""
     env = report["environment"]
     verdict = ("passed" if report["passed"] else "FAILED") if report.get("complete", True) else "INCOMPLETE"
     parts = [f"# GPU check{' (dry run on the CPU)' if report['dry_run'] else ''}: {verdict}",
@@ -333,11 +351,13 @@ def markdown(report: dict[str, Any]) -> str:
          "passed"], parity_rows),
               "## Speed", _table(["model", "engine", "precision", "graph", "batch", "throughput", "p50 ms", "p99 ms"],
                                  bench_rows),
+              *_percentile_note(report),
               "## Re-rank of one query's candidates by ASA video block (PyTorch)", _table(
                   ["model", "precision", "video block", "candidates", "p50 ms", "p99 ms", "max abs vs first block"],
                   [[label, r["precision"], r["video_block"], r["candidates"], _num(r["p50_ms"], 3),
                     _num(r["p99_ms"], 3), f"{r['max_abs_vs_first']:.2g}"]
-                   for label, m in report["models"].items() for r in m.get("rerank_blocks", [])])]
+                   for label, m in report["models"].items() for r in m.get("rerank_blocks", [])]),
+              *_percentile_note(report)]
     return "\n\n".join(parts) + "\n"
 
 

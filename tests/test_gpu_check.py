@@ -325,6 +325,45 @@ def test_tensorrt_runs_after_every_pytorch_step_of_both_models(tmp_path, monkeyp
     assert [p["precision"] for p in report["models"]["rap-micro"]["parity"]] == ["fp32", "fp16"]
 
 
+def test_the_reports_say_which_percentiles_of_few_timed_calls_are_interpolated_maxima(tmp_path, monkeypatch):
+    """The bench and re-rank rows' p99 comes from bench_repeats (10) timed calls: numpy's interpolation puts it between
+    the two slowest, so the slowest call alone moves it. Both reports now state the convention and name it, as bench
+    does (bench_timing.percentile_notes), with the calls a p99 needs; the p50 of 10 calls is a percentile."""
+    from dataclasses import replace
+
+    import rap_deploy.engines.gpu_check as gc
+    from rap_deploy.engines import gpu_check_steps
+
+    zero = {"t2v": {"R1": 0.0, "R5": 0.0}, "v2t": {"R1": 0.0, "R5": 0.0}}
+    row = {"engine": "torch eager", "backend": "torch", "graph": "video", "batch_size": 1, "throughput": 1.0,
+           "unit": "videos/s", "p50_ms": 1.0, "p99_ms": 2.0}
+    block = {"video_block": 2, "candidates": 4, "p50_ms": 1.0, "p99_ms": 2.0, "max_abs_vs_first": 0.0}
+    monkeypatch.setattr(gpu_check_steps, "tensorrt_status", lambda: None)
+    monkeypatch.setattr(gc, "parity", lambda *a: {"engine": "e", "precision": a[4], "passed": True, "queries": 6,
+                                                  "tolerance": 0.5, "delta": zero})
+    monkeypatch.setattr(gc, "speed", lambda *a: [{**row, "precision": a[3]}])
+    monkeypatch.setattr(gc, "rerank_blocks", lambda *a: [{**block, "precision": a[2]}])
+    monkeypatch.setattr(gc, "random_adapter_checkpoint", lambda path, *a: path)
+    sizes = replace(gc.CheckSizes.dry_run(), bench_repeats=10)
+    report = gc.run_check(tmp_path / "out", tmp_path / "work", sizes, checkpoint=tmp_path / "given.pt",
+                          log=lambda _m: None)
+    saved = json.loads((tmp_path / "out" / gc.REPORT_JSON).read_text())
+    assert saved["percentiles"] == report["percentiles"]
+    settings = saved["percentiles"]
+    assert settings["calls"] == 10 and settings["calls_needed"] == {"p50": 3, "p99": 101}
+    assert "linear interpolation" in settings["method"]
+    (note,) = settings["notes"]
+    assert note.startswith("p99 of 10 timed calls is interpolated between the two slowest calls"), note
+    assert "p99 >= 101" in note and "CheckSizes.bench_repeats" in note and "p50" not in note
+    md = (tmp_path / "out" / gc.REPORT_MD).read_text()
+    speed_section, rerank_section = md.split("## Speed")[1].split("## Re-rank")
+    assert f"Note: {note}." in speed_section and f"Note: {note}." in rerank_section
+    # the dry run's single call is no percentile at all; 101 calls need no note
+    assert gc.percentile_settings(1)["notes"][0].startswith("p50 and p99 of 1 timed call are that call")
+    assert gc.percentile_settings(101)["notes"] == []
+    assert "Note:" not in gc.markdown({**saved, "percentiles": gc.percentile_settings(101)})
+
+
 def test_a_failed_step_logs_the_frames_where_it_failed():
     """format_exc(limit=6) keeps the 6 outermost frames: Steps.run, the step's lambda, verify's entry... and cut the
     frames inside the model where a CUDA-only error (a tensor left on the CPU) is raised, which a one-shot GPU run
