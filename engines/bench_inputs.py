@@ -108,24 +108,9 @@ def first_decodable(split: Any, videos: int, cache: Any, config: Any, progress: 
     (``{video_id, reason}``) met before them. A missing or damaged video among the first ones is passed over, as
     verify and export do, where taking the first ``videos`` and dropping the bad ones timed fewer distinct videos,
     or failed outright when all of them were bad."""
-    from rap_deploy.data.progress import progress_bar
-    from rap_deploy.data.video import VideoDecodeError
-    from rap_deploy.retrieval import sampling_for
+    from rap_deploy.retrieval import decodable_videos
 
-    sampling = sampling_for(config, split.sampling)
-    good: list[int] = []
-    skipped: list[dict[str, str]] = []
-    with progress_bar(min(videos, split.num_videos), "decoding videos", progress) as advance:
-        for i, entry in enumerate(split.videos):
-            if len(good) == videos:
-                break
-            try:
-                cache.get(entry.path, sampling, config.preprocess, entry.start, entry.end)
-            except VideoDecodeError as exc:
-                skipped.append({"video_id": entry.video_id, "reason": exc.reason})
-                continue
-            good.append(i)
-            advance(1)
+    good, skipped = decodable_videos(split, cache, config, progress, limit=videos)
     return split.subset(good), skipped
 
 

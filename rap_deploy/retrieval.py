@@ -174,20 +174,9 @@ def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = Tr
     :class:`~rap_deploy.errors.CheckFailedError` (exit 1: the dataset is damaged) when none of the split's videos
     decodes, naming the first few and why, or when no caption is left to query with (:func:`_check_captions`).
     """
-    from rap_deploy.data.progress import progress_bar
-    from rap_deploy.data.video import VideoDecodeError
     from rap_deploy.errors import CheckFailedError
 
-    sampling = sampling_for(config, split.sampling)
-    good, skipped = [], []
-    with progress_bar(split.num_videos, "decoding videos", progress) as advance:
-        for i, entry in enumerate(split.videos):
-            try:
-                cache.get(entry.path, sampling, config.preprocess, entry.start, entry.end)
-                good.append(i)
-            except VideoDecodeError as exc:
-                skipped.append({"video_id": entry.video_id, "reason": exc.reason})
-            advance(1)
+    good, skipped = decodable_videos(split, cache, config, progress)
     if skipped and not good:
         named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3])
         raise CheckFailedError(f"none of the {len(skipped)} videos of the {split.split} split decodes ({named}"
@@ -195,6 +184,32 @@ def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = Tr
     kept = split if not skipped else split.subset(good)
     _check_captions(split, kept, skipped)
     return kept, skipped
+
+
+def decodable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = True, limit: int | None = None
+                     ) -> tuple[list[int], list[dict[str, str]]]:
+    """Decode ``split``'s videos in order (each into ``cache``) until ``limit`` of them decode (all, without a limit);
+    return the indices of those that decode and the ``{video_id, reason}`` of those that do not, met on the way."""
+    from rap_deploy.data.progress import progress_bar
+    from rap_deploy.data.video import VideoDecodeError
+
+    sampling = sampling_for(config, split.sampling)
+    good: list[int] = []
+    skipped: list[dict[str, str]] = []
+    total = split.num_videos if limit is None else min(limit, split.num_videos)
+    with progress_bar(total, "decoding videos", progress) as advance:
+        for i, entry in enumerate(split.videos):
+            if len(good) == limit:
+                break
+            try:
+                cache.get(entry.path, sampling, config.preprocess, entry.start, entry.end)
+                good.append(i)
+            except VideoDecodeError as exc:
+                skipped.append({"video_id": entry.video_id, "reason": exc.reason})
+                if limit is not None:
+                    continue  # the bar counts the videos taken
+            advance(1)
+    return good, skipped
 
 
 def _check_captions(split: Any, kept: Any, skipped: list[dict[str, str]]) -> None:
