@@ -196,9 +196,9 @@ def run_check(out: Path, work: Path, sizes: CheckSizes, checkpoint: Path | None 
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step into ``work`` and write ``gpu_check.json`` / ``gpu_check.md`` into ``out``; returns the report.
 
-    Raises :class:`~rap_deploy.errors.UsageError` when ``sizes.device`` is cuda and no GPU is visible, after writing
-    the report of the environment step (what a GPU machine whose CUDA torch cannot see needs to be diagnosed), and
-    :class:`~rap_deploy.locks.FolderBusyError` when another run writes ``out`` (:func:`_report_folder`).
+    Raises :class:`~rap_deploy.errors.BackendUnavailableError` when ``sizes.device`` is cuda and no GPU is visible,
+    after writing the report of the environment step (what a GPU machine whose CUDA torch cannot see needs to be
+    diagnosed), and :class:`~rap_deploy.locks.FolderBusyError` when another run writes ``out`` (:func:`_report_folder`).
     """
     with _report_folder(out, log):
         return _run_check(out, work, sizes, checkpoint, skip_vit, log)
@@ -283,19 +283,19 @@ def pytorch_steps(data: Path, work: Path, sizes: CheckSizes, checkpoint: Path | 
 
 
 def _require_gpu(steps: Steps, save_report: Callable[[], Any]) -> None:
-    """Raise :class:`UsageError` (exit 2) when torch sees no CUDA GPU, after recording it as a failed step and saving
-    the final report."""
+    """Raise :class:`~rap_deploy.errors.BackendUnavailableError` (exit 2) when torch sees no CUDA GPU, after recording
+    it as a failed step and saving the final report."""
     import torch
 
-    from rap_deploy.errors import UsageError
+    from rap_deploy.errors import BackendUnavailableError
 
     if torch.cuda.is_available():
         return
     error = (f"no CUDA GPU visible to torch {torch.__version__} (built for CUDA {torch.version.cuda}, "
-             f"{torch.cuda.device_count()} devices); on a CPU run with --dry-run")
+             f"{torch.cuda.device_count()} devices); run the check on the GPU machine, or with --dry-run on a CPU")
     steps.records.append({"step": "CUDA GPU", "ok": False, "seconds": 0.0, "error": error})
     save_report()
-    raise UsageError(error)
+    raise BackendUnavailableError(error)
 
 
 # -------------------------------------------------------------------------------------------------------- report

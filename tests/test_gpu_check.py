@@ -204,12 +204,15 @@ def test_the_dry_run_sizes_on_cuda_train_verify_and_bench_there(tmp_path):
         assert {r["precision"] for r in model["bench"]} == {"fp32", "fp16"}
 
 
-def test_gpu_run_without_a_gpu_is_a_usage_error(tmp_path, monkeypatch, capsys):
+def test_gpu_run_without_a_gpu_is_an_unavailable_backend_that_names_the_fix(tmp_path, monkeypatch, capsys):
     import torch
 
-    from rap_deploy.engines.gpu_check import main
+    from rap_deploy.engines.gpu_check import CheckSizes, main, run_check
+    from rap_deploy.errors import BackendUnavailableError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BackendUnavailableError, match="run the check on the GPU machine, or with --dry-run on a CPU"):
+        run_check(tmp_path / "raised", tmp_path / "work", CheckSizes.gpu(), log=lambda _m: None)
     assert main(["--out", str(tmp_path)]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
     # the device brought back nothing but that line; the report now holds the environment it was seen in
