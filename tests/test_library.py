@@ -372,6 +372,9 @@ MANIFEST_TAMPERING = {
     "build seconds missing": (lambda m: m["stage1"].pop("build_seconds"), "'stage1.build_seconds' None"),
     "stage-1 type unknown": (lambda m: m["stage1"].update(type="flat"), "'stage1.type' 'flat'"),  # was exit 2
     "shards swapped": (_swap_first_shards, "the manifest puts shard shard-000001 at row 0"),
+    "moved not an object": (lambda m: m.update(moved=[]), "'moved' is malformed"),
+    "moved path not a string": (lambda m: m.update(moved={"0": {"path": 5, "bytes": 1, "mtime_ns": 1, "ctime_ns": 1,
+                                                                "inode": 1}}), "'moved' entry '0' is malformed"),
 }
 
 
@@ -877,6 +880,44 @@ def test_add_reencodes_a_file_changed_in_place(synth_root, micro_checkpoint, fra
     broken = json.loads(index(folder, lib, "--add", "--json").stdout)
     assert broken["replaced"] == [] and [s["video_id"] for s in broken["skipped"]] == ["a"]
     assert scores(lib) == before
+
+
+def test_add_records_the_new_paths_of_a_moved_folder_without_reencoding(synth_root, micro_checkpoint, frame_cache,
+                                                                        tmp_path, engine):
+    from rap_deploy.library import open_library
+
+    folder = tmp_path / "clips"
+    videos = _clip_folder(synth_root, folder, 2)
+    lib = tmp_path / "lib"
+
+    def index(src, *extra):
+        res = runner.invoke(app, ["index", "--videos", str(src), "--engine", str(micro_checkpoint), "--out", str(lib),
+                                  "--cache-dir", str(frame_cache), "--shard-size", "1", "--json", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    def paths():  # of v0 and v1, as search results give them
+        with open_library(lib, engine) as opened:
+            hits = opened.search(["a red circle moves to the left"], top_k=3, top_m=3)[0]["results"]
+        return {h["video_id"]: h["path"] for h in hits if h["video_id"] != "v2"}
+
+    def kept_shards():
+        return {n: b for n, b in _files(lib).items() if n.startswith(("shards/shard-000000", "shards/shard-000001"))}
+
+    index(folder)
+    shards = kept_shards()
+    moved = folder.rename(tmp_path / "moved")  # same files (inode, size, times), other paths
+    report = index(moved, "--add")
+    assert paths() == {f"v{i}": str((moved / f"v{i}.mp4").resolve()) for i in range(2)}
+    assert (report["moved"], report["added"], report["replaced"], report["videos"]) == (["v0", "v1"], 0, [], 2)
+    assert kept_shards() == shards and report["shards_written"] == 0
+    assert index(moved, "--add")["up_to_date"]
+    copied = shutil.copytree(moved, tmp_path / "copied")  # other inodes: recognised by content
+    shutil.copy(videos[2], copied / "v2.mp4")
+    report = index(copied, "--add")
+    assert (report["moved"], report["added"], report["videos"], report["shards_written"]) == (["v0", "v1"], 1, 3, 1)
+    assert paths() == {f"v{i}": str((copied / f"v{i}.mp4").resolve()) for i in range(2)}
+    assert kept_shards() == shards  # v0 and v1 were not re-encoded
 
 
 def test_add_refuses_videos_sampled_at_another_frame_rate(synth_root, micro_checkpoint, frame_cache, tmp_path,

@@ -195,8 +195,10 @@ def _print_index(report: dict[str, Any], json_out: bool) -> None:
     rate = f", {report['videos_per_second']:.1f} videos/s" if report.get("videos_per_second") else ""
     head = "up to date" if report.get("up_to_date") else "indexed"
     changed = f", {len(report['replaced'])} of them changed since indexed" if report.get("replaced") else ""
+    moved = f", {len(report['moved'])} moved (new paths recorded, not re-encoded)" if report.get("moved") else ""
     typer.echo(f"{head}: {report['library']} holds {report['videos']} videos ({report['added']} added{changed}, "
-               f"{len(report['skipped'])} skipped, {len(report['removed'])} removed) in {report['seconds']:.1f} s"
+               f"{len(report['skipped'])} skipped, {len(report['removed'])} removed{moved}) in "
+               f"{report['seconds']:.1f} s"
                f"{rate}; {report['shards_written']} shards written, {report['shards_resumed']} resumed")
     typer.echo(f"size on disk: {_human_bytes(report['bytes_per_video'])} per video "
                f"({_human_bytes(report['bytes_on_disk'])} in all)")

@@ -267,8 +267,10 @@ def _build_record(build: Any) -> Any:
 def write_library_manifest(root: Path, old: dict[str, Any] | None, model: dict[str, Any], engine_info: Any,
                            asm: Assembly, tombstones: set[int], stage1_entry: dict[str, Any],
                            tensor_shapes: dict[str, list[int]], next_shard: int, next_row: int,
-                           build: dict[str, Any], source: dict[str, Any] | None) -> dict[str, Any]:
-    """Compose and write the manifest; returns it."""
+                           build: dict[str, Any], source: dict[str, Any] | None,
+                           moved: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Compose and write the manifest (``moved``: the new path and stat of rows whose files moved, kept for the rows
+    still live); returns it."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     rows = {r for s in asm.shards for r in range(s["row_offset"], s["row_offset"] + s["rows"])}
     referenced = tombstones | rows
@@ -287,6 +289,9 @@ def write_library_manifest(root: Path, old: dict[str, Any] | None, model: dict[s
         "stage1": stage1_entry,
         "builds": [_build_record(b) for b in [*((old or {}).get("builds") or []), build]],
     }
+    live_moves = {r: m for r, m in (moved or {}).items() if int(r) in rows - asm.removed}
+    if live_moves:
+        manifest["moved"] = dict(sorted(live_moves.items(), key=lambda item: int(item[0])))
     total = disk_bytes(root, asm.shards, stage1_entry)
     manifest["bytes_on_disk"] = total
     manifest["bytes_per_video"] = round(total / live, 1) if live else None

@@ -34,7 +34,7 @@ from rap_deploy.library.assemble import (
     remove_unused_stage1,
     write_library_manifest,
 )
-from rap_deploy.library.changes import changed_videos, indexed_files
+from rap_deploy.library.changes import changed_videos, indexed_files, moved_videos, with_moves
 from rap_deploy.library.encode import encode_shard
 from rap_deploy.library.manifest import (
     MANIFEST,
@@ -183,12 +183,15 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
         return state
     sampling = FrameSamplingConfig(max_frames=engine.config.frames, fps=source.sampling.fps)
     model = model_identity(engine, sampling)
-    indexed = indexed_files(root, old["shards"], set(old["removed"])) if old is not None else {}
+    indexed = indexed_files(root, old["shards"], set(old["removed"]), old.get("moved")) if old is not None else {}
     unknown = [v for v in options.remove if v not in indexed]
     if unknown:  # before any video is encoded
         raise UsageError(f"--remove: {', '.join(unknown[:10])} not in the library {root}; nothing was changed")
     removing = set(options.remove)  # never encoded, even when their files are given or changed
     given = [v for v in source.videos if v.video_id not in removing]
+    moved = moved_videos(given, indexed)  # recorded in the manifest, never re-encoded
+    moved_ids = [vid for vid, f in indexed.items() if str(f.row) in moved]
+    indexed = with_moves(indexed, moved)
     changed = changed_videos(given, indexed)
     interrupted = plans.read_plan(root)
     if interrupted is not None:
@@ -209,7 +212,8 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
     remove_stale(root, keep=known | {s["name"] for s in plan["shards"]})
     if resumed:
         log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")
-    state.update(plan=plan, resumed=resumed, model=model, sampling=sampling, replaces=changed)
+    state.update(plan=plan, resumed=resumed, model=model, sampling=sampling, replaces=changed, moved=moved,
+                 moved_ids=moved_ids)
     return state
 
 
@@ -337,7 +341,9 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     replaced = {vid: row for vid, row in state.get("replaces", {}).items() if vid not in failed}
     apply_replacements(asm, set(replaced.values()))
     apply_removals(root, asm, options.remove)
-    if old is not None and not added and not options.remove and _stage1_as_asked(old["stage1"], options):
+    moved = {**((old or {}).get("moved") or {}), **state.get("moved", {})}
+    if old is not None and not added and not options.remove and not state.get("moved") \
+            and _stage1_as_asked(old["stage1"], options):
         _drop_plan_and_its_shards(root, keep={s["name"] for s in old["shards"]})
         return _report(root, old, [], skipped, [], up_to_date=True)
     shapes = _tensor_shapes(old, added)
@@ -351,6 +357,7 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     stage1_entry, tombstones = build_stage1(root, old, asm, added, shapes["video_emb"][0], req, build_number)
     build = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added": sum(e["rows"] for e in added),
              "skipped": skipped, "removed": asm.removed_ids, "replaced": list(replaced),
+             "moved": state.get("moved_ids", []),
              "world_size": ranks.world_size,
              "resumed": bool(state.get("resumed")), **({"force": True} if replacing else {})}
     engine_info = _engine_info(engine) if added else None
@@ -359,11 +366,12 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     plan_next = (plan or {}).get("next_shard", (old or {}).get("next_shard", 0))
     plan_row = (plan or {}).get("next_row", (old or {}).get("next_row", 0))
     manifest = write_library_manifest(root, history, model, engine_info, asm, tombstones, stage1_entry, shapes,
-                                      plan_next, plan_row, build, desc)
+                                      plan_next, plan_row, build, desc, moved)
     plans.drop_plan(root)
     remove_stale(root, keep={s["name"] for s in manifest["shards"]})
     remove_unused_stage1(root, stage1_entry)
-    return _report(root, manifest, added, skipped, asm.removed_ids, replaced=list(replaced))
+    return _report(root, manifest, added, skipped, asm.removed_ids, replaced=list(replaced),
+                   moved=state.get("moved_ids", []))
 
 
 def _stage1_as_asked(st: dict[str, Any], options: BuildOptions) -> bool:
@@ -441,10 +449,12 @@ def _engine_info(engine: Any) -> dict[str, Any] | None:
 
 
 def _report(root: Path, manifest: dict[str, Any], added: list[dict[str, Any]], skipped: list[dict[str, str]],
-            removed: list[str], up_to_date: bool = False, replaced: list[str] | None = None) -> dict[str, Any]:
+            removed: list[str], up_to_date: bool = False, replaced: list[str] | None = None,
+            moved: list[str] | None = None) -> dict[str, Any]:
     st = manifest["stage1"]
     return {"library": str(root), "videos": manifest["videos"], "added": sum(e["rows"] for e in added),
-            "skipped": skipped, "removed": removed, "replaced": replaced or [], "up_to_date": up_to_date,
+            "skipped": skipped, "removed": removed, "replaced": replaced or [],
+            "moved": moved or [], "up_to_date": up_to_date,
             "bytes_on_disk": manifest.get("bytes_on_disk"), "bytes_per_video": manifest.get("bytes_per_video"),
             "stage1": {"type": st["type"], "effort": st.get("effort"), "recall_at_m": st["recall_at_m"]["recall"],
                        "m": st["recall_at_m"]["m"], "queries": st["recall_at_m"]["queries"],

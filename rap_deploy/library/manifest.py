@@ -246,6 +246,7 @@ def _check_structure(manifest: dict[str, Any], path: Path) -> None:
          and all(isinstance(x, dict) for x in manifest.get("sources", [])), "'sources' is malformed")
     need(isinstance(manifest.get("builds", []), list), "'builds' is malformed")  # numbers the stage-1 files
     _check_stage1(manifest.get("stage1"), need)
+    _check_moved(manifest.get("moved", {}), need)
 
 
 def _check_tensor_shapes(model: dict[str, Any], shapes: dict[str, list[int]], need: Any) -> None:
@@ -304,6 +305,19 @@ def _check_sampling(sampling: dict[str, Any], need: Any) -> None:
     need(_is_count(frames) and 1 <= frames <= MAX_FRAMES, f"'model.sampling.max_frames' {frames!r} is malformed")
     need(isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= MAX_FPS,
          f"'model.sampling.fps' {fps!r} is malformed")
+
+
+MOVED_FIELDS = ("bytes", "mtime_ns", "ctime_ns", "inode")  # shards.FILE_STAT_FIELDS (shards imports this module)
+
+
+def _check_moved(moved: Any, need: Any) -> None:
+    """``moved`` (rows whose files moved, written by ``index --add``) maps global rows, as decimal strings, to a
+    non-empty path of at most 4096 characters and the file's stat numbers."""
+    need(isinstance(moved, dict), "'moved' is malformed")
+    for row, record in moved.items():
+        need(isinstance(row, str) and row.isascii() and row.isdigit() and isinstance(record, dict)
+             and isinstance(record.get("path"), str) and 0 < len(record["path"]) <= 4096
+             and all(_is_count(record.get(k)) for k in MOVED_FIELDS), f"'moved' entry {row!r} is malformed")
 
 
 def _check_stage1(stage1: Any, need: Any) -> None:

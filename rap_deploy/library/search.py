@@ -34,7 +34,7 @@ from rap_deploy.library.manifest import (
     tensor_dtype,
 )
 from rap_deploy.library.queries import check_queries
-from rap_deploy.library.shards import TensorFile, check_sha256, open_tensor_file, read_videos
+from rap_deploy.library.shards import TensorFile, check_sha256, open_tensor_file, read_videos, with_moved_paths
 
 VERIFY_MODES = ("full", "quick")
 OPEN_ATTEMPTS = 3  # reads of the manifest when `rapdeploy index` keeps replacing it during the open
@@ -130,7 +130,8 @@ class Library:
                                            f"{entry['files'][name].get('dtype')}, the index dtype is {dtype}")
             full = self.verify == "full" or name == "video_emb"
             tensors[name] = open_tensor_file(self.root, entry, name, dtype, shapes[name], verify_hash=full)
-        return _Shard(entry["name"], entry["row_offset"], entry["rows"], tensors, read_videos(self.root, entry))
+        videos = with_moved_paths(read_videos(self.root, entry), entry["row_offset"], self.manifest.get("moved"))
+        return _Shard(entry["name"], entry["row_offset"], entry["rows"], tensors, videos)
 
     def _index_ids(self) -> dict[str, int]:
         removed = set(self._removed.tolist())

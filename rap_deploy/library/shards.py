@@ -356,6 +356,16 @@ def read_videos(root: Path, shard: dict[str, Any]) -> dict[str, list[Any]]:
     return videos
 
 
+def with_moved_paths(videos: dict[str, list[Any]], row_offset: int,
+                     moved: dict[str, dict[str, Any]] | None) -> dict[str, list[Any]]:
+    """A shard's ``videos`` with the paths of its rows in the manifest's ``moved`` (global row → new path and
+    stat, recorded by ``index --add`` for files that moved) replaced by their new paths."""
+    if not moved:
+        return videos
+    paths = [moved.get(str(row_offset + i), {}).get("path", p) for i, p in enumerate(videos["path"])]
+    return videos | {"path": paths}
+
+
 def _check_segments(videos: dict[str, list[Any]], path: Path) -> None:
     """Each video's segment ``start``/``end`` is absent (``None``) or a finite time in seconds >= 0, ``end`` after
     ``start``: they reach the decoder when its thumbnails are asked for."""
