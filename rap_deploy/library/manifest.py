@@ -307,7 +307,12 @@ def _check_sampling(sampling: dict[str, Any], need: Any) -> None:
          f"'model.sampling.fps' {fps!r} is malformed")
 
 
-MOVED_FIELDS = ("bytes", "mtime_ns", "ctime_ns", "inode")  # shards.FILE_STAT_FIELDS (shards imports this module)
+# The file's size, modification time, change time and inode when it was encoded (a shard's videos.json, a 'moved'
+# entry), so `index --add` can notice a file changed in place without hashing the library: the change time and inode
+# tell a file replaced under a kept size and modification time (`cp -p`, `touch -r`, rsync). Optional in videos.json:
+# libraries built before they were recorded lack them (before ctime_ns and inode, only the size and modification time
+# are compared).
+FILE_STAT_FIELDS = ("bytes", "mtime_ns", "ctime_ns", "inode")
 
 
 def _check_moved(moved: Any, need: Any) -> None:
@@ -317,7 +322,7 @@ def _check_moved(moved: Any, need: Any) -> None:
     for row, record in moved.items():
         need(isinstance(row, str) and row.isascii() and row.isdigit() and isinstance(record, dict)
              and isinstance(record.get("path"), str) and 0 < len(record["path"]) <= 4096
-             and all(_is_count(record.get(k)) for k in MOVED_FIELDS), f"'moved' entry {row!r} is malformed")
+             and all(_is_count(record.get(k)) for k in FILE_STAT_FIELDS), f"'moved' entry {row!r} is malformed")
 
 
 def _check_stage1(stage1: Any, need: Any) -> None:

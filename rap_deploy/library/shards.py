@@ -31,16 +31,11 @@ import numpy as np
 from rap_deploy.atomic import sha256_file
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import CheckFailedError, DamagedArtifactError, LibraryChangedError
-from rap_deploy.library.manifest import SHARDS_DIR, entry_path
+from rap_deploy.library.manifest import FILE_STAT_FIELDS, SHARDS_DIR, entry_path
 
 SHARD_RECORD = "shard.json"
 VIDEOS_FILE = "videos.json"
 VIDEO_FIELDS = ("video_id", "path", "start", "end", "sha256")
-# The file's size, modification time, change time and inode when it was encoded, so `index --add` can notice a file
-# changed in place without hashing the library: the change time and inode tell a file replaced under a kept size and
-# modification time (`cp -p`, `touch -r`, rsync). Optional: libraries built before they were recorded lack them
-# (before ctime_ns and inode, only the size and modification time are compared).
-FILE_STAT_FIELDS = ("bytes", "mtime_ns", "ctime_ns", "inode")
 
 
 def file_stat(st: os.stat_result) -> tuple[int, int, int, int]:
