@@ -376,3 +376,34 @@ def test_resuming_a_finished_run_says_nothing_was_trained(capsys, monkeypatch):
     for resumed, epochs, said in ((2, 2, True), (1, 2, False), (None, 2, False), (None, 0, False)):
         _print_train_summary({**base, "resumed_after_epoch": resumed, "epochs": epochs})
         assert ("nothing trained" in capsys.readouterr().out) is said, (resumed, epochs)
+
+
+def test_resume_with_dataset_and_no_data_root_continues_on_the_run_s_stored_data(synth_root, frame_cache, tmp_path,
+                                                                                   monkeypatch):
+    """`train --resume RUN --dataset msrvtt` without --data-root resolved the data folder as a new run does
+    ($RAPDEPLOY_DATA, else "no dataset folder") instead of reading the one stored in RUN/last.pt: it failed with no
+    RAPDEPLOY_DATA, and with one set trained on (or was refused over) another folder. It now continues on the stored
+    folder, and a --dataset other than the run's is refused naming last.pt, both values and the fix (exit 2)."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli.app import app
+
+    run, elsewhere = tmp_path / "run", tmp_path / "other-data"
+    elsewhere.mkdir()
+    runner = CliRunner()
+    first = runner.invoke(app, [*_cli_args(synth_root, frame_cache), "--out", str(run), "--max-epochs-this-run", "1"])
+    assert first.exit_code == 0, first.output
+    last = (run / "last.pt").read_bytes()
+    other = runner.invoke(app, ["train", "--resume", str(run), "--dataset", "msvd", "--quiet"])
+    said = " ".join(other.output.split())
+    assert other.exit_code == 2 and "--dataset msvd differs from the resumed run's msrvtt" in said, other.output
+    assert str(run / "last.pt") in said and "drop the option" in said and (run / "last.pt").read_bytes() == last
+    monkeypatch.delenv("RAPDEPLOY_DATA", raising=False)
+    for after_epoch, env in ((1, None), (2, str(elsewhere))):  # then RAPDEPLOY_DATA naming an empty folder
+        if env is not None:
+            monkeypatch.setenv("RAPDEPLOY_DATA", env)
+        res = runner.invoke(app, ["train", "--resume", str(run), "--dataset", "msrvtt", "--quiet", "--json"])
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.output)
+        assert summary["complete"] and summary["resumed_after_epoch"] == after_epoch
+        assert summary["last"]["test_videos"] == 6  # evaluated on the stored folder's test split

@@ -81,7 +81,8 @@ def train(
     grad_clip: float | None = typer.Option(None, "--grad-clip", help="Gradient norm clip (default 1.0; 0 = off)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for batches and initialisation (default 0)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder from its last.pt "
-                                       "(options are read from it)."),
+                                       "(options are read from it, the dataset and its folder included: pass "
+                                       "--data-root only where that data moved)."),
     eval_every: int | None = typer.Option(None, "--eval-every", help="Evaluate every N epochs (and after the last; "
                                           "default 1)."),
     eval_initial: bool | None = typer.Option(None, "--eval-initial/--no-eval-initial", help="Also evaluate the "
@@ -210,15 +211,18 @@ def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | Non
                      claim: contextlib.ExitStack) -> TrainOptions | None:
     """The :class:`TrainOptions` of a new run (``given["data_root"]`` resolved in place), or None to resume.
 
-    Without ``--out`` the run folder is :func:`default_run_dir`'s, its lock held in ``claim``. Raises
-    :class:`UsageError` without ``--dataset`` for a new run, for a new run under torchrun without ``--out``, and for
-    a resumed run whose ``--out`` differs.
+    A ``--resume`` folder holding a ``last.pt`` is resumed (None) even with ``--dataset``: its stored options, the
+    data folder included, are used, and the given ones compared with them (``--data-root`` only where given: the
+    default, ``$RAPDEPLOY_DATA``, named another folder than the run's). With ``--dataset`` and no ``last.pt`` yet (a
+    run killed in its first epoch) the run starts again in that folder. Without ``--out`` a new run's folder is
+    :func:`default_run_dir`'s, its lock held in ``claim``. Raises :class:`UsageError` without ``--dataset`` for a new
+    run, for a new run under torchrun without ``--out``, and for a resumed run whose ``--out`` differs.
     """
-    from rap_deploy.train.loop import TrainOptions
+    from rap_deploy.train.loop import LAST, TrainOptions
 
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a folder for the run (best.pt, last.pt, metrics.jsonl)")
-    if resume is None or given.get("dataset"):
+    if resume is None or (given.get("dataset") and not (Path(resume) / LAST).is_file()):
         if not given.get("dataset"):
             raise UsageError("--dataset is required (or --resume RUN_DIR to continue a run)")
         from rap_deploy.workspace import data_root as resolve_data_root
