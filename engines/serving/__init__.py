@@ -12,7 +12,9 @@ Modules, one job each:
 - :mod:`~rap_deploy.engines.serving.service`: what the server does (inference, search, thumbnails, statistics);
 - :mod:`~rap_deploy.engines.serving.app`: the FastAPI routes; :mod:`~rap_deploy.engines.serving.server`: running it;
 - :mod:`~rap_deploy.engines.serving.bodies`: the routes' bounded request bodies and paced responses;
-- :mod:`~rap_deploy.engines.serving.remote`: ``load_engine("http://HOST:PORT")``;
+- :mod:`~rap_deploy.engines.serving.remote`: ``load_engine("http://HOST:PORT")``, reading the server's answers within
+  size bounds (:mod:`~rap_deploy.engines.serving.remote_transport`) and checking what it publishes against the
+  contract (:mod:`~rap_deploy.engines.serving.remote_checks`);
 - :mod:`~rap_deploy.engines.serving.triton_repo`: ``rapdeploy triton-repo``;
 - :mod:`~rap_deploy.engines.serving.loadtest` and :mod:`~rap_deploy.engines.serving.page_check`: scripts
   (``python -m ...``), the loopback load test and the headless-Chromium check of the search page.

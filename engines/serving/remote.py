@@ -7,24 +7,22 @@ names come from the contract (:mod:`rap_deploy.graphs`) and are checked against 
 sent as binary tensors in the server's declared datatypes (FP16 included), outputs come back as float32. Video and
 text batches larger than a model's ``max_batch_size`` are split, and the ASA head is fed blocks of at most the
 published block sizes, as a local engine does; no request carries more than :data:`MAX_REQUEST_BYTES` of tensors,
-what a tritonserver started without ``--http-max-input-size`` accepts.
+what a tritonserver started without ``--http-max-input-size`` accepts. The server's answers are read within size
+bounds (:mod:`~rap_deploy.engines.serving.remote_transport`) and checked against the contract
+(:mod:`~rap_deploy.engines.serving.remote_checks`).
 """
 
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import math
-import re
 import threading
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from rap_deploy.config import RAPConfig
 from rap_deploy.engines.base import Engine, EngineInfo
 from rap_deploy.engines.blocks import (
     batched,
@@ -44,59 +42,21 @@ from rap_deploy.engines.serving.contract import (
     contract_io,
 )
 from rap_deploy.engines.serving.model_config import read_parameters
+from rap_deploy.engines.serving.remote_checks import asa_blocks, json_object, model_tensors, published_size, rap_config
+from rap_deploy.engines.serving.remote_transport import (
+    ANSWER_MARGIN,
+    MAX_METADATA_ANSWER,
+    NOT_OIP,
+    BoundedTransport,
+    one_line,
+    split_url,
+)
 from rap_deploy.errors import BackendUnavailableError, UsageError
 
-NOT_OIP = "is it a KServe v2 / Open Inference Protocol server (`rapdeploy serve`, Triton)? Check the URL"
 #: The most bytes of tensors one request carries: Triton's default ``--http-max-input-size`` (64 MiB, which a
 #: tritonserver started without the option enforces) less room for the JSON header. Triton publishes the model's
 #: ``max_batch_size`` (32 videos: 220 MiB of ViT-B/32 frames) whatever that limit, so batches are split to fit it.
 MAX_REQUEST_BYTES = TRITON_HTTP_INPUT_BYTES - BODY_HEADER_RESERVE
-#: The largest answer to a request other than inference (health, server and model metadata, model configuration).
-MAX_METADATA_ANSWER = 16 << 20
-#: Room an inference answer may take beyond its outputs' binary data (the JSON header; a small output a server sends
-#: as JSON numbers though binary data were asked for).
-ANSWER_MARGIN = 1 << 20
-_READ_PIECE = 1 << 20  # answers are read in pieces of this size, counted against their bound
-
-
-def split_url(url: str) -> tuple[str, bool]:
-    """``(host:port[/base path], ssl)`` for ``tritonclient.http`` from ``http(s)://HOST:PORT[/path]``; raises
-    :class:`UsageError` for anything else."""
-    shown = redact_url(url)
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as exc:  # an unbalanced IPv6 bracket ("http://[::1")
-        raise UsageError(f"engine URL {shown!r} is not a URL ({exc}); it must look like http://HOST:PORT") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise UsageError(f"engine URL {shown!r} must look like http://HOST:PORT")
-    if "@" in parts.netloc:
-        raise UsageError(f"engine URL {shown!r} carries credentials (USER:PASSWORD@), which rapdeploy does not send "
-                         "(the server would see none) and would repeat in its messages; pass http://HOST:PORT of a "
-                         "server that needs none, or reach it through a gateway that adds them")
-    try:
-        parts.port  # noqa: B018 - validates the port
-    except ValueError:
-        raise UsageError(f"engine URL {shown!r} has an invalid port") from None
-    return parts.netloc + parts.path.rstrip("/"), parts.scheme == "https"
-
-
-def _dims(shape: Any) -> tuple[int, ...]:
-    """A tensor shape of model metadata (integers, ``-1`` for a dynamic axis); ``ValueError`` for anything else."""
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1
-                                              for d in shape):
-        raise ValueError(f"not a tensor shape: {str(shape)[:40]}")
-    return tuple(shape)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``USER:PASSWORD@`` before its host replaced by ``***@``, for messages."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", str(url))
-
-
-def one_line(text: Any, limit: int = 300) -> str:
-    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[:limit] + "…"
 
 
 def _error_text(exc: Any, status: str) -> str:
@@ -107,76 +67,6 @@ def _error_text(exc: Any, status: str) -> str:
     if body is not None:
         return f"HTTP {status or '?'} with an answer that is not a KServe v2 error ({one_line(body, 100)}); {NOT_OIP}"
     return one_line(exc.message() or "no error message")
-
-
-class BoundedAnswer:
-    """An HTTP answer read whole, in pieces, refused as soon as it passes ``limit`` bytes; what ``tritonclient``
-    reads of an answer (``status_code``, ``get(header)``, ``read([length])``), served from memory.
-
-    ``tritonclient`` reads every answer body at once, whatever its size: a server (or something else listening
-    there) could make the client allocate without limit, and ``read(length=…)`` with the ``Inference-Header-Content-
-    Length`` it declares asked the socket for that many bytes in one buffer. Raises :class:`UsageError` naming
-    ``where``, the size and the bound; the connection is then closed, its rest unread.
-    """
-
-    def __init__(self, response: Any, limit: int, where: str) -> None:
-        self._response = response
-        try:
-            self._body = io.BytesIO(self._read(limit, where))
-        except BaseException:
-            response.release()  # an incomplete answer: geventhttpclient closes its connection
-            raise
-
-    def _read(self, limit: int, where: str) -> bytes:
-        encoding = str(self._response.get("Content-Encoding") or "identity").strip().lower()
-        if encoding != "identity":  # tritonclient would inflate it whole; it was not asked for (no Accept-Encoding)
-            raise UsageError(f"{where}: the answer is compressed ({encoding[:20]}), which rapdeploy did not ask for "
-                             f"and does not read; {NOT_OIP}")
-        declared = str(self._response.get("Content-Length") or "")
-        if declared.isdigit() and int(declared) > limit:
-            raise UsageError(f"{where}: the answer declares {int(declared):,} bytes, more than the {limit:,} its "
-                             f"request can take; the server does not answer as the protocol does ({NOT_OIP})")
-        pieces, total = [], 0
-        while piece := self._response.read(_READ_PIECE):
-            total += len(piece)
-            if total > limit:
-                raise UsageError(f"{where}: the answer passed {limit:,} bytes, the most its request can take; the "
-                                 f"server does not answer as the protocol does ({NOT_OIP})")
-            pieces.append(piece)
-        return b"".join(pieces)
-
-    @property
-    def status_code(self) -> int:
-        return self._response.status_code
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """Header ``name`` (case-insensitive), ``default`` when absent."""
-        return self._response.get(name, default)
-
-    def read(self, length: int | None = -1) -> bytes:
-        """The next ``length`` bytes of the body (all that is left for ``None`` or a negative length)."""
-        return self._body.read(-1 if length is None or length < 0 else length)
-
-
-class BoundedTransport:
-    """``tritonclient``'s HTTP connection (a geventhttpclient ``HTTPClient``) whose answers are
-    :class:`BoundedAnswer` s of at most ``limit`` bytes (:data:`MAX_METADATA_ANSWER` unless a caller sets it for one
-    request: each thread has its own client, and so its own transport)."""
-
-    def __init__(self, stub: Any, where: str) -> None:
-        self._stub, self._where = stub, where
-        self.limit = MAX_METADATA_ANSWER
-
-    def get(self, request_uri: str, *args: Any, **kwargs: Any) -> BoundedAnswer:
-        return BoundedAnswer(self._stub.get(request_uri, *args, **kwargs), self.limit,
-                             f"{self._where} GET {str(request_uri)[:80]}")
-
-    def post(self, request_uri: str, *args: Any, **kwargs: Any) -> BoundedAnswer:
-        return BoundedAnswer(self._stub.post(request_uri, *args, **kwargs), self.limit,
-                             f"{self._where} POST {str(request_uri)[:80]}")
-
-    def __getattr__(self, name: str) -> Any:  # close() and the rest
-        return getattr(self._stub, name)
 
 
 class RemoteEngine(Engine):
@@ -215,48 +105,21 @@ class RemoteEngine(Engine):
         if not self._call(client.is_server_ready):
             raise BackendUnavailableError(f"the server at {self.url} is not ready (GET /v2/health/ready); wait for it "
                                           "to load its models")
-        self.server = self._object(self._call(client.get_server_metadata, what="server metadata"),
-                                   "server metadata")
+        self.server = json_object(self._call(client.get_server_metadata, what="server metadata"), self.url,
+                                  "server metadata")
         text_cfg = self._model_config(TEXT_GRAPH)
         self.parameters = read_parameters(text_cfg)
-        if "config" not in self.parameters:
-            raise UsageError(f"{self.url}: model {TEXT_GRAPH} carries no rapdeploy.config parameter; serve it with "
-                             "`rapdeploy serve` or a repository from `rapdeploy triton-repo`")
-        try:
-            self.config = RAPConfig.from_dict(json.loads(self.parameters["config"]))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise UsageError(f"{self.url}: model {TEXT_GRAPH}'s rapdeploy.config parameter is not a RAP config "
-                             f"({type(exc).__name__}: {str(exc)[:100]})") from None
+        self.config = rap_config(self.parameters, self.url)
         self.io = contract_io(self.config.has_asa)
         self.ranks: dict[str, dict[str, int]] = {}  # per graph, each input's rank in the server's metadata
         # per graph, each output's shape (-1: dynamic) and item size in the server's metadata: answers are bounded
         self.answers: dict[str, dict[str, tuple[tuple[int, ...], int]]] = {}
         configs = {g: (text_cfg if g == TEXT_GRAPH else self._model_config(g)) for g in self.io}
         self.datatypes = {g: self._check_metadata(g, configs[g]) for g in self.io}
-        self.max_batch = {g: self._size(configs[g].get("max_batch_size"), f"model {g} max_batch_size", 0, 0) or None
+        self.max_batch = {g: published_size(configs[g].get("max_batch_size"), self.url, f"model {g} max_batch_size",
+                                            0, 0) or None
                           for g in self.io}
-        try:
-            blocks = json.loads(self.parameters.get("asa_blocks") or "{}")
-        except ValueError:
-            blocks = None
-        if not isinstance(blocks, dict):
-            raise UsageError(f"{self.url}: model {TEXT_GRAPH}'s rapdeploy.asa_blocks parameter is not a JSON object "
-                             f"({str(self.parameters.get('asa_blocks'))[:60]!r})")
-        self.query_block = self._size(blocks.get("queries"), "rapdeploy.asa_blocks queries", 32)
-        self.video_block = self._size(blocks.get("videos"), "rapdeploy.asa_blocks videos", 64)
-
-    def _size(self, value: Any, what: str, default: int, low: int = 1) -> int:
-        """A size the server publishes (``default`` when it gives none); :class:`UsageError` for what is no integer
-        in ``[low, 2**31)`` (it failed later, as a ValueError or an IndexError of an empty batch)."""
-        if value is None:
-            return default
-        try:
-            size = int(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
-        except ValueError:
-            size = None
-        if size is None or not low <= size < 1 << 31:
-            raise UsageError(f"{self.url}: {what} is {str(value)[:40]!r}, not an integer in [{low}, 2**31)")
-        return size
+        self.query_block, self.video_block = asa_blocks(self.parameters, self.url)
 
     # ------------------------------------------------------------------------------------------------ transport
     def _client(self) -> Any:
@@ -301,43 +164,20 @@ class RemoteEngine(Engine):
             raise UsageError(f"{self.url}{' ' + what if what else ''}: the answer is not JSON ({str(exc)[:100]}); "
                              f"{NOT_OIP}") from None
 
-    def _object(self, value: Any, what: str) -> dict[str, Any]:
-        """``value`` if it is a JSON object, else :class:`UsageError` naming ``what`` the server answered."""
-        if not isinstance(value, dict):
-            raise UsageError(f"{self.url} {what}: the answer is a JSON {type(value).__name__}, not an object; "
-                             f"{NOT_OIP}")
-        return value
-
     def _model_config(self, graph: str) -> dict[str, Any]:
         what = f"model {graph} config"
-        return self._object(self._call(self._client().get_model_config, graph, what=what), what)
+        return json_object(self._call(self._client().get_model_config, graph, what=what), self.url, what)
 
     def _check_metadata(self, graph: str, config: Mapping[str, Any]) -> dict[str, str]:
-        """The server's datatype per input; raises :class:`UsageError` when its tensors or RAP config differ from
-        the contract."""
+        """The server's datatype per input (its ranks and output shapes go to :attr:`ranks` and :attr:`answers`);
+        raises :class:`UsageError` when its tensors or RAP config differ from the contract."""
         if read_parameters(config).get("config") != self.parameters["config"]:
             raise UsageError(f"{self.url}: model {graph} was built from another RAP config than {TEXT_GRAPH}")
         what = f"model {graph} metadata"
-        meta = self._object(self._call(self._client().get_model_metadata, graph, what=what), what)
-        try:
-            inputs = {t["name"]: t["datatype"] for t in meta.get("inputs", [])}
-            # Triton shows a batch-only input (eot) as [-1, 1]: its config needs non-empty dims, reshaped to none
-            self.ranks[graph] = {t["name"]: len(t.get("shape") or []) for t in meta.get("inputs", [])}
-            answers = {t["name"]: (_dims(t["shape"]), np.dtype(NUMPY_DTYPES.get(t["datatype"], "float64")).itemsize)
-                       for t in meta.get("outputs", [])}
-            outputs = set(answers)
-        except (TypeError, KeyError, AttributeError, ValueError):
-            raise UsageError(f"{self.url} {what}: its inputs and outputs are not lists of tensors (name, datatype, "
-                             f"shape); {NOT_OIP}") from None
-        want_in, want_out = self.io[graph]
-        if set(inputs) != set(want_in) or not set(want_out) <= outputs:
-            raise UsageError(f"{self.url}: model {graph} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
-                             f"this rapdeploy needs inputs {list(want_in)} and outputs {list(want_out)}")
-        unknown = {n: d for n, d in inputs.items() if not isinstance(d, str) or d not in NUMPY_DTYPES}
-        if unknown:
-            raise UsageError(f"{self.url}: model {graph} has inputs of unsupported datatypes {str(unknown)[:200]}")
-        self.answers[graph] = {n: answers[n] for n in want_out}
-        return inputs
+        meta = json_object(self._call(self._client().get_model_metadata, graph, what=what), self.url, what)
+        tensors = model_tensors(meta, self.url, graph, self.io[graph])
+        self.ranks[graph], self.answers[graph] = tensors.ranks, tensors.answers
+        return tensors.datatypes
 
     def _infer(self, graph: str, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         """One inference call: ``arrays`` in the graph's input order; outputs in its output order, as float32."""
