@@ -240,11 +240,12 @@ def preset_help() -> str:
 def preset_changes(preset: str, embed_dim: int) -> dict[str, Any]:
     """The :class:`RAPConfig` values that ``preset`` sets on a backbone whose joint embedding width is ``embed_dim``.
 
-    ``default`` sets nothing (the dataclass defaults: LoRM rank 4, ASA width ``asa_dim`` 128; on ViT-B/32 412,812
+    ``default`` sets nothing (the dataclass defaults: LoRM rank 4, ASA width ``asa_dim`` 128; on ViT-B/32 412,684
     trainable parameters). ``paper`` sizes the adapters like the paper's 1.06M: the ASA attention runs at the joint
     width (``asa_dim = embed_dim``) and LoRM keeps rank 2 in every block's two branches. On ViT-B/32 with 12 frames
-    that is 1,050,636 (ASA) + 74,880 (LoRM) = 1,125,516 trainable parameters, +6.2 % of 1.06M. This placement changes
-    sizes only, not where the adapters sit. Explicit options given beside a preset win over it.
+    that is 1,050,124 (ASA) + 74,880 (LoRM) = 1,125,004 trainable parameters, +6.1 % of 1.06M (the ASA key bias, which
+    never trains, not counted). This placement changes sizes only, not where the adapters sit. Explicit options
+    given beside a preset win over it.
     Raises :class:`UsageError` for an unknown preset.
     """
     if preset == "default":

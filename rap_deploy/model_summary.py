@@ -49,8 +49,8 @@ def summarize(model: RAPModel, backbone: BackboneSpec) -> dict[str, Any]:
     counts = model.parameter_counts()
     cfg = model.config
 
-    def count(prefix: str) -> int:
-        return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix))
+    def count(prefix: str) -> int:  # trained parameters only, so lorm_params + asa_params = trainable_params
+        return sum(p.numel() for n, p in model.trained_parameters() if n.startswith(prefix))
 
     return {
         "variant": cfg.variant,

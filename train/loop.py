@@ -27,12 +27,10 @@ import torch
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.train import distributed as D
 from rap_deploy.train.batches import EPOCH_UNITS
-from rap_deploy.train.params import (  # noqa: F401  (OFFSETS, trainable_parameters: also used from here)
-    GRADIENT_FREE,
+from rap_deploy.train.params import (  # noqa: F401  (OFFSETS: also used from here)
     OFFSETS,
     freeze_offsets_at_zero,
     param_groups,
-    trainable_parameters,
 )
 from rap_deploy.train.selection import selection_score
 from rap_deploy.workspace import RUN_BEST as BEST

@@ -3,9 +3,12 @@ ASA offsets and of LoRM) and the frozen-offsets ablation."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from rap_deploy.model.rap import RAPModel
 
 # The ASA offsets γ (patch units) and δ (frames): their own optimizer group (learning-rate multiplier, no decay).
 OFFSETS = ("asa.patch_offset", "asa.time_offset")
@@ -14,18 +17,7 @@ OFFSETS = ("asa.patch_offset", "asa.time_offset")
 LORM_PREFIX = "lorm_"
 
 
-# The ASA key bias adds q·b to every logit of a query: softmax ignores it, so its gradient is zero up to rounding,
-# and Adam would turn that rounding noise into learning-rate-sized random steps. It is left out of the optimizer.
-GRADIENT_FREE = ("asa.k_proj.bias",)
-
-
-def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """The adapter parameters the optimizer updates (everything outside ``clip.`` except :data:`GRADIENT_FREE`)."""
-    return [(n, p) for n, p in model.named_parameters()
-            if p.requires_grad and not n.startswith("clip.") and n not in GRADIENT_FREE]
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, offset_lr_mult: float = 1.0,
+def param_groups(model: RAPModel, weight_decay: float, offset_lr_mult: float = 1.0,
                  lorm_lr_mult: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on adapter matrices; none on biases and vectors; the ASA offsets γ/δ in their own
     group with learning rate ``offset_lr_mult`` × the schedule's (each group's ``lr_mult``); with ``lorm_lr_mult``
@@ -35,11 +27,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float, offset_lr_mult: fl
 
     Why the offsets get a multiplier: γ and δ are in patch and frame units, and Adam moves a parameter by about the
     learning rate per step whatever its gradient's size, so at lr 1e-3 a few hundred steps move them by a fraction of
-    a patch or frame, too little to reach a neighbouring position. Frozen offsets (``requires_grad`` off) are left
-    out.
+    a patch or frame, too little to reach a neighbouring position. Only :meth:`RAPModel.trained_parameters` are
+    grouped: frozen offsets (``requires_grad`` off) and the ASA key bias are left out.
     """
     decay, no_decay, offsets, lorm = [], [], [], []
-    for name, p in trainable_parameters(model):
+    for name, p in model.trained_parameters():
         if name in OFFSETS:
             offsets.append(p)
         elif name.startswith(LORM_PREFIX) and lorm_lr_mult != 1.0:

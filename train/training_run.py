@@ -19,7 +19,6 @@ from rap_deploy.train import distributed as D
 from rap_deploy.train.batches import TrainingItems, check_readable, collate_items, epoch_batches, items_per_epoch
 from rap_deploy.train.loop import (
     BEST,
-    GRADIENT_FREE,
     LAST,
     SUMMARY,
     TrainOptions,
@@ -34,7 +33,6 @@ from rap_deploy.train.loop import (
     freeze_offsets_at_zero,
     param_groups,
     resolve_epoch_unit,
-    trainable_parameters,
 )
 from rap_deploy.train.losses import batch_loss
 from rap_deploy.train.progress import Bars, counted, epoch_line, say
@@ -70,14 +68,11 @@ class TrainingRun:
 
         options, model = self.options, self.model.to(self.ctx.device).train()
         self.model = model
-        for name, p in model.named_parameters():
-            if name in GRADIENT_FREE:
-                p.requires_grad_(False)
         if options.freeze_offsets:
             freeze_offsets_at_zero(model)
         self.offsets_initial = (_plain(asa_offsets(model)) if self.state is None
                                 else self.state.get("offsets_initial"))
-        self.params = [p for _, p in trainable_parameters(model)]
+        self.params = [p for _, p in model.trained_parameters()]
         if not self.params:
             raise UsageError("the model has no trainable adapter (LoRM and ASA both disabled)")
         D.broadcast_parameters(self.params, self.ctx)

@@ -206,6 +206,10 @@ class AsynchronousSelfAttention(nn.Module):
         self.k_proj = nn.Linear(dim, attn_dim)
         self.v_proj = nn.Linear(dim, attn_dim)
         self.out_proj = nn.Linear(attn_dim, dim)
+        # The key bias adds q·b to every logit of a query: softmax ignores it, so its gradient is zero up to rounding,
+        # and Adam would turn that rounding noise into learning-rate-sized random steps. It stays a parameter (the
+        # checkpoints and graphs keep it) but never trains, and the trainable-parameter count leaves it out.
+        self.k_proj.bias.requires_grad_(False)
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
         gamma, delta = initial_offsets(heads)

@@ -100,9 +100,17 @@ class RAPModel(nn.Module):
         """The frozen backbone weights, keyed as open_clip names them."""
         return self.clip.state_dict()
 
+    def trained_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of every parameter training updates: the adapters' (outside ``clip.``) that require
+        gradients. Not the frozen backbone, the ASA key bias (gradient-free under softmax, frozen by
+        :class:`AsynchronousSelfAttention`) nor offsets frozen for an ablation. The optimizer's groups and the
+        trainable-parameter count both come from this list."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and not n.startswith("clip.")]
+
     def parameter_counts(self) -> dict[str, int]:
-        """``trainable_params`` (adapters) and ``total_params`` (backbone + adapters)."""
-        trainable = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("clip."))
+        """``trainable_params`` (the elements of :meth:`trained_parameters`) and ``total_params`` (backbone +
+        adapters, the frozen ones included)."""
+        trainable = sum(p.numel() for _, p in self.trained_parameters())
         total = sum(p.numel() for p in self.parameters())
         return {"trainable_params": trainable, "total_params": total}
 
