@@ -48,7 +48,10 @@ from rap_deploy.engines.serving.remote_transport import (
     MAX_METADATA_ANSWER,
     NOT_OIP,
     BoundedTransport,
+    bound_answers,
+    bounded_transport,
     one_line,
+    require_answer_read,
     split_url,
 )
 from rap_deploy.errors import BackendUnavailableError, UsageError
@@ -135,18 +138,25 @@ class RemoteEngine(Engine):
 
         client = httpclient.InferenceServerClient(self._target, ssl=self._ssl, connection_timeout=self._timeouts[0],
                                                   network_timeout=network_timeout)
-        # every answer is read within a bound (BoundedTransport); _client_stub is where tritonclient (2.x) keeps it
-        client._client_stub = BoundedTransport(client._client_stub, self.url)
         with self._clients_lock:
             self._clients.append(client)
+        bound_answers(client, self.url)  # every answer is read within a bound, or the client is refused
         return client
 
+    def _transport(self) -> BoundedTransport:
+        """This thread's client's :class:`BoundedTransport`."""
+        return bounded_transport(self._client(), self.url)
+
     def _call(self, fn: Any, *args: Any, what: str = "", **kwargs: Any) -> Any:
-        """Call a client method; map its failures to this project's errors (one line, naming the server)."""
+        """Call a client method (one request of this thread's client); map its failures to this project's errors
+        (one line, naming the server). Raises :class:`BackendUnavailableError` when the answer did not come through
+        the client's :class:`BoundedTransport` (a ``tritonclient`` of another version), so was read without a bound."""
         from tritonclient.utils import InferenceServerException
 
+        transport = self._transport()
+        answers = transport.answers
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except InferenceServerException as exc:
             status = str(exc.status() or "")
             message = f"{self.url}{' ' + what if what else ''}: {_error_text(exc, status)}"
@@ -163,6 +173,8 @@ class RemoteEngine(Engine):
         except ValueError as exc:  # the client's JSON parser: a web server of another kind answered
             raise UsageError(f"{self.url}{' ' + what if what else ''}: the answer is not JSON ({str(exc)[:100]}); "
                              f"{NOT_OIP}") from None
+        require_answer_read(transport, answers, self.url)
+        return result
 
     def _model_config(self, graph: str) -> dict[str, Any]:
         what = f"model {graph} config"
@@ -194,7 +206,7 @@ class RemoteEngine(Engine):
             item.set_data_from_numpy(a, binary_data=True)
             inputs.append(item)
         wanted = [httpclient.InferRequestedOutput(n, binary_data=True) for n in outputs]
-        transport = self._client()._client_stub
+        transport = self._transport()
         transport.limit = self._answer_bytes(graph, arrays) + ANSWER_MARGIN
         try:
             result = self._call(self._read_answer, graph, inputs, outputs=wanted, what=f"{graph} inference")

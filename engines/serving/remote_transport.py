@@ -3,6 +3,12 @@
 ``tritonclient`` reads every answer body at once, whatever its size; :class:`BoundedTransport` wraps the HTTP
 connection of a client so that each answer is read in pieces and refused past its bound (:data:`MAX_METADATA_ANSWER`,
 or what :class:`~rap_deploy.engines.serving.remote.RemoteEngine` sets for one inference request).
+
+``tritonclient`` 2.73.0 offers no public way to do this: its constructor takes no transport and no size limit, a
+plugin sees only a request's headers, and every client method reads the answer itself (its public
+``generate_request_body`` / ``parse_response_body`` would mean replacing its HTTP client). So :func:`bound_answers`
+replaces the client's private ``_client_stub``, checking that it has the shape of :data:`CHECKED_TRITONCLIENT`'s;
+a client of another shape is refused (:func:`unsupported_client`) rather than left reading without a bound.
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ from __future__ import annotations
 import io
 import re
 import urllib.parse
+from importlib import metadata
 from typing import Any
 
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import BackendUnavailableError, UsageError
 
 NOT_OIP = "is it a KServe v2 / Open Inference Protocol server (`rapdeploy serve`, Triton)? Check the URL"
 #: The largest answer to a request other than inference (health, server and model metadata, model configuration).
@@ -21,6 +28,12 @@ MAX_METADATA_ANSWER = 16 << 20
 #: as JSON numbers though binary data were asked for).
 ANSWER_MARGIN = 1 << 20
 _READ_PIECE = 1 << 20  # answers are read in pieces of this size, counted against their bound
+#: The ``tritonclient`` versions whose ``InferenceServerClient`` was checked to send every request through
+#: ``_client_stub`` (a geventhttpclient ``HTTPClient``) and read its answers as :class:`BoundedAnswer` serves them:
+#: the version ``pyproject.toml`` pins, which the remote-engine tests run.
+CHECKED_TRITONCLIENT = ("2.73.0",)
+_STUB_METHODS = ("get", "post", "close")  # what the client calls on _client_stub
+_ANSWER_METHODS = ("get", "read", "release")  # what BoundedAnswer calls on an answer (with status_code)
 
 
 def split_url(url: str) -> tuple[str, bool]:
@@ -55,6 +68,28 @@ def one_line(text: Any, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[:limit] + "…"
 
 
+def tritonclient_version() -> str:
+    """The installed ``tritonclient``'s version, ``"(version unknown)"`` when its distribution has none."""
+    try:
+        return metadata.version("tritonclient")
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
+def unsupported_client(where: str, how: str) -> BackendUnavailableError:
+    """The one-line error (exit 2) for a ``tritonclient`` whose HTTP connection is not where or what
+    :func:`bound_answers` expects: ``how`` it differs, the version found and the versions checked."""
+    checked = ", ".join(CHECKED_TRITONCLIENT)
+    return BackendUnavailableError(
+        f"{where}: tritonclient {tritonclient_version()} {how}, so rapdeploy cannot read the server's answers within "
+        f"a size bound (checked with tritonclient {checked}); install that version "
+        f"(pip install 'tritonclient[http]=={CHECKED_TRITONCLIENT[-1]}')")
+
+
+def _has_methods(value: Any, names: tuple[str, ...]) -> bool:
+    return all(callable(getattr(value, name, None)) for name in names)
+
+
 class BoundedAnswer:
     """An HTTP answer read whole, in pieces, refused as soon as it passes ``limit`` bytes; what ``tritonclient``
     reads of an answer (``status_code``, ``get(header)``, ``read([length])``), served from memory.
@@ -66,6 +101,9 @@ class BoundedAnswer:
     """
 
     def __init__(self, response: Any, limit: int, where: str) -> None:
+        if not _has_methods(response, _ANSWER_METHODS) or not hasattr(response, "status_code"):
+            raise unsupported_client(where, f"answered with a {type(response).__name__[:40]}, not an HTTP answer "
+                                            "with status_code, get, read and release")
         self._response = response
         try:
             self._body = io.BytesIO(self._read(limit, where))
@@ -112,15 +150,51 @@ class BoundedTransport:
     def __init__(self, stub: Any, where: str) -> None:
         self._stub, self._where = stub, where
         self.limit = MAX_METADATA_ANSWER
+        self.answers = 0  # answers read through this transport: a request that reads none went around it
 
     def get(self, request_uri: str, *args: Any, **kwargs: Any) -> BoundedAnswer:
+        self.answers += 1
         return BoundedAnswer(self._stub.get(request_uri, *args, **kwargs), self.limit,
                              f"{self._where} GET {str(request_uri)[:80]}")
 
     def post(self, request_uri: str, *args: Any, **kwargs: Any) -> BoundedAnswer:
+        self.answers += 1
         return BoundedAnswer(self._stub.post(request_uri, *args, **kwargs), self.limit,
                              f"{self._where} POST {str(request_uri)[:80]}")
 
     def __getattr__(self, name: str) -> Any:  # close() and the rest
         return getattr(self._stub, name)
 
+
+
+def bound_answers(client: Any, where: str) -> BoundedTransport:
+    """Wrap the HTTP connection of ``client`` (a ``tritonclient.http.InferenceServerClient``) in a
+    :class:`BoundedTransport` naming ``where`` (the server's URL) and return it.
+
+    Raises :class:`BackendUnavailableError` (:func:`unsupported_client`) when the client keeps no connection with
+    ``get``, ``post`` and ``close`` in ``_client_stub``, where :data:`CHECKED_TRITONCLIENT` keep it: another
+    ``tritonclient`` version, whose answers would otherwise be read without a bound or fail as an AttributeError.
+    """
+    stub = getattr(client, "_client_stub", None)
+    if stub is None or not _has_methods(stub, _STUB_METHODS):
+        found = "none" if stub is None else type(stub).__name__[:40]
+        raise unsupported_client(where, f"keeps no HTTP connection with get, post and close in "
+                                        f"InferenceServerClient._client_stub (found {found})")
+    transport = client._client_stub = BoundedTransport(stub, where)
+    return transport
+
+
+def bounded_transport(client: Any, where: str) -> BoundedTransport:
+    """The :class:`BoundedTransport` :func:`bound_answers` gave ``client``; :func:`unsupported_client` when the
+    client has replaced it since."""
+    transport = getattr(client, "_client_stub", None)
+    if not isinstance(transport, BoundedTransport):
+        raise unsupported_client(where, "replaced InferenceServerClient._client_stub after rapdeploy bounded it")
+    return transport
+
+
+def require_answer_read(transport: BoundedTransport, answers_before: int, where: str) -> None:
+    """:func:`unsupported_client` when ``transport`` read no answer since it had read ``answers_before``: the
+    client answered a request without its ``_client_stub``, so without a bound."""
+    if transport.answers == answers_before:
+        raise unsupported_client(where, "answered a request without going through InferenceServerClient._client_stub")
