@@ -10,6 +10,7 @@ import typer
 
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
+from rap_deploy.cli.demo_steps import DEMO_SUMMARY
 
 
 @command("demo")
@@ -24,7 +25,7 @@ def demo(
                                        "(default: the libraries' own); recorded in the demo's engines, as "
                                        "`build-engine --threads` records them."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-    json_out: bool = typer.Option(False, "--json", help="Print summary.json instead of the table."),
+    json_out: bool = typer.Option(False, "--json", help=f"Print {DEMO_SUMMARY} instead of the table."),
 ) -> None:
     """Run synth → backbone → init → train → export → build-engine → verify → bench → library on the offline default.
 
@@ -44,7 +45,7 @@ def demo(
     try:
         summary = run_demo(target, sizes, progress=not quiet, threads=threads, log=log)
     except ParityFailedError:  # the summary of this run was written: print it, then exit 1
-        summary = json.loads((Path(target) / "summary.json").read_text())
+        summary = json.loads((Path(target) / DEMO_SUMMARY).read_text())
         _print(summary, json_out, target)
         raise
     _print(summary, json_out, target)
@@ -116,7 +117,7 @@ def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
                       + "; ".join(load.get("reasons", [])), style="bold red", markup=False)
     _print_library(console, summary.get("library"))
     console.print(f"demo finished in {summary['seconds']:.0f}s (all steps: {summary['pipeline_seconds']:.0f}s); "
-                  f"summary: {Path(target) / 'summary.json'}", markup=False)
+                  f"summary: {Path(target) / DEMO_SUMMARY}", markup=False)
 
 
 def _print_library(console: Any, library: dict[str, Any] | None) -> None:

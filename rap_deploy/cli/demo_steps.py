@@ -23,6 +23,9 @@ from rap_deploy.atomic import write_json_atomic
 
 RECORDS = "demo-steps.json"
 RECORDS_FORMAT = "rapdeploy.demo-steps"
+# What a finished demo writes into OUT (cli.pipeline): its timings, recalls, engine verdicts. Not a training run's
+# summary (workspace.RUN_SUMMARY, which OUT/runs/rap/ holds), though the two share the name.
+DEMO_SUMMARY = "summary.json"
 
 
 class Steps:
@@ -38,7 +41,7 @@ class Steps:
         # ablate's backbone of another epoch count, an engine this machine does not build)
         self.timings: dict[str, float] = {}
         if self.adopting and root is not None:  # the summary of a folder being adopted kept the others' timings
-            self.timings = _earlier_timings(root / "summary.json")
+            self.timings = _earlier_timings(root / DEMO_SUMMARY)
 
     def run(self, name: str, outputs: Sequence[Path], fn: Callable[[], Any], inputs: Sequence[Path] = ()) -> bool:
         """Run step ``name`` (``fn``) unless it is complete; returns True when it ran."""
@@ -159,7 +162,7 @@ def _read_records(root: Path, log: Callable[[str], None]) -> tuple[dict[str, dic
 
     path = root / RECORDS
     if not path.exists() and not path.is_symlink():
-        return {}, (root / "summary.json").is_file()
+        return {}, (root / DEMO_SUMMARY).is_file()
     try:
         if path.is_symlink() or not path.is_file():
             raise ValueError("not a regular file")

@@ -23,7 +23,7 @@ from typing import Any
 
 from rap_deploy.atomic import write_json_atomic
 from rap_deploy.cli.demo_guards import check_demo_model, check_demo_training, finished_run
-from rap_deploy.cli.demo_steps import Steps
+from rap_deploy.cli.demo_steps import DEMO_SUMMARY, Steps
 from rap_deploy.cli.demo_world import World, prepare_world
 from rap_deploy.data import SYNTH_DISTRACTORS
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
@@ -182,7 +182,7 @@ def _run_demo_steps(out: Path, sizes: DemoSizes, progress: bool, threads: int | 
     bench_result = _bench_step(run, built)
     library_file = _library_step(run, built)
     summary = _demo_summary(run, t_start, verdicts, bench_result, trt_reason, library_file)
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / DEMO_SUMMARY, summary)
     steps.every_step_recorded()
     failed = [v["name"] for v in verdicts if not v["passed"]]
     if failed:
