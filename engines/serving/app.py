@@ -18,10 +18,10 @@ the page runs only its own inline script and style (:func:`page_policy`), and a 
 answers only its own host names and pages (:class:`HostCheck`; ``rapdeploy serve --allow-host``).
 
 Request bodies are bounded: a declared ``Content-Length`` over the limit is refused before the body is read, and a
-streamed body is cut off when it passes it (413); an inference response goes out in pieces and is given up when its
-client reads nothing of it for the idle timeout (:mod:`~rap_deploy.engines.serving.bodies`). Every refusal is a 4xx JSON
-``{"error", "field"}``; only a fault of the server itself is a 500, and its traceback goes to the server log, not to
-the client.
+streamed body is cut off when it passes it (413), and one that stalls or arrives too slowly is refused (408); an
+inference response goes out in pieces and is given up when its client reads nothing of it for the idle timeout
+(:mod:`~rap_deploy.engines.serving.bodies`). Every refusal is a 4xx JSON ``{"error", "field"}``; only a fault
+of the server itself is a 500, and its traceback goes to the server log, not to the client.
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ def _add_search_routes(app: FastAPI, service: ServingService) -> None:
     async def search(request: Request) -> Response:
         service.require_library()
         limit = service.options.max_search_body
-        raw = await read_body(request, limit, service.options.body_idle_timeout_s)
+        raw = await read_body(request, limit, service.options.body_idle_timeout_s, service.options.body_pace)
         doc = parse_json(decode_body(raw, request.headers.get("content-encoding"), limit))
         # checking and tokenizing a query runs BPE in Python (0.2 s for one 1,000-letter word): off the event loop,
         # so other requests and /healthz are not held up behind it
@@ -412,7 +412,7 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
 
     async def run_infer(request: Request, model: Any) -> Response:
         limit = service.options.max_infer_body
-        raw = await read_body(request, limit, service.options.body_idle_timeout_s)
+        raw = await read_body(request, limit, service.options.body_idle_timeout_s, service.options.body_pace)
         encoding = request.headers.get("content-encoding")
         # inflating up to the body limit takes a while: off the event loop, so /healthz and searches keep answering
         body = await run_in_threadpool(decode_body, raw, encoding, limit) if encoding else \

@@ -17,7 +17,8 @@ refusals, a JSON ``{"error", "field"}``. These three answers carry the security 
 (``headers.SECURE_HEADERS``) and are counted for ``/stats`` as ``connection 503``, ``connection 408`` and
 ``connection 400``.
 
-A request's body and its response are bounded by the app (``read_body``'s idle timeout, ``PacedResponse``).
+A request's body and its response are bounded by the app (``read_body``'s idle timeout and pace,
+``PacedResponse``).
 """
 
 from __future__ import annotations

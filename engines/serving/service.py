@@ -25,6 +25,7 @@ import numpy as np
 from rap_deploy.bounds import MAX_BODY_MB, MIN_BODY_MB
 from rap_deploy.engines.blocks import fit_tokens
 from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
+from rap_deploy.engines.serving.bodies import BODY_MIN_RATE, BODY_TIMEOUT_S, BodyPace
 from rap_deploy.engines.serving.connections import HEADER_TIMEOUT_S, MAX_CONNECTIONS
 from rap_deploy.engines.serving.contract import (
     ASA_GRAPH,
@@ -81,6 +82,8 @@ class ServeOptions:
     max_infer_inflight: int = 4  # large inference requests read and run at once; more wait unread
     body_idle_timeout_s: float = 30.0  # --idle-timeout: a request body that sends nothing this long is stalled
     # (408); a response its client reads nothing of this long is given up (the connection closed)
+    body_timeout_s: float = BODY_TIMEOUT_S  # --body-timeout: seconds a whole request body may take, plus 1 s for
+    body_min_rate: float = BODY_MIN_RATE  # every --body-min-rate bytes that arrived; slower is 408 (BodyPace)
     max_connections: int = MAX_CONNECTIONS  # open connections at once; more are answered 503 and closed
     header_timeout_s: float = HEADER_TIMEOUT_S  # a request whose headers have not all arrived this long after it
     # began is closed (408): see connections.py
@@ -95,6 +98,8 @@ class ServeOptions:
                   ("--max-queue", self.max_queue, 1, 1 << 20),
                   ("max_infer_inflight", self.max_infer_inflight, 1, 1 << 10),
                   ("--idle-timeout", self.body_idle_timeout_s, 1e-3, 3600),
+                  ("--body-timeout", self.body_timeout_s, 1e-3, 3600),
+                  ("--body-min-rate", self.body_min_rate, 0, 1 << 30),
                   ("--max-connections", self.max_connections, 1, 1 << 20),
                   ("--header-timeout", self.header_timeout_s, 1e-3, 3600))
         def shown(x: float) -> str:  # a count in whole numbers (not 1.04858e+06)
@@ -107,6 +112,11 @@ class ServeOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def body_pace(self) -> BodyPace:
+        """How long a request body may take (``--body-timeout``, ``--body-min-rate``)."""
+        return BodyPace(self.body_timeout_s, self.body_min_rate)
 
 
 class ServingService:

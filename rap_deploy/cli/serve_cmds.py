@@ -40,6 +40,13 @@ def serve_cmd(
     idle_timeout: float = typer.Option(30.0, "--idle-timeout", help="Seconds a request body may send nothing "
                                        "before it is refused (408), and an inference response its client reads "
                                        "nothing of before it is given up (the connection closed)."),
+    body_timeout: float = typer.Option(20.0, "--body-timeout", help="Seconds a whole request body may take, plus "
+                                       "1 s for every --body-min-rate bytes that arrived (Apache's "
+                                       "body=20,MinRate=500); a slower body is refused (408), so a client "
+                                       "trickling bytes within --idle-timeout cannot hold its request for ever."),
+    body_min_rate: float = typer.Option(500.0, "--body-min-rate", help="Bytes per second a request body must "
+                                        "average beyond --body-timeout (0: --body-timeout bounds every body, "
+                                        "whatever its size)."),
     max_connections: int = typer.Option(512, "--max-connections", help="Open connections at once; more are "
                                         "answered 503 and closed."),
     header_timeout: float = typer.Option(20.0, "--header-timeout", help="Seconds a request's headers may take to "
@@ -82,7 +89,8 @@ def serve_cmd(
         raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                            max_infer_body=int(max_body_mb * MiB), max_connections=max_connections,
-                           header_timeout_s=header_timeout, body_idle_timeout_s=idle_timeout)
+                           header_timeout_s=header_timeout, body_idle_timeout_s=idle_timeout,
+                           body_timeout_s=body_timeout, body_min_rate=body_min_rate)
     serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
           url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
           shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()))
