@@ -53,8 +53,11 @@ def dataset_source(dataset: str, data_root: str | os.PathLike[str], split: str, 
 def folder_source(folder: str | os.PathLike[str]) -> VideoSource:
     """Every video file under ``folder`` (recursively, hidden names skipped, symlinked folders not followed), sorted;
     id = path relative to ``folder`` without its extension. Raises :class:`UsageError` for a missing folder, a
-    folder under it that cannot be listed, no video, or two files with the same id."""
+    file given as the folder, a folder under it that cannot be listed, no video, or two files with the same id."""
     root = Path(folder).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--videos {root} is a file, not a folder; pass the folder that holds your videos "
+                         "(--videos DIR), or list single files with --list FILE (one path per line)")
     if not root.is_dir():
         raise UsageError(f"video folder {root} does not exist; pass --videos DIR with your video files")
     found: list[Path] = []
@@ -81,10 +84,15 @@ def _unlisted_folder(exc: OSError) -> None:
 def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
     """The videos named in ``list_file``, one path per line (blank lines and ``#`` comments skipped; relative paths
     are relative to the list file's folder); id = the path as written without its extension. Raises
-    :class:`UsageError` for a missing or non-text file, an empty list, or two lines with the same id."""
+    :class:`UsageError` for a missing or non-text file, a folder given as the file, an empty list, or two lines with
+    the same id."""
     path = Path(list_file).expanduser()
+    if path.is_dir():
+        raise UsageError(f"--list {path} is a folder, not a list file; pass --list FILE with one video path per "
+                         "line, or index the folder's videos with --videos DIR")
     if not path.is_file():
-        raise UsageError(f"list file {path} does not exist; pass --list FILE with one video path per line")
+        what = "is not a regular file (a FIFO or device)" if path.exists() else "does not exist"
+        raise UsageError(f"list file {path} {what}; pass --list FILE with one video path per line")
     videos, paths = [], []
     for number, line in _list_lines(path):
         text = line.strip()
