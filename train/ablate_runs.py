@@ -30,16 +30,25 @@ def run_one(options: TrainOptions, progress: bool) -> dict[str, Any]:
     summary = checked_run(run_dir, options)
     if summary is not None and summary.get("complete"):
         return summary
-    resume = run_dir if (run_dir / LAST).is_file() else None
-    return train_rap(None if resume else options, progress=progress, resume=resume)
+    if (run_dir / LAST).is_file():
+        return train_rap(None, progress=progress, resume=run_dir, overrides=world_paths(options))
+    return train_rap(options, progress=progress)
+
+
+def world_paths(options: TrainOptions) -> dict[str, Any]:
+    """Where ``options`` find the world now, as overrides of a resumed run: its data, frame cache and backbone file.
+    A killed run resumed after its world folder moved read them at the paths its ``last.pt`` stored (gone, or the
+    old copy's); the data is checked against the run's fingerprint and the backbone against its sha256 on resume."""
+    return {"data_root": options.data_root, "cache_dir": options.cache_dir, "pretrained": options.pretrained}
 
 
 def checked_run(run_dir: Path, options: TrainOptions) -> dict[str, Any] | None:
-    """The run's checked ``summary.json`` (``None`` when it has none yet), after :func:`check_same_recipe`."""
+    """The run's checked ``summary.json`` (``None`` when it has none yet), after :func:`check_same_recipe`, its
+    ``run_dir`` the folder it was read from: a run read back after its folder moved named where it was trained."""
     refuse_links(run_dir, (SUMMARY, LAST, BEST))
     summary = read_summary(run_dir)
     check_same_recipe(run_dir, summary, options)
-    return summary
+    return None if summary is None else {**summary, "run_dir": str(run_dir)}
 
 
 def without_fix(exc: Exception) -> str:

@@ -27,7 +27,8 @@ from rap_deploy.train.loop import (
 def load_resume(run_dir: Path, overrides: dict[str, Any]):
     """Options, template checkpoint, model and training state of the run in ``run_dir`` (from its ``last.pt``).
 
-    ``overrides`` may set the :data:`RESUMABLE_OVERRIDES`; any other key whose value differs from the stored run is a
+    ``overrides`` may set the :data:`RESUMABLE_OVERRIDES`, and ``pretrained`` to a weights file with the sha256 the
+    run's checkpoint recorded (:func:`moved_backbone`); any other key whose value differs from the stored run is a
     :class:`UsageError` (a resumed run keeps its data, model and schedule).
     """
     last = run_dir / LAST
@@ -36,6 +37,7 @@ def load_resume(run_dir: Path, overrides: dict[str, Any]):
                          "start it again without --resume)")
     ckpt, options, state = stored_run(last)
     options.out = str(run_dir)
+    ckpt, overrides = moved_backbone(ckpt, options, overrides)
     mismatch = option_mismatch(options, ckpt.config, overrides)
     if mismatch is not None:
         name, stored_value, value = mismatch
@@ -49,6 +51,23 @@ def load_resume(run_dir: Path, overrides: dict[str, Any]):
     extra = {k: v for k, v in ckpt.extra.items() if k != "train_state"}
     template = dataclasses.replace(ckpt, extra=extra)
     return options, template, ckpt.build_model(), state
+
+
+def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``ckpt`` and ``overrides`` with the backbone file at ``overrides["pretrained"]`` (``options.pretrained`` set to
+    it) when that names a weights file of the sha256 ``ckpt`` recorded: the same weights moved (an ablation's world
+    folder moved), known by their content. Otherwise both unchanged: another value is compared as any option."""
+    from rap_deploy.data.cache import file_digest
+
+    spec, wanted = ckpt.backbone, overrides.get("pretrained")
+    if not wanted or spec.kind != "file" or not spec.sha256 or wanted in (spec.value, options.pretrained):
+        return ckpt, overrides
+    path = Path(wanted).expanduser().resolve()
+    if not path.is_file() or file_digest(path) != spec.sha256:
+        return ckpt, overrides
+    options.pretrained = str(path)
+    return dataclasses.replace(ckpt, backbone=dataclasses.replace(spec, value=str(path))), \
+        {**overrides, "pretrained": str(path)}
 
 
 def stored_run(last: Path) -> tuple[Any, TrainOptions, dict[str, Any]]:
