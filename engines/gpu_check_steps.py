@@ -10,7 +10,10 @@ import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rap_deploy.cli.pipeline import DemoSizes
 
 GRAPHS = ("video", "text", "asa", "search")
 # the latency percentiles the bench and re-rank rows keep, each over ``CheckSizes.bench_repeats`` timed calls
@@ -20,20 +23,23 @@ REPEATS_SETTING = "CheckSizes.bench_repeats"  # what sets that count (the check 
 
 @dataclass(frozen=True)
 class CheckSizes:
-    """How much the check does. ``gpu()`` is the H200 run; ``dry_run()`` the same steps on a CPU, for CI."""
+    """How much the check does. ``gpu()`` is the H200 run; ``dry_run()`` the same steps on a CPU, for CI.
 
+    The first five fields are the demo model's shape, taken from ``rapdeploy demo``'s own sizes (:func:`demo_model`);
+    the data, the backbone's pre-training and the training recipe are the check's own, smaller than the demo's."""
+
+    backbone_clip: str
+    size: int  # frame side, pixels
+    frames: int
+    preset: str  # adapter sizes (LoRM rank, ASA width d_a)
+    asa: tuple[int, int]  # top-k and heads
     device: str = "cuda"
     videos: int = 440
     test_videos: int = 200
-    size: int = 64
-    frames: int = 12
-    backbone_clip: str = "rap-tiny"
     backbone_train: int = 2000
     backbone_epochs: int = 2
     epochs: int = 4
     train_batch: int = 32
-    preset: str = "paper"  # the demo model's adapter sizes (LoRM rank, ASA width d_a), as `rapdeploy demo`
-    asa: tuple[int, int] = (8, 4)  # top-k and heads of the demo model
     large_clip: str = "ViT-B-32"
     large_image_size: int = 224
     large_asa: tuple[int, int, int] = (8, 4, 128)
@@ -46,14 +52,28 @@ class CheckSizes:
 
     @classmethod
     def gpu(cls) -> CheckSizes:
-        return cls()
+        """The H200 run, on the model ``rapdeploy demo`` trains."""
+        from rap_deploy.cli.pipeline import DemoSizes
+
+        return cls(**demo_model(DemoSizes()))
 
     @classmethod
     def dry_run(cls) -> CheckSizes:
-        return cls(device="cpu", videos=12, test_videos=6, size=32, frames=4, backbone_clip="rap-micro",
-                   backbone_train=64, backbone_epochs=1, epochs=1, train_batch=8, asa=(4, 2),
-                   large_clip="rap-micro", large_image_size=32, large_asa=(4, 2, 16), batch_sizes=(1, 2),
-                   bench_repeats=1, index_size=16, top_m=4, fp16="fp32", video_blocks=(2, 4))
+        """The CPU run, on the model ``rapdeploy demo --tiny`` trains (the micro backbone)."""
+        from rap_deploy.cli.pipeline import DemoSizes
+
+        return cls(**demo_model(DemoSizes.tiny()), device="cpu", videos=12, test_videos=6, backbone_train=64,
+                   backbone_epochs=1, epochs=1, train_batch=8, large_clip="rap-micro", large_image_size=32,
+                   large_asa=(4, 2, 16), batch_sizes=(1, 2), bench_repeats=1, index_size=16, top_m=4, fp16="fp32",
+                   video_blocks=(2, 4))
+
+
+def demo_model(demo: DemoSizes) -> dict[str, Any]:
+    """The :class:`CheckSizes` fields of the model a demo of sizes ``demo`` trains: backbone, frame side, frames,
+    preset, ASA top-k and heads. Its ``asa_dim`` is not carried: the check sizes the ASA width by the preset alone.
+    (``DemoSizes`` is imported only when a check runs: ``cli.pipeline`` brings the whole command line.)"""
+    return {"backbone_clip": demo.backbone_clip, "size": demo.size, "frames": demo.frames, "preset": demo.preset,
+            "asa": (demo.asa_topk, demo.asa_heads)}
 
 
 def environment(device: str) -> dict[str, Any]:

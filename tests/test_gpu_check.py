@@ -186,6 +186,30 @@ def test_the_first_partial_report_holds_the_environment_and_skips_are_saved(tmp_
     assert saved[-1] == "after"
 
 
+def test_the_check_trains_the_model_the_demo_trains(monkeypatch):
+    """CheckSizes repeated the demo model's backbone, frame size, frames, preset and ASA top-k/heads as literals
+    (``as rapdeploy demo``), so a change to the demo's model left the check testing another one. They now come
+    from DemoSizes: the GPU run's from the demo's, the dry run's from the tiny demo's."""
+    from dataclasses import dataclass
+
+    import rap_deploy.cli.pipeline as pipeline
+    import rap_deploy.engines.gpu_check as gc
+
+    @dataclass(frozen=True)
+    class ChangedDemo(pipeline.DemoSizes):
+        preset: str = "default"
+        asa_heads: int = 8
+        frames: int = 8
+
+    monkeypatch.setattr(pipeline, "DemoSizes", ChangedDemo)
+    s, dry = gc.CheckSizes.gpu(), gc.CheckSizes.dry_run()
+    assert (s.backbone_clip, s.size, s.frames, s.preset, s.asa) == ("rap-tiny", 64, 8, "default", (8, 8))
+    tiny = ChangedDemo.tiny()
+    assert (dry.backbone_clip, dry.size, dry.frames, dry.preset, dry.asa) == (
+        tiny.backbone_clip, tiny.size, tiny.frames, "default", (tiny.asa_topk, tiny.asa_heads))
+    assert s.videos == 440 and dry.videos == 12  # the data and the recipe stay the check's own
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(),
                     reason="needs a CUDA GPU (run on the device machine: training, fp16 parity and bench on cuda)")
 def test_the_dry_run_sizes_on_cuda_train_verify_and_bench_there(tmp_path):
