@@ -3,6 +3,10 @@ and what an interrupted build says (each a one-line message with its exit code, 
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -24,3 +28,52 @@ def test_a_path_of_the_other_kind_is_named_as_such(tmp_path, micro_checkpoint, o
     line = res.stderr.strip()
     assert "\n" not in line and "does not exist" not in line, line
     assert f"{option} {given} is a {'file' if option == '--videos' else 'folder'}" in line and other in line
+
+
+def _clips(synth_root: Path, folder: Path, count: int) -> None:
+    folder.mkdir(exist_ok=True)
+    for video in sorted((synth_root / "videos").glob("*.mp4"))[:count]:
+        shutil.copy(video, folder / video.name)
+
+
+def test_add_encodes_with_the_engine_that_built_the_library(tmp_path, synth_root, micro_checkpoint):
+    """``index --videos DIR --name clips --add`` (the README's update) took the workspace's latest engine, where
+    ``search`` takes the one that built the library: with no engine in the workspace it stopped ('no engine in …'),
+    and with another model's engine built there since, it refused the library as another model's. It now encodes
+    with the engine that built the library while that exists, as search does."""
+    workspace, clips, lib = tmp_path / "ws", tmp_path / "clips", tmp_path / "lib"
+    _clips(synth_root, clips, 2)
+    common = ["--videos", str(clips), "--out", str(lib), "--workspace", str(workspace), "--cache-dir",
+              str(tmp_path / "cache"), "--json"]
+    first = runner.invoke(app, ["index", *common, "--engine", str(micro_checkpoint)])
+    assert first.exit_code == 0, first.output
+    _clips(synth_root, clips, 3)
+    added = runner.invoke(app, ["index", *common, "--add"])  # the workspace has no engine at all
+    assert added.exit_code == 0, added.output
+    report = json.loads(added.stdout)
+    assert (report["added"], report["videos"]) == (1, 3)
+
+
+def test_add_with_another_models_engine_says_how_to_update(tmp_path, synth_root, micro_checkpoint):
+    """The refusal of another model's engine told an ``index --add`` to 'search it with an engine of the model that
+    built it'; it now says how to update it (the builder's engine, the default), or where else to index."""
+    from conftest import micro_config, randomize_adapters
+
+    from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    ckpt, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    randomize_adapters(model, seed=7)
+    other = tmp_path / "other.pt"
+    save_checkpoint(checkpoint_from_model(model, ckpt), other)
+    clips, lib = tmp_path / "clips", tmp_path / "lib"
+    _clips(synth_root, clips, 2)
+    common = ["--videos", str(clips), "--out", str(lib), "--cache-dir", str(tmp_path / "cache")]
+    assert runner.invoke(app, ["index", *common, "--engine", str(micro_checkpoint)]).exit_code == 0
+    _clips(synth_root, clips, 3)
+    res = runner.invoke(app, ["index", *common, "--add", "--engine", str(other)])
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip()
+    assert "another model" in line and "\n" not in line
+    assert "search it" not in line and "update it with an engine of the model that built it" in line
+    assert "--out NEW_LIB" in line and "--force" in line

@@ -31,8 +31,9 @@ def _human_bytes(n: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------------- index
 def resolve_source(dataset: str | None, data_root: Path | None, split: str, videos: Path | None,
-                   list_file: Path | None, frames: int, workspace: Path | None = None) -> Any:
-    """The :class:`~rap_deploy.library.sources.VideoSource` of the options, or ``None`` when none is given."""
+                   list_file: Path | None, frames: int | None = None, workspace: Path | None = None) -> Any:
+    """The :class:`~rap_deploy.library.sources.VideoSource` of the options, or ``None`` when none is given
+    (``frames``: a dataset's frame count, default its own; a build samples the engine's)."""
     from rap_deploy.library.sources import dataset_source, folder_source, list_source
     from rap_deploy.workspace import data_root as resolve_data_root
 
@@ -61,6 +62,7 @@ def index_cmd(
     list_file: Path | None = typer.Option(None, "--list", help="Index the videos of FILE, one path per line "
                                           "(id = the path as written, without extension)."),
     engine: Path | None = typer.Option(None, "--engine", help="Engine folder, export folder or checkpoint (default: "
+                                       "for an existing library, the engine that built it while it exists; else "
                                        "the workspace's latest engine)."),
     out: Path | None = typer.Option(None, "--out", help="Library folder (default: <workspace>/index/<name>)."),
     name: str | None = typer.Option(None, "--name", help="Library name under <workspace>/index/ (default: "
@@ -112,11 +114,12 @@ def index_cmd(
         _set_threads(threads)
         eng, source = None, None
         if dataset or videos or list_file:
-            eng = _load_engine(engine, workspace, threads, ctx.local_rank)
-            source = resolve_source(dataset, data_root, split, videos, list_file, eng.config.frames, workspace)
+            source = resolve_source(dataset, data_root, split, videos, list_file, workspace=workspace)
         elif data_root is not None:
             raise UsageError("--data-root needs --dataset NAME")
         target = _library_out(out, name, source, workspace)
+        if source is not None:
+            eng = _load_engine(_index_engine(engine, target, force), workspace, threads, ctx.local_rank)
         ranks = Ranks(rank=ctx.rank, world_size=ctx.world_size, barrier=lambda: barrier(ctx))
         cache = _frame_cache(cache_dir, workspace)
         if ann is not None:
@@ -130,6 +133,17 @@ def index_cmd(
         cleanup(ctx)
     if ctx.is_main:
         _print_index(report, json_out)
+
+
+def _index_engine(engine: Path | None, library: Path, force: bool) -> Path | None:
+    """``--engine``; else, for an update of an existing library (not ``--force``), the engine that built it while it
+    exists, so new rows are encoded as its rows were (model, backend and precision), whatever engine the workspace
+    built since; else ``None``, the workspace's latest engine."""
+    from rap_deploy.library.manifest import MANIFEST
+
+    if engine is not None or force or not (library / MANIFEST).is_file():
+        return engine
+    return builder_engine(library)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -151,6 +165,16 @@ def _load_engine(engine: Path | None, workspace: Path | None, threads: int | Non
     from rap_deploy.engines.loader import load_engine
 
     return load_engine(resolve_engine(engine, workspace), threads=threads, device_id=device_id, lazy=lazy)
+
+
+def builder_engine(library: Path) -> Path | None:
+    """The engine folder or checkpoint that built ``library`` when its manifest names one that still exists, else
+    ``None`` (commands then take the workspace's latest engine). Raises what
+    :func:`~rap_deploy.library.manifest.read_manifest` raises for a folder that is no library or a damaged manifest."""
+    from rap_deploy.library.manifest import read_manifest
+
+    built = (read_manifest(library).get("engine") or {}).get("path")
+    return Path(built) if isinstance(built, str) and Path(built).exists() else None
 
 
 def check_library_name(name: str) -> str:
@@ -262,11 +286,7 @@ def resolve_library(library: Path | None, workspace: Path | None) -> Path:
 def _search_engine(engine: Path | None, library: Path, workspace: Path | None, threads: int | None) -> Any:
     """``--engine``, else the engine that built the library when it still exists, else the workspace's latest."""
     if engine is None:
-        from rap_deploy.library.manifest import read_manifest
-
-        built = (read_manifest(library).get("engine") or {}).get("path")
-        if isinstance(built, str) and Path(built).exists():
-            engine = Path(built)
+        engine = builder_engine(library)
     return _load_engine(engine, workspace, threads, lazy=True)  # search runs the text encoder and ASA head only
 
 

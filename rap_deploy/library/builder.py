@@ -37,6 +37,7 @@ from rap_deploy.library.assemble import (
 from rap_deploy.library.changes import changed_videos, indexed_files, moved_videos, with_moves
 from rap_deploy.library.encode import encode_shard
 from rap_deploy.library.manifest import (
+    INDEX_OTHER_MODEL_FIX,
     MANIFEST,
     SHARDS_DIR,
     STAGE1_DIR,
@@ -169,7 +170,7 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
         raise UsageError(f"{root} holds no library yet; give videos to index (--dataset/--data-root, --videos DIR "
                          "or --list FILE)")
     if old is not None and engine is not None:
-        check_model(old["model"], engine, root)
+        check_model(old["model"], engine, root, INDEX_OTHER_MODEL_FIX)
     if old is not None and source is not None:
         _check_sampling_rate(old["model"]["sampling"], source, root)
     state: dict[str, Any] = {"old": old, "plan": None, "resumed": False, "replacing": replacing}
@@ -183,6 +184,8 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
         return state
     sampling = FrameSamplingConfig(max_frames=engine.config.frames, fps=source.sampling.fps)
     model = model_identity(engine, sampling)
+    if old is not None:  # its rows keep the weights it recorded: check_model compared them, or warned it cannot
+        model["checkpoint_sha256"] = old["model"].get("checkpoint_sha256")
     indexed = indexed_files(root, old["shards"], set(old["removed"]), old.get("moved")) if old is not None else {}
     unknown = [v for v in options.remove if v not in indexed]
     if unknown:  # before any video is encoded

@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rap_deploy.atomic import write_json_atomic
+from rap_deploy.atomic import is_sha256, write_json_atomic
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.errors import DamagedArtifactError, UsageError
@@ -63,14 +65,19 @@ def tensor_dtype(name: str) -> str:
 def engine_checkpoint_sha256(engine: Any) -> str | None:
     """The sha256 of the checkpoint an engine's weights come from, or ``None`` when the engine does not say.
 
-    Read from ``engine.describe()``: a PyTorch engine names its checkpoint file (hashed here, memoised per file); an
-    engine or export folder records the source checkpoint's sha256 in its ``manifest.json``.
+    Read from ``engine.describe()``: a remote engine gives the ``checkpoint_sha256`` its server publishes (the
+    ``rapdeploy.checkpoint`` parameter of ``rapdeploy serve`` and ``rapdeploy triton-repo``; ``None`` when it
+    publishes none); a PyTorch engine names its checkpoint file (hashed here, memoised per file); an engine or export
+    folder records the source checkpoint's sha256 in its ``manifest.json`` (``None`` when it records none). Anything
+    but a hex sha256 counts as none.
     """
     from rap_deploy.engines.base import engine_info
 
     info = engine_info(engine)
     if info is None:
         return None
+    if "checkpoint_sha256" in info:
+        return info["checkpoint_sha256"] if is_sha256(info["checkpoint_sha256"]) else None
     ckpt = info.get("checkpoint")
     if isinstance(ckpt, str) and Path(ckpt).is_file():
         from rap_deploy.data.cache import file_digest
@@ -83,7 +90,7 @@ def engine_checkpoint_sha256(engine: Any) -> str | None:
         except (OSError, ValueError, AttributeError):
             return None
         sha = recorded.get("sha256") if isinstance(recorded, dict) else None
-        return sha if isinstance(sha, str) else None
+        return sha if is_sha256(sha) else None
     return None
 
 
@@ -102,11 +109,21 @@ def model_identity(engine: Any, sampling: FrameSamplingConfig) -> dict[str, Any]
     return out
 
 
-def check_model(recorded: dict[str, Any], engine: Any, where: Path) -> None:
+SEARCH_OTHER_MODEL_FIX = ("search it with an engine of the model that built it, or re-index with this engine "
+                          "(rapdeploy index ... --engine E --out NEW_LIB)")
+INDEX_OTHER_MODEL_FIX = ("update it with an engine of the model that built it (without --engine, index takes the "
+                         "engine that built it while that exists), or index these videos with this engine into a new "
+                         "library (--out NEW_LIB), or rebuild this one with it (--force)")
+
+
+def check_model(recorded: dict[str, Any], engine: Any, where: Path, fix: str = SEARCH_OTHER_MODEL_FIX,
+                warn: Callable[[str], None] | None = None) -> None:
     """Raise :class:`UsageError` (exit 2) when ``engine`` is not the model the library at ``where`` was built with.
 
     Compares config, preprocessing, tokenizer, frame count, stored tensors and (when both are known) the source
-    checkpoint's sha256, and names every difference.
+    checkpoint's sha256, and names every difference, then ``fix`` (what the command that refuses can do instead).
+    When the library or the engine does not know its checkpoint's sha256, the weights cannot be compared: it passes
+    with a one-line warning (:func:`unknown_weights_warning`) given to ``warn`` (default: printed on stderr).
     """
     current = model_identity(engine, FrameSamplingConfig.from_dict(recorded["sampling"]))
     problems = []
@@ -121,14 +138,63 @@ def check_model(recorded: dict[str, Any], engine: Any, where: Path) -> None:
         problems.append(f"frames {recorded['sampling'].get('max_frames')} vs {engine.config.frames}")
     if list(recorded.get("tensors") or []) != current["tensors"]:
         problems.append(f"stored tensors {recorded.get('tensors')} vs the engine's {current['tensors']}")
-    lib_ckpt, eng_ckpt = recorded.get("checkpoint_sha256"), current["checkpoint_sha256"]
+    lib_ckpt = recorded.get("checkpoint_sha256") if is_sha256(recorded.get("checkpoint_sha256")) else None
+    eng_ckpt = current["checkpoint_sha256"]
     if lib_ckpt and eng_ckpt and lib_ckpt != eng_ckpt:
         problems.append(f"source checkpoint sha256 {lib_ckpt[:12]}… vs {eng_ckpt[:12]}… (other weights)")
     if problems:
         raise UsageError(f"library {where} was built with another model than this engine (library, per "
-                         f"{Path(where) / MANIFEST}, vs engine): {'; '.join(problems)}; search it with an engine of "
-                         "the model that built it, or re-index with this engine (rapdeploy index ... --engine E --out "
-                         "NEW_LIB)")
+                         f"{Path(where) / MANIFEST}, vs engine): {'; '.join(problems)}; {fix}")
+    if lib_ckpt is None or eng_ckpt is None:
+        (warn or _print_warning)(unknown_weights_warning(where, lib_ckpt, engine, eng_ckpt))
+
+
+def unknown_weights_warning(where: Path, library_sha: str | None, engine: Any, engine_sha: str | None) -> str:
+    """The one-line warning of :func:`check_model` when the library at ``where`` (``library_sha``) or ``engine``
+    (``engine_sha``) does not know the source checkpoint's sha256 (``None``): which side lacks it and why it may,
+    what that means, and how to record it."""
+    name = _engine_name(engine)
+    sides, fixes = [], []
+    if library_sha is None:
+        sides.append(f"library {where} records none (indexed before rapdeploy recorded it, or with an engine that "
+                     "did not say)")
+        fixes.append("re-index the library with the engine of its weights (rapdeploy index ... --force)")
+    else:
+        sides.append(f"library {where} records {library_sha[:12]}…")
+    if engine_sha is None:
+        sides.append(f"engine {name} says none ({_engine_gap(engine)})")
+        fixes.append("rebuild the engine from a current export (rapdeploy export, then build-engine; a server: "
+                     "rapdeploy serve, or a rapdeploy triton-repo repository, of such an engine)")
+    else:
+        sides.append(f"engine {name} says {engine_sha[:12]}…")
+    return (f"warning: source checkpoint sha256 unknown: {'; '.join(sides)}; so the weights cannot be compared, and "
+            f"another checkpoint of the same config would search this library without an error and rank wrongly; to "
+            f"compare them, {' and '.join(fixes)}")
+
+
+def _engine_name(engine: Any) -> str:
+    """How a warning names ``engine``: its path or URL, else its backend."""
+    from rap_deploy.engines.base import engine_info
+
+    info = engine_info(engine) or {}
+    return str(info.get("path") or info.get("backend") or type(engine).__name__)
+
+
+def _engine_gap(engine: Any) -> str:
+    """Why ``engine`` may not know its checkpoint's sha256, by its kind."""
+    from rap_deploy.engines.base import engine_info
+
+    backend = (engine_info(engine) or {}).get("backend")
+    if backend == "remote":
+        return "the server publishes no rapdeploy.checkpoint sha256: another tool's repository, or an engine of an " \
+               "export that recorded none"
+    if backend in ("onnxruntime", "tensorrt"):
+        return "its manifest.json records no checkpoint sha256: built from an export that recorded none"
+    return "it describes no checkpoint"
+
+
+def _print_warning(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
