@@ -209,6 +209,15 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value: Any) -> bool:
+    """Whether ``value`` is a hex sha256 as :func:`sha256_file` writes it (64 lower-case hex digits): what a record
+    read from an untrusted manifest or server must hold before it is compared as one."""
+    return isinstance(value, str) and SHA256_HEX.fullmatch(value) is not None
+
+
 def open_regular(path: str | os.PathLike[str]):
     """Open ``path`` for reading in binary mode, refusing anything but a regular file before reading a byte.
 
