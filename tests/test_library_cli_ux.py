@@ -77,3 +77,34 @@ def test_add_with_another_models_engine_says_how_to_update(tmp_path, synth_root,
     assert "another model" in line and "\n" not in line
     assert "search it" not in line and "update it with an engine of the model that built it" in line
     assert "--out NEW_LIB" in line and "--force" in line
+
+
+def test_ctrl_c_during_index_says_how_to_resume_and_the_re_run_resumes(tmp_path, synth_root, micro_checkpoint,
+                                                                        monkeypatch):
+    """Ctrl-C during ``index`` said only 'error: interrupted' (exit 130), though re-running the command resumes the
+    build with its finished shards (README 'Resume'); the line now says so, and the re-run does it."""
+    import rap_deploy.library.builder as builder
+
+    clips = tmp_path / "clips"
+    _clips(synth_root, clips, 3)
+    args = ["index", "--videos", str(clips), "--out", str(tmp_path / "lib"), "--engine", str(micro_checkpoint),
+            "--shard-size", "1", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    encode, calls = builder.encode_shard, []
+
+    def ctrl_c_at_the_second_shard(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode(*a, **kw)
+
+    monkeypatch.setattr(builder, "encode_shard", ctrl_c_at_the_second_shard)
+    stopped = runner.invoke(app, args)
+    assert stopped.exit_code == 130, stopped.output
+    line = stopped.stderr.strip()
+    assert "\n" not in line and line.startswith("error: interrupted (Ctrl-C)")
+    assert "re-run the same command to resume" in line
+    monkeypatch.setattr(builder, "encode_shard", encode)
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    report = json.loads(resumed.stdout)
+    assert (report["videos"], report["shards_resumed"], report["shards_written"]) == (3, 1, 2)

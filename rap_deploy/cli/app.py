@@ -100,12 +100,13 @@ def _os_error_exit(exc: OSError) -> typer.Exit:
     return typer.Exit(141)
 
 
-def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+def command(*args: Any, resume: str | None = None, **kwargs: Any) -> Callable[[F], F]:
     """Register a command on :data:`app`, with the exit-code contract applied.
 
     Errors become one line on stderr: :class:`RapDeployError` with its exit code, operating-system errors
     (permissions, a file where a folder is expected, a full disk) with exit 2, Ctrl-C with 130 and SIGTERM with 143
-    (after unwinding, so no temporary file is left behind); a closed output pipe (``| head``) ends quietly with 141.
+    (after unwinding, so no temporary file is left behind; ``resume``, when given, says how to carry on and ends
+    their line); a closed output pipe (``| head``) ends quietly with 141.
     """
 
     def decorator(func: F) -> F:
@@ -119,10 +120,9 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
             except OSError as exc:
                 raise _os_error_exit(exc) from None
             except KeyboardInterrupt:
-                raise fail("interrupted", 130) from None
+                raise fail(_stopped_message("interrupted (Ctrl-C)", resume), 130) from None
             except Terminated:
-                raise fail("terminated (SIGTERM); finished files are kept, nothing half-written is left", 143
-                           ) from None
+                raise fail(_stopped_message("terminated (SIGTERM)", resume), 143) from None
 
         if "help" not in kwargs and func.__doc__:
             kwargs["help"] = reflowed_help(func.__doc__)
@@ -130,6 +130,13 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
         return func
 
     return decorator
+
+
+def _stopped_message(stopped: str, resume: str | None) -> str:
+    """The line for a command stopped by a signal: how, that the unwinding kept finished files and removed
+    half-written ones, and ``resume`` (how to carry on) when the command has one."""
+    message = f"{stopped}; finished files are kept, nothing half-written is left"
+    return f"{message}; {resume}" if resume else message
 
 
 def reflowed_help(doc: str) -> str:

@@ -51,7 +51,7 @@ def resolve_source(dataset: str | None, data_root: Path | None, split: str, vide
     return None
 
 
-@command("index")
+@command("index", resume="re-run the same command to resume: finished shards are kept")
 def index_cmd(
     dataset: str | None = typer.Option(None, "--dataset", help=f"Index a dataset split: {DATASET_NAMES} (with "
                                        "--data-root)."),
