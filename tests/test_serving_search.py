@@ -421,3 +421,18 @@ def test_the_readmes_route_table_names_every_field_search_answers(served):
     assert status == 200 and not doc["results"][-1]["reranked"], doc  # the second result is past top_m
     keys = {*doc, *doc["results"][0], *doc["timings_ms"]}
     assert {k for k in keys if f"`{k}`" not in row} == set(), row
+
+
+@pytest.mark.parametrize("doc, says", [
+    ({"query": "red", "top_k": "5"}, 'top_k must be an integer in [1, 100], got "5"'),
+    ({"query": "red", "top_m": 5.0}, "top_m must be an integer in [1, 1000], got 5.0"),
+    ({"query": "red", "top_k": True}, "got true"),
+    ({"query": ["red"]}, 'query must be a string, got ["red"]'),
+    ({"top_k": 3}, 'query is required: /search takes {"query": '),
+])
+def test_a_refused_search_field_is_shown_as_the_request_wrote_it(served, doc, says):
+    """``"top_k": "5"`` was refused with 'top_k must be an integer in [1, 100], got 5', which reads as if 5 were out
+    of range, and a body without a query with 'query must be a string'; the value is now shown as JSON and a missing
+    query is named as missing."""
+    status, answer = _search(served[0], **doc)
+    assert status == 422 and says in answer["error"], answer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import json
 import logging
 import math
 import threading
@@ -226,9 +227,12 @@ class ServingService:
         if unknown:
             raise RequestError(422, f"unknown field '{str(unknown[0])[:32]}'; /search takes query, top_k, top_m",
                                str(unknown[0])[:32])
-        query = doc.get("query")
+        if "query" not in doc:
+            raise RequestError(422, 'query is required: /search takes {"query": "what to find", "top_k": 10, '
+                               '"top_m": 100}', "query")
+        query = doc["query"]
         if not isinstance(query, str):
-            raise RequestError(422, "query must be a string", "query")
+            raise RequestError(422, f"query must be a string, got {_json_value(query)}", "query")
         if not query.strip():
             raise RequestError(422, "query must not be empty", "query")
         if len(query) > o.max_query_chars:
@@ -243,7 +247,7 @@ class ServingService:
         def bounded(key: str, default: int, top: int) -> int:
             value = doc.get(key, default)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-                raise RequestError(422, f"{key} must be an integer in [1, {top}], got {str(value)[:32]}", key)
+                raise RequestError(422, f"{key} must be an integer in [1, {top}], got {_json_value(value)}", key)
             return value
 
         return query, bounded("top_k", 10, o.max_top_k), bounded("top_m", 100, o.max_top_m)
@@ -399,6 +403,16 @@ def _check_body_holds_one(body: int, rows: Mapping[str, int]) -> None:
         raise UsageError(f"--max-body-mb {body / MiB:g} cannot hold one {name} request ({need:,} bytes of tensors "
                          f"and {BODY_HEADER_RESERVE // 1024} KiB for its header): every one would be refused (413); "
                          f"pass --max-body-mb {least:g} or more")
+
+
+def _json_value(value: Any) -> str:
+    """``value`` as the request wrote it (JSON: ``"5"`` for a string, ``true``, ``5.0``), cut to 32 characters, so a
+    refusal of ``"top_k": "5"`` does not read 'got 5'."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (RecursionError, ValueError):  # nested deeper than the encoder goes
+        return f"a JSON {type(value).__name__}"
+    return text if len(text) <= 32 else text[:31] + "…"
 
 
 def jpeg_strip(frames: np.ndarray, height: int = 96) -> bytes:
