@@ -436,3 +436,19 @@ def test_a_refused_search_field_is_shown_as_the_request_wrote_it(served, doc, sa
     query is named as missing."""
     status, answer = _search(served[0], **doc)
     assert status == 422 and says in answer["error"], answer
+
+
+def test_serve_without_engine_runs_the_engine_that_built_the_library(served, tmp_path):
+    """``rapdeploy serve --library LIB`` without ``--engine`` took the workspace's latest engine, where ``rapdeploy
+    search`` takes the one that built the library: with no engine in the workspace it stopped ('no engine in …'),
+    and with another model's engine built there since, it refused the library. It now serves the library with the
+    engine that built it while that exists."""
+    from rap_deploy.engines.serving.server import build_service
+
+    url, running, _, lib_dir = served
+    service = build_service(library=lib_dir, workspace=tmp_path / "empty-ws", threads=1)
+    try:
+        assert service.library is not None and len(service.library) == len(running.library)
+        assert service.source.path == running.source.path  # the fp32 engine the library records
+    finally:
+        service.close()

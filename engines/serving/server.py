@@ -96,15 +96,20 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
     """Load everything :func:`serve` serves and return the warmed-up :class:`ServingService`.
 
     Without ``library`` the workspace's latest library is served when ``default_library`` (else, or when there is
-    none, the three graphs only). Raises :class:`UsageError` for ``library`` together with ``default_library=False``
+    none, the three graphs only); without ``engine``, the engine that built the served library while it exists,
+    else the workspace's latest. Raises :class:`UsageError` for ``library`` together with ``default_library=False``
     and what loading the engine and the library raise."""
     from rap_deploy.engines.serving.serial import SerialEngine
     from rap_deploy.engines.serving.service import ServingService
 
     check_library_choice(library, default_library)
+    lib_path = resolve_library(library, workspace) if default_library else None
+    if engine is None and lib_path is not None:  # the library's own engine, as `rapdeploy search` takes
+        from rap_deploy.library.manifest import builder_engine
+
+        engine = builder_engine(lib_path)
     loaded, source = load_served_engine(engine, workspace, threads)
     serial = SerialEngine(loaded)
-    lib_path = resolve_library(library, workspace) if default_library else None
     lib = service = None
     try:
         lib = open_served_library(lib_path, serial, implicit=library is None) if lib_path is not None else None
