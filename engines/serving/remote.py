@@ -42,7 +42,14 @@ from rap_deploy.engines.serving.contract import (
     contract_io,
 )
 from rap_deploy.engines.serving.model_config import read_parameters
-from rap_deploy.engines.serving.remote_checks import asa_blocks, json_object, model_tensors, published_size, rap_config
+from rap_deploy.engines.serving.remote_checks import (
+    asa_blocks,
+    checkpoint_sha256,
+    json_object,
+    model_tensors,
+    published_size,
+    rap_config,
+)
 from rap_deploy.engines.serving.remote_transport import (
     ANSWER_MARGIN,
     MAX_METADATA_ANSWER,
@@ -70,6 +77,11 @@ def _error_text(exc: Any, status: str) -> str:
     if body is not None:
         return f"HTTP {status or '?'} with an answer that is not a KServe v2 error ({one_line(body, 100)}); {NOT_OIP}"
     return one_line(exc.message() or "no error message")
+
+
+def _short_sha(sha: str | None) -> str:
+    """A sha256 as a message shows it: its first 12 digits, or ``none`` when there is none."""
+    return f"{sha[:12]}…" if sha else "none"
 
 
 class RemoteEngine(Engine):
@@ -113,6 +125,8 @@ class RemoteEngine(Engine):
         text_cfg = self._model_config(TEXT_GRAPH)
         self.parameters = read_parameters(text_cfg)
         self.config = rap_config(self.parameters, self.url)
+        #: the source checkpoint's sha256 the server publishes (``None``: it names none), what a library compares
+        self.checkpoint_sha256 = checkpoint_sha256(self.parameters)
         self.io = contract_io(self.config.has_asa)
         self.ranks: dict[str, dict[str, int]] = {}  # per graph, each input's rank in the server's metadata
         # per graph, each output's shape (-1: dynamic) and item size in the server's metadata: answers are bounded
@@ -183,8 +197,13 @@ class RemoteEngine(Engine):
     def _check_metadata(self, graph: str, config: Mapping[str, Any]) -> dict[str, str]:
         """The server's datatype per input (its ranks and output shapes go to :attr:`ranks` and :attr:`answers`);
         raises :class:`UsageError` when its tensors or RAP config differ from the contract."""
-        if read_parameters(config).get("config") != self.parameters["config"]:
+        parameters = read_parameters(config)
+        if parameters.get("config") != self.parameters["config"]:
             raise UsageError(f"{self.url}: model {graph} was built from another RAP config than {TEXT_GRAPH}")
+        if checkpoint_sha256(parameters) != self.checkpoint_sha256:  # index encodes with one, search with the other
+            raise UsageError(f"{self.url}: model {graph} was built from other weights than {TEXT_GRAPH} (rapdeploy."
+                             f"checkpoint sha256 {_short_sha(checkpoint_sha256(parameters))} vs "
+                             f"{_short_sha(self.checkpoint_sha256)}); serve the three models of one engine")
         what = f"model {graph} metadata"
         meta = json_object(self._call(self._client().get_model_metadata, graph, what=what), self.url, what)
         tensors = model_tensors(meta, self.url, graph, self.io[graph])
@@ -313,7 +332,8 @@ class RemoteEngine(Engine):
         return value if isinstance(value, dict) else {}
 
     def describe(self) -> EngineInfo:
-        """Backend ``remote``, the served engine's precision, the URL and what the server reports."""
+        """Backend ``remote``, the served engine's precision, the URL and what the server reports (with
+        ``checkpoint_sha256``, the source checkpoint's sha256 it publishes, or ``None``)."""
         from importlib import metadata
 
         served = self._json_parameter("engine")
@@ -322,7 +342,8 @@ class RemoteEngine(Engine):
         return EngineInfo(backend=self.backend, precision=self.parameters.get("precision") or "fp32",
                           device=f"remote {self.url}", versions=versions, path=self.url,
                           extra={"url": self.url, "served_engine": served, "max_batch": self.max_batch,
-                                 "query_block": self.query_block, "video_block": self.video_block})
+                                 "query_block": self.query_block, "video_block": self.video_block,
+                                 "checkpoint_sha256": self.checkpoint_sha256})
 
     def close(self) -> None:
         """Close the HTTP clients."""

@@ -1,9 +1,9 @@
 """What a KServe v2 / Triton server publishes about its models, checked against this rapdeploy's contract.
 
 :class:`~rap_deploy.engines.serving.remote.RemoteEngine` fetches the answers (model configuration and metadata);
-these functions read them: the ``rapdeploy.*`` parameters (RAP config, ASA block sizes), the sizes a server
-publishes, and each model's tensors (names, datatypes, ranks, output shapes). Each raises :class:`UsageError`
-naming the server's URL when an answer is not what the protocol and the contract say.
+these functions read them: the ``rapdeploy.*`` parameters (RAP config, ASA block sizes, source checkpoint), the
+sizes a server publishes, and each model's tensors (names, datatypes, ranks, output shapes). Each raises
+:class:`UsageError` naming the server's URL when an answer is not what the protocol and the contract say.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rap_deploy.atomic import is_sha256
 from rap_deploy.config import RAPConfig
 from rap_deploy.engines.serving.contract import NUMPY_DTYPES, TEXT_GRAPH
 from rap_deploy.engines.serving.remote_transport import NOT_OIP
@@ -80,6 +81,18 @@ def asa_blocks(parameters: Mapping[str, str], url: str) -> tuple[int, int]:
                          f"({str(parameters.get('asa_blocks'))[:60]!r})")
     return (published_size(blocks.get("queries"), url, "rapdeploy.asa_blocks queries", 32),
             published_size(blocks.get("videos"), url, "rapdeploy.asa_blocks videos", 64))
+
+
+def checkpoint_sha256(parameters: Mapping[str, str]) -> str | None:
+    """The source checkpoint's sha256 in a model's ``rapdeploy.checkpoint`` parameter (``{"path", "sha256"}``, the
+    export record the served engine was built from); ``None`` when the server publishes none or no sha256 there (a
+    repository of another tool, an engine whose export recorded no checkpoint)."""
+    try:
+        record = json.loads(parameters.get("checkpoint") or "{}")
+    except ValueError:
+        return None
+    sha = record.get("sha256") if isinstance(record, dict) else None
+    return sha if is_sha256(sha) else None
 
 
 def tensor_shape(shape: Any) -> tuple[int, ...]:

@@ -61,9 +61,10 @@ def index_cmd(
                                        "(id = relative path without extension)."),
     list_file: Path | None = typer.Option(None, "--list", help="Index the videos of FILE, one path per line "
                                           "(id = the path as written, without extension)."),
-    engine: Path | None = typer.Option(None, "--engine", help="Engine folder, export folder or checkpoint (default: "
-                                       "for an existing library, the engine that built it while it exists; else "
-                                       "the workspace's latest engine)."),
+    engine: str | None = typer.Option(None, "--engine", help="Engine folder, export folder or checkpoint, or "
+                                      "http://HOST:PORT of a running `rapdeploy serve` or Triton (default: for an "
+                                      "existing library, the engine that built it while it exists; else the "
+                                      "workspace's latest engine)."),
     out: Path | None = typer.Option(None, "--out", help="Library folder (default: <workspace>/index/<name>)."),
     name: str | None = typer.Option(None, "--name", help="Library name under <workspace>/index/ (default: "
                                     "<dataset>-<split>, the folder's name, or the list file's without its extension)."),
@@ -135,7 +136,7 @@ def index_cmd(
         _print_index(report, json_out)
 
 
-def _index_engine(engine: Path | None, library: Path, force: bool) -> Path | None:
+def _index_engine(engine: str | Path | None, library: Path, force: bool) -> str | Path | None:
     """``--engine``; else, for an update of an existing library (not ``--force``), the engine that built it while it
     exists, so new rows are encoded as its rows were (model, backend and precision), whatever engine the workspace
     built since; else ``None``, the workspace's latest engine."""
@@ -158,7 +159,7 @@ def _set_threads(threads: int | None) -> None:
             sys.modules["torch"].set_num_threads(int(threads))
 
 
-def _load_engine(engine: Path | None, workspace: Path | None, threads: int | None, device_id: int = 0,
+def _load_engine(engine: str | Path | None, workspace: Path | None, threads: int | None, device_id: int = 0,
                  lazy: bool = False) -> Any:
     """The engine (``--engine`` or the workspace's latest); ``lazy`` opens only the graphs a command calls."""
     from rap_deploy.engines.engine_refs import resolve_engine
@@ -283,7 +284,7 @@ def resolve_library(library: Path | None, workspace: Path | None) -> Path:
     return find_library(library, workspace)
 
 
-def _search_engine(engine: Path | None, library: Path, workspace: Path | None, threads: int | None) -> Any:
+def _search_engine(engine: str | Path | None, library: Path, workspace: Path | None, threads: int | None) -> Any:
     """``--engine``, else the engine that built the library when it still exists, else the workspace's latest."""
     if engine is None:
         engine = builder_engine(library)
@@ -310,8 +311,9 @@ def search_cmd(
     queries_file: Path | None = typer.Option(None, "--queries", help="One query per line (text encoded in batches)."),
     library: Path | None = typer.Option(None, "--library", help="Library folder (default: the workspace's latest "
                                         "library)."),
-    engine: Path | None = typer.Option(None, "--engine", help="Engine of the library's model (default: the one that "
-                                       "built it, else the workspace's latest engine)."),
+    engine: str | None = typer.Option(None, "--engine", help="Engine of the library's model, or http://HOST:PORT "
+                                      "of a running `rapdeploy serve` or Triton serving one (default: the one that "
+                                      "built it, else the workspace's latest engine)."),
     top: int = typer.Option(10, "--top", help="Results per query."),
     top_m: int = typer.Option(100, "--top-m", help="Stage-1 candidates re-ranked by the ASA head (0: none, "
                                "stage-1 scores only)."),

@@ -1,0 +1,177 @@
+"""A library and the engine searching it must come from the same weights, not only the same config.
+
+``check_model`` compares the source checkpoint's sha256 of the library with the engine's. A remote engine (``--engine
+http://...``) said none, though ``rapdeploy serve`` and ``rapdeploy triton-repo`` publish it (``rapdeploy.checkpoint``),
+so a server of other weights of the same config searched any library and ranked garbage without a word. It now
+reads it: other weights are refused (exit 2); where one side still does not know its sha256, the search goes on with
+a one-line warning on stderr naming that side.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rap_deploy.atomic import sha256_file
+from rap_deploy.cli import app
+from rap_deploy.errors import UsageError
+
+runner = CliRunner()
+WARNING = "warning: source checkpoint sha256 unknown"
+
+
+@pytest.fixture(scope="module")
+def ort_library(micro_ort_engines, synth_root, tmp_path_factory) -> Path:
+    """A library of the synthetic test split indexed with the micro fp32 ONNX Runtime engine."""
+    lib = tmp_path_factory.mktemp("weights_lib") / "msrvtt-test"
+    res = runner.invoke(app, ["index", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine",
+                              str(micro_ort_engines["fp32"]), "--out", str(lib), "--cache-dir",
+                              str(tmp_path_factory.mktemp("weights_frames")), "--quiet"])
+    assert res.exit_code == 0, res.output
+    return lib
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory) -> Path:
+    """A micro checkpoint of the library's config with other adapter weights (another training seed)."""
+    from conftest import micro_config, randomize_adapters
+
+    from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    ckpt, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    randomize_adapters(model, seed=7)
+    path = tmp_path_factory.mktemp("other_weights") / "seed7.pt"
+    save_checkpoint(checkpoint_from_model(model, ckpt), path)
+    return path
+
+
+@contextmanager
+def served(path: Path) -> Iterator[tuple[str, object]]:
+    """``rapdeploy serve``'s app (graphs only) on the engine or checkpoint ``path``, on 127.0.0.1: its URL and its
+    service, stopped when the block ends."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.serving.app import create_app
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread
+    from rap_deploy.engines.serving.service import ServingService
+
+    service = ServingService(SerialEngine(load_engine(path, threads=1)), read_source(path))
+    try:
+        with ServerThread(create_app(service)) as server:
+            yield server.url, service
+    finally:
+        service.close()
+
+
+def _search(library: Path, engine: object):
+    return runner.invoke(app, ["search", "a red circle", "--library", str(library), "--engine", str(engine),
+                               "--json"])
+
+
+def test_a_served_engine_publishes_the_export_records_checkpoint(micro_ort_engines, micro_checkpoint):
+    """The remote engine said no sha256 (engine_checkpoint_sha256 gave None); it is the export record's, which is
+    the checkpoint's the export was made from."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.library.manifest import engine_checkpoint_sha256
+
+    engine_manifest = json.loads((micro_ort_engines["fp32"] / "manifest.json").read_text())
+    assert engine_manifest["export"]["checkpoint"]["sha256"] == sha256_file(micro_checkpoint)
+    with served(micro_ort_engines["fp32"]) as (url, _):
+        remote = load_engine(url)
+        try:
+            assert engine_checkpoint_sha256(remote) == sha256_file(micro_checkpoint)
+        finally:
+            remote.close()
+
+
+def test_a_server_of_other_weights_is_refused_and_of_the_same_searches_quietly(ort_library, other_weights,
+                                                                              micro_ort_engines):
+    with served(other_weights) as (url, _):
+        refused = _search(ort_library, url)
+    assert refused.exit_code == 2, refused.output
+    assert "another model" in refused.stderr and "source checkpoint sha256" in refused.stderr, refused.stderr
+    with served(micro_ort_engines["fp32"]) as (url, _):
+        same = _search(ort_library, url)
+    assert same.exit_code == 0, same.output
+    assert WARNING not in same.stderr and json.loads(same.stdout.splitlines()[0])["results"]
+
+
+def test_a_server_publishing_no_checkpoint_searches_with_a_warning(ort_library, other_weights):
+    """A server that publishes no rapdeploy.checkpoint (a repository of another tool) cannot be compared: the
+    search goes on (its weights may well be the library's) and says so on one line of stderr."""
+    with served(other_weights) as (url, service):
+        service.parameters["rapdeploy.checkpoint"] = "{}"
+        res = _search(ort_library, url)
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if WARNING in line]
+    assert len(lines) == 1, res.stderr
+    assert f"engine {url} says none (the server publishes no rapdeploy.checkpoint" in lines[0], lines[0]
+    assert f"library {ort_library} records " in lines[0] and "rebuild the engine from a current export" in lines[0]
+
+
+def test_a_library_recording_no_checkpoint_searches_with_a_warning(ort_library, micro_ort_engines, tmp_path):
+    """A library indexed before the sha256 was recorded (or by an engine that did not say) searches with a warning
+    naming it and saying to re-index it."""
+    lib = shutil.copytree(ort_library, tmp_path / "old-lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    manifest["model"]["checkpoint_sha256"] = None
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    res = _search(lib, micro_ort_engines["fp32"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if WARNING in line]
+    assert len(lines) == 1 and f"library {lib} records none" in lines[0], res.stderr
+    assert "re-index the library" in lines[0] and "rebuild the engine" not in lines[0], lines[0]
+
+
+def test_a_server_mixing_models_of_other_weights_is_refused(micro_ort_engines, monkeypatch):
+    """index encodes videos with video_encoder, search encodes text with text_encoder: a server whose models
+    publish other checkpoints is refused when the remote engine connects."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.serving.contract import VIDEO_GRAPH
+
+    with served(micro_ort_engines["fp32"]) as (url, service):
+        answer = service.model_config
+
+        def other_video_weights(model):
+            cfg = answer(model)
+            if model.name == VIDEO_GRAPH:
+                cfg["parameters"]["rapdeploy.checkpoint"] = {"string_value": json.dumps({"sha256": "1" * 64})}
+            return cfg
+
+        monkeypatch.setattr(service, "model_config", other_video_weights)
+        with pytest.raises(UsageError, match="model video_encoder was built from other weights than text_encoder"):
+            load_engine(url)
+
+
+def test_an_update_keeps_the_weights_the_library_recorded(micro_ort_engines, other_weights, synth_root, tmp_path):
+    """index --add with an engine that says no sha256 erased the library's (the update recorded the engine's
+    None), so from then on other weights searched it without a word. The library keeps what it recorded (the
+    update warns that the new rows' weights could not be compared), and other weights are still refused."""
+    videos = sorted((synth_root / "videos").glob("*.mp4"))
+    listing, lib, cache = tmp_path / "videos.txt", tmp_path / "lib", tmp_path / "frames"
+    listing.write_text("\n".join(str(p) for p in videos[:3]) + "\n")
+    first = runner.invoke(app, ["index", "--list", str(listing), "--engine", str(micro_ort_engines["fp32"]), "--out",
+                                str(lib), "--cache-dir", str(cache), "--quiet"])
+    assert first.exit_code == 0, first.output
+    recorded = json.loads((lib / "manifest.json").read_text())["model"]["checkpoint_sha256"]
+    assert recorded == json.loads((micro_ort_engines["fp32"] / "manifest.json").read_text())["checkpoint"]["sha256"]
+    listing.write_text("\n".join(str(p) for p in videos[:5]) + "\n")
+    with served(micro_ort_engines["fp32"]) as (url, service):
+        service.parameters["rapdeploy.checkpoint"] = "{}"
+        added = runner.invoke(app, ["index", "--list", str(listing), "--engine", url, "--out", str(lib),
+                                    "--cache-dir", str(cache), "--add", "--quiet"])
+    assert added.exit_code == 0, added.output
+    assert WARNING in added.stderr and f"engine {url} says none" in added.stderr, added.stderr
+    manifest = json.loads((lib / "manifest.json").read_text())
+    assert manifest["videos"] == 5 and manifest["model"]["checkpoint_sha256"] == recorded
+    with served(other_weights) as (url, _):
+        refused = _search(lib, url)
+    assert refused.exit_code == 2 and "source checkpoint sha256" in refused.stderr, refused.output
