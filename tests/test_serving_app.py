@@ -545,7 +545,8 @@ def test_served_connections_send_without_waiting_for_acks():
 
 def test_serve_host_that_is_not_this_machines_is_a_one_line_error_naming_host():
     """serve --host with an address this machine does not have said 'pass another --port' (no port helps); a name
-    that does not resolve is refused naming --host too. Both before the engine is loaded (it does not exist)."""
+    that does not resolve is refused naming --host too, and (it said only 'Name or service not known') what to pass
+    instead. Both before the engine is loaded (it does not exist)."""
     from typer.testing import CliRunner
 
     from rap_deploy.cli import app
@@ -554,6 +555,7 @@ def test_serve_host_that_is_not_this_machines_is_a_one_line_error_naming_host():
         res = CliRunner().invoke(app, ["serve", "--engine", "/no/such/engine", "--port", "0", "--host", host])
         assert res.exit_code == 2 and f"--host {host}" in res.output, res.output
         assert "--port" not in res.output and "Traceback" not in res.output and "engine" not in res.output, res.output
+        assert "127.0.0.1 (this machine only)" in res.output and res.output.count("\n") == 1, res.output
 
 
 @pytest.mark.parametrize("option, value", [("--max-queue", "0"), ("--max-queue", "2000000"),

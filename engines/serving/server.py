@@ -140,7 +140,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise UsageError(f"--host {host}: {exc.strerror}") from None
+        raise UsageError(f"--host {host}: {exc.strerror}; pass a host name or address of this machine, 127.0.0.1 "
+                         "(this machine only) or 0.0.0.0 (every network)") from None
     family, kind, proto, _, addr = infos[0]
     # getaddrinfo's protocol (IPPROTO_TCP), not 0: asyncio turns Nagle off (TCP_NODELAY) only on accepted sockets
     # whose proto says TCP, and with Nagle on, every response after a connection's first waited for the client's
