@@ -108,3 +108,19 @@ def test_ctrl_c_during_index_says_how_to_resume_and_the_re_run_resumes(tmp_path,
     assert resumed.exit_code == 0, resumed.output
     report = json.loads(resumed.stdout)
     assert (report["videos"], report["shards_resumed"], report["shards_written"]) == (3, 1, 2)
+
+
+def test_add_with_force_is_refused_before_anything_is_encoded(tmp_path, synth_root, micro_checkpoint):
+    """``index --add --force`` re-encoded every video of the library (measured: 'added 7' of 7, where --add alone
+    adds none), the opposite of what --add promises; the pair is now refused, one line, exit 2, nothing written."""
+    clips, lib = tmp_path / "clips", tmp_path / "lib"
+    _clips(synth_root, clips, 2)
+    common = ["index", "--videos", str(clips), "--out", str(lib), "--engine", str(micro_checkpoint), "--cache-dir",
+              str(tmp_path / "cache")]
+    assert runner.invoke(app, common).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in lib.rglob("*")}
+    res = runner.invoke(app, [*common, "--add", "--force"])
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip()
+    assert "\n" not in line and "--add" in line and "--force" in line, line
+    assert {p: p.stat().st_mtime_ns for p in lib.rglob("*")} == before

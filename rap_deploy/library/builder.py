@@ -66,9 +66,13 @@ class BuildOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        """Raise :class:`UsageError` for a value out of range (named as its ``rapdeploy index`` option)."""
+        """Raise :class:`UsageError` for a value out of range (named as its ``rapdeploy index`` option), or for
+        ``add`` with ``force``, which ask for opposite builds."""
         from rap_deploy.bounds import MAX_BATCH_SIZE, MAX_VIDEOS
 
+        if self.add and self.force:  # --force re-encoded every video, where --add promises only the new ones
+            raise UsageError("--add encodes only the videos not yet in the library and --force rebuilds it from "
+                             "every given video: pass --add to update it, or --force to rebuild it")
         if not 0.0 < self.target_recall <= 1.0:  # also refuses NaN
             raise UsageError(f"--target-recall must be in (0, 1], got {self.target_recall}")
         for value, option, top in ((self.top_m, "--top-m", MAX_VIDEOS), (self.shard_size, "--shard-size", MAX_VIDEOS),
