@@ -163,6 +163,17 @@ def runtime_errors(folder: Path) -> Iterator[None]:
                                f"{first[:200]}); the folder is damaged or was replaced, rebuild it") from None
 
 
+def checkpoint_record(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``{"checkpoint_sha256": ...}``: the source checkpoint's sha256 of the engine or export manifest an engine was
+    loaded from (``None`` when it records none), for its ``describe()``; a library compares it with its own, and it
+    stays that of the loaded folder when a later ``build-engine --force`` / ``export --force`` replaces the folder."""
+    from rap_deploy.atomic import is_sha256
+
+    record = manifest.get("checkpoint")
+    sha = record.get("sha256") if isinstance(record, dict) else None
+    return {"checkpoint_sha256": sha if is_sha256(sha) else None}
+
+
 def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, files: dict[str, Path],
                   threads: int | None, inter_threads: int | None, blocks: dict[str, int], device_id: int,
                   lazy: bool = False) -> Engine:
@@ -170,7 +181,7 @@ def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, 
         from rap_deploy.engines.tensorrt_backend import TrtEngine
 
         return TrtEngine(files, config, manifest.get("profiles") or {}, precision=manifest["precision"], path=p,
-                         device_id=device_id)
+                         device_id=device_id, extra=checkpoint_record(manifest))
     from rap_deploy.engines.ort_backend import OrtEngine
 
     session = manifest.get("session") or {}
@@ -180,7 +191,8 @@ def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, 
                      inter_threads=inter_threads if inter_threads is not None else session.get("inter_threads"),
                      query_block=blocks.get("query_block", asa.get("queries", 32)),
                      video_block=blocks.get("video_block", asa.get("videos", 64)), path=p, device_id=device_id,
-                     lazy=lazy, checked_graphs=True)  # validate_engine_dir parsed them
+                     extra=checkpoint_record(manifest), lazy=lazy,
+                     checked_graphs=True)  # validate_engine_dir parsed them
 
 
 def _export_engine(export_dir: Path, device: str, threads: int | None, inter_threads: int | None, device_id: int,
@@ -196,4 +208,5 @@ def _export_engine(export_dir: Path, device: str, threads: int | None, inter_thr
     with runtime_errors(export_dir):
         return OrtEngine(files, config, provider=provider_for(device), precision="fp32", threads=threads,
                          inter_threads=inter_threads, path=export_dir, device_id=device_id,
-                         extra={"source": "export"}, lazy=lazy, checked_graphs=True, **blocks)  # read_export_manifest
+                         extra={"source": "export", **checkpoint_record(manifest)}, lazy=lazy, checked_graphs=True,
+                         **blocks)  # read_export_manifest checked the graphs

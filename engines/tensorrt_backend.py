@@ -231,11 +231,13 @@ class TrtEngine(Engine):
 
     def __init__(self, files: Mapping[str, str | os.PathLike[str]], config: RAPConfig,
                  profiles: Mapping[str, Mapping[str, Mapping[str, int]]], precision: str = "fp16",
-                 path: str | os.PathLike[str] | None = None, device_id: int = 0) -> None:
+                 path: str | os.PathLike[str] | None = None, device_id: int = 0,
+                 extra: Mapping[str, Any] | None = None) -> None:
         require_graphs(files, config)
         trt, gpu = require_tensorrt(device_id)
         self.trt, self.gpu, self.config, self.precision = trt, gpu, config, precision
         self.path = str(path) if path is not None else None
+        self._extra = dict(extra or {})  # what describe() adds: the loader's checkpoint record
         self.device_id = device_id
         self.device = CUDA.device(device_id)
         self.engines: dict[str, Any] = {}
@@ -376,7 +378,7 @@ class TrtEngine(Engine):
         return EngineInfo(backend=self.backend, precision=self.precision, device=str(self.device),
                           provider="TensorRT", versions={"tensorrt": self.trt.__version__}, path=self.path,
                           extra={"gpu": self.gpu, "query_block": self.query_block, "video_block": self.video_block,
-                                 "max_batch": self.max_batch})
+                                 "max_batch": self.max_batch, **self._extra})
 
     def close(self) -> None:
         """Release everything this engine holds, with its CUDA device current (TensorRT frees on the current device;

@@ -175,3 +175,20 @@ def test_an_update_keeps_the_weights_the_library_recorded(micro_ort_engines, oth
     with served(other_weights) as (url, _):
         refused = _search(lib, url)
     assert refused.exit_code == 2 and "source checkpoint sha256" in refused.stderr, refused.output
+
+
+@pytest.mark.parametrize("kind", ["fp32", "export"])
+def test_a_local_engine_says_the_checkpoint_of_the_manifest_it_loaded(micro_ort_engines, micro_checkpoint, tmp_path,
+                                                                      kind):
+    """engine_checkpoint_sha256 read the folder's manifest.json again when a library was opened, so after a
+    `build-engine --force` / `export --force` of other weights into that folder, an engine still running the old
+    graphs said the new checkpoint. It now says the one of the manifest it was loaded from."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.library.manifest import engine_checkpoint_sha256
+
+    folder = shutil.copytree(micro_ort_engines[kind], tmp_path / kind)
+    engine = load_engine(folder, threads=1)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["checkpoint"]["sha256"] = "1" * 64  # what a folder rebuilt from other weights records
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert engine_checkpoint_sha256(engine) == sha256_file(micro_checkpoint)
