@@ -65,11 +65,12 @@ def tensor_dtype(name: str) -> str:
 def engine_checkpoint_sha256(engine: Any) -> str | None:
     """The sha256 of the checkpoint an engine's weights come from, or ``None`` when the engine does not say.
 
-    Read from ``engine.describe()``: a remote engine gives the ``checkpoint_sha256`` its server publishes (the
-    ``rapdeploy.checkpoint`` parameter of ``rapdeploy serve`` and ``rapdeploy triton-repo``; ``None`` when it
-    publishes none); a PyTorch engine names its checkpoint file (hashed here, memoised per file); an engine or export
-    folder records the source checkpoint's sha256 in its ``manifest.json`` (``None`` when it records none). Anything
-    but a hex sha256 counts as none.
+    Read from ``engine.describe()``: its ``checkpoint_sha256`` where it gives one, which an engine or export folder
+    loaded by :func:`~rap_deploy.engines.loader.load_engine` takes from the manifest it was loaded from and a remote
+    engine from what its server publishes (the ``rapdeploy.checkpoint`` parameter of ``rapdeploy serve`` and
+    ``rapdeploy triton-repo``); ``None`` there means the manifest or server records none. Otherwise a PyTorch engine
+    names its checkpoint file (hashed here, memoised per file), and an engine built another way its folder, whose
+    ``manifest.json`` is read. Anything but a hex sha256 counts as none.
     """
     from rap_deploy.engines.base import engine_info
 
