@@ -124,3 +124,24 @@ def test_add_with_force_is_refused_before_anything_is_encoded(tmp_path, synth_ro
     line = res.stderr.strip()
     assert "\n" not in line and "--add" in line and "--force" in line, line
     assert {p: p.stat().st_mtime_ns for p in lib.rglob("*")} == before
+
+
+def test_library_paths_served_to_clients_are_absolute(tmp_path, synth_root, micro_ort_engines, monkeypatch):
+    """Indexed and served from a folder with relative paths (as the README's commands are), ``serve``'s ``/library``
+    gave the library's ``path`` and the building engine's ``graphs`` relative to the folder the server and ``index``
+    ran in ('ws/index/msrvtt-test'), which a client cannot resolve; both are absolute now."""
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.library import open_library
+
+    shutil.copytree(micro_ort_engines["fp32"], tmp_path / "engine")
+    clips = tmp_path / "clips"
+    _clips(synth_root, clips, 2)
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["index", "--videos", "clips", "--out", "lib", "--engine", "engine", "--cache-dir",
+                              "cache", "--quiet"])
+    assert res.exit_code == 0, res.output
+    with open_library("lib", load_engine("engine", lazy=True)) as lib:
+        described = lib.describe()
+    assert described["path"] == str(tmp_path / "lib")
+    graphs = described["built_with"]["graphs"]
+    assert graphs and all(Path(f).is_absolute() and Path(f).is_file() for f in graphs.values()), graphs

@@ -442,17 +442,26 @@ def _caption_queries(engine: Any, source: VideoSource | None, options: BuildOpti
 
 def _engine_info(engine: Any) -> dict[str, Any] | None:
     """The engine's description for the manifest, its file paths absolute: `rapdeploy search` loads the engine
-    that built the library from there, run from any folder."""
+    that built the library from there, run from any folder, and `serve`'s ``/library`` shows them to clients that
+    do not know the folder `index` ran in."""
     from rap_deploy.engines.base import engine_info
 
     info = engine_info(engine)
     if info is None:
         return None
     for key in ("path", "checkpoint"):
-        value = info.get(key)
-        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute() and Path(value).exists():
-            info[key] = str(Path(value).resolve())
+        if key in info:
+            info[key] = _absolute(info[key])
+    if isinstance(info.get("graphs"), dict):
+        info["graphs"] = {name: _absolute(file) for name, file in info["graphs"].items()}
     return info
+
+
+def _absolute(value: Any) -> Any:
+    """``value`` resolved when it is a relative path of an existing file or folder; anything else as it is."""
+    if isinstance(value, str) and "://" not in value and not Path(value).is_absolute() and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
 
 
 def _report(root: Path, manifest: dict[str, Any], added: list[dict[str, Any]], skipped: list[dict[str, str]],

@@ -179,7 +179,7 @@ class Library:
         m, st = self.manifest, self.manifest["stage1"]
         cfg = m["model"]["config"]
         return {
-            "path": str(self.root), "videos": len(self), "shards": len(self._shards),
+            "path": str(self.root.absolute()), "videos": len(self), "shards": len(self._shards),
             "model": {"clip": cfg.get("clip"), "variant": cfg.get("variant"), "frames": cfg.get("frames"),
                       "config_sha256": m["model"]["config_sha256"],
                       "checkpoint_sha256": m["model"].get("checkpoint_sha256"), "tensors": self._tensors,
