@@ -140,7 +140,7 @@ def _index_engine(engine: str | Path | None, library: Path, force: bool) -> str 
     """``--engine``; else, for an update of an existing library (not ``--force``), the engine that built it while it
     exists, so new rows are encoded as its rows were (model, backend and precision), whatever engine the workspace
     built since; else ``None``, the workspace's latest engine."""
-    from rap_deploy.library.manifest import MANIFEST
+    from rap_deploy.library.manifest import MANIFEST, builder_engine
 
     if engine is not None or force or not (library / MANIFEST).is_file():
         return engine
@@ -166,16 +166,6 @@ def _load_engine(engine: str | Path | None, workspace: Path | None, threads: int
     from rap_deploy.engines.loader import load_engine
 
     return load_engine(resolve_engine(engine, workspace), threads=threads, device_id=device_id, lazy=lazy)
-
-
-def builder_engine(library: Path) -> Path | None:
-    """The engine folder or checkpoint that built ``library`` when its manifest names one that still exists, else
-    ``None`` (commands then take the workspace's latest engine). Raises what
-    :func:`~rap_deploy.library.manifest.read_manifest` raises for a folder that is no library or a damaged manifest."""
-    from rap_deploy.library.manifest import read_manifest
-
-    built = (read_manifest(library).get("engine") or {}).get("path")
-    return Path(built) if isinstance(built, str) and Path(built).exists() else None
 
 
 def check_library_name(name: str) -> str:
@@ -287,6 +277,8 @@ def resolve_library(library: Path | None, workspace: Path | None) -> Path:
 def _search_engine(engine: str | Path | None, library: Path, workspace: Path | None, threads: int | None) -> Any:
     """``--engine``, else the engine that built the library when it still exists, else the workspace's latest."""
     if engine is None:
+        from rap_deploy.library.manifest import builder_engine
+
         engine = builder_engine(library)
     return _load_engine(engine, workspace, threads, lazy=True)  # search runs the text encoder and ASA head only
 
