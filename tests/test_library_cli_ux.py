@@ -145,3 +145,13 @@ def test_library_paths_served_to_clients_are_absolute(tmp_path, synth_root, micr
     assert described["path"] == str(tmp_path / "lib")
     graphs = described["built_with"]["graphs"]
     assert graphs and all(Path(f).is_absolute() and Path(f).is_file() for f in graphs.values()), graphs
+
+
+@pytest.mark.parametrize("args", [[], ["--remove", "a/b"]])
+def test_index_without_a_source_or_library_names_both(tmp_path, args):
+    """A bare ``rapdeploy index`` answered 'say which library to change: --out LIB or --name NAME', naming no way
+    to give it videos; the line now names the video sources and the library options."""
+    res = runner.invoke(app, ["index", *args, "--workspace", str(tmp_path / "ws")])
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip()
+    assert "\n" not in line and "--videos DIR" in line and "--dataset NAME" in line and "--name NAME" in line, line

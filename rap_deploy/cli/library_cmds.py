@@ -186,7 +186,9 @@ def _library_out(out: Path | None, name: str | None, source: Any, workspace: Pat
     if out is not None:
         return out
     if name is None and source is None:
-        raise UsageError("say which library to change: --out LIB or --name NAME")
+        raise UsageError("say what to index or which library to change: videos (--dataset NAME --data-root DIR, "
+                         "--videos DIR or --list FILE), or a library (--name NAME or --out LIB, e.g. with --remove "
+                         "ID)")
     if name is None:
         try:
             name = check_library_name(source.name)
