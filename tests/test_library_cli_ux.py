@@ -155,3 +155,35 @@ def test_index_without_a_source_or_library_names_both(tmp_path, args):
     assert res.exit_code == 2, res.output
     line = res.stderr.strip()
     assert "\n" not in line and "--videos DIR" in line and "--dataset NAME" in line and "--name NAME" in line, line
+
+
+def test_search_names_the_librarys_engine_when_it_is_gone(tmp_path, synth_root, micro_checkpoint):
+    """A library whose engine was deleted: ``search`` without ``--engine`` fell back on the workspace's latest engine
+    and said only 'no engine in …' or 'built with another model than this engine', never that the library's own
+    engine was gone, nor where it had been. Both refusals now end by naming it and the fix."""
+    from conftest import micro_config, randomize_adapters
+
+    from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
+    from rap_deploy.export import export_checkpoint
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    gone = tmp_path / "gone.pt"
+    shutil.copy(micro_checkpoint, gone)
+    clips, lib, workspace = tmp_path / "clips", tmp_path / "lib", tmp_path / "ws"
+    _clips(synth_root, clips, 2)
+    assert runner.invoke(app, ["index", "--videos", str(clips), "--out", str(lib), "--engine", str(gone),
+                               "--cache-dir", str(tmp_path / "cache"), "--quiet"]).exit_code == 0
+    gone.unlink()
+    search = ["search", "a red circle", "--library", str(lib), "--workspace", str(workspace)]
+    for case in ("no engine", "another model"):
+        if case == "another model":  # the workspace's latest engine is now another model's export
+            ckpt, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+            randomize_adapters(model, seed=7)
+            save_checkpoint(checkpoint_from_model(model, ckpt), tmp_path / "other.pt")
+            export_checkpoint(tmp_path / "other.pt", workspace / "engines" / "other", progress=False)
+        res = runner.invoke(app, search)
+        assert res.exit_code == 2, res.output
+        line = res.stderr.strip()
+        assert "\n" not in line and case in line, line
+        assert f"the engine that built the library, {gone}, no longer exists" in line, line
+        assert "pass --engine with an engine of the library's model" in line, line

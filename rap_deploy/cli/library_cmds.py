@@ -276,27 +276,49 @@ def resolve_library(library: Path | None, workspace: Path | None) -> Path:
     return find_library(library, workspace)
 
 
-def _search_engine(engine: str | Path | None, library: Path, workspace: Path | None, threads: int | None) -> Any:
-    """``--engine``, else the engine that built the library when it still exists, else the workspace's latest."""
-    if engine is None:
-        from rap_deploy.library.manifest import builder_engine
+def _library_engine(engine: str | Path | None, library: Path) -> tuple[str | Path | None, str | None]:
+    """The engine search runs, ``None`` for the workspace's latest: ``--engine``, else the one that built the
+    library while it exists. Second, when that one is gone, the sentence a refusal of the fallback ends with."""
+    if engine is not None:
+        return engine, None
+    from rap_deploy.library.manifest import recorded_engine
 
-        engine = builder_engine(library)
-    return _load_engine(engine, workspace, threads, lazy=True)  # search runs the text encoder and ASA head only
+    built = recorded_engine(library)
+    if built is None or "://" in built:
+        return None, None
+    if Path(built).exists():
+        return Path(built), None
+    return None, (f"No --engine was given, and the engine that built the library, {built}, no longer exists (search "
+                  "then takes the workspace's latest engine): pass --engine with an engine of the library's model")
 
 
-def _open_searched_library(path: Path, engine: Any, verify: str, picked: bool) -> Any:
-    """``open_library``; when ``picked`` (no ``--library``) a refusal also says the library was the workspace's."""
+def _search_engine(engine: str | Path | None, gone_note: str | None, workspace: Path | None,
+                   threads: int | None) -> Any:
+    """Load ``engine`` (``None``: the workspace's latest); a refusal ends with ``gone_note`` when there is one."""
+    try:
+        return _load_engine(engine, workspace, threads, lazy=True)  # search runs the text encoder and ASA head only
+    except UsageError as exc:
+        if gone_note is None:
+            raise
+        raise UsageError(f"{exc}. {gone_note}") from None
+
+
+def _open_searched_library(path: Path, engine: Any, verify: str, picked: bool, gone_note: str | None) -> Any:
+    """``open_library``; a refusal also says when the library was the workspace's pick (``picked``: no
+    ``--library``) and, with ``gone_note``, that the library's own engine is gone."""
     from rap_deploy.library import open_library
     from rap_deploy.library.manifest import picked_library_error
 
     try:
         return open_library(path, engine, verify=verify)
     except UsageError as exc:
-        if not picked:
+        if not picked and gone_note is None:
             raise
-        raise picked_library_error(exc, path, "search", "pass --library LIB for the library of this engine's "
-                                   "model") from None
+        error = UsageError(f"{exc}. {gone_note}") if gone_note else exc
+        if picked:
+            error = picked_library_error(error, path, "search", "pass --library LIB for the library of this "
+                                         "engine's model")
+        raise error from None
 
 
 @command("search")
@@ -329,9 +351,10 @@ def search_cmd(
         raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got '{verify}'")
     check_threads(threads)
     lib_path = resolve_library(library, workspace)
-    eng = _search_engine(engine, lib_path, workspace, threads)
+    engine, gone_note = _library_engine(engine, lib_path)
+    eng = _search_engine(engine, gone_note, workspace, threads)
     _set_threads(threads)  # after the engine: torch's threads only when the engine loaded it
-    results, reranks = _search_library(lib_path, eng, verify, library is None, texts, top, top_m)
+    results, reranks = _search_library(lib_path, eng, verify, library is None, gone_note, texts, top, top_m)
     for r in results:
         for warning in r.get("warnings", []):
             typer.echo(f"warning: {warning}", err=True)
@@ -342,14 +365,14 @@ def search_cmd(
     _print_results(results, lib_path, reranks)
 
 
-def _search_library(path: Path, engine: Any, verify: str, picked: bool, texts: list[str], top: int,
-                    top_m: int) -> tuple[list[dict[str, Any]], bool]:
+def _search_library(path: Path, engine: Any, verify: str, picked: bool, gone_note: str | None, texts: list[str],
+                    top: int, top_m: int) -> tuple[list[dict[str, Any]], bool]:
     """Open the library and search it; when `rapdeploy index` replaced files of the library between the open and
     the search (an --add that dropped shards, a --force), open the new one and search again, once."""
     from rap_deploy.errors import LibraryChangedError
 
     for attempt in range(2):
-        with _open_searched_library(path, engine, verify, picked) as lib:
+        with _open_searched_library(path, engine, verify, picked, gone_note) as lib:
             try:
                 return lib.search(texts, top_k=top, top_m=top_m), bool(lib.manifest["model"].get("has_asa"))
             except LibraryChangedError:

@@ -242,12 +242,19 @@ def picked_library_error(exc: Exception, path: Path, command: str, fixes: str) -
                       f"{fixes}")
 
 
+def recorded_engine(root: str | os.PathLike[str]) -> str | None:
+    """The path (or server URL) of the engine that built the library at ``root``, as its manifest records it;
+    ``None`` when it records none. Raises what :func:`read_manifest` raises."""
+    built = (read_manifest(root).get("engine") or {}).get("path")
+    return built if isinstance(built, str) else None
+
+
 def builder_engine(root: str | os.PathLike[str]) -> Path | None:
     """The engine folder or checkpoint that built the library at ``root`` when its manifest names one that still
     exists, else ``None`` (commands then take the workspace's latest engine): what ``search``, ``serve`` and an
     ``index`` update run without ``--engine``. Raises what :func:`read_manifest` raises."""
-    built = (read_manifest(root).get("engine") or {}).get("path")
-    return Path(built) if isinstance(built, str) and Path(built).exists() else None
+    built = recorded_engine(root)
+    return Path(built) if built is not None and Path(built).exists() else None
 
 
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
