@@ -187,3 +187,12 @@ def test_search_names_the_librarys_engine_when_it_is_gone(tmp_path, synth_root, 
         assert "\n" not in line and case in line, line
         assert f"the engine that built the library, {gone}, no longer exists" in line, line
         assert "pass --engine with an engine of the library's model" in line, line
+
+
+def test_index_engine_help_says_force_takes_the_workspaces_engine():
+    """index's --engine help said an existing library defaults to the engine that built it, but --force (a rebuild)
+    takes the workspace's latest engine; the help now says so."""
+    res = runner.invoke(app, ["index", "--help"], terminal_width=200)
+    help_text = " ".join(res.output.replace("│", " ").split())
+    assert "the engine that built it while it exists; else, and with --force, the workspace's latest engine" \
+        in help_text, help_text

@@ -62,9 +62,9 @@ def index_cmd(
     list_file: Path | None = typer.Option(None, "--list", help="Index the videos of FILE, one path per line "
                                           "(id = the path as written, without extension)."),
     engine: str | None = typer.Option(None, "--engine", help="Engine folder, export folder or checkpoint, or "
-                                      "http://HOST:PORT of a running `rapdeploy serve` or Triton (default: for an "
-                                      "existing library, the engine that built it while it exists; else the "
-                                      "workspace's latest engine)."),
+                                      "http://HOST:PORT of a running `rapdeploy serve` or Triton (default: to "
+                                      "update an existing library, the engine that built it while it exists; else, "
+                                      "and with --force, the workspace's latest engine)."),
     out: Path | None = typer.Option(None, "--out", help="Library folder (default: <workspace>/index/<name>)."),
     name: str | None = typer.Option(None, "--name", help="Library name under <workspace>/index/ (default: "
                                     "<dataset>-<split>, the folder's name, or the list file's without its extension)."),
