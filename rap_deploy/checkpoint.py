@@ -282,8 +282,25 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
             raise explain_load_error(path, exc) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a rapdeploy checkpoint (no '{FORMAT}' format tag)")
+        raise _foreign_payload(path, payload)
     return _checkpoint_from_payload(path, payload)
+
+
+def _foreign_payload(path: Path, payload: Any) -> UsageError:
+    """The error for a PyTorch file that loads but holds no rapdeploy checkpoint: what it holds (a state_dict of
+    backbone weights is the likely mix-up, so that one names `rapdeploy init --pretrained`) and what to pass."""
+    fix = "pass a checkpoint from `rapdeploy init` or `rapdeploy train`"
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        first = str(next(iter(payload)))[:60]
+        return UsageError(f"{path} is a PyTorch state_dict ({len(payload):,} tensors, the first {first!r}), not a "
+                          f"rapdeploy checkpoint; if these are CLIP weights, make a checkpoint on them with "
+                          f"`rapdeploy init --clip NAME --pretrained {path} --out ckpt.pt`, else {fix}")
+    if isinstance(payload, dict):
+        keys = ", ".join(repr(str(k)[:30]) for k in list(payload)[:3]) + (", …" if len(payload) > 3 else "")
+        held = f"a dict with keys {keys}" if payload else "an empty dict"
+    else:
+        held = f"a {type(payload).__name__}"
+    return UsageError(f"{path} is not a rapdeploy checkpoint: it holds {held} and no '{FORMAT}' format tag; {fix}")
 
 
 def _check_regular(path: Path) -> None:

@@ -184,3 +184,24 @@ def test_bench_passes_over_missing_test_videos_to_fill_its_batch(micro_checkpoin
     inputs = json.loads((tmp_path / "b" / "bench.json").read_text())["inputs"]
     # was: 1 video, its copy filling the batch of 2
     assert inputs == f"real frames: 2 msrvtt test videos from {root}; 1 missing or undecodable passed over ({gone})"
+
+
+def test_a_plain_state_dict_given_as_checkpoint_says_how_to_make_one(tmp_path):
+    import torch
+
+    weights = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save({"visual.conv1.weight": torch.zeros(2), "logit_scale": torch.ones(())}, weights)
+    nested = tmp_path / "nested.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, nested)
+    for command in (["info", str(weights)], ["export", str(weights), "--out", str(tmp_path / "onnx")]):
+        res = runner.invoke(app, command)  # was: "... is not a rapdeploy checkpoint (no '...' format tag)"
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2, res.output
+        assert f"{weights} is a PyTorch state_dict (2 tensors, the first 'visual.conv1.weight'), not a rapdeploy " \
+               f"checkpoint; if these are CLIP weights, make a checkpoint on them with `rapdeploy init --clip NAME " \
+               f"--pretrained {weights} --out ckpt.pt`" in said, said
+    res = runner.invoke(app, ["info", str(nested)])
+    assert res.exit_code == 2, res.output
+    assert f"{nested} is not a rapdeploy checkpoint: it holds a dict with keys 'model' and no 'rapdeploy.checkpoint' " \
+           "format tag; pass a checkpoint from `rapdeploy init` or `rapdeploy train`" in " ".join(res.output.split())
+    assert not (tmp_path / "onnx").exists()
