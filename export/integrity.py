@@ -13,7 +13,7 @@ reported as damaged, not passed to ONNX Runtime. :func:`graph_facts` is shared w
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +62,20 @@ def graph_facts(path: Path, what: str, source: Path | str) -> dict[str, Any]:
             "io": io_record(model)}
 
 
-def check_recorded_size(path: Path, recorded: Any, source: Path | str, rebuild: str) -> None:
+def check_recorded_size(path: Path, recorded: Any, source: Path | str, rebuild: str | Callable[[], str]) -> None:
     """A listed file must have the size its manifest records (``bytes``; not judged when absent), checked before its
-    sha256 is computed. Raises :class:`CheckFailedError` (exit 1) naming the file, both sizes and ``rebuild``."""
+    sha256 is computed. Raises :class:`CheckFailedError` (exit 1) naming the file, both sizes and ``rebuild`` (the
+    command to run; a callable is called only then)."""
     if recorded is None:
         return
+    command = rebuild if callable(rebuild) else lambda: rebuild
     if isinstance(recorded, bool) or not isinstance(recorded, int) or recorded < 0:
         raise CheckFailedError(f"{source}: the size it records for {path.name} ({recorded!r:.40}) is not a byte "
-                               f"count; the manifest was edited, run `{rebuild}`")
+                               f"count; the manifest was edited, run `{command()}`")
     size = path.stat().st_size
     if size != recorded:
         raise CheckFailedError(f"{path} has {size:,} bytes, {Path(source).name} records {recorded:,}: it was "
-                               f"truncated or replaced (or the manifest edited); run `{rebuild}`")
+                               f"truncated or replaced (or the manifest edited); run `{command()}`")
 
 
 def check_external_data(folder: Path, facts: Mapping[str, Any], listed: set[str], what: str, source: Path | str

@@ -7,6 +7,7 @@ presence marks a complete, checked export; :func:`read_export_manifest` is how l
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,8 @@ def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
     export_dir = Path(export_dir)
     path = _manifest_path(export_dir)
     manifest = _load_manifest(path)
-    _check_sections(path, manifest)
-    _check_types(path, manifest)
+    _check_sections(export_dir, path, manifest)
+    _check_types(export_dir, path, manifest)
     _check_listed_files(export_dir, path, manifest, verify_hashes)
     if verify_hashes:
         from rap_deploy.export.integrity import check_export_claims
@@ -129,6 +130,20 @@ def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
         check_export_claims(export_dir, manifest, path)
     manifest["dir"] = str(export_dir.resolve())
     return manifest
+
+
+def reexport_command(export_dir: Path, manifest: Any = None) -> str:
+    """The command that writes ``export_dir`` again: ``rapdeploy export CKPT --force --out DIR``, where CKPT is the
+    source checkpoint ``manifest`` records when that file is here with its recorded sha256
+    (:func:`~rap_deploy.checkpoint.recorded_checkpoint`: the manifest is untrusted), else the placeholder ``CKPT``
+    (``export`` takes the checkpoint as a required argument: without one the command would fail)."""
+    from rap_deploy.checkpoint import recorded_checkpoint
+
+    record = manifest.get("checkpoint") if isinstance(manifest, dict) else None
+    source = recorded_checkpoint(record.get("path"), record.get("sha256") or None) \
+        if isinstance(record, dict) else None
+    checkpoint = shlex.quote(str(source)) if source else "CKPT"
+    return f"rapdeploy export {checkpoint} --force --out {shlex.quote(str(export_dir))}"
 
 
 def _manifest_path(export_dir: Path) -> Path:
@@ -154,8 +169,8 @@ def _load_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(read_manifest_text(path, "export manifest"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckFailedError(f"cannot read {path}: {exc}; the export is damaged, re-run `rapdeploy export --force`"
-                               ) from None
+        raise CheckFailedError(f"cannot read {path}: {exc}; the export is damaged, re-run "
+                               f"`{reexport_command(path.parent)}`") from None
     if isinstance(manifest, dict) and manifest.get("format") == "rapdeploy.engine":  # the likely mix-up
         source = manifest.get("export_dir")
         named = f": {source}" if isinstance(source, str) and (Path(source) / MANIFEST).is_file() else ""
@@ -174,6 +189,9 @@ def _check_listed_files(export_dir: Path, path: Path, manifest: dict[str, Any], 
     from rap_deploy.export.integrity import check_recorded_size
     from rap_deploy.safe_paths import resolve_entry
 
+    def rerun() -> str:  # only on failure: it hashes the source checkpoint
+        return reexport_command(export_dir, manifest)
+
     for section, name, rec in _records(manifest):
         entries = [rec] + ([rec["external_data"]] if "external_data" in rec else [])
         for entry in entries:
@@ -182,12 +200,11 @@ def _check_listed_files(export_dir: Path, path: Path, manifest: dict[str, Any], 
             if not verify_hashes:
                 continue
             if not fpath.is_file():
-                raise CheckFailedError(f"{fpath} ({section} '{name}') is missing; re-run `rapdeploy export --force "
-                                       f"--out {export_dir}`")
-            check_recorded_size(fpath, entry.get("bytes"), path, f"rapdeploy export --force --out {export_dir}")
+                raise CheckFailedError(f"{fpath} ({section} '{name}') is missing; re-run `{rerun()}`")
+            check_recorded_size(fpath, entry.get("bytes"), path, rerun)
             if sha256_file(fpath) != digest:
                 raise CheckFailedError(f"{fpath} changed since export (sha256 differs from {path.name}); re-run "
-                                       f"`rapdeploy export --force --out {export_dir}`")
+                                       f"`{rerun()}`")
 
 
 def _records(manifest: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -195,14 +212,15 @@ def _records(manifest: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
             for name, rec in (manifest.get(section) or {}).items()]
 
 
-def _check_types(path: Path, manifest: dict[str, Any]) -> None:
+def _check_types(export_dir: Path, path: Path, manifest: dict[str, Any]) -> None:
     """The keys later stages read as numbers and objects are numbers and objects: ``config`` and ``checkpoint``
     objects, ``dims`` positive integers (``grid`` two of them; ``asa_token_width`` 0 without an ASA head). Raises
     :class:`CheckFailedError` naming the key."""
     from rap_deploy.bounds import MAX_VIDEOS
 
     def damaged(what: str) -> CheckFailedError:
-        return CheckFailedError(f"{path}: {what}; the manifest was edited, re-run `rapdeploy export --force`")
+        return CheckFailedError(f"{path}: {what}; the manifest was edited, re-run "
+                                f"`{reexport_command(export_dir, manifest)}`")
 
     if not isinstance(manifest.get("config"), dict):
         raise damaged("'config' is not an object")
@@ -218,10 +236,11 @@ def _check_types(path: Path, manifest: dict[str, Any]) -> None:
             raise damaged(f"dims.{key} {value!r} is not a {'non-negative' if low == 0 else 'positive'} integer")
 
 
-def _check_sections(path: Path, manifest: dict[str, Any]) -> None:
+def _check_sections(export_dir: Path, path: Path, manifest: dict[str, Any]) -> None:
     """The graph sections must map names to ``{file, sha256[, external_data]}``; CheckFailedError otherwise."""
     if not isinstance(manifest.get("graphs"), dict) or not manifest["graphs"]:
-        raise CheckFailedError(f"{path} lists no graphs; the export is damaged, re-run `rapdeploy export --force`")
+        raise CheckFailedError(f"{path} lists no graphs; the export is damaged, re-run "
+                               f"`{reexport_command(export_dir, manifest)}`")
     if manifest.get("fp16_graphs") is not None and not isinstance(manifest["fp16_graphs"], dict):
         raise CheckFailedError(f"{path}: 'fp16_graphs' is not an object; the manifest was edited, re-export")
     from rap_deploy.graphs import GRAPH_NAMES
@@ -236,4 +255,4 @@ def _check_sections(path: Path, manifest: dict[str, Any]) -> None:
                 if not isinstance(r, dict) or not isinstance(r.get("file"), str) or not isinstance(r.get("sha256"),
                                                                                                     str):
                     raise CheckFailedError(f"{path}: {section} '{name}' needs a 'file' and a 'sha256' string; the "
-                                           "manifest was edited, re-run `rapdeploy export --force`")
+                                           f"manifest was edited, re-run `{reexport_command(export_dir, manifest)}`")

@@ -143,3 +143,27 @@ def test_a_refused_bench_verify_or_export_leaves_no_workspace_behind(micro_check
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
         assert not home.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["empty-data", "garbage.pt"], args
+
+
+def test_an_export_missing_a_graph_names_a_reexport_command_that_runs(micro_ort_engines, micro_checkpoint, tmp_path):
+    import shlex
+
+    export = tmp_path / "onnx"
+    shutil.copytree(micro_ort_engines["export"], export)
+    (export / "asa_head.onnx").unlink()
+    result = runner.invoke(app, ["build-engine", str(export), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.stderr.split())  # was: "re-run `rapdeploy export --force --out ...`": no checkpoint
+    command = f"rapdeploy export {micro_checkpoint} --force --out {export}"
+    assert f"{export / 'asa_head.onnx'} (graphs 'asa_head') is missing; re-run `{command}`" in said, said
+    rerun = runner.invoke(app, [*shlex.split(command)[1:], "--quiet"])
+    assert rerun.exit_code == 0, rerun.output
+    assert runner.invoke(app, ["build-engine", str(export), "--out", str(tmp_path / "e"), "--quiet"]).exit_code == 0
+
+    manifest = json.loads((export / "manifest.json").read_text())  # a source checkpoint that is not here
+    manifest["checkpoint"]["path"] = str(tmp_path / "gone.pt")
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    (export / "text_encoder.onnx").write_bytes(b"x")
+    result = runner.invoke(app, ["build-engine", str(export), "--out", str(tmp_path / "e2")])
+    assert result.exit_code == 1, result.output
+    assert f"run `rapdeploy export CKPT --force --out {export}`" in " ".join(result.stderr.split())
