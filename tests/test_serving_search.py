@@ -452,3 +452,30 @@ def test_serve_without_engine_runs_the_engine_that_built_the_library(served, tmp
         assert service.source.path == running.source.path  # the fp32 engine the library records
     finally:
         service.close()
+
+
+def test_a_workspace_library_serve_cannot_read_still_says_where_it_came_from(served, micro_ort_engines, tmp_path):
+    """Without --engine, serve reads the library's manifest for the engine that built it before the engine loads;
+    a refusal there (a library of a newer rapdeploy in the workspace) lost what a refusal opening it says of a
+    library nobody named: where it came from, --library and --no-library. It says them again, and a library named
+    with --library is refused as before."""
+    import json
+    import shutil
+
+    from rap_deploy.engines.serving.server import build_service
+    from rap_deploy.errors import UsageError
+
+    _, _, _, lib_dir = served
+    workspace = tmp_path / "ws"
+    shutil.copytree(micro_ort_engines["fp32"], workspace / "engines" / "onnxruntime-fp32")
+    newer = workspace / "index" / "msrvtt-test"
+    shutil.copytree(lib_dir, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(UsageError, match=r"format version 99.*No --library was given, so serve opened the "
+                                         r"workspace's latest library.*--no-library") as err:
+        build_service(workspace=workspace, threads=1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="format version 99") as err:
+        build_service(library=newer, workspace=workspace, threads=1)
+    assert "No --library was given" not in str(err.value)

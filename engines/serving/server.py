@@ -1,10 +1,11 @@
 """Running ``rapdeploy serve``: load the engine (and library), build the service, run uvicorn until interrupted.
 
-Steps of :func:`serve`: resolve the engine (``--engine`` or the workspace's latest) and the library (``--library`` or
-the workspace's latest library under ``index/``), load the engine, wrap it so one thread at a time calls it,
-open the library on that wrapper, build the :class:`~rap_deploy.engines.serving.service.ServingService`, warm up the
-tokenizer and the text encoder, bind the socket (so a busy port is a one-line error), serve, and on SIGINT/SIGTERM
-stop uvicorn, then the batcher, the library and the engine. A SIGTERM stop is the normal end of a server, so
+Steps of :func:`serve`: resolve the library (``--library`` or the workspace's latest library under ``index/``) and
+the engine (``--engine``, else the one that built the library while it exists, else the workspace's latest), load the
+engine, wrap it so one thread at a time calls it, open the library on that wrapper, build the
+:class:`~rap_deploy.engines.serving.service.ServingService`, warm up the tokenizer and the text encoder, bind the
+socket (so a busy port is a one-line error), serve, and on SIGINT/SIGTERM stop uvicorn, then the batcher, the library
+and the engine. A SIGTERM stop is the normal end of a server, so
 ``serve`` then returns normally (exit 0); Ctrl-C ends with the CLI's 130.
 
 :class:`ServerThread` runs an app on 127.0.0.1 and a free port in a background thread (for the tests; the load test
@@ -13,6 +14,7 @@ loads a --url or a ``rapdeploy serve`` subprocess it spawns) and always stops it
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -21,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +74,16 @@ def open_served_library(path: Path, engine: Any, implicit: bool = False) -> Any:
         raise BackendUnavailableError("--library needs the rap_deploy.library package (`rapdeploy index`/`search`), "
                                       "which this installation lacks; serve without --library (inference only) or "
                                       "install a rapdeploy that has it") from None
-    try:
+    with picked_library_errors(path, implicit):
         return open_library(path, engine)
+
+
+@contextlib.contextmanager
+def picked_library_errors(path: Path, implicit: bool) -> Iterator[None]:
+    """Re-raise a :class:`UsageError` about the library at ``path`` naming, when ``implicit`` (the workspace's latest:
+    nobody asked for it), where it came from and the two ways around it (``--library``, ``--no-library``)."""
+    try:
+        yield
     except UsageError as exc:
         if not implicit:
             raise
@@ -107,7 +117,8 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
     if engine is None and lib_path is not None:  # the library's own engine, as `rapdeploy search` takes
         from rap_deploy.library.manifest import builder_engine
 
-        engine = builder_engine(lib_path)
+        with picked_library_errors(lib_path, implicit=library is None):  # its manifest is read here first
+            engine = builder_engine(lib_path)
     loaded, source = load_served_engine(engine, workspace, threads)
     serial = SerialEngine(loaded)
     lib = service = None
