@@ -196,3 +196,19 @@ def test_index_engine_help_says_force_takes_the_workspaces_engine():
     help_text = " ".join(res.output.replace("│", " ").split())
     assert "the engine that built it while it exists; else, and with --force, the workspace's latest engine" \
         in help_text, help_text
+
+
+def test_search_of_a_workspace_library_it_cannot_read_says_where_it_came_from(tmp_path):
+    """Without --engine, search reads the library's manifest for the engine that built it before it opens the
+    library; a refusal there (the workspace's latest library is of a newer rapdeploy) said only the manifest's
+    problem, not what a refusal opening it says of a library nobody named: where it came from and --library."""
+    lib = tmp_path / "ws" / "index" / "clips"
+    lib.mkdir(parents=True)
+    (lib / "manifest.json").write_text(json.dumps({"format": "rapdeploy.library", "format_version": 99}))
+    res = runner.invoke(app, ["search", "a red circle", "--workspace", str(tmp_path / "ws")])
+    line = " ".join(res.stderr.split())
+    assert res.exit_code == 2 and "format version 99" in line, res.output
+    assert f"No --library was given, so search opened the workspace's latest library ({lib})" in line, line
+    assert "pass --library LIB" in line, line
+    res = runner.invoke(app, ["search", "a red circle", "--library", str(lib)])
+    assert res.exit_code == 2 and "No --library was given" not in res.stderr, res.output

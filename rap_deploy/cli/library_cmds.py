@@ -276,14 +276,21 @@ def resolve_library(library: Path | None, workspace: Path | None) -> Path:
     return find_library(library, workspace)
 
 
-def _library_engine(engine: str | Path | None, library: Path) -> tuple[str | Path | None, str | None]:
+def _library_engine(engine: str | Path | None, library: Path, picked: bool) -> tuple[str | Path | None, str | None]:
     """The engine search runs, ``None`` for the workspace's latest: ``--engine``, else the one that built the
-    library while it exists. Second, when that one is gone, the sentence a refusal of the fallback ends with."""
+    library while it exists. Second, when that one is gone, the sentence a refusal of the fallback ends with.
+    Raises what reading the library's manifest raises, a :class:`UsageError` naming where the library came from
+    when ``picked`` (no ``--library``)."""
     if engine is not None:
         return engine, None
-    from rap_deploy.library.manifest import recorded_engine
+    from rap_deploy.library.manifest import picked_library_error, recorded_engine
 
-    built = recorded_engine(library)
+    try:
+        built = recorded_engine(library)
+    except UsageError as exc:
+        if not picked:
+            raise
+        raise picked_library_error(exc, library, "search", "pass --library LIB for another one") from None
     if built is None or "://" in built:
         return None, None
     if Path(built).exists():
@@ -351,7 +358,7 @@ def search_cmd(
         raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got '{verify}'")
     check_threads(threads)
     lib_path = resolve_library(library, workspace)
-    engine, gone_note = _library_engine(engine, lib_path)
+    engine, gone_note = _library_engine(engine, lib_path, picked=library is None)
     eng = _search_engine(engine, gone_note, workspace, threads)
     _set_threads(threads)  # after the engine: torch's threads only when the engine loaded it
     results, reranks = _search_library(lib_path, eng, verify, library is None, gone_note, texts, top, top_m)
