@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rap_deploy.errors import CheckFailedError
+from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.export.integrity import (
+    contract_problem,
     derived_copy_mismatches,
     derived_settings,
     graph_copy_problems,
@@ -119,6 +120,40 @@ def check_export_record(manifest: Mapping[str, Any], source: Path) -> None:
         problems += derived_copy_mismatches(export, derived_settings(manifest.get("config"), source), "export.")
     if problems:
         raise CheckFailedError(f"{source}: {'; '.join(problems)}; the manifest was edited, rebuild the engine")
+
+
+def check_graph_contract(engine_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
+    """Refuse (:class:`UsageError`, exit 2) an engine whose graphs, as its export record lists them
+    (``export.graphs``: ONNX Runtime graphs are tied to it by :func:`check_precision_claim`, TensorRT plans by the
+    build), have other inputs or outputs than this rapdeploy runs: built by another version of it (before
+    ``asa_tokens``, say), it would fail mid-command. An engine without an export record is not judged."""
+    export = manifest.get("export")
+    graphs = export.get("graphs") if isinstance(export, Mapping) else None
+    if not isinstance(graphs, Mapping):
+        return
+    has_asa = derived_settings(manifest.get("config"), source)["has_asa"]
+    for name, record in graphs.items():
+        problem = contract_problem(str(name), record, has_asa)
+        if problem:
+            raise UsageError(f"{source}: engine graph '{name}' {problem}: the engine was built by another version of "
+                             f"rapdeploy; rebuild it with this one from a fresh export: "
+                             f"{_rebuild_commands(engine_dir, manifest)}")
+
+
+def _rebuild_commands(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
+    """```rapdeploy export CKPT --force --out EXPORT` then `rapdeploy build-engine EXPORT ... --force --out ENGINE```
+    for the export folder and the precision the engine's manifest records (placeholders where it records none)."""
+    import shlex
+
+    from rap_deploy.export.manifest import reexport_command
+
+    recorded = manifest.get("export_dir")
+    export = Path(recorded) if isinstance(recorded, str) and recorded else Path("EXPORT")
+    flags = {"int8": ["--int8"], "fp16": ["--fp16"]}.get(str(manifest.get("precision")), [])
+    if manifest.get("backend") == "tensorrt" and not flags:
+        flags = ["--backend", "tensorrt"]
+    build = shlex.join(["rapdeploy", "build-engine", str(export), *flags, "--force", "--out", str(engine_dir)])
+    return f"`{reexport_command(export, dict(manifest))}` then `{build}`"
 
 
 def _check_provider(precision: Any, provider: Any, source: Path) -> None:

@@ -190,6 +190,30 @@ def graph_copy_problems(facts: Mapping[str, Any], checkpoint: Any) -> list[str]:
     return problems
 
 
+def contract_problem(name: str, io: Any, has_asa: bool) -> str | None:
+    """How graph ``name``'s inputs and outputs (``io``: ``{"inputs": [{name, ...}], "outputs": [...]}``, as
+    :func:`~rap_deploy.export.checks.io_record` lists them) differ by name or order from those this rapdeploy feeds
+    and reads (:func:`rap_deploy.graphs.graph_io`), as a message; ``None`` when they are the same (or ``io`` is not
+    such a record: other checks judge that)."""
+    from rap_deploy.graphs import GRAPH_IO, graph_io
+
+    if not isinstance(io, Mapping) or name not in GRAPH_IO:
+        return None
+    have = []
+    for key in ("inputs", "outputs"):
+        tensors = io.get(key)
+        if not isinstance(tensors, list) or not all(isinstance(t, Mapping) for t in tensors):
+            return None
+        have.append(tuple(str(t.get("name"))[:40] for t in tensors))
+    want_in, want_out = graph_io(name, has_asa)
+    problems = []
+    if have[0] != want_in:
+        problems.append(f"takes {', '.join(have[0]) or 'nothing'} where this rapdeploy feeds {', '.join(want_in)}")
+    if have[1] != want_out:
+        problems.append(f"gives {', '.join(have[1]) or 'nothing'} where this rapdeploy reads {', '.join(want_out)}")
+    return " and ".join(problems) or None
+
+
 def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
     """Check the export manifest's opset, precision and I/O claims (each graph's ``inputs`` / ``outputs``: the
     TensorRT profile is made from them) against every graph file it lists, and every copy of the settings its
@@ -215,11 +239,26 @@ def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: P
         for name, rec in (manifest.get(section) or {}).items():
             what = f"{section} '{name}'"
             path, facts = listed_graph_facts(export_dir, rec["file"], listed, what, source)
+            _check_contract(export_dir, manifest, source, name, path, facts, derived["has_asa"])
             problems = _graph_claim_problems(manifest, name, rec, precision, facts)
             problems += metadata_mismatches(facts["metadata"], derived, "what the manifest's 'config' derives")
             if problems:
                 raise CheckFailedError(f"{source}: {what} ({path.name}) does not match its manifest: "
                                        + "; ".join(problems) + "; the manifest or the graph was edited, re-export it")
+
+
+def _check_contract(export_dir: Path, manifest: Mapping[str, Any], source: Path, name: str, path: Path,
+                    facts: Mapping[str, Any], has_asa: bool) -> None:
+    """Refuse (:class:`UsageError`, exit 2) an export whose graph ``name`` has other inputs or outputs than this
+    rapdeploy runs: written by another version of it (before ``asa_tokens``, say), it would fail mid-command."""
+    problem = contract_problem(name, facts["io"], has_asa)
+    if problem:
+        from rap_deploy.errors import UsageError
+        from rap_deploy.export.manifest import reexport_command
+
+        raise UsageError(f"{source}: graph '{name}' ({path.name}) {problem}: the export was written by another "
+                         f"version of rapdeploy; re-export it with this one: "
+                         f"`{reexport_command(export_dir, dict(manifest))}`")
 
 
 def _graph_set_problems(manifest: Mapping[str, Any], has_asa: bool) -> list[str]:

@@ -167,3 +167,57 @@ def test_an_export_missing_a_graph_names_a_reexport_command_that_runs(micro_ort_
     result = runner.invoke(app, ["build-engine", str(export), "--out", str(tmp_path / "e2")])
     assert result.exit_code == 1, result.output
     assert f"run `rapdeploy export CKPT --force --out {export}`" in " ".join(result.stderr.split())
+
+
+def _as_before_asa_tokens(folder, record_sections):
+    """Make ``folder``'s video_encoder what rapdeploy wrote before the ``asa_tokens`` output (issue 11): the graph
+    without that output (and its ``rapdeploy.io`` copy), the manifest's sha256, size and I/O records to match."""
+    import onnx
+
+    from rap_deploy.atomic import sha256_file
+
+    path = folder / "video_encoder.onnx"
+    model = onnx.load(str(path))
+    kept = [o for o in model.graph.output if o.name != "asa_tokens"]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    for prop in model.metadata_props:
+        if prop.key == "rapdeploy.io":
+            io = json.loads(prop.value)
+            io["outputs"] = [o for o in io["outputs"] if o["name"] != "asa_tokens"]
+            prop.value = json.dumps(io)
+    onnx.save(model, str(path))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["graphs"]["video_encoder"]
+    entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
+    for section in record_sections:
+        record = section(manifest)["graphs"]["video_encoder"]
+        record["outputs"] = [o for o in record["outputs"] if o["name"] != "asa_tokens"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_export_or_engine_of_another_version_is_refused_with_the_rebuild(micro_ort_engines, micro_checkpoint,
+                                                                           synth_root, tmp_path):
+    export, engine = tmp_path / "onnx", tmp_path / "engine"
+    shutil.copytree(micro_ort_engines["export"], export)
+    shutil.copytree(micro_ort_engines["fp32"], engine)
+    _as_before_asa_tokens(export, [lambda m: m])
+    _as_before_asa_tokens(engine, [lambda m: m["export"]])
+    said = "gives video_emb, frame_emb, patch_tokens where this rapdeploy reads video_emb, frame_emb, patch_tokens, " \
+           "asa_tokens"
+    result = runner.invoke(app, ["build-engine", str(export), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output  # was: a ValueError traceback from the validation (exit 1)
+    line = " ".join(result.stderr.split())
+    assert f"graph 'video_encoder' (video_encoder.onnx) {said}: the export was written by another version of " \
+           f"rapdeploy; re-export it with this one: `rapdeploy export {micro_checkpoint} --force --out {export}`" \
+           in line, line
+    assert not (tmp_path / "e").exists()
+    source = json.loads((engine / "manifest.json").read_text())["export_dir"]
+    for command in (["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine", str(engine)],
+                    ["bench", "--engine", str(engine), "--batch-sizes", "1", "--graphs", "video"]):
+        result = runner.invoke(app, command)  # was: verify 'the video encoder returned 3 outputs' (exit 1); bench 0
+        assert result.exit_code == 2, (command, result.output)
+        line = " ".join(result.stderr.split())
+        assert f"engine graph 'video_encoder' {said}: the engine was built by another version of rapdeploy; rebuild " \
+               f"it with this one from a fresh export: `rapdeploy export {micro_checkpoint} --force --out {source}` " \
+               f"then `rapdeploy build-engine {source} --force --out {engine}`" in line, line
