@@ -143,17 +143,27 @@ def check_graph_contract(engine_dir: Path, manifest: Mapping[str, Any], source: 
 def _rebuild_commands(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
     """```rapdeploy export CKPT --force --out EXPORT` then `rapdeploy build-engine EXPORT ... --force --out ENGINE```
     for the export folder and the precision the engine's manifest records (placeholders where it records none)."""
-    import shlex
-
     from rap_deploy.export.manifest import reexport_command
 
-    recorded = manifest.get("export_dir")
-    export = Path(recorded) if isinstance(recorded, str) and recorded else Path("EXPORT")
+    export = _recorded_export(manifest)
+    return f"`{reexport_command(export, dict(manifest))}` then `{rebuild_engine_command(engine_dir, manifest)}`"
+
+
+def rebuild_engine_command(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
+    """``rapdeploy build-engine EXPORT [--int8|--fp16|--backend tensorrt] --force --out ENGINE``: the build of
+    ``engine_dir`` again from the export folder and precision its manifest records (``EXPORT`` when none)."""
+    import shlex
+
     flags = {"int8": ["--int8"], "fp16": ["--fp16"]}.get(str(manifest.get("precision")), [])
     if manifest.get("backend") == "tensorrt" and not flags:
         flags = ["--backend", "tensorrt"]
-    build = shlex.join(["rapdeploy", "build-engine", str(export), *flags, "--force", "--out", str(engine_dir)])
-    return f"`{reexport_command(export, dict(manifest))}` then `{build}`"
+    return shlex.join(["rapdeploy", "build-engine", str(_recorded_export(manifest)), *flags, "--force", "--out",
+                       str(engine_dir)])
+
+
+def _recorded_export(manifest: Mapping[str, Any]) -> Path:
+    recorded = manifest.get("export_dir")
+    return Path(recorded) if isinstance(recorded, str) and recorded else Path("EXPORT")
 
 
 def _check_provider(precision: Any, provider: Any, source: Path) -> None:

@@ -156,7 +156,10 @@ def read_manifest(engine_dir: str | os.PathLike[str]) -> dict[str, Any]:
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
     if fmt != FORMAT:
         raise UsageError(f"{path} is not an engine manifest (format {fmt!r}, expected '{FORMAT}')")
-    bounds.check_format_version(manifest, path, "engine", FORMAT_VERSION, "the engine folder is damaged")
+    from rap_deploy.engines.integrity import rebuild_engine_command
+
+    bounds.check_format_version(manifest, path, "engine", FORMAT_VERSION, "the engine folder is damaged",
+                                lambda: rebuild_engine_command(d, manifest))
     for key in ("backend", "precision", "graphs"):
         if key not in manifest:
             raise CheckFailedError(f"{path} lacks '{key}'; the engine folder is damaged, rebuild it")

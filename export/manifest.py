@@ -178,7 +178,8 @@ def _load_manifest(path: Path) -> dict[str, Any]:
                          f"folder; pass the export folder it was built from{named}")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UsageError(f"{path} is not a rapdeploy export manifest (no '{FORMAT}' format tag)")
-    check_format_version(manifest, path, "export", FORMAT_VERSION, "the manifest was edited")
+    check_format_version(manifest, path, "export", FORMAT_VERSION, "the manifest was edited",
+                         lambda: reexport_command(path.parent, manifest))
     return manifest
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +101,25 @@ def manifest_format(path: Any) -> str | None:
     return fmt if isinstance(fmt, str) else None
 
 
-def check_format_version(manifest: dict[str, Any], path: Any, kind: str, newest: int, damaged: str) -> int:
+def check_format_version(manifest: dict[str, Any], path: Any, kind: str, newest: int, damaged: str,
+                         recreate: str | Callable[[], str] = "") -> int:
     """The ``format_version`` of the ``kind`` manifest at ``path`` (0 when absent). Raises :class:`CheckFailedError`
-    (``damaged`` says what that means) when it is no integer, :class:`UsageError` when newer than ``newest``."""
+    (``damaged`` says what that means) when it is no integer, :class:`UsageError` when newer than ``newest``, naming
+    the rapdeploy version the manifest says wrote it, this one's, and ``recreate`` (the command that writes it again
+    with this version; a callable is called only then) as the other fix."""
     version = manifest.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckFailedError(f"{path}: format_version {version!r} is not an integer; {damaged}")
     if version > newest:
-        raise UsageError(f"{path} has {kind} format {version}; upgrade rapdeploy")
+        from rap_deploy import __version__
+
+        versions = manifest.get("versions")  # an engine manifest keeps it there, an export manifest at the top
+        writer = versions.get("rapdeploy") if isinstance(versions, dict) else manifest.get("rapdeploy")
+        by = f" (written by rapdeploy {writer[:20]})" if isinstance(writer, str) and writer else ""
+        command = recreate() if callable(recreate) else recreate
+        other = f", or re-create it with this one: `{command}`" if command else ""
+        raise UsageError(f"{path} has {kind} format {version}{by}, newer than the format {newest} this rapdeploy "
+                         f"{__version__} reads; upgrade rapdeploy{other}")
     return version
 
 

@@ -221,3 +221,28 @@ def test_an_export_or_engine_of_another_version_is_refused_with_the_rebuild(micr
         assert f"engine graph 'video_encoder' {said}: the engine was built by another version of rapdeploy; rebuild " \
                f"it with this one from a fresh export: `rapdeploy export {micro_checkpoint} --force --out {source}` " \
                f"then `rapdeploy build-engine {source} --force --out {engine}`" in line, line
+
+
+def test_an_export_or_engine_of_a_newer_format_names_both_versions_and_the_rebuild(micro_ort_engines,
+                                                                                    micro_checkpoint, tmp_path):
+    export, engine = tmp_path / "onnx", tmp_path / "engine"
+    shutil.copytree(micro_ort_engines["export"], export)
+    shutil.copytree(micro_ort_engines["fp32"], engine)
+    for folder, versions in ((export, lambda m: m), (engine, lambda m: m["versions"])):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["format_version"] = 2
+        versions(manifest)["rapdeploy"] = "9.0.0"
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    from rap_deploy import __version__
+
+    result = runner.invoke(app, ["build-engine", str(export), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output  # was: "... has export format 2; upgrade rapdeploy"
+    assert f"{export / 'manifest.json'} has export format 2 (written by rapdeploy 9.0.0), newer than the format 1 " \
+           f"this rapdeploy {__version__} reads; upgrade rapdeploy, or re-create it with this one: `rapdeploy export " \
+           f"{micro_checkpoint} --force --out {export}`" in " ".join(result.stderr.split()), result.output
+    source = json.loads((engine / "manifest.json").read_text())["export_dir"]
+    result = runner.invoke(app, ["bench", "--engine", str(engine), "--batch-sizes", "1", "--graphs", "text"])
+    assert result.exit_code == 2, result.output
+    assert f"has engine format 2 (written by rapdeploy 9.0.0), newer than the format 1 this rapdeploy {__version__} " \
+           f"reads; upgrade rapdeploy, or re-create it with this one: `rapdeploy build-engine {source} --force --out " \
+           f"{engine}`" in " ".join(result.stderr.split()), result.output

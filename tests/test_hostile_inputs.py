@@ -1201,7 +1201,9 @@ def test_a_manifests_format_version_is_an_integer_this_version_reads(tmp_path, r
     read = getattr(importlib.import_module(module), name)
     for version, error, said in ((True, CheckFailedError, f"format_version True is not an integer; {damaged}$"),
                                  ("1", CheckFailedError, f"format_version '1' is not an integer; {damaged}$"),
-                                 (99, UsageError, f"has {kind} format 99; upgrade rapdeploy$")):
+                                 (99, UsageError, f"has {kind} format 99, newer than the format 1 this rapdeploy "
+                                  r"\S+ reads; upgrade rapdeploy, or re-create it with this one: `rapdeploy "
+                                  r"(export CKPT|build-engine EXPORT) --force --out \S+`$")):
         (tmp_path / "manifest.json").write_text(json.dumps({"format": fmt, "format_version": version}))
         with pytest.raises(error, match=said):
             read(tmp_path)
