@@ -180,10 +180,24 @@ def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = Tr
     if skipped and not good:
         named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3])
         raise CheckFailedError(f"none of the {len(skipped)} videos of the {split.split} split decodes ({named}"
-                               f"{'; …' if len(skipped) > 3 else ''}); check the videos with `rapdeploy data-check`")
+                               f"{'; …' if len(skipped) > 3 else ''}){videos_folder_hint(split, skipped)}; check "
+                               "the videos with `rapdeploy data-check`")
     kept = split if not skipped else split.subset(good)
     _check_captions(split, kept, skipped)
     return kept, skipped
+
+
+def videos_folder_hint(split: Any, skipped: list[dict[str, str]]) -> str:
+    """``": FOLDER does not exist; put the videos there ..."`` when every one of ``skipped`` (``{video_id, reason}``)
+    is missing: where ``split``'s videos were looked for (its videos folder) and whether that folder exists, since a
+    ``--data-root`` without its videos, or with them in a folder of another name, is the likely cause; else ``""``."""
+    folder = getattr(split, "videos_dir", None)
+    if folder is None or any(s["reason"] != "missing" for s in skipped):
+        return ""
+    if not Path(folder).is_dir():
+        return (f": {folder} does not exist; put the videos there (<video_id>.<ext>, any sub-folder) or pass the "
+                "--data-root that holds them")
+    return f": {folder} holds none of them; put them there or pass the --data-root that holds them"
 
 
 def decodable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = True, limit: int | None = None

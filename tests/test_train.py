@@ -1206,6 +1206,13 @@ def test_training_data_none_of_which_decodes_is_a_damaged_dataset(synth_root, tm
                                    str(tmp_path / "run"), "--epochs", "1", "--cache-dir", str(tmp_path / "frames"),
                                    "--quiet"])
     assert res.exit_code == 1 and "no usable training video" in res.output, res.output
+    shutil.rmtree(data / "videos")  # was: "(24 undecodable); run `rapdeploy data-check --split train`" (--dataset?)
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(data), *MICRO_CLI, "--out",
+                                   str(tmp_path / "run"), "--epochs", "1", "--quiet"])
+    line = " ".join(res.stderr.split())
+    assert res.exit_code == 1 and f"missing or undecodable: {train_ids[0].split(',')[0]}: missing;" in line, line
+    assert f"{data / 'videos'} does not exist; put the videos there" in line, line
+    assert line.endswith(f"run `rapdeploy data-check --dataset msrvtt --data-root {data} --split train`"), line
 
 
 @pytest.mark.parametrize("workers", [0, 1])

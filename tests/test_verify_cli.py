@@ -343,3 +343,26 @@ def test_the_default_report_folder_of_a_runs_checkpoint_names_the_run(micro_chec
     assert set(RUN_CHECKPOINT_NAMES) == {BEST, LAST}  # train's names
     assert engine_label(micro_checkpoint) == micro_checkpoint.stem
     assert engine_label(micro_ort_engines["fp32"]) == Path(micro_ort_engines["fp32"]).resolve().name
+
+
+def test_a_data_root_without_its_videos_names_the_folder_looked_in(micro_ort_engines, synth_root, tmp_path):
+    """A --data-root holding the annotation files but not the videos (copied without them, or with them under
+    another folder name) said only 'video24: missing; ...', not where they were looked for."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in synth_root.iterdir():
+        if f.is_file():
+            (data / f.name).write_bytes(f.read_bytes())
+    for said in (f"{data / 'videos'} does not exist; put the videos there (<video_id>.<ext>, any sub-folder) or pass "
+                 "the --data-root that holds them; check the videos with `rapdeploy data-check`",
+                 f"{data / 'videos'} holds none of them; put them there or pass the --data-root that holds them"):
+        res = _verify(micro_ort_engines["fp32"], data, tmp_path / "out", tmp_path / "frames")
+        assert res.exit_code == 1, res.output
+        line = " ".join(res.stderr.split())
+        assert line.startswith("error: none of the") and said in line, line
+        (data / "videos").mkdir(exist_ok=True)
+    (data / "videos" / "clip.mp4").write_bytes(b"x")  # one missing, one not: no folder hint (data-check lists them)
+    test_ids = [line.split(",")[2] for line in (data / "MSRVTT_JSFUSION_test.csv").read_text().splitlines()[1:]]
+    (data / "videos" / f"{test_ids[0]}.mp4").write_bytes(b"not a video")
+    res = _verify(micro_ort_engines["fp32"], data, tmp_path / "out", tmp_path / "frames")
+    assert res.exit_code == 1 and "holds none" not in res.output and "does not exist" not in res.output, res.output

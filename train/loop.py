@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -232,9 +233,21 @@ def _load_data(options: TrainOptions, config, cache, ctx: D.DistContext, progres
     if not ctx.is_main:
         dataset.prepare(progress=False)
     if len(dataset) == 0:  # damaged data, not bad usage (exit 1, as data-check and verify say)
-        raise CheckFailedError(f"no usable training video in {options.data_root} ({len(dataset.bad_videos)} "
-                               "undecodable); run `rapdeploy data-check --split train`")
+        raise _no_training_video(options, dataset)
     return dataset, test_split
+
+
+def _no_training_video(options: TrainOptions, dataset: Any) -> CheckFailedError:
+    """The error for a training split without a usable video: the first few and why, where the videos were looked
+    for when all are missing, and the data-check command that lists them all."""
+    from rap_deploy.retrieval import videos_folder_hint
+
+    bad = dataset.bad_videos
+    named = "; ".join(f"{b['video_id']}: {b['reason']}" for b in bad[:3]) + ("; …" if len(bad) > 3 else "")
+    check = f"rapdeploy data-check --dataset {options.dataset} --data-root {shlex.quote(str(options.data_root))} " \
+            "--split train"
+    return CheckFailedError(f"no usable training video in {options.data_root} ({len(bad)} missing or undecodable: "
+                            f"{named}){videos_folder_hint(dataset.split, bad)}; run `{check}`")
 
 
 def check_batch_memory(options: TrainOptions, config: Any, caption_video: np.ndarray, ctx: D.DistContext) -> None:
