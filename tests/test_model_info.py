@@ -47,8 +47,11 @@ def test_info_reports_the_checkpoints_offsets_and_lorm_modulation(micro_checkpoi
     assert scale_change > 0.1 and shift > 0.1 and abs(scale_change - shift) > 1e-3  # a swap would show
     assert info["lorm_modulation"]["max_scale_change"] == pytest.approx(scale_change, abs=2e-6)
     assert info["lorm_modulation"]["max_shift"] == pytest.approx(shift, abs=2e-6)
-    assert info["lorm_params"] == sum(p.numel() for n, p in model.named_parameters() if n.startswith("lorm_"))
-    assert info["asa_params"] == sum(p.numel() for n, p in model.named_parameters() if n.startswith("asa."))
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # the key bias is frozen
+    assert info["lorm_params"] == sum(p.numel() for n, p in trained if n.startswith("lorm_"))
+    assert info["asa_params"] == sum(p.numel() for n, p in trained if n.startswith("asa."))
+    assert info["asa_params"] == sum(p.numel() for n, p in model.named_parameters()
+                                     if n.startswith("asa.") and n != "asa.k_proj.bias")
 
     table = CliRunner().invoke(app, ["info", str(micro_checkpoint)], terminal_width=200)
     assert table.exit_code == 0, table.output
