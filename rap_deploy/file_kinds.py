@@ -166,7 +166,10 @@ def _first_line(exc: BaseException) -> str:
     for line in lines:  # torch's weights-only message buries the reason after a long preamble
         if line.startswith(("Unsupported", "WeightsUnpickler")) or "GLOBAL" in line:
             return line[:200]
-    return (lines[0] if lines else "")[:200]
+    first = lines[0] if lines else ""
+    # torch's zip reader appends an advice paragraph ("This is an internal miniz error. If you are seeing this ...")
+    # that a 200-character cut left mid-sentence; its first sentence is the reason
+    return (first.split(". ")[0] if len(first) > 120 else first)[:200]
 
 
 def check_archive_expansion(path: str | os.PathLike[str], what: str,

@@ -205,3 +205,14 @@ def test_a_plain_state_dict_given_as_checkpoint_says_how_to_make_one(tmp_path):
     assert f"{nested} is not a rapdeploy checkpoint: it holds a dict with keys 'model' and no 'rapdeploy.checkpoint' " \
            "format tag; pass a checkpoint from `rapdeploy init` or `rapdeploy train`" in " ".join(res.output.split())
     assert not (tmp_path / "onnx").exists()
+
+
+def test_a_truncated_checkpoint_gives_the_reason_without_torchs_advice_cut_mid_sentence(micro_checkpoint, tmp_path):
+    truncated = tmp_path / "best.pt"
+    truncated.write_bytes(micro_checkpoint.read_bytes()[: micro_checkpoint.stat().st_size // 2])
+    res = runner.invoke(app, ["info", str(truncated)])
+    assert res.exit_code == 1, res.output
+    line = " ".join(res.stderr.split())  # was: "(... This is an internal miniz error. If you are seeing ... file is)"
+    assert line == f"error: checkpoint {truncated} is a damaged or truncated PyTorch archive (PytorchStreamReader " \
+                   "failed reading zip archive: failed finding central directory); copy it again or re-create it " \
+                   "with `rapdeploy init` or `rapdeploy train`", line
