@@ -216,3 +216,15 @@ def test_a_truncated_checkpoint_gives_the_reason_without_torchs_advice_cut_mid_s
     assert line == f"error: checkpoint {truncated} is a damaged or truncated PyTorch archive (PytorchStreamReader " \
                    "failed reading zip archive: failed finding central directory); copy it again or re-create it " \
                    "with `rapdeploy init` or `rapdeploy train`", line
+
+
+def test_truncated_backbone_weights_say_what_to_do_once(micro_checkpoint, tmp_path):
+    weights = tmp_path / "open_clip_pytorch_model.bin"  # a truncated zip archive, as a cut-off download leaves it
+    weights.write_bytes(micro_checkpoint.read_bytes()[: micro_checkpoint.stat().st_size // 2])
+    res = runner.invoke(app, ["init", "--clip", "rap-micro", "--pretrained", str(weights), "--out",
+                              str(tmp_path / "c.pt")])
+    assert res.exit_code == 1, res.output
+    line = " ".join(res.stderr.split())  # was: "...; copy it again or download or copy it again"
+    assert line.endswith(f"{weights} is a damaged or truncated PyTorch archive (PytorchStreamReader failed reading "
+                         "zip archive: failed finding central directory); copy it again or download it again"), line
+    assert not (tmp_path / "c.pt").exists()

@@ -244,7 +244,7 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
     if isinstance(exc, (KeyError, StopIteration, AttributeError, TypeError)) and sniff(path) in ("zip", "pickle"):
         return UsageError(f"backbone weights file {path} holds no open_clip state dict ({type(exc).__name__}: "
                           f"{text}); pass the model's weights file")
-    return explain_load_error(path, exc, what="backbone weights file", fix="download or copy it again")
+    return explain_load_error(path, exc, what="backbone weights file", fix="download it again")
 
 
 def _raised_in(exc: BaseException, functions: tuple[str, ...]) -> bool:
