@@ -1270,3 +1270,23 @@ def test_a_training_batch_that_cannot_fit_in_memory_is_refused_before_decoding(s
     with pytest.raises(UsageError, match="fewer --workers"):
         check_batch_memory(dataclasses.replace(options, num_workers=2), micro_config(frames=16), np.arange(24),
                            DistContext())  # 24 x 16 frames x 197 KB, 6 copies: 28 MB
+
+
+def test_resume_of_a_folder_of_runs_or_of_data_names_what_it_is(micro_checkpoint, tmp_path):
+    """--resume of the folder above the runs (the workspace's runs/) or of another folder (the dataset) said 'it has
+    no last.pt (the run stopped before its first epoch ended; start it again without --resume)', which is not so."""
+    runs = tmp_path / "runs"
+    for name in ("msrvtt-1", "msrvtt-2"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "last.pt").write_bytes(micro_checkpoint.read_bytes())
+    res = CliRunner().invoke(app, ["train", "--resume", str(runs)])
+    assert res.exit_code == 2, res.output
+    assert f"cannot resume {runs}: it holds training runs, not one; pass one of them: {runs / 'msrvtt-1'}, " \
+           f"{runs / 'msrvtt-2'}" in " ".join(res.stderr.split()), res.output
+    data = tmp_path / "data"
+    (data / "videos").mkdir(parents=True)
+    (data / "MSRVTT_data.json").write_text("{}")
+    res = CliRunner().invoke(app, ["train", "--resume", str(data)])
+    assert res.exit_code == 2, res.output
+    assert f"cannot resume {data}: it is not a training run folder (it holds MSRVTT_data.json, videos and no " \
+           "last.pt); pass the --out folder of an earlier `rapdeploy train`" in " ".join(res.stderr.split())

@@ -24,6 +24,26 @@ from rap_deploy.train.loop import (
 )
 
 
+def _not_resumable(run_dir: Path) -> UsageError:
+    """Why ``run_dir`` (a folder without ``last.pt``) cannot be resumed: it holds run folders (the workspace's
+    ``runs/``, say: it names them), it is not a run folder at all (it names what it holds), or the run stopped before
+    its first epoch ended."""
+    from rap_deploy.workspace import RUN_BEST, RUN_METRICS, RUN_SUMMARY
+
+    runs = sorted(str(p.parent) for p in run_dir.glob(f"*/{LAST}"))
+    if runs:
+        return UsageError(f"cannot resume {run_dir}: it holds training runs, not one; pass one of them: "
+                          f"{', '.join(runs[:3])}{', …' if len(runs) > 3 else ''}")
+    foreign = sorted(p.name for p in run_dir.iterdir()
+                     if not p.name.startswith(".") and p.name not in (RUN_BEST, RUN_METRICS, RUN_SUMMARY))
+    if foreign:
+        return UsageError(f"cannot resume {run_dir}: it is not a training run folder (it holds "
+                          f"{', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''} and no {LAST}); pass the "
+                          "--out folder of an earlier `rapdeploy train`")
+    return UsageError(f"cannot resume {run_dir}: it has no {LAST} (the run stopped before its first epoch ended; "
+                      "start it again without --resume)")
+
+
 def load_resume(run_dir: Path, overrides: dict[str, Any]):
     """Options, template checkpoint, model and training state of the run in ``run_dir`` (from its ``last.pt``).
 
@@ -33,8 +53,7 @@ def load_resume(run_dir: Path, overrides: dict[str, Any]):
     """
     last = run_dir / LAST
     if not last.is_file():
-        raise UsageError(f"cannot resume {run_dir}: it has no {LAST} (the run stopped before its first epoch ended; "
-                         "start it again without --resume)")
+        raise _not_resumable(run_dir)
     ckpt, options, state = stored_run(last)
     options.out = str(run_dir)
     ckpt, overrides = moved_backbone(ckpt, options, overrides)
