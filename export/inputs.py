@@ -81,8 +81,12 @@ def dataset_inputs(config: RAPConfig, data_root: Path, dataset: str = "msrvtt", 
     entries = [(v.video_id, v.path, v.start, v.end) for v in split.videos]  # DiDeMo: the first 31 s
     ids, frames, masks, skipped = _decode_pool(entries, config, count)
     if len(ids) < 3:
+        from rap_deploy.retrieval import videos_folder_hint
+
+        named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3]) + ("; …" if len(skipped) > 3 else "")
+        hint = videos_folder_hint(split, skipped) if not ids else ""
         raise UsageError(f"only {len(ids)} test videos of {dataset} under {data_root} could be decoded (need 3 for "
-                         f"parity; skipped: {skipped[:3]}); fix the dataset or omit --data-root to use synthetic "
+                         f"parity; skipped {named}){hint}; fix the dataset or omit --data-root to use synthetic "
                          "videos")
     index = {v.video_id: i for i, v in enumerate(split.videos)}
     captions = [split.captions_of(index[v])[0] if split.captions_of(index[v]) else v for v in ids]

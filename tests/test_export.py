@@ -700,3 +700,18 @@ def test_parity_inputs_decode_the_splits_clip_window(tmp_path, monkeypatch):
     split = windowed("msrvtt", tmp_path, "test", max_frames=config.frames)
     want = [decode_video(v.path, config.sampling, config.preprocess, v.start, v.end).mask for v in split.videos]
     assert inputs.frame_mask.tolist() == [m.astype(np.float32).tolist() for m in want]
+
+
+def test_export_data_root_without_videos_names_them_and_the_folder(micro_checkpoint, synth_root, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in synth_root.iterdir():
+        if f.is_file():
+            (data / f.name).write_bytes(f.read_bytes())
+    res = CliRunner().invoke(app, ["export", str(micro_checkpoint), "--out", str(tmp_path / "onnx"), "--data-root",
+                                   str(data), "--quiet"])
+    assert res.exit_code == 2, res.output
+    line = " ".join(res.stderr.split())  # was: "(need 3 for parity; skipped: [{'video_id': 'video24', 'reason': ...}])"
+    assert "{'video_id'" not in line and "(need 3 for parity; skipped video" in line, line
+    assert f": {data / 'videos'} does not exist; put the videos there" in line, line
+    assert not (tmp_path / "onnx").exists()
