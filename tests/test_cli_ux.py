@@ -228,3 +228,11 @@ def test_truncated_backbone_weights_say_what_to_do_once(micro_checkpoint, tmp_pa
     assert line.endswith(f"{weights} is a damaged or truncated PyTorch archive (PytorchStreamReader failed reading "
                          "zip archive: failed finding central directory); copy it again or download it again"), line
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_info_with_a_checkpoint_and_model_options_says_which_to_drop(micro_checkpoint):
+    one = runner.invoke(app, ["info", str(micro_checkpoint), "--clip", "ViT-B-32"])
+    assert one.exit_code == 2 and "--clip describes a model built from a CLIP when no checkpoint is given" in \
+        " ".join(one.stderr.split()) and "drop it" in one.stderr, one.output  # was: "--clip describe a model"
+    two = runner.invoke(app, ["info", str(micro_checkpoint), "--clip", "ViT-B-32", "--frames", "8"])
+    assert two.exit_code == 2 and "--clip, --frames describe a model" in " ".join(two.stderr.split()), two.output

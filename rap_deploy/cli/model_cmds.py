@@ -162,7 +162,8 @@ def info(
     given = [name for name, value in (("--clip", clip), ("--pretrained", pretrained), ("--variant", variant),
                                       ("--frames", frames), ("--preset", preset)) if value is not None]
     if checkpoint is not None and given:
-        raise UsageError(f"{', '.join(given)} describe a model built from a CLIP when no checkpoint is given; a "
+        verb = "describe" if len(given) > 1 else "describes"
+        raise UsageError(f"{', '.join(given)} {verb} a model built from a CLIP when no checkpoint is given; a "
                          f"checkpoint is described as it was saved (its own frames, variant and backbone): drop "
                          f"{'them' if len(given) > 1 else 'it'}, or omit {checkpoint}")
     config = build_config(clip or DEFAULT_CLIP, variant or "rap", 12 if frames is None else frames, 32, True, True,
