@@ -150,15 +150,15 @@ def _rebuild_commands(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
 
 
 def rebuild_engine_command(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
-    """``rapdeploy build-engine EXPORT [--int8|--fp16|--backend tensorrt] --force --out ENGINE``: the build of
-    ``engine_dir`` again from the export folder and precision its manifest records (``EXPORT`` when none)."""
+    """``rapdeploy build-engine EXPORT [options] --force --out ENGINE``: the build of ``engine_dir`` again from the
+    export folder its manifest records (``EXPORT`` when none), as the backend, precision and device it records
+    (:func:`~rap_deploy.engines.manifest.build_engine_flags`)."""
     import shlex
 
-    flags = {"int8": ["--int8"], "fp16": ["--fp16"]}.get(str(manifest.get("precision")), [])
-    if manifest.get("backend") == "tensorrt" and not flags:
-        flags = ["--backend", "tensorrt"]
-    return shlex.join(["rapdeploy", "build-engine", str(_recorded_export(manifest)), *flags, "--force", "--out",
-                       str(engine_dir)])
+    from rap_deploy.engines.manifest import build_engine_flags
+
+    return shlex.join(["rapdeploy", "build-engine", str(_recorded_export(manifest)), *build_engine_flags(manifest),
+                       "--force", "--out", str(engine_dir)])
 
 
 def _recorded_export(manifest: Mapping[str, Any]) -> Path:

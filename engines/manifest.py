@@ -289,12 +289,25 @@ def _check_cpu_layout(built: Any, here: Any, provider: Any = "CPUExecutionProvid
                               + (" --device cuda`" if provider == "CUDAExecutionProvider" else "`"))
 
 
+def build_engine_flags(manifest: Mapping[str, Any]) -> list[str]:
+    """The ``rapdeploy build-engine`` options that build the engine ``manifest`` records again (its backend,
+    precision and device): TensorRT ``--fp16``, or ``--backend tensorrt`` for fp32; ONNX Runtime ``--int8`` or none
+    on the CPU, and on CUDA ``--backend onnxruntime --device cuda`` (``--fp16`` alone means TensorRT, and without
+    ``--device cuda`` an ONNX Runtime engine is built for the CPU)."""
+    precision = manifest.get("precision")
+    if manifest.get("backend") == "tensorrt":
+        return ["--fp16"] if precision == "fp16" else ["--backend", "tensorrt"]
+    if manifest.get("provider") == "CUDAExecutionProvider" or precision == "fp16":
+        return ["--backend", "onnxruntime", "--device", "cuda", *(["--fp16"] if precision == "fp16" else [])]
+    return ["--int8"] if precision == "int8" else []
+
+
 def trt_rebuild_command(manifest: Mapping[str, Any], folder: Path | None = None) -> str:
     """The ``rapdeploy build-engine`` command that rebuilds a TensorRT engine as its manifest records it: the export
-    it came from, its precision (``--fp16``, or ``--backend tensorrt`` for fp32) and, with ``folder``, into that
-    folder (``--out FOLDER --force``)."""
-    parts = ["rapdeploy", "build-engine", str(manifest.get("export_dir") or "EXPORT_DIR")]
-    parts += ["--fp16"] if manifest.get("precision") == "fp16" else ["--backend", "tensorrt"]
+    it came from, its precision (:func:`build_engine_flags`) and, with ``folder``, into that folder (``--out FOLDER
+    --force``)."""
+    parts = ["rapdeploy", "build-engine", str(manifest.get("export_dir") or "EXPORT_DIR"),
+             *build_engine_flags(manifest)]
     if folder is not None:
         parts += ["--out", str(folder), "--force"]
     return shlex.join(parts)

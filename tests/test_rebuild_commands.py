@@ -1,0 +1,41 @@
+"""The ``rapdeploy build-engine`` command a refusal names for rebuilding an engine must build the engine its manifest
+records (backend, precision, device), not another kind: ``--fp16`` alone means TensorRT, and without ``--device
+cuda`` an ONNX Runtime engine is built for the CPU."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from rap_deploy.engines.build import resolve_target
+from rap_deploy.engines.integrity import rebuild_engine_command
+from rap_deploy.engines.manifest import trt_rebuild_command
+
+ENGINES = [("onnxruntime", "fp32", "cpu", "CPUExecutionProvider"),
+           ("onnxruntime", "int8", "cpu", "CPUExecutionProvider"),
+           ("onnxruntime", "fp32", "cuda", "CUDAExecutionProvider"),
+           ("onnxruntime", "fp16", "cuda", "CUDAExecutionProvider"),
+           ("tensorrt", "fp32", "cuda", None),
+           ("tensorrt", "fp16", "cuda", None)]
+
+
+def _built(command: str) -> tuple[str, str, str]:
+    """``(backend, precision, device)`` that ``build-engine`` resolves the options of ``command`` to."""
+    words = shlex.split(command)
+    value = {o: words[words.index(o) + 1] for o in ("--backend", "--device") if o in words}
+    return resolve_target(value.get("--backend"), "--fp16" in words, "--int8" in words, value.get("--device"))
+
+
+@pytest.mark.parametrize("backend, precision, device, provider", ENGINES)
+def test_the_rebuild_command_builds_the_engine_the_manifest_records(backend, precision, device, provider):
+    """An ONNX Runtime fp16 engine (CUDA) was to be rebuilt with `build-engine EXPORT --fp16`, which builds a
+    TensorRT engine, and an ONNX Runtime CUDA fp32 engine with no flag, which builds a CPU one."""
+    manifest = {"backend": backend, "precision": precision, "device": device, "provider": provider,
+                "export_dir": "/w/onnx"}
+    command = rebuild_engine_command(Path("/w/engine"), manifest)
+    assert command.startswith("rapdeploy build-engine /w/onnx ") and command.endswith(" --force --out /w/engine")
+    assert _built(command) == (backend, precision, device), command
+    if backend == "tensorrt":
+        assert _built(trt_rebuild_command(manifest)) == (backend, precision, device)
