@@ -154,6 +154,9 @@ def _manifest_path(export_dir: Path) -> Path:
     path = export_dir / MANIFEST
     if export_dir.exists() and not export_dir.is_dir():
         raise UsageError(f"{export_dir} is a file, not an export folder; pass the folder `rapdeploy export` wrote")
+    if not export_dir.exists():
+        raise UsageError(f"export folder {export_dir} does not exist; pass the folder `rapdeploy export` wrote, or "
+                         f"write it with `rapdeploy export CKPT --out {export_dir}`")
     if not path.is_file() and not path.is_symlink():
         hint = " (the export did not complete or its checks failed; see parity.json)" \
             if (export_dir / PARITY).is_file() else ""

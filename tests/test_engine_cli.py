@@ -246,3 +246,13 @@ def test_an_export_or_engine_of_a_newer_format_names_both_versions_and_the_rebui
     assert f"has engine format 2 (written by rapdeploy 9.0.0), newer than the format 1 this rapdeploy {__version__} " \
            f"reads; upgrade rapdeploy, or re-create it with this one: `rapdeploy build-engine {source} --force --out " \
            f"{engine}`" in " ".join(result.stderr.split()), result.output
+
+
+def test_build_engine_of_a_folder_that_does_not_exist_says_so(tmp_path):
+    missing = tmp_path / "onxx"  # a typo of the export folder
+    result = runner.invoke(app, ["build-engine", str(missing), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output  # was: "... has no manifest.json; run `rapdeploy export ...`"
+    assert " ".join(result.stderr.split()) == f"error: export folder {missing} does not exist; pass the folder " \
+                                              f"`rapdeploy export` wrote, or write it with `rapdeploy export CKPT " \
+                                              f"--out {missing}`"
+    assert not (tmp_path / "e").exists()
