@@ -256,3 +256,17 @@ def test_build_engine_of_a_folder_that_does_not_exist_says_so(tmp_path):
                                               f"`rapdeploy export` wrote, or write it with `rapdeploy export CKPT " \
                                               f"--out {missing}`"
     assert not (tmp_path / "e").exists()
+
+
+def test_a_graph_that_disagrees_with_its_own_manifest_stays_an_edited_export(micro_ort_engines, tmp_path):
+    """The contract check (another version, exit 2) comes after the manifest's own claims: a graph whose outputs
+    differ from what its manifest records was edited (exit 1), whatever version wrote it."""
+    export = tmp_path / "onnx"
+    shutil.copytree(micro_ort_engines["export"], export)
+    recorded = json.loads((export / "manifest.json").read_text())["graphs"]["video_encoder"]["outputs"]
+    _as_before_asa_tokens(export, [])  # the graph (and its sha256) changed, the manifest's I/O record not
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["graphs"]["video_encoder"]["outputs"] == recorded
+    result = runner.invoke(app, ["build-engine", str(export), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 1, result.output
+    assert "does not match its manifest" in result.stderr and "another version" not in result.stderr
