@@ -236,7 +236,7 @@ def test_selection_rule_ties_are_judged_on_the_recalls_not_on_their_float_sum():
 
 
 def test_epoch_unit_auto_visits_every_caption_of_multi_caption_data():
-    from rap_deploy.train.loop import resolve_epoch_unit
+    from rap_deploy.train.run_data import resolve_epoch_unit
 
     assert resolve_epoch_unit("auto", np.repeat(np.arange(4), 5)) == "caption"
     assert resolve_epoch_unit("auto", np.arange(4)) == "video"
@@ -1263,7 +1263,7 @@ def test_a_training_batch_that_cannot_fit_in_memory_is_refused_before_decoding(s
     assert res.exit_code == 2, res.output
     assert "a training batch of 120 videos x 64 frames" in res.output and "--batch-size" in res.output, res.output
     assert not (tmp_path / "run").exists() and not list((tmp_path / "frames").rglob("*.npz"))
-    from rap_deploy.train.loop import check_batch_memory
+    from rap_deploy.train.run_data import check_batch_memory
 
     options = _micro_options(synth_root, tmp_path / "run", tmp_path / "frames", batch_size=24)
     check_batch_memory(options, micro_config(frames=4), np.arange(24), DistContext())  # 2.4 MB: fits

@@ -24,7 +24,6 @@ from rap_deploy.train.loop import (
     TrainOptions,
     _amp_dtype,
     _evaluate,
-    _load_data,
     _plain,
     _record,
     _rng_state,
@@ -32,10 +31,10 @@ from rap_deploy.train.loop import (
     _write_metrics,
     freeze_offsets_at_zero,
     param_groups,
-    resolve_epoch_unit,
 )
 from rap_deploy.train.losses import batch_loss
 from rap_deploy.train.progress import Bars, counted, epoch_line, say
+from rap_deploy.train.run_data import load_data, resolve_epoch_unit
 from rap_deploy.train.run_state import (
     check_same_data,
     check_same_test_videos,
@@ -88,7 +87,7 @@ class TrainingRun:
 
         options, ctx = self.options, self.ctx
         self.cache = FrameCache(options.cache_dir) if options.cache_dir else FrameCache.default(options.workspace)
-        self.dataset, self.test_split = _load_data(options, self.model.config, self.cache, ctx, self.show)
+        self.dataset, self.test_split = load_data(options, self.model.config, self.cache, ctx, self.show)
         self.data_id = data_fingerprint(self.dataset, self.test_split)
         _check_same_data_on_every_rank(self.data_id, ctx)
         self.item_video = np.asarray(self.dataset.split.caption_video)[self.dataset.items]
