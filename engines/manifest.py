@@ -269,10 +269,12 @@ def cpu_layout(host: Mapping[str, Any]) -> tuple[str, bool]:
     return str(host.get("machine", "")), isinstance(isa, list) and "avx512f" in isa
 
 
-def _check_cpu_layout(built: Any, here: Any, provider: Any = "CPUExecutionProvider", where: str = "") -> None:
+def _check_cpu_layout(built: Any, here: Any, rebuild: str = "rapdeploy build-engine --backend onnxruntime",
+                      where: str = "") -> None:
     """Refuse an engine whose saved graphs were laid out for another CPU (:func:`cpu_layout`): the patch-embedding
     Conv becomes a ``com.microsoft.nchwc`` Conv with the building CPU's filter blocks, which another block size reads
-    as other weights. Engines without a recorded host, or a runtime without one, are not judged."""
+    as other weights; the refusal names ``rebuild``. Engines without a recorded host, or a runtime without one, are
+    not judged."""
     if not isinstance(built, Mapping) or not isinstance(here, Mapping):
         return
     (b_machine, b_avx512), (h_machine, h_avx512) = cpu_layout(built), cpu_layout(here)
@@ -285,8 +287,7 @@ def _check_cpu_layout(built: Any, here: Any, provider: Any = "CPUExecutionProvid
     raise EngineMismatchError(f"{where}engine was built on {name(b_machine, b_avx512)}, this machine has "
                               f"{name(h_machine, h_avx512)}: ONNX Runtime saved its CPU graphs with kernels laid out "
                               "for the CPU that built them (NCHWc filter blocks), which this CPU would read as other "
-                              "weights; rebuild it here with `rapdeploy build-engine --backend onnxruntime"
-                              + (" --device cuda`" if provider == "CUDAExecutionProvider" else "`"))
+                              f"weights; rebuild it here with `{rebuild}`")
 
 
 def build_engine_flags(manifest: Mapping[str, Any]) -> list[str]:
@@ -300,6 +301,15 @@ def build_engine_flags(manifest: Mapping[str, Any]) -> list[str]:
     if manifest.get("provider") == "CUDAExecutionProvider" or precision == "fp16":
         return ["--backend", "onnxruntime", "--device", "cuda", *(["--fp16"] if precision == "fp16" else [])]
     return ["--int8"] if precision == "int8" else []
+
+
+def ort_rebuild_command(manifest: Mapping[str, Any]) -> str:
+    """The ``rapdeploy build-engine`` options, after the command, that build an ONNX Runtime engine as ``manifest``
+    records it (:func:`build_engine_flags`, with ``--backend onnxruntime`` always named)."""
+    flags = build_engine_flags(manifest)
+    if "--backend" not in flags:
+        flags = ["--backend", "onnxruntime", *flags]
+    return shlex.join(["rapdeploy", "build-engine", *flags])
 
 
 def trt_rebuild_command(manifest: Mapping[str, Any], folder: Path | None = None) -> str:
@@ -339,14 +349,14 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
             raise EngineMismatchError(f"{where}engine was built with ONNX Runtime {built.get('onnxruntime')}, this "
                                       "machine "
                                       f"has {have}; its saved optimised graphs need the same release: rebuild it "
-                                      "with `rapdeploy build-engine --backend onnxruntime`")
+                                      f"with `{ort_rebuild_command(manifest)}`")
         provider = manifest.get("provider")
         if nchwc_ops and not isinstance(manifest.get("host"), Mapping):
             raise CheckFailedError(f"the engine's graphs hold {nchwc_ops} NCHWc nodes, laid out for the CPU that "
                                    "built them, but its manifest records no 'host' (that CPU); the manifest was "
-                                   "edited, rebuild the engine with `rapdeploy build-engine --backend onnxruntime`")
+                                   f"edited, rebuild the engine with `{ort_rebuild_command(manifest)}`")
         if provider == "CPUExecutionProvider" or nchwc_ops:
-            _check_cpu_layout(manifest.get("host"), runtime.get("host"), provider, where)
+            _check_cpu_layout(manifest.get("host"), runtime.get("host"), ort_rebuild_command(manifest), where)
         if provider and provider not in (runtime.get("providers") or []):
             raise BackendUnavailableError(f"engine runs on {provider}, which this ONNX Runtime does not provide "
                                           f"(available: {', '.join(runtime.get('providers') or []) or 'none'}); "

@@ -39,3 +39,37 @@ def test_the_rebuild_command_builds_the_engine_the_manifest_records(backend, pre
     assert _built(command) == (backend, precision, device), command
     if backend == "tensorrt":
         assert _built(trt_rebuild_command(manifest)) == (backend, precision, device)
+
+
+ORT_ENGINES = [e for e in ENGINES if e[0] == "onnxruntime"]
+
+
+def _named_command(message: str) -> str:
+    """The `rapdeploy build-engine ...` command a refusal names (between backticks)."""
+    return next(part for part in message.split("`") if part.startswith("rapdeploy build-engine"))
+
+
+@pytest.mark.parametrize("backend, precision, device, provider", ORT_ENGINES)
+def test_runtime_refusals_name_a_rebuild_of_the_same_engine(backend, precision, device, provider):
+    """The ONNX Runtime release, missing-host and CPU-layout refusals named `build-engine --backend onnxruntime`
+    whatever the engine, so an int8 engine was to be rebuilt as fp32 (and the release refusal dropped the device)."""
+    from rap_deploy.engines.manifest import EngineMismatchError, check_runtime
+    from rap_deploy.errors import CheckFailedError
+
+    avx512 = {"machine": "x86_64", "isa": ["avx512f"]}
+    manifest = {"backend": backend, "precision": precision, "device": device, "provider": provider,
+                "versions": {"onnxruntime": "1.0.0"}, "host": avx512}
+    here = {"onnxruntime": "9.9.0", "providers": [provider], "host": avx512}
+    refusals = []
+    with pytest.raises(EngineMismatchError) as release:  # another ONNX Runtime release
+        check_runtime(manifest, here)
+    refusals.append(str(release.value))
+    same = {**here, "onnxruntime": "1.0.0"}
+    with pytest.raises(CheckFailedError) as no_host:  # NCHWc nodes and no recorded host
+        check_runtime({**manifest, "host": None}, same, nchwc_ops=1)
+    refusals.append(str(no_host.value))
+    with pytest.raises(EngineMismatchError) as layout:  # laid out for another CPU
+        check_runtime(manifest, {**same, "host": {"machine": "x86_64", "isa": ["avx2"]}}, nchwc_ops=1)
+    refusals.append(str(layout.value))
+    for message in refusals:
+        assert _built(_named_command(message)) == (backend, precision, device), message
