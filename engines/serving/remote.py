@@ -60,6 +60,7 @@ from rap_deploy.engines.serving.remote_transport import (
     one_line,
     require_answer_read,
     split_url,
+    tritonclient_version,
 )
 from rap_deploy.errors import BackendUnavailableError, UsageError
 
@@ -334,10 +335,8 @@ class RemoteEngine(Engine):
     def describe(self) -> EngineInfo:
         """Backend ``remote``, the served engine's precision, the URL and what the server reports (with
         ``checkpoint_sha256``, the source checkpoint's sha256 it publishes, or ``None``)."""
-        from importlib import metadata
-
         served = self._json_parameter("engine")
-        versions = {"tritonclient": metadata.version("tritonclient"),
+        versions = {"tritonclient": tritonclient_version(),
                     "server": f"{self.server.get('name', '?')} {self.server.get('version', '?')}"}
         return EngineInfo(backend=self.backend, precision=self.parameters.get("precision") or "fp32",
                           device=f"remote {self.url}", versions=versions, path=self.url,

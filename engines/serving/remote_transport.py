@@ -166,7 +166,6 @@ class BoundedTransport:
         return getattr(self._stub, name)
 
 
-
 def bound_answers(client: Any, where: str) -> BoundedTransport:
     """Wrap the HTTP connection of ``client`` (a ``tritonclient.http.InferenceServerClient``) in a
     :class:`BoundedTransport` naming ``where`` (the server's URL) and return it.
