@@ -39,8 +39,10 @@ class VideoSource:
         return Path(d["path"]).stem or "library"
 
 
-def dataset_source(dataset: str, data_root: str | os.PathLike[str], split: str, frames: int) -> VideoSource:
-    """The videos (and captions) of a dataset split read by the dataset readers; raises their :class:`UsageError`."""
+def dataset_source(dataset: str, data_root: str | os.PathLike[str], split: str,
+                   frames: int | None = None) -> VideoSource:
+    """The videos (and captions) of a dataset split read by the dataset readers (``frames``: the sampling's frame
+    count, default the dataset's own; a build samples the engine's); raises their :class:`UsageError`."""
     from rap_deploy.data.datasets import load_split
 
     s = load_split(dataset, data_root, split, max_frames=frames)
