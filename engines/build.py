@@ -82,13 +82,14 @@ def resolve_export_dir(export_dir: str | os.PathLike[str] | None, workspace: str
     return found
 
 
-def check_available(backend: str, device: str, device_id: int = 0) -> None:
-    """Raise :class:`~rap_deploy.errors.BackendUnavailableError` (one line: what is missing, what to run instead)
-    unless ``backend`` can build on ``device`` here."""
+def check_available(backend: str, device: str, device_id: int = 0,
+                    export_dir: str | os.PathLike[str] | None = None) -> None:
+    """Raise :class:`~rap_deploy.errors.BackendUnavailableError` (one line: what is missing, what to run instead, on
+    ``export_dir``) unless ``backend`` can build on ``device`` here."""
     if backend == "tensorrt":
         from rap_deploy.engines.tensorrt_backend import require_tensorrt
 
-        require_tensorrt(device_id)
+        require_tensorrt(device_id, export_dir)
     else:
         from rap_deploy.engines.ort_backend import provider_for, require_provider
 
@@ -134,8 +135,8 @@ def build_engine(export_dir: str | os.PathLike[str] | None = None, backend: str 
     from rap_deploy.workspace import subdir
 
     backend, precision, device = resolve_target(backend, fp16, int8, device)
-    check_available(backend, device, device_id)
     src = resolve_export_dir(export_dir, workspace)
+    check_available(backend, device, device_id, src)
     src_identity = folder_identity(src)  # an export --force that swaps src during the build is refused at the end
     export_manifest = read_export_manifest(src)
     export_manifest.pop("dir", None)

@@ -17,6 +17,7 @@ bf16 inputs are converted on the device, and every floating-point output is retu
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -40,20 +41,29 @@ from rap_deploy.engines.trt_plan import build_mode
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.graphs import graph_io, graphs_for
 
-INSTEAD = "run `rapdeploy build-engine EXPORT_DIR --backend onnxruntime` (CPU fp32) or add `--int8` instead"
+
+def onnxruntime_instead(export_dir: str | os.PathLike[str] | None = None) -> str:
+    """What to run instead of TensorRT here: the two ONNX Runtime CPU builds (fp32, int8) of ``export_dir``, as
+    runnable commands; without ``export_dir`` they name no folder (build-engine's default, the workspace's latest
+    export)."""
+    folder = [str(export_dir)] if export_dir is not None else []
+    fp32 = shlex.join(["rapdeploy", "build-engine", *folder, "--backend", "onnxruntime"])
+    int8 = shlex.join(["rapdeploy", "build-engine", *folder, "--int8"])
+    return f"run `{fp32}` (CPU fp32) or `{int8}` (CPU int8) instead"
 
 #: torch dtype name per TensorRT ``DataType`` name. Types without one (FP8, INT4, FP4, E8M0) are refused.
 TORCH_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
                      "INT8": "int8", "BOOL": "bool", "UINT8": "uint8"}
 
 
-def import_tensorrt() -> Any:
-    """Import and return the ``tensorrt`` module; raises :class:`BackendUnavailableError` (one line) if missing."""
+def import_tensorrt(export_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Import and return the ``tensorrt`` module; raises :class:`BackendUnavailableError` (one line, naming the ONNX
+    Runtime builds of ``export_dir`` to run instead) if missing."""
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendUnavailableError(f"TensorRT is not installed ({exc}); it needs an NVIDIA GPU machine "
-                                      f"(pip install -e '.[trt]'); {INSTEAD}") from None
+                                      f"(pip install -e '.[trt]'); {onnxruntime_instead(export_dir)}") from None
     build_mode(trt.__version__)  # refuses TensorRT < 10
     return trt
 
@@ -82,9 +92,11 @@ def runtime_info(device_id: int = 0) -> dict[str, Any]:
     return {"tensorrt": version, "gpu": gpu_info(device_id)}
 
 
-def require_tensorrt(device_id: int = 0) -> tuple[Any, dict[str, Any]]:
-    """Return ``(tensorrt module, gpu info)``; raise :class:`BackendUnavailableError` naming what is missing."""
-    trt = import_tensorrt()
+def require_tensorrt(device_id: int = 0, export_dir: str | os.PathLike[str] | None = None
+                     ) -> tuple[Any, dict[str, Any]]:
+    """Return ``(tensorrt module, gpu info)``; raise :class:`BackendUnavailableError` naming what is missing and the
+    ONNX Runtime builds of ``export_dir`` to run instead."""
+    trt = import_tensorrt(export_dir)
     gpu = gpu_info(device_id)
     if gpu is None:
         import torch
@@ -92,7 +104,7 @@ def require_tensorrt(device_id: int = 0) -> tuple[Any, dict[str, Any]]:
         raise BackendUnavailableError(f"TensorRT {trt.__version__} is installed but CUDA GPU {device_id} is not "
                                       f"visible (torch {torch.__version__}: cuda available = "
                                       f"{torch.cuda.is_available()}, devices = {torch.cuda.device_count()}); "
-                                      f"{INSTEAD}")
+                                      f"{onnxruntime_instead(export_dir)}")
     return trt, gpu
 
 

@@ -318,7 +318,7 @@ def build_trt_graphs(export_dir: Path, export_manifest: Mapping[str, Any], out_d
     if precision not in ("fp32", "fp16"):
         raise UsageError(f"TensorRT engines are fp16 or fp32 here, not {precision} (int8 needs calibration or Q/DQ "
                          "graphs); use `--backend onnxruntime --int8` for an int8 CPU engine")
-    trt, gpu = require_tensorrt(device_id)
+    trt, gpu = require_tensorrt(device_id, export_dir)
     mode = build_mode(trt.__version__)
     cache = timing_cache_path(timing_cache_dir, trt.__version__, gpu)
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 
 from typer.testing import CliRunner
@@ -21,6 +22,30 @@ def test_fp16_without_tensorrt_exits_2_with_one_clear_line(micro_ort_engines, tm
     assert len(lines) == 1 and "Traceback" not in result.output
     assert "TensorRT is not installed" in lines[0] and "--backend onnxruntime" in lines[0]
     assert not (tmp_path / "trt").exists()
+
+
+def _named_commands(message: str) -> list[list[str]]:
+    """The `rapdeploy build-engine ...` commands a message names (between backticks), split into words."""
+    return [shlex.split(part) for part in message.split("`") if part.startswith("rapdeploy build-engine")]
+
+
+def test_fp16_without_tensorrt_names_the_real_export_folder(micro_ort_engines, tmp_path):
+    """The refusal said `rapdeploy build-engine EXPORT_DIR --backend onnxruntime`, a placeholder, though the export
+    folder was known; both commands it names now carry that folder and build the CPU fp32 and int8 engines."""
+    from rap_deploy.engines.build import resolve_target
+
+    ws = tmp_path / "my ws"
+    export = ws / "onnx" / "micro"
+    shutil.copytree(micro_ort_engines["export"], export)
+    for args in ([str(export)], ["--workspace", str(ws)]):  # named, and the workspace's latest export
+        result = runner.invoke(app, ["build-engine", *args, "--fp16", "--out", str(tmp_path / "trt")])
+        assert result.exit_code == 2, result.output
+        assert "EXPORT_DIR" not in result.stderr
+        commands = _named_commands(" ".join(result.stderr.split()))  # Rich may wrap the line
+        assert [words[2] for words in commands] == [str(export), str(export)], result.stderr
+        assert [resolve_target(w[w.index("--backend") + 1] if "--backend" in w else None, "--fp16" in w,
+                               "--int8" in w, None) for w in commands] == [("onnxruntime", "fp32", "cpu"),
+                                                                           ("onnxruntime", "int8", "cpu")]
 
 
 def test_int8_build_from_the_workspace_latest_export(micro_ort_engines, tmp_path):
