@@ -192,3 +192,23 @@ def test_a_local_engine_says_the_checkpoint_of_the_manifest_it_loaded(micro_ort_
     manifest["checkpoint"]["sha256"] = "1" * 64  # what a folder rebuilt from other weights records
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert engine_checkpoint_sha256(engine) == sha256_file(micro_checkpoint)
+
+
+def test_serve_warns_on_stderr_once_of_a_library_recording_no_checkpoint(ort_library, micro_ort_engines, tmp_path,
+                                                                        capsys):
+    """``check_model`` had a ``warn`` parameter that no caller passed, as if ``serve`` logged the warning elsewhere;
+    it prints it on stderr (where ``serve`` says its other start-up lines), once, for every command alike."""
+    from rap_deploy.engines.serving.server import build_service
+
+    lib = shutil.copytree(ort_library, tmp_path / "old-lib")
+    manifest = json.loads((lib / "manifest.json").read_text())
+    manifest["model"]["checkpoint_sha256"] = None
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    service = build_service(micro_ort_engines["fp32"], lib, threads=1)
+    try:
+        captured = capsys.readouterr()
+    finally:
+        service.close()
+    lines = [line for line in captured.err.splitlines() if WARNING in line]
+    assert len(lines) == 1 and f"library {lib} records none" in lines[0], captured.err
+    assert WARNING not in captured.out

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +116,14 @@ INDEX_OTHER_MODEL_FIX = ("update it with an engine of the model that built it (w
                          "library (--out NEW_LIB), or rebuild this one with it (--force)")
 
 
-def check_model(recorded: dict[str, Any], engine: Any, where: Path, fix: str = SEARCH_OTHER_MODEL_FIX,
-                warn: Callable[[str], None] | None = None) -> None:
+def check_model(recorded: dict[str, Any], engine: Any, where: Path, fix: str = SEARCH_OTHER_MODEL_FIX) -> None:
     """Raise :class:`UsageError` (exit 2) when ``engine`` is not the model the library at ``where`` was built with.
 
     Compares config, preprocessing, tokenizer, frame count, stored tensors and (when both are known) the source
     checkpoint's sha256, and names every difference, then ``fix`` (what the command that refuses can do instead).
     When the library or the engine does not know its checkpoint's sha256, the weights cannot be compared: it passes
-    with a one-line warning (:func:`unknown_weights_warning`) given to ``warn`` (default: printed on stderr).
+    with a one-line warning (:func:`unknown_weights_warning`) on stderr, where ``search``, ``index`` and ``serve``
+    say everything else that is not a result.
     """
     current = model_identity(engine, FrameSamplingConfig.from_dict(recorded["sampling"]))
     problems = []
@@ -147,14 +146,14 @@ def check_model(recorded: dict[str, Any], engine: Any, where: Path, fix: str = S
         raise UsageError(f"library {where} was built with another model than this engine (library, per "
                          f"{Path(where) / MANIFEST}, vs engine): {'; '.join(problems)}; {fix}")
     if lib_ckpt is None or eng_ckpt is None:
-        (warn or _print_warning)(unknown_weights_warning(where, lib_ckpt, engine, eng_ckpt))
+        _print_warning(unknown_weights_warning(where, lib_ckpt, engine, eng_ckpt))
 
 
 def unknown_weights_warning(where: Path, library_sha: str | None, engine: Any, engine_sha: str | None) -> str:
     """The one-line warning of :func:`check_model` when the library at ``where`` (``library_sha``) or ``engine``
     (``engine_sha``) does not know the source checkpoint's sha256 (``None``): which side lacks it and why it may,
     what that means, and how to record it."""
-    name = _engine_name(engine)
+    name = engine_name(engine)
     sides, fixes = [], []
     if library_sha is None:
         sides.append(f"library {where} records none (indexed before rapdeploy recorded it, or with an engine that "
@@ -173,7 +172,7 @@ def unknown_weights_warning(where: Path, library_sha: str | None, engine: Any, e
             f"compare them, {' and '.join(fixes)}")
 
 
-def _engine_name(engine: Any) -> str:
+def engine_name(engine: Any) -> str:
     """How a warning names ``engine``: its path or URL, else its backend."""
     from rap_deploy.engines.base import engine_info
 
