@@ -56,6 +56,27 @@ def check_cuda_device(device: str) -> None:
                                       f"(cuda:0 .. cuda:{count - 1}); pick one of them")
 
 
+def load_hashed_checkpoint(path: Path) -> tuple[Any, str]:
+    """``(checkpoint, sha256)``: the :class:`~rap_deploy.checkpoint.Checkpoint` at ``path`` and the sha256 of the
+    bytes it was loaded from, so an engine names the weights it holds even after the file is replaced.
+
+    Raises what :func:`~rap_deploy.checkpoint.load_checkpoint` raises, and :class:`UsageError` when the file was
+    written or replaced between the start of the load and the end of the hash (the hash may not be of the weights
+    loaded).
+    """
+    from rap_deploy.atomic import file_identity
+    from rap_deploy.checkpoint import load_checkpoint
+    from rap_deploy.data.cache import file_digest
+
+    before = file_identity(path)
+    loaded = load_checkpoint(path)  # first: it names a missing file, a folder or a FIFO as what it is
+    sha256 = file_digest(path)
+    if file_identity(path) != before:
+        raise UsageError(f"checkpoint {path} changed while it was loaded (written or replaced by another process), "
+                         "so the sha256 of the weights loaded is unknown; run again once nothing writes it")
+    return loaded, sha256
+
+
 def _block(name: str, block: Any) -> int:
     """``block`` when it is a positive int (a call size); raises :class:`UsageError` naming ``name`` otherwise."""
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
@@ -88,12 +109,11 @@ class TorchEngine(Engine):
             raise UsageError("PyTorch fp16 runs only on CUDA (half-precision CPU kernels are slow and incomplete); "
                              "use --device cuda or fp32")
         if isinstance(checkpoint, (str, os.PathLike)):
-            from rap_deploy.checkpoint import load_checkpoint
-
             self.checkpoint_path: str | None = str(Path(checkpoint))
-            model = load_checkpoint(checkpoint).build_model()
+            loaded, self.checkpoint_sha256 = load_hashed_checkpoint(Path(checkpoint))
+            model = loaded.build_model()
         else:
-            self.checkpoint_path = None
+            self.checkpoint_path, self.checkpoint_sha256 = None, None
             model = checkpoint
         if precision == "fp32" and device.startswith("cuda"):
             strict_fp32_on_cuda()
@@ -147,10 +167,11 @@ class TorchEngine(Engine):
         return self.encoder.asa_similarity_rows(text_emb, stores, rows)
 
     def describe(self) -> EngineInfo:
-        """Backend ``torch``, device, precision, torch version and the checkpoint path."""
+        """Backend ``torch``, device, precision, torch version, the checkpoint path and the sha256 of the bytes the
+        weights were loaded from (``None`` for an engine made on a model object)."""
         import torch
 
-        extra: dict[str, Any] = {"checkpoint": self.checkpoint_path}
+        extra: dict[str, Any] = {"checkpoint": self.checkpoint_path, "checkpoint_sha256": self.checkpoint_sha256}
         if self.device.startswith("cuda"):
             extra["gpu"] = torch.cuda.get_device_name(torch.device(self.device))
         else:

@@ -212,3 +212,48 @@ def test_serve_warns_on_stderr_once_of_a_library_recording_no_checkpoint(ort_lib
     lines = [line for line in captured.err.splitlines() if WARNING in line]
     assert len(lines) == 1 and f"library {lib} records none" in lines[0], captured.err
     assert WARNING not in captured.out
+
+
+@pytest.mark.parametrize("replace", ["renamed over", "written in place"])
+def test_a_torch_engine_says_the_checkpoint_it_loaded_not_the_file_now_there(micro_checkpoint, other_weights,
+                                                                             tmp_path, replace):
+    """A PyTorch engine named its checkpoint file, hashed when a library was checked: once another checkpoint was
+    put at that path (a training run writing best.pt again), an engine still holding the old weights said the new
+    file's sha256 and searched a library of the new weights. It now says the hash of the bytes it loaded."""
+    import os
+
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.library.manifest import engine_checkpoint_sha256
+
+    path = tmp_path / "best.pt"
+    shutil.copyfile(micro_checkpoint, path)
+    engine = load_engine(path)
+    if replace == "renamed over":
+        shutil.copyfile(other_weights, tmp_path / "next.pt")
+        os.replace(tmp_path / "next.pt", path)
+    else:
+        path.write_bytes(other_weights.read_bytes())
+    assert sha256_file(path) == sha256_file(other_weights) != sha256_file(micro_checkpoint)
+    assert engine_checkpoint_sha256(engine) == sha256_file(micro_checkpoint)
+    assert engine.describe().to_dict()["checkpoint_sha256"] == sha256_file(micro_checkpoint)
+
+
+def test_a_checkpoint_written_while_a_torch_engine_loads_it_is_refused(micro_checkpoint, other_weights, tmp_path,
+                                                                      monkeypatch):
+    """The hash and the load are two reads of the file: one that changed between them is refused, as the hash may
+    not be of the weights loaded."""
+    import rap_deploy.checkpoint as checkpoint_module
+    from rap_deploy.engines.loader import load_engine
+
+    path = tmp_path / "best.pt"
+    shutil.copyfile(micro_checkpoint, path)
+    load = checkpoint_module.load_checkpoint
+
+    def load_then_overwrite(p):
+        loaded = load(p)
+        path.write_bytes(other_weights.read_bytes())
+        return loaded
+
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", load_then_overwrite)
+    with pytest.raises(UsageError, match=f"checkpoint {path} changed while it was loaded"):
+        load_engine(path)

@@ -53,6 +53,31 @@ def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | o
     return load_engine(path, threads=threads), source
 
 
+SERVER_FIX = ("pass --engine with a local engine folder of the library's weights (the one that server runs: "
+              "rapdeploy serve runs a local engine, not a server)")
+
+
+def load_stand_in_engine(library: Path, url: str, workspace: str | os.PathLike[str] | None, threads: int | None
+                         ) -> tuple[Any, Any]:
+    """``(engine, EngineSource)`` of the workspace's latest engine, to serve the library at ``library`` that was
+    indexed through the server ``url``: only when its weights are the library's, said on one line of stderr
+    (:func:`~rap_deploy.library.indexed_through.stand_in_note`). Raises :class:`UsageError` naming ``url`` when
+    there is no such engine or its weights are other or unknown."""
+    from rap_deploy.library.indexed_through import stand_in_note, url_note
+
+    try:
+        loaded, source = load_served_engine(None, workspace, threads)
+    except UsageError as exc:
+        raise UsageError(f"{exc}. {url_note(library, url, SERVER_FIX)}") from None
+    try:
+        note = stand_in_note(library, url, loaded, "serve", SERVER_FIX)
+    except BaseException:
+        loaded.close()
+        raise
+    print(note, file=sys.stderr, flush=True)
+    return loaded, source
+
+
 def resolve_library(library: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None) -> Path | None:
     """``library`` if given, else the workspace's most recently updated library (``index/<name>/``), else ``None``
     (then the server answers the graphs only)."""
@@ -114,12 +139,19 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
 
     check_library_choice(library, default_library)
     lib_path = resolve_library(library, workspace) if default_library else None
+    via = None  # the server URL the library was indexed through, when the workspace's latest engine stands in
     if engine is None and lib_path is not None:  # the library's own engine, as `rapdeploy search` takes
-        from rap_deploy.library.manifest import builder_engine
+        from rap_deploy.library.indexed_through import is_url
+        from rap_deploy.library.manifest import builder_engine, recorded_engine
 
         with picked_library_errors(lib_path, implicit=library is None):  # its manifest is read here first
             engine = builder_engine(lib_path)
-    loaded, source = load_served_engine(engine, workspace, threads)
+            built = recorded_engine(lib_path)
+            via = built if is_url(built) else None
+    if lib_path is not None and via is not None:
+        loaded, source = load_stand_in_engine(lib_path, via, workspace, threads)
+    else:
+        loaded, source = load_served_engine(engine, workspace, threads)
     serial = SerialEngine(loaded)
     lib = service = None
     try:

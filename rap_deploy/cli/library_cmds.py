@@ -120,7 +120,7 @@ def index_cmd(
             raise UsageError("--data-root needs --dataset NAME")
         target = _library_out(out, name, source, workspace)
         if source is not None:
-            eng = _load_engine(_index_engine(engine, target, force), workspace, threads, ctx.local_rank)
+            eng = _load_index_engine(engine, target, force, workspace, threads, ctx)
         ranks = Ranks(rank=ctx.rank, world_size=ctx.world_size, barrier=lambda: barrier(ctx))
         cache = _frame_cache(cache_dir, workspace)
         if ann is not None:
@@ -136,15 +136,52 @@ def index_cmd(
         _print_index(report, json_out)
 
 
-def _index_engine(engine: str | Path | None, library: Path, force: bool) -> str | Path | None:
+def _index_engine(engine: str | Path | None, library: Path, force: bool) -> tuple[str | Path | None, str | None]:
     """``--engine``; else, for an update of an existing library (not ``--force``), the engine that built it while it
     exists, so new rows are encoded as its rows were (model, backend and precision), whatever engine the workspace
-    built since; else ``None``, the workspace's latest engine."""
-    from rap_deploy.library.manifest import MANIFEST, builder_engine
+    built since; else ``None``, the workspace's latest engine. Second, the server URL the library was indexed through
+    when the workspace's latest engine is to stand in for it (see :mod:`rap_deploy.library.indexed_through`)."""
+    from rap_deploy.library.indexed_through import is_url
+    from rap_deploy.library.manifest import MANIFEST, builder_engine, recorded_engine
 
     if engine is not None or force or not (library / MANIFEST).is_file():
-        return engine
-    return builder_engine(library)
+        return engine, None
+    built = recorded_engine(library)
+    return (None, built) if is_url(built) else (builder_engine(library), None)
+
+
+def _load_index_engine(engine: str | Path | None, library: Path, force: bool, workspace: Path | None,
+                       threads: int | None, ctx: Any) -> Any:
+    """The engine an index build encodes with (:func:`_index_engine`) on the device of process ``ctx``; for a library
+    indexed through a server and no ``--engine``, the workspace's latest only when it has the library's weights (one
+    stderr line, from the main process, says so), else a :class:`UsageError` naming the server's URL."""
+    from rap_deploy.library.indexed_through import url_note
+
+    ref, url = _index_engine(engine, library, force)
+    if url is None:
+        return _load_engine(ref, workspace, threads, ctx.local_rank)
+    fix = _server_fix(url)
+    try:
+        eng = _load_engine(None, workspace, threads, ctx.local_rank)
+    except UsageError as exc:
+        raise UsageError(f"{exc}. {url_note(library, url, fix)}") from None
+    announce_stand_in(eng, library, url, "index", fix, show=ctx.is_main)
+    return eng
+
+
+def announce_stand_in(engine: Any, library: Path, url: str, command: str, fix: str, show: bool = True) -> None:
+    """Print (when ``show``) :func:`~rap_deploy.library.indexed_through.stand_in_note` on stderr: ``engine``, the
+    workspace's latest, runs ``command`` for ``library``, indexed through the server ``url``. On its refusal
+    (:class:`UsageError`), close ``engine`` and raise it."""
+    from rap_deploy.library.indexed_through import stand_in_note
+
+    try:
+        note = stand_in_note(library, url, engine, command, fix)
+    except BaseException:
+        engine.close()
+        raise
+    if show:
+        typer.echo(note, err=True)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -276,13 +313,16 @@ def resolve_library(library: Path | None, workspace: Path | None) -> Path:
     return find_library(library, workspace)
 
 
-def _library_engine(engine: str | Path | None, library: Path, picked: bool) -> tuple[str | Path | None, str | None]:
+def _library_engine(engine: str | Path | None, library: Path, picked: bool
+                    ) -> tuple[str | Path | None, str | None, str | None]:
     """The engine search runs, ``None`` for the workspace's latest: ``--engine``, else the one that built the
-    library while it exists. Second, when that one is gone, the sentence a refusal of the fallback ends with.
-    Raises what reading the library's manifest raises, a :class:`UsageError` naming where the library came from
-    when ``picked`` (no ``--library``)."""
+    library while it exists. Second, when that one is gone or was a server, the sentence a refusal of the fallback
+    ends with. Third, the server URL the library was indexed through, when the workspace's latest engine is to stand
+    in for it (:func:`announce_stand_in`). Raises what reading the library's manifest raises, a
+    :class:`UsageError` naming where the library came from when ``picked`` (no ``--library``)."""
     if engine is not None:
-        return engine, None
+        return engine, None, None
+    from rap_deploy.library.indexed_through import is_url, url_note
     from rap_deploy.library.manifest import picked_library_error, recorded_engine
 
     try:
@@ -291,12 +331,20 @@ def _library_engine(engine: str | Path | None, library: Path, picked: bool) -> t
         if not picked:
             raise
         raise picked_library_error(exc, library, "search", "pass --library LIB for another one") from None
-    if built is None or "://" in built:
-        return None, None
+    if built is None:
+        return None, None, None
+    if is_url(built):
+        return None, url_note(library, built, _server_fix(built)), built
     if Path(built).exists():
-        return Path(built), None
-    return None, (f"No --engine was given, and the engine that built the library, {built}, no longer exists (search "
-                  "then takes the workspace's latest engine): pass --engine with an engine of the library's model")
+        return Path(built), None, None
+    gone = (f"No --engine was given, and the engine that built the library, {built}, no longer exists (search then "
+            "takes the workspace's latest engine): pass --engine with an engine of the library's model")
+    return None, gone, None
+
+
+def _server_fix(url: str) -> str:
+    """What to pass to run the server ``url`` a library was indexed through."""
+    return f"pass --engine {url} (with that server running)"
 
 
 def _search_engine(engine: str | Path | None, gone_note: str | None, workspace: Path | None,
@@ -358,8 +406,10 @@ def search_cmd(
         raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got '{verify}'")
     check_threads(threads)
     lib_path = resolve_library(library, workspace)
-    engine, gone_note = _library_engine(engine, lib_path, picked=library is None)
+    engine, gone_note, via = _library_engine(engine, lib_path, picked=library is None)
     eng = _search_engine(engine, gone_note, workspace, threads)
+    if via is not None:
+        announce_stand_in(eng, lib_path, via, "search", _server_fix(via))
     _set_threads(threads)  # after the engine: torch's threads only when the engine loaded it
     results, reranks = _search_library(lib_path, eng, verify, library is None, gone_note, texts, top, top_m)
     for r in results:

@@ -67,9 +67,10 @@ def engine_checkpoint_sha256(engine: Any) -> str | None:
     Read from ``engine.describe()``: its ``checkpoint_sha256`` where it gives one, which an engine or export folder
     loaded by :func:`~rap_deploy.engines.loader.load_engine` takes from the manifest it was loaded from and a remote
     engine from what its server publishes (the ``rapdeploy.checkpoint`` parameter of ``rapdeploy serve`` and
-    ``rapdeploy triton-repo``); ``None`` there means the manifest or server records none. Otherwise a PyTorch engine
-    names its checkpoint file (hashed here, memoised per file), and an engine built another way its folder, whose
-    ``manifest.json`` is read. Anything but a hex sha256 counts as none.
+    ``rapdeploy triton-repo``) and a PyTorch engine the hash of the bytes it loaded its weights from; ``None`` there
+    means the manifest or server records none (or a PyTorch engine was made on a model object, not a file).
+    Otherwise an engine built another way names its folder, whose ``manifest.json`` is read. Anything but a hex
+    sha256 counts as none.
     """
     from rap_deploy.engines.base import engine_info
 
@@ -78,11 +79,6 @@ def engine_checkpoint_sha256(engine: Any) -> str | None:
         return None
     if "checkpoint_sha256" in info:
         return info["checkpoint_sha256"] if is_sha256(info["checkpoint_sha256"]) else None
-    ckpt = info.get("checkpoint")
-    if isinstance(ckpt, str) and Path(ckpt).is_file():
-        from rap_deploy.data.cache import file_digest
-
-        return file_digest(ckpt)
     path = info.get("path")
     if isinstance(path, str) and (Path(path) / "manifest.json").is_file():
         try:
