@@ -683,6 +683,39 @@ def test_weights_whose_position_embedding_open_clip_cannot_resize_do_not_fit(tmp
         result.output
 
 
+def test_weights_missing_many_keys_are_listed_by_whole_names(tmp_path, micro_model):
+    """The message quoted torch's load_state_dict error cut at 240 characters, mid-name ('"visual.ln_pre.w)'); it
+    now lists the first missing keys by whole names and says how many more there are."""
+    state = micro_model.clip.state_dict()
+    names = list(state)[:30]
+    for name in names:
+        del state[name]
+    weights = tmp_path / "partial.pt"
+    torch.save(state, weights)
+    result = CliRunner().invoke(app, ["info", "--clip", "rap-micro", "--pretrained", str(weights)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    listed = f"the weights lack 30 of the model's keys: {', '.join(names[:5])} and 25 more)"
+    assert f"partial.pt does not fit open_clip model rap-micro ({listed}; pass that model's weights" in text, text
+
+
+def test_embedded_weights_that_do_not_fit_name_keys_and_shapes(micro_model):
+    """A checkpoint's embedded backbone with a tensor of another shape raised torch's RuntimeError, whose first line
+    (all the checkpoint's message kept) is 'Error(s) in loading state_dict for CLIP:'; the refusal now names the
+    tensor and both shapes, and the keys the model does not have."""
+    from rap_deploy.model.clip_loader import load_clip
+
+    state = micro_model.clip.state_dict()
+    state["text_projection"] = torch.zeros(3, 5)
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(UsageError) as info:
+        load_clip(BackboneSpec.parse("rap-micro", "none"), state_dict=state)
+    shape = tuple(micro_model.clip.text_projection.shape)
+    assert str(info.value) == ("embedded backbone weights do not fit rap-micro: the weights hold 1 key the model does "
+                               "not have: extra.weight; they hold 1 tensor of another shape: text_projection is "
+                               f"[3, 5] in the file, [{shape[0]}, {shape[1]}] in the model")
+
+
 def test_a_quickgelu_model_name_runs_a_weights_file_with_quickgelu(tmp_path, micro_model):
     """A weights file cannot say its activation (a tag can: OpenAI's pick QuickGELU); the README sends OpenAI weights
     from a file to the '-quickgelu' model name, and that name must give the file's model QuickGELU."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,10 +178,20 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
         raise UsageError(f"backbone weights file {file} changed while it was loaded (written or replaced by another "
                          "process); run again once nothing writes it")
     if state_dict is not None:
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        except RuntimeError as exc:  # a tensor of another shape: torch raises even with strict=False, keys unlisted
+            keys = state_dict_error_keys(exc)
+            if keys is None:
+                raise
+            expected = model.state_dict().keys()
+            missing = [k for k in expected if k not in state_dict]
+            unexpected = [k for k in state_dict if k not in expected]
+            raise UsageError(f"embedded backbone weights do not fit {spec.clip}: "
+                             f"{key_mismatch(missing, unexpected, keys[2])}") from None
         if missing or unexpected:
-            raise UsageError(f"embedded backbone weights do not fit {spec.clip}: missing {list(missing)[:5]}, "
-                             f"unexpected {list(unexpected)[:5]}")
+            raise UsageError(f"embedded backbone weights do not fit {spec.clip}: "
+                             f"{key_mismatch(list(missing), list(unexpected), [])}")
     _check_finite_weights(model, spec, embedded=state_dict is not None)
     freeze(model)
     return model
@@ -235,9 +247,10 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
     if (isinstance(exc, RuntimeError) and "state_dict" in text) or isinstance(exc, AssertionError) or \
             (isinstance(exc, (RuntimeError, ValueError)) and ("size mismatch" in text or "shape" in text)) or \
             _raised_in(exc, ("resize_pos_embed", "resize_text_pos_embed")):
+        mismatch = state_dict_mismatch(exc) if isinstance(exc, RuntimeError) else None
         return UsageError(f"backbone weights file {path} does not fit open_clip model {clip} "
-                          f"({type(exc).__name__}: {text}); pass that model's weights, or the --clip they were "
-                          "trained for")
+                          f"({mismatch or f'{type(exc).__name__}: {text}'}); pass that model's weights, or the "
+                          "--clip they were trained for")
     if path.suffix == ".safetensors" or sniff(path) == "safetensors":
         return CheckFailedError(f"backbone weights file {path} is not a readable safetensors file of {clip} "
                                 f"({type(exc).__name__}: {text}); it is truncated or damaged, copy it again")
@@ -245,6 +258,68 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
         return UsageError(f"backbone weights file {path} holds no open_clip state dict ({type(exc).__name__}: "
                           f"{text}); pass the model's weights file")
     return explain_load_error(path, exc, what="backbone weights file", fix="download it again")
+
+
+#: How many names a list in a message shows before "and N more".
+NAMES_SHOWN = 5
+
+_STATE_DICT_ERROR = "Error(s) in loading state_dict"
+_MISSING = "Missing key(s) in state_dict: "
+_UNEXPECTED = "Unexpected key(s) in state_dict: "
+_SHAPE = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, "
+                    r"the shape in current model is torch\.Size\((\[[^\]]*\])\)")
+
+
+def some_names(names: Sequence[str], shown: int = NAMES_SHOWN) -> str:
+    """``names`` joined by commas, whole names only: the first ``shown``, then "and N more" for the rest."""
+    head = ", ".join(names[:shown])
+    return head + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def key_mismatch(missing: Sequence[str], unexpected: Sequence[str], shapes: Sequence[tuple[str, str, str]]) -> str:
+    """How a state dict does not fit a model, in whole key names ("and N more" past :data:`NAMES_SHOWN`): the model's
+    keys it lacks (``missing``), the keys the model does not have (``unexpected``) and the tensors of another shape
+    (``shapes``: name, shape in the file, shape in the model), joined by "; "."""
+    parts = []
+    if missing:
+        parts.append(f"the weights lack {len(missing)} of the model's keys: {some_names(missing)}")
+    if unexpected:
+        parts.append(f"{'they hold ' if parts else 'the weights hold '}{_count(len(unexpected), 'key')} the model "
+                     f"does not have: {some_names(unexpected)}")
+    if shapes:
+        shown = [f"{name} is {file} in the file, {model} in the model" for name, file, model in shapes]
+        parts.append(f"{'they hold ' if parts else 'the weights hold '}{_count(len(shapes), 'tensor')} of another "
+                     f"shape: {some_names(shown, 3)}")
+    return "; ".join(parts)
+
+
+def state_dict_error_keys(exc: BaseException
+                          ) -> tuple[list[str], list[str], list[tuple[str, str, str]]] | None:
+    """The keys torch's ``load_state_dict`` error ``exc`` lists, as :func:`key_mismatch` takes them (missing,
+    unexpected, tensors of another shape), or ``None`` when ``exc`` is not such an error."""
+    text = str(exc)
+    if not text.startswith(_STATE_DICT_ERROR):
+        return None
+    missing: list[str] = []
+    unexpected: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith(_MISSING):
+            missing += re.findall(r'"([^"]*)"', line[len(_MISSING):])
+        elif line.startswith(_UNEXPECTED):
+            unexpected += re.findall(r'"([^"]*)"', line[len(_UNEXPECTED):])
+    return missing, unexpected, [(m[1], m[2], m[3]) for m in _SHAPE.finditer(text)]
+
+
+def state_dict_mismatch(exc: BaseException) -> str | None:
+    """:func:`key_mismatch` for torch's ``load_state_dict`` error ``exc`` (whose message lists every key, and would be
+    cut mid-name), or ``None`` when ``exc`` is not such an error or names no key."""
+    keys = state_dict_error_keys(exc)
+    return (key_mismatch(*keys) or None) if keys is not None else None
 
 
 def _raised_in(exc: BaseException, functions: tuple[str, ...]) -> bool:
