@@ -215,12 +215,11 @@ def _same_backbone_as_recorded(options: TrainOptions, spec: Any, summary: dict[s
     """``options`` with ``pretrained`` replaced by the run's own path when both name a weights file and the file
     ``options`` names has the sha256 the run's checkpoint recorded: a weights file is known by its content, so runs
     still read back after their world folder moved (the path alone refused them). Otherwise ``options`` unchanged."""
-    from rap_deploy.data.cache import file_digest
+    from rap_deploy.train.run_state import recorded_backbone_at
 
     recorded = stored.pretrained if stored is not None else (summary or {}).get("pretrained")
     wanted = options.pretrained
-    if not isinstance(recorded, str) or not wanted or recorded == wanted or spec.kind != "file" \
-            or not spec.sha256 or not Path(wanted).is_file() or file_digest(Path(wanted)) != spec.sha256:
+    if not isinstance(recorded, str) or recorded == wanted or recorded_backbone_at(spec, wanted) is None:
         return options
     return dataclasses.replace(options, pretrained=recorded)
 

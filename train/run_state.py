@@ -76,17 +76,29 @@ def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) 
     """``ckpt`` and ``overrides`` with the backbone file at ``overrides["pretrained"]`` (``options.pretrained`` set to
     it) when that names a weights file of the sha256 ``ckpt`` recorded: the same weights moved (an ablation's world
     folder moved), known by their content. Otherwise both unchanged: another value is compared as any option."""
-    from rap_deploy.data.cache import file_digest
-
     spec, wanted = ckpt.backbone, overrides.get("pretrained")
-    if not wanted or spec.kind != "file" or not spec.sha256 or wanted in (spec.value, options.pretrained):
+    if not wanted or wanted in (spec.value, options.pretrained):
         return ckpt, overrides
-    path = Path(wanted).expanduser().resolve()
-    if not path.is_file() or file_digest(path) != spec.sha256:
+    found = recorded_backbone_at(spec, wanted)
+    if found is None:
         return ckpt, overrides
+    path = found.resolve()
     options.pretrained = str(path)
     return dataclasses.replace(ckpt, backbone=dataclasses.replace(spec, value=str(path))), \
         {**overrides, "pretrained": str(path)}
+
+
+def recorded_backbone_at(spec: Any, wanted: str | None) -> Path | None:
+    """The file ``wanted`` names (``~`` expanded) when ``spec``, the backbone a run's checkpoint recorded, is a
+    weights file with a sha256 and ``wanted`` is a regular file of that sha256: the same weights wherever they are now
+    (a world folder moved), known by their content. ``None`` otherwise. The one test of "the same backbone at another
+    path" for ``train --resume`` (:func:`moved_backbone`) and ``ablate`` (its run folders' check)."""
+    from rap_deploy.data.cache import file_digest
+
+    if not wanted or spec.kind != "file" or not spec.sha256:
+        return None
+    path = Path(wanted).expanduser()
+    return path if path.is_file() and file_digest(path) == spec.sha256 else None
 
 
 def stored_run(last: Path) -> tuple[Any, TrainOptions, dict[str, Any]]:
