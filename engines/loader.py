@@ -6,7 +6,7 @@ import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,15 +163,25 @@ def runtime_errors(folder: Path) -> Iterator[None]:
                                f"{first[:200]}); the folder is damaged or was replaced, rebuild it") from None
 
 
-def checkpoint_record(manifest: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_record(manifest: dict[str, Any], graphs: Iterable[Path] = ()) -> dict[str, Any]:
     """``{"checkpoint_sha256": ...}``: the source checkpoint's sha256 of the engine or export manifest an engine was
-    loaded from (``None`` when it records none), for its ``describe()``; a library compares it with its own, and it
-    stays that of the loaded folder when a later ``build-engine --force`` / ``export --force`` replaces the folder."""
+    loaded from, for its ``describe()``; a library compares it with its own, and it stays that of the loaded folder
+    when a later ``build-engine --force`` / ``export --force`` replaces the folder.
+
+    A manifest written before it recorded one (or recording no sha256) falls back to the
+    ``rapdeploy.checkpoint_sha256`` metadata that every one of the ONNX files ``graphs`` carries (what the export
+    recorded; :func:`rap_deploy.export.metadata_scan.graphs_checkpoint_sha256`, which reads no weights); ``None``
+    when the graphs do not all carry one valid sha256, and for no ``graphs`` (TensorRT plans carry none)."""
     from rap_deploy.atomic import is_sha256
 
     record = manifest.get("checkpoint")
     sha = record.get("sha256") if isinstance(record, dict) else None
-    return {"checkpoint_sha256": sha if is_sha256(sha) else None}
+    if is_sha256(sha):
+        return {"checkpoint_sha256": sha}
+    from rap_deploy.export.metadata_scan import graphs_checkpoint_sha256
+
+    graphs = list(graphs)
+    return {"checkpoint_sha256": graphs_checkpoint_sha256(graphs) if graphs else None}
 
 
 def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, files: dict[str, Path],
@@ -191,7 +201,7 @@ def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, 
                      inter_threads=inter_threads if inter_threads is not None else session.get("inter_threads"),
                      query_block=blocks.get("query_block", asa.get("queries", 32)),
                      video_block=blocks.get("video_block", asa.get("videos", 64)), path=p, device_id=device_id,
-                     extra=checkpoint_record(manifest), lazy=lazy,
+                     extra=checkpoint_record(manifest, files.values()), lazy=lazy,
                      checked_graphs=True)  # validate_engine_dir parsed them
 
 
@@ -199,14 +209,15 @@ def _export_engine(export_dir: Path, device: str, threads: int | None, inter_thr
                    blocks: dict[str, int], lazy: bool = False) -> Engine:
     from rap_deploy.engines.ort_backend import OrtEngine, provider_for
     from rap_deploy.export import read_export_manifest
+    from rap_deploy.export.manifest import graph_label
     from rap_deploy.safe_paths import resolve_entry
 
     manifest = read_export_manifest(export_dir)
-    files = {name: resolve_entry(export_dir, entry["file"], f"graphs '{name}'", export_dir / "manifest.json")
+    files = {name: resolve_entry(export_dir, entry["file"], graph_label("graphs", name), export_dir / "manifest.json")
              for name, entry in manifest["graphs"].items()}
     config = manifest_config(manifest, export_dir / "manifest.json")
     with runtime_errors(export_dir):
         return OrtEngine(files, config, provider=provider_for(device), precision="fp32", threads=threads,
                          inter_threads=inter_threads, path=export_dir, device_id=device_id,
-                         extra={"source": "export", **checkpoint_record(manifest)}, lazy=lazy, checked_graphs=True,
-                         **blocks)  # read_export_manifest checked the graphs
+                         extra={"source": "export", **checkpoint_record(manifest, files.values())}, lazy=lazy,
+                         checked_graphs=True, **blocks)  # read_export_manifest checked the graphs
