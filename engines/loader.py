@@ -164,9 +164,10 @@ def runtime_errors(folder: Path) -> Iterator[None]:
 
 
 def checkpoint_record(manifest: dict[str, Any], graphs: Iterable[Path] = ()) -> dict[str, Any]:
-    """``{"checkpoint_sha256": ...}``: the source checkpoint's sha256 of the engine or export manifest an engine was
-    loaded from, for its ``describe()``; a library compares it with its own, and it stays that of the loaded folder
-    when a later ``build-engine --force`` / ``export --force`` replaces the folder.
+    """``{"checkpoint": path, "checkpoint_sha256": sha256}``: the source checkpoint of the engine or export manifest
+    an engine was loaded from (``None`` for a path it does not record), for its ``describe()``; a library compares
+    the sha256 with its own, ``rapdeploy serve`` publishes both, and they stay those of the loaded folder when a
+    later ``build-engine --force`` / ``export --force`` replaces the folder.
 
     A manifest written before it recorded one (or recording no sha256) falls back to the
     ``rapdeploy.checkpoint_sha256`` metadata that every one of the ONNX files ``graphs`` carries (what the export
@@ -174,14 +175,15 @@ def checkpoint_record(manifest: dict[str, Any], graphs: Iterable[Path] = ()) -> 
     when the graphs do not all carry one valid sha256, and for no ``graphs`` (TensorRT plans carry none)."""
     from rap_deploy.atomic import is_sha256
 
-    record = manifest.get("checkpoint")
-    sha = record.get("sha256") if isinstance(record, dict) else None
+    record = manifest.get("checkpoint") if isinstance(manifest.get("checkpoint"), dict) else {}
+    path = record.get("path") if isinstance(record.get("path"), str) and record.get("path") else None
+    sha = record.get("sha256")
     if is_sha256(sha):
-        return {"checkpoint_sha256": sha}
+        return {"checkpoint": path, "checkpoint_sha256": sha}
     from rap_deploy.export.metadata_scan import graphs_checkpoint_sha256
 
     graphs = list(graphs)
-    return {"checkpoint_sha256": graphs_checkpoint_sha256(graphs) if graphs else None}
+    return {"checkpoint": path, "checkpoint_sha256": graphs_checkpoint_sha256(graphs) if graphs else None}
 
 
 def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, files: dict[str, Path],

@@ -197,18 +197,27 @@ def _check_listed_files(export_dir: Path, path: Path, manifest: dict[str, Any], 
         return reexport_command(export_dir, manifest)
 
     for section, name, rec in _records(manifest):
-        entries = [rec] + ([rec["external_data"]] if "external_data" in rec else [])
-        for entry in entries:
+        entries = [(rec, graph_label(section, name))]
+        if "external_data" in rec:
+            entries.append((rec["external_data"], f"the external data of {graph_label(section, name)}"))
+        for entry, label in entries:
             fname, digest = entry["file"], entry["sha256"]
-            fpath = resolve_entry(export_dir, fname, f"{section} '{name}'", path)
+            fpath = resolve_entry(export_dir, fname, label, path)
             if not verify_hashes:
                 continue
             if not fpath.is_file():
-                raise CheckFailedError(f"{fpath} ({section} '{name}') is missing; re-run `{rerun()}`")
+                raise CheckFailedError(f"export file {fpath} is missing: {path} lists it as {label}; write the "
+                                       f"export again with `{rerun()}`")
             check_recorded_size(fpath, entry.get("bytes"), path, rerun)
             if sha256_file(fpath) != digest:
                 raise CheckFailedError(f"{fpath} changed since export (sha256 differs from {path.name}); re-run "
                                        f"`{rerun()}`")
+
+
+def graph_label(section: str, name: str) -> str:
+    """How messages name the graph ``name`` of the export manifest's ``section`` (``graphs`` or ``fp16_graphs``):
+    "the 'asa_head' graph", "the 'asa_head' fp16 graph"."""
+    return f"the '{name}' fp16 graph" if section == "fp16_graphs" else f"the '{name}' graph"
 
 
 def _records(manifest: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:

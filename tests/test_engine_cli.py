@@ -180,7 +180,9 @@ def test_an_export_missing_a_graph_names_a_reexport_command_that_runs(micro_ort_
     assert result.exit_code == 1, result.output
     said = " ".join(result.stderr.split())  # was: "re-run `rapdeploy export --force --out ...`": no checkpoint
     command = f"rapdeploy export {micro_checkpoint} --force --out {export}"
-    assert f"{export / 'asa_head.onnx'} (graphs 'asa_head') is missing; re-run `{command}`" in said, said
+    # was: "{file} (graphs 'asa_head') is missing; re-run ...": the manifest's section name, ungrammatical
+    assert (f"export file {export / 'asa_head.onnx'} is missing: {export / 'manifest.json'} lists it as the "
+            f"'asa_head' graph; write the export again with `{command}`") in said, said
     rerun = runner.invoke(app, [*shlex.split(command)[1:], "--quiet"])
     assert rerun.exit_code == 0, rerun.output
     assert runner.invoke(app, ["build-engine", str(export), "--out", str(tmp_path / "e"), "--quiet"]).exit_code == 0
