@@ -41,7 +41,7 @@ def stand_in_note(root: str | os.PathLike[str], url: str, engine: Any, command: 
     if library_sha is not None and library_sha == engine_sha:
         return (f"note: library {root} was indexed through the server {url}; no --engine was given, so {command} runs "
                 f"the workspace's latest engine {name}, which has the library's weights (source checkpoint sha256 "
-                f"{library_sha[:12]}…); {fix} to run another")
+                f"{library_sha[:12]}…); to run another engine, {fix}")
     raise UsageError(f"library {root} was indexed through the server {url} and no --engine was given; the "
                      f"workspace's latest engine {name} is not taken in its place: {_why_not(library_sha, engine_sha)};"
                      f" {fix}" + (f", or --engine {name} to run that engine anyway (its weights unchecked)"
