@@ -407,3 +407,50 @@ def test_resume_with_dataset_and_no_data_root_continues_on_the_run_s_stored_data
         summary = json.loads(res.output)
         assert summary["complete"] and summary["resumed_after_epoch"] == after_epoch
         assert summary["last"]["test_videos"] == 6  # evaluated on the stored folder's test split
+
+
+def test_resume_with_pretrained_accepts_the_moved_backbone_and_refuses_other_weights(micro_checkpoint, synth_root,
+                                                                                      frame_cache, tmp_path):
+    """`train --resume RUN --pretrained FILE` after the run's backbone file moved: FILE with the sha256 the run's
+    last.pt recorded is the same backbone (the run resumes on it, and last.pt names it where it is now). FILE with
+    other weights is refused before anything is trained (exit 2), naming both files; its fix was "drop the option",
+    which after the move was refused again (the recorded file does not exist). It now names the recorded sha256 and
+    the fix that works: drop --pretrained while the run's file is at its recorded path, else pass it where it is."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from rap_deploy.backbone_file import save_backbone
+    from rap_deploy.cli.app import app
+
+    weights = {k: v.contiguous() for k, v in load_checkpoint(micro_checkpoint).backbone_state.items()}
+    backbone = save_backbone(weights, "rap-micro", tmp_path / "world" / "rap-micro.safetensors")
+    other = save_backbone({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, "rap-micro",
+                          tmp_path / "other.safetensors")
+    run, runner = tmp_path / "run", CliRunner()
+    args = [*_cli_args(synth_root, frame_cache), "--out", str(run), "--max-epochs-this-run", "1"]
+    args[args.index("--pretrained") + 1] = str(backbone)
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    last = (run / "last.pt").read_bytes()
+    sha = load_checkpoint(run / "last.pt").backbone.sha256
+
+    def refused_with(fix: str) -> None:
+        res = runner.invoke(app, ["train", "--resume", str(run), "--pretrained", str(other), "--quiet"])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2 and f"--pretrained {other} (sha256 " in said, res.output
+        assert f"trained on: {backbone} (sha256 {sha[:12]}…, stored in {run / 'last.pt'}" in said, said
+        assert fix in said and "Traceback" not in res.output, said
+        assert (run / "last.pt").read_bytes() == last  # nothing trained
+
+    refused_with(f"drop --pretrained (the run reads {backbone})")
+    moved = tmp_path / "world-moved" / backbone.name
+    moved.parent.mkdir()
+    shutil.move(backbone, moved)
+    refused_with("pass the run's weights file where it is now")
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "--pretrained", str(moved), "--quiet", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.stdout)
+    assert summary["complete"] and summary["resumed_after_epoch"] == 1
+    stored = load_checkpoint(run / "last.pt")
+    assert stored.backbone.value == str(moved) and stored.extra["train_options"]["pretrained"] == str(moved)

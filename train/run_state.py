@@ -59,10 +59,7 @@ def load_resume(run_dir: Path, overrides: dict[str, Any]):
     ckpt, overrides = moved_backbone(ckpt, options, overrides)
     mismatch = option_mismatch(options, ckpt.config, overrides)
     if mismatch is not None:
-        name, stored_value, value = mismatch
-        raise UsageError(f"--{name.replace('_', '-')} {value} differs from the resumed run's "
-                         f"{stored_value} (stored in {last}); a resumed run keeps its data, model and "
-                         "schedule: drop the option, or start a new run from its last.pt with --checkpoint")
+        raise _resume_mismatch(last, ckpt.backbone, mismatch)
     for name, value in overrides.items():
         if value is not None and name in RESUMABLE_OVERRIDES:
             setattr(options, name, value)
@@ -86,6 +83,37 @@ def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) 
     options.pretrained = str(path)
     return dataclasses.replace(ckpt, backbone=dataclasses.replace(spec, value=str(path))), \
         {**overrides, "pretrained": str(path)}
+
+
+def _resume_mismatch(last: Path, spec: Any, mismatch: tuple[str, Any, Any]) -> UsageError:
+    """The refusal of an option ``(name, stored value, given value)`` that differs from the run stored in ``last``;
+    a ``--pretrained`` other than the run's backbone file, by :func:`_other_backbone`."""
+    name, stored_value, value = mismatch
+    if name == "pretrained" and spec.kind == "file" and spec.sha256:
+        return _other_backbone(last, spec, value)
+    return UsageError(f"--{name.replace('_', '-')} {value} differs from the resumed run's {stored_value} (stored in "
+                      f"{last}); a resumed run keeps its data, model and schedule: drop the option, or start a new "
+                      "run from its last.pt with --checkpoint")
+
+
+def _other_backbone(last: Path, spec: Any, wanted: str) -> UsageError:
+    """Why ``--pretrained wanted`` (not a file of the recorded sha256: :func:`moved_backbone` took none) cannot
+    resume the run of ``last``, trained on the weights file ``spec`` records. Both files are named with their sha256;
+    the fix depends on whether the run's file is still at its recorded path: dropping ``--pretrained`` reads it
+    there, and a moved one is passed where it is now."""
+    from rap_deploy.data.cache import file_digest
+
+    path = Path(wanted).expanduser()
+    held = f"sha256 {file_digest(path)[:12]}…" if path.is_file() else "not a file"
+    recorded = f"{spec.value} (sha256 {spec.sha256[:12]}…, stored in {last})"
+    if recorded_backbone_at(spec, spec.value) is not None:
+        fix = f"drop --pretrained (the run reads {spec.value})"
+    else:
+        recorded += ", which holds other weights now" if Path(spec.value).exists() else ", which is no longer there"
+        fix = f"pass the run's weights file where it is now (--pretrained FILE of sha256 {spec.sha256[:12]}…)"
+    return UsageError(f"--pretrained {wanted} ({held}) is not the backbone the resumed run was trained on: "
+                      f"{recorded}; a resumed run keeps its backbone: {fix}, or train on other weights in a new run "
+                      "(without --resume)")
 
 
 def recorded_backbone_at(spec: Any, wanted: str | None) -> Path | None:
