@@ -236,3 +236,25 @@ def test_info_with_a_checkpoint_and_model_options_says_which_to_drop(micro_check
         " ".join(one.stderr.split()) and "drop it" in one.stderr, one.output  # was: "--clip describe a model"
     two = runner.invoke(app, ["info", str(micro_checkpoint), "--clip", "ViT-B-32", "--frames", "8"])
     assert two.exit_code == 2 and "--clip, --frames describe a model" in " ".join(two.stderr.split()), two.output
+
+
+def test_parser_errors_all_say_where_the_help_is(monkeypatch, capsys):
+    """`rapdeploy index --remove` (no id) printed "error: Option '--remove' requires an argument." without the
+    "(see `rapdeploy index --help`)" every other usage error carries: the parser raises that one, and a flag given a
+    value, without a context. Both now name the command's help, as an unknown option does."""
+    import sys
+
+    import pytest
+
+    from rap_deploy.cli import main
+
+    cases = {("index", "--remove"): "error: Option '--remove' requires an argument. (see `rapdeploy index --help`)",
+             ("index", "--force=1"): "error: Option '--force' does not take a value. (see `rapdeploy index --help`)",
+             ("search", "--query"): " search --help`)",  # click's program name: under pytest not `rapdeploy`
+             ("--bogus",): " --help`)"}
+    for args, said in cases.items():
+        monkeypatch.setattr(sys, "argv", ["rapdeploy", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and said in err, (args, err)

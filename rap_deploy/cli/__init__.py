@@ -49,10 +49,25 @@ def main() -> None:
             print(ctx.get_help(), file=sys.stderr)
         else:
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            hint = ""
+            if hasattr(exc, "ctx"):  # a usage error (a FileError has none)
+                command = ctx.command_path if ctx is not None else _named_command(sys.argv[1:])
+                hint = f" (see `{command} --help`)"
             print(f"error: {' '.join(message.split())}{hint}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _named_command(args: list[str]) -> str:
+    """``rapdeploy <command>`` for the command ``args`` name, or ``rapdeploy`` when they name none: for the parser's
+    usage errors that carry no context (an option missing its value, a flag given one), whose hint would else be
+    missing."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    commands = getattr(group, "commands", {})
+    name = next((a for a in args if not a.startswith("-")), None)
+    return f"rapdeploy {name}" if name in commands else "rapdeploy"
 
 
 __all__ = ["app", "main"]
