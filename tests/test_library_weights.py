@@ -257,3 +257,52 @@ def test_a_checkpoint_written_while_a_torch_engine_loads_it_is_refused(micro_che
     monkeypatch.setattr(checkpoint_module, "load_checkpoint", load_then_overwrite)
     with pytest.raises(UsageError, match=f"checkpoint {path} changed while it was loaded"):
         load_engine(path)
+
+
+@pytest.mark.parametrize("kind", ["engine", "checkpoint"])
+def test_serve_publishes_the_checkpoint_of_the_engine_it_loaded(micro_ort_engines, micro_checkpoint, other_weights,
+                                                                tmp_path, kind):
+    """``serve`` published rapdeploy.checkpoint from its own read of the engine path (the EngineSource: the
+    manifest read again, or a checkpoint file hashed again), not from the read the engine was loaded from, so a
+    rebuild or a new best.pt between the two had a server of the old weights publish the new sha256, and remote
+    index/search compared libraries with weights it does not run. It now publishes what the loaded engine says."""
+    import os
+
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.model_config import PARAM_PREFIX
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.service import ServingService
+
+    if kind == "engine":
+        path = shutil.copytree(micro_ort_engines["fp32"], tmp_path / "engine")
+        engine = load_engine(path, threads=1)
+        manifest = json.loads((path / "manifest.json").read_text())
+        recorded = dict(manifest["checkpoint"])
+        manifest["checkpoint"]["sha256"] = "1" * 64  # what a folder rebuilt from other weights records
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        path = tmp_path / "best.pt"
+        shutil.copyfile(micro_checkpoint, path)
+        engine = load_engine(path)
+        recorded = {"path": str(path.resolve()), "sha256": sha256_file(micro_checkpoint)}
+        shutil.copyfile(other_weights, tmp_path / "next.pt")
+        os.replace(tmp_path / "next.pt", path)  # a training run writing best.pt again
+    service = ServingService(SerialEngine(engine), read_source(path))
+    try:
+        published = json.loads(service.parameters[PARAM_PREFIX + "checkpoint"])
+    finally:
+        service.close()
+    assert published == {"path": recorded["path"], "sha256": sha256_file(micro_checkpoint)}, published
+
+
+def test_serve_publishes_a_relative_checkpoint_path_absolute(tmp_path, monkeypatch):
+    """A PyTorch engine describes its checkpoint as given (``best.pt``); the server's clients (verify's reference)
+    do not know the server's working folder, so it publishes the path absolute, as it did before."""
+    from rap_deploy.engines.serving.model_config import engine_checkpoint
+
+    (tmp_path / "best.pt").write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    info = {"checkpoint": "best.pt", "checkpoint_sha256": "2" * 64}
+    assert engine_checkpoint(info) == {"path": str(tmp_path.resolve() / "best.pt"), "sha256": "2" * 64}
+    assert engine_checkpoint({"checkpoint_sha256": None}) == {"path": None, "sha256": None}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from rap_deploy.engines.serving.contract import BatchLimits, ServedModel, oip_datatype, triton_type
@@ -29,6 +30,18 @@ def model_parameters(config: Any, precision: str, checkpoint: Mapping[str, Any],
               "asa_blocks": json.dumps({"queries": limits.asa_queries, "videos": limits.asa_videos}),
               "engine": json.dumps(dict(engine or {}), sort_keys=True, default=str)}
     return {PARAM_PREFIX + k: v for k, v in values.items()}
+
+
+def engine_checkpoint(info: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"path", "sha256"}`` of the checkpoint a loaded engine's weights come from, as its ``describe()`` ``info``
+    says (the manifest it was loaded from, or the file a PyTorch engine loaded and the sha256 of the bytes it read),
+    ``None`` for what it does not say: what ``rapdeploy serve`` publishes, so a rebuild after the load cannot change
+    it. A relative path of a file here (a PyTorch engine's, as given to it) is made absolute: the server's clients
+    do not know its working folder."""
+    path = info.get("checkpoint")
+    if isinstance(path, str) and path and not Path(path).is_absolute() and Path(path).is_file():
+        path = str(Path(path).resolve())
+    return {"path": path if isinstance(path, str) else None, "sha256": info.get("checkpoint_sha256")}
 
 
 def triton_model_config(model: ServedModel, platform: str, parameters: Mapping[str, str], kind: str = "cpu",

@@ -44,6 +44,7 @@ from rap_deploy.engines.serving.contract import (
 )
 from rap_deploy.engines.serving.model_config import (
     config_to_json,
+    engine_checkpoint,
     kserve_metadata,
     model_parameters,
     triton_model_config,
@@ -124,7 +125,8 @@ class ServingService:
     """The served engine (and optional library): see the module docstring.
 
     ``engine`` is a :class:`SerialEngine` (the library, when given, must have been opened with that same wrapper),
-    ``source`` what the engine was loaded from (its manifest gives the graphs' I/O and batch limits).
+    ``source`` what the engine was loaded from (its manifest gives the graphs' I/O and batch limits); the checkpoint
+    it publishes is the one the loaded engine says (:func:`engine_checkpoint`), not ``source``'s, read separately.
     """
 
     def __init__(self, engine: SerialEngine, source: EngineSource, library: Any = None,
@@ -138,8 +140,8 @@ class ServingService:
         models = served_models(graph_specs_of(source, engine.inner), self.limits, self.options.max_batch)
         self.models, published = fit_to_body(models, self.limits, self.options)
         self.platform = f"rapdeploy_{self.info.get('backend')}"
-        self.parameters = model_parameters(self.config, self.info.get("precision", "fp32"), source.checkpoint,
-                                           published, self.info)
+        self.parameters = model_parameters(self.config, self.info.get("precision", "fp32"),
+                                           engine_checkpoint(self.info), published, self.info)
         text = self.models[TEXT_GRAPH]
         self.batcher = DynamicBatcher(self._encode_text, text.max_batch_size, self.options.max_queue_delay_ms / 1e3,
                                       self.options.max_queue, name="text-batcher")
