@@ -89,6 +89,21 @@ def test_search_endpoint_equals_the_search_command(served, synth_root, micro_ort
     assert status == 200 and got["results"] == json.loads(res.stdout)["results"]
 
 
+def test_search_endpoint_times_as_the_search_command_does(served, micro_ort_engines):
+    """``POST /search`` answered ``timings_ms.text`` and ``total`` unrounded (``3.732608001882909``) where ``rapdeploy
+    search --json``, whose object the README says it answers, rounds every timing to the microsecond; both now do."""
+    url, _, _, lib_dir = served
+    res = CliRunner().invoke(app, ["search", "a red circle", "--library", str(lib_dir), "--engine",
+                                   str(micro_ort_engines["fp32"]), "--top", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    command = json.loads(res.stdout)["timings_ms"]
+    status, got = _search(url, query="a red circle", top_k=2)
+    assert status == 200, got
+    assert set(got["timings_ms"]) == set(command)
+    for timings in (command, got["timings_ms"]):
+        assert {k: round(v, 3) for k, v in timings.items()} == timings, timings
+
+
 def test_concurrent_searches_get_their_own_results(served):
     url, service, library, _ = served
     queries = [f"a small red circle moves {d}" for d in ("up", "left", "right", "down")] * 4

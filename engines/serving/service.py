@@ -274,8 +274,9 @@ class ServingService:
         except UsageError as exc:
             raise RequestError(422, str(exc), getattr(exc, "field", "query")) from None  # top_m: memory refusal
         timings = dict(result.get("timings_ms") or {})
-        timings["text"] = text_ms
-        timings["total"] = float(timings.get("total", 0.0)) + text_ms
+        # rounded to the microsecond as `rapdeploy search --json` rounds every timing (library.search)
+        timings["text"] = round(text_ms, 3)
+        timings["total"] = round(float(timings.get("total", 0.0)) + text_ms, 3)
         return {"query": query, **{k: v for k, v in result.items() if k != "query"}, "timings_ms": timings}
 
     def thumbnail_jpeg(self, video_id: str, count: int) -> bytes:
