@@ -410,12 +410,15 @@ def test_resume_with_dataset_and_no_data_root_continues_on_the_run_s_stored_data
 
 
 def test_resume_with_pretrained_accepts_the_moved_backbone_and_refuses_other_weights(micro_checkpoint, synth_root,
-                                                                                      frame_cache, tmp_path):
+                                                                                      frame_cache, tmp_path,
+                                                                                      monkeypatch):
     """`train --resume RUN --pretrained FILE` after the run's backbone file moved: FILE with the sha256 the run's
     last.pt recorded is the same backbone (the run resumes on it, and last.pt names it where it is now). FILE with
     other weights is refused before anything is trained (exit 2), naming both files; its fix was "drop the option",
     which after the move was refused again (the recorded file does not exist). It now names the recorded sha256 and
-    the fix that works: drop --pretrained while the run's file is at its recorded path, else pass it where it is."""
+    the fix that works: drop --pretrained while the run's file is at its recorded path, else pass it where it is.
+    A run started with a relative --pretrained and resumed with the same file's absolute path (the path last.pt's
+    backbone records) was refused as another backbone; it resumes."""
     import shutil
 
     from typer.testing import CliRunner
@@ -429,9 +432,14 @@ def test_resume_with_pretrained_accepts_the_moved_backbone_and_refuses_other_wei
                           tmp_path / "other.safetensors")
     run, runner = tmp_path / "run", CliRunner()
     args = [*_cli_args(synth_root, frame_cache), "--out", str(run), "--max-epochs-this-run", "1"]
-    args[args.index("--pretrained") + 1] = str(backbone)
+    args[args.index("--pretrained") + 1] = "world/rap-micro.safetensors"  # relative: stored as given
+    args[args.index("--epochs") + 1] = "3"
+    monkeypatch.chdir(tmp_path)
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
+    absolute = runner.invoke(app, ["train", "--resume", str(run), "--pretrained", str(backbone.resolve()),
+                                   "--max-epochs-this-run", "1", "--quiet", "--json"])
+    assert absolute.exit_code == 0 and json.loads(absolute.stdout)["resumed_after_epoch"] == 1, absolute.output
     last = (run / "last.pt").read_bytes()
     sha = load_checkpoint(run / "last.pt").backbone.sha256
 
@@ -451,6 +459,6 @@ def test_resume_with_pretrained_accepts_the_moved_backbone_and_refuses_other_wei
     resumed = runner.invoke(app, ["train", "--resume", str(run), "--pretrained", str(moved), "--quiet", "--json"])
     assert resumed.exit_code == 0, resumed.output
     summary = json.loads(resumed.stdout)
-    assert summary["complete"] and summary["resumed_after_epoch"] == 1
+    assert summary["complete"] and summary["resumed_after_epoch"] == 2
     stored = load_checkpoint(run / "last.pt")
     assert stored.backbone.value == str(moved) and stored.extra["train_options"]["pretrained"] == str(moved)

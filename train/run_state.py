@@ -72,9 +72,11 @@ def load_resume(run_dir: Path, overrides: dict[str, Any]):
 def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """``ckpt`` and ``overrides`` with the backbone file at ``overrides["pretrained"]`` (``options.pretrained`` set to
     it) when that names a weights file of the sha256 ``ckpt`` recorded: the same weights moved (an ablation's world
-    folder moved), known by their content. Otherwise both unchanged: another value is compared as any option."""
+    folder moved), known by their content; also the recorded path itself, which differs from the stored option when
+    the run was started with a relative ``--pretrained``. Otherwise both unchanged: another value is compared as any
+    option."""
     spec, wanted = ckpt.backbone, overrides.get("pretrained")
-    if not wanted or wanted in (spec.value, options.pretrained):
+    if not wanted or wanted == options.pretrained:
         return ckpt, overrides
     found = recorded_backbone_at(spec, wanted)
     if found is None:
