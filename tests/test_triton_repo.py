@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import onnx
 import pytest
@@ -322,6 +323,21 @@ def test_the_tritonserver_command_is_quoted_for_the_shell(micro_ort_engines, tmp
     docker = readme.split("docker run", 1)[1].split("```", 1)[0].replace("\\\n", " ")
     words = shlex.split(docker)
     assert words[words.index("-v") + 1] == f"{repo.resolve()}:/models", docker
+
+
+def test_json_names_the_source_files_absolute_as_it_names_out(micro_ort_engines, tmp_path, monkeypatch):
+    """``triton-repo --json`` gave ``out`` absolute but each model's ``source_file`` as the path was typed
+    (``onnxruntime-fp32/video_encoder.onnx`` for a relative ``--engine``), which names nothing from another folder;
+    both are absolute now, as every other command's JSON names its files."""
+    engine = micro_ort_engines["fp32"]
+    monkeypatch.chdir(engine.parent)
+    res = runner.invoke(app, ["triton-repo", "--engine", engine.name, "--out", "repo", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["out"] == str((engine.parent / "repo").resolve())
+    for name, model in doc["models"].items():
+        assert Path(model["source_file"]).is_absolute(), (name, model["source_file"])
+        assert Path(model["source_file"]).parent == engine.resolve(), (name, model["source_file"])
 
 
 def test_the_readme_names_tritons_http_input_limit_for_a_full_batch(micro_ort_engines, tmp_path):

@@ -200,7 +200,7 @@ def write_model(plan: RepoPlan, model: ServedModel, folder: Path) -> dict[str, A
         shutil.copy2(f, version / f.name)
     write_text_atomic(folder / model.name / "config.pbtxt", text)
     return {"max_batch_size": model.max_batch_size, "file": f"{model.name}/1/{MODEL_FILES[plan.platform]}",
-            "source_file": str(main), "inputs": list(model.input_names), "outputs": list(model.output_names)}
+            "source_file": str(main.resolve()), "inputs": list(model.input_names), "outputs": list(model.output_names)}
 
 
 def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
