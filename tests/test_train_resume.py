@@ -417,6 +417,7 @@ def test_resume_with_pretrained_accepts_the_moved_backbone_and_refuses_other_wei
     other weights is refused before anything is trained (exit 2), naming both files; its fix was "drop the option",
     which after the move was refused again (the recorded file does not exist). It now names the recorded sha256 and
     the fix that works: drop --pretrained while the run's file is at its recorded path, else pass it where it is.
+    Without --pretrained, the refusal of the moved file names that fix too (it said only: put the file back).
     A run started with a relative --pretrained and resumed with the same file's absolute path (the path last.pt's
     backbone records) was refused as another backbone; it resumes."""
     import shutil
@@ -456,6 +457,10 @@ def test_resume_with_pretrained_accepts_the_moved_backbone_and_refuses_other_wei
     moved.parent.mkdir()
     shutil.move(backbone, moved)
     refused_with("pass the run's weights file where it is now")
+    gone = runner.invoke(app, ["train", "--resume", str(run), "--quiet"])  # said only: put it back at that path
+    said = " ".join(gone.output.split())
+    assert gone.exit_code == 2 and f"backbone weights file {backbone}, which does not exist" in said, gone.output
+    assert f"`rapdeploy train --resume {run} --pretrained FILE` (the file of sha256 {sha[:12]}…)" in said, said
     resumed = runner.invoke(app, ["train", "--resume", str(run), "--pretrained", str(moved), "--quiet", "--json"])
     assert resumed.exit_code == 0, resumed.output
     summary = json.loads(resumed.stdout)

@@ -66,7 +66,21 @@ def load_resume(run_dir: Path, overrides: dict[str, Any]):
     options.max_epochs_this_run = overrides.get("max_epochs_this_run")  # "in this invocation": never inherited
     extra = {k: v for k, v in ckpt.extra.items() if k != "train_state"}
     template = dataclasses.replace(ckpt, extra=extra)
+    _check_backbone_there(run_dir, ckpt)
     return options, template, ckpt.build_model(), state
+
+
+def _check_backbone_there(run_dir: Path, ckpt: Any) -> None:
+    """Raise :class:`UsageError` when the run's ``last.pt`` references (does not embed) a backbone weights file that
+    no longer exists at its recorded path: the checkpoint's own refusal says only to put the file back, where a
+    resumed run also takes it where it is now (``--pretrained``, :func:`moved_backbone`). A file there that changed
+    is left to the checkpoint's refusal (it hashes the file once)."""
+    spec = ckpt.backbone
+    if ckpt.backbone_state is not None or spec.kind != "file" or not spec.sha256 or Path(spec.value).exists():
+        return
+    raise UsageError(f"{run_dir / LAST} references the backbone weights file {spec.value}, which does not exist "
+                     f"(moved or deleted): pass it where it is now, `rapdeploy train --resume {run_dir} --pretrained "
+                     f"FILE` (the file of sha256 {spec.sha256[:12]}…), or put it back at that path")
 
 
 def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
