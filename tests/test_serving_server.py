@@ -675,3 +675,23 @@ def test_a_server_on_every_interface_announces_an_address_a_browser_can_open(whe
     assert f"listening on every interface ({where[0]})" in line and "this machine's address" in line, line
     loopback = BoundAt(socket.AF_INET, "127.0.0.1", 8080)
     assert "every interface" not in banner(socket_url(loopback), loopback, service)
+
+
+def test_serve_threads_reach_a_pytorch_engine(micro_checkpoint):
+    """``serve --threads N`` set only ONNX Runtime's threads (the loader's), so a checkpoint served as the PyTorch
+    engine ran on torch's default threads (every core) where ``search --threads N`` of the same engine runs N; serve
+    now sets torch's too."""
+    import torch
+
+    from rap_deploy.engines.serving.server import build_service
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        service = build_service(str(micro_checkpoint), threads=1, default_library=False)
+        try:
+            assert torch.get_num_threads() == 1
+        finally:
+            service.close()
+    finally:
+        torch.set_num_threads(before)

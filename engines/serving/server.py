@@ -40,7 +40,9 @@ SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, how long running requests may st
 
 def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None,
                        threads: int | None = None) -> tuple[Any, Any]:
-    """``(engine, EngineSource)`` for ``engine`` (default: the workspace's latest engine folder)."""
+    """``(engine, EngineSource)`` for ``engine`` (default: the workspace's latest engine folder). ``threads`` sets
+    ONNX Runtime's intra-op threads through the loader, and PyTorch's for a PyTorch engine (a checkpoint), as
+    ``rapdeploy search --threads`` does."""
     from rap_deploy.engines.engine_refs import resolve_engine
     from rap_deploy.engines.loader import is_remote, load_engine
     from rap_deploy.engines.serving.contract import read_source
@@ -50,7 +52,10 @@ def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | o
                          "or checkpoint")
     path = resolve_engine(engine, workspace)
     source = read_source(path)
-    return load_engine(path, threads=threads), source
+    loaded = load_engine(path, threads=threads)
+    if threads and "torch" in sys.modules:  # the loader gives a PyTorch engine no threads; torch's are per process
+        sys.modules["torch"].set_num_threads(int(threads))
+    return loaded, source
 
 
 SERVER_FIX = ("pass --engine with a local engine folder of the library's weights (the one that server runs: "

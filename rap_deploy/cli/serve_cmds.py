@@ -53,8 +53,9 @@ def serve_cmd(
     header_timeout: float = typer.Option(20.0, "--header-timeout", help="Seconds a request's headers may take to "
                                          "arrive (from the connection's start, or the next request's first byte); "
                                          "then 408 and the connection is closed."),
-    threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: ONNX "
-                                       f"Runtime's own; {ENGINE_THREADS_DEFAULT})."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads of the engine: ONNX Runtime's, or "
+                                       "PyTorch's for a checkpoint (default: the libraries' own; "
+                                       f"{ENGINE_THREADS_DEFAULT})."),
     url_file: Path | None = typer.Option(None, "--url-file", help="Write the server's URL here once it accepts "
                                          "requests."),
     shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="On Ctrl-C or SIGTERM, seconds that "
