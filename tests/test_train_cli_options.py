@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -50,3 +51,28 @@ def test_train_switches_reach_the_model_and_the_recipe(synth_root, tmp_path):
     assert res.exit_code == 0, res.output
     last = load_checkpoint(no_asa / "last.pt")
     assert (last.config.use_lorm, last.config.use_asa) == (True, False) and last.build_model().asa is None
+
+
+@pytest.mark.parametrize(("given", "named"), [
+    (["--rank", "3"], "--rank 3 conflicts with checkpoint"),
+    (["--topk", "2"], "--topk 2 conflicts with checkpoint"),
+    (["--heads", "4"], "--heads 4 conflicts with checkpoint"),
+    (["--selection", "saliency"], "--selection saliency conflicts with checkpoint"),
+    (["--no-asa"], "--no-asa conflicts with checkpoint"),
+    (["--no-lorm"], "--no-lorm conflicts with checkpoint"),
+    (["--frames", "8"], "--frames 8 conflicts with checkpoint"),
+    (["--preset", "paper"], "--preset paper (asa_dim = 32) conflicts with checkpoint"),
+])
+def test_a_model_option_against_the_checkpoint_is_refused_by_the_name_it_is_typed_with(micro_checkpoint, tmp_path,
+                                                                                        given, named):
+    """`train --checkpoint CKPT --rank 3` was refused as '--lorm-rank 3 conflicts ...', `--no-asa` as '--use-asa
+    False', `--selection` as '--asa-selection': options that do not exist (the config's field names), and a size the
+    preset set as if the user had typed its option. Refused before any data is read or anything is written."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(tmp_path), "--checkpoint",
+                                   str(micro_checkpoint), "--out", str(out), "--quiet", *given])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and named in text, text
+    assert "--lorm-rank" not in text and "--use-" not in text and "--asa-selection" not in text
+    assert "drop --preset" in text if given[0] == "--preset" else "drop the option" in text
+    assert not out.exists()

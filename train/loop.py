@@ -159,14 +159,8 @@ def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
 
     if options.checkpoint:
         ckpt = load_checkpoint(options.checkpoint)
-        preset = preset_changes_for(options.preset, ckpt.config.clip) if options.preset else {}
-        for name in MODEL_OPTIONS:
-            wanted = getattr(options, name)
-            wanted = preset.get(name) if wanted is None else wanted
-            have = getattr(ckpt.config, name)
-            if wanted is not None and wanted != have:
-                raise UsageError(f"--{name.replace('_', '-')} {wanted} conflicts with checkpoint {options.checkpoint} "
-                                 f"({name} = {have}); drop the option (or --preset) or start from --clip")
+        _check_model_options(options, ckpt.config, preset_changes_for(options.preset, ckpt.config.clip)
+                             if options.preset else {})
         _check_paragraph_protocol(options, ckpt.config)
         return ckpt, ckpt.build_model()
     clip = options.clip or DEFAULT_CLIP
@@ -188,6 +182,24 @@ def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
     config = defaults.replace(clip=clip, preprocess=PreprocessConfig(image_size=size), **kw)
     embed = options.embed_backbone if options.embed_backbone is not None else spec.kind == "none"
     return new_checkpoint(config, spec, embed_backbone=embed, seed=options.seed)
+
+
+def _check_model_options(options: TrainOptions, config: Any, preset: dict[str, Any]) -> None:
+    """Raise :class:`UsageError` when a model option given with ``--checkpoint``, or a size ``--preset`` sets
+    (``preset``: its config fields), differs from the checkpoint's ``config``; the message names the option as it is
+    typed (``--rank 3``, ``--no-asa``) or the preset that set the value."""
+    from rap_deploy.train.option_flags import option_text
+
+    for name in MODEL_OPTIONS:
+        given = getattr(options, name)
+        wanted = preset.get(name) if given is None else given
+        have = getattr(config, name)
+        if wanted is None or wanted == have:
+            continue
+        source = option_text(name, wanted) if given is not None else f"--preset {options.preset} ({name} = {wanted})"
+        drop = "the option" if given is not None else "--preset"
+        raise UsageError(f"{source} conflicts with checkpoint {options.checkpoint} ({name} = {have}); drop {drop} "
+                         "or start from --clip")
 
 
 def _amp_dtype(amp: str, device: str) -> torch.dtype | None:
