@@ -25,9 +25,11 @@ from rap_deploy.file_kinds import CHECKPOINT_FORMAT, CHECKPOINT_SUFFIXES
 from rap_deploy.model.clip_loader import (
     BackboneSpec,
     clip_model_config,
+    key_mismatch,
     load_clip,
     pretrained_preprocess,
     quick_gelu_for,
+    state_dict_mismatch,
 )
 from rap_deploy.model.rap import RAPModel, topk_excess
 
@@ -87,13 +89,15 @@ class Checkpoint:
                                    "would replace the frozen CLIP's; the file is damaged or was edited")
         try:
             missing, unexpected = model.load_state_dict(self.adapter_state, strict=False)
-        except RuntimeError as exc:
-            raise CheckFailedError(f"{where}: adapter weights do not fit the config ({_first_line(exc)}); the file is "
+        except RuntimeError as exc:  # tensors of another shape: torch's message lists each, and would be cut mid-name
+            reason = state_dict_mismatch(exc) or _first_line(exc)
+            raise CheckFailedError(f"{where}: adapter weights do not fit the config ({reason}); the file is "
                                    "damaged or was edited") from None
-        missing = [k for k in missing if not k.startswith("clip.")]
+        missing = [k for k in missing if not k.startswith("clip.")]  # the backbone's come from its own weights
         if missing or unexpected:
-            raise CheckFailedError(f"{where}: adapters do not fit the config: missing {missing[:5]}, "
-                                   f"unexpected {list(unexpected)[:5]}; the file is damaged or was edited")
+            raise CheckFailedError(f"{where}: adapter weights do not fit the config "
+                                   f"({key_mismatch(missing, list(unexpected), [])}); the file is damaged or was "
+                                   "edited")
         bad = [k for k, v in self.adapter_state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
         if bad:  # NaN would flow through every score, and NaN compares as no difference at all
             raise CheckFailedError(f"{where}: adapter weights {bad[:3]} hold NaN or infinite values; the file is "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -855,6 +856,30 @@ def test_adapter_weights_naming_backbone_tensors_are_refused(tmp_path):
     save_checkpoint(ckpt, tmp_path / "edited.pt")
     with pytest.raises(CheckFailedError, match=r"edited.pt: its adapter weights hold backbone tensors \['clip.visual"):
         load_checkpoint(tmp_path / "edited.pt").build_model()
+
+
+def test_adapter_weights_that_do_not_fit_are_listed_by_whole_names(tmp_path):
+    """Adapters of another shape were named by torch's error cut to its first two lines and 240 characters (measured:
+    4 reshaped tensors showed the first and no count), missing or extra keys as list reprs of 5 without a count; the
+    refusal now names tensors (both shapes) and keys whole, then 'and N more'."""
+    from rap_deploy.errors import CheckFailedError
+
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    names = [k for k, v in ckpt.adapter_state.items() if v.dim() == 2][:4]
+    reshaped = dict(ckpt.adapter_state) | {k: torch.zeros(7, 3) for k in names}
+    with pytest.raises(CheckFailedError) as info:
+        dataclasses.replace(ckpt, adapter_state=reshaped, source="edited.pt").build_model()
+    shown = ", ".join(f"{k} is [7, 3] in the file, {list(ckpt.adapter_state[k].shape)} in the model" for k in names[:3])
+    assert str(info.value) == ("checkpoint edited.pt: adapter weights do not fit the config (the weights hold 4 "
+                               f"tensors of another shape: {shown} and 1 more); the file is damaged or was edited")
+
+    dropped = list(ckpt.adapter_state)[:8]
+    partial = {k: v for k, v in ckpt.adapter_state.items() if k not in dropped} | {"extra.weight": torch.zeros(1)}
+    with pytest.raises(CheckFailedError) as info:
+        dataclasses.replace(ckpt, adapter_state=partial, source="edited.pt").build_model()
+    assert str(info.value) == ("checkpoint edited.pt: adapter weights do not fit the config (the weights lack 8 of "
+                               f"the model's keys: {', '.join(dropped[:5])} and 3 more; they hold 1 key the model "
+                               "does not have: extra.weight); the file is damaged or was edited")
 
 
 def test_a_checkpoint_with_nan_adapters_is_damaged(tmp_path):
