@@ -366,3 +366,16 @@ def test_a_data_root_without_its_videos_names_the_folder_looked_in(micro_ort_eng
     (data / "videos" / f"{test_ids[0]}.mp4").write_bytes(b"not a video")
     res = _verify(micro_ort_engines["fp32"], data, tmp_path / "out", tmp_path / "frames")
     assert res.exit_code == 1 and "holds none" not in res.output and "does not exist" not in res.output, res.output
+
+
+def test_verify_names_a_servers_report_folder_in_its_help_and_the_readme():
+    """``verify --engine http://HOST:PORT`` writes its reports to ``verify/remote-HOST-PORT`` (engine_label), but
+    neither ``verify --help``'s --out nor the README's verify row said so: they named folders and checkpoints only."""
+    from rap_deploy.engines.engine_refs import engine_label
+
+    assert engine_label("http://127.0.0.1:8080") == "remote-127.0.0.1-8080"  # remote-HOST-PORT
+    res = CliRunner().invoke(app, ["verify", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "remote-HOST-PORT for http://HOST:PORT" in res.output, res.output
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `verify` |"))
+    assert "`remote-HOST-PORT` for `--engine http://HOST:PORT`" in row, row
