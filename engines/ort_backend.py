@@ -8,7 +8,9 @@ silent CPU fallback.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,12 +40,47 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # Why fp16 graphs are refused on the CPU (the engine here, a CPU instance in triton-repo): one sentence for all
 FP16_ON_CPU = ("fp16 ONNX Runtime graphs run on CUDAExecutionProvider only: the CPU provider crashes the process "
                "(segfault) creating the fp16 video encoder's session")
-# What to do instead, for the engine's refusals of fp16 on the CPU provider
-FP16_ON_CPU_FIX = ("on the CPU use the export's fp32 graphs (`rapdeploy build-engine EXPORT_DIR`, or --int8), on a GPU "
-                   "an fp16 engine (`rapdeploy build-engine EXPORT_DIR --backend onnxruntime --device cuda --fp16`)")
 LEVELS = ("disable", "basic", "extended", "all")
 _NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
               "tensor(int64)": np.int64, "tensor(double)": np.float64}
+
+
+def fp16_on_cpu_fix(export_dir: str | os.PathLike[str] | None) -> str:
+    """What to do instead of fp16 graphs on the CPU provider, for the engine's refusals: the ``rapdeploy
+    build-engine`` commands of ``export_dir``'s CPU fp32 and int8 engines and CUDA fp16 engine, shell-quoted; without
+    ``export_dir`` they name no folder (build-engine's default, the workspace's latest export)."""
+    folder = [str(export_dir)] if export_dir is not None else []
+
+    def command(*flags: str) -> str:
+        return shlex.join(["rapdeploy", "build-engine", *folder, *flags])
+
+    return (f"on the CPU use the export's fp32 graphs (`{command()}`, or `{command('--int8')}`), on a GPU an fp16 "
+            f"engine (`{command('--backend', 'onnxruntime', '--device', 'cuda', '--fp16')}`)")
+
+
+def graphs_export_folder(graphs: Mapping[str, str | os.PathLike[str]], path: str | os.PathLike[str] | None
+                         ) -> Path | None:
+    """The export folder an engine's graphs come from, for its refusals' commands: the folder ``path`` (else the
+    graphs' one folder) when its manifest is an export's, the ``export_dir`` it records when an engine's; ``None``
+    when that manifest is missing, a link, unreadable or neither."""
+    folders = {Path(file).parent for file in graphs.values()}
+    folder = Path(path) if path is not None else (folders.pop() if len(folders) == 1 else None)
+    manifest_path = folder / "manifest.json" if folder is not None else None
+    if manifest_path is None or manifest_path.is_symlink() or not manifest_path.is_file():
+        return None
+    from rap_deploy.bounds import read_manifest_text
+
+    try:
+        manifest = json.loads(read_manifest_text(manifest_path, "manifest"))
+    except (OSError, ValueError, CheckFailedError):  # only a message's command depends on it
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    if manifest.get("format") == "rapdeploy.export":
+        return folder
+    recorded = manifest.get("export_dir")
+    is_engine = manifest.get("format") == "rapdeploy.engine"
+    return Path(recorded) if is_engine and isinstance(recorded, str) and recorded else None
 
 
 def provider_for(device: str) -> str:
@@ -239,7 +276,7 @@ class OrtEngine(Engine):
             raise UsageError(f"ONNX Runtime engine lacks graphs {missing or ['asa_head']} for a {config.variant} model")
         if precision == "fp16" and provider == PROVIDERS["cpu"]:  # before any session: the crash takes the process
             raise UsageError(f"{_graphs_place(graphs, path)}: precision fp16 on {provider}: {FP16_ON_CPU}; "
-                             f"{FP16_ON_CPU_FIX}")
+                             f"{fp16_on_cpu_fix(graphs_export_folder(graphs, path))}")
         self.config = config
         self.provider, self.precision, self.path = provider, precision, path
         self.threads, self.inter_threads = threads, inter_threads
@@ -274,7 +311,8 @@ class OrtEngine(Engine):
         fp16 = graph_facts(path, f"graph '{graph}'", path.parent)["fp16_tensors"]
         if fp16:
             raise UsageError(f"{graph} graph {path} holds {fp16} float16 tensors (an fp16 graph, labelled "
-                             f"{self.precision}): {FP16_ON_CPU}; {FP16_ON_CPU_FIX}")
+                             f"{self.precision}): {FP16_ON_CPU}; "
+                             f"{fp16_on_cpu_fix(graphs_export_folder(self.files, self.path))}")
         self._content_checked.add(graph)
 
     def _check_same_folder(self) -> None:

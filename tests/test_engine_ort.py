@@ -603,12 +603,43 @@ def test_the_fp16_on_cpu_refusal_names_the_engine_the_value_and_the_fix(tmp_path
     from rap_deploy.config import RAPConfig
 
     graphs = {name: tmp_path / "graphs" / f"{name}.fp16.onnx" for name in ("video_encoder", "text_encoder", "asa_head")}
-    fix = r"rapdeploy build-engine EXPORT_DIR`.*--int8.*--backend onnxruntime --device cuda --fp16"
+    # no manifest says the export folder: the commands name none (build-engine's default, the workspace's latest)
+    fix = (r"`rapdeploy build-engine`, or `rapdeploy build-engine --int8`\), on a GPU an fp16 engine "
+           r"\(`rapdeploy build-engine --backend onnxruntime --device cuda --fp16`\)$")
     engine, folder = re.escape(str(tmp_path / "eng")), re.escape(str(tmp_path / "graphs"))
     with pytest.raises(UsageError, match=rf"^engine {engine}: precision fp16 on CPUExecutionProvider: .*{fix}"):
         OrtEngine(graphs, RAPConfig(), precision="fp16", path=tmp_path / "eng", lazy=True)
     with pytest.raises(UsageError, match=rf"^the graphs in {folder}: precision fp16 on CPU.*{fix}"):
         OrtEngine(graphs, RAPConfig(), precision="fp16", lazy=True)
+
+
+def test_the_fp16_on_cpu_refusal_names_the_real_export_folder(tmp_path):
+    """The fix named `rapdeploy build-engine EXPORT_DIR`, a placeholder, though an engine folder's manifest records
+    its export folder and graphs in an export folder are in it; the commands now name that folder, shell-quoted, and
+    build what they say (CPU fp32, CPU int8, CUDA fp16)."""
+    import shlex
+
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.engines.build import resolve_target
+
+    export = tmp_path / "my exports" / "micro"
+    engine = tmp_path / "eng"
+    for folder, manifest in ((export, {"format": "rapdeploy.export"}),
+                             (engine, {"format": "rapdeploy.engine", "export_dir": str(export)})):
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    graphs = {name: export / f"{name}.fp16.onnx" for name in ("video_encoder", "text_encoder", "asa_head")}
+    for path in (engine, None):  # the engine folder's record, and the graphs' own export folder
+        with pytest.raises(UsageError) as info:
+            OrtEngine(graphs, RAPConfig(), precision="fp16", path=path, lazy=True)
+        said = str(info.value)
+        assert "EXPORT_DIR" not in said, said
+        commands = [shlex.split(part) for part in said.split("`") if part.startswith("rapdeploy build-engine")]
+        assert [words[2] for words in commands] == [str(export)] * 3, said
+        assert [resolve_target(w[w.index("--backend") + 1] if "--backend" in w else None, "--fp16" in w,
+                               "--int8" in w, w[w.index("--device") + 1] if "--device" in w else None)
+                 for w in commands] == [("onnxruntime", "fp32", "cpu"), ("onnxruntime", "int8", "cpu"),
+                                        ("onnxruntime", "fp16", "cuda")], said
 
 
 def test_fp16_graph_content_on_the_cpu_provider_is_refused_whatever_the_label(micro_fp16_export, monkeypatch):
