@@ -181,3 +181,13 @@ def test_every_preset_help_lists_the_presets_and_their_sizes_from_one_place(name
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     paragraph = " ".join(readme[readme.index("Presets (`--preset` on"):].split("\n\n")[0].split())
     assert f"`{name}`" in paragraph.split(")")[0] and all(f"`{p}`" in paragraph for p in PRESETS), paragraph
+
+
+def test_build_engine_help_says_what_exit_1_and_2_mean():
+    """build-engine's --help never said that a new engine failing its comparison with PyTorch exits 1 and keeps the
+    previous folder, nor that a missing TensorRT or CUDA provider exits 2 (export's, verify's and demo's say theirs)."""
+    result = CliRunner().invoke(app, ["build-engine", "--help"], terminal_width=200)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0
+    assert "Exits 1 when the new engine does not match the PyTorch reference" in text, text
+    assert "the previous engine folder is kept" in text and "2 for bad usage or a backend this machine lacks" in text

@@ -47,7 +47,11 @@ def build_engine_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the engine manifest as JSON."),
 ) -> None:
-    """Build a TensorRT or ONNX Runtime engine folder (engine files + manifest.json) from an export folder."""
+    """Build a TensorRT or ONNX Runtime engine folder (engine files + manifest.json) from an export folder.
+
+    Exits 1 when the new engine does not match the PyTorch reference (--validate; the previous engine folder is kept)
+    or the export folder is damaged; 2 for bad usage or a backend this machine lacks (TensorRT, a CUDA provider).
+    """
     from rap_deploy import bounds
     from rap_deploy.engines.build import build_engine
     from rap_deploy.engines.trt_plan import ProfileOptions
