@@ -191,3 +191,13 @@ def test_build_engine_help_says_what_exit_1_and_2_mean():
     assert result.exit_code == 0
     assert "Exits 1 when the new engine does not match the PyTorch reference" in text, text
     assert "the previous engine folder is kept" in text and "2 for bad usage or a backend this machine lacks" in text
+
+
+def test_train_help_says_what_exit_1_and_2_mean_and_that_eval_initial_is_off():
+    """train's --help said neither what exit 1 (a diverged run, a damaged dataset) and exit 2 (bad usage) mean, nor
+    whether the starting model is evaluated by default (--eval-initial: it is not; every other default was stated)."""
+    result = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0
+    assert "Exits 1 when training diverges" in text and "2 for bad usage" in text, text
+    assert "(logged as epoch 0; default: off)" in _option_help("train", "--eval-initial")

@@ -86,7 +86,7 @@ def train(
     eval_every: int | None = typer.Option(None, "--eval-every", help="Evaluate every N epochs (and after the last; "
                                           "default 1)."),
     eval_initial: bool | None = typer.Option(None, "--eval-initial/--no-eval-initial", help="Also evaluate the "
-                                             "starting model (logged as epoch 0)."),
+                                             "starting model (logged as epoch 0; default: off)."),
     max_train_videos: int | None = typer.Option(None, "--max-train-videos", help="Use only the first N training "
                                                 "videos."),
     max_test_videos: int | None = typer.Option(None, "--max-test-videos", help="Evaluate on only the first N test "
@@ -117,6 +117,10 @@ def train(
     """Fine-tune RAP adapters on a frozen CLIP with per-epoch evaluation; writes best.pt, last.pt, metrics.jsonl.
 
     Data-parallel: `torchrun --nproc_per_node N -m rap_deploy.cli train ...` (gloo on CPU, NCCL on CUDA).
+
+    Exits 1 when training diverges (non-finite weights or scores) or the dataset's annotation files are damaged
+    (missing or undecodable videos are skipped and counted); 2 for bad usage: a wrong path, option or value, or a run
+    that --resume cannot continue with these options.
     """
     given: dict[str, Any] = {
         "dataset": dataset, "checkpoint": _str(checkpoint), "clip": clip, "pretrained": pretrained,
