@@ -201,3 +201,10 @@ def test_train_help_says_what_exit_1_and_2_mean_and_that_eval_initial_is_off():
     assert result.exit_code == 0
     assert "Exits 1 when training diverges" in text and "2 for bad usage" in text, text
     assert "(logged as epoch 0; default: off)" in _option_help("train", "--eval-initial")
+
+
+def test_synth_size_help_names_the_sizes_decord_cannot_read_back():
+    """synth --size said only '(even)', so --size 48 (even) wrote a video and was refused: decord cannot read
+    MPEG-4 back at 16, 24, 48 or 72 px (synth_dataset._check_readable); the help did not say which sizes work."""
+    text = _option_help("synth", "--size")
+    assert "even, at least 16" in text and "32, 64 and 96" in text and "16, 24, 48 and 72" in text, text

@@ -19,7 +19,8 @@ def synth(
     videos: int = typer.Option(300, "--videos", help="Total number of videos (training + test)."),
     test_videos: int = typer.Option(60, "--test-videos", help="How many of them form the test split."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same dataset."),
-    size: int = typer.Option(96, "--size", help="Frame width and height in pixels (even)."),
+    size: int = typer.Option(96, "--size", help="Frame width and height in pixels: even, at least 16 "
+                      "(decord reads 32, 64 and 96 back; 16, 24, 48 and 72 it cannot, and they are refused)."),
     fps: int = typer.Option(4, "--fps", help="Frames per second of the written videos."),
     seconds: int = typer.Option(12, "--seconds", help="Length of every video in seconds."),
     distractors: float = typer.Option(SYNTH_DISTRACTORS, "--distractors", min=0.0, max=1.0,
