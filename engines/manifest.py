@@ -39,6 +39,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
+#: Stands in a command for the export folder an engine manifest does not record (:func:`export_word`)
+EXPORT_PLACEHOLDER = "<export folder>"
 #: The dynamic axes of each graph's TensorRT optimisation profile (:mod:`rap_deploy.engines.trt_plan`).
 PROFILE_AXES = {"video_encoder": ("batch",), "text_encoder": ("batch", "tokens"), "asa_head": ("queries", "videos")}
 
@@ -312,15 +314,38 @@ def ort_rebuild_command(manifest: Mapping[str, Any]) -> str:
     return shlex.join(["rapdeploy", "build-engine", *flags])
 
 
+def recorded_export_dir(manifest: Mapping[str, Any]) -> str | None:
+    """The export folder an engine ``manifest`` records it was built from, or ``None`` when it records none (written
+    before manifests did, or edited)."""
+    recorded = manifest.get("export_dir")
+    return recorded if isinstance(recorded, str) and recorded else None
+
+
+def export_word(manifest: Mapping[str, Any]) -> str:
+    """The export folder ``manifest`` records, shell-quoted for a command; :data:`EXPORT_PLACEHOLDER` (unquoted, so
+    it reads as something to replace) when it records none, which a message then explains with
+    :func:`where_the_export_is`."""
+    export = recorded_export_dir(manifest)
+    return shlex.quote(export) if export else EXPORT_PLACEHOLDER
+
+
+def where_the_export_is(manifest: Mapping[str, Any]) -> str:
+    """For a message whose command names :func:`export_word`: what :data:`EXPORT_PLACEHOLDER` stands for and where
+    to find it (`` (<export folder> is ...)``), or nothing when ``manifest`` records the folder."""
+    if recorded_export_dir(manifest):
+        return ""
+    return (f" ({EXPORT_PLACEHOLDER} is the folder `rapdeploy export` wrote from this engine's checkpoint, by default "
+            "in the workspace's onnx folder; the engine's manifest does not record it)")
+
+
 def trt_rebuild_command(manifest: Mapping[str, Any], folder: Path | None = None) -> str:
     """The ``rapdeploy build-engine`` command that rebuilds a TensorRT engine as its manifest records it: the export
-    it came from, its precision (:func:`build_engine_flags`) and, with ``folder``, into that folder (``--out FOLDER
-    --force``)."""
-    parts = ["rapdeploy", "build-engine", str(manifest.get("export_dir") or "EXPORT_DIR"),
-             *build_engine_flags(manifest)]
+    it came from (:data:`EXPORT_PLACEHOLDER` when it records none), its precision (:func:`build_engine_flags`) and,
+    with ``folder``, into that folder (``--out FOLDER --force``)."""
+    parts = [export_word(manifest), *map(shlex.quote, build_engine_flags(manifest))]
     if folder is not None:
-        parts += ["--out", str(folder), "--force"]
-    return shlex.join(parts)
+        parts += ["--out", shlex.quote(str(folder)), "--force"]
+    return " ".join(["rapdeploy build-engine", *parts])
 
 
 def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc_ops: int = 0,
@@ -378,7 +403,8 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
         problems = engine_mismatches(manifest, runtime)
         if problems:
             raise EngineMismatchError(f"{where}cannot load this TensorRT engine here: " + "; ".join(problems)
-                                      + f"; rebuild it on this machine: `{trt_rebuild_command(manifest, folder)}`")
+                                      + f"; rebuild it on this machine: `{trt_rebuild_command(manifest, folder)}`"
+                                      + where_the_export_is(manifest))
     else:
         raise UsageError(f"engine backend '{backend}' is unknown; this rapdeploy knows {', '.join(BACKENDS)}")
 

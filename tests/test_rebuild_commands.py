@@ -73,3 +73,33 @@ def test_runtime_refusals_name_a_rebuild_of_the_same_engine(backend, precision, 
     refusals.append(str(layout.value))
     for message in refusals:
         assert _built(_named_command(message)) == (backend, precision, device), message
+
+
+def _trt_refusal(manifest: dict) -> str:
+    """check_runtime's refusal of the TensorRT engine ``manifest`` on a machine with another TensorRT release."""
+    from rap_deploy.engines.manifest import EngineMismatchError, check_runtime
+
+    gpu = {"name": "NVIDIA H200", "compute_capability": "9.0"}
+    with pytest.raises(EngineMismatchError) as info:
+        check_runtime({**manifest, "versions": {"tensorrt": "10.0.0"}, "gpu": gpu}, {"tensorrt": "10.9.0", "gpu": gpu},
+                      folder=Path("/w/my engine"))
+    return str(info.value)
+
+
+def test_the_trt_rebuild_names_the_recorded_export_quoted_else_a_placeholder_it_explains():
+    """A manifest recording no export folder gave `rapdeploy build-engine EXPORT_DIR --fp16 ...`, a placeholder that
+    reads as a folder's name and that nothing explained; it is now `<export folder>`, with what it stands for and
+    where to find it. A recorded folder is named shell-quoted (one word, a space and all)."""
+    manifest = {"backend": "tensorrt", "precision": "fp16", "device": "cuda", "export_dir": "/w/my exports/micro"}
+    said = _trt_refusal(manifest)
+    command = _named_command(said)
+    assert shlex.split(command) == ["rapdeploy", "build-engine", "/w/my exports/micro", "--fp16", "--out",
+                                    "/w/my engine", "--force"], said
+    assert said.endswith(f"`{command}`") and "<export folder>" not in said, said
+
+    said = _trt_refusal({k: v for k, v in manifest.items() if k != "export_dir"})
+    assert "EXPORT_DIR" not in said, said
+    assert said.endswith("rebuild it on this machine: `rapdeploy build-engine <export folder> --fp16 --out '/w/my "
+                         "engine' --force` (<export folder> is the folder `rapdeploy export` wrote from this engine's "
+                         "checkpoint, by default in the workspace's onnx folder; the engine's manifest does not record "
+                         "it)"), said
