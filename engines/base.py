@@ -74,6 +74,10 @@ class Engine(ABC):
     config: RAPConfig
     #: Largest batch per call for each graph (``None`` = unbounded); callers split larger inputs.
     max_batch: dict[str, int | None]
+    #: The engine or export manifest :func:`~rap_deploy.engines.loader.load_engine` opened this engine's files from
+    #: (``None`` for a checkpoint, a server, or an engine made without the loader): what ``rapdeploy serve`` takes
+    #: the graphs' shapes and batch limits from, since the folder may be rebuilt after the load.
+    source_manifest: dict[str, Any] | None = None
 
     @property
     def has_asa(self) -> bool:

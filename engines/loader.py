@@ -49,8 +49,9 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
 
     ``threads``/``inter_threads`` override ONNX Runtime's thread counts; ``query_block``/``video_block`` the ASA
     block sizes (ONNX Runtime / PyTorch; a TensorRT engine uses its profile); ``lazy`` opens ONNX Runtime sessions on
-    their graph's first call (a search process then never loads the video encoder). Raises :class:`UsageError` for a
-    path that is none of these, and the manifest module's errors for a refused engine.
+    their graph's first call (a search process then never loads the video encoder). A folder's engine keeps the
+    manifest its files were opened from as ``source_manifest``. Raises :class:`UsageError` for a path that is none
+    of these, and the manifest module's errors for a refused engine.
     """
     if is_remote(path):
         from rap_deploy.engines.serving.remote import RemoteEngine
@@ -129,6 +130,7 @@ def _load_folder(p: Path, device: str | None, threads: int | None, inter_threads
         except BaseException:
             engine.close()  # the refused engine's contexts and device memory go now, on its device
             raise
+    engine.source_manifest = manifest
     return engine
 
 
@@ -219,7 +221,9 @@ def _export_engine(export_dir: Path, device: str, threads: int | None, inter_thr
              for name, entry in manifest["graphs"].items()}
     config = manifest_config(manifest, export_dir / "manifest.json")
     with runtime_errors(export_dir):
-        return OrtEngine(files, config, provider=provider_for(device), precision="fp32", threads=threads,
-                         inter_threads=inter_threads, path=export_dir, device_id=device_id,
-                         extra={"source": "export", **checkpoint_record(manifest, files.values())}, lazy=lazy,
-                         checked_graphs=True, **blocks)  # read_export_manifest checked the graphs
+        engine = OrtEngine(files, config, provider=provider_for(device), precision="fp32", threads=threads,
+                           inter_threads=inter_threads, path=export_dir, device_id=device_id,
+                           extra={"source": "export", **checkpoint_record(manifest, files.values())}, lazy=lazy,
+                           checked_graphs=True, **blocks)  # read_export_manifest checked the graphs
+    engine.source_manifest = manifest
+    return engine

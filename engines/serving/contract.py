@@ -173,6 +173,10 @@ class EngineSource:
         return {"path": rec.get("path"), "sha256": rec.get("sha256")}
 
 
+#: manifest ``format`` -> :attr:`EngineSource.kind`
+SOURCE_KINDS = {"rapdeploy.engine": "engine", "rapdeploy.export": "export"}
+
+
 def read_source(path: str | os.PathLike[str]) -> EngineSource:
     """Classify ``path`` (engine folder, export folder or checkpoint) and read its manifest.
 
@@ -193,10 +197,29 @@ def read_source(path: str | os.PathLike[str]) -> EngineSource:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckFailedError(f"{manifest_path} is not valid JSON ({exc}); rebuild the artifact") from None
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
-    kinds = {"rapdeploy.engine": "engine", "rapdeploy.export": "export"}
-    if fmt not in kinds:
+    if fmt not in SOURCE_KINDS:
         raise UsageError(f"{manifest_path} has format {fmt!r}; expected an engine or export manifest")
-    return EngineSource(p, kinds[fmt], manifest)
+    return EngineSource(p, SOURCE_KINDS[fmt], manifest)
+
+
+def loaded_source(path: str | os.PathLike[str], engine: Any) -> EngineSource:
+    """The :class:`EngineSource` of ``engine`` as :func:`~rap_deploy.engines.loader.load_engine` loaded it from
+    ``path``: a folder's manifest is the one the engine's files were opened from (``engine.source_manifest``), not
+    ``path``'s manifest read again, which a ``build-engine --force`` / ``export --force`` after the load replaces.
+
+    Raises :class:`UsageError` for a folder engine that does not say its manifest (one not made by the loader).
+    """
+    from rap_deploy.engines.loader import CHECKPOINT_SUFFIXES
+
+    p = Path(path)
+    manifest = getattr(engine, "source_manifest", None)
+    if manifest is None and p.suffix in CHECKPOINT_SUFFIXES:
+        return EngineSource(p, "checkpoint", None)
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt not in SOURCE_KINDS:
+        raise UsageError(f"the engine loaded from {p} does not say which engine or export manifest it was loaded "
+                         "from; load it with rapdeploy.engines.loader.load_engine")
+    return EngineSource(p, SOURCE_KINDS[fmt], manifest)
 
 
 def _spec_from_record(name: str, record: Mapping[str, Any], where: str) -> GraphSpec:

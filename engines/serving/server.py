@@ -40,19 +40,25 @@ SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, how long running requests may st
 
 def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None,
                        threads: int | None = None) -> tuple[Any, Any]:
-    """``(engine, EngineSource)`` for ``engine`` (default: the workspace's latest engine folder). ``threads`` sets
-    ONNX Runtime's intra-op threads through the loader, and PyTorch's for a PyTorch engine (a checkpoint), as
+    """``(engine, EngineSource)`` for ``engine`` (default: the workspace's latest engine folder); the source is the
+    manifest the engine was loaded from (:func:`~rap_deploy.engines.serving.contract.loaded_source`), so what serve
+    publishes is the loaded build's even when the folder is rebuilt meanwhile. ``threads`` sets ONNX Runtime's
+    intra-op threads through the loader, and PyTorch's for a PyTorch engine (a checkpoint), as
     ``rapdeploy search --threads`` does."""
     from rap_deploy.engines.engine_refs import resolve_engine
     from rap_deploy.engines.loader import is_remote, load_engine
-    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.contract import loaded_source
 
     if engine is not None and is_remote(engine):
         raise UsageError(f"--engine {engine} is a server; rapdeploy serve runs a local engine folder, export folder "
                          "or checkpoint")
     path = resolve_engine(engine, workspace)
-    source = read_source(path)
     loaded = load_engine(path, threads=threads)
+    try:
+        source = loaded_source(path, loaded)
+    except BaseException:
+        loaded.close()
+        raise
     if threads and "torch" in sys.modules:  # the loader gives a PyTorch engine no threads; torch's are per process
         sys.modules["torch"].set_num_threads(int(threads))
     return loaded, source
