@@ -208,3 +208,9 @@ def test_synth_size_help_names_the_sizes_decord_cannot_read_back():
     MPEG-4 back at 16, 24, 48 or 72 px (synth_dataset._check_readable); the help did not say which sizes work."""
     text = _option_help("synth", "--size")
     assert "even, at least 16" in text and "32, 64 and 96" in text and "16, 24, 48 and 72" in text, text
+
+
+def test_ablate_heldout_gallery_help_says_it_must_divide_the_heldout_videos():
+    """ablate --heldout-gallery's help (range 0 to 5000) never said that G must divide --heldout-videos: 20 videos in
+    galleries of 7 were refused (exit 2, 'does not divide') only once typed (heldout_eval.check_gallery)."""
+    assert "G must divide --heldout-videos N" in _option_help("ablate", "--heldout-gallery")

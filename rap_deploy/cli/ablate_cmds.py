@@ -63,7 +63,9 @@ def ablate(
     heldout_gallery: int = typer.Option(0, "--heldout-gallery", min=0, max=MAX_HELDOUT_VIDEOS,
                                         help="Score the held-out split as consecutive galleries of this many "
                                              "videos, each query ranked within its own: N x G pairs instead of "
-                                             "N x N, so more queries at the same cost. 0 = one gallery of all N."),
+                                             "N x N, so more queries at the same cost. G must divide "
+                                             "--heldout-videos N (every gallery equally hard). 0 = one gallery of "
+                                             "all N."),
     preset: str | None = typer.Option(None, "--preset", help=f"Adapter sizes of every row: {preset_help()}. The "
                                       "`rap` row is then that preset, and the `paper` row reads its runs when the two "
                                       "match. Default: the demo's own, the paper preset. A folder holding runs of "
