@@ -62,6 +62,7 @@ def test_train_switches_reach_the_model_and_the_recipe(synth_root, tmp_path):
     (["--no-lorm"], "--no-lorm conflicts with checkpoint"),
     (["--frames", "8"], "--frames 8 conflicts with checkpoint"),
     (["--preset", "paper"], "--preset paper (asa_dim = 32) conflicts with checkpoint"),
+    (["--preset", "default"], "--preset default (lorm_rank = 4) conflicts with checkpoint"),
 ])
 def test_a_model_option_against_the_checkpoint_is_refused_by_the_name_it_is_typed_with(micro_checkpoint, tmp_path,
                                                                                         given, named):

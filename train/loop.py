@@ -159,8 +159,7 @@ def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
 
     if options.checkpoint:
         ckpt = load_checkpoint(options.checkpoint)
-        _check_model_options(options, ckpt.config, preset_changes_for(options.preset, ckpt.config.clip)
-                             if options.preset else {})
+        _check_model_options(options, ckpt.config, _preset_sizes(options.preset, ckpt.config.clip))
         _check_paragraph_protocol(options, ckpt.config)
         return ckpt, ckpt.build_model()
     clip = options.clip or DEFAULT_CLIP
@@ -182,6 +181,20 @@ def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
     config = defaults.replace(clip=clip, preprocess=PreprocessConfig(image_size=size), **kw)
     embed = options.embed_backbone if options.embed_backbone is not None else spec.kind == "none"
     return new_checkpoint(config, spec, embed_backbone=embed, seed=options.seed)
+
+
+def _preset_sizes(preset: str | None, clip: str) -> dict[str, Any]:
+    """The adapter sizes ``--preset`` sets on a model on ``clip`` (none without ``--preset``), ``default``'s included:
+    :func:`preset_changes_for` leaves those unset, as they are the :class:`RAPConfig` defaults, so ``--preset default``
+    beside a checkpoint of other sizes was never compared with it."""
+    if not preset:
+        return {}
+    from rap_deploy.config import PRESETS, RAPConfig
+    from rap_deploy.model_summary import preset_changes_for
+
+    defaults = RAPConfig()
+    decided = {name for other in PRESETS for name in preset_changes_for(other, clip)}
+    return {**{name: getattr(defaults, name) for name in decided}, **preset_changes_for(preset, clip)}
 
 
 def _check_model_options(options: TrainOptions, config: Any, preset: dict[str, Any]) -> None:
