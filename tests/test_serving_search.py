@@ -89,6 +89,24 @@ def test_search_endpoint_equals_the_search_command(served, synth_root, micro_ort
     assert status == 200 and got["results"] == json.loads(res.stdout)["results"]
 
 
+def test_search_endpoint_warns_of_a_truncated_query_as_the_search_command_does(served, micro_ort_engines):
+    """A query longer than the text context: ``rapdeploy search --json`` says so in ``warnings`` (and on stderr),
+    but ``POST /search``, which the README says answers that object, dropped the warning and answered as if the
+    whole query had been read; it now carries ``warnings`` too (without the CLI's query number)."""
+    url, _, _, lib_dir = served
+    query = " ".join(["red circle"] * 20)  # 40 tokens; the micro model reads 30
+    res = CliRunner().invoke(app, ["search", query, "--library", str(lib_dir), "--engine",
+                                   str(micro_ort_engines["fp32"]), "--top", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    command = json.loads(res.stdout)
+    assert command["warnings"] and "40 tokens" in command["warnings"][0], command
+    status, got = _search(url, query=query, top_k=2)
+    assert status == 200, got
+    assert got["warnings"] == [w.replace("query 1 ", "query ", 1) for w in command["warnings"]], got
+    assert got["results"] == command["results"]
+    status, short = _search(url, query="a red circle", top_k=2)
+    assert status == 200 and "warnings" not in short, short
+
 def test_search_endpoint_times_as_the_search_command_does(served, micro_ort_engines):
     """``POST /search`` answered ``timings_ms.text`` and ``total`` unrounded (``3.732608001882909``) where ``rapdeploy
     search --json``, whose object the README says it answers, rounds every timing to the microsecond; both now do."""

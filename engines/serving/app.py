@@ -326,12 +326,13 @@ def _add_search_routes(app: FastAPI, service: ServingService) -> None:
         doc = parse_json(decode_body(raw, request.headers.get("content-encoding"), limit))
         # checking and tokenizing a query runs BPE in Python (0.2 s for one 1,000-letter word): off the event loop,
         # so other requests and /healthz are not held up behind it
-        query, top_k, top_m = await run_in_threadpool(service.parse_search, doc)
+        query, top_k, top_m, warnings = await run_in_threadpool(service.parse_search, doc)
         t0 = time.perf_counter()
         tokens = await run_in_threadpool(service.tokenize, query)
         text_emb = await asyncio.wrap_future(service.submit_text(tokens))
         text_ms = (time.perf_counter() - t0) * 1e3
-        result = await run_in_threadpool(service.search_embedding, query, text_emb[0], top_k, top_m, text_ms)
+        result = await run_in_threadpool(service.search_embedding, query, text_emb[0], top_k, top_m, text_ms,
+                                         warnings)
         return _json(result)
 
     @app.api_route("/thumbnails", methods=READ)

@@ -217,10 +217,11 @@ class ServingService:
                                "library")
         return self.library
 
-    def parse_search(self, doc: Any) -> tuple[str, int, int]:
+    def parse_search(self, doc: Any) -> tuple[str, int, int, list[str]]:
         """Check a ``POST /search`` body: ``{"query": str, "top_k": int = 10, "top_m": int = 100}``.
 
-        Returns ``(query, top_k, top_m)``; raises :class:`RequestError` (422) naming the field.
+        Returns ``(query, top_k, top_m, warnings)`` (``warnings``: the query was truncated to the text context, as
+        ``rapdeploy search`` warns); raises :class:`RequestError` (422) naming the field.
         """
         o = self.options
         if not isinstance(doc, dict):
@@ -242,7 +243,7 @@ class ServingService:
         from rap_deploy.library.queries import check_queries
 
         try:  # the rules of `rapdeploy search`: no control characters, some letter, digit or symbol, some token
-            query = check_queries([query], self.config.tokenizer)[0][0]
+            texts, warnings = check_queries([query], self.config.tokenizer)
         except UsageError as exc:
             raise RequestError(422, str(exc).replace("query 1 ", "query ", 1), "query") from None
 
@@ -252,7 +253,8 @@ class ServingService:
                 raise RequestError(422, f"{key} must be an integer in [1, {top}], got {_json_value(value)}", key)
             return value
 
-        return query, bounded("top_k", 10, o.max_top_k), bounded("top_m", 100, o.max_top_m)
+        one = [w.replace("query 1 ", "query ", 1) for w in warnings[0]]  # one query per request: no number
+        return texts[0], bounded("top_k", 10, o.max_top_k), bounded("top_m", 100, o.max_top_m), one
 
     def tokenize(self, query: str) -> dict[str, np.ndarray]:
         """The text encoder's inputs for ``query`` (token ids ``[1, L]``, EOT ``[1]``) with the model's tokenizer."""
@@ -261,10 +263,10 @@ class ServingService:
 
         return dict(zip(TEXT_INPUTS, tokenize([query], self.config.tokenizer), strict=True))
 
-    def search_embedding(self, query: str, text_emb: np.ndarray, top_k: int, top_m: int, text_ms: float
-                         ) -> dict[str, Any]:
+    def search_embedding(self, query: str, text_emb: np.ndarray, top_k: int, top_m: int, text_ms: float,
+                         warnings: list[str] | None = None) -> dict[str, Any]:
         """Stages 1 and 2 for one encoded query; returns the ``rapdeploy search --json`` object with the text
-        encoder's time (queue wait included) in ``timings_ms``."""
+        encoder's time (queue wait included) in ``timings_ms``, and ``warnings`` when there are some."""
         from rap_deploy.errors import UsageError
 
         library = self.require_library()
@@ -277,7 +279,8 @@ class ServingService:
         # rounded to the microsecond as `rapdeploy search --json` rounds every timing (library.search)
         timings["text"] = round(text_ms, 3)
         timings["total"] = round(float(timings.get("total", 0.0)) + text_ms, 3)
-        return {"query": query, **{k: v for k, v in result.items() if k != "query"}, "timings_ms": timings}
+        return {"query": query, **{k: v for k, v in result.items() if k != "query"}, "timings_ms": timings,
+                **({"warnings": list(warnings)} if warnings else {})}
 
     def thumbnail_jpeg(self, video_id: str, count: int) -> bytes:
         """A JPEG strip of ``count`` frames of ``video_id`` (from the library's frame cache; cached here too).
