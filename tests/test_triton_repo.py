@@ -325,6 +325,26 @@ def test_the_tritonserver_command_is_quoted_for_the_shell(micro_ort_engines, tmp
     assert words[words.index("-v") + 1] == f"{repo.resolve()}:/models", docker
 
 
+def test_the_readme_regenerates_the_repository_from_the_recorded_export_folder(micro_ort_engines, tmp_path):
+    """An ONNX Runtime engine's README said to generate the repository from the export folder with `rapdeploy
+    triton-repo --engine EXPORT_DIR`, a placeholder (and no --out, which the command requires), though the engine's
+    manifest records that folder; the command it names now carries the folder and this repository, and runs."""
+    import shlex
+
+    engine, repo = micro_ort_engines["fp32"], tmp_path / "my models" / "repo"
+    res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(repo)])
+    assert res.exit_code == 0, res.output
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert "EXPORT_DIR" not in readme and "<export folder>" not in readme
+    command = next(part for part in readme.split("`") if part.startswith("rapdeploy triton-repo --engine"))
+    export = json.loads((engine / "manifest.json").read_text())["export_dir"]
+    assert shlex.split(command) == ["rapdeploy", "triton-repo", "--engine", export, "--out", str(repo.resolve()),
+                                    "--force", "--kind", "cpu"], command
+    again = runner.invoke(app, shlex.split(command)[1:])
+    assert again.exit_code == 0, again.output
+    assert f"from `{Path(export).resolve()}` (export, fp32)" in (repo / "README.md").read_text()
+
+
 def test_json_names_the_source_files_absolute_as_it_names_out(micro_ort_engines, tmp_path, monkeypatch):
     """``triton-repo --json`` gave ``out`` absolute but each model's ``source_file`` as the path was typed
     (``onnxruntime-fp32/video_encoder.onnx`` for a relative ``--engine``), which names nothing from another folder;
