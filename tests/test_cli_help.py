@@ -214,3 +214,17 @@ def test_ablate_heldout_gallery_help_says_it_must_divide_the_heldout_videos():
     """ablate --heldout-gallery's help (range 0 to 5000) never said that G must divide --heldout-videos: 20 videos in
     galleries of 7 were refused (exit 2, 'does not divide') only once typed (heldout_eval.check_gallery)."""
     assert "G must divide --heldout-videos N" in _option_help("ablate", "--heldout-gallery")
+
+
+def test_init_reference_backbone_help_says_a_random_backbone_is_stored_anyway(tmp_path):
+    """init --reference-backbone with --pretrained none (init's default) wrote a checkpoint holding the backbone
+    weights, as it must (checkpoint.new_checkpoint: nothing could rebuild random weights), while the help promised
+    only a reference by sha256."""
+    from rap_deploy.checkpoint import load_checkpoint
+
+    assert "a random backbone, --pretrained none, is always stored" in _option_help("init", "--embed-backbone")
+    out = tmp_path / "ref.pt"
+    res = CliRunner().invoke(app, ["init", "--clip", "rap-micro", "--frames", "4", "--reference-backbone", "--out",
+                                   str(out)])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(out).backbone_state is not None

@@ -105,7 +105,9 @@ def init(
     asa_dim: int | None = typer.Option(None, "--asa-dim", help="ASA attention width d_a (default 128)."),
     selection: str = typer.Option("text", "--selection", help=f"ASA patch selection: {', '.join(SELECTION_MODES)}."),
     embed_backbone: bool = typer.Option(True, "--embed-backbone/--reference-backbone", help="Store the backbone "
-                                        "weights in the checkpoint, or only reference the tag/file by sha256."),
+                                        "weights in the checkpoint, or only reference the tag/file by sha256 (a "
+                                        "random backbone, --pretrained none, is always stored: nothing could "
+                                        "rebuild it)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the adapters' random init."),
     json_out: bool = typer.Option(False, "--json", help="Print the model summary as JSON."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
