@@ -14,6 +14,7 @@ import pytest
 from conftest import micro_config
 from tritonclient.grpc import model_config_pb2 as mc
 
+from rap_deploy.atomic import sha256_file
 from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
 from rap_deploy.engines.serving.contract import (
     ServedModel,
@@ -447,8 +448,18 @@ def test_every_engine_source_gives_the_same_served_models(micro_checkpoint, micr
 
     assert plain(from_ckpt) == plain(from_export) == plain(from_engine)
     assert plain(from_ckpt)["text_encoder"] == plain(graph_specs(DIMS, True))["text_encoder"]
-    assert read_source(micro_checkpoint).checkpoint["sha256"] == \
-        read_source(micro_ort_engines["fp32"]).checkpoint["sha256"]
+    assert read_source(micro_ort_engines["fp32"]).checkpoint["sha256"] == sha256_file(micro_checkpoint)
+
+
+def test_a_checkpoint_source_hashes_no_file(micro_checkpoint):
+    """EngineSource.checkpoint hashed a checkpoint file itself, a second read beside the engine's load that serve
+    no longer publishes (it publishes the loaded engine's describe()) and triton-repo refuses checkpoints before;
+    a checkpoint source now says its sha256 is its loaded engine's."""
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="its sha256 is the one its loaded engine describes"):
+        _ = read_source(micro_checkpoint).checkpoint
 
 
 def test_the_load_test_refuses_bad_options_and_an_unreachable_server_in_one_line(capsys):

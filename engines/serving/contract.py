@@ -164,11 +164,12 @@ class EngineSource:
 
     @property
     def checkpoint(self) -> dict[str, Any]:
-        """``{"path", "sha256"}`` of the checkpoint the engine comes from (empty values when unknown)."""
+        """``{"path", "sha256"}`` of the checkpoint an engine or export folder records in its manifest (``None``
+        values when it records none): what ``rapdeploy triton-repo`` publishes. Raises :class:`UsageError` for a
+        checkpoint, whose sha256 is that of the bytes its engine loaded (``rapdeploy serve`` publishes the loaded
+        engine's ``describe()``), not of the file hashed again."""
         if self.kind == "checkpoint":
-            from rap_deploy.atomic import sha256_file
-
-            return {"path": str(self.path.resolve()), "sha256": sha256_file(self.path)}
+            raise UsageError(f"{self.path} is a checkpoint: its sha256 is the one its loaded engine describes")
         rec = dict((self.manifest or {}).get("checkpoint") or {})
         return {"path": rec.get("path"), "sha256": rec.get("sha256")}
 
