@@ -228,3 +228,17 @@ def test_init_reference_backbone_help_says_a_random_backbone_is_stored_anyway(tm
                                    str(out)])
     assert res.exit_code == 0, res.output
     assert load_checkpoint(out).backbone_state is not None
+
+
+def test_train_frames_help_says_a_checkpoint_keeps_its_own(micro_checkpoint, tmp_path):
+    """train --frames/--context-length said 'default: 12 (32) for msrvtt', but with --checkpoint the checkpoint's own
+    frame count and context length are used (they are fixed by its weights): a 4-frame checkpoint trains at 4."""
+    from rap_deploy.checkpoint import load_checkpoint
+
+    for option in ("--frames", "--context-length"):
+        assert "default: the --checkpoint's, else" in _option_help("train", option)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(tmp_path), "--checkpoint",
+                                   str(micro_checkpoint), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2 and "MSRVTT_train.9k.csv" in res.output  # the model was built: 4 frames, no conflict
+    assert load_checkpoint(micro_checkpoint).config.frames == 4

@@ -50,10 +50,10 @@ def train(
     asa_dim: int | None = typer.Option(None, "--asa-dim", help="ASA attention width d_a (default 128)."),
     selection: str | None = typer.Option(None, "--selection", help="ASA patch selection: text (default) or "
                                          "saliency."),
-    frames: int | None = typer.Option(None, "--frames", help="Frames per video (default: 12 for msrvtt/msvd, 64 for "
-                                      "didemo/activitynet)."),
-    context_length: int | None = typer.Option(None, "--context-length", help="Text tokens (default: 32 for "
-                                              "msrvtt/msvd, 64 for didemo/activitynet)."),
+    frames: int | None = typer.Option(None, "--frames", help="Frames per video (default: the --checkpoint's, else 12 "
+                                      "for msrvtt/msvd, 64 for didemo/activitynet)."),
+    context_length: int | None = typer.Option(None, "--context-length", help="Text tokens (default: the "
+                                              "--checkpoint's, else 32 for msrvtt/msvd, 64 for didemo/activitynet)."),
     out: Path | None = typer.Option(None, "--out", help="Run folder for best.pt, last.pt, metrics.jsonl, "
                                     "summary.json (default: <workspace>/runs/<dataset>-<time>, with -2, -3... when a "
                                     "run started in the same second took that name)."),
