@@ -780,8 +780,44 @@ def test_backbone_weights_holding_nan_are_refused_naming_the_file(tmp_path, micr
     ckpt = checkpoint_from_model(micro_model, ckpt)
     ckpt.backbone_state["visual.proj"] = state["visual.proj"]
     save_checkpoint(ckpt, tmp_path / "nan-backbone.pt")
-    with pytest.raises(CheckFailedError, match="nan-backbone.pt.*visual.proj.*NaN"):
+    with pytest.raises(CheckFailedError, match="nan-backbone.pt.*NaN or infinite values: visual.proj"):
         load_checkpoint(tmp_path / "nan-backbone.pt").build_model()
+
+
+def test_backbone_tensors_holding_nan_are_counted_and_named_whole(tmp_path, micro_model):
+    """The NaN refusal showed a list repr of the first 3 tensors (['visual.proj', ...]) and no count; it now says how
+    many tensors hold NaN or inf and names 3 of them, then 'and N more'."""
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.model.clip_loader import load_clip
+
+    state = micro_model.clip.state_dict()
+    names = [n for n, p in micro_model.clip.named_parameters() if p.is_floating_point()][:5]
+    for name in names:
+        state[name] = torch.full_like(state[name], float("inf"))
+    listed = f"5 tensors hold NaN or infinite values: {', '.join(names[:3])} and 2 more"
+    with pytest.raises(UsageError) as embedded:
+        load_clip(BackboneSpec.parse("rap-micro", "none"), state_dict=state)
+    assert str(embedded.value) == f"embedded backbone weights: {listed}"
+    torch.save(state, tmp_path / "inf-clip.pt")
+    with pytest.raises(CheckFailedError) as file:
+        load_clip(BackboneSpec.parse("rap-micro", str(tmp_path / "inf-clip.pt")))
+    assert str(file.value) == (f"backbone weights file {tmp_path / 'inf-clip.pt'}: {listed}; it is damaged or was "
+                               "saved from a diverged run: copy or download it again")
+
+
+def test_a_long_load_error_is_cut_at_a_space_and_says_how_much_is_left_out(tmp_path):
+    """A weights file's refusal quoted any other exception's text cut at 240 characters, mid-name; it is now cut at a
+    space (no name shown in part) and says how many characters were left out."""
+    from rap_deploy.model.clip_loader import weights_file_error
+
+    names = [f"visual.transformer.resblocks.{i}.attn.in_proj_weight" for i in range(10)]
+    error = weights_file_error(tmp_path / "w.pt", "rap-micro", ValueError(f"shape of {', '.join(names)} differs"))
+    said = str(error)
+    quoted = said.split("(ValueError: ", 1)[1].split("); pass that model's weights", 1)[0]
+    shown, left_out = quoted.split(" … (")
+    assert len(shown) <= 240 and all(word.rstrip(",") in [*names, "shape", "of"] for word in shown.split()), said
+    full = f"shape of {', '.join(names)} differs"
+    assert left_out == f"{len(full) - len(shown)} more characters)" and full.startswith(shown + " "), said
 
 
 def test_a_pretrained_tag_brings_the_normalisation_it_was_trained_with(monkeypatch, micro_model):

@@ -208,12 +208,14 @@ def _check_finite_weights(model: nn.Module, spec: BackboneSpec, embedded: bool) 
            if p.is_floating_point() and not bool(torch.isfinite(p.sum())) and not bool(p.isfinite().all())]
     if not bad:
         return
+    found = f"{_count(len(bad), 'tensor')} {'holds' if len(bad) == 1 else 'hold'} NaN or infinite values: " \
+        f"{some_names(bad, 3)}"
     if embedded:
-        raise UsageError(f"embedded backbone weights {bad[:3]} hold NaN or infinite values")
+        raise UsageError(f"embedded backbone weights: {found}")
     source = f"backbone weights file {spec.value}" if spec.kind == "file" else \
         f"backbone {spec.clip} (pretrained={spec.value})"
-    raise CheckFailedError(f"{source}: weights {bad[:3]} hold NaN or infinite values; it is damaged or was saved from "
-                           "a diverged run: copy or download it again")
+    raise CheckFailedError(f"{source}: {found}; it is damaged or was saved from a diverged run: copy or download it "
+                           "again")
 
 
 def _check_weights_file(path: Path) -> None:
@@ -242,7 +244,7 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
     from rap_deploy.errors import CheckFailedError
     from rap_deploy.file_kinds import explain_load_error, sniff
 
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:240]
+    text = one_line(exc)
     # load_state_dict's size mismatches, and open_clip's own shape assertions (e.g. "pos_embed width changed!")
     if (isinstance(exc, RuntimeError) and "state_dict" in text) or isinstance(exc, AssertionError) or \
             (isinstance(exc, (RuntimeError, ValueError)) and ("size mismatch" in text or "shape" in text)) or \
@@ -274,6 +276,16 @@ def some_names(names: Sequence[str], shown: int = NAMES_SHOWN) -> str:
     """``names`` joined by commas, whole names only: the first ``shown``, then "and N more" for the rest."""
     head = ", ".join(names[:shown])
     return head + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def one_line(exc: BaseException, limit: int = 240) -> str:
+    """``exc``'s message on one line, at most ``limit`` characters: cut at a space, so no key or path is shown in
+    part, with "… (N more characters)" saying how much was left out."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if len(text) <= limit:
+        return text
+    head = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit + 1] else text[:limit]
+    return f"{head} … ({len(text) - len(head)} more characters)"
 
 
 def _count(n: int, noun: str) -> str:
