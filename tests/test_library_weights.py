@@ -194,6 +194,28 @@ def test_a_local_engine_says_the_checkpoint_of_the_manifest_it_loaded(micro_ort_
     assert engine_checkpoint_sha256(engine) == sha256_file(micro_checkpoint)
 
 
+def test_an_engine_made_without_the_loader_says_no_checkpoint_not_its_folders_manifest(micro_ort_engines, tmp_path):
+    """engine_checkpoint_sha256 fell back to reading the manifest.json of the folder an engine's describe() names
+    when it gave no checkpoint_sha256 (an engine made without the loader), at check time: a rebuild of that folder
+    after the engine was made had it claim the new build's weights. Every engine the loader makes says its own;
+    one that does not is now unknown (the library check warns), its folder unread."""
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.engines.ort_backend import OrtEngine
+    from rap_deploy.library.manifest import engine_checkpoint_sha256
+
+    folder = shutil.copytree(micro_ort_engines["fp32"], tmp_path / "engine")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    files = {name: folder / entry["file"] for name, entry in manifest["graphs"].items()}
+    engine = OrtEngine(files, RAPConfig.from_dict(manifest["config"]), threads=1, path=folder)
+    try:
+        manifest["checkpoint"]["sha256"] = "1" * 64  # what a folder rebuilt from other weights records
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        assert "checkpoint_sha256" not in engine.describe().to_dict()
+        assert engine_checkpoint_sha256(engine) is None
+    finally:
+        engine.close()
+
+
 def test_serve_warns_on_stderr_once_of_a_library_recording_no_checkpoint(ort_library, micro_ort_engines, tmp_path,
                                                                         capsys):
     """``check_model`` had a ``warn`` parameter that no caller passed, as if ``serve`` logged the warning elsewhere;

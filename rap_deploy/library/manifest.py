@@ -64,30 +64,19 @@ def tensor_dtype(name: str) -> str:
 def engine_checkpoint_sha256(engine: Any) -> str | None:
     """The sha256 of the checkpoint an engine's weights come from, or ``None`` when the engine does not say.
 
-    Read from ``engine.describe()``: its ``checkpoint_sha256`` where it gives one, which an engine or export folder
-    loaded by :func:`~rap_deploy.engines.loader.load_engine` takes from the manifest it was loaded from and a remote
-    engine from what its server publishes (the ``rapdeploy.checkpoint`` parameter of ``rapdeploy serve`` and
-    ``rapdeploy triton-repo``) and a PyTorch engine the hash of the bytes it loaded its weights from; ``None`` there
-    means the manifest or server records none (or a PyTorch engine was made on a model object, not a file).
-    Otherwise an engine built another way names its folder, whose ``manifest.json`` is read. Anything but a hex
-    sha256 counts as none.
+    Read from ``engine.describe()``'s ``checkpoint_sha256``, which every engine
+    :func:`~rap_deploy.engines.loader.load_engine` makes gives: an engine or export folder the one of the manifest
+    it was loaded from (or of its ONNX graphs' metadata), a remote engine what its server publishes (the
+    ``rapdeploy.checkpoint`` parameter of ``rapdeploy serve`` and ``rapdeploy triton-repo``), a PyTorch engine the
+    hash of the bytes it loaded its weights from. An engine that gives none (made without the loader, a stand-in) is
+    unknown: the folder it names is not read, as that manifest may be of another build than the one loaded.
+    Anything but a hex sha256 counts as none.
     """
     from rap_deploy.engines.base import engine_info
 
     info = engine_info(engine)
-    if info is None:
-        return None
-    if "checkpoint_sha256" in info:
-        return info["checkpoint_sha256"] if is_sha256(info["checkpoint_sha256"]) else None
-    path = info.get("path")
-    if isinstance(path, str) and (Path(path) / "manifest.json").is_file():
-        try:
-            recorded = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8")).get("checkpoint") or {}
-        except (OSError, ValueError, AttributeError):
-            return None
-        sha = recorded.get("sha256") if isinstance(recorded, dict) else None
-        return sha if is_sha256(sha) else None
-    return None
+    sha = (info or {}).get("checkpoint_sha256")
+    return sha if is_sha256(sha) else None
 
 
 def model_identity(engine: Any, sampling: FrameSamplingConfig) -> dict[str, Any]:
