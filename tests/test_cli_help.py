@@ -242,3 +242,38 @@ def test_train_frames_help_says_a_checkpoint_keeps_its_own(micro_checkpoint, tmp
                                    str(micro_checkpoint), "--out", str(out), "--quiet"])
     assert res.exit_code == 2 and "MSRVTT_train.9k.csv" in res.output  # the model was built: 4 frames, no conflict
     assert load_checkpoint(micro_checkpoint).config.frames == 4
+
+
+def _rendered_option_help(command: str, option: str) -> str:
+    """``option``'s help as ``rapdeploy COMMAND --help`` prints it (200 columns): its row and the rows continuing it
+    (blank in the options' column), the panel's borders dropped, words joined by single spaces."""
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip("│ ").startswith(option + " "))
+    column = lines[start].index(option)
+    rows = [lines[start][column + len(option):]]
+    for line in lines[start + 1:]:
+        if len(line) <= column or line[column] != " " or not line.strip("│ "):
+            break
+        rows.append(line)
+    return " ".join(" ".join(rows).replace("│", " ").split())
+
+
+@pytest.mark.parametrize("name", ["search", "index", "verify", "bench"])
+def test_engine_help_says_a_served_engine_url_is_taken(name):
+    """search, index, verify and bench take --engine http://HOST:PORT (a running `rapdeploy serve` or Triton: the
+    remote engine); their --help must say so, as it does for a folder or checkpoint."""
+    assert "http://HOST:PORT" in _rendered_option_help(name, "--engine")
+
+
+def test_serve_engine_help_says_a_server_url_is_not_taken():
+    """serve's --engine runs the engine in its own process and refuses a server's URL (load_served_engine); its help
+    named the folders it takes but, beside the other commands' help that offers URLs, not that it takes no URL."""
+    from rap_deploy.engines.serving.server import load_served_engine
+    from rap_deploy.errors import UsageError
+
+    said = _rendered_option_help("serve", "--engine")
+    assert "not the http://HOST:PORT of a running server" in said, said
+    with pytest.raises(UsageError, match="is a server; rapdeploy serve runs a local engine folder"):
+        load_served_engine("http://127.0.0.1:9")

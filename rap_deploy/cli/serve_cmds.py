@@ -20,9 +20,10 @@ def serve_cmd(
                                          "there is one, else inference only."),
     no_library: bool = typer.Option(False, "--no-library", help="Serve the three graphs only, even when the "
                                     "workspace has a library."),
-    engine: str | None = typer.Option(None, "--engine", help="Engine folder, export folder or .pt checkpoint; "
-                                      "default: the engine that built the served library while it exists, else "
-                                      "the workspace's latest engine."),
+    engine: str | None = typer.Option(None, "--engine", help="Engine folder, export folder or .pt checkpoint, run "
+                                      "in this process (not the http://HOST:PORT of a running server, which search, "
+                                      "index, verify and bench take); default: the engine that built the served "
+                                      "library while it exists, else the workspace's latest engine."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes it to the network; "
                              "there is no authentication)."),
     port: int = typer.Option(8080, "--port", help="Port (0: a free one; see --url-file)."),
