@@ -125,8 +125,9 @@ class ServingService:
     """The served engine (and optional library): see the module docstring.
 
     ``engine`` is a :class:`SerialEngine` (the library, when given, must have been opened with that same wrapper),
-    ``source`` what the engine was loaded from (its manifest gives the graphs' I/O and batch limits); the checkpoint
-    it publishes is the one the loaded engine says (:func:`engine_checkpoint`), not ``source``'s, read separately.
+    ``source`` what the engine was loaded from (its manifest gives the graphs' I/O and batch limits; ``serve`` takes
+    it from the load, :func:`~rap_deploy.engines.serving.contract.loaded_source`, not from a read of its own); the
+    checkpoint it publishes is the one the loaded engine says (:func:`engine_checkpoint`).
     """
 
     def __init__(self, engine: SerialEngine, source: EngineSource, library: Any = None,
