@@ -55,3 +55,29 @@ def test_line_numbers_count_as_before(tmp_path, never_read_whole):
     listing.write_bytes(b"a.mp4\rb.mp4\r\n" + b"d" * (MAX_LIST_LINE - 4) + b".mp4\r\n/\n")
     with pytest.raises(UsageError, match="line 4 .'/'. names no file"):
         list_source(listing)
+
+
+def test_a_list_of_paths_relative_to_another_folder_says_where_they_were_looked_for(micro_ort_engines, tmp_path,
+                                                                                   monkeypatch):
+    """``ls clips/*.mp4 > lists/paths.txt`` then ``index --list lists/paths.txt``: relative paths are read from the
+    list file's folder, so every video was 'cannot read: No such file or directory' under its id alone, and neither
+    the message nor --help said where they were looked for. The refusal now names the rule, the folder and the first
+    path looked at (exit 1 as before); --help states the rule."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli import app
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "paths.txt").write_text("clips/a.mp4\nclips/b.mp4\n")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", "--list", "lists/paths.txt", "--engine", str(micro_ort_engines["fp32"]),
+                              "--out", str(tmp_path / "lib"), "--quiet"])
+    assert res.exit_code == 1, res.output
+    message = " ".join(res.output.split())
+    looked = (tmp_path / "lists" / "clips" / "a.mp4").resolve()
+    assert f"read from its own folder ({(tmp_path / 'lists').resolve()})" in message, message
+    assert f"clips/a was looked for at {looked}" in message, message
+    helped = runner.invoke(app, ["index", "--help"], env={"COLUMNS": "200"})
+    assert "relative paths are read from FILE's folder" in " ".join(helped.output.split()), helped.output

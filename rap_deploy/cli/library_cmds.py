@@ -60,7 +60,8 @@ def index_cmd(
     videos: Path | None = typer.Option(None, "--videos", help="Index every video file under DIR, recursively "
                                        "(id = relative path without extension)."),
     list_file: Path | None = typer.Option(None, "--list", help="Index the videos of FILE, one path per line "
-                                          "(id = the path as written, without extension)."),
+                                          "(relative paths are read from FILE's folder; # starts a comment; id = "
+                                          "the path as written, without extension)."),
     engine: str | None = typer.Option(None, "--engine", help="Engine folder, export folder or checkpoint, or "
                                       "http://HOST:PORT of a running `rapdeploy serve` or Triton (default: to "
                                       "update an existing library, the engine that built it while it exists; else, "

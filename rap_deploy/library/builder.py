@@ -46,7 +46,7 @@ from rap_deploy.library.manifest import (
     read_manifest,
 )
 from rap_deploy.library.shards import committed_shard, remove_stale
-from rap_deploy.library.sources import VideoSource
+from rap_deploy.library.sources import VideoSource, missing_list_hint
 from rap_deploy.locks import folder_lock
 
 
@@ -342,7 +342,8 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
         _drop_plan_and_its_shards(root, keep={s["name"] for s in (replacing or {}).get("shards", [])})
         names = ", ".join(f"{s['video_id']} ({s['reason']})" for s in skipped[:5])
         kept = "; the library there was left as it was" if replacing else ""
-        raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}{kept}: {names}")
+        raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}{kept}: {names}"
+                               f"{missing_list_hint(source, skipped)}")
     asm = Assembly(shards=[*((old or {}).get("shards") or []), *added], removed=set((old or {}).get("removed", [])))
     failed = {s["video_id"] for s in skipped}  # a re-encode that failed keeps the old row
     replaced = {vid: row for vid, row in state.get("replaces", {}).items() if vid not in failed}

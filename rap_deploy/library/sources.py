@@ -112,6 +112,19 @@ def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
     return VideoSource("list", {"path": str(path.resolve())}, videos)
 
 
+def missing_list_hint(source: VideoSource | None, skipped: list[dict[str, Any]]) -> str:
+    """The clause that explains a ``--list`` source none of whose videos was found: its relative paths were read
+    from the list file's folder (a list of paths relative to the current folder, written elsewhere, names nothing
+    there); ``""`` for another source, or when some skipped file exists or every path was absolute."""
+    if source is None or source.kind != "list" or not skipped:
+        return ""
+    if any(Path(s["video_id"]).is_absolute() for s in skipped) or any(Path(s["path"]).exists() for s in skipped):
+        return ""
+    folder = Path(source.description["path"]).parent
+    return (f"; a --list file's relative paths are read from its own folder ({folder}), so {skipped[0]['video_id']} "
+            f"was looked for at {skipped[0]['path']}: write absolute paths, or paths relative to that folder")
+
+
 MAX_LIST_LINE = 4096  # bytes: PATH_MAX; a longer --list line is no path (a binary file passed by mistake)
 
 
