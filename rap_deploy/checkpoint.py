@@ -29,6 +29,7 @@ from rap_deploy.model.clip_loader import (
     load_clip,
     pretrained_preprocess,
     quick_gelu_for,
+    some_names,
     state_dict_mismatch,
 )
 from rap_deploy.model.rap import RAPModel, topk_excess
@@ -85,7 +86,8 @@ class Checkpoint:
             raise CheckFailedError(f"{where}: {exc}; the file is damaged or was edited") from None
         backbone_keys = [k for k in self.adapter_state if k.startswith("clip.")]
         if backbone_keys:  # load_state_dict would write them over the frozen backbone, past its sha256 reference
-            raise CheckFailedError(f"{where}: its adapter weights hold backbone tensors {backbone_keys[:3]}, which "
+            raise CheckFailedError(f"{where}: its adapter weights hold {len(backbone_keys)} backbone tensor"
+                                   f"{'s' if len(backbone_keys) > 1 else ''} ({some_names(backbone_keys, 3)}), which "
                                    "would replace the frozen CLIP's; the file is damaged or was edited")
         try:
             missing, unexpected = model.load_state_dict(self.adapter_state, strict=False)
@@ -100,7 +102,8 @@ class Checkpoint:
                                    "edited")
         bad = [k for k, v in self.adapter_state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
         if bad:  # NaN would flow through every score, and NaN compares as no difference at all
-            raise CheckFailedError(f"{where}: adapter weights {bad[:3]} hold NaN or infinite values; the file is "
+            raise CheckFailedError(f"{where}: adapter weights {some_names(bad, 3)} hold NaN or infinite values "
+                                   f"({len(bad)} of its {len(self.adapter_state)} adapter tensors); the file is "
                                    "damaged, or the run that wrote it diverged")
         return model.eval()
 

@@ -890,7 +890,8 @@ def test_adapter_weights_naming_backbone_tensors_are_refused(tmp_path):
     ckpt, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
     ckpt.adapter_state["clip.visual.proj"] = torch.zeros_like(model.clip.visual.proj)
     save_checkpoint(ckpt, tmp_path / "edited.pt")
-    with pytest.raises(CheckFailedError, match=r"edited.pt: its adapter weights hold backbone tensors \['clip.visual"):
+    with pytest.raises(CheckFailedError, match=r"edited.pt: its adapter weights hold 1 backbone tensor "
+                                               r"\(clip.visual.proj\), which would replace the frozen CLIP's"):
         load_checkpoint(tmp_path / "edited.pt").build_model()
 
 
@@ -928,3 +929,20 @@ def test_a_checkpoint_with_nan_adapters_is_damaged(tmp_path):
     save_checkpoint(ckpt, tmp_path / "nan.pt")
     with pytest.raises(CheckFailedError, match="hold NaN or infinite values"):
         load_checkpoint(tmp_path / "nan.pt").build_model()
+
+
+def test_adapter_tensors_holding_nan_are_counted_and_named_whole(tmp_path):
+    """The refusal of adapters holding NaN showed a list repr of the first 3 tensors (['lorm_attn.0.u_scale', ...])
+    and no count; it names 3 whole, then 'and N more', and says how many of the adapter tensors hold them."""
+    from rap_deploy.errors import CheckFailedError
+
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    names = [k for k, v in ckpt.adapter_state.items() if v.is_floating_point()][:5]
+    for name in names:
+        ckpt.adapter_state[name] = torch.full_like(ckpt.adapter_state[name], float("nan"))
+    save_checkpoint(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(CheckFailedError) as info:
+        load_checkpoint(tmp_path / "nan.pt").build_model()
+    assert str(info.value) == (f"checkpoint {tmp_path / 'nan.pt'}: adapter weights {', '.join(names[:3])} and 2 more "
+                               f"hold NaN or infinite values (5 of its {len(ckpt.adapter_state)} adapter tensors); "
+                               "the file is damaged, or the run that wrote it diverged")
