@@ -271,12 +271,12 @@ def cpu_layout(host: Mapping[str, Any]) -> tuple[str, bool]:
     return str(host.get("machine", "")), isinstance(isa, list) and "avx512f" in isa
 
 
-def _check_cpu_layout(built: Any, here: Any, rebuild: str = "rapdeploy build-engine --backend onnxruntime",
+def _check_cpu_layout(built: Any, here: Any, rebuild: str = "`rapdeploy build-engine --backend onnxruntime`",
                       where: str = "") -> None:
     """Refuse an engine whose saved graphs were laid out for another CPU (:func:`cpu_layout`): the patch-embedding
     Conv becomes a ``com.microsoft.nchwc`` Conv with the building CPU's filter blocks, which another block size reads
-    as other weights; the refusal names ``rebuild``. Engines without a recorded host, or a runtime without one, are
-    not judged."""
+    as other weights; the refusal names ``rebuild`` (the command in backticks, and what follows it). Engines without
+    a recorded host, or a runtime without one, are not judged."""
     if not isinstance(built, Mapping) or not isinstance(here, Mapping):
         return
     (b_machine, b_avx512), (h_machine, h_avx512) = cpu_layout(built), cpu_layout(here)
@@ -289,7 +289,7 @@ def _check_cpu_layout(built: Any, here: Any, rebuild: str = "rapdeploy build-eng
     raise EngineMismatchError(f"{where}engine was built on {name(b_machine, b_avx512)}, this machine has "
                               f"{name(h_machine, h_avx512)}: ONNX Runtime saved its CPU graphs with kernels laid out "
                               "for the CPU that built them (NCHWc filter blocks), which this CPU would read as other "
-                              f"weights; rebuild it here with `{rebuild}`")
+                              f"weights; rebuild it here with {rebuild}")
 
 
 def build_engine_flags(manifest: Mapping[str, Any]) -> list[str]:
@@ -305,13 +305,23 @@ def build_engine_flags(manifest: Mapping[str, Any]) -> list[str]:
     return ["--int8"] if precision == "int8" else []
 
 
-def ort_rebuild_command(manifest: Mapping[str, Any]) -> str:
-    """The ``rapdeploy build-engine`` options, after the command, that build an ONNX Runtime engine as ``manifest``
-    records it (:func:`build_engine_flags`, with ``--backend onnxruntime`` always named)."""
+def ort_rebuild_command(manifest: Mapping[str, Any], folder: Path | None = None) -> str:
+    """The ``rapdeploy build-engine`` command that builds an ONNX Runtime engine again as ``manifest`` records it:
+    from the export folder it records (:data:`EXPORT_PLACEHOLDER` when none), :func:`build_engine_flags` with
+    ``--backend onnxruntime`` always named and, with ``folder``, into that folder (``--out FOLDER --force``)."""
     flags = build_engine_flags(manifest)
     if "--backend" not in flags:
         flags = ["--backend", "onnxruntime", *flags]
-    return shlex.join(["rapdeploy", "build-engine", *flags])
+    return _rebuild_command(manifest, flags, folder)
+
+
+def _rebuild_command(manifest: Mapping[str, Any], flags: list[str], folder: Path | None) -> str:
+    """``rapdeploy build-engine <export> FLAGS [--out FOLDER --force]``, shell-quoted, the export folder being
+    :func:`export_word`'s."""
+    parts = [export_word(manifest), *map(shlex.quote, flags)]
+    if folder is not None:
+        parts += ["--out", shlex.quote(str(folder)), "--force"]
+    return " ".join(["rapdeploy build-engine", *parts])
 
 
 def recorded_export_dir(manifest: Mapping[str, Any]) -> str | None:
@@ -342,10 +352,7 @@ def trt_rebuild_command(manifest: Mapping[str, Any], folder: Path | None = None)
     """The ``rapdeploy build-engine`` command that rebuilds a TensorRT engine as its manifest records it: the export
     it came from (:data:`EXPORT_PLACEHOLDER` when it records none), its precision (:func:`build_engine_flags`) and,
     with ``folder``, into that folder (``--out FOLDER --force``)."""
-    parts = [export_word(manifest), *map(shlex.quote, build_engine_flags(manifest))]
-    if folder is not None:
-        parts += ["--out", shlex.quote(str(folder)), "--force"]
-    return " ".join(["rapdeploy build-engine", *parts])
+    return _rebuild_command(manifest, build_engine_flags(manifest), folder)
 
 
 def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc_ops: int = 0,
@@ -366,6 +373,7 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
     built = manifest.get("versions") or {}
     where = f"{folder}: " if folder is not None else ""
     if backend == "onnxruntime":
+        rebuild = f"`{ort_rebuild_command(manifest, folder)}`{where_the_export_is(manifest)}"
         have = runtime.get("onnxruntime")
         if not have:
             raise BackendUnavailableError("this engine needs ONNX Runtime, which is not installed; pip install "
@@ -374,14 +382,14 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
             raise EngineMismatchError(f"{where}engine was built with ONNX Runtime {built.get('onnxruntime')}, this "
                                       "machine "
                                       f"has {have}; its saved optimised graphs need the same release: rebuild it "
-                                      f"with `{ort_rebuild_command(manifest)}`")
+                                      f"with {rebuild}")
         provider = manifest.get("provider")
         if nchwc_ops and not isinstance(manifest.get("host"), Mapping):
             raise CheckFailedError(f"the engine's graphs hold {nchwc_ops} NCHWc nodes, laid out for the CPU that "
                                    "built them, but its manifest records no 'host' (that CPU); the manifest was "
-                                   f"edited, rebuild the engine with `{ort_rebuild_command(manifest)}`")
+                                   f"edited, rebuild the engine with {rebuild}")
         if provider == "CPUExecutionProvider" or nchwc_ops:
-            _check_cpu_layout(manifest.get("host"), runtime.get("host"), ort_rebuild_command(manifest), where)
+            _check_cpu_layout(manifest.get("host"), runtime.get("host"), rebuild, where)
         if provider and provider not in (runtime.get("providers") or []):
             raise BackendUnavailableError(f"engine runs on {provider}, which this ONNX Runtime does not provide "
                                           f"(available: {', '.join(runtime.get('providers') or []) or 'none'}); "

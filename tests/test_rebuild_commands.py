@@ -103,3 +103,27 @@ def test_the_trt_rebuild_names_the_recorded_export_quoted_else_a_placeholder_it_
                          "engine' --force` (<export folder> is the folder `rapdeploy export` wrote from this engine's "
                          "checkpoint, by default in the workspace's onnx folder; the engine's manifest does not record "
                          "it)"), said
+
+
+@pytest.mark.parametrize("backend, precision, device, provider", ORT_ENGINES)
+def test_runtime_refusals_rebuild_from_the_recorded_export_into_the_engine(backend, precision, device, provider):
+    """The ONNX Runtime release refusal named `rapdeploy build-engine --backend onnxruntime ...` with no export
+    folder, which builds the workspace's latest export (another checkpoint's, maybe) into a new folder, though the
+    manifest records the engine's export; the command now builds that export (shell-quoted) into the engine folder."""
+    from rap_deploy.engines.manifest import EngineMismatchError, check_runtime
+
+    manifest = {"backend": backend, "precision": precision, "device": device, "provider": provider,
+                "versions": {"onnxruntime": "1.0.0"}, "export_dir": "/w/my exports/micro"}
+    here = {"onnxruntime": "9.9.0", "providers": [provider]}
+    with pytest.raises(EngineMismatchError) as info:
+        check_runtime(manifest, here, folder=Path("/w/my engine"))
+    said = str(info.value)
+    words = shlex.split(_named_command(said))
+    assert words[2] == "/w/my exports/micro" and words[-3:] == ["--out", "/w/my engine", "--force"], said
+    assert _built(_named_command(said)) == (backend, precision, device) and said.endswith("`"), said
+    with pytest.raises(EngineMismatchError) as info:  # a manifest recording none: a placeholder, explained
+        check_runtime({k: v for k, v in manifest.items() if k != "export_dir"}, here, folder=Path("/w/my engine"))
+    said = str(info.value)
+    assert _named_command(said).startswith("rapdeploy build-engine <export folder> --backend onnxruntime"), said
+    assert said.endswith("(<export folder> is the folder `rapdeploy export` wrote from this engine's checkpoint, by "
+                         "default in the workspace's onnx folder; the engine's manifest does not record it)"), said
