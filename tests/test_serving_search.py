@@ -512,3 +512,31 @@ def test_a_workspace_library_serve_cannot_read_still_says_where_it_came_from(ser
     with pytest.raises(UsageError, match="format version 99") as err:
         build_service(library=newer, workspace=workspace, threads=1)
     assert "No --library was given" not in str(err.value)
+
+
+def test_serve_verify_quick_starts_without_hashing_the_store(served, micro_ort_engines, tmp_path):
+    """The README's library integrity rules offer ``--verify quick`` for a fast start-up, but ``serve`` (the one
+    command whose start-up it is) had no --verify: 'No such option', and it always hashed the whole re-rank store.
+    ``serve --verify quick`` now opens the library as ``search --verify quick`` does: a changed re-rank shard is
+    refused by the default full check and not read by the quick one; a bad mode is a usage error."""
+    import shutil
+
+    from rap_deploy.engines.serving.server import build_service
+    from rap_deploy.errors import CheckFailedError
+
+    copy = tmp_path / "lib"
+    shutil.copytree(served[3], copy)
+    tokens = next(copy.glob("shards/*/patch_tokens.npy"))
+    data = bytearray(tokens.read_bytes())
+    data[-1] ^= 0xFF
+    tokens.write_bytes(bytes(data))
+    engine = str(micro_ort_engines["fp32"])
+    with pytest.raises(CheckFailedError, match="patch_tokens.npy"):
+        build_service(engine, str(copy), ServeOptions(max_batch=8), threads=1)
+    service = build_service(engine, str(copy), ServeOptions(max_batch=8), threads=1, verify="quick")
+    try:
+        assert service.library.describe()["verify"] == "quick"
+    finally:
+        service.close()
+    res = CliRunner().invoke(app, ["serve", "--no-library", "--verify", "fast"])
+    assert res.exit_code == 2 and "--verify must be one of full, quick, got 'fast'" in res.output, res.output

@@ -97,8 +97,9 @@ def resolve_library(library: str | os.PathLike[str] | None, workspace: str | os.
     return find_library(library, workspace, required=False)
 
 
-def open_served_library(path: Path, engine: Any, implicit: bool = False) -> Any:
-    """Open the library at ``path`` on ``engine`` (the serialising wrapper) with ``rap_deploy.library``.
+def open_served_library(path: Path, engine: Any, implicit: bool = False, verify: str = "full") -> Any:
+    """Open the library at ``path`` on ``engine`` (the serialising wrapper) with ``rap_deploy.library``, checked as
+    ``verify`` says (``full``: every shard's sha256; ``quick``: sizes, headers and the small files' sha256).
 
     ``implicit`` says nobody asked for this library (it is the workspace's latest): a :class:`UsageError` opening it
     (another model's library, say) then also names where it came from and the two ways around it. Raises
@@ -111,7 +112,7 @@ def open_served_library(path: Path, engine: Any, implicit: bool = False) -> Any:
                                       "which this installation lacks; serve without --library (inference only) or "
                                       "install a rapdeploy that has it") from None
     with picked_library_errors(path, implicit):
-        return open_library(path, engine)
+        return open_library(path, engine, verify=verify)
 
 
 @contextlib.contextmanager
@@ -138,7 +139,7 @@ def check_library_choice(library: str | os.PathLike[str] | None, default_library
 
 def build_service(engine: str | os.PathLike[str] | None = None, library: str | os.PathLike[str] | None = None,
                   options: Any = None, workspace: str | os.PathLike[str] | None = None,
-                  threads: int | None = None, default_library: bool = True) -> Any:
+                  threads: int | None = None, default_library: bool = True, verify: str = "full") -> Any:
     """Load everything :func:`serve` serves and return the warmed-up :class:`ServingService`.
 
     Without ``library`` the workspace's latest library is served when ``default_library`` (else, or when there is
@@ -166,7 +167,8 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
     serial = SerialEngine(loaded)
     lib = service = None
     try:
-        lib = open_served_library(lib_path, serial, implicit=library is None) if lib_path is not None else None
+        lib = open_served_library(lib_path, serial, implicit=library is None, verify=verify) \
+            if lib_path is not None else None
         service = ServingService(serial, source, lib, options)
         warm_up(service)
     except BaseException:
@@ -263,7 +265,7 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
           workspace: str | os.PathLike[str] | None = None, threads: int | None = None,
           url_file: str | os.PathLike[str] | None = None, log_level: str = "warning",
           echo: Callable[[str], None] | None = None, default_library: bool = True,
-          shutdown_timeout: float = SHUTDOWN_TIMEOUT_S, allow_hosts: Sequence[str] = ()) -> None:
+          shutdown_timeout: float = SHUTDOWN_TIMEOUT_S, allow_hosts: Sequence[str] = (), verify: str = "full") -> None:
     """Serve until interrupted (see the module docstring). ``url_file`` receives the server's URL once it accepts
     requests; on SIGINT/SIGTERM requests still running after ``shutdown_timeout`` seconds are cancelled (a client
     that stalls mid-request cannot keep the server alive). On a loopback address only requests for a loopback name
@@ -281,7 +283,7 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
     sock = bind_socket(host, port)
     try:
         hosts = hosts_to_check(sock, allow_hosts)
-        service = build_service(engine, library, options, workspace, threads, default_library)
+        service = build_service(engine, library, options, workspace, threads, default_library, verify)
     except BaseException:
         sock.close()
         raise

@@ -20,6 +20,9 @@ def serve_cmd(
                                          "there is one, else inference only."),
     no_library: bool = typer.Option(False, "--no-library", help="Serve the three graphs only, even when the "
                                     "workspace has a library."),
+    verify: str = typer.Option("full", "--verify", help="Integrity check of the library at start: full (every "
+                               "shard's sha256, reading the whole store once) or quick (sizes, headers and the small "
+                               "files' sha256: a fast start-up)."),
     engine: str | None = typer.Option(None, "--engine", help="Engine folder, export folder or .pt checkpoint, run "
                                       "in this process (not the http://HOST:PORT of a running server, which search, "
                                       "index, verify and bench take); default: the engine that built the served "
@@ -88,6 +91,10 @@ def serve_cmd(
     check_body_mb(max_body_mb)  # before the bytes: int() of NaN or inf raises
     if not 0 < shutdown_timeout <= 3600:  # NaN fails too
         raise UsageError(f"--shutdown-timeout must be in (0, 3600] seconds, got {shutdown_timeout}")
+    from rap_deploy.library.search import VERIFY_MODES
+
+    if verify not in VERIFY_MODES:  # before any port is bound or library opened
+        raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got '{verify}'")
     if log_level.lower() not in LOG_LEVELS:
         raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
@@ -96,7 +103,7 @@ def serve_cmd(
                            body_timeout_s=body_timeout, body_min_rate=body_min_rate)
     serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
           url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
-          shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()))
+          shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()), verify=verify)
 
 
 @command("triton-repo")
