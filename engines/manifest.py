@@ -348,6 +348,15 @@ def where_the_export_is(manifest: Mapping[str, Any]) -> str:
             "in the workspace's onnx folder; the engine's manifest does not record it)")
 
 
+def cpu_engine_instead(manifest: Mapping[str, Any]) -> str:
+    """What to run instead of an engine that cannot run here: the ONNX Runtime CPU builds (fp32, int8) of the export
+    folder ``manifest`` records (:func:`~rap_deploy.engines.tensorrt_backend.onnxruntime_instead`; naming no folder,
+    build-engine's default, when it records none)."""
+    from rap_deploy.engines.tensorrt_backend import onnxruntime_instead
+
+    return onnxruntime_instead(recorded_export_dir(manifest))
+
+
 def trt_rebuild_command(manifest: Mapping[str, Any], folder: Path | None = None) -> str:
     """The ``rapdeploy build-engine`` command that rebuilds a TensorRT engine as its manifest records it: the export
     it came from (:data:`EXPORT_PLACEHOLDER` when it records none), its precision (:func:`build_engine_flags`) and,
@@ -393,21 +402,21 @@ def check_runtime(manifest: Mapping[str, Any], runtime: Mapping[str, Any], nchwc
         if provider and provider not in (runtime.get("providers") or []):
             raise BackendUnavailableError(f"engine runs on {provider}, which this ONNX Runtime does not provide "
                                           f"(available: {', '.join(runtime.get('providers') or []) or 'none'}); "
-                                          + ("install onnxruntime-gpu and a CUDA GPU, or build a CPU engine with "
-                                             "`rapdeploy build-engine --backend onnxruntime --device cpu`"
+                                          + (f"install onnxruntime-gpu and a CUDA GPU, or build a CPU engine: "
+                                             f"{cpu_engine_instead(manifest)}"
                                              if "CUDA" in provider else "use an engine built for this machine"))
     elif backend == "tensorrt":
         from rap_deploy.engines.trt_plan import engine_mismatches
 
         if not runtime.get("tensorrt"):
             raise BackendUnavailableError(f"{where}engine was built with TensorRT {built.get('tensorrt')}, which is "
-                                          "not installed here (import tensorrt failed); install it, or use an ONNX "
-                                          "Runtime engine: `rapdeploy build-engine --backend onnxruntime`")
+                                          "not installed here (import tensorrt failed); install it, or build an "
+                                          f"ONNX Runtime engine: {cpu_engine_instead(manifest)}")
         if not runtime.get("gpu"):  # TensorRT installs without a GPU; a rebuild here would fail the same way
             raise BackendUnavailableError(f"{where}TensorRT engines run on an NVIDIA GPU and no CUDA GPU is visible "
                                           "here (this engine was built for "
-                                          f"{(manifest.get('gpu') or {}).get('name') or 'one'}); use an ONNX Runtime "
-                                          "engine: `rapdeploy build-engine --backend onnxruntime`")
+                                          f"{(manifest.get('gpu') or {}).get('name') or 'one'}); build an ONNX "
+                                          f"Runtime engine: {cpu_engine_instead(manifest)}")
         problems = engine_mismatches(manifest, runtime)
         if problems:
             raise EngineMismatchError(f"{where}cannot load this TensorRT engine here: " + "; ".join(problems)

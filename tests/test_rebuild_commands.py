@@ -127,3 +127,29 @@ def test_runtime_refusals_rebuild_from_the_recorded_export_into_the_engine(backe
     assert _named_command(said).startswith("rapdeploy build-engine <export folder> --backend onnxruntime"), said
     assert said.endswith("(<export folder> is the folder `rapdeploy export` wrote from this engine's checkpoint, by "
                          "default in the workspace's onnx folder; the engine's manifest does not record it)"), said
+
+
+def _instead_commands(message: str) -> list[list[str]]:
+    """The `rapdeploy build-engine ...` commands a message names, split into words."""
+    return [shlex.split(part) for part in message.split("`") if part.startswith("rapdeploy build-engine")]
+
+
+@pytest.mark.parametrize("manifest, here", [
+    ({"backend": "tensorrt", "precision": "fp16", "versions": {"tensorrt": "10.0.0"}}, {}),  # no TensorRT
+    ({"backend": "tensorrt", "precision": "fp16", "versions": {"tensorrt": "10.0.0"}}, {"tensorrt": "10.0.0"}),  # GPU
+    ({"backend": "onnxruntime", "precision": "fp32", "provider": "CUDAExecutionProvider",
+      "versions": {"onnxruntime": "1.0.0"}}, {"onnxruntime": "1.0.0", "providers": ["CPUExecutionProvider"]})])
+def test_engines_that_cannot_run_here_name_cpu_builds_of_their_export(manifest, here):
+    """A TensorRT engine without TensorRT or a GPU here, and a CUDA ONNX Runtime engine without the CUDA provider,
+    were to be replaced by `rapdeploy build-engine --backend onnxruntime` (--device cpu): no export folder, so the
+    workspace's latest export, maybe another checkpoint's, though the manifest records the engine's. The refusal now
+    names the CPU fp32 and int8 builds of that folder (shell-quoted)."""
+    from rap_deploy.engines.manifest import check_runtime
+    from rap_deploy.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError) as info:
+        check_runtime({**manifest, "export_dir": "/w/my exports/micro"}, here)
+    commands = _instead_commands(str(info.value))
+    assert [words[2] for words in commands] == ["/w/my exports/micro"] * 2, str(info.value)
+    assert [_built(shlex.join(words)) for words in commands] == [("onnxruntime", "fp32", "cpu"),
+                                                                 ("onnxruntime", "int8", "cpu")], str(info.value)
