@@ -467,3 +467,35 @@ def test_resume_with_pretrained_accepts_the_moved_backbone_and_refuses_other_wei
     assert summary["complete"] and summary["resumed_after_epoch"] == 2
     stored = load_checkpoint(run / "last.pt")
     assert stored.backbone.value == str(moved) and stored.extra["train_options"]["pretrained"] == str(moved)
+
+
+def test_a_resume_refusal_names_the_option_as_it_is_typed(synth_root, frame_cache, tmp_path):
+    """`train --resume RUN --rank 3` was refused as '--lorm-rank 3 differs ...', `--no-asa` as '--use-asa False',
+    `--selection` as '--asa-selection': options that do not exist (the fields' names). The refusal now names the
+    option as typed (the stored side of a switch too; a run started without the option says so, not 'None'),
+    exit 2, last.pt untouched."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli.app import app
+
+    run = tmp_path / "run"
+    runner = CliRunner()
+    first = runner.invoke(app, [*_cli_args(synth_root, frame_cache), "--out", str(run), "--max-epochs-this-run", "1"])
+    assert first.exit_code == 0, first.output
+    last = (run / "last.pt").read_bytes()
+    for given, named in ((["--rank", "3"], "--rank 3 differs from the resumed run's 2"),
+                         (["--topk", "2"], "--topk 2 differs from the resumed run's 4"),
+                         (["--heads", "4"], "--heads 4 differs from the resumed run's 2"),
+                         (["--selection", "saliency"], "--selection saliency differs from the resumed run's text"),
+                         (["--no-asa"], "--no-asa differs from the resumed run's --asa"),
+                         (["--no-lorm"], "--no-lorm differs from the resumed run's --lorm"),
+                         (["--freeze-offsets"], "--freeze-offsets differs from the resumed run's --learn-offsets"),
+                         (["--preset", "paper"], "--preset paper differs from the resumed run, started without "
+                                                 "--preset"),
+                         (["--lr", "0.5"], "--lr 0.5 differs from the resumed run's")):
+        res = runner.invoke(app, ["train", "--resume", str(run), "--quiet", *given])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2 and named in said, (given, said)
+        assert "--lorm-rank" not in said and "--use-" not in said and "--asa-" not in said, said
+        assert "True" not in said and "False" not in said and "None" not in said and "drop the option" in said, said
+    assert (run / "last.pt").read_bytes() == last

@@ -102,14 +102,22 @@ def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) 
 
 
 def _resume_mismatch(last: Path, spec: Any, mismatch: tuple[str, Any, Any]) -> UsageError:
-    """The refusal of an option ``(name, stored value, given value)`` that differs from the run stored in ``last``;
-    a ``--pretrained`` other than the run's backbone file, by :func:`_other_backbone`."""
+    """The refusal of an option ``(name, stored value, given value)`` that differs from the run stored in ``last``,
+    naming the option as it is typed (``--rank 3``, ``--no-asa``; :func:`option_text`); a ``--pretrained`` other
+    than the run's backbone file, by :func:`_other_backbone`."""
+    from rap_deploy.train.option_flags import SWITCHES, option_text
+
     name, stored_value, value = mismatch
     if name == "pretrained" and spec.kind == "file" and spec.sha256:
         return _other_backbone(last, spec, value)
-    return UsageError(f"--{name.replace('_', '-')} {value} differs from the resumed run's {stored_value} (stored in "
-                      f"{last}); a resumed run keeps its data, model and schedule: drop the option, or start a new "
-                      "run from its last.pt with --checkpoint")
+    given = option_text(name, value)
+    if stored_value is None:
+        stored_text = f"run, started without {given.split()[0]}"
+    else:
+        stored_text = f"run's {option_text(name, stored_value) if name in SWITCHES else stored_value}"
+    return UsageError(f"{given} differs from the resumed {stored_text} (stored in {last}); a resumed run keeps its "
+                      "data, model and schedule: drop the option, or start a new run from its last.pt with "
+                      "--checkpoint")
 
 
 def _other_backbone(last: Path, spec: Any, wanted: str) -> UsageError:
