@@ -141,8 +141,9 @@ def verify(
     reference_runs: ReferenceRuns | None = None,
 ) -> dict[str, Any]:
     """Verify recall parity of an engine against the PyTorch reference and write ``verify.json``, ``verify.md`` and
-    ``verify.png`` into ``out`` (default ``<workspace>/verify/<label>``: the engine folder's or checkpoint's name,
-    ``RUN-best`` for a run's ``RUN/best.pt``, :func:`~rap_deploy.engines.engine_refs.engine_label`).
+    ``verify.png`` into ``out`` (default :func:`default_report_dir`: ``<workspace>/verify/<label>``, the engine
+    folder's or checkpoint's name, ``RUN-best`` for a run's ``RUN/best.pt``, ``<label>-<split>`` for a split other
+    than the dataset's test split).
 
     ``engine_dir`` defaults to the workspace's latest engine, ``data_root`` to ``$RAPDEPLOY_DATA``, ``cache`` (a
     :class:`~rap_deploy.data.cache.FrameCache` or a folder) to the workspace frame cache. ``max_videos`` keeps the
@@ -160,7 +161,6 @@ def verify(
 
     from rap_deploy.data.cache import FrameCache
     from rap_deploy.workspace import data_root as resolve_data_root
-    from rap_deploy.workspace import subdir
 
     t_start = time.perf_counter()
     _check_options(tolerance, top_m, batch_size)
@@ -168,7 +168,7 @@ def verify(
     ref_info = resolve_reference(engine_path, checkpoint)
     _refuse_foreign_checkpoint(ref_info, engine_path)
     root = resolve_data_root(data_root, workspace)
-    out_dir = Path(out) if out is not None else subdir("verify", workspace) / engine_label(engine_path)
+    out_dir = Path(out) if out is not None else default_report_dir(engine_path, dataset, split, workspace)
     cache = cache if isinstance(cache, FrameCache) else FrameCache.default(workspace) if cache is None \
         else FrameCache(cache)
     if threads:
@@ -210,6 +210,19 @@ def verify(
 
 
 # ---------------------------------------------------------------------------------------------------- steps
+def default_report_dir(engine_path: Path | str, dataset: str, split: str,
+                       workspace: str | os.PathLike[str] | None) -> Path:
+    """Where verify writes its reports without ``--out``: ``<workspace>/verify/<label>``
+    (:func:`~rap_deploy.engines.engine_refs.engine_label`) for the dataset's test split (or a split reading its
+    files: MSR-VTT's val, ActivityNet's val), ``<workspace>/verify/<label>-<split>`` for another (``train``, MSVD's
+    ``val``), so the report of one split does not replace the test split's."""
+    from rap_deploy.data.datasets import reads_test_files
+    from rap_deploy.workspace import subdir
+
+    label = engine_label(engine_path)
+    return subdir("verify", workspace) / (label if reads_test_files(dataset, split) else f"{label}-{split}")
+
+
 def _check_options(tolerance: float | None, top_m: int, batch_size: int) -> None:
     if tolerance is not None and tolerance < 0:
         raise UsageError(f"--tolerance must be >= 0 points, got {tolerance}")

@@ -379,3 +379,32 @@ def test_verify_names_a_servers_report_folder_in_its_help_and_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     row = next(line for line in readme.splitlines() if line.startswith("| `verify` |"))
     assert "`remote-HOST-PORT` for `--engine http://HOST:PORT`" in row, row
+
+
+def test_a_split_other_than_the_test_split_reports_to_its_own_folder(micro_checkpoint, synth_root, frame_cache,
+                                                                     tmp_path):
+    """verify --split train wrote its reports to <workspace>/verify/<engine>, over the test split's report (the
+    same folder whatever the split). A split that is not the dataset's test split (nor reads its files: MSR-VTT's
+    val, ActivityNet's val) now reports to verify/<engine>-<split>; the test split keeps verify/<engine>, which the
+    README and the demo name. --help and the README's verify row say so."""
+    from rap_deploy.engines.verify import default_report_dir
+
+    ws = tmp_path / "ws"
+    for split in ("test", "train"):
+        res = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine",
+                                  str(micro_checkpoint), "--split", split, "--workspace", str(ws), "--cache-dir",
+                                  str(frame_cache), "--rerank-top", "5", "--max-videos", "4", "--quiet"])
+        assert res.exit_code == 0, res.output
+    label = micro_checkpoint.stem
+    assert sorted(p.name for p in (ws / "verify").iterdir() if not p.name.startswith(".")) == [label, f"{label}-train"]
+    for folder, split in ((label, "test"), (f"{label}-train", "train")):
+        assert json.loads((ws / "verify" / folder / "verify.json").read_text())["split"] == split
+    for dataset, split, folder in (("msrvtt", "val", label), ("activitynet", "val", label),
+                                   ("activitynet", "test", label), ("msvd", "val", f"{label}-val"),
+                                   ("didemo", "train", f"{label}-train"), ("didemo", "test", label)):
+        assert default_report_dir(micro_checkpoint, dataset, split, ws) == ws / "verify" / folder, (dataset, split)
+    help_text = " ".join(runner.invoke(app, ["verify", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "followed by -<split> for a --split other than the dataset's test split" in help_text, help_text
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `verify` |"))
+    assert "followed by `-<split>` for a `--split` other than the dataset's test split" in row, row

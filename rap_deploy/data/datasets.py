@@ -172,6 +172,14 @@ def load_split(
     )
 
 
+def reads_test_files(dataset: str, split: str) -> bool:
+    """Whether ``split`` of ``dataset`` reads the annotation files its ``test`` split reads (the split evaluations
+    default to): True for ``test``, MSR-VTT's ``val`` and ActivityNet's ``val``; False for another split and for an
+    unknown dataset or split (which :func:`load_split` refuses)."""
+    splits = _SPLITS.get(dataset, {})
+    return split in splits and splits[split] == splits["test"]
+
+
 def check_dataset(name: str) -> None:
     """Refuse (:class:`UsageError`, exit 2) a dataset name that is not one of :data:`DATASETS`."""
     if name not in DATASETS:
