@@ -305,6 +305,15 @@ def test_an_engine_url_with_credentials_is_refused_without_repeating_the_passwor
     assert res.exit_code == 2 and "s3cret" not in res.output
 
 
+@pytest.mark.parametrize("url", ["http://", "https://", "http:///", "http://:8000/"])
+def test_a_malformed_engine_url_is_quoted_as_typed(url):
+    """The URL lost its trailing slashes before it was checked, so ``--engine http://`` was refused as
+    "engine URL 'http:' must look like ..." (a URL the user never typed); the refusal quotes it as given now."""
+    with pytest.raises(UsageError) as err:
+        load_engine(url)
+    assert str(err.value) == f"engine URL {url!r} must look like http://HOST:PORT"
+
+
 @contextmanager
 def forwarding_server(backend: str, answer: Callable[[Any], None]) -> Iterator[str]:
     """A tiny HTTP server on 127.0.0.1 (a free port) that forwards every GET to ``backend`` (a real server: health,

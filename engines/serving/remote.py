@@ -96,8 +96,8 @@ class RemoteEngine(Engine):
     backend = "remote"
 
     def __init__(self, url: str, connection_timeout: float = 60.0, network_timeout: float = 600.0) -> None:
+        self._target, self._ssl = split_url(url)  # the URL as typed, so a refusal quotes it ("http://", not "http:")
         self.url = url.rstrip("/")
-        self._target, self._ssl = split_url(self.url)
         self._timeouts = (connection_timeout, network_timeout)
         self._local = threading.local()
         self._clients: list[Any] = []
