@@ -3,8 +3,9 @@
 An ONNX file is a serialised ``ModelProto``; its ``metadata_props`` (field 14) come after the graph (field 7), whose
 weights are inline unless they were saved as external data. :func:`metadata_value` walks the top-level fields of the
 protobuf wire format and seeks over every other field, so it reads a few hundred bytes of a graph of any size instead
-of loading its weights (``onnx.load`` would). What it reads is bounded: each metadata entry (:data:`MAX_ENTRY_BYTES`)
-and the number of top-level fields (:data:`MAX_FIELDS`); a file that is not such a message gives ``None``.
+of loading its weights (``onnx.load`` would). What it reads is bounded: each metadata entry (:data:`MAX_ENTRY_BYTES`),
+the number of top-level fields (:data:`MAX_FIELDS`) and the values kept (two: a second value of the key
+ends the scan); a file that is not such a message gives ``None``.
 
 :func:`graphs_checkpoint_sha256` reads ``rapdeploy.checkpoint_sha256`` (what ``rapdeploy export`` recorded in every
 graph, :func:`rap_deploy.export.manifest.graph_metadata`) for engine and export manifests that record no checkpoint.
@@ -27,12 +28,16 @@ VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5  # protobuf wire types (3 and 4, g
 def metadata_value(path: str | os.PathLike[str], key: str) -> str | None:
     """The value of ``metadata_props`` entry ``key`` of the ONNX file at ``path``; ``None`` when the file has no such
     entry, names it twice with different values, cannot be read, or is not a protobuf message within the bounds."""
+    values: set[str] = set()
     try:
         with open(path, "rb") as f:
-            values = set(_entries(f, os.fstat(f.fileno()).st_size, key))
+            for value in _entries(f, os.fstat(f.fileno()).st_size, key):
+                values.add(value)
+                if len(values) > 1:  # the answer is None: stop, holding at most two entries' values
+                    return None
     except (OSError, ValueError):
         return None
-    return values.pop() if len(values) == 1 else None
+    return values.pop() if values else None
 
 
 def graphs_checkpoint_sha256(graphs: Iterable[str | os.PathLike[str]]) -> str | None:

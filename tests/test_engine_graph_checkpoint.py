@@ -117,3 +117,22 @@ def test_the_scan_reads_the_metadata_not_the_weights(tmp_path):
     assert metadata_value(tmp_path / "cut.onnx", KEY) is None
     assert metadata_value(tmp_path / "text.onnx", KEY) is None
     assert metadata_value(tmp_path / "missing.onnx", KEY) is None
+
+
+def test_the_scan_stops_at_a_second_value_of_the_key(tmp_path, monkeypatch):
+    """The values of the key were all kept until the end of the file, so a graph repeating it with other values held
+    every one in memory (up to the file's size, 64 KiB each) to answer None; the scan now stops at the second."""
+    import onnx
+
+    from rap_deploy.export import metadata_scan
+
+    path = _graph(tmp_path / "many.onnx", {f"pad{i}": "x" for i in range(3)})
+    model = onnx.load(str(path))
+    for i in range(50):
+        model.metadata_props.add(key=KEY, value=f"{i:064x}")
+    onnx.save(model, str(path))
+    parsed = []
+    real = metadata_scan._key_value
+    monkeypatch.setattr(metadata_scan, "_key_value", lambda data: parsed.append(1) or real(data))
+    assert metadata_scan.metadata_value(path, KEY) is None
+    assert len(parsed) == 3 + 2, len(parsed)  # the three other entries, then the key's first two values
