@@ -586,6 +586,7 @@ def test_ablate_cli_tiny_table_and_rerun(tmp_path):
     assert [r["name"] for r in result["rows"]] == ["zero_shot", "offsets_zero", "rap"]
     zero_shot, frozen, rap = result["rows"]
     assert zero_shot["n"] == 1 and frozen["n"] == rap["n"] == 2
+    assert zero_shot["std"]["t2v"]["R1"] is None  # one run: no sample std (was 0.0)
     for row in (frozen, rap):
         r1 = [run["t2v"]["R1"] for run in row["runs"]]
         assert row["mean"]["t2v"]["R1"] == pytest.approx(np.mean(r1))
@@ -982,7 +983,7 @@ def test_paired_difference_matches_seeds():
     assert paired["seeds"] == [0, 1, 2]
     assert paired["mean"] == pytest.approx(np.mean([-1.0, 0.5, 3.0]), abs=1e-4)
     assert paired["std"] == pytest.approx(np.std([-1.0, 0.5, 3.0], ddof=1), abs=1e-4)
-    assert paired_difference(rap[:1], other)["std"] == 0.0
+    assert paired_difference(rap[:1], other)["std"] is None  # one seed: no sample std
     assert paired_difference(rap, runs([(5, 1.0)])) is None
     check = {"check": "rap above saliency by more than the seed std (2.47)", "value": 0.83, "passed": False,
              "paired": paired}
@@ -997,9 +998,9 @@ def test_paired_difference_matches_seeds():
 
 
 def test_a_rap_above_check_of_one_seed_is_not_decided():
-    """With one seed a row's std is 0 by convention, not a measured spread: `ablate --seeds 0` reported 'rap above
-    saliency by more than the seed std (0.00) | +0.50 | yes' for any positive margin. Such a check is now not
-    decided (passed None, '-' in the table); with two seeds or more it is decided as before."""
+    """With one seed a row has no measured spread (its std 0 by convention then, None now): `ablate --seeds 0`
+    reported 'rap above saliency by more than the seed std (0.00) | +0.50 | yes' for any positive margin. Such a
+    check is now not decided (passed None, '-' in the table); with two seeds or more it is decided as before."""
     from rap_deploy.train.ablate import aggregate, target_checks
     from rap_deploy.train.ablate_report import ablation_markdown
 
@@ -1017,6 +1018,40 @@ def test_a_rap_above_check_of_one_seed_is_not_decided():
     two = {"seeds": [0, 1], "rows": [row("saliency", [30.0, 31.0]), row("rap", [33.0, 34.0])]}
     check = next(c for c in target_checks(two) if c["check"].startswith("rap above saliency"))
     assert check["passed"] is True and check["check"].endswith("seed std (0.71)"), check
+
+
+def test_an_ablation_of_one_seed_writes_no_std(tmp_path, monkeypatch):
+    """`ablate --seeds 0` wrote each row's std as 0.0 beside n 1 in ablation.json (the paired differences' too),
+    where a sample std (ddof 1) of one run is undefined; ablation.md showed no ± for them. ablation.json now holds
+    null there (test, held-out and two-stage scores), the checks and the table read it: no ± anywhere in the rows,
+    the "rap above" checks not decided."""
+    from rap_deploy.train import ablate
+    from rap_deploy.train.loop import TrainOptions
+
+    def scores(r1):
+        return {d: {"R1": r1, "R5": 50.0, "R10": 60.0, "MnR": 3.0} for d in ("t2v", "v2t")}
+
+    def record(options, progress, heldout):
+        r1 = 30.0 if options.asa_selection == "saliency" else 31.0
+        split = {"videos": 8, "seed": 1, "world_scenes": 4}
+        return {"seed": options.seed, "run_dir": options.out, "offset_change": None, "trainable_params": 10,
+                **scores(r1), "two_stage": scores(r1),
+                "heldout": {**scores(r1), "two_stage": scores(r1), "split": split, "gallery": 0}}
+
+    monkeypatch.setattr(ablate, "_run_and_score", record)
+    ablate.run_ablation(TrainOptions(dataset="msrvtt", data_root="d", out="o"), tmp_path, [0],
+                        ["zero_shot", "saliency", "rap"], log=lambda msg: None)
+    result = json.loads((tmp_path / "ablation.json").read_text())
+    for row in result["rows"]:
+        for stats in (row, row["two_stage"], row["heldout"], row["heldout"]["two_stage"]):
+            assert stats["n"] == 1 and stats["std"] == {d: dict.fromkeys(("R1", "R5", "R10", "MnR")) for d in
+                                                        ("t2v", "v2t")}, (row["name"], stats["std"])
+    above = [c for c in result["targets"] if c["check"].startswith("rap above saliency")]
+    assert len(above) == 4 and all(c["passed"] is None and c["paired"]["std"] is None for c in above), above
+    table = (tmp_path / "ablation.md").read_text()
+    assert not [line for line in table.splitlines() if line.startswith("| ") and " ± " in line.split("|", 2)[2]
+                and "mean ± std" not in line], table
+    assert "| rap above saliency by more than the seed std (none: one seed) | +1.00 | - | +1.00 |" in table
 
 
 def test_a_stopped_ablation_leaves_its_rows_so_far_in_both_files(tmp_path, monkeypatch):

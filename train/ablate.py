@@ -129,8 +129,8 @@ def _table_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation (ddof 1; 0 for a single run) of every metric over ``runs``, and of their
-    held-out scores under ``heldout`` when every run has one."""
+    """Mean and sample standard deviation (ddof 1; ``None`` for a single run, where it is undefined) of every metric
+    over ``runs``, and of their held-out scores under ``heldout`` when every run has one."""
     out = _metric_stats(runs)
     if runs and all("two_stage" in r for r in runs):
         out["two_stage"] = _metric_stats([r["two_stage"] for r in runs])
@@ -145,7 +145,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _metric_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{"mean", "std", "n"}`` of each of :data:`METRIC_KEYS` under ``t2v`` and ``v2t`` over ``runs``."""
+    """``{"mean", "std", "n"}`` of each of :data:`METRIC_KEYS` under ``t2v`` and ``v2t`` over ``runs`` (``std``
+    ddof 1, ``None`` when ``n`` is 1: ``ablation.json`` writes null, not a spread of 0 that was never measured)."""
     out: dict[str, Any] = {"mean": {}, "std": {}, "n": len(runs)}
     for d in ("t2v", "v2t"):
         for stat in ("mean", "std"):
@@ -153,7 +154,7 @@ def _metric_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for k in METRIC_KEYS:
             values = np.asarray([r[d][k] for r in runs], dtype=np.float64)
             out["mean"][d][k] = float(values.mean())
-            out["std"][d][k] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            out["std"][d][k] = float(values.std(ddof=1)) if len(values) > 1 else None
     return out
 
 
@@ -335,15 +336,16 @@ def target_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
 def _above_checks(result: dict[str, Any], rap: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """"rap above <row>" for each single-component row of ``result`` present: the margin in mean t2v R@1 against
     the larger of the two rows' seed std, with the paired difference beside it. A row of one seed has no seed std
-    (its ``std`` 0 stands for none): the check is then not decided, ``"passed": None``."""
+    (its ``std`` is ``None``): the check is then not decided, ``"passed": None``."""
     checks = []
     for name in SINGLE_COMPONENT:
         other = _row(result, name)
         if other is None:
             continue
         margin = _r1(rap) - _r1(other)
-        std = max(rap["std"]["t2v"]["R1"], other["std"]["t2v"]["R1"])
-        measured = min(rap["n"], other["n"]) >= 2
+        stds = (rap["std"]["t2v"]["R1"], other["std"]["t2v"]["R1"])
+        measured = min(rap["n"], other["n"]) >= 2 and None not in stds
+        std = max(stds) if measured else None
         spread = f"{std:.2f}" if measured else "none: one seed"
         checks.append({"check": f"rap above {name}{where} by more than the seed std ({spread})",
                        "value": round(margin, 2), "passed": margin > std if measured else None,
@@ -379,7 +381,7 @@ def two_stage_view(result: dict[str, Any]) -> dict[str, Any]:
 
 def paired_difference(runs: list[dict[str, Any]], others: list[dict[str, Any]]) -> dict[str, Any] | None:
     """t2v R@1 of ``runs`` minus ``others``, seed by seed, over the seeds both rows trained: ``{"seeds", "mean",
-    "std"}`` (std ddof 1; 0 for one seed), or ``None`` when they share no seed.
+    "std"}`` (std ddof 1; ``None`` for one seed, where it is undefined), or ``None`` when they share no seed.
 
     Runs of one seed see the same batches in the same order (:func:`rap_deploy.train.batches.epoch_generator`)
     and, when the rows have the same parameters, start from the same weights (the training seed), so their difference
@@ -391,7 +393,7 @@ def paired_difference(runs: list[dict[str, Any]], others: list[dict[str, Any]]) 
         return None
     diff = np.asarray([d for _, d in pairs], dtype=np.float64)
     return {"seeds": [s for s, _ in pairs], "mean": round(float(diff.mean()), 4),
-            "std": round(float(diff.std(ddof=1)), 4) if len(diff) > 1 else 0.0}
+            "std": round(float(diff.std(ddof=1)), 4) if len(diff) > 1 else None}
 
 
 def _r1(row: dict[str, Any]) -> float:

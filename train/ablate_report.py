@@ -8,15 +8,16 @@ from typing import Any
 from rap_deploy.train.ablate import METRIC_KEYS, heldout_view, two_stage_view
 
 
-def _pm(mean: float, std: float, n: int) -> str:
-    return f"{mean:.1f}" if n < 2 else f"{mean:.1f} ± {std:.1f}"
+def _pm(mean: float, std: float | None, n: int) -> str:
+    """``mean ± std``, or the mean alone for one run (``std`` None: no sample std)."""
+    return f"{mean:.1f}" if n < 2 or std is None else f"{mean:.1f} ± {std:.1f}"
 
 
 def _paired(check: dict[str, Any]) -> str:
     paired = check.get("paired")
     if not paired:
         return "-"
-    if len(paired["seeds"]) < 2:
+    if len(paired["seeds"]) < 2 or paired["std"] is None:
         return f"{paired['mean']:+.2f}"
     return f"{paired['mean']:+.2f} ± {paired['std']:.2f}"
 
