@@ -122,6 +122,35 @@ def test_search_endpoint_times_as_the_search_command_does(served, micro_ort_engi
         assert {k: round(v, 3) for k, v in timings.items()} == timings, timings
 
 
+def _floats(doc, path=""):
+    """Every float in a JSON document, by its dotted path."""
+    if isinstance(doc, dict):
+        return {k: v for key, value in doc.items() for k, v in _floats(value, f"{path}.{key}").items()}
+    return {path: doc} if isinstance(doc, float) else {}
+
+
+def test_stats_rounds_seconds_and_ratios_as_search_rounds_its_timings(served):
+    """``GET /stats`` answered ``uptime_s``, the batcher's ``engine_seconds``, ``mean_batch`` and
+    ``rows_per_engine_second`` and the engine's seconds per graph unrounded (``uptime_s: 12.345678901234``) where
+    ``/search`` rounds its timings to the microsecond (aa46ddf); seconds are now to the microsecond and ratios to
+    3 decimals."""
+    from rap_deploy.engines.serving.batcher import BatcherStats
+
+    url, service, _, _ = served
+    assert _search(url, query="a red circle", top_k=2)[0] == 200
+    service.batcher.stats.engine_seconds += 1 / 3  # a total that is not a whole number of microseconds
+    stats = json.loads(_request(url, "GET", "/stats")[2])
+    service.batcher.stats.engine_seconds -= 1 / 3
+    floats = {k: v for k, v in _floats(stats).items() if not k.startswith(".options.")}  # the options as given
+    assert {".uptime_s", ".text_batcher.engine_seconds", ".text_batcher.mean_batch",
+            ".text_batcher.rows_per_engine_second"} <= set(floats), floats
+    assert any(k.startswith(".engine.") and k.endswith(".seconds") for k in floats), floats
+    for key, value in floats.items():
+        assert value == round(value, 3 if key.endswith(("mean_batch", "per_engine_second")) else 6), (key, value)
+    counters = BatcherStats(rows=7, batches=3, engine_seconds=1 / 3).to_dict()
+    assert (counters["engine_seconds"], counters["mean_batch"], counters["rows_per_engine_second"]) == \
+        (0.333333, 2.333, 21.0)
+
 def test_concurrent_searches_get_their_own_results(served):
     url, service, library, _ = served
     queries = [f"a small red circle moves {d}" for d in ("up", "left", "right", "down")] * 4

@@ -52,10 +52,12 @@ class BatcherStats:
     batch_sizes: dict[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The counters as ``GET /stats`` answers them: seconds to the microsecond (as every timing in the JSON the
+        server answers), ratios to 3 decimals."""
         return {"requests": self.requests, "rows": self.rows, "batches": self.batches,
-                "mean_batch": self.rows / self.batches if self.batches else 0.0, "largest_batch": self.largest_batch,
-                "engine_seconds": self.engine_seconds,
-                "rows_per_engine_second": self.rows / self.engine_seconds if self.engine_seconds > 0 else 0.0,
+                "mean_batch": round(self.rows / self.batches, 3) if self.batches else 0.0,
+                "largest_batch": self.largest_batch, "engine_seconds": round(self.engine_seconds, 6),
+                "rows_per_engine_second": round(self.rows / self.engine_seconds, 3) if self.engine_seconds > 0 else 0.0,
                 "failed_batches": self.failed_batches, "rejected": self.rejected,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
 

@@ -66,8 +66,8 @@ class SerialEngine(Engine):
         return self.inner.describe()
 
     def stats(self) -> dict[str, Any]:
-        """Calls and engine seconds per graph since start."""
-        return {g: {"calls": self.calls[g], "seconds": self.seconds.get(g, 0.0)} for g in sorted(self.calls)}
+        """Calls and engine seconds (to the microsecond) per graph since start."""
+        return {g: {"calls": self.calls[g], "seconds": round(self.seconds.get(g, 0.0), 6)} for g in sorted(self.calls)}
 
     def close(self) -> None:
         """Close the wrapped engine (after the call in progress)."""

@@ -336,7 +336,8 @@ class ServingService:
         the text batcher's and the engine's counters."""
         with self._lock:
             counts = dict(self._counts)
-        return {"uptime_s": time.time() - self.started, "requests": counts,
+        # seconds to the microsecond, as /search rounds its timings_ms (the batcher and engine round theirs)
+        return {"uptime_s": round(time.time() - self.started, 6), "requests": counts,
                 "text_batcher": {**self.batcher.stats.to_dict(), "queued": self.batcher.queued(),
                                  "max_batch": self.batcher.max_batch,
                                  "max_queue_delay_ms": self.options.max_queue_delay_ms},
