@@ -207,6 +207,44 @@ def test_open_inference_protocol_readiness_is_false_as_a_4xx():
         assert request(server.url, "GET", "/readyz")[0] == 503  # Kubernetes-style readiness keeps 503
 
 
+def _post(url: str, path: str, body: bytes) -> tuple[int, Any]:
+    """``(status, JSON answer)`` of one POST."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request("POST", path, body=body)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_the_repository_index_reads_its_request_as_triton_does():
+    """``POST /v2/repository/index`` ignored its body: text that is not JSON (``not json``), a list, or
+    ``{"ready": "yes"}`` were answered 200 with the index, where Triton answers 400 (it parses a non-empty body as
+    JSON and reads ``ready`` as a boolean); ``{"ready": true}`` listed the models of a server that is not ready.
+    An empty body (what tritonclient sends) keeps Triton's defaults."""
+    import tritonclient.http as hc
+
+    service = bare_service()
+    service.models = served_models(graph_specs(DIMS, True), BatchLimits(8, 8, 8, 8))
+    with ServerThread(create_app(service)) as server:
+        for body, field in ((b"not json", "body"), (b"[1]", "body"), (b'{"ready": "yes"}', "ready")):
+            status, doc = _post(server.url, "/v2/repository/index", body)
+            assert (status, doc["field"]) == (400, field), (body, doc)
+        names = sorted(service.models)
+        for body in (b"", b"{}", b'{"ready": true}', b'{"ready": false}'):
+            status, doc = _post(server.url, "/v2/repository/index", body)
+            assert status == 200 and sorted(m["name"] for m in doc) == names, (body, doc)
+            assert {m["state"] for m in doc} == {"READY"}, doc
+        client = hc.InferenceServerClient(urllib.parse.urlsplit(server.url).netloc)
+        assert sorted(m["name"] for m in client.get_model_repository_index()) == names
+        client.close()
+        service.batcher = types.SimpleNamespace(alive=False)
+        assert _post(server.url, "/v2/repository/index", b'{"ready": true}') == (200, [])
+        status, doc = _post(server.url, "/v2/repository/index", b"")
+        assert status == 200 and {m["state"] for m in doc} == {"UNAVAILABLE"}, doc
+
 def test_a_server_that_fails_to_start_leaves_no_thread_behind(monkeypatch):
     """The thread that announces the URL once uvicorn accepts requests waited for ever (polling) when uvicorn failed
     before starting, in every process that called serve()."""

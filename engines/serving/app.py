@@ -54,6 +54,7 @@ from rap_deploy.engines.serving.oip import (
     RequestError,
     decode_body,
     encode_infer_response,
+    parse_index_request,
     parse_infer_request,
     parse_json,
 )
@@ -388,8 +389,15 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
         return _json({"ready": ok}, 200 if ok else NOT_READY)
 
     @app.post("/v2/repository/index")
-    async def repository_index() -> Response:
-        return _json([{"name": n, "version": VERSION, "state": "READY"} for n in service.models])
+    async def repository_index(request: Request) -> Response:
+        limit = service.options.max_search_body
+        raw = await read_body(request, limit, service.options.body_idle_timeout_s, service.options.body_pace)
+        only_ready = parse_index_request(decode_body(raw, request.headers.get("content-encoding"), limit))
+        ok = service.models_ready()
+        if only_ready and not ok:
+            return _json([])
+        state = "READY" if ok else "UNAVAILABLE"  # Triton's state of a model that cannot serve
+        return _json([{"name": n, "version": VERSION, "state": state} for n in service.models])
 
     async def model_metadata(name: str, version: str | None = None) -> Response:
         return _json(service.metadata(model_of(name, version)))

@@ -55,6 +55,21 @@ def parse_json(body: bytes) -> Any:
     raise RequestError(400, f"request body is not valid JSON ({reason})", "body")
 
 
+def parse_index_request(body: bytes) -> bool:
+    """Whether a repository index request (``POST /v2/repository/index``) asks only for the ready models: its
+    ``ready`` field, ``False`` for an empty body (Triton's defaults). Raises :class:`RequestError` 400 for a body
+    that is not a JSON object or a ``ready`` that is not a boolean, as Triton refuses them."""
+    if not body.strip():
+        return False
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        raise RequestError(400, f"a repository index request must be a JSON object, not {type(doc).__name__}", "body")
+    ready = doc.get("ready", False)
+    if not isinstance(ready, bool):
+        raise RequestError(400, f"'ready' must be true or false, not {json.dumps(ready)[:40]}", "ready")
+    return ready
+
+
 @dataclass
 class InferRequest:
     """A checked request: input arrays by name, the outputs wanted (``name -> binary?``) and the request id."""
