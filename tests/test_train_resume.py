@@ -499,3 +499,34 @@ def test_a_resume_refusal_names_the_option_as_it_is_typed(synth_root, frame_cach
         assert "--lorm-rank" not in said and "--use-" not in said and "--asa-" not in said, said
         assert "True" not in said and "False" not in said and "None" not in said and "drop the option" in said, said
     assert (run / "last.pt").read_bytes() == last
+
+
+def test_resume_with_the_run_s_relative_pretrained_finds_the_moved_file_it_names_now(micro_checkpoint, synth_root,
+                                                                                    frame_cache, tmp_path,
+                                                                                    monkeypatch):
+    """A run started with a relative ``--pretrained world/rap-micro.safetensors`` (stored as typed), whose world folder
+    then moved, resumed from the new parent folder with the same ``--pretrained`` text: that text names the moved
+    file of the recorded sha256 now, so the run resumes on it. It was refused (exit 2) with 'pass it where it is now
+    ... --pretrained FILE', the option just given: a value equal to the stored one skipped the sha256 check."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.backbone_file import save_backbone
+    from rap_deploy.cli.app import app
+
+    weights = {k: v.contiguous() for k, v in load_checkpoint(micro_checkpoint).backbone_state.items()}
+    save_backbone(weights, "rap-micro", tmp_path / "a" / "world" / "rap-micro.safetensors")
+    run, runner = tmp_path / "run", CliRunner()
+    args = [*_cli_args(synth_root, frame_cache), "--out", str(run), "--max-epochs-this-run", "1"]
+    args[args.index("--pretrained") + 1] = "world/rap-micro.safetensors"
+    monkeypatch.chdir(tmp_path / "a")
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "world").rename(tmp_path / "b" / "world")
+    monkeypatch.chdir(tmp_path / "b")
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "--pretrained", "world/rap-micro.safetensors",
+                                  "--quiet", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["resumed_after_epoch"] == 1
+    moved = (tmp_path / "b" / "world" / "rap-micro.safetensors").resolve()
+    assert load_checkpoint(run / "last.pt").backbone.value == str(moved)

@@ -87,10 +87,10 @@ def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) 
     """``ckpt`` and ``overrides`` with the backbone file at ``overrides["pretrained"]`` (``options.pretrained`` set to
     it) when that names a weights file of the sha256 ``ckpt`` recorded: the same weights moved (an ablation's world
     folder moved), known by their content; also the recorded path itself, which differs from the stored option when
-    the run was started with a relative ``--pretrained``. Otherwise both unchanged: another value is compared as any
-    option."""
+    the run was started with a relative ``--pretrained``, and the run's own relative text typed again from another
+    folder (it names the moved file now). Otherwise both unchanged: another value is compared as any option."""
     spec, wanted = ckpt.backbone, overrides.get("pretrained")
-    if not wanted or wanted == options.pretrained:
+    if not wanted or (wanted == options.pretrained and _same_file(wanted, spec.value)):
         return ckpt, overrides
     found = recorded_backbone_at(spec, wanted)
     if found is None:
@@ -99,6 +99,11 @@ def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) 
     options.pretrained = str(path)
     return dataclasses.replace(ckpt, backbone=dataclasses.replace(spec, value=str(path))), \
         {**overrides, "pretrained": str(path)}
+
+
+def _same_file(typed: str, recorded: str) -> bool:
+    """Whether the path ``typed`` (``~`` expanded, relative to the current folder) names the file ``recorded``."""
+    return Path(typed).expanduser().resolve() == Path(recorded).expanduser().resolve()
 
 
 def _resume_mismatch(last: Path, spec: Any, mismatch: tuple[str, Any, Any]) -> UsageError:
