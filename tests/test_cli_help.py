@@ -203,6 +203,21 @@ def test_train_help_says_what_exit_1_and_2_mean_and_that_eval_initial_is_off():
     assert "(logged as epoch 0; default: off)" in _option_help("train", "--eval-initial")
 
 
+def test_train_help_says_a_damaged_checkpoint_exits_1_as_it_does(tmp_path):
+    """train's --help said exit 1 meant a diverged run or damaged annotation files, and that missing or undecodable
+    videos are skipped; a damaged --checkpoint (or the run's last.pt) exits 1 too, and so does a split none of whose
+    videos can be read (test_train: 'no usable training video'), which the help did not say."""
+    result = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
+    text = " ".join(result.output.split())
+    assert "a checkpoint (--checkpoint, the run's last.pt) or the dataset's annotation files are damaged" in text, text
+    assert "or no training video can be read (missing or undecodable videos are otherwise skipped" in text, text
+    damaged = tmp_path / "init.pt"
+    damaged.write_bytes(b"PK\x03\x04" + b"\0" * 60)  # a zip archive's start, nothing after it
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(tmp_path), "--checkpoint",
+                                   str(damaged), "--out", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 1 and "damaged or truncated" in res.output, res.output
+
+
 def test_synth_size_help_names_the_sizes_decord_cannot_read_back():
     """synth --size said only '(even)', so --size 48 (even) wrote a video and was refused: decord cannot read
     MPEG-4 back at 16, 24, 48 or 72 px (synth_dataset._check_readable); the help did not say which sizes work."""

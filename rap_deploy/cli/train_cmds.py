@@ -118,9 +118,10 @@ def train(
 
     Data-parallel: `torchrun --nproc_per_node N -m rap_deploy.cli train ...` (gloo on CPU, NCCL on CUDA).
 
-    Exits 1 when training diverges (non-finite weights or scores) or the dataset's annotation files are damaged
-    (missing or undecodable videos are skipped and counted); 2 for bad usage: a wrong path, option or value, or a run
-    that --resume cannot continue with these options.
+    Exits 1 when training diverges (non-finite weights or scores), a checkpoint (--checkpoint, the run's last.pt) or
+    the dataset's annotation files are damaged, or no training video can be read (missing or undecodable videos are
+    otherwise skipped and counted); 2 for bad usage: a wrong path, option or value, or a run that --resume cannot
+    continue with these options.
     """
     given: dict[str, Any] = {
         "dataset": dataset, "checkpoint": _str(checkpoint), "clip": clip, "pretrained": pretrained,
