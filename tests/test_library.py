@@ -1506,6 +1506,18 @@ def test_index_with_a_new_top_m_or_target_recall_retunes_stage1(library, tmp_pat
     assert json.loads(res.stdout)["up_to_date"] is False and st["target_recall"] == 0.99 and st["top_m"] == 6
 
 
+def test_index_names_the_stage1_type_it_rebuilds_without_ann(library, tmp_path):
+    """`index --top-m M` on an HNSW library logged "building the stage-1 index" with no type, where `--ann hnsw`
+    logged "(hnsw)": the type was named only when --ann gave it. The log names the type built, the library's."""
+    lib = _copy(library, tmp_path / "lib")
+    res = runner.invoke(app, ["index", "--out", str(lib), "--top-m", "6"])
+    assert res.exit_code == 0 and "building the stage-1 index (exact)\n" in res.stderr, res.output
+    res = runner.invoke(app, ["index", "--out", str(lib), "--ann", "hnsw"])
+    assert res.exit_code == 0 and "building the stage-1 index (hnsw)\n" in res.stderr, res.output
+    res = runner.invoke(app, ["index", "--out", str(lib), "--top-m", "5"])
+    assert res.exit_code == 0 and "building the stage-1 index (hnsw)\n" in res.stderr, res.output
+    assert json.loads((lib / "manifest.json").read_text())["stage1"]["type"] == "hnsw"
+
 @pytest.mark.parametrize("ann", ["exact", "hnsw", "ivf"])
 def test_removing_every_video_leaves_an_empty_library_that_searches_and_grows(synth_root, micro_checkpoint,
                                                                               frame_cache, tmp_path, engine, ann):

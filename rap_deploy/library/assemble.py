@@ -122,12 +122,18 @@ def read_video_emb(root: Path, shards: list[dict[str, Any]], rows: np.ndarray, d
     return out
 
 
+def stage1_kind(req: Stage1Request, old: dict[str, Any] | None) -> str:
+    """The stage-1 index type a build makes: the one asked for (``--ann``), else the library's, else ``exact``;
+    raises :class:`UsageError` for an unknown type."""
+    return stage1.check_ann(req.kind or (old or {}).get("stage1", {}).get("type") or "exact")
+
+
 def build_stage1(root: Path, old: dict[str, Any] | None, asm: Assembly, new_shards: list[dict[str, Any]], dim: int,
                  req: Stage1Request, build: int) -> tuple[dict[str, Any], set[int]]:
     """Update (or rebuild) the stage-1 index, tune and measure its recall@M, write it under the names of build
     number ``build``; returns the manifest's ``stage1`` entry and the removed rows still referenced (tombstones)."""
     t0 = time.perf_counter()
-    kind = stage1.check_ann(req.kind or (old or {}).get("stage1", {}).get("type") or "exact")
+    kind = stage1_kind(req, old)
     _, live = live_rows(root, asm.shards, asm.removed)
     vectors = read_video_emb(root, asm.shards, live, dim)
     index = _reusable_index(root, old, kind, asm.removed, len(live))

@@ -32,6 +32,7 @@ from rap_deploy.library.assemble import (
     apply_replacements,
     build_stage1,
     remove_unused_stage1,
+    stage1_kind,
     write_library_manifest,
 )
 from rap_deploy.library.changes import changed_videos, indexed_files, moved_videos, with_moves
@@ -359,7 +360,7 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     req = Stage1Request(kind=options.ann, target_recall=options.target_recall, top_m=top_m,
                         max_queries=options.recall_queries, seed=options.seed,
                         **_caption_queries(engine, source, options))
-    log("building the stage-1 index" + (f" ({req.kind})" if req.kind else ""))
+    log(f"building the stage-1 index ({stage1_kind(req, old)})")  # the library's type too when --ann is not given
     history = {"builds": replacing.get("builds") or []} if replacing else old  # --force: new stage-1 names
     build_number = len((history or {}).get("builds") or []) + 1
     stage1_entry, tombstones = build_stage1(root, old, asm, added, shapes["video_emb"][0], req, build_number)
