@@ -530,3 +530,21 @@ def test_resume_with_the_run_s_relative_pretrained_finds_the_moved_file_it_names
     assert json.loads(resumed.stdout)["resumed_after_epoch"] == 1
     moved = (tmp_path / "b" / "world" / "rap-micro.safetensors").resolve()
     assert load_checkpoint(run / "last.pt").backbone.value == str(moved)
+
+
+def test_the_moved_backbone_refusal_names_a_resume_command_that_runs_from_a_folder_with_a_space(tmp_path):
+    """The refusal of a run whose referenced backbone file is gone names `rapdeploy train --resume RUN --pretrained
+    FILE`; RUN was pasted unquoted, so for 'my runs/rap' the shell split it into two arguments. It is shell-quoted."""
+    import shlex
+    from types import SimpleNamespace
+
+    from rap_deploy.errors import UsageError
+    from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.train.run_state import _check_backbone_there
+
+    run = tmp_path / "my runs" / "rap"
+    spec = BackboneSpec("rap-micro", "file", str(tmp_path / "gone.safetensors"), "ab" * 32)
+    with pytest.raises(UsageError) as err:
+        _check_backbone_there(run, SimpleNamespace(backbone=spec, backbone_state=None))
+    command = str(err.value).split("`")[1]
+    assert shlex.split(command) == ["rapdeploy", "train", "--resume", str(run), "--pretrained", "FILE"], command

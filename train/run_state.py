@@ -78,9 +78,12 @@ def _check_backbone_there(run_dir: Path, ckpt: Any) -> None:
     spec = ckpt.backbone
     if ckpt.backbone_state is not None or spec.kind != "file" or not spec.sha256 or Path(spec.value).exists():
         return
+    import shlex
+
     raise UsageError(f"{run_dir / LAST} references the backbone weights file {spec.value}, which does not exist "
-                     f"(moved or deleted): pass it where it is now, `rapdeploy train --resume {run_dir} --pretrained "
-                     f"FILE` (the file of sha256 {spec.sha256[:12]}…), or put it back at that path")
+                     f"(moved or deleted): pass it where it is now, `rapdeploy train --resume "
+                     f"{shlex.quote(str(run_dir))} --pretrained FILE` (the file of sha256 {spec.sha256[:12]}…), or "
+                     "put it back at that path")
 
 
 def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
