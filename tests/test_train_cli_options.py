@@ -77,3 +77,17 @@ def test_a_model_option_against_the_checkpoint_is_refused_by_the_name_it_is_type
     assert "--lorm-rank" not in text and "--use-" not in text and "--asa-selection" not in text
     assert "drop --preset" in text if given[0] == "--preset" else "drop the option" in text
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--reference-backbone", "--embed-backbone"])
+def test_a_backbone_storage_switch_beside_checkpoint_is_refused_not_ignored(micro_checkpoint, tmp_path, flag):
+    """`train --checkpoint CKPT --embed-backbone` (or --reference-backbone) trained and wrote best.pt/last.pt storing
+    the backbone as CKPT does (training_run: checkpoint_from_model keeps the template's backbone), the option ignored
+    without a word; it is refused before anything is read or written, as --clip beside --checkpoint is."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(tmp_path), "--checkpoint",
+                                   str(micro_checkpoint), "--out", str(out), "--quiet", flag])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, text
+    assert f"{flag} chooses how a new model (--clip/--backbone) stores its backbone" in text, text
+    assert f"drop {flag}" in text and not out.exists()

@@ -103,8 +103,9 @@ def train(
                                    "fp16), bf16, fp16, off. CPU always trains in fp32."),
     device: str | None = typer.Option(None, "--device", help="auto (CUDA if available), cpu or cuda."),
     embed_backbone: bool | None = typer.Option(None, "--embed-backbone/--reference-backbone", help="Store the "
-                                               "backbone weights in best.pt/last.pt, or reference the tag/file (with "
-                                               "--clip; default: embed only a random backbone)."),
+                                               "backbone weights in best.pt/last.pt, or reference the tag/file (a new "
+                                               "model, --clip/--backbone, not --checkpoint; default: embed only a "
+                                               "random backbone, which is always stored)."),
     max_epochs_this_run: int | None = typer.Option(None, "--max-epochs-this-run", help="Stop after this many epochs "
                                                    "in this invocation (the schedule still spans --epochs); continue "
                                                    "with --resume."),
@@ -176,7 +177,8 @@ def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint
     """``given`` with ``--backbone`` resolved into clip/pretrained and the unset (None) options dropped.
 
     Raises :class:`UsageError` when ``--clip`` contradicts the backbone file, ``--pretrained`` meets ``--backbone``
-    (which it silently replaced) or ``--checkpoint`` meets ``--clip``/``--backbone``.
+    (which it silently replaced) or ``--checkpoint`` meets ``--clip``/``--backbone`` or ``--embed-backbone``/
+    ``--reference-backbone`` (the run stores the backbone as the checkpoint does; the option was ignored).
     """
     from rap_deploy.backbone_file import backbone_clip, check_one_backbone_source
 
@@ -185,6 +187,11 @@ def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint
         given.update(clip=backbone_clip(backbone, clip), pretrained=str(backbone))
     if checkpoint is not None and (given["clip"] or pretrained):
         raise UsageError("pass either --checkpoint or --clip/--backbone, not both")
+    if checkpoint is not None and given["embed_backbone"] is not None:
+        flag = "--embed-backbone" if given["embed_backbone"] else "--reference-backbone"
+        raise UsageError(f"{flag} chooses how a new model (--clip/--backbone) stores its backbone; a run from "
+                         f"--checkpoint {checkpoint} stores it in best.pt and last.pt as that checkpoint does "
+                         f"(embedded or referenced): drop {flag}")
     return {k: v for k, v in given.items() if v is not None}
 
 
