@@ -43,6 +43,7 @@ from rap_deploy.export.precision_plan import (  # noqa: F401 - re-exported: the 
     plan_for_file,
     precision_plan,
 )
+from rap_deploy.name_lists import some_names
 
 # --------------------------------------------------------------------------------------------------------- profiles
 
@@ -339,10 +340,10 @@ def require_pinned_fp32(graph: str, check: Mapping[str, Any]) -> None:
     """Raise :class:`CheckFailedError` naming the layers whose pinned outputs did not come out FP32."""
     bad = check.get("violations") or []
     if bad:
-        shown = "; ".join(f"{v['layer']} ({v['type']}) -> {v['tensor']} is {v['dtype']} [{', '.join(v['nodes'])}]"
-                          for v in bad[:4])
+        shown = some_names([f"{v['layer']} ({v['type']}) -> {v['tensor']} is {v['dtype']} [{', '.join(v['nodes'])}]"
+                            for v in bad], 4, sep="; ")
         raise CheckFailedError(f"{graph}: {len(bad)} output(s) the precision plan keeps FP32 came out in lower "
-                               f"precision: {shown}{' …' if len(bad) > 4 else ''}. TensorRT dropped the constraints "
+                               f"precision: {shown}. TensorRT dropped the constraints "
                                "(Myelin fusions are known to, NVIDIA/TensorRT issues 3889 and 4505); rebuild with "
                                "another TensorRT version or report the layers")
 

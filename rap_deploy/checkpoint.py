@@ -29,10 +29,10 @@ from rap_deploy.model.clip_loader import (
     load_clip,
     pretrained_preprocess,
     quick_gelu_for,
-    some_names,
     state_dict_mismatch,
 )
 from rap_deploy.model.rap import RAPModel, topk_excess
+from rap_deploy.name_lists import some_names
 
 FORMAT = CHECKPOINT_FORMAT  # file_kinds.is_rap_checkpoint finds it in a file's bytes
 FORMAT_VERSION = 1

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rap_deploy.errors import CheckFailedError
+from rap_deploy.name_lists import some_names
 from rap_deploy.train import distributed as D
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def _no_training_video(options: TrainOptions, dataset: Any) -> CheckFailedError:
     from rap_deploy.retrieval import videos_folder_hint
 
     bad = dataset.bad_videos
-    named = "; ".join(f"{b['video_id']}: {b['reason']}" for b in bad[:3]) + ("; …" if len(bad) > 3 else "")
+    named = some_names([f"{b['video_id']}: {b['reason']}" for b in bad], 3, sep="; ")
     check = f"rapdeploy data-check --dataset {options.dataset} --data-root {shlex.quote(str(options.data_root))} " \
             "--split train"
     return CheckFailedError(f"no usable training video in {options.data_root} ({len(bad)} missing or undecodable: "

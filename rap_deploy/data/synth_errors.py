@@ -37,6 +37,7 @@ from rap_deploy.data.datasets import RetrievalSplit
 from rap_deploy.data.synth import SceneSpec, reverse_scene, scene_key
 from rap_deploy.data.synth_baselines import synthetic_scenes
 from rap_deploy.errors import UsageError
+from rap_deploy.name_lists import some_names
 
 KINDS = ("correct", "time_reverse", "other_event_count", "same_objects", "other_shapes", "same_actions", "other")
 
@@ -127,8 +128,9 @@ def split_scenes(split: RetrievalSplit) -> list[SceneSpec]:
     scenes, _ = synthetic_scenes(split)
     missing = [v.video_id for v in split.videos if v.video_id not in scenes]
     if missing:
-        raise UsageError(f"{Path(split.data_root) / 'MSRVTT_data.json'} has no scene for {missing[:3]}; regenerate "
-                         "the data with rapdeploy synth")
+        videos = f"{len(missing)} video" + ("s" if len(missing) > 1 else "")
+        raise UsageError(f"{Path(split.data_root) / 'MSRVTT_data.json'} has no scene for {videos} "
+                         f"({some_names(missing, 3)}); regenerate the data with rapdeploy synth")
     return [scenes[v.video_id] for v in split.videos]
 
 

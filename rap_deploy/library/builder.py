@@ -49,6 +49,7 @@ from rap_deploy.library.manifest import (
 from rap_deploy.library.shards import committed_shard, remove_stale
 from rap_deploy.library.sources import VideoSource, missing_list_hint
 from rap_deploy.locks import folder_lock
+from rap_deploy.name_lists import some_names
 
 
 @dataclass
@@ -341,7 +342,7 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     replacing = state.get("replacing")
     if old is None and not added:
         _drop_plan_and_its_shards(root, keep={s["name"] for s in (replacing or {}).get("shards", [])})
-        names = ", ".join(f"{s['video_id']} ({s['reason']})" for s in skipped[:5])
+        names = some_names([f"{s['video_id']} ({s['reason']})" for s in skipped])
         kept = "; the library there was left as it was" if replacing else ""
         raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}{kept}: {names}"
                                f"{missing_list_hint(source, skipped)}")
@@ -414,7 +415,8 @@ def _wait_for_shards(root: Path, plan: dict[str, Any], ranks: Ranks) -> list[dic
             return [entries[n] for n in names]
         if ranks.world_size == 1:
             missing = [n for n in names if n not in entries]
-            raise CheckFailedError(f"shards {', '.join(missing[:5])} of {root} were not written; re-run the command")
+            raise CheckFailedError(f"{len(missing)} of the {len(names)} shards of {root} were not written "
+                                   f"({some_names(missing)}); re-run the command")
         time.sleep(ranks.poll_seconds)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from rap_deploy.atomic import file_identity, sha256_file
 from rap_deploy.errors import UsageError
 from rap_deploy.file_kinds import check_archive_expansion, is_rap_checkpoint, sniff
+from rap_deploy.name_lists import some_names
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
 
@@ -262,20 +263,11 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
     return explain_load_error(path, exc, what="backbone weights file", fix="download it again")
 
 
-#: How many names a list in a message shows before "and N more".
-NAMES_SHOWN = 5
-
 _STATE_DICT_ERROR = "Error(s) in loading state_dict"
 _MISSING = "Missing key(s) in state_dict: "
 _UNEXPECTED = "Unexpected key(s) in state_dict: "
 _SHAPE = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, "
                     r"the shape in current model is torch\.Size\((\[[^\]]*\])\)")
-
-
-def some_names(names: Sequence[str], shown: int = NAMES_SHOWN) -> str:
-    """``names`` joined by commas, whole names only: the first ``shown``, then "and N more" for the rest."""
-    head = ", ".join(names[:shown])
-    return head + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def one_line(exc: BaseException, limit: int = 240) -> str:
@@ -293,9 +285,10 @@ def _count(n: int, noun: str) -> str:
 
 
 def key_mismatch(missing: Sequence[str], unexpected: Sequence[str], shapes: Sequence[tuple[str, str, str]]) -> str:
-    """How a state dict does not fit a model, in whole key names ("and N more" past :data:`NAMES_SHOWN`): the model's
-    keys it lacks (``missing``), the keys the model does not have (``unexpected``) and the tensors of another shape
-    (``shapes``: name, shape in the file, shape in the model), joined by "; "."""
+    """How a state dict does not fit a model, in whole key names ("and N more" past
+    :data:`rap_deploy.name_lists.NAMES_SHOWN`): the model's keys it lacks (``missing``), the keys the model does
+    not have (``unexpected``) and the tensors of another shape (``shapes``: name, shape in the file, shape in the
+    model), joined by "; "."""
     parts = []
     if missing:
         parts.append(f"the weights lack {len(missing)} of the model's keys: {some_names(missing)}")

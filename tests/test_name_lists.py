@@ -1,0 +1,93 @@
+"""Lists of names in messages say how many were left out ("a, b, c and 2 more"): the shared helper
+(rap_deploy.name_lists.some_names) and the messages that cut their lists without a count before."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from typer.testing import CliRunner
+
+from rap_deploy.cli import app
+from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.name_lists import some_names
+
+runner = CliRunner()
+
+
+def test_some_names_counts_what_it_leaves_out():
+    names = [f"n{i}" for i in range(7)]
+    assert some_names(names) == "n0, n1, n2, n3, n4 and 2 more"
+    assert some_names(names, 7) == some_names(names, 9) == ", ".join(names)
+    assert some_names(names[:1]) == "n0" and some_names([]) == ""
+    # items that hold commas are joined by "; ", and the count stands as an item of its own
+    assert some_names(["a: x, y", "b: z", "c: w"], 2, sep="; ") == "a: x, y; b: z; and 1 more"
+
+
+def test_the_clip_loader_and_checkpoint_use_the_one_helper():
+    """One source of truth: the model code's lists come from rap_deploy.name_lists, not a copy."""
+    from rap_deploy import checkpoint
+    from rap_deploy.model import clip_loader
+
+    assert clip_loader.some_names is some_names and checkpoint.some_names is some_names
+
+
+def test_a_split_without_scenes_names_how_many_videos_lack_one(monkeypatch, tmp_path):
+    """The refusal showed a list repr of 3 ids (``has no scene for ['v0', 'v1', 'v2']``) whatever their number."""
+    from rap_deploy.data import synth_errors
+
+    monkeypatch.setattr(synth_errors, "synthetic_scenes", lambda split: ({}, None))
+    split = types.SimpleNamespace(data_root=str(tmp_path), videos=[types.SimpleNamespace(video_id=f"v{i}")
+                                                                    for i in range(5)])
+    with pytest.raises(UsageError) as err:
+        synth_errors.split_scenes(split)
+    assert "has no scene for 5 videos (v0, v1, v2 and 2 more); regenerate" in str(err.value), err.value
+
+
+def test_pinned_fp32_violations_say_how_many_were_left_out():
+    """Past 4 layers the list ended in a bare ' …'."""
+    from rap_deploy.engines.trt_plan import require_pinned_fp32
+
+    bad = [{"layer": f"L{i}", "type": "Softmax", "tensor": f"t{i}", "dtype": "HALF", "nodes": ["a", "b"]}
+           for i in range(6)]
+    with pytest.raises(CheckFailedError) as err:
+        require_pinned_fp32("video_encoder", {"violations": bad})
+    message = str(err.value)
+    assert "L3 (Softmax) -> t3 is HALF [a, b]; and 2 more. TensorRT dropped" in message, message
+    assert "L4" not in message and "…" not in message
+
+
+def test_no_training_video_says_how_many_reasons_were_left_out(tmp_path):
+    """Past 3 videos the reasons ended in '; …' (the count of all was there, not of those left out)."""
+    from rap_deploy.train.run_data import _no_training_video
+
+    options = types.SimpleNamespace(dataset="msrvtt", data_root=tmp_path)
+    dataset = types.SimpleNamespace(split=None, bad_videos=[{"video_id": f"v{i}", "reason": "cannot decode"}
+                                                             for i in range(5)])
+    message = str(_no_training_video(options, dataset))
+    assert "(5 missing or undecodable: v0: cannot decode; v1: cannot decode; v2: cannot decode; and 2 more)" \
+        in message, message
+
+
+def test_unwritten_shards_are_counted(monkeypatch, tmp_path):
+    """'shards s0, s1, s2, s3, s4 of ROOT were not written' named 5 of any number of shards, without a count."""
+    from rap_deploy.library import builder
+
+    monkeypatch.setattr(builder, "_committed", lambda root, shard, verify_hash=True: None)
+    plan = {"shards": [{"name": f"shard-{i:06d}"} for i in range(8)]}
+    with pytest.raises(CheckFailedError) as err:
+        builder._wait_for_shards(tmp_path, plan, types.SimpleNamespace(world_size=1))
+    assert f"8 of the 8 shards of {tmp_path} were not written (shard-000000, shard-000001, shard-000002, " \
+        "shard-000003, shard-000004 and 3 more); re-run" in str(err.value), err.value
+
+
+def test_index_of_undecodable_videos_counts_those_it_does_not_name(micro_checkpoint, tmp_path):
+    """'no video could be decoded' named the first 5 videos and reasons of any number, without a count."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for i in range(7):
+        (folder / f"x{i}.mp4").write_bytes(b"junk")
+    res = runner.invoke(app, ["index", "--videos", str(folder), "--engine", str(micro_checkpoint), "--out",
+                              str(tmp_path / "lib"), "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 1 and "no video could be decoded" in res.output, res.output
+    assert " and 2 more" in " ".join(res.output.split()), res.output
