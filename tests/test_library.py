@@ -1518,6 +1518,27 @@ def test_index_names_the_stage1_type_it_rebuilds_without_ann(library, tmp_path):
     assert res.exit_code == 0 and "building the stage-1 index (hnsw)\n" in res.stderr, res.output
     assert json.loads((lib / "manifest.json").read_text())["stage1"]["type"] == "hnsw"
 
+def test_index_refusals_count_the_names_they_leave_out(library, synth_root, micro_checkpoint, frame_cache, tmp_path):
+    """`--remove` of unknown ids named 10 of them with no count when videos were given (and '(+N more)' without),
+    and a foreign --out folder named 5 of its files then '...'; all now end 'and N more' (name_lists.some_names)."""
+    lib = _copy(library, tmp_path / "lib")
+    before = _files(lib)
+    gone = [f"nope{i:02d}" for i in range(12)]
+    remove = [a for v in gone for a in ("--remove", v)]
+    for args in (["index", "--out", str(lib), *remove], _index_args(synth_root, micro_checkpoint, lib, frame_cache,
+                                                                    *remove)):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert f"--remove: {', '.join(gone[:10])} and 2 more not in the library" in " ".join(res.output.split())
+    assert _files(lib) == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for i in range(7):
+        (foreign / f"f{i}.txt").write_text("mine")
+    res = runner.invoke(app, _index_args(synth_root, micro_checkpoint, foreign, frame_cache))
+    assert res.exit_code == 2 and "(it holds f0.txt, f1.txt, f2.txt, f3.txt, f4.txt and 2 more)" in \
+        " ".join(res.output.split()), res.output
+
 @pytest.mark.parametrize("ann", ["exact", "hnsw", "ivf"])
 def test_removing_every_video_leaves_an_empty_library_that_searches_and_grows(synth_root, micro_checkpoint,
                                                                               frame_cache, tmp_path, engine, ann):

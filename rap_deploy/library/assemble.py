@@ -24,6 +24,7 @@ from rap_deploy.library.manifest import (
     write_manifest,
 )
 from rap_deploy.library.shards import check_sha256, open_tensor_file, read_videos
+from rap_deploy.name_lists import some_names
 
 
 @dataclass
@@ -76,8 +77,7 @@ def apply_removals(root: Path, asm: Assembly, remove: list[str]) -> None:
     where = dict(zip(ids, rows.tolist(), strict=True))
     unknown = [v for v in remove if v not in where]
     if unknown:
-        shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else "")
-        raise UsageError(f"--remove: {shown} not in the library {root}; nothing was removed")
+        raise UsageError(f"--remove: {some_names(unknown, 10)} not in the library {root}; nothing was removed")
     asm.removed |= {where[v] for v in remove}
     asm.removed_ids = list(dict.fromkeys(remove))
     drop_empty_shards(asm)

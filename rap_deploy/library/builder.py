@@ -195,7 +195,7 @@ def _prepare(root: Path, engine: Any, source: VideoSource | None, options: Build
     indexed = indexed_files(root, old["shards"], set(old["removed"]), old.get("moved")) if old is not None else {}
     unknown = [v for v in options.remove if v not in indexed]
     if unknown:  # before any video is encoded
-        raise UsageError(f"--remove: {', '.join(unknown[:10])} not in the library {root}; nothing was changed")
+        raise UsageError(f"--remove: {some_names(unknown, 10)} not in the library {root}; nothing was changed")
     removing = set(options.remove)  # never encoded, even when their files are given or changed
     given = [v for v in source.videos if v.video_id not in removing]
     moved = moved_videos(given, indexed)  # recorded in the manifest, never re-encoded
@@ -307,8 +307,8 @@ def _refuse_foreign_folder(root: Path) -> None:
     ours = {MANIFEST, plans.PLAN, STAGE1_DIR, SHARDS_DIR}
     foreign = sorted(p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith("."))
     if foreign:
-        raise UsageError(f"{root} is not empty and is not a library ({', '.join(foreign[:5])}...); choose another "
-                         "--out folder")
+        raise UsageError(f"{root} is not empty and is not a library (it holds {some_names(foreign)}); choose "
+                         "another --out folder")
 
 
 # ------------------------------------------------------------------------------------------------------- encode
