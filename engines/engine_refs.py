@@ -155,11 +155,13 @@ RUN_CHECKPOINT_NAMES = (RUN_BEST, RUN_LAST)
 
 def engine_label(engine_path: Path | str) -> str:
     """A folder name for an engine's reports: the engine folder's or checkpoint's name (``RUN-best``/``RUN-last`` for
-    a training run's ``best.pt``/``last.pt``: the run folder's name first), ``remote-HOST-PORT`` for a server."""
+    a training run's ``best.pt``/``last.pt``: the run folder's name first), ``remote-HOST-PORT`` for a server (its
+    URL's trailing slashes dropped, as the remote engine drops them: one server, one folder)."""
     from rap_deploy.engines.loader import is_remote
 
     if is_remote(engine_path):
-        return "remote-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in str(engine_path).split("://")[1])
+        target = str(engine_path).split("://", 1)[1].rstrip("/")
+        return "remote-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in target)
     path = Path(engine_path)
     if not path.is_file():
         return path.resolve().name

@@ -374,6 +374,8 @@ def test_verify_names_a_servers_report_folder_in_its_help_and_the_readme():
     from rap_deploy.engines.engine_refs import engine_label
 
     assert engine_label("http://127.0.0.1:8080") == "remote-127.0.0.1-8080"  # remote-HOST-PORT
+    # the same server typed with a trailing slash (the remote engine drops it) reported to 'remote-127.0.0.1-8080-'
+    assert engine_label("http://127.0.0.1:8080/") == engine_label("http://127.0.0.1:8080//") == "remote-127.0.0.1-8080"
     res = CliRunner().invoke(app, ["verify", "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "remote-HOST-PORT for http://HOST:PORT" in res.output, res.output
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
