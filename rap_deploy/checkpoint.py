@@ -117,7 +117,7 @@ def _check_same_architecture(where: str, clip: str, stored: dict[str, Any], curr
         return
     keys = _differing_keys(stored, current) or ["a key set to null in one of them"]
     raise UsageError(f"{where} was made with an open_clip config of {clip} that differs from this installation's "
-                     f"(in {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}): the network built here would not be "
+                     f"(in {some_names(keys, 4)}): the network built here would not be "
                      "the one its adapters were trained on; use the open_clip and rapdeploy versions it was made with")
 
 

@@ -22,6 +22,7 @@ from rap_deploy.config import RAPConfig
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
 from rap_deploy.model.clip_loader import BackboneSpec
+from rap_deploy.name_lists import some_names
 
 # The dtypes a stored weight may have: float32, as rapdeploy writes them, or another float that converts into the
 # model's float32 parameters. Complex, integer, bool and float8 tensors are no weights it wrote (load_state_dict would
@@ -64,7 +65,7 @@ def _foreign_payload(path: Path, payload: Any) -> UsageError:
                           f"rapdeploy checkpoint; if these are CLIP weights, make a checkpoint on them with "
                           f"`rapdeploy init --clip NAME --pretrained {path} --out ckpt.pt`, else {fix}")
     if isinstance(payload, dict):
-        keys = ", ".join(repr(str(k)[:30]) for k in list(payload)[:3]) + (", …" if len(payload) > 3 else "")
+        keys = some_names([repr(str(k)[:30]) for k in payload], 3)
         held = f"a dict with keys {keys}" if payload else "an empty dict"
     else:
         held = f"a {type(payload).__name__}"
@@ -216,7 +217,7 @@ def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
     newer = _unknown_settings(payload["config"])
     if newer:  # a setting added since this version (a squash checkpoint read by one without resize_mode): not damage
         raise UsageError(f"checkpoint {path}: its model config holds settings this rapdeploy does not know "
-                         f"({', '.join(newer[:5])}): it was written by a newer rapdeploy (upgrade rapdeploy to use "
+                         f"({some_names(newer)}): it was written by a newer rapdeploy (upgrade rapdeploy to use "
                          "it) or edited")
     try:
         config = RAPConfig.from_dict(payload["config"])

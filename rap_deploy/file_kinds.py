@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
+from rap_deploy.name_lists import some_names
 
 ZIP_MAGIC = b"PK\x03\x04"
 # The names a checkpoint file goes by: verify, index, serve and build-engine tell a checkpoint from an engine or export
@@ -152,7 +153,7 @@ def explain_load_error(path: str | os.PathLike[str], exc: BaseException, what: s
     names, parsed = pickle_globals(data)
     foreign = [n for n in names if not n.startswith(_TORCH_ALLOWED)]
     if foreign:
-        return UsageError(f"refusing {path}: it holds pickled Python objects ({', '.join(foreign[:3])}) that need "
+        return UsageError(f"refusing {path}: it holds pickled Python objects ({some_names(foreign, 3)}) that need "
                           f"weights_only=False, which could run code; re-save it with tensors and plain data only")
     if not parsed or isinstance(exc, EOFError):
         return CheckFailedError(f"{what} {path} is truncated or damaged (its pickle stream ends early or is invalid: "

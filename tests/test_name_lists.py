@@ -91,3 +91,50 @@ def test_index_of_undecodable_videos_counts_those_it_does_not_name(micro_checkpo
                               str(tmp_path / "lib"), "--cache-dir", str(tmp_path / "cache")])
     assert res.exit_code == 1 and "no video could be decoded" in res.output, res.output
     assert " and 2 more" in " ".join(res.output.split()), res.output
+
+
+class Foreign0:
+    """Arbitrary Python objects in a pickle (loading them needs weights_only=False)."""
+
+
+class Foreign1(Foreign0):
+    pass
+
+
+class Foreign2(Foreign0):
+    pass
+
+
+class Foreign3(Foreign0):
+    pass
+
+
+class Foreign4(Foreign0):
+    pass
+
+
+def test_checkpoint_refusals_count_the_names_they_leave_out(micro_checkpoint, tmp_path):
+    """A pickle of 5 foreign classes named 3 with no count, a foreign dict's keys ended ', …', a newer
+    rapdeploy's settings named 5 of any number, an open_clip config's differing keys ended ' …'."""
+    import torch
+
+    from rap_deploy.checkpoint import _check_same_architecture, load_checkpoint
+
+    objects = tmp_path / "objects.pt"
+    torch.save([cls() for cls in (Foreign0, Foreign1, Foreign2, Foreign3, Foreign4)], objects)
+    with pytest.raises(UsageError, match=r"Foreign2 and 2 more\) that need weights_only=False"):
+        load_checkpoint(objects)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({f"k{i}": i for i in range(5)}, foreign)
+    with pytest.raises(UsageError, match="a dict with keys 'k0', 'k1', 'k2' and 2 more"):
+        load_checkpoint(foreign)
+    payload = torch.load(micro_checkpoint, map_location="cpu", weights_only=True)
+    payload["config"].update({f"new_{i}": i for i in range(7)})
+    newer = tmp_path / "newer.pt"
+    torch.save(payload, newer)
+    with pytest.raises(UsageError, match=r"\(new_0, new_1, new_2, new_3, new_4 and 2 more\): it was written by a "
+                                         "newer rapdeploy"):
+        load_checkpoint(newer)
+    stored = {f"key{i}": 1 for i in range(6)}
+    with pytest.raises(UsageError, match=r"\(in key0, key1, key2, key3 and 2 more\): the network"):
+        _check_same_architecture("ckpt.pt", "rap-micro", stored, {k: 2 for k in stored})
