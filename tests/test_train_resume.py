@@ -548,3 +548,20 @@ def test_the_moved_backbone_refusal_names_a_resume_command_that_runs_from_a_fold
         _check_backbone_there(run, SimpleNamespace(backbone=spec, backbone_state=None))
     command = str(err.value).split("`")[1]
     assert shlex.split(command) == ["rapdeploy", "train", "--resume", str(run), "--pretrained", "FILE"], command
+
+
+@pytest.mark.parametrize(("clip", "pretrained"), [("rap-micro", "none"), ("ViT-B-32", "openai")])
+def test_resume_with_the_run_s_own_tag_or_none_keeps_its_backbone(clip, pretrained):
+    """`train --resume RUN --pretrained none` (or the run's tag) repeats the stored option: nothing moved. A run
+    without a weights file records no path (``none``: value None), which the moved-file check (642f603) passed to
+    Path(): a TypeError traceback instead of the resume."""
+    from types import SimpleNamespace
+
+    from rap_deploy.model.clip_loader import BackboneSpec
+    from rap_deploy.train.run_state import moved_backbone
+
+    spec = BackboneSpec(clip, "none" if pretrained == "none" else "tag", None if pretrained == "none" else pretrained)
+    ckpt, options = SimpleNamespace(backbone=spec), SimpleNamespace(pretrained=pretrained)
+    overrides = {"pretrained": pretrained}
+    assert moved_backbone(ckpt, options, overrides) == (ckpt, overrides)
+    assert options.pretrained == pretrained

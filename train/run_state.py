@@ -93,7 +93,7 @@ def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) 
     the run was started with a relative ``--pretrained``, and the run's own relative text typed again from another
     folder (it names the moved file now). Otherwise both unchanged: another value is compared as any option."""
     spec, wanted = ckpt.backbone, overrides.get("pretrained")
-    if not wanted or (wanted == options.pretrained and _same_file(wanted, spec.value)):
+    if not wanted or (wanted == options.pretrained and (spec.kind != "file" or _same_file(wanted, spec.value))):
         return ckpt, overrides
     found = recorded_backbone_at(spec, wanted)
     if found is None:
