@@ -138,3 +138,49 @@ def test_checkpoint_refusals_count_the_names_they_leave_out(micro_checkpoint, tm
     stored = {f"key{i}": 1 for i in range(6)}
     with pytest.raises(UsageError, match=r"\(in key0, key1, key2, key3 and 2 more\): the network"):
         _check_same_architecture("ckpt.pt", "rap-micro", stored, {k: 2 for k in stored})
+
+
+def test_train_summaries_count_the_videos_they_leave_out(capsys, monkeypatch):
+    """train's summary named 10 skipped training videos of any number with no count, and the test videos left out
+    of every evaluation ended their 10 ids in ' …'."""
+    from rap_deploy.cli.train_cmds import _print_train_summary
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    recall = {"R1": 1.0, "R5": 2.0, "R10": 3.0, "MnR": 4.0}
+    _print_train_summary({"run_dir": "/w/run", "best": {"epoch": 1, "t2v": recall, "v2t": recall},
+                          "variant": "rap", "clip": "rap-micro", "trainable_params": 1, "total_params": 2, "steps": 3,
+                          "batch_size": 4, "train_seconds": 1.0, "wall_seconds": 2.0, "world_size": 1,
+                          "device": "cpu", "skipped_videos": [{"video_id": f"tr{i:02d}"} for i in range(12)],
+                          "test_skipped_videos": [f"te{i:02d}" for i in range(13)], "dataset": "msrvtt",
+                          "complete": False, "epochs_done": 1, "epochs": 2})
+    text = " ".join(capsys.readouterr().out.split())
+    assert "12 undecodable training video(s) skipped: tr00, tr01," in text and "tr09 and 2 more" in text, text
+    assert "te09 and 3 more; `rapdeploy data-check" in text and "…" not in text, text
+
+
+def test_a_library_whose_model_differs_in_many_settings_counts_those_it_does_not_show(micro_checkpoint):
+    """A library of another model listed 4 differing settings then '; ...' with no count."""
+    from rap_deploy.config import FrameSamplingConfig
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.library.manifest import check_model, model_identity
+
+    engine = load_engine(micro_checkpoint)
+    recorded = model_identity(engine, FrameSamplingConfig(max_frames=engine.config.frames, fps=1.0))
+    recorded["config"] = {**recorded["config"], **{f"setting{i}": i for i in range(6)}}
+    recorded["config_sha256"] = "0" * 64
+    with pytest.raises(UsageError) as err:
+        check_model(recorded, engine, "lib")
+    message = " ".join(str(err.value).split())
+    assert "setting3 3 vs null; and 2 more)" in message and "; ...)" not in message, message
+
+
+def test_the_scale_bench_counts_the_files_of_a_foreign_folder(tmp_path, capsys):
+    """--folder holding other files than a library named 5 of them of any number, without a count."""
+    from rap_deploy.library import scale_bench
+
+    for i in range(7):
+        (tmp_path / f"f{i}.txt").write_text("mine")
+    with pytest.raises(SystemExit) as stop:
+        scale_bench.main(["library", "--engine", "e", "--folder", str(tmp_path)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert stop.value.code == 2 and "(f0.txt, f1.txt, f2.txt, f3.txt, f4.txt and 2 more)" in err, err

@@ -17,6 +17,7 @@ from rap_deploy.config import preset_help
 from rap_deploy.data import DATASET_NAMES, SYNTH_DISTRACTORS
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
+from rap_deploy.name_lists import some_names
 from rap_deploy.train.progress import counted
 
 if TYPE_CHECKING:
@@ -316,7 +317,7 @@ def _print_test_skipped(console: Any, summary: dict[str, Any]) -> None:
     scored = (summary.get("last") or {}).get("test_videos")
     console.print(f"[yellow]{counted(len(skipped), 'test video')} missing or undecodable, left out of every "
                   f"evaluation (the recalls above are over {scored if scored is not None else 'the other'} test "
-                  f"videos): {escape(', '.join(skipped[:10]))}{' …' if len(skipped) > 10 else ''}; "
+                  f"videos): {escape(some_names(skipped, 10))}; "
                   f"`rapdeploy data-check --dataset {escape(summary['dataset'])} --split "
                   f"{escape(summary.get('test_split') or 'test')}` names why[/]")
 
@@ -346,7 +347,7 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
                   f"{summary['batch_size']} in {summary['train_seconds']:.1f} s of training "
                   f"({summary['wall_seconds']:.1f} s wall), world size {summary['world_size']} on {summary['device']}; "
                   f"{len(skipped)} undecodable training video(s) skipped"
-                  + (": " + ", ".join(s["video_id"] for s in skipped[:10]) if skipped else ""), markup=False)
+                  + (": " + some_names([s["video_id"] for s in skipped], 10) if skipped else ""), markup=False)
     _print_test_skipped(console, summary)
     resumed = summary.get("resumed_after_epoch")
     if resumed is not None and resumed >= summary["epochs"]:  # --resume of a finished run

@@ -23,6 +23,7 @@ from rap_deploy.bounds import read_manifest_text
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
+from rap_deploy.name_lists import some_names
 
 FORMAT = "rapdeploy.library"
 FORMAT_VERSION = 1
@@ -116,9 +117,10 @@ def check_model(recorded: dict[str, Any], engine: Any, where: Path, fix: str = S
         if recorded.get(f"{key}_sha256") != current[f"{key}_sha256"]:
             was = recorded.get(key) if isinstance(recorded.get(key), dict) else {}
             keys = _differing_keys(was, current[key])
-            shown = "; ".join(f"{k} {_short(was.get(k))} vs {_short(current[key].get(k))}" for k in keys[:4])
+            shown = some_names([f"{k} {_short(was.get(k))} vs {_short(current[key].get(k))}" for k in keys], 4,
+                               sep="; ")
             problems.append(f"{key} {str(recorded.get(f'{key}_sha256'))[:12]} vs {current[f'{key}_sha256'][:12]}"
-                            + (f" (differs in {shown}{'; ...' if len(keys) > 4 else ''})" if keys else ""))
+                            + (f" (differs in {shown})" if keys else ""))
     if int(recorded["sampling"].get("max_frames", -1)) != int(engine.config.frames):
         problems.append(f"frames {recorded['sampling'].get('max_frames')} vs {engine.config.frames}")
     if list(recorded.get("tensors") or []) != current["tensors"]:

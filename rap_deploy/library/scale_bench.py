@@ -43,6 +43,7 @@ import numpy as np
 
 from rap_deploy.bounds import MAX_THREADS, MAX_VIDEOS, check_float, check_int, check_memory
 from rap_deploy.errors import UsageError
+from rap_deploy.name_lists import some_names
 
 WORLD_SEED = 1234
 DEFAULT_CLUSTERS = 1000
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                       args.shard_size, log=log)["bytes_per_video"]}
     else:
         if _folder_state(args.folder) == "other":
-            shown = ", ".join(sorted(p.name for p in args.folder.iterdir())[:5]) if args.folder.is_dir() else "a file"
+            shown = some_names(sorted(p.name for p in args.folder.iterdir())) if args.folder.is_dir() else "a file"
             p.error(f"--folder {args.folder} holds other files than a library ({shown}); the benchmark deletes the "
                     "library it writes: give a new or empty folder")
         result = _run_library(args, log)
