@@ -11,6 +11,7 @@ import numpy as np
 
 from rap_deploy.engines.bench_index import random_index
 from rap_deploy.errors import UsageError
+from rap_deploy.name_lists import some_names
 
 
 @dataclass
@@ -90,13 +91,13 @@ def real_frames(dataset: str, data_root: Path, config: Any, videos: int, cache: 
     split, skipped = first_decodable(load_split(dataset, data_root, "test", max_frames=config.frames), videos,
                                      cache, config, progress)
     if split.num_videos == 0 or split.num_captions == 0:
-        named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3])
+        named = some_names([f"{s['video_id']}: {s['reason']}" for s in skipped], 3, sep="; ")
         raise UsageError(f"no {dataset} test video under {data_root} could be decoded ({len(skipped)} skipped: "
                          f"{named}); run `rapdeploy data-check`")
     idx = [i % split.num_videos for i in range(videos)]
     frames, mask = load_video_batch(split, idx, cache, config)
     captions = [split.captions[i % split.num_captions] for i in range(videos)]
-    ids = ", ".join(s["video_id"] for s in skipped[:5]) + (", …" if len(skipped) > 5 else "")
+    ids = some_names([s["video_id"] for s in skipped])
     passed_over = f"; {len(skipped)} missing or undecodable passed over ({ids})" if skipped else ""
     return (frames, mask, captions,
             f"real frames: {split.num_videos} {dataset} test videos from {data_root}{passed_over}")

@@ -41,6 +41,7 @@ from rap_deploy.engines.trt_plan import (
     require_pinned_fp32,
 )
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
+from rap_deploy.name_lists import some_names
 
 HELPER = "helper:feeds-pinned"
 
@@ -297,7 +298,7 @@ def _fp16_source(trt: Any, export_dir: Path, name: str, fp16_graphs: Mapping[str
         raise CheckFailedError(f"{src} has no fp16 compute: it is not an fp16 graph; re-export with --fp16")
     if check["violations"]:
         raise CheckFailedError(f"{src}: nodes that must stay fp32 compute in fp16: "
-                               f"{', '.join(check['violations'][:8])}; re-export with --fp16")
+                               f"{some_names(check['violations'], 8)}; re-export with --fp16")
     return src, sha, {"file": src.name, **check}
 
 

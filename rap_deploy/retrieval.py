@@ -18,6 +18,7 @@ import numpy as np
 
 from rap_deploy.config import FrameSamplingConfig, RAPConfig
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors, video_outputs
+from rap_deploy.name_lists import some_names
 from rap_deploy.tokenizer import tokenize
 
 
@@ -178,10 +179,9 @@ def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = Tr
 
     good, skipped = decodable_videos(split, cache, config, progress)
     if skipped and not good:
-        named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3])
-        raise CheckFailedError(f"none of the {len(skipped)} videos of the {split.split} split decodes ({named}"
-                               f"{'; …' if len(skipped) > 3 else ''}){videos_folder_hint(split, skipped)}; check "
-                               "the videos with `rapdeploy data-check`")
+        named = some_names([f"{s['video_id']}: {s['reason']}" for s in skipped], 3, sep="; ")
+        raise CheckFailedError(f"none of the {len(skipped)} videos of the {split.split} split decodes ({named})"
+                               f"{videos_folder_hint(split, skipped)}; check the videos with `rapdeploy data-check`")
     kept = split if not skipped else split.subset(good)
     _check_captions(split, kept, skipped)
     return kept, skipped
@@ -237,10 +237,9 @@ def _check_captions(split: Any, kept: Any, skipped: list[dict[str, str]]) -> Non
         raise CheckFailedError(f"the {split.split} split's annotations give none of its {split.num_videos} videos a "
                                "caption: there is no text query to score; check the dataset with `rapdeploy "
                                "data-check`")
-    named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3])
-    raise CheckFailedError(f"every captioned video of the {split.split} split was skipped ({named}"
-                           f"{'; …' if len(skipped) > 3 else ''}): no caption of a decodable video is left to score; "
-                           "check the videos with `rapdeploy data-check`")
+    named = some_names([f"{s['video_id']}: {s['reason']}" for s in skipped], 3, sep="; ")
+    raise CheckFailedError(f"every captioned video of the {split.split} split was skipped ({named}): no caption of "
+                           "a decodable video is left to score; check the videos with `rapdeploy data-check`")
 
 
 def encode_videos(encoder: Encoder, split: Any, cache: Any, batch_size: int = 8, progress: bool = True) -> VideoIndex:

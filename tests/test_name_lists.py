@@ -184,3 +184,71 @@ def test_the_scale_bench_counts_the_files_of_a_foreign_folder(tmp_path, capsys):
         scale_bench.main(["library", "--engine", "e", "--folder", str(tmp_path)])
     err = " ".join(capsys.readouterr().err.split())
     assert stop.value.code == 2 and "(f0.txt, f1.txt, f2.txt, f3.txt, f4.txt and 2 more)" in err, err
+
+
+def _skipped(count: int) -> list[dict[str, str]]:
+    return [{"video_id": f"v{i}", "reason": "cannot decode"} for i in range(count)]
+
+
+def test_evaluation_refusals_count_the_videos_they_leave_out(monkeypatch):
+    """A split none of whose videos decodes, and one whose captioned videos were all skipped, ended their 3 reasons
+    in '; …'."""
+    from rap_deploy import retrieval
+
+    monkeypatch.setattr(retrieval, "decodable_videos", lambda *a, **k: ([], _skipped(5)))
+    split = types.SimpleNamespace(split="test", num_videos=5, num_captions=5)
+    with pytest.raises(CheckFailedError) as err:
+        retrieval.usable_videos(split, None, None, False)
+    assert "decodes (v0: cannot decode; v1: cannot decode; v2: cannot decode; and 2 more); check" in str(err.value)
+    kept = types.SimpleNamespace(num_videos=2, num_captions=0)
+    with pytest.raises(CheckFailedError) as err:
+        retrieval._check_captions(split, kept, _skipped(4))
+    assert "skipped (v0: cannot decode; v1: cannot decode; v2: cannot decode; and 1 more): no caption" in \
+        str(err.value), err.value
+
+
+def test_bench_real_frames_count_the_videos_they_pass_over(monkeypatch, tmp_path):
+    """bench's real frames named 3 undecodable videos of any number with no count, and the videos it passed over
+    ended their 5 ids in ', …'."""
+    import numpy as np
+
+    from rap_deploy import retrieval
+    from rap_deploy.data import datasets
+    from rap_deploy.engines import bench_inputs
+
+    config = types.SimpleNamespace(frames=4)
+    monkeypatch.setattr(datasets, "load_split", lambda *a, **k: None)
+    monkeypatch.setattr(bench_inputs, "first_decodable",
+                        lambda *a: (types.SimpleNamespace(num_videos=0, num_captions=0), _skipped(5)))
+    with pytest.raises(UsageError) as err:
+        bench_inputs.real_frames("msrvtt", tmp_path, config, 2, None, False)
+    assert "(5 skipped: v0: cannot decode; v1: cannot decode; v2: cannot decode; and 2 more)" in str(err.value)
+    split = types.SimpleNamespace(num_videos=1, num_captions=1, captions=["a caption"])
+    monkeypatch.setattr(bench_inputs, "first_decodable", lambda *a: (split, _skipped(7)))
+    monkeypatch.setattr(retrieval, "load_video_batch", lambda *a: (np.zeros(1), np.zeros(1)))
+    described = bench_inputs.real_frames("msrvtt", tmp_path, config, 2, None, False)[3]
+    assert "7 missing or undecodable passed over (v0, v1, v2, v3, v4 and 2 more)" in described, described
+
+
+def test_fp16_graph_violations_are_counted(monkeypatch, tmp_path):
+    """An fp16 graph's nodes that must stay fp32 were cut at 8 without a count."""
+    import onnx
+
+    from rap_deploy.engines import trt_build, trt_plan
+
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: None)
+    monkeypatch.setattr(trt_plan, "fp16_graph_violations",
+                        lambda *a: {"fp16_nodes": 3, "violations": [f"n{i}" for i in range(11)]})
+    with pytest.raises(CheckFailedError) as err:
+        trt_build._fp16_source(types.SimpleNamespace(__version__="11.0"), tmp_path, "video_encoder",
+                               {"video_encoder": {"file": "v.onnx"}}, None)
+    assert "n6, n7 and 3 more; re-export with --fp16" in str(err.value), err.value
+
+
+def test_unreadable_training_videos_are_counted():
+    """A batch's unreadable videos ended their 2 reasons in '; …'."""
+    from rap_deploy.train.batches import UNREADABLE, check_readable
+
+    with pytest.raises(CheckFailedError) as err:
+        check_readable({UNREADABLE: ["v0: gone", "v1: gone", "v2: gone"]}, 3, lambda: "resume")
+    assert "in epoch 3 (v0: gone; v1: gone; and 1 more); it decoded" in str(err.value), err.value

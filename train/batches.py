@@ -14,6 +14,7 @@ import torch
 import torch.utils.data
 
 from rap_deploy.errors import CheckFailedError, RapDeployError
+from rap_deploy.name_lists import some_names
 
 EPOCH_UNITS = ("video", "caption")
 
@@ -111,7 +112,7 @@ def check_readable(batch: dict[str, Any], epoch: int, resume_line: Callable[[], 
         error.exit_code = int(code)
         raise error
     if UNREADABLE in batch:
-        named = "; ".join(batch[UNREADABLE][:2]) + ("; …" if len(batch[UNREADABLE]) > 2 else "")
+        named = some_names(batch[UNREADABLE], 2, sep="; ")
         raise CheckFailedError(f"a training video could not be read in epoch {epoch} ({named}); it decoded when the "
                                f"run started, so its file changed since; nothing of epoch {epoch} was written: "
                                "restore it (`rapdeploy data-check --split train` lists what fails), then "
