@@ -383,3 +383,18 @@ def test_the_readme_names_tritons_http_input_limit_for_a_full_batch(micro_ort_en
     assert "2.59" in readme
     runner.invoke(app, ["triton-repo", "--engine", str(micro_ort_engines["fp32"]), "--out", str(tmp_path / "small")])
     assert "--http-max-input-size" not in (tmp_path / "small" / "README.md").read_text()
+
+
+def test_the_readmes_commands_take_the_repository_path_as_data():
+    """export_repo_command got the repository back by parsing the tritonserver command it had built
+    (``shlex.split(command)[1].split('=', 1)[1]``), and the README's docker line likewise: they now take the folder
+    itself, so a path with '=', spaces or quotes is named as it is."""
+    import shlex
+
+    from rap_deploy.engines.serving.triton_repo import export_repo_command, tritonserver_command
+
+    repo = Path("/srv/it's a=b") / "repo"
+    command = export_repo_command({"export_dir": "/x/onnx"}, "fp16", "gpu", repo)
+    assert shlex.split(command) == ["rapdeploy", "triton-repo", "--engine", "/x/onnx", "--out", str(repo),
+                                    "--force", "--kind", "gpu", "--fp16"], command
+    assert shlex.split(tritonserver_command(repo)) == ["tritonserver", f"--model-repository={repo}"]

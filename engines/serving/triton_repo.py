@@ -223,15 +223,21 @@ def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.Path
     plan = plan_repo(engine, workspace, kind, instances, max_queue_delay_us, fp16)
     dest = Path(out)
     check_replaceable(dest, force)  # before the lock too, which creates the parent folder
-    command = "tritonserver " + shlex.quote(f"--model-repository={dest.resolve()}")  # a shell command: quoted
+    repo = dest.resolve()
     with folder_lock(dest, "triton-repo", "model repository"):
         # a repository a killed two-rename swap left aside is put back before the folder is judged (as export and
         # build-engine do): judged missing, it was replaced without --force once staged_folder had restored it
         recover_interrupted_swap(target_path(dest))
         check_replaceable(dest, force)
-        summary = _write_repo(plan, dest, command)
-    return {"out": str(dest.resolve()), "platform": plan.platform, "precision": plan.precision, "kind": plan.kind,
-            "models": summary, "command": command}
+        summary = _write_repo(plan, dest, repo)
+    return {"out": str(repo), "platform": plan.platform, "precision": plan.precision, "kind": plan.kind,
+            "models": summary, "command": tritonserver_command(repo)}
+
+
+def tritonserver_command(repo: Path) -> str:
+    """The shell command that starts Triton on the repository folder ``repo``:
+    ``tritonserver --model-repository=REPO``, quoted for the shell."""
+    return "tritonserver " + shlex.quote(f"--model-repository={repo}")
 
 
 def largest_request(plan: RepoPlan) -> int:
@@ -270,8 +276,9 @@ def http_input_note(plan: RepoPlan) -> str:
             f"`load_engine(\"http://…\")` keeps each request within {default} MiB either way.\n")
 
 
-def _write_repo(plan: RepoPlan, dest: Path, command: str) -> dict[str, Any]:
-    """Write the repository into a staging folder and swap it into ``dest``; returns the models' summaries."""
+def _write_repo(plan: RepoPlan, dest: Path, repo: Path) -> dict[str, Any]:
+    """Write the repository into a staging folder and swap it into ``dest`` (``repo``: its resolved path, which the
+    README's commands name); returns the models' summaries."""
     from rap_deploy.atomic import write_text_atomic
     from rap_deploy.folder_swap import staged_folder
 
@@ -279,7 +286,7 @@ def _write_repo(plan: RepoPlan, dest: Path, command: str) -> dict[str, Any]:
         stage.before_commit = lambda: _check_source_unchanged(plan)
         summary = {name: write_model(plan, model, stage.path) for name, model in plan.models.items()}
         write_text_atomic(stage.path / "README.md", repo_readme(plan.source, plan.platform, plan.precision, plan.kind,
-                                                                command, summary, http_input_note(plan)))
+                                                                repo, summary, http_input_note(plan)))
         stage.commit()
     return summary
 
@@ -334,22 +341,20 @@ def _cpu_layout_note(manifest: Mapping[str, Any]) -> str:
             "graphs")
 
 
-def export_repo_command(manifest: Mapping[str, Any], precision: str, kind: str, command: str) -> str:
-    """The ``rapdeploy triton-repo`` command that writes the repository ``command`` (the ``tritonserver
-    --model-repository=...`` line) starts again, from the export folder the ONNX Runtime engine ``manifest`` records
-    (:func:`~rap_deploy.engines.manifest.export_word`: a placeholder when it records none), with the same instance
-    ``kind`` and, for an fp16 engine, the export's fp16 graphs."""
+def export_repo_command(manifest: Mapping[str, Any], precision: str, kind: str, repo: Path) -> str:
+    """The ``rapdeploy triton-repo`` command that writes the repository folder ``repo`` again, from the export folder
+    the ONNX Runtime engine ``manifest`` records (:func:`~rap_deploy.engines.manifest.export_word`: a placeholder
+    when it records none), with the same instance ``kind`` and, for an fp16 engine, the export's fp16 graphs."""
     from rap_deploy.engines.manifest import export_word
 
-    repo = shlex.split(command)[1].split("=", 1)[1]
-    options = ["--out", repo, "--force", "--kind", kind, *(["--fp16"] if precision == "fp16" else [])]
+    options = ["--out", str(repo), "--force", "--kind", kind, *(["--fp16"] if precision == "fp16" else [])]
     return f"rapdeploy triton-repo --engine {export_word(manifest)} {shlex.join(options)}"
 
 
-def repo_readme(source: EngineSource, platform: str, precision: str, kind: str, command: str,
+def repo_readme(source: EngineSource, platform: str, precision: str, kind: str, repo: Path,
                 models: dict[str, Any], start_note: str = "") -> str:
-    """The repository's README: what it holds, how to start Triton on it (``start_note`` after the commands), how
-    to query and verify it."""
+    """The README of the repository folder ``repo``: what it holds, how to start Triton on it (``start_note`` after
+    the commands), how to query and verify it."""
     from rap_deploy.engines.manifest import where_the_export_is
 
     m = source.manifest or {}
@@ -365,7 +370,7 @@ def repo_readme(source: EngineSource, platform: str, precision: str, kind: str, 
         trt = (f"\nThe `model.onnx` files are ONNX Runtime {(m.get('versions') or {}).get('onnxruntime', '?')} "
                f"optimised graphs{_cpu_layout_note(m)}. If Triton's ONNX Runtime backend is another release and "
                "refuses them, generate the repository from the export folder instead "
-               f"(`{export_repo_command(m, precision, kind, command)}`){where_the_export_is(m)}.\n")
+               f"(`{export_repo_command(m, precision, kind, repo)}`){where_the_export_is(m)}.\n")
     return f"""{README_TITLE.decode()}
 
 Generated by `rapdeploy triton-repo` from `{source.path.resolve()}` ({source.kind}, {precision}); platform
@@ -378,10 +383,10 @@ Generated by `rapdeploy triton-repo` from `{source.path.resolve()}` ({source.kin
 ## Start Triton
 
 ```bash
-{command}
+{tritonserver_command(repo)}
 # or with the NGC container (pick the release matching the engine's TensorRT / ONNX Runtime):
 docker run --rm {'--gpus all ' if kind == 'gpu' else ''}-p 8000:8000 -p 8001:8001 -p 8002:8002 \\
-  -v {shlex.quote(shlex.split(command)[1].split('=', 1)[1] + ':/models')} nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
+  -v {shlex.quote(f'{repo}:/models')} nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
   tritonserver --model-repository=/models
 ```
 {start_note}
