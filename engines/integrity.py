@@ -142,28 +142,34 @@ def check_graph_contract(engine_dir: Path, manifest: Mapping[str, Any], source: 
 
 def _rebuild_commands(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
     """```rapdeploy export CKPT --force --out EXPORT` then `rapdeploy build-engine EXPORT ... --force --out ENGINE```
-    for the export folder and the precision the engine's manifest records (placeholders where it records none)."""
-    from rap_deploy.export.manifest import reexport_command
+    for the export folder and the precision the engine's manifest records: where it records no export folder,
+    :data:`~rap_deploy.engines.manifest.EXPORT_PLACEHOLDER` in both, explained after them."""
+    from rap_deploy.engines.manifest import export_word, where_the_export_is
+    from rap_deploy.export.manifest import export_command
 
-    export = _recorded_export(manifest)
-    return f"`{reexport_command(export, dict(manifest))}` then `{rebuild_engine_command(engine_dir, manifest)}`"
+    return (f"`{export_command(export_word(manifest), dict(manifest))}` then "
+            f"`{rebuild_engine_command(engine_dir, manifest)}`{where_the_export_is(manifest)}")
+
+
+def rebuild_engine_advice(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
+    """:func:`rebuild_engine_command` in backticks, then what its placeholder stands for when the manifest records
+    no export folder (:func:`~rap_deploy.engines.manifest.where_the_export_is`)."""
+    from rap_deploy.engines.manifest import where_the_export_is
+
+    return f"`{rebuild_engine_command(engine_dir, manifest)}`{where_the_export_is(manifest)}"
 
 
 def rebuild_engine_command(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
-    """``rapdeploy build-engine EXPORT [options] --force --out ENGINE``: the build of ``engine_dir`` again from the
-    export folder its manifest records (``EXPORT`` when none), as the backend, precision and device it records
-    (:func:`~rap_deploy.engines.manifest.build_engine_flags`)."""
+    """``rapdeploy build-engine EXPORT [options] --force --out ENGINE``, shell-quoted: the build of ``engine_dir``
+    again from the export folder its manifest records
+    (:data:`~rap_deploy.engines.manifest.EXPORT_PLACEHOLDER` when none), as the backend, precision and device it
+    records (:func:`~rap_deploy.engines.manifest.build_engine_flags`)."""
     import shlex
 
-    from rap_deploy.engines.manifest import build_engine_flags
+    from rap_deploy.engines.manifest import build_engine_flags, export_word
 
-    return shlex.join(["rapdeploy", "build-engine", str(_recorded_export(manifest)), *build_engine_flags(manifest),
-                       "--force", "--out", str(engine_dir)])
-
-
-def _recorded_export(manifest: Mapping[str, Any]) -> Path:
-    recorded = manifest.get("export_dir")
-    return Path(recorded) if isinstance(recorded, str) and recorded else Path("EXPORT")
+    options = shlex.join([*build_engine_flags(manifest), "--force", "--out", str(engine_dir)])
+    return f"rapdeploy build-engine {export_word(manifest)} {options}"
 
 
 def _check_provider(precision: Any, provider: Any, source: Path) -> None:

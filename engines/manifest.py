@@ -158,10 +158,10 @@ def read_manifest(engine_dir: str | os.PathLike[str]) -> dict[str, Any]:
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
     if fmt != FORMAT:
         raise UsageError(f"{path} is not an engine manifest (format {fmt!r}, expected '{FORMAT}')")
-    from rap_deploy.engines.integrity import rebuild_engine_command
+    from rap_deploy.engines.integrity import rebuild_engine_advice
 
     bounds.check_format_version(manifest, path, "engine", FORMAT_VERSION, "the engine folder is damaged",
-                                lambda: rebuild_engine_command(d, manifest))
+                                lambda: rebuild_engine_advice(d, manifest))
     for key in ("backend", "precision", "graphs"):
         if key not in manifest:
             raise CheckFailedError(f"{path} lacks '{key}'; the engine folder is damaged, rebuild it")
@@ -350,11 +350,12 @@ def where_the_export_is(manifest: Mapping[str, Any]) -> str:
 
 def cpu_engine_instead(manifest: Mapping[str, Any]) -> str:
     """What to run instead of an engine that cannot run here: the ONNX Runtime CPU builds (fp32, int8) of the export
-    folder ``manifest`` records (:func:`~rap_deploy.engines.tensorrt_backend.onnxruntime_instead`; naming no folder,
-    build-engine's default, when it records none)."""
-    from rap_deploy.engines.tensorrt_backend import onnxruntime_instead
+    folder ``manifest`` records (:func:`~rap_deploy.engines.tensorrt_backend.cpu_builds_instead`); when it records
+    none, of :data:`EXPORT_PLACEHOLDER`, explained (:func:`where_the_export_is`), not build-engine's default (the
+    workspace's latest export, maybe another checkpoint's)."""
+    from rap_deploy.engines.tensorrt_backend import cpu_builds_instead
 
-    return onnxruntime_instead(recorded_export_dir(manifest))
+    return cpu_builds_instead(export_word(manifest)) + where_the_export_is(manifest)
 
 
 def trt_rebuild_command(manifest: Mapping[str, Any], folder: Path | None = None) -> str:

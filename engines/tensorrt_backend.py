@@ -46,10 +46,15 @@ def onnxruntime_instead(export_dir: str | os.PathLike[str] | None = None) -> str
     """What to run instead of TensorRT here: the two ONNX Runtime CPU builds (fp32, int8) of ``export_dir``, as
     runnable commands; without ``export_dir`` they name no folder (build-engine's default, the workspace's latest
     export)."""
-    folder = [str(export_dir)] if export_dir is not None else []
-    fp32 = shlex.join(["rapdeploy", "build-engine", *folder, "--backend", "onnxruntime"])
-    int8 = shlex.join(["rapdeploy", "build-engine", *folder, "--int8"])
-    return f"run `{fp32}` (CPU fp32) or `{int8}` (CPU int8) instead"
+    return cpu_builds_instead(shlex.quote(str(export_dir)) if export_dir is not None else "")
+
+
+def cpu_builds_instead(folder_word: str) -> str:
+    """``run `rapdeploy build-engine FOLDER --backend onnxruntime` (CPU fp32) or `... --int8` (CPU int8) instead``
+    with ``folder_word`` as FOLDER: a folder already shell-quoted, a placeholder the caller explains, or ``""`` (no
+    folder: build-engine's default)."""
+    head = " ".join(["rapdeploy build-engine", *([folder_word] if folder_word else [])])
+    return f"run `{head} --backend onnxruntime` (CPU fp32) or `{head} --int8` (CPU int8) instead"
 
 #: torch dtype name per TensorRT ``DataType`` name. Types without one (FP8, INT4, FP4, E8M0) are refused.
 TORCH_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",

@@ -137,13 +137,19 @@ def reexport_command(export_dir: Path, manifest: Any = None) -> str:
     source checkpoint ``manifest`` records when that file is here with its recorded sha256
     (:func:`~rap_deploy.checkpoint.recorded_checkpoint`: the manifest is untrusted), else the placeholder ``CKPT``
     (``export`` takes the checkpoint as a required argument: without one the command would fail)."""
+    return export_command(shlex.quote(str(export_dir)), manifest)
+
+
+def export_command(out_word: str, manifest: Any = None) -> str:
+    """:func:`reexport_command` into ``out_word``, a folder already shell-quoted or a placeholder that a message
+    explains (:data:`rap_deploy.engines.manifest.EXPORT_PLACEHOLDER`)."""
     from rap_deploy.checkpoint import recorded_checkpoint
 
     record = manifest.get("checkpoint") if isinstance(manifest, dict) else None
     source = recorded_checkpoint(record.get("path"), record.get("sha256") or None) \
         if isinstance(record, dict) else None
     checkpoint = shlex.quote(str(source)) if source else "CKPT"
-    return f"rapdeploy export {checkpoint} --force --out {shlex.quote(str(export_dir))}"
+    return f"rapdeploy export {checkpoint} --force --out {out_word}"
 
 
 def _manifest_path(export_dir: Path) -> Path:
@@ -182,7 +188,7 @@ def _load_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UsageError(f"{path} is not a rapdeploy export manifest (no '{FORMAT}' format tag)")
     check_format_version(manifest, path, "export", FORMAT_VERSION, "the manifest was edited",
-                         lambda: reexport_command(path.parent, manifest))
+                         lambda: f"`{reexport_command(path.parent, manifest)}`")
     return manifest
 
 

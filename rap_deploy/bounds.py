@@ -106,7 +106,7 @@ def check_format_version(manifest: dict[str, Any], path: Any, kind: str, newest:
     """The ``format_version`` of the ``kind`` manifest at ``path`` (0 when absent). Raises :class:`CheckFailedError`
     (``damaged`` says what that means) when it is no integer, :class:`UsageError` when newer than ``newest``, naming
     the rapdeploy version the manifest says wrote it, this one's, and ``recreate`` (the command that writes it again
-    with this version; a callable is called only then) as the other fix."""
+    with this version, in backticks, and what follows it; a callable is called only then) as the other fix."""
     version = manifest.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckFailedError(f"{path}: format_version {version!r} is not an integer; {damaged}")
@@ -117,7 +117,7 @@ def check_format_version(manifest: dict[str, Any], path: Any, kind: str, newest:
         writer = versions.get("rapdeploy") if isinstance(versions, dict) else manifest.get("rapdeploy")
         by = f" (written by rapdeploy {writer[:20]})" if isinstance(writer, str) and writer else ""
         command = recreate() if callable(recreate) else recreate
-        other = f", or re-create it with this one: `{command}`" if command else ""
+        other = f", or re-create it with this one: {command}" if command else ""
         raise UsageError(f"{path} has {kind} format {version}{by}, newer than the format {newest} this rapdeploy "
                          f"{__version__} reads; upgrade rapdeploy{other}")
     return version

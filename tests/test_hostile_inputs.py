@@ -1187,10 +1187,19 @@ def test_output_piped_into_a_reader_that_closed_ends_quietly(micro_checkpoint):
     assert proc.returncode == 141 and proc.stderr == b"", proc.stderr.decode()
 
 
-@pytest.mark.parametrize("reader, fmt, kind, damaged", [
-    ("rap_deploy.engines.manifest:read_manifest", "rapdeploy.engine", "engine", "the engine folder is damaged"),
-    ("rap_deploy.export:read_export_manifest", "rapdeploy.export", "export", "the manifest was edited")])
-def test_a_manifests_format_version_is_an_integer_this_version_reads(tmp_path, reader, fmt, kind, damaged):
+# The re-create command of a newer manifest recording no source: the export's CKPT; the engine's export folder is
+# the '<export folder>' placeholder every rebuild command uses, explained after the command (was: a bare EXPORT).
+ENGINE_RECREATE = (r"build-engine <export folder> --force --out \S+` \(<export folder> is the folder `rapdeploy "
+                   r"export` wrote from this engine's checkpoint, by default in the workspace's onnx folder; the "
+                   r"engine's manifest does not record it\)$")
+
+
+@pytest.mark.parametrize("reader, fmt, kind, damaged, recreate", [
+    ("rap_deploy.engines.manifest:read_manifest", "rapdeploy.engine", "engine", "the engine folder is damaged",
+     ENGINE_RECREATE),
+    ("rap_deploy.export:read_export_manifest", "rapdeploy.export", "export", "the manifest was edited",
+     r"export CKPT --force --out \S+`$")])
+def test_a_manifests_format_version_is_an_integer_this_version_reads(tmp_path, reader, fmt, kind, damaged, recreate):
     """An engine or export manifest whose format_version is no integer (true, "1") is damaged (exit 1); a newer one
     asks for a newer rapdeploy (exit 2): one check (bounds.check_format_version) for both, before anything else."""
     import importlib
@@ -1203,7 +1212,7 @@ def test_a_manifests_format_version_is_an_integer_this_version_reads(tmp_path, r
                                  ("1", CheckFailedError, f"format_version '1' is not an integer; {damaged}$"),
                                  (99, UsageError, f"has {kind} format 99, newer than the format 1 this rapdeploy "
                                   r"\S+ reads; upgrade rapdeploy, or re-create it with this one: `rapdeploy "
-                                  r"(export CKPT|build-engine EXPORT) --force --out \S+`$")):
+                                  + recreate)):
         (tmp_path / "manifest.json").write_text(json.dumps({"format": fmt, "format_version": version}))
         with pytest.raises(error, match=said):
             read(tmp_path)

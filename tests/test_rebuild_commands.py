@@ -153,3 +153,59 @@ def test_engines_that_cannot_run_here_name_cpu_builds_of_their_export(manifest, 
     assert [words[2] for words in commands] == ["/w/my exports/micro"] * 2, str(info.value)
     assert [_built(shlex.join(words)) for words in commands] == [("onnxruntime", "fp32", "cpu"),
                                                                  ("onnxruntime", "int8", "cpu")], str(info.value)
+
+
+PLACEHOLDER_NOTE = ("(<export folder> is the folder `rapdeploy export` wrote from this engine's checkpoint, by default "
+                    "in the workspace's onnx folder; the engine's manifest does not record it)")
+
+
+def _contract_refusal(manifest: dict) -> str:
+    """check_graph_contract's refusal of an engine in '/w/my engine' whose video_encoder has another rapdeploy's I/O."""
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.engines.integrity import check_graph_contract
+    from rap_deploy.errors import UsageError
+
+    manifest = {**manifest, "config": RAPConfig().to_dict(),
+                "export": {"graphs": {"video_encoder": {"inputs": [], "outputs": []}}}}
+    with pytest.raises(UsageError) as info:
+        check_graph_contract(Path("/w/my engine"), manifest, Path("/w/my engine/manifest.json"))
+    return str(info.value)
+
+
+def test_the_fresh_export_rebuild_names_the_recorded_export_else_the_explained_placeholder():
+    """An engine of another rapdeploy whose manifest records no export folder was to be rebuilt with `rapdeploy
+    export CKPT --force --out EXPORT` then `rapdeploy build-engine EXPORT ...`: a placeholder that reads as a folder
+    named EXPORT and that nothing explained. It now reads '<export folder>' as the other rebuild commands do, with its
+    explanation; a recorded folder is named, shell-quoted, in both commands."""
+    manifest = {"backend": "onnxruntime", "precision": "int8", "provider": "CPUExecutionProvider"}
+    said = _contract_refusal({**manifest, "export_dir": "/w/my exports/micro"})
+    assert said.endswith("`rapdeploy export CKPT --force --out '/w/my exports/micro'` then `rapdeploy build-engine "
+                         "'/w/my exports/micro' --int8 --force --out '/w/my engine'`"), said
+    said = _contract_refusal(manifest)
+    assert said.endswith("`rapdeploy export CKPT --force --out <export folder>` then `rapdeploy build-engine "
+                         f"<export folder> --int8 --force --out '/w/my engine'` {PLACEHOLDER_NOTE}"), said
+    assert "EXPORT" not in said, said
+
+
+def test_the_rebuild_command_without_a_recorded_export_is_the_placeholder():
+    """rebuild_engine_command (the newer-format refusal's command) read `rapdeploy build-engine EXPORT ...`."""
+    command = rebuild_engine_command(Path("/w/my engine"), {"backend": "tensorrt", "precision": "fp16"})
+    assert command == "rapdeploy build-engine <export folder> --fp16 --force --out '/w/my engine'", command
+
+
+@pytest.mark.parametrize("manifest, here", [
+    ({"backend": "tensorrt", "precision": "fp16", "versions": {"tensorrt": "10.0.0"}}, {}),  # no TensorRT
+    ({"backend": "onnxruntime", "precision": "fp32", "provider": "CUDAExecutionProvider",
+      "versions": {"onnxruntime": "1.0.0"}}, {"onnxruntime": "1.0.0", "providers": ["CPUExecutionProvider"]})])
+def test_cpu_builds_instead_without_a_recorded_export_name_the_explained_placeholder(manifest, here):
+    """Without a recorded export folder the CPU builds named none (`rapdeploy build-engine --backend onnxruntime`):
+    build-engine's default, the workspace's latest export, maybe another checkpoint's. They now name the
+    '<export folder>' placeholder and say what it stands for, as the rebuild refusals do."""
+    from rap_deploy.engines.manifest import check_runtime
+    from rap_deploy.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError) as info:
+        check_runtime(manifest, here)
+    said = str(info.value)
+    assert said.endswith("run `rapdeploy build-engine <export folder> --backend onnxruntime` (CPU fp32) or "
+                         f"`rapdeploy build-engine <export folder> --int8` (CPU int8) instead {PLACEHOLDER_NOTE}"), said
