@@ -85,9 +85,9 @@ def test_onnxruntime_engine_repository(micro_ort_engines, tmp_path):
     res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(repo)])
     assert res.exit_code == 2 and "--force" in res.output
     res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(repo), "--force",
-                              "--kind", "gpu", "--instances", "2"])
+                              "--kind", "cpu", "--instances", "2"])
     assert res.exit_code == 0, res.output
-    assert [(g.kind, g.count) for g in _config(repo, "asa_head").instance_group] == [(mc.ModelInstanceGroup.KIND_GPU,
+    assert [(g.kind, g.count) for g in _config(repo, "asa_head").instance_group] == [(mc.ModelInstanceGroup.KIND_CPU,
                                                                                       2)]
     assert not list(tmp_path.glob(".repo.partial-*"))
 
@@ -398,3 +398,33 @@ def test_the_readmes_commands_take_the_repository_path_as_data():
     assert shlex.split(command) == ["rapdeploy", "triton-repo", "--engine", "/x/onnx", "--out", str(repo),
                                     "--force", "--kind", "gpu", "--fp16"], command
     assert shlex.split(tritonserver_command(repo)) == ["tritonserver", f"--model-repository={repo}"]
+
+
+def test_a_cpu_built_engine_gets_no_gpu_instances(micro_ort_engines, tmp_path):
+    """--kind gpu wrote KIND_GPU instances for an ONNX Runtime engine optimised for the CPU provider (ORT_ENABLE_ALL,
+    whose graphs hold CPU-only operators: NCHWc convolutions on x86), which a GPU instance does not run on the GPU.
+    Refused now (exit 2), naming the engine folder, the reason and the fixes; its export folder and an engine
+    optimised at the basic level (standard operators only) still get GPU instances."""
+    from rap_deploy.engines.manifest import export_word, read_manifest, write_manifest
+
+    engine = micro_ort_engines["fp32"]
+    manifest = json.loads((engine / "manifest.json").read_text())
+    assert (manifest["provider"], manifest["session"]["graph_optimization_level"]) == ("CPUExecutionProvider",
+                                                                                       "ORT_ENABLE_ALL")
+    repo = tmp_path / "repo"
+    res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(repo), "--kind", "gpu"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"engine {engine}:" in said and "ORT_ENABLE_ALL" in said, res.output
+    assert "CPU-only operators" in said and "use --kind cpu (or auto)" in said, said
+    assert f"rapdeploy triton-repo --engine {export_word(manifest)} --kind gpu" in said, said
+    assert "--backend onnxruntime --device cuda" in said and not repo.exists(), said
+    res = runner.invoke(app, ["triton-repo", "--engine", str(micro_ort_engines["export"]), "--out", str(repo),
+                              "--kind", "gpu"])
+    assert res.exit_code == 0, res.output
+    basic = tmp_path / "onnxruntime-basic"
+    shutil.copytree(engine, basic)
+    write_manifest(basic, {**read_manifest(basic), "session": {**manifest["session"],
+                                                               "graph_optimization_level": "ORT_ENABLE_BASIC"}})
+    res = runner.invoke(app, ["triton-repo", "--engine", str(basic), "--out", str(tmp_path / "basic"), "--kind",
+                              "gpu"])
+    assert res.exit_code == 0, res.output

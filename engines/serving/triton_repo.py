@@ -50,6 +50,8 @@ KIND_CHOICES = ("auto", "cpu", "gpu")
 DEFAULT_QUEUE_DELAY_US = 2000
 MAX_INSTANCES = (1 << 31) - 1  # instance_group.count is an int32 in Triton's ModelConfig
 MAX_QUEUE_DELAY_US = (1 << 64) - 1  # dynamic_batching.max_queue_delay_microseconds is a uint64
+#: ONNX Runtime optimisation levels whose graphs keep standard operators only, which any execution provider runs
+CPU_NEUTRAL_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC")
 README_TITLE = b"# Triton model repository (rapdeploy)"  # the first line of a repository's README: ours to replace
 
 
@@ -154,7 +156,8 @@ def plan_repo(engine: str | os.PathLike[str] | None, workspace: str | os.PathLik
                               _describe_source(source, precision))
     return RepoPlan(source, section, served_models(graph_specs_of(source, section=section), limits),
                     PLATFORMS[manifest.get("backend", "onnxruntime")], precision,
-                    instance_kind(kind, manifest, precision), instances, max_queue_delay_us, params, identity)
+                    instance_kind(kind, manifest, precision, source.path), instances, max_queue_delay_us, params,
+                    identity)
 
 
 def gpu_only(manifest: Mapping[str, Any], precision: str) -> str | None:
@@ -172,14 +175,38 @@ def gpu_only(manifest: Mapping[str, Any], precision: str) -> str | None:
     return None
 
 
-def instance_kind(kind: str, manifest: Mapping[str, Any], precision: str) -> str:
+def cpu_only(manifest: Mapping[str, Any]) -> str | None:
+    """Why the graphs of the engine ``manifest`` run on the CPU only, or ``None`` when a GPU instance runs them: an
+    ONNX Runtime engine optimised for the CPU provider above the basic level (``session.graph_optimization_level``;
+    build-engine records ``ORT_ENABLE_ALL``, and an engine recording none was built so) saves CPU-only operators."""
+    if manifest.get("backend", "onnxruntime") != "onnxruntime" or manifest.get("provider") != "CPUExecutionProvider":
+        return None
+    level = (manifest.get("session") or {}).get("graph_optimization_level") or "ORT_ENABLE_ALL"
+    if level in CPU_NEUTRAL_LEVELS:
+        return None
+    return (f"its graphs were optimised for ONNX Runtime's CPU provider at {level}, which saves CPU-only operators in "
+            "them (on x86, NCHWc-layout convolutions holding the building CPU's filter blocks), so a GPU instance "
+            "would not run them on the GPU")
+
+
+def instance_kind(kind: str, manifest: Mapping[str, Any], precision: str, folder: Path) -> str:
     """The instance kind for ``--kind`` (``auto``: ``gpu`` when :func:`gpu_only`, else ``cpu``); raises
-    :class:`UsageError` for ``cpu`` with graphs that run on the GPU only."""
+    :class:`UsageError` for ``cpu`` with graphs that run on the GPU only, and for ``gpu`` with the graphs of the
+    engine in ``folder`` that run on the CPU only (:func:`cpu_only`)."""
     why = gpu_only(manifest, precision)
     if kind == "auto":
         return "gpu" if why else "cpu"
     if kind == "cpu" and why:
         raise UsageError(f"--kind cpu: {why}; use --kind gpu (or auto)")
+    why_cpu = cpu_only(manifest) if kind == "gpu" else None
+    if why_cpu:
+        from rap_deploy.engines.manifest import export_word, where_the_export_is
+
+        export = export_word(manifest)
+        raise UsageError(f"--kind gpu: engine {folder}: {why_cpu}; use --kind cpu (or auto), or for GPU instances "
+                         f"generate the repository from its export folder (`rapdeploy triton-repo --engine {export} "
+                         f"--kind gpu --out DIR`) or from an engine built for CUDA (`rapdeploy build-engine {export} "
+                         f"--backend onnxruntime --device cuda`){where_the_export_is(manifest)}")
     return kind
 
 
@@ -210,7 +237,8 @@ def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.Path
     """Write a Triton model repository for ``engine`` (default: the workspace's latest engine) into ``out``.
 
     ``kind`` ``auto`` puts instances on the GPU for TensorRT and CUDA engines and fp16 graphs, on the CPU otherwise
-    (``cpu`` for those is refused: :func:`gpu_only`); ``fp16`` uses an export folder's fp16 graphs. Returns
+    (``cpu`` for those is refused: :func:`gpu_only`, and ``gpu`` for an ONNX Runtime engine optimised for the CPU:
+    :func:`cpu_only`); ``fp16`` uses an export folder's fp16 graphs. Returns
     ``{"out", "platform", "precision", "kind", "models", "command"}``. Raises :class:`UsageError` for a checkpoint, a
     remote URL, bad options or an existing ``out`` without ``force``, and the manifest checks' errors for a damaged
     artifact.

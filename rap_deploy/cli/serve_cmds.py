@@ -112,7 +112,8 @@ def triton_repo_cmd(
     engine: str | None = typer.Option(None, "--engine", help="Engine folder (TensorRT or ONNX Runtime) or export "
                                       "folder; default: the workspace's latest engine."),
     kind: str = typer.Option("auto", "--kind", help="Instance kind: auto (GPU for TensorRT/CUDA engines and fp16 "
-                             "graphs, else CPU), cpu (refused for those) or gpu."),
+                             "graphs, else CPU), cpu (refused for those) or gpu (refused for an ONNX Runtime "
+                             "engine built for the CPU, whose optimised graphs hold CPU-only operators)."),
     instances: int = typer.Option(1, "--instances", help="Model instances per device."),
     max_queue_delay_us: int = typer.Option(2000, "--max-queue-delay-us", help="dynamic_batching delay of the video "
                                            "and text encoders (microseconds)."),
