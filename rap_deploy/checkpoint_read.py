@@ -4,7 +4,8 @@ Before anything is read, the path must be a regular file small enough for memory
 once inflated); a ``.pt`` loads with ``torch.load(weights_only=True)`` (tensors and plain data only), a
 ``.safetensors`` through ``safe_open``. The payload is then checked key by key (format tag and version, object types,
 tensor dicts of floating-point weights, the backbone reference, the model config) before a
-:class:`~rap_deploy.checkpoint.Checkpoint` is built. Messages name the file, what is wrong with it and what to pass.
+:class:`~rap_deploy.checkpoint_model.Checkpoint` is built. Messages name the file, what is wrong with it and what to
+pass.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rap_deploy.checkpoint import FORMAT, FORMAT_VERSION, Checkpoint
+from rap_deploy.checkpoint_model import FORMAT, FORMAT_VERSION, Checkpoint
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES

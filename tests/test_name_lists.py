@@ -26,10 +26,11 @@ def test_some_names_counts_what_it_leaves_out():
 
 def test_the_clip_loader_and_checkpoint_use_the_one_helper():
     """One source of truth: the model code's lists come from rap_deploy.name_lists, not a copy."""
-    from rap_deploy import checkpoint
+    from rap_deploy import checkpoint_model, checkpoint_read
     from rap_deploy.model import clip_loader
 
-    assert clip_loader.some_names is some_names and checkpoint.some_names is some_names
+    assert clip_loader.some_names is some_names and checkpoint_model.some_names is some_names
+    assert checkpoint_read.some_names is some_names
 
 
 def test_a_split_without_scenes_names_how_many_videos_lack_one(monkeypatch, tmp_path):
@@ -118,7 +119,8 @@ def test_checkpoint_refusals_count_the_names_they_leave_out(micro_checkpoint, tm
     rapdeploy's settings named 5 of any number, an open_clip config's differing keys ended ' …'."""
     import torch
 
-    from rap_deploy.checkpoint import _check_same_architecture, load_checkpoint
+    from rap_deploy.checkpoint import load_checkpoint
+    from rap_deploy.checkpoint_model import _check_same_architecture
 
     objects = tmp_path / "objects.pt"
     torch.save([cls() for cls in (Foreign0, Foreign1, Foreign2, Foreign3, Foreign4)], objects)
