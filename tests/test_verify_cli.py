@@ -76,6 +76,21 @@ def test_verify_damaged_engine_fails_and_shows_where(micro_ort_engines, synth_ro
     assert (out / "verify.png").is_file()
 
 
+def test_a_failure_with_many_failed_checks_says_how_many_it_leaves_out(micro_ort_engines, synth_root, frame_cache,
+                                                                       tmp_path):
+    """The error named the first 4 failed checks and ended in ' …' whatever their number; it now says how many
+    more failed (verify.md lists them all)."""
+    out = tmp_path / "many"
+    res = _verify(micro_ort_engines["damaged"], synth_root, out, frame_cache, "msrvtt", "--tolerance", "0", "--quiet")
+    assert res.exit_code == 1, res.output
+    failures = json.loads((out / "verify.json").read_text())["failures"]
+    checks, worst = failures[:-1], failures[-1]
+    assert len(checks) > 4  # ranks changed and R@K moved in both searches and directions: more than shown
+    message = " ".join(res.stderr.split())  # the console wraps long lines
+    assert f"{checks[3]}; and {len(checks) - 4} more; {worst}" in message, message
+    assert checks[4] not in message and "…" not in message
+
+
 def test_max_videos_and_tie_eps_reach_the_rule(micro_ort_engines, synth_root, frame_cache, tmp_path):
     """--max-videos N verifies on the split's first N videos; --tie-eps is the score gap the fp32 rule forgives: the
     damaged engine's rank changes all lie within a gap of 1 (no test passed either option before)."""
