@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from rap_deploy.atomic import atomic_path, save_with, sha256_file, write_json_atomic
+from rap_deploy.atomic import atomic_path, file_identity, save_with, sha256_file, write_json_atomic
 from rap_deploy.bounds import manifest_format
 from rap_deploy.crashpoints import crash_point
 from rap_deploy.errors import CheckFailedError, UsageError
@@ -358,10 +358,10 @@ def _load_for_export(checkpoint: Path, out_dir: Path, cfg: ExportConfig) -> Expo
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.export.wrappers import graph_modules
 
-    before = _file_identity(checkpoint)
+    before = file_identity(checkpoint)  # None when unreadable: load_checkpoint says why
     ckpt = load_checkpoint(checkpoint)  # UsageError for missing / pickled / foreign files
     ckpt_sha = sha256_file(checkpoint)
-    if _file_identity(checkpoint) != before:  # the hash would not be of the weights loaded
+    if file_identity(checkpoint) != before:  # the hash would not be of the weights loaded
         raise UsageError(f"checkpoint {checkpoint} was replaced or rewritten while export read it (is training still "
                          "writing it?); export again once it is written")
     seconds: dict[str, float] = {}
@@ -374,16 +374,6 @@ def _load_for_export(checkpoint: Path, out_dir: Path, cfg: ExportConfig) -> Expo
     return ExportRun(checkpoint=checkpoint, out_dir=out_dir, cfg=cfg, ckpt_sha=ckpt_sha, model=model, dims=dims,
                       specs=specs, modules=modules, exporter=cfg.exporter_record(),
                       config_dict=model.config.to_dict(), seconds=seconds)
-
-
-def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
-    """What changes when ``path`` is replaced (a rename: another inode) or rewritten in place (size, mtime); None
-    when it cannot be read (load_checkpoint says why)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _export_fp32_graphs(run: ExportRun, steps: _Steps) -> dict[str, Any]:

@@ -460,6 +460,43 @@ def test_a_checkpoint_replaced_while_export_reads_it_is_refused(micro_checkpoint
     assert not (tmp_path / "onnx").exists()
 
 
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_checkpoint_rewritten_with_its_size_and_mtime_kept_is_refused(micro_checkpoint, tmp_path, monkeypatch,
+                                                                        in_place):
+    """export compared the checkpoint's device, inode, size and mtime before and after reading it: a file rewritten
+    in place with another byte, its size kept and its mtime set back (os.utime), read as unchanged, and the manifest
+    held the sha256 of content the graphs were not made from. The change time (atomic.file_identity), which no process
+    can set back, is compared too; a replacement of that size and mtime (another inode) is refused as before."""
+    import rap_deploy.checkpoint as checkpoint_module
+    from rap_deploy.errors import UsageError
+    from rap_deploy.export import export_checkpoint
+
+    path = shutil.copy(micro_checkpoint, tmp_path / "best.pt")
+    real_load = checkpoint_module.load_checkpoint
+
+    def load_then_rewrite_keeping_size_and_mtime(p):
+        ckpt = real_load(p)
+        st = os.stat(path)
+        target = path if in_place else shutil.copy(path, tmp_path / "next.pt")
+        with open(target, "r+b") as fh:  # another byte in the middle: same size
+            fh.seek(st.st_size // 2)
+            byte = fh.read(1)
+            fh.seek(st.st_size // 2)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        if not in_place:
+            os.replace(target, path)
+        after = os.stat(path)
+        assert (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+        assert (after.st_ino == st.st_ino) is in_place
+        return ckpt
+
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", load_then_rewrite_keeping_size_and_mtime)
+    with pytest.raises(UsageError, match="replaced or rewritten while export read it"):
+        export_checkpoint(path, tmp_path / "onnx", progress=False)
+    assert not (tmp_path / "onnx").exists()
+
+
 # ---------------------------------------------------------------------------------------------------- units
 def test_topk_agreement_allows_only_ties():
     from rap_deploy.export.parity import min_cosine, topk_agreement
