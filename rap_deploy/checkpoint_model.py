@@ -64,12 +64,9 @@ class Checkpoint:
                      "use a machine with more memory or a smaller --clip")
         spec, identity = (self.backbone, None) if self.backbone_state is not None \
             else _referenced_backbone(where, self.backbone)
-        try:
+        try:  # load_clip turns load_state_dict's and open_clip's RuntimeErrors into UsageError, naming every key
             clip = load_clip(spec, quick_gelu=self.config.quick_gelu, state_dict=self.backbone_state,
                              checked_identity=identity)
-        except RuntimeError as exc:  # load_state_dict: size mismatch of an embedded backbone tensor
-            raise CheckFailedError(f"{where}: the embedded backbone weights do not fit {self.backbone.clip} "
-                                   f"({_first_line(exc)}); the file is damaged or was edited") from None
         except UsageError as exc:
             if self.backbone_state is None:  # a tag or file that cannot be loaded here: the message says what to do
                 raise _unloadable_tag(where, self.backbone, exc) from None
