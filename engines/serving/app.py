@@ -363,14 +363,13 @@ def none_match(header: str | None, etag: str) -> bool:
 
 
 def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
-    def versioned(path: str) -> list[str]:
-        return [f"/v2/models/{{name}}{path}", f"/v2/models/{{name}}/versions/{{version}}{path}"]
+    """The Open Inference Protocol's routes: the server's (metadata, health, repository index) and each model's."""
+    _add_server_routes(app, service)
+    _add_model_routes(app, service)
 
-    def model_of(name: str, version: str | None) -> Any:
-        model = service.model(name)
-        if version not in (None, VERSION):
-            raise RequestError(404, f"model '{name}' has only version {VERSION}, not {version[:16]!r}", "version")
-        return model
+
+def _add_server_routes(app: FastAPI, service: ServingService) -> None:
+    """``GET /v2``, ``/v2/health/live``, ``/v2/health/ready`` and ``POST /v2/repository/index``."""
 
     @app.api_route("/v2", methods=READ)
     async def server_metadata() -> Response:
@@ -399,50 +398,81 @@ def _add_oip_routes(app: FastAPI, service: ServingService) -> None:
         state = "READY" if ok else "UNAVAILABLE"  # Triton's state of a model that cannot serve
         return _json([{"name": n, "version": VERSION, "state": state} for n in service.models])
 
+
+def _add_model_routes(app: FastAPI, service: ServingService) -> None:
+    """Each model's metadata, ``/ready``, ``/config`` and ``/infer``, at ``/v2/models/{name}`` and at
+    ``/v2/models/{name}/versions/{version}``."""
+
     async def model_metadata(name: str, version: str | None = None) -> Response:
-        return _json(service.metadata(model_of(name, version)))
+        return _json(service.metadata(_model_of(service, name, version)))
 
     async def model_ready(name: str, version: str | None = None) -> Response:
-        model_of(name, version)
+        _model_of(service, name, version)
         ok = service.models_ready()
         return _json({"name": name, "ready": ok}, 200 if ok else NOT_READY)
 
     async def model_config(name: str, version: str | None = None) -> Response:
-        return _json(service.model_config(model_of(name, version)))
+        return _json(service.model_config(_model_of(service, name, version)))
 
     # Bodies of up to --max-body-mb wait for the one engine: a few at a time are read and held, the others wait
     # unread (TCP pushes back on their clients), so concurrent clients cannot make the server hold any number.
     slots = asyncio.Semaphore(service.options.max_infer_inflight)
 
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
-        model = model_of(name, version)
+        model = _model_of(service, name, version)
         async with slots if large_body(request) else contextlib.nullcontext():
-            return await run_infer(request, model)
-
-    async def run_infer(request: Request, model: Any) -> Response:
-        limit = service.options.max_infer_body
-        raw = await read_body(request, limit, service.options.body_idle_timeout_s, service.options.body_pace)
-        encoding = request.headers.get("content-encoding")
-        # inflating up to the body limit takes a while: off the event loop, so /healthz and searches keep answering
-        body = await run_in_threadpool(decode_body, raw, encoding, limit) if encoding else \
-            decode_body(raw, encoding, limit)
-        args = (body, request.headers.get(HEADER_LENGTH), model, service.axis_limits(model),
-                service.options.max_infer_json, service.options.max_infer_json)
-        # small bodies (text queries) are parsed on the event loop: a thread hop costs more than the parse
-        req = parse_infer_request(*args) if len(body) <= INLINE_BYTES else \
-            await run_in_threadpool(parse_infer_request, *args)
-        service.check_values(model, req)
-        if model.name == TEXT_GRAPH:
-            emb = await asyncio.wrap_future(service.submit_text(req.inputs))
-            outputs = {model.output_names[0]: emb}
-        else:
-            outputs = await run_in_threadpool(service.infer, model, req)
-        size = sum(int(getattr(v, "nbytes", 0)) for v in outputs.values())
-        data, headers = encode_infer_response(model, req, outputs) if size <= INLINE_BYTES else \
-            await run_in_threadpool(encode_infer_response, model, req, outputs)
-        return PacedResponse(data, service.options.body_idle_timeout_s, headers)
+            return await _run_infer(service, request, model)
 
     for suffix, handler, methods in (("", model_metadata, READ), ("/ready", model_ready, READ),
                                      ("/config", model_config, READ), ("/infer", infer, ["POST"])):
-        for path in versioned(suffix):
+        for path in _versioned(suffix):
             app.add_api_route(path, handler, methods=methods)
+
+
+def _versioned(suffix: str) -> list[str]:
+    """A model route's two paths: ``/v2/models/{name}SUFFIX`` and ``/v2/models/{name}/versions/{version}SUFFIX``."""
+    return [f"/v2/models/{{name}}{suffix}", f"/v2/models/{{name}}/versions/{{version}}{suffix}"]
+
+
+def _model_of(service: ServingService, name: str, version: str | None) -> Any:
+    """The served model ``name``; raises :class:`RequestError` (404) for an unknown model or a version other than
+    :data:`VERSION`."""
+    model = service.model(name)
+    if version not in (None, VERSION):
+        raise RequestError(404, f"model '{name}' has only version {VERSION}, not {version[:16]!r}", "version")
+    return model
+
+
+async def _run_infer(service: ServingService, request: Request, model: Any) -> Response:
+    """Read, decode and parse an inference request for ``model``, run it, and answer with its outputs."""
+    body = await _infer_body(service, request)
+    args = (body, request.headers.get(HEADER_LENGTH), model, service.axis_limits(model),
+            service.options.max_infer_json, service.options.max_infer_json)
+    # small bodies (text queries) are parsed on the event loop: a thread hop costs more than the parse
+    req = parse_infer_request(*args) if len(body) <= INLINE_BYTES else \
+        await run_in_threadpool(parse_infer_request, *args)
+    service.check_values(model, req)
+    outputs = await _infer_outputs(service, model, req)
+    size = sum(int(getattr(v, "nbytes", 0)) for v in outputs.values())
+    data, headers = encode_infer_response(model, req, outputs) if size <= INLINE_BYTES else \
+        await run_in_threadpool(encode_infer_response, model, req, outputs)
+    return PacedResponse(data, service.options.body_idle_timeout_s, headers)
+
+
+async def _infer_body(service: ServingService, request: Request) -> bytes:
+    """The inference request's body, read within the limits and inflated when it is compressed."""
+    limit = service.options.max_infer_body
+    raw = await read_body(request, limit, service.options.body_idle_timeout_s, service.options.body_pace)
+    encoding = request.headers.get("content-encoding")
+    # inflating up to the body limit takes a while: off the event loop, so /healthz and searches keep answering
+    return await run_in_threadpool(decode_body, raw, encoding, limit) if encoding else \
+        decode_body(raw, encoding, limit)
+
+
+async def _infer_outputs(service: ServingService, model: Any, req: Any) -> dict[str, Any]:
+    """The outputs of ``model`` for the parsed request ``req``: text queries through the service's dynamic batcher
+    (:meth:`ServingService.submit_text`), the other graphs on a worker thread."""
+    if model.name == TEXT_GRAPH:
+        emb = await asyncio.wrap_future(service.submit_text(req.inputs))
+        return {model.output_names[0]: emb}
+    return await run_in_threadpool(service.infer, model, req)
