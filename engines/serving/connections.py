@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rap_deploy.engines.serving.headers import SECURE_HEADERS
@@ -46,80 +47,124 @@ def _closing_response(status: int, reason: str, message: str) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """What a guarded connection holds to: the limits, the three closing answers, and whom to tell of a refusal."""
+
+    max_connections: int
+    header_timeout: float
+    count: Callable[[str], None] | None
+    busy: bytes  # 503: over max_connections
+    late: bytes  # 408: headers not all there within header_timeout
+    invalid: bytes  # 400: a request line or header uvicorn's parser refuses
+
+
+def _limits(max_connections: int, header_timeout: float, count: Callable[[str], None] | None) -> _Limits:
+    """The limits and the answers :func:`guarded_protocol`'s connections give when they refuse a request."""
+    return _Limits(
+        max_connections, header_timeout, count,
+        busy=_closing_response(503, "Service Unavailable", f"server busy: {max_connections} connections are open, "
+                               "the most it keeps (--max-connections); retry later"),
+        late=_closing_response(408, "Request Timeout", f"the request headers did not arrive within "
+                               f"{header_timeout:g} s (--header-timeout)"),
+        invalid=_closing_response(400, "Bad Request", "the request is not valid HTTP/1.1 (its request line or "
+                                  "headers could not be parsed)"))
+
+
+class _BusyWarning:
+    """Logs that connections beyond ``--max-connections`` are refused, at most once in :data:`WARN_EVERY_S`."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.last = 0.0  # when a refusal was last logged
+
+    def refused(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= WARN_EVERY_S:
+            self.last = now
+            log.warning("refusing connections beyond --max-connections %d (503)", self.max_connections)
+
+
+class _GuardedConnection:
+    """The two limits of the module docstring, mixed in before uvicorn's HTTP protocol class, which it extends
+    through ``super()``; the class :func:`guarded_protocol` makes sets ``_limits`` and ``_busy_warning``."""
+
+    # uvicorn's protocol provides these (annotations only: nothing here shadows them)
+    connections: set[Any]
+    cycle: Any
+    transport: Any
+    loop: asyncio.AbstractEventLoop
+    _limits: _Limits
+    _busy_warning: _BusyWarning
+    _deadline: asyncio.TimerHandle | None = None
+    _awaiting: Any = None  # the request cycle that was current when the deadline was armed
+    _received = False  # whether a byte of the awaited request came
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self._limits.max_connections:
+            self._refuse(self._limits.busy, "connection 503")
+            self._busy_warning.refused()
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()  # the first bytes of the next request on a kept-alive connection
+        self._received = True
+        super().data_received(data)
+        if self.cycle is not self._awaiting:  # the headers arrived: a new request cycle runs
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:  # uvicorn's answer to what its parser refuses
+        self._refuse(self._limits.invalid, "connection 400")
+
+    def _arm(self) -> None:
+        self._awaiting, self._received = self.cycle, False
+        self._deadline = self.loop.call_later(self._limits.header_timeout, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _headers_late(self) -> None:
+        self._deadline = None
+        if self.cycle is self._awaiting and not self.transport.is_closing():
+            if self._received and not self._lingering():
+                self._refuse(self._limits.late, "connection 408")
+            else:
+                self._refuse(b"")
+
+    def _lingering(self) -> bool:
+        """Whether the bytes awaited are the rest of a refused body, after its answer: no second answer is due
+        (h11 tells; httptools cannot)."""
+        import h11
+
+        return getattr(getattr(self, "conn", None), "their_state", None) is h11.SEND_BODY
+
+    def _refuse(self, response: bytes, label: str | None = None) -> None:
+        if response:
+            self.transport.write(response)
+        self.transport.close()
+        if label is not None and self._limits.count is not None:
+            self._limits.count(label)
+
+
 def guarded_protocol(max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S,
                      count: Callable[[str], None] | None = None) -> type:
     """uvicorn's HTTP protocol class (h11, or httptools when installed) with the two limits of the module docstring;
     pass it as ``uvicorn.Config(http=...)``. ``count`` (the service's :meth:`count`) is told of each refusal
     answered: ``"connection 503"``, ``"connection 408"``, ``"connection 400"``."""
-    import h11
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    busy = _closing_response(503, "Service Unavailable", f"server busy: {max_connections} connections are open, "
-                             "the most it keeps (--max-connections); retry later")
-    late = _closing_response(408, "Request Timeout", f"the request headers did not arrive within {header_timeout:g} "
-                             "s (--header-timeout)")
-    invalid = _closing_response(400, "Bad Request", "the request is not valid HTTP/1.1 (its request line or "
-                                "headers could not be parsed)")
-    warned = [0.0]  # when a refusal was last logged
-
-    class GuardedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-        _deadline: asyncio.TimerHandle | None = None
-        _awaiting: Any = None  # the request cycle that was current when the deadline was armed
-        _received = False  # whether a byte of the awaited request came
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                self._refuse(busy, "connection 503")
-                now = time.monotonic()
-                if now - warned[0] >= WARN_EVERY_S:
-                    warned[0] = now
-                    log.warning("refusing connections beyond --max-connections %d (503)", max_connections)
-                return
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
-                self._arm()  # the first bytes of the next request on a kept-alive connection
-            self._received = True
-            super().data_received(data)
-            if self.cycle is not self._awaiting:  # the headers arrived: a new request cycle runs
-                self._disarm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            self._awaiting, self._received = self.cycle, False
-            self._deadline = self.loop.call_later(header_timeout, self._headers_late)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _headers_late(self) -> None:
-            self._deadline = None
-            if self.cycle is self._awaiting and not self.transport.is_closing():
-                # the rest of a refused body, after its answer: no second answer (httptools cannot tell)
-                lingering = getattr(getattr(self, "conn", None), "their_state", None) is h11.SEND_BODY
-                if self._received and not lingering:
-                    self._refuse(late, "connection 408")
-                else:
-                    self._refuse(b"")
-
-        def send_400_response(self, msg: str) -> None:  # uvicorn's answer to what its parser refuses
-            self._refuse(invalid, "connection 400")
-
-        def _refuse(self, response: bytes, label: str | None = None) -> None:
-            if response:
-                self.transport.write(response)
-            self.transport.close()
-            if label is not None and count is not None:
-                count(label)
-
-    return GuardedProtocol
+    return type("GuardedProtocol", (_GuardedConnection, AutoHTTPProtocol),
+                {"_limits": _limits(max_connections, header_timeout, count),
+                 "_busy_warning": _BusyWarning(max_connections)})
 
 
 def check_open_files(max_connections: int) -> None:
