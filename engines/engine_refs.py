@@ -15,7 +15,7 @@ from typing import Any
 
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import CheckFailedError, UsageError
-from rap_deploy.workspace import RUN_BEST, RUN_LAST
+from rap_deploy.workspace import RUN_BEST, RUN_LAST, user_path
 
 
 @dataclass
@@ -47,7 +47,7 @@ def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.Pa
     if is_remote(engine):
         return engine  # type: ignore[return-value]  # load_engine runs it over the Open Inference Protocol
     if engine is not None:
-        path = Path(engine).expanduser()
+        path = user_path(engine, "--engine")
         if not path.exists():
             raise UsageError(f"engine {path} does not exist; pass --engine with an engine folder from "
                              "`rapdeploy build-engine`" + (" (or a .pt checkpoint for the PyTorch engine)"
@@ -121,7 +121,7 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
     if manifest is None and checkpoint is None:
         checkpoint = engine_path  # a .pt engine is its own reference
     if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
+        path = user_path(checkpoint, "--checkpoint")
         if not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
             raise UsageError(f"reference checkpoint {path} {what}; pass --checkpoint with the .pt the engine "
@@ -132,7 +132,7 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
     value = recorded.get("path")
     if not isinstance(value, str) or not value:
         raise UsageError(f"{where} names no source checkpoint; pass --checkpoint CKPT")
-    path = Path(value).expanduser()
+    path = user_path(value, f"{where} names the source checkpoint (pass --checkpoint CKPT to choose another):")
     if not path.is_absolute() and not path.is_file() and not remote:
         path = engine_path / path
     # The manifest is untrusted: only an existing regular file with a checkpoint suffix is opened, and nothing about

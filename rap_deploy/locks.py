@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rap_deploy.errors import UsageError
+from rap_deploy.workspace import user_path
 
 _HELD: dict[tuple[int, str], int] = {}  # (thread, lock file) -> depth: re-entrant per thread, not per process
 _HELD_LOCK = threading.Lock()
@@ -60,7 +61,7 @@ class FolderBusyError(UsageError):
 def target_path(target: str | os.PathLike[str]) -> Path:
     """``target`` made absolute; a symlink to a folder is replaced by that folder, so its lock and staging folders sit
     beside the real folder (and a swap replaces the folder, not the link)."""
-    path = Path(target).expanduser().absolute()
+    path = user_path(target, "folder").absolute()
     return path.resolve() if path.is_symlink() else path
 
 

@@ -1,4 +1,5 @@
-"""Default output locations (DESIGN.md §11): ``./rapdeploy-out`` or ``$RAPDEPLOY_HOME``, with a latest-artifact lookup.
+"""Default output locations (DESIGN.md §11): ``./rapdeploy-out`` or ``$RAPDEPLOY_HOME``, with a latest-artifact lookup;
+and :func:`user_path`, the one way a path the user typed has its ``~`` expanded.
 
 Layout: ``onnx/`` for exports, ``engines/<backend>-<precision>/`` for engines, ``verify/`` and ``bench/`` for reports,
 ``runs/`` for training runs, ``index/<name>/`` for video libraries (``rapdeploy index``), ``cache/`` for decoded frames
@@ -25,12 +26,33 @@ RUN_METRICS = "metrics.jsonl"
 RUN_SUMMARY = "summary.json"
 
 
+def user_path(value: str | os.PathLike[str], option: str) -> Path:
+    """``value`` as a :class:`Path` with a leading ``~`` or ``~user`` expanded (:meth:`Path.expanduser`).
+
+    Raises :class:`UsageError` (exit 2) naming ``option`` (how the value was given: ``--pretrained``, an environment
+    variable, a list file's line) and the value when ``~user`` names no user on this machine, or no home folder is
+    known for ``~``: :meth:`Path.expanduser` raises a bare RuntimeError there, which ended commands in a traceback.
+    """
+    path = Path(value)
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        head = path.parts[0]
+        if head == "~":
+            raise UsageError(f"{option} {value}: no home folder is known for ~ here (HOME is not set and this user has "
+                             "no entry in the user database); set HOME or write the path without ~") from None
+        raise UsageError(f"{option} {value}: {head} names no user on this machine, so it has no home folder; write "
+                         f"the full path without {head} (such as /home/NAME/...), or an existing user's name after ~"
+                         ) from None
+
+
 def workspace_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Return the workspace folder: ``explicit``, else ``$RAPDEPLOY_HOME``, else ``./rapdeploy-out``.
 
     Raises :class:`UsageError` if it would be inside the package's own ``engines/`` source folder.
     """
-    root = Path(explicit or os.environ.get("RAPDEPLOY_HOME") or DEFAULT_WORKSPACE).expanduser().resolve()
+    option = "--workspace" if explicit else "RAPDEPLOY_HOME"
+    root = user_path(explicit or os.environ.get("RAPDEPLOY_HOME") or DEFAULT_WORKSPACE, option).resolve()
     package = Path(__file__).resolve().parent
     # a source checkout keeps the engines stage beside the package (<repo>/engines), a wheel inside it
     for pkg_engines in (package.parent / "engines", package / "engines"):
@@ -95,7 +117,7 @@ def data_root(explicit: str | os.PathLike[str] | None, workspace: str | os.PathL
             hint = f"; the demo's synthetic data (msrvtt layout) is {demo_data}"
         raise UsageError("no dataset folder: pass --data-root DIR (the dataset's folder in CLIP4Clip's layout, for "
                          f"MSR-VTT the one holding MSRVTT_data.json) or set RAPDEPLOY_DATA{hint}")
-    path = Path(value).expanduser()
+    path = user_path(value, "--data-root" if explicit else "RAPDEPLOY_DATA")
     if not path.is_dir():
         what = "is not a folder" if path.exists() else "does not exist"
         raise UsageError(f"dataset folder {path} {what}; pass --data-root pointing at the dataset")

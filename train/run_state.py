@@ -22,6 +22,7 @@ from rap_deploy.train.loop import (
     UPDATE_ONLY_OPTIONS,
     TrainOptions,
 )
+from rap_deploy.workspace import user_path
 
 
 def _not_resumable(run_dir: Path) -> UsageError:
@@ -105,8 +106,10 @@ def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) 
 
 
 def _same_file(typed: str, recorded: str) -> bool:
-    """Whether the path ``typed`` (``~`` expanded, relative to the current folder) names the file ``recorded``."""
-    return Path(typed).expanduser().resolve() == Path(recorded).expanduser().resolve()
+    """Whether the path ``typed`` (``~`` expanded, relative to the current folder) names the file ``recorded`` (the
+    absolute path :meth:`BackboneSpec.parse` stored: never expanded, so a ``~user`` an edited file holds is no
+    traceback)."""
+    return user_path(typed, "--pretrained").resolve() == Path(recorded).resolve()
 
 
 def _resume_mismatch(last: Path, spec: Any, mismatch: tuple[str, Any, Any]) -> UsageError:
@@ -135,7 +138,7 @@ def _other_backbone(last: Path, spec: Any, wanted: str) -> UsageError:
     there, and a moved one is passed where it is now."""
     from rap_deploy.data.cache import file_digest
 
-    path = Path(wanted).expanduser()
+    path = user_path(wanted, "--pretrained")
     held = f"sha256 {file_digest(path)[:12]}…" if path.is_file() else "not a file"
     recorded = f"{spec.value} (sha256 {spec.sha256[:12]}…, stored in {last})"
     if recorded_backbone_at(spec, spec.value) is not None:
@@ -157,7 +160,7 @@ def recorded_backbone_at(spec: Any, wanted: str | None) -> Path | None:
 
     if not wanted or spec.kind != "file" or not spec.sha256:
         return None
-    path = Path(wanted).expanduser()
+    path = user_path(wanted, "--pretrained")
     return path if path.is_file() and file_digest(path) == spec.sha256 else None
 
 

@@ -19,6 +19,7 @@ from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
 from rap_deploy.name_lists import some_names
 from rap_deploy.train.progress import counted
+from rap_deploy.workspace import user_path
 
 if TYPE_CHECKING:
     from rap_deploy.train.loop import TrainOptions
@@ -137,8 +138,9 @@ def train(
         "eval_every": eval_every, "eval_initial": eval_initial, "max_train_videos": max_train_videos,
         "max_test_videos": max_test_videos, "epoch_unit": epoch_unit, "test_split": test_split,
         "top_m": top_m, "num_workers": workers, "amp": amp, "device": device, "embed_backbone": embed_backbone,
-        "max_epochs_this_run": max_epochs_this_run, "cache_dir": _absolute(cache_dir),
-        "workspace": _absolute(workspace), "data_root": _absolute(data_root),
+        "max_epochs_this_run": max_epochs_this_run, "cache_dir": _absolute(cache_dir, "--cache-dir"),
+        "workspace": _absolute(workspace, "--workspace"),
+        "data_root": _absolute(data_root, "--data-root"),
     }
     _check_train_device(device)
     _check_named_sizes({"--rank": (rank, 1, bounds.MAX_LORM_RANK), "--topk": (topk, 1, bounds.MAX_ASA_TOPK),
@@ -167,10 +169,11 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def _absolute(path: Path | str | None) -> str | None:
-    """``path`` made absolute (``~`` expanded), for the folders a run stores in its ``last.pt`` and reads again on
-    ``--resume``: relative ones named other folders when the run was resumed from another directory."""
-    return None if path is None else str(Path(path).expanduser().absolute())
+def _absolute(path: Path | str | None, option: str) -> str | None:
+    """``path`` made absolute (``~`` expanded; :func:`~rap_deploy.workspace.user_path` refuses an unknown ``~user``,
+    naming ``option``), for the folders a run stores in its ``last.pt`` and reads again on ``--resume``: relative
+    ones named other folders when the run was resumed from another directory."""
+    return None if path is None else str(user_path(path, option).absolute())
 
 
 def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint: Path | None, clip: str | None,
@@ -241,7 +244,7 @@ def _new_run_options(given: dict[str, Any], out: Path | None, resume: Path | Non
         from rap_deploy.workspace import data_root as resolve_data_root
         from rap_deploy.workspace import subdir
 
-        given["data_root"] = _absolute(resolve_data_root(given.get("data_root"), workspace))
+        given["data_root"] = _absolute(resolve_data_root(given.get("data_root"), workspace), "--data-root")
         if out is None and resume is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UsageError("under torchrun pass --out: each process would choose the default run folder from its "
                              "own clock and which names are taken, and every process must name the same folder")

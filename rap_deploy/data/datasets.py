@@ -35,6 +35,7 @@ from rap_deploy.data.annotation_files import (
 from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.video_files import StemFinder, msrvtt_video, videos_folder
 from rap_deploy.errors import UsageError
+from rap_deploy.workspace import user_path
 
 # Split names each reader accepts, and the file set they map to (CLIP4Clip: MSR-VTT validates on its test split,
 # ActivityNet tests on val_1).
@@ -148,7 +149,7 @@ def load_split(
     splits = _SPLITS[dataset]
     if split not in splits:
         raise UsageError(f"{dataset} has no split '{split}'; use one of {', '.join(splits)}")
-    root = Path(data_root).expanduser()
+    root = user_path(data_root, "--data-root")
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise UsageError(f"dataset folder {root} {what}; pass --data-root pointing at the {dataset} folder")

@@ -50,6 +50,7 @@ from rap_deploy.library.shards import committed_shard, remove_stale
 from rap_deploy.library.sources import VideoSource, missing_list_hint
 from rap_deploy.locks import folder_lock
 from rap_deploy.name_lists import some_names
+from rap_deploy.workspace import user_path
 
 
 @dataclass
@@ -110,7 +111,7 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
     of a new library could be decoded.
     """
     options, ranks = options or BuildOptions(), ranks or Ranks()
-    root = Path(out).expanduser().resolve()
+    root = user_path(out, "--out").resolve()
     t0 = time.perf_counter()
     if source is not None and engine is None:
         raise UsageError("indexing videos needs an engine (--engine)")

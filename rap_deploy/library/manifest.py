@@ -207,10 +207,10 @@ def find_library(library: str | os.PathLike[str] | None, workspace: str | os.Pat
                  required: bool = True) -> Path | None:
     """``library`` if given, else the workspace's most recently updated library (``<workspace>/index/<name>/``;
     hidden and temporary folders ignored). Without one: :class:`UsageError` when ``required``, else ``None``."""
-    from rap_deploy.workspace import latest_child, subdir
+    from rap_deploy.workspace import latest_child, subdir, user_path
 
     if library is not None:
-        path = Path(library).expanduser()
+        path = user_path(library, "--library")
         if not path.exists():
             raise UsageError(f"library {path} does not exist; build one with `rapdeploy index --out {path}`")
         return path

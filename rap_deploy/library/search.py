@@ -35,6 +35,7 @@ from rap_deploy.library.manifest import (
 )
 from rap_deploy.library.queries import check_queries
 from rap_deploy.library.shards import TensorFile, check_sha256, open_tensor_file, read_videos, with_moved_paths
+from rap_deploy.workspace import user_path
 
 VERIFY_MODES = ("full", "quick")
 OPEN_ATTEMPTS = 3  # reads of the manifest when `rapdeploy index` keeps replacing it during the open
@@ -63,7 +64,7 @@ def open_library(path: str | os.PathLike[str], engine: Any, verify: str = "full"
     """
     if verify not in VERIFY_MODES:
         raise UsageError(f"verify mode '{verify}' is unknown; use one of {', '.join(VERIFY_MODES)}")
-    root = Path(path).expanduser()
+    root = user_path(path, "library")
     for attempt in range(OPEN_ATTEMPTS):
         stamp = _manifest_stamp(root)
         manifest = read_manifest(root)

@@ -17,6 +17,7 @@ from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.data.datasets import VideoEntry
 from rap_deploy.data.video_files import VIDEO_EXTENSIONS
 from rap_deploy.errors import UsageError
+from rap_deploy.workspace import user_path
 
 
 @dataclass
@@ -56,7 +57,7 @@ def folder_source(folder: str | os.PathLike[str]) -> VideoSource:
     """Every video file under ``folder`` (recursively, hidden names skipped, symlinked folders not followed), sorted;
     id = path relative to ``folder`` without its extension. Raises :class:`UsageError` for a missing folder, a
     file given as the folder, a folder under it that cannot be listed, no video, or two files with the same id."""
-    root = Path(folder).expanduser()
+    root = user_path(folder, "--videos")
     if root.exists() and not root.is_dir():
         raise UsageError(f"--videos {root} is a file, not a folder; pass the folder that holds your videos "
                          "(--videos DIR), or list single files with --list FILE (one path per line)")
@@ -88,7 +89,7 @@ def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
     are relative to the list file's folder); id = the path as written without its extension. Raises
     :class:`UsageError` for a missing or non-text file, a folder given as the file, an empty list, or two lines with
     the same id."""
-    path = Path(list_file).expanduser()
+    path = user_path(list_file, "--list")
     if path.is_dir():
         raise UsageError(f"--list {path} is a folder, not a list file; pass --list FILE with one video path per "
                          "line, or index the folder's videos with --videos DIR")
@@ -100,7 +101,7 @@ def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        p = Path(text).expanduser()
+        p = user_path(text, f"list file {path} line {number}:")
         if not Path(text).name:  # '.', '/': no file name to make an id of
             raise UsageError(f"list file {path} line {number} ({text!r}) names no file; write one video path per line")
         file = p if p.is_absolute() else path.parent / p

@@ -22,6 +22,7 @@ from rap_deploy.atomic import file_identity, sha256_file
 from rap_deploy.errors import UsageError
 from rap_deploy.file_kinds import check_archive_expansion, is_rap_checkpoint, sniff
 from rap_deploy.name_lists import some_names
+from rap_deploy.workspace import user_path
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
 
@@ -47,7 +48,8 @@ class BackboneSpec:
     def parse(cls, clip: str, pretrained: str | None) -> BackboneSpec:
         """Interpret ``--pretrained``: ``none``/empty, an existing file path, or an open_clip tag for ``clip``.
 
-        Raises :class:`UsageError` when the value is neither a file nor a tag open_clip knows for ``clip``.
+        Raises :class:`UsageError` when the value is neither a file nor a tag open_clip knows for ``clip``, or its
+        ``~user`` names no user here.
         """
         import open_clip
 
@@ -57,7 +59,7 @@ class BackboneSpec:
                              "(`python -c 'import open_clip; print(open_clip.list_models())'` lists all)")
         if not pretrained or pretrained.lower() == "none":
             return cls(clip, "none")
-        path = Path(pretrained).expanduser()
+        path = user_path(pretrained, "--pretrained")
         if path.is_file():
             return cls(clip, "file", str(path.resolve()), sha256_file(path))
         if path.exists():  # a folder, FIFO or device: 'does not exist' (below) would be wrong
