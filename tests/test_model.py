@@ -613,6 +613,38 @@ def test_a_moved_or_changed_referenced_backbone_names_the_checkpoint_and_keeps_t
     assert load_checkpoint(path).build_model() is not None
 
 
+@pytest.mark.parametrize("command", ["init", "info", "train"])
+def test_a_pretrained_file_rewritten_while_the_command_reads_it_says_to_run_that_command_again(
+        command, tmp_path, micro_model, synth_root, monkeypatch):
+    """load_clip's sha256 check compares the file with the hash BackboneSpec.parse took moments before in the same
+    command, so a difference means another process wrote the file meanwhile. Its advice was 'restore it or re-run
+    `rapdeploy init`': nothing to restore (the file was given as it is), and init is not the command for info or a
+    training run. It now says what happened and to run the command again."""
+    from rap_deploy import bounds
+
+    weights = tmp_path / "clip.pt"
+    torch.save(micro_model.clip.state_dict(), weights)
+    checked = BackboneSpec.parse("rap-micro", str(weights)).sha256
+    original = bounds.check_memory
+
+    def rewriting(*args, **kwargs):  # why: load_clip checks memory after parse hashed the file, before its own hash
+        torch.save({k: v + 0.5 if v.is_floating_point() else v for k, v in micro_model.clip.state_dict().items()},
+                   weights)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bounds, "check_memory", rewriting)
+    args = {"init": ["init", "--clip", "rap-micro", "--pretrained", str(weights), "--out", str(tmp_path / "m.pt")],
+            "info": ["info", "--clip", "rap-micro", "--pretrained", str(weights)],
+            "train": ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), "--clip", "rap-micro",
+                      "--pretrained", str(weights), "--frames", "4", "--max-train-videos", "8", "--max-test-videos",
+                      "4", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]}[command]
+    result = CliRunner().invoke(app, args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, (result.exception, text)
+    assert f"backbone weights file {weights} changed while this command read it (sha256 {checked[:12]}…" in text, text
+    assert "run the command again once nothing writes the file" in text and "rapdeploy init" not in text, text
+
+
 def test_a_checkpoint_is_only_written_under_a_checkpoint_suffix(tmp_path, micro_checkpoint, monkeypatch):
     """init --out model.ckpt wrote a checkpoint that export reads (by its content) but verify, index and serve refuse
     ('not an engine folder, an export folder or a checkpoint') and build-engine ignored as its export's reference."""

@@ -160,8 +160,7 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
         if spec.kind == "file" and spec.sha256 and Path(spec.value).is_file():
             actual = sha256_file(spec.value)
             if actual != spec.sha256:
-                raise UsageError(f"backbone file {spec.value} changed (sha256 {actual[:12]}…, expected "
-                                 f"{spec.sha256[:12]}…); restore it or re-run `rapdeploy init`")
+                raise _changed_since_parsed(spec, actual)
     if spec.kind == "file" and state_dict is None:
         _check_weights_file(Path(spec.value))
     try:
@@ -198,6 +197,17 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
     _check_finite_weights(model, spec, embedded=state_dict is not None)
     freeze(model)
     return model
+
+
+def _changed_since_parsed(spec: BackboneSpec, actual: str) -> UsageError:
+    """The refusal of a weights file whose sha256 is no longer the one :meth:`BackboneSpec.parse` took moments before,
+    in the same command (``init``, ``info`` and a new ``train`` run parse ``--pretrained``, then load it): another
+    process wrote or replaced the file in between, so running the command again is the fix, whichever command it is.
+    A checkpoint's recorded sha256 never gets here: :meth:`Checkpoint.build_model` checks it with its own advice
+    (put the file back) and passes none on."""
+    return UsageError(f"backbone weights file {spec.value} changed while this command read it (sha256 "
+                      f"{spec.sha256[:12]}… when --pretrained was read, {actual[:12]}… now): another process wrote or "
+                      "replaced it; run the command again once nothing writes the file")
 
 
 def _check_finite_weights(model: nn.Module, spec: BackboneSpec, embedded: bool) -> None:
