@@ -2,7 +2,8 @@
 
 ``verify``, ``bench``, the library commands and the servers all start here: :func:`resolve_engine` finds the engine
 (a folder, a checkpoint or a server URL), :func:`resolve_reference` the checkpoint it was built from, checked against
-the sha256 its manifest records, and :func:`engine_label` names the engine's report folder.
+the sha256 its manifest records (:func:`~rap_deploy.engines.report_labels.engine_label` names the engine's report
+folder).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import CheckFailedError, UsageError
-from rap_deploy.workspace import RUN_BEST, RUN_LAST, user_path
+from rap_deploy.workspace import user_path
 
 
 @dataclass
@@ -146,24 +147,3 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
                          f"one in {where}): it changed since export; pass --checkpoint with "
                          "the original, or re-export and rebuild the engine")
     return Reference(path, digest, recorded.get("sha256"), "manifest")
-
-
-# The checkpoints train writes into every run folder: named after the file alone, the reports of two runs' best.pt
-# would share one folder, the later overwriting the earlier.
-RUN_CHECKPOINT_NAMES = (RUN_BEST, RUN_LAST)
-
-
-def engine_label(engine_path: Path | str) -> str:
-    """A folder name for an engine's reports: the engine folder's or checkpoint's name (``RUN-best``/``RUN-last`` for
-    a training run's ``best.pt``/``last.pt``: the run folder's name first), ``remote-HOST-PORT`` for a server (its
-    URL's trailing slashes dropped, as the remote engine drops them: one server, one folder)."""
-    from rap_deploy.engines.loader import is_remote
-
-    if is_remote(engine_path):
-        target = str(engine_path).split("://", 1)[1].rstrip("/")
-        return "remote-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in target)
-    path = Path(engine_path)
-    if not path.is_file():
-        return path.resolve().name
-    run = path.absolute().parent.name
-    return f"{run}-{path.stem}" if path.name in RUN_CHECKPOINT_NAMES and run else path.stem

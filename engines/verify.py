@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.engines.base import engine_info
-from rap_deploy.engines.engine_refs import Reference, engine_label, resolve_engine, resolve_reference
+from rap_deploy.engines.engine_refs import Reference, resolve_engine, resolve_reference
+from rap_deploy.engines.report_labels import engine_label, report_folder_name
 from rap_deploy.engines.verify_output import check_report_folder, verify_report, write_verify_reports
 from rap_deploy.engines.verify_rules import (
     DEFAULT_TIE_EPS,
@@ -101,7 +102,7 @@ def verify(
 ) -> dict[str, Any]:
     """Verify recall parity of an engine against the PyTorch reference and write ``verify.json``, ``verify.md`` and
     ``verify.png`` into ``out`` (default :func:`default_report_dir`: ``<workspace>/verify/<label>``, the engine
-    folder's or checkpoint's name, ``RUN-best`` for a run's ``RUN/best.pt``, ``<label>-<split>`` for a split other
+    folder's or checkpoint's name, ``RUN-best`` for a run's ``RUN/best.pt``, ``<label>@<split>`` for a split other
     than the dataset's test split).
 
     ``engine_dir`` defaults to the workspace's latest engine, ``data_root`` to ``$RAPDEPLOY_DATA``, ``cache`` (a
@@ -183,14 +184,15 @@ def _refuse_foreign_checkpoint(ref_info: Reference, engine_path: Path | str) -> 
 def default_report_dir(engine_path: Path | str, dataset: str, split: str,
                        workspace: str | os.PathLike[str] | None) -> Path:
     """Where verify writes its reports without ``--out``: ``<workspace>/verify/<label>``
-    (:func:`~rap_deploy.engines.engine_refs.engine_label`) for the dataset's test split (or a split reading its
-    files: MSR-VTT's val, ActivityNet's val), ``<workspace>/verify/<label>-<split>`` for another (``train``, MSVD's
-    ``val``), so the report of one split does not replace the test split's."""
+    (:func:`~rap_deploy.engines.report_labels.engine_label`) for the dataset's test split (or a split reading its
+    files: MSR-VTT's val, ActivityNet's val), ``<workspace>/verify/<label>@<split>``
+    (:func:`~rap_deploy.engines.report_labels.report_folder_name`) for another (``train``, MSVD's ``val``), so the
+    report of one split does not replace the test split's, nor that of an engine named ``<label>-<split>``."""
     from rap_deploy.data.datasets import reads_test_files
     from rap_deploy.workspace import subdir
 
     label = engine_label(engine_path)
-    return subdir("verify", workspace) / (label if reads_test_files(dataset, split) else f"{label}-{split}")
+    return subdir("verify", workspace) / report_folder_name(label, None if reads_test_files(dataset, split) else split)
 
 
 def _data_root(data_root: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None) -> Path:

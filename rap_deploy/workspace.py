@@ -17,7 +17,7 @@ from rap_deploy.errors import UsageError
 
 DEFAULT_WORKSPACE = "rapdeploy-out"
 # The checkpoints `rapdeploy train` writes into every run folder: the selected epoch's and the last one's (with the
-# training state). train.loop writes them; verify names a run's reports after them (engine_refs.engine_label).
+# training state). train.loop writes them; verify names a run's reports after them (report_labels.engine_label).
 RUN_BEST = "best.pt"
 RUN_LAST = "last.pt"
 # A run folder's other files: one line per evaluation, and the run's summary (``complete`` once it finished); the demo

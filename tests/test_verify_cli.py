@@ -337,7 +337,7 @@ def test_the_default_report_folder_of_a_runs_checkpoint_names_the_run(micro_chec
     folders keep their own names."""
     import shutil
 
-    from rap_deploy.engines.engine_refs import engine_label
+    from rap_deploy.engines.report_labels import engine_label
     from rap_deploy.train.loop import BEST, LAST
 
     ws = tmp_path / "ws"
@@ -353,7 +353,7 @@ def test_the_default_report_folder_of_a_runs_checkpoint_names_the_run(micro_chec
     (tmp_path / "a" / LAST).write_bytes(b"")
     monkeypatch.chdir(tmp_path / "a")
     assert engine_label(Path(LAST)) == "a-last"  # a relative path too
-    from rap_deploy.engines.engine_refs import RUN_CHECKPOINT_NAMES
+    from rap_deploy.engines.report_labels import RUN_CHECKPOINT_NAMES
 
     assert set(RUN_CHECKPOINT_NAMES) == {BEST, LAST}  # train's names
     assert engine_label(micro_checkpoint) == micro_checkpoint.stem
@@ -386,7 +386,7 @@ def test_a_data_root_without_its_videos_names_the_folder_looked_in(micro_ort_eng
 def test_verify_names_a_servers_report_folder_in_its_help_and_the_readme():
     """``verify --engine http://HOST:PORT`` writes its reports to ``verify/remote-HOST-PORT`` (engine_label), but
     neither ``verify --help``'s --out nor the README's verify row said so: they named folders and checkpoints only."""
-    from rap_deploy.engines.engine_refs import engine_label
+    from rap_deploy.engines.report_labels import engine_label
 
     assert engine_label("http://127.0.0.1:8080") == "remote-127.0.0.1-8080"  # remote-HOST-PORT
     # the same server typed with a trailing slash (the remote engine drops it) reported to 'remote-127.0.0.1-8080-'
@@ -402,8 +402,9 @@ def test_a_split_other_than_the_test_split_reports_to_its_own_folder(micro_check
                                                                      tmp_path):
     """verify --split train wrote its reports to <workspace>/verify/<engine>, over the test split's report (the
     same folder whatever the split). A split that is not the dataset's test split (nor reads its files: MSR-VTT's
-    val, ActivityNet's val) now reports to verify/<engine>-<split>; the test split keeps verify/<engine>, which the
-    README and the demo name. --help and the README's verify row say so."""
+    val, ActivityNet's val) now reports to verify/<engine>@<split> (it was <engine>-<split>, which an engine named
+    <engine>-train also reports to); the test split keeps verify/<engine>, which the README and the demo name. --help
+    and the README's verify row say so."""
     from rap_deploy.engines.verify import default_report_dir
 
     ws = tmp_path / "ws"
@@ -413,15 +414,15 @@ def test_a_split_other_than_the_test_split_reports_to_its_own_folder(micro_check
                                   str(frame_cache), "--rerank-top", "5", "--max-videos", "4", "--quiet"])
         assert res.exit_code == 0, res.output
     label = micro_checkpoint.stem
-    assert sorted(p.name for p in (ws / "verify").iterdir() if not p.name.startswith(".")) == [label, f"{label}-train"]
-    for folder, split in ((label, "test"), (f"{label}-train", "train")):
+    assert sorted(p.name for p in (ws / "verify").iterdir() if not p.name.startswith(".")) == [label, f"{label}@train"]
+    for folder, split in ((label, "test"), (f"{label}@train", "train")):
         assert json.loads((ws / "verify" / folder / "verify.json").read_text())["split"] == split
     for dataset, split, folder in (("msrvtt", "val", label), ("activitynet", "val", label),
-                                   ("activitynet", "test", label), ("msvd", "val", f"{label}-val"),
-                                   ("didemo", "train", f"{label}-train"), ("didemo", "test", label)):
+                                   ("activitynet", "test", label), ("msvd", "val", f"{label}@val"),
+                                   ("didemo", "train", f"{label}@train"), ("didemo", "test", label)):
         assert default_report_dir(micro_checkpoint, dataset, split, ws) == ws / "verify" / folder, (dataset, split)
     help_text = " ".join(runner.invoke(app, ["verify", "--help"], env={"COLUMNS": "200"}).output.split())
-    assert "followed by -<split> for a --split other than the dataset's test split" in help_text, help_text
+    assert "followed by @<split> for a --split other than the dataset's test split" in help_text, help_text
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     row = next(line for line in readme.splitlines() if line.startswith("| `verify` |"))
-    assert "followed by `-<split>` for a `--split` other than the dataset's test split" in row, row
+    assert "followed by `@<split>` for a `--split` other than the dataset's test split" in row, row

@@ -1,0 +1,86 @@
+"""Report folder names: which engine, and which split, a report under ``<workspace>/verify/`` is of.
+
+:func:`engine_label` names an engine's reports: the engine folder's or checkpoint's name, ``RUN-best`` and
+``RUN-last`` for a training run's ``best.pt`` and ``last.pt``, ``remote-HOST-PORT`` for a server;
+:func:`report_folder_name` adds a split other than the test split after :data:`SPLIT_SEPARATOR`.
+
+The names cannot be confused, yet the common ones read as they are:
+
+- a local name keeps its letters, digits, ``.``, ``_`` and ``-``; any other character is written ``%XX`` (its UTF-8
+  bytes, as in a URL; ``%`` itself too), so two names never share a label (``my engine`` is ``my%20engine``);
+- a server's label starts ``remote-``, and a local name that starts so is written ``remote%2D…``;
+- no label holds ``@``, so ``X@train`` (engine ``X``, split ``train``) is never engine ``X-train``'s test report;
+- an IPv6 host is written as its eight groups (``http://[::1]:8000`` is ``remote-ipv6-0-0-0-0-0-0-0-1-8000``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import urllib.parse
+from pathlib import Path
+
+from rap_deploy.workspace import RUN_BEST, RUN_LAST
+
+SPLIT_SEPARATOR = "@"  # between an engine's label and a split: never in a label
+REMOTE_PREFIX = "remote-"
+# The checkpoints train writes into every run folder: named after the file alone, the reports of two runs' best.pt
+# would share one folder, the later overwriting the earlier.
+RUN_CHECKPOINT_NAMES = (RUN_BEST, RUN_LAST)
+_IPV6_HOST = re.compile(r"\[([^\]]*)\]")
+
+
+def engine_label(engine_path: Path | str) -> str:
+    """A folder name for an engine's reports: the engine folder's or checkpoint's name (``RUN-best``/``RUN-last``
+    for a training run's ``best.pt``/``last.pt``: the run folder's name first) written by :func:`escape_name`, or
+    :func:`remote_label` for a server URL."""
+    from rap_deploy.engines.loader import is_remote
+
+    if is_remote(engine_path):
+        return remote_label(str(engine_path))
+    path = Path(engine_path)
+    if not path.is_file():
+        return _local_label(path.resolve().name)
+    run = path.absolute().parent.name
+    return _local_label(f"{run}-{path.stem}" if path.name in RUN_CHECKPOINT_NAMES and run else path.stem)
+
+
+def report_folder_name(label: str, split: str | None) -> str:
+    """The report folder of the engine ``label`` for ``split``: the label itself for the test split (``None``),
+    ``LABEL@SPLIT`` (:data:`SPLIT_SEPARATOR`, the split written by :func:`escape_name`) for another."""
+    return label if split is None else f"{label}{SPLIT_SEPARATOR}{escape_name(split)}"
+
+
+def remote_label(url: str) -> str:
+    """``remote-HOST-PORT`` for the server ``url`` (``http(s)://HOST:PORT[/path]``): its trailing slashes dropped, as
+    the remote engine drops them (one server, one folder), a bracketed IPv6 host written as ``ipv6-`` and its eight
+    groups, and every character but letters, digits, ``.`` and ``-`` written ``-``."""
+    target = url.split("://", 1)[1].rstrip("/")
+    target = _IPV6_HOST.sub(lambda m: _ipv6_words(m.group(1)) or m.group(0), target)
+    return REMOTE_PREFIX + "".join(c if c.isalnum() or c in ".-" else "-" for c in target)
+
+
+def escape_name(name: str) -> str:
+    """``name`` with every character but letters, digits, ``.``, ``_`` and ``-`` written ``%XX`` (its UTF-8 bytes):
+    a folder name that differs from every other name's and holds no :data:`SPLIT_SEPARATOR` or path separator."""
+    return "".join(c if c.isalnum() or c in "._-" else urllib.parse.quote(c, safe="") for c in name)
+
+
+def _local_label(name: str) -> str:
+    """:func:`escape_name` of a local engine's ``name``, with the ``-`` of a leading ``remote-`` written ``%2D``
+    too, so that no engine folder takes a server's reports."""
+    label = escape_name(name)
+    if label.startswith(REMOTE_PREFIX):
+        return "remote%2D" + label[len(REMOTE_PREFIX):]
+    return label
+
+
+def _ipv6_words(host: str) -> str | None:
+    """``ipv6-G1-…-G8[-ZONE]`` for the IPv6 address ``host`` (a URL's bracketed host, its zone ``%25``-quoted), each
+    group in hex without leading zeros (``::1``: ``ipv6-0-0-0-0-0-0-0-1``); ``None`` when it is no IPv6 address."""
+    address, _, zone = urllib.parse.unquote(host).partition("%")
+    try:
+        groups = ipaddress.IPv6Address(address).exploded.split(":")
+    except ValueError:
+        return None
+    return "-".join(["ipv6", *(format(int(g, 16), "x") for g in groups), *([zone] if zone else [])])
