@@ -164,7 +164,7 @@ def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
 
 def test_position_twins_move_every_object_and_share_a_batch():
     from rap_deploy.data.synth_stills import generate_stills
-    from rap_deploy.train.backbone import _shuffled_order
+    from rap_deploy.train.backbone_loop import shuffled_order
 
     images, captions = generate_stills(12, 3, 32, position_twins=True)
     plain_images, plain_captions = generate_stills(12, 3, 32)
@@ -177,7 +177,7 @@ def test_position_twins_move_every_object_and_share_a_batch():
         assert all(pos_a[(c, h)] != p for _, c, h, p in mb)  # ... each in another cell
     with pytest.raises(Exception, match="even"):
         generate_stills(3, 0, 32, position_twins=True)
-    order = _shuffled_order(12, torch.Generator().manual_seed(0), pairs=True).tolist()
+    order = shuffled_order(12, torch.Generator().manual_seed(0), pairs=True).tolist()
     assert sorted(order) == list(range(12)) and all(order[i] // 2 == order[i + 1] // 2 for i in range(0, 12, 2))
 
 

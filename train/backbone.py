@@ -5,14 +5,13 @@ tokenizer) is trained contrastively on still images of the synthetic world
 (:func:`rap_deploy.data.synth_stills.generate_stills`: colour, size, shape and position captions, never motion). The
 result is written with :func:`rap_deploy.backbone_file.save_backbone` and loaded like any other open_clip weights file
 (``rapdeploy init --backbone FILE``), then frozen: whatever temporal understanding appears later comes from RAP.
-The held-out measurements live in :mod:`rap_deploy.train.backbone_eval`.
+The held-out measurements live in :mod:`rap_deploy.train.backbone_eval`, the optimisation (schedule, batches, losses,
+steps) in :mod:`rap_deploy.train.backbone_loop`.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,23 +26,12 @@ from rap_deploy.train.backbone_eval import (
     encode_heldout,
     heldout_metrics,
     heldout_score_bytes,
-    image_and_patches,
     patch_object_precision,
     reverse_caption_similarity,
 )
-from rap_deploy.train.backbone_losses import (
-    clip_loss,
-    localisation_loss,
-    named_object_patches,
-    object_patches,
-)
-from rap_deploy.train.backbone_tokens import (
-    check_token_dropping,
-    compact_token_embedding,
-    encode_captions,
-    image_and_kept_patches,
-    object_first_tokens,
-)
+from rap_deploy.train.backbone_loop import Recipe, Schedule, Stills, optimise
+from rap_deploy.train.backbone_losses import named_object_patches, object_patches
+from rap_deploy.train.backbone_tokens import check_token_dropping
 
 if TYPE_CHECKING:
     from rap_deploy.config import PreprocessConfig, TokenizerConfig
@@ -111,15 +99,6 @@ def _stills_headers_fit(path: Path, n: int, size: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------ training
-
-
-def _shuffled_order(n: int, gen: torch.Generator, pairs: bool) -> torch.Tensor:
-    """A random order of ``range(n)``; with ``pairs`` the stills ``2k, 2k+1`` stay adjacent (so a batch of even size
-    holds a still and its position twin)."""
-    if not pairs:
-        return torch.randperm(n, generator=gen)
-    first = 2 * torch.randperm(n // 2, generator=gen)
-    return torch.stack([first, first + 1], dim=1).reshape(-1)
 
 
 def sincos_position_embedding(grid: tuple[int, int], width: int) -> torch.Tensor:
@@ -219,88 +198,58 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     settings) plus ``out``.
     Raises :class:`UsageError` for bad settings.
     """
-    from rap_deploy.backbone_file import save_backbone
-    from rap_deploy.config import PreprocessConfig, TokenizerConfig
-
     out = _checked_settings(out, n_train, n_test, epochs, batch_size, patch_keep, unmasked_epochs, position_twins)
     if threads:
         torch.set_num_threads(threads)
     clock = _Clock()
-    model = _create_model(clip, seed)
-    _init_position_table(model, clip, position_init)
-    if patch_keep < 1.0:
-        check_token_dropping(model, clip)
-    cfg = PreprocessConfig(image_size=_image_size(model))
-    tok = TokenizerConfig(context_length=int(model.positional_embedding.shape[0]))
+    model = _new_model(clip, seed, position_init, patch_keep)
+    cfg, tok = _model_inputs(model)
     train = _prepare_stills(model, n_train, seed, size, data_root, position_twins, cfg, tok, distractors)
     test = _prepare_stills(model, n_test, seed + TEST_SEED_OFFSET, size, data_root, False, cfg, tok, distractors)
     clock.lap("data_seconds")
-
-    schedule = _Schedule.of(n_train, batch_size, epochs, warmup)
-    recipe = _Recipe(seed=seed, epochs=epochs, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
-                     text_batch=text_batch, position_twins=position_twins, patch_keep=patch_keep,
-                     masked_epochs=epochs - unmasked_epochs if patch_keep < 1.0 else 0)
-    losses = _optimise(model, train, schedule, recipe, weight_decay, cfg, tok, progress)
+    schedule = Schedule.of(n_train, batch_size, epochs, warmup)
+    recipe = Recipe(seed=seed, epochs=epochs, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
+                    text_batch=text_batch, position_twins=position_twins, patch_keep=patch_keep,
+                    masked_epochs=epochs - unmasked_epochs if patch_keep < 1.0 else 0)
+    losses = optimise(model, train, schedule, recipe, weight_decay, cfg, tok, progress)
     clock.lap("train_seconds")
     metrics = _heldout_evaluation(model, test, cfg, tok, seed)
     settings = {"clip": clip, "seed": seed, "size": size, "image_size": cfg.image_size, "n_train": n_train,
                 "n_test": n_test, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
                 "position_init": position_init, "distractors": distractors, "object_radius": dict(SIZE_RADIUS)}
     info = _backbone_info(model, settings, schedule, recipe, losses, metrics, clock)
-    model.eval()
-    save_backbone(model.state_dict(), clip, out, info)
+    _save(model, clip, out, info)
     return {**info, "out": str(out)}
 
 
 # ------------------------------------------------------------------------------------- pre-training steps
 
 
-@dataclass(frozen=True)
-class _Stills:
-    """One split of stills ready for the model: pixels, token ids, captions and the object-patch masks."""
-
-    images: torch.Tensor
-    ids: torch.Tensor
-    captions: list[str]
-    on_object: torch.Tensor
-    named: torch.Tensor  # the patches of the objects the caption names (a distractor's are not)
-
-
-@dataclass(frozen=True)
-class _Schedule:
-    """How a pre-training run is batched: batch size, steps per epoch, total and warm-up steps."""
-
-    n_train: int
-    batch: int
-    steps_per_epoch: int
-    total: int
-    warm: int
-
-    @classmethod
-    def of(cls, n_train: int, batch_size: int, epochs: int, warmup: float) -> _Schedule:
-        """The schedule of ``epochs`` passes over ``n_train`` stills in batches of up to ``batch_size``."""
-        from rap_deploy.train.schedule import warmup_steps_for
-
-        batch = min(batch_size, n_train)
-        steps_per_epoch = n_train // batch
-        total = epochs * steps_per_epoch
-        return cls(n_train=n_train, batch=batch, steps_per_epoch=steps_per_epoch, total=total,
-                   warm=warmup_steps_for(warmup, total))
+def _new_model(clip: str, seed: int, position_init: str, patch_keep: float) -> torch.nn.Module:
+    """``clip`` created from ``seed`` with its position table initialised as ``position_init`` asks; raises
+    :class:`UsageError` for an unknown model or initialisation, or token dropping (``patch_keep < 1``) it cannot do."""
+    model = _create_model(clip, seed)
+    _init_position_table(model, clip, position_init)
+    if patch_keep < 1.0:
+        check_token_dropping(model, clip)
+    return model
 
 
-@dataclass(frozen=True)
-class _Recipe:
-    """The optimisation settings of a pre-training run (see :func:`pretrain_backbone`)."""
+def _model_inputs(model: torch.nn.Module) -> tuple[PreprocessConfig, TokenizerConfig]:
+    """The preprocessing (the model's input size) and tokenizer (its text context) that the stills go through."""
+    from rap_deploy.config import PreprocessConfig, TokenizerConfig
 
-    seed: int
-    epochs: int
-    lr: float
-    patch_weight: float
-    text_weight: float
-    text_batch: int
-    position_twins: bool
-    patch_keep: float = 1.0
-    masked_epochs: int = 0
+    return (PreprocessConfig(image_size=_image_size(model)),
+            TokenizerConfig(context_length=int(model.positional_embedding.shape[0])))
+
+
+def _save(model: torch.nn.Module, clip: str, out: Path, info: dict[str, Any]) -> None:
+    """Write the trained weights (in eval mode) with ``info`` to ``out``
+    (:func:`~rap_deploy.backbone_file.save_backbone`)."""
+    from rap_deploy.backbone_file import save_backbone
+
+    model.eval()
+    save_backbone(model.state_dict(), clip, out, info)
 
 
 class _Clock:
@@ -343,7 +292,7 @@ def _checked_settings(out: str | Path, n_train: int, n_test: int, epochs: int, b
     return out
 
 
-def _backbone_info(model: torch.nn.Module, settings: dict[str, Any], schedule: _Schedule, recipe: _Recipe,
+def _backbone_info(model: torch.nn.Module, settings: dict[str, Any], schedule: Schedule, recipe: Recipe,
                    losses: list[float], metrics: dict[str, Any], clock: _Clock) -> dict[str, Any]:
     """The record stored with the weights: the run's settings, its losses and held-out metrics, and its timings."""
     s = settings
@@ -381,7 +330,7 @@ def _init_position_table(model: torch.nn.Module, clip: str, position_init: str) 
 
 
 def _prepare_stills(model: torch.nn.Module, n: int, seed: int, size: int, data_root: str | Path | None,
-                    twins: bool, cfg: PreprocessConfig, tok: TokenizerConfig, distractors: float = 0.0) -> _Stills:
+                    twins: bool, cfg: PreprocessConfig, tok: TokenizerConfig, distractors: float = 0.0) -> Stills:
     """``n`` stills of ``seed`` (:func:`load_or_make_stills`) at the model's input size, tokenised, with the
     patches that show an object."""
     from rap_deploy.preprocess import resize_crop
@@ -391,104 +340,12 @@ def _prepare_stills(model: torch.nn.Module, n: int, seed: int, size: int, data_r
     images, captions = load_or_make_stills(n, seed, size, data_root, twins, distractors)
     images = resize_crop(images, cfg) if images.shape[1] != cfg.image_size else images
     ids, _ = tokenize(captions, tok)
-    return _Stills(images=torch.from_numpy(images), ids=torch.from_numpy(ids).long(), captions=captions,
+    return Stills(images=torch.from_numpy(images), ids=torch.from_numpy(ids).long(), captions=captions,
                    on_object=torch.from_numpy(object_patches(images, grid)),
                    named=torch.from_numpy(named_object_patches(images, captions, grid)))
 
 
-def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on the matrices only (never on biases, norms or the temperature)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2 and p is not model.logit_scale]
-    no_decay = [p for p in model.parameters() if p.ndim < 2 or p is model.logit_scale]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
-
-
-def _optimise(model: torch.nn.Module, train: _Stills, schedule: _Schedule, recipe: _Recipe, weight_decay: float,
-              cfg: PreprocessConfig, tok: TokenizerConfig, progress: bool) -> list[float]:
-    """AdamW over ``model`` for the whole schedule; returns the loss of every step. Without the text loss (whose
-    captions are made on the fly) only the token-embedding rows of the training captions are trained
-    (:func:`compact_token_embedding`)."""
-    if recipe.text_weight > 0:
-        return _train_epochs(model, _adamw(model, recipe.lr, weight_decay), train, schedule, recipe, cfg, tok,
-                             progress)
-    with compact_token_embedding(model, train.ids) as ids:
-        opt = _adamw(model, recipe.lr, weight_decay)
-        return _train_epochs(model, opt, replace(train, ids=ids), schedule, recipe, cfg, tok, progress)
-
-
-def _train_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer, train: _Stills, schedule: _Schedule,
-                  recipe: _Recipe, cfg: PreprocessConfig, tok: TokenizerConfig, progress: bool
-                  ) -> list[float]:
-    """Train ``model`` for ``recipe.epochs`` shuffled passes over ``train``; returns the loss of every step."""
-    from rap_deploy.data.progress import progress_bar
-    from rap_deploy.train.schedule import cosine_lr
-
-    gen = torch.Generator().manual_seed(recipe.seed)
-    token_gen = torch.Generator().manual_seed(recipe.seed + 7)
-    text_rng = np.random.default_rng([recipe.seed, 13])
-    losses: list[float] = []
-    step = 0
-    model.train()
-    with progress_bar(schedule.total, "pre-training backbone", progress) as advance:
-        for epoch in range(recipe.epochs):
-            keep = recipe.patch_keep if epoch < recipe.masked_epochs else 1.0
-            perm = _shuffled_order(schedule.n_train, gen, recipe.position_twins)
-            for i in range(schedule.steps_per_epoch):
-                idx = perm[i * schedule.batch:(i + 1) * schedule.batch]
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(step, schedule.total, recipe.lr, schedule.warm)
-                loss = _batch_loss(model, train, idx, recipe, cfg, tok, text_rng, keep, token_gen)
-                _optimizer_step(model, opt, loss)
-                losses.append(float(loss.detach()))
-                step += 1
-                advance(1)
-    return losses
-
-
-def _batch_loss(model: torch.nn.Module, train: _Stills, idx: torch.Tensor, recipe: _Recipe, cfg: PreprocessConfig,
-                tok: TokenizerConfig, text_rng: np.random.Generator, keep: float = 1.0,
-                token_gen: torch.Generator | None = None, trim_captions: bool = True) -> torch.Tensor:
-    """The loss of the stills ``idx``: CLIP's contrastive loss plus the weighted localisation and text terms; with
-    ``keep < 1`` the image tower sees only :func:`object_first_tokens` (and the localisation term those tokens).
-    ``trim_captions=False`` runs the text tower on the whole context (the same result, slower: for measuring)."""
-    from rap_deploy.preprocess import normalize
-    from rap_deploy.tokenizer import tokenize
-    from rap_deploy.train.captions import caption_pair_batch
-    from rap_deploy.train.losses import symmetric_info_nce
-
-    on_object, named = train.on_object[idx], train.named[idx]
-    if keep < 1.0:
-        kept = object_first_tokens(on_object, keep, token_gen or torch.Generator().manual_seed(recipe.seed))
-        img, patches = image_and_kept_patches(model, normalize(train.images[idx], cfg), kept)
-        named = torch.gather(named, 1, kept)
-    else:
-        img, patches = image_and_patches(model, normalize(train.images[idx], cfg))
-    ids = train.ids[idx]
-    txt = encode_captions(model, ids) if trim_captions else model.encode_text(ids, normalize=True)
-    scale = model.logit_scale.exp()
-    loss = clip_loss(scale * img @ txt.T)
-    if recipe.patch_weight > 0:
-        loss = loss + recipe.patch_weight * localisation_loss(patches, txt, named, scale)
-    if recipe.text_weight > 0:
-        cap_a, cap_b, same = caption_pair_batch(text_rng, recipe.text_batch)
-        ta = model.encode_text(torch.from_numpy(tokenize(cap_a, tok)[0]).long(), normalize=True)
-        tb = model.encode_text(torch.from_numpy(tokenize(cap_b, tok)[0]).long(), normalize=True)
-        loss = loss + recipe.text_weight * symmetric_info_nce(ta @ tb.T, scale, torch.from_numpy(same))
-    return loss
-
-
-def _optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """Back-propagate ``loss``, clip the gradient norm at 1, step, and cap the temperature at 100."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    with torch.no_grad():
-        model.logit_scale.clamp_(0, math.log(100.0))
-
-
-def _heldout_evaluation(model: torch.nn.Module, test: _Stills, cfg: PreprocessConfig, tok: TokenizerConfig, seed: int
+def _heldout_evaluation(model: torch.nn.Module, test: Stills, cfg: PreprocessConfig, tok: TokenizerConfig, seed: int
                         ) -> dict[str, Any]:
     """The held-out metrics: :func:`heldout_metrics` plus ``patch_selection`` and ``text``."""
     image_emb, patch_emb, text_emb = encode_heldout(model, test.images, test.ids, cfg)

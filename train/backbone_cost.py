@@ -34,37 +34,34 @@ def step_costs(clip: str = "rap-tiny", batch: int = 128, repeats: int = 6, seed:
     (``optimizer``), with ``clip``'s still size and ``batch`` stills. Raises :class:`UsageError` for an unknown clip."""
     from dataclasses import replace
 
-    from rap_deploy.config import PreprocessConfig, TokenizerConfig
     from rap_deploy.train import backbone as bb
+    from rap_deploy.train.backbone_loop import Recipe, adamw, batch_loss, optimizer_step
     from rap_deploy.train.backbone_tokens import compact_token_embedding
 
-    model = bb._create_model(clip, seed)
-    bb._init_position_table(model, clip, "sincos")
-    size = bb._image_size(model)
-    cfg = PreprocessConfig(image_size=size)
-    tok = TokenizerConfig(context_length=int(model.positional_embedding.shape[0]))
-    stills = bb._prepare_stills(model, batch, seed, size, None, False, cfg, tok)
+    model = bb._new_model(clip, seed, "sincos", 1.0)
+    cfg, tok = bb._model_inputs(model)
+    stills = bb._prepare_stills(model, batch, seed, cfg.image_size, None, False, cfg, tok)
     idx = torch.arange(batch)
-    recipe = bb._Recipe(seed=seed, epochs=1, lr=1e-4, patch_weight=1.0, text_weight=0.0, text_batch=0,
-                        position_twins=False)
+    recipe = Recipe(seed=seed, epochs=1, lr=1e-4, patch_weight=1.0, text_weight=0.0, text_batch=0,
+                    position_twins=False)
     rng = np.random.default_rng(seed)
     model.train()
     steps: dict[str, float] = {}
     with compact_token_embedding(model, stills.ids) as compact:
-        opt = bb._adamw(model, 1e-4, 0.1)
+        opt = adamw(model, 1e-4, 0.1)
         renumbered = replace(stills, ids=compact)
 
         def step(data: Any, keep: float, full_context: bool) -> None:
             gen = torch.Generator().manual_seed(seed)
-            loss = bb._batch_loss(model, data, idx, recipe, cfg, tok, rng, keep, gen, trim_captions=not full_context)
-            bb._optimizer_step(model, opt, loss)
+            loss = batch_loss(model, data, idx, recipe, cfg, tok, rng, keep, gen, trim_captions=not full_context)
+            optimizer_step(model, opt, loss)
 
         steps["every token, full caption context"] = _median_ms(lambda: step(renumbered, 1.0, True), repeats)
         steps["every token, captions trimmed"] = _median_ms(lambda: step(renumbered, 1.0, False), repeats)
         steps["half the tokens, captions trimmed"] = _median_ms(lambda: step(renumbered, 0.5, False), repeats)
         steps["a quarter of the tokens, captions trimmed"] = _median_ms(lambda: step(renumbered, 0.25, False), repeats)
         optimizer = {"caption rows only": _optimizer_ms(model, opt, repeats)}
-    optimizer["whole embedding table"] = _optimizer_ms(model, bb._adamw(model, 1e-4, 0.1), repeats)
+    optimizer["whole embedding table"] = _optimizer_ms(model, adamw(model, 1e-4, 0.1), repeats)
     return {"clip": clip, "batch": batch, "threads": torch.get_num_threads(), "repeats": repeats, "steps": steps,
             "optimizer": optimizer}
 
