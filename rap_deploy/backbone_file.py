@@ -14,6 +14,7 @@ import torch
 
 from rap_deploy.atomic import atomic_path
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.file_kinds import metadata_object
 
 
 def save_backbone(state_dict: dict[str, torch.Tensor], clip: str, path: str | Path,
@@ -72,15 +73,9 @@ def read_backbone_info(path: str | Path) -> dict[str, Any]:
     Raises :class:`CheckFailedError` (exit 1) for a damaged file or metadata.
     """
     path = Path(path)
-    try:
-        info = json.loads(_metadata(path).get("rapdeploy_backbone", "{}"))
-    except (ValueError, RecursionError) as exc:  # also an integer too long to convert, or nesting too deep
-        raise CheckFailedError(f"backbone file {path}: its rapdeploy_backbone metadata is not valid JSON ({exc}); the "
-                               "file is damaged") from None
-    if not isinstance(info, dict):
-        raise CheckFailedError(f"backbone file {path}: its rapdeploy_backbone metadata is not an object; the file is "
-                               "damaged")
-    return info
+    return metadata_object(_metadata(path).get("rapdeploy_backbone", "{}"),
+                           f"backbone file {path}: its rapdeploy_backbone metadata",
+                           "the file is damaged; re-create it with `rapdeploy pretrain-backbone`")
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ import torch
 from rap_deploy.checkpoint_model import FORMAT, FORMAT_VERSION, Checkpoint
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
-from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
+from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES, metadata_object
 from rap_deploy.model.clip_loader import BackboneSpec
 from rap_deploy.name_lists import some_names
 
@@ -157,14 +157,8 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckFailedError(f"checkpoint {path} is not a readable safetensors file ({str(exc)[:160]}): truncated "
                                "or damaged; copy it again or re-create it") from None
-    try:
-        payload = json.loads(meta["rapdeploy"])
-    except (ValueError, RecursionError) as exc:  # also an integer too long to convert, or nesting too deep
-        raise CheckFailedError(f"checkpoint {path}: its rapdeploy metadata is not valid JSON ({exc}); the file is "
-                               "damaged or was edited") from None
-    if not isinstance(payload, dict):
-        raise CheckFailedError(f"checkpoint {path}: its rapdeploy metadata is a {type(payload).__name__}, not an "
-                               "object; the file is damaged or was edited")
+    payload = metadata_object(meta["rapdeploy"], f"checkpoint {path}: its rapdeploy metadata",
+                              "the file is damaged or was edited")
     payload["adapter_state"] = {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")}
     backbone = {k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}
     payload["backbone_state"] = backbone or None

@@ -10,11 +10,13 @@ the user learns whether the file is empty, truncated, not a checkpoint at all, o
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickletools
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 from rap_deploy.name_lists import some_names
@@ -192,3 +194,16 @@ def check_archive_expansion(path: str | os.PathLike[str], what: str,
         return
     if expanded:
         check_memory(expanded, f"{what} (a compressed archive; torch.save writes none)", fix)
+
+
+def metadata_object(text: str, where: str, fix: str) -> dict[str, Any]:
+    """The JSON object that a safetensors file keeps as the metadata string ``text`` (checkpoints' ``rapdeploy``,
+    backbone files' ``rapdeploy_backbone``). Raises :class:`CheckFailedError` (exit 1), "``where`` is not valid JSON
+    (why); ``fix``" or "``where`` is a list, not an object; ``fix``": ``where`` names the file and its metadata key."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # also an integer too long to convert, or nesting too deep
+        raise CheckFailedError(f"{where} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(value, dict):
+        raise CheckFailedError(f"{where} is a {type(value).__name__}, not an object; {fix}")
+    return value

@@ -11,7 +11,7 @@ from pathlib import Path
 import rap_deploy
 
 PACKAGE = Path(rap_deploy.__file__).parent
-CHECKPOINT_MODULES = ("checkpoint", "checkpoint_model", "checkpoint_read", "backbone_file")
+CHECKPOINT_MODULES = ("checkpoint", "checkpoint_model", "checkpoint_read", "backbone_file", "file_kinds")
 
 
 def _imported_modules(module: str) -> dict[str, bool]:
