@@ -182,7 +182,20 @@ def _tensor_dict(path: Path, value: Any, key: str, optional: bool) -> dict[str, 
         if tensor.dtype not in WEIGHT_DTYPES:
             raise _damaged(path, f"'{key}' entry {name[:80]!r} is a {str(tensor.dtype).removeprefix('torch.')} tensor, "
                                  "not floating-point weights")
+        kind = _not_dense(tensor)
+        if kind:  # load_state_dict's refusal of it names no key: the message was empty, or cut mid-sentence
+            raise _damaged(path, f"'{key}' entry {name[:80]!r} is {kind}, not dense weights")
     return value
+
+
+def _not_dense(tensor: torch.Tensor) -> str | None:
+    """What ``tensor`` is when it holds no dense values that copy into a model's parameters (a sparse tensor, or a
+    meta tensor: a shape without data), else ``None``."""
+    if tensor.is_meta:
+        return "a meta tensor (a shape without values)"
+    if tensor.layout != torch.strided:
+        return f"a {str(tensor.layout).removeprefix('torch.')} tensor"
+    return None
 
 
 def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:

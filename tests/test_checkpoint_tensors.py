@@ -1,0 +1,36 @@
+"""Tensors a checkpoint file may hold as weights: dense ones only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rap_deploy.errors import CheckFailedError
+
+
+def _first_matrix(state: dict[str, torch.Tensor]) -> str:
+    return next(name for name, tensor in state.items() if tensor.dim() == 2)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("field", ["adapter_state", "backbone_state"])
+@pytest.mark.parametrize("kind, make", [
+    ("a sparse_coo tensor", lambda t: t.to_sparse()),
+    ("a sparse_csr tensor", lambda t: t.to_sparse_csr()),
+    ("a meta tensor (a shape without values)", lambda t: torch.empty(t.shape, device="meta")),
+])
+def test_a_sparse_or_meta_weight_is_refused_naming_it(field, kind, make, micro_checkpoint, tmp_path):
+    """A sparse or meta tensor in place of a weight loaded, then failed in load_state_dict with a message that named
+    no key: 'embedded backbone weights do not fit rap-micro: ;' for the backbone, torch's 'While copying the parameter
+    named ...' cut mid-sentence for an adapter. The file is now refused as it is read, naming the entry."""
+    from rap_deploy.checkpoint import load_checkpoint
+
+    payload = torch.load(micro_checkpoint, map_location="cpu", weights_only=True)
+    name = _first_matrix(payload[field])
+    payload[field][name] = make(payload[field][name])
+    path = tmp_path / "edited.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckFailedError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path} is damaged: '{field}' entry '{name}' is {kind}, not dense "
+                               "weights; re-create it with `rapdeploy init` or `rapdeploy train`")
