@@ -1323,5 +1323,5 @@ def test_resume_of_a_folder_of_runs_or_of_data_names_what_it_is(micro_checkpoint
     (data / "MSRVTT_data.json").write_text("{}")
     res = CliRunner().invoke(app, ["train", "--resume", str(data)])
     assert res.exit_code == 2, res.output
-    assert f"cannot resume {data}: it is not a training run folder (it holds MSRVTT_data.json, videos and no " \
-           "last.pt); pass the --out folder of an earlier `rapdeploy train`" in " ".join(res.stderr.split())
+    assert f"cannot resume {data}: it is not a training run folder (no last.pt; it holds MSRVTT_data.json, " \
+           "videos); pass the --out folder of an earlier `rapdeploy train`" in " ".join(res.stderr.split())

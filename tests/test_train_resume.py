@@ -565,3 +565,35 @@ def test_resume_with_the_run_s_own_tag_or_none_keeps_its_backbone(clip, pretrain
     overrides = {"pretrained": pretrained}
     assert moved_backbone(ckpt, options, overrides) == (ckpt, overrides)
     assert options.pretrained == pretrained
+
+
+def test_resume_refusals_say_how_many_names_they_leave_out(tmp_path):
+    """A --resume folder holding 5 runs named 3 and ended in ', …', one of 5 other files the same; a damaged
+    history's epochs were cut at 5 as '[0, 1, 2, 3, 5]...', and test videos that decode otherwise at 5 with ', ...':
+    none said how many more. Each now ends in 'and N more' (name_lists.some_names)."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli.app import app
+    from rap_deploy.errors import CheckFailedError, UsageError
+    from rap_deploy.train.run_state import _check_history, check_same_test_videos
+
+    runs, foreign = tmp_path / "runs", tmp_path / "foreign"
+    for i in range(5):
+        (runs / f"r{i}").mkdir(parents=True)
+        (runs / f"r{i}" / "last.pt").write_bytes(b"")
+        foreign.mkdir(exist_ok=True)
+        (foreign / f"f{i}.txt").write_text("x")
+    said = {}
+    for name, folder in (("runs", runs), ("foreign", foreign)):
+        result = CliRunner().invoke(app, ["train", "--resume", str(folder), "--quiet"])
+        assert result.exit_code == 2, (result.exception, result.output)
+        said[name] = " ".join(result.output.split())
+    assert f"pass one of them: {runs / 'r0'}, {runs / 'r1'}, {runs / 'r2'} and 2 more" in said["runs"], said
+    assert "(no last.pt; it holds f0.txt, f1.txt, f2.txt and 2 more)" in said["foreign"], said
+    with pytest.raises(CheckFailedError, match=r"holds epochs \[0, 1, 2, 3, 5 and 3 more\], not one record per "):
+        _check_history(tmp_path / "last.pt", [{"epoch": e} for e in (0, 1, 2, 3, 5, 6, 7, 8)], 8)
+    options = SimpleNamespace(data_root=str(tmp_path / "data"), out=str(runs / "r0"))
+    with pytest.raises(UsageError, match=r"decodes now: v0, v1, v2, v3, v4 and 2 more; undecodable now: none\)"):
+        check_same_test_videos([f"v{i}" for i in range(7)], [], options)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.name_lists import some_names
 from rap_deploy.train.loop import (
     BEST,
     LAST,
@@ -34,13 +35,12 @@ def _not_resumable(run_dir: Path) -> UsageError:
     runs = sorted(str(p.parent) for p in run_dir.glob(f"*/{LAST}"))
     if runs:
         return UsageError(f"cannot resume {run_dir}: it holds training runs, not one; pass one of them: "
-                          f"{', '.join(runs[:3])}{', …' if len(runs) > 3 else ''}")
+                          + some_names(runs, 3))
     foreign = sorted(p.name for p in run_dir.iterdir()
                      if not p.name.startswith(".") and p.name not in (RUN_BEST, RUN_METRICS, RUN_SUMMARY))
     if foreign:
-        return UsageError(f"cannot resume {run_dir}: it is not a training run folder (it holds "
-                          f"{', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''} and no {LAST}); pass the "
-                          "--out folder of an earlier `rapdeploy train`")
+        return UsageError(f"cannot resume {run_dir}: it is not a training run folder (no {LAST}; it holds "
+                          f"{some_names(foreign, 3)}); pass the --out folder of an earlier `rapdeploy train`")
     return UsageError(f"cannot resume {run_dir}: it has no {LAST} (the run stopped before its first epoch ended; "
                       "start it again without --resume)")
 
@@ -225,8 +225,8 @@ def _check_history(last: Path, history: list[dict[str, Any]], epoch: int) -> Non
     recalls of the best.pt selection)."""
     epochs = [r.get("epoch") for r in history]
     if epochs not in (list(range(0, epoch + 1)), list(range(1, epoch + 1))):
-        raise damaged_run(last, f"train_state.history holds epochs {epochs[:5]}{'...' if len(epochs) > 5 else ''}, "
-                                 f"not one record per epoch up to its epoch {epoch}")
+        raise damaged_run(last, f"train_state.history holds epochs [{some_names([repr(e) for e in epochs])}], not "
+                                 f"one record per epoch up to its epoch {epoch}")
     for r in history:
         numbers = [r["seconds"]] if "seconds" in r else []
         for direction in ("t2v", "v2t"):
@@ -370,7 +370,7 @@ def check_same_test_videos(stored: Any, now: list[str], options: TrainOptions) -
         return
 
     def named(ids: set[str]) -> str:
-        return ", ".join(sorted(ids)[:5]) + (", ..." if len(ids) > 5 else "") if ids else "none"
+        return some_names(sorted(ids)) or "none"
 
     fixed, broken = named(set(stored) - set(now)), named(set(now) - set(stored))
     raise UsageError(f"the test videos in --data-root {options.data_root} do not decode as they did when the run in "
