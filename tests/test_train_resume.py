@@ -597,3 +597,35 @@ def test_resume_refusals_say_how_many_names_they_leave_out(tmp_path):
     options = SimpleNamespace(data_root=str(tmp_path / "data"), out=str(runs / "r0"))
     with pytest.raises(UsageError, match=r"decodes now: v0, v1, v2, v3, v4 and 2 more; undecodable now: none\)"):
         check_same_test_videos([f"v{i}" for i in range(7)], [], options)
+
+
+def test_resume_of_a_run_whose_backbone_file_holds_other_weights_names_both_fixes(micro_checkpoint, synth_root,
+                                                                                    frame_cache, tmp_path):
+    """A run's referenced backbone file replaced by other weights (pre-trained again) was refused with the
+    checkpoint's advice only, 'put the file it was made with back at that path'; a resumed run also takes that file
+    where it is now (--pretrained FILE of the recorded sha256), which the refusal now names too, and which resumes."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from rap_deploy.backbone_file import save_backbone
+    from rap_deploy.cli.app import app
+    from rap_deploy.train import loop
+
+    weights = {k: v.contiguous() for k, v in load_checkpoint(micro_checkpoint).backbone_state.items()}
+    backbone = save_backbone(weights, "rap-micro", tmp_path / "world" / "rap-micro.safetensors")
+    run = tmp_path / "run"
+    loop.train_rap(_options(synth_root, run, frame_cache, pretrained=str(backbone), max_epochs_this_run=1),
+                   progress=False)
+    sha = load_checkpoint(run / "last.pt").backbone.sha256
+    kept = shutil.copy(backbone, tmp_path / "kept.safetensors")
+    save_backbone({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, "rap-micro", backbone)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "--resume", str(run), "--quiet"])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2, (refused.exception, said)
+    assert f"backbone weights file {backbone}, which holds other weights now" in said, said
+    assert f"the run was trained on the file of sha256 {sha[:12]}…; put it back at that path" in said, said
+    assert f"`rapdeploy train --resume {run} --pretrained FILE` (the file of sha256 {sha[:12]}…)" in said, said
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "--pretrained", str(kept), "--quiet", "--json"])
+    assert resumed.exit_code == 0 and json.loads(resumed.stdout)["resumed_after_epoch"] == 1, resumed.output

@@ -68,23 +68,55 @@ def load_resume(run_dir: Path, overrides: dict[str, Any]):
     extra = {k: v for k, v in ckpt.extra.items() if k != "train_state"}
     template = dataclasses.replace(ckpt, extra=extra)
     _check_backbone_there(run_dir, ckpt)
-    return options, template, ckpt.build_model(), state
+    try:
+        model = ckpt.build_model()
+    except UsageError:
+        _check_backbone_unchanged(run_dir, ckpt)
+        raise
+    return options, template, model, state
+
+
+def _referenced_file(ckpt: Any) -> Any:
+    """The backbone spec of ``ckpt`` when it references (does not embed) a weights file of a recorded sha256, else
+    ``None``."""
+    spec = ckpt.backbone
+    return spec if ckpt.backbone_state is None and spec.kind == "file" and spec.sha256 else None
+
+
+def _resume_command(run_dir: Path, spec: Any) -> str:
+    """The command that resumes ``run_dir`` on its backbone file wherever it is now (:func:`moved_backbone`)."""
+    import shlex
+
+    return (f"`rapdeploy train --resume {shlex.quote(str(run_dir))} --pretrained FILE` (the file of sha256 "
+            f"{spec.sha256[:12]}…)")
 
 
 def _check_backbone_there(run_dir: Path, ckpt: Any) -> None:
     """Raise :class:`UsageError` when the run's ``last.pt`` references (does not embed) a backbone weights file that
     no longer exists at its recorded path: the checkpoint's own refusal says only to put the file back, where a
     resumed run also takes it where it is now (``--pretrained``, :func:`moved_backbone`). A file there that changed
-    is left to the checkpoint's refusal (it hashes the file once)."""
-    spec = ckpt.backbone
-    if ckpt.backbone_state is not None or spec.kind != "file" or not spec.sha256 or Path(spec.value).exists():
+    is left to the checkpoint's check (it hashes the file once), then :func:`_check_backbone_unchanged`."""
+    spec = _referenced_file(ckpt)
+    if spec is None or Path(spec.value).exists():
         return
-    import shlex
-
     raise UsageError(f"{run_dir / LAST} references the backbone weights file {spec.value}, which does not exist "
-                     f"(moved or deleted): pass it where it is now, `rapdeploy train --resume "
-                     f"{shlex.quote(str(run_dir))} --pretrained FILE` (the file of sha256 {spec.sha256[:12]}…), or "
-                     "put it back at that path")
+                     f"(moved or deleted): pass it where it is now, {_resume_command(run_dir, spec)}, or put it back "
+                     "at that path")
+
+
+def _check_backbone_unchanged(run_dir: Path, ckpt: Any) -> None:
+    """Once building the run's model was refused: raise :class:`UsageError` when the backbone weights file its
+    ``last.pt`` references holds other weights now (pre-trained again, or another file put there). The checkpoint's
+    refusal says only to put the run's file back; a resumed run also takes that file where it is now. Hashed here
+    only on the way to a refusal, so a resume that loads hashes its backbone once."""
+    from rap_deploy.data.cache import file_digest
+
+    spec = _referenced_file(ckpt)
+    if spec is None or not Path(spec.value).is_file() or (now := file_digest(spec.value)) == spec.sha256:
+        return
+    raise UsageError(f"{run_dir / LAST} references the backbone weights file {spec.value}, which holds other weights "
+                     f"now (sha256 {now[:12]}…): the run was trained on the file of sha256 {spec.sha256[:12]}…; put "
+                     f"it back at that path, or pass it where it is now, {_resume_command(run_dir, spec)}") from None
 
 
 def moved_backbone(ckpt: Any, options: TrainOptions, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
