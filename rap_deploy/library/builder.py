@@ -11,7 +11,6 @@ Ranks are given as a :class:`Ranks` (rank, world size, barrier); the CLI builds 
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from rap_deploy.atomic import remove_temporaries
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.crashpoints import crash_point
 from rap_deploy.errors import CheckFailedError, UsageError
@@ -35,17 +33,8 @@ from rap_deploy.library.assemble import (
     stage1_kind,
     write_library_manifest,
 )
-from rap_deploy.library.changes import changed_videos, indexed_files, moved_videos, with_moves
 from rap_deploy.library.encode import encode_shard
-from rap_deploy.library.manifest import (
-    INDEX_OTHER_MODEL_FIX,
-    MANIFEST,
-    SHARDS_DIR,
-    STAGE1_DIR,
-    check_model,
-    model_identity,
-    read_manifest,
-)
+from rap_deploy.library.prepare import prepare
 from rap_deploy.library.shards import committed_shard, remove_stale
 from rap_deploy.library.sources import VideoSource, missing_list_hint
 from rap_deploy.locks import folder_lock
@@ -118,7 +107,7 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
     _check_force(root, source, options)
     if ranks.is_main:
         with folder_lock(root, "index", "library folder"):
-            state = _prepare(root, engine, source, options, log)
+            state = prepare(root, engine, source, options, log)
             # the job's resumed shards, for the report of a multi-rank build (one rank counts its own below); the
             # other ranks wait at the barrier
             committed_before = _committed_shards(root, state["plan"]) if ranks.world_size > 1 else 0
@@ -160,156 +149,6 @@ def _committed_shards(root: Path, plan: dict[str, Any] | None) -> int:
 def _committed(root: Path, shard: dict[str, Any], verify_hash: bool = True) -> dict[str, Any] | None:
     """The committed entry of plan shard ``shard``, or ``None`` when it is still to be encoded (or damaged)."""
     return committed_shard(root, shard["name"], plans.shard_digest(shard), verify_hash, shard["row_offset"])
-
-
-# ------------------------------------------------------------------------------------------------------- prepare
-def _prepare(root: Path, engine: Any, source: VideoSource | None, options: BuildOptions,
-             log: Callable[[str], None]) -> dict[str, Any]:
-    """Main rank, under the lock: --force, read and check the library, plan the new shards (or resume the plan)."""
-    _refuse_linked_folders(root)
-    had_library = (root / MANIFEST).is_file()
-    replacing = _force_start(root, had_library) if options.force else None
-    remove_temporaries(root, (MANIFEST, plans.PLAN))  # a killed atomic write's (the lock says it is dead)
-    old = read_manifest(root) if (root / MANIFEST).is_file() and not options.force else None
-    if old is None and not (options.force and had_library):  # a library's folder may hold the user's files too
-        _refuse_foreign_folder(root)
-    if old is None and source is None:
-        raise UsageError(f"{root} holds no library yet; give videos to index (--dataset/--data-root, --videos DIR "
-                         "or --list FILE)")
-    if old is not None and engine is not None:
-        check_model(old["model"], engine, root, INDEX_OTHER_MODEL_FIX)
-    if old is not None and source is not None:
-        _check_sampling_rate(old["model"]["sampling"], source, root)
-    state: dict[str, Any] = {"old": old, "plan": None, "resumed": False, "replacing": replacing}
-    if source is None:
-        pending = plans.read_plan(root)
-        if pending is not None and not plans.plan_finished(pending, {s["name"] for s in old["shards"]},
-                                                           old["next_shard"]):
-            raise UsageError(f"{root} has an interrupted build ({plans.PLAN}); re-run the command that started it "
-                             "to finish it first, or pass --force with the videos to rebuild")
-        plans.drop_plan(root)
-        return state
-    sampling = FrameSamplingConfig(max_frames=engine.config.frames, fps=source.sampling.fps)
-    model = model_identity(engine, sampling)
-    if old is not None:  # its rows keep the weights it recorded: check_model compared them, or warned it cannot
-        model["checkpoint_sha256"] = old["model"].get("checkpoint_sha256")
-    indexed = indexed_files(root, old["shards"], set(old["removed"]), old.get("moved")) if old is not None else {}
-    unknown = [v for v in options.remove if v not in indexed]
-    if unknown:  # before any video is encoded
-        raise UsageError(f"--remove: {some_names(unknown, 10)} not in the library {root}; nothing was changed")
-    removing = set(options.remove)  # never encoded, even when their files are given or changed
-    given = [v for v in source.videos if v.video_id not in removing]
-    moved = moved_videos(given, indexed)  # recorded in the manifest, never re-encoded
-    moved_ids = [vid for vid, f in indexed.items() if str(f.row) in moved]
-    indexed = with_moves(indexed, moved)
-    changed = changed_videos(given, indexed)
-    interrupted = plans.read_plan(root)
-    if interrupted is not None:
-        changed = _resumable_replaces(interrupted, indexed, changed)
-    pending = [v for v in given if v.video_id not in indexed or v.video_id in changed]
-    if old is not None and pending and not options.add and interrupted is None:
-        news = f"{len(pending) - len(changed)} of the given videos are not in it" + \
-            (f" and {len(changed)} changed since they were indexed" if changed else "")
-        raise UsageError(f"{root} already holds a library of {old['videos']} videos and {news}: pass --add to "
-                         "encode only those, or --force to rebuild it")
-    numbering = old or replacing or {}  # --force numbers its shards after the library it replaces
-    new = plans.make_plan(pending, sampling, model, options.shard_size, numbering.get("next_shard", 0),
-                          numbering.get("next_row", 0), replaces=changed)
-    known = {s["name"] for s in numbering.get("shards", [])}
-    if replacing is not None and (plans.read_plan(root) or {}).get("request_sha256") != new["request_sha256"]:
-        plans.drop_plan(root)  # an interrupted build of other videos: --force discards it (a forced one resumes)
-    plan, resumed = plans.adopt_plan(root, new, known, numbering.get("next_shard", 0))
-    remove_stale(root, keep=known | {s["name"] for s in plan["shards"]})
-    if resumed:
-        log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")
-    state.update(plan=plan, resumed=resumed, model=model, sampling=sampling, replaces=changed, moved=moved,
-                 moved_ids=moved_ids)
-    return state
-
-
-def _check_sampling_rate(recorded: dict[str, Any], source: VideoSource, root: Path) -> None:
-    """Raise :class:`UsageError` (exit 2) when ``source`` samples its videos at another frame rate than the library
-    at ``root`` recorded: their embeddings would not be comparable with the library's rows (and the build would
-    record the new rate as the library's)."""
-    was, now = recorded.get("fps"), source.sampling.fps
-    if was != now:
-        raise UsageError(f"{root / MANIFEST} records frame sampling at fps {was}, and the given videos "
-                         f"({source.kind}) are sampled at fps {now}: their embeddings would not be comparable; "
-                         f"rebuild the library from these videos with --force (rapdeploy index ... --out {root} "
-                         "--force), or index them into another library (--out NEW_LIB); nothing was changed")
-
-
-def _resumable_replaces(plan: dict[str, Any], indexed: dict[str, Any], changed: dict[str, int]) -> dict[str, int]:
-    """The rows an interrupted build was replacing, while they still are live rows of those ids: its resume then
-    re-encodes the same videos (and matches its plan); files changed since wait for the next ``--add``."""
-    recorded = plan.get("replaces", {})
-    if not isinstance(recorded, dict) or recorded == changed:
-        return changed
-    if all(isinstance(k, str) and k in indexed and indexed[k].row == v for k, v in recorded.items()):
-        return dict(recorded)
-    return changed
-
-
-def _force_start(root: Path, had_library: bool) -> dict[str, Any] | None:
-    """--force: the library it replaces, left in place (searchable) until the new manifest replaces it; the new
-    shards and stage-1 files are numbered after it, and its files are deleted once the new manifest is written. A
-    folder without a readable library (an interrupted first build, a damaged manifest) is wiped first instead."""
-    if not had_library:  # before deleting: the folder holds something else
-        _refuse_foreign_folder(root)
-    else:
-        try:
-            replacing = read_manifest(root)
-        except (UsageError, CheckFailedError):  # not a library, damaged, oversized: wiped
-            replacing = None
-        if replacing is not None:
-            try:
-                plans.read_plan(root)
-            except CheckFailedError:
-                plans.drop_plan(root)  # a damaged or oversized plan of an interrupted build: discarded
-            return replacing
-    _wipe(root)
-    return None
-
-
-def _wipe(root: Path) -> None:
-    """--force: delete what a library consists of (only those names) so the build starts from nothing."""
-    for name in (MANIFEST, plans.PLAN):
-        (root / name).unlink(missing_ok=True)
-    for name in (SHARDS_DIR, STAGE1_DIR):
-        if (root / name).is_dir() and not (root / name).is_symlink():
-            shutil.rmtree(root / name)
-
-
-def _refuse_linked_folders(root: Path) -> None:
-    """Refuse (:class:`~rap_deploy.safe_paths.UnsafePathError`, exit 1), before anything is written or deleted, a
-    library whose ``shards`` or ``stage1`` is a symlink or not a folder, or holds a symlink: the build would write its
-    shards and index through the link and delete the shard folders it finds there (another library's, when the link
-    points at it), or stop at a shard folder that is a link ("Cannot call rmtree on a symbolic link", naming no
-    file), and no search would open the result (a library holds no symlink)."""
-    from rap_deploy.safe_paths import UnsafePathError
-
-    for name in (SHARDS_DIR, STAGE1_DIR):
-        path = root / name
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
-            what = f"a symlink to {path.resolve()}" if path.is_symlink() else "not a folder"
-            raise UnsafePathError(f"{path} is {what}; a library's {name} folder must be a real folder inside it "
-                                  f"(the build would write and delete through it): remove {path} or choose another "
-                                  "--out folder; nothing was changed")
-        link = next((p for p in path.iterdir() if p.is_symlink()), None) if path.is_dir() else None
-        if link is not None:
-            raise UnsafePathError(f"{link} is a symlink to {link.resolve()}; a library holds no symlink (the build "
-                                  f"would write or delete through it): remove {link}; nothing was changed")
-
-
-def _refuse_foreign_folder(root: Path) -> None:
-    """Refuse to build into a folder that holds other things than a library (or an interrupted one)."""
-    if not root.is_dir():
-        return
-    ours = {MANIFEST, plans.PLAN, STAGE1_DIR, SHARDS_DIR}
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith("."))
-    if foreign:
-        raise UsageError(f"{root} is not empty and is not a library (it holds {some_names(foreign)}); choose "
-                         "another --out folder")
 
 
 # ------------------------------------------------------------------------------------------------------- encode
