@@ -76,3 +76,21 @@ def test_a_known_tilde_is_expanded(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert user_path("~/clip.pt", "--pretrained") == tmp_path / "clip.pt"
     assert user_path("plain/clip.pt", "--pretrained").as_posix() == "plain/clip.pt"
+
+
+def test_a_path_option_given_as_option_equals_tilde_is_written_under_home_not_a_folder_named_tilde(tmp_path,
+                                                                                                 monkeypatch):
+    """The shell leaves ``--out=~/m.pt`` as it is; init used the path as given and wrote ./~/m.pt. Every path a
+    command is given now has its ~ expanded (cli.app.command), an unknown ~user refused naming the option."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    result = runner.invoke(app, ["init", "--clip", "rap-micro", "--frames", "4", "--out=~/m.pt"])
+    assert result.exit_code == 0, (result.exception, result.output)
+    assert (home / "m.pt").is_file() and not (cwd / "~").exists()
+    _refused_naming(runner.invoke(app, ["info", f"~{NO_USER}/m.pt"]), "CHECKPOINT", f"~{NO_USER}/m.pt")
+    _refused_naming(runner.invoke(app, ["init", "--clip", "rap-micro", f"--out=~{NO_USER}/m.pt"]), "--out",
+                    f"~{NO_USER}/m.pt")
+    assert not (cwd / f"~{NO_USER}").exists()

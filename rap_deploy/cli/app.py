@@ -103,18 +103,21 @@ def _os_error_exit(exc: OSError) -> typer.Exit:
 def command(*args: Any, resume: str | None = None, **kwargs: Any) -> Callable[[F], F]:
     """Register a command on :data:`app`, with the exit-code contract applied.
 
-    Errors become one line on stderr: :class:`RapDeployError` with its exit code, operating-system errors
+    Every path a command is given has its ``~`` expanded first (:func:`_with_home_expanded`). Errors become one line
+    on stderr: :class:`RapDeployError` with its exit code, operating-system errors
     (permissions, a file where a folder is expected, a full disk) with exit 2, Ctrl-C with 130 and SIGTERM with 143
     (after unwinding, so no temporary file is left behind; ``resume``, when given, says how to carry on and ends
     their line); a closed output pipe (``| head``) ends quietly with 141.
     """
 
     def decorator(func: F) -> F:
+        labels = _path_labels(func)
+
         @functools.wraps(func)
         def wrapper(*a: Any, **kw: Any) -> Any:
             try:
                 with _sigterm_unwinds():
-                    return func(*a, **kw)
+                    return func(*a, **_with_home_expanded(kw, labels))
             except RapDeployError as exc:
                 raise fail(str(exc), exc.exit_code) from None
             except OSError as exc:
@@ -130,6 +133,46 @@ def command(*args: Any, resume: str | None = None, **kwargs: Any) -> Callable[[F
         return func
 
     return decorator
+
+
+def _path_labels(func: Callable[..., Any]) -> dict[str, str]:
+    """Each parameter of the command ``func`` named as the user types it: an option by its long name (``--out``), an
+    argument by its metavar or upper-case name (``CHECKPOINT``)."""
+    import inspect
+
+    from typer.models import ArgumentInfo, OptionInfo
+
+    labels = {}
+    for name, param in inspect.signature(func).parameters.items():
+        info = param.default
+        if isinstance(info, OptionInfo):
+            long = [d for d in info.param_decls or () if d.startswith("--")]
+            labels[name] = long[0].split("/")[0] if long else "--" + name.replace("_", "-")
+        elif isinstance(info, ArgumentInfo):
+            labels[name] = info.metavar or name.upper()
+    return labels
+
+
+def _with_home_expanded(kw: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """``kw`` with each :class:`Path` value (alone or in a list) ``~``-expanded by
+    :func:`~rap_deploy.workspace.user_path`, named by ``labels`` (:func:`_path_labels`).
+
+    The shell leaves ``--out=~/ckpt.pt`` (and a quoted ``~``) as it is, and a command that used the path as given
+    wrote into a folder named ``~`` under the current one. Raises :class:`UsageError` for a ``~user`` of no user.
+    """
+    from pathlib import Path
+
+    from rap_deploy.workspace import user_path
+
+    def expanded(name: str, value: Any) -> Any:
+        label = labels.get(name, name)
+        if isinstance(value, Path):
+            return user_path(value, label)
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Path) for v in value):
+            return type(value)(user_path(v, label) for v in value)
+        return value
+
+    return {name: expanded(name, value) for name, value in kw.items()}
 
 
 def _stopped_message(stopped: str, resume: str | None) -> str:
