@@ -1,9 +1,9 @@
 """The RAP checkpoint in memory and the model it builds: :class:`Checkpoint` and the checks that turn weights which
 do not fit (another architecture, a moved backbone file, damaged tensors) into refusals naming the file.
 
-Kept apart from :mod:`rap_deploy.checkpoint` (creating and writing checkpoints, the public entry point) and
-:mod:`rap_deploy.checkpoint_read` (reading an untrusted file) so that both import it and neither imports the other's
-importer: the reader needs :class:`Checkpoint`, the writer re-exports it and calls the reader.
+Kept apart from :mod:`rap_deploy.checkpoint` (the public entry point: creating, writing, loading) and
+:mod:`rap_deploy.checkpoint_read` (reading an untrusted file) so that the two import it and the reader never imports
+the entry point: the reader builds a :class:`Checkpoint`, the entry point re-exports it and calls the reader.
 """
 
 from __future__ import annotations
