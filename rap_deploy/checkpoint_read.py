@@ -189,10 +189,13 @@ def _tensor_dict(path: Path, value: Any, key: str, optional: bool) -> dict[str, 
 
 
 def _not_dense(tensor: torch.Tensor) -> str | None:
-    """What ``tensor`` is when it holds no dense values that copy into a model's parameters (a sparse tensor, or a
-    meta tensor: a shape without data), else ``None``."""
+    """What ``tensor`` is when it holds no dense values that copy into a model's parameters (a sparse tensor, a
+    meta tensor: a shape without data, or a nested tensor, whose strided layout hides that it has no one shape),
+    else ``None``."""
     if tensor.is_meta:
         return "a meta tensor (a shape without values)"
+    if tensor.is_nested:  # load_state_dict's RuntimeError for it names no key: load_clip re-raises it (a traceback)
+        return "a nested tensor (tensors of several shapes)"
     if tensor.layout != torch.strided:
         return f"a {str(tensor.layout).removeprefix('torch.')} tensor"
     return None

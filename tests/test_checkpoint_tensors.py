@@ -18,6 +18,7 @@ def _first_matrix(state: dict[str, torch.Tensor]) -> str:
     ("a sparse_coo tensor", lambda t: t.to_sparse()),
     ("a sparse_csr tensor", lambda t: t.to_sparse_csr()),
     ("a meta tensor (a shape without values)", lambda t: torch.empty(t.shape, device="meta")),
+    ("a nested tensor (tensors of several shapes)", lambda t: torch.nested.nested_tensor([t[0], t[0][:1]])),
 ])
 def test_a_sparse_or_meta_weight_is_refused_naming_it(field, kind, make, micro_checkpoint, tmp_path):
     """A sparse or meta tensor in place of a weight loaded, then failed in load_state_dict with a message that named
@@ -34,3 +35,21 @@ def test_a_sparse_or_meta_weight_is_refused_naming_it(field, kind, make, micro_c
         load_checkpoint(path)
     assert str(info.value) == (f"checkpoint {path} is damaged: '{field}' entry '{name}' is {kind}, not dense "
                                "weights; re-create it with `rapdeploy init` or `rapdeploy train`")
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_nested_backbone_weight_is_refused_through_the_cli_not_a_traceback(micro_checkpoint, tmp_path):
+    """A nested tensor (strided layout, so not refused as sparse) in the embedded backbone reached load_state_dict,
+    whose RuntimeError ('NestedTensorImpl doesn't support sizes') names no state-dict key: load_clip re-raises it, and
+    since 6e10af7 removed build_model's RuntimeError branch, `rapdeploy info` ended in a traceback."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli import app
+
+    payload = torch.load(micro_checkpoint, map_location="cpu", weights_only=True)
+    payload["backbone_state"]["logit_scale"] = torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])
+    path = tmp_path / "nested.pt"
+    torch.save(payload, path)
+    result = CliRunner().invoke(app, ["info", str(path)])
+    assert result.exit_code == 1 and not isinstance(result.exception, RuntimeError), result.exception
+    assert "'backbone_state' entry 'logit_scale' is a nested tensor" in result.output
