@@ -9,6 +9,8 @@ The names cannot be confused, yet the common ones read as they are:
 - a local name keeps its letters, digits, ``.``, ``_`` and ``-``; any other character is written ``%XX`` (its UTF-8
   bytes, as in a URL; ``%`` itself too), so two names never share a label (``my engine`` is ``my%20engine``);
 - a server's label starts ``remote-``, and a local name that starts so is written ``remote%2D…``;
+- an ``https://`` server's label goes on ``remote-https_``, which no ``http://`` server's holds (those keep only
+  letters, digits, ``.`` and ``-``), so the two schemes on one host and port never share a folder;
 - no label holds ``@``, so ``X@train`` (engine ``X``, split ``train``) is never engine ``X-train``'s test report;
 - an IPv6 host is written as its eight groups (``http://[::1]:8000`` is ``remote-ipv6-0-0-0-0-0-0-0-1-8000``).
 """
@@ -24,6 +26,7 @@ from rap_deploy.workspace import RUN_BEST, RUN_LAST
 
 SPLIT_SEPARATOR = "@"  # between an engine's label and a split: never in a label
 REMOTE_PREFIX = "remote-"
+HTTPS_MARK = "https_"  # after REMOTE_PREFIX in an https:// server's label
 # The checkpoints train writes into every run folder: named after the file alone, the reports of two runs' best.pt
 # would share one folder, the later overwriting the earlier.
 RUN_CHECKPOINT_NAMES = (RUN_BEST, RUN_LAST)
@@ -52,12 +55,15 @@ def report_folder_name(label: str, split: str | None) -> str:
 
 
 def remote_label(url: str) -> str:
-    """``remote-HOST-PORT`` for the server ``url`` (``http(s)://HOST:PORT[/path]``): its trailing slashes dropped, as
-    the remote engine drops them (one server, one folder), a bracketed IPv6 host written as ``ipv6-`` and its eight
-    groups, and every character but letters, digits, ``.`` and ``-`` written ``-``."""
-    target = url.split("://", 1)[1].rstrip("/")
-    target = _IPV6_HOST.sub(lambda m: _ipv6_words(m.group(1)) or m.group(0), target)
-    return REMOTE_PREFIX + "".join(c if c.isalnum() or c in ".-" else "-" for c in target)
+    """``remote-HOST-PORT`` for the server ``url`` (``http://HOST:PORT[/path]``), ``remote-https_HOST-PORT`` for an
+    ``https://`` one: its trailing slashes dropped, as the remote engine drops them (one server, one folder), a
+    bracketed IPv6 host written as ``ipv6-`` and its eight groups, and every character but letters, digits, ``.`` and
+    ``-`` written ``-``."""
+    scheme, target = url.split("://", 1)
+    target = _IPV6_HOST.sub(lambda m: _ipv6_words(m.group(1)) or m.group(0), target.rstrip("/"))
+    words = "".join(c if c.isalnum() or c in ".-" else "-" for c in target)
+    # '_' is outside the alphabet of the words, so no http:// label can read as an https:// one
+    return REMOTE_PREFIX + (HTTPS_MARK if scheme.lower() == "https" else "") + words
 
 
 def escape_name(name: str) -> str:

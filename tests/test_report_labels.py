@@ -25,7 +25,7 @@ def test_an_engine_named_like_another_engines_split_report_keeps_its_own_folder(
 @pytest.mark.parametrize(("url", "label"), [
     ("http://[::1]:8000", "remote-ipv6-0-0-0-0-0-0-0-1-8000"),  # was 'remote----1--8000'
     ("http://[::1]:8000/", "remote-ipv6-0-0-0-0-0-0-0-1-8000"),
-    ("https://[2001:DB8::5]:443/base", "remote-ipv6-2001-db8-0-0-0-0-0-5-443-base"),
+    ("https://[2001:DB8::5]:443/base", "remote-https_ipv6-2001-db8-0-0-0-0-0-5-443-base"),
     ("http://[fe80::1%25eth0]:8000", "remote-ipv6-fe80-0-0-0-0-0-0-1-eth0-8000"),
     ("http://127.0.0.1:8080", "remote-127.0.0.1-8080"),  # IPv4 and names keep the folders they had
     ("http://my-host:8000/triton//", "remote-my-host-8000-triton"),
@@ -34,6 +34,19 @@ def test_a_servers_label_writes_an_ipv6_host_as_its_groups(url, label):
     """``http://[::1]:8000`` was labelled ``remote----1--8000``: brackets and colons each a dash, host and port
     unreadable. A bracketed IPv6 host is now ``ipv6-`` and its eight groups."""
     assert engine_label(url) == label
+
+
+def test_http_and_https_on_one_host_and_port_have_their_own_folders():
+    """``remote_label`` dropped the scheme, so ``http://h:80`` and ``https://h:80`` (two servers, or one behind a TLS
+    gateway and one not) wrote their verify reports to one folder, the later replacing the earlier. An https label
+    now goes on ``remote-https_``; http labels keep the names they had, and no http host (not even one named
+    ``https``) takes an https label."""
+    http = ["http://h:80", "http://https-h:80", "http://https:80", "http://h_:80", "HTTP://h:80/"]
+    https = ["https://h:80", "HTTPS://h:80/"]
+    assert [engine_label(u) for u in http] == ["remote-h-80", "remote-https-h-80", "remote-https-80", "remote-h--80",
+                                               "remote-h-80"]
+    assert [engine_label(u) for u in https] == ["remote-https_h-80", "remote-https_h-80"]
+    assert not {engine_label(u) for u in http} & {engine_label(u) for u in https}
 
 
 def test_labels_of_distinct_names_are_distinct_and_hold_no_separator(tmp_path):

@@ -56,7 +56,8 @@ def verify_cmd(
     rerank_top: int = typer.Option(100, "--rerank-top", help="Two-stage search: candidates M re-ranked by ASA."),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default: <workspace>/verify/<engine name>; "
                                     "<run>-best for a run's best.pt, <run>-last for its last.pt, "
-                                    "remote-HOST-PORT for http://HOST:PORT; followed by @<split> for a --split "
+                                    "remote-HOST-PORT for http://HOST:PORT, remote-https_HOST-PORT for https://; "
+                                    "followed by @<split> for a --split "
                                     "other than the dataset's test split, e.g. <engine name>@train)."),
     split: str = typer.Option("test", "--split", help="Split to evaluate (test; ActivityNet test = val_1)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos per video-encoder call."),
