@@ -212,3 +212,24 @@ def test_search_of_a_workspace_library_it_cannot_read_says_where_it_came_from(tm
     assert "pass --library LIB" in line, line
     res = runner.invoke(app, ["search", "a red circle", "--library", str(lib)])
     assert res.exit_code == 2 and "No --library was given" not in res.stderr, res.output
+
+
+@pytest.mark.parametrize("command", [
+    ["search", "a red circle", "--library", "{url}"],
+    ["serve", "--library", "{url}", "--port", "0"],
+    ["index", "--videos", "{videos}", "--out", "{url}"],
+])
+def test_a_server_url_given_for_a_library_folder_is_refused(tmp_path, monkeypatch, command):
+    """``index --out http://127.0.0.1:8080`` wrote a library into the folder ./http:/127.0.0.1:8080, and ``search
+    --library http://...`` said 'library http:/127.0.0.1:8080 does not exist; build one with `rapdeploy index --out
+    http:/127.0.0.1:8080`' (a Path folds the '//'). A URL where a library folder belongs is now refused (exit 2),
+    naming the URL as typed and what to pass, before any engine loads or port is bound; nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    url = "http://127.0.0.1:8080"
+    res = runner.invoke(app, [a.format(url=url, videos=tmp_path) for a in command])
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip()
+    option = "--out" if command[0] == "index" else "--library"
+    assert "\n" not in line and line.startswith(f"error: {option} {url} is a server's URL, not a library folder"), line
+    assert f"--engine {url}" in line and "does not exist" not in line
+    assert not (tmp_path / "http:").exists()

@@ -109,8 +109,8 @@ def index_cmd(
         if out is not None:  # --out wins, so the name was dropped without a word
             raise UsageError(f"give --out DIR or --name NAME (the library <workspace>/index/NAME), not both: --out "
                              f"{out} --name {name}")
-    if out is not None and out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; pass a folder for the library")
+    if out is not None:
+        _check_library_out(out)
     ctx = setup("cpu")
     try:
         _set_threads(threads)
@@ -135,6 +135,16 @@ def index_cmd(
         cleanup(ctx)
     if ctx.is_main:
         _print_index(report, json_out)
+
+
+def _check_library_out(out: Path) -> None:
+    """Raise :class:`UsageError` (exit 2) for an ``--out`` that cannot hold a library: a file, or a server URL."""
+    from rap_deploy.library.indexed_through import refuse_server_url
+
+    refuse_server_url(out, "--out", "index writes the library into a folder on this machine (--out DIR or --name "
+                      "NAME); to encode the videos on that server, pass --engine {url}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder for the library")
 
 
 def _index_engine(engine: str | Path | None, library: Path, force: bool) -> tuple[str | Path | None, str | None]:

@@ -23,6 +23,25 @@ def is_url(recorded: str | None) -> bool:
     return isinstance(recorded, str) and "://" in recorded
 
 
+def server_url_given_as_folder(path: str | os.PathLike[str]) -> str | None:
+    """The server URL ``path`` was typed as when it is one (``http://HOST:PORT`` or ``https://...``, which a
+    :class:`Path` turns into the folders ``http:/HOST:PORT``), else ``None``: a library folder is never a URL."""
+    parts = Path(path).parts
+    if len(parts) < 2 or parts[0].lower() not in ("http:", "https:"):
+        return None
+    return f"{parts[0]}//{'/'.join(parts[1:])}"
+
+
+def refuse_server_url(path: str | os.PathLike[str], option: str, fix: str) -> None:
+    """Raise :class:`UsageError` (exit 2) when ``path``, given as ``option`` where a library folder belongs, is a
+    server URL (:func:`server_url_given_as_folder`), naming it and ``fix`` (``fix`` may hold ``{url}``). A URL there
+    was taken for the relative folder ``./http:/HOST:PORT``: ``index --out`` wrote a library into it, and ``search``
+    said to build one there."""
+    url = server_url_given_as_folder(path)
+    if url is not None:
+        raise UsageError(f"{option} {url} is a server's URL, not a library folder: {fix.format(url=url)}")
+
+
 def stand_in_note(root: str | os.PathLike[str], url: str, engine: Any, command: str, fix: str) -> str:
     """The stderr line saying that ``command`` runs ``engine`` (the workspace's latest) for the library at ``root``,
     indexed through the server ``url``, when ``engine`` has the library's weights (the same source checkpoint

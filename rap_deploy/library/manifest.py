@@ -203,13 +203,21 @@ def entry_path(root: Path, entry: Any) -> Path:
     return resolve_entry(root, entry, "library file", Path(root) / MANIFEST)
 
 
+# What to pass instead of a server URL as --library (search, serve)
+LIBRARY_URL_FIX = ("a library is the folder `rapdeploy index` wrote on this machine: pass that folder (search runs the "
+                   "graphs on the server with --engine {url}); to search the library the server itself serves, "
+                   "POST {url}/search")
+
+
 def find_library(library: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None,
                  required: bool = True) -> Path | None:
     """``library`` if given, else the workspace's most recently updated library (``<workspace>/index/<name>/``;
     hidden and temporary folders ignored). Without one: :class:`UsageError` when ``required``, else ``None``."""
+    from rap_deploy.library.indexed_through import refuse_server_url
     from rap_deploy.workspace import latest_child, subdir, user_path
 
     if library is not None:
+        refuse_server_url(library, "--library", LIBRARY_URL_FIX)
         path = user_path(library, "--library")
         if not path.exists():
             raise UsageError(f"library {path} does not exist; build one with `rapdeploy index --out {path}`")
