@@ -72,8 +72,17 @@ def _check_index(result: dict[str, Any]) -> dict[tuple[str, str, str], dict[str,
     return {(c["mode"], c["direction"], c["metric"]): c for c in result.get("checks", [])}
 
 
-VERIFY_HEADER = ("mode", "metric", "t2v PyTorch", "t2v engine", "t2v Δ", "v2t PyTorch", "v2t engine", "v2t Δ",
-                 "limit", "status")
+DIRECTIONS = ("t2v", "v2t")
+
+
+def verify_header(directions: tuple[str, ...] = DIRECTIONS) -> tuple[str, ...]:
+    """The verify table's column names for ``directions``: mode, metric, then PyTorch / engine / Δ per direction,
+    then limit and status."""
+    per_direction = tuple(f"{d} {col}" for d in directions for col in ("PyTorch", "engine", "Δ"))
+    return ("mode", "metric", *per_direction, "limit", "status")
+
+
+VERIFY_HEADER = verify_header()
 
 
 def _mode_section(result: dict[str, Any], mode: str) -> dict[str, Any] | None:
@@ -82,10 +91,11 @@ def _mode_section(result: dict[str, Any], mode: str) -> dict[str, Any] | None:
     return result.get(mode)
 
 
-def verify_rows(result: dict[str, Any]) -> list[list[str]]:
+def verify_rows(result: dict[str, Any], directions: tuple[str, ...] = DIRECTIONS) -> list[list[str]]:
     """Rows ``[mode, metric, t2v ref, t2v engine, t2v Δ, v2t ref, v2t engine, v2t Δ, limit, status]`` of the
-    verify table; a Δ that breaks its limit is marked with ``!``, one over its limit that flips of near-tied
-    candidates explain (:func:`~rap_deploy.engines.verify_rules.within_flip_noise`) with its lost / gained counts."""
+    verify table (the ref / engine / Δ cells of ``directions`` only, and the status of their checks); a Δ that
+    breaks its limit is marked with ``!``, one over its limit that flips of near-tied candidates explain
+    (:func:`~rap_deploy.engines.verify_rules.within_flip_noise`) with its lost / gained counts."""
     checks = _check_index(result)
     rows = []
     for mode in ("asa", "two_stage", "meanp"):
@@ -95,8 +105,8 @@ def verify_rows(result: dict[str, Any]) -> list[list[str]]:
         changes = result.get("rank_changes_detail", {}).get(mode, {})
         for metric in (*METRIC_ROWS, "rank_changes"):
             cells: list[str] = []
-            found = [checks.get((mode, d, metric)) for d in ("t2v", "v2t")]
-            for direction, check in zip(("t2v", "v2t"), found, strict=True):
+            found = [checks.get((mode, d, metric)) for d in directions]
+            for direction, check in zip(directions, found, strict=True):
                 if metric == "rank_changes":
                     detail = changes.get(direction, {"beyond_ties": 0, "within_ties": 0})
                     delta = str(detail["beyond_ties"])
@@ -202,27 +212,50 @@ def skipped_line(result: dict[str, Any], shown: int = 10) -> str | None:
             f"{result['counts']['videos']} videos): {named}{more}; `rapdeploy data-check` names every one")
 
 
+def _verify_table(result: dict[str, Any], directions: tuple[str, ...]) -> Any:
+    """The rich verify table of ``directions`` (both: one table; one: its own table, titled by it)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    info = result.get("engine_info", {})
+    title = (f"verify {info.get('backend')} {info.get('precision')} vs PyTorch — {result.get('dataset')} "
+             f"{result.get('split')} ({result['counts']['videos']} videos, {result['counts']['captions']} captions)")
+    if directions != DIRECTIONS:
+        title += f", {' and '.join(directions)}"
+    table = Table(box=box.SIMPLE_HEAD, title=escape(title))
+    for col in verify_header(directions):
+        table.add_column(col, justify="left" if col in ("mode", "metric", "status") else "right")
+    previous = None
+    for row in verify_rows(result, directions):
+        if previous is not None and row[0] != previous:
+            table.add_section()
+        mode, previous = ("" if row[0] == previous else row[0]), row[0]
+        table.add_row(mode, *row[1:], style="bold red" if row[-1] == "FAIL" else None)
+    return table
+
+
+def _natural_width(console: Any, table: Any) -> int:
+    """Columns ``table`` takes when nothing in it is wrapped or cut."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
 def print_verify(result: dict[str, Any], console: Any = None) -> None:
-    """Print the verify table and the verdict with rich."""
+    """Print the verify table and the verdict with rich; on a console too narrow for both directions side by side
+    (an 80-column terminal), one table per direction, so no number is cut short."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     console = console or _wide_console()
-    info = result.get("engine_info", {})
-    table = Table(box=box.SIMPLE_HEAD, title=escape(f"verify {info.get('backend')} {info.get('precision')} vs "
-                                                    f"PyTorch — {result.get('dataset')} {result.get('split')} "
-                                                    f"({result['counts']['videos']} videos, "
-                                                    f"{result['counts']['captions']} captions)"))
-    for col in VERIFY_HEADER:
-        table.add_column(col, justify="left" if col in ("mode", "metric", "status") else "right")
-    previous = None
-    for row in verify_rows(result):
-        if previous is not None and row[0] != previous:
-            table.add_section()
-        mode, previous = ("" if row[0] == previous else row[0]), row[0]
-        table.add_row(mode, *row[1:], style="bold red" if row[-1] == "FAIL" else None)
-    console.print(table)
+    table = _verify_table(result, DIRECTIONS)
+    if _natural_width(console, table) <= console.width:
+        console.print(table)
+    else:
+        for direction in DIRECTIONS:
+            console.print(_verify_table(result, (direction,)))
     errors = Table(box=box.SIMPLE_HEAD, title="numeric error (engine vs PyTorch)")
     for col in ("output", "max abs", "min cosine"):
         errors.add_column(col, justify="left" if col == "output" else "right")

@@ -426,3 +426,29 @@ def test_a_split_other_than_the_test_split_reports_to_its_own_folder(micro_check
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     row = next(line for line in readme.splitlines() if line.startswith("| `verify` |"))
     assert "followed by `@<split>` for a `--split` other than the dataset's test split" in row, row
+
+
+def test_the_verify_table_on_an_80_column_terminal_shows_every_number_whole(micro_ort_engines, synth_root,
+                                                                           frame_cache, tmp_path):
+    """On an 80-column terminal the ten-column table (both directions side by side) did not fit, and rich cut its
+    cells: R@10 and RSum read '100.…', '200.…', the header 'metr…', 'PyTo…' (34 cells cut in a real
+    `rapdeploy verify` of an int8 engine). Where both directions do not fit, each now has its own table."""
+    import re
+
+    res = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine",
+                              str(micro_ort_engines["fp32"]), "--out", str(tmp_path / "v"), "--cache-dir",
+                              str(frame_cache), "--rerank-top", "5"],
+                        env={"TTY_COMPATIBLE": "1", "COLUMNS": "80", "NO_COLOR": "1"})
+    assert res.exit_code == 0, res.output
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", res.stdout)
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    report = json.loads((tmp_path / "v" / "verify.json").read_text())
+    for direction in ("t2v", "v2t"):
+        assert f"captions), {direction}" in text, text
+        rsum = f"{report['reference'][direction]['RSum']:.2f}"
+        assert re.search(rf"RSum\s+{re.escape(rsum)}\s+{re.escape(rsum)}\s+0\s", text), (rsum, text)
+    wide = runner.invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine",
+                               str(micro_ort_engines["fp32"]), "--out", str(tmp_path / "w"), "--cache-dir",
+                               str(frame_cache), "--rerank-top", "5"])  # a log: 130 columns, one table
+    assert wide.exit_code == 0 and "t2v PyTorch" in wide.stdout and "captions), t2v" not in wide.stdout, wide.output
