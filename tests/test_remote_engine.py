@@ -453,3 +453,51 @@ def test_an_answer_larger_than_its_request_can_take_is_refused_before_it_is_read
     assert ("declares 1,099,511,627,776 bytes" if "declares" in case else "passed") in message, message
     assert peak < 16 << 20, f"{peak / 2**20:.1f} MiB held reading a refused answer"
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+
+
+@contextmanager
+def routes_server(routes: dict[str, tuple[int, bytes]]) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 (a free port) answering GET ``path`` with ``routes[path]`` (status, JSON body)
+    and every other path with 404 and an HTML page; yields its URL."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            code, data = routes.get(self.path, (404, b"<html><body><h1>Not Found</h1></body></html>"))
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json" if self.path in routes else "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving(Handler) as url:
+        yield url
+
+
+OIP_ROOT = {"/v2/health/ready": (200, b'{"ready": true}'), "/v2": (200, b'{"name": "s", "version": "1"}')}
+
+
+def test_a_server_of_another_kind_or_a_url_with_a_path_is_not_told_to_wait():
+    """tritonclient reads any status of GET /v2/health/ready but 200 as 'not ready', so a web server of another kind,
+    or a KServe server given as http://HOST:PORT/v2 (GET /v2/v2/health/ready: 404), was refused with 'is not ready;
+    wait for it to load its models', which no wait cures. The server metadata now decides: a server that answers
+    neither is named as no KServe v2 server (and a URL with a path gets the URL without it), exit 2; one that answers
+    the metadata but is not ready is still told to wait."""
+    with routes_server({}) as url:
+        with pytest.raises(UsageError, match="HTTP 404 .*KServe v2") as other:
+            load_engine(url)
+        res = runner.invoke(app, ["bench", "--engine", url])
+    assert res.exit_code == 2 and "not ready" not in res.output and "KServe v2" in res.output, res.output
+    assert "not ready" not in str(other.value) and "path" not in str(other.value)
+    with routes_server(OIP_ROOT) as root:
+        with pytest.raises(UsageError) as with_path:
+            load_engine(f"{root}/v2")
+    message = str(with_path.value)
+    assert "not ready" not in message and f"if the server is at {root}, pass that URL" in message, message
+    not_ready = {"/v2/health/ready": (400, b'{"error": "models loading"}'), "/v2": OIP_ROOT["/v2"]}
+    with routes_server(not_ready) as url:
+        with pytest.raises(BackendUnavailableError, match="is not ready .*wait for it"):
+            load_engine(url)

@@ -18,6 +18,7 @@ import http.client
 import json
 import math
 import threading
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -119,8 +120,7 @@ class RemoteEngine(Engine):
         """Check the server (ready, serving this contract's models) and read the models' configs and metadata."""
         client = self._client()
         if not self._call(client.is_server_ready):
-            raise BackendUnavailableError(f"the server at {self.url} is not ready (GET /v2/health/ready); wait for it "
-                                          "to load its models")
+            self._refuse_not_ready(client)
         self.server = json_object(self._call(client.get_server_metadata, what="server metadata"), self.url,
                                   "server metadata")
         text_cfg = self._model_config(TEXT_GRAPH)
@@ -138,6 +138,24 @@ class RemoteEngine(Engine):
                                             0, 0) or None
                           for g in self.io}
         self.query_block, self.video_block = asa_blocks(self.parameters, self.url)
+
+    def _refuse_not_ready(self, client: Any) -> None:
+        """Raise for a server whose ``GET /v2/health/ready`` did not answer 200. tritonclient reads any other status
+        as "not ready", so a web server of another kind, or a URL with a path the server does not have
+        (``http://HOST:PORT/v2``: every route already starts with ``/v2``), was told to wait for its models forever.
+        So the server metadata (``GET /v2``, answered while models load) decides: :class:`UsageError` naming the
+        URL (and, for a URL with a path, the URL without it) when it fails too, else
+        :class:`BackendUnavailableError` (not ready yet)."""
+        try:
+            self._call(client.get_server_metadata, what="server metadata")
+        except UsageError as exc:
+            parts = urllib.parse.urlsplit(self.url)
+            root = f"{parts.scheme}://{parts.netloc}"
+            hint = (f"; the URL's path {parts.path} comes before every route (/v2/...): if the server is at {root}, "
+                    f"pass that URL") if parts.path else ""
+            raise UsageError(f"{exc} (GET /v2/health/ready did not answer 200 either){hint}") from None
+        raise BackendUnavailableError(f"the server at {self.url} is not ready (GET /v2/health/ready); wait for it "
+                                      "to load its models")
 
     # ------------------------------------------------------------------------------------------------ transport
     def _client(self) -> Any:
