@@ -15,6 +15,7 @@ import numpy as np
 
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import UsageError
+from rap_deploy.name_lists import some_names
 
 SYNTH_SEED = 0
 SYNTH_SIZE = 96
@@ -83,7 +84,7 @@ def dataset_inputs(config: RAPConfig, data_root: Path, dataset: str = "msrvtt", 
     if len(ids) < 3:
         from rap_deploy.retrieval import videos_folder_hint
 
-        named = "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3]) + ("; …" if len(skipped) > 3 else "")
+        named = some_names([f"{s['video_id']}: {s['reason']}" for s in skipped], shown=3, sep="; ")
         hint = videos_folder_hint(split, skipped) if not ids else ""
         raise UsageError(f"only {len(ids)} test videos of {dataset} under {data_root} could be decoded (need 3 for "
                          f"parity; skipped {named}){hint}; fix the dataset or omit --data-root to use synthetic "

@@ -752,3 +752,19 @@ def test_export_data_root_without_videos_names_them_and_the_folder(micro_checkpo
     assert "{'video_id'" not in line and "(need 3 for parity; skipped video" in line, line
     assert f": {data / 'videos'} does not exist; put the videos there" in line, line
     assert not (tmp_path / "onnx").exists()
+
+
+def test_export_data_root_without_videos_says_how_many_it_leaves_unnamed(micro_checkpoint, synth_root, tmp_path):
+    """The parity inputs' refusal named the first 3 skipped videos and ended in '; …' whatever their number (12 here),
+    where every other list in a message says how many it leaves out; it now ends in '; and 9 more'."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in synth_root.iterdir():
+        if f.is_file():
+            (data / f.name).write_bytes(f.read_bytes())
+    res = CliRunner().invoke(app, ["export", str(micro_checkpoint), "--out", str(tmp_path / "onnx"), "--data-root",
+                                   str(data), "--quiet"])
+    assert res.exit_code == 2, res.output
+    line = " ".join(res.stderr.split())
+    assert "…" not in line, line
+    assert "(need 3 for parity; skipped video24: missing; video25: missing; video26: missing; and 9 more)" in line, line
