@@ -233,3 +233,31 @@ def test_a_server_url_given_for_a_library_folder_is_refused(tmp_path, monkeypatc
     assert "\n" not in line and line.startswith(f"error: {option} {url} is a server's URL, not a library folder"), line
     assert f"--engine {url}" in line and "does not exist" not in line
     assert not (tmp_path / "http:").exists()
+
+
+def test_a_bad_line_of_a_queries_file_is_named_by_its_line(tmp_path):
+    """``search --queries FILE`` skips blank lines, and its refusals and truncation warnings numbered the queries
+    left: a control character on line 4 after two blank lines was 'query 2 holds the control character...', which
+    sent the user to line 2 of a file of thousands. They now name the file and the line, and a bad line is refused
+    before any engine or library is opened (exit 2)."""
+    from rap_deploy.cli.library_cmds import read_queries
+    from rap_deploy.config import TokenizerConfig
+    from rap_deploy.errors import UsageError
+    from rap_deploy.library.queries import check_queries
+
+    queries = tmp_path / "queries.txt"
+    queries.write_text("a red circle\n\n\nblue\x01 square\n")
+    res = runner.invoke(app, ["search", "--queries", str(queries), "--library", str(tmp_path / "no-library")])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == (f"error: query file {queries} line 4 holds the control character U+0001 at "
+                                  "position 4: it is not text; pass a plain sentence"), res.stderr
+    long = " ".join(["red circle"] * 20)
+    queries.write_text(f"a red circle\n\n{long}\n")
+    texts, names = read_queries(None, queries)
+    assert texts == ["a red circle", long] and names == [f"query file {queries} line 1", f"query file {queries} line 3"]
+    _, warnings = check_queries(texts, TokenizerConfig(), names)
+    assert warnings[0] == [] and warnings[1][0].startswith(f"query file {queries} line 3 is 40 tokens long"), warnings
+    assert read_queries("a red circle", None) == (["a red circle"], None)
+    queries.write_text("\n  .  \n")
+    with pytest.raises(UsageError, match=r"queries.txt line 2 \('\.'\) has no letter"):
+        read_queries(None, queries)

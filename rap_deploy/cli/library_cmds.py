@@ -281,14 +281,16 @@ def _print_index(report: dict[str, Any], json_out: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ search
-def read_queries(text: str | None, queries_file: Path | None) -> list[str]:
-    """The queries of the command line: ``TEXT`` or the lines of ``--queries FILE`` (blank lines skipped)."""
+def read_queries(text: str | None, queries_file: Path | None) -> tuple[list[str], list[str] | None]:
+    """The queries of the command line, ``TEXT`` or the lines of ``--queries FILE`` (blank lines skipped), and how
+    messages name each: ``None`` for ``TEXT`` (``query 1``), ``FILE line N`` for a file's, each line checked here
+    (:func:`~rap_deploy.library.queries.check_query`) so a bad one is refused by its line before anything loads."""
     if text is not None and queries_file is not None:
         raise UsageError("give a query TEXT or --queries FILE, not both")
     if queries_file is None:
         if text is None:
             raise UsageError('no query: rapdeploy search "a red circle moves to the left" (or --queries FILE)')
-        return [text]
+        return [text], None
     if not queries_file.is_file():
         what = "is not a regular file (a folder, FIFO or device)" if queries_file.exists() else "does not exist"
         raise UsageError(f"query file {queries_file} {what}; pass a text file with one query per line")
@@ -300,10 +302,15 @@ def read_queries(text: str | None, queries_file: Path | None) -> list[str]:
         line = data[:exc.start].count(b"\n") + 1
         raise UsageError(f"query file {queries_file} line {line} is not UTF-8 text; write one query per line") \
             from None
-    lines = [line for line in content.splitlines() if line.strip()]
-    if not lines:
+    from rap_deploy.library.queries import check_query
+
+    numbered = [(n, line) for n, line in enumerate(content.splitlines(), 1) if line.strip()]
+    if not numbered:
         raise UsageError(f"query file {queries_file} holds no query; write one query per line")
-    return lines
+    names = [f"query file {queries_file} line {n}" for n, _ in numbered]
+    for name, (_, line) in zip(names, numbered, strict=True):
+        check_query(line, name=name)
+    return [line for _, line in numbered], names
 
 
 def _check_queries_file_size(queries_file: Path) -> None:
@@ -408,7 +415,7 @@ def search_cmd(
                                   "(rank, video_id, path, score, stage1_rank), timings_ms."),
 ) -> None:
     """Two-stage text-to-video search: stage 1 over the whole library, ASA re-rank of the top M."""
-    texts = read_queries(text, queries_file)
+    texts, names = read_queries(text, queries_file)
     if top < 1 or top_m < 0:
         raise UsageError(f"--top must be >= 1 and --top-m >= 0, got {top} and {top_m}")
     from rap_deploy.library.search import VERIFY_MODES
@@ -422,7 +429,7 @@ def search_cmd(
     if via is not None:
         announce_stand_in(eng, lib_path, via, "search", _server_fix(via))
     _set_threads(threads)  # after the engine: torch's threads only when the engine loaded it
-    results, reranks = _search_library(lib_path, eng, verify, library is None, gone_note, texts, top, top_m)
+    results, reranks = _search_library(lib_path, eng, verify, library is None, gone_note, texts, names, top, top_m)
     for r in results:
         for warning in r.get("warnings", []):
             typer.echo(f"warning: {warning}", err=True)
@@ -434,15 +441,17 @@ def search_cmd(
 
 
 def _search_library(path: Path, engine: Any, verify: str, picked: bool, gone_note: str | None, texts: list[str],
-                    top: int, top_m: int) -> tuple[list[dict[str, Any]], bool]:
-    """Open the library and search it; when `rapdeploy index` replaced files of the library between the open and
-    the search (an --add that dropped shards, a --force), open the new one and search again, once."""
+                    names: list[str] | None, top: int, top_m: int) -> tuple[list[dict[str, Any]], bool]:
+    """Open the library and search it for ``texts`` (``names``: how messages name them, :func:`read_queries`);
+    when `rapdeploy index` replaced files of the library between the open and the search (an --add that dropped
+    shards, a --force), open the new one and search again, once."""
     from rap_deploy.errors import LibraryChangedError
 
     for attempt in range(2):
         with _open_searched_library(path, engine, verify, picked, gone_note) as lib:
             try:
-                return lib.search(texts, top_k=top, top_m=top_m), bool(lib.manifest["model"].get("has_asa"))
+                return (lib.search(texts, top_k=top, top_m=top_m, names=names),
+                        bool(lib.manifest["model"].get("has_asa")))
             except LibraryChangedError:
                 if attempt:
                     raise

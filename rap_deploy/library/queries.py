@@ -11,12 +11,14 @@ Rules (the README's "Search a video library" section repeats them):
   CLIP does, and the result says so (``warnings``); it is not refused, because the first tokens still carry the
   meaning of most long sentences.
 
-Every refusal is a :class:`~rap_deploy.errors.UsageError` naming the query by number and the fix.
+Every refusal is a :class:`~rap_deploy.errors.UsageError` naming the query (by number, or by the name its caller
+gives: a queries file's line) and the fix.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from typing import Any
 
 from rap_deploy.config import TokenizerConfig
@@ -29,49 +31,55 @@ MAX_QUERIES = 10000
 MAX_QUERIES_FILE_BYTES = 64 << 20
 
 
-def check_queries(queries: Any, tokenizer: TokenizerConfig) -> tuple[list[str], list[list[str]]]:
+def check_queries(queries: Any, tokenizer: TokenizerConfig, names: Sequence[str] | None = None
+                  ) -> tuple[list[str], list[list[str]]]:
     """Return the stripped queries and, per query, its warnings (truncation); raise :class:`UsageError` for a
-    query that is not searchable text (see the module docstring)."""
+    query that is not searchable text (see the module docstring). ``names``: how the messages name each query
+    (``queries.txt line 4``), one per query; default ``query 1``, ``query 2``..."""
     if isinstance(queries, str) or not isinstance(queries, (list, tuple)):
         raise UsageError(f"queries must be a list of strings, got {type(queries).__name__}")
     if not queries:
         raise UsageError("no query given; pass a text to search for")
     if len(queries) > MAX_QUERIES:
         raise UsageError(f"{len(queries)} queries in one call; at most {MAX_QUERIES} (split the file)")
+    if names is not None and len(names) != len(queries):
+        raise ValueError(f"{len(names)} names for {len(queries)} queries")
     from rap_deploy.tokenizer import token_count
 
     texts, warnings = [], []
     limit = tokenizer.context_length - 2
     for i, q in enumerate(queries, 1):
-        text = check_query(q, i)
+        name = names[i - 1] if names is not None else f"query {i}"
+        text = check_query(q, name=name)
         n = token_count(text, tokenizer)
         if n == 0:
-            raise UsageError(f"query {i} ({text[:40]!r}) has no word the tokenizer can read; write it in text")
+            raise UsageError(f"{name} ({text[:40]!r}) has no word the tokenizer can read; write it in text")
         warn = []
         if n > limit:
-            warn.append(f"query {i} is {n} tokens long; the model reads {limit} (its text context is "
+            warn.append(f"{name} is {n} tokens long; the model reads {limit} (its text context is "
                         f"{tokenizer.context_length} with start and end tokens), the rest is ignored")
         texts.append(text)
         warnings.append(warn)
     return texts, warnings
 
 
-def check_query(query: Any, number: int = 1) -> str:
-    """One query's text, stripped; raises :class:`UsageError` when it is not a non-empty, printable ``str`` of at
-    most :data:`MAX_QUERY_CHARS` characters."""
+def check_query(query: Any, number: int = 1, name: str | None = None) -> str:
+    """One query's text, stripped; raises :class:`UsageError`, naming the query as ``name`` (default ``query
+    NUMBER``), when it is not a non-empty, printable ``str`` of at most :data:`MAX_QUERY_CHARS` characters."""
+    name = name or f"query {number}"
     if not isinstance(query, str):
-        raise UsageError(f"query {number} is a {type(query).__name__}, not text; pass the query as a string")
+        raise UsageError(f"{name} is a {type(query).__name__}, not text; pass the query as a string")
     text = query.strip()
     if not text:
-        raise UsageError(f"query {number} is empty; pass a text to search for, e.g. \"a red circle moves left\"")
+        raise UsageError(f"{name} is empty; pass a text to search for, e.g. \"a red circle moves left\"")
     if len(text) > MAX_QUERY_CHARS:
-        raise UsageError(f"query {number} is {len(text)} characters long; at most {MAX_QUERY_CHARS} are accepted "
+        raise UsageError(f"{name} is {len(text)} characters long; at most {MAX_QUERY_CHARS} are accepted "
                          "(the model reads only its first words anyway)")
     for pos, ch in enumerate(text):
         if ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cs"):
-            raise UsageError(f"query {number} holds the control character U+{ord(ch):04X} at position {pos}: it is "
+            raise UsageError(f"{name} holds the control character U+{ord(ch):04X} at position {pos}: it is "
                              "not text; pass a plain sentence")
     if not any(unicodedata.category(ch)[0] in "LN" or unicodedata.category(ch) == "So" for ch in text):
-        raise UsageError(f"query {number} ({text[:40]!r}) has no letter, digit or symbol: it is not text; pass a "
+        raise UsageError(f"{name} ({text[:40]!r}) has no letter, digit or symbol: it is not text; pass a "
                          "sentence describing the video")
     return text

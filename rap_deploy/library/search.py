@@ -195,14 +195,16 @@ class Library:
             "created": m.get("created"), "updated": m.get("updated"),
         }
 
-    def search(self, queries: list[str], top_k: int = 10, top_m: int = 100) -> list[dict[str, Any]]:
+    def search(self, queries: list[str], top_k: int = 10, top_m: int = 100,
+               names: list[str] | None = None) -> list[dict[str, Any]]:
         """Two-stage search for each query; one ``rapdeploy search --json`` object per query (``query``,
         ``results``, ``timings_ms``, and ``warnings`` when a query was truncated). Raises :class:`UsageError` for
-        queries that are not searchable text (see ``rap_deploy.library.queries``) or bad ``top_k``/``top_m``."""
+        queries that are not searchable text (see ``rap_deploy.library.queries``; ``names``: how its messages name
+        each query, default ``query N``) or bad ``top_k``/``top_m``."""
         from rap_deploy.retrieval import encode_texts
 
         self._check_open()
-        texts, warnings = check_queries(queries, self.engine.config.tokenizer)
+        texts, warnings = check_queries(queries, self.engine.config.tokenizer, names)
         t0 = time.perf_counter()
         emb = encode_texts(self.engine, texts)
         text_ms = (time.perf_counter() - t0) * 1000 / len(texts)
