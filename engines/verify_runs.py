@@ -53,12 +53,13 @@ def evaluate_both(reference: Any, engine: Any, data: Any, cache: Any, top_m: int
     """Run :func:`rap_deploy.retrieval.evaluate` for the reference (or reuse its run from ``reference_runs`` under
     ``key``), then the engine, on the same frames; raises :class:`CheckFailedError` when they saw different videos
     or none decoded."""
+    from rap_deploy.data.progress import progress_label
     from rap_deploy.retrieval import evaluate
 
     t0 = time.perf_counter()
     kept = reference_runs.runs.get(key) if reference_runs is not None else None
     if kept is None:
-        with _finite_scores("reference"):
+        with _finite_scores("reference"), progress_label("PyTorch reference"):
             ref_eval = evaluate(reference, data, cache, top_m=top_m, batch_size=batch_size, progress=progress,
                                 return_scores=True)
         if reference_runs is not None:
@@ -66,7 +67,7 @@ def evaluate_both(reference: Any, engine: Any, data: Any, cache: Any, top_m: int
     else:
         ref_eval = kept[0]
     t1 = time.perf_counter()
-    with _finite_scores("engine"):
+    with _finite_scores("engine"), progress_label("engine"):
         eng_eval = evaluate(engine, data, cache, top_m=top_m, batch_size=batch_size, progress=progress,
                             return_scores=True)
     t2 = time.perf_counter()

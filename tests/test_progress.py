@@ -118,3 +118,22 @@ def test_the_training_summary_counts_one_step_in_the_singular(capsys):
                "selection_rule": "rsum"}
     _print_train_summary(summary)
     assert "100 parameters; 1 step of 8 in" in " ".join(capsys.readouterr().out.split())
+
+
+def test_verify_off_a_terminal_says_whose_run_each_progress_line_is(micro_ort_engines, synth_root, tmp_path,
+                                                                     monkeypatch):
+    """verify evaluates the PyTorch reference, then the engine, with the same steps; its progress lines did not say
+    which ran: a log read 'encoding videos: 12/12 (100 %)' and then 'encoding videos: 1/12 (8 %)', progress that
+    seemed to start over. Each line now names its run: 'PyTorch reference: encoding videos: ...', 'engine: ...'."""
+    _ticking_clock(monkeypatch, 100.0)
+    res = CliRunner().invoke(app, ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--engine",
+                                   str(micro_ort_engines["fp32"]), "--out", str(tmp_path / "v"), "--cache-dir",
+                                   str(tmp_path / "frames"), "--rerank-top", "5"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if "/12 (" in line]
+    assert lines and all(line.startswith(("PyTorch reference: ", "engine: ")) for line in lines), res.stderr
+    for run in ("PyTorch reference", "engine"):
+        for step in ("decoding videos", "encoding videos"):
+            assert f"{run}: {step}: 12/12 (100 %)" in res.stderr, (run, step, res.stderr)
+    first_engine_line = next(i for i, line in enumerate(lines) if line.startswith("engine: "))
+    assert all(line.startswith("PyTorch reference: ") for line in lines[:first_engine_line]), lines

@@ -7,6 +7,7 @@ a run that printed one also ends with a line of its total time. Nothing is writt
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,18 @@ from typing import Any
 
 LINE_INTERVAL_S = 60.0  # seconds between two plain progress lines
 _clock = time.monotonic  # patched by tests
+_run_label: contextvars.ContextVar[str] = contextvars.ContextVar("progress_run_label", default="")
+
+
+@contextlib.contextmanager
+def progress_label(label: str) -> Iterator[None]:
+    """Within the block, every progress bar and line names ``label`` first (``engine: encoding videos: 3/9 ...``), so
+    a command that runs the same steps twice (verify: the PyTorch reference, then the engine) says whose they are."""
+    token = _run_label.set(label)
+    try:
+        yield
+    finally:
+        _run_label.reset(token)
 
 
 @contextlib.contextmanager
@@ -27,6 +40,8 @@ def progress_bar(total: int, description: str, enabled: bool = True,
     """
     from rich.console import Console
 
+    if _run_label.get():
+        description = f"{_run_label.get()}: {description}"
     console = Console(stderr=True)
     if not enabled:
         yield lambda n=1: None
