@@ -173,12 +173,18 @@ def _engine_and_reference(engine_dir: str | os.PathLike[str] | None, checkpoint:
 
 
 def _refuse_foreign_checkpoint(ref_info: Reference, engine_path: Path | str) -> None:
-    """An explicit ``--checkpoint`` must be the engine's source: otherwise any difference is the checkpoint's."""
+    """An explicit ``--checkpoint`` must be the engine's source: otherwise any difference is the checkpoint's. A
+    server's source is the sha256 it publishes with its models (the ``rapdeploy.checkpoint`` parameter), which the
+    refusal names as such: a server has no manifest to look in."""
     if ref_info.source == "--checkpoint" and ref_info.manifest_sha256 and ref_info.sha256 != ref_info.manifest_sha256:
+        from rap_deploy.engines.loader import is_remote
+
+        recorded = ("the server publishes with its models (their rapdeploy.checkpoint parameter)"
+                    if is_remote(engine_path) else "the engine's manifest records")
         raise UsageError(f"--checkpoint {ref_info.checkpoint} is not the checkpoint engine {engine_path} was built "
-                         "from (its sha256 differs from the one the engine's manifest records), so any difference "
-                         "would be the checkpoint's, not the engine's; pass the engine's source checkpoint or omit "
-                         "--checkpoint")
+                         f"from (its sha256 {ref_info.sha256[:12]}… differs from {ref_info.manifest_sha256[:12]}…, "
+                         f"the one {recorded}), so any difference would be the checkpoint's, not the engine's; pass "
+                         "the engine's source checkpoint or omit --checkpoint")
 
 
 def default_report_dir(engine_path: Path | str, dataset: str, split: str,

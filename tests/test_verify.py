@@ -356,3 +356,26 @@ def test_a_changed_video_to_text_query_is_named_by_its_own_video_when_a_video_ha
     cmp = compare_evaluations(evaluation(ref), evaluation(eng), split, 1e-5)
     (example,) = cmp["changes"]["asa"]["v2t"]["examples"]
     assert (example["query"], example["id"], example["reference_rank"], example["engine_rank"]) == (1, "v2", 1, 2)
+
+
+@pytest.mark.parametrize(("engine", "recorded"), [
+    ("http://127.0.0.1:8080", "the server publishes with its models"),
+    ("/x/engines/onnxruntime-fp32", "the engine's manifest records"),
+])
+def test_a_foreign_checkpoint_refusal_says_where_the_engines_source_is_recorded(engine, recorded):
+    """``verify --engine http://HOST:PORT --checkpoint OTHER.pt`` was refused as differing from 'the one the engine's
+    manifest records', though a server has no manifest a user can open: its source is the sha256 it publishes with
+    its models. The refusal now says which, and shows both sha256."""
+    from pathlib import Path
+
+    from rap_deploy.engines.engine_refs import Reference
+    from rap_deploy.engines.verify import _refuse_foreign_checkpoint
+    from rap_deploy.errors import UsageError
+
+    ref = Reference(Path("other.pt"), "a" * 64, "b" * 64, "--checkpoint")
+    with pytest.raises(UsageError) as err:
+        _refuse_foreign_checkpoint(ref, engine)
+    message = str(err.value)
+    assert f"sha256 aaaaaaaaaaaa… differs from bbbbbbbbbbbb…, the one {recorded}" in message, message
+    assert ("manifest" in message) == ("manifest" in recorded)
+    _refuse_foreign_checkpoint(Reference(Path("same.pt"), "b" * 64, "b" * 64, "--checkpoint"), engine)
