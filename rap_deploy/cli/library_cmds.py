@@ -304,13 +304,30 @@ def read_queries(text: str | None, queries_file: Path | None) -> tuple[list[str]
             from None
     from rap_deploy.library.queries import check_query
 
-    numbered = [(n, line) for n, line in enumerate(content.splitlines(), 1) if line.strip()]
+    numbered = _query_lines(queries_file, content)
     if not numbered:
         raise UsageError(f"query file {queries_file} holds no query; write one query per line")
     names = [f"query file {queries_file} line {n}" for n, _ in numbered]
     for name, (_, line) in zip(names, numbered, strict=True):
         check_query(line, name=name)
     return [line for _, line in numbered], names
+
+
+def _query_lines(queries_file: Path, content: str) -> list[tuple[int, str]]:
+    """``(line number, line)`` of each non-blank line of the queries file; raises :class:`UsageError` (exit 2) as soon
+    as there are more than a search takes (:data:`~rap_deploy.library.queries.MAX_QUERIES`), before a line is named
+    or checked: a file within the size limit can hold millions of short lines."""
+    from rap_deploy.library.queries import MAX_QUERIES
+
+    numbered: list[tuple[int, str]] = []
+    for n, line in enumerate(content.splitlines(), 1):
+        if line.strip():
+            if len(numbered) == MAX_QUERIES:
+                raise UsageError(f"query file {queries_file} holds more than {MAX_QUERIES:,} queries (query "
+                                 f"{MAX_QUERIES + 1:,} is on line {n}); one search takes at most {MAX_QUERIES:,}: "
+                                 "split the file")
+            numbered.append((n, line))
+    return numbered
 
 
 def _check_queries_file_size(queries_file: Path) -> None:
