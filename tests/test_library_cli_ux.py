@@ -288,3 +288,32 @@ def test_a_queries_file_of_more_queries_than_a_search_takes_is_refused_before_it
     queries.write_text("\n" + "a red circle\n" * MAX_QUERIES + "\n\n")
     texts, names = read_queries(None, queries)
     assert len(texts) == len(checked) == MAX_QUERIES and names[-1] == f"query file {queries} line {MAX_QUERIES + 1}"
+
+
+def test_a_folder_without_a_manifest_is_told_the_fix_that_applies(tmp_path, micro_checkpoint):
+    """Every folder without a manifest got 'not a library (or its first build did not finish; re-run the same
+    `rapdeploy index` command to complete it)': after an index that decoded no video (which drops its plan and
+    leaves the folder) the re-run fails again, and for a folder of videos passed as --library there is no command to
+    re-run. Only a folder with an interrupted build's plan is told to re-run now; a folder of videos is told to index
+    it, any other folder to build a library."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.mp4").write_bytes(b"not a video")
+    failed = runner.invoke(app, ["index", "--videos", str(broken), "--out", str(tmp_path / "lib"), "--engine",
+                                 str(micro_checkpoint)])
+    assert failed.exit_code == 1 and "no video could be decoded" in failed.stderr, failed.output
+    assert (tmp_path / "lib").is_dir() and not (tmp_path / "lib" / "build-plan.json").exists()
+
+    def search_error(folder: Path) -> str:
+        res = runner.invoke(app, ["search", "a red circle", "--library", str(folder), "--engine",
+                                  str(micro_checkpoint)])
+        assert res.exit_code == 2, res.output
+        return res.stderr.strip()
+
+    empty = search_error(tmp_path / "lib")
+    assert "re-run" not in empty and f"build one with `rapdeploy index ... --out {tmp_path / 'lib'}`" in empty, empty
+    videos = search_error(broken)
+    assert "re-run" not in videos and f"folder of videos, not a library; index it with `rapdeploy index --videos " \
+        f"{broken} --out LIB`" in videos, videos
+    (tmp_path / "lib" / "build-plan.json").write_text("{}")
+    assert "its first build did not finish (build-plan.json is there); re-run" in search_error(tmp_path / "lib")

@@ -251,6 +251,35 @@ def builder_engine(root: str | os.PathLike[str]) -> Path | None:
     return Path(built) if built is not None and Path(built).exists() else None
 
 
+def _no_manifest_message(root: Path) -> str:
+    """Why the folder ``root`` without a manifest is no library, and the fix: re-running the ``index`` command only
+    where a first build was interrupted (its ``build-plan.json`` is there). A build that failed (no video decoded)
+    drops its plan, and a folder of videos never had one: re-running would fail again, or never help."""
+    from rap_deploy.library.plan import PLAN
+
+    if (root / PLAN).is_file():
+        return (f"{root} has no {MANIFEST}: its first build did not finish ({PLAN} is there); re-run the same "
+                "`rapdeploy index` command to complete it")
+    if _holds_videos(root):
+        return (f"{root} has no {MANIFEST}: it is a folder of videos, not a library; index it with `rapdeploy index "
+                f"--videos {root} --out LIB` and pass LIB")
+    return (f"{root} has no {MANIFEST}: it is not a library (a folder `rapdeploy index` wrote); build one with "
+            f"`rapdeploy index ... --out {root}`, or pass the folder of one")
+
+
+def _holds_videos(root: Path, look_at: int = 1000) -> bool:
+    """Whether one of the first ``look_at`` entries of the folder ``root`` is a video file (by its extension)."""
+    import itertools
+
+    from rap_deploy.data.video_files import VIDEO_EXTENSIONS
+
+    try:
+        with os.scandir(root) as entries:
+            return any(Path(e.name).suffix.lower() in VIDEO_EXTENSIONS for e in itertools.islice(entries, look_at))
+    except OSError:
+        return False
+
+
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and structurally check ``root/manifest.json``.
 
@@ -264,8 +293,7 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if not root.is_dir():
         raise UsageError(f"library folder {root} does not exist; build one with `rapdeploy index ... --out {root}`")
     if not path.is_file():
-        raise UsageError(f"{root} has no {MANIFEST}: not a library (or its first build did not finish; re-run the "
-                         "same `rapdeploy index` command to complete it)")
+        raise UsageError(_no_manifest_message(root))
     try:
         manifest = json.loads(read_manifest_text(path, "library manifest"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
