@@ -440,42 +440,6 @@ def bench_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_bench(result: dict[str, Any], console: Any = None) -> None:
-    """Print the bench table with rich (backend and precision, throughput and unit merged to keep it narrow)."""
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = console or _wide_console()
-    unreliable = any(not r.get("ratio_reliable", True) for r in result["results"])
-    # Narrow enough for a log's 130 columns: the unreliable mark is a "*" explained below the table; where the table
-    # still does not fit (a narrow terminal) cells wrap and fold instead of being cut off.
-    table = Table(box=box.SIMPLE_HEAD, title=escape(f"bench — {describe_device(result['device'])}"),
-                  caption="* unreliable: the machine was not quiet" if unreliable else None)
-    header = ("backend", "graph", "batch", "throughput", "min ms", "p50 ms", "p90 ms", "p99 ms", "vs torch",
-              "(min)", "GFLOP/s")
-    for col in header:
-        table.add_column(col, justify="left" if col in ("backend", "graph") else "right", overflow="fold")
-    for row in bench_rows(result):
-        ratios = [cell.replace(" (unreliable)", "*") for cell in row[10:12]]
-        table.add_row(escape(f"{row[0]} {row[1]}"), row[2], row[3], f"{row[4]} {row[5]}", *row[6:10], *ratios,
-                      row[12])  # escape: a label's [folder] is no markup tag
-    console.print(table)
-    flops = result.get("gflops", {})
-    if flops:
-        console.print("GFLOPs: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in flops.items()))
-    meanp = result.get("adapter_cost")
-    if meanp:
-        console.print(_adapter_line(meanp))
-    for line in search_lines(result):
-        console.print(line, markup=False)
-    for note in result.get("notes", []):
-        if not note.startswith(UNQUIET_NOTE):  # load_line, next, gives the same reasons
-            console.print(f"note: {note}", markup=False)
-    console.print(load_line(result), style=None if result.get("clean", True) else "bold red", markup=False)
-    console.print(f"reports in {result.get('out')}", markup=False)
-
-
 def plot_bench(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``bench.png``: throughput vs batch size per backend, one panel per graph (log-scaled batch axis)."""
     plt = _pyplot()

@@ -325,7 +325,7 @@ def test_the_printed_table_keeps_the_engine_folder_labels():
     tag and dropped: the printed rows were indistinguishable."""
     from rich.console import Console
 
-    from rap_deploy.engines.reports import print_bench
+    from rap_deploy.engines.bench_table import print_bench
 
     rows = [{"backend": "onnxruntime", "precision": "fp32", "engine": e} for e in ("/w/onnx", "/w/[x]/engines")]
     full = [{**r, "graph": "text", "batch_size": 1, "throughput": 1.0, "unit": "texts/s", "p50_ms": 1.0,
@@ -343,7 +343,7 @@ def test_the_printed_table_of_an_unquiet_run_shows_every_number_whole():
     shrink every column: latencies were printed as ``1.…`` and graphs as ``t…``."""
     from rich.console import Console
 
-    from rap_deploy.engines.reports import print_bench
+    from rap_deploy.engines.bench_table import print_bench
 
     engines = ("torch eager", "/w/engines/onnxruntime-fp32", "/w/onnx")
     rows = [{"backend": "torch" if e == "torch eager" else "onnxruntime", "precision": "fp32", "engine": e,
@@ -580,7 +580,8 @@ def test_the_printed_table_of_an_unquiet_run_gives_its_reasons_once():
     note, the table prints the warning alone."""
     from rich.console import Console
 
-    from rap_deploy.engines.reports import UNQUIET_NOTE, print_bench
+    from rap_deploy.engines.bench_table import print_bench
+    from rap_deploy.engines.reports import UNQUIET_NOTE
 
     reason = "other processes used 1.24 cores during the whole run (limit 0.25)"
     load = {"clean": False, "reasons": [reason], "usable_cores": 2, "loadavg_1min_start": 1.5,
@@ -591,3 +592,26 @@ def test_the_printed_table_of_an_unquiet_run_gives_its_reasons_once():
     text = console.export_text()
     assert text.count(reason) == 1 and "WARNING: the machine was not quiet" in text, text
     assert "note: another note" in text
+
+
+def test_the_bench_table_on_an_80_column_terminal_keeps_every_number_on_one_line(micro_ort_engines, tmp_path):
+    """On an 80-column terminal the eleven columns did not fit and rich folded every cell: '161.61 videos/s' read
+    '161.' over '61' and 'videos/s' on two more lines, '15.70x*' as '15.7' over '0x*', 'torch' as 'torc' over 'h' (a
+    real `rapdeploy bench` of two engines). Where the columns do not all fit, the rows' timings and their ratios now
+    come as two tables, each number whole on its line."""
+    import re
+
+    res = runner.invoke(app, ["bench", "--engine", str(micro_ort_engines["fp32"]), "--batch-sizes", "1,2",
+                              "--repeats", "1", "--warmup", "0", "--graphs", "video,text", "--no-compare-meanp",
+                              "--out", str(tmp_path / "b80")],
+                        env={"TTY_COMPATIBLE": "1", "COLUMNS": "80", "NO_COLOR": "1"})
+    assert res.exit_code == 0, res.output
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", res.stdout)
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    printed = json.loads((tmp_path / "b80" / "bench.json").read_text())["results"]
+    assert len(printed) == 8  # torch and the engine x two graphs x two batch sizes
+    for row in printed:  # every throughput, latency and ratio whole on one line, beside its graph and batch
+        lines = [line for line in text.splitlines() if re.search(rf"\s{row['graph']}\s+{row['batch_size']}\s", line)]
+        assert any(f"{row['throughput']:.2f} {row['unit']}" in line for line in lines), (row, text)
+        assert any(f"{row['ratio_vs_torch']:.2f}x" in line for line in lines), (row, text)
+    assert re.search(r"^\s+torch fp32\s+video\s+1\s", text, re.M), text
