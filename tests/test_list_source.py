@@ -81,3 +81,20 @@ def test_a_list_of_paths_relative_to_another_folder_says_where_they_were_looked_
     assert f"clips/a was looked for at {looked}" in message, message
     helped = runner.invoke(app, ["index", "--help"], env={"COLUMNS": "200"})
     assert "relative paths are read from FILE's folder" in " ".join(helped.output.split()), helped.output
+
+
+def test_a_video_url_is_refused_naming_it_and_its_line(tmp_path, never_read_whole):
+    """A URL in a list file was taken for a relative path: 'skipped http:/example.com/v: cannot read: No such file or
+    directory (LISTDIR/http:/example.com/v.mp4)', the rest indexed with exit 0; --videos of a URL said 'video folder
+    http:/example.com/videos does not exist'. Both are refused now (exit 2), the URL as typed and its line named."""
+    from rap_deploy.library.sources import folder_source
+
+    listing = tmp_path / "paths.txt"
+    listing.write_text("# clips\na.mp4\nhttps://example.com/clips/v.mp4\n")
+    with pytest.raises(UsageError, match=rf"{listing} line 3 \(https://example.com/clips/v.mp4\) is a URL; .*"
+                                         "download the video"):
+        list_source(listing)
+    with pytest.raises(UsageError, match=r"^--videos s3://bucket/clips is a URL; .*--videos DIR$"):
+        folder_source(Path("s3://bucket/clips"))
+    listing.write_text("a.mp4\nhttp:x.mp4\nC:/clips/b.mp4\n")  # no URL: a colon in a name, a drive letter
+    assert [v.video_id for v in list_source(listing).videos] == ["a", "http:x", "C:/clips/b"]

@@ -57,6 +57,10 @@ def folder_source(folder: str | os.PathLike[str]) -> VideoSource:
     """Every video file under ``folder`` (recursively, hidden names skipped, symlinked folders not followed), sorted;
     id = path relative to ``folder`` without its extension. Raises :class:`UsageError` for a missing folder, a
     file given as the folder, a folder under it that cannot be listed, no video, or two files with the same id."""
+    url = url_typed_as_path(folder)
+    if url is not None:
+        raise UsageError(f"--videos {url} is a URL; index reads video files on this machine: download the videos "
+                         "into a folder and pass --videos DIR")
     root = user_path(folder, "--videos")
     if root.exists() and not root.is_dir():
         raise UsageError(f"--videos {root} is a file, not a folder; pass the folder that holds your videos "
@@ -75,6 +79,20 @@ def folder_source(folder: str | os.PathLike[str]) -> VideoSource:
     _check_unique(ids, [str(p) for p in found], str(root))
     videos = [VideoEntry(i, p.resolve()) for i, p in zip(ids, found, strict=True)]
     return VideoSource("videos", {"path": str(root.resolve())}, videos)
+
+
+# Schemes of video URLs a user may write where a file path belongs (a Path folds their '//' into '/')
+URL_SCHEMES = ("http", "https", "ftp", "ftps", "s3", "gs", "rtsp", "rtmp")
+
+
+def url_typed_as_path(value: str | os.PathLike[str]) -> str | None:
+    """``value`` as the URL it was typed as (``http://host/v.mp4``, ``s3://bucket/clips``), when it starts with one of
+    :data:`URL_SCHEMES` and ``:/`` (a :class:`Path` keeps one slash of two), else ``None``."""
+    text = os.fspath(value)
+    scheme, sep, rest = text.partition(":/")
+    if not sep or scheme.lower() not in URL_SCHEMES:
+        return None
+    return f"{scheme}://{rest.lstrip('/')}"
 
 
 def _unlisted_folder(exc: OSError) -> None:
@@ -101,6 +119,9 @@ def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
+        if url_typed_as_path(text) is not None:
+            raise UsageError(f"list file {path} line {number} ({text}) is a URL; index reads video files on this "
+                             "machine: download the video and list the path of its file")
         p = user_path(text, f"list file {path} line {number}:")
         if not Path(text).name:  # '.', '/': no file name to make an id of
             raise UsageError(f"list file {path} line {number} ({text!r}) names no file; write one video path per line")
