@@ -26,10 +26,10 @@ def is_url(recorded: str | None) -> bool:
 def server_url_given_as_folder(path: str | os.PathLike[str]) -> str | None:
     """The server URL ``path`` was typed as when it is one (``http://HOST:PORT`` or ``https://...``, which a
     :class:`Path` turns into the folders ``http:/HOST:PORT``), else ``None``: a library folder is never a URL."""
-    parts = Path(path).parts
-    if len(parts) < 2 or parts[0].lower() not in ("http:", "https:"):
-        return None
-    return f"{parts[0]}//{'/'.join(parts[1:])}"
+    from rap_deploy.library.sources import url_typed_as_path
+
+    url = url_typed_as_path(path)
+    return url if url is not None and url.split(":", 1)[0].lower() in ("http", "https") else None
 
 
 def refuse_server_url(path: str | os.PathLike[str], option: str, fix: str) -> None:
