@@ -93,8 +93,10 @@ def engine_manifest(engine_path: Path) -> dict[str, Any] | None:
 
     path = engine_path / "manifest.json"
     if not path.is_file() and not path.is_symlink():
-        raise UsageError(f"{engine_path} has no manifest.json: not an engine folder; build one with "
-                         "`rapdeploy build-engine`")
+        from rap_deploy.engines.loader import run_folder_advice
+
+        raise UsageError(run_folder_advice(engine_path) or f"{engine_path} has no manifest.json: not an engine "
+                         "folder; build one with `rapdeploy build-engine`")
     resolve_entry(engine_path, "manifest.json", "engine manifest", engine_path)  # no symlink, FIFO or device
     try:
         manifest = json.loads(read_manifest_text(path))

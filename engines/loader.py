@@ -34,6 +34,24 @@ def runtime_for(backend: str, device_id: int = 0) -> dict[str, Any]:
     return ort_runtime()
 
 
+def run_folder_advice(path: Path) -> str | None:
+    """For a training run folder given as an engine (it holds ``best.pt`` or ``last.pt`` and no manifest), what to
+    pass instead: its checkpoint, or an engine built from it; ``None`` for any other path."""
+    import shlex
+
+    from rap_deploy.workspace import RUN_BEST, RUN_LAST
+
+    if not path.is_dir() or (path / "manifest.json").exists():
+        return None
+    name = next((n for n in (RUN_BEST, RUN_LAST) if (path / n).is_file()), None)
+    if name is None:
+        return None
+    checkpoint = shlex.quote(str(path / name))
+    return (f"{path} is a training run folder (it holds {name}), not an engine folder; pass its checkpoint for the "
+            f"PyTorch engine, --engine {checkpoint}, or build an engine from it: `rapdeploy export {checkpoint}`, "
+            "then `rapdeploy build-engine`")
+
+
 def load_engine(path: str | os.PathLike[str], device: str | None = None, precision: str | None = None,
                 threads: int | None = None, inter_threads: int | None = None, device_id: int = 0,
                 query_block: int | None = None, video_block: int | None = None, lazy: bool = False) -> Engine:
@@ -67,7 +85,7 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
         raise UsageError(f"{p} does not exist; pass an engine folder (rapdeploy build-engine), an export folder "
                          "(rapdeploy export) or a checkpoint")
     if not p.is_dir() or not ((p / "manifest.json").is_file() or (p / "manifest.json").is_symlink()):
-        raise UsageError(f"{p} is not an engine folder, an export folder or a checkpoint "
+        raise UsageError(run_folder_advice(p) or f"{p} is not an engine folder, an export folder or a checkpoint "
                          f"({', '.join(CHECKPOINT_SUFFIXES)}); no manifest.json there")
     blocks = {k: v for k, v in (("query_block", query_block), ("video_block", video_block)) if v is not None}
     load = functools.partial(_load_folder, p, device, threads, inter_threads, device_id, blocks, lazy)

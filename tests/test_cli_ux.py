@@ -131,6 +131,29 @@ def test_an_engine_export_or_run_folder_given_as_checkpoint_names_the_checkpoint
     assert not (tmp_path / "onnx").exists()
 
 
+def test_a_training_run_folder_given_as_engine_names_its_checkpoint(micro_checkpoint, synth_root, tmp_path):
+    """verify, bench, index and search took a run folder as --engine for an engine folder without its manifest ('RUN
+    has no manifest.json: not an engine folder; build one with `rapdeploy build-engine`', and for index 'not an
+    engine folder, an export folder or a checkpoint'), though the run's best.pt is the PyTorch engine they all take.
+    They now say it is a run folder and name its checkpoint, and the commands that build an engine from it."""
+    run = tmp_path / "my run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(micro_checkpoint.read_bytes())
+    quoted = f"'{run / 'best.pt'}'"
+    said = (f"{run} is a training run folder (it holds best.pt), not an engine folder; pass its checkpoint for the "
+            f"PyTorch engine, --engine {quoted}, or build an engine from it: `rapdeploy export {quoted}`, then "
+            "`rapdeploy build-engine`")
+    commands = {"verify": ["verify", "--dataset", "msrvtt", "--data-root", str(synth_root), "--out",
+                           str(tmp_path / "v")],
+                "bench": ["bench", "--out", str(tmp_path / "b")],
+                "index": ["index", "--videos", str(synth_root / "videos"), "--out", str(tmp_path / "lib")]}
+    for name, args in commands.items():
+        res = runner.invoke(app, [*args, "--engine", str(run)])
+        assert res.exit_code == 2, (name, res.output)
+        assert said in " ".join(res.output.split()), (name, res.output)
+    assert not any((tmp_path / d).exists() for d in ("v", "b", "lib"))
+
+
 def test_build_engine_given_an_engine_folder_names_its_export_folder(micro_ort_engines, tmp_path):
     engine = micro_ort_engines["fp32"]
     res = runner.invoke(app, ["build-engine", str(engine), "--out", str(tmp_path / "e")])
