@@ -70,16 +70,31 @@ def engine_name(backend: str, precision: str, device: str) -> str:
 
 
 def resolve_export_dir(export_dir: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None) -> Path:
-    """``export_dir``, or the workspace's most recent export; raises :class:`UsageError` when there is none."""
+    """``export_dir``, or the workspace's most recent export; raises :class:`UsageError` when there is none or
+    ``export_dir`` is a checkpoint."""
     from rap_deploy.workspace import latest_child, subdir
 
     if export_dir is not None:
+        _refuse_checkpoint(Path(export_dir))
         return Path(export_dir)
     onnx_dir = subdir("onnx", workspace)
     found = latest_child(onnx_dir, "manifest.json")
     if found is None:
         raise UsageError(f"no export found under {onnx_dir}; run `rapdeploy export CKPT` first or pass EXPORT_DIR")
     return found
+
+
+def _refuse_checkpoint(path: Path) -> None:
+    """Raise :class:`UsageError` for a checkpoint given as the export folder (before the backend checks, whose
+    advice would name it as an export folder again), with the export that makes one from it."""
+    import shlex
+
+    from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
+
+    if path.suffix in CHECKPOINT_SUFFIXES and path.is_file():
+        raise UsageError(f"{path} is a checkpoint, not an export folder: an engine is built from the ONNX graphs "
+                         f"`rapdeploy export` makes of it; run `rapdeploy export {shlex.quote(str(path))}`, then "
+                         "`rapdeploy build-engine` (it builds the workspace's latest export)")
 
 
 def check_available(backend: str, device: str, device_id: int = 0,

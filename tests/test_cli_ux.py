@@ -154,6 +154,23 @@ def test_a_training_run_folder_given_as_engine_names_its_checkpoint(micro_checkp
     assert not any((tmp_path / d).exists() for d in ("v", "b", "lib"))
 
 
+def test_build_engine_given_a_checkpoint_says_to_export_it_first(micro_checkpoint, tmp_path):
+    """`rapdeploy build-engine runs/x/best.pt` said only 'is a file, not an export folder; pass the folder `rapdeploy
+    export` wrote', and with --fp16 on a machine without TensorRT it advised `rapdeploy build-engine <the checkpoint>
+    --backend onnxruntime`, a command refused in turn. Both now name the export that makes the folder from it."""
+    ckpt = tmp_path / "run x" / "best.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(micro_checkpoint.read_bytes())
+    said = (f"{ckpt} is a checkpoint, not an export folder: an engine is built from the ONNX graphs `rapdeploy "
+            f"export` makes of it; run `rapdeploy export '{ckpt}'`, then `rapdeploy build-engine` (it builds the "
+            "workspace's latest export)")
+    for extra in ([], ["--fp16"], ["--int8"]):
+        res = runner.invoke(app, ["build-engine", str(ckpt), "--out", str(tmp_path / "e"), *extra])
+        assert res.exit_code == 2, (extra, res.output)
+        assert said in " ".join(res.output.split()), (extra, res.output)
+    assert not (tmp_path / "e").exists()
+
+
 def test_build_engine_given_an_engine_folder_names_its_export_folder(micro_ort_engines, tmp_path):
     engine = micro_ort_engines["fp32"]
     res = runner.invoke(app, ["build-engine", str(engine), "--out", str(tmp_path / "e")])
