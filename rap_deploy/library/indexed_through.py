@@ -16,6 +16,7 @@ from typing import Any
 
 from rap_deploy.atomic import is_sha256
 from rap_deploy.errors import UsageError
+from rap_deploy.library.typed_urls import url_typed_as_path
 
 
 def is_url(recorded: str | None) -> bool:
@@ -26,8 +27,6 @@ def is_url(recorded: str | None) -> bool:
 def server_url_given_as_folder(path: str | os.PathLike[str]) -> str | None:
     """The server URL ``path`` was typed as when it is one (``http://HOST:PORT`` or ``https://...``, which a
     :class:`Path` turns into the folders ``http:/HOST:PORT``), else ``None``: a library folder is never a URL."""
-    from rap_deploy.library.sources import url_typed_as_path
-
     url = url_typed_as_path(path)
     return url if url is not None and url.split(":", 1)[0].lower() in ("http", "https") else None
 

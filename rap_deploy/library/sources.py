@@ -17,6 +17,7 @@ from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.data.datasets import VideoEntry
 from rap_deploy.data.video_files import VIDEO_EXTENSIONS
 from rap_deploy.errors import UsageError
+from rap_deploy.library.typed_urls import url_typed_as_path
 from rap_deploy.workspace import user_path
 
 
@@ -79,20 +80,6 @@ def folder_source(folder: str | os.PathLike[str]) -> VideoSource:
     _check_unique(ids, [str(p) for p in found], str(root))
     videos = [VideoEntry(i, p.resolve()) for i, p in zip(ids, found, strict=True)]
     return VideoSource("videos", {"path": str(root.resolve())}, videos)
-
-
-# Schemes of video URLs a user may write where a file path belongs (a Path folds their '//' into '/')
-URL_SCHEMES = ("http", "https", "ftp", "ftps", "s3", "gs", "rtsp", "rtmp")
-
-
-def url_typed_as_path(value: str | os.PathLike[str]) -> str | None:
-    """``value`` as the URL it was typed as (``http://host/v.mp4``, ``s3://bucket/clips``), when it starts with one of
-    :data:`URL_SCHEMES` and ``:/`` (a :class:`Path` keeps one slash of two), else ``None``."""
-    text = os.fspath(value)
-    scheme, sep, rest = text.partition(":/")
-    if not sep or scheme.lower() not in URL_SCHEMES:
-        return None
-    return f"{scheme}://{rest.lstrip('/')}"
 
 
 def _unlisted_folder(exc: OSError) -> None:
