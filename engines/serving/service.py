@@ -244,9 +244,9 @@ class ServingService:
         from rap_deploy.library.queries import check_queries
 
         try:  # the rules of `rapdeploy search`: no control characters, some letter, digit or symbol, some token
-            texts, warnings = check_queries([query], self.config.tokenizer)
+            texts, warnings = check_queries([query], self.config.tokenizer, names=["query"])  # one query: no number
         except UsageError as exc:
-            raise RequestError(422, str(exc).replace("query 1 ", "query ", 1), "query") from None
+            raise RequestError(422, str(exc), "query") from None
 
         def bounded(key: str, default: int, top: int) -> int:
             value = doc.get(key, default)
@@ -254,8 +254,7 @@ class ServingService:
                 raise RequestError(422, f"{key} must be an integer in [1, {top}], got {_json_value(value)}", key)
             return value
 
-        one = [w.replace("query 1 ", "query ", 1) for w in warnings[0]]  # one query per request: no number
-        return texts[0], bounded("top_k", 10, o.max_top_k), bounded("top_m", 100, o.max_top_m), one
+        return texts[0], bounded("top_k", 10, o.max_top_k), bounded("top_m", 100, o.max_top_m), warnings[0]
 
     def tokenize(self, query: str) -> dict[str, np.ndarray]:
         """The text encoder's inputs for ``query`` (token ids ``[1, L]``, EOT ``[1]``) with the model's tokenizer."""
