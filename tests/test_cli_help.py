@@ -3,6 +3,8 @@ lines (Typer keeps single line breaks, which showed as ragged lines at 80 column
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from typer.testing import CliRunner
 
@@ -292,3 +294,14 @@ def test_serve_engine_help_says_a_server_url_is_not_taken():
     assert "not the http://HOST:PORT of a running server" in said, said
     with pytest.raises(UsageError, match="is a server; rapdeploy serve runs a local engine folder"):
         load_served_engine("http://127.0.0.1:9")
+
+
+def test_search_json_help_names_every_key_of_the_object_it_prints():
+    """search --json's help listed results (rank, video_id, path, score, stage1_rank) and timings_ms, but each
+    result also carries stage1_score and reranked (false past --top-m, where score is the stage-1 score: a script
+    that does not know it ranks stage-1 scores as re-ranked ones), timings_ms its five parts and a truncated query
+    warnings (the README's object)."""
+    text = _option_help("search", "--json")
+    for key in ("query", "rank", "video_id", "path", "score", "stage1_rank", "stage1_score", "reranked", "timings_ms",
+                "text", "stage1", "rerank", "total", "rerank_read", "warnings"):
+        assert re.search(rf"\b{key}\b", text), key

@@ -429,7 +429,9 @@ def search_cmd(
                                        f"FAISS (default: the libraries' own; {ENGINE_THREADS_DEFAULT})."),
     workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per query and line: query, results "
-                                  "(rank, video_id, path, score, stage1_rank), timings_ms."),
+                                  "(rank, video_id, path, score, stage1_rank, stage1_score, reranked: false past "
+                                  "--top-m, where score is the stage-1 score), timings_ms (text, stage1, rerank, "
+                                  "total, rerank_read), and warnings when the query was truncated."),
 ) -> None:
     """Two-stage text-to-video search: stage 1 over the whole library, ASA re-rank of the top M."""
     texts, names = read_queries(text, queries_file)
