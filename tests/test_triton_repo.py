@@ -428,3 +428,15 @@ def test_a_cpu_built_engine_gets_no_gpu_instances(micro_ort_engines, tmp_path):
     res = runner.invoke(app, ["triton-repo", "--engine", str(basic), "--out", str(tmp_path / "basic"), "--kind",
                               "gpu"])
     assert res.exit_code == 0, res.output
+
+
+def test_an_out_typed_as_a_url_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    """``triton-repo --out http://triton:8000`` (as if it uploaded to a running Triton) wrote the repository into
+    ./http:/triton:8000, a Path's reading of the URL, and printed `tritonserver --model-repository=.../http:/...`.
+    It is refused now (exit 2) before any engine is read, saying the repository is a folder tritonserver serves."""
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["triton-repo", "--out", "http://triton:8000", "--engine", str(tmp_path / "none")])
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip()
+    assert line.startswith("error: --out http://triton:8000 is a URL, not a folder") and "--model-repository" in line
+    assert "\n" not in line and not (tmp_path / "http:").exists()

@@ -230,6 +230,18 @@ def write_model(plan: RepoPlan, model: ServedModel, folder: Path) -> dict[str, A
             "source_file": str(main.resolve()), "inputs": list(model.input_names), "outputs": list(model.output_names)}
 
 
+def _refuse_url_out(out: str | os.PathLike[str]) -> None:
+    """Raise :class:`UsageError` (exit 2) for an ``--out`` typed as a URL (``http://triton:8000``): the repository is
+    a folder tritonserver reads (``--model-repository``), and a :class:`Path` took the URL for the relative folder
+    ``./http:/triton:8000``, where the repository was written without a word."""
+    from rap_deploy.library.typed_urls import url_typed_as_path
+
+    url = url_typed_as_path(out)
+    if url is not None:
+        raise UsageError(f"--out {url} is a URL, not a folder: triton-repo writes the model repository into a folder "
+                         "(--out DIR) that tritonserver then serves with --model-repository=DIR; it uploads nothing")
+
+
 def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
                 workspace: str | os.PathLike[str] | None = None, kind: str = "auto", instances: int = 1,
                 max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, fp16: bool = False,
@@ -248,6 +260,7 @@ def triton_repo(engine: str | os.PathLike[str] | None = None, out: str | os.Path
 
     if out is None:
         raise UsageError("--out DIR is required: the folder to write the model repository to")
+    _refuse_url_out(out)
     plan = plan_repo(engine, workspace, kind, instances, max_queue_delay_us, fp16)
     dest = Path(out)
     check_replaceable(dest, force)  # before the lock too, which creates the parent folder
