@@ -119,6 +119,15 @@ def data_root(explicit: str | os.PathLike[str] | None, workspace: str | os.PathL
                          f"MSR-VTT the one holding MSRVTT_data.json) or set RAPDEPLOY_DATA{hint}")
     path = user_path(value, "--data-root" if explicit else "RAPDEPLOY_DATA")
     if not path.is_dir():
-        what = "is not a folder" if path.exists() else "does not exist"
-        raise UsageError(f"dataset folder {path} {what}; pass --data-root pointing at the dataset")
+        raise UsageError(_missing_data_root(path, from_env=not explicit))
     return path
+
+
+def _missing_data_root(path: Path, from_env: bool) -> str:
+    """The refusal for a dataset folder ``path`` that is missing or not a folder, naming where the value came from
+    (``--data-root``, or ``$RAPDEPLOY_DATA``, which a user may have forgotten setting) and how to fix it."""
+    what = "is not a folder" if path.exists() else "does not exist"
+    if from_env:
+        return (f"dataset folder {path} (from RAPDEPLOY_DATA={os.environ.get('RAPDEPLOY_DATA')}) {what}; fix or "
+                "unset RAPDEPLOY_DATA, or pass --data-root pointing at the dataset")
+    return f"dataset folder {path} {what}; pass --data-root pointing at the dataset"

@@ -190,3 +190,18 @@ def test_a_split_without_videos_fails_the_check(tmp_path, runner):
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["ok"] is False
     assert "msrvtt test split" in result.stderr and "lists no videos" in result.stderr
+
+
+def test_missing_dataset_folder_from_the_environment_names_rapdeploy_data(tmp_path, runner, monkeypatch):
+    """A missing folder that came from $RAPDEPLOY_DATA (set long ago, in a shell profile) was reported as 'pass
+    --data-root pointing at the dataset', though no --data-root was passed: the line now names the variable and its
+    value, and says to fix or unset it (or pass --data-root)."""
+    gone = tmp_path / "moved-away"
+    monkeypatch.setenv("RAPDEPLOY_DATA", str(gone))
+    result = runner.invoke(app, ["data-check", "--dataset", "msrvtt"])
+    line = " ".join(result.stderr.split())
+    assert result.exit_code == 2, result.output
+    assert f"(from RAPDEPLOY_DATA={gone}) does not exist" in line and "fix or unset RAPDEPLOY_DATA" in line, line
+    result = runner.invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(gone)])
+    line = " ".join(result.stderr.split())
+    assert result.exit_code == 2 and "RAPDEPLOY_DATA" not in line and "pass --data-root" in line, line
