@@ -7,15 +7,19 @@ from typing import Any
 
 
 def epoch_line(rec: dict[str, Any], epochs: int) -> str:
-    """One line for a ``metrics.jsonl`` record: epoch, loss, learning rate, seconds and the main recalls."""
-    parts = [f"epoch {rec['epoch']}/{epochs}"]
+    """The console lines of a ``metrics.jsonl`` record: epoch, loss, learning rate and seconds, then, when the epoch
+    was evaluated, one line per direction (t2v, v2t) with the same recalls (R@1, R@5, R@10, MnR), each under 80
+    columns so a terminal or a log never wraps them."""
+    head = f"epoch {rec['epoch']}/{epochs}"
     if rec.get("loss") is not None:
-        parts.append(f"loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  {rec['seconds']:.1f}s")
-    if "t2v" in rec:
-        t, v = rec["t2v"], rec["v2t"]
-        parts.append(f"t2v R@1 {t['R1']:.1f} R@5 {t['R5']:.1f} R@10 {t['R10']:.1f} MnR {t['MnR']:.1f} | "
-                     f"v2t R@1 {v['R1']:.1f} R@5 {v['R5']:.1f} MnR {v['MnR']:.1f}")
-    return "  ".join(parts)
+        head += f"  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  {rec['seconds']:.1f}s"
+    return "\n".join([head, *(_recall_line(d, rec[d]) for d in ("t2v", "v2t") if d in rec)])
+
+
+def _recall_line(direction: str, recall: dict[str, float]) -> str:
+    """``  t2v  R@1  40.0  R@5  70.0  R@10  80.5  MnR   3.6``: fixed widths, so the two directions' columns align."""
+    return (f"  {direction}  R@1 {recall['R1']:5.1f}  R@5 {recall['R5']:5.1f}  R@10 {recall['R10']:5.1f}  "
+            f"MnR {recall['MnR']:6.1f}")
 
 
 def counted(n: int, noun: str) -> str:
