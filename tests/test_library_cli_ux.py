@@ -54,9 +54,8 @@ def test_add_encodes_with_the_engine_that_built_the_library(tmp_path, synth_root
     assert (report["added"], report["videos"]) == (1, 3)
 
 
-def test_add_with_another_models_engine_says_how_to_update(tmp_path, synth_root, micro_checkpoint):
-    """The refusal of another model's engine told an ``index --add`` to 'search it with an engine of the model that
-    built it'; it now says how to update it (the builder's engine, the default), or where else to index."""
+def _other_weights(path: Path) -> Path:
+    """A rap-micro checkpoint at ``path`` with other adapter weights than ``micro_checkpoint``'s."""
     from conftest import micro_config, randomize_adapters
 
     from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
@@ -64,8 +63,14 @@ def test_add_with_another_models_engine_says_how_to_update(tmp_path, synth_root,
 
     ckpt, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
     randomize_adapters(model, seed=7)
-    other = tmp_path / "other.pt"
-    save_checkpoint(checkpoint_from_model(model, ckpt), other)
+    save_checkpoint(checkpoint_from_model(model, ckpt), path)
+    return path
+
+
+def test_add_with_another_models_engine_says_how_to_update(tmp_path, synth_root, micro_checkpoint):
+    """The refusal of another model's engine told an ``index --add`` to 'search it with an engine of the model that
+    built it'; it now says how to update it (the builder's engine, the default), or where else to index."""
+    other = _other_weights(tmp_path / "other.pt")
     clips, lib = tmp_path / "clips", tmp_path / "lib"
     _clips(synth_root, clips, 2)
     common = ["--videos", str(clips), "--out", str(lib), "--cache-dir", str(tmp_path / "cache")]
@@ -77,6 +82,32 @@ def test_add_with_another_models_engine_says_how_to_update(tmp_path, synth_root,
     assert "another model" in line and "\n" not in line
     assert "search it" not in line and "update it with an engine of the model that built it" in line
     assert "--out NEW_LIB" in line and "--force" in line
+
+
+def test_an_engine_given_without_videos_is_checked_and_said_unused(tmp_path, synth_root, micro_checkpoint):
+    """``index --remove ID --engine E`` and a stage-1 retune (``--ann hnsw --engine E``) never loaded E: an engine
+    of other weights passed without a word, and the user could not tell that E encoded nothing. E is now checked
+    against the library's model (other weights: exit 2, nothing changed, as with videos), and one stderr note says it
+    was not used and why."""
+    clips, lib = tmp_path / "clips", tmp_path / "lib"
+    _clips(synth_root, clips, 3)
+    built = runner.invoke(app, ["index", "--videos", str(clips), "--out", str(lib), "--engine", str(micro_checkpoint),
+                                "--cache-dir", str(tmp_path / "cache")])
+    assert built.exit_code == 0, built.output
+    gone = sorted(p.stem for p in clips.glob("*.mp4"))[0]
+    before = (lib / "manifest.json").read_bytes()
+    other = runner.invoke(app, ["index", "--out", str(lib), "--remove", gone, "--engine",
+                                str(_other_weights(tmp_path / "other.pt"))])
+    assert other.exit_code == 2, other.output
+    assert "another model" in other.stderr and "other weights" in other.stderr, other.stderr
+    assert (lib / "manifest.json").read_bytes() == before
+    for args in (["--remove", gone], ["--ann", "hnsw"]):
+        res = runner.invoke(app, ["index", "--out", str(lib), *args, "--engine", str(micro_checkpoint), "--json"])
+        assert res.exit_code == 0, res.output
+        notes = [line for line in res.stderr.splitlines() if "--engine" in line]
+        assert len(notes) == 1 and "not otherwise used" in notes[0] and "without videos" in notes[0], res.stderr
+        assert ("--remove drops rows" in notes[0]) == (args[0] == "--remove")
+        assert json.loads(res.stdout)["videos"] == 2
 
 
 def test_ctrl_c_during_index_says_how_to_resume_and_the_re_run_resumes(tmp_path, synth_root, micro_checkpoint,

@@ -99,6 +99,7 @@ def index_cmd(
     Re-run the same command to resume; --add / --remove update it; `torchrun -m rap_deploy.cli index` shards it.
     """
     from rap_deploy.library import BuildOptions, Ranks, build_library
+    from rap_deploy.library.builder import unused_engine_note
     from rap_deploy.train.distributed import barrier, cleanup, setup
 
     options = BuildOptions(add=add, remove=list(remove or []), ann=ann, target_recall=target_recall, top_m=top_m,
@@ -122,6 +123,8 @@ def index_cmd(
         target = _library_out(out, name, source, workspace)
         if source is not None:
             eng = _load_index_engine(engine, target, force, workspace, threads, ctx)
+        elif engine is not None:  # nothing to encode: build_library still refuses another model's engine (exit 2)
+            eng = _load_engine(engine, workspace, threads, ctx.local_rank, lazy=True)
         ranks = Ranks(rank=ctx.rank, world_size=ctx.world_size, barrier=lambda: barrier(ctx))
         cache = _frame_cache(cache_dir, workspace)
         if ann is not None:
@@ -135,6 +138,8 @@ def index_cmd(
         cleanup(ctx)
     if ctx.is_main:
         _print_index(report, json_out)
+        if source is None and engine is not None:
+            typer.echo(unused_engine_note(engine, options), err=True)
 
 
 def _check_library_out(out: Path) -> None:

@@ -74,6 +74,16 @@ class BuildOptions:
                 raise UsageError(f"{option} must be in [1, {top:,}], got {value}")
 
 
+def unused_engine_note(engine: str, options: BuildOptions) -> str:
+    """The stderr note of ``rapdeploy index --engine ENGINE`` without videos (``--remove``, a stage-1 retune): the
+    build checked the engine against the library's model (refusing another's, as an update with videos does) and
+    encoded nothing with it."""
+    dropped = "--remove drops rows and " if options.remove else ""
+    return (f"note: --engine {engine} was checked against the library's model and not otherwise used: without videos "
+            f"(--dataset, --videos or --list) nothing is encoded; {dropped}a stage-1 rebuild (--ann, --top-m, "
+            "--target-recall) reads the embeddings the library stores")
+
+
 @dataclass
 class Ranks:
     """This process's place in a ``torchrun`` job: ``rank`` of ``world_size``, and a barrier over all ranks."""
