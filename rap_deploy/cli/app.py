@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import typer
 
 from rap_deploy.errors import RapDeployError
+from rap_deploy.library.typed_urls import URL_SCHEMES, url_typed_as_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Where every command's --workspace defaults to (workspace.workspace_root), for its help
@@ -103,7 +104,8 @@ def _os_error_exit(exc: OSError) -> typer.Exit:
 def command(*args: Any, resume: str | None = None, **kwargs: Any) -> Callable[[F], F]:
     """Register a command on :data:`app`, with the exit-code contract applied.
 
-    Every path a command is given has its ``~`` expanded first (:func:`_with_home_expanded`). Errors become one line
+    Every path a command is given has its ``~`` expanded first (:func:`_with_home_expanded`), and one typed as a URL
+    is refused (:func:`_refuse_urls_typed_as_paths`). Errors become one line
     on stderr: :class:`RapDeployError` with its exit code, operating-system errors
     (permissions, a file where a folder is expected, a full disk) with exit 2, Ctrl-C with 130 and SIGTERM with 143
     (after unwinding, so no temporary file is left behind; ``resume``, when given, says how to carry on and ends
@@ -113,10 +115,13 @@ def command(*args: Any, resume: str | None = None, **kwargs: Any) -> Callable[[F
     def decorator(func: F) -> F:
         labels = _path_labels(func)
 
+        own_url_refusals = _OWN_URL_REFUSALS.get(args[0] if args else "", {})
+
         @functools.wraps(func)
         def wrapper(*a: Any, **kw: Any) -> Any:
             try:
                 with _sigterm_unwinds():
+                    _refuse_urls_typed_as_paths(kw, labels, own_url_refusals)
                     return func(*a, **_with_home_expanded(kw, labels))
             except RapDeployError as exc:
                 raise fail(str(exc), exc.exit_code) from None
@@ -151,6 +156,40 @@ def _path_labels(func: Callable[..., Any]) -> dict[str, str]:
         elif isinstance(info, ArgumentInfo):
             labels[name] = info.metavar or name.upper()
     return labels
+
+
+# Path options whose command refuses a URL itself, with a fix of its own (--engine URL, POST URL/search, Triton's
+# --model-repository): index --out and search/serve --library (indexed_through.refuse_server_url), index --videos
+# (sources.folder_source), triton-repo --out (engines/serving/triton_repo._refuse_url_out)
+# (the URL schemes each refuses; another scheme gets the general refusal)
+_SERVER_SCHEMES = ("http", "https")
+_OWN_URL_REFUSALS: dict[str, dict[str, tuple[str, ...]]] = {
+    "index": {"--out": _SERVER_SCHEMES, "--videos": URL_SCHEMES}, "search": {"--library": _SERVER_SCHEMES},
+    "serve": {"--library": _SERVER_SCHEMES}, "triton-repo": {"--out": URL_SCHEMES}}
+
+
+def _refuse_urls_typed_as_paths(kw: dict[str, Any], labels: dict[str, str],
+                                own_refusals: dict[str, tuple[str, ...]]) -> None:
+    """Raise :class:`UsageError` (exit 2) for a :class:`Path` value among ``kw`` (alone or in a list) that was typed
+    as a URL (``--out http://h:1/x``), naming the option as ``labels`` has it, the URL and the fix; a URL of a scheme
+    ``own_refusals`` gives for the option is left to the command, which words its own refusal.
+
+    A Path folds ``http://h:1/x`` into the relative folders ``http:/h:1/x``, so such a value was read from, or written
+    into, ``./http:/...`` without a word. Only Path parameters are checked: an option that takes a URL (``--engine
+    http://HOST:PORT``) is a string.
+    """
+    from pathlib import Path
+
+    from rap_deploy.errors import UsageError
+
+    for name, label in labels.items():
+        value = kw.get(name)
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            url = url_typed_as_path(item) if isinstance(item, Path) else None
+            if url is not None and url.split(":", 1)[0].lower() not in own_refusals.get(label, ()):
+                raise UsageError(f"{label} {url} is a URL, but {label} takes a path on this machine (it would be "
+                                 f"read as the folder ./{item}); pass a file or folder here: download what a URL "
+                                 "serves first, or copy the output there afterwards")
 
 
 def _with_home_expanded(kw: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
