@@ -330,6 +330,7 @@ def test_a_folder_without_a_manifest_is_told_the_fix_that_applies(tmp_path, micr
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.mp4").write_bytes(b"not a video")
+    (tmp_path / "lib").mkdir()  # a folder made for it: the failed build leaves it (a new one it would remove)
     failed = runner.invoke(app, ["index", "--videos", str(broken), "--out", str(tmp_path / "lib"), "--engine",
                                  str(micro_checkpoint)])
     assert failed.exit_code == 1 and "no video could be decoded" in failed.stderr, failed.output
@@ -348,3 +349,24 @@ def test_a_folder_without_a_manifest_is_told_the_fix_that_applies(tmp_path, micr
         f"{broken} --out LIB`" in videos, videos
     (tmp_path / "lib" / "build-plan.json").write_text("{}")
     assert "its first build did not finish (build-plan.json is there); re-run" in search_error(tmp_path / "lib")
+
+
+def test_a_first_build_that_decodes_no_video_leaves_no_half_library(tmp_path, micro_checkpoint):
+    """``index`` into a new folder where no video decodes exited 1 and left the folder with an empty ``shards/``: a
+    half library that search then called 'not a library'. What the build created is removed now; a folder that was
+    there before stays (emptied of the build's own folders), and so does one that holds other files."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.mp4").write_bytes(b"not a video")
+    (tmp_path / "made").mkdir()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / ".notes").write_text("the user's")
+    for name in ("new", "made", "kept"):
+        out = tmp_path / name
+        failed = runner.invoke(app, ["index", "--videos", str(broken), "--out", str(out), "--engine",
+                                     str(micro_checkpoint), "--cache-dir", str(tmp_path / "cache")])
+        assert failed.exit_code == 1 and "no video could be decoded" in failed.stderr, failed.output
+        assert not (tmp_path / f".{name}.lock").exists()
+    assert not (tmp_path / "new").exists()
+    assert list((tmp_path / "made").iterdir()) == []
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == [".notes"]

@@ -11,6 +11,7 @@ Ranks are given as a :class:`Ranks` (rank, world size, barrier); the CLI builds 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ from rap_deploy.library.assemble import (
     write_library_manifest,
 )
 from rap_deploy.library.encode import encode_shard
+from rap_deploy.library.manifest import SHARDS_DIR, STAGE1_DIR
 from rap_deploy.library.prepare import prepare
 from rap_deploy.library.shards import committed_shard, remove_stale
 from rap_deploy.library.sources import VideoSource, missing_list_hint
@@ -192,6 +194,8 @@ def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     replacing = state.get("replacing")
     if old is None and not added:
         _drop_plan_and_its_shards(root, keep={s["name"] for s in (replacing or {}).get("shards", [])})
+        if replacing is None:
+            _remove_empty_first_build(root, state["folder_existed"])
         names = some_names([f"{s['video_id']} ({s['reason']})" for s in skipped])
         kept = "; the library there was left as it was" if replacing else ""
         raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}{kept}: {names}"
@@ -249,6 +253,16 @@ def _drop_plan_and_its_shards(root: Path, keep: set[str]) -> None:
     and the re-run encodes them again."""
     remove_stale(root, keep=keep)
     plans.drop_plan(root)
+
+
+def _remove_empty_first_build(root: Path, folder_existed: bool) -> None:
+    """After a first build that kept nothing: remove the library's folders it left empty (``shards``, ``stage1``),
+    then ``root`` itself when this build created it and it is empty. ``rmdir`` only: a folder that holds anything
+    else (the user's files, another process's) stays, as does one that was there before the build."""
+    for folder in (root / SHARDS_DIR, root / STAGE1_DIR, *(() if folder_existed else (root,))):
+        if folder.is_dir() and not folder.is_symlink():
+            with contextlib.suppress(OSError):  # not empty
+                folder.rmdir()
 
 
 def _wait_for_shards(root: Path, plan: dict[str, Any], ranks: Ranks) -> list[dict[str, Any]]:

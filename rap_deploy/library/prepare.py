@@ -40,14 +40,17 @@ def prepare(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     """Main rank, under the lock: --force, read and check the library, plan the new shards (or resume the plan).
 
     Returns the build's state: ``old`` (the library's manifest, ``None`` for a new one or under ``--force``),
-    ``replacing`` (the manifest ``--force`` replaces), ``plan`` and ``resumed``; with ``source`` also the library's
+    ``replacing`` (the manifest ``--force`` replaces), ``plan``, ``resumed`` and ``folder_existed`` (whether ``root``
+    was there before this build, which a failed first build then leaves); with ``source`` also the library's
     ``model`` and ``sampling`` and the ``replaces``, ``moved`` and ``moved_ids`` of the videos given. Raises
     :class:`UsageError` for a request the library cannot take, :class:`~rap_deploy.safe_paths.UnsafePathError` for
     linked shard or stage-1 folders.
     """
+    folder_existed = root.is_dir()
     old, replacing = _read_library(root, options)
     _check_request(root, old, engine, source)
-    state: dict[str, Any] = {"old": old, "plan": None, "resumed": False, "replacing": replacing}
+    state: dict[str, Any] = {"old": old, "plan": None, "resumed": False, "replacing": replacing,
+                             "folder_existed": folder_existed}
     if source is None:
         _end_finished_plan(root, old)
         return state
