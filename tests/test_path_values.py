@@ -61,3 +61,24 @@ def test_an_engine_url_is_not_taken_for_a_path(tmp_path):
                                  "http://127.0.0.1:9"])
     line = _line(result)
     assert result.exit_code == 2 and GENERAL not in line and "lib does not exist" in line, line
+
+
+@pytest.mark.parametrize("args, option", [
+    (["search", "cat", "--library", ""], "--library"),
+    (["search", "cat", "--library="], "--library"),
+    (["export", "", "--out", "{tmp}/e"], "CHECKPOINT"),
+    (["build-engine", "--out", ""], "--out"),
+    (["train", "--dataset", "msrvtt", "--data-root", ""], "--data-root"),
+])
+def test_an_empty_path_is_refused_naming_the_option(tmp_path, args, option):
+    """search --library "" (an unset shell variable) was read as the current folder, and the refusal then said to
+    build a library with `--out .`: an empty path value is refused, exit 2, naming the option as typed."""
+    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    line = _line(result)
+    assert result.exit_code == 2 and f'{option} is empty ("")' in line and "build one" not in line, line
+
+
+def test_a_dot_is_still_the_current_folder(tmp_path):
+    result = runner.invoke(app, ["search", "cat", "--library", "."])
+    line = _line(result)
+    assert result.exit_code == 2 and "is empty" not in line and "has no manifest.json" in line, line

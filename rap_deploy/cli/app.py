@@ -134,6 +134,7 @@ def command(*args: Any, resume: str | None = None, **kwargs: Any) -> Callable[[F
 
         if "help" not in kwargs and func.__doc__:
             kwargs["help"] = reflowed_help(func.__doc__)
+        kwargs.setdefault("cls", _empty_paths_refused(labels))
         app.command(*args, **kwargs)(wrapper)
         return func
 
@@ -190,6 +191,50 @@ def _refuse_urls_typed_as_paths(kw: dict[str, Any], labels: dict[str, str],
                 raise UsageError(f"{label} {url} is a URL, but {label} takes a path on this machine (it would be "
                                  f"read as the folder ./{item}); pass a file or folder here: download what a URL "
                                  "serves first, or copy the output there afterwards")
+
+
+_RAW_VALUES = "rapdeploy.raw_values"  # the Context.meta key of the strings a command line gave its parameters
+
+
+def _empty_paths_refused(labels: dict[str, str]) -> type:
+    """A :class:`typer.core.TyperCommand` that refuses (exit 2) a :class:`Path` parameter given as an empty string
+    (``--library ""``, an unset shell variable), naming it by ``labels`` (:func:`_path_labels`).
+
+    A Path reads ``""`` as ``.``, so the command ran on the current folder (``search --library ""`` then said to build
+    a library with ``--out .``), and by the time the command runs ``.`` typed and ``""`` typed look alike: the class
+    keeps the strings the parser read in ``Context.meta``. No command takes an empty path on purpose.
+    """
+    from pathlib import Path
+
+    from typer.core import TyperCommand
+
+    class EmptyPathsRefused(TyperCommand):
+        def make_parser(self, ctx: Any) -> Any:
+            parser = super().make_parser(ctx)
+            parse = parser.parse_args
+
+            def parse_and_keep(args: list[str]) -> Any:
+                opts, rest, order = parse(args=args)
+                ctx.meta[_RAW_VALUES] = dict(opts)
+                return opts, rest, order
+
+            parser.parse_args = parse_and_keep
+            return parser
+
+        def invoke(self, ctx: Any) -> Any:
+            raw = ctx.meta.get(_RAW_VALUES, {})
+            for name, value in ctx.params.items():
+                given = raw.get(name)
+                typed = given if isinstance(given, (list, tuple)) else [given]
+                paths = value if isinstance(value, (list, tuple)) else [value]
+                if "" in typed and any(isinstance(p, Path) for p in paths):
+                    label = labels.get(name, name)
+                    current = f" (for the current folder, {label} . says so)" if label.startswith("--") else ""
+                    raise fail(f'{label} is empty (""), which a path would read as the current folder; pass the '
+                               f"file or folder{current}", 2)
+            return super().invoke(ctx)
+
+    return EmptyPathsRefused
 
 
 def _with_home_expanded(kw: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
