@@ -121,19 +121,25 @@ def _differing_keys(a: Any, b: Any, name: str = "") -> list[str]:
     return [] if a == b else [name or "the whole config"]
 
 
+# Which checkpoints name their backbone without its weights: train's by default (train/loop._source_checkpoint), init's
+# when asked; the checkpoint does not record which, so a refusal names both rather than a flag never typed
+REFERENCED_BY = "train stores a backbone by reference unless given --embed-backbone; init with --reference-backbone"
+
+
 def _referenced_backbone(where: str, spec: BackboneSpec) -> tuple[BackboneSpec, tuple[int, ...] | None]:
-    """``spec`` to load, once the backbone weights file a ``--reference-backbone`` checkpoint names is the file it was
-    made with, and that file's identity from before it was hashed (load_clip refuses the file if it changes before
-    the weights are loaded): :class:`UsageError` (exit 2), naming the checkpoint, when it is gone or its sha256
-    differs. The check is made here, once (load_clip would hash the file again), with advice that keeps the trained
-    adapters."""
+    """``spec`` to load, once the backbone weights file a referencing checkpoint (:data:`REFERENCED_BY`) names is the
+    file it was made with, and that file's identity from before it was hashed (load_clip refuses the file if it
+    changes before the weights are loaded): :class:`UsageError` (exit 2), naming the checkpoint, when it is gone or
+    its sha256 differs. The check is made here, once (load_clip would hash the file again), with advice that keeps the
+    trained adapters."""
     if spec.kind != "file" or not spec.value or not spec.sha256:
         return spec, None
     path = Path(spec.value)
     keep = f"put the file it was made with (sha256 {spec.sha256[:12]}…) back at that path"
     if not path.exists():
         raise UsageError(f"{where} references the backbone weights file {path}, which does not exist (moved or "
-                         f"deleted); {keep}: the checkpoint holds only its adapters (--reference-backbone)")
+                         f"deleted); {keep}: the checkpoint holds only its adapters, not the backbone's weights "
+                         f"({REFERENCED_BY})")
     if not path.is_file():
         return spec, None  # load_clip says what it is (a folder, FIFO or device)
     identity = file_identity(path)
@@ -152,7 +158,7 @@ def _unloadable_tag(where: str, spec: BackboneSpec, exc: UsageError) -> UsageErr
         return exc
     reason = _first_line(exc.__cause__)
     return UsageError(f"{where} names its backbone, open_clip's {spec.clip} pretrained={spec.value}, without holding "
-                      f"its weights (--reference-backbone), and they cannot be loaded here ({reason}); put them in "
+                      f"its weights ({REFERENCED_BY}), and they cannot be loaded here ({reason}); put them in "
                       "this machine's open_clip / Hugging Face cache (HF_HUB_OFFLINE=1 reads it without the network), "
                       "or make the checkpoint with --embed-backbone where they are")
 

@@ -978,3 +978,19 @@ def test_adapter_tensors_holding_nan_are_counted_and_named_whole(tmp_path):
     assert str(info.value) == (f"checkpoint {tmp_path / 'nan.pt'}: adapter weights {', '.join(names[:3])} and 2 more "
                                f"hold NaN or infinite values (5 of its {len(ckpt.adapter_state)} adapter tensors); "
                                "the file is damaged, or the run that wrote it diverged")
+
+
+def test_a_moved_backbone_of_a_default_train_checkpoint_blames_no_flag_never_typed(tmp_path, micro_model):
+    """train references a --backbone/--pretrained file by default (no flag), yet a checkpoint whose file moved said
+    'the checkpoint holds only its adapters (--reference-backbone)', a flag the user never passed. The line now says
+    which commands make one: train by default (unless --embed-backbone), init with --reference-backbone."""
+    weights = tmp_path / "clip.pt"
+    torch.save(micro_model.clip.state_dict(), weights)
+    ckpt, _ = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", str(weights)), embed_backbone=False)
+    path = save_checkpoint(ckpt, tmp_path / "best.pt")
+    weights.rename(tmp_path / "moved.pt")
+    result = CliRunner().invoke(app, ["info", str(path)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "which does not exist" in text, text
+    assert "(--reference-backbone)" not in text, text
+    assert "train stores a backbone by reference unless given --embed-backbone" in text, text
