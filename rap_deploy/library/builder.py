@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -187,55 +187,115 @@ def _encode_mine(root: Path, engine: Any, cache: Any, options: BuildOptions, ran
 def _finish(root: Path, engine: Any, source: VideoSource | None, options: BuildOptions, ranks: Ranks,
             state: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """Main rank: collect every shard of the plan, apply removals, update stage 1, write the manifest."""
-    old, plan = state["old"], state["plan"]
-    new_entries = _wait_for_shards(root, plan, ranks) if plan else []
-    skipped = [s for e in new_entries for s in e.get("skipped", [])]
-    added = [e for e in new_entries if e["rows"] > 0]
-    replacing = state.get("replacing")
+    old = state["old"]
+    added, skipped = _collect_shards(root, state["plan"], ranks)
     if old is None and not added:
-        _drop_plan_and_its_shards(root, keep={s["name"] for s in (replacing or {}).get("shards", [])})
-        if replacing is None:
-            _remove_empty_first_build(root, state["folder_existed"])
-        names = some_names([f"{s['video_id']} ({s['reason']})" for s in skipped])
-        kept = "; the library there was left as it was" if replacing else ""
-        raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}{kept}: {names}"
-                               f"{missing_list_hint(source, skipped)}")
+        _fail_empty_first_build(root, source, state, skipped)
+    asm, replaced = _assemble(root, old, added, skipped, state, options)
+    if _up_to_date(old, added, options, state):
+        _drop_plan_and_its_shards(root, keep={s["name"] for s in old["shards"]})
+        return _report(root, old, [], skipped, [], up_to_date=True)
+    shapes = _tensor_shapes(old, added)
+    replacing = state.get("replacing")
+    history = {"builds": replacing.get("builds") or []} if replacing else old  # --force: new stage-1 names
+    build_number = len((history or {}).get("builds") or []) + 1
+    stage1_entry, tombstones = _update_stage1(root, engine, source, options, old, asm, added,
+                                              shapes["video_emb"][0], build_number, log)
+    build = _build_record(state, ranks, skipped, asm, added, replaced)
+    manifest = _write_manifest(root, engine, source, state, history, asm, added, tombstones, stage1_entry, shapes,
+                               build)
+    _remove_superseded(root, manifest, stage1_entry)
+    return _report(root, manifest, added, skipped, asm.removed_ids, replaced=list(replaced),
+                   moved=state.get("moved_ids", []))
+
+
+def _collect_shards(root: Path, plan: dict[str, Any] | None, ranks: Ranks
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """``(added, skipped)``: the entries of the plan's shards that hold rows, once every rank committed its own, and
+    the videos those shards could not decode."""
+    entries = _wait_for_shards(root, plan, ranks) if plan else []
+    return [e for e in entries if e["rows"] > 0], [s for e in entries for s in e.get("skipped", [])]
+
+
+def _fail_empty_first_build(root: Path, source: VideoSource | None, state: dict[str, Any],
+                            skipped: list[dict[str, str]]) -> NoReturn:
+    """A new library (or a ``--force`` rebuild) of which no video could be decoded: drop its shards and plan (and
+    the folders a first build created) and raise :class:`CheckFailedError` naming the videos and why."""
+    replacing = state.get("replacing")
+    _drop_plan_and_its_shards(root, keep={s["name"] for s in (replacing or {}).get("shards", [])})
+    if replacing is None:
+        _remove_empty_first_build(root, state["folder_existed"])
+    names = some_names([f"{s['video_id']} ({s['reason']})" for s in skipped])
+    kept = "; the library there was left as it was" if replacing else ""
+    raise CheckFailedError(f"no video could be decoded, nothing was indexed into {root}{kept}: {names}"
+                           f"{missing_list_hint(source, skipped)}")
+
+
+def _assemble(root: Path, old: dict[str, Any] | None, added: list[dict[str, Any]], skipped: list[dict[str, str]],
+              state: dict[str, Any], options: BuildOptions) -> tuple[Assembly, dict[str, int]]:
+    """The library's rows after this build (its shards and the new ones, less the old rows of re-encoded videos and
+    the rows of ``--remove``), and the re-encoded ids → the rows they replace; raises what
+    :func:`apply_removals` raises."""
     asm = Assembly(shards=[*((old or {}).get("shards") or []), *added], removed=set((old or {}).get("removed", [])))
     failed = {s["video_id"] for s in skipped}  # a re-encode that failed keeps the old row
     replaced = {vid: row for vid, row in state.get("replaces", {}).items() if vid not in failed}
     apply_replacements(asm, set(replaced.values()))
     apply_removals(root, asm, options.remove)
-    moved = {**((old or {}).get("moved") or {}), **state.get("moved", {})}
-    if old is not None and not added and not options.remove and not state.get("moved") \
-            and _stage1_as_asked(old["stage1"], options):
-        _drop_plan_and_its_shards(root, keep={s["name"] for s in old["shards"]})
-        return _report(root, old, [], skipped, [], up_to_date=True)
-    shapes = _tensor_shapes(old, added)
+    return asm, replaced
+
+
+def _update_stage1(root: Path, engine: Any, source: VideoSource | None, options: BuildOptions,
+                   old: dict[str, Any] | None, asm: Assembly, added: list[dict[str, Any]], dim: int,
+                   build_number: int, log: Callable[[str], None]) -> tuple[dict[str, Any], set[int]]:
+    """Update or rebuild the stage-1 index as ``options`` ask (its recall measured with the source's captions when
+    there are some); returns :func:`build_stage1`'s manifest entry and tombstones."""
     top_m = options.top_m or int((old or {}).get("stage1", {}).get("top_m") or 100)
     req = Stage1Request(kind=options.ann, target_recall=options.target_recall, top_m=top_m,
                         max_queries=options.recall_queries, seed=options.seed,
                         **_caption_queries(engine, source, options))
     log(f"building the stage-1 index ({stage1_kind(req, old)})")  # the library's type too when --ann is not given
-    history = {"builds": replacing.get("builds") or []} if replacing else old  # --force: new stage-1 names
-    build_number = len((history or {}).get("builds") or []) + 1
-    stage1_entry, tombstones = build_stage1(root, old, asm, added, shapes["video_emb"][0], req, build_number)
-    build = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added": sum(e["rows"] for e in added),
-             "skipped": skipped, "removed": asm.removed_ids, "replaced": list(replaced),
-             "moved": state.get("moved_ids", []),
-             "world_size": ranks.world_size,
-             "resumed": bool(state.get("resumed")), **({"force": True} if replacing else {})}
+    return build_stage1(root, old, asm, added, dim, req, build_number)
+
+
+def _build_record(state: dict[str, Any], ranks: Ranks, skipped: list[dict[str, str]], asm: Assembly,
+                  added: list[dict[str, Any]], replaced: dict[str, int]) -> dict[str, Any]:
+    """This build's entry in the manifest's ``builds``: when, what it added, skipped, removed, replaced and moved."""
+    return {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added": sum(e["rows"] for e in added),
+            "skipped": skipped, "removed": asm.removed_ids, "replaced": list(replaced),
+            "moved": state.get("moved_ids", []),
+            "world_size": ranks.world_size,
+            "resumed": bool(state.get("resumed")), **({"force": True} if state.get("replacing") else {})}
+
+
+def _write_manifest(root: Path, engine: Any, source: VideoSource | None, state: dict[str, Any],
+                    history: dict[str, Any] | None, asm: Assembly, added: list[dict[str, Any]], tombstones: set[int],
+                    stage1_entry: dict[str, Any], shapes: dict[str, list[int]], build: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Write the library's new manifest (:func:`write_library_manifest`), the commit point of the build; returns it.
+    The engine and the source are recorded only when this build added rows."""
+    old, plan = state["old"], state["plan"]
     engine_info = _engine_info(engine) if added else None
     model = state.get("model") or old["model"]
     desc = asdict(source)["description"] | {"kind": source.kind} if source is not None and added else None
     plan_next = (plan or {}).get("next_shard", (old or {}).get("next_shard", 0))
     plan_row = (plan or {}).get("next_row", (old or {}).get("next_row", 0))
-    manifest = write_library_manifest(root, history, model, engine_info, asm, tombstones, stage1_entry, shapes,
-                                      plan_next, plan_row, build, desc, moved)
+    moved = {**((old or {}).get("moved") or {}), **state.get("moved", {})}
+    return write_library_manifest(root, history, model, engine_info, asm, tombstones, stage1_entry, shapes,
+                                  plan_next, plan_row, build, desc, moved)
+
+
+def _remove_superseded(root: Path, manifest: dict[str, Any], stage1_entry: dict[str, Any]) -> None:
+    """After the manifest is written: drop the plan, then the shard and stage-1 files it no longer names."""
     plans.drop_plan(root)
     remove_stale(root, keep={s["name"] for s in manifest["shards"]})
     remove_unused_stage1(root, stage1_entry)
-    return _report(root, manifest, added, skipped, asm.removed_ids, replaced=list(replaced),
-                   moved=state.get("moved_ids", []))
+
+
+def _up_to_date(old: dict[str, Any] | None, added: list[dict[str, Any]], options: BuildOptions,
+                state: dict[str, Any]) -> bool:
+    """Whether the build leaves the library as it is: nothing added, removed or moved, and stage 1 as asked."""
+    return old is not None and not added and not options.remove and not state.get("moved") \
+        and _stage1_as_asked(old["stage1"], options)
 
 
 def _stage1_as_asked(st: dict[str, Any], options: BuildOptions) -> bool:
