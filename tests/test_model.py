@@ -994,3 +994,27 @@ def test_a_moved_backbone_of_a_default_train_checkpoint_blames_no_flag_never_typ
     assert result.exit_code == 2 and "which does not exist" in text, text
     assert "(--reference-backbone)" not in text, text
     assert "train stores a backbone by reference unless given --embed-backbone" in text, text
+
+
+def test_weights_of_another_width_name_the_tensors_and_the_clip_they_fit(tmp_path, micro_model):
+    """rap-micro's weights given with --clip rap-tiny showed open_clip's assertion ('AssertionError: text pos_embed
+    width changed!'): no tensor, no shape, no hint of the right --clip. The refusal now names the tensors of another
+    shape (in the file, in the model; a few, then a count), read without the file's data, and the packaged --clip
+    the file fits."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in micro_model.clip.state_dict().items()}
+    weights = tmp_path / "micro.safetensors"
+    save_file(state, str(weights))
+    result = CliRunner().invoke(app, ["info", "--clip", "rap-tiny", "--pretrained", str(weights)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "micro.safetensors does not fit open_clip model rap-tiny" in text, text
+    assert "pos_embed width changed" not in text and "AssertionError" not in text, text
+    assert "positional_embedding is [32, 32] in the file, [32, 128] in the model" in text and " more)" in text, text
+    assert text.endswith("pass --clip rap-micro, the model they fit, or rap-tiny's own weights"), text
+    state["positional_embedding"] = torch.zeros(32, 48)  # one tensor of another width: no packaged model fits
+    torch.save(state, tmp_path / "one.pt")
+    result = CliRunner().invoke(app, ["info", "--clip", "rap-micro", "--pretrained", str(tmp_path / "one.pt")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "positional_embedding is [32, 48] in the file, [32, 32] in the model);" in text
+    assert text.endswith("pass that model's weights, or the --clip they were trained for"), text

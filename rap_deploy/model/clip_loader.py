@@ -263,9 +263,11 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
             (isinstance(exc, (RuntimeError, ValueError)) and ("size mismatch" in text or "shape" in text)) or \
             _raised_in(exc, ("resize_pos_embed", "resize_text_pos_embed")):
         mismatch = state_dict_mismatch(exc) if isinstance(exc, RuntimeError) else None
+        shown, fits = _file_mismatch(path, clip)
+        fix = f"pass --clip {fits}, the model they fit, or {clip}'s own weights" if fits else \
+            "pass that model's weights, or the --clip they were trained for"
         return UsageError(f"backbone weights file {path} does not fit open_clip model {clip} "
-                          f"({mismatch or f'{type(exc).__name__}: {text}'}); pass that model's weights, or the "
-                          "--clip they were trained for")
+                          f"({mismatch or shown or f'{type(exc).__name__}: {text}'}); {fix}")
     if path.suffix == ".safetensors" or sniff(path) == "safetensors":
         return CheckFailedError(f"backbone weights file {path} is not a readable safetensors file of {clip} "
                                 f"({type(exc).__name__}: {text}); it is truncated or damaged, copy it again")
@@ -273,6 +275,20 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
         return UsageError(f"backbone weights file {path} holds no open_clip state dict ({type(exc).__name__}: "
                           f"{text}); pass the model's weights file")
     return explain_load_error(path, exc, what="backbone weights file", fix="download it again")
+
+
+def _file_mismatch(path: Path, clip: str) -> tuple[str | None, str | None]:
+    """How the weights file ``path`` differs from open_clip model ``clip`` (:func:`key_mismatch` of its tensor names
+    and shapes, read without their data), and the packaged model it fits instead; ``None`` for what is not known.
+    open_clip's own shape checks (an AssertionError: 'text pos_embed width changed!') name neither."""
+    from rap_deploy.model.weights_shapes import differences, file_shapes, fitting_clip, model_shapes
+
+    shapes = file_shapes(path)
+    if not shapes:
+        return None, None
+    packaged = [p.stem for p in sorted(PACKAGED_CONFIGS.glob("*.json")) if p.stem != clip]
+    with _quiet_loading_logs():  # open_clip's 'No pretrained weights loaded' for each model built
+        return key_mismatch(*differences(shapes, model_shapes(clip))) or None, fitting_clip(shapes, packaged)
 
 
 _STATE_DICT_ERROR = "Error(s) in loading state_dict"

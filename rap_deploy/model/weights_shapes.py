@@ -1,0 +1,68 @@
+"""How a backbone weights file does not fit an open_clip model, in tensor names and shapes.
+
+open_clip checks a few shapes itself while it loads a file (``text pos_embed width changed!``, an AssertionError that
+names no tensor and no shape); :func:`file_mismatch` reads the file's shapes without its data (a safetensors header,
+or a memory-mapped torch archive) and the model's from a ``meta``-device build (no memory, no random init), so the
+refusal can name what differs, and which packaged ``--clip`` the file does fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rap_deploy.file_kinds import sniff
+
+
+def file_shapes(path: Path) -> dict[str, list[int]] | None:
+    """The tensor shapes of the weights file ``path`` by name (unwrapped as open_clip unwraps a file: a
+    ``state_dict`` entry, a ``module.`` prefix), read without the tensors' data; ``None`` when they cannot be read
+    that way (a legacy, non-archive torch file, or a damaged one)."""
+    try:
+        if path.suffix == ".safetensors" or sniff(path) == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+        if sniff(path) != "zip":
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - only a better message is at stake; the caller keeps open_clip's
+        return None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        return None
+    shapes = {str(k): list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if shapes and next(iter(shapes)).startswith("module"):
+        shapes = {k[7:]: v for k, v in shapes.items()}
+    return shapes
+
+
+def model_shapes(clip: str) -> dict[str, list[int]]:
+    """The tensor shapes of open_clip model ``clip`` by state-dict name, from a build on the ``meta`` device."""
+    import open_clip
+
+    with torch.device("meta"):
+        model = open_clip.create_model(clip, device="meta")
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def differences(file: dict[str, list[int]], model: dict[str, list[int]]
+                ) -> tuple[list[str], list[str], list[tuple[str, str, str]]]:
+    """The model's names ``file`` lacks, the names it has that the model does not, and the tensors of another shape
+    (name, shape in the file, shape in the model), as :func:`~rap_deploy.model.clip_loader.key_mismatch` takes them."""
+    missing = [k for k in model if k not in file]
+    unexpected = [k for k in file if k not in model]
+    shapes = [(k, str(file[k]), str(model[k])) for k in model if k in file and file[k] != model[k]]
+    return missing, unexpected, shapes
+
+
+def fitting_clip(file: dict[str, list[int]], candidates: list[str]) -> str | None:
+    """The first of ``candidates`` (open_clip model names) whose every tensor ``file`` holds in the same shape."""
+    for clip in candidates:
+        missing, _, shapes = differences(file, model_shapes(clip))
+        if not missing and not shapes:
+            return clip
+    return None
