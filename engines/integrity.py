@@ -144,11 +144,11 @@ def _rebuild_commands(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
     """```rapdeploy export CKPT --force --out EXPORT` then `rapdeploy build-engine EXPORT ... --force --out ENGINE```
     for the export folder and the precision the engine's manifest records: where it records no export folder,
     :data:`~rap_deploy.engines.manifest.EXPORT_PLACEHOLDER` in both, explained after them."""
-    from rap_deploy.engines.manifest import export_word, where_the_export_is
+    from rap_deploy.engines.manifest import export_word
     from rap_deploy.export.manifest import export_command
 
-    return (f"`{export_command(export_word(manifest), dict(manifest))}` then "
-            f"`{rebuild_engine_command(engine_dir, manifest)}`{where_the_export_is(manifest)}")
+    export = export_command(export_word(manifest), dict(manifest))
+    return f"`{export}` then {rebuild_engine_advice(engine_dir, manifest)}"
 
 
 def rebuild_engine_advice(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
