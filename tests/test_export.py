@@ -739,16 +739,23 @@ def test_parity_inputs_decode_the_splits_clip_window(tmp_path, monkeypatch):
     assert inputs.frame_mask.tolist() == [m.astype(np.float32).tolist() for m in want]
 
 
-def test_export_data_root_without_videos_names_them_and_the_folder(micro_checkpoint, synth_root, tmp_path):
+def _export_with_data_root_without_videos(checkpoint: Path, synth_root: Path, tmp_path: Path) -> tuple[Path, str]:
+    """Export ``checkpoint`` with a ``--data-root`` that holds the synthetic dataset's files but no videos: the data
+    folder and the refusal's stderr on one line (exit 2 asserted)."""
     data = tmp_path / "data"
     data.mkdir()
     for f in synth_root.iterdir():
         if f.is_file():
             (data / f.name).write_bytes(f.read_bytes())
-    res = CliRunner().invoke(app, ["export", str(micro_checkpoint), "--out", str(tmp_path / "onnx"), "--data-root",
+    res = CliRunner().invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "onnx"), "--data-root",
                                    str(data), "--quiet"])
     assert res.exit_code == 2, res.output
-    line = " ".join(res.stderr.split())  # was: "(need 3 for parity; skipped: [{'video_id': 'video24', 'reason': ...}])"
+    return data, " ".join(res.stderr.split())
+
+
+def test_export_data_root_without_videos_names_them_and_the_folder(micro_checkpoint, synth_root, tmp_path):
+    data, line = _export_with_data_root_without_videos(micro_checkpoint, synth_root, tmp_path)
+    # was: "(need 3 for parity; skipped: [{'video_id': 'video24', 'reason': ...}])"
     assert "{'video_id'" not in line and "(need 3 for parity; skipped video" in line, line
     assert f": {data / 'videos'} does not exist; put the videos there" in line, line
     assert not (tmp_path / "onnx").exists()
@@ -757,14 +764,6 @@ def test_export_data_root_without_videos_names_them_and_the_folder(micro_checkpo
 def test_export_data_root_without_videos_says_how_many_it_leaves_unnamed(micro_checkpoint, synth_root, tmp_path):
     """The parity inputs' refusal named the first 3 skipped videos and ended in '; …' whatever their number (12 here),
     where every other list in a message says how many it leaves out; it now ends in '; and 9 more'."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for f in synth_root.iterdir():
-        if f.is_file():
-            (data / f.name).write_bytes(f.read_bytes())
-    res = CliRunner().invoke(app, ["export", str(micro_checkpoint), "--out", str(tmp_path / "onnx"), "--data-root",
-                                   str(data), "--quiet"])
-    assert res.exit_code == 2, res.output
-    line = " ".join(res.stderr.split())
+    _, line = _export_with_data_root_without_videos(micro_checkpoint, synth_root, tmp_path)
     assert "…" not in line, line
     assert "(need 3 for parity; skipped video24: missing; video25: missing; video26: missing; and 9 more)" in line, line

@@ -89,16 +89,14 @@ def serving(handler: type) -> Iterator[str]:
 
 
 @contextmanager
-def http_server(status: int, content_type: str, body: bytes) -> Iterator[str]:
-    """An HTTP server on 127.0.0.1 (a free port): ready at ``/v2/health/ready``, server metadata at ``/v2``, and
-    ``status`` with ``body`` for every other path; yields its URL."""
+def answering_server(answer: Callable[[str], tuple[int, str, bytes]]) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 (a free port) answering GET ``path`` with ``answer(path)`` (status, content type,
+    body); yields its URL."""
     import http.server
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            code, kind, data = {"/v2/health/ready": (200, "application/json", b""),
-                                "/v2": (200, "application/json", b'{"name": "other", "version": "1"}')
-                                }.get(self.path, (status, content_type, body))
+            code, kind, data = answer(self.path)
             self.send_response(code)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
@@ -109,6 +107,16 @@ def http_server(status: int, content_type: str, body: bytes) -> Iterator[str]:
             pass
 
     with serving(Handler) as url:
+        yield url
+
+
+@contextmanager
+def http_server(status: int, content_type: str, body: bytes) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 (a free port): ready at ``/v2/health/ready``, server metadata at ``/v2``, and
+    ``status`` with ``body`` for every other path; yields its URL."""
+    known = {"/v2/health/ready": (200, "application/json", b""),
+             "/v2": (200, "application/json", b'{"name": "other", "version": "1"}')}
+    with answering_server(lambda path: known.get(path, (status, content_type, body))) as url:
         yield url
 
 
@@ -459,21 +467,12 @@ def test_an_answer_larger_than_its_request_can_take_is_refused_before_it_is_read
 def routes_server(routes: dict[str, tuple[int, bytes]]) -> Iterator[str]:
     """An HTTP server on 127.0.0.1 (a free port) answering GET ``path`` with ``routes[path]`` (status, JSON body)
     and every other path with 404 and an HTML page; yields its URL."""
-    import http.server
+    not_found = (404, "text/html", b"<html><body><h1>Not Found</h1></body></html>")
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            code, data = routes.get(self.path, (404, b"<html><body><h1>Not Found</h1></body></html>"))
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json" if self.path in routes else "text/html")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(path: str) -> tuple[int, str, bytes]:
+        return (routes[path][0], "application/json", routes[path][1]) if path in routes else not_found
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with serving(Handler) as url:
+    with answering_server(answer) as url:
         yield url
 
 
