@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from rap_deploy.engines.bench_index import random_index
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError
 from rap_deploy.name_lists import some_names
 
 
@@ -83,7 +83,8 @@ def real_frames(dataset: str, data_root: Path, config: Any, videos: int, cache: 
                 ) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """Up to ``videos`` preprocessed test videos of ``dataset`` (repeated to fill ``videos``) with their captions.
 
-    Returns ``(frames, frame_mask, captions, description)``; raises :class:`UsageError` when none decodes.
+    Returns ``(frames, frame_mask, captions, description)``; raises :class:`CheckFailedError` when none of the videos
+    the split's annotations name is there and decodes (exit 1, a damaged dataset, as data-check and verify judge it).
     """
     from rap_deploy.data.datasets import load_split
     from rap_deploy.retrieval import load_video_batch
@@ -92,8 +93,8 @@ def real_frames(dataset: str, data_root: Path, config: Any, videos: int, cache: 
                                      cache, config, progress)
     if split.num_videos == 0 or split.num_captions == 0:
         named = some_names([f"{s['video_id']}: {s['reason']}" for s in skipped], 3, sep="; ")
-        raise UsageError(f"no {dataset} test video under {data_root} could be decoded ({len(skipped)} skipped: "
-                         f"{named}); run `rapdeploy data-check`")
+        raise CheckFailedError(f"no {dataset} test video under {data_root} could be decoded ({len(skipped)} "
+                               f"skipped: {named}); run `rapdeploy data-check`")
     idx = [i % split.num_videos for i in range(videos)]
     frames, mask = load_video_batch(split, idx, cache, config)
     captions = [split.captions[i % split.num_captions] for i in range(videos)]
@@ -119,14 +120,15 @@ def real_captions(dataset: str, data_root: Path, config: Any, count: int) -> tup
     """``count`` test captions of ``dataset`` (repeated to fill), those of its first videos as :func:`real_frames`
     takes them, without decoding a video: the text, asa and search graphs time no frames.
 
-    Returns ``(captions, description)``; raises :class:`UsageError` when the split has no caption.
+    Returns ``(captions, description)``; raises :class:`CheckFailedError` when the split has no caption (exit 1).
     """
     from rap_deploy.data.datasets import load_split
 
     split = load_split(dataset, data_root, "test", max_frames=config.frames)
     split = split.subset(list(range(min(count, split.num_videos))))
     if split.num_captions == 0:
-        raise UsageError(f"the {dataset} test split under {data_root} has no caption; run `rapdeploy data-check`")
+        raise CheckFailedError(f"the {dataset} test split under {data_root} has no caption; run "
+                               "`rapdeploy data-check`")
     captions = [split.captions[i % split.num_captions] for i in range(count)]
     return captions, (f"real captions: those of {split.num_videos} {dataset} test videos from {data_root}; no video "
                       "graph, so no frames")

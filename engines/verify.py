@@ -249,14 +249,16 @@ def open_reference(ref_info: Reference, engine: Any, engine_path: Path | str, de
 
 
 def test_split(dataset: str, root: Path, split: str, config: Any, max_videos: int | None) -> Any:
-    """The split to verify on (its first ``max_videos`` videos when given); :class:`UsageError` when empty."""
+    """The split to verify on (its first ``max_videos`` videos when given); :class:`CheckFailedError` when its
+    annotation files list no video (exit 1, as data-check judges such a dataset)."""
     from rap_deploy.data.datasets import load_split
 
     data = load_split(dataset, root, split, max_frames=config.frames)
+    if data.num_videos == 0:
+        raise CheckFailedError(f"{dataset} {split} split under {root} has no videos: its annotation files list none; "
+                               "run `rapdeploy data-check`")
     if max_videos is not None:
         data = data.subset(list(range(min(max_videos, data.num_videos))))
-    if data.num_videos == 0:
-        raise UsageError(f"{dataset} {split} split under {root} has no videos")
     return data
 
 

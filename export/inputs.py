@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rap_deploy.config import RAPConfig
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.name_lists import some_names
 
 SYNTH_SEED = 0
@@ -74,7 +74,9 @@ def _tokenize(captions: list[str], config: RAPConfig) -> tuple[np.ndarray, np.nd
 def dataset_inputs(config: RAPConfig, data_root: Path, dataset: str = "msrvtt", count: int = 6) -> ParityInputs:
     """The first ``count`` decodable test videos of ``dataset`` under ``data_root`` and their first captions.
 
-    Raises :class:`UsageError` for a bad folder (from the dataset reader) or when fewer than 3 videos decode.
+    Raises :class:`UsageError` for a folder the dataset reader cannot read (exit 2), :class:`CheckFailedError` when
+    fewer than 3 of the videos its annotations name are there and decode (exit 1: a dataset that does not hold what
+    its captions name is damaged, as data-check and verify judge it).
     """
     from rap_deploy.data.datasets import load_split
 
@@ -86,9 +88,9 @@ def dataset_inputs(config: RAPConfig, data_root: Path, dataset: str = "msrvtt", 
 
         named = some_names([f"{s['video_id']}: {s['reason']}" for s in skipped], shown=3, sep="; ")
         hint = videos_folder_hint(split, skipped) if not ids else ""
-        raise UsageError(f"only {len(ids)} test videos of {dataset} under {data_root} could be decoded (need 3 for "
-                         f"parity; skipped {named}){hint}; fix the dataset or omit --data-root to use synthetic "
-                         "videos")
+        raise CheckFailedError(f"only {len(ids)} test videos of {dataset} under {data_root} could be decoded (need 3 "
+                               f"for parity; skipped {named}){hint}; fix the dataset or omit --data-root to use "
+                               "synthetic videos")
     index = {v.video_id: i for i, v in enumerate(split.videos)}
     captions = [split.captions_of(index[v])[0] if split.captions_of(index[v]) else v for v in ids]
     input_ids, eot = _tokenize(captions, config)

@@ -238,7 +238,8 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bo
 
     Raises :class:`UsageError` (missing, pickled or foreign checkpoint; unsupported opset; existing ``out_dir``
     without ``force``; a folder being written by another process) and :class:`CheckFailedError` when a structural
-    check or fp32 parity fails (after writing ``parity.json``).
+    check or fp32 parity fails (after writing ``parity.json``) or the ``data_root`` dataset holds fewer than 3 of its
+    test videos (before writing anything).
     """
     from rap_deploy.folder_swap import recover_interrupted_swap, staged_folder
     from rap_deploy.locks import folder_lock, target_path

@@ -615,3 +615,25 @@ def test_the_bench_table_on_an_80_column_terminal_keeps_every_number_on_one_line
         assert any(f"{row['throughput']:.2f} {row['unit']}" in line for line in lines), (row, text)
         assert any(f"{row['ratio_vs_torch']:.2f}x" in line for line in lines), (row, text)
     assert re.search(r"^\s+torch fp32\s+video\s+1\s", text, re.M), text
+
+
+def _annotations_only(synth_root, dest):
+    """A copy of ``synth_root``'s annotation files without its videos folder."""
+    dest.mkdir()
+    for f in synth_root.iterdir():
+        if f.is_file():
+            (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def test_a_data_root_without_its_videos_is_damaged_data_for_bench_too(micro_checkpoint, synth_root, tmp_path):
+    """bench --data-root over annotation files whose videos are all missing exited 2 (bad usage) where verify, export
+    and data-check exit 1 for the same dataset (it does not hold what its captions name): now 1 as well."""
+    data = _annotations_only(synth_root, tmp_path / "data")
+    res = runner.invoke(app, ["bench", "--checkpoint", str(micro_checkpoint), "--graphs", "video",
+                              "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--no-compare-meanp",
+                              "--data-root", str(data), "--out", str(tmp_path / "b"),
+                              "--workspace", str(tmp_path / "w")])
+    assert res.exit_code == 1, res.output
+    line = " ".join(res.stderr.split())
+    assert line.startswith("error: no msrvtt test video under") and "missing" in line and "data-check" in line, line

@@ -256,6 +256,22 @@ def test_a_split_none_of_whose_videos_decodes_is_a_damaged_dataset(micro_ort_eng
     assert "none of the" in res.output and test_ids[0] in res.output and "data-check" in res.output
 
 
+def test_a_split_whose_annotations_list_no_video_is_a_damaged_dataset(micro_ort_engines, synth_root, tmp_path):
+    """A test split file of a header and no row exited 2 (bad usage) in verify where data-check exits 1 for the same
+    folder ("lists no videos"): what a readable dataset holds is a check, so now 1, pointing at data-check."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    test_csv = data / "MSRVTT_JSFUSION_test.csv"
+    test_csv.write_text(test_csv.read_text().splitlines()[0] + "\n")
+    res = _verify(micro_ort_engines["fp32"], data, tmp_path / "out", tmp_path / "frames")
+    assert res.exit_code == 1, res.output
+    line = " ".join(res.stderr.split())
+    assert "msrvtt test split under" in line and "has no videos" in line and "data-check" in line, line
+    assert runner.invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(data)]).exit_code == 1
+
+
 def test_an_interrupted_verify_never_leaves_a_report_beside_an_earlier_runs(micro_ort_engines, synth_root,
                                                                            frame_cache, tmp_path, monkeypatch):
     """verify wrote verify.json first, then verify.md and verify.png over an earlier run's: killed in between
