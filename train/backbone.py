@@ -202,10 +202,10 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     if threads:
         torch.set_num_threads(threads)
     clock = _Clock()
-    model = _new_model(clip, seed, position_init, patch_keep)
-    cfg, tok = _model_inputs(model)
-    train = _prepare_stills(model, n_train, seed, size, data_root, position_twins, cfg, tok, distractors)
-    test = _prepare_stills(model, n_test, seed + TEST_SEED_OFFSET, size, data_root, False, cfg, tok, distractors)
+    model = new_backbone_model(clip, seed, position_init, patch_keep)
+    cfg, tok = model_inputs(model)
+    train = prepare_stills(model, n_train, seed, size, data_root, position_twins, cfg, tok, distractors)
+    test = prepare_stills(model, n_test, seed + TEST_SEED_OFFSET, size, data_root, False, cfg, tok, distractors)
     clock.lap("data_seconds")
     schedule = Schedule.of(n_train, batch_size, epochs, warmup)
     recipe = Recipe(seed=seed, epochs=epochs, lr=lr, patch_weight=patch_weight, text_weight=text_weight,
@@ -223,11 +223,16 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
 
 
 # ------------------------------------------------------------------------------------- pre-training steps
+# new_backbone_model, model_inputs and prepare_stills are public: backbone_cost.py times a step on the same set-up.
 
 
-def _new_model(clip: str, seed: int, position_init: str, patch_keep: float) -> torch.nn.Module:
-    """``clip`` created from ``seed`` with its position table initialised as ``position_init`` asks; raises
-    :class:`UsageError` for an unknown model or initialisation, or token dropping (``patch_keep < 1``) it cannot do."""
+def new_backbone_model(clip: str, seed: int, position_init: str, patch_keep: float) -> torch.nn.Module:
+    """The open_clip model ``clip``, created from ``seed`` (untrained), with its position table initialised as
+    ``position_init`` (``"random"`` or ``"sincos"``) asks.
+
+    Raises :class:`UsageError` for an unknown model or initialisation, or token dropping (``patch_keep < 1``) the
+    model cannot do.
+    """
     model = _create_model(clip, seed)
     _init_position_table(model, clip, position_init)
     if patch_keep < 1.0:
@@ -235,8 +240,9 @@ def _new_model(clip: str, seed: int, position_init: str, patch_keep: float) -> t
     return model
 
 
-def _model_inputs(model: torch.nn.Module) -> tuple[PreprocessConfig, TokenizerConfig]:
-    """The preprocessing (the model's input size) and tokenizer (its text context) that the stills go through."""
+def model_inputs(model: torch.nn.Module) -> tuple[PreprocessConfig, TokenizerConfig]:
+    """``(preprocess config, tokenizer config)``: the model's input size and its text context, which the stills go
+    through (:func:`prepare_stills`)."""
     from rap_deploy.config import PreprocessConfig, TokenizerConfig
 
     return (PreprocessConfig(image_size=_image_size(model)),
@@ -329,10 +335,11 @@ def _init_position_table(model: torch.nn.Module, clip: str, position_init: str) 
             pos.copy_(sincos_position_embedding(tuple(model.visual.grid_size), pos.shape[1]))
 
 
-def _prepare_stills(model: torch.nn.Module, n: int, seed: int, size: int, data_root: str | Path | None,
-                    twins: bool, cfg: PreprocessConfig, tok: TokenizerConfig, distractors: float = 0.0) -> Stills:
-    """``n`` stills of ``seed`` (:func:`load_or_make_stills`) at the model's input size, tokenised, with the
-    patches that show an object."""
+def prepare_stills(model: torch.nn.Module, n: int, seed: int, size: int, data_root: str | Path | None,
+                   twins: bool, cfg: PreprocessConfig, tok: TokenizerConfig, distractors: float = 0.0) -> Stills:
+    """The :class:`Stills` of one run: ``n`` stills of ``seed`` drawn at ``size`` px (:func:`load_or_make_stills`,
+    cached under ``data_root`` when given; ``twins``: position twins), resized to the model's input size (``cfg``),
+    their captions tokenised with ``tok``, and the patches that show an object (all objects, and the named ones)."""
     from rap_deploy.preprocess import resize_crop
     from rap_deploy.tokenizer import tokenize
 

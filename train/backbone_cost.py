@@ -38,9 +38,9 @@ def step_costs(clip: str = "rap-tiny", batch: int = 128, repeats: int = 6, seed:
     from rap_deploy.train.backbone_loop import Recipe, adamw, batch_loss, optimizer_step
     from rap_deploy.train.backbone_tokens import compact_token_embedding
 
-    model = bb._new_model(clip, seed, "sincos", 1.0)
-    cfg, tok = bb._model_inputs(model)
-    stills = bb._prepare_stills(model, batch, seed, cfg.image_size, None, False, cfg, tok)
+    model = bb.new_backbone_model(clip, seed, position_init="sincos", patch_keep=1.0)
+    cfg, tok = bb.model_inputs(model)
+    stills = bb.prepare_stills(model, batch, seed, cfg.image_size, data_root=None, twins=False, cfg=cfg, tok=tok)
     idx = torch.arange(batch)
     recipe = Recipe(seed=seed, epochs=1, lr=1e-4, patch_weight=1.0, text_weight=0.0, text_batch=0,
                     position_twins=False)
