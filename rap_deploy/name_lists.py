@@ -1,14 +1,21 @@
-"""Lists of names in messages: the first few, whole, then how many were left out ("a, b, c and 2 more").
+"""Lists of names in messages: the first few, whole, then how many were left out ("a, b, c and 2 more"); and values
+from untrusted files shown at a bounded length (:func:`short_repr`).
 
 Kept free of heavy imports (torch, numpy) so every module that words an error can use it.
 """
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 
 #: How many names a list in a message shows before "and N more".
 NAMES_SHOWN = 5
+#: How many characters of one value a message shows before it is cut with "…".
+VALUE_CHARS = 40
+
+_REPR = reprlib.Repr()  # summarizes long strings, numbers and containers while the repr is made
+_REPR.maxstring = _REPR.maxlong = _REPR.maxother = VALUE_CHARS
 
 
 def some_names(names: Sequence[str], shown: int = NAMES_SHOWN, sep: str = ", ") -> str:
@@ -22,3 +29,21 @@ def some_names(names: Sequence[str], shown: int = NAMES_SHOWN, sep: str = ", ") 
     if left <= 0:
         return head
     return f"{head} and {left} more" if sep.strip() == "," else f"{head}{sep}and {left} more"
+
+
+def shortened(text: str, width: int = VALUE_CHARS) -> str:
+    """``text`` whole when it has at most ``width`` characters, else its first ``width - 1`` and "…"."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def short_repr(value: object, width: int = VALUE_CHARS) -> str:
+    """``repr(value)`` in at most ``width`` characters (cut with "…"), for a value read from an untrusted file.
+
+    The repr is made by :mod:`reprlib`, so a huge string or list costs no huge string, and an int with too many
+    digits for Python to print (``repr`` raises ``ValueError`` past 4300) is named by its type instead.
+    """
+    try:
+        text = _REPR.repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} too large to show>"
+    return shortened(text, width)

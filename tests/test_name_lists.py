@@ -24,6 +24,17 @@ def test_some_names_counts_what_it_leaves_out():
     assert some_names(["a: x, y", "b: z", "c: w"], 2, sep="; ") == "a: x, y; b: z; and 1 more"
 
 
+def test_short_repr_bounds_any_value_a_message_shows():
+    """Values from untrusted files are shown at most 40 characters long, whatever their size or type."""
+    from rap_deploy.name_lists import short_repr, shortened
+
+    assert short_repr(7) == "7" and short_repr("a b") == "'a b'" and shortened("abc", 3) == "abc"
+    for value in ("x" * 100_000, ["y" * 100] * 10, {str(i): i for i in range(1000)}, 10 ** 5000, [10 ** 5000]):
+        shown = short_repr(value)
+        assert len(shown) <= 40, shown
+    assert short_repr(["y" * 100] * 10).endswith("…") and short_repr(10 ** 5000) == "<int too large to show>"
+
+
 def test_the_clip_loader_and_checkpoint_use_the_one_helper():
     """One source of truth: the model code's lists come from rap_deploy.name_lists, not a copy."""
     from rap_deploy import checkpoint_model, checkpoint_read

@@ -599,6 +599,20 @@ def test_resume_refusals_say_how_many_names_they_leave_out(tmp_path):
         check_same_test_videos([f"v{i}" for i in range(7)], [], options)
 
 
+def test_a_damaged_historys_epochs_are_shown_cut_not_whole(tmp_path):
+    """The damaged-history refusal showed each epoch of the checkpoint's train_state as its whole repr: a crafted
+    last.pt made the one-line error as long as its values (a 100,000-character string epoch), and an int epoch with
+    more digits than Python prints ended in a ValueError traceback. Each is now cut to 40 characters."""
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.train.run_state import _check_history
+
+    history = [{"epoch": 0}, {"epoch": "x" * 100_000}, {"epoch": 10 ** 5000}, {"epoch": list(range(10_000))}]
+    shown = r"holds epochs \[0, 'x+\.\.\.x+', <int too large to show>, \[0, 1, .*\]\], not one record per"
+    with pytest.raises(CheckFailedError, match=shown) as raised:
+        _check_history(tmp_path / "last.pt", history, 3)
+    assert len(str(raised.value)) < 400, str(raised.value)
+
+
 def test_resume_of_a_run_whose_backbone_file_holds_other_weights_names_both_fixes(micro_checkpoint, synth_root,
                                                                                     frame_cache, tmp_path):
     """A run's referenced backbone file replaced by other weights (pre-trained again) was refused with the

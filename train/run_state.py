@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rap_deploy.errors import CheckFailedError, UsageError
-from rap_deploy.name_lists import some_names
+from rap_deploy.name_lists import short_repr, some_names
 from rap_deploy.train.loop import (
     BEST,
     LAST,
@@ -257,8 +257,9 @@ def _check_history(last: Path, history: list[dict[str, Any]], epoch: int) -> Non
     recalls of the best.pt selection)."""
     epochs = [r.get("epoch") for r in history]
     if epochs not in (list(range(0, epoch + 1)), list(range(1, epoch + 1))):
-        raise damaged_run(last, f"train_state.history holds epochs [{some_names([repr(e) for e in epochs])}], not "
-                                 f"one record per epoch up to its epoch {epoch}")
+        shown = some_names([short_repr(e) for e in epochs])  # the file's values: each cut, so the line stays short
+        raise damaged_run(last, f"train_state.history holds epochs [{shown}], not one record per epoch up to its "
+                                 f"epoch {epoch}")
     for r in history:
         numbers = [r["seconds"]] if "seconds" in r else []
         for direction in ("t2v", "v2t"):

@@ -23,7 +23,7 @@ from rap_deploy.bounds import read_manifest_text
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
-from rap_deploy.name_lists import some_names
+from rap_deploy.name_lists import shortened, some_names
 
 FORMAT = "rapdeploy.library"
 FORMAT_VERSION = 1
@@ -189,9 +189,8 @@ def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def _short(value: Any) -> str:
-    """``value`` as a message shows it: its JSON, cut to 40 characters."""
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 40 else text[:39] + "…"
+    """``value`` as a message shows it: its JSON, cut to 40 characters (:func:`shortened`)."""
+    return shortened(json.dumps(value, sort_keys=True))
 
 
 def entry_path(root: Path, entry: Any) -> Path:
