@@ -12,13 +12,13 @@ import functools
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import typer
 
 from rap_deploy.errors import RapDeployError
-from rap_deploy.library.typed_urls import URL_SCHEMES, url_typed_as_path
+from rap_deploy.library.typed_urls import url_typed_as_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Where every command's --workspace defaults to (workspace.workspace_root), for its help
@@ -101,27 +101,32 @@ def _os_error_exit(exc: OSError) -> typer.Exit:
     return typer.Exit(141)
 
 
-def command(*args: Any, resume: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+def command(*args: Any, resume: str | None = None,
+            own_url_refusals: Mapping[str, tuple[str, ...]] | None = None, **kwargs: Any) -> Callable[[F], F]:
     """Register a command on :data:`app`, with the exit-code contract applied.
 
     Every path a command is given has its ``~`` expanded first (:func:`_with_home_expanded`), and one typed as a URL
-    is refused (:func:`_refuse_urls_typed_as_paths`). Errors become one line
-    on stderr: :class:`RapDeployError` with its exit code, operating-system errors
-    (permissions, a file where a folder is expected, a full disk) with exit 2, Ctrl-C with 130 and SIGTERM with 143
-    (after unwinding, so no temporary file is left behind; ``resume``, when given, says how to carry on and ends
-    their line); a closed output pipe (``| head``) ends quietly with 141.
+    is refused (:func:`_refuse_urls_typed_as_paths`), except the URLs ``own_url_refusals`` leaves to the command: it
+    maps a Path option of the command, as typed (``--out``), to the URL schemes the command refuses there itself,
+    with a fix of its own. Errors become one line on stderr: :class:`RapDeployError` with its exit code,
+    operating-system errors (permissions, a file where a folder is expected, a full disk) with exit 2, Ctrl-C with 130
+    and SIGTERM with 143 (after unwinding, so no temporary file is left behind; ``resume``, when given, says how to
+    carry on and ends their line); a closed output pipe (``| head``) ends quietly with 141.
+
+    Raises :class:`ValueError` when the command is registered if an ``own_url_refusals`` key is not a Path option or
+    argument of the command: a renamed option would otherwise leave its entry behind without a word.
     """
 
     def decorator(func: F) -> F:
         labels = _path_labels(func)
-
-        own_url_refusals = _OWN_URL_REFUSALS.get(args[0] if args else "", {})
+        own_refusals = _checked_own_url_refusals(func, args[0] if args else func.__name__, labels,
+                                                 own_url_refusals or {})
 
         @functools.wraps(func)
         def wrapper(*a: Any, **kw: Any) -> Any:
             try:
                 with _sigterm_unwinds():
-                    _refuse_urls_typed_as_paths(kw, labels, own_url_refusals)
+                    _refuse_urls_typed_as_paths(kw, labels, own_refusals)
                     return func(*a, **_with_home_expanded(kw, labels))
             except RapDeployError as exc:
                 raise fail(str(exc), exc.exit_code) from None
@@ -139,6 +144,36 @@ def command(*args: Any, resume: str | None = None, **kwargs: Any) -> Callable[[F
         return func
 
     return decorator
+
+
+def _checked_own_url_refusals(func: Callable[..., Any], name: str, labels: dict[str, str],
+                              own_refusals: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """``own_refusals`` (:func:`command`'s ``own_url_refusals``) as a dict, once each key is shown to be a Path
+    option (or argument) of the command ``func``, registered as ``name``, as ``labels`` (:func:`_path_labels`) types
+    it.
+
+    Raises :class:`ValueError` naming the command, the keys that are not and the command's Path options.
+    """
+    if not own_refusals:
+        return {}
+    import typing
+
+    hints = typing.get_type_hints(func)
+    path_options = [label for param, label in labels.items() if _takes_paths(hints.get(param))]
+    unknown = [key for key in own_refusals if key not in path_options]
+    if unknown:
+        raise ValueError(f"command {name!r} ({func.__module__}.{func.__qualname__}): own_url_refusals names "
+                         f"{', '.join(unknown)}, which is not one of its Path options ({', '.join(path_options)}); "
+                         "key each entry by the option as the command declares it, or drop the entry")
+    return dict(own_refusals)
+
+
+def _takes_paths(hint: Any) -> bool:
+    """Whether the type hint ``hint`` is :class:`~pathlib.Path` or holds it (``Path | None``, ``list[Path]``)."""
+    import typing
+    from pathlib import Path
+
+    return hint is Path or any(_takes_paths(arg) for arg in typing.get_args(hint))
 
 
 def _path_labels(func: Callable[..., Any]) -> dict[str, str]:
@@ -159,21 +194,12 @@ def _path_labels(func: Callable[..., Any]) -> dict[str, str]:
     return labels
 
 
-# Path options whose command refuses a URL itself, with a fix of its own (--engine URL, POST URL/search, Triton's
-# --model-repository): index --out and search/serve --library (indexed_through.refuse_server_url), index --videos
-# (sources.folder_source), triton-repo --out (engines/serving/triton_repo._refuse_url_out)
-# (the URL schemes each refuses; another scheme gets the general refusal)
-_SERVER_SCHEMES = ("http", "https")
-_OWN_URL_REFUSALS: dict[str, dict[str, tuple[str, ...]]] = {
-    "index": {"--out": _SERVER_SCHEMES, "--videos": URL_SCHEMES}, "search": {"--library": _SERVER_SCHEMES},
-    "serve": {"--library": _SERVER_SCHEMES}, "triton-repo": {"--out": URL_SCHEMES}}
-
-
 def _refuse_urls_typed_as_paths(kw: dict[str, Any], labels: dict[str, str],
                                 own_refusals: dict[str, tuple[str, ...]]) -> None:
     """Raise :class:`UsageError` (exit 2) for a :class:`Path` value among ``kw`` (alone or in a list) that was typed
     as a URL (``--out http://h:1/x``), naming the option as ``labels`` has it, the URL and the fix; a URL of a scheme
-    ``own_refusals`` gives for the option is left to the command, which words its own refusal.
+    ``own_refusals`` gives for the option (:func:`command`'s ``own_url_refusals``) is left to the command, which
+    words its own refusal.
 
     A Path folds ``http://h:1/x`` into the relative folders ``http:/h:1/x``, so such a value was read from, or written
     into, ``./http:/...`` without a word. Only Path parameters are checked: an option that takes a URL (``--engine

@@ -14,6 +14,7 @@ from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, comman
 from rap_deploy.data import DATASET_NAMES
 from rap_deploy.errors import UsageError
 from rap_deploy.library.query_file import read_queries
+from rap_deploy.library.typed_urls import SERVER_SCHEMES, URL_SCHEMES
 
 
 def _echo_json(obj: Any) -> None:
@@ -52,7 +53,10 @@ def resolve_source(dataset: str | None, data_root: Path | None, split: str, vide
     return None
 
 
-@command("index", resume="re-run the same command to resume: finished shards are kept")
+# index refuses a server's URL as --out (refuse_server_url: pass it as --engine) and any URL as --videos
+# (sources.folder_source: download the videos first) in its own words
+@command("index", resume="re-run the same command to resume: finished shards are kept",
+         own_url_refusals={"--out": SERVER_SCHEMES, "--videos": URL_SCHEMES})
 def index_cmd(
     dataset: str | None = typer.Option(None, "--dataset", help=f"Index a dataset split: {DATASET_NAMES} (with "
                                        "--data-root)."),
@@ -357,7 +361,8 @@ def _open_searched_library(path: Path, engine: Any, verify: str, picked: bool, g
         raise error from None
 
 
-@command("search")
+# search refuses a server's URL as --library in its own words (manifest.find_library: pass it as --engine)
+@command("search", own_url_refusals={"--library": SERVER_SCHEMES})
 def search_cmd(
     text: str | None = typer.Argument(None, help="What to search for, e.g. \"a red circle moves to the left\"."),
     queries_file: Path | None = typer.Option(None, "--queries", help="One query per line (text encoded in batches)."),

@@ -9,11 +9,13 @@ import typer
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, command
+from rap_deploy.library.typed_urls import SERVER_SCHEMES, URL_SCHEMES
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
-@command("serve")
+# serve refuses a server's URL as --library in its own words (manifest.find_library: pass it as --engine)
+@command("serve", own_url_refusals={"--library": SERVER_SCHEMES})
 def serve_cmd(
     library: Path | None = typer.Option(None, "--library", help="Video library to search (from `rapdeploy index`); "
                                          "default: the workspace's latest library (<workspace>/index/<name>) when "
@@ -106,7 +108,9 @@ def serve_cmd(
           shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()), verify=verify)
 
 
-@command("triton-repo")
+# triton-repo refuses any URL as --out in its own words (triton_repo._refuse_url_out: it uploads nothing, tritonserver
+# serves the folder)
+@command("triton-repo", own_url_refusals={"--out": URL_SCHEMES})
 def triton_repo_cmd(
     out: Path = typer.Option(..., "--out", help="Folder to write the model repository to."),
     engine: str | None = typer.Option(None, "--engine", help="Engine folder (TensorRT or ONNX Runtime) or export "

@@ -16,7 +16,7 @@ from typing import Any
 
 from rap_deploy.atomic import is_sha256
 from rap_deploy.errors import UsageError
-from rap_deploy.library.typed_urls import url_typed_as_path
+from rap_deploy.library.typed_urls import SERVER_SCHEMES, url_typed_as_path
 
 
 def is_url(recorded: str | None) -> bool:
@@ -28,7 +28,7 @@ def server_url_given_as_folder(path: str | os.PathLike[str]) -> str | None:
     """The server URL ``path`` was typed as when it is one (``http://HOST:PORT`` or ``https://...``, which a
     :class:`Path` turns into the folders ``http:/HOST:PORT``), else ``None``: a library folder is never a URL."""
     url = url_typed_as_path(path)
-    return url if url is not None and url.split(":", 1)[0].lower() in ("http", "https") else None
+    return url if url is not None and url.split(":", 1)[0].lower() in SERVER_SCHEMES else None
 
 
 def refuse_server_url(path: str | os.PathLike[str], option: str, fix: str) -> None:

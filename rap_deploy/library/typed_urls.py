@@ -11,6 +11,9 @@ import os
 
 # Schemes of URLs a user may write where a file path belongs (video hosts, buckets, streams, servers)
 URL_SCHEMES = ("http", "https", "ftp", "ftps", "s3", "gs", "rtsp", "rtmp")
+# Those of a server's URL (a running `rapdeploy serve` or Triton): where a library folder belongs, one of these gets
+# the refusal that says to pass it as --engine (indexed_through.refuse_server_url)
+SERVER_SCHEMES = ("http", "https")
 
 
 def url_typed_as_path(value: str | os.PathLike[str]) -> str | None:
