@@ -80,8 +80,11 @@ def _owner_text(path: Path) -> str:
         return "another process"
 
 
-def _open_parent(target: Path, what: str) -> None:
+def _open_parent(target: Path, what: str) -> list[Path]:
+    """Create ``target``'s parent folder when missing; returns the folders this created, deepest first. Raises
+    :class:`UsageError` when it cannot be created or is no folder."""
     parent = target.parent
+    created = _missing_folders(parent)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -92,14 +95,37 @@ def _open_parent(target: Path, what: str) -> None:
                          f"({exc.strerror or exc}); pass a writable --out or --workspace") from None
     if not parent.is_dir():
         raise UsageError(f"cannot write {what} {target}: {parent} is not a folder; pass another --out or --workspace")
+    return created
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors up to the first that exists, deepest first: what ``mkdir(parents=True)`` makes."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """``rmdir`` each of ``folders`` (deepest first) until one is not empty (or cannot be removed): a folder that holds
+    anything, the user's files or another writer's lock, stays, and so do the folders above it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @contextlib.contextmanager
-def folder_lock(target: str | os.PathLike[str], command: str, what: str = "output") -> Iterator[Path]:
+def folder_lock(target: str | os.PathLike[str], command: str, what: str = "output",
+                tidy_parents: bool = False) -> Iterator[Path]:
     """Hold the write lock of ``target`` (a folder or a file) while the block runs; yields the lock file's path.
 
     ``command`` names the command in the message a second writer gets; ``what`` names the target in messages
-    (``"export folder"``). Raises :class:`FolderBusyError` (exit 2) when another process holds the lock and
+    (``"export folder"``). With ``tidy_parents``, when the block leaves no ``target`` (a first build that failed and
+    removed its folder), the parent folders taking the lock created are removed again, each only while empty.
+    Raises :class:`FolderBusyError` (exit 2) when another process holds the lock and
     :class:`~rap_deploy.errors.UsageError` (exit 2) when the parent folder cannot be created or written.
     """
     import fcntl
@@ -120,7 +146,7 @@ def folder_lock(target: str | os.PathLike[str], command: str, what: str = "outpu
             with _HELD_LOCK:
                 _HELD[key] -= 1
         return
-    _open_parent(target, what)
+    created = _open_parent(target, what)
     fd, owner = _acquire(path, target, command, what, fcntl), os.getpid()
     with _HELD_LOCK:
         _HELD[key] = 1
@@ -130,6 +156,8 @@ def folder_lock(target: str | os.PathLike[str], command: str, what: str = "outpu
     finally:
         if os.getpid() == owner:  # a forked child leaving the block must not remove its parent's lock
             _release(key, path, fd)
+            if tidy_parents and not os.path.lexists(target):  # after the release: the lock file sat in the parent
+                _remove_if_empty(created)
 
 
 def _release(key: tuple[int, str], path: Path, fd: int) -> None:

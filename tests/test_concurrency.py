@@ -52,6 +52,25 @@ def _tiny_video(path):
     return path
 
 
+def test_a_tidy_lock_removes_only_the_empty_parents_it_created(tmp_path):
+    """folder_lock(tidy_parents=True) leaves no folder it created above a target the block did not leave, and keeps
+    one that holds anything (and those above it), one that was there before, and all of them when the target is
+    there. Without tidy_parents the parents stay (the other commands' behaviour)."""
+    (tmp_path / "before").mkdir()
+    with folder_lock(tmp_path / "before" / "x" / "y" / "lib", "index", tidy_parents=True):
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["before"] and not any((tmp_path / "before").iterdir())
+    with folder_lock(tmp_path / "a" / "b" / "c" / "lib", "index", tidy_parents=True):
+        (tmp_path / "a" / "b" / "notes.txt").write_text("the user's")
+    assert not (tmp_path / "a" / "b" / "c").exists() and (tmp_path / "a" / "b" / "notes.txt").is_file()
+    with folder_lock(tmp_path / "d" / "e" / "lib", "index", tidy_parents=True):
+        (tmp_path / "d" / "e" / "lib").mkdir()
+    assert (tmp_path / "d" / "e" / "lib").is_dir()
+    with folder_lock(tmp_path / "f" / "lib", "export"):
+        pass
+    assert (tmp_path / "f").is_dir() and not any((tmp_path / "f").iterdir())
+
+
 def test_a_killed_cache_writer_temporary_is_removed_only_when_stale_and_unlocked(tmp_path):
     """A writer killed while storing a frame cache entry left its hidden ``.tmp`` file for ever; the next look-up in
     that sub-folder now deletes it, but never a young one or one a live writer holds locked."""

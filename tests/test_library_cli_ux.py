@@ -370,3 +370,18 @@ def test_a_first_build_that_decodes_no_video_leaves_no_half_library(tmp_path, mi
     assert not (tmp_path / "new").exists()
     assert list((tmp_path / "made").iterdir()) == []
     assert [p.name for p in (tmp_path / "kept").iterdir()] == [".notes"]
+
+
+def test_a_failed_first_build_removes_the_parent_folders_it_created(tmp_path, micro_checkpoint):
+    """``index --out a/b/lib`` where no video decodes removed ``lib`` but left the empty ``a/b`` that taking the
+    library's lock had created. They go now; a folder that was there before stays."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.mp4").write_bytes(b"not a video")
+    (tmp_path / "there").mkdir()
+    for out in (tmp_path / "new" / "a" / "lib", tmp_path / "there" / "a" / "b" / "lib"):
+        failed = runner.invoke(app, ["index", "--videos", str(broken), "--out", str(out), "--engine",
+                                     str(micro_checkpoint), "--cache-dir", str(tmp_path / "cache")])
+        assert failed.exit_code == 1 and "no video could be decoded" in failed.stderr, failed.output
+    assert not (tmp_path / "new").exists()
+    assert (tmp_path / "there").is_dir() and list((tmp_path / "there").iterdir()) == []

@@ -118,7 +118,7 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
         raise UsageError("indexing videos needs an engine (--engine)")
     _check_force(root, source, options)
     if ranks.is_main:
-        with folder_lock(root, "index", "library folder"):
+        with folder_lock(root, "index", "library folder", tidy_parents=True):  # and its new parents
             state = prepare(root, engine, source, options, log)
             # the job's resumed shards, for the report of a multi-rank build (one rank counts its own below); the
             # other ranks wait at the barrier
@@ -318,7 +318,8 @@ def _drop_plan_and_its_shards(root: Path, keep: set[str]) -> None:
 def _remove_empty_first_build(root: Path, folder_existed: bool) -> None:
     """After a first build that kept nothing: remove the library's folders it left empty (``shards``, ``stage1``),
     then ``root`` itself when this build created it and it is empty. ``rmdir`` only: a folder that holds anything
-    else (the user's files, another process's) stays, as does one that was there before the build."""
+    else (the user's files, another process's) stays, as does one that was there before the build. The folders above
+    ``root`` that taking its lock created go when the lock is released (``folder_lock``'s ``tidy_parents``)."""
     for folder in (root / SHARDS_DIR, root / STAGE1_DIR, *(() if folder_existed else (root,))):
         if folder.is_dir() and not folder.is_symlink():
             with contextlib.suppress(OSError):  # not empty
