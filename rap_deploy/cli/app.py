@@ -105,10 +105,11 @@ def command(*args: Any, resume: str | None = None,
             own_url_refusals: Mapping[str, tuple[str, ...]] | None = None, **kwargs: Any) -> Callable[[F], F]:
     """Register a command on :data:`app`, with the exit-code contract applied.
 
-    Every path a command is given has its ``~`` expanded first (:func:`_with_home_expanded`), and one typed as a URL
-    is refused (:func:`_refuse_urls_typed_as_paths`), except the URLs ``own_url_refusals`` leaves to the command: it
-    maps a Path option of the command, as typed (``--out``), to the URL schemes the command refuses there itself,
-    with a fix of its own. Errors become one line on stderr: :class:`RapDeployError` with its exit code,
+    Every path a command is given typed starting with ``~`` has it expanded first (:func:`_with_home_expanded`;
+    ``./~/x`` stays the folder named ``~``, :func:`_paths_read_as_typed`), and one typed as a URL is refused
+    (:func:`_refuse_urls_typed_as_paths`), except the URLs ``own_url_refusals`` leaves to the command: it maps a Path
+    option of the command, as typed (``--out``), to the URL schemes the command refuses there itself, with a fix of
+    its own. Errors become one line on stderr: :class:`RapDeployError` with its exit code,
     operating-system errors (permissions, a file where a folder is expected, a full disk) with exit 2, Ctrl-C with 130
     and SIGTERM with 143 (after unwinding, so no temporary file is left behind; ``resume``, when given, says how to
     carry on and ends their line); a closed output pipe (``| head``) ends quietly with 141.
@@ -139,7 +140,7 @@ def command(*args: Any, resume: str | None = None,
 
         if "help" not in kwargs and func.__doc__:
             kwargs["help"] = reflowed_help(func.__doc__)
-        kwargs.setdefault("cls", _empty_paths_refused(labels))
+        kwargs.setdefault("cls", _paths_read_as_typed(labels))
         app.command(*args, **kwargs)(wrapper)
         return func
 
@@ -222,19 +223,18 @@ def _refuse_urls_typed_as_paths(kw: dict[str, Any], labels: dict[str, str],
 _RAW_VALUES = "rapdeploy.raw_values"  # the Context.meta key of the strings a command line gave its parameters
 
 
-def _empty_paths_refused(labels: dict[str, str]) -> type:
-    """A :class:`typer.core.TyperCommand` that refuses (exit 2) a :class:`Path` parameter given as an empty string
-    (``--library ""``, an unset shell variable), naming it by ``labels`` (:func:`_path_labels`).
+def _paths_read_as_typed(labels: dict[str, str]) -> type:
+    """A :class:`typer.core.TyperCommand` that reads each :class:`Path` parameter as the command line typed it, before
+    the command runs: it refuses (exit 2) one given as an empty string (:func:`_refuse_empty_paths`) and keeps
+    ``./~/x`` the folder named ``~`` (:func:`_folded_tilde_kept`), naming parameters by ``labels``
+    (:func:`_path_labels`).
 
-    A Path reads ``""`` as ``.``, so the command ran on the current folder (``search --library ""`` then said to build
-    a library with ``--out .``), and by the time the command runs ``.`` typed and ``""`` typed look alike: the class
-    keeps the strings the parser read in ``Context.meta``. No command takes an empty path on purpose.
+    By the time the command runs, a Path has folded what was typed (``""`` reads as ``.``, ``./~/x`` as ``~/x``), so
+    the class keeps the strings the parser read in ``Context.meta``.
     """
-    from pathlib import Path
-
     from typer.core import TyperCommand
 
-    class EmptyPathsRefused(TyperCommand):
+    class PathsReadAsTyped(TyperCommand):
         def make_parser(self, ctx: Any) -> Any:
             parser = super().make_parser(ctx)
             parse = parser.parse_args
@@ -249,18 +249,56 @@ def _empty_paths_refused(labels: dict[str, str]) -> type:
 
         def invoke(self, ctx: Any) -> Any:
             raw = ctx.meta.get(_RAW_VALUES, {})
-            for name, value in ctx.params.items():
-                given = raw.get(name)
-                typed = given if isinstance(given, (list, tuple)) else [given]
-                paths = value if isinstance(value, (list, tuple)) else [value]
-                if "" in typed and any(isinstance(p, Path) for p in paths):
-                    label = labels.get(name, name)
-                    current = f" (for the current folder, {label} . says so)" if label.startswith("--") else ""
-                    raise fail(f'{label} is empty (""), which a path would read as the current folder; pass the '
-                               f"file or folder{current}", 2)
+            _refuse_empty_paths(ctx.params, raw, labels)
+            ctx.params.update({name: _folded_tilde_kept(value, raw.get(name)) for name, value in ctx.params.items()})
             return super().invoke(ctx)
 
-    return EmptyPathsRefused
+    return PathsReadAsTyped
+
+
+def _refuse_empty_paths(params: dict[str, Any], raw: dict[str, Any], labels: dict[str, str]) -> None:
+    """Raise ``typer.Exit`` (exit 2, one line) for a :class:`Path` parameter among ``params`` that the command line
+    (``raw``, the strings it gave) gave as an empty string (``--library ""``, an unset shell variable), naming it by
+    ``labels``.
+
+    A Path reads ``""`` as ``.``, so the command ran on the current folder (``search --library ""`` then said to build
+    a library with ``--out .``). No command takes an empty path on purpose.
+    """
+    from pathlib import Path
+
+    for name, value in params.items():
+        given = raw.get(name)
+        typed = given if isinstance(given, (list, tuple)) else [given]
+        paths = value if isinstance(value, (list, tuple)) else [value]
+        if "" in typed and any(isinstance(p, Path) for p in paths):
+            label = labels.get(name, name)
+            current = f" (for the current folder, {label} . says so)" if label.startswith("--") else ""
+            raise fail(f'{label} is empty (""), which a path would read as the current folder; pass the '
+                       f"file or folder{current}", 2)
+
+
+def _folded_tilde_kept(value: Any, typed: Any) -> Any:
+    """``value`` (a parameter's) with each :class:`Path` the command line typed as ``./~...`` made absolute
+    (``$PWD/~/x``); ``typed`` is the string, or strings of a repeated option, the command line gave (``None``: it gave
+    none, as for a default, which is left as it is).
+
+    ``./~/x`` names the folder ``~`` under the current one, where older versions wrote ``--out=~/x``, but a Path folds
+    it to ``~/x``, which :func:`_with_home_expanded` and the functions a command calls (they expand a leading ``~``
+    themselves) took for ``$HOME/x``. Only a value typed starting with ``~`` is the home folder.
+    """
+    from pathlib import Path
+
+    def one(path: Path, given: Any) -> Path:
+        folded = isinstance(given, str) and not given.startswith("~") and str(path).startswith("~")
+        return path.absolute() if folded else path
+
+    if isinstance(value, Path):
+        return one(value, typed)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, Path) for v in value):
+        # the strings of a repeated option or an nargs argument, in order; any other shape: left as it is
+        given = typed if isinstance(typed, (list, tuple)) and len(typed) == len(value) else [None] * len(value)
+        return type(value)(one(v, g) for v, g in zip(value, given, strict=True))
+    return value
 
 
 def _with_home_expanded(kw: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
@@ -268,7 +306,9 @@ def _with_home_expanded(kw: dict[str, Any], labels: dict[str, str]) -> dict[str,
     :func:`~rap_deploy.workspace.user_path`, named by ``labels`` (:func:`_path_labels`).
 
     The shell leaves ``--out=~/ckpt.pt`` (and a quoted ``~``) as it is, and a command that used the path as given
-    wrote into a folder named ``~`` under the current one. Raises :class:`UsageError` for a ``~user`` of no user.
+    wrote into a folder named ``~`` under the current one. A value typed ``./~/x`` (that folder, named on purpose) no
+    longer starts with ``~`` here: :func:`_paths_read_as_typed` has made it absolute. Raises :class:`UsageError` for a
+    ``~user`` of no user.
     """
     from pathlib import Path
 
