@@ -351,6 +351,36 @@ def test_a_folder_without_a_manifest_is_told_the_fix_that_applies(tmp_path, micr
     assert "its first build did not finish (build-plan.json is there); re-run" in search_error(tmp_path / "lib")
 
 
+def test_the_index_commands_suggested_for_a_folder_with_spaces_paste_as_they_are(tmp_path, micro_checkpoint):
+    """The index commands suggested for a folder that is no library put the folder in unquoted: for 'my videos' the
+    pasted `rapdeploy index --videos .../my videos --out LIB` gave index two arguments. They are shell-quoted now."""
+    import re
+    import shlex
+
+    from rap_deploy.errors import UsageError
+    from rap_deploy.library.manifest import read_manifest
+
+    videos, empty, missing = tmp_path / "my videos", tmp_path / "empty lib", tmp_path / "new lib"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"not a video")
+    empty.mkdir()
+    said = {}
+    for folder in (videos, empty, missing):
+        res = runner.invoke(app, ["search", "a red circle", "--library", str(folder), "--engine",
+                                  str(micro_checkpoint)])
+        assert res.exit_code == 2, res.output
+        said[folder] = " ".join(res.stderr.split())
+    with pytest.raises(UsageError) as refused:
+        read_manifest(missing)
+    said["read_manifest"] = str(refused.value)
+    for folder, option in ((videos, "--videos"), (empty, "--out"), (missing, "--out"), ("read_manifest", "--out")):
+        command = re.search(r"`(rapdeploy index [^`]*)`", said[folder])
+        assert command, said[folder]
+        words = shlex.split(command.group(1))
+        expected = videos if folder == videos else missing if folder == "read_manifest" else folder
+        assert words[words.index(option) + 1] == str(expected), said[folder]
+
+
 def test_a_first_build_that_decodes_no_video_leaves_no_half_library(tmp_path, micro_checkpoint):
     """``index`` into a new folder where no video decodes exited 1 and left the folder with an empty ``shards/``: a
     half library that search then called 'not a library'. What the build created is removed now; a folder that was

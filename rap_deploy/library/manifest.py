@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,8 @@ def find_library(library: str | os.PathLike[str] | None, workspace: str | os.Pat
         refuse_server_url(library, "--library", LIBRARY_URL_FIX)
         path = user_path(library, "--library")
         if not path.exists():
-            raise UsageError(f"library {path} does not exist; build one with `rapdeploy index --out {path}`")
+            raise UsageError(f"library {path} does not exist; build one with `rapdeploy index --out "
+                             f"{shlex.quote(str(path))}`")
         return path
     folder = subdir("index", workspace)
     found = latest_child(folder, MANIFEST)
@@ -261,9 +263,9 @@ def _no_manifest_message(root: Path) -> str:
                 "`rapdeploy index` command to complete it")
     if _holds_videos(root):
         return (f"{root} has no {MANIFEST}: it is a folder of videos, not a library; index it with `rapdeploy index "
-                f"--videos {root} --out LIB` and pass LIB")
+                f"--videos {shlex.quote(str(root))} --out LIB` and pass LIB")
     return (f"{root} has no {MANIFEST}: it is not a library (a folder `rapdeploy index` wrote); build one with "
-            f"`rapdeploy index ... --out {root}`, or pass the folder of one")
+            f"`rapdeploy index ... --out {shlex.quote(str(root))}`, or pass the folder of one")
 
 
 def _holds_videos(root: Path, look_at: int = 1000) -> bool:
@@ -290,7 +292,8 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if root.exists() and not root.is_dir():
         raise UsageError(f"library folder {root} is not a folder; pass the --out folder of a `rapdeploy index`")
     if not root.is_dir():
-        raise UsageError(f"library folder {root} does not exist; build one with `rapdeploy index ... --out {root}`")
+        raise UsageError(f"library folder {root} does not exist; build one with `rapdeploy index ... --out "
+                         f"{shlex.quote(str(root))}`")
     if not path.is_file():
         raise UsageError(_no_manifest_message(root))
     try:
