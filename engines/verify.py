@@ -99,6 +99,7 @@ def verify(
     engine_device: str | None = None,
     engine_precision: str | None = None,
     reference_runs: ReferenceRuns | None = None,
+    allow_skipped: bool = False,
 ) -> dict[str, Any]:
     """Verify recall parity of an engine against the PyTorch reference and write ``verify.json``, ``verify.md`` and
     ``verify.png`` into ``out`` (default :func:`default_report_dir`: ``<workspace>/verify/<label>``, the engine
@@ -112,10 +113,14 @@ def verify(
     after the reports are written and before a failure is raised (the CLI prints the table there).
     ``engine_device`` / ``engine_precision`` run a checkpoint given as the engine on that device in that precision
     (e.g. ``cuda`` / ``fp16``: PyTorch fp16 against the fp32 reference). ``reference_runs``, passed to several calls,
-    evaluates the reference once for all engines of one checkpoint (:class:`ReferenceRuns`).
+    evaluates the reference once for all engines of one checkpoint (:class:`ReferenceRuns`). Test videos that are
+    missing or do not decode are left out of both sides and named; unless ``allow_skipped``, that fails the check
+    (:func:`skipped_failure`): parity over fewer videos than the split lists is no pass.
 
-    Returns the result dict (the content of ``verify.json`` plus ``out``). Raises :class:`CheckFailedError` when
-    parity fails (after writing the reports; unless ``raise_on_fail`` is false), :class:`UsageError` for bad inputs.
+    Returns the result dict (the content of ``verify.json`` plus ``out``; ``passed`` false when parity failed or
+    videos were left out without ``allow_skipped``, ``parity_passed`` the parity rule's verdict alone). Raises
+    :class:`CheckFailedError` when it did not pass (after writing the reports; unless ``raise_on_fail`` is false),
+    :class:`UsageError` for bad inputs.
     """
     started = time.perf_counter()
     _check_options(tolerance, top_m, batch_size)
@@ -137,18 +142,25 @@ def verify(
         _close(engine)
     failures, notes, worst = explain(verdict.passed, verdict.checks, per_graph, verdict.cmp, verdict.precision,
                                      tolerance)
+    incomplete = skipped_failure(run.ref_eval["skipped"], run.used.num_videos, allow_skipped)
+    if incomplete:  # after the failed checks, before the worst graph's line (parity_failure_message reads it last)
+        failures = [*failures[:-1], incomplete, *failures[-1:]]
     result = verify_report(
-        passed=verdict.passed, tolerance=tolerance, rule=verdict.rule, precision=verdict.precision,
-        failures=failures, notes=notes, checks=verdict.checks, cmp=verdict.cmp, top_m=top_m,
+        passed=verdict.passed and incomplete is None, tolerance=tolerance, rule=verdict.rule,
+        precision=verdict.precision, failures=failures, notes=notes, checks=verdict.checks, cmp=verdict.cmp,
+        top_m=top_m,
         embedding_error=embedding_error, per_graph=per_graph, worst=worst, run=run, dataset=dataset, split=split,
         root=root, max_videos=max_videos, engine_path=engine_path, info=verdict.info, ref_info=ref_info,
         config=reference.config, cache=cache, tie_eps=tie_eps, batch_size=batch_size, threads=threads,
         reference_device=reference_device, started=started)
+    result["parity_passed"] = bool(verdict.passed)
+    result["settings"]["allow_skipped"] = allow_skipped
     write_verify_reports(out_dir, result)
     if echo is not None:
         echo(result)
-    if not verdict.passed and raise_on_fail:
-        raise CheckFailedError(parity_failure_message(engine_path, failures, out_dir))
+    if not result["passed"] and raise_on_fail:
+        raise CheckFailedError(parity_failure_message(engine_path, failures, out_dir) if not verdict.passed else
+                               f"verify of {engine_path} did not pass: {incomplete} (see {out_dir / 'verify.md'})")
     return result
 
 
@@ -316,6 +328,17 @@ def explain(passed: bool, checks: list[dict[str, Any]], per_graph: dict[str, dic
                      f"{queries} queries {decides}; {need}")
     notes += tie_notes(cmp["sections"])
     return failures, notes, worst
+
+
+def skipped_failure(skipped: list[dict[str, str]], used: int, allow_skipped: bool) -> str | None:
+    """The failure line of a verify that left ``skipped`` test videos (``{video_id, reason}``) out of both sides and
+    compared the ``used`` others, or ``None`` when none was left out or ``allow_skipped`` accepts that."""
+    if not skipped or allow_skipped:
+        return None
+    named = some_names([f"{s['video_id']}: {s['reason']}" for s in skipped], 3, sep="; ")
+    return (f"{len(skipped)} of the {used + len(skipped)} test videos asked for are missing or undecodable ({named}), "
+            f"so parity covers only {used}; restore them (`rapdeploy data-check` names every one) or pass "
+            f"--allow-skipped to accept parity over the {used} that decode")
 
 
 def parity_failure_message(engine_path: Path | str, failures: list[str], out_dir: Path) -> str:

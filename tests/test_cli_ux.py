@@ -3,6 +3,8 @@ command leaves out of its figures is said on the terminal, not only in its repor
 
 from __future__ import annotations
 
+import json
+
 from typer.testing import CliRunner
 
 from rap_deploy.cli import app
@@ -57,14 +59,43 @@ def test_verify_names_the_test_videos_it_left_out(micro_ort_engines, synth_root,
     (root / "videos" / f"{gone}.mp4").unlink()
     args = ["verify", "--dataset", "msrvtt", "--data-root", str(root), "--engine", str(micro_ort_engines["fp32"]),
             "--max-videos", "4", "--rerank-top", "4", "--cache-dir", str(tmp_path / "cache")]
-    res = runner.invoke(app, [*args, "--out", str(tmp_path / "v")])
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "v"), "--allow-skipped"])
     assert res.exit_code == 0, res.output
     said = " ".join(res.stdout.split())
     assert f"1 test video(s) missing or undecodable, left out of both sides (the figures are over 3 videos): " \
            f"{gone}: missing" in said
-    res = runner.invoke(app, [*args, "--out", str(tmp_path / "q"), "--quiet"])
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "q"), "--quiet", "--allow-skipped"])
     assert res.exit_code == 0 and f"left out of both sides (the figures are over 3 videos): {gone}: missing" in \
         " ".join(res.stdout.split())
+    report = json.loads((tmp_path / "q" / "verify.json").read_text())
+    assert report["passed"] is report["parity_passed"] is True and report["settings"]["allow_skipped"] is True
+    assert report["counts"]["skipped"] == 1 and report["skipped"] == [{"video_id": gone, "reason": "missing"}]
+
+
+def test_verify_over_fewer_test_videos_than_asked_is_no_pass(micro_ort_engines, synth_root, tmp_path):
+    """verify exited 0 when test videos were missing (parity over 3 of the 4 asked for, or over 3 of 1,000): a
+    `verify && deploy` gate passed on a gutted dataset. It now exits 1 naming them and --allow-skipped, after writing
+    its reports (passed false, parity_passed true, the reason among the failures); --allow-skipped passes."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    gone = _first_test_video(root)
+    (root / "videos" / f"{gone}.mp4").unlink()
+    args = ["verify", "--dataset", "msrvtt", "--data-root", str(root), "--engine", str(micro_ort_engines["fp32"]),
+            "--max-videos", "4", "--rerank-top", "4", "--cache-dir", str(tmp_path / "cache")]
+    reason = (f"1 of the 4 test videos asked for are missing or undecodable ({gone}: missing), so parity covers only "
+              "3; restore them (`rapdeploy data-check` names every one) or pass --allow-skipped to accept parity over "
+              "the 3 that decode")
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "v"), "--quiet"])
+    assert res.exit_code == 1, res.output
+    assert f"verify FAILED: {tmp_path / 'v'}" in res.stdout
+    assert " ".join(res.stderr.split()) == (f"error: verify of {micro_ort_engines['fp32']} did not pass: {reason} "
+                                            f"(see {tmp_path / 'v' / 'verify.md'})")
+    report = json.loads((tmp_path / "v" / "verify.json").read_text())
+    assert report["passed"] is False and report["parity_passed"] is True and report["failures"] == [reason]
+    assert report["settings"]["allow_skipped"] is False
+    assert (tmp_path / "v" / "verify.md").read_text().startswith("# rapdeploy verify: FAILED")
 
 
 def test_a_graph_file_or_manifest_given_as_engine_is_named_as_such(micro_ort_engines, tmp_path):

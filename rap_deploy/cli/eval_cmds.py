@@ -64,6 +64,9 @@ def verify_cmd(
     tie_eps: float = typer.Option(1e-5, "--tie-eps", help="Score gap under which a rank change of an fp32 engine "
                                   "counts as a tie."),
     max_videos: int | None = typer.Option(None, "--max-videos", help="Only the first N test videos (quick check)."),
+    allow_skipped: bool = typer.Option(False, "--allow-skipped", help="Pass on the test videos that decode when some "
+                                       "are missing or undecodable (named and counted in the reports either way); "
+                                       "without it such a run exits 1."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime "
                                        f"(default: the libraries' own; {ENGINE_THREADS_DEFAULT})."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
@@ -76,7 +79,8 @@ def verify_cmd(
 ) -> None:
     """Recall parity of an engine against PyTorch: full ASA, two-stage and meanP metrics, deltas, rank changes.
 
-    Writes verify.json, verify.md and verify.png; exits 1 when parity fails.
+    Writes verify.json, verify.md and verify.png; exits 1 when parity fails, or when test videos are missing or
+    undecodable (unless --allow-skipped).
     """
     from rap_deploy.engines.reports import print_verify, skipped_line
     from rap_deploy.engines.verify import verify
@@ -104,7 +108,7 @@ def verify_cmd(
     verify(dataset, data_root, engine, checkpoint=checkpoint, tolerance=tolerance, top_m=rerank_top, out=out,
            split=split, cache=cache_dir, progress=_progress_enabled(quiet, json_out), batch_size=batch_size,
            tie_eps=tie_eps, workspace=workspace, max_videos=max_videos, threads=threads,
-           reference_device=reference_device, echo=echo)
+           reference_device=reference_device, echo=echo, allow_skipped=allow_skipped)
 
 
 @command("bench")
