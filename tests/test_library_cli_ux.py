@@ -229,6 +229,16 @@ def test_index_engine_help_says_force_takes_the_workspaces_engine():
         in help_text, help_text
 
 
+def test_index_engine_help_says_without_videos_the_engine_is_only_checked():
+    """index's --engine help did not say that without videos the engine encodes nothing (it is only checked
+    against the library's model); only a note on stderr said so, after the command had run."""
+    res = runner.invoke(app, ["index", "--help"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    help_text = " ".join(res.output.replace("│", " ").split())
+    assert "Without videos (--dataset, --videos or --list) it is only checked against the library's model: nothing " \
+        "is encoded." in help_text, help_text
+
+
 def test_search_of_a_workspace_library_it_cannot_read_says_where_it_came_from(tmp_path):
     """Without --engine, search reads the library's manifest for the engine that built it before it opens the
     library; a refusal there (the workspace's latest library is of a newer rapdeploy) said only the manifest's

@@ -70,7 +70,9 @@ def index_cmd(
     engine: str | None = typer.Option(None, "--engine", help="Engine folder, export folder or checkpoint, or "
                                       "http://HOST:PORT of a running `rapdeploy serve` or Triton (default: to "
                                       "update an existing library, the engine that built it while it exists; else, "
-                                      "and with --force, the workspace's latest engine)."),
+                                      "and with --force, the workspace's latest engine). Without videos (--dataset, "
+                                      "--videos or --list) it is only checked against the library's model: nothing "
+                                      "is encoded."),
     out: Path | None = typer.Option(None, "--out", help="Library folder (default: <workspace>/index/<name>)."),
     name: str | None = typer.Option(None, "--name", help="Library name under <workspace>/index/ (default: "
                                     "<dataset>-<split>, the folder's name, or the list file's without its extension)."),
