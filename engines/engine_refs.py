@@ -130,17 +130,11 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
             raise UsageError(f"reference checkpoint {path} {what}; pass --checkpoint with the .pt the engine "
                              "was exported from")
         return Reference(path, sha256_file(path), recorded.get("sha256"), "--checkpoint")
-    from rap_deploy.checkpoint import CHECKPOINT_SUFFIXES
-
     value = recorded.get("path")
     if not isinstance(value, str) or not value:
         raise UsageError(f"{where} names no source checkpoint; pass --checkpoint CKPT")
-    path = user_path(value, f"{where} names the source checkpoint (pass --checkpoint CKPT to choose another):")
-    if not path.is_absolute() and not path.is_file() and not remote:
-        path = engine_path / path
-    # The manifest is untrusted: only an existing regular file with a checkpoint suffix is opened, and nothing about
-    # any other file (not even a hash) is reported.
-    if path.suffix not in CHECKPOINT_SUFFIXES or not path.is_file():
+    path = _recorded_checkpoint_file(value, engine_path, remote)
+    if path is None:
         raise UsageError(f"the engine's source checkpoint {value!r} (from {where}) is not an existing checkpoint "
                          "file here; pass --checkpoint with the .pt it was exported from")
     digest = sha256_file(path)
@@ -149,3 +143,23 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
                          f"one in {where}): it changed since export; pass --checkpoint with "
                          "the original, or re-export and rebuild the engine")
     return Reference(path, digest, recorded.get("sha256"), "manifest")
+
+
+def _recorded_checkpoint_file(value: str, engine_path: Path, remote: bool) -> Path | None:
+    """The checkpoint file a manifest's recorded ``value`` names (a relative one that is no file from here: inside
+    the engine folder), or ``None`` unless it is an existing regular file with a checkpoint suffix.
+
+    The manifest is untrusted, so nothing about any other file (not even a hash) is reported, and ``value`` is taken
+    as written, as :func:`~rap_deploy.checkpoint.recorded_checkpoint` takes an export's: a ``~`` is no home folder
+    (a manifest is no shell line; rapdeploy records absolute paths), and a path this machine cannot look up (too
+    long, a NUL byte) is one more path that is not here.
+    """
+    from rap_deploy.checkpoint import CHECKPOINT_SUFFIXES
+
+    path = Path(value)
+    try:
+        if not path.is_absolute() and not path.is_file() and not remote:
+            path = engine_path / path
+        return path if path.suffix in CHECKPOINT_SUFFIXES and path.is_file() else None
+    except (OSError, ValueError):
+        return None

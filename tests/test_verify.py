@@ -379,3 +379,27 @@ def test_a_foreign_checkpoint_refusal_says_where_the_engines_source_is_recorded(
     assert f"sha256 aaaaaaaaaaaa… differs from bbbbbbbbbbbb…, the one {recorded}" in message, message
     assert ("manifest" in message) == ("manifest" in recorded)
     _refuse_foreign_checkpoint(Reference(Path("same.pt"), "b" * 64, "b" * 64, "--checkpoint"), engine)
+
+
+@pytest.mark.parametrize("recorded", ["~rapdeploy_no_such_user/micro.pt", "~/micro.pt", "/" + "d" * 300 + "/micro.pt"])
+def test_a_manifests_checkpoint_path_is_taken_as_written(recorded, tmp_path, monkeypatch):
+    """The source checkpoint an engine's (untrusted) manifest records is read as written, as the export manifest's
+    is: '~nosuchuser/…' was expanded through user_path and refused as a path the user typed ('write the full path
+    without ~…'), '~/…' was opened in this user's home, and a name too long for the file system escaped as an
+    OSError. Each is now the refusal every unusable recorded path gets (exit 2, pass --checkpoint)."""
+    import json
+
+    from rap_deploy.engines.engine_refs import resolve_reference
+    from rap_deploy.errors import UsageError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "micro.pt").write_bytes(b"a checkpoint in the home folder")
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "manifest.json").write_text(json.dumps({"checkpoint": {"path": recorded, "sha256": "0" * 64}}))
+    with pytest.raises(UsageError) as refused:
+        resolve_reference(engine, None)
+    assert str(refused.value) == (f"the engine's source checkpoint {recorded!r} (from {engine / 'manifest.json'}) is "
+                                  "not an existing checkpoint file here; pass --checkpoint with the .pt it was "
+                                  "exported from")
+    assert refused.value.exit_code == 2
