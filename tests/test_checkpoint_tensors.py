@@ -53,3 +53,28 @@ def test_a_nested_backbone_weight_is_refused_through_the_cli_not_a_traceback(mic
     result = CliRunner().invoke(app, ["info", str(path)])
     assert result.exit_code == 1 and not isinstance(result.exception, RuntimeError), result.exception
     assert "'backbone_state' entry 'logit_scale' is a nested tensor" in result.output
+
+
+def test_an_unlisted_load_state_dict_error_of_the_backbone_is_one_line_naming_the_file(micro_checkpoint,
+                                                                                        monkeypatch):
+    """A RuntimeError of load_state_dict on the embedded backbone that is not torch's listing of keys (here one a
+    future torch or an odd tensor might raise) was re-raised bare by load_clip: `rapdeploy info` ended in a
+    traceback. It is now refused as the other embedded-weights errors are: one line naming the checkpoint, torch's
+    message, exit 1."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli import app
+
+    real = torch.nn.Module.load_state_dict
+
+    def failing(self, *args, **kwargs):
+        if type(self).__module__.startswith("open_clip"):  # the backbone only; the adapters load as ever
+            raise RuntimeError("copying a param with an unusual storage:\n  not supported here")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", failing)
+    result = CliRunner().invoke(app, ["info", str(micro_checkpoint)])
+    assert result.exit_code == 1 and not isinstance(result.exception, RuntimeError), result.exception
+    assert " ".join(result.stderr.split()) == (
+        f"error: checkpoint {micro_checkpoint}: embedded backbone weights cannot be loaded into rap-micro (torch: "
+        "copying a param with an unusual storage: not supported here); the file is damaged or was edited")

@@ -184,8 +184,10 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
             missing, unexpected = model.load_state_dict(state_dict, strict=False)
         except RuntimeError as exc:  # a tensor of another shape: torch raises even with strict=False, keys unlisted
             keys = state_dict_error_keys(exc)
-            if keys is None:
-                raise
+            if keys is None:  # not torch's listing of keys (a tensor it cannot copy): its own reason, on one line
+                reason = " ".join(str(exc).split())[:240] or type(exc).__name__
+                raise UsageError(f"embedded backbone weights cannot be loaded into {spec.clip} (torch: {reason})"
+                                 ) from None
             expected = model.state_dict().keys()
             missing = [k for k in expected if k not in state_dict]
             unexpected = [k for k in state_dict if k not in expected]
