@@ -103,11 +103,13 @@ INDEX_OTHER_MODEL_FIX = ("update it with an engine of the model that built it (w
                          "library (--out NEW_LIB), or rebuild this one with it (--force)")
 
 
-def check_model(recorded: dict[str, Any], engine: Any, where: Path, fix: str = SEARCH_OTHER_MODEL_FIX) -> None:
+def check_model(recorded: dict[str, Any], engine: Any, where: Path, fix: str = SEARCH_OTHER_MODEL_FIX,
+                built_by: dict[str, Any] | None = None) -> None:
     """Raise :class:`UsageError` (exit 2) when ``engine`` is not the model the library at ``where`` was built with.
 
     Compares config, preprocessing, tokenizer, frame count, stored tensors and (when both are known) the source
-    checkpoint's sha256, and names every difference, then ``fix`` (what the command that refuses can do instead).
+    checkpoint's sha256, and names every difference, the engine, what ``built_by`` (the manifest's ``engine`` record)
+    says built the library, then ``fix`` (what the command that refuses can do instead).
     When the library or the engine does not know its checkpoint's sha256, the weights cannot be compared: it passes
     with a one-line warning (:func:`unknown_weights_warning`) on stderr, where ``search``, ``index`` and ``serve``
     say everything else that is not a result.
@@ -131,10 +133,25 @@ def check_model(recorded: dict[str, Any], engine: Any, where: Path, fix: str = S
     if lib_ckpt and eng_ckpt and lib_ckpt != eng_ckpt:
         problems.append(f"source checkpoint sha256 {lib_ckpt[:12]}… vs {eng_ckpt[:12]}… (other weights)")
     if problems:
-        raise UsageError(f"library {where} was built with another model than this engine (library, per "
-                         f"{Path(where) / MANIFEST}, vs engine): {'; '.join(problems)}; {fix}")
+        raise UsageError(f"library {where} was built with another model than engine {engine_name(engine)} "
+                         f"(library, per {Path(where) / MANIFEST}, vs engine): {'; '.join(problems)}; "
+                         f"{_built_by_note(built_by, engine)}{fix}")
     if lib_ckpt is None or eng_ckpt is None:
         _print_warning(unknown_weights_warning(where, lib_ckpt, engine, eng_ckpt))
+
+
+def _built_by_note(built_by: dict[str, Any] | None, engine: Any) -> str:
+    """What a library's manifest ``engine`` record ``built_by`` says built it, as a clause ending in ``"; "`` (empty
+    when it records no engine), noting when ``engine`` runs from that same folder: it was rebuilt since."""
+    path = (built_by or {}).get("path")
+    if not isinstance(path, str):
+        return ""
+    checkpoint = (built_by or {}).get("checkpoint")
+    note = f"the library was indexed with engine {path}" + (f" from checkpoint {checkpoint}"
+                                                            if isinstance(checkpoint, str) else "")
+    if path == engine_name(engine):
+        note += " (that engine folder holds another model now)"
+    return note + "; "
 
 
 def unknown_weights_warning(where: Path, library_sha: str | None, engine: Any, engine_sha: str | None) -> str:

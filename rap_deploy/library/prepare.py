@@ -100,7 +100,7 @@ def _check_request(root: Path, old: dict[str, Any] | None, engine: Any, source: 
         raise UsageError(f"{root} holds no library yet; give videos to index (--dataset/--data-root, --videos DIR "
                          "or --list FILE)")
     if old is not None and engine is not None:
-        check_model(old["model"], engine, root, INDEX_OTHER_MODEL_FIX)
+        check_model(old["model"], engine, root, INDEX_OTHER_MODEL_FIX, old.get("engine"))
     if old is not None and source is not None:
         _check_sampling_rate(old["model"]["sampling"], source, root)
 

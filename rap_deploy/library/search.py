@@ -68,7 +68,7 @@ def open_library(path: str | os.PathLike[str], engine: Any, verify: str = "full"
     for attempt in range(OPEN_ATTEMPTS):
         stamp = _manifest_stamp(root)
         manifest = read_manifest(root)
-        check_model(manifest["model"], engine, root)
+        check_model(manifest["model"], engine, root, built_by=manifest.get("engine"))
         try:
             return Library(root, engine, manifest, verify, cache_dir)
         except DamagedArtifactError:

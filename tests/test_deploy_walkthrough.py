@@ -1,0 +1,64 @@
+"""The deployment half walked through as a new user follows the README: index a folder of videos into the
+workspace, search it, keep it up to date, each through the real command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rap_deploy.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def clips_workspace(micro_ort_engines, synth_root, tmp_path_factory) -> Path:
+    """A workspace whose only engine is the micro fp32 ONNX Runtime engine, with a folder ``clips/`` of three of the
+    synthetic videos indexed into ``index/clips`` by ``rapdeploy index --videos clips --name clips`` (the README's
+    command, with the workspace's engine)."""
+    work = tmp_path_factory.mktemp("walkthrough")
+    shutil.copytree(micro_ort_engines["fp32"], work / "engines" / "onnxruntime-fp32")
+    clips = work / "clips"
+    clips.mkdir()
+    for name in ("video20", "video21", "video22"):
+        shutil.copy(synth_root / "videos" / f"{name}.mp4", clips / f"{name}.mp4")
+    res = runner.invoke(app, ["index", "--videos", str(clips), "--name", "clips", "--workspace", str(work),
+                              "--quiet"])
+    assert res.exit_code == 0, res.output
+    return work
+
+
+def _copy_workspace(work: Path, tmp_path: Path) -> Path:
+    """A copy of the module's workspace that a test may change."""
+    return shutil.copytree(work, tmp_path / "ws", symlinks=True)
+
+
+def test_a_refusal_of_another_model_names_the_engine_and_what_built_the_library(clips_workspace, tmp_path):
+    """After `build-engine --force` of other weights into the engine folder that built a library, `rapdeploy search`
+    (no --engine: it takes that folder) said 'built with another model than this engine' without naming the engine
+    it had picked, nor the checkpoint the library was built from: the user could not tell which engine to rebuild or
+    pass. It now names the engine, and what the library's manifest records of the engine and checkpoint that built
+    it."""
+    work = _copy_workspace(clips_workspace, tmp_path)
+    lib = work / "index" / "clips"
+    manifest = json.loads((lib / "manifest.json").read_text())
+    built_by = manifest["engine"]["path"]
+    built_from = manifest["engine"]["checkpoint"]
+    manifest["engine"]["path"] = str(work / "engines" / "onnxruntime-fp32")  # the copy's own engine folder
+    manifest["model"]["checkpoint_sha256"] = "2" * 64  # as if the engine folder was rebuilt from other weights since
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    assert Path(built_by).name == "onnxruntime-fp32" and built_from
+
+    res = runner.invoke(app, ["search", "a red circle", "--library", str(lib), "--workspace", str(work)])
+
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1, res.stderr
+    engine = work / "engines" / "onnxruntime-fp32"
+    assert f"another model than engine {engine} " in line, line
+    assert f"indexed with engine {engine} from checkpoint {built_from}" in line, line
+    assert "(that engine folder holds another model now)" in line, line
