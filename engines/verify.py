@@ -26,7 +26,15 @@ import numpy as np
 from rap_deploy.engines.base import engine_info
 from rap_deploy.engines.engine_refs import Reference, resolve_engine, resolve_reference
 from rap_deploy.engines.report_labels import engine_label, report_folder_name
-from rap_deploy.engines.verify_output import check_report_folder, verify_report, write_verify_reports
+from rap_deploy.engines.verify_output import (
+    ParityFigures,
+    ParityOutcome,
+    RunIdentity,
+    VerifySettings,
+    check_report_folder,
+    verify_report,
+    write_verify_reports,
+)
 from rap_deploy.engines.verify_rules import (
     DEFAULT_TIE_EPS,
     FLIP_NOISE_Z,
@@ -140,26 +148,21 @@ def verify(
         embedding_error, per_graph = output_errors(reference, engine, run, cache, batch_size)
     finally:
         _close(engine)
-    failures, notes, worst = explain(verdict.passed, verdict.checks, per_graph, verdict.cmp, verdict.precision,
-                                     tolerance)
+    identity = RunIdentity(engine_path=engine_path, engine_info=verdict.info, reference=ref_info,
+                           model_config=reference.config, dataset=dataset, split=split, data_root=root)
     incomplete = skipped_failure(run.ref_eval["skipped"], run.used.num_videos, allow_skipped)
-    if incomplete:  # after the failed checks, before the worst graph's line (parity_failure_message reads it last)
-        failures = [*failures[:-1], incomplete, *failures[-1:]]
-    result = verify_report(
-        passed=verdict.passed and incomplete is None, tolerance=tolerance, rule=verdict.rule,
-        precision=verdict.precision, failures=failures, notes=notes, checks=verdict.checks, cmp=verdict.cmp,
-        top_m=top_m,
-        embedding_error=embedding_error, per_graph=per_graph, worst=worst, run=run, dataset=dataset, split=split,
-        root=root, max_videos=max_videos, engine_path=engine_path, info=verdict.info, ref_info=ref_info,
-        config=reference.config, cache=cache, tie_eps=tie_eps, batch_size=batch_size, threads=threads,
-        reference_device=reference_device, started=started)
-    result["parity_passed"] = bool(verdict.passed)
-    result["settings"]["allow_skipped"] = allow_skipped
+    outcome = parity_outcome(verdict, per_graph, tolerance, incomplete)
+    figures = ParityFigures(comparison=verdict.cmp, embedding_error=embedding_error, graph_error=per_graph)
+    settings = VerifySettings(tolerance=tolerance, tie_eps=tie_eps, top_m=top_m, batch_size=batch_size,
+                              max_videos=max_videos, threads=threads, reference_device=reference_device,
+                              frame_cache=cache.root, allow_skipped=allow_skipped)
+    result = verify_report(identity, outcome, figures, settings, run, started)
     write_verify_reports(out_dir, result)
     if echo is not None:
         echo(result)
-    if not result["passed"] and raise_on_fail:
-        raise CheckFailedError(parity_failure_message(engine_path, failures, out_dir) if not verdict.passed else
+    if not outcome.passed and raise_on_fail:
+        raise CheckFailedError(parity_failure_message(engine_path, outcome.failures, out_dir)
+                               if not outcome.parity_passed else
                                f"verify of {engine_path} did not pass: {incomplete} (see {out_dir / 'verify.md'})")
     return result
 
@@ -301,6 +304,19 @@ def _close(engine: Any) -> None:
     """Release the engine's sessions (a backend without ``close`` holds nothing to release)."""
     if hasattr(engine, "close"):
         engine.close()
+
+
+def parity_outcome(verdict: Verdict, per_graph: dict[str, dict[str, Any]], tolerance: float | None,
+                   incomplete: str | None) -> ParityOutcome:
+    """The verdict with its explanation (:func:`explain`): the failures (``incomplete``, :func:`skipped_failure`'s
+    line, among them when given: it fails the run even where the parity rule passed), notes and worst graph."""
+    failures, notes, worst = explain(verdict.passed, verdict.checks, per_graph, verdict.cmp, verdict.precision,
+                                     tolerance)
+    if incomplete:  # after the failed checks, before the worst graph's line (parity_failure_message reads it last)
+        failures = [*failures[:-1], incomplete, *failures[-1:]]
+    return ParityOutcome(passed=verdict.passed and incomplete is None, parity_passed=verdict.passed,
+                         rule=verdict.rule, precision=verdict.precision, checks=verdict.checks, failures=failures,
+                         notes=notes, worst_graph=worst)
 
 
 def explain(passed: bool, checks: list[dict[str, Any]], per_graph: dict[str, dict[str, Any]], cmp: dict[str, Any],
