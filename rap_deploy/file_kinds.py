@@ -80,6 +80,21 @@ def is_rap_checkpoint(path: str | os.PathLike[str]) -> bool:
     return False
 
 
+def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
+    """Whether the regular file ``path`` is a TorchScript archive (``torch.jit.save``: the format of OpenAI's own
+    CLIP release, ``ViT-B-32.pt``) rather than a state dict: a PyTorch archive holding TorchScript code
+    (``<name>/code/``) and ``constants.pkl``. Told from the archive's directory alone; a damaged file is not one."""
+    if sniff(path) != "zip":
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    # NotImplementedError: a damaged directory entry may claim any zip version or compression method
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 def pickle_globals(data: bytes, limit: int = 5) -> tuple[list[str], bool]:
     """The ``module.name`` globals a pickle stream would import (up to ``limit``) and whether it parses at all.
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from rap_deploy.atomic import file_identity, sha256_file
 from rap_deploy.errors import UsageError
-from rap_deploy.file_kinds import check_archive_expansion, is_rap_checkpoint, sniff
+from rap_deploy.file_kinds import check_archive_expansion, is_rap_checkpoint, is_torchscript_archive, sniff
 from rap_deploy.name_lists import some_names
 from rap_deploy.workspace import user_path
 
@@ -162,7 +162,7 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
             if actual != spec.sha256:
                 raise _changed_since_parsed(spec, actual)
     if spec.kind == "file" and state_dict is None:
-        _check_weights_file(Path(spec.value))
+        _check_weights_file(Path(spec.value), spec.clip)
     try:
         with _quiet_loading_logs():
             model = open_clip.create_model(spec.clip, pretrained=pretrained, force_quick_gelu=quick_gelu,
@@ -233,7 +233,7 @@ def _check_finite_weights(model: nn.Module, spec: BackboneSpec, embedded: bool) 
                            "again")
 
 
-def _check_weights_file(path: Path) -> None:
+def _check_weights_file(path: Path, clip: str) -> None:
     """Refuse a ``--pretrained`` path that is not a regular file, or an archive that would inflate past the memory
     available, before open_clip opens it (UsageError, exit 2)."""
     if not path.exists():
@@ -245,8 +245,28 @@ def _check_weights_file(path: Path) -> None:
                          f"train`), not a CLIP's weights: fine-tune it with `rapdeploy train --checkpoint {path}`, or "
                          "pass the backbone itself (the .safetensors of `rapdeploy pretrain-backbone`, or open_clip "
                          "weights)")
+    if is_torchscript_archive(path):  # torch.load would hand it to torch.jit.load, which runs its code
+        raise UsageError(_torchscript_refusal(path, clip))
     if sniff(path) == "zip":  # open_clip hands it to torch.load, which inflates what the archive declares
         check_archive_expansion(path, f"backbone weights file {path}")
+
+
+def _torchscript_refusal(path: Path, clip: str) -> str:
+    """The refusal of the TorchScript weights file ``path`` (OpenAI's ``ViT-B-32.pt``) given for ``clip``: the
+    state-dict file open_clip publishes, or the one-line conversion of this one (its tensors, without the three
+    plain numbers OpenAI's archive also holds and the constant causal mask a traced open_clip model keeps), and the
+    QuickGELU model its weights need where open_clip has one."""
+    import open_clip
+
+    converted = path.with_name(f"{path.stem}.state_dict.pt")
+    quick = f"{clip}-quickgelu"
+    model = f" with --clip {quick} (OpenAI's weights need QuickGELU)" if quick in open_clip.list_models() else ""
+    return (f"backbone weights file {path} is a TorchScript archive (OpenAI's original CLIP release format), which "
+            "rapdeploy does not load: loading it runs the code it holds; pass open_clip's state-dict file of the "
+            "model (open_clip_pytorch_model.bin or .safetensors), or, if you trust this file, convert it once: "
+            f"python -c \"import torch; sd = torch.jit.load('{path}', map_location='cpu').state_dict(); "
+            "[sd.pop(k) for k in ('input_resolution', 'context_length', 'vocab_size', 'attn_mask') if k in sd]; "
+            f"torch.save(sd, '{converted}')\" and pass --pretrained {converted}{model}")
 
 
 def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
