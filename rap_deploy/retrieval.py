@@ -194,6 +194,12 @@ def videos_folder_hint(split: Any, skipped: list[dict[str, str]]) -> str:
     folder = getattr(split, "videos_dir", None)
     if folder is None or any(s["reason"] != "missing" for s in skipped):
         return ""
+    return missing_videos_hint(folder)
+
+
+def missing_videos_hint(folder: str | os.PathLike[str]) -> str:
+    """``": FOLDER does not exist; put the videos there ..."`` (or ``": FOLDER holds none of them; ..."`` when it
+    exists): what to say when every video of a split is missing from the videos folder ``folder``."""
     if not Path(folder).is_dir():
         return (f": {folder} does not exist; put the videos there (<video_id>.<ext>, any sub-folder) or pass the "
                 "--data-root that holds them")

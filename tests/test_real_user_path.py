@@ -61,3 +61,32 @@ def _save_traced_micro_clip(path) -> None:
         traced = torch.jit.trace(model, (torch.zeros(1, 3, 32, 32), torch.zeros(1, 32, dtype=torch.long)),
                                  strict=False, check_trace=False)
         torch.jit.save(traced, str(path))
+
+
+def test_data_check_says_the_videos_folder_is_absent_when_every_video_is_missing(tmp_path):
+    """CLIP4Clip's MSR-VTT download keeps the annotation files (msrvtt_data/) apart from the videos. data-check, the
+    README's first step, given the annotation folder listed every video as missing and ended 'N of N videos
+    unusable: <each path> (missing)', never saying that the folder it looked in does not exist (train, export and
+    verify say so). Its error line now ends with where the videos were looked for and the fix."""
+    import json
+
+    root = tmp_path / "msrvtt_data"
+    root.mkdir()
+    ids = ["video7", "video8"]
+    (root / "MSRVTT_data.json").write_text(json.dumps({
+        "videos": [{"video_id": v} for v in ids],
+        "sentences": [{"video_id": v, "caption": f"a clip {v}"} for v in ids]}), encoding="utf-8")
+    (root / "MSRVTT_train.9k.csv").write_text("video_id\nvideo7\n", encoding="utf-8")
+    (root / "MSRVTT_JSFUSION_test.csv").write_text(
+        "key,vid_key,video_id,sentence\n" + "".join(f"ret{i},msr{i},{v},a clip {v}\n" for i, v in enumerate(ids)),
+        encoding="utf-8")
+    result = CliRunner().invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(root), "--no-cache",
+                                      "--quiet"])
+    assert result.exit_code == 1, result.output
+    said = _one_error_line(result)
+    assert "2 of 2 videos unusable" in said, said
+    assert f"{root / 'videos'} does not exist; put the videos there" in said and "--data-root" in said, said
+    (root / "videos").mkdir()
+    result = CliRunner().invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(root), "--no-cache",
+                                      "--quiet"])
+    assert result.exit_code == 1 and f"{root / 'videos'} holds none of them" in _one_error_line(result)

@@ -125,7 +125,19 @@ def data_check(
         problems = [f"{p} (missing)" for p in report["missing_paths"]]
         problems += [f"{u['path']} ({u['reason']})" for u in report["undecodable"]]
         shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise CheckFailedError(f"{len(problems)} of {report['videos']} videos unusable: {shown}")
+        raise CheckFailedError(f"{len(problems)} of {report['videos']} videos unusable: {shown}"
+                               f"{_all_missing_hint(report)}")
+
+
+def _all_missing_hint(report: dict) -> str:
+    """Where the videos were looked for, when ``report`` (:func:`check_dataset`'s) finds every one of them missing
+    (a ``--data-root`` holding the annotation files but not the videos, or them in a folder of another name); else
+    ``""``."""
+    from rap_deploy.retrieval import missing_videos_hint
+
+    if report["undecodable"] or len(report["missing"]) != report["videos"]:
+        return ""
+    return missing_videos_hint(report["videos_dir"])
 
 
 def _print_report(report: dict) -> None:
