@@ -15,13 +15,11 @@ from rap_deploy.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def clips_workspace(micro_ort_engines, synth_root, tmp_path_factory) -> Path:
-    """A workspace whose only engine is the micro fp32 ONNX Runtime engine, with a folder ``clips/`` of three of the
-    synthetic videos indexed into ``index/clips`` by ``rapdeploy index --videos clips --name clips`` (the README's
-    command, with the workspace's engine)."""
-    work = tmp_path_factory.mktemp("walkthrough")
-    shutil.copytree(micro_ort_engines["fp32"], work / "engines" / "onnxruntime-fp32")
+def _indexed_clips_workspace(work: Path, engine: Path, synth_root: Path) -> Path:
+    """``work`` made a workspace whose only engine is ``engine``, with a folder ``clips/`` of three of the synthetic
+    videos indexed into ``index/clips`` by ``rapdeploy index --videos clips --name clips`` (the README's command,
+    with the workspace's engine)."""
+    shutil.copytree(engine, work / "engines" / "onnxruntime-fp32")
     clips = work / "clips"
     clips.mkdir()
     for name in ("video20", "video21", "video22"):
@@ -30,6 +28,12 @@ def clips_workspace(micro_ort_engines, synth_root, tmp_path_factory) -> Path:
                               "--quiet"])
     assert res.exit_code == 0, res.output
     return work
+
+
+@pytest.fixture(scope="module")
+def clips_workspace(micro_ort_engines, synth_root, tmp_path_factory) -> Path:
+    """A workspace of :func:`_indexed_clips_workspace` on the micro fp32 ONNX Runtime engine."""
+    return _indexed_clips_workspace(tmp_path_factory.mktemp("walkthrough"), micro_ort_engines["fp32"], synth_root)
 
 
 def _copy_workspace(work: Path, tmp_path: Path) -> Path:
@@ -62,3 +66,27 @@ def test_a_refusal_of_another_model_names_the_engine_and_what_built_the_library(
     assert f"another model than engine {engine} " in line, line
     assert f"indexed with engine {engine} from checkpoint {built_from}" in line, line
     assert "(that engine folder holds another model now)" in line, line
+
+
+def test_add_over_a_folder_whose_video_was_deleted_names_it_and_the_remove_that_drops_it(micro_ort_engines,
+                                                                                        synth_root, tmp_path):
+    """After `rm clips/video21.mp4`, `rapdeploy index --videos clips --name clips --add` said 'up to date: ... holds 3
+    videos' and nothing else, while search kept returning video21 at a path that no longer exists (its thumbnails a
+    404). --add keeps such rows (a folder on an unmounted disk must not empty a library), and now says so on stderr:
+    the id, the path, and the --remove command that drops it; --json lists them under "gone"."""
+    work = _indexed_clips_workspace(tmp_path, micro_ort_engines["fp32"], synth_root)
+    lib = work / "index" / "clips"
+    deleted = work / "clips" / "video21.mp4"
+    deleted.unlink()
+    args = ["index", "--videos", str(work / "clips"), "--name", "clips", "--add", "--workspace", str(work)]
+
+    res = runner.invoke(app, args)
+    as_json = runner.invoke(app, [*args, "--json"])
+
+    assert res.exit_code == 0, res.output
+    gone = [line for line in res.stderr.splitlines() if "no longer exists" in line]
+    assert len(gone) == 1, res.stderr
+    assert f"video21 ({deleted})" in gone[0], gone[0]
+    assert f"rapdeploy index --out {lib} --remove video21" in gone[0], gone[0]
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["gone"] == [{"video_id": "video21", "path": str(deleted)}], as_json.stdout

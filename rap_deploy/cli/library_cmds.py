@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,19 @@ def _print_index(report: dict[str, Any], json_out: bool) -> None:
                    "another --ann) for full recall", err=True)
     for s in report["skipped"]:
         typer.echo(f"skipped {s['video_id']}: {s['reason']} ({s['path']})", err=True)
+    if report.get("gone"):
+        typer.echo(gone_files_warning(report["library"], report["gone"]), err=True)
+
+
+def gone_files_warning(library: str, gone: list[dict[str, str]]) -> str:
+    """The stderr line naming the library's videos whose file no longer exists (kept, still found by search) and the
+    command that drops them."""
+    from rap_deploy.name_lists import some_names
+
+    named = some_names([f"{g['video_id']} ({g['path']})" for g in gone])
+    removes = " ".join(f"--remove {shlex.quote(g['video_id'])}" for g in gone)
+    return (f"warning: {len(gone)} indexed video(s) whose file no longer exists stay in the library and are still "
+            f"found by search: {named}; drop them with `rapdeploy index --out {shlex.quote(library)} {removes}`")
 
 
 # ------------------------------------------------------------------------------------------------------ search

@@ -126,6 +126,7 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
             ranks.barrier()
             written, resumed, encode_s = _encode_mine(root, engine, cache, options, ranks, progress, log)
             report = _finish(root, engine, source, options, ranks, state, log)
+            report["gone"] = state.get("gone", [])
         if ranks.world_size > 1 and engine is not None:  # the job's counts, not this rank's share
             planned = len((state["plan"] or {}).get("shards", []))
             written, resumed = planned - committed_before, committed_before

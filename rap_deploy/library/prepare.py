@@ -6,6 +6,7 @@ What it refuses, it refuses before any video is encoded or any file of the libra
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,21 +64,22 @@ def prepare(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     if resumed:
         log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")
     state.update(plan=plan, resumed=resumed, model=model, sampling=sampling, replaces=todo.changed, moved=todo.moved,
-                 moved_ids=todo.moved_ids)
+                 moved_ids=todo.moved_ids, gone=todo.gone)
     return state
 
 
 @dataclass
 class VideosToEncode:
     """What a build encodes of the videos given: ``pending`` (new or changed), ``changed`` (their ids → the rows they
-    replace), ``moved`` (files moved since they were indexed: recorded, never re-encoded; ``moved_ids`` their ids)
-    and the ``interrupted`` build's plan, if any."""
+    replace), ``moved`` (files moved since they were indexed: recorded, never re-encoded; ``moved_ids`` their ids),
+    the ``interrupted`` build's plan, if any, and ``gone`` (live rows not given whose file no longer exists: kept)."""
 
     pending: list[VideoEntry]
     changed: dict[str, int]
     moved: dict[str, dict[str, Any]]
     moved_ids: list[str]
     interrupted: dict[str, Any] | None
+    gone: list[dict[str, str]]
 
 
 def _read_library(root: Path, options: BuildOptions) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -140,7 +142,16 @@ def _videos_to_encode(root: Path, source: VideoSource, options: BuildOptions, ol
     if interrupted is not None:
         changed = _resumable_replaces(interrupted, indexed, changed)
     pending = [v for v in given if v.video_id not in indexed or v.video_id in changed]
-    return VideosToEncode(pending=pending, changed=changed, moved=moved, moved_ids=moved_ids, interrupted=interrupted)
+    return VideosToEncode(pending=pending, changed=changed, moved=moved, moved_ids=moved_ids, interrupted=interrupted,
+                          gone=_gone_files(indexed, {v.video_id for v in source.videos} | removing))
+
+
+def _gone_files(indexed: dict[str, IndexedFile], given: set[str]) -> list[dict[str, str]]:
+    """The live rows of ``indexed`` not among the ``given`` ids whose recorded file no longer exists, as
+    ``{"video_id", "path"}``: a build keeps them (a folder on an unmounted disk must not empty a library), and the
+    report names them with the ``--remove`` that drops them."""
+    return [{"video_id": vid, "path": f.path} for vid, f in indexed.items()
+            if vid not in given and not os.path.lexists(f.path)]
 
 
 def _refuse_unknown_removals(root: Path, remove: list[str], indexed: dict[str, IndexedFile]) -> None:
