@@ -90,3 +90,29 @@ def test_add_over_a_folder_whose_video_was_deleted_names_it_and_the_remove_that_
     assert f"rapdeploy index --out {lib} --remove video21" in gone[0], gone[0]
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout)["gone"] == [{"video_id": "video21", "path": str(deleted)}], as_json.stdout
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder"])
+def test_serve_refuses_a_url_file_it_cannot_write_before_loading_anything(micro_ort_engines, tmp_path, where):
+    """`serve --url-file blocker/url.txt` (blocker a file) loaded the engine and the library, bound the port and
+    started the server, then stopped with 'cannot write --url-file blocker/url.txt (File exists)': after the whole
+    start-up (minutes for a large library with --verify full) and naming the wrong cause. A --url-file that is a
+    folder, or whose folder is a file, is now refused before anything is loaded or bound, naming the path in the way."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "blocker"
+    if where == "a folder":
+        blocker.mkdir()
+        url_file, in_the_way = blocker, f"--url-file {blocker} is a folder"
+    else:
+        blocker.write_text("")
+        url_file, in_the_way = blocker / "url.txt", f"{blocker} is a file, not a folder"
+    cmd = [sys.executable, "-m", "rap_deploy.cli", "serve", "--engine", str(micro_ort_engines["fp32"]), "--threads",
+           "1", "--no-library", "--host", "127.0.0.1", "--port", "0", "--url-file", str(url_file)]
+
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and in_the_way in res.stderr, res.stderr
+    assert "rapdeploy serve" not in res.stderr + res.stdout, res.stderr  # neither started nor stopped

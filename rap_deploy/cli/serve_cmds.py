@@ -99,6 +99,8 @@ def serve_cmd(
         raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got '{verify}'")
     if log_level.lower() not in LOG_LEVELS:
         raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    if url_file is not None:
+        check_url_file(url_file)
     options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                            max_infer_body=int(max_body_mb * MiB), max_connections=max_connections,
                            header_timeout_s=header_timeout, body_idle_timeout_s=idle_timeout,
@@ -106,6 +108,22 @@ def serve_cmd(
     serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
           url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
           shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()), verify=verify)
+
+
+def check_url_file(url_file: Path) -> None:
+    """Refuse, before the engine or library is loaded and a port bound, a ``--url-file`` that could never be written:
+    a folder, or a path under a file. Raises :class:`UsageError` (exit 2) naming the path in the way."""
+    from rap_deploy.errors import UsageError
+
+    if url_file.is_dir():
+        raise UsageError(f"--url-file {url_file} is a folder; pass the path of a file to write the URL to, e.g. "
+                         f"{url_file / 'url.txt'}")
+    for parent in url_file.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--url-file {url_file}: {parent} is a file, not a folder; pass a --url-file in a "
+                                 "folder (it is created when missing)")
+            return
 
 
 # triton-repo refuses any URL as --out in its own words (triton_repo._refuse_url_out: it uploads nothing, tritonserver
