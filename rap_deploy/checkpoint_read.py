@@ -151,8 +151,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
                 raise UsageError(f"{path} is a backbone file (`rapdeploy pretrain-backbone`), not a RAP checkpoint; "
                                  f"make one on it with `rapdeploy init --backbone {path} --out ckpt.pt`")
             if "rapdeploy" not in meta:
-                raise UsageError(f"{path} is a safetensors file without rapdeploy metadata, not a RAP checkpoint; "
-                                 "pass a checkpoint from `rapdeploy init` or `rapdeploy train`")
+                raise _plain_safetensors(path, list(fh.keys()))
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckFailedError(f"checkpoint {path} is not a readable safetensors file ({str(exc)[:160]}): truncated "
@@ -163,6 +162,19 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     backbone = {k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}
     payload["backbone_state"] = backbone or None
     return payload
+
+
+def _plain_safetensors(path: Path, names: list[str]) -> UsageError:
+    """The error for a safetensors file without rapdeploy metadata holding the tensors ``names``: open_clip weights
+    (``open_clip_model.safetensors``) are the likely mix-up, so it names `rapdeploy init --pretrained` as the
+    PyTorch state_dict's refusal does."""
+    fix = "pass a checkpoint from `rapdeploy init` or `rapdeploy train`"
+    if not names:
+        return UsageError(f"{path} is a safetensors file without rapdeploy metadata or tensors, not a RAP checkpoint; "
+                          f"{fix}")
+    return UsageError(f"{path} is a safetensors file without rapdeploy metadata ({len(names):,} tensors, the first "
+                      f"{names[0][:60]!r}), not a RAP checkpoint; if these are CLIP weights, make a checkpoint on "
+                      f"them with `rapdeploy init --clip NAME --pretrained {path} --out ckpt.pt`, else {fix}")
 
 
 def _damaged(path: Path, what: str) -> CheckFailedError:

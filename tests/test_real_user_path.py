@@ -90,3 +90,23 @@ def test_data_check_says_the_videos_folder_is_absent_when_every_video_is_missing
     result = CliRunner().invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(root), "--no-cache",
                                       "--quiet"])
     assert result.exit_code == 1 and f"{root / 'videos'} holds none of them" in _one_error_line(result)
+
+
+@pytest.mark.parametrize("command", ["info", "export", "train"])
+def test_clip_weights_given_as_a_checkpoint_name_init_for_safetensors_as_for_pt(tmp_path, command):
+    """A user's own CLIP weights passed where a RAP checkpoint goes: as a PyTorch state_dict (.bin/.pt) the refusal
+    names `rapdeploy init --clip NAME --pretrained FILE`; as open_clip's .safetensors it said only 'a safetensors
+    file without rapdeploy metadata ... pass a checkpoint from `rapdeploy init` or `rapdeploy train`'. It now says
+    what it holds and names the same init command."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "open_clip_model.safetensors"
+    save_file({"positional_embedding": torch.zeros(4, 8), "text_projection": torch.zeros(8, 8)}, str(weights))
+    args = {"info": ["info", str(weights)], "export": ["export", str(weights), "--out", str(tmp_path / "onnx")],
+            "train": ["train", "--checkpoint", str(weights), "--dataset", "msrvtt", "--data-root", str(tmp_path),
+                      "--out", str(tmp_path / "run"), "--quiet"]}[command]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = _one_error_line(result)
+    assert "(2 tensors, the first 'positional_embedding')" in said, said
+    assert f"`rapdeploy init --clip NAME --pretrained {weights} --out ckpt.pt`" in said, said
