@@ -110,3 +110,39 @@ def test_clip_weights_given_as_a_checkpoint_name_init_for_safetensors_as_for_pt(
     said = _one_error_line(result)
     assert "(2 tensors, the first 'positional_embedding')" in said, said
     assert f"`rapdeploy init --clip NAME --pretrained {weights} --out ckpt.pt`" in said, said
+
+
+def test_a_data_root_next_to_the_dataset_folder_names_the_one_to_pass(tmp_path):
+    """A --data-root one folder off (the folder above the dataset, its videos folder) or another dataset's folder
+    (a wrong --dataset) was refused with 'annotation file X is missing; is --data-root the right dataset folder?',
+    leaving the user to guess which. The refusal (exit 2, one line) now names the folder or the --dataset to pass."""
+    data = tmp_path / "data"
+    msrvtt, msvd = data / "msrvtt", data / "msvd"
+    (msrvtt / "MSRVTT_Videos").mkdir(parents=True)
+    msvd.mkdir()
+    (msrvtt / "MSRVTT_data.json").write_text("{}", encoding="utf-8")
+    (msvd / "raw-captions.pkl").write_bytes(b"")
+    cases = [(data, "msrvtt", f"{msrvtt} holds it: pass --data-root {msrvtt}"),
+             (msrvtt / "MSRVTT_Videos", "msrvtt", f"the folder above it holds it (--data-root names a folder inside "
+                                                  f"the dataset's): pass --data-root {msrvtt}"),
+             (msvd, "msrvtt", "it holds raw-captions.pkl, msvd's: pass --dataset msvd"),
+             (msrvtt, "msvd", "it holds MSRVTT_data.json, msrvtt's: pass --dataset msrvtt")]
+    for root, dataset, fix in cases:
+        for args in (["data-check", "--no-cache"], ["train", "--clip", "rap-micro", "--pretrained", "none", "--out",
+                                                    str(tmp_path / "run")]):
+            result = CliRunner().invoke(app, [*args, "--dataset", dataset, "--data-root", str(root), "--quiet"])
+            said = _one_error_line(result)
+            assert result.exit_code == 2 and f"--data-root {root} holds no " in said and said.endswith(fix), said
+
+
+def test_a_didemo_folder_of_the_test_split_alone_is_not_refused_as_another_folder(tmp_path):
+    """A DiDeMo folder kept for evaluation holds only test_list.txt and test_data.json: the folder check takes it for
+    DiDeMo's (the readers then read it), not for a folder without DiDeMo's annotation."""
+    import json
+
+    (tmp_path / "test_list.txt").write_text("v1.mp4\n", encoding="utf-8")
+    (tmp_path / "test_data.json").write_text(json.dumps([{"video": "v1.mp4", "description": "a dog runs",
+                                                          "times": [[0, 1]]}]), encoding="utf-8")
+    result = CliRunner().invoke(app, ["data-check", "--dataset", "didemo", "--data-root", str(tmp_path),
+                                      "--no-cache", "--quiet", "--json"])
+    assert result.exit_code == 1 and '"missing": [\n    "v1.mp4"' in result.stdout, result.output

@@ -33,6 +33,7 @@ from rap_deploy.data.annotation_files import (
     require_key,
 )
 from rap_deploy.data.cache import FrameCache
+from rap_deploy.data.folder_layout import check_dataset_layout
 from rap_deploy.data.video_files import StemFinder, msrvtt_video, videos_folder
 from rap_deploy.errors import UsageError
 from rap_deploy.workspace import user_path
@@ -153,6 +154,7 @@ def load_split(
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise UsageError(f"dataset folder {root} {what}; pass --data-root pointing at the {dataset} folder")
+    check_dataset_layout(root, dataset)
     sampling, context_length = dataset_defaults(dataset)
     if max_frames is not None:
         if max_frames < 1:
