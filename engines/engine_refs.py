@@ -54,6 +54,7 @@ def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.Pa
                              "`rapdeploy build-engine`" + (" (or a .pt checkpoint for the PyTorch engine)"
                                                            if checkpoints else " or an export folder"))
         _check_engine_file(path, checkpoints)
+        _refuse_library_folder(path)
         return path
     folder = subdir("engines", workspace)
     found = latest_child(folder, "manifest.json")
@@ -76,6 +77,27 @@ def _check_engine_file(path: Path, checkpoints: bool) -> None:
     beside = f": --engine {path.parent}" if (path.parent / "manifest.json").is_file() else ""
     raise UsageError(f"--engine {path} is a file, not an engine folder{allowed}; pass the folder `rapdeploy "
                      f"build-engine` (or `rapdeploy export`) wrote{beside}")
+
+
+def _refuse_library_folder(path: Path) -> None:
+    """Refuse (:class:`UsageError`) a video library folder given as ``--engine`` (its ``manifest.json`` of format
+    ``rapdeploy.library``), naming the engine its manifest says built it: the two folders mixed up were otherwise
+    refused for what a library lacks ('names no source checkpoint', 'not an engine manifest')."""
+    import shlex
+
+    manifest_path = path / "manifest.json"
+    if not path.is_dir() or not manifest_path.is_file():
+        return
+    try:
+        manifest = json.loads(read_manifest_text(manifest_path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # the engine loader names a damaged manifest
+    if not isinstance(manifest, dict) or manifest.get("format") != "rapdeploy.library":
+        return
+    built = (manifest.get("engine") if isinstance(manifest.get("engine"), dict) else {}).get("path")
+    named = f", --engine {shlex.quote(built)}" if isinstance(built, str) and built else " as --engine"
+    raise UsageError(f"--engine {path} is a video library (`rapdeploy index` wrote it), not an engine; pass the "
+                     f"engine that built it{named} (search and serve take the library as --library)")
 
 
 def engine_manifest(engine_path: Path) -> dict[str, Any] | None:

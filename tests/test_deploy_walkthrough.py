@@ -116,3 +116,27 @@ def test_serve_refuses_a_url_file_it_cannot_write_before_loading_anything(micro_
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and in_the_way in res.stderr, res.stderr
     assert "rapdeploy serve" not in res.stderr + res.stdout, res.stderr  # neither started nor stopped
+
+
+@pytest.mark.parametrize("command", [["verify", "--dataset", "msrvtt"], ["bench", "--batch-sizes", "1"],
+                                     ["search", "a red circle"], ["triton-repo", "--out", "repo"]])
+def test_a_library_given_as_engine_is_named_a_library_with_the_engine_that_built_it(clips_workspace, synth_root,
+                                                                                   tmp_path, command):
+    """A library folder given as --engine (the two folders mixed up) was refused with 'LIB/manifest.json names no
+    source checkpoint; pass --checkpoint CKPT' (verify, bench: a --checkpoint does not help) or 'is not an engine
+    manifest (format 'rapdeploy.library', ...)' (search, index, serve, triton-repo), neither saying what to pass.
+    Every command now says it is a library and names the engine that built it, as --engine."""
+    lib = clips_workspace / "index" / "clips"
+    built_by = json.loads((lib / "manifest.json").read_text())["engine"]["path"]
+    extra = ["--data-root", str(synth_root)] if command[0] == "verify" else []
+    if command[0] == "search":
+        extra = ["--library", str(lib)]
+    if command[0] == "triton-repo":
+        command = ["triton-repo", "--out", str(tmp_path / "repo")]
+
+    res = runner.invoke(app, [*command, *extra, "--engine", str(lib), "--workspace", str(clips_workspace)])
+
+    assert res.exit_code == 2, res.output
+    assert res.stderr.count("\n") == 1, res.stderr
+    assert f"--engine {lib} is a video library (`rapdeploy index` wrote it), not an engine" in res.stderr, res.stderr
+    assert f"pass the engine that built it, --engine {built_by}" in res.stderr, res.stderr
