@@ -146,3 +146,15 @@ def test_a_didemo_folder_of_the_test_split_alone_is_not_refused_as_another_folde
     result = CliRunner().invoke(app, ["data-check", "--dataset", "didemo", "--data-root", str(tmp_path),
                                       "--no-cache", "--quiet", "--json"])
     assert result.exit_code == 1 and '"missing": [\n    "v1.mp4"' in result.stdout, result.output
+
+
+@pytest.mark.parametrize("args", [["build-engine", "--help"], ["--help"]])
+def test_help_piped_into_a_reader_that_stopped_ends_with_141_not_1(args):
+    """`rapdeploy build-engine --help | head -1` exited 1, the code of a failed check, where the README promises
+    141 for output piped into a reader that stopped reading (what a command's own output gets): rich, which prints
+    the help, exits 1 on the broken pipe. It now ends quietly with 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "rap_deploy.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the help is written (the interpreter takes far longer to start)
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and not stderr.strip(), stderr

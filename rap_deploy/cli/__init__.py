@@ -38,8 +38,13 @@ def main() -> None:
     from rap_deploy.cpu_memory import prefer_huge_pages
 
     prefer_huge_pages()
+    stdout_was_pipe = _stdout_is_pipe()
     try:
         code = app(standalone_mode=False)
+    except SystemExit as exc:
+        if exc.code == 1 and _output_pipe_closed(stdout_was_pipe):
+            sys.exit(141)  # as a command's own output does (app._os_error_exit), not 1: a failed check
+        raise
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
         sys.exit(1)
@@ -56,6 +61,27 @@ def main() -> None:
             print(f"error: {' '.join(message.split())}{hint}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stdout_is_pipe() -> bool:
+    """Whether standard output (file descriptor 1) is a pipe (``rapdeploy ... | head``)."""
+    import os
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.fstat(1).st_mode)
+    except OSError:
+        return False
+
+
+def _output_pipe_closed(stdout_was_pipe: bool) -> bool:
+    """Whether the run was ended (exit 1) because standard output's reader went away (``rapdeploy verify --help |
+    head``): help is printed by rich, which then points stdout at /dev/null and exits 1 (so stdout, a pipe at the
+    start, is none now), or by click, which wraps stdout in its flush-pacifying wrapper and exits 1. The exit codes
+    reserve 1 for a failed check."""
+    import sys
+
+    return (stdout_was_pipe and not _stdout_is_pipe()) or "PacifyFlushWrapper" in type(sys.stdout).__name__
 
 
 def _named_command(args: list[str]) -> str:
