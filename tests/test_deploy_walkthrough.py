@@ -140,3 +140,22 @@ def test_a_library_given_as_engine_is_named_a_library_with_the_engine_that_built
     assert res.stderr.count("\n") == 1, res.stderr
     assert f"--engine {lib} is a video library (`rapdeploy index` wrote it), not an engine" in res.stderr, res.stderr
     assert f"pass the engine that built it, --engine {built_by}" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("kind", ["export", "fp32"])
+def test_index_force_into_an_export_or_engine_folder_refuses_and_keeps_it(micro_ort_engines, clips_workspace,
+                                                                           tmp_path, kind):
+    """`rapdeploy index --videos clips --out rapdeploy-out/onnx --force` (a wrong --out) read the export's
+    manifest.json, found it no library, took it for a damaged one and wiped it: the export folder's manifest was
+    replaced by a library's, its graphs left without one (exit 0). --force replaces a library (or a damaged one)
+    only: another rapdeploy artifact is refused (exit 2) naming it, and left as it was."""
+    folder = shutil.copytree(micro_ort_engines[kind], tmp_path / kind)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    fmt = json.loads(before["manifest.json"])["format"]
+
+    res = runner.invoke(app, ["index", "--videos", str(clips_workspace / "clips"), "--out", str(folder), "--force",
+                              "--engine", str(micro_ort_engines["fp32"]), "--quiet"])
+
+    assert res.exit_code == 2, res.output
+    assert f"{folder} holds a {fmt} folder (its manifest.json), not a library" in res.stderr, res.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

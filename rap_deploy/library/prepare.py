@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from rap_deploy.atomic import remove_temporaries
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.data.datasets import VideoEntry
-from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 from rap_deploy.library import plan as plans
 from rap_deploy.library.changes import IndexedFile, changed_videos, indexed_files, moved_videos, with_moves
 from rap_deploy.library.manifest import (
+    FORMAT,
     INDEX_OTHER_MODEL_FIX,
     MANIFEST,
     SHARDS_DIR,
@@ -219,9 +220,10 @@ def _force_start(root: Path, had_library: bool) -> dict[str, Any] | None:
     if not had_library:  # before deleting: the folder holds something else
         _refuse_foreign_folder(root)
     else:
+        _refuse_other_artifact(root)
         try:
             replacing = read_manifest(root)
-        except (UsageError, CheckFailedError):  # not a library, damaged, oversized: wiped
+        except (UsageError, CheckFailedError):  # damaged, oversized: wiped
             replacing = None
         if replacing is not None:
             try:
@@ -231,6 +233,22 @@ def _force_start(root: Path, had_library: bool) -> dict[str, Any] | None:
             return replacing
     _wipe(root)
     return None
+
+
+def _refuse_other_artifact(root: Path) -> None:
+    """Refuse (:class:`UsageError`), before ``--force`` deletes anything, a folder whose ``manifest.json`` is another
+    rapdeploy artifact's (an export or engine folder given as ``--out``): it is no damaged library to wipe."""
+    import json
+
+    from rap_deploy.bounds import read_manifest_text
+
+    try:
+        fmt = json.loads(read_manifest_text(root / MANIFEST)).get("format")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, RapDeployError):
+        return  # unreadable: a damaged library's, wiped
+    if isinstance(fmt, str) and fmt.startswith("rapdeploy.") and fmt != FORMAT:
+        raise UsageError(f"{root} holds a {fmt} folder (its {MANIFEST}), not a library: --force replaces only a "
+                         "library; pass another --out (nothing was changed)")
 
 
 def _wipe(root: Path) -> None:
