@@ -159,3 +159,23 @@ def test_index_force_into_an_export_or_engine_folder_refuses_and_keeps_it(micro_
     assert res.exit_code == 2, res.output
     assert f"{folder} holds a {fmt} folder (its manifest.json), not a library" in res.stderr, res.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.parametrize("kind", ["export", "fp32"])
+@pytest.mark.parametrize("command", ["search", "index"])
+def test_an_engine_or_export_folder_given_as_library_says_what_it_is(micro_ort_engines, clips_workspace, kind,
+                                                                      command):
+    """`search --library ENGINE` (the two folders mixed up) and `index --out ENGINE` were refused with
+    'ENGINE/manifest.json is not a library manifest (format 'rapdeploy.engine', expected 'rapdeploy.library')':
+    the file and the value, but not what the folder is nor what to pass. They now say it and the fix."""
+    folder = micro_ort_engines[kind]
+    what = {"export": "an export folder (`rapdeploy export` wrote it)",
+            "fp32": "an engine folder (`rapdeploy build-engine` wrote it)"}[kind]
+    args = (["search", "a red circle", "--library", str(folder)] if command == "search" else
+            ["index", "--videos", str(clips_workspace / "clips"), "--out", str(folder), "--engine", str(folder)])
+
+    res = runner.invoke(app, [*args, "--workspace", str(clips_workspace)])
+
+    assert res.exit_code == 2, res.output
+    assert f"{folder} is {what}, not a library" in res.stderr, res.stderr
+    assert "pass it as --engine, and as --library the folder of a library" in res.stderr, res.stderr

@@ -298,6 +298,10 @@ def _holds_videos(root: Path, look_at: int = 1000) -> bool:
         return False
 
 
+_OTHER_ARTIFACTS = {"rapdeploy.engine": "an engine folder (`rapdeploy build-engine` wrote it)",
+                    "rapdeploy.export": "an export folder (`rapdeploy export` wrote it)"}
+
+
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and structurally check ``root/manifest.json``.
 
@@ -319,6 +323,11 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
         raise DamagedArtifactError(f"{path} is not valid JSON ({exc}); the library is damaged: re-index it") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        what = _OTHER_ARTIFACTS.get(fmt) if isinstance(fmt, str) else None
+        if what is not None:
+            raise UsageError(f"{root} is {what}, not a library ({path} has format {fmt!r}): pass it as --engine, and "
+                             "as --library the folder of a library (`rapdeploy index --out DIR` writes one; index "
+                             "into another --out)")
         raise UsageError(f"{path} is not a library manifest (format {fmt!r}, expected '{FORMAT}')")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
