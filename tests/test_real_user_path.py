@@ -158,3 +158,24 @@ def test_help_piped_into_a_reader_that_stopped_ends_with_141_not_1(args):
     proc.stdout.close()  # the reader is gone before the help is written (the interpreter takes far longer to start)
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and not stderr.strip(), stderr
+
+
+def test_didemo_tokens_beyond_a_clips_text_positions_name_the_context_length_to_pass(tmp_path):
+    """DiDeMo and ActivityNet ask for 64 text tokens by default; on a CLIP with fewer text positions training was
+    refused with 'context_length 64 exceeds rap-micro's 32 text positions' and no fix. It now names the
+    --context-length that fits."""
+    import json
+
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}_list.txt").write_text("v1.mp4\n", encoding="utf-8")
+        (tmp_path / f"{split}_data.json").write_text(json.dumps([{"video": "v1.mp4", "description": "a dog runs",
+                                                                  "times": [[0, 1]]}]), encoding="utf-8")
+    fix = "pass --context-length 32 or less (text past it is cut), or a --clip with more"
+    for args in (["init", "--clip", "rap-micro", "--pretrained", "none", "--context-length", "64", "--out",
+                  str(tmp_path / "c.pt")],
+                 ["train", "--dataset", "didemo", "--data-root", str(tmp_path), "--clip", "rap-micro", "--pretrained",
+                  "none", "--frames", "4", "--out", str(tmp_path / "run"), "--quiet"]):
+        result = CliRunner().invoke(app, args)
+        said = _one_error_line(result)
+        assert result.exit_code == 2 and "context_length 64 exceeds rap-micro's 32 text positions" in said, said
+        assert said.endswith(fix), said

@@ -74,9 +74,11 @@ class RAPModel(nn.Module):
         excess = topk_excess(config, self.grid)  # a checkpoint of it would not load (checkpoint.py)
         if excess:
             raise UsageError(f"{excess}; pass --topk {self.num_patches} or less")
-        if config.context_length > clip.positional_embedding.shape[0]:
-            raise UsageError(f"context_length {config.context_length} exceeds {config.clip}'s "
-                             f"{clip.positional_embedding.shape[0]} text positions")
+        positions = clip.positional_embedding.shape[0]
+        if config.context_length > positions:  # DiDeMo and ActivityNet ask for 64 tokens by default
+            raise UsageError(f"context_length {config.context_length} exceeds {config.clip}'s {positions} text "
+                             f"positions; pass --context-length {positions} or less (text past it is cut), or a "
+                             "--clip with more")
         if config.use_lorm:
             self.lorm_attn = nn.ModuleList(LowRankModulation(config.frames, width, config.lorm_rank) for _ in blocks)
             self.lorm_mlp = nn.ModuleList(LowRankModulation(config.frames, width, config.lorm_rank) for _ in blocks)
