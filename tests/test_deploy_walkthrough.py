@@ -179,3 +179,16 @@ def test_an_engine_or_export_folder_given_as_library_says_what_it_is(micro_ort_e
     assert res.exit_code == 2, res.output
     assert f"{folder} is {what}, not a library" in res.stderr, res.stderr
     assert "pass it as --engine, and as --library the folder of a library" in res.stderr, res.stderr
+
+
+def test_the_readmes_serve_commands_name_a_library_its_steps_create():
+    """The README's serve commands (the command table's and "Serve it"'s, which a reader pastes) served `--library
+    lib`, a folder no step of the README writes: pasted after `rapdeploy demo` they stopped with 'library lib does
+    not exist'. They now name the demo's library, rapdeploy-out/index/msrvtt-test, which `rapdeploy demo` (the
+    README's first command) builds, beside the engine folder they already named."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    import re
+
+    libraries = re.findall(r"rapdeploy serve --library (\S+)", readme)
+    assert libraries, "the README has no `rapdeploy serve --library` command"
+    assert set(libraries) == {"rapdeploy-out/index/msrvtt-test"}, libraries
