@@ -233,7 +233,7 @@ def test_bench_real_frames_count_the_videos_they_pass_over(monkeypatch, tmp_path
     monkeypatch.setattr(datasets, "load_split", lambda *a, **k: None)
     monkeypatch.setattr(bench_inputs, "first_decodable",
                         lambda *a: (types.SimpleNamespace(num_videos=0, num_captions=0), _skipped(5)))
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(CheckFailedError) as err:
         bench_inputs.real_frames("msrvtt", tmp_path, config, 2, None, False)
     assert "(5 skipped: v0: cannot decode; v1: cannot decode; v2: cannot decode; and 2 more)" in str(err.value)
     split = types.SimpleNamespace(num_videos=1, num_captions=1, captions=["a caption"])
