@@ -219,7 +219,10 @@ def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
     if isinstance(version, bool) or not isinstance(version, int):
         raise _damaged(path, f"format_version is {version!r}, not an integer")
     if version > FORMAT_VERSION:
-        raise UsageError(f"{path} has checkpoint format {version}; upgrade rapdeploy")
+        from rap_deploy import __version__
+
+        raise UsageError(f"checkpoint {path} has format {version}, newer than the format {FORMAT_VERSION} this "
+                         f"rapdeploy {__version__} reads (it was written by a newer rapdeploy); upgrade rapdeploy")
     for key in ("config", "backbone"):
         if not isinstance(payload.get(key), dict):
             raise _damaged(path, f"'{key}' is {'missing' if key not in payload else 'not an object'}")

@@ -179,3 +179,24 @@ def test_didemo_tokens_beyond_a_clips_text_positions_name_the_context_length_to_
         said = _one_error_line(result)
         assert result.exit_code == 2 and "context_length 64 exceeds rap-micro's 32 text positions" in said, said
         assert said.endswith(fix), said
+
+
+@pytest.mark.parametrize("command", ["info", "export"])
+def test_a_checkpoint_of_a_newer_format_names_the_formats_and_this_version(tmp_path, micro_checkpoint, command):
+    """A checkpoint written by a newer rapdeploy was refused with 'X has checkpoint format 2; upgrade rapdeploy':
+    neither which format this rapdeploy reads nor its version (as engine and export manifests of a newer format
+    say). Both are named now, with the same fix (exit 2, one line)."""
+    from rap_deploy import __version__
+    from rap_deploy.checkpoint import FORMAT_VERSION
+
+    payload = torch.load(micro_checkpoint, weights_only=True)
+    payload["format_version"] = FORMAT_VERSION + 1
+    newer = tmp_path / "newer.pt"
+    torch.save(payload, newer)
+    args = {"info": ["info", str(newer)], "export": ["export", str(newer), "--out", str(tmp_path / "onnx")]}[command]
+    result = CliRunner().invoke(app, args)
+    said = _one_error_line(result)
+    assert result.exit_code == 2, result.output
+    assert said == (f"error: checkpoint {newer} has format {FORMAT_VERSION + 1}, newer than the format "
+                    f"{FORMAT_VERSION} this rapdeploy {__version__} reads (it was written by a newer rapdeploy); "
+                    "upgrade rapdeploy"), said
