@@ -29,11 +29,18 @@ RUN_SUMMARY = "summary.json"
 def user_path(value: str | os.PathLike[str], option: str) -> Path:
     """``value`` as a :class:`Path` with a leading ``~`` or ``~user`` expanded (:meth:`Path.expanduser`).
 
+    A string is expanded only when it starts with ``~``: ``./~/x`` (an environment variable, a string option such as
+    ``--pretrained``) is the folder ``~`` under the current one, returned absolute (:func:`tilde_folded`). A
+    :class:`Path` has folded ``./~/x`` to ``~/x`` already, so the command line makes a typed ``./~/x`` absolute before
+    a command sees it (``cli.app._folded_tilde_kept``).
+
     Raises :class:`UsageError` (exit 2) naming ``option`` (how the value was given: ``--pretrained``, an environment
     variable, a list file's line) and the value when ``~user`` names no user on this machine, or no home folder is
     known for ``~``: :meth:`Path.expanduser` raises a bare RuntimeError there, which ended commands in a traceback.
     """
     path = Path(value)
+    if isinstance(value, str) and tilde_folded(value, path):
+        return path.absolute()
     try:
         return path.expanduser()
     except RuntimeError:
@@ -44,6 +51,13 @@ def user_path(value: str | os.PathLike[str], option: str) -> Path:
         raise UsageError(f"{option} {value}: {head} names no user on this machine, so it has no home folder; write "
                          f"the full path without {head} (such as /home/NAME/...), or an existing user's name after ~"
                          ) from None
+
+
+def tilde_folded(typed: str, path: Path) -> bool:
+    """Whether ``path``, read from the string ``typed``, starts with ``~`` only because a :class:`Path` folded the
+    ``./`` of ``./~/x`` away: it names the folder ``~`` under the current one (where older versions wrote
+    ``--out=~/x``), not the home folder. Only a value typed starting with ``~`` is the home folder."""
+    return not typed.startswith("~") and str(path).startswith("~")
 
 
 def workspace_root(explicit: str | os.PathLike[str] | None = None) -> Path:

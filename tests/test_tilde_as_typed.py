@@ -57,3 +57,36 @@ def test_a_repeated_path_option_is_expanded_item_by_item_as_typed(home_and_cwd, 
     result = runner.invoke(own, ["--video", "./~/a.mp4", "--video", "~/b.mp4", "--video", "c.mp4"])
     assert result.exit_code == 0, (result.exception, result.output)
     assert seen == [cwd / "~" / "a.mp4", home / "b.mp4", Path("c.mp4")]
+
+
+def test_a_list_files_dot_slash_tilde_line_is_the_folder_named_tilde_beside_the_list(home_and_cwd):
+    """A list file's line went through user_path as a string, which a Path folds from ./~/v.mp4 to ~/v.mp4: it was
+    read from $HOME/v.mp4. Only a line written starting with ~ is under the home folder."""
+    from rap_deploy.library.sources import list_source
+
+    home, cwd = home_and_cwd
+    lists = cwd / "lists"
+    (lists / "~").mkdir(parents=True)
+    (lists / "videos.txt").write_text("./~/v.mp4\n~/w.mp4\n", encoding="utf-8")
+    paths = {v.video_id: v.path for v in list_source("lists/videos.txt").videos}
+    assert paths == {"~/v": (lists / "~" / "v.mp4").resolve(), "~/w": (home / "w.mp4").resolve()}
+
+
+@pytest.mark.parametrize("variable", ["RAPDEPLOY_HOME", "RAPDEPLOY_DATA"])
+def test_an_environment_variables_dot_slash_tilde_is_the_folder_named_tilde(home_and_cwd, monkeypatch, variable):
+    """RAPDEPLOY_HOME=./~/ws and RAPDEPLOY_DATA=./~/data (strings, expanded by user_path) were read as $HOME/ws and
+    $HOME/data; the folder is now ./~/ws (absolute, so no later step takes it for the home folder again)."""
+    from rap_deploy.data.datasets import load_split
+    from rap_deploy.workspace import data_root, workspace_root
+
+    home, cwd = home_and_cwd
+    (home / "x").mkdir()
+    (cwd / "~" / "x").mkdir(parents=True)
+    monkeypatch.setenv(variable, "./~/x")
+    if variable == "RAPDEPLOY_HOME":
+        assert workspace_root() == (cwd / "~" / "x").resolve()
+        return
+    assert data_root(None) == cwd / "~" / "x"
+    with pytest.raises(Exception, match=r"~/x") as raised:  # an empty folder: no annotation files
+        load_split("msrvtt", data_root(None), "test")
+    assert str(home) + "/x" not in str(raised.value), str(raised.value)

@@ -288,9 +288,10 @@ def _folded_tilde_kept(value: Any, typed: Any) -> Any:
     """
     from pathlib import Path
 
+    from rap_deploy.workspace import tilde_folded
+
     def one(path: Path, given: Any) -> Path:
-        folded = isinstance(given, str) and not given.startswith("~") and str(path).startswith("~")
-        return path.absolute() if folded else path
+        return path.absolute() if isinstance(given, str) and tilde_folded(given, path) else path
 
     if isinstance(value, Path):
         return one(value, typed)

@@ -109,10 +109,10 @@ def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
         if url_typed_as_path(text) is not None:
             raise UsageError(f"list file {path} line {number} ({text}) is a URL; index reads video files on this "
                              "machine: download the video and list the path of its file")
-        p = user_path(text, f"list file {path} line {number}:")
         if not Path(text).name:  # '.', '/': no file name to make an id of
             raise UsageError(f"list file {path} line {number} ({text!r}) names no file; write one video path per line")
-        file = p if p.is_absolute() else path.parent / p
+        # ~ and ~user are home folders; any other line is relative to the list file's folder (./~/x: its folder ~)
+        file = user_path(text, f"list file {path} line {number}:") if text.startswith("~") else path.parent / text
         videos.append(VideoEntry(Path(text).with_suffix("").as_posix(), file.resolve()))
         paths.append(f"line {number}")
     if not videos:
