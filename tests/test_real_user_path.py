@@ -68,18 +68,7 @@ def test_data_check_says_the_videos_folder_is_absent_when_every_video_is_missing
     README's first step, given the annotation folder listed every video as missing and ended 'N of N videos
     unusable: <each path> (missing)', never saying that the folder it looked in does not exist (train, export and
     verify say so). Its error line now ends with where the videos were looked for and the fix."""
-    import json
-
-    root = tmp_path / "msrvtt_data"
-    root.mkdir()
-    ids = ["video7", "video8"]
-    (root / "MSRVTT_data.json").write_text(json.dumps({
-        "videos": [{"video_id": v} for v in ids],
-        "sentences": [{"video_id": v, "caption": f"a clip {v}"} for v in ids]}), encoding="utf-8")
-    (root / "MSRVTT_train.9k.csv").write_text("video_id\nvideo7\n", encoding="utf-8")
-    (root / "MSRVTT_JSFUSION_test.csv").write_text(
-        "key,vid_key,video_id,sentence\n" + "".join(f"ret{i},msr{i},{v},a clip {v}\n" for i, v in enumerate(ids)),
-        encoding="utf-8")
+    root = _msrvtt_annotations(tmp_path / "msrvtt_data", ["video7", "video8"])
     result = CliRunner().invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(root), "--no-cache",
                                       "--quiet"])
     assert result.exit_code == 1, result.output
@@ -200,3 +189,38 @@ def test_a_checkpoint_of_a_newer_format_names_the_formats_and_this_version(tmp_p
     assert said == (f"error: checkpoint {newer} has format {FORMAT_VERSION + 1}, newer than the format "
                     f"{FORMAT_VERSION} this rapdeploy {__version__} reads (it was written by a newer rapdeploy); "
                     "upgrade rapdeploy"), said
+
+
+def _msrvtt_annotations(root, ids: list[str], captions: dict[str, str] | None = None):
+    """Write MSR-VTT's three annotation files (no videos) into ``root`` for the test videos ``ids`` (their captions
+    ``a clip <id>`` unless ``captions`` gives the test CSV's text as written); return ``root``."""
+    import json
+
+    root.mkdir(parents=True)
+    (root / "MSRVTT_data.json").write_text(json.dumps({
+        "videos": [{"video_id": v} for v in ids],
+        "sentences": [{"video_id": v, "caption": f"a clip {v}"} for v in ids]}), encoding="utf-8")
+    (root / "MSRVTT_train.9k.csv").write_text(f"video_id\n{ids[0]}\n", encoding="utf-8")
+    text = captions or {v: f"a clip {v}" for v in ids}
+    (root / "MSRVTT_JSFUSION_test.csv").write_text(
+        "key,vid_key,video_id,sentence\n" + "".join(f"ret{i},msr{i},{v},{text[v]}\n" for i, v in enumerate(ids)),
+        encoding="utf-8")
+    return root
+
+
+def test_a_caption_line_with_an_unclosed_quote_is_refused_not_merged_with_the_lines_after_it(tmp_path):
+    """A test CSV line whose caption opens a quote it never closes (`ret1,msr1,video2,"a dog runs`) made one caption
+    of it and every line up to the next quote: data-check counted 2 of 4 test videos and passed (exit 0), the other
+    two silently gone from training's evaluation and verify. It is now a damaged annotation file (exit 1) naming the
+    file, the row, the lines the value runs over and the quote to close."""
+    ids = ["video1", "video2", "video3", "video4"]
+    captions = {"video1": "a cat sits", "video2": '"a dog runs', "video3": "a car turns",
+                "video4": '"a bird, then a plane, flies"'}
+    root = _msrvtt_annotations(tmp_path / "msrvtt", ids, captions)
+    for args in (["data-check", "--no-cache"], ["train", "--clip", "rap-micro", "--pretrained", "none", "--out",
+                                               str(tmp_path / "run")]):
+        result = CliRunner().invoke(app, [*args, "--dataset", "msrvtt", "--data-root", str(root), "--quiet"])
+        said = _one_error_line(result)
+        assert result.exit_code == 1, result.output
+        assert f"{root / 'MSRVTT_JSFUSION_test.csv'} row 3 has a 'sentence' value running over lines 3-5 " \
+               "('a dog runs'...): a '\"' opened on line 3 is not closed there; close or remove it" in said, said

@@ -101,13 +101,37 @@ def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
         if missing:
             raise damaged(path, f"has no column '{missing[0]}' (columns: {', '.join(header) or 'none'})")
         reader.fieldnames = header
-        rows = [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+        rows = []
+        for row in reader:
+            _check_one_line(path, row, columns, len(rows) + 2, reader.line_num)
+            if any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                rows.append(row)
     except csv.Error as exc:
         raise damaged(path, f"is not a valid CSV file ({exc})") from None
     for i, row in enumerate(rows):
         if any(not isinstance(row.get(c), str) for c in columns):
             raise damaged(path, f"row {i + 2} lacks a value for {', '.join(columns)}")
     return rows
+
+
+def _check_one_line(path: Path, row: dict[str, Any], columns: tuple[str, ...], number: int, last_line: int) -> None:
+    """Raise :class:`CheckFailedError` when a value of ``columns`` in the CSV row ``row`` (row ``number``, read up
+    to line ``last_line`` of ``path``) holds a line break: no annotation value does, but a quote opened and never
+    closed (``ret1,msr17,video17,"a dog``) makes one value of every line up to the next quote, so the videos and
+    captions of those lines would silently vanish from the split."""
+    broken = [c for c in columns if isinstance(row.get(c), str) and _line_breaks(row[c])]
+    if not broken:
+        return
+    first = last_line - sum(_line_breaks(v) for v in row.values() if isinstance(v, str))
+    value = row[broken[0]]
+    raise damaged(path, f"row {number} has a '{broken[0]}' value running over lines {first}-{last_line} "
+                        f"({value.splitlines()[0][:40]!r}...): a '\"' opened on line {first} is not closed there; "
+                        "close or remove it")
+
+
+def _line_breaks(text: str) -> int:
+    """How many line breaks ``text`` holds (``\\r\\n``, ``\\n`` or ``\\r`` each one)."""
+    return text.count("\n") + text.count("\r") - text.count("\r\n")
 
 
 def read_json(path: Path) -> Any:
