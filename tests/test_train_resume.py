@@ -613,6 +613,19 @@ def test_a_damaged_historys_epochs_are_shown_cut_not_whole(tmp_path):
     assert len(str(raised.value)) < 400, str(raised.value)
 
 
+@pytest.mark.parametrize("value", ["x" * 100_000, 10 ** 5000, list(range(10_000))], ids=["str", "int", "list"])
+def test_a_damaged_train_states_counter_is_shown_cut_not_whole(tmp_path, value):
+    """train_state's epoch/step/... refusal showed the value as its whole repr (9c12489 cut only the history's
+    epochs): a 100,000-character string made a 100,000-character error line, and an int past Python's 4300 printable
+    digits ended in a ValueError traceback instead of the refusal."""
+    from rap_deploy.errors import CheckFailedError
+    from rap_deploy.train.run_state import _checked_state
+
+    with pytest.raises(CheckFailedError, match=r"train_state\.epoch .* is not an integer in \[0, ") as raised:
+        _checked_state(tmp_path / "last.pt", {"epoch": value})
+    assert len(str(raised.value)) < 400, str(raised.value)
+
+
 def test_resume_of_a_run_whose_backbone_file_holds_other_weights_names_both_fixes(micro_checkpoint, synth_root,
                                                                                     frame_cache, tmp_path):
     """A run's referenced backbone file replaced by other weights (pre-trained again) was refused with the

@@ -234,7 +234,7 @@ def _checked_state(last: Path, state: dict[str, Any]) -> dict[str, Any]:
         value = state.get(key)
         low = 1 if key == "batch_size" else 0
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise damaged_run(last, f"train_state.{key} {value!r} is not an integer in [{low}, {high}]")
+            raise damaged_run(last, f"train_state.{key} {short_repr(value)} is not an integer in [{low}, {high}]")
     if state["step"] > state["total_steps"]:
         raise damaged_run(last, f"train_state.step {state['step']} is past total_steps {state['total_steps']}")
     if not isinstance(state.get("history"), list) or not all(isinstance(r, dict) for r in state["history"]):
