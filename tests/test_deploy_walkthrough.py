@@ -192,3 +192,24 @@ def test_the_readmes_serve_commands_name_a_library_its_steps_create():
     libraries = re.findall(r"rapdeploy serve --library (\S+)", readme)
     assert libraries, "the README has no `rapdeploy serve --library` command"
     assert set(libraries) == {"rapdeploy-out/index/msrvtt-test"}, libraries
+
+
+def test_add_to_a_library_with_a_truncated_shard_file_is_refused_not_up_to_date(micro_ort_engines, synth_root,
+                                                                                tmp_path):
+    """`rapdeploy index --videos clips --name clips --add` over a library whose shard file was truncated said 'up to
+    date: ... holds 3 videos' (exit 0), while `rapdeploy search` refused the same library (exit 1); with new videos
+    it encoded them all before failing on the damaged file. --add and --remove now check every shard file's presence
+    and size first (no file is read) and refuse a damaged library as search does: exit 1, naming the file."""
+    work = _indexed_clips_workspace(tmp_path, micro_ort_engines["fp32"], synth_root)
+    lib = work / "index" / "clips"
+    damaged = next((lib / "shards").glob("*/video_emb.npy"))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    manifest_before = (lib / "manifest.json").read_bytes()
+
+    res = runner.invoke(app, ["index", "--videos", str(work / "clips"), "--name", "clips", "--add", "--workspace",
+                              str(work)])
+
+    assert res.exit_code == 1, res.output
+    assert f"library shard file {damaged}" in res.stderr and "re-index the library" in res.stderr, res.stderr
+    assert "up to date" not in res.output
+    assert (lib / "manifest.json").read_bytes() == manifest_before

@@ -29,7 +29,7 @@ from rap_deploy.library.manifest import (
     model_identity,
     read_manifest,
 )
-from rap_deploy.library.shards import remove_stale
+from rap_deploy.library.shards import check_shard_sizes, remove_stale
 from rap_deploy.library.sources import VideoSource
 from rap_deploy.name_lists import some_names
 
@@ -91,6 +91,8 @@ def _read_library(root: Path, options: BuildOptions) -> tuple[dict[str, Any] | N
     replacing = _force_start(root, had_library) if options.force else None
     remove_temporaries(root, (MANIFEST, plans.PLAN))  # a killed atomic write's (the lock says it is dead)
     old = read_manifest(root) if (root / MANIFEST).is_file() and not options.force else None
+    if old is not None:  # a damaged library is refused as search refuses it, before any video is encoded
+        check_shard_sizes(root, old["shards"])
     if old is None and not (options.force and had_library):  # a library's folder may hold the user's files too
         _refuse_foreign_folder(root)
     return old, replacing

@@ -374,6 +374,15 @@ def _check_segments(videos: dict[str, list[Any]], path: Path) -> None:
                                        f"{end!r}: not times in seconds; re-index the library")
 
 
+def check_shard_sizes(root: Path, shards: list[dict[str, Any]]) -> None:
+    """Raise :class:`DamagedArtifactError` naming the first file of ``shards`` (manifest entries) that is missing or
+    not of its recorded size: one ``stat`` per file, nothing read (what ``index --add`` / ``--remove`` check before
+    changing a library)."""
+    for shard in shards:
+        for f in shard["files"].values():
+            _check_size(entry_path(root, f["file"]), f, shard["name"])
+
+
 def _check_size(path: Path, f: dict[str, Any], shard: str) -> None:
     try:
         size = path.stat().st_size
