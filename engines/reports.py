@@ -270,7 +270,18 @@ def print_verify(result: dict[str, Any], console: Any = None) -> None:
     if skipped:
         console.print(f"[yellow]{escape(skipped)}[/yellow]")
     verdict = "[green]PASSED[/green]" if result["passed"] else "[bold red]FAILED[/bold red]"
-    console.print(f"verify {verdict} ({escape(str(result.get('rule')))}); reports in {escape(str(result.get('out')))}")
+    console.print(f"verify {verdict} ({escape(verdict_reason(result))}); reports in {escape(str(result.get('out')))}")
+
+
+def verdict_reason(result: dict[str, Any]) -> str:
+    """What the verdict of ``result`` (verify.json) rests on: the parity rule, or, where parity held but verify
+    failed (test videos left out without --allow-skipped), that parity held over the videos that decode only."""
+    rule = str(result.get("rule"))
+    if result["passed"] or not result.get("parity_passed"):
+        return rule
+    counts = result["counts"]
+    return (f"parity held ({rule}) over the {counts['videos']} test videos that decode, but {counts['skipped']} "
+            "asked for were missing or undecodable; --allow-skipped accepts that")
 
 
 def _pyplot() -> Any:
