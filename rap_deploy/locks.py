@@ -199,6 +199,11 @@ def _open_lock_file(path: Path, target: Path, what: str) -> tuple[int, bool]:
     try:
         try:
             return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644), True
+        except FileNotFoundError:
+            # the parent was there (_open_parent), but a writer that just released its lock there removed it again,
+            # empty (folder_lock's tidy_parents): make it again, or this writer failed for that writer's tidying
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644), True
         except PermissionError as denied:
             try:
                 return os.open(path, os.O_RDONLY | flags), False

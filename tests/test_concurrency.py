@@ -71,6 +71,28 @@ def test_a_tidy_lock_removes_only_the_empty_parents_it_created(tmp_path):
     assert (tmp_path / "f").is_dir() and not any((tmp_path / "f").iterdir())
 
 
+def test_a_lock_taken_while_another_writers_tidy_removes_its_parent_is_still_taken(tmp_path, monkeypatch):
+    """A writer whose block left no target removes, after releasing its lock, the empty parents it created
+    (tidy_parents). A second writer that found the parent there (so created nothing) and opened its lock file just
+    after that rmdir got 'cannot create .../.lib.lock (No such file or directory); pass a writable --out' and
+    stopped. Its lock file's folder is now made again and the lock taken."""
+    from rap_deploy import locks
+
+    target = tmp_path / "a" / "b" / "lib"
+    open_parent = locks._open_parent
+
+    def parent_then_tidied(t, what):  # the other writer's rmdir lands between this writer's two steps
+        created = open_parent(t, what)
+        (tmp_path / "a" / "b").rmdir()
+        return created
+
+    monkeypatch.setattr(locks, "_open_parent", parent_then_tidied)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with folder_lock(target, "index", tidy_parents=True) as lock:
+        assert lock.is_file() and lock.parent == tmp_path / "a" / "b"
+    assert not (tmp_path / "a" / "b" / ".lib.lock").exists()
+
+
 def test_a_killed_cache_writer_temporary_is_removed_only_when_stale_and_unlocked(tmp_path):
     """A writer killed while storing a frame cache entry left its hidden ``.tmp`` file for ever; the next look-up in
     that sub-folder now deletes it, but never a young one or one a live writer holds locked."""
