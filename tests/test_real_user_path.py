@@ -114,8 +114,10 @@ def test_a_data_root_next_to_the_dataset_folder_names_the_one_to_pass(tmp_path):
     cases = [(data, "msrvtt", f"{msrvtt} holds it: pass --data-root {msrvtt}"),
              (msrvtt / "MSRVTT_Videos", "msrvtt", f"the folder above it holds it (--data-root names a folder inside "
                                                   f"the dataset's): pass --data-root {msrvtt}"),
-             (msvd, "msrvtt", "it holds raw-captions.pkl, msvd's: pass --dataset msvd"),
-             (msrvtt, "msvd", "it holds MSRVTT_data.json, msrvtt's: pass --dataset msrvtt")]
+             (msvd, "msrvtt", "it holds raw-captions.pkl, msvd's: pass --dataset msvd for it, or --data-root with "
+                              "msrvtt's folder"),
+             (msrvtt, "msvd", "it holds MSRVTT_data.json, msrvtt's: pass --dataset msrvtt for it, or --data-root "
+                              "with msvd's folder")]
     for root, dataset, fix in cases:
         for args in (["data-check", "--no-cache"], ["train", "--clip", "rap-micro", "--pretrained", "none", "--out",
                                                     str(tmp_path / "run")]):

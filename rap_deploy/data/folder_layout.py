@@ -32,11 +32,13 @@ def check_dataset_layout(root: Path, dataset: str) -> None:
 
 
 def _other_dataset_fix(root: Path, dataset: str) -> str | None:
-    """``"it holds FILE, NAME's: pass --dataset NAME"`` for the first other dataset whose marker ``root`` holds."""
+    """``"it holds FILE, NAME's: pass --dataset NAME for it, or --data-root with DATASET's folder"`` for the first
+    other dataset whose marker ``root`` holds (``train --resume`` of a ``dataset`` run needs the second)."""
     for other, markers in DATASET_MARKERS.items():
         held = [marker for marker in markers if (root / marker).is_file()] if other != dataset else []
         if held:
-            return f"it holds {held[0]}, {other}'s: pass --dataset {other}"
+            return f"it holds {held[0]}, {other}'s: pass --dataset {other} for it, or --data-root with {dataset}'s " \
+                   "folder"
     return None
 
 
