@@ -213,3 +213,37 @@ def test_add_to_a_library_with_a_truncated_shard_file_is_refused_not_up_to_date(
     assert f"library shard file {damaged}" in res.stderr and "re-index the library" in res.stderr, res.stderr
     assert "up to date" not in res.output
     assert (lib / "manifest.json").read_bytes() == manifest_before
+
+
+def test_a_refusal_of_a_server_now_serving_other_weights_says_server_not_engine_folder(clips_workspace, tmp_path):
+    """A library indexed through a server (`index --engine http://HOST:PORT`) records the URL as the engine that
+    built it; searched through the same URL once that server serves other weights, the refusal's note said '(that
+    engine folder holds another model now)', a folder the user never had. It says the server serves another model."""
+    from conftest import micro_config, randomize_adapters
+
+    from rap_deploy.checkpoint import checkpoint_from_model, new_checkpoint, save_checkpoint
+    from rap_deploy.engines.loader import load_engine
+    from rap_deploy.engines.serving.app import create_app
+    from rap_deploy.engines.serving.contract import read_source
+    from rap_deploy.engines.serving.serial import SerialEngine
+    from rap_deploy.engines.serving.server import ServerThread
+    from rap_deploy.engines.serving.service import ServingService
+    from rap_deploy.model.clip_loader import BackboneSpec
+
+    ckpt, model = new_checkpoint(micro_config(), BackboneSpec.parse("rap-micro", "none"), seed=0)
+    randomize_adapters(model, seed=7)
+    other = tmp_path / "seed7.pt"
+    save_checkpoint(checkpoint_from_model(model, ckpt), other)
+    lib = shutil.copytree(clips_workspace / "index" / "clips", tmp_path / "lib")
+    service = ServingService(SerialEngine(load_engine(other, threads=1)), read_source(other))
+    try:
+        with ServerThread(create_app(service)) as server:
+            manifest = json.loads((lib / "manifest.json").read_text())
+            manifest["engine"] = {**manifest["engine"], "path": server.url, "checkpoint": None}
+            (lib / "manifest.json").write_text(json.dumps(manifest))
+            res = runner.invoke(app, ["search", "a red circle", "--library", str(lib), "--engine", server.url])
+    finally:
+        service.close()
+
+    assert res.exit_code == 2, res.output
+    assert f"indexed with engine {server.url} (that server serves another model now)" in res.stderr, res.stderr

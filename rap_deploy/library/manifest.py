@@ -150,7 +150,8 @@ def _built_by_note(built_by: dict[str, Any] | None, engine: Any) -> str:
     note = f"the library was indexed with engine {path}" + (f" from checkpoint {checkpoint}"
                                                             if isinstance(checkpoint, str) else "")
     if path == engine_name(engine):
-        note += " (that engine folder holds another model now)"
+        note += " (that server serves" if "://" in path else " (that engine folder holds"
+        note += " another model now)"
     return note + "; "
 
 
