@@ -425,3 +425,20 @@ def test_a_failed_first_build_removes_the_parent_folders_it_created(tmp_path, mi
         assert failed.exit_code == 1 and "no video could be decoded" in failed.stderr, failed.output
     assert not (tmp_path / "new").exists()
     assert (tmp_path / "there").is_dir() and list((tmp_path / "there").iterdir()) == []
+
+
+def test_the_gone_files_warning_stays_one_short_line_when_a_whole_folder_is_gone():
+    """index --add names the library's videos whose file no longer exists with the command that drops them; the
+    command held one --remove per video, so a deleted folder of 10,000 videos (or one on a disk not mounted) made a
+    line of 10,000 --remove. Up to five get the whole command; more get its form, and --json lists them all."""
+    import shlex
+
+    from rap_deploy.cli.library_cmds import gone_files_warning
+
+    few = gone_files_warning("/data/my lib", [{"video_id": f"v{i}", "path": f"/clips/v{i}.mp4"} for i in range(2)])
+    command = few.split("`")[1]
+    assert shlex.split(command) == ["rapdeploy", "index", "--out", "/data/my lib", "--remove", "v0", "--remove", "v1"]
+    many = gone_files_warning("/lib", [{"video_id": f"v{i}", "path": f"/clips/v{i}.mp4"} for i in range(10_000)])
+    assert len(many) < 500 and "\n" not in many, many
+    assert "10000 indexed video(s)" in many and "`rapdeploy index --out /lib --remove ID`" in many, many
+    assert "mount" in many, many

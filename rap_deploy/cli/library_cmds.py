@@ -297,13 +297,18 @@ def _print_index(report: dict[str, Any], json_out: bool) -> None:
 
 def gone_files_warning(library: str, gone: list[dict[str, str]]) -> str:
     """The stderr line naming the library's videos whose file no longer exists (kept, still found by search) and the
-    command that drops them."""
-    from rap_deploy.name_lists import some_names
+    command that drops them: whole for up to :data:`~rap_deploy.name_lists.NAMES_SHOWN` of them, else its form (a
+    folder deleted, or on a disk not mounted, made a line of thousands of ``--remove``)."""
+    from rap_deploy.name_lists import NAMES_SHOWN, some_names
 
     named = some_names([f"{g['video_id']} ({g['path']})" for g in gone])
-    removes = " ".join(f"--remove {shlex.quote(g['video_id'])}" for g in gone)
+    command = f"rapdeploy index --out {shlex.quote(library)}"
+    if len(gone) <= NAMES_SHOWN:
+        drop = "`" + " ".join([command, *(f"--remove {shlex.quote(g['video_id'])}" for g in gone)]) + "`"
+    else:
+        drop = f"`{command} --remove ID` (one --remove per id; --json lists all {len(gone)} under \"gone\")"
     return (f"warning: {len(gone)} indexed video(s) whose file no longer exists stay in the library and are still "
-            f"found by search: {named}; drop them with `rapdeploy index --out {shlex.quote(library)} {removes}`")
+            f"found by search: {named}; if their disk is not mounted, mount it; else drop them with {drop}")
 
 
 # ------------------------------------------------------------------------------------------------------ search
