@@ -226,3 +226,19 @@ def test_a_caption_line_with_an_unclosed_quote_is_refused_not_merged_with_the_li
         assert result.exit_code == 1, result.output
         assert f"{root / 'MSRVTT_JSFUSION_test.csv'} row 3 has a 'sentence' value running over lines 3-5 " \
                "('a dog runs'...): a '\"' opened on line 3 is not closed there; close or remove it" in said, said
+
+
+def test_train_from_a_checkpoint_with_a_weights_file_names_the_option_to_drop(tmp_path, micro_checkpoint):
+    """`train --checkpoint ckpt.pt --pretrained FILE` was refused with 'pass either --checkpoint or --clip/--backbone,
+    not both', naming neither --pretrained (what was given) nor the file. It now names the options given, to drop,
+    and the way to train on other weights."""
+    weights = tmp_path / "clip.safetensors"
+    cases = (["--pretrained", str(weights)], f"drop --pretrained {weights},"), \
+        (["--clip", "rap-micro", "--pretrained", "none"], "drop --clip rap-micro and --pretrained none,")
+    for extra, drop in cases:
+        result = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(tmp_path), "--checkpoint",
+                                          str(micro_checkpoint), *extra, "--out", str(tmp_path / "run"), "--quiet"])
+        said = _one_error_line(result)
+        assert result.exit_code == 2 and f"--checkpoint {micro_checkpoint} brings its own backbone: {drop}" in said, \
+            said
+        assert "`rapdeploy init --clip NAME --pretrained FILE --out ckpt.pt`" in said, said

@@ -187,10 +187,14 @@ def _given_model_source(given: dict[str, Any], backbone: Path | None, checkpoint
     from rap_deploy.backbone_file import backbone_clip, check_one_backbone_source
 
     check_one_backbone_source(backbone, pretrained)
+    if checkpoint is not None and (clip or backbone is not None or pretrained):
+        named = [f"{flag} {value}" for flag, value in (("--clip", clip), ("--backbone", backbone),
+                                                        ("--pretrained", pretrained)) if value is not None]
+        raise UsageError(f"--checkpoint {checkpoint} brings its own backbone: drop {' and '.join(named)}, or, to "
+                         "train on other weights, drop --checkpoint (or make a checkpoint on them with `rapdeploy "
+                         "init --clip NAME --pretrained FILE --out ckpt.pt`)")
     if backbone is not None:
         given.update(clip=backbone_clip(backbone, clip), pretrained=str(backbone))
-    if checkpoint is not None and (given["clip"] or pretrained):
-        raise UsageError("pass either --checkpoint or --clip/--backbone, not both")
     if checkpoint is not None and given["embed_backbone"] is not None:
         flag = "--embed-backbone" if given["embed_backbone"] else "--reference-backbone"
         raise UsageError(f"{flag} chooses how a new model (--clip/--backbone) stores its backbone; a run from "
