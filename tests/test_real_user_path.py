@@ -242,3 +242,20 @@ def test_train_from_a_checkpoint_with_a_weights_file_names_the_option_to_drop(tm
         assert result.exit_code == 2 and f"--checkpoint {micro_checkpoint} brings its own backbone: {drop}" in said, \
             said
         assert "`rapdeploy init --clip NAME --pretrained FILE --out ckpt.pt`" in said, said
+
+
+def test_a_hub_snapshot_folder_given_as_pretrained_names_the_weights_file_in_it(tmp_path):
+    """A model downloaded from the Hugging Face hub is a folder holding open_clip_model.safetensors (and
+    open_clip_pytorch_model.bin). Given as --pretrained it was refused as 'not a regular file (a folder, FIFO or
+    device); pass the weights file itself', without naming the file right there. It now names it."""
+    snapshot = tmp_path / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_pytorch_model.bin").write_bytes(b"")
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"")
+    for args in (["init", "--clip", "rap-micro", "--pretrained", str(snapshot), "--out", str(tmp_path / "c.pt")],
+                 ["info", "--clip", "rap-micro", "--pretrained", str(snapshot)]):
+        result = CliRunner().invoke(app, args)
+        said = _one_error_line(result)
+        assert result.exit_code == 2, result.output
+        assert said.endswith(f"it holds open_clip's weights file: pass --pretrained "
+                             f"{snapshot / 'open_clip_model.safetensors'}"), said

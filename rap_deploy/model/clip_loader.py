@@ -63,8 +63,11 @@ class BackboneSpec:
         if path.is_file():
             return cls(clip, "file", str(path.resolve()), sha256_file(path))
         if path.exists():  # a folder, FIFO or device: 'does not exist' (below) would be wrong
+            held = _hub_weights_in(path)
+            fix = f"it holds open_clip's weights file: pass --pretrained {held}" if held else \
+                "pass the weights file itself, an open_clip tag such as 'openai', or 'none'"
             raise UsageError(f"backbone weights file {pretrained} is not a regular file (a folder, FIFO or device); "
-                             "pass the weights file itself, an open_clip tag such as 'openai', or 'none'")
+                             f"{fix}")
         if looks_like_path(pretrained):
             raise UsageError(f"backbone weights file {pretrained} does not exist; pass an existing file, an open_clip "
                              "tag such as 'openai', or 'none'")
@@ -76,6 +79,18 @@ class BackboneSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"clip": self.clip, "kind": self.kind, "value": self.value, "sha256": self.sha256}
+
+
+# The names open_clip gives a model's weights on the Hugging Face hub (a downloaded snapshot folder holds them)
+HUB_WEIGHTS_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _hub_weights_in(folder: Path) -> Path | None:
+    """The weights file named as open_clip names it on the Hugging Face hub directly inside ``folder`` (the
+    .safetensors first), or ``None`` (also when ``folder`` is no folder)."""
+    if not folder.is_dir():
+        return None
+    return next((folder / name for name in HUB_WEIGHTS_NAMES if (folder / name).is_file()), None)
 
 
 def looks_like_path(value: str) -> bool:
