@@ -442,3 +442,28 @@ def test_the_gone_files_warning_stays_one_short_line_when_a_whole_folder_is_gone
     assert len(many) < 500 and "\n" not in many, many
     assert "10000 indexed video(s)" in many and "`rapdeploy index --out /lib --remove ID`" in many, many
     assert "mount" in many, many
+
+
+@pytest.mark.parametrize("manifest", ['{"name": "my app", "start_url": "/"}', '["an", "array"]'],
+                         ids=["web-app", "array"])
+def test_index_force_over_another_programs_manifest_json_refuses_and_keeps_the_folder(micro_ort_engines, tmp_path,
+                                                                                       manifest):
+    """`index --out FOLDER --force` where FOLDER holds another program's manifest.json (a web app's) read it, found it
+    no library, took it for a damaged one and deleted it (cd6f438 kept only rapdeploy's own export and engine
+    folders). A readable manifest.json that is no library's is refused (exit 2) and the folder left as it was; an
+    unreadable one is still a damaged library's, wiped."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "manifest.json").write_text(manifest, encoding="utf-8")
+    (app_dir / "index.html").write_text("<html></html>", encoding="utf-8")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "a.mp4").write_bytes(b"not decoded: the refusal comes first")
+    before = {p.name: p.read_bytes() for p in app_dir.iterdir()}
+
+    res = runner.invoke(app, ["index", "--videos", str(clips), "--out", str(app_dir), "--force",
+                              "--engine", str(micro_ort_engines["fp32"]), "--quiet"])
+
+    assert res.exit_code == 2, res.output
+    assert f"{app_dir / 'manifest.json'} is not a library's" in res.output, res.output
+    assert {p.name: p.read_bytes() for p in app_dir.iterdir()} == before

@@ -238,19 +238,28 @@ def _force_start(root: Path, had_library: bool) -> dict[str, Any] | None:
 
 
 def _refuse_other_artifact(root: Path) -> None:
-    """Refuse (:class:`UsageError`), before ``--force`` deletes anything, a folder whose ``manifest.json`` is another
-    rapdeploy artifact's (an export or engine folder given as ``--out``): it is no damaged library to wipe."""
+    """Refuse (:class:`UsageError`), before ``--force`` deletes anything, a folder whose ``manifest.json`` is readable
+    JSON but no library's: another rapdeploy artifact's (an export or engine folder given as ``--out``) or another
+    program's (a web app's ``manifest.json``, with no ``format``). Neither is a damaged library to wipe; an unreadable
+    one (a truncated write) is, and is wiped."""
     import json
 
     from rap_deploy.bounds import read_manifest_text
+    from rap_deploy.name_lists import shortened
 
     try:
-        fmt = json.loads(read_manifest_text(root / MANIFEST)).get("format")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError, RapDeployError):
+        manifest = json.loads(read_manifest_text(root / MANIFEST))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, RapDeployError):
         return  # unreadable: a damaged library's, wiped
-    if isinstance(fmt, str) and fmt.startswith("rapdeploy.") and fmt != FORMAT:
-        raise UsageError(f"{root} holds a {fmt} folder (its {MANIFEST}), not a library: --force replaces only a "
-                         "library; pass another --out (nothing was changed)")
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt == FORMAT:
+        return
+    if isinstance(fmt, str) and fmt.startswith("rapdeploy."):
+        raise UsageError(f"{root} holds a {shortened(fmt)} folder (its {MANIFEST}), not a library: --force replaces "
+                         "only a library; pass another --out (nothing was changed)")
+    raise UsageError(f"{root / MANIFEST} is not a library's (it has no format '{FORMAT}'): --force replaces only a "
+                     "library; pass another --out (nothing was changed), or, if it is an edited library's, delete "
+                     "that file first")
 
 
 def _wipe(root: Path) -> None:
