@@ -81,7 +81,7 @@ def serve_cmd(
       tritonclient or any KServe v2 client, {name} one of video_encoder, text_encoder, asa_head; each also under
       /v2/models/{name}/versions/{version}
 
-    Stops on Ctrl-C or SIGTERM.
+    Stops on Ctrl-C (exit 130) or SIGTERM (exit 0).
     """
     from rap_deploy.engines.serving.server import serve
     from rap_deploy.engines.serving.service import MiB, ServeOptions, check_body_mb
@@ -105,9 +105,15 @@ def serve_cmd(
                            max_infer_body=int(max_body_mb * MiB), max_connections=max_connections,
                            header_timeout_s=header_timeout, body_idle_timeout_s=idle_timeout,
                            body_timeout_s=body_timeout, body_min_rate=body_min_rate)
-    serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
-          url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
-          shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()), verify=verify)
+    try:
+        serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
+              url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
+              shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()), verify=verify)
+    except KeyboardInterrupt:
+        # Ctrl-C is how a server is stopped, not an error: the server said "rapdeploy serve stopped", and its one file
+        # (--url-file) is written atomically, so command()'s "error: interrupted ...; nothing half-written is left"
+        # would mislead. The exit code stays 130, the shell's for Ctrl-C
+        raise typer.Exit(130) from None
 
 
 def check_url_file(url_file: Path) -> None:
