@@ -9,9 +9,11 @@ from pathlib import Path
 from rap_deploy.errors import UsageError
 from rap_deploy.name_lists import some_names
 
-# Annotation files of each dataset that no other dataset's folder holds: its folder holds at least one (the first is
-# the one every split reads, where there is one; a folder may hold only the files of the splits it is used for)
-DATASET_MARKERS = {"msrvtt": ("MSRVTT_data.json",), "msvd": ("raw-captions.pkl",),
+# Annotation files of each dataset that no other dataset's folder holds: its folder holds at least one, the file of
+# each split it is used for (a folder may hold only those: MSR-VTT's test split reads MSRVTT_JSFUSION_test.csv alone).
+# The first is the one a refusal names and the folders around are searched for.
+DATASET_MARKERS = {"msrvtt": ("MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv", "MSRVTT_train.9k.csv"),
+                   "msvd": ("raw-captions.pkl",),
                    "didemo": ("test_data.json", "train_data.json", "val_data.json"),
                    "activitynet": ("val_ids.json", "train_ids.json")}
 # At most this many entries of a folder are looked at for a dataset folder inside it (a folder of videos has many)
