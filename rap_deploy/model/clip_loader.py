@@ -271,6 +271,8 @@ def _torchscript_refusal(path: Path, clip: str) -> str:
     state-dict file open_clip publishes, or the one-line conversion of this one (its tensors, without the three
     plain numbers OpenAI's archive also holds and the constant causal mask a traced open_clip model keeps), and the
     QuickGELU model its weights need where open_clip has one."""
+    import shlex
+
     import open_clip
 
     converted = path.with_name(f"{path.stem}.state_dict.pt")
@@ -279,9 +281,27 @@ def _torchscript_refusal(path: Path, clip: str) -> str:
     return (f"backbone weights file {path} is a TorchScript archive (OpenAI's original CLIP release format), which "
             "rapdeploy does not load: loading it runs the code it holds; pass open_clip's state-dict file of the "
             "model (open_clip_pytorch_model.bin or .safetensors), or, if you trust this file, convert it once: "
-            f"python -c \"import torch; sd = torch.jit.load('{path}', map_location='cpu').state_dict(); "
-            "[sd.pop(k) for k in ('input_resolution', 'context_length', 'vocab_size', 'attn_mask') if k in sd]; "
-            f"torch.save(sd, '{converted}')\" and pass --pretrained {converted}{model}")
+            f"python -c \"import torch; sd = torch.jit.load({_double_quoted_literal(path)}, map_location='cpu')"
+            ".state_dict(); [sd.pop(k) for k in ('input_resolution', 'context_length', 'vocab_size', 'attn_mask') "
+            f"if k in sd]; torch.save(sd, {_double_quoted_literal(converted)})\" and pass --pretrained "
+            f"{shlex.quote(str(converted))}{model}")
+
+
+# Characters a path keeps as they are in _double_quoted_literal: none is special to Python in '...' or to a shell in
+# "..." (where $, `, \\, " and ! are)
+_PLAIN_PATH_CHARACTERS = frozenset("/._-+:,=@%~ ")
+
+
+def _double_quoted_literal(path: Path) -> str:
+    """A Python string literal of ``path`` in single quotes that reads as that path inside a shell's double quotes
+    (``python -c "..."``): a character special to either (a quote, ``$``, a backtick, a backslash, ``!``) is a
+    ``\\uXXXX`` escape, which the shell leaves as it is and Python turns back into the character."""
+    def plain(c: str) -> str:
+        if c.isalnum() or c in _PLAIN_PATH_CHARACTERS:
+            return c
+        return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+    return "'" + "".join(plain(c) for c in str(path)) + "'"
 
 
 def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
