@@ -164,11 +164,24 @@ def _manifest_path(export_dir: Path) -> Path:
         raise UsageError(f"export folder {export_dir} does not exist; pass the folder `rapdeploy export` wrote, or "
                          f"write it with `rapdeploy export CKPT --out {export_dir}`")
     if not path.is_file() and not path.is_symlink():
+        if _holds_other_files(export_dir):  # export would refuse to write into it: its --out is no fix
+            raise UsageError(f"{export_dir} is not an export folder (no {MANIFEST}, no .onnx graph); pass the folder "
+                             "`rapdeploy export` wrote (the workspace's onnx/ unless given --out), or omit it for "
+                             "the workspace's latest export")
         hint = " (the export did not complete or its checks failed; see parity.json)" \
             if (export_dir / PARITY).is_file() else ""
         raise UsageError(f"{export_dir} has no {MANIFEST}{hint}; run `rapdeploy export CKPT --out {export_dir}`")
     resolve_entry(export_dir, MANIFEST, "export manifest", export_dir)  # no symlinked or special manifest (exit 1)
     return path
+
+
+def _holds_other_files(folder: Path) -> bool:
+    """Whether ``folder`` holds entries but neither an ONNX graph nor ``parity.json`` (a dataset or any other folder
+    rather than an export that did not complete); only its first 1,000 entries are looked at."""
+    import itertools
+
+    entries = list(itertools.islice(folder.iterdir(), 1000))
+    return bool(entries) and not any(e.suffix == ".onnx" or e.name == PARITY for e in entries)
 
 
 def _load_manifest(path: Path) -> dict[str, Any]:

@@ -259,3 +259,14 @@ def test_a_hub_snapshot_folder_given_as_pretrained_names_the_weights_file_in_it(
         assert result.exit_code == 2, result.output
         assert said.endswith(f"it holds open_clip's weights file: pass --pretrained "
                              f"{snapshot / 'open_clip_model.safetensors'}"), said
+
+
+def test_build_engine_given_a_dataset_folder_says_it_is_no_export_instead_of_exporting_into_it(tmp_path):
+    """`rapdeploy build-engine DATA_ROOT` (a dataset folder for the export folder) was answered 'DIR has no
+    manifest.json; run `rapdeploy export CKPT --out DIR`': advice to write the ONNX graphs into the dataset folder
+    (which export then refuses, the folder not being empty). It now says the folder is no export and which to pass."""
+    root = _msrvtt_annotations(tmp_path / "msrvtt", ["video1", "video2"])
+    result = CliRunner().invoke(app, ["build-engine", str(root), "--backend", "onnxruntime"])
+    said = _one_error_line(result)
+    assert result.exit_code == 2 and f"{root} is not an export folder (no manifest.json, no .onnx graph)" in said, said
+    assert "--out" not in said.replace("unless given --out", ""), said
