@@ -47,3 +47,12 @@ def test_readme_says_export_fails_only_when_fewer_than_3_test_videos_decode(synt
         (root / "videos" / f"{vid}.mp4").unlink()
     with pytest.raises(CheckFailedError, match="only 2 test videos of msrvtt .* could be decoded \\(need 3"):
         dataset_inputs(micro_config(), root, count=3)
+
+
+def test_readme_troubleshooting_row_says_verify_fails_over_missing_videos():
+    """The data-check row said 'evaluation drops them and reports them', which since ae689c1 verify (an evaluation)
+    does only with --allow-skipped: without it, it exits 1 naming them."""
+    text = " ".join(README.read_text().split())
+    row = text[text.index("| `data-check` exits 1 and lists videos |"):].split(" |\n", 1)[0][:400]
+    assert "evaluation drops them and reports them" not in row
+    assert "`verify` exits 1 naming them (`--allow-skipped` accepts parity over the others)" in row
