@@ -50,12 +50,9 @@ def _save_traced_micro_clip(path) -> None:
     """Write the rap-micro CLIP as OpenAI released theirs: a traced TorchScript archive of the whole model."""
     import warnings
 
-    import open_clip
+    from rap_deploy.model.clip_loader import BackboneSpec, load_clip
 
-    from rap_deploy.model.clip_loader import _register_packaged_configs
-
-    _register_packaged_configs()
-    model = open_clip.create_model("rap-micro", pretrained=None).eval()
+    model = load_clip(BackboneSpec.parse("rap-micro", "none"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, (torch.zeros(1, 3, 32, 32), torch.zeros(1, 32, dtype=torch.long)),
