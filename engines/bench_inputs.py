@@ -92,9 +92,12 @@ def real_frames(dataset: str, data_root: Path, config: Any, videos: int, cache: 
     split, skipped = first_decodable(load_split(dataset, data_root, "test", max_frames=config.frames), videos,
                                      cache, config, progress)
     if split.num_videos == 0 or split.num_captions == 0:
+        from rap_deploy.retrieval import videos_folder_hint
+
         named = some_names([f"{s['video_id']}: {s['reason']}" for s in skipped], 3, sep="; ")
+        hint = videos_folder_hint(split, skipped) if split.num_videos == 0 else ""
         raise CheckFailedError(f"no {dataset} test video under {data_root} could be decoded ({len(skipped)} "
-                               f"skipped: {named}); run `rapdeploy data-check`")
+                               f"skipped: {named}){hint}; run `rapdeploy data-check`")
     idx = [i % split.num_videos for i in range(videos)]
     frames, mask = load_video_batch(split, idx, cache, config)
     captions = [split.captions[i % split.num_captions] for i in range(videos)]
