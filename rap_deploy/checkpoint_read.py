@@ -56,6 +56,14 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return _checkpoint_from_payload(path, payload)
 
 
+def _init_on(weights: Path) -> str:
+    """The `rapdeploy init` command that makes a checkpoint on the CLIP weights file ``weights`` (shell-quoted, so
+    the command pastes as one line whatever the path holds)."""
+    import shlex
+
+    return f"`rapdeploy init --clip NAME --pretrained {shlex.quote(str(weights))} --out ckpt.pt`"
+
+
 def _foreign_payload(path: Path, payload: Any) -> UsageError:
     """The error for a PyTorch file that loads but holds no rapdeploy checkpoint: what it holds (a state_dict of
     backbone weights is the likely mix-up, so that one names `rapdeploy init --pretrained`) and what to pass."""
@@ -64,7 +72,7 @@ def _foreign_payload(path: Path, payload: Any) -> UsageError:
         first = str(next(iter(payload)))[:60]
         return UsageError(f"{path} is a PyTorch state_dict ({len(payload):,} tensors, the first {first!r}), not a "
                           f"rapdeploy checkpoint; if these are CLIP weights, make a checkpoint on them with "
-                          f"`rapdeploy init --clip NAME --pretrained {path} --out ckpt.pt`, else {fix}")
+                          f"{_init_on(path)}, else {fix}")
     if isinstance(payload, dict):
         keys = some_names([repr(str(k)[:30]) for k in payload], 3)
         held = f"a dict with keys {keys}" if payload else "an empty dict"
@@ -174,7 +182,7 @@ def _plain_safetensors(path: Path, names: list[str]) -> UsageError:
                           f"{fix}")
     return UsageError(f"{path} is a safetensors file without rapdeploy metadata ({len(names):,} tensors, the first "
                       f"{names[0][:60]!r}), not a RAP checkpoint; if these are CLIP weights, make a checkpoint on "
-                      f"them with `rapdeploy init --clip NAME --pretrained {path} --out ckpt.pt`, else {fix}")
+                      f"them with {_init_on(path)}, else {fix}")
 
 
 def _damaged(path: Path, what: str) -> CheckFailedError:
