@@ -700,9 +700,9 @@ def test_weights_of_another_model_are_bad_usage_not_a_damaged_file(tmp_path):
     import open_clip
     from safetensors.torch import save_file
 
-    from rap_deploy.model.clip_loader import _register_packaged_configs
+    from rap_deploy.model.clip_loader import register_packaged_configs
 
-    _register_packaged_configs()
+    register_packaged_configs()
     micro = open_clip.create_model("rap-micro")
     weights = tmp_path / "micro.safetensors"
     save_file({k: v.contiguous() for k, v in micro.state_dict().items()}, str(weights))

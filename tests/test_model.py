@@ -561,9 +561,9 @@ def test_a_backbone_rap_would_read_otherwise_than_clip_is_refused(tmp_path, towe
     its class token, not CLIP's image embedding. Such a backbone is refused when the model is made (exit 2)."""
     import open_clip
 
-    from rap_deploy.model.clip_loader import PACKAGED_CONFIGS, _register_packaged_configs
+    from rap_deploy.model.clip_loader import PACKAGED_CONFIGS, register_packaged_configs
 
-    _register_packaged_configs()
+    register_packaged_configs()
     cfg = json.loads((PACKAGED_CONFIGS / "rap-micro.json").read_text())
     cfg[tower].update(changes)
     name = f"rap-test-{tower}-" + "-".join(sorted(changes))
@@ -685,9 +685,9 @@ def test_a_checkpoint_of_another_open_clip_config_of_its_clip_is_refused(tmp_pat
     changed where no weight shape does (QuickGELU here) built another network than the one trained, silently."""
     import open_clip
 
-    from rap_deploy.model.clip_loader import PACKAGED_CONFIGS, _register_packaged_configs
+    from rap_deploy.model.clip_loader import PACKAGED_CONFIGS, register_packaged_configs
 
-    _register_packaged_configs()
+    register_packaged_configs()
     name = "rap-test-changed-config"
     cfg = json.loads((PACKAGED_CONFIGS / "rap-micro.json").read_text())
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
@@ -754,11 +754,11 @@ def test_a_quickgelu_model_name_runs_a_weights_file_with_quickgelu(tmp_path, mic
     from a file to the '-quickgelu' model name, and that name must give the file's model QuickGELU."""
     import open_clip
 
-    from rap_deploy.model.clip_loader import PACKAGED_CONFIGS, _register_packaged_configs
+    from rap_deploy.model.clip_loader import PACKAGED_CONFIGS, register_packaged_configs
 
     readme = (PACKAGED_CONFIGS.parents[1] / "README.md").read_text()
     assert "--clip ViT-B-32-quickgelu" in readme
-    _register_packaged_configs()
+    register_packaged_configs()
     assert open_clip.get_model_config("ViT-B-32-quickgelu").get("quick_gelu") is True
     cfg = {**json.loads((PACKAGED_CONFIGS / "rap-micro.json").read_text()), "quick_gelu": True}
     (tmp_path / "rap-micro-quickgelu.json").write_text(json.dumps(cfg))

@@ -121,13 +121,13 @@ def sincos_position_embedding(grid: tuple[int, int], width: int) -> torch.Tensor
 def _create_model(clip: str, seed: int) -> torch.nn.Module:
     import open_clip
 
-    from rap_deploy.model.clip_loader import _quiet_loading_logs, _register_packaged_configs
+    from rap_deploy.model.clip_loader import quiet_loading_logs, register_packaged_configs
 
-    _register_packaged_configs()
+    register_packaged_configs()
     if clip not in open_clip.list_models():
         raise UsageError(f"open_clip has no model '{clip}'; the offline default is {DEFAULT_CLIP}")
     torch.manual_seed(seed)
-    with _quiet_loading_logs():
+    with quiet_loading_logs():
         return open_clip.create_model(clip, pretrained=None, load_weights=False)
 
 

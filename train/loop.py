@@ -167,9 +167,9 @@ def _source_checkpoint(options: TrainOptions, frames: int, context_length: int):
     if pretrained is None:
         import open_clip
 
-        from rap_deploy.model.clip_loader import _register_packaged_configs
+        from rap_deploy.model.clip_loader import register_packaged_configs
 
-        _register_packaged_configs()
+        register_packaged_configs()
         pretrained = "openai" if "openai" in open_clip.list_pretrained_tags_by_model(clip) else "none"
     spec = BackboneSpec.parse(clip, pretrained)
     size = clip_model_config(clip)["vision_cfg"]["image_size"]

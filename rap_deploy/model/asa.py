@@ -158,8 +158,10 @@ def last_valid_frame(frame_mask: torch.Tensor) -> torch.Tensor:
     return (frame_mask.sum(-1) - 1.0).clamp_min(0.0).to(torch.int64)
 
 
-def _off_integers(x: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
-    """Move values that lie within ``margin`` of an integer by ``2·margin``, away from the interpolation kinks."""
+def off_integers(x: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """A copy of ``x`` with each value that lies within ``margin`` of an integer moved up by ``2·margin``, away from
+    linear interpolation's kinks (the initial offsets' reason in :func:`initial_offsets`); other values unchanged,
+    same shape and dtype. Raises nothing of its own."""
     near = (x - torch.round(x)).abs() < margin
     return torch.where(near, x + 2 * margin, x)
 
@@ -181,7 +183,7 @@ def initial_offsets(heads: int, radius: float = 1.0, max_shift: float = 2.5) -> 
     angle = 2 * math.pi * (h + 0.5) / heads + 0.3
     gamma = radius * torch.stack([torch.sin(angle), torch.cos(angle)], dim=1)
     delta = max_shift * (2 * (h + 0.5) / heads - 1) if heads > 1 else torch.full((1,), max_shift / 2)
-    return _off_integers(gamma).float(), _off_integers(delta).float()
+    return off_integers(gamma).float(), off_integers(delta).float()
 
 
 class AsynchronousSelfAttention(nn.Module):

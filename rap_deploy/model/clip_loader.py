@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,10 @@ from rap_deploy.workspace import user_path
 PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
 
 
-def _register_packaged_configs() -> None:
+def register_packaged_configs() -> None:
+    """Register rapdeploy's packaged open_clip model configs (``model_configs/*.json``: rap-tiny, rap-micro, ...) with
+    open_clip, once: a no-op when open_clip already lists them all. Returns nothing; raises what open_clip's import
+    and ``add_model_config`` raise (``ImportError`` without open_clip)."""
     import open_clip
 
     known = set(open_clip.list_models())
@@ -53,7 +56,7 @@ class BackboneSpec:
         """
         import open_clip
 
-        _register_packaged_configs()
+        register_packaged_configs()
         if clip not in open_clip.list_models():
             raise UsageError(f"open_clip has no model '{clip}'; try one of: ViT-B-32, ViT-B-16, rap-tiny, rap-micro "
                              "(`python -c 'import open_clip; print(open_clip.list_models())'` lists all)")
@@ -136,7 +139,7 @@ def clip_model_config(clip: str) -> dict[str, Any]:
     """Return open_clip's architecture config (a JSON-able dict) for ``clip``."""
     import open_clip
 
-    _register_packaged_configs()
+    register_packaged_configs()
     cfg = open_clip.get_model_config(clip)
     if cfg is None:
         raise UsageError(f"open_clip has no model config '{clip}'")
@@ -158,7 +161,7 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
 
     from rap_deploy.bounds import check_memory, clip_weight_bytes
 
-    _register_packaged_configs()
+    register_packaged_configs()
     # Before open_clip allocates the model and reads a weights file whole beside it (a wrong, larger file too).
     file = Path(spec.value) if spec.kind == "file" and state_dict is None and spec.value else None
     read = file.stat().st_size if file is not None and file.is_file() else 0
@@ -179,7 +182,7 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
     if spec.kind == "file" and state_dict is None:
         _check_weights_file(Path(spec.value), spec.clip)
     try:
-        with _quiet_loading_logs():
+        with quiet_loading_logs():
             model = open_clip.create_model(spec.clip, pretrained=pretrained, force_quick_gelu=quick_gelu,
                                            load_weights=pretrained is not None)
     except Exception as exc:
@@ -344,7 +347,7 @@ def _file_mismatch(path: Path, clip: str) -> tuple[str | None, str | None]:
     if not shapes:
         return None, None
     packaged = [p.stem for p in sorted(PACKAGED_CONFIGS.glob("*.json")) if p.stem != clip]
-    with _quiet_loading_logs():  # open_clip's 'No pretrained weights loaded' for each model built
+    with quiet_loading_logs():  # open_clip's 'No pretrained weights loaded' for each model built
         return key_mismatch(*differences(shapes, model_shapes(clip))) or None, fitting_clip(shapes, packaged)
 
 
@@ -424,10 +427,12 @@ def _raised_in(exc: BaseException, functions: tuple[str, ...]) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_loading_logs():
-    """Silence what open_clip and huggingface_hub log while a backbone loads ('No pretrained weights loaded', a
-    failed download's warning and error): info/init report the backbone, and a failure becomes the one-line error
-    whose message already carries open_clip's reason."""
+def quiet_loading_logs() -> Iterator[None]:
+    """Context manager: silence what open_clip and huggingface_hub log while a backbone loads ('No pretrained weights
+    loaded', a failed download's warning and error): info/init report the backbone, and a failure becomes the
+    one-line error whose message already carries open_clip's reason. Logging below CRITICAL is disabled inside the
+    block and the previous ``logging.disable`` level restored on leaving it, also when the block raises (the
+    exception propagates); it yields nothing."""
     previous = logging.root.manager.disable
     logging.disable(logging.ERROR)
     try:

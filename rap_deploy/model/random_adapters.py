@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rap_deploy.model.asa import _off_integers
+from rap_deploy.model.asa import off_integers
 
 LORM_V_STD = 0.02
 QKV_STD = 1.0
@@ -46,7 +46,7 @@ def randomize_asa(asa: nn.Module, generator: torch.Generator) -> None:
     for proj in (asa.q_proj, asa.k_proj, asa.v_proj, asa.out_proj):
         proj.bias.copy_(torch.randn(proj.bias.shape, generator=generator) * BIAS_STD)
     for offset in (asa.patch_offset, asa.time_offset):
-        offset.copy_(_off_integers((torch.rand(offset.shape, generator=generator) * 2 - 1) * OFFSET_RANGE))
+        offset.copy_(off_integers((torch.rand(offset.shape, generator=generator) * 2 - 1) * OFFSET_RANGE))
 
 
 @torch.no_grad()
