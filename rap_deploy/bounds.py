@@ -41,6 +41,7 @@ MAX_EPOCHS = 100_000
 MAX_STEPS = 10_000_000
 MAX_REPEATS = 100_000
 MAX_VIDEOS = 10_000_000     # videos in an index, a benchmark library or a dataset option
+MAX_TOP_K = 100             # results per query: `search --top` and serve's /search top_k
 MAX_TOP_M = 1000            # stage-1 candidates re-ranked per query: `search --top-m` and serve's /search top_m
 MAX_THREADS = 4096
 MAX_SEED = 2**63 - 1      # torch.manual_seed takes a signed 64-bit seed

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from rap_deploy.bounds import MAX_BODY_MB, MAX_TOP_M, MIN_BODY_MB
+from rap_deploy.bounds import MAX_BODY_MB, MAX_TOP_K, MAX_TOP_M, MIN_BODY_MB
 from rap_deploy.engines.blocks import fit_tokens
 from rap_deploy.engines.serving.batcher import DynamicBatcher, QueueFullError
 from rap_deploy.engines.serving.bodies import BODY_MIN_RATE, BODY_TIMEOUT_S, BodyPace
@@ -73,7 +73,7 @@ class ServeOptions:
     max_queue_delay_ms: float = 2.0
     max_queue: int = 1024
     max_query_chars: int = 1000
-    max_top_k: int = 100
+    max_top_k: int = MAX_TOP_K
     max_top_m: int = MAX_TOP_M
     max_infer_body: int = 256 * MiB
     max_search_body: int = 64 * 1024

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from rap_deploy.atomic import json_text
-from rap_deploy.bounds import MAX_TOP_M, check_int, check_threads
+from rap_deploy.bounds import MAX_TOP_K, MAX_TOP_M, check_int, check_threads
 from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, command
 from rap_deploy.data import DATASET_NAMES
 from rap_deploy.errors import UsageError
@@ -392,7 +392,7 @@ def search_cmd(
     engine: str | None = typer.Option(None, "--engine", help="Engine of the library's model, or http://HOST:PORT "
                                       "of a running `rapdeploy serve` or Triton serving one (default: the one that "
                                       "built it, else the workspace's latest engine)."),
-    top: int = typer.Option(10, "--top", help="Results per query."),
+    top: int = typer.Option(10, "--top", help=f"Results per query, 1 to {MAX_TOP_K}."),
     top_m: int = typer.Option(100, "--top-m", help=f"Stage-1 candidates re-ranked by the ASA head, 0 to "
                                f"{MAX_TOP_M} (0: none, stage-1 scores only)."),
     verify: str = typer.Option("full", "--verify", help="Integrity check at open: full (every shard's sha256) or "
@@ -409,6 +409,8 @@ def search_cmd(
     texts, names = read_queries(text, queries_file)
     if top < 1 or top_m < 0:
         raise UsageError(f"--top must be >= 1 and --top-m >= 0, got {top} and {top_m}")
+    check_int(top, "--top", 1, MAX_TOP_K, fix=f"pass --top {MAX_TOP_K} or less (serve's /search takes the same "
+              "limit)")
     check_int(top_m, "--top-m", 0, MAX_TOP_M, fix=f"pass --top-m {MAX_TOP_M} or less (serve's /search takes the "
               "same limit)")
     from rap_deploy.library.search import VERIFY_MODES
