@@ -1210,7 +1210,9 @@ def test_worker_errors_that_do_not_unpickle_go_back_as_text():
 
 def test_paragraph_datasets_refuse_an_init_checkpoint_of_the_clip_defaults_unless_told():
     """DiDeMo and ActivityNet are 64 frames / 64 tokens; `rapdeploy init`'s defaults are 12 / 32, fixed by the
-    checkpoint's weights: fine-tuning such a checkpoint there is refused unless --frames/--context-length say so."""
+    checkpoint's weights: fine-tuning such a checkpoint there is refused unless --frames/--context-length say so.
+    One refusal names every option that must change (it named --frames, then, once that was passed, refused again
+    for --context-length)."""
     import dataclasses
     from types import SimpleNamespace
 
@@ -1218,11 +1220,17 @@ def test_paragraph_datasets_refuse_an_init_checkpoint_of_the_clip_defaults_unles
 
     config = SimpleNamespace(frames=12, context_length=32)
     base = TrainOptions(dataset="didemo", data_root="d", out="o", checkpoint="b32.pt")
-    with pytest.raises(UsageError, match=r"has frames 12, but didemo's protocol uses 64: create it with "
-                                         r"`rapdeploy init --frames 64 --context-length 64"):
+    with pytest.raises(UsageError) as both:
         _check_paragraph_protocol(base, config)
-    with pytest.raises(UsageError, match="context-length 32"):
+    assert str(both.value) == ("checkpoint b32.pt has frames 12 and context-length 32, but didemo's protocol uses 64 "
+                               "and 64: create it with `rapdeploy init --frames 64 --context-length 64 ...`, or pass "
+                               "--frames 12 --context-length 32 to train at the checkpoint's")
+    with pytest.raises(UsageError) as one:
         _check_paragraph_protocol(dataclasses.replace(base, frames=12), config)
+    assert "has context-length 32, but" in str(one.value) and "pass --context-length 32 to" in str(one.value)
+    assert "frames 12" not in str(one.value)
+    with pytest.raises(UsageError, match="has frames 12, but didemo's protocol uses 64: .* pass --frames 12 to"):
+        _check_paragraph_protocol(dataclasses.replace(base, context_length=32), config)
     _check_paragraph_protocol(dataclasses.replace(base, frames=12, context_length=32), config)  # said so
     _check_paragraph_protocol(dataclasses.replace(base, dataset="msrvtt"), config)
     _check_paragraph_protocol(base, SimpleNamespace(frames=64, context_length=64))

@@ -434,18 +434,24 @@ def _check_paragraph_protocol(options: TrainOptions, config: Any) -> None:
     """Refuse to fine-tune a checkpoint of ``rapdeploy init``'s defaults (12 frames, 32 tokens) on DiDeMo or
     ActivityNet without being told: their protocol is 64 frames and 64 tokens, and a checkpoint's frame count and
     context length are fixed by its weights. Passing ``--frames`` / ``--context-length`` equal to the checkpoint's
-    says it is meant. Raises :class:`UsageError` naming the fix."""
+    says it is meant. Raises :class:`UsageError` naming every option that differs, in one refusal, and the fix."""
     from rap_deploy.data.datasets import dataset_defaults
 
     if options.dataset not in ("didemo", "activitynet"):
         return
     sampling, ctx_len = dataset_defaults(options.dataset)
-    for name, have, protocol, given in (("frames", config.frames, sampling.max_frames, options.frames),
-                                        ("context-length", config.context_length, ctx_len, options.context_length)):
-        if given is None and have != protocol:
-            raise UsageError(f"checkpoint {options.checkpoint} has {name} {have}, but {options.dataset}'s protocol "
-                             f"uses {protocol}: create it with `rapdeploy init --frames {sampling.max_frames} "
-                             f"--context-length {ctx_len} ...`, or pass --{name} {have} to train at the checkpoint's")
+    options_checked = (("frames", config.frames, sampling.max_frames, options.frames),
+                       ("context-length", config.context_length, ctx_len, options.context_length))
+    unsaid = [(name, have, protocol) for name, have, protocol, given in options_checked
+              if given is None and have != protocol]
+    if not unsaid:
+        return
+    has = " and ".join(f"{name} {have}" for name, have, _ in unsaid)
+    uses = " and ".join(str(protocol) for _, _, protocol in unsaid)
+    keep = " ".join(f"--{name} {have}" for name, have, _ in unsaid)
+    raise UsageError(f"checkpoint {options.checkpoint} has {has}, but {options.dataset}'s protocol uses {uses}: "
+                     f"create it with `rapdeploy init --frames {sampling.max_frames} --context-length {ctx_len} ...`, "
+                     f"or pass {keep} to train at the checkpoint's")
 
 
 def _fresh_model(options: TrainOptions):
