@@ -1,8 +1,9 @@
-"""Report folder names: which engine, and which split, a report under ``<workspace>/verify/`` is of.
+"""Report folder names: which engine, which dataset and which split a report under ``<workspace>/verify/`` is of.
 
 :func:`engine_label` names an engine's reports: the engine folder's or checkpoint's name, ``RUN-best`` and
 ``RUN-last`` for a training run's ``best.pt`` and ``last.pt``, ``remote-HOST-PORT`` for a server;
-:func:`report_folder_name` adds a split other than the test split after :data:`SPLIT_SEPARATOR`.
+:func:`report_folder_name` adds a dataset other than :data:`~rap_deploy.data.DEFAULT_DATASET` after
+:data:`DATASET_SEPARATOR` and a split other than the test split after :data:`SPLIT_SEPARATOR`.
 
 The names cannot be confused, yet the common ones read as they are:
 
@@ -12,6 +13,7 @@ The names cannot be confused, yet the common ones read as they are:
 - an ``https://`` server's label goes on ``remote-https_``, which no ``http://`` server's holds (those keep only
   letters, digits, ``.`` and ``-``), so the two schemes on one host and port never share a folder;
 - no label holds ``@``, so ``X@train`` (engine ``X``, split ``train``) is never engine ``X-train``'s test report;
+- no label holds ``+``, so ``X+msvd`` (engine ``X``, MSVD's test split) is never another engine's or split's report;
 - an IPv6 host is written as its eight groups (``http://[::1]:8000`` is ``remote-ipv6-0-0-0-0-0-0-0-1-8000``).
 """
 
@@ -22,9 +24,11 @@ import re
 import urllib.parse
 from pathlib import Path
 
+from rap_deploy.data import DEFAULT_DATASET
 from rap_deploy.workspace import RUN_BEST, RUN_LAST
 
-SPLIT_SEPARATOR = "@"  # between an engine's label and a split: never in a label
+SPLIT_SEPARATOR = "@"  # before a split: never in a label, a dataset's name or an escaped split
+DATASET_SEPARATOR = "+"  # between an engine's label and a dataset: never in a label or an escaped split
 REMOTE_PREFIX = "remote-"
 HTTPS_MARK = "https_"  # after REMOTE_PREFIX in an https:// server's label
 # The checkpoints train writes into every run folder: named after the file alone, the reports of two runs' best.pt
@@ -48,10 +52,21 @@ def engine_label(engine_path: Path | str) -> str:
     return _local_label(f"{run}-{path.stem}" if path.name in RUN_CHECKPOINT_NAMES and run else path.stem)
 
 
-def report_folder_name(label: str, split: str | None) -> str:
-    """The report folder of the engine ``label`` for ``split``: the label itself for the test split (``None``),
-    ``LABEL@SPLIT`` (:data:`SPLIT_SEPARATOR`, the split written by :func:`escape_name`) for another."""
-    return label if split is None else f"{label}{SPLIT_SEPARATOR}{escape_name(split)}"
+def report_folder_name(label: str, split: str | None, dataset: str) -> str:
+    """The report folder of the engine ``label`` for ``split`` (``None``: the test split) of ``dataset``: ``LABEL``,
+    then ``+DATASET`` (:data:`DATASET_SEPARATOR`) for a dataset other than :data:`~rap_deploy.data.DEFAULT_DATASET`,
+    then ``@SPLIT`` (:data:`SPLIT_SEPARATOR`) for a split other than the test split; dataset and split written by
+    :func:`escape_name`. The default dataset's folders are the ones reports had before datasets were told apart
+    (``X``, ``X@train``); another's are ``X+msvd``, ``X+msvd@val``.
+
+    No two (engine, dataset, split) share a folder, whatever the split is named: :func:`escape_name` writes ``+``
+    and ``@`` as ``%2B`` and ``%40``, so neither a label nor an escaped dataset or split holds them; a folder name
+    therefore has at most one ``+`` and at most one ``@``, the ``+`` before the ``@``, and reads back as one
+    label, one dataset (none after ``+``: the default) and one split (none after ``@``: the test split). A split
+    named like a dataset (``X@msvd``) is not MSVD's test report (``X+msvd``). ``+`` is an ordinary character in a
+    file name on Linux, macOS and Windows."""
+    name = label if dataset == DEFAULT_DATASET else f"{label}{DATASET_SEPARATOR}{escape_name(dataset)}"
+    return name if split is None else f"{name}{SPLIT_SEPARATOR}{escape_name(split)}"
 
 
 def remote_label(url: str) -> str:
@@ -68,7 +83,8 @@ def remote_label(url: str) -> str:
 
 def escape_name(name: str) -> str:
     """``name`` with every character but letters, digits, ``.``, ``_`` and ``-`` written ``%XX`` (its UTF-8 bytes):
-    a folder name that differs from every other name's and holds no :data:`SPLIT_SEPARATOR` or path separator."""
+    a folder name that differs from every other name's and holds no :data:`SPLIT_SEPARATOR`,
+    :data:`DATASET_SEPARATOR` or path separator."""
     return "".join(c if c.isalnum() or c in "._-" else urllib.parse.quote(c, safe="") for c in name)
 
 

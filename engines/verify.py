@@ -111,8 +111,8 @@ def verify(
 ) -> dict[str, Any]:
     """Verify recall parity of an engine against the PyTorch reference and write ``verify.json``, ``verify.md`` and
     ``verify.png`` into ``out`` (default :func:`default_report_dir`: ``<workspace>/verify/<label>``, the engine
-    folder's or checkpoint's name, ``RUN-best`` for a run's ``RUN/best.pt``, ``<label>@<split>`` for a split other
-    than the dataset's test split).
+    folder's or checkpoint's name, ``RUN-best`` for a run's ``RUN/best.pt``; ``<label>+<dataset>`` for a dataset other
+    than MSR-VTT, followed by ``@<split>`` for a split other than the dataset's test split).
 
     ``engine_dir`` defaults to the workspace's latest engine, ``data_root`` to ``$RAPDEPLOY_DATA``, ``cache`` (a
     :class:`~rap_deploy.data.cache.FrameCache` or a folder) to the workspace frame cache. ``max_videos`` keeps the
@@ -205,15 +205,17 @@ def _refuse_foreign_checkpoint(ref_info: Reference, engine_path: Path | str) -> 
 def default_report_dir(engine_path: Path | str, dataset: str, split: str,
                        workspace: str | os.PathLike[str] | None) -> Path:
     """Where verify writes its reports without ``--out``: ``<workspace>/verify/<label>``
-    (:func:`~rap_deploy.engines.report_labels.engine_label`) for the dataset's test split (or a split reading its
-    files: MSR-VTT's val, ActivityNet's val), ``<workspace>/verify/<label>@<split>``
-    (:func:`~rap_deploy.engines.report_labels.report_folder_name`) for another (``train``, MSVD's ``val``), so the
-    report of one split does not replace the test split's, nor that of an engine named ``<label>-<split>``."""
+    (:func:`~rap_deploy.engines.report_labels.engine_label`) for the test split of the default dataset (MSR-VTT),
+    ``<label>+<dataset>`` for another dataset's, each followed by ``@<split>`` for a split other than the test split
+    (or one reading its files: MSR-VTT's val, ActivityNet's val): ``<label>@train``, ``<label>+msvd@val``
+    (:func:`~rap_deploy.engines.report_labels.report_folder_name`). So the report of one dataset or split replaces
+    neither another's nor that of an engine named ``<label>-<split>``."""
     from rap_deploy.data.datasets import reads_test_files
     from rap_deploy.workspace import subdir
 
     label = engine_label(engine_path)
-    return subdir("verify", workspace) / report_folder_name(label, None if reads_test_files(dataset, split) else split)
+    test = reads_test_files(dataset, split)
+    return subdir("verify", workspace) / report_folder_name(label, None if test else split, dataset)
 
 
 def _data_root(data_root: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None) -> Path:

@@ -53,14 +53,14 @@ def test_labels_of_distinct_names_are_distinct_and_hold_no_separator(tmp_path):
     """Local names keep letters, digits, '.', '_' and '-'; any other character is written %XX, so no two names
     share a label, none holds '@' or a path separator, and no engine folder takes a server's label."""
     names = ["onnxruntime-int8", "tensorrt_fp16", "my engine", "my%20engine", "a@b", "モデル", "100%",
-             "remote-127.0.0.1-8080"]
+             "remote-127.0.0.1-8080", "a+msvd"]
     labels = [engine_label(tmp_path / name) for name in names]
     assert labels[:3] == ["onnxruntime-int8", "tensorrt_fp16", "my%20engine"]
-    assert labels[3:] == ["my%2520engine", "a%40b", "モデル", "100%25", "remote%2D127.0.0.1-8080"]
+    assert labels[3:] == ["my%2520engine", "a%40b", "モデル", "100%25", "remote%2D127.0.0.1-8080", "a%2Bmsvd"]
     assert engine_label("http://127.0.0.1:8080") not in labels
     assert len(set(labels)) == len(labels)
-    assert not any(c in label for label in labels for c in "@/\\ ")
-    assert report_folder_name("a", "val 2") == "a@val%202" and report_folder_name("a", None) == "a"
+    assert not any(c in label for label in labels for c in "@+/\\ ")
+    assert report_folder_name("a", "val 2", "msrvtt") == "a@val%202" and report_folder_name("a", None, "msrvtt") == "a"
     assert escape_name("x/y") == "x%2Fy"
 
 

@@ -433,9 +433,10 @@ def test_a_split_other_than_the_test_split_reports_to_its_own_folder(micro_check
     assert sorted(p.name for p in (ws / "verify").iterdir() if not p.name.startswith(".")) == [label, f"{label}@train"]
     for folder, split in ((label, "test"), (f"{label}@train", "train")):
         assert json.loads((ws / "verify" / folder / "verify.json").read_text())["split"] == split
-    for dataset, split, folder in (("msrvtt", "val", label), ("activitynet", "val", label),
-                                   ("activitynet", "test", label), ("msvd", "val", f"{label}@val"),
-                                   ("didemo", "train", f"{label}@train"), ("didemo", "test", label)):
+    for dataset, split, folder in (("msrvtt", "val", label), ("activitynet", "val", f"{label}+activitynet"),
+                                   ("activitynet", "test", f"{label}+activitynet"),
+                                   ("msvd", "val", f"{label}+msvd@val"), ("didemo", "train", f"{label}+didemo@train"),
+                                   ("didemo", "test", f"{label}+didemo")):
         assert default_report_dir(micro_checkpoint, dataset, split, ws) == ws / "verify" / folder, (dataset, split)
     help_text = " ".join(runner.invoke(app, ["verify", "--help"], env={"COLUMNS": "200"}).output.split())
     assert "followed by @<split> for a --split other than the dataset's test split" in help_text, help_text

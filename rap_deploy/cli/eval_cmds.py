@@ -10,7 +10,7 @@ import typer
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, command
-from rap_deploy.data import DATASET_NAMES
+from rap_deploy.data import DATASET_NAMES, DEFAULT_DATASET
 from rap_deploy.errors import UsageError
 
 
@@ -58,7 +58,9 @@ def verify_cmd(
                                     "<run>-best for a run's best.pt, <run>-last for its last.pt, "
                                     "remote-HOST-PORT for http://HOST:PORT, remote-https_HOST-PORT for https://; "
                                     "followed by @<split> for a --split "
-                                    "other than the dataset's test split, e.g. <engine name>@train)."),
+                                    "other than the dataset's test split, e.g. <engine name>@train; and by "
+                                    f"+<dataset> before that for a --dataset other than {DEFAULT_DATASET}, e.g. "
+                                    "<engine name>+msvd, <engine name>+msvd@val)."),
     split: str = typer.Option("test", "--split", help="Split to evaluate (test; ActivityNet test = val_1)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos per video-encoder call."),
     tie_eps: float = typer.Option(1e-5, "--tie-eps", help="Score gap under which a rank change of an fp32 engine "

@@ -7,6 +7,10 @@ package does not import them eagerly so that light users (the CLI's ``--help``) 
 # The dataset formats the readers take (rap_deploy.data.datasets), here so that the CLI's help needs no torch.
 DATASETS = ("msrvtt", "msvd", "didemo", "activitynet")
 DATASET_NAMES = ", ".join(DATASETS)
+# The dataset whose layout the synthetic set has, which the demo, the README's examples and bench's and export's
+# --dataset default to: its verify reports keep the folder names they had before reports of other datasets were told
+# apart (engines.report_labels.report_folder_name).
+DEFAULT_DATASET = "msrvtt"
 
 # The synthetic world's default share of videos and stills with a distractor, an object no caption names
 # (:func:`rap_deploy.data.synth._add_distractor`): none, see the distractor experiment in
