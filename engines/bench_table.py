@@ -7,14 +7,14 @@ from typing import Any
 
 from rap_deploy.engines.reports import (
     UNQUIET_NOTE,
-    _adapter_line,
-    _fmt,
-    _natural_width,
-    _wide_console,
+    adapter_line,
     bench_rows,
     describe_device,
+    format_value,
     load_line,
+    natural_width,
     search_lines,
+    wide_console,
 )
 
 #: The printed columns: backend and precision, throughput and unit merged to keep the table narrow.
@@ -60,19 +60,19 @@ def bench_table(result: dict[str, Any], columns: tuple[str, ...], caption: bool)
 def print_bench(result: dict[str, Any], console: Any = None) -> None:
     """Print the bench table and its notes with rich: one table where every column fits the console (a log's 130
     columns), else the timings and the ratios as two tables of the same rows."""
-    console = console or _wide_console()
+    console = console or wide_console()
     table = bench_table(result, BENCH_COLUMNS, caption=True)
-    if _natural_width(console, table) <= console.width:
+    if natural_width(console, table) <= console.width:
         console.print(table)
     else:
         console.print(bench_table(result, NARROW_TABLES[0], caption=False))
         console.print(bench_table(result, NARROW_TABLES[1], caption=True))
     flops = result.get("gflops", {})
     if flops:
-        console.print("GFLOPs: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in flops.items()))
+        console.print("GFLOPs: " + ", ".join(f"{k} {format_value(v, 3)}" for k, v in flops.items()))
     meanp = result.get("adapter_cost")
     if meanp:
-        console.print(_adapter_line(meanp))
+        console.print(adapter_line(meanp))
     for line in search_lines(result):
         console.print(line, markup=False)
     for note in result.get("notes", []):

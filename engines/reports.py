@@ -25,7 +25,10 @@ MODE_TITLES = {"asa": "full ASA", "two_stage": "two-stage", "meanp": "meanP stag
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _fmt(value: Any, digits: int = 2) -> str:
+def format_value(value: Any, digits: int = 2) -> str:
+    """A report cell's text for ``value``: ``-`` for None, yes/no for a bool, an int as is, a float with ``digits``
+    decimals (scientific notation when it is non-zero and below ``10**-digits`` or at least 1e6), anything else as
+    ``str``. Raises nothing."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -114,15 +117,15 @@ def verify_rows(result: dict[str, Any], directions: tuple[str, ...] = DIRECTIONS
                         delta += f" (+{detail['within_ties']} tied)"
                     cells += ["", "", delta]
                 else:
-                    cells += [_fmt(section["reference"][direction][metric]),
-                              _fmt(section["engine"][direction][metric]),
+                    cells += [format_value(section["reference"][direction][metric]),
+                              format_value(section["engine"][direction][metric]),
                               _signed(section["delta"][direction][metric])]
                 if check is not None and not check["passed"]:
                     cells[-1] += " !"
                 elif check is not None and _forgiven(check):
                     cells[-1] += f" ({check['lost']} lost / {check['gained']} gained)"
             present = [c for c in found if c is not None]
-            limit = f"<= {_fmt(present[0]['limit'])}" if present else ""
+            limit = f"<= {format_value(present[0]['limit'])}" if present else ""
             status = ("ok" if all(c["passed"] for c in present) else "FAIL") if present else ""
             if status == "ok" and any(_forgiven(c) for c in present):
                 status = "ok: flip noise"
@@ -139,18 +142,21 @@ def _error_rows(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, err in result.get("embedding_error", {}).items():
         if isinstance(err, dict) and "max_abs" in err:
-            rows.append([name, _fmt(err["max_abs"], 6), _fmt(err.get("min_cosine"), 6)])
+            rows.append([name, format_value(err["max_abs"], 6), format_value(err.get("min_cosine"), 6)])
     for name, err in result.get("embedding_error", {}).get("first_batch_fp32", {}).items():
-        rows.append([f"{name} (fp32, first batch)", _fmt(err["max_abs"], 6), _fmt(err.get("min_cosine"), 6)])
+        rows.append([f"{name} (fp32, first batch)", format_value(err["max_abs"], 6),
+                     format_value(err.get("min_cosine"), 6)])
     for name, err in result.get("similarity_error", {}).items():
-        rows.append([f"similarity {MODE_TITLES.get(name, name)}", _fmt(err["max_abs"], 6), "-"])
+        rows.append([f"similarity {MODE_TITLES.get(name, name)}", format_value(err["max_abs"], 6), "-"])
     for name, err in result.get("graph_error", {}).items():
-        rows.append([f"graph {name} (identical inputs)", _fmt(err["max_abs"], 6), _fmt(err.get("min_cosine"), 6)])
+        rows.append([f"graph {name} (identical inputs)", format_value(err["max_abs"], 6),
+                     format_value(err.get("min_cosine"), 6)])
     return rows
 
 
-def _wide_console() -> Any:
-    """A rich console on stdout; 130 columns when stdout is not a terminal (logs, pipes) so tables are not wrapped."""
+def wide_console() -> Any:
+    """A rich console on stdout, returned; 130 columns when stdout is not a terminal (logs, pipes) so tables are not
+    wrapped."""
     from rich.console import Console
 
     console = Console()
@@ -235,8 +241,8 @@ def _verify_table(result: dict[str, Any], directions: tuple[str, ...]) -> Any:
     return table
 
 
-def _natural_width(console: Any, table: Any) -> int:
-    """Columns ``table`` takes when nothing in it is wrapped or cut."""
+def natural_width(console: Any, table: Any) -> int:
+    """The columns (an int) ``table`` takes on ``console`` when nothing in it is wrapped or cut."""
     from rich.measure import Measurement
 
     return Measurement.get(console, console.options.update_width(10_000), table).maximum
@@ -249,9 +255,9 @@ def print_verify(result: dict[str, Any], console: Any = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = console or _wide_console()
+    console = console or wide_console()
     table = _verify_table(result, DIRECTIONS)
-    if _natural_width(console, table) <= console.width:
+    if natural_width(console, table) <= console.width:
         console.print(table)
     else:
         for direction in DIRECTIONS:
@@ -378,9 +384,9 @@ def bench_rows(result: dict[str, Any]) -> list[list[str]]:
         ratio, best = r.get("ratio_vs_torch"), r.get("ratio_vs_torch_best")
         mark = "" if r.get("ratio_reliable", True) else " (unreliable)"
         rows.append([labels[i], r["precision"], r["graph"], str(r["batch_size"]),
-                     _fmt(r["throughput"], 2), r["unit"], _ms(r.get("min_ms")), _ms(r["p50_ms"]),
+                     format_value(r["throughput"], 2), r["unit"], _ms(r.get("min_ms")), _ms(r["p50_ms"]),
                      _ms(r["p90_ms"]), _ms(r["p99_ms"]), "-" if ratio is None else f"{ratio:.2f}x{mark}",
-                     "-" if best is None else f"{best:.2f}x{mark}", _fmt(r.get("gflops_per_s"), 1)])
+                     "-" if best is None else f"{best:.2f}x{mark}", format_value(r.get("gflops_per_s"), 1)])
     return rows
 
 
@@ -388,11 +394,15 @@ BENCH_HEADER = ("backend", "precision", "graph", "batch", "throughput", "unit", 
                 "p99 ms", "vs torch (mean)", "vs torch (min)", "GFLOP/s")
 
 
-def _adapter_line(cost: dict[str, Any]) -> str:
+def adapter_line(cost: dict[str, Any]) -> str:
+    """The report's one line comparing the RAP and meanP video encoders' cost (bench's ``adapter_cost``): p50 times,
+    their ratio and, when ``cost`` has ``ratio_min``, the best calls'. Raises KeyError when ``cost`` lacks a p50
+    time or the ratio."""
     line = (f"RAP vs meanP video encoder (PyTorch eager, batch 1, {cost.get('frames')} frames): p50 "
-            f"{_fmt(cost['rap_p50_ms'])} vs {_fmt(cost['meanp_p50_ms'])} ms, ratio {cost['ratio']:.3f}")
+            f"{format_value(cost['rap_p50_ms'])} vs {format_value(cost['meanp_p50_ms'])} ms, ratio {cost['ratio']:.3f}")
     if "ratio_min" in cost:
-        line += f" (best call: {_fmt(cost['rap_min_ms'])} vs {_fmt(cost['meanp_min_ms'])} ms, {cost['ratio_min']:.3f})"
+        line += (f" (best call: {format_value(cost['rap_min_ms'])} vs {format_value(cost['meanp_min_ms'])} ms, "
+                 f"{cost['ratio_min']:.3f})")
     return line
 
 
@@ -441,11 +451,11 @@ def bench_markdown(result: dict[str, Any]) -> str:
              f"{result.get('model', {}).get('frames')} frames", ""]
     flops = result.get("gflops", {})
     if flops:
-        lines += ["GFLOPs: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in flops.items()), ""]
+        lines += ["GFLOPs: " + ", ".join(f"{k} {format_value(v, 3)}" for k, v in flops.items()), ""]
     lines += [_md_table(BENCH_HEADER, bench_rows(result)), ""]
     meanp = result.get("adapter_cost")
     if meanp:
-        lines += [_adapter_line(meanp), ""]
+        lines += [adapter_line(meanp), ""]
     lines += [f"{line}\n" for line in search_lines(result)]
     lines += [f"- note: {note}" for note in result.get("notes", [])]  # why rows are missing, as the table prints them
     return "\n".join(lines)

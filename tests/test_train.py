@@ -330,7 +330,7 @@ def test_identity_asa_evaluates_as_meanp(micro_model, synth_root, frame_cache):
     from rap_deploy.model_encoder import ModelEncoder
     from rap_deploy.retrieval import encode_texts, encode_videos, full_similarity, meanp_similarity
     from rap_deploy.train.distributed import DistContext
-    from rap_deploy.train.loop import TrainOptions, _asa_is_identity, _evaluate
+    from rap_deploy.train.loop import TrainOptions, _asa_is_identity, evaluate_model
 
     split = load_split("msrvtt", synth_root, "test", max_frames=4)
     cache = FrameCache(frame_cache)
@@ -344,7 +344,7 @@ def test_identity_asa_evaluates_as_meanp(micro_model, synth_root, frame_cache):
     with pytest.raises(UsageError, match="the test split has no video to encode"):
         encode_videos(encoder, split.subset([]), cache, progress=False)
     assert np.abs(full_similarity(encoder, text, index, progress=False) - meanp_similarity(text, index)).max() <= 1e-6
-    fast = _evaluate(micro_model, split, cache, TrainOptions("msrvtt", "", "", top_m=4), DistContext(), False)
+    fast = evaluate_model(micro_model, split, cache, TrainOptions("msrvtt", "", "", top_m=4), DistContext(), False)
     assert fast["asa"] == fast["two_stage"] == fast["meanp"] and fast["videos"] == 12
     randomize_adapters(micro_model)
     assert not _asa_is_identity(micro_model)

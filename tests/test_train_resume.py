@@ -67,14 +67,14 @@ def test_kill_between_the_checkpoints_of_a_best_epoch_keeps_best_pt_the_summary_
     killed = tmp_path / "killed"
     _killed_after_first_epoch_2_checkpoint(monkeypatch, _options(synth_root, killed, frame_cache))
 
-    real_evaluate = training_run._evaluate
+    real_evaluate = training_run.evaluate_model
 
     def other_replay(*args, **kwargs):  # the replayed epoch scores lower than the killed one did
         result = real_evaluate(*args, **kwargs)
         result["asa"]["t2v"] = {**result["asa"]["t2v"], "R1": 0.0, "R5": 0.0, "R10": 0.0}
         return result
 
-    monkeypatch.setattr(training_run, "_evaluate", other_replay)
+    monkeypatch.setattr(training_run, "evaluate_model", other_replay)
     resumed = loop.train_rap(None, progress=False, resume=killed)
     best = load_checkpoint(killed / "best.pt")
     assert best.extra["epoch"] == resumed["best_epoch"]
@@ -218,7 +218,7 @@ def test_rng_state_of_more_gpus_than_this_process_sees_restores_those_it_has(mon
     """last.pt keeps one CUDA generator state per GPU the run saw (all of a node's under torchrun). Resumed where
     fewer are visible (another node, CUDA_VISIBLE_DEVICES), torch's set_rng_state_all raised IndexError (a
     traceback) for the missing ones; those this process has are restored now. (Simulated: one GPU, two states.)"""
-    from rap_deploy.train.loop import _set_rng_state
+    from rap_deploy.train.loop import restore_rng_state
 
     restored = []
 
@@ -232,7 +232,7 @@ def test_rng_state_of_more_gpus_than_this_process_sees_restores_those_it_has(mon
     monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
     monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)
     cuda_state = torch.zeros(16, dtype=torch.uint8)
-    _set_rng_state({"torch": torch.get_rng_state(), "cuda": [cuda_state, cuda_state]})
+    restore_rng_state({"torch": torch.get_rng_state(), "cuda": [cuda_state, cuda_state]})
     assert restored == [0]
 
 

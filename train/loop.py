@@ -215,8 +215,9 @@ def _check_model_options(options: TrainOptions, config: Any, preset: dict[str, A
                          "or start from --clip")
 
 
-def _amp_dtype(amp: str, device: str) -> torch.dtype | None:
-    """The autocast dtype: only on CUDA; ``auto`` picks bf16 where supported, else fp16."""
+def autocast_dtype(amp: str, device: str) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` (off, fp16, bf16 or auto) on ``device``: None off CUDA or for ``off``; ``auto``
+    picks bf16 where supported, else fp16. Raises nothing."""
     if not device.startswith("cuda") or amp == "off":
         return None
     if amp == "fp16":
@@ -229,31 +230,37 @@ def _amp_dtype(amp: str, device: str) -> torch.dtype | None:
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The random generators' states to save in ``last.pt``: ``torch`` (the CPU generator's) and, when CUDA is
+    available, ``cuda`` (one per visible GPU); :func:`restore_rng_state` restores them. Raises nothing."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators :func:`_rng_state` saved. ``cuda`` holds one state per GPU the saving process saw; a
-    process that sees fewer (another node, ``CUDA_VISIBLE_DEVICES``) restores those it has (torch's
-    ``set_rng_state_all`` raised IndexError for the others)."""
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators :func:`rng_state` saved; returns None. ``cuda`` holds one state per GPU the saving
+    process saw; a process that sees fewer (another node, ``CUDA_VISIBLE_DEVICES``) restores those it has (torch's
+    ``set_rng_state_all`` raised IndexError for the others). Raises KeyError when ``state`` has no ``torch``."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         for index, cuda_state in enumerate(list(state["cuda"])[:torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, index)
 
 
-def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Write ``history`` (one record per epoch) to ``run_dir``'s ``metrics.jsonl``, one sorted JSON object a line,
+    atomically; returns None. Raises OSError when the folder cannot be written."""
     from rap_deploy.atomic import json_text, write_text_atomic
 
     write_text_atomic(run_dir / METRICS, "".join(json_text(r, indent=None, sort_keys=True) + "\n" for r in history))
 
 
-def _plain(obj: Any) -> Any:
-    """JSON round trip: metric dicts become plain Python data (safe for ``weights_only`` checkpoints)."""
+def plain_data(obj: Any) -> Any:
+    """``obj`` after a JSON round trip: metric dicts become plain Python data (safe for ``weights_only``
+    checkpoints), numbers JSON cannot hold (numpy, tensors) as floats. Raises TypeError or ValueError for what
+    float() refuses."""
     return json.loads(json.dumps(obj, default=float))
 
 
@@ -286,9 +293,11 @@ def evaluation_encoder(model: torch.nn.Module, device: Any = "cpu") -> Any:
     return (MeanPEncoder if _asa_is_identity(model) else ModelEncoder)(model, device=device)
 
 
-def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContext, progress: bool) -> dict[str, Any]:
-    """Test-split metrics of the model (full ASA, two-stage, meanP; :func:`rap_deploy.retrieval.evaluate`) with
-    :func:`evaluation_encoder`."""
+def evaluate_model(model, test_split, cache, options: TrainOptions, ctx: D.DistContext,
+                   progress: bool) -> dict[str, Any]:
+    """The test-split metrics of ``model`` (full ASA, two-stage, meanP; :func:`rap_deploy.retrieval.evaluate`) with
+    :func:`evaluation_encoder`, leaving the model in the train/eval mode it was in. Raises
+    :class:`CheckFailedError` when the scores are not finite (training diverged)."""
     from rap_deploy.metrics import NonFiniteScoresError
     from rap_deploy.retrieval import evaluate
 
@@ -303,10 +312,11 @@ def _evaluate(model, test_split, cache, options: TrainOptions, ctx: D.DistContex
     return result
 
 
-def _record(epoch: int, step: int, loss: float | None, lr: float, seconds: float, train_items: int,
-            result: dict[str, Any] | None, model: torch.nn.Module, train_skipped: int = 0) -> dict[str, Any]:
-    """One ``metrics.jsonl`` line: schedule, loss, the training videos skipped as undecodable, metrics, the
-    selection score, the ASA offsets and LoRM's size."""
+def metrics_record(epoch: int, step: int, loss: float | None, lr: float, seconds: float, train_items: int,
+                   result: dict[str, Any] | None, model: torch.nn.Module, train_skipped: int = 0) -> dict[str, Any]:
+    """One ``metrics.jsonl`` record as plain data (:func:`plain_data`): schedule, loss, the training videos skipped
+    as undecodable, metrics, the selection score, the ASA offsets and LoRM's size. Raises KeyError when ``result``
+    lacks a section :func:`evaluate_model` returns."""
     from rap_deploy.model_summary import asa_offsets, lorm_modulation
 
     rec: dict[str, Any] = {"epoch": epoch, "step": step, "loss": loss, "lr": lr, "seconds": round(seconds, 3),
@@ -317,7 +327,7 @@ def _record(epoch: int, step: int, loss: float | None, lr: float, seconds: float
                    test_captions=result["captions"], test_skipped=len(result["skipped"]))
         rec["selection_score"] = selection_score(rec)
     rec.update(offsets=asa_offsets(model), lorm=lorm_modulation(model))
-    return _plain(rec)
+    return plain_data(rec)
 
 
 # ------------------------------------------------------------------------------------------------ the loop

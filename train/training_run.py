@@ -22,15 +22,15 @@ from rap_deploy.train.loop import (
     LAST,
     SUMMARY,
     TrainOptions,
-    _amp_dtype,
-    _evaluate,
-    _plain,
-    _record,
-    _rng_state,
-    _set_rng_state,
-    _write_metrics,
+    autocast_dtype,
+    evaluate_model,
     freeze_offsets_at_zero,
+    metrics_record,
     param_groups,
+    plain_data,
+    restore_rng_state,
+    rng_state,
+    write_metrics,
 )
 from rap_deploy.train.losses import batch_loss
 from rap_deploy.train.progress import Bars, counted, epoch_line, say
@@ -69,7 +69,7 @@ class TrainingRun:
         self.model = model
         if options.freeze_offsets:
             freeze_offsets_at_zero(model)
-        self.offsets_initial = (_plain(asa_offsets(model)) if self.state is None
+        self.offsets_initial = (plain_data(asa_offsets(model)) if self.state is None
                                 else self.state.get("offsets_initial"))
         self.params = [p for _, p in model.trained_parameters()]
         if not self.params:
@@ -78,7 +78,7 @@ class TrainingRun:
         self.optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay, options.offset_lr_mult,
                                                         options.lorm_lr_mult),
                                            lr=options.lr)
-        self.amp_dtype = _amp_dtype(options.amp, self.ctx.device)
+        self.amp_dtype = autocast_dtype(options.amp, self.ctx.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     def prepare_data(self) -> None:
@@ -125,7 +125,7 @@ class TrainingRun:
             self.test_skipped = state.get("test_skipped")
             if self.ctx.is_main:
                 self.check_test_videos()
-                _write_metrics(self.run_dir, self.history)
+                write_metrics(self.run_dir, self.history)
                 restore_best(self.run_dir, self.template, self.model, self.best, self.epoch0)
         self.warmup_steps = warmup_steps_for(self.options.warmup, self.total_steps)
 
@@ -145,7 +145,7 @@ class TrainingRun:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scaler.is_enabled() and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"])
+            restore_rng_state(state["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise CheckFailedError(f"{self.run_dir / LAST}: its training state does not fit the run "
                                    f"({str(exc).splitlines()[0][:160]}); the file is damaged or was edited: start "
@@ -168,14 +168,15 @@ class TrainingRun:
         """Test-split metrics on rank 0 (None elsewhere); every rank waits for them."""
         result = None
         if self.ctx.is_main:
-            result = _evaluate(self.model, self.test_split, self.cache, self.options, self.ctx, self.show)
+            result = evaluate_model(self.model, self.test_split, self.cache, self.options, self.ctx, self.show)
         D.barrier(self.ctx)
         return result
 
     def record(self, epoch: int, loss: float | None, lr: float, seconds: float, items: int,
                result: dict[str, Any] | None) -> dict[str, Any]:
         """Append the epoch's ``metrics.jsonl`` line, keep the best epoch, write ``best.pt``/``last.pt`` (rank 0)."""
-        rec = _record(epoch, self.step, loss, lr, seconds, items, result, self.model, len(self.dataset.bad_videos))
+        rec = metrics_record(epoch, self.step, loss, lr, seconds, items, result, self.model,
+                             len(self.dataset.bad_videos))
         self.history.append(rec)
         if result is not None:
             self.test_skipped = skipped_ids(result["skipped"])
@@ -201,7 +202,7 @@ class TrainingRun:
                  "source": self.template.extra.get("source", options.checkpoint or options.clip)}
         train_state = {"epoch": epoch, "step": self.step, "total_steps": self.total_steps, "batch_size": self.batch,
                        "steps_per_epoch": self.steps_per_epoch, "optimizer": self.optimizer.state_dict(),
-                       "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": _rng_state(),
+                       "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": rng_state(),
                        "data": self.data_id, "history": self.history, "best": self.best,
                        "test_skipped": self.test_skipped,
                        "offsets_initial": self.offsets_initial}
@@ -209,7 +210,7 @@ class TrainingRun:
                         self.run_dir / LAST)
         if is_best:
             save_checkpoint(checkpoint_from_model(self.model, self.template, extra), self.run_dir / BEST)
-        _write_metrics(self.run_dir, self.history)
+        write_metrics(self.run_dir, self.history)
 
     def evaluate_initial(self) -> None:
         """The epoch-0 evaluation (the identity adapters: zero-shot) of a fresh run that asks for it."""
