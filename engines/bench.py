@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rap_deploy.data import DEFAULT_DATASET
 from rap_deploy.engines.base import engine_info
 from rap_deploy.engines.bench_index import (  # noqa: F401 - part of the bench API
     SEARCH_TOP,
@@ -115,7 +116,7 @@ def bench(
     threads: int | None = None,
     progress: bool = True,
     data_root: str | os.PathLike[str] | None = None,
-    dataset: str = "msrvtt",
+    dataset: str = DEFAULT_DATASET,
     top_m: int = 100,
     compare_meanp: bool = True,
     workspace: str | os.PathLike[str] | None = None,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rap_deploy.config import RAPConfig
+from rap_deploy.data import DEFAULT_DATASET
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.name_lists import some_names
 
@@ -71,7 +72,7 @@ def _tokenize(captions: list[str], config: RAPConfig) -> tuple[np.ndarray, np.nd
     return tokenize(captions, config.tokenizer)
 
 
-def dataset_inputs(config: RAPConfig, data_root: Path, dataset: str = "msrvtt", count: int = 6) -> ParityInputs:
+def dataset_inputs(config: RAPConfig, data_root: Path, dataset: str = DEFAULT_DATASET, count: int = 6) -> ParityInputs:
     """The first ``count`` decodable test videos of ``dataset`` under ``data_root`` and their first captions.
 
     Raises :class:`UsageError` for a folder the dataset reader cannot read (exit 2), :class:`CheckFailedError` when
@@ -138,7 +139,7 @@ def synthetic_inputs(config: RAPConfig, count: int = 6, seed: int = SYNTH_SEED) 
                         f"synthetic videos (seed {seed}, rendered at {SYNTH_SIZE} px)", skipped)
 
 
-def parity_inputs(config: RAPConfig, data_root: Path | None = None, dataset: str = "msrvtt",
+def parity_inputs(config: RAPConfig, data_root: Path | None = None, dataset: str = DEFAULT_DATASET,
                   count: int = 6) -> ParityInputs:
     """Real parity inputs: from ``data_root`` (``dataset`` test split) when given, else rendered synthetic videos."""
     if data_root is not None:

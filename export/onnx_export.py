@@ -24,6 +24,7 @@ import torch
 from rap_deploy.atomic import atomic_path, file_identity, save_with, sha256_file, write_json_atomic
 from rap_deploy.bounds import manifest_format
 from rap_deploy.crashpoints import crash_point
+from rap_deploy.data import DEFAULT_DATASET
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.export.export_config import ExportConfig, GraphSpec, ModelDims, graph_specs
 from rap_deploy.export.export_report import (
@@ -222,7 +223,7 @@ class _Steps:
 
 # ---------------------------------------------------------------------------------------------------- main entry
 def export_checkpoint(checkpoint: Path, out_dir: Path, opset: int = 17, fp16: bool = False, force: bool = False,
-                      data_root: Path | None = None, progress: bool = True, *, dataset: str = "msrvtt",
+                      data_root: Path | None = None, progress: bool = True, *, dataset: str = DEFAULT_DATASET,
                       config: ExportConfig | None = None) -> dict[str, Any]:
     """Export a RAP checkpoint to ONNX graphs in ``out_dir``, check them, and return the manifest dict.
 

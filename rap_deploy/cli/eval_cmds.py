@@ -170,7 +170,7 @@ def bench_cmd(
 
     bench(engine or [], checkpoint=checkpoint, batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
           repeats=repeats, warmup=warmup, index_size=index_size, graphs=graphs, out=out, threads=threads,
-          progress=_progress_enabled(quiet, json_out), data_root=data_root, dataset=dataset or "msrvtt",
+          progress=_progress_enabled(quiet, json_out), data_root=data_root, dataset=dataset or DEFAULT_DATASET,
           top_m=rerank_top,
           compare_meanp=compare_meanp, workspace=workspace, torch_device=torch_device, echo=echo)
 

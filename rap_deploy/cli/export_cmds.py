@@ -9,7 +9,7 @@ import typer
 
 from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
-from rap_deploy.data import DATASET_NAMES
+from rap_deploy.data import DATASET_NAMES, DEFAULT_DATASET
 from rap_deploy.errors import UsageError
 
 
@@ -43,7 +43,7 @@ def export(
                          "parity check renders synthetic videos)")
     out_dir = out if out is not None else subdir("onnx", workspace)
     manifest = export_checkpoint(checkpoint, out_dir, opset=opset, fp16=fp16, force=force, data_root=data_root,
-                                 progress=not quiet and not json_out, dataset=dataset or "msrvtt")
+                                 progress=not quiet and not json_out, dataset=dataset or DEFAULT_DATASET)
     if json_out:
         typer.echo(json_text(manifest))
         return
