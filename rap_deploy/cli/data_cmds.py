@@ -137,7 +137,10 @@ def _all_missing_hint(report: dict) -> str:
 
     if report["undecodable"] or len(report["missing"]) != report["videos"]:
         return ""
-    return missing_videos_hint(report["videos_dir"])
+    chosen = Path(report["videos_dir"]).name
+    return missing_videos_hint(report["videos_dir"]) + "".join(
+        f"; {folder} also holds videos but is not read ({chosen}/ comes before it: rename {chosen}/ to read it instead)"
+        for folder in report["unread_videos_dirs"])
 
 
 def _print_report(report: dict) -> None:
@@ -146,6 +149,10 @@ def _print_report(report: dict) -> None:
                                     else f", {min(counts)}-{max(counts)} frames")
     typer.echo(f"{report['dataset']} {report['split']}: {report['videos']} videos, {report['captions']} captions"
                f"{frames}, {len(report['missing'])} missing, {len(report['undecodable'])} undecodable")
+    if report["unread_videos_dirs"]:  # several candidate folders hold videos: say which one was read
+        typer.echo(f"  videos read from {report['videos_dir']}; not read, though they hold videos: "
+                   f"{', '.join(report['unread_videos_dirs'])} (move the videos wanted into {report['videos_dir']} "
+                   "or rename the folder not wanted)")
     for vid, path in zip(report["missing"], report["missing_paths"], strict=True):
         typer.echo(f"  missing      {vid}: {path}")
     for u in report["undecodable"]:

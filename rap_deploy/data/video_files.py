@@ -1,11 +1,12 @@
-"""Where a dataset's video files are: its videos folder (``videos/`` or the one CLIP4Clip's README names) and each
-listed video's file in it, found by name or stem whatever its extension or sub-folder. A video that is not there gets
-the path it would have, so ``data-check`` and training report it by name.
+"""Where a dataset's video files are: its videos folder (``videos/``, the one CLIP4Clip's README names or the one the
+dataset's own release extracts to) and each listed video's file in it, found by name or stem whatever its extension or
+sub-folder. A video that is not there gets the path it would have, so ``data-check`` and training report it by name.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from pathlib import Path
 
 VIDEO_DIR = "videos"
@@ -13,18 +14,89 @@ VIDEO_DIR = "videos"
 # folder has no videos/ of its own.
 CLIP4CLIP_VIDEO_DIRS = {"msrvtt": "MSRVTT_Videos", "msvd": "MSVD_Videos", "didemo": "DiDeMo_Videos",
                         "activitynet": "Activity_Videos"}
+# The folders a dataset's official release extracts its videos to: MSVD's YouTubeClips.tar holds
+# YouTubeClips/<id>.avi (-4wsuPCjDBc_5_15.avi), the ids its list files name.
+RELEASE_VIDEO_DIRS = {"msvd": ("YouTubeClips",)}
+# At most this many entries are looked at to tell whether a candidate folder holds a video file (a folder of videos
+# answers at its first entry; one of 100,000 videos is not listed in full to find out)
+MAX_ENTRIES_LOOKED_AT = 2000
 # (.mts, .m2ts: camcorder files, which DiDeMo's Flickr videos include)
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv",
                     ".mts", ".m2ts", ".3g2", ".ogv", ".vob", ".asf", ".f4v")
 
 
+def video_folder_candidates(root: Path, dataset: str) -> list[Path]:
+    """The folders under ``root`` that may hold ``dataset``'s videos, in order of preference: ``videos/``, the folder
+    CLIP4Clip's README names (:data:`CLIP4CLIP_VIDEO_DIRS`), then the release's own (:data:`RELEASE_VIDEO_DIRS`)."""
+    names = [VIDEO_DIR, CLIP4CLIP_VIDEO_DIRS[dataset], *RELEASE_VIDEO_DIRS.get(dataset, ())]
+    return [root / name for name in names]
+
+
 def videos_folder(root: Path, dataset: str) -> Path:
-    """The folder of ``dataset``'s videos under its folder ``root``: ``videos/`` when it exists, else the folder
-    CLIP4Clip's README names (``MSRVTT_Videos/``, ``MSVD_Videos/``, ``DiDeMo_Videos/``, ``Activity_Videos/``) when that
-    one does (else ``videos/``, where every video is then missing)."""
-    own = root / VIDEO_DIR
-    theirs = root / CLIP4CLIP_VIDEO_DIRS[dataset]
-    return theirs if not own.is_dir() and theirs.is_dir() else own
+    """The folder of ``dataset``'s videos under its folder ``root``: the first of :func:`video_folder_candidates`
+    that holds a video file (:func:`holds_video_file`), else the first that exists (an empty one: every video is then
+    missing from it), else ``videos/``.
+
+    An empty folder never wins over one with videos (a user who made ``videos/`` and then downloaded into
+    ``MSRVTT_Videos/`` had every video 'missing'). When several hold videos the first is read, alone: the folders are
+    never merged, as two folders are two copies (a re-encoded ``videos/`` beside the originals, a partial download
+    beside a full one) and reading some videos from each would mix them. Nor is it refused: a user who unpacks the
+    official archive beside a working ``videos/`` would have training, verify and index stop for a folder they may
+    not mean to use, and the order is fixed and documented. ``data-check`` names the folders left unread
+    (:func:`unread_video_folders`), so the choice is never silent where a dataset is checked.
+    """
+    existing = [folder for folder in video_folder_candidates(root, dataset) if folder.is_dir()]
+    with_videos = next((folder for folder in existing if holds_video_file(folder)), None)
+    return with_videos or (existing[0] if existing else root / VIDEO_DIR)
+
+
+def unread_video_folders(root: Path, dataset: str) -> list[Path]:
+    """The candidate folders (:func:`video_folder_candidates`) that hold video files but are not the one
+    :func:`videos_folder` reads: ``[]`` when at most one holds videos."""
+    chosen = videos_folder(root, dataset)
+    return [folder for folder in video_folder_candidates(root, dataset)
+            if folder != chosen and folder.is_dir() and holds_video_file(folder)]
+
+
+def holds_video_file(folder: Path, limit: int = MAX_ENTRIES_LOOKED_AT) -> bool:
+    """Whether ``folder`` or a sub-folder of it (linked ones too, each once) holds a file with a video extension
+    (:data:`VIDEO_EXTENSIONS`). Looks at entries breadth first and stops at the first video file; after ``limit``
+    entries without one it answers True (a folder that large is taken to be a dataset's, not listed in full).
+    False for a folder that cannot be read."""
+    seen: set[tuple[int, int]] = set()
+    _first_visit(folder, seen)
+    pending = deque([folder])
+    looked_at = 0
+    while pending:
+        try:
+            with os.scandir(pending.popleft()) as entries:
+                for entry in entries:
+                    looked_at += 1
+                    if looked_at > limit or _is_video_file(entry):
+                        return True
+                    if _is_folder(entry) and _first_visit(Path(entry.path), seen):
+                        pending.append(Path(entry.path))
+        except OSError:
+            continue
+    return False
+
+
+def _is_video_file(entry: os.DirEntry[str]) -> bool:
+    """Whether ``entry`` is a file (or a link to one) whose name ends in a video extension."""
+    if Path(entry.name).suffix.lower() not in VIDEO_EXTENSIONS:
+        return False
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    """Whether ``entry`` is a folder (or a link to one); False when it cannot be told."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def msrvtt_video(videos_dir: Path, vid: str, finders: dict[Path, StemFinder] | None = None) -> Path:
