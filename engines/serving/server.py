@@ -36,6 +36,7 @@ from rap_deploy.engines.serving.connections import (
 from rap_deploy.errors import BackendUnavailableError, UsageError
 
 SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, how long running requests may still take
+STOPPED_LINE = "rapdeploy serve stopped"  # the one line a Ctrl-C or SIGTERM stop prints (no error line)
 
 
 def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None,
@@ -277,41 +278,61 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
     from rap_deploy.engines.serving.service import ServeOptions
 
     say = echo or (lambda m: print(m, file=sys.stderr, flush=True))
-    check_library_choice(library, default_library)  # a usage error before any port is bound
-    limits = options or ServeOptions()
-    check_open_files(limits.max_connections)
-    sock = bind_socket(host, port)
+    said_stopped: list[bool] = []
+
+    def say_stopped() -> None:  # once, whether uvicorn's graceful stop or a Ctrl-C while loading came first
+        if not said_stopped:
+            said_stopped.append(True)
+            say(STOPPED_LINE)
+
+    with _stopped_line_on_ctrl_c(say_stopped):
+        check_library_choice(library, default_library)  # a usage error before any port is bound
+        limits = options or ServeOptions()
+        check_open_files(limits.max_connections)
+        sock = bind_socket(host, port)
+        try:
+            hosts = hosts_to_check(sock, allow_hosts)
+            service = build_service(engine, library, options, workspace, threads, default_library, verify)
+        except BaseException:
+            sock.close()
+            raise
+        url = socket_url(sock)
+
+        def shut_down() -> None:  # graceful stop (SIGINT/SIGTERM): uvicorn runs this before it exits
+            service.close()
+            say_stopped()
+
+        app = create_app(service, on_shutdown=shut_down, allowed_hosts=hosts)
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
+                                               access_log=False, timeout_keep_alive=30,
+                                               timeout_graceful_shutdown=shutdown_timeout,
+                                               http=guarded_protocol(limits.max_connections, limits.header_timeout_s,
+                                                                     service.count)))
+        failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
+        watcher = threading.Thread(target=_announce, args=(server, url, url_file, lambda: banner(url, sock, service),
+                                                           say, failed), daemon=True, name="serve-announce")
+        watcher.start()
+        try:
+            _run_until_stopped(server, sock)
+        finally:
+            server.should_exit = True  # a uvicorn that failed before starting leaves the watcher waiting otherwise
+            watcher.join(5)
+            service.close()  # no-op after a graceful stop; releases the engine when uvicorn failed
+            sock.close()
+        if failed:
+            raise UsageError(failed[0])
+
+
+@contextlib.contextmanager
+def _stopped_line_on_ctrl_c(say_stopped: Callable[[], None]) -> Iterator[None]:
+    """Call ``say_stopped`` when Ctrl-C ends the block, then re-raise: the CLI turns serve's Ctrl-C into exit 130
+    without an error line, so a Ctrl-C before uvicorn's graceful stop said :data:`STOPPED_LINE` (while the engine or
+    library loads, or uvicorn starts) would otherwise end with nothing on stderr."""
     try:
-        hosts = hosts_to_check(sock, allow_hosts)
-        service = build_service(engine, library, options, workspace, threads, default_library, verify)
-    except BaseException:
-        sock.close()
+        yield
+    except KeyboardInterrupt:
+        say_stopped()
         raise
-    url = socket_url(sock)
-
-    def shut_down() -> None:  # graceful stop (SIGINT/SIGTERM): uvicorn runs this before it exits
-        service.close()
-        say("rapdeploy serve stopped")
-
-    app = create_app(service, on_shutdown=shut_down, allowed_hosts=hosts)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
-                                           access_log=False, timeout_keep_alive=30,
-                                           timeout_graceful_shutdown=shutdown_timeout,
-                                           http=guarded_protocol(limits.max_connections, limits.header_timeout_s,
-                                                                 service.count)))
-    failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
-    watcher = threading.Thread(target=_announce, args=(server, url, url_file, lambda: banner(url, sock, service), say,
-                                                       failed), daemon=True, name="serve-announce")
-    watcher.start()
-    try:
-        _run_until_stopped(server, sock)
-    finally:
-        server.should_exit = True  # a uvicorn that failed before starting leaves the watcher waiting otherwise
-        watcher.join(5)
-        service.close()  # no-op after a graceful stop; releases the engine when uvicorn failed
-        sock.close()
-    if failed:
-        raise UsageError(failed[0])
 
 
 def _run_until_stopped(server: Any, sock: socket.socket) -> None:
