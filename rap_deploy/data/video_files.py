@@ -34,20 +34,24 @@ def video_folder_candidates(root: Path, dataset: str) -> list[Path]:
 
 def videos_folder(root: Path, dataset: str) -> Path:
     """The folder of ``dataset``'s videos under its folder ``root``: the first of :func:`video_folder_candidates`
-    that holds a video file (:func:`holds_video_file`), else the first that exists (an empty one: every video is then
-    missing from it), else ``videos/``.
+    where a video file was found (:func:`video_file_seen`), else the first that holds too many entries to tell
+    (presumed to hold videos), else the first that exists (an empty one: every video is then missing from it), else
+    ``videos/``.
 
     An empty folder never wins over one with videos (a user who made ``videos/`` and then downloaded into
-    ``MSRVTT_Videos/`` had every video 'missing'). When several hold videos the first is read, alone: the folders are
-    never merged, as two folders are two copies (a re-encoded ``videos/`` beside the originals, a partial download
-    beside a full one) and reading some videos from each would mix them. Nor is it refused: a user who unpacks the
-    official archive beside a working ``videos/`` would have training, verify and index stop for a folder they may
-    not mean to use, and the order is fixed and documented. ``data-check`` names the folders left unread
+    ``MSRVTT_Videos/`` had every video 'missing'), nor does a large folder where no video file was seen (extracted
+    frames, thousands of them) win over one where one was. When several hold videos the first is read, alone: the
+    folders are never merged, as two folders are two copies (a re-encoded ``videos/`` beside the originals, a partial
+    download beside a full one) and reading some videos from each would mix them. Nor is it refused: a user who
+    unpacks the official archive beside a working ``videos/`` would have training, verify and index stop for a folder
+    they may not mean to use, and the order is fixed and documented. ``data-check`` names the folders left unread
     (:func:`unread_video_folders`), so the choice is never silent where a dataset is checked.
     """
     existing = [folder for folder in video_folder_candidates(root, dataset) if folder.is_dir()]
-    with_videos = next((folder for folder in existing if holds_video_file(folder)), None)
-    return with_videos or (existing[0] if existing else root / VIDEO_DIR)
+    seen = {folder: video_file_seen(folder) for folder in existing}
+    found = next((folder for folder in existing if seen[folder] is True), None)
+    presumed = next((folder for folder in existing if seen[folder] is None), None)
+    return found or presumed or (existing[0] if existing else root / VIDEO_DIR)
 
 
 def unread_video_folders(root: Path, dataset: str) -> list[Path]:
@@ -60,9 +64,17 @@ def unread_video_folders(root: Path, dataset: str) -> list[Path]:
 
 def holds_video_file(folder: Path, limit: int = MAX_ENTRIES_LOOKED_AT) -> bool:
     """Whether ``folder`` or a sub-folder of it (linked ones too, each once) holds a file with a video extension
-    (:data:`VIDEO_EXTENSIONS`). Looks at entries breadth first and stops at the first video file; after ``limit``
-    entries without one it answers True (a folder that large is taken to be a dataset's, not listed in full).
-    False for a folder that cannot be read."""
+    (:data:`VIDEO_EXTENSIONS`), as far as ``limit`` entries tell (:func:`video_file_seen`): True when one was found
+    or too many entries were met to tell (a folder that large is presumed a dataset's, not listed in full), False
+    for a folder without one or that cannot be read."""
+    return video_file_seen(folder, limit) is not False
+
+
+def video_file_seen(folder: Path, limit: int = MAX_ENTRIES_LOOKED_AT) -> bool | None:
+    """Look at the entries of ``folder`` and its sub-folders (linked ones too, each once) breadth first, stopping at
+    the first file with a video extension: True when one was found, None when ``limit`` entries were looked at
+    without one (too many to tell), False when every entry was looked at and none is a video file, or the folder
+    cannot be read."""
     seen: set[tuple[int, int]] = set()
     _first_visit(folder, seen)
     pending = deque([folder])
@@ -72,7 +84,9 @@ def holds_video_file(folder: Path, limit: int = MAX_ENTRIES_LOOKED_AT) -> bool:
             with os.scandir(pending.popleft()) as entries:
                 for entry in entries:
                     looked_at += 1
-                    if looked_at > limit or _is_video_file(entry):
+                    if looked_at > limit:
+                        return None
+                    if _is_video_file(entry):
                         return True
                     if _is_folder(entry) and _first_visit(Path(entry.path), seen):
                         pending.append(Path(entry.path))
