@@ -48,3 +48,18 @@ def test_a_graceful_stop_then_ctrl_c_says_serve_stopped_once(monkeypatch):
     assert res.exit_code == 130, res.output
     assert res.stderr.strip() == "rapdeploy serve stopped", res.stderr
     assert closed
+
+
+def test_sigterm_while_the_engine_loads_is_the_normal_stop_exit_0(monkeypatch):
+    """README: SIGTERM is serve's normal stop, exit 0 and no error line; before uvicorn takes over its handling (while
+    the engine or library loads) it was the other commands' 'error: terminated (SIGTERM); ...' and exit 143."""
+    import rap_deploy.engines.serving.server as server
+    from rap_deploy.cli.app import Terminated
+
+    def loading_until_sigterm(*args, **kwargs):
+        raise Terminated()  # what the CLI's SIGTERM handler raises in the main thread
+
+    monkeypatch.setattr(server, "build_service", loading_until_sigterm)
+    res = runner.invoke(app, ["serve", "--no-library", "--port", "0"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.strip() == "rapdeploy serve stopped", res.stderr

@@ -280,12 +280,12 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
     say = echo or (lambda m: print(m, file=sys.stderr, flush=True))
     said_stopped: list[bool] = []
 
-    def say_stopped() -> None:  # once, whether uvicorn's graceful stop or a Ctrl-C while loading came first
+    def say_stopped() -> None:  # once, whether uvicorn's graceful stop or a signal while loading came first
         if not said_stopped:
             said_stopped.append(True)
             say(STOPPED_LINE)
 
-    with _stopped_line_on_ctrl_c(say_stopped):
+    with _stopped_line_on_signal(say_stopped):
         check_library_choice(library, default_library)  # a usage error before any port is bound
         limits = options or ServeOptions()
         check_open_files(limits.max_connections)
@@ -324,14 +324,16 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
 
 
 @contextlib.contextmanager
-def _stopped_line_on_ctrl_c(say_stopped: Callable[[], None]) -> Iterator[None]:
-    """Call ``say_stopped`` when Ctrl-C ends the block, then re-raise: the CLI turns serve's Ctrl-C into exit 130
-    without an error line, so a Ctrl-C before uvicorn's graceful stop said :data:`STOPPED_LINE` (while the engine or
+def _stopped_line_on_signal(say_stopped: Callable[[], None]) -> Iterator[None]:
+    """Call ``say_stopped`` when a signal ends the block, then re-raise: a Ctrl-C (:class:`KeyboardInterrupt`) or the
+    CLI's SIGTERM unwinding (a :class:`BaseException` too, not an :class:`Exception`). The CLI ends serve's stops
+    without an error line, so one before uvicorn's graceful stop said :data:`STOPPED_LINE` (while the engine or
     library loads, or uvicorn starts) would otherwise end with nothing on stderr."""
     try:
         yield
-    except KeyboardInterrupt:
-        say_stopped()
+    except BaseException as exc:
+        if not isinstance(exc, (Exception, SystemExit, GeneratorExit)):
+            say_stopped()
         raise
 
 

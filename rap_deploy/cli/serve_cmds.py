@@ -8,7 +8,7 @@ import typer
 
 from rap_deploy import bounds
 from rap_deploy.atomic import json_text
-from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, command
+from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, Terminated, command
 from rap_deploy.library.typed_urls import SERVER_SCHEMES, URL_SCHEMES
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
@@ -114,6 +114,10 @@ def serve_cmd(
         # (--url-file) is written atomically, so command()'s "error: interrupted ...; nothing half-written is left"
         # would mislead. The exit code stays 130, the shell's for Ctrl-C
         raise typer.Exit(130) from None
+    except Terminated:
+        # SIGTERM before uvicorn took over its handling (while the engine or library loads): the normal stop of a
+        # server all the same, so exit 0 with the server's "rapdeploy serve stopped", as after uvicorn's own stop
+        return
 
 
 def check_url_file(url_file: Path) -> None:
