@@ -56,10 +56,20 @@ def videos_folder(root: Path, dataset: str) -> Path:
 
 def unread_video_folders(root: Path, dataset: str) -> list[Path]:
     """The candidate folders (:func:`video_folder_candidates`) that hold video files but are not the one
-    :func:`videos_folder` reads: ``[]`` when at most one holds videos."""
+    :func:`videos_folder` reads, nor a link to it (``MSRVTT_Videos -> videos``: the same videos, read): ``[]`` when at
+    most one holds videos."""
     chosen = videos_folder(root, dataset)
     return [folder for folder in video_folder_candidates(root, dataset)
-            if folder != chosen and folder.is_dir() and holds_video_file(folder)]
+            if folder.is_dir() and not _same_folder(folder, chosen) and holds_video_file(folder)]
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one folder (the same path, or links to one real folder); False when either cannot
+    be looked at."""
+    try:
+        return a == b or os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def holds_video_file(folder: Path, limit: int = MAX_ENTRIES_LOOKED_AT) -> bool:
