@@ -133,7 +133,7 @@ def bench_cmd(
     data_root: Path | None = typer.Option(None, "--data-root", help="Use real test frames and captions from this "
                                            "dataset folder (default: random frames)."),
     dataset: str | None = typer.Option(None, "--dataset", help=f"Dataset format of --data-root: {DATASET_NAMES} "
-                                       "(default msrvtt)."),
+                                       f"(default {DEFAULT_DATASET})."),
     compare_meanp: bool = typer.Option(True, "--compare-meanp/--no-compare-meanp", help="Also time the video encoder "
                                        "of the same CLIP with meanP and no adapters (batch 1) and report the ratio."),
     torch_device: str | None = typer.Option(None, "--torch-device", help="Where PyTorch eager runs: cpu or cuda "

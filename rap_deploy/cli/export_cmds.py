@@ -25,7 +25,7 @@ def export(
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder whose first test videos and "
                                           "captions feed the parity check (default: rendered synthetic videos)."),
     dataset: str | None = typer.Option(None, "--dataset", help=f"Dataset layout of --data-root ({DATASET_NAMES}; "
-                                       "default msrvtt)."),
+                                       f"default {DEFAULT_DATASET})."),
     workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT}); used "
                                           "when --out is not given."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
