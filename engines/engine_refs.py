@@ -85,18 +85,14 @@ def _refuse_library_folder(path: Path) -> None:
     refused for what a library lacks ('names no source checkpoint', 'not an engine manifest')."""
     import shlex
 
-    manifest_path = path / "manifest.json"
-    if not path.is_dir() or not manifest_path.is_file():
-        return
-    try:
-        manifest = json.loads(read_manifest_text(manifest_path))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return  # the engine loader names a damaged manifest
-    if not isinstance(manifest, dict) or manifest.get("format") != "rapdeploy.library":
+    from rap_deploy.artifact_kind import manifest_kind, read_folder_manifest, written_by
+
+    manifest = read_folder_manifest(path) if path.is_dir() else None  # a damaged one the engine loader names
+    if manifest is None or manifest_kind(manifest) != "library":
         return
     built = (manifest.get("engine") if isinstance(manifest.get("engine"), dict) else {}).get("path")
     named = f", --engine {shlex.quote(built)}" if isinstance(built, str) and built else " as --engine"
-    raise UsageError(f"--engine {path} is a video library (`rapdeploy index` wrote it), not an engine; pass the "
+    raise UsageError(f"--engine {path} is {written_by('library')}, not an engine; pass the "
                      f"engine that built it{named} (search and serve take the library as --library)")
 
 

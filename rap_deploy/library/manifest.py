@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rap_deploy.artifact_kind import manifest_kind, written_by
 from rap_deploy.atomic import is_sha256, write_json_atomic
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.config import FrameSamplingConfig
@@ -299,10 +300,6 @@ def _holds_videos(root: Path, look_at: int = 1000) -> bool:
         return False
 
 
-_OTHER_ARTIFACTS = {"rapdeploy.engine": "an engine folder (`rapdeploy build-engine` wrote it)",
-                    "rapdeploy.export": "an export folder (`rapdeploy export` wrote it)"}
-
-
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and structurally check ``root/manifest.json``.
 
@@ -322,13 +319,13 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(read_manifest_text(path, "library manifest"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DamagedArtifactError(f"{path} is not valid JSON ({exc}); the library is damaged: re-index it") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    kind = manifest_kind(manifest)
+    if kind != "library":
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
-        what = _OTHER_ARTIFACTS.get(fmt) if isinstance(fmt, str) else None
-        if what is not None:
-            raise UsageError(f"{root} is {what}, not a library ({path} has format {fmt!r}): pass it as --engine, and "
-                             "as --library the folder of a library (`rapdeploy index --out DIR` writes one; index "
-                             "into another --out)")
+        if kind in ("engine", "export"):
+            raise UsageError(f"{root} is {written_by(kind)}, not a library ({path} has format {fmt!r}): pass it "
+                             "as --engine, and as --library the folder of a library (`rapdeploy index --out DIR` "
+                             "writes one; index into another --out)")
         raise UsageError(f"{path} is not a library manifest (format {fmt!r}, expected '{FORMAT}')")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rap_deploy.atomic import remove_temporaries
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.data.datasets import VideoEntry
-from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.library import plan as plans
 from rap_deploy.library.changes import IndexedFile, changed_videos, indexed_files, moved_videos, with_moves
 from rap_deploy.library.manifest import (
@@ -242,21 +242,18 @@ def _refuse_other_artifact(root: Path) -> None:
     JSON but no library's: another rapdeploy artifact's (an export or engine folder given as ``--out``) or another
     program's (a web app's ``manifest.json``, with no ``format``). Neither is a damaged library to wipe; an unreadable
     one (a truncated write) is, and is wiped."""
-    import json
-
-    from rap_deploy.bounds import read_manifest_text
+    from rap_deploy.artifact_kind import manifest_kind, read_folder_manifest
     from rap_deploy.name_lists import shortened
 
-    try:
-        manifest = json.loads(read_manifest_text(root / MANIFEST))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError, RapDeployError):
+    manifest = read_folder_manifest(root)
+    if manifest is None:
         return  # unreadable: a damaged library's, wiped
-    fmt = manifest.get("format") if isinstance(manifest, dict) else None
-    if fmt == FORMAT:
+    kind = manifest_kind(manifest)
+    if kind == "library":
         return
-    if isinstance(fmt, str) and fmt.startswith("rapdeploy."):
-        raise UsageError(f"{root} holds a {shortened(fmt)} folder (its {MANIFEST}), not a library: --force replaces "
-                         "only a library; pass another --out (nothing was changed)")
+    if kind != "foreign":  # an engine's, an export's, a newer rapdeploy's
+        raise UsageError(f"{root} holds a {shortened(manifest['format'])} folder (its {MANIFEST}), not a library: "
+                         "--force replaces only a library; pass another --out (nothing was changed)")
     raise UsageError(f"{root / MANIFEST} is not a library's (it has no format '{FORMAT}'): --force replaces only a "
                      "library; pass another --out (nothing was changed), or, if it is an edited library's, delete "
                      "that file first")
