@@ -86,12 +86,15 @@ def _refuse_library_folder(path: Path) -> None:
     import shlex
 
     from rap_deploy.artifact_kind import manifest_kind, read_folder_manifest, written_by
+    from rap_deploy.name_lists import PATH_CHARS, shortened
 
     manifest = read_folder_manifest(path) if path.is_dir() else None  # a damaged one the engine loader names
     if manifest is None or manifest_kind(manifest) != "library":
         return
     built = (manifest.get("engine") if isinstance(manifest.get("engine"), dict) else {}).get("path")
-    named = f", --engine {shlex.quote(built)}" if isinstance(built, str) and built else " as --engine"
+    named = " as --engine"
+    if isinstance(built, str) and built:  # the manifest is untrusted: a padded path is shown cut
+        named = f", --engine {shlex.quote(shortened(built, PATH_CHARS))}"
     raise UsageError(f"--engine {path} is {written_by('library')}, not an engine; pass the "
                      f"engine that built it{named} (search and serve take the library as --library)")
 

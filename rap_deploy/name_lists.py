@@ -13,6 +13,9 @@ from collections.abc import Sequence
 NAMES_SHOWN = 5
 #: How many characters of one value a message shows before it is cut with "…".
 VALUE_CHARS = 40
+#: How many characters of a path read from an untrusted file (a manifest's engine) a message shows: a real path
+#: whole, a padded one cut with "…".
+PATH_CHARS = 1000
 
 _REPR = reprlib.Repr()  # summarizes long strings, numbers and containers while the repr is made
 _REPR.maxstring = _REPR.maxlong = _REPR.maxother = VALUE_CHARS

@@ -25,7 +25,7 @@ from rap_deploy.bounds import read_manifest_text
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
-from rap_deploy.name_lists import shortened, some_names
+from rap_deploy.name_lists import PATH_CHARS, shortened, some_names
 
 FORMAT = "rapdeploy.library"
 FORMAT_VERSION = 1
@@ -148,8 +148,8 @@ def _built_by_note(built_by: dict[str, Any] | None, engine: Any) -> str:
     if not isinstance(path, str):
         return ""
     checkpoint = (built_by or {}).get("checkpoint")
-    note = f"the library was indexed with engine {path}" + (f" from checkpoint {checkpoint}"
-                                                            if isinstance(checkpoint, str) else "")
+    note = f"the library was indexed with engine {shortened(path, PATH_CHARS)}" + (
+        f" from checkpoint {shortened(checkpoint, PATH_CHARS)}" if isinstance(checkpoint, str) else "")
     if path == engine_name(engine):
         note += " (that server serves" if "://" in path else " (that engine folder holds"
         note += " another model now)"
