@@ -749,10 +749,11 @@ def test_embedded_weights_that_do_not_fit_name_keys_and_shapes(micro_model):
                                f"[3, 5] in the file, [{shape[0]}, {shape[1]}] in the model")
 
 
-def test_a_quickgelu_model_name_runs_a_weights_file_with_quickgelu(tmp_path, micro_model):
+def test_a_quickgelu_model_name_runs_a_weights_file_with_quickgelu(tmp_path, micro_model, monkeypatch):
     """A weights file cannot say its activation (a tag can: OpenAI's pick QuickGELU); the README sends OpenAI weights
     from a file to the '-quickgelu' model name, and that name must give the file's model QuickGELU."""
     import open_clip
+    from open_clip import factory
 
     from rap_deploy.model.clip_loader import PACKAGED_CONFIGS, register_packaged_configs
 
@@ -760,6 +761,10 @@ def test_a_quickgelu_model_name_runs_a_weights_file_with_quickgelu(tmp_path, mic
     assert "--clip ViT-B-32-quickgelu" in readme
     register_packaged_configs()
     assert open_clip.get_model_config("ViT-B-32-quickgelu").get("quick_gelu") is True
+    # open_clip's model registry is process-wide: the test model registered below must leave with the test, or a
+    # later test sees 'rap-micro-quickgelu' among open_clip's models (the TorchScript refusal then names it)
+    monkeypatch.setattr(factory, "_MODEL_CONFIG_PATHS", [*factory._MODEL_CONFIG_PATHS])
+    monkeypatch.setattr(factory, "_MODEL_CONFIGS", dict(factory._MODEL_CONFIGS))
     cfg = {**json.loads((PACKAGED_CONFIGS / "rap-micro.json").read_text()), "quick_gelu": True}
     (tmp_path / "rap-micro-quickgelu.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / "rap-micro-quickgelu.json")
