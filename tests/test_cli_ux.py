@@ -50,15 +50,21 @@ def test_train_names_the_test_videos_its_evaluations_left_out(micro_checkpoint, 
     assert res.exit_code == 0 and json.loads(res.stdout)["test_skipped_videos"] == [gone]
 
 
-def test_verify_names_the_test_videos_it_left_out(micro_ort_engines, synth_root, tmp_path):
+def _verify_with_one_test_video_gone(engines, synth_root, tmp_path) -> tuple[str, list[str]]:
+    """A copy of the synthetic set without its first test video: that video's id, and verify's arguments (the fp32
+    engine over 4 test videos) without --out."""
     import shutil
 
     root = tmp_path / "data"
     shutil.copytree(synth_root, root)
     gone = _first_test_video(root)
     (root / "videos" / f"{gone}.mp4").unlink()
-    args = ["verify", "--dataset", "msrvtt", "--data-root", str(root), "--engine", str(micro_ort_engines["fp32"]),
-            "--max-videos", "4", "--rerank-top", "4", "--cache-dir", str(tmp_path / "cache")]
+    return gone, ["verify", "--dataset", "msrvtt", "--data-root", str(root), "--engine", str(engines["fp32"]),
+                  "--max-videos", "4", "--rerank-top", "4", "--cache-dir", str(tmp_path / "cache")]
+
+
+def test_verify_names_the_test_videos_it_left_out(micro_ort_engines, synth_root, tmp_path):
+    gone, args = _verify_with_one_test_video_gone(micro_ort_engines, synth_root, tmp_path)
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "v"), "--allow-skipped"])
     assert res.exit_code == 0, res.output
     said = " ".join(res.stdout.split())
@@ -76,14 +82,7 @@ def test_verify_over_fewer_test_videos_than_asked_is_no_pass(micro_ort_engines, 
     """verify exited 0 when test videos were missing (parity over 3 of the 4 asked for, or over 3 of 1,000): a
     `verify && deploy` gate passed on a gutted dataset. It now exits 1 naming them and --allow-skipped, after writing
     its reports (passed false, parity_passed true, the reason among the failures); --allow-skipped passes."""
-    import shutil
-
-    root = tmp_path / "data"
-    shutil.copytree(synth_root, root)
-    gone = _first_test_video(root)
-    (root / "videos" / f"{gone}.mp4").unlink()
-    args = ["verify", "--dataset", "msrvtt", "--data-root", str(root), "--engine", str(micro_ort_engines["fp32"]),
-            "--max-videos", "4", "--rerank-top", "4", "--cache-dir", str(tmp_path / "cache")]
+    gone, args = _verify_with_one_test_video_gone(micro_ort_engines, synth_root, tmp_path)
     reason = (f"1 of the 4 test videos asked for are missing or undecodable ({gone}: missing), so parity covers only "
               "3; restore them (`rapdeploy data-check` names every one) or pass --allow-skipped to accept parity over "
               "the 3 that decode")
