@@ -91,40 +91,58 @@ def annotation_text(path: Path) -> str:
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    """The non-blank rows of the CSV file ``path`` (header names stripped); raises :class:`CheckFailedError` when a
-    column of ``columns`` is missing, a row lacks one of their values or the file is not CSV text."""
+    """The non-blank rows of the CSV file ``path`` (header names stripped); what :func:`numbered_csv_rows` raises."""
+    return [row for _, row in numbered_csv_rows(path, columns)]
+
+
+def numbered_csv_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """The non-blank rows of the CSV file ``path`` (header names stripped), each with the line of the file it starts
+    on (blank and comma-only lines count, as an editor shows them); raises :class:`CheckFailedError` naming the file
+    and line when a column of ``columns`` is missing, a row lacks one of their values or the file is not CSV text."""
     text = annotation_text(path)
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = [h.strip() for h in next(reader, [])]
         missing = [c for c in columns if c not in header]
         if missing:
             raise damaged(path, f"has no column '{missing[0]}' (columns: {', '.join(header) or 'none'})")
-        reader.fieldnames = header
         rows = []
-        for row in reader:
-            _check_one_line(path, row, columns, len(rows) + 2, reader.line_num)
+        start = reader.line_num + 1
+        for values in reader:
+            row = _row_dict(header, values)
+            _check_one_line(path, row, columns, start, reader.line_num)
             if any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                rows.append(row)
+                rows.append((start, row))
+            start = reader.line_num + 1
     except csv.Error as exc:
         raise damaged(path, f"is not a valid CSV file ({exc})") from None
-    for i, row in enumerate(rows):
+    for line, row in rows:
         if any(not isinstance(row.get(c), str) for c in columns):
-            raise damaged(path, f"row {i + 2} lacks a value for {', '.join(columns)}")
+            raise damaged(path, f"row {line} lacks a value for {', '.join(columns)}")
     return rows
 
 
-def _check_one_line(path: Path, row: dict[str, Any], columns: tuple[str, ...], number: int, last_line: int) -> None:
-    """Raise :class:`CheckFailedError` when a value of ``columns`` in the CSV row ``row`` (row ``number``, read up
-    to line ``last_line`` of ``path``) holds a line break: no annotation value does, but a quote opened and never
-    closed (``ret1,msr17,video17,"a dog``) makes one value of every line up to the next quote, so the videos and
-    captions of those lines would silently vanish from the split."""
+def _row_dict(header: list[str], values: list[str]) -> dict[Any, Any]:
+    """``values`` keyed by ``header`` as :class:`csv.DictReader` keys them: a missing value is None, extra values
+    are a list under the key None."""
+    row: dict[Any, Any] = dict(zip(header, values, strict=False))
+    if len(values) > len(header):
+        row[None] = values[len(header):]
+    for key in header[len(values):]:
+        row[key] = None
+    return row
+
+
+def _check_one_line(path: Path, row: dict[Any, Any], columns: tuple[str, ...], first: int, last: int) -> None:
+    """Raise :class:`CheckFailedError` when a value of ``columns`` in the CSV row ``row`` (lines ``first`` to
+    ``last`` of ``path``) holds a line break: no annotation value does, but a quote opened and never closed
+    (``ret1,msr17,video17,"a dog``) makes one value of every line up to the next quote, so the videos and captions of
+    those lines would silently vanish from the split."""
     broken = [c for c in columns if isinstance(row.get(c), str) and _line_breaks(row[c])]
     if not broken:
         return
-    first = last_line - sum(_line_breaks(v) for v in row.values() if isinstance(v, str))
     value = row[broken[0]]
-    raise damaged(path, f"row {number} has a '{broken[0]}' value running over lines {first}-{last_line} "
+    raise damaged(path, f"row {first} has a '{broken[0]}' value running over lines {first}-{last} "
                         f"({value.splitlines()[0][:40]!r}...): a '\"' opened on line {first} is not closed there; "
                         "close or remove it")
 

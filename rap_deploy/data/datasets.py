@@ -25,6 +25,7 @@ from rap_deploy.data.annotation_files import (
     caption_text,
     damaged,
     duration_seconds,
+    numbered_csv_rows,
     plain_video_id,
     read_csv,
     read_json,
@@ -203,12 +204,12 @@ def _read_msrvtt(root: Path, split: str, videos_dir: Path) -> Readout:
         # 1k-A: one row per test video with its one caption.
         path = root / "MSRVTT_JSFUSION_test.csv"
         index: dict[str, int] = {}
-        for i, row in enumerate(read_csv(path, ("video_id", "sentence"))):
+        for line, row in numbered_csv_rows(path, ("video_id", "sentence")):
             vid = plain_video_id(row["video_id"], path)
             if vid not in index:
                 index[vid] = len(videos)
                 videos.append(VideoEntry(vid, msrvtt_video(videos_dir, vid, finders)))
-            captions.append(caption_text(row["sentence"] or "", path, f"row {i + 2}, video '{vid}'"))
+            captions.append(caption_text(row["sentence"] or "", path, f"row {line}, video '{vid}'"))
             owner.append(index[vid])
         return distinct_files(videos, path), captions, owner
     train_csv = root / "MSRVTT_train.9k.csv"
