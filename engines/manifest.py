@@ -33,6 +33,7 @@ from rap_deploy import bounds
 from rap_deploy.atomic import sha256_file, write_json_atomic
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
+from rap_deploy.name_lists import short_repr
 
 FORMAT = "rapdeploy.engine"
 FORMAT_VERSION = 1
@@ -43,6 +44,13 @@ PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_PLACEHOLDER = "<export folder>"
 #: The dynamic axes of each graph's TensorRT optimisation profile (:mod:`rap_deploy.engines.trt_plan`).
 PROFILE_AXES = {"video_encoder": ("batch",), "text_encoder": ("batch", "tokens"), "asa_head": ("queries", "videos")}
+#: Files a graph entry may list besides its own (a build writes at most one: ONNX Runtime's external weights).
+MAX_EXTRA_FILES = 8
+#: Characters of a recorded name or version (provider, library versions, GPU name and compute capability); real
+#: ones are tens of characters. Longer ones are refused before any message or check reads them.
+MAX_TEXT_CHARS = 200
+#: The longest recorded export folder a rebuild command names (Linux's PATH_MAX); a longer one is no folder here.
+MAX_PATH_CHARS = 4096
 
 
 class EngineMismatchError(UsageError):
@@ -157,7 +165,7 @@ def read_manifest(engine_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckFailedError(f"{path} is not valid JSON ({exc}); the engine folder is damaged, rebuild it") from None
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
     if fmt != FORMAT:
-        raise UsageError(f"{path} is not an engine manifest (format {fmt!r}, expected '{FORMAT}')")
+        raise UsageError(f"{path} is not an engine manifest (format {short_repr(fmt)}, expected '{FORMAT}')")
     from rap_deploy.engines.integrity import rebuild_engine_advice
 
     bounds.check_format_version(manifest, path, "engine", FORMAT_VERSION, "the engine folder is damaged",
@@ -175,30 +183,18 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
         return CheckFailedError(f"{path}: {what}; the engine folder is damaged or was edited, rebuild it")
 
     if manifest["precision"] not in PRECISIONS:
-        raise damaged(f"precision {manifest['precision']!r} is not one of {', '.join(PRECISIONS)}")
+        raise damaged(f"precision {short_repr(manifest['precision'])} is not one of {', '.join(PRECISIONS)}")
     if not isinstance(manifest["backend"], str):
-        raise damaged(f"backend {manifest['backend']!r} is not a name")
-    graphs = manifest["graphs"]
-    if not isinstance(graphs, dict) or not graphs:
-        raise damaged("'graphs' is not a non-empty object")
-    from rap_deploy.graphs import GRAPH_NAMES
-
-    for name, entry in graphs.items():
-        if name not in GRAPH_NAMES:
-            raise damaged(f"it lists graph {name!r}; engines hold only {', '.join(GRAPH_NAMES)}")
-        extra = entry.get("extra_files", []) if isinstance(entry, dict) else None
-        if not isinstance(extra, list):
-            raise damaged(f"graph '{name}' has no entry object or its 'extra_files' is not a list")
-        for e in (entry, *extra):
-            if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not isinstance(e.get("sha256"), str):
-                raise damaged(f"graph '{name}' has a file entry without a 'file' and 'sha256' string")
+        raise damaged(f"backend {short_repr(manifest['backend'])} is not a name")
+    _check_graphs(damaged, manifest["graphs"])
     for key in ("config", "checkpoint", "profiles", "session", "asa_blocks", "versions", "export", "host", "gpu"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise damaged(f"'{key}' is not an object")
     if not all(isinstance(v, str) for v in (manifest.get("versions") or {}).values()):
         raise damaged("'versions' holds a version that is not text")
     if manifest["backend"] == "onnxruntime" and not isinstance(manifest.get("provider"), str):
-        raise damaged(f"provider {manifest.get('provider')!r} is not an ONNX Runtime provider name")
+        raise damaged(f"provider {short_repr(manifest.get('provider'))} is not an ONNX Runtime provider name")
+    _check_text_lengths(damaged, manifest)
     numbers = [(f"session {k}", (manifest.get("session") or {}).get(k), bounds.MAX_THREADS)
                for k in ("threads", "inter_threads")]
     numbers += [(f"asa_blocks {k}", (manifest.get("asa_blocks") or {}).get(k), bounds.MAX_BATCH_SIZE)
@@ -208,11 +204,43 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int):  # check_int would accept "2" and convert it
-            raise damaged(f"{what} {value!r} is not an integer")
+            raise damaged(f"{what} {short_repr(value)} is not an integer")
         try:
             bounds.check_int(value, what, 1, high)
         except UsageError as exc:
             raise damaged(str(exc)) from None
+
+
+def _check_graphs(damaged: Callable[[str], CheckFailedError], graphs: Any) -> None:
+    """``graphs``: a non-empty object of known graph names, each an entry with a ``file`` and ``sha256`` string and at
+    most :data:`MAX_EXTRA_FILES` such ``extra_files``, counted before any is read; raises ``damaged(...)``."""
+    if not isinstance(graphs, dict) or not graphs:
+        raise damaged("'graphs' is not a non-empty object")
+    from rap_deploy.graphs import GRAPH_NAMES
+
+    for name, entry in graphs.items():
+        if name not in GRAPH_NAMES:
+            raise damaged(f"it lists graph {short_repr(name)}; engines hold only {', '.join(GRAPH_NAMES)}")
+        extra = entry.get("extra_files", []) if isinstance(entry, dict) else None
+        if not isinstance(extra, list):
+            raise damaged(f"graph '{name}' has no entry object or its 'extra_files' is not a list")
+        if len(extra) > MAX_EXTRA_FILES:
+            raise damaged(f"graph '{name}' lists {len(extra):,} extra files; a build writes at most {MAX_EXTRA_FILES}")
+        for e in (entry, *extra):
+            if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not isinstance(e.get("sha256"), str):
+                raise damaged(f"graph '{name}' has a file entry without a 'file' and 'sha256' string")
+
+
+def _check_text_lengths(damaged: Callable[[str], CheckFailedError], manifest: Mapping[str, Any]) -> None:
+    """The recorded names and versions the runtime refusals print (provider, ``versions``, GPU name and compute
+    capability) hold at most :data:`MAX_TEXT_CHARS` characters; raises ``damaged(...)`` naming the key."""
+    gpu = manifest.get("gpu") or {}
+    texts = [("provider", manifest.get("provider")), ("gpu name", gpu.get("name")),
+             ("gpu compute_capability", gpu.get("compute_capability"))]
+    texts += [(f"versions {short_repr(k)}", v) for k, v in (manifest.get("versions") or {}).items()]
+    for what, value in texts:
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT_CHARS):
+            raise damaged(f"{what} {short_repr(value)} is not text of at most {MAX_TEXT_CHARS} characters")
 
 
 def _profile_numbers(damaged: Callable[[str], CheckFailedError], profiles: Mapping[str, Any]
@@ -224,14 +252,15 @@ def _profile_numbers(damaged: Callable[[str], CheckFailedError], profiles: Mappi
     for graph, axes in profiles.items():
         known = PROFILE_AXES.get(graph, ())
         if not isinstance(axes, dict) or not set(axes) <= set(known):
-            raise damaged(f"profiles {graph!r} is not an object of a graph's axes ({', '.join(known) or 'none'})")
+            raise damaged(f"profiles {short_repr(graph)} is not an object of a graph's axes "
+                          f"({', '.join(known) or 'none'})")
         for axis, r in axes.items():
             values = [r.get(k) for k in ("min", "opt", "max")] if isinstance(r, dict) else []
             out += [(f"profiles {graph} {axis} {k}", v, bounds.MAX_BATCH_SIZE)
                     for k, v in zip(("min", "opt", "max"), values, strict=False)]
             if len(values) != 3 or None in values or not all(isinstance(v, int) for v in values) \
                     or not values[0] <= values[1] <= values[2]:
-                raise damaged(f"profiles {graph} {axis} {r!r:.80} is not min <= opt <= max")
+                raise damaged(f"profiles {graph} {axis} {short_repr(r, 80)} is not min <= opt <= max")
     return out
 
 
@@ -326,9 +355,9 @@ def _rebuild_command(manifest: Mapping[str, Any], flags: list[str], folder: Path
 
 def recorded_export_dir(manifest: Mapping[str, Any]) -> str | None:
     """The export folder an engine ``manifest`` records it was built from, or ``None`` when it records none (written
-    before manifests did, or edited)."""
+    before manifests did, or edited: also a text longer than :data:`MAX_PATH_CHARS`, which no folder has)."""
     recorded = manifest.get("export_dir")
-    return recorded if isinstance(recorded, str) and recorded else None
+    return recorded if isinstance(recorded, str) and 0 < len(recorded) <= MAX_PATH_CHARS else None
 
 
 def export_word(manifest: Mapping[str, Any]) -> str:

@@ -1,0 +1,75 @@
+"""An engine folder's manifest.json is untrusted (up to 64 MB): the values its refusals echo (format, precision,
+backend, provider, graph names, numbers, profiles) and the lists it iterates (a graph's ``extra_files``) are bounded
+before use, and the recorded names and versions later refusals print are refused when padded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rap_deploy.engines.manifest import MAX_EXTRA_FILES, MAX_TEXT_CHARS, ort_rebuild_command, read_manifest
+from rap_deploy.errors import CheckFailedError, UsageError
+
+HUGE = "x" * 100_000
+GOOD: dict[str, Any] = {
+    "format": "rapdeploy.engine", "format_version": 1, "backend": "onnxruntime", "precision": "fp32",
+    "provider": "CPUExecutionProvider", "versions": {"onnxruntime": "1.20.1"},
+    "graphs": {"video_encoder": {"file": "video_encoder.onnx", "sha256": "0" * 64,
+                                 "extra_files": [{"file": "video_encoder.onnx.data", "sha256": "1" * 64}]}},
+}
+ENTRY = GOOD["graphs"]["video_encoder"]
+
+
+def _engine(tmp_path: Path, **changes: Any) -> Path:
+    (tmp_path / "manifest.json").write_text(json.dumps({**GOOD, **changes}), encoding="utf-8")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"format": HUGE}, "format 'xxx"),
+    ({"precision": HUGE}, "precision 'xxx"),
+    ({"backend": [HUGE]}, "backend ['xxx"),
+    ({"provider": [HUGE]}, "provider ['xxx"),
+    ({"graphs": {HUGE: ENTRY}}, "it lists graph 'xxx"),
+    ({"session": {"threads": HUGE}}, "session threads 'xxx"),
+    ({"profiles": {HUGE: 1}}, "profiles 'xxx"),
+    ({"profiles": {"video_encoder": {"batch": {"min": 1, "opt": 2, "max": 1, "pad": HUGE}}}}, "profiles video_enc"),
+    ({"provider": "CPUExecutionProvider" + HUGE}, "provider 'CPUExecutionProvi"),
+    ({"versions": {"onnxruntime": "1." + HUGE}}, "versions 'onnxruntime' '1.xxx"),
+    ({"gpu": {"name": "H200" + HUGE}}, "gpu name 'H200xxx"),
+    ({"gpu": {"compute_capability": [9] * 100_000}}, "gpu compute_capability [9, 9"),
+], ids=lambda v: next(iter(v)) if isinstance(v, dict) else None)
+def test_padded_values_are_named_short(tmp_path: Path, changes: dict[str, Any], named: str) -> None:
+    engine = _engine(tmp_path, **changes)
+    with pytest.raises(UsageError if "format" in changes else CheckFailedError) as err:
+        read_manifest(engine)
+    message = str(err.value)
+    assert str(engine / "manifest.json") in message and named in message, message[:300]
+    assert len(message) < 400 + len(str(engine)), len(message)
+
+
+def test_extra_files_are_counted_before_they_are_read(tmp_path: Path) -> None:
+    extra = [{"file": "a", "sha256": "b"}] * 200_000
+    engine = _engine(tmp_path, graphs={"video_encoder": {**ENTRY, "extra_files": extra}})
+    with pytest.raises(CheckFailedError) as err:
+        read_manifest(engine)
+    assert f"graph 'video_encoder' lists 200,000 extra files; a build writes at most {MAX_EXTRA_FILES}" \
+        in str(err.value)
+
+
+def test_real_sized_values_still_read(tmp_path: Path) -> None:
+    gpu = {"name": "N" * MAX_TEXT_CHARS, "compute_capability": "9.0"}
+    manifest = read_manifest(_engine(tmp_path, backend="tensorrt", provider=None, gpu=gpu, export_dir="/w/ex"))
+    assert manifest["gpu"] == gpu
+
+
+def test_a_padded_export_folder_is_not_put_in_a_rebuild_command(tmp_path: Path) -> None:
+    command = ort_rebuild_command({**GOOD, "export_dir": "/w/" + HUGE}, tmp_path / "engine")
+    assert command.startswith("rapdeploy build-engine '<export folder>' ") or \
+        command.startswith("rapdeploy build-engine <export folder> "), command[:200]
+    assert len(command) < 300, len(command)
+    assert ort_rebuild_command({**GOOD, "export_dir": "/w/my exports"}).startswith(
+        "rapdeploy build-engine '/w/my exports' --backend onnxruntime")
