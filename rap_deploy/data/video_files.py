@@ -47,20 +47,29 @@ def videos_folder(root: Path, dataset: str) -> Path:
     they may not mean to use, and the order is fixed and documented. ``data-check`` names the folders left unread
     (:func:`unread_video_folders`), so the choice is never silent where a dataset is checked.
     """
-    existing = [folder for folder in video_folder_candidates(root, dataset) if folder.is_dir()]
-    seen = {folder: video_file_seen(folder) for folder in existing}
-    found = next((folder for folder in existing if seen[folder] is True), None)
-    presumed = next((folder for folder in existing if seen[folder] is None), None)
-    return found or presumed or (existing[0] if existing else root / VIDEO_DIR)
+    return _chosen_folder(root, _candidates_seen(root, dataset))
 
 
 def unread_video_folders(root: Path, dataset: str) -> list[Path]:
     """The candidate folders (:func:`video_folder_candidates`) that hold video files but are not the one
     :func:`videos_folder` reads, nor a link to it (``MSRVTT_Videos -> videos``: the same videos, read): ``[]`` when at
-    most one holds videos."""
-    chosen = videos_folder(root, dataset)
-    return [folder for folder in video_folder_candidates(root, dataset)
-            if folder.is_dir() and not _same_folder(folder, chosen) and holds_video_file(folder)]
+    most one holds videos. Each candidate is looked at once, for both."""
+    seen = _candidates_seen(root, dataset)
+    chosen = _chosen_folder(root, seen)
+    return [folder for folder, held in seen.items() if held is not False and not _same_folder(folder, chosen)]
+
+
+def _candidates_seen(root: Path, dataset: str) -> dict[Path, bool | None]:
+    """The existing candidate folders (:func:`video_folder_candidates`, in order), each with what
+    :func:`video_file_seen` tells of it."""
+    return {folder: video_file_seen(folder) for folder in video_folder_candidates(root, dataset) if folder.is_dir()}
+
+
+def _chosen_folder(root: Path, seen: dict[Path, bool | None]) -> Path:
+    """The folder :func:`videos_folder` reads, from the candidates ``seen`` (:func:`_candidates_seen`)."""
+    found = next((folder for folder, held in seen.items() if held is True), None)
+    presumed = next((folder for folder, held in seen.items() if held is None), None)
+    return found or presumed or next(iter(seen), root / VIDEO_DIR)
 
 
 def _same_folder(a: Path, b: Path) -> bool:
