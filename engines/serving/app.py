@@ -222,6 +222,46 @@ class CountRequests:
             raise
 
 
+STOPPED_MESSAGE = ("the server stopped (Ctrl-C or SIGTERM) before this request finished: it ran past "
+                   "--shutdown-timeout and was cancelled; send it again to a running server")
+
+
+class AnswerWhenStopped:
+    """ASGI middleware for a request that a stopping server cancels (uvicorn cancels what still runs once
+    ``--shutdown-timeout`` has passed): one log line, and a 503 ``{"error", "field"}`` with ``Connection: close`` to
+    its client when no answer had started, instead of uvicorn's "Exception in ASGI application" traceback and a
+    plain-text 500. A cancellation that is not of the request's own task (an inner future's) is left alone."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)  # Python 3.11+; uvicorn cancels request tasks only then
+            if task is None or (cancelling is not None and not cancelling()):
+                raise
+            if cancelling is not None:
+                task.uncancel()
+            log.warning("%s %s cancelled: the server stopped and it ran past --shutdown-timeout",
+                        scope.get("method"), scope.get("path", "")[:200])
+            if not started:
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await _error(503, STOPPED_MESSAGE, None, {"Connection": "close"})(scope, receive, send)
+
+
 def create_app(service: ServingService, on_shutdown: Callable[[], None] | None = None,
                allowed_hosts: Collection[str] | None = None) -> FastAPI:
     """The FastAPI application serving ``service`` (routes in the module docstring); ``on_shutdown`` runs when the
@@ -236,6 +276,7 @@ def create_app(service: ServingService, on_shutdown: Callable[[], None] | None =
             on_shutdown()
 
     app = FastAPI(title="rapdeploy serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(AnswerWhenStopped)  # innermost: its 503 is counted and gets the secure headers
     if allowed_hosts is not None:  # inside CountRequests (added after it: outer), so /stats counts its refusals
         app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.add_middleware(CountRequests, service=service)
