@@ -37,7 +37,7 @@ def test_each_candidate_folder_is_listed_once(tmp_path, monkeypatch):
 def test_results_are_unchanged_for_a_presumed_folder_a_link_and_no_folder(tmp_path, monkeypatch):
     root = tmp_path / "msrvtt"
     (root / "videos").mkdir(parents=True)
-    for i in range(video_files.MAX_ENTRIES_LOOKED_AT + 1):  # too many to tell: presumed, read, not listed as unread
+    for i in range(video_files.MAX_ENTRIES_SEARCHED_FOR_VIDEO + 1):  # too many to tell: presumed, read, not unread
         (root / "videos" / f"frame{i}.jpg").write_bytes(b"")
     (root / "MSRVTT_Videos").mkdir()
     (root / "MSRVTT_Videos" / "video1.mp4").write_bytes(b"")  # seen: it wins, and videos/ is named unread

@@ -16,8 +16,9 @@ DATASET_MARKERS = {"msrvtt": ("MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv", "M
                    "msvd": ("raw-captions.pkl",),
                    "didemo": ("test_data.json", "train_data.json", "val_data.json"),
                    "activitynet": ("val_ids.json", "train_ids.json")}
-# At most this many entries of a folder are looked at for a dataset folder inside it (a folder of videos has many)
-MAX_ENTRIES_LOOKED_AT = 200
+# At most this many entries of a --data-root are looked at for a dataset folder inside it (a folder of videos has
+# many); not video_files.MAX_ENTRIES_SEARCHED_FOR_VIDEO, which bounds the look for one video file in a folder
+MAX_ENTRIES_SEARCHED_FOR_DATASET = 200
 
 
 def check_dataset_layout(root: Path, dataset: str) -> None:
@@ -63,10 +64,11 @@ def _nearby_folder_fix(root: Path, marker: str) -> str | None:
 
 
 def _first_entries(folder: Path) -> list[Path]:
-    """Up to :data:`MAX_ENTRIES_LOOKED_AT` entries of ``folder`` (in the order the file system lists them)."""
+    """Up to :data:`MAX_ENTRIES_SEARCHED_FOR_DATASET` entries of ``folder`` (in the order the file system lists
+    them)."""
     entries = []
     for entry in folder.iterdir():
         entries.append(entry)
-        if len(entries) >= MAX_ENTRIES_LOOKED_AT:
+        if len(entries) >= MAX_ENTRIES_SEARCHED_FOR_DATASET:
             break
     return entries

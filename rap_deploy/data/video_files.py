@@ -17,9 +17,10 @@ CLIP4CLIP_VIDEO_DIRS = {"msrvtt": "MSRVTT_Videos", "msvd": "MSVD_Videos", "didem
 # The folders a dataset's official release extracts its videos to: MSVD's YouTubeClips.tar holds
 # YouTubeClips/<id>.avi (-4wsuPCjDBc_5_15.avi), the ids its list files name.
 RELEASE_VIDEO_DIRS = {"msvd": ("YouTubeClips",)}
-# At most this many entries are looked at to tell whether a candidate folder holds a video file (a folder of videos
-# answers at its first entry; one of 100,000 videos is not listed in full to find out)
-MAX_ENTRIES_LOOKED_AT = 2000
+# At most this many entries (of a folder and its sub-folders) are looked at to tell whether a candidate folder holds a
+# video file (a folder of videos answers at its first entry; one of 100,000 videos is not listed in full to find out);
+# not folder_layout.MAX_ENTRIES_SEARCHED_FOR_DATASET, which bounds the look for a dataset folder in a --data-root
+MAX_ENTRIES_SEARCHED_FOR_VIDEO = 2000
 # (.mts, .m2ts: camcorder files, which DiDeMo's Flickr videos include)
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv",
                     ".mts", ".m2ts", ".3g2", ".ogv", ".vob", ".asf", ".f4v")
@@ -81,7 +82,7 @@ def _same_folder(a: Path, b: Path) -> bool:
         return False
 
 
-def holds_video_file(folder: Path, limit: int = MAX_ENTRIES_LOOKED_AT) -> bool:
+def holds_video_file(folder: Path, limit: int = MAX_ENTRIES_SEARCHED_FOR_VIDEO) -> bool:
     """Whether ``folder`` or a sub-folder of it (linked ones too, each once) holds a file with a video extension
     (:data:`VIDEO_EXTENSIONS`), as far as ``limit`` entries tell (:func:`video_file_seen`): True when one was found
     or too many entries were met to tell (a folder that large is presumed a dataset's, not listed in full), False
@@ -89,7 +90,7 @@ def holds_video_file(folder: Path, limit: int = MAX_ENTRIES_LOOKED_AT) -> bool:
     return video_file_seen(folder, limit) is not False
 
 
-def video_file_seen(folder: Path, limit: int = MAX_ENTRIES_LOOKED_AT) -> bool | None:
+def video_file_seen(folder: Path, limit: int = MAX_ENTRIES_SEARCHED_FOR_VIDEO) -> bool | None:
     """Look at the entries of ``folder`` and its sub-folders (linked ones too, each once) breadth first, stopping at
     the first file with a video extension: True when one was found, None when ``limit`` entries were looked at
     without one (too many to tell), False when every entry was looked at and none is a video file, or the folder
