@@ -25,7 +25,7 @@ from rap_deploy.bounds import read_manifest_text
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
-from rap_deploy.name_lists import PATH_CHARS, shortened, some_names
+from rap_deploy.name_lists import PATH_CHARS, short_repr, shortened, some_names
 
 FORMAT = "rapdeploy.library"
 FORMAT_VERSION = 1
@@ -33,6 +33,7 @@ MANIFEST = "manifest.json"
 STAGE1_DIR = "stage1"
 SHARDS_DIR = "shards"
 MAX_STAGE1_EFFORT = 1 << 20  # efSearch / nprobe: far above any tuned value, bounded before FAISS sees it
+MAX_ROW_DIMS = 3  # a stored tensor's row shape: [d], [T, d] or [T, P, width]
 
 
 def stage1_files(build: int) -> tuple[str, str]:
@@ -128,7 +129,8 @@ def check_model(recorded: dict[str, Any], engine: Any, where: Path, fix: str = S
     if int(recorded["sampling"].get("max_frames", -1)) != int(engine.config.frames):
         problems.append(f"frames {recorded['sampling'].get('max_frames')} vs {engine.config.frames}")
     if list(recorded.get("tensors") or []) != current["tensors"]:
-        problems.append(f"stored tensors {recorded.get('tensors')} vs the engine's {current['tensors']}")
+        problems.append(f"stored tensors {short_repr(recorded.get('tensors'), 200)} vs the engine's "
+                        f"{current['tensors']}")
     lib_ckpt = recorded.get("checkpoint_sha256") if is_sha256(recorded.get("checkpoint_sha256")) else None
     eng_ckpt = current["checkpoint_sha256"]
     if lib_ckpt and eng_ckpt and lib_ckpt != eng_ckpt:
@@ -323,14 +325,14 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if kind != "library":
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
         if kind in ("engine", "export"):
-            raise UsageError(f"{root} is {written_by(kind)}, not a library ({path} has format {fmt!r}): pass it "
-                             "as --engine, and as --library the folder of a library (`rapdeploy index --out DIR` "
-                             "writes one; index into another --out)")
-        raise UsageError(f"{path} is not a library manifest (format {fmt!r}, expected '{FORMAT}')")
+            raise UsageError(f"{root} is {written_by(kind)}, not a library ({path} has format {short_repr(fmt)}): "
+                             "pass it as --engine, and as --library the folder of a library (`rapdeploy index --out "
+                             "DIR` writes one; index into another --out)")
+        raise UsageError(f"{path} is not a library manifest (format {short_repr(fmt)}, expected '{FORMAT}')")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise UsageError(f"{path} has library format version {version!r}; this rapdeploy reads up to {FORMAT_VERSION}: "
-                         "upgrade rapdeploy")
+        raise UsageError(f"{path} has library format version {short_repr(version)}; this rapdeploy reads up to "
+                         f"{FORMAT_VERSION}: upgrade rapdeploy")
     _check_structure(manifest, path)
     return manifest
 
@@ -346,13 +348,16 @@ def _check_structure(manifest: dict[str, Any], path: Path) -> None:
         need(isinstance(model.get(key), dict) and isinstance(model.get(f"{key}_sha256"), str),
              f"'model.{key}' is missing")
         need(digest(model[key]) == model[f"{key}_sha256"], f"'model.{key}' does not match its sha256")
-    need(isinstance(model.get("tensors"), list) and model["tensors"][:1] == ["video_emb"]
-         and all(isinstance(t, str) for t in model["tensors"]), "'model.tensors' is malformed")
+    tensors = model.get("tensors")
+    need(isinstance(tensors, list) and len(tensors) <= len(INDEX_DTYPES) and tensors[:1] == ["video_emb"]
+         and all(isinstance(t, str) and t in INDEX_DTYPES for t in tensors) and len(set(tensors)) == len(tensors),
+         f"'model.tensors' is malformed (distinct names of {', '.join(INDEX_DTYPES)}, video_emb first)")
     shapes = manifest.get("tensor_shapes")
-    need(isinstance(shapes, dict) and all(isinstance(shapes.get(t), list) for t in model["tensors"]),
+    need(isinstance(shapes, dict) and all(isinstance(shapes.get(t), list) for t in tensors),
          "'tensor_shapes' is missing")
-    for name in model["tensors"]:
-        need(all(isinstance(n, int) and n > 0 for n in shapes[name]), f"'tensor_shapes.{name}' is malformed")
+    for name in tensors:
+        need(len(shapes[name]) <= MAX_ROW_DIMS and all(isinstance(n, int) and n > 0 for n in shapes[name]),
+             f"'tensor_shapes.{name}' is malformed")
     shards = manifest.get("shards")
     need(isinstance(shards, list), "'shards' is missing")
     for i, shard in enumerate(shards):
@@ -363,7 +368,8 @@ def _check_structure(manifest: dict[str, Any], path: Path) -> None:
         for name in (*model["tensors"], "videos"):
             f = shard["files"].get(name)
             need(isinstance(f, dict) and isinstance(f.get("file"), str) and isinstance(f.get("bytes"), int)
-                 and isinstance(f.get("sha256"), str), f"shard {shard['name']} lacks its '{name}' file entry")
+                 and isinstance(f.get("sha256"), str),
+                 f"shard {shortened(shard['name'])} lacks its '{name}' file entry")
     offsets = [s["row_offset"] for s in shards]
     need(offsets == sorted(offsets) and all(a["row_offset"] + a["rows"] <= b["row_offset"]
                                             for a, b in zip(shards, shards[1:], strict=False)), "shard rows overlap")
@@ -391,7 +397,8 @@ def _check_tensor_shapes(model: dict[str, Any], shapes: dict[str, list[int]], ne
             "asa_tokens": [frames, p, 3 * asa_dim if isinstance(asa_dim, int) else None]}
     got = {name: shapes[name] for name in model["tensors"]}
     need(all(got[name] == want.get(name) for name in got),
-         f"'tensor_shapes' {got} are not the model's ({', '.join(f'{n} {want.get(n)}' for n in got)}; "
+         f"'tensor_shapes' {short_repr(got, 200)} are not the model's "
+         f"({', '.join(f'{n} {short_repr(want.get(n))}' for n in got)}; "
          f"{frames} frames, ASA width {asa_dim}, one embedding width d and patch count P)")
 
 
@@ -418,9 +425,9 @@ def _check_counters(manifest: dict[str, Any], shards: list[dict[str, Any]], need
 
     next_shard, next_row = manifest.get("next_shard"), manifest.get("next_row")
     need(_is_count(next_shard) and all(shard_number(s["name"]) < next_shard for s in shards),
-         f"'next_shard' {next_shard!r} is not past every shard")
+         f"'next_shard' {short_repr(next_shard)} is not past every shard")
     need(_is_count(next_row) and all(s["row_offset"] + s["rows"] <= next_row for s in shards),
-         f"'next_row' {next_row!r} is not past every shard's rows")
+         f"'next_row' {short_repr(next_row)} is not past every shard's rows")
     need(next_row <= MAX_ROW_ID and next_shard <= MAX_ROW_ID,  # rows are FAISS's int64 ids
          f"'next_row' {next_row} or 'next_shard' {next_shard} is past {MAX_ROW_ID}")
     removed = manifest.get("removed")
@@ -432,9 +439,10 @@ def _check_sampling(sampling: dict[str, Any], need: Any) -> None:
     from rap_deploy.bounds import MAX_FPS, MAX_FRAMES
 
     frames, fps = sampling.get("max_frames"), sampling.get("fps")
-    need(_is_count(frames) and 1 <= frames <= MAX_FRAMES, f"'model.sampling.max_frames' {frames!r} is malformed")
+    need(_is_count(frames) and 1 <= frames <= MAX_FRAMES,
+         f"'model.sampling.max_frames' {short_repr(frames)} is malformed")
     need(isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= MAX_FPS,
-         f"'model.sampling.fps' {fps!r} is malformed")
+         f"'model.sampling.fps' {short_repr(fps)} is malformed")
 
 
 # The file's size, modification time, change time and inode when it was encoded (a shard's videos.json, a 'moved'
@@ -452,7 +460,8 @@ def _check_moved(moved: Any, need: Any) -> None:
     for row, record in moved.items():
         need(isinstance(row, str) and row.isascii() and row.isdigit() and isinstance(record, dict)
              and isinstance(record.get("path"), str) and 0 < len(record["path"]) <= 4096
-             and all(_is_count(record.get(k)) for k in FILE_STAT_FIELDS), f"'moved' entry {row!r} is malformed")
+             and all(_is_count(record.get(k)) for k in FILE_STAT_FIELDS),
+             f"'moved' entry {short_repr(row)} is malformed")
 
 
 def _check_stage1(stage1: Any, need: Any) -> None:
@@ -462,18 +471,20 @@ def _check_stage1(stage1: Any, need: Any) -> None:
          and isinstance(stage1.get("type"), str), "'stage1' is missing")
     from rap_deploy.library.stage1 import ANN_TYPES
 
-    need(stage1["type"] in ANN_TYPES, f"'stage1.type' {stage1['type']!r} is not one of {', '.join(ANN_TYPES)}")
+    need(stage1["type"] in ANN_TYPES,
+         f"'stage1.type' {short_repr(stage1['type'])} is not one of {', '.join(ANN_TYPES)}")
     effort = stage1.get("effort")
     need(effort is None or (_is_count(effort) and 1 <= effort <= MAX_STAGE1_EFFORT),
-         f"'stage1.effort' {effort!r} is malformed")
+         f"'stage1.effort' {short_repr(effort)} is malformed")
     for key in ("top_m", "ntotal", "dim"):
-        need(stage1.get(key) is None or _is_count(stage1[key]), f"'stage1.{key}' {stage1.get(key)!r} is malformed")
+        need(stage1.get(key) is None or _is_count(stage1[key]),
+             f"'stage1.{key}' {short_repr(stage1.get(key))} is malformed")
     recall = stage1.get("recall_at_m")
     need(isinstance(recall, dict), "'stage1.recall_at_m' is missing")
     need(_is_number(recall.get("recall")) and 0 <= recall["recall"] <= 1 and _is_count(recall.get("m"))
          and _is_count(recall.get("queries")), "'stage1.recall_at_m' is malformed")
     seconds = stage1.get("build_seconds")
-    need(_is_number(seconds) and seconds >= 0, f"'stage1.build_seconds' {seconds!r} is malformed")
+    need(_is_number(seconds) and seconds >= 0, f"'stage1.build_seconds' {short_repr(seconds)} is malformed")
     queries = stage1.get("queries")
     need(queries is None or (isinstance(queries, dict) and isinstance(queries.get("file"), str)
                              and _is_count(queries.get("bytes")) and isinstance(queries.get("sha256"), str)),
