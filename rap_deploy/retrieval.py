@@ -18,7 +18,7 @@ import numpy as np
 
 from rap_deploy.config import FrameSamplingConfig, RAPConfig
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors, video_outputs
-from rap_deploy.name_lists import some_names
+from rap_deploy.name_lists import PATH_CHARS, shortened, some_names
 from rap_deploy.tokenizer import tokenize
 
 
@@ -190,11 +190,26 @@ def usable_videos(split: Any, cache: Any, config: RAPConfig, progress: bool = Tr
 def videos_folder_hint(split: Any, skipped: list[dict[str, str]]) -> str:
     """``": FOLDER does not exist; put the videos there ..."`` when every one of ``skipped`` (``{video_id, reason}``)
     is missing: where ``split``'s videos were looked for (its videos folder) and whether that folder exists, since a
-    ``--data-root`` without its videos, or with them in a folder of another name, is the likely cause; else ``""``."""
+    ``--data-root`` without its videos, or with them in a folder of another name, is the likely cause; then also
+    the few other folders of its data root that hold video files (:func:`_video_folders_elsewhere`); else ``""``."""
     folder = getattr(split, "videos_dir", None)
     if folder is None or any(s["reason"] != "missing" for s in skipped):
         return ""
-    return missing_videos_hint(folder)
+    return missing_videos_hint(folder) + _video_folders_elsewhere(getattr(split, "data_root", None), Path(folder))
+
+
+def _video_folders_elsewhere(root: str | os.PathLike[str] | None, folder: Path) -> str:
+    """``"; ROOT/clips holds video files: if they are this split's, move them into FOLDER"`` for up to three
+    sub-folders of ``root`` besides ``folder`` where a video file was seen (a bounded look:
+    :func:`~rap_deploy.data.video_files.other_video_folders`), each path shortened; ``""`` when none or no root."""
+    from rap_deploy.data.video_files import other_video_folders
+
+    others = [] if root is None else other_video_folders(Path(root), folder)
+    if not others:
+        return ""
+    names = some_names([shortened(str(other), PATH_CHARS) for other in others], len(others))
+    return (f"; {names} {'holds' if len(others) == 1 else 'hold'} video files: if they are this split's, move them "
+            f"into {shortened(str(folder), PATH_CHARS)}")
 
 
 def missing_videos_hint(folder: str | os.PathLike[str]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from itertools import islice
 from pathlib import Path
 
 VIDEO_DIR = "videos"
@@ -21,6 +22,10 @@ RELEASE_VIDEO_DIRS = {"msvd": ("YouTubeClips",)}
 # video file (a folder of videos answers at its first entry; one of 100,000 videos is not listed in full to find out);
 # not folder_layout.MAX_ENTRIES_SEARCHED_FOR_DATASET, which bounds the look for a dataset folder in a --data-root
 MAX_ENTRIES_SEARCHED_FOR_VIDEO = 2000
+# When every video of a split is missing from its videos folder, the hint names other sub-folders of the --data-root
+# that hold video files (:func:`other_video_folders`): at most this many entries of the root are looked at, and this
+# many in each sub-folder, so an error path over a root of 100,000 entries or folders of frames stays a bounded look
+MAX_ENTRIES_SEARCHED_FOR_HINT = 200
 # (.mts, .m2ts: camcorder files, which DiDeMo's Flickr videos include)
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv",
                     ".mts", ".m2ts", ".3g2", ".ogv", ".vob", ".asf", ".f4v")
@@ -71,6 +76,26 @@ def _chosen_folder(root: Path, seen: dict[Path, bool | None]) -> Path:
     found = next((folder for folder, held in seen.items() if held is True), None)
     presumed = next((folder for folder, held in seen.items() if held is None), None)
     return found or presumed or next(iter(seen), root / VIDEO_DIR)
+
+
+def other_video_folders(root: Path, besides: Path, most: int = 3) -> list[Path]:
+    """Up to ``most`` sub-folders of ``root`` (by name, among its first :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries)
+    other than ``besides`` or a link to it, where a video file was seen (:func:`video_file_seen`, at most
+    :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries each): where a user whose videos are all missing from ``besides``
+    may have put them. ``[]`` when ``root`` cannot be read."""
+    try:
+        with os.scandir(root) as entries:
+            folders = sorted(Path(entry.path) for entry in islice(entries, MAX_ENTRIES_SEARCHED_FOR_HINT)
+                             if _is_folder(entry))
+    except OSError:
+        return []
+    found: list[Path] = []
+    for folder in folders:
+        if len(found) == most:
+            break
+        if not _same_folder(folder, besides) and video_file_seen(folder, MAX_ENTRIES_SEARCHED_FOR_HINT) is True:
+            found.append(folder)
+    return found
 
 
 def _same_folder(a: Path, b: Path) -> bool:
