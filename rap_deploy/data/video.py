@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from rap_deploy.config import FrameSamplingConfig, PreprocessConfig
-from rap_deploy.preprocess import resize_crop
 
 # decord opens every file with this many decoding threads; more would oversubscribe DataLoader workers.
 DECODE_THREADS = 1
@@ -258,6 +257,15 @@ def _decode_sampled(path: Path, name: str, sampling: FrameSamplingConfig, prepro
     mask = np.zeros(sampling.max_frames, dtype=bool)
     mask[:valid] = True
     return DecodedVideo(frames=out, mask=mask, seconds=float(seconds), num_frames=valid)
+
+
+def resize_crop(frames: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """:func:`rap_deploy.preprocess.resize_crop`, imported when a video is decoded: it brings torch and torchvision
+    (~700 MiB, seconds to import), which reading the frame cache never needs (the server's thumbnails over an ONNX
+    Runtime engine run without torch)."""
+    from rap_deploy.preprocess import resize_crop as resize
+
+    return resize(frames, cfg)
 
 
 def _read_resized(reader: object, path: Path, indices: np.ndarray, preprocess: PreprocessConfig) -> np.ndarray:
