@@ -319,6 +319,8 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
             watcher.join(5)
             service.close()  # no-op after a graceful stop; releases the engine when uvicorn failed
             sock.close()
+            if url_file is not None:
+                _forget_url(url_file, url)
         if failed:
             raise UsageError(failed[0])
 
@@ -348,6 +350,15 @@ def _run_until_stopped(server: Any, sock: socket.socket) -> None:
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _forget_url(url_file: str | os.PathLike[str], url: str) -> None:
+    """Remove ``url_file`` once the server has stopped, while it still holds this server's ``url`` (a script that
+    waits for the file to appear would otherwise read a stopped server's URL; one another process wrote is kept)."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        path = Path(url_file)
+        if path.is_file() and path.stat().st_size < 4096 and path.read_text(encoding="utf-8") == url + "\n":
+            path.unlink()
 
 
 def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, line: Callable[[], str],

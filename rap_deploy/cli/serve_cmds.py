@@ -63,7 +63,7 @@ def serve_cmd(
                                        "PyTorch's for a checkpoint (default: the libraries' own; "
                                        f"{ENGINE_THREADS_DEFAULT})."),
     url_file: Path | None = typer.Option(None, "--url-file", help="Write the server's URL here once it accepts "
-                                         "requests."),
+                                         "requests (removed again when it stops)."),
     shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="On Ctrl-C or SIGTERM, seconds that "
                                            "running requests may still take before they are cancelled."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical, error, warning, info "
