@@ -191,20 +191,21 @@ def videos_folder_hint(split: Any, skipped: list[dict[str, str]]) -> str:
     """``": FOLDER does not exist; put the videos there ..."`` when every one of ``skipped`` (``{video_id, reason}``)
     is missing: where ``split``'s videos were looked for (its videos folder) and whether that folder exists, since a
     ``--data-root`` without its videos, or with them in a folder of another name, is the likely cause; then also
-    the few other folders of its data root that hold video files (:func:`_video_folders_elsewhere`); else ``""``."""
+    the few other folders of its data root that hold video files (:func:`video_folders_elsewhere`); else ``""``."""
     folder = getattr(split, "videos_dir", None)
     if folder is None or any(s["reason"] != "missing" for s in skipped):
         return ""
-    return missing_videos_hint(folder) + _video_folders_elsewhere(getattr(split, "data_root", None), Path(folder))
+    return missing_videos_hint(folder) + video_folders_elsewhere(getattr(split, "data_root", None), Path(folder))
 
 
-def _video_folders_elsewhere(root: str | os.PathLike[str] | None, folder: Path) -> str:
+def video_folders_elsewhere(root: str | os.PathLike[str] | None, folder: Path, named: tuple[Path, ...] = ()) -> str:
     """``"; ROOT/clips holds video files: if they are this split's, move them into FOLDER"`` for up to three
-    sub-folders of ``root`` besides ``folder`` where a video file was seen (a bounded look:
-    :func:`~rap_deploy.data.video_files.other_video_folders`), each path shortened; ``""`` when none or no root."""
+    sub-folders of ``root`` besides ``folder`` and the folders ``named`` already where a video file was seen (a
+    bounded look: :func:`~rap_deploy.data.video_files.other_video_folders`), each path shortened; ``""`` when none or
+    no root."""
     from rap_deploy.data.video_files import other_video_folders
 
-    others = [] if root is None else other_video_folders(Path(root), folder)
+    others = [] if root is None else other_video_folders(Path(root), folder, named=named)
     if not others:
         return ""
     names = some_names([shortened(str(other), PATH_CHARS) for other in others], len(others))

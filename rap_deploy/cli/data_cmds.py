@@ -126,21 +126,23 @@ def data_check(
         problems += [f"{u['path']} ({u['reason']})" for u in report["undecodable"]]
         shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise CheckFailedError(f"{len(problems)} of {report['videos']} videos unusable: {shown}"
-                               f"{_all_missing_hint(report)}")
+                               f"{_all_missing_hint(report, root)}")
 
 
-def _all_missing_hint(report: dict) -> str:
-    """Where the videos were looked for, when ``report`` (:func:`check_dataset`'s) finds every one of them missing
-    (a ``--data-root`` holding the annotation files but not the videos, or them in a folder of another name); else
-    ``""``."""
-    from rap_deploy.retrieval import missing_videos_hint
+def _all_missing_hint(report: dict, root: Path) -> str:
+    """Where the videos were looked for, when ``report`` (:func:`check_dataset`'s on the data root ``root``) finds
+    every one of them missing (a ``--data-root`` holding the annotation files but not the videos, or them in a folder
+    of another name), then the candidate videos folders left unread and the other folders of ``root`` that hold video
+    files (as ``train``, ``export``, ``verify`` and ``bench`` name them); else ``""``."""
+    from rap_deploy.retrieval import missing_videos_hint, video_folders_elsewhere
 
     if report["undecodable"] or len(report["missing"]) != report["videos"]:
         return ""
-    chosen = Path(report["videos_dir"]).name
-    return missing_videos_hint(report["videos_dir"]) + "".join(
-        f"; {folder} also holds videos but is not read ({chosen}/ comes before it: rename {chosen}/ to read it instead)"
-        for folder in report["unread_videos_dirs"])
+    videos_dir = Path(report["videos_dir"])
+    unread = tuple(Path(folder) for folder in report["unread_videos_dirs"])
+    return missing_videos_hint(videos_dir) + "".join(
+        f"; {folder} also holds videos but is not read ({videos_dir.name}/ comes before it: rename {videos_dir.name}/ "
+        "to read it instead)" for folder in unread) + video_folders_elsewhere(root, videos_dir, named=unread)
 
 
 def _print_report(report: dict) -> None:

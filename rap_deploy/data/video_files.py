@@ -78,11 +78,11 @@ def _chosen_folder(root: Path, seen: dict[Path, bool | None]) -> Path:
     return found or presumed or next(iter(seen), root / VIDEO_DIR)
 
 
-def other_video_folders(root: Path, besides: Path, most: int = 3) -> list[Path]:
+def other_video_folders(root: Path, besides: Path, most: int = 3, named: tuple[Path, ...] = ()) -> list[Path]:
     """Up to ``most`` sub-folders of ``root`` (by name, among its first :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries)
-    other than ``besides`` or a link to it, where a video file was seen (:func:`video_file_seen`, at most
-    :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries each): where a user whose videos are all missing from ``besides``
-    may have put them. ``[]`` when ``root`` cannot be read."""
+    other than ``besides`` or a link to it, or one of ``named`` (folders the caller names already), where a video
+    file was seen (:func:`video_file_seen`, at most :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries each): where a
+    user whose videos are all missing from ``besides`` may have put them. ``[]`` when ``root`` cannot be read."""
     try:
         with os.scandir(root) as entries:
             folders = sorted(Path(entry.path) for entry in islice(entries, MAX_ENTRIES_SEARCHED_FOR_HINT)
@@ -93,7 +93,9 @@ def other_video_folders(root: Path, besides: Path, most: int = 3) -> list[Path]:
     for folder in folders:
         if len(found) == most:
             break
-        if not _same_folder(folder, besides) and video_file_seen(folder, MAX_ENTRIES_SEARCHED_FOR_HINT) is True:
+        if any(_same_folder(folder, other) for other in (besides, *named)):
+            continue
+        if video_file_seen(folder, MAX_ENTRIES_SEARCHED_FOR_HINT) is True:
             found.append(folder)
     return found
 
