@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,11 @@ VFR_TOLERANCE_FRAMES = 1.0
 # Largest frame read (DCI 8K): a full-size frame is decoded before it is resized, DECODE_CHUNK_FRAMES at a time
 # (8 of these are 850 MB); a crafted file claiming 65535x65535 would take 12.9 GB a frame.
 MAX_FRAME_PIXELS = 8192 * 4320
+# decord's error text: "[15:40:46] /github/workspace/src/video/ffmpeg/threaded_decoder.cc:218: " before each level's
+# message, and a failed check on an FFmpeg call as "Check failed: CALL >= 0 (CODE vs. 0) [Thread worker: ]WHAT".
+_DECORD_PREFIX = re.compile(r"\[[0-9:]+\] [^ ]+:[0-9]+: ")
+_DECORD_CHECK = re.compile(r"Check failed: .* \((-?[0-9]+) vs\. -?[0-9]+\) (?:Thread worker: )?(.+)")
+AVERROR_INVALIDDATA = -1094995529  # FFmpeg's "Invalid data found when processing input" (FFERRTAG 'INDA')
 
 
 class VideoDecodeError(Exception):
@@ -229,6 +235,7 @@ def _decode_sampled(path: Path, name: str, sampling: FrameSamplingConfig, prepro
     """The body of :func:`decode_video` once ``path`` (opened as ``name``) is known to hold a video stream."""
     import decord
 
+    decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg's log lines reach stderr; the reason is raised
     try:
         reader = decord.VideoReader(name, ctx=decord.cpu(0), num_threads=DECODE_THREADS)
         num_frames = len(reader)
@@ -285,7 +292,19 @@ def _read_resized(reader: object, path: Path, indices: np.ndarray, preprocess: P
 
 
 def _first_line(exc: BaseException) -> str:
+    """The part of decord's error ``exc`` a user can act on: its last line without decord's ``"[time] source.cc:N: "``
+    prefixes (one per level it was re-raised at, so the text never holds the clock), and a failed check on an FFmpeg
+    call (``"Check failed: call(...) >= 0 (-1094995529 vs. 0) Thread worker: Error sending packet."``) as what
+    failed and FFmpeg's reason: ``"Error sending packet (Invalid data found when processing input); the file is
+    damaged: ..."``."""
     text = str(exc).strip().splitlines()
-    # decord prefixes its messages with "[time] /path/to/source.cc:123: "; keep the part a user can act on.
     line = text[-1] if text else type(exc).__name__
-    return line.split(": ", 1)[-1] if line.startswith("[") else line
+    while (prefix := _DECORD_PREFIX.match(line)) is not None:
+        line = line[prefix.end():]
+    check = _DECORD_CHECK.match(line)
+    if check is None:
+        return line
+    code, what = int(check.group(1)), check.group(2).rstrip(".")
+    if code == AVERROR_INVALIDDATA:
+        return f"{what} (Invalid data found when processing input); the file is damaged: download or copy it again"
+    return f"{what} (FFmpeg error {code})"
