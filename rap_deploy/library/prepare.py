@@ -7,6 +7,7 @@ What it refuses, it refuses before any video is encoded or any file of the libra
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -200,8 +201,9 @@ def _check_sampling_rate(recorded: dict[str, Any], source: VideoSource, root: Pa
     if was != now:
         raise UsageError(f"{root / MANIFEST} records frame sampling at fps {was}, and the given videos "
                          f"({source.kind}) are sampled at fps {now}: their embeddings would not be comparable; "
-                         f"rebuild the library from these videos with --force (rapdeploy index ... --out {root} "
-                         "--force), or index them into another library (--out NEW_LIB); nothing was changed")
+                         "rebuild the library from these videos with --force (`rapdeploy index ... --out "
+                         f"{shlex.quote(str(root))} --force`), or index them into another library (--out NEW_LIB); "
+                         "nothing was changed")
 
 
 def _resumable_replaces(plan: dict[str, Any], indexed: dict[str, Any], changed: dict[str, int]) -> dict[str, int]:
