@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rap_deploy.errors import CheckFailedError, UsageError
-from rap_deploy.name_lists import short_repr, some_names
+from rap_deploy.name_lists import short_repr, shortened, some_names
 from rap_deploy.train.loop import (
     BEST,
     LAST,
@@ -216,12 +216,13 @@ def damaged_run(last: Path, what: str) -> CheckFailedError:
 
 
 def _stored_options(last: Path, stored: dict[str, Any]) -> TrainOptions:
-    """The run's :class:`TrainOptions`, checked as a new run's are (CheckFailedError: the file says otherwise)."""
+    """The run's :class:`TrainOptions`, checked as a new run's are (CheckFailedError: the file says otherwise, its
+    reason cut to 300 characters: the options are untrusted and a padded one would make it a megabyte)."""
     try:
         options = TrainOptions.from_dict(stored)
         options.validate()
     except (TypeError, ValueError, UsageError) as exc:
-        raise damaged_run(last, f"its training options are invalid ({exc})") from None
+        raise damaged_run(last, f"its training options are invalid ({shortened(str(exc), 300)})") from None
     return options
 
 
