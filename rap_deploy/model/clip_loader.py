@@ -323,8 +323,9 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
             (isinstance(exc, (RuntimeError, ValueError)) and ("size mismatch" in text or "shape" in text)) or \
             _raised_in(exc, ("resize_pos_embed", "resize_text_pos_embed")):
         mismatch = state_dict_mismatch(exc) if isinstance(exc, RuntimeError) else None
-        shown, fits = _file_mismatch(path, clip)
+        shown, fits, prefix = _file_mismatch(path, clip)
         fix = f"pass --clip {fits}, the model they fit, or {clip}'s own weights" if fits else \
+            _prefix_fix(path, clip, prefix) if prefix else \
             "pass that model's weights, or the --clip they were trained for"
         return UsageError(f"backbone weights file {path} does not fit open_clip model {clip} "
                           f"({mismatch or shown or f'{type(exc).__name__}: {text}'}); {fix}")
@@ -337,18 +338,36 @@ def weights_file_error(path: Path, clip: str, exc: BaseException) -> Exception:
     return explain_load_error(path, exc, what="backbone weights file", fix="download it again")
 
 
-def _file_mismatch(path: Path, clip: str) -> tuple[str | None, str | None]:
+def _file_mismatch(path: Path, clip: str) -> tuple[str | None, str | None, str | None]:
     """How the weights file ``path`` differs from open_clip model ``clip`` (:func:`key_mismatch` of its tensor names
-    and shapes, read without their data), and the packaged model it fits instead; ``None`` for what is not known.
-    open_clip's own shape checks (an AssertionError: 'text pos_embed width changed!') name neither."""
-    from rap_deploy.model.weights_shapes import differences, file_shapes, fitting_clip, model_shapes
+    and shapes, read without their data), the packaged model it fits instead, and the prefix under which it holds
+    all of ``clip`` (:func:`~rap_deploy.model.weights_shapes.nesting_prefix`); ``None`` for what is not known.
+    open_clip's own shape checks (an AssertionError: 'text pos_embed width changed!') name none."""
+    from rap_deploy.model.weights_shapes import differences, file_shapes, fitting_clip, model_shapes, nesting_prefix
 
     shapes = file_shapes(path)
     if not shapes:
-        return None, None
+        return None, None, None
     packaged = [p.stem for p in sorted(PACKAGED_CONFIGS.glob("*.json")) if p.stem != clip]
     with quiet_loading_logs():  # open_clip's 'No pretrained weights loaded' for each model built
-        return key_mismatch(*differences(shapes, model_shapes(clip))) or None, fitting_clip(shapes, packaged)
+        model = model_shapes(clip)
+        return (key_mismatch(*differences(shapes, model)) or None, fitting_clip(shapes, packaged),
+                nesting_prefix(shapes, model))
+
+
+def _prefix_fix(path: Path, clip: str, prefix: str) -> str:
+    """The fix for the weights file ``path`` that holds every tensor of ``clip`` under ``prefix`` (a larger model's
+    checkpoint, CLIP4Clip's): the one-line command that saves them without the prefix beside it, and the file to
+    pass then."""
+    import shlex
+
+    converted = path.with_name(f"{path.name}.{prefix.rstrip('.')}.pt")
+    return (f"the file holds every tensor of {clip} under the prefix {prefix!r} (a checkpoint of a model built on "
+            f"CLIP, as CLIP4Clip's pytorch_model.bin is); save them without it once: python -c \"import torch; sd = "
+            f"torch.load({_double_quoted_literal(path)}, map_location='cpu', weights_only=True); sd = "
+            f"sd.get('state_dict', sd); torch.save({{k[{len(prefix)}:]: v for k, v in sd.items() if "
+            f"k.startswith({_double_quoted_literal(Path(prefix))})}}, {_double_quoted_literal(converted)})\" and pass "
+            f"--pretrained {shlex.quote(str(converted))}")
 
 
 _STATE_DICT_ERROR = "Error(s) in loading state_dict"

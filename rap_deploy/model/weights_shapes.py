@@ -66,3 +66,24 @@ def fitting_clip(file: dict[str, list[int]], candidates: list[str]) -> str | Non
         if not missing and not shapes:
             return clip
     return None
+
+
+# Longest prefix nesting_prefix reports (a file's names are untrusted; a real one is a few module names: "clip.")
+MAX_PREFIX_CHARS = 200
+
+
+def nesting_prefix(file: dict[str, list[int]], model: dict[str, list[int]]) -> str | None:
+    """The prefix (``"clip."``: CLIP4Clip's ``pytorch_model.bin.N``) under which ``file`` holds every tensor of
+    ``model`` in its shape, so the file is a larger model's weights with the model inside; ``None`` when there is
+    none, or when it is over :data:`MAX_PREFIX_CHARS` (it is printed). Only names ending in the model's longest name
+    are tried, so the look is linear in the file's names."""
+    if not model:
+        return None
+    anchor = max(model, key=len)
+    for name in file:
+        prefix = name[: -len(anchor)]
+        if not (name.endswith(anchor) and prefix.endswith(".") and len(prefix) <= MAX_PREFIX_CHARS):
+            continue
+        if all(file.get(prefix + k) == v for k, v in model.items()):
+            return prefix
+    return None
