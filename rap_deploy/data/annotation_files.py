@@ -9,6 +9,7 @@ non-empty Unicode text.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -86,8 +87,19 @@ def annotation_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise damaged(path, f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
-                      ) from None
+        raise CheckFailedError(f"{path} {_not_utf8(exc)}") from None
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    """What to say of an annotation file that ``exc`` found is not UTF-8: UTF-16 (a byte order mark, as Windows
+    PowerShell 5's ``>`` and Excel's 'Unicode Text' save it) or the byte and offset, and how to re-save it."""
+    bom = bytes(exc.object[:2])
+    if bom in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return (f"is UTF-16 text (its byte order mark {bom.hex(' ').upper()}), not UTF-8: re-save it as UTF-8 "
+                "(iconv -f UTF-16 -t UTF-8 FILE > NEW, or an editor's 'Save as UTF-8')")
+    return (f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): re-save it as UTF-8 "
+            "(iconv -f ENCODING -t UTF-8 FILE > NEW, or an editor's 'Save as UTF-8'), or download it again if it is "
+            "damaged")
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
