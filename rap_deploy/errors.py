@@ -37,3 +37,18 @@ class DamagedArtifactError(CheckFailedError):
 class LibraryChangedError(DamagedArtifactError):
     """A library file is gone or was replaced since this process opened the library (``rapdeploy index`` updated
     it, or it was damaged): reopen it (restart the server). A server answers 503."""
+
+
+_RESUME_NOTE = "rapdeploy-resume: "
+
+
+def note_how_to_resume(exc: BaseException, how: str) -> None:
+    """Record on ``exc`` (a Ctrl-C or SIGTERM unwinding out of a long step) how to carry on; the CLI ends its
+    'interrupted' line with it when the command has no fixed resume line of its own (:func:`resume_note`)."""
+    exc.add_note(_RESUME_NOTE + how)
+
+
+def resume_note(exc: BaseException) -> str | None:
+    """The innermost :func:`note_how_to_resume` line recorded on ``exc``, or ``None``."""
+    notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.startswith(_RESUME_NOTE)]
+    return notes[0][len(_RESUME_NOTE):] if notes else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.errors import CheckFailedError, UsageError, note_how_to_resume
 from rap_deploy.train import distributed as D
 from rap_deploy.train.batches import EPOCH_UNITS
 from rap_deploy.train.params import (  # noqa: F401  (OFFSETS: also used from here)
@@ -382,10 +383,20 @@ def _run_folder(run_dir: Path, is_main: bool) -> Iterator[None]:
         remove_temporaries(run_dir, (LAST, BEST, METRICS, SUMMARY))
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             if created:
                 _remove_if_empty(run_dir)
+            if not isinstance(exc, Exception):  # Ctrl-C or SIGTERM: the CLI's line says how to carry on
+                note_how_to_resume(exc, how_to_continue(run_dir))
             raise
+
+
+def how_to_continue(run_dir: Path) -> str:
+    """How to carry on a run stopped in ``run_dir``: resume it from its ``last.pt``, or (none written yet) run the
+    same command again."""
+    if (run_dir / LAST).is_file():
+        return f"continue the run with `rapdeploy train --resume {shlex.quote(str(run_dir))}`"
+    return "run the same command again"
 
 
 def _train(options: TrainOptions, template: Any, model: torch.nn.Module | None, state: dict[str, Any] | None,

@@ -25,6 +25,7 @@ from rap_deploy.train.loop import (
     autocast_dtype,
     evaluate_model,
     freeze_offsets_at_zero,
+    how_to_continue,
     metrics_record,
     param_groups,
     plain_data,
@@ -44,7 +45,7 @@ from rap_deploy.train.run_state import (
     skipped_ids,
 )
 from rap_deploy.train.schedule import cosine_lr, warmup_steps_for
-from rap_deploy.train.selection import SELECTION_RULE, best_of, improves
+from rap_deploy.train.selection import SELECTION_RULE, best_of, best_trained, improves
 
 
 class TrainingRun:
@@ -241,9 +242,7 @@ class TrainingRun:
 
     def resume_line(self) -> str:
         """How to continue this run after it stopped: resume from ``last.pt``, or (none written yet) start again."""
-        if (self.run_dir / LAST).is_file():
-            return f"continue the run with `rapdeploy train --resume {self.run_dir}`"
-        return "run the same command again"
+        return how_to_continue(self.run_dir)
 
     def optimizer_step(self, items: dict[str, Any], video_ids: torch.Tensor) -> float:
         """One optimizer step on this process's share of a global batch (:func:`_step`); returns the global loss.
@@ -310,6 +309,8 @@ class TrainingRun:
             "skipped_videos": self.dataset.bad_videos, "test_split": options.test_split,
             "test_skipped_videos": self.test_skipped or [],
             "best_epoch": self.best["epoch"],
+            "best_is_initial": self.best["epoch"] == 0,  # best.pt holds the starting model's weights (selection.py)
+            "best_trained": best_trained(history),
             "selection_rule": SELECTION_RULE, "offsets_initial": self.offsets_initial,
             "best": next((r for r in history if r["epoch"] == self.best["epoch"]), None),
             "last": history[-1] if history else None,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rap_deploy.cli.pipeline import DemoSizes
 
 
-@command("ablate")
+@command("ablate", resume="re-run the same command to resume: finished runs are read back, stopped ones resumed")
 def ablate(
     out: Path | None = typer.Option(None, "--out", help="Folder for the runs, ablation.json and ablation.md "
                                     "(default: <world>/ablation)."),

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from rap_deploy.errors import RapDeployError
+from rap_deploy.errors import RapDeployError, resume_note
 from rap_deploy.library.typed_urls import url_typed_as_path
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,7 +112,8 @@ def command(*args: Any, resume: str | None = None,
     its own. Errors become one line on stderr: :class:`RapDeployError` with its exit code,
     operating-system errors (permissions, a file where a folder is expected, a full disk) with exit 2, Ctrl-C with 130
     and SIGTERM with 143 (after unwinding, so no temporary file is left behind; ``resume``, when given, says how to
-    carry on and ends their line); a closed output pipe (``| head``) ends quietly with 141.
+    carry on and ends their line, else the step that was stopped may say it: :func:`~rap_deploy.errors.resume_note`);
+    a closed output pipe (``| head``) ends quietly with 141.
 
     Raises :class:`ValueError` when the command is registered if an ``own_url_refusals`` key is not a Path option or
     argument of the command: a renamed option would otherwise leave its entry behind without a word.
@@ -133,10 +134,10 @@ def command(*args: Any, resume: str | None = None,
                 raise fail(str(exc), exc.exit_code) from None
             except OSError as exc:
                 raise _os_error_exit(exc) from None
-            except KeyboardInterrupt:
-                raise fail(_stopped_message("interrupted (Ctrl-C)", resume), 130) from None
-            except Terminated:
-                raise fail(_stopped_message("terminated (SIGTERM)", resume), 143) from None
+            except KeyboardInterrupt as exc:
+                raise fail(_stopped_message("interrupted (Ctrl-C)", resume or resume_note(exc)), 130) from None
+            except Terminated as exc:
+                raise fail(_stopped_message("terminated (SIGTERM)", resume or resume_note(exc)), 143) from None
 
         if "help" not in kwargs and func.__doc__:
             kwargs["help"] = reflowed_help(func.__doc__)

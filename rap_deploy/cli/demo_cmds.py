@@ -13,7 +13,7 @@ from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 from rap_deploy.cli.demo_steps import DEMO_SUMMARY
 
 
-@command("demo")
+@command("demo", resume="re-run the same command to resume: finished steps are kept")
 def demo(
     out: Path | None = typer.Option(None, "--out", help="Folder for everything the demo writes (default: the "
                                        f"workspace, --workspace, else {WORKSPACE_DEFAULT.removeprefix('default: ')}, "
@@ -79,6 +79,11 @@ def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
         if m:
             ret.add_row(name, *(f"{m[d][k]:.1f}" for d in ("t2v", "v2t") for k in ("R1", "R5", "R10", "MnR")))
     console.print(ret)
+    from rap_deploy.cli.pipeline import rap_initial_note
+
+    initial = rap_initial_note(summary)  # RAP's best.pt is its untrained starting model: said, not silent
+    if initial:
+        console.print(initial, style="yellow", markup=False, soft_wrap=True)
 
     par = Table(title="Engines: recall parity vs PyTorch")
     for col in ("engine", "verdict", "tolerance", "ΔR@1 t2v", "ΔR@5 t2v", "ΔR@1 v2t", "rank changes"):
