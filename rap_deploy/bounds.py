@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.name_lists import short_repr
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest, plan or record JSON file (the largest real ones are kilobytes)
 MAX_JSON_DEPTH = 100           # nesting of such a file (real ones: under 10; json.loads recurses ~1000 levels deep)
@@ -52,6 +53,13 @@ MAX_BODY_MB = 4096           # its ceiling: one inference request of 4 GiB
 
 def _describe(name: str) -> str:
     return name if name.startswith("-") or " " in name else f"'{name}'"
+
+
+def _int_text(value: int, spec: str = "") -> str:
+    """``value`` formatted with ``spec`` when it is of a size a limit compares (up to 39 digits), else through
+    :func:`~rap_deploy.name_lists.short_repr`: the value may come from an untrusted file, and Python refuses to print
+    an int of more than 4300 digits (``ValueError``)."""
+    return format(value, spec) if abs(value) < 10 ** 39 else short_repr(value)
 
 
 def read_manifest_text(path: Any, what: str = "manifest") -> str:
@@ -111,7 +119,7 @@ def check_format_version(manifest: dict[str, Any], path: Any, kind: str, newest:
     with this version, in backticks, and what follows it; a callable is called only then) as the other fix."""
     version = manifest.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
-        raise CheckFailedError(f"{path}: format_version {version!r} is not an integer; {damaged}")
+        raise CheckFailedError(f"{path}: format_version {short_repr(version)} is not an integer; {damaged}")
     if version > newest:
         from rap_deploy import __version__
 
@@ -130,21 +138,22 @@ def check_int(value: Any, name: str, low: int | None = 1, high: int | None = Non
     ``fix``. Booleans, floats with a fraction, NaN/inf and non-numbers are refused."""
     what = _describe(name)
     if isinstance(value, bool) or value is None:
-        raise UsageError(f"{what} must be an integer, got {value!r}")
+        raise UsageError(f"{what} must be an integer, got {short_repr(value)}")
     if isinstance(value, float):
         if not math.isfinite(value) or value != int(value):
-            raise UsageError(f"{what} must be an integer, got {value!r}")
+            raise UsageError(f"{what} must be an integer, got {short_repr(value)}")
         value = int(value)
     if not isinstance(value, int):
         try:
             value = int(str(value).strip())
         except ValueError:
-            raise UsageError(f"{what} must be an integer, got {value!r}") from None
+            raise UsageError(f"{what} must be an integer, got {short_repr(value)}") from None
     tail = f"; {fix}" if fix else ""
     if low is not None and value < low:
-        raise UsageError(f"{what} must be >= {low}, got {value}{tail}")
+        raise UsageError(f"{what} must be >= {low}, got {_int_text(value)}{tail}")
     if high is not None and value > high:
-        raise UsageError(f"{what} must be <= {high:,}, got {value:,} (the limit guards memory and time){tail}")
+        raise UsageError(f"{what} must be <= {high:,}, got {_int_text(value, ',')} (the limit guards memory and "
+                         f"time){tail}")
     return value
 
 
@@ -162,14 +171,14 @@ def check_float(value: Any, name: str, low: float | None = None, high: float | N
     """
     what = _describe(name)
     if isinstance(value, bool) or value is None:
-        raise UsageError(f"{what} must be a number, got {value!r}")
+        raise UsageError(f"{what} must be a number, got {short_repr(value)}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float's range
+        raise UsageError(f"{what} must be a number, got {short_repr(value)}") from None
     tail = f"; {fix}" if fix else ""
     if not math.isfinite(number):
-        raise UsageError(f"{what} must be a finite number, got {value!r}{tail}")
+        raise UsageError(f"{what} must be a finite number, got {short_repr(value)}{tail}")
     if low is not None and (number <= low if low_open else number < low):
         raise UsageError(f"{what} must be {'>' if low_open else '>='} {low:g}, got {number:g}{tail}")
     if high is not None and number > high:
