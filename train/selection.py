@@ -9,6 +9,11 @@ run whose metrics never change at all would be frozen at epoch 1. The sum over s
 rank that crosses 1, 5 or 10 in either direction, and ties going to the later epoch mean a plateau keeps training's
 latest weights.
 
+Epoch 0, the starting model evaluated before any step (``--eval-initial``, or ``--epochs 0``), is a candidate like any
+trained epoch: a run whose trained epochs all score below it keeps the starting weights in ``best.pt`` (a run that made
+retrieval worse does not ship its worse weights), and ``last.pt`` holds the trained ones. That outcome is said, not
+silent: ``summary.json``'s ``best_is_initial`` and ``best_trained``, and :func:`initial_kept_note`'s line.
+
 The sum is taken exactly (each recall as the fraction of its queries it counts, when the record says how many
 queries there were), then rounded once: summed as floats, two epochs whose recalls add up to the same value could
 differ in the last bit (on 1,000 queries 36.4 + 43.7 + 88.2 + 42.0 + 56.1 + 80.7 = 347.1, but 36.3 + … + 42.1 + …
@@ -18,7 +23,9 @@ differ in the last bit (on 1,000 queries 36.4 + 43.7 + 88.2 + 42.0 + 56.1 + 80.7
 from __future__ import annotations
 
 import math
+import shlex
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 SELECTION_RULE = "max t2v RSum + v2t RSum (R@1+R@5+R@10, full ASA similarity); ties -> later epoch"
@@ -57,3 +64,33 @@ def best_of(history: list[dict[str, Any]]) -> dict[str, Any]:
         if improves(score, best["score"]):
             best = {"epoch": record["epoch"], "score": score, "rule": SELECTION_RULE}
     return best
+
+
+def best_trained(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``{"epoch", "selection_score"}`` of the epoch the rule picks among the trained ones (epoch > 0) of ``history``;
+    ``None`` when no trained epoch was evaluated."""
+    best = best_of([r for r in history if r.get("epoch", 0) > 0])
+    if best["epoch"] is None:
+        return None
+    return {"epoch": best["epoch"], "selection_score": round(best["score"], 6)}
+
+
+def initial_kept_note(summary: dict[str, Any]) -> str | None:
+    """The one ``note:`` line of a run whose ``best.pt`` is the starting model (``summary.json``'s
+    ``best_is_initial``) although trained epochs were evaluated (``best_trained``): their best score against the
+    starting model's, which file holds which weights, and what to do; ``None`` for any other run."""
+    trained = summary.get("best_trained")
+    if not summary.get("best_is_initial") or not trained:
+        return None
+    initial = (summary.get("best") or {}).get("selection_score")
+    last = (summary.get("last") or {}).get("epoch", summary.get("epochs_done"))
+    return (f"note: no trained epoch scored as high as the starting model (selection score {_score(initial)}, "
+            f"epoch 0); the best trained epoch, {trained['epoch']}, scored {_score(trained['selection_score'])}: "
+            f"best.pt holds the starting model's weights, last.pt the trained ones (epoch {last}); train for more "
+            "epochs or steps, evaluate on a larger test split (--max-test-videos, --test-split), or use the trained "
+            f"weights: `rapdeploy export {shlex.quote(str(Path(summary.get('run_dir') or '.') / 'last.pt'))}`")
+
+
+def _score(value: Any) -> str:
+    """A selection score as printed (one decimal), or ``?`` when the record lacks it."""
+    return f"{value:.1f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"

@@ -194,4 +194,16 @@ def _print_summary(summary: dict, json_out: bool, header: str | None) -> None:
     lorm = summary.get("lorm_modulation")
     if lorm:
         table.add_row("LoRM max |scale − 1|, max |shift|", f"{lorm['max_scale_change']:.4f}, {lorm['max_shift']:.4f}")
+    epoch = _run_epoch(summary.get("extra") or {})
+    if epoch is not None:
+        table.add_row("training run epoch", "0: the starting weights, untrained" if epoch == 0 else str(epoch))
     Console().print(table)
+
+
+def _run_epoch(extra: dict) -> int | None:
+    """The epoch of a training run's checkpoint (``best.pt``/``last.pt`` store ``epoch`` and ``step``); ``None`` for
+    any other checkpoint (``rapdeploy init``'s store neither)."""
+    epoch, step = extra.get("epoch"), extra.get("step")
+    if isinstance(epoch, int) and isinstance(step, int) and not isinstance(epoch, bool) and epoch >= 0:
+        return epoch
+    return None

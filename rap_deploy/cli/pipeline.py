@@ -417,6 +417,9 @@ def _demo_summary(run: _DemoRun, t_start: float, verdicts: list[dict[str, Any]],
         "rap": rap["asa"],
         "rap_two_stage": rap["two_stage"],
         "rap_meanp": rap["meanp"],
+        "rap_epoch": rap.get("epoch"),
+        "rap_is_initial": rap.get("epoch") == 0,  # best.pt is the starting model: rap_initial_note
+        "rap_best_trained": rap.get("best_trained"),
         "backbone": str(run.world.backbone),
         "checkpoint": str(run.best),
         "engines": verdicts,
@@ -463,4 +466,36 @@ def _write_results(run_dir: Path, zero_shot_file: Path, rap_file: Path) -> None:
 
     initial = next(r for r in history if r["epoch"] == 0 and "t2v" in r)
     write_json_atomic(zero_shot_file, result(initial))
-    write_json_atomic(rap_file, {**result(summary["best"]), "selection_rule": summary["selection_rule"]})
+    write_json_atomic(rap_file, {**result(summary["best"]), "selection_rule": summary["selection_rule"],
+                                 "best_trained": summary.get("best_trained")})
+
+
+def rap_initial_note(summary: dict[str, Any]) -> str | None:
+    """The demo's one line when its RAP rows are the starting model (``summary.json``'s ``rap_is_initial``: the
+    training run's ``best.pt`` is epoch 0, as no trained epoch scored as high); ``None`` otherwise."""
+    if not summary.get("rap_is_initial"):
+        return None
+    trained = summary.get("rap_best_trained")
+    scored = (f"the best trained epoch, {trained['epoch']}, scored {trained['selection_score']:.1f} against the "
+              f"starting model's {_selection_score(summary.get('rap')):.1f}; ") \
+        if isinstance(trained, dict) and trained.get("epoch") is not None else ""  # a results step of before
+    last = Path(summary.get("checkpoint") or RUN_BEST).with_name(RUN_LAST)
+    return (f"note: the RAP rows are the starting model (epoch 0: identity adapters, so zero-shot), and so are the "
+            f"export, the engines and the search: training did not beat it ({scored}rule: best t2v + v2t RSum); "
+            f"the trained weights are in {last}; more epochs or steps train past it"
+            + (" (the full demo, without --tiny, does)" if _is_tiny(summary.get("sizes")) else ""))
+
+
+def _is_tiny(sizes: Any) -> bool:
+    """Whether a demo summary's ``sizes`` are :meth:`DemoSizes.tiny`'s world (videos, test videos, epochs)."""
+    tiny = DemoSizes.tiny()
+    return isinstance(sizes, dict) and all(sizes.get(k) == getattr(tiny, k) for k in ("videos", "test_videos",
+                                                                                     "epochs"))
+
+
+def _selection_score(metrics: dict[str, Any] | None) -> float:
+    """The selection score of a demo summary's recall block (``{"t2v", "v2t"}``); NaN when it is missing."""
+    from rap_deploy.train.selection import selection_score
+
+    score = selection_score(metrics or {})
+    return math.nan if score is None else score

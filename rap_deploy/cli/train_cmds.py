@@ -88,7 +88,9 @@ def train(
     eval_every: int | None = typer.Option(None, "--eval-every", help="Evaluate every N epochs (and after the last; "
                                           "default 1)."),
     eval_initial: bool | None = typer.Option(None, "--eval-initial/--no-eval-initial", help="Also evaluate the "
-                                             "starting model (logged as epoch 0; default: off)."),
+                                             "starting model (logged as epoch 0; default: off). Epoch 0 is then a "
+                                             "candidate for best.pt: when no trained epoch scores as high, best.pt "
+                                             "holds the starting weights (a note says so; last.pt the trained ones)."),
     max_train_videos: int | None = typer.Option(None, "--max-train-videos", help="Use only the first N training "
                                                 "videos."),
     max_test_videos: int | None = typer.Option(None, "--max-test-videos", help="Evaluate on only the first N test "
@@ -163,6 +165,18 @@ def train(
         typer.echo(json_text(summary, default=str))
     else:
         _print_train_summary(summary)
+    _note_initial_kept(summary)
+
+
+def _note_initial_kept(summary: dict[str, Any]) -> None:
+    """Say on stderr when ``best.pt`` is the starting model although trained epochs were evaluated
+    (:func:`~rap_deploy.train.selection.initial_kept_note`): the run's results would otherwise be the untrained
+    model's, with nothing saying so."""
+    from rap_deploy.train.selection import initial_kept_note
+
+    note = initial_kept_note(summary)
+    if note:
+        typer.echo(note, err=True)
 
 
 def _str(path: Path | None) -> str | None:
