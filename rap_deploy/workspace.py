@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import stat
 from pathlib import Path
 
@@ -140,8 +141,22 @@ def data_root(explicit: str | os.PathLike[str] | None, workspace: str | os.PathL
 def _missing_data_root(path: Path, from_env: bool) -> str:
     """The refusal for a dataset folder ``path`` that is missing or not a folder, naming where the value came from
     (``--data-root``, or ``$RAPDEPLOY_DATA``, which a user may have forgotten setting) and how to fix it."""
+    if path.is_file():
+        return _data_root_is_a_file(path, from_env)
     what = "is not a folder" if path.exists() else "does not exist"
     if from_env:
         return (f"dataset folder {path} (from RAPDEPLOY_DATA={os.environ.get('RAPDEPLOY_DATA')}) {what}; fix or "
                 "unset RAPDEPLOY_DATA, or pass --data-root pointing at the dataset")
     return f"dataset folder {path} {what}; pass --data-root pointing at the dataset"
+
+
+def _data_root_is_a_file(path: Path, from_env: bool) -> str:
+    """The refusal for a dataset folder ``path`` that is a file (most often the annotation file itself, such as
+    ``DATA/MSRVTT_data.json``), naming the folder holding it, shell-quoted, as the likely dataset folder."""
+    folder = shlex.quote(str(path.parent))
+    if from_env:
+        return (f"dataset folder {path} (from RAPDEPLOY_DATA={os.environ.get('RAPDEPLOY_DATA')}) is not a folder but "
+                f"a file; set RAPDEPLOY_DATA={folder} (the folder holding it, most likely the dataset) or pass "
+                f"--data-root {folder}")
+    return (f"dataset folder {path} is not a folder but a file; pass the folder holding it, most likely the "
+            f"dataset: --data-root {folder}")
