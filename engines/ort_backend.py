@@ -32,6 +32,7 @@ from rap_deploy.engines.blocks import (
     rerank_inputs,
     tokens_axis_is_dynamic,
 )
+from rap_deploy.engines.manifest import recorded_export_dir
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.folder_swap import check_not_replaced, folder_identity
 from rap_deploy.graphs import graph_io
@@ -61,8 +62,9 @@ def fp16_on_cpu_fix(export_dir: str | os.PathLike[str] | None) -> str:
 def graphs_export_folder(graphs: Mapping[str, str | os.PathLike[str]], path: str | os.PathLike[str] | None
                          ) -> Path | None:
     """The export folder an engine's graphs come from, for its refusals' commands: the folder ``path`` (else the
-    graphs' one folder) when its manifest is an export's, the ``export_dir`` it records when an engine's; ``None``
-    when that manifest is missing, a link, unreadable or neither."""
+    graphs' one folder) when its manifest is an export's, the ``export_dir`` it records when an engine's (bounded as
+    :func:`~rap_deploy.engines.manifest.recorded_export_dir` reads it: the manifest is untrusted); ``None`` when that
+    manifest is missing, a link, unreadable or neither, or records no usable folder."""
     folders = {Path(file).parent for file in graphs.values()}
     folder = Path(path) if path is not None else (folders.pop() if len(folders) == 1 else None)
     manifest_path = folder / "manifest.json" if folder is not None else None
@@ -78,9 +80,10 @@ def graphs_export_folder(graphs: Mapping[str, str | os.PathLike[str]], path: str
         return None
     if manifest.get("format") == "rapdeploy.export":
         return folder
-    recorded = manifest.get("export_dir")
-    is_engine = manifest.get("format") == "rapdeploy.engine"
-    return Path(recorded) if is_engine and isinstance(recorded, str) and recorded else None
+    if manifest.get("format") != "rapdeploy.engine":
+        return None
+    recorded = recorded_export_dir(manifest)
+    return Path(recorded) if recorded else None
 
 
 def provider_for(device: str) -> str:
