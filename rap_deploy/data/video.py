@@ -37,6 +37,9 @@ MAX_FRAME_PIXELS = 8192 * 4320
 _DECORD_PREFIX = re.compile(r"\[[0-9:]+\] [^ ]+:[0-9]+: ")
 _DECORD_CHECK = re.compile(r"Check failed: .* \((-?[0-9]+) vs\. -?[0-9]+\) (?:Thread worker: )?(.+)")
 AVERROR_INVALIDDATA = -1094995529  # FFmpeg's "Invalid data found when processing input" (FFERRTAG 'INDA')
+# The fix for AVERROR_INVALIDDATA, whether the container does not open (a file cut off before an MP4's index, the moov
+# atom, or one that holds no video data) or its frames' data does not decode.
+DAMAGED_FILE_FIX = "the file is damaged: download or copy it again"
 
 
 class VideoDecodeError(Exception):
@@ -172,7 +175,11 @@ def _probe(path: Path) -> str | None:
             stream = container.streams.video[0]
             width, height = int(stream.width or 0), int(stream.height or 0)
     except Exception as exc:  # PyAV raises many FFmpeg error types; the message is what matters
-        return " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+        reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+        # PyAV's errno is FFmpeg's code negated (1094995529); a file cut off before an MP4's moov atom gives it
+        if getattr(exc, "errno", None) in (AVERROR_INVALIDDATA, -AVERROR_INVALIDDATA):
+            return f"{reason}; {DAMAGED_FILE_FIX}"
+        return reason
     if width * height > MAX_FRAME_PIXELS:
         return (f"frames of {width}x{height} pixels, over the {MAX_FRAME_PIXELS / 1e6:.1f} megapixels (8K) rapdeploy "
                 "decodes; scale it down first (e.g. ffmpeg -i IN -vf scale=-2:1080 OUT.mp4)")
@@ -306,5 +313,5 @@ def _first_line(exc: BaseException) -> str:
         return line
     code, what = int(check.group(1)), check.group(2).rstrip(".")
     if code == AVERROR_INVALIDDATA:
-        return f"{what} (Invalid data found when processing input); the file is damaged: download or copy it again"
+        return f"{what} (Invalid data found when processing input); {DAMAGED_FILE_FIX}"
     return f"{what} (FFmpeg error {code})"
