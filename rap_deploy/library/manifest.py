@@ -329,12 +329,23 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
                              "pass it as --engine, and as --library the folder of a library (`rapdeploy index --out "
                              "DIR` writes one; index into another --out)")
         raise UsageError(f"{path} is not a library manifest (format {short_repr(fmt)}, expected '{FORMAT}')")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise UsageError(f"{path} has library format version {short_repr(version)}; this rapdeploy reads up to "
-                         f"{FORMAT_VERSION}: upgrade rapdeploy")
+    _check_format_version(manifest, path, root)
     _check_structure(manifest, path)
     return manifest
+
+
+def _check_format_version(manifest: dict[str, Any], path: Path, root: Path) -> None:
+    """Raise :class:`DamagedArtifactError` when the library manifest at ``path`` records no integer
+    ``format_version`` (every library rapdeploy writes records one: the file is damaged), :class:`UsageError` when it
+    is newer than this rapdeploy reads."""
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise DamagedArtifactError(f"{path}: library format version {short_repr(version)} is not an integer; the "
+                                   "library manifest is damaged: rebuild the library (`rapdeploy index ... --out "
+                                   f"{shlex.quote(str(root))} --force`) or restore the file from a copy")
+    if version > FORMAT_VERSION:
+        raise UsageError(f"{path} has library format version {short_repr(version)}; this rapdeploy reads up to "
+                         f"{FORMAT_VERSION}: upgrade rapdeploy")
 
 
 def _check_structure(manifest: dict[str, Any], path: Path) -> None:
