@@ -343,16 +343,25 @@ def _file_mismatch(path: Path, clip: str) -> tuple[str | None, str | None, str |
     and shapes, read without their data), the packaged model it fits instead, and the prefix under which it holds
     all of ``clip`` (:func:`~rap_deploy.model.weights_shapes.nesting_prefix`); ``None`` for what is not known.
     open_clip's own shape checks (an AssertionError: 'text pos_embed width changed!') name none."""
-    from rap_deploy.model.weights_shapes import differences, file_shapes, fitting_clip, model_shapes, nesting_prefix
+    from rap_deploy.model.weights_shapes import (
+        differences,
+        file_shapes,
+        fitting_clip,
+        model_shapes,
+        nesting_prefix,
+        open_clip_names,
+    )
 
-    shapes = file_shapes(path)
+    stored = file_shapes(path)
+    shapes = open_clip_names(stored)
     if not shapes:
         return None, None, None
     packaged = [p.stem for p in sorted(PACKAGED_CONFIGS.glob("*.json")) if p.stem != clip]
     with quiet_loading_logs():  # open_clip's 'No pretrained weights loaded' for each model built
         model = model_shapes(clip)
+        # the prefix as stored ('module.clip.', not open_clip's 'clip.'): the conversion command reads the file as is
         return (key_mismatch(*differences(shapes, model)) or None, fitting_clip(shapes, packaged),
-                nesting_prefix(shapes, model))
+                nesting_prefix(stored, model))
 
 
 def _prefix_fix(path: Path, clip: str, prefix: str) -> str:

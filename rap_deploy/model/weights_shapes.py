@@ -1,7 +1,7 @@
 """How a backbone weights file does not fit an open_clip model, in tensor names and shapes.
 
 open_clip checks a few shapes itself while it loads a file (``text pos_embed width changed!``, an AssertionError that
-names no tensor and no shape); :func:`file_mismatch` reads the file's shapes without its data (a safetensors header,
+names no tensor and no shape); :func:`file_shapes` reads the file's shapes without its data (a safetensors header,
 or a memory-mapped torch archive) and the model's from a ``meta``-device build (no memory, no random init), so the
 refusal can name what differs, and which packaged ``--clip`` the file does fit.
 """
@@ -15,10 +15,20 @@ import torch
 from rap_deploy.file_kinds import sniff
 
 
+def open_clip_names(shapes: dict[str, list[int]] | None) -> dict[str, list[int]] | None:
+    """``shapes`` by the names open_clip loads them as: every name cut by ``module.``'s length when the first starts
+    with ``module`` (a ``DistributedDataParallel`` model's state dict), as ``open_clip.load_state_dict`` does;
+    ``shapes`` itself when it is ``None`` or empty."""
+    if shapes and next(iter(shapes)).startswith("module"):
+        return {k[7:]: v for k, v in shapes.items()}
+    return shapes
+
+
 def file_shapes(path: Path) -> dict[str, list[int]] | None:
-    """The tensor shapes of the weights file ``path`` by name (unwrapped as open_clip unwraps a file: a
-    ``state_dict`` entry, a ``module.`` prefix), read without the tensors' data; ``None`` when they cannot be read
-    that way (a legacy, non-archive torch file, or a damaged one)."""
+    """The tensor shapes of the weights file ``path`` by name as stored (a ``state_dict`` entry unwrapped, as
+    open_clip and ``sd.get('state_dict', sd)`` do; a ``module.`` prefix kept: :func:`open_clip_names` takes it off),
+    read without the tensors' data; ``None`` when they cannot be read that way (a legacy, non-archive torch file, or
+    a damaged one)."""
     try:
         if path.suffix == ".safetensors" or sniff(path) == "safetensors":
             from safetensors import safe_open
@@ -34,10 +44,7 @@ def file_shapes(path: Path) -> dict[str, list[int]] | None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         return None
-    shapes = {str(k): list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if shapes and next(iter(shapes)).startswith("module"):
-        shapes = {k[7:]: v for k, v in shapes.items()}
-    return shapes
+    return {str(k): list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def model_shapes(clip: str) -> dict[str, list[int]]:
