@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.name_lists import shortened, some_names
 from rap_deploy.safe_paths import check_plain_name
 
 # The largest annotation file read: the real ones are megabytes (MSR-VTT's MSRVTT_data.json, all 200,000 captions,
@@ -115,9 +116,7 @@ def numbered_csv_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, d
     try:
         reader = csv.reader(io.StringIO(text, newline=""))
         header = [h.strip() for h in next(reader, [])]
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise damaged(path, f"has no column '{missing[0]}' (columns: {', '.join(header) or 'none'})")
+        _check_columns(path, header, columns)
         rows = []
         start = reader.line_num + 1
         for values in reader:
@@ -132,6 +131,22 @@ def numbered_csv_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, d
         if any(not isinstance(row.get(c), str) for c in columns):
             raise damaged(path, f"row {line} lacks a value for {', '.join(columns)}")
     return rows
+
+
+def _check_columns(path: Path, header: list[str], columns: tuple[str, ...]) -> None:
+    """Raise :class:`CheckFailedError` when the CSV ``header`` of ``path`` lacks one of ``columns``, naming the first
+    few columns it has (each shortened: the header is untrusted, one line of 256 MB could be a million columns), or,
+    when it is one column that holds them all split by a tab or ';', that separator (Excel's 'Unicode Text' and
+    'Text' save tabs, its CSV in a locale with a decimal comma saves ';')."""
+    missing = [c for c in columns if c not in header]
+    if not missing:
+        return
+    for separator, name in (("\t", "tabs"), (";", "semicolons")):
+        if len(header) == 1 and set(columns) <= {h.strip() for h in header[0].split(separator)}:
+            raise CheckFailedError(f"{path} separates its columns with {name}, not commas: save it as CSV, "
+                                   "comma-separated (Excel: 'CSV UTF-8 (Comma delimited)')")
+    names = some_names([shortened(h) for h in header]) if header else "none"
+    raise damaged(path, f"has no column '{missing[0]}' (columns: {names})")
 
 
 def _row_dict(header: list[str], values: list[str]) -> dict[Any, Any]:
