@@ -112,9 +112,9 @@ def numbered_csv_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, d
     """The non-blank rows of the CSV file ``path`` (header names stripped), each with the line of the file it starts
     on (blank and comma-only lines count, as an editor shows them); raises :class:`CheckFailedError` naming the file
     and line when a column of ``columns`` is missing, a row lacks one of their values or the file is not CSV text."""
-    text = annotation_text(path)
+    reader = csv.reader(io.StringIO(annotation_text(path), newline=""))
+    start = 1
     try:
-        reader = csv.reader(io.StringIO(text, newline=""))
         header = [h.strip() for h in next(reader, [])]
         _check_columns(path, header, columns)
         rows = []
@@ -126,11 +126,22 @@ def numbered_csv_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, d
                 rows.append((start, row))
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise damaged(path, f"is not a valid CSV file ({exc})") from None
+        raise _csv_error(path, exc, start, reader.line_num) from None
     for line, row in rows:
         if any(not isinstance(row.get(c), str) for c in columns):
             raise damaged(path, f"row {line} lacks a value for {', '.join(columns)}")
     return rows
+
+
+def _csv_error(path: Path, exc: csv.Error, first: int, last: int) -> CheckFailedError:
+    """The error for the CSV file ``path`` whose row on lines ``first`` to ``last`` (read so far) the csv module
+    refused with ``exc``: a value over :func:`csv.field_size_limit` that runs over several lines is a quote opened and
+    never closed (no annotation value is that long, and only a quoted one holds a line break)."""
+    if "field larger than field limit" in str(exc) and last > first:
+        return damaged(path, f"row {first} has a value running from line {first} past line {last}, over "
+                             f"{csv.field_size_limit():,} characters: a '\"' opened on line {first} is not closed "
+                             "there; close or remove it")
+    return damaged(path, f"is not a valid CSV file at line {first if last <= first else f'{first}-{last}'} ({exc})")
 
 
 def _check_columns(path: Path, header: list[str], columns: tuple[str, ...]) -> None:
