@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from rap_deploy.checkpoint import load_checkpoint
 from rap_deploy.cli.app import app
-from rap_deploy.train.selection import initial_kept_note
 
 MICRO_CLI = ["--clip", "rap-micro", "--pretrained", "none", "--frames", "4", "--topk", "4", "--heads", "2",
              "--asa-dim", "16", "--rank", "2"]
@@ -26,6 +25,12 @@ MICRO_CLI = ["--clip", "rap-micro", "--pretrained", "none", "--frames", "4", "--
 def frame_cache(tmp_path_factory):
     """One decoded-frame cache for the module (each video is decoded once)."""
     return tmp_path_factory.mktemp("frames")
+
+
+def _note(summary: dict) -> str | None:
+    from rap_deploy.train.selection import initial_kept_note
+
+    return initial_kept_note(summary)
 
 
 def _initial_recalls(monkeypatch, value: float) -> None:
@@ -70,7 +75,7 @@ def test_a_run_whose_trained_epochs_score_below_the_start_keeps_it_and_says_so(s
     assert json.loads((run / "summary.json").read_text())["best_is_initial"] is True
     assert load_checkpoint(run / "best.pt").extra["epoch"] == 0 and load_checkpoint(run / "last.pt").extra["epoch"] == 2
 
-    note = initial_kept_note(summary)
+    note = _note(summary)
     assert note.startswith("note: no trained epoch scored as high as the starting model (selection score 600.0, "
                            f"epoch 0); the best trained epoch, {trained['epoch']}, scored "
                            f"{trained['selection_score']:.1f}: best.pt holds the starting model's weights, last.pt "
@@ -95,14 +100,14 @@ def test_a_run_whose_trained_epoch_wins_has_no_note(synth_root, frame_cache, tmp
     summary = _train(synth_root, tmp_path / "run", frame_cache, epochs=1)
     assert summary["best_epoch"] == 1 and summary["best_is_initial"] is False
     assert summary["best_trained"]["epoch"] == 1
-    assert initial_kept_note(summary) is None
+    assert _note(summary) is None
 
 
 def test_a_run_that_only_evaluates_the_start_has_no_note(synth_root, frame_cache, tmp_path):
     """--epochs 0 keeps the starting model by asking for it: nothing was trained to compare it with."""
     summary = _train(synth_root, tmp_path / "run", frame_cache, epochs=0)
     assert summary["best_is_initial"] is True and summary["best_trained"] is None
-    assert initial_kept_note(summary) is None
+    assert _note(summary) is None
 
 
 def test_train_cli_notes_a_kept_start_on_stderr_and_info_names_it(synth_root, frame_cache, tmp_path, monkeypatch):
