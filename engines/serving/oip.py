@@ -12,6 +12,7 @@ Every check raises :class:`RequestError` with the HTTP status and the field it i
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -28,6 +29,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_GZIP_MEMBERS = 65_536  # gzip members one body may hold (each costs a decompressor)
 _ZEROS = re.compile(rb"\0*")
 JSON_VALUE_BYTES = 24  # an output value as JSON text, about: a float32 at full precision and its separator
+ROW_SCAN_VALUES = 64  # JSON data rows this long or longer are scanned for booleans one by one (_holds_booleans)
 
 
 class RequestError(Exception):
@@ -189,6 +191,9 @@ def _json_array(data: Any, dtype: np.dtype, shape: tuple, name: str, where: str)
     if arr.size != count:
         raise RequestError(400, f"{name} has {arr.size} values, its shape {list(shape)} needs {count}",
                            f"{where}.data")
+    if arr.dtype.kind == "b" or _holds_booleans(data, arr):
+        raise RequestError(400, f"{name} data holds true or false (a JSON boolean); {oip_datatype(dtype)} takes "
+                           "numbers only: send 1 or 0", f"{where}.data")
     if dtype.kind in "iu":
         if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
             raise RequestError(400, f"{name} is {oip_datatype(dtype)}: its values must be integers",
@@ -198,6 +203,23 @@ def _json_array(data: Any, dtype: np.dtype, shape: tuple, name: str, where: str)
             raise RequestError(400, f"{name} values exceed the {oip_datatype(dtype)} range", f"{where}.data")
     with np.errstate(over="ignore"):
         return arr.astype(dtype).reshape(shape)
+
+
+def _holds_booleans(data: Any, arr: np.ndarray) -> bool:
+    """Whether JSON ``data``, which numpy read as the numeric array ``arr``, holds a boolean among its numbers:
+    numpy takes ``true`` as 1 and ``false`` as 0 without a word, where the protocol (Triton, KServe) refuses them
+    for a numeric datatype. Only an array holding a 0 or a 1 can hide one (a vectorised test); its values are then
+    scanned with no Python code per value (``set(map(type, row))``: about the time ``np.asarray`` took, bounded as
+    the JSON part is). A regular numeric array nests its values exactly ``arr.ndim`` deep, so the lists
+    ``arr.ndim - 1`` levels down hold the values; short ones are scanned as one, long ones a list at a time."""
+    if not ((arr == 0) | (arr == 1)).any():
+        return False
+    rows = iter([[data]]) if arr.ndim == 0 else iter([data])
+    for _ in range(arr.ndim - 1):
+        rows = itertools.chain.from_iterable(rows)
+    if arr.ndim and arr.shape[-1] < ROW_SCAN_VALUES:
+        rows = iter([itertools.chain.from_iterable(rows)])
+    return any(bool in set(map(type, row)) for row in rows)
 
 
 def parse_infer_request(body: bytes, header_length: str | None, model: ServedModel,
