@@ -82,25 +82,62 @@ def duration_seconds(value: Any, path: Path, where: str) -> float:
 
 
 def annotation_text(path: Path) -> str:
-    """The UTF-8 text of an annotation file, without a leading byte order mark (as Windows editors save it);
-    CheckFailedError naming the file and byte when it is not text."""
+    """The UTF-8 text of an annotation file, without a leading byte order mark (as Windows editors save it) and with
+    its line breaks as ``\\n`` (``\\r\\n`` and ``\\r`` too, as :meth:`Path.read_text` reads them); CheckFailedError
+    naming the file when it is not UTF-8 text: UTF-16 or UTF-32 (with or without a byte order mark), the byte and
+    offset of another encoding, or NUL bytes, which no text file holds (a copy cut off can leave a file of them)."""
     need_file(path)
+    data = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CheckFailedError(f"{path} {_not_utf8(exc)}") from None
+        raise CheckFailedError(f"{path} {_not_utf8(data, exc)}") from None
+    if "\0" in text:
+        raise CheckFailedError(f"{path} {_holds_nul(data)}")
+    text = text.removeprefix("\ufeff")
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
-def _not_utf8(exc: UnicodeDecodeError) -> str:
-    """What to say of an annotation file that ``exc`` found is not UTF-8: UTF-16 (a byte order mark, as Windows
-    PowerShell 5's ``>`` and Excel's 'Unicode Text' save it) or the byte and offset, and how to re-save it."""
-    bom = bytes(exc.object[:2])
-    if bom in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-        return (f"is UTF-16 text (its byte order mark {bom.hex(' ').upper()}), not UTF-8: re-save it as UTF-8 "
-                "(iconv -f UTF-16 -t UTF-8 FILE > NEW, or an editor's 'Save as UTF-8')")
-    return (f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): re-save it as UTF-8 "
-            "(iconv -f ENCODING -t UTF-8 FILE > NEW, or an editor's 'Save as UTF-8'), or download it again if it is "
-            "damaged")
+# UTF-16 and UTF-32 by their byte order mark (UTF-32's first: FF FE 00 00 begins with UTF-16's FF FE)
+_BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+                     (codecs.BOM_UTF16_BE, "UTF-16"))
+# Without a mark, by which of the first 4 bytes are NUL: a file's first character (a CSV header's, a JSON '{' or '[',
+# a list's video id) is ASCII, which UTF-16 and UTF-32 pad with NUL bytes
+_NUL_PATTERNS = {(False, True, True, True): "UTF-32LE", (True, True, True, False): "UTF-32BE",
+                 (False, True, False, True): "UTF-16LE", (True, False, True, False): "UTF-16BE"}
+
+
+def _other_unicode(data: bytes) -> str | None:
+    """What to say of ``data`` when it is UTF-16 or UTF-32 text (``"UTF-16 text (its byte order mark FF FE)"``,
+    ``"UTF-16LE text without a byte order mark"``), with how to re-save it as UTF-8; None otherwise."""
+    for bom, encoding in _BYTE_ORDER_MARKS:
+        if data.startswith(bom):
+            return _re_save(f"{encoding} text (its byte order mark {bom.hex(' ').upper()})", encoding)
+    encoding = _NUL_PATTERNS.get(tuple(byte == 0 for byte in data[:4]))
+    return None if encoding is None else _re_save(f"{encoding} text without a byte order mark", encoding)
+
+
+def _re_save(what: str, encoding: str) -> str:
+    """``"is WHAT, not UTF-8: re-save it as UTF-8 (iconv -f ENCODING ...)"``."""
+    return (f"is {what}, not UTF-8: re-save it as UTF-8 (iconv -f {encoding} -t UTF-8 FILE > NEW, or an editor's "
+            "'Save as UTF-8')")
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    """What to say of an annotation file ``data`` that ``exc`` found is not UTF-8: UTF-16 or UTF-32 (as Windows
+    PowerShell 5's ``>`` and Excel's 'Unicode Text' save UTF-16, :func:`_other_unicode`) or the byte and offset, and
+    how to re-save it."""
+    return _other_unicode(data) or (
+        f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): re-save it as UTF-8 (iconv -f "
+        "ENCODING -t UTF-8 FILE > NEW, or an editor's 'Save as UTF-8'), or download it again if it is damaged")
+
+
+def _holds_nul(data: bytes) -> str:
+    """What to say of an annotation file ``data`` that decodes as UTF-8 but holds a NUL byte: UTF-16 or UTF-32 of
+    ASCII text without a byte order mark (:func:`_other_unicode`), else where the first NUL is."""
+    return _other_unicode(data) or (
+        f"holds NUL bytes (the first at offset {data.index(0)}), which no text file does: it is damaged or not text "
+        "(a copy or download cut off can leave a file of NUL bytes); download or copy it again")
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
