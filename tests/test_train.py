@@ -1218,13 +1218,13 @@ def test_paragraph_datasets_refuse_an_init_checkpoint_of_the_clip_defaults_unles
 
     from rap_deploy.train.loop import TrainOptions, _check_paragraph_protocol
 
-    config = SimpleNamespace(frames=12, context_length=32)
+    config = SimpleNamespace(clip="ViT-B-32", frames=12, context_length=32)
     base = TrainOptions(dataset="didemo", data_root="d", out="o", checkpoint="b32.pt")
     with pytest.raises(UsageError) as both:
         _check_paragraph_protocol(base, config)
     assert str(both.value) == ("checkpoint b32.pt has frames 12 and context-length 32, but didemo's protocol uses 64 "
-                               "and 64: create it with `rapdeploy init --frames 64 --context-length 64 ...`, or pass "
-                               "--frames 12 --context-length 32 to train at the checkpoint's")
+                               "and 64: create it with `rapdeploy init --clip ViT-B-32 --frames 64 --context-length 64 "
+                               "...`, or pass --frames 12 --context-length 32 to train at the checkpoint's")
     with pytest.raises(UsageError) as one:
         _check_paragraph_protocol(dataclasses.replace(base, frames=12), config)
     assert "has context-length 32, but" in str(one.value) and "pass --context-length 32 to" in str(one.value)
@@ -1233,7 +1233,7 @@ def test_paragraph_datasets_refuse_an_init_checkpoint_of_the_clip_defaults_unles
         _check_paragraph_protocol(dataclasses.replace(base, context_length=32), config)
     _check_paragraph_protocol(dataclasses.replace(base, frames=12, context_length=32), config)  # said so
     _check_paragraph_protocol(dataclasses.replace(base, dataset="msrvtt"), config)
-    _check_paragraph_protocol(base, SimpleNamespace(frames=64, context_length=64))
+    _check_paragraph_protocol(base, SimpleNamespace(clip="ViT-B-32", frames=64, context_length=64))
 
 
 def test_training_data_none_of_which_decodes_is_a_damaged_dataset(synth_root, tmp_path):

@@ -453,14 +453,17 @@ def _resolve_run(options: TrainOptions | None, resume: str | Path | None, overri
 
 def _check_paragraph_protocol(options: TrainOptions, config: Any) -> None:
     """Refuse to fine-tune a checkpoint of ``rapdeploy init``'s defaults (12 frames, 32 tokens) on DiDeMo or
-    ActivityNet without being told: their protocol is 64 frames and 64 tokens, and a checkpoint's frame count and
-    context length are fixed by its weights. Passing ``--frames`` / ``--context-length`` equal to the checkpoint's
-    says it is meant. Raises :class:`UsageError` naming every option that differs, in one refusal, and the fix."""
+    ActivityNet without being told: their protocol is 64 frames and 64 tokens (tokens capped at the backbone's text
+    positions: rap-micro and rap-tiny have 32, and init refuses more), and a checkpoint's frame count and context
+    length are fixed by its weights. Passing ``--frames`` / ``--context-length`` equal to the checkpoint's says it is
+    meant. Raises :class:`UsageError` naming every option that differs, in one refusal, and the fix."""
     from rap_deploy.data.datasets import dataset_defaults
 
     if options.dataset not in ("didemo", "activitynet"):
         return
-    sampling, ctx_len = dataset_defaults(options.dataset)
+    sampling, paragraph_tokens = dataset_defaults(options.dataset)
+    positions = _text_positions(config.clip)
+    ctx_len = min(paragraph_tokens, positions)
     options_checked = (("frames", config.frames, sampling.max_frames, options.frames),
                        ("context-length", config.context_length, ctx_len, options.context_length))
     unsaid = [(name, have, protocol) for name, have, protocol, given in options_checked
@@ -470,9 +473,20 @@ def _check_paragraph_protocol(options: TrainOptions, config: Any) -> None:
     has = " and ".join(f"{name} {have}" for name, have, _ in unsaid)
     uses = " and ".join(str(protocol) for _, _, protocol in unsaid)
     keep = " ".join(f"--{name} {have}" for name, have, _ in unsaid)
+    capped = f" ({config.clip} has {positions} text positions, fewer than the protocol's {paragraph_tokens})" \
+        if ctx_len < paragraph_tokens else ""
     raise UsageError(f"checkpoint {options.checkpoint} has {has}, but {options.dataset}'s protocol uses {uses}: "
-                     f"create it with `rapdeploy init --frames {sampling.max_frames} --context-length {ctx_len} ...`, "
-                     f"or pass {keep} to train at the checkpoint's")
+                     f"create it with `rapdeploy init --clip {shlex.quote(config.clip)} --frames {sampling.max_frames} "
+                     f"--context-length {ctx_len} ...`{capped}, or pass {keep} to train at the checkpoint's")
+
+
+def _text_positions(clip: str) -> int:
+    """The text positions of open_clip model ``clip`` (its config's ``text_cfg.context_length``; open_clip's default,
+    77, when the config does not set it): the most tokens a RAP model on it takes (:class:`~rap_deploy.model.rap.
+    RAPModel` refuses more)."""
+    from rap_deploy.model.clip_loader import clip_model_config
+
+    return int((clip_model_config(clip).get("text_cfg") or {}).get("context_length") or 77)
 
 
 def _fresh_model(options: TrainOptions):
