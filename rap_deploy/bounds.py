@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError, UsageError
-from rap_deploy.name_lists import short_repr
+from rap_deploy.name_lists import int_text, short_repr
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest, plan or record JSON file (the largest real ones are kilobytes)
 MAX_JSON_DEPTH = 100           # nesting of such a file (real ones: under 10; json.loads recurses ~1000 levels deep)
@@ -53,13 +53,6 @@ MAX_BODY_MB = 4096           # its ceiling: one inference request of 4 GiB
 
 def _describe(name: str) -> str:
     return name if name.startswith("-") or " " in name else f"'{name}'"
-
-
-def _int_text(value: int, spec: str = "") -> str:
-    """``value`` formatted with ``spec`` when it is of a size a limit compares (up to 39 digits), else through
-    :func:`~rap_deploy.name_lists.short_repr`: the value may come from an untrusted file, and Python refuses to print
-    an int of more than 4300 digits (``ValueError``)."""
-    return format(value, spec) if abs(value) < 10 ** 39 else short_repr(value)
 
 
 def read_manifest_text(path: Any, what: str = "manifest") -> str:
@@ -150,9 +143,9 @@ def check_int(value: Any, name: str, low: int | None = 1, high: int | None = Non
             raise UsageError(f"{what} must be an integer, got {short_repr(value)}") from None
     tail = f"; {fix}" if fix else ""
     if low is not None and value < low:
-        raise UsageError(f"{what} must be >= {low}, got {_int_text(value)}{tail}")
+        raise UsageError(f"{what} must be >= {low}, got {int_text(value)}{tail}")
     if high is not None and value > high:
-        raise UsageError(f"{what} must be <= {high:,}, got {_int_text(value, ',')} (the limit guards memory and "
+        raise UsageError(f"{what} must be <= {high:,}, got {int_text(value, ',')} (the limit guards memory and "
                          f"time){tail}")
     return value
 

@@ -50,3 +50,19 @@ def short_repr(value: object, width: int = VALUE_CHARS) -> str:
     except ValueError:
         text = f"<{type(value).__name__} too large to show>"
     return shortened(text, width)
+
+
+def text_repr(value: object, width: int = PATH_CHARS) -> str:
+    """A value read from an untrusted file that is most likely a path (a run folder, a backbone file): a text as its
+    repr, whole up to ``width`` characters (a real path is named whole), a longer one cut with "…"; anything else
+    through :func:`short_repr`."""
+    if isinstance(value, str):
+        return shortened(repr(value[:width + 1]), width + 2)  # + the quotes
+    return short_repr(value)
+
+
+def int_text(value: int, spec: str = "") -> str:
+    """An int from an untrusted file, formatted with ``spec`` (``","``) when it is of a size a limit compares (up to
+    39 digits), else through :func:`short_repr`: Python refuses to print one of more than 4300 digits (``ValueError``)
+    and a line of thousands of digits says nothing more."""
+    return format(value, spec) if abs(value) < 10 ** 39 else short_repr(value)

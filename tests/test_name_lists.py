@@ -265,3 +265,20 @@ def test_unreadable_training_videos_are_counted():
     with pytest.raises(CheckFailedError) as err:
         check_readable({UNREADABLE: ["v0: gone", "v1: gone", "v2: gone"]}, 3, lambda: "resume")
     assert "in epoch 3 (v0: gone; v1: gone; and 1 more); it decoded" in str(err.value), err.value
+
+
+def test_one_way_to_show_a_path_or_an_int_from_an_untrusted_file():
+    """ablate_runs (a run's recorded paths) and bounds (an int a limit refuses) each had a private copy of how to show
+    such a value; both use rap_deploy.name_lists' now."""
+    from rap_deploy import bounds
+    from rap_deploy.name_lists import PATH_CHARS, int_text, text_repr
+    from rap_deploy.train import ablate_runs
+
+    real = "/w/" + "deep/" * 150 + "backbone.safetensors"  # 773 characters: named whole
+    assert text_repr(real) == repr(real) and text_repr("/w/a b") == "'/w/a b'"
+    padded = text_repr("x" * 100_000)
+    assert len(padded) == PATH_CHARS + 2 and padded.startswith("'xxx") and padded.endswith("…"), padded[-5:]
+    assert text_repr([0] * 100_000) == "[0, 0, 0, 0, 0, 0, ...]"
+    assert int_text(70_000, ",") == "70,000" and int_text(-1000) == "-1000" and int_text(10 ** 38) == str(10 ** 38)
+    assert int_text(10 ** 5000) == "<int too large to show>" and len(int_text(10 ** 4000, ",")) <= 40
+    assert ablate_runs.text_repr is text_repr and bounds.int_text is int_text

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError, UsageError
-from rap_deploy.name_lists import PATH_CHARS, short_repr, shortened
+from rap_deploy.name_lists import shortened, text_repr
 from rap_deploy.train.loop import BEST, LAST, SUMMARY, TrainOptions, train_rap
 
 # What a summary records of its options, compared when the run has no last.pt to compare (the zero-shot row).
@@ -83,15 +83,6 @@ def unreadable_run_file(exc: Exception) -> bool:
     return isinstance(exc, CheckFailedError) or any(words in str(exc) for words in _NOT_TRAINS)
 
 
-def _shown(value: Any) -> str:
-    """How a message shows a value read from a run's summary or checkpoint (untrusted): a text (a run folder, a
-    backbone path) as its repr, whole up to :data:`~rap_deploy.name_lists.PATH_CHARS` characters and then cut with
-    "…"; anything else through :func:`~rap_deploy.name_lists.short_repr`."""
-    if isinstance(value, str):
-        return shortened(repr(value[:PATH_CHARS + 1]), PATH_CHARS + 2)  # + the quotes
-    return short_repr(value)
-
-
 def damaged_run(path: Path, what: str) -> CheckFailedError:
     """The error for a run folder whose file ``path`` cannot be read back: remove the folder to train it again."""
     return CheckFailedError(f"{path}: {what}; the run folder is damaged or was edited: remove {path.parent} and "
@@ -124,7 +115,7 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         raise damaged_run(path, "it is not a JSON object")
     recorded = summary.get("run_dir")
     if not isinstance(recorded, str) or Path(recorded).parts[-2:] != run_dir.parts[-2:]:
-        raise damaged_run(path, f"it was written for the run {_shown(recorded)}, not this folder")
+        raise damaged_run(path, f"it was written for the run {text_repr(recorded)}, not this folder")
     if summary.get("complete"):
         _check_numbers(path, summary)
     return summary
@@ -214,7 +205,7 @@ def check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: Tr
         mismatch = _summary_mismatch(summary, options, keys)
     if mismatch is not None:
         key, have, wanted = mismatch
-        raise UsageError(f"{run_dir} holds a run trained with {key} = {_shown(have)}, not {_shown(wanted)}: pass "
+        raise UsageError(f"{run_dir} holds a run trained with {key} = {text_repr(have)}, not {text_repr(wanted)}: pass "
                          "--out with a new folder (or remove that run)")
     if ckpt is not None:
         _check_backbone(run_dir, ckpt.backbone, options)
