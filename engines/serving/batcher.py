@@ -87,6 +87,12 @@ class DynamicBatcher:
         """Whether the worker thread runs."""
         return self._thread.is_alive() and not self._closed
 
+    def reset_stats(self) -> None:
+        """Start :attr:`stats` afresh (the server's warm-up is no client's request); call it with no request in
+        flight: a batch running meanwhile would count into the new counters."""
+        with self._cond:
+            self.stats = BatcherStats()
+
     def queued(self) -> int:
         """Requests waiting now."""
         with self._cond:

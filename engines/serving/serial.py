@@ -69,6 +69,12 @@ class SerialEngine(Engine):
         """Calls and engine seconds (to the microsecond) per graph since start."""
         return {g: {"calls": self.calls[g], "seconds": round(self.seconds.get(g, 0.0), 6)} for g in sorted(self.calls)}
 
+    def reset_stats(self) -> None:
+        """Forget the calls counted so far (the server's warm-up; after the call in progress)."""
+        with self._lock:
+            self.calls.clear()
+            self.seconds.clear()
+
     def close(self) -> None:
         """Close the wrapped engine (after the call in progress)."""
         with self._lock:

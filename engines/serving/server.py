@@ -184,8 +184,10 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
 
 
 def warm_up(service: Any) -> None:
-    """Load the tokenizer and run the text encoder once, so the first request does not pay for it."""
+    """Load the tokenizer and run the text encoder once, so the first request does not pay for it; the counters of
+    ``/stats`` then start afresh (it counts clients' requests, and this is none)."""
     service.submit_text(service.tokenize("warm up")).result(timeout=300)
+    service.reset_stats()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

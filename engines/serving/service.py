@@ -342,6 +342,13 @@ class ServingService:
                                  "max_queue_delay_ms": self.options.max_queue_delay_ms},
                 "engine": self.engine.stats(), "options": self.options.to_dict()}
 
+    def reset_stats(self) -> None:
+        """Forget the text batcher's and the engine's counters so far: the start-up warm-up's text encoding
+        (``server.warm_up``) is no client's request, and ``/stats`` counts clients' requests only. Call it before the
+        server takes requests."""
+        self.batcher.reset_stats()
+        self.engine.reset_stats()
+
     def describe(self) -> dict[str, Any]:
         """What ``GET /library`` adds about the server: engine, models and batch limits."""
         return {"engine": self.info, "models": {n: m.max_batch_size for n, m in self.models.items()},
