@@ -26,6 +26,9 @@ MAX_ENTRIES_SEARCHED_FOR_VIDEO = 2000
 # that hold video files (:func:`other_video_folders`): at most this many entries of the root are looked at, and this
 # many in each sub-folder, so an error path over a root of 100,000 entries or folders of frames stays a bounded look
 MAX_ENTRIES_SEARCHED_FOR_HINT = 200
+# ... and at most about this many in all its sub-folders together (entries and folders listed): 200 sub-folders of 200
+# sub-folders each were 40,201 folders listed, 4.3 s on a local disk, minutes on a network one, for an error message
+MAX_ENTRIES_SEARCHED_FOR_HINT_IN_ALL = 10 * MAX_ENTRIES_SEARCHED_FOR_HINT
 # (.mts, .m2ts: camcorder files, which DiDeMo's Flickr videos include)
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv",
                     ".mts", ".m2ts", ".3g2", ".ogv", ".vob", ".asf", ".f4v")
@@ -80,24 +83,39 @@ def _chosen_folder(root: Path, seen: dict[Path, bool | None]) -> Path:
 
 def other_video_folders(root: Path, besides: Path, most: int = 3, named: tuple[Path, ...] = ()) -> list[Path]:
     """Up to ``most`` sub-folders of ``root`` (by name, among its first :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries)
-    other than ``besides`` or a link to it, or one of ``named`` (folders the caller names already), where a video
-    file was seen (:func:`video_file_seen`, at most :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries each): where a
-    user whose videos are all missing from ``besides`` may have put them. ``[]`` when ``root`` cannot be read."""
+    other than ``besides`` or a link to it, one of ``named`` (folders the caller names already), or a link to
+    ``root`` or a folder above it (``current -> .``: naming it would name ``root`` itself), where a video file was
+    seen (:func:`video_file_seen`, at most :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries each and
+    :data:`MAX_ENTRIES_SEARCHED_FOR_HINT_IN_ALL` in all): where a user whose videos are all missing from ``besides``
+    may have put them. ``[]`` when ``root`` cannot be read."""
     try:
         with os.scandir(root) as entries:
             folders = sorted(Path(entry.path) for entry in islice(entries, MAX_ENTRIES_SEARCHED_FOR_HINT)
                              if _is_folder(entry))
     except OSError:
         return []
+    real_root = os.path.realpath(root)
     found: list[Path] = []
+    left = MAX_ENTRIES_SEARCHED_FOR_HINT_IN_ALL
     for folder in folders:
-        if len(found) == most:
+        if len(found) == most or left <= 0:
             break
-        if any(_same_folder(folder, other) for other in (besides, *named)):
+        if _holds_folder(folder, real_root) or any(_same_folder(folder, other) for other in (besides, *named)):
             continue
-        if video_file_seen(folder, MAX_ENTRIES_SEARCHED_FOR_HINT) is True:
+        seen, cost = _look_for_video_file(folder, min(MAX_ENTRIES_SEARCHED_FOR_HINT, left))
+        left -= cost
+        if seen is True:
             found.append(folder)
     return found
+
+
+def _holds_folder(folder: Path, real: str) -> bool:
+    """Whether ``folder`` is a link to the real folder ``real`` (an :func:`os.path.realpath`) or one above it (a
+    folder that is no link is neither: it is below the folder listed)."""
+    if not folder.is_symlink():
+        return False
+    resolved = os.path.realpath(folder)
+    return real == resolved or real.startswith(resolved.rstrip(os.sep) + os.sep)
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -122,24 +140,31 @@ def video_file_seen(folder: Path, limit: int = MAX_ENTRIES_SEARCHED_FOR_VIDEO) -
     the first file with a video extension: True when one was found, None when ``limit`` entries were looked at
     without one (too many to tell), False when every entry was looked at and none is a video file, or the folder
     cannot be read."""
+    return _look_for_video_file(folder, limit)[0]
+
+
+def _look_for_video_file(folder: Path, limit: int) -> tuple[bool | None, int]:
+    """What :func:`video_file_seen` tells of ``folder`` within ``limit`` entries, and what the look cost: the entries
+    looked at plus the folders listed (an empty folder costs its listing; at most ``2 * limit + 1``)."""
     seen: set[tuple[int, int]] = set()
     _first_visit(folder, seen)
     pending = deque([folder])
-    looked_at = 0
+    looked_at = listed = 0
     while pending:
+        listed += 1
         try:
             with os.scandir(pending.popleft()) as entries:
                 for entry in entries:
                     looked_at += 1
                     if looked_at > limit:
-                        return None
+                        return None, looked_at + listed
                     if _is_video_file(entry):
-                        return True
+                        return True, looked_at + listed
                     if _is_folder(entry) and _first_visit(Path(entry.path), seen):
                         pending.append(Path(entry.path))
         except OSError:
             continue
-    return False
+    return False, looked_at + listed
 
 
 def _is_video_file(entry: os.DirEntry[str]) -> bool:
