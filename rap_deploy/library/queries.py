@@ -3,8 +3,9 @@
 Rules (the README's "Search a video library" section repeats them):
 
 - a query must be a ``str``; after stripping surrounding whitespace it must not be empty;
-- it must not hold control characters other than tab / newline (``\\x00``, ``\\x1b``...: not text), and must hold at
-  least one letter, digit or symbol (a string of punctuation or invisible format characters is not a query);
+- it must not hold control characters other than tab / newline (``\\x00``, ``\\x1b``...: not text) nor a lone UTF-16
+  surrogate (``\\ud800``: not valid text), and must hold at least one letter, digit or symbol (a string of
+  punctuation or invisible format characters is not a query);
 - it may be at most :data:`MAX_QUERY_CHARS` characters (a bound on tokenizer work per request);
 - it must give at least one token (a string of characters the tokenizer drops is refused);
 - a query longer than the model's text context (``context_length`` − 2 tokens) is **truncated** to the context, as
@@ -76,7 +77,12 @@ def check_query(query: Any, number: int = 1, name: str | None = None) -> str:
         raise UsageError(f"{name} is {len(text)} characters long; at most {MAX_QUERY_CHARS} are accepted "
                          "(the model reads only its first words anyway)")
     for pos, ch in enumerate(text):
-        if ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cs"):
+        kind = unicodedata.category(ch)
+        if kind == "Cs":  # no character: half of a UTF-16 pair, or Python's stand-in for a byte that is not UTF-8
+            raise UsageError(f"{name} holds U+{ord(ch):04X} at position {pos}, a lone UTF-16 surrogate: it is not "
+                             "valid text (a byte that is not UTF-8 in a command-line argument, or a JSON \\u escape "
+                             "without its pair); pass the query as UTF-8 text")
+        if kind == "Cc" and ch not in "\t\n\r":
             raise UsageError(f"{name} holds the control character U+{ord(ch):04X} at position {pos}: it is "
                              "not text; pass a plain sentence")
     if not any(unicodedata.category(ch)[0] in "LN" or unicodedata.category(ch) == "So" for ch in text):
