@@ -11,7 +11,6 @@ from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.datasets import load_split
 from rap_deploy.data.progress import progress_bar
 from rap_deploy.data.video import VideoDecodeError
-from rap_deploy.data.video_files import unread_video_folders
 
 
 def check_dataset(
@@ -28,7 +27,8 @@ def check_dataset(
     Returns the ``data-check --json`` report (DESIGN.md §11): ``dataset``, ``split``, ``videos``, ``captions``,
     ``missing`` (video ids), ``undecodable`` (``{video_id, reason, path}``), ``per_video`` (id -> ``{frames,
     seconds}``), plus ``ok`` (some videos, none missing or undecodable), ``missing_paths``, ``videos_dir``,
-    ``unread_videos_dirs`` (other candidate folders that hold videos but are not read, :func:`unread_video_folders`)
+    ``unread_videos_dirs`` (other candidate folders that hold videos but are not read, as :func:`load_split` found
+    them: :func:`~rap_deploy.data.video_files.unread_video_folders`)
     and ``sampling``.
     Raises :class:`UsageError` when the annotation files cannot be read.
     """
@@ -62,8 +62,7 @@ def check_dataset(
         "ok": rs.num_videos > 0 and not missing and not undecodable,
         "missing_paths": missing_paths,
         "videos_dir": str(rs.videos_dir or Path(rs.data_root or data_root) / "videos"),
-        "unread_videos_dirs": [str(folder) for folder in unread_video_folders(Path(rs.data_root or data_root),
-                                                                              dataset)],
+        "unread_videos_dirs": [str(folder) for folder in rs.unread_videos_dirs],
         "sampling": rs.sampling.to_dict(),
         "image_size": preprocess.image_size,
     }

@@ -35,7 +35,7 @@ from rap_deploy.data.annotation_files import (
 )
 from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.folder_layout import check_dataset_layout
-from rap_deploy.data.video_files import StemFinder, msrvtt_video, videos_folder
+from rap_deploy.data.video_files import StemFinder, msrvtt_video, video_folder_choice
 from rap_deploy.errors import UsageError
 from rap_deploy.workspace import user_path
 
@@ -74,6 +74,8 @@ class RetrievalSplit:
     context_length: int
     data_root: Path | None = field(default=None)
     videos_dir: Path | None = field(default=None)
+    # the other candidate videos folders that hold videos, left unread (video_files.unread_video_folders)
+    unread_videos_dirs: tuple[Path, ...] = field(default=())
 
     @property
     def num_videos(self) -> int:
@@ -139,7 +141,8 @@ def load_split(
     max_frames: int | None = None,
 ) -> RetrievalSplit:
     """Read ``split`` of ``dataset`` from ``data_root`` (CLIP4Clip layout, videos under ``data_root/videos`` or the
-    folder CLIP4Clip's README names, :func:`videos_folder`).
+    folder CLIP4Clip's README names, :func:`~rap_deploy.data.video_files.videos_folder`; the other candidate folders
+    holding videos, left unread, are ``unread_videos_dirs``).
 
     ``max_frames`` overrides the dataset's default frame count. Raises :class:`UsageError` (exit 2) for an unknown
     dataset or split, a missing folder or annotation file; :class:`CheckFailedError` (exit 1) for a damaged
@@ -161,7 +164,7 @@ def load_split(
         if max_frames < 1:
             raise UsageError(f"max_frames must be >= 1, got {max_frames}")
         sampling = replace(sampling, max_frames=int(max_frames))
-    videos_dir = videos_folder(root, dataset)
+    videos_dir, unread = video_folder_choice(root, dataset)
     videos, captions, owner = _READERS[dataset](root, splits[split], videos_dir)
     return RetrievalSplit(
         dataset=dataset,
@@ -173,6 +176,7 @@ def load_split(
         context_length=context_length,
         data_root=root,
         videos_dir=videos_dir,
+        unread_videos_dirs=tuple(unread),
     )
 
 

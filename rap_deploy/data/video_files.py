@@ -62,10 +62,16 @@ def videos_folder(root: Path, dataset: str) -> Path:
 def unread_video_folders(root: Path, dataset: str) -> list[Path]:
     """The candidate folders (:func:`video_folder_candidates`) that hold video files but are not the one
     :func:`videos_folder` reads, nor a link to it (``MSRVTT_Videos -> videos``: the same videos, read): ``[]`` when at
-    most one holds videos. Each candidate is looked at once, for both."""
+    most one holds videos. Each candidate is looked at once, for both (:func:`video_folder_choice`)."""
+    return video_folder_choice(root, dataset)[1]
+
+
+def video_folder_choice(root: Path, dataset: str) -> tuple[Path, list[Path]]:
+    """:func:`videos_folder` and :func:`unread_video_folders` of ``root`` together, each candidate folder looked at
+    once for both (a look of up to :data:`MAX_ENTRIES_SEARCHED_FOR_VIDEO` entries of a possibly slow disk)."""
     seen = _candidates_seen(root, dataset)
     chosen = _chosen_folder(root, seen)
-    return [folder for folder, held in seen.items() if held is not False and not _same_folder(folder, chosen)]
+    return chosen, [folder for folder, held in seen.items() if held is not False and not _same_folder(folder, chosen)]
 
 
 def _candidates_seen(root: Path, dataset: str) -> dict[Path, bool | None]:
