@@ -46,8 +46,8 @@ EXPORT_PLACEHOLDER = "<export folder>"
 PROFILE_AXES = {"video_encoder": ("batch",), "text_encoder": ("batch", "tokens"), "asa_head": ("queries", "videos")}
 #: Files a graph entry may list besides its own (a build writes at most one: ONNX Runtime's external weights).
 MAX_EXTRA_FILES = 8
-#: Characters of a recorded name or version (provider, library versions, GPU name and compute capability); real
-#: ones are tens of characters. Longer ones are refused before any message or check reads them.
+#: Characters of a recorded name or version (backend, provider, library versions, GPU name and compute
+#: capability); real ones are tens of characters. Longer ones are refused before any message or check reads them.
 MAX_TEXT_CHARS = 200
 #: The longest recorded export folder a rebuild command names (Linux's PATH_MAX); a longer one is no folder here.
 MAX_PATH_CHARS = 4096
@@ -232,10 +232,10 @@ def _check_graphs(damaged: Callable[[str], CheckFailedError], graphs: Any) -> No
 
 
 def _check_text_lengths(damaged: Callable[[str], CheckFailedError], manifest: Mapping[str, Any]) -> None:
-    """The recorded names and versions the runtime refusals print (provider, ``versions``, GPU name and compute
-    capability) hold at most :data:`MAX_TEXT_CHARS` characters; raises ``damaged(...)`` naming the key."""
+    """The recorded names and versions the runtime refusals print (backend, provider, ``versions``, GPU name and
+    compute capability) hold at most :data:`MAX_TEXT_CHARS` characters; raises ``damaged(...)`` naming the key."""
     gpu = manifest.get("gpu") or {}
-    texts = [("provider", manifest.get("provider")), ("gpu name", gpu.get("name")),
+    texts = [("backend", manifest["backend"]), ("provider", manifest.get("provider")), ("gpu name", gpu.get("name")),
              ("gpu compute_capability", gpu.get("compute_capability"))]
     texts += [(f"versions {short_repr(k)}", v) for k, v in (manifest.get("versions") or {}).items()]
     for what, value in texts:

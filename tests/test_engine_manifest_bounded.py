@@ -73,3 +73,24 @@ def test_a_padded_export_folder_is_not_put_in_a_rebuild_command(tmp_path: Path) 
     assert len(command) < 300, len(command)
     assert ort_rebuild_command({**GOOD, "export_dir": "/w/my exports"}).startswith(
         "rapdeploy build-engine '/w/my exports' --backend onnxruntime")
+
+
+def test_a_padded_backend_is_refused_when_read_and_an_unknown_one_still_named(tmp_path: Path) -> None:
+    """The backend was only type-checked: a padded one passed read_manifest and check_runtime's 'engine backend ...
+    is unknown' printed it whole (a 1,000,072-character line through load_engine). It is text of at most
+    MAX_TEXT_CHARS like the other recorded names (damage, exit 1); a short unknown one (a newer rapdeploy's backend)
+    still reaches that refusal (exit 2), named whole."""
+    from rap_deploy.engines.manifest import check_runtime
+
+    engine = _engine(tmp_path, backend="onnxruntime" + "x" * 1_000_000)
+    with pytest.raises(CheckFailedError) as err:
+        read_manifest(engine)
+    message = str(err.value)
+    assert message.startswith(f"{engine / 'manifest.json'}: backend 'onnxruntimexxx"), message[:300]
+    assert f"is not text of at most {MAX_TEXT_CHARS} characters; the engine folder is damaged" in message
+    assert len(message) < 400 + len(str(engine)), len(message)
+    manifest = read_manifest(_engine(tmp_path, backend="openvino", provider=None))
+    with pytest.raises(UsageError) as err:
+        check_runtime(manifest, {})
+    assert not isinstance(err.value, CheckFailedError)
+    assert str(err.value) == "engine backend 'openvino' is unknown; this rapdeploy knows onnxruntime, tensorrt"
