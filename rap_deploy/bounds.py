@@ -121,8 +121,8 @@ def check_format_version(manifest: dict[str, Any], path: Any, kind: str, newest:
         by = f" (written by rapdeploy {writer[:20]})" if isinstance(writer, str) and writer else ""
         command = recreate() if callable(recreate) else recreate
         other = f", or re-create it with this one: {command}" if command else ""
-        raise UsageError(f"{path} has {kind} format {version}{by}, newer than the format {newest} this rapdeploy "
-                         f"{__version__} reads; upgrade rapdeploy{other}")
+        raise UsageError(f"{path} has {kind} format {int_text(version)}{by}, newer than the format {newest} this "
+                         f"rapdeploy {__version__} reads; upgrade rapdeploy{other}")
     return version
 
 

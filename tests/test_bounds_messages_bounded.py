@@ -50,6 +50,17 @@ def test_check_format_version_names_a_padded_version_short() -> None:
     assert len(message) < 200, len(message)
 
 
+@pytest.mark.parametrize("digits", [4000, 4300])
+def test_check_format_version_names_a_huge_newer_version_short(digits: int) -> None:
+    """A newer version was printed whole: a 4,000-digit one (json reads up to 4,300) made a 4,396-character line."""
+    version = int("9" * digits)
+    with pytest.raises(UsageError) as err:
+        bounds.check_format_version({"format_version": version}, "m.json", "engine", 1, "the engine is damaged")
+    message = str(err.value)
+    assert message.startswith("m.json has engine format 9999") and ", newer than the format 1 this rapdeploy" in message
+    assert message.endswith("reads; upgrade rapdeploy") and len(message) < 200, (len(message), message[:300])
+
+
 def test_train_options_validate_names_a_padded_value_short() -> None:
     options = TrainOptions(dataset="msrvtt", data_root="/d", out="/o", batch_size="b" * HUGE)
     with pytest.raises(UsageError) as err:
