@@ -295,7 +295,7 @@ def _torchscript_refusal(path: Path, clip: str) -> str:
 _PLAIN_PATH_CHARACTERS = frozenset("/._-+:,=@%~ ")
 
 
-def _double_quoted_literal(path: Path) -> str:
+def _double_quoted_literal(path: str | Path) -> str:
     """A Python string literal of ``path`` in single quotes that reads as that path inside a shell's double quotes
     (``python -c "..."``): a character special to either (a quote, ``$``, a backtick, a backslash, ``!``) is a
     ``\\uXXXX`` escape, which the shell leaves as it is and Python turns back into the character."""
@@ -367,15 +367,16 @@ def _file_mismatch(path: Path, clip: str) -> tuple[str | None, str | None, str |
 def _prefix_fix(path: Path, clip: str, prefix: str) -> str:
     """The fix for the weights file ``path`` that holds every tensor of ``clip`` under ``prefix`` (a larger model's
     checkpoint, CLIP4Clip's): the one-line command that saves them without the prefix beside it, and the file to
-    pass then."""
+    pass then (named for the prefix, in file-name characters: a prefix is any text, ``encoder/clip.`` too)."""
     import shlex
 
-    converted = path.with_name(f"{path.name}.{prefix.rstrip('.')}.pt")
+    tag = re.sub(r"[^0-9A-Za-z._-]+", "_", prefix.strip("."))[:40] or "inner"
+    converted = path.with_name(f"{path.name}.{tag}.pt")
     return (f"the file holds every tensor of {clip} under the prefix {prefix!r} (a checkpoint of a model built on "
             f"CLIP, as CLIP4Clip's pytorch_model.bin is); save them without it once: python -c \"import torch; sd = "
             f"torch.load({_double_quoted_literal(path)}, map_location='cpu', weights_only=True); sd = "
             f"sd.get('state_dict', sd); torch.save({{k[{len(prefix)}:]: v for k, v in sd.items() if "
-            f"k.startswith({_double_quoted_literal(Path(prefix))})}}, {_double_quoted_literal(converted)})\" and pass "
+            f"k.startswith({_double_quoted_literal(prefix)})}}, {_double_quoted_literal(converted)})\" and pass "
             f"--pretrained {shlex.quote(str(converted))}")
 
 
