@@ -11,6 +11,7 @@ from rap_deploy.atomic import json_text
 from rap_deploy.cli.app import WORKSPACE_DEFAULT, command
 from rap_deploy.data import DATASET_NAMES, SYNTH_DISTRACTORS
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.name_lists import some_names
 
 
 @command("synth")
@@ -124,7 +125,7 @@ def data_check(
     if not report["ok"]:
         problems = [f"{p} (missing)" for p in report["missing_paths"]]
         problems += [f"{u['path']} ({u['reason']})" for u in report["undecodable"]]
-        shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        shown = some_names(problems, 20, sep="; ")
         raise CheckFailedError(f"{len(problems)} of {report['videos']} videos unusable: {shown}"
                                f"{_all_missing_hint(report, root)}")
 
