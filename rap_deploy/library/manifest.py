@@ -25,7 +25,7 @@ from rap_deploy.bounds import read_manifest_text
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
-from rap_deploy.name_lists import PATH_CHARS, short_repr, shortened, some_names
+from rap_deploy.name_lists import PATH_CHARS, int_text, short_repr, shortened, some_names
 
 FORMAT = "rapdeploy.library"
 FORMAT_VERSION = 1
@@ -440,7 +440,7 @@ def _check_counters(manifest: dict[str, Any], shards: list[dict[str, Any]], need
     need(_is_count(next_row) and all(s["row_offset"] + s["rows"] <= next_row for s in shards),
          f"'next_row' {short_repr(next_row)} is not past every shard's rows")
     need(next_row <= MAX_ROW_ID and next_shard <= MAX_ROW_ID,  # rows are FAISS's int64 ids
-         f"'next_row' {next_row} or 'next_shard' {next_shard} is past {MAX_ROW_ID}")
+         f"'next_row' {int_text(next_row)} or 'next_shard' {int_text(next_shard)} is past {MAX_ROW_ID}")
     removed = manifest.get("removed")
     need(isinstance(removed, list) and all(_is_count(r) and r < next_row for r in removed), "'removed' is malformed")
     need(_is_count(manifest.get("videos")), "'videos' is malformed")
