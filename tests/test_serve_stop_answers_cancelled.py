@@ -4,10 +4,15 @@ traceback and sent the client a plain-text 500."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import socket
 import subprocess
+import sys
 import urllib.parse
+
+import pytest
 
 from rap_deploy.engines.serving.loadtest import SpawnedServer
 
@@ -54,4 +59,63 @@ def test_a_request_cancelled_at_shutdown_gets_a_503_and_no_traceback(micro_ort_e
     assert "--shutdown-timeout" in doc["error"] and doc["field"] is None, doc
     assert code == 0 and "rapdeploy serve stopped" in s.output, (code, s.output[-2000:])
     assert "Traceback" not in s.output and "Exception in ASGI application" not in s.output, s.output[-3000:]
-    assert "POST /v2/models/text_encoder/infer cancelled" in s.output, s.output[-2000:]
+    assert "POST /v2/models/text_encoder/infer cancelled: the server stopped and it ran past --shutdown-timeout; " \
+           "answered 503" in s.output, s.output[-2000:]
+
+
+def _run_middleware(stopping: bool, how: str) -> tuple[str, list[dict]]:
+    """Run :class:`AnswerWhenStopped` (``stopping()`` answering ``stopping``) over an app that waits, then: ``task``:
+    its task is cancelled (uvicorn's stop, or anyone's); ``started``: the same after the app began its answer;
+    ``inner``: an inner future is cancelled while the task is not. Returns ``(returned | cancelled, messages sent)``."""
+    from rap_deploy.engines.serving.app import AnswerWhenStopped
+
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        if how == "started":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        if how == "inner":
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future
+        await asyncio.Event().wait()
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def main() -> str:
+        scope = {"type": "http", "method": "POST", "path": "/v2/models/text_encoder/infer\nERROR: forged",
+                 "headers": [], "query_string": b""}
+        task = asyncio.ensure_future(AnswerWhenStopped(app, stopping=lambda: stopping)(scope, receive, send))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if how != "inner":
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "returned"
+
+    return asyncio.run(main()), sent
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() tells whose cancellation it is (3.11+)")
+def test_only_a_stopping_servers_cancellation_of_the_request_is_answered(caplog):
+    caplog.set_level(logging.WARNING, logger="rapdeploy.serve")
+    # while the server runs, a cancelled request propagates: no 503, no "the server stopped" line
+    assert _run_middleware(False, "task") == ("cancelled", [])
+    assert _run_middleware(True, "inner") == ("cancelled", [])  # not the request's own: left alone while stopping
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    outcome, sent = _run_middleware(True, "task")
+    assert outcome == "returned" and sent[0]["status"] == 503, sent
+    assert (b"connection", b"close") in sent[0]["headers"] and json.loads(sent[1]["body"])["field"] is None, sent
+    outcome, sent = _run_middleware(True, "started")
+    assert outcome == "returned" and [m["type"] for m in sent] == ["http.response.start"], sent  # no second answer
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"POST /v2/models/text_encoder/infer\\nERROR: forged cancelled: the server stopped and it ran "
+                     f"past --shutdown-timeout; {end}" for end in ("answered 503", "its answer had begun, so the "
+                                                                   "connection is closed mid-answer")], lines

@@ -230,10 +230,16 @@ class AnswerWhenStopped:
     """ASGI middleware for a request that a stopping server cancels (uvicorn cancels what still runs once
     ``--shutdown-timeout`` has passed): one log line, and a 503 ``{"error", "field"}`` with ``Connection: close`` to
     its client when no answer had started, instead of uvicorn's "Exception in ASGI application" traceback and a
-    plain-text 500. A cancellation that is not of the request's own task (an inner future's) is left alone."""
+    plain-text 500; an answer that had started is cut off (uvicorn closes the connection and logs that the app
+    returned without completing it).
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    Only while ``stopping()`` says the server stops (``serve`` passes uvicorn's ``should_exit``; ``None``: at any
+    time) and, on Python 3.11+, only a cancellation of the request's own task: any other ``CancelledError`` (an inner
+    future's, or a cancellation while the server runs) propagates untouched, so it is neither answered nor logged as
+    a stop."""
+
+    def __init__(self, app: Any, stopping: Callable[[], bool] | None = None) -> None:
+        self.app, self.stopping = app, stopping
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -250,24 +256,33 @@ class AnswerWhenStopped:
             await self.app(scope, receive, tracking_send)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            cancelling = getattr(task, "cancelling", None)  # Python 3.11+; uvicorn cancels request tasks only then
-            if task is None or (cancelling is not None and not cancelling()):
+            cancelling = getattr(task, "cancelling", None)  # Python 3.11+ (3.10 cannot tell whose it is)
+            if (self.stopping is not None and not self.stopping()) or task is None or \
+                    (cancelling is not None and not cancelling()):
                 raise
             if cancelling is not None:
                 task.uncancel()
-            log.warning("%s %s cancelled: the server stopped and it ran past --shutdown-timeout",
-                        scope.get("method"), scope.get("path", "")[:200])
-            if not started:
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await _error(503, STOPPED_MESSAGE, None, {"Connection": "close"})(scope, receive, send)
+            await self._answer_stopped(scope, receive, send, started)
+
+    @staticmethod
+    async def _answer_stopped(scope: dict, receive: Any, send: Any, started: bool) -> None:
+        """Log the request cancelled at a stop and, when its answer had not ``started``, answer it 503."""
+        # the path as the inside of its repr: a %0A in a URL must not start a line of its own in the log
+        log.warning("%s %s cancelled: the server stopped and it ran past --shutdown-timeout; %s", scope.get("method"),
+                    repr(scope.get("path", "")[:200])[1:-1],
+                    "its answer had begun, so the connection is closed mid-answer" if started else "answered 503")
+        if not started:
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await _error(503, STOPPED_MESSAGE, None, {"Connection": "close"})(scope, receive, send)
 
 
 def create_app(service: ServingService, on_shutdown: Callable[[], None] | None = None,
-               allowed_hosts: Collection[str] | None = None) -> FastAPI:
+               allowed_hosts: Collection[str] | None = None, stopping: Callable[[], bool] | None = None) -> FastAPI:
     """The FastAPI application serving ``service`` (routes in the module docstring); ``on_shutdown`` runs when the
     server shuts down gracefully (uvicorn's lifespan), e.g. to close the service. With ``allowed_hosts`` (a server
     on a loopback address) a request whose ``Host`` is not a loopback name or one of them is refused
-    (:class:`HostCheck`); ``None`` checks no ``Host``."""
+    (:class:`HostCheck`); ``None`` checks no ``Host``. ``stopping`` says whether the server is stopping: only then
+    is a cancelled request answered 503 (:class:`AnswerWhenStopped`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -276,7 +291,7 @@ def create_app(service: ServingService, on_shutdown: Callable[[], None] | None =
             on_shutdown()
 
     app = FastAPI(title="rapdeploy serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.add_middleware(AnswerWhenStopped)  # innermost: its 503 is counted and gets the secure headers
+    app.add_middleware(AnswerWhenStopped, stopping=stopping)  # innermost: its 503 is counted, gets the headers
     if allowed_hosts is not None:  # inside CountRequests (added after it: outer), so /stats counts its refusals
         app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.add_middleware(CountRequests, service=service)
