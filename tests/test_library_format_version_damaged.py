@@ -50,3 +50,35 @@ def test_search_exits_1_for_a_damaged_format_version_and_2_for_a_newer_one(tmp_p
 def test_a_newer_format_version_asks_for_an_upgrade(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="format version 99; this rapdeploy reads up to 1: upgrade rapdeploy$"):
         read_manifest(_library(tmp_path, 99))
+
+
+@pytest.mark.parametrize("version,shown", [(0, "0"), (-1, "-1"), (-10 ** 4000, "-1000")], ids=["zero", "-1", "huge"])
+def test_a_format_version_below_1_is_damage(tmp_path: Path, version: int, shown: str) -> None:
+    """0 or a negative version was taken for a library this rapdeploy reads; every library rapdeploy writes records
+    1 (FORMAT_VERSION; never 0), so it is damage as the non-integers are (exit 1, the value bounded, the fix)."""
+    lib = _library(tmp_path, version)
+    with pytest.raises(DamagedArtifactError) as err:
+        read_manifest(lib)
+    message = str(err.value)
+    assert message.startswith(f"{lib / 'manifest.json'}: library format version {shown}"), message[:300]
+    assert "is below 1, which no rapdeploy writes; the library manifest is damaged: rebuild the library " \
+        f"(`rapdeploy index ... --out {shlex.quote(str(lib))} --force`) or restore the file from a copy" in message
+    assert len(message) < 300 + 2 * len(str(lib)), len(message)
+
+
+def test_a_whole_library_manifest_of_version_0_is_refused(micro_checkpoint, tmp_path: Path) -> None:
+    """Before, a structurally valid manifest with format_version 0 read as a library (only the structure checks
+    followed the version's); search now exits 1 naming the version."""
+    from test_library_manifest_bounded import _manifest
+
+    from rap_deploy.engines.loader import load_engine
+
+    manifest = _manifest(load_engine(micro_checkpoint))
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "manifest.json").write_text(json.dumps(manifest))
+    assert read_manifest(lib)["format_version"] == 1
+    (lib / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
+    res = runner.invoke(app, ["search", "a red circle", "--library", str(lib), "--engine", str(micro_checkpoint)])
+    line = " ".join(res.stderr.split())
+    assert res.exit_code == 1 and "library format version 0 is below 1, which no rapdeploy writes" in line, res.output

@@ -336,11 +336,13 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _check_format_version(manifest: dict[str, Any], path: Path, root: Path) -> None:
     """Raise :class:`DamagedArtifactError` when the library manifest at ``path`` records no integer
-    ``format_version`` (every library rapdeploy writes records one: the file is damaged), :class:`UsageError` when it
-    is newer than this rapdeploy reads."""
+    ``format_version`` of at least 1 (every library rapdeploy writes records one: the file is damaged),
+    :class:`UsageError` when it is newer than this rapdeploy reads."""
     version = manifest.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise DamagedArtifactError(f"{path}: library format version {short_repr(version)} is not an integer; the "
+    integer = isinstance(version, int) and not isinstance(version, bool)
+    if not integer or version < 1:
+        what = "is below 1, which no rapdeploy writes" if integer else "is not an integer"
+        raise DamagedArtifactError(f"{path}: library format version {short_repr(version)} {what}; the "
                                    "library manifest is damaged: rebuild the library (`rapdeploy index ... --out "
                                    f"{shlex.quote(str(root))} --force`) or restore the file from a copy")
     if version > FORMAT_VERSION:
