@@ -33,7 +33,7 @@ def test_a_graceful_stop_then_ctrl_c_says_serve_stopped_once(monkeypatch):
     service = SimpleNamespace(close=lambda: closed.append(True), count=None)
     hooks = {}
 
-    def capturing_app(service, on_shutdown, allowed_hosts):
+    def capturing_app(service, on_shutdown, allowed_hosts, stopping):
         hooks["shutdown"] = on_shutdown
         return object()
 
