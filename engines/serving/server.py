@@ -313,8 +313,9 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
                                                http=guarded_protocol(limits.max_connections, limits.header_timeout_s,
                                                                      service.count)))
         failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
+        written: list[tuple[int, int, int]] = []  # the --url-file the watcher wrote: _file_identity
         watcher = threading.Thread(target=_announce, args=(server, url, url_file, lambda: banner(url, sock, service),
-                                                           say, failed), daemon=True, name="serve-announce")
+                                                           say, failed, written), daemon=True, name="serve-announce")
         watcher.start()
         try:
             _run_until_stopped(server, sock)
@@ -323,8 +324,8 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
             watcher.join(5)
             service.close()  # no-op after a graceful stop; releases the engine when uvicorn failed
             sock.close()
-            if url_file is not None:
-                _forget_url(url_file, url)
+            if url_file is not None and written:
+                _forget_url(url_file, url, written[0])
         if failed:
             raise UsageError(failed[0])
 
@@ -356,19 +357,30 @@ def _run_until_stopped(server: Any, sock: socket.socket) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _forget_url(url_file: str | os.PathLike[str], url: str) -> None:
-    """Remove ``url_file`` once the server has stopped, while it still holds this server's ``url`` (a script that
-    waits for the file to appear would otherwise read a stopped server's URL; one another process wrote is kept)."""
+def _file_identity(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """``(device, inode, modification time in ns)`` of ``path`` itself (a link is not followed): a file written anew
+    in its place (an atomic write renames a new file over it) has another."""
+    st = os.lstat(path)
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _forget_url(url_file: str | os.PathLike[str], url: str, identity: tuple[int, int, int]) -> None:
+    """Remove ``url_file`` once the server has stopped, while it is still the file this server wrote (``identity``,
+    :func:`_file_identity`) and holds its ``url``: a script that waits for the file to appear would otherwise read a
+    stopped server's URL. One another process wrote since is kept, even with the same URL (a server started again on
+    the same --port while this one finished its requests)."""
     with contextlib.suppress(OSError, UnicodeDecodeError):
         path = Path(url_file)
-        if path.is_file() and path.stat().st_size < 4096 and path.read_text(encoding="utf-8") == url + "\n":
+        if _file_identity(path) == identity and path.stat().st_size < 4096 and \
+                path.read_text(encoding="utf-8") == url + "\n":
             path.unlink()
 
 
 def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, line: Callable[[], str],
-              say: Callable[[str], None], failed: list[str]) -> None:
-    """Once uvicorn accepts requests, write ``url_file`` and print the banner ``line()``; when ``url_file`` cannot be
-    written, append why to ``failed`` and stop the server (nobody could find it)."""
+              say: Callable[[str], None], failed: list[str], written: list[tuple[int, int, int]]) -> None:
+    """Once uvicorn accepts requests, write ``url_file`` (appending its :func:`_file_identity` to ``written``) and
+    print the banner ``line()``; when ``url_file`` cannot be written, append why to ``failed`` and stop the server
+    (nobody could find it)."""
     while not server.started and not server.should_exit:
         time.sleep(0.05)
     if not server.started:
@@ -382,6 +394,8 @@ def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, li
             failed.append(f"cannot write --url-file {url_file} ({exc.strerror or exc}); the server stopped")
             server.should_exit = True
             return
+        with contextlib.suppress(OSError):  # removed at once by another: nothing of this server's to remove later
+            written.append(_file_identity(url_file))
     say(line())
 
 
