@@ -98,9 +98,11 @@ def resolve_library(library: str | os.PathLike[str] | None, workspace: str | os.
     return find_library(library, workspace, required=False)
 
 
-def open_served_library(path: Path, engine: Any, implicit: bool = False, verify: str = "full") -> Any:
+def open_served_library(path: Path, engine: Any, implicit: bool = False, verify: str = "full",
+                        workspace: str | os.PathLike[str] | None = None) -> Any:
     """Open the library at ``path`` on ``engine`` (the serialising wrapper) with ``rap_deploy.library``, checked as
-    ``verify`` says (``full``: every shard's sha256; ``quick``: sizes, headers and the small files' sha256).
+    ``verify`` says (``full``: every shard's sha256; ``quick``: sizes, headers and the small files' sha256); its
+    thumbnails come from ``workspace``'s decoded-frame cache, where ``rapdeploy index --workspace`` put the frames.
 
     ``implicit`` says nobody asked for this library (it is the workspace's latest): a :class:`UsageError` opening it
     (another model's library, say) then also names where it came from and the two ways around it. Raises
@@ -112,8 +114,10 @@ def open_served_library(path: Path, engine: Any, implicit: bool = False, verify:
         raise BackendUnavailableError("--library needs the rap_deploy.library package (`rapdeploy index`/`search`), "
                                       "which this installation lacks; serve without --library (inference only) or "
                                       "install a rapdeploy that has it") from None
+    from rap_deploy.data.cache import default_cache_dir
+
     with picked_library_errors(path, implicit):
-        return open_library(path, engine, verify=verify)
+        return open_library(path, engine, verify=verify, cache_dir=default_cache_dir(workspace))
 
 
 @contextlib.contextmanager
@@ -168,7 +172,7 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
     serial = SerialEngine(loaded)
     lib = service = None
     try:
-        lib = open_served_library(lib_path, serial, implicit=library is None, verify=verify) \
+        lib = open_served_library(lib_path, serial, implicit=library is None, verify=verify, workspace=workspace) \
             if lib_path is not None else None
         service = ServingService(serial, source, lib, options)
         warm_up(service)
