@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.errors import CheckFailedError, DamagedArtifactError, UsageError
 from rap_deploy.name_lists import int_text, short_repr
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest, plan or record JSON file (the largest real ones are kilobytes)
@@ -105,18 +105,23 @@ def manifest_format(path: Any) -> str | None:
 
 
 def check_format_version(manifest: dict[str, Any], path: Any, kind: str, newest: int, damaged: str,
-                         recreate: str | Callable[[], str] = "") -> int:
-    """The ``format_version`` of the ``kind`` manifest at ``path`` (0 when absent). Raises :class:`CheckFailedError`
-    (``damaged`` says what that means) when it is no integer, :class:`UsageError` when newer than ``newest``, naming
-    the rapdeploy version the manifest says wrote it, this one's, and ``recreate`` (the command that writes it again
-    with this version, in backticks, and what follows it; a callable is called only then) as the other fix."""
-    version = manifest.get("format_version", 0)
+                         recreate: str | Callable[[], str] = "", oldest: int = 0) -> int:
+    """The ``format_version`` of the ``kind`` manifest at ``path``. With ``oldest`` 0 (engine and export manifests:
+    the first ones recorded none) an absent one reads as 0; with ``oldest`` 1 (a library: every one records it) it is
+    damage. Raises :class:`DamagedArtifactError` (``damaged`` says what that means and the fix) when it is no integer
+    or below ``oldest``, which no rapdeploy writes; :class:`UsageError` when newer than ``newest``, naming the
+    rapdeploy version the manifest says wrote it, this one's, and ``recreate`` (the command that writes it again with
+    this version, in backticks, and what follows it; a callable is called only then) as the other fix."""
+    version = manifest.get("format_version", 0 if oldest == 0 else None)
     if isinstance(version, bool) or not isinstance(version, int):
-        raise CheckFailedError(f"{path}: format_version {short_repr(version)} is not an integer; {damaged}")
+        raise DamagedArtifactError(f"{path}: format_version {short_repr(version)} is not an integer; {damaged}")
+    if version < oldest:
+        raise DamagedArtifactError(f"{path}: format_version {int_text(version)} is below {oldest}, which no "
+                                   f"rapdeploy writes; {damaged}")
     if version > newest:
         from rap_deploy import __version__
 
-        versions = manifest.get("versions")  # an engine manifest keeps it there, an export manifest at the top
+        versions = manifest.get("versions")  # an engine manifest keeps it there, an export or library one at the top
         writer = versions.get("rapdeploy") if isinstance(versions, dict) else manifest.get("rapdeploy")
         by = f" (written by rapdeploy {writer[:20]})" if isinstance(writer, str) and writer else ""
         command = recreate() if callable(recreate) else recreate

@@ -73,7 +73,7 @@ def test_another_model_names_a_padded_tensor_list_short(engine) -> None:
 
 
 @pytest.mark.parametrize("where,key,named", [
-    (None, "format", "format 'xxx"), (None, "format_version", "format version 'xxx"),
+    (None, "format", "format 'xxx"), (None, "format_version", "format_version 'xxx"),
     (None, "next_shard", "'next_shard' 'xxx"), ("stage1", "type", "'stage1.type' 'xxx"),
     ("stage1", "effort", "'stage1.effort' 'xxx"), ("stage1", "build_seconds", "'stage1.build_seconds' 'xxx")])
 def test_padded_values_are_named_short(engine, tmp_path: Path, where: str | None, key: str, named: str) -> None:

@@ -534,11 +534,12 @@ def test_a_workspace_library_serve_cannot_read_still_says_where_it_came_from(ser
     shutil.copytree(lib_dir, newer)
     manifest = json.loads((newer / "manifest.json").read_text())
     (newer / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(UsageError, match=r"format version 99.*No --library was given, so serve opened the "
-                                         r"workspace's latest library.*--no-library") as err:
+    with pytest.raises(UsageError, match=r"has library format 99 \(written by rapdeploy .*\), newer than .*No "
+                                         r"--library was given, so serve opened the workspace's latest library.*"
+                                         r"--no-library") as err:
         build_service(workspace=workspace, threads=1)
     assert "\n" not in str(err.value)
-    with pytest.raises(UsageError, match="format version 99") as err:
+    with pytest.raises(UsageError, match=r"has library format 99 \(written by rapdeploy .*\), newer than") as err:
         build_service(library=newer, workspace=workspace, threads=1)
     assert "No --library was given" not in str(err.value)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from rap_deploy import __version__
 from rap_deploy.atomic import sha256_file
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.library import stage1
@@ -282,7 +283,7 @@ def write_library_manifest(root: Path, old: dict[str, Any] | None, model: dict[s
     referenced = tombstones | rows
     live = len(rows - asm.removed)  # a tombstone whose shard was dropped is no row of a kept shard
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "name": root.name,
+        "format": FORMAT, "format_version": FORMAT_VERSION, "rapdeploy": __version__, "name": root.name,
         "created": (old or {}).get("created", now), "updated": now,
         "model": model, "engine": engine_info if engine_info is not None else (old or {}).get("engine"),
         "sources": [*((old or {}).get("sources") or []), *([source] if source else [])],

@@ -3,7 +3,8 @@
 It ties the library to the model that encoded it (``model``: config, preprocessing, frame sampling and tokenizer
 with their sha256, the source checkpoint's sha256 when the engine knows it, the stored tensors), lists every shard
 with each file's size, sha256, dtype and shape, the removed rows (``removed``), and the stage-1 FAISS index with its
-measured recall. It is written atomically and last, so a reader sees either the previous library or the new one.
+measured recall, and the rapdeploy version that wrote it last (``rapdeploy``: named when a later format is refused).
+It is written atomically and last, so a reader sees either the previous library or the new one.
 
 Every manifest reaching a command is untrusted: :func:`read_manifest` checks its structure, and every file it names
 goes through :func:`entry_path` (relative, inside the library folder, no symlink escape).
@@ -21,7 +22,7 @@ from typing import Any
 
 from rap_deploy.artifact_kind import manifest_kind, written_by
 from rap_deploy.atomic import is_sha256, write_json_atomic
-from rap_deploy.bounds import read_manifest_text
+from rap_deploy.bounds import check_format_version, read_manifest_text
 from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
@@ -335,19 +336,19 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _check_format_version(manifest: dict[str, Any], path: Path, root: Path) -> None:
-    """Raise :class:`DamagedArtifactError` when the library manifest at ``path`` records no integer
-    ``format_version`` of at least 1 (every library rapdeploy writes records one: the file is damaged),
-    :class:`UsageError` when it is newer than this rapdeploy reads."""
-    version = manifest.get("format_version")
-    integer = isinstance(version, int) and not isinstance(version, bool)
-    if not integer or version < 1:
-        what = "is below 1, which no rapdeploy writes" if integer else "is not an integer"
-        raise DamagedArtifactError(f"{path}: library format version {short_repr(version)} {what}; the "
-                                   "library manifest is damaged: rebuild the library (`rapdeploy index ... --out "
-                                   f"{shlex.quote(str(root))} --force`) or restore the file from a copy")
-    if version > FORMAT_VERSION:
-        raise UsageError(f"{path} has library format version {short_repr(version)}; this rapdeploy reads up to "
-                         f"{FORMAT_VERSION}: upgrade rapdeploy")
+    """:func:`rap_deploy.bounds.check_format_version` for the library manifest at ``path``, as for engine and export
+    manifests: :class:`DamagedArtifactError` when it records no integer ``format_version`` of at least 1 (every
+    library rapdeploy writes records one), :class:`UsageError` naming the rapdeploy that wrote it and the command that
+    builds the library again when it is newer than this rapdeploy reads."""
+    rebuild = reindex_command(root)
+    check_format_version(manifest, path, "library", FORMAT_VERSION, "the library manifest is damaged: rebuild the "
+                         f"library ({rebuild}) or restore the file from a copy", rebuild, oldest=1)
+
+
+def reindex_command(root: Path) -> str:
+    """The command, in backticks, that builds the library at ``root`` again (shell-quoted; ``...`` stands for the
+    videos it was indexed from): what a library this rapdeploy cannot read is re-created with."""
+    return f"`rapdeploy index ... --out {shlex.quote(str(root))} --force`"
 
 
 def _check_structure(manifest: dict[str, Any], path: Path) -> None:
