@@ -373,8 +373,14 @@ def where_the_export_is(manifest: Mapping[str, Any]) -> str:
     to find it (`` (<export folder> is ...)``), or nothing when ``manifest`` records the folder."""
     if recorded_export_dir(manifest):
         return ""
+    return export_placeholder_note("the engine's manifest does not record it")
+
+
+def export_placeholder_note(why: str) -> str:
+    """`` (<export folder> is ...; WHY)``: what :data:`EXPORT_PLACEHOLDER` in a message's command stands for, where to
+    find it, and ``why`` the message could not name the folder itself."""
     return (f" ({EXPORT_PLACEHOLDER} is the folder `rapdeploy export` wrote from this engine's checkpoint, by default "
-            "in the workspace's onnx folder; the engine's manifest does not record it)")
+            f"in the workspace's onnx folder; {why})")
 
 
 def cpu_engine_instead(manifest: Mapping[str, Any]) -> str:

@@ -32,7 +32,7 @@ from rap_deploy.engines.blocks import (
     rerank_inputs,
     tokens_axis_is_dynamic,
 )
-from rap_deploy.engines.manifest import recorded_export_dir
+from rap_deploy.engines.manifest import EXPORT_PLACEHOLDER, export_placeholder_note, recorded_export_dir
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.folder_swap import check_not_replaced, folder_identity
 from rap_deploy.graphs import graph_io
@@ -49,14 +49,17 @@ _NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 def fp16_on_cpu_fix(export_dir: str | os.PathLike[str] | None) -> str:
     """What to do instead of fp16 graphs on the CPU provider, for the engine's refusals: the ``rapdeploy
     build-engine`` commands of ``export_dir``'s CPU fp32 and int8 engines and CUDA fp16 engine, shell-quoted; without
-    ``export_dir`` they name no folder (build-engine's default, the workspace's latest export)."""
-    folder = [str(export_dir)] if export_dir is not None else []
+    ``export_dir`` they name :data:`~rap_deploy.engines.manifest.EXPORT_PLACEHOLDER`, explained after them, not
+    build-engine's default (the workspace's latest export, maybe another checkpoint's), as
+    :func:`~rap_deploy.engines.manifest.cpu_engine_instead` does."""
+    folder = shlex.quote(str(export_dir)) if export_dir is not None else EXPORT_PLACEHOLDER
 
     def command(*flags: str) -> str:
-        return shlex.join(["rapdeploy", "build-engine", *folder, *flags])
+        return " ".join(["rapdeploy build-engine", folder, *map(shlex.quote, flags)])
 
+    note = "" if export_dir is not None else export_placeholder_note("the graphs' folder does not record it")
     return (f"on the CPU use the export's fp32 graphs (`{command()}`, or `{command('--int8')}`), on a GPU an fp16 "
-            f"engine (`{command('--backend', 'onnxruntime', '--device', 'cuda', '--fp16')}`)")
+            f"engine (`{command('--backend', 'onnxruntime', '--device', 'cuda', '--fp16')}`){note}")
 
 
 def graphs_export_folder(graphs: Mapping[str, str | os.PathLike[str]], path: str | os.PathLike[str] | None

@@ -603,9 +603,13 @@ def test_the_fp16_on_cpu_refusal_names_the_engine_the_value_and_the_fix(tmp_path
     from rap_deploy.config import RAPConfig
 
     graphs = {name: tmp_path / "graphs" / f"{name}.fp16.onnx" for name in ("video_encoder", "text_encoder", "asa_head")}
-    # no manifest says the export folder: the commands name none (build-engine's default, the workspace's latest)
-    fix = (r"`rapdeploy build-engine`, or `rapdeploy build-engine --int8`\), on a GPU an fp16 engine "
-           r"\(`rapdeploy build-engine --backend onnxruntime --device cuda --fp16`\)$")
+    # no manifest says the export folder: the commands name the explained placeholder, not build-engine's default
+    # (the workspace's latest export, maybe another checkpoint's), as cpu_engine_instead does
+    fix = re.escape("`rapdeploy build-engine <export folder>`, or `rapdeploy build-engine <export folder> --int8`), "
+                    "on a GPU an fp16 engine (`rapdeploy build-engine <export folder> --backend onnxruntime --device "
+                    "cuda --fp16`) (<export folder> is the folder `rapdeploy export` wrote from this engine's "
+                    "checkpoint, by default in the workspace's onnx folder; the graphs' folder does not record it)"
+                    ) + "$"
     engine, folder = re.escape(str(tmp_path / "eng")), re.escape(str(tmp_path / "graphs"))
     with pytest.raises(UsageError, match=rf"^engine {engine}: precision fp16 on CPUExecutionProvider: .*{fix}"):
         OrtEngine(graphs, RAPConfig(), precision="fp16", path=tmp_path / "eng", lazy=True)

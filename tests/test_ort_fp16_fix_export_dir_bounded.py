@@ -35,7 +35,8 @@ def test_a_padded_recorded_export_folder_is_not_put_in_the_commands(tmp_path: Pa
     folder, graphs = _engine_folder(tmp_path, "/w/" + "x" * 1_000_000)
     assert graphs_export_folder(graphs, folder) is None
     message = _fp16_refusal(folder, graphs)
-    assert "(`rapdeploy build-engine`, or `rapdeploy build-engine --int8`)" in message, message[:600]
+    assert "(`rapdeploy build-engine <export folder>`, or `rapdeploy build-engine <export folder> --int8`)" in message
+    assert "(<export folder> is the folder `rapdeploy export` wrote from this engine's checkpoint" in message
     assert len(message) < 700 + len(str(folder)), len(message)
 
 
