@@ -7,7 +7,6 @@ What it refuses, it refuses before any video is encoded or any file of the libra
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from rap_deploy.library.manifest import (
     check_model,
     model_identity,
     read_manifest,
+    reindex_command,
 )
 from rap_deploy.library.shards import check_shard_sizes, remove_stale
 from rap_deploy.library.sources import VideoSource
@@ -201,9 +201,8 @@ def _check_sampling_rate(recorded: dict[str, Any], source: VideoSource, root: Pa
     if was != now:
         raise UsageError(f"{root / MANIFEST} records frame sampling at fps {was}, and the given videos "
                          f"({source.kind}) are sampled at fps {now}: their embeddings would not be comparable; "
-                         "rebuild the library from these videos with --force (`rapdeploy index ... --out "
-                         f"{shlex.quote(str(root))} --force`), or index them into another library (--out NEW_LIB); "
-                         "nothing was changed")
+                         f"rebuild the library from these videos with --force ({reindex_command(root)}), or index "
+                         "them into another library (--out NEW_LIB); nothing was changed")
 
 
 def _resumable_replaces(plan: dict[str, Any], indexed: dict[str, Any], changed: dict[str, int]) -> dict[str, int]:
