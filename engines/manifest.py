@@ -47,7 +47,8 @@ PROFILE_AXES = {"video_encoder": ("batch",), "text_encoder": ("batch", "tokens")
 #: Files a graph entry may list besides its own (a build writes at most one: ONNX Runtime's external weights).
 MAX_EXTRA_FILES = 8
 #: Characters of a recorded name or version (backend, provider, library versions, GPU name and compute
-#: capability); real ones are tens of characters. Longer ones are refused before any message or check reads them.
+#: capability, the host's machine); real ones are tens of characters. Longer ones are refused before any message
+#: or check reads them.
 MAX_TEXT_CHARS = 200
 #: The longest recorded export folder a rebuild command names (Linux's PATH_MAX); a longer one is no folder here.
 MAX_PATH_CHARS = 4096
@@ -233,10 +234,11 @@ def _check_graphs(damaged: Callable[[str], CheckFailedError], graphs: Any) -> No
 
 def _check_text_lengths(damaged: Callable[[str], CheckFailedError], manifest: Mapping[str, Any]) -> None:
     """The recorded names and versions the runtime refusals print (backend, provider, ``versions``, GPU name and
-    compute capability) hold at most :data:`MAX_TEXT_CHARS` characters; raises ``damaged(...)`` naming the key."""
-    gpu = manifest.get("gpu") or {}
+    compute capability, the host's machine) hold at most :data:`MAX_TEXT_CHARS` characters; raises ``damaged(...)``
+    naming the key."""
+    gpu, host = manifest.get("gpu") or {}, manifest.get("host") or {}
     texts = [("backend", manifest["backend"]), ("provider", manifest.get("provider")), ("gpu name", gpu.get("name")),
-             ("gpu compute_capability", gpu.get("compute_capability"))]
+             ("gpu compute_capability", gpu.get("compute_capability")), ("host machine", host.get("machine"))]
     texts += [(f"versions {short_repr(k)}", v) for k, v in (manifest.get("versions") or {}).items()]
     for what, value in texts:
         if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT_CHARS):

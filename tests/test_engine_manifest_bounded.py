@@ -94,3 +94,23 @@ def test_a_padded_backend_is_refused_when_read_and_an_unknown_one_still_named(tm
         check_runtime(manifest, {})
     assert not isinstance(err.value, CheckFailedError)
     assert str(err.value) == "engine backend 'openvino' is unknown; this rapdeploy knows onnxruntime, tensorrt"
+
+
+def test_a_padded_host_machine_is_refused_when_read(tmp_path: Path) -> None:
+    """A CPU engine's host.machine was printed whole by the CPU-layout refusal ('engine was built on a MACHINE CPU
+    without AVX-512, this machine has ...'): a padded one made a 1,000,000-character line through check_runtime. It is
+    bounded as the other recorded names; a real one ('x86_64') still reaches that refusal (exit 2)."""
+    from rap_deploy.engines.manifest import EngineMismatchError, check_runtime
+
+    host = {"machine": "x86_64" + "x" * 1_000_000, "isa": ["avx2"]}
+    engine = _engine(tmp_path, host=host)
+    with pytest.raises(CheckFailedError) as err:
+        read_manifest(engine)
+    message = str(err.value)
+    assert message.startswith(f"{engine / 'manifest.json'}: host machine 'x86_64xxx"), message[:300]
+    assert len(message) < 400 + len(str(engine)), len(message)
+    manifest = read_manifest(_engine(tmp_path, host={"machine": "aarch64", "isa": ["asimd"]}))
+    here = {"onnxruntime": "1.20.1", "providers": ["CPUExecutionProvider"], "host": {"machine": "x86_64", "isa": []}}
+    with pytest.raises(EngineMismatchError, match="^engine was built on a aarch64 CPU without AVX-512, this machine "
+                                                  "has a x86_64 CPU without AVX-512"):
+        check_runtime(manifest, here)
