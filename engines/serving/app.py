@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rap_deploy.atomic import json_text
-from rap_deploy.engines.serving.bodies import INLINE_BYTES, PacedResponse, large_body, read_body
+from rap_deploy.engines.serving.bodies import INLINE_BYTES, PacedResponse, large_body, log_path, read_body
 from rap_deploy.engines.serving.contract import TEXT_GRAPH
 from rap_deploy.engines.serving.headers import SECURE_HEADERS
 from rap_deploy.engines.serving.oip import (
@@ -267,9 +267,8 @@ class AnswerWhenStopped:
     @staticmethod
     async def _answer_stopped(scope: dict, receive: Any, send: Any, started: bool) -> None:
         """Log the request cancelled at a stop and, when its answer had not ``started``, answer it 503."""
-        # the path as the inside of its repr: a %0A in a URL must not start a line of its own in the log
         log.warning("%s %s cancelled: the server stopped and it ran past --shutdown-timeout; %s", scope.get("method"),
-                    repr(scope.get("path", "")[:200])[1:-1],
+                    log_path(scope.get("path", "")),
                     "its answer had begun, so the connection is closed mid-answer" if started else "answered 503")
         if not started:
             with contextlib.suppress(asyncio.CancelledError, OSError):
@@ -318,7 +317,7 @@ def _add_error_handlers(app: FastAPI, service: ServingService) -> None:
             service.library_changed = str(exc)
             log.error("the library changed since it was opened: %s", exc)
             return _error(503, str(exc), None)
-        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
+        log.error("%s on %s %s: %s", type(exc).__name__, request.method, log_path(request.scope["path"]), exc)
         return _error(500, f"server error: {exc}", None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -340,7 +339,7 @@ def _add_error_handlers(app: FastAPI, service: ServingService) -> None:
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s %s", request.method, request.url.path)
+        log.exception("internal error on %s %s", request.method, log_path(request.scope["path"]))
         # answered from outside every middleware (starlette's ServerErrorMiddleware): the headers go with it here
         return _error(500, f"internal server error ({type(exc).__name__}); see the server log", None,
                       SECURE_HEADERS)

@@ -128,9 +128,16 @@ class PacedResponse(Response):
                 await asyncio.wait_for(send(piece), self.idle_timeout)
             except asyncio.TimeoutError:
                 log.warning("%s %s: the client read nothing of its response for %g s (--idle-timeout) after %d of %d "
-                            "bytes; closing the connection", scope.get("method"), scope.get("path"), self.idle_timeout,
-                            start, len(body))
+                            "bytes; closing the connection", scope.get("method"), log_path(scope.get("path", "")),
+                            self.idle_timeout, start, len(body))
                 return  # uvicorn closes a connection whose response is incomplete
+
+
+def log_path(path: str) -> str:
+    """A request's (percent-decoded) ``path`` as the server log shows it: its first 200 characters as the inside of
+    their repr, so that a ``%0A`` or another control character in a URL neither starts a line of its own (a forged
+    log line) nor reaches the terminal showing the log raw."""
+    return repr(path[:200])[1:-1]
 
 
 def large_body(request: Request) -> bool:
