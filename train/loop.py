@@ -339,11 +339,11 @@ def train_rap(options: TrainOptions | None, progress: bool = True, resume: str |
     """Train RAP as ``options`` say, or continue the run in the folder ``resume``; returns the run summary.
 
     Writes ``best.pt`` (the evaluated epoch chosen by :data:`~rap_deploy.train.selection.SELECTION_RULE`: the
-    highest t2v RSum + v2t RSum, later epoch on ties), ``last.pt`` (with the training state) and ``metrics.jsonl``
-    (one line per epoch: epoch, step, loss, lr, seconds, train_skipped (training videos skipped as undecodable; named
-    in ``summary.json``), t2v, v2t, two_stage, meanp, selection_score, the ASA offsets γ/δ and LoRM's distance from
-    the identity) into ``options.out`` (rank 0 only), and ``summary.json`` at
-    the end.
+    highest t2v RSum + v2t RSum, later epoch on ties; with ``--eval-initial`` (or ``--epochs 0``) the starting model,
+    epoch 0, is a candidate too, so ``best.pt`` may hold the starting weights), ``last.pt`` (with the training state)
+    and ``metrics.jsonl`` (one line per epoch: epoch, step, loss, lr, seconds, train_skipped (training videos skipped
+    as undecodable; named in ``summary.json``), t2v, v2t, two_stage, meanp, selection_score, the ASA offsets γ/δ and
+    LoRM's distance from the identity) into ``options.out`` (rank 0 only), and ``summary.json`` at the end.
 
     Resuming reads the options stored in ``resume/last.pt``; ``overrides`` (explicitly given values) may change only
     where the data and cache live, the workers, the device and ``max_epochs_this_run``; any other value that differs
