@@ -178,3 +178,44 @@ def held_folder_lock(folder, command: str, *kind: str):
         yield holder.pid
     finally:
         holder.communicate("", timeout=60)
+
+
+@pytest.fixture
+def listed_folders(monkeypatch):
+    """A ``Counter`` of the folders ``rap_deploy.data.video_files`` lists with ``os.scandir`` (the real one still
+    lists them), for tests that bound how often a folder is looked at."""
+    from collections import Counter
+
+    from rap_deploy.data import video_files
+
+    listed: Counter = Counter()
+    real = os.scandir
+
+    def scandir(path):
+        listed[os.fspath(path)] += 1
+        return real(path)
+
+    monkeypatch.setattr(video_files.os, "scandir", scandir)
+    return listed
+
+
+def run_suggested_conversion(said: str) -> None:
+    """Run the ``python -c "..."`` weights conversion that the refusal line ``said`` suggests, as a user pasting it
+    would (raises ``CalledProcessError`` when it fails)."""
+    import subprocess
+
+    conversion = said.split('python -c "', 1)[1].split('"', 1)[0]
+    subprocess.run([sys.executable, "-W", "ignore", "-c", conversion], check=True)
+
+
+def follow_suggested_conversion(said: str, converted, out) -> None:
+    """Run the conversion ``said`` suggests, then ``rapdeploy init --clip rap-micro --pretrained converted`` into
+    ``out``, which must succeed."""
+    from typer.testing import CliRunner
+
+    from rap_deploy.cli.app import app
+
+    run_suggested_conversion(said)
+    made = CliRunner().invoke(app, ["init", "--clip", "rap-micro", "--pretrained", str(converted), "--frames", "4",
+                                    "--out", str(out)])
+    assert made.exit_code == 0, made.output

@@ -26,11 +26,30 @@ def _damaged_video(path):
     return path
 
 
-def test_a_damaged_video_s_reason_is_ffmpeg_s_and_nothing_reaches_stderr(tmp_path, capfd):
-    path = _damaged_video(tmp_path / "video7.mp4")
+def _refusal_reason(path, capfd) -> str:
+    """The reason ``decode_video`` refuses ``path`` with; nothing may reach stderr while it decodes."""
     capfd.readouterr()
     with pytest.raises(VideoDecodeError) as caught:
         decode_video(path, FrameSamplingConfig(max_frames=12), PreprocessConfig(image_size=32))
-    assert caught.value.reason == ("cannot decode: Error sending packet (Invalid data found when processing input); "
-                                   "the file is damaged: download or copy it again"), caught.value.reason
     assert capfd.readouterr().err == ""
+    return caught.value.reason
+
+
+def test_a_damaged_video_s_reason_is_ffmpeg_s_and_nothing_reaches_stderr(tmp_path, capfd):
+    reason = _refusal_reason(_damaged_video(tmp_path / "video7.mp4"), capfd)
+    assert reason == ("cannot decode: Error sending packet (Invalid data found when processing input); "
+                      "the file is damaged: download or copy it again"), reason
+
+
+def test_a_video_cut_off_before_its_index_is_named_damaged_with_the_fix(tmp_path, capfd):
+    """A video cut off before its index (an MP4 whose moov atom, written last, is missing: an interrupted download or
+    copy) does not open, and was reported 'cannot decode: Invalid data found when processing input' with no fix; it
+    now ends with the same fix."""
+    path = tmp_path / "video3.mp4"
+    write_video(path, np.random.default_rng(0).integers(0, 255, (30, 64, 64, 3), dtype=np.uint8), 10)
+    data = path.read_bytes()
+    assert data.find(b"moov") > len(data) // 2  # the index is written last: the first half lacks it
+    path.write_bytes(data[: len(data) // 2])
+    reason = _refusal_reason(path, capfd)
+    assert reason == ("cannot decode: Invalid data found when processing input; the file is damaged: "
+                      "download or copy it again"), reason

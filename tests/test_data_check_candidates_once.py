@@ -6,14 +6,11 @@ data-check reports them (text and --json) as before."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
-from collections import Counter
 
 from typer.testing import CliRunner
 
 from rap_deploy.cli.app import app
-from rap_deploy.data import video_files
 from rap_deploy.data.datasets import load_split
 
 
@@ -29,21 +26,9 @@ def _msvd(root):
     return root
 
 
-def _counting_scandir(monkeypatch) -> Counter:
-    listed: Counter = Counter()
-    real = os.scandir
-
-    def scandir(path):
-        listed[os.fspath(path)] += 1
-        return real(path)
-
-    monkeypatch.setattr(video_files.os, "scandir", scandir)
-    return listed
-
-
-def test_data_check_looks_at_each_unread_candidate_once(tmp_path, monkeypatch):
+def test_data_check_looks_at_each_unread_candidate_once(tmp_path, listed_folders):
     root = _msvd(tmp_path / "msvd")
-    listed = _counting_scandir(monkeypatch)
+    listed = listed_folders
     result = CliRunner().invoke(app, ["data-check", "--dataset", "msvd", "--data-root", str(root), "--no-cache",
                                       "--quiet", "--json"])
     assert result.exit_code == 1, result.output

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import follow_suggested_conversion
 from typer.testing import CliRunner
 
 from rap_deploy.cli.app import app
@@ -39,11 +40,7 @@ def test_openai_torchscript_weights_file_is_refused_with_the_conversion_that_wor
     assert "torch.jit.load" in said and f"--pretrained {converted}" in said, said
     assert (f"--clip {quickgelu}" in said) if quickgelu else ("quickgelu" not in said), said
     assert not (tmp_path / "m.pt").exists()
-    conversion = said.split('python -c "', 1)[1].split('"', 1)[0]
-    subprocess.run([sys.executable, "-W", "ignore", "-c", conversion], check=True)
-    made = CliRunner().invoke(app, ["init", "--clip", "rap-micro", "--pretrained", str(converted), "--frames", "4",
-                                    "--out", str(tmp_path / "m.pt")])
-    assert made.exit_code == 0, made.output
+    follow_suggested_conversion(said, converted, tmp_path / "m.pt")
 
 
 def _save_traced_micro_clip(path) -> None:

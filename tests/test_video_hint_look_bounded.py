@@ -6,9 +6,7 @@ the root itself (``current -> .``) was named as a folder holding the videos, whi
 from __future__ import annotations
 
 import os
-from collections import Counter
 
-from rap_deploy.data import video_files
 from rap_deploy.data.video_files import MAX_ENTRIES_SEARCHED_FOR_HINT, other_video_folders
 
 
@@ -17,21 +15,14 @@ def _file(path):
     path.write_bytes(b"")
 
 
-def test_the_look_over_all_sub_folders_is_bounded(tmp_path, monkeypatch):
+def test_the_look_over_all_sub_folders_is_bounded(tmp_path, listed_folders):
     root = tmp_path / "data"
     for i in range(60):  # 60 folders of 60 empty sub-folders each: 3,661 folders to list in full
         for j in range(60):
             (root / f"d{i:02d}" / f"s{j:02d}").mkdir(parents=True)
     _file(root / "a_clips" / "video1.mp4")  # looked at first (by name): named
     _file(root / "zz_clips" / "video2.mp4")  # after the budget is spent: not looked at
-    listed: Counter = Counter()
-    real = os.scandir
-
-    def scandir(path):
-        listed[os.fspath(path)] += 1
-        return real(path)
-
-    monkeypatch.setattr(video_files.os, "scandir", scandir)
+    listed = listed_folders
     assert other_video_folders(root, root / "videos") == [root / "a_clips"]
     assert sum(listed.values()) <= 1 + 10 * MAX_ENTRIES_SEARCHED_FOR_HINT, sum(listed.values())
     assert all(count == 1 for count in listed.values()), listed

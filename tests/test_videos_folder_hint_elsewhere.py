@@ -1,6 +1,8 @@
 """When every video of a split is missing, the hint named the folder looked in (``DATA/videos does not exist; put the
 videos there ...``) but not the folder of the data root that does hold video files, where the user likely put them
-(``DATA/my_clips``). It now names up to three such folders (a bounded look, each path shortened)."""
+(``DATA/my_clips``). It now names up to three such folders (a bounded look, each path shortened). ``rapdeploy
+data-check``, the README's first step on a real dataset, says it too (MSR-VTT's own release unpacks to
+``TrainValVideo/`` and ``TestVideo/``), without naming a folder twice."""
 
 from __future__ import annotations
 
@@ -90,3 +92,38 @@ def test_train_names_the_folder_holding_the_videos(tmp_path, monkeypatch):
     said = " ".join(result.stderr.split())
     assert f"; {root / 'downloaded'} holds video files: if they are this split's, move them into " \
            f"{root / 'videos'}; run `rapdeploy data-check" in said, said
+
+
+def _data_check_error_line(root) -> str:
+    result = CliRunner().invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(root), "--no-cache",
+                                      "--quiet"])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: 2 of 2 videos unusable: "), result.stderr
+    return lines[0]
+
+
+def test_data_check_names_the_folders_of_the_data_root_that_hold_video_files(tmp_path):
+    root = _annotations(tmp_path / "msrvtt")
+    _file(root / "TestVideo" / "video9.mp4")
+    _file(root / "TrainValVideo" / "video0.mp4")
+    _file(root / "frames" / "video1" / "00001.jpg")  # no video file: not named
+    said = _data_check_error_line(root)
+    assert said.endswith(
+        f": {root / 'videos'} does not exist; put the videos there (<video_id>.<ext>, any sub-folder) or pass the "
+        f"--data-root that holds them; {root / 'TestVideo'}, {root / 'TrainValVideo'} hold video files: if they are "
+        f"this split's, move them into {root / 'videos'}"), said
+
+
+def test_data_check_names_an_unread_videos_folder_once(tmp_path):
+    """A candidate folder left unread (MSRVTT_Videos/ beside a videos/ that holds other videos) is named by its own
+    advice only, not again among the other folders holding video files."""
+    root = _annotations(tmp_path / "msrvtt")
+    _file(root / "videos" / "other.mp4")
+    _file(root / "MSRVTT_Videos" / "video7.mp4")
+    _file(root / "clips" / "video8.mkv")
+    said = _data_check_error_line(root)
+    assert said.count(str(root / "MSRVTT_Videos")) == 1, said
+    assert f"{root / 'MSRVTT_Videos'} also holds videos but is not read" in said, said
+    assert said.endswith(f"; {root / 'clips'} holds video files: if they are this split's, move them into "
+                         f"{root / 'videos'}"), said

@@ -7,10 +7,8 @@ that command writes loads."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import torch
+from conftest import follow_suggested_conversion
 from typer.testing import CliRunner
 
 from rap_deploy.cli.app import app
@@ -33,8 +31,4 @@ def test_clip_weights_under_a_prefix_are_refused_with_the_conversion_that_loads(
     assert "holds every tensor of rap-micro under the prefix 'clip.'" in said, said
     assert said.endswith(f" and pass --pretrained '{converted}'"), said
     assert not (tmp_path / "m.pt").exists()
-    conversion = said.split('python -c "', 1)[1].split('"', 1)[0]
-    subprocess.run([sys.executable, "-W", "ignore", "-c", conversion], check=True)
-    made = CliRunner().invoke(app, ["init", "--clip", "rap-micro", "--pretrained", str(converted), "--frames", "4",
-                                    "--out", str(tmp_path / "m.pt")])
-    assert made.exit_code == 0, made.output
+    follow_suggested_conversion(said, converted, tmp_path / "m.pt")

@@ -6,10 +6,8 @@ command saves every tensor, which init then loads."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import torch
+from conftest import run_suggested_conversion
 from typer.testing import CliRunner
 
 from rap_deploy.cli.app import app
@@ -30,8 +28,7 @@ def test_clip_weights_under_module_and_a_prefix_get_a_conversion_that_loads(tmp_
     assert len(lines) == 1 and "holds every tensor of rap-micro under the prefix 'module.clip.'" in lines[0], lines
     converted = weights.with_name("pytorch_model.bin.0.module.clip.pt")
     assert lines[0].endswith(f" and pass --pretrained '{converted}'"), lines[0]
-    conversion = lines[0].split('python -c "', 1)[1].split('"', 1)[0]
-    subprocess.run([sys.executable, "-W", "ignore", "-c", conversion], check=True)
+    run_suggested_conversion(lines[0])
     saved = torch.load(converted, weights_only=True)
     assert sorted(saved) == sorted(clip) and all(torch.equal(saved[k], clip[k]) for k in clip)
     made = CliRunner().invoke(app, [*init, str(converted)])
