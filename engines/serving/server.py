@@ -351,14 +351,29 @@ def _stopped_line_on_signal(say_stopped: Callable[[], None]) -> Iterator[None]:
 def _run_until_stopped(server: Any, sock: socket.socket) -> None:
     """Run uvicorn. It handles SIGINT/SIGTERM itself (graceful shutdown) and afterwards re-raises the signal to the
     handler it found; with SIGTERM ignored meanwhile, that re-raise is a no-op and a SIGTERM stop returns normally
-    instead of surfacing as the CLI's "terminated" error."""
+    instead of surfacing as the CLI's "terminated" error.
+
+    SIGINT's re-raise goes to a handler of ours that notes it, and a Ctrl-C then ends in :class:`KeyboardInterrupt`
+    (the CLI's 130) once uvicorn has returned. Left to Python's default handler, the re-raise reached asyncio's, which
+    only cancels the main task, and uvicorn's task ends with no await left: the stop then returned normally (exit 0)
+    on some runs. A Ctrl-C before uvicorn took the signals over asks it to stop the same way."""
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if in_main else None
+    interrupted: list[bool] = []
+
+    def note_interrupt(signum: int, frame: Any) -> None:
+        interrupted.append(True)
+        server.should_exit = True
+
+    previous = ((signal.signal(signal.SIGTERM, signal.SIG_IGN), signal.signal(signal.SIGINT, note_interrupt))
+                if in_main else None)
     try:
         server.run(sockets=[sock])
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _file_identity(path: str | os.PathLike[str]) -> tuple[int, int, int]:
