@@ -32,6 +32,9 @@ def _read_answer(sock: socket.socket) -> bytes:
 
 
 def test_a_request_cancelled_at_shutdown_gets_a_503_and_no_traceback(micro_ort_engines):
+    """A client that sent half a request body and went quiet must not keep a SIGTERM'd server alive: after the
+    graceful-shutdown timeout the request is cancelled and answered 503, the service closed, and serve exits 0
+    (this test took over test_serving_server's SIGTERM-while-a-client-stalls test, which checked the exit only)."""
     s = SpawnedServer(["--engine", str(micro_ort_engines["fp32"]), "--threads", "1", "--no-library",
                        "--shutdown-timeout", "1"])
     u = urllib.parse.urlsplit(s.url)
