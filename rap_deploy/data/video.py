@@ -10,6 +10,7 @@ shorter than a second is used, as CLIP4Clip uses it: its one sample time, 0 s, g
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -242,7 +243,7 @@ def _decode_sampled(path: Path, name: str, sampling: FrameSamplingConfig, prepro
     """The body of :func:`decode_video` once ``path`` (opened as ``name``) is known to hold a video stream."""
     import decord
 
-    decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg's log lines reach stderr; the reason is raised
+    _quiet_decord()
     try:
         reader = decord.VideoReader(name, ctx=decord.cpu(0), num_threads=DECODE_THREADS)
         num_frames = len(reader)
@@ -271,6 +272,16 @@ def _decode_sampled(path: Path, name: str, sampling: FrameSamplingConfig, prepro
     mask = np.zeros(sampling.max_frames, dtype=bool)
     mask[:valid] = True
     return DecodedVideo(frames=out, mask=mask, seconds=float(seconds), num_frames=valid)
+
+
+@functools.cache
+def _quiet_decord() -> None:
+    """Set decord's log level to QUIET, once per process (it is process-wide, and decord cannot read it back to
+    restore it): its FFmpeg's log lines would reach stderr beside the command's one error line, and the reason a video
+    fails is raised as :class:`VideoDecodeError` anyway."""
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
 
 
 def resize_crop(frames: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
