@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError, DamagedArtifactError, UsageError
-from rap_deploy.name_lists import int_text, short_repr
+from rap_deploy.name_lists import VALUE_CHARS, int_text, short_repr, shortened
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest, plan or record JSON file (the largest real ones are kilobytes)
 MAX_JSON_DEPTH = 100           # nesting of such a file (real ones: under 10; json.loads recurses ~1000 levels deep)
@@ -123,12 +123,20 @@ def check_format_version(manifest: dict[str, Any], path: Any, kind: str, newest:
 
         versions = manifest.get("versions")  # an engine manifest keeps it there, an export or library one at the top
         writer = versions.get("rapdeploy") if isinstance(versions, dict) else manifest.get("rapdeploy")
-        by = f" (written by rapdeploy {writer[:20]})" if isinstance(writer, str) and writer else ""
+        by = f" (written by rapdeploy {_version_text(writer)})" if isinstance(writer, str) and writer else ""
         command = recreate() if callable(recreate) else recreate
         other = f", or re-create it with this one: {command}" if command else ""
         raise UsageError(f"{path} has {kind} format {int_text(version)}{by}, newer than the format {newest} this "
                          f"rapdeploy {__version__} reads; upgrade rapdeploy{other}")
     return version
+
+
+def _version_text(version: str) -> str:
+    """A version read from an untrusted manifest, for a message: whole when it is printable text of at most
+    :data:`~rap_deploy.name_lists.VALUE_CHARS` characters, a longer one cut with "…", one holding control or other
+    unprintable characters (a terminal escape) as its escaped repr, cut the same way."""
+    head = version[:VALUE_CHARS + 1]  # a padded one costs no more than this
+    return shortened(head) if head.isprintable() else short_repr(head)
 
 
 def check_int(value: Any, name: str, low: int | None = 1, high: int | None = None, fix: str = "") -> int:
