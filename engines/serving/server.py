@@ -37,6 +37,7 @@ from rap_deploy.errors import BackendUnavailableError, UsageError
 
 SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, how long running requests may still take
 STOPPED_LINE = "rapdeploy serve stopped"  # the one line a Ctrl-C or SIGTERM stop prints (no error line)
+ANNOUNCE_JOIN_S = 5.0  # how long a stopping serve waits for the thread announcing the URL (a --url-file write)
 
 
 def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None,
@@ -317,7 +318,7 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
                                                http=guarded_protocol(limits.max_connections, limits.header_timeout_s,
                                                                      service.count)))
         failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
-        written: list[tuple[int, int, int]] = []  # the --url-file the watcher wrote: _file_identity
+        written = _UrlFile(url_file, url)  # the --url-file the watcher wrote, shared with the stop below
         watcher = threading.Thread(target=_announce, args=(server, url, url_file, lambda: banner(url, sock, service),
                                                            say, failed, written), daemon=True, name="serve-announce")
         watcher.start()
@@ -325,11 +326,10 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
             _run_until_stopped(server, sock)
         finally:
             server.should_exit = True  # a uvicorn that failed before starting leaves the watcher waiting otherwise
-            watcher.join(5)
+            watcher.join(ANNOUNCE_JOIN_S)
             service.close()  # no-op after a graceful stop; releases the engine when uvicorn failed
             sock.close()
-            if url_file is not None and written:
-                _forget_url(url_file, url, written[0])
+            written.stop()  # removes the file written; one the watcher writes later, it removes itself
         if failed:
             raise UsageError(failed[0])
 
@@ -395,14 +395,45 @@ def _forget_url(url_file: str | os.PathLike[str], url: str, identity: tuple[int,
             path.unlink()
 
 
+class _UrlFile:
+    """The ``--url-file`` one server wrote, shared by the thread announcing the URL (:func:`_announce`) and serve's
+    stop: whichever of the two comes last removes it (:func:`_forget_url`), so a write that finishes after the stop
+    (a slow disk: the stop waits :data:`ANNOUNCE_JOIN_S` for it, no longer) leaves no file naming a stopped server."""
+
+    def __init__(self, url_file: str | os.PathLike[str] | None, url: str) -> None:
+        self.url_file, self.url = url_file, url
+        self.stopped = False
+        self.identity: tuple[int, int, int] | None = None  # _file_identity of the file written
+        self._lock = threading.Lock()
+
+    def keep(self, identity: tuple[int, int, int] | None) -> bool:
+        """Note the file just written (``identity``, ``None``: already gone); ``False`` when the server had stopped
+        meanwhile, and the file is then removed here."""
+        with self._lock:
+            if not self.stopped:
+                self.identity = identity
+                return True
+        if self.url_file is not None and identity is not None:
+            _forget_url(self.url_file, self.url, identity)
+        return False
+
+    def stop(self) -> None:
+        """The server stopped: remove the file written so far; one written later is removed by :meth:`keep`."""
+        with self._lock:
+            self.stopped, identity = True, self.identity
+        if self.url_file is not None and identity is not None:
+            _forget_url(self.url_file, self.url, identity)
+
+
 def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, line: Callable[[], str],
-              say: Callable[[str], None], failed: list[str], written: list[tuple[int, int, int]]) -> None:
-    """Once uvicorn accepts requests, write ``url_file`` (appending its :func:`_file_identity` to ``written``) and
-    print the banner ``line()``; when ``url_file`` cannot be written, append why to ``failed`` and stop the server
-    (nobody could find it)."""
+              say: Callable[[str], None], failed: list[str], written: _UrlFile) -> None:
+    """Once uvicorn accepts requests, write ``url_file`` (noting it in ``written``) and print the banner ``line()``;
+    when ``url_file`` cannot be written, append why to ``failed`` and stop the server (nobody could find it).
+    Nothing is written or printed once a stop began (``should_exit``: the server no longer takes connections, or
+    the stop already ran), and a file whose write ended after the stop is removed again (:class:`_UrlFile`)."""
     while not server.started and not server.should_exit:
         time.sleep(0.05)
-    if not server.started:
+    if not server.started or server.should_exit or written.stopped:
         return
     if url_file is not None:
         from rap_deploy.atomic import write_text_atomic
@@ -413,8 +444,12 @@ def _announce(server: Any, url: str, url_file: str | os.PathLike[str] | None, li
             failed.append(f"cannot write --url-file {url_file} ({exc.strerror or exc}); the server stopped")
             server.should_exit = True
             return
-        with contextlib.suppress(OSError):  # removed at once by another: nothing of this server's to remove later
-            written.append(_file_identity(url_file))
+        try:
+            identity: tuple[int, int, int] | None = _file_identity(url_file)
+        except OSError:  # removed at once by another: nothing of this server's to remove later
+            identity = None
+        if not written.keep(identity):
+            return
     say(line())
 
 
