@@ -18,6 +18,9 @@ from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.workspace import user_path
 
+#: Stands in a suggested command for an engine folder a message cannot name there (an untrusted path cut or escaped)
+ENGINE_PLACEHOLDER = "<engine folder>"
+
 
 @dataclass
 class Reference:
@@ -86,15 +89,20 @@ def _refuse_library_folder(path: Path) -> None:
     import shlex
 
     from rap_deploy.artifact_kind import manifest_kind, read_folder_manifest, written_by
-    from rap_deploy.name_lists import PATH_CHARS, shortened
+    from rap_deploy.name_lists import PATH_CHARS, text_repr
 
     manifest = read_folder_manifest(path) if path.is_dir() else None  # a damaged one the engine loader names
     if manifest is None or manifest_kind(manifest) != "library":
         return
     built = (manifest.get("engine") if isinstance(manifest.get("engine"), dict) else {}).get("path")
     named = " as --engine"
-    if isinstance(built, str) and built:  # the manifest is untrusted: a padded path is shown cut
-        named = f", --engine {shlex.quote(shortened(built, PATH_CHARS))}"
+    if isinstance(built, str) and built:  # the manifest is untrusted: only a real path goes into the command
+        if len(built) <= PATH_CHARS and built.isprintable():
+            named = f", --engine {shlex.quote(built)}"
+        else:  # a cut or escaped path is no argument to paste: a placeholder, the path named beside it
+            why = "is too long to show whole" if len(built) > PATH_CHARS else "holds unprintable characters"
+            named = (f", --engine {ENGINE_PLACEHOLDER} ({ENGINE_PLACEHOLDER} is the folder `rapdeploy build-engine` "
+                     f"wrote; the library records {text_repr(built)}, which {why})")
     raise UsageError(f"--engine {path} is {written_by('library')}, not an engine; pass the "
                      f"engine that built it{named} (search and serve take the library as --library)")
 
