@@ -67,6 +67,17 @@ VERSION = "1"
 PAGE_ROUTES = frozenset({"/", "/search", "/thumbnails", "/healthz", "/readyz", "/library", "/stats"})
 NOT_READY = 400  # the Open Inference Protocol's health answers: 200 true, a 4xx false (Triton answers 400)
 READ = ["GET", "HEAD"]  # every GET route answers HEAD too (RFC 9110; load balancers and `curl -I` probe with it)
+LOG_TEXT_CHARS = 1000  # of an exception's text or a request's method in a log line (log_text)
+
+
+def log_text(text: object, limit: int = LOG_TEXT_CHARS) -> str:
+    """``str(text)`` as a server log line shows it, escaped as :func:`~.bodies.log_path` escapes a request's path:
+    its first ``limit`` characters as the inside of their repr, so a newline or another control character that a
+    client put in an exception's message or its request neither starts a forged line nor reaches the terminal
+    showing the log raw; a longer text ends in ``... (N characters)``."""
+    shown = str(text)
+    more = f"... ({len(shown)} characters)" if len(shown) > limit else ""
+    return repr(shown[:limit])[1:-1] + more
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -267,7 +278,8 @@ class AnswerWhenStopped:
     @staticmethod
     async def _answer_stopped(scope: dict, receive: Any, send: Any, started: bool) -> None:
         """Log the request cancelled at a stop and, when its answer had not ``started``, answer it 503."""
-        log.warning("%s %s cancelled: the server stopped and it ran past --shutdown-timeout; %s", scope.get("method"),
+        log.warning("%s %s cancelled: the server stopped and it ran past --shutdown-timeout; %s",
+                    log_text(scope.get("method")),
                     log_path(scope.get("path", "")),
                     "its answer had begun, so the connection is closed mid-answer" if started else "answered 503")
         if not started:
@@ -315,9 +327,10 @@ def _add_error_handlers(app: FastAPI, service: ServingService) -> None:
             return _error(400, str(exc), None)
         if isinstance(exc, LibraryChangedError):  # not ready until restarted: /readyz says so too
             service.library_changed = str(exc)
-            log.error("the library changed since it was opened: %s", exc)
+            log.error("the library changed since it was opened: %s", log_text(exc))
             return _error(503, str(exc), None)
-        log.error("%s on %s %s: %s", type(exc).__name__, request.method, log_path(request.scope["path"]), exc)
+        log.error("%s on %s %s: %s", type(exc).__name__, log_text(request.method), log_path(request.scope["path"]),
+                  log_text(exc))
         return _error(500, f"server error: {exc}", None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -339,7 +352,7 @@ def _add_error_handlers(app: FastAPI, service: ServingService) -> None:
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s %s", request.method, log_path(request.scope["path"]))
+        log.exception("internal error on %s %s", log_text(request.method), log_path(request.scope["path"]))
         # answered from outside every middleware (starlette's ServerErrorMiddleware): the headers go with it here
         return _error(500, f"internal server error ({type(exc).__name__}); see the server log", None,
                       SECURE_HEADERS)
