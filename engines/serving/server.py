@@ -100,10 +100,12 @@ def resolve_library(library: str | os.PathLike[str] | None, workspace: str | os.
 
 
 def open_served_library(path: Path, engine: Any, implicit: bool = False, verify: str = "full",
-                        workspace: str | os.PathLike[str] | None = None) -> Any:
+                        workspace: str | os.PathLike[str] | None = None,
+                        cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """Open the library at ``path`` on ``engine`` (the serialising wrapper) with ``rap_deploy.library``, checked as
     ``verify`` says (``full``: every shard's sha256; ``quick``: sizes, headers and the small files' sha256); its
-    thumbnails come from ``workspace``'s decoded-frame cache, where ``rapdeploy index --workspace`` put the frames.
+    thumbnails come from the decoded-frame cache ``cache_dir`` (default: ``workspace``'s, where ``rapdeploy index
+    --workspace`` put the frames; ``rapdeploy index --cache-dir`` puts them elsewhere).
 
     ``implicit`` says nobody asked for this library (it is the workspace's latest): a :class:`UsageError` opening it
     (another model's library, say) then also names where it came from and the two ways around it. Raises
@@ -118,7 +120,8 @@ def open_served_library(path: Path, engine: Any, implicit: bool = False, verify:
     from rap_deploy.data.cache import default_cache_dir
 
     with picked_library_errors(path, implicit):
-        return open_library(path, engine, verify=verify, cache_dir=default_cache_dir(workspace))
+        return open_library(path, engine, verify=verify,
+                            cache_dir=cache_dir if cache_dir is not None else default_cache_dir(workspace))
 
 
 @contextlib.contextmanager
@@ -145,12 +148,14 @@ def check_library_choice(library: str | os.PathLike[str] | None, default_library
 
 def build_service(engine: str | os.PathLike[str] | None = None, library: str | os.PathLike[str] | None = None,
                   options: Any = None, workspace: str | os.PathLike[str] | None = None,
-                  threads: int | None = None, default_library: bool = True, verify: str = "full") -> Any:
+                  threads: int | None = None, default_library: bool = True, verify: str = "full",
+                  cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """Load everything :func:`serve` serves and return the warmed-up :class:`ServingService`.
 
     Without ``library`` the workspace's latest library is served when ``default_library`` (else, or when there is
     none, the three graphs only); without ``engine``, the engine that built the served library while it exists,
-    else the workspace's latest. Raises :class:`UsageError` for ``library`` together with ``default_library=False``
+    else the workspace's latest. Thumbnails come from the frame cache ``cache_dir`` (default: the workspace's,
+    :func:`open_served_library`). Raises :class:`UsageError` for ``library`` together with ``default_library=False``
     and what loading the engine and the library raise."""
     from rap_deploy.engines.serving.serial import SerialEngine
     from rap_deploy.engines.serving.service import ServingService
@@ -173,8 +178,8 @@ def build_service(engine: str | os.PathLike[str] | None = None, library: str | o
     serial = SerialEngine(loaded)
     lib = service = None
     try:
-        lib = open_served_library(lib_path, serial, implicit=library is None, verify=verify, workspace=workspace) \
-            if lib_path is not None else None
+        lib = open_served_library(lib_path, serial, implicit=library is None, verify=verify, workspace=workspace,
+                                  cache_dir=cache_dir) if lib_path is not None else None
         service = ServingService(serial, source, lib, options)
         warm_up(service)
     except BaseException:
@@ -273,11 +278,13 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
           workspace: str | os.PathLike[str] | None = None, threads: int | None = None,
           url_file: str | os.PathLike[str] | None = None, log_level: str = "warning",
           echo: Callable[[str], None] | None = None, default_library: bool = True,
-          shutdown_timeout: float = SHUTDOWN_TIMEOUT_S, allow_hosts: Sequence[str] = (), verify: str = "full") -> None:
+          shutdown_timeout: float = SHUTDOWN_TIMEOUT_S, allow_hosts: Sequence[str] = (), verify: str = "full",
+          cache_dir: str | os.PathLike[str] | None = None) -> None:
     """Serve until interrupted (see the module docstring). ``url_file`` receives the server's URL once it accepts
     requests; on SIGINT/SIGTERM requests still running after ``shutdown_timeout`` seconds are cancelled (a client
     that stalls mid-request cannot keep the server alive). On a loopback address only requests for a loopback name
-    or one of ``allow_hosts`` are answered (:func:`hosts_to_check`). Raises :class:`UsageError` /
+    or one of ``allow_hosts`` are answered (:func:`hosts_to_check`). Thumbnails come from the frame cache
+    ``cache_dir`` (default: ``<workspace>/cache/frames``). Raises :class:`UsageError` /
     :class:`BackendUnavailableError` for what cannot be loaded or bound."""
     import uvicorn
 
@@ -299,7 +306,8 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
         sock = bind_socket(host, port)
         try:
             hosts = hosts_to_check(sock, allow_hosts)
-            service = build_service(engine, library, options, workspace, threads, default_library, verify)
+            service = build_service(engine, library, options, workspace, threads, default_library, verify,
+                                    cache_dir)
         except BaseException:
             sock.close()
             raise

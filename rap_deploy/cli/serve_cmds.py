@@ -68,6 +68,8 @@ def serve_cmd(
                                            "running requests may still take before they are cancelled."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical, error, warning, info "
                                   "(every request), debug or trace."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
+                                          "<workspace>/cache/frames)."),
     workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
 ) -> None:
     """Serve search over a library and the three graphs (Open Inference Protocol / KServe v2) over HTTP.
@@ -101,6 +103,9 @@ def serve_cmd(
         raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     if url_file is not None:
         check_url_file(url_file)
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise UsageError(f"--cache-dir {cache_dir} is a file; pass a folder for the decoded-frame cache (the one "
+                         "rapdeploy index --cache-dir wrote, where the thumbnails' frames are)")
     options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                            max_infer_body=int(max_body_mb * MiB), max_connections=max_connections,
                            header_timeout_s=header_timeout, body_idle_timeout_s=idle_timeout,
@@ -108,7 +113,8 @@ def serve_cmd(
     try:
         serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
               url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
-              shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()), verify=verify)
+              shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()), verify=verify,
+              cache_dir=cache_dir)
     except KeyboardInterrupt:
         # Ctrl-C is how a server is stopped, not an error: the server said "rapdeploy serve stopped", and its one file
         # (--url-file) is written atomically, so command()'s "error: interrupted ...; nothing half-written is left"
