@@ -46,6 +46,9 @@ EXPORT_PLACEHOLDER = "<export folder>"
 PROFILE_AXES = {"video_encoder": ("batch",), "text_encoder": ("batch", "tokens"), "asa_head": ("queries", "videos")}
 #: Files a graph entry may list besides its own (a build writes at most one: ONNX Runtime's external weights).
 MAX_EXTRA_FILES = 8
+#: Library versions an engine manifest's ``versions`` may list; a build records at most five (rapdeploy, onnx,
+#: onnxruntime, torch, tensorrt), so a longer map was padded and is refused before its keys are read.
+MAX_VERSIONS = 16
 #: Characters of a recorded name or version (backend, provider, library versions, GPU name and compute
 #: capability, the host's machine); real ones are tens of characters. Longer ones are refused before any message
 #: or check reads them.
@@ -191,7 +194,10 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
     for key in ("config", "checkpoint", "profiles", "session", "asa_blocks", "versions", "export", "host", "gpu"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise damaged(f"'{key}' is not an object")
-    if not all(isinstance(v, str) for v in (manifest.get("versions") or {}).values()):
+    versions = manifest.get("versions") or {}
+    if len(versions) > MAX_VERSIONS:  # counted before any entry is read: a padded map costs no per-key work
+        raise damaged(f"'versions' lists {len(versions):,} libraries; no build records more than {MAX_VERSIONS}")
+    if not all(isinstance(v, str) for v in versions.values()):
         raise damaged("'versions' holds a version that is not text")
     if manifest["backend"] == "onnxruntime" and not isinstance(manifest.get("provider"), str):
         raise damaged(f"provider {short_repr(manifest.get('provider'))} is not an ONNX Runtime provider name")
