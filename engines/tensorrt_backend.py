@@ -37,16 +37,21 @@ from rap_deploy.engines.blocks import (
     rerank_inputs,
     tokens_axis_is_dynamic,
 )
+from rap_deploy.engines.manifest import EXPORT_PLACEHOLDER, export_placeholder_note
 from rap_deploy.engines.trt_plan import build_mode
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.graphs import graph_io, graphs_for
 
 
-def onnxruntime_instead(export_dir: str | os.PathLike[str] | None = None) -> str:
+def onnxruntime_instead(export_dir: str | os.PathLike[str] | None = None,
+                        why: str = "the engine's folder does not record it") -> str:
     """What to run instead of TensorRT here: the two ONNX Runtime CPU builds (fp32, int8) of ``export_dir``, as
-    runnable commands; without ``export_dir`` they name no folder (build-engine's default, the workspace's latest
-    export)."""
-    return cpu_builds_instead(shlex.quote(str(export_dir)) if export_dir is not None else "")
+    runnable commands; without ``export_dir`` they name :data:`~rap_deploy.engines.manifest.EXPORT_PLACEHOLDER`,
+    explained after them with ``why`` the folder is unknown, not build-engine's default (the workspace's latest
+    export, maybe another checkpoint's), as :func:`~rap_deploy.engines.ort_backend.fp16_on_cpu_fix` does."""
+    if export_dir is not None:
+        return cpu_builds_instead(shlex.quote(str(export_dir)))
+    return cpu_builds_instead(EXPORT_PLACEHOLDER) + export_placeholder_note(why)
 
 
 def cpu_builds_instead(folder_word: str) -> str:
@@ -250,8 +255,10 @@ class TrtEngine(Engine):
                  profiles: Mapping[str, Mapping[str, Mapping[str, int]]], precision: str = "fp16",
                  path: str | os.PathLike[str] | None = None, device_id: int = 0,
                  extra: Mapping[str, Any] | None = None) -> None:
+        from rap_deploy.engines.ort_backend import graphs_export_folder
+
         require_graphs(files, config)
-        trt, gpu = require_tensorrt(device_id)
+        trt, gpu = require_tensorrt(device_id, graphs_export_folder(files, path))  # its refusal names the export
         self.trt, self.gpu, self.config, self.precision = trt, gpu, config, precision
         self.path = str(path) if path is not None else None
         self._extra = dict(extra or {})  # what describe() adds: the loader's checkpoint record
