@@ -8,6 +8,7 @@ flags the test sets, so the orders of events are fixed."""
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -99,3 +100,33 @@ def test_a_running_server_still_writes_its_url_file_and_removes_it_on_stop(stand
     assert len(seen) == 1 and seen[0].startswith("http://127.0.0.1:") and seen == writes
     assert said and said[0].startswith("rapdeploy serve: http://127.0.0.1:")
     assert not url_file.exists()
+
+
+def test_a_stop_right_after_the_write_leaves_the_banner_whole(stand_ins, tmp_path):
+    """The stop closes the socket just as the thread is about to print its banner: the banner, which reads the
+    socket's address, is made before the server runs, so the thread does not die on the closed socket."""
+    monkeypatch, writes = stand_ins
+    url_file, said, died = tmp_path / "url.txt", [], []
+    stopped = threading.Event()
+    real_banner = serving_server.banner
+
+    def late_banner(url, sock, service):
+        if threading.current_thread().name == "serve-announce":
+            assert stopped.wait(30)  # serve returned meanwhile: its socket is closed
+        return real_banner(url, sock, service)
+
+    monkeypatch.setattr(serving_server, "banner", late_banner)
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+
+    def run(server, sock):
+        run.announcer = _announcer()
+        server.started = True
+        deadline = time.monotonic() + 30
+        while not url_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    monkeypatch.setattr(serving_server, "_run_until_stopped", run)
+    serving_server.serve(engine="e", port=0, url_file=url_file, echo=said.append, default_library=False)
+    stopped.set()
+    run.announcer.join(10)
+    assert died == [] and not url_file.exists()

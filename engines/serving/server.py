@@ -327,8 +327,9 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
                                                                      service.count)))
         failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
         written = _UrlFile(url_file, url)  # the --url-file the watcher wrote, shared with the stop below
-        watcher = threading.Thread(target=_announce, args=(server, url, url_file, lambda: banner(url, sock, service),
-                                                           say, failed, written), daemon=True, name="serve-announce")
+        line = banner(url, sock, service)  # here: the thread may print it after the stop closed the socket
+        watcher = threading.Thread(target=_announce, args=(server, url, url_file, lambda: line, say, failed, written),
+                                   daemon=True, name="serve-announce")
         watcher.start()
         try:
             _run_until_stopped(server, sock)
