@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from rap_deploy.errors import CheckFailedError, UsageError, note_how_to_resume
+from rap_deploy.name_lists import short_repr
 from rap_deploy.train import distributed as D
 from rap_deploy.train.batches import EPOCH_UNITS
 from rap_deploy.train.params import (  # noqa: F401  (OFFSETS: also used from here)
@@ -133,9 +134,9 @@ class TrainOptions:
         bounds.check_float(self.selection_loss_weight, "--selection-loss-weight", 0.0, 100.0,
                            fix="0 trains with the contrastive loss alone")
         if self.epoch_unit not in ("auto", *EPOCH_UNITS):
-            raise UsageError(f"epoch unit '{self.epoch_unit}' is unknown; use auto, {', '.join(EPOCH_UNITS)}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise UsageError(f"--amp '{self.amp}' is unknown; use auto, bf16, fp16 or off")
+            raise UsageError(f"epoch unit {short_repr(self.epoch_unit)} is unknown; use auto, {', '.join(EPOCH_UNITS)}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):  # both may come from a resumed run's untrusted last.pt
+            raise UsageError(f"--amp {short_repr(self.amp)} is unknown; use auto, bf16, fp16 or off")
         if self.max_train_videos is not None and self.max_train_videos < 1:
             raise UsageError(f"--max-train-videos must be >= 1, got {self.max_train_videos}")
 
