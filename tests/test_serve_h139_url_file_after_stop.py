@@ -103,17 +103,17 @@ def test_a_running_server_still_writes_its_url_file_and_removes_it_on_stop(stand
 
 
 def test_a_stop_right_after_the_write_leaves_the_banner_whole(stand_ins, tmp_path):
-    """The stop closes the socket just as the thread is about to print its banner: the banner, which reads the
-    socket's address, is made before the server runs, so the thread does not die on the closed socket."""
+    """The stop closes the socket just as the thread is about to print its banner: the socket's part of the banner
+    (listening_note) is read before the server runs, so the thread does not die on the closed socket."""
     monkeypatch, writes = stand_ins
     url_file, said, died = tmp_path / "url.txt", [], []
     stopped = threading.Event()
     real_banner = serving_server.banner
 
-    def late_banner(url, sock, service):
+    def late_banner(url, service, note=""):
         if threading.current_thread().name == "serve-announce":
             assert stopped.wait(30)  # serve returned meanwhile: its socket is closed
-        return real_banner(url, sock, service)
+        return real_banner(url, service, note)
 
     monkeypatch.setattr(serving_server, "banner", late_banner)
     monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))

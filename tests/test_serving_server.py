@@ -638,18 +638,18 @@ def test_a_server_on_every_interface_announces_an_address_a_browser_can_open(whe
     import socket
     import types
 
-    from rap_deploy.engines.serving.server import banner, socket_url
+    from rap_deploy.engines.serving.server import banner, listening_note, socket_url
 
     sock = BoundAt(socket.AF_INET6 if ":" in where[0] else socket.AF_INET, *where)
     service = types.SimpleNamespace(library=None, info={"backend": "onnxruntime", "precision": "fp32",
                                                         "device": "cpu"},
                                     batcher=types.SimpleNamespace(max_batch=32),
                                     options=types.SimpleNamespace(max_queue_delay_ms=2.0))
-    line = banner(socket_url(sock), sock, service)
+    line = banner(socket_url(sock), service, listening_note(sock))
     assert socket_url(sock) == url and line.startswith(f"rapdeploy serve: {url} (") and f"Page: {url}/ " in line
     assert f"listening on every interface ({where[0]})" in line and "this machine's address" in line, line
     loopback = BoundAt(socket.AF_INET, "127.0.0.1", 8080)
-    assert "every interface" not in banner(socket_url(loopback), loopback, service)
+    assert "every interface" not in banner(socket_url(loopback), service, listening_note(loopback))
 
 
 def test_serve_threads_reach_a_pytorch_engine(micro_checkpoint):

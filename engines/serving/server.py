@@ -249,15 +249,22 @@ def listens_everywhere(sock: socket.socket) -> bool:
     return bound_address(sock).is_unspecified
 
 
-def banner(url: str, sock: socket.socket, service: Any) -> str:
-    """The line ``rapdeploy serve`` prints once it accepts requests at ``url`` (:func:`socket_url` of ``sock``):
-    what it serves, where to open the page and, on every interface, that other machines use this one's address."""
+def listening_note(sock: socket.socket) -> str:
+    """The end of :func:`banner` for a server on ``sock``: on every interface, that other machines use this one's
+    address; else empty. Read from the socket before the server runs (a stop may close it before the banner prints)."""
+    if not listens_everywhere(sock):
+        return ""
+    return (f"; listening on every interface ({sock.getsockname()[0]}): from other machines open this machine's "
+            "address instead")
+
+
+def banner(url: str, service: Any, note: str = "") -> str:
+    """The line ``rapdeploy serve`` prints once it accepts requests at ``url`` (:func:`socket_url` of its socket):
+    what it serves and where to open the page, then ``note`` (:func:`listening_note` of the socket)."""
     lib = "no library" if service.library is None else f"library of {len(service.library)} videos"
-    everywhere = f"; listening on every interface ({sock.getsockname()[0]}): from other machines open this " \
-                 "machine's address instead" if listens_everywhere(sock) else ""
     return (f"rapdeploy serve: {url} ({service.info.get('backend')} {service.info.get('precision')} on "
             f"{service.info.get('device')}, {lib}; text batch <= {service.batcher.max_batch}, delay "
-            f"{service.options.max_queue_delay_ms:g} ms). Page: {url}/  Inference: {url}/v2{everywhere}")
+            f"{service.options.max_queue_delay_ms:g} ms). Page: {url}/  Inference: {url}/v2{note}")
 
 
 def hosts_to_check(sock: socket.socket, allow: Sequence[str] = ()) -> frozenset[str] | None:
@@ -327,8 +334,9 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
                                                                      service.count)))
         failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
         written = _UrlFile(url_file, url)  # the --url-file the watcher wrote, shared with the stop below
-        line = banner(url, sock, service)  # here: the thread may print it after the stop closed the socket
-        watcher = threading.Thread(target=_announce, args=(server, url, url_file, lambda: line, say, failed, written),
+        note = listening_note(sock)  # here: the thread may print the banner after the stop closed the socket
+        watcher = threading.Thread(target=_announce, args=(server, url, url_file, lambda: banner(url, service, note),
+                                                           say, failed, written),
                                    daemon=True, name="serve-announce")
         watcher.start()
         try:
