@@ -75,9 +75,22 @@ def log_text(text: object, limit: int = LOG_TEXT_CHARS) -> str:
     its first ``limit`` characters as the inside of their repr, so a newline or another control character that a
     client put in an exception's message or its request neither starts a forged line nor reaches the terminal
     showing the log raw; a longer text ends in ``... (N characters)``."""
-    shown = str(text)
-    more = f"... ({len(shown)} characters)" if len(shown) > limit else ""
-    return repr(shown[:limit])[1:-1] + more
+    head, more = _cut(str(text), limit)
+    return repr(head)[1:-1] + more
+
+
+def answer_text(text: object, limit: int = LOG_TEXT_CHARS) -> str:
+    """``str(text)`` as an error answer's ``"error"`` shows it to the client: bounded as :func:`log_text` bounds a
+    log line (its first ``limit`` characters, a longer text ending in ``... (N characters)``), not escaped (the JSON
+    answer escapes control characters itself), so an exception whose message carries a megabyte value the client
+    sent makes an answer of about ``limit`` characters that still names the error."""
+    head, more = _cut(str(text), limit)
+    return head + more
+
+
+def _cut(text: str, limit: int) -> tuple[str, str]:
+    """``text``'s first ``limit`` characters and, when it is longer, ``... (N characters)`` to follow them."""
+    return text[:limit], (f"... ({len(text)} characters)" if len(text) > limit else "")
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -323,24 +336,26 @@ def _add_error_handlers(app: FastAPI, service: ServingService) -> None:
 
     @app.exception_handler(RapDeployError)
     async def usage_error(request: Request, exc: RapDeployError) -> Response:
+        # an exception's text may carry what the client sent: the answer shows it bounded (answer_text)
         if isinstance(exc, UsageError):  # the engine refused the input
-            return _error(400, str(exc), None)
+            return _error(400, answer_text(exc), None)
         if isinstance(exc, LibraryChangedError):  # not ready until restarted: /readyz says so too
-            service.library_changed = str(exc)
+            service.library_changed = answer_text(exc)
             log.error("the library changed since it was opened: %s", log_text(exc))
-            return _error(503, str(exc), None)
+            return _error(503, answer_text(exc), None)
         log.error("%s on %s %s: %s", type(exc).__name__, log_text(request.method), log_path(request.scope["path"]),
                   log_text(exc))
-        return _error(500, f"server error: {exc}", None)
+        return _error(500, f"server error: {answer_text(exc)}", None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers or {})
         if "Allow" in headers:  # a 405's (RFC 9110); starlette lists a set, in no fixed order
             headers["Allow"] = ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))
-        message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else \
-            f"{request.method} is not allowed on {request.url.path}; it takes {headers.get('Allow')}" \
-            if exc.status_code == 405 else str(exc.detail)
+        path = answer_text(request.url.path)  # a request line of up to h11's 16 KiB
+        message = f"no route {request.method} {path}" if exc.status_code == 404 else \
+            f"{request.method} is not allowed on {path}; it takes {headers.get('Allow')}" \
+            if exc.status_code == 405 else answer_text(exc.detail)
         return _error(exc.status_code, message, None, headers)
 
     @app.exception_handler(RequestValidationError)
