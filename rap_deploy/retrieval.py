@@ -191,7 +191,8 @@ def videos_folder_hint(split: Any, skipped: list[dict[str, str]]) -> str:
     """``": FOLDER does not exist; put the videos there ..."`` when every one of ``skipped`` (``{video_id, reason}``)
     is missing: where ``split``'s videos were looked for (its videos folder) and whether that folder exists, since a
     ``--data-root`` without its videos, or with them in a folder of another name, is the likely cause; then also
-    the few other folders of its data root that hold video files (:func:`video_folders_elsewhere`); else ``""``."""
+    its data root itself when video files lie in it, and the few other folders of its data root that hold video files
+    (:func:`video_folders_elsewhere`); else ``""``."""
     folder = getattr(split, "videos_dir", None)
     if folder is None or any(s["reason"] != "missing" for s in skipped):
         return ""
@@ -200,17 +201,21 @@ def videos_folder_hint(split: Any, skipped: list[dict[str, str]]) -> str:
 
 def video_folders_elsewhere(root: str | os.PathLike[str] | None, folder: Path, named: tuple[Path, ...] = ()) -> str:
     """``"; ROOT/clips holds video files: if they are this split's, move them into FOLDER"`` for up to three
-    sub-folders of ``root`` besides ``folder`` and the folders ``named`` already where a video file was seen (a
-    bounded look: :func:`~rap_deploy.data.video_files.other_video_folders`), each path shortened; ``""`` when none or
-    no root."""
-    from rap_deploy.data.video_files import other_video_folders
+    sub-folders of ``root`` besides ``folder`` and the folders ``named`` already where a video file was seen, led by
+    ``"ROOT itself"`` when the root's own entries include a video file (videos unpacked straight into the
+    ``--data-root``, beside its annotation files): one bounded look,
+    :func:`~rap_deploy.data.video_files.video_files_near`, each path shortened; ``""`` when none or no root."""
+    from rap_deploy.data.video_files import video_files_near
 
-    others = [] if root is None else other_video_folders(Path(root), folder, named=named)
-    if not others:
+    if root is None:
         return ""
-    names = some_names([shortened(str(other), PATH_CHARS) for other in others], len(others))
-    return (f"; {names} {'holds' if len(others) == 1 else 'hold'} video files: if they are this split's, move them "
-            f"into {shortened(str(folder), PATH_CHARS)}")
+    near = video_files_near(Path(root), folder, named=named)
+    places = ([f"{shortened(str(root), PATH_CHARS)} itself"] if near.in_root else []) + [
+        shortened(str(other), PATH_CHARS) for other in near.folders]
+    if not places:
+        return ""
+    return (f"; {some_names(places, len(places))} {'holds' if len(places) == 1 else 'hold'} video files: if they are "
+            f"this split's, move them into {shortened(str(folder), PATH_CHARS)}")
 
 
 def missing_videos_hint(folder: str | os.PathLike[str]) -> str:

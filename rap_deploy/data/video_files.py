@@ -9,6 +9,7 @@ import os
 from collections import deque
 from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 VIDEO_DIR = "videos"
 # The video folders CLIP4Clip's README trains from (``--features_path ${DATA_PATH}/<name>``), read when the dataset
@@ -87,6 +88,14 @@ def _chosen_folder(root: Path, seen: dict[Path, bool | None]) -> Path:
     return found or presumed or next(iter(seen), root / VIDEO_DIR)
 
 
+class VideoFilesNear(NamedTuple):
+    """What :func:`video_files_near` saw in a data root: whether the root's own entries include a video file, and
+    the sub-folders of it that hold one."""
+
+    in_root: bool
+    folders: list[Path]
+
+
 def other_video_folders(root: Path, besides: Path, most: int = 3, named: tuple[Path, ...] = ()) -> list[Path]:
     """Up to ``most`` sub-folders of ``root`` (by name, among its first :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries)
     other than ``besides`` or a link to it, one of ``named`` (folders the caller names already), or a link to
@@ -94,12 +103,32 @@ def other_video_folders(root: Path, besides: Path, most: int = 3, named: tuple[P
     seen (:func:`video_file_seen`, at most :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries each and
     :data:`MAX_ENTRIES_SEARCHED_FOR_HINT_IN_ALL` in all): where a user whose videos are all missing from ``besides``
     may have put them. ``[]`` when ``root`` cannot be read."""
+    return video_files_near(root, besides, most, named).folders
+
+
+def video_files_near(root: Path, besides: Path, most: int = 3, named: tuple[Path, ...] = ()) -> VideoFilesNear:
+    """Where a user whose videos are all missing from ``besides`` may have put them, from one bounded look at the
+    data root ``root``: ``in_root`` is True when a file with a video extension is among the root's first
+    :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries (videos unpacked straight into the root, beside its annotation
+    files; False when ``root`` is ``besides`` or one of ``named``), read from the same listing that finds its
+    sub-folders, and ``folders`` is :func:`other_video_folders`' list (each sub-folder looked into once).
+    ``(False, [])`` when ``root`` cannot be read."""
     try:
         with os.scandir(root) as entries:
-            folders = sorted(Path(entry.path) for entry in islice(entries, MAX_ENTRIES_SEARCHED_FOR_HINT)
-                             if _is_folder(entry))
+            first = list(islice(entries, MAX_ENTRIES_SEARCHED_FOR_HINT))
+            folders = sorted(Path(entry.path) for entry in first if _is_folder(entry))
     except OSError:
-        return []
+        return VideoFilesNear(False, [])
+    in_root = (not any(_same_folder(root, other) for other in (besides, *named))
+               and any(_is_video_file(entry) for entry in first))
+    return VideoFilesNear(in_root, _sub_folders_with_videos(root, folders, besides, most, named))
+
+
+def _sub_folders_with_videos(root: Path, folders: list[Path], besides: Path, most: int,
+                             named: tuple[Path, ...]) -> list[Path]:
+    """Up to ``most`` of ``root``'s sub-folders ``folders`` (in order) where a video file was seen, skipping
+    ``besides``, ``named`` and links to ``root`` or above it, within :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries
+    each and :data:`MAX_ENTRIES_SEARCHED_FOR_HINT_IN_ALL` in all."""
     real_root = os.path.realpath(root)
     found: list[Path] = []
     left = MAX_ENTRIES_SEARCHED_FOR_HINT_IN_ALL
