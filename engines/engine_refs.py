@@ -150,6 +150,7 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
     manifest = engine_manifest(engine_path)
     recorded = (manifest or {}).get("checkpoint") or {}
     recorded = recorded if isinstance(recorded, dict) else {}
+    _check_recorded_checkpoint(recorded, where, remote)
     if manifest is None and checkpoint is None:
         checkpoint = engine_path  # a .pt engine is its own reference
     if checkpoint is not None:
@@ -172,6 +173,21 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
                          f"one in {where}): it changed since export; pass --checkpoint with "
                          "the original, or re-export and rebuild the engine")
     return Reference(path, digest, recorded.get("sha256"), "manifest")
+
+
+def _check_recorded_checkpoint(recorded: dict[str, Any], where: Path | str, remote: bool) -> None:
+    """Refuse (:class:`CheckFailedError`, exit 1) a source checkpoint record whose ``path`` or ``sha256`` is there
+    but is not text: the manifest was edited (or the server reports a damaged one). Such a value otherwise reached
+    the code that takes them for text: a number as ``sha256`` stopped ``verify --checkpoint`` with a TypeError
+    traceback, and without ``--checkpoint`` was reported as a checkpoint that changed since export (exit 2)."""
+    from rap_deploy.name_lists import short_repr
+
+    for key in ("path", "sha256"):
+        value = recorded.get(key)
+        if value is not None and not isinstance(value, str):
+            fix = ("the server reports a damaged engine record; rebuild the engine it serves" if remote else
+                   "the engine folder is damaged or was edited, rebuild it")
+            raise CheckFailedError(f"{where}: checkpoint {key} {short_repr(value)} is not text; {fix}")
 
 
 def _recorded_checkpoint_file(value: str, engine_path: Path, remote: bool) -> Path | None:
