@@ -241,16 +241,17 @@ def _build_on_device(trt: Any, onnx_path: Path, engine_path: Path,
 
 def build_graph(onnx_path: Path, engine_path: Path, shapes: Mapping[str, Mapping[str, list[int]]], fp16: bool,
                 plan: PrecisionPlan | None, timing_cache: Path, workspace_gb: float = 4.0,
-                graph: str = "", device_id: int = 0) -> dict[str, Any]:
+                graph: str = "", device_id: int = 0, export_dir: Path | None = None) -> dict[str, Any]:
     """Build one serialized engine from ``onnx_path`` into ``engine_path`` on GPU ``device_id``; return its report.
 
     ``shapes`` is the optimisation profile (input name → min/opt/max shapes), ``plan`` the precision plan of the fp32
     graph (fp16 only). On TensorRT 11, an fp16 build expects ``onnx_path`` to be the fp16 graph. The timing cache at
     ``timing_cache`` is read if present and written back. Raises :class:`CheckFailedError` when parsing or building
     fails, an fp16 engine has no FP16 layers or a pinned output is not FP32; :class:`BackendUnavailableError`
-    without TensorRT / the GPU.
+    without TensorRT / the GPU, naming the ONNX Runtime builds of ``export_dir`` (the export the graph is from) to
+    run instead, or the ``<export folder>`` placeholder without it.
     """
-    trt, _ = require_tensorrt(device_id)
+    trt, _ = require_tensorrt(device_id, export_dir)
     mode = build_mode(trt.__version__)
     plan = plan or PrecisionPlan(graph)
     with CUDA.scope(device_id):
@@ -334,7 +335,7 @@ def build_trt_graphs(export_dir: Path, export_manifest: Mapping[str, Any], out_d
             src, src_sha, report["fp16_graph"] = _fp16_source(trt, export_dir, name, fp16_graphs, plan)
         shapes = profile_shapes(name, entry["inputs"], ranges[name])
         report.update(build_graph(src, out_dir / f"{name}.engine", shapes, precision == "fp16", plan, cache,
-                                  workspace_gb, name, device_id))
+                                  workspace_gb, name, device_id, export_dir))
         report["profile"] = shapes
         if plan is not None:
             report["precision_plan"] = plan.to_dict(with_nodes=False)
