@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -371,13 +372,45 @@ def _prefix_fix(path: Path, clip: str, prefix: str) -> str:
     import shlex
 
     tag = re.sub(r"[^0-9A-Za-z._-]+", "_", prefix.strip("."))[:40] or "inner"
-    converted = path.with_name(f"{path.name}.{tag}.pt")
+    converted = path.with_name(bounded_file_name(path.name, f".{tag}.pt"))
     return (f"the file holds every tensor of {clip} under the prefix {prefix!r} (a checkpoint of a model built on "
             f"CLIP, as CLIP4Clip's pytorch_model.bin is); save them without it once: python -c \"import torch; sd = "
             f"torch.load({_double_quoted_literal(path)}, map_location='cpu', weights_only=True); sd = "
             f"sd.get('state_dict', sd); torch.save({{k[{len(prefix)}:]: v for k, v in sd.items() if "
             f"k.startswith({_double_quoted_literal(prefix)})}}, {_double_quoted_literal(converted)})\" and pass "
             f"--pretrained {shlex.quote(str(converted))}")
+
+
+# The bytes a file name may have on Linux, macOS and Windows file systems (NAME_MAX): a longer one fails to be
+# created with "File name too long" (ENAMETOOLONG)
+NAME_MAX = 255
+
+
+def bounded_file_name(name: str, ending: str, limit: int = NAME_MAX) -> str:
+    """``name + ending``, the name of a file made beside ``name``, at most ``limit`` bytes in the file system's
+    encoding (:func:`os.fsencode`): unchanged when it fits, else with the end of ``name``'s stem cut, whole
+    characters only, its extension and ``ending`` kept (``<stem cut>.bin.inner.pt``); when the extension itself
+    leaves no room for a character of the stem, ``name`` as a whole is cut instead. ``ending`` (a few ASCII
+    characters here) is always kept whole; raises ``ValueError`` when it alone is over ``limit``."""
+    full = name + ending
+    if len(os.fsencode(full)) <= limit:
+        return full
+    room = limit - len(os.fsencode(ending))
+    if room < 1:
+        raise ValueError(f"file name ending {ending!r} is over {limit} bytes")
+    stem, suffix = (name[:-len(Path(name).suffix)], Path(name).suffix) if Path(name).suffix else (name, "")
+    kept = _bytes_prefix(stem, room - len(os.fsencode(suffix)))
+    return f"{kept}{suffix}{ending}" if kept else f"{_bytes_prefix(name, room)}{ending}"
+
+
+def _bytes_prefix(text: str, most: int) -> str:
+    """The longest start of ``text`` (whole characters) whose :func:`os.fsencode` is at most ``most`` bytes."""
+    used = 0
+    for i, char in enumerate(text):
+        used += len(os.fsencode(char))
+        if used > most:
+            return text[:i]
+    return text
 
 
 _STATE_DICT_ERROR = "Error(s) in loading state_dict"
