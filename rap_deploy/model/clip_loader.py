@@ -279,7 +279,7 @@ def _torchscript_refusal(path: Path, clip: str) -> str:
 
     import open_clip
 
-    converted = path.with_name(f"{path.stem}.state_dict.pt")
+    converted = path.with_name(bounded_file_name(path.stem, ".state_dict.pt"))  # at most 255 bytes
     quick = f"{clip}-quickgelu"
     model = f" with --clip {quick} (OpenAI's weights need QuickGELU)" if quick in open_clip.list_models() else ""
     return (f"backbone weights file {path} is a TorchScript archive (OpenAI's original CLIP release format), which "

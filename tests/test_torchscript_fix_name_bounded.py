@@ -1,0 +1,34 @@
+"""The refusal of a TorchScript weights file (OpenAI's ViT-B-32.pt) suggests converting it to
+``<stem>.state_dict.pt``: for a file whose name was already long (about 242 bytes or more) that name was over the 255
+bytes a file name may have, and the printed command failed with "File name too long". It is now cut in the stem
+(:func:`~rap_deploy.model.clip_loader.bounded_file_name`), as the prefix refusal's name is."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from rap_deploy.model.clip_loader import _torchscript_refusal
+
+
+def _suggested(said: str) -> Path:
+    """The file the refusal ``said`` asks to pass to --pretrained."""
+    command = said.rsplit(" and pass --pretrained ", 1)[1].split(" with --clip ")[0]  # then the QuickGELU model
+    return Path(shlex.split(command)[0])
+
+
+def test_a_short_name_is_unchanged(tmp_path):
+    said = _torchscript_refusal(tmp_path / "ViT-B-32.pt", "ViT-B-32")
+    assert _suggested(said) == tmp_path / "ViT-B-32.state_dict.pt"
+
+
+@pytest.mark.parametrize("stem", ["w" * 250, "重" * 84, "model." + "v" * 240])
+def test_a_long_name_stays_within_255_bytes(tmp_path, stem):
+    said = _torchscript_refusal(tmp_path / f"{stem}.pt", "ViT-B-32")
+    name = _suggested(said).name
+    assert len(os.fsencode(name)) <= 255 and name.endswith(".state_dict.pt"), name
+    assert _suggested(said).parent == tmp_path and name[:4] == stem[:4]
+    assert f"{stem}.pt" in said  # the file to convert is still named whole
