@@ -180,14 +180,13 @@ def _check_recorded_checkpoint(recorded: dict[str, Any], where: Path | str, remo
     but is not text: the manifest was edited (or the server reports a damaged one). Such a value otherwise reached
     the code that takes them for text: a number as ``sha256`` stopped ``verify --checkpoint`` with a TypeError
     traceback, and without ``--checkpoint`` was reported as a checkpoint that changed since export (exit 2)."""
-    from rap_deploy.name_lists import short_repr
+    from rap_deploy.engines.manifest import checkpoint_record_problem
 
-    for key in ("path", "sha256"):
-        value = recorded.get(key)
-        if value is not None and not isinstance(value, str):
-            fix = ("the server reports a damaged engine record; rebuild the engine it serves" if remote else
-                   "the engine folder is damaged or was edited, rebuild it")
-            raise CheckFailedError(f"{where}: checkpoint {key} {short_repr(value)} is not text; {fix}")
+    problem = checkpoint_record_problem(recorded)
+    if problem:
+        fix = ("the server reports a damaged engine record; rebuild the engine it serves" if remote else
+               "the engine folder is damaged or was edited, rebuild it")
+        raise CheckFailedError(f"{where}: {problem}; {fix}")
 
 
 def _recorded_checkpoint_file(value: str, engine_path: Path, remote: bool) -> Path | None:

@@ -194,6 +194,9 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
     for key in ("config", "checkpoint", "profiles", "session", "asa_blocks", "versions", "export", "host", "gpu"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise damaged(f"'{key}' is not an object")
+    problem = checkpoint_record_problem(manifest.get("checkpoint") or {})
+    if problem:
+        raise damaged(problem)
     versions = manifest.get("versions") or {}
     if len(versions) > MAX_VERSIONS:  # counted before any entry is read: a padded map costs no per-key work
         raise damaged(f"'versions' lists {len(versions):,} libraries; no build records more than {MAX_VERSIONS}")
@@ -216,6 +219,19 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
             bounds.check_int(value, what, 1, high)
         except UsageError as exc:
             raise damaged(str(exc)) from None
+
+
+def checkpoint_record_problem(record: Mapping[str, Any]) -> str | None:
+    """Why a manifest's source checkpoint record (``{"path", "sha256"}``) is damaged, as ``"checkpoint sha256 5 is
+    not text"``, or ``None``: each of ``path`` and ``sha256`` must be absent, ``null`` or text. Their readers take them
+    for text (verify compares the sha256, ``triton-repo`` publishes both for a remote verify to read), so an edited
+    one is refused where the manifest is read (:func:`read_manifest`, and
+    :func:`rap_deploy.engines.engine_refs.resolve_reference` for the manifests verify and bench read)."""
+    for key in ("path", "sha256"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"checkpoint {key} {short_repr(value)} is not text"
+    return None
 
 
 def _check_graphs(damaged: Callable[[str], CheckFailedError], graphs: Any) -> None:
