@@ -42,9 +42,11 @@ from rap_deploy.engines.trt_plan import build_mode
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.graphs import graph_io, graphs_for
 
+#: Why a refusal names the ``<export folder>`` placeholder, by default: an engine folder that records no export.
+NOT_RECORDED = "the engine's folder does not record it"
 
-def onnxruntime_instead(export_dir: str | os.PathLike[str] | None = None,
-                        why: str = "the engine's folder does not record it") -> str:
+
+def onnxruntime_instead(export_dir: str | os.PathLike[str] | None = None, why: str = NOT_RECORDED) -> str:
     """What to run instead of TensorRT here: the two ONNX Runtime CPU builds (fp32, int8) of ``export_dir``, as
     runnable commands; without ``export_dir`` they name :data:`~rap_deploy.engines.manifest.EXPORT_PLACEHOLDER`,
     explained after them with ``why`` the folder is unknown, not build-engine's default (the workspace's latest
@@ -66,14 +68,14 @@ TORCH_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", 
                      "INT8": "int8", "BOOL": "bool", "UINT8": "uint8"}
 
 
-def import_tensorrt(export_dir: str | os.PathLike[str] | None = None) -> Any:
+def import_tensorrt(export_dir: str | os.PathLike[str] | None = None, why: str = NOT_RECORDED) -> Any:
     """Import and return the ``tensorrt`` module; raises :class:`BackendUnavailableError` (one line, naming the ONNX
-    Runtime builds of ``export_dir`` to run instead) if missing."""
+    Runtime builds of ``export_dir`` to run instead, or the placeholder explained by ``why``) if missing."""
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendUnavailableError(f"TensorRT is not installed ({exc}); it needs an NVIDIA GPU machine "
-                                      f"(pip install -e '.[trt]'); {onnxruntime_instead(export_dir)}") from None
+                                      f"(pip install -e '.[trt]'); {onnxruntime_instead(export_dir, why)}") from None
     build_mode(trt.__version__)  # refuses TensorRT < 10
     return trt
 
@@ -102,11 +104,11 @@ def runtime_info(device_id: int = 0) -> dict[str, Any]:
     return {"tensorrt": version, "gpu": gpu_info(device_id)}
 
 
-def require_tensorrt(device_id: int = 0, export_dir: str | os.PathLike[str] | None = None
+def require_tensorrt(device_id: int = 0, export_dir: str | os.PathLike[str] | None = None, why: str = NOT_RECORDED
                      ) -> tuple[Any, dict[str, Any]]:
     """Return ``(tensorrt module, gpu info)``; raise :class:`BackendUnavailableError` naming what is missing and the
-    ONNX Runtime builds of ``export_dir`` to run instead."""
-    trt = import_tensorrt(export_dir)
+    ONNX Runtime builds of ``export_dir`` to run instead (without it, the placeholder, explained by ``why``)."""
+    trt = import_tensorrt(export_dir, why)
     gpu = gpu_info(device_id)
     if gpu is None:
         import torch
@@ -114,7 +116,7 @@ def require_tensorrt(device_id: int = 0, export_dir: str | os.PathLike[str] | No
         raise BackendUnavailableError(f"TensorRT {trt.__version__} is installed but CUDA GPU {device_id} is not "
                                       f"visible (torch {torch.__version__}: cuda available = "
                                       f"{torch.cuda.is_available()}, devices = {torch.cuda.device_count()}); "
-                                      f"{onnxruntime_instead(export_dir)}")
+                                      f"{onnxruntime_instead(export_dir, why)}")
     return trt, gpu
 
 

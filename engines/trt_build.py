@@ -44,6 +44,8 @@ from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageEr
 from rap_deploy.name_lists import some_names
 
 HELPER = "helper:feeds-pinned"
+#: Why a build's TensorRT refusal names the ``<export folder>`` placeholder: build_graph was called without one.
+NOT_TOLD = "the build was not told its export folder"
 
 
 def set_flag(trt: Any, config: Any, name: str, on: bool = True) -> None:
@@ -249,9 +251,10 @@ def build_graph(onnx_path: Path, engine_path: Path, shapes: Mapping[str, Mapping
     ``timing_cache`` is read if present and written back. Raises :class:`CheckFailedError` when parsing or building
     fails, an fp16 engine has no FP16 layers or a pinned output is not FP32; :class:`BackendUnavailableError`
     without TensorRT / the GPU, naming the ONNX Runtime builds of ``export_dir`` (the export the graph is from) to
-    run instead, or the ``<export folder>`` placeholder without it.
+    run instead, or without it the ``<export folder>`` placeholder, explained as :data:`NOT_TOLD`.
     """
-    trt, _ = require_tensorrt(device_id, export_dir)
+    # a reason only where no folder is named: with one, the call stays require_tensorrt(device_id, export_dir)
+    trt, _ = require_tensorrt(device_id, export_dir, **({} if export_dir is not None else {"why": NOT_TOLD}))
     mode = build_mode(trt.__version__)
     plan = plan or PrecisionPlan(graph)
     with CUDA.scope(device_id):
