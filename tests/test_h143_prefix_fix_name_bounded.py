@@ -14,9 +14,11 @@ import pytest
 import torch
 from conftest import run_suggested_conversion
 
-from rap_deploy.model.clip_loader import _prefix_fix
+from rap_deploy.errors import UsageError
+from rap_deploy.model.clip_loader import BackboneSpec, load_clip
 
 PREFIX = "clip."  # CLIP4Clip's is 'clip.'; tag 'clip'
+CLIP = "rap-micro"
 
 
 def _suggested(said: str) -> Path:
@@ -24,17 +26,30 @@ def _suggested(said: str) -> Path:
     return Path(shlex.split(said.rsplit(" and pass --pretrained ", 1)[1])[0])
 
 
-def _weights(folder: Path, name: str) -> Path:
+def _micro_state() -> dict[str, torch.Tensor]:
+    return load_clip(BackboneSpec.parse(CLIP, "none")).state_dict()
+
+
+def _weights(folder: Path, name: str, prefix: str = PREFIX) -> Path:
+    """Every tensor of the rap-micro CLIP saved under ``prefix`` in ``folder/name`` (as CLIP4Clip saves ViT-B/32's)."""
     path = folder / name
-    torch.save({f"{PREFIX}w": torch.zeros(2)}, path)
+    torch.save({f"{prefix}{k}": v for k, v in _micro_state().items()}, path)
     return path
 
 
+def _refusal(path: Path) -> str:
+    """The one-line refusal loading ``path`` as rap-micro's weights gives (the public path: load_clip)."""
+    with pytest.raises(UsageError) as refused:
+        load_clip(BackboneSpec.parse(CLIP, str(path)))
+    return str(refused.value)
+
+
 def test_a_short_name_is_unchanged(tmp_path):
-    path = tmp_path / "pytorch_model.bin"
-    assert _suggested(_prefix_fix(path, "ViT-B-32", PREFIX)) == tmp_path / "pytorch_model.bin.clip.pt"
+    path = _weights(tmp_path, "pytorch_model.bin")
+    assert _suggested(_refusal(path)) == tmp_path / "pytorch_model.bin.clip.pt"
     long_tag = "x" * 60 + "."
-    assert _suggested(_prefix_fix(path, "ViT-B-32", long_tag)).name == f"pytorch_model.bin.{'x' * 40}.pt"
+    path = _weights(tmp_path, "pytorch_model.bin", long_tag)
+    assert _suggested(_refusal(path)).name == f"pytorch_model.bin.{'x' * 40}.pt"
 
 
 @pytest.mark.parametrize("name", ["a" * 246 + ".bin",  # 250 ASCII bytes
@@ -45,7 +60,7 @@ def test_a_short_name_is_unchanged(tmp_path):
 def test_a_long_name_is_cut_to_255_bytes_and_the_conversion_runs(tmp_path, name):
     assert len(os.fsencode(name)) <= 255
     path = _weights(tmp_path, name)
-    said = _prefix_fix(path, "ViT-B-32", PREFIX)
+    said = _refusal(path)
     converted = _suggested(said)
     assert converted.parent == tmp_path
     assert len(os.fsencode(converted.name)) <= 255 and converted.name.endswith(".clip.pt"), converted.name
@@ -56,4 +71,4 @@ def test_a_long_name_is_cut_to_255_bytes_and_the_conversion_runs(tmp_path, name)
     else:
         assert name.startswith(converted.name[:-len(".clip.pt")])
     run_suggested_conversion(said)
-    assert set(torch.load(converted, weights_only=True)) == {"w"}
+    assert set(torch.load(converted, weights_only=True)) == set(_micro_state())

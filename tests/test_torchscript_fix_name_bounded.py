@@ -10,8 +10,10 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
-from rap_deploy.model.clip_loader import _torchscript_refusal
+from rap_deploy.errors import UsageError
+from rap_deploy.model.clip_loader import BackboneSpec, load_clip
 
 
 def _suggested(said: str) -> Path:
@@ -20,14 +22,23 @@ def _suggested(said: str) -> Path:
     return Path(shlex.split(command)[0])
 
 
+def _refusal(path: Path) -> str:
+    """The refusal of a TorchScript archive at ``path`` given as rap-micro's weights (through the public load_clip)."""
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with pytest.raises(UsageError) as refused:
+        load_clip(BackboneSpec.parse("rap-micro", str(path)))
+    return str(refused.value)
+
+
 def test_a_short_name_is_unchanged(tmp_path):
-    said = _torchscript_refusal(tmp_path / "ViT-B-32.pt", "ViT-B-32")
+    said = _refusal(tmp_path / "ViT-B-32.pt")
+    assert "TorchScript archive" in said
     assert _suggested(said) == tmp_path / "ViT-B-32.state_dict.pt"
 
 
 @pytest.mark.parametrize("stem", ["w" * 250, "重" * 84, "model." + "v" * 240])
 def test_a_long_name_stays_within_255_bytes(tmp_path, stem):
-    said = _torchscript_refusal(tmp_path / f"{stem}.pt", "ViT-B-32")
+    said = _refusal(tmp_path / f"{stem}.pt")
     name = _suggested(said).name
     assert len(os.fsencode(name)) <= 255 and name.endswith(".state_dict.pt"), name
     assert _suggested(said).parent == tmp_path and name[:4] == stem[:4]
