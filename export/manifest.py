@@ -246,9 +246,12 @@ def _records(manifest: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 def _check_types(export_dir: Path, path: Path, manifest: dict[str, Any]) -> None:
     """The keys later stages read as numbers and objects are numbers and objects: ``config`` and ``checkpoint``
-    objects, ``dims`` positive integers (``grid`` two of them; ``asa_token_width`` 0 without an ASA head). Raises
-    :class:`CheckFailedError` naming the key."""
+    objects (the latter's ``path`` and ``sha256`` text, as
+    :func:`rap_deploy.engines.manifest.checkpoint_record_problem` checks an engine's), ``dims`` positive integers
+    (``grid`` two of them; ``asa_token_width`` 0 without an ASA head). Raises :class:`CheckFailedError` naming the
+    key."""
     from rap_deploy.bounds import MAX_VIDEOS
+    from rap_deploy.engines.manifest import checkpoint_record_problem  # here: rap_deploy.engines imports numpy
 
     def damaged(what: str) -> CheckFailedError:
         return CheckFailedError(f"{path}: {what}; the manifest was edited, re-run "
@@ -258,6 +261,9 @@ def _check_types(export_dir: Path, path: Path, manifest: dict[str, Any]) -> None
         raise damaged("'config' is not an object")
     if manifest.get("checkpoint") is not None and not isinstance(manifest["checkpoint"], dict):
         raise damaged("'checkpoint' is not an object")
+    problem = checkpoint_record_problem(manifest.get("checkpoint") or {})
+    if problem:  # triton-repo publishes the record, verify compares its sha256: both take them for text
+        raise damaged(problem)
     dims = manifest.get("dims")
     if not isinstance(dims, dict):
         raise damaged("'dims' is not an object")
