@@ -223,14 +223,18 @@ def _check_structure(path: Path, manifest: Mapping[str, Any]) -> None:
 
 def checkpoint_record_problem(record: Mapping[str, Any]) -> str | None:
     """Why a manifest's source checkpoint record (``{"path", "sha256"}``) is damaged, as ``"checkpoint sha256 5 is
-    not text"``, or ``None``: each of ``path`` and ``sha256`` must be absent, ``null`` or text. Their readers take them
-    for text (verify compares the sha256, ``triton-repo`` publishes both for a remote verify to read), so an edited
-    one is refused where the manifest is read (:func:`read_manifest`, and
+    not text"``, or ``None``: each of ``path`` and ``sha256`` must be absent, ``null`` or text, a path of at most
+    :data:`MAX_PATH_CHARS` characters (no path is longer) and a sha256 of at most :data:`MAX_TEXT_CHARS` (a real one
+    has 64). Their readers take them for text and pass them on whole (verify compares the sha256 and prints the path,
+    ``triton-repo`` publishes both for a remote verify to read), so an edited one is refused where the manifest is
+    read (:func:`read_manifest`, :func:`rap_deploy.export.read_export_manifest` for export folders, and
     :func:`rap_deploy.engines.engine_refs.resolve_reference` for the manifests verify and bench read)."""
-    for key in ("path", "sha256"):
+    for key, most in (("path", MAX_PATH_CHARS), ("sha256", MAX_TEXT_CHARS)):
         value = record.get(key)
         if value is not None and not isinstance(value, str):
             return f"checkpoint {key} {short_repr(value)} is not text"
+        if value is not None and len(value) > most:
+            return f"checkpoint {key} {short_repr(value)} is longer than {most:,} characters"
     return None
 
 
