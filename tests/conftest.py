@@ -219,3 +219,27 @@ def follow_suggested_conversion(said: str, converted, out) -> None:
     made = CliRunner().invoke(app, ["init", "--clip", "rap-micro", "--pretrained", str(converted), "--frames", "4",
                                     "--out", str(out)])
     assert made.exit_code == 0, made.output
+
+
+def msrvtt_annotations(root, ids=("video1", "video2")):
+    """MSR-VTT's three annotation files for ``ids`` (no videos) in a new folder ``root``; returns ``root``."""
+    import json
+
+    root.mkdir(parents=True)
+    rows = "".join(f"ret{i},msr{i},{vid},a clip {vid}\n" for i, vid in enumerate(ids))
+    (root / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\n" + rows)
+    (root / "MSRVTT_train.9k.csv").write_text("video_id\n" + "".join(f"{vid}\n" for vid in ids))
+    (root / "MSRVTT_data.json").write_text(json.dumps({"sentences": [{"video_id": v, "caption": f"a clip {v}"}
+                                                                     for v in ids]}))
+    return root
+
+
+def empty_file(path) -> None:
+    """An empty file at ``path``, its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def all_missing(split) -> list[dict[str, str]]:
+    """``{video_id, reason: 'missing'}`` for every video of ``split``: what decoding reports when none is found."""
+    return [{"video_id": v.video_id, "reason": "missing"} for v in split.videos]

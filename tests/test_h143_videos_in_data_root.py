@@ -7,9 +7,9 @@ listing of the root that finds its sub-folders (each folder listed once). ``rapd
 
 from __future__ import annotations
 
-import json
 import os
 
+from conftest import all_missing, empty_file, msrvtt_annotations
 from typer.testing import CliRunner
 
 from rap_deploy.cli import app
@@ -20,64 +20,44 @@ from rap_deploy.name_lists import PATH_CHARS
 from rap_deploy.retrieval import videos_folder_hint
 
 
-def _annotations(root, ids=("video1", "video2")):
-    """MSR-VTT's three annotation files for ``ids`` (no videos) in ``root``."""
-    root.mkdir(parents=True)
-    rows = "".join(f"ret{i},msr{i},{vid},a clip {vid}\n" for i, vid in enumerate(ids))
-    (root / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\n" + rows)
-    (root / "MSRVTT_train.9k.csv").write_text("video_id\n" + "".join(f"{vid}\n" for vid in ids))
-    (root / "MSRVTT_data.json").write_text(json.dumps({"sentences": [{"video_id": v, "caption": f"a clip {v}"}
-                                                                     for v in ids]}))
-    return root
-
-
-def _file(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
-
-
-def _all_missing(split) -> list[dict[str, str]]:
-    return [{"video_id": v.video_id, "reason": "missing"} for v in split.videos]
-
-
 def _root_hint(root) -> str:
     return f"; {root} itself holds video files: if they are this split's, move them into {root / 'videos'}"
 
 
 def test_the_hint_names_the_data_root_holding_the_videos(tmp_path):
-    root = _annotations(tmp_path / "msrvtt")
-    _file(root / "video1.mp4")
-    _file(root / "video2.mp4")
+    root = msrvtt_annotations(tmp_path / "msrvtt")
+    empty_file(root / "video1.mp4")
+    empty_file(root / "video2.mp4")
     split = load_split("msrvtt", root)
     assert split.videos_dir == root / "videos" and split.data_root == root
-    assert videos_folder_hint(split, _all_missing(split)) == (
+    assert videos_folder_hint(split, all_missing(split)) == (
         f": {root / 'videos'} does not exist; put the videos there (<video_id>.<ext>, any sub-folder) or pass the "
         f"--data-root that holds them{_root_hint(root)}")
 
 
 def test_the_root_comes_first_beside_its_sub_folders_and_a_root_without_videos_is_not_named(tmp_path):
-    root = _annotations(tmp_path / "msrvtt")
-    _file(root / "video1.MKV")  # any case of a video extension
-    _file(root / "clips" / "video2.mp4")
+    root = msrvtt_annotations(tmp_path / "msrvtt")
+    empty_file(root / "video1.MKV")  # any case of a video extension
+    empty_file(root / "clips" / "video2.mp4")
     split = load_split("msrvtt", root)
-    assert videos_folder_hint(split, _all_missing(split)).endswith(
+    assert videos_folder_hint(split, all_missing(split)).endswith(
         f"; {root} itself, {root / 'clips'} hold video files: if they are this split's, move them into "
         f"{root / 'videos'}")
-    plain = _annotations(tmp_path / "plain")
-    _file(plain / "notes.txt")
+    plain = msrvtt_annotations(tmp_path / "plain")
+    empty_file(plain / "notes.txt")
     (plain / "folder.mp4").mkdir()  # a folder named like a video: not a video file
     split = load_split("msrvtt", plain)
-    assert "itself" not in videos_folder_hint(split, _all_missing(split))
+    assert "itself" not in videos_folder_hint(split, all_missing(split))
 
 
 def test_the_root_path_is_shortened(tmp_path):
     root = tmp_path
     for _ in range(5):  # a data root whose path is over PATH_CHARS characters
         root = root / ("r" * 250)
-    root = _annotations(root)
-    _file(root / "video1.mp4")
+    root = msrvtt_annotations(root)
+    empty_file(root / "video1.mp4")
     split = load_split("msrvtt", root)
-    hint = videos_folder_hint(split, _all_missing(split))
+    hint = videos_folder_hint(split, all_missing(split))
     assert f"{root} itself" not in hint and f"; {str(root)[:PATH_CHARS - 1]}… itself holds video files" in hint, hint
 
 
@@ -86,9 +66,9 @@ def test_the_look_at_the_root_is_one_bounded_listing(tmp_path, monkeypatch):
     once (the root's own look does not descend into them again)."""
     root = tmp_path / "data"
     for i in range(3 * MAX_ENTRIES_SEARCHED_FOR_HINT):
-        _file(root / f"note{i:04d}.txt")
+        empty_file(root / f"note{i:04d}.txt")
     for name in ("a", "b"):
-        _file(root / name / "clip.mp4")
+        empty_file(root / name / "clip.mp4")
     listed: dict[str, int] = {}
     read: dict[str, int] = {}
     real = os.scandir
@@ -122,15 +102,15 @@ def test_the_look_at_the_root_is_one_bounded_listing(tmp_path, monkeypatch):
 
 def test_the_videos_folder_itself_is_not_named_as_the_root(tmp_path):
     folder = tmp_path / "videos"
-    _file(folder / "other.mp4")
+    empty_file(folder / "other.mp4")
     assert video_files.video_files_near(folder, folder) == (False, [])
     assert video_files.video_files_near(tmp_path / "absent", folder) == (False, [])
 
 
 def test_data_check_names_the_data_root_holding_the_videos(tmp_path):
-    root = _annotations(tmp_path / "msrvtt")
-    _file(root / "video1.mp4")
-    _file(root / "video2.webm")
+    root = msrvtt_annotations(tmp_path / "msrvtt")
+    empty_file(root / "video1.mp4")
+    empty_file(root / "video2.webm")
     result = CliRunner().invoke(app, ["data-check", "--dataset", "msrvtt", "--data-root", str(root), "--no-cache",
                                       "--quiet"])
     assert result.exit_code == 1, result.output
@@ -141,8 +121,8 @@ def test_data_check_names_the_data_root_holding_the_videos(tmp_path):
 
 def test_train_names_the_data_root_holding_the_videos(tmp_path, monkeypatch):
     monkeypatch.setenv("RAPDEPLOY_HOME", str(tmp_path / "workspace"))
-    root = _annotations(tmp_path / "msrvtt")
-    _file(root / "video1.mp4")
+    root = msrvtt_annotations(tmp_path / "msrvtt")
+    empty_file(root / "video1.mp4")
     result = CliRunner().invoke(app, ["train", "--clip", "rap-micro", "--pretrained", "none", "--dataset", "msrvtt",
                                       "--data-root", str(root), "--out", str(tmp_path / "run"), "--quiet"])
     assert result.exit_code == 1, result.output

@@ -2,7 +2,11 @@
 so its refusal's ONNX Runtime builds to run instead named the '<export folder>' placeholder, explained as 'the
 engine's folder does not record it' while no engine folder was involved, although build_trt_graphs, its caller,
 knew the folder. build_graph now takes ``export_dir`` and build_trt_graphs passes it. TensorRT is not installed
-here: build_graph is called on the not-installed path, and build_trt_graphs with require_tensorrt recorded."""
+here: build_graph is called on the not-installed path, and build_trt_graphs with require_tensorrt recorded.
+
+Called without ``export_dir``, build_graph's placeholder was explained as 'the engine's folder does not record it':
+wrong in a build, where no engine folder exists yet. It now says 'the build was not told its export folder'; engine
+folders (TrtEngine, import_tensorrt / require_tensorrt by default) keep their reason."""
 
 from __future__ import annotations
 
@@ -12,10 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from rap_deploy.engines import tensorrt_backend as T
 from rap_deploy.engines import trt_build
 from rap_deploy.errors import BackendUnavailableError
 
 EXPORT = Path("/w/my export")
+BUILD_NOTE = ("(<export folder> is the folder `rapdeploy export` wrote from this engine's checkpoint, by default in "
+              "the workspace's onnx folder; the build was not told its export folder)")
+ENGINE_WHY = "the engine's folder does not record it"
 
 
 @pytest.fixture
@@ -58,3 +66,22 @@ def test_build_trt_graphs_passes_its_export_to_build_graph(tmp_path: Path, monke
         trt_build.build_trt_graphs(tmp_path / "export", manifest, tmp_path / "out", "fp32", {"text_encoder": {}},
                                    tmp_path / "caches")
     assert asked == [tmp_path / "export"] * 2, asked
+
+
+def test_a_build_without_its_export_says_it_was_not_told(tmp_path: Path, no_tensorrt: None) -> None:
+    message = _build(tmp_path)
+    assert message.endswith("`rapdeploy build-engine <export folder> --int8` (CPU int8) instead " + BUILD_NOTE), message
+    assert ENGINE_WHY not in message and "\n" not in message
+
+
+def test_engine_refusals_keep_their_reason(no_tensorrt: None) -> None:
+    for call in (T.import_tensorrt, T.require_tensorrt):
+        with pytest.raises(BackendUnavailableError) as err:
+            call()
+        assert str(err.value).endswith(f"; {ENGINE_WHY})"), str(err.value)
+
+
+def test_the_reason_passes_through_require_tensorrt(no_tensorrt: None) -> None:
+    with pytest.raises(BackendUnavailableError) as err:
+        T.require_tensorrt(0, None, why="a reason")
+    assert str(err.value).endswith("; a reason)"), str(err.value)

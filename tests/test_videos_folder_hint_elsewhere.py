@@ -6,8 +6,7 @@ data-check``, the README's first step on a real dataset, says it too (MSR-VTT's 
 
 from __future__ import annotations
 
-import json
-
+from conftest import all_missing, empty_file, msrvtt_annotations
 from typer.testing import CliRunner
 
 from rap_deploy.cli import app
@@ -17,34 +16,14 @@ from rap_deploy.name_lists import PATH_CHARS
 from rap_deploy.retrieval import videos_folder_hint
 
 
-def _annotations(root, ids=("video1", "video2")):
-    """MSR-VTT's three annotation files for ``ids`` (no videos) in ``root``."""
-    root.mkdir(parents=True)
-    rows = "".join(f"ret{i},msr{i},{vid},a clip {vid}\n" for i, vid in enumerate(ids))
-    (root / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\n" + rows)
-    (root / "MSRVTT_train.9k.csv").write_text("video_id\n" + "".join(f"{vid}\n" for vid in ids))
-    (root / "MSRVTT_data.json").write_text(json.dumps({"sentences": [{"video_id": v, "caption": f"a clip {v}"}
-                                                                     for v in ids]}))
-    return root
-
-
-def _file(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
-
-
-def _all_missing(split) -> list[dict[str, str]]:
-    return [{"video_id": v.video_id, "reason": "missing"} for v in split.videos]
-
-
 def test_the_hint_names_a_folder_of_the_data_root_that_holds_video_files(tmp_path):
-    root = _annotations(tmp_path / "msrvtt")
-    _file(root / "my_clips" / "all" / "clip1.webm")  # a video file one level down
-    _file(root / "frames" / "frame00001.jpg")  # no video file: not named
+    root = msrvtt_annotations(tmp_path / "msrvtt")
+    empty_file(root / "my_clips" / "all" / "clip1.webm")  # a video file one level down
+    empty_file(root / "frames" / "frame00001.jpg")  # no video file: not named
     (root / "empty").mkdir()
     split = load_split("msrvtt", root)
     assert split.videos_dir == root / "videos"
-    assert videos_folder_hint(split, _all_missing(split)) == (
+    assert videos_folder_hint(split, all_missing(split)) == (
         f": {root / 'videos'} does not exist; put the videos there (<video_id>.<ext>, any sub-folder) or pass the "
         f"--data-root that holds them; {root / 'my_clips'} holds video files: if they are this split's, move them "
         f"into {root / 'videos'}")
@@ -52,12 +31,12 @@ def test_the_hint_names_a_folder_of_the_data_root_that_holds_video_files(tmp_pat
 
 
 def test_the_folder_read_is_not_named_and_at_most_three_are(tmp_path):
-    root = _annotations(tmp_path / "msrvtt")
-    _file(root / "videos" / "other.mp4")  # read (it holds a video file), but not this split's: not named again
+    root = msrvtt_annotations(tmp_path / "msrvtt")
+    empty_file(root / "videos" / "other.mp4")  # read (it holds a video file), but not this split's: not named again
     for name in ("e", "d", "c", "b", "a"):
-        _file(root / name / f"{name}.mkv")
+        empty_file(root / name / f"{name}.mkv")
     split = load_split("msrvtt", root)
-    hint = videos_folder_hint(split, _all_missing(split))
+    hint = videos_folder_hint(split, all_missing(split))
     assert hint.startswith(f": {root / 'videos'} holds none of them; "), hint
     assert hint.endswith(f"; {root / 'a'}, {root / 'b'}, {root / 'c'} hold video files: if they are this split's, "
                          f"move them into {root / 'videos'}"), hint
@@ -67,25 +46,25 @@ def test_the_look_is_bounded_and_paths_are_shortened(tmp_path):
     root = tmp_path
     for _ in range(5):  # a data root whose path is over PATH_CHARS characters
         root = root / ("r" * 250)
-    root = _annotations(root)
-    _file(root / "clips" / "a.mp4")
+    root = msrvtt_annotations(root)
+    empty_file(root / "clips" / "a.mp4")
     split = load_split("msrvtt", root)
-    hint = videos_folder_hint(split, _all_missing(split))
+    hint = videos_folder_hint(split, all_missing(split))
     assert str(root / "clips") not in hint and f"; {str(root)[:PATH_CHARS - 1]}… holds video files" in hint, hint
     frames = tmp_path / "frames"
     for i in range(MAX_ENTRIES_SEARCHED_FOR_HINT):  # no video file among the first entries looked at: not named
-        _file(frames / "many" / f"frame{i:05d}.jpg")
-    _file(frames / "many" / "deeper" / "clip.mp4")
-    short = _annotations(tmp_path / "short")
+        empty_file(frames / "many" / f"frame{i:05d}.jpg")
+    empty_file(frames / "many" / "deeper" / "clip.mp4")
+    short = msrvtt_annotations(tmp_path / "short")
     (frames / "many").rename(short / "many")
     split = load_split("msrvtt", short)
-    assert "holds video files" not in videos_folder_hint(split, _all_missing(split))
+    assert "holds video files" not in videos_folder_hint(split, all_missing(split))
 
 
 def test_train_names_the_folder_holding_the_videos(tmp_path, monkeypatch):
     monkeypatch.setenv("RAPDEPLOY_HOME", str(tmp_path / "workspace"))
-    root = _annotations(tmp_path / "msrvtt")
-    _file(root / "downloaded" / "video1.mp4")
+    root = msrvtt_annotations(tmp_path / "msrvtt")
+    empty_file(root / "downloaded" / "video1.mp4")
     result = CliRunner().invoke(app, ["train", "--clip", "rap-micro", "--pretrained", "none", "--dataset", "msrvtt",
                                       "--data-root", str(root), "--out", str(tmp_path / "run"), "--quiet"])
     assert result.exit_code == 1, result.output
@@ -104,10 +83,10 @@ def _data_check_error_line(root) -> str:
 
 
 def test_data_check_names_the_folders_of_the_data_root_that_hold_video_files(tmp_path):
-    root = _annotations(tmp_path / "msrvtt")
-    _file(root / "TestVideo" / "video9.mp4")
-    _file(root / "TrainValVideo" / "video0.mp4")
-    _file(root / "frames" / "video1" / "00001.jpg")  # no video file: not named
+    root = msrvtt_annotations(tmp_path / "msrvtt")
+    empty_file(root / "TestVideo" / "video9.mp4")
+    empty_file(root / "TrainValVideo" / "video0.mp4")
+    empty_file(root / "frames" / "video1" / "00001.jpg")  # no video file: not named
     said = _data_check_error_line(root)
     assert said.endswith(
         f": {root / 'videos'} does not exist; put the videos there (<video_id>.<ext>, any sub-folder) or pass the "
@@ -118,10 +97,10 @@ def test_data_check_names_the_folders_of_the_data_root_that_hold_video_files(tmp
 def test_data_check_names_an_unread_videos_folder_once(tmp_path):
     """A candidate folder left unread (MSRVTT_Videos/ beside a videos/ that holds other videos) is named by its own
     advice only, not again among the other folders holding video files."""
-    root = _annotations(tmp_path / "msrvtt")
-    _file(root / "videos" / "other.mp4")
-    _file(root / "MSRVTT_Videos" / "video7.mp4")
-    _file(root / "clips" / "video8.mkv")
+    root = msrvtt_annotations(tmp_path / "msrvtt")
+    empty_file(root / "videos" / "other.mp4")
+    empty_file(root / "MSRVTT_Videos" / "video7.mp4")
+    empty_file(root / "clips" / "video8.mkv")
     said = _data_check_error_line(root)
     assert said.count(str(root / "MSRVTT_Videos")) == 1, said
     assert f"{root / 'MSRVTT_Videos'} also holds videos but is not read" in said, said
