@@ -253,8 +253,7 @@ def build_graph(onnx_path: Path, engine_path: Path, shapes: Mapping[str, Mapping
     without TensorRT / the GPU, naming the ONNX Runtime builds of ``export_dir`` (the export the graph is from) to
     run instead, or without it the ``<export folder>`` placeholder, explained as :data:`NOT_TOLD`.
     """
-    # a reason only where no folder is named: with one, the call stays require_tensorrt(device_id, export_dir)
-    trt, _ = require_tensorrt(device_id, export_dir, **({} if export_dir is not None else {"why": NOT_TOLD}))
+    trt, _ = require_tensorrt(device_id, export_dir, why=NOT_TOLD)  # why: read only without export_dir
     mode = build_mode(trt.__version__)
     plan = plan or PrecisionPlan(graph)
     with CUDA.scope(device_id):

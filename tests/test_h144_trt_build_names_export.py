@@ -53,7 +53,7 @@ def test_build_graph_without_one_names_the_placeholder(tmp_path: Path, no_tensor
 def test_build_trt_graphs_passes_its_export_to_build_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[object] = []
 
-    def require_tensorrt(device_id: int = 0, export_dir: object = None) -> tuple[object, dict]:
+    def require_tensorrt(device_id: int = 0, export_dir: object = None, why: str = "") -> tuple[object, dict]:
         asked.append(export_dir)
         if len(asked) > 1:  # build_graph's own check: the GPU went away
             raise BackendUnavailableError(f"no GPU; export {export_dir}")
