@@ -1,8 +1,8 @@
 """A user who unpacked a split's videos straight into the --data-root (``DATA/video0.mp4`` beside
 ``MSRVTT_data.json``, a common mistake) had every video missing from ``DATA/videos`` and a hint that named only
-sub-folders of the root holding video files (``other_video_folders``), never the root itself. The hint now says
-``DATA itself holds video files: if they are this split's, move them into DATA/videos``, read from the same bounded
-listing of the root that finds its sub-folders (each folder listed once). ``rapdeploy data-check`` and ``train``
+sub-folders of the root holding video files (``video_files_near``'s ``folders``), never the root itself. The hint
+now says ``DATA itself holds video files: if they are this split's, move them into DATA/videos``, read from the same
+bounded listing of the root that finds its sub-folders (each folder listed once). ``rapdeploy data-check`` and ``train``
 (every caller of ``videos_folder_hint``/``video_folders_elsewhere``) say it too."""
 
 from __future__ import annotations

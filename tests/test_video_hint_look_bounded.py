@@ -1,4 +1,4 @@
-"""other_video_folders (the 'DATA/x holds video files' hint when every video of a split is missing) bounded the look
+"""video_files_near (the 'DATA/x holds video files' hint when every video of a split is missing) bounded the look
 per folder (200 entries of the root, 200 in each sub-folder) but not in all: a data root of 200 sub-folders of 200
 sub-folders each was 40,201 folders listed (4.3 s on a local disk) for one error message. And a link in the root to
 the root itself (``current -> .``) was named as a folder holding the videos, which would be the root's own."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from rap_deploy.data.video_files import MAX_ENTRIES_SEARCHED_FOR_HINT, other_video_folders
+from rap_deploy.data.video_files import MAX_ENTRIES_SEARCHED_FOR_HINT, video_files_near
 
 
 def _file(path):
@@ -23,7 +23,7 @@ def test_the_look_over_all_sub_folders_is_bounded(tmp_path, listed_folders):
     _file(root / "a_clips" / "video1.mp4")  # looked at first (by name): named
     _file(root / "zz_clips" / "video2.mp4")  # after the budget is spent: not looked at
     listed = listed_folders
-    assert other_video_folders(root, root / "videos") == [root / "a_clips"]
+    assert video_files_near(root, root / "videos").folders == [root / "a_clips"]
     assert sum(listed.values()) <= 1 + 10 * MAX_ENTRIES_SEARCHED_FOR_HINT, sum(listed.values())
     assert all(count == 1 for count in listed.values()), listed
 
@@ -36,5 +36,5 @@ def test_a_link_to_the_root_or_above_it_is_not_named(tmp_path):
     os.symlink("..", root / "up")
     os.symlink(tmp_path / "elsewhere", root / "linked")
     os.symlink("loop", root / "loop")  # a link to itself: neither a folder nor an error
-    assert other_video_folders(root, root / "videos") == [root / "linked"]
+    assert video_files_near(root, root / "videos").folders == [root / "linked"]
 

@@ -24,7 +24,7 @@ RELEASE_VIDEO_DIRS = {"msvd": ("YouTubeClips",)}
 # not folder_layout.MAX_ENTRIES_SEARCHED_FOR_DATASET, which bounds the look for a dataset folder in a --data-root
 MAX_ENTRIES_SEARCHED_FOR_VIDEO = 2000
 # When every video of a split is missing from its videos folder, the hint names other sub-folders of the --data-root
-# that hold video files (:func:`other_video_folders`): at most this many entries of the root are looked at, and this
+# that hold video files (:func:`video_files_near`): at most this many entries of the root are looked at, and this
 # many in each sub-folder, so an error path over a root of 100,000 entries or folders of frames stays a bounded look
 MAX_ENTRIES_SEARCHED_FOR_HINT = 200
 # ... and at most about this many in all its sub-folders together (entries and folders listed): 200 sub-folders of 200
@@ -96,23 +96,16 @@ class VideoFilesNear(NamedTuple):
     folders: list[Path]
 
 
-def other_video_folders(root: Path, besides: Path, most: int = 3, named: tuple[Path, ...] = ()) -> list[Path]:
-    """Up to ``most`` sub-folders of ``root`` (by name, among its first :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries)
-    other than ``besides`` or a link to it, one of ``named`` (folders the caller names already), or a link to
-    ``root`` or a folder above it (``current -> .``: naming it would name ``root`` itself), where a video file was
-    seen (:func:`video_file_seen`, at most :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries each and
-    :data:`MAX_ENTRIES_SEARCHED_FOR_HINT_IN_ALL` in all): where a user whose videos are all missing from ``besides``
-    may have put them. ``[]`` when ``root`` cannot be read."""
-    return video_files_near(root, besides, most, named).folders
-
-
 def video_files_near(root: Path, besides: Path, most: int = 3, named: tuple[Path, ...] = ()) -> VideoFilesNear:
     """Where a user whose videos are all missing from ``besides`` may have put them, from one bounded look at the
     data root ``root``: ``in_root`` is True when a file with a video extension is among the root's first
     :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries (videos unpacked straight into the root, beside its annotation
     files; False when ``root`` is ``besides`` or one of ``named``), read from the same listing that finds its
-    sub-folders, and ``folders`` is :func:`other_video_folders`' list (each sub-folder looked into once).
-    ``(False, [])`` when ``root`` cannot be read."""
+    sub-folders; ``folders`` holds up to ``most`` sub-folders of ``root`` (by name, among those first entries) other
+    than ``besides`` or a link to it, one of ``named`` (folders the caller names already), or a link to ``root`` or a
+    folder above it (``current -> .``: naming it would name ``root`` itself), where a video file was seen (each
+    looked into once, at most :data:`MAX_ENTRIES_SEARCHED_FOR_HINT` entries each and
+    :data:`MAX_ENTRIES_SEARCHED_FOR_HINT_IN_ALL` in all). ``(False, [])`` when ``root`` cannot be read."""
     try:
         with os.scandir(root) as entries:
             first = list(islice(entries, MAX_ENTRIES_SEARCHED_FOR_HINT))
