@@ -140,6 +140,40 @@ def test_reading_in_place_never_touches_other_videos():
         assert torch.equal(asa(text, *stores, video_rows=rows), clean)
 
 
+def test_fused_attention_without_gradient_equals_the_written_out_one(monkeypatch):
+    """Evaluation (no gradient) takes the fused scaled_dot_product_attention for a block of FUSED_MIN_PAIRS pairs or
+    more; training (gradient recorded) and smaller blocks the written-out matmul/softmax/matmul: the same
+    similarities and ranks, padded frames masked alike."""
+    from rap_deploy.model import asa as asa_module
+    from rap_deploy.model.asa import FUSED_MIN_PAIRS, attend
+
+    fused_calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(asa_module.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: fused_calls.append(a[0].shape[0]) or sdpa(*a, **kw))
+    asa = _asa(8, seed=3)
+    text, frame_emb, patch16, mask = _inputs(seed=4, queries=FUSED_MIN_PAIRS // len(VALID) + 1)
+    tokens = asa.video_tokens(patch16.float(), mask).detach()
+    with torch.no_grad():
+        fused = asa(text, frame_emb, patch16, tokens)
+        assert fused_calls == [len(text) * len(VALID)]
+        small = asa(text[:2], frame_emb, patch16, tokens)  # 12 pairs: written out
+        assert len(fused_calls) == 1
+    with torch.enable_grad():
+        written = asa(text, frame_emb, patch16, tokens)
+    assert len(fused_calls) == 1 and written.requires_grad
+    _assert_same(fused.numpy(), written.detach().numpy())
+    _assert_same(small.numpy(), written[:2].detach().numpy())
+    q, k, v = torch.randn(3, 2, FUSED_MIN_PAIRS // 2, 4, 16, 8).unbind(0)
+    bias = torch.zeros(FUSED_MIN_PAIRS // 2, 16)
+    bias[:, 11:] = -1e4  # the masked keys take no weight in either branch
+    with torch.no_grad():
+        fused_out = attend(q, k, v, bias)
+    assert torch.allclose(fused_out, attend(q.requires_grad_(), k, v, bias).detach(), atol=1e-6)
+    kept = torch.softmax(q.detach() @ k[..., :11, :].transpose(-1, -2) / 8 ** 0.5, -1) @ v[..., :11, :]
+    assert torch.allclose(fused_out, kept, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ issue 14
 def test_appending_padded_frames_leaves_similarity_unchanged():
     asa = _asa(8, seed=7, offsets="fractional")
@@ -350,3 +384,19 @@ def test_random_adapters_cli_keeps_an_existing_out_and_bounds_the_seed(tmp_path,
     assert main([str(src), "--out", str(tmp_path / "r.pt"), "--seed", str(2**70)]) == 2
     assert "--seed" in capsys.readouterr().err and not (tmp_path / "r.pt").exists()
     assert main([str(src), "--out", str(src), "--force"]) == 0 and src.read_bytes() != before
+
+
+def test_attention_cost_script_times_both_branches(capsys):
+    """``python -m rap_deploy.model.asa_cost``: an evaluation's blocks take the fused kernel (scores within float
+    rounding of the written-out ones), a search's one-query blocks the written-out one either way (the same scores)."""
+    import json
+
+    from rap_deploy.model.asa_cost import main
+
+    main(["--dim", "16", "--grid", "3", "--frames", "3", "--attn-dim", "8", "--heads", "2", "--topk", "2",
+          "--queries", "32", "--videos", "16", "--candidates", "5", "--repeats", "1", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    evaluation, search = result["cases"]["evaluation"], result["cases"]["search"]
+    assert evaluation["block"] == [32, 16] and search["block"] == [1, 16] and result["cpu"]
+    assert evaluation["max_abs_diff"] <= TOL and search["max_abs_diff"] == 0.0
+    assert all(c["fused_ms"] > 0 and c["written_out_ms"] > 0 and c["ratio"] > 0 for c in (evaluation, search))

@@ -119,6 +119,38 @@ def stored_token_scores(query: torch.Tensor, store: torch.Tensor, video_rows: to
     return out.view(query.shape[0], len(video_rows), t, p)
 
 
+# Below this many (query, video) pairs per block the fused kernel does not pay on a 2-core CPU: one query against
+# 16 videos (a search's re-rank block) took 1.02-1.14x the written-out time with two threads, 32 x 16 pairs (an
+# evaluation's block) 0.51-0.61x.
+FUSED_MIN_PAIRS = 256
+
+
+def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_bias: torch.Tensor,
+           fused: bool = True) -> torch.Tensor:
+    """Scaled dot-product attention of ``queries``, ``keys``, ``values`` ``[Q',V,H,Tk,d_h]`` with the additive logit
+    ``key_bias [V,Tk]`` of each video's keys (``_MASKED_LOGIT`` on padded frames); returns ``[Q',V,H,Tk,d_h]``.
+
+    Recorded for a gradient or an export, it is written out (matmul, in-place bias, softmax, matmul): training keeps
+    its exact arithmetic and the graphs their node pattern, which the engines' precision plan reads. Without
+    gradient (evaluation, ``verify``'s PyTorch reference) a block of at least :data:`FUSED_MIN_PAIRS` (query, video)
+    pairs is one fused ``scaled_dot_product_attention`` call, which never writes the ``[Q',V,H,Tk,Tk]`` logits to
+    memory: the same values up to float rounding (about 1e-6), in about 0.55 of the time. ``fused=False`` always
+    writes it out (``python -m rap_deploy.model.asa_cost`` times the two).
+    """
+    qn, v, h, n, dh = queries.shape
+    scale = 1.0 / math.sqrt(dh)
+    if not fused or torch.is_grad_enabled() or _in_export() or qn * v < FUSED_MIN_PAIRS:
+        # The 1/sqrt(d_h) scale goes on the queries ([.., Tk, d_h]) rather than the logits ([.., Tk, Tk]).
+        logits = (queries * scale) @ keys.transpose(-1, -2)  # [Q',V,H,Tk,Tk]
+        logits.add_(key_bias.view(1, v, 1, 1, n))  # in place: matmul's backward needs its inputs, not its
+        # output, and the largest tensor of the head is not allocated twice
+        return torch.softmax(logits, dim=-1) @ values
+    bias = key_bias.to(queries.dtype).view(1, v, 1, 1, n).expand(qn, v, 1, 1, n).reshape(qn * v, 1, 1, n)
+    out = F.scaled_dot_product_attention(queries.reshape(qn * v, h, n, dh), keys.reshape(qn * v, h, n, dh),
+                                         values.reshape(qn * v, h, n, dh), attn_mask=bias, scale=scale)
+    return out.view(qn, v, h, n, dh)
+
+
 def valid_frames(frame_emb: torch.Tensor) -> torch.Tensor:
     """Bool ``[V,T]``: which frames of ``frame_emb [V,T,d]`` are real. Real frames are L2-normalised, padded frames
     are zero rows, so a squared norm over 0.5 tells them apart (exported graphs read validity this way too)."""
@@ -195,6 +227,9 @@ class AsynchronousSelfAttention(nn.Module):
     ``frame_emb [V,T,d]`` (zero rows for padded frames), ``patch_tokens [V,T,P,d]`` and ``asa_tokens``. At
     initialisation (zero output projection) the conditioned video embedding equals mean pooling over valid frames.
     """
+
+    #: Whether evaluation may use the fused attention kernel (:func:`attend`); False only to measure against it.
+    fused_attention: bool = True
 
     def __init__(self, dim: int, grid: tuple[int, int], topk: int = 8, heads: int = 4, attn_dim: int = 128,
                  selection: str = "text") -> None:
@@ -302,12 +337,8 @@ class AsynchronousSelfAttention(nn.Module):
         # scalar Gathers: unbind's Split would lead the precision plan to read the token gather as a sampling blend.
         queries, keys, vals = (rows[0], rows[1], rows[2]) if _in_export() else rows.unbind(0)
 
-        # The 1/sqrt(d_h) scale goes on the queries ([.., Tk, d_h]) rather than the logits ([.., Tk, Tk]).
-        logits = (queries * (1.0 / math.sqrt(dh))) @ keys.transpose(-1, -2)  # [Q',V,H,Tk,Tk]
         key_valid = valid.unsqueeze(-1).expand(v, t, k).reshape(v, t * k)  # [V, Tk]
-        logits.add_((1.0 - key_valid).view(1, v, 1, 1, t * k) * _MASKED_LOGIT)  # in place: matmul's backward needs
-        # its inputs, not its output, and the largest tensor of the head is not allocated twice
-        out = torch.softmax(logits, dim=-1) @ vals  # [Q',V,H,Tk,dh]
+        out = attend(queries, keys, vals, (1.0 - key_valid) * _MASKED_LOGIT, self.fused_attention)  # [Q',V,H,Tk,dh]
         out = out.transpose(2, 3).reshape(qn, v, t, k, h * dh).mean(dim=3)  # mean over a frame's tokens
         pooled = (out * valid.view(1, v, t, 1)).sum(2) / n_valid.view(1, v, 1)  # [Q',V,d_a]
         mean_frames = frame_emb.sum(1) / n_valid.view(v, 1)  # [V, d]
