@@ -43,3 +43,13 @@ def test_a_long_name_stays_within_255_bytes(tmp_path, stem):
     assert len(os.fsencode(name)) <= 255 and name.endswith(".state_dict.pt"), name
     assert _suggested(said).parent == tmp_path and name[:4] == stem[:4]
     assert f"{stem}.pt" in said  # the file to convert is still named whole
+
+
+def test_a_cut_never_leaves_a_letter_without_its_accent(tmp_path):
+    """Decomposed "é" ("e" + U+0301, 3 bytes): the cut would keep an "e" whose accent did not fit; it drops both."""
+    stem = "e\u0301" * 84
+    said = _refusal(tmp_path / f"{stem}.pt")
+    name = _suggested(said).name
+    cut = name[:-len(".state_dict.pt")]
+    assert len(os.fsencode(name)) <= 255 and cut and cut == "e\u0301" * (len(cut) // 2), ascii(name)
+

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,11 +405,14 @@ def bounded_file_name(name: str, ending: str, limit: int = NAME_MAX) -> str:
 
 
 def _bytes_prefix(text: str, most: int) -> str:
-    """The longest start of ``text`` (whole characters) whose :func:`os.fsencode` is at most ``most`` bytes."""
+    """The longest start of ``text`` (whole characters) whose :func:`os.fsencode` is at most ``most`` bytes, never
+    ending in a letter whose combining marks (an accent written as its own code point) were cut off after it."""
     used = 0
     for i, char in enumerate(text):
         used += len(os.fsencode(char))
         if used > most:
+            while i > 0 and unicodedata.category(text[i]).startswith("M"):
+                i -= 1  # the cut falls inside a letter's marks: drop the letter too
             return text[:i]
     return text
 
