@@ -1,7 +1,7 @@
 """The refusal of a TorchScript weights file (OpenAI's ViT-B-32.pt) suggests converting it to
 ``<stem>.state_dict.pt``: for a file whose name was already long (about 242 bytes or more) that name was over the 255
 bytes a file name may have, and the printed command failed with "File name too long". It is now cut in the stem
-(:func:`~rap_deploy.model.clip_loader.bounded_file_name`), as the prefix refusal's name is."""
+(:func:`~rap_deploy.bounded_names.bounded_file_name`), as the prefix refusal's name is."""
 
 from __future__ import annotations
 
