@@ -115,8 +115,9 @@ def read_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
     (:func:`rap_deploy.export.integrity.check_export_claims`). Adds ``"dir"`` (the folder, absolute).
 
     Raises :class:`UsageError` (exit 2) when the folder is not an export (no or foreign manifest) and
-    :class:`CheckFailedError` (exit 1) when it is damaged or tampered with (bad JSON, an escaping entry, a missing
-    or changed graph, a false claim), naming the folder or file and the fix (re-run ``rapdeploy export --force``).
+    :class:`CheckFailedError` (exit 1) when it is damaged or tampered with (bad JSON, a value of the wrong type or
+    length, an escaping entry, a missing or changed graph, a false claim), naming the folder or file and the fix
+    (re-run ``rapdeploy export --force``).
     """
     export_dir = Path(export_dir)
     path = _manifest_path(export_dir)
