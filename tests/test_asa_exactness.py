@@ -400,3 +400,12 @@ def test_attention_cost_script_times_both_branches(capsys):
     assert evaluation["block"] == [32, 16] and search["block"] == [1, 16] and result["cpu"]
     assert evaluation["max_abs_diff"] <= TOL and search["max_abs_diff"] == 0.0
     assert all(c["fused_ms"] > 0 and c["written_out_ms"] > 0 and c["ratio"] > 0 for c in (evaluation, search))
+
+
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--heads", "x"], ["--attn-dim", "6", "--heads", "4"]])
+def test_attention_cost_script_refuses_bad_sizes(argv, capsys):
+    from rap_deploy.model.asa_cost import main
+
+    with pytest.raises(SystemExit) as refused:
+        main([*argv, "--queries", "1", "--videos", "1", "--candidates", "1"])
+    assert refused.value.code == 2 and "error: " in capsys.readouterr().err

@@ -10,7 +10,6 @@ and the optimizer step over the whole token-embedding table against the training
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
@@ -84,16 +83,13 @@ def _optimizer_ms(model: torch.nn.Module, opt: torch.optim.Optimizer, repeats: i
 
 def main(argv: list[str] | None = None) -> None:
     """Print :func:`step_costs` as a table (or JSON with ``--json``)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from rap_deploy.cost_cli import cost_parser, parse_cost_args
+    from rap_deploy.engines.reports import cpu_model
+
+    parser = cost_parser(__doc__, repeats=6)
     parser.add_argument("--clip", default="rap-tiny")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=6)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from rap_deploy.engines.reports import cpu_model
+    args = parse_cost_args(parser, argv)
 
     result = {**step_costs(args.clip, args.batch, args.repeats), "cpu": cpu_model()}
     if args.json:

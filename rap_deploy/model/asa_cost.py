@@ -12,7 +12,6 @@ machine and its load: read the ratios.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +36,10 @@ class HeadShape:
     attn_dim: int = 128
     heads: int = 4
     topk: int = 8
+
+
+_SHAPE_HELP = {"dim": "embedding width d", "grid": "patch grid side", "frames": "frames per video",
+               "attn_dim": "ASA attention width d_a", "heads": "attention heads", "topk": "patches selected per frame"}
 
 
 def _head_and_videos(shape: HeadShape, videos: int, seed: int) -> tuple[Any, tuple[torch.Tensor, ...]]:
@@ -94,24 +97,26 @@ def compare(shape: HeadShape, queries: int, videos: int, block: tuple[int, int],
 
 def main(argv: list[str] | None = None) -> None:
     """Print :func:`compare` for an evaluation and for a search (or JSON with ``--json``)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = HeadShape()
-    for name, value in asdict(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value)
-    parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--videos", type=int, default=200)
-    parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from rap_deploy.cost_cli import cost_parser, parse_cost_args, positive_int
     from rap_deploy.engines.reports import cpu_model
 
+    parser = cost_parser(__doc__, repeats=5)
+    defaults = HeadShape()
+    for name, value in asdict(defaults).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=positive_int, default=value,
+                            help=f"{_SHAPE_HELP[name]} (default {value}: the demo model's)")
+    parser.add_argument("--queries", type=positive_int, default=200, help="texts of the evaluation case (default 200)")
+    parser.add_argument("--videos", type=positive_int, default=200, help="videos of the evaluation case (default 200)")
+    parser.add_argument("--candidates", type=positive_int, default=100, help="videos the search case's query re-ranks "
+                        "(default 100)")
+    args = parse_cost_args(parser, argv)
+
     shape = HeadShape(**{name: getattr(args, name) for name in asdict(defaults)})
-    cases = {"evaluation": compare(shape, args.queries, args.videos, EVAL_BLOCK, args.repeats),
-             "search": compare(shape, 1, args.candidates, SEARCH_BLOCK, args.repeats)}
+    try:
+        cases = {"evaluation": compare(shape, args.queries, args.videos, EVAL_BLOCK, args.repeats),
+                 "search": compare(shape, 1, args.candidates, SEARCH_BLOCK, args.repeats)}
+    except ValueError as exc:  # sizes the head refuses, e.g. --attn-dim not a multiple of --heads
+        parser.error(str(exc))
     result = {"shape": asdict(shape), "threads": torch.get_num_threads(), "repeats": args.repeats,
               "cpu": cpu_model(), "cases": cases}
     if args.json:
