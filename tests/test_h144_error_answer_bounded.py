@@ -1,9 +1,9 @@
 """``rapdeploy serve`` answered a failing request with its exception's text whole (app._add_error_handlers: the
 400 of a UsageError, the 503 of a LibraryChangedError, the 500 "server error: ..." of another RapDeployError, and
-/readyz's ``library_changed``), while the log line beside it was bounded since b9f6c37 (app.log_text): an exception
-whose message carries a megabyte value made a megabyte answer. A 404's or 405's path was echoed whole as well (up
-to h11's 16 KiB request line). The answer now shows the text bounded as the log does (app.answer_text), still
-naming the error; the JSON answer escapes control characters itself."""
+/readyz's ``library_changed``), while the log line beside it was bounded since b9f6c37 (middleware.log_text): an
+exception whose message carries a megabyte value made a megabyte answer. A 404's or 405's path was echoed whole as
+well (up to h11's 16 KiB request line). The answer now shows the text bounded as the log does
+(middleware.answer_text), still naming the error; the JSON answer escapes control characters itself."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import json
 
 from test_serving_app import bare_service, request
 
-from rap_deploy.engines.serving.app import LOG_TEXT_CHARS, answer_text, create_app
+from rap_deploy.engines.serving.app import create_app
+from rap_deploy.engines.serving.middleware import LOG_TEXT_CHARS, answer_text
 from rap_deploy.engines.serving.server import ServerThread
 from rap_deploy.errors import LibraryChangedError, RapDeployError, UsageError
 

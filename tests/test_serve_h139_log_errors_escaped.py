@@ -2,7 +2,7 @@
 RapDeployError, the library-changed line), while the path beside it was escaped (bodies.log_path). An exception's
 message can carry what the client sent: a newline in it started a forged line of the server log, a control
 character reached the terminal showing it, and a megabyte value became a megabyte log line. The text is now logged
-as the inside of its repr, bounded (app.log_text)."""
+as the inside of its repr, bounded (middleware.log_text)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_an_exceptions_text_is_logged_on_one_bounded_line(caplog):
 
 
 def test_log_text():
-    from rap_deploy.engines.serving.app import LOG_TEXT_CHARS, log_text
+    from rap_deploy.engines.serving.middleware import LOG_TEXT_CHARS, log_text
 
     assert log_text("plain words") == "plain words"
     assert log_text("it's \"quoted\"\r\n\x00") == "it\\'s \"quoted\"\\r\\n\\x00"

@@ -70,7 +70,7 @@ def _run_middleware(stopping: bool, how: str) -> tuple[str, list[dict]]:
     """Run :class:`AnswerWhenStopped` (``stopping()`` answering ``stopping``) over an app that waits, then: ``task``:
     its task is cancelled (uvicorn's stop, or anyone's); ``started``: the same after the app began its answer;
     ``inner``: an inner future is cancelled while the task is not. Returns ``(returned | cancelled, messages sent)``."""
-    from rap_deploy.engines.serving.app import AnswerWhenStopped
+    from rap_deploy.engines.serving.middleware import AnswerWhenStopped
 
     sent: list[dict] = []
 

@@ -11,6 +11,8 @@ Modules, one job each:
 - :mod:`~rap_deploy.engines.serving.serial`: the engine wrapper that serialises engine calls;
 - :mod:`~rap_deploy.engines.serving.service`: what the server does (inference, search, thumbnails, statistics);
 - :mod:`~rap_deploy.engines.serving.app`: the FastAPI routes; :mod:`~rap_deploy.engines.serving.server`: running it;
+- :mod:`~rap_deploy.engines.serving.middleware`: the app's ASGI middleware (security headers, ``Host`` and
+  ``Origin`` checks, request counts, answers to requests cancelled at a stop) and its JSON error answers;
 - :mod:`~rap_deploy.engines.serving.bodies`: the routes' bounded request bodies and paced responses;
 - :mod:`~rap_deploy.engines.serving.remote`: ``load_engine("http://HOST:PORT")``, reading the server's answers within
   size bounds (:mod:`~rap_deploy.engines.serving.remote_transport`) and checking what it publishes against the

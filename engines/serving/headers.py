@@ -1,5 +1,5 @@
 """The security headers every response of ``rapdeploy serve`` carries: the app's (``SecureHeaders`` in
-:mod:`~rap_deploy.engines.serving.app`) and the refusals :mod:`~rap_deploy.engines.serving.connections` writes on
+:mod:`~rap_deploy.engines.serving.middleware`) and the refusals :mod:`~rap_deploy.engines.serving.connections` writes on
 the socket itself (503 past ``--max-connections``, 408 past ``--header-timeout``, 400 for a request that is not
 HTTP). One set, kept here.
 

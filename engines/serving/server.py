@@ -324,8 +324,8 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
             service.close()
             say_stopped()
 
-        # a request cancelled while uvicorn stops is answered 503 (app.AnswerWhenStopped); `server` is bound below,
-        # before any request can come
+        # a request cancelled while uvicorn stops is answered 503 (middleware.AnswerWhenStopped); `server` is bound
+        # below, before any request can come
         app = create_app(service, on_shutdown=shut_down, allowed_hosts=hosts, stopping=lambda: server.should_exit)
         server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
                                                access_log=False, timeout_keep_alive=30,
