@@ -143,8 +143,8 @@ def check_graph_contract(engine_dir: Path, manifest: Mapping[str, Any], source: 
 def _rebuild_commands(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
     """```rapdeploy export CKPT --force --out EXPORT` then `rapdeploy build-engine EXPORT ... --force --out ENGINE```
     for the export folder and the precision the engine's manifest records: where it records no export folder,
-    :data:`~rap_deploy.engines.manifest.EXPORT_PLACEHOLDER` in both, explained after them."""
-    from rap_deploy.engines.manifest import export_word
+    :data:`~rap_deploy.engines.rebuild_commands.EXPORT_PLACEHOLDER` in both, explained after them."""
+    from rap_deploy.engines.rebuild_commands import export_word
     from rap_deploy.export.manifest import export_command
 
     export = export_command(export_word(manifest), dict(manifest))
@@ -153,8 +153,8 @@ def _rebuild_commands(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
 
 def rebuild_engine_advice(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
     """:func:`rebuild_engine_command` in backticks, then what its placeholder stands for when the manifest records
-    no export folder (:func:`~rap_deploy.engines.manifest.where_the_export_is`)."""
-    from rap_deploy.engines.manifest import where_the_export_is
+    no export folder (:func:`~rap_deploy.engines.rebuild_commands.where_the_export_is`)."""
+    from rap_deploy.engines.rebuild_commands import where_the_export_is
 
     return f"`{rebuild_engine_command(engine_dir, manifest)}`{where_the_export_is(manifest)}"
 
@@ -162,11 +162,11 @@ def rebuild_engine_advice(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
 def rebuild_engine_command(engine_dir: Path, manifest: Mapping[str, Any]) -> str:
     """``rapdeploy build-engine EXPORT [options] --force --out ENGINE``, shell-quoted: the build of ``engine_dir``
     again from the export folder its manifest records
-    (:data:`~rap_deploy.engines.manifest.EXPORT_PLACEHOLDER` when none), as the backend, precision and device it
-    records (:func:`~rap_deploy.engines.manifest.build_engine_flags`)."""
+    (:data:`~rap_deploy.engines.rebuild_commands.EXPORT_PLACEHOLDER` when none), as the backend, precision and device it
+    records (:func:`~rap_deploy.engines.rebuild_commands.build_engine_flags`)."""
     import shlex
 
-    from rap_deploy.engines.manifest import build_engine_flags, export_word
+    from rap_deploy.engines.rebuild_commands import build_engine_flags, export_word
 
     options = shlex.join([*build_engine_flags(manifest), "--force", "--out", str(engine_dir)])
     return f"rapdeploy build-engine {export_word(manifest)} {options}"

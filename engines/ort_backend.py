@@ -32,7 +32,7 @@ from rap_deploy.engines.blocks import (
     rerank_inputs,
     tokens_axis_is_dynamic,
 )
-from rap_deploy.engines.manifest import EXPORT_PLACEHOLDER, export_placeholder_note, recorded_export_dir
+from rap_deploy.engines.rebuild_commands import EXPORT_PLACEHOLDER, export_placeholder_note, recorded_export_dir
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.folder_swap import check_not_replaced, folder_identity
 from rap_deploy.graphs import graph_io
@@ -49,9 +49,9 @@ _NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 def fp16_on_cpu_fix(export_dir: str | os.PathLike[str] | None) -> str:
     """What to do instead of fp16 graphs on the CPU provider, for the engine's refusals: the ``rapdeploy
     build-engine`` commands of ``export_dir``'s CPU fp32 and int8 engines and CUDA fp16 engine, shell-quoted; without
-    ``export_dir`` they name :data:`~rap_deploy.engines.manifest.EXPORT_PLACEHOLDER`, explained after them, not
+    ``export_dir`` they name :data:`~rap_deploy.engines.rebuild_commands.EXPORT_PLACEHOLDER`, explained after them, not
     build-engine's default (the workspace's latest export, maybe another checkpoint's), as
-    :func:`~rap_deploy.engines.manifest.cpu_engine_instead` does."""
+    :func:`~rap_deploy.engines.rebuild_commands.cpu_engine_instead` does."""
     folder = shlex.quote(str(export_dir)) if export_dir is not None else EXPORT_PLACEHOLDER
 
     def command(*flags: str) -> str:
@@ -66,8 +66,8 @@ def graphs_export_folder(graphs: Mapping[str, str | os.PathLike[str]], path: str
                          ) -> Path | None:
     """The export folder an engine's graphs come from, for its refusals' commands: the folder ``path`` (else the
     graphs' one folder) when its manifest is an export's, the ``export_dir`` it records when an engine's (bounded as
-    :func:`~rap_deploy.engines.manifest.recorded_export_dir` reads it: the manifest is untrusted); ``None`` when that
-    manifest is missing, a link, unreadable or neither, or records no usable folder."""
+    :func:`~rap_deploy.engines.rebuild_commands.recorded_export_dir` reads it: the manifest is untrusted); ``None``
+    when that manifest is missing, a link, unreadable or neither, or records no usable folder."""
     folders = {Path(file).parent for file in graphs.values()}
     folder = Path(path) if path is not None else (folders.pop() if len(folders) == 1 else None)
     manifest_path = folder / "manifest.json" if folder is not None else None

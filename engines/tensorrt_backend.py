@@ -37,7 +37,7 @@ from rap_deploy.engines.blocks import (
     rerank_inputs,
     tokens_axis_is_dynamic,
 )
-from rap_deploy.engines.manifest import EXPORT_PLACEHOLDER, export_placeholder_note
+from rap_deploy.engines.rebuild_commands import EXPORT_PLACEHOLDER, export_placeholder_note
 from rap_deploy.engines.trt_plan import build_mode
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.graphs import graph_io, graphs_for
@@ -48,7 +48,7 @@ NOT_RECORDED = "the engine's folder does not record it"
 
 def onnxruntime_instead(export_dir: str | os.PathLike[str] | None = None, why: str = NOT_RECORDED) -> str:
     """What to run instead of TensorRT here: the two ONNX Runtime CPU builds (fp32, int8) of ``export_dir``, as
-    runnable commands; without ``export_dir`` they name :data:`~rap_deploy.engines.manifest.EXPORT_PLACEHOLDER`,
+    runnable commands; without ``export_dir`` they name :data:`~rap_deploy.engines.rebuild_commands.EXPORT_PLACEHOLDER`,
     explained after them with ``why`` the folder is unknown, not build-engine's default (the workspace's latest
     export, maybe another checkpoint's), as :func:`~rap_deploy.engines.ort_backend.fp16_on_cpu_fix` does."""
     if export_dir is not None:

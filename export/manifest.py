@@ -143,7 +143,7 @@ def reexport_command(export_dir: Path, manifest: Any = None) -> str:
 
 def export_command(out_word: str, manifest: Any = None) -> str:
     """:func:`reexport_command` into ``out_word``, a folder already shell-quoted or a placeholder that a message
-    explains (:data:`rap_deploy.engines.manifest.EXPORT_PLACEHOLDER`)."""
+    explains (:data:`rap_deploy.engines.rebuild_commands.EXPORT_PLACEHOLDER`)."""
     from rap_deploy.checkpoint import recorded_checkpoint
 
     record = manifest.get("checkpoint") if isinstance(manifest, dict) else None

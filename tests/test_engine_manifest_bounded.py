@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from rap_deploy.engines.manifest import MAX_EXTRA_FILES, MAX_TEXT_CHARS, ort_rebuild_command, read_manifest
+from rap_deploy.engines.manifest import MAX_EXTRA_FILES, MAX_TEXT_CHARS, read_manifest
+from rap_deploy.engines.rebuild_commands import ort_rebuild_command
 from rap_deploy.errors import CheckFailedError, UsageError
 
 HUGE = "x" * 100_000

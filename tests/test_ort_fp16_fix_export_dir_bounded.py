@@ -1,6 +1,6 @@
 """An engine's manifest.json is untrusted: the export folder it records, which the fp16-on-CPU refusal of an ONNX
-Runtime engine puts in the build-engine commands it suggests, is read bounded (engines.manifest.recorded_export_dir);
-a padded one made a 3,000,000-character line."""
+Runtime engine puts in the build-engine commands it suggests, is read bounded
+(engines.rebuild_commands.recorded_export_dir); a padded one made a 3,000,000-character line."""
 
 from __future__ import annotations
 

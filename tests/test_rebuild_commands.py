@@ -11,7 +11,7 @@ import pytest
 
 from rap_deploy.engines.build import resolve_target
 from rap_deploy.engines.integrity import rebuild_engine_command
-from rap_deploy.engines.manifest import trt_rebuild_command
+from rap_deploy.engines.rebuild_commands import trt_rebuild_command
 
 ENGINES = [("onnxruntime", "fp32", "cpu", "CPUExecutionProvider"),
            ("onnxruntime", "int8", "cpu", "CPUExecutionProvider"),

@@ -405,7 +405,8 @@ def test_a_cpu_built_engine_gets_no_gpu_instances(micro_ort_engines, tmp_path):
     whose graphs hold CPU-only operators: NCHWc convolutions on x86), which a GPU instance does not run on the GPU.
     Refused now (exit 2), naming the engine folder, the reason and the fixes; its export folder and an engine
     optimised at the basic level (standard operators only) still get GPU instances."""
-    from rap_deploy.engines.manifest import export_word, read_manifest, write_manifest
+    from rap_deploy.engines.manifest import read_manifest, write_manifest
+    from rap_deploy.engines.rebuild_commands import export_word
 
     engine = micro_ort_engines["fp32"]
     manifest = json.loads((engine / "manifest.json").read_text())

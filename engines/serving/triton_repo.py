@@ -200,7 +200,7 @@ def instance_kind(kind: str, manifest: Mapping[str, Any], precision: str, folder
         raise UsageError(f"--kind cpu: {why}; use --kind gpu (or auto)")
     why_cpu = cpu_only(manifest) if kind == "gpu" else None
     if why_cpu:
-        from rap_deploy.engines.manifest import export_word, where_the_export_is
+        from rap_deploy.engines.rebuild_commands import export_word, where_the_export_is
 
         export = export_word(manifest)
         raise UsageError(f"--kind gpu: engine {folder}: {why_cpu}; use --kind cpu (or auto), or for GPU instances "
@@ -384,9 +384,10 @@ def _cpu_layout_note(manifest: Mapping[str, Any]) -> str:
 
 def export_repo_command(manifest: Mapping[str, Any], precision: str, kind: str, repo: Path) -> str:
     """The ``rapdeploy triton-repo`` command that writes the repository folder ``repo`` again, from the export folder
-    the ONNX Runtime engine ``manifest`` records (:func:`~rap_deploy.engines.manifest.export_word`: a placeholder
-    when it records none), with the same instance ``kind`` and, for an fp16 engine, the export's fp16 graphs."""
-    from rap_deploy.engines.manifest import export_word
+    the ONNX Runtime engine ``manifest`` records (:func:`~rap_deploy.engines.rebuild_commands.export_word`: a
+    placeholder when it records none), with the same instance ``kind`` and, for an fp16 engine, the export's fp16
+    graphs."""
+    from rap_deploy.engines.rebuild_commands import export_word
 
     options = ["--out", str(repo), "--force", "--kind", kind, *(["--fp16"] if precision == "fp16" else [])]
     return f"rapdeploy triton-repo --engine {export_word(manifest)} {shlex.join(options)}"
@@ -396,7 +397,7 @@ def repo_readme(source: EngineSource, platform: str, precision: str, kind: str, 
                 models: dict[str, Any], start_note: str = "") -> str:
     """The README of the repository folder ``repo``: what it holds, how to start Triton on it (``start_note`` after
     the commands), how to query and verify it."""
-    from rap_deploy.engines.manifest import where_the_export_is
+    from rap_deploy.engines.rebuild_commands import where_the_export_is
 
     m = source.manifest or {}
     rows = "\n".join(f"| `{n}` | {v['max_batch_size']} | {', '.join(v['inputs'])} | {', '.join(v['outputs'])} |"
