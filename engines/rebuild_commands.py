@@ -83,13 +83,19 @@ def export_placeholder_note(why: str) -> str:
             f"in the workspace's onnx folder; {why})")
 
 
+def cpu_builds_instead(folder_word: str) -> str:
+    """``run `rapdeploy build-engine FOLDER --backend onnxruntime` (CPU fp32) or `... --int8` (CPU int8) instead``
+    with ``folder_word`` as FOLDER: a folder already shell-quoted, a placeholder the caller explains, or ``""`` (no
+    folder: build-engine's default)."""
+    head = " ".join(["rapdeploy build-engine", *([folder_word] if folder_word else [])])
+    return f"run `{head} --backend onnxruntime` (CPU fp32) or `{head} --int8` (CPU int8) instead"
+
+
 def cpu_engine_instead(manifest: Mapping[str, Any]) -> str:
     """What to run instead of an engine that cannot run here: the ONNX Runtime CPU builds (fp32, int8) of the export
-    folder ``manifest`` records (:func:`~rap_deploy.engines.tensorrt_backend.cpu_builds_instead`); when it records
-    none, of :data:`EXPORT_PLACEHOLDER`, explained (:func:`where_the_export_is`), not build-engine's default (the
-    workspace's latest export, maybe another checkpoint's)."""
-    from rap_deploy.engines.tensorrt_backend import cpu_builds_instead
-
+    folder ``manifest`` records (:func:`cpu_builds_instead`); when it records none, of :data:`EXPORT_PLACEHOLDER`,
+    explained (:func:`where_the_export_is`), not build-engine's default (the workspace's latest export, maybe another
+    checkpoint's)."""
     return cpu_builds_instead(export_word(manifest)) + where_the_export_is(manifest)
 
 

@@ -37,7 +37,7 @@ from rap_deploy.engines.blocks import (
     rerank_inputs,
     tokens_axis_is_dynamic,
 )
-from rap_deploy.engines.rebuild_commands import EXPORT_PLACEHOLDER, export_placeholder_note
+from rap_deploy.engines.rebuild_commands import EXPORT_PLACEHOLDER, cpu_builds_instead, export_placeholder_note
 from rap_deploy.engines.trt_plan import build_mode
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.graphs import graph_io, graphs_for
@@ -55,13 +55,6 @@ def onnxruntime_instead(export_dir: str | os.PathLike[str] | None = None, why: s
         return cpu_builds_instead(shlex.quote(str(export_dir)))
     return cpu_builds_instead(EXPORT_PLACEHOLDER) + export_placeholder_note(why)
 
-
-def cpu_builds_instead(folder_word: str) -> str:
-    """``run `rapdeploy build-engine FOLDER --backend onnxruntime` (CPU fp32) or `... --int8` (CPU int8) instead``
-    with ``folder_word`` as FOLDER: a folder already shell-quoted, a placeholder the caller explains, or ``""`` (no
-    folder: build-engine's default)."""
-    head = " ".join(["rapdeploy build-engine", *([folder_word] if folder_word else [])])
-    return f"run `{head} --backend onnxruntime` (CPU fp32) or `{head} --int8` (CPU int8) instead"
 
 #: torch dtype name per TensorRT ``DataType`` name. Types without one (FP8, INT4, FP4, E8M0) are refused.
 TORCH_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
