@@ -120,8 +120,8 @@ def stored_token_scores(query: torch.Tensor, store: torch.Tensor, video_rows: to
 
 
 # Below this many (query, video) pairs per block the fused kernel does not pay on a 2-core CPU: one query against
-# 16 videos (a search's re-rank block) took 1.02-1.14x the written-out time with two threads, 32 x 16 pairs (an
-# evaluation's block) 0.51-0.61x.
+# 16 videos (a search's re-rank block) took 1.00-1.16x the written-out time with two threads (five A/Bs), 32 x 16
+# pairs (an evaluation's block) 0.51-0.61x.
 FUSED_MIN_PAIRS = 256
 
 
