@@ -134,8 +134,9 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_
     its exact arithmetic and the graphs their node pattern, which the engines' precision plan reads. Without
     gradient (evaluation, ``verify``'s PyTorch reference) a block of at least :data:`FUSED_MIN_PAIRS` (query, video)
     pairs is one fused ``scaled_dot_product_attention`` call, which never writes the ``[Q',V,H,Tk,Tk]`` logits to
-    memory: the same values up to float rounding (about 1e-6), in about 0.55 of the time. ``fused=False`` always
-    writes it out (``python -m rap_deploy.model.asa_cost`` times the two).
+    memory: the same values up to float rounding (about 1e-6), in 0.54 to 0.66 of the time on a 2-core CPU (README,
+    "The ASA re-rank: what a query costs"). ``fused=False`` always writes it out (``python -m
+    rap_deploy.model.asa_cost`` times the two).
     """
     qn, v, h, n, dh = queries.shape
     scale = 1.0 / math.sqrt(dh)
