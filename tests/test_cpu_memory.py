@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
-from rap_deploy.cpu_memory import HUGE_PAGES_ENV, prefer_huge_pages
+import pytest
+
+from rap_deploy.cpu_memory import GLIBC_MALLOC_ENV, HUGE_PAGES_ENV, KEEP_FREED_ENV, prefer_huge_pages
 
 PROBE = ("import os, sys; from rap_deploy.cpu_memory import prefer_huge_pages; asked = prefer_huge_pages(); "
          "import torch; torch.zeros(1 << 20); print(asked, os.environ.get('THP_MEM_ALLOC_ENABLE'))")
@@ -39,3 +41,55 @@ def test_the_console_entry_point_asks_before_torch_loads():
     clean = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV}
     proc = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "THP 1" in proc.stderr, proc.stderr[-2000:]
+
+
+# A 64 MiB block allocated, written, freed and allocated again: the second block's minor page faults. glibc maps a
+# block this large with its own mmap and unmaps it on free, so every page faults again (16,384 of 4 KiB); kept in the
+# heap, it is found again without one.
+REUSE_PROBE = ("import resource, sys; from rap_deploy.cpu_memory import reuse_freed_memory; "
+               "applied = reuse_freed_memory(); block = bytearray(64 << 20); del block; "
+               "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; block = bytearray(64 << 20); "
+               "print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
+MALLOC_ENV = (*GLIBC_MALLOC_ENV, "GLIBC_TUNABLES", KEEP_FREED_ENV)
+
+
+def _reuse_probe(**env: str) -> tuple[bool, int]:
+    clean = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    proc = subprocess.run([sys.executable, "-c", REUSE_PROBE], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=120, check=True)
+    applied, faults = proc.stdout.split()
+    return applied == "True", int(faults)
+
+
+def _glibc() -> bool:
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not _glibc(), reason="the malloc settings are glibc's; this C library is another one")
+def test_freed_memory_is_reused_instead_of_faulted_in_again():
+    applied, faults = _reuse_probe()
+    assert applied and faults < 1000, faults  # 16,384 pages: none of them faulted in again
+    default_applied, default_faults = _reuse_probe(RAPDEPLOY_KEEP_FREED_MEMORY="0")  # glibc's default behaviour
+    assert not default_applied and default_faults >= 16000, default_faults
+
+
+@pytest.mark.skipif(not _glibc(), reason="the malloc settings are glibc's; this C library is another one")
+def test_the_users_own_malloc_settings_win():
+    for env in ({"MALLOC_TRIM_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=65536"},
+                {"MALLOC_MMAP_THRESHOLD_": "131072"}):
+        assert _reuse_probe(**env)[0] is False, env
+
+
+def test_the_console_entry_point_keeps_freed_memory():
+    """``rapdeploy``'s ``main()`` applies the setting (the command after it allocates from the kept heap)."""
+    probe = ("import atexit, resource, sys; sys.argv = ['rapdeploy', 'info', '--clip', 'rap-micro', '--json']; "
+             "import rap_deploy.cpu_memory as m; calls = []; real = m.reuse_freed_memory; "
+             "m.reuse_freed_memory = lambda: calls.append(real()) or calls[-1]; "
+             "atexit.register(lambda: print('REUSE', calls, file=sys.stderr)); "
+             "from rap_deploy.cli import main; main()")
+    clean = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    proc = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True, text=True, timeout=300)
+    expected = "REUSE [True]" if _glibc() else "REUSE [False]"
+    assert proc.returncode == 0 and expected in proc.stderr, proc.stderr[-2000:]

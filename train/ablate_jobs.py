@@ -84,6 +84,9 @@ def _result(key: str, proc: Any, receive: Connection) -> dict[str, Any] | None:
 
 
 def _worker(work: Work, args: tuple[Any, ...], send: Connection) -> None:
+    from rap_deploy.cpu_memory import reuse_freed_memory
+
+    reuse_freed_memory()  # a spawned interpreter: the parent's malloc settings did not come with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_term)  # the parent stops it: cleanup (temporary files) still runs
     _stop_with_parent()

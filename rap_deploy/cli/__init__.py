@@ -29,15 +29,17 @@ def main() -> None:
 
     Option-parsing errors (a value that is not an integer, an unknown option) are printed as one ``error:`` line, like
     every other failure, with exit code 2; help output is unchanged. PyTorch's CPU tensors use huge pages unless
-    ``THP_MEM_ALLOC_ENABLE`` says otherwise (:mod:`rap_deploy.cpu_memory`).
+    ``THP_MEM_ALLOC_ENABLE`` says otherwise, and freed memory is kept for reuse unless ``RAPDEPLOY_KEEP_FREED_MEMORY=0``
+    or glibc's own malloc variables are set (:mod:`rap_deploy.cpu_memory`).
     """
     import sys
 
     import typer
 
-    from rap_deploy.cpu_memory import prefer_huge_pages
+    from rap_deploy.cpu_memory import prefer_huge_pages, reuse_freed_memory
 
     prefer_huge_pages()
+    reuse_freed_memory()
     stdout_was_pipe = _stdout_is_pipe()
     try:
         code = app(standalone_mode=False)
