@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Mapping
 
 HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
 KEEP_FREED_ENV = "RAPDEPLOY_KEEP_FREED_MEMORY"  # "0": leave glibc's malloc as it is (see reuse_freed_memory)
@@ -44,7 +45,12 @@ def prefer_huge_pages() -> bool:
     return True
 
 
-def _user_chose_malloc_settings(environ: dict[str, str]) -> bool:
+def is_glibc() -> bool:
+    """Whether this process's C library is glibc (the one whose ``malloc`` :func:`reuse_freed_memory` sets)."""
+    return platform.libc_ver()[0] == "glibc"
+
+
+def _user_chose_malloc_settings(environ: Mapping[str, str]) -> bool:
     """Whether ``environ`` sets any of glibc's malloc variables (``MALLOC_*_`` or a ``glibc.malloc`` tunable)."""
     return any(name in environ for name in GLIBC_MALLOC_ENV) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
 
@@ -62,8 +68,7 @@ def reuse_freed_memory() -> bool:
     also turns off glibc's growing mmap threshold, so none of them is a way back to the default). Returns whether
     both settings were applied here.
     """
-    if os.environ.get(KEEP_FREED_ENV) == "0" or platform.libc_ver()[0] != "glibc" or \
-            _user_chose_malloc_settings(dict(os.environ)):
+    if os.environ.get(KEEP_FREED_ENV) == "0" or not is_glibc() or _user_chose_malloc_settings(os.environ):
         return False
     import ctypes
 

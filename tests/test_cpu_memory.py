@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rap_deploy.cpu_memory import GLIBC_MALLOC_ENV, HUGE_PAGES_ENV, KEEP_FREED_ENV, prefer_huge_pages
+from rap_deploy.cpu_memory import GLIBC_MALLOC_ENV, HUGE_PAGES_ENV, KEEP_FREED_ENV, is_glibc, prefer_huge_pages
 
 PROBE = ("import os, sys; from rap_deploy.cpu_memory import prefer_huge_pages; asked = prefer_huge_pages(); "
          "import torch; torch.zeros(1 << 20); print(asked, os.environ.get('THP_MEM_ALLOC_ENABLE'))")
@@ -61,13 +61,7 @@ def _reuse_probe(**env: str) -> tuple[bool, int]:
     return applied == "True", int(faults)
 
 
-def _glibc() -> bool:
-    import platform
-
-    return platform.libc_ver()[0] == "glibc"
-
-
-@pytest.mark.skipif(not _glibc(), reason="the malloc settings are glibc's; this C library is another one")
+@pytest.mark.skipif(not is_glibc(), reason="the malloc settings are glibc's; this C library is another one")
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     applied, faults = _reuse_probe()
     assert applied and faults < 1000, faults  # 16,384 pages: none of them faulted in again
@@ -75,7 +69,7 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
     assert not default_applied and default_faults >= 16000, default_faults
 
 
-@pytest.mark.skipif(not _glibc(), reason="the malloc settings are glibc's; this C library is another one")
+@pytest.mark.skipif(not is_glibc(), reason="the malloc settings are glibc's; this C library is another one")
 def test_the_users_own_malloc_settings_win():
     for env in ({"MALLOC_TRIM_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=65536"},
                 {"MALLOC_MMAP_THRESHOLD_": "131072"}):
@@ -84,12 +78,12 @@ def test_the_users_own_malloc_settings_win():
 
 def test_the_console_entry_point_keeps_freed_memory():
     """``rapdeploy``'s ``main()`` applies the setting (the command after it allocates from the kept heap)."""
-    probe = ("import atexit, resource, sys; sys.argv = ['rapdeploy', 'info', '--clip', 'rap-micro', '--json']; "
+    probe = ("import atexit, sys; sys.argv = ['rapdeploy', 'info', '--clip', 'rap-micro', '--json']; "
              "import rap_deploy.cpu_memory as m; calls = []; real = m.reuse_freed_memory; "
              "m.reuse_freed_memory = lambda: calls.append(real()) or calls[-1]; "
              "atexit.register(lambda: print('REUSE', calls, file=sys.stderr)); "
              "from rap_deploy.cli import main; main()")
     clean = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     proc = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True, text=True, timeout=300)
-    expected = "REUSE [True]" if _glibc() else "REUSE [False]"
+    expected = "REUSE [True]" if is_glibc() else "REUSE [False]"
     assert proc.returncode == 0 and expected in proc.stderr, proc.stderr[-2000:]
