@@ -87,3 +87,36 @@ def test_the_console_entry_point_keeps_freed_memory():
     proc = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True, text=True, timeout=300)
     expected = "REUSE [True]" if is_glibc() else "REUSE [False]"
     assert proc.returncode == 0 and expected in proc.stderr, proc.stderr[-2000:]
+
+
+# 256 MiB written, a small block allocated after it (so the freed one is inside the heap, not only at its top), the big
+# one freed: with freed memory kept, the process still holds it until give_back_freed_memory() returns it.
+GIVE_BACK_PROBE = ("import sys; from rap_deploy.cpu_memory import give_back_freed_memory, reuse_freed_memory; "
+                   "rss = lambda: int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) // 1024; "
+                   "assert reuse_freed_memory(); big = bytearray(b'x') * (256 << 20); after = bytearray(b'y') * 4096; "
+                   "held = rss(); del big; kept = rss(); given = give_back_freed_memory(); "
+                   "print(held, kept, given, rss())")
+
+
+@pytest.mark.skipif(not is_glibc() or not os.path.exists("/proc/self/status"),
+                    reason="malloc_trim is glibc's and the probe reads RSS from Linux's /proc")
+def test_freed_memory_is_given_back_between_stages():
+    clean = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    proc = subprocess.run([sys.executable, "-c", GIVE_BACK_PROBE], env=clean, capture_output=True, text=True,
+                          timeout=120, check=True)
+    held, kept, given, after = proc.stdout.split()
+    assert int(held) - int(kept) < 16, (held, kept)  # kept: freeing the block returned nothing to the kernel
+    assert given == "True" and int(kept) - int(after) > 200, (kept, after)  # MiB: the 256 MiB block went back
+
+
+def test_the_demo_gives_back_freed_memory_after_each_step(tmp_path, monkeypatch):
+    """:class:`Steps` returns the heap's free memory after every step it runs (not after one it skips)."""
+    import rap_deploy.cli.demo_steps as demo_steps
+
+    calls: list[str] = []
+    monkeypatch.setattr(demo_steps, "give_back_freed_memory", lambda: calls.append("given") or True)
+    steps = demo_steps.Steps(lambda line: None, tmp_path)
+    marker = tmp_path / "a.txt"
+    assert steps.run("a", [marker], lambda: marker.write_text("a")) is True
+    assert steps.run("a", [marker], lambda: marker.write_text("a")) is False  # complete: skipped
+    assert calls == ["given"]
