@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
 KEEP_FREED_ENV = "RAPDEPLOY_KEEP_FREED_MEMORY"  # "0": leave glibc's malloc as it is (see reuse_freed_memory)
@@ -71,16 +72,12 @@ def reuse_freed_memory() -> bool:
     also turns off glibc's growing mmap threshold, so none of them is a way back to the default). Returns whether
     both settings were applied here.
     """
-    if os.environ.get(KEEP_FREED_ENV) == "0" or not is_glibc() or _user_chose_malloc_settings(os.environ):
+    if os.environ.get(KEEP_FREED_ENV) == "0" or _user_chose_malloc_settings(os.environ):
         return False
     import ctypes
 
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
+    mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    return mallopt is not None and mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
 
 
 def give_back_freed_memory() -> bool:
@@ -89,13 +86,22 @@ def give_back_freed_memory() -> bool:
     stage freed, sized for that stage's tensors, and the next stage would allocate its own on top of it. The memory
     given back is faulted in again only if it is used again, once. Returns whether glibc gave any memory back (False
     on another C library)."""
+    import ctypes
+
+    trim = _glibc_function("malloc_trim", [ctypes.c_size_t])
+    return trim is not None and trim(0) == 1
+
+
+def _glibc_function(name: str, argtypes: list[Any]) -> Any:
+    """glibc's C function ``name`` (returning an int) with ``argtypes``; None when the C library is another one or
+    does not have it."""
     if not is_glibc():
-        return False
+        return None
     import ctypes
 
     try:
-        trim = ctypes.CDLL(None).malloc_trim
+        fn = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
-        return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim(0) == 1
+        return None
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
