@@ -89,7 +89,7 @@ def test_padded_values_are_named_short(engine, tmp_path: Path, where: str | None
 def test_a_huge_counter_is_named_short(engine, tmp_path: Path, key: str) -> None:
     """next_row / next_shard past the int64 row ids were printed whole: a 4,000-digit one (json reads up to 4,300)
     made a line of over 4,000 characters. They go through name_lists.int_text, as bounds' limits do."""
-    from rap_deploy.library import manifest as library_manifest
+    from rap_deploy.library import manifest_checks
     from rap_deploy.name_lists import int_text
 
     manifest = _manifest(engine)
@@ -99,4 +99,4 @@ def test_a_huge_counter_is_named_short(engine, tmp_path: Path, key: str) -> None
     message = str(err.value)
     assert "or 'next_shard' " in message and f"is past {2 ** 62}; the library manifest is damaged" in message
     assert len(message) < 300 + len(str(tmp_path)), (len(message), message[:300])
-    assert library_manifest.int_text is int_text
+    assert manifest_checks.int_text is int_text

@@ -528,7 +528,7 @@ def test_a_loopback_server_answers_only_its_own_host_names(serve):
 
 
 def test_only_a_loopback_listener_checks_hosts_unless_told_otherwise():
-    from rap_deploy.engines.serving.server import bind_socket, hosts_to_check
+    from rap_deploy.engines.serving.listen_socket import bind_socket, hosts_to_check
     from rap_deploy.errors import UsageError
 
     class EveryInterface:  # what hosts_to_check reads of a listener on 0.0.0.0 (tests bind loopback only)
@@ -557,7 +557,7 @@ def test_served_connections_send_without_waiting_for_acks():
     new connection). Connections accepted from bind_socket's socket now have TCP_NODELAY."""
     import asyncio
 
-    from rap_deploy.engines.serving.server import bind_socket
+    from rap_deploy.engines.serving.listen_socket import bind_socket
 
     async def accepted_nodelay(sock: socket.socket) -> int:
         loop = asyncio.get_running_loop()

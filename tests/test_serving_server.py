@@ -235,7 +235,7 @@ def test_verify_and_bench_run_against_the_live_server(server, micro_checkpoint, 
 
 
 def test_remote_engine_refusals(tmp_path):
-    from rap_deploy.engines.serving.server import bind_socket
+    from rap_deploy.engines.serving.listen_socket import bind_socket
 
     sock = bind_socket("127.0.0.1", 0)  # a port that accepts nothing: bound, then closed
     port = sock.getsockname()[1]
@@ -596,7 +596,7 @@ def test_serve_listens_on_the_ipv6_loopback_written_with_or_without_brackets(mic
     and the Host check (a loopback listener) answers the loopback names, not another site's."""
     from test_serving_app import host_request
 
-    from rap_deploy.engines.serving.server import bind_socket, hosts_to_check, socket_url
+    from rap_deploy.engines.serving.listen_socket import bind_socket, hosts_to_check, socket_url
 
     missing = ipv6_loopback_missing()
     if missing:
@@ -638,7 +638,8 @@ def test_a_server_on_every_interface_announces_an_address_a_browser_can_open(whe
     import socket
     import types
 
-    from rap_deploy.engines.serving.server import banner, listening_note, socket_url
+    from rap_deploy.engines.serving.listen_socket import listening_note, socket_url
+    from rap_deploy.engines.serving.server import banner
 
     sock = BoundAt(socket.AF_INET6 if ":" in where[0] else socket.AF_INET, *where)
     service = types.SimpleNamespace(library=None, info={"backend": "onnxruntime", "precision": "fp32",

@@ -32,14 +32,15 @@ from rap_deploy.workspace import RUN_BEST, RUN_LAST, RUN_METRICS, RUN_SUMMARY
 
 @dataclass(frozen=True)
 class DemoSizes:
-    """How big the offline world is and the training recipe. ``default`` fits 15 minutes on a 2-core CPU; ``tiny``
-    is for tests. ``rapdeploy ablate`` trains every ablation row with this recipe.
+    """How big the offline world is and the training recipe. ``default`` is sized for 15 minutes on a 2-core CPU;
+    ``tiny`` is for tests. ``rapdeploy ablate`` trains every ablation row with this recipe.
 
-    Where the 15 minutes go (wall seconds at two threads on the slowest 2-core machine measured, an AMD EPYC with
-    AVX2 only, in one fresh run; docs/demo-history.md): backbone pre-training 400, two RAP epochs 241 (93 steps of 16
-    each: every caption of the 300 training videos), three evaluations of the 200-video test split 50 (epoch 0 is the
-    zero-shot row), verify of two engines 82 (59 since the reference is evaluated once for both), bench 41, synth 14,
-    export, engines and library 21. On a 2-core AMD EPYC with AVX-512 VNNI the whole demo takes 6 min 27 s.
+    Where the time goes (wall seconds at two threads, fresh runs): on a 2-core AMD EPYC with AVX-512 VNNI the whole
+    demo took 464 to 483 s (three runs, 2026-12-04; README: "CPU memory"): backbone pre-training about 230, two RAP
+    epochs with three evaluations of the 200-video test split about 145 (epoch 0 is the zero-shot row), verify of
+    two engines about 35 (the reference is evaluated once for both), bench 40, synth 14, export, engines and library
+    about 20. The slowest 2-core machine measured, an AMD EPYC with AVX2 only, took 16 min 12 s at ``4a783e3``
+    (pre-training 416, RAP training 388): over the budget there (the README's set-up section).
 
     The backbone is what decides RAP's gain here: pre-trained for 4 epochs (image→caption R@1 35 on held-out stills)
     three RAP epochs reached zero-shot + 5.2 t2v R@1 over three seeds; pre-trained for 12 epochs (R@1 84.8) +19.0.
