@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rap_deploy.cli.pipeline import DemoSizes
+    from rap_deploy.cli.demo_recipe import DemoSizes
 
 GRAPHS = ("video", "text", "asa", "search")
 # the latency percentiles the bench and re-rank rows keep, each over ``CheckSizes.bench_repeats`` timed calls
@@ -53,14 +53,14 @@ class CheckSizes:
     @classmethod
     def gpu(cls) -> CheckSizes:
         """The H200 run, on the model ``rapdeploy demo`` trains."""
-        from rap_deploy.cli.pipeline import DemoSizes
+        from rap_deploy.cli.demo_recipe import DemoSizes
 
         return cls(**demo_model(DemoSizes()))
 
     @classmethod
     def dry_run(cls) -> CheckSizes:
         """The CPU run, on the model ``rapdeploy demo --tiny`` trains (the micro backbone)."""
-        from rap_deploy.cli.pipeline import DemoSizes
+        from rap_deploy.cli.demo_recipe import DemoSizes
 
         return cls(**demo_model(DemoSizes.tiny()), device="cpu", videos=12, test_videos=6, backbone_train=64,
                    backbone_epochs=1, epochs=1, train_batch=8, large_clip="rap-micro", large_image_size=32,
@@ -71,7 +71,8 @@ class CheckSizes:
 def demo_model(demo: DemoSizes) -> dict[str, Any]:
     """The :class:`CheckSizes` fields of the model a demo of sizes ``demo`` trains: backbone, frame side, frames,
     preset, ASA top-k and heads. Its ``asa_dim`` is not carried: the check sizes the ASA width by the preset alone.
-    (``DemoSizes`` is imported only when a check runs: ``cli.pipeline`` brings the whole command line.)"""
+    (``DemoSizes`` is imported only when a check runs: importing a ``rap_deploy.cli`` module builds the whole
+    command line.)"""
     return {"backbone_clip": demo.backbone_clip, "size": demo.size, "frames": demo.frames, "preset": demo.preset,
             "asa": (demo.asa_topk, demo.asa_heads)}
 

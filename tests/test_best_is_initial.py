@@ -138,7 +138,7 @@ def test_train_cli_notes_a_kept_start_on_stderr_and_info_names_it(synth_root, fr
 
 def test_the_demo_summary_says_when_its_rap_rows_are_the_starting_model(tmp_path, capsys):
     from rap_deploy.cli.demo_cmds import _print
-    from rap_deploy.cli.pipeline import DemoSizes
+    from rap_deploy.cli.demo_recipe import DemoSizes
 
     recalls = {"R1": 50.0, "R5": 75.0, "R10": 75.0, "MdR": 2.0, "MnR": 3.0, "RSum": 200.0, "ties": 0, "queries": 8}
     summary = {"zero_shot": {"t2v": recalls, "v2t": recalls}, "rap": {"t2v": recalls, "v2t": recalls},

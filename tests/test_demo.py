@@ -137,7 +137,7 @@ def test_a_folder_from_before_the_step_records_is_adopted_until_a_demo_ran_every
 
 def test_demo_split_is_sharp_enough():
     """One query of the default demo's test split moves R@1 by at most 0.5 points (DESIGN.md §10)."""
-    from rap_deploy.cli.pipeline import DemoSizes
+    from rap_deploy.cli.demo_recipe import DemoSizes
 
     sizes = DemoSizes()
     assert sizes.test_videos >= 200 and 100.0 / sizes.test_videos <= 0.5
@@ -349,7 +349,7 @@ def test_a_finished_run_whose_last_pt_is_damaged_is_trained_again_not_refused(tm
     `rapdeploy init`'). It is left to that step now; a killed run's damaged ``last.pt`` (nothing to resume from)
     says to remove the run folder, the demo's fix, not another command's."""
     from rap_deploy.cli.demo_guards import check_demo_training
-    from rap_deploy.cli.pipeline import DemoSizes, train_options
+    from rap_deploy.cli.demo_recipe import DemoSizes, train_options
     from rap_deploy.errors import CheckFailedError
 
     run_dir = tmp_path / "runs" / "rap"
@@ -449,9 +449,9 @@ def test_a_damaged_world_annotation_the_demo_wrote_is_written_again_not_refused(
     demo wrote (which that step writes again: its sha256 no longer matches the record) ended `demo` and `ablate`
     with exit 1 and 'delete data/' (reproduced on a tiny demo folder). It is left to the step now; in a folder the
     synth step never recorded (a user's own dataset) it is still refused, never overwritten."""
+    from rap_deploy.cli.demo_recipe import DemoSizes
     from rap_deploy.cli.demo_steps import Steps
     from rap_deploy.cli.demo_world import prepare_world
-    from rap_deploy.cli.pipeline import DemoSizes
     from rap_deploy.errors import CheckFailedError
     from rap_deploy.train import backbone as backbone_module
 

@@ -192,16 +192,16 @@ def test_the_check_trains_the_model_the_demo_trains(monkeypatch):
     from DemoSizes: the GPU run's from the demo's, the dry run's from the tiny demo's."""
     from dataclasses import dataclass
 
-    import rap_deploy.cli.pipeline as pipeline
+    import rap_deploy.cli.demo_recipe as demo_recipe
     import rap_deploy.engines.gpu_check as gc
 
     @dataclass(frozen=True)
-    class ChangedDemo(pipeline.DemoSizes):
+    class ChangedDemo(demo_recipe.DemoSizes):
         preset: str = "default"
         asa_heads: int = 8
         frames: int = 8
 
-    monkeypatch.setattr(pipeline, "DemoSizes", ChangedDemo)
+    monkeypatch.setattr(demo_recipe, "DemoSizes", ChangedDemo)
     s, dry = gc.CheckSizes.gpu(), gc.CheckSizes.dry_run()
     assert (s.backbone_clip, s.size, s.frames, s.preset, s.asa) == ("rap-tiny", 64, 8, "default", (8, 8))
     tiny = ChangedDemo.tiny()

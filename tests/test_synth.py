@@ -165,8 +165,8 @@ def test_a_world_of_an_earlier_format_is_refused_with_the_fix(tmp_path, synth_ro
     assert not (old.parent / "cache").exists() and not (tmp_path / "runs" / "zero_shot").exists()
     # ... and so is a cached backbone pre-trained on the earlier stills (its record has no object radius)
     from rap_deploy.backbone_file import save_backbone
+    from rap_deploy.cli.demo_recipe import DemoSizes
     from rap_deploy.cli.demo_world import world_backbone
-    from rap_deploy.cli.pipeline import DemoSizes
 
     shutil.copytree(synth_root, tmp_path / "new" / "data")  # the tests' world: 12 test videos, not the tiny 8
     other = CliRunner().invoke(app, ["ablate", "--tiny", "--world", str(tmp_path / "new"), "--rows", "zero_shot",

@@ -17,7 +17,7 @@ from rap_deploy.errors import UsageError
 from rap_deploy.locks import folder_lock
 
 if TYPE_CHECKING:
-    from rap_deploy.cli.pipeline import DemoSizes
+    from rap_deploy.cli.demo_recipe import DemoSizes
 
 
 @command("ablate", resume="re-run the same command to resume: finished runs are read back, stopped ones resumed")
@@ -88,9 +88,9 @@ def ablate(
     """
     import torch
 
+    from rap_deploy.cli.demo_recipe import DemoSizes, train_options
     from rap_deploy.cli.demo_steps import Steps
     from rap_deploy.cli.demo_world import prepare_world
-    from rap_deploy.cli.pipeline import DemoSizes, train_options
     from rap_deploy.train.ablate import run_ablation
     from rap_deploy.train.heldout_eval import check_gallery, heldout_scorer
     from rap_deploy.workspace import workspace_root

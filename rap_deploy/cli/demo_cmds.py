@@ -35,7 +35,8 @@ def demo(
     fails; 2 for bad usage or a folder of another recipe.
     """
     from rap_deploy import bounds
-    from rap_deploy.cli.pipeline import DemoSizes, ParityFailedError, run_demo
+    from rap_deploy.cli.demo_recipe import DemoSizes
+    from rap_deploy.cli.pipeline import ParityFailedError, run_demo
     from rap_deploy.workspace import workspace_root
 
     bounds.check_threads(threads)

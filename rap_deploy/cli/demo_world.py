@@ -9,13 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from rap_deploy.cli.demo_recipe import DemoSizes
 from rap_deploy.cli.demo_steps import Steps, nonempty_file
 from rap_deploy.errors import CheckFailedError, UsageError
-
-if TYPE_CHECKING:
-    from rap_deploy.cli.pipeline import DemoSizes
 
 
 @dataclass(frozen=True)
@@ -113,8 +110,6 @@ def _check_world(data: Path, sizes: DemoSizes, rewritten: bool = False) -> None:
     wanted = {k: getattr(sizes, k) for k in have}
     if have != wanted:
         differ = ", ".join(f"{k} {have[k]} (this run: {wanted[k]})" for k in have if have[k] != wanted[k])
-        from rap_deploy.cli.pipeline import DemoSizes
-
         tiny = " (a world of `rapdeploy demo --tiny`: pass --tiny)" \
             if have == {k: getattr(DemoSizes.tiny(), k) for k in have} else ""
         raise UsageError(f"{path} is another recipe's world: {differ}{tiny}; use another folder (--out / --world), "
