@@ -128,7 +128,6 @@ def _check_sampling(sampling: dict[str, Any], need: Any) -> None:
          f"'model.sampling.fps' {short_repr(fps)} is malformed")
 
 
-
 def _check_moved(moved: Any, need: Any) -> None:
     """``moved`` (rows whose files moved, written by ``index --add``) maps global rows, as decimal strings, to a
     non-empty path of at most 4096 characters and the file's stat numbers."""
