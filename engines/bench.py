@@ -14,7 +14,9 @@ Graphs (DESIGN.md §4, §9):
 Each (backend, graph, batch) gets ``warmup`` untimed calls, then ``repeats`` timed calls (each one engine call from
 host arrays to host arrays, copies to and from the device included, preprocessing not:
 ``bench_report.TIMED_CALL``), interleaved across the backends (one call of each per round, rotating the order) so
-that load from other processes on a shared machine hits every backend alike; latency percentiles are over those
+that load from other processes on a shared machine hits every backend alike, and a call that follows another
+backend's starts once this process's other threads (the previous runtime's spinning thread pool) have parked, at
+most 0.2 s later (``bench_timing.settle``; bench.json's ``load.pauses``); latency percentiles are over those
 calls (linear interpolation, ``PERCENTILE_METHOD``; with fewer calls than put a percentile at or below the
 second-slowest call, 11 for p90 and 101 for p99, a note says it is an interpolated maximum); throughput is items /
 mean latency, and the ratio to PyTorch eager is that of the mean latencies (``bench_report.RATIOS``). The model's
@@ -58,7 +60,14 @@ from rap_deploy.engines.bench_report import (  # noqa: F401 - part of the bench 
     thread_notes,
     write_bench_reports,
 )
-from rap_deploy.engines.bench_timing import adapter_cost, count_flops, latency_stats, percentile_notes, time_interleaved
+from rap_deploy.engines.bench_timing import (
+    Pauses,
+    adapter_cost,
+    count_flops,
+    latency_stats,
+    percentile_notes,
+    time_interleaved,
+)
 from rap_deploy.engines.loader import is_remote
 from rap_deploy.engines.machine_load import LoadMonitor, loopback_server_pids
 from rap_deploy.errors import UsageError
@@ -160,16 +169,18 @@ def bench(
         # folder behind; before the timing, not after
         out_dir = check_writable_folder(Path(out) if out is not None else subdir("bench", workspace), "bench",
                                         "report folder")
-        monitor = LoadMonitor(servers=loopback_server_pids(str(e) for e in engines if is_remote(e)))
+        # a server's threads run in another process, out of sight of the pauses' watch on this one's CPU time
+        pauses = Pauses(watch_process=not any(is_remote(e) for e in engines))
+        monitor = LoadMonitor(servers=loopback_server_pids(str(e) for e in engines if is_remote(e)), pause=pauses)
         infos = [{**(engine_info(eng) or {}), "label": label} for label, eng in backends]
-        results, notes = time_graphs(backends, infos, settings, inputs, flops_per_item, monitor, progress)
+        results, notes = time_graphs(backends, infos, settings, inputs, flops_per_item, monitor, progress, pauses)
         notes += thread_notes(infos) + percentile_notes(settings.repeats)
         add_ratios(results)
         cost = None
         if compare_meanp and "video" in settings.graphs and torch_engine.config.use_lorm:
             with monitor.block("adapter cost (RAP vs meanP)"):
-                cost = adapter_cost(torch_engine.model, inputs.frames, inputs.mask, repeats, warmup)
-        load = monitor.summary()
+                cost = adapter_cost(torch_engine.model, inputs.frames, inputs.mask, repeats, warmup, pauses)
+        load = {**monitor.summary(), "pauses": pauses.summary()}
         mark_reliability(results, notes, load)
         result = bench_report(settings, torch_engine, ckpt_path, infos, inputs, results, gflops, cost, load, notes,
                               torch_device=str(torch_engine.device), started=t_start)
@@ -290,10 +301,11 @@ def graph_call(engine: Any, graph: str, batch: int, inputs: BenchInputs, s: Benc
 
 
 def time_graphs(backends: list[tuple[str, Any]], infos: list[dict[str, Any]], s: BenchSettings, inputs: BenchInputs,
-                flops_per_item: dict[tuple[str, int], float], monitor: LoadMonitor, progress: bool
-                ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Time every (graph, batch) with the backends' calls interleaved, each group inside a load-measured block;
-    returns the ``results`` rows and notes (graphs skipped). Raises :class:`UsageError` when every one was skipped."""
+                flops_per_item: dict[tuple[str, int], float], monitor: LoadMonitor, progress: bool,
+                pause: Callable[[], Any] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Time every (graph, batch) with the backends' calls interleaved (``pause`` before a call that follows another
+    backend's), each group inside a load-measured block; returns the ``results`` rows and notes (graphs skipped).
+    Raises :class:`UsageError` when every one was skipped."""
     from rap_deploy.data.progress import progress_bar
 
     config = backends[0][1].config
@@ -318,7 +330,7 @@ def time_graphs(backends: list[tuple[str, Any]], infos: list[dict[str, Any]], s:
                         continue
                     group.append((label, info, fn))
                 with monitor.block(f"{graph} batch {b}"), _out_of_memory_is_usage(graph, b):
-                    timings = time_interleaved([g[2] for g in group], s.repeats, s.warmup, tick)
+                    timings = time_interleaved([g[2] for g in group], s.repeats, s.warmup, tick, pause)
                 extra = {"index_size": s.index_size, "rerank_top": s.rerank_top} if graph == "search" else {}
                 for stats, (label, info, _) in zip(timings, group, strict=True):
                     results.append(_row(label, info, graph, b, latency_stats(stats, b), s.repeats, config.frames,

@@ -7,6 +7,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -14,28 +15,81 @@ import numpy as np
 
 # After a call, ONNX Runtime's and OpenMP's worker threads keep spinning for some milliseconds; a call of another
 # runtime started in that window shares the cores with them (measured: a 2-thread PyTorch GEMM right after an ONNX
-# Runtime call ran at 2 GFLOP/s instead of 130 for 10 ms, at full speed after 50 ms; 200 ms leaves a margin). Each
-# timed call of another function than the previous one therefore starts after this pause.
+# Runtime call ran at 2 GFLOP/s instead of 130 for 10 ms, at full speed after 50 ms). Each timed call of another
+# function than the previous one therefore starts once they have parked (:func:`settle`), and at the latest after
+# SETTLE_SECONDS.
 SETTLE_SECONDS = 0.2
+SETTLE_WINDOW_SECONDS = 0.01
+SETTLE_QUIET_WINDOWS = 2
+# A window is quiet when the process used between these many cores: the waiting thread is one, so more means another
+# thread still ran; less means the waiting thread itself was not seen running (descheduled, or a CPU clock too coarse
+# to tell), so the window says nothing.
+QUIET_CORES = (0.5, 1.25)
 
 
-def settle(seconds: float = SETTLE_SECONDS) -> None:
-    """Wait until the thread pools of the previous call have parked (see :data:`SETTLE_SECONDS`).
+def settle(seconds: float = SETTLE_SECONDS, watch_process: bool = True,
+           clock: Callable[[], float] = time.perf_counter, cpu_clock: Callable[[], float] = time.process_time
+           ) -> float:
+    """Wait until the thread pools of the previous call have parked; returns the seconds waited.
 
-    The wait is busy, so the timed thread's own core stays awake: a sleeping thread lets the virtual CPU go idle and
-    the next call would pay its wake-up."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+    The wait is busy, so the timed thread's own core stays awake (a sleeping thread lets the virtual CPU go idle and
+    the next call would pay its wake-up), and it watches this process's CPU time: it ends after
+    :data:`SETTLE_QUIET_WINDOWS` consecutive windows of :data:`SETTLE_WINDOW_SECONDS` in which the process used
+    :data:`QUIET_CORES` (only the waiting thread ran), or after ``seconds``, whichever comes first. Measured on a
+    2-core EPYC (the demo's engines, 5 ms windows): ONNX Runtime's workers spin 40 to 50 ms after a call, PyTorch's 5
+    to 10 ms, then the process uses one core until the next call. ``watch_process=False`` waits the full ``seconds``:
+    for a server in another process, whose threads this process's CPU time does not count."""
+    start = last = clock()
+    end = start + seconds
+    cpu_last = cpu_clock()
+    quiet = 0
+    while True:
+        now = clock()
+        if now >= end:
+            return max(now - start, seconds)
+        if watch_process and now - last >= SETTLE_WINDOW_SECONDS:
+            cpu_now = cpu_clock()
+            cores = (cpu_now - cpu_last) / (now - last)
+            quiet = quiet + 1 if QUIET_CORES[0] <= cores <= QUIET_CORES[1] else 0
+            if quiet >= SETTLE_QUIET_WINDOWS:
+                return now - start
+            last, cpu_last = now, cpu_now
+
+
+@dataclass
+class Pauses:
+    """The pauses of one bench run before a timed call that follows another function's (:func:`settle`), and the
+    seconds each lasted. ``watch_process=False`` (a benchmarked server in another process) waits ``max_seconds``
+    every time."""
+
+    watch_process: bool = True
+    max_seconds: float = SETTLE_SECONDS
+    waited: list[float] = field(default_factory=list)
+
+    def __call__(self) -> None:
+        self.waited.append(settle(self.max_seconds, self.watch_process))
+
+    def summary(self) -> dict[str, Any]:
+        """``count``, ``median_ms``, ``max_ms``, ``capped`` (how many lasted ``max_seconds``: the process never went
+        quiet), ``total_seconds`` and the ``rule``."""
+        waited = np.asarray(self.waited, dtype=np.float64)
+        rule = (f"busy wait until {SETTLE_QUIET_WINDOWS} consecutive {SETTLE_WINDOW_SECONDS * 1e3:g} ms windows in "
+                f"which this process used {QUIET_CORES[0]:g} to {QUIET_CORES[1]:g} cores (its other threads parked), "
+                f"at most {self.max_seconds * 1e3:g} ms" if self.watch_process else
+                f"{self.max_seconds * 1e3:g} ms each (a server in another process: its threads are not watched)")
+        return {"count": int(waited.size), "rule": rule,
+                "median_ms": round(float(np.median(waited)) * 1e3, 1) if waited.size else None,
+                "max_ms": round(float(waited.max()) * 1e3, 1) if waited.size else None,
+                "capped": int((waited >= self.max_seconds).sum()), "total_seconds": round(float(waited.sum()), 2)}
 
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int, warmup: int,
                      tick: Callable[[int], None] | None = None,
-                     settle_seconds: float = SETTLE_SECONDS) -> list[list[float]]:
+                     pause: Callable[[], Any] | None = None) -> list[list[float]]:
     """Time several implementations of the same work fairly: after ``warmup`` untimed calls of each, every round
     times one call of each, in an order rotated per round, so load from elsewhere on a shared machine hits all
-    alike; a call that follows another function's starts after ``settle_seconds``, so no runtime is timed beside
-    the previous one's spinning threads. Returns the latencies (seconds) per function."""
+    alike; a call that follows another function's starts after ``pause`` (default :func:`settle`), so no runtime is
+    timed beside the previous one's spinning threads. Returns the latencies (seconds) per function."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -47,7 +101,7 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int, warmup: int
         for k in range(len(fns)):
             i = (k + r) % len(fns)
             if previous is not None and previous != i:
-                settle(settle_seconds)
+                (pause or settle)()
             previous = i
             t0 = time.perf_counter()
             fns[i]()
@@ -136,11 +190,12 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def adapter_cost(model: Any, frames: np.ndarray, mask: np.ndarray, repeats: int, warmup: int) -> dict[str, Any]:
+def adapter_cost(model: Any, frames: np.ndarray, mask: np.ndarray, repeats: int, warmup: int,
+                 pause: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Video-encoder latency at batch 1 of RAP vs the same frozen CLIP with meanP and no adapters (PyTorch eager).
 
     The meanP model is ``RAPConfig(variant="rap_light", use_lorm=False)`` on the very same backbone modules; calls
-    alternate between the two (:func:`time_interleaved`) so machine noise hits both alike.
+    alternate between the two (:func:`time_interleaved`, with ``pause`` between them) so machine noise hits both alike.
     """
     import torch
 
@@ -159,7 +214,7 @@ def adapter_cost(model: Any, frames: np.ndarray, mask: np.ndarray, repeats: int,
             sync()
         return run
 
-    rap_lat, meanp_lat = time_interleaved([call(model), call(meanp)], max(1, repeats), max(1, warmup))
+    rap_lat, meanp_lat = time_interleaved([call(model), call(meanp)], max(1, repeats), max(1, warmup), pause=pause)
     times = {"rap": rap_lat, "meanp": meanp_lat}
     rap = latency_stats(times["rap"], 1)
     base = latency_stats(times["meanp"], 1)

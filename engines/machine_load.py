@@ -36,7 +36,7 @@ import math
 import os
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -191,6 +191,7 @@ class LoadMonitor:
     blocks: list[dict[str, Any]] = field(default_factory=list)
     gemm_gflops: list[float] = field(default_factory=list)
     servers: list[int] = field(default_factory=list)
+    pause: Callable[[], Any] | None = None  # before each calibration GEMM; default: bench_timing.settle
 
     def __post_init__(self) -> None:
         # A server that may run outside our CPUs spends time their busy time does not hold: counting it as ours would
@@ -205,12 +206,13 @@ class LoadMonitor:
         pause: a GEMM beside this process's own still-spinning thread pools measures them, not the machine)."""
         from rap_deploy.engines.bench_timing import settle
 
-        settle()
+        pause = self.pause or settle
+        pause()
         before_gemm = calibration_gemm(min_seconds=self.gemm_seconds)
         before = cpu_sample(self.cpus, self.servers)
         yield
         after = cpu_sample(self.cpus, self.servers)
-        settle()
+        pause()
         after_gemm = calibration_gemm(min_seconds=self.gemm_seconds)
         self.gemm_gflops += [before_gemm, after_gemm]
         self.blocks.append({"label": label, **contention(before, after),

@@ -423,6 +423,16 @@ def load_line(result: dict[str, Any]) -> str:
     return f"WARNING: the machine was not quiet; every ratio is unreliable ({'; '.join(load['reasons'])})"
 
 
+def pauses_line(result: dict[str, Any]) -> str | None:
+    """One line on the pauses before timed calls that follow another backend's (``load.pauses``; none for an older
+    bench.json or a run that made none)."""
+    pauses = (result.get("load") or {}).get("pauses") or {}
+    if not pauses.get("count"):
+        return None
+    return (f"pauses: {pauses['count']} before a call that follows another backend's ({pauses['rule']}): median "
+            f"{pauses['median_ms']:g} ms, longest {pauses['max_ms']:g} ms, {pauses['capped']} at the cap")
+
+
 def search_lines(result: dict[str, Any]) -> list[str]:
     """The two-stage search against the video encoder (issue 11's ratio, target <= 0.1) and the index size."""
     lines = []
@@ -445,7 +455,9 @@ def _settings_lines(settings: dict[str, Any]) -> list[str]:
 
 def bench_markdown(result: dict[str, Any]) -> str:
     """A Markdown version of the bench table (for READMEs and CI logs)."""
+    pauses = pauses_line(result)
     lines = ["# rapdeploy bench", "", f"- device: {describe_device(result['device'])}", f"- {load_line(result)}",
+             *([f"- {pauses}"] if pauses else []),
              f"- inputs: {result.get('inputs')}", *_settings_lines(result.get("settings", {})),
              f"- model: {result.get('model', {}).get('clip')}, "
              f"{result.get('model', {}).get('frames')} frames", ""]
