@@ -24,11 +24,13 @@ class DemoSizes:
     Where the time goes (wall seconds at two threads, fresh runs): on a 2-core AMD EPYC with AVX-512 VNNI the whole
     demo took 464 to 483 s (three runs, 2026-12-04; README: "CPU memory"): backbone pre-training about 230, two RAP
     epochs with three evaluations of the 200-video test split about 145 (epoch 0 is the zero-shot row), verify of
-    two engines about 35 (the reference is evaluated once for both), bench 40, synth 14, export, engines and library
+    two engines about 35 (the reference is evaluated once for both), bench 40 (20 since its pauses end when the
+    threads of the previous backend have parked, ``df6f8dc``), synth 14, export, engines and library
     about 20. The slowest 2-core machine measured, an AMD EPYC with AVX2 only, took 16 min 12 s at ``4a783e3``
     (pre-training 416, RAP training 388): over the budget there (the README's set-up section). RAP training now
     takes 0.84× what it took at that commit (both side by side on the AVX-512 EPYC), which would put that machine's
-    demo at about 900 s, on the line (an estimate; docs/demo-history.md: "The demo at 4a783e3 and now"). Its cores
+    demo at about 900 s, on the line, and bench's shorter pauses at about 880 s (estimates; docs/demo-history.md:
+    "The demo at 4a783e3 and now", "Bench's pauses"). Its cores
     are the slower part, not its instruction set: the AVX-512 EPYC held to AVX2 kernels ran the demo in the time it
     takes without (511 against 518 s side by side; docs/demo-history.md: "The instruction set").
 
