@@ -169,9 +169,10 @@ def bench(
         # folder behind; before the timing, not after
         out_dir = check_writable_folder(Path(out) if out is not None else subdir("bench", workspace), "bench",
                                         "report folder")
+        servers = [str(e) for e in engines if is_remote(e)]
         # a server's threads run in another process, out of sight of the pauses' watch on this one's CPU time
-        pauses = Pauses(watch_process=not any(is_remote(e) for e in engines))
-        monitor = LoadMonitor(servers=loopback_server_pids(str(e) for e in engines if is_remote(e)), pause=pauses)
+        pauses = Pauses(watch_process=not servers)
+        monitor = LoadMonitor(servers=loopback_server_pids(servers), pause=pauses)
         infos = [{**(engine_info(eng) or {}), "label": label} for label, eng in backends]
         results, notes = time_graphs(backends, infos, settings, inputs, flops_per_item, monitor, progress, pauses)
         notes += thread_notes(infos) + percentile_notes(settings.repeats)

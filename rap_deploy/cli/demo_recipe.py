@@ -30,9 +30,9 @@ class DemoSizes:
     (pre-training 416, RAP training 388): over the budget there (the README's set-up section). RAP training now
     takes 0.84× what it took at that commit (both side by side on the AVX-512 EPYC), which would put that machine's
     demo at about 900 s, on the line, and bench's shorter pauses at about 880 s (estimates; docs/demo-history.md:
-    "The demo at 4a783e3 and now", "Bench's pauses"). Its cores
-    are the slower part, not its instruction set: the AVX-512 EPYC held to AVX2 kernels ran the demo in the time it
-    takes without (511 against 518 s side by side; docs/demo-history.md: "The instruction set").
+    "The demo at 4a783e3 and now", "Bench's pauses"). Its cores are the slower part, not its instruction set: the
+    AVX-512 EPYC held to AVX2 kernels ran the demo in the time it takes without (511 against 518 s side by side;
+    docs/demo-history.md: "The instruction set").
 
     The backbone is what decides RAP's gain here: pre-trained for 4 epochs (image→caption R@1 35 on held-out stills)
     three RAP epochs reached zero-shot + 5.2 t2v R@1 over three seeds; pre-trained for 12 epochs (R@1 84.8) +19.0.
