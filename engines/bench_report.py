@@ -56,7 +56,7 @@ def mark_reliability(results: list[dict[str, Any]], notes: list[str], load: dict
     for row in results:
         row["ratio_reliable"] = load["clean"]
     if not load["clean"]:
-        from rap_deploy.engines.reports import UNQUIET_NOTE
+        from rap_deploy.engines.bench_format import UNQUIET_NOTE
 
         notes.insert(0, UNQUIET_NOTE + "; ".join(load["reasons"]))
 
@@ -111,13 +111,13 @@ def bench_report(s: BenchSettings, torch_engine: Any, ckpt_path: Path, infos: li
 def write_bench_reports(out_dir: Path, result: dict[str, Any]) -> None:
     """Write bench.json, bench.md and bench.png into ``out_dir`` (under its lock) and set ``result["out"]``."""
     from rap_deploy.atomic import remove_temporaries, write_json_atomic, write_text_atomic
-    from rap_deploy.engines import reports
+    from rap_deploy.engines.bench_format import bench_markdown, plot_bench
 
     with folder_lock(out_dir, "bench", "report folder"):
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_temporaries(out_dir, REPORT_FILES)  # a killed run's (the lock: none runs)
         markdown, plot, report = (out_dir / name for name in REPORT_FILES)
-        write_text_atomic(markdown, reports.bench_markdown(result))
-        reports.plot_bench(result, plot)
+        write_text_atomic(markdown, bench_markdown(result))
+        plot_bench(result, plot)
         write_json_atomic(report, result)  # last: a killed run leaves the previous bench.json
     result["out"] = str(out_dir)

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rap_deploy.engines.reports import (
-    UNQUIET_NOTE,
-    adapter_line,
-    bench_rows,
-    describe_device,
-    format_value,
-    load_line,
-    natural_width,
-    search_lines,
-    wide_console,
-)
+from rap_deploy.engines.bench_format import UNQUIET_NOTE, adapter_line, bench_rows, load_line, search_lines
+from rap_deploy.engines.report_env import describe_device
+from rap_deploy.engines.report_format import format_value, natural_width, wide_console
 
 #: The printed columns: backend and precision, throughput and unit merged to keep the table narrow.
 BENCH_COLUMNS = ("backend", "graph", "batch", "throughput", "min ms", "p50 ms", "p90 ms", "p99 ms", "vs torch",
@@ -27,8 +19,8 @@ UNRELIABLE_CAPTION = "* unreliable: the machine was not quiet"
 
 
 def bench_cells(result: dict[str, Any]) -> list[dict[str, str]]:
-    """Each row of :func:`~rap_deploy.engines.reports.bench_rows` as the printed cells, by column name; an unreliable
-    ratio is marked ``*`` (explained under the table)."""
+    """Each row of :func:`~rap_deploy.engines.bench_format.bench_rows` as the printed cells, by column name; an
+    unreliable ratio is marked ``*`` (explained under the table)."""
     cells = []
     for row in bench_rows(result):
         ratios = [cell.replace(" (unreliable)", "*") for cell in row[10:12]]

@@ -247,7 +247,7 @@ def test_running_out_of_memory_mid_bench_is_a_usage_error():
 
 
 def test_two_engines_of_one_backend_and_precision_keep_apart_in_the_table():
-    from rap_deploy.engines.reports import backend_labels, bench_rows
+    from rap_deploy.engines.bench_format import backend_labels, bench_rows
 
     rows = [{"backend": "torch", "precision": "fp32", "engine": "ckpt.pt"},
             {"backend": "onnxruntime", "precision": "fp32", "engine": "/w/onnx"},
@@ -492,7 +492,7 @@ def test_the_memory_check_counts_the_candidates_an_engine_gets_copied(micro_ort_
 def test_bench_md_says_why_rows_are_missing():
     """The printed table ends with bench's notes (a batch over an engine's max batch skipped, a graph the model does
     not have), but bench.md left them out: its table just lacked those rows."""
-    from rap_deploy.engines.reports import bench_markdown
+    from rap_deploy.engines.bench_format import bench_markdown
 
     row = {"backend": "torch", "precision": "fp32", "engine": "torch eager", "graph": "text", "batch_size": 1,
            "throughput": 1.0, "unit": "texts/s", "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0}
@@ -580,8 +580,8 @@ def test_the_printed_table_of_an_unquiet_run_gives_its_reasons_once():
     note, the table prints the warning alone."""
     from rich.console import Console
 
+    from rap_deploy.engines.bench_format import UNQUIET_NOTE
     from rap_deploy.engines.bench_table import print_bench
-    from rap_deploy.engines.reports import UNQUIET_NOTE
 
     reason = "other processes used 1.24 cores during the whole run (limit 0.25)"
     load = {"clean": False, "reasons": [reason], "usable_cores": 2, "loadavg_1min_start": 1.5,

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from rap_deploy.engines.bench_format import bench_markdown, pauses_line
 from rap_deploy.engines.bench_timing import (
     QUIET_CORES,
     SETTLE_QUIET_WINDOWS,
@@ -16,7 +17,6 @@ from rap_deploy.engines.bench_timing import (
     Pauses,
     settle,
 )
-from rap_deploy.engines.reports import bench_markdown, pauses_line
 
 
 class FakeProcess:

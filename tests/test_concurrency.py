@@ -556,7 +556,7 @@ def test_a_killed_report_writers_temporary_is_removed_by_the_next_report(kind, t
     from conftest import held_folder_lock
 
     from rap_deploy.atomic import write_bytes_atomic
-    from rap_deploy.engines import bench, reports, verify
+    from rap_deploy.engines import bench, bench_format, reports, verify
 
     out = tmp_path / "report"
     code = ("import sys; from pathlib import Path; from rap_deploy.atomic import write_json_atomic\n"
@@ -570,8 +570,9 @@ def test_a_killed_report_writers_temporary_is_removed_by_the_next_report(kind, t
     others = [out / f".{kind}.json.bak.k3b_c3hn.bak.tmp", out / ".notes.tmp"]  # not a report's temporary
     for path in others:
         path.write_text("mine")
-    monkeypatch.setattr(reports, f"{kind}_markdown", lambda result: "# report\n")
-    monkeypatch.setattr(reports, f"plot_{kind}", lambda result, path: write_bytes_atomic(path, b"png"))
+    formats = reports if kind == "verify" else bench_format
+    monkeypatch.setattr(formats, f"{kind}_markdown", lambda result: "# report\n")
+    monkeypatch.setattr(formats, f"plot_{kind}", lambda result, path: write_bytes_atomic(path, b"png"))
     write = verify.write_verify_reports if kind == "verify" else bench.write_bench_reports
     with held_folder_lock(out, kind, "report folder"), pytest.raises(FolderBusyError):
         write(out, {"passed": True})  # a live writer's: left alone

@@ -1,6 +1,7 @@
 """The helpers other modules call are public, documented functions: no module (tests included) imports a private name
-from clip_loader or asa, and no source module imports one from train/loop.py or engines/reports.py (training_run.py
-and bench_table.py did), so a change to a module's private helpers cannot silently break a caller elsewhere."""
+from clip_loader or asa, and no source module imports one from train/loop.py or the report modules (engines/reports.py,
+bench_format.py, report_format.py; training_run.py and bench_table.py once did), so a change to a module's private
+helpers cannot silently break a caller elsewhere."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ SHARED = {"rap_deploy.model.clip_loader": ("register_packaged_configs", "quiet_l
 #: Modules whose private names only tests (their own unit tests) may import; the source tree calls public names.
 SOURCE_SHARED = {"rap_deploy.train.loop": ("autocast_dtype", "evaluate_model", "plain_data", "metrics_record",
                                            "rng_state", "restore_rng_state", "write_metrics"),
-                 "rap_deploy.engines.reports": ("adapter_line", "format_value", "natural_width", "wide_console")}
+                 "rap_deploy.engines.reports": ("print_verify", "skipped_line", "verify_markdown", "plot_verify"),
+                 "rap_deploy.engines.bench_format": ("adapter_line", "bench_rows", "load_line", "search_lines",
+                                                     "bench_markdown", "plot_bench"),
+                 "rap_deploy.engines.report_format": ("format_value", "ms_cell", "signed_cell", "md_table",
+                                                      "natural_width", "wide_console", "pyplot", "save_png")}
 SOURCE_TOPS = ("rap_deploy", "train", "engines", "export")
 
 

@@ -147,8 +147,8 @@ def bench_cmd(
     Writes bench.json, bench.md and bench.png.
     """
     from rap_deploy.engines.bench import bench
+    from rap_deploy.engines.bench_format import load_line
     from rap_deploy.engines.bench_table import print_bench
-    from rap_deploy.engines.reports import load_line
 
     bounds.check_int(repeats, "--repeats", 1, bounds.MAX_REPEATS)
     bounds.check_int(warmup, "--warmup", 0, bounds.MAX_REPEATS)
