@@ -63,48 +63,74 @@ def search_command(library: str) -> str:
 
 
 def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
+    """Print the demo's summary: as JSON, or as its tables (retrieval, parity, throughput, the library search)."""
     if json_out:
         typer.echo(json_text(summary))
         return
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+
+    from rap_deploy.cli.pipeline import rap_initial_note
 
     console = Console(width=max(Console().width, 110))
-    ret = Table(title="Retrieval on the synthetic test split (full ASA similarity)")
+    console.print(_retrieval_table(summary))
+    initial = rap_initial_note(summary)  # RAP's best.pt is its untrained starting model: said, not silent
+    if initial:
+        console.print(initial, style="yellow", markup=False, soft_wrap=True)
+    console.print(_parity_table(summary["engines"]))
+    console.print(_throughput_table(summary))
+    load = summary.get("bench_load") or {}
+    if load and not load.get("clean", True):
+        console.print("WARNING: the machine was not quiet during bench; ratios are unreliable: "
+                      + "; ".join(load.get("reasons", [])), style="bold red", markup=False)
+    _print_library(console, summary.get("library"))
+    console.print(f"demo finished in {summary['seconds']:.0f}s (all steps: {summary['pipeline_seconds']:.0f}s); "
+                  f"summary: {Path(target) / DEMO_SUMMARY}", markup=False)
+
+
+def _retrieval_table(summary: dict[str, Any]) -> Any:
+    """The rich table of zero-shot, RAP and RAP two-stage recall on the test split (rows the summary has)."""
+    from rich.table import Table
+
+    table = Table(title="Retrieval on the synthetic test split (full ASA similarity)")
     for col in ("model", "t2v R@1", "R@5", "R@10", "MnR", "v2t R@1", "R@5", "R@10", "MnR"):
-        ret.add_column(col, justify="right" if col != "model" else "left")
+        table.add_column(col, justify="right" if col != "model" else "left")
     for name, key in (("zero-shot (frozen CLIP, meanP)", "zero_shot"), ("RAP", "rap"),
                       ("RAP two-stage", "rap_two_stage")):
         m = summary.get(key)
         if m:
-            ret.add_row(name, *(f"{m[d][k]:.1f}" for d in ("t2v", "v2t") for k in ("R1", "R5", "R10", "MnR")))
-    console.print(ret)
-    from rap_deploy.cli.pipeline import rap_initial_note
+            table.add_row(name, *(f"{m[d][k]:.1f}" for d in ("t2v", "v2t") for k in ("R1", "R5", "R10", "MnR")))
+    return table
 
-    initial = rap_initial_note(summary)  # RAP's best.pt is its untrained starting model: said, not silent
-    if initial:
-        console.print(initial, style="yellow", markup=False, soft_wrap=True)
 
-    par = Table(title="Engines: recall parity vs PyTorch")
+def _parity_table(engines: list[dict[str, Any]]) -> Any:
+    """The rich table of each engine's verify verdict, tolerance, recall deltas and rank changes."""
+    from rich.table import Table
+
+    table = Table(title="Engines: recall parity vs PyTorch")
     for col in ("engine", "verdict", "tolerance", "ΔR@1 t2v", "ΔR@5 t2v", "ΔR@1 v2t", "rank changes"):
-        par.add_column(col)
-    for e in summary["engines"]:
+        table.add_column(col)
+    for e in engines:
         d = e["delta"]
         rc, tied = e.get("rank_changes"), e.get("rank_changes_within_ties") or {}
         rc_text = " / ".join(f"{d} {n}" + (f" (+{tied[d]} tied)" if tied.get(d) else "") for d, n in rc.items()) \
             if isinstance(rc, dict) else str(rc)
         tol = e.get("tolerance")
-        par.add_row(e["name"], "[green]pass[/green]" if e["passed"] else "[red]FAIL[/red]",
-                    "0 rank changes" if e["precision"] == "fp32" else f"{tol:g} pts" if tol is not None else "-",
-                    f"{d['t2v']['R1']:+.2f}", f"{d['t2v']['R5']:+.2f}", f"{d['v2t']['R1']:+.2f}", rc_text)
-    console.print(par)
+        table.add_row(e["name"], "[green]pass[/green]" if e["passed"] else "[red]FAIL[/red]",
+                      "0 rank changes" if e["precision"] == "fp32" else f"{tol:g} pts" if tol is not None else "-",
+                      f"{d['t2v']['R1']:+.2f}", f"{d['t2v']['R5']:+.2f}", f"{d['v2t']['R1']:+.2f}", rc_text)
+    return table
+
+
+def _throughput_table(summary: dict[str, Any]) -> Any:
+    """The rich table of each backend, precision and graph at its largest benchmarked batch."""
+    from rich.markup import escape
+    from rich.table import Table
 
     device = summary.get("device") or {}
     where = f"{device.get('cpu', 'CPU')}, {device.get('cores', '?')} cores" if isinstance(device, dict) else device
-    thr = Table(title=escape(f"Throughput at the largest benchmarked batch ({where})"))
+    table = Table(title=escape(f"Throughput at the largest benchmarked batch ({where})"))
     for col in ("backend", "precision", "graph", "batch", "throughput", "p50 ms", "vs PyTorch"):
-        thr.add_column(col)
+        table.add_column(col)
     largest: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in summary["bench"]:
         key = (r["backend"], r["precision"], r["graph"])
@@ -113,17 +139,10 @@ def _print(summary: dict[str, Any], json_out: bool, target: Path) -> None:
     for r in largest.values():
         ratio = r.get("ratio_vs_torch")
         mark = "" if r.get("ratio_reliable", True) else " (unreliable)"
-        thr.add_row(r["backend"], r["precision"], r["graph"], str(r["batch_size"]),
-                    f"{r['throughput']:.1f} {r['unit']}", f"{r['p50_ms']:.1f}",
-                    f"{ratio:.2f}x{mark}" if isinstance(ratio, (int, float)) else "-")
-    console.print(thr)
-    load = summary.get("bench_load") or {}
-    if load and not load.get("clean", True):
-        console.print("WARNING: the machine was not quiet during bench; ratios are unreliable: "
-                      + "; ".join(load.get("reasons", [])), style="bold red", markup=False)
-    _print_library(console, summary.get("library"))
-    console.print(f"demo finished in {summary['seconds']:.0f}s (all steps: {summary['pipeline_seconds']:.0f}s); "
-                  f"summary: {Path(target) / DEMO_SUMMARY}", markup=False)
+        table.add_row(r["backend"], r["precision"], r["graph"], str(r["batch_size"]),
+                      f"{r['throughput']:.1f} {r['unit']}", f"{r['p50_ms']:.1f}",
+                      f"{ratio:.2f}x{mark}" if isinstance(ratio, (int, float)) else "-")
+    return table
 
 
 def _print_library(console: Any, library: dict[str, Any] | None) -> None:

@@ -158,36 +158,60 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
     the weights are loaded (written or replaced in between) is refused: the weights loaded may not be those checked.
     Raises :class:`UsageError` with the reason when loading fails.
     """
-    import open_clip
+    register_packaged_configs()
+    from_file = spec.kind == "file" and state_dict is None
+    file = Path(spec.value) if from_file and spec.value else None
+    _check_memory_for(spec, file)
+    if quick_gelu is None:
+        quick_gelu = quick_gelu_for(spec)
+    if file is not None:
+        checked_identity = checked_identity or file_identity(file)
+    pretrained = spec.value if state_dict is None and spec.kind in ("tag", "file") else None
+    if from_file:
+        _check_weights_source(spec, Path(spec.value))
+    model = _create_model(spec, pretrained, quick_gelu, from_file)
+    if file is not None and file_identity(file) != checked_identity:
+        raise UsageError(f"backbone weights file {file} changed while it was loaded (written or replaced by another "
+                         "process); run again once nothing writes it")
+    if state_dict is not None:
+        _load_embedded_weights(model, state_dict, spec.clip)
+    _check_finite_weights(model, spec, embedded=state_dict is not None)
+    freeze(model)
+    return model
 
+
+def _check_memory_for(spec: BackboneSpec, file: Path | None) -> None:
+    """Refuse (``check_memory``'s error) a model and weights file that would not fit in memory: before open_clip
+    allocates the model and reads a weights file whole beside it (a wrong, larger file too)."""
     from rap_deploy.bounds import check_memory, clip_weight_bytes
 
-    register_packaged_configs()
-    # Before open_clip allocates the model and reads a weights file whole beside it (a wrong, larger file too).
-    file = Path(spec.value) if spec.kind == "file" and state_dict is None and spec.value else None
     read = file.stat().st_size if file is not None and file.is_file() else 0
     check_memory(clip_weight_bytes(clip_model_config(spec.clip)) + read,
                  f"backbone {spec.clip}" + (f" with its weights file {file}" if read else ""),
                  "use a machine with more memory, a smaller --clip" + (" or that model's weights" if read else ""))
-    if quick_gelu is None:
-        quick_gelu = quick_gelu_for(spec)
-    pretrained = None
-    if file is not None:
-        checked_identity = checked_identity or file_identity(file)
-    if state_dict is None and spec.kind in ("tag", "file"):
-        pretrained = spec.value
-        if spec.kind == "file" and spec.sha256 and Path(spec.value).is_file():
-            actual = sha256_file(spec.value)
-            if actual != spec.sha256:
-                raise _changed_since_parsed(spec, actual)
-    if spec.kind == "file" and state_dict is None:
-        _check_weights_file(Path(spec.value), spec.clip)
+
+
+def _check_weights_source(spec: BackboneSpec, file: Path) -> None:
+    """Check a weights file before open_clip reads it: its sha256 against ``spec.sha256`` (when given), then what it
+    holds against ``spec.clip``. Raises :class:`UsageError` naming the file."""
+    if spec.sha256 and file.is_file():
+        actual = sha256_file(file)
+        if actual != spec.sha256:
+            raise _changed_since_parsed(spec, actual)
+    _check_weights_file(file, spec.clip)
+
+
+def _create_model(spec: BackboneSpec, pretrained: str | None, quick_gelu: bool, from_file: bool) -> nn.Module:
+    """open_clip's model of ``spec.clip`` with the weights ``pretrained`` (a tag or a file path; None: initialised
+    only). Raises :class:`UsageError` with the reason, and for a tag where offline weights must come from."""
+    import open_clip
+
     try:
         with quiet_loading_logs():
-            model = open_clip.create_model(spec.clip, pretrained=pretrained, force_quick_gelu=quick_gelu,
-                                           load_weights=pretrained is not None)
+            return open_clip.create_model(spec.clip, pretrained=pretrained, force_quick_gelu=quick_gelu,
+                                          load_weights=pretrained is not None)
     except Exception as exc:
-        if spec.kind == "file" and state_dict is None:
+        if from_file:
             raise weights_file_error(Path(spec.value), spec.clip, exc) from None
         if not isinstance(exc, (RuntimeError, OSError, ValueError)):
             raise
@@ -195,29 +219,26 @@ def load_clip(spec: BackboneSpec, quick_gelu: bool | None = None, state_dict: di
                "without waiting for the network; offline, pass a local weights file: --pretrained /path/to/weights)" \
             if spec.kind == "tag" else ""
         raise UsageError(f"cannot load backbone {spec.clip} with pretrained={spec.value}: {exc}{hint}") from exc
-    if file is not None and file_identity(file) != checked_identity:
-        raise UsageError(f"backbone weights file {file} changed while it was loaded (written or replaced by another "
-                         "process); run again once nothing writes it")
-    if state_dict is not None:
-        try:
-            missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        except RuntimeError as exc:  # a tensor of another shape: torch raises even with strict=False, keys unlisted
-            keys = state_dict_error_keys(exc)
-            if keys is None:  # not torch's listing of keys (a tensor it cannot copy): its own reason, on one line
-                reason = " ".join(str(exc).split())[:240] or type(exc).__name__
-                raise UsageError(f"embedded backbone weights cannot be loaded into {spec.clip} (torch: {reason})"
-                                 ) from None
-            expected = model.state_dict().keys()
-            missing = [k for k in expected if k not in state_dict]
-            unexpected = [k for k in state_dict if k not in expected]
-            raise UsageError(f"embedded backbone weights do not fit {spec.clip}: "
-                             f"{key_mismatch(missing, unexpected, keys[2])}") from None
-        if missing or unexpected:
-            raise UsageError(f"embedded backbone weights do not fit {spec.clip}: "
-                             f"{key_mismatch(list(missing), list(unexpected), [])}")
-    _check_finite_weights(model, spec, embedded=state_dict is not None)
-    freeze(model)
-    return model
+
+
+def _load_embedded_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], clip: str) -> None:
+    """Load a checkpoint's embedded backbone weights into ``model``; raises :class:`UsageError` naming the keys that
+    are missing, unexpected or of another shape (or torch's own reason when it gives no keys)."""
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: torch raises even with strict=False, keys unlisted
+        keys = state_dict_error_keys(exc)
+        if keys is None:  # not torch's listing of keys (a tensor it cannot copy): its own reason, on one line
+            reason = " ".join(str(exc).split())[:240] or type(exc).__name__
+            raise UsageError(f"embedded backbone weights cannot be loaded into {clip} (torch: {reason})") from None
+        expected = model.state_dict().keys()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        raise UsageError(f"embedded backbone weights do not fit {clip}: "
+                         f"{key_mismatch(missing, unexpected, keys[2])}") from None
+    if missing or unexpected:
+        raise UsageError(f"embedded backbone weights do not fit {clip}: "
+                         f"{key_mismatch(list(missing), list(unexpected), [])}")
 
 
 def _changed_since_parsed(spec: BackboneSpec, actual: str) -> UsageError:
