@@ -67,13 +67,13 @@ def bench_report(s: BenchSettings, torch_engine: Any, ckpt_path: Path, infos: li
     """The content of bench.json."""
     import torch
 
-    from rap_deploy.engines import reports
+    from rap_deploy.engines.report_env import device_info, library_versions
 
     config, model = torch_engine.config, torch_engine.model
     ort_threads = [i.get("threads") for i in infos if i.get("backend") == "onnxruntime"]
     index = inputs.index
     return {
-        "device": reports.device_info(),
+        "device": device_info(),
         "clean": load["clean"],
         "load": load,
         "results": results,
@@ -82,7 +82,7 @@ def bench_report(s: BenchSettings, torch_engine: Any, ckpt_path: Path, infos: li
         "threads": {"torch": torch.get_num_threads(), "requested": s.threads,
                     "onnxruntime_intra_op": (ort_threads[0] if ort_threads else None) or
                     ("onnxruntime default (one per physical core)" if ort_threads else None)},
-        "versions": reports.library_versions(),
+        "versions": library_versions(),
         "engines": infos,
         "checkpoint": str(ckpt_path),
         "model": {**{k: v for k, v in config.to_dict().items() if k != "preprocess"},

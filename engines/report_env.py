@@ -1,6 +1,7 @@
 """The machine and library versions a ``verify`` or ``bench`` report records beside its measurements.
 
-Nothing here measures a result; :mod:`rap_deploy.engines.reports` re-exports these functions.
+Nothing here measures a result; :mod:`rap_deploy.engines.bench_report` and :mod:`rap_deploy.engines.verify_output`
+record these beside theirs.
 """
 
 from __future__ import annotations

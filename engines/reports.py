@@ -1,9 +1,8 @@
 """``rapdeploy verify``'s reports: the rich tables, ``verify.md`` and ``verify.png`` (matplotlib Agg).
 
 Everything here formats results that :mod:`rap_deploy.engines.verify` computed; bench's report text is
-:mod:`rap_deploy.engines.bench_format`, the cell formats both use :mod:`rap_deploy.engines.report_format`. The run
-environment both record (machine, library versions) is :mod:`rap_deploy.engines.report_env`, whose functions are
-re-exported here.
+:mod:`rap_deploy.engines.bench_format`, the cell formats both use :mod:`rap_deploy.engines.report_format`, and the run
+environment both record (machine, library versions) :mod:`rap_deploy.engines.report_env`.
 """
 
 from __future__ import annotations
@@ -12,12 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rap_deploy.engines.report_env import (  # noqa: F401 - re-exported: verify and bench call reports.*
-    cpu_model,
-    describe_device,
-    device_info,
-    library_versions,
-)
+from rap_deploy.engines.report_env import describe_device
 from rap_deploy.engines.report_format import (
     format_value,
     md_table,

@@ -180,11 +180,11 @@ def _settings_keys(settings: VerifySettings, config: Any) -> dict[str, Any]:
 
 def _environment_keys(run: Evaluations, started: float) -> dict[str, Any]:
     """The libraries, the device, and the seconds spent (``total`` since ``started``, read now)."""
-    from rap_deploy.engines import reports
+    from rap_deploy.engines.report_env import device_info, library_versions
 
     return {
-        "versions": reports.library_versions(),
-        "device": reports.device_info(),
+        "versions": library_versions(),
+        "device": device_info(),
         "seconds": {"reference": round(run.ref_seconds, 3), "engine": round(run.eng_seconds, 3),
                     "total": round(time.perf_counter() - started, 3), "reference_reused": run.ref_reused},
     }

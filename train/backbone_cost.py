@@ -84,7 +84,7 @@ def _optimizer_ms(model: torch.nn.Module, opt: torch.optim.Optimizer, repeats: i
 def main(argv: list[str] | None = None) -> None:
     """Print :func:`step_costs` as a table (or JSON with ``--json``)."""
     from rap_deploy.cost_cli import cost_parser, parse_cost_args
-    from rap_deploy.engines.reports import cpu_model
+    from rap_deploy.engines.report_env import cpu_model
 
     parser = cost_parser(__doc__, repeats=6)
     parser.add_argument("--clip", default="rap-tiny")

@@ -113,7 +113,7 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
 
 
 def _cpu() -> str:
-    from rap_deploy.engines.reports import cpu_model  # a benchmark entry point, like _load_engine below
+    from rap_deploy.engines.report_env import cpu_model  # a benchmark entry point, like _load_engine below
 
     return cpu_model()
 

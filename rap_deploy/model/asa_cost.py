@@ -98,7 +98,7 @@ def compare(shape: HeadShape, queries: int, videos: int, block: tuple[int, int],
 def main(argv: list[str] | None = None) -> None:
     """Print :func:`compare` for an evaluation and for a search (or JSON with ``--json``)."""
     from rap_deploy.cost_cli import cost_parser, parse_cost_args, positive_int
-    from rap_deploy.engines.reports import cpu_model
+    from rap_deploy.engines.report_env import cpu_model
 
     parser = cost_parser(__doc__, repeats=5)
     defaults = HeadShape()
