@@ -372,6 +372,9 @@ MANIFEST_TAMPERING = {
     "build seconds missing": (lambda m: m["stage1"].pop("build_seconds"), "'stage1.build_seconds' None"),
     "stage-1 type unknown": (lambda m: m["stage1"].update(type="flat"), "'stage1.type' 'flat'"),  # was exit 2
     "shards swapped": (_swap_first_shards, "the manifest puts shard shard-000001 at row 0"),
+    # neither was checked: a hand-edited count opened and searched, and true passed as a row count
+    "videos not the live rows": (lambda m: m.update(videos=999), "'videos' 999 is not the number of its shards' rows"),
+    "rows a boolean": (lambda m: m["shards"][0].update(rows=True), "shard entry 0 is malformed"),
     "moved not an object": (lambda m: m.update(moved=[]), "'moved' is malformed"),
     "moved path not a string": (lambda m: m.update(moved={"0": {"path": 5, "bytes": 1, "mtime_ns": 1, "ctime_ns": 1,
                                                                 "inode": 1}}), "'moved' entry '0' is malformed"),
@@ -421,7 +424,8 @@ def test_a_rerank_width_edited_with_its_files_is_the_library_s_fault(library, mi
     assert "manifest.json" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("option,value", [("--top-m", "-5"), ("--target-recall", "7"), ("--target-recall", "nan"),
+@pytest.mark.parametrize("option,value", [("--top-m", "-5"), ("--top-m", "1001"), ("--target-recall", "7"),
+                                          ("--target-recall", "nan"),
                                           ("--batch-size", "0"), ("--shard-size", "0")])
 def test_index_options_out_of_range_exit_2(library, micro_checkpoint, tmp_path, option, value):
     res = runner.invoke(app, ["index", "--out", str(tmp_path / "lib"), "--list", str(tmp_path / "none.txt"),
@@ -507,8 +511,9 @@ def test_a_committed_shard_record_with_malformed_fields_is_encoded_again(tmp_pat
     assert committed_shard(tmp_path, "shard-000000", "p" * 64) is None
 
 
-def _inflate_last_shard_rows(m):  # next_row moved along, so the counters still look consistent
+def _inflate_last_shard_rows(m):  # next_row and videos moved along, so the counters still look consistent
     shard = m["shards"][-1]
+    m["videos"] += 10 ** 12 - shard["rows"]
     shard["rows"] = 10 ** 12
     m["next_row"] = shard["row_offset"] + 10 ** 12
 

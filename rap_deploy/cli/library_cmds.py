@@ -16,6 +16,7 @@ from rap_deploy.data import DATASET_NAMES
 from rap_deploy.errors import UsageError
 from rap_deploy.library.query_file import read_queries
 from rap_deploy.library.typed_urls import SERVER_SCHEMES, URL_SCHEMES
+from rap_deploy.name_lists import NAMES_SHOWN, some_names
 
 
 def _echo_json(obj: Any) -> None:
@@ -293,14 +294,27 @@ def _print_index(report: dict[str, Any], json_out: bool) -> None:
         typer.echo(f"skipped {s['video_id']}: {s['reason']} ({s['path']})", err=True)
     if report.get("gone"):
         typer.echo(gone_files_warning(report["library"], report["gone"]), err=True)
+    if report.get("deferred"):
+        typer.echo(deferred_videos_note(report["library"], report["deferred"]), err=True)
+    if report.get("not_retried"):
+        named = some_names([f"{s.get('video_id')} ({s.get('reason')})" for s in report["not_retried"]])
+        typer.echo(f"note: {len(report['not_retried'])} of the given videos are ones this library skipped as "
+                   f"undecodable when it was built ({named}); they were not retried: pass --add to retry them",
+                   err=True)
+
+
+def deferred_videos_note(library: str, deferred: list[str]) -> str:
+    """The stderr line naming the given videos a resumed build left out (added or changed after the interrupted
+    build made its plan) and the command that indexes them."""
+    return (f"note: this run finished an interrupted build with the videos it had planned; {len(deferred)} of the "
+            f"given videos are not in it yet ({some_names(deferred)}): run the same command with --add to index "
+            f"them into {library}")
 
 
 def gone_files_warning(library: str, gone: list[dict[str, str]]) -> str:
     """The stderr line naming the library's videos whose file no longer exists (kept, still found by search) and the
     command that drops them: whole for up to :data:`~rap_deploy.name_lists.NAMES_SHOWN` of them, else its form (a
     folder deleted, or on a disk not mounted, made a line of thousands of ``--remove``)."""
-    from rap_deploy.name_lists import NAMES_SHOWN, some_names
-
     named = some_names([f"{g['video_id']} ({g['path']})" for g in gone])
     command = f"rapdeploy index --out {shlex.quote(library)}"
     if len(gone) <= NAMES_SHOWN:

@@ -62,18 +62,20 @@ class BuildOptions:
     def __post_init__(self) -> None:
         """Raise :class:`UsageError` for a value out of range (named as its ``rapdeploy index`` option), or for
         ``add`` with ``force``, which ask for opposite builds."""
-        from rap_deploy.bounds import MAX_BATCH_SIZE, MAX_VIDEOS
+        from rap_deploy.bounds import MAX_BATCH_SIZE, MAX_TOP_M, MAX_VIDEOS
 
         if self.add and self.force:  # --force re-encoded every video, where --add promises only the new ones
             raise UsageError("--add encodes only the videos not yet in the library and --force rebuilds it from "
                              "every given video: pass --add to update it, or --force to rebuild it")
         if not 0.0 < self.target_recall <= 1.0:  # also refuses NaN
             raise UsageError(f"--target-recall must be in (0, 1], got {self.target_recall}")
-        for value, option, top in ((self.top_m, "--top-m", MAX_VIDEOS), (self.shard_size, "--shard-size", MAX_VIDEOS),
+        for value, option, top in ((self.top_m, "--top-m", MAX_TOP_M), (self.shard_size, "--shard-size", MAX_VIDEOS),
                                    (self.batch_size, "--batch-size", MAX_BATCH_SIZE),
                                    (self.recall_queries, "recall_queries", MAX_VIDEOS)):
             if value is not None and not 1 <= value <= top:
-                raise UsageError(f"{option} must be in [1, {top:,}], got {value}")
+                why = " (recall@M is measured at an M a search can ask for: search --top-m and serve's top_m stop " \
+                    f"at {MAX_TOP_M:,})" if option == "--top-m" else ""
+                raise UsageError(f"{option} must be in [1, {top:,}], got {value}{why}")
 
 
 def unused_engine_note(engine: str, options: BuildOptions) -> str:
@@ -127,6 +129,8 @@ def build_library(out: str | Path, engine: Any = None, source: VideoSource | Non
             written, resumed, encode_s = _encode_mine(root, engine, cache, options, ranks, progress, log)
             report = _finish(root, engine, source, options, ranks, state, log)
             report["gone"] = state.get("gone", [])
+            report["deferred"] = state.get("deferred", [])
+            report["not_retried"] = state.get("not_retried", [])
         if ranks.world_size > 1 and engine is not None:  # the job's counts, not this rank's share
             planned = len((state["plan"] or {}).get("shards", []))
             written, resumed = planned - committed_before, committed_before

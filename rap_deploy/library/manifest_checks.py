@@ -44,13 +44,12 @@ def check_structure(manifest: dict[str, Any], path: Path) -> None:
     shards = manifest.get("shards")
     need(isinstance(shards, list), "'shards' is missing")
     for i, shard in enumerate(shards):
-        need(isinstance(shard, dict) and isinstance(shard.get("name"), str)
-             and isinstance(shard.get("row_offset"), int) and isinstance(shard.get("rows"), int)
-             and shard["rows"] >= 0 and shard["row_offset"] >= 0 and isinstance(shard.get("files"), dict),
+        need(isinstance(shard, dict) and isinstance(shard.get("name"), str) and _is_count(shard.get("row_offset"))
+             and _is_count(shard.get("rows")) and isinstance(shard.get("files"), dict),
              f"shard entry {i} is malformed")
         for name in (*model["tensors"], "videos"):
             f = shard["files"].get(name)
-            need(isinstance(f, dict) and isinstance(f.get("file"), str) and isinstance(f.get("bytes"), int)
+            need(isinstance(f, dict) and isinstance(f.get("file"), str) and _is_count(f.get("bytes"))
                  and isinstance(f.get("sha256"), str),
                  f"shard {shortened(shard['name'])} lacks its '{name}' file entry")
     offsets = [s["row_offset"] for s in shards]
@@ -116,6 +115,22 @@ def _check_counters(manifest: dict[str, Any], shards: list[dict[str, Any]], need
     removed = manifest.get("removed")
     need(isinstance(removed, list) and all(_is_count(r) and r < next_row for r in removed), "'removed' is malformed")
     need(_is_count(manifest.get("videos")), "'videos' is malformed")
+    live = sum(s["rows"] for s in shards) - _removed_in_shards(removed, shards)
+    need(manifest["videos"] == live, f"'videos' {int_text(manifest['videos'])} is not the number of its shards' rows "
+         f"less those removed ({int_text(live)})")
+
+
+def _removed_in_shards(removed: list[int], shards: list[dict[str, Any]]) -> int:
+    """How many distinct ``removed`` rows lie in a shard's rows (shards are sorted and do not overlap, checked
+    before); a removed row of a shard dropped since (a tombstone of stage 1) is in none."""
+    import bisect
+
+    starts = [s["row_offset"] for s in shards]
+    count = 0
+    for row in set(removed):
+        i = bisect.bisect_right(starts, row) - 1
+        count += i >= 0 and row < starts[i] + shards[i]["rows"]
+    return count
 
 
 def _check_sampling(sampling: dict[str, Any], need: Any) -> None:

@@ -3,8 +3,10 @@
 ``LIB/build-plan.json`` lists the shards a build will write (name, first global row, videos). It depends only on the
 library's state before the build and on the request (videos, sampling, model, shard size), never on the number of
 processes: shard ``i`` of a plan holds the same videos whether one process or ``torchrun`` ranks encode it (rank ``r``
-takes shards ``i ≡ r (mod world size)``). A re-run of the same request finds the plan and skips committed shards; a
-different request while a plan is pending is refused. The plan is deleted after the manifest is written.
+takes shards ``i ≡ r (mod world size)``). A re-run of the same request finds the plan and skips committed shards,
+also when files were added to or deleted from the folder since (the plan's videos are encoded, new ones wait for the
+next ``--add``); another request while a plan is pending (another model, sampling or shard size, none of the planned
+videos) is refused. The plan is deleted after the manifest is written.
 """
 
 from __future__ import annotations
@@ -117,21 +119,50 @@ def adopt_plan(root: Path, new: dict[str, Any], known_shards: set[str],
     """Write ``new`` as the pending plan, or resume the pending one when it is the same request.
 
     Returns ``(plan, resumed)``. A pending plan that is finished (:func:`plan_finished` with the manifest's
-    ``known_shards`` and ``next_shard``: a build killed after writing its manifest) is replaced. Raises
-    :class:`UsageError` when another request's build is pending.
+    ``known_shards`` and ``next_shard``: a build killed after writing its manifest) is replaced; an unfinished one is
+    resumed when ``new`` differs from it in its videos only (:func:`_not_resumable`). Raises :class:`UsageError`
+    when another request's build is pending.
     """
     old = read_plan(root)
     if old is not None and old["shards"] and old.get("request_sha256") == new["request_sha256"]:
         return old, True
     if old is not None and not plan_finished(old, known_shards, next_shard):
-        raise UsageError(f"{root} has an interrupted build of other videos ({PLAN}, {len(old['shards'])} shards); "
-                         "re-run the command that started it to finish it, or pass --force to rebuild the library "
-                         "from scratch")
+        refusal = _not_resumable(old, new, next_shard)
+        if refusal is None:  # the same request over a folder changed since: finish what the plan holds
+            return old, True
+        raise UsageError(f"{root} has an interrupted build ({PLAN}, {len(old['shards'])} shards) {refusal}: re-run "
+                         "the command that started it to finish it (finished shards are kept), or pass --force to "
+                         "rebuild the library from the given videos")
     if new["shards"]:
         write_json_atomic(Path(root) / PLAN, new)
     else:
         drop_plan(root)
     return new, False
+
+
+def plan_video_ids(plan: dict[str, Any]) -> list[str]:
+    """The ids of every video ``plan`` encodes, in plan order."""
+    return [str(v[0]) for shard in plan["shards"] for v in shard["videos"]]
+
+
+def _not_resumable(old: dict[str, Any], new: dict[str, Any], next_shard: int) -> str | None:
+    """Why the pending plan ``old`` cannot finish the request ``new``, or ``None`` when it can.
+
+    It can when only the videos differ (files added to or deleted from the folder since the build was killed) and
+    some video it planned is still requested, or nothing new is: the resume encodes what the plan holds (a planned
+    file now missing is skipped as undecodable) and the rest waits for the next ``--add``. Frame sampling, shard size
+    or model differing, or a plan of none of the requested videos, is another request.
+    """
+    for key, what in (("model", "of another model"), ("sampling", "that samples frames otherwise"),
+                      ("shard_size", f"of shards of {old.get('shard_size')} videos")):
+        if old.get(key) != new.get(key):
+            return what
+    if shard_number(old["shards"][0]["name"]) != next_shard:
+        return "numbered from another state of the library"
+    planned, given = set(plan_video_ids(old)), set(plan_video_ids(new))
+    if given and not planned & given:
+        return f"of {len(planned)} other videos, none of them among those given"
+    return None
 
 
 def drop_plan(root: Path) -> None:

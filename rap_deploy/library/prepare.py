@@ -45,7 +45,9 @@ def prepare(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     Returns the build's state: ``old`` (the library's manifest, ``None`` for a new one or under ``--force``),
     ``replacing`` (the manifest ``--force`` replaces), ``plan``, ``resumed`` and ``folder_existed`` (whether ``root``
     was there before this build, which a failed first build then leaves); with ``source`` also the library's
-    ``model`` and ``sampling`` and the ``replaces``, ``moved`` and ``moved_ids`` of the videos given. Raises
+    ``model`` and ``sampling`` and the ``replaces``, ``moved`` and ``moved_ids`` of the videos given, ``gone`` and
+    ``deferred`` (given videos a resumed plan does not hold: they wait for the next ``--add``) and ``not_retried``
+    (the library's undecodable videos a build without ``--add`` leaves alone, :func:`_unasked_retries`). Raises
     :class:`UsageError` for a request the library cannot take, :class:`~rap_deploy.safe_paths.UnsafePathError` for
     linked shard or stage-1 folders.
     """
@@ -60,14 +62,37 @@ def prepare(root: Path, engine: Any, source: VideoSource | None, options: BuildO
     sampling = FrameSamplingConfig(max_frames=engine.config.frames, fps=source.sampling.fps)
     model = _library_model(engine, sampling, old)
     todo = _videos_to_encode(root, source, options, old)
-    _refuse_unasked_update(root, old, todo, options)
+    not_retried = _unasked_retries(old, todo, options)
+    _refuse_unasked_update(root, old, todo, options, len(not_retried))
+    if not_retried:  # the same command again: the library's undecodable videos wait for an --add, as it said
+        left_alone = {s["video_id"] for s in not_retried}
+        todo.pending = [v for v in todo.pending if v.video_id not in left_alone]
     numbering = old or replacing or {}  # --force numbers its shards after the library it replaces
     plan, resumed = _plan_shards(root, todo, sampling, model, options, numbering, replacing)
-    if resumed:
-        log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")
-    state.update(plan=plan, resumed=resumed, model=model, sampling=sampling, replaces=todo.changed, moved=todo.moved,
-                 moved_ids=todo.moved_ids, gone=todo.gone)
+    deferred = _log_resume(root, plan, todo, source, log) if resumed else []
+    replaces = dict(plan.get("replaces") or {}) if resumed else todo.changed  # the rows the plan's videos replace
+    state.update(plan=plan, resumed=resumed, model=model, sampling=sampling, replaces=replaces, moved=todo.moved,
+                 moved_ids=todo.moved_ids, gone=todo.gone, deferred=deferred, not_retried=not_retried)
     return state
+
+
+def _log_resume(root: Path, plan: dict[str, Any], todo: VideosToEncode, source: VideoSource,
+                log: Callable[[str], None]) -> list[str]:
+    """Log the resume of ``plan`` and how the given videos differ from it; returns the ids of the given videos to
+    encode that it does not hold (added or changed since it was made), which wait for the next ``--add``."""
+    planned = plans.plan_video_ids(plan)
+    log(f"resuming the interrupted build of {root}: {len(plan['shards'])} shards planned")
+    held = set(planned)
+    deferred = [v.video_id for v in todo.pending if v.video_id not in held]
+    given = {v.video_id for v in source.videos}
+    dropped = [vid for vid in planned if vid not in given]
+    if dropped:
+        log(f"{len(dropped)} of the videos it planned are no longer given ({some_names(dropped)}): encoded as "
+            "planned, a file that is gone is skipped")
+    if deferred:
+        log(f"{len(deferred)} of the given videos are not in its plan (new or changed since it started: "
+            f"{some_names(deferred)}): they wait for the next --add")
+    return deferred
 
 
 @dataclass
@@ -165,14 +190,28 @@ def _refuse_unknown_removals(root: Path, remove: list[str], indexed: dict[str, I
         raise UsageError(f"--remove: {some_names(unknown, 10)} not in the library {root}; nothing was changed")
 
 
-def _refuse_unasked_update(root: Path, old: dict[str, Any] | None, todo: VideosToEncode,
-                           options: BuildOptions) -> None:
+def _unasked_retries(old: dict[str, Any] | None, todo: VideosToEncode, options: BuildOptions) -> list[dict[str, str]]:
+    """Without ``--add``, the pending videos that the library's latest build skipped as undecodable (the same id and
+    path; its ``skipped`` entries, returned): re-running the command that built the library is not an update, and
+    only ``--add`` retries them. Empty with ``--add``, for a new library or while an interrupted build is pending."""
+    if old is None or options.add or todo.interrupted is not None or not isinstance(old.get("skipped"), list):
+        return []
+    recorded = {(s["video_id"], s["path"]): s for s in old["skipped"]  # untrusted: string pairs only
+                if isinstance(s, dict) and isinstance(s.get("video_id"), str) and isinstance(s.get("path"), str)}
+    return [recorded[(v.video_id, str(v.path))] for v in todo.pending
+            if v.video_id not in todo.changed and (v.video_id, str(v.path)) in recorded]
+
+
+def _refuse_unasked_update(root: Path, old: dict[str, Any] | None, todo: VideosToEncode, options: BuildOptions,
+                           not_retried: int = 0) -> None:
     """Refuse (:class:`UsageError`) new or changed videos for an existing library without ``--add`` (and with no
-    interrupted build to resume): the user may have meant another library, or a rebuild."""
-    if old is not None and todo.pending and not options.add and todo.interrupted is None:
+    interrupted build to resume): the user may have meant another library, or a rebuild. ``not_retried`` of the
+    pending videos are the library's undecodable ones (:func:`_unasked_retries`), which alone are no update."""
+    if old is not None and len(todo.pending) > not_retried and not options.add and todo.interrupted is None:
         changed = todo.changed
-        news = f"{len(todo.pending) - len(changed)} of the given videos are not in it" + \
-            (f" and {len(changed)} changed since they were indexed" if changed else "")
+        news = f"{len(todo.pending) - len(changed) - not_retried} of the given videos are not in it" + \
+            (f" and {len(changed)} changed since they were indexed" if changed else "") + \
+            (f" ({not_retried} more it skipped as undecodable)" if not_retried else "")
         raise UsageError(f"{root} already holds a library of {old['videos']} videos and {news}: pass --add to "
                          "encode only those, or --force to rebuild it")
 

@@ -24,7 +24,7 @@ def read_queries(text: str | None, queries_file: Path | None) -> tuple[list[str]
     _check_queries_file_size(queries_file)
     data = queries_file.read_bytes()
     try:
-        content = data.decode("utf-8")
+        content = data.decode("utf-8-sig")  # a byte-order mark (Notepad's) is no part of the first query
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise UsageError(f"query file {queries_file} line {line} is not UTF-8 text; write one query per line") \
