@@ -455,6 +455,48 @@ def test_a_compressed_search_body_is_inflated_within_the_search_limit(served):
     assert status == 413, data
 
 
+def test_an_error_quoting_a_huge_header_is_bounded(served):
+    """A refusal quoting what the client sent (an unknown Content-Encoding of 60,000 characters) answered with all
+    of it; the answer's error is bounded as every other error answer is (answer_text)."""
+    from rap_deploy.engines.serving.middleware import LOG_TEXT_CHARS
+
+    url = served[0]
+    headers = {"Content-Type": "application/json", "Content-Encoding": "x" * 60_000}
+    status, _, data = _request(url, "POST", "/search", b"{}", headers)
+    error = json.loads(data)["error"]
+    assert status == 415 and len(error) < LOG_TEXT_CHARS + 40 and error.endswith("characters)"), (status, len(error))
+
+
+def test_concurrent_searches_reach_the_re_rank_a_few_at_a_time(served, monkeypatch):
+    """Each search reads its candidates' rows into a block of its own before it waits for the engine: 40
+    concurrent searches held 40 blocks (2.9 GB on the demo's library). At most max_search_inflight run at once."""
+    import time
+
+    url, service, _, _ = served
+    inner, running, peak, lock = service.search_embedding, [0], [0], threading.Lock()
+
+    def counted(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.2)
+            return inner(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(service, "search_embedding", counted)
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(_search(url, query="a red circle", top_m=4)[0]))
+               for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert statuses == [200] * 12 and peak[0] <= service.options.max_search_inflight, (statuses, peak)
+
+
 def test_a_top_m_refused_for_memory_is_a_422_naming_top_m(served, monkeypatch):
     """The library refuses a re-rank deeper than memory (a UsageError about top_m); the server answered every
     library UsageError with field 'query'."""

@@ -201,6 +201,48 @@ def test_refusals(micro_ort_engines, micro_checkpoint, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("name", ["../secret.txt", "/etc/hostname", "beside.data"])
+def test_an_engine_manifest_naming_external_data_copies_nothing_it_names(micro_ort_engines, tmp_path, name):
+    """An engine manifest edited to give a graph an ``external_data`` entry (an export's key, which no engine check
+    hashes) had triton-repo copy that file from wherever it pointed (``../secret.txt``, ``/etc/hostname``) into the
+    repository, exit 0. An engine's files beside its graphs are its hashed ``extra_files`` only."""
+    from rap_deploy.engines.manifest import read_manifest, write_manifest
+
+    engine = tmp_path / "engine"
+    shutil.copytree(micro_ort_engines["fp32"], engine)
+    (tmp_path / "secret.txt").write_text("SECRET")
+    (engine / "beside.data").write_text("not hashed")
+    manifest = read_manifest(engine)
+    manifest["graphs"]["text_encoder"]["external_data"] = {"file": name}
+    write_manifest(engine, manifest)
+    res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(tmp_path / "repo")])
+    assert res.exit_code == 0, res.output
+    copied = sorted(p.name for p in (tmp_path / "repo/text_encoder/1").iterdir())
+    assert copied == ["model.onnx"], copied
+
+
+@pytest.mark.parametrize("name", ["../outside.data", "sub/model.onnx"], ids=["outside", "onto the model"])
+def test_extra_files_outside_the_engine_or_onto_the_model_are_refused(micro_ort_engines, tmp_path, name):
+    """An engine's extra file named outside its folder, or so that its base name is the model file's (it was copied
+    over model.onnx), is refused (exit 1) and nothing is written."""
+    from rap_deploy.atomic import sha256_file
+    from rap_deploy.engines.manifest import read_manifest, write_manifest
+
+    engine = tmp_path / "engine"
+    shutil.copytree(micro_ort_engines["fp32"], engine)
+    target = (engine / name).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"weights")
+    manifest = read_manifest(engine)
+    manifest["graphs"]["text_encoder"]["extra_files"] = [
+        {"file": name, "bytes": target.stat().st_size, "sha256": sha256_file(target)}]
+    write_manifest(engine, manifest)
+    res = runner.invoke(app, ["triton-repo", "--engine", str(engine), "--out", str(tmp_path / "repo")])
+    assert res.exit_code == 1, res.output
+    assert ("distinct names" if name.startswith("sub") else "outside") in " ".join(res.output.split()), res.output
+    assert "Traceback" not in res.output and not (tmp_path / "repo").exists()
+
+
 def test_a_repository_left_aside_by_a_killed_swap_is_back_before_it_is_judged(micro_ort_engines, tmp_path):
     """A repository a killed two-rename swap left aside (.<name>.old-<pid>) was judged absent, then put back by
     staged_folder and replaced without --force (as export and build-engine did). It is recovered first, then

@@ -82,6 +82,7 @@ class ServeOptions:
     max_thumbnail_frames: int = 8
     max_infer_json: int = 32 * MiB  # an inference body without binary tensors: parsed into ~10x its size
     max_infer_inflight: int = 4  # large inference requests read and run at once; more wait unread
+    max_search_inflight: int = 4  # searches past their text encoding at once (each holds a re-rank block); more wait
     body_idle_timeout_s: float = 30.0  # --idle-timeout: a request body that sends nothing this long is stalled
     # (408); a response its client reads nothing of this long is given up (the connection closed)
     body_timeout_s: float = BODY_TIMEOUT_S  # --body-timeout: seconds a whole request body may take, plus 1 s for
@@ -99,6 +100,7 @@ class ServeOptions:
                   ("--max-queue-delay-ms", self.max_queue_delay_ms, 0, MAX_DELAY_S * 1000),
                   ("--max-queue", self.max_queue, 1, 1 << 20),
                   ("max_infer_inflight", self.max_infer_inflight, 1, 1 << 10),
+                  ("max_search_inflight", self.max_search_inflight, 1, 1 << 10),
                   ("--idle-timeout", self.body_idle_timeout_s, 1e-3, 3600),
                   ("--body-timeout", self.body_timeout_s, 1e-3, 3600),
                   ("--body-min-rate", self.body_min_rate, 0, 1 << 30),

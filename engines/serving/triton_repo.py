@@ -42,7 +42,7 @@ from rap_deploy.engines.serving.model_config import (
     parse_pbtxt,
     triton_model_config,
 )
-from rap_deploy.errors import UsageError
+from rap_deploy.errors import CheckFailedError, UsageError
 
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -91,14 +91,32 @@ def check_profiles_start_at_one(path: Path, manifest: Mapping[str, Any]) -> None
 
 
 def _graph_files(source: EngineSource, graph: str, section: str) -> tuple[Path, list[Path]]:
-    """The model file of ``graph`` and the files that must sit beside it (external weights)."""
+    """The model file of ``graph`` and the files that must sit beside it (external weights), each inside the source
+    folder. Only the entries the source's checks hashed are read: an engine's ``extra_files``, an export's
+    ``external_data`` (an engine manifest edited to name one was copied from wherever it pointed, ``../`` or ``/``).
+
+    Raises :class:`~rap_deploy.safe_paths.UnsafePathError` (exit 1) for a name that leaves the folder.
+    """
+    from rap_deploy.safe_paths import resolve_entry
+
     manifest = source.manifest or {}
     entry = (manifest.get(section) or {})[graph]
-    main = source.path / entry["file"]
-    extra = [source.path / e["file"] for e in entry.get("extra_files", [])]
-    if "external_data" in entry:
-        extra.append(source.path / entry["external_data"]["file"])
-    return main, extra
+    where, what = source.path / "manifest.json", f"{section} graph '{graph}'"
+    names = [e["file"] for e in entry.get("extra_files", [])]
+    if source.kind == "export" and "external_data" in entry:
+        names.append(entry["external_data"]["file"])
+    return (resolve_entry(source.path, entry["file"], what, where),
+            [resolve_entry(source.path, name, f"a file beside {what}", where) for name in names])
+
+
+def _check_flat_names(main: Path, extra: list[Path], target: str, source: Path) -> None:
+    """Raise :class:`CheckFailedError` when the files beside a graph would not land on names of their own in the
+    version folder (copied by their base names beside ``target``): one would overwrite the model or another."""
+    names = [f.name for f in extra]
+    if target in names or len(set(names)) != len(names):
+        raise CheckFailedError(f"{source / 'manifest.json'}: the files beside {main.name} ({', '.join(names)}) do "
+                               f"not have distinct names other than {target}, which the Triton model folder needs; "
+                               "the manifest was edited: rebuild the engine or re-export")
 
 
 def _describe_source(source: EngineSource, precision: str) -> dict[str, Any]:
@@ -222,6 +240,7 @@ def write_model(plan: RepoPlan, model: ServedModel, folder: Path) -> dict[str, A
     version = folder / model.name / "1"
     version.mkdir(parents=True)
     main, extra = _graph_files(plan.source, model.name, plan.section)
+    _check_flat_names(main, extra, MODEL_FILES[plan.platform], plan.source.path)
     shutil.copy2(main, version / MODEL_FILES[plan.platform])
     for f in extra:
         shutil.copy2(f, version / f.name)
