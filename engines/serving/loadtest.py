@@ -12,7 +12,7 @@ or ``--spawn`` starts both servers itself (one after the other, so they never sh
         --target search,text --out loadtest.json
 
 Only loopback addresses are accepted. Exit code 1 when a request failed or ``--require-ratio`` is not met, 2 for
-bad usage.
+bad usage, 130 / 143 when Ctrl-C / SIGTERM stopped it (the servers ``--spawn`` started are stopped then too).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import numpy as np
 
 TARGETS = ("search", "text")
 MAX_CLIENTS, MAX_SECONDS = 256, 600.0
+STOP_JOIN_S = 10.0  # on Ctrl-C or SIGTERM, how long the clients' requests in flight may still take
 
 
 class LoadTestError(Exception):
@@ -123,6 +124,8 @@ def request_bodies(target: str, host: str, port: int, queries: list[str], top_k:
 
 def _client(host: str, port: int, path: str, bodies: list[bytes], start: int, deadline: float,
             take: Callable[[], bool], record: Callable[[float, int | str], None]) -> None:
+    """Send requests on one keep-alive connection until ``deadline`` or ``take()`` says no more; ``record`` gets each
+    one's seconds and status (or the exception's name). Returns nothing."""
     conn = http.client.HTTPConnection(host, port, timeout=60)
     i = start
     headers = {"Content-Type": "application/json"}
@@ -180,10 +183,11 @@ def _drive(host: str, port: int, path: str, bodies: list[bytes], clients: int, s
     latencies: list[tuple[float, int | str]] = []
     statuses: Counter = Counter()
     issued = [0]
+    stop = threading.Event()  # set when a signal ends the run: the clients send no further request
 
     def take() -> bool:
         with lock:
-            if issued[0] >= max_requests:
+            if issued[0] >= max_requests or stop.is_set():
                 return False
             issued[0] += 1
             return True
@@ -196,50 +200,85 @@ def _drive(host: str, port: int, path: str, bodies: list[bytes], clients: int, s
     deadline = time.monotonic() + seconds
     threads = [threading.Thread(target=_client, args=(host, port, path, bodies, k * 7, deadline, take, record),
                                 daemon=True) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(seconds + 120)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(seconds + 120)
+    except BaseException:  # Ctrl-C or SIGTERM (main's Terminated): the clients stop before the server does
+        stop.set()
+        _join_all(threads, STOP_JOIN_S)
+        raise
     return latencies, statuses
+
+
+def _join_all(threads: list[threading.Thread], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds in all for ``threads`` to end (a client ends after its request in flight)."""
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        if t.is_alive():
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 # ---------------------------------------------------------------------------------------------------- servers
 class SpawnedServer:
     """``rapdeploy serve`` in a subprocess on 127.0.0.1 and a free port (context manager; always stopped; its log is
-    in ``output`` afterwards)."""
+    in ``output`` afterwards). A Ctrl-C or SIGTERM while it starts stops it too, and removes its temporary folder."""
 
     def __init__(self, args: list[str], start_timeout: float = 300.0) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output = ""  # the server's log, once stopped
         self.tmp = tempfile.TemporaryDirectory(prefix="rapdeploy-loadtest-")
-        url_file = Path(self.tmp.name) / "url"
-        self.log = open(Path(self.tmp.name) / "serve.log", "w+b")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "rap_deploy.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-               "--url-file", str(url_file), *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            url_file = Path(self.tmp.name) / "url"
+            self.log = open(Path(self.tmp.name) / "serve.log", "w+b")  # noqa: SIM115 - closed in stop()
+            cmd = [sys.executable, "-m", "rap_deploy.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+                   "--url-file", str(url_file), *args]
+            self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+            self.url = self._wait_for_url(url_file, start_timeout)
+        except BaseException:  # a failed start, Ctrl-C or SIGTERM: no server or folder is left behind
+            self.stop()
+            raise
+
+    def _wait_for_url(self, url_file: Path, start_timeout: float) -> str:
+        """The URL the server wrote to ``url_file`` once it accepts requests; raises :class:`LoadTestError` with the
+        end of its log when it exited or did not start within ``start_timeout`` seconds."""
         deadline = time.monotonic() + start_timeout
         while not url_file.is_file():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.log.seek(0)
                 tail = self.log.read()[-2000:].decode(errors="replace")
-                self.stop()
                 raise LoadTestError(f"rapdeploy serve did not start: {tail.strip()}")
             time.sleep(0.1)
-        self.url = url_file.read_text().strip()
-        self.output = ""  # the server's log, once stopped
+        return url_file.read_text().strip()
 
     def stop(self) -> None:
-        """Terminate the server (SIGTERM, then SIGKILL after 20 s)."""
-        if self.proc.poll() is None:
+        """Terminate the server (SIGTERM, then SIGKILL after 20 s), keep its log in ``output`` and remove its
+        temporary folder; a second Ctrl-C or SIGTERM while it waits kills the server at once, then propagates."""
+        try:
+            self._end_process()
+        finally:
+            log = getattr(self, "log", None)
+            if log is not None and not log.closed:
+                log.seek(0)
+                self.output = log.read().decode(errors="replace")
+                log.close()
+            self.tmp.cleanup()
+
+    def _end_process(self) -> None:
+        """Stop the server process, if it runs: SIGTERM, then SIGKILL when it has not exited after 20 s or the wait
+        is interrupted. Returns once it has exited."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
             self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait(10)
-        if not self.log.closed:
-            self.log.seek(0)
-            self.output = self.log.read().decode(errors="replace")
-            self.log.close()
-        self.tmp.cleanup()
 
     def __enter__(self) -> SpawnedServer:
         return self
@@ -319,20 +358,20 @@ def main(argv: list[str] | None = None) -> int:
                    "(needs --baseline-url or --spawn)")
     p.add_argument("--out", type=Path, help="write the report as JSON")
     a = p.parse_args(argv)
-    try:
-        _check_out(a.out)
-        report = _run(a)
-        print(markdown(report))
-        if a.out is not None:
-            from rap_deploy.atomic import write_json_atomic
+    from rap_deploy.cli.app import Terminated, sigterm_unwinds
 
-            try:
-                write_json_atomic(a.out, report)
-            except OSError as exc:
-                raise LoadTestError(f"cannot write --out {a.out} ({exc.strerror or exc})") from None
+    try:
+        with sigterm_unwinds():  # the CLI's: SIGTERM unwinds as Terminated, so a spawned server is stopped
+            report = _report(a)
     except LoadTestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_stopped_line("interrupted (Ctrl-C)", a.spawn), file=sys.stderr)
+        return 130
+    except Terminated:
+        print(_stopped_line("terminated (SIGTERM)", a.spawn), file=sys.stderr)
+        return 143
     failed = sum(sum(r["errors"].values()) for r in report["runs"])
     low = [t for t, r in report.get("ratios", {}).items()
            if a.require_ratio is not None and (r["text_rows_per_s_ratio"] or 0) < a.require_ratio]
@@ -341,6 +380,29 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _report(a: argparse.Namespace) -> dict[str, Any]:
+    """Run the load test ``a`` asks for, print its table and write ``--out``; returns the report. Raises
+    :class:`LoadTestError` for bad usage or an ``--out`` that cannot be written."""
+    _check_out(a.out)
+    report = _run(a)
+    print(markdown(report))
+    if a.out is not None:
+        from rap_deploy.atomic import write_json_atomic
+
+        try:
+            write_json_atomic(a.out, report)
+        except OSError as exc:
+            raise LoadTestError(f"cannot write --out {a.out} ({exc.strerror or exc})") from None
+    return report
+
+
+def _stopped_line(how: str, spawned: bool) -> str:
+    """The one line a load test stopped by a signal (``how``: ``interrupted (Ctrl-C)``, ``terminated (SIGTERM)``)
+    ends with; ``spawned`` says it had started its servers (``--spawn``), which are stopped by then."""
+    return (f"error: {how}; the load test stopped without a report"
+            + (" and the servers it started are stopped" if spawned else ""))
 
 
 def _check_out(out: Path | None) -> None:

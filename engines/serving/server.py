@@ -5,7 +5,8 @@ the engine (``--engine``, else the one that built the library while it exists, e
 engine, wrap it so one thread at a time calls it, open the library on that wrapper, build the
 :class:`~rap_deploy.engines.serving.service.ServingService`, warm up the tokenizer and the text encoder, bind the
 socket (so a busy port is a one-line error), serve, and on SIGINT/SIGTERM stop uvicorn, then the batcher, the library
-and the engine. A SIGTERM stop is the normal end of a server, so
+and the engine (a Ctrl-C during that stop cancels the requests still running instead of waiting
+``--shutdown-timeout`` for them). A SIGTERM stop is the normal end of a server, so
 ``serve`` then returns normally (exit 0); Ctrl-C ends with the CLI's 130.
 
 :class:`ServerThread` runs an app on 127.0.0.1 and a free port in a background thread (for the tests; the load test
@@ -31,12 +32,14 @@ from rap_deploy.engines.serving.connections import (
     check_open_files,
     guarded_protocol,
 )
+from rap_deploy.engines.serving.forced_stop import AnswerForcedStop, server_class
 from rap_deploy.engines.serving.listen_socket import bind_socket, hosts_to_check, listening_note, socket_url
 from rap_deploy.errors import BackendUnavailableError, UsageError
 
 SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, how long running requests may still take
 STOPPED_LINE = "rapdeploy serve stopped"  # the one line a Ctrl-C or SIGTERM stop prints (no error line)
 ANNOUNCE_JOIN_S = 5.0  # how long a stopping serve waits for the thread announcing the URL (a --url-file write)
+
 
 
 def load_served_engine(engine: str | os.PathLike[str] | None, workspace: str | os.PathLike[str] | None = None,
@@ -217,15 +220,11 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
           cache_dir: str | os.PathLike[str] | None = None) -> None:
     """Serve until interrupted (see the module docstring). ``url_file`` receives the server's URL once it accepts
     requests; on SIGINT/SIGTERM requests still running after ``shutdown_timeout`` seconds are cancelled (a client
-    that stalls mid-request cannot keep the server alive). On a loopback address only requests for a loopback name
-    or one of ``allow_hosts`` are answered (``listen_socket.hosts_to_check``). Thumbnails come from the frame cache
-    ``cache_dir`` (default: ``<workspace>/cache/frames``). Raises :class:`UsageError` /
-    :class:`BackendUnavailableError` for what cannot be loaded or bound."""
-    import uvicorn
-
-    from rap_deploy.engines.serving.app import create_app
-    from rap_deploy.engines.serving.service import ServeOptions
-
+    that stalls mid-request cannot keep the server alive), at once on a Ctrl-C during the stop. On a loopback
+    address only requests for a loopback name or one of ``allow_hosts`` are answered
+    (``listen_socket.hosts_to_check``). Thumbnails come from the frame cache ``cache_dir`` (default:
+    ``<workspace>/cache/frames``). Raises :class:`UsageError` / :class:`BackendUnavailableError` for what cannot be
+    loaded or bound."""
     say = echo or (lambda m: print(m, file=sys.stderr, flush=True))
     said_stopped: list[bool] = []
 
@@ -235,6 +234,11 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
             say(STOPPED_LINE)
 
     with _stopped_line_on_signal(say_stopped):
+        import uvicorn
+
+        from rap_deploy.engines.serving.app import create_app
+        from rap_deploy.engines.serving.service import ServeOptions
+
         check_library_choice(library, default_library)  # a usage error before any port is bound
         limits = options or ServeOptions()
         check_open_files(limits.max_connections)
@@ -252,14 +256,16 @@ def serve(engine: str | os.PathLike[str] | None = None, library: str | os.PathLi
             service.close()
             say_stopped()
 
-        # a request cancelled while uvicorn stops is answered 503 (middleware.AnswerWhenStopped); `server` is bound
-        # below, before any request can come
-        app = create_app(service, on_shutdown=shut_down, allowed_hosts=hosts, stopping=lambda: server.should_exit)
-        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
-                                               access_log=False, timeout_keep_alive=30,
-                                               timeout_graceful_shutdown=shutdown_timeout,
-                                               http=guarded_protocol(limits.max_connections, limits.header_timeout_s,
-                                                                     service.count)))
+        # a request cancelled while uvicorn stops is answered 503: past --shutdown-timeout by the app
+        # (middleware.AnswerWhenStopped), after a Ctrl-C during the stop by AnswerForcedStop; `server` is bound below,
+        # before any request can come
+        app = AnswerForcedStop(create_app(service, on_shutdown=shut_down, allowed_hosts=hosts,
+                                           stopping=lambda: server.should_exit and not server.forced),
+                                forced=lambda: server.forced)
+        server = server_class()(uvicorn.Config(app, log_level=log_level, access_log=False, timeout_keep_alive=30,
+                                                timeout_graceful_shutdown=shutdown_timeout,
+                                                http=guarded_protocol(limits.max_connections,
+                                                                      limits.header_timeout_s, service.count)))
         failed: list[str] = []  # why the URL could not be announced (the watcher then stops the server)
         written = _UrlFile(url_file, url)  # the --url-file the watcher wrote, shared with the stop below
         note = listening_note(sock)  # here: the thread may print the banner after the stop closed the socket
@@ -301,7 +307,8 @@ def _run_until_stopped(server: Any, sock: socket.socket) -> None:
     SIGINT's re-raise goes to a handler of ours that notes it, and a Ctrl-C then ends in :class:`KeyboardInterrupt`
     (the CLI's 130) once uvicorn has returned. Left to Python's default handler, the re-raise reached asyncio's, which
     only cancels the main task, and uvicorn's task ends with no await left: the stop then returned normally (exit 0)
-    on some runs. A Ctrl-C before uvicorn took the signals over asks it to stop the same way."""
+    on some runs. A Ctrl-C before uvicorn took the signals over asks it to stop the same way, and one that forced a
+    stop SIGTERM began (:class:`SecondCtrlC`) ends in :class:`KeyboardInterrupt` too."""
     in_main = threading.current_thread() is threading.main_thread()
     interrupted: list[bool] = []
 
@@ -317,7 +324,7 @@ def _run_until_stopped(server: Any, sock: socket.socket) -> None:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
-    if interrupted:
+    if interrupted or getattr(server, "forced", False):
         raise KeyboardInterrupt
 
 

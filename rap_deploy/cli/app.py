@@ -51,7 +51,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_unwinds():
+def sigterm_unwinds():
     """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only; restored afterwards)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -127,7 +127,7 @@ def command(*args: Any, resume: str | None = None,
         @functools.wraps(func)
         def wrapper(*a: Any, **kw: Any) -> Any:
             try:
-                with _sigterm_unwinds():
+                with sigterm_unwinds():
                     _refuse_urls_typed_as_paths(kw, labels, own_refusals)
                     return func(*a, **_with_home_expanded(kw, labels))
             except RapDeployError as exc:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -65,7 +68,8 @@ def serve_cmd(
     url_file: Path | None = typer.Option(None, "--url-file", help="Write the server's URL here once it accepts "
                                          "requests (removed again when it stops)."),
     shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="On Ctrl-C or SIGTERM, seconds that "
-                                           "running requests may still take before they are cancelled."),
+                                           "running requests may still take before they are cancelled (a second "
+                                           "Ctrl-C cancels them at once)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical, error, warning, info "
                                   "(every request), debug or trace."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
@@ -85,45 +89,75 @@ def serve_cmd(
 
     Stops on Ctrl-C (exit 130) or SIGTERM (exit 0).
     """
-    from rap_deploy.engines.serving.server import serve
-    from rap_deploy.engines.serving.service import MiB, ServeOptions, check_body_mb
-    from rap_deploy.errors import UsageError
+    said: list[str] = []  # the lines serve printed, so that a stop says "rapdeploy serve stopped" once
+    with _stop_is_not_an_error(said):  # from here on, not only in serve(): a signal may come while this imports
+        from rap_deploy.engines.serving.server import serve
+        from rap_deploy.engines.serving.service import MiB, ServeOptions, check_body_mb
+        from rap_deploy.errors import UsageError
 
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--port must be in [0, 65535], got {port}")
-    bounds.check_threads(threads)
-    check_body_mb(max_body_mb)  # before the bytes: int() of NaN or inf raises
-    if not 0 < shutdown_timeout <= 3600:  # NaN fails too
-        raise UsageError(f"--shutdown-timeout must be in (0, 3600] seconds, got {shutdown_timeout}")
-    from rap_deploy.library.search import VERIFY_MODES
+        if not 0 <= port <= 65535:
+            raise UsageError(f"--port must be in [0, 65535], got {port}")
+        bounds.check_threads(threads)
+        check_body_mb(max_body_mb)  # before the bytes: int() of NaN or inf raises
+        if not 0 < shutdown_timeout <= 3600:  # NaN fails too
+            raise UsageError(f"--shutdown-timeout must be in (0, 3600] seconds, got {shutdown_timeout}")
+        from rap_deploy.library.search import VERIFY_MODES
 
-    if verify not in VERIFY_MODES:  # before any port is bound or library opened
-        raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got '{verify}'")
-    if log_level.lower() not in LOG_LEVELS:
-        raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
-    if url_file is not None:
-        check_url_file(url_file)
-    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
-        raise UsageError(f"--cache-dir {cache_dir} is a file; pass a folder for the decoded-frame cache (the one "
-                         "rapdeploy index --cache-dir wrote, where the thumbnails' frames are)")
-    options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
-                           max_infer_body=int(max_body_mb * MiB), max_connections=max_connections,
-                           header_timeout_s=header_timeout, body_idle_timeout_s=idle_timeout,
-                           body_timeout_s=body_timeout, body_min_rate=body_min_rate)
-    try:
+        if verify not in VERIFY_MODES:  # before any port is bound or library opened
+            raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got '{verify}'")
+        if log_level.lower() not in LOG_LEVELS:
+            raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+        if url_file is not None:
+            check_url_file(url_file)
+        if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+            raise UsageError(f"--cache-dir {cache_dir} is a file; pass a folder for the decoded-frame cache (the one "
+                             "rapdeploy index --cache-dir wrote, where the thumbnails' frames are)")
+        options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
+                               max_infer_body=int(max_body_mb * MiB), max_connections=max_connections,
+                               header_timeout_s=header_timeout, body_idle_timeout_s=idle_timeout,
+                               body_timeout_s=body_timeout, body_min_rate=body_min_rate)
         serve(engine, library, host=host, port=port, options=options, workspace=workspace, threads=threads,
               url_file=url_file, log_level=log_level.lower(), default_library=not no_library,
               shutdown_timeout=shutdown_timeout, allow_hosts=tuple(allow_host or ()), verify=verify,
-              cache_dir=cache_dir)
+              cache_dir=cache_dir, echo=_noting(said))
+
+
+@contextlib.contextmanager
+def _stop_is_not_an_error(said: list[str]) -> Iterator[None]:
+    """End a Ctrl-C or SIGTERM that comes in the block (the command's imports and checks, the engine and library
+    loading, uvicorn's run) as the server's normal stop: ``rapdeploy serve stopped`` on stderr unless ``said`` (the
+    lines serve printed) holds it already; then raise ``typer.Exit(130)`` for Ctrl-C and, for SIGTERM, leave the block
+    normally (exit 0)."""
+    try:
+        yield
     except KeyboardInterrupt:
-        # Ctrl-C is how a server is stopped, not an error: the server said "rapdeploy serve stopped", and its one file
-        # (--url-file) is written atomically, so command()'s "error: interrupted ...; nothing half-written is left"
-        # would mislead. The exit code stays 130, the shell's for Ctrl-C
+        # Ctrl-C is how a server is stopped, not an error: its one file (--url-file) is written atomically, so
+        # command()'s "error: interrupted ...; nothing half-written is left" would mislead. The exit code stays 130,
+        # the shell's for Ctrl-C
+        _say_stopped(said)
         raise typer.Exit(130) from None
     except Terminated:
-        # SIGTERM before uvicorn took over its handling (while the engine or library loads): the normal stop of a
-        # server all the same, so exit 0 with the server's "rapdeploy serve stopped", as after uvicorn's own stop
-        return
+        # SIGTERM before uvicorn took over its handling (while this imports, the engine or library loads): the normal
+        # stop of a server all the same, so exit 0, as after uvicorn's own stop
+        _say_stopped(said)
+
+
+def _say_stopped(said: list[str]) -> None:
+    """Print serve's stop line on stderr unless ``said`` holds it (the server's own stop said it). Returns nothing."""
+    from rap_deploy.engines.serving.server import STOPPED_LINE  # imported again when the signal cut its import
+
+    if STOPPED_LINE not in said:
+        print(STOPPED_LINE, file=sys.stderr, flush=True)
+
+
+def _noting(said: list[str]) -> Callable[[str], None]:
+    """serve's ``echo``: print each line on stderr (as serve does without one), then append it to ``said``."""
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        said.append(line)
+
+    return say
 
 
 def check_url_file(url_file: Path) -> None:
