@@ -72,3 +72,13 @@ def test_serve_refuses_a_cache_dir_that_is_a_file(tmp_path):
     res = runner.invoke(app, ["serve", "--no-library", "--cache-dir", str(a_file), "--port", "0"])
     assert res.exit_code == 2, res.output
     assert f"--cache-dir {a_file} is a file" in res.output
+
+
+def test_serve_refuses_a_cache_dir_under_a_file(tmp_path):
+    """A --cache-dir under a file started the server, and every /thumbnails request answered 500 ('Not a
+    directory'); it is refused before anything loads."""
+    a_file = tmp_path / "frames"
+    a_file.write_text("x")
+    res = runner.invoke(app, ["serve", "--no-library", "--cache-dir", str(a_file / "sub"), "--port", "0"])
+    assert res.exit_code == 2, res.output
+    assert f"lies under {a_file}, a file" in " ".join(res.output.split())

@@ -71,7 +71,8 @@ def serve_cmd(
                                            "running requests may still take before they are cancelled (a second "
                                            "Ctrl-C cancels them at once)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical, error, warning, info "
-                                  "(every request), debug or trace."),
+                                  "(also start-up and stop; requests are not logged one by one: GET /stats counts "
+                                  "them), debug or trace."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache (default: "
                                           "<workspace>/cache/frames)."),
     workspace: Path | None = typer.Option(None, "--workspace", help=f"Workspace folder ({WORKSPACE_DEFAULT})."),
@@ -109,9 +110,8 @@ def serve_cmd(
             raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
         if url_file is not None:
             check_url_file(url_file)
-        if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
-            raise UsageError(f"--cache-dir {cache_dir} is a file; pass a folder for the decoded-frame cache (the one "
-                             "rapdeploy index --cache-dir wrote, where the thumbnails' frames are)")
+        if cache_dir is not None:
+            check_cache_dir(cache_dir)
         options = ServeOptions(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                                max_infer_body=int(max_body_mb * MiB), max_connections=max_connections,
                                header_timeout_s=header_timeout, body_idle_timeout_s=idle_timeout,
@@ -174,6 +174,18 @@ def check_url_file(url_file: Path) -> None:
                 raise UsageError(f"--url-file {url_file}: {parent} is a file, not a folder; pass a --url-file in a "
                                  "folder (it is created when missing)")
             return
+
+
+def check_cache_dir(cache_dir: Path) -> None:
+    """Refuse (:class:`UsageError`, exit 2), before anything loads, a ``--cache-dir`` that is a file or lies under
+    one: the server started, and every ``/thumbnails`` request then answered 500 ("Not a directory")."""
+    from rap_deploy.errors import UsageError
+
+    blocker = next((q for q in (cache_dir, *cache_dir.parents) if q.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "is a file" if blocker == cache_dir else f"lies under {blocker}, a file"
+        raise UsageError(f"--cache-dir {cache_dir} {where}; pass a folder for the decoded-frame cache (the one "
+                         "rapdeploy index --cache-dir wrote, where the thumbnails' frames are)")
 
 
 # triton-repo refuses any URL as --out in its own words (triton_repo._refuse_url_out: it uploads nothing, tritonserver
