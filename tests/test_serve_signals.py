@@ -31,6 +31,11 @@ import pytest
 from rap_deploy.engines.serving.loadtest import SpawnedServer
 
 STOPPED = "rapdeploy serve stopped"
+# Run a module with Python's own Ctrl-C handling: a shell running commands in the background (CI's `.ci/run` under
+# nohup, `cmd &` in a script) starts them with SIGINT ignored, which Python then keeps, and a Ctrl-C test would see
+# its signal ignored.
+WITH_CTRL_C = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "runpy.run_module('{module}', run_name='__main__', alter_sys=True)")
 
 
 def _wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
@@ -71,7 +76,7 @@ def _text_rows(url: str) -> int:
 def test_a_signal_stops_the_load_test_and_the_server_it_spawned(micro_ort_engines, tmp_path, sig, code, how):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    cmd = [sys.executable, "-m", "rap_deploy.engines.serving.loadtest", "--spawn",
+    cmd = [sys.executable, "-c", WITH_CTRL_C.format(module="rap_deploy.engines.serving.loadtest"), "--spawn",
            "--engine", str(micro_ort_engines["fp32"]), "--threads", "1", "--clients", "2", "--seconds", "30",
            "--warmup-seconds", "0", "--target", "text"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
@@ -161,6 +166,7 @@ _SIGNAL_AT = r"""
 import importlib.abc, os, signal, sys
 
 sig, point = getattr(signal, sys.argv[1]), sys.argv[2]
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the test runs with SIGINT ignored
 
 
 def fire(*args, **kwargs):
