@@ -57,6 +57,14 @@ def _kill(*procs) -> None:
             pass
 
 
+def _descendants(proc: psutil.Process) -> list[psutil.Process]:
+    """Every process ``proc`` started that still runs (before ``proc`` is killed, which would orphan them)."""
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
 def _text_rows(url: str) -> int:
     """Texts the server's text encoder has encoded (``GET /stats``); 0 when it does not answer."""
     u = urllib.parse.urlsplit(url)
@@ -90,8 +98,8 @@ def test_a_signal_stops_the_load_test_and_the_server_it_spawned(micro_ort_engine
         _wait_until(lambda: _text_rows(url_file.read_text().strip()) > 0, 30, "the load test sent nothing", proc)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
-    finally:
-        _kill(loadtest, child)
+    finally:  # a failed run's servers too: the second one --spawn starts was left running when only the first was
+        _kill(*_descendants(loadtest), loadtest, child)
     assert proc.returncode == code, (proc.returncode, err[-3000:])
     assert err.strip().splitlines() == [f"error: {how}; the load test stopped without a report and the servers it "
                                         "started are stopped"], err[-3000:]
