@@ -7,10 +7,11 @@ shutdown and logged its lifespan as a ``CancelledError`` traceback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Callable
 from typing import Any
+
+from rap_deploy.engines.serving.middleware import AnswerWhenStopped, SecureHeaders
 
 # after a Ctrl-C during the stop, how long the cancelled requests have to send their 503 before the connections still
 # open are cut
@@ -67,49 +68,18 @@ def server_class() -> type:
     return type("Server", (SecondCtrlC, uvicorn.Server), {})
 
 
-class AnswerForcedStop:
+class AnswerForcedStop(AnswerWhenStopped):
     """ASGI wrapper of serve's app for a request that a Ctrl-C during the stop cancelled (:class:`SecondCtrlC`;
-    ``forced()`` says one came): one log line saying so, and a 503 with ``Connection: close`` to its client when its
-    answer had not begun. The app's :class:`~.middleware.AnswerWhenStopped` leaves these requests alone (serve tells
-    it the server is not stopping then): they did not run past ``--shutdown-timeout``. Any other cancellation
-    propagates."""
+    ``forced()`` says one came): :class:`~.middleware.AnswerWhenStopped`'s log line and 503 ``Connection: close``,
+    saying the stop was forced, with the headers of every answer (it sits outside the app's middleware). The app's
+    own :class:`~.middleware.AnswerWhenStopped` leaves these requests alone (serve tells it the server is not stopping
+    then): they did not run past ``--shutdown-timeout``. Any other cancellation propagates."""
+
+    reason = "a Ctrl-C while the server stopped forced the stop before --shutdown-timeout"
+    message = FORCED_MESSAGE
 
     def __init__(self, app: Any, forced: Callable[[], bool]) -> None:
-        self.app, self.forced = app, forced
+        super().__init__(app, stopping=forced)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            cancelling = getattr(task, "cancelling", None)  # Python 3.11+ (3.10 cannot tell whose it is)
-            if not self.forced() or task is None or (cancelling is not None and not cancelling()):
-                raise
-            if cancelling is not None:
-                task.uncancel()
-            await self._answer_forced(scope, receive, send, started)
-
-    @staticmethod
-    async def _answer_forced(scope: dict, receive: Any, send: Any, started: bool) -> None:
-        """Log the request that a Ctrl-C during the stop cancelled and, when its answer had not ``started``, answer it
-        503 (with the headers of every answer)."""
-        from rap_deploy.engines.serving.bodies import log_path
-        from rap_deploy.engines.serving.middleware import SecureHeaders, error_response, log, log_text
-
-        log.warning("%s %s cancelled: a Ctrl-C while the server stopped forced the stop before --shutdown-timeout; %s",
-                    log_text(scope.get("method")), log_path(scope.get("path", "")),
-                    "its answer had begun, so the connection is closed mid-answer" if started else "answered 503")
-        if not started:
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                answer = error_response(503, FORCED_MESSAGE, None, {"Connection": "close"})
-                await SecureHeaders(answer)(scope, receive, send)
+    def _wrapped(self, answer: Any) -> Any:
+        return SecureHeaders(answer)

@@ -218,6 +218,10 @@ class AnswerWhenStopped:
     future's, or a cancellation while the server runs) propagates untouched, so it is neither answered nor logged as
     a stop."""
 
+    #: what the log line says of a cancelled request, and the error its 503 answer gives
+    reason = "the server stopped and it ran past --shutdown-timeout"
+    message = STOPPED_MESSAGE
+
     def __init__(self, app: Any, stopping: Callable[[], bool] | None = None) -> None:
         self.app, self.stopping = app, stopping
 
@@ -244,13 +248,16 @@ class AnswerWhenStopped:
                 task.uncancel()
             await self._answer_stopped(scope, receive, send, started)
 
-    @staticmethod
-    async def _answer_stopped(scope: dict, receive: Any, send: Any, started: bool) -> None:
+    async def _answer_stopped(self, scope: dict, receive: Any, send: Any, started: bool) -> None:
         """Log the request cancelled at a stop and, when its answer had not ``started``, answer it 503."""
-        log.warning("%s %s cancelled: the server stopped and it ran past --shutdown-timeout; %s",
-                    log_text(scope.get("method")),
-                    log_path(scope.get("path", "")),
+        log.warning("%s %s cancelled: %s; %s", log_text(scope.get("method")), log_path(scope.get("path", "")),
+                    self.reason,
                     "its answer had begun, so the connection is closed mid-answer" if started else "answered 503")
         if not started:
             with contextlib.suppress(asyncio.CancelledError, OSError):
-                await error_response(503, STOPPED_MESSAGE, None, {"Connection": "close"})(scope, receive, send)
+                answer = self._wrapped(error_response(503, self.message, None, {"Connection": "close"}))
+                await answer(scope, receive, send)
+
+    def _wrapped(self, answer: Any) -> Any:
+        """The ASGI app that sends ``answer`` (inside the app's middleware, ``answer`` itself)."""
+        return answer
