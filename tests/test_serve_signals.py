@@ -27,6 +27,7 @@ import urllib.parse
 
 import psutil
 import pytest
+from test_serve_stop_answers_cancelled import _read_answer
 
 from rap_deploy.engines.serving.loadtest import SpawnedServer
 
@@ -119,15 +120,6 @@ def _refused(host: str, port: int) -> bool:
     return False
 
 
-def _read_until_closed(sock: socket.socket, timeout: float = 20) -> bytes:
-    """Everything the server sends on ``sock`` until it closes it (``timeout`` s at most)."""
-    sock.settimeout(timeout)
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
-
-
 @pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM], ids=["after-SIGINT", "after-SIGTERM"])
 def test_a_second_ctrl_c_stops_serve_at_once_with_one_accurate_line(micro_ort_engines, first):
     s = SpawnedServer(["--engine", str(micro_ort_engines["fp32"]), "--threads", "1", "--no-library",
@@ -139,7 +131,7 @@ def test_a_second_ctrl_c_stops_serve_at_once_with_one_accurate_line(micro_ort_en
                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"in")
         probe = socket.create_connection((u.hostname, u.port))  # the server has read the stalled request's head
         probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        assert _read_until_closed(probe).startswith(b"HTTP/1.1 200")
+        assert _read_answer(probe).startswith(b"HTTP/1.1 200")
         probe.close()
         s.proc.send_signal(first)
         _wait_until(lambda: _refused(u.hostname, u.port), 10, f"serve kept listening after {first.name}", s.proc)
@@ -150,7 +142,7 @@ def test_a_second_ctrl_c_stops_serve_at_once_with_one_accurate_line(micro_ort_en
         except subprocess.TimeoutExpired:
             code = None
         took = time.monotonic() - second
-        answer = _read_until_closed(stalled)
+        answer = _read_answer(stalled)
     finally:
         stalled.close()
         s.stop()
