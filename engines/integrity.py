@@ -122,6 +122,23 @@ def check_export_record(manifest: Mapping[str, Any], source: Path) -> None:
         raise CheckFailedError(f"{source}: {'; '.join(problems)}; the manifest was edited, rebuild the engine")
 
 
+def check_graph_set(engine_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
+    """Refuse an engine whose manifest lists other graphs than its config's model runs
+    (:func:`rap_deploy.graphs.graphs_for`: a rap model needs ``asa_head`` too). ``build-engine`` writes every one, so
+    a missing or extra graph means the manifest was edited.
+
+    Raises :class:`CheckFailedError` (exit 1) naming the manifest, the graphs and the rebuild command.
+    """
+    from rap_deploy.graphs import graphs_for
+
+    want = set(graphs_for(derived_settings(manifest.get("config"), source)["has_asa"]))
+    have = set(manifest["graphs"])
+    if have != want:
+        raise CheckFailedError(f"{source} lists graphs {sorted(have)}, but its config's model runs {sorted(want)}; "
+                               "the manifest was edited, rebuild the engine: "
+                               f"{rebuild_engine_advice(engine_dir, manifest)}")
+
+
 def check_graph_contract(engine_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
     """Refuse (:class:`UsageError`, exit 2) an engine whose graphs, as its export record lists them
     (``export.graphs``: ONNX Runtime graphs are tied to it by :func:`check_precision_claim`, TensorRT plans by the

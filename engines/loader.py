@@ -219,12 +219,23 @@ def _open_backend(p: Path, backend: str, manifest: dict[str, Any], config: Any, 
     session = manifest.get("session") or {}
     asa = manifest.get("asa_blocks") or {}
     return OrtEngine(files, config, provider=manifest["provider"], precision=manifest["precision"],
-                     threads=threads if threads is not None else session.get("threads"),
-                     inter_threads=inter_threads if inter_threads is not None else session.get("inter_threads"),
+                     threads=threads if threads is not None else recorded_threads(session.get("threads")),
+                     inter_threads=inter_threads if inter_threads is not None
+                     else recorded_threads(session.get("inter_threads")),
                      query_block=blocks.get("query_block", asa.get("queries", 32)),
                      video_block=blocks.get("video_block", asa.get("videos", 64)), path=p, device_id=device_id,
                      extra=checkpoint_record(manifest, files.values()), lazy=lazy,
                      checked_graphs=True)  # validate_engine_dir parsed them
+
+
+def recorded_threads(value: int | None) -> int | None:
+    """A thread count an engine manifest recorded (``build-engine --threads``), at most this process's usable cores:
+    a count chosen on a larger machine (or edited in) oversubscribes this one, and ONNX Runtime spends seconds per
+    session starting hundreds of threads. ``None`` stays ``None`` (the library's default); a ``--threads`` given to
+    the command is used as given."""
+    from rap_deploy.engines.machine_load import usable_cpus
+
+    return None if value is None else min(int(value), len(usable_cpus()))
 
 
 def _export_engine(export_dir: Path, device: str, threads: int | None, inter_threads: int | None, device_id: int,

@@ -429,8 +429,14 @@ def validate_engine_dir(engine_dir: str | os.PathLike[str], runtime: Mapping[str
     nchwc_ops = 0
     if check_hashes:
         verify_files(engine_dir, manifest)
-        from rap_deploy.engines.integrity import check_export_record, check_graph_contract, check_precision_claim
+        from rap_deploy.engines.integrity import (
+            check_export_record,
+            check_graph_contract,
+            check_graph_set,
+            check_precision_claim,
+        )
 
+        check_graph_set(Path(engine_dir), manifest, Path(engine_dir) / MANIFEST)
         nchwc_ops = check_precision_claim(Path(engine_dir), manifest, Path(engine_dir) / MANIFEST)
         if check_export:  # after the graphs: they name what was edited
             check_export_record(manifest, Path(engine_dir) / MANIFEST)

@@ -46,10 +46,9 @@ def device_info() -> dict[str, Any]:
     and the thread settings of PyTorch and the OpenMP/MKL environment."""
     import torch
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 1
+    from rap_deploy.engines.machine_load import usable_cpus
+
+    usable = len(usable_cpus())
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

@@ -84,7 +84,10 @@ def remote_label(url: str) -> str:
 def escape_name(name: str) -> str:
     """``name`` with every character but letters, digits, ``.``, ``_`` and ``-`` written ``%XX`` (its UTF-8 bytes):
     a folder name that differs from every other name's and holds no :data:`SPLIT_SEPARATOR`,
-    :data:`DATASET_SEPARATOR` or path separator."""
+    :data:`DATASET_SEPARATOR` or path separator. A name of dots only (``.``, ``..``: the stem of ``..pt``) has its
+    dots written ``%2E`` too, so it names a folder of its own, not the current or the parent one."""
+    if name and not name.strip("."):
+        return name.replace(".", "%2E")
     return "".join(c if c.isalnum() or c in "._-" else urllib.parse.quote(c, safe="") for c in name)
 
 

@@ -224,6 +224,7 @@ def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: P
     """
     from rap_deploy.export.export_config import SUPPORTED_OPSETS
 
+    check_parity_passed(export_dir, manifest, source)
     opset = manifest.get("opset")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
         raise CheckFailedError(f"{source} claims opset {opset!r}, which rapdeploy never exports (supported: "
@@ -246,6 +247,36 @@ def check_export_claims(export_dir: Path, manifest: Mapping[str, Any], source: P
                                        + "; ".join(problems) + "; the manifest or the graph was edited, re-export it")
             # after: a graph that disagrees with its own manifest was edited (exit 1), not written by another version
             _check_contract(export_dir, manifest, source, name, path, facts, derived["has_asa"])
+
+
+def check_parity_passed(export_dir: Path, manifest: Mapping[str, Any], source: Path) -> None:
+    """Require the export's parity record to say its checks passed: the manifest's ``parity`` entry and the
+    ``parity.json`` beside it (``rapdeploy export`` writes the manifest only after every check passed, so a manifest
+    that says otherwise, or lacks the report, was edited or assembled by hand).
+
+    Raises :class:`CheckFailedError` (exit 1) naming the file and what it lacks, with the re-export fix.
+    """
+    import json
+
+    from rap_deploy.bounds import read_manifest_text
+    from rap_deploy.export.manifest import PARITY, reexport_command
+
+    def refused(what: str) -> CheckFailedError:
+        return CheckFailedError(f"{what}; an export whose parity check did not pass cannot be built or verified: "
+                                f"re-export it with `{reexport_command(export_dir, dict(manifest))}`")
+
+    record = manifest.get("parity")
+    if not isinstance(record, Mapping) or record.get("passed") is not True or record.get("file") != PARITY:
+        raise refused(f"{source}: its 'parity' entry is {str(record)[:200]!r}, not a passed record of {PARITY}")
+    path = resolve_entry(export_dir, PARITY, "export parity report", source)
+    if not path.is_file():
+        raise refused(f"{path} is missing")
+    try:
+        report = json.loads(read_manifest_text(path, "export parity report"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise refused(f"cannot read {path} ({str(exc)[:200]})") from None
+    if not isinstance(report, dict) or report.get("passed") is not True:
+        raise refused(f"{path} does not say the export's checks passed")
 
 
 def _check_contract(export_dir: Path, manifest: Mapping[str, Any], source: Path, name: str, path: Path,

@@ -376,7 +376,8 @@ def test_a_manifest_profile_other_than_the_engines_is_refused(fake_builds, tmp_p
 def test_an_engine_folder_without_the_asa_head_of_an_asa_model_is_refused(fake_builds, tmp_path):
     """A manifest (and folder) without ``asa_head`` for a model with an ASA head loaded, and its re-rank silently
     became the mean-pooled similarity instead of the model's ASA scores (a missing ``text_encoder`` was a KeyError
-    traceback at the first query); as in ONNX Runtime engines, the missing graph is now named at load (exit 2)."""
+    traceback at the first query); as in ONNX Runtime engines, the missing graph is now named at load: an edited
+    manifest (exit 1), naming it, the graphs the model runs and the rebuild command."""
     from rap_deploy.engines.loader import load_engine
     from rap_deploy.engines.manifest import read_manifest
 
@@ -386,8 +387,10 @@ def test_an_engine_folder_without_the_asa_head_of_an_asa_model_is_refused(fake_b
     for gone in ("asa_head", "text_encoder"):
         graphs = {k: v for k, v in manifest["graphs"].items() if k != gone}
         copy = _edited_engine_copy(src, tmp_path / gone, graphs=graphs)
-        with fake_tensorrt_env(10), pytest.raises(UsageError, match=f"lacks graphs \\['{gone}'\\]"):
+        with fake_tensorrt_env(10), pytest.raises(CheckFailedError) as refused:
             load_engine(copy)
+        assert f"lists graphs {sorted(graphs)}, but its config's model runs" in str(refused.value)
+        assert "rapdeploy build-engine" in str(refused.value)
 
 
 @pytest.mark.parametrize("key", ["frames", "context_length"])

@@ -13,6 +13,10 @@ from rap_deploy.cli.app import ENGINE_THREADS_DEFAULT, WORKSPACE_DEFAULT, comman
 from rap_deploy.data import DATASET_NAMES, DEFAULT_DATASET
 from rap_deploy.errors import UsageError
 
+# verify's --tie-eps at most: fp32 engines differ from PyTorch by ~1e-6 in a score; a gap of 0.01 is a
+# different score (tie_eps 1 let an engine of random weights pass with t2v R@1 25 -> 0)
+MAX_TIE_EPS = 1e-2
+
 
 def _progress_enabled(quiet: bool, json_out: bool) -> bool:
     return not quiet and not json_out  # a bar on a terminal, else timed lines (progress_bar decides)
@@ -64,7 +68,7 @@ def verify_cmd(
     split: str = typer.Option("test", "--split", help="Split to evaluate (test; ActivityNet test = val_1)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos per video-encoder call."),
     tie_eps: float = typer.Option(1e-5, "--tie-eps", help="Score gap under which a rank change of an fp32 engine "
-                                  "counts as a tie."),
+                                  f"counts as a tie (at most {MAX_TIE_EPS:g})."),
     max_videos: int | None = typer.Option(None, "--max-videos", help="Only the first N test videos (quick check)."),
     allow_skipped: bool = typer.Option(False, "--allow-skipped", help="Pass on the test videos that decode when some "
                                        "are missing or undecodable (named and counted in the reports either way); "
@@ -89,7 +93,8 @@ def verify_cmd(
 
     if tolerance is not None:
         bounds.check_float(tolerance, "--tolerance", 0.0, 100.0)
-    bounds.check_float(tie_eps, "--tie-eps", 0.0, 1.0)
+    bounds.check_float(tie_eps, "--tie-eps", 0.0, MAX_TIE_EPS, fix="a larger score gap is no tie but a different "
+                       "score: judge a reduced-precision engine by --tolerance instead")
     bounds.check_int(rerank_top, "--rerank-top", 1, bounds.MAX_VIDEOS)
     bounds.check_int(batch_size, "--batch-size", 1, bounds.MAX_BATCH_SIZE)
     if max_videos is not None:
