@@ -156,6 +156,8 @@ def _print_report(report: dict) -> None:
         typer.echo(f"  videos read from {report['videos_dir']}; not read, though they hold videos: "
                    f"{', '.join(report['unread_videos_dirs'])} (move the videos wanted into {report['videos_dir']} "
                    "or rename the folder not wanted)")
+    for note in report["not_searched"]:  # a video only there is reported missing, never taken from elsewhere
+        typer.echo(f"  not searched for videos: {note}")
     for vid, path in zip(report["missing"], report["missing_paths"], strict=True):
         typer.echo(f"  missing      {vid}: {path}")
     for u in report["undecodable"]:

@@ -28,7 +28,8 @@ def check_dataset(
     ``missing`` (video ids), ``undecodable`` (``{video_id, reason, path}``), ``per_video`` (id -> ``{frames,
     seconds}``), plus ``ok`` (some videos, none missing or undecodable), ``missing_paths``, ``videos_dir``,
     ``unread_videos_dirs`` (other candidate folders that hold videos but are not read, as :func:`load_split` found
-    them: :func:`~rap_deploy.data.video_files.unread_video_folders`)
+    them: :func:`~rap_deploy.data.video_files.unread_video_folders`), ``not_searched`` (what the search for videos in
+    sub-folders left out: links out of the data root, folders past its bound; a video only there is missing)
     and ``sampling``.
     Raises :class:`UsageError` when the annotation files cannot be read.
     """
@@ -63,6 +64,7 @@ def check_dataset(
         "missing_paths": missing_paths,
         "videos_dir": str(rs.videos_dir or Path(rs.data_root or data_root) / "videos"),
         "unread_videos_dirs": [str(folder) for folder in rs.unread_videos_dirs],
+        "not_searched": list(rs.not_searched),
         "sampling": rs.sampling.to_dict(),
         "image_size": preprocess.image_size,
     }

@@ -76,6 +76,9 @@ class RetrievalSplit:
     videos_dir: Path | None = field(default=None)
     # the other candidate videos folders that hold videos, left unread (video_files.unread_video_folders)
     unread_videos_dirs: tuple[Path, ...] = field(default=())
+    # what the search for videos in sub-folders left out (video_files.StemFinder.not_searched): a video only there
+    # is missing
+    not_searched: tuple[str, ...] = field(default=())
 
     @property
     def num_videos(self) -> int:
@@ -158,6 +161,7 @@ def load_split(
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise UsageError(f"dataset folder {root} {what}; pass --data-root pointing at the {dataset} folder")
+    _check_finished(root, dataset)
     check_dataset_layout(root, dataset)
     sampling, context_length = dataset_defaults(dataset)
     if max_frames is not None:
@@ -165,7 +169,8 @@ def load_split(
             raise UsageError(f"max_frames must be >= 1, got {max_frames}")
         sampling = replace(sampling, max_frames=int(max_frames))
     videos_dir, unread = video_folder_choice(root, dataset)
-    videos, captions, owner = _READERS[dataset](root, splits[split], videos_dir)
+    finders: dict[Path, StemFinder] = {}  # the sub-folder searches the reader made, for what they left out
+    videos, captions, owner = _READERS[dataset](root, splits[split], videos_dir, finders)
     return RetrievalSplit(
         dataset=dataset,
         split=split,
@@ -177,6 +182,7 @@ def load_split(
         data_root=root,
         videos_dir=videos_dir,
         unread_videos_dirs=tuple(unread),
+        not_searched=tuple(note for finder in finders.values() for note in finder.not_searched),
     )
 
 
@@ -186,6 +192,14 @@ def reads_test_files(dataset: str, split: str) -> bool:
     unknown dataset or split (which :func:`load_split` refuses)."""
     splits = _SPLITS.get(dataset, {})
     return split in splits and splits[split] == splits["test"]
+
+
+def _check_finished(root: Path, dataset: str) -> None:
+    """Refuse (:class:`UsageError`) an MSR-VTT folder that an interrupted ``rapdeploy synth`` left behind."""
+    if dataset == "msrvtt":
+        from rap_deploy.data.synth_dataset import check_synth_finished
+
+        check_synth_finished(root)
 
 
 def check_dataset(name: str) -> None:
@@ -199,8 +213,8 @@ def check_dataset(name: str) -> None:
 Readout = tuple[list[VideoEntry], list[str], list[int]]
 
 
-def _read_msrvtt(root: Path, split: str, videos_dir: Path) -> Readout:
-    finders: dict[Path, StemFinder] = {}  # walked once, when some video is in neither videos/ nor videos/all/
+def _read_msrvtt(root: Path, split: str, videos_dir: Path, finders: dict[Path, StemFinder]) -> Readout:
+    # finders: videos_dir walked once, when some video is in neither videos/ nor videos/all/
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -240,14 +254,14 @@ def _read_msrvtt(root: Path, split: str, videos_dir: Path) -> Readout:
 MAX_CAPTION_CHARS = 20_000_000
 
 
-def _read_msvd(root: Path, split: str, videos_dir: Path) -> Readout:
+def _read_msvd(root: Path, split: str, videos_dir: Path, finders: dict[Path, StemFinder]) -> Readout:
     list_path = root / f"{split}_list.txt"
     ids = [plain_video_id(v, list_path) for v in read_list(list_path)]
     cap_path = root / "raw-captions.pkl"
     raw = read_pickle(cap_path)
     if not isinstance(raw, dict):
         raise damaged(cap_path, f"should hold a dict video id -> list of token lists, found {type(raw).__name__}")
-    finder = StemFinder(videos_dir)
+    finders[videos_dir] = finder = StemFinder(videos_dir, root)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -275,7 +289,7 @@ def _read_msvd(root: Path, split: str, videos_dir: Path) -> Readout:
     return distinct_files(videos, list_path), captions, owner
 
 
-def _read_didemo(root: Path, split: str, videos_dir: Path) -> Readout:
+def _read_didemo(root: Path, split: str, videos_dir: Path, finders: dict[Path, StemFinder]) -> Readout:
     list_path = root / f"{split}_list.txt"
     ids = [plain_video_id(v, list_path) for v in read_list(list_path)]
     data_path = root / f"{split}_data.json"
@@ -289,7 +303,7 @@ def _read_didemo(root: Path, split: str, videos_dir: Path) -> Readout:
         description = require_key(item, "description", data_path, f"[{i}]", kind=str).strip()
         if vid in wanted:
             paragraphs.setdefault(vid, []).append(description)
-    finder = StemFinder(videos_dir)
+    finders[videos_dir] = finder = StemFinder(videos_dir, root)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -302,7 +316,7 @@ def _read_didemo(root: Path, split: str, videos_dir: Path) -> Readout:
     return distinct_files(videos, list_path), captions, owner
 
 
-def _read_activitynet(root: Path, split: str, videos_dir: Path) -> Readout:
+def _read_activitynet(root: Path, split: str, videos_dir: Path, finders: dict[Path, StemFinder]) -> Readout:
     ids_path = root / f"{split}_ids.json"
     ids = read_json(ids_path)
     if not isinstance(ids, list):
@@ -311,7 +325,7 @@ def _read_activitynet(root: Path, split: str, videos_dir: Path) -> Readout:
     data = read_json(data_path)
     if not isinstance(data, dict):
         raise damaged(data_path, "should map 'v_<id>' to {duration, timestamps, sentences}")
-    finder = StemFinder(videos_dir)
+    finders[videos_dir] = finder = StemFinder(videos_dir, root)
     videos: list[VideoEntry] = []
     captions: list[str] = []
     owner: list[int] = []
@@ -346,7 +360,7 @@ def distinct_files(videos: list[VideoEntry], source: Path) -> list[VideoEntry]:
     return videos
 
 
-_READERS: dict[str, Callable[[Path, str, Path], Readout]] = {
+_READERS: dict[str, Callable[[Path, str, Path, dict[Path, StemFinder]], Readout]] = {
     "msrvtt": _read_msrvtt,
     "msvd": _read_msvd,
     "didemo": _read_didemo,

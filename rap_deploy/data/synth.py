@@ -356,6 +356,22 @@ def random_scene(rng: np.random.Generator, seconds: float, distractors: float = 
             return spec
 
 
+def distinct_scene_keys() -> int:
+    """Return how many distinct scene keys (:func:`scene_key`, a caption's meaning) :func:`random_scene` can draw at
+    most, counted from its choices: one object with one event, one object with two, or two objects with one each;
+    the looks (colour, shape, two objects never alike), each event's action and each object's starting size (set by
+    a grow or shrink) fix the key. An upper bound: a few of these scenes cannot be placed in the frame."""
+    looks = len(COLOURS) * len(SHAPES)
+
+    def sizes(actions: tuple[str, ...]) -> int:  # starting sizes of an object doing ``actions``
+        return 1 if any(a in ("grow", "shrink") for a in actions) else 2
+
+    one_event = looks * sum(sizes((a,)) for a in ACTIONS)
+    two_events = looks * sum(sizes((a, b)) for a in ACTIONS for b in ACTIONS if _valid_actions([(0, a), (0, b)]))
+    two_objects = looks * (looks - 1) * sum(sizes((a,)) * sizes((b,)) for a in ACTIONS for b in ACTIONS)
+    return one_event + two_events + two_objects
+
+
 def _add_distractor(rng: np.random.Generator, objects: list[SynthObject]) -> SynthObject:
     """A static object in a colour no other object of the scene has: it owns no event, so no caption names it.
 

@@ -12,7 +12,9 @@ import io
 import json
 import os
 import re
+import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,15 @@ import numpy as np
 
 from rap_deploy.atomic import save_with, write_json_atomic, write_text_atomic
 from rap_deploy.data import SYNTH_DISTRACTORS
+from rap_deploy.data.folder_layout import DATASET_MARKERS
+from rap_deploy.data.progress import progress_bar
 from rap_deploy.data.synth import (
     ACTIONS,
     COLOURS,
     SHAPES,
     SIZE_RADIUS,
     SceneSpec,
+    distinct_scene_keys,
     paraphrases,
     random_scene,
     render_scene,
@@ -38,6 +43,10 @@ FORMAT = "rapdeploy-synth-2"
 # The object radius of each earlier format: its scenes render differently now, so such a dataset is refused.
 EARLIER_RADIUS = {"rapdeploy-synth-1": {"small": 0.10, "big": 0.16}}
 
+
+# The most test videos, as a share of the distinct scenes the generator can draw (distinct_scene_keys): each must be
+# new to the split, and random draws find new ones ever more slowly as they run out (half of them: ~N ln 2 draws)
+TEST_SHARE_OF_SCENES = 0.5
 
 # Written into ``--out`` before the first video: a folder holding it (or a synthetic ``MSRVTT_data.json``) is synth's
 # own, so an interrupted synth may write it again; any other folder with videos is refused (``rapdeploy synth``).
@@ -76,11 +85,12 @@ def _check_readable(path: Path, size: int) -> None:
                          "use --size 32, 64 or 96") from None
 
 
-def _unique_scene(rng: np.random.Generator, seconds: float, taken: set, distractors: float) -> SceneSpec:
+def _unique_scene(rng: np.random.Generator, seconds: float, taken: set, distractors: float,
+                  exclude: frozenset = frozenset()) -> SceneSpec:
     for _ in range(10_000):
         spec = random_scene(rng, seconds, distractors)
         key, rkey = scene_key(spec), scene_key(reverse_scene(spec))
-        if key not in taken and rkey not in taken:
+        if not {key, rkey} & taken and not {key, rkey} & exclude:
             return spec
     raise UsageError("could not find enough distinct scenes; ask for fewer test videos")
 
@@ -116,13 +126,12 @@ def generate_synthetic_dataset(
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / SYNTH_MARKER, {"format": FORMAT})  # before any video: this folder's videos are synth's
-    # The annotation is written last and marks a complete dataset: a folder written before loses it first, so a
-    # run killed while it rewrites the videos never leaves the old annotation over new videos.
-    (out / "MSRVTT_data.json").unlink(missing_ok=True)
+    _remove_annotation_files(out)
     rng = np.random.default_rng(seed)
     n_train = videos - test_videos
-    test_specs, taken = _test_scenes(rng, seconds, test_videos, distractors, exclude)
-    specs = _train_scenes(rng, seconds, n_train, taken, distractors) + test_specs
+    with progress_bar(videos, "drawing scenes", enabled=progress) as advance:
+        test_specs, taken = _test_scenes(rng, seconds, test_videos, distractors, exclude, advance)
+        specs = _train_scenes(rng, seconds, n_train, taken, distractors, advance) + test_specs
     ids = [f"video{i}" for i in range(videos)]
     _write_videos(out, ids, specs, size, fps, seconds, progress)
     _remove_stale_videos(out / "videos", set(ids))
@@ -145,6 +154,17 @@ def generate_synthetic_dataset(
     }
 
 
+def _remove_annotation_files(out: Path) -> None:
+    """Delete every MSR-VTT annotation file in ``out`` (the test split reads ``MSRVTT_JSFUSION_test.csv`` alone,
+    training the train csv and ``MSRVTT_data.json``) before the first video is rewritten.
+
+    The annotation is written last and marks a complete dataset, so a run killed while it rewrites the videos never
+    leaves an earlier run's captions over new videos: the readers then refuse the folder for its missing annotation.
+    """
+    for name in DATASET_MARKERS["msrvtt"]:
+        (out / name).unlink(missing_ok=True)
+
+
 def _remove_stale_videos(folder: Path, ids: set[str]) -> None:
     """Delete ``video<i>.mp4`` files of an earlier, larger synth into the same folder: no annotation names them, and
     ``--videos`` / ``index --videos`` over the folder would take them for this world's."""
@@ -164,6 +184,7 @@ def _check_settings(videos: int, test_videos: int, size: int, fps: int, seconds:
         raise UsageError(f"need fps >= 1 and seconds >= 3, got fps {fps}, seconds {seconds}")
     if not 0.0 <= distractors <= 1.0:
         raise UsageError(f"--distractors is the fraction of scenes with a distractor, 0 to 1; got {distractors}")
+    _check_test_count(test_videos)
     from rap_deploy.bounds import check_memory
 
     # one video is rendered whole in float32, with about as much again in per-object temporaries
@@ -171,35 +192,52 @@ def _check_settings(videos: int, test_videos: int, size: int, fps: int, seconds:
                  f"{fps} fps", "pass a smaller --size, --fps or --seconds")
 
 
+def _check_test_count(test_videos: int) -> None:
+    """Raise :class:`UsageError` for more test videos than the generator can draw distinct scenes for in reasonable
+    time (:data:`TEST_SHARE_OF_SCENES` of :func:`~rap_deploy.data.synth.distinct_scene_keys`)."""
+    scenes = distinct_scene_keys()
+    most = int(scenes * TEST_SHARE_OF_SCENES)
+    if test_videos > most:
+        raise UsageError(f"--test-videos {test_videos:,} is more than synth can draw: every test video needs a caption "
+                         f"of its own, the generator has at most {scenes:,} distinct scenes ({len(COLOURS)} colours x "
+                         f"{len(SHAPES)} shapes x 2 sizes x {len(ACTIONS)} actions, one or two events), and random "
+                         f"draws find new ones ever more slowly as they run out: pass --test-videos {most:,} or fewer")
+
+
 def _test_scenes(rng: np.random.Generator, seconds: float, count: int, distractors: float,
-                 exclude: frozenset = frozenset()) -> tuple[list[SceneSpec], set]:
+                 exclude: frozenset = frozenset(),
+                 advance: Callable[[int], None] = lambda n=1: None) -> tuple[list[SceneSpec], set]:
     """Draw the test split, shuffled, and the set of its scene keys (each unique in the split, none in ``exclude``
-    nor the reverse of one there)."""
+    nor the reverse of one there); ``advance`` is called per scene drawn."""
     # Time-reversed pairs with keys unique in the whole split (and, see _train_scenes, absent from training).
     taken: set = set()
     specs: list[SceneSpec] = []
     while len(specs) < count:
-        spec = _unique_scene(rng, seconds, taken | exclude if exclude else taken, distractors)
+        spec = _unique_scene(rng, seconds, taken, distractors, exclude)
         group = [spec, reverse_scene(spec)] if count - len(specs) >= 2 else [spec]
         for s in group:
             taken.add(scene_key(s))
             specs.append(s)
+        advance(len(group))
     order = rng.permutation(len(specs))
     return [specs[i] for i in order], taken
 
 
-def _train_scenes(rng: np.random.Generator, seconds: float, count: int, taken: set,
-                  distractors: float) -> list[SceneSpec]:
+def _train_scenes(rng: np.random.Generator, seconds: float, count: int, taken: set, distractors: float,
+                  advance: Callable[[int], None] = lambda n=1: None) -> list[SceneSpec]:
     """Draw the training split: scenes whose key and reverse key are not ``taken`` by the test split, about half of
-    them followed by their time reverse."""
+    them followed by their time reverse; ``advance`` is called per scene drawn. (Scenes may repeat, so any count
+    can be drawn: the test split takes at most half the keys, :func:`_check_test_count`.)"""
     specs: list[SceneSpec] = []
     while len(specs) < count:
         spec = random_scene(rng, seconds, distractors)
         if scene_key(spec) in taken or scene_key(reverse_scene(spec)) in taken:
             continue
+        before = len(specs)
         specs.append(spec)
         if len(specs) < count and rng.random() < 0.5:
             specs.append(reverse_scene(spec))
+        advance(len(specs) - before)
     return specs
 
 
@@ -211,8 +249,6 @@ def _reverse_pairs(test_specs: list[SceneSpec], taken: set) -> int:
 def _write_videos(out: Path, ids: list[str], specs: list[SceneSpec], size: int, fps: int, seconds: int,
                   progress: bool) -> None:
     """Render and write ``videos/<id>.mp4`` for every scene; the first one is read back (see _check_readable)."""
-    from rap_deploy.data.progress import progress_bar
-
     times = np.arange(fps * seconds) / fps
     with progress_bar(len(ids), "rendering videos", enabled=progress) as advance:
         for i, (vid, spec) in enumerate(zip(ids, specs, strict=True)):
@@ -289,6 +325,19 @@ def check_synth_format(path: Path, info: Any) -> None:
                          "write it again with `rapdeploy synth --out NEW_FOLDER` (or `rapdeploy demo --out "
                          "NEW_FOLDER`)")
     raise UsageError(f"{path} is not a rapdeploy synthetic dataset (info.format is {found!r}, not {FORMAT!r})")
+
+
+def check_synth_finished(root: Path) -> None:
+    """Return unless ``root`` is a folder ``rapdeploy synth`` began to write (it holds :data:`SYNTH_MARKER`) and never
+    finished (no ``MSRVTT_data.json``, the file written last).
+
+    Raises :class:`UsageError` naming the folder and the fix, ``rapdeploy synth --out ROOT`` again: its videos may be
+    of two runs, and no annotation names them (:func:`_remove_annotation_files`).
+    """
+    if (root / SYNTH_MARKER).is_file() and not (root / "MSRVTT_data.json").is_file():
+        raise UsageError(f"{root} holds a synthetic dataset that rapdeploy synth did not finish (it was stopped "
+                         "before writing MSRVTT_data.json, so its videos may be of two runs): run "
+                         f"`rapdeploy synth --out {shlex.quote(str(root))}` again, with the options it had")
 
 
 def load_scenes(data_root: str | os.PathLike[str]) -> tuple[dict[str, SceneSpec], dict[str, Any]]:

@@ -166,15 +166,18 @@ def _rate_and_times(reader: object, path: Path, num_frames: int, native_fps: flo
 
 def _probe(path: Path) -> str | None:
     """Return why FFmpeg (through PyAV) cannot open ``path`` as a video, or why its frames are too large to decode
-    (over :data:`MAX_FRAME_PIXELS`, read from the stream's header before any frame is decoded), or None."""
+    (over :data:`MAX_FRAME_PIXELS`, read from the streams' headers before any frame is decoded), or None.
+
+    Every video stream's size is checked, the largest decides: decord decodes FFmpeg's best stream, which need not be
+    the first (a small first stream would let a 65535x65535 second one through)."""
     import av
 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 return "no video stream"
-            stream = container.streams.video[0]
-            width, height = int(stream.width or 0), int(stream.height or 0)
+            width, height = max(((int(s.width or 0), int(s.height or 0)) for s in container.streams.video),
+                                key=lambda size: size[0] * size[1])
     except Exception as exc:  # PyAV raises many FFmpeg error types; the message is what matters
         reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
         # PyAV's errno is FFmpeg's code negated (1094995529); a file cut off before an MP4's moov atom gives it

@@ -30,6 +30,9 @@ MAX_ENTRIES_SEARCHED_FOR_HINT = 200
 # ... and at most about this many in all its sub-folders together (entries and folders listed): 200 sub-folders of 200
 # sub-folders each were 40,201 folders listed, 4.3 s on a local disk, minutes on a network one, for an error message
 MAX_ENTRIES_SEARCHED_FOR_HINT_IN_ALL = 10 * MAX_ENTRIES_SEARCHED_FOR_HINT
+# A video not in its folder's top level is looked for in every sub-folder (:class:`StemFinder`), at most this many
+# entries in all (files and folders): ActivityNet's 20,000 videos are 2 % of it; a link to / listed a whole machine
+MAX_ENTRIES_WALKED_FOR_VIDEOS = 1_000_000
 # (.mts, .m2ts: camcorder files, which DiDeMo's Flickr videos include)
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv",
                     ".mts", ".m2ts", ".3g2", ".ogv", ".vob", ".asf", ".f4v")
@@ -142,8 +145,7 @@ def _holds_folder(folder: Path, real: str) -> bool:
     folder that is no link is neither: it is below the folder listed)."""
     if not folder.is_symlink():
         return False
-    resolved = os.path.realpath(folder)
-    return real == resolved or real.startswith(resolved.rstrip(os.sep) + os.sep)
+    return _inside(real, os.path.realpath(folder))
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -228,23 +230,72 @@ def msrvtt_video(videos_dir: Path, vid: str, finders: dict[Path, StemFinder] | N
 
 
 class StemFinder:
-    """Finds a video file by its stem anywhere under a folder, whatever its extension (.mp4 preferred)."""
+    """Finds a video file by its stem anywhere under a folder, whatever its extension (.mp4 preferred).
 
-    def __init__(self, folder: Path) -> None:
+    The folder is walked once, depth first in name order, each real folder once, at most
+    :data:`MAX_ENTRIES_WALKED_FOR_VIDEOS` entries. Linked folders are entered (datasets keep videos on other disks
+    behind them) unless the link leads to the data root ``within`` (default: the folder's parent) or a folder above
+    it (``escape -> /`` would walk the whole machine), or, from inside a linked folder outside the data root, out of
+    that folder. What was not walked is in :attr:`not_searched`: a video only there is missing, never found elsewhere.
+    """
+
+    def __init__(self, folder: Path, within: Path | None = None) -> None:
         self.folder = folder
         self._by_stem: dict[str, list[Path]] = {}
         self._by_name: dict[str, list[Path]] = {}
+        # what the walk left out, for reports: "LINK (links to REAL, outside ...)", "FOLDER and after (... entries)"
+        self.not_searched: list[str] = []
         if folder.is_dir():
-            seen: set[tuple[int, int]] = set()
-            _first_visit(folder, seen)
-            # linked folders are entered (datasets keep videos on other disks behind them), each real folder once
-            for dirpath, dirs, files in os.walk(folder, followlinks=True):
-                dirs[:] = [d for d in sorted(dirs) if _first_visit(Path(dirpath) / d, seen)]
-                for name in files:
-                    p = Path(dirpath) / name
-                    self._by_name.setdefault(name, []).append(p)
-                    if p.suffix.lower() in VIDEO_EXTENSIONS:
-                        self._by_stem.setdefault(p.stem, []).append(p)
+            self._walk(folder, os.path.realpath(within if within is not None else folder.parent))
+
+    def _walk(self, folder: Path, root: str) -> None:
+        """Index the files under ``folder``; ``root`` is the data root's real path."""
+        seen: set[tuple[int, int]] = set()
+        _first_visit(folder, seen)
+        real = os.path.realpath(folder)  # a videos/ linked to another disk: its links stay on that disk's folder
+        # each folder to walk, with the real folder its links must stay in
+        pending: list[tuple[Path, str]] = [(folder, root if _inside(real, root) else real)]
+        left = MAX_ENTRIES_WALKED_FOR_VIDEOS
+        while pending:
+            current, bound = pending.pop()
+            try:
+                with os.scandir(current) as listing:
+                    entries = sorted(islice(listing, left + 1), key=lambda entry: entry.name)
+            except OSError:
+                continue
+            if len(entries) > left:
+                self.not_searched.append(f"{current} and the folders after it (the search stops after "
+                                         f"{MAX_ENTRIES_WALKED_FOR_VIDEOS:,} entries)")
+                return
+            left -= len(entries)
+            subfolders = []
+            for entry in entries:
+                if _is_folder(entry):
+                    inner = self._entered(Path(entry.path), bound, root)
+                    if inner is not None and _first_visit(Path(entry.path), seen):
+                        subfolders.append((Path(entry.path), inner))
+                else:
+                    self._by_name.setdefault(entry.name, []).append(Path(entry.path))
+                    if Path(entry.name).suffix.lower() in VIDEO_EXTENSIONS:
+                        self._by_stem.setdefault(Path(entry.name).stem, []).append(Path(entry.path))
+            pending.extend(reversed(subfolders))  # the first by name is walked next, as os.walk did
+
+    def _entered(self, path: Path, bound: str, root: str) -> str | None:
+        """The real folder the links under ``path`` must stay in when the walk enters it (``bound``, the one its
+        parent is in, for a folder that is no link or a link inside ``bound``; ``root`` for a link into the data root
+        ``root``; the link's own real folder for a link from inside the data root to a folder elsewhere), or None when
+        the walk must not enter it (recorded in :attr:`not_searched`)."""
+        if not path.is_symlink():
+            return bound
+        real = os.path.realpath(path)
+        for folder in (root, bound):
+            if _inside(real, folder) and real != folder:
+                return folder
+        if bound == root and not _inside(root, real):
+            return real
+        where = "a folder holding the data root" if _inside(root, real) else f"outside {bound}"
+        self.not_searched.append(f"{path} (a link to {real}, {where})")
+        return None
 
     def find(self, vid: str, default_ext: str, alternatives: tuple[str, ...] = ()) -> Path:
         """Return the file for ``vid``: the file of that very name (directly in the folder first, then, when the
@@ -264,6 +315,11 @@ class StemFinder:
             if found:
                 return sorted(found, key=lambda p: (p.suffix.lower() != ".mp4", str(p)))[0]
         return self.folder / (vid if Path(vid).suffix.lower() in VIDEO_EXTENSIONS else f"{vid}{default_ext}")
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether the real path ``path`` is the real folder ``folder`` or inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _first_visit(folder: Path, seen: set[tuple[int, int]]) -> bool:
