@@ -199,13 +199,16 @@ def run_ablation(base: TrainOptions, out: str | Path, seeds: Sequence[int], rows
 
 
 def _write_tables(out: Path, result: dict[str, Any], complete: bool) -> None:
-    """``ablation.json`` and ``ablation.md`` of ``result`` (the rows so far unless ``complete``)."""
-    from rap_deploy.atomic import write_json_atomic, write_text_atomic
+    """``ablation.json`` and ``ablation.md`` of ``result`` (the rows so far unless ``complete``). Both texts are
+    made before either file is written: a result that cannot be rendered leaves the two files of the last call that
+    could, never a new ``ablation.json`` beside an old table."""
+    from rap_deploy.atomic import json_text, write_text_atomic
     from rap_deploy.train.ablate_report import ablation_markdown  # here: ablate_report imports this module
 
     result["complete"] = complete
-    write_json_atomic(out / "ablation.json", result)
-    write_text_atomic(out / "ablation.md", ablation_markdown(result))
+    texts = {"ablation.json": json_text(result) + "\n", "ablation.md": ablation_markdown(result)}
+    for name, text in texts.items():
+        write_text_atomic(out / name, text)
 
 
 def _plan(base: TrainOptions, out: Path, seeds: Sequence[int],

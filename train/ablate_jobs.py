@@ -21,6 +21,7 @@ from rap_deploy.errors import CheckFailedError
 
 Work = Callable[..., dict[str, Any]]
 _PR_SET_PDEATHSIG = 1  # prctl(2)
+_EXIT_WAIT_S = 10.0  # how long a worker that sent its error gets to exit before it is terminated
 
 
 def run_in_processes(work: Work, tasks: dict[str, tuple[Any, ...]], jobs: int,
@@ -46,7 +47,11 @@ def run_in_processes(work: Work, tasks: dict[str, tuple[Any, ...]], jobs: int,
                 running[key] = (proc, receive)
             wait([r for _, r in running.values()] + [p.sentinel for p, _ in running.values()], timeout=5.0)
             for key, (proc, receive) in list(running.items()):
-                result = _result(key, proc, receive)
+                try:
+                    result = _result(key, proc, receive)
+                except BaseException:
+                    _forget_ended(running, key)  # not terminated on the way out: it sent its error and exited
+                    raise
                 if result is not None:
                     del running[key]
                     receive.close()
@@ -70,6 +75,7 @@ def _result(key: str, proc: Any, receive: Connection) -> dict[str, Any] | None:
             ok, payload = False, f"its error could not be read back ({type(exc).__name__}: {exc})"
         if ok:
             return payload
+        proc.join(_EXIT_WAIT_S)  # it exits once its error is sent: joined, never sent SIGTERM while it exits
         if isinstance(payload, BaseException):
             payload.add_note(f"raised in the worker process of the run {key}")  # shown with a traceback
             raise payload
@@ -81,6 +87,15 @@ def _result(key: str, proc: Any, receive: Connection) -> dict[str, Any] | None:
     raise CheckFailedError(f"the run {key} stopped without a result: its worker process exited with code "
                            f"{proc.exitcode} (killed, or out of memory?); run the command again to resume it, with "
                            "fewer --jobs if memory is short")
+
+
+def _forget_ended(running: dict[str, tuple[Any, Connection]], key: str) -> None:
+    """Drop the worker of ``key`` from ``running`` (its pipe closed) once it has exited; one still alive stays, for
+    :func:`_stop` to terminate."""
+    proc, receive = running[key]
+    if not proc.is_alive():
+        del running[key]
+        receive.close()
 
 
 def _worker(work: Work, args: tuple[Any, ...], send: Connection) -> None:
@@ -95,6 +110,11 @@ def _worker(work: Work, args: tuple[Any, ...], send: Connection) -> None:
     except Exception as exc:  # noqa: BLE001 - the parent raises it
         exc.add_note(f"in the worker process: {traceback.format_exc().rstrip()}")  # the parent's has none of it
         message = (False, exc if _round_trips(exc) else f"{type(exc).__name__}: {exc}")
+    finally:
+        # Its work is over: nothing left to clean up, and a SIGTERM from here on (the parent leaving, or dying)
+        # ends it quietly. _exit_on_term's SystemExit raised inside the interpreter's exit (an atexit callback)
+        # printed "Exception ignored in atexit callback" with a traceback.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         send.send(message)
     except Exception as exc:  # noqa: BLE001 - what does not pickle goes back as text

@@ -2,9 +2,10 @@
 
 A run is read back only when the folder is its own (neither the folder nor its files are symbolic links), its
 ``summary.json`` is a small JSON object written for this folder (its recorded ``run_dir`` ends in the same row and
-seed) whose metrics are finite and in range, and its options and backbone are the recipe's. A run of another recipe
-is refused (:class:`UsageError`, exit 2: use another ``--out``); a damaged one is named (:class:`CheckFailedError`,
-exit 1: remove the folder and the next call trains it again).
+seed) whose metrics are finite and in range and are those its ``best.pt`` stored (a finished run has a ``best.pt``,
+and its ``last.pt``, when kept, is at the last epoch), and its options and backbone are the recipe's. A run of another
+recipe is refused (:class:`UsageError`, exit 2: use another ``--out``); a damaged one is named
+(:class:`CheckFailedError`, exit 1: remove the folder and the next call trains it again).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rap_deploy.errors import CheckFailedError, UsageError
-from rap_deploy.name_lists import shortened, text_repr
+from rap_deploy.name_lists import short_repr, shortened, text_repr
 from rap_deploy.train.loop import BEST, LAST, SUMMARY, TrainOptions, train_rap
 
 # What a summary records of its options, compared when the run has no last.pt to compare (the zero-shot row).
@@ -122,24 +123,36 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _check_numbers(path: Path, summary: dict[str, Any]) -> None:
-    """Every number the table reads from a complete run's summary is finite and in range."""
+    """Every number the table reads from a complete run's summary is there, finite and in range: the best epoch's
+    t2v and v2t (and both directions of its two_stage when it has one), its offsets and their starting values (when
+    the model has ASA: non-empty, finite, of the same heads) and the trainable parameter count."""
     best = summary.get("best")
     if not isinstance(best, dict):
         raise damaged_run(path, "its 'best' epoch is not a JSON object")
-    for where, metrics in (("best", best), ("best.two_stage", best.get("two_stage", {}))):
+    for where, metrics in (("best", best), *((("best.two_stage", best["two_stage"]),) if "two_stage" in best else ())):
         if not isinstance(metrics, dict):
             raise damaged_run(path, f"'{where}' is not a JSON object")
         for direction in ("t2v", "v2t"):
-            if direction in metrics:
-                _check_recalls(path, f"{where}.{direction}", metrics[direction])
+            _check_recalls(path, f"{where}.{direction}", metrics.get(direction))
     pair = (("best.offsets", best.get("offsets")), ("offsets_initial", summary.get("offsets_initial")))
     for where, offsets in pair:
-        if offsets:
-            if not isinstance(offsets, dict) or not all(_finite_numbers(offsets.get(k)) for k in ("gamma", "delta")):
-                raise damaged_run(path, f"'{where}' does not hold finite gamma and delta offsets")
-    if all(offsets for _, offsets in pair) and not all(
+        if offsets is not None and not _offsets_ok(offsets):
+            raise damaged_run(path, f"'{where}' does not hold finite gamma and delta offsets of at least one head")
+    if all(offsets is not None for _, offsets in pair) and not all(
             _same_shape(pair[0][1][k], pair[1][1][k]) for k in ("gamma", "delta")):
         raise damaged_run(path, "'best.offsets' and 'offsets_initial' do not hold the same heads")
+    params = summary.get("trainable_params")
+    if isinstance(params, bool) or not isinstance(params, int) or params < 0:
+        raise damaged_run(path, f"its trainable_params {short_repr(params)} is not an integer >= 0")
+
+
+def _offsets_ok(offsets: Any) -> bool:
+    """True for ``{"gamma": ..., "delta": ...}`` holding finite numbers, at least one of each."""
+    import numpy as np
+
+    return isinstance(offsets, dict) and all(
+        _finite_numbers(offsets.get(k)) and isinstance(offsets.get(k), list) and _same_shape(offsets[k], offsets[k])
+        and np.asarray(offsets[k], dtype=np.float64).size > 0 for k in ("gamma", "delta"))
 
 
 def _same_shape(a: Any, b: Any) -> bool:
@@ -153,6 +166,8 @@ def _same_shape(a: Any, b: Any) -> bool:
 
 
 def _check_recalls(path: Path, where: str, metrics: Any) -> None:
+    if metrics is None:
+        raise damaged_run(path, f"it has no '{where}' metrics")
     if not recalls_ok(metrics):
         raise damaged_run(path, f"'{where}' does not hold R1, R5, R10 in [0, 100] and a finite MnR >= 1")
 
@@ -180,35 +195,91 @@ def check_same_recipe(run_dir: Path, summary: dict[str, Any] | None, options: Tr
     backbone than ``options``: reading it back (or resuming it) would put it in the wrong table.
 
     A run with a ``last.pt`` is compared on every option it stored there, the model's sizes as built
-    (:func:`~rap_deploy.train.run_state.option_mismatch`); a finished run without one, on the options its ``best.pt``
-    stored. Its summary is compared on what it records (epoch count, batch size, variant, pre-trained backbone,
-    selection loss weight, 0 in summaries written before the weight was; and without stored options, the LoRM
-    multiplier of a run that trained). The backbone file's sha256 must still be the one the run's checkpoint
-    recorded; a weights file of that sha256 at another path (the world folder moved) is the same backbone. Raises
-    :class:`CheckFailedError` when ``best.pt`` stored options that are not valid."""
+    (:func:`~rap_deploy.train.run_state.option_mismatch`); a finished run, also on the options its ``best.pt``
+    stored (a finished run without ``best.pt`` is damaged). Its summary is compared on what it records (epoch count,
+    batch size, variant, pre-trained backbone, selection loss weight, 0 in summaries written before the weight was;
+    and without stored options, the LoRM multiplier of a run that trained). The backbone file's sha256 must still
+    be the one the run's checkpoint recorded; a weights file of that sha256 at another path (the world folder moved)
+    is the same backbone. Raises :class:`CheckFailedError` when the run is damaged: ``best.pt`` stored options that
+    are not valid, or a finished run's summary is not what its checkpoints hold (:func:`_check_finished`)."""
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.train.run_state import option_mismatch, stored_run
 
     last, best = run_dir / LAST, run_dir / BEST
-    mismatch, ckpt, stored = None, None, None
+    complete = summary is not None and bool(summary.get("complete"))
+    if complete and not best.is_file():
+        raise damaged_run(run_dir / SUMMARY, f"it says the run finished, but the folder has no {BEST}")
+    stored_runs, state = [], None  # (checkpoint, its stored options) of last.pt, then of a finished run's best.pt
     if last.is_file():
-        ckpt, stored, _ = run_checkpoint(last, stored_run)
-    elif summary is not None and summary.get("complete") and best.is_file():
-        ckpt = run_checkpoint(best, load_checkpoint)  # a finished run kept without its last.pt: best.pt stored them
-        stored = _best_options(best, ckpt)
-    if ckpt is not None:
-        options = _same_backbone_as_recorded(options, ckpt.backbone, summary, stored)
-    if stored is not None:
-        mismatch = option_mismatch(stored, ckpt.config, options.to_dict())
-    if summary is not None and mismatch is None:
-        keys = SUMMARY_OPTIONS + (("lorm_lr_mult",) if stored is None and summary.get("epochs") else ())
-        mismatch = _summary_mismatch(summary, options, keys)
+        ckpt, stored, state = run_checkpoint(last, stored_run)
+        stored_runs.append((ckpt, stored))
+    if complete:
+        ckpt = run_checkpoint(best, load_checkpoint)  # loaded once: its options here, its metrics below
+        stored_runs.append((ckpt, _best_options(best, ckpt)))
+    each = [_same_backbone_as_recorded(options, ckpt.backbone, summary, stored) for ckpt, stored in stored_runs]
+    for (ckpt, stored), same in zip(stored_runs, each, strict=True):
+        if stored is not None:
+            _refuse_mismatch(run_dir, option_mismatch(stored, ckpt.config, same.to_dict()))
+    wanted = each[0] if each else options  # the summary and backbone file: as the first checkpoint recorded them
+    if summary is not None:
+        keys = SUMMARY_OPTIONS + (("lorm_lr_mult",) if not any(s for _, s in stored_runs) and summary.get("epochs")
+                                  else ())
+        _refuse_mismatch(run_dir, _summary_mismatch(summary, wanted, keys))
+    if stored_runs:
+        _check_backbone(run_dir, stored_runs[0][0].backbone, wanted)
+    if complete:
+        _check_finished(run_dir, summary, stored_runs[-1][0], state, stored_runs[0][1])
+
+
+def _refuse_mismatch(run_dir: Path, mismatch: tuple[str, Any, Any] | None) -> None:
+    """Raise :class:`UsageError` naming the option in which the run in ``run_dir`` differs (none: nothing)."""
     if mismatch is not None:
         key, have, wanted = mismatch
         raise UsageError(f"{run_dir} holds a run trained with {key} = {text_repr(have)}, not {text_repr(wanted)}: pass "
                          "--out with a new folder (or remove that run)")
-    if ckpt is not None:
-        _check_backbone(run_dir, ckpt.backbone, options)
+
+
+def _check_finished(run_dir: Path, summary: dict[str, Any], best: Any, state: dict[str, Any] | None,
+                    stored: TrainOptions | None) -> None:
+    """Raise :class:`CheckFailedError` unless a finished run's summary is what its checkpoints hold: its best epoch
+    and that epoch's metrics and offsets (t2v, v2t, two_stage, offsets) those ``best.pt`` (``best``) stored, its
+    starting offsets those of ``last.pt``'s training ``state``, and ``last.pt`` (when kept) at the run's last epoch:
+    the table reads the summary, so an edited one (or one beside the checkpoints of a killed run) would enter it."""
+    path = run_dir / SUMMARY
+    if state is not None and stored is not None and state["epoch"] != stored.epochs:
+        raise damaged_run(path, f"it says the run finished its {stored.epochs} epochs, but its {LAST} holds epoch "
+                                f"{state['epoch']}")
+    held = best.extra.get("metrics") if isinstance(best.extra.get("metrics"), dict) else {}
+    said = summary.get("best") or {}
+    pairs = [("best_epoch", summary.get("best_epoch"), best.extra.get("epoch")),
+             ("best.epoch", said.get("epoch"), best.extra.get("epoch")),
+             *((f"best.{k}", said.get(k), held.get(k)) for k in ("t2v", "v2t", "two_stage", "offsets"))]
+    if state is not None and "offsets_initial" in state:
+        pairs.append(("offsets_initial", summary.get("offsets_initial"), state["offsets_initial"]))
+    for key, have, kept in pairs:
+        if _canonical(have) != _canonical(kept):
+            where = LAST if key == "offsets_initial" else BEST
+            key, have, kept = _difference(key, have, kept)
+            raise damaged_run(path, f"its {key} {short_repr(have)} is not what its {where} holds "
+                                    f"({short_repr(kept)})")
+
+
+def _difference(key: str, have: Any, kept: Any) -> tuple[str, Any, Any]:
+    """The first place where two different values differ: ``(dotted key, one value, the other)``, inside the
+    mappings both are (``best.t2v`` -> ``best.t2v.R1``)."""
+    if isinstance(have, dict) and isinstance(kept, dict):
+        for k in sorted(set(have) | set(kept), key=str):
+            if _canonical(have.get(k)) != _canonical(kept.get(k)):
+                return _difference(f"{key}.{k}", have.get(k), kept.get(k))
+    return key, have, kept
+
+
+def _canonical(value: Any) -> str:
+    """``value`` as JSON text with sorted keys: equal for the same plain data read from a checkpoint or from JSON
+    (tuples and lists alike; a NaN equals a NaN)."""
+    from rap_deploy.atomic import json_text
+
+    return json_text(value, indent=None, sort_keys=True, default=repr)
 
 
 def _same_backbone_as_recorded(options: TrainOptions, spec: Any, summary: dict[str, Any] | None,

@@ -1,9 +1,9 @@
 """Score a finished run's ``best.pt`` on a held-out split (:mod:`rap_deploy.data.synth_heldout`).
 
 The result is cached beside the checkpoint as ``<run>/<split tag>.json`` (``<split tag>-g<G>.json`` when scored in
-galleries of G videos, :mod:`rap_deploy.gallery_eval`) with the checkpoint's sha256 and the two-stage shortlist size
-``top_m``: a rerun of the ablation reads it back, and a checkpoint that changed, or another ``top_m``, is scored
-again.
+galleries of G videos, :mod:`rap_deploy.gallery_eval`) with the checkpoint's sha256, the split's record (with the
+sha256 of its files) and the two-stage shortlist size ``top_m``: a rerun of the ablation reads it back, and a
+checkpoint that changed, a split whose files changed, or another ``top_m``, is scored again.
 """
 
 from __future__ import annotations

@@ -142,12 +142,37 @@ def ablate(
 
 def _check_ablate_folders(root: Path, out: Path | None) -> Path:
     """The ablation's output folder (``out``, default ``root/ablation``), after refusing a ``--world`` or ``--out``
-    that is a file or cannot be written (exit 2): found before the world is prepared, not minutes later."""
+    that is a file or cannot be written, or an ``--out`` inside the world's own files (exit 2): found before the
+    world is prepared, not minutes later."""
     from rap_deploy.locks import check_writable_folder
 
     if root.exists() and not root.is_dir():
         raise UsageError(f"--world {root} is a file; pass a folder for the world (data, backbone, frame cache)")
+    if out is not None:
+        _refuse_out_in_world_files(root, out)
     return check_writable_folder(out or root / "ablation", "ablate", "ablation folder")
+
+
+# The world's folders that `ablate` reads and must find unchanged (prepare_world's dataset and caches; each held-out
+# split, heldout_folder's `heldout-<videos>`): runs written inside one change its files.
+_WORLD_FILES = ("data", "cache")
+_HELDOUT_PREFIX = "heldout-"
+
+
+def _refuse_out_in_world_files(root: Path, out: Path) -> None:
+    """Raise :class:`UsageError` (exit 2) when ``out`` is the world's dataset, cache or a held-out split folder, or
+    inside one: the next call would find the world's files changed (its dataset synthesised again). The world folder
+    itself is allowed (its runs go into folders of their own)."""
+    from rap_deploy.workspace import user_path
+
+    try:
+        parts = user_path(out, "--out").resolve().relative_to(root).parts
+    except ValueError:  # not inside the world
+        return
+    if parts and (parts[0] in _WORLD_FILES or parts[0].startswith(_HELDOUT_PREFIX)):
+        raise UsageError(f"--out {out} is inside the world's {root / parts[0]} folder, which `ablate` reads and must "
+                         "find unchanged (its runs would change the world's files); pass an --out outside it, e.g. "
+                         f"{root / 'ablation'} (the default)")
 
 
 def _ablation_rows(rows: str | None) -> list[str]:

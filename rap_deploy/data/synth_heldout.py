@@ -9,7 +9,9 @@ or test), nor its time reverse. Scoring ``best.pt`` there measures a run on vide
 chosen on.
 
 Layout: ``<folder>/data`` (MSR-VTT layout; only the test split is read), ``<folder>/cache`` (decoded frames) and
-``<folder>/heldout.json``, written last: a folder without it, or whose record does not match, is written again.
+``<folder>/heldout.json``, written last, with a sha256 of the dataset folder's files: a folder without it, whose
+record does not match, or whose files changed since (an edited caption, a replaced video) is written again. The
+record, digest included, is stored with each run's cached score, so a score of other split content is not read back.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rap_deploy.errors import UsageError
 
 HELDOUT_SEED_OFFSET = 1000
 RECORD = "heldout.json"
+CONTENT = "content_sha256"  # the record's digest of the split's files (split_digest)
 MAX_HELDOUT_VIDEOS = 5000
 # Generator settings a held-out split copies from its world's ``info`` block.
 _COPIED = ("size", "fps", "seconds", "distractors", "object_radius")
@@ -66,8 +69,9 @@ def _world_record(world_data: Path, videos: int) -> tuple[dict[str, Any], frozen
 
 
 def prepare_heldout(world_data: str | Path, folder: str | Path, videos: int, progress: bool = True) -> HeldoutSplit:
-    """Write (or reuse, when its record matches) the held-out split of ``videos`` test videos for the synthetic
-    world at ``world_data`` into ``folder``; returns it.
+    """Write (or reuse, when its record matches and its files are those it recorded, :func:`split_digest`) the
+    held-out split of ``videos`` test videos for the synthetic world at ``world_data`` into ``folder``; returns it,
+    its record holding the digest.
 
     Raises :class:`UsageError` for a video count outside 2..:data:`MAX_HELDOUT_VIDEOS` or a world folder that is not
     a synthetic dataset of this version.
@@ -80,13 +84,36 @@ def prepare_heldout(world_data: str | Path, folder: str | Path, videos: int, pro
     world_data, folder = Path(world_data), Path(folder)
     wanted, exclude = _world_record(world_data, videos)
     found = read_record(folder / RECORD)
-    if found != wanted:
-        # One training video is the generator's minimum; only the test split is ever read.
-        generate_synthetic_dataset(folder / "data", videos=videos + 1, test_videos=videos, seed=wanted["seed"],
-                                   size=wanted["size"], fps=wanted["fps"], seconds=wanted["seconds"],
-                                   distractors=wanted["distractors"], progress=progress, exclude=exclude)
-        write_json_atomic(folder / RECORD, wanted)
-    return HeldoutSplit(folder / "data", folder / "cache", wanted)
+    if found is not None and {k: v for k, v in found.items() if k != CONTENT} == wanted \
+            and found.get(CONTENT) == split_digest(folder / "data"):
+        return HeldoutSplit(folder / "data", folder / "cache", found)
+    # One training video is the generator's minimum; only the test split is ever read.
+    generate_synthetic_dataset(folder / "data", videos=videos + 1, test_videos=videos, seed=wanted["seed"],
+                               size=wanted["size"], fps=wanted["fps"], seconds=wanted["seconds"],
+                               distractors=wanted["distractors"], progress=progress, exclude=exclude)
+    record = {**wanted, CONTENT: split_digest(folder / "data")}
+    write_json_atomic(folder / RECORD, record)
+    return HeldoutSplit(folder / "data", folder / "cache", record)
+
+
+def split_digest(data: Path) -> str:
+    """A sha256 of the content of every file of the split's dataset folder ``data`` (its annotation files and videos,
+    each by its path in the folder; hidden names, locks and temporary files, left out; a file that cannot be read
+    counts as ``missing``). Each file is hashed once per process (:func:`~rap_deploy.data.cache.file_digest`)."""
+    import hashlib
+
+    from rap_deploy.data.cache import file_digest
+
+    digest = hashlib.sha256()
+    files = sorted(p for p in data.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(data).parts)) if data.is_dir() else []
+    for path in files:
+        try:
+            content = file_digest(path)
+        except OSError:
+            content = "missing"
+        digest.update(json.dumps([path.relative_to(data).as_posix(), content]).encode())
+    return digest.hexdigest()
 
 
 def read_record(path: Path, max_bytes: int = 1 << 20) -> dict[str, Any] | None:
