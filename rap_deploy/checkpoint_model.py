@@ -62,6 +62,8 @@ class Checkpoint:
         _check_same_architecture(where, self.backbone.clip, self.clip_model_cfg, clip_cfg)
         check_memory(clip_weight_bytes(clip_cfg), f"{where}: backbone {self.backbone.clip}",
                      "use a machine with more memory or a smaller --clip")
+        if self.backbone_state is not None:  # before load_clip builds (and randomly initialises) the whole model
+            _check_embedded_shapes(where, self.backbone.clip, self.backbone_state)
         spec, identity = (self.backbone, None) if self.backbone_state is not None \
             else _referenced_backbone(where, self.backbone)
         try:  # load_clip turns load_state_dict's and open_clip's RuntimeErrors into UsageError, naming every key
@@ -124,6 +126,26 @@ def _differing_keys(a: Any, b: Any, name: str = "") -> list[str]:
 # Which checkpoints name their backbone without its weights: train's by default (train/loop._source_checkpoint), init's
 # when asked; the checkpoint does not record which, so a refusal names both rather than a flag never typed
 REFERENCED_BY = "train stores a backbone by reference unless given --embed-backbone; init with --reference-backbone"
+
+
+def _check_embedded_shapes(where: str, clip: str, state: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckFailedError` when the embedded backbone weights ``state`` lack a tensor of open_clip model
+    ``clip``, hold one it does not have or one of another shape: compared with a build on the ``meta`` device (no
+    memory, no random init), so a small file naming a large CLIP is refused before that model is built. When that
+    build fails, nothing is said here: building the model names the reason."""
+    from rap_deploy.model.clip_loader import quiet_loading_logs, register_packaged_configs
+    from rap_deploy.model.weights_shapes import differences, model_shapes
+
+    register_packaged_configs()
+    try:
+        with quiet_loading_logs():
+            expected = model_shapes(clip)
+    except Exception:  # noqa: BLE001 - load_clip builds it again and words its failure
+        return
+    missing, unexpected, shapes = differences({k: list(v.shape) for k, v in state.items()}, expected)
+    if missing or unexpected or shapes:
+        raise CheckFailedError(f"{where}: embedded backbone weights do not fit {clip}: "
+                               f"{key_mismatch(missing, unexpected, shapes)}; the file is damaged or was edited")
 
 
 def _referenced_backbone(where: str, spec: BackboneSpec) -> tuple[BackboneSpec, tuple[int, ...] | None]:

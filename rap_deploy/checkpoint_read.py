@@ -23,7 +23,7 @@ from rap_deploy.config import RAPConfig
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES, metadata_object
 from rap_deploy.model.clip_loader import BackboneSpec
-from rap_deploy.name_lists import some_names
+from rap_deploy.name_lists import int_text, short_repr, some_names
 
 # The dtypes a stored weight may have: float32, as rapdeploy writes them, or another float that converts into the
 # model's float32 parameters. Complex, integer, bool and float8 tensors are no weights it wrote (load_state_dict would
@@ -51,9 +51,12 @@ def read_checkpoint(path: Path) -> Checkpoint:
             from rap_deploy.file_kinds import explain_load_error
 
             raise explain_load_error(path, exc) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise _foreign_payload(path, payload)
-    return _checkpoint_from_payload(path, payload)
+    try:  # a value nested thousands deep (lists in lists) exhausts Python's stack in any comparison or message
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise _foreign_payload(path, payload)
+        return _checkpoint_from_payload(path, payload)
+    except RecursionError:
+        raise _damaged(path, "it holds a value nested too deep to read (no rapdeploy writes one)") from None
 
 
 def _init_on(weights: Path) -> str:
@@ -198,7 +201,7 @@ def _tensor_dict(path: Path, value: Any, key: str, optional: bool) -> dict[str, 
                              "dict of tensors")
     for name, tensor in value.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise _damaged(path, f"'{key}' entry {name!r} is a {type(tensor).__name__}, not a tensor")
+            raise _damaged(path, f"'{key}' entry {short_repr(name, 80)} is a {type(tensor).__name__}, not a tensor")
         if tensor.dtype not in WEIGHT_DTYPES:
             raise _damaged(path, f"'{key}' entry {name[:80]!r} is a {str(tensor.dtype).removeprefix('torch.')} tensor, "
                                  "not floating-point weights")
@@ -223,9 +226,7 @@ def _not_dense(tensor: torch.Tensor) -> str | None:
 
 def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
     """Validate the payload's keys and types and build the :class:`Checkpoint` (CheckFailedError when damaged)."""
-    version = payload.get("format_version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise _damaged(path, f"format_version is {version!r}, not an integer")
+    version = _format_version(path, payload)
     if version > FORMAT_VERSION:
         from rap_deploy import __version__
 
@@ -241,7 +242,8 @@ def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
     backbone_state = _tensor_dict(path, payload.get("backbone_state"), "backbone_state", optional=True)
     b = payload["backbone"]
     if not isinstance(b.get("clip"), str) or b.get("kind") not in ("none", "tag", "file"):
-        raise _damaged(path, f"'backbone' needs a 'clip' name and a 'kind' of none, tag or file, got {b!r:.120}")
+        raise _damaged(path, "'backbone' needs a 'clip' name and a 'kind' of none, tag or file, got "
+                             f"{short_repr(b, 120)}")
     for key in ("value", "sha256"):
         if b.get(key) is not None and not isinstance(b[key], str):
             raise _damaged(path, f"'backbone' {key} is not a string")
@@ -259,10 +261,25 @@ def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
         raise CheckFailedError(f"checkpoint {path} has an invalid model config: {exc}; the file is damaged or was "
                                "edited") from None
     if config.clip != b["clip"]:
-        raise _damaged(path, f"its model config names CLIP {config.clip!r:.60} but its backbone is {b['clip']!r:.60}")
+        raise _damaged(path, f"its model config names CLIP {short_repr(config.clip, 60)} but its backbone is "
+                             f"{short_repr(b['clip'], 60)}")
     return Checkpoint(config=config, backbone=BackboneSpec(b["clip"], b["kind"], b.get("value"), b.get("sha256")),
                       clip_model_cfg=payload.get("clip_model_cfg") or {}, adapter_state=adapters,
                       backbone_state=backbone_state, extra=payload.get("extra") or {}, source=str(path))
+
+
+def _format_version(path: Path, payload: dict[str, Any]) -> int:
+    """The payload's ``format_version``; :func:`_damaged` (exit 1) when it is missing, no integer or below 1: every
+    rapdeploy since the first one has written it, as 1, so no checkpoint without it or with a lower one was ever
+    written by one."""
+    if "format_version" not in payload:
+        raise _damaged(path, "its format_version is missing")
+    version = payload["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _damaged(path, f"format_version is {short_repr(version)}, not an integer")
+    if version < 1:
+        raise _damaged(path, f"format_version is {int_text(version)}, below 1, which no rapdeploy writes")
+    return version
 
 
 def _unknown_settings(config: dict[str, Any]) -> list[str]:

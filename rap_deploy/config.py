@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rap_deploy.errors import UsageError
+from rap_deploy.name_lists import short_repr
 
 VARIANTS = ("rap", "rap_light")
 SELECTION_MODES = ("text", "saliency")
@@ -62,7 +63,7 @@ class PreprocessConfig:
         for name in ("mean", "std"):
             if name in d:
                 if not isinstance(d[name], (list, tuple)):
-                    raise UsageError(f"preprocess {name} must be a list of three numbers, got {d[name]!r}")
+                    raise UsageError(f"preprocess {name} must be a list of three numbers, got {short_repr(d[name])}")
                 d[name] = tuple(d[name])
         return cls(**d)
 
@@ -104,21 +105,21 @@ def _validate_preprocess(pre: Any) -> None:
     if not isinstance(pre, PreprocessConfig):
         raise UsageError(f"preprocess must be a preprocessing config, got {type(pre).__name__}")
     if isinstance(pre.image_size, bool) or not isinstance(pre.image_size, numbers.Integral):
-        raise UsageError(f"preprocess image_size must be an integer, got {pre.image_size!r}")
+        raise UsageError(f"preprocess image_size must be an integer, got {short_repr(pre.image_size)}")
     bounds.check_int(int(pre.image_size), "preprocess image_size", bounds.MIN_IMAGE_SIZE, bounds.MAX_IMAGE_SIZE)
     for name in ("mean", "std"):
         values = getattr(pre, name)
         if (len(values) != 3 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
                 or not all(_finite_float(v) for v in values)):
-            raise UsageError(f"preprocess {name} must be three finite numbers, got {list(values)!r:.120}")
+            raise UsageError(f"preprocess {name} must be three finite numbers, got {short_repr(list(values), 120)}")
     if not isinstance(pre.interpolation, str) or not isinstance(pre.antialias, bool):
         raise UsageError("preprocess interpolation must be a string and antialias true or false")
     if not isinstance(pre.resize_mode, str) or pre.resize_mode not in RESIZE_MODES:
         raise UsageError(f"preprocess resize_mode must be one of {', '.join(RESIZE_MODES)}, got "
-                         f"{str(pre.resize_mode)[:40]!r}")
+                         f"{short_repr(pre.resize_mode)}")
     if pre.interpolation.lower() not in INTERPOLATIONS:
         raise UsageError(f"preprocess interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
-                         f"{pre.interpolation[:40]!r}")
+                         f"{short_repr(pre.interpolation)}")
     if min(pre.std) < 1e-6:  # a std near 0 scales pixels past any float: training would only diverge
         raise UsageError(f"preprocess std must be >= 1e-6, got {list(pre.std)}")
 
@@ -187,14 +188,14 @@ class RAPConfig:
 
         for name in ("clip", "pretrained", "variant", "asa_selection"):
             if not isinstance(getattr(self, name), str):
-                raise UsageError(f"{name} must be a string, got {getattr(self, name)!r}")
+                raise UsageError(f"{name} must be a string, got {short_repr(getattr(self, name))}")
         for name in ("use_lorm", "use_asa", "quick_gelu"):
             if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise UsageError(f"{name} must be true or false, got {short_repr(getattr(self, name))}")
         if self.variant not in VARIANTS:
-            raise UsageError(f"variant '{self.variant}' is unknown; use one of {', '.join(VARIANTS)}")
+            raise UsageError(f"variant {short_repr(self.variant)} is unknown; use one of {', '.join(VARIANTS)}")
         if self.asa_selection not in SELECTION_MODES:
-            raise UsageError(f"ASA selection '{self.asa_selection}' is unknown; "
+            raise UsageError(f"ASA selection {short_repr(self.asa_selection)} is unknown; "
                              f"use one of {', '.join(SELECTION_MODES)}")
         limits = {"frames": bounds.MAX_FRAMES, "context_length": bounds.MAX_CONTEXT_LENGTH,
                   "lorm_rank": bounds.MAX_LORM_RANK, "asa_topk": bounds.MAX_ASA_TOPK,
@@ -202,7 +203,7 @@ class RAPConfig:
         for name, high in limits.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise UsageError(f"{name} must be an integer, got {value!r}")
+                raise UsageError(f"{name} must be an integer, got {short_repr(value)}")
             # a text needs its start and end tokens: a context of 1 was written by init, then failed every use
             bounds.check_int(int(value), name, 2 if name == "context_length" else 1, high)
         if self.asa_dim % self.asa_heads:

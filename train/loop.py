@@ -48,6 +48,10 @@ UPDATE_ONLY_OPTIONS = ("lr", "weight_decay", "offset_lr_mult", "lorm_lr_mult", "
                        "min_lr_ratio", "grad_clip")
 
 
+# Why an integer option has the lower bound it has, said when a value below it is refused.
+_INT_FIXES = {"batch_size": "the contrastive loss of a batch of one item is always 0: nothing would train"}
+
+
 @dataclass
 class TrainOptions:
     """Everything that defines a training run (stored in ``last.pt`` so ``--resume`` can continue it).
@@ -116,14 +120,15 @@ class TrainOptions:
         :mod:`rap_deploy.bounds` included), before anything is built or allocated."""
         from rap_deploy import bounds
 
-        ints = {"batch_size": (1, bounds.MAX_BATCH_SIZE), "eval_every": (1, bounds.MAX_EPOCHS),
+        ints = {"batch_size": (2, bounds.MAX_BATCH_SIZE), "eval_every": (1, bounds.MAX_EPOCHS),
                 "top_m": (1, bounds.MAX_VIDEOS), "epochs": (0, bounds.MAX_EPOCHS), "num_workers": (0, 256),
                 "max_train_videos": (1, bounds.MAX_VIDEOS), "max_test_videos": (1, bounds.MAX_VIDEOS),
                 "max_epochs_this_run": (1, bounds.MAX_EPOCHS), "seed": (0, bounds.MAX_SEED),
                 "frames": (1, bounds.MAX_FRAMES), "context_length": (2, bounds.MAX_CONTEXT_LENGTH)}
         for name, (low, high) in ints.items():
             if getattr(self, name) is not None:
-                bounds.check_int(getattr(self, name), f"--{name.replace('_', '-')}", low, high)
+                bounds.check_int(getattr(self, name), f"--{name.replace('_', '-')}", low, high,
+                                 fix=_INT_FIXES.get(name, ""))
         bounds.check_float(self.lr, "--lr", 0.0, bounds.MAX_LR, low_open=True)
         bounds.check_float(self.weight_decay, "--weight-decay", 0.0, 100.0)
         bounds.check_float(self.warmup, "--warmup", 0.0, float(bounds.MAX_STEPS))
@@ -431,7 +436,7 @@ def _resolve_run(options: TrainOptions | None, resume: str | Path | None, overri
     state built from it), else ``options`` (with ``out`` set to ``resume`` when given; model and state None).
     Raises :class:`UsageError` when there is nothing to train, when ``options.out`` is not ``resume`` (the folder
     the caller locked would not be the one written), and for a new run whose folder holds a run's ``last.pt``
-    (starting again there would replace a run that ``resume`` continues)."""
+    (starting again there would replace a run that ``resume`` continues) or, without it, the run's other files."""
     from rap_deploy.train.run_state import load_resume
 
     template = model = state = None
@@ -449,7 +454,20 @@ def _resolve_run(options: TrainOptions | None, resume: str | Path | None, overri
                          "start a new run")
     if options is None:
         raise UsageError("nothing to train: pass the training options or a run folder to resume")
+    if state is None:
+        _refuse_run_files(Path(options.out))
     return options, template, model, state
+
+
+def _refuse_run_files(out: Path) -> None:
+    """Raise :class:`UsageError` when the folder a new run would write holds a run's ``best.pt``, ``metrics.jsonl``
+    or ``summary.json`` without its ``last.pt`` (removed to save space once the run finished): the new run would
+    replace them, silently. (A run writes ``last.pt`` before the others, so no killed run leaves them alone.)"""
+    found = [name for name in (BEST, METRICS, SUMMARY) if (out / name).exists()]
+    if found:
+        raise UsageError(f"--out {out} holds a training run already ({', '.join(found)}; no {LAST} to resume it "
+                         "from); pass another --out, or move those files away (or remove that run's folder) to "
+                         "start a new run there")
 
 
 def _check_paragraph_protocol(options: TrainOptions, config: Any) -> None:

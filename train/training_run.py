@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.name_lists import short_repr
 from rap_deploy.train import distributed as D
 from rap_deploy.train.batches import TrainingItems, check_readable, collate_items, epoch_batches, items_per_epoch
 from rap_deploy.train.loop import (
@@ -98,6 +99,10 @@ class TrainingRun:
             raise UsageError(f"an epoch holds {per_epoch} training item(s) ({options.epoch_unit}s), fewer than the "
                              f"{ctx.world_size} processes: a step needs one per process; train with fewer processes "
                              "or more training videos")
+        if per_epoch < 2 and options.epochs > 0:  # the contrastive loss of one item is 0: no step would train
+            raise UsageError(f"an epoch holds {per_epoch} training item ({options.epoch_unit}s), and the contrastive "
+                             "loss of a batch of one is always 0: nothing would train; train on more videos (raise "
+                             "--max-train-videos or add videos to the training split)")
         batch = options.batch_size
         if per_epoch < batch:
             batch = max(ctx.world_size, per_epoch - per_epoch % ctx.world_size)
@@ -105,7 +110,7 @@ class TrainingRun:
                            f"epoch; using {batch}[/]")
         _check_batch_splits(batch, ctx, f"--batch-size {batch} (the global batch)",
                             "pass another --batch-size or process count")
-        self.batch = batch
+        self.batch, self.per_epoch = batch, per_epoch
         self.steps_per_epoch = per_epoch // batch
         self.total_steps = options.epochs * self.steps_per_epoch
 
@@ -114,6 +119,9 @@ class TrainingRun:
         state = self.state
         if state is not None:
             check_same_data(state.get("data"), self.data_id, self.options)
+            mismatch = schedule_mismatch(state, self.options, self.per_epoch)
+            if mismatch is not None:
+                raise self.state_does_not_fit(mismatch)
             self.load_optimizer_state(state)
             self.epoch0, self.step = int(state["epoch"]), int(state["step"])
             self.total_steps = int(state["total_steps"])
@@ -143,14 +151,21 @@ class TrainingRun:
         """Optimizer, gradient scaler and random generators as ``state`` stored them; :class:`CheckFailedError` when
         they do not fit this model and this torch (the types were checked by ``stored_run``)."""
         try:
+            mismatch = optimizer_mismatch(state["optimizer"], self.optimizer)
+            if mismatch is not None:
+                raise self.state_does_not_fit(mismatch)
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scaler.is_enabled() and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             restore_rng_state(state["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise CheckFailedError(f"{self.run_dir / LAST}: its training state does not fit the run "
-                                   f"({str(exc).splitlines()[0][:160]}); the file is damaged or was edited: start "
-                                   "the run again without --resume") from None
+            raise self.state_does_not_fit(str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__) \
+                from None
+
+    def state_does_not_fit(self, what: str) -> CheckFailedError:
+        """The error (exit 1) for a ``last.pt`` whose training state does not fit this run: ``what`` says how."""
+        return CheckFailedError(f"{self.run_dir / LAST}: its training state does not fit the run ({what}); the file "
+                                "is damaged or was edited: start the run again without --resume")
 
     def announce(self) -> None:
         """One line: what is trained on what, with how many parameters and steps."""
@@ -340,6 +355,69 @@ def _check_same_data_on_every_rank(data_id: dict[str, Any], ctx: D.DistContext) 
                          f"process {other[0]} {describe_data(theirs)}{same} ({len(other)} of {len(seen)} processes "
                          "differ from process 0); every node must hold the same --data-root (check each with "
                          "`rapdeploy data-check`)")
+
+
+def schedule_mismatch(state: dict[str, Any], options: TrainOptions, per_epoch: int) -> str | None:
+    """How a stored ``train_state``'s global batch, steps per epoch or total steps differ from what the run's stored
+    ``options`` give on an epoch of ``per_epoch`` training items (:meth:`TrainingRun.prepare_data`), else ``None``.
+
+    The batch is ``--batch-size`` unless an epoch holds fewer items; then it was capped to at most ``per_epoch`` (by
+    the process count of the run that stored it, which a resumed run may not share, so any such cap is accepted).
+    """
+    batch = state["batch_size"]
+    if options.batch_size <= per_epoch and batch != options.batch_size:
+        return f"train_state.batch_size {batch} is not the run's --batch-size {options.batch_size}"
+    low = min(2, per_epoch)  # a capped batch is 2 or more: an epoch of one item only evaluates (--epochs 0)
+    if not low <= batch <= per_epoch:
+        return f"train_state.batch_size {batch} is not in [{low}, {per_epoch}] (the training items per epoch)"
+    steps = per_epoch // batch
+    if state["steps_per_epoch"] != steps:
+        return (f"train_state.steps_per_epoch {state['steps_per_epoch']} is not the {steps} steps of {batch} an epoch "
+                f"of {per_epoch} items makes")
+    if state["total_steps"] != options.epochs * steps:
+        return (f"train_state.total_steps {state['total_steps']} is not the {options.epochs * steps} steps of "
+                f"{options.epochs} epoch(s)")
+    return None
+
+
+def optimizer_mismatch(stored: dict[str, Any], optimizer: torch.optim.Optimizer) -> str | None:
+    """How a stored optimizer state does not fit ``optimizer``'s parameters (``load_state_dict`` checks only the
+    group sizes: a moment of another shape failed the first step with a size-mismatch traceback), else ``None``.
+
+    Every tensor of a parameter's state but its ``step`` must be a dense floating-point tensor of the parameter's
+    shape; ``step`` one number. Raises ``TypeError`` or ``KeyError`` for a state not laid out as torch writes it.
+    """
+    groups = stored["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+        return f"its optimizer state has {short_repr(len(groups) if isinstance(groups, list) else groups)} parameter " \
+               f"groups, the model {len(optimizer.param_groups)}"
+    params: dict[Any, torch.Tensor] = {}
+    for saved, group in zip(groups, optimizer.param_groups, strict=True):
+        if not isinstance(saved["params"], list) or len(saved["params"]) != len(group["params"]):
+            return "its optimizer state's parameter groups are not the model's"
+        params.update(zip(saved["params"], group["params"], strict=True))
+    for key, entry in dict(stored["state"]).items():
+        if key not in params or not isinstance(entry, dict):
+            return f"its optimizer state names parameter {short_repr(key)}, which the model does not have"
+        for name, value in entry.items():
+            wrong = _wrong_moment(value, params[key], name == "step")
+            if wrong:
+                return f"the optimizer's {short_repr(name)} of parameter {short_repr(key)} is {wrong}"
+    return None
+
+
+def _wrong_moment(value: Any, param: torch.Tensor, step: bool) -> str | None:
+    """What is wrong with one stored optimizer value for ``param`` (a step count when ``step``), else ``None``."""
+    if not isinstance(value, torch.Tensor):
+        ok = step and isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"a {type(value).__name__}, not a tensor"
+    if value.layout != torch.strided or value.is_meta or not value.is_floating_point():
+        return f"a {str(value.layout).removeprefix('torch.')} tensor of {str(value.dtype).removeprefix('torch.')}"
+    if step and value.numel() != 1:
+        return f"a tensor of shape {tuple(value.shape)}, not one number"
+    if not step and value.shape != param.shape:
+        return f"of shape {tuple(value.shape)}, the parameter's {tuple(param.shape)}"
+    return None
 
 
 def _check_batch_splits(batch: int, ctx: D.DistContext, what: str, fix: str) -> None:

@@ -61,7 +61,8 @@ def train(
                                     "run started in the same second took that name)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (default 5; 0 only evaluates the "
                                       "starting model)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size, split over processes "
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size (2 or more: the "
+                                          "contrastive loss compares the batch's items), split over processes "
                                           "(default 128)."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of AdamW (default 1e-3)."),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay on adapter matrices "
