@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +113,11 @@ class Steps:
     def _hashes(self, paths: Sequence[Path]) -> dict[str, str | None]:
         """sha256 of every file of ``paths`` (a folder: each file under it, hidden ones left out), by its path
         relative to the root; ``None`` for a path that does not exist."""
-        from rap_deploy.data.cache import file_digest
+        from rap_deploy.data.cache import file_digest, visible_files
 
         out: dict[str, str | None] = {}
         for path in paths:
-            files = list(_files(path)) if path.is_dir() else [path]
+            files = list(visible_files(path)) if path.is_dir() else [path]
             for f in files:
                 out[self._relative(f)] = file_digest(f) if f.is_file() else None
         return dict(sorted(out.items()))
@@ -145,13 +145,6 @@ def _changed(recorded: Any, now: dict[str, str | None]) -> str | None:
     if not isinstance(recorded, dict) or recorded.keys() != now.keys():
         return "the set of its files"
     return next((path for path, digest in now.items() if recorded[path] != digest), None)
-
-
-def _files(folder: Path) -> Iterator[Path]:
-    """The regular files under ``folder``, hidden names (locks, temporary files) left out."""
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
-            yield path
 
 
 def _read_records(root: Path, log: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], bool]:

@@ -38,6 +38,14 @@ STALE_TEMP_SECONDS = 300  # an unlocked temporary entry file this old was left b
 _DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
 
 
+def visible_files(folder: Path) -> Iterator[Path]:
+    """The regular files under ``folder``, in path order, hidden names (locks, temporary files) left out: what a
+    digest of a folder's content reads (the demo's step records, a held-out split's record)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            yield path
+
+
 def file_digest(path: str | Path) -> str:
     """Return the sha256 of ``path``'s content, memoised for this process on the path and the file's device, inode,
     size, modification and change times.

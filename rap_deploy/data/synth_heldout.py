@@ -102,12 +102,10 @@ def split_digest(data: Path) -> str:
     counts as ``missing``). Each file is hashed once per process (:func:`~rap_deploy.data.cache.file_digest`)."""
     import hashlib
 
-    from rap_deploy.data.cache import file_digest
+    from rap_deploy.data.cache import file_digest, visible_files
 
     digest = hashlib.sha256()
-    files = sorted(p for p in data.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(data).parts)) if data.is_dir() else []
-    for path in files:
+    for path in visible_files(data) if data.is_dir() else ():
         try:
             content = file_digest(path)
         except OSError:
