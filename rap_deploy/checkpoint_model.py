@@ -123,8 +123,8 @@ def _differing_keys(a: Any, b: Any, name: str = "") -> list[str]:
     return [] if a == b else [name or "the whole config"]
 
 
-# Which checkpoints name their backbone without its weights: train's by default (train/loop._source_checkpoint), init's
-# when asked; the checkpoint does not record which, so a refusal names both rather than a flag never typed
+# Which checkpoints name their backbone without its weights: train's by default (train/model_setup.source_checkpoint),
+# init's when asked; the checkpoint does not record which, so a refusal names both rather than a flag never typed
 REFERENCED_BY = "train stores a backbone by reference unless given --embed-backbone; init with --reference-backbone"
 
 
@@ -152,8 +152,9 @@ def _referenced_backbone(where: str, spec: BackboneSpec) -> tuple[BackboneSpec, 
     """``spec`` to load, once the backbone weights file a referencing checkpoint (:data:`REFERENCED_BY`) names is the
     file it was made with, and that file's identity from before it was hashed (load_clip refuses the file if it
     changes before the weights are loaded): :class:`UsageError` (exit 2), naming the checkpoint, when it is gone or
-    its sha256 differs. The check is made here, once (load_clip would hash the file again), with advice that keeps the
-    trained adapters."""
+    its sha256 differs (the file's own is not quoted: the path comes from an untrusted file, which could name any
+    file to learn its hash). The check is made here, once (load_clip would hash the file again), with advice that
+    keeps the trained adapters."""
     if spec.kind != "file" or not spec.value or not spec.sha256:
         return spec, None
     path = Path(spec.value)
@@ -165,10 +166,9 @@ def _referenced_backbone(where: str, spec: BackboneSpec) -> tuple[BackboneSpec, 
     if not path.is_file():
         return spec, None  # load_clip says what it is (a folder, FIFO or device)
     identity = file_identity(path)
-    actual = sha256_file(path)
-    if actual != spec.sha256:
-        raise UsageError(f"{where} references the backbone weights file {path}, which changed since (sha256 "
-                         f"{actual[:12]}…); its adapters were trained on the recorded weights: {keep}")
+    if sha256_file(path) != spec.sha256:  # its hash is not quoted: a checkpoint must not probe other files
+        raise UsageError(f"{where} references the backbone weights file {path}, which is not the file it was made "
+                         f"with (another sha256); its adapters were trained on the recorded weights: {keep}")
     return dataclasses.replace(spec, sha256=None), identity  # checked: load_clip need not hash it again
 
 

@@ -171,6 +171,15 @@ class RAPConfig:
         return self.variant == "rap" and self.use_asa
 
     @property
+    def adapters(self) -> str:
+        """The adapters the model has, in words (``LoRM + ASA``, ``LoRM only``, ``ASA only``, ``none (meanP)``):
+        ``variant`` alone does not say it, as ``rap`` with ``use_asa`` off is ``rap_light``'s model."""
+        parts = [name for name, has in (("LoRM", self.use_lorm), ("ASA", self.has_asa)) if has]
+        if not parts:
+            return "none (meanP)"
+        return " + ".join(parts) if len(parts) == 2 else f"{parts[0]} only"
+
+    @property
     def tokenizer(self) -> TokenizerConfig:
         return TokenizerConfig(context_length=self.context_length)
 

@@ -43,9 +43,9 @@ def lorm_modulation(model: RAPModel) -> dict[str, float] | None:
 
 
 def summarize(model: RAPModel, backbone: BackboneSpec) -> dict[str, Any]:
-    """JSON-able summary: ``variant``, ``clip``, ``frames``, ``trainable_params``, ``total_params``, the learned ASA
-    offsets (``asa_offsets``: γ, δ per head) and LoRM's distance from the identity (``lorm_modulation``), and
-    details."""
+    """JSON-able summary: ``variant``, ``adapters`` (:attr:`RAPConfig.adapters`), ``clip``, ``frames``,
+    ``trainable_params``, ``total_params``, the learned ASA offsets (``asa_offsets``: γ, δ per head) and LoRM's
+    distance from the identity (``lorm_modulation``), and details."""
     counts = model.parameter_counts()
     cfg = model.config
 
@@ -54,6 +54,7 @@ def summarize(model: RAPModel, backbone: BackboneSpec) -> dict[str, Any]:
 
     return {
         "variant": cfg.variant,
+        "adapters": cfg.adapters,
         "clip": cfg.clip,
         "frames": cfg.frames,
         "context_length": cfg.context_length,

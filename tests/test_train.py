@@ -301,11 +301,12 @@ def test_kill_and_resume_equals_straight_run(synth_root, frame_cache, tmp_path, 
 
 def test_short_run_moves_the_offsets_and_both_lorm_factors(synth_root, frame_cache, tmp_path):
     """LoRM's U (unit-scale init) and V (zero init) and the ASA offsets γ, δ all learn within a few steps."""
-    from rap_deploy.train.loop import _source_checkpoint, train_rap
+    from rap_deploy.train.loop import train_rap
+    from rap_deploy.train.model_setup import source_checkpoint
 
     options = _micro_options(synth_root, tmp_path / "run", frame_cache, max_train_videos=16, max_test_videos=4,
                              epochs=2, warmup=0)
-    start = {k: v.clone() for k, v in _source_checkpoint(options, 4, 32)[1].adapter_state_dict().items()}
+    start = {k: v.clone() for k, v in source_checkpoint(options, 4, 32)[1].adapter_state_dict().items()}
     summary = train_rap(options, progress=False)
     assert summary["steps"] == 4
     end = _adapters(tmp_path / "run" / "last.pt")
@@ -1226,24 +1227,25 @@ def test_paragraph_datasets_refuse_an_init_checkpoint_of_the_clip_defaults_unles
     import dataclasses
     from types import SimpleNamespace
 
-    from rap_deploy.train.loop import TrainOptions, _check_paragraph_protocol
+    from rap_deploy.train.loop import TrainOptions
+    from rap_deploy.train.model_setup import check_paragraph_protocol
 
     config = SimpleNamespace(clip="ViT-B-32", frames=12, context_length=32)
     base = TrainOptions(dataset="didemo", data_root="d", out="o", checkpoint="b32.pt")
     with pytest.raises(UsageError) as both:
-        _check_paragraph_protocol(base, config)
+        check_paragraph_protocol(base, config)
     assert str(both.value) == ("checkpoint b32.pt has frames 12 and context-length 32, but didemo's protocol uses 64 "
                                "and 64: create it with `rapdeploy init --clip ViT-B-32 --frames 64 --context-length 64 "
                                "...`, or pass --frames 12 --context-length 32 to train at the checkpoint's")
     with pytest.raises(UsageError) as one:
-        _check_paragraph_protocol(dataclasses.replace(base, frames=12), config)
+        check_paragraph_protocol(dataclasses.replace(base, frames=12), config)
     assert "has context-length 32, but" in str(one.value) and "pass --context-length 32 to" in str(one.value)
     assert "frames 12" not in str(one.value)
     with pytest.raises(UsageError, match="has frames 12, but didemo's protocol uses 64: .* pass --frames 12 to"):
-        _check_paragraph_protocol(dataclasses.replace(base, context_length=32), config)
-    _check_paragraph_protocol(dataclasses.replace(base, frames=12, context_length=32), config)  # said so
-    _check_paragraph_protocol(dataclasses.replace(base, dataset="msrvtt"), config)
-    _check_paragraph_protocol(base, SimpleNamespace(clip="ViT-B-32", frames=64, context_length=64))
+        check_paragraph_protocol(dataclasses.replace(base, context_length=32), config)
+    check_paragraph_protocol(dataclasses.replace(base, frames=12, context_length=32), config)  # said so
+    check_paragraph_protocol(dataclasses.replace(base, dataset="msrvtt"), config)
+    check_paragraph_protocol(base, SimpleNamespace(clip="ViT-B-32", frames=64, context_length=64))
 
 
 def test_training_data_none_of_which_decodes_is_a_damaged_dataset(synth_root, tmp_path):

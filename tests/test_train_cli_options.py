@@ -24,13 +24,26 @@ def _args(synth_root, cache, out, *extra: str) -> list[str]:
             str(cache), "--quiet", "--json", *extra]
 
 
+def _without_options(args: list[str], names: tuple[str, ...]) -> list[str]:
+    """``args`` without each option in ``names`` and the value after it."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
+
+
 def test_train_switches_reach_the_model_and_the_recipe(synth_root, tmp_path):
     runner = CliRunner()
     run = tmp_path / "run"
-    res = runner.invoke(app, _args(synth_root, tmp_path / "frames", run, "--epochs", "1", "--no-lorm", "--selection",
-                                   "saliency", "--freeze-offsets", "--offset-lr-mult", "3", "--eval-initial",
-                                   "--test-split", "train", "--amp", "off", "--weight-decay", "0.2", "--grad-clip",
-                                   "0.5"))
+    args = _args(synth_root, tmp_path / "frames", run, "--epochs", "1", "--no-lorm", "--selection", "saliency",
+                 "--freeze-offsets", "--offset-lr-mult", "3", "--eval-initial", "--test-split", "train", "--amp",
+                 "off", "--weight-decay", "0.2", "--grad-clip", "0.5")
+    res = runner.invoke(app, _without_options(args, ("--rank",)))  # LoRM's rank: refused with --no-lorm
     assert res.exit_code == 0, res.output
     last = load_checkpoint(run / "last.pt")
     assert (last.config.use_lorm, last.config.use_asa, last.config.asa_selection) == (False, True, "saliency")
@@ -47,7 +60,9 @@ def test_train_switches_reach_the_model_and_the_recipe(synth_root, tmp_path):
     assert all(r["t2v"]["queries"] == 30 and r["v2t"]["queries"] == 6 for r in rows), rows
 
     no_asa = tmp_path / "no_asa"
-    res = runner.invoke(app, _args(synth_root, tmp_path / "frames", no_asa, "--epochs", "0", "--no-asa"))
+    no_asa_args = _without_options(_args(synth_root, tmp_path / "frames", no_asa, "--epochs", "0", "--no-asa"),
+                                   ("--topk", "--heads", "--asa-dim", "--top-m"))  # ASA's options: refused here
+    res = runner.invoke(app, no_asa_args)
     assert res.exit_code == 0, res.output
     last = load_checkpoint(no_asa / "last.pt")
     assert (last.config.use_lorm, last.config.use_asa) == (True, False) and last.build_model().asa is None

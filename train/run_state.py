@@ -18,11 +18,11 @@ from rap_deploy.name_lists import short_repr, shortened, some_names
 from rap_deploy.train.loop import (
     BEST,
     LAST,
-    MODEL_OPTIONS,
     RESUMABLE_OVERRIDES,
     UPDATE_ONLY_OPTIONS,
     TrainOptions,
 )
+from rap_deploy.train.model_setup import MODEL_OPTIONS
 from rap_deploy.workspace import user_path
 
 

@@ -313,7 +313,8 @@ class TrainingRun:
         options, config, history = self.options, self.model.config, self.history
         done = history[-1]["epoch"] if history else self.epoch0
         summary = {
-            "run_dir": str(self.run_dir), "dataset": options.dataset, "variant": config.variant, "clip": config.clip,
+            "run_dir": str(self.run_dir), "dataset": options.dataset, "variant": config.variant,
+            "adapters": config.adapters, "clip": config.clip,
             "pretrained": options.pretrained, "epochs": options.epochs, "epochs_done": done,
             "selection_loss_weight": options.selection_loss_weight, "lorm_lr_mult": options.lorm_lr_mult,
             "complete": done >= options.epochs,

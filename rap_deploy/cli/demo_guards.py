@@ -32,7 +32,7 @@ def check_demo_model(init_ckpt: Path, config: Any, out: Path) -> None:
         return
     from rap_deploy.checkpoint import load_checkpoint
     from rap_deploy.errors import RapDeployError
-    from rap_deploy.train.loop import MODEL_OPTIONS
+    from rap_deploy.train.model_setup import MODEL_OPTIONS
 
     try:
         have = load_checkpoint(init_ckpt).config

@@ -182,8 +182,8 @@ def _print_summary(summary: dict, json_out: bool, header: str | None) -> None:
     from rich.table import Table
 
     table = Table(title=header or "RAP model", show_header=False)
-    for key in ("variant", "clip", "backbone", "frames", "context_length", "trainable_params", "total_params",
-                "trainable_percent", "lorm_params", "asa_params"):
+    for key in ("variant", "adapters", "clip", "backbone", "frames", "context_length", "trainable_params",
+                "total_params", "trainable_percent", "lorm_params", "asa_params"):
         if key in summary:
             value = summary[key]
             table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))

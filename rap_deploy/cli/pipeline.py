@@ -217,13 +217,16 @@ def _not_to_resume(run_dir: Path, init_ckpt: Path) -> str | None:
     """Why the run in ``run_dir`` is not to be continued by the train step (None: it is, or there is none): it
     finished (the step is redone because its files changed, and resuming a finished run trains nothing), or it was
     killed while training on another backbone than ``init_ckpt`` holds (the world's backbone was pre-trained again
-    since, so the init step made ``init.pt`` again: resumed, the run would go on with the earlier one)."""
+    since, so the init step made ``init.pt`` again: resumed, the run would go on with the earlier one), or it stopped
+    unfinished and its ``last.pt`` was removed since (nothing to resume it from)."""
     from rap_deploy.checkpoint import load_checkpoint
 
     if finished_run(run_dir):
         return "a finished run whose files changed"
     if not (run_dir / RUN_LAST).is_file():
-        return None
+        left = [name for name in (RUN_BEST, RUN_METRICS, RUN_SUMMARY) if (run_dir / name).exists()]
+        # train refuses to start over them, with a fix (another --out) that is not the demo's
+        return f"an unfinished run without its {RUN_LAST} ({', '.join(left)}): it cannot be resumed" if left else None
     had, has = load_checkpoint(run_dir / RUN_LAST).backbone.sha256, load_checkpoint(init_ckpt).backbone.sha256
     if had != has:
         return f"a killed run on another backbone (sha256 {str(had)[:12]}…; {init_ckpt.name} holds {str(has)[:12]}…)"

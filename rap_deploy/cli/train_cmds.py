@@ -237,7 +237,9 @@ def _check_train_device(device: str | None) -> None:
 def _check_resume_folder(resume: Path | None) -> None:
     """Raise :class:`UsageError` when ``--resume`` names something other than a folder."""
     if resume is not None and not Path(resume).is_dir():
-        why = "it is a file" if Path(resume).exists() else "it does not exist"
+        from rap_deploy.safe_paths import absent
+
+        why = "it is a file" if Path(resume).exists() else f"it {absent(resume)}"
         raise UsageError(f"--resume {resume} is not a run folder ({why}); pass the --out folder of an earlier "
                          "`rapdeploy train`")
 
@@ -344,6 +346,15 @@ def _print_test_skipped(console: Any, summary: dict[str, Any]) -> None:
                   f"{escape(summary.get('test_split') or 'test')}` names why[/]")
 
 
+def _wall_words(summary: dict[str, Any]) -> str:
+    """The wall time, said as what it covers: ``train_seconds`` counts every epoch of the run, ``wall_seconds`` this
+    command only, which for a resumed run is less (a resumed run read as wall < training time looked wrong)."""
+    resumed = summary.get("resumed_after_epoch")
+    if resumed is None:
+        return f"{summary['wall_seconds']:.1f} s wall"
+    return f"all epochs; this command, resumed after epoch {resumed}, took {summary['wall_seconds']:.1f} s wall"
+
+
 def _print_train_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -364,10 +375,11 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
                       *(f"{v[k]:.1f}" for k in ("R1", "R5", "R10", "MnR")))
     console.print(table)
     skipped = summary.get("skipped_videos") or []
-    console.print(f"{summary['variant']} on {summary['clip']}: {summary['trainable_params']:,} trainable of "
-                  f"{summary['total_params']:,} parameters; {counted(summary['steps'], 'step')} of "
+    adapters = f" ({summary['adapters']})" if summary.get("adapters") else ""
+    console.print(f"{summary['variant']}{adapters} on {summary['clip']}: {summary['trainable_params']:,} trainable "
+                  f"of {summary['total_params']:,} parameters; {counted(summary['steps'], 'step')} of "
                   f"{summary['batch_size']} in {summary['train_seconds']:.1f} s of training "
-                  f"({summary['wall_seconds']:.1f} s wall), world size {summary['world_size']} on {summary['device']}; "
+                  f"({_wall_words(summary)}), world size {summary['world_size']} on {summary['device']}; "
                   f"{len(skipped)} undecodable training video(s) skipped"
                   + (": " + some_names([s["video_id"] for s in skipped], 10) if skipped else ""), markup=False)
     _print_test_skipped(console, summary)
@@ -393,6 +405,20 @@ def _refuse_existing_backbone(out: Path, force: bool) -> None:
     if out.exists() and not force:  # checkpoints and ablation runs name a backbone file by its path and sha256
         raise UsageError(f"--out {out} exists; pass --force to replace it (checkpoints made on it will then refuse "
                          "it: their recorded sha256 no longer matches), or another --out")
+
+
+def _check_stills_folder(data_root: Path | None) -> None:
+    """Refuse (:class:`UsageError`) a ``--data-root`` that is a file, or a path a symbolic link hides: the stills
+    cache is a folder in it (a missing folder is made)."""
+    if data_root is None or data_root.is_dir():
+        return
+    from rap_deploy.safe_paths import absent
+
+    if data_root.exists():
+        raise UsageError(f"--data-root {data_root} is a file; pass a folder (the stills are cached in FOLDER/stills/"
+                         "*.npz), or leave --data-root out to make them in memory")
+    if absent(data_root) != "does not exist":
+        raise UsageError(f"--data-root {data_root} {absent(data_root)}; pass a folder for the stills cache")
 
 
 @command("pretrain-backbone")
@@ -458,6 +484,7 @@ def pretrain_backbone(
                          "every token are the last of --epochs; pass at most that many")
     bounds.check_memory((train_stills + test_stills) * size * size * 3, f"{train_stills + test_stills:,} stills of "
                         f"{size}x{size} px", "pass fewer --train-stills/--test-stills or a smaller --size")
+    _check_stills_folder(data_root)
     out = out or subdir("cache", workspace) / "backbone" / f"{clip}.safetensors"
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; pass a file path such as {out / (clip + '.safetensors')}")
