@@ -72,6 +72,7 @@ from rap_deploy.engines.loader import is_remote
 from rap_deploy.engines.machine_load import LoadMonitor, loopback_server_pids
 from rap_deploy.errors import UsageError
 from rap_deploy.locks import check_writable_folder
+from rap_deploy.safe_paths import absent
 
 GRAPHS = ("video", "text", "asa", "search")
 UNITS = {"video": "videos/s", "text": "texts/s", "asa": "pairs/s", "search": "queries/s"}
@@ -219,7 +220,7 @@ def open_backends(engines: Sequence[str | os.PathLike[str]], checkpoint: str | o
     ckpt_path = resolve_reference(engine_paths[0], checkpoint).checkpoint if engine_paths else Path(checkpoint)
     if not ckpt_path.is_file():
         raise UsageError(f"checkpoint {ckpt_path} " + ("is a folder; pass the checkpoint file (best.pt)"
-                                                       if ckpt_path.is_dir() else "does not exist"))
+                                                       if ckpt_path.is_dir() else absent(ckpt_path)))
     loaded: list[tuple[str, Any]] = []
     try:
         for p in engine_paths:

@@ -16,6 +16,7 @@ from typing import Any
 
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.safe_paths import absent
 from rap_deploy.workspace import user_path
 
 #: Stands in a suggested command for an engine folder a message cannot name there (an untrusted path cut or escaped)
@@ -53,7 +54,7 @@ def resolve_engine(engine: str | os.PathLike[str] | None, workspace: str | os.Pa
     if engine is not None:
         path = user_path(engine, "--engine")
         if not path.exists():
-            raise UsageError(f"engine {path} does not exist; pass --engine with an engine folder from "
+            raise UsageError(f"engine {path} {absent(path)}; pass --engine with an engine folder from "
                              "`rapdeploy build-engine`" + (" (or a .pt checkpoint for the PyTorch engine)"
                                                            if checkpoints else " or an export folder"))
         _check_engine_file(path, checkpoints)
@@ -156,7 +157,7 @@ def resolve_reference(engine_path: Path, checkpoint: str | os.PathLike[str] | No
     if checkpoint is not None:
         path = user_path(checkpoint, "--checkpoint")
         if not path.is_file():
-            what = "is not a file" if path.exists() else "does not exist"
+            what = "is not a file" if path.exists() else absent(path)
             raise UsageError(f"reference checkpoint {path} {what}; pass --checkpoint with the .pt the engine "
                              "was exported from")
         return Reference(path, sha256_file(path), recorded.get("sha256"), "--checkpoint")

@@ -14,6 +14,7 @@ from rap_deploy.bounds import read_manifest_text
 from rap_deploy.engines.base import Engine
 from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES
+from rap_deploy.safe_paths import absent
 
 REMOTE_SCHEMES = ("http://", "https://")
 
@@ -82,7 +83,7 @@ def load_engine(path: str | os.PathLike[str], device: str | None = None, precisi
         kw = {k: v for k, v in (("query_block", query_block), ("video_block", video_block)) if v is not None}
         return TorchEngine(p, device=device or "cpu", precision=precision or "fp32", **kw)
     if not p.exists():
-        raise UsageError(f"{p} does not exist; pass an engine folder (rapdeploy build-engine), an export folder "
+        raise UsageError(f"{p} {absent(p)}; pass an engine folder (rapdeploy build-engine), an export folder "
                          "(rapdeploy export) or a checkpoint")
     if not p.is_dir() or not ((p / "manifest.json").is_file() or (p / "manifest.json").is_symlink()):
         raise UsageError(run_folder_advice(p) or f"{p} is not an engine folder, an export folder or a checkpoint "

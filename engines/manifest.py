@@ -33,6 +33,7 @@ from rap_deploy.atomic import sha256_file, write_json_atomic
 from rap_deploy.bounds import read_manifest_text
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.name_lists import short_repr
+from rap_deploy.safe_paths import absent
 
 FORMAT = "rapdeploy.engine"
 FORMAT_VERSION = 1
@@ -152,7 +153,8 @@ def read_manifest(engine_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and sanity-check an engine folder's manifest; raises :class:`UsageError` if it is not an engine folder."""
     d = Path(engine_dir)
     if not d.is_dir():
-        raise UsageError(f"engine folder {d} does not exist; build one with `rapdeploy build-engine`")
+        what = absent(d) if not d.exists() else "is not a folder"
+        raise UsageError(f"engine folder {d} {what}; build one with `rapdeploy build-engine`")
     path = d / MANIFEST
     if not path.is_file() and not path.is_symlink():
         raise UsageError(f"{d} has no {MANIFEST}: not an engine folder (or an interrupted build); rebuild it with "

@@ -36,6 +36,7 @@ from rap_deploy.engines.rebuild_commands import EXPORT_PLACEHOLDER, export_place
 from rap_deploy.errors import BackendUnavailableError, CheckFailedError, UsageError
 from rap_deploy.folder_swap import check_not_replaced, folder_identity
 from rap_deploy.graphs import graph_io
+from rap_deploy.safe_paths import absent
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # Why fp16 graphs are refused on the CPU (the engine here, a CPU instance in triton-repo): one sentence for all
@@ -176,7 +177,7 @@ def create_session(path: str | os.PathLike[str], provider: str = "CPUExecutionPr
     import onnxruntime as ort
 
     if not Path(path).is_file():
-        raise UsageError(f"ONNX graph {path} does not exist")
+        raise UsageError(f"ONNX graph {path} {absent(path) if not Path(path).exists() else 'is not a regular file'}")
     require_provider(provider)
     providers: list[Any] = [provider]
     if provider == "CUDAExecutionProvider":
@@ -313,7 +314,7 @@ class OrtEngine(Engine):
 
         path = Path(self.files[graph])
         if not path.is_file():
-            raise UsageError(f"ONNX graph {path} does not exist")  # as create_session says it
+            raise UsageError(f"ONNX graph {path} {absent(path) if not path.exists() else 'is not a regular file'}")
         fp16 = graph_facts(path, f"graph '{graph}'", path.parent)["fp16_tensors"]
         if fp16:
             raise UsageError(f"{graph} graph {path} holds {fp16} float16 tensors (an fp16 graph, labelled "

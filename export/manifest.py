@@ -15,6 +15,7 @@ from typing import Any
 from rap_deploy.atomic import sha256_file, write_json_atomic
 from rap_deploy.bounds import check_format_version, read_manifest_text
 from rap_deploy.errors import CheckFailedError, UsageError
+from rap_deploy.safe_paths import absent
 
 MANIFEST = "manifest.json"
 PARITY = "parity.json"
@@ -65,7 +66,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"ONNX file {path} does not exist")
+        raise UsageError(f"ONNX file {path} {absent(path) if not path.exists() else 'is not a regular file'}")
     props = graph_facts(path, "graph", path)["metadata"]  # CheckFailedError for a file that is not ONNX
     out: dict[str, Any] = {}
     try:
@@ -162,8 +163,8 @@ def _manifest_path(export_dir: Path) -> Path:
     if export_dir.exists() and not export_dir.is_dir():
         raise UsageError(f"{export_dir} is a file, not an export folder; pass the folder `rapdeploy export` wrote")
     if not export_dir.exists():
-        raise UsageError(f"export folder {export_dir} does not exist; pass the folder `rapdeploy export` wrote, or "
-                         f"write it with `rapdeploy export CKPT --out {export_dir}`")
+        raise UsageError(f"export folder {export_dir} {absent(export_dir)}; pass the folder `rapdeploy export` "
+                         f"wrote, or write it with `rapdeploy export CKPT --out {export_dir}`")
     if not path.is_file() and not path.is_symlink():
         if _holds_other_files(export_dir):  # export would refuse to write into it: its --out is no fix
             raise UsageError(f"{export_dir} is not an export folder (no {MANIFEST}, no .onnx graph); pass the folder "

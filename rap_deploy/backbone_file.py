@@ -15,6 +15,7 @@ import torch
 from rap_deploy.atomic import atomic_path
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.file_kinds import metadata_object
+from rap_deploy.safe_paths import absent
 
 
 def save_backbone(state_dict: dict[str, torch.Tensor], clip: str, path: str | Path,
@@ -38,7 +39,7 @@ def read_backbone_clip_name(path: str | Path) -> str | None:
     """
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"backbone file {path} does not exist; create it with `rapdeploy pretrain-backbone`")
+        raise UsageError(f"backbone file {path} {absent(path)}; create it with `rapdeploy pretrain-backbone`")
     if not path.is_file():
         raise UsageError(f"backbone file {path} is not a regular file (a folder, FIFO or device); pass the "
                          ".safetensors file from `rapdeploy pretrain-backbone`")

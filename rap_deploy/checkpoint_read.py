@@ -24,6 +24,7 @@ from rap_deploy.errors import CheckFailedError, RapDeployError, UsageError
 from rap_deploy.file_kinds import CHECKPOINT_SUFFIXES, metadata_object
 from rap_deploy.model.clip_loader import BackboneSpec
 from rap_deploy.name_lists import int_text, short_repr, some_names
+from rap_deploy.safe_paths import absent
 
 # The dtypes a stored weight may have: float32, as rapdeploy writes them, or another float that converts into the
 # model's float32 parameters. Complex, integer, bool and float8 tensors are no weights it wrote (load_state_dict would
@@ -87,7 +88,7 @@ def _foreign_payload(path: Path, payload: Any) -> UsageError:
 def _check_regular(path: Path) -> None:
     """Refuse a missing path, a folder or a FIFO/device before opening it (UsageError, exit 2)."""
     if not path.exists():
-        raise UsageError(f"checkpoint {path} does not exist; create one with `rapdeploy init` or `rapdeploy train`")
+        raise UsageError(f"checkpoint {path} {absent(path)}; create one with `rapdeploy init` or `rapdeploy train`")
     if path.is_dir():
         raise UsageError(f"checkpoint {path} {_checkpoint_in_folder(path)}")
     if not path.is_file():
@@ -247,6 +248,9 @@ def _checkpoint_from_payload(path: Path, payload: dict[str, Any]) -> Checkpoint:
     for key in ("value", "sha256"):
         if b.get(key) is not None and not isinstance(b[key], str):
             raise _damaged(path, f"'backbone' {key} is not a string")
+    if b["kind"] == "file" and backbone_state is None and not b.get("sha256"):  # nothing would tell it is that file
+        raise _damaged(path, "it references its backbone weights file by path alone, without the file's sha256 "
+                             "(rapdeploy records both)")
     if b["kind"] == "none" and backbone_state is None:  # load_clip would draw a new random backbone, silently
         raise _damaged(path, "its backbone is a random one (--pretrained none), which only the file holds, but its "
                              "'backbone_state' weights are missing")

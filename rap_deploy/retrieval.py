@@ -19,6 +19,7 @@ import numpy as np
 from rap_deploy.config import FrameSamplingConfig, RAPConfig
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors, video_outputs
 from rap_deploy.name_lists import PATH_CHARS, shortened, some_names
+from rap_deploy.safe_paths import absent
 from rap_deploy.tokenizer import tokenize
 
 
@@ -222,8 +223,9 @@ def missing_videos_hint(folder: str | os.PathLike[str]) -> str:
     """``": FOLDER does not exist; put the videos there ..."`` (or ``": FOLDER holds none of them; ..."`` when it
     exists): what to say when every video of a split is missing from the videos folder ``folder``."""
     if not Path(folder).is_dir():
-        return (f": {folder} does not exist; put the videos there (<video_id>.<ext>, any sub-folder) or pass the "
-                "--data-root that holds them")
+        what = absent(folder) if not Path(folder).exists() else "is not a folder"
+        return (f": {folder} {what}; put the videos there (<video_id>.<ext>, any sub-folder) or pass the --data-root "
+                "that holds them")
     return f": {folder} holds none of them; put them there or pass the --data-root that holds them"
 
 

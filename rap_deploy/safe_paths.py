@@ -22,6 +22,7 @@ Errors name the source file, the entry and what to do.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path, PurePosixPath
@@ -123,3 +124,23 @@ def is_inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> b
     """True when ``path`` resolves (symlinks followed) to ``folder`` itself or somewhere below it."""
     p, f = Path(path).resolve(), Path(folder).resolve()
     return p == f or f in p.parents
+
+
+def absent(path: str | os.PathLike[str]) -> str:
+    """Why ``path``, which :meth:`Path.exists` calls missing, is not there, worded to follow the path in a message:
+    ``does not exist``; for a path a symbolic link hides, ``is a symbolic link to TARGET, which does not exist`` or
+    ``cannot be reached: a symbolic link on its way leads back to itself`` (:meth:`Path.exists` says False for both,
+    and "does not exist" sent a user looking for a file that is there, behind a link). Raises nothing."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "cannot be reached: a symbolic link on its way leads back to itself"
+        if os.path.islink(path):
+            try:
+                return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+            except OSError:
+                pass
+    except ValueError:  # a NUL in the name
+        pass
+    return "does not exist"

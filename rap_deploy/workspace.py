@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 from rap_deploy.errors import UsageError
+from rap_deploy.safe_paths import absent
 
 DEFAULT_WORKSPACE = "rapdeploy-out"
 # The checkpoints `rapdeploy train` writes into every run folder: the selected epoch's and the last one's (with the
@@ -143,7 +144,7 @@ def _missing_data_root(path: Path, from_env: bool) -> str:
     (``--data-root``, or ``$RAPDEPLOY_DATA``, which a user may have forgotten setting) and how to fix it."""
     if path.is_file():
         return _data_root_is_a_file(path, from_env)
-    what = "is not a folder" if path.exists() else "does not exist"
+    what = "is not a folder" if path.exists() else absent(path)
     if from_env:
         return (f"dataset folder {path} (from RAPDEPLOY_DATA={os.environ.get('RAPDEPLOY_DATA')}) {what}; fix or "
                 "unset RAPDEPLOY_DATA, or pass --data-root pointing at the dataset")

@@ -36,3 +36,17 @@ def test_every_name_the_docs_place_in_a_file_is_defined_there():
     wrong = [f"{doc}: `{name}` in `{path}`" for doc, name, path in references
              if not (ROOT / path).is_file() or name not in _defined_names(ROOT / path)]
     assert not wrong, wrong
+
+
+def test_the_readme_s_synth_limits_are_the_code_s():
+    """The README quotes synth's `--test-videos` cap and the generator's distinct scenes as figures; they are
+    computed in the code (:func:`distinct_scene_keys`, :data:`TEST_SHARE_OF_SCENES`), so a change there must show
+    here rather than leave the README stale."""
+    from rap_deploy.data.synth import distinct_scene_keys
+    from rap_deploy.data.synth_dataset import TEST_SHARE_OF_SCENES
+
+    scenes = distinct_scene_keys()
+    assert TEST_SHARE_OF_SCENES == 0.5  # the README says "half"
+    most = int(scenes * TEST_SHARE_OF_SCENES)
+    said = f"`--test-videos` is at most {most:,}, half the generator's {scenes:,} distinct"
+    assert said in (ROOT / "README.md").read_text(encoding="utf-8")

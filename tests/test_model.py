@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import micro_config, randomize_adapters
 from typer.testing import CliRunner
 
+from rap_deploy.atomic import sha256_file
 from rap_deploy.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
 from rap_deploy.cli.app import app
 from rap_deploy.config import PRESETS
@@ -606,9 +607,10 @@ def test_a_moved_or_changed_referenced_backbone_names_the_checkpoint_and_keeps_t
     assert recorded in text and "pass an existing file" not in text
     state = {k: v + 0.5 if v.is_floating_point() else v for k, v in micro_model.clip.state_dict().items()}
     torch.save(state, weights)
-    with pytest.raises(UsageError, match=f"which changed since .*{recorded}") as info:
+    with pytest.raises(UsageError, match=f"which is not the file it was made with .*{recorded}") as info:
         load_checkpoint(path).build_model()
     assert "rapdeploy init" not in str(info.value)
+    assert sha256_file(weights)[:12] not in str(info.value)  # the file's own hash is not told
     (tmp_path / "moved.pt").replace(weights)
     assert load_checkpoint(path).build_model() is not None
 

@@ -37,6 +37,7 @@ from rap_deploy.data.cache import FrameCache
 from rap_deploy.data.folder_layout import check_dataset_layout
 from rap_deploy.data.video_files import StemFinder, msrvtt_video, video_folder_choice
 from rap_deploy.errors import UsageError
+from rap_deploy.safe_paths import absent
 from rap_deploy.workspace import user_path
 
 # Split names each reader accepts, and the file set they map to (CLIP4Clip: MSR-VTT validates on its test split,
@@ -159,7 +160,7 @@ def load_split(
         raise UsageError(f"{dataset} has no split '{split}'; use one of {', '.join(splits)}")
     root = user_path(data_root, "--data-root")
     if not root.is_dir():
-        what = "is not a folder" if root.exists() else "does not exist"
+        what = "is not a folder" if root.exists() else absent(root)
         raise UsageError(f"dataset folder {root} {what}; pass --data-root pointing at the {dataset} folder")
     _check_finished(root, dataset)
     check_dataset_layout(root, dataset)

@@ -28,6 +28,7 @@ from rap_deploy.config import FrameSamplingConfig
 from rap_deploy.errors import DamagedArtifactError, UsageError
 from rap_deploy.graphs import INDEX_DTYPES, rerank_tensors
 from rap_deploy.name_lists import PATH_CHARS, short_repr, shortened, some_names
+from rap_deploy.safe_paths import absent
 
 FORMAT = "rapdeploy.library"
 FORMAT_VERSION = 1
@@ -249,7 +250,7 @@ def find_library(library: str | os.PathLike[str] | None, workspace: str | os.Pat
         refuse_server_url(library, "--library", LIBRARY_URL_FIX)
         path = user_path(library, "--library")
         if not path.exists():
-            raise UsageError(f"library {path} does not exist; build one with `rapdeploy index --out "
+            raise UsageError(f"library {path} {absent(path)}; build one with `rapdeploy index --out "
                              f"{shlex.quote(str(path))}`")
         return path
     folder = subdir("index", workspace)
@@ -321,7 +322,7 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if root.exists() and not root.is_dir():
         raise UsageError(f"library folder {root} is not a folder; pass the --out folder of a `rapdeploy index`")
     if not root.is_dir():
-        raise UsageError(f"library folder {root} does not exist; build one with `rapdeploy index ... --out "
+        raise UsageError(f"library folder {root} {absent(root)}; build one with `rapdeploy index ... --out "
                          f"{shlex.quote(str(root))}`")
     if not path.is_file():
         raise UsageError(_no_manifest_message(root))

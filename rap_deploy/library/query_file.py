@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rap_deploy.errors import UsageError
+from rap_deploy.safe_paths import absent
 
 
 def read_queries(text: str | None, queries_file: Path | None) -> tuple[list[str], list[str] | None]:
@@ -19,7 +20,7 @@ def read_queries(text: str | None, queries_file: Path | None) -> tuple[list[str]
             raise UsageError('no query: rapdeploy search "a red circle moves to the left" (or --queries FILE)')
         return [text], None
     if not queries_file.is_file():
-        what = "is not a regular file (a folder, FIFO or device)" if queries_file.exists() else "does not exist"
+        what = "is not a regular file (a folder, FIFO or device)" if queries_file.exists() else absent(queries_file)
         raise UsageError(f"query file {queries_file} {what}; pass a text file with one query per line")
     _check_queries_file_size(queries_file)
     data = queries_file.read_bytes()

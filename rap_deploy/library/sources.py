@@ -18,6 +18,7 @@ from rap_deploy.data.datasets import VideoEntry
 from rap_deploy.data.video_files import VIDEO_EXTENSIONS
 from rap_deploy.errors import UsageError
 from rap_deploy.library.typed_urls import url_typed_as_path
+from rap_deploy.safe_paths import absent
 from rap_deploy.workspace import user_path
 
 
@@ -67,7 +68,7 @@ def folder_source(folder: str | os.PathLike[str]) -> VideoSource:
         raise UsageError(f"--videos {root} is a file, not a folder; pass the folder that holds your videos "
                          "(--videos DIR), or list single files with --list FILE (one path per line)")
     if not root.is_dir():
-        raise UsageError(f"video folder {root} does not exist; pass --videos DIR with your video files")
+        raise UsageError(f"video folder {root} {absent(root)}; pass --videos DIR with your video files")
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=_unlisted_folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -99,7 +100,7 @@ def list_source(list_file: str | os.PathLike[str]) -> VideoSource:
         raise UsageError(f"--list {path} is a folder, not a list file; pass --list FILE with one video path per "
                          "line, or index the folder's videos with --videos DIR")
     if not path.is_file():
-        what = "is not a regular file (a FIFO or device)" if path.exists() else "does not exist"
+        what = "is not a regular file (a FIFO or device)" if path.exists() else absent(path)
         raise UsageError(f"list file {path} {what}; pass --list FILE with one video path per line")
     videos, paths = [], []
     for number, line in _list_lines(path):

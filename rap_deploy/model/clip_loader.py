@@ -23,6 +23,7 @@ from rap_deploy.bounded_names import bounded_file_name
 from rap_deploy.errors import UsageError
 from rap_deploy.file_kinds import check_archive_expansion, is_rap_checkpoint, is_torchscript_archive, sniff
 from rap_deploy.name_lists import some_names
+from rap_deploy.safe_paths import absent
 from rap_deploy.workspace import user_path
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
@@ -73,7 +74,7 @@ class BackboneSpec:
             raise UsageError(f"backbone weights file {pretrained} is not a regular file (a folder, FIFO or device); "
                              f"{fix}")
         if looks_like_path(pretrained):
-            raise UsageError(f"backbone weights file {pretrained} does not exist; pass an existing file, an open_clip "
+            raise UsageError(f"backbone weights file {pretrained} {absent(path)}; pass an existing file, an open_clip "
                              "tag such as 'openai', or 'none'")
         tags = open_clip.list_pretrained_tags_by_model(clip)
         if pretrained not in tags:
@@ -277,7 +278,7 @@ def _check_weights_file(path: Path, clip: str) -> None:
     """Refuse a ``--pretrained`` path that is not a regular file, or an archive that would inflate past the memory
     available, before open_clip opens it (UsageError, exit 2)."""
     if not path.exists():
-        raise UsageError(f"backbone weights file {path} does not exist; pass an existing file, a tag or 'none'")
+        raise UsageError(f"backbone weights file {path} {absent(path)}; pass an existing file, a tag or 'none'")
     if not path.is_file():
         raise UsageError(f"backbone weights file {path} is not a regular file (a folder, FIFO or device)")
     if is_rap_checkpoint(path):  # open_clip would read its adapters as a CLIP's and fail on missing keys
