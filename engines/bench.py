@@ -219,8 +219,9 @@ def open_backends(engines: Sequence[str | os.PathLike[str]], checkpoint: str | o
         raise UsageError(f"--engine {repeated[0]} is given more than once; give each engine once")
     ckpt_path = resolve_reference(engine_paths[0], checkpoint).checkpoint if engine_paths else Path(checkpoint)
     if not ckpt_path.is_file():
-        raise UsageError(f"checkpoint {ckpt_path} " + ("is a folder; pass the checkpoint file (best.pt)"
-                                                       if ckpt_path.is_dir() else absent(ckpt_path)))
+        what = ("is a folder; pass the checkpoint file (best.pt)" if ckpt_path.is_dir()
+                else absent(ckpt_path) if not ckpt_path.exists() else "is not a regular file (a FIFO or device)")
+        raise UsageError(f"checkpoint {ckpt_path} {what}")
     loaded: list[tuple[str, Any]] = []
     try:
         for p in engine_paths:

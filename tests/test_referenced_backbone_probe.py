@@ -35,3 +35,35 @@ def test_info_never_tells_the_hash_or_bytes_of_a_file_a_checkpoint_names(micro_c
     assert no_hash.exit_code == 1, text
     assert "references its backbone weights file by path alone, without the file's sha256" in text, text
     assert sha256_file(secret)[:8] not in text and "root:x" not in text
+
+
+def test_options_name_only_the_part_they_act_on():
+    from rap_deploy.config import RAPConfig
+    from rap_deploy.errors import UsageError
+    from rap_deploy.train.option_use import check_options_apply
+
+    try:
+        check_options_apply(RAPConfig(use_asa=False, use_lorm=False), {"lorm_rank": 2})
+    except UsageError as exc:
+        assert "(LoRM; its adapters: none (meanP))" in str(exc), str(exc)
+    else:
+        raise AssertionError("--rank with --no-lorm was accepted")
+
+
+def test_bench_says_a_fifo_checkpoint_is_not_a_regular_file(tmp_path):
+    import os
+
+    fifo = tmp_path / "ff"
+    os.mkfifo(fifo)
+    res = CliRunner().invoke(app, ["bench", "--checkpoint", str(fifo)])
+    assert res.exit_code == 2 and "is not a regular file" in res.output and "does not exist" not in res.output, \
+        res.output
+
+
+def test_pretrain_backbone_refuses_a_stills_folder_under_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    under = str(tmp_path / "afile" / "sub")
+    res = CliRunner().invoke(app, ["pretrain-backbone", "--data-root", under, "--epochs", "1", "--train-stills", "4",
+                                   "--test-stills", "2", "--out", str(tmp_path / "b.safetensors")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "which is a file; pass a folder" in text and "--out" not in text, text

@@ -652,6 +652,9 @@ def test_resume_of_a_run_whose_backbone_file_holds_other_weights_names_both_fixe
     said = " ".join(refused.output.split())
     assert refused.exit_code == 2, (refused.exception, said)
     assert f"backbone weights file {backbone}, which holds other weights now" in said, said
+    from rap_deploy.atomic import sha256_file
+
+    assert sha256_file(backbone)[:12] not in said  # the file last.pt names: its own hash is never told
     assert f"the run was trained on the file of sha256 {sha[:12]}…; put it back at that path" in said, said
     assert f"`rapdeploy train --resume {run} --pretrained FILE` (the file of sha256 {sha[:12]}…)" in said, said
     resumed = runner.invoke(app, ["train", "--resume", str(run), "--pretrained", str(kept), "--quiet", "--json"])

@@ -33,4 +33,4 @@ def test_the_demo_trains_an_unfinished_run_without_last_pt_again(tmp_path):
     assert _not_to_resume(run_dir, tmp_path / "init.pt") is None  # an empty folder: nothing to say
     (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
     assert _not_to_resume(run_dir, tmp_path / "init.pt") == (
-        "an unfinished run without its last.pt (metrics.jsonl): it cannot be resumed")
+        "an unfinished run without its last.pt (metrics.jsonl), which cannot be resumed")

@@ -32,14 +32,19 @@ def unused_options(config: RAPConfig, given: Mapping[str, Any]) -> list[str]:
     return [option_text(name, given[name]) for name in unused]
 
 
+def _missing(config: RAPConfig) -> tuple[str, ...]:
+    """The parts a model of ``config`` lacks, as :func:`check_options_apply` names them."""
+    return tuple(part for part, has in (("an ASA head", config.has_asa), ("LoRM", config.use_lorm)) if not has)
+
+
 def check_options_apply(config: RAPConfig, given: Mapping[str, Any]) -> None:
     """Raise :class:`UsageError` naming every option in ``given`` that changes nothing for a model of ``config``
     (:func:`unused_options`), the part the model lacks, and the fix."""
     unused = unused_options(config, given)
     if not unused:
         return
-    lacks = " and ".join(part for part, has in (("an ASA head", config.has_asa), ("LoRM", config.use_lorm))
-                         if not has)
+    lacks = " and ".join(part for part, options in (("an ASA head", ASA_OPTIONS + ("use_asa",)), ("LoRM", LORM_OPTIONS))
+                         if any(given.get(name) is not None for name in options) and part in _missing(config))
     one = len(unused) == 1
     raise UsageError(f"{', '.join(unused)} {'acts' if one else 'act'} on a part this model lacks ({lacks}; its "
                      f"adapters: {config.adapters}): drop {'it' if one else 'them'}, or train a model with that part")

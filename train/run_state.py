@@ -112,10 +112,11 @@ def _check_backbone_unchanged(run_dir: Path, ckpt: Any) -> None:
     from rap_deploy.data.cache import file_digest
 
     spec = _referenced_file(ckpt)
-    if spec is None or not Path(spec.value).is_file() or (now := file_digest(spec.value)) == spec.sha256:
+    if spec is None or not Path(spec.value).is_file() or file_digest(spec.value) == spec.sha256:
         return
+    # the file's own hash is not quoted: the path comes from last.pt, which could name any file to learn its hash
     raise UsageError(f"{run_dir / LAST} references the backbone weights file {spec.value}, which holds other weights "
-                     f"now (sha256 {now[:12]}…): the run was trained on the file of sha256 {spec.sha256[:12]}…; put "
+                     f"now (another sha256): the run was trained on the file of sha256 {spec.sha256[:12]}…; put "
                      f"it back at that path, or pass it where it is now, {_resume_command(run_dir, spec)}") from None
 
 

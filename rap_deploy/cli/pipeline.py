@@ -226,7 +226,8 @@ def _not_to_resume(run_dir: Path, init_ckpt: Path) -> str | None:
     if not (run_dir / RUN_LAST).is_file():
         left = [name for name in (RUN_BEST, RUN_METRICS, RUN_SUMMARY) if (run_dir / name).exists()]
         # train refuses to start over them, with a fix (another --out) that is not the demo's
-        return f"an unfinished run without its {RUN_LAST} ({', '.join(left)}): it cannot be resumed" if left else None
+        return f"an unfinished run without its {RUN_LAST} ({', '.join(left)}), which cannot be resumed" \
+            if left else None
     had, has = load_checkpoint(run_dir / RUN_LAST).backbone.sha256, load_checkpoint(init_ckpt).backbone.sha256
     if had != has:
         return f"a killed run on another backbone (sha256 {str(had)[:12]}…; {init_ckpt.name} holds {str(has)[:12]}…)"

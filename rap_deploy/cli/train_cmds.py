@@ -419,6 +419,10 @@ def _check_stills_folder(data_root: Path | None) -> None:
                          "*.npz), or leave --data-root out to make them in memory")
     if absent(data_root) != "does not exist":
         raise UsageError(f"--data-root {data_root} {absent(data_root)}; pass a folder for the stills cache")
+    above = next((p for p in data_root.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # a folder cannot be made under a file
+        raise UsageError(f"--data-root {data_root} is under {above}, which is a file; pass a folder for the stills "
+                         "cache")
 
 
 @command("pretrain-backbone")
