@@ -19,7 +19,7 @@ from typing import Any
 
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.name_lists import short_repr, shortened, text_repr
-from rap_deploy.train.loop import BEST, LAST, METRICS, SUMMARY, TrainOptions, train_rap
+from rap_deploy.train.loop import BEST, LAST, SUMMARY, TrainOptions, finished_files, train_rap
 
 # What a summary records of its options, compared when the run has no last.pt to compare (the zero-shot row).
 SUMMARY_OPTIONS = ("epochs", "batch_size", "variant", "pretrained", "selection_loss_weight")
@@ -41,7 +41,7 @@ def run_one(options: TrainOptions, progress: bool) -> dict[str, Any]:
 def _refuse_unresumable(run_dir: Path) -> None:
     """Raise :class:`UsageError` for an unfinished run that lost its ``last.pt`` (removed by hand): train refuses to
     start again over its files with a fix that names ``train``'s own ``--out``, which is not ``ablate``'s."""
-    left = [name for name in (BEST, METRICS, SUMMARY) if (run_dir / name).exists()]
+    left = finished_files(run_dir)
     if left:
         raise UsageError(f"ablation run {run_dir} holds {', '.join(left)} but no {LAST}: it stopped before it "
                          f"finished and cannot be resumed; remove {run_dir} and the next `rapdeploy ablate` trains "

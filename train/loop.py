@@ -394,11 +394,18 @@ def _resolve_run(options: TrainOptions | None, resume: str | Path | None, overri
     return options, template, model, state
 
 
+def finished_files(run_dir: Path) -> list[str]:
+    """The names of the run files other than ``last.pt`` (``best.pt``, ``metrics.jsonl``, ``summary.json``) that
+    ``run_dir`` holds: with no ``last.pt`` beside them, a run that cannot be resumed and that a new run would
+    replace."""
+    return [name for name in (BEST, METRICS, SUMMARY) if (run_dir / name).exists()]
+
+
 def _refuse_run_files(out: Path) -> None:
     """Raise :class:`UsageError` when the folder a new run would write holds a run's ``best.pt``, ``metrics.jsonl``
     or ``summary.json`` without its ``last.pt`` (removed to save space once the run finished): the new run would
     replace them, silently. (A run writes ``last.pt`` before the others, so no killed run leaves them alone.)"""
-    found = [name for name in (BEST, METRICS, SUMMARY) if (out / name).exists()]
+    found = finished_files(out)
     if found:
         raise UsageError(f"--out {out} holds a training run already ({', '.join(found)}; no {LAST} to resume it "
                          "from); pass another --out, or move those files away (or remove that run's folder) to "

@@ -224,7 +224,9 @@ def _not_to_resume(run_dir: Path, init_ckpt: Path) -> str | None:
     if finished_run(run_dir):
         return "a finished run whose files changed"
     if not (run_dir / RUN_LAST).is_file():
-        left = [name for name in (RUN_BEST, RUN_METRICS, RUN_SUMMARY) if (run_dir / name).exists()]
+        from rap_deploy.train.loop import finished_files
+
+        left = finished_files(run_dir)
         # train refuses to start over them, with a fix (another --out) that is not the demo's
         return f"an unfinished run without its {RUN_LAST} ({', '.join(left)}), which cannot be resumed" \
             if left else None
