@@ -41,6 +41,9 @@ def test_options_of_a_missing_part_are_named_as_typed():
     assert str(refused.value) == ("--lorm-lr-mult 5.0 acts on a part this model lacks (LoRM; its adapters: ASA only): "
                                   "drop it, or train a model with that part")
     check_options_apply(RAPConfig(), given)
+    with pytest.raises(UsageError) as refused:  # --no-asa given too: the refusal still names only LoRM
+        check_options_apply(RAPConfig(use_asa=False, use_lorm=False), {"use_asa": False, "lorm_rank": 2})
+    assert "(LoRM; its adapters: none (meanP))" in str(refused.value)
 
 
 def test_train_refuses_asa_options_with_no_asa_before_writing(synth_root, tmp_path):
@@ -69,3 +72,40 @@ def test_info_and_the_run_summary_name_the_adapters(synth_root, tmp_path):
     assert info.exit_code == 0 and json.loads(info.stdout)["adapters"] == "LoRM only", info.output
     table = runner.invoke(app, ["info", str(out / "best.pt")])
     assert table.exit_code == 0 and "LoRM only" in table.output, table.output
+
+
+def _no_weights(*args, **kwargs):
+    raise AssertionError("weights were loaded before the options were checked")
+
+
+def test_the_refusal_comes_before_any_weights_load(synth_root, tmp_path, monkeypatch):
+    """With ``--clip ViT-B-32 --pretrained openai`` not in the cache, a download error hid the refusal (the model was
+    built first): the options are checked against the config alone."""
+    import rap_deploy.checkpoint as checkpoint_module
+
+    monkeypatch.setattr(checkpoint_module, "load_clip", _no_weights)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), "--clip",
+                                   "ViT-B-32", "--pretrained", "openai", "--no-lorm", "--rank", "2", "--out", str(out),
+                                   "--cache-dir", str(tmp_path / "frames"), "--quiet"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "--rank 2 acts on a part this model lacks (LoRM; its adapters: ASA only)" in text
+    assert not out.exists()
+
+
+def test_a_checkpoint_is_checked_before_its_model_is_built(synth_root, tmp_path, monkeypatch):
+    from rap_deploy.checkpoint_model import Checkpoint
+
+    runner = CliRunner()
+    ckpt = tmp_path / "no_asa.pt"
+    made = runner.invoke(app, ["init", "--clip", "rap-micro", "--pretrained", "none", "--frames", "4", "--no-asa",
+                               "--out", str(ckpt)])
+    assert made.exit_code == 0, made.output
+    monkeypatch.setattr(Checkpoint, "build_model", _no_weights)
+    res = runner.invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), "--checkpoint",
+                              str(ckpt), "--offset-lr-mult", "3", "--out", str(tmp_path / "run"), "--cache-dir",
+                              str(tmp_path / "frames"), "--quiet"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "--offset-lr-mult 3.0 acts on a part this model lacks (an ASA head; its adapters: LoRM only)" in text

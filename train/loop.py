@@ -340,14 +340,11 @@ def _train(options: TrainOptions, template: Any, model: torch.nn.Module | None, 
     """:func:`train_rap`'s run, in its (locked, cleaned) run folder; returns the summary. ``given`` (a new run's
     options as the user passed them) is checked against the model: one that acts on a part it lacks is refused."""
     from rap_deploy.train.model_setup import fresh_model
-    from rap_deploy.train.option_use import check_options_apply
     from rap_deploy.train.training_run import TrainingRun
 
     torch.manual_seed(options.seed)
     if model is None:
-        template, model = fresh_model(options)
-    if given:
-        check_options_apply(template.config, given)
+        template, model = fresh_model(options, given)
     run = TrainingRun(options, ctx, template, model, state, progress and ctx.is_main)
     run.prepare_model()
     run.prepare_data()

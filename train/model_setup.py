@@ -4,6 +4,7 @@ model, with the dataset's frame count and context length, and the refusals of op
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rap_deploy.errors import UsageError
@@ -16,16 +17,24 @@ MODEL_OPTIONS = ("variant", "use_lorm", "use_asa", "lorm_rank", "asa_topk", "asa
                  "frames", "context_length")
 
 
-def source_checkpoint(options: TrainOptions, frames: int, context_length: int):
-    """The checkpoint to fine-tune and its model: ``options.checkpoint``, or identity adapters on ``options.clip``."""
+def source_checkpoint(options: TrainOptions, frames: int, context_length: int,
+                      given: Mapping[str, Any] | None = None):
+    """The checkpoint to fine-tune and its model: ``options.checkpoint``, or identity adapters on ``options.clip``.
+
+    ``given`` (the options the user passed; see :func:`~rap_deploy.train.option_use.check_options_apply`) is checked
+    against the model's config before any weights are loaded or downloaded, so the refusal of an option that acts on
+    a missing part is not hidden by a download error and does not wait for a full CLIP to load. Raises
+    :class:`UsageError` for such options and for model options that conflict with ``options.checkpoint``."""
     from rap_deploy.checkpoint import load_checkpoint, new_checkpoint
     from rap_deploy.config import DEFAULT_CLIP, PreprocessConfig, RAPConfig
     from rap_deploy.model.clip_loader import BackboneSpec, clip_model_config
     from rap_deploy.model_summary import preset_changes_for
+    from rap_deploy.train.option_use import check_options_apply
 
     if options.checkpoint:
         ckpt = load_checkpoint(options.checkpoint)
         _check_model_options(options, ckpt.config, _preset_sizes(options.preset, ckpt.config.clip))
+        check_options_apply(ckpt.config, given or {})
         check_paragraph_protocol(options, ckpt.config)
         return ckpt, ckpt.build_model()
     clip = options.clip or DEFAULT_CLIP
@@ -45,6 +54,7 @@ def source_checkpoint(options: TrainOptions, frames: int, context_length: int):
     kw.update({name: getattr(options, name) for name in MODEL_OPTIONS if getattr(options, name) is not None})
     kw.update(frames=frames, context_length=context_length)
     config = defaults.replace(clip=clip, preprocess=PreprocessConfig(image_size=size), **kw)
+    check_options_apply(config, given or {})
     embed = options.embed_backbone if options.embed_backbone is not None else spec.kind == "none"
     return new_checkpoint(config, spec, embed_backbone=embed, seed=options.seed)
 
@@ -119,10 +129,12 @@ def _text_positions(clip: str) -> int:
     return int((clip_model_config(clip).get("text_cfg") or {}).get("context_length") or 77)
 
 
-def fresh_model(options: TrainOptions):
-    """Template checkpoint and model of a new run, with the dataset's frame count and context length by default."""
+def fresh_model(options: TrainOptions, given: Mapping[str, Any] | None = None):
+    """Template checkpoint and model of a new run, with the dataset's frame count and context length by default;
+    ``given`` is checked as in :func:`source_checkpoint` (before any weights load)."""
     from rap_deploy.data.datasets import dataset_defaults
 
     sampling, ctx_len = dataset_defaults(options.dataset)
     frames = sampling.max_frames if options.frames is None else options.frames
-    return source_checkpoint(options, frames, ctx_len if options.context_length is None else options.context_length)
+    return source_checkpoint(options, frames, ctx_len if options.context_length is None else options.context_length,
+                             given)

@@ -19,9 +19,8 @@ ASA_OPTIONS = ("asa_topk", "asa_heads", "asa_dim", "asa_selection", "freeze_offs
 LORM_OPTIONS = ("lorm_rank", "lorm_lr_mult")
 
 
-def unused_options(config: RAPConfig, given: Mapping[str, Any]) -> list[str]:
-    """The options in ``given`` (training-option field → value the user passed; unset ones absent or None) that
-    change nothing for a model of ``config``, as typed on the command line (``--topk 4``, ``--freeze-offsets``)."""
+def _unused_fields(config: RAPConfig, given: Mapping[str, Any]) -> list[str]:
+    """The training-option fields in ``given`` that change nothing for a model of ``config``."""
     unused = []
     if not config.has_asa:
         unused += [name for name in ASA_OPTIONS if given.get(name) is not None]
@@ -29,22 +28,24 @@ def unused_options(config: RAPConfig, given: Mapping[str, Any]) -> list[str]:
             unused.append("use_asa")
     if not config.use_lorm:
         unused += [name for name in LORM_OPTIONS if given.get(name) is not None]
-    return [option_text(name, given[name]) for name in unused]
+    return unused
 
 
-def _missing(config: RAPConfig) -> tuple[str, ...]:
-    """The parts a model of ``config`` lacks, as :func:`check_options_apply` names them."""
-    return tuple(part for part, has in (("an ASA head", config.has_asa), ("LoRM", config.use_lorm)) if not has)
+def unused_options(config: RAPConfig, given: Mapping[str, Any]) -> list[str]:
+    """The options in ``given`` (training-option field → value the user passed; unset ones absent or None) that
+    change nothing for a model of ``config``, as typed on the command line (``--topk 4``, ``--freeze-offsets``)."""
+    return [option_text(name, given[name]) for name in _unused_fields(config, given)]
 
 
 def check_options_apply(config: RAPConfig, given: Mapping[str, Any]) -> None:
     """Raise :class:`UsageError` naming every option in ``given`` that changes nothing for a model of ``config``
-    (:func:`unused_options`), the part the model lacks, and the fix."""
-    unused = unused_options(config, given)
+    (:func:`unused_options`), the part it acts on that the model lacks, and the fix."""
+    unused = _unused_fields(config, given)
     if not unused:
         return
     lacks = " and ".join(part for part, options in (("an ASA head", ASA_OPTIONS + ("use_asa",)), ("LoRM", LORM_OPTIONS))
-                         if any(given.get(name) is not None for name in options) and part in _missing(config))
+                         if set(options) & set(unused))
     one = len(unused) == 1
-    raise UsageError(f"{', '.join(unused)} {'acts' if one else 'act'} on a part this model lacks ({lacks}; its "
+    typed = ", ".join(option_text(name, given[name]) for name in unused)
+    raise UsageError(f"{typed} {'acts' if one else 'act'} on a part this model lacks ({lacks}; its "
                      f"adapters: {config.adapters}): drop {'it' if one else 'them'}, or train a model with that part")
