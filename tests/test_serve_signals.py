@@ -27,7 +27,7 @@ import urllib.parse
 
 import psutil
 import pytest
-from test_serve_stop_answers_cancelled import _read_answer
+from test_serve_stop_answers_cancelled import read_answer, stall_a_request
 
 from rap_deploy.engines.serving.loadtest import SpawnedServer
 
@@ -125,14 +125,8 @@ def test_a_second_ctrl_c_stops_serve_at_once_with_one_accurate_line(micro_ort_en
     s = SpawnedServer(["--engine", str(micro_ort_engines["fp32"]), "--threads", "1", "--no-library",
                        "--shutdown-timeout", "30"])
     u = urllib.parse.urlsplit(s.url)
-    stalled = socket.create_connection((u.hostname, u.port))
+    stalled = stall_a_request(s.url, 100, b'{"in')
     try:
-        stalled.sendall(b"POST /v2/models/text_encoder/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"in")
-        probe = socket.create_connection((u.hostname, u.port))  # the server has read the stalled request's head
-        probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        assert _read_answer(probe).startswith(b"HTTP/1.1 200")
-        probe.close()
         s.proc.send_signal(first)
         _wait_until(lambda: _refused(u.hostname, u.port), 10, f"serve kept listening after {first.name}", s.proc)
         second = time.monotonic()
@@ -142,7 +136,7 @@ def test_a_second_ctrl_c_stops_serve_at_once_with_one_accurate_line(micro_ort_en
         except subprocess.TimeoutExpired:
             code = None
         took = time.monotonic() - second
-        answer = _read_answer(stalled)
+        answer = read_answer(stalled)
     finally:
         stalled.close()
         s.stop()

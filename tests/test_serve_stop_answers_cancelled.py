@@ -17,7 +17,7 @@ import pytest
 from rap_deploy.engines.serving.loadtest import SpawnedServer
 
 
-def _read_answer(sock: socket.socket) -> bytes:
+def read_answer(sock: socket.socket) -> bytes:
     """Everything the server sends on ``sock`` until it closes the connection (30 s at most)."""
     sock.settimeout(30)
     data = b""
@@ -31,23 +31,34 @@ def _read_answer(sock: socket.socket) -> bytes:
         data += chunk
 
 
+def stall_a_request(url: str, content_length: int, body_start: bytes) -> socket.socket:
+    """A connection to the server at ``url`` holding an infer request whose body stops after ``body_start`` (of
+    ``content_length`` bytes announced), returned once the server has read its head: a /healthz probe sent after
+    it has been answered 200."""
+    u = urllib.parse.urlsplit(url)
+    stalled = socket.create_connection((u.hostname, u.port))
+    stalled.sendall(b"POST /v2/models/text_encoder/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (content_length, body_start))
+    try:
+        with socket.create_connection((u.hostname, u.port)) as probe:
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert read_answer(probe).startswith(b"HTTP/1.1 200")
+    except BaseException:
+        stalled.close()
+        raise
+    return stalled
+
+
 def test_a_request_cancelled_at_shutdown_gets_a_503_and_no_traceback(micro_ort_engines):
     """A client that sent half a request body and went quiet must not keep a SIGTERM'd server alive: after the
     graceful-shutdown timeout the request is cancelled and answered 503, the service closed, and serve exits 0
     (this test took over test_serving_server's SIGTERM-while-a-client-stalls test, which checked the exit only)."""
     s = SpawnedServer(["--engine", str(micro_ort_engines["fp32"]), "--threads", "1", "--no-library",
                        "--shutdown-timeout", "1"])
-    u = urllib.parse.urlsplit(s.url)
-    stalled = socket.create_connection((u.hostname, u.port))
+    stalled = stall_a_request(s.url, 1000, b"{")
     try:
-        stalled.sendall(b"POST /v2/models/text_encoder/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
-        probe = socket.create_connection((u.hostname, u.port))  # the server has read the stalled request's head
-        probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        assert _read_answer(probe).startswith(b"HTTP/1.1 200")
-        probe.close()
         s.proc.terminate()
-        answer = _read_answer(stalled)
+        answer = read_answer(stalled)
         try:
             code = s.proc.wait(120)
         except subprocess.TimeoutExpired:
