@@ -499,18 +499,18 @@ def test_pretrain_backbone_rechecks_its_out_under_the_lock(tmp_path, monkeypatch
     under the lock."""
     from typer.testing import CliRunner
 
-    from rap_deploy.cli import train_cmds
+    from rap_deploy.cli import backbone_cmds
     from rap_deploy.cli.app import app
     from rap_deploy.train import backbone
 
     out = tmp_path / "backbone.safetensors"
-    real_lock, trained = train_cmds.folder_lock, []
+    real_lock, trained = backbone_cmds.folder_lock, []
 
     def finished_meanwhile(target, *args, **kwargs):
         out.write_bytes(b"the other run's backbone")
         return real_lock(target, *args, **kwargs)
 
-    monkeypatch.setattr(train_cmds, "folder_lock", finished_meanwhile)
+    monkeypatch.setattr(backbone_cmds, "folder_lock", finished_meanwhile)
     monkeypatch.setattr(backbone, "pretrain_backbone", lambda *a, **k: trained.append(a) or {})
     res = CliRunner().invoke(app, ["pretrain-backbone", "--out", str(out), "--quiet"])
     assert res.exit_code == 2 and "exists; pass --force" in res.output, res.output

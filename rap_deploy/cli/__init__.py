@@ -16,11 +16,12 @@ from rap_deploy.cli import (
     library_cmds,  # noqa: F401  (registers index, search)
     model_cmds,  # noqa: F401  (registers init, info)
     serve_cmds,  # noqa: F401  (registers serve, triton-repo)
-    train_cmds,  # noqa: F401  (registers train, pretrain-backbone)
+    train_cmds,  # noqa: F401  (registers train)
 )
 from rap_deploy.cli.app import app
 
-# registers ablate, last: `rapdeploy --help` lists it after the pipeline's commands
+# registered after train, as `rapdeploy --help` has listed them: pretrain-backbone, then ablate last
+importlib.import_module("rap_deploy.cli.backbone_cmds")
 importlib.import_module("rap_deploy.cli.ablate_cmds")
 
 
