@@ -109,3 +109,6 @@ def test_a_checkpoint_is_checked_before_its_model_is_built(synth_root, tmp_path,
     text = " ".join(res.output.split())
     assert res.exit_code == 2, res.output
     assert "--offset-lr-mult 3.0 acts on a part this model lacks (an ASA head; its adapters: LoRM only)" in text
+    sized = runner.invoke(app, ["train", "--dataset", "msrvtt", "--data-root", str(synth_root), "--checkpoint",
+                                str(ckpt), "--selection", "saliency", "--out", str(tmp_path / "run"), "--quiet"])
+    assert "--selection saliency acts on a part this model lacks (an ASA head" in " ".join(sized.output.split())

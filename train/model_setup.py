@@ -33,8 +33,8 @@ def source_checkpoint(options: TrainOptions, frames: int, context_length: int,
 
     if options.checkpoint:
         ckpt = load_checkpoint(options.checkpoint)
+        check_options_apply(ckpt.config, given or {})  # first: "lacks an ASA head" says more than "conflicts"
         _check_model_options(options, ckpt.config, _preset_sizes(options.preset, ckpt.config.clip))
-        check_options_apply(ckpt.config, given or {})
         check_paragraph_protocol(options, ckpt.config)
         return ckpt, ckpt.build_model()
     clip = options.clip or DEFAULT_CLIP
