@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from rap_deploy.errors import UsageError
 
 if TYPE_CHECKING:
+    from rap_deploy.checkpoint_model import Checkpoint
+    from rap_deploy.model.rap import RAPModel
     from rap_deploy.train.loop import TrainOptions
 
 # Options that define the model when it is built from --clip (ignored with --checkpoint unless they conflict).
@@ -18,7 +20,7 @@ MODEL_OPTIONS = ("variant", "use_lorm", "use_asa", "lorm_rank", "asa_topk", "asa
 
 
 def source_checkpoint(options: TrainOptions, frames: int, context_length: int,
-                      given: Mapping[str, Any] | None = None):
+                      given: Mapping[str, Any] | None = None) -> tuple[Checkpoint, RAPModel]:
     """The checkpoint to fine-tune and its model: ``options.checkpoint``, or identity adapters on ``options.clip``.
 
     ``given`` (the options the user passed; see :func:`~rap_deploy.train.option_use.check_options_apply`) is checked
@@ -33,7 +35,7 @@ def source_checkpoint(options: TrainOptions, frames: int, context_length: int,
 
     if options.checkpoint:
         ckpt = load_checkpoint(options.checkpoint)
-        check_options_apply(ckpt.config, given or {})  # first: "lacks an ASA head" says more than "conflicts"
+        check_options_apply(ckpt.config, given)  # first: "lacks an ASA head" says more than "conflicts"
         _check_model_options(options, ckpt.config, _preset_sizes(options.preset, ckpt.config.clip))
         check_paragraph_protocol(options, ckpt.config)
         return ckpt, ckpt.build_model()
@@ -54,7 +56,7 @@ def source_checkpoint(options: TrainOptions, frames: int, context_length: int,
     kw.update({name: getattr(options, name) for name in MODEL_OPTIONS if getattr(options, name) is not None})
     kw.update(frames=frames, context_length=context_length)
     config = defaults.replace(clip=clip, preprocess=PreprocessConfig(image_size=size), **kw)
-    check_options_apply(config, given or {})
+    check_options_apply(config, given)
     embed = options.embed_backbone if options.embed_backbone is not None else spec.kind == "none"
     return new_checkpoint(config, spec, embed_backbone=embed, seed=options.seed)
 
@@ -129,7 +131,7 @@ def _text_positions(clip: str) -> int:
     return int((clip_model_config(clip).get("text_cfg") or {}).get("context_length") or 77)
 
 
-def fresh_model(options: TrainOptions, given: Mapping[str, Any] | None = None):
+def fresh_model(options: TrainOptions, given: Mapping[str, Any] | None = None) -> tuple[Checkpoint, RAPModel]:
     """Template checkpoint and model of a new run, with the dataset's frame count and context length by default;
     ``given`` is checked as in :func:`source_checkpoint` (before any weights load)."""
     from rap_deploy.data.datasets import dataset_defaults

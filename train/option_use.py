@@ -34,18 +34,24 @@ def _unused_fields(config: RAPConfig, given: Mapping[str, Any]) -> list[str]:
 def unused_options(config: RAPConfig, given: Mapping[str, Any]) -> list[str]:
     """The options in ``given`` (training-option field → value the user passed; unset ones absent or None) that
     change nothing for a model of ``config``, as typed on the command line (``--topk 4``, ``--freeze-offsets``)."""
-    return [option_text(name, given[name]) for name in _unused_fields(config, given)]
+    return _as_typed(_unused_fields(config, given), given)
 
 
-def check_options_apply(config: RAPConfig, given: Mapping[str, Any]) -> None:
-    """Raise :class:`UsageError` naming every option in ``given`` that changes nothing for a model of ``config``
-    (:func:`unused_options`), the part it acts on that the model lacks, and the fix."""
+def _as_typed(fields: list[str], given: Mapping[str, Any]) -> list[str]:
+    """``fields`` of ``given`` as typed on the command line."""
+    return [option_text(name, given[name]) for name in fields]
+
+
+def check_options_apply(config: RAPConfig, given: Mapping[str, Any] | None) -> None:
+    """Raise :class:`UsageError` naming every option in ``given`` (None: no options given) that changes nothing for
+    a model of ``config`` (:func:`unused_options`), the part it acts on that the model lacks, and the fix."""
+    given = given or {}
     unused = _unused_fields(config, given)
     if not unused:
         return
     lacks = " and ".join(part for part, options in (("an ASA head", ASA_OPTIONS + ("use_asa",)), ("LoRM", LORM_OPTIONS))
                          if set(options) & set(unused))
     one = len(unused) == 1
-    typed = ", ".join(option_text(name, given[name]) for name in unused)
+    typed = ", ".join(_as_typed(unused, given))
     raise UsageError(f"{typed} {'acts' if one else 'act'} on a part this model lacks ({lacks}; its "
                      f"adapters: {config.adapters}): drop {'it' if one else 'them'}, or train a model with that part")
