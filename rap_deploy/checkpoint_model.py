@@ -19,14 +19,9 @@ from rap_deploy.atomic import file_identity, sha256_file
 from rap_deploy.config import RAPConfig
 from rap_deploy.errors import CheckFailedError, UsageError
 from rap_deploy.file_kinds import CHECKPOINT_FORMAT
-from rap_deploy.model.clip_loader import (
-    BackboneSpec,
-    clip_model_config,
-    key_mismatch,
-    load_clip,
-    state_dict_mismatch,
-)
+from rap_deploy.model.clip_loader import BackboneSpec, clip_model_config, load_clip
 from rap_deploy.model.rap import RAPModel, topk_excess
+from rap_deploy.model.weights_errors import key_mismatch, state_dict_mismatch
 from rap_deploy.name_lists import some_names
 
 FORMAT = CHECKPOINT_FORMAT  # file_kinds.is_rap_checkpoint finds it in a file's bytes

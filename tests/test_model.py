@@ -847,7 +847,7 @@ def test_backbone_tensors_holding_nan_are_counted_and_named_whole(tmp_path, micr
 def test_a_long_load_error_is_cut_at_a_space_and_says_how_much_is_left_out(tmp_path):
     """A weights file's refusal quoted any other exception's text cut at 240 characters, mid-name; it is now cut at a
     space (no name shown in part) and says how many characters were left out."""
-    from rap_deploy.model.clip_loader import weights_file_error
+    from rap_deploy.model.weights_errors import weights_file_error
 
     names = [f"visual.transformer.resblocks.{i}.attn.in_proj_weight" for i in range(10)]
     error = weights_file_error(tmp_path / "w.pt", "rap-micro", ValueError(f"shape of {', '.join(names)} differs"))

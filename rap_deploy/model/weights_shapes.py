@@ -59,7 +59,8 @@ def model_shapes(clip: str) -> dict[str, list[int]]:
 def differences(file: dict[str, list[int]], model: dict[str, list[int]]
                 ) -> tuple[list[str], list[str], list[tuple[str, str, str]]]:
     """The model's names ``file`` lacks, the names it has that the model does not, and the tensors of another shape
-    (name, shape in the file, shape in the model), as :func:`~rap_deploy.model.clip_loader.key_mismatch` takes them."""
+    (name, shape in the file, shape in the model), as :func:`~rap_deploy.model.weights_errors.key_mismatch` takes
+    them."""
     missing = [k for k in model if k not in file]
     unexpected = [k for k in file if k not in model]
     shapes = [(k, str(file[k]), str(model[k])) for k in model if k in file and file[k] != model[k]]
