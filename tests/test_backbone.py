@@ -136,9 +136,10 @@ def test_caption_pairs_are_paraphrases_with_hard_variants():
 def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
     runner = CliRunner()
     out = tmp_path / "micro-backbone.safetensors"
-    result = runner.invoke(app, ["pretrain-backbone", "--data-root", str(tmp_path / "stills"), "--out", str(out),
-                                 "--clip", "rap-micro", "--size", "32", "--train-stills", "64", "--test-stills", "16",
-                                 "--epochs", "1", "--batch-size", "16", "--text-weight", "0.5", "--quiet", "--json"])
+    args = ["pretrain-backbone", "--data-root", str(tmp_path / "stills"), "--out", str(out), "--clip", "rap-micro",
+            "--size", "32", "--train-stills", "64", "--test-stills", "16", "--epochs", "1", "--batch-size", "16",
+            "--text-weight", "0.5", "--quiet", "--json"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["steps"] == 4 and info["clip"] == "rap-micro" and info["text_weight"] == 0.5  # the opt-in text loss
@@ -147,6 +148,14 @@ def test_pretrain_backbone_cli_writes_a_file_init_accepts(tmp_path):
     assert read_backbone_clip_name(out) == "rap-micro"
     assert read_backbone_info(out)["heldout"] == info["heldout"]
     assert len(list((tmp_path / "stills" / "stills").glob("*.npz"))) == 2  # train and held-out stills cached
+    # The file holds no wall or CPU seconds: pre-trained again with the same settings it is the same file, byte for
+    # byte. Four demo worlds' backbones had the same weights but four sha256s (their timings differed), and `ablate`,
+    # which knows a backbone by its sha256, would not read back one world's runs beside another's.
+    assert not {"seconds", "cpu_seconds", "data_seconds", "train_seconds"} & read_backbone_info(out).keys()
+    first = out.read_bytes()
+    again = runner.invoke(app, [*args, "--force"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["seconds"] > 0 and out.read_bytes() == first
 
     ckpt_path = tmp_path / "ckpt.pt"
     init = runner.invoke(app, ["init", "--backbone", str(out), "--frames", "4", "--topk", "4", "--heads", "2",

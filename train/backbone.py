@@ -194,8 +194,10 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     differ from selection by the frame's own saliency on videos with distractors.
 
     After training, the held-out metrics (:func:`heldout_metrics`, on ``n_test`` stills from another seed) are
-    computed and stored with the weights. Returns the info dict stored in the file (metrics, seconds, seed,
-    settings) plus ``out``.
+    computed and stored with the weights. Returns the info dict stored in the file (metrics, seed, settings) plus the
+    run's timings (``seconds``, ``cpu_seconds``, ``data_seconds``, ``train_seconds``) and ``out``. The timings stay
+    out of the file: the same settings on the same kernels write the same bytes, and runs know a backbone by its
+    sha256 (``ablate`` reads back runs of another world only when its backbone file is the same).
     Raises :class:`UsageError` for bad settings.
     """
     out = _checked_settings(out, n_train, n_test, epochs, batch_size, patch_keep, unmasked_epochs, position_twins)
@@ -217,9 +219,9 @@ def pretrain_backbone(out: str | Path, size: int = 64, n_train: int = 4000, n_te
     settings = {"clip": clip, "seed": seed, "size": size, "image_size": cfg.image_size, "n_train": n_train,
                 "n_test": n_test, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
                 "position_init": position_init, "distractors": distractors, "object_radius": dict(SIZE_RADIUS)}
-    info = _backbone_info(model, settings, schedule, recipe, losses, metrics, clock)
+    info = _backbone_info(model, settings, schedule, recipe, losses, metrics)
     _save(model, clip, out, info)
-    return {**info, "out": str(out)}
+    return {**info, **clock.totals(), "out": str(out)}
 
 
 # ------------------------------------------------------------------------------------- pre-training steps
@@ -299,8 +301,9 @@ def _checked_settings(out: str | Path, n_train: int, n_test: int, epochs: int, b
 
 
 def _backbone_info(model: torch.nn.Module, settings: dict[str, Any], schedule: Schedule, recipe: Recipe,
-                   losses: list[float], metrics: dict[str, Any], clock: _Clock) -> dict[str, Any]:
-    """The record stored with the weights: the run's settings, its losses and held-out metrics, and its timings."""
+                   losses: list[float], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The record stored with the weights: the run's settings, its losses and held-out metrics; nothing that differs
+    between two runs of the same settings (wall and CPU seconds), so that the file is a function of them."""
     s = settings
     return {
         **{k: s[k] for k in ("clip", "seed", "size", "image_size", "n_train", "n_test", "epochs")},
@@ -312,7 +315,6 @@ def _backbone_info(model: torch.nn.Module, settings: dict[str, Any], schedule: S
         "warmup_steps": schedule.warm,
         "final_loss": float(np.mean(losses[-max(1, schedule.steps_per_epoch // 4):])),
         "first_loss": losses[0], "logit_scale": float(model.logit_scale.detach().exp()), "heldout": metrics,
-        **clock.totals(),
         "threads": torch.get_num_threads(), "captions": "colour, size, shape, position (no motion)",
     }
 
