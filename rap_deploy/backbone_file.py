@@ -29,7 +29,30 @@ def save_backbone(state_dict: dict[str, torch.Tensor], clip: str, path: str | Pa
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"clip": clip, "rapdeploy_backbone": json.dumps(info or {})})
+        _sort_metadata_keys(Path(tmp))
     return path
+
+
+def _sort_metadata_keys(path: Path) -> None:
+    """Rewrite, in place, the safetensors header of ``path`` with its ``__metadata__`` keys in sorted order.
+
+    safetensors writes the metadata from a hash map whose order changes from process to process, so the same weights
+    and metadata made files of different sha256 (measured: 3 of 6 processes put ``rapdeploy_backbone`` first), and runs
+    know a backbone file by its sha256. The same entries in another order take the same bytes; the header is padded
+    with spaces, as safetensors pads it, should it come out shorter. Raises :class:`RuntimeError` if it would not fit.
+    """
+    with path.open("r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if "__metadata__" not in header:
+            return
+        ordered = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            raise RuntimeError(f"{path}: the safetensors header with sorted metadata takes {len(text)} bytes, not "
+                               f"{size}")
+        f.seek(8)
+        f.write(text.ljust(size, b" "))
 
 
 def read_backbone_clip_name(path: str | Path) -> str | None:

@@ -870,8 +870,9 @@ def _check_heldout_scores(runner, args, world, out, stamp):
 def _check_damaged_runs_are_named(runner, world, out, args):
     """A run folder's files are read back only when they are its own and sane: a summary with a NaN, one copied
     from another run, a symlinked one, a finished run without best.pt are each one line, exit 1, naming the file
-    and the fix; a run folder locked by another command is refused (exit 2); runs on a backbone file pre-trained
-    again since are another recipe's (exit 2)."""
+    and the fix; a run folder locked by another command is refused (exit 2); runs on a backbone file since replaced
+    by other weights are another recipe's (refused); pre-trained again with the same settings it is the same file,
+    so the world's step that makes it again leaves the runs readable."""
     import shutil
 
     for case in ("nan", "copied", "symlink", "no_best"):
@@ -904,14 +905,25 @@ def _check_damaged_runs_are_named(runner, world, out, args):
         from safetensors import safe_open
         from safetensors.torch import load_file, save_file
 
+        from rap_deploy.train.ablate_runs import check_same_recipe
+        from rap_deploy.train.loop import TrainOptions
+
         with safe_open(str(backbone), "pt") as f:
             metadata = f.metadata()
         tensors = load_file(str(backbone))
         name = next(k for k, t in tensors.items() if t.is_floating_point())
-        tensors[name].view(-1)[0] += 0.5  # as if pre-trained again (what its own message once suggested)
+        tensors[name].view(-1)[0] += 0.5  # another backbone at the runs' path (what its own message once suggested)
         save_file(tensors, str(backbone), metadata=metadata)
+        run_dir = out / "rap" / "seed0"
+        stored = TrainOptions.from_dict(load_checkpoint(run_dir / "best.pt").extra["train_options"])
+        with pytest.raises(UsageError, match="pre-trained again"):  # the runs are not that backbone's
+            check_same_recipe(run_dir, json.loads((run_dir / "summary.json").read_text()), stored)
+        # ablate's world sees the file changed and pre-trains it again: the same settings write the same file, byte
+        # for byte (no timings in it, its metadata in sorted order), so the runs are read back, not refused
+        stamp = (run_dir / "summary.json").stat().st_mtime_ns
         again = runner.invoke(app, args)
-        assert again.exit_code == 2 and "pre-trained again" in again.output, again.output
+        assert again.exit_code == 0 and "[redo] pretrain-backbone" in again.output, again.output
+        assert backbone.read_bytes() == original and (run_dir / "summary.json").stat().st_mtime_ns == stamp
     finally:
         backbone.write_bytes(original)
         records.write_bytes(original_records)

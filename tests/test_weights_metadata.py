@@ -69,3 +69,34 @@ def test_a_checkpoint_with_damaged_metadata_names_the_file_and_what_it_holds(tmp
     message = _refusal(load_checkpoint, path)
     assert message.startswith(f"checkpoint {path}: its rapdeploy metadata {what}"), message
     assert message.endswith("; the file is damaged or was edited"), message
+
+
+def test_a_backbone_file_s_metadata_keys_are_written_in_sorted_order(tmp_path):
+    """safetensors writes ``__metadata__`` from a hash map whose order changes from process to process (three of six
+    processes put ``rapdeploy_backbone`` before ``clip``), so one pre-training's weights and metadata made files of
+    different sha256, and a run knows its backbone by sha256. A header written in the other order comes out sorted,
+    the same bytes as one written sorted, and still loads."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from rap_deploy.backbone_file import _sort_metadata_keys, read_backbone_clip_name, read_backbone_info
+
+    def written(path, metadata):  # a safetensors file whose header holds the metadata in the order given
+        data = torch.arange(6, dtype=torch.float32).numpy().tobytes()
+        header = {"__metadata__": metadata, "w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, len(data)]}}
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        text += b" " * (-len(text) % 8)
+        path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+        return path
+
+    info = json.dumps({"epochs": 2, "note": "é"}, ensure_ascii=False)
+    late = written(tmp_path / "late.safetensors", {"rapdeploy_backbone": info, "clip": "rap-micro"})
+    early = written(tmp_path / "early.safetensors", {"clip": "rap-micro", "rapdeploy_backbone": info})
+    before = late.read_bytes()
+    _sort_metadata_keys(late)
+    _sort_metadata_keys(early)
+    assert late.read_bytes() != before and late.read_bytes() == early.read_bytes()
+    assert len(late.read_bytes()) == len(before)
+    assert read_backbone_clip_name(late) == "rap-micro" and read_backbone_info(late) == {"epochs": 2, "note": "é"}
+    assert load_file(str(late))["w"].tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
