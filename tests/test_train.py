@@ -1357,3 +1357,22 @@ def test_resume_of_a_folder_of_runs_or_of_data_names_what_it_is(micro_checkpoint
     assert res.exit_code == 2, res.output
     assert f"cannot resume {data}: it is not a training run folder (no last.pt; it holds MSRVTT_data.json, " \
            "videos); pass the --out folder of an earlier `rapdeploy train`" in " ".join(res.stderr.split())
+
+
+def test_ablate_reads_back_runs_of_another_world_made_the_same_way(tmp_path):
+    """Two worlds made by the same ablate (same settings, same machine) pre-train the same backbone file, byte for
+    byte, so runs trained on one are read back with the other, not refused or trained again. Before the file left out
+    its timings and sorted its metadata, each world's backbone had its own sha256 (four demo worlds: four sha256s, the
+    same tensors), and merging seeds across worlds took an ad-hoc script."""
+    runner = CliRunner()
+    out = tmp_path / "abl"
+    args = ["ablate", "--tiny", "--out", str(out), "--seeds", "0", "--rows", "zero_shot,rap", "--quiet"]
+    first = runner.invoke(app, [*args, "--world", str(tmp_path / "A")])
+    assert first.exit_code == 0, first.output
+    summary = out / "rap" / "seed0" / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    other = runner.invoke(app, [*args, "--world", str(tmp_path / "B")])
+    assert other.exit_code == 0, other.output
+    backbones = [next((tmp_path / w / "cache" / "backbones").glob("*.safetensors")) for w in ("A", "B")]
+    assert backbones[0].read_bytes() == backbones[1].read_bytes()
+    assert summary.stat().st_mtime_ns == stamp  # read back, not trained again
