@@ -47,3 +47,20 @@ def test_a_plain_install_holds_every_module_and_runs_from_the_checkout(tmp_path)
                           "rap_deploy.library.search; print(g.__file__)"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)
     assert run.returncode == 0 and run.stdout.strip().startswith(str(target)), run.stderr[-2000:]
+
+
+def test_the_suite_removes_a_passing_tests_temporary_folder_and_keeps_a_failing_ones(tmp_path):
+    """The project's pytest settings keep /tmp small: the full suite writes about 3.3 GB of temporary files."""
+    (tmp_path / "test_probe.py").write_text(
+        "def test_passes(tmp_path):\n    (tmp_path / 'big.bin').write_bytes(b'x' * 1024)\n\n"
+        "def test_fails(tmp_path):\n    (tmp_path / 'kept.bin').write_bytes(b'x')\n    assert False\n"
+    )
+    basetemp = tmp_path / "basetemp"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), "-n", "0",
+         "-p", "no:cacheprovider", "-q", f"--basetemp={basetemp}", str(tmp_path / "test_probe.py")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    left = sorted(p.relative_to(basetemp).as_posix() for p in basetemp.rglob("*.bin"))
+    assert left == ["test_fails0/kept.bin"], left
